@@ -1,0 +1,35 @@
+// Command sharespot is the Sharespot server and device tool: one binary,
+// one subcommand per role. main stays thin; the work lives in internal/.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/alecthomas/kong"
+)
+
+// CLI is the command line.
+type CLI struct {
+	Server  ServerCmd  `cmd:"" help:"Run the Sharespot server: registry, relay, sessions, wallet."`
+	Wallet  WalletCmd  `cmd:"" help:"Wallets: operator funding and balances."`
+	Version VersionCmd `cmd:"" help:"Print the version and protocol version."`
+}
+
+func main() {
+	var cli CLI
+	kctx := kong.Parse(&cli,
+		kong.Name("sharespot"),
+		kong.Description("Sell spare mobile data to people nearby."),
+		kong.UsageOnError(),
+	)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := kctx.Run(&runEnv{ctx: ctx, stdout: os.Stdout, stderr: os.Stderr}); err != nil {
+		fmt.Fprintln(os.Stderr, "sharespot:", err)
+		os.Exit(1)
+	}
+}

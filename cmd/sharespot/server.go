@@ -1,0 +1,186 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/sharespot/sharespot/internal/api"
+	"github.com/sharespot/sharespot/internal/ledger"
+	"github.com/sharespot/sharespot/internal/payment"
+	"github.com/sharespot/sharespot/internal/seal"
+	"github.com/sharespot/sharespot/internal/server"
+	"github.com/sharespot/sharespot/internal/session"
+	"github.com/sharespot/sharespot/internal/store"
+)
+
+type runEnv struct {
+	ctx    context.Context
+	stdout io.Writer
+	stderr io.Writer
+}
+
+// ServerCmd runs the server.
+type ServerCmd struct {
+	Listen            string        `default:"127.0.0.1:8474" env:"SHARESPOT_LISTEN" help:"Address to listen on."`
+	Data              string        `env:"SHARESPOT_DATA" help:"Data directory (default: the user's data directory)." placeholder:"DIR"`
+	TLSCert           string        `name:"tls-cert" env:"SHARESPOT_TLS_CERT" help:"TLS certificate (PEM)." type:"existingfile"`
+	TLSKey            string        `name:"tls-key" env:"SHARESPOT_TLS_KEY" help:"TLS private key (PEM)." type:"existingfile"`
+	InsecurePlaintext bool          `help:"Allow cleartext HTTP on a non-loopback address (only behind a TLS-terminating proxy)."`
+	FeeBPS            int64         `name:"fee-bps" default:"500" help:"Platform fee in basis points of the host's share (500 = 5%)."`
+	Suites            string        `default:"x25519-hkdf-sha256-chacha20poly1305" help:"HPKE suites to accept for access codes, most preferred first, comma-separated."`
+	AnnounceSuite     bool          `help:"Send guests an encryption message naming the suite (claim 2, second alternative); otherwise the preset suite is used."`
+	QuoteTimeout      time.Duration `default:"30s" help:"How long a host has to answer a request."`
+	QuoteTTL          time.Duration `name:"quote-ttl" default:"2m" help:"How long a guest has to pay a quote."`
+	GrantTimeout      time.Duration `default:"30s" help:"How long a host has to grant after payment before the guest is refunded."`
+	RateDevice        float64       `default:"50" help:"Requests per second per device (0: no limit)."`
+	RateIP            float64       `name:"rate-ip" default:"500" help:"Requests per second per client address (0: no limit)."`
+	LogLevel          string        `default:"info" enum:"debug,info,warn,error" help:"Log level."`
+	LogJSON           bool          `name:"log-json" help:"Log as JSON."`
+}
+
+func newLogger(w io.Writer, level string, json bool) *slog.Logger {
+	var l slog.Level
+	_ = l.UnmarshalText([]byte(level))
+	opts := &slog.HandlerOptions{Level: l}
+	if json {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+func (c *ServerCmd) config(log *slog.Logger) (server.Config, error) {
+	cfg := server.Config{DataDir: c.Data, TLSCert: c.TLSCert, TLSKey: c.TLSKey, Insecure: c.InsecurePlaintext, Logger: log}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		return cfg, errors.New("--tls-cert and --tls-key go together")
+	}
+	sc := session.DefaultConfig()
+	sc.FeeBPS, sc.Announce = c.FeeBPS, c.AnnounceSuite
+	sc.QuoteTimeout, sc.QuoteTTL, sc.GrantTimeout = c.QuoteTimeout, c.QuoteTTL, c.GrantTimeout
+	if c.FeeBPS < 0 || c.FeeBPS > 10000 {
+		return cfg, fmt.Errorf("--fee-bps %d must be between 0 and 10000", c.FeeBPS)
+	}
+	sc.Suites = nil
+	for _, name := range strings.Split(c.Suites, ",") {
+		s, err := seal.ParseSuite(strings.TrimSpace(name))
+		if err != nil {
+			return cfg, fmt.Errorf("--suites: %w (known: %v)", err, seal.Suites())
+		}
+		sc.Suites = append(sc.Suites, s)
+	}
+	cfg.Session = sc
+	cfg.Limits = api.DefaultLimits()
+	cfg.Limits.PerDevice, cfg.Limits.PerIP = rate.Limit(c.RateDevice), rate.Limit(c.RateIP)
+	return cfg, nil
+}
+
+// Run starts the server and serves until interrupted.
+func (c *ServerCmd) Run(env *runEnv) error {
+	log := newLogger(env.stderr, c.LogLevel, c.LogJSON)
+	cfg, err := c.config(log)
+	if err != nil {
+		return err
+	}
+	srv, err := server.Open(env.ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+	ln, err := net.Listen("tcp", c.Listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", c.Listen, err)
+	}
+	defer ln.Close()
+	if err := srv.CheckListen(ln.Addr()); err != nil {
+		return err
+	}
+	scheme := "http"
+	if c.TLSCert != "" {
+		scheme = "https"
+	}
+	dataDir := c.Data
+	if dataDir == "" {
+		dataDir = server.DefaultDataDir()
+	}
+	fmt.Fprintf(env.stdout, "sharespot server listening on %s://%s (data: %s, protocol %d)\n", scheme, ln.Addr(), server.DBPath(dataDir), api.ProtocolVersion)
+	err = srv.Serve(env.ctx, ln)
+	fmt.Fprintln(env.stdout, "sharespot server stopped")
+	return err
+}
+
+// WalletCmd groups wallet commands.
+type WalletCmd struct {
+	Fund WalletFundCmd `cmd:"" help:"Operator: add money to an account's wallet (on the server's database)."`
+}
+
+// WalletFundCmd funds a wallet directly in the server's database.
+type WalletFundCmd struct {
+	Data     string `env:"SHARESPOT_DATA" help:"The server's data directory." placeholder:"DIR"`
+	Account  string `help:"Account ID to fund." xor:"who"`
+	Device   string `help:"Device ID whose account to fund." xor:"who"`
+	Amount   int64  `required:"" help:"Amount in the currency's minor unit (cents for EUR)."`
+	Currency string `required:"" help:"ISO 4217 currency code, e.g. EUR."`
+	Key      string `help:"Idempotency key: funding twice with the same key adds the money once."`
+}
+
+// Run funds the wallet.
+func (c *WalletFundCmd) Run(env *runEnv) error {
+	if c.Account == "" && c.Device == "" {
+		return errors.New("name the wallet with --account or --device")
+	}
+	dataDir := c.Data
+	if dataDir == "" {
+		dataDir = server.DefaultDataDir()
+	}
+	st, err := store.OpenSQLite(env.ctx, server.DBPath(dataDir), store.Options{})
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	cur := strings.ToUpper(c.Currency)
+	var bal int64
+	var applied bool
+	err = st.Write(env.ctx, func(tx *store.Tx) error {
+		acct := c.Account
+		if c.Device != "" {
+			if err := tx.QueryRow(`SELECT account_id FROM devices WHERE id = ?`, c.Device).Scan(&acct); err != nil {
+				if errors.Is(err, store.ErrNotFound) {
+					return fmt.Errorf("device %s is not known to this server: sign it in first", c.Device)
+				}
+				return err
+			}
+		}
+		var err error
+		if applied, err = payment.Fund(tx, time.Now().UnixMilli(), acct, cur, c.Amount, c.Key, "operator funding"); err != nil {
+			return err
+		}
+		c.Account = acct
+		bal, err = ledger.Balance(tx, ledger.Wallet(acct, cur).ID)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	if !applied {
+		fmt.Fprintf(env.stdout, "already funded with key %q; balance of %s: %d %s\n", c.Key, c.Account, bal, cur)
+		return nil
+	}
+	fmt.Fprintf(env.stdout, "funded %s with %d %s; balance: %d %s\n", c.Account, c.Amount, cur, bal, cur)
+	return nil
+}
+
+// VersionCmd prints versions.
+type VersionCmd struct{}
+
+// Run prints the versions.
+func (VersionCmd) Run(env *runEnv) error {
+	fmt.Fprintf(env.stdout, "sharespot protocol %d, schema %d\n", api.ProtocolVersion, store.SchemaVersion())
+	return nil
+}

@@ -1,0 +1,251 @@
+// Package api serves Sharespot's Connect services (gRPC, gRPC-Web and JSON
+// over HTTP from one definition). It authenticates every call, applies rate
+// limits, and turns domain refusals into Connect codes with messages that
+// say what was wrong.
+package api
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"connectrpc.com/connect"
+	"golang.org/x/time/rate"
+
+	"github.com/sharespot/sharespot/gen/sharespot/v1/sharespotv1connect"
+	"github.com/sharespot/sharespot/internal/auth"
+	"github.com/sharespot/sharespot/internal/payment"
+	"github.com/sharespot/sharespot/internal/problem"
+	"github.com/sharespot/sharespot/internal/relay"
+	"github.com/sharespot/sharespot/internal/session"
+	"github.com/sharespot/sharespot/internal/store"
+)
+
+// ProtocolVersion is the version of the Sharespot protocol this server
+// speaks. History (docs/protocol.md):
+//
+//	1  2026-11-24  first version: sign-in, hotspots, discovery, sessions,
+//	               wallet payments with signed receipts, HPKE-sealed codes,
+//	               store-and-forward inbox.
+const ProtocolVersion = 1
+
+// MaxRequestBytes caps a request message.
+const MaxRequestBytes = 64 << 10
+
+// Limits configures rate limits; zero rates turn a limit off.
+type Limits struct {
+	PerDevice rate.Limit
+	PerDevBurst int
+	PerIP     rate.Limit
+	PerIPBurst int
+}
+
+// DefaultLimits are generous for people and tight for abuse.
+func DefaultLimits() Limits {
+	return Limits{PerDevice: 50, PerDevBurst: 200, PerIP: 500, PerIPBurst: 2000}
+}
+
+// Deps are what the API serves.
+type Deps struct {
+	Store   *store.Store
+	Engine  *session.Engine
+	Auth    *auth.Auth
+	Wallet  *payment.Wallet
+	Hub     *relay.Hub
+	Now     func() time.Time
+	Log     *slog.Logger
+	Limits  Limits
+	// PollInterval bounds how long a stream waits without a wake-up before
+	// it looks at its inbox anyway.
+	PollInterval time.Duration
+}
+
+// Handler returns an http.Handler serving every service.
+func Handler(d Deps) http.Handler {
+	if d.Log == nil {
+		d.Log = slog.New(slog.DiscardHandler)
+	}
+	if d.PollInterval <= 0 {
+		d.PollInterval = 30 * time.Second
+	}
+	g := &guard{auth: d.Auth, log: d.Log, limits: d.Limits, dev: newLimiterSet(d.Limits.PerDevice, d.Limits.PerDevBurst),
+		ip: newLimiterSet(d.Limits.PerIP, d.Limits.PerIPBurst)}
+	opts := []connect.HandlerOption{connect.WithInterceptors(g), connect.WithReadMaxBytes(MaxRequestBytes)}
+	mux := http.NewServeMux()
+	s := &services{d: d}
+	mux.Handle(sharespotv1connect.NewAuthServiceHandler(&authService{s}, opts...))
+	mux.Handle(sharespotv1connect.NewHotspotServiceHandler(&hotspotService{s}, opts...))
+	mux.Handle(sharespotv1connect.NewDiscoveryServiceHandler(&discoveryService{s}, opts...))
+	mux.Handle(sharespotv1connect.NewSessionServiceHandler(&sessionService{s}, opts...))
+	mux.Handle(sharespotv1connect.NewPaymentServiceHandler(&paymentService{s}, opts...))
+	mux.Handle(sharespotv1connect.NewInboxServiceHandler(&inboxService{s}, opts...))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		w.Write([]byte("ok\n"))
+	})
+	return mux
+}
+
+type services struct{ d Deps }
+
+// ---------------------------------------------------------------- auth, limits, errors
+
+type partyKey struct{}
+
+func partyFrom(ctx context.Context) session.Party {
+	p, _ := ctx.Value(partyKey{}).(session.Party)
+	return p
+}
+
+// public procedures need no token.
+func public(procedure string) bool {
+	return strings.HasPrefix(procedure, "/"+sharespotv1connect.AuthServiceName+"/") ||
+		procedure == sharespotv1connect.PaymentServicePlatformKeysProcedure
+}
+
+type guard struct {
+	auth   *auth.Auth
+	log    *slog.Logger
+	limits Limits
+	dev    *limiterSet
+	ip     *limiterSet
+}
+
+var _ connect.Interceptor = (*guard)(nil)
+
+func (g *guard) admit(ctx context.Context, procedure, peer string, h http.Header) (context.Context, error) {
+	if host, _, err := net.SplitHostPort(peer); err == nil {
+		peer = host
+	}
+	if !g.ip.allow(peer) {
+		return ctx, connect.NewError(connect.CodeResourceExhausted, errors.New("too many requests from your address; slow down"))
+	}
+	if public(procedure) {
+		return ctx, nil
+	}
+	tok, ok := strings.CutPrefix(h.Get("Authorization"), "Bearer ")
+	if !ok {
+		return ctx, connect.NewError(connect.CodeUnauthenticated, errors.New("missing Authorization: Bearer token; sign in first"))
+	}
+	p, err := g.auth.Authenticate(ctx, tok)
+	if err != nil {
+		return ctx, toConnect(g.log, procedure, err)
+	}
+	if !g.dev.allow(p.DeviceID) {
+		return ctx, connect.NewError(connect.CodeResourceExhausted, errors.New("too many requests from this device; slow down"))
+	}
+	return context.WithValue(ctx, partyKey{}, p), nil
+}
+
+func (g *guard) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		if req.Spec().IsClient {
+			return next(ctx, req)
+		}
+		ctx, err := g.admit(ctx, req.Spec().Procedure, req.Peer().Addr, req.Header())
+		if err != nil {
+			return nil, err
+		}
+		resp, err := next(ctx, req)
+		if err != nil {
+			return nil, toConnect(g.log, req.Spec().Procedure, err)
+		}
+		return resp, nil
+	}
+}
+
+func (g *guard) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return next
+}
+
+func (g *guard) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
+		ctx, err := g.admit(ctx, conn.Spec().Procedure, conn.Peer().Addr, conn.RequestHeader())
+		if err != nil {
+			return err
+		}
+		if err := next(ctx, conn); err != nil {
+			return toConnect(g.log, conn.Spec().Procedure, err)
+		}
+		return nil
+	}
+}
+
+// toConnect maps an error to a Connect error. Refusals keep their message;
+// anything else is logged and reported as internal without details.
+func toConnect(log *slog.Logger, procedure string, err error) error {
+	var ce *connect.Error
+	if errors.As(err, &ce) {
+		return err
+	}
+	var pe *problem.Error
+	if errors.As(err, &pe) {
+		code := map[problem.Kind]connect.Code{
+			problem.Invalid:         connect.CodeInvalidArgument,
+			problem.NotFound:        connect.CodeNotFound,
+			problem.Denied:          connect.CodePermissionDenied,
+			problem.WrongState:      connect.CodeFailedPrecondition,
+			problem.Exhausted:       connect.CodeResourceExhausted,
+			problem.AlreadyExists:   connect.CodeAlreadyExists,
+			problem.Unauthenticated: connect.CodeUnauthenticated,
+		}[pe.Kind]
+		return connect.NewError(code, errors.New(pe.Msg))
+	}
+	switch {
+	case errors.Is(err, context.Canceled):
+		return connect.NewError(connect.CodeCanceled, err)
+	case errors.Is(err, context.DeadlineExceeded):
+		return connect.NewError(connect.CodeDeadlineExceeded, err)
+	case errors.Is(err, store.ErrClosed):
+		return connect.NewError(connect.CodeUnavailable, errors.New("server is shutting down; retry"))
+	}
+	log.Error("request failed", "procedure", procedure, "err", err)
+	return connect.NewError(connect.CodeInternal, errors.New("internal error; the server logged it"))
+}
+
+// limiterSet keeps one token bucket per key.
+type limiterSet struct {
+	r     rate.Limit
+	burst int
+	mu    sync.Mutex
+	m     map[string]*limiterEntry
+	last  time.Time
+}
+
+type limiterEntry struct {
+	l    *rate.Limiter
+	seen time.Time
+}
+
+func newLimiterSet(r rate.Limit, burst int) *limiterSet {
+	return &limiterSet{r: r, burst: burst, m: map[string]*limiterEntry{}}
+}
+
+func (s *limiterSet) allow(key string) bool {
+	if s.r <= 0 {
+		return true
+	}
+	now := time.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if now.Sub(s.last) > time.Minute {
+		for k, e := range s.m {
+			if now.Sub(e.seen) > 5*time.Minute {
+				delete(s.m, k)
+			}
+		}
+		s.last = now
+	}
+	e := s.m[key]
+	if e == nil {
+		e = &limiterEntry{l: rate.NewLimiter(s.r, s.burst)}
+		s.m[key] = e
+	}
+	e.seen = now
+	return e.l.AllowN(now, 1)
+}

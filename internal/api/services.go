@@ -1,0 +1,310 @@
+package api
+
+import (
+	"context"
+	"time"
+
+	"connectrpc.com/connect"
+
+	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
+	"github.com/sharespot/sharespot/internal/ledger"
+	"github.com/sharespot/sharespot/internal/problem"
+	"github.com/sharespot/sharespot/internal/receipt"
+	"github.com/sharespot/sharespot/internal/registry"
+	"github.com/sharespot/sharespot/internal/relay"
+	"github.com/sharespot/sharespot/internal/store"
+)
+
+func write[T any](ctx context.Context, s *services, fn func(*store.Tx) (*T, error)) (*connect.Response[T], error) {
+	v, err := store.WriteT(ctx, s.d.Store, fn)
+	if err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(v), nil
+}
+
+func read[T any](ctx context.Context, s *services, fn func(*store.Tx) (*T, error)) (*connect.Response[T], error) {
+	v, err := store.ReadT(ctx, s.d.Store, fn)
+	if err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(v), nil
+}
+
+func (s *services) nowMS() int64 { return s.d.Now().UnixMilli() }
+
+// ---------------------------------------------------------------- auth
+
+type authService struct{ *services }
+
+func (a *authService) Challenge(ctx context.Context, req *connect.Request[sharespotv1.ChallengeRequest]) (*connect.Response[sharespotv1.ChallengeResponse], error) {
+	nonce, exp, err := a.d.Auth.Challenge(ctx, req.Msg.PublicKey)
+	if err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(&sharespotv1.ChallengeResponse{Nonce: nonce, ExpiresUnixMs: exp.UnixMilli()}), nil
+}
+
+func (a *authService) SignIn(ctx context.Context, req *connect.Request[sharespotv1.SignInRequest]) (*connect.Response[sharespotv1.SignInResponse], error) {
+	m := req.Msg
+	out, err := a.d.Auth.SignIn(ctx, m.PublicKey, m.Nonce, m.Signature, m.DeviceName)
+	if err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(&sharespotv1.SignInResponse{Token: out.Token, ExpiresUnixMs: out.Expires.UnixMilli(),
+		DeviceId: out.Party.DeviceID, AccountId: out.Party.AccountID, ProtocolVersion: ProtocolVersion}), nil
+}
+
+// ---------------------------------------------------------------- hotspots
+
+type hotspotService struct{ *services }
+
+func (h *hotspotService) Register(ctx context.Context, req *connect.Request[sharespotv1.RegisterRequest]) (*connect.Response[sharespotv1.RegisterResponse], error) {
+	p := partyFrom(ctx)
+	return write(ctx, h.services, func(tx *store.Tx) (*sharespotv1.RegisterResponse, error) {
+		hs, err := registry.Register(tx, h.nowMS(), p.DeviceID, req.Msg.Instruction)
+		if err != nil {
+			return &sharespotv1.RegisterResponse{}, err
+		}
+		return &sharespotv1.RegisterResponse{Hotspot: hs.Proto()}, nil
+	})
+}
+
+func (h *hotspotService) Update(ctx context.Context, req *connect.Request[sharespotv1.UpdateRequest]) (*connect.Response[sharespotv1.UpdateResponse], error) {
+	p := partyFrom(ctx)
+	return write(ctx, h.services, func(tx *store.Tx) (*sharespotv1.UpdateResponse, error) {
+		hs, err := registry.Update(tx, h.nowMS(), p.DeviceID, req.Msg.HotspotId, req.Msg.Instruction)
+		if err != nil {
+			return &sharespotv1.UpdateResponse{}, err
+		}
+		return &sharespotv1.UpdateResponse{Hotspot: hs.Proto()}, nil
+	})
+}
+
+func (h *hotspotService) Withdraw(ctx context.Context, req *connect.Request[sharespotv1.WithdrawRequest]) (*connect.Response[sharespotv1.WithdrawResponse], error) {
+	p := partyFrom(ctx)
+	return write(ctx, h.services, func(tx *store.Tx) (*sharespotv1.WithdrawResponse, error) {
+		hs, err := registry.Withdraw(tx, h.nowMS(), p.DeviceID, req.Msg.HotspotId)
+		if err != nil {
+			return &sharespotv1.WithdrawResponse{}, err
+		}
+		return &sharespotv1.WithdrawResponse{Hotspot: hs.Proto()}, nil
+	})
+}
+
+func (h *hotspotService) List(ctx context.Context, req *connect.Request[sharespotv1.ListRequest]) (*connect.Response[sharespotv1.ListResponse], error) {
+	p := partyFrom(ctx)
+	return read(ctx, h.services, func(tx *store.Tx) (*sharespotv1.ListResponse, error) {
+		hs, err := registry.List(tx, p.DeviceID)
+		out := &sharespotv1.ListResponse{}
+		for _, x := range hs {
+			out.Hotspots = append(out.Hotspots, x.Proto())
+		}
+		return out, err
+	})
+}
+
+// ---------------------------------------------------------------- discovery
+
+type discoveryService struct{ *services }
+
+func (d *discoveryService) Discover(ctx context.Context, req *connect.Request[sharespotv1.DiscoverRequest]) (*connect.Response[sharespotv1.DiscoverResponse], error) {
+	return read(ctx, d.services, func(tx *store.Tx) (*sharespotv1.DiscoverResponse, error) {
+		offers, err := registry.Discover(tx, req.Msg.Candidates)
+		return &sharespotv1.DiscoverResponse{Available: offers}, err
+	})
+}
+
+// ---------------------------------------------------------------- sessions
+
+type sessionService struct{ *services }
+
+func (s *sessionService) RequestAccess(ctx context.Context, req *connect.Request[sharespotv1.RequestAccessRequest]) (*connect.Response[sharespotv1.RequestAccessResponse], error) {
+	p, m := partyFrom(ctx), req.Msg
+	return write(ctx, s.services, func(tx *store.Tx) (*sharespotv1.RequestAccessResponse, error) {
+		ses, err := s.d.Engine.RequestAccess(tx, p, m.HotspotId, m.Bytes, m.GuestKeys)
+		return &sharespotv1.RequestAccessResponse{Session: ses}, err
+	})
+}
+
+func (s *sessionService) Quote(ctx context.Context, req *connect.Request[sharespotv1.QuoteRequest]) (*connect.Response[sharespotv1.QuoteResponse], error) {
+	p, m := partyFrom(ctx), req.Msg
+	return write(ctx, s.services, func(tx *store.Tx) (*sharespotv1.QuoteResponse, error) {
+		q, err := s.d.Engine.Quote(tx, p, m.SessionId, m.Bytes, m.AmountMinor, m.Currency)
+		return &sharespotv1.QuoteResponse{Quote: q}, err
+	})
+}
+
+func (s *sessionService) Decline(ctx context.Context, req *connect.Request[sharespotv1.DeclineRequest]) (*connect.Response[sharespotv1.DeclineResponse], error) {
+	p, m := partyFrom(ctx), req.Msg
+	return write(ctx, s.services, func(tx *store.Tx) (*sharespotv1.DeclineResponse, error) {
+		ses, err := s.d.Engine.Decline(tx, p, m.SessionId, m.Reason)
+		return &sharespotv1.DeclineResponse{Session: ses}, err
+	})
+}
+
+func (s *sessionService) Confirm(ctx context.Context, req *connect.Request[sharespotv1.ConfirmRequest]) (*connect.Response[sharespotv1.ConfirmResponse], error) {
+	p, m := partyFrom(ctx), req.Msg
+	return write(ctx, s.services, func(tx *store.Tx) (*sharespotv1.ConfirmResponse, error) {
+		ses, err := s.d.Engine.Confirm(tx, p, m.SessionId, m.Receipt)
+		return &sharespotv1.ConfirmResponse{Session: ses}, err
+	})
+}
+
+func (s *sessionService) Grant(ctx context.Context, req *connect.Request[sharespotv1.GrantRequest]) (*connect.Response[sharespotv1.GrantResponse], error) {
+	p, m := partyFrom(ctx), req.Msg
+	return write(ctx, s.services, func(tx *store.Tx) (*sharespotv1.GrantResponse, error) {
+		ses, err := s.d.Engine.Grant(tx, p, m.SessionId, m.QuoteId, m.GrantedBytes, m.SealedCode, m.Gateway)
+		return &sharespotv1.GrantResponse{Session: ses}, err
+	})
+}
+
+func (s *sessionService) Prompt(ctx context.Context, req *connect.Request[sharespotv1.PromptRequest]) (*connect.Response[sharespotv1.PromptResponse], error) {
+	p, m := partyFrom(ctx), req.Msg
+	return write(ctx, s.services, func(tx *store.Tx) (*sharespotv1.PromptResponse, error) {
+		return &sharespotv1.PromptResponse{}, s.d.Engine.Prompt(tx, p, m.SessionId, m.UsedBytes)
+	})
+}
+
+func (s *sessionService) RequestTopUp(ctx context.Context, req *connect.Request[sharespotv1.RequestTopUpRequest]) (*connect.Response[sharespotv1.RequestTopUpResponse], error) {
+	p, m := partyFrom(ctx), req.Msg
+	return write(ctx, s.services, func(tx *store.Tx) (*sharespotv1.RequestTopUpResponse, error) {
+		ses, err := s.d.Engine.RequestTopUp(tx, p, m.SessionId, m.Bytes)
+		return &sharespotv1.RequestTopUpResponse{Session: ses}, err
+	})
+}
+
+func (s *sessionService) ReportUsage(ctx context.Context, req *connect.Request[sharespotv1.ReportUsageRequest]) (*connect.Response[sharespotv1.ReportUsageResponse], error) {
+	p, m := partyFrom(ctx), req.Msg
+	return write(ctx, s.services, func(tx *store.Tx) (*sharespotv1.ReportUsageResponse, error) {
+		ses, err := s.d.Engine.ReportUsage(tx, p, m.SessionId, m.UsedBytes)
+		return &sharespotv1.ReportUsageResponse{Session: ses}, err
+	})
+}
+
+func (s *sessionService) End(ctx context.Context, req *connect.Request[sharespotv1.EndRequest]) (*connect.Response[sharespotv1.EndResponse], error) {
+	p, m := partyFrom(ctx), req.Msg
+	return write(ctx, s.services, func(tx *store.Tx) (*sharespotv1.EndResponse, error) {
+		ses, err := s.d.Engine.End(tx, p, m.SessionId, m.UsedBytes, m.Reason)
+		return &sharespotv1.EndResponse{Session: ses}, err
+	})
+}
+
+func (s *sessionService) Get(ctx context.Context, req *connect.Request[sharespotv1.GetRequest]) (*connect.Response[sharespotv1.GetResponse], error) {
+	p := partyFrom(ctx)
+	return read(ctx, s.services, func(tx *store.Tx) (*sharespotv1.GetResponse, error) {
+		ses, err := s.d.Engine.Get(tx, p, req.Msg.SessionId)
+		return &sharespotv1.GetResponse{Session: ses}, err
+	})
+}
+
+// ---------------------------------------------------------------- payment
+
+type paymentService struct{ *services }
+
+func (ps *paymentService) Pay(ctx context.Context, req *connect.Request[sharespotv1.PayRequest]) (*connect.Response[sharespotv1.PayResponse], error) {
+	p := partyFrom(ctx)
+	return write(ctx, ps.services, func(tx *store.Tx) (*sharespotv1.PayResponse, error) {
+		r, err := ps.d.Engine.Pay(tx, p, req.Msg.QuoteId)
+		return &sharespotv1.PayResponse{Receipt: r}, err
+	})
+}
+
+func (ps *paymentService) Balance(ctx context.Context, req *connect.Request[sharespotv1.BalanceRequest]) (*connect.Response[sharespotv1.BalanceResponse], error) {
+	p := partyFrom(ctx)
+	return read(ctx, ps.services, func(tx *store.Tx) (*sharespotv1.BalanceResponse, error) {
+		ms, err := ledger.WalletBalances(tx, p.AccountID)
+		out := &sharespotv1.BalanceResponse{AccountId: p.AccountID}
+		for _, m := range ms {
+			out.Balances = append(out.Balances, &sharespotv1.Money{Currency: m.Currency, AmountMinor: m.Amount})
+		}
+		return out, err
+	})
+}
+
+func (ps *paymentService) History(ctx context.Context, req *connect.Request[sharespotv1.HistoryRequest]) (*connect.Response[sharespotv1.HistoryResponse], error) {
+	p := partyFrom(ctx)
+	limit := int(req.Msg.Limit)
+	if limit <= 0 || limit > 500 {
+		limit = 100
+	}
+	return read(ctx, ps.services, func(tx *store.Tx) (*sharespotv1.HistoryResponse, error) {
+		ms, err := ledger.WalletBalances(tx, p.AccountID)
+		if err != nil {
+			return &sharespotv1.HistoryResponse{}, err
+		}
+		var ids []string
+		for _, m := range ms {
+			ids = append(ids, ledger.Wallet(p.AccountID, m.Currency).ID)
+		}
+		es, err := ledger.History(tx, ids, limit)
+		out := &sharespotv1.HistoryResponse{}
+		for _, e := range es {
+			out.Transfers = append(out.Transfers, &sharespotv1.Transfer{Id: e.ID, Debit: e.Debit, Credit: e.Credit,
+				AmountMinor: e.Amount, Currency: e.Currency, Memo: e.Memo, CreatedUnixMs: e.CreatedMS})
+		}
+		return out, err
+	})
+}
+
+func (ps *paymentService) PlatformKeys(ctx context.Context, req *connect.Request[sharespotv1.PlatformKeysRequest]) (*connect.Response[sharespotv1.PlatformKeysResponse], error) {
+	out := &sharespotv1.PlatformKeysResponse{}
+	for _, k := range ps.d.Wallet.PublicKeys() {
+		out.Keys = append(out.Keys, &sharespotv1.PlatformKey{KeyId: receipt.KeyIDOf(k), PublicKey: k})
+	}
+	return connect.NewResponse(out), nil
+}
+
+// ---------------------------------------------------------------- inbox
+
+type inboxService struct{ *services }
+
+// batch is how many envelopes one stream message carries at most.
+const batch = 64
+
+func (ib *inboxService) Subscribe(ctx context.Context, req *connect.Request[sharespotv1.SubscribeRequest], stream *connect.ServerStream[sharespotv1.SubscribeResponse]) error {
+	p := partyFrom(ctx)
+	cursor := req.Msg.AfterSeq
+	poll := time.NewTimer(ib.d.PollInterval)
+	defer poll.Stop()
+	for {
+		// Watch before reading, so a message committed between the read
+		// and the wait still wakes us.
+		wake, cancel := ib.d.Hub.Watch(p.DeviceID)
+		envs, err := store.ReadT(ctx, ib.d.Store, func(tx *store.Tx) ([]*sharespotv1.Envelope, error) {
+			return relay.Fetch(tx, p.DeviceID, cursor, batch)
+		})
+		if err != nil {
+			cancel()
+			return err
+		}
+		if len(envs) > 0 {
+			cancel()
+			if err := stream.Send(&sharespotv1.SubscribeResponse{Envelopes: envs}); err != nil {
+				return err
+			}
+			cursor = envs[len(envs)-1].Seq
+			continue
+		}
+		select {
+		case <-wake:
+		case <-poll.C:
+			poll.Reset(ib.d.PollInterval)
+		case <-ctx.Done():
+			cancel()
+			return nil
+		}
+		cancel()
+	}
+}
+
+func (ib *inboxService) Ack(ctx context.Context, req *connect.Request[sharespotv1.AckRequest]) (*connect.Response[sharespotv1.AckResponse], error) {
+	p := partyFrom(ctx)
+	return write(ctx, ib.services, func(tx *store.Tx) (*sharespotv1.AckResponse, error) {
+		_, err := relay.Ack(tx, p.DeviceID, req.Msg.Seq)
+		if err != nil {
+			return &sharespotv1.AckResponse{}, problem.Invalidf("%v", err)
+		}
+		return &sharespotv1.AckResponse{}, nil
+	})
+}

@@ -1,0 +1,234 @@
+// Package client is the Sharespot client library for both roles: it signs a
+// device in, calls the API, and receives the device's inbox exactly once.
+// The tests use it, and so does the CLI.
+package client
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"connectrpc.com/connect"
+
+	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
+	"github.com/sharespot/sharespot/gen/sharespot/v1/sharespotv1connect"
+	"github.com/sharespot/sharespot/internal/auth"
+)
+
+// Options tune a client.
+type Options struct {
+	// HTTPClient overrides the transport (default: HTTP/2, cleartext for
+	// http:// URLs).
+	HTTPClient *http.Client
+	// DeviceName is sent at sign-in.
+	DeviceName string
+	// JSON makes calls with the Connect JSON codec instead of binary.
+	JSON bool
+}
+
+// Client talks to one server as one device.
+type Client struct {
+	key  ed25519.PrivateKey
+	name string
+
+	mu        sync.Mutex
+	token     string
+	expires   time.Time
+	deviceID  string
+	accountID string
+
+	Auth      sharespotv1connect.AuthServiceClient
+	Hotspots  sharespotv1connect.HotspotServiceClient
+	Discovery sharespotv1connect.DiscoveryServiceClient
+	Sessions  sharespotv1connect.SessionServiceClient
+	Payments  sharespotv1connect.PaymentServiceClient
+	Inbox     sharespotv1connect.InboxServiceClient
+}
+
+// NewHTTPClient returns an HTTP client speaking HTTP/2, in cleartext to
+// http:// servers (prior knowledge) and over TLS to https:// ones.
+func NewHTTPClient() *http.Client {
+	tr := &http.Transport{
+		DialContext:         (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		TLSClientConfig:     &tls.Config{MinVersion: tls.VersionTLS12},
+		TLSHandshakeTimeout: 10 * time.Second,
+		MaxIdleConnsPerHost: 16,
+	}
+	tr.Protocols = new(http.Protocols)
+	tr.Protocols.SetHTTP2(true)
+	tr.Protocols.SetUnencryptedHTTP2(true)
+	return &http.Client{Transport: tr}
+}
+
+// New returns a client for the server at baseURL acting as the device
+// whose key is key.
+func New(baseURL string, key ed25519.PrivateKey, opts Options) *Client {
+	hc := opts.HTTPClient
+	if hc == nil {
+		hc = NewHTTPClient()
+	}
+	c := &Client{key: key, name: opts.DeviceName}
+	base := strings.TrimRight(baseURL, "/")
+	var co []connect.ClientOption
+	if opts.JSON {
+		co = append(co, connect.WithProtoJSON())
+	}
+	authed := append(co, connect.WithInterceptors(&bearer{c}))
+	c.Auth = sharespotv1connect.NewAuthServiceClient(hc, base, co...)
+	c.Hotspots = sharespotv1connect.NewHotspotServiceClient(hc, base, authed...)
+	c.Discovery = sharespotv1connect.NewDiscoveryServiceClient(hc, base, authed...)
+	c.Sessions = sharespotv1connect.NewSessionServiceClient(hc, base, authed...)
+	c.Payments = sharespotv1connect.NewPaymentServiceClient(hc, base, authed...)
+	c.Inbox = sharespotv1connect.NewInboxServiceClient(hc, base, authed...)
+	return c
+}
+
+// DeviceID is the signed-in device's ID ("" before sign-in).
+func (c *Client) DeviceID() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.deviceID
+}
+
+// AccountID is the signed-in device's account.
+func (c *Client) AccountID() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.accountID
+}
+
+// SignIn signs the device in (enrolling it on first contact).
+func (c *Client) SignIn(ctx context.Context) error {
+	pub := c.key.Public().(ed25519.PublicKey)
+	ch, err := c.Auth.Challenge(ctx, connect.NewRequest(&sharespotv1.ChallengeRequest{PublicKey: pub}))
+	if err != nil {
+		return fmt.Errorf("client: sign in: %w", err)
+	}
+	sig := ed25519.Sign(c.key, auth.SignInMessage(ch.Msg.Nonce))
+	res, err := c.Auth.SignIn(ctx, connect.NewRequest(&sharespotv1.SignInRequest{PublicKey: pub, Nonce: ch.Msg.Nonce, Signature: sig, DeviceName: c.name}))
+	if err != nil {
+		return fmt.Errorf("client: sign in: %w", err)
+	}
+	c.mu.Lock()
+	c.token, c.expires = res.Msg.Token, time.UnixMilli(res.Msg.ExpiresUnixMs)
+	c.deviceID, c.accountID = res.Msg.DeviceId, res.Msg.AccountId
+	c.mu.Unlock()
+	return nil
+}
+
+// Token returns a valid bearer token, signing in if needed.
+func (c *Client) Token(ctx context.Context) (string, error) {
+	c.mu.Lock()
+	tok, exp := c.token, c.expires
+	c.mu.Unlock()
+	if tok != "" && time.Until(exp) > time.Minute {
+		return tok, nil
+	}
+	if err := c.SignIn(ctx); err != nil {
+		return "", err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.token, nil
+}
+
+// bearer adds the token to every call.
+type bearer struct{ c *Client }
+
+func (b *bearer) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		tok, err := b.c.Token(ctx)
+		if err != nil {
+			return nil, err
+		}
+		req.Header().Set("Authorization", "Bearer "+tok)
+		return next(ctx, req)
+	}
+}
+
+func (b *bearer) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return func(ctx context.Context, spec connect.Spec) connect.StreamingClientConn {
+		conn := next(ctx, spec)
+		if tok, err := b.c.Token(ctx); err == nil {
+			conn.RequestHeader().Set("Authorization", "Bearer "+tok)
+		}
+		return conn
+	}
+}
+
+func (b *bearer) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	return next
+}
+
+// Handler processes one inbox message. Returning an error stops Receive
+// without acknowledging the message, so it is delivered again.
+type Handler func(ctx context.Context, env *sharespotv1.Envelope) error
+
+// Receive streams the device's inbox to h, in order, each message once:
+// messages at or below after (the highest sequence the caller has already
+// processed and persisted) are skipped, each handled message is then
+// acknowledged, and the stream reconnects with backoff when the server or
+// network fails. It returns when ctx ends or h fails. done, if not nil,
+// is told each processed sequence, for the caller to persist.
+func (c *Client) Receive(ctx context.Context, after uint64, h Handler, done func(seq uint64)) error {
+	backoff := 100 * time.Millisecond
+	for {
+		err := c.receiveOnce(ctx, &after, h, done)
+		var hErr handlerError
+		if errors.As(err, &hErr) {
+			return hErr.err
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err == nil {
+			backoff = 100 * time.Millisecond
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+type handlerError struct{ err error }
+
+func (e handlerError) Error() string { return e.err.Error() }
+
+func (c *Client) receiveOnce(ctx context.Context, after *uint64, h Handler, done func(uint64)) error {
+	stream, err := c.Inbox.Subscribe(ctx, connect.NewRequest(&sharespotv1.SubscribeRequest{AfterSeq: *after}))
+	if err != nil {
+		return err
+	}
+	defer stream.Close()
+	for stream.Receive() {
+		envs := stream.Msg().Envelopes
+		for _, env := range envs {
+			if env.Seq <= *after {
+				continue // delivered again after a reconnect: already processed
+			}
+			if err := h(ctx, env); err != nil {
+				return handlerError{err}
+			}
+			*after = env.Seq
+			if done != nil {
+				done(env.Seq)
+			}
+		}
+		if len(envs) > 0 {
+			if _, err := c.Inbox.Ack(ctx, connect.NewRequest(&sharespotv1.AckRequest{Seq: *after})); err != nil {
+				return err
+			}
+		}
+	}
+	return stream.Err()
+}

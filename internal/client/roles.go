@@ -1,0 +1,339 @@
+package client
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/sha256"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+
+	"connectrpc.com/connect"
+
+	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
+	"github.com/sharespot/sharespot/internal/receipt"
+	"github.com/sharespot/sharespot/internal/registry"
+	"github.com/sharespot/sharespot/internal/seal"
+)
+
+// Gate is the host-side check a guest presents its access code to. The
+// metering gateways implement it; CodeGate is the plain check.
+type Gate interface {
+	// Admit registers a granted session's code and volume.
+	Admit(sessionID string, code []byte, bytes int64) error
+	// Extend adds volume to an admitted session.
+	Extend(sessionID string, bytes int64) error
+	// Revoke ends a session's access.
+	Revoke(sessionID string)
+	// Gateway tells guests how to reach the gate.
+	Gateway() *sharespotv1.Gateway
+}
+
+// Host answers a host device's inbox: it quotes requests and top-ups at
+// the registered tariff, verifies payment-success responses offline with
+// the platform's keys (each receipt once), seals access codes to the guest,
+// admits the guest at the gate and grants.
+type Host struct {
+	C    *Client
+	Gate Gate
+	// Decide may turn a request down; nil accepts every request.
+	Decide func(*sharespotv1.AccessRequested) (ok bool, reason string)
+	Log    *slog.Logger
+
+	verifier *receipt.Verifier
+	mu       sync.Mutex
+	seen     map[string]bool // receipt IDs accepted
+}
+
+// Start fetches the platform's receipt keys.
+func (h *Host) Start(ctx context.Context) error {
+	res, err := h.C.Payments.PlatformKeys(ctx, connect.NewRequest(&sharespotv1.PlatformKeysRequest{}))
+	if err != nil {
+		return fmt.Errorf("client: fetch platform keys: %w", err)
+	}
+	var keys []ed25519.PublicKey
+	for _, k := range res.Msg.Keys {
+		if len(k.PublicKey) != ed25519.PublicKeySize || receipt.KeyIDOf(k.PublicKey) != k.KeyId {
+			return fmt.Errorf("client: platform key %q is malformed", k.KeyId)
+		}
+		keys = append(keys, ed25519.PublicKey(k.PublicKey))
+	}
+	h.verifier = receipt.NewVerifier(keys...)
+	h.seen = map[string]bool{}
+	if h.Log == nil {
+		h.Log = slog.New(slog.DiscardHandler)
+	}
+	return nil
+}
+
+// Handle processes one inbox message.
+func (h *Host) Handle(ctx context.Context, env *sharespotv1.Envelope) error {
+	sid := env.SessionId
+	switch b := env.Body.(type) {
+	case *sharespotv1.Envelope_AccessRequested: // C1.6 arrives
+		if h.Decide != nil {
+			if ok, why := h.Decide(b.AccessRequested); !ok {
+				_, err := h.C.Sessions.Decline(ctx, connect.NewRequest(&sharespotv1.DeclineRequest{SessionId: sid, Reason: why}))
+				return ignoreRefusal(err)
+			}
+		}
+		return h.quote(ctx, sid, b.AccessRequested.HotspotId, b.AccessRequested.Bytes, false)
+	case *sharespotv1.Envelope_TopUpRequested: // C1.11 arrives
+		ses, err := h.C.Sessions.Get(ctx, connect.NewRequest(&sharespotv1.GetRequest{SessionId: sid}))
+		if err != nil {
+			return ignoreRefusal(err)
+		}
+		return h.quote(ctx, sid, ses.Msg.Session.HotspotId, b.TopUpRequested.Bytes, true)
+	case *sharespotv1.Envelope_PaymentConfirmed: // C3.3 / C1.14 arrive
+		return h.grant(ctx, sid, b.PaymentConfirmed)
+	case *sharespotv1.Envelope_SessionEnded:
+		if h.Gate != nil {
+			h.Gate.Revoke(sid)
+		}
+	}
+	return nil
+}
+
+// quote is C3.1 / C1.12 on the host's side.
+func (h *Host) quote(ctx context.Context, sid, hotspotID string, bytes int64, topUp bool) error {
+	t, err := h.tariff(ctx, hotspotID)
+	if err != nil {
+		return err
+	}
+	unit := t.PriceMinor
+	if topUp {
+		unit = t.TopupPriceMinor
+	}
+	amount, err := registry.Price(bytes, unit, t.UnitBytes)
+	if err != nil {
+		return err
+	}
+	_, err = h.C.Sessions.Quote(ctx, connect.NewRequest(&sharespotv1.QuoteRequest{SessionId: sid, Bytes: bytes, AmountMinor: amount, Currency: t.Currency}))
+	if err != nil {
+		h.Log.Warn("quote refused", "session", sid, "err", err)
+		_, derr := h.C.Sessions.Decline(ctx, connect.NewRequest(&sharespotv1.DeclineRequest{SessionId: sid, Reason: "cannot quote"}))
+		return ignoreRefusal(derr)
+	}
+	return nil
+}
+
+func (h *Host) tariff(ctx context.Context, hotspotID string) (*sharespotv1.Tariff, error) {
+	res, err := h.C.Hotspots.List(ctx, connect.NewRequest(&sharespotv1.ListRequest{}))
+	if err != nil {
+		return nil, fmt.Errorf("client: list hotspots: %w", err)
+	}
+	for _, hs := range res.Msg.Hotspots {
+		if hs.Id == hotspotID {
+			return hs.Instruction.Tariff, nil
+		}
+	}
+	return nil, fmt.Errorf("client: hotspot %s is not ours", hotspotID)
+}
+
+// grant verifies the payment-success response and is C1.7 / C1.15 on the
+// host's side.
+func (h *Host) grant(ctx context.Context, sid string, pc *sharespotv1.PaymentConfirmed) error {
+	ses, err := h.C.Sessions.Get(ctx, connect.NewRequest(&sharespotv1.GetRequest{SessionId: sid}))
+	if err != nil {
+		return ignoreRefusal(err)
+	}
+	s := ses.Msg.Session
+	var q *sharespotv1.Quote
+	for _, x := range s.Quotes {
+		if x.Id == pc.QuoteId {
+			q = x
+		}
+	}
+	if q == nil {
+		h.Log.Warn("confirmation for an unknown quote", "session", sid, "quote", pc.QuoteId)
+		return nil
+	}
+	if err := h.VerifyReceipt(pc.Receipt, receipt.Payload{SessionID: sid, QuoteID: q.Id, Amount: q.AmountMinor, Currency: q.Currency,
+		Payer: s.GuestDeviceId, Payee: s.HostDeviceId, Bytes: q.Bytes}); err != nil {
+		h.Log.Warn("payment-success response refused", "session", sid, "err", err)
+		return nil
+	}
+	req := &sharespotv1.GrantRequest{SessionId: sid, QuoteId: q.Id, GrantedBytes: q.Bytes}
+	if pc.Kind == sharespotv1.QuoteKind_QUOTE_KIND_INITIAL {
+		code, err := seal.NewAccessCode()
+		if err != nil {
+			return err
+		}
+		sealed, err := seal.Seal(seal.Suite(pc.Suite), pc.GuestPublicKey, seal.Binding{SessionID: sid, HostID: s.HostDeviceId, GuestID: s.GuestDeviceId}, code)
+		if err != nil {
+			h.Log.Warn("cannot seal to the guest's key", "session", sid, "err", err)
+			return nil
+		}
+		if h.Gate != nil {
+			if err := h.Gate.Admit(sid, code, q.Bytes); err != nil {
+				return fmt.Errorf("client: admit %s at the gate: %w", sid, err)
+			}
+			req.Gateway = h.Gate.Gateway()
+		}
+		req.SealedCode = &sharespotv1.SealedCode{Suite: string(sealed.Suite), Enc: sealed.Enc, Ciphertext: sealed.Ciphertext}
+	} else if h.Gate != nil {
+		if err := h.Gate.Extend(sid, q.Bytes); err != nil {
+			return fmt.Errorf("client: extend %s at the gate: %w", sid, err)
+		}
+	}
+	_, err = h.C.Sessions.Grant(ctx, connect.NewRequest(req))
+	return ignoreRefusal(err)
+}
+
+// VerifyReceipt checks a payment-success response offline: the platform's
+// signature, that it pays for exactly want, and that it was not seen before.
+func (h *Host) VerifyReceipt(rc *sharespotv1.Receipt, want receipt.Payload) error {
+	if rc == nil {
+		return errors.New("client: no receipt")
+	}
+	p, err := h.verifier.Verify(receipt.Receipt{KeyID: rc.KeyId, Payload: rc.Payload, Signature: rc.Signature})
+	if err != nil {
+		return err
+	}
+	if err := p.Matches(want); err != nil {
+		return err
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.seen[p.ReceiptID] {
+		return fmt.Errorf("client: receipt %s replayed", p.ReceiptID)
+	}
+	h.seen[p.ReceiptID] = true
+	return nil
+}
+
+// ignoreRefusal drops the server's refusals (the flow moved on: the
+// session ended or timed out), keeping transport failures.
+func ignoreRefusal(err error) error {
+	var ce *connect.Error
+	if errors.As(err, &ce) {
+		switch ce.Code() {
+		case connect.CodeFailedPrecondition, connect.CodeNotFound, connect.CodeInvalidArgument,
+			connect.CodePermissionDenied, connect.CodeResourceExhausted, connect.CodeAlreadyExists:
+			return nil
+		}
+	}
+	return err
+}
+
+// CodeGate is the plain host-side check of access codes, without metering:
+// it remembers a hash of each granted code and its volume.
+type CodeGate struct {
+	Kind, Address string
+
+	mu   sync.Mutex
+	sess map[string]*gateEntry
+}
+
+type gateEntry struct {
+	hash  [32]byte
+	bytes int64
+}
+
+var _ Gate = (*CodeGate)(nil)
+
+// Admit implements Gate.
+func (g *CodeGate) Admit(sessionID string, code []byte, bytes int64) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.sess == nil {
+		g.sess = map[string]*gateEntry{}
+	}
+	g.sess[sessionID] = &gateEntry{hash: sha256.Sum256(code), bytes: bytes}
+	return nil
+}
+
+// Extend implements Gate.
+func (g *CodeGate) Extend(sessionID string, bytes int64) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	e := g.sess[sessionID]
+	if e == nil {
+		return fmt.Errorf("client: session %s is not admitted", sessionID)
+	}
+	e.bytes += bytes
+	return nil
+}
+
+// Revoke implements Gate.
+func (g *CodeGate) Revoke(sessionID string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	delete(g.sess, sessionID)
+}
+
+// Gateway implements Gate.
+func (g *CodeGate) Gateway() *sharespotv1.Gateway {
+	return &sharespotv1.Gateway{Kind: g.Kind, Address: g.Address}
+}
+
+// Check is what a guest's presented code meets: it returns the volume
+// granted to the session if code is the session's code.
+func (g *CodeGate) Check(sessionID string, code []byte) (int64, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	e := g.sess[sessionID]
+	h := sha256.Sum256(code)
+	if e == nil || subtle.ConstantTimeCompare(e.hash[:], h[:]) != 1 {
+		return 0, errors.New("client: access code refused")
+	}
+	return e.bytes, nil
+}
+
+// Guest holds a guest device's per-session HPKE keys.
+type Guest struct {
+	C *Client
+	// Suites to offer, most preferred first (default: all known).
+	Suites []seal.Suite
+
+	mu   sync.Mutex
+	keys map[string]map[seal.Suite]*seal.PrivateKey
+}
+
+// RequestAccess is C1.5–C1.6 on the guest's side: fresh keys for this
+// session, then the request through the server.
+func (g *Guest) RequestAccess(ctx context.Context, hotspotID string, bytes int64) (*sharespotv1.Session, error) {
+	suites := g.Suites
+	if len(suites) == 0 {
+		suites = seal.Suites()
+	}
+	privs := map[seal.Suite]*seal.PrivateKey{}
+	var keys []*sharespotv1.GuestKey
+	for _, s := range suites {
+		k, err := seal.GenerateKey(s)
+		if err != nil {
+			return nil, err
+		}
+		privs[s] = k
+		keys = append(keys, &sharespotv1.GuestKey{Suite: string(s), PublicKey: k.PublicKey()})
+	}
+	res, err := g.C.Sessions.RequestAccess(ctx, connect.NewRequest(&sharespotv1.RequestAccessRequest{HotspotId: hotspotID, Bytes: bytes, GuestKeys: keys}))
+	if err != nil {
+		return nil, err
+	}
+	g.mu.Lock()
+	if g.keys == nil {
+		g.keys = map[string]map[seal.Suite]*seal.PrivateKey{}
+	}
+	g.keys[res.Msg.Session.Id] = privs
+	g.mu.Unlock()
+	return res.Msg.Session, nil
+}
+
+// OpenCode is C2.1 / C2.3: open the sealed access code with the suite the
+// session uses (the preset, or the one the encryption message named).
+func (g *Guest) OpenCode(sessionID, hostID string, sc *sharespotv1.SealedCode) ([]byte, error) {
+	if sc == nil {
+		return nil, errors.New("client: no sealed code")
+	}
+	g.mu.Lock()
+	k := g.keys[sessionID][seal.Suite(sc.Suite)]
+	g.mu.Unlock()
+	if k == nil {
+		return nil, fmt.Errorf("client: no key for suite %q in session %s", sc.Suite, sessionID)
+	}
+	return seal.Open(k, seal.Binding{SessionID: sessionID, HostID: hostID, GuestID: g.C.DeviceID()},
+		seal.Sealed{Suite: seal.Suite(sc.Suite), Enc: sc.Enc, Ciphertext: sc.Ciphertext})
+}

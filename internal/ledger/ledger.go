@@ -1,0 +1,281 @@
+// Package ledger is Sharespot's double-entry ledger. Every movement of money
+// is a transfer from one account to another, in one currency, under an
+// idempotency key: applying the same key twice changes nothing the second
+// time. Balances never go negative except funding accounts (money that came
+// from outside), so the sum of all balances is always zero.
+//
+// Accounts:
+//
+//	wallet:<account>:<CUR>  a user's money
+//	escrow:<session>        money paid for a session, not yet settled
+//	fee:<CUR>               the platform's fees
+//	funding:<CUR>           money that entered from outside (negative)
+package ledger
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+
+	"github.com/sharespot/sharespot/internal/store"
+)
+
+// Account kinds.
+const (
+	KindWallet  = "wallet"
+	KindEscrow  = "escrow"
+	KindFee     = "fee"
+	KindFunding = "funding"
+)
+
+// Errors.
+var (
+	// ErrInsufficientFunds: the debited account would go negative.
+	ErrInsufficientFunds = errors.New("ledger: insufficient funds")
+	// ErrCurrencyMismatch: an account holds another currency.
+	ErrCurrencyMismatch = errors.New("ledger: currency mismatch")
+	// ErrIdempotencyConflict: the key was used for a different transfer.
+	ErrIdempotencyConflict = errors.New("ledger: idempotency key reused for a different transfer")
+)
+
+var currencyRE = regexp.MustCompile(`^[A-Z]{3}$`)
+
+// ValidCurrency reports whether c looks like an ISO 4217 code.
+func ValidCurrency(c string) bool { return currencyRE.MatchString(c) }
+
+// Account names an account.
+type Account struct {
+	ID       string
+	Kind     string
+	Owner    string
+	Currency string
+}
+
+// Wallet is the wallet account of a user account in a currency.
+func Wallet(accountID, currency string) Account {
+	return Account{ID: "wallet:" + accountID + ":" + currency, Kind: KindWallet, Owner: accountID, Currency: currency}
+}
+
+// Escrow is the escrow account of a session.
+func Escrow(sessionID, currency string) Account {
+	return Account{ID: "escrow:" + sessionID, Kind: KindEscrow, Owner: sessionID, Currency: currency}
+}
+
+// Fee is the platform's fee account.
+func Fee(currency string) Account {
+	return Account{ID: "fee:" + currency, Kind: KindFee, Owner: "platform", Currency: currency}
+}
+
+// Funding is where outside money enters.
+func Funding(currency string) Account {
+	return Account{ID: "funding:" + currency, Kind: KindFunding, Owner: "platform", Currency: currency}
+}
+
+// Transfer is one movement of money.
+type Transfer struct {
+	ID       string // idempotency key
+	Debit    Account
+	Credit   Account
+	Amount   int64
+	Currency string
+	Memo     string
+}
+
+// Apply records t inside tx. It returns applied=false, nil when a transfer
+// with the same ID and the same content already exists.
+func Apply(tx *store.Tx, nowMS int64, t Transfer) (applied bool, err error) {
+	if t.ID == "" {
+		return false, errors.New("ledger: transfer without an idempotency key")
+	}
+	if t.Amount <= 0 {
+		return false, fmt.Errorf("ledger: transfer %s: amount %d is not positive", t.ID, t.Amount)
+	}
+	if !ValidCurrency(t.Currency) {
+		return false, fmt.Errorf("ledger: transfer %s: bad currency %q", t.ID, t.Currency)
+	}
+	if t.Debit.ID == t.Credit.ID {
+		return false, fmt.Errorf("ledger: transfer %s: debit and credit are the same account", t.ID)
+	}
+	if t.Debit.Currency != t.Currency || t.Credit.Currency != t.Currency {
+		return false, fmt.Errorf("%w: transfer %s in %s between %s and %s", ErrCurrencyMismatch, t.ID, t.Currency, t.Debit.ID, t.Credit.ID)
+	}
+	var dID, cID, cur string
+	var amount int64
+	err = tx.QueryRow(`SELECT debit, credit, amount, currency FROM ledger_transfers WHERE id = ?`, t.ID).Scan(&dID, &cID, &amount, &cur)
+	switch {
+	case err == nil:
+		if dID != t.Debit.ID || cID != t.Credit.ID || amount != t.Amount || cur != t.Currency {
+			return false, fmt.Errorf("%w: %s", ErrIdempotencyConflict, t.ID)
+		}
+		return false, nil
+	case !errors.Is(err, store.ErrNotFound):
+		return false, fmt.Errorf("ledger: look up transfer %s: %w", t.ID, err)
+	}
+	for _, a := range []Account{t.Debit, t.Credit} {
+		if err := ensure(tx, a); err != nil {
+			return false, err
+		}
+	}
+	// The debit is conditional: it refuses to take a non-funding account
+	// below zero, so no check-then-act race exists on any engine.
+	n, err := tx.ExecN(`UPDATE ledger_accounts SET balance = balance - ? WHERE id = ? AND (kind = 'funding' OR balance >= ?)`,
+		t.Amount, t.Debit.ID, t.Amount)
+	if err != nil {
+		return false, fmt.Errorf("ledger: debit %s: %w", t.Debit.ID, err)
+	}
+	if n != 1 {
+		return false, fmt.Errorf("%w: %s cannot pay %d %s", ErrInsufficientFunds, t.Debit.ID, t.Amount, t.Currency)
+	}
+	if _, err := tx.Exec(`UPDATE ledger_accounts SET balance = balance + ? WHERE id = ?`, t.Amount, t.Credit.ID); err != nil {
+		return false, fmt.Errorf("ledger: credit %s: %w", t.Credit.ID, err)
+	}
+	if _, err := tx.Exec(`INSERT INTO ledger_transfers (id, debit, credit, amount, currency, memo, created_ms) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+		t.ID, t.Debit.ID, t.Credit.ID, t.Amount, t.Currency, t.Memo, nowMS); err != nil {
+		return false, fmt.Errorf("ledger: record transfer %s: %w", t.ID, err)
+	}
+	return true, nil
+}
+
+func ensure(tx *store.Tx, a Account) error {
+	if a.ID == "" || a.Kind == "" {
+		return fmt.Errorf("ledger: incomplete account %+v", a)
+	}
+	var cur string
+	err := tx.QueryRow(`SELECT currency FROM ledger_accounts WHERE id = ?`, a.ID).Scan(&cur)
+	if err == nil {
+		if cur != a.Currency {
+			return fmt.Errorf("%w: %s holds %s, not %s", ErrCurrencyMismatch, a.ID, cur, a.Currency)
+		}
+		return nil
+	}
+	if !errors.Is(err, store.ErrNotFound) {
+		return fmt.Errorf("ledger: look up account %s: %w", a.ID, err)
+	}
+	if _, err := tx.Exec(`INSERT INTO ledger_accounts (id, kind, owner, currency, balance) VALUES (?, ?, ?, ?, 0)`,
+		a.ID, a.Kind, a.Owner, a.Currency); err != nil {
+		return fmt.Errorf("ledger: open account %s: %w", a.ID, err)
+	}
+	return nil
+}
+
+// Balance returns an account's balance (0 for an account never used).
+func Balance(tx *store.Tx, accountID string) (int64, error) {
+	var b int64
+	err := tx.QueryRow(`SELECT balance FROM ledger_accounts WHERE id = ?`, accountID).Scan(&b)
+	if errors.Is(err, store.ErrNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("ledger: balance of %s: %w", accountID, err)
+	}
+	return b, nil
+}
+
+// Money is an amount in a currency.
+type Money struct {
+	Currency string
+	Amount   int64
+}
+
+// WalletBalances returns the balances of a user account's wallets.
+func WalletBalances(tx *store.Tx, accountID string) ([]Money, error) {
+	rows, err := tx.Query(`SELECT currency, balance FROM ledger_accounts WHERE kind = 'wallet' AND owner = ? ORDER BY currency`, accountID)
+	if err != nil {
+		return nil, fmt.Errorf("ledger: wallets of %s: %w", accountID, err)
+	}
+	defer rows.Close()
+	var out []Money
+	for rows.Next() {
+		var m Money
+		if err := rows.Scan(&m.Currency, &m.Amount); err != nil {
+			return nil, err
+		}
+		out = append(out, m)
+	}
+	return out, rows.Err()
+}
+
+// Entry is a recorded transfer.
+type Entry struct {
+	ID, Debit, Credit, Currency, Memo string
+	Amount, CreatedMS                 int64
+}
+
+// History lists the transfers touching any of the given accounts, newest
+// first.
+func History(tx *store.Tx, accountIDs []string, limit int) ([]Entry, error) {
+	var out []Entry
+	for _, id := range accountIDs {
+		rows, err := tx.Query(`SELECT id, debit, credit, amount, currency, memo, created_ms FROM ledger_transfers
+			WHERE debit = ? OR credit = ? ORDER BY created_ms DESC, id LIMIT ?`, id, id, limit)
+		if err != nil {
+			return nil, fmt.Errorf("ledger: history of %s: %w", id, err)
+		}
+		for rows.Next() {
+			var e Entry
+			if err := rows.Scan(&e.ID, &e.Debit, &e.Credit, &e.Amount, &e.Currency, &e.Memo, &e.CreatedMS); err != nil {
+				rows.Close()
+				return nil, err
+			}
+			out = append(out, e)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// Audit is the result of Check.
+type Audit struct {
+	// Sum of all balances per currency: must be zero.
+	Sums map[string]int64
+	// Accounts below zero that may not be.
+	Negative []string
+	// Accounts whose balance differs from the sum of their transfers.
+	Drift []string
+}
+
+// OK reports whether the ledger is consistent.
+func (a Audit) OK() bool {
+	for _, s := range a.Sums {
+		if s != 0 {
+			return false
+		}
+	}
+	return len(a.Negative) == 0 && len(a.Drift) == 0
+}
+
+func (a Audit) String() string {
+	return fmt.Sprintf("sums=%v negative=%v drift=%v", a.Sums, a.Negative, a.Drift)
+}
+
+// Check audits the whole ledger: balances sum to zero per currency, no
+// forbidden negative balance, and every balance equals its transfers.
+func Check(tx *store.Tx) (Audit, error) {
+	a := Audit{Sums: map[string]int64{}}
+	rows, err := tx.Query(`SELECT a.id, a.kind, a.currency, a.balance,
+		COALESCE((SELECT SUM(amount) FROM ledger_transfers WHERE credit = a.id), 0) -
+		COALESCE((SELECT SUM(amount) FROM ledger_transfers WHERE debit = a.id), 0)
+		FROM ledger_accounts a`)
+	if err != nil {
+		return a, fmt.Errorf("ledger: audit: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id, kind, cur string
+		var bal, net int64
+		if err := rows.Scan(&id, &kind, &cur, &bal, &net); err != nil {
+			return a, err
+		}
+		a.Sums[cur] += bal
+		if bal < 0 && kind != KindFunding {
+			a.Negative = append(a.Negative, id)
+		}
+		if bal != net {
+			a.Drift = append(a.Drift, id)
+		}
+	}
+	return a, rows.Err()
+}

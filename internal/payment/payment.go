@@ -1,0 +1,151 @@
+// Package payment is the built-in payment platform: a wallet on the ledger.
+// Paying a quote moves the fee from the guest's wallet into the session's
+// escrow and returns a payment-success response signed by the platform's
+// Ed25519 key, which the server and the host verify.
+package payment
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"time"
+
+	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
+	"github.com/sharespot/sharespot/internal/ledger"
+	"github.com/sharespot/sharespot/internal/problem"
+	"github.com/sharespot/sharespot/internal/receipt"
+	"github.com/sharespot/sharespot/internal/relay"
+	"github.com/sharespot/sharespot/internal/session"
+	"github.com/sharespot/sharespot/internal/store"
+)
+
+// PlatformName is written into the receipts this platform signs.
+const PlatformName = "wallet"
+
+// Wallet is the built-in payment platform.
+type Wallet struct {
+	signer   *receipt.Signer
+	verifier *receipt.Verifier
+	keys     []ed25519.PublicKey
+}
+
+var _ session.Platform = (*Wallet)(nil)
+
+// Open loads the platform's signing keys from the store, creating the first
+// one on a new database. The newest key signs; all verify.
+func Open(ctx context.Context, st *store.Store, now func() time.Time) (*Wallet, error) {
+	var privs []ed25519.PrivateKey
+	err := st.Write(ctx, func(tx *store.Tx) error {
+		privs = privs[:0]
+		rows, err := tx.Query(`SELECT private_key FROM platform_keys ORDER BY created_ms, id`)
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			var seed []byte
+			if err := rows.Scan(&seed); err != nil {
+				rows.Close()
+				return err
+			}
+			if len(seed) != ed25519.SeedSize {
+				rows.Close()
+				return fmt.Errorf("platform key has %d bytes, want %d", len(seed), ed25519.SeedSize)
+			}
+			privs = append(privs, ed25519.NewKeyFromSeed(seed))
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		if len(privs) > 0 {
+			return nil
+		}
+		_, priv, err := ed25519.GenerateKey(rand.Reader)
+		if err != nil {
+			return err
+		}
+		pub := priv.Public().(ed25519.PublicKey)
+		if _, err := tx.Exec(`INSERT INTO platform_keys (id, private_key, created_ms) VALUES (?, ?, ?)`,
+			receipt.KeyIDOf(pub), priv.Seed(), now().UnixMilli()); err != nil {
+			return err
+		}
+		privs = append(privs, priv)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("payment: load platform keys: %w", err)
+	}
+	w := &Wallet{signer: receipt.NewSigner(privs[len(privs)-1])}
+	for _, p := range privs {
+		w.keys = append(w.keys, p.Public().(ed25519.PublicKey))
+	}
+	w.verifier = receipt.NewVerifier(w.keys...)
+	return w, nil
+}
+
+// PublicKeys returns the keys that verify this platform's receipts.
+func (w *Wallet) PublicKeys() []ed25519.PublicKey { return w.keys }
+
+// Charge takes a quote's fee from the payer's wallet into escrow and signs
+// the payment-success response. It is C3.2 / C1.13 on the platform's side.
+func (w *Wallet) Charge(tx *store.Tx, nowMS int64, c session.Charge) (*sharespotv1.Receipt, error) {
+	if c.Amount > 0 {
+		from := ledger.Wallet(c.Payer.AccountID, c.Currency)
+		_, err := ledger.Apply(tx, nowMS, ledger.Transfer{ID: "pay:" + c.QuoteID, Debit: from,
+			Credit: ledger.Escrow(c.SessionID, c.Currency), Amount: c.Amount, Currency: c.Currency, Memo: "pay quote " + c.QuoteID})
+		if errors.Is(err, ledger.ErrInsufficientFunds) {
+			have, _ := ledger.Balance(tx, from.ID)
+			return nil, problem.Exhaustedf("insufficient funds: your %s wallet holds %d, the fee is %d; fund the wallet first", c.Currency, have, c.Amount)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("payment: charge quote %s: %w", c.QuoteID, err)
+		}
+	}
+	p := receipt.Payload{
+		ReceiptID: relay.NewID("rcpt"), SessionID: c.SessionID, QuoteID: c.QuoteID, Currency: c.Currency,
+		Payer: c.Payer.DeviceID, Payee: c.Payee.DeviceID, Platform: PlatformName, Amount: c.Amount, Bytes: c.Bytes,
+		IssuedAt: time.UnixMilli(nowMS),
+	}
+	r, err := w.signer.Sign(p)
+	if err != nil {
+		return nil, fmt.Errorf("payment: sign receipt: %w", err)
+	}
+	if _, err := tx.Exec(`INSERT INTO receipts (id, quote_id, key_id, payload, signature, confirmed, created_ms) VALUES (?, ?, ?, ?, ?, 0, ?)`,
+		p.ReceiptID, c.QuoteID, r.KeyID, r.Payload, r.Signature, nowMS); err != nil {
+		if errors.Is(err, store.ErrConflict) {
+			return nil, problem.AlreadyExistsf("quote %s is already paid", c.QuoteID)
+		}
+		return nil, fmt.Errorf("payment: record receipt: %w", err)
+	}
+	return &sharespotv1.Receipt{KeyId: r.KeyID, Payload: r.Payload, Signature: r.Signature}, nil
+}
+
+// Verify checks a payment-success response's signature and decodes it.
+func (w *Wallet) Verify(r *sharespotv1.Receipt) (receipt.Payload, error) {
+	return w.verifier.Verify(receipt.Receipt{KeyID: r.GetKeyId(), Payload: r.GetPayload(), Signature: r.GetSignature()})
+}
+
+// Fund moves outside money into an account's wallet (an operator action,
+// until card payments arrive). key makes it idempotent.
+func Fund(tx *store.Tx, nowMS int64, accountID, currency string, amount int64, key, memo string) (applied bool, err error) {
+	if !ledger.ValidCurrency(currency) {
+		return false, problem.Invalidf("currency %q is not an ISO 4217 code such as EUR", currency)
+	}
+	if amount <= 0 {
+		return false, problem.Invalidf("amount must be positive, got %d", amount)
+	}
+	var n int
+	if err := tx.QueryRow(`SELECT COUNT(*) FROM accounts WHERE id = ?`, accountID).Scan(&n); err != nil {
+		return false, fmt.Errorf("payment: find account: %w", err)
+	}
+	if n == 0 {
+		return false, problem.NotFoundf("account %s not found", accountID)
+	}
+	if key == "" {
+		key = relay.NewID("fund")
+	}
+	return ledger.Apply(tx, nowMS, ledger.Transfer{ID: "fund:" + key, Debit: ledger.Funding(currency),
+		Credit: ledger.Wallet(accountID, currency), Amount: amount, Currency: currency, Memo: memo})
+}

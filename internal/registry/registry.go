@@ -1,0 +1,401 @@
+// Package registry keeps the network-sharing instructions hosts register
+// (access point, tariff, shareable volume) and matches a guest's scan
+// against them (C1.2–C1.3).
+package registry
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"math/bits"
+	"net"
+	"sort"
+	"strings"
+
+	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
+	"github.com/sharespot/sharespot/internal/ledger"
+	"github.com/sharespot/sharespot/internal/problem"
+	"github.com/sharespot/sharespot/internal/relay"
+	"github.com/sharespot/sharespot/internal/store"
+)
+
+// Limits on what a host may register and a guest may send.
+const (
+	MaxCandidates   = 256
+	MaxShareable    = int64(1) << 50 // 1 PiB
+	MaxPriceMinor   = int64(1) << 40
+	MaxHotspotsHost = 64
+)
+
+// Hotspot is a registered instruction with its state.
+type Hotspot struct {
+	ID, HostDeviceID   string
+	SSID               []byte
+	BSSID              string
+	Security           sharespotv1.Security
+	Tariff             Tariff
+	ShareableBytes     int64
+	WarnAtBytes        int64
+	CommittedBytes     int64
+	Active             bool
+	CreatedMS, UpdatedMS int64
+}
+
+// Tariff is a hotspot's price list.
+type Tariff struct {
+	Currency        string
+	PriceMinor      int64
+	UnitBytes       int64
+	MinPurchase     int64
+	TopUpPriceMinor int64
+}
+
+// Price returns what bytes cost at priceMinor per unitBytes, rounded up to
+// the next minor unit, or an error if it overflows.
+func Price(bytes, priceMinor, unitBytes int64) (int64, error) {
+	if bytes < 0 || priceMinor < 0 || unitBytes <= 0 {
+		return 0, fmt.Errorf("registry: price of %d bytes at %d per %d: bad input", bytes, priceMinor, unitBytes)
+	}
+	return MulDiv(bytes, priceMinor, unitBytes, true)
+}
+
+// MulDiv returns a*b/c without intermediate overflow, rounded up or down,
+// for non-negative a, b and positive c.
+func MulDiv(a, b, c int64, roundUp bool) (int64, error) {
+	if a < 0 || b < 0 || c <= 0 {
+		return 0, fmt.Errorf("registry: %d*%d/%d: negative input", a, b, c)
+	}
+	hi, lo := bits.Mul64(uint64(a), uint64(b))
+	if hi >= uint64(c) {
+		return 0, fmt.Errorf("registry: %d*%d/%d overflows", a, b, c)
+	}
+	q, r := bits.Div64(hi, lo, uint64(c))
+	if r != 0 && roundUp {
+		q++
+	}
+	if q > math.MaxInt64 {
+		return 0, fmt.Errorf("registry: %d*%d/%d overflows", a, b, c)
+	}
+	return int64(q), nil
+}
+
+// Available is the volume still to be sold.
+func (h *Hotspot) Available() int64 { return max(0, h.ShareableBytes-h.CommittedBytes) }
+
+// Proto renders h for the API.
+func (h *Hotspot) Proto() *sharespotv1.Hotspot {
+	return &sharespotv1.Hotspot{
+		Id:           h.ID,
+		HostDeviceId: h.HostDeviceID,
+		Instruction: &sharespotv1.ShareInstruction{
+			AccessPoint:    &sharespotv1.AccessPoint{Ssid: h.SSID, Bssid: h.BSSID, Security: h.Security},
+			Tariff:         h.Tariff.Proto(),
+			ShareableBytes: h.ShareableBytes,
+			WarnAtBytes:    h.WarnAtBytes,
+		},
+		CommittedBytes: h.CommittedBytes,
+		AvailableBytes: h.Available(),
+		Active:         h.Active,
+		CreatedUnixMs:  h.CreatedMS,
+		UpdatedUnixMs:  h.UpdatedMS,
+	}
+}
+
+// Proto renders t for the API.
+func (t Tariff) Proto() *sharespotv1.Tariff {
+	return &sharespotv1.Tariff{Currency: t.Currency, PriceMinor: t.PriceMinor, UnitBytes: t.UnitBytes,
+		MinPurchaseBytes: t.MinPurchase, TopupPriceMinor: t.TopUpPriceMinor}
+}
+
+// NormalizeBSSID parses a BSSID and returns its canonical lower-case form.
+func NormalizeBSSID(s string) (string, error) {
+	mac, err := net.ParseMAC(strings.TrimSpace(s))
+	if err != nil || len(mac) != 6 {
+		return "", problem.Invalidf("BSSID %q is not six colon-separated hex octets", s)
+	}
+	if mac.String() == "00:00:00:00:00:00" || mac.String() == "ff:ff:ff:ff:ff:ff" {
+		return "", problem.Invalidf("BSSID %s is not a station address", mac)
+	}
+	if mac[0]&1 == 1 {
+		return "", problem.Invalidf("BSSID %s is a multicast address", mac)
+	}
+	return mac.String(), nil
+}
+
+// ValidSSID checks an SSID's length (1–32 raw bytes).
+func ValidSSID(ssid []byte) error {
+	if len(ssid) < 1 || len(ssid) > 32 {
+		return problem.Invalidf("SSID must be 1 to 32 bytes, got %d", len(ssid))
+	}
+	return nil
+}
+
+func validSecurity(s sharespotv1.Security) error {
+	if _, ok := sharespotv1.Security_name[int32(s)]; !ok || s == sharespotv1.Security_SECURITY_UNSPECIFIED {
+		return problem.Invalidf("security %d is not a known access-point security", s)
+	}
+	return nil
+}
+
+// parseInstruction validates a network-sharing instruction.
+func parseInstruction(in *sharespotv1.ShareInstruction) (*Hotspot, error) {
+	if in == nil || in.AccessPoint == nil || in.Tariff == nil {
+		return nil, problem.Invalidf("instruction needs an access_point and a tariff")
+	}
+	h := &Hotspot{SSID: in.AccessPoint.Ssid, Security: in.AccessPoint.Security, ShareableBytes: in.ShareableBytes, WarnAtBytes: in.WarnAtBytes}
+	var err error
+	if err := ValidSSID(h.SSID); err != nil {
+		return nil, err
+	}
+	if h.BSSID, err = NormalizeBSSID(in.AccessPoint.Bssid); err != nil {
+		return nil, err
+	}
+	if err := validSecurity(h.Security); err != nil {
+		return nil, err
+	}
+	t := in.Tariff
+	h.Tariff = Tariff{Currency: t.Currency, PriceMinor: t.PriceMinor, UnitBytes: t.UnitBytes, MinPurchase: t.MinPurchaseBytes, TopUpPriceMinor: t.TopupPriceMinor}
+	switch {
+	case !ledger.ValidCurrency(t.Currency):
+		return nil, problem.Invalidf("tariff currency %q is not an ISO 4217 code such as EUR", t.Currency)
+	case t.PriceMinor < 0 || t.PriceMinor > MaxPriceMinor:
+		return nil, problem.Invalidf("tariff price_minor %d must be between 0 and %d", t.PriceMinor, MaxPriceMinor)
+	case t.TopupPriceMinor < 0 || t.TopupPriceMinor > MaxPriceMinor:
+		return nil, problem.Invalidf("tariff topup_price_minor %d must be between 0 and %d", t.TopupPriceMinor, MaxPriceMinor)
+	case t.UnitBytes <= 0 || t.UnitBytes > MaxShareable:
+		return nil, problem.Invalidf("tariff unit_bytes %d must be between 1 and %d", t.UnitBytes, MaxShareable)
+	case h.ShareableBytes <= 0 || h.ShareableBytes > MaxShareable:
+		return nil, problem.Invalidf("shareable_bytes %d must be between 1 and %d", h.ShareableBytes, MaxShareable)
+	case t.MinPurchaseBytes <= 0 || t.MinPurchaseBytes > h.ShareableBytes:
+		return nil, problem.Invalidf("tariff min_purchase_bytes %d must be between 1 and shareable_bytes %d", t.MinPurchaseBytes, h.ShareableBytes)
+	case h.WarnAtBytes < 0 || h.WarnAtBytes >= h.ShareableBytes:
+		return nil, problem.Invalidf("warn_at_bytes %d must be at least 0 and below shareable_bytes %d", h.WarnAtBytes, h.ShareableBytes)
+	}
+	if _, err := Price(h.ShareableBytes, max(t.PriceMinor, t.TopupPriceMinor), t.UnitBytes); err != nil {
+		return nil, problem.Invalidf("tariff prices the shareable volume beyond what can be paid")
+	}
+	return h, nil
+}
+
+const hotspotCols = `id, host_device_id, bssid, ssid, security, currency, price_minor, unit_bytes, min_purchase_bytes,
+	topup_price_minor, shareable_bytes, warn_at_bytes, committed_bytes, active, created_ms, updated_ms`
+
+func scanHotspot(sc interface{ Scan(...any) error }) (*Hotspot, error) {
+	h := new(Hotspot)
+	var active int
+	var sec int32
+	err := sc.Scan(&h.ID, &h.HostDeviceID, &h.BSSID, &h.SSID, &sec, &h.Tariff.Currency, &h.Tariff.PriceMinor, &h.Tariff.UnitBytes,
+		&h.Tariff.MinPurchase, &h.Tariff.TopUpPriceMinor, &h.ShareableBytes, &h.WarnAtBytes, &h.CommittedBytes, &active, &h.CreatedMS, &h.UpdatedMS)
+	h.Active = active == 1
+	h.Security = sharespotv1.Security(sec)
+	return h, err
+}
+
+// Get loads a hotspot by ID.
+func Get(tx *store.Tx, id string) (*Hotspot, error) {
+	h, err := scanHotspot(tx.QueryRow(`SELECT `+hotspotCols+` FROM hotspots WHERE id = ?`, id))
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, problem.NotFoundf("hotspot %s not found", id)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("registry: load hotspot %s: %w", id, err)
+	}
+	return h, nil
+}
+
+// Register stores a new network-sharing instruction for hostDeviceID.
+func Register(tx *store.Tx, nowMS int64, hostDeviceID string, in *sharespotv1.ShareInstruction) (*Hotspot, error) {
+	h, err := parseInstruction(in)
+	if err != nil {
+		return nil, err
+	}
+	var n int
+	if err := tx.QueryRow(`SELECT COUNT(*) FROM hotspots WHERE host_device_id = ? AND active = 1`, hostDeviceID).Scan(&n); err != nil {
+		return nil, fmt.Errorf("registry: count hotspots: %w", err)
+	}
+	if n >= MaxHotspotsHost {
+		return nil, problem.Exhaustedf("a host may have at most %d active hotspots; withdraw one first", MaxHotspotsHost)
+	}
+	if err := checkBSSIDFree(tx, h.BSSID, ""); err != nil {
+		return nil, err
+	}
+	h.ID = relay.NewID("hs")
+	h.HostDeviceID = hostDeviceID
+	h.Active = true
+	h.CreatedMS, h.UpdatedMS = nowMS, nowMS
+	_, err = tx.Exec(`INSERT INTO hotspots (`+hotspotCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 1, ?, ?)`,
+		h.ID, h.HostDeviceID, h.BSSID, h.SSID, int32(h.Security), h.Tariff.Currency, h.Tariff.PriceMinor, h.Tariff.UnitBytes,
+		h.Tariff.MinPurchase, h.Tariff.TopUpPriceMinor, h.ShareableBytes, h.WarnAtBytes, nowMS, nowMS)
+	if errors.Is(err, store.ErrConflict) {
+		return nil, problem.AlreadyExistsf("BSSID %s is already registered by an active host", h.BSSID)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("registry: insert hotspot: %w", err)
+	}
+	return h, nil
+}
+
+func checkBSSIDFree(tx *store.Tx, bssid, exceptID string) error {
+	var id, host string
+	err := tx.QueryRow(`SELECT id, host_device_id FROM hotspots WHERE bssid = ? AND active = 1`, bssid).Scan(&id, &host)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return nil
+	case err != nil:
+		return fmt.Errorf("registry: look up BSSID: %w", err)
+	case id == exceptID:
+		return nil
+	default:
+		return problem.AlreadyExistsf("BSSID %s is already registered by an active hotspot (%s); withdraw it or update that one", bssid, id)
+	}
+}
+
+func owned(tx *store.Tx, hostDeviceID, id string) (*Hotspot, error) {
+	h, err := Get(tx, id)
+	if err != nil {
+		return nil, err
+	}
+	if h.HostDeviceID != hostDeviceID {
+		// Do not reveal other hosts' hotspots.
+		return nil, problem.NotFoundf("hotspot %s not found among your hotspots", id)
+	}
+	return h, nil
+}
+
+// Update replaces a hotspot's instruction. Sessions already running keep
+// the tariff they were quoted; the shareable volume may not drop below what
+// is already committed.
+func Update(tx *store.Tx, nowMS int64, hostDeviceID, id string, in *sharespotv1.ShareInstruction) (*Hotspot, error) {
+	old, err := owned(tx, hostDeviceID, id)
+	if err != nil {
+		return nil, err
+	}
+	if !old.Active {
+		return nil, problem.WrongStatef("hotspot %s is withdrawn; register it again", id)
+	}
+	h, err := parseInstruction(in)
+	if err != nil {
+		return nil, err
+	}
+	if h.ShareableBytes < old.CommittedBytes {
+		return nil, problem.WrongStatef("shareable_bytes %d is below the %d bytes already sold or promised", h.ShareableBytes, old.CommittedBytes)
+	}
+	if err := checkBSSIDFree(tx, h.BSSID, id); err != nil {
+		return nil, err
+	}
+	h.ID, h.HostDeviceID, h.Active, h.CommittedBytes, h.CreatedMS, h.UpdatedMS = id, hostDeviceID, true, old.CommittedBytes, old.CreatedMS, nowMS
+	_, err = tx.Exec(`UPDATE hotspots SET bssid = ?, ssid = ?, security = ?, currency = ?, price_minor = ?, unit_bytes = ?,
+		min_purchase_bytes = ?, topup_price_minor = ?, shareable_bytes = ?, warn_at_bytes = ?, updated_ms = ? WHERE id = ?`,
+		h.BSSID, h.SSID, int32(h.Security), h.Tariff.Currency, h.Tariff.PriceMinor, h.Tariff.UnitBytes, h.Tariff.MinPurchase,
+		h.Tariff.TopUpPriceMinor, h.ShareableBytes, h.WarnAtBytes, nowMS, id)
+	if errors.Is(err, store.ErrConflict) {
+		return nil, problem.AlreadyExistsf("BSSID %s is already registered by an active host", h.BSSID)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("registry: update hotspot %s: %w", id, err)
+	}
+	return h, nil
+}
+
+// Withdraw deactivates a hotspot: it is no longer offered. Running sessions
+// go on until they end.
+func Withdraw(tx *store.Tx, nowMS int64, hostDeviceID, id string) (*Hotspot, error) {
+	h, err := owned(tx, hostDeviceID, id)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := tx.Exec(`UPDATE hotspots SET active = 0, updated_ms = ? WHERE id = ?`, nowMS, id); err != nil {
+		return nil, fmt.Errorf("registry: withdraw hotspot %s: %w", id, err)
+	}
+	h.Active, h.UpdatedMS = false, nowMS
+	return h, nil
+}
+
+// List returns a host's hotspots, newest first.
+func List(tx *store.Tx, hostDeviceID string) ([]*Hotspot, error) {
+	rows, err := tx.Query(`SELECT `+hotspotCols+` FROM hotspots WHERE host_device_id = ? ORDER BY created_ms DESC, id`, hostDeviceID)
+	if err != nil {
+		return nil, fmt.Errorf("registry: list hotspots: %w", err)
+	}
+	defer rows.Close()
+	var out []*Hotspot
+	for rows.Next() {
+		h, err := scanHotspot(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, h)
+	}
+	return out, rows.Err()
+}
+
+// Discover returns the available set for a candidate set: the candidates
+// that are registered and active under the same BSSID and SSID, with volume
+// left, strongest signal first. It looks each BSSID up in the index; it
+// never scans the table.
+func Discover(tx *store.Tx, cands []*sharespotv1.Candidate) ([]*sharespotv1.Offer, error) {
+	if len(cands) == 0 {
+		return nil, problem.Invalidf("candidate set is empty: scan first")
+	}
+	if len(cands) > MaxCandidates {
+		return nil, problem.Invalidf("candidate set has %d entries; at most %d", len(cands), MaxCandidates)
+	}
+	byBSSID := make(map[string]*sharespotv1.Candidate, len(cands))
+	args := make([]any, 0, len(cands))
+	for i, c := range cands {
+		b, err := NormalizeBSSID(c.GetBssid())
+		if err != nil {
+			return nil, problem.Invalidf("candidate %d: %v", i, err)
+		}
+		if len(c.Ssid) > 32 {
+			return nil, problem.Invalidf("candidate %d: SSID is %d bytes; at most 32", i, len(c.Ssid))
+		}
+		if c.SignalDbm < -150 || c.SignalDbm > 30 {
+			return nil, problem.Invalidf("candidate %d: signal %d dBm is out of range", i, c.SignalDbm)
+		}
+		if c.FrequencyMhz < 0 || c.FrequencyMhz > 100000 {
+			return nil, problem.Invalidf("candidate %d: frequency %d MHz is out of range", i, c.FrequencyMhz)
+		}
+		if _, dup := byBSSID[b]; !dup {
+			args = append(args, b)
+		}
+		byBSSID[b] = c
+	}
+	q := `SELECT ` + hotspotCols + ` FROM hotspots WHERE active = 1 AND bssid IN (?` + strings.Repeat(", ?", len(args)-1) + `)`
+	rows, err := tx.Query(q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("registry: discover: %w", err)
+	}
+	defer rows.Close()
+	var out []*sharespotv1.Offer
+	for rows.Next() {
+		h, err := scanHotspot(rows)
+		if err != nil {
+			return nil, err
+		}
+		c := byBSSID[h.BSSID]
+		// A BSSID seen with another SSID is not the registered network.
+		if c == nil || string(c.Ssid) != string(h.SSID) || h.Available() < h.Tariff.MinPurchase {
+			continue
+		}
+		out = append(out, &sharespotv1.Offer{
+			HotspotId:      h.ID,
+			HostDeviceId:   h.HostDeviceID,
+			AccessPoint:    &sharespotv1.AccessPoint{Ssid: h.SSID, Bssid: h.BSSID, Security: h.Security},
+			Tariff:         h.Tariff.Proto(),
+			AvailableBytes: h.Available(),
+			SignalDbm:      c.SignalDbm,
+			FrequencyMhz:   c.FrequencyMhz,
+		})
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].SignalDbm != out[j].SignalDbm {
+			return out[i].SignalDbm > out[j].SignalDbm
+		}
+		return out[i].HotspotId < out[j].HotspotId
+	})
+	return out, nil
+}

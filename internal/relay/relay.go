@@ -1,0 +1,177 @@
+// Package relay is the store-and-forward inbox that carries every message
+// between a guest and a host through the server.
+//
+// A message is appended to the receiver's inbox inside the same database
+// transaction as the session change that caused it (a transactional
+// outbox), so a message exists if and only if its cause committed. Each
+// device's inbox has its own sequence; a stream delivers from the last
+// acknowledged sequence on, so delivery is at-least-once and a client that
+// remembers the highest sequence it processed handles each message exactly
+// once. After the commit, a wake-up goes to whatever stream waits for the
+// device: in-process here, over NATS when scaled out.
+package relay
+
+import (
+	"crypto/rand"
+	"encoding/base32"
+	"fmt"
+	"strings"
+	"sync"
+
+	"google.golang.org/protobuf/proto"
+
+	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
+	"github.com/sharespot/sharespot/internal/store"
+)
+
+// Waker wakes the streams of a device after a commit.
+type Waker interface {
+	Wake(deviceID string)
+}
+
+// Append writes env to deviceID's inbox within tx, assigning its sequence
+// number and message ID, and wakes the device's stream after commit.
+func Append(tx *store.Tx, w Waker, nowMS int64, deviceID, sessionID string, env *sharespotv1.Envelope) error {
+	var seq int64
+	if err := tx.QueryRow(`UPDATE devices SET next_seq = next_seq + 1 WHERE id = ? RETURNING next_seq - 1`, deviceID).Scan(&seq); err != nil {
+		return fmt.Errorf("relay: next sequence for %s: %w", deviceID, err)
+	}
+	env.Seq = uint64(seq)
+	env.MessageId = NewMessageID()
+	env.SessionId = sessionID
+	env.CreatedUnixMs = nowMS
+	body, err := proto.Marshal(env)
+	if err != nil {
+		return fmt.Errorf("relay: encode message: %w", err)
+	}
+	if _, err := tx.Exec(`INSERT INTO inbox (device_id, seq, message_id, session_id, body, created_ms) VALUES (?, ?, ?, ?, ?, ?)`,
+		deviceID, seq, env.MessageId, sessionID, body, nowMS); err != nil {
+		return fmt.Errorf("relay: append to inbox of %s: %w", deviceID, err)
+	}
+	if w != nil {
+		tx.AfterCommit(func() { w.Wake(deviceID) })
+	}
+	return nil
+}
+
+// Fetch returns up to limit messages of deviceID's inbox after afterSeq.
+func Fetch(tx *store.Tx, deviceID string, afterSeq uint64, limit int) ([]*sharespotv1.Envelope, error) {
+	rows, err := tx.Query(`SELECT body FROM inbox WHERE device_id = ? AND seq > ? ORDER BY seq LIMIT ?`, deviceID, int64(afterSeq), limit)
+	if err != nil {
+		return nil, fmt.Errorf("relay: read inbox of %s: %w", deviceID, err)
+	}
+	defer rows.Close()
+	var out []*sharespotv1.Envelope
+	for rows.Next() {
+		var body []byte
+		if err := rows.Scan(&body); err != nil {
+			return nil, err
+		}
+		env := new(sharespotv1.Envelope)
+		if err := proto.Unmarshal(body, env); err != nil {
+			return nil, fmt.Errorf("relay: decode inbox message of %s: %w", deviceID, err)
+		}
+		out = append(out, env)
+	}
+	return out, rows.Err()
+}
+
+// Ack deletes deviceID's messages up to and including seq. It returns the
+// acknowledged sequence after the call; acknowledging the future is refused.
+func Ack(tx *store.Tx, deviceID string, seq uint64) (uint64, error) {
+	var next, acked int64
+	if err := tx.QueryRow(`SELECT next_seq, acked_seq FROM devices WHERE id = ?`, deviceID).Scan(&next, &acked); err != nil {
+		return 0, fmt.Errorf("relay: read cursor of %s: %w", deviceID, err)
+	}
+	if int64(seq) >= next {
+		return uint64(acked), fmt.Errorf("relay: ack %d is beyond the last message %d", seq, next-1)
+	}
+	if int64(seq) <= acked {
+		return uint64(acked), nil
+	}
+	if _, err := tx.Exec(`DELETE FROM inbox WHERE device_id = ? AND seq <= ?`, deviceID, int64(seq)); err != nil {
+		return 0, fmt.Errorf("relay: delete acknowledged messages of %s: %w", deviceID, err)
+	}
+	if _, err := tx.Exec(`UPDATE devices SET acked_seq = ? WHERE id = ?`, int64(seq), deviceID); err != nil {
+		return 0, fmt.Errorf("relay: record ack of %s: %w", deviceID, err)
+	}
+	return seq, nil
+}
+
+// AckedSeq returns the highest acknowledged sequence of deviceID.
+func AckedSeq(tx *store.Tx, deviceID string) (uint64, error) {
+	var acked int64
+	if err := tx.QueryRow(`SELECT acked_seq FROM devices WHERE id = ?`, deviceID).Scan(&acked); err != nil {
+		return 0, fmt.Errorf("relay: read cursor of %s: %w", deviceID, err)
+	}
+	return uint64(acked), nil
+}
+
+// NewMessageID returns a random message ID.
+func NewMessageID() string { return NewID("msg") }
+
+var idEncoding = base32.StdEncoding.WithPadding(base32.NoPadding)
+
+// NewID returns prefix_ followed by 128 random bits in lower-case base32.
+func NewID(prefix string) string {
+	var b [16]byte
+	rand.Read(b[:])
+	return prefix + "_" + strings.ToLower(idEncoding.EncodeToString(b[:]))
+}
+
+// Hub wakes in-process streams. The zero value is not usable; use NewHub.
+type Hub struct {
+	mu      sync.Mutex
+	waiters map[string]map[chan struct{}]struct{}
+}
+
+// NewHub returns an empty hub.
+func NewHub() *Hub { return &Hub{waiters: map[string]map[chan struct{}]struct{}{}} }
+
+var _ Waker = (*Hub)(nil)
+
+// Wake signals every stream waiting for deviceID.
+func (h *Hub) Wake(deviceID string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for ch := range h.waiters[deviceID] {
+		select {
+		case ch <- struct{}{}:
+		default: // already signalled
+		}
+	}
+}
+
+// Watch registers a wake-up channel for deviceID; call cancel when done.
+// Register before reading the inbox, so no wake-up is missed between the
+// read and the wait.
+func (h *Hub) Watch(deviceID string) (wake <-chan struct{}, cancel func()) {
+	ch := make(chan struct{}, 1)
+	h.mu.Lock()
+	m := h.waiters[deviceID]
+	if m == nil {
+		m = map[chan struct{}]struct{}{}
+		h.waiters[deviceID] = m
+	}
+	m[ch] = struct{}{}
+	h.mu.Unlock()
+	return ch, func() {
+		h.mu.Lock()
+		delete(h.waiters[deviceID], ch)
+		if len(h.waiters[deviceID]) == 0 {
+			delete(h.waiters, deviceID)
+		}
+		h.mu.Unlock()
+	}
+}
+
+// Watching reports how many streams wait on the hub (for metrics).
+func (h *Hub) Watching() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := 0
+	for _, m := range h.waiters {
+		n += len(m)
+	}
+	return n
+}

@@ -1,0 +1,254 @@
+// Package server assembles the Sharespot server: store, payment platform,
+// session engine, relay and API, served over HTTP/2 (TLS, or cleartext on
+// loopback), with a sweeper that moves overdue sessions on.
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/sharespot/sharespot/internal/api"
+	"github.com/sharespot/sharespot/internal/auth"
+	"github.com/sharespot/sharespot/internal/payment"
+	"github.com/sharespot/sharespot/internal/relay"
+	"github.com/sharespot/sharespot/internal/session"
+	"github.com/sharespot/sharespot/internal/store"
+)
+
+// DefaultListen is where the server listens when not told otherwise.
+const DefaultListen = "127.0.0.1:8474"
+
+// Config configures a server. The zero value plus a data directory works.
+type Config struct {
+	// DataDir holds sharespot.db. Default: DefaultDataDir().
+	DataDir string
+	// TLSCert and TLSKey: PEM files; without them the server speaks
+	// cleartext HTTP/2 and HTTP/1.1, which Serve allows only on loopback
+	// unless Insecure is set.
+	TLSCert, TLSKey string
+	Insecure        bool
+	Session         session.Config
+	Limits          api.Limits
+	// SweepInterval: how often overdue sessions are looked for.
+	SweepInterval time.Duration
+	// PollInterval: longest an inbox stream waits without a wake-up.
+	PollInterval time.Duration
+	Logger       *slog.Logger
+	Now          func() time.Time
+}
+
+// DefaultDataDir is the user's data directory for Sharespot.
+func DefaultDataDir() string {
+	if d := os.Getenv("XDG_DATA_HOME"); d != "" {
+		return filepath.Join(d, "sharespot")
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return "sharespot-data"
+	}
+	if runtime.GOOS == "darwin" {
+		return filepath.Join(home, "Library", "Application Support", "Sharespot")
+	}
+	return filepath.Join(home, ".local", "share", "sharespot")
+}
+
+// DBPath is the SQLite file inside a data directory.
+func DBPath(dataDir string) string { return filepath.Join(dataDir, "sharespot.db") }
+
+// Server is a running Sharespot server's parts.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	st      *store.Store
+	hub     *relay.Hub
+	engine  *session.Engine
+	auth    *auth.Auth
+	wallet  *payment.Wallet
+	handler http.Handler
+}
+
+// Open opens the database and builds the server.
+func Open(ctx context.Context, cfg Config) (*Server, error) {
+	if cfg.DataDir == "" {
+		cfg.DataDir = DefaultDataDir()
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Session.QuoteTimeout == 0 {
+		cfg.Session = session.DefaultConfig()
+	}
+	if cfg.SweepInterval <= 0 {
+		cfg.SweepInterval = 500 * time.Millisecond
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger, hub: relay.NewHub()}
+	var err error
+	if s.st, err = store.OpenSQLite(ctx, DBPath(cfg.DataDir), store.Options{Logger: cfg.Logger}); err != nil {
+		return nil, err
+	}
+	if s.wallet, err = payment.Open(ctx, s.st, cfg.Now); err != nil {
+		s.st.Close()
+		return nil, err
+	}
+	s.engine = session.New(s.st, s.hub, s.wallet, cfg.Now, cfg.Session, cfg.Logger)
+	s.auth = auth.New(s.st, cfg.Now, time.Hour)
+	s.handler = api.Handler(api.Deps{Store: s.st, Engine: s.engine, Auth: s.auth, Wallet: s.wallet, Hub: s.hub,
+		Now: cfg.Now, Log: cfg.Logger, Limits: cfg.Limits, PollInterval: cfg.PollInterval})
+	return s, nil
+}
+
+// Handler serves the API.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// Store is the server's database (for operator commands and tests).
+func (s *Server) Store() *store.Store { return s.st }
+
+// Close closes the database. Safe after a failed Open and more than once.
+func (s *Server) Close() error {
+	if s == nil {
+		return nil
+	}
+	return s.st.Close()
+}
+
+// CheckListen refuses cleartext on a non-loopback address unless allowed.
+func (s *Server) CheckListen(addr net.Addr) error {
+	if s.cfg.TLSCert != "" || s.cfg.Insecure {
+		return nil
+	}
+	tcp, ok := addr.(*net.TCPAddr)
+	if ok && tcp.IP.IsLoopback() {
+		return nil
+	}
+	return fmt.Errorf("server: refusing cleartext HTTP on %s, which is not a loopback address: give --tls-cert and --tls-key, or --insecure-plaintext behind a TLS-terminating proxy", addr)
+}
+
+// Serve serves on ln until ctx ends, then shuts down gracefully: it stops
+// accepting, ends inbox streams, lets unary calls finish (up to 10 s) and
+// waits for the writer to commit what it holds.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	if err := s.CheckListen(ln.Addr()); err != nil {
+		return err
+	}
+	streams, endStreams := context.WithCancel(context.Background())
+	defer endStreams()
+	hs := &http.Server{
+		Handler:           s.handler,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       5 * time.Minute,
+		MaxHeaderBytes:    16 << 10,
+		BaseContext:       func(net.Listener) context.Context { return streams },
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+	hs.Protocols = new(http.Protocols)
+	hs.Protocols.SetHTTP1(true)
+	hs.Protocols.SetHTTP2(true)
+	if s.cfg.TLSCert != "" {
+		cert, err := tls.LoadX509KeyPair(s.cfg.TLSCert, s.cfg.TLSKey)
+		if err != nil {
+			return fmt.Errorf("server: load TLS certificate: %w", err)
+		}
+		hs.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		ln = tls.NewListener(ln, hs.TLSConfig)
+	} else {
+		hs.Protocols.SetUnencryptedHTTP2(true)
+	}
+
+	var wg sync.WaitGroup
+	sweepCtx, stopSweep := context.WithCancel(ctx)
+	defer stopSweep()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.sweep(sweepCtx)
+	}()
+
+	errc := make(chan error, 1)
+	go func() { errc <- hs.Serve(ln) }()
+	var err error
+	select {
+	case err = <-errc:
+	case <-ctx.Done():
+		endStreams()
+		shut, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err = hs.Shutdown(shut)
+		cancel()
+		<-errc
+	}
+	stopSweep()
+	wg.Wait()
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return err
+}
+
+// sweep moves overdue sessions on and deletes expired credentials.
+func (s *Server) sweep(ctx context.Context) {
+	t := time.NewTicker(s.cfg.SweepInterval)
+	defer t.Stop()
+	lastAuth := time.Time{}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := s.SweepOnce(ctx); err != nil && ctx.Err() == nil {
+			s.log.Warn("sweep", "err", err)
+		}
+		if time.Since(lastAuth) > time.Minute {
+			lastAuth = time.Now()
+			if err := s.auth.Sweep(ctx); err != nil && ctx.Err() == nil {
+				s.log.Warn("sweep credentials", "err", err)
+			}
+		}
+	}
+}
+
+// SweepOnce expires every session overdue now.
+func (s *Server) SweepOnce(ctx context.Context) error {
+	for {
+		ids, err := store.ReadT(ctx, s.st, func(tx *store.Tx) ([]string, error) { return s.engine.Overdue(tx, 100) })
+		if err != nil {
+			return err
+		}
+		if len(ids) == 0 {
+			return nil
+		}
+		var errs []error
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		for _, id := range ids {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if err := s.st.Write(ctx, func(tx *store.Tx) error { return s.engine.Expire(tx, id) }); err != nil {
+					mu.Lock()
+					errs = append(errs, fmt.Errorf("expire %s: %w", id, err))
+					mu.Unlock()
+				}
+			}()
+		}
+		wg.Wait()
+		if len(errs) > 0 {
+			return errors.Join(errs...)
+		}
+		if len(ids) < 100 {
+			return nil
+		}
+	}
+}

@@ -1,0 +1,87 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"path/filepath"
+
+	"modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
+)
+
+// SQLitePragmas are applied to every SQLite connection. FULL synchronous
+// makes every commit durable across power loss, not only process crashes.
+var sqlitePragmas = []string{
+	"journal_mode(WAL)",
+	"synchronous(FULL)",
+	"busy_timeout(10000)",
+	"foreign_keys(ON)",
+	"temp_store(MEMORY)",
+	"cache_size(-65536)",
+}
+
+// OpenSQLite opens (creating if needed) the SQLite database at path and
+// brings its schema up to date.
+func OpenSQLite(ctx context.Context, path string, opts Options) (*Store, error) {
+	if path == "" {
+		return nil, errors.New("store: empty SQLite path")
+	}
+	if dir := filepath.Dir(path); dir != "" {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("store: create data directory: %w", err)
+		}
+	}
+	q := url.Values{}
+	for _, p := range sqlitePragmas {
+		q.Add("_pragma", p)
+	}
+	q.Set("_txlock", "immediate")
+	dsn := "file:" + path + "?" + q.Encode()
+
+	s := &Store{engine: SQLite, log: opts.Logger, maxBatch: opts.MaxBatch}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	if s.maxBatch <= 0 {
+		s.maxBatch = 512
+	}
+	var err error
+	if s.write, err = sql.Open("sqlite", dsn); err != nil {
+		return nil, fmt.Errorf("store: open %s: %w", path, err)
+	}
+	s.write.SetMaxOpenConns(1)
+	s.write.SetMaxIdleConns(1)
+	s.write.SetConnMaxLifetime(0)
+	if err := s.write.PingContext(ctx); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("store: open %s: %w", path, err)
+	}
+	if err := migrate(ctx, s.write, SQLite); err != nil {
+		s.Close()
+		return nil, err
+	}
+	if s.read, err = sql.Open("sqlite", dsn); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("store: open %s for reading: %w", path, err)
+	}
+	s.read.SetMaxOpenConns(8)
+	s.read.SetMaxIdleConns(8)
+	s.writes = make(chan *writeReq, 4*s.maxBatch)
+	s.stop = make(chan struct{})
+	s.done = make(chan struct{})
+	go s.writer()
+	return s, nil
+}
+
+func isConflict(err error) bool {
+	var se *sqlite.Error
+	if errors.As(err, &se) {
+		return se.Code()&0xff == sqlite3.SQLITE_CONSTRAINT
+	}
+	return false
+}
