@@ -39,10 +39,10 @@ const MaxRequestBytes = 64 << 10
 
 // Limits configures rate limits; zero rates turn a limit off.
 type Limits struct {
-	PerDevice rate.Limit
+	PerDevice   rate.Limit
 	PerDevBurst int
-	PerIP     rate.Limit
-	PerIPBurst int
+	PerIP       rate.Limit
+	PerIPBurst  int
 }
 
 // DefaultLimits are generous for people and tight for abuse.
@@ -52,14 +52,14 @@ func DefaultLimits() Limits {
 
 // Deps are what the API serves.
 type Deps struct {
-	Store   *store.Store
-	Engine  *session.Engine
-	Auth    *auth.Auth
-	Wallet  *payment.Wallet
-	Hub     *relay.Hub
-	Now     func() time.Time
-	Log     *slog.Logger
-	Limits  Limits
+	Store  *store.Store
+	Engine *session.Engine
+	Auth   *auth.Auth
+	Wallet *payment.Wallet
+	Hub    *relay.Hub
+	Now    func() time.Time
+	Log    *slog.Logger
+	Limits Limits
 	// PollInterval bounds how long a stream waits without a wake-up before
 	// it looks at its inbox anyway.
 	PollInterval time.Duration

@@ -13,13 +13,13 @@ type Kind int
 
 // Kinds, each mapped to one Connect code by the API.
 const (
-	Invalid       Kind = iota + 1 // the request itself is malformed
-	NotFound                      // no such thing (or not the caller's)
-	Denied                        // the caller may not do this
-	WrongState                    // not now: out of order, expired, ended
-	Exhausted                     // not enough: volume, funds, rate
-	AlreadyExists                 // taken, or done already
-	Unauthenticated               // no valid token
+	Invalid         Kind = iota + 1 // the request itself is malformed
+	NotFound                        // no such thing (or not the caller's)
+	Denied                          // the caller may not do this
+	WrongState                      // not now: out of order, expired, ended
+	Exhausted                       // not enough: volume, funds, rate
+	AlreadyExists                   // taken, or done already
+	Unauthenticated                 // no valid token
 )
 
 // Error is a refusal.

@@ -29,15 +29,15 @@ const (
 
 // Hotspot is a registered instruction with its state.
 type Hotspot struct {
-	ID, HostDeviceID   string
-	SSID               []byte
-	BSSID              string
-	Security           sharespotv1.Security
-	Tariff             Tariff
-	ShareableBytes     int64
-	WarnAtBytes        int64
-	CommittedBytes     int64
-	Active             bool
+	ID, HostDeviceID     string
+	SSID                 []byte
+	BSSID                string
+	Security             sharespotv1.Security
+	Tariff               Tariff
+	ShareableBytes       int64
+	WarnAtBytes          int64
+	CommittedBytes       int64
+	Active               bool
 	CreatedMS, UpdatedMS int64
 }
 

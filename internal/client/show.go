@@ -1,0 +1,84 @@
+package client
+
+import (
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"unicode/utf8"
+
+	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
+)
+
+// ShowOffers writes the available set as a table (C1.4): each access
+// point's information and its tariff.
+func ShowOffers(w io.Writer, offers []*sharespotv1.Offer) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "#\tSSID\tBSSID\tSIGNAL\tPRICE\tTOP-UP\tMIN\tAVAILABLE")
+	for i, o := range offers {
+		t := o.Tariff
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%d dBm\t%s / %s\t%s / %s\t%s\t%s\n", i+1, SSIDText(o.AccessPoint.GetSsid()), o.AccessPoint.GetBssid(),
+			o.SignalDbm, FormatMoney(t.PriceMinor, t.Currency), FormatBytes(t.UnitBytes), FormatMoney(t.TopupPriceMinor, t.Currency),
+			FormatBytes(t.UnitBytes), FormatBytes(t.MinPurchaseBytes), FormatBytes(o.AvailableBytes))
+	}
+	return tw.Flush()
+}
+
+// ShowPrompt writes the low-quota prompt for a person (C1.10).
+func ShowPrompt(w io.Writer, p *sharespotv1.LowQuotaPrompt) {
+	fmt.Fprintf(w, "Data is running low: %s left of %s (used %s). Buy more?\n",
+		FormatBytes(p.RemainingBytes), FormatBytes(p.GrantedBytes), FormatBytes(p.UsedBytes))
+}
+
+// SSIDText shows an SSID: as text when it is printable UTF-8, else as hex.
+func SSIDText(ssid []byte) string {
+	if utf8.Valid(ssid) && !strings.ContainsFunc(string(ssid), func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+		return string(ssid)
+	}
+	return fmt.Sprintf("0x%x", ssid)
+}
+
+// minorDigits gives the minor-unit exponent of currencies that do not use 2.
+var minorDigits = map[string]int{"JPY": 0, "KRW": 0, "VND": 0, "CLP": 0, "ISK": 0, "UGX": 0, "XAF": 0, "XOF": 0,
+	"BHD": 3, "KWD": 3, "OMR": 3, "JOD": 3, "TND": 3, "LYD": 3, "IQD": 3}
+
+// FormatMoney formats minor units in the currency's usual form: 1234 EUR
+// is "12.34 EUR".
+func FormatMoney(minor int64, currency string) string {
+	d, ok := minorDigits[currency]
+	if !ok {
+		d = 2
+	}
+	neg := minor < 0
+	if neg {
+		minor = -minor
+	}
+	s := strconv.FormatInt(minor, 10)
+	if d > 0 {
+		for len(s) <= d {
+			s = "0" + s
+		}
+		s = s[:len(s)-d] + "." + s[len(s)-d:]
+	}
+	if neg {
+		s = "-" + s
+	}
+	return s + " " + currency
+}
+
+// FormatBytes formats a byte count with decimal units (1 MB = 10^6 bytes).
+func FormatBytes(n int64) string {
+	units := []string{"B", "kB", "MB", "GB", "TB", "PB"}
+	f := float64(n)
+	i := 0
+	for f >= 1000 && i < len(units)-1 {
+		f /= 1000
+		i++
+	}
+	if i == 0 {
+		return fmt.Sprintf("%d B", n)
+	}
+	t := strings.TrimRight(strings.TrimRight(strconv.FormatFloat(f, 'f', 2, 64), "0"), ".")
+	return t + " " + units[i]
+}

@@ -1,0 +1,388 @@
+package conformance
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+
+	"connectrpc.com/connect"
+
+	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
+	"github.com/sharespot/sharespot/internal/client"
+	"github.com/sharespot/sharespot/internal/harness"
+	"github.com/sharespot/sharespot/internal/ledger"
+	"github.com/sharespot/sharespot/internal/seal"
+	"github.com/sharespot/sharespot/internal/server"
+	"github.com/sharespot/sharespot/internal/store"
+	"github.com/sharespot/sharespot/internal/wifi"
+)
+
+const (
+	MB       = 1_000_000
+	currency = "EUR"
+)
+
+// instruction is the host's network-sharing instruction in these tests:
+// 10 cents per MB, top-ups at 12 cents per MB, at least 10 MB, 1 GB shared,
+// warn below 5 MB.
+func instruction() *sharespotv1.ShareInstruction {
+	return &sharespotv1.ShareInstruction{
+		AccessPoint:    &sharespotv1.AccessPoint{Ssid: []byte("Cafe Sharespot"), Bssid: "02:5E:00:00:00:01", Security: sharespotv1.Security_SECURITY_WPA2},
+		Tariff:         &sharespotv1.Tariff{Currency: currency, PriceMinor: 10, UnitBytes: MB, MinPurchaseBytes: 10 * MB, TopupPriceMinor: 12},
+		ShareableBytes: 1000 * MB,
+		WarnAtBytes:    5 * MB,
+	}
+}
+
+// flow is one guest buying from one host, step by step.
+type flow struct {
+	env             *harness.Env
+	host, guest     *client.Client
+	hostAgent       *client.Host
+	gate            *client.CodeGate
+	g               *client.Guest
+	hostIn, guestIn *harness.Inbox
+	hotspot         *sharespotv1.Hotspot
+}
+
+func newFlow(t *testing.T, mod func(*server.Config)) *flow {
+	t.Helper()
+	ctx := context.Background()
+	f := &flow{env: harness.Start(t, mod)}
+	f.host, f.guest = f.env.Device(t, "host"), f.env.Device(t, "guest")
+	f.gate = &client.CodeGate{Kind: "proxy", Address: "192.0.2.1:1080"}
+	f.hostAgent = &client.Host{C: f.host, Gate: f.gate}
+	if err := f.hostAgent.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	f.g = &client.Guest{C: f.guest}
+	res, err := f.host.Hotspots.Register(ctx, connect.NewRequest(&sharespotv1.RegisterRequest{Instruction: instruction()}))
+	if err != nil {
+		t.Fatalf("register: %v", err)
+	}
+	f.hotspot = res.Msg.Hotspot
+	f.hostIn = harness.Listen(t, f.host, f.hostAgent.Handle)
+	f.guestIn = harness.Listen(t, f.guest, nil)
+	f.env.Fund(t, f.guest, currency, 10_000)
+	return f
+}
+
+// TestClaim walks claims 1–3 in order through one session. Each subtest
+// depends on the ones before it, as each claim step does.
+func TestClaim(t *testing.T) {
+	ctx := context.Background()
+	f := newFlow(t, nil)
+	var (
+		cands   []*sharespotv1.Candidate
+		offers  []*sharespotv1.Offer
+		offer   *sharespotv1.Offer
+		ses     *sharespotv1.Session
+		fee     *sharespotv1.Quote
+		rc      *sharespotv1.Receipt
+		grant   *sharespotv1.AccessGranted
+		code    []byte
+		topFee  *sharespotv1.Quote
+		topRc   *sharespotv1.Receipt
+		prompt  *sharespotv1.LowQuotaPrompt
+		guest0  = harness.Balance(t, f.guest, currency)
+		chargeA = int64(100 * 10) // 100 MB at 10 cents
+		chargeB = int64(50 * 12)  // 50 MB at 12 cents
+	)
+	step := func(name string, fn func(t *testing.T)) {
+		if !t.Run(name, fn) {
+			t.FailNow()
+		}
+	}
+
+	step("C1.1_scan_candidate_set", func(t *testing.T) {
+		aps, err := wifi.ReadScanFile("testdata/scan.json")
+		if err != nil {
+			t.Fatal(err)
+		}
+		cands = wifi.Candidates(aps)
+		if len(cands) != 4 || !bytes.Equal(cands[3].Ssid, []byte{0xff, 0x00, 0xfe}) {
+			t.Fatalf("candidate set = %v", cands)
+		}
+	})
+	step("C1.2_send_candidate_set", func(t *testing.T) {
+		res, err := f.guest.Discovery.Discover(ctx, connect.NewRequest(&sharespotv1.DiscoverRequest{Candidates: cands}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		offers = res.Msg.Available
+	})
+	step("C1.3_available_set_with_tariff", func(t *testing.T) {
+		// Only the registered candidate comes back: not the unregistered
+		// ones, and not one whose registered BSSID shows another SSID.
+		if len(offers) != 1 {
+			t.Fatalf("available set has %d entries, want 1: %v", len(offers), offers)
+		}
+		o := offers[0]
+		want := instruction().Tariff
+		if o.HotspotId != f.hotspot.Id || o.AccessPoint.Bssid != "02:5e:00:00:00:01" || o.HostDeviceId != f.host.DeviceID() ||
+			o.Tariff.PriceMinor != want.PriceMinor || o.Tariff.TopupPriceMinor != want.TopupPriceMinor || o.Tariff.Currency != currency ||
+			o.SignalDbm != -48 || o.AvailableBytes != 1000*MB {
+			t.Fatalf("offer = %v", o)
+		}
+	})
+	step("C1.4_show_available_set", func(t *testing.T) {
+		var b strings.Builder
+		if err := client.ShowOffers(&b, offers); err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range []string{"Cafe Sharespot", "02:5e:00:00:00:01", "-48 dBm", "0.10 EUR / 1 MB", "0.12 EUR / 1 MB", "1 GB"} {
+			if !strings.Contains(b.String(), want) {
+				t.Errorf("shown set lacks %q:\n%s", want, b.String())
+			}
+		}
+	})
+	step("C1.5_access_request_for_available_ap", func(t *testing.T) {
+		offer = offers[0] // the user's choice, from the available set
+		if offer.AccessPoint.Bssid != cands[0].Bssid && !strings.EqualFold(offer.AccessPoint.Bssid, cands[0].Bssid) {
+			t.Fatalf("chosen access point %s is not a candidate", offer.AccessPoint.Bssid)
+		}
+	})
+	step("C1.6_request_reaches_host_via_server", func(t *testing.T) {
+		var err error
+		ses, err = f.g.RequestAccess(ctx, offer.HotspotId, 100*MB)
+		if err != nil {
+			t.Fatal(err)
+		}
+		env, req := harness.Next[*sharespotv1.Envelope_AccessRequested](t, f.hostIn)
+		if env.SessionId != ses.Id || req.AccessRequested.GuestDeviceId != f.guest.DeviceID() || req.AccessRequested.Bytes != 100*MB {
+			t.Fatalf("host got %v", env)
+		}
+	})
+	step("C3.1_fee_information", func(t *testing.T) {
+		env, fi := harness.Next[*sharespotv1.Envelope_FeeInfo](t, f.guestIn)
+		fee = fi.FeeInfo.Quote
+		if env.SessionId != ses.Id || fee.AmountMinor != chargeA || fee.Bytes != 100*MB || fee.Kind != sharespotv1.QuoteKind_QUOTE_KIND_INITIAL {
+			t.Fatalf("fee info = %v", fee)
+		}
+	})
+	step("C3.2_pay_and_payment_success_response", func(t *testing.T) {
+		res, err := f.guest.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: fee.Id}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		rc = res.Msg.Receipt
+		if got := harness.Balance(t, f.guest, currency); got != guest0-chargeA {
+			t.Fatalf("guest balance %d, want %d", got, guest0-chargeA)
+		}
+		escrow := escrowOf(t, f.env, ses.Id)
+		if escrow != chargeA {
+			t.Fatalf("escrow %d, want %d", escrow, chargeA)
+		}
+	})
+	step("C3.3_payment_response_reaches_host", func(t *testing.T) {
+		if _, err := f.guest.Sessions.Confirm(ctx, connect.NewRequest(&sharespotv1.ConfirmRequest{SessionId: ses.Id, Receipt: rc})); err != nil {
+			t.Fatal(err)
+		}
+		_, pc := harness.Next[*sharespotv1.Envelope_PaymentConfirmed](t, f.hostIn)
+		if pc.PaymentConfirmed.QuoteId != fee.Id || !bytes.Equal(pc.PaymentConfirmed.Receipt.Signature, rc.Signature) {
+			t.Fatalf("host got %v", pc)
+		}
+	})
+	step("C1.7_access_response_code_and_volume", func(t *testing.T) {
+		_, g := harness.Next[*sharespotv1.Envelope_AccessGranted](t, f.guestIn)
+		grant = g.AccessGranted
+		if grant.GrantedBytes != 100*MB || grant.TotalGrantedBytes != 100*MB || grant.SealedCode == nil || grant.Gateway.GetAddress() == "" {
+			t.Fatalf("access response = %v", grant)
+		}
+	})
+	step("C2.1_preset_rule_opens_code", func(t *testing.T) {
+		if grant.SealedCode.Suite != string(seal.Preset) {
+			t.Fatalf("suite %q, want the preset %q", grant.SealedCode.Suite, seal.Preset)
+		}
+		var err error
+		if code, err = f.g.OpenCode(ses.Id, f.host.DeviceID(), grant.SealedCode); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case env := <-drain(f.guestIn):
+			if _, ok := env.Body.(*sharespotv1.Envelope_EncryptionMessage); ok {
+				t.Fatal("preset rule in force, yet the guest got an encryption message")
+			}
+		default:
+		}
+	})
+	step("C1.8_online_with_code_and_volume", func(t *testing.T) {
+		// Until the gateway lands, the host-side check the guest presents
+		// its code to is the gate; the gateway issue moves real bytes here.
+		vol, err := f.gate.Check(ses.Id, code)
+		if err != nil || vol != 100*MB {
+			t.Fatalf("gate check = %d, %v", vol, err)
+		}
+		wrong := bytes.Clone(code)
+		wrong[0] ^= 1
+		if _, err := f.gate.Check(ses.Id, wrong); err == nil {
+			t.Fatal("gate accepted a wrong code")
+		}
+	})
+	step("C1.9_low_quota_prompt", func(t *testing.T) {
+		// Above the threshold the server refuses a prompt: it checks.
+		_, err := f.host.Sessions.Prompt(ctx, connect.NewRequest(&sharespotv1.PromptRequest{SessionId: ses.Id, UsedBytes: 90 * MB}))
+		if harness.Code(err) != connect.CodeFailedPrecondition {
+			t.Fatalf("prompt at 10 MB left: %v, want failed_precondition", err)
+		}
+		if _, err := f.host.Sessions.Prompt(ctx, connect.NewRequest(&sharespotv1.PromptRequest{SessionId: ses.Id, UsedBytes: 96 * MB})); err != nil {
+			t.Fatal(err)
+		}
+		_, p := harness.Next[*sharespotv1.Envelope_LowQuotaPrompt](t, f.guestIn)
+		if p.LowQuotaPrompt.RemainingBytes != 4*MB || p.LowQuotaPrompt.UsedBytes != 96*MB {
+			t.Fatalf("prompt = %v", p.LowQuotaPrompt)
+		}
+		prompt = p.LowQuotaPrompt
+	})
+	step("C1.10_show_prompt", func(t *testing.T) {
+		var b strings.Builder
+		client.ShowPrompt(&b, prompt)
+		if !strings.Contains(b.String(), "4 MB left of 100 MB (used 96 MB). Buy more?") {
+			t.Fatalf("shown prompt: %q", b.String())
+		}
+	})
+	step("C1.11_add_data_request", func(t *testing.T) {
+		if _, err := f.guest.Sessions.RequestTopUp(ctx, connect.NewRequest(&sharespotv1.RequestTopUpRequest{SessionId: ses.Id, Bytes: 50 * MB})); err != nil {
+			t.Fatal(err)
+		}
+		_, tr := harness.Next[*sharespotv1.Envelope_TopUpRequested](t, f.hostIn)
+		if tr.TopUpRequested.Bytes != 50*MB {
+			t.Fatalf("host got %v", tr)
+		}
+	})
+	step("C1.12_additional_fee_information", func(t *testing.T) {
+		_, fi := harness.Next[*sharespotv1.Envelope_FeeInfo](t, f.guestIn)
+		topFee = fi.FeeInfo.Quote
+		if topFee.Kind != sharespotv1.QuoteKind_QUOTE_KIND_TOPUP || topFee.AmountMinor != chargeB || topFee.Bytes != 50*MB {
+			t.Fatalf("additional fee = %v", topFee)
+		}
+	})
+	step("C1.13_additional_payment_success", func(t *testing.T) {
+		res, err := f.guest.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: topFee.Id}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		topRc = res.Msg.Receipt
+		if got := escrowOf(t, f.env, ses.Id); got != chargeA+chargeB {
+			t.Fatalf("escrow %d, want %d", got, chargeA+chargeB)
+		}
+	})
+	step("C1.14_additional_payment_reaches_host", func(t *testing.T) {
+		if _, err := f.guest.Sessions.Confirm(ctx, connect.NewRequest(&sharespotv1.ConfirmRequest{SessionId: ses.Id, Receipt: topRc})); err != nil {
+			t.Fatal(err)
+		}
+		_, pc := harness.Next[*sharespotv1.Envelope_PaymentConfirmed](t, f.hostIn)
+		if pc.PaymentConfirmed.Kind != sharespotv1.QuoteKind_QUOTE_KIND_TOPUP || pc.PaymentConfirmed.QuoteId != topFee.Id {
+			t.Fatalf("host got %v", pc)
+		}
+	})
+	step("C1.15_add_data_response", func(t *testing.T) {
+		_, g := harness.Next[*sharespotv1.Envelope_AccessGranted](t, f.guestIn)
+		if g.AccessGranted.GrantedBytes != 50*MB || g.AccessGranted.TotalGrantedBytes != 150*MB || g.AccessGranted.SealedCode != nil {
+			t.Fatalf("add-data response = %v", g.AccessGranted)
+		}
+		if vol, err := f.gate.Check(ses.Id, code); err != nil || vol != 150*MB {
+			t.Fatalf("gate volume after top-up = %d, %v", vol, err)
+		}
+	})
+	step("settlement_on_end", func(t *testing.T) {
+		// The host meters 120 MB of 150 MB; the guest ends the session.
+		if _, err := f.host.Sessions.ReportUsage(ctx, connect.NewRequest(&sharespotv1.ReportUsageRequest{SessionId: ses.Id, UsedBytes: 120 * MB})); err != nil {
+			t.Fatal(err)
+		}
+		res, err := f.guest.Sessions.End(ctx, connect.NewRequest(&sharespotv1.EndRequest{SessionId: ses.Id, Reason: "done"}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := res.Msg.Session
+		paid := chargeA + chargeB      // 1600
+		hostShare := paid * 120 / 150  // 1280
+		fee := hostShare * 500 / 10000 // 64
+		if s.State != sharespotv1.SessionState_SESSION_STATE_ENDED || s.SettledHostMinor != hostShare-fee || s.SettledFeeMinor != fee || s.RefundedMinor != paid-hostShare {
+			t.Fatalf("settlement = %v", s)
+		}
+		if got := harness.Balance(t, f.guest, currency); got != guest0-hostShare {
+			t.Fatalf("guest balance %d, want %d", got, guest0-hostShare)
+		}
+		if got := harness.Balance(t, f.host, currency); got != hostShare-fee {
+			t.Fatalf("host balance %d, want %d", got, hostShare-fee)
+		}
+		_, ended := harness.Next[*sharespotv1.Envelope_SessionEnded](t, f.hostIn)
+		if ended.SessionEnded.Session.SettledHostMinor != hostShare-fee {
+			t.Fatalf("host told %v", ended.SessionEnded.Session)
+		}
+		if _, err := f.gate.Check(ses.Id, code); err == nil {
+			t.Fatal("gate still admits an ended session")
+		}
+		f.env.MustAudit(t)
+	})
+}
+
+// TestClaim2Negotiated is claim 2's second alternative: the server's
+// encryption message names the protocol (here the ML-KEM-768 + X25519
+// hybrid), and the guest opens the code with it.
+func TestClaim2Negotiated(t *testing.T) {
+	ctx := context.Background()
+	f := newFlow(t, func(c *server.Config) {
+		c.Session = sessionConfig()
+		c.Session.Suites = []seal.Suite{seal.SuiteMLKEM768X25519, seal.Preset}
+		c.Session.Announce = true
+	})
+	ses := f.pay(t)
+	var suite string
+	t.Run("C2.2_encryption_message_names_protocol", func(t *testing.T) {
+		_, em := harness.Next[*sharespotv1.Envelope_EncryptionMessage](t, f.guestIn)
+		suite = em.EncryptionMessage.Suite
+		if _, err := seal.ParseSuite(suite); err != nil || suite != string(seal.SuiteMLKEM768X25519) {
+			t.Fatalf("encryption message names %q", suite)
+		}
+	})
+	t.Run("C2.3_decrypt_with_named_protocol", func(t *testing.T) {
+		_, g := harness.Next[*sharespotv1.Envelope_AccessGranted](t, f.guestIn)
+		if g.AccessGranted.SealedCode.Suite != suite {
+			t.Fatalf("code sealed with %q, announced %q", g.AccessGranted.SealedCode.Suite, suite)
+		}
+		code, err := f.g.OpenCode(ses.Id, f.host.DeviceID(), g.AccessGranted.SealedCode)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.gate.Check(ses.Id, code); err != nil {
+			t.Fatal(err)
+		}
+	})
+	_ = ctx
+}
+
+// pay runs a flow up to the confirmed payment of 100 MB.
+func (f *flow) pay(t *testing.T) *sharespotv1.Session {
+	t.Helper()
+	ctx := context.Background()
+	ses, err := f.g.RequestAccess(ctx, f.hotspot.Id, 100*MB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, fi := harness.Next[*sharespotv1.Envelope_FeeInfo](t, f.guestIn)
+	res, err := f.guest.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: fi.FeeInfo.Quote.Id}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.guest.Sessions.Confirm(ctx, connect.NewRequest(&sharespotv1.ConfirmRequest{SessionId: ses.Id, Receipt: res.Msg.Receipt})); err != nil {
+		t.Fatal(err)
+	}
+	return ses
+}
+
+func escrowOf(t *testing.T, env *harness.Env, sessionID string) int64 {
+	t.Helper()
+	b, err := store.ReadT(context.Background(), env.Srv.Store(), func(tx *store.Tx) (int64, error) {
+		return ledger.Balance(tx, ledger.Escrow(sessionID, currency).ID)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// drain returns the inbox's channel for a non-blocking look.
+func drain(in *harness.Inbox) <-chan *sharespotv1.Envelope { return in.C() }

@@ -1,0 +1,7 @@
+package conformance
+
+import (
+	"github.com/sharespot/sharespot/internal/session"
+)
+
+func sessionConfig() session.Config { return session.DefaultConfig() }
