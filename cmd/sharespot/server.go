@@ -7,7 +7,10 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
+	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -88,6 +91,9 @@ func (c *ServerCmd) Run(env *runEnv) error {
 	if err != nil {
 		return err
 	}
+	if cfg.Crash, err = crashHook(os.Getenv("SHARESPOT_TEST_CRASH")); err != nil {
+		return err
+	}
 	srv, err := server.Open(env.ctx, cfg)
 	if err != nil {
 		return err
@@ -113,6 +119,27 @@ func (c *ServerCmd) Run(env *runEnv) error {
 	err = srv.Serve(env.ctx, ln)
 	fmt.Fprintln(env.stdout, "sharespot server stopped")
 	return err
+}
+
+// crashHook parses SHARESPOT_TEST_CRASH, the crash-safety tests' hook:
+// "before:N" or "after:N" SIGKILLs the server just before or just after its
+// Nth database commit. Empty means no hook.
+func crashHook(spec string) (func(int64, bool), error) {
+	if spec == "" {
+		return nil, nil
+	}
+	when, num, ok := strings.Cut(spec, ":")
+	n, err := strconv.ParseInt(num, 10, 64)
+	if !ok || err != nil || n < 1 || (when != "before" && when != "after") {
+		return nil, fmt.Errorf("SHARESPOT_TEST_CRASH=%q: want before:N or after:N", spec)
+	}
+	after := when == "after"
+	return func(commit int64, committed bool) {
+		if commit == n && committed == after {
+			syscall.Kill(os.Getpid(), syscall.SIGKILL)
+			select {} // the signal is on its way
+		}
+	}, nil
 }
 
 // WalletCmd groups wallet commands.

@@ -45,6 +45,8 @@ type Config struct {
 	PollInterval time.Duration
 	Logger       *slog.Logger
 	Now          func() time.Time
+	// Crash is passed to the store (crash-safety tests only).
+	Crash func(commit int64, committed bool)
 }
 
 // DefaultDataDir is the user's data directory for Sharespot.
@@ -96,7 +98,7 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, hub: relay.NewHub()}
 	var err error
-	if s.st, err = store.OpenSQLite(ctx, DBPath(cfg.DataDir), store.Options{Logger: cfg.Logger}); err != nil {
+	if s.st, err = store.OpenSQLite(ctx, DBPath(cfg.DataDir), store.Options{Logger: cfg.Logger, Crash: cfg.Crash}); err != nil {
 		return nil, err
 	}
 	if s.wallet, err = payment.Open(ctx, s.st, cfg.Now); err != nil {

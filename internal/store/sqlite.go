@@ -43,7 +43,7 @@ func OpenSQLite(ctx context.Context, path string, opts Options) (*Store, error) 
 	q.Set("_txlock", "immediate")
 	dsn := "file:" + path + "?" + q.Encode()
 
-	s := &Store{engine: SQLite, log: opts.Logger, maxBatch: opts.MaxBatch}
+	s := &Store{engine: SQLite, log: opts.Logger, maxBatch: opts.MaxBatch, crash: opts.Crash}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}

@@ -48,6 +48,10 @@ type Options struct {
 	MaxBatch int
 	// Logger receives slow-commit and error reports; nil discards.
 	Logger *slog.Logger
+	// Crash, when set, is called around every commit with the commit's
+	// number (from 1) and whether it already happened; the crash-safety
+	// tests use it to SIGKILL the process at a transaction boundary.
+	Crash func(n int64, committed bool)
 }
 
 // Store is an open database.
@@ -58,6 +62,8 @@ type Store struct {
 	log    *slog.Logger
 
 	maxBatch int
+	crash    func(n int64, committed bool)
+	commitNo int64
 	writes   chan *writeReq
 	stop     chan struct{}
 	done     chan struct{}
@@ -325,9 +331,16 @@ func (s *Store) commitBatch(batch []*writeReq) {
 			return
 		}
 	}
+	s.commitNo++
+	if s.crash != nil {
+		s.crash(s.commitNo, false)
+	}
 	if err := sqlTx.Commit(); err != nil {
 		finish(fmt.Errorf("store: commit: %w", translate(err)))
 		return
+	}
+	if s.crash != nil {
+		s.crash(s.commitNo, true)
 	}
 	s.statsMu.Lock()
 	s.stats.Commits++
