@@ -16,6 +16,7 @@ import (
 type CLI struct {
 	Server  ServerCmd  `cmd:"" help:"Run the Sharespot server: registry, relay, sessions, wallet."`
 	Wallet  WalletCmd  `cmd:"" help:"Wallets: operator funding and balances."`
+	Device  DeviceCmd  `cmd:"" help:"This device's identity: ID and sign-in token."`
 	Version VersionCmd `cmd:"" help:"Print the version and protocol version."`
 }
 

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/sharespot/sharespot/internal/api"
+	"github.com/sharespot/sharespot/internal/client"
 	"github.com/sharespot/sharespot/internal/ledger"
 	"github.com/sharespot/sharespot/internal/payment"
 	"github.com/sharespot/sharespot/internal/seal"
@@ -196,10 +197,10 @@ func (c *WalletFundCmd) Run(env *runEnv) error {
 		return err
 	}
 	if !applied {
-		fmt.Fprintf(env.stdout, "already funded with key %q; balance of %s: %d %s\n", c.Key, c.Account, bal, cur)
+		fmt.Fprintf(env.stdout, "already funded with key %q; balance of %s: %s\n", c.Key, c.Account, client.FormatMoney(bal, cur))
 		return nil
 	}
-	fmt.Fprintf(env.stdout, "funded %s with %d %s; balance: %d %s\n", c.Account, c.Amount, cur, bal, cur)
+	fmt.Fprintf(env.stdout, "funded %s with %s; balance: %s\n", c.Account, client.FormatMoney(c.Amount, cur), client.FormatMoney(bal, cur))
 	return nil
 }
 
