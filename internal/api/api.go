@@ -75,7 +75,7 @@ func Handler(d Deps) http.Handler {
 	}
 	g := &guard{auth: d.Auth, log: d.Log, limits: d.Limits, dev: newLimiterSet(d.Limits.PerDevice, d.Limits.PerDevBurst),
 		ip: newLimiterSet(d.Limits.PerIP, d.Limits.PerIPBurst)}
-	opts := []connect.HandlerOption{connect.WithInterceptors(g), connect.WithReadMaxBytes(MaxRequestBytes)}
+	opts := []connect.HandlerOption{connect.WithInterceptors(g), connect.WithReadMaxBytes(MaxRequestBytes), connect.WithCompressMinBytes(4096)}
 	mux := http.NewServeMux()
 	s := &services{d: d}
 	mux.Handle(sharespotv1connect.NewAuthServiceHandler(&authService{s}, opts...))

@@ -12,6 +12,7 @@ import (
 	"github.com/sharespot/sharespot/internal/receipt"
 	"github.com/sharespot/sharespot/internal/registry"
 	"github.com/sharespot/sharespot/internal/relay"
+	"github.com/sharespot/sharespot/internal/session"
 	"github.com/sharespot/sharespot/internal/store"
 )
 
@@ -121,8 +122,12 @@ type sessionService struct{ *services }
 
 func (s *sessionService) RequestAccess(ctx context.Context, req *connect.Request[sharespotv1.RequestAccessRequest]) (*connect.Response[sharespotv1.RequestAccessResponse], error) {
 	p, m := partyFrom(ctx), req.Msg
+	keys, err := s.d.Engine.CheckGuestKeys(m.GuestKeys)
+	if err != nil {
+		return nil, err
+	}
 	return write(ctx, s.services, func(tx *store.Tx) (*sharespotv1.RequestAccessResponse, error) {
-		ses, err := s.d.Engine.RequestAccess(tx, p, m.HotspotId, m.Bytes, m.GuestKeys)
+		ses, err := s.d.Engine.RequestAccess(tx, p, m.HotspotId, m.Bytes, keys)
 		return &sharespotv1.RequestAccessResponse{Session: ses}, err
 	})
 }
@@ -145,8 +150,12 @@ func (s *sessionService) Decline(ctx context.Context, req *connect.Request[share
 
 func (s *sessionService) Confirm(ctx context.Context, req *connect.Request[sharespotv1.ConfirmRequest]) (*connect.Response[sharespotv1.ConfirmResponse], error) {
 	p, m := partyFrom(ctx), req.Msg
+	vr, err := s.d.Engine.VerifyReceipt(m.Receipt)
+	if err != nil {
+		return nil, err
+	}
 	return write(ctx, s.services, func(tx *store.Tx) (*sharespotv1.ConfirmResponse, error) {
-		ses, err := s.d.Engine.Confirm(tx, p, m.SessionId, m.Receipt)
+		ses, err := s.d.Engine.Confirm(tx, p, m.SessionId, vr)
 		return &sharespotv1.ConfirmResponse{Session: ses}, err
 	})
 }
@@ -204,8 +213,14 @@ type paymentService struct{ *services }
 
 func (ps *paymentService) Pay(ctx context.Context, req *connect.Request[sharespotv1.PayRequest]) (*connect.Response[sharespotv1.PayResponse], error) {
 	p := partyFrom(ctx)
+	sc, err := store.ReadT(ctx, ps.d.Store, func(tx *store.Tx) (session.SignedCharge, error) {
+		return ps.d.Engine.SignCharge(tx, p, req.Msg.QuoteId)
+	})
+	if err != nil {
+		return nil, err
+	}
 	return write(ctx, ps.services, func(tx *store.Tx) (*sharespotv1.PayResponse, error) {
-		r, err := ps.d.Engine.Pay(tx, p, req.Msg.QuoteId)
+		r, err := ps.d.Engine.Pay(tx, p, sc)
 		return &sharespotv1.PayResponse{Receipt: r}, err
 	})
 }

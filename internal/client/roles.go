@@ -337,3 +337,21 @@ func (g *Guest) OpenCode(sessionID, hostID string, sc *sharespotv1.SealedCode) (
 	return seal.Open(k, seal.Binding{SessionID: sessionID, HostID: hostID, GuestID: g.C.DeviceID()},
 		seal.Sealed{Suite: seal.Suite(sc.Suite), Enc: sc.Enc, Ciphertext: sc.Ciphertext})
 }
+
+// PublicKey returns the guest's public key for suite in a session (nil if
+// none).
+func (g *Guest) PublicKey(sessionID string, s seal.Suite) []byte {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if k := g.keys[sessionID][s]; k != nil {
+		return k.PublicKey()
+	}
+	return nil
+}
+
+// Forget drops a finished session's keys.
+func (g *Guest) Forget(sessionID string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	delete(g.keys, sessionID)
+}

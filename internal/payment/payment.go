@@ -88,21 +88,9 @@ func Open(ctx context.Context, st *store.Store, now func() time.Time) (*Wallet, 
 // PublicKeys returns the keys that verify this platform's receipts.
 func (w *Wallet) PublicKeys() []ed25519.PublicKey { return w.keys }
 
-// Charge takes a quote's fee from the payer's wallet into escrow and signs
-// the payment-success response. It is C3.2 / C1.13 on the platform's side.
-func (w *Wallet) Charge(tx *store.Tx, nowMS int64, c session.Charge) (*sharespotv1.Receipt, error) {
-	if c.Amount > 0 {
-		from := ledger.Wallet(c.Payer.AccountID, c.Currency)
-		_, err := ledger.Apply(tx, nowMS, ledger.Transfer{ID: "pay:" + c.QuoteID, Debit: from,
-			Credit: ledger.Escrow(c.SessionID, c.Currency), Amount: c.Amount, Currency: c.Currency, Memo: "pay quote " + c.QuoteID})
-		if errors.Is(err, ledger.ErrInsufficientFunds) {
-			have, _ := ledger.Balance(tx, from.ID)
-			return nil, problem.Exhaustedf("insufficient funds: your %s wallet holds %d, the fee is %d; fund the wallet first", c.Currency, have, c.Amount)
-		}
-		if err != nil {
-			return nil, fmt.Errorf("payment: charge quote %s: %w", c.QuoteID, err)
-		}
-	}
+// Sign makes the payment-success response for a charge: a new receipt ID
+// and the platform's signature over the canonical payload.
+func (w *Wallet) Sign(nowMS int64, c session.Charge) (string, *sharespotv1.Receipt, error) {
 	p := receipt.Payload{
 		ReceiptID: relay.NewID("rcpt"), SessionID: c.SessionID, QuoteID: c.QuoteID, Currency: c.Currency,
 		Payer: c.Payer.DeviceID, Payee: c.Payee.DeviceID, Platform: PlatformName, Amount: c.Amount, Bytes: c.Bytes,
@@ -110,16 +98,34 @@ func (w *Wallet) Charge(tx *store.Tx, nowMS int64, c session.Charge) (*sharespot
 	}
 	r, err := w.signer.Sign(p)
 	if err != nil {
-		return nil, fmt.Errorf("payment: sign receipt: %w", err)
+		return "", nil, fmt.Errorf("payment: sign receipt: %w", err)
+	}
+	return p.ReceiptID, &sharespotv1.Receipt{KeyId: r.KeyID, Payload: r.Payload, Signature: r.Signature}, nil
+}
+
+// Charge takes a quote's fee from the payer's wallet into escrow and
+// records its signed receipt. It is C3.2 / C1.13 on the platform's side.
+func (w *Wallet) Charge(tx *store.Tx, nowMS int64, c session.Charge, receiptID string, r *sharespotv1.Receipt) error {
+	if c.Amount > 0 {
+		from := ledger.Wallet(c.Payer.AccountID, c.Currency)
+		_, err := ledger.Apply(tx, nowMS, ledger.Transfer{ID: "pay:" + c.QuoteID, Debit: from,
+			Credit: ledger.Escrow(c.SessionID, c.Currency), Amount: c.Amount, Currency: c.Currency, Memo: "pay quote " + c.QuoteID})
+		if errors.Is(err, ledger.ErrInsufficientFunds) {
+			have, _ := ledger.Balance(tx, from.ID)
+			return problem.Exhaustedf("insufficient funds: your %s wallet holds %d, the fee is %d; fund the wallet first", c.Currency, have, c.Amount)
+		}
+		if err != nil {
+			return fmt.Errorf("payment: charge quote %s: %w", c.QuoteID, err)
+		}
 	}
 	if _, err := tx.Exec(`INSERT INTO receipts (id, quote_id, key_id, payload, signature, confirmed, created_ms) VALUES (?, ?, ?, ?, ?, 0, ?)`,
-		p.ReceiptID, c.QuoteID, r.KeyID, r.Payload, r.Signature, nowMS); err != nil {
+		receiptID, c.QuoteID, r.KeyId, r.Payload, r.Signature, nowMS); err != nil {
 		if errors.Is(err, store.ErrConflict) {
-			return nil, problem.AlreadyExistsf("quote %s is already paid", c.QuoteID)
+			return problem.AlreadyExistsf("quote %s is already paid", c.QuoteID)
 		}
-		return nil, fmt.Errorf("payment: record receipt: %w", err)
+		return fmt.Errorf("payment: record receipt: %w", err)
 	}
-	return &sharespotv1.Receipt{KeyId: r.KeyID, Payload: r.Payload, Signature: r.Signature}, nil
+	return nil
 }
 
 // Verify checks a payment-success response's signature and decodes it.

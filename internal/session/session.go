@@ -47,13 +47,79 @@ type Charge struct {
 	Bytes              int64
 }
 
-// Platform is the payment platform as the session needs it.
+// Platform is the payment platform as the session needs it. Signing and
+// verifying happen outside the database transaction, so the single SQLite
+// writer never waits on public-key cryptography.
 type Platform interface {
+	// Sign makes the signed payment-success response for a charge.
+	Sign(nowMS int64, c Charge) (receiptID string, r *sharespotv1.Receipt, err error)
 	// Charge moves the fee from the payer into the session's escrow and
-	// returns the signed payment-success response, within tx.
-	Charge(tx *store.Tx, nowMS int64, c Charge) (*sharespotv1.Receipt, error)
+	// records the receipt, within tx.
+	Charge(tx *store.Tx, nowMS int64, c Charge, receiptID string, r *sharespotv1.Receipt) error
 	// Verify checks a payment-success response's signature.
 	Verify(r *sharespotv1.Receipt) (receipt.Payload, error)
+}
+
+// GuestKeys are a guest's HPKE public keys, checked by CheckGuestKeys.
+type GuestKeys struct{ keys []*sharespotv1.GuestKey }
+
+// CheckGuestKeys validates the keys of an access request (outside the
+// transaction: parsing keys is work the writer should not do).
+func (e *Engine) CheckGuestKeys(keys []*sharespotv1.GuestKey) (GuestKeys, error) {
+	if len(keys) == 0 || len(keys) > 8 {
+		return GuestKeys{}, problem.Invalidf("guest_keys must hold 1 to 8 HPKE public keys, got %d", len(keys))
+	}
+	for i, k := range keys {
+		if err := seal.CheckPublicKey(seal.Suite(k.GetSuite()), k.GetPublicKey()); err != nil {
+			return GuestKeys{}, problem.Invalidf("guest_keys[%d]: %v", i, err)
+		}
+	}
+	if _, err := e.chooseSuite(keys); err != nil {
+		return GuestKeys{}, err
+	}
+	return GuestKeys{keys}, nil
+}
+
+// SignedCharge is a charge with its signed receipt, made by SignCharge.
+type SignedCharge struct {
+	c         Charge
+	receiptID string
+	rc        *sharespotv1.Receipt
+}
+
+// SignCharge plans the payment of a quote in a read transaction and signs
+// its payment-success response; Pay then commits it if the quote is still
+// open and unchanged.
+func (e *Engine) SignCharge(tx *store.Tx, guest Party, quoteID string) (SignedCharge, error) {
+	now := e.nowMS()
+	c, _, _, err := e.payable(tx, guest, quoteID, now)
+	if err != nil {
+		return SignedCharge{}, err
+	}
+	id, rc, err := e.pay.Sign(now, c)
+	if err != nil {
+		return SignedCharge{}, fmt.Errorf("session: sign receipt: %w", err)
+	}
+	return SignedCharge{c: c, receiptID: id, rc: rc}, nil
+}
+
+// VerifiedReceipt is a receipt whose signature VerifyReceipt checked.
+type VerifiedReceipt struct {
+	rc *sharespotv1.Receipt
+	p  receipt.Payload
+}
+
+// VerifyReceipt checks a payment-success response's signature (outside the
+// transaction); Confirm then checks what it binds.
+func (e *Engine) VerifyReceipt(rc *sharespotv1.Receipt) (VerifiedReceipt, error) {
+	if rc == nil {
+		return VerifiedReceipt{}, problem.Invalidf("receipt is missing")
+	}
+	p, err := e.pay.Verify(rc)
+	if err != nil {
+		return VerifiedReceipt{}, problem.Deniedf("receipt refused: %v", err)
+	}
+	return VerifiedReceipt{rc: rc, p: p}, nil
 }
 
 // Config holds the flow's deadlines, fee and sealing policy.
@@ -117,21 +183,14 @@ func (e *Engine) Config() Config { return e.cfg }
 
 // RequestAccess is C1.5–C1.6: the guest asks, through the server, the host
 // of an available hotspot for access. The host receives AccessRequested.
-func (e *Engine) RequestAccess(tx *store.Tx, guest Party, hotspotID string, bytes int64, keys []*sharespotv1.GuestKey) (*sharespotv1.Session, error) {
+func (e *Engine) RequestAccess(tx *store.Tx, guest Party, hotspotID string, bytes int64, gk GuestKeys) (*sharespotv1.Session, error) {
 	now := e.nowMS()
 	if bytes <= 0 {
 		return nil, problem.Invalidf("bytes must be positive, got %d", bytes)
 	}
-	if len(keys) == 0 || len(keys) > 8 {
-		return nil, problem.Invalidf("guest_keys must hold 1 to 8 HPKE public keys, got %d", len(keys))
-	}
-	for i, k := range keys {
-		if err := seal.CheckPublicKey(seal.Suite(k.GetSuite()), k.GetPublicKey()); err != nil {
-			return nil, problem.Invalidf("guest_keys[%d]: %v", i, err)
-		}
-	}
-	if _, err := e.chooseSuite(keys); err != nil {
-		return nil, err
+	keys := gk.keys
+	if len(keys) == 0 {
+		return nil, problem.Invalidf("guest_keys are missing")
 	}
 	h, err := registry.Get(tx, hotspotID)
 	if err != nil {
@@ -290,31 +349,16 @@ func (e *Engine) Decline(tx *store.Tx, host Party, sessionID, reason string) (*s
 // Pay is C3.2 (and C1.13 for a top-up): the guest pays the quoted fee
 // through the payment platform, which holds it in escrow and answers with
 // the signed payment-success response. A quote is paid at most once.
-func (e *Engine) Pay(tx *store.Tx, guest Party, quoteID string) (*sharespotv1.Receipt, error) {
+func (e *Engine) Pay(tx *store.Tx, guest Party, sc SignedCharge) (*sharespotv1.Receipt, error) {
 	now := e.nowMS()
-	q, err := loadQuote(tx, quoteID)
+	c, q, s, err := e.payable(tx, guest, sc.c.QuoteID, now)
 	if err != nil {
 		return nil, err
 	}
-	s, err := e.load(tx, q.SessionID, guest, roleGuest)
-	if err != nil {
-		return nil, problem.NotFoundf("quote %s not found", quoteID)
+	if c != sc.c {
+		return nil, problem.WrongStatef("quote %s changed while it was being paid; pay again", q.ID)
 	}
-	switch {
-	case q.State == sharespotv1.QuoteState_QUOTE_STATE_EXPIRED || (q.State == sharespotv1.QuoteState_QUOTE_STATE_OPEN && now >= q.ExpiresMS):
-		return nil, problem.WrongStatef("quote %s expired; ask for a new one", q.ID)
-	case q.State != sharespotv1.QuoteState_QUOTE_STATE_OPEN:
-		return nil, problem.AlreadyExistsf("quote %s is already paid", q.ID)
-	case s.State == sharespotv1.SessionState_SESSION_STATE_ENDED:
-		return nil, problem.WrongStatef("session %s has ended", s.ID)
-	}
-	hostParty, err := partyOf(tx, s.Host)
-	if err != nil {
-		return nil, err
-	}
-	r, err := e.pay.Charge(tx, now, Charge{QuoteID: q.ID, SessionID: s.ID, Payer: guest, Payee: hostParty,
-		Amount: q.Amount, Currency: q.Currency, Bytes: q.Bytes})
-	if err != nil {
+	if err := e.pay.Charge(tx, now, c, sc.receiptID, sc.rc); err != nil {
 		return nil, err
 	}
 	q.State = sharespotv1.QuoteState_QUOTE_STATE_PAID
@@ -328,7 +372,33 @@ func (e *Engine) Pay(tx *store.Tx, guest Party, quoteID string) (*sharespotv1.Re
 	if err := s.save(tx, now); err != nil {
 		return nil, err
 	}
-	return r, nil
+	return sc.rc, nil
+}
+
+// payable checks that guest may pay quoteID now and returns the charge.
+func (e *Engine) payable(tx *store.Tx, guest Party, quoteID string, now int64) (Charge, *quote, *row, error) {
+	q, err := loadQuote(tx, quoteID)
+	if err != nil {
+		return Charge{}, nil, nil, err
+	}
+	s, err := e.load(tx, q.SessionID, guest, roleGuest)
+	if err != nil {
+		return Charge{}, nil, nil, problem.NotFoundf("quote %s not found", quoteID)
+	}
+	switch {
+	case q.State == sharespotv1.QuoteState_QUOTE_STATE_EXPIRED || (q.State == sharespotv1.QuoteState_QUOTE_STATE_OPEN && now >= q.ExpiresMS):
+		return Charge{}, nil, nil, problem.WrongStatef("quote %s expired; ask for a new one", q.ID)
+	case q.State != sharespotv1.QuoteState_QUOTE_STATE_OPEN:
+		return Charge{}, nil, nil, problem.AlreadyExistsf("quote %s is already paid", q.ID)
+	case s.State == sharespotv1.SessionState_SESSION_STATE_ENDED:
+		return Charge{}, nil, nil, problem.WrongStatef("session %s has ended", s.ID)
+	}
+	hostParty, err := partyOf(tx, s.Host)
+	if err != nil {
+		return Charge{}, nil, nil, err
+	}
+	return Charge{QuoteID: q.ID, SessionID: s.ID, Payer: guest, Payee: hostParty,
+		Amount: q.Amount, Currency: q.Currency, Bytes: q.Bytes}, q, s, nil
 }
 
 // ---------------------------------------------------------------- C3.3 / C1.14 / C2
@@ -339,18 +409,15 @@ func (e *Engine) Pay(tx *store.Tx, guest Party, quoteID string) (*sharespotv1.Re
 // accepts each receipt once. With the confirmation the host learns the
 // suite to seal with; if the server announces suites, the guest gets the
 // encryption message naming it (C2.2), otherwise both use the preset (C2.1).
-func (e *Engine) Confirm(tx *store.Tx, guest Party, sessionID string, rc *sharespotv1.Receipt) (*sharespotv1.Session, error) {
+func (e *Engine) Confirm(tx *store.Tx, guest Party, sessionID string, vr VerifiedReceipt) (*sharespotv1.Session, error) {
 	now := e.nowMS()
 	s, err := e.load(tx, sessionID, guest, roleGuest)
 	if err != nil {
 		return nil, err
 	}
+	rc, p := vr.rc, vr.p
 	if rc == nil {
 		return nil, problem.Invalidf("receipt is missing")
-	}
-	p, err := e.pay.Verify(rc)
-	if err != nil {
-		return nil, problem.Deniedf("receipt refused: %v", err)
 	}
 	q, err := loadQuote(tx, p.QuoteID)
 	if err != nil || q.SessionID != s.ID {

@@ -81,6 +81,21 @@ func migrate(ctx context.Context, db *sql.DB, engine Engine) error {
 		if err != nil {
 			return fmt.Errorf("store: migration %s: %w", m.name, err)
 		}
+		// Another process may have applied it since we read the version:
+		// look again inside the (write-locked) transaction.
+		sel := `SELECT COUNT(*) FROM schema_migrations WHERE version = ?`
+		if engine == Postgres {
+			sel = `SELECT COUNT(*) FROM schema_migrations WHERE version = $1`
+		}
+		var done int
+		if err := tx.QueryRowContext(ctx, sel, m.version).Scan(&done); err != nil {
+			tx.Rollback()
+			return fmt.Errorf("store: migration %s: %w", m.name, err)
+		}
+		if done > 0 {
+			tx.Rollback()
+			continue
+		}
 		if _, err := tx.ExecContext(ctx, m.sql); err != nil {
 			tx.Rollback()
 			return fmt.Errorf("store: migration %s: %w", m.name, err)

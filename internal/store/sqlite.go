@@ -9,17 +9,20 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"modernc.org/sqlite"
 	sqlite3 "modernc.org/sqlite/lib"
 )
 
-// SQLitePragmas are applied to every SQLite connection. FULL synchronous
-// makes every commit durable across power loss, not only process crashes.
+// SQLitePragmas are applied to every SQLite connection, in order. FULL
+// synchronous makes every commit durable across power loss, not only process
+// crashes. busy_timeout comes first so that it covers the others: switching
+// to WAL needs a lock that a concurrent opener may hold.
 var sqlitePragmas = []string{
+	"busy_timeout(10000)",
 	"journal_mode(WAL)",
 	"synchronous(FULL)",
-	"busy_timeout(10000)",
 	"foreign_keys(ON)",
 	"temp_store(MEMORY)",
 	"cache_size(-65536)",
@@ -41,7 +44,13 @@ func OpenSQLite(ctx context.Context, path string, opts Options) (*Store, error) 
 		q.Add("_pragma", p)
 	}
 	q.Set("_txlock", "immediate")
-	dsn := "file:" + path + "?" + q.Encode()
+	// In a file: URI, '%' escapes, '?' starts the query and '#' a fragment:
+	// escape them so that the path names the file it says.
+	name := "file:" + strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23").Replace(path)
+	dsn := name + "?" + q.Encode()
+	// Read connections refuse writes, so Read is read-only in fact.
+	q.Add("_pragma", "query_only(1)")
+	readDSN := name + "?" + q.Encode()
 
 	s := &Store{engine: SQLite, log: opts.Logger, maxBatch: opts.MaxBatch, crash: opts.Crash}
 	if s.log == nil {
@@ -65,12 +74,17 @@ func OpenSQLite(ctx context.Context, path string, opts Options) (*Store, error) 
 		s.Close()
 		return nil, err
 	}
-	if s.read, err = sql.Open("sqlite", dsn); err != nil {
+	if s.read, err = sql.Open("sqlite", readDSN); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("store: open %s for reading: %w", path, err)
 	}
 	s.read.SetMaxOpenConns(8)
 	s.read.SetMaxIdleConns(8)
+	if s.wconn, err = s.write.Conn(ctx); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("store: open %s: %w", path, err)
+	}
+	s.wstmts = newStmtCache(s.wconn)
 	s.writes = make(chan *writeReq, 4*s.maxBatch)
 	s.stop = make(chan struct{})
 	s.done = make(chan struct{})

@@ -62,12 +62,19 @@ type Store struct {
 	log    *slog.Logger
 
 	maxBatch int
+	wconn    *sql.Conn // the writer's connection (SQLite)
+	wstmts   *stmtCache
 	crash    func(n int64, committed bool)
 	commitNo int64
 	writes   chan *writeReq
 	stop     chan struct{}
 	done     chan struct{}
-	closeMu  sync.Once
+
+	// closeMu guards closed. Write holds it shared while queueing, so that
+	// once Close has set closed no request can reach a stopped writer.
+	closeMu   sync.RWMutex
+	closed    bool
+	closeOnce sync.Once
 
 	statsMu sync.Mutex
 	stats   Stats
@@ -82,10 +89,60 @@ type Stats struct {
 // Tx is a transaction handed to Write and Read functions. Queries use '?'
 // placeholders on every engine.
 type Tx struct {
-	ctx    context.Context
+	ctx    context.Context // the caller's, returned by Context
+	qctx   context.Context // the one statements run under
 	q      querier
+	stmts  *stmtCache // the writer's statements; nil: prepare each anew
 	engine Engine
 	after  []func()
+}
+
+// stmtCache keeps one prepared statement per query text on the writer's
+// connection, so SQLite parses each write-path statement once, not once per
+// call. The statements run on the same SQLite connection as the open
+// transaction, so they are part of it (an SQLite transaction belongs to its
+// connection).
+type stmtCache struct {
+	conn *sql.Conn
+	mu   sync.Mutex
+	m    map[string]*sql.Stmt
+}
+
+func newStmtCache(conn *sql.Conn) *stmtCache { return &stmtCache{conn: conn, m: map[string]*sql.Stmt{}} }
+
+func (c *stmtCache) get(ctx context.Context, query string) (*sql.Stmt, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if st := c.m[query]; st != nil {
+		return st, nil
+	}
+	st, err := c.conn.PrepareContext(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	c.m[query] = st
+	return st, nil
+}
+
+func (c *stmtCache) close() {
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, st := range c.m {
+		st.Close()
+	}
+	c.m = nil
+}
+
+// stmt returns the cached statement for query, or nil when statements are
+// not cached.
+func (tx *Tx) stmt(query string) (*sql.Stmt, error) {
+	if tx.stmts == nil {
+		return nil, nil
+	}
+	return tx.stmts.get(tx.qctx, query)
 }
 
 type querier interface {
@@ -94,12 +151,23 @@ type querier interface {
 	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
 }
 
-// Context is the context of the call that opened the transaction.
+// Context is the context of the call that opened the transaction. In a
+// Write, statements are not interrupted when it ends (see Write); a function
+// that wants to stop early checks Context().Err() and returns it.
 func (tx *Tx) Context() context.Context { return tx.ctx }
 
 // Exec runs a statement.
 func (tx *Tx) Exec(query string, args ...any) (sql.Result, error) {
-	r, err := tx.q.ExecContext(tx.ctx, tx.rebind(query), args...)
+	query = tx.rebind(query)
+	st, err := tx.stmt(query)
+	if err != nil {
+		return nil, translate(err)
+	}
+	if st != nil {
+		r, err := st.ExecContext(tx.qctx, args...)
+		return r, translate(err)
+	}
+	r, err := tx.q.ExecContext(tx.qctx, query, args...)
 	return r, translate(err)
 }
 
@@ -114,23 +182,50 @@ func (tx *Tx) ExecN(query string, args ...any) (int64, error) {
 
 // Query runs a query returning rows.
 func (tx *Tx) Query(query string, args ...any) (*sql.Rows, error) {
-	rows, err := tx.q.QueryContext(tx.ctx, tx.rebind(query), args...)
+	query = tx.rebind(query)
+	st, err := tx.stmt(query)
+	if err != nil {
+		return nil, translate(err)
+	}
+	if st != nil {
+		rows, err := st.QueryContext(tx.qctx, args...)
+		return rows, translate(err)
+	}
+	rows, err := tx.q.QueryContext(tx.qctx, query, args...)
 	return rows, translate(err)
 }
 
 // QueryRow runs a query for one row; Scan returns ErrNotFound for none.
 func (tx *Tx) QueryRow(query string, args ...any) Row {
-	return Row{tx.q.QueryRowContext(tx.ctx, tx.rebind(query), args...)}
+	query = tx.rebind(query)
+	st, err := tx.stmt(query)
+	if err != nil {
+		return Row{err: err}
+	}
+	if st != nil {
+		return Row{r: st.QueryRowContext(tx.qctx, args...)}
+	}
+	return Row{r: tx.q.QueryRowContext(tx.qctx, query, args...)}
 }
 
 // Row wraps *sql.Row to translate errors.
-type Row struct{ r *sql.Row }
+type Row struct {
+	r   *sql.Row
+	err error
+}
 
 // Scan copies the row's columns into dest.
-func (r Row) Scan(dest ...any) error { return translate(r.r.Scan(dest...)) }
+func (r Row) Scan(dest ...any) error {
+	if r.err != nil {
+		return translate(r.err)
+	}
+	return translate(r.r.Scan(dest...))
+}
 
 // AfterCommit registers fn to run once the transaction has committed. It is
-// not run if the transaction (or this write's savepoint) rolls back.
+// not run if the transaction (or this write's savepoint) rolls back. It runs
+// on the goroutine that called Write, before Write returns, so it may itself
+// call Write.
 func (tx *Tx) AfterCommit(fn func()) { tx.after = append(tx.after, fn) }
 
 // Engine is the engine behind the transaction.
@@ -155,39 +250,72 @@ func (tx *Tx) rebind(q string) string {
 }
 
 type writeReq struct {
-	ctx  context.Context
-	fn   func(*Tx) error
-	err  error
-	done chan struct{}
+	ctx   context.Context
+	fn    func(*Tx) error
+	err   error
+	after []func() // set by the writer when fn's change committed
+	done  chan struct{}
 }
 
 // Write runs fn in a write transaction and returns once its change is
 // durable, or with fn's error (its changes then rolled back). fn may be
 // batched with other writers into one commit, so it must not depend on
 // being alone; it must not keep tx after it returns.
+//
+// ctx ending before fn starts cancels the write. Once fn runs, its
+// statements are not interrupted: SQLite rolls back the whole transaction
+// when a write statement is interrupted, which would undo the other writes
+// of the batch.
 func (s *Store) Write(ctx context.Context, fn func(*Tx) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	req := &writeReq{ctx: ctx, fn: fn, done: make(chan struct{})}
-	select {
-	case s.writes <- req:
-	case <-s.stop:
-		return ErrClosed
-	case <-ctx.Done():
-		return ctx.Err()
+	if err := s.enqueue(ctx, req); err != nil {
+		return err
 	}
 	// Once queued, wait for the outcome even if ctx ends: the write may
 	// already be committed, and the caller must learn which.
 	<-req.done
-	return req.err
+	if req.err != nil {
+		return req.err
+	}
+	for _, f := range req.after {
+		f()
+	}
+	return nil
+}
+
+func (s *Store) enqueue(ctx context.Context, req *writeReq) error {
+	s.closeMu.RLock()
+	defer s.closeMu.RUnlock()
+	if s.closed {
+		return ErrClosed
+	}
+	select {
+	case s.writes <- req:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // Read runs fn in a read-only transaction that sees one consistent snapshot.
 func (s *Store) Read(ctx context.Context, fn func(*Tx) error) error {
-	sqlTx, err := s.read.BeginTx(ctx, &sql.TxOptions{ReadOnly: s.engine == Postgres})
+	s.closeMu.RLock()
+	closed := s.closed
+	s.closeMu.RUnlock()
+	if closed {
+		return ErrClosed
+	}
+	// ReadOnly matters on SQLite too: without it the driver begins with
+	// the DSN's _txlock=immediate, taking the write lock for every read.
+	sqlTx, err := s.read.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
 	if err != nil {
 		return fmt.Errorf("store: begin read: %w", translate(err))
 	}
 	defer sqlTx.Rollback() //nolint:errcheck // read-only
-	return fn(&Tx{ctx: ctx, q: sqlTx, engine: s.engine})
+	return fn(&Tx{ctx: ctx, qctx: ctx, q: sqlTx, engine: s.engine})
 }
 
 // WriteT is Write for a function that returns a value.
@@ -232,10 +360,17 @@ func (s *Store) Close() error {
 		return nil
 	}
 	var err error
-	s.closeMu.Do(func() {
+	s.closeOnce.Do(func() {
+		s.closeMu.Lock()
+		s.closed = true
+		s.closeMu.Unlock()
 		if s.stop != nil {
 			close(s.stop)
 			<-s.done
+		}
+		s.wstmts.close()
+		if s.wconn != nil {
+			err = errors.Join(err, s.wconn.Close())
 		}
 		if s.write != nil && s.write != s.read {
 			err = errors.Join(err, s.write.Close())
@@ -255,14 +390,12 @@ func (s *Store) writer() {
 		select {
 		case first = <-s.writes:
 		case <-s.stop:
-			// Drain what is queued, then stop.
-			for {
-				select {
-				case r := <-s.writes:
-					s.commitBatch([]*writeReq{r})
-				default:
-					return
-				}
+			// Close has set closed, so nothing more arrives: commit
+			// what is queued, in batches, then stop.
+			select {
+			case first = <-s.writes:
+			default:
+				return
 			}
 		}
 		batch := []*writeReq{first}
@@ -289,14 +422,12 @@ func (s *Store) commitBatch(batch []*writeReq) {
 				r.err = err
 			}
 			if r.err == nil {
-				for _, f := range afters[i] {
-					f()
-				}
+				r.after = afters[i] // run by Write, off the writer
 			}
 			close(r.done)
 		}
 	}
-	sqlTx, err := s.write.BeginTx(ctx, nil)
+	sqlTx, err := s.wconn.BeginTx(ctx, nil)
 	if err != nil {
 		finish(fmt.Errorf("store: begin write: %w", translate(err)))
 		return
@@ -311,7 +442,7 @@ func (s *Store) commitBatch(batch []*writeReq) {
 			r.err = fmt.Errorf("store: savepoint: %w", err)
 			continue
 		}
-		tx := &Tx{ctx: r.ctx, q: sqlTx, engine: s.engine}
+		tx := &Tx{ctx: r.ctx, qctx: context.WithoutCancel(r.ctx), q: sqlTx, stmts: s.wstmts, engine: s.engine}
 		ferr := runFn(r.fn, tx)
 		if ferr != nil {
 			r.err = ferr
