@@ -108,7 +108,9 @@ type stmtCache struct {
 	m    map[string]*sql.Stmt
 }
 
-func newStmtCache(conn *sql.Conn) *stmtCache { return &stmtCache{conn: conn, m: map[string]*sql.Stmt{}} }
+func newStmtCache(conn *sql.Conn) *stmtCache {
+	return &stmtCache{conn: conn, m: map[string]*sql.Stmt{}}
+}
 
 func (c *stmtCache) get(ctx context.Context, query string) (*sql.Stmt, error) {
 	c.mu.Lock()
