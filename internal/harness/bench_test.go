@@ -148,6 +148,7 @@ func BenchmarkFlow(b *testing.B) {
 	b.ReportMetric(float64(pct(all, 50).Microseconds())/1000, "p50-ms")
 	b.ReportMetric(float64(pct(all, 99).Microseconds())/1000, "p99-ms")
 	b.ReportMetric(float64(st.Writes-commits0.Writes)/float64(max(1, st.Commits-commits0.Commits)), "writes/commit")
+	b.ReportMetric(float64(st.Statements-commits0.Statements)/float64(len(all)), "stmts/flow")
 	if err := Audit(ctx, env.Srv.Store()); err != nil {
 		b.Fatal(err)
 	}

@@ -84,6 +84,8 @@ type Store struct {
 type Stats struct {
 	Commits int64 // transactions committed
 	Writes  int64 // write functions run
+	// Statements run by write functions (SQLite).
+	Statements int64
 }
 
 // Tx is a transaction handed to Write and Read functions. Queries use '?'
@@ -106,6 +108,7 @@ type stmtCache struct {
 	conn *sql.Conn
 	mu   sync.Mutex
 	m    map[string]*sql.Stmt
+	runs int64 // statements run, for Stats
 }
 
 func newStmtCache(conn *sql.Conn) *stmtCache {
@@ -115,6 +118,7 @@ func newStmtCache(conn *sql.Conn) *stmtCache {
 func (c *stmtCache) get(ctx context.Context, query string) (*sql.Stmt, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.runs++
 	if st := c.m[query]; st != nil {
 		return st, nil
 	}
@@ -351,8 +355,14 @@ func (s *Store) Engine() Engine { return s.engine }
 // Stats returns commit counters.
 func (s *Store) Stats() Stats {
 	s.statsMu.Lock()
-	defer s.statsMu.Unlock()
-	return s.stats
+	st := s.stats
+	s.statsMu.Unlock()
+	if s.wstmts != nil {
+		s.wstmts.mu.Lock()
+		st.Statements = s.wstmts.runs
+		s.wstmts.mu.Unlock()
+	}
+	return st
 }
 
 // Close stops the writer after the writes already queued and closes the
