@@ -282,6 +282,7 @@ func (ib *inboxService) Subscribe(ctx context.Context, req *connect.Request[shar
 	cursor := req.Msg.AfterSeq
 	poll := time.NewTimer(ib.d.PollInterval)
 	defer poll.Stop()
+	first := true
 	for {
 		// Watch before reading, so a message committed between the read
 		// and the wait still wakes us.
@@ -293,13 +294,19 @@ func (ib *inboxService) Subscribe(ctx context.Context, req *connect.Request[shar
 			cancel()
 			return err
 		}
-		if len(envs) > 0 {
-			cancel()
+		if len(envs) > 0 || first {
+			// The first response goes out at once, even empty, so the
+			// client knows it is subscribed.
+			first = false
 			if err := stream.Send(&sharespotv1.SubscribeResponse{Envelopes: envs}); err != nil {
+				cancel()
 				return err
 			}
-			cursor = envs[len(envs)-1].Seq
-			continue
+			if len(envs) > 0 {
+				cancel()
+				cursor = envs[len(envs)-1].Seq
+				continue
+			}
 		}
 		select {
 		case <-wake:

@@ -164,7 +164,6 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			return fmt.Errorf("server: load TLS certificate: %w", err)
 		}
 		hs.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
-		ln = tls.NewListener(ln, hs.TLSConfig)
 	} else {
 		hs.Protocols.SetUnencryptedHTTP2(true)
 	}
@@ -179,7 +178,13 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}()
 
 	errc := make(chan error, 1)
-	go func() { errc <- hs.Serve(ln) }()
+	go func() {
+		if hs.TLSConfig != nil {
+			errc <- hs.ServeTLS(ln, "", "") // sets up ALPN for HTTP/2
+			return
+		}
+		errc <- hs.Serve(ln)
+	}()
 	var err error
 	select {
 	case err = <-errc:
