@@ -1,0 +1,49 @@
+package main
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestCrashHook(t *testing.T) {
+	for _, bad := range []string{"now", "before:", "before:0", "after:-1", "during:3", "after:x"} {
+		if _, err := crashHook(bad); err == nil {
+			t.Errorf("crashHook(%q) accepted", bad)
+		}
+	}
+	if h, err := crashHook(""); err != nil || h != nil {
+		t.Fatalf("empty spec: %v, hook set: %v", err, h != nil)
+	}
+	if h, err := crashHook("after:3"); err != nil || h == nil {
+		t.Fatalf("after:3: %v", err)
+	}
+}
+
+func TestServerConfigRefusesBadFlags(t *testing.T) {
+	tests := []struct {
+		name string
+		cmd  ServerCmd
+		want string
+	}{
+		{"fee above 100%", ServerCmd{FeeBPS: 10001, Suites: "x25519-hkdf-sha256-chacha20poly1305"}, "--fee-bps"},
+		{"negative fee", ServerCmd{FeeBPS: -1, Suites: "x25519-hkdf-sha256-chacha20poly1305"}, "--fee-bps"},
+		{"unknown suite", ServerCmd{Suites: "rot13"}, "--suites"},
+		{"cert without key", ServerCmd{TLSCert: "c.pem", Suites: "x25519-hkdf-sha256-chacha20poly1305"}, "--tls-cert and --tls-key"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := tt.cmd.config(nil)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("config() = %v, want an error naming %s", err, tt.want)
+			}
+		})
+	}
+	good := ServerCmd{FeeBPS: 250, Suites: "mlkem768x25519-hkdf-sha256-chacha20poly1305, x25519-hkdf-sha256-chacha20poly1305", AnnounceSuite: true}
+	cfg, err := good.config(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Session.FeeBPS != 250 || len(cfg.Session.Suites) != 2 || !cfg.Session.Announce {
+		t.Fatalf("config = %+v", cfg.Session)
+	}
+}

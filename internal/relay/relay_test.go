@@ -1,0 +1,140 @@
+package relay
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+	"time"
+
+	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
+	"github.com/sharespot/sharespot/internal/store"
+)
+
+func openStore(t *testing.T) *store.Store {
+	t.Helper()
+	st, err := store.OpenSQLite(context.Background(), filepath.Join(t.TempDir(), "r.db"), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	err = st.Write(context.Background(), func(tx *store.Tx) error {
+		if _, err := tx.Exec(`INSERT INTO accounts (id, created_ms) VALUES ('a', 0)`); err != nil {
+			return err
+		}
+		_, err := tx.Exec(`INSERT INTO devices (id, account_id, public_key, name, created_ms) VALUES ('d', 'a', x'01', '', 0)`)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+func prompt(used int64) *sharespotv1.Envelope {
+	return &sharespotv1.Envelope{Body: &sharespotv1.Envelope_LowQuotaPrompt{LowQuotaPrompt: &sharespotv1.LowQuotaPrompt{UsedBytes: used}}}
+}
+
+func TestAppendFetchAck(t *testing.T) {
+	ctx := context.Background()
+	st := openStore(t)
+	hub := NewHub()
+	wake, cancel := hub.Watch("d")
+	defer cancel()
+
+	// A message whose transaction rolls back is never stored nor woken.
+	errBoom := st.Write(ctx, func(tx *store.Tx) error {
+		if err := Append(tx, hub, 1, "d", "s", prompt(99)); err != nil {
+			return err
+		}
+		return context.Canceled
+	})
+	if errBoom == nil {
+		t.Fatal("write did not fail")
+	}
+	select {
+	case <-wake:
+		t.Fatal("woken by a rolled-back message")
+	default:
+	}
+	for i := int64(1); i <= 3; i++ {
+		if err := st.Write(ctx, func(tx *store.Tx) error { return Append(tx, hub, i, "d", "s", prompt(i)) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case <-wake:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no wake-up after commit")
+	}
+	fetch := func(after uint64) []*sharespotv1.Envelope {
+		envs, err := store.ReadT(ctx, st, func(tx *store.Tx) ([]*sharespotv1.Envelope, error) { return Fetch(tx, "d", after, 10) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		return envs
+	}
+	envs := fetch(0)
+	if len(envs) != 3 {
+		t.Fatalf("fetched %d messages, want 3", len(envs))
+	}
+	ids := map[string]bool{}
+	for i, e := range envs {
+		if e.Seq != uint64(i+1) || e.SessionId != "s" || e.GetLowQuotaPrompt().GetUsedBytes() != int64(i+1) || ids[e.MessageId] {
+			t.Fatalf("message %d = %v", i, e)
+		}
+		ids[e.MessageId] = true
+	}
+	if got := fetch(2); len(got) != 1 || got[0].Seq != 3 {
+		t.Fatalf("fetch after 2 = %v", got)
+	}
+	// Ack deletes up to seq; acking the future is refused; acking the past
+	// is a no-op.
+	ack := func(seq uint64) (uint64, error) {
+		return store.WriteT(ctx, st, func(tx *store.Tx) (uint64, error) { return Ack(tx, "d", seq) })
+	}
+	if _, err := ack(4); err == nil {
+		t.Fatal("ack beyond the last message accepted")
+	}
+	if got, err := ack(2); err != nil || got != 2 {
+		t.Fatalf("ack 2 = %d, %v", got, err)
+	}
+	if got, err := ack(1); err != nil || got != 2 {
+		t.Fatalf("ack 1 after 2 = %d, %v", got, err)
+	}
+	if got := fetch(0); len(got) != 1 || got[0].Seq != 3 {
+		t.Fatalf("after ack, fetch = %v", got)
+	}
+	if _, err := ack(3); err != nil {
+		t.Fatal(err)
+	}
+	// The sequence goes on after everything was acknowledged.
+	if err := st.Write(ctx, func(tx *store.Tx) error { return Append(tx, hub, 5, "d", "s", prompt(4)) }); err != nil {
+		t.Fatal(err)
+	}
+	if got := fetch(3); len(got) != 1 || got[0].Seq != 4 {
+		t.Fatalf("next message = %v", got)
+	}
+}
+
+func TestHubWatchCancel(t *testing.T) {
+	h := NewHub()
+	w1, c1 := h.Watch("x")
+	_, c2 := h.Watch("x")
+	if h.Watching() != 2 {
+		t.Fatalf("watching %d", h.Watching())
+	}
+	h.Wake("x")
+	h.Wake("x") // a second wake-up before the first is read is not queued twice
+	<-w1
+	select {
+	case <-w1:
+		t.Fatal("two wake-ups queued")
+	default:
+	}
+	c1()
+	c2()
+	if h.Watching() != 0 {
+		t.Fatalf("watching %d after cancel", h.Watching())
+	}
+	h.Wake("x") // no watchers: nothing happens
+}
