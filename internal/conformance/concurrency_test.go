@@ -1,0 +1,115 @@
+package conformance
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+
+	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
+	"github.com/sharespot/sharespot/internal/client"
+	"github.com/sharespot/sharespot/internal/harness"
+	"github.com/sharespot/sharespot/internal/registry"
+	"github.com/sharespot/sharespot/internal/store"
+)
+
+// TestManyGuestsNeverOversold: one host serves many guests at once. 30
+// guests each want 100 MB of a hotspot that shares 1 GB; the host agent
+// answers them all concurrently. Exactly ten can be sold; the others are
+// declined when the volume runs out. Every sold session is granted, used
+// in part and settled, and the ledger balances.
+func TestManyGuestsNeverOversold(t *testing.T) {
+	ctx := context.Background()
+	f := newFlow(t, nil)
+	const guests = 30
+	type result struct {
+		granted bool
+		ses     string
+		err     error
+	}
+	results := make([]result, guests)
+	var wg sync.WaitGroup
+	for i := range guests {
+		gc := f.env.Device(t, "guest")
+		f.env.Fund(t, gc, currency, 10_000)
+		g := &client.Guest{C: gc}
+		in := harness.Listen(t, gc, nil)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := &results[i]
+			ses, err := g.RequestAccess(ctx, f.hotspot.Id, 100*MB)
+			if err != nil {
+				r.err = err // refused at once: volume already reserved
+				return
+			}
+			r.ses = ses.Id
+			deadline := time.After(20 * time.Second)
+			for {
+				select {
+				case env := <-in.C():
+					switch b := env.Body.(type) {
+					case *sharespotv1.Envelope_FeeInfo:
+						pay, err := gc.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: b.FeeInfo.Quote.Id}))
+						if err != nil {
+							r.err = err
+							return
+						}
+						if _, err := gc.Sessions.Confirm(ctx, connect.NewRequest(&sharespotv1.ConfirmRequest{SessionId: ses.Id, Receipt: pay.Msg.Receipt})); err != nil {
+							r.err = err
+							return
+						}
+					case *sharespotv1.Envelope_AccessGranted:
+						r.granted = true
+						return
+					case *sharespotv1.Envelope_SessionEnded:
+						return // declined: the volume ran out
+					}
+				case <-deadline:
+					r.err = context.DeadlineExceeded
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	var sold []string
+	for i, r := range results {
+		if r.granted {
+			sold = append(sold, r.ses)
+		} else if r.err != nil && harness.Code(r.err) != connect.CodeResourceExhausted {
+			t.Errorf("guest %d: %v", i, r.err)
+		}
+	}
+	if len(sold) != 10 {
+		t.Fatalf("%d sessions sold 100 MB each from a 1 GB hotspot, want exactly 10", len(sold))
+	}
+	hs, err := store.ReadT(ctx, f.env.Srv.Store(), func(tx *store.Tx) (*registry.Hotspot, error) { return registry.Get(tx, f.hotspot.Id) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hs.CommittedBytes != 1000*MB {
+		t.Fatalf("committed %d bytes, want all 1000 MB", hs.CommittedBytes)
+	}
+	// The host meters 30 MB per session and ends them all; the unused
+	// volume returns to the hotspot.
+	for _, id := range sold {
+		if _, err := f.host.Sessions.End(ctx, connect.NewRequest(&sharespotv1.EndRequest{SessionId: id, UsedBytes: 30 * MB, Reason: "closing"})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	hs, err = store.ReadT(ctx, f.env.Srv.Store(), func(tx *store.Tx) (*registry.Hotspot, error) { return registry.Get(tx, f.hotspot.Id) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hs.CommittedBytes != 10*30*MB {
+		t.Fatalf("committed %d bytes after settlement, want the 300 MB used", hs.CommittedBytes)
+	}
+	// 10 sessions × 30 MB × 10 cents, less 5 %.
+	if got, want := harness.Balance(t, f.host, currency), int64(10*(300-15)); got != want {
+		t.Fatalf("host earned %d, want %d", got, want)
+	}
+	f.env.MustAudit(t)
+}
