@@ -15,7 +15,9 @@ package ledger
 import (
 	"errors"
 	"fmt"
+	"math"
 	"regexp"
+	"strings"
 
 	"github.com/sharespot/sharespot/internal/store"
 )
@@ -82,7 +84,9 @@ type Transfer struct {
 }
 
 // Apply records t inside tx. It returns applied=false, nil when a transfer
-// with the same ID and the same content already exists.
+// with the same ID and the same content already exists. On any error the
+// caller must roll back (return the error from its store.Write function):
+// Apply may have changed rows before it failed.
 func Apply(tx *store.Tx, nowMS int64, t Transfer) (applied bool, err error) {
 	if t.ID == "" {
 		return false, errors.New("ledger: transfer without an idempotency key")
@@ -116,18 +120,29 @@ func Apply(tx *store.Tx, nowMS int64, t Transfer) (applied bool, err error) {
 			return false, err
 		}
 	}
+	if b, err := Balance(tx, t.Credit.ID); err != nil {
+		return false, err
+	} else if b > math.MaxInt64-t.Amount {
+		return false, fmt.Errorf("ledger: transfer %s: balance of %s would overflow", t.ID, t.Credit.ID)
+	}
 	// The debit is conditional: it refuses to take a non-funding account
-	// below zero, so no check-then-act race exists on any engine.
-	n, err := tx.ExecN(`UPDATE ledger_accounts SET balance = balance - ? WHERE id = ? AND (kind = 'funding' OR balance >= ?)`,
-		t.Amount, t.Debit.ID, t.Amount)
+	// below zero, so no check-then-act race exists on any engine. Neither
+	// update may leave int64: SQLite would store the result as a float.
+	n, err := tx.ExecN(`UPDATE ledger_accounts SET balance = balance - ? WHERE id = ? AND (kind = 'funding' OR balance >= ?) AND balance >= ?`,
+		t.Amount, t.Debit.ID, t.Amount, math.MinInt64+t.Amount)
 	if err != nil {
 		return false, fmt.Errorf("ledger: debit %s: %w", t.Debit.ID, err)
 	}
 	if n != 1 {
 		return false, fmt.Errorf("%w: %s cannot pay %d %s", ErrInsufficientFunds, t.Debit.ID, t.Amount, t.Currency)
 	}
-	if _, err := tx.Exec(`UPDATE ledger_accounts SET balance = balance + ? WHERE id = ?`, t.Amount, t.Credit.ID); err != nil {
+	n, err = tx.ExecN(`UPDATE ledger_accounts SET balance = balance + ? WHERE id = ? AND balance <= ?`,
+		t.Amount, t.Credit.ID, math.MaxInt64-t.Amount)
+	if err != nil {
 		return false, fmt.Errorf("ledger: credit %s: %w", t.Credit.ID, err)
+	}
+	if n != 1 {
+		return false, fmt.Errorf("ledger: transfer %s: balance of %s would overflow", t.ID, t.Credit.ID)
 	}
 	if _, err := tx.Exec(`INSERT INTO ledger_transfers (id, debit, credit, amount, currency, memo, created_ms) VALUES (?, ?, ?, ?, ?, ?, ?)`,
 		t.ID, t.Debit.ID, t.Credit.ID, t.Amount, t.Currency, t.Memo, nowMS); err != nil {
@@ -202,29 +217,34 @@ type Entry struct {
 }
 
 // History lists the transfers touching any of the given accounts, newest
-// first.
+// first, each once, at most limit of them in all.
 func History(tx *store.Tx, accountIDs []string, limit int) ([]Entry, error) {
-	var out []Entry
-	for _, id := range accountIDs {
-		rows, err := tx.Query(`SELECT id, debit, credit, amount, currency, memo, created_ms FROM ledger_transfers
-			WHERE debit = ? OR credit = ? ORDER BY created_ms DESC, id LIMIT ?`, id, id, limit)
-		if err != nil {
-			return nil, fmt.Errorf("ledger: history of %s: %w", id, err)
-		}
-		for rows.Next() {
-			var e Entry
-			if err := rows.Scan(&e.ID, &e.Debit, &e.Credit, &e.Amount, &e.Currency, &e.Memo, &e.CreatedMS); err != nil {
-				rows.Close()
-				return nil, err
-			}
-			out = append(out, e)
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return nil, err
+	if len(accountIDs) == 0 {
+		return nil, nil
+	}
+	in := "?" + strings.Repeat(", ?", len(accountIDs)-1)
+	args := make([]any, 0, 2*len(accountIDs)+1)
+	for range 2 {
+		for _, id := range accountIDs {
+			args = append(args, id)
 		}
 	}
-	return out, nil
+	args = append(args, limit)
+	rows, err := tx.Query(`SELECT id, debit, credit, amount, currency, memo, created_ms FROM ledger_transfers
+		WHERE debit IN (`+in+`) OR credit IN (`+in+`) ORDER BY created_ms DESC, id LIMIT ?`, args...)
+	if err != nil {
+		return nil, fmt.Errorf("ledger: history of %v: %w", accountIDs, err)
+	}
+	defer rows.Close()
+	var out []Entry
+	for rows.Next() {
+		var e Entry
+		if err := rows.Scan(&e.ID, &e.Debit, &e.Credit, &e.Amount, &e.Currency, &e.Memo, &e.CreatedMS); err != nil {
+			return nil, fmt.Errorf("ledger: history of %v: %w", accountIDs, err)
+		}
+		out = append(out, e)
+	}
+	return out, rows.Err()
 }
 
 // Audit is the result of Check.

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"modernc.org/sqlite"
 	sqlite3 "modernc.org/sqlite/lib"
@@ -66,7 +67,7 @@ func OpenSQLite(ctx context.Context, path string, opts Options) (*Store, error) 
 	s.write.SetMaxOpenConns(1)
 	s.write.SetMaxIdleConns(1)
 	s.write.SetConnMaxLifetime(0)
-	if err := s.write.PingContext(ctx); err != nil {
+	if err := pingSQLite(ctx, s.write); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
 	}
@@ -90,6 +91,26 @@ func OpenSQLite(ctx context.Context, path string, opts Options) (*Store, error) 
 	s.done = make(chan struct{})
 	go s.writer()
 	return s, nil
+}
+
+// pingSQLite opens the first connection. On a new file, two openers that
+// both switch it to WAL can deadlock on the lock upgrade, and SQLite then
+// fails one at once with SQLITE_BUSY instead of calling the busy handler:
+// retry that a few times.
+func pingSQLite(ctx context.Context, db *sql.DB) error {
+	var err error
+	for range 50 {
+		var se *sqlite.Error
+		if err = db.PingContext(ctx); !errors.As(err, &se) || se.Code()&0xff != sqlite3.SQLITE_BUSY {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return err
 }
 
 func isConflict(err error) bool {
