@@ -115,34 +115,46 @@ func Apply(tx *store.Tx, nowMS int64, t Transfer) (applied bool, err error) {
 	case !errors.Is(err, store.ErrNotFound):
 		return false, fmt.Errorf("ledger: look up transfer %s: %w", t.ID, err)
 	}
-	for _, a := range []Account{t.Debit, t.Credit} {
-		if err := ensure(tx, a); err != nil {
-			return false, err
-		}
-	}
-	if b, err := Balance(tx, t.Credit.ID); err != nil {
-		return false, err
-	} else if b > math.MaxInt64-t.Amount {
-		return false, fmt.Errorf("ledger: transfer %s: balance of %s would overflow", t.ID, t.Credit.ID)
-	}
-	// The debit is conditional: it refuses to take a non-funding account
-	// below zero, so no check-then-act race exists on any engine. Neither
-	// update may leave int64: SQLite would store the result as a float.
-	n, err := tx.ExecN(`UPDATE ledger_accounts SET balance = balance - ? WHERE id = ? AND (kind = 'funding' OR balance >= ?) AND balance >= ?`,
-		t.Amount, t.Debit.ID, t.Amount, math.MinInt64+t.Amount)
+	// The common path is two conditional updates; only when one matches no
+	// row does Apply look closer (a new account, a currency mismatch, too
+	// little money, an overflow). The debit refuses to take a non-funding
+	// account below zero, so no check-then-act race exists on any engine.
+	// Neither update may leave int64: SQLite would store a float.
+	n, err := tx.ExecN(`UPDATE ledger_accounts SET balance = balance - ? WHERE id = ? AND currency = ? AND (kind = 'funding' OR balance >= ?) AND balance >= ?`,
+		t.Amount, t.Debit.ID, t.Currency, t.Amount, math.MinInt64+t.Amount)
 	if err != nil {
 		return false, fmt.Errorf("ledger: debit %s: %w", t.Debit.ID, err)
 	}
 	if n != 1 {
-		return false, fmt.Errorf("%w: %s cannot pay %d %s", ErrInsufficientFunds, t.Debit.ID, t.Amount, t.Currency)
+		if err := ensure(tx, t.Debit); err != nil {
+			return false, err
+		}
+		if t.Debit.Kind != KindFunding {
+			return false, fmt.Errorf("%w: %s cannot pay %d %s", ErrInsufficientFunds, t.Debit.ID, t.Amount, t.Currency)
+		}
+		// A funding account opened just now, or one at the int64 floor.
+		if n, err = tx.ExecN(`UPDATE ledger_accounts SET balance = balance - ? WHERE id = ? AND balance >= ?`,
+			t.Amount, t.Debit.ID, math.MinInt64+t.Amount); err != nil {
+			return false, fmt.Errorf("ledger: debit %s: %w", t.Debit.ID, err)
+		} else if n != 1 {
+			return false, fmt.Errorf("ledger: transfer %s: balance of %s would overflow", t.ID, t.Debit.ID)
+		}
 	}
-	n, err = tx.ExecN(`UPDATE ledger_accounts SET balance = balance + ? WHERE id = ? AND balance <= ?`,
-		t.Amount, t.Credit.ID, math.MaxInt64-t.Amount)
+	n, err = tx.ExecN(`UPDATE ledger_accounts SET balance = balance + ? WHERE id = ? AND currency = ? AND balance <= ?`,
+		t.Amount, t.Credit.ID, t.Currency, math.MaxInt64-t.Amount)
 	if err != nil {
 		return false, fmt.Errorf("ledger: credit %s: %w", t.Credit.ID, err)
 	}
 	if n != 1 {
-		return false, fmt.Errorf("ledger: transfer %s: balance of %s would overflow", t.ID, t.Credit.ID)
+		if err := ensure(tx, t.Credit); err != nil {
+			return false, err
+		}
+		if n, err = tx.ExecN(`UPDATE ledger_accounts SET balance = balance + ? WHERE id = ? AND balance <= ?`,
+			t.Amount, t.Credit.ID, math.MaxInt64-t.Amount); err != nil {
+			return false, fmt.Errorf("ledger: credit %s: %w", t.Credit.ID, err)
+		} else if n != 1 {
+			return false, fmt.Errorf("ledger: transfer %s: balance of %s would overflow", t.ID, t.Credit.ID)
+		}
 	}
 	if _, err := tx.Exec(`INSERT INTO ledger_transfers (id, debit, credit, amount, currency, memo, created_ms) VALUES (?, ?, ?, ?, ?, ?, ?)`,
 		t.ID, t.Debit.ID, t.Credit.ID, t.Amount, t.Currency, t.Memo, nowMS); err != nil {
