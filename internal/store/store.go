@@ -450,7 +450,7 @@ func (s *Store) commitBatch(batch []*writeReq) {
 			r.err = err
 			continue
 		}
-		if _, err := sqlTx.ExecContext(ctx, "SAVEPOINT w"); err != nil {
+		if _, err := s.execCached(ctx, sqlTx, "SAVEPOINT w"); err != nil {
 			r.err = fmt.Errorf("store: savepoint: %w", err)
 			continue
 		}
@@ -458,7 +458,7 @@ func (s *Store) commitBatch(batch []*writeReq) {
 		ferr := runFn(r.fn, tx)
 		if ferr != nil {
 			r.err = ferr
-			if _, err := sqlTx.ExecContext(ctx, "ROLLBACK TO w"); err != nil {
+			if _, err := s.execCached(ctx, sqlTx, "ROLLBACK TO w"); err != nil {
 				// The transaction is unusable: fail the whole batch.
 				_ = sqlTx.Rollback()
 				finish(fmt.Errorf("store: roll back savepoint: %w", err))
@@ -468,7 +468,7 @@ func (s *Store) commitBatch(batch []*writeReq) {
 			afters[i] = tx.after
 			ran++
 		}
-		if _, err := sqlTx.ExecContext(ctx, "RELEASE w"); err != nil {
+		if _, err := s.execCached(ctx, sqlTx, "RELEASE w"); err != nil {
 			_ = sqlTx.Rollback()
 			finish(fmt.Errorf("store: release savepoint: %w", err))
 			return
@@ -493,6 +493,19 @@ func (s *Store) commitBatch(batch []*writeReq) {
 		s.log.Warn("slow commit", "writes", len(batch), "took", d)
 	}
 	finish(nil)
+}
+
+// execCached runs a statement of the writer's own through the statement
+// cache when there is one.
+func (s *Store) execCached(ctx context.Context, sqlTx *sql.Tx, query string) (sql.Result, error) {
+	if s.wstmts == nil {
+		return sqlTx.ExecContext(ctx, query)
+	}
+	st, err := s.wstmts.get(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	return st.ExecContext(ctx)
 }
 
 func runFn(fn func(*Tx) error, tx *Tx) (err error) {
