@@ -9,6 +9,7 @@ import (
 	"unicode/utf8"
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
+	"github.com/sharespot/sharespot/internal/size"
 )
 
 // ShowOffers writes the available set as a table (C1.4): each access
@@ -68,17 +69,4 @@ func FormatMoney(minor int64, currency string) string {
 }
 
 // FormatBytes formats a byte count with decimal units (1 MB = 10^6 bytes).
-func FormatBytes(n int64) string {
-	units := []string{"B", "kB", "MB", "GB", "TB", "PB"}
-	f := float64(n)
-	i := 0
-	for f >= 1000 && i < len(units)-1 {
-		f /= 1000
-		i++
-	}
-	if i == 0 {
-		return fmt.Sprintf("%d B", n)
-	}
-	t := strings.TrimRight(strings.TrimRight(strconv.FormatFloat(f, 'f', 2, 64), "0"), ".")
-	return t + " " + units[i]
-}
+func FormatBytes(n int64) string { return size.Format(n) }

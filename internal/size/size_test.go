@@ -1,0 +1,37 @@
+package size
+
+import "testing"
+
+func TestParse(t *testing.T) {
+	good := map[string]int64{
+		"500MB": 500_000_000, "1.5GiB": 1_610_612_736, "2G": 2_000_000_000, "1000000": 1_000_000,
+		"10 kb": 10_000, "1KiB": 1024, "0": 0, "3b": 3, " 7 MiB ": 7 << 20, "0.5MB": 500_000,
+	}
+	for in, want := range good {
+		if got, err := Parse(in); err != nil || got != want {
+			t.Errorf("Parse(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "MB", "-1MB", "1XB", "1.2.3GB", "1e3MB", "9999999999TB"} {
+		if _, err := Parse(bad); err == nil {
+			t.Errorf("Parse(%q) accepted", bad)
+		}
+	}
+}
+
+func TestFormat(t *testing.T) {
+	for n, want := range map[int64]string{0: "0 B", 999: "999 B", 1000: "1 kB", 1_500_000: "1.5 MB", 100_000_000: "100 MB", 1_234_567_890: "1.23 GB"} {
+		if got := Format(n); got != want {
+			t.Errorf("Format(%d) = %q, want %q", n, got, want)
+		}
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add("1.5GiB")
+	f.Fuzz(func(t *testing.T, s string) {
+		if n, err := Parse(s); err == nil && n < 0 {
+			t.Fatalf("Parse(%q) = %d", s, n)
+		}
+	})
+}
