@@ -207,6 +207,14 @@ func (s *sessionService) Get(ctx context.Context, req *connect.Request[sharespot
 	})
 }
 
+func (s *sessionService) ListSessions(ctx context.Context, req *connect.Request[sharespotv1.ListSessionsRequest]) (*connect.Response[sharespotv1.ListSessionsResponse], error) {
+	p := partyFrom(ctx)
+	return read(ctx, s.services, func(tx *store.Tx) (*sharespotv1.ListSessionsResponse, error) {
+		ss, err := s.d.Engine.List(tx, p, req.Msg.OpenOnly, int(req.Msg.Limit))
+		return &sharespotv1.ListSessionsResponse{Sessions: ss}, err
+	})
+}
+
 // ---------------------------------------------------------------- payment
 
 type paymentService struct{ *services }

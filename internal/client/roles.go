@@ -44,7 +44,8 @@ type Host struct {
 
 	verifier *receipt.Verifier
 	mu       sync.Mutex
-	seen     map[string]bool // receipt IDs accepted
+	seen     map[string]bool // receipt IDs whose grant succeeded
+	gated    map[string]bool // quote IDs already admitted or extended at the gate
 }
 
 // Start fetches the platform's receipt keys.
@@ -62,6 +63,7 @@ func (h *Host) Start(ctx context.Context) error {
 	}
 	h.verifier = receipt.NewVerifier(keys...)
 	h.seen = map[string]bool{}
+	h.gated = map[string]bool{}
 	if h.Log == nil {
 		h.Log = slog.New(slog.DiscardHandler)
 	}
@@ -112,6 +114,9 @@ func (h *Host) quote(ctx context.Context, sid, hotspotID string, bytes int64, to
 	}
 	_, err = h.C.Sessions.Quote(ctx, connect.NewRequest(&sharespotv1.QuoteRequest{SessionId: sid, Bytes: bytes, AmountMinor: amount, Currency: t.Currency}))
 	if err != nil {
+		if ignoreRefusal(err) != nil {
+			return err // not a refusal: the message will be handled again
+		}
 		h.Log.Warn("quote refused", "session", sid, "err", err)
 		_, derr := h.C.Sessions.Decline(ctx, connect.NewRequest(&sharespotv1.DeclineRequest{SessionId: sid, Reason: "cannot quote"}))
 		return ignoreRefusal(derr)
@@ -150,10 +155,15 @@ func (h *Host) grant(ctx context.Context, sid string, pc *sharespotv1.PaymentCon
 		h.Log.Warn("confirmation for an unknown quote", "session", sid, "quote", pc.QuoteId)
 		return nil
 	}
-	if err := h.VerifyReceipt(pc.Receipt, receipt.Payload{SessionID: sid, QuoteID: q.Id, Amount: q.AmountMinor, Currency: q.Currency,
-		Payer: s.GuestDeviceId, Payee: s.HostDeviceId, Bytes: q.Bytes}); err != nil {
+	receiptID, err := h.checkReceipt(pc.Receipt, receipt.Payload{SessionID: sid, QuoteID: q.Id, Amount: q.AmountMinor, Currency: q.Currency,
+		Payer: s.GuestDeviceId, Payee: s.HostDeviceId, Bytes: q.Bytes})
+	if err != nil {
 		h.Log.Warn("payment-success response refused", "session", sid, "err", err)
 		return nil
+	}
+	if q.State == sharespotv1.QuoteState_QUOTE_STATE_GRANTED {
+		h.remember(receiptID)
+		return nil // granted already (a redelivered confirmation)
 	}
 	req := &sharespotv1.GrantRequest{SessionId: sid, QuoteId: q.Id, GrantedBytes: q.Bytes}
 	if pc.Kind == sharespotv1.QuoteKind_QUOTE_KIND_INITIAL {
@@ -167,41 +177,81 @@ func (h *Host) grant(ctx context.Context, sid string, pc *sharespotv1.PaymentCon
 			return nil
 		}
 		if h.Gate != nil {
+			// Admit replaces any earlier admission of this session, so a
+			// retried grant admits the new code.
 			if err := h.Gate.Admit(sid, code, q.Bytes); err != nil {
 				return fmt.Errorf("client: admit %s at the gate: %w", sid, err)
 			}
 			req.Gateway = h.Gate.Gateway()
 		}
 		req.SealedCode = &sharespotv1.SealedCode{Suite: string(sealed.Suite), Enc: sealed.Enc, Ciphertext: sealed.Ciphertext}
-	} else if h.Gate != nil {
+	} else if h.Gate != nil && h.markGated(q.Id) {
 		if err := h.Gate.Extend(sid, q.Bytes); err != nil {
+			h.unmarkGated(q.Id)
 			return fmt.Errorf("client: extend %s at the gate: %w", sid, err)
 		}
 	}
-	_, err = h.C.Sessions.Grant(ctx, connect.NewRequest(req))
-	return ignoreRefusal(err)
+	if _, err = h.C.Sessions.Grant(ctx, connect.NewRequest(req)); err != nil {
+		return ignoreRefusal(err) // a transport error: handled again on redelivery
+	}
+	h.remember(receiptID)
+	return nil
+}
+
+// markGated records that quote's volume reached the gate; false if it had.
+func (h *Host) markGated(quoteID string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.gated[quoteID] {
+		return false
+	}
+	h.gated[quoteID] = true
+	return true
+}
+
+func (h *Host) unmarkGated(quoteID string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	delete(h.gated, quoteID)
+}
+
+func (h *Host) remember(receiptID string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.seen[receiptID] = true
 }
 
 // VerifyReceipt checks a payment-success response offline: the platform's
-// signature, that it pays for exactly want, and that it was not seen before.
+// signature, that it pays for exactly want, and that it was not used
+// before; it then remembers it as used.
 func (h *Host) VerifyReceipt(rc *sharespotv1.Receipt, want receipt.Payload) error {
-	if rc == nil {
-		return errors.New("client: no receipt")
-	}
-	p, err := h.verifier.Verify(receipt.Receipt{KeyID: rc.KeyId, Payload: rc.Payload, Signature: rc.Signature})
+	id, err := h.checkReceipt(rc, want)
 	if err != nil {
 		return err
 	}
+	h.remember(id)
+	return nil
+}
+
+// checkReceipt is VerifyReceipt without remembering: a receipt counts as
+// used only once its grant went through.
+func (h *Host) checkReceipt(rc *sharespotv1.Receipt, want receipt.Payload) (string, error) {
+	if rc == nil {
+		return "", errors.New("client: no receipt")
+	}
+	p, err := h.verifier.Verify(receipt.Receipt{KeyID: rc.KeyId, Payload: rc.Payload, Signature: rc.Signature})
+	if err != nil {
+		return "", err
+	}
 	if err := p.Matches(want); err != nil {
-		return err
+		return "", err
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.seen[p.ReceiptID] {
-		return fmt.Errorf("client: receipt %s replayed", p.ReceiptID)
+		return "", fmt.Errorf("client: receipt %s replayed", p.ReceiptID)
 	}
-	h.seen[p.ReceiptID] = true
-	return nil
+	return p.ReceiptID, nil
 }
 
 // ignoreRefusal drops the server's refusals (the flow moved on: the

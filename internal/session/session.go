@@ -18,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sort"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -662,6 +663,53 @@ func (e *Engine) Get(tx *store.Tx, p Party, sessionID string) (*sharespotv1.Sess
 		return nil, err
 	}
 	return e.render(tx, s, p)
+}
+
+// List returns p's sessions as host or guest, newest first.
+func (e *Engine) List(tx *store.Tx, p Party, openOnly bool, limit int) ([]*sharespotv1.Session, error) {
+	if limit <= 0 || limit > 200 {
+		limit = 200
+	}
+	maxState := int32(sharespotv1.SessionState_SESSION_STATE_ENDED) + 1
+	if openOnly {
+		maxState--
+	}
+	var ids []string
+	for _, col := range []string{"host_device_id", "guest_device_id"} {
+		rows, err := tx.Query(`SELECT id FROM sessions WHERE `+col+` = ? AND state < ? ORDER BY created_ms DESC LIMIT ?`, p.DeviceID, maxState, limit)
+		if err != nil {
+			return nil, fmt.Errorf("session: list: %w", err)
+		}
+		for rows.Next() {
+			var id string
+			if err := rows.Scan(&id); err != nil {
+				rows.Close()
+				return nil, err
+			}
+			ids = append(ids, id)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return nil, err
+		}
+	}
+	var out []*sharespotv1.Session
+	for _, id := range ids {
+		s, err := loadRow(tx, id)
+		if err != nil {
+			return nil, err
+		}
+		v, err := e.render(tx, s, p)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].CreatedUnixMs > out[j].CreatedUnixMs })
+	if len(out) > limit {
+		out = out[:limit]
+	}
+	return out, nil
 }
 
 // finish settles and ends s with used bytes consumed.

@@ -2984,6 +2984,104 @@ func (x *GetResponse) GetSession() *Session {
 	return nil
 }
 
+type ListSessionsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only sessions that have not ended.
+	OpenOnly bool `protobuf:"varint,1,opt,name=open_only,json=openOnly,proto3" json:"open_only,omitempty"`
+	// At most this many (default and maximum 200).
+	Limit         int32 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSessionsRequest) Reset() {
+	*x = ListSessionsRequest{}
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSessionsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSessionsRequest) ProtoMessage() {}
+
+func (x *ListSessionsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSessionsRequest.ProtoReflect.Descriptor instead.
+func (*ListSessionsRequest) Descriptor() ([]byte, []int) {
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *ListSessionsRequest) GetOpenOnly() bool {
+	if x != nil {
+		return x.OpenOnly
+	}
+	return false
+}
+
+func (x *ListSessionsRequest) GetLimit() int32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+type ListSessionsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Sessions      []*Session             `protobuf:"bytes,1,rep,name=sessions,proto3" json:"sessions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSessionsResponse) Reset() {
+	*x = ListSessionsResponse{}
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSessionsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSessionsResponse) ProtoMessage() {}
+
+func (x *ListSessionsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSessionsResponse.ProtoReflect.Descriptor instead.
+func (*ListSessionsResponse) Descriptor() ([]byte, []int) {
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *ListSessionsResponse) GetSessions() []*Session {
+	if x != nil {
+		return x.Sessions
+	}
+	return nil
+}
+
 type PayRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	QuoteId       string                 `protobuf:"bytes,1,opt,name=quote_id,json=quoteId,proto3" json:"quote_id,omitempty"`
@@ -2993,7 +3091,7 @@ type PayRequest struct {
 
 func (x *PayRequest) Reset() {
 	*x = PayRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[46]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3005,7 +3103,7 @@ func (x *PayRequest) String() string {
 func (*PayRequest) ProtoMessage() {}
 
 func (x *PayRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[46]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3018,7 +3116,7 @@ func (x *PayRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PayRequest.ProtoReflect.Descriptor instead.
 func (*PayRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{46}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *PayRequest) GetQuoteId() string {
@@ -3037,7 +3135,7 @@ type PayResponse struct {
 
 func (x *PayResponse) Reset() {
 	*x = PayResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[47]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3049,7 +3147,7 @@ func (x *PayResponse) String() string {
 func (*PayResponse) ProtoMessage() {}
 
 func (x *PayResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[47]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3062,7 +3160,7 @@ func (x *PayResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PayResponse.ProtoReflect.Descriptor instead.
 func (*PayResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{47}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *PayResponse) GetReceipt() *Receipt {
@@ -3080,7 +3178,7 @@ type BalanceRequest struct {
 
 func (x *BalanceRequest) Reset() {
 	*x = BalanceRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[48]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3092,7 +3190,7 @@ func (x *BalanceRequest) String() string {
 func (*BalanceRequest) ProtoMessage() {}
 
 func (x *BalanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[48]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3105,7 +3203,7 @@ func (x *BalanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BalanceRequest.ProtoReflect.Descriptor instead.
 func (*BalanceRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{48}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{50}
 }
 
 type Money struct {
@@ -3118,7 +3216,7 @@ type Money struct {
 
 func (x *Money) Reset() {
 	*x = Money{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[49]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3130,7 +3228,7 @@ func (x *Money) String() string {
 func (*Money) ProtoMessage() {}
 
 func (x *Money) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[49]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3143,7 +3241,7 @@ func (x *Money) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Money.ProtoReflect.Descriptor instead.
 func (*Money) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{49}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *Money) GetCurrency() string {
@@ -3170,7 +3268,7 @@ type BalanceResponse struct {
 
 func (x *BalanceResponse) Reset() {
 	*x = BalanceResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[50]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3182,7 +3280,7 @@ func (x *BalanceResponse) String() string {
 func (*BalanceResponse) ProtoMessage() {}
 
 func (x *BalanceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[50]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3195,7 +3293,7 @@ func (x *BalanceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BalanceResponse.ProtoReflect.Descriptor instead.
 func (*BalanceResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{50}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *BalanceResponse) GetAccountId() string {
@@ -3221,7 +3319,7 @@ type HistoryRequest struct {
 
 func (x *HistoryRequest) Reset() {
 	*x = HistoryRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[51]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3233,7 +3331,7 @@ func (x *HistoryRequest) String() string {
 func (*HistoryRequest) ProtoMessage() {}
 
 func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[51]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3246,7 +3344,7 @@ func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryRequest.ProtoReflect.Descriptor instead.
 func (*HistoryRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{51}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *HistoryRequest) GetLimit() int32 {
@@ -3271,7 +3369,7 @@ type Transfer struct {
 
 func (x *Transfer) Reset() {
 	*x = Transfer{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[52]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3283,7 +3381,7 @@ func (x *Transfer) String() string {
 func (*Transfer) ProtoMessage() {}
 
 func (x *Transfer) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[52]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3296,7 +3394,7 @@ func (x *Transfer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Transfer.ProtoReflect.Descriptor instead.
 func (*Transfer) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{52}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *Transfer) GetId() string {
@@ -3357,7 +3455,7 @@ type HistoryResponse struct {
 
 func (x *HistoryResponse) Reset() {
 	*x = HistoryResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[53]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3369,7 +3467,7 @@ func (x *HistoryResponse) String() string {
 func (*HistoryResponse) ProtoMessage() {}
 
 func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[53]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3382,7 +3480,7 @@ func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryResponse.ProtoReflect.Descriptor instead.
 func (*HistoryResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{53}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *HistoryResponse) GetTransfers() []*Transfer {
@@ -3400,7 +3498,7 @@ type PlatformKeysRequest struct {
 
 func (x *PlatformKeysRequest) Reset() {
 	*x = PlatformKeysRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[54]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3412,7 +3510,7 @@ func (x *PlatformKeysRequest) String() string {
 func (*PlatformKeysRequest) ProtoMessage() {}
 
 func (x *PlatformKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[54]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3425,7 +3523,7 @@ func (x *PlatformKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlatformKeysRequest.ProtoReflect.Descriptor instead.
 func (*PlatformKeysRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{54}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{56}
 }
 
 type PlatformKey struct {
@@ -3438,7 +3536,7 @@ type PlatformKey struct {
 
 func (x *PlatformKey) Reset() {
 	*x = PlatformKey{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[55]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3450,7 +3548,7 @@ func (x *PlatformKey) String() string {
 func (*PlatformKey) ProtoMessage() {}
 
 func (x *PlatformKey) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[55]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3463,7 +3561,7 @@ func (x *PlatformKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlatformKey.ProtoReflect.Descriptor instead.
 func (*PlatformKey) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{55}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *PlatformKey) GetKeyId() string {
@@ -3489,7 +3587,7 @@ type PlatformKeysResponse struct {
 
 func (x *PlatformKeysResponse) Reset() {
 	*x = PlatformKeysResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[56]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3501,7 +3599,7 @@ func (x *PlatformKeysResponse) String() string {
 func (*PlatformKeysResponse) ProtoMessage() {}
 
 func (x *PlatformKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[56]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3514,7 +3612,7 @@ func (x *PlatformKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlatformKeysResponse.ProtoReflect.Descriptor instead.
 func (*PlatformKeysResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{56}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *PlatformKeysResponse) GetKeys() []*PlatformKey {
@@ -3533,7 +3631,7 @@ type SubscribeRequest struct {
 
 func (x *SubscribeRequest) Reset() {
 	*x = SubscribeRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[57]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3545,7 +3643,7 @@ func (x *SubscribeRequest) String() string {
 func (*SubscribeRequest) ProtoMessage() {}
 
 func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[57]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3558,7 +3656,7 @@ func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubscribeRequest.ProtoReflect.Descriptor instead.
 func (*SubscribeRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{57}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *SubscribeRequest) GetAfterSeq() uint64 {
@@ -3578,7 +3676,7 @@ type SubscribeResponse struct {
 
 func (x *SubscribeResponse) Reset() {
 	*x = SubscribeResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[58]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3590,7 +3688,7 @@ func (x *SubscribeResponse) String() string {
 func (*SubscribeResponse) ProtoMessage() {}
 
 func (x *SubscribeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[58]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3603,7 +3701,7 @@ func (x *SubscribeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubscribeResponse.ProtoReflect.Descriptor instead.
 func (*SubscribeResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{58}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *SubscribeResponse) GetEnvelopes() []*Envelope {
@@ -3622,7 +3720,7 @@ type AckRequest struct {
 
 func (x *AckRequest) Reset() {
 	*x = AckRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[59]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3634,7 +3732,7 @@ func (x *AckRequest) String() string {
 func (*AckRequest) ProtoMessage() {}
 
 func (x *AckRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[59]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3647,7 +3745,7 @@ func (x *AckRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckRequest.ProtoReflect.Descriptor instead.
 func (*AckRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{59}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *AckRequest) GetSeq() uint64 {
@@ -3665,7 +3763,7 @@ type AckResponse struct {
 
 func (x *AckResponse) Reset() {
 	*x = AckResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[60]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3677,7 +3775,7 @@ func (x *AckResponse) String() string {
 func (*AckResponse) ProtoMessage() {}
 
 func (x *AckResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[60]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3690,7 +3788,7 @@ func (x *AckResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckResponse.ProtoReflect.Descriptor instead.
 func (*AckResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{60}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{62}
 }
 
 // C1.6, to the host.
@@ -3706,7 +3804,7 @@ type AccessRequested struct {
 
 func (x *AccessRequested) Reset() {
 	*x = AccessRequested{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[61]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3718,7 +3816,7 @@ func (x *AccessRequested) String() string {
 func (*AccessRequested) ProtoMessage() {}
 
 func (x *AccessRequested) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[61]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3731,7 +3829,7 @@ func (x *AccessRequested) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AccessRequested.ProtoReflect.Descriptor instead.
 func (*AccessRequested) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{61}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *AccessRequested) GetHotspotId() string {
@@ -3772,7 +3870,7 @@ type FeeInfo struct {
 
 func (x *FeeInfo) Reset() {
 	*x = FeeInfo{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[62]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3784,7 +3882,7 @@ func (x *FeeInfo) String() string {
 func (*FeeInfo) ProtoMessage() {}
 
 func (x *FeeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[62]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3797,7 +3895,7 @@ func (x *FeeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FeeInfo.ProtoReflect.Descriptor instead.
 func (*FeeInfo) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{62}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *FeeInfo) GetQuote() *Quote {
@@ -3822,7 +3920,7 @@ type PaymentConfirmed struct {
 
 func (x *PaymentConfirmed) Reset() {
 	*x = PaymentConfirmed{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[63]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3834,7 +3932,7 @@ func (x *PaymentConfirmed) String() string {
 func (*PaymentConfirmed) ProtoMessage() {}
 
 func (x *PaymentConfirmed) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[63]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3847,7 +3945,7 @@ func (x *PaymentConfirmed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PaymentConfirmed.ProtoReflect.Descriptor instead.
 func (*PaymentConfirmed) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{63}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *PaymentConfirmed) GetQuoteId() string {
@@ -3896,7 +3994,7 @@ type EncryptionMessage struct {
 
 func (x *EncryptionMessage) Reset() {
 	*x = EncryptionMessage{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[64]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3908,7 +4006,7 @@ func (x *EncryptionMessage) String() string {
 func (*EncryptionMessage) ProtoMessage() {}
 
 func (x *EncryptionMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[64]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3921,7 +4019,7 @@ func (x *EncryptionMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EncryptionMessage.ProtoReflect.Descriptor instead.
 func (*EncryptionMessage) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{64}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *EncryptionMessage) GetSuite() string {
@@ -3948,7 +4046,7 @@ type AccessGranted struct {
 
 func (x *AccessGranted) Reset() {
 	*x = AccessGranted{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[65]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3960,7 +4058,7 @@ func (x *AccessGranted) String() string {
 func (*AccessGranted) ProtoMessage() {}
 
 func (x *AccessGranted) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[65]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3973,7 +4071,7 @@ func (x *AccessGranted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AccessGranted.ProtoReflect.Descriptor instead.
 func (*AccessGranted) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{65}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *AccessGranted) GetQuoteId() string {
@@ -4030,7 +4128,7 @@ type LowQuotaPrompt struct {
 
 func (x *LowQuotaPrompt) Reset() {
 	*x = LowQuotaPrompt{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[66]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4042,7 +4140,7 @@ func (x *LowQuotaPrompt) String() string {
 func (*LowQuotaPrompt) ProtoMessage() {}
 
 func (x *LowQuotaPrompt) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[66]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4055,7 +4153,7 @@ func (x *LowQuotaPrompt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LowQuotaPrompt.ProtoReflect.Descriptor instead.
 func (*LowQuotaPrompt) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{66}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *LowQuotaPrompt) GetUsedBytes() int64 {
@@ -4089,7 +4187,7 @@ type TopUpRequested struct {
 
 func (x *TopUpRequested) Reset() {
 	*x = TopUpRequested{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[67]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4101,7 +4199,7 @@ func (x *TopUpRequested) String() string {
 func (*TopUpRequested) ProtoMessage() {}
 
 func (x *TopUpRequested) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[67]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4114,7 +4212,7 @@ func (x *TopUpRequested) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TopUpRequested.ProtoReflect.Descriptor instead.
 func (*TopUpRequested) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{67}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *TopUpRequested) GetBytes() int64 {
@@ -4135,7 +4233,7 @@ type Declined struct {
 
 func (x *Declined) Reset() {
 	*x = Declined{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[68]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4147,7 +4245,7 @@ func (x *Declined) String() string {
 func (*Declined) ProtoMessage() {}
 
 func (x *Declined) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[68]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4160,7 +4258,7 @@ func (x *Declined) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Declined.ProtoReflect.Descriptor instead.
 func (*Declined) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{68}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *Declined) GetReason() string {
@@ -4187,7 +4285,7 @@ type SessionEnded struct {
 
 func (x *SessionEnded) Reset() {
 	*x = SessionEnded{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[69]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4199,7 +4297,7 @@ func (x *SessionEnded) String() string {
 func (*SessionEnded) ProtoMessage() {}
 
 func (x *SessionEnded) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[69]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4212,7 +4310,7 @@ func (x *SessionEnded) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionEnded.ProtoReflect.Descriptor instead.
 func (*SessionEnded) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{69}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *SessionEnded) GetSession() *Session {
@@ -4246,7 +4344,7 @@ type Envelope struct {
 
 func (x *Envelope) Reset() {
 	*x = Envelope{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[70]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4258,7 +4356,7 @@ func (x *Envelope) String() string {
 func (*Envelope) ProtoMessage() {}
 
 func (x *Envelope) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[70]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4271,7 +4369,7 @@ func (x *Envelope) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Envelope.ProtoReflect.Descriptor instead.
 func (*Envelope) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{70}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *Envelope) GetSeq() uint64 {
@@ -4665,7 +4763,12 @@ const file_sharespot_v1_sharespot_proto_rawDesc = "" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\">\n" +
 	"\vGetResponse\x12/\n" +
-	"\asession\x18\x01 \x01(\v2\x15.sharespot.v1.SessionR\asession\"'\n" +
+	"\asession\x18\x01 \x01(\v2\x15.sharespot.v1.SessionR\asession\"H\n" +
+	"\x13ListSessionsRequest\x12\x1b\n" +
+	"\topen_only\x18\x01 \x01(\bR\bopenOnly\x12\x14\n" +
+	"\x05limit\x18\x02 \x01(\x05R\x05limit\"I\n" +
+	"\x14ListSessionsResponse\x121\n" +
+	"\bsessions\x18\x01 \x03(\v2\x15.sharespot.v1.SessionR\bsessions\"'\n" +
 	"\n" +
 	"PayRequest\x12\x19\n" +
 	"\bquote_id\x18\x01 \x01(\tR\aquoteId\">\n" +
@@ -4799,7 +4902,7 @@ const file_sharespot_v1_sharespot_proto_rawDesc = "" +
 	"\bWithdraw\x12\x1d.sharespot.v1.WithdrawRequest\x1a\x1e.sharespot.v1.WithdrawResponse\"\x00\x12?\n" +
 	"\x04List\x12\x19.sharespot.v1.ListRequest\x1a\x1a.sharespot.v1.ListResponse\"\x002_\n" +
 	"\x10DiscoveryService\x12K\n" +
-	"\bDiscover\x12\x1d.sharespot.v1.DiscoverRequest\x1a\x1e.sharespot.v1.DiscoverResponse\"\x002\xfa\x05\n" +
+	"\bDiscover\x12\x1d.sharespot.v1.DiscoverRequest\x1a\x1e.sharespot.v1.DiscoverResponse\"\x002\xd3\x06\n" +
 	"\x0eSessionService\x12Z\n" +
 	"\rRequestAccess\x12\".sharespot.v1.RequestAccessRequest\x1a#.sharespot.v1.RequestAccessResponse\"\x00\x12B\n" +
 	"\x05Quote\x12\x1a.sharespot.v1.QuoteRequest\x1a\x1b.sharespot.v1.QuoteResponse\"\x00\x12H\n" +
@@ -4810,7 +4913,8 @@ const file_sharespot_v1_sharespot_proto_rawDesc = "" +
 	"\fRequestTopUp\x12!.sharespot.v1.RequestTopUpRequest\x1a\".sharespot.v1.RequestTopUpResponse\"\x00\x12T\n" +
 	"\vReportUsage\x12 .sharespot.v1.ReportUsageRequest\x1a!.sharespot.v1.ReportUsageResponse\"\x00\x12<\n" +
 	"\x03End\x12\x18.sharespot.v1.EndRequest\x1a\x19.sharespot.v1.EndResponse\"\x00\x12<\n" +
-	"\x03Get\x12\x18.sharespot.v1.GetRequest\x1a\x19.sharespot.v1.GetResponse\"\x002\xbb\x02\n" +
+	"\x03Get\x12\x18.sharespot.v1.GetRequest\x1a\x19.sharespot.v1.GetResponse\"\x00\x12W\n" +
+	"\fListSessions\x12!.sharespot.v1.ListSessionsRequest\x1a\".sharespot.v1.ListSessionsResponse\"\x002\xbb\x02\n" +
 	"\x0ePaymentService\x12<\n" +
 	"\x03Pay\x12\x18.sharespot.v1.PayRequest\x1a\x19.sharespot.v1.PayResponse\"\x00\x12H\n" +
 	"\aBalance\x12\x1c.sharespot.v1.BalanceRequest\x1a\x1d.sharespot.v1.BalanceResponse\"\x00\x12H\n" +
@@ -4833,7 +4937,7 @@ func file_sharespot_v1_sharespot_proto_rawDescGZIP() []byte {
 }
 
 var file_sharespot_v1_sharespot_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_sharespot_v1_sharespot_proto_msgTypes = make([]protoimpl.MessageInfo, 71)
+var file_sharespot_v1_sharespot_proto_msgTypes = make([]protoimpl.MessageInfo, 73)
 var file_sharespot_v1_sharespot_proto_goTypes = []any{
 	(Security)(0),                 // 0: sharespot.v1.Security
 	(SessionState)(0),             // 1: sharespot.v1.SessionState
@@ -4885,31 +4989,33 @@ var file_sharespot_v1_sharespot_proto_goTypes = []any{
 	(*EndResponse)(nil),           // 47: sharespot.v1.EndResponse
 	(*GetRequest)(nil),            // 48: sharespot.v1.GetRequest
 	(*GetResponse)(nil),           // 49: sharespot.v1.GetResponse
-	(*PayRequest)(nil),            // 50: sharespot.v1.PayRequest
-	(*PayResponse)(nil),           // 51: sharespot.v1.PayResponse
-	(*BalanceRequest)(nil),        // 52: sharespot.v1.BalanceRequest
-	(*Money)(nil),                 // 53: sharespot.v1.Money
-	(*BalanceResponse)(nil),       // 54: sharespot.v1.BalanceResponse
-	(*HistoryRequest)(nil),        // 55: sharespot.v1.HistoryRequest
-	(*Transfer)(nil),              // 56: sharespot.v1.Transfer
-	(*HistoryResponse)(nil),       // 57: sharespot.v1.HistoryResponse
-	(*PlatformKeysRequest)(nil),   // 58: sharespot.v1.PlatformKeysRequest
-	(*PlatformKey)(nil),           // 59: sharespot.v1.PlatformKey
-	(*PlatformKeysResponse)(nil),  // 60: sharespot.v1.PlatformKeysResponse
-	(*SubscribeRequest)(nil),      // 61: sharespot.v1.SubscribeRequest
-	(*SubscribeResponse)(nil),     // 62: sharespot.v1.SubscribeResponse
-	(*AckRequest)(nil),            // 63: sharespot.v1.AckRequest
-	(*AckResponse)(nil),           // 64: sharespot.v1.AckResponse
-	(*AccessRequested)(nil),       // 65: sharespot.v1.AccessRequested
-	(*FeeInfo)(nil),               // 66: sharespot.v1.FeeInfo
-	(*PaymentConfirmed)(nil),      // 67: sharespot.v1.PaymentConfirmed
-	(*EncryptionMessage)(nil),     // 68: sharespot.v1.EncryptionMessage
-	(*AccessGranted)(nil),         // 69: sharespot.v1.AccessGranted
-	(*LowQuotaPrompt)(nil),        // 70: sharespot.v1.LowQuotaPrompt
-	(*TopUpRequested)(nil),        // 71: sharespot.v1.TopUpRequested
-	(*Declined)(nil),              // 72: sharespot.v1.Declined
-	(*SessionEnded)(nil),          // 73: sharespot.v1.SessionEnded
-	(*Envelope)(nil),              // 74: sharespot.v1.Envelope
+	(*ListSessionsRequest)(nil),   // 50: sharespot.v1.ListSessionsRequest
+	(*ListSessionsResponse)(nil),  // 51: sharespot.v1.ListSessionsResponse
+	(*PayRequest)(nil),            // 52: sharespot.v1.PayRequest
+	(*PayResponse)(nil),           // 53: sharespot.v1.PayResponse
+	(*BalanceRequest)(nil),        // 54: sharespot.v1.BalanceRequest
+	(*Money)(nil),                 // 55: sharespot.v1.Money
+	(*BalanceResponse)(nil),       // 56: sharespot.v1.BalanceResponse
+	(*HistoryRequest)(nil),        // 57: sharespot.v1.HistoryRequest
+	(*Transfer)(nil),              // 58: sharespot.v1.Transfer
+	(*HistoryResponse)(nil),       // 59: sharespot.v1.HistoryResponse
+	(*PlatformKeysRequest)(nil),   // 60: sharespot.v1.PlatformKeysRequest
+	(*PlatformKey)(nil),           // 61: sharespot.v1.PlatformKey
+	(*PlatformKeysResponse)(nil),  // 62: sharespot.v1.PlatformKeysResponse
+	(*SubscribeRequest)(nil),      // 63: sharespot.v1.SubscribeRequest
+	(*SubscribeResponse)(nil),     // 64: sharespot.v1.SubscribeResponse
+	(*AckRequest)(nil),            // 65: sharespot.v1.AckRequest
+	(*AckResponse)(nil),           // 66: sharespot.v1.AckResponse
+	(*AccessRequested)(nil),       // 67: sharespot.v1.AccessRequested
+	(*FeeInfo)(nil),               // 68: sharespot.v1.FeeInfo
+	(*PaymentConfirmed)(nil),      // 69: sharespot.v1.PaymentConfirmed
+	(*EncryptionMessage)(nil),     // 70: sharespot.v1.EncryptionMessage
+	(*AccessGranted)(nil),         // 71: sharespot.v1.AccessGranted
+	(*LowQuotaPrompt)(nil),        // 72: sharespot.v1.LowQuotaPrompt
+	(*TopUpRequested)(nil),        // 73: sharespot.v1.TopUpRequested
+	(*Declined)(nil),              // 74: sharespot.v1.Declined
+	(*SessionEnded)(nil),          // 75: sharespot.v1.SessionEnded
+	(*Envelope)(nil),              // 76: sharespot.v1.Envelope
 }
 var file_sharespot_v1_sharespot_proto_depIdxs = []int32{
 	0,  // 0: sharespot.v1.AccessPoint.security:type_name -> sharespot.v1.Security
@@ -4945,80 +5051,83 @@ var file_sharespot_v1_sharespot_proto_depIdxs = []int32{
 	29, // 30: sharespot.v1.ReportUsageResponse.session:type_name -> sharespot.v1.Session
 	29, // 31: sharespot.v1.EndResponse.session:type_name -> sharespot.v1.Session
 	29, // 32: sharespot.v1.GetResponse.session:type_name -> sharespot.v1.Session
-	28, // 33: sharespot.v1.PayResponse.receipt:type_name -> sharespot.v1.Receipt
-	53, // 34: sharespot.v1.BalanceResponse.balances:type_name -> sharespot.v1.Money
-	56, // 35: sharespot.v1.HistoryResponse.transfers:type_name -> sharespot.v1.Transfer
-	59, // 36: sharespot.v1.PlatformKeysResponse.keys:type_name -> sharespot.v1.PlatformKey
-	74, // 37: sharespot.v1.SubscribeResponse.envelopes:type_name -> sharespot.v1.Envelope
-	25, // 38: sharespot.v1.AccessRequested.guest_keys:type_name -> sharespot.v1.GuestKey
-	24, // 39: sharespot.v1.FeeInfo.quote:type_name -> sharespot.v1.Quote
-	2,  // 40: sharespot.v1.PaymentConfirmed.kind:type_name -> sharespot.v1.QuoteKind
-	28, // 41: sharespot.v1.PaymentConfirmed.receipt:type_name -> sharespot.v1.Receipt
-	2,  // 42: sharespot.v1.AccessGranted.kind:type_name -> sharespot.v1.QuoteKind
-	26, // 43: sharespot.v1.AccessGranted.sealed_code:type_name -> sharespot.v1.SealedCode
-	27, // 44: sharespot.v1.AccessGranted.gateway:type_name -> sharespot.v1.Gateway
-	2,  // 45: sharespot.v1.Declined.kind:type_name -> sharespot.v1.QuoteKind
-	29, // 46: sharespot.v1.SessionEnded.session:type_name -> sharespot.v1.Session
-	65, // 47: sharespot.v1.Envelope.access_requested:type_name -> sharespot.v1.AccessRequested
-	66, // 48: sharespot.v1.Envelope.fee_info:type_name -> sharespot.v1.FeeInfo
-	67, // 49: sharespot.v1.Envelope.payment_confirmed:type_name -> sharespot.v1.PaymentConfirmed
-	68, // 50: sharespot.v1.Envelope.encryption_message:type_name -> sharespot.v1.EncryptionMessage
-	69, // 51: sharespot.v1.Envelope.access_granted:type_name -> sharespot.v1.AccessGranted
-	70, // 52: sharespot.v1.Envelope.low_quota_prompt:type_name -> sharespot.v1.LowQuotaPrompt
-	71, // 53: sharespot.v1.Envelope.top_up_requested:type_name -> sharespot.v1.TopUpRequested
-	72, // 54: sharespot.v1.Envelope.declined:type_name -> sharespot.v1.Declined
-	73, // 55: sharespot.v1.Envelope.session_ended:type_name -> sharespot.v1.SessionEnded
-	4,  // 56: sharespot.v1.AuthService.Challenge:input_type -> sharespot.v1.ChallengeRequest
-	6,  // 57: sharespot.v1.AuthService.SignIn:input_type -> sharespot.v1.SignInRequest
-	12, // 58: sharespot.v1.HotspotService.Register:input_type -> sharespot.v1.RegisterRequest
-	14, // 59: sharespot.v1.HotspotService.Update:input_type -> sharespot.v1.UpdateRequest
-	16, // 60: sharespot.v1.HotspotService.Withdraw:input_type -> sharespot.v1.WithdrawRequest
-	18, // 61: sharespot.v1.HotspotService.List:input_type -> sharespot.v1.ListRequest
-	22, // 62: sharespot.v1.DiscoveryService.Discover:input_type -> sharespot.v1.DiscoverRequest
-	30, // 63: sharespot.v1.SessionService.RequestAccess:input_type -> sharespot.v1.RequestAccessRequest
-	32, // 64: sharespot.v1.SessionService.Quote:input_type -> sharespot.v1.QuoteRequest
-	34, // 65: sharespot.v1.SessionService.Decline:input_type -> sharespot.v1.DeclineRequest
-	36, // 66: sharespot.v1.SessionService.Confirm:input_type -> sharespot.v1.ConfirmRequest
-	38, // 67: sharespot.v1.SessionService.Grant:input_type -> sharespot.v1.GrantRequest
-	40, // 68: sharespot.v1.SessionService.Prompt:input_type -> sharespot.v1.PromptRequest
-	42, // 69: sharespot.v1.SessionService.RequestTopUp:input_type -> sharespot.v1.RequestTopUpRequest
-	44, // 70: sharespot.v1.SessionService.ReportUsage:input_type -> sharespot.v1.ReportUsageRequest
-	46, // 71: sharespot.v1.SessionService.End:input_type -> sharespot.v1.EndRequest
-	48, // 72: sharespot.v1.SessionService.Get:input_type -> sharespot.v1.GetRequest
-	50, // 73: sharespot.v1.PaymentService.Pay:input_type -> sharespot.v1.PayRequest
-	52, // 74: sharespot.v1.PaymentService.Balance:input_type -> sharespot.v1.BalanceRequest
-	55, // 75: sharespot.v1.PaymentService.History:input_type -> sharespot.v1.HistoryRequest
-	58, // 76: sharespot.v1.PaymentService.PlatformKeys:input_type -> sharespot.v1.PlatformKeysRequest
-	61, // 77: sharespot.v1.InboxService.Subscribe:input_type -> sharespot.v1.SubscribeRequest
-	63, // 78: sharespot.v1.InboxService.Ack:input_type -> sharespot.v1.AckRequest
-	5,  // 79: sharespot.v1.AuthService.Challenge:output_type -> sharespot.v1.ChallengeResponse
-	7,  // 80: sharespot.v1.AuthService.SignIn:output_type -> sharespot.v1.SignInResponse
-	13, // 81: sharespot.v1.HotspotService.Register:output_type -> sharespot.v1.RegisterResponse
-	15, // 82: sharespot.v1.HotspotService.Update:output_type -> sharespot.v1.UpdateResponse
-	17, // 83: sharespot.v1.HotspotService.Withdraw:output_type -> sharespot.v1.WithdrawResponse
-	19, // 84: sharespot.v1.HotspotService.List:output_type -> sharespot.v1.ListResponse
-	23, // 85: sharespot.v1.DiscoveryService.Discover:output_type -> sharespot.v1.DiscoverResponse
-	31, // 86: sharespot.v1.SessionService.RequestAccess:output_type -> sharespot.v1.RequestAccessResponse
-	33, // 87: sharespot.v1.SessionService.Quote:output_type -> sharespot.v1.QuoteResponse
-	35, // 88: sharespot.v1.SessionService.Decline:output_type -> sharespot.v1.DeclineResponse
-	37, // 89: sharespot.v1.SessionService.Confirm:output_type -> sharespot.v1.ConfirmResponse
-	39, // 90: sharespot.v1.SessionService.Grant:output_type -> sharespot.v1.GrantResponse
-	41, // 91: sharespot.v1.SessionService.Prompt:output_type -> sharespot.v1.PromptResponse
-	43, // 92: sharespot.v1.SessionService.RequestTopUp:output_type -> sharespot.v1.RequestTopUpResponse
-	45, // 93: sharespot.v1.SessionService.ReportUsage:output_type -> sharespot.v1.ReportUsageResponse
-	47, // 94: sharespot.v1.SessionService.End:output_type -> sharespot.v1.EndResponse
-	49, // 95: sharespot.v1.SessionService.Get:output_type -> sharespot.v1.GetResponse
-	51, // 96: sharespot.v1.PaymentService.Pay:output_type -> sharespot.v1.PayResponse
-	54, // 97: sharespot.v1.PaymentService.Balance:output_type -> sharespot.v1.BalanceResponse
-	57, // 98: sharespot.v1.PaymentService.History:output_type -> sharespot.v1.HistoryResponse
-	60, // 99: sharespot.v1.PaymentService.PlatformKeys:output_type -> sharespot.v1.PlatformKeysResponse
-	62, // 100: sharespot.v1.InboxService.Subscribe:output_type -> sharespot.v1.SubscribeResponse
-	64, // 101: sharespot.v1.InboxService.Ack:output_type -> sharespot.v1.AckResponse
-	79, // [79:102] is the sub-list for method output_type
-	56, // [56:79] is the sub-list for method input_type
-	56, // [56:56] is the sub-list for extension type_name
-	56, // [56:56] is the sub-list for extension extendee
-	0,  // [0:56] is the sub-list for field type_name
+	29, // 33: sharespot.v1.ListSessionsResponse.sessions:type_name -> sharespot.v1.Session
+	28, // 34: sharespot.v1.PayResponse.receipt:type_name -> sharespot.v1.Receipt
+	55, // 35: sharespot.v1.BalanceResponse.balances:type_name -> sharespot.v1.Money
+	58, // 36: sharespot.v1.HistoryResponse.transfers:type_name -> sharespot.v1.Transfer
+	61, // 37: sharespot.v1.PlatformKeysResponse.keys:type_name -> sharespot.v1.PlatformKey
+	76, // 38: sharespot.v1.SubscribeResponse.envelopes:type_name -> sharespot.v1.Envelope
+	25, // 39: sharespot.v1.AccessRequested.guest_keys:type_name -> sharespot.v1.GuestKey
+	24, // 40: sharespot.v1.FeeInfo.quote:type_name -> sharespot.v1.Quote
+	2,  // 41: sharespot.v1.PaymentConfirmed.kind:type_name -> sharespot.v1.QuoteKind
+	28, // 42: sharespot.v1.PaymentConfirmed.receipt:type_name -> sharespot.v1.Receipt
+	2,  // 43: sharespot.v1.AccessGranted.kind:type_name -> sharespot.v1.QuoteKind
+	26, // 44: sharespot.v1.AccessGranted.sealed_code:type_name -> sharespot.v1.SealedCode
+	27, // 45: sharespot.v1.AccessGranted.gateway:type_name -> sharespot.v1.Gateway
+	2,  // 46: sharespot.v1.Declined.kind:type_name -> sharespot.v1.QuoteKind
+	29, // 47: sharespot.v1.SessionEnded.session:type_name -> sharespot.v1.Session
+	67, // 48: sharespot.v1.Envelope.access_requested:type_name -> sharespot.v1.AccessRequested
+	68, // 49: sharespot.v1.Envelope.fee_info:type_name -> sharespot.v1.FeeInfo
+	69, // 50: sharespot.v1.Envelope.payment_confirmed:type_name -> sharespot.v1.PaymentConfirmed
+	70, // 51: sharespot.v1.Envelope.encryption_message:type_name -> sharespot.v1.EncryptionMessage
+	71, // 52: sharespot.v1.Envelope.access_granted:type_name -> sharespot.v1.AccessGranted
+	72, // 53: sharespot.v1.Envelope.low_quota_prompt:type_name -> sharespot.v1.LowQuotaPrompt
+	73, // 54: sharespot.v1.Envelope.top_up_requested:type_name -> sharespot.v1.TopUpRequested
+	74, // 55: sharespot.v1.Envelope.declined:type_name -> sharespot.v1.Declined
+	75, // 56: sharespot.v1.Envelope.session_ended:type_name -> sharespot.v1.SessionEnded
+	4,  // 57: sharespot.v1.AuthService.Challenge:input_type -> sharespot.v1.ChallengeRequest
+	6,  // 58: sharespot.v1.AuthService.SignIn:input_type -> sharespot.v1.SignInRequest
+	12, // 59: sharespot.v1.HotspotService.Register:input_type -> sharespot.v1.RegisterRequest
+	14, // 60: sharespot.v1.HotspotService.Update:input_type -> sharespot.v1.UpdateRequest
+	16, // 61: sharespot.v1.HotspotService.Withdraw:input_type -> sharespot.v1.WithdrawRequest
+	18, // 62: sharespot.v1.HotspotService.List:input_type -> sharespot.v1.ListRequest
+	22, // 63: sharespot.v1.DiscoveryService.Discover:input_type -> sharespot.v1.DiscoverRequest
+	30, // 64: sharespot.v1.SessionService.RequestAccess:input_type -> sharespot.v1.RequestAccessRequest
+	32, // 65: sharespot.v1.SessionService.Quote:input_type -> sharespot.v1.QuoteRequest
+	34, // 66: sharespot.v1.SessionService.Decline:input_type -> sharespot.v1.DeclineRequest
+	36, // 67: sharespot.v1.SessionService.Confirm:input_type -> sharespot.v1.ConfirmRequest
+	38, // 68: sharespot.v1.SessionService.Grant:input_type -> sharespot.v1.GrantRequest
+	40, // 69: sharespot.v1.SessionService.Prompt:input_type -> sharespot.v1.PromptRequest
+	42, // 70: sharespot.v1.SessionService.RequestTopUp:input_type -> sharespot.v1.RequestTopUpRequest
+	44, // 71: sharespot.v1.SessionService.ReportUsage:input_type -> sharespot.v1.ReportUsageRequest
+	46, // 72: sharespot.v1.SessionService.End:input_type -> sharespot.v1.EndRequest
+	48, // 73: sharespot.v1.SessionService.Get:input_type -> sharespot.v1.GetRequest
+	50, // 74: sharespot.v1.SessionService.ListSessions:input_type -> sharespot.v1.ListSessionsRequest
+	52, // 75: sharespot.v1.PaymentService.Pay:input_type -> sharespot.v1.PayRequest
+	54, // 76: sharespot.v1.PaymentService.Balance:input_type -> sharespot.v1.BalanceRequest
+	57, // 77: sharespot.v1.PaymentService.History:input_type -> sharespot.v1.HistoryRequest
+	60, // 78: sharespot.v1.PaymentService.PlatformKeys:input_type -> sharespot.v1.PlatformKeysRequest
+	63, // 79: sharespot.v1.InboxService.Subscribe:input_type -> sharespot.v1.SubscribeRequest
+	65, // 80: sharespot.v1.InboxService.Ack:input_type -> sharespot.v1.AckRequest
+	5,  // 81: sharespot.v1.AuthService.Challenge:output_type -> sharespot.v1.ChallengeResponse
+	7,  // 82: sharespot.v1.AuthService.SignIn:output_type -> sharespot.v1.SignInResponse
+	13, // 83: sharespot.v1.HotspotService.Register:output_type -> sharespot.v1.RegisterResponse
+	15, // 84: sharespot.v1.HotspotService.Update:output_type -> sharespot.v1.UpdateResponse
+	17, // 85: sharespot.v1.HotspotService.Withdraw:output_type -> sharespot.v1.WithdrawResponse
+	19, // 86: sharespot.v1.HotspotService.List:output_type -> sharespot.v1.ListResponse
+	23, // 87: sharespot.v1.DiscoveryService.Discover:output_type -> sharespot.v1.DiscoverResponse
+	31, // 88: sharespot.v1.SessionService.RequestAccess:output_type -> sharespot.v1.RequestAccessResponse
+	33, // 89: sharespot.v1.SessionService.Quote:output_type -> sharespot.v1.QuoteResponse
+	35, // 90: sharespot.v1.SessionService.Decline:output_type -> sharespot.v1.DeclineResponse
+	37, // 91: sharespot.v1.SessionService.Confirm:output_type -> sharespot.v1.ConfirmResponse
+	39, // 92: sharespot.v1.SessionService.Grant:output_type -> sharespot.v1.GrantResponse
+	41, // 93: sharespot.v1.SessionService.Prompt:output_type -> sharespot.v1.PromptResponse
+	43, // 94: sharespot.v1.SessionService.RequestTopUp:output_type -> sharespot.v1.RequestTopUpResponse
+	45, // 95: sharespot.v1.SessionService.ReportUsage:output_type -> sharespot.v1.ReportUsageResponse
+	47, // 96: sharespot.v1.SessionService.End:output_type -> sharespot.v1.EndResponse
+	49, // 97: sharespot.v1.SessionService.Get:output_type -> sharespot.v1.GetResponse
+	51, // 98: sharespot.v1.SessionService.ListSessions:output_type -> sharespot.v1.ListSessionsResponse
+	53, // 99: sharespot.v1.PaymentService.Pay:output_type -> sharespot.v1.PayResponse
+	56, // 100: sharespot.v1.PaymentService.Balance:output_type -> sharespot.v1.BalanceResponse
+	59, // 101: sharespot.v1.PaymentService.History:output_type -> sharespot.v1.HistoryResponse
+	62, // 102: sharespot.v1.PaymentService.PlatformKeys:output_type -> sharespot.v1.PlatformKeysResponse
+	64, // 103: sharespot.v1.InboxService.Subscribe:output_type -> sharespot.v1.SubscribeResponse
+	66, // 104: sharespot.v1.InboxService.Ack:output_type -> sharespot.v1.AckResponse
+	81, // [81:105] is the sub-list for method output_type
+	57, // [57:81] is the sub-list for method input_type
+	57, // [57:57] is the sub-list for extension type_name
+	57, // [57:57] is the sub-list for extension extendee
+	0,  // [0:57] is the sub-list for field type_name
 }
 
 func init() { file_sharespot_v1_sharespot_proto_init() }
@@ -5026,7 +5135,7 @@ func file_sharespot_v1_sharespot_proto_init() {
 	if File_sharespot_v1_sharespot_proto != nil {
 		return
 	}
-	file_sharespot_v1_sharespot_proto_msgTypes[70].OneofWrappers = []any{
+	file_sharespot_v1_sharespot_proto_msgTypes[72].OneofWrappers = []any{
 		(*Envelope_AccessRequested)(nil),
 		(*Envelope_FeeInfo)(nil),
 		(*Envelope_PaymentConfirmed)(nil),
@@ -5043,7 +5152,7 @@ func file_sharespot_v1_sharespot_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sharespot_v1_sharespot_proto_rawDesc), len(file_sharespot_v1_sharespot_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   71,
+			NumMessages:   73,
 			NumExtensions: 0,
 			NumServices:   6,
 		},

@@ -89,6 +89,9 @@ const (
 	SessionServiceEndProcedure = "/sharespot.v1.SessionService/End"
 	// SessionServiceGetProcedure is the fully-qualified name of the SessionService's Get RPC.
 	SessionServiceGetProcedure = "/sharespot.v1.SessionService/Get"
+	// SessionServiceListSessionsProcedure is the fully-qualified name of the SessionService's
+	// ListSessions RPC.
+	SessionServiceListSessionsProcedure = "/sharespot.v1.SessionService/ListSessions"
 	// PaymentServicePayProcedure is the fully-qualified name of the PaymentService's Pay RPC.
 	PaymentServicePayProcedure = "/sharespot.v1.PaymentService/Pay"
 	// PaymentServiceBalanceProcedure is the fully-qualified name of the PaymentService's Balance RPC.
@@ -450,6 +453,9 @@ type SessionServiceClient interface {
 	End(context.Context, *connect.Request[v1.EndRequest]) (*connect.Response[v1.EndResponse], error)
 	// Either party: read a session.
 	Get(context.Context, *connect.Request[v1.GetRequest]) (*connect.Response[v1.GetResponse], error)
+	// Either party: the caller's sessions, newest first (to resume after a
+	// restart).
+	ListSessions(context.Context, *connect.Request[v1.ListSessionsRequest]) (*connect.Response[v1.ListSessionsResponse], error)
 }
 
 // NewSessionServiceClient constructs a client for the sharespot.v1.SessionService service. By
@@ -523,6 +529,12 @@ func NewSessionServiceClient(httpClient connect.HTTPClient, baseURL string, opts
 			connect.WithSchema(sessionServiceMethods.ByName("Get")),
 			connect.WithClientOptions(opts...),
 		),
+		listSessions: connect.NewClient[v1.ListSessionsRequest, v1.ListSessionsResponse](
+			httpClient,
+			baseURL+SessionServiceListSessionsProcedure,
+			connect.WithSchema(sessionServiceMethods.ByName("ListSessions")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -538,6 +550,7 @@ type sessionServiceClient struct {
 	reportUsage   *connect.Client[v1.ReportUsageRequest, v1.ReportUsageResponse]
 	end           *connect.Client[v1.EndRequest, v1.EndResponse]
 	get           *connect.Client[v1.GetRequest, v1.GetResponse]
+	listSessions  *connect.Client[v1.ListSessionsRequest, v1.ListSessionsResponse]
 }
 
 // RequestAccess calls sharespot.v1.SessionService.RequestAccess.
@@ -590,6 +603,11 @@ func (c *sessionServiceClient) Get(ctx context.Context, req *connect.Request[v1.
 	return c.get.CallUnary(ctx, req)
 }
 
+// ListSessions calls sharespot.v1.SessionService.ListSessions.
+func (c *sessionServiceClient) ListSessions(ctx context.Context, req *connect.Request[v1.ListSessionsRequest]) (*connect.Response[v1.ListSessionsResponse], error) {
+	return c.listSessions.CallUnary(ctx, req)
+}
+
 // SessionServiceHandler is an implementation of the sharespot.v1.SessionService service.
 type SessionServiceHandler interface {
 	// Guest, C1.5–C1.6: ask the host of an available hotspot for access.
@@ -612,6 +630,9 @@ type SessionServiceHandler interface {
 	End(context.Context, *connect.Request[v1.EndRequest]) (*connect.Response[v1.EndResponse], error)
 	// Either party: read a session.
 	Get(context.Context, *connect.Request[v1.GetRequest]) (*connect.Response[v1.GetResponse], error)
+	// Either party: the caller's sessions, newest first (to resume after a
+	// restart).
+	ListSessions(context.Context, *connect.Request[v1.ListSessionsRequest]) (*connect.Response[v1.ListSessionsResponse], error)
 }
 
 // NewSessionServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -681,6 +702,12 @@ func NewSessionServiceHandler(svc SessionServiceHandler, opts ...connect.Handler
 		connect.WithSchema(sessionServiceMethods.ByName("Get")),
 		connect.WithHandlerOptions(opts...),
 	)
+	sessionServiceListSessionsHandler := connect.NewUnaryHandler(
+		SessionServiceListSessionsProcedure,
+		svc.ListSessions,
+		connect.WithSchema(sessionServiceMethods.ByName("ListSessions")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/sharespot.v1.SessionService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case SessionServiceRequestAccessProcedure:
@@ -703,6 +730,8 @@ func NewSessionServiceHandler(svc SessionServiceHandler, opts ...connect.Handler
 			sessionServiceEndHandler.ServeHTTP(w, r)
 		case SessionServiceGetProcedure:
 			sessionServiceGetHandler.ServeHTTP(w, r)
+		case SessionServiceListSessionsProcedure:
+			sessionServiceListSessionsHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -750,6 +779,10 @@ func (UnimplementedSessionServiceHandler) End(context.Context, *connect.Request[
 
 func (UnimplementedSessionServiceHandler) Get(context.Context, *connect.Request[v1.GetRequest]) (*connect.Response[v1.GetResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("sharespot.v1.SessionService.Get is not implemented"))
+}
+
+func (UnimplementedSessionServiceHandler) ListSessions(context.Context, *connect.Request[v1.ListSessionsRequest]) (*connect.Response[v1.ListSessionsResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("sharespot.v1.SessionService.ListSessions is not implemented"))
 }
 
 // PaymentServiceClient is a client for the sharespot.v1.PaymentService service.
