@@ -15,6 +15,7 @@ import (
 // CLI is the command line.
 type CLI struct {
 	Server  ServerCmd  `cmd:"" help:"Run the Sharespot server: registry, relay, sessions, wallet."`
+	Scan    ScanCmd    `cmd:"" help:"Guest: show the Sharespot hotspots in range, with their prices."`
 	Wallet  WalletCmd  `cmd:"" help:"Wallets: operator funding and balances."`
 	Device  DeviceCmd  `cmd:"" help:"This device's identity: ID and sign-in token."`
 	Version VersionCmd `cmd:"" help:"Print the version and protocol version."`

@@ -145,7 +145,9 @@ func crashHook(spec string) (func(int64, bool), error) {
 
 // WalletCmd groups wallet commands.
 type WalletCmd struct {
-	Fund WalletFundCmd `cmd:"" help:"Operator: add money to an account's wallet (on the server's database)."`
+	Balance WalletBalanceCmd `cmd:"" help:"This device's wallet balance."`
+	History WalletHistoryCmd `cmd:"" help:"This device's wallet movements."`
+	Fund    WalletFundCmd    `cmd:"" help:"Operator: add money to an account's wallet (on the server's database)."`
 }
 
 // WalletFundCmd funds a wallet directly in the server's database.

@@ -1,0 +1,166 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"connectrpc.com/connect"
+
+	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
+	"github.com/sharespot/sharespot/internal/client"
+	"github.com/sharespot/sharespot/internal/identity"
+	"github.com/sharespot/sharespot/internal/wifi"
+)
+
+// deviceFlags are what every device-side command needs.
+type deviceFlags struct {
+	identityFlag
+	Server string `default:"http://127.0.0.1:8474" env:"SHARESPOT_SERVER" help:"Server URL."`
+}
+
+// connect loads the device key and signs in.
+func (f deviceFlags) connect(ctx context.Context, name string) (*client.Client, error) {
+	key, _, err := identity.LoadOrCreate(f.path())
+	if err != nil {
+		return nil, err
+	}
+	c := client.New(f.Server, key, client.Options{DeviceName: name})
+	sctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	if err := c.SignIn(sctx); err != nil {
+		return nil, fmt.Errorf("cannot reach the server at %s: %w", f.Server, err)
+	}
+	return c, nil
+}
+
+// scanFlags choose where the candidate set comes from (C1.1).
+type scanFlags struct {
+	ScanFile string `help:"Read the scan from a JSON file (machines without a radio)." type:"existingfile" placeholder:"FILE"`
+}
+
+func (f scanFlags) scan(ctx context.Context) ([]wifi.AccessPoint, error) {
+	if f.ScanFile != "" {
+		return wifi.ReadScanFile(f.ScanFile)
+	}
+	return nil, errors.New("no scanner: give --scan-file FILE (radio scanning through nmcli or iw is not wired in yet)")
+}
+
+// discover is C1.1–C1.3: scan, send the candidate set, get the available set.
+func discover(ctx context.Context, c *client.Client, sf scanFlags) ([]*sharespotv1.Offer, error) {
+	aps, err := sf.scan(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if len(aps) == 0 {
+		return nil, errors.New("the scan found no access points")
+	}
+	res, err := c.Discovery.Discover(ctx, connect.NewRequest(&sharespotv1.DiscoverRequest{Candidates: wifi.Candidates(aps)}))
+	if err != nil {
+		return nil, fmt.Errorf("discover: %w", err)
+	}
+	return res.Msg.Available, nil
+}
+
+// ScanCmd shows the hotspots for sale nearby.
+type ScanCmd struct {
+	deviceFlags
+	scanFlags
+	JSON bool `help:"Print the available set as JSON."`
+}
+
+// Run scans and shows the available set (C1.4).
+func (c *ScanCmd) Run(env *runEnv) error {
+	cl, err := c.connect(env.ctx, "guest")
+	if err != nil {
+		return err
+	}
+	offers, err := discover(env.ctx, cl, c.scanFlags)
+	if err != nil {
+		return err
+	}
+	if c.JSON {
+		type row struct {
+			HotspotID string `json:"hotspot_id"`
+			SSID      string `json:"ssid"`
+			BSSID     string `json:"bssid"`
+			Signal    int32  `json:"signal_dbm"`
+			Currency  string `json:"currency"`
+			Price     int64  `json:"price_minor"`
+			Unit      int64  `json:"unit_bytes"`
+			TopUp     int64  `json:"topup_price_minor"`
+			Min       int64  `json:"min_purchase_bytes"`
+			Available int64  `json:"available_bytes"`
+		}
+		out := []row{}
+		for _, o := range offers {
+			t := o.Tariff
+			out = append(out, row{o.HotspotId, client.SSIDText(o.AccessPoint.Ssid), o.AccessPoint.Bssid, o.SignalDbm,
+				t.Currency, t.PriceMinor, t.UnitBytes, t.TopupPriceMinor, t.MinPurchaseBytes, o.AvailableBytes})
+		}
+		enc := json.NewEncoder(env.stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(out)
+	}
+	if len(offers) == 0 {
+		fmt.Fprintln(env.stdout, "No Sharespot hotspots in range.")
+		return nil
+	}
+	return client.ShowOffers(env.stdout, offers)
+}
+
+// WalletBalanceCmd shows this device's wallet.
+type WalletBalanceCmd struct {
+	deviceFlags
+}
+
+// Run prints the balances.
+func (c *WalletBalanceCmd) Run(env *runEnv) error {
+	cl, err := c.connect(env.ctx, "wallet")
+	if err != nil {
+		return err
+	}
+	res, err := cl.Payments.Balance(env.ctx, connect.NewRequest(&sharespotv1.BalanceRequest{}))
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(env.stdout, "account %s\n", res.Msg.AccountId)
+	if len(res.Msg.Balances) == 0 {
+		fmt.Fprintln(env.stdout, "  (empty)")
+	}
+	for _, m := range res.Msg.Balances {
+		fmt.Fprintf(env.stdout, "  %s\n", client.FormatMoney(m.AmountMinor, m.Currency))
+	}
+	return nil
+}
+
+// WalletHistoryCmd lists this device's wallet movements.
+type WalletHistoryCmd struct {
+	deviceFlags
+	Limit int32 `default:"20" help:"How many movements."`
+}
+
+// Run prints the history.
+func (c *WalletHistoryCmd) Run(env *runEnv) error {
+	cl, err := c.connect(env.ctx, "wallet")
+	if err != nil {
+		return err
+	}
+	res, err := cl.Payments.History(env.ctx, connect.NewRequest(&sharespotv1.HistoryRequest{Limit: c.Limit}))
+	if err != nil {
+		return err
+	}
+	wallet := "wallet:" + cl.AccountID() + ":"
+	for _, t := range res.Msg.Transfers {
+		sign := "-"
+		if strings.HasPrefix(t.Credit, wallet) {
+			sign = "+"
+		}
+		fmt.Fprintf(env.stdout, "%s  %s%s  %s\n", time.UnixMilli(t.CreatedUnixMs).Format("2006-01-02 15:04:05"), sign,
+			client.FormatMoney(t.AmountMinor, t.Currency), t.Memo)
+	}
+	return nil
+}
