@@ -383,6 +383,9 @@ func (e *Engine) payable(tx *store.Tx, guest Party, quoteID string, now int64) (
 		return Charge{}, nil, nil, err
 	}
 	s, err := e.load(tx, q.SessionID, guest, roleGuest)
+	if problem.KindOf(err) == problem.Denied {
+		return Charge{}, nil, nil, err // a party of the session in the wrong role: say so
+	}
 	if err != nil {
 		return Charge{}, nil, nil, problem.NotFoundf("quote %s not found", quoteID)
 	}
