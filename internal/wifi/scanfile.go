@@ -19,6 +19,9 @@ type AccessPoint struct {
 	SignalDBM int32
 	FreqMHz   int32
 	Security  sharespotv1.Security
+	// Connected: this device is associated with the access point now
+	// (nmcli's IN-USE "*", iw's "-- associated"). Not sent to the server.
+	Connected bool
 }
 
 // Candidate renders ap as an entry of the candidate set.
