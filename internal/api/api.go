@@ -104,8 +104,12 @@ func partyFrom(ctx context.Context) session.Party {
 
 // public procedures need no token.
 func public(procedure string) bool {
-	return strings.HasPrefix(procedure, "/"+sharespotv1connect.AuthServiceName+"/") ||
-		procedure == sharespotv1connect.PaymentServicePlatformKeysProcedure
+	switch procedure {
+	case sharespotv1connect.AuthServiceChallengeProcedure, sharespotv1connect.AuthServiceSignInProcedure,
+		sharespotv1connect.PaymentServicePlatformKeysProcedure:
+		return true
+	}
+	return false
 }
 
 type guard struct {

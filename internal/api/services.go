@@ -56,6 +56,15 @@ func (a *authService) SignIn(ctx context.Context, req *connect.Request[sharespot
 		DeviceId: out.Party.DeviceID, AccountId: out.Party.AccountID, ProtocolVersion: ProtocolVersion}), nil
 }
 
+func (a *authService) AddDevice(ctx context.Context, req *connect.Request[sharespotv1.AddDeviceRequest]) (*connect.Response[sharespotv1.AddDeviceResponse], error) {
+	p := partyFrom(ctx)
+	id, err := a.d.Auth.AddDevice(ctx, p, req.Msg.PublicKey, req.Msg.DeviceName)
+	if err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(&sharespotv1.AddDeviceResponse{DeviceId: id, AccountId: p.AccountID}), nil
+}
+
 // ---------------------------------------------------------------- hotspots
 
 type hotspotService struct{ *services }

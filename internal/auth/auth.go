@@ -139,6 +139,30 @@ func (a *Auth) SignIn(ctx context.Context, pub, nonce, sig []byte, name string) 
 	return out, nil
 }
 
+// AddDevice enrols pub as a device of p's account. A key that already
+// belongs to a device is refused.
+func (a *Auth) AddDevice(ctx context.Context, p session.Party, pub []byte, name string) (string, error) {
+	if err := checkKey(pub); err != nil {
+		return "", err
+	}
+	if len(name) > 64 {
+		return "", problem.Invalidf("device_name is %d bytes; at most 64", len(name))
+	}
+	id := deviceid.FromPublicKey(ed25519.PublicKey(pub)).String()
+	err := a.st.Write(ctx, func(tx *store.Tx) error {
+		_, err := tx.Exec(`INSERT INTO devices (id, account_id, public_key, name, created_ms) VALUES (?, ?, ?, ?, ?)`,
+			id, p.AccountID, pub, name, a.now().UnixMilli())
+		if errors.Is(err, store.ErrConflict) {
+			return problem.AlreadyExistsf("device %s is already enrolled", id)
+		}
+		return err
+	})
+	if err != nil && problem.KindOf(err) == 0 {
+		return "", fmt.Errorf("auth: add device: %w", err)
+	}
+	return id, err
+}
+
 // Authenticate returns the party a bearer token belongs to.
 func (a *Auth) Authenticate(ctx context.Context, token string) (session.Party, error) {
 	if !strings.HasPrefix(token, tokenPrefix) || len(token) > 128 {

@@ -81,7 +81,7 @@ func New(baseURL string, key ed25519.PrivateKey, opts Options) *Client {
 		co = append(co, connect.WithProtoJSON())
 	}
 	authed := append(co, connect.WithInterceptors(&bearer{c}))
-	c.Auth = sharespotv1connect.NewAuthServiceClient(hc, base, co...)
+	c.Auth = sharespotv1connect.NewAuthServiceClient(hc, base, authed...)
 	c.Hotspots = sharespotv1connect.NewHotspotServiceClient(hc, base, authed...)
 	c.Discovery = sharespotv1connect.NewDiscoveryServiceClient(hc, base, authed...)
 	c.Sessions = sharespotv1connect.NewSessionServiceClient(hc, base, authed...)
@@ -144,6 +144,10 @@ type bearer struct{ c *Client }
 
 func (b *bearer) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
 	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		switch req.Spec().Procedure {
+		case sharespotv1connect.AuthServiceChallengeProcedure, sharespotv1connect.AuthServiceSignInProcedure:
+			return next(ctx, req) // signing in needs no token
+		}
 		tok, err := b.c.Token(ctx)
 		if err != nil {
 			return nil, err

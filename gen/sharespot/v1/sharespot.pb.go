@@ -270,6 +270,111 @@ func (QuoteState) EnumDescriptor() ([]byte, []int) {
 	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{3}
 }
 
+type AddDeviceRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The new device's Ed25519 public key, 32 bytes.
+	PublicKey     []byte `protobuf:"bytes,1,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
+	DeviceName    string `protobuf:"bytes,2,opt,name=device_name,json=deviceName,proto3" json:"device_name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddDeviceRequest) Reset() {
+	*x = AddDeviceRequest{}
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddDeviceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddDeviceRequest) ProtoMessage() {}
+
+func (x *AddDeviceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddDeviceRequest.ProtoReflect.Descriptor instead.
+func (*AddDeviceRequest) Descriptor() ([]byte, []int) {
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *AddDeviceRequest) GetPublicKey() []byte {
+	if x != nil {
+		return x.PublicKey
+	}
+	return nil
+}
+
+func (x *AddDeviceRequest) GetDeviceName() string {
+	if x != nil {
+		return x.DeviceName
+	}
+	return ""
+}
+
+type AddDeviceResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	DeviceId      string                 `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	AccountId     string                 `protobuf:"bytes,2,opt,name=account_id,json=accountId,proto3" json:"account_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddDeviceResponse) Reset() {
+	*x = AddDeviceResponse{}
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddDeviceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddDeviceResponse) ProtoMessage() {}
+
+func (x *AddDeviceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddDeviceResponse.ProtoReflect.Descriptor instead.
+func (*AddDeviceResponse) Descriptor() ([]byte, []int) {
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *AddDeviceResponse) GetDeviceId() string {
+	if x != nil {
+		return x.DeviceId
+	}
+	return ""
+}
+
+func (x *AddDeviceResponse) GetAccountId() string {
+	if x != nil {
+		return x.AccountId
+	}
+	return ""
+}
+
 type ChallengeRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Ed25519 public key, 32 bytes.
@@ -280,7 +385,7 @@ type ChallengeRequest struct {
 
 func (x *ChallengeRequest) Reset() {
 	*x = ChallengeRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[0]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -292,7 +397,7 @@ func (x *ChallengeRequest) String() string {
 func (*ChallengeRequest) ProtoMessage() {}
 
 func (x *ChallengeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[0]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -305,7 +410,7 @@ func (x *ChallengeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChallengeRequest.ProtoReflect.Descriptor instead.
 func (*ChallengeRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{0}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *ChallengeRequest) GetPublicKey() []byte {
@@ -325,7 +430,7 @@ type ChallengeResponse struct {
 
 func (x *ChallengeResponse) Reset() {
 	*x = ChallengeResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[1]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -337,7 +442,7 @@ func (x *ChallengeResponse) String() string {
 func (*ChallengeResponse) ProtoMessage() {}
 
 func (x *ChallengeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[1]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -350,7 +455,7 @@ func (x *ChallengeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChallengeResponse.ProtoReflect.Descriptor instead.
 func (*ChallengeResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{1}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ChallengeResponse) GetNonce() []byte {
@@ -381,7 +486,7 @@ type SignInRequest struct {
 
 func (x *SignInRequest) Reset() {
 	*x = SignInRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[2]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -393,7 +498,7 @@ func (x *SignInRequest) String() string {
 func (*SignInRequest) ProtoMessage() {}
 
 func (x *SignInRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[2]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -406,7 +511,7 @@ func (x *SignInRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignInRequest.ProtoReflect.Descriptor instead.
 func (*SignInRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{2}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *SignInRequest) GetPublicKey() []byte {
@@ -451,7 +556,7 @@ type SignInResponse struct {
 
 func (x *SignInResponse) Reset() {
 	*x = SignInResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[3]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -463,7 +568,7 @@ func (x *SignInResponse) String() string {
 func (*SignInResponse) ProtoMessage() {}
 
 func (x *SignInResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[3]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -476,7 +581,7 @@ func (x *SignInResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignInResponse.ProtoReflect.Descriptor instead.
 func (*SignInResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{3}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *SignInResponse) GetToken() string {
@@ -527,7 +632,7 @@ type AccessPoint struct {
 
 func (x *AccessPoint) Reset() {
 	*x = AccessPoint{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[4]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -539,7 +644,7 @@ func (x *AccessPoint) String() string {
 func (*AccessPoint) ProtoMessage() {}
 
 func (x *AccessPoint) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[4]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -552,7 +657,7 @@ func (x *AccessPoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AccessPoint.ProtoReflect.Descriptor instead.
 func (*AccessPoint) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{4}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *AccessPoint) GetSsid() []byte {
@@ -595,7 +700,7 @@ type Tariff struct {
 
 func (x *Tariff) Reset() {
 	*x = Tariff{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[5]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -607,7 +712,7 @@ func (x *Tariff) String() string {
 func (*Tariff) ProtoMessage() {}
 
 func (x *Tariff) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[5]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -620,7 +725,7 @@ func (x *Tariff) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Tariff.ProtoReflect.Descriptor instead.
 func (*Tariff) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{5}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Tariff) GetCurrency() string {
@@ -675,7 +780,7 @@ type ShareInstruction struct {
 
 func (x *ShareInstruction) Reset() {
 	*x = ShareInstruction{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[6]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -687,7 +792,7 @@ func (x *ShareInstruction) String() string {
 func (*ShareInstruction) ProtoMessage() {}
 
 func (x *ShareInstruction) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[6]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -700,7 +805,7 @@ func (x *ShareInstruction) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShareInstruction.ProtoReflect.Descriptor instead.
 func (*ShareInstruction) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{6}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ShareInstruction) GetAccessPoint() *AccessPoint {
@@ -749,7 +854,7 @@ type Hotspot struct {
 
 func (x *Hotspot) Reset() {
 	*x = Hotspot{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[7]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -761,7 +866,7 @@ func (x *Hotspot) String() string {
 func (*Hotspot) ProtoMessage() {}
 
 func (x *Hotspot) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[7]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -774,7 +879,7 @@ func (x *Hotspot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hotspot.ProtoReflect.Descriptor instead.
 func (*Hotspot) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{7}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Hotspot) GetId() string {
@@ -842,7 +947,7 @@ type RegisterRequest struct {
 
 func (x *RegisterRequest) Reset() {
 	*x = RegisterRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[8]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -854,7 +959,7 @@ func (x *RegisterRequest) String() string {
 func (*RegisterRequest) ProtoMessage() {}
 
 func (x *RegisterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[8]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -867,7 +972,7 @@ func (x *RegisterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterRequest.ProtoReflect.Descriptor instead.
 func (*RegisterRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{8}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RegisterRequest) GetInstruction() *ShareInstruction {
@@ -886,7 +991,7 @@ type RegisterResponse struct {
 
 func (x *RegisterResponse) Reset() {
 	*x = RegisterResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[9]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -898,7 +1003,7 @@ func (x *RegisterResponse) String() string {
 func (*RegisterResponse) ProtoMessage() {}
 
 func (x *RegisterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[9]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -911,7 +1016,7 @@ func (x *RegisterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterResponse.ProtoReflect.Descriptor instead.
 func (*RegisterResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{9}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RegisterResponse) GetHotspot() *Hotspot {
@@ -931,7 +1036,7 @@ type UpdateRequest struct {
 
 func (x *UpdateRequest) Reset() {
 	*x = UpdateRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[10]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -943,7 +1048,7 @@ func (x *UpdateRequest) String() string {
 func (*UpdateRequest) ProtoMessage() {}
 
 func (x *UpdateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[10]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -956,7 +1061,7 @@ func (x *UpdateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateRequest.ProtoReflect.Descriptor instead.
 func (*UpdateRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{10}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *UpdateRequest) GetHotspotId() string {
@@ -982,7 +1087,7 @@ type UpdateResponse struct {
 
 func (x *UpdateResponse) Reset() {
 	*x = UpdateResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[11]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -994,7 +1099,7 @@ func (x *UpdateResponse) String() string {
 func (*UpdateResponse) ProtoMessage() {}
 
 func (x *UpdateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[11]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1007,7 +1112,7 @@ func (x *UpdateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateResponse.ProtoReflect.Descriptor instead.
 func (*UpdateResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{11}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *UpdateResponse) GetHotspot() *Hotspot {
@@ -1026,7 +1131,7 @@ type WithdrawRequest struct {
 
 func (x *WithdrawRequest) Reset() {
 	*x = WithdrawRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[12]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1038,7 +1143,7 @@ func (x *WithdrawRequest) String() string {
 func (*WithdrawRequest) ProtoMessage() {}
 
 func (x *WithdrawRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[12]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1051,7 +1156,7 @@ func (x *WithdrawRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WithdrawRequest.ProtoReflect.Descriptor instead.
 func (*WithdrawRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{12}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *WithdrawRequest) GetHotspotId() string {
@@ -1070,7 +1175,7 @@ type WithdrawResponse struct {
 
 func (x *WithdrawResponse) Reset() {
 	*x = WithdrawResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[13]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1082,7 +1187,7 @@ func (x *WithdrawResponse) String() string {
 func (*WithdrawResponse) ProtoMessage() {}
 
 func (x *WithdrawResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[13]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1095,7 +1200,7 @@ func (x *WithdrawResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WithdrawResponse.ProtoReflect.Descriptor instead.
 func (*WithdrawResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{13}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *WithdrawResponse) GetHotspot() *Hotspot {
@@ -1113,7 +1218,7 @@ type ListRequest struct {
 
 func (x *ListRequest) Reset() {
 	*x = ListRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[14]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1125,7 +1230,7 @@ func (x *ListRequest) String() string {
 func (*ListRequest) ProtoMessage() {}
 
 func (x *ListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[14]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1138,7 +1243,7 @@ func (x *ListRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRequest.ProtoReflect.Descriptor instead.
 func (*ListRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{14}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{16}
 }
 
 type ListResponse struct {
@@ -1150,7 +1255,7 @@ type ListResponse struct {
 
 func (x *ListResponse) Reset() {
 	*x = ListResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[15]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1162,7 +1267,7 @@ func (x *ListResponse) String() string {
 func (*ListResponse) ProtoMessage() {}
 
 func (x *ListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[15]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1175,7 +1280,7 @@ func (x *ListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListResponse.ProtoReflect.Descriptor instead.
 func (*ListResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{15}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListResponse) GetHotspots() []*Hotspot {
@@ -1199,7 +1304,7 @@ type Candidate struct {
 
 func (x *Candidate) Reset() {
 	*x = Candidate{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[16]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1211,7 +1316,7 @@ func (x *Candidate) String() string {
 func (*Candidate) ProtoMessage() {}
 
 func (x *Candidate) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[16]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1224,7 +1329,7 @@ func (x *Candidate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Candidate.ProtoReflect.Descriptor instead.
 func (*Candidate) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{16}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Candidate) GetBssid() string {
@@ -1278,7 +1383,7 @@ type Offer struct {
 
 func (x *Offer) Reset() {
 	*x = Offer{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[17]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1290,7 +1395,7 @@ func (x *Offer) String() string {
 func (*Offer) ProtoMessage() {}
 
 func (x *Offer) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[17]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1303,7 +1408,7 @@ func (x *Offer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Offer.ProtoReflect.Descriptor instead.
 func (*Offer) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{17}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Offer) GetHotspotId() string {
@@ -1365,7 +1470,7 @@ type DiscoverRequest struct {
 
 func (x *DiscoverRequest) Reset() {
 	*x = DiscoverRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[18]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1377,7 +1482,7 @@ func (x *DiscoverRequest) String() string {
 func (*DiscoverRequest) ProtoMessage() {}
 
 func (x *DiscoverRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[18]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1390,7 +1495,7 @@ func (x *DiscoverRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiscoverRequest.ProtoReflect.Descriptor instead.
 func (*DiscoverRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{18}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *DiscoverRequest) GetCandidates() []*Candidate {
@@ -1409,7 +1514,7 @@ type DiscoverResponse struct {
 
 func (x *DiscoverResponse) Reset() {
 	*x = DiscoverResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[19]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1421,7 +1526,7 @@ func (x *DiscoverResponse) String() string {
 func (*DiscoverResponse) ProtoMessage() {}
 
 func (x *DiscoverResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[19]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1434,7 +1539,7 @@ func (x *DiscoverResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiscoverResponse.ProtoReflect.Descriptor instead.
 func (*DiscoverResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{19}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *DiscoverResponse) GetAvailable() []*Offer {
@@ -1464,7 +1569,7 @@ type Quote struct {
 
 func (x *Quote) Reset() {
 	*x = Quote{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[20]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1476,7 +1581,7 @@ func (x *Quote) String() string {
 func (*Quote) ProtoMessage() {}
 
 func (x *Quote) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[20]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1489,7 +1594,7 @@ func (x *Quote) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Quote.ProtoReflect.Descriptor instead.
 func (*Quote) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{20}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Quote) GetId() string {
@@ -1567,7 +1672,7 @@ type GuestKey struct {
 
 func (x *GuestKey) Reset() {
 	*x = GuestKey{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[21]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1579,7 +1684,7 @@ func (x *GuestKey) String() string {
 func (*GuestKey) ProtoMessage() {}
 
 func (x *GuestKey) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[21]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1592,7 +1697,7 @@ func (x *GuestKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GuestKey.ProtoReflect.Descriptor instead.
 func (*GuestKey) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{21}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *GuestKey) GetSuite() string {
@@ -1622,7 +1727,7 @@ type SealedCode struct {
 
 func (x *SealedCode) Reset() {
 	*x = SealedCode{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[22]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1634,7 +1739,7 @@ func (x *SealedCode) String() string {
 func (*SealedCode) ProtoMessage() {}
 
 func (x *SealedCode) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[22]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1647,7 +1752,7 @@ func (x *SealedCode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SealedCode.ProtoReflect.Descriptor instead.
 func (*SealedCode) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{22}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *SealedCode) GetSuite() string {
@@ -1684,7 +1789,7 @@ type Gateway struct {
 
 func (x *Gateway) Reset() {
 	*x = Gateway{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[23]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1696,7 +1801,7 @@ func (x *Gateway) String() string {
 func (*Gateway) ProtoMessage() {}
 
 func (x *Gateway) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[23]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1709,7 +1814,7 @@ func (x *Gateway) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Gateway.ProtoReflect.Descriptor instead.
 func (*Gateway) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{23}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Gateway) GetKind() string {
@@ -1739,7 +1844,7 @@ type Receipt struct {
 
 func (x *Receipt) Reset() {
 	*x = Receipt{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[24]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1751,7 +1856,7 @@ func (x *Receipt) String() string {
 func (*Receipt) ProtoMessage() {}
 
 func (x *Receipt) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[24]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1764,7 +1869,7 @@ func (x *Receipt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Receipt.ProtoReflect.Descriptor instead.
 func (*Receipt) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{24}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Receipt) GetKeyId() string {
@@ -1818,7 +1923,7 @@ type Session struct {
 
 func (x *Session) Reset() {
 	*x = Session{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[25]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1830,7 +1935,7 @@ func (x *Session) String() string {
 func (*Session) ProtoMessage() {}
 
 func (x *Session) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[25]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1843,7 +1948,7 @@ func (x *Session) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Session.ProtoReflect.Descriptor instead.
 func (*Session) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{25}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Session) GetId() string {
@@ -1992,7 +2097,7 @@ type RequestAccessRequest struct {
 
 func (x *RequestAccessRequest) Reset() {
 	*x = RequestAccessRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[26]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2004,7 +2109,7 @@ func (x *RequestAccessRequest) String() string {
 func (*RequestAccessRequest) ProtoMessage() {}
 
 func (x *RequestAccessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[26]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2017,7 +2122,7 @@ func (x *RequestAccessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestAccessRequest.ProtoReflect.Descriptor instead.
 func (*RequestAccessRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{26}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RequestAccessRequest) GetHotspotId() string {
@@ -2050,7 +2155,7 @@ type RequestAccessResponse struct {
 
 func (x *RequestAccessResponse) Reset() {
 	*x = RequestAccessResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[27]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2062,7 +2167,7 @@ func (x *RequestAccessResponse) String() string {
 func (*RequestAccessResponse) ProtoMessage() {}
 
 func (x *RequestAccessResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[27]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2075,7 +2180,7 @@ func (x *RequestAccessResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestAccessResponse.ProtoReflect.Descriptor instead.
 func (*RequestAccessResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{27}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RequestAccessResponse) GetSession() *Session {
@@ -2097,7 +2202,7 @@ type QuoteRequest struct {
 
 func (x *QuoteRequest) Reset() {
 	*x = QuoteRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[28]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2109,7 +2214,7 @@ func (x *QuoteRequest) String() string {
 func (*QuoteRequest) ProtoMessage() {}
 
 func (x *QuoteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[28]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2122,7 +2227,7 @@ func (x *QuoteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QuoteRequest.ProtoReflect.Descriptor instead.
 func (*QuoteRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{28}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *QuoteRequest) GetSessionId() string {
@@ -2162,7 +2267,7 @@ type QuoteResponse struct {
 
 func (x *QuoteResponse) Reset() {
 	*x = QuoteResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[29]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2174,7 +2279,7 @@ func (x *QuoteResponse) String() string {
 func (*QuoteResponse) ProtoMessage() {}
 
 func (x *QuoteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[29]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2187,7 +2292,7 @@ func (x *QuoteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QuoteResponse.ProtoReflect.Descriptor instead.
 func (*QuoteResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{29}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *QuoteResponse) GetQuote() *Quote {
@@ -2207,7 +2312,7 @@ type DeclineRequest struct {
 
 func (x *DeclineRequest) Reset() {
 	*x = DeclineRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[30]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2219,7 +2324,7 @@ func (x *DeclineRequest) String() string {
 func (*DeclineRequest) ProtoMessage() {}
 
 func (x *DeclineRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[30]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2232,7 +2337,7 @@ func (x *DeclineRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeclineRequest.ProtoReflect.Descriptor instead.
 func (*DeclineRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{30}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *DeclineRequest) GetSessionId() string {
@@ -2258,7 +2363,7 @@ type DeclineResponse struct {
 
 func (x *DeclineResponse) Reset() {
 	*x = DeclineResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[31]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2270,7 +2375,7 @@ func (x *DeclineResponse) String() string {
 func (*DeclineResponse) ProtoMessage() {}
 
 func (x *DeclineResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[31]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2283,7 +2388,7 @@ func (x *DeclineResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeclineResponse.ProtoReflect.Descriptor instead.
 func (*DeclineResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{31}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *DeclineResponse) GetSession() *Session {
@@ -2303,7 +2408,7 @@ type ConfirmRequest struct {
 
 func (x *ConfirmRequest) Reset() {
 	*x = ConfirmRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[32]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2315,7 +2420,7 @@ func (x *ConfirmRequest) String() string {
 func (*ConfirmRequest) ProtoMessage() {}
 
 func (x *ConfirmRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[32]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2328,7 +2433,7 @@ func (x *ConfirmRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfirmRequest.ProtoReflect.Descriptor instead.
 func (*ConfirmRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{32}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ConfirmRequest) GetSessionId() string {
@@ -2354,7 +2459,7 @@ type ConfirmResponse struct {
 
 func (x *ConfirmResponse) Reset() {
 	*x = ConfirmResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[33]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2366,7 +2471,7 @@ func (x *ConfirmResponse) String() string {
 func (*ConfirmResponse) ProtoMessage() {}
 
 func (x *ConfirmResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[33]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2379,7 +2484,7 @@ func (x *ConfirmResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfirmResponse.ProtoReflect.Descriptor instead.
 func (*ConfirmResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{33}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ConfirmResponse) GetSession() *Session {
@@ -2404,7 +2509,7 @@ type GrantRequest struct {
 
 func (x *GrantRequest) Reset() {
 	*x = GrantRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[34]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2416,7 +2521,7 @@ func (x *GrantRequest) String() string {
 func (*GrantRequest) ProtoMessage() {}
 
 func (x *GrantRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[34]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2429,7 +2534,7 @@ func (x *GrantRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GrantRequest.ProtoReflect.Descriptor instead.
 func (*GrantRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{34}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *GrantRequest) GetSessionId() string {
@@ -2476,7 +2581,7 @@ type GrantResponse struct {
 
 func (x *GrantResponse) Reset() {
 	*x = GrantResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[35]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2488,7 +2593,7 @@ func (x *GrantResponse) String() string {
 func (*GrantResponse) ProtoMessage() {}
 
 func (x *GrantResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[35]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2501,7 +2606,7 @@ func (x *GrantResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GrantResponse.ProtoReflect.Descriptor instead.
 func (*GrantResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{35}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *GrantResponse) GetSession() *Session {
@@ -2521,7 +2626,7 @@ type PromptRequest struct {
 
 func (x *PromptRequest) Reset() {
 	*x = PromptRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[36]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2533,7 +2638,7 @@ func (x *PromptRequest) String() string {
 func (*PromptRequest) ProtoMessage() {}
 
 func (x *PromptRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[36]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2546,7 +2651,7 @@ func (x *PromptRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromptRequest.ProtoReflect.Descriptor instead.
 func (*PromptRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{36}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *PromptRequest) GetSessionId() string {
@@ -2571,7 +2676,7 @@ type PromptResponse struct {
 
 func (x *PromptResponse) Reset() {
 	*x = PromptResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[37]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2583,7 +2688,7 @@ func (x *PromptResponse) String() string {
 func (*PromptResponse) ProtoMessage() {}
 
 func (x *PromptResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[37]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2596,7 +2701,7 @@ func (x *PromptResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromptResponse.ProtoReflect.Descriptor instead.
 func (*PromptResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{37}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{39}
 }
 
 type RequestTopUpRequest struct {
@@ -2609,7 +2714,7 @@ type RequestTopUpRequest struct {
 
 func (x *RequestTopUpRequest) Reset() {
 	*x = RequestTopUpRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[38]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2621,7 +2726,7 @@ func (x *RequestTopUpRequest) String() string {
 func (*RequestTopUpRequest) ProtoMessage() {}
 
 func (x *RequestTopUpRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[38]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2634,7 +2739,7 @@ func (x *RequestTopUpRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestTopUpRequest.ProtoReflect.Descriptor instead.
 func (*RequestTopUpRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{38}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *RequestTopUpRequest) GetSessionId() string {
@@ -2660,7 +2765,7 @@ type RequestTopUpResponse struct {
 
 func (x *RequestTopUpResponse) Reset() {
 	*x = RequestTopUpResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[39]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2672,7 +2777,7 @@ func (x *RequestTopUpResponse) String() string {
 func (*RequestTopUpResponse) ProtoMessage() {}
 
 func (x *RequestTopUpResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[39]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2685,7 +2790,7 @@ func (x *RequestTopUpResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestTopUpResponse.ProtoReflect.Descriptor instead.
 func (*RequestTopUpResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{39}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *RequestTopUpResponse) GetSession() *Session {
@@ -2705,7 +2810,7 @@ type ReportUsageRequest struct {
 
 func (x *ReportUsageRequest) Reset() {
 	*x = ReportUsageRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[40]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2717,7 +2822,7 @@ func (x *ReportUsageRequest) String() string {
 func (*ReportUsageRequest) ProtoMessage() {}
 
 func (x *ReportUsageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[40]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2730,7 +2835,7 @@ func (x *ReportUsageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportUsageRequest.ProtoReflect.Descriptor instead.
 func (*ReportUsageRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{40}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ReportUsageRequest) GetSessionId() string {
@@ -2756,7 +2861,7 @@ type ReportUsageResponse struct {
 
 func (x *ReportUsageResponse) Reset() {
 	*x = ReportUsageResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[41]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2768,7 +2873,7 @@ func (x *ReportUsageResponse) String() string {
 func (*ReportUsageResponse) ProtoMessage() {}
 
 func (x *ReportUsageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[41]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2781,7 +2886,7 @@ func (x *ReportUsageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportUsageResponse.ProtoReflect.Descriptor instead.
 func (*ReportUsageResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{41}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ReportUsageResponse) GetSession() *Session {
@@ -2803,7 +2908,7 @@ type EndRequest struct {
 
 func (x *EndRequest) Reset() {
 	*x = EndRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[42]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2815,7 +2920,7 @@ func (x *EndRequest) String() string {
 func (*EndRequest) ProtoMessage() {}
 
 func (x *EndRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[42]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2828,7 +2933,7 @@ func (x *EndRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndRequest.ProtoReflect.Descriptor instead.
 func (*EndRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{42}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *EndRequest) GetSessionId() string {
@@ -2861,7 +2966,7 @@ type EndResponse struct {
 
 func (x *EndResponse) Reset() {
 	*x = EndResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[43]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2873,7 +2978,7 @@ func (x *EndResponse) String() string {
 func (*EndResponse) ProtoMessage() {}
 
 func (x *EndResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[43]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2886,7 +2991,7 @@ func (x *EndResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndResponse.ProtoReflect.Descriptor instead.
 func (*EndResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{43}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *EndResponse) GetSession() *Session {
@@ -2905,7 +3010,7 @@ type GetRequest struct {
 
 func (x *GetRequest) Reset() {
 	*x = GetRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[44]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2917,7 +3022,7 @@ func (x *GetRequest) String() string {
 func (*GetRequest) ProtoMessage() {}
 
 func (x *GetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[44]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2930,7 +3035,7 @@ func (x *GetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRequest.ProtoReflect.Descriptor instead.
 func (*GetRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{44}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *GetRequest) GetSessionId() string {
@@ -2949,7 +3054,7 @@ type GetResponse struct {
 
 func (x *GetResponse) Reset() {
 	*x = GetResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[45]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2961,7 +3066,7 @@ func (x *GetResponse) String() string {
 func (*GetResponse) ProtoMessage() {}
 
 func (x *GetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[45]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2974,7 +3079,7 @@ func (x *GetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetResponse.ProtoReflect.Descriptor instead.
 func (*GetResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{45}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *GetResponse) GetSession() *Session {
@@ -2996,7 +3101,7 @@ type ListSessionsRequest struct {
 
 func (x *ListSessionsRequest) Reset() {
 	*x = ListSessionsRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[46]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3008,7 +3113,7 @@ func (x *ListSessionsRequest) String() string {
 func (*ListSessionsRequest) ProtoMessage() {}
 
 func (x *ListSessionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[46]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3021,7 +3126,7 @@ func (x *ListSessionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSessionsRequest.ProtoReflect.Descriptor instead.
 func (*ListSessionsRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{46}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *ListSessionsRequest) GetOpenOnly() bool {
@@ -3047,7 +3152,7 @@ type ListSessionsResponse struct {
 
 func (x *ListSessionsResponse) Reset() {
 	*x = ListSessionsResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[47]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3059,7 +3164,7 @@ func (x *ListSessionsResponse) String() string {
 func (*ListSessionsResponse) ProtoMessage() {}
 
 func (x *ListSessionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[47]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3072,7 +3177,7 @@ func (x *ListSessionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSessionsResponse.ProtoReflect.Descriptor instead.
 func (*ListSessionsResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{47}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *ListSessionsResponse) GetSessions() []*Session {
@@ -3091,7 +3196,7 @@ type PayRequest struct {
 
 func (x *PayRequest) Reset() {
 	*x = PayRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[48]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3103,7 +3208,7 @@ func (x *PayRequest) String() string {
 func (*PayRequest) ProtoMessage() {}
 
 func (x *PayRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[48]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3116,7 +3221,7 @@ func (x *PayRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PayRequest.ProtoReflect.Descriptor instead.
 func (*PayRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{48}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *PayRequest) GetQuoteId() string {
@@ -3135,7 +3240,7 @@ type PayResponse struct {
 
 func (x *PayResponse) Reset() {
 	*x = PayResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[49]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3147,7 +3252,7 @@ func (x *PayResponse) String() string {
 func (*PayResponse) ProtoMessage() {}
 
 func (x *PayResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[49]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3160,7 +3265,7 @@ func (x *PayResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PayResponse.ProtoReflect.Descriptor instead.
 func (*PayResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{49}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *PayResponse) GetReceipt() *Receipt {
@@ -3178,7 +3283,7 @@ type BalanceRequest struct {
 
 func (x *BalanceRequest) Reset() {
 	*x = BalanceRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[50]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3190,7 +3295,7 @@ func (x *BalanceRequest) String() string {
 func (*BalanceRequest) ProtoMessage() {}
 
 func (x *BalanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[50]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3203,7 +3308,7 @@ func (x *BalanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BalanceRequest.ProtoReflect.Descriptor instead.
 func (*BalanceRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{50}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{52}
 }
 
 type Money struct {
@@ -3216,7 +3321,7 @@ type Money struct {
 
 func (x *Money) Reset() {
 	*x = Money{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[51]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3228,7 +3333,7 @@ func (x *Money) String() string {
 func (*Money) ProtoMessage() {}
 
 func (x *Money) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[51]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3241,7 +3346,7 @@ func (x *Money) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Money.ProtoReflect.Descriptor instead.
 func (*Money) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{51}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *Money) GetCurrency() string {
@@ -3268,7 +3373,7 @@ type BalanceResponse struct {
 
 func (x *BalanceResponse) Reset() {
 	*x = BalanceResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[52]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3280,7 +3385,7 @@ func (x *BalanceResponse) String() string {
 func (*BalanceResponse) ProtoMessage() {}
 
 func (x *BalanceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[52]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3293,7 +3398,7 @@ func (x *BalanceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BalanceResponse.ProtoReflect.Descriptor instead.
 func (*BalanceResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{52}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *BalanceResponse) GetAccountId() string {
@@ -3319,7 +3424,7 @@ type HistoryRequest struct {
 
 func (x *HistoryRequest) Reset() {
 	*x = HistoryRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[53]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3331,7 +3436,7 @@ func (x *HistoryRequest) String() string {
 func (*HistoryRequest) ProtoMessage() {}
 
 func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[53]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3344,7 +3449,7 @@ func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryRequest.ProtoReflect.Descriptor instead.
 func (*HistoryRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{53}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *HistoryRequest) GetLimit() int32 {
@@ -3369,7 +3474,7 @@ type Transfer struct {
 
 func (x *Transfer) Reset() {
 	*x = Transfer{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[54]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3381,7 +3486,7 @@ func (x *Transfer) String() string {
 func (*Transfer) ProtoMessage() {}
 
 func (x *Transfer) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[54]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3394,7 +3499,7 @@ func (x *Transfer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Transfer.ProtoReflect.Descriptor instead.
 func (*Transfer) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{54}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *Transfer) GetId() string {
@@ -3455,7 +3560,7 @@ type HistoryResponse struct {
 
 func (x *HistoryResponse) Reset() {
 	*x = HistoryResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[55]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3467,7 +3572,7 @@ func (x *HistoryResponse) String() string {
 func (*HistoryResponse) ProtoMessage() {}
 
 func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[55]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3480,7 +3585,7 @@ func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryResponse.ProtoReflect.Descriptor instead.
 func (*HistoryResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{55}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *HistoryResponse) GetTransfers() []*Transfer {
@@ -3498,7 +3603,7 @@ type PlatformKeysRequest struct {
 
 func (x *PlatformKeysRequest) Reset() {
 	*x = PlatformKeysRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[56]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3510,7 +3615,7 @@ func (x *PlatformKeysRequest) String() string {
 func (*PlatformKeysRequest) ProtoMessage() {}
 
 func (x *PlatformKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[56]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3523,7 +3628,7 @@ func (x *PlatformKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlatformKeysRequest.ProtoReflect.Descriptor instead.
 func (*PlatformKeysRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{56}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{58}
 }
 
 type PlatformKey struct {
@@ -3536,7 +3641,7 @@ type PlatformKey struct {
 
 func (x *PlatformKey) Reset() {
 	*x = PlatformKey{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[57]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3548,7 +3653,7 @@ func (x *PlatformKey) String() string {
 func (*PlatformKey) ProtoMessage() {}
 
 func (x *PlatformKey) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[57]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3561,7 +3666,7 @@ func (x *PlatformKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlatformKey.ProtoReflect.Descriptor instead.
 func (*PlatformKey) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{57}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *PlatformKey) GetKeyId() string {
@@ -3587,7 +3692,7 @@ type PlatformKeysResponse struct {
 
 func (x *PlatformKeysResponse) Reset() {
 	*x = PlatformKeysResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[58]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3599,7 +3704,7 @@ func (x *PlatformKeysResponse) String() string {
 func (*PlatformKeysResponse) ProtoMessage() {}
 
 func (x *PlatformKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[58]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3612,7 +3717,7 @@ func (x *PlatformKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlatformKeysResponse.ProtoReflect.Descriptor instead.
 func (*PlatformKeysResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{58}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *PlatformKeysResponse) GetKeys() []*PlatformKey {
@@ -3631,7 +3736,7 @@ type SubscribeRequest struct {
 
 func (x *SubscribeRequest) Reset() {
 	*x = SubscribeRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[59]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3643,7 +3748,7 @@ func (x *SubscribeRequest) String() string {
 func (*SubscribeRequest) ProtoMessage() {}
 
 func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[59]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3656,7 +3761,7 @@ func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubscribeRequest.ProtoReflect.Descriptor instead.
 func (*SubscribeRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{59}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *SubscribeRequest) GetAfterSeq() uint64 {
@@ -3676,7 +3781,7 @@ type SubscribeResponse struct {
 
 func (x *SubscribeResponse) Reset() {
 	*x = SubscribeResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[60]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3688,7 +3793,7 @@ func (x *SubscribeResponse) String() string {
 func (*SubscribeResponse) ProtoMessage() {}
 
 func (x *SubscribeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[60]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3701,7 +3806,7 @@ func (x *SubscribeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubscribeResponse.ProtoReflect.Descriptor instead.
 func (*SubscribeResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{60}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *SubscribeResponse) GetEnvelopes() []*Envelope {
@@ -3720,7 +3825,7 @@ type AckRequest struct {
 
 func (x *AckRequest) Reset() {
 	*x = AckRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[61]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3732,7 +3837,7 @@ func (x *AckRequest) String() string {
 func (*AckRequest) ProtoMessage() {}
 
 func (x *AckRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[61]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3745,7 +3850,7 @@ func (x *AckRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckRequest.ProtoReflect.Descriptor instead.
 func (*AckRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{61}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *AckRequest) GetSeq() uint64 {
@@ -3763,7 +3868,7 @@ type AckResponse struct {
 
 func (x *AckResponse) Reset() {
 	*x = AckResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[62]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3775,7 +3880,7 @@ func (x *AckResponse) String() string {
 func (*AckResponse) ProtoMessage() {}
 
 func (x *AckResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[62]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3788,7 +3893,7 @@ func (x *AckResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckResponse.ProtoReflect.Descriptor instead.
 func (*AckResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{62}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{64}
 }
 
 // C1.6, to the host.
@@ -3804,7 +3909,7 @@ type AccessRequested struct {
 
 func (x *AccessRequested) Reset() {
 	*x = AccessRequested{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[63]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3816,7 +3921,7 @@ func (x *AccessRequested) String() string {
 func (*AccessRequested) ProtoMessage() {}
 
 func (x *AccessRequested) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[63]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3829,7 +3934,7 @@ func (x *AccessRequested) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AccessRequested.ProtoReflect.Descriptor instead.
 func (*AccessRequested) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{63}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *AccessRequested) GetHotspotId() string {
@@ -3870,7 +3975,7 @@ type FeeInfo struct {
 
 func (x *FeeInfo) Reset() {
 	*x = FeeInfo{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[64]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3882,7 +3987,7 @@ func (x *FeeInfo) String() string {
 func (*FeeInfo) ProtoMessage() {}
 
 func (x *FeeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[64]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3895,7 +4000,7 @@ func (x *FeeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FeeInfo.ProtoReflect.Descriptor instead.
 func (*FeeInfo) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{64}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *FeeInfo) GetQuote() *Quote {
@@ -3920,7 +4025,7 @@ type PaymentConfirmed struct {
 
 func (x *PaymentConfirmed) Reset() {
 	*x = PaymentConfirmed{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[65]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3932,7 +4037,7 @@ func (x *PaymentConfirmed) String() string {
 func (*PaymentConfirmed) ProtoMessage() {}
 
 func (x *PaymentConfirmed) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[65]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3945,7 +4050,7 @@ func (x *PaymentConfirmed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PaymentConfirmed.ProtoReflect.Descriptor instead.
 func (*PaymentConfirmed) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{65}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *PaymentConfirmed) GetQuoteId() string {
@@ -3994,7 +4099,7 @@ type EncryptionMessage struct {
 
 func (x *EncryptionMessage) Reset() {
 	*x = EncryptionMessage{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[66]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4006,7 +4111,7 @@ func (x *EncryptionMessage) String() string {
 func (*EncryptionMessage) ProtoMessage() {}
 
 func (x *EncryptionMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[66]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4019,7 +4124,7 @@ func (x *EncryptionMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EncryptionMessage.ProtoReflect.Descriptor instead.
 func (*EncryptionMessage) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{66}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *EncryptionMessage) GetSuite() string {
@@ -4046,7 +4151,7 @@ type AccessGranted struct {
 
 func (x *AccessGranted) Reset() {
 	*x = AccessGranted{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[67]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4058,7 +4163,7 @@ func (x *AccessGranted) String() string {
 func (*AccessGranted) ProtoMessage() {}
 
 func (x *AccessGranted) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[67]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4071,7 +4176,7 @@ func (x *AccessGranted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AccessGranted.ProtoReflect.Descriptor instead.
 func (*AccessGranted) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{67}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *AccessGranted) GetQuoteId() string {
@@ -4128,7 +4233,7 @@ type LowQuotaPrompt struct {
 
 func (x *LowQuotaPrompt) Reset() {
 	*x = LowQuotaPrompt{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[68]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4140,7 +4245,7 @@ func (x *LowQuotaPrompt) String() string {
 func (*LowQuotaPrompt) ProtoMessage() {}
 
 func (x *LowQuotaPrompt) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[68]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4153,7 +4258,7 @@ func (x *LowQuotaPrompt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LowQuotaPrompt.ProtoReflect.Descriptor instead.
 func (*LowQuotaPrompt) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{68}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *LowQuotaPrompt) GetUsedBytes() int64 {
@@ -4187,7 +4292,7 @@ type TopUpRequested struct {
 
 func (x *TopUpRequested) Reset() {
 	*x = TopUpRequested{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[69]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4199,7 +4304,7 @@ func (x *TopUpRequested) String() string {
 func (*TopUpRequested) ProtoMessage() {}
 
 func (x *TopUpRequested) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[69]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4212,7 +4317,7 @@ func (x *TopUpRequested) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TopUpRequested.ProtoReflect.Descriptor instead.
 func (*TopUpRequested) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{69}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *TopUpRequested) GetBytes() int64 {
@@ -4233,7 +4338,7 @@ type Declined struct {
 
 func (x *Declined) Reset() {
 	*x = Declined{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[70]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4245,7 +4350,7 @@ func (x *Declined) String() string {
 func (*Declined) ProtoMessage() {}
 
 func (x *Declined) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[70]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4258,7 +4363,7 @@ func (x *Declined) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Declined.ProtoReflect.Descriptor instead.
 func (*Declined) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{70}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *Declined) GetReason() string {
@@ -4285,7 +4390,7 @@ type SessionEnded struct {
 
 func (x *SessionEnded) Reset() {
 	*x = SessionEnded{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[71]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4297,7 +4402,7 @@ func (x *SessionEnded) String() string {
 func (*SessionEnded) ProtoMessage() {}
 
 func (x *SessionEnded) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[71]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4310,7 +4415,7 @@ func (x *SessionEnded) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionEnded.ProtoReflect.Descriptor instead.
 func (*SessionEnded) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{71}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *SessionEnded) GetSession() *Session {
@@ -4344,7 +4449,7 @@ type Envelope struct {
 
 func (x *Envelope) Reset() {
 	*x = Envelope{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[72]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4356,7 +4461,7 @@ func (x *Envelope) String() string {
 func (*Envelope) ProtoMessage() {}
 
 func (x *Envelope) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[72]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4369,7 +4474,7 @@ func (x *Envelope) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Envelope.ProtoReflect.Descriptor instead.
 func (*Envelope) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{72}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *Envelope) GetSeq() uint64 {
@@ -4550,7 +4655,16 @@ var File_sharespot_v1_sharespot_proto protoreflect.FileDescriptor
 
 const file_sharespot_v1_sharespot_proto_rawDesc = "" +
 	"\n" +
-	"\x1csharespot/v1/sharespot.proto\x12\fsharespot.v1\"1\n" +
+	"\x1csharespot/v1/sharespot.proto\x12\fsharespot.v1\"R\n" +
+	"\x10AddDeviceRequest\x12\x1d\n" +
+	"\n" +
+	"public_key\x18\x01 \x01(\fR\tpublicKey\x12\x1f\n" +
+	"\vdevice_name\x18\x02 \x01(\tR\n" +
+	"deviceName\"O\n" +
+	"\x11AddDeviceResponse\x12\x1b\n" +
+	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x1d\n" +
+	"\n" +
+	"account_id\x18\x02 \x01(\tR\taccountId\"1\n" +
 	"\x10ChallengeRequest\x12\x1d\n" +
 	"\n" +
 	"public_key\x18\x01 \x01(\fR\tpublicKey\"Q\n" +
@@ -4892,10 +5006,11 @@ const file_sharespot_v1_sharespot_proto_rawDesc = "" +
 	"\x15QUOTE_STATE_CONFIRMED\x10\x03\x12\x17\n" +
 	"\x13QUOTE_STATE_GRANTED\x10\x04\x12\x17\n" +
 	"\x13QUOTE_STATE_EXPIRED\x10\x05\x12\x18\n" +
-	"\x14QUOTE_STATE_REFUNDED\x10\x062\xa4\x01\n" +
+	"\x14QUOTE_STATE_REFUNDED\x10\x062\xf4\x01\n" +
 	"\vAuthService\x12N\n" +
 	"\tChallenge\x12\x1e.sharespot.v1.ChallengeRequest\x1a\x1f.sharespot.v1.ChallengeResponse\"\x00\x12E\n" +
-	"\x06SignIn\x12\x1b.sharespot.v1.SignInRequest\x1a\x1c.sharespot.v1.SignInResponse\"\x002\xb2\x02\n" +
+	"\x06SignIn\x12\x1b.sharespot.v1.SignInRequest\x1a\x1c.sharespot.v1.SignInResponse\"\x00\x12N\n" +
+	"\tAddDevice\x12\x1e.sharespot.v1.AddDeviceRequest\x1a\x1f.sharespot.v1.AddDeviceResponse\"\x002\xb2\x02\n" +
 	"\x0eHotspotService\x12K\n" +
 	"\bRegister\x12\x1d.sharespot.v1.RegisterRequest\x1a\x1e.sharespot.v1.RegisterResponse\"\x00\x12E\n" +
 	"\x06Update\x12\x1b.sharespot.v1.UpdateRequest\x1a\x1c.sharespot.v1.UpdateResponse\"\x00\x12K\n" +
@@ -4937,194 +5052,198 @@ func file_sharespot_v1_sharespot_proto_rawDescGZIP() []byte {
 }
 
 var file_sharespot_v1_sharespot_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_sharespot_v1_sharespot_proto_msgTypes = make([]protoimpl.MessageInfo, 73)
+var file_sharespot_v1_sharespot_proto_msgTypes = make([]protoimpl.MessageInfo, 75)
 var file_sharespot_v1_sharespot_proto_goTypes = []any{
 	(Security)(0),                 // 0: sharespot.v1.Security
 	(SessionState)(0),             // 1: sharespot.v1.SessionState
 	(QuoteKind)(0),                // 2: sharespot.v1.QuoteKind
 	(QuoteState)(0),               // 3: sharespot.v1.QuoteState
-	(*ChallengeRequest)(nil),      // 4: sharespot.v1.ChallengeRequest
-	(*ChallengeResponse)(nil),     // 5: sharespot.v1.ChallengeResponse
-	(*SignInRequest)(nil),         // 6: sharespot.v1.SignInRequest
-	(*SignInResponse)(nil),        // 7: sharespot.v1.SignInResponse
-	(*AccessPoint)(nil),           // 8: sharespot.v1.AccessPoint
-	(*Tariff)(nil),                // 9: sharespot.v1.Tariff
-	(*ShareInstruction)(nil),      // 10: sharespot.v1.ShareInstruction
-	(*Hotspot)(nil),               // 11: sharespot.v1.Hotspot
-	(*RegisterRequest)(nil),       // 12: sharespot.v1.RegisterRequest
-	(*RegisterResponse)(nil),      // 13: sharespot.v1.RegisterResponse
-	(*UpdateRequest)(nil),         // 14: sharespot.v1.UpdateRequest
-	(*UpdateResponse)(nil),        // 15: sharespot.v1.UpdateResponse
-	(*WithdrawRequest)(nil),       // 16: sharespot.v1.WithdrawRequest
-	(*WithdrawResponse)(nil),      // 17: sharespot.v1.WithdrawResponse
-	(*ListRequest)(nil),           // 18: sharespot.v1.ListRequest
-	(*ListResponse)(nil),          // 19: sharespot.v1.ListResponse
-	(*Candidate)(nil),             // 20: sharespot.v1.Candidate
-	(*Offer)(nil),                 // 21: sharespot.v1.Offer
-	(*DiscoverRequest)(nil),       // 22: sharespot.v1.DiscoverRequest
-	(*DiscoverResponse)(nil),      // 23: sharespot.v1.DiscoverResponse
-	(*Quote)(nil),                 // 24: sharespot.v1.Quote
-	(*GuestKey)(nil),              // 25: sharespot.v1.GuestKey
-	(*SealedCode)(nil),            // 26: sharespot.v1.SealedCode
-	(*Gateway)(nil),               // 27: sharespot.v1.Gateway
-	(*Receipt)(nil),               // 28: sharespot.v1.Receipt
-	(*Session)(nil),               // 29: sharespot.v1.Session
-	(*RequestAccessRequest)(nil),  // 30: sharespot.v1.RequestAccessRequest
-	(*RequestAccessResponse)(nil), // 31: sharespot.v1.RequestAccessResponse
-	(*QuoteRequest)(nil),          // 32: sharespot.v1.QuoteRequest
-	(*QuoteResponse)(nil),         // 33: sharespot.v1.QuoteResponse
-	(*DeclineRequest)(nil),        // 34: sharespot.v1.DeclineRequest
-	(*DeclineResponse)(nil),       // 35: sharespot.v1.DeclineResponse
-	(*ConfirmRequest)(nil),        // 36: sharespot.v1.ConfirmRequest
-	(*ConfirmResponse)(nil),       // 37: sharespot.v1.ConfirmResponse
-	(*GrantRequest)(nil),          // 38: sharespot.v1.GrantRequest
-	(*GrantResponse)(nil),         // 39: sharespot.v1.GrantResponse
-	(*PromptRequest)(nil),         // 40: sharespot.v1.PromptRequest
-	(*PromptResponse)(nil),        // 41: sharespot.v1.PromptResponse
-	(*RequestTopUpRequest)(nil),   // 42: sharespot.v1.RequestTopUpRequest
-	(*RequestTopUpResponse)(nil),  // 43: sharespot.v1.RequestTopUpResponse
-	(*ReportUsageRequest)(nil),    // 44: sharespot.v1.ReportUsageRequest
-	(*ReportUsageResponse)(nil),   // 45: sharespot.v1.ReportUsageResponse
-	(*EndRequest)(nil),            // 46: sharespot.v1.EndRequest
-	(*EndResponse)(nil),           // 47: sharespot.v1.EndResponse
-	(*GetRequest)(nil),            // 48: sharespot.v1.GetRequest
-	(*GetResponse)(nil),           // 49: sharespot.v1.GetResponse
-	(*ListSessionsRequest)(nil),   // 50: sharespot.v1.ListSessionsRequest
-	(*ListSessionsResponse)(nil),  // 51: sharespot.v1.ListSessionsResponse
-	(*PayRequest)(nil),            // 52: sharespot.v1.PayRequest
-	(*PayResponse)(nil),           // 53: sharespot.v1.PayResponse
-	(*BalanceRequest)(nil),        // 54: sharespot.v1.BalanceRequest
-	(*Money)(nil),                 // 55: sharespot.v1.Money
-	(*BalanceResponse)(nil),       // 56: sharespot.v1.BalanceResponse
-	(*HistoryRequest)(nil),        // 57: sharespot.v1.HistoryRequest
-	(*Transfer)(nil),              // 58: sharespot.v1.Transfer
-	(*HistoryResponse)(nil),       // 59: sharespot.v1.HistoryResponse
-	(*PlatformKeysRequest)(nil),   // 60: sharespot.v1.PlatformKeysRequest
-	(*PlatformKey)(nil),           // 61: sharespot.v1.PlatformKey
-	(*PlatformKeysResponse)(nil),  // 62: sharespot.v1.PlatformKeysResponse
-	(*SubscribeRequest)(nil),      // 63: sharespot.v1.SubscribeRequest
-	(*SubscribeResponse)(nil),     // 64: sharespot.v1.SubscribeResponse
-	(*AckRequest)(nil),            // 65: sharespot.v1.AckRequest
-	(*AckResponse)(nil),           // 66: sharespot.v1.AckResponse
-	(*AccessRequested)(nil),       // 67: sharespot.v1.AccessRequested
-	(*FeeInfo)(nil),               // 68: sharespot.v1.FeeInfo
-	(*PaymentConfirmed)(nil),      // 69: sharespot.v1.PaymentConfirmed
-	(*EncryptionMessage)(nil),     // 70: sharespot.v1.EncryptionMessage
-	(*AccessGranted)(nil),         // 71: sharespot.v1.AccessGranted
-	(*LowQuotaPrompt)(nil),        // 72: sharespot.v1.LowQuotaPrompt
-	(*TopUpRequested)(nil),        // 73: sharespot.v1.TopUpRequested
-	(*Declined)(nil),              // 74: sharespot.v1.Declined
-	(*SessionEnded)(nil),          // 75: sharespot.v1.SessionEnded
-	(*Envelope)(nil),              // 76: sharespot.v1.Envelope
+	(*AddDeviceRequest)(nil),      // 4: sharespot.v1.AddDeviceRequest
+	(*AddDeviceResponse)(nil),     // 5: sharespot.v1.AddDeviceResponse
+	(*ChallengeRequest)(nil),      // 6: sharespot.v1.ChallengeRequest
+	(*ChallengeResponse)(nil),     // 7: sharespot.v1.ChallengeResponse
+	(*SignInRequest)(nil),         // 8: sharespot.v1.SignInRequest
+	(*SignInResponse)(nil),        // 9: sharespot.v1.SignInResponse
+	(*AccessPoint)(nil),           // 10: sharespot.v1.AccessPoint
+	(*Tariff)(nil),                // 11: sharespot.v1.Tariff
+	(*ShareInstruction)(nil),      // 12: sharespot.v1.ShareInstruction
+	(*Hotspot)(nil),               // 13: sharespot.v1.Hotspot
+	(*RegisterRequest)(nil),       // 14: sharespot.v1.RegisterRequest
+	(*RegisterResponse)(nil),      // 15: sharespot.v1.RegisterResponse
+	(*UpdateRequest)(nil),         // 16: sharespot.v1.UpdateRequest
+	(*UpdateResponse)(nil),        // 17: sharespot.v1.UpdateResponse
+	(*WithdrawRequest)(nil),       // 18: sharespot.v1.WithdrawRequest
+	(*WithdrawResponse)(nil),      // 19: sharespot.v1.WithdrawResponse
+	(*ListRequest)(nil),           // 20: sharespot.v1.ListRequest
+	(*ListResponse)(nil),          // 21: sharespot.v1.ListResponse
+	(*Candidate)(nil),             // 22: sharespot.v1.Candidate
+	(*Offer)(nil),                 // 23: sharespot.v1.Offer
+	(*DiscoverRequest)(nil),       // 24: sharespot.v1.DiscoverRequest
+	(*DiscoverResponse)(nil),      // 25: sharespot.v1.DiscoverResponse
+	(*Quote)(nil),                 // 26: sharespot.v1.Quote
+	(*GuestKey)(nil),              // 27: sharespot.v1.GuestKey
+	(*SealedCode)(nil),            // 28: sharespot.v1.SealedCode
+	(*Gateway)(nil),               // 29: sharespot.v1.Gateway
+	(*Receipt)(nil),               // 30: sharespot.v1.Receipt
+	(*Session)(nil),               // 31: sharespot.v1.Session
+	(*RequestAccessRequest)(nil),  // 32: sharespot.v1.RequestAccessRequest
+	(*RequestAccessResponse)(nil), // 33: sharespot.v1.RequestAccessResponse
+	(*QuoteRequest)(nil),          // 34: sharespot.v1.QuoteRequest
+	(*QuoteResponse)(nil),         // 35: sharespot.v1.QuoteResponse
+	(*DeclineRequest)(nil),        // 36: sharespot.v1.DeclineRequest
+	(*DeclineResponse)(nil),       // 37: sharespot.v1.DeclineResponse
+	(*ConfirmRequest)(nil),        // 38: sharespot.v1.ConfirmRequest
+	(*ConfirmResponse)(nil),       // 39: sharespot.v1.ConfirmResponse
+	(*GrantRequest)(nil),          // 40: sharespot.v1.GrantRequest
+	(*GrantResponse)(nil),         // 41: sharespot.v1.GrantResponse
+	(*PromptRequest)(nil),         // 42: sharespot.v1.PromptRequest
+	(*PromptResponse)(nil),        // 43: sharespot.v1.PromptResponse
+	(*RequestTopUpRequest)(nil),   // 44: sharespot.v1.RequestTopUpRequest
+	(*RequestTopUpResponse)(nil),  // 45: sharespot.v1.RequestTopUpResponse
+	(*ReportUsageRequest)(nil),    // 46: sharespot.v1.ReportUsageRequest
+	(*ReportUsageResponse)(nil),   // 47: sharespot.v1.ReportUsageResponse
+	(*EndRequest)(nil),            // 48: sharespot.v1.EndRequest
+	(*EndResponse)(nil),           // 49: sharespot.v1.EndResponse
+	(*GetRequest)(nil),            // 50: sharespot.v1.GetRequest
+	(*GetResponse)(nil),           // 51: sharespot.v1.GetResponse
+	(*ListSessionsRequest)(nil),   // 52: sharespot.v1.ListSessionsRequest
+	(*ListSessionsResponse)(nil),  // 53: sharespot.v1.ListSessionsResponse
+	(*PayRequest)(nil),            // 54: sharespot.v1.PayRequest
+	(*PayResponse)(nil),           // 55: sharespot.v1.PayResponse
+	(*BalanceRequest)(nil),        // 56: sharespot.v1.BalanceRequest
+	(*Money)(nil),                 // 57: sharespot.v1.Money
+	(*BalanceResponse)(nil),       // 58: sharespot.v1.BalanceResponse
+	(*HistoryRequest)(nil),        // 59: sharespot.v1.HistoryRequest
+	(*Transfer)(nil),              // 60: sharespot.v1.Transfer
+	(*HistoryResponse)(nil),       // 61: sharespot.v1.HistoryResponse
+	(*PlatformKeysRequest)(nil),   // 62: sharespot.v1.PlatformKeysRequest
+	(*PlatformKey)(nil),           // 63: sharespot.v1.PlatformKey
+	(*PlatformKeysResponse)(nil),  // 64: sharespot.v1.PlatformKeysResponse
+	(*SubscribeRequest)(nil),      // 65: sharespot.v1.SubscribeRequest
+	(*SubscribeResponse)(nil),     // 66: sharespot.v1.SubscribeResponse
+	(*AckRequest)(nil),            // 67: sharespot.v1.AckRequest
+	(*AckResponse)(nil),           // 68: sharespot.v1.AckResponse
+	(*AccessRequested)(nil),       // 69: sharespot.v1.AccessRequested
+	(*FeeInfo)(nil),               // 70: sharespot.v1.FeeInfo
+	(*PaymentConfirmed)(nil),      // 71: sharespot.v1.PaymentConfirmed
+	(*EncryptionMessage)(nil),     // 72: sharespot.v1.EncryptionMessage
+	(*AccessGranted)(nil),         // 73: sharespot.v1.AccessGranted
+	(*LowQuotaPrompt)(nil),        // 74: sharespot.v1.LowQuotaPrompt
+	(*TopUpRequested)(nil),        // 75: sharespot.v1.TopUpRequested
+	(*Declined)(nil),              // 76: sharespot.v1.Declined
+	(*SessionEnded)(nil),          // 77: sharespot.v1.SessionEnded
+	(*Envelope)(nil),              // 78: sharespot.v1.Envelope
 }
 var file_sharespot_v1_sharespot_proto_depIdxs = []int32{
 	0,  // 0: sharespot.v1.AccessPoint.security:type_name -> sharespot.v1.Security
-	8,  // 1: sharespot.v1.ShareInstruction.access_point:type_name -> sharespot.v1.AccessPoint
-	9,  // 2: sharespot.v1.ShareInstruction.tariff:type_name -> sharespot.v1.Tariff
-	10, // 3: sharespot.v1.Hotspot.instruction:type_name -> sharespot.v1.ShareInstruction
-	10, // 4: sharespot.v1.RegisterRequest.instruction:type_name -> sharespot.v1.ShareInstruction
-	11, // 5: sharespot.v1.RegisterResponse.hotspot:type_name -> sharespot.v1.Hotspot
-	10, // 6: sharespot.v1.UpdateRequest.instruction:type_name -> sharespot.v1.ShareInstruction
-	11, // 7: sharespot.v1.UpdateResponse.hotspot:type_name -> sharespot.v1.Hotspot
-	11, // 8: sharespot.v1.WithdrawResponse.hotspot:type_name -> sharespot.v1.Hotspot
-	11, // 9: sharespot.v1.ListResponse.hotspots:type_name -> sharespot.v1.Hotspot
+	10, // 1: sharespot.v1.ShareInstruction.access_point:type_name -> sharespot.v1.AccessPoint
+	11, // 2: sharespot.v1.ShareInstruction.tariff:type_name -> sharespot.v1.Tariff
+	12, // 3: sharespot.v1.Hotspot.instruction:type_name -> sharespot.v1.ShareInstruction
+	12, // 4: sharespot.v1.RegisterRequest.instruction:type_name -> sharespot.v1.ShareInstruction
+	13, // 5: sharespot.v1.RegisterResponse.hotspot:type_name -> sharespot.v1.Hotspot
+	12, // 6: sharespot.v1.UpdateRequest.instruction:type_name -> sharespot.v1.ShareInstruction
+	13, // 7: sharespot.v1.UpdateResponse.hotspot:type_name -> sharespot.v1.Hotspot
+	13, // 8: sharespot.v1.WithdrawResponse.hotspot:type_name -> sharespot.v1.Hotspot
+	13, // 9: sharespot.v1.ListResponse.hotspots:type_name -> sharespot.v1.Hotspot
 	0,  // 10: sharespot.v1.Candidate.security:type_name -> sharespot.v1.Security
-	8,  // 11: sharespot.v1.Offer.access_point:type_name -> sharespot.v1.AccessPoint
-	9,  // 12: sharespot.v1.Offer.tariff:type_name -> sharespot.v1.Tariff
-	20, // 13: sharespot.v1.DiscoverRequest.candidates:type_name -> sharespot.v1.Candidate
-	21, // 14: sharespot.v1.DiscoverResponse.available:type_name -> sharespot.v1.Offer
+	10, // 11: sharespot.v1.Offer.access_point:type_name -> sharespot.v1.AccessPoint
+	11, // 12: sharespot.v1.Offer.tariff:type_name -> sharespot.v1.Tariff
+	22, // 13: sharespot.v1.DiscoverRequest.candidates:type_name -> sharespot.v1.Candidate
+	23, // 14: sharespot.v1.DiscoverResponse.available:type_name -> sharespot.v1.Offer
 	2,  // 15: sharespot.v1.Quote.kind:type_name -> sharespot.v1.QuoteKind
 	3,  // 16: sharespot.v1.Quote.state:type_name -> sharespot.v1.QuoteState
-	28, // 17: sharespot.v1.Quote.receipt:type_name -> sharespot.v1.Receipt
+	30, // 17: sharespot.v1.Quote.receipt:type_name -> sharespot.v1.Receipt
 	1,  // 18: sharespot.v1.Session.state:type_name -> sharespot.v1.SessionState
-	24, // 19: sharespot.v1.Session.quotes:type_name -> sharespot.v1.Quote
-	25, // 20: sharespot.v1.RequestAccessRequest.guest_keys:type_name -> sharespot.v1.GuestKey
-	29, // 21: sharespot.v1.RequestAccessResponse.session:type_name -> sharespot.v1.Session
-	24, // 22: sharespot.v1.QuoteResponse.quote:type_name -> sharespot.v1.Quote
-	29, // 23: sharespot.v1.DeclineResponse.session:type_name -> sharespot.v1.Session
-	28, // 24: sharespot.v1.ConfirmRequest.receipt:type_name -> sharespot.v1.Receipt
-	29, // 25: sharespot.v1.ConfirmResponse.session:type_name -> sharespot.v1.Session
-	26, // 26: sharespot.v1.GrantRequest.sealed_code:type_name -> sharespot.v1.SealedCode
-	27, // 27: sharespot.v1.GrantRequest.gateway:type_name -> sharespot.v1.Gateway
-	29, // 28: sharespot.v1.GrantResponse.session:type_name -> sharespot.v1.Session
-	29, // 29: sharespot.v1.RequestTopUpResponse.session:type_name -> sharespot.v1.Session
-	29, // 30: sharespot.v1.ReportUsageResponse.session:type_name -> sharespot.v1.Session
-	29, // 31: sharespot.v1.EndResponse.session:type_name -> sharespot.v1.Session
-	29, // 32: sharespot.v1.GetResponse.session:type_name -> sharespot.v1.Session
-	29, // 33: sharespot.v1.ListSessionsResponse.sessions:type_name -> sharespot.v1.Session
-	28, // 34: sharespot.v1.PayResponse.receipt:type_name -> sharespot.v1.Receipt
-	55, // 35: sharespot.v1.BalanceResponse.balances:type_name -> sharespot.v1.Money
-	58, // 36: sharespot.v1.HistoryResponse.transfers:type_name -> sharespot.v1.Transfer
-	61, // 37: sharespot.v1.PlatformKeysResponse.keys:type_name -> sharespot.v1.PlatformKey
-	76, // 38: sharespot.v1.SubscribeResponse.envelopes:type_name -> sharespot.v1.Envelope
-	25, // 39: sharespot.v1.AccessRequested.guest_keys:type_name -> sharespot.v1.GuestKey
-	24, // 40: sharespot.v1.FeeInfo.quote:type_name -> sharespot.v1.Quote
+	26, // 19: sharespot.v1.Session.quotes:type_name -> sharespot.v1.Quote
+	27, // 20: sharespot.v1.RequestAccessRequest.guest_keys:type_name -> sharespot.v1.GuestKey
+	31, // 21: sharespot.v1.RequestAccessResponse.session:type_name -> sharespot.v1.Session
+	26, // 22: sharespot.v1.QuoteResponse.quote:type_name -> sharespot.v1.Quote
+	31, // 23: sharespot.v1.DeclineResponse.session:type_name -> sharespot.v1.Session
+	30, // 24: sharespot.v1.ConfirmRequest.receipt:type_name -> sharespot.v1.Receipt
+	31, // 25: sharespot.v1.ConfirmResponse.session:type_name -> sharespot.v1.Session
+	28, // 26: sharespot.v1.GrantRequest.sealed_code:type_name -> sharespot.v1.SealedCode
+	29, // 27: sharespot.v1.GrantRequest.gateway:type_name -> sharespot.v1.Gateway
+	31, // 28: sharespot.v1.GrantResponse.session:type_name -> sharespot.v1.Session
+	31, // 29: sharespot.v1.RequestTopUpResponse.session:type_name -> sharespot.v1.Session
+	31, // 30: sharespot.v1.ReportUsageResponse.session:type_name -> sharespot.v1.Session
+	31, // 31: sharespot.v1.EndResponse.session:type_name -> sharespot.v1.Session
+	31, // 32: sharespot.v1.GetResponse.session:type_name -> sharespot.v1.Session
+	31, // 33: sharespot.v1.ListSessionsResponse.sessions:type_name -> sharespot.v1.Session
+	30, // 34: sharespot.v1.PayResponse.receipt:type_name -> sharespot.v1.Receipt
+	57, // 35: sharespot.v1.BalanceResponse.balances:type_name -> sharespot.v1.Money
+	60, // 36: sharespot.v1.HistoryResponse.transfers:type_name -> sharespot.v1.Transfer
+	63, // 37: sharespot.v1.PlatformKeysResponse.keys:type_name -> sharespot.v1.PlatformKey
+	78, // 38: sharespot.v1.SubscribeResponse.envelopes:type_name -> sharespot.v1.Envelope
+	27, // 39: sharespot.v1.AccessRequested.guest_keys:type_name -> sharespot.v1.GuestKey
+	26, // 40: sharespot.v1.FeeInfo.quote:type_name -> sharespot.v1.Quote
 	2,  // 41: sharespot.v1.PaymentConfirmed.kind:type_name -> sharespot.v1.QuoteKind
-	28, // 42: sharespot.v1.PaymentConfirmed.receipt:type_name -> sharespot.v1.Receipt
+	30, // 42: sharespot.v1.PaymentConfirmed.receipt:type_name -> sharespot.v1.Receipt
 	2,  // 43: sharespot.v1.AccessGranted.kind:type_name -> sharespot.v1.QuoteKind
-	26, // 44: sharespot.v1.AccessGranted.sealed_code:type_name -> sharespot.v1.SealedCode
-	27, // 45: sharespot.v1.AccessGranted.gateway:type_name -> sharespot.v1.Gateway
+	28, // 44: sharespot.v1.AccessGranted.sealed_code:type_name -> sharespot.v1.SealedCode
+	29, // 45: sharespot.v1.AccessGranted.gateway:type_name -> sharespot.v1.Gateway
 	2,  // 46: sharespot.v1.Declined.kind:type_name -> sharespot.v1.QuoteKind
-	29, // 47: sharespot.v1.SessionEnded.session:type_name -> sharespot.v1.Session
-	67, // 48: sharespot.v1.Envelope.access_requested:type_name -> sharespot.v1.AccessRequested
-	68, // 49: sharespot.v1.Envelope.fee_info:type_name -> sharespot.v1.FeeInfo
-	69, // 50: sharespot.v1.Envelope.payment_confirmed:type_name -> sharespot.v1.PaymentConfirmed
-	70, // 51: sharespot.v1.Envelope.encryption_message:type_name -> sharespot.v1.EncryptionMessage
-	71, // 52: sharespot.v1.Envelope.access_granted:type_name -> sharespot.v1.AccessGranted
-	72, // 53: sharespot.v1.Envelope.low_quota_prompt:type_name -> sharespot.v1.LowQuotaPrompt
-	73, // 54: sharespot.v1.Envelope.top_up_requested:type_name -> sharespot.v1.TopUpRequested
-	74, // 55: sharespot.v1.Envelope.declined:type_name -> sharespot.v1.Declined
-	75, // 56: sharespot.v1.Envelope.session_ended:type_name -> sharespot.v1.SessionEnded
-	4,  // 57: sharespot.v1.AuthService.Challenge:input_type -> sharespot.v1.ChallengeRequest
-	6,  // 58: sharespot.v1.AuthService.SignIn:input_type -> sharespot.v1.SignInRequest
-	12, // 59: sharespot.v1.HotspotService.Register:input_type -> sharespot.v1.RegisterRequest
-	14, // 60: sharespot.v1.HotspotService.Update:input_type -> sharespot.v1.UpdateRequest
-	16, // 61: sharespot.v1.HotspotService.Withdraw:input_type -> sharespot.v1.WithdrawRequest
-	18, // 62: sharespot.v1.HotspotService.List:input_type -> sharespot.v1.ListRequest
-	22, // 63: sharespot.v1.DiscoveryService.Discover:input_type -> sharespot.v1.DiscoverRequest
-	30, // 64: sharespot.v1.SessionService.RequestAccess:input_type -> sharespot.v1.RequestAccessRequest
-	32, // 65: sharespot.v1.SessionService.Quote:input_type -> sharespot.v1.QuoteRequest
-	34, // 66: sharespot.v1.SessionService.Decline:input_type -> sharespot.v1.DeclineRequest
-	36, // 67: sharespot.v1.SessionService.Confirm:input_type -> sharespot.v1.ConfirmRequest
-	38, // 68: sharespot.v1.SessionService.Grant:input_type -> sharespot.v1.GrantRequest
-	40, // 69: sharespot.v1.SessionService.Prompt:input_type -> sharespot.v1.PromptRequest
-	42, // 70: sharespot.v1.SessionService.RequestTopUp:input_type -> sharespot.v1.RequestTopUpRequest
-	44, // 71: sharespot.v1.SessionService.ReportUsage:input_type -> sharespot.v1.ReportUsageRequest
-	46, // 72: sharespot.v1.SessionService.End:input_type -> sharespot.v1.EndRequest
-	48, // 73: sharespot.v1.SessionService.Get:input_type -> sharespot.v1.GetRequest
-	50, // 74: sharespot.v1.SessionService.ListSessions:input_type -> sharespot.v1.ListSessionsRequest
-	52, // 75: sharespot.v1.PaymentService.Pay:input_type -> sharespot.v1.PayRequest
-	54, // 76: sharespot.v1.PaymentService.Balance:input_type -> sharespot.v1.BalanceRequest
-	57, // 77: sharespot.v1.PaymentService.History:input_type -> sharespot.v1.HistoryRequest
-	60, // 78: sharespot.v1.PaymentService.PlatformKeys:input_type -> sharespot.v1.PlatformKeysRequest
-	63, // 79: sharespot.v1.InboxService.Subscribe:input_type -> sharespot.v1.SubscribeRequest
-	65, // 80: sharespot.v1.InboxService.Ack:input_type -> sharespot.v1.AckRequest
-	5,  // 81: sharespot.v1.AuthService.Challenge:output_type -> sharespot.v1.ChallengeResponse
-	7,  // 82: sharespot.v1.AuthService.SignIn:output_type -> sharespot.v1.SignInResponse
-	13, // 83: sharespot.v1.HotspotService.Register:output_type -> sharespot.v1.RegisterResponse
-	15, // 84: sharespot.v1.HotspotService.Update:output_type -> sharespot.v1.UpdateResponse
-	17, // 85: sharespot.v1.HotspotService.Withdraw:output_type -> sharespot.v1.WithdrawResponse
-	19, // 86: sharespot.v1.HotspotService.List:output_type -> sharespot.v1.ListResponse
-	23, // 87: sharespot.v1.DiscoveryService.Discover:output_type -> sharespot.v1.DiscoverResponse
-	31, // 88: sharespot.v1.SessionService.RequestAccess:output_type -> sharespot.v1.RequestAccessResponse
-	33, // 89: sharespot.v1.SessionService.Quote:output_type -> sharespot.v1.QuoteResponse
-	35, // 90: sharespot.v1.SessionService.Decline:output_type -> sharespot.v1.DeclineResponse
-	37, // 91: sharespot.v1.SessionService.Confirm:output_type -> sharespot.v1.ConfirmResponse
-	39, // 92: sharespot.v1.SessionService.Grant:output_type -> sharespot.v1.GrantResponse
-	41, // 93: sharespot.v1.SessionService.Prompt:output_type -> sharespot.v1.PromptResponse
-	43, // 94: sharespot.v1.SessionService.RequestTopUp:output_type -> sharespot.v1.RequestTopUpResponse
-	45, // 95: sharespot.v1.SessionService.ReportUsage:output_type -> sharespot.v1.ReportUsageResponse
-	47, // 96: sharespot.v1.SessionService.End:output_type -> sharespot.v1.EndResponse
-	49, // 97: sharespot.v1.SessionService.Get:output_type -> sharespot.v1.GetResponse
-	51, // 98: sharespot.v1.SessionService.ListSessions:output_type -> sharespot.v1.ListSessionsResponse
-	53, // 99: sharespot.v1.PaymentService.Pay:output_type -> sharespot.v1.PayResponse
-	56, // 100: sharespot.v1.PaymentService.Balance:output_type -> sharespot.v1.BalanceResponse
-	59, // 101: sharespot.v1.PaymentService.History:output_type -> sharespot.v1.HistoryResponse
-	62, // 102: sharespot.v1.PaymentService.PlatformKeys:output_type -> sharespot.v1.PlatformKeysResponse
-	64, // 103: sharespot.v1.InboxService.Subscribe:output_type -> sharespot.v1.SubscribeResponse
-	66, // 104: sharespot.v1.InboxService.Ack:output_type -> sharespot.v1.AckResponse
-	81, // [81:105] is the sub-list for method output_type
-	57, // [57:81] is the sub-list for method input_type
+	31, // 47: sharespot.v1.SessionEnded.session:type_name -> sharespot.v1.Session
+	69, // 48: sharespot.v1.Envelope.access_requested:type_name -> sharespot.v1.AccessRequested
+	70, // 49: sharespot.v1.Envelope.fee_info:type_name -> sharespot.v1.FeeInfo
+	71, // 50: sharespot.v1.Envelope.payment_confirmed:type_name -> sharespot.v1.PaymentConfirmed
+	72, // 51: sharespot.v1.Envelope.encryption_message:type_name -> sharespot.v1.EncryptionMessage
+	73, // 52: sharespot.v1.Envelope.access_granted:type_name -> sharespot.v1.AccessGranted
+	74, // 53: sharespot.v1.Envelope.low_quota_prompt:type_name -> sharespot.v1.LowQuotaPrompt
+	75, // 54: sharespot.v1.Envelope.top_up_requested:type_name -> sharespot.v1.TopUpRequested
+	76, // 55: sharespot.v1.Envelope.declined:type_name -> sharespot.v1.Declined
+	77, // 56: sharespot.v1.Envelope.session_ended:type_name -> sharespot.v1.SessionEnded
+	6,  // 57: sharespot.v1.AuthService.Challenge:input_type -> sharespot.v1.ChallengeRequest
+	8,  // 58: sharespot.v1.AuthService.SignIn:input_type -> sharespot.v1.SignInRequest
+	4,  // 59: sharespot.v1.AuthService.AddDevice:input_type -> sharespot.v1.AddDeviceRequest
+	14, // 60: sharespot.v1.HotspotService.Register:input_type -> sharespot.v1.RegisterRequest
+	16, // 61: sharespot.v1.HotspotService.Update:input_type -> sharespot.v1.UpdateRequest
+	18, // 62: sharespot.v1.HotspotService.Withdraw:input_type -> sharespot.v1.WithdrawRequest
+	20, // 63: sharespot.v1.HotspotService.List:input_type -> sharespot.v1.ListRequest
+	24, // 64: sharespot.v1.DiscoveryService.Discover:input_type -> sharespot.v1.DiscoverRequest
+	32, // 65: sharespot.v1.SessionService.RequestAccess:input_type -> sharespot.v1.RequestAccessRequest
+	34, // 66: sharespot.v1.SessionService.Quote:input_type -> sharespot.v1.QuoteRequest
+	36, // 67: sharespot.v1.SessionService.Decline:input_type -> sharespot.v1.DeclineRequest
+	38, // 68: sharespot.v1.SessionService.Confirm:input_type -> sharespot.v1.ConfirmRequest
+	40, // 69: sharespot.v1.SessionService.Grant:input_type -> sharespot.v1.GrantRequest
+	42, // 70: sharespot.v1.SessionService.Prompt:input_type -> sharespot.v1.PromptRequest
+	44, // 71: sharespot.v1.SessionService.RequestTopUp:input_type -> sharespot.v1.RequestTopUpRequest
+	46, // 72: sharespot.v1.SessionService.ReportUsage:input_type -> sharespot.v1.ReportUsageRequest
+	48, // 73: sharespot.v1.SessionService.End:input_type -> sharespot.v1.EndRequest
+	50, // 74: sharespot.v1.SessionService.Get:input_type -> sharespot.v1.GetRequest
+	52, // 75: sharespot.v1.SessionService.ListSessions:input_type -> sharespot.v1.ListSessionsRequest
+	54, // 76: sharespot.v1.PaymentService.Pay:input_type -> sharespot.v1.PayRequest
+	56, // 77: sharespot.v1.PaymentService.Balance:input_type -> sharespot.v1.BalanceRequest
+	59, // 78: sharespot.v1.PaymentService.History:input_type -> sharespot.v1.HistoryRequest
+	62, // 79: sharespot.v1.PaymentService.PlatformKeys:input_type -> sharespot.v1.PlatformKeysRequest
+	65, // 80: sharespot.v1.InboxService.Subscribe:input_type -> sharespot.v1.SubscribeRequest
+	67, // 81: sharespot.v1.InboxService.Ack:input_type -> sharespot.v1.AckRequest
+	7,  // 82: sharespot.v1.AuthService.Challenge:output_type -> sharespot.v1.ChallengeResponse
+	9,  // 83: sharespot.v1.AuthService.SignIn:output_type -> sharespot.v1.SignInResponse
+	5,  // 84: sharespot.v1.AuthService.AddDevice:output_type -> sharespot.v1.AddDeviceResponse
+	15, // 85: sharespot.v1.HotspotService.Register:output_type -> sharespot.v1.RegisterResponse
+	17, // 86: sharespot.v1.HotspotService.Update:output_type -> sharespot.v1.UpdateResponse
+	19, // 87: sharespot.v1.HotspotService.Withdraw:output_type -> sharespot.v1.WithdrawResponse
+	21, // 88: sharespot.v1.HotspotService.List:output_type -> sharespot.v1.ListResponse
+	25, // 89: sharespot.v1.DiscoveryService.Discover:output_type -> sharespot.v1.DiscoverResponse
+	33, // 90: sharespot.v1.SessionService.RequestAccess:output_type -> sharespot.v1.RequestAccessResponse
+	35, // 91: sharespot.v1.SessionService.Quote:output_type -> sharespot.v1.QuoteResponse
+	37, // 92: sharespot.v1.SessionService.Decline:output_type -> sharespot.v1.DeclineResponse
+	39, // 93: sharespot.v1.SessionService.Confirm:output_type -> sharespot.v1.ConfirmResponse
+	41, // 94: sharespot.v1.SessionService.Grant:output_type -> sharespot.v1.GrantResponse
+	43, // 95: sharespot.v1.SessionService.Prompt:output_type -> sharespot.v1.PromptResponse
+	45, // 96: sharespot.v1.SessionService.RequestTopUp:output_type -> sharespot.v1.RequestTopUpResponse
+	47, // 97: sharespot.v1.SessionService.ReportUsage:output_type -> sharespot.v1.ReportUsageResponse
+	49, // 98: sharespot.v1.SessionService.End:output_type -> sharespot.v1.EndResponse
+	51, // 99: sharespot.v1.SessionService.Get:output_type -> sharespot.v1.GetResponse
+	53, // 100: sharespot.v1.SessionService.ListSessions:output_type -> sharespot.v1.ListSessionsResponse
+	55, // 101: sharespot.v1.PaymentService.Pay:output_type -> sharespot.v1.PayResponse
+	58, // 102: sharespot.v1.PaymentService.Balance:output_type -> sharespot.v1.BalanceResponse
+	61, // 103: sharespot.v1.PaymentService.History:output_type -> sharespot.v1.HistoryResponse
+	64, // 104: sharespot.v1.PaymentService.PlatformKeys:output_type -> sharespot.v1.PlatformKeysResponse
+	66, // 105: sharespot.v1.InboxService.Subscribe:output_type -> sharespot.v1.SubscribeResponse
+	68, // 106: sharespot.v1.InboxService.Ack:output_type -> sharespot.v1.AckResponse
+	82, // [82:107] is the sub-list for method output_type
+	57, // [57:82] is the sub-list for method input_type
 	57, // [57:57] is the sub-list for extension type_name
 	57, // [57:57] is the sub-list for extension extendee
 	0,  // [0:57] is the sub-list for field type_name
@@ -5135,7 +5254,7 @@ func file_sharespot_v1_sharespot_proto_init() {
 	if File_sharespot_v1_sharespot_proto != nil {
 		return
 	}
-	file_sharespot_v1_sharespot_proto_msgTypes[72].OneofWrappers = []any{
+	file_sharespot_v1_sharespot_proto_msgTypes[74].OneofWrappers = []any{
 		(*Envelope_AccessRequested)(nil),
 		(*Envelope_FeeInfo)(nil),
 		(*Envelope_PaymentConfirmed)(nil),
@@ -5152,7 +5271,7 @@ func file_sharespot_v1_sharespot_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sharespot_v1_sharespot_proto_rawDesc), len(file_sharespot_v1_sharespot_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   73,
+			NumMessages:   75,
 			NumExtensions: 0,
 			NumServices:   6,
 		},

@@ -55,6 +55,8 @@ const (
 	AuthServiceChallengeProcedure = "/sharespot.v1.AuthService/Challenge"
 	// AuthServiceSignInProcedure is the fully-qualified name of the AuthService's SignIn RPC.
 	AuthServiceSignInProcedure = "/sharespot.v1.AuthService/SignIn"
+	// AuthServiceAddDeviceProcedure is the fully-qualified name of the AuthService's AddDevice RPC.
+	AuthServiceAddDeviceProcedure = "/sharespot.v1.AuthService/AddDevice"
 	// HotspotServiceRegisterProcedure is the fully-qualified name of the HotspotService's Register RPC.
 	HotspotServiceRegisterProcedure = "/sharespot.v1.HotspotService/Register"
 	// HotspotServiceUpdateProcedure is the fully-qualified name of the HotspotService's Update RPC.
@@ -114,6 +116,9 @@ type AuthServiceClient interface {
 	// SignIn exchanges a signed nonce for a short-lived bearer token. A key the
 	// server has never seen is enrolled as a new device of a new account.
 	SignIn(context.Context, *connect.Request[v1.SignInRequest]) (*connect.Response[v1.SignInResponse], error)
+	// AddDevice (signed in) enrols another device key into the caller's
+	// account, so both share the account's wallet.
+	AddDevice(context.Context, *connect.Request[v1.AddDeviceRequest]) (*connect.Response[v1.AddDeviceResponse], error)
 }
 
 // NewAuthServiceClient constructs a client for the sharespot.v1.AuthService service. By default, it
@@ -139,6 +144,12 @@ func NewAuthServiceClient(httpClient connect.HTTPClient, baseURL string, opts ..
 			connect.WithSchema(authServiceMethods.ByName("SignIn")),
 			connect.WithClientOptions(opts...),
 		),
+		addDevice: connect.NewClient[v1.AddDeviceRequest, v1.AddDeviceResponse](
+			httpClient,
+			baseURL+AuthServiceAddDeviceProcedure,
+			connect.WithSchema(authServiceMethods.ByName("AddDevice")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -146,6 +157,7 @@ func NewAuthServiceClient(httpClient connect.HTTPClient, baseURL string, opts ..
 type authServiceClient struct {
 	challenge *connect.Client[v1.ChallengeRequest, v1.ChallengeResponse]
 	signIn    *connect.Client[v1.SignInRequest, v1.SignInResponse]
+	addDevice *connect.Client[v1.AddDeviceRequest, v1.AddDeviceResponse]
 }
 
 // Challenge calls sharespot.v1.AuthService.Challenge.
@@ -158,6 +170,11 @@ func (c *authServiceClient) SignIn(ctx context.Context, req *connect.Request[v1.
 	return c.signIn.CallUnary(ctx, req)
 }
 
+// AddDevice calls sharespot.v1.AuthService.AddDevice.
+func (c *authServiceClient) AddDevice(ctx context.Context, req *connect.Request[v1.AddDeviceRequest]) (*connect.Response[v1.AddDeviceResponse], error) {
+	return c.addDevice.CallUnary(ctx, req)
+}
+
 // AuthServiceHandler is an implementation of the sharespot.v1.AuthService service.
 type AuthServiceHandler interface {
 	// Challenge returns a single-use nonce for the device key to sign.
@@ -165,6 +182,9 @@ type AuthServiceHandler interface {
 	// SignIn exchanges a signed nonce for a short-lived bearer token. A key the
 	// server has never seen is enrolled as a new device of a new account.
 	SignIn(context.Context, *connect.Request[v1.SignInRequest]) (*connect.Response[v1.SignInResponse], error)
+	// AddDevice (signed in) enrols another device key into the caller's
+	// account, so both share the account's wallet.
+	AddDevice(context.Context, *connect.Request[v1.AddDeviceRequest]) (*connect.Response[v1.AddDeviceResponse], error)
 }
 
 // NewAuthServiceHandler builds an HTTP handler from the service implementation. It returns the path
@@ -186,12 +206,20 @@ func NewAuthServiceHandler(svc AuthServiceHandler, opts ...connect.HandlerOption
 		connect.WithSchema(authServiceMethods.ByName("SignIn")),
 		connect.WithHandlerOptions(opts...),
 	)
+	authServiceAddDeviceHandler := connect.NewUnaryHandler(
+		AuthServiceAddDeviceProcedure,
+		svc.AddDevice,
+		connect.WithSchema(authServiceMethods.ByName("AddDevice")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/sharespot.v1.AuthService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case AuthServiceChallengeProcedure:
 			authServiceChallengeHandler.ServeHTTP(w, r)
 		case AuthServiceSignInProcedure:
 			authServiceSignInHandler.ServeHTTP(w, r)
+		case AuthServiceAddDeviceProcedure:
+			authServiceAddDeviceHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -207,6 +235,10 @@ func (UnimplementedAuthServiceHandler) Challenge(context.Context, *connect.Reque
 
 func (UnimplementedAuthServiceHandler) SignIn(context.Context, *connect.Request[v1.SignInRequest]) (*connect.Response[v1.SignInResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("sharespot.v1.AuthService.SignIn is not implemented"))
+}
+
+func (UnimplementedAuthServiceHandler) AddDevice(context.Context, *connect.Request[v1.AddDeviceRequest]) (*connect.Response[v1.AddDeviceResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("sharespot.v1.AuthService.AddDevice is not implemented"))
 }
 
 // HotspotServiceClient is a client for the sharespot.v1.HotspotService service.

@@ -1,0 +1,59 @@
+package conformance
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"testing"
+
+	"connectrpc.com/connect"
+
+	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
+	"github.com/sharespot/sharespot/internal/client"
+	"github.com/sharespot/sharespot/internal/harness"
+)
+
+// TestAccountOwnsDevices: a signed-in device enrols a second key into its
+// account; both devices then share the account's one wallet.
+func TestAccountOwnsDevices(t *testing.T) {
+	ctx := context.Background()
+	env := harness.Start(t, nil)
+	phone := env.Device(t, "phone")
+	_, key, _ := ed25519.GenerateKey(rand.Reader)
+	res, err := phone.Auth.AddDevice(ctx, connect.NewRequest(&sharespotv1.AddDeviceRequest{PublicKey: key.Public().(ed25519.PublicKey), DeviceName: "laptop"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	laptop := client.New(env.URL, key, client.Options{})
+	if err := laptop.SignIn(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if laptop.AccountID() != phone.AccountID() || laptop.DeviceID() != res.Msg.DeviceId || laptop.DeviceID() == phone.DeviceID() {
+		t.Fatalf("laptop is %s in %s; phone is %s in %s", laptop.DeviceID(), laptop.AccountID(), phone.DeviceID(), phone.AccountID())
+	}
+	env.Fund(t, phone, currency, 700)
+	if got := harness.Balance(t, laptop, currency); got != 700 {
+		t.Fatalf("the laptop sees %d in the account's wallet, want 700", got)
+	}
+	t.Run("refusals", func(t *testing.T) {
+		_, err := phone.Auth.AddDevice(ctx, connect.NewRequest(&sharespotv1.AddDeviceRequest{PublicKey: key.Public().(ed25519.PublicKey)}))
+		if harness.Code(err) != connect.CodeAlreadyExists {
+			t.Errorf("enrolling a device twice: %v", err)
+		}
+		other := env.Device(t, "other")
+		_, err = other.Auth.AddDevice(ctx, connect.NewRequest(&sharespotv1.AddDeviceRequest{PublicKey: key.Public().(ed25519.PublicKey)}))
+		if harness.Code(err) != connect.CodeAlreadyExists {
+			t.Errorf("stealing another account's device: %v", err)
+		}
+		_, err = phone.Auth.AddDevice(ctx, connect.NewRequest(&sharespotv1.AddDeviceRequest{PublicKey: []byte{1, 2, 3}}))
+		if harness.Code(err) != connect.CodeInvalidArgument {
+			t.Errorf("a 3-byte key: %v", err)
+		}
+		anon := sharespotv1AuthWithoutToken(env.URL)
+		_, err = anon.AddDevice(ctx, connect.NewRequest(&sharespotv1.AddDeviceRequest{PublicKey: make([]byte, 32)}))
+		if harness.Code(err) != connect.CodeUnauthenticated {
+			t.Errorf("without a token: %v", err)
+		}
+		env.MustAudit(t)
+	})
+}
