@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sort"
 	"strings"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/client"
 	"github.com/sharespot/sharespot/internal/identity"
+	"github.com/sharespot/sharespot/internal/registry"
 	"github.com/sharespot/sharespot/internal/wifi"
 )
 
@@ -39,14 +41,28 @@ func (f deviceFlags) connect(ctx context.Context, name string) (*client.Client, 
 
 // scanFlags choose where the candidate set comes from (C1.1).
 type scanFlags struct {
-	ScanFile string `help:"Read the scan from a JSON file (machines without a radio)." type:"existingfile" placeholder:"FILE"`
+	ScanFile string `help:"Read the scan from a JSON file (machines without a radio)." type:"existingfile" placeholder:"FILE" xor:"scanner"`
+	IW       string `name:"iw" help:"Scan with iw on this interface (needs root) instead of NetworkManager." placeholder:"IFACE" xor:"scanner"`
 }
 
 func (f scanFlags) scan(ctx context.Context) ([]wifi.AccessPoint, error) {
-	if f.ScanFile != "" {
-		return wifi.ReadScanFile(f.ScanFile)
+	var sc wifi.Scanner = wifi.NMCLIScanner{Runner: wifi.ExecRunner{}}
+	switch {
+	case f.ScanFile != "":
+		sc = wifi.FileScanner{Path: f.ScanFile}
+	case f.IW != "":
+		sc = wifi.IWScanner{Runner: wifi.ExecRunner{}, Interface: f.IW}
 	}
-	return nil, errors.New("no scanner: give --scan-file FILE (radio scanning through nmcli or iw is not wired in yet)")
+	aps, err := sc.Scan(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("scan: %w (on a machine without a radio, use --scan-file FILE)", err)
+	}
+	// The server takes at most 256 candidates: keep the strongest.
+	sort.SliceStable(aps, func(i, j int) bool { return aps[i].SignalDBM > aps[j].SignalDBM })
+	if len(aps) > registry.MaxCandidates {
+		aps = aps[:registry.MaxCandidates]
+	}
+	return aps, nil
 }
 
 // discover is C1.1–C1.3: scan, send the candidate set, get the available set.

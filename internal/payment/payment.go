@@ -14,6 +14,7 @@ import (
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/ledger"
+	"github.com/sharespot/sharespot/internal/money"
 	"github.com/sharespot/sharespot/internal/problem"
 	"github.com/sharespot/sharespot/internal/receipt"
 	"github.com/sharespot/sharespot/internal/relay"
@@ -112,7 +113,7 @@ func (w *Wallet) Charge(tx *store.Tx, nowMS int64, c session.Charge, receiptID s
 			Credit: ledger.Escrow(c.SessionID, c.Currency), Amount: c.Amount, Currency: c.Currency, Memo: "pay quote " + c.QuoteID})
 		if errors.Is(err, ledger.ErrInsufficientFunds) {
 			have, _ := ledger.Balance(tx, from.ID)
-			return problem.Exhaustedf("insufficient funds: your %s wallet holds %d, the fee is %d; fund the wallet first", c.Currency, have, c.Amount)
+			return problem.Exhaustedf("insufficient funds: your wallet holds %s, the fee is %s; fund the wallet first", money.Format(have, c.Currency), money.Format(c.Amount, c.Currency))
 		}
 		if err != nil {
 			return fmt.Errorf("payment: charge quote %s: %w", c.QuoteID, err)

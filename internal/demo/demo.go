@@ -1,0 +1,429 @@
+// Package demo runs the whole claimed flow on one machine, in one process:
+// a server, a host with the userspace metering gateway, a guest, and a
+// local origin standing in for the internet. Real bytes cross the gateway;
+// real money moves on the ledger. It prints each step with its claim ID.
+package demo
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"text/tabwriter"
+	"time"
+
+	"connectrpc.com/connect"
+	"golang.org/x/net/proxy"
+
+	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
+	"github.com/sharespot/sharespot/internal/api"
+	"github.com/sharespot/sharespot/internal/client"
+	"github.com/sharespot/sharespot/internal/gateway"
+	gwproxy "github.com/sharespot/sharespot/internal/gateway/proxy"
+	"github.com/sharespot/sharespot/internal/hosting"
+	"github.com/sharespot/sharespot/internal/ledger"
+	"github.com/sharespot/sharespot/internal/payment"
+	"github.com/sharespot/sharespot/internal/seal"
+	"github.com/sharespot/sharespot/internal/server"
+	"github.com/sharespot/sharespot/internal/size"
+	"github.com/sharespot/sharespot/internal/store"
+	"github.com/sharespot/sharespot/internal/wifi"
+)
+
+const mb = 1_000_000
+
+// Options tune the demo.
+type Options struct {
+	// Dir holds the server's database and the gateway's state; empty: a
+	// temporary directory removed afterwards.
+	Dir string
+	// Buy is the first purchase; TopUp the additional data; Warn the
+	// host's low-quota threshold.
+	Buy, TopUp, Warn int64
+}
+
+// Defaults are the demo's sizes.
+func Defaults() Options { return Options{Buy: 20 * mb, TopUp: 30 * mb, Warn: 3 * mb} }
+
+type printer struct{ w io.Writer }
+
+func (p printer) step(id, format string, a ...any) {
+	fmt.Fprintf(p.w, "%-6s %s\n", id, fmt.Sprintf(format, a...))
+}
+
+// Run runs the demo, writing what happens to w.
+func Run(ctx context.Context, w io.Writer, o Options) (err error) {
+	if o.Buy <= 0 || o.TopUp <= 0 || o.Warn <= 0 || o.Warn >= o.Buy {
+		return errors.New("demo: sizes must be positive, with the warning level below the first purchase")
+	}
+	p := printer{w}
+	if o.Dir == "" {
+		dir, err := os.MkdirTemp("", "sharespot-demo-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		o.Dir = dir
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	// ---- the internet, the server, the devices
+	org, err := startOrigin()
+	if err != nil {
+		return err
+	}
+	defer org.Close()
+	srv, err := server.Open(ctx, server.Config{DataDir: o.Dir, Limits: api.Limits{}, SweepInterval: 100 * time.Millisecond})
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ctx, ln) }()
+	defer func() {
+		cancel()
+		if serr := <-served; err == nil {
+			err = serr
+		}
+	}()
+	url := "http://" + ln.Addr().String()
+	fmt.Fprintf(w, "Sharespot demo: a server, a host and a guest on this machine — loopback only, userspace gateway, no radio.\n\n")
+	p.step("server", "listening on %s (SQLite in %s)", url, o.Dir)
+
+	host, err := newDevice(ctx, url, "demo host")
+	if err != nil {
+		return err
+	}
+	guest, err := newDevice(ctx, url, "demo guest")
+	if err != nil {
+		return err
+	}
+
+	// ---- host: gateway and network-sharing instruction
+	gwStore, err := gateway.OpenFileStore(filepath.Join(o.Dir, "gateway.json"))
+	if err != nil {
+		return err
+	}
+	originAddr := netip.MustParseAddrPort(org.ln.Addr().String())
+	gw, err := gwproxy.New(gwproxy.Config{Addr: "127.0.0.1:0", Store: gwStore,
+		AllowDestination: func(ap netip.AddrPort) bool { return ap == originAddr }})
+	if err != nil {
+		return err
+	}
+	gwDone := make(chan error, 1)
+	go func() { gwDone <- gw.Run(ctx) }()
+	defer func() { cancel(); <-gwDone }()
+
+	inst := &sharespotv1.ShareInstruction{
+		AccessPoint:    &sharespotv1.AccessPoint{Ssid: []byte("Sharespot Demo"), Bssid: "02:5e:de:00:00:01", Security: sharespotv1.Security_SECURITY_WPA2},
+		Tariff:         &sharespotv1.Tariff{Currency: "EUR", PriceMinor: 10, UnitBytes: mb, MinPurchaseBytes: 5 * mb, TopupPriceMinor: 12},
+		ShareableBytes: 1000 * mb,
+		WarnAtBytes:    o.Warn,
+	}
+	_, err = host.Hotspots.Register(ctx, connect.NewRequest(&sharespotv1.RegisterRequest{Instruction: inst}))
+	if err != nil {
+		return fmt.Errorf("demo: register: %w", err)
+	}
+	p.step("host", "device %s registered %q (%s): %s per MB, top-ups %s per MB, sharing %s, warn below %s",
+		short(host.DeviceID()), "Sharespot Demo", inst.AccessPoint.Bssid, client.FormatMoney(10, "EUR"), client.FormatMoney(12, "EUR"),
+		size.Format(inst.ShareableBytes), size.Format(o.Warn))
+	p.step("host", "metering gateway (SOCKS5 + HTTP CONNECT) on %s", gw.Addr())
+
+	hostRun := &hosting.Host{C: host, GW: gw, Threshold: o.Warn}
+	hostDone := make(chan error, 1)
+	go func() { hostDone <- hostRun.Run(ctx) }()
+	defer func() { cancel(); <-hostDone }()
+
+	// The operator funds the guest's wallet.
+	if err := srv.Store().Write(ctx, func(tx *store.Tx) error {
+		_, err := payment.Fund(tx, time.Now().UnixMilli(), guest.AccountID(), "EUR", 2000, "demo", "demo funding")
+		return err
+	}); err != nil {
+		return err
+	}
+	p.step("guest", "device %s; the operator funded its wallet with %s", short(guest.DeviceID()), client.FormatMoney(2000, "EUR"))
+	fmt.Fprintln(w)
+
+	inbox := make(chan *sharespotv1.Envelope, 64)
+	go guest.Receive(ctx, 0, func(ctx context.Context, env *sharespotv1.Envelope) error {
+		select {
+		case inbox <- env:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}, nil)
+
+	// ---- C1.1–C1.4: scan, discover, show
+	air := []wifi.AccessPoint{
+		{SSID: []byte("Sharespot Demo"), BSSID: "02:5e:de:00:00:01", SignalDBM: -47, FreqMHz: 5180, Security: sharespotv1.Security_SECURITY_WPA2},
+		{SSID: []byte("Neighbour"), BSSID: "02:5e:de:00:00:02", SignalDBM: -70, FreqMHz: 2437, Security: sharespotv1.Security_SECURITY_WPA3},
+		{SSID: []byte("Printer"), BSSID: "02:5e:de:00:00:03", SignalDBM: -81, FreqMHz: 2412, Security: sharespotv1.Security_SECURITY_WPA2},
+	}
+	p.step("C1.1", "guest scanned the air: %d access points (simulated: this machine has no radio)", len(air))
+	disc, err := guest.Discovery.Discover(ctx, connect.NewRequest(&sharespotv1.DiscoverRequest{Candidates: wifi.Candidates(air)}))
+	if err != nil {
+		return fmt.Errorf("demo: discover: %w", err)
+	}
+	p.step("C1.2", "guest sent the candidate set (%d) to the server", len(air))
+	offers := disc.Msg.Available
+	if len(offers) != 1 {
+		return fmt.Errorf("demo: available set has %d entries, want 1", len(offers))
+	}
+	p.step("C1.3", "server answered with the available set: %d registered hotspot, with its tariff", len(offers))
+	p.step("C1.4", "guest shows it:")
+	tw := &indent{w: w, prefix: "         "}
+	client.ShowOffers(tw, offers)
+
+	// ---- C1.5–C1.6, claim 3, C1.7, claim 2
+	offer := offers[0]
+	g := &client.Guest{C: guest, Suites: []seal.Suite{seal.Preset}}
+	p.step("C1.5", "the user picks %q and asks for %s", client.SSIDText(offer.AccessPoint.Ssid), size.Format(o.Buy))
+	ses, err := g.RequestAccess(ctx, offer.HotspotId, o.Buy)
+	if err != nil {
+		return fmt.Errorf("demo: request access: %w", err)
+	}
+	p.step("C1.6", "access request → server → host (session %s)", ses.Id)
+	paid, err := buy(ctx, p, guest, ses.Id, inbox, "C3.1", "C3.2", "C3.3")
+	if err != nil {
+		return err
+	}
+	env, err := next(ctx, inbox, func(e *sharespotv1.Envelope) bool { return e.GetAccessGranted() != nil })
+	if err != nil {
+		return err
+	}
+	grant := env.GetAccessGranted()
+	p.step("C1.7", "access response → server → guest: sealed access code, %s, gateway %s", size.Format(grant.GrantedBytes), grant.Gateway.GetAddress())
+	code, err := g.OpenCode(ses.Id, host.DeviceID(), grant.SealedCode)
+	if err != nil {
+		return fmt.Errorf("demo: open access code: %w", err)
+	}
+	p.step("C2.1", "guest opened the code with the preset suite %s (the server never saw it)", grant.SealedCode.Suite)
+
+	// ---- C1.8: online through the host
+	httpc := socksClient(grant.Gateway.GetAddress(), ses.Id, seal.FormatCode(code))
+	used, err := download(ctx, httpc, org.URL(), o.Buy-o.Warn+mb, mb)
+	if err != nil {
+		return fmt.Errorf("demo: download: %w", err)
+	}
+	p.step("C1.8", "guest online through the host: downloaded %s from the origin through the gateway", size.Format(used))
+
+	// ---- C1.9–C1.15: prompt and top-up
+	env, err = next(ctx, inbox, func(e *sharespotv1.Envelope) bool { return e.GetLowQuotaPrompt() != nil })
+	if err != nil {
+		return err
+	}
+	pr := env.GetLowQuotaPrompt()
+	p.step("C1.9", "host's prompt → server → guest: %s left of %s", size.Format(pr.RemainingBytes), size.Format(pr.GrantedBytes))
+	var sb stringsBuilder
+	client.ShowPrompt(&sb, pr)
+	p.step("C1.10", "guest shows: %q — the user says yes", sb.String())
+	if _, err := guest.Sessions.RequestTopUp(ctx, connect.NewRequest(&sharespotv1.RequestTopUpRequest{SessionId: ses.Id, Bytes: o.TopUp})); err != nil {
+		return fmt.Errorf("demo: top-up: %w", err)
+	}
+	p.step("C1.11", "add-data request for %s → server → host", size.Format(o.TopUp))
+	paid2, err := buy(ctx, p, guest, ses.Id, inbox, "C1.12", "C1.13", "C1.14")
+	if err != nil {
+		return err
+	}
+	env, err = next(ctx, inbox, func(e *sharespotv1.Envelope) bool {
+		return e.GetAccessGranted() != nil && e.GetAccessGranted().Kind == sharespotv1.QuoteKind_QUOTE_KIND_TOPUP
+	})
+	if err != nil {
+		return err
+	}
+	tg := env.GetAccessGranted()
+	p.step("C1.15", "add-data response → server → guest: +%s, %s in all; the gateway raised the quota in place", size.Format(tg.GrantedBytes), size.Format(tg.TotalGrantedBytes))
+	more, err := download(ctx, httpc, org.URL(), tg.TotalGrantedBytes+5*mb, mb)
+	gu, gq, _ := gw.Usage(ses.Id)
+	p.step("C1.8", "guest kept going: %s more; the gateway stopped it at %s of %s (%v)", size.Format(more), size.Format(gu), size.Format(gq), describeCut(err))
+
+	// ---- end and settle
+	if _, err := host.Sessions.ReportUsage(ctx, connect.NewRequest(&sharespotv1.ReportUsageRequest{SessionId: ses.Id, UsedBytes: gu})); err != nil {
+		return fmt.Errorf("demo: report usage: %w", err)
+	}
+	end, err := guest.Sessions.End(ctx, connect.NewRequest(&sharespotv1.EndRequest{SessionId: ses.Id, Reason: "demo over"}))
+	if err != nil {
+		return fmt.Errorf("demo: end: %w", err)
+	}
+	s := end.Msg.Session
+	fmt.Fprintln(w)
+	p.step("end", "guest ended the session; %s used of %s, %s paid", size.Format(s.UsedBytes), size.Format(s.GrantedBytes), client.FormatMoney(paid+paid2, "EUR"))
+	p.step("settle", "host %s, platform fee %s, refunded to the guest %s",
+		client.FormatMoney(s.SettledHostMinor, "EUR"), client.FormatMoney(s.SettledFeeMinor, "EUR"), client.FormatMoney(s.RefundedMinor, "EUR"))
+	return showLedger(ctx, w, srv.Store(), guest, host)
+}
+
+// buy is claim 3 (or C1.12–C1.14): wait for the fee, pay, confirm.
+func buy(ctx context.Context, p printer, guest *client.Client, sid string, inbox <-chan *sharespotv1.Envelope, feeID, payID, confirmID string) (int64, error) {
+	env, err := next(ctx, inbox, func(e *sharespotv1.Envelope) bool { return e.GetFeeInfo() != nil })
+	if err != nil {
+		return 0, err
+	}
+	q := env.GetFeeInfo().Quote
+	p.step(feeID, "host's fee → server → guest: %s for %s", client.FormatMoney(q.AmountMinor, q.Currency), size.Format(q.Bytes))
+	pay, err := guest.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: q.Id}))
+	if err != nil {
+		return 0, fmt.Errorf("demo: pay: %w", err)
+	}
+	p.step(payID, "guest paid through the payment platform: receipt signed by key %s, money held in escrow", pay.Msg.Receipt.KeyId)
+	if _, err := guest.Sessions.Confirm(ctx, connect.NewRequest(&sharespotv1.ConfirmRequest{SessionId: sid, Receipt: pay.Msg.Receipt})); err != nil {
+		return 0, fmt.Errorf("demo: confirm: %w", err)
+	}
+	p.step(confirmID, "payment-success response → server → host; the host checks the platform's signature")
+	return q.AmountMinor, nil
+}
+
+func next(ctx context.Context, inbox <-chan *sharespotv1.Envelope, match func(*sharespotv1.Envelope) bool) (*sharespotv1.Envelope, error) {
+	timeout := time.After(30 * time.Second)
+	for {
+		select {
+		case e := <-inbox:
+			if match(e) {
+				return e, nil
+			}
+			if d := e.GetDeclined(); d != nil {
+				return nil, fmt.Errorf("demo: declined: %s", d.Reason)
+			}
+		case <-timeout:
+			return nil, errors.New("demo: no answer within 30 s")
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+func newDevice(ctx context.Context, url, name string) (*client.Client, error) {
+	_, key, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	c := client.New(url, key, client.Options{DeviceName: name})
+	if err := c.SignIn(ctx); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// socksClient is an HTTP client whose connections go through the gateway
+// as SOCKS5 with the session's credentials.
+func socksClient(gwAddr, user, pass string) *http.Client {
+	d, _ := proxy.SOCKS5("tcp", gwAddr, &proxy.Auth{User: user, Password: pass}, proxy.Direct)
+	cd := d.(proxy.ContextDialer)
+	return &http.Client{Transport: &http.Transport{DialContext: cd.DialContext, DisableKeepAlives: true}}
+}
+
+// download fetches up to total bytes in chunks, stopping at the first
+// error (the gateway cutting the guest off), and returns the body bytes.
+func download(ctx context.Context, c *http.Client, origin string, total, chunk int64) (int64, error) {
+	var got int64
+	for got < total {
+		n := min(chunk, total-got)
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("%s/bytes?n=%d", origin, n), nil)
+		res, err := c.Do(req)
+		if err != nil {
+			return got, err
+		}
+		m, err := io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		got += m
+		if err != nil {
+			return got, err
+		}
+		if m != n {
+			return got, io.ErrUnexpectedEOF
+		}
+	}
+	return got, nil
+}
+
+func describeCut(err error) string {
+	if err == nil {
+		return "not cut"
+	}
+	return "connection closed at the limit"
+}
+
+func short(id string) string {
+	if len(id) > 7 {
+		return id[:7]
+	}
+	return id
+}
+
+// showLedger prints the wallets involved and checks the ledger sums to zero.
+func showLedger(ctx context.Context, w io.Writer, st *store.Store, guest, host *client.Client) error {
+	return st.Read(ctx, func(tx *store.Tx) error {
+		fmt.Fprintln(w, "\nledger")
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
+		rows := []struct{ name, id string }{
+			{"guest wallet", ledger.Wallet(guest.AccountID(), "EUR").ID},
+			{"host wallet", ledger.Wallet(host.AccountID(), "EUR").ID},
+			{"platform fees", ledger.Fee("EUR").ID},
+			{"funding (outside money)", ledger.Funding("EUR").ID},
+		}
+		for _, r := range rows {
+			b, err := ledger.Balance(tx, r.id)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(tw, "       %s\t%s\t\n", r.name, client.FormatMoney(b, "EUR"))
+		}
+		tw.Flush()
+		a, err := ledger.Check(tx)
+		if err != nil {
+			return err
+		}
+		if !a.OK() {
+			return fmt.Errorf("demo: ledger does not balance: %s", a)
+		}
+		fmt.Fprintf(w, "       all balances sum to %s: no money created or destroyed\n", client.FormatMoney(a.Sums["EUR"], "EUR"))
+		return nil
+	})
+}
+
+// indent prefixes every line written through it.
+type indent struct {
+	w      io.Writer
+	prefix string
+	mid    bool
+}
+
+func (d *indent) Write(p []byte) (int, error) {
+	for i, b := range p {
+		if !d.mid {
+			io.WriteString(d.w, d.prefix)
+			d.mid = true
+		}
+		if _, err := d.w.Write(p[i : i+1]); err != nil {
+			return i, err
+		}
+		if b == '\n' {
+			d.mid = false
+		}
+	}
+	return len(p), nil
+}
+
+type stringsBuilder struct{ b []byte }
+
+func (s *stringsBuilder) Write(p []byte) (int, error) { s.b = append(s.b, p...); return len(p), nil }
+func (s *stringsBuilder) String() string {
+	b := s.b
+	for len(b) > 0 && (b[len(b)-1] == '\n') {
+		b = b[:len(b)-1]
+	}
+	return string(b)
+}

@@ -1,0 +1,190 @@
+package gateway
+
+import (
+	"bytes"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+)
+
+// fileVersion is the FileStore format version.
+const fileVersion = 1
+
+// FileStore is a [Store] in one JSON file. Every Save writes the whole file
+// to a temporary file in the same directory, syncs it, renames it over the
+// old one and syncs the directory, so the file always holds either the old
+// or the new state. It suits a host with a handful of live sessions.
+type FileStore struct {
+	path string
+
+	mu   sync.Mutex
+	recs map[string]Record
+}
+
+var _ Store = (*FileStore)(nil)
+
+type fileDoc struct {
+	Version  int          `json:"version"`
+	Sessions []fileRecord `json:"sessions"`
+}
+
+type fileRecord struct {
+	SessionID        string `json:"session"`
+	CredentialSHA256 string `json:"credential_sha256"`
+	Quota            int64  `json:"quota"`
+	Used             int64  `json:"used"`
+	Threshold        int64  `json:"threshold,omitempty"`
+	Warned           bool   `json:"warned,omitempty"`
+}
+
+// OpenFileStore opens (or, on first Save, creates) the store at path. A
+// file that exists but cannot be read or is malformed is an error: starting
+// without it would give the sessions in it their data again.
+func OpenFileStore(path string) (*FileStore, error) {
+	f := &FileStore{path: path, recs: map[string]Record{}}
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return f, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("gateway: read store: %w", err)
+	}
+	var doc fileDoc
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&doc); err != nil {
+		return nil, fmt.Errorf("gateway: parse store %s: %w", path, err)
+	}
+	if doc.Version != fileVersion {
+		return nil, fmt.Errorf("gateway: store %s has version %d, want %d", path, doc.Version, fileVersion)
+	}
+	for _, r := range doc.Sessions {
+		rec, err := r.record()
+		if err != nil {
+			return nil, fmt.Errorf("gateway: store %s: %w", path, err)
+		}
+		if _, dup := f.recs[rec.SessionID]; dup {
+			return nil, fmt.Errorf("gateway: store %s: session %q twice", path, rec.SessionID)
+		}
+		f.recs[rec.SessionID] = rec
+	}
+	return f, nil
+}
+
+func (r fileRecord) record() (Record, error) {
+	rec := Record{SessionID: r.SessionID, Quota: r.Quota, Used: r.Used, Threshold: r.Threshold, Warned: r.Warned}
+	h, err := hex.DecodeString(r.CredentialSHA256)
+	if err != nil || len(h) != len(rec.CredentialHash) {
+		return Record{}, fmt.Errorf("session %q: malformed credential hash", r.SessionID)
+	}
+	copy(rec.CredentialHash[:], h)
+	if err := rec.check(); err != nil {
+		return Record{}, err
+	}
+	return rec, nil
+}
+
+func (rec Record) check() error {
+	if rec.SessionID == "" {
+		return errors.New("record without a session ID")
+	}
+	if rec.Quota < 0 || rec.Used < 0 || rec.Used > rec.Quota || rec.Threshold < 0 {
+		return fmt.Errorf("session %q: inconsistent volumes (used %d, quota %d, threshold %d)", rec.SessionID, rec.Used, rec.Quota, rec.Threshold)
+	}
+	return nil
+}
+
+// Load implements Store.
+func (f *FileStore) Load() ([]Record, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Collect(maps.Values(f.recs)), nil
+}
+
+// Save implements Store.
+func (f *FileStore) Save(put []Record, del []string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	next := maps.Clone(f.recs)
+	for _, id := range del {
+		delete(next, id)
+	}
+	for _, r := range put {
+		if err := r.check(); err != nil {
+			return fmt.Errorf("gateway: save: %w", err)
+		}
+		next[r.SessionID] = r
+	}
+	if err := f.write(next); err != nil {
+		return fmt.Errorf("gateway: save store %s: %w", f.path, err)
+	}
+	f.recs = next
+	return nil
+}
+
+func (f *FileStore) write(recs map[string]Record) error {
+	doc := fileDoc{Version: fileVersion, Sessions: []fileRecord{}}
+	for _, id := range slices.Sorted(maps.Keys(recs)) {
+		r := recs[id]
+		doc.Sessions = append(doc.Sessions, fileRecord{
+			SessionID: r.SessionID, CredentialSHA256: hex.EncodeToString(r.CredentialHash[:]),
+			Quota: r.Quota, Used: r.Used, Threshold: r.Threshold, Warned: r.Warned,
+		})
+	}
+	b, err := json.MarshalIndent(doc, "", "  ")
+	if err != nil {
+		return err
+	}
+	b = append(b, '\n')
+	dir, base := filepath.Split(f.path)
+	if dir == "" {
+		dir = "."
+	}
+	tmp, err := os.CreateTemp(dir, "."+strings.TrimPrefix(base, ".")+".tmp-*")
+	if err != nil {
+		return err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	if _, err := tmp.Write(b); err != nil {
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp.Name(), f.path); err != nil {
+		return err
+	}
+	ok = true
+	return syncDir(dir)
+}
+
+// syncDir makes a rename in dir durable. Not every OS can sync a
+// directory; where it cannot, the rename is as durable as the OS makes it.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil && !errors.Is(err, os.ErrInvalid) && !errors.Is(err, errors.ErrUnsupported) {
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,141 @@
+// Package gateway is the host's metering gateway: the part that lets a
+// guest online with its access code (C1.8), counts the guest's bytes,
+// enforces the granted volume exactly, tells the host when the remaining
+// volume falls below the warning level (which drives the low-quota prompt,
+// C1.9) and raises the volume in place after a top-up (C1.15).
+//
+// Two implementations sit behind [Gateway]: package proxy (userspace SOCKS5
+// and HTTP CONNECT, no root, any OS) and, later, an nftables one (Linux
+// kernel counters and quotas). Both persist usage through a [Store] so that
+// a restart never hands out data twice; [FileStore] is the file-backed one.
+package gateway
+
+import (
+	"context"
+	"errors"
+)
+
+// Grant is what the host admits a session with.
+type Grant struct {
+	// SessionID names the session; guests present it as their user name.
+	// 1 to 255 bytes, no ':' (it must fit a SOCKS5 user name and an HTTP
+	// Basic user-id).
+	SessionID string
+	// Credential is the access code's raw bytes (seal.AccessCodeSize of
+	// them); guests present it in seal.FormatCode form. The gateway keeps
+	// only its SHA-256.
+	Credential []byte
+	// Quota is the volume granted, in bytes (> 0).
+	Quota int64
+	// Threshold is the warning level in bytes: when the remaining volume
+	// (Quota − used) falls below it, the gateway sends ThresholdCrossed.
+	// 0 disables the warning.
+	Threshold int64
+}
+
+// EventKind says what happened to a session.
+type EventKind int
+
+// Event kinds.
+const (
+	// ThresholdCrossed: the remaining volume fell below the session's
+	// Threshold. Sent once per crossing: again only after an Extend has
+	// lifted the remaining volume back to at least Threshold.
+	ThresholdCrossed EventKind = iota + 1
+	// Exhausted: used reached quota; the session's connections are closed
+	// and new ones refused until an Extend.
+	Exhausted
+	// FirstTraffic: the session's first byte passed (the guest is online).
+	FirstTraffic
+	// Idle: no byte has passed for the gateway's idle period after some
+	// traffic. Sent once per idle period.
+	Idle
+)
+
+func (k EventKind) String() string {
+	switch k {
+	case ThresholdCrossed:
+		return "threshold-crossed"
+	case Exhausted:
+		return "exhausted"
+	case FirstTraffic:
+		return "first-traffic"
+	case Idle:
+		return "idle"
+	}
+	return "unknown"
+}
+
+// Event reports a change in one session's metering. Used and Quota are the
+// values at the moment the event happened.
+type Event struct {
+	Kind      EventKind
+	SessionID string
+	Used      int64
+	Quota     int64
+}
+
+// Gateway meters and enforces each admitted session's volume.
+//
+// Bytes are payload bytes relayed for the guest, both directions summed
+// (download plus upload); each implementation documents exactly what it
+// counts. No implementation lets more than Quota bytes through, even across
+// crashes and restarts.
+type Gateway interface {
+	// Admit lets a session in with a credential and a volume. Admitting
+	// the same session again with the same credential is a no-op (usage
+	// and quota are kept); with another credential it fails with
+	// ErrSessionExists. It returns once the grant is durable.
+	Admit(ctx context.Context, g Grant) error
+	// Extend raises a session's quota by bytes in place: usage is kept,
+	// live connections stay up. It returns once the new quota is durable.
+	Extend(ctx context.Context, sessionID string, bytes int64) error
+	// Revoke ends a session's access and cuts its live connections.
+	Revoke(ctx context.Context, sessionID string) error
+	// Usage returns the bytes a session has used and its quota.
+	Usage(sessionID string) (used, quota int64, err error)
+	// Events delivers metering events.
+	Events() <-chan Event
+	// Run serves guests until ctx ends.
+	Run(ctx context.Context) error
+	// Addr is the host:port guests reach the gateway at.
+	Addr() string
+}
+
+// Errors returned (wrapped) by gateways; test with errors.Is.
+var (
+	// ErrUnknownSession: no session by that ID was admitted.
+	ErrUnknownSession = errors.New("gateway: unknown session")
+	// ErrSessionExists: the session was admitted with another credential.
+	ErrSessionExists = errors.New("gateway: session already admitted with another credential")
+	// ErrRevoked: the session was revoked.
+	ErrRevoked = errors.New("gateway: session revoked")
+	// ErrInvalid: a grant or an extension is malformed.
+	ErrInvalid = errors.New("gateway: invalid argument")
+)
+
+// Record is one session's durable metering state.
+type Record struct {
+	SessionID string
+	// CredentialHash is the SHA-256 of the access code.
+	CredentialHash [32]byte
+	Quota          int64
+	// Used is an upper bound on the bytes the session has used: the
+	// gateway saves it before the bytes pass, so after a crash the true
+	// usage is at most Used and a restarted gateway must treat all of it
+	// as used.
+	Used      int64
+	Threshold int64
+	// Warned: ThresholdCrossed was sent and not re-armed since.
+	Warned bool
+}
+
+// Store keeps metering records across restarts. Implementations must make
+// each Save atomic and durable (all or nothing, on stable storage when it
+// returns). A gateway serialises its calls.
+type Store interface {
+	// Load returns every record saved.
+	Load() ([]Record, error)
+	// Save upserts put and deletes the sessions named in del.
+	Save(put []Record, del []string) error
+}

@@ -1,0 +1,67 @@
+// Package proxy is the userspace metering gateway: one TCP listener that
+// speaks SOCKS5 (RFC 1928, CONNECT only, with the username/password method
+// of RFC 1929) and HTTP CONNECT, told apart by the first byte (0x05 is
+// SOCKS5, anything else HTTP). It needs no root and runs on any OS.
+//
+// # Credentials
+//
+// A guest authenticates with user name = session ID and password = the
+// access code as seal.FormatCode prints it: in SOCKS5 through RFC 1929, in
+// HTTP through "Proxy-Authorization: Basic base64(session:code)". The
+// gateway keeps only the SHA-256 of each code and compares hashes in
+// constant time. Wrong or missing credentials get the protocol's refusal
+// (SOCKS5 method 0xFF or auth status 0x01; HTTP 407), malformed or
+// over-long handshakes a clean refusal (SOCKS5 reply codes; HTTP 400/431),
+// and the connection is closed.
+//
+// # What is counted
+//
+// Payload bytes relayed for the guest, both directions summed: bytes
+// written to the guest (download) plus bytes written to the destination
+// (upload). Handshake bytes, TCP/IP headers, retransmissions and the DNS
+// lookups the gateway makes for the guest are not counted. A byte counts
+// when it is written to the kernel's socket buffer; a byte read from one
+// side but never written to the other (the connection broke, or the quota
+// ran out) is not counted.
+//
+// # Exact enforcement
+//
+// All connections of a session draw on one budget. Before a copy step a
+// connection reserves budget (at most quota − used − reserved, so the sum
+// of all reservations and all use never exceeds the quota), copies at most
+// that many bytes, then commits what it wrote and releases the rest. On
+// Linux the copy step is io.CopyN between two *net.TCPConn, which Go turns
+// into splice(2) (no userspace copy); a connection first waits for its
+// source to become readable (MSG_PEEK, without holding budget) and gives
+// back an unused reservation if the source pauses for 200 ms, so idle
+// connections do not sit on budget other connections need. Elsewhere, and
+// for bytes that arrived with the handshake, the copy reads into a buffer
+// first and then reserves budget for what it read, waiting if the rest of
+// the budget is reserved by other connections. Either way no byte past the
+// quota is ever written. When used reaches quota the gateway sends
+// Exhausted and closes every connection of the session; when quota − used
+// first falls below the grant's threshold it sends ThresholdCrossed. Both
+// are sent from the copy step that caused them, not by polling.
+//
+// # Crash safety
+//
+// Usage survives restarts through a gateway.Store. The gateway saves, ahead
+// of use, an upper bound W on each session's usage (Record.Used): a
+// connection may only reserve budget below the W that is already durable,
+// and the gateway raises W by a lead of PersistAhead bytes (default 256 KiB)
+// in the background when use gets within half a lead of it, so the copy only
+// waits for the disk when the disk is slower than the traffic (then the lead
+// doubles, up to 32 × PersistAhead = 8 MiB by default). On restart the
+// gateway takes W as used. Hence:
+//
+//   - after a crash a guest never gets more than the paid quota in total;
+//   - a crash can cost a session at most its current lead of paid bytes
+//     (256 KiB by default, at most 8 MiB under sustained transfers faster
+//     than the store) — only for sessions with open connections: once a
+//     session has no connections, the next save (at most 1 s later) records
+//     its exact usage;
+//   - Admit, Extend and Revoke return only once their change is durable;
+//     Exhausted and a clean shutdown (Run returning) save exact usage.
+//
+// Without a Store (Config.Store nil) usage lives only in memory: for tests.
+package proxy

@@ -1,0 +1,648 @@
+package proxy
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"math"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/sharespot/sharespot/internal/gateway"
+	"github.com/sharespot/sharespot/internal/seal"
+)
+
+// Defaults for Config's zero fields.
+const (
+	DefaultAddr               = "127.0.0.1:0"
+	DefaultHandshakeTimeout   = 10 * time.Second
+	DefaultDialTimeout        = 10 * time.Second
+	DefaultIdleTimeout        = 5 * time.Minute
+	DefaultIdleAfter          = time.Minute
+	DefaultMaxConns           = 1024
+	DefaultMaxConnsPerSession = 64
+	DefaultPersistAhead       = 256 << 10
+)
+
+const (
+	// maxLeadFactor bounds the save-ahead lead at this many PersistAhead.
+	maxLeadFactor = 32
+	// copyChunk is the largest reservation of one splice step.
+	copyChunk = 256 << 10
+	// bufSize is the buffer of the userspace copy.
+	bufSize = 32 << 10
+	// holdTimeout: a splice step whose source pauses this long gives its
+	// unused reservation back.
+	holdTimeout = 200 * time.Millisecond
+	// maxHandshake bounds the bytes read before a handshake completes.
+	maxHandshake = 16 << 10
+	// lingerTimeout bounds how long a refused connection lingers.
+	lingerTimeout = 500 * time.Millisecond
+	// saveRetry is the pause after a failed save.
+	saveRetry = 250 * time.Millisecond
+	// saveEvery is the period of the background save.
+	saveEvery = time.Second
+)
+
+// Config configures a Proxy. Zero fields take the defaults above.
+type Config struct {
+	// Addr is the TCP address to listen on.
+	Addr string
+	// Advertise is the host:port guests are told to use (Addr()); default
+	// the listener's address.
+	Advertise string
+	// Store keeps usage across restarts; nil keeps it only in memory.
+	Store gateway.Store
+	// Log receives diagnostics; never a secret.
+	Log *slog.Logger
+
+	// HandshakeTimeout bounds the time from accept to a relayed connection.
+	HandshakeTimeout time.Duration
+	// DialTimeout bounds connecting to the destination.
+	DialTimeout time.Duration
+	// IdleTimeout closes a connection with no byte in either direction for
+	// this long; it is also the write deadline of each copy step.
+	IdleTimeout time.Duration
+	// IdleAfter is how long a session goes without traffic before the
+	// Idle event.
+	IdleAfter time.Duration
+	// MaxConns bounds all open connections, handshakes included.
+	MaxConns int
+	// MaxConnsPerSession bounds one session's relayed connections.
+	MaxConnsPerSession int
+	// RateLimit, if > 0, bounds each session to this many bytes per
+	// second, both directions together.
+	RateLimit int64
+	// PersistAhead is the initial lead of the usage bound saved ahead of
+	// use; see the package documentation.
+	PersistAhead int64
+	// AllowDestination says whether guests may connect to an address;
+	// default DefaultDestinations. The gateway's own listening address is
+	// always refused.
+	AllowDestination func(netip.AddrPort) bool
+
+	noSplice bool // tests: force the userspace copy
+}
+
+// DefaultDestinations allows unicast addresses except loopback, link-local
+// and unspecified ones (a guest must not reach the host's own services or
+// its cloud metadata endpoint through the gateway). Private networks are
+// allowed: a guest on the host's Wi-Fi reaches them anyway.
+func DefaultDestinations(ap netip.AddrPort) bool {
+	a := ap.Addr().Unmap()
+	if !a.IsValid() || ap.Port() == 0 || a.IsLoopback() || a.IsUnspecified() || a.IsMulticast() ||
+		a.IsLinkLocalUnicast() || a.IsLinkLocalMulticast() || a.IsInterfaceLocalMulticast() {
+		return false
+	}
+	if a.Is4() && (a.As4()[0] == 0 || a == netip.AddrFrom4([4]byte{255, 255, 255, 255})) {
+		return false
+	}
+	return true
+}
+
+// Proxy is the userspace metering gateway.
+//
+// Lock order: saveMu, then mu, then a session's mu, then evMu.
+type Proxy struct {
+	cfg    Config
+	log    *slog.Logger
+	store  gateway.Store
+	ln     net.Listener
+	self   netip.AddrPort
+	dialer net.Dialer
+	epoch  time.Time
+	dummy  [32]byte // compared against when the session is unknown
+
+	saveMu sync.Mutex
+
+	mu       sync.Mutex
+	sessions map[string]*session
+	conns    map[*pconn]struct{}
+	stopping bool
+	connWG   sync.WaitGroup
+
+	evMu     sync.Mutex
+	evq      []gateway.Event
+	evSignal chan struct{}
+	events   chan gateway.Event
+
+	saveReq   chan struct{}
+	running   atomic.Bool
+	closeOnce sync.Once
+}
+
+var _ gateway.Gateway = (*Proxy)(nil)
+
+// New loads the store and opens the listener; Run serves it.
+func New(cfg Config) (*Proxy, error) {
+	if cfg.Addr == "" {
+		cfg.Addr = DefaultAddr
+	}
+	setDefault(&cfg.HandshakeTimeout, DefaultHandshakeTimeout)
+	setDefault(&cfg.DialTimeout, DefaultDialTimeout)
+	setDefault(&cfg.IdleTimeout, DefaultIdleTimeout)
+	setDefault(&cfg.IdleAfter, DefaultIdleAfter)
+	setDefault(&cfg.MaxConns, DefaultMaxConns)
+	setDefault(&cfg.MaxConnsPerSession, DefaultMaxConnsPerSession)
+	setDefault(&cfg.PersistAhead, DefaultPersistAhead)
+	if cfg.AllowDestination == nil {
+		cfg.AllowDestination = DefaultDestinations
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.RateLimit < 0 {
+		return nil, fmt.Errorf("proxy: negative rate limit: %w", gateway.ErrInvalid)
+	}
+	p := &Proxy{
+		cfg: cfg, log: cfg.Log, store: cfg.Store, epoch: time.Now(),
+		sessions: map[string]*session{}, conns: map[*pconn]struct{}{},
+		evSignal: make(chan struct{}, 1), events: make(chan gateway.Event, 64),
+		saveReq: make(chan struct{}, 1),
+	}
+	rand.Read(p.dummy[:])
+	p.dialer = net.Dialer{Timeout: cfg.DialTimeout, ControlContext: p.control}
+	if p.store != nil {
+		recs, err := p.store.Load()
+		if err != nil {
+			return nil, fmt.Errorf("proxy: load usage: %w", err)
+		}
+		for _, r := range recs {
+			s := p.newSession(r.SessionID, r.CredentialHash, r.Quota, r.Threshold)
+			s.used, s.durable, s.warned = r.Used, r.Used, r.Warned
+			s.seen = r.Used > 0
+			s.exhausted = r.Used >= r.Quota
+			s.inStore, s.saved = true, r
+			p.sessions[r.SessionID] = s
+		}
+	}
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("proxy: listen on %s: %w", cfg.Addr, err)
+	}
+	p.ln = ln
+	p.self = ln.Addr().(*net.TCPAddr).AddrPort()
+	return p, nil
+}
+
+func setDefault[T comparable](v *T, d T) {
+	var zero T
+	if *v == zero {
+		*v = d
+	}
+}
+
+func (p *Proxy) newSession(id string, hash [32]byte, quota, threshold int64) *session {
+	s := &session{
+		p: p, id: id, hash: hash, threshold: threshold, quota: quota, chunk: copyChunk,
+		lead: p.cfg.PersistAhead, conns: map[*pconn]struct{}{}, durable: math.MaxInt64,
+	}
+	if p.store != nil {
+		s.durable = 0
+	}
+	if p.cfg.RateLimit > 0 {
+		// Each copy step pays for what it wrote afterwards, so a step
+		// never exceeds the burst.
+		burst := min(copyChunk, max(bufSize, p.cfg.RateLimit/8))
+		s.lim = rate.NewLimiter(rate.Limit(p.cfg.RateLimit), int(burst))
+		s.chunk = burst
+	}
+	return s
+}
+
+// Addr implements gateway.Gateway.
+func (p *Proxy) Addr() string {
+	if p.cfg.Advertise != "" {
+		return p.cfg.Advertise
+	}
+	return p.ln.Addr().String()
+}
+
+// Events implements gateway.Gateway. The channel is closed when Run
+// returns; events still queued then are dropped.
+func (p *Proxy) Events() <-chan gateway.Event { return p.events }
+
+// Admit implements gateway.Gateway.
+func (p *Proxy) Admit(ctx context.Context, g gateway.Grant) error {
+	switch {
+	case g.SessionID == "" || len(g.SessionID) > 255 || strings.ContainsAny(g.SessionID, ":\x00"):
+		return fmt.Errorf("proxy: admit: session ID must be 1–255 bytes without ':': %w", gateway.ErrInvalid)
+	case len(g.Credential) != seal.AccessCodeSize:
+		return fmt.Errorf("proxy: admit %s: credential must be %d bytes: %w", g.SessionID, seal.AccessCodeSize, gateway.ErrInvalid)
+	case g.Quota <= 0 || g.Threshold < 0:
+		return fmt.Errorf("proxy: admit %s: quota %d, threshold %d: %w", g.SessionID, g.Quota, g.Threshold, gateway.ErrInvalid)
+	}
+	hash := sha256.Sum256(g.Credential)
+	p.mu.Lock()
+	if s := p.sessions[g.SessionID]; s != nil {
+		p.mu.Unlock()
+		s.mu.Lock()
+		revoked := s.revoked
+		s.mu.Unlock()
+		switch {
+		case revoked:
+			return fmt.Errorf("proxy: admit %s: %w", g.SessionID, gateway.ErrRevoked)
+		case subtle.ConstantTimeCompare(s.hash[:], hash[:]) != 1:
+			return fmt.Errorf("proxy: admit %s: %w", g.SessionID, gateway.ErrSessionExists)
+		}
+		return p.save()
+	}
+	s := p.newSession(g.SessionID, hash, g.Quota, g.Threshold)
+	p.sessions[g.SessionID] = s
+	p.mu.Unlock()
+	if err := p.save(); err != nil {
+		p.mu.Lock()
+		delete(p.sessions, g.SessionID)
+		p.mu.Unlock()
+		s.mu.Lock()
+		s.revoked = true
+		cut := s.connsLocked()
+		s.wakeLocked()
+		s.mu.Unlock()
+		for _, c := range cut {
+			c.close()
+		}
+		return fmt.Errorf("proxy: admit %s: %w", g.SessionID, err)
+	}
+	p.log.Info("session admitted", "session", g.SessionID, "quota", g.Quota)
+	return nil
+}
+
+func (p *Proxy) session(id string) (*session, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	s := p.sessions[id]
+	if s == nil {
+		return nil, fmt.Errorf("proxy: session %s: %w", id, gateway.ErrUnknownSession)
+	}
+	return s, nil
+}
+
+// Extend implements gateway.Gateway.
+func (p *Proxy) Extend(ctx context.Context, sessionID string, bytes int64) error {
+	s, err := p.session(sessionID)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	switch {
+	case s.revoked:
+		s.mu.Unlock()
+		return fmt.Errorf("proxy: extend %s: %w", sessionID, gateway.ErrRevoked)
+	case bytes <= 0 || s.quota > math.MaxInt64-bytes:
+		s.mu.Unlock()
+		return fmt.Errorf("proxy: extend %s by %d bytes: %w", sessionID, bytes, gateway.ErrInvalid)
+	}
+	s.quota += bytes
+	if s.used < s.quota {
+		s.exhausted = false
+	}
+	if s.quota-s.used >= s.threshold {
+		s.warned = false
+	}
+	s.wakeLocked()
+	s.mu.Unlock()
+	if err := p.save(); err != nil {
+		return fmt.Errorf("proxy: extend %s: %w", sessionID, err)
+	}
+	return nil
+}
+
+// Revoke implements gateway.Gateway. The session's usage stays readable
+// through Usage until the process ends; the store forgets it.
+func (p *Proxy) Revoke(ctx context.Context, sessionID string) error {
+	s, err := p.session(sessionID)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.revoked = true
+	cut := s.connsLocked()
+	s.wakeLocked()
+	if s.idle != nil {
+		s.idle.Stop()
+	}
+	s.mu.Unlock()
+	for _, c := range cut {
+		c.close()
+	}
+	if err := p.save(); err != nil {
+		return fmt.Errorf("proxy: revoke %s: %w", sessionID, err)
+	}
+	return nil
+}
+
+// Usage implements gateway.Gateway. For a session restored from the store,
+// used includes the bound saved ahead of use before the restart.
+func (p *Proxy) Usage(sessionID string) (used, quota int64, err error) {
+	s, err := p.session(sessionID)
+	if err != nil {
+		return 0, 0, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.used, s.quota, nil
+}
+
+// authenticate returns the session whose ID is user and whose access code
+// pass is, or nil. The code is compared as a hash, in constant time.
+func (p *Proxy) authenticate(user, pass string) *session {
+	p.mu.Lock()
+	s := p.sessions[user]
+	p.mu.Unlock()
+	want := p.dummy
+	if s != nil {
+		want = s.hash
+	}
+	code, err := seal.ParseCode(pass)
+	var got [32]byte
+	if err == nil {
+		got = sha256.Sum256(code)
+	}
+	if subtle.ConstantTimeCompare(got[:], want[:]) != 1 || err != nil || s == nil {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.revoked {
+		return nil
+	}
+	return s
+}
+
+// control refuses destinations the gateway must not connect to. It runs
+// on every address the dialer tries, after name resolution.
+func (p *Proxy) control(_ context.Context, network, address string, _ syscall.RawConn) error {
+	if network != "tcp4" && network != "tcp6" {
+		return fmt.Errorf("network %s: %w", network, errDestination)
+	}
+	ap, err := netip.ParseAddrPort(address)
+	if err != nil {
+		return fmt.Errorf("%w: %v", errDestination, err)
+	}
+	if p.isSelf(ap) || !p.cfg.AllowDestination(ap) {
+		return errDestination
+	}
+	return nil
+}
+
+// isSelf reports whether ap may reach the gateway's own listener.
+func (p *Proxy) isSelf(ap netip.AddrPort) bool {
+	if ap.Port() != p.self.Port() {
+		return false
+	}
+	a, self := ap.Addr().Unmap(), p.self.Addr().Unmap()
+	if a == self || a.IsLoopback() || a.IsUnspecified() {
+		return true
+	}
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return true // cannot tell: refuse
+	}
+	for _, ia := range addrs {
+		if n, ok := ia.(*net.IPNet); ok {
+			if ip, ok := netip.AddrFromSlice(n.IP); ok && ip.Unmap() == a {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// Run implements gateway.Gateway: it serves guests until ctx ends or Close
+// is called, then closes every connection, saves exact usage and returns.
+func (p *Proxy) Run(ctx context.Context) error {
+	if !p.running.CompareAndSwap(false, true) {
+		return errors.New("proxy: Run called twice")
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var bg sync.WaitGroup
+	bg.Go(func() { p.pumpEvents(ctx) })
+	bg.Go(func() { p.saver(ctx) })
+	stop := context.AfterFunc(ctx, p.closeListener)
+	defer stop()
+
+	err := p.accept(ctx)
+	p.closeListener()
+	cancel()
+	p.mu.Lock()
+	p.stopping = true
+	cut := slices.Collect(maps.Keys(p.conns))
+	p.mu.Unlock()
+	for _, c := range cut {
+		c.close()
+	}
+	p.connWG.Wait()
+	bg.Wait()
+	close(p.events)
+	if serr := p.save(); serr != nil {
+		err = errors.Join(err, serr)
+	}
+	return err
+}
+
+// Close stops accepting and, if Run is serving, makes it return. It is safe
+// to call when Run was never called, and more than once.
+func (p *Proxy) Close() error {
+	p.closeListener()
+	return nil
+}
+
+func (p *Proxy) closeListener() {
+	p.closeOnce.Do(func() { p.ln.Close() })
+}
+
+func (p *Proxy) accept(ctx context.Context) error {
+	var backoff time.Duration
+	for {
+		conn, err := p.ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
+				errors.Is(err, syscall.ECONNABORTED) {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				p.log.Warn("accept failed; retrying", "err", err, "in", backoff)
+				select {
+				case <-time.After(backoff):
+					continue
+				case <-ctx.Done():
+					return nil
+				}
+			}
+			return fmt.Errorf("proxy: accept: %w", err)
+		}
+		backoff = 0
+		c := &pconn{p: p, client: conn}
+		c.ctx, c.cancel = context.WithCancel(ctx)
+		p.mu.Lock()
+		if p.stopping || len(p.conns) >= p.cfg.MaxConns {
+			p.mu.Unlock()
+			c.cancel()
+			conn.Close()
+			p.log.Debug("connection refused: limit reached", "remote", conn.RemoteAddr())
+			continue
+		}
+		p.conns[c] = struct{}{}
+		p.connWG.Add(1)
+		p.mu.Unlock()
+		go p.serve(c)
+	}
+}
+
+func (p *Proxy) forget(c *pconn) {
+	p.mu.Lock()
+	delete(p.conns, c)
+	p.mu.Unlock()
+	p.connWG.Done()
+}
+
+// emit queues an event for delivery.
+func (p *Proxy) emit(e gateway.Event) {
+	p.evMu.Lock()
+	p.evq = append(p.evq, e)
+	p.evMu.Unlock()
+	select {
+	case p.evSignal <- struct{}{}:
+	default:
+	}
+}
+
+func (p *Proxy) pumpEvents(ctx context.Context) {
+	for {
+		p.evMu.Lock()
+		q := p.evq
+		p.evq = nil
+		p.evMu.Unlock()
+		for _, e := range q {
+			select {
+			case p.events <- e:
+			case <-ctx.Done():
+				return
+			}
+		}
+		if len(q) > 0 {
+			continue
+		}
+		select {
+		case <-p.evSignal:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// requestSave asks the saver for a save soon, without waiting.
+func (p *Proxy) requestSave() {
+	select {
+	case p.saveReq <- struct{}{}:
+	default:
+	}
+}
+
+// saver saves on request and every saveEvery while Run runs.
+func (p *Proxy) saver(ctx context.Context) {
+	if p.store == nil {
+		return
+	}
+	t := time.NewTicker(saveEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-p.saveReq:
+		case <-t.C:
+		}
+		if err := p.save(); err != nil {
+			p.log.Error("cannot save usage; traffic waits", "err", err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(saveRetry):
+			}
+		}
+	}
+}
+
+// save writes every session whose record changed, then lets connections
+// use the budget the new records cover.
+func (p *Proxy) save() error {
+	if p.store == nil {
+		return nil
+	}
+	p.saveMu.Lock()
+	defer p.saveMu.Unlock()
+	p.mu.Lock()
+	all := slices.Collect(maps.Values(p.sessions))
+	p.mu.Unlock()
+	type change struct {
+		s   *session
+		rec gateway.Record
+		del bool
+	}
+	var (
+		changes []change
+		put     []gateway.Record
+		del     []string
+	)
+	for _, s := range all {
+		s.mu.Lock()
+		switch {
+		case s.revoked:
+			if s.inStore {
+				del = append(del, s.id)
+				changes = append(changes, change{s: s, del: true})
+			}
+		default:
+			rec := s.recordLocked()
+			if rec.Used < s.durable {
+				// Lowering is safe before the save: the store holds more.
+				s.durable = rec.Used
+			}
+			if !s.inStore || rec != s.saved {
+				put = append(put, rec)
+				changes = append(changes, change{s: s, rec: rec})
+			}
+		}
+		s.mu.Unlock()
+	}
+	if len(changes) == 0 {
+		return nil
+	}
+	if err := p.store.Save(put, del); err != nil {
+		return err
+	}
+	for _, c := range changes {
+		s := c.s
+		s.mu.Lock()
+		if c.del {
+			s.inStore = false
+		} else {
+			s.inStore, s.saved = true, c.rec
+			if c.rec.Used > s.durable {
+				s.durable = c.rec.Used
+				s.wakeLocked()
+			}
+			s.grewLead = false
+		}
+		s.mu.Unlock()
+	}
+	return nil
+}

@@ -1,0 +1,245 @@
+// Package hosting runs the host's side of Sharespot: the host agent that
+// answers the inbox (quote, verify, seal, grant), a metering gateway it
+// admits guests at, and the loop that turns the gateway's events into
+// low-quota prompts (C1.9) and usage reports. `sharespot share` and
+// `sharespot demo` both run it.
+package hosting
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"connectrpc.com/connect"
+
+	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
+	"github.com/sharespot/sharespot/internal/client"
+	"github.com/sharespot/sharespot/internal/gateway"
+)
+
+// Gate adapts a metering gateway to the host agent.
+type Gate struct {
+	GW gateway.Gateway
+	// Threshold is the warning level given to every admitted session.
+	Threshold int64
+}
+
+var _ client.Gate = (*Gate)(nil)
+
+// Admit implements client.Gate.
+func (g *Gate) Admit(sessionID string, code []byte, bytes int64) error {
+	return g.GW.Admit(context.Background(), gateway.Grant{SessionID: sessionID, Credential: code, Quota: bytes, Threshold: g.Threshold})
+}
+
+// Extend implements client.Gate.
+func (g *Gate) Extend(sessionID string, bytes int64) error {
+	return g.GW.Extend(context.Background(), sessionID, bytes)
+}
+
+// Revoke implements client.Gate.
+func (g *Gate) Revoke(sessionID string) { g.GW.Revoke(context.Background(), sessionID) }
+
+// Gateway implements client.Gate.
+func (g *Gate) Gateway() *sharespotv1.Gateway {
+	return &sharespotv1.Gateway{Kind: "proxy", Address: g.GW.Addr()}
+}
+
+// Host is a running host.
+type Host struct {
+	C  *client.Client
+	GW gateway.Gateway
+	// Threshold: the hotspot's low-quota warning level.
+	Threshold int64
+	// Decide may refuse requests; nil accepts all at the tariff.
+	Decide func(*sharespotv1.AccessRequested) (bool, string)
+	// CursorFile, if set, persists the last inbox message processed, so a
+	// restarted host handles each message once.
+	CursorFile string
+	// ReportEvery is how often usage of active sessions is reported.
+	ReportEvery time.Duration
+	// Notify, if set, hears what happens (for a live view).
+	Notify func(what string, sessionID string, used, quota int64)
+	Log    *slog.Logger
+
+	mu     sync.Mutex
+	active map[string]bool
+}
+
+// Run serves until ctx ends.
+func (h *Host) Run(ctx context.Context) error {
+	if h.Log == nil {
+		h.Log = slog.New(slog.DiscardHandler)
+	}
+	if h.ReportEvery <= 0 {
+		h.ReportEvery = 5 * time.Second
+	}
+	if h.Notify == nil {
+		h.Notify = func(string, string, int64, int64) {}
+	}
+	h.active = map[string]bool{}
+	agent := &client.Host{C: h.C, Gate: &Gate{GW: h.GW, Threshold: h.Threshold}, Decide: h.Decide, Log: h.Log}
+	if err := agent.Start(ctx); err != nil {
+		return err
+	}
+	if err := h.resume(ctx); err != nil {
+		return err
+	}
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); h.events(ctx) }()
+	go func() { defer wg.Done(); h.report(ctx) }()
+	after := h.loadCursor()
+	err := h.C.Receive(ctx, after, func(ctx context.Context, env *sharespotv1.Envelope) error {
+		if err := agent.Handle(ctx, env); err != nil {
+			return err
+		}
+		switch b := env.Body.(type) {
+		case *sharespotv1.Envelope_AccessRequested:
+			h.Notify("request", env.SessionId, 0, b.AccessRequested.Bytes)
+		case *sharespotv1.Envelope_PaymentConfirmed:
+			h.setActive(env.SessionId, true)
+			used, quota, _ := h.GW.Usage(env.SessionId)
+			h.Notify("granted", env.SessionId, used, quota)
+		case *sharespotv1.Envelope_SessionEnded:
+			h.setActive(env.SessionId, false)
+			s := b.SessionEnded.Session
+			h.Notify("ended", env.SessionId, s.UsedBytes, s.SettledHostMinor)
+		}
+		return nil
+	}, h.saveCursor)
+	wg.Wait()
+	if errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	return err
+}
+
+// resume picks up the host's open sessions from the server after a restart.
+func (h *Host) resume(ctx context.Context) error {
+	res, err := h.C.Sessions.ListSessions(ctx, connect.NewRequest(&sharespotv1.ListSessionsRequest{OpenOnly: true}))
+	if err != nil {
+		return err
+	}
+	for _, s := range res.Msg.Sessions {
+		if s.HostDeviceId == h.C.DeviceID() && s.State == sharespotv1.SessionState_SESSION_STATE_ACTIVE {
+			h.setActive(s.Id, true)
+		}
+	}
+	return nil
+}
+
+func (h *Host) setActive(id string, on bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if on {
+		h.active[id] = true
+	} else {
+		delete(h.active, id)
+	}
+}
+
+// events turns threshold crossings into C1.9 prompts and reports usage when
+// a session runs out.
+func (h *Host) events(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case ev, ok := <-h.GW.Events():
+			if !ok {
+				return
+			}
+			switch ev.Kind {
+			case gateway.ThresholdCrossed:
+				_, err := h.C.Sessions.Prompt(ctx, connect.NewRequest(&sharespotv1.PromptRequest{SessionId: ev.SessionID, UsedBytes: ev.Used}))
+				if err != nil {
+					h.Log.Warn("prompt", "session", ev.SessionID, "err", err)
+				}
+				h.Notify("low", ev.SessionID, ev.Used, ev.Quota)
+			case gateway.Exhausted:
+				h.reportOne(ctx, ev.SessionID)
+				h.Notify("exhausted", ev.SessionID, ev.Used, ev.Quota)
+			case gateway.FirstTraffic:
+				h.Notify("online", ev.SessionID, ev.Used, ev.Quota)
+			}
+		}
+	}
+}
+
+// report sends the metered usage of active sessions every ReportEvery.
+func (h *Host) report(ctx context.Context) {
+	t := time.NewTicker(h.ReportEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		h.mu.Lock()
+		ids := make([]string, 0, len(h.active))
+		for id := range h.active {
+			ids = append(ids, id)
+		}
+		h.mu.Unlock()
+		for _, id := range ids {
+			h.reportOne(ctx, id)
+		}
+	}
+}
+
+// ReportAll reports the final usage of every active session (on exit).
+func (h *Host) ReportAll(ctx context.Context) {
+	h.mu.Lock()
+	ids := make([]string, 0, len(h.active))
+	for id := range h.active {
+		ids = append(ids, id)
+	}
+	h.mu.Unlock()
+	for _, id := range ids {
+		h.reportOne(ctx, id)
+	}
+}
+
+func (h *Host) reportOne(ctx context.Context, id string) {
+	used, quota, err := h.GW.Usage(id)
+	if err != nil || used == 0 {
+		return
+	}
+	_, err = h.C.Sessions.ReportUsage(ctx, connect.NewRequest(&sharespotv1.ReportUsageRequest{SessionId: id, UsedBytes: min(used, quota)}))
+	if err != nil && ctx.Err() == nil {
+		h.Log.Debug("report usage", "session", id, "err", err)
+	}
+}
+
+func (h *Host) loadCursor() uint64 {
+	if h.CursorFile == "" {
+		return 0
+	}
+	b, err := os.ReadFile(h.CursorFile)
+	if err != nil {
+		return 0
+	}
+	n, _ := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	return n
+}
+
+// saveCursor persists the last processed sequence (write, then rename).
+func (h *Host) saveCursor(seq uint64) {
+	if h.CursorFile == "" {
+		return
+	}
+	tmp := h.CursorFile + ".tmp"
+	if err := os.WriteFile(tmp, []byte(strconv.FormatUint(seq, 10)+"\n"), 0o600); err != nil {
+		h.Log.Warn("save inbox cursor", "err", err)
+		return
+	}
+	if err := os.Rename(tmp, h.CursorFile); err != nil {
+		h.Log.Warn("save inbox cursor", "err", err)
+	}
+}
