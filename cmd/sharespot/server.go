@@ -35,6 +35,7 @@ type runEnv struct {
 type ServerCmd struct {
 	Listen            string        `default:"127.0.0.1:8474" env:"SHARESPOT_LISTEN" help:"Address to listen on."`
 	Data              string        `env:"SHARESPOT_DATA" help:"Data directory (default: the user's data directory)." placeholder:"DIR"`
+	DB                string        `name:"db" env:"SHARESPOT_DB" help:"Database: a postgres:// URL for PostgreSQL; empty for SQLite in the data directory." placeholder:"URL"`
 	TLSCert           string        `name:"tls-cert" env:"SHARESPOT_TLS_CERT" help:"TLS certificate (PEM)." type:"existingfile"`
 	TLSKey            string        `name:"tls-key" env:"SHARESPOT_TLS_KEY" help:"TLS private key (PEM)." type:"existingfile"`
 	InsecurePlaintext bool          `help:"Allow cleartext HTTP on a non-loopback address (only behind a TLS-terminating proxy)."`
@@ -61,9 +62,12 @@ func newLogger(w io.Writer, level string, json bool) *slog.Logger {
 }
 
 func (c *ServerCmd) config(log *slog.Logger) (server.Config, error) {
-	cfg := server.Config{DataDir: c.Data, TLSCert: c.TLSCert, TLSKey: c.TLSKey, Insecure: c.InsecurePlaintext, Logger: log}
+	cfg := server.Config{DataDir: c.Data, DB: c.DB, TLSCert: c.TLSCert, TLSKey: c.TLSKey, Insecure: c.InsecurePlaintext, Logger: log}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		return cfg, errors.New("--tls-cert and --tls-key go together")
+	}
+	if _, err := server.DBTarget(c.Data, c.DB); err != nil {
+		return cfg, fmt.Errorf("--db: %w", err)
 	}
 	sc := session.DefaultConfig()
 	sc.FeeBPS, sc.Announce = c.FeeBPS, c.AnnounceSuite
@@ -112,11 +116,11 @@ func (c *ServerCmd) Run(env *runEnv) error {
 	if c.TLSCert != "" {
 		scheme = "https"
 	}
-	dataDir := c.Data
-	if dataDir == "" {
-		dataDir = server.DefaultDataDir()
+	target, err := server.DBTarget(c.Data, c.DB)
+	if err != nil {
+		return err
 	}
-	fmt.Fprintf(env.stdout, "sharespot server listening on %s://%s (data: %s, protocol %d)\n", scheme, ln.Addr(), server.DBPath(dataDir), api.ProtocolVersion)
+	fmt.Fprintf(env.stdout, "sharespot server listening on %s://%s (data: %s, protocol %d)\n", scheme, ln.Addr(), store.Redact(target), api.ProtocolVersion)
 	err = srv.Serve(env.ctx, ln)
 	fmt.Fprintln(env.stdout, "sharespot server stopped")
 	return err
@@ -153,6 +157,7 @@ type WalletCmd struct {
 // WalletFundCmd funds a wallet directly in the server's database.
 type WalletFundCmd struct {
 	Data     string `env:"SHARESPOT_DATA" help:"The server's data directory." placeholder:"DIR"`
+	DB       string `name:"db" env:"SHARESPOT_DB" help:"The server's database, when it is PostgreSQL (a postgres:// URL)." placeholder:"URL"`
 	Account  string `help:"Account ID to fund." xor:"who"`
 	Device   string `help:"Device ID whose account to fund." xor:"who"`
 	Amount   int64  `required:"" help:"Amount in the currency's minor unit (cents for EUR)."`
@@ -165,11 +170,11 @@ func (c *WalletFundCmd) Run(env *runEnv) error {
 	if c.Account == "" && c.Device == "" {
 		return errors.New("name the wallet with --account or --device")
 	}
-	dataDir := c.Data
-	if dataDir == "" {
-		dataDir = server.DefaultDataDir()
+	target, err := server.DBTarget(c.Data, c.DB)
+	if err != nil {
+		return fmt.Errorf("--db: %w", err)
 	}
-	st, err := store.OpenSQLite(env.ctx, server.DBPath(dataDir), store.Options{})
+	st, err := store.Open(env.ctx, target, store.Options{})
 	if err != nil {
 		return err
 	}

@@ -205,6 +205,8 @@ func toConnect(log *slog.Logger, procedure string, err error) error {
 		return connect.NewError(connect.CodeCanceled, err)
 	case errors.Is(err, context.DeadlineExceeded):
 		return connect.NewError(connect.CodeDeadlineExceeded, err)
+	case errors.Is(err, store.ErrBusy):
+		return connect.NewError(connect.CodeUnavailable, errors.New("server busy; retry"))
 	case errors.Is(err, store.ErrClosed):
 		return connect.NewError(connect.CodeUnavailable, errors.New("server is shutting down; retry"))
 	}

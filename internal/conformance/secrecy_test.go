@@ -6,8 +6,6 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"sync"
 	"testing"
 
@@ -46,6 +44,7 @@ func TestCodeNeverStoredInPlaintext(t *testing.T) {
 	f := newFlow(t, func(c *server.Config) {
 		c.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	})
+	f.env.TapWrites(t) // PostgreSQL: keep what is written, as SQLite's files do
 	ses := f.pay(t)
 	_, g := harness.Next[*sharespotv1.Envelope_AccessGranted](t, f.guestIn)
 	code, err := f.g.OpenCode(ses.Id, f.host.DeviceID(), g.AccessGranted.SealedCode)
@@ -66,14 +65,7 @@ func TestCodeNeverStoredInPlaintext(t *testing.T) {
 		"base64":    []byte(base64.StdEncoding.EncodeToString(code)),
 		"base64url": []byte(base64.RawURLEncoding.EncodeToString(code)),
 	}
-	var db []byte
-	for _, name := range []string{"sharespot.db", "sharespot.db-wal"} {
-		b, err := os.ReadFile(filepath.Join(f.env.Dir, name))
-		if err != nil && !os.IsNotExist(err) {
-			t.Fatal(err)
-		}
-		db = append(db, b...)
-	}
+	db := f.env.DatabaseBytes(t)
 	if !bytes.Contains(db, g.AccessGranted.SealedCode.Ciphertext) {
 		t.Fatal("the sealed code is not in the database files: the test would prove nothing")
 	}

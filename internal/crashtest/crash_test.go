@@ -129,6 +129,7 @@ func (r runResult) String() string {
 func crashRun(t *testing.T, bin, mode string, n int) runResult {
 	began := time.Now()
 	dir := t.TempDir()
+	harness.DBFor(t, dir) // a PostgreSQL database when SHARESPOT_TEST_DB=postgres
 	srv := startServer(t, bin, dir, fmt.Sprintf("%s:%d", mode, n))
 	r := newRun(bin, dir, srv.Addr)
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
@@ -194,7 +195,7 @@ func calibrate(t *testing.T, bin string) int {
 	}
 	openc := make(chan opened, 1)
 	go func() {
-		srv, err := server.Open(ctx, server.Config{DataDir: dir, Session: sc, Limits: lim, Crash: func(n int64, committed bool) {
+		srv, err := server.Open(ctx, server.Config{DataDir: dir, DB: harness.DBFor(t, dir), Session: sc, Limits: lim, Crash: func(n int64, committed bool) {
 			if committed {
 				commits.Store(n)
 			}
@@ -253,7 +254,12 @@ func calibrate(t *testing.T, bin string) int {
 func checkRun(t *testing.T, dir string, r *run, outcome string) {
 	t.Helper()
 	ctx := context.Background()
-	st, err := store.OpenSQLite(ctx, server.DBPath(dir), store.Options{})
+	target, err := server.DBTarget(dir, harness.DBIn(dir))
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	st, err := store.Open(ctx, target, store.Options{})
 	if err != nil {
 		t.Errorf("open the database: %v", err)
 		return

@@ -297,8 +297,12 @@ func (r *run) register(ctx context.Context) error {
 
 // fund funds the guest's wallet with the operator command, idempotently.
 func (r *run) fund(ctx context.Context) error {
-	cmd := exec.CommandContext(ctx, r.bin, "wallet", "fund", "--data", r.dir, "--device", r.guest.DeviceID(),
-		"--amount", fmt.Sprint(funded), "--currency", currency, "--key", "crashtest-funding")
+	args := []string{"wallet", "fund", "--data", r.dir, "--device", r.guest.DeviceID(),
+		"--amount", fmt.Sprint(funded), "--currency", currency, "--key", "crashtest-funding"}
+	if db := harness.DBIn(r.dir); db != "" {
+		args = append(args, "--db", db)
+	}
+	cmd := exec.CommandContext(ctx, r.bin, args...)
 	cmd.Env = cleanEnv()
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("wallet fund: %v: %s", err, out)

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
+	"github.com/sharespot/sharespot/internal/harness"
 )
 
 // serverFlags are the server's settings in every run: short deadlines, so
@@ -135,7 +136,11 @@ func (p *serverProc) supervise() {
 		if gen == 0 {
 			hook = p.hook
 		}
-		cmd := exec.Command(p.bin, append([]string{"server", "--data", p.dir, "--listen", listen}, serverFlags...)...)
+		args := append([]string{"server", "--data", p.dir, "--listen", listen}, serverFlags...)
+		if db := harness.DBIn(p.dir); db != "" {
+			args = append(args, "--db", db)
+		}
+		cmd := exec.Command(p.bin, args...)
 		cmd.Env = cleanEnv()
 		if hook != "" {
 			cmd.Env = append(cmd.Env, "SHARESPOT_TEST_CRASH="+hook)

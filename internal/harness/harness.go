@@ -2,15 +2,24 @@
 // SQLite file, with real clients, for the conformance suite, the crash tests
 // and the benchmarks. Nothing in it is a mock: calls cross HTTP/2 and the
 // database is the same as production's.
+//
+// With SHARESPOT_TEST_DB=postgres every server the harness starts runs on a
+// fresh PostgreSQL database of its own instead (see Postgres), which is how
+// CI runs the suites on both engines.
 package harness
 
 import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -23,6 +32,7 @@ import (
 	"github.com/sharespot/sharespot/internal/payment"
 	"github.com/sharespot/sharespot/internal/server"
 	"github.com/sharespot/sharespot/internal/store"
+	"github.com/sharespot/sharespot/internal/store/pgtest"
 )
 
 // Clock is a settable clock; it starts at the real time and moves only when
@@ -51,8 +61,11 @@ func (c *Clock) Advance(d time.Duration) {
 
 // Env is a running server.
 type Env struct {
-	URL   string
-	Dir   string
+	URL string
+	Dir string
+	// DB is the server's PostgreSQL URL, or "" when it runs on SQLite in
+	// Dir.
+	DB    string
 	Srv   *server.Server
 	Clock *Clock
 
@@ -67,14 +80,70 @@ func Start(t testing.TB, mod func(*server.Config)) *Env {
 	return StartIn(t, t.TempDir(), mod)
 }
 
-// StartIn runs a server on the data directory dir.
+// Postgres creates a uniquely named PostgreSQL database for t, dropped
+// when t ends, and returns its URL. Where no server is reachable t skips,
+// or fails in CI (CI=true). See pgtest for the server used.
+func Postgres(t testing.TB) string {
+	t.Helper()
+	return pgtest.New(t)
+}
+
+// TestDBEnv names the database engine the harness starts servers on:
+// "postgres", or "" / "sqlite" for SQLite.
+const TestDBEnv = "SHARESPOT_TEST_DB"
+
+// pgURLFile, in a data directory, holds the URL of the PostgreSQL database
+// the harness made for it, so that a server restarted on the same
+// directory finds the same data, as it finds sharespot.db on SQLite.
+const pgURLFile = "harness-postgres-url"
+
+// DBFor returns the database setting (server.Config.DB) for a server on
+// dir: "" (SQLite in dir) unless SHARESPOT_TEST_DB=postgres, and then the
+// PostgreSQL database that belongs to dir, created on first use and
+// dropped when t ends.
+func DBFor(t testing.TB, dir string) string {
+	t.Helper()
+	switch v := os.Getenv(TestDBEnv); v {
+	case "", "sqlite":
+		return ""
+	case "postgres":
+	default:
+		t.Fatalf("harness: %s=%q: want postgres or sqlite", TestDBEnv, v)
+	}
+	if u := DBIn(dir); u != "" {
+		return u
+	}
+	u := Postgres(t)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatalf("harness: %v", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, pgURLFile), []byte(u+"\n"), 0o600); err != nil {
+		t.Fatalf("harness: %v", err)
+	}
+	return u
+}
+
+// DBIn returns the PostgreSQL URL DBFor made for dir, or "" when it made
+// none (SQLite), for tests that start the sharespot binary on dir: they
+// pass it as --db.
+func DBIn(dir string) string {
+	b, err := os.ReadFile(filepath.Join(dir, pgURLFile))
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// StartIn runs a server on the data directory dir (and on the PostgreSQL
+// database DBFor gives, when SHARESPOT_TEST_DB=postgres).
 func StartIn(t testing.TB, dir string, mod func(*server.Config)) *Env {
 	t.Helper()
 	e := &Env{Dir: dir, Clock: NewClock()}
-	cfg := server.Config{DataDir: dir, Now: e.Clock.Now, SweepInterval: 20 * time.Millisecond}
+	cfg := server.Config{DataDir: dir, DB: DBFor(t, dir), Now: e.Clock.Now, SweepInterval: 20 * time.Millisecond}
 	if mod != nil {
 		mod(&cfg)
 	}
+	e.DB = cfg.DB
 	ctx := context.Background()
 	srv, err := server.Open(ctx, cfg)
 	if err != nil {
@@ -102,6 +171,146 @@ func (e *Env) Stop() {
 	<-e.done
 	e.Srv.Close()
 	e.cancel = nil
+}
+
+// TapWrites makes a PostgreSQL database keep a copy of every row written
+// to it from now on, so that DatabaseBytes covers rows since deleted (an
+// acknowledged inbox message, say), as SQLite's files do. On SQLite it does
+// nothing.
+func (e *Env) TapWrites(t testing.TB) {
+	t.Helper()
+	if e.DB == "" {
+		return
+	}
+	err := e.Srv.Store().Write(context.Background(), func(tx *store.Tx) error {
+		tables, err := userTables(tx)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.Exec(`CREATE TABLE harness_tap (id BIGSERIAL PRIMARY KEY, tbl TEXT NOT NULL, row_json TEXT NOT NULL);
+			CREATE FUNCTION harness_tap() RETURNS trigger LANGUAGE plpgsql AS $$
+			BEGIN
+				INSERT INTO harness_tap (tbl, row_json) VALUES (TG_TABLE_NAME, row_to_json(NEW)::text);
+				RETURN NEW;
+			END $$`); err != nil {
+			return err
+		}
+		for _, tbl := range tables {
+			if _, err := tx.Exec(`CREATE TRIGGER harness_tap AFTER INSERT OR UPDATE ON ` + tbl + ` FOR EACH ROW EXECUTE FUNCTION harness_tap()`); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("harness: tap the database: %v", err)
+	}
+}
+
+func userTables(tx *store.Tx) ([]string, error) {
+	rows, err := tx.Query(`SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema() AND table_type = 'BASE TABLE' ORDER BY table_name`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var name string
+		if err := rows.Scan(&name); err != nil {
+			return nil, err
+		}
+		out = append(out, name)
+	}
+	return out, rows.Err()
+}
+
+// DatabaseBytes returns what the server's database holds, for tests that
+// look for what must never be stored: on SQLite the database files (main
+// file and WAL); on PostgreSQL every value of every table (byte columns raw,
+// the others as text) and every row TapWrites recorded (as JSON, with byte
+// values also raw).
+func (e *Env) DatabaseBytes(t testing.TB) []byte {
+	t.Helper()
+	var db []byte
+	if e.DB == "" {
+		for _, name := range []string{"sharespot.db", "sharespot.db-wal"} {
+			b, err := os.ReadFile(filepath.Join(e.Dir, name))
+			if err != nil && !os.IsNotExist(err) {
+				t.Fatal(err)
+			}
+			db = append(db, b...)
+		}
+		return db
+	}
+	err := e.Srv.Store().Read(context.Background(), func(tx *store.Tx) error {
+		rows, err := tx.Query(`SELECT c.table_name, c.column_name, c.data_type FROM information_schema.columns c
+			JOIN information_schema.tables t ON t.table_schema = c.table_schema AND t.table_name = c.table_name
+			WHERE c.table_schema = current_schema() AND t.table_type = 'BASE TABLE' ORDER BY c.table_name, c.ordinal_position`)
+		if err != nil {
+			return err
+		}
+		var cols [][3]string
+		for rows.Next() {
+			var c [3]string
+			if err := rows.Scan(&c[0], &c[1], &c[2]); err != nil {
+				rows.Close()
+				return err
+			}
+			cols = append(cols, c)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		for _, c := range cols {
+			expr := `CAST(` + c[1] + ` AS TEXT)`
+			if c[2] == "bytea" {
+				expr = c[1]
+			}
+			rows, err := tx.Query(`SELECT ` + expr + ` FROM ` + c[0] + ` WHERE ` + c[1] + ` IS NOT NULL`)
+			if err != nil {
+				return err
+			}
+			for rows.Next() {
+				var b []byte
+				if err := rows.Scan(&b); err != nil {
+					rows.Close()
+					return err
+				}
+				db = append(db, b...)
+				if c[0] == "harness_tap" && c[1] == "row_json" {
+					db = append(db, tappedBytes(b)...)
+				}
+			}
+			rows.Close()
+			if err := rows.Err(); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("harness: read the database: %v", err)
+	}
+	return db
+}
+
+// tappedBytes decodes the byte values (JSON strings "\\x<hex>") of a
+// tapped row.
+func tappedBytes(rowJSON []byte) []byte {
+	var row map[string]any
+	if json.Unmarshal(rowJSON, &row) != nil {
+		return nil
+	}
+	var out []byte
+	for _, v := range row {
+		if s, ok := v.(string); ok && strings.HasPrefix(s, `\x`) {
+			if b, err := hex.DecodeString(s[2:]); err == nil {
+				out = append(out, b...)
+			}
+		}
+	}
+	return out
 }
 
 // Device returns a new signed-in device with a fresh key.

@@ -32,6 +32,9 @@ const DefaultListen = "127.0.0.1:8474"
 type Config struct {
 	// DataDir holds sharespot.db. Default: DefaultDataDir().
 	DataDir string
+	// DB is the database: empty for SQLite in DataDir (DBPath), or a
+	// postgres:// (postgresql://) URL for PostgreSQL.
+	DB string
 	// TLSCert and TLSKey: PEM files; without them the server speaks
 	// cleartext HTTP/2 and HTTP/1.1, which Serve allows only on loopback
 	// unless Insecure is set.
@@ -67,6 +70,23 @@ func DefaultDataDir() string {
 // DBPath is the SQLite file inside a data directory.
 func DBPath(dataDir string) string { return filepath.Join(dataDir, "sharespot.db") }
 
+// DBTarget is the database a server with this data directory and DB
+// setting uses: the postgres:// URL, or the SQLite file in the data
+// directory. It refuses a DB that is neither empty nor a PostgreSQL URL.
+func DBTarget(dataDir, db string) (string, error) {
+	switch {
+	case db == "":
+		if dataDir == "" {
+			dataDir = DefaultDataDir()
+		}
+		return DBPath(dataDir), nil
+	case store.IsPostgresURL(db):
+		return db, nil
+	default:
+		return "", fmt.Errorf("server: database %q is not a postgres:// URL; leave it empty to use SQLite in the data directory", store.Redact(db))
+	}
+}
+
 // Server is a running Sharespot server's parts.
 type Server struct {
 	cfg     Config
@@ -97,8 +117,11 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 		cfg.SweepInterval = 500 * time.Millisecond
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, hub: relay.NewHub()}
-	var err error
-	if s.st, err = store.OpenSQLite(ctx, DBPath(cfg.DataDir), store.Options{Logger: cfg.Logger, Crash: cfg.Crash}); err != nil {
+	target, err := DBTarget(cfg.DataDir, cfg.DB)
+	if err != nil {
+		return nil, err
+	}
+	if s.st, err = store.Open(ctx, target, store.Options{Logger: cfg.Logger, Crash: cfg.Crash}); err != nil {
 		return nil, err
 	}
 	if s.wallet, err = payment.Open(ctx, s.st, cfg.Now); err != nil {

@@ -53,10 +53,10 @@ func (s *row) save(tx *store.Tx, nowMS int64) error {
 }
 
 func loadRow(tx *store.Tx, id string) (*row, error) {
-	q := `SELECT ` + rowCols + ` FROM sessions WHERE id = ?`
-	if tx.Engine() == store.Postgres {
-		q += ` FOR UPDATE`
-	}
+	// Lock the row in a PostgreSQL write, so that a concurrent transition
+	// of the same session waits here (and is retried) rather than after
+	// doing its work; a read takes no lock.
+	q := `SELECT ` + rowCols + ` FROM sessions WHERE id = ?` + tx.ForUpdate()
 	s := new(row)
 	var state int32
 	err := tx.QueryRow(q, id).Scan(&s.ID, &s.HotspotID, &s.Host, &s.Guest, &state, &s.Requested, &s.Reserved, &s.Granted,

@@ -383,11 +383,12 @@ func (e *Engine) payable(tx *store.Tx, guest Party, quoteID string, now int64) (
 		return Charge{}, nil, nil, err
 	}
 	s, err := e.load(tx, q.SessionID, guest, roleGuest)
-	if problem.KindOf(err) == problem.Denied {
-		return Charge{}, nil, nil, err // a party of the session in the wrong role: say so
+	if problem.KindOf(err) == problem.NotFound {
+		// Not a party of the session: the quote does not exist for them.
+		return Charge{}, nil, nil, problem.NotFoundf("quote %s not found", quoteID)
 	}
 	if err != nil {
-		return Charge{}, nil, nil, problem.NotFoundf("quote %s not found", quoteID)
+		return Charge{}, nil, nil, err // e.g. a party in the wrong role: say so
 	}
 	switch {
 	case q.State == sharespotv1.QuoteState_QUOTE_STATE_EXPIRED || (q.State == sharespotv1.QuoteState_QUOTE_STATE_OPEN && now >= q.ExpiresMS):

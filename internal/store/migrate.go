@@ -4,8 +4,10 @@ import (
 	"context"
 	"database/sql"
 	"embed"
+	"errors"
 	"fmt"
 	"io/fs"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -61,7 +63,51 @@ func SchemaVersion() int {
 	return len(ms)
 }
 
-func migrate(ctx context.Context, db *sql.DB, engine Engine) error {
+// blobType matches the BLOB type name in a migration; PostgreSQL calls it
+// BYTEA. (The other types in the migrations mean the same on both engines:
+// INTEGER holds small enumerations and flags, BIGINT every count of money,
+// bytes and milliseconds.)
+var blobType = regexp.MustCompile(`\bBLOB\b`)
+
+// forEngine adapts a migration's portable SQL to engine.
+func forEngine(sql string, engine Engine) string {
+	if engine == Postgres {
+		return blobType.ReplaceAllString(sql, "BYTEA")
+	}
+	return sql
+}
+
+// migrationDB is a *sql.DB or a *sql.Conn.
+type migrationDB interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+	BeginTx(ctx context.Context, opts *sql.TxOptions) (*sql.Tx, error)
+}
+
+func migrate(ctx context.Context, db *sql.DB, engine Engine) (err error) {
+	if engine != Postgres {
+		// SQLite: each migration's transaction takes the write lock.
+		return migrateOn(ctx, db, engine)
+	}
+	// PostgreSQL: an advisory lock on one connection keeps two processes
+	// from migrating at once (CREATE TABLE IF NOT EXISTS itself races).
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		return fmt.Errorf("store: migrate: %w", err)
+	}
+	defer conn.Close()
+	if _, err := conn.ExecContext(ctx, `SELECT pg_advisory_lock($1)`, int64(pgMigrationLock)); err != nil {
+		return fmt.Errorf("store: take the migration lock: %w", err)
+	}
+	defer func() {
+		if _, uerr := conn.ExecContext(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1)`, int64(pgMigrationLock)); uerr != nil {
+			err = errors.Join(err, fmt.Errorf("store: release the migration lock: %w", uerr))
+		}
+	}()
+	return migrateOn(ctx, conn, engine)
+}
+
+func migrateOn(ctx context.Context, db migrationDB, engine Engine) error {
 	ms, err := migrations()
 	if err != nil {
 		return err
@@ -96,7 +142,7 @@ func migrate(ctx context.Context, db *sql.DB, engine Engine) error {
 			tx.Rollback()
 			continue
 		}
-		if _, err := tx.ExecContext(ctx, m.sql); err != nil {
+		if _, err := tx.ExecContext(ctx, forEngine(m.sql, engine)); err != nil {
 			tx.Rollback()
 			return fmt.Errorf("store: migration %s: %w", m.name, err)
 		}

@@ -9,6 +9,10 @@
 // commit that holds its change is durable (synchronous=FULL). This is what
 // lets a single node carry thousands of complete flows a second on one fsync
 // per batch.
+//
+// On PostgreSQL (OpenPostgres) there is no single writer: each Write is a
+// SERIALIZABLE transaction, retried on serialization failure; see
+// postgres.go.
 package store
 
 import (
@@ -31,6 +35,9 @@ var (
 	ErrConflict = errors.New("store: conflict")
 	// ErrClosed: the store is closed.
 	ErrClosed = errors.New("store: closed")
+	// ErrBusy: a write lost to concurrent writes on every attempt
+	// (PostgreSQL); nothing of it committed, and it may be tried again.
+	ErrBusy = errors.New("store: too much contention, try again")
 )
 
 // Engine names a database engine.
@@ -46,6 +53,8 @@ const (
 type Options struct {
 	// MaxBatch caps how many write functions share one commit (SQLite).
 	MaxBatch int
+	// MaxConns caps the connection pool (PostgreSQL); default 16.
+	MaxConns int
 	// Logger receives slow-commit and error reports; nil discards.
 	Logger *slog.Logger
 	// Crash, when set, is called around every commit with the commit's
@@ -75,6 +84,10 @@ type Store struct {
 	closeMu   sync.RWMutex
 	closed    bool
 	closeOnce sync.Once
+	// inflight counts PostgreSQL writes under way; Close waits for them.
+	inflight sync.WaitGroup
+
+	pgCommitNo int64 // guarded by statsMu (PostgreSQL)
 
 	statsMu sync.Mutex
 	stats   Stats
@@ -86,6 +99,9 @@ type Stats struct {
 	Writes  int64 // write functions run
 	// Statements run by write functions (SQLite).
 	Statements int64
+	// Retries of write functions after a serialization failure or a
+	// deadlock (PostgreSQL).
+	Retries int64
 }
 
 // Tx is a transaction handed to Write and Read functions. Queries use '?'
@@ -97,6 +113,19 @@ type Tx struct {
 	stmts  *stmtCache // the writer's statements; nil: prepare each anew
 	engine Engine
 	after  []func()
+	// writable: a Write's transaction, not a Read's.
+	writable bool
+	// retry is the first serialization failure or deadlock a statement
+	// met (PostgreSQL): the attempt is then retried whatever fn returns.
+	retry error
+}
+
+// note records a retryable error and returns err.
+func (tx *Tx) note(err error) error {
+	if err != nil && tx.retry == nil && tx.engine == Postgres && isRetryable(err) {
+		tx.retry = err
+	}
+	return err
 }
 
 // stmtCache keeps one prepared statement per query text on the writer's
@@ -174,7 +203,7 @@ func (tx *Tx) Exec(query string, args ...any) (sql.Result, error) {
 		return r, translate(err)
 	}
 	r, err := tx.q.ExecContext(tx.qctx, query, args...)
-	return r, translate(err)
+	return r, tx.note(translate(err))
 }
 
 // ExecN runs a statement and returns the number of rows it changed.
@@ -198,7 +227,7 @@ func (tx *Tx) Query(query string, args ...any) (*sql.Rows, error) {
 		return rows, translate(err)
 	}
 	rows, err := tx.q.QueryContext(tx.qctx, query, args...)
-	return rows, translate(err)
+	return rows, tx.note(translate(err))
 }
 
 // QueryRow runs a query for one row; Scan returns ErrNotFound for none.
@@ -211,13 +240,14 @@ func (tx *Tx) QueryRow(query string, args ...any) Row {
 	if st != nil {
 		return Row{r: st.QueryRowContext(tx.qctx, args...)}
 	}
-	return Row{r: tx.q.QueryRowContext(tx.qctx, query, args...)}
+	return Row{r: tx.q.QueryRowContext(tx.qctx, query, args...), tx: tx}
 }
 
 // Row wraps *sql.Row to translate errors.
 type Row struct {
 	r   *sql.Row
 	err error
+	tx  *Tx // to note a retryable error; nil on SQLite
 }
 
 // Scan copies the row's columns into dest.
@@ -225,7 +255,11 @@ func (r Row) Scan(dest ...any) error {
 	if r.err != nil {
 		return translate(r.err)
 	}
-	return translate(r.r.Scan(dest...))
+	err := translate(r.r.Scan(dest...))
+	if r.tx != nil {
+		r.tx.note(err)
+	}
+	return err
 }
 
 // AfterCommit registers fn to run once the transaction has committed. It is
@@ -236,6 +270,18 @@ func (tx *Tx) AfterCommit(fn func()) { tx.after = append(tx.after, fn) }
 
 // Engine is the engine behind the transaction.
 func (tx *Tx) Engine() Engine { return tx.engine }
+
+// ForUpdate is the clause that locks the rows a SELECT reads until the
+// transaction ends: " FOR UPDATE" in a PostgreSQL write, and "" in a read
+// (PostgreSQL refuses row locks in a read-only transaction) and on SQLite
+// (whose single writer already excludes every other write). Append it to a
+// SELECT of a row the write will change.
+func (tx *Tx) ForUpdate() string {
+	if tx.engine == Postgres && tx.writable {
+		return " FOR UPDATE"
+	}
+	return ""
+}
 
 func (tx *Tx) rebind(q string) string {
 	if tx.engine != Postgres || !strings.Contains(q, "?") {
@@ -272,9 +318,17 @@ type writeReq struct {
 // statements are not interrupted: SQLite rolls back the whole transaction
 // when a write statement is interrupted, which would undo the other writes
 // of the batch.
+//
+// On PostgreSQL each Write is a SERIALIZABLE transaction of its own (see
+// postgres.go), and fn is run again when it loses a race with another
+// write, so fn must have no effect outside tx other than through
+// AfterCommit, whose hooks run only for the attempt that committed.
 func (s *Store) Write(ctx context.Context, fn func(*Tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
+	}
+	if s.engine == Postgres {
+		return s.writePostgres(ctx, fn)
 	}
 	req := &writeReq{ctx: ctx, fn: fn, done: make(chan struct{})}
 	if err := s.enqueue(ctx, req); err != nil {
@@ -316,7 +370,12 @@ func (s *Store) Read(ctx context.Context, fn func(*Tx) error) error {
 	}
 	// ReadOnly matters on SQLite too: without it the driver begins with
 	// the DSN's _txlock=immediate, taking the write lock for every read.
-	sqlTx, err := s.read.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	opts := &sql.TxOptions{ReadOnly: true}
+	if s.engine == Postgres {
+		// One snapshot for the whole function, as SQLite's WAL gives.
+		opts.Isolation = sql.LevelRepeatableRead
+	}
+	sqlTx, err := s.read.BeginTx(ctx, opts)
 	if err != nil {
 		return fmt.Errorf("store: begin read: %w", translate(err))
 	}
@@ -380,6 +439,7 @@ func (s *Store) Close() error {
 			close(s.stop)
 			<-s.done
 		}
+		s.inflight.Wait()
 		s.wstmts.close()
 		if s.wconn != nil {
 			err = errors.Join(err, s.wconn.Close())
@@ -454,7 +514,7 @@ func (s *Store) commitBatch(batch []*writeReq) {
 			r.err = fmt.Errorf("store: savepoint: %w", err)
 			continue
 		}
-		tx := &Tx{ctx: r.ctx, qctx: context.WithoutCancel(r.ctx), q: sqlTx, stmts: s.wstmts, engine: s.engine}
+		tx := &Tx{ctx: r.ctx, qctx: context.WithoutCancel(r.ctx), q: sqlTx, stmts: s.wstmts, engine: s.engine, writable: true}
 		ferr := runFn(r.fn, tx)
 		if ferr != nil {
 			r.err = ferr
@@ -524,7 +584,7 @@ func translate(err error) error {
 	if errors.Is(err, sql.ErrNoRows) {
 		return ErrNotFound
 	}
-	if isConflict(err) {
+	if isConflict(err) || isPgConflict(err) {
 		return fmt.Errorf("%w: %v", ErrConflict, err)
 	}
 	return err

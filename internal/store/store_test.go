@@ -16,19 +16,71 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"modernc.org/sqlite"
+
+	"github.com/sharespot/sharespot/internal/store/pgtest"
 )
 
-// openTest opens a store on a fresh file in t.TempDir and closes it at the
-// end of the test.
-func openTest(t *testing.T) (*Store, string) {
+// Every test that is not about one engine's mechanics (SQLite's pragmas,
+// group commit and file paths; PostgreSQL's isolation and retries) runs on
+// both engines through engines(t, …).
+
+// testDB is a fresh database for a test: an SQLite file or a PostgreSQL
+// database of its own.
+type testDB struct {
+	engine Engine
+	target string // the SQLite path or the postgres:// URL
+}
+
+// newDB makes a fresh database of engine for t. On PostgreSQL it skips t
+// where no server is reachable (fails in CI).
+func newDB(t *testing.T, engine Engine) testDB {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "sharespot.db")
-	s, err := OpenSQLite(t.Context(), path, Options{})
+	if engine == Postgres {
+		return testDB{engine: Postgres, target: pgtest.New(t)}
+	}
+	return testDB{engine: SQLite, target: filepath.Join(t.TempDir(), "sharespot.db")}
+}
+
+// requirePostgres skips t when no PostgreSQL server is reachable, except
+// in CI (CI=true), where it fails t.
+func requirePostgres(t *testing.T) {
+	t.Helper()
+	pgtest.Require(t)
+}
+
+// openErr opens the database (creating or migrating it).
+func (d testDB) openErr(ctx context.Context, opts Options) (*Store, error) {
+	if d.engine == Postgres {
+		return OpenPostgres(ctx, d.target, opts)
+	}
+	return OpenSQLite(ctx, d.target, opts)
+}
+
+// open opens the database and closes it at the end of the test.
+func (d testDB) open(t *testing.T) *Store {
+	t.Helper()
+	s, err := d.openErr(t.Context(), Options{})
 	if err != nil {
-		t.Fatalf("OpenSQLite: %v", err)
+		t.Fatalf("open %s store: %v", d.engine, err)
 	}
 	t.Cleanup(func() { s.Close() })
-	return s, path
+	return s
+}
+
+// engines runs f as a subtest on a fresh database of each engine.
+func engines(t *testing.T, f func(t *testing.T, d testDB)) {
+	t.Helper()
+	for _, e := range []Engine{SQLite, Postgres} {
+		t.Run(string(e), func(t *testing.T) { f(t, newDB(t, e)) })
+	}
+}
+
+// openTest opens a store on a fresh SQLite file in t.TempDir and closes it
+// at the end of the test.
+func openTest(t *testing.T) (*Store, string) {
+	t.Helper()
+	d := newDB(t, SQLite)
+	return d.open(t), d.target
 }
 
 func insertAccount(id string) func(*Tx) error {
@@ -134,8 +186,11 @@ func TestMigrations(t *testing.T) {
 	for _, m := range ms {
 		want = append(want, fmt.Sprintf("%d %s", m.version, m.name))
 	}
+	engines(t, func(t *testing.T, d testDB) { testMigrations(t, d, want) })
+}
 
-	s, path := openTest(t)
+func testMigrations(t *testing.T, d testDB, want []string) {
+	s := d.open(t)
 	if diff := cmp.Diff(want, migrationRows(t, s)); diff != "" {
 		t.Fatalf("schema_migrations after first open (-want +got):\n%s", diff)
 	}
@@ -149,7 +204,7 @@ func TestMigrations(t *testing.T) {
 
 	// Reopening applies nothing twice and keeps the data.
 	for range 2 {
-		s2, err := OpenSQLite(t.Context(), path, Options{})
+		s2, err := d.openErr(t.Context(), Options{})
 		if err != nil {
 			t.Fatalf("reopen: %v", err)
 		}
@@ -168,28 +223,41 @@ func TestMigrations(t *testing.T) {
 func TestMigrationsConcurrentOpen(t *testing.T) {
 	// Two processes (say, the server and a CLI command) opening a fresh
 	// database at once must not both apply the same migration.
-	for i := range 5 {
-		path := filepath.Join(t.TempDir(), fmt.Sprintf("db%d", i))
-		var wg sync.WaitGroup
-		errs := make([]error, 2)
-		for j := range errs {
-			wg.Go(func() {
-				s, err := OpenSQLite(t.Context(), path, Options{})
-				errs[j] = err
+	for _, e := range []Engine{SQLite, Postgres} {
+		t.Run(string(e), func(t *testing.T) {
+			for range 5 {
+				d := newDB(t, e)
+				var wg sync.WaitGroup
+				errs := make([]error, 2)
+				for j := range errs {
+					wg.Go(func() {
+						s, err := d.openErr(t.Context(), Options{})
+						errs[j] = err
+						s.Close()
+					})
+				}
+				wg.Wait()
+				for _, err := range errs {
+					if err != nil {
+						t.Fatalf("concurrent open of a fresh database: %v", err)
+					}
+				}
+				s := d.open(t)
+				if got := migrationRows(t, s); len(got) != SchemaVersion() {
+					t.Fatalf("schema_migrations after concurrent opens: %v", got)
+				}
 				s.Close()
-			})
-		}
-		wg.Wait()
-		for _, err := range errs {
-			if err != nil {
-				t.Fatalf("concurrent open of a fresh database: %v", err)
 			}
-		}
+		})
 	}
 }
 
 func TestMigrationsRefuseNewerSchema(t *testing.T) {
-	s, path := openTest(t)
+	engines(t, testMigrationsRefuseNewerSchema)
+}
+
+func testMigrationsRefuseNewerSchema(t *testing.T, d testDB) {
+	s := d.open(t)
 	future := SchemaVersion() + 1
 	err := s.Write(t.Context(), func(tx *Tx) error {
 		_, err := tx.Exec(`INSERT INTO schema_migrations (version, name) VALUES (?, ?)`, future, "9999_future.sql")
@@ -200,13 +268,13 @@ func TestMigrationsRefuseNewerSchema(t *testing.T) {
 	}
 	s.Close()
 
-	s2, err := OpenSQLite(t.Context(), path, Options{})
+	s2, err := d.openErr(t.Context(), Options{})
 	if err == nil {
 		s2.Close()
 		t.Fatal("opened a database whose schema is newer than the binary's")
 	}
 	if s2 != nil {
-		t.Error("OpenSQLite returned a store with its error")
+		t.Error("open returned a store with its error")
 	}
 	msg := err.Error()
 	for _, want := range []string{"newer", fmt.Sprint(future), fmt.Sprint(SchemaVersion()), "upgrade"} {
@@ -330,8 +398,13 @@ func TestGroupCommit(t *testing.T) {
 
 func TestGroupCommitUnheld(t *testing.T) {
 	// The same without holding the writer: every write lands, however the
-	// writer happens to batch them.
-	s, _ := openTest(t)
+	// writer happens to batch them (SQLite) or the transactions interleave
+	// (PostgreSQL).
+	engines(t, testGroupCommitUnheld)
+}
+
+func testGroupCommitUnheld(t *testing.T, d testDB) {
+	s := d.open(t)
 	const n = 200
 	var wg sync.WaitGroup
 	var failed atomic.Int64
@@ -354,14 +427,37 @@ func TestGroupCommitUnheld(t *testing.T) {
 
 var errRefused = errors.New("refused by test")
 
+// holdIfSQLite is holdWriter on SQLite; on PostgreSQL, which has no single
+// writer to hold, its release does nothing.
+func holdIfSQLite(t *testing.T, s *Store) (release func()) {
+	if s.Engine() != SQLite {
+		return func() {}
+	}
+	return holdWriter(t, s)
+}
+
+// waitQueuedIfSQLite is waitQueued on SQLite; on PostgreSQL it does nothing.
+func waitQueuedIfSQLite(t *testing.T, s *Store, n int) {
+	if s.Engine() == SQLite {
+		waitQueued(t, s, n)
+	}
+}
+
 func TestBatchIsolation(t *testing.T) {
-	s, _ := openTest(t)
+	// On SQLite the writes share one commit, each in its own savepoint; on
+	// PostgreSQL each is a transaction of its own. Either way a failing
+	// write is rolled back alone and hooks run exactly for the others.
+	engines(t, testBatchIsolation)
+}
+
+func testBatchIsolation(t *testing.T, d testDB) {
+	s := d.open(t)
 	const n = 90
 	hooks := make([]atomic.Int32, n)
 	hookSeenBeforeReturn := make([]int32, n)
 	errs := make([]error, n)
 
-	release := holdWriter(t, s)
+	release := holdIfSQLite(t, s)
 	var wg sync.WaitGroup
 	for i := range n {
 		wg.Go(func() {
@@ -378,11 +474,11 @@ func TestBatchIsolation(t *testing.T) {
 			hookSeenBeforeReturn[i] = hooks[i].Load()
 		})
 	}
-	waitQueued(t, s, n)
+	waitQueuedIfSQLite(t, s, n)
 	release()
 	wg.Wait()
 
-	if st := s.Stats(); st.Commits != 2 {
+	if st := s.Stats(); s.Engine() == SQLite && st.Commits != 2 {
 		t.Fatalf("Stats().Commits = %d: the writes were not in one batch", st.Commits)
 	}
 	ids := accountIDs(t, s)
@@ -415,8 +511,12 @@ func TestBatchIsolation(t *testing.T) {
 }
 
 func TestPanicIsolated(t *testing.T) {
-	s, _ := openTest(t)
-	release := holdWriter(t, s)
+	engines(t, testPanicIsolated)
+}
+
+func testPanicIsolated(t *testing.T, d testDB) {
+	s := d.open(t)
+	release := holdIfSQLite(t, s)
 	names := []string{"before", "panics", "after"}
 	errs := make([]error, len(names))
 	var wg sync.WaitGroup
@@ -432,7 +532,7 @@ func TestPanicIsolated(t *testing.T) {
 				return nil
 			})
 		})
-		waitQueued(t, s, i+1) // keep the order within the batch
+		waitQueuedIfSQLite(t, s, i+1) // keep the order within the batch
 	}
 	release()
 	wg.Wait()
@@ -518,7 +618,11 @@ func TestCancelDuringBatchSparesNeighbours(t *testing.T) {
 }
 
 func TestErrorTranslation(t *testing.T) {
-	s, _ := openTest(t)
+	engines(t, testErrorTranslation)
+}
+
+func testErrorTranslation(t *testing.T, d testDB) {
+	s := d.open(t)
 	if err := s.Write(t.Context(), insertAccount("dup")); err != nil {
 		t.Fatal(err)
 	}
@@ -530,6 +634,24 @@ func TestErrorTranslation(t *testing.T) {
 		{"duplicate primary key", insertAccount("dup"), ErrConflict},
 		{"check constraint", func(tx *Tx) error {
 			_, err := tx.Exec(`INSERT INTO ledger_accounts (id, kind, owner, currency, balance) VALUES ('w', 'wallet', 'o', 'USD', -1)`)
+			return err
+		}, ErrConflict},
+		{"foreign key", func(tx *Tx) error {
+			_, err := tx.Exec(`INSERT INTO devices (id, account_id, public_key, name, created_ms) VALUES (?, ?, ?, ?, ?)`,
+				"d", "no-such-account", []byte{1}, "n", 1)
+			return err
+		}, ErrConflict},
+		{"unique index", func(tx *Tx) error {
+			for _, id := range []string{"d1", "d2"} {
+				if _, err := tx.Exec(`INSERT INTO devices (id, account_id, public_key, name, created_ms) VALUES (?, ?, ?, ?, ?)`,
+					id, "dup", []byte{7, 0, 7}, "n", 1); err != nil {
+					return err
+				}
+			}
+			return nil
+		}, ErrConflict},
+		{"not null", func(tx *Tx) error {
+			_, err := tx.Exec(`INSERT INTO accounts (id, created_ms) VALUES (?, ?)`, "nn", nil)
 			return err
 		}, ErrConflict},
 		{"missing row", func(tx *Tx) error {
@@ -556,7 +678,11 @@ func TestErrorTranslation(t *testing.T) {
 }
 
 func TestWriteTReadT(t *testing.T) {
-	s, _ := openTest(t)
+	engines(t, testWriteTReadT)
+}
+
+func testWriteTReadT(t *testing.T, d testDB) {
+	s := d.open(t)
 	n, err := WriteT(t.Context(), s, func(tx *Tx) (int64, error) {
 		return tx.ExecN(`INSERT INTO accounts (id, created_ms) VALUES ('a', 1), ('b', 2)`)
 	})
@@ -578,7 +704,11 @@ func TestWriteTReadT(t *testing.T) {
 }
 
 func TestCanceledContext(t *testing.T) {
-	s, _ := openTest(t)
+	engines(t, testCanceledContext)
+}
+
+func testCanceledContext(t *testing.T, d testDB) {
+	s := d.open(t)
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
 	for i := range 20 { // Write must not pick between queueing and ctx at random
@@ -609,8 +739,15 @@ func TestClose(t *testing.T) {
 			t.Errorf("nil Close: %v", err)
 		}
 	})
+	engines(t, testClose)
+}
+
+func testClose(t *testing.T, d testDB) {
 	t.Run("idempotent, then ErrClosed", func(t *testing.T) {
-		s, _ := openTest(t)
+		s, err := d.openErr(t.Context(), Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
 		for range 3 {
 			if err := s.Close(); err != nil {
 				t.Fatalf("Close: %v", err)
@@ -628,9 +765,15 @@ func TestClose(t *testing.T) {
 	t.Run("concurrent with writes", func(t *testing.T) {
 		// Every Write returns (none hangs on a stopped writer), and each
 		// that reports success is durable.
-		path := filepath.Join(t.TempDir(), "db")
-		s, err := OpenSQLite(t.Context(), path, Options{MaxBatch: 8})
+		s, err := d.openErr(t.Context(), Options{MaxBatch: 8})
 		if err != nil {
+			t.Fatal(err)
+		}
+		// Start from no rows (the subtest above shares the database).
+		if err := s.Write(t.Context(), func(tx *Tx) error {
+			_, err := tx.Exec(`DELETE FROM accounts`)
+			return err
+		}); err != nil {
 			t.Fatal(err)
 		}
 		const n = 300
@@ -649,7 +792,7 @@ func TestClose(t *testing.T) {
 		wg.Wait()
 		s.Close()
 
-		s2, err := OpenSQLite(t.Context(), path, Options{})
+		s2, err := d.openErr(t.Context(), Options{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -722,7 +865,11 @@ func TestDurability(t *testing.T) {
 }
 
 func TestReadSnapshot(t *testing.T) {
-	s, _ := openTest(t)
+	engines(t, testReadSnapshot)
+}
+
+func testReadSnapshot(t *testing.T, d testDB) {
+	s := d.open(t)
 	if err := s.Write(t.Context(), insertAccount("a")); err != nil {
 		t.Fatal(err)
 	}
@@ -753,7 +900,11 @@ func TestReadSnapshot(t *testing.T) {
 }
 
 func TestReadOnly(t *testing.T) {
-	s, _ := openTest(t)
+	engines(t, testReadOnly)
+}
+
+func testReadOnly(t *testing.T, d testDB) {
+	s := d.open(t)
 	err := s.Read(t.Context(), insertAccount("x"))
 	if err == nil {
 		t.Error("Read allowed an INSERT")
@@ -766,7 +917,11 @@ func TestReadOnly(t *testing.T) {
 func TestAfterCommitMayWrite(t *testing.T) {
 	// A hook that writes (a wake-up that records something, say) must not
 	// deadlock the single writer.
-	s, _ := openTest(t)
+	engines(t, testAfterCommitMayWrite)
+}
+
+func testAfterCommitMayWrite(t *testing.T, d testDB) {
+	s := d.open(t)
 	done := make(chan error, 1)
 	go func() {
 		done <- s.Write(t.Context(), func(tx *Tx) error {
