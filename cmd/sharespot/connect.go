@@ -103,7 +103,7 @@ func (c *ConnectCmd) Run(env *runEnv) error {
 	if ok, err := c.purchase(ctx, cl, ses.Id, inbox, ask, c.Yes); err != nil || !ok {
 		return errors.Join(err, end("guest declined the fee"))
 	}
-	env1, err := waitFor(ctx, inbox, func(e *sharespotv1.Envelope) bool { return e.GetAccessGranted() != nil })
+	env1, err := client.Await(ctx, inbox, 2*time.Minute, func(e *sharespotv1.Envelope) bool { return e.GetAccessGranted() != nil })
 	if err != nil {
 		return errors.Join(err, end("no access response"))
 	}
@@ -171,7 +171,7 @@ func (c *ConnectCmd) Run(env *runEnv) error {
 
 // purchase is C3.1–C3.3 (or C1.12–C1.14): show the fee, pay, confirm.
 func (c *ConnectCmd) purchase(ctx context.Context, cl *client.Client, sid string, inbox <-chan *sharespotv1.Envelope, ask asker, yes bool) (bool, error) {
-	e, err := waitFor(ctx, inbox, func(e *sharespotv1.Envelope) bool { return e.GetFeeInfo() != nil })
+	e, err := client.Await(ctx, inbox, 2*time.Minute, func(e *sharespotv1.Envelope) bool { return e.GetFeeInfo() != nil })
 	if err != nil {
 		return false, err
 	}
@@ -190,28 +190,6 @@ func (c *ConnectCmd) purchase(ctx context.Context, cl *client.Client, sid string
 		return false, fmt.Errorf("confirm payment: %w", err)
 	}
 	return true, nil
-}
-
-func waitFor(ctx context.Context, inbox <-chan *sharespotv1.Envelope, match func(*sharespotv1.Envelope) bool) (*sharespotv1.Envelope, error) {
-	timeout := time.After(2 * time.Minute)
-	for {
-		select {
-		case e := <-inbox:
-			if match(e) {
-				return e, nil
-			}
-			if d := e.GetDeclined(); d != nil {
-				return nil, fmt.Errorf("declined: %s", d.Reason)
-			}
-			if s := e.GetSessionEnded(); s != nil {
-				return nil, fmt.Errorf("the session ended: %s", s.Session.EndReason)
-			}
-		case <-timeout:
-			return nil, errors.New("the host did not answer within 2 minutes")
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-	}
 }
 
 // pick finds an offer by SSID or BSSID.

@@ -236,3 +236,28 @@ func (c *Client) receiveOnce(ctx context.Context, after *uint64, h Handler, done
 	}
 	return stream.Err()
 }
+
+// Await reads inbox until a message matches, and fails on a decline, on
+// the session ending, on timeout or when ctx ends.
+func Await(ctx context.Context, inbox <-chan *sharespotv1.Envelope, timeout time.Duration, match func(*sharespotv1.Envelope) bool) (*sharespotv1.Envelope, error) {
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	for {
+		select {
+		case e := <-inbox:
+			if match(e) {
+				return e, nil
+			}
+			if d := e.GetDeclined(); d != nil {
+				return nil, fmt.Errorf("declined: %s", d.Reason)
+			}
+			if s := e.GetSessionEnded(); s != nil {
+				return nil, fmt.Errorf("the session ended: %s", s.Session.EndReason)
+			}
+		case <-t.C:
+			return nil, fmt.Errorf("no answer within %v", timeout)
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}

@@ -200,7 +200,7 @@ func Run(ctx context.Context, w io.Writer, o Options) (err error) {
 	if err != nil {
 		return err
 	}
-	env, err := next(ctx, inbox, func(e *sharespotv1.Envelope) bool { return e.GetAccessGranted() != nil })
+	env, err := client.Await(ctx, inbox, 30*time.Second, func(e *sharespotv1.Envelope) bool { return e.GetAccessGranted() != nil })
 	if err != nil {
 		return err
 	}
@@ -221,7 +221,7 @@ func Run(ctx context.Context, w io.Writer, o Options) (err error) {
 	p.step("C1.8", "guest online through the host: downloaded %s from the origin through the gateway", size.Format(used))
 
 	// ---- C1.9–C1.15: prompt and top-up
-	env, err = next(ctx, inbox, func(e *sharespotv1.Envelope) bool { return e.GetLowQuotaPrompt() != nil })
+	env, err = client.Await(ctx, inbox, 30*time.Second, func(e *sharespotv1.Envelope) bool { return e.GetLowQuotaPrompt() != nil })
 	if err != nil {
 		return err
 	}
@@ -238,7 +238,7 @@ func Run(ctx context.Context, w io.Writer, o Options) (err error) {
 	if err != nil {
 		return err
 	}
-	env, err = next(ctx, inbox, func(e *sharespotv1.Envelope) bool {
+	env, err = client.Await(ctx, inbox, 30*time.Second, func(e *sharespotv1.Envelope) bool {
 		return e.GetAccessGranted() != nil && e.GetAccessGranted().Kind == sharespotv1.QuoteKind_QUOTE_KIND_TOPUP
 	})
 	if err != nil {
@@ -268,7 +268,7 @@ func Run(ctx context.Context, w io.Writer, o Options) (err error) {
 
 // buy is claim 3 (or C1.12–C1.14): wait for the fee, pay, confirm.
 func buy(ctx context.Context, p printer, guest *client.Client, sid string, inbox <-chan *sharespotv1.Envelope, feeID, payID, confirmID string) (int64, error) {
-	env, err := next(ctx, inbox, func(e *sharespotv1.Envelope) bool { return e.GetFeeInfo() != nil })
+	env, err := client.Await(ctx, inbox, 30*time.Second, func(e *sharespotv1.Envelope) bool { return e.GetFeeInfo() != nil })
 	if err != nil {
 		return 0, err
 	}
@@ -284,25 +284,6 @@ func buy(ctx context.Context, p printer, guest *client.Client, sid string, inbox
 	}
 	p.step(confirmID, "payment-success response → server → host; the host checks the platform's signature")
 	return q.AmountMinor, nil
-}
-
-func next(ctx context.Context, inbox <-chan *sharespotv1.Envelope, match func(*sharespotv1.Envelope) bool) (*sharespotv1.Envelope, error) {
-	timeout := time.After(30 * time.Second)
-	for {
-		select {
-		case e := <-inbox:
-			if match(e) {
-				return e, nil
-			}
-			if d := e.GetDeclined(); d != nil {
-				return nil, fmt.Errorf("demo: declined: %s", d.Reason)
-			}
-		case <-timeout:
-			return nil, errors.New("demo: no answer within 30 s")
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-	}
 }
 
 func newDevice(ctx context.Context, url, name string) (*client.Client, error) {

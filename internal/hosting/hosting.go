@@ -181,15 +181,7 @@ func (h *Host) report(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		h.mu.Lock()
-		ids := make([]string, 0, len(h.active))
-		for id := range h.active {
-			ids = append(ids, id)
-		}
-		h.mu.Unlock()
-		for _, id := range ids {
-			h.reportOne(ctx, id)
-		}
+		h.ReportAll(ctx)
 	}
 }
 
