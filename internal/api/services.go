@@ -8,7 +8,6 @@ import (
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/ledger"
-	"github.com/sharespot/sharespot/internal/problem"
 	"github.com/sharespot/sharespot/internal/receipt"
 	"github.com/sharespot/sharespot/internal/registry"
 	"github.com/sharespot/sharespot/internal/relay"
@@ -341,9 +340,6 @@ func (ib *inboxService) Ack(ctx context.Context, req *connect.Request[sharespotv
 	p := partyFrom(ctx)
 	return write(ctx, ib.services, func(tx *store.Tx) (*sharespotv1.AckResponse, error) {
 		_, err := relay.Ack(tx, p.DeviceID, req.Msg.Seq)
-		if err != nil {
-			return &sharespotv1.AckResponse{}, problem.Invalidf("%v", err)
-		}
-		return &sharespotv1.AckResponse{}, nil
+		return &sharespotv1.AckResponse{}, err
 	})
 }

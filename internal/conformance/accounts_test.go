@@ -57,3 +57,18 @@ func TestAccountOwnsDevices(t *testing.T) {
 		env.MustAudit(t)
 	})
 }
+
+// TestAckBeyondInbox: acknowledging a message that does not exist is
+// refused with a clear error, and changes nothing.
+func TestAckBeyondInbox(t *testing.T) {
+	ctx := context.Background()
+	env := harness.Start(t, nil)
+	d := env.Device(t, "d")
+	_, err := d.Inbox.Ack(ctx, connect.NewRequest(&sharespotv1.AckRequest{Seq: 5}))
+	if harness.Code(err) != connect.CodeInvalidArgument {
+		t.Fatalf("ack beyond the inbox: %v, want invalid_argument", err)
+	}
+	if _, err := d.Inbox.Ack(ctx, connect.NewRequest(&sharespotv1.AckRequest{Seq: 0})); err != nil {
+		t.Fatalf("ack 0 (nothing) = %v", err)
+	}
+}

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
+	"github.com/sharespot/sharespot/internal/problem"
 	"github.com/sharespot/sharespot/internal/store"
 )
 
@@ -84,7 +85,7 @@ func Ack(tx *store.Tx, deviceID string, seq uint64) (uint64, error) {
 		return 0, fmt.Errorf("relay: read cursor of %s: %w", deviceID, err)
 	}
 	if int64(seq) >= next {
-		return uint64(acked), fmt.Errorf("relay: ack %d is beyond the last message %d", seq, next-1)
+		return uint64(acked), problem.Invalidf("ack %d is beyond the last message %d", seq, next-1)
 	}
 	if int64(seq) <= acked {
 		return uint64(acked), nil
