@@ -29,19 +29,33 @@
 // All connections of a session draw on one budget. Before a copy step a
 // connection reserves budget (at most quota − used − reserved, so the sum
 // of all reservations and all use never exceeds the quota), copies at most
-// that many bytes, then commits what it wrote and releases the rest. On
-// Linux the copy step is io.CopyN between two *net.TCPConn, which Go turns
-// into splice(2) (no userspace copy); a connection first waits for its
-// source to become readable (MSG_PEEK, without holding budget) and gives
-// back an unused reservation if the source pauses for 200 ms, so idle
-// connections do not sit on budget other connections need. Elsewhere, and
-// for bytes that arrived with the handshake, the copy reads into a buffer
-// first and then reserves budget for what it read, waiting if the rest of
-// the budget is reserved by other connections. Either way no byte past the
-// quota is ever written. When used reaches quota the gateway sends
-// Exhausted and closes every connection of the session; when quota − used
-// first falls below the grant's threshold it sends ThresholdCrossed. Both
-// are sent from the copy step that caused them, not by polling.
+// that many bytes, then commits what it wrote and releases the rest.
+//
+// On Linux, between two TCP sockets, the copy step is io.CopyN from one
+// *net.TCPConn to the other, which Go runs as splice(2): no byte is copied
+// through userspace (checked with strace: the relay makes splice calls and
+// no read or write calls). A connection first waits for its source to have
+// data queued without holding any budget (the poller, then SIOCINQ), then
+// reserves at most what is queued, so a step never waits for more data
+// while holding budget, and each step is committed, and its events sent,
+// as soon as its bytes are written. Elsewhere, and for bytes that arrived
+// with the handshake, the copy reads into a buffer first and then reserves
+// budget for what it read, waiting if the rest of the budget is reserved by
+// other connections.
+//
+// Either way no byte past the quota is ever written. When used reaches the
+// quota the gateway sends Exhausted and closes every connection of the
+// session; when quota − used first falls below the grant's threshold it
+// sends ThresholdCrossed. Both are sent by the copy step that caused them,
+// not by polling.
+//
+// Every connection has a handshake timeout, an idle timeout (no byte in
+// either direction) that is also the write deadline of each step, and
+// counts against a global and a per-session connection limit. An optional
+// per-session rate limit (bytes per second, both directions together) is
+// paid by each step after it wrote. The gateway dials only TCP, never its
+// own listening address, and by default no loopback, link-local or
+// unspecified address (Config.AllowDestination).
 //
 // # Crash safety
 //

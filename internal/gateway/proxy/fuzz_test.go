@@ -15,8 +15,12 @@ import (
 	"github.com/sharespot/sharespot/internal/seal"
 )
 
-// fuzzCode is the access code of the fuzzers' session "sess".
-var fuzzCode = bytes.Repeat([]byte{0x42}, seal.AccessCodeSize)
+// fuzzCode is the access code of the fuzzers' session "sess"; otherCode
+// is well formed but wrong.
+var (
+	fuzzCode  = bytes.Repeat([]byte{0x42}, seal.AccessCodeSize)
+	otherCode = seal.FormatCode(bytes.Repeat([]byte{0x43}, seal.AccessCodeSize))
+)
 
 // fuzzProxy returns a proxy (not serving) with session "sess" admitted,
 // and an auth function that records whether it accepted.
@@ -87,6 +91,7 @@ func FuzzSOCKS5Handshake(f *testing.F) {
 		f.Add(append(bytes.Clone(login), req...))
 	}
 	f.Add(append(socksLogin("sess", "x"), 5, 1, 0, 1, 1, 2, 3, 4, 0, 80))
+	f.Add(append(socksLogin("sess", otherCode), 5, 1, 0, 1, 1, 2, 3, 4, 0, 80))
 	f.Add(append(socksLogin("other", pass), 5, 1, 0, 1, 1, 2, 3, 4, 0, 80))
 	f.Add([]byte{5, 1, 0})
 	f.Add([]byte{5, 0})
@@ -115,6 +120,8 @@ func FuzzHTTPConnect(f *testing.F) {
 	f.Add([]byte("CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\nProxy-Authorization: Basic " + cred + "\r\n\r\n"))
 	f.Add([]byte("CONNECT [2001:db8::1]:443 HTTP/1.1\r\nProxy-Authorization: basic " + cred + "\r\n\r\nearly"))
 	f.Add([]byte("CONNECT example.com:443 HTTP/1.0\r\n\r\n"))
+	f.Add([]byte("CONNECT example.com:443 HTTP/1.1\r\nProxy-Authorization: Basic " +
+		base64.StdEncoding.EncodeToString([]byte("sess:"+otherCode)) + "\r\n\r\n"))
 	f.Add([]byte("GET http://example.com/ HTTP/1.1\r\nProxy-Authorization: Basic " + cred + "\r\n\r\n"))
 	f.Add([]byte("CONNECT example.com:0 HTTP/1.1\r\nProxy-Authorization: Basic " + cred + "\r\n\r\n"))
 	f.Add([]byte("CONNECT /x HTTP/1.1\r\nProxy-Authorization: Basic c2Vzczp4\r\n\r\n"))

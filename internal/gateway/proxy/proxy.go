@@ -316,6 +316,15 @@ func (p *Proxy) Extend(ctx context.Context, sessionID string, bytes int64) error
 	s.wakeLocked()
 	s.mu.Unlock()
 	if err := p.save(); err != nil {
+		// Undo, unless a save in between made the extension durable, so
+		// that a retry does not extend twice. No byte can use the undone
+		// volume yet: reservations stay below what the store holds.
+		s.mu.Lock()
+		if !s.inStore || s.saved.Quota+bytes <= s.quota {
+			s.quota -= bytes
+			s.exhausted = s.used >= s.quota
+		}
+		s.mu.Unlock()
 		return fmt.Errorf("proxy: extend %s: %w", sessionID, err)
 	}
 	return nil

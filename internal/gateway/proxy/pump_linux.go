@@ -7,6 +7,8 @@ import (
 	"os"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // pump copies src to dst until src ends. Between two TCP connections it
@@ -20,19 +22,26 @@ func (c *pconn) pump(dst, src net.Conn) error {
 	return c.splicePump(d, s)
 }
 
-// splicePump waits for src to have data without holding budget, reserves
-// budget, and splices at most that much. If src pauses for holdTimeout the
-// step ends and the unused reservation goes back.
+// splicePump waits, without holding budget, until src has data queued,
+// reserves budget for at most what is queued, and splices that much: the
+// step does not wait for more data, so budget is held only while bytes
+// move and every step is accounted (and its events sent) as soon as it
+// ends. As a safety net a step whose source stalls for holdTimeout ends
+// and gives the rest of its reservation back.
 func (c *pconn) splicePump(dst, src *net.TCPConn) error {
 	rc, err := src.SyscallConn()
 	if err != nil {
 		return err
 	}
 	for {
-		if err := c.waitReadable(src, rc); err != nil {
+		queued, err := c.waitReadable(src, rc)
+		if err != nil {
 			return err
 		}
-		n, err := c.s.reserve(c.ctx, c.s.chunk)
+		if queued == 0 {
+			return closeWrite(dst) // end of stream
+		}
+		n, err := c.s.reserve(c.ctx, min(int64(queued), c.s.chunk))
 		if err != nil {
 			return err
 		}
@@ -47,31 +56,50 @@ func (c *pconn) splicePump(dst, src *net.TCPConn) error {
 		case err == io.EOF:
 			return closeWrite(dst)
 		case errors.Is(err, os.ErrDeadlineExceeded) && time.Now().Before(wdl):
-			// src paused: the reservation is back; wait for data again.
+			// src stalled: the reservation is back; wait for data again.
 		default:
 			return err
 		}
 	}
 }
 
-// waitReadable blocks until src has data, an end of stream or an error to
-// report, or the connection goes idle.
-func (c *pconn) waitReadable(src *net.TCPConn, rc syscall.RawConn) error {
+// waitReadable blocks until src has bytes queued (it returns how many) or
+// has reached its end (0), fails, or the connection goes idle. It consumes
+// nothing.
+func (c *pconn) waitReadable(src *net.TCPConn, rc syscall.RawConn) (int, error) {
 	for {
 		if err := c.setIdleReadDeadline(src); err != nil {
-			return err
+			return 0, err
 		}
-		err := rc.Read(peekReadable)
-		if err == nil || !errors.Is(err, os.ErrDeadlineExceeded) {
-			return err
+		var queued int
+		var sockErr error
+		err := rc.Read(func(fd uintptr) bool {
+			if v, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ); err == nil && v > 0 {
+				queued = v
+				return true
+			}
+			var b [1]byte
+			n, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+			for err == unix.EINTR {
+				n, _, err = unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+			}
+			switch {
+			case err == unix.EAGAIN:
+				return false // nothing yet: wait for the poller
+			case err != nil:
+				sockErr = err
+			default:
+				queued = n // 0 at the end of the stream
+			}
+			return true
+		})
+		switch {
+		case err == nil && sockErr != nil:
+			return 0, os.NewSyscallError("recvfrom", sockErr)
+		case err == nil:
+			return queued, nil
+		case !errors.Is(err, os.ErrDeadlineExceeded):
+			return 0, err
 		}
 	}
-}
-
-// peekReadable reports whether fd has something for a read: data, an end
-// of stream or an error. It consumes nothing.
-func peekReadable(fd uintptr) bool {
-	var b [1]byte
-	_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-	return err != syscall.EAGAIN
 }
