@@ -22,37 +22,12 @@ import (
 	"github.com/sharespot/sharespot/internal/gateway"
 )
 
-// Gate adapts a metering gateway to the host agent.
-type Gate struct {
-	GW gateway.Gateway
-	// Threshold is the warning level given to every admitted session.
-	Threshold int64
-}
-
-var _ client.Gate = (*Gate)(nil)
-
-// Admit implements client.Gate.
-func (g *Gate) Admit(sessionID string, code []byte, bytes int64) error {
-	return g.GW.Admit(context.Background(), gateway.Grant{SessionID: sessionID, Credential: code, Quota: bytes, Threshold: g.Threshold})
-}
-
-// Extend implements client.Gate.
-func (g *Gate) Extend(sessionID string, bytes int64) error {
-	return g.GW.Extend(context.Background(), sessionID, bytes)
-}
-
-// Revoke implements client.Gate.
-func (g *Gate) Revoke(sessionID string) { g.GW.Revoke(context.Background(), sessionID) }
-
-// Gateway implements client.Gate.
-func (g *Gate) Gateway() *sharespotv1.Gateway {
-	return &sharespotv1.Gateway{Kind: "proxy", Address: g.GW.Addr()}
-}
-
 // Host is a running host.
 type Host struct {
 	C  *client.Client
 	GW gateway.Gateway
+	// Kind is the gateway's kind as guests are told it (default "proxy").
+	Kind string
 	// Threshold: the hotspot's low-quota warning level.
 	Threshold int64
 	// Decide may refuse requests; nil accepts all at the tariff.
@@ -82,7 +57,11 @@ func (h *Host) Run(ctx context.Context) error {
 		h.Notify = func(string, string, int64, int64) {}
 	}
 	h.active = map[string]bool{}
-	agent := &client.Host{C: h.C, Gate: &Gate{GW: h.GW, Threshold: h.Threshold}, Decide: h.Decide, Log: h.Log}
+	kind := h.Kind
+	if kind == "" {
+		kind = "proxy"
+	}
+	agent := &client.Host{C: h.C, Gate: gateway.NewGate(h.GW, kind, h.Threshold, h.Log), Decide: h.Decide, Log: h.Log}
 	if err := agent.Start(ctx); err != nil {
 		return err
 	}

@@ -1,16 +1,17 @@
-package proxy_test
+package gateway_test
 
 import (
 	"context"
 	"testing"
 
 	"github.com/sharespot/sharespot/internal/client"
+	"github.com/sharespot/sharespot/internal/gateway"
 	"github.com/sharespot/sharespot/internal/gateway/proxy"
 	"github.com/sharespot/sharespot/internal/seal"
 )
 
 // The host agent drives the proxy through its Gate interface.
-var _ client.Gate = (*proxy.Gate)(nil)
+var _ client.Gate = (*gateway.Gate)(nil)
 
 func TestGate(t *testing.T) {
 	p, err := proxy.New(proxy.Config{})
@@ -26,7 +27,7 @@ func TestGate(t *testing.T) {
 			t.Error(err)
 		}
 	}()
-	var g client.Gate = proxy.NewGate(p, 1000, nil)
+	var g client.Gate = gateway.NewGate(p, "proxy", 1000, nil)
 	code, err := seal.NewAccessCode()
 	if err != nil {
 		t.Fatal(err)

@@ -1,4 +1,4 @@
-package proxy
+package gateway
 
 import (
 	"context"
@@ -7,57 +7,55 @@ import (
 	"time"
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
-	"github.com/sharespot/sharespot/internal/gateway"
 )
-
-// Kind is the gateway kind guests are told.
-const Kind = "proxy"
 
 // gateTimeout bounds one Gate call (the store's save).
 const gateTimeout = 30 * time.Second
 
-// Gate adapts a Proxy to the host agent's gate (client.Gate's method set;
-// this package does not import client).
+// Gate adapts a Gateway to the host agent's gate (client.Gate's method
+// set; this package does not import client).
 type Gate struct {
-	P *Proxy
+	GW Gateway
+	// Kind is what guests are told ("proxy" or "nftables").
+	Kind string
 	// Threshold is the warning level given to every admitted session
 	// (the host's warn-at volume).
 	Threshold int64
 	Log       *slog.Logger
 }
 
-// NewGate returns a Gate over p.
-func NewGate(p *Proxy, threshold int64, log *slog.Logger) *Gate {
+// NewGate returns a Gate over gw.
+func NewGate(gw Gateway, kind string, threshold int64, log *slog.Logger) *Gate {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Gate{P: p, Threshold: threshold, Log: log}
+	return &Gate{GW: gw, Kind: kind, Threshold: threshold, Log: log}
 }
 
 // Admit lets the session in with its access code and volume.
 func (g *Gate) Admit(sessionID string, code []byte, bytes int64) error {
 	ctx, cancel := context.WithTimeout(context.Background(), gateTimeout)
 	defer cancel()
-	return g.P.Admit(ctx, gateway.Grant{SessionID: sessionID, Credential: code, Quota: bytes, Threshold: g.Threshold})
+	return g.GW.Admit(ctx, Grant{SessionID: sessionID, Credential: code, Quota: bytes, Threshold: g.Threshold})
 }
 
 // Extend adds volume to the session in place.
 func (g *Gate) Extend(sessionID string, bytes int64) error {
 	ctx, cancel := context.WithTimeout(context.Background(), gateTimeout)
 	defer cancel()
-	return g.P.Extend(ctx, sessionID, bytes)
+	return g.GW.Extend(ctx, sessionID, bytes)
 }
 
 // Revoke ends the session's access and cuts its connections.
 func (g *Gate) Revoke(sessionID string) {
 	ctx, cancel := context.WithTimeout(context.Background(), gateTimeout)
 	defer cancel()
-	if err := g.P.Revoke(ctx, sessionID); err != nil && !errors.Is(err, gateway.ErrUnknownSession) {
+	if err := g.GW.Revoke(ctx, sessionID); err != nil && !errors.Is(err, ErrUnknownSession) {
 		g.Log.Error("cannot revoke session at the gateway", "session", sessionID, "err", err)
 	}
 }
 
-// Gateway tells guests how to reach the proxy.
+// Gateway tells guests how to reach the gateway.
 func (g *Gate) Gateway() *sharespotv1.Gateway {
-	return &sharespotv1.Gateway{Kind: Kind, Address: g.P.Addr()}
+	return &sharespotv1.Gateway{Kind: g.Kind, Address: g.GW.Addr()}
 }
