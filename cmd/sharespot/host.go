@@ -86,6 +86,10 @@ func (c *ShareCmd) Run(env *runEnv) error {
 	if err := os.MkdirAll(state, 0o700); err != nil {
 		return err
 	}
+	codeKey, err := hosting.LoadOrCreateKey(filepath.Join(state, "access-code.key"))
+	if err != nil {
+		return err
+	}
 	cl, err := c.connect(env.ctx, "host")
 	if err != nil {
 		return err
@@ -120,7 +124,7 @@ func (c *ShareCmd) Run(env *runEnv) error {
 	wg.Add(1)
 	go func() { defer wg.Done(); gw.Run(ctx) }()
 	var out sync.Mutex
-	h := &hosting.Host{C: cl, GW: gw, Threshold: inst.WarnAtBytes, CursorFile: filepath.Join(state, "inbox.cursor"),
+	h := &hosting.Host{C: cl, GW: gw, Threshold: inst.WarnAtBytes, CursorFile: filepath.Join(state, "inbox.cursor"), CodeKey: codeKey,
 		Notify: func(what, sid string, used, quota int64) {
 			out.Lock()
 			defer out.Unlock()

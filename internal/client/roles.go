@@ -3,6 +3,8 @@ package client
 import (
 	"context"
 	"crypto/ed25519"
+	"crypto/hmac"
+	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
 	"errors"
@@ -41,6 +43,11 @@ type Host struct {
 	// Decide may turn a request down; nil accepts every request.
 	Decide func(*sharespotv1.AccessRequested) (ok bool, reason string)
 	Log    *slog.Logger
+	// CodeKey derives each session's access code (HMAC-SHA256 of the
+	// session ID), so a grant retried after a lost response, or after a
+	// restart, seals the same code the gate already holds. Keep it secret
+	// and persistent; nil: a random key for this process only.
+	CodeKey []byte
 
 	verifier *receipt.Verifier
 	mu       sync.Mutex
@@ -60,6 +67,10 @@ func (h *Host) Start(ctx context.Context) error {
 			return fmt.Errorf("client: platform key %q is malformed", k.KeyId)
 		}
 		keys = append(keys, ed25519.PublicKey(k.PublicKey))
+	}
+	if len(h.CodeKey) == 0 {
+		h.CodeKey = make([]byte, 32)
+		rand.Read(h.CodeKey)
 	}
 	h.verifier = receipt.NewVerifier(keys...)
 	h.seen = map[string]bool{}
@@ -167,10 +178,7 @@ func (h *Host) grant(ctx context.Context, sid string, pc *sharespotv1.PaymentCon
 	}
 	req := &sharespotv1.GrantRequest{SessionId: sid, QuoteId: q.Id, GrantedBytes: q.Bytes}
 	if pc.Kind == sharespotv1.QuoteKind_QUOTE_KIND_INITIAL {
-		code, err := seal.NewAccessCode()
-		if err != nil {
-			return err
-		}
+		code := h.accessCode(sid)
 		sealed, err := seal.Seal(seal.Suite(pc.Suite), pc.GuestPublicKey, seal.Binding{SessionID: sid, HostID: s.HostDeviceId, GuestID: s.GuestDeviceId}, code)
 		if err != nil {
 			h.Log.Warn("cannot seal to the guest's key", "session", sid, "err", err)
@@ -196,6 +204,15 @@ func (h *Host) grant(ctx context.Context, sid string, pc *sharespotv1.PaymentCon
 	}
 	h.remember(receiptID)
 	return nil
+}
+
+// accessCode is the session's access code: HMAC-SHA256(CodeKey, label ||
+// session ID), seal.AccessCodeSize bytes.
+func (h *Host) accessCode(sessionID string) []byte {
+	m := hmac.New(sha256.New, h.CodeKey)
+	m.Write([]byte("sharespot/access-code/v1\x00"))
+	m.Write([]byte(sessionID))
+	return m.Sum(nil)[:seal.AccessCodeSize]
 }
 
 // markGated records that quote's volume reached the gate; false if it had.

@@ -7,7 +7,10 @@ package hosting
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
+	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"strconv"
@@ -35,6 +38,8 @@ type Host struct {
 	// CursorFile, if set, persists the last inbox message processed, so a
 	// restarted host handles each message once.
 	CursorFile string
+	// CodeKey derives access codes (see client.Host.CodeKey).
+	CodeKey []byte
 	// ReportEvery is how often usage of active sessions is reported.
 	ReportEvery time.Duration
 	// Notify, if set, hears what happens (for a live view).
@@ -61,7 +66,7 @@ func (h *Host) Run(ctx context.Context) error {
 	if kind == "" {
 		kind = "proxy"
 	}
-	agent := &client.Host{C: h.C, Gate: gateway.NewGate(h.GW, kind, h.Threshold, h.Log), Decide: h.Decide, Log: h.Log}
+	agent := &client.Host{C: h.C, Gate: gateway.NewGate(h.GW, kind, h.Threshold, h.Log), Decide: h.Decide, Log: h.Log, CodeKey: h.CodeKey}
 	if err := agent.Start(ctx); err != nil {
 		return err
 	}
@@ -74,7 +79,7 @@ func (h *Host) Run(ctx context.Context) error {
 	go func() { defer wg.Done(); h.report(ctx) }()
 	after := h.loadCursor()
 	err := h.C.Receive(ctx, after, func(ctx context.Context, env *sharespotv1.Envelope) error {
-		if err := agent.Handle(ctx, env); err != nil {
+		if err := h.handle(ctx, agent, env); err != nil {
 			return err
 		}
 		switch b := env.Body.(type) {
@@ -96,6 +101,64 @@ func (h *Host) Run(ctx context.Context) error {
 		err = nil
 	}
 	return err
+}
+
+// handle runs the agent on one message, retrying transport failures a few
+// times. A message that still fails is logged and skipped (acknowledged):
+// the server's deadlines then move its session on (a paid guest is
+// refunded), which beats stopping the whole host.
+func (h *Host) handle(ctx context.Context, agent *client.Host, env *sharespotv1.Envelope) error {
+	backoff := 200 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		err := agent.Handle(ctx, env)
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if attempt == 5 {
+			h.Log.Error("giving up on an inbox message", "session", env.SessionId, "seq", env.Seq, "err", err)
+			return nil
+		}
+		h.Log.Warn("handling an inbox message failed; retrying", "session", env.SessionId, "seq", env.Seq, "err", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff *= 2
+	}
+}
+
+// LoadOrCreateKey reads a 32-byte secret from path, creating it (mode
+// 0600) on first use.
+func LoadOrCreateKey(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err == nil {
+		if len(b) != 32 {
+			return nil, fmt.Errorf("hosting: %s holds %d bytes, want 32", path, len(b))
+		}
+		return b, nil
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("hosting: %w", err)
+	}
+	b = make([]byte, 32)
+	rand.Read(b)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("hosting: %w", err)
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("hosting: write %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("hosting: write %s: %w", path, err)
+	}
+	return b, f.Close()
 }
 
 // resume picks up the host's open sessions from the server after a restart.
