@@ -24,7 +24,10 @@ type CLI struct {
 	Version VersionCmd `cmd:"" help:"Print the version and protocol version."`
 }
 
-func main() {
+func main() { os.Exit(run()) }
+
+// run is the whole program; it returns the exit code.
+func run() int {
 	var cli CLI
 	kctx := kong.Parse(&cli,
 		kong.Name("sharespot"),
@@ -35,6 +38,7 @@ func main() {
 	defer stop()
 	if err := kctx.Run(&runEnv{ctx: ctx, stdout: os.Stdout, stderr: os.Stderr}); err != nil {
 		fmt.Fprintln(os.Stderr, "sharespot:", err)
-		os.Exit(1)
+		return 1
 	}
+	return 0
 }
