@@ -78,4 +78,3 @@ func TestScripts(t *testing.T) {
 		},
 	})
 }
-
