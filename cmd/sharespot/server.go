@@ -16,6 +16,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/sharespot/sharespot/internal/api"
+	"github.com/sharespot/sharespot/internal/bus"
 	"github.com/sharespot/sharespot/internal/client"
 	"github.com/sharespot/sharespot/internal/ledger"
 	"github.com/sharespot/sharespot/internal/payment"
@@ -36,6 +37,9 @@ type ServerCmd struct {
 	Listen            string        `default:"127.0.0.1:8474" env:"SHARESPOT_LISTEN" help:"Address to listen on."`
 	Data              string        `env:"SHARESPOT_DATA" help:"Data directory (default: the user's data directory)." placeholder:"DIR"`
 	DB                string        `name:"db" env:"SHARESPOT_DB" help:"Database: a postgres:// URL for PostgreSQL; empty for SQLite in the data directory." placeholder:"URL"`
+	DBMaxConns        int           `name:"db-max-conns" env:"SHARESPOT_DB_MAX_CONNS" default:"16" help:"Most connections to PostgreSQL this replica opens."`
+	Bus               string        `name:"bus" env:"SHARESPOT_BUS" help:"NATS server(s) carrying inbox wake-ups between replicas (nats://host:4222, comma-separated); empty for a single server." placeholder:"URL"`
+	PollInterval      time.Duration `name:"poll-interval" env:"SHARESPOT_POLL_INTERVAL" help:"Longest an inbox stream waits without a wake-up before reading the inbox anyway (default 30s; 1s with --bus)."`
 	TLSCert           string        `name:"tls-cert" env:"SHARESPOT_TLS_CERT" help:"TLS certificate (PEM)." type:"existingfile"`
 	TLSKey            string        `name:"tls-key" env:"SHARESPOT_TLS_KEY" help:"TLS private key (PEM)." type:"existingfile"`
 	InsecurePlaintext bool          `help:"Allow cleartext HTTP on a non-loopback address (only behind a TLS-terminating proxy)."`
@@ -62,12 +66,22 @@ func newLogger(w io.Writer, level string, json bool) *slog.Logger {
 }
 
 func (c *ServerCmd) config(log *slog.Logger) (server.Config, error) {
-	cfg := server.Config{DataDir: c.Data, DB: c.DB, TLSCert: c.TLSCert, TLSKey: c.TLSKey, Insecure: c.InsecurePlaintext, Logger: log}
+	cfg := server.Config{DataDir: c.Data, DB: c.DB, TLSCert: c.TLSCert, TLSKey: c.TLSKey, Insecure: c.InsecurePlaintext, Logger: log,
+		DBMaxConns: c.DBMaxConns, Bus: c.Bus, PollInterval: c.PollInterval}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		return cfg, errors.New("--tls-cert and --tls-key go together")
 	}
 	if _, err := server.DBTarget(c.Data, c.DB); err != nil {
 		return cfg, fmt.Errorf("--db: %w", err)
+	}
+	if c.Bus != "" && !bus.IsURL(c.Bus) {
+		return cfg, errors.New("--bus: want a NATS URL such as nats://127.0.0.1:4222 (several separated by commas)")
+	}
+	if c.DBMaxConns < 0 {
+		return cfg, fmt.Errorf("--db-max-conns %d: want a positive number (0: the default, 16)", c.DBMaxConns)
+	}
+	if c.PollInterval < 0 {
+		return cfg, fmt.Errorf("--poll-interval %v: want a positive duration", c.PollInterval)
 	}
 	sc := session.DefaultConfig()
 	sc.FeeBPS, sc.Announce = c.FeeBPS, c.AnnounceSuite

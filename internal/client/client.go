@@ -9,10 +9,13 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"connectrpc.com/connect"
@@ -31,6 +34,9 @@ type Options struct {
 	DeviceName string
 	// JSON makes calls with the Connect JSON codec instead of binary.
 	JSON bool
+	// ServerURLs are further replicas of the same service, used in order
+	// after the base URL when the server in use fails (see failover).
+	ServerURLs []string
 }
 
 // Client talks to one server as one device.
@@ -76,6 +82,9 @@ func New(baseURL string, key ed25519.PrivateKey, opts Options) *Client {
 	}
 	c := &Client{key: key, name: opts.DeviceName}
 	base := strings.TrimRight(baseURL, "/")
+	if len(opts.ServerURLs) > 0 {
+		hc = withFailover(hc, append([]string{base}, opts.ServerURLs...))
+	}
 	var co []connect.ClientOption
 	if opts.JSON {
 		co = append(co, connect.WithProtoJSON())
@@ -260,4 +269,130 @@ func Await(ctx context.Context, inbox <-chan *sharespotv1.Envelope, timeout time
 			return nil, ctx.Err()
 		}
 	}
+}
+
+// failover sends each request to the server in use, one of several
+// replicas of the same service that share one database. When a server
+// cannot be reached (the connection to it cannot be made: the request
+// never left), the request goes to the next server at once. When a request
+// or a response stream fails after it was sent, the request may have been
+// applied, so it is not sent again here: the error goes to the caller, as
+// after any network failure (Receive reconnects; a unary call is the
+// caller's to retry), and later calls use the next server.
+type failover struct {
+	base    http.RoundTripper
+	servers []*url.URL // [0] is the base URL the service clients address
+	bad     []error    // why servers[i] is unusable (an unparsable URL)
+	cur     atomic.Int32
+}
+
+// withFailover returns hc sending to the first of urls that works.
+func withFailover(hc *http.Client, urls []string) *http.Client {
+	f := &failover{base: hc.Transport}
+	if f.base == nil {
+		f.base = http.DefaultTransport
+	}
+	seen := map[string]bool{}
+	for _, s := range urls {
+		s = strings.TrimRight(s, "/")
+		if seen[s] {
+			continue
+		}
+		seen[s] = true
+		u, err := url.Parse(s)
+		if err == nil && (u.Scheme == "" || u.Host == "") {
+			err = errors.New("want scheme://host[:port]")
+		}
+		if err != nil {
+			err = fmt.Errorf("client: server URL %q: %w", s, err)
+			u = &url.URL{}
+		}
+		f.servers, f.bad = append(f.servers, u), append(f.bad, err)
+	}
+	out := *hc
+	out.Transport = f
+	return &out
+}
+
+// CloseIdleConnections lets http.Client.CloseIdleConnections reach the
+// transport.
+func (f *failover) CloseIdleConnections() {
+	if c, ok := f.base.(interface{ CloseIdleConnections() }); ok {
+		c.CloseIdleConnections()
+	}
+}
+
+func (f *failover) RoundTrip(req *http.Request) (*http.Response, error) {
+	rest, ok := strings.CutPrefix(req.URL.Path, f.servers[0].Path)
+	if !ok || req.URL.Host != f.servers[0].Host {
+		return f.base.RoundTrip(req) // not addressed to the service
+	}
+	n := len(f.servers)
+	first := int(f.cur.Load())
+	sent := false // the original body went to a server (which closes it)
+	var err error
+	for i := range n {
+		at := (first + i) % n
+		if f.bad[at] != nil {
+			err = f.bad[at]
+			continue
+		}
+		r := req.Clone(req.Context())
+		u := *f.servers[at]
+		u.Path, u.RawPath, u.RawQuery = u.Path+rest, "", req.URL.RawQuery
+		r.URL, r.Host = &u, ""
+		if sent && req.Body != nil && req.Body != http.NoBody {
+			if req.GetBody == nil {
+				return nil, err // cannot send it again
+			}
+			body, berr := req.GetBody()
+			if berr != nil {
+				return nil, err
+			}
+			r.Body = body
+		}
+		sent = true
+		var resp *http.Response
+		resp, err = f.base.RoundTrip(r)
+		if err == nil {
+			f.cur.CompareAndSwap(int32(first), int32(at))
+			resp.Body = &watchedBody{ReadCloser: resp.Body, ctx: req.Context(), fail: func() { f.cur.CompareAndSwap(int32(at), int32((at+1)%n)) }}
+			return resp, nil
+		}
+		if req.Context().Err() != nil {
+			return nil, err
+		}
+		if !unsent(err) {
+			f.cur.CompareAndSwap(int32(first), int32((at+1)%n))
+			return nil, err
+		}
+	}
+	if !sent && req.Body != nil {
+		req.Body.Close()
+	}
+	return nil, err
+}
+
+// unsent reports whether err means the request never reached the server:
+// no connection could be made.
+func unsent(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
+}
+
+// watchedBody moves the client on to the next server when a response
+// stream breaks (the server went away mid-stream).
+type watchedBody struct {
+	io.ReadCloser
+	ctx  context.Context
+	fail func()
+	once sync.Once
+}
+
+func (b *watchedBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil && err != io.EOF && b.ctx.Err() == nil {
+		b.once.Do(b.fail)
+	}
+	return n, err
 }

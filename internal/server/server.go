@@ -19,6 +19,7 @@ import (
 
 	"github.com/sharespot/sharespot/internal/api"
 	"github.com/sharespot/sharespot/internal/auth"
+	"github.com/sharespot/sharespot/internal/bus"
 	"github.com/sharespot/sharespot/internal/payment"
 	"github.com/sharespot/sharespot/internal/relay"
 	"github.com/sharespot/sharespot/internal/session"
@@ -44,7 +45,14 @@ type Config struct {
 	Limits          api.Limits
 	// SweepInterval: how often overdue sessions are looked for.
 	SweepInterval time.Duration
+	// DBMaxConns caps the PostgreSQL connection pool (default 16).
+	DBMaxConns int
+	// Bus is the NATS server(s) (nats://host:port, comma-separated) that
+	// carry inbox wake-ups between replicas; empty for one replica.
+	Bus string
 	// PollInterval: longest an inbox stream waits without a wake-up.
+	// Default 30 s; 1 s with a Bus, which bounds the delay a lost
+	// wake-up causes.
 	PollInterval time.Duration
 	Logger       *slog.Logger
 	Now          func() time.Time
@@ -93,6 +101,7 @@ type Server struct {
 	log     *slog.Logger
 	st      *store.Store
 	hub     *relay.Hub
+	bus     *bus.NATS
 	engine  *session.Engine
 	auth    *auth.Auth
 	wallet  *payment.Wallet
@@ -116,19 +125,38 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.SweepInterval <= 0 {
 		cfg.SweepInterval = 500 * time.Millisecond
 	}
+	if cfg.PollInterval <= 0 {
+		cfg.PollInterval = 30 * time.Second
+		if cfg.Bus != "" {
+			cfg.PollInterval = time.Second
+		}
+	}
 	s := &Server{cfg: cfg, log: cfg.Logger, hub: relay.NewHub()}
 	target, err := DBTarget(cfg.DataDir, cfg.DB)
 	if err != nil {
 		return nil, err
 	}
-	if s.st, err = store.Open(ctx, target, store.Options{Logger: cfg.Logger, Crash: cfg.Crash}); err != nil {
+	if cfg.Bus != "" && !bus.IsURL(cfg.Bus) {
+		return nil, errors.New("server: the bus is not a NATS URL: want nats://host:port")
+	}
+	if s.st, err = store.Open(ctx, target, store.Options{Logger: cfg.Logger, Crash: cfg.Crash, MaxConns: cfg.DBMaxConns}); err != nil {
 		return nil, err
 	}
 	if s.wallet, err = payment.Open(ctx, s.st, cfg.Now); err != nil {
 		s.st.Close()
 		return nil, err
 	}
-	s.engine = session.New(s.st, s.hub, s.wallet, cfg.Now, cfg.Session, cfg.Logger)
+	// Commits wake the local hub directly; with a bus, also the replica
+	// that holds the receiver's stream.
+	var waker relay.Waker = s.hub
+	if cfg.Bus != "" {
+		if s.bus, err = bus.Dial(cfg.Bus, s.hub, bus.Options{Logger: cfg.Logger}); err != nil {
+			s.st.Close()
+			return nil, err
+		}
+		waker = s.bus
+	}
+	s.engine = session.New(s.st, waker, s.wallet, cfg.Now, cfg.Session, cfg.Logger)
 	s.auth = auth.New(s.st, cfg.Now, time.Hour)
 	s.handler = api.Handler(api.Deps{Store: s.st, Engine: s.engine, Auth: s.auth, Wallet: s.wallet, Hub: s.hub,
 		Now: cfg.Now, Log: cfg.Logger, Limits: cfg.Limits, PollInterval: cfg.PollInterval})
@@ -141,12 +169,15 @@ func (s *Server) Handler() http.Handler { return s.handler }
 // Store is the server's database (for operator commands and tests).
 func (s *Server) Store() *store.Store { return s.st }
 
-// Close closes the database. Safe after a failed Open and more than once.
+// Close closes the database, then the bus (publishing the last commits'
+// wake-ups). Safe after a failed Open and more than once.
 func (s *Server) Close() error {
 	if s == nil {
 		return nil
 	}
-	return s.st.Close()
+	err := s.st.Close()
+	s.bus.Close()
+	return err
 }
 
 // CheckListen refuses cleartext on a non-loopback address unless allowed.

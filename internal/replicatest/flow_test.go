@@ -1,0 +1,518 @@
+package replicatest
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+
+	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
+	"github.com/sharespot/sharespot/internal/client"
+	"github.com/sharespot/sharespot/internal/harness"
+	"github.com/sharespot/sharespot/internal/ledger"
+	"github.com/sharespot/sharespot/internal/payment"
+	"github.com/sharespot/sharespot/internal/store"
+)
+
+const (
+	MB       = 1_000_000
+	currency = "EUR"
+	funded   = int64(10_000)
+	ssid     = "Cafe Sharespot"
+
+	// awaitTimeout bounds every wait for an inbox message. It is a
+	// failure guard, not a benchmark: far above a wake-up's round trip,
+	// far below the 1 h poll TestReplicas sets, so a wake-up that did
+	// not arrive fails the test.
+	awaitTimeout = 10 * time.Second
+)
+
+// handledMsg is one inbox message a device handled.
+type handledMsg struct {
+	Seq     uint64
+	ID      string
+	Session string
+	Body    string
+	QuoteID string // of an AccessGranted
+}
+
+// inbox receives one device's inbox through client.Receive (one call for
+// the whole run: it reconnects, and fails over, by itself) and records
+// what the device handled.
+type inbox struct {
+	mu   sync.Mutex
+	msgs []handledMsg
+	ch   chan *sharespotv1.Envelope
+	err  error
+	done chan struct{}
+}
+
+// listen receives c's inbox until ctx ends; h, if not nil, handles each
+// message first (the host agent).
+func listen(ctx context.Context, c *client.Client, h client.Handler) *inbox {
+	in := &inbox{ch: make(chan *sharespotv1.Envelope, 1024), done: make(chan struct{})}
+	go func() {
+		defer close(in.done)
+		err := c.Receive(ctx, 0, func(ctx context.Context, env *sharespotv1.Envelope) error {
+			if h != nil {
+				if err := h(ctx, env); err != nil {
+					return err
+				}
+			}
+			m := handledMsg{Seq: env.Seq, ID: env.MessageId, Session: env.SessionId, Body: fmt.Sprintf("%T", env.Body)}
+			if g := env.GetAccessGranted(); g != nil {
+				m.QuoteID = g.QuoteId
+			}
+			in.mu.Lock()
+			in.msgs = append(in.msgs, m)
+			in.mu.Unlock()
+			select {
+			case in.ch <- env:
+			default:
+			}
+			return nil
+		}, nil)
+		if ctx.Err() == nil {
+			in.mu.Lock()
+			in.err = err
+			in.mu.Unlock()
+		}
+	}()
+	return in
+}
+
+func (in *inbox) handled() []handledMsg {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return slices.Clone(in.msgs)
+}
+
+// await waits for in's next message of session sid that match accepts,
+// failing on the session's end or a decline.
+func (in *inbox) await(ctx context.Context, sid, what string, match func(*sharespotv1.Envelope) bool) (*sharespotv1.Envelope, error) {
+	timer := time.NewTimer(awaitTimeout)
+	defer timer.Stop()
+	for {
+		select {
+		case env := <-in.ch:
+			if env.SessionId != sid {
+				continue
+			}
+			if match(env) {
+				return env, nil
+			}
+			switch b := env.Body.(type) {
+			case *sharespotv1.Envelope_SessionEnded:
+				return nil, fmt.Errorf("waiting for %s: session ended: %s", what, b.SessionEnded.Session.GetEndReason())
+			case *sharespotv1.Envelope_Declined:
+				return nil, fmt.Errorf("waiting for %s: declined: %s", what, b.Declined.Reason)
+			}
+		case <-timer.C:
+			in.mu.Lock()
+			err := in.err
+			in.mu.Unlock()
+			return nil, fmt.Errorf("no %s for session %s within %v (receiver: %v)", what, sid, awaitTimeout, err)
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// flow is one guest buying from one host, each device talking to its own
+// replicas, on one PostgreSQL database.
+type flow struct {
+	st          *store.Store
+	host, guest *client.Client
+	agent       *client.Host
+	gate        *client.CodeGate
+	g           *client.Guest
+
+	// midFlow, if set, runs once in the host agent just before it
+	// handles the initial payment confirmation: the guest has paid and
+	// confirmed, and waits for its access response.
+	midFlow     func()
+	midFlowOnce sync.Once
+
+	stopInboxes     context.CancelFunc
+	hostIn, guestIn *inbox
+	bssid           string
+	hotspotID, sid  string
+
+	mu    sync.Mutex
+	steps []step
+}
+
+// step is one message's trip: from the call that caused it to its
+// arrival in the other device's handler.
+type step struct {
+	name string
+	took time.Duration
+}
+
+func newDevice(name string, urls []string) *client.Client {
+	_, key, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		panic(err)
+	}
+	return client.New(urls[0], key, client.Options{DeviceName: name, ServerURLs: urls[1:]})
+}
+
+// newFlow makes the devices: the host on hostURLs, the guest on
+// guestURLs (each list: the replica in use first, then its failovers).
+func newFlow(st *store.Store, hostURLs, guestURLs []string) *flow {
+	var b [5]byte
+	rand.Read(b[:])
+	f := &flow{st: st, gate: &client.CodeGate{Kind: "proxy", Address: "192.0.2.1:1080"},
+		bssid: fmt.Sprintf("02:%02X:%02X:%02X:%02X:%02X", b[0], b[1], b[2], b[3], b[4])}
+	f.host, f.guest = newDevice("host", hostURLs), newDevice("guest", guestURLs)
+	f.agent = &client.Host{C: f.host, Gate: f.gate}
+	f.g = &client.Guest{C: f.guest}
+	return f
+}
+
+func (f *flow) record(name string, since time.Time) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.steps = append(f.steps, step{name, time.Since(since)})
+}
+
+// report lists the steps' times.
+func (f *flow) report() string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var b strings.Builder
+	for _, s := range f.steps {
+		fmt.Fprintf(&b, "  %-40s %8v\n", s.name, s.took.Round(100*time.Microsecond))
+	}
+	return b.String()
+}
+
+// setup signs both devices in, registers the hotspot, funds the guest and
+// starts both inboxes, the host's with its agent.
+func (f *flow) setup(ctx context.Context) error {
+	for _, c := range []*client.Client{f.host, f.guest} {
+		if err := c.SignIn(ctx); err != nil {
+			return err
+		}
+	}
+	if err := f.agent.Start(ctx); err != nil {
+		return err
+	}
+	res, err := f.host.Hotspots.Register(ctx, connect.NewRequest(&sharespotv1.RegisterRequest{Instruction: &sharespotv1.ShareInstruction{
+		AccessPoint:    &sharespotv1.AccessPoint{Ssid: []byte(ssid), Bssid: f.bssid, Security: sharespotv1.Security_SECURITY_WPA2},
+		Tariff:         &sharespotv1.Tariff{Currency: currency, PriceMinor: 10, UnitBytes: MB, MinPurchaseBytes: 10 * MB, TopupPriceMinor: 12},
+		ShareableBytes: 1000 * MB,
+		WarnAtBytes:    5 * MB,
+	}}))
+	if err != nil {
+		return fmt.Errorf("register: %w", err)
+	}
+	f.hotspotID = res.Msg.Hotspot.Id
+	err = f.st.Write(ctx, func(tx *store.Tx) error {
+		_, err := payment.Fund(tx, time.Now().UnixMilli(), f.guest.AccountID(), currency, funded, "replicatest:"+f.guest.AccountID(), "test funding")
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("fund: %w", err)
+	}
+	rctx, cancel := context.WithCancel(context.Background())
+	f.stopInboxes = cancel
+	f.hostIn = listen(rctx, f.host, func(ctx context.Context, env *sharespotv1.Envelope) error {
+		if pc := env.GetPaymentConfirmed(); pc != nil && pc.Kind == sharespotv1.QuoteKind_QUOTE_KIND_INITIAL && f.midFlow != nil {
+			f.midFlowOnce.Do(f.midFlow)
+		}
+		return f.agent.Handle(ctx, env)
+	})
+	f.guestIn = listen(rctx, f.guest, nil)
+	return nil
+}
+
+// drain waits until each device has handled every message its inbox
+// ever held.
+func (f *flow) drain(ctx context.Context) error {
+	deadline := time.Now().Add(awaitTimeout)
+	for {
+		pending := ""
+		err := f.st.Read(ctx, func(tx *store.Tx) error {
+			for _, d := range []struct {
+				name string
+				c    *client.Client
+				in   *inbox
+			}{{"host", f.host, f.hostIn}, {"guest", f.guest, f.guestIn}} {
+				var next int64
+				if err := tx.QueryRow(`SELECT next_seq FROM devices WHERE id = ?`, d.c.DeviceID()).Scan(&next); err != nil {
+					return err
+				}
+				if n := int64(len(d.in.handled())); n < next-1 {
+					pending += fmt.Sprintf(" %s handled %d of %d;", d.name, n, next-1)
+				}
+			}
+			return nil
+		})
+		if err != nil || pending == "" {
+			return err
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("inboxes not drained within %v:%s", awaitTimeout, pending)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// stop stops both inboxes.
+func (f *flow) stop() error {
+	if f.stopInboxes == nil {
+		return nil
+	}
+	f.stopInboxes()
+	for _, in := range []*inbox{f.hostIn, f.guestIn} {
+		select {
+		case <-in.done:
+		case <-time.After(10 * time.Second):
+			return fmt.Errorf("an inbox receiver did not stop within 10s")
+		}
+	}
+	return nil
+}
+
+// buy answers the fee information of kind that the call at since led to:
+// pays, confirms, and waits for the grant.
+func (f *flow) buy(ctx context.Context, kind sharespotv1.QuoteKind, since time.Time) (*sharespotv1.AccessGranted, error) {
+	env, err := f.guestIn.await(ctx, f.sid, "fee information", func(env *sharespotv1.Envelope) bool {
+		fi := env.GetFeeInfo()
+		return fi != nil && fi.Quote.Kind == kind
+	})
+	if err != nil {
+		return nil, err
+	}
+	f.record(fmt.Sprintf("%v: request → fee information", kind), since)
+	q := env.GetFeeInfo().Quote
+	pay, err := f.guest.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: q.Id}))
+	if err != nil {
+		return nil, fmt.Errorf("pay %v: %w", kind, err)
+	}
+	confirmed := time.Now()
+	if _, err := f.guest.Sessions.Confirm(ctx, connect.NewRequest(&sharespotv1.ConfirmRequest{SessionId: f.sid, Receipt: pay.Msg.Receipt})); err != nil {
+		return nil, fmt.Errorf("confirm %v: %w", kind, err)
+	}
+	env, err = f.guestIn.await(ctx, f.sid, "access response", func(env *sharespotv1.Envelope) bool {
+		g := env.GetAccessGranted()
+		return g != nil && g.QuoteId == q.Id
+	})
+	if err != nil {
+		return nil, err
+	}
+	f.record(fmt.Sprintf("%v: confirm → access granted", kind), confirmed)
+	return env.GetAccessGranted(), nil
+}
+
+// open is claims 1–3 up to the first grant: request 100 MB, quote, pay,
+// confirm, grant; it returns the access code.
+func (f *flow) open(ctx context.Context) ([]byte, error) {
+	if err := f.setup(ctx); err != nil {
+		return nil, err
+	}
+	res, err := f.guest.Discovery.Discover(ctx, connect.NewRequest(&sharespotv1.DiscoverRequest{
+		Candidates: []*sharespotv1.Candidate{{Bssid: f.bssid, Ssid: []byte(ssid), SignalDbm: -48}}}))
+	if err != nil {
+		return nil, fmt.Errorf("discover: %w", err)
+	}
+	if len(res.Msg.Available) != 1 || res.Msg.Available[0].HotspotId != f.hotspotID {
+		return nil, fmt.Errorf("available set %v, want hotspot %s", res.Msg.Available, f.hotspotID)
+	}
+	requested := time.Now()
+	ses, err := f.g.RequestAccess(ctx, f.hotspotID, 100*MB)
+	if err != nil {
+		return nil, fmt.Errorf("request access: %w", err)
+	}
+	f.sid = ses.Id
+	grant, err := f.buy(ctx, sharespotv1.QuoteKind_QUOTE_KIND_INITIAL, requested)
+	if err != nil {
+		return nil, err
+	}
+	code, err := f.g.OpenCode(f.sid, f.host.DeviceID(), grant.SealedCode)
+	if err != nil {
+		return nil, fmt.Errorf("open the access code: %w", err)
+	}
+	if vol, err := f.gate.Check(f.sid, code); err != nil || vol != 100*MB || grant.TotalGrantedBytes != 100*MB {
+		return nil, fmt.Errorf("gate check = %d, %v; total granted %d", vol, err, grant.TotalGrantedBytes)
+	}
+	return code, nil
+}
+
+// prompt is C1.9: the host warns of low quota, and the guest hears it.
+func (f *flow) prompt(ctx context.Context) error {
+	if _, err := f.host.Sessions.Prompt(ctx, connect.NewRequest(&sharespotv1.PromptRequest{SessionId: f.sid, UsedBytes: 96 * MB})); err != nil {
+		return fmt.Errorf("prompt: %w", err)
+	}
+	_, err := f.guestIn.await(ctx, f.sid, "low-quota prompt", func(env *sharespotv1.Envelope) bool { return env.GetLowQuotaPrompt() != nil })
+	return err
+}
+
+// run is claims 1–3 through one session: open, low-quota prompt, top-up
+// of 50 MB, pay, confirm, grant, usage of 120 MB, end, and the claimed
+// settlement.
+func (f *flow) run(ctx context.Context) error {
+	code, err := f.open(ctx)
+	if err != nil {
+		return err
+	}
+
+	prompted := time.Now()
+	if err := f.prompt(ctx); err != nil {
+		return err
+	}
+	f.record("prompt → low-quota prompt", prompted)
+	toppedUp := time.Now()
+	if _, err := f.guest.Sessions.RequestTopUp(ctx, connect.NewRequest(&sharespotv1.RequestTopUpRequest{SessionId: f.sid, Bytes: 50 * MB})); err != nil {
+		return fmt.Errorf("request top-up: %w", err)
+	}
+	grant, err := f.buy(ctx, sharespotv1.QuoteKind_QUOTE_KIND_TOPUP, toppedUp)
+	if err != nil {
+		return err
+	}
+	if vol, err := f.gate.Check(f.sid, code); err != nil || vol != 150*MB || grant.TotalGrantedBytes != 150*MB {
+		return fmt.Errorf("gate volume after the top-up = %d, %v; total granted %d", vol, err, grant.TotalGrantedBytes)
+	}
+	if _, err := f.host.Sessions.ReportUsage(ctx, connect.NewRequest(&sharespotv1.ReportUsageRequest{SessionId: f.sid, UsedBytes: 120 * MB})); err != nil {
+		return fmt.Errorf("report usage: %w", err)
+	}
+	ended := time.Now()
+	end, err := f.guest.Sessions.End(ctx, connect.NewRequest(&sharespotv1.EndRequest{SessionId: f.sid, Reason: "done"}))
+	if err != nil {
+		return fmt.Errorf("end: %w", err)
+	}
+	// 1600 paid; 120 of 150 MB used: 1280 to the host less 5% (64), 320 back.
+	if s := end.Msg.Session; s.State != sharespotv1.SessionState_SESSION_STATE_ENDED || s.SettledHostMinor != 1216 || s.SettledFeeMinor != 64 || s.RefundedMinor != 320 {
+		return fmt.Errorf("settlement = %v", s)
+	}
+	if _, err := f.hostIn.await(ctx, f.sid, "session end", func(env *sharespotv1.Envelope) bool { return env.GetSessionEnded() != nil }); err != nil {
+		return fmt.Errorf("host: %w", err)
+	}
+	f.record("end → host told the session ended", ended)
+	return nil
+}
+
+// check checks the database after the run: the money invariants, the
+// claimed settlement with each quote paid and granted once, and each
+// device's inbox handled exactly once with nothing lost.
+func (f *flow) check(t *testing.T, ctx context.Context) {
+	t.Helper()
+	if err := harness.Audit(ctx, f.st); err != nil {
+		t.Errorf("audit: %v", err)
+	}
+	err := f.st.Read(ctx, func(tx *store.Tx) error {
+		var bal [3]int64
+		for i, id := range []string{ledger.Wallet(f.guest.AccountID(), currency).ID, ledger.Wallet(f.host.AccountID(), currency).ID, ledger.Fee(currency).ID} {
+			var err error
+			if bal[i], err = ledger.Balance(tx, id); err != nil {
+				return err
+			}
+		}
+		if guest, host, fee := bal[0], bal[1], bal[2]; guest != funded-1280 || host != 1216 || fee != 64 {
+			t.Errorf("settled guest %d, host %d, fee %d; want %d, 1216, 64", guest, host, fee, funded-1280)
+		}
+		var receipts, payments int
+		if err := tx.QueryRow(`SELECT COUNT(*) FROM receipts WHERE quote_id IN (SELECT id FROM quotes WHERE session_id = ?)`, f.sid).Scan(&receipts); err != nil {
+			return err
+		}
+		if err := tx.QueryRow(`SELECT COUNT(*) FROM ledger_transfers WHERE id LIKE 'pay:%'`).Scan(&payments); err != nil {
+			return err
+		}
+		if receipts != 2 || payments != 2 {
+			t.Errorf("%d receipts and %d payments; want 2 of each (initial and top-up), each once", receipts, payments)
+		}
+		for _, d := range []struct {
+			name, id string
+			msgs     []handledMsg
+		}{{"host", f.host.DeviceID(), f.hostIn.handled()}, {"guest", f.guest.DeviceID(), f.guestIn.handled()}} {
+			for _, err := range checkInbox(tx, d.id, d.msgs) {
+				t.Errorf("%s inbox: %v", d.name, err)
+			}
+		}
+		grants := map[string]int{}
+		for _, m := range f.guestIn.handled() {
+			if m.QuoteID != "" {
+				if grants[m.QuoteID]++; grants[m.QuoteID] > 1 {
+					t.Errorf("quote %s granted twice", m.QuoteID)
+				}
+			}
+		}
+		if len(grants) != 2 {
+			t.Errorf("the guest saw %d grants, want 2", len(grants))
+		}
+		return nil
+	})
+	if err != nil {
+		t.Errorf("read the database: %v", err)
+	}
+}
+
+// checkInbox checks a device's handled messages against its inbox on the
+// server: sequence numbers 1..L handled once each and in order, message
+// IDs unique, nothing acknowledged beyond L, and every message not yet
+// acknowledged still stored, with the ID the client saw.
+func checkInbox(tx *store.Tx, deviceID string, msgs []handledMsg) []error {
+	var errs []error
+	var next, acked int64
+	if err := tx.QueryRow(`SELECT next_seq, acked_seq FROM devices WHERE id = ?`, deviceID).Scan(&next, &acked); err != nil {
+		return []error{err}
+	}
+	stored := map[int64]string{}
+	rows, err := tx.Query(`SELECT seq, message_id FROM inbox WHERE device_id = ? ORDER BY seq`, deviceID)
+	if err != nil {
+		return []error{err}
+	}
+	for rows.Next() {
+		var seq int64
+		var id string
+		if err := rows.Scan(&seq, &id); err != nil {
+			rows.Close()
+			return []error{err}
+		}
+		stored[seq] = id
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return []error{err}
+	}
+	ids := map[string]bool{}
+	for i, m := range msgs {
+		if m.Seq != uint64(i+1) {
+			errs = append(errs, fmt.Errorf("handled message #%d has seq %d: handled twice or a gap before it", i+1, m.Seq))
+		}
+		if ids[m.ID] {
+			errs = append(errs, fmt.Errorf("message %s (seq %d) handled twice", m.ID, m.Seq))
+		}
+		ids[m.ID] = true
+	}
+	last := int64(len(msgs))
+	if last != next-1 {
+		errs = append(errs, fmt.Errorf("the client handled %d messages, the server stored %d", last, next-1))
+	}
+	if acked > last {
+		errs = append(errs, fmt.Errorf("the server holds messages up to %d acknowledged, the client handled only %d", acked, last))
+	}
+	for seq := acked + 1; seq < next; seq++ {
+		id, ok := stored[seq]
+		switch {
+		case !ok:
+			errs = append(errs, fmt.Errorf("message %d lost: not acknowledged, yet not in the inbox", seq))
+		case seq <= last && id != msgs[seq-1].ID:
+			errs = append(errs, fmt.Errorf("message %d is %s in the inbox, but the client handled %s", seq, id, msgs[seq-1].ID))
+		}
+	}
+	for seq := range stored {
+		if seq <= acked || seq >= next {
+			errs = append(errs, fmt.Errorf("message %d stored outside the unacknowledged range (%d, %d)", seq, acked, next))
+		}
+	}
+	return errs
+}
