@@ -352,11 +352,17 @@ func showLedger(ctx context.Context, w io.Writer, st *store.Store, guest, host *
 		rows := []struct{ name, id string }{
 			{"guest wallet", ledger.Wallet(guest.AccountID(), "EUR").ID},
 			{"host wallet", ledger.Wallet(host.AccountID(), "EUR").ID},
-			{"platform fees", ledger.Fee("EUR").ID},
+			{"platform fees", ""},
 			{"funding (outside money)", ledger.Funding("EUR").ID},
 		}
 		for _, r := range rows {
-			b, err := ledger.Balance(tx, r.id)
+			var b int64
+			var err error
+			if r.id == "" {
+				b, err = ledger.FeeTotal(tx, "EUR")
+			} else {
+				b, err = ledger.Balance(tx, r.id)
+			}
 			if err != nil {
 				return err
 			}

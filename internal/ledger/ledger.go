@@ -15,6 +15,7 @@ package ledger
 import (
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"math"
 	"regexp"
 	"strings"
@@ -66,6 +67,30 @@ func Escrow(sessionID, currency string) Account {
 // Fee is the platform's fee account.
 func Fee(currency string) Account {
 	return Account{ID: "fee:" + currency, Kind: KindFee, Owner: "platform", Currency: currency}
+}
+
+// FeeShards is how many fee accounts share a currency's fees. Every
+// settlement credits the platform's fees; spreading them over shards keeps
+// that one balance from being the row every concurrent settlement fights
+// over (PostgreSQL aborts serializable transactions that collide on it).
+const FeeShards = 16
+
+// FeeShard is the fee account that key's (a session's) fee goes to.
+func FeeShard(currency, key string) Account {
+	h := fnv.New32a()
+	h.Write([]byte(key))
+	a := Fee(currency)
+	a.ID = fmt.Sprintf("%s:%02d", a.ID, h.Sum32()%FeeShards)
+	return a
+}
+
+// FeeTotal is the platform's fees in a currency, over all shards.
+func FeeTotal(tx *store.Tx, currency string) (int64, error) {
+	var total int64
+	if err := tx.QueryRow(`SELECT COALESCE(SUM(balance), 0) FROM ledger_accounts WHERE kind = 'fee' AND currency = ?`, currency).Scan(&total); err != nil {
+		return 0, fmt.Errorf("ledger: fee total: %w", err)
+	}
+	return total, nil
 }
 
 // Funding is where outside money enters.

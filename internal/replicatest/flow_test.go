@@ -410,11 +410,15 @@ func (f *flow) check(t *testing.T, ctx context.Context) {
 	}
 	err := f.st.Read(ctx, func(tx *store.Tx) error {
 		var bal [3]int64
-		for i, id := range []string{ledger.Wallet(f.guest.AccountID(), currency).ID, ledger.Wallet(f.host.AccountID(), currency).ID, ledger.Fee(currency).ID} {
+		for i, id := range []string{ledger.Wallet(f.guest.AccountID(), currency).ID, ledger.Wallet(f.host.AccountID(), currency).ID} {
 			var err error
 			if bal[i], err = ledger.Balance(tx, id); err != nil {
 				return err
 			}
+		}
+		var err error
+		if bal[2], err = ledger.FeeTotal(tx, currency); err != nil {
+			return err
 		}
 		if guest, host, fee := bal[0], bal[1], bal[2]; guest != funded-1280 || host != 1216 || fee != 64 {
 			t.Errorf("settled guest %d, host %d, fee %d; want %d, 1216, 64", guest, host, fee, funded-1280)

@@ -751,7 +751,7 @@ func (e *Engine) finish(tx *store.Tx, s *row, used int64, reason string) error {
 	refund := held - hostShare
 	moves := []ledger.Transfer{
 		{ID: "settle:host:" + s.ID, Debit: escrow, Credit: ledger.Wallet(hostParty.AccountID, s.Currency), Amount: hostShare - fee, Memo: "session " + s.ID + ": data used"},
-		{ID: "settle:fee:" + s.ID, Debit: escrow, Credit: ledger.Fee(s.Currency), Amount: fee, Memo: "session " + s.ID + ": platform fee"},
+		{ID: "settle:fee:" + s.ID, Debit: escrow, Credit: ledger.FeeShard(s.Currency, s.ID), Amount: fee, Memo: "session " + s.ID + ": platform fee"},
 		{ID: "settle:refund:" + s.ID, Debit: escrow, Credit: ledger.Wallet(guestParty.AccountID, s.Currency), Amount: refund, Memo: "session " + s.ID + ": unused, refunded"},
 	}
 	for _, t := range moves {
