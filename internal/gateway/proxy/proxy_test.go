@@ -268,10 +268,10 @@ func TestCredentialsRefused(t *testing.T) {
 			{"empty password", "ok", ""},
 			{"missing", "", ""},
 		} {
+			if proto.name == "socks5" && tc.user == "" {
+				continue // the SOCKS5 client cannot send empty fields; the raw cases cover it
+			}
 			t.Run(proto.name+"/"+tc.name, func(t *testing.T) {
-				if proto.name == "socks5" && tc.user == "" {
-					t.Skip("the SOCKS5 client cannot send empty fields; see the raw cases")
-				}
 				c, err := proto.dial(p.Addr(), tc.user, tc.pass, o.addr)
 				if err == nil {
 					c.Close()
