@@ -40,13 +40,7 @@ const (
 )
 
 // handledMsg is one inbox message the application handled.
-type handledMsg struct {
-	Seq     uint64
-	ID      string
-	Session string
-	Body    string
-	QuoteID string // of an AccessGranted
-}
+type handledMsg = harness.Handled
 
 // inbox receives one device's inbox for the application: in order, each
 // message once, keeping its cursor in memory across server restarts. It
@@ -81,10 +75,7 @@ func listen(ctx context.Context, c *client.Client, in *inbox, h client.Handler, 
 				return err
 			}
 		}
-		m := handledMsg{Seq: env.Seq, ID: env.MessageId, Session: env.SessionId, Body: fmt.Sprintf("%T", env.Body)}
-		if g, ok := env.Body.(*sharespotv1.Envelope_AccessGranted); ok {
-			m.QuoteID = g.AccessGranted.QuoteId
-		}
+		m := harness.HandledOf(env)
 		in.mu.Lock()
 		in.msgs = append(in.msgs, m)
 		in.mu.Unlock()
