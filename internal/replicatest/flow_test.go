@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -290,8 +291,19 @@ func (f *flow) buy(ctx context.Context, kind sharespotv1.QuoteKind, since time.T
 		return nil, fmt.Errorf("pay %v: %w", kind, err)
 	}
 	confirmed := time.Now()
-	if _, err := f.guest.Sessions.Confirm(ctx, connect.NewRequest(&sharespotv1.ConfirmRequest{SessionId: f.sid, Receipt: pay.Msg.Receipt})); err != nil {
-		return nil, fmt.Errorf("confirm %v: %w", kind, err)
+	req := &sharespotv1.ConfirmRequest{SessionId: f.sid, Receipt: pay.Msg.Receipt}
+	if _, err := f.guest.Sessions.Confirm(ctx, connect.NewRequest(req)); err != nil {
+		// The replica may die after committing the confirmation but before
+		// answering (the test kills it there). The client does not re-send
+		// a call that reached a server; the guest does, on the next
+		// replica, and an "already confirmed" refusal then means it took.
+		var ce *connect.Error
+		if errors.As(err, &ce) && ce.Code() != connect.CodeUnknown && ce.Code() != connect.CodeUnavailable {
+			return nil, fmt.Errorf("confirm %v: %w", kind, err)
+		}
+		if _, err2 := f.guest.Sessions.Confirm(ctx, connect.NewRequest(req)); err2 != nil && harness.Code(err2) != connect.CodeFailedPrecondition {
+			return nil, fmt.Errorf("confirm %v: %v, then on retry: %w", kind, err, err2)
+		}
 	}
 	env, err = f.guestIn.await(ctx, f.sid, "access response", func(env *sharespotv1.Envelope) bool {
 		g := env.GetAccessGranted()
