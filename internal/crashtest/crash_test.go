@@ -43,7 +43,10 @@ import (
 // so -short does not skip it.
 func TestCrashAtEveryCommit(t *testing.T) {
 	start := time.Now()
-	bin := buildBinary(t)
+	bin, err := harness.BuildBinary(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
 	c := calibrate(t, bin)
 	t.Logf("calibration: the flow takes %d commits (built and calibrated in %v)", c, time.Since(start).Round(time.Millisecond))
 	if t.Failed() {

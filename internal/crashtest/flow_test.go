@@ -294,7 +294,7 @@ func (r *run) fund(ctx context.Context) error {
 		args = append(args, "--db", db)
 	}
 	cmd := exec.CommandContext(ctx, r.bin, args...)
-	cmd.Env = cleanEnv()
+	cmd.Env = harness.CleanEnv()
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("wallet fund: %v: %s", err, out)
 	}

@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -30,34 +29,6 @@ import (
 var serverFlags = []string{
 	"--quote-timeout", "2s", "--quote-ttl", "3s", "--grant-timeout", "2s",
 	"--rate-device", "0", "--rate-ip", "0", "--log-level", "warn",
-}
-
-// buildBinary builds cmd/sharespot into a temporary directory.
-func buildBinary(t *testing.T) string {
-	t.Helper()
-	out, err := exec.Command("go", "env", "GOMOD").Output()
-	if err != nil {
-		t.Fatalf("go env GOMOD: %v", err)
-	}
-	root := filepath.Dir(strings.TrimSpace(string(out)))
-	bin := filepath.Join(t.TempDir(), "sharespot")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/sharespot")
-	cmd.Dir = root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build sharespot: %v\n%s", err, out)
-	}
-	return bin
-}
-
-// cleanEnv is the environment without Sharespot's own variables.
-func cleanEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "SHARESPOT_") {
-			env = append(env, kv)
-		}
-	}
-	return env
 }
 
 // serverProc runs `sharespot server` and supervises it: the first process
@@ -141,7 +112,7 @@ func (p *serverProc) supervise() {
 			args = append(args, "--db", db)
 		}
 		cmd := exec.Command(p.bin, args...)
-		cmd.Env = cleanEnv()
+		cmd.Env = harness.CleanEnv()
 		if hook != "" {
 			cmd.Env = append(cmd.Env, "SHARESPOT_TEST_CRASH="+hook)
 		}

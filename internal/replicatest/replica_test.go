@@ -4,9 +4,9 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
+	"github.com/sharespot/sharespot/internal/harness"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -34,37 +34,15 @@ func TestMain(m *testing.M) {
 func binary(tb testing.TB) string {
 	tb.Helper()
 	binOnce.Do(func() {
-		out, err := exec.Command("go", "env", "GOMOD").Output()
-		if err != nil {
-			binErr = fmt.Errorf("go env GOMOD: %w", err)
-			return
-		}
-		root := filepath.Dir(strings.TrimSpace(string(out)))
 		if binDir, binErr = os.MkdirTemp("", "replicatest-"); binErr != nil {
 			return
 		}
-		binPath = filepath.Join(binDir, "sharespot")
-		cmd := exec.Command("go", "build", "-o", binPath, "./cmd/sharespot")
-		cmd.Dir = root
-		if out, err := cmd.CombinedOutput(); err != nil {
-			binErr = fmt.Errorf("build sharespot: %v\n%s", err, out)
-		}
+		binPath, binErr = harness.BuildBinary(binDir)
 	})
 	if binErr != nil {
 		tb.Fatal(binErr)
 	}
 	return binPath
-}
-
-// cleanEnv is the environment without Sharespot's own variables.
-func cleanEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "SHARESPOT_") {
-			env = append(env, kv)
-		}
-	}
-	return env
 }
 
 // serverFlags are every replica's settings: deadlines short enough that a
@@ -137,7 +115,7 @@ func startReplica(bin, dir, name, db string, extra []string) (*replica, error) {
 	args = append(args, extra...)
 	r := &replica{name: name, exited: make(chan struct{})}
 	r.cmd = exec.Command(bin, args...)
-	r.cmd.Env = cleanEnv()
+	r.cmd.Env = harness.CleanEnv()
 	r.cmd.Stderr = logWriter{r}
 	stdout, err := r.cmd.StdoutPipe()
 	if err != nil {

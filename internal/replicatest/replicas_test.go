@@ -45,19 +45,7 @@ func TestReplicas(t *testing.T) {
 		}
 		killed.Store(true)
 	}
-	began := time.Now()
-	err = f.run(ctx)
-	took := time.Since(began)
-	if err == nil {
-		err = f.drain(ctx)
-	}
-	if serr := f.stop(); serr != nil {
-		t.Error(serr)
-	}
-	t.Logf("flow across replicas (B killed before the first grant) took %v; each message's trip:\n%s", took.Round(time.Millisecond), f.report())
-	if err != nil {
-		t.Fatalf("flow: %v", err)
-	}
+	took := runFlow(t, ctx, f, "flow across replicas (B killed before the first grant)")
 	if !killed.Load() {
 		t.Fatal("replica B was not killed mid-flow")
 	}
@@ -88,19 +76,7 @@ func TestBusDown(t *testing.T) {
 	defer st.Close()
 
 	f := newFlow(st, []string{a.URL}, []string{b.URL})
-	began := time.Now()
-	err = f.run(ctx)
-	took := time.Since(began)
-	if err == nil {
-		err = f.drain(ctx)
-	}
-	if serr := f.stop(); serr != nil {
-		t.Error(serr)
-	}
-	t.Logf("flow across replicas without a bus took %v; each message's trip:\n%s", took.Round(time.Millisecond), f.report())
-	if err != nil {
-		t.Fatalf("flow: %v", err)
-	}
+	took := runFlow(t, ctx, f, "flow across replicas without a bus")
 	if took > flowBound {
 		t.Errorf("the flow took %v, more than %v", took, flowBound)
 	}
@@ -110,4 +86,24 @@ func TestBusDown(t *testing.T) {
 		}
 	}
 	f.check(t, ctx)
+}
+
+// runFlow runs the whole flow, drains both inboxes and stops them, logs each
+// message's trip under label, and fails t if the flow failed.
+func runFlow(t *testing.T, ctx context.Context, f *flow, label string) time.Duration {
+	t.Helper()
+	began := time.Now()
+	err := f.run(ctx)
+	took := time.Since(began)
+	if err == nil {
+		err = f.drain(ctx)
+	}
+	if serr := f.stop(); serr != nil {
+		t.Error(serr)
+	}
+	t.Logf("%s took %v; each message's trip:\n%s", label, took.Round(time.Millisecond), f.report())
+	if err != nil {
+		t.Fatalf("flow: %v", err)
+	}
+	return took
 }
