@@ -502,7 +502,14 @@ func (r *run) flow(ctx context.Context) (string, error) {
 	}
 	// A lost response to this request leaves a stray session behind the
 	// one the retry creates; it is ended with the others at the end.
+	// The transport re-sends a request whose connection failed; a response
+	// cut off mid-body (the server died after answering began) surfaces
+	// here instead, and the guest asks again the same way.
 	ses, err := r.g.RequestAccess(ctx, r.hotspotID, 100*MB)
+	for attempt := 1; err != nil && attempt < 5 && lostResponse(err); attempt++ {
+		r.note("guest re-sent RequestAccess after a cut-off response")
+		ses, err = r.g.RequestAccess(ctx, r.hotspotID, 100*MB)
+	}
 	if err != nil {
 		return "", fmt.Errorf("request access: %w", err)
 	}
@@ -616,4 +623,11 @@ func (r *run) endAll(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// lostResponse reports whether err is a call whose answer was lost in
+// transit (it may or may not have been applied), not a refusal.
+func lostResponse(err error) bool {
+	c := harness.Code(err)
+	return c == connect.CodeUnknown || c == connect.CodeUnavailable
 }
