@@ -149,6 +149,7 @@ func BenchmarkFlow(b *testing.B) {
 	b.ReportMetric(float64(pct(all, 99).Microseconds())/1000, "p99-ms")
 	b.ReportMetric(float64(st.Writes-commits0.Writes)/float64(max(1, st.Commits-commits0.Commits)), "writes/commit")
 	b.ReportMetric(float64(st.Statements-commits0.Statements)/float64(len(all)), "stmts/flow")
+	b.ReportMetric(float64(st.Retries-commits0.Retries)/float64(len(all)), "retries/flow")
 	if err := Audit(ctx, env.Srv.Store()); err != nil {
 		b.Fatal(err)
 	}

@@ -209,6 +209,14 @@ func Register(tx *store.Tx, nowMS int64, hostDeviceID string, in *sharespotv1.Sh
 	if err != nil {
 		return nil, err
 	}
+	// Lock the host's device row so that two concurrent registrations
+	// count each other (PostgreSQL; a no-op on SQLite).
+	if tx.ForUpdate() != "" {
+		var one int
+		if err := tx.QueryRow(`SELECT 1 FROM devices WHERE id = ?`+tx.ForUpdate(), hostDeviceID).Scan(&one); err != nil {
+			return nil, fmt.Errorf("registry: lock host device %s: %w", hostDeviceID, err)
+		}
+	}
 	var n int
 	if err := tx.QueryRow(`SELECT COUNT(*) FROM hotspots WHERE host_device_id = ? AND active = 1`, hostDeviceID).Scan(&n); err != nil {
 		return nil, fmt.Errorf("registry: count hotspots: %w", err)
@@ -251,9 +259,14 @@ func checkBSSIDFree(tx *store.Tx, bssid, exceptID string) error {
 }
 
 func owned(tx *store.Tx, hostDeviceID, id string) (*Hotspot, error) {
-	h, err := Get(tx, id)
+	// Locked (PostgreSQL): Update checks the new volume against the
+	// committed volume it read, which a concurrent quote may raise.
+	h, err := scanHotspot(tx.QueryRow(`SELECT `+hotspotCols+` FROM hotspots WHERE id = ?`+tx.ForUpdate(), id))
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, problem.NotFoundf("hotspot %s not found", id)
+	}
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("registry: load hotspot %s: %w", id, err)
 	}
 	if h.HostDeviceID != hostDeviceID {
 		// Do not reveal other hosts' hotspots.

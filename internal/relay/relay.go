@@ -81,7 +81,7 @@ func Fetch(tx *store.Tx, deviceID string, afterSeq uint64, limit int) ([]*shares
 // acknowledged sequence after the call; acknowledging the future is refused.
 func Ack(tx *store.Tx, deviceID string, seq uint64) (uint64, error) {
 	var next, acked int64
-	if err := tx.QueryRow(`SELECT next_seq, acked_seq FROM devices WHERE id = ?`, deviceID).Scan(&next, &acked); err != nil {
+	if err := tx.QueryRow(`SELECT next_seq, acked_seq FROM devices WHERE id = ?`+tx.ForUpdate(), deviceID).Scan(&next, &acked); err != nil {
 		return 0, fmt.Errorf("relay: read cursor of %s: %w", deviceID, err)
 	}
 	if int64(seq) >= next {

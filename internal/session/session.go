@@ -207,6 +207,11 @@ func (e *Engine) RequestAccess(tx *store.Tx, guest Party, hotspotID string, byte
 	case bytes > h.Available():
 		return nil, problem.Exhaustedf("the hotspot has %d bytes left to share; asked for %d", h.Available(), bytes)
 	}
+	// Lock the guest's device row so that two concurrent requests count
+	// each other's sessions (PostgreSQL; a no-op on SQLite).
+	if err := lockDevice(tx, guest.DeviceID); err != nil {
+		return nil, err
+	}
 	var open int
 	if err := tx.QueryRow(`SELECT COUNT(*) FROM sessions WHERE guest_device_id = ? AND state < ?`,
 		guest.DeviceID, int32(sharespotv1.SessionState_SESSION_STATE_ENDED)).Scan(&open); err != nil {
@@ -389,6 +394,15 @@ func (e *Engine) payable(tx *store.Tx, guest Party, quoteID string, now int64) (
 	}
 	if err != nil {
 		return Charge{}, nil, nil, err // e.g. a party in the wrong role: say so
+	}
+	if tx.Engine() == store.Postgres {
+		// A quote changes only under its session's lock, which is held
+		// from here on; read it again in case a concurrent write (an
+		// expiry, another payment) changed it between the two reads.
+		// SQLite's single writer runs this write alone.
+		if q, err = loadQuote(tx, quoteID); err != nil {
+			return Charge{}, nil, nil, err
+		}
 	}
 	switch {
 	case q.State == sharespotv1.QuoteState_QUOTE_STATE_EXPIRED || (q.State == sharespotv1.QuoteState_QUOTE_STATE_OPEN && now >= q.ExpiresMS):
@@ -988,4 +1002,17 @@ func lower(s string) string {
 		}
 	}
 	return string(b)
+}
+
+// lockDevice locks a device's row until the write ends (PostgreSQL; on
+// SQLite the single writer already runs the write alone).
+func lockDevice(tx *store.Tx, deviceID string) error {
+	if tx.ForUpdate() == "" {
+		return nil
+	}
+	var one int
+	if err := tx.QueryRow(`SELECT 1 FROM devices WHERE id = ?`+tx.ForUpdate(), deviceID).Scan(&one); err != nil {
+		return fmt.Errorf("session: lock device %s: %w", deviceID, err)
+	}
+	return nil
 }

@@ -18,31 +18,48 @@ import (
 
 // PostgreSQL.
 //
-// Isolation: every Write runs in a SERIALIZABLE transaction, retried when
-// PostgreSQL reports a serialization failure (40001) or a deadlock (40P01).
-// The code above the store was written against SQLite's single writer, where
-// each write function runs alone, and it relies on that in more places than
-// the ledger's conditional updates: read-then-write steps such as the
-// idempotency look-up before a transfer, opening a ledger account on first
-// use (two concurrent first payments into the fee account would collide on
-// its key under READ COMMITTED), the open-session and hotspot limits, the
-// inbox acknowledgement cursor. SERIALIZABLE gives every one of them the
-// SQLite meaning (the outcome is that of some serial order) without each
-// needing its own lock, and a conflict surfaces as 40001, never as a lost
-// update or a spurious unique violation. The price is retries under
-// contention; the session code's SELECT … FOR UPDATE (Tx.ForUpdate) makes a
-// second transition of the same session wait for the first and fail at once
-// instead of after doing its work. Reads run in REPEATABLE READ READ ONLY
-// transactions: one consistent snapshot, no locks, never a serialization
-// failure.
+// Isolation: every Write runs in a READ COMMITTED transaction. The code
+// above the store was first written against SQLite's single writer, where
+// each write function runs alone; on PostgreSQL each read-then-write step
+// holds its own guarantee instead:
+//
+//   - a row the write reads and then changes is read with Tx.ForUpdate
+//     (SELECT … FOR UPDATE): a session before each transition, a device's
+//     row before counting its open sessions or hotspots, a hotspot before
+//     its instruction is replaced, a device's inbox cursor before an ack;
+//   - counters and balances change by conditional updates that PostgreSQL
+//     re-evaluates on the newest row version (committed_bytes + n <=
+//     shareable_bytes; balance >= amount; next_seq = next_seq + 1);
+//   - what must happen once is a unique key (a transfer's idempotency key,
+//     a receipt per quote, a device, an active BSSID, a ledger account):
+//     of two concurrent inserts the second waits for the first and fails
+//     with a unique violation, which aborts its whole transaction — so a
+//     transfer applied twice by racing duplicates never commits twice.
+//
+// A unique violation is retried (up to pgMaxConflictAttempts attempts):
+// a check-then-insert that lost its race then runs again, sees the row that
+// won, and takes the path it would have taken had it run second (an
+// idempotent replay, "already exists"); when the violation persists its
+// function's own error is returned. Deadlocks (40P01) and serialization
+// failures (40001) are retried up to pgMaxAttempts times.
+//
+// An earlier version ran every write SERIALIZABLE; on small, hot tables
+// PostgreSQL's predicate locks are page- or relation-wide, and concurrent
+// complete flows failed after 40 retries (docs/benchmarks.md). Reads run
+// in REPEATABLE READ READ ONLY transactions: one consistent snapshot, no
+// locks, never a serialization failure.
 
 // Retry policy for serialization failures and deadlocks: up to pgMaxAttempts
 // attempts, sleeping a random time up to a bound that doubles from
 // pgBackoffMin to pgBackoffMax between them (full jitter).
 const (
 	pgMaxAttempts = 40
-	pgBackoffMin  = 2 * time.Millisecond
-	pgBackoffMax  = 100 * time.Millisecond
+	// pgMaxConflictAttempts bounds the attempts of a write that keeps
+	// meeting a unique violation: the second attempt already sees the row
+	// that won the race, so more only help when several race at once.
+	pgMaxConflictAttempts = 4
+	pgBackoffMin          = 2 * time.Millisecond
+	pgBackoffMax          = 100 * time.Millisecond
 )
 
 // pgMigrationLock is the advisory lock key that serializes migrations of
@@ -114,8 +131,9 @@ func OpenPostgres(ctx context.Context, url string, opts Options) (*Store, error)
 	return s, nil
 }
 
-// writePostgres runs fn in a SERIALIZABLE transaction of its own, retrying
-// the whole function on a serialization failure or a deadlock. fn may
+// writePostgres runs fn in a READ COMMITTED transaction of its own,
+// retrying the whole function on a deadlock, a serialization failure or
+// (a few times) a unique violation. fn may
 // therefore run more than once; only the attempt that commits counts, and
 // only its AfterCommit hooks run.
 func (s *Store) writePostgres(ctx context.Context, fn func(*Tx) error) error {
@@ -129,6 +147,7 @@ func (s *Store) writePostgres(ctx context.Context, fn func(*Tx) error) error {
 	defer s.inflight.Done()
 
 	bound := pgBackoffMin
+	conflicts := 0
 	for attempt := 1; ; attempt++ {
 		// Before each attempt nothing of this write is committed, so
 		// ending here tells the caller the truth.
@@ -141,6 +160,17 @@ func (s *Store) writePostgres(ctx context.Context, fn func(*Tx) error) error {
 				f()
 			}
 			return nil
+		}
+		var ce *conflictError
+		if errors.As(err, &ce) {
+			conflicts++
+			if conflicts == pgMaxConflictAttempts {
+				return ce.fnErr
+			}
+			s.statsMu.Lock()
+			s.stats.Retries++
+			s.statsMu.Unlock()
+			continue // the row that won is committed: no need to wait
 		}
 		if !isRetryable(err) {
 			return err
@@ -168,22 +198,28 @@ func (s *Store) attemptPostgres(ctx context.Context, fn func(*Tx) error) ([]func
 	// caller's context: the caller must learn whether it committed, and a
 	// cancel that races the COMMIT would leave that unknown.
 	qctx := context.WithoutCancel(ctx)
-	sqlTx, err := s.write.BeginTx(qctx, &sql.TxOptions{Isolation: sql.LevelSerializable})
+	sqlTx, err := s.write.BeginTx(qctx, &sql.TxOptions{Isolation: sql.LevelReadCommitted})
 	if err != nil {
 		return nil, fmt.Errorf("store: begin write: %w", translate(err))
 	}
 	tx := &Tx{ctx: ctx, qctx: qctx, q: sqlTx, engine: Postgres, writable: true}
-	if ferr := runFn(fn, tx); ferr != nil {
+	ferr := runFn(fn, tx)
+	if ferr != nil || tx.retry != nil || tx.conflict != nil {
+		// On PostgreSQL a failed statement aborts the transaction, so
+		// one that fn swallowed still ends the attempt.
 		_ = sqlTx.Rollback()
-		if tx.retry != nil && !isRetryable(ferr) {
+		switch {
+		case tx.retry != nil && !isRetryable(ferr):
 			return nil, fmt.Errorf("%w (the function returned: %v)", tx.retry, ferr)
+		case tx.retry != nil:
+			return nil, ferr
+		case tx.conflict != nil:
+			if ferr == nil {
+				ferr = fmt.Errorf("store: write aborted: %w", translate(tx.conflict))
+			}
+			return nil, &conflictError{fnErr: ferr}
 		}
 		return nil, ferr
-	}
-	if tx.retry != nil {
-		// fn swallowed the error; the transaction is aborted anyway.
-		_ = sqlTx.Rollback()
-		return nil, tx.retry
 	}
 	s.statsMu.Lock()
 	s.pgCommitNo++
@@ -209,6 +245,7 @@ func (s *Store) attemptPostgres(ctx context.Context, fn func(*Tx) error) ([]func
 const (
 	pgSerializationFailure = "40001"
 	pgDeadlockDetected     = "40P01"
+	pgUniqueViolation      = "23505"
 )
 
 // isRetryable reports whether err is a serialization failure or a deadlock:
@@ -219,6 +256,19 @@ func isRetryable(err error) bool {
 		return pe.Code == pgSerializationFailure || pe.Code == pgDeadlockDetected
 	}
 	return false
+}
+
+// conflictError ends an attempt that met a unique violation; fnErr is
+// what the write function returned.
+type conflictError struct{ fnErr error }
+
+func (e *conflictError) Error() string { return e.fnErr.Error() }
+func (e *conflictError) Unwrap() error { return e.fnErr }
+
+// isPgUniqueViolation reports whether err is a unique violation (23505).
+func isPgUniqueViolation(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == pgUniqueViolation
 }
 
 // isPgConflict reports whether err is an integrity constraint violation

@@ -271,7 +271,7 @@ func TestPostgresIsolation(t *testing.T) {
 		}
 		return iso + " read_only=" + ro, nil
 	}
-	if got, err := WriteT(t.Context(), s, show); err != nil || got != "serializable read_only=off" {
+	if got, err := WriteT(t.Context(), s, show); err != nil || got != "read committed read_only=off" {
 		t.Errorf("write transaction: %q, %v", got, err)
 	}
 	if got, err := ReadT(t.Context(), s, show); err != nil || got != "repeatable read read_only=on" {
@@ -307,8 +307,8 @@ func counterValue(t *testing.T, s *Store, id int) int64 {
 }
 
 // TestPostgresNoLostUpdates: many goroutines increment one counter by
-// reading it and writing back value+1, the naive way; under SERIALIZABLE
-// with retries none of the increments is lost.
+// reading it with Tx.ForUpdate and writing back value+1; the row lock makes
+// each wait for the one before, so none of the increments is lost.
 func TestPostgresNoLostUpdates(t *testing.T) {
 	s := openPostgres(t)
 	counterTable(t, s)
@@ -319,7 +319,7 @@ func TestPostgresNoLostUpdates(t *testing.T) {
 		wg.Go(func() {
 			err := s.Write(t.Context(), func(tx *Tx) error {
 				var v int64
-				if err := tx.QueryRow(`SELECT n FROM counter WHERE id = 1`).Scan(&v); err != nil {
+				if err := tx.QueryRow(`SELECT n FROM counter WHERE id = 1` + tx.ForUpdate()).Scan(&v); err != nil {
 					return err
 				}
 				tx.AfterCommit(func() { hooks.Add(1) })
@@ -342,19 +342,19 @@ func TestPostgresNoLostUpdates(t *testing.T) {
 	if st.Commits != n+1 || st.Writes != n+1 {
 		t.Errorf("Stats = %+v, want %d commits", st, n+1)
 	}
-	t.Logf("%d increments needed %d retries", n, st.Retries)
 }
 
-// conflictingPair runs two writes that both read the counter, meet, and
-// then both write it: the second to write must fail with a serialization
-// failure and be retried. body is what each attempt does after the meeting;
-// it returns the number of attempts of each write.
-func conflictingPair(t *testing.T, s *Store, body func(tx *Tx, v int64) error) (attempts [2]int, hooks [2]int) {
+// racingInserts runs two writes that both look up account "k", meet while
+// it is still missing, and then both insert it: the second insert waits for
+// the first write's commit and fails with a unique violation, and that
+// write must be retried. onInsert is what an attempt does with its insert's
+// error (nil when the look-up found the row). It returns the number of
+// attempts and committed hooks of each write, and their errors.
+func racingInserts(t *testing.T, s *Store, onInsert func(found bool, err error) error) (attempts, hooks [2]int, errs [2]error) {
 	t.Helper()
 	var meet sync.WaitGroup
 	meet.Add(2)
 	var mu sync.Mutex
-	errs := make([]error, 2)
 	var wg sync.WaitGroup
 	for i := range 2 {
 		wg.Go(func() {
@@ -363,75 +363,94 @@ func conflictingPair(t *testing.T, s *Store, body func(tx *Tx, v int64) error) (
 				attempts[i]++
 				first := attempts[i] == 1
 				mu.Unlock()
-				var v int64
-				if err := tx.QueryRow(`SELECT n FROM counter WHERE id = 1`).Scan(&v); err != nil {
+				var n int
+				if err := tx.QueryRow(`SELECT COUNT(*) FROM accounts WHERE id = 'k'`).Scan(&n); err != nil {
 					return err
 				}
 				if first {
 					meet.Done()
-					meet.Wait() // both have read the same value
+					meet.Wait() // both have seen "k" missing
 				}
 				tx.AfterCommit(func() {
 					mu.Lock()
 					hooks[i]++
 					mu.Unlock()
 				})
-				return body(tx, v)
+				if n > 0 {
+					return onInsert(true, nil)
+				}
+				_, err := tx.Exec(`INSERT INTO accounts (id, created_ms) VALUES ('k', 1)`)
+				return onInsert(false, err)
 			})
 		})
 	}
 	wg.Wait()
-	for i, err := range errs {
-		if err != nil {
-			t.Errorf("write %d: %v", i, err)
-		}
-	}
-	return attempts, hooks
+	return attempts, hooks, errs
 }
 
-func TestPostgresRetry(t *testing.T) {
-	s := openPostgres(t)
-	counterTable(t, s)
-	attempts, hooks := conflictingPair(t, s, func(tx *Tx, v int64) error {
-		_, err := tx.Exec(`UPDATE counter SET n = ? WHERE id = 1`, v+1)
-		return err
-	})
-	if got := counterValue(t, s, 1); got != 2 {
-		t.Errorf("counter = %d, want 2", got)
-	}
-	if attempts[0]+attempts[1] != 3 {
-		t.Errorf("attempts %v: want one write retried once", attempts)
-	}
-	if hooks != [2]int{1, 1} {
-		t.Errorf("AfterCommit ran %v times, want once per write", hooks)
-	}
-	if st := s.Stats(); st.Retries != 1 {
-		t.Errorf("Stats().Retries = %d, want 1", st.Retries)
-	}
-}
-
-func TestPostgresRetryWhenErrorIsReplaced(t *testing.T) {
-	// A function that turns the serialization failure into an error of its
-	// own (or ignores it) is still retried: the attempt lost the race.
-	for _, mode := range []string{"replaced", "ignored"} {
+// TestPostgresRetriesCheckThenInsert: the write that loses an insert race
+// runs again and takes the path it takes when it runs second, whether its
+// function returns the unique violation, replaces it with an error of its
+// own, or ignores it (the transaction is aborted either way).
+func TestPostgresRetriesCheckThenInsert(t *testing.T) {
+	errMine := errors.New("something of my own")
+	for _, mode := range []string{"returned", "replaced", "ignored"} {
 		t.Run(mode, func(t *testing.T) {
 			s := openPostgres(t)
-			counterTable(t, s)
-			errMine := errors.New("something of my own")
-			attempts, hooks := conflictingPair(t, s, func(tx *Tx, v int64) error {
-				_, err := tx.Exec(`UPDATE counter SET n = ? WHERE id = 1`, v+1)
-				if err != nil && mode == "replaced" {
+			attempts, hooks, errs := racingInserts(t, s, func(found bool, err error) error {
+				switch {
+				case found:
+					return nil // the idempotent path
+				case err != nil && mode == "replaced":
 					return errMine
+				case mode == "ignored":
+					return nil
 				}
-				return nil
+				return err
 			})
-			if got := counterValue(t, s, 1); got != 2 {
-				t.Errorf("counter = %d, want 2", got)
+			if errs != [2]error{} {
+				t.Fatalf("errors %v", errs)
 			}
-			if attempts[0]+attempts[1] != 3 || hooks != [2]int{1, 1} {
-				t.Errorf("attempts %v, hooks %v", attempts, hooks)
+			if attempts[0]+attempts[1] != 3 {
+				t.Errorf("attempts %v: want the losing write retried once", attempts)
+			}
+			if hooks != [2]int{1, 1} {
+				t.Errorf("AfterCommit ran %v times, want once per write", hooks)
+			}
+			if ids := accountIDs(t, s); !cmp.Equal(ids, map[string]bool{"k": true}) {
+				t.Errorf("accounts %v", ids)
+			}
+			if st := s.Stats(); st.Retries != 1 {
+				t.Errorf("Stats().Retries = %d, want 1", st.Retries)
 			}
 		})
+	}
+}
+
+// TestPostgresPersistentConflict: a write whose insert keeps meeting a row
+// that is already there is tried pgMaxConflictAttempts times and then gets
+// its function's own error, not a retry loop or ErrBusy.
+func TestPostgresPersistentConflict(t *testing.T) {
+	s := openPostgres(t)
+	if err := s.Write(t.Context(), insertAccount("dup")); err != nil {
+		t.Fatal(err)
+	}
+	errTaken := errors.New("the name is taken")
+	calls, hooks := 0, 0
+	err := s.Write(t.Context(), func(tx *Tx) error {
+		calls++
+		tx.AfterCommit(func() { hooks++ })
+		err := insertAccount("dup")(tx)
+		if errors.Is(err, ErrConflict) {
+			return errTaken
+		}
+		return err
+	})
+	if !errors.Is(err, errTaken) {
+		t.Errorf("got %v, want the function's error", err)
+	}
+	if calls != pgMaxConflictAttempts || hooks != 0 {
+		t.Errorf("%d calls and %d hooks, want %d and 0", calls, hooks, pgMaxConflictAttempts)
 	}
 }
 

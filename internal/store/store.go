@@ -11,7 +11,9 @@
 // per batch.
 //
 // On PostgreSQL (OpenPostgres) there is no single writer: each Write is a
-// SERIALIZABLE transaction, retried on serialization failure; see
+// READ COMMITTED transaction whose read-then-write steps lock what they
+// read (Tx.ForUpdate) or rely on conditional updates and unique keys,
+// retried on deadlock and, a few times, on a unique violation; see
 // postgres.go.
 package store
 
@@ -118,12 +120,24 @@ type Tx struct {
 	// retry is the first serialization failure or deadlock a statement
 	// met (PostgreSQL): the attempt is then retried whatever fn returns.
 	retry error
+	// conflict is the first unique violation a statement met
+	// (PostgreSQL): the attempt is retried a few times, so that a
+	// check-then-insert that lost a race to a concurrent insert runs
+	// again and sees the row that won (see postgres.go).
+	conflict error
 }
 
-// note records a retryable error and returns err.
+// note records a retryable error (PostgreSQL; err as the driver returned
+// it, before translate) and returns err.
 func (tx *Tx) note(err error) error {
-	if err != nil && tx.retry == nil && tx.engine == Postgres && isRetryable(err) {
+	if err == nil || tx.engine != Postgres {
+		return err
+	}
+	if tx.retry == nil && isRetryable(err) {
 		tx.retry = err
+	}
+	if tx.conflict == nil && isPgUniqueViolation(err) {
+		tx.conflict = err
 	}
 	return err
 }
@@ -203,7 +217,7 @@ func (tx *Tx) Exec(query string, args ...any) (sql.Result, error) {
 		return r, translate(err)
 	}
 	r, err := tx.q.ExecContext(tx.qctx, query, args...)
-	return r, tx.note(translate(err))
+	return r, translate(tx.note(err))
 }
 
 // ExecN runs a statement and returns the number of rows it changed.
@@ -227,7 +241,7 @@ func (tx *Tx) Query(query string, args ...any) (*sql.Rows, error) {
 		return rows, translate(err)
 	}
 	rows, err := tx.q.QueryContext(tx.qctx, query, args...)
-	return rows, tx.note(translate(err))
+	return rows, translate(tx.note(err))
 }
 
 // QueryRow runs a query for one row; Scan returns ErrNotFound for none.
@@ -255,11 +269,11 @@ func (r Row) Scan(dest ...any) error {
 	if r.err != nil {
 		return translate(r.err)
 	}
-	err := translate(r.r.Scan(dest...))
+	err := r.r.Scan(dest...)
 	if r.tx != nil {
 		r.tx.note(err)
 	}
-	return err
+	return translate(err)
 }
 
 // AfterCommit registers fn to run once the transaction has committed. It is
@@ -319,9 +333,9 @@ type writeReq struct {
 // when a write statement is interrupted, which would undo the other writes
 // of the batch.
 //
-// On PostgreSQL each Write is a SERIALIZABLE transaction of its own (see
+// On PostgreSQL each Write is a READ COMMITTED transaction of its own (see
 // postgres.go), and fn is run again when it loses a race with another
-// write, so fn must have no effect outside tx other than through
+// write (a deadlock, or a unique key another write took first), so fn must have no effect outside tx other than through
 // AfterCommit, whose hooks run only for the attempt that committed.
 func (s *Store) Write(ctx context.Context, fn func(*Tx) error) error {
 	if err := ctx.Err(); err != nil {

@@ -1,0 +1,266 @@
+package conformance
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"sync"
+	"testing"
+
+	"connectrpc.com/connect"
+
+	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
+	"github.com/sharespot/sharespot/internal/client"
+	"github.com/sharespot/sharespot/internal/harness"
+	"github.com/sharespot/sharespot/internal/registry"
+	"github.com/sharespot/sharespot/internal/store"
+)
+
+// The tests in this file fire the same money-moving call from many
+// goroutines at once and check that exactly the serial outcome happened:
+// a quote is charged once, a wallet never goes below zero, a top-up is
+// sold once, and a session ended while it is being paid refunds what was
+// paid. They run on SQLite and, with SHARESPOT_TEST_DB=postgres, on
+// PostgreSQL, where the writes really run side by side.
+
+const racers = 16
+
+// race runs fn from racers goroutines released together and returns their
+// errors.
+func race(fn func(i int) error) []error {
+	errs := make([]error, racers)
+	var start, done sync.WaitGroup
+	start.Add(1)
+	for i := range racers {
+		done.Go(func() {
+			start.Wait()
+			errs[i] = fn(i)
+		})
+	}
+	start.Done()
+	done.Wait()
+	return errs
+}
+
+// tally counts the successes and checks every failure has one of the
+// allowed codes.
+func tally(t *testing.T, what string, errs []error, allowed ...connect.Code) (ok int) {
+	t.Helper()
+	for i, err := range errs {
+		if err == nil {
+			ok++
+			continue
+		}
+		code := harness.Code(err)
+		good := false
+		for _, c := range allowed {
+			good = good || code == c
+		}
+		if !good {
+			t.Errorf("%s %d: %v (code %v), want success or one of %v", what, i, err, code, allowed)
+		}
+	}
+	return ok
+}
+
+// quoted has g ask for bytes at f's hotspot and returns the session and
+// the host agent's quote.
+func quoted(t *testing.T, f *flow, g *client.Guest, in *harness.Inbox, bytes int64) (string, *sharespotv1.Quote) {
+	t.Helper()
+	ses, err := g.RequestAccess(context.Background(), f.hotspot.Id, bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, fi := harness.Next[*sharespotv1.Envelope_FeeInfo](t, in)
+	return ses.Id, fi.FeeInfo.Quote
+}
+
+func sessionOf(t *testing.T, c *client.Client, id string) *sharespotv1.Session {
+	t.Helper()
+	res, err := c.Sessions.Get(context.Background(), connect.NewRequest(&sharespotv1.GetRequest{SessionId: id}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res.Msg.Session
+}
+
+func committedBytes(t *testing.T, f *flow) int64 {
+	t.Helper()
+	hs, err := store.ReadT(context.Background(), f.env.Srv.Store(), func(tx *store.Tx) (*registry.Hotspot, error) { return registry.Get(tx, f.hotspot.Id) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return hs.CommittedBytes
+}
+
+func TestConcurrentPayments(t *testing.T) {
+	ctx := context.Background()
+
+	t.Run("one_quote_paid_and_confirmed_at_once", func(t *testing.T) {
+		f := newFlow(t, nil)
+		sesID, q := quoted(t, f, f.g, f.guestIn, 10*MB)
+		var mu sync.Mutex
+		var receipt *sharespotv1.Receipt
+		errs := race(func(int) error {
+			res, err := f.guest.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: q.Id}))
+			if err == nil {
+				mu.Lock()
+				receipt = res.Msg.Receipt
+				mu.Unlock()
+			}
+			return err
+		})
+		if n := tally(t, "pay", errs, connect.CodeAlreadyExists); n != 1 {
+			t.Fatalf("%d of %d payments of one quote succeeded, want exactly 1", n, racers)
+		}
+		if got := harness.Balance(t, f.guest, currency); got != 10_000-q.AmountMinor {
+			t.Fatalf("wallet %d after paying %d once from 10000", got, q.AmountMinor)
+		}
+		errs = race(func(int) error {
+			_, err := f.guest.Sessions.Confirm(ctx, connect.NewRequest(&sharespotv1.ConfirmRequest{SessionId: sesID, Receipt: receipt}))
+			return err
+		})
+		if n := tally(t, "confirm", errs, connect.CodeAlreadyExists, connect.CodeFailedPrecondition); n != 1 {
+			t.Fatalf("%d of %d confirmations of one receipt succeeded, want exactly 1", n, racers)
+		}
+		_, g := harness.Next[*sharespotv1.Envelope_AccessGranted](t, f.guestIn)
+		if g.AccessGranted.TotalGrantedBytes != 10*MB {
+			t.Fatalf("granted %d in all, want 10 MB", g.AccessGranted.TotalGrantedBytes)
+		}
+		if s := sessionOf(t, f.guest, sesID); s.GrantedBytes != 10*MB {
+			t.Fatalf("session granted %d bytes, want 10 MB once", s.GrantedBytes)
+		}
+		f.env.MustAudit(t)
+	})
+
+	t.Run("one_wallet_too_little_for_all", func(t *testing.T) {
+		// Eight devices of one account, one wallet holding enough for
+		// five of their eight quotes, all paying at once.
+		f := newFlow(t, nil)
+		payer := f.env.Device(t, "payer")
+		f.env.Fund(t, payer, currency, 500)
+		devices := []*client.Client{payer}
+		for len(devices) < 8 {
+			_, key, _ := ed25519.GenerateKey(rand.Reader)
+			if _, err := payer.Auth.AddDevice(ctx, connect.NewRequest(&sharespotv1.AddDeviceRequest{PublicKey: key.Public().(ed25519.PublicKey)})); err != nil {
+				t.Fatal(err)
+			}
+			d := client.New(f.env.URL, key, client.Options{})
+			if err := d.SignIn(ctx); err != nil {
+				t.Fatal(err)
+			}
+			devices = append(devices, d)
+		}
+		quotes := make([]*sharespotv1.Quote, len(devices))
+		for i, d := range devices {
+			_, quotes[i] = quoted(t, f, &client.Guest{C: d}, harness.Listen(t, d, nil), 10*MB)
+			if quotes[i].AmountMinor != 100 {
+				t.Fatalf("quote %v, want 100", quotes[i])
+			}
+		}
+		errs := race(func(i int) error {
+			if i >= len(devices) {
+				return nil // only one racer per device
+			}
+			_, err := devices[i].Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: quotes[i].Id}))
+			return err
+		})
+		if n := tally(t, "pay", errs, connect.CodeResourceExhausted); n != 5+racers-len(devices) {
+			t.Fatalf("%d of 8 payments of 100 from a wallet of 500 succeeded, want 5", n-(racers-len(devices)))
+		}
+		if got := harness.Balance(t, payer, currency); got != 0 {
+			t.Fatalf("wallet %d after five payments of 100 from 500", got)
+		}
+		f.env.MustAudit(t)
+	})
+
+	t.Run("one_top_up_requested_paid_and_confirmed_at_once", func(t *testing.T) {
+		f := newFlow(t, nil)
+		sesID, q := quoted(t, f, f.g, f.guestIn, 10*MB)
+		pay, err := f.guest.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: q.Id}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.guest.Sessions.Confirm(ctx, connect.NewRequest(&sharespotv1.ConfirmRequest{SessionId: sesID, Receipt: pay.Msg.Receipt})); err != nil {
+			t.Fatal(err)
+		}
+		harness.Next[*sharespotv1.Envelope_AccessGranted](t, f.guestIn)
+
+		errs := race(func(int) error {
+			_, err := f.guest.Sessions.RequestTopUp(ctx, connect.NewRequest(&sharespotv1.RequestTopUpRequest{SessionId: sesID, Bytes: 50 * MB}))
+			return err
+		})
+		if n := tally(t, "top-up request", errs, connect.CodeFailedPrecondition); n != 1 {
+			t.Fatalf("%d of %d top-up requests accepted, want exactly 1", n, racers)
+		}
+		_, fi := harness.Next[*sharespotv1.Envelope_FeeInfo](t, f.guestIn)
+		top := fi.FeeInfo.Quote
+		var mu sync.Mutex
+		var receipt *sharespotv1.Receipt
+		errs = race(func(int) error {
+			res, err := f.guest.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: top.Id}))
+			if err == nil {
+				mu.Lock()
+				receipt = res.Msg.Receipt
+				mu.Unlock()
+			}
+			return err
+		})
+		if n := tally(t, "top-up pay", errs, connect.CodeAlreadyExists); n != 1 {
+			t.Fatalf("%d of %d payments of one top-up succeeded, want exactly 1", n, racers)
+		}
+		errs = race(func(int) error {
+			_, err := f.guest.Sessions.Confirm(ctx, connect.NewRequest(&sharespotv1.ConfirmRequest{SessionId: sesID, Receipt: receipt}))
+			return err
+		})
+		if n := tally(t, "top-up confirm", errs, connect.CodeAlreadyExists, connect.CodeFailedPrecondition); n != 1 {
+			t.Fatalf("%d of %d confirmations of one top-up succeeded, want exactly 1", n, racers)
+		}
+		_, g := harness.Next[*sharespotv1.Envelope_AccessGranted](t, f.guestIn)
+		if g.AccessGranted.TotalGrantedBytes != 60*MB {
+			t.Fatalf("granted %d in all after the top-up, want 60 MB", g.AccessGranted.TotalGrantedBytes)
+		}
+		if s := sessionOf(t, f.guest, sesID); s.GrantedBytes != 60*MB {
+			t.Fatalf("session granted %d bytes, want 60 MB", s.GrantedBytes)
+		}
+		if got, want := harness.Balance(t, f.guest, currency), 10_000-q.AmountMinor-top.AmountMinor; got != want {
+			t.Fatalf("wallet %d, want %d: each fee taken once", got, want)
+		}
+		f.env.MustAudit(t)
+	})
+
+	t.Run("end_races_payment", func(t *testing.T) {
+		// The guest pays each of its quotes while ending the same session
+		// from another goroutine. Whichever wins, nothing was used, so the
+		// wallet ends where it began and the hotspot's volume is free.
+		f := newFlow(t, nil)
+		const sessions = 8
+		ids := make([]string, sessions)
+		quotes := make([]*sharespotv1.Quote, sessions)
+		for i := range sessions {
+			ids[i], quotes[i] = quoted(t, f, f.g, f.guestIn, 10*MB)
+		}
+		errs := race(func(i int) error {
+			k := i % sessions
+			if i < sessions {
+				_, err := f.guest.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: quotes[k].Id}))
+				return err
+			}
+			_, err := f.guest.Sessions.End(ctx, connect.NewRequest(&sharespotv1.EndRequest{SessionId: ids[k], Reason: "changed my mind"}))
+			return err
+		})
+		tally(t, "pay or end", errs, connect.CodeFailedPrecondition)
+		for i, id := range ids {
+			if s := sessionOf(t, f.guest, id); s.State != sharespotv1.SessionState_SESSION_STATE_ENDED {
+				t.Errorf("session %d is %v after End, want ended", i, s.State)
+			}
+		}
+		if got := harness.Balance(t, f.guest, currency); got != 10_000 {
+			t.Fatalf("wallet %d after ending every session unused, want all 10000 back", got)
+		}
+		if got := committedBytes(t, f); got != 0 {
+			t.Fatalf("hotspot still holds %d bytes for ended sessions", got)
+		}
+		f.env.MustAudit(t)
+	})
+}
