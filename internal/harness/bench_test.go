@@ -2,7 +2,6 @@ package harness
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"sort"
 	"strconv"
@@ -19,17 +18,6 @@ import (
 	"github.com/sharespot/sharespot/internal/seal"
 	"github.com/sharespot/sharespot/internal/server"
 )
-
-const mb = 1_000_000
-
-func benchInstruction(i int) *sharespotv1.ShareInstruction {
-	return &sharespotv1.ShareInstruction{
-		AccessPoint:    &sharespotv1.AccessPoint{Ssid: []byte(fmt.Sprintf("bench-%d", i)), Bssid: fmt.Sprintf("02:be:00:00:%02x:%02x", i>>8, i&0xff), Security: sharespotv1.Security_SECURITY_WPA2},
-		Tariff:         &sharespotv1.Tariff{Currency: "EUR", PriceMinor: 10, UnitBytes: mb, MinPurchaseBytes: mb, TopupPriceMinor: 12},
-		ShareableBytes: 1 << 50,
-		WarnAtBytes:    mb,
-	}
-}
 
 func envInt(name string, def int) int {
 	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
@@ -56,7 +44,7 @@ func BenchmarkFlow(b *testing.B) {
 	hosts := make([]hostT, nHosts)
 	for i := range hosts {
 		c := env.Device(b, "host")
-		res, err := c.Hotspots.Register(ctx, connect.NewRequest(&sharespotv1.RegisterRequest{Instruction: benchInstruction(i)}))
+		res, err := c.Hotspots.Register(ctx, connect.NewRequest(&sharespotv1.RegisterRequest{Instruction: BenchInstruction(i)}))
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -78,40 +66,7 @@ func BenchmarkFlow(b *testing.B) {
 	var errv error
 	flow := func(w int) error {
 		h := hosts[w%nHosts]
-		g := gs[w]
-		ap := h.hs.Instruction.AccessPoint
-		if _, err := g.C.Discovery.Discover(ctx, connect.NewRequest(&sharespotv1.DiscoverRequest{Candidates: []*sharespotv1.Candidate{{Bssid: ap.Bssid, Ssid: ap.Ssid, SignalDbm: -50}}})); err != nil {
-			return err
-		}
-		ses, err := g.RequestAccess(ctx, h.hs.Id, 10*mb)
-		if err != nil {
-			return err
-		}
-		q, err := h.c.Sessions.Quote(ctx, connect.NewRequest(&sharespotv1.QuoteRequest{SessionId: ses.Id, Bytes: 10 * mb, AmountMinor: 100, Currency: "EUR"}))
-		if err != nil {
-			return err
-		}
-		pay, err := g.C.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: q.Msg.Quote.Id}))
-		if err != nil {
-			return err
-		}
-		if _, err := g.C.Sessions.Confirm(ctx, connect.NewRequest(&sharespotv1.ConfirmRequest{SessionId: ses.Id, Receipt: pay.Msg.Receipt})); err != nil {
-			return err
-		}
-		code, _ := seal.NewAccessCode()
-		guestKey := g.PublicKey(ses.Id, seal.Preset)
-		sealed, err := seal.Seal(seal.Preset, guestKey, seal.Binding{SessionID: ses.Id, HostID: h.c.DeviceID(), GuestID: g.C.DeviceID()}, code)
-		if err != nil {
-			return err
-		}
-		if _, err := h.c.Sessions.Grant(ctx, connect.NewRequest(&sharespotv1.GrantRequest{SessionId: ses.Id, QuoteId: q.Msg.Quote.Id, GrantedBytes: 10 * mb,
-			SealedCode: &sharespotv1.SealedCode{Suite: string(sealed.Suite), Enc: sealed.Enc, Ciphertext: sealed.Ciphertext},
-			Gateway:    &sharespotv1.Gateway{Kind: "proxy", Address: "192.0.2.1:1080"}})); err != nil {
-			return err
-		}
-		_, err = h.c.Sessions.End(ctx, connect.NewRequest(&sharespotv1.EndRequest{SessionId: ses.Id, UsedBytes: 7 * mb, Reason: "bench"}))
-		g.Forget(ses.Id)
-		return err
+		return PaidFlow(ctx, h.c, h.hs, gs[w])
 	}
 	commits0 := env.Srv.Store().Stats()
 	b.ResetTimer()

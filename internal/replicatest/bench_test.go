@@ -2,11 +2,23 @@ package replicatest
 
 import (
 	"context"
+	"fmt"
+	"os"
 	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"connectrpc.com/connect"
+
+	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/bus/natstest"
+	"github.com/sharespot/sharespot/internal/client"
+	"github.com/sharespot/sharespot/internal/harness"
+	"github.com/sharespot/sharespot/internal/payment"
+	"github.com/sharespot/sharespot/internal/seal"
 	"github.com/sharespot/sharespot/internal/store"
 	"github.com/sharespot/sharespot/internal/store/pgtest"
 )
@@ -55,6 +67,105 @@ func BenchmarkRelayAcrossReplicas(b *testing.B) {
 			}
 			b.ReportMetric(pct(0.50), "p50-µs")
 			b.ReportMetric(pct(0.99), "p99-µs")
+		})
+	}
+}
+
+// BenchmarkFlowReplicas measures complete paid flows per second with one,
+// two and three `sharespot server` replicas sharing one PostgreSQL and one
+// NATS. Hosts and guests are spread round-robin over the replicas, and
+// each worker runs harness.PaidFlow (the flow of harness.BenchmarkFlow:
+// request → quote → pay → confirm → sealed grant → end and settle) with a
+// host on one replica and a guest on another whenever there are two.
+// Workers: SHARESPOT_BENCH_WORKERS (default 32). The client, the replicas
+// and PostgreSQL share this machine's cores, so this measures what
+// replication costs and where the database limits, not how it scales on
+// separate machines.
+//
+//	go test -run '^$' -bench FlowReplicas -benchtime 1000x ./internal/replicatest
+func BenchmarkFlowReplicas(b *testing.B) {
+	nats := natstest.Require(b)
+	workers := 32
+	if v, err := strconv.Atoi(os.Getenv("SHARESPOT_BENCH_WORKERS")); err == nil && v > 0 {
+		workers = v
+	}
+	for _, n := range []int{1, 2, 3} {
+		b.Run(fmt.Sprintf("replicas=%d", n), func(b *testing.B) {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+			defer cancel()
+			db := pgtest.New(b)
+			names := []string{"A", "B", "C"}[:n]
+			rs := startReplicas(b, db, []string{"--bus", nats}, names...)
+			st, err := store.Open(ctx, db, store.Options{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer st.Close()
+			device := func(name string, i int) *client.Client {
+				c := newDevice(name, []string{rs[i%n].URL})
+				if err := c.SignIn(ctx); err != nil {
+					b.Fatal(err)
+				}
+				return c
+			}
+			nHosts := min(workers, 16)
+			hosts := make([]*client.Client, nHosts)
+			spots := make([]*sharespotv1.Hotspot, nHosts)
+			for i := range hosts {
+				hosts[i] = device("host", i)
+				res, err := hosts[i].Hotspots.Register(ctx, connect.NewRequest(&sharespotv1.RegisterRequest{Instruction: harness.BenchInstruction(i)}))
+				if err != nil {
+					b.Fatal(err)
+				}
+				spots[i] = res.Msg.Hotspot
+			}
+			guests := make([]*client.Guest, workers)
+			for w := range guests {
+				c := device("guest", w+1) // the next replica after its host's
+				if err := st.Write(ctx, func(tx *store.Tx) error {
+					_, err := payment.Fund(tx, time.Now().UnixMilli(), c.AccountID(), "EUR", 1<<50, "", "bench funding")
+					return err
+				}); err != nil {
+					b.Fatal(err)
+				}
+				guests[w] = &client.Guest{C: c, Suites: []seal.Suite{seal.Preset}}
+			}
+			lat := make([][]time.Duration, workers)
+			var next, failed atomic.Int64
+			var firstErr atomic.Value
+			b.ResetTimer()
+			start := time.Now()
+			var wg sync.WaitGroup
+			for w := range workers {
+				wg.Go(func() {
+					for next.Add(1) <= int64(b.N) {
+						t0 := time.Now()
+						if err := harness.PaidFlow(ctx, hosts[w%nHosts], spots[w%nHosts], guests[w]); err != nil {
+							failed.Add(1)
+							firstErr.CompareAndSwap(nil, err)
+							continue
+						}
+						lat[w] = append(lat[w], time.Since(t0))
+					}
+				})
+			}
+			wg.Wait()
+			elapsed := time.Since(start)
+			b.StopTimer()
+			if err := firstErr.Load(); err != nil {
+				b.Fatalf("%d of %d flows failed; first: %v", failed.Load(), b.N, err)
+			}
+			all := slices.Concat(lat...)
+			slices.Sort(all)
+			pct := func(p float64) float64 {
+				return float64(all[min(len(all)-1, int(p*float64(len(all))))].Microseconds()) / 1000
+			}
+			b.ReportMetric(float64(len(all))/elapsed.Seconds(), "flows/s")
+			b.ReportMetric(pct(0.50), "p50-ms")
+			b.ReportMetric(pct(0.99), "p99-ms")
+			if err := harness.Audit(ctx, st); err != nil {
+				b.Fatal(err)
+			}
 		})
 	}
 }
