@@ -34,12 +34,22 @@ type Wallet struct {
 
 var _ session.Platform = (*Wallet)(nil)
 
+// platformKeysLock is the store lock key (Tx.LockKey) under which the
+// platform's first key is created.
+const platformKeysLock = 0x506c6174666f726d // "Platform"
+
 // Open loads the platform's signing keys from the store, creating the first
 // one on a new database. The newest key signs; all verify.
 func Open(ctx context.Context, st *store.Store, now func() time.Time) (*Wallet, error) {
 	var privs []ed25519.PrivateKey
 	err := st.Write(ctx, func(tx *store.Tx) error {
 		privs = privs[:0]
+		// Replicas starting together on a new database must agree on
+		// one first key: the first to take the lock creates it, the
+		// others wait and then read it.
+		if err := tx.LockKey(platformKeysLock); err != nil {
+			return err
+		}
 		rows, err := tx.Query(`SELECT private_key FROM platform_keys ORDER BY created_ms, id`)
 		if err != nil {
 			return err

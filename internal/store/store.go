@@ -297,6 +297,21 @@ func (tx *Tx) ForUpdate() string {
 	return ""
 }
 
+// LockKey takes an exclusive lock on key until the write ends, so that
+// writes which must not interleave, where no row exists yet that they could
+// lock, run one after the other — creating the first of something, say.
+// PostgreSQL: pg_advisory_xact_lock in a write; a no-op on SQLite, whose
+// single writer already runs each write alone, and in a read.
+func (tx *Tx) LockKey(key int64) error {
+	if tx.engine != Postgres || !tx.writable {
+		return nil
+	}
+	if _, err := tx.Exec(`SELECT pg_advisory_xact_lock(?)`, key); err != nil {
+		return fmt.Errorf("store: lock key %d: %w", key, err)
+	}
+	return nil
+}
+
 func (tx *Tx) rebind(q string) string {
 	if tx.engine != Postgres || !strings.Contains(q, "?") {
 		return q
