@@ -5,9 +5,10 @@
 // C1.9) and raises the volume in place after a top-up (C1.15).
 //
 // Two implementations sit behind [Gateway]: package proxy (userspace SOCKS5
-// and HTTP CONNECT, no root, any OS) and, later, an nftables one (Linux
-// kernel counters and quotas). Both persist usage through a [Store] so that
-// a restart never hands out data twice; [FileStore] is the file-backed one.
+// and HTTP CONNECT, no root, any OS) and package nft (Linux nftables:
+// kernel counters and quotas, root). docs/gateways.md compares them. Both
+// persist usage through a [Store] so that a restart never hands out data
+// twice; [FileStore] is the file-backed one.
 package gateway
 
 import (
@@ -77,8 +78,9 @@ type Event struct {
 
 // Gateway meters and enforces each admitted session's volume.
 //
-// Bytes are payload bytes relayed for the guest, both directions summed
-// (download plus upload); each implementation documents exactly what it
+// Bytes are the bytes relayed for the guest, both directions summed
+// (download plus upload): payload bytes in the proxy, IP packet lengths in
+// the kernel gateway; each implementation documents exactly what it
 // counts. No implementation lets more than Quota bytes through, even across
 // crashes and restarts.
 type Gateway interface {

@@ -1,0 +1,274 @@
+package conformance
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"net/http"
+	"net/netip"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	"golang.org/x/net/proxy"
+
+	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
+	"github.com/sharespot/sharespot/internal/client"
+	"github.com/sharespot/sharespot/internal/gateway"
+	"github.com/sharespot/sharespot/internal/gateway/nft"
+	gwproxy "github.com/sharespot/sharespot/internal/gateway/proxy"
+	"github.com/sharespot/sharespot/internal/harness"
+	"github.com/sharespot/sharespot/internal/hosting"
+	"github.com/sharespot/sharespot/internal/netns"
+	"github.com/sharespot/sharespot/internal/seal"
+)
+
+// dataPath is one gateway as a guest meets it: how the guest gets online
+// with its code (C1.8) and fetches from the origin through the host.
+type dataPath struct {
+	gw   gateway.Gateway
+	kind string
+	// online does what the guest does with the access response before its
+	// first byte (present the code, for the kernel gateway).
+	online func(ctx context.Context, gwAddr, sessionID string, code []byte) error
+	// client is the guest's HTTP client through the gateway.
+	client func(gwAddr, sessionID string, code []byte, timeout time.Duration) *http.Client
+	// origin is the origin's URL as the guest reaches it.
+	origin string
+	// fetch fetches n bytes and returns how many arrived.
+	fetch func(ctx context.Context, hc *http.Client, n int64) (int64, error)
+}
+
+// proxyPath is the userspace gateway on loopback: no root needed.
+func proxyPath(t *testing.T) *dataPath {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	org := netns.StartOrigin(t, ln, nil)
+	originAddr := netip.MustParseAddrPort(org.Addr)
+	st, err := gateway.OpenFileStore(filepath.Join(t.TempDir(), "gateway.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw, err := gwproxy.New(gwproxy.Config{Store: st, AllowDestination: func(ap netip.AddrPort) bool { return ap == originAddr }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := "http://" + org.Addr
+	return &dataPath{gw: gw, kind: "proxy", origin: base,
+		online: func(context.Context, string, string, []byte) error { return nil },
+		client: func(gwAddr, sid string, code []byte, timeout time.Duration) *http.Client {
+			d, _ := proxy.SOCKS5("tcp", gwAddr, &proxy.Auth{User: sid, Password: seal.FormatCode(code)}, proxy.Direct)
+			return &http.Client{Timeout: timeout, Transport: &http.Transport{DialContext: d.(proxy.ContextDialer).DialContext, DisableKeepAlives: true}}
+		},
+		fetch: func(ctx context.Context, hc *http.Client, n int64) (int64, error) {
+			return netns.Fetch(ctx, hc, base, n)
+		},
+	}
+}
+
+// nftPath is the kernel gateway in network namespaces (root): the guest
+// in its namespace, the gateway's table in the host's, the origin in the
+// internet's. The control plane (server, agents) stays on loopback.
+func nftPath(t *testing.T) *dataPath {
+	netns.RequireRoot(t)
+	tp := netns.NewTopology(t, 1)
+	ln, err := tp.Internet.Listen("tcp", ":80")
+	if err != nil {
+		t.Fatal(err)
+	}
+	netns.StartOrigin(t, ln, tp.Internet)
+	st, err := gateway.OpenFileStore(filepath.Join(t.TempDir(), "gateway.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	admit := net.JoinHostPort(tp.HostLAN4.String(), "8475")
+	aln, err := tp.Host.Listen("tcp", admit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw, err := nft.New(nft.Config{LAN: tp.LAN, Uplink: tp.Uplink, Listener: aln, NetNS: tp.Host.FD(), Store: st})
+	if err != nil {
+		t.Fatal(err)
+	}
+	guest := tp.Guests[0]
+	base := "http://" + net.JoinHostPort(tp.Net4.String(), "80")
+	return &dataPath{gw: gw, kind: nft.Kind, origin: base,
+		online: func(ctx context.Context, gwAddr, sid string, code []byte) error {
+			_, err := nft.Present(ctx, guest.HTTPClient(), gwAddr, sid, code)
+			return err
+		},
+		client: func(_, _ string, _ []byte, timeout time.Duration) *http.Client {
+			hc := guest.HTTPClient()
+			hc.Timeout = timeout
+			return hc
+		},
+		fetch: func(ctx context.Context, hc *http.Client, n int64) (int64, error) {
+			return netns.Fetch(ctx, hc, base, n)
+		},
+	}
+}
+
+// TestClaimRealBytes runs C1.8, C1.9 and C1.15 with real bytes through
+// each gateway: a real server, a real host (agent, gateway, event loop as
+// `sharespot share` runs them) and a real guest.
+func TestClaimRealBytes(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		path func(*testing.T) *dataPath
+	}{
+		{"proxy", proxyPath},
+		{"nftables", nftPath},
+	} {
+		t.Run(tc.name, func(t *testing.T) { claimRealBytes(t, tc.path) })
+	}
+}
+
+func claimRealBytes(t *testing.T, mkPath func(*testing.T) *dataPath) {
+	const (
+		buy  = 3 * MB
+		warn = 1 * MB
+		more = 3 * MB
+	)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	env := harness.Start(t, nil)
+	hostC, guestC := env.Device(t, "host"), env.Device(t, "guest")
+	inst := instruction()
+	inst.Tariff.MinPurchaseBytes = 1 * MB
+	inst.WarnAtBytes = warn
+	res, err := hostC.Hotspots.Register(ctx, connect.NewRequest(&sharespotv1.RegisterRequest{Instruction: inst}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	env.Fund(t, guestC, currency, 10_000)
+
+	p := mkPath(t)
+	gwDone := make(chan error, 1)
+	go func() { gwDone <- p.gw.Run(ctx) }()
+	host := &hosting.Host{C: hostC, GW: p.gw, Kind: p.kind, Threshold: warn, ReportEvery: time.Hour}
+	hostDone := make(chan error, 1)
+	go func() { hostDone <- host.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-hostDone; err != nil {
+			t.Errorf("host: %v", err)
+		}
+		if err := <-gwDone; err != nil {
+			t.Errorf("gateway: %v", err)
+		}
+	})
+	guestIn := harness.Listen(t, guestC, nil)
+	g := &client.Guest{C: guestC}
+
+	// Claim 3 and C1.7, as in TestClaim.
+	ses, err := g.RequestAccess(ctx, res.Msg.Hotspot.Id, buy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pay := func(t *testing.T) {
+		t.Helper()
+		_, fi := harness.Next[*sharespotv1.Envelope_FeeInfo](t, guestIn)
+		pr, err := guestC.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: fi.FeeInfo.Quote.Id}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := guestC.Sessions.Confirm(ctx, connect.NewRequest(&sharespotv1.ConfirmRequest{SessionId: ses.Id, Receipt: pr.Msg.Receipt})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pay(t)
+	_, gr := harness.Next[*sharespotv1.Envelope_AccessGranted](t, guestIn)
+	grant := gr.AccessGranted
+	if grant.Gateway.GetKind() != p.kind || grant.GrantedBytes != buy {
+		t.Fatalf("access response: %v", grant)
+	}
+	code, err := g.OpenCode(ses.Id, hostC.DeviceID(), grant.SealedCode)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gwAddr := grant.Gateway.GetAddress()
+	step := func(name string, fn func(t *testing.T)) {
+		if !t.Run(name, fn) {
+			t.FailNow()
+		}
+	}
+
+	step("C1.8_online_with_code_and_volume", func(t *testing.T) {
+		// A wrong code gets the guest nowhere.
+		wrong := bytes.Clone(code)
+		wrong[0] ^= 1
+		if err := p.online(ctx, gwAddr, ses.Id, wrong); err == nil {
+			if n, err := p.fetch(ctx, p.client(gwAddr, ses.Id, wrong, 2*time.Second), 10_000); err == nil || n > 0 {
+				t.Fatalf("a wrong code fetched %d bytes", n)
+			}
+		}
+		if err := p.online(ctx, gwAddr, ses.Id, code); err != nil {
+			t.Fatal(err)
+		}
+		n, err := p.fetch(ctx, p.client(gwAddr, ses.Id, code, 30*time.Second), 1*MB)
+		if err != nil || n != 1*MB {
+			t.Fatalf("fetched %d bytes through the gateway: %v", n, err)
+		}
+		used, quota, err := settledUsage(p.gw, ses.Id, 1*MB)
+		if err != nil || used < 1*MB || quota != buy {
+			t.Fatalf("gateway usage %d of %d: %v", used, quota, err)
+		}
+	})
+	step("C1.9_low_quota_prompt", func(t *testing.T) {
+		// Fetching 1.5 MB more takes the remaining volume below 1 MB: the
+		// gateway's threshold event becomes the host's prompt.
+		if n, err := p.fetch(ctx, p.client(gwAddr, ses.Id, code, 30*time.Second), 1_500_000); err != nil {
+			t.Fatalf("second fetch: %d bytes: %v", n, err)
+		}
+		_, pr := harness.Next[*sharespotv1.Envelope_LowQuotaPrompt](t, guestIn)
+		lp := pr.LowQuotaPrompt
+		if lp.UsedBytes <= buy-warn || lp.RemainingBytes >= warn || lp.GrantedBytes != buy || lp.UsedBytes+lp.RemainingBytes != buy {
+			t.Fatalf("prompt = %v", lp)
+		}
+	})
+	step("C1.15_add_data_response", func(t *testing.T) {
+		// Before the top-up the guest is cut: 2 MB do not fit in what is
+		// left.
+		cut, err := p.fetch(ctx, p.client(gwAddr, ses.Id, code, 5*time.Second), 2*MB)
+		if err == nil || cut >= 2*MB {
+			t.Fatalf("before the top-up 2 MB fetched (%d bytes, %v)", cut, err)
+		}
+		usedBefore, _, _ := p.gw.Usage(ses.Id)
+		if usedBefore > buy {
+			t.Fatalf("used %d past the %d bought", usedBefore, buy)
+		}
+		if _, err := guestC.Sessions.RequestTopUp(ctx, connect.NewRequest(&sharespotv1.RequestTopUpRequest{SessionId: ses.Id, Bytes: more})); err != nil {
+			t.Fatal(err)
+		}
+		pay(t)
+		_, ag := harness.Next[*sharespotv1.Envelope_AccessGranted](t, guestIn)
+		if ag.AccessGranted.GrantedBytes != more || ag.AccessGranted.TotalGrantedBytes != buy+more {
+			t.Fatalf("add-data response = %v", ag.AccessGranted)
+		}
+		// Now the same 2 MB pass, and usage went on from where it was.
+		n, err := p.fetch(ctx, p.client(gwAddr, ses.Id, code, 30*time.Second), 2*MB)
+		if err != nil || n != 2*MB {
+			t.Fatalf("after the top-up fetched %d bytes: %v", n, err)
+		}
+		used, quota, _ := settledUsage(p.gw, ses.Id, usedBefore+2*MB)
+		if quota != buy+more || used < usedBefore+2*MB || used > quota {
+			t.Fatalf("after the top-up used %d of %d (before %d)", used, quota, usedBefore)
+		}
+	})
+}
+
+// settledUsage reads a session's usage, waiting (up to 10 s) for it to
+// reach atLeast: the proxy commits a copy step just after the guest may
+// have read its bytes.
+func settledUsage(gw gateway.Gateway, id string, atLeast int64) (used, quota int64, err error) {
+	for range 100 {
+		if used, quota, err = gw.Usage(id); err != nil || used >= atLeast {
+			return used, quota, err
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return used, quota, err
+}

@@ -1,0 +1,348 @@
+package nft
+
+// The namespace suite run against the userspace proxy gateway: the proxy
+// runs as a child process inside the host namespace (a Go process cannot
+// move all its threads into a namespace, and the proxy dials the origin
+// from whatever thread runs the dial), controlled line by line over its
+// stdin and stdout. The host does not forward: guests reach the internet
+// only through the proxy.
+
+import (
+	"bufio"
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/net/proxy"
+
+	"github.com/sharespot/sharespot/internal/gateway"
+	gwproxy "github.com/sharespot/sharespot/internal/gateway/proxy"
+	"github.com/sharespot/sharespot/internal/netns"
+	"github.com/sharespot/sharespot/internal/seal"
+)
+
+// childEnv makes the test binary run as the proxy child (see TestMain).
+const childEnv = "SHARESPOT_TEST_PROXY_CHILD"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(childEnv) != "" {
+		os.Exit(proxyChild(os.Stdin, os.Stdout))
+	}
+	os.Exit(m.Run())
+}
+
+// proxyChild runs a proxy gateway on $SS_LISTEN with a FileStore at
+// $SS_STORE and serves commands: "admit ID CODEHEX QUOTA THRESHOLD",
+// "extend ID BYTES", "revoke ID", "usage ID". It answers "ok ..." or
+// "err ...", and prints "event KIND ID USED QUOTA" for every event.
+func proxyChild(in io.Reader, out io.Writer) int {
+	var mu sync.Mutex
+	say := func(format string, a ...any) {
+		mu.Lock()
+		defer mu.Unlock()
+		fmt.Fprintf(out, format+"\n", a...)
+	}
+	st, err := gateway.OpenFileStore(os.Getenv("SS_STORE"))
+	if err != nil {
+		say("fatal %v", err)
+		return 1
+	}
+	p, err := gwproxy.New(gwproxy.Config{Addr: os.Getenv("SS_LISTEN"), Store: st, PersistAhead: 64 << 10})
+	if err != nil {
+		say("fatal %v", err)
+		return 1
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	go func() {
+		for e := range p.Events() {
+			say("event %d %s %d %d", int(e.Kind), e.SessionID, e.Used, e.Quota)
+		}
+	}()
+	say("ready %s", p.Addr())
+	sc := bufio.NewScanner(in)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) < 2 {
+			say("err malformed command")
+			continue
+		}
+		var err error
+		reply := "ok"
+		switch f[0] {
+		case "admit":
+			code, _ := hex.DecodeString(f[2])
+			quota, _ := strconv.ParseInt(f[3], 10, 64)
+			th, _ := strconv.ParseInt(f[4], 10, 64)
+			err = p.Admit(ctx, gateway.Grant{SessionID: f[1], Credential: code, Quota: quota, Threshold: th})
+		case "extend":
+			n, _ := strconv.ParseInt(f[2], 10, 64)
+			err = p.Extend(ctx, f[1], n)
+		case "revoke":
+			err = p.Revoke(ctx, f[1])
+		case "usage":
+			var used, quota int64
+			used, quota, err = p.Usage(f[1])
+			reply = fmt.Sprintf("ok %d %d", used, quota)
+		default:
+			err = errors.New("unknown command")
+		}
+		if err != nil {
+			say("err %v", err)
+		} else {
+			say("%s", reply)
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		say("fatal %v", err)
+		return 1
+	}
+	return 0
+}
+
+// proxyProc is the parent's handle on a proxy child.
+type proxyProc struct {
+	t       testing.TB
+	cmd     *exec.Cmd
+	in      io.WriteCloser
+	replies chan string
+	ev      *events
+	addr    string
+	exited  chan struct{}
+}
+
+func startProxyChild(t testing.TB, ns *netns.NS, store, listen string) *proxyProc {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := ns.Exec(exe, "-test.run=^$")
+	cmd.Env = append(os.Environ(), childEnv+"=1", "SS_STORE="+store, "SS_LISTEN="+listen)
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	outR, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	evc := make(chan gateway.Event, 64)
+	p := &proxyProc{t: t, cmd: cmd, in: in, replies: make(chan string, 16), ev: collect(evc), exited: make(chan struct{})}
+	ready := make(chan string, 1)
+	go func() {
+		defer close(evc)
+		defer close(p.exited)
+		sc := bufio.NewScanner(outR)
+		for sc.Scan() {
+			line := sc.Text()
+			switch {
+			case strings.HasPrefix(line, "event "):
+				var e gateway.Event
+				var kind int
+				fmt.Sscanf(line, "event %d %s %d %d", &kind, &e.SessionID, &e.Used, &e.Quota)
+				e.Kind = gateway.EventKind(kind)
+				evc <- e
+			case strings.HasPrefix(line, "ready "):
+				ready <- strings.TrimPrefix(line, "ready ")
+			default:
+				p.replies <- line
+			}
+		}
+		cmd.Wait()
+	}()
+	select {
+	case p.addr = <-ready:
+	case <-p.exited:
+		t.Fatalf("proxy child exited: %s", stderr.String())
+	case <-time.After(30 * time.Second):
+		t.Fatal("proxy child not ready")
+	}
+	t.Cleanup(p.kill)
+	return p
+}
+
+// call sends a command and returns the reply, failing t on "err".
+func (p *proxyProc) call(cmd string) string {
+	p.t.Helper()
+	if _, err := fmt.Fprintln(p.in, cmd); err != nil {
+		p.t.Fatalf("proxy child: %v", err)
+	}
+	select {
+	case r := <-p.replies:
+		if !strings.HasPrefix(r, "ok") {
+			p.t.Fatalf("proxy child: %s: %s", cmd, r)
+		}
+		return r
+	case <-time.After(30 * time.Second):
+		p.t.Fatalf("proxy child: no reply to %s", cmd)
+	}
+	return ""
+}
+
+func (p *proxyProc) usage(id string) (used, quota int64) {
+	p.t.Helper()
+	fmt.Sscanf(p.call("usage "+id), "ok %d %d", &used, &quota)
+	return used, quota
+}
+
+// kill ends the child with SIGKILL: a crash, no final save.
+func (p *proxyProc) kill() {
+	p.cmd.Process.Kill()
+	<-p.exited
+}
+
+// socksClient is an HTTP client in g's namespace going through the proxy.
+func socksClient(g *netns.Guest, proxyAddr, id string, code []byte, timeout time.Duration) *http.Client {
+	d, _ := proxy.SOCKS5("tcp", proxyAddr, &proxy.Auth{User: id, Password: seal.FormatCode(code)}, nsDialer{g.NS})
+	return &http.Client{Timeout: timeout, Transport: &http.Transport{DialContext: d.(proxy.ContextDialer).DialContext, DisableKeepAlives: true}}
+}
+
+type nsDialer struct{ ns *netns.NS }
+
+func (d nsDialer) Dial(network, addr string) (net.Conn, error) {
+	return d.ns.DialContext(context.Background(), network, addr)
+}
+
+func (d nsDialer) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	return d.ns.DialContext(ctx, network, addr)
+}
+
+// TestProxyNamespaceSuite: the proxy gateway between namespaces.
+func TestProxyNamespaceSuite(t *testing.T) {
+	f := newFixture(t, 3)
+	// The host forwards nothing: only the proxy takes guests out.
+	f.tp.Host.Sysctl(t, "ipv4/ip_forward", "0")
+	f.tp.Host.Sysctl(t, "ipv6/conf/all/forwarding", "0")
+	store := filepath.Join(t.TempDir(), "proxy.json")
+	listen := net.JoinHostPort(f.tp.HostLAN4.String(), "1080")
+	p := startProxyChild(t, f.tp.Host, store, listen)
+	g := f.tp.Guests
+	ctx := context.Background()
+	code := func(id string) []byte {
+		c := make([]byte, 32)
+		copy(c, id)
+		return c
+	}
+	admit := func(id string, quota, threshold int64) []byte {
+		c := code(id)
+		p.call(fmt.Sprintf("admit %s %s %d %d", id, hex.EncodeToString(c), quota, threshold))
+		return c
+	}
+
+	t.Run("bypass_before_admission_dns_ipv6", func(t *testing.T) {
+		before := f.origin.Received()
+		if n, err := netns.Fetch(ctx, guestClient(g[2], 2*time.Second), f.base, 1*mB); err == nil || n > 0 {
+			t.Fatalf("a direct fetch got %d bytes (%v)", n, err)
+		}
+		if n, err := netns.Fetch(ctx, socksClient(g[2], p.addr, "nobody", code("nobody"), 2*time.Second), f.base, 1*mB); err == nil || n > 0 {
+			t.Fatalf("a fetch with unknown credentials got %d bytes (%v)", n, err)
+		}
+		dnsTunnel(t, g[2], net.JoinHostPort(f.tp.Net4.String(), "53"), 100*kB)
+		g[2].AddIPv6(t, f.tp)
+		if n, err := netns.Fetch(ctx, guestClient(g[2], 2*time.Second), f.base6, 1*mB); err == nil || n > 0 {
+			t.Fatalf("a direct IPv6 fetch got %d bytes (%v)", n, err)
+		}
+		dnsTunnel(t, g[2], net.JoinHostPort(f.tp.Net6.String(), "53"), 100*kB)
+		settle(f.origin)
+		if leak := f.origin.Received() - before; leak > maxLeak {
+			t.Fatalf("%d bytes reached the internet without the proxy, want ≤ %d", leak, maxLeak)
+		}
+	})
+
+	t.Run("cut_at_quota_extend_resumes", func(t *testing.T) {
+		const quota = 2 * mB
+		c := admit("p1", quota, 500*kB)
+		n, err := netns.Fetch(ctx, socksClient(g[0], p.addr, "p1", c, wait), f.base, 4*mB)
+		if err == nil || n >= quota {
+			t.Fatalf("fetched %d bytes of 4 MB with a 2 MB quota (%v)", n, err)
+		}
+		p.ev.wait(t, gateway.ThresholdCrossed, "p1", wait)
+		p.ev.wait(t, gateway.Exhausted, "p1", wait)
+		if used, _ := p.usage("p1"); used != quota {
+			t.Fatalf("used %d, want exactly %d", used, quota)
+		}
+		p.call("extend p1 " + strconv.Itoa(3*mB))
+		if n, err := netns.Fetch(ctx, socksClient(g[0], p.addr, "p1", c, wait), f.base, 2*mB); err != nil || n != 2*mB {
+			t.Fatalf("after the extension fetched %d bytes (%v)", n, err)
+		}
+		if used, q := p.usage("p1"); used < quota+2*mB || q != 5*mB {
+			t.Fatalf("after the extension used %d of %d", used, q)
+		}
+	})
+
+	t.Run("extend_while_flowing_no_gap", func(t *testing.T) {
+		// The extension lands long before the first quota runs out (at
+		// 1 GB/s, 100 ms ahead), so any stop would be the extension's.
+		c := admit("p2", 100*mB, 0)
+		r := netns.StartFetch(ctx, socksClient(g[1], p.addr, "p2", c, wait), f.base, 150*mB)
+		for r.N() < 200*kB {
+			select {
+			case <-r.Done():
+				t.Fatalf("fetch ended early: %v", r.Wait())
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+		p.call("extend p2 " + strconv.Itoa(100*mB))
+		if err := r.Wait(); err != nil {
+			t.Fatalf("transfer across the extension: %v", err)
+		}
+		if n := p.ev.count(gateway.Exhausted, "p2"); n != 0 {
+			t.Fatalf("exhausted %d times across the extension", n)
+		}
+	})
+
+	t.Run("revoke_cuts_running_download", func(t *testing.T) {
+		r := netns.StartFetch(ctx, socksClient(g[1], p.addr, "p2", code("p2"), wait), f.base, 90*mB)
+		for r.N() < 1*mB {
+			select {
+			case <-r.Done():
+				t.Fatalf("fetch ended early: %v", r.Wait())
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+		p.call("revoke p2")
+		if err := r.Wait(); err == nil || r.N() >= 90*mB {
+			t.Fatalf("the download survived the revocation: %d bytes, %v", r.N(), err)
+		}
+	})
+
+	t.Run("crash_restart_keeps_quota", func(t *testing.T) {
+		const quota = 3 * mB
+		c := admit("p3", quota, 0)
+		n1, err := netns.Fetch(ctx, socksClient(g[2], p.addr, "p3", c, wait), f.base, 1*mB)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.kill() // SIGKILL: no final save
+		p = startProxyChild(t, f.tp.Host, store, listen)
+		after, q := p.usage("p3")
+		if after < n1 || q != quota {
+			t.Fatalf("after the crash used %d of %d; the guest had %d body bytes", after, q, n1)
+		}
+		n2, _ := netns.Fetch(ctx, socksClient(g[2], p.addr, "p3", c, wait), f.base, 5*mB)
+		t.Logf("before the crash %d body bytes, after it %d, counted as used at restart %d", n1, n2, after)
+		if n1+n2 > quota {
+			t.Fatalf("in all %d bytes for a quota of %d", n1+n2, quota)
+		}
+	})
+}

@@ -1,0 +1,3 @@
+package netns
+
+const supported = true
