@@ -1,0 +1,507 @@
+package loadgen
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"connectrpc.com/connect"
+
+	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
+	"github.com/sharespot/sharespot/internal/client"
+	"github.com/sharespot/sharespot/internal/payment"
+	"github.com/sharespot/sharespot/internal/seal"
+	"github.com/sharespot/sharespot/internal/server"
+	"github.com/sharespot/sharespot/internal/store"
+)
+
+const mb = 1_000_000
+
+// HTTPClient returns an HTTP/2 client of its own (its own TCP connection,
+// as a phone has), in cleartext to http:// servers, dialling from local
+// when it is not nil (several 127.x source addresses give more ephemeral
+// ports than one).
+func HTTPClient(local net.IP) *http.Client {
+	d := &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}
+	if local != nil {
+		d.LocalAddr = &net.TCPAddr{IP: local}
+	}
+	tr := &http.Transport{
+		DialContext:         d.DialContext,
+		TLSClientConfig:     &tls.Config{MinVersion: tls.VersionTLS12},
+		TLSHandshakeTimeout: 10 * time.Second,
+		MaxIdleConnsPerHost: 4,
+	}
+	tr.Protocols = new(http.Protocols)
+	tr.Protocols.SetHTTP2(true)
+	tr.Protocols.SetUnencryptedHTTP2(true)
+	return &http.Client{Transport: tr}
+}
+
+// NewDevice returns a client for a fresh device key (not yet signed in).
+func NewDevice(url, name string, hc *http.Client) *client.Client {
+	_, key, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		panic(fmt.Sprintf("loadgen: generate a device key: %v", err)) // crypto/rand never fails
+	}
+	return client.New(url, key, client.Options{HTTPClient: hc, DeviceName: name})
+}
+
+// SignIn signs c in, trying again (up to ctx) when the answer is lost or
+// the server is busy or down.
+func SignIn(ctx context.Context, c *client.Client) error {
+	return retry(ctx, true, func() error { return c.SignIn(ctx) })
+}
+
+// lost reports whether err is a call whose answer never came: the server
+// died, the connection broke or its stream was reset (which Connect
+// reports as canceled), the answer was cut off mid-body (the call may or
+// may not have been applied), or the server asked to retry. retry checks
+// the caller's own context first, so a call the caller canceled is not
+// sent again.
+func lost(err error) bool {
+	if err == nil {
+		return false
+	}
+	switch connect.CodeOf(err) {
+	case connect.CodeUnavailable, connect.CodeUnknown, connect.CodeDeadlineExceeded, connect.CodeAborted, connect.CodeCanceled:
+		return true
+	case connect.CodeResourceExhausted:
+		return strings.Contains(err.Error(), "rate")
+	}
+	return false
+}
+
+// retry calls f until it succeeds, fails with something other than a lost
+// answer, or ctx ends; when resilient is false it calls f once.
+func retry(ctx context.Context, resilient bool, f func() error) error {
+	backoff := 20 * time.Millisecond
+	for {
+		err := f()
+		if err == nil || !resilient || !lost(err) || ctx.Err() != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 500*time.Millisecond)
+	}
+}
+
+// Funder adds money to the given accounts' wallets, as the operator does.
+type Funder func(ctx context.Context, accounts []string, currency string, amount int64) error
+
+// DBFunder funds wallets directly in the server's database (the data
+// directory's SQLite file, or the PostgreSQL URL), exactly as `sharespot
+// wallet fund` does.
+func DBFunder(dataDir, db string) Funder {
+	return func(ctx context.Context, accounts []string, currency string, amount int64) error {
+		target, err := server.DBTarget(dataDir, db)
+		if err != nil {
+			return fmt.Errorf("loadgen: fund: %w", err)
+		}
+		st, err := store.Open(ctx, target, store.Options{})
+		if err != nil {
+			return fmt.Errorf("loadgen: fund: open %s: %w", store.Redact(target), err)
+		}
+		defer st.Close()
+		return DBFunderStore(st)(ctx, accounts, currency, amount)
+	}
+}
+
+// DBFunderStore funds wallets in an open store, 500 per transaction,
+// idempotently (key bench:ACCOUNT).
+func DBFunderStore(st *store.Store) Funder {
+	return func(ctx context.Context, accounts []string, currency string, amount int64) error {
+		now := time.Now().UnixMilli()
+		for len(accounts) > 0 {
+			part := accounts[:min(len(accounts), 500)]
+			accounts = accounts[len(part):]
+			err := st.Write(ctx, func(tx *store.Tx) error {
+				for _, a := range part {
+					if _, err := payment.Fund(tx, now, a, currency, amount, "bench:"+a, "bench funding"); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				return fmt.Errorf("loadgen: fund wallets: %w", err)
+			}
+		}
+		return nil
+	}
+}
+
+// Handled is one inbox message as the application handled it (for the
+// exactly-once checks).
+type Handled struct {
+	Seq     uint64
+	ID      string
+	Session string
+	Body    string
+	QuoteID string // of an AccessGranted
+}
+
+// Inbox receives one device's inbox for the application, in order and
+// each message once, keeping its cursor in memory across server restarts
+// (a handler that fails has its message delivered again).
+type Inbox struct {
+	mu       sync.Mutex
+	handled  []Handled
+	cursor   uint64
+	failures int
+	done     chan struct{}
+}
+
+// Listen runs c's inbox into h until ctx ends; see Wait.
+func Listen(ctx context.Context, c *client.Client, h client.Handler) *Inbox {
+	in := &Inbox{done: make(chan struct{})}
+	handle := func(ctx context.Context, env *sharespotv1.Envelope) error {
+		if err := h(ctx, env); err != nil {
+			return err
+		}
+		m := Handled{Seq: env.Seq, ID: env.MessageId, Session: env.SessionId, Body: fmt.Sprintf("%T", env.Body)}
+		if g := env.GetAccessGranted(); g != nil {
+			m.QuoteID = g.QuoteId
+		}
+		in.mu.Lock()
+		in.handled = append(in.handled, m)
+		in.mu.Unlock()
+		return nil
+	}
+	go func() {
+		defer close(in.done)
+		for ctx.Err() == nil {
+			in.mu.Lock()
+			after := in.cursor
+			in.mu.Unlock()
+			c.Receive(ctx, after, handle, func(seq uint64) {
+				in.mu.Lock()
+				in.cursor = seq
+				in.mu.Unlock()
+			})
+			if ctx.Err() != nil {
+				return
+			}
+			in.mu.Lock()
+			in.failures++
+			in.mu.Unlock()
+			select {
+			case <-ctx.Done():
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}()
+	return in
+}
+
+// Wait waits, up to d, for the receiver to stop after its ctx ended.
+func (in *Inbox) Wait(d time.Duration) error {
+	select {
+	case <-in.done:
+		return nil
+	case <-time.After(d):
+		return fmt.Errorf("loadgen: an inbox receiver did not stop within %v", d)
+	}
+}
+
+// Handled returns what the application handled so far.
+func (in *Inbox) Handled() []Handled {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return append([]Handled(nil), in.handled...)
+}
+
+// Failures counts handler failures (messages delivered again).
+func (in *Inbox) Failures() int {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return in.failures
+}
+
+// mailbox routes a guest's inbox messages to the flow waiting for their
+// session. A message can arrive before the flow knows its session (the fee
+// information before RequestAccess's answer): the last few such messages
+// are kept for the flow to claim.
+type mailbox struct {
+	mu    sync.Mutex
+	m     map[string]chan *sharespotv1.Envelope
+	early []*sharespotv1.Envelope
+}
+
+// ch returns the channel of session sid's messages, with any that came
+// early.
+func (b *mailbox) ch(sid string) chan *sharespotv1.Envelope {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.m == nil {
+		b.m = map[string]chan *sharespotv1.Envelope{}
+	}
+	c := b.m[sid]
+	if c == nil {
+		c = make(chan *sharespotv1.Envelope, 64)
+		b.m[sid] = c
+		keep := b.early[:0]
+		for _, env := range b.early {
+			if env.SessionId == sid {
+				c <- env
+			} else {
+				keep = append(keep, env)
+			}
+		}
+		b.early = keep
+	}
+	return c
+}
+
+func (b *mailbox) drop(sid string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	delete(b.m, sid)
+}
+
+func (b *mailbox) deliver(env *sharespotv1.Envelope) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if c := b.m[env.SessionId]; c != nil {
+		select {
+		case c <- env:
+		default: // nobody reads this session any more
+		}
+		return
+	}
+	if len(b.early) >= 32 {
+		b.early = append(b.early[:0], b.early[1:]...)
+	}
+	b.early = append(b.early, env)
+}
+
+// Host is a simulated host device: the real host agent behind a plain
+// code gate, with one registered hotspot.
+type Host struct {
+	C       *client.Client
+	Agent   *client.Host
+	Gate    *client.CodeGate
+	Hotspot *sharespotv1.Hotspot
+	In      *Inbox
+}
+
+// Guest is a simulated guest device.
+type Guest struct {
+	C   *client.Client
+	G   *client.Guest
+	In  *Inbox
+	box mailbox
+	// tap, if set, sees each message as the application receives it,
+	// before it is routed (the relay bench times arrivals here).
+	tap atomic.Pointer[func(*sharespotv1.Envelope)]
+}
+
+// FleetConfig sizes a fleet.
+type FleetConfig struct {
+	URL            string
+	Hosts, Guests  int
+	Currency       string
+	Fund           Funder
+	FundMinor      int64 // per guest
+	WarnAtBytes    int64
+	ShareableBytes int64
+	// Resilient makes every call ride out a server restart (the chaos
+	// test): calls whose answer was lost are sent again.
+	Resilient bool
+	Log       *slog.Logger
+}
+
+// Fleet is a set of signed-in hosts (hotspots registered, agents
+// answering their inboxes) and funded guests (inboxes received).
+type Fleet struct {
+	cfg    FleetConfig
+	Hosts  []*Host
+	Guests []*Guest
+	stop   context.CancelFunc
+}
+
+// NewFleet signs every device in, registers one hotspot per host, funds
+// the guests and starts every inbox.
+func NewFleet(ctx context.Context, cfg FleetConfig) (*Fleet, error) {
+	if cfg.Currency == "" {
+		cfg.Currency = "EUR"
+	}
+	if cfg.ShareableBytes == 0 {
+		cfg.ShareableBytes = 1 << 50
+	}
+	if cfg.WarnAtBytes == 0 {
+		cfg.WarnAtBytes = 5 * mb
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	f := &Fleet{cfg: cfg, Hosts: make([]*Host, cfg.Hosts), Guests: make([]*Guest, cfg.Guests)}
+	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	f.stop = cancel
+	err := parallel(ctx, cfg.Hosts, 16, func(i int) error {
+		c := NewDevice(cfg.URL, fmt.Sprintf("bench-host-%d", i), HTTPClient(nil))
+		if err := SignIn(ctx, c); err != nil {
+			return fmt.Errorf("host %d: %w", i, err)
+		}
+		h := &Host{C: c, Gate: &client.CodeGate{Kind: "proxy", Address: "192.0.2.1:1080"}}
+		h.Agent = &client.Host{C: c, Gate: h.Gate, Log: cfg.Log}
+		if err := retry(ctx, cfg.Resilient, func() error { return h.Agent.Start(ctx) }); err != nil {
+			return fmt.Errorf("host %d: %w", i, err)
+		}
+		hs, err := f.register(ctx, c, i)
+		if err != nil {
+			return fmt.Errorf("host %d: %w", i, err)
+		}
+		h.Hotspot = hs
+		f.Hosts[i] = h
+		return nil
+	})
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	err = parallel(ctx, cfg.Guests, 16, func(i int) error {
+		c := NewDevice(cfg.URL, fmt.Sprintf("bench-guest-%d", i), HTTPClient(nil))
+		if err := SignIn(ctx, c); err != nil {
+			return fmt.Errorf("guest %d: %w", i, err)
+		}
+		f.Guests[i] = &Guest{C: c, G: &client.Guest{C: c, Suites: []seal.Suite{seal.Preset}}}
+		return nil
+	})
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	if cfg.Fund != nil && cfg.FundMinor > 0 {
+		accts := make([]string, len(f.Guests))
+		for i, g := range f.Guests {
+			accts[i] = g.C.AccountID()
+		}
+		if err := cfg.Fund(ctx, accts, cfg.Currency, cfg.FundMinor); err != nil {
+			cancel()
+			return nil, err
+		}
+	}
+	for _, h := range f.Hosts {
+		h.In = Listen(rctx, h.C, h.Agent.Handle)
+	}
+	for _, g := range f.Guests {
+		g.In = Listen(rctx, g.C, func(_ context.Context, env *sharespotv1.Envelope) error {
+			if tap := g.tap.Load(); tap != nil {
+				(*tap)(env)
+			}
+			g.box.deliver(env)
+			return nil
+		})
+	}
+	return f, nil
+}
+
+// register registers host i's hotspot; after a lost answer the re-sent
+// call is refused as a duplicate, and the host finds it in its list.
+func (f *Fleet) register(ctx context.Context, c *client.Client, i int) (*sharespotv1.Hotspot, error) {
+	bssid := fmt.Sprintf("02:BE:%02X:%02X:%02X:%02X", byte(i>>24), byte(i>>16), byte(i>>8), byte(i))
+	in := &sharespotv1.ShareInstruction{
+		AccessPoint:    &sharespotv1.AccessPoint{Ssid: []byte(fmt.Sprintf("bench-%d", i)), Bssid: bssid, Security: sharespotv1.Security_SECURITY_WPA2},
+		Tariff:         &sharespotv1.Tariff{Currency: f.cfg.Currency, PriceMinor: 10, UnitBytes: mb, MinPurchaseBytes: mb, TopupPriceMinor: 12},
+		ShareableBytes: f.cfg.ShareableBytes,
+		WarnAtBytes:    f.cfg.WarnAtBytes,
+	}
+	var hs *sharespotv1.Hotspot
+	err := retry(ctx, f.cfg.Resilient, func() error {
+		res, err := c.Hotspots.Register(ctx, connect.NewRequest(&sharespotv1.RegisterRequest{Instruction: in}))
+		if err == nil {
+			hs = res.Msg.Hotspot
+			return nil
+		}
+		if !f.cfg.Resilient || connect.CodeOf(err) != connect.CodeAlreadyExists {
+			return err
+		}
+		list, lerr := c.Hotspots.List(ctx, connect.NewRequest(&sharespotv1.ListRequest{}))
+		if lerr != nil {
+			return lerr
+		}
+		for _, h := range list.Msg.Hotspots {
+			if strings.EqualFold(h.Instruction.GetAccessPoint().GetBssid(), bssid) {
+				hs = h
+				return nil
+			}
+		}
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("register hotspot: %w", err)
+	}
+	return hs, nil
+}
+
+// Close stops every inbox receiver (bounded) and closes idle connections.
+func (f *Fleet) Close() error {
+	f.stop()
+	var errs []error
+	for _, h := range f.Hosts {
+		if h != nil && h.In != nil {
+			errs = append(errs, h.In.Wait(10*time.Second))
+		}
+	}
+	for _, g := range f.Guests {
+		if g != nil && g.In != nil {
+			errs = append(errs, g.In.Wait(10*time.Second))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// parallel runs f(0..n-1) on up to width goroutines; the first error wins.
+func parallel(ctx context.Context, n, width int, f func(i int) error) error {
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		first error
+	)
+	next := make(chan int)
+	for range min(width, max(n, 1)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				if err := f(i); err != nil {
+					mu.Lock()
+					if first == nil {
+						first = err
+					}
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	for i := range n {
+		mu.Lock()
+		failed := first != nil
+		mu.Unlock()
+		if failed || ctx.Err() != nil {
+			break
+		}
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	if first == nil && ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return first
+}

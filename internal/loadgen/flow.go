@@ -1,0 +1,583 @@
+package loadgen
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"connectrpc.com/connect"
+
+	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
+)
+
+// Steps of a flow, in order, as the report names them. Each is timed from
+// the guest's (or, for the prompt, the host's) call until the guest has
+// the step's result: a call's answer, or the message it waits for in its
+// inbox, which crossed the relay and, for quotes and grants, the host's
+// agent.
+var Steps = []string{
+	"request→fee", "pay", "confirm→grant", "prompt", "topup→fee", "topup pay", "topup confirm→grant", "end+settle", "flow",
+}
+
+// FlowConfig shapes each flow.
+type FlowConfig struct {
+	RequestBytes int64 // initial purchase (default 10 MB)
+	TopUpBytes   int64 // top-up (default 5 MB)
+	// StepTimeout bounds every wait for an inbox message (default 30 s).
+	StepTimeout time.Duration
+}
+
+func (c *FlowConfig) defaults() {
+	if c.RequestBytes == 0 {
+		c.RequestBytes = 10 * mb
+	}
+	if c.TopUpBytes == 0 {
+		c.TopUpBytes = 5 * mb
+	}
+	if c.StepTimeout == 0 {
+		c.StepTimeout = 30 * time.Second
+	}
+}
+
+// Outcome is how one flow ended.
+type Outcome int
+
+const (
+	// Completed: every step, and the settlement checked.
+	Completed Outcome = iota
+	// Resolved: the server moved the session on (a deadline, a decline)
+	// before the flow finished; the money must still be right.
+	Resolved
+	// Failed: an error the flow could not ride out.
+	Failed
+)
+
+// FlowResult is one flow's result.
+type FlowResult struct {
+	Outcome  Outcome
+	Sessions []string // every session the flow opened
+	Why      string   // for Resolved and Failed
+	ErrKind  string   // for Failed: step and code
+	Err      error
+}
+
+// Recorder collects per-step latencies and errors across flows.
+type Recorder struct {
+	steps map[string]*Samples
+	Errs  Errors
+}
+
+// NewRecorder returns an empty recorder.
+func NewRecorder() *Recorder {
+	r := &Recorder{steps: map[string]*Samples{}}
+	for _, s := range Steps {
+		r.steps[s] = &Samples{}
+	}
+	return r
+}
+
+func (r *Recorder) add(step string, d time.Duration) {
+	if r != nil {
+		r.steps[step].Add(d)
+	}
+}
+
+// Summaries returns each step's distribution.
+func (r *Recorder) Summaries() map[string]Summary {
+	out := map[string]Summary{}
+	for k, s := range r.steps {
+		if sum := s.Summary(); sum.Count > 0 {
+			out[k] = sum
+		}
+	}
+	return out
+}
+
+// flowRun is one flow's state.
+type flowRun struct {
+	f         *Fleet
+	cfg       FlowConfig
+	g         *Guest
+	h         *Host
+	rec       *Recorder
+	resilient bool
+	res       FlowResult
+}
+
+// errResolved ends a flow early without failing it.
+type errResolved struct{ why string }
+
+func (e errResolved) Error() string { return e.why }
+
+// RunFlow runs one complete paid flow with a top-up between guest g and
+// host h: request → fee → pay → confirm → grant (code opened and checked
+// at the host's gate) → low-quota prompt → top-up → fee → pay → confirm →
+// grant → end and settle (amounts checked). The session is always ended,
+// also when the flow fails.
+func (f *Fleet) RunFlow(ctx context.Context, g *Guest, h *Host, cfg FlowConfig, rec *Recorder) FlowResult {
+	cfg.defaults()
+	r := &flowRun{f: f, cfg: cfg, g: g, h: h, rec: rec, resilient: f.cfg.Resilient}
+	t0 := time.Now()
+	err := r.run(ctx)
+	var res errResolved
+	switch {
+	case err == nil:
+		r.res.Outcome = Completed
+		rec.add("flow", time.Since(t0))
+	case errors.As(err, &res):
+		r.res.Outcome, r.res.Why = Resolved, res.why
+	default:
+		r.res.Outcome, r.res.Err, r.res.Why = Failed, err, err.Error()
+	}
+	// Whatever happened, leave no session open (as a guest app that gives
+	// up does); bounded, and a failure here only adds to the errors.
+	ectx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.StepTimeout)
+	defer cancel()
+	for _, sid := range r.res.Sessions {
+		g.box.drop(sid)
+		g.G.Forget(sid)
+		if r.res.Outcome == Completed && sid == r.res.Sessions[len(r.res.Sessions)-1] {
+			continue // ended and settled by the flow
+		}
+		if err := retry(ectx, true, func() error {
+			_, err := g.C.Sessions.End(ectx, connect.NewRequest(&sharespotv1.EndRequest{SessionId: sid, Reason: "bench: flow over"}))
+			return err
+		}); err != nil {
+			r.res.Outcome, r.res.ErrKind = Failed, "cleanup end: "+connect.CodeOf(err).String()
+			r.res.Err = errors.Join(r.res.Err, fmt.Errorf("end session %s after the flow: %w", sid, err))
+		}
+	}
+	return r.res
+}
+
+// fail names the step an error happened in.
+func (r *flowRun) fail(step string, err error) error {
+	var res errResolved
+	if errors.As(err, &res) {
+		return err
+	}
+	if r.res.ErrKind == "" {
+		kind := "timeout"
+		var ce *connect.Error
+		if errors.As(err, &ce) {
+			kind = ce.Code().String()
+		} else if errors.Is(err, context.Canceled) {
+			kind = "canceled"
+		}
+		r.res.ErrKind = step + ": " + kind
+	}
+	return fmt.Errorf("%s: %w", step, err)
+}
+
+func (r *flowRun) run(ctx context.Context) error {
+	g, h := r.g, r.h
+	// C1.5–C1.6. A lost answer leaves a stray session behind the one the
+	// re-sent request opens; RunFlow ends it with the others.
+	t := time.Now()
+	var ses *sharespotv1.Session
+	err := retry(ctx, r.resilient, func() error {
+		s, err := g.G.RequestAccess(ctx, h.Hotspot.Id, r.cfg.RequestBytes)
+		if err == nil {
+			ses = s
+			r.res.Sessions = append(r.res.Sessions, s.Id)
+		}
+		return err
+	})
+	if err != nil {
+		return r.fail("request", err)
+	}
+	sid := ses.Id
+	fee, err := r.awaitFee(ctx, sid, sharespotv1.QuoteKind_QUOTE_KIND_INITIAL)
+	if err != nil {
+		return r.fail("request→fee", err)
+	}
+	r.rec.add("request→fee", time.Since(t))
+	grant, err := r.buy(ctx, sid, fee, "pay", "confirm→grant")
+	if err != nil {
+		return err
+	}
+	// C1.8: the guest opens the sealed code; the host's gate accepts it
+	// for exactly the granted volume.
+	code, err := g.G.OpenCode(sid, h.C.DeviceID(), grant.SealedCode)
+	if err != nil {
+		return r.fail("open code", err)
+	}
+	if vol, err := h.Gate.Check(sid, code); err != nil || vol != r.cfg.RequestBytes {
+		return r.fail("gate", fmt.Errorf("the gate admits %d bytes (%v), want %d", vol, err, r.cfg.RequestBytes))
+	}
+
+	// C1.9: the host's meter crosses the threshold and the host prompts.
+	used := r.cfg.RequestBytes - min(r.f.cfg.WarnAtBytes/2, r.cfg.RequestBytes/2)
+	t = time.Now()
+	if err := retry(ctx, r.resilient, func() error {
+		_, err := h.C.Sessions.Prompt(ctx, connect.NewRequest(&sharespotv1.PromptRequest{SessionId: sid, UsedBytes: used}))
+		return err
+	}); err != nil {
+		return r.fail("prompt", err)
+	}
+	if _, err := r.await(ctx, sid, func(env *sharespotv1.Envelope) bool { return env.GetLowQuotaPrompt() != nil }); err != nil {
+		return r.fail("prompt", err)
+	}
+	r.rec.add("prompt", time.Since(t))
+
+	// C1.11–C1.15: the guest goes on. A re-sent top-up request whose
+	// first copy committed is refused as already under way.
+	t = time.Now()
+	if err := retry(ctx, r.resilient, func() error {
+		_, err := g.C.Sessions.RequestTopUp(ctx, connect.NewRequest(&sharespotv1.RequestTopUpRequest{SessionId: sid, Bytes: r.cfg.TopUpBytes}))
+		if r.resilient && connect.CodeOf(err) == connect.CodeFailedPrecondition {
+			return nil // under way: the fee information comes anyway
+		}
+		return err
+	}); err != nil {
+		return r.fail("topup", err)
+	}
+	fee, err = r.awaitFee(ctx, sid, sharespotv1.QuoteKind_QUOTE_KIND_TOPUP)
+	if err != nil {
+		return r.fail("topup→fee", err)
+	}
+	r.rec.add("topup→fee", time.Since(t))
+	grant, err = r.buy(ctx, sid, fee, "topup pay", "topup confirm→grant")
+	if err != nil {
+		return err
+	}
+	total := r.cfg.RequestBytes + r.cfg.TopUpBytes
+	if grant.TotalGrantedBytes != total {
+		return r.fail("topup grant", fmt.Errorf("total granted %d, want %d", grant.TotalGrantedBytes, total))
+	}
+	if vol, err := h.Gate.Check(sid, code); err != nil || vol != total {
+		return r.fail("gate", fmt.Errorf("after the top-up the gate admits %d bytes (%v), want %d", vol, err, total))
+	}
+
+	// The host ends with its final usage; the server settles.
+	final := total - r.cfg.TopUpBytes/2
+	t = time.Now()
+	var end *sharespotv1.Session
+	if err := retry(ctx, r.resilient, func() error {
+		res, err := h.C.Sessions.End(ctx, connect.NewRequest(&sharespotv1.EndRequest{SessionId: sid, UsedBytes: final, Reason: "bench"}))
+		if err == nil {
+			end = res.Msg.Session
+		}
+		return err
+	}); err != nil {
+		return r.fail("end", err)
+	}
+	r.rec.add("end+settle", time.Since(t))
+	if end.State != sharespotv1.SessionState_SESSION_STATE_ENDED {
+		return r.fail("settle", fmt.Errorf("session %s is %v after End", sid, end.State))
+	}
+	if end.UsedBytes != final {
+		// A usage the server already had could only be higher (a re-sent
+		// End after a restart carries the same figure).
+		return r.fail("settle", fmt.Errorf("session %s settled on %d bytes used, want %d", sid, end.UsedBytes, final))
+	}
+	if end.SettledHostMinor+end.SettledFeeMinor+end.RefundedMinor != end.PaidMinor {
+		return r.fail("settle", fmt.Errorf("session %s: host %d + fee %d + refund %d != paid %d", sid,
+			end.SettledHostMinor, end.SettledFeeMinor, end.RefundedMinor, end.PaidMinor))
+	}
+	return nil
+}
+
+// buy pays the quote in fee, confirms and waits for the grant.
+func (r *flowRun) buy(ctx context.Context, sid string, fee *sharespotv1.Quote, payStep, grantStep string) (*sharespotv1.AccessGranted, error) {
+	t := time.Now()
+	rc, err := r.pay(ctx, sid, fee)
+	if err != nil {
+		return nil, r.fail(payStep, err)
+	}
+	r.rec.add(payStep, time.Since(t))
+	t = time.Now()
+	if err := r.confirm(ctx, sid, fee, rc); err != nil {
+		return nil, r.fail(grantStep, err)
+	}
+	env, err := r.await(ctx, sid, func(env *sharespotv1.Envelope) bool {
+		gr := env.GetAccessGranted()
+		return gr != nil && gr.QuoteId == fee.Id || declinedKind(env, fee.Kind)
+	})
+	if err != nil {
+		return nil, r.fail(grantStep, err)
+	}
+	gr := env.GetAccessGranted()
+	if gr == nil {
+		return nil, errResolved{"no grant: " + describe(env)}
+	}
+	r.rec.add(grantStep, time.Since(t))
+	return gr, nil
+}
+
+// pay is C3.2 / C1.13. When the answer is lost and the re-sent call is
+// refused (already paid), the receipt comes from Sessions.Get: never pay
+// twice.
+func (r *flowRun) pay(ctx context.Context, sid string, q *sharespotv1.Quote) (*sharespotv1.Receipt, error) {
+	var rc *sharespotv1.Receipt
+	err := retry(ctx, r.resilient, func() error {
+		res, err := r.g.C.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: q.Id}))
+		if err == nil {
+			rc = res.Msg.Receipt
+			return nil
+		}
+		if !r.resilient || lost(err) {
+			return err
+		}
+		if x, gerr := r.quote(ctx, sid, q.Id); gerr == nil && x != nil && x.Receipt != nil {
+			rc = x.Receipt
+			return nil
+		}
+		return err
+	})
+	return rc, err
+}
+
+// confirm is C3.3 / C1.14. A re-sent confirmation whose first copy
+// committed is refused; the quote's state tells.
+func (r *flowRun) confirm(ctx context.Context, sid string, q *sharespotv1.Quote, rc *sharespotv1.Receipt) error {
+	return retry(ctx, r.resilient, func() error {
+		_, err := r.g.C.Sessions.Confirm(ctx, connect.NewRequest(&sharespotv1.ConfirmRequest{SessionId: sid, Receipt: rc}))
+		if err == nil || !r.resilient || lost(err) {
+			return err
+		}
+		if x, gerr := r.quote(ctx, sid, q.Id); gerr == nil && x != nil &&
+			(x.State == sharespotv1.QuoteState_QUOTE_STATE_CONFIRMED || x.State == sharespotv1.QuoteState_QUOTE_STATE_GRANTED) {
+			return nil
+		}
+		return err
+	})
+}
+
+func (r *flowRun) quote(ctx context.Context, sid, id string) (*sharespotv1.Quote, error) {
+	var q *sharespotv1.Quote
+	err := retry(ctx, r.resilient, func() error {
+		res, err := r.g.C.Sessions.Get(ctx, connect.NewRequest(&sharespotv1.GetRequest{SessionId: sid}))
+		if err != nil {
+			return err
+		}
+		for _, x := range res.Msg.Session.Quotes {
+			if x.Id == id {
+				q = x
+			}
+		}
+		return nil
+	})
+	return q, err
+}
+
+// awaitFee waits for the fee information of kind (or its decline).
+func (r *flowRun) awaitFee(ctx context.Context, sid string, kind sharespotv1.QuoteKind) (*sharespotv1.Quote, error) {
+	env, err := r.await(ctx, sid, func(env *sharespotv1.Envelope) bool {
+		fi := env.GetFeeInfo()
+		return fi != nil && fi.Quote.GetKind() == kind || declinedKind(env, kind)
+	})
+	if err != nil {
+		return nil, err
+	}
+	if fi := env.GetFeeInfo(); fi != nil {
+		return fi.Quote, nil
+	}
+	return nil, errResolved{"no fee information: " + describe(env)}
+}
+
+func declinedKind(env *sharespotv1.Envelope, kind sharespotv1.QuoteKind) bool {
+	d := env.GetDeclined()
+	return d != nil && d.Kind == kind
+}
+
+// await waits for the guest's next message of session sid that match
+// accepts, or the session's end (errResolved).
+func (r *flowRun) await(ctx context.Context, sid string, match func(*sharespotv1.Envelope) bool) (*sharespotv1.Envelope, error) {
+	timer := time.NewTimer(r.cfg.StepTimeout)
+	defer timer.Stop()
+	ch := r.g.box.ch(sid)
+	for {
+		select {
+		case env := <-ch:
+			if match(env) {
+				return env, nil
+			}
+			if env.GetSessionEnded() != nil {
+				return nil, errResolved{describe(env)}
+			}
+		case <-timer.C:
+			return nil, fmt.Errorf("no answer in the inbox within %v", r.cfg.StepTimeout)
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+func describe(env *sharespotv1.Envelope) string {
+	switch b := env.Body.(type) {
+	case *sharespotv1.Envelope_SessionEnded:
+		return "session ended: " + b.SessionEnded.Session.GetEndReason()
+	case *sharespotv1.Envelope_Declined:
+		return "declined: " + b.Declined.Reason
+	}
+	return fmt.Sprintf("%T", env.Body)
+}
+
+// LoadConfig is an open-loop run.
+type LoadConfig struct {
+	Rate     float64       // flows started per second
+	Duration time.Duration // how long flows are offered
+	// MaxInFlight bounds flows under way; a flow due while that many run
+	// (or while no guest is free: each guest runs one flow at a time) is
+	// not started and counts as dropped. Default: the number of guests.
+	MaxInFlight int
+	// Drain bounds the wait for flows under way after Duration.
+	Drain time.Duration
+	Flow  FlowConfig
+	// Seed picks hosts for flows (reproducible choices).
+	Seed uint64
+}
+
+// LoadReport is what an open-loop run measured.
+type LoadReport struct {
+	Hosts        int                `json:"hosts"`
+	Guests       int                `json:"guests"`
+	TargetRate   float64            `json:"target_flows_per_s"`
+	DurationS    float64            `json:"duration_s"`
+	MaxInFlight  int                `json:"max_in_flight"`
+	Offered      int64              `json:"offered"`
+	Started      int64              `json:"started"`
+	Dropped      int64              `json:"dropped"`
+	Completed    int64              `json:"completed"`
+	Resolved     int64              `json:"resolved"`
+	Failed       int64              `json:"failed"`
+	Unfinished   int64              `json:"unfinished"`
+	OfferedRate  float64            `json:"offered_flows_per_s"`
+	StartedRate  float64            `json:"started_flows_per_s"`
+	AcceptedRate float64            `json:"completed_flows_per_s"`
+	ElapsedS     float64            `json:"elapsed_s"`
+	MaxLagMS     float64            `json:"max_start_lag_ms"`
+	Latency      map[string]Summary `json:"latency"`
+	Errors       map[string]int     `json:"errors"`
+	ErrorExample map[string]string  `json:"error_examples,omitempty"`
+	Sessions     []string           `json:"-"`
+}
+
+// RunLoad offers flows at cfg.Rate for cfg.Duration, open loop: each flow
+// starts at its scheduled time whatever earlier flows are doing, unless
+// MaxInFlight are under way (then it is dropped). It waits for the flows
+// under way (up to Drain) and reports.
+func (f *Fleet) RunLoad(ctx context.Context, cfg LoadConfig) *LoadReport {
+	if cfg.MaxInFlight <= 0 || cfg.MaxInFlight > len(f.Guests) {
+		cfg.MaxInFlight = len(f.Guests)
+	}
+	if cfg.Drain == 0 {
+		cfg.Drain = 60 * time.Second
+	}
+	rec := NewRecorder()
+	rng := rand.New(rand.NewPCG(cfg.Seed, cfg.Seed^0x5eed))
+	free := make(chan *Guest, len(f.Guests))
+	for _, g := range f.Guests {
+		free <- g
+	}
+	var (
+		inFlight                                 atomic.Int64
+		started, dropped, done, resolved, failed atomic.Int64
+		wg                                       sync.WaitGroup
+		mu                                       sync.Mutex
+		sessions                                 []string
+		maxLag                                   time.Duration
+	)
+	fctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	start := time.Now()
+	interval := time.Duration(float64(time.Second) / cfg.Rate)
+	var offered int64
+	for k := int64(0); ; k++ {
+		due := start.Add(time.Duration(k) * interval)
+		if due.Sub(start) >= cfg.Duration || ctx.Err() != nil {
+			break
+		}
+		if d := time.Until(due); d > 0 {
+			select {
+			case <-time.After(d):
+			case <-ctx.Done():
+			}
+		} else if -d > maxLag {
+			maxLag = -d
+		}
+		offered++
+		h := f.Hosts[rng.IntN(len(f.Hosts))]
+		if inFlight.Load() >= int64(cfg.MaxInFlight) {
+			dropped.Add(1)
+			continue
+		}
+		var g *Guest
+		select {
+		case g = <-free:
+		default:
+			dropped.Add(1)
+			continue
+		}
+		inFlight.Add(1)
+		started.Add(1)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer inFlight.Add(-1)
+			res := f.RunFlow(fctx, g, h, cfg.Flow, rec)
+			free <- g
+			mu.Lock()
+			sessions = append(sessions, res.Sessions...)
+			mu.Unlock()
+			switch res.Outcome {
+			case Completed:
+				done.Add(1)
+			case Resolved:
+				resolved.Add(1)
+				rec.Errs.Add("resolved early: "+firstWords(res.Why, 4), errors.New(res.Why))
+			default:
+				failed.Add(1)
+				rec.Errs.Add(res.ErrKind, res.Err)
+			}
+		}()
+	}
+	offerEnd := time.Since(start)
+	waited := make(chan struct{})
+	go func() { wg.Wait(); close(waited) }()
+	select {
+	case <-waited:
+	case <-time.After(cfg.Drain):
+		cancel()
+		<-waited
+	}
+	elapsed := time.Since(start)
+	rep := &LoadReport{Hosts: len(f.Hosts), Guests: len(f.Guests), TargetRate: cfg.Rate, DurationS: cfg.Duration.Seconds(), MaxInFlight: cfg.MaxInFlight,
+		Offered: offered, Started: started.Load(), Dropped: dropped.Load(), Completed: done.Load(), Resolved: resolved.Load(), Failed: failed.Load(),
+		ElapsedS: elapsed.Seconds(), MaxLagMS: ms(maxLag), Latency: rec.Summaries(), Errors: rec.Errs.Counts(), ErrorExample: rec.Errs.Examples(), Sessions: sessions}
+	rep.Unfinished = rep.Started - rep.Completed - rep.Resolved - rep.Failed
+	rep.OfferedRate = float64(offered) / offerEnd.Seconds()
+	rep.StartedRate = float64(rep.Started) / offerEnd.Seconds()
+	rep.AcceptedRate = float64(rep.Completed) / elapsed.Seconds()
+	return rep
+}
+
+func firstWords(s string, n int) string {
+	words := 0
+	for i, c := range s {
+		if c == ' ' {
+			if words++; words == n {
+				return s[:i]
+			}
+		}
+	}
+	return s
+}
+
+// WriteTable writes the report for people.
+func (rep *LoadReport) WriteTable(w io.Writer) {
+	fmt.Fprintf(w, "open loop: %d hosts, %d guests, target %.1f flows/s for %.0fs, at most %d in flight\n",
+		rep.Hosts, rep.Guests, rep.TargetRate, rep.DurationS, rep.MaxInFlight)
+	fmt.Fprintf(w, "offered %d (%.1f/s), started %d (%.1f/s), dropped %d (max in flight or no free guest)\n",
+		rep.Offered, rep.OfferedRate, rep.Started, rep.StartedRate, rep.Dropped)
+	fmt.Fprintf(w, "completed %d (%.1f flows/s over %.1fs), resolved early %d, failed %d, unfinished %d; worst start lag %.1f ms\n\n",
+		rep.Completed, rep.AcceptedRate, rep.ElapsedS, rep.Resolved, rep.Failed, rep.Unfinished, rep.MaxLagMS)
+	writeLatencyTable(w, Steps, rep.Latency)
+	writeCounts(w, "\nerrors by kind:", rep.Errors, rep.ErrorExample)
+}
