@@ -14,6 +14,7 @@ import (
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/client"
+	"github.com/sharespot/sharespot/internal/gateway/nft"
 	"github.com/sharespot/sharespot/internal/registry"
 	"github.com/sharespot/sharespot/internal/seal"
 	"github.com/sharespot/sharespot/internal/size"
@@ -23,10 +24,11 @@ import (
 type ConnectCmd struct {
 	deviceFlags
 	scanFlags
-	Target    string        `arg:"" help:"The hotspot's SSID or BSSID (see sharespot scan)."`
-	Buy       string        `default:"100MB" help:"How much data to buy."`
+	guestStateFlags
+	Target    string        `arg:"" optional:"" help:"The hotspot's SSID or BSSID (see sharespot scan); not needed to resume a live session."`
+	Buy       string        `type:"size" default:"100MB" help:"How much data to buy."`
 	Yes       bool          `short:"y" help:"Pay without asking."`
-	AutoTopUp string        `name:"auto-topup" help:"At the low-quota prompt, buy this much more without asking." placeholder:"SIZE"`
+	AutoTopUp string        `type:"size" name:"auto-topup" help:"At the low-quota prompt, buy this much more without asking." placeholder:"SIZE"`
 	Duration  time.Duration `help:"End the session after this long (default: when interrupted)."`
 }
 
@@ -54,32 +56,41 @@ func (c *ConnectCmd) Run(env *runEnv) error {
 			return fmt.Errorf("--auto-topup: %w", err)
 		}
 	}
+	prog := &progress{w: env.stdout, tty: isTerminal(env.stdout)}
 	ask := asker{in: bufio.NewReader(os.Stdin), out: env.stdout}
 	cl, err := c.connect(env.ctx, "guest")
 	if err != nil {
 		return err
 	}
-	offers, err := discover(env.ctx, cl, c.scanFlags)
+	store := client.GuestStore{Dir: c.stateDir(c.path())}
+	g := &client.Guest{C: cl}
+	gs, err := c.begin(env.ctx, env.stdout, cl, g, store, want) // C1.5–C1.6, or a resumed session
 	if err != nil {
 		return err
 	}
-	offer := pick(offers, c.Target)
-	if offer == nil {
-		return fmt.Errorf("no Sharespot hotspot %q in range; `sharespot scan` lists them", c.Target)
-	}
-	g := &client.Guest{C: cl}
-	ses, err := g.RequestAccess(env.ctx, offer.HotspotId, want) // C1.5–C1.6
-	if err != nil {
-		return fmt.Errorf("request access: %w", err)
-	}
-	fmt.Fprintf(env.stdout, "asked %q for %s\n", client.SSIDText(offer.AccessPoint.Ssid), size.Format(want))
+	want = gs.WantBytes
+	ses := &sharespotv1.Session{Id: gs.SessionID, HotspotId: gs.HotspotID, HostDeviceId: gs.HostDeviceID}
+	offer := &sharespotv1.Offer{HotspotId: gs.HotspotID, HostDeviceId: gs.HostDeviceID}
 
 	ctx, cancel := context.WithCancel(env.ctx)
 	defer cancel()
 	inbox := make(chan *sharespotv1.Envelope, 16)
-	go cl.Receive(ctx, 0, func(ctx context.Context, e *sharespotv1.Envelope) error {
+	cursor, err := store.Cursor()
+	if err != nil {
+		return err
+	}
+	go cl.Receive(ctx, cursor, func(ctx context.Context, e *sharespotv1.Envelope) error {
 		if e.SessionId != ses.Id {
 			return nil
+		}
+		// Keep the access response before it is acknowledged: a guest
+		// restarted after this still opens its code.
+		if ag := e.GetAccessGranted(); ag != nil && ag.Kind == sharespotv1.QuoteKind_QUOTE_KIND_INITIAL && gs.Grant == nil {
+			saved := *gs
+			saved.SaveGrant(ag)
+			if err := store.Save(&saved); err != nil {
+				return err // not acknowledged: delivered again
+			}
 		}
 		select {
 		case inbox <- e:
@@ -87,35 +98,65 @@ func (c *ConnectCmd) Run(env *runEnv) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-	}, nil)
+	}, func(seq uint64) {
+		if err := store.SaveCursor(seq); err != nil {
+			prog.printf("warning: %v\n", err)
+		}
+	})
 
 	end := func(reason string) error {
 		res, err := cl.Sessions.End(context.WithoutCancel(env.ctx), connect.NewRequest(&sharespotv1.EndRequest{SessionId: ses.Id, Reason: reason}))
 		if err != nil {
-			return fmt.Errorf("end session %s: %w", ses.Id, err)
+			return fmt.Errorf("end session %s: %w (it stays open: run connect again to resume or end it)", ses.Id, err)
 		}
 		s := res.Msg.Session
-		fmt.Fprintf(env.stdout, "session ended: used %s of %s; paid %s, refunded %s\n", size.Format(s.UsedBytes), size.Format(s.GrantedBytes),
-			client.FormatMoney(s.PaidMinor, s.Currency), client.FormatMoney(s.RefundedMinor, s.Currency))
-		return nil
+		prog.printf("session ended: %s\n", settlement(s))
+		return store.Remove(ses.Id)
 	}
-	// Claim 3: fee, pay, confirm.
-	if ok, err := c.purchase(ctx, cl, ses.Id, inbox, ask, c.Yes); err != nil || !ok {
-		return errors.Join(err, end("guest declined the fee"))
+	// fail ends the session after err; an interrupt (Ctrl-C) is no error.
+	fail := func(err error, reason string) error {
+		if env.ctx.Err() != nil {
+			fmt.Fprintln(env.stdout)
+			return end("guest stopped")
+		}
+		return errors.Join(err, end(reason))
 	}
-	env1, err := client.Await(ctx, inbox, 2*time.Minute, func(e *sharespotv1.Envelope) bool { return e.GetAccessGranted() != nil })
+	cur, err := sessionState(env.ctx, cl, ses.Id)
 	if err != nil {
-		return errors.Join(err, end("no access response"))
+		return err
 	}
-	gr := env1.GetAccessGranted()
+	gr := gs.AccessGranted()
+	switch cur.State {
+	case sharespotv1.SessionState_SESSION_STATE_REQUESTED, sharespotv1.SessionState_SESSION_STATE_QUOTED, sharespotv1.SessionState_SESSION_STATE_PAID:
+		// Claim 3: fee, pay, confirm.
+		if ok, err := c.purchase(ctx, cl, ses.Id, inbox, ask, c.Yes); err != nil || !ok {
+			return fail(err, "guest declined the fee")
+		}
+	}
+	if gr == nil {
+		env1, err := client.Await(ctx, inbox, 2*time.Minute, func(e *sharespotv1.Envelope) bool { return e.GetAccessGranted() != nil })
+		if err != nil {
+			return fail(err, "no access response")
+		}
+		gr = env1.GetAccessGranted()
+	}
 	code, err := g.OpenCode(ses.Id, offer.HostDeviceId, gr.SealedCode) // claim 2
 	if err != nil {
-		return errors.Join(fmt.Errorf("open access code: %w", err), end("cannot open the access code"))
+		return fail(fmt.Errorf("open access code: %w", err), "cannot open the access code")
 	}
 	addr := gr.Gateway.GetAddress()
-	fmt.Fprintf(env.stdout, "online: %s granted (C1.7). Use the host's gateway (C1.8):\n", size.Format(gr.GrantedBytes))
-	fmt.Fprintf(env.stdout, "  SOCKS5:  socks5h://%s:%s@%s\n", ses.Id, seal.FormatCode(code), addr)
-	fmt.Fprintf(env.stdout, "  example: curl --proxy socks5h://%s:%s@%s https://example.org/\n", ses.Id, seal.FormatCode(code), addr)
+	if gr.Gateway.GetKind() == nft.Kind {
+		// The kernel gateway: present the code to its admission endpoint,
+		// which binds this device's address and MAC to the session (C1.8).
+		if _, err := nft.Present(ctx, nil, addr, ses.Id, code); err != nil {
+			return fail(err, "the host's gateway refused the access code")
+		}
+		fmt.Fprintf(env.stdout, "online: %s granted (C1.7); the host's gateway admitted this device, browse as usual (C1.8)\n", size.Format(gr.GrantedBytes))
+	} else {
+		fmt.Fprintf(env.stdout, "online: %s granted (C1.7). Use the host's gateway (C1.8):\n", size.Format(gr.GrantedBytes))
+		fmt.Fprintf(env.stdout, "  SOCKS5:  socks5h://%s:%s@%s\n", ses.Id, seal.FormatCode(code), addr)
+		fmt.Fprintf(env.stdout, "  example: curl --proxy socks5h://%s:%s@%s https://example.org/\n", ses.Id, seal.FormatCode(code), addr)
+	}
 
 	var timeout <-chan time.Time
 	if c.Duration > 0 {
@@ -123,24 +164,27 @@ func (c *ConnectCmd) Run(env *runEnv) error {
 	}
 	tick := time.NewTicker(2 * time.Second)
 	defer tick.Stop()
-	last := int64(-1)
 	for {
 		select {
 		case <-env.ctx.Done():
-			fmt.Fprintln(env.stdout)
+			prog.printf("\n")
 			return end("guest stopped")
 		case <-timeout:
 			return end("duration over")
 		case <-tick.C:
-			res, err := cl.Sessions.Get(ctx, connect.NewRequest(&sharespotv1.GetRequest{SessionId: ses.Id}))
-			if err == nil && res.Msg.Session.UsedBytes != last {
+			// Bounded: a server that went away mid-call must not hold up
+			// Ctrl-C or the inbox.
+			gctx, gcancel := context.WithTimeout(ctx, 5*time.Second)
+			res, err := cl.Sessions.Get(gctx, connect.NewRequest(&sharespotv1.GetRequest{SessionId: ses.Id}))
+			gcancel()
+			if err == nil {
 				s := res.Msg.Session
-				last = s.UsedBytes
-				fmt.Fprintf(env.stdout, "%s\n", bar(s.UsedBytes, s.GrantedBytes))
+				prog.update(s.UsedBytes, s.GrantedBytes) // C1.7: used against granted
 			}
 		case e := <-inbox:
 			switch b := e.Body.(type) {
 			case *sharespotv1.Envelope_LowQuotaPrompt: // C1.9–C1.10
+				prog.printf("")
 				client.ShowPrompt(env.stdout, b.LowQuotaPrompt)
 				more := auto
 				if more == 0 && ask.yes(fmt.Sprintf("Buy %s more?", size.Format(want))) {
@@ -157,11 +201,11 @@ func (c *ConnectCmd) Run(env *runEnv) error {
 					fmt.Fprintf(env.stdout, "no top-up: %v\n", err)
 				}
 			case *sharespotv1.Envelope_AccessGranted: // C1.15
-				fmt.Fprintf(env.stdout, "added %s: %s in all\n", size.Format(b.AccessGranted.GrantedBytes), size.Format(b.AccessGranted.TotalGrantedBytes))
+				prog.printf("added %s: %s in all\n", size.Format(b.AccessGranted.GrantedBytes), size.Format(b.AccessGranted.TotalGrantedBytes))
 			case *sharespotv1.Envelope_SessionEnded:
 				s := b.SessionEnded.Session
-				fmt.Fprintf(env.stdout, "the session ended (%s): used %s, refunded %s\n", s.EndReason, size.Format(s.UsedBytes), client.FormatMoney(s.RefundedMinor, s.Currency))
-				return nil
+				prog.printf("the session ended (%s): %s\n", s.EndReason, settlement(s))
+				return store.Remove(ses.Id)
 			case *sharespotv1.Envelope_Declined:
 				fmt.Fprintf(env.stdout, "declined: %s\n", b.Declined.Reason)
 			}
@@ -171,11 +215,27 @@ func (c *ConnectCmd) Run(env *runEnv) error {
 
 // purchase is C3.1–C3.3 (or C1.12–C1.14): show the fee, pay, confirm.
 func (c *ConnectCmd) purchase(ctx context.Context, cl *client.Client, sid string, inbox <-chan *sharespotv1.Envelope, ask asker, yes bool) (bool, error) {
-	e, err := client.Await(ctx, inbox, 2*time.Minute, func(e *sharespotv1.Envelope) bool { return e.GetFeeInfo() != nil })
+	// A resumed session's quote may be waiting already (its fee
+	// information went to the process that stopped).
+	q, err := pendingQuote(ctx, cl, sid)
 	if err != nil {
 		return false, err
 	}
-	q := e.GetFeeInfo().Quote
+	if q == nil {
+		e, err := client.Await(ctx, inbox, 2*time.Minute, func(e *sharespotv1.Envelope) bool { return e.GetFeeInfo() != nil })
+		if err != nil {
+			return false, err
+		}
+		q = e.GetFeeInfo().Quote
+	}
+	if q.State == sharespotv1.QuoteState_QUOTE_STATE_PAID && q.Receipt != nil {
+		// Paid before a restart: the receipt is kept with the quote.
+		fmt.Fprintf(ask.out, "Paid %s for %s already; sending the payment-success response.\n", client.FormatMoney(q.AmountMinor, q.Currency), size.Format(q.Bytes))
+		if _, err := cl.Sessions.Confirm(ctx, connect.NewRequest(&sharespotv1.ConfirmRequest{SessionId: sid, Receipt: q.Receipt})); err != nil {
+			return false, fmt.Errorf("confirm payment: %w", err)
+		}
+		return true, nil
+	}
 	msg := fmt.Sprintf("The host asks %s for %s.", client.FormatMoney(q.AmountMinor, q.Currency), size.Format(q.Bytes))
 	if yes {
 		fmt.Fprintln(ask.out, msg, "Paying.")

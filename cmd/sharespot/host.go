@@ -3,43 +3,54 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
 	"connectrpc.com/connect"
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/client"
 	"github.com/sharespot/sharespot/internal/gateway"
+	"github.com/sharespot/sharespot/internal/gateway/nft"
 	gwproxy "github.com/sharespot/sharespot/internal/gateway/proxy"
 	"github.com/sharespot/sharespot/internal/hosting"
 	"github.com/sharespot/sharespot/internal/identity"
 	"github.com/sharespot/sharespot/internal/registry"
 	"github.com/sharespot/sharespot/internal/size"
+	"github.com/sharespot/sharespot/internal/wifi"
 )
 
 // ShareCmd is the host: register the hotspot, run the gateway, sell data.
 type ShareCmd struct {
 	deviceFlags
 	SSID       string `required:"" help:"The access point's SSID (as guests see it)."`
-	BSSID      string `required:"" help:"The access point's BSSID (aa:bb:cc:dd:ee:ff)."`
+	BSSID      string `help:"The access point's BSSID (aa:bb:cc:dd:ee:ff); read from the interface with --hotspot or --iface."`
 	Security   string `default:"wpa2" enum:"open,wep,wpa,wpa2,wpa3,owe" help:"The access point's security."`
 	Currency   string `default:"EUR" help:"ISO 4217 currency of the tariff."`
 	Price      int64  `required:"" help:"Price in minor units (cents) per --unit of data."`
 	TopUpPrice int64  `name:"topup-price" help:"Top-up price per --unit (default: --price)."`
-	Unit       string `default:"1MB" help:"The priced unit of data."`
-	Min        string `default:"10MB" help:"The smallest first purchase."`
-	Share      string `required:"" help:"How much data to share in all, e.g. 2GB."`
-	Warn       string `default:"5MB" help:"Prompt a guest when less than this is left (C1.9)."`
+	Unit       string `type:"size" default:"1MB" help:"The priced unit of data."`
+	Min        string `type:"size" default:"10MB" help:"The smallest first purchase."`
+	Share      string `type:"size" required:"" help:"How much data to share in all, e.g. 2GB."`
+	Warn       string `type:"size" default:"5MB" help:"Prompt a guest when less than this is left (C1.9)."`
 	Listen     string `default:"0.0.0.0:1080" help:"Where the userspace gateway (SOCKS5 + HTTP CONNECT) listens for guests."`
 	Advertise  string `help:"host:port guests are told to use (default: the listen address)."`
 	Ask        bool   `help:"Ask before accepting each guest (default: accept every request at the tariff)."`
 	State      string `help:"Directory for the host's persisted state (gateway usage, inbox cursor)." placeholder:"DIR"`
 	AllowLocal bool   `help:"Let guests reach this machine's loopback addresses (only for trying Sharespot on one machine)."`
+
+	// The metering gateway.
+	GatewayKind string `name:"gateway" default:"proxy" enum:"proxy,nftables" help:"The metering gateway: proxy (userspace SOCKS5 + HTTP CONNECT, any OS, no root) or nftables (Linux kernel, root; guests present their code to the admission endpoint at --listen)."`
+	LAN         string `name:"lan" help:"With --gateway nftables: the interface guests are on (the access point, or its bridge)." placeholder:"IFACE"`
+	Uplink      string `help:"With --gateway nftables: the interface guests' traffic leaves by (NAT)." placeholder:"IFACE"`
+	wifiFlags
+	ReportEvery time.Duration `name:"report-every" default:"5s" help:"How often metered usage is reported to the server; settlement charges the last report."`
 }
 
 func securityOf(s string) sharespotv1.Security {
@@ -75,6 +86,11 @@ func (c *ShareCmd) instruction() (*sharespotv1.ShareInstruction, error) {
 
 // Run shares until interrupted.
 func (c *ShareCmd) Run(env *runEnv) error {
+	ap, err := c.accessPoint(env.ctx, env.stdout, wifi.ExecRunner{}, os.ReadFile)
+	if err != nil {
+		return err
+	}
+	defer ap.down(env.stdout)
 	inst, err := c.instruction()
 	if err != nil {
 		return err
@@ -102,13 +118,7 @@ func (c *ShareCmd) Run(env *runEnv) error {
 	if err != nil {
 		return err
 	}
-	cfg := gwproxy.Config{Addr: c.Listen, Advertise: c.Advertise, Store: st}
-	if c.AllowLocal {
-		cfg.AllowDestination = func(ap netip.AddrPort) bool {
-			return ap.Addr().IsLoopback() || gwproxy.DefaultDestinations(ap)
-		}
-	}
-	gw, err := gwproxy.New(cfg)
+	gw, kind, err := c.openGateway(st)
 	if err != nil {
 		return err
 	}
@@ -123,34 +133,58 @@ func (c *ShareCmd) Run(env *runEnv) error {
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() { defer wg.Done(); gw.Run(ctx) }()
-	var out sync.Mutex
-	h := &hosting.Host{C: cl, GW: gw, Threshold: inst.WarnAtBytes, CursorFile: filepath.Join(state, "inbox.cursor"), CodeKey: codeKey,
+	view := newGuestView(env.stdout, isTerminal(env.stdout), t.Currency)
+	h := &hosting.Host{C: cl, GW: gw, Kind: kind, Threshold: inst.WarnAtBytes, CursorFile: filepath.Join(state, "inbox.cursor"), CodeKey: codeKey,
+		ReportEvery: c.ReportEvery,
 		Notify: func(what, sid string, used, quota int64) {
-			out.Lock()
-			defer out.Unlock()
 			switch what {
 			case "request":
-				fmt.Fprintf(env.stdout, "%s  a guest asks for %s\n", sid, size.Format(quota))
+				view.event(fmt.Sprintf("%s  a guest asks for %s", sid, size.Format(quota)), sid, func(r *guestRow) { r.State = "asked" })
 			case "granted":
-				fmt.Fprintf(env.stdout, "%s  paid and granted: %s\n", sid, size.Format(quota))
+				view.event(fmt.Sprintf("%s  paid and granted: %s", sid, size.Format(quota)), sid, func(r *guestRow) { r.State, r.Used, r.Granted = "granted", used, quota })
 			case "online":
-				fmt.Fprintf(env.stdout, "%s  guest online\n", sid)
+				view.event(fmt.Sprintf("%s  guest online", sid), sid, func(r *guestRow) { r.State = "online" })
 			case "low":
-				fmt.Fprintf(env.stdout, "%s  %s of %s used: prompted the guest\n", sid, size.Format(used), size.Format(quota))
+				view.event(fmt.Sprintf("%s  %s of %s used: prompted the guest", sid, size.Format(used), size.Format(quota)), sid,
+					func(r *guestRow) { r.State, r.Used, r.Granted = "low", used, quota })
 			case "exhausted":
-				fmt.Fprintf(env.stdout, "%s  all %s used: guest cut off\n", sid, size.Format(quota))
+				view.event(fmt.Sprintf("%s  all %s used: guest cut off", sid, size.Format(quota)), sid, func(r *guestRow) { r.State, r.Used = "cut off", used })
 			case "ended":
-				fmt.Fprintf(env.stdout, "%s  ended after %s; you earned %s\n", sid, size.Format(used), client.FormatMoney(quota, t.Currency))
+				view.event(fmt.Sprintf("%s  ended after %s; you earned %s", sid, size.Format(used), client.FormatMoney(quota, t.Currency)), sid,
+					func(r *guestRow) { r.State, r.Used = "ended", used })
 			}
 		}}
+	// The live view: this host's sessions from the server, usage from the
+	// gateway, every second (no radio, no guest: loopback calls only).
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for n := 0; ; n++ {
+			if n%5 == 0 {
+				_ = view.refresh(ctx, cl.Sessions, cl.DeviceID(), gw) // a failure shows as a stale view; the log says why elsewhere
+			} else {
+				for _, id := range view.sessions() {
+					if used, quota, err := gw.Usage(id); err == nil {
+						view.usage(id, used, quota)
+					}
+				}
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+		}
+	}()
 	if c.Ask {
 		in := bufio.NewReader(os.Stdin)
 		h.Decide = func(r *sharespotv1.AccessRequested) (bool, string) {
 			price, _ := registry.Price(r.Bytes, t.PriceMinor, t.UnitBytes)
-			out.Lock()
-			fmt.Fprintf(env.stdout, "guest %s wants %s for %s. Accept? [Y/n] ", short(r.GuestDeviceId), size.Format(r.Bytes), client.FormatMoney(price, t.Currency))
-			out.Unlock()
+			view.ask(fmt.Sprintf("guest %s wants %s for %s. Accept? [Y/n] ", short(r.GuestDeviceId), size.Format(r.Bytes), client.FormatMoney(price, t.Currency)))
 			line, _ := in.ReadString('\n')
+			view.answered()
 			if a := strings.ToLower(strings.TrimSpace(line)); a == "n" || a == "no" {
 				return false, "the host said no"
 			}
@@ -163,6 +197,32 @@ func (c *ShareCmd) Run(env *runEnv) error {
 	wg.Wait()
 	fmt.Fprintln(env.stdout, "stopped sharing; usage reported")
 	return err
+}
+
+// openGateway opens the metering gateway --gateway names, and returns the
+// kind guests are told.
+func (c *ShareCmd) openGateway(st gateway.Store) (gateway.Gateway, string, error) {
+	if c.GatewayKind == nft.Kind {
+		if c.LAN == "" || c.Uplink == "" {
+			return nil, "", errors.New("--gateway nftables needs --lan IFACE (where guests are) and --uplink IFACE (where their traffic leaves)")
+		}
+		gw, err := nft.New(nft.Config{LAN: c.LAN, Uplink: c.Uplink, Listen: c.Listen, Advertise: c.Advertise, Store: st})
+		if err != nil {
+			return nil, "", err
+		}
+		return gw, nft.Kind, nil
+	}
+	cfg := gwproxy.Config{Addr: c.Listen, Advertise: c.Advertise, Store: st}
+	if c.AllowLocal {
+		cfg.AllowDestination = func(ap netip.AddrPort) bool {
+			return ap.Addr().IsLoopback() || gwproxy.DefaultDestinations(ap)
+		}
+	}
+	gw, err := gwproxy.New(cfg)
+	if err != nil {
+		return nil, "", err
+	}
+	return gw, "proxy", nil
 }
 
 // registerOrUpdate registers the instruction, or updates this host's active

@@ -8,12 +8,12 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
-
-	"github.com/alecthomas/kong"
 )
 
 // CLI is the command line.
 type CLI struct {
+	Config string `name:"config" env:"SHARESPOT_CONFIG" help:"Configuration file (JSON; default ${config_default})." placeholder:"FILE"`
+
 	Demo    DemoCmd    `cmd:"" help:"Run the whole flow on this machine: a server, a host and a guest, real bytes, real ledger."`
 	Server  ServerCmd  `cmd:"" help:"Run the Sharespot server: registry, relay, sessions, wallet."`
 	Share   ShareCmd   `cmd:"" help:"Host: register your hotspot and sell data through the metering gateway."`
@@ -22,6 +22,7 @@ type CLI struct {
 	Wallet  WalletCmd  `cmd:"" help:"Wallets: operator funding and balances."`
 	Device  DeviceCmd  `cmd:"" help:"This device's identity: ID and sign-in token."`
 	Version VersionCmd `cmd:"" help:"Print the version and protocol version."`
+	Bench   BenchCmd   `cmd:"" help:"Load benchmarks: paid flows open loop, idle streams, relay latency."`
 }
 
 func main() { os.Exit(run()) }
@@ -29,11 +30,13 @@ func main() { os.Exit(run()) }
 // run is the whole program; it returns the exit code.
 func run() int {
 	var cli CLI
-	kctx := kong.Parse(&cli,
-		kong.Name("sharespot"),
-		kong.Description("Sell spare mobile data to people nearby."),
-		kong.UsageOnError(),
-	)
+	parser, err := newParser(&cli, os.Args[1:], os.LookupEnv)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "sharespot:", err)
+		return 2
+	}
+	kctx, err := parser.Parse(os.Args[1:])
+	parser.FatalIfErrorf(err)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := kctx.Run(&runEnv{ctx: ctx, stdout: os.Stdout, stderr: os.Stderr}); err != nil {

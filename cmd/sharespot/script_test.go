@@ -1,9 +1,15 @@
 package main
 
 import (
+	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
+	"regexp"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -42,6 +48,25 @@ func TestScripts(t *testing.T) {
 			env.Setenv("SHARESPOT_SERVER", "http://"+env.Getenv("LISTEN"))
 			env.Setenv("XDG_CONFIG_HOME", env.WorkDir+"/config")
 			env.Setenv("XDG_DATA_HOME", env.WorkDir+"/data")
+			env.Setenv("XDG_STATE_HOME", env.WorkDir+"/state")
+			// An origin on loopback for guests to fetch from through the
+			// gateway: GET /bytes/N answers N bytes.
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				return err
+			}
+			origin := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				n, err := strconv.Atoi(strings.TrimPrefix(r.URL.Path, "/bytes/"))
+				if err != nil || n < 0 || n > 100<<20 {
+					http.Error(w, "want /bytes/N", http.StatusBadRequest)
+					return
+				}
+				w.Header().Set("Content-Length", strconv.Itoa(n))
+				w.Write(make([]byte, n))
+			}), ReadHeaderTimeout: 10 * time.Second}
+			go origin.Serve(ln)
+			env.Defer(func() { origin.Close() })
+			env.Setenv("ORIGIN", "http://"+ln.Addr().String())
 			return nil
 		},
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
@@ -62,6 +87,59 @@ func TestScripts(t *testing.T) {
 					time.Sleep(50 * time.Millisecond)
 				}
 				ts.Fatalf("%s did not come up", args[0])
+			},
+			// waitgrep FILE REGEXP: wait (up to 30 s) until FILE matches
+			// REGEXP (a background command's output sent to a file).
+			"waitgrep": func(ts *testscript.TestScript, neg bool, args []string) {
+				if len(args) != 2 {
+					ts.Fatalf("usage: waitgrep FILE REGEXP")
+				}
+				re := regexp.MustCompile(args[1])
+				deadline := time.Now().Add(30 * time.Second)
+				for time.Now().Before(deadline) {
+					if b, err := os.ReadFile(ts.MkAbs(args[0])); err == nil && re.Match(b) {
+						return
+					}
+					time.Sleep(50 * time.Millisecond)
+				}
+				b, _ := os.ReadFile(ts.MkAbs(args[0]))
+				ts.Fatalf("%s never matched %q; it holds:\n%s", args[0], args[1], b)
+			},
+			// fetch FILE URL: GET URL through the gateway with the first
+			// socks5h:// proxy URL written in FILE (by connect), and
+			// check the whole body arrived; with !, that it is refused.
+			"fetch": func(ts *testscript.TestScript, neg bool, args []string) {
+				if len(args) != 2 {
+					ts.Fatalf("usage: fetch FILE URL")
+				}
+				b, err := os.ReadFile(ts.MkAbs(args[0]))
+				ts.Check(err)
+				m := regexp.MustCompile(`socks5h://\S+`).Find(b)
+				if m == nil {
+					ts.Fatalf("%s holds no socks5h:// URL", args[0])
+				}
+				proxy, err := url.Parse(string(m))
+				ts.Check(err)
+				hc := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(proxy)}, Timeout: 20 * time.Second}
+				defer hc.CloseIdleConnections()
+				n, err := func() (int64, error) {
+					res, err := hc.Get(args[1])
+					if err != nil {
+						return 0, err
+					}
+					defer res.Body.Close()
+					n, err := io.Copy(io.Discard, res.Body)
+					if err == nil && (res.StatusCode != http.StatusOK || n != res.ContentLength) {
+						err = fmt.Errorf("%s: got %d of %d bytes", res.Status, n, res.ContentLength)
+					}
+					return n, err
+				}()
+				switch {
+				case neg && err == nil:
+					ts.Fatalf("fetched %d bytes through the gateway", n)
+				case !neg && err != nil:
+					ts.Fatalf("fetch %s: %v", args[1], err)
+				}
 			},
 			// waitport ADDR: wait until something listens on ADDR.
 			"waitport": func(ts *testscript.TestScript, neg bool, args []string) {

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -15,6 +16,7 @@ import (
 
 	"golang.org/x/time/rate"
 
+	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/api"
 	"github.com/sharespot/sharespot/internal/bus"
 	"github.com/sharespot/sharespot/internal/client"
@@ -166,6 +168,61 @@ type WalletCmd struct {
 	Balance WalletBalanceCmd `cmd:"" help:"This device's wallet balance."`
 	History WalletHistoryCmd `cmd:"" help:"This device's wallet movements."`
 	Fund    WalletFundCmd    `cmd:"" help:"Operator: add money to an account's wallet (on the server's database)."`
+	Audit   WalletAuditCmd   `cmd:"" help:"Operator: check that money and sessions are consistent (on the server's database)."`
+}
+
+// WalletAuditCmd checks the ledger and the sessions' escrow.
+type WalletAuditCmd struct {
+	Data string `env:"SHARESPOT_DATA" help:"The server's data directory." placeholder:"DIR"`
+	DB   string `name:"db" env:"SHARESPOT_DB" help:"The server's database, when it is PostgreSQL (a postgres:// URL)." placeholder:"URL"`
+}
+
+// Run audits: the ledger balances (every balance equals its transfers, the
+// sum of all is zero, none below zero that may not be) and the sessions
+// (an ended session holds nothing in escrow).
+func (c *WalletAuditCmd) Run(env *runEnv) error {
+	target, err := server.DBTarget(c.Data, c.DB)
+	if err != nil {
+		return fmt.Errorf("--db: %w", err)
+	}
+	st, err := store.Open(env.ctx, target, store.Options{})
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	var a ledger.Audit
+	var open, ended, heldAfterEnd int64
+	err = st.Read(env.ctx, func(tx *store.Tx) error {
+		var err error
+		if a, err = ledger.Check(tx); err != nil {
+			return err
+		}
+		if err := tx.QueryRow(`SELECT COUNT(*) FROM sessions WHERE state <> ?`, int64(sharespotv1.SessionState_SESSION_STATE_ENDED)).Scan(&open); err != nil {
+			return fmt.Errorf("count open sessions: %w", err)
+		}
+		if err := tx.QueryRow(`SELECT COUNT(*) FROM sessions WHERE state = ?`, int64(sharespotv1.SessionState_SESSION_STATE_ENDED)).Scan(&ended); err != nil {
+			return fmt.Errorf("count ended sessions: %w", err)
+		}
+		return tx.QueryRow(`SELECT COUNT(*) FROM sessions s JOIN ledger_accounts a ON a.id = 'escrow:' || s.id
+			WHERE s.state = ? AND a.balance <> 0`, int64(sharespotv1.SessionState_SESSION_STATE_ENDED)).Scan(&heldAfterEnd)
+	})
+	if err != nil {
+		return fmt.Errorf("audit: %w", err)
+	}
+	curs := make([]string, 0, len(a.Sums))
+	for cur := range a.Sums {
+		curs = append(curs, cur)
+	}
+	slices.Sort(curs)
+	for _, cur := range curs {
+		fmt.Fprintf(env.stdout, "%s: all balances sum to %s\n", cur, client.FormatMoney(a.Sums[cur], cur))
+	}
+	fmt.Fprintf(env.stdout, "sessions: %d open, %d ended, %d ended with money in escrow\n", open, ended, heldAfterEnd)
+	if !a.OK() || heldAfterEnd != 0 {
+		return fmt.Errorf("audit failed: negative %v, drift %v, ended sessions holding escrow %d", a.Negative, a.Drift, heldAfterEnd)
+	}
+	fmt.Fprintln(env.stdout, "ledger consistent")
+	return nil
 }
 
 // WalletFundCmd funds a wallet directly in the server's database.

@@ -131,7 +131,7 @@ func TestClaim(t *testing.T) {
 		if err := client.ShowOffers(&b, offers); err != nil {
 			t.Fatal(err)
 		}
-		for _, want := range []string{"Cafe Sharespot", "02:5e:00:00:00:01", "-48 dBm", "0.10 EUR / 1 MB", "0.12 EUR / 1 MB", "1 GB"} {
+		for _, want := range []string{"Cafe Sharespot", "02:5e:00:00:00:01", "-48 dBm", "€0.10 / 1 MB", "€0.12 / 1 MB", "1 GB"} {
 			if !strings.Contains(b.String(), want) {
 				t.Errorf("shown set lacks %q:\n%s", want, b.String())
 			}

@@ -23,7 +23,7 @@ func TestDemo(t *testing.T) {
 			t.Errorf("the demo never printed step %s", id)
 		}
 	}
-	for _, want := range []string{"the gateway stopped it at 50 MB of 50 MB", "all balances sum to 0.00 EUR"} {
+	for _, want := range []string{"the gateway stopped it at 50 MB of 50 MB", "all balances sum to €0.00"} {
 		if !strings.Contains(s, want) {
 			t.Errorf("demo output lacks %q", want)
 		}

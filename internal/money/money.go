@@ -4,30 +4,49 @@ package money
 
 import "strconv"
 
-// minorDigits gives the minor-unit exponent of currencies that do not use 2.
+// minorDigits gives the minor-unit exponent (ISO 4217) of currencies that
+// do not use 2.
 var minorDigits = map[string]int{"JPY": 0, "KRW": 0, "VND": 0, "CLP": 0, "ISK": 0, "UGX": 0, "XAF": 0, "XOF": 0,
 	"BHD": 3, "KWD": 3, "OMR": 3, "JOD": 3, "TND": 3, "LYD": 3, "IQD": 3}
 
-// Format formats minor units in the currency's usual form: 1234 EUR
-// is "12.34 EUR".
+// symbols are the signs written before the amount for currencies whose
+// sign is read one way only. Any other currency is written with its ISO
+// code after the amount ("12.34 CHF"), which nobody misreads: "$" alone
+// would say nothing about CAD or AUD, "¥" nothing about CNY.
+var symbols = map[string]string{"EUR": "€", "GBP": "£", "USD": "$", "JPY": "¥", "INR": "₹", "KRW": "₩"}
+
+// Digits is the number of minor-unit digits of currency (2 when unknown).
+func Digits(currency string) int {
+	if d, ok := minorDigits[currency]; ok {
+		return d
+	}
+	return 2
+}
+
+// Format formats minor units in the currency's usual form: 1234 EUR is
+// "€12.34", 1234 JPY is "¥1234" (the yen has no minor unit), 1234 KWD is
+// "1.234 KWD", -2000 EUR is "-€20.00".
 func Format(minor int64, currency string) string {
-	d, ok := minorDigits[currency]
-	if !ok {
-		d = 2
-	}
+	d := Digits(currency)
 	neg := minor < 0
+	// The magnitude, as an unsigned value so the most negative int64 has one.
+	mag := uint64(minor)
 	if neg {
-		minor = -minor
+		mag = -mag
 	}
-	s := strconv.FormatInt(minor, 10)
+	s := strconv.FormatUint(mag, 10)
 	if d > 0 {
 		for len(s) <= d {
 			s = "0" + s
 		}
 		s = s[:len(s)-d] + "." + s[len(s)-d:]
 	}
+	sign := ""
 	if neg {
-		s = "-" + s
+		sign = "-"
 	}
-	return s + " " + currency
+	if sym, ok := symbols[currency]; ok {
+		return sign + sym + s
+	}
+	return sign + s + " " + currency
 }

@@ -6,16 +6,21 @@ func TestParse(t *testing.T) {
 	good := map[string]int64{
 		"500MB": 500_000_000, "1.5GiB": 1_610_612_736, "2G": 2_000_000_000, "1000000": 1_000_000,
 		"10 kb": 10_000, "1KiB": 1024, "0": 0, "3b": 3, " 7 MiB ": 7 << 20, "0.5MB": 500_000,
+		"1.5 GiB": 1_610_612_736, "500mb": 500_000_000, "2gb": 2_000_000_000,
 	}
 	for in, want := range good {
-		if got, err := Parse(in); err != nil || got != want {
-			t.Errorf("Parse(%q) = %d, %v; want %d", in, got, err, want)
-		}
+		t.Run(in, func(t *testing.T) {
+			if got, err := Parse(in); err != nil || got != want {
+				t.Errorf("Parse(%q) = %d, %v; want %d", in, got, err, want)
+			}
+		})
 	}
-	for _, bad := range []string{"", "MB", "-1MB", "1XB", "1.2.3GB", "1e3MB", "9999999999TB"} {
-		if _, err := Parse(bad); err == nil {
-			t.Errorf("Parse(%q) accepted", bad)
-		}
+	for _, bad := range []string{"", "MB", "-1MB", "1XB", "1.2.3GB", "1e3MB", "9999999999TB", "lots", "NaN", "inf", "1.5 GiBs"} {
+		t.Run("bad/"+bad, func(t *testing.T) {
+			if _, err := Parse(bad); err == nil {
+				t.Errorf("Parse(%q) accepted", bad)
+			}
+		})
 	}
 }
 

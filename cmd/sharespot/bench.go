@@ -1,0 +1,359 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"runtime/pprof"
+	"syscall"
+	"time"
+
+	"github.com/sharespot/sharespot/internal/api"
+	"github.com/sharespot/sharespot/internal/loadgen"
+	"github.com/sharespot/sharespot/internal/server"
+	"github.com/sharespot/sharespot/internal/session"
+	"github.com/sharespot/sharespot/internal/size"
+)
+
+// BenchCmd groups the load benchmarks.
+type BenchCmd struct {
+	Flow  BenchFlowCmd  `cmd:"" default:"withargs" help:"Complete paid flows with top-ups, open loop at a target rate (the default)."`
+	Idle  BenchIdleCmd  `cmd:"" help:"Hold idle inbox streams open and report the server's memory per stream."`
+	Relay BenchRelayCmd `cmd:"" help:"Relay latency: host-originated messages to guests at a target rate."`
+}
+
+// benchTarget is where a bench runs: a running server, a server process
+// it starts itself, or (for profiles) a server inside the bench.
+type benchTarget struct {
+	Server    string `default:"http://127.0.0.1:8474" env:"SHARESPOT_SERVER" help:"Server URL (ignored with --spawn)."`
+	Spawn     bool   `help:"Start a server process of its own on a temporary database (rate limits off, short deadlines), and stop it after."`
+	InProcess bool   `name:"in-process" help:"Run the server inside the bench (for --cpuprofile/--memprofile: its goroutines carry the pprof label side=server)."`
+	Bin       string `help:"The sharespot binary --spawn starts (default: this one)." placeholder:"PATH"`
+	Data      string `help:"The server's data directory, to fund guest wallets on its database as 'wallet fund' does (a running server, or where --spawn keeps its database; default: a temporary directory)." placeholder:"DIR"`
+	DB        string `name:"db" help:"The server's PostgreSQL database (postgres:// URL), to fund wallets on it, or for --spawn to run on." placeholder:"URL"`
+	PID       int    `name:"pid" help:"The running server's process ID, to read its memory (set by --spawn)."`
+	JSON      bool   `name:"json" help:"Print the report as JSON."`
+	LogLevel  string `default:"warn" enum:"debug,info,warn,error" help:"Log level of a spawned or in-process server and of the bench."`
+}
+
+// running is a server the bench uses.
+type running struct {
+	url  string
+	pid  int
+	data string
+	db   string
+	gc   *loadgen.GCTrace
+	stop func() error
+}
+
+// start finds or starts the server. env adds to a spawned server's
+// environment; gc, if set, is fed the spawned server's stderr.
+func (t *benchTarget) start(ctx context.Context, env *runEnv, extraEnv []string, gc *loadgen.GCTrace) (*running, error) {
+	if t.Spawn && t.InProcess {
+		return nil, errors.New("--spawn and --in-process exclude each other")
+	}
+	r := &running{url: t.Server, pid: t.PID, data: t.Data, db: t.DB, gc: gc, stop: func() error { return nil }}
+	if !t.Spawn && !t.InProcess {
+		if t.Data == "" && t.DB == "" {
+			return nil, errors.New("the bench funds its guests' wallets on the server's database: give --data DIR (or --db URL) of the running server, or use --spawn")
+		}
+		return r, nil
+	}
+	var cleanup []func()
+	if r.data == "" {
+		dir, err := os.MkdirTemp("", "sharespot-bench-")
+		if err != nil {
+			return nil, err
+		}
+		r.data = dir
+		cleanup = append(cleanup, func() { os.RemoveAll(dir) })
+	}
+	done := func() {
+		for _, f := range cleanup {
+			f()
+		}
+	}
+	if t.InProcess {
+		return r, t.startInProcess(ctx, r, done)
+	}
+	bin := t.Bin
+	if bin == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			done()
+			return nil, fmt.Errorf("find this binary for --spawn: %w (give --bin)", err)
+		}
+		bin = exe
+	}
+	var log io.Writer = env.stderr
+	if gc != nil {
+		log = gc // the server's other output stays in the process's log
+	}
+	sp := loadgen.Spawn{Bin: bin, Dir: r.data, DB: t.DB, Env: append(os.Environ(), extraEnv...), Log: log,
+		Flags: []string{"--rate-device", "0", "--rate-ip", "0", "--log-level", t.LogLevel}}
+	proc, err := sp.Start(ctx)
+	if err != nil {
+		done()
+		return nil, err
+	}
+	r.url, r.pid = proc.URL(), proc.PID()
+	r.stop = func() error {
+		defer done()
+		return proc.Stop(30 * time.Second)
+	}
+	fmt.Fprintf(env.stderr, "bench: started sharespot server (pid %d) on %s, data in %s\n", r.pid, r.url, r.data)
+	return r, nil
+}
+
+func (t *benchTarget) startInProcess(ctx context.Context, r *running, done func()) error {
+	sc := session.DefaultConfig()
+	var srv *server.Server
+	var err error
+	labels := pprof.Labels("side", "server")
+	pprof.Do(ctx, labels, func(ctx context.Context) {
+		srv, err = server.Open(ctx, server.Config{DataDir: r.data, DB: t.DB, Session: sc, Limits: api.Limits{},
+			Logger: newLogger(os.Stderr, t.LogLevel, false)})
+	})
+	if err != nil {
+		done()
+		return err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		srv.Close()
+		done()
+		return err
+	}
+	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	served := make(chan error, 1)
+	go pprof.Do(sctx, labels, func(ctx context.Context) { served <- srv.Serve(ctx, ln) })
+	r.url, r.pid = "http://"+ln.Addr().String(), os.Getpid()
+	r.stop = func() error {
+		defer done()
+		cancel()
+		err := <-served
+		return errors.Join(err, srv.Close())
+	}
+	return nil
+}
+
+// BenchFlowCmd is `sharespot bench`: complete paid flows, open loop.
+type BenchFlowCmd struct {
+	benchTarget
+	Hosts       int           `default:"16" help:"Simulated hosts (one hotspot each; each answers its inbox with the real host agent)."`
+	Guests      int           `default:"200" help:"Simulated guests (one flow at a time each)."`
+	Rate        float64       `default:"50" help:"Target flows started per second (open loop)."`
+	Duration    time.Duration `default:"20s" help:"How long flows are offered."`
+	MaxInFlight int           `name:"max-inflight" help:"Most flows under way at once; a flow due beyond it is dropped (default: --guests)."`
+	Buy         string        `default:"10MB" help:"Initial purchase per flow."`
+	TopUp       string        `name:"topup" default:"5MB" help:"Top-up per flow."`
+	StepTimeout time.Duration `default:"30s" help:"Longest wait for a message in a guest's inbox."`
+	Drain       time.Duration `default:"60s" help:"Longest wait for flows under way after --duration."`
+	Seed        uint64        `default:"1" help:"Seed for the choice of hosts."`
+	CPUProfile  string        `name:"cpuprofile" help:"With --in-process: write a CPU profile of the run (filter the server with -tagfocus side=server)." placeholder:"FILE"`
+	MemProfile  string        `name:"memprofile" help:"With --in-process: write a heap profile at the end of the run." placeholder:"FILE"`
+}
+
+// Run runs the flows.
+func (c *BenchFlowCmd) Run(env *runEnv) error {
+	if (c.CPUProfile != "" || c.MemProfile != "") && !c.InProcess {
+		return errors.New("--cpuprofile and --memprofile profile a server inside the bench: add --in-process")
+	}
+	if c.Rate <= 0 || c.Duration <= 0 || c.Hosts <= 0 || c.Guests <= 0 {
+		return errors.New("--rate, --duration, --hosts and --guests must be positive")
+	}
+	fc := loadgen.FlowConfig{StepTimeout: c.StepTimeout}
+	var err error
+	if fc.RequestBytes, err = size.Parse(c.Buy); err != nil {
+		return fmt.Errorf("--buy: %w", err)
+	}
+	if fc.TopUpBytes, err = size.Parse(c.TopUp); err != nil {
+		return fmt.Errorf("--topup: %w", err)
+	}
+	ctx := env.ctx
+	r, err := c.start(ctx, env, nil, nil)
+	if err != nil {
+		return err
+	}
+	defer r.stop()
+	log := newLogger(env.stderr, c.LogLevel, false)
+	t0 := time.Now()
+	fleet, err := loadgen.NewFleet(ctx, loadgen.FleetConfig{URL: r.url, Hosts: c.Hosts, Guests: c.Guests, Fund: loadgen.DBFunder(r.data, r.db),
+		FundMinor: 1 << 40, WarnAtBytes: fc.RequestBytes / 2, Log: log})
+	if err != nil {
+		return fmt.Errorf("set up hosts and guests: %w", err)
+	}
+	defer fleet.Close()
+	fmt.Fprintf(env.stderr, "bench: %d hosts and %d guests signed in, funded and listening in %v\n", c.Hosts, c.Guests, time.Since(t0).Round(time.Millisecond))
+	if c.CPUProfile != "" {
+		f, err := os.Create(c.CPUProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	rep := fleet.RunLoad(ctx, loadgen.LoadConfig{Rate: c.Rate, Duration: c.Duration, MaxInFlight: c.MaxInFlight, Drain: c.Drain, Flow: fc, Seed: c.Seed})
+	if c.CPUProfile != "" {
+		pprof.StopCPUProfile()
+	}
+	if c.MemProfile != "" {
+		if err := writeHeapProfile(c.MemProfile); err != nil {
+			return err
+		}
+	}
+	if c.JSON {
+		return loadgen.WriteJSON(env.stdout, rep)
+	}
+	rep.WriteTable(env.stdout)
+	return nil
+}
+
+func writeHeapProfile(path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return pprof.Lookup("heap").WriteTo(f, 0)
+}
+
+// BenchRelayCmd is `sharespot bench relay`.
+type BenchRelayCmd struct {
+	benchTarget
+	Rate     float64       `default:"5000" help:"Target messages per second."`
+	Duration time.Duration `default:"10s" help:"How long messages are offered."`
+	Sessions int           `default:"200" help:"Active sessions (guests) carrying the messages; each carries one at a time."`
+	Hosts    int           `default:"20" help:"Hosts sending them."`
+}
+
+// Run measures the relay.
+func (c *BenchRelayCmd) Run(env *runEnv) error {
+	if c.Rate <= 0 || c.Duration <= 0 || c.Sessions <= 0 || c.Hosts <= 0 {
+		return errors.New("--rate, --duration, --sessions and --hosts must be positive")
+	}
+	ctx := env.ctx
+	r, err := c.start(ctx, env, nil, nil)
+	if err != nil {
+		return err
+	}
+	defer r.stop()
+	fleet, err := loadgen.NewFleet(ctx, loadgen.FleetConfig{URL: r.url, Hosts: c.Hosts, Guests: c.Sessions, Fund: loadgen.DBFunder(r.data, r.db),
+		FundMinor: 1 << 40, WarnAtBytes: 1 << 49, Log: newLogger(env.stderr, c.LogLevel, false)})
+	if err != nil {
+		return fmt.Errorf("set up hosts and guests: %w", err)
+	}
+	defer fleet.Close()
+	rep, err := fleet.RunRelay(ctx, loadgen.RelayConfig{Rate: c.Rate, Duration: c.Duration, Sessions: c.Sessions})
+	if rep == nil {
+		return err
+	}
+	if err != nil {
+		fmt.Fprintln(env.stderr, "bench:", err)
+	}
+	if c.JSON {
+		return loadgen.WriteJSON(env.stdout, rep)
+	}
+	rep.WriteTable(env.stdout)
+	return nil
+}
+
+// BenchIdleCmd is `sharespot bench idle`.
+type BenchIdleCmd struct {
+	benchTarget
+	Streams int           `default:"1000" help:"Inbox streams to hold open (one signed-in device each)."`
+	Sources int           `help:"Loopback source addresses to connect from (127.0.0.1, .2, …; default: one per 20,000 streams)."`
+	Mux     bool          `help:"Multiplex every device's stream over one shared HTTP/2 client instead of one TCP connection per device."`
+	Wait    time.Duration `default:"150s" help:"With --spawn: longest wait for the server's next garbage collection (it runs one at least every 2 minutes) to read its live heap."`
+}
+
+// Run holds the streams.
+func (c *BenchIdleCmd) Run(env *runEnv) error {
+	if c.Streams <= 0 {
+		return errors.New("--streams must be positive")
+	}
+	if c.InProcess {
+		return errors.New("bench idle measures a server process of its own: use --spawn, or --server with --pid")
+	}
+	if c.Sources <= 0 {
+		c.Sources = 1 + c.Streams/20000
+	}
+	limit := raiseFileLimit(uint64(2*c.Streams + 4096))
+	fmt.Fprintf(env.stderr, "bench: open files limit %d\n", limit)
+	ctx := env.ctx
+	var gc *loadgen.GCTrace
+	if c.Spawn {
+		gc = loadgen.NewGCTrace()
+	}
+	r, err := c.start(ctx, env, []string{"GODEBUG=gctrace=1"}, gc)
+	if err != nil {
+		return err
+	}
+	defer r.stop()
+	measure := func(phase string) (loadgen.IdleMem, error) {
+		var m loadgen.IdleMem
+		if r.pid == 0 {
+			return m, nil
+		}
+		var err error
+		if m.Proc, err = loadgen.ReadProcMem(r.pid); err != nil {
+			return m, err
+		}
+		if r.gc != nil {
+			_, n := r.gc.Last()
+			fmt.Fprintf(env.stderr, "bench: %s; waiting up to %v for the server's next garbage collection\n", phase, c.Wait)
+			if st, ok := r.gc.Next(ctx, n, c.Wait); ok {
+				m.GC = &st
+				m.Proc, err = loadgen.ReadProcMem(r.pid)
+			}
+		}
+		return m, err
+	}
+	empty, err := measure("no devices")
+	if err != nil {
+		return err
+	}
+	rep, err := loadgen.RunIdle(ctx, loadgen.IdleConfig{URL: r.url, Streams: c.Streams, Sources: c.Sources, Mux: c.Mux, Measure: measure}, empty)
+	if rep == nil || rep.Opened == 0 {
+		return err
+	}
+	if err != nil {
+		fmt.Fprintln(env.stderr, "bench:", err)
+	}
+	if c.JSON {
+		return loadgen.WriteJSON(env.stdout, rep)
+	}
+	rep.WriteTable(env.stdout)
+	return nil
+}
+
+// raiseFileLimit raises this process's open-files limit (inherited by a
+// spawned server) towards want, as far as it may; it returns the limit.
+func raiseFileLimit(want uint64) uint64 {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return 0
+	}
+	if lim.Cur >= want {
+		return lim.Cur
+	}
+	try := lim
+	try.Cur = want
+	if try.Max < want {
+		try.Max = want // only root may raise the hard limit
+	}
+	if syscall.Setrlimit(syscall.RLIMIT_NOFILE, &try) == nil {
+		return want
+	}
+	lim.Cur = lim.Max
+	if syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim) == nil {
+		return lim.Cur
+	}
+	return lim.Cur
+}
