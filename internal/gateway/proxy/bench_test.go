@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"fmt"
+	"io"
 	"net"
 	"path/filepath"
 	"sync"
@@ -15,12 +16,15 @@ import (
 // connections of one session. One op is 1 MiB; MB/s is the total rate.
 //
 //	direct           no gateway
+//	bare-relay       a plain TCP forwarder (io.Copy both ways, splice on
+//	                 Linux): no SOCKS, no metering — the cost of the extra
+//	                 hop alone, the ceiling for any userspace gateway
 //	proxy            splice path (Linux), no store
 //	proxy-buffered   userspace copy path, no store
 //	proxy-filestore  splice path, usage saved ahead of use to a FileStore
 func BenchmarkProxyThroughput(b *testing.B) {
 	for _, streams := range []int{1, 16} {
-		for _, via := range []string{"direct", "proxy", "proxy-buffered", "proxy-filestore"} {
+		for _, via := range []string{"direct", "bare-relay", "proxy", "proxy-buffered", "proxy-filestore"} {
 			b.Run(fmt.Sprintf("%s/streams=%d", via, streams), func(b *testing.B) {
 				benchThroughput(b, via, streams)
 			})
@@ -39,7 +43,20 @@ func benchThroughput(b *testing.B, via string, streams int) {
 		}
 	})
 	dial := func() (net.Conn, error) { return net.Dial("tcp", o.addr) }
-	if via != "direct" {
+	switch via {
+	case "direct":
+	case "bare-relay":
+		relay := startOrigin(b, func(c net.Conn) {
+			up, err := net.Dial("tcp", o.addr)
+			if err != nil {
+				return
+			}
+			defer up.Close()
+			go io.Copy(up, c)
+			io.Copy(c, up)
+		})
+		dial = func() (net.Conn, error) { return net.Dial("tcp", relay.addr) }
+	default:
 		cfg := Config{noSplice: via == "proxy-buffered"}
 		if via == "proxy-filestore" {
 			st, err := gateway.OpenFileStore(filepath.Join(b.TempDir(), "usage.json"))
