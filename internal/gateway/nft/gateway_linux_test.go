@@ -36,6 +36,24 @@ func usage(t testing.TB, gw *Gateway, id string) (used, quota int64) {
 	return used, quota
 }
 
+// quietUsage is usage once the session's traffic has stopped: the same
+// count a second apart (a finished download's last ACKs and FINs may still
+// be on their way when the fetch returns), within ten seconds.
+func quietUsage(t testing.TB, gw *Gateway, id string) (used, quota int64) {
+	t.Helper()
+	used, quota = usage(t, gw, id)
+	for range 10 {
+		time.Sleep(time.Second)
+		again, q := usage(t, gw, id)
+		if again == used && q == quota {
+			return used, quota
+		}
+		used, quota = again, q
+	}
+	t.Fatalf("usage of %s still moving after 10 s: %d", id, used)
+	return
+}
+
 // startFetch starts a background download that ends with the (sub)test,
 // so that a cut-off transfer does not resume under a later session bound
 // to the same guest.
@@ -216,7 +234,7 @@ func TestNamespaceSuite(t *testing.T) {
 		if _, err := netns.Fetch(ctx, guestClient(g[2], wait), f.base, 1*mB); err != nil {
 			t.Fatal(err)
 		}
-		before, _ := usage(t, f.gw, "s3")
+		before, _ := quietUsage(t, f.gw, "s3")
 		f.stop()
 		f.start() // a new Gateway over the same store and the table left behind
 		after, q := usage(t, f.gw, "s3")
