@@ -65,13 +65,14 @@
 // and the gateway raises W by a lead of PersistAhead bytes (default 256 KiB)
 // in the background when use gets within half a lead of it, so the copy only
 // waits for the disk when the disk is slower than the traffic (then the lead
-// doubles, up to 32 × PersistAhead = 8 MiB by default). On restart the
+// doubles, up to 256 × PersistAhead = 64 MiB by default, so it settles near
+// the guest's rate times the store's save time). On restart the
 // gateway takes W as used. Hence:
 //
 //   - after a crash a guest never gets more than the paid quota in total;
 //   - a crash can cost a session at most its current lead of paid bytes
-//     (256 KiB by default, at most 8 MiB under sustained transfers faster
-//     than the store) — only for sessions with open connections: once a
+//     (256 KiB by default; more only while a transfer outpaces the store,
+//     at most 64 MiB) — only for sessions with open connections: once a
 //     session has no connections, the next save (at most 1 s later) records
 //     its exact usage;
 //   - Admit, Extend and Revoke return only once their change is durable;

@@ -39,7 +39,7 @@ const (
 
 const (
 	// maxLeadFactor bounds the save-ahead lead at this many PersistAhead.
-	maxLeadFactor = 32
+	maxLeadFactor = 256
 	// copyChunk is the largest reservation of one splice step.
 	copyChunk = 256 << 10
 	// bufSize is the buffer of the userspace copy.
