@@ -75,6 +75,41 @@ func quoted(t *testing.T, f *flow, g *client.Guest, in *harness.Inbox, bytes int
 	return ses.Id, fi.FeeInfo.Quote
 }
 
+// payAtOnce has racers goroutines pay quoteID at the same time: exactly
+// one may succeed, the others learn it is already paid. It returns the
+// receipt of the one that paid.
+func payAtOnce(t *testing.T, f *flow, quoteID, what string) *sharespotv1.Receipt {
+	t.Helper()
+	var mu sync.Mutex
+	var receipt *sharespotv1.Receipt
+	errs := race(func(int) error {
+		res, err := f.guest.Payments.Pay(context.Background(), connect.NewRequest(&sharespotv1.PayRequest{QuoteId: quoteID}))
+		if err == nil {
+			mu.Lock()
+			receipt = res.Msg.Receipt
+			mu.Unlock()
+		}
+		return err
+	})
+	if n := tally(t, what+" pay", errs, connect.CodeAlreadyExists); n != 1 {
+		t.Fatalf("%d of %d payments of one %s succeeded, want exactly 1", n, racers, what)
+	}
+	return receipt
+}
+
+// confirmAtOnce has racers goroutines confirm one receipt at the same
+// time: exactly one confirmation may take.
+func confirmAtOnce(t *testing.T, f *flow, sessionID string, receipt *sharespotv1.Receipt, what string) {
+	t.Helper()
+	errs := race(func(int) error {
+		_, err := f.guest.Sessions.Confirm(context.Background(), connect.NewRequest(&sharespotv1.ConfirmRequest{SessionId: sessionID, Receipt: receipt}))
+		return err
+	})
+	if n := tally(t, what+" confirm", errs, connect.CodeAlreadyExists, connect.CodeFailedPrecondition); n != 1 {
+		t.Fatalf("%d of %d confirmations of one %s succeeded, want exactly 1", n, racers, what)
+	}
+}
+
 func sessionOf(t *testing.T, c *client.Client, id string) *sharespotv1.Session {
 	t.Helper()
 	res, err := c.Sessions.Get(context.Background(), connect.NewRequest(&sharespotv1.GetRequest{SessionId: id}))
@@ -99,30 +134,11 @@ func TestConcurrentPayments(t *testing.T) {
 	t.Run("one_quote_paid_and_confirmed_at_once", func(t *testing.T) {
 		f := newFlow(t, nil)
 		sesID, q := quoted(t, f, f.g, f.guestIn, 10*MB)
-		var mu sync.Mutex
-		var receipt *sharespotv1.Receipt
-		errs := race(func(int) error {
-			res, err := f.guest.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: q.Id}))
-			if err == nil {
-				mu.Lock()
-				receipt = res.Msg.Receipt
-				mu.Unlock()
-			}
-			return err
-		})
-		if n := tally(t, "pay", errs, connect.CodeAlreadyExists); n != 1 {
-			t.Fatalf("%d of %d payments of one quote succeeded, want exactly 1", n, racers)
-		}
+		receipt := payAtOnce(t, f, q.Id, "quote")
 		if got := harness.Balance(t, f.guest, currency); got != 10_000-q.AmountMinor {
 			t.Fatalf("wallet %d after paying %d once from 10000", got, q.AmountMinor)
 		}
-		errs = race(func(int) error {
-			_, err := f.guest.Sessions.Confirm(ctx, connect.NewRequest(&sharespotv1.ConfirmRequest{SessionId: sesID, Receipt: receipt}))
-			return err
-		})
-		if n := tally(t, "confirm", errs, connect.CodeAlreadyExists, connect.CodeFailedPrecondition); n != 1 {
-			t.Fatalf("%d of %d confirmations of one receipt succeeded, want exactly 1", n, racers)
-		}
+		confirmAtOnce(t, f, sesID, receipt, "receipt")
 		_, g := harness.Next[*sharespotv1.Envelope_AccessGranted](t, f.guestIn)
 		if g.AccessGranted.TotalGrantedBytes != 10*MB {
 			t.Fatalf("granted %d in all, want 10 MB", g.AccessGranted.TotalGrantedBytes)
@@ -195,27 +211,7 @@ func TestConcurrentPayments(t *testing.T) {
 		}
 		_, fi := harness.Next[*sharespotv1.Envelope_FeeInfo](t, f.guestIn)
 		top := fi.FeeInfo.Quote
-		var mu sync.Mutex
-		var receipt *sharespotv1.Receipt
-		errs = race(func(int) error {
-			res, err := f.guest.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: top.Id}))
-			if err == nil {
-				mu.Lock()
-				receipt = res.Msg.Receipt
-				mu.Unlock()
-			}
-			return err
-		})
-		if n := tally(t, "top-up pay", errs, connect.CodeAlreadyExists); n != 1 {
-			t.Fatalf("%d of %d payments of one top-up succeeded, want exactly 1", n, racers)
-		}
-		errs = race(func(int) error {
-			_, err := f.guest.Sessions.Confirm(ctx, connect.NewRequest(&sharespotv1.ConfirmRequest{SessionId: sesID, Receipt: receipt}))
-			return err
-		})
-		if n := tally(t, "top-up confirm", errs, connect.CodeAlreadyExists, connect.CodeFailedPrecondition); n != 1 {
-			t.Fatalf("%d of %d confirmations of one top-up succeeded, want exactly 1", n, racers)
-		}
+		confirmAtOnce(t, f, sesID, payAtOnce(t, f, top.Id, "top-up"), "top-up")
 		_, g := harness.Next[*sharespotv1.Envelope_AccessGranted](t, f.guestIn)
 		if g.AccessGranted.TotalGrantedBytes != 60*MB {
 			t.Fatalf("granted %d in all after the top-up, want 60 MB", g.AccessGranted.TotalGrantedBytes)
