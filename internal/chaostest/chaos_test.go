@@ -16,6 +16,7 @@ import (
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/harness"
 	"github.com/sharespot/sharespot/internal/loadgen"
+	"github.com/sharespot/sharespot/internal/relay"
 	"github.com/sharespot/sharespot/internal/server"
 	"github.com/sharespot/sharespot/internal/store"
 )
@@ -316,15 +317,15 @@ func check(t *testing.T, dir, db string, f *loadgen.Fleet) {
 		}
 		devices := 0
 		for i, h := range f.Hosts {
-			for _, err := range harness.CheckDelivery(tx, h.C.DeviceID(), handled(h.In)) {
+			for _, err := range relay.CheckDelivery(tx, h.C.DeviceID(), h.In.Handled()) {
 				t.Errorf("host %d inbox: %v", i, err)
 			}
 			devices++
 		}
 		grants := map[string]int{}
 		for i, g := range f.Guests {
-			msgs := handled(g.In)
-			for _, err := range harness.CheckDelivery(tx, g.C.DeviceID(), msgs) {
+			msgs := g.In.Handled()
+			for _, err := range relay.CheckDelivery(tx, g.C.DeviceID(), msgs) {
 				t.Errorf("guest %d inbox: %v", i, err)
 			}
 			for _, m := range msgs {
@@ -350,12 +351,4 @@ func check(t *testing.T, dir, db string, f *loadgen.Fleet) {
 	if err != nil {
 		t.Errorf("read the database: %v", err)
 	}
-}
-
-func handled(in *loadgen.Inbox) []harness.Handled {
-	var out []harness.Handled
-	for _, m := range in.Handled() {
-		out = append(out, harness.Handled(m))
-	}
-	return out
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/sharespot/sharespot/internal/api"
 	"github.com/sharespot/sharespot/internal/harness"
 	"github.com/sharespot/sharespot/internal/ledger"
+	"github.com/sharespot/sharespot/internal/relay"
 	"github.com/sharespot/sharespot/internal/server"
 	"github.com/sharespot/sharespot/internal/session"
 	"github.com/sharespot/sharespot/internal/store"
@@ -332,7 +333,7 @@ func checkRun(t *testing.T, dir string, r *run, outcome string) {
 			name, id string
 			msgs     []handledMsg
 		}{{"host", r.host.DeviceID(), r.hostIn.handled()}, {"guest", r.guest.DeviceID(), r.guestIn.handled()}} {
-			for _, err := range harness.CheckDelivery(tx, d.id, d.msgs) {
+			for _, err := range relay.CheckDelivery(tx, d.id, d.msgs) {
 				t.Errorf("%s inbox: %v", d.name, err)
 			}
 		}

@@ -19,6 +19,7 @@ import (
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/client"
 	"github.com/sharespot/sharespot/internal/harness"
+	"github.com/sharespot/sharespot/internal/relay"
 )
 
 const (
@@ -40,7 +41,7 @@ const (
 )
 
 // handledMsg is one inbox message the application handled.
-type handledMsg = harness.Handled
+type handledMsg = relay.Handled
 
 // inbox receives one device's inbox for the application: in order, each
 // message once, keeping its cursor in memory across server restarts. It
@@ -75,7 +76,7 @@ func listen(ctx context.Context, c *client.Client, in *inbox, h client.Handler, 
 				return err
 			}
 		}
-		m := harness.HandledOf(env)
+		m := relay.HandledOf(env)
 		in.mu.Lock()
 		in.msgs = append(in.msgs, m)
 		in.mu.Unlock()

@@ -20,6 +20,7 @@ import (
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/client"
 	"github.com/sharespot/sharespot/internal/payment"
+	"github.com/sharespot/sharespot/internal/relay"
 	"github.com/sharespot/sharespot/internal/seal"
 	"github.com/sharespot/sharespot/internal/server"
 	"github.com/sharespot/sharespot/internal/store"
@@ -145,22 +146,12 @@ func DBFunderStore(st *store.Store) Funder {
 	}
 }
 
-// Handled is one inbox message as the application handled it (for the
-// exactly-once checks).
-type Handled struct {
-	Seq     uint64
-	ID      string
-	Session string
-	Body    string
-	QuoteID string // of an AccessGranted
-}
-
 // Inbox receives one device's inbox for the application, in order and
 // each message once, keeping its cursor in memory across server restarts
 // (a handler that fails has its message delivered again).
 type Inbox struct {
 	mu       sync.Mutex
-	handled  []Handled
+	handled  []relay.Handled
 	cursor   uint64
 	failures int
 	done     chan struct{}
@@ -173,12 +164,8 @@ func Listen(ctx context.Context, c *client.Client, h client.Handler) *Inbox {
 		if err := h(ctx, env); err != nil {
 			return err
 		}
-		m := Handled{Seq: env.Seq, ID: env.MessageId, Session: env.SessionId, Body: fmt.Sprintf("%T", env.Body)}
-		if g := env.GetAccessGranted(); g != nil {
-			m.QuoteID = g.QuoteId
-		}
 		in.mu.Lock()
-		in.handled = append(in.handled, m)
+		in.handled = append(in.handled, relay.HandledOf(env))
 		in.mu.Unlock()
 		return nil
 	}
@@ -218,11 +205,12 @@ func (in *Inbox) Wait(d time.Duration) error {
 	}
 }
 
-// Handled returns what the application handled so far.
-func (in *Inbox) Handled() []Handled {
+// Handled returns what the application handled so far, for
+// relay.CheckDelivery.
+func (in *Inbox) Handled() []relay.Handled {
 	in.mu.Lock()
 	defer in.mu.Unlock()
-	return append([]Handled(nil), in.handled...)
+	return append([]relay.Handled(nil), in.handled...)
 }
 
 // Failures counts handler failures (messages delivered again).

@@ -19,6 +19,7 @@ import (
 	"github.com/sharespot/sharespot/internal/harness"
 	"github.com/sharespot/sharespot/internal/ledger"
 	"github.com/sharespot/sharespot/internal/payment"
+	"github.com/sharespot/sharespot/internal/relay"
 	"github.com/sharespot/sharespot/internal/store"
 )
 
@@ -36,7 +37,7 @@ const (
 )
 
 // handledMsg is one inbox message a device handled.
-type handledMsg = harness.Handled
+type handledMsg = relay.Handled
 
 // inbox receives one device's inbox through client.Receive (one call for
 // the whole run: it reconnects, and fails over, by itself) and records
@@ -61,7 +62,7 @@ func listen(ctx context.Context, c *client.Client, h client.Handler) *inbox {
 					return err
 				}
 			}
-			m := harness.HandledOf(env)
+			m := relay.HandledOf(env)
 			in.mu.Lock()
 			in.msgs = append(in.msgs, m)
 			in.mu.Unlock()
@@ -440,7 +441,7 @@ func (f *flow) check(t *testing.T, ctx context.Context) {
 			name, id string
 			msgs     []handledMsg
 		}{{"host", f.host.DeviceID(), f.hostIn.handled()}, {"guest", f.guest.DeviceID(), f.guestIn.handled()}} {
-			for _, err := range harness.CheckDelivery(tx, d.id, d.msgs) {
+			for _, err := range relay.CheckDelivery(tx, d.id, d.msgs) {
 				t.Errorf("%s inbox: %v", d.name, err)
 			}
 		}
