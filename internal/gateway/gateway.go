@@ -14,6 +14,10 @@ package gateway
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/sharespot/sharespot/internal/seal"
 )
 
 // Grant is what the host admits a session with.
@@ -32,6 +36,19 @@ type Grant struct {
 	// (Quota − used) falls below it, the gateway sends ThresholdCrossed.
 	// 0 disables the warning.
 	Threshold int64
+}
+
+// Check reports (wrapping ErrInvalid) what is wrong with a grant.
+func (g Grant) Check() error {
+	switch {
+	case g.SessionID == "" || len(g.SessionID) > 255 || strings.ContainsAny(g.SessionID, ":\x00"):
+		return fmt.Errorf("session ID must be 1–255 bytes without ':': %w", ErrInvalid)
+	case len(g.Credential) != seal.AccessCodeSize:
+		return fmt.Errorf("session %s: credential must be %d bytes: %w", g.SessionID, seal.AccessCodeSize, ErrInvalid)
+	case g.Quota <= 0 || g.Threshold < 0:
+		return fmt.Errorf("session %s: quota %d, threshold %d: %w", g.SessionID, g.Quota, g.Threshold, ErrInvalid)
+	}
+	return nil
 }
 
 // EventKind says what happened to a session.

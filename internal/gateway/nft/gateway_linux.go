@@ -417,13 +417,8 @@ func (g *Gateway) Events() <-chan gateway.Event { return g.events }
 // at once; its guest gets through once it presents its code at the
 // admission endpoint.
 func (g *Gateway) Admit(ctx context.Context, gr gateway.Grant) error {
-	switch {
-	case gr.SessionID == "" || len(gr.SessionID) > 255 || strings.ContainsAny(gr.SessionID, ":\x00"):
-		return fmt.Errorf("nft: admit: session ID must be 1–255 bytes without ':': %w", gateway.ErrInvalid)
-	case len(gr.Credential) != seal.AccessCodeSize:
-		return fmt.Errorf("nft: admit %s: credential must be %d bytes: %w", gr.SessionID, seal.AccessCodeSize, gateway.ErrInvalid)
-	case gr.Quota <= 0 || gr.Threshold < 0:
-		return fmt.Errorf("nft: admit %s: quota %d, threshold %d: %w", gr.SessionID, gr.Quota, gr.Threshold, gateway.ErrInvalid)
+	if err := gr.Check(); err != nil {
+		return fmt.Errorf("nft: admit: %w", err)
 	}
 	hash := sha256.Sum256(gr.Credential)
 	g.mu.Lock()

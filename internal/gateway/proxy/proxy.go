@@ -13,7 +13,6 @@ import (
 	"net"
 	"net/netip"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -237,13 +236,8 @@ func (p *Proxy) Events() <-chan gateway.Event { return p.events }
 
 // Admit implements gateway.Gateway.
 func (p *Proxy) Admit(ctx context.Context, g gateway.Grant) error {
-	switch {
-	case g.SessionID == "" || len(g.SessionID) > 255 || strings.ContainsAny(g.SessionID, ":\x00"):
-		return fmt.Errorf("proxy: admit: session ID must be 1–255 bytes without ':': %w", gateway.ErrInvalid)
-	case len(g.Credential) != seal.AccessCodeSize:
-		return fmt.Errorf("proxy: admit %s: credential must be %d bytes: %w", g.SessionID, seal.AccessCodeSize, gateway.ErrInvalid)
-	case g.Quota <= 0 || g.Threshold < 0:
-		return fmt.Errorf("proxy: admit %s: quota %d, threshold %d: %w", g.SessionID, g.Quota, g.Threshold, gateway.ErrInvalid)
+	if err := g.Check(); err != nil {
+		return fmt.Errorf("proxy: admit: %w", err)
 	}
 	hash := sha256.Sum256(g.Credential)
 	p.mu.Lock()
