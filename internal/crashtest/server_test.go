@@ -1,7 +1,6 @@
 package crashtest
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -21,6 +20,7 @@ import (
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/harness"
+	"github.com/sharespot/sharespot/internal/loadgen"
 )
 
 // serverFlags are the server's settings in every run: short deadlines, so
@@ -138,15 +138,7 @@ func (p *serverProc) supervise() {
 		addrc := make(chan string, 1)
 		exitc := make(chan *os.ProcessState, 1)
 		go func() {
-			sc := bufio.NewScanner(stdout)
-			for sc.Scan() {
-				line := sc.Text()
-				fmt.Fprintln(logWriter{p}, line)
-				if _, rest, ok := strings.Cut(line, "listening on http://"); ok {
-					a, _, _ := strings.Cut(rest, " ")
-					addrc <- a
-				}
-			}
+			loadgen.WatchServerOutput(stdout, logWriter{p}, addrc)
 			cmd.Wait()
 			exitc <- cmd.ProcessState
 		}()

@@ -95,18 +95,7 @@ func (p *Proc) start(ctx context.Context, listen string) error {
 	exited := make(chan struct{})
 	addrc := make(chan string, 1)
 	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			line := sc.Text()
-			fmt.Fprintln(procLog{p}, line)
-			if _, rest, ok := strings.Cut(line, "listening on http://"); ok {
-				a, _, _ := strings.Cut(rest, " ")
-				select {
-				case addrc <- a:
-				default:
-				}
-			}
-		}
+		WatchServerOutput(stdout, procLog{p}, addrc)
 		cmd.Wait()
 		p.mu.Lock()
 		p.state = cmd.ProcessState
@@ -261,4 +250,22 @@ func (p *Proc) Stop(d time.Duration) error {
 		return fmt.Errorf("loadgen: the server exited with %v", st)
 	}
 	return nil
+}
+
+// WatchServerOutput copies a `sharespot server` process's standard output
+// to log line by line until it ends, and sends the address of its
+// "listening on http://ADDR" line to addr (dropped if addr is full).
+func WatchServerOutput(stdout io.Reader, log io.Writer, addr chan<- string) {
+	sc := bufio.NewScanner(stdout)
+	for sc.Scan() {
+		line := sc.Text()
+		fmt.Fprintln(log, line)
+		if _, rest, ok := strings.Cut(line, "listening on http://"); ok {
+			a, _, _ := strings.Cut(rest, " ")
+			select {
+			case addr <- a:
+			default:
+			}
+		}
+	}
 }

@@ -1,17 +1,17 @@
 package replicatest
 
 import (
-	"bufio"
 	"bytes"
 	"fmt"
-	"github.com/sharespot/sharespot/internal/harness"
 	"os"
 	"os/exec"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sharespot/sharespot/internal/harness"
+	"github.com/sharespot/sharespot/internal/loadgen"
 )
 
 // bin is the sharespot binary, built once by TestMain's first user.
@@ -126,15 +126,7 @@ func startReplica(bin, dir, name, db string, extra []string) (*replica, error) {
 	}
 	addrc := make(chan string, 1)
 	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			line := sc.Text()
-			fmt.Fprintln(logWriter{r}, line)
-			if _, rest, ok := strings.Cut(line, "listening on http://"); ok {
-				a, _, _ := strings.Cut(rest, " ")
-				addrc <- a
-			}
-		}
+		loadgen.WatchServerOutput(stdout, logWriter{r}, addrc)
 		r.cmd.Wait()
 		close(r.exited)
 	}()
