@@ -19,6 +19,7 @@ import (
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/client"
 	"github.com/sharespot/sharespot/internal/harness"
+	"github.com/sharespot/sharespot/internal/loadgen"
 	"github.com/sharespot/sharespot/internal/relay"
 )
 
@@ -380,18 +381,6 @@ func (r *run) await(ctx context.Context, sid, what string, match func(*sharespot
 	}
 }
 
-// describe names what ended a step instead: the session's end or a
-// declined top-up, with the reason.
-func describe(env *sharespotv1.Envelope) string {
-	switch b := env.Body.(type) {
-	case *sharespotv1.Envelope_SessionEnded:
-		return "session ended: " + b.SessionEnded.Session.GetEndReason()
-	case *sharespotv1.Envelope_Declined:
-		return "declined: " + b.Declined.Reason
-	}
-	return fmt.Sprintf("%T", env.Body)
-}
-
 func (r *run) get(ctx context.Context, c *client.Client, sid string) (*sharespotv1.Session, error) {
 	res, err := c.Sessions.Get(ctx, connect.NewRequest(&sharespotv1.GetRequest{SessionId: sid}))
 	if err != nil {
@@ -461,7 +450,7 @@ func (r *run) buy(ctx context.Context, kind sharespotv1.QuoteKind) (*sharespotv1
 	}
 	fi, ok := env.Body.(*sharespotv1.Envelope_FeeInfo)
 	if !ok {
-		return nil, "no fee information: " + describe(env), nil
+		return nil, "no fee information: " + loadgen.Describe(env), nil
 	}
 	q := fi.FeeInfo.Quote
 	rc, err := r.pay(ctx, sid, q)
@@ -481,7 +470,7 @@ func (r *run) buy(ctx context.Context, kind sharespotv1.QuoteKind) (*sharespotv1
 	}
 	g, ok := env.Body.(*sharespotv1.Envelope_AccessGranted)
 	if !ok {
-		return nil, "no grant: " + describe(env), nil
+		return nil, "no grant: " + loadgen.Describe(env), nil
 	}
 	return g.AccessGranted, "", nil
 }

@@ -304,7 +304,7 @@ func (r *flowRun) buy(ctx context.Context, sid string, fee *sharespotv1.Quote, p
 	}
 	gr := env.GetAccessGranted()
 	if gr == nil {
-		return nil, errResolved{"no grant: " + describe(env)}
+		return nil, errResolved{"no grant: " + Describe(env)}
 	}
 	r.rec.add(grantStep, time.Since(t))
 	return gr, nil
@@ -378,7 +378,7 @@ func (r *flowRun) awaitFee(ctx context.Context, sid string, kind sharespotv1.Quo
 	if fi := env.GetFeeInfo(); fi != nil {
 		return fi.Quote, nil
 	}
-	return nil, errResolved{"no fee information: " + describe(env)}
+	return nil, errResolved{"no fee information: " + Describe(env)}
 }
 
 func declinedKind(env *sharespotv1.Envelope, kind sharespotv1.QuoteKind) bool {
@@ -399,7 +399,7 @@ func (r *flowRun) await(ctx context.Context, sid string, match func(*sharespotv1
 				return env, nil
 			}
 			if env.GetSessionEnded() != nil {
-				return nil, errResolved{describe(env)}
+				return nil, errResolved{Describe(env)}
 			}
 		case <-timer.C:
 			return nil, fmt.Errorf("no answer in the inbox within %v", r.cfg.StepTimeout)
@@ -409,7 +409,9 @@ func (r *flowRun) await(ctx context.Context, sid string, match func(*sharespotv1
 	}
 }
 
-func describe(env *sharespotv1.Envelope) string {
+// Describe names what ended a step instead of the awaited message: the
+// session's end or a declined top-up, with the reason.
+func Describe(env *sharespotv1.Envelope) string {
 	switch b := env.Body.(type) {
 	case *sharespotv1.Envelope_SessionEnded:
 		return "session ended: " + b.SessionEnded.Session.GetEndReason()
