@@ -107,6 +107,10 @@ const (
 	SessionState_SESSION_STATE_ACTIVE SessionState = 5
 	// Ended and settled.
 	SessionState_SESSION_STATE_ENDED SessionState = 6
+	// The guest ended an active session: the host's gateway has revoked it
+	// and the server waits for the host's final count (or, past the close
+	// deadline, settles on the host's last report).
+	SessionState_SESSION_STATE_ENDING SessionState = 7
 )
 
 // Enum value maps for SessionState.
@@ -119,6 +123,7 @@ var (
 		4: "SESSION_STATE_CONFIRMED",
 		5: "SESSION_STATE_ACTIVE",
 		6: "SESSION_STATE_ENDED",
+		7: "SESSION_STATE_ENDING",
 	}
 	SessionState_value = map[string]int32{
 		"SESSION_STATE_UNSPECIFIED": 0,
@@ -128,6 +133,7 @@ var (
 		"SESSION_STATE_CONFIRMED":   4,
 		"SESSION_STATE_ACTIVE":      5,
 		"SESSION_STATE_ENDED":       6,
+		"SESSION_STATE_ENDING":      7,
 	}
 )
 
@@ -273,8 +279,14 @@ func (QuoteState) EnumDescriptor() ([]byte, []int) {
 type AddDeviceRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The new device's Ed25519 public key, 32 bytes.
-	PublicKey     []byte `protobuf:"bytes,1,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
-	DeviceName    string `protobuf:"bytes,2,opt,name=device_name,json=deviceName,proto3" json:"device_name,omitempty"`
+	PublicKey  []byte `protobuf:"bytes,1,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
+	DeviceName string `protobuf:"bytes,2,opt,name=device_name,json=deviceName,proto3" json:"device_name,omitempty"`
+	// A single-use nonce from Challenge for public_key.
+	Nonce []byte `protobuf:"bytes,3,opt,name=nonce,proto3" json:"nonce,omitempty"`
+	// The new key's Ed25519 signature over
+	// "sharespot/add-device/v1\x00" || account_id || "\x00" || nonce,
+	// where account_id is the account the key joins (the caller's).
+	Signature     []byte `protobuf:"bytes,4,opt,name=signature,proto3" json:"signature,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -321,6 +333,20 @@ func (x *AddDeviceRequest) GetDeviceName() string {
 		return x.DeviceName
 	}
 	return ""
+}
+
+func (x *AddDeviceRequest) GetNonce() []byte {
+	if x != nil {
+		return x.Nonce
+	}
+	return nil
+}
+
+func (x *AddDeviceRequest) GetSignature() []byte {
+	if x != nil {
+		return x.Signature
+	}
+	return nil
 }
 
 type AddDeviceResponse struct {
@@ -1562,7 +1588,15 @@ type Quote struct {
 	ExpiresUnixMs int64                  `protobuf:"varint,7,opt,name=expires_unix_ms,json=expiresUnixMs,proto3" json:"expires_unix_ms,omitempty"`
 	State         QuoteState             `protobuf:"varint,8,opt,name=state,proto3,enum=sharespot.v1.QuoteState" json:"state,omitempty"`
 	// The payment-success response, shown to the guest once paid.
-	Receipt       *Receipt `protobuf:"bytes,9,opt,name=receipt,proto3" json:"receipt,omitempty"`
+	Receipt *Receipt `protobuf:"bytes,9,opt,name=receipt,proto3" json:"receipt,omitempty"`
+	// A granted quote is a tranche: its place in grant order (1, 2, …; 0 if
+	// never granted).
+	Tranche int32 `protobuf:"varint,10,opt,name=tranche,proto3" json:"tranche,omitempty"`
+	// Once settled: the bytes of this tranche used, and what they cost at
+	// this tranche's own price (amount_minor × used_bytes ÷ bytes, rounded
+	// down).
+	UsedBytes     int64 `protobuf:"varint,11,opt,name=used_bytes,json=usedBytes,proto3" json:"used_bytes,omitempty"`
+	BilledMinor   int64 `protobuf:"varint,12,opt,name=billed_minor,json=billedMinor,proto3" json:"billed_minor,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1658,6 +1692,27 @@ func (x *Quote) GetReceipt() *Receipt {
 		return x.Receipt
 	}
 	return nil
+}
+
+func (x *Quote) GetTranche() int32 {
+	if x != nil {
+		return x.Tranche
+	}
+	return 0
+}
+
+func (x *Quote) GetUsedBytes() int64 {
+	if x != nil {
+		return x.UsedBytes
+	}
+	return 0
+}
+
+func (x *Quote) GetBilledMinor() int64 {
+	if x != nil {
+		return x.BilledMinor
+	}
+	return 0
 }
 
 // GuestKey is a guest's HPKE public key for one suite.
@@ -1917,8 +1972,12 @@ type Session struct {
 	Quotes           []*Quote `protobuf:"bytes,17,rep,name=quotes,proto3" json:"quotes,omitempty"`
 	CreatedUnixMs    int64    `protobuf:"varint,18,opt,name=created_unix_ms,json=createdUnixMs,proto3" json:"created_unix_ms,omitempty"`
 	UpdatedUnixMs    int64    `protobuf:"varint,19,opt,name=updated_unix_ms,json=updatedUnixMs,proto3" json:"updated_unix_ms,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// The tariff the guest was shown, copied at the request: every quote of
+	// the session (first and top-ups) is priced from it, whatever the host
+	// changes later.
+	Tariff        *Tariff `protobuf:"bytes,20,opt,name=tariff,proto3" json:"tariff,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Session) Reset() {
@@ -2084,13 +2143,23 @@ func (x *Session) GetUpdatedUnixMs() int64 {
 	return 0
 }
 
+func (x *Session) GetTariff() *Tariff {
+	if x != nil {
+		return x.Tariff
+	}
+	return nil
+}
+
 type RequestAccessRequest struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	HotspotId string                 `protobuf:"bytes,1,opt,name=hotspot_id,json=hotspotId,proto3" json:"hotspot_id,omitempty"`
 	// Data the guest wants to buy, in bytes.
 	Bytes int64 `protobuf:"varint,2,opt,name=bytes,proto3" json:"bytes,omitempty"`
 	// The guest's HPKE public keys, one per suite it supports.
-	GuestKeys     []*GuestKey `protobuf:"bytes,3,rep,name=guest_keys,json=guestKeys,proto3" json:"guest_keys,omitempty"`
+	GuestKeys []*GuestKey `protobuf:"bytes,3,rep,name=guest_keys,json=guestKeys,proto3" json:"guest_keys,omitempty"`
+	// Optional: the tariff the guest was shown (C1.3–C1.4). If set, the
+	// request is refused when the hotspot's tariff is no longer this one.
+	ShownTariff   *Tariff `protobuf:"bytes,4,opt,name=shown_tariff,json=shownTariff,proto3" json:"shown_tariff,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2142,6 +2211,13 @@ func (x *RequestAccessRequest) GetBytes() int64 {
 func (x *RequestAccessRequest) GetGuestKeys() []*GuestKey {
 	if x != nil {
 		return x.GuestKeys
+	}
+	return nil
+}
+
+func (x *RequestAccessRequest) GetShownTariff() *Tariff {
+	if x != nil {
+		return x.ShownTariff
 	}
 	return nil
 }
@@ -2899,7 +2975,9 @@ func (x *ReportUsageResponse) GetSession() *Session {
 type EndRequest struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	SessionId string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
-	// Host only: the final metered usage. Ignored from the guest.
+	// Host only: the final metered usage (0: the last report stands).
+	// Ignored from the guest: a guest's End of an active session moves it to
+	// ENDING, and the host's End (or the close deadline) settles it.
 	UsedBytes     int64  `protobuf:"varint,2,opt,name=used_bytes,json=usedBytes,proto3" json:"used_bytes,omitempty"`
 	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -3903,6 +3981,8 @@ type AccessRequested struct {
 	GuestDeviceId string                 `protobuf:"bytes,2,opt,name=guest_device_id,json=guestDeviceId,proto3" json:"guest_device_id,omitempty"`
 	Bytes         int64                  `protobuf:"varint,3,opt,name=bytes,proto3" json:"bytes,omitempty"`
 	GuestKeys     []*GuestKey            `protobuf:"bytes,4,rep,name=guest_keys,json=guestKeys,proto3" json:"guest_keys,omitempty"`
+	// The session's tariff (its copy of the hotspot's, made now).
+	Tariff        *Tariff `protobuf:"bytes,5,opt,name=tariff,proto3" json:"tariff,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3961,6 +4041,13 @@ func (x *AccessRequested) GetBytes() int64 {
 func (x *AccessRequested) GetGuestKeys() []*GuestKey {
 	if x != nil {
 		return x.GuestKeys
+	}
+	return nil
+}
+
+func (x *AccessRequested) GetTariff() *Tariff {
+	if x != nil {
+		return x.Tariff
 	}
 	return nil
 }
@@ -4284,8 +4371,10 @@ func (x *LowQuotaPrompt) GetRemainingBytes() int64 {
 
 // C1.11, to the host.
 type TopUpRequested struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Bytes         int64                  `protobuf:"varint,1,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Bytes int64                  `protobuf:"varint,1,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	// The session's tariff: the top-up is priced at its topup_price_minor.
+	Tariff        *Tariff `protobuf:"bytes,2,opt,name=tariff,proto3" json:"tariff,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4327,6 +4416,68 @@ func (x *TopUpRequested) GetBytes() int64 {
 	return 0
 }
 
+func (x *TopUpRequested) GetTariff() *Tariff {
+	if x != nil {
+		return x.Tariff
+	}
+	return nil
+}
+
+// To the host: the guest ended an active session. Revoke the guest at the
+// gateway now and End with the final count before deadline_unix_ms, or the
+// session is settled on the last usage report.
+type SessionEnding struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Reason         string                 `protobuf:"bytes,1,opt,name=reason,proto3" json:"reason,omitempty"`
+	DeadlineUnixMs int64                  `protobuf:"varint,2,opt,name=deadline_unix_ms,json=deadlineUnixMs,proto3" json:"deadline_unix_ms,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *SessionEnding) Reset() {
+	*x = SessionEnding{}
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[72]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SessionEnding) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SessionEnding) ProtoMessage() {}
+
+func (x *SessionEnding) ProtoReflect() protoreflect.Message {
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[72]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SessionEnding.ProtoReflect.Descriptor instead.
+func (*SessionEnding) Descriptor() ([]byte, []int) {
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{72}
+}
+
+func (x *SessionEnding) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *SessionEnding) GetDeadlineUnixMs() int64 {
+	if x != nil {
+		return x.DeadlineUnixMs
+	}
+	return 0
+}
+
 // A request or top-up was declined, or a quote expired.
 type Declined struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -4338,7 +4489,7 @@ type Declined struct {
 
 func (x *Declined) Reset() {
 	*x = Declined{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[72]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4350,7 +4501,7 @@ func (x *Declined) String() string {
 func (*Declined) ProtoMessage() {}
 
 func (x *Declined) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[72]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4363,7 +4514,7 @@ func (x *Declined) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Declined.ProtoReflect.Descriptor instead.
 func (*Declined) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{72}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *Declined) GetReason() string {
@@ -4390,7 +4541,7 @@ type SessionEnded struct {
 
 func (x *SessionEnded) Reset() {
 	*x = SessionEnded{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[73]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4402,7 +4553,7 @@ func (x *SessionEnded) String() string {
 func (*SessionEnded) ProtoMessage() {}
 
 func (x *SessionEnded) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[73]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4415,7 +4566,7 @@ func (x *SessionEnded) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionEnded.ProtoReflect.Descriptor instead.
 func (*SessionEnded) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{73}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *SessionEnded) GetSession() *Session {
@@ -4442,6 +4593,7 @@ type Envelope struct {
 	//	*Envelope_TopUpRequested
 	//	*Envelope_Declined
 	//	*Envelope_SessionEnded
+	//	*Envelope_SessionEnding
 	Body          isEnvelope_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -4449,7 +4601,7 @@ type Envelope struct {
 
 func (x *Envelope) Reset() {
 	*x = Envelope{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[74]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4461,7 +4613,7 @@ func (x *Envelope) String() string {
 func (*Envelope) ProtoMessage() {}
 
 func (x *Envelope) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[74]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4474,7 +4626,7 @@ func (x *Envelope) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Envelope.ProtoReflect.Descriptor instead.
 func (*Envelope) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{74}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *Envelope) GetSeq() uint64 {
@@ -4593,6 +4745,15 @@ func (x *Envelope) GetSessionEnded() *SessionEnded {
 	return nil
 }
 
+func (x *Envelope) GetSessionEnding() *SessionEnding {
+	if x != nil {
+		if x, ok := x.Body.(*Envelope_SessionEnding); ok {
+			return x.SessionEnding
+		}
+	}
+	return nil
+}
+
 type isEnvelope_Body interface {
 	isEnvelope_Body()
 }
@@ -4633,6 +4794,10 @@ type Envelope_SessionEnded struct {
 	SessionEnded *SessionEnded `protobuf:"bytes,18,opt,name=session_ended,json=sessionEnded,proto3,oneof"`
 }
 
+type Envelope_SessionEnding struct {
+	SessionEnding *SessionEnding `protobuf:"bytes,19,opt,name=session_ending,json=sessionEnding,proto3,oneof"`
+}
+
 func (*Envelope_AccessRequested) isEnvelope_Body() {}
 
 func (*Envelope_FeeInfo) isEnvelope_Body() {}
@@ -4651,16 +4816,20 @@ func (*Envelope_Declined) isEnvelope_Body() {}
 
 func (*Envelope_SessionEnded) isEnvelope_Body() {}
 
+func (*Envelope_SessionEnding) isEnvelope_Body() {}
+
 var File_sharespot_v1_sharespot_proto protoreflect.FileDescriptor
 
 const file_sharespot_v1_sharespot_proto_rawDesc = "" +
 	"\n" +
-	"\x1csharespot/v1/sharespot.proto\x12\fsharespot.v1\"R\n" +
+	"\x1csharespot/v1/sharespot.proto\x12\fsharespot.v1\"\x86\x01\n" +
 	"\x10AddDeviceRequest\x12\x1d\n" +
 	"\n" +
 	"public_key\x18\x01 \x01(\fR\tpublicKey\x12\x1f\n" +
 	"\vdevice_name\x18\x02 \x01(\tR\n" +
-	"deviceName\"O\n" +
+	"deviceName\x12\x14\n" +
+	"\x05nonce\x18\x03 \x01(\fR\x05nonce\x12\x1c\n" +
+	"\tsignature\x18\x04 \x01(\fR\tsignature\"O\n" +
 	"\x11AddDeviceResponse\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x1d\n" +
 	"\n" +
@@ -4751,7 +4920,7 @@ const file_sharespot_v1_sharespot_proto_rawDesc = "" +
 	"candidates\x18\x01 \x03(\v2\x17.sharespot.v1.CandidateR\n" +
 	"candidates\"E\n" +
 	"\x10DiscoverResponse\x121\n" +
-	"\tavailable\x18\x01 \x03(\v2\x13.sharespot.v1.OfferR\tavailable\"\xc1\x02\n" +
+	"\tavailable\x18\x01 \x03(\v2\x13.sharespot.v1.OfferR\tavailable\"\x9d\x03\n" +
 	"\x05Quote\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1d\n" +
 	"\n" +
@@ -4762,7 +4931,12 @@ const file_sharespot_v1_sharespot_proto_rawDesc = "" +
 	"\bcurrency\x18\x06 \x01(\tR\bcurrency\x12&\n" +
 	"\x0fexpires_unix_ms\x18\a \x01(\x03R\rexpiresUnixMs\x12.\n" +
 	"\x05state\x18\b \x01(\x0e2\x18.sharespot.v1.QuoteStateR\x05state\x12/\n" +
-	"\areceipt\x18\t \x01(\v2\x15.sharespot.v1.ReceiptR\areceipt\"?\n" +
+	"\areceipt\x18\t \x01(\v2\x15.sharespot.v1.ReceiptR\areceipt\x12\x18\n" +
+	"\atranche\x18\n" +
+	" \x01(\x05R\atranche\x12\x1d\n" +
+	"\n" +
+	"used_bytes\x18\v \x01(\x03R\tusedBytes\x12!\n" +
+	"\fbilled_minor\x18\f \x01(\x03R\vbilledMinor\"?\n" +
 	"\bGuestKey\x12\x14\n" +
 	"\x05suite\x18\x01 \x01(\tR\x05suite\x12\x1d\n" +
 	"\n" +
@@ -4780,7 +4954,7 @@ const file_sharespot_v1_sharespot_proto_rawDesc = "" +
 	"\aReceipt\x12\x15\n" +
 	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x18\n" +
 	"\apayload\x18\x02 \x01(\fR\apayload\x12\x1c\n" +
-	"\tsignature\x18\x03 \x01(\fR\tsignature\"\xbd\x05\n" +
+	"\tsignature\x18\x03 \x01(\fR\tsignature\"\xeb\x05\n" +
 	"\aSession\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1d\n" +
 	"\n" +
@@ -4805,13 +4979,15 @@ const file_sharespot_v1_sharespot_proto_rawDesc = "" +
 	"\x0erefunded_minor\x18\x10 \x01(\x03R\rrefundedMinor\x12+\n" +
 	"\x06quotes\x18\x11 \x03(\v2\x13.sharespot.v1.QuoteR\x06quotes\x12&\n" +
 	"\x0fcreated_unix_ms\x18\x12 \x01(\x03R\rcreatedUnixMs\x12&\n" +
-	"\x0fupdated_unix_ms\x18\x13 \x01(\x03R\rupdatedUnixMs\"\x82\x01\n" +
+	"\x0fupdated_unix_ms\x18\x13 \x01(\x03R\rupdatedUnixMs\x12,\n" +
+	"\x06tariff\x18\x14 \x01(\v2\x14.sharespot.v1.TariffR\x06tariff\"\xbb\x01\n" +
 	"\x14RequestAccessRequest\x12\x1d\n" +
 	"\n" +
 	"hotspot_id\x18\x01 \x01(\tR\thotspotId\x12\x14\n" +
 	"\x05bytes\x18\x02 \x01(\x03R\x05bytes\x125\n" +
 	"\n" +
-	"guest_keys\x18\x03 \x03(\v2\x16.sharespot.v1.GuestKeyR\tguestKeys\"H\n" +
+	"guest_keys\x18\x03 \x03(\v2\x16.sharespot.v1.GuestKeyR\tguestKeys\x127\n" +
+	"\fshown_tariff\x18\x04 \x01(\v2\x14.sharespot.v1.TariffR\vshownTariff\"H\n" +
 	"\x15RequestAccessResponse\x12/\n" +
 	"\asession\x18\x01 \x01(\v2\x15.sharespot.v1.SessionR\asession\"\x82\x01\n" +
 	"\fQuoteRequest\x12\x1d\n" +
@@ -4922,14 +5098,15 @@ const file_sharespot_v1_sharespot_proto_rawDesc = "" +
 	"\n" +
 	"AckRequest\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\"\r\n" +
-	"\vAckResponse\"\xa5\x01\n" +
+	"\vAckResponse\"\xd3\x01\n" +
 	"\x0fAccessRequested\x12\x1d\n" +
 	"\n" +
 	"hotspot_id\x18\x01 \x01(\tR\thotspotId\x12&\n" +
 	"\x0fguest_device_id\x18\x02 \x01(\tR\rguestDeviceId\x12\x14\n" +
 	"\x05bytes\x18\x03 \x01(\x03R\x05bytes\x125\n" +
 	"\n" +
-	"guest_keys\x18\x04 \x03(\v2\x16.sharespot.v1.GuestKeyR\tguestKeys\"4\n" +
+	"guest_keys\x18\x04 \x03(\v2\x16.sharespot.v1.GuestKeyR\tguestKeys\x12,\n" +
+	"\x06tariff\x18\x05 \x01(\v2\x14.sharespot.v1.TariffR\x06tariff\"4\n" +
 	"\aFeeInfo\x12)\n" +
 	"\x05quote\x18\x01 \x01(\v2\x13.sharespot.v1.QuoteR\x05quote\"\xcb\x01\n" +
 	"\x10PaymentConfirmed\x12\x19\n" +
@@ -4952,14 +5129,18 @@ const file_sharespot_v1_sharespot_proto_rawDesc = "" +
 	"\n" +
 	"used_bytes\x18\x01 \x01(\x03R\tusedBytes\x12#\n" +
 	"\rgranted_bytes\x18\x02 \x01(\x03R\fgrantedBytes\x12'\n" +
-	"\x0fremaining_bytes\x18\x03 \x01(\x03R\x0eremainingBytes\"&\n" +
+	"\x0fremaining_bytes\x18\x03 \x01(\x03R\x0eremainingBytes\"T\n" +
 	"\x0eTopUpRequested\x12\x14\n" +
-	"\x05bytes\x18\x01 \x01(\x03R\x05bytes\"O\n" +
+	"\x05bytes\x18\x01 \x01(\x03R\x05bytes\x12,\n" +
+	"\x06tariff\x18\x02 \x01(\v2\x14.sharespot.v1.TariffR\x06tariff\"Q\n" +
+	"\rSessionEnding\x12\x16\n" +
+	"\x06reason\x18\x01 \x01(\tR\x06reason\x12(\n" +
+	"\x10deadline_unix_ms\x18\x02 \x01(\x03R\x0edeadlineUnixMs\"O\n" +
 	"\bDeclined\x12\x16\n" +
 	"\x06reason\x18\x01 \x01(\tR\x06reason\x12+\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x17.sharespot.v1.QuoteKindR\x04kind\"?\n" +
 	"\fSessionEnded\x12/\n" +
-	"\asession\x18\x01 \x01(\v2\x15.sharespot.v1.SessionR\asession\"\xfe\x05\n" +
+	"\asession\x18\x01 \x01(\v2\x15.sharespot.v1.SessionR\asession\"\xc4\x06\n" +
 	"\bEnvelope\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x1d\n" +
 	"\n" +
@@ -4976,7 +5157,8 @@ const file_sharespot_v1_sharespot_proto_rawDesc = "" +
 	"\x10low_quota_prompt\x18\x0f \x01(\v2\x1c.sharespot.v1.LowQuotaPromptH\x00R\x0elowQuotaPrompt\x12H\n" +
 	"\x10top_up_requested\x18\x10 \x01(\v2\x1c.sharespot.v1.TopUpRequestedH\x00R\x0etopUpRequested\x124\n" +
 	"\bdeclined\x18\x11 \x01(\v2\x16.sharespot.v1.DeclinedH\x00R\bdeclined\x12A\n" +
-	"\rsession_ended\x18\x12 \x01(\v2\x1a.sharespot.v1.SessionEndedH\x00R\fsessionEndedB\x06\n" +
+	"\rsession_ended\x18\x12 \x01(\v2\x1a.sharespot.v1.SessionEndedH\x00R\fsessionEnded\x12D\n" +
+	"\x0esession_ending\x18\x13 \x01(\v2\x1b.sharespot.v1.SessionEndingH\x00R\rsessionEndingB\x06\n" +
 	"\x04body*\x93\x01\n" +
 	"\bSecurity\x12\x18\n" +
 	"\x14SECURITY_UNSPECIFIED\x10\x00\x12\x11\n" +
@@ -4985,7 +5167,7 @@ const file_sharespot_v1_sharespot_proto_rawDesc = "" +
 	"\fSECURITY_WPA\x10\x03\x12\x11\n" +
 	"\rSECURITY_WPA2\x10\x04\x12\x11\n" +
 	"\rSECURITY_WPA3\x10\x05\x12\x10\n" +
-	"\fSECURITY_OWE\x10\x06*\xcc\x01\n" +
+	"\fSECURITY_OWE\x10\x06*\xe6\x01\n" +
 	"\fSessionState\x12\x1d\n" +
 	"\x19SESSION_STATE_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17SESSION_STATE_REQUESTED\x10\x01\x12\x18\n" +
@@ -4993,7 +5175,8 @@ const file_sharespot_v1_sharespot_proto_rawDesc = "" +
 	"\x12SESSION_STATE_PAID\x10\x03\x12\x1b\n" +
 	"\x17SESSION_STATE_CONFIRMED\x10\x04\x12\x18\n" +
 	"\x14SESSION_STATE_ACTIVE\x10\x05\x12\x17\n" +
-	"\x13SESSION_STATE_ENDED\x10\x06*U\n" +
+	"\x13SESSION_STATE_ENDED\x10\x06\x12\x18\n" +
+	"\x14SESSION_STATE_ENDING\x10\a*U\n" +
 	"\tQuoteKind\x12\x1a\n" +
 	"\x16QUOTE_KIND_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12QUOTE_KIND_INITIAL\x10\x01\x12\x14\n" +
@@ -5052,7 +5235,7 @@ func file_sharespot_v1_sharespot_proto_rawDescGZIP() []byte {
 }
 
 var file_sharespot_v1_sharespot_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_sharespot_v1_sharespot_proto_msgTypes = make([]protoimpl.MessageInfo, 75)
+var file_sharespot_v1_sharespot_proto_msgTypes = make([]protoimpl.MessageInfo, 76)
 var file_sharespot_v1_sharespot_proto_goTypes = []any{
 	(Security)(0),                 // 0: sharespot.v1.Security
 	(SessionState)(0),             // 1: sharespot.v1.SessionState
@@ -5130,9 +5313,10 @@ var file_sharespot_v1_sharespot_proto_goTypes = []any{
 	(*AccessGranted)(nil),         // 73: sharespot.v1.AccessGranted
 	(*LowQuotaPrompt)(nil),        // 74: sharespot.v1.LowQuotaPrompt
 	(*TopUpRequested)(nil),        // 75: sharespot.v1.TopUpRequested
-	(*Declined)(nil),              // 76: sharespot.v1.Declined
-	(*SessionEnded)(nil),          // 77: sharespot.v1.SessionEnded
-	(*Envelope)(nil),              // 78: sharespot.v1.Envelope
+	(*SessionEnding)(nil),         // 76: sharespot.v1.SessionEnding
+	(*Declined)(nil),              // 77: sharespot.v1.Declined
+	(*SessionEnded)(nil),          // 78: sharespot.v1.SessionEnded
+	(*Envelope)(nil),              // 79: sharespot.v1.Envelope
 }
 var file_sharespot_v1_sharespot_proto_depIdxs = []int32{
 	0,  // 0: sharespot.v1.AccessPoint.security:type_name -> sharespot.v1.Security
@@ -5155,98 +5339,103 @@ var file_sharespot_v1_sharespot_proto_depIdxs = []int32{
 	30, // 17: sharespot.v1.Quote.receipt:type_name -> sharespot.v1.Receipt
 	1,  // 18: sharespot.v1.Session.state:type_name -> sharespot.v1.SessionState
 	26, // 19: sharespot.v1.Session.quotes:type_name -> sharespot.v1.Quote
-	27, // 20: sharespot.v1.RequestAccessRequest.guest_keys:type_name -> sharespot.v1.GuestKey
-	31, // 21: sharespot.v1.RequestAccessResponse.session:type_name -> sharespot.v1.Session
-	26, // 22: sharespot.v1.QuoteResponse.quote:type_name -> sharespot.v1.Quote
-	31, // 23: sharespot.v1.DeclineResponse.session:type_name -> sharespot.v1.Session
-	30, // 24: sharespot.v1.ConfirmRequest.receipt:type_name -> sharespot.v1.Receipt
-	31, // 25: sharespot.v1.ConfirmResponse.session:type_name -> sharespot.v1.Session
-	28, // 26: sharespot.v1.GrantRequest.sealed_code:type_name -> sharespot.v1.SealedCode
-	29, // 27: sharespot.v1.GrantRequest.gateway:type_name -> sharespot.v1.Gateway
-	31, // 28: sharespot.v1.GrantResponse.session:type_name -> sharespot.v1.Session
-	31, // 29: sharespot.v1.RequestTopUpResponse.session:type_name -> sharespot.v1.Session
-	31, // 30: sharespot.v1.ReportUsageResponse.session:type_name -> sharespot.v1.Session
-	31, // 31: sharespot.v1.EndResponse.session:type_name -> sharespot.v1.Session
-	31, // 32: sharespot.v1.GetResponse.session:type_name -> sharespot.v1.Session
-	31, // 33: sharespot.v1.ListSessionsResponse.sessions:type_name -> sharespot.v1.Session
-	30, // 34: sharespot.v1.PayResponse.receipt:type_name -> sharespot.v1.Receipt
-	57, // 35: sharespot.v1.BalanceResponse.balances:type_name -> sharespot.v1.Money
-	60, // 36: sharespot.v1.HistoryResponse.transfers:type_name -> sharespot.v1.Transfer
-	63, // 37: sharespot.v1.PlatformKeysResponse.keys:type_name -> sharespot.v1.PlatformKey
-	78, // 38: sharespot.v1.SubscribeResponse.envelopes:type_name -> sharespot.v1.Envelope
-	27, // 39: sharespot.v1.AccessRequested.guest_keys:type_name -> sharespot.v1.GuestKey
-	26, // 40: sharespot.v1.FeeInfo.quote:type_name -> sharespot.v1.Quote
-	2,  // 41: sharespot.v1.PaymentConfirmed.kind:type_name -> sharespot.v1.QuoteKind
-	30, // 42: sharespot.v1.PaymentConfirmed.receipt:type_name -> sharespot.v1.Receipt
-	2,  // 43: sharespot.v1.AccessGranted.kind:type_name -> sharespot.v1.QuoteKind
-	28, // 44: sharespot.v1.AccessGranted.sealed_code:type_name -> sharespot.v1.SealedCode
-	29, // 45: sharespot.v1.AccessGranted.gateway:type_name -> sharespot.v1.Gateway
-	2,  // 46: sharespot.v1.Declined.kind:type_name -> sharespot.v1.QuoteKind
-	31, // 47: sharespot.v1.SessionEnded.session:type_name -> sharespot.v1.Session
-	69, // 48: sharespot.v1.Envelope.access_requested:type_name -> sharespot.v1.AccessRequested
-	70, // 49: sharespot.v1.Envelope.fee_info:type_name -> sharespot.v1.FeeInfo
-	71, // 50: sharespot.v1.Envelope.payment_confirmed:type_name -> sharespot.v1.PaymentConfirmed
-	72, // 51: sharespot.v1.Envelope.encryption_message:type_name -> sharespot.v1.EncryptionMessage
-	73, // 52: sharespot.v1.Envelope.access_granted:type_name -> sharespot.v1.AccessGranted
-	74, // 53: sharespot.v1.Envelope.low_quota_prompt:type_name -> sharespot.v1.LowQuotaPrompt
-	75, // 54: sharespot.v1.Envelope.top_up_requested:type_name -> sharespot.v1.TopUpRequested
-	76, // 55: sharespot.v1.Envelope.declined:type_name -> sharespot.v1.Declined
-	77, // 56: sharespot.v1.Envelope.session_ended:type_name -> sharespot.v1.SessionEnded
-	6,  // 57: sharespot.v1.AuthService.Challenge:input_type -> sharespot.v1.ChallengeRequest
-	8,  // 58: sharespot.v1.AuthService.SignIn:input_type -> sharespot.v1.SignInRequest
-	4,  // 59: sharespot.v1.AuthService.AddDevice:input_type -> sharespot.v1.AddDeviceRequest
-	14, // 60: sharespot.v1.HotspotService.Register:input_type -> sharespot.v1.RegisterRequest
-	16, // 61: sharespot.v1.HotspotService.Update:input_type -> sharespot.v1.UpdateRequest
-	18, // 62: sharespot.v1.HotspotService.Withdraw:input_type -> sharespot.v1.WithdrawRequest
-	20, // 63: sharespot.v1.HotspotService.List:input_type -> sharespot.v1.ListRequest
-	24, // 64: sharespot.v1.DiscoveryService.Discover:input_type -> sharespot.v1.DiscoverRequest
-	32, // 65: sharespot.v1.SessionService.RequestAccess:input_type -> sharespot.v1.RequestAccessRequest
-	34, // 66: sharespot.v1.SessionService.Quote:input_type -> sharespot.v1.QuoteRequest
-	36, // 67: sharespot.v1.SessionService.Decline:input_type -> sharespot.v1.DeclineRequest
-	38, // 68: sharespot.v1.SessionService.Confirm:input_type -> sharespot.v1.ConfirmRequest
-	40, // 69: sharespot.v1.SessionService.Grant:input_type -> sharespot.v1.GrantRequest
-	42, // 70: sharespot.v1.SessionService.Prompt:input_type -> sharespot.v1.PromptRequest
-	44, // 71: sharespot.v1.SessionService.RequestTopUp:input_type -> sharespot.v1.RequestTopUpRequest
-	46, // 72: sharespot.v1.SessionService.ReportUsage:input_type -> sharespot.v1.ReportUsageRequest
-	48, // 73: sharespot.v1.SessionService.End:input_type -> sharespot.v1.EndRequest
-	50, // 74: sharespot.v1.SessionService.Get:input_type -> sharespot.v1.GetRequest
-	52, // 75: sharespot.v1.SessionService.ListSessions:input_type -> sharespot.v1.ListSessionsRequest
-	54, // 76: sharespot.v1.PaymentService.Pay:input_type -> sharespot.v1.PayRequest
-	56, // 77: sharespot.v1.PaymentService.Balance:input_type -> sharespot.v1.BalanceRequest
-	59, // 78: sharespot.v1.PaymentService.History:input_type -> sharespot.v1.HistoryRequest
-	62, // 79: sharespot.v1.PaymentService.PlatformKeys:input_type -> sharespot.v1.PlatformKeysRequest
-	65, // 80: sharespot.v1.InboxService.Subscribe:input_type -> sharespot.v1.SubscribeRequest
-	67, // 81: sharespot.v1.InboxService.Ack:input_type -> sharespot.v1.AckRequest
-	7,  // 82: sharespot.v1.AuthService.Challenge:output_type -> sharespot.v1.ChallengeResponse
-	9,  // 83: sharespot.v1.AuthService.SignIn:output_type -> sharespot.v1.SignInResponse
-	5,  // 84: sharespot.v1.AuthService.AddDevice:output_type -> sharespot.v1.AddDeviceResponse
-	15, // 85: sharespot.v1.HotspotService.Register:output_type -> sharespot.v1.RegisterResponse
-	17, // 86: sharespot.v1.HotspotService.Update:output_type -> sharespot.v1.UpdateResponse
-	19, // 87: sharespot.v1.HotspotService.Withdraw:output_type -> sharespot.v1.WithdrawResponse
-	21, // 88: sharespot.v1.HotspotService.List:output_type -> sharespot.v1.ListResponse
-	25, // 89: sharespot.v1.DiscoveryService.Discover:output_type -> sharespot.v1.DiscoverResponse
-	33, // 90: sharespot.v1.SessionService.RequestAccess:output_type -> sharespot.v1.RequestAccessResponse
-	35, // 91: sharespot.v1.SessionService.Quote:output_type -> sharespot.v1.QuoteResponse
-	37, // 92: sharespot.v1.SessionService.Decline:output_type -> sharespot.v1.DeclineResponse
-	39, // 93: sharespot.v1.SessionService.Confirm:output_type -> sharespot.v1.ConfirmResponse
-	41, // 94: sharespot.v1.SessionService.Grant:output_type -> sharespot.v1.GrantResponse
-	43, // 95: sharespot.v1.SessionService.Prompt:output_type -> sharespot.v1.PromptResponse
-	45, // 96: sharespot.v1.SessionService.RequestTopUp:output_type -> sharespot.v1.RequestTopUpResponse
-	47, // 97: sharespot.v1.SessionService.ReportUsage:output_type -> sharespot.v1.ReportUsageResponse
-	49, // 98: sharespot.v1.SessionService.End:output_type -> sharespot.v1.EndResponse
-	51, // 99: sharespot.v1.SessionService.Get:output_type -> sharespot.v1.GetResponse
-	53, // 100: sharespot.v1.SessionService.ListSessions:output_type -> sharespot.v1.ListSessionsResponse
-	55, // 101: sharespot.v1.PaymentService.Pay:output_type -> sharespot.v1.PayResponse
-	58, // 102: sharespot.v1.PaymentService.Balance:output_type -> sharespot.v1.BalanceResponse
-	61, // 103: sharespot.v1.PaymentService.History:output_type -> sharespot.v1.HistoryResponse
-	64, // 104: sharespot.v1.PaymentService.PlatformKeys:output_type -> sharespot.v1.PlatformKeysResponse
-	66, // 105: sharespot.v1.InboxService.Subscribe:output_type -> sharespot.v1.SubscribeResponse
-	68, // 106: sharespot.v1.InboxService.Ack:output_type -> sharespot.v1.AckResponse
-	82, // [82:107] is the sub-list for method output_type
-	57, // [57:82] is the sub-list for method input_type
-	57, // [57:57] is the sub-list for extension type_name
-	57, // [57:57] is the sub-list for extension extendee
-	0,  // [0:57] is the sub-list for field type_name
+	11, // 20: sharespot.v1.Session.tariff:type_name -> sharespot.v1.Tariff
+	27, // 21: sharespot.v1.RequestAccessRequest.guest_keys:type_name -> sharespot.v1.GuestKey
+	11, // 22: sharespot.v1.RequestAccessRequest.shown_tariff:type_name -> sharespot.v1.Tariff
+	31, // 23: sharespot.v1.RequestAccessResponse.session:type_name -> sharespot.v1.Session
+	26, // 24: sharespot.v1.QuoteResponse.quote:type_name -> sharespot.v1.Quote
+	31, // 25: sharespot.v1.DeclineResponse.session:type_name -> sharespot.v1.Session
+	30, // 26: sharespot.v1.ConfirmRequest.receipt:type_name -> sharespot.v1.Receipt
+	31, // 27: sharespot.v1.ConfirmResponse.session:type_name -> sharespot.v1.Session
+	28, // 28: sharespot.v1.GrantRequest.sealed_code:type_name -> sharespot.v1.SealedCode
+	29, // 29: sharespot.v1.GrantRequest.gateway:type_name -> sharespot.v1.Gateway
+	31, // 30: sharespot.v1.GrantResponse.session:type_name -> sharespot.v1.Session
+	31, // 31: sharespot.v1.RequestTopUpResponse.session:type_name -> sharespot.v1.Session
+	31, // 32: sharespot.v1.ReportUsageResponse.session:type_name -> sharespot.v1.Session
+	31, // 33: sharespot.v1.EndResponse.session:type_name -> sharespot.v1.Session
+	31, // 34: sharespot.v1.GetResponse.session:type_name -> sharespot.v1.Session
+	31, // 35: sharespot.v1.ListSessionsResponse.sessions:type_name -> sharespot.v1.Session
+	30, // 36: sharespot.v1.PayResponse.receipt:type_name -> sharespot.v1.Receipt
+	57, // 37: sharespot.v1.BalanceResponse.balances:type_name -> sharespot.v1.Money
+	60, // 38: sharespot.v1.HistoryResponse.transfers:type_name -> sharespot.v1.Transfer
+	63, // 39: sharespot.v1.PlatformKeysResponse.keys:type_name -> sharespot.v1.PlatformKey
+	79, // 40: sharespot.v1.SubscribeResponse.envelopes:type_name -> sharespot.v1.Envelope
+	27, // 41: sharespot.v1.AccessRequested.guest_keys:type_name -> sharespot.v1.GuestKey
+	11, // 42: sharespot.v1.AccessRequested.tariff:type_name -> sharespot.v1.Tariff
+	26, // 43: sharespot.v1.FeeInfo.quote:type_name -> sharespot.v1.Quote
+	2,  // 44: sharespot.v1.PaymentConfirmed.kind:type_name -> sharespot.v1.QuoteKind
+	30, // 45: sharespot.v1.PaymentConfirmed.receipt:type_name -> sharespot.v1.Receipt
+	2,  // 46: sharespot.v1.AccessGranted.kind:type_name -> sharespot.v1.QuoteKind
+	28, // 47: sharespot.v1.AccessGranted.sealed_code:type_name -> sharespot.v1.SealedCode
+	29, // 48: sharespot.v1.AccessGranted.gateway:type_name -> sharespot.v1.Gateway
+	11, // 49: sharespot.v1.TopUpRequested.tariff:type_name -> sharespot.v1.Tariff
+	2,  // 50: sharespot.v1.Declined.kind:type_name -> sharespot.v1.QuoteKind
+	31, // 51: sharespot.v1.SessionEnded.session:type_name -> sharespot.v1.Session
+	69, // 52: sharespot.v1.Envelope.access_requested:type_name -> sharespot.v1.AccessRequested
+	70, // 53: sharespot.v1.Envelope.fee_info:type_name -> sharespot.v1.FeeInfo
+	71, // 54: sharespot.v1.Envelope.payment_confirmed:type_name -> sharespot.v1.PaymentConfirmed
+	72, // 55: sharespot.v1.Envelope.encryption_message:type_name -> sharespot.v1.EncryptionMessage
+	73, // 56: sharespot.v1.Envelope.access_granted:type_name -> sharespot.v1.AccessGranted
+	74, // 57: sharespot.v1.Envelope.low_quota_prompt:type_name -> sharespot.v1.LowQuotaPrompt
+	75, // 58: sharespot.v1.Envelope.top_up_requested:type_name -> sharespot.v1.TopUpRequested
+	77, // 59: sharespot.v1.Envelope.declined:type_name -> sharespot.v1.Declined
+	78, // 60: sharespot.v1.Envelope.session_ended:type_name -> sharespot.v1.SessionEnded
+	76, // 61: sharespot.v1.Envelope.session_ending:type_name -> sharespot.v1.SessionEnding
+	6,  // 62: sharespot.v1.AuthService.Challenge:input_type -> sharespot.v1.ChallengeRequest
+	8,  // 63: sharespot.v1.AuthService.SignIn:input_type -> sharespot.v1.SignInRequest
+	4,  // 64: sharespot.v1.AuthService.AddDevice:input_type -> sharespot.v1.AddDeviceRequest
+	14, // 65: sharespot.v1.HotspotService.Register:input_type -> sharespot.v1.RegisterRequest
+	16, // 66: sharespot.v1.HotspotService.Update:input_type -> sharespot.v1.UpdateRequest
+	18, // 67: sharespot.v1.HotspotService.Withdraw:input_type -> sharespot.v1.WithdrawRequest
+	20, // 68: sharespot.v1.HotspotService.List:input_type -> sharespot.v1.ListRequest
+	24, // 69: sharespot.v1.DiscoveryService.Discover:input_type -> sharespot.v1.DiscoverRequest
+	32, // 70: sharespot.v1.SessionService.RequestAccess:input_type -> sharespot.v1.RequestAccessRequest
+	34, // 71: sharespot.v1.SessionService.Quote:input_type -> sharespot.v1.QuoteRequest
+	36, // 72: sharespot.v1.SessionService.Decline:input_type -> sharespot.v1.DeclineRequest
+	38, // 73: sharespot.v1.SessionService.Confirm:input_type -> sharespot.v1.ConfirmRequest
+	40, // 74: sharespot.v1.SessionService.Grant:input_type -> sharespot.v1.GrantRequest
+	42, // 75: sharespot.v1.SessionService.Prompt:input_type -> sharespot.v1.PromptRequest
+	44, // 76: sharespot.v1.SessionService.RequestTopUp:input_type -> sharespot.v1.RequestTopUpRequest
+	46, // 77: sharespot.v1.SessionService.ReportUsage:input_type -> sharespot.v1.ReportUsageRequest
+	48, // 78: sharespot.v1.SessionService.End:input_type -> sharespot.v1.EndRequest
+	50, // 79: sharespot.v1.SessionService.Get:input_type -> sharespot.v1.GetRequest
+	52, // 80: sharespot.v1.SessionService.ListSessions:input_type -> sharespot.v1.ListSessionsRequest
+	54, // 81: sharespot.v1.PaymentService.Pay:input_type -> sharespot.v1.PayRequest
+	56, // 82: sharespot.v1.PaymentService.Balance:input_type -> sharespot.v1.BalanceRequest
+	59, // 83: sharespot.v1.PaymentService.History:input_type -> sharespot.v1.HistoryRequest
+	62, // 84: sharespot.v1.PaymentService.PlatformKeys:input_type -> sharespot.v1.PlatformKeysRequest
+	65, // 85: sharespot.v1.InboxService.Subscribe:input_type -> sharespot.v1.SubscribeRequest
+	67, // 86: sharespot.v1.InboxService.Ack:input_type -> sharespot.v1.AckRequest
+	7,  // 87: sharespot.v1.AuthService.Challenge:output_type -> sharespot.v1.ChallengeResponse
+	9,  // 88: sharespot.v1.AuthService.SignIn:output_type -> sharespot.v1.SignInResponse
+	5,  // 89: sharespot.v1.AuthService.AddDevice:output_type -> sharespot.v1.AddDeviceResponse
+	15, // 90: sharespot.v1.HotspotService.Register:output_type -> sharespot.v1.RegisterResponse
+	17, // 91: sharespot.v1.HotspotService.Update:output_type -> sharespot.v1.UpdateResponse
+	19, // 92: sharespot.v1.HotspotService.Withdraw:output_type -> sharespot.v1.WithdrawResponse
+	21, // 93: sharespot.v1.HotspotService.List:output_type -> sharespot.v1.ListResponse
+	25, // 94: sharespot.v1.DiscoveryService.Discover:output_type -> sharespot.v1.DiscoverResponse
+	33, // 95: sharespot.v1.SessionService.RequestAccess:output_type -> sharespot.v1.RequestAccessResponse
+	35, // 96: sharespot.v1.SessionService.Quote:output_type -> sharespot.v1.QuoteResponse
+	37, // 97: sharespot.v1.SessionService.Decline:output_type -> sharespot.v1.DeclineResponse
+	39, // 98: sharespot.v1.SessionService.Confirm:output_type -> sharespot.v1.ConfirmResponse
+	41, // 99: sharespot.v1.SessionService.Grant:output_type -> sharespot.v1.GrantResponse
+	43, // 100: sharespot.v1.SessionService.Prompt:output_type -> sharespot.v1.PromptResponse
+	45, // 101: sharespot.v1.SessionService.RequestTopUp:output_type -> sharespot.v1.RequestTopUpResponse
+	47, // 102: sharespot.v1.SessionService.ReportUsage:output_type -> sharespot.v1.ReportUsageResponse
+	49, // 103: sharespot.v1.SessionService.End:output_type -> sharespot.v1.EndResponse
+	51, // 104: sharespot.v1.SessionService.Get:output_type -> sharespot.v1.GetResponse
+	53, // 105: sharespot.v1.SessionService.ListSessions:output_type -> sharespot.v1.ListSessionsResponse
+	55, // 106: sharespot.v1.PaymentService.Pay:output_type -> sharespot.v1.PayResponse
+	58, // 107: sharespot.v1.PaymentService.Balance:output_type -> sharespot.v1.BalanceResponse
+	61, // 108: sharespot.v1.PaymentService.History:output_type -> sharespot.v1.HistoryResponse
+	64, // 109: sharespot.v1.PaymentService.PlatformKeys:output_type -> sharespot.v1.PlatformKeysResponse
+	66, // 110: sharespot.v1.InboxService.Subscribe:output_type -> sharespot.v1.SubscribeResponse
+	68, // 111: sharespot.v1.InboxService.Ack:output_type -> sharespot.v1.AckResponse
+	87, // [87:112] is the sub-list for method output_type
+	62, // [62:87] is the sub-list for method input_type
+	62, // [62:62] is the sub-list for extension type_name
+	62, // [62:62] is the sub-list for extension extendee
+	0,  // [0:62] is the sub-list for field type_name
 }
 
 func init() { file_sharespot_v1_sharespot_proto_init() }
@@ -5254,7 +5443,7 @@ func file_sharespot_v1_sharespot_proto_init() {
 	if File_sharespot_v1_sharespot_proto != nil {
 		return
 	}
-	file_sharespot_v1_sharespot_proto_msgTypes[74].OneofWrappers = []any{
+	file_sharespot_v1_sharespot_proto_msgTypes[75].OneofWrappers = []any{
 		(*Envelope_AccessRequested)(nil),
 		(*Envelope_FeeInfo)(nil),
 		(*Envelope_PaymentConfirmed)(nil),
@@ -5264,6 +5453,7 @@ func file_sharespot_v1_sharespot_proto_init() {
 		(*Envelope_TopUpRequested)(nil),
 		(*Envelope_Declined)(nil),
 		(*Envelope_SessionEnded)(nil),
+		(*Envelope_SessionEnding)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -5271,7 +5461,7 @@ func file_sharespot_v1_sharespot_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sharespot_v1_sharespot_proto_rawDesc), len(file_sharespot_v1_sharespot_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   75,
+			NumMessages:   76,
 			NumExtensions: 0,
 			NumServices:   6,
 		},

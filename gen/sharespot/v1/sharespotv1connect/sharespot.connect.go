@@ -117,7 +117,8 @@ type AuthServiceClient interface {
 	// server has never seen is enrolled as a new device of a new account.
 	SignIn(context.Context, *connect.Request[v1.SignInRequest]) (*connect.Response[v1.SignInResponse], error)
 	// AddDevice (signed in) enrols another device key into the caller's
-	// account, so both share the account's wallet.
+	// account, so both share the account's wallet. The new key proves that
+	// its holder agrees: it signs a challenge bound to the account.
 	AddDevice(context.Context, *connect.Request[v1.AddDeviceRequest]) (*connect.Response[v1.AddDeviceResponse], error)
 }
 
@@ -183,7 +184,8 @@ type AuthServiceHandler interface {
 	// server has never seen is enrolled as a new device of a new account.
 	SignIn(context.Context, *connect.Request[v1.SignInRequest]) (*connect.Response[v1.SignInResponse], error)
 	// AddDevice (signed in) enrols another device key into the caller's
-	// account, so both share the account's wallet.
+	// account, so both share the account's wallet. The new key proves that
+	// its holder agrees: it signs a challenge bound to the account.
 	AddDevice(context.Context, *connect.Request[v1.AddDeviceRequest]) (*connect.Response[v1.AddDeviceResponse], error)
 }
 
