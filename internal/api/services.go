@@ -57,7 +57,8 @@ func (a *authService) SignIn(ctx context.Context, req *connect.Request[sharespot
 
 func (a *authService) AddDevice(ctx context.Context, req *connect.Request[sharespotv1.AddDeviceRequest]) (*connect.Response[sharespotv1.AddDeviceResponse], error) {
 	p := partyFrom(ctx)
-	id, err := a.d.Auth.AddDevice(ctx, p, req.Msg.PublicKey, req.Msg.DeviceName)
+	m := req.Msg
+	id, err := a.d.Auth.AddDevice(ctx, p, m.PublicKey, m.Nonce, m.Signature, m.DeviceName)
 	if err != nil {
 		return nil, err
 	}

@@ -29,8 +29,23 @@ const signInLabel = "sharespot/signin/v1\x00"
 // tokenPrefix marks Sharespot bearer tokens (and makes leaked ones findable).
 const tokenPrefix = "sst_"
 
+// addDeviceLabel separates add-device proofs from every other use of the key.
+const addDeviceLabel = "sharespot/add-device/v1\x00"
+
 // SignInMessage is what a device signs to sign in.
 func SignInMessage(nonce []byte) []byte { return append([]byte(signInLabel), nonce...) }
+
+// AddDeviceMessage is what a new device key signs to prove, when it is
+// enrolled into an existing account, that its holder agrees to join that
+// account: "sharespot/add-device/v1\x00" || accountID || "\x00" || nonce,
+// with a nonce from Challenge for the new key.
+func AddDeviceMessage(accountID string, nonce []byte) []byte {
+	m := make([]byte, 0, len(addDeviceLabel)+len(accountID)+1+len(nonce))
+	m = append(m, addDeviceLabel...)
+	m = append(m, accountID...)
+	m = append(m, 0)
+	return append(m, nonce...)
+}
 
 // Auth issues and checks tokens.
 type Auth struct {
@@ -78,6 +93,19 @@ func (a *Auth) Challenge(ctx context.Context, pub []byte) (nonce []byte, expires
 	return nonce, expires, nil
 }
 
+// consumeChallenge deletes the unexpired challenge nonce issued for pub, so
+// that each nonce proves one sign-in or one enrolment, once.
+func consumeChallenge(tx *store.Tx, pub, nonce []byte, nowMS int64) error {
+	n, err := tx.ExecN(`DELETE FROM challenges WHERE nonce = ? AND public_key = ? AND expires_ms > ?`, nonce, pub, nowMS)
+	if err != nil {
+		return err
+	}
+	if n != 1 {
+		return problem.Unauthenticatedf("challenge unknown, used or expired: ask for a new one")
+	}
+	return nil
+}
+
 // SignedIn is the outcome of a sign-in.
 type SignedIn struct {
 	Token   string
@@ -108,14 +136,10 @@ func (a *Auth) SignIn(ctx context.Context, pub, nonce, sig []byte, name string) 
 	now := a.now()
 	out := SignedIn{Token: token, Expires: now.Add(a.tokenTTL), Party: session.Party{DeviceID: id}}
 	err := a.st.Write(ctx, func(tx *store.Tx) error {
-		n, err := tx.ExecN(`DELETE FROM challenges WHERE nonce = ? AND public_key = ? AND expires_ms > ?`, nonce, pub, now.UnixMilli())
-		if err != nil {
+		if err := consumeChallenge(tx, pub, nonce, now.UnixMilli()); err != nil {
 			return err
 		}
-		if n != 1 {
-			return problem.Unauthenticatedf("challenge unknown, used or expired: ask for a new one")
-		}
-		err = tx.QueryRow(`SELECT account_id FROM devices WHERE id = ?`, id).Scan(&out.Party.AccountID)
+		err := tx.QueryRow(`SELECT account_id FROM devices WHERE id = ?`, id).Scan(&out.Party.AccountID)
 		if errors.Is(err, store.ErrNotFound) {
 			out.Party.AccountID = relay.NewID("acct")
 			if _, err := tx.Exec(`INSERT INTO accounts (id, created_ms) VALUES (?, ?)`, out.Party.AccountID, now.UnixMilli()); err != nil {
@@ -139,19 +163,37 @@ func (a *Auth) SignIn(ctx context.Context, pub, nonce, sig []byte, name string) 
 	return out, nil
 }
 
-// AddDevice enrols pub as a device of p's account. A key that already
-// belongs to a device is refused.
-func (a *Auth) AddDevice(ctx context.Context, p session.Party, pub []byte, name string) (string, error) {
+// AddDevice enrols pub as a device of p's account. The new key must prove
+// possession and consent: sig is its signature over
+// AddDeviceMessage(p.AccountID, nonce), with a nonce from Challenge for pub
+// that is consumed here, so a proof made for one account cannot enrol the
+// key into another and cannot be used twice. A key that already belongs to
+// a device is refused.
+func (a *Auth) AddDevice(ctx context.Context, p session.Party, pub, nonce, sig []byte, name string) (string, error) {
 	if err := checkKey(pub); err != nil {
 		return "", err
 	}
 	if len(name) > 64 {
 		return "", problem.Invalidf("device_name is %d bytes; at most 64", len(name))
 	}
+	if len(nonce) != 32 || len(sig) != ed25519.SignatureSize {
+		return "", problem.Invalidf("adding a device needs the new key's proof of possession: nonce must be 32 bytes (from Challenge for public_key) and signature %d bytes, got %d and %d",
+			ed25519.SignatureSize, len(nonce), len(sig))
+	}
+	if p.AccountID == "" {
+		return "", problem.Unauthenticatedf("adding a device needs a signed-in caller")
+	}
+	if !ed25519.Verify(ed25519.PublicKey(pub), AddDeviceMessage(p.AccountID, nonce), sig) {
+		return "", problem.Deniedf("signature does not verify: the new key must sign the add-device message for account %s and this nonce", p.AccountID)
+	}
 	id := deviceid.FromPublicKey(ed25519.PublicKey(pub)).String()
+	now := a.now()
 	err := a.st.Write(ctx, func(tx *store.Tx) error {
+		if err := consumeChallenge(tx, pub, nonce, now.UnixMilli()); err != nil {
+			return err
+		}
 		_, err := tx.Exec(`INSERT INTO devices (id, account_id, public_key, name, created_ms) VALUES (?, ?, ?, ?, ?)`,
-			id, p.AccountID, pub, name, a.now().UnixMilli())
+			id, p.AccountID, pub, name, now.UnixMilli())
 		if errors.Is(err, store.ErrConflict) {
 			return problem.AlreadyExistsf("device %s is already enrolled", id)
 		}
@@ -160,7 +202,10 @@ func (a *Auth) AddDevice(ctx context.Context, p session.Party, pub []byte, name 
 	if err != nil && problem.KindOf(err) == 0 {
 		return "", fmt.Errorf("auth: add device: %w", err)
 	}
-	return id, err
+	if err != nil {
+		return "", err
+	}
+	return id, nil
 }
 
 // Authenticate returns the party a bearer token belongs to.

@@ -132,6 +132,18 @@ func (c *Client) SignIn(ctx context.Context) error {
 	return nil
 }
 
+// AddDeviceProof is what the holder of a new device key runs to agree to
+// join the account accountID: it asks ac for a challenge for key's public
+// key and signs it for that account. The signed-in device of the account
+// then passes nonce and sig in its AddDeviceRequest (AuthService.AddDevice).
+func AddDeviceProof(ctx context.Context, ac sharespotv1connect.AuthServiceClient, key ed25519.PrivateKey, accountID string) (nonce, sig []byte, err error) {
+	ch, err := ac.Challenge(ctx, connect.NewRequest(&sharespotv1.ChallengeRequest{PublicKey: key.Public().(ed25519.PublicKey)}))
+	if err != nil {
+		return nil, nil, fmt.Errorf("client: add device proof: %w", err)
+	}
+	return ch.Msg.Nonce, ed25519.Sign(key, auth.AddDeviceMessage(accountID, ch.Msg.Nonce)), nil
+}
+
 // Token returns a valid bearer token, signing in if needed.
 func (c *Client) Token(ctx context.Context) (string, error) {
 	c.mu.Lock()

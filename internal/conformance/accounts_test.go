@@ -13,14 +13,28 @@ import (
 	"github.com/sharespot/sharespot/internal/harness"
 )
 
+// addDevice enrols key into c's account with the new key's proof of
+// possession, made as the new key's holder makes it: with a challenge asked
+// for without a token.
+func addDevice(t *testing.T, url string, c *client.Client, key ed25519.PrivateKey, name string) (*connect.Response[sharespotv1.AddDeviceResponse], error) {
+	t.Helper()
+	nonce, sig, err := client.AddDeviceProof(t.Context(), sharespotv1AuthWithoutToken(url), key, c.AccountID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c.Auth.AddDevice(t.Context(), connect.NewRequest(&sharespotv1.AddDeviceRequest{
+		PublicKey: key.Public().(ed25519.PublicKey), DeviceName: name, Nonce: nonce, Signature: sig}))
+}
+
 // TestAccountOwnsDevices: a signed-in device enrols a second key into its
-// account; both devices then share the account's one wallet.
+// account, with the new key's proof of possession; both devices then share
+// the account's one wallet.
 func TestAccountOwnsDevices(t *testing.T) {
 	ctx := context.Background()
 	env := harness.Start(t, nil)
 	phone := env.Device(t, "phone")
 	_, key, _ := ed25519.GenerateKey(rand.Reader)
-	res, err := phone.Auth.AddDevice(ctx, connect.NewRequest(&sharespotv1.AddDeviceRequest{PublicKey: key.Public().(ed25519.PublicKey), DeviceName: "laptop"}))
+	res, err := addDevice(t, env.URL, phone, key, "laptop")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -36,14 +50,15 @@ func TestAccountOwnsDevices(t *testing.T) {
 		t.Fatalf("the laptop sees %d in the account's wallet, want 700", got)
 	}
 	t.Run("refusals", func(t *testing.T) {
-		_, err := phone.Auth.AddDevice(ctx, connect.NewRequest(&sharespotv1.AddDeviceRequest{PublicKey: key.Public().(ed25519.PublicKey)}))
+		// With fresh, valid proofs from the key's holder: the key is taken.
+		_, err := addDevice(t, env.URL, phone, key, "")
 		if harness.Code(err) != connect.CodeAlreadyExists {
 			t.Errorf("enrolling a device twice: %v", err)
 		}
 		other := env.Device(t, "other")
-		_, err = other.Auth.AddDevice(ctx, connect.NewRequest(&sharespotv1.AddDeviceRequest{PublicKey: key.Public().(ed25519.PublicKey)}))
+		_, err = addDevice(t, env.URL, other, key, "")
 		if harness.Code(err) != connect.CodeAlreadyExists {
-			t.Errorf("stealing another account's device: %v", err)
+			t.Errorf("moving a device to another account: %v", err)
 		}
 		_, err = phone.Auth.AddDevice(ctx, connect.NewRequest(&sharespotv1.AddDeviceRequest{PublicKey: []byte{1, 2, 3}}))
 		if harness.Code(err) != connect.CodeInvalidArgument {

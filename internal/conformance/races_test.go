@@ -158,7 +158,7 @@ func TestConcurrentPayments(t *testing.T) {
 		devices := []*client.Client{payer}
 		for len(devices) < 8 {
 			_, key, _ := ed25519.GenerateKey(rand.Reader)
-			if _, err := payer.Auth.AddDevice(ctx, connect.NewRequest(&sharespotv1.AddDeviceRequest{PublicKey: key.Public().(ed25519.PublicKey)})); err != nil {
+			if _, err := addDevice(t, f.env.URL, payer, key, ""); err != nil {
 				t.Fatal(err)
 			}
 			d := client.New(f.env.URL, key, client.Options{})
