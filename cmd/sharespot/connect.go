@@ -104,12 +104,24 @@ func (c *ConnectCmd) Run(env *runEnv) error {
 		}
 	})
 
+	// end ends the session and waits for its settlement: once data may
+	// have flowed, the host's final count settles it (or, if the host is
+	// silent, its last report when the close deadline passes).
 	end := func(reason string) error {
-		res, err := cl.Sessions.End(context.WithoutCancel(env.ctx), connect.NewRequest(&sharespotv1.EndRequest{SessionId: ses.Id, Reason: reason}))
+		ectx := context.WithoutCancel(env.ctx)
+		res, err := cl.Sessions.End(ectx, connect.NewRequest(&sharespotv1.EndRequest{SessionId: ses.Id, Reason: reason}))
 		if err != nil {
 			return fmt.Errorf("end session %s: %w (it stays open: run connect again to resume or end it)", ses.Id, err)
 		}
 		s := res.Msg.Session
+		if s.State == sharespotv1.SessionState_SESSION_STATE_ENDING {
+			prog.printf("ending: waiting for the host's final count\n")
+		}
+		wctx, wcancel := context.WithTimeout(ectx, closeWait(s))
+		defer wcancel()
+		if s, err = cl.AwaitSettled(wctx, s); err != nil {
+			return fmt.Errorf("%w (run connect again to see its settlement)", err)
+		}
 		prog.printf("session ended: %s\n", settlement(s))
 		return store.Remove(ses.Id)
 	}
@@ -126,10 +138,24 @@ func (c *ConnectCmd) Run(env *runEnv) error {
 		return err
 	}
 	gr := gs.AccessGranted()
+	shown := gs.Tariff
+	if shown == nil {
+		shown = cur.Tariff // saved by an older version
+	}
 	switch cur.State {
+	case sharespotv1.SessionState_SESSION_STATE_ENDING:
+		// Ended before a restart: wait for the settlement.
+		wctx, wcancel := context.WithTimeout(env.ctx, closeWait(cur))
+		defer wcancel()
+		s, err := cl.AwaitSettled(wctx, cur)
+		if err != nil {
+			return err
+		}
+		prog.printf("session ended: %s\n", settlement(s))
+		return store.Remove(ses.Id)
 	case sharespotv1.SessionState_SESSION_STATE_REQUESTED, sharespotv1.SessionState_SESSION_STATE_QUOTED, sharespotv1.SessionState_SESSION_STATE_PAID:
 		// Claim 3: fee, pay, confirm.
-		if ok, err := c.purchase(ctx, cl, ses.Id, inbox, ask, c.Yes); err != nil || !ok {
+		if ok, err := c.purchase(ctx, cl, ses.Id, shown, inbox, ask, c.Yes); err != nil || !ok {
 			return fail(err, "guest declined the fee")
 		}
 	}
@@ -197,7 +223,9 @@ func (c *ConnectCmd) Run(env *runEnv) error {
 					fmt.Fprintf(env.stdout, "top-up refused: %v\n", err)
 					continue
 				}
-				if ok, err := c.purchase(ctx, cl, ses.Id, inbox, ask, c.Yes || auto > 0); err != nil || !ok {
+				if ok, err := c.purchase(ctx, cl, ses.Id, shown, inbox, ask, c.Yes || auto > 0); errors.Is(err, errOverTariff) {
+					return fail(err, "the host asked more than the tariff shown")
+				} else if err != nil || !ok {
 					fmt.Fprintf(env.stdout, "no top-up: %v\n", err)
 				}
 			case *sharespotv1.Envelope_AccessGranted: // C1.15
@@ -213,8 +241,17 @@ func (c *ConnectCmd) Run(env *runEnv) error {
 	}
 }
 
-// purchase is C3.1–C3.3 (or C1.12–C1.14): show the fee, pay, confirm.
-func (c *ConnectCmd) purchase(ctx context.Context, cl *client.Client, sid string, inbox <-chan *sharespotv1.Envelope, ask asker, yes bool) (bool, error) {
+// errOverTariff: a fee above what the shown tariff gives; never paid.
+var errOverTariff = errors.New("fee above the shown tariff")
+
+// closeWait is how long to wait for a session's settlement after End.
+func closeWait(s *sharespotv1.Session) time.Duration {
+	return max(time.Until(time.UnixMilli(s.DeadlineUnixMs)), 0) + 30*time.Second
+}
+
+// purchase is C3.1–C3.3 (or C1.12–C1.14): show the fee, check it against
+// the tariff the guest was shown, pay, confirm.
+func (c *ConnectCmd) purchase(ctx context.Context, cl *client.Client, sid string, shown *sharespotv1.Tariff, inbox <-chan *sharespotv1.Envelope, ask asker, yes bool) (bool, error) {
 	// A resumed session's quote may be waiting already (its fee
 	// information went to the process that stopped).
 	q, err := pendingQuote(ctx, cl, sid)
@@ -235,6 +272,9 @@ func (c *ConnectCmd) purchase(ctx context.Context, cl *client.Client, sid string
 			return false, fmt.Errorf("confirm payment: %w", err)
 		}
 		return true, nil
+	}
+	if err := client.CheckFee(shown, q); err != nil {
+		return false, fmt.Errorf("%w: %w", errOverTariff, err)
 	}
 	msg := fmt.Sprintf("The host asks %s for %s.", client.FormatMoney(q.AmountMinor, q.Currency), size.Format(q.Bytes))
 	if yes {

@@ -61,7 +61,7 @@ func (c *ConnectCmd) begin(ctx context.Context, out io.Writer, cl *client.Client
 	if offer == nil {
 		return nil, fmt.Errorf("no Sharespot hotspot %q in range; `sharespot scan` lists them", c.Target)
 	}
-	ses, err := g.RequestAccess(ctx, offer.HotspotId, want) // C1.5–C1.6
+	ses, err := g.RequestOffer(ctx, offer, want) // C1.5–C1.6, at the tariff shown (C1.4)
 	if err != nil {
 		return nil, fmt.Errorf("request access: %w", err)
 	}

@@ -300,6 +300,8 @@ func stateName(s sharespotv1.SessionState) string {
 		return "paid"
 	case sharespotv1.SessionState_SESSION_STATE_ACTIVE:
 		return "granted"
+	case sharespotv1.SessionState_SESSION_STATE_ENDING:
+		return "ending"
 	case sharespotv1.SessionState_SESSION_STATE_ENDED:
 		return "ended"
 	}

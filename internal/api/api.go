@@ -127,7 +127,7 @@ func (g *guard) admit(ctx context.Context, procedure, peer string, h http.Header
 		peer = host
 	}
 	if !g.ip.allow(peer) {
-		return ctx, connect.NewError(connect.CodeResourceExhausted, errors.New("too many requests from your address; slow down"))
+		return ctx, rateLimited("too many requests from your address; slow down")
 	}
 	if public(procedure) {
 		return ctx, nil
@@ -141,9 +141,18 @@ func (g *guard) admit(ctx context.Context, procedure, peer string, h http.Header
 		return ctx, toConnect(g.log, procedure, err)
 	}
 	if !g.dev.allow(p.DeviceID) {
-		return ctx, connect.NewError(connect.CodeResourceExhausted, errors.New("too many requests from this device; slow down"))
+		return ctx, rateLimited("too many requests from this device; slow down")
 	}
 	return context.WithValue(ctx, partyKey{}, p), nil
+}
+
+// rateLimited is a rate-limit refusal: resource exhausted, with a
+// Retry-After header (seconds) that tells a client to try again rather than
+// take the refusal as final, as it takes "no volume left" or "no funds".
+func rateLimited(msg string) error {
+	err := connect.NewError(connect.CodeResourceExhausted, errors.New(msg))
+	err.Meta().Set("Retry-After", "1")
+	return err
 }
 
 func (g *guard) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {

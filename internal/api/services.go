@@ -136,7 +136,7 @@ func (s *sessionService) RequestAccess(ctx context.Context, req *connect.Request
 		return nil, err
 	}
 	return write(ctx, s.services, func(tx *store.Tx) (*sharespotv1.RequestAccessResponse, error) {
-		ses, err := s.d.Engine.RequestAccess(tx, p, m.HotspotId, m.Bytes, keys)
+		ses, err := s.d.Engine.RequestAccess(tx, p, m.HotspotId, m.Bytes, keys, m.ShownTariff)
 		return &sharespotv1.RequestAccessResponse{Session: ses}, err
 	})
 }

@@ -408,3 +408,55 @@ func (b *watchedBody) Read(p []byte) (int, error) {
 	}
 	return n, err
 }
+
+// EndAndSettle ends a session and waits until it is settled. A guest's End
+// of an active session only starts the close (the session is ENDING until
+// the host's final count, or the close deadline, settles it), so this
+// polls the session until it has ended, or ctx ends.
+func (c *Client) EndAndSettle(ctx context.Context, sessionID, reason string) (*sharespotv1.Session, error) {
+	res, err := c.Sessions.End(ctx, connect.NewRequest(&sharespotv1.EndRequest{SessionId: sessionID, Reason: reason}))
+	if err != nil {
+		return nil, err
+	}
+	return c.AwaitSettled(ctx, res.Msg.Session)
+}
+
+// AwaitSettled polls s until it has ended, or ctx ends.
+func (c *Client) AwaitSettled(ctx context.Context, s *sharespotv1.Session) (*sharespotv1.Session, error) {
+	wait := 20 * time.Millisecond
+	for s.State != sharespotv1.SessionState_SESSION_STATE_ENDED {
+		select {
+		case <-ctx.Done():
+			return s, fmt.Errorf("session %s is still %s: %w", s.Id, strings.ToLower(strings.TrimPrefix(s.State.String(), "SESSION_STATE_")), ctx.Err())
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 500*time.Millisecond)
+		res, err := c.Sessions.Get(ctx, connect.NewRequest(&sharespotv1.GetRequest{SessionId: s.Id}))
+		if err != nil {
+			if Final(err) {
+				return s, err
+			}
+			continue
+		}
+		s = res.Msg.Session
+	}
+	return s, nil
+}
+
+// CheckFee refuses a fee above what the tariff the guest was shown gives
+// for the quote's bytes (its top-up price for a top-up): a guest never pays
+// more than the shown tariff, whatever the host or the server say.
+func CheckFee(shown *sharespotv1.Tariff, q *sharespotv1.Quote) error {
+	if shown == nil {
+		return fmt.Errorf("no tariff to check the fee of quote %s against", q.GetId())
+	}
+	want, err := TariffPrice(shown, q.GetBytes(), q.GetKind() == sharespotv1.QuoteKind_QUOTE_KIND_TOPUP)
+	if err != nil {
+		return fmt.Errorf("price %d bytes at the shown tariff: %w", q.GetBytes(), err)
+	}
+	if q.GetCurrency() != shown.Currency || q.GetAmountMinor() > want {
+		return fmt.Errorf("the host asks %s for %d bytes, but the tariff you were shown gives %s; not paying",
+			FormatMoney(q.GetAmountMinor(), q.GetCurrency()), q.GetBytes(), FormatMoney(want, shown.Currency))
+	}
+	return nil
+}

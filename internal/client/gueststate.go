@@ -31,6 +31,9 @@ type GuestSession struct {
 	Keys map[seal.Suite][]byte `json:"keys"`
 	// Grant is the first access response (C1.7), once it arrived.
 	Grant *SavedGrant `json:"grant,omitempty"`
+	// Tariff is the session's tariff (the one the guest was shown): no fee
+	// above what it gives is paid.
+	Tariff *sharespotv1.Tariff `json:"tariff,omitempty"`
 }
 
 // SavedGrant is the part of the access response a guest needs again.
@@ -207,7 +210,7 @@ func (g *Guest) SessionState(ses *sharespotv1.Session, ssid string, want int64) 
 		keys[s] = k.Bytes()
 	}
 	g.mu.Unlock()
-	return &GuestSession{SessionID: ses.Id, HotspotID: ses.HotspotId, HostDeviceID: ses.HostDeviceId, SSID: ssid, WantBytes: want, Keys: keys}
+	return &GuestSession{SessionID: ses.Id, HotspotID: ses.HotspotId, HostDeviceID: ses.HostDeviceId, SSID: ssid, WantBytes: want, Keys: keys, Tariff: ses.Tariff}
 }
 
 // Restore gives a restarted guest back a session's keys.

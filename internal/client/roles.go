@@ -29,14 +29,18 @@ type Gate interface {
 	Extend(sessionID string, bytes int64) error
 	// Revoke ends a session's access.
 	Revoke(sessionID string)
+	// Usage returns the bytes a session used and its volume at the gate
+	// (still readable after Revoke).
+	Usage(sessionID string) (used, quota int64, err error)
 	// Gateway tells guests how to reach the gate.
 	Gateway() *sharespotv1.Gateway
 }
 
 // Host answers a host device's inbox: it quotes requests and top-ups at
-// the registered tariff, verifies payment-success responses offline with
+// the session's tariff, verifies payment-success responses offline with
 // the platform's keys (each receipt once), seals access codes to the guest,
-// admits the guest at the gate and grants.
+// grants, and gives at the gate only what the server granted. When the
+// guest ends, it revokes the guest at the gate and sends its final count.
 type Host struct {
 	C    *Client
 	Gate Gate
@@ -52,7 +56,6 @@ type Host struct {
 	verifier *receipt.Verifier
 	mu       sync.Mutex
 	seen     map[string]bool // receipt IDs whose grant succeeded
-	gated    map[string]bool // quote IDs already admitted or extended at the gate
 }
 
 // Start fetches the platform's receipt keys.
@@ -74,14 +77,15 @@ func (h *Host) Start(ctx context.Context) error {
 	}
 	h.verifier = receipt.NewVerifier(keys...)
 	h.seen = map[string]bool{}
-	h.gated = map[string]bool{}
 	if h.Log == nil {
 		h.Log = slog.New(slog.DiscardHandler)
 	}
 	return nil
 }
 
-// Handle processes one inbox message.
+// Handle processes one inbox message. An error means the message should be
+// handled again (a transport failure, or a refusal that says to retry); the
+// server's refusals that are final are logged and dropped.
 func (h *Host) Handle(ctx context.Context, env *sharespotv1.Envelope) error {
 	sid := env.SessionId
 	switch b := env.Body.(type) {
@@ -92,15 +96,13 @@ func (h *Host) Handle(ctx context.Context, env *sharespotv1.Envelope) error {
 				return ignoreRefusal(err)
 			}
 		}
-		return h.quote(ctx, sid, b.AccessRequested.HotspotId, b.AccessRequested.Bytes, false)
+		return h.quote(ctx, sid, b.AccessRequested.Tariff, b.AccessRequested.Bytes, false)
 	case *sharespotv1.Envelope_TopUpRequested: // C1.11 arrives
-		ses, err := h.C.Sessions.Get(ctx, connect.NewRequest(&sharespotv1.GetRequest{SessionId: sid}))
-		if err != nil {
-			return ignoreRefusal(err)
-		}
-		return h.quote(ctx, sid, ses.Msg.Session.HotspotId, b.TopUpRequested.Bytes, true)
+		return h.quote(ctx, sid, b.TopUpRequested.Tariff, b.TopUpRequested.Bytes, true)
 	case *sharespotv1.Envelope_PaymentConfirmed: // C3.3 / C1.14 arrive
 		return h.grant(ctx, sid, b.PaymentConfirmed)
+	case *sharespotv1.Envelope_SessionEnding:
+		return h.Close(ctx, sid)
 	case *sharespotv1.Envelope_SessionEnded:
 		if h.Gate != nil {
 			h.Gate.Revoke(sid)
@@ -109,17 +111,19 @@ func (h *Host) Handle(ctx context.Context, env *sharespotv1.Envelope) error {
 	return nil
 }
 
-// quote is C3.1 / C1.12 on the host's side.
-func (h *Host) quote(ctx context.Context, sid, hotspotID string, bytes int64, topUp bool) error {
-	t, err := h.tariff(ctx, hotspotID)
-	if err != nil {
-		return err
+// quote is C3.1 / C1.12 on the host's side, at the session's tariff (the
+// copy the server made when the guest asked).
+func (h *Host) quote(ctx context.Context, sid string, t *sharespotv1.Tariff, bytes int64, topUp bool) error {
+	if t == nil { // a server older than protocol 2: read the session's
+		ses, err := h.C.Sessions.Get(ctx, connect.NewRequest(&sharespotv1.GetRequest{SessionId: sid}))
+		if err != nil {
+			return ignoreRefusal(err)
+		}
+		if t = ses.Msg.Session.Tariff; t == nil {
+			return fmt.Errorf("client: session %s carries no tariff", sid)
+		}
 	}
-	unit := t.PriceMinor
-	if topUp {
-		unit = t.TopupPriceMinor
-	}
-	amount, err := registry.Price(bytes, unit, t.UnitBytes)
+	amount, err := TariffPrice(t, bytes, topUp)
 	if err != nil {
 		return err
 	}
@@ -135,21 +139,21 @@ func (h *Host) quote(ctx context.Context, sid, hotspotID string, bytes int64, to
 	return nil
 }
 
-func (h *Host) tariff(ctx context.Context, hotspotID string) (*sharespotv1.Tariff, error) {
-	res, err := h.C.Hotspots.List(ctx, connect.NewRequest(&sharespotv1.ListRequest{}))
-	if err != nil {
-		return nil, fmt.Errorf("client: list hotspots: %w", err)
+// TariffPrice is what bytes cost at t: its first-purchase price, or its
+// top-up price.
+func TariffPrice(t *sharespotv1.Tariff, bytes int64, topUp bool) (int64, error) {
+	unit := t.GetPriceMinor()
+	if topUp {
+		unit = t.GetTopupPriceMinor()
 	}
-	for _, hs := range res.Msg.Hotspots {
-		if hs.Id == hotspotID {
-			return hs.Instruction.Tariff, nil
-		}
-	}
-	return nil, fmt.Errorf("client: hotspot %s is not ours", hotspotID)
+	return registry.Price(bytes, unit, t.GetUnitBytes())
 }
 
 // grant verifies the payment-success response and is C1.7 / C1.15 on the
-// host's side.
+// host's side. Nothing is given before the server accepts the grant: a
+// first grant admits the code at the gate before Grant (the guest cannot
+// learn the code before the server relays it) and revokes it if the grant
+// is refused; a top-up raises the gate's volume only after Grant succeeds.
 func (h *Host) grant(ctx context.Context, sid string, pc *sharespotv1.PaymentConfirmed) error {
 	ses, err := h.C.Sessions.Get(ctx, connect.NewRequest(&sharespotv1.GetRequest{SessionId: sid}))
 	if err != nil {
@@ -172,12 +176,20 @@ func (h *Host) grant(ctx context.Context, sid string, pc *sharespotv1.PaymentCon
 		h.Log.Warn("payment-success response refused", "session", sid, "err", err)
 		return nil
 	}
-	if q.State == sharespotv1.QuoteState_QUOTE_STATE_GRANTED {
+	switch q.State {
+	case sharespotv1.QuoteState_QUOTE_STATE_GRANTED:
+		// Granted already (a redelivered confirmation, perhaps after a
+		// crash between the grant and the gate): give what was granted.
 		h.remember(receiptID)
-		return nil // granted already (a redelivered confirmation)
+		return h.Reconcile(s)
+	case sharespotv1.QuoteState_QUOTE_STATE_CONFIRMED:
+	default:
+		h.Log.Warn("confirmation for a quote that cannot be granted", "session", sid, "quote", q.Id, "state", q.State)
+		return nil // refunded or expired: nothing to give
 	}
 	req := &sharespotv1.GrantRequest{SessionId: sid, QuoteId: q.Id, GrantedBytes: q.Bytes}
-	if pc.Kind == sharespotv1.QuoteKind_QUOTE_KIND_INITIAL {
+	initial := pc.Kind == sharespotv1.QuoteKind_QUOTE_KIND_INITIAL
+	if initial {
 		code := h.accessCode(sid)
 		sealed, err := seal.Seal(seal.Suite(pc.Suite), pc.GuestPublicKey, seal.Binding{SessionID: sid, HostID: s.HostDeviceId, GuestID: s.GuestDeviceId}, code)
 		if err != nil {
@@ -193,16 +205,68 @@ func (h *Host) grant(ctx context.Context, sid string, pc *sharespotv1.PaymentCon
 			req.Gateway = h.Gate.Gateway()
 		}
 		req.SealedCode = &sharespotv1.SealedCode{Suite: string(sealed.Suite), Enc: sealed.Enc, Ciphertext: sealed.Ciphertext}
-	} else if h.Gate != nil && h.markGated(q.Id) {
-		if err := h.Gate.Extend(sid, q.Bytes); err != nil {
-			h.unmarkGated(q.Id)
-			return fmt.Errorf("client: extend %s at the gate: %w", sid, err)
-		}
 	}
-	if _, err = h.C.Sessions.Grant(ctx, connect.NewRequest(req)); err != nil {
-		return ignoreRefusal(err) // a transport error: handled again on redelivery
+	res, err := h.C.Sessions.Grant(ctx, connect.NewRequest(req))
+	if err != nil {
+		if ignoreRefusal(err) != nil {
+			return err // not final: handled again (the admission stays pending)
+		}
+		h.Log.Warn("grant refused; nothing given", "session", sid, "quote", q.Id, "err", err)
+		if initial && h.Gate != nil {
+			h.Gate.Revoke(sid)
+		}
+		return nil
 	}
 	h.remember(receiptID)
+	if initial {
+		return nil
+	}
+	return h.Reconcile(res.Msg.Session)
+}
+
+// Reconcile raises the gate's volume for a running session to what the
+// server granted (the top-ups granted since the gate last grew).
+func (h *Host) Reconcile(s *sharespotv1.Session) error {
+	if h.Gate == nil || s.State != sharespotv1.SessionState_SESSION_STATE_ACTIVE {
+		return nil
+	}
+	_, quota, err := h.Gate.Usage(s.Id)
+	if err != nil {
+		return nil // not admitted here (its code went with a lost gateway)
+	}
+	if more := s.GrantedBytes - quota; more > 0 {
+		if err := h.Gate.Extend(s.Id, more); err != nil {
+			return fmt.Errorf("client: extend %s at the gate: %w", s.Id, err)
+		}
+	}
+	return nil
+}
+
+// Close is the host's half of a guest's End: revoke the guest at the gate,
+// then End with the gate's final count (clamped to what was granted, and
+// never below what was reported), which settles the session.
+func (h *Host) Close(ctx context.Context, sid string) error {
+	var used int64
+	if h.Gate != nil {
+		h.Gate.Revoke(sid)
+		used, _, _ = h.Gate.Usage(sid)
+	}
+	ses, err := h.C.Sessions.Get(ctx, connect.NewRequest(&sharespotv1.GetRequest{SessionId: sid}))
+	if err != nil {
+		return ignoreRefusal(err)
+	}
+	s := ses.Msg.Session
+	if s.State == sharespotv1.SessionState_SESSION_STATE_ENDED {
+		return nil
+	}
+	used = min(max(used, s.UsedBytes), s.GrantedBytes)
+	_, err = h.C.Sessions.End(ctx, connect.NewRequest(&sharespotv1.EndRequest{SessionId: sid, UsedBytes: used, Reason: "final count"}))
+	if ignoreRefusal(err) != nil {
+		return err
+	}
+	if err != nil {
+		h.Log.Warn("final count refused", "session", sid, "used", used, "err", err)
+	}
 	return nil
 }
 
@@ -213,23 +277,6 @@ func (h *Host) accessCode(sessionID string) []byte {
 	m.Write([]byte("sharespot/access-code/v1\x00"))
 	m.Write([]byte(sessionID))
 	return m.Sum(nil)[:seal.AccessCodeSize]
-}
-
-// markGated records that quote's volume reached the gate; false if it had.
-func (h *Host) markGated(quoteID string) bool {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.gated[quoteID] {
-		return false
-	}
-	h.gated[quoteID] = true
-	return true
-}
-
-func (h *Host) unmarkGated(quoteID string) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	delete(h.gated, quoteID)
 }
 
 func (h *Host) remember(receiptID string) {
@@ -271,18 +318,33 @@ func (h *Host) checkReceipt(rc *sharespotv1.Receipt, want receipt.Payload) (stri
 	return p.ReceiptID, nil
 }
 
-// ignoreRefusal drops the server's refusals (the flow moved on: the
-// session ended or timed out), keeping transport failures.
+// ignoreRefusal drops the server's final refusals (the flow moved on: the
+// session ended or timed out), keeping transport failures and refusals
+// that say to try again (a rate limit).
 func ignoreRefusal(err error) error {
-	var ce *connect.Error
-	if errors.As(err, &ce) {
-		switch ce.Code() {
-		case connect.CodeFailedPrecondition, connect.CodeNotFound, connect.CodeInvalidArgument,
-			connect.CodePermissionDenied, connect.CodeResourceExhausted, connect.CodeAlreadyExists:
-			return nil
-		}
+	if Final(err) {
+		return nil
 	}
 	return err
+}
+
+// Final reports whether err is the server's final word on a call: a
+// refusal that asking again will not change. Transport failures,
+// unavailable, deadline exceeded and rate limits (resource exhausted with a
+// Retry-After) are not final.
+func Final(err error) bool {
+	var ce *connect.Error
+	if !errors.As(err, &ce) {
+		return false
+	}
+	switch ce.Code() {
+	case connect.CodeResourceExhausted:
+		return ce.Meta().Get("Retry-After") == ""
+	case connect.CodeFailedPrecondition, connect.CodeNotFound, connect.CodeInvalidArgument,
+		connect.CodePermissionDenied, connect.CodeAlreadyExists:
+		return true
+	}
+	return false
 }
 
 // CodeGate is the plain host-side check of access codes, without metering:
@@ -331,6 +393,17 @@ func (g *CodeGate) Revoke(sessionID string) {
 	delete(g.sess, sessionID)
 }
 
+// Usage implements Gate: a CodeGate meters nothing.
+func (g *CodeGate) Usage(sessionID string) (used, quota int64, err error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	e := g.sess[sessionID]
+	if e == nil {
+		return 0, 0, fmt.Errorf("client: session %s is not admitted", sessionID)
+	}
+	return 0, e.bytes, nil
+}
+
 // Gateway implements Gate.
 func (g *CodeGate) Gateway() *sharespotv1.Gateway {
 	return &sharespotv1.Gateway{Kind: g.Kind, Address: g.Address}
@@ -362,6 +435,18 @@ type Guest struct {
 // RequestAccess is C1.5–C1.6 on the guest's side: fresh keys for this
 // session, then the request through the server.
 func (g *Guest) RequestAccess(ctx context.Context, hotspotID string, bytes int64) (*sharespotv1.Session, error) {
+	return g.request(ctx, hotspotID, bytes, nil)
+}
+
+// RequestOffer is RequestAccess for an offer of the available set, bound to
+// the tariff the offer showed (C1.4): the server refuses the request if the
+// hotspot's tariff has changed since, and the session's tariff is the shown
+// one.
+func (g *Guest) RequestOffer(ctx context.Context, o *sharespotv1.Offer, bytes int64) (*sharespotv1.Session, error) {
+	return g.request(ctx, o.GetHotspotId(), bytes, o.GetTariff())
+}
+
+func (g *Guest) request(ctx context.Context, hotspotID string, bytes int64, shown *sharespotv1.Tariff) (*sharespotv1.Session, error) {
 	suites := g.Suites
 	if len(suites) == 0 {
 		suites = seal.Suites()
@@ -376,7 +461,7 @@ func (g *Guest) RequestAccess(ctx context.Context, hotspotID string, bytes int64
 		privs[s] = k
 		keys = append(keys, &sharespotv1.GuestKey{Suite: string(s), PublicKey: k.PublicKey()})
 	}
-	res, err := g.C.Sessions.RequestAccess(ctx, connect.NewRequest(&sharespotv1.RequestAccessRequest{HotspotId: hotspotID, Bytes: bytes, GuestKeys: keys}))
+	res, err := g.C.Sessions.RequestAccess(ctx, connect.NewRequest(&sharespotv1.RequestAccessRequest{HotspotId: hotspotID, Bytes: bytes, GuestKeys: keys, ShownTariff: shown}))
 	if err != nil {
 		return nil, err
 	}

@@ -295,22 +295,34 @@ func TestClaim(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		s := res.Msg.Session
-		paid := chargeA + chargeB      // 1600
-		hostShare := paid * 120 / 150  // 1280
-		fee := hostShare * 500 / 10000 // 64
-		if s.State != sharespotv1.SessionState_SESSION_STATE_ENDED || s.SettledHostMinor != hostShare-fee || s.SettledFeeMinor != fee || s.RefundedMinor != paid-hostShare {
-			t.Fatalf("settlement = %v", s)
+		// Ending takes both parties: the session waits for the host's
+		// final count, which the host agent sends on SessionEnding.
+		if st := res.Msg.Session.State; st != sharespotv1.SessionState_SESSION_STATE_ENDING {
+			t.Fatalf("after the guest's End the session is %v, want ENDING", st)
 		}
-		if got := harness.Balance(t, f.guest, currency); got != guest0-hostShare {
-			t.Fatalf("guest balance %d, want %d", got, guest0-hostShare)
-		}
-		if got := harness.Balance(t, f.host, currency); got != hostShare-fee {
-			t.Fatalf("host balance %d, want %d", got, hostShare-fee)
+		_, ending := harness.Next[*sharespotv1.Envelope_SessionEnding](t, f.hostIn)
+		if ending.SessionEnding.Reason != "done" {
+			t.Fatalf("host told %v", ending.SessionEnding)
 		}
 		_, ended := harness.Next[*sharespotv1.Envelope_SessionEnded](t, f.hostIn)
-		if ended.SessionEnded.Session.SettledHostMinor != hostShare-fee {
-			t.Fatalf("host told %v", ended.SessionEnded.Session)
+		s := ended.SessionEnded.Session
+		// Tranches: the first 100 MB whole at its price (1000), then 20 MB
+		// of the 50 MB top-up at 12 per MB (240).
+		paid := chargeA + chargeB    // 1600
+		charged := chargeA + 20*12   // 1240
+		fee := charged * 500 / 10000 // 62
+		if s.State != sharespotv1.SessionState_SESSION_STATE_ENDED || s.SettledHostMinor != charged-fee || s.SettledFeeMinor != fee || s.RefundedMinor != paid-charged {
+			t.Fatalf("settlement = %v", s)
+		}
+		if q := s.Quotes; len(q) != 2 || q[0].Tranche != 1 || q[0].UsedBytes != 100*MB || q[0].BilledMinor != chargeA ||
+			q[1].Tranche != 2 || q[1].UsedBytes != 20*MB || q[1].BilledMinor != 240 {
+			t.Fatalf("tranches = %v", q)
+		}
+		if got := harness.Balance(t, f.guest, currency); got != guest0-charged {
+			t.Fatalf("guest balance %d, want %d", got, guest0-charged)
+		}
+		if got := harness.Balance(t, f.host, currency); got != charged-fee {
+			t.Fatalf("host balance %d, want %d", got, charged-fee)
 		}
 		if _, err := f.gate.Check(ses.Id, code); err == nil {
 			t.Fatal("gate still admits an ended session")

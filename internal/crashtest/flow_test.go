@@ -554,16 +554,18 @@ func (r *run) flow(ctx context.Context) (string, error) {
 	if _, err := r.host.Sessions.ReportUsage(ctx, connect.NewRequest(&sharespotv1.ReportUsageRequest{SessionId: r.main, UsedBytes: used})); err != nil {
 		return "", fmt.Errorf("report usage: %w", err)
 	}
-	end, err := r.guest.Sessions.End(ctx, connect.NewRequest(&sharespotv1.EndRequest{SessionId: r.main, Reason: "done"}))
+	// The guest ends; the host agent's final count settles the session.
+	s, err := r.guest.EndAndSettle(ctx, r.main, "done")
 	if err != nil {
 		return "", fmt.Errorf("end: %w", err)
 	}
-	s := end.Msg.Session
 	if grant == nil {
 		return resolved + ": top-up " + why, nil
 	}
-	// 1600 paid; 120 of 150 MB used: 1280 to the host less 5% (64), 320 back.
-	if s.State != sharespotv1.SessionState_SESSION_STATE_ENDED || s.SettledHostMinor != 1216 || s.SettledFeeMinor != 64 || s.RefundedMinor != 320 {
+	// 1600 paid; 120 of 150 MB used: the first tranche whole (100 MB,
+	// 1000) and 20 MB of the top-up at 12 per MB (240): 1240 charged, 62
+	// of it the platform's fee, 1178 to the host, 360 back.
+	if s.State != sharespotv1.SessionState_SESSION_STATE_ENDED || s.SettledHostMinor != 1178 || s.SettledFeeMinor != 62 || s.RefundedMinor != 360 {
 		return "", fmt.Errorf("settlement = %v", s)
 	}
 	return completed, nil
@@ -589,12 +591,12 @@ func (r *run) endAll(ctx context.Context) error {
 				continue
 			}
 			fresh = true
-			res, err := r.guest.Sessions.End(ctx, connect.NewRequest(&sharespotv1.EndRequest{SessionId: id, Reason: "crash test over"}))
+			s, err := r.guest.EndAndSettle(ctx, id, "crash test over")
 			if err != nil {
 				return fmt.Errorf("end session %s: %w", id, err)
 			}
-			if res.Msg.Session.State != sharespotv1.SessionState_SESSION_STATE_ENDED {
-				return fmt.Errorf("session %s not ended: %v", id, res.Msg.Session)
+			if s.State != sharespotv1.SessionState_SESSION_STATE_ENDED {
+				return fmt.Errorf("session %s not ended: %v", id, s)
 			}
 			ended[id] = true
 			if id != r.main {

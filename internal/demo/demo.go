@@ -254,11 +254,12 @@ func Run(ctx context.Context, w io.Writer, o Options) (err error) {
 	if _, err := host.Sessions.ReportUsage(ctx, connect.NewRequest(&sharespotv1.ReportUsageRequest{SessionId: ses.Id, UsedBytes: gu})); err != nil {
 		return fmt.Errorf("demo: report usage: %w", err)
 	}
-	end, err := guest.Sessions.End(ctx, connect.NewRequest(&sharespotv1.EndRequest{SessionId: ses.Id, Reason: "demo over"}))
+	// The guest ends; the host's gateway revokes it and the host's final
+	// count settles the session.
+	s, err := guest.EndAndSettle(ctx, ses.Id, "demo over")
 	if err != nil {
 		return fmt.Errorf("demo: end: %w", err)
 	}
-	s := end.Msg.Session
 	fmt.Fprintln(w)
 	p.step("end", "guest ended the session; %s used of %s, %s paid", size.Format(s.UsedBytes), size.Format(s.GrantedBytes), client.FormatMoney(paid+paid2, "EUR"))
 	p.step("settle", "host %s, platform fee %s, refunded to the guest %s",

@@ -55,6 +55,9 @@ func (g *Gate) Revoke(sessionID string) {
 	}
 }
 
+// Usage returns the session's used bytes and quota.
+func (g *Gate) Usage(sessionID string) (used, quota int64, err error) { return g.GW.Usage(sessionID) }
+
 // Gateway tells guests how to reach the gateway.
 func (g *Gate) Gateway() *sharespotv1.Gateway {
 	return &sharespotv1.Gateway{Kind: g.Kind, Address: g.GW.Addr()}

@@ -70,7 +70,7 @@ func (h *Host) Run(ctx context.Context) error {
 	if err := agent.Start(ctx); err != nil {
 		return err
 	}
-	if err := h.resume(ctx); err != nil {
+	if err := h.resume(ctx, agent); err != nil {
 		return err
 	}
 	var wg sync.WaitGroup
@@ -89,6 +89,8 @@ func (h *Host) Run(ctx context.Context) error {
 			h.setActive(env.SessionId, true)
 			used, quota, _ := h.GW.Usage(env.SessionId)
 			h.Notify("granted", env.SessionId, used, quota)
+		case *sharespotv1.Envelope_SessionEnding:
+			h.Notify("ending", env.SessionId, 0, 0)
 		case *sharespotv1.Envelope_SessionEnded:
 			h.setActive(env.SessionId, false)
 			s := b.SessionEnded.Session
@@ -161,15 +163,29 @@ func LoadOrCreateKey(path string) ([]byte, error) {
 	return b, f.Close()
 }
 
-// resume picks up the host's open sessions from the server after a restart.
-func (h *Host) resume(ctx context.Context) error {
+// resume picks up the host's open sessions from the server after a
+// restart: the gate gets what the server granted (a crash may have come
+// between a grant and the gate), and a session the guest ended while the
+// host was away gets its final count.
+func (h *Host) resume(ctx context.Context, agent *client.Host) error {
 	res, err := h.C.Sessions.ListSessions(ctx, connect.NewRequest(&sharespotv1.ListSessionsRequest{OpenOnly: true}))
 	if err != nil {
 		return err
 	}
 	for _, s := range res.Msg.Sessions {
-		if s.HostDeviceId == h.C.DeviceID() && s.State == sharespotv1.SessionState_SESSION_STATE_ACTIVE {
+		if s.HostDeviceId != h.C.DeviceID() {
+			continue
+		}
+		switch s.State {
+		case sharespotv1.SessionState_SESSION_STATE_ACTIVE:
 			h.setActive(s.Id, true)
+			if err := agent.Reconcile(s); err != nil {
+				h.Log.Warn("resume: gate volume", "session", s.Id, "err", err)
+			}
+		case sharespotv1.SessionState_SESSION_STATE_ENDING:
+			if err := agent.Close(ctx, s.Id); err != nil {
+				h.Log.Warn("resume: final count", "session", s.Id, "err", err)
+			}
 		}
 	}
 	return nil
@@ -240,14 +256,37 @@ func (h *Host) ReportAll(ctx context.Context) {
 	}
 }
 
+// reportOne reports a session's metered usage, clamped to the gate's
+// volume (which never exceeds what the server granted). A refused report
+// is reconciled with the server's view (the granted volume, the usage
+// already reported) and sent again, rather than dropped.
 func (h *Host) reportOne(ctx context.Context, id string) {
 	used, quota, err := h.GW.Usage(id)
 	if err != nil || used == 0 {
 		return
 	}
-	_, err = h.C.Sessions.ReportUsage(ctx, connect.NewRequest(&sharespotv1.ReportUsageRequest{SessionId: id, UsedBytes: min(used, quota)}))
-	if err != nil && ctx.Err() == nil {
+	used = min(used, quota)
+	_, err = h.C.Sessions.ReportUsage(ctx, connect.NewRequest(&sharespotv1.ReportUsageRequest{SessionId: id, UsedBytes: used}))
+	if err == nil || ctx.Err() != nil {
+		return
+	}
+	if !client.Final(err) {
 		h.Log.Debug("report usage", "session", id, "err", err)
+		return // the next report tries again
+	}
+	res, gerr := h.C.Sessions.Get(ctx, connect.NewRequest(&sharespotv1.GetRequest{SessionId: id}))
+	if gerr != nil {
+		h.Log.Debug("report usage", "session", id, "err", err)
+		return
+	}
+	s := res.Msg.Session
+	if st := s.State; st != sharespotv1.SessionState_SESSION_STATE_ACTIVE && st != sharespotv1.SessionState_SESSION_STATE_ENDING {
+		h.setActive(id, false)
+		return
+	}
+	if fixed := min(max(used, s.UsedBytes), s.GrantedBytes); fixed != s.UsedBytes {
+		_, err = h.C.Sessions.ReportUsage(ctx, connect.NewRequest(&sharespotv1.ReportUsageRequest{SessionId: id, UsedBytes: fixed}))
+		h.Log.Warn("usage report refused; sent the reconciled count", "session", id, "metered", used, "sent", fixed, "err", err)
 	}
 }
 

@@ -139,6 +139,29 @@ func (w *Wallet) Charge(tx *store.Tx, nowMS int64, c session.Charge, receiptID s
 	return nil
 }
 
+// Redeem marks a quote's receipt as used by its confirmation: false if it
+// is unknown or was used before.
+func (w *Wallet) Redeem(tx *store.Tx, receiptID, quoteID string) (bool, error) {
+	n, err := tx.ExecN(`UPDATE receipts SET confirmed = 1 WHERE id = ? AND quote_id = ? AND confirmed = 0`, receiptID, quoteID)
+	if err != nil {
+		return false, fmt.Errorf("payment: redeem receipt %s: %w", receiptID, err)
+	}
+	return n == 1, nil
+}
+
+// Stored returns the receipt recorded for a quote, nil if none.
+func (w *Wallet) Stored(tx *store.Tx, quoteID string) (*sharespotv1.Receipt, error) {
+	rc := new(sharespotv1.Receipt)
+	err := tx.QueryRow(`SELECT key_id, payload, signature FROM receipts WHERE quote_id = ?`, quoteID).Scan(&rc.KeyId, &rc.Payload, &rc.Signature)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("payment: receipt of quote %s: %w", quoteID, err)
+	}
+	return rc, nil
+}
+
 // Verify checks a payment-success response's signature and decodes it.
 func (w *Wallet) Verify(r *sharespotv1.Receipt) (receipt.Payload, error) {
 	return w.verifier.Verify(receipt.Receipt{KeyID: r.GetKeyId(), Payload: r.GetPayload(), Signature: r.GetSignature()})

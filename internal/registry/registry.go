@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
+	"github.com/sharespot/sharespot/internal/account"
 	"github.com/sharespot/sharespot/internal/ledger"
 	"github.com/sharespot/sharespot/internal/problem"
 	"github.com/sharespot/sharespot/internal/relay"
@@ -77,6 +78,41 @@ func MulDiv(a, b, c int64, roundUp bool) (int64, error) {
 		return 0, fmt.Errorf("registry: %d*%d/%d overflows", a, b, c)
 	}
 	return int64(q), nil
+}
+
+// Reserve commits bytes of a hotspot's volume to a paid purchase; it
+// refuses (resource exhausted) when the hotspot has less than that left.
+func Reserve(tx *store.Tx, hotspotID string, bytes int64) error {
+	n, err := tx.ExecN(`UPDATE hotspots SET committed_bytes = committed_bytes + ? WHERE id = ? AND committed_bytes + ? <= shareable_bytes`,
+		bytes, hotspotID, bytes)
+	if err != nil {
+		return fmt.Errorf("registry: reserve %d bytes of %s: %w", bytes, hotspotID, err)
+	}
+	if n != 1 {
+		h, err := Get(tx, hotspotID)
+		if err != nil {
+			return err
+		}
+		return problem.Exhaustedf("the hotspot has %d bytes left to share; cannot sell %d more", h.Available(), bytes)
+	}
+	return nil
+}
+
+// Release gives back bytes reserved by Reserve and not used.
+func Release(tx *store.Tx, hotspotID string, bytes int64) error {
+	if bytes <= 0 {
+		return nil
+	}
+	if _, err := tx.Exec(`UPDATE hotspots SET committed_bytes = committed_bytes - ? WHERE id = ?`, bytes, hotspotID); err != nil {
+		return fmt.Errorf("registry: release %d bytes of %s: %w", bytes, hotspotID, err)
+	}
+	return nil
+}
+
+// Equal reports whether t is the tariff p describes.
+func (t Tariff) Equal(p *sharespotv1.Tariff) bool {
+	return p != nil && t.Currency == p.Currency && t.PriceMinor == p.PriceMinor && t.UnitBytes == p.UnitBytes &&
+		t.MinPurchase == p.MinPurchaseBytes && t.TopUpPriceMinor == p.TopupPriceMinor
 }
 
 // Available is the volume still to be sold.
@@ -211,11 +247,8 @@ func Register(tx *store.Tx, nowMS int64, hostDeviceID string, in *sharespotv1.Sh
 	}
 	// Lock the host's device row so that two concurrent registrations
 	// count each other (PostgreSQL; a no-op on SQLite).
-	if tx.ForUpdate() != "" {
-		var one int
-		if err := tx.QueryRow(`SELECT 1 FROM devices WHERE id = ?`+tx.ForUpdate(), hostDeviceID).Scan(&one); err != nil {
-			return nil, fmt.Errorf("registry: lock host device %s: %w", hostDeviceID, err)
-		}
+	if err := account.LockDevice(tx, hostDeviceID); err != nil {
+		return nil, fmt.Errorf("registry: %w", err)
 	}
 	var n int
 	if err := tx.QueryRow(`SELECT COUNT(*) FROM hotspots WHERE host_device_id = ? AND active = 1`, hostDeviceID).Scan(&n); err != nil {

@@ -389,12 +389,15 @@ func (f *flow) run(ctx context.Context) error {
 		return fmt.Errorf("report usage: %w", err)
 	}
 	ended := time.Now()
-	end, err := f.guest.Sessions.End(ctx, connect.NewRequest(&sharespotv1.EndRequest{SessionId: f.sid, Reason: "done"}))
+	// The guest ends; the host agent's final count settles the session.
+	s, err := f.guest.EndAndSettle(ctx, f.sid, "done")
 	if err != nil {
 		return fmt.Errorf("end: %w", err)
 	}
-	// 1600 paid; 120 of 150 MB used: 1280 to the host less 5% (64), 320 back.
-	if s := end.Msg.Session; s.State != sharespotv1.SessionState_SESSION_STATE_ENDED || s.SettledHostMinor != 1216 || s.SettledFeeMinor != 64 || s.RefundedMinor != 320 {
+	// 1600 paid; 120 of 150 MB used: the first tranche whole (100 MB,
+	// 1000) and 20 MB of the top-up at 12 per MB (240): 1240 charged, 62
+	// of it the platform's fee, 1178 to the host, 360 back.
+	if s.State != sharespotv1.SessionState_SESSION_STATE_ENDED || s.SettledHostMinor != 1178 || s.SettledFeeMinor != 62 || s.RefundedMinor != 360 {
 		return fmt.Errorf("settlement = %v", s)
 	}
 	if _, err := f.hostIn.await(ctx, f.sid, "session end", func(env *sharespotv1.Envelope) bool { return env.GetSessionEnded() != nil }); err != nil {

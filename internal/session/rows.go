@@ -3,36 +3,44 @@ package session
 import (
 	"errors"
 	"fmt"
+	"strings"
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/problem"
+	"github.com/sharespot/sharespot/internal/registry"
+	"github.com/sharespot/sharespot/internal/relay"
 	"github.com/sharespot/sharespot/internal/store"
 )
 
 // row is a sessions row.
 type row struct {
 	ID, HotspotID, Host, Guest string
+	GuestAccount               string
 	State                      sharespotv1.SessionState
 	Requested, Reserved        int64
 	Granted, Used              int64
 	PendingTopUp               int64
 	Currency, Suite            string
-	GuestKeys                  []byte
-	DeadlineMS                 int64
-	EndReason                  string
-	SettledHost, SettledFee    int64
-	Refunded                   int64
-	CreatedMS, UpdatedMS       int64
+	// Tariff is the copy made at the request (Currency is its currency).
+	Tariff                  registry.Tariff
+	GuestKeys               []byte
+	DeadlineMS              int64
+	EndReason               string
+	SettledHost, SettledFee int64
+	Refunded                int64
+	CreatedMS, UpdatedMS    int64
 }
 
 const rowCols = `id, hotspot_id, host_device_id, guest_device_id, state, requested_bytes, reserved_bytes, granted_bytes,
 	used_bytes, pending_topup_bytes, currency, suite, guest_keys, deadline_ms, end_reason, settled_host_minor,
-	settled_fee_minor, refunded_minor, created_ms, updated_ms`
+	settled_fee_minor, refunded_minor, created_ms, updated_ms, guest_account_id, tariff_price_minor, tariff_topup_price_minor,
+	tariff_unit_bytes, tariff_min_purchase_bytes`
 
 func (s *row) insert(tx *store.Tx) error {
-	_, err := tx.Exec(`INSERT INTO sessions (`+rowCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+	_, err := tx.Exec(`INSERT INTO sessions (`+rowCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		s.ID, s.HotspotID, s.Host, s.Guest, int32(s.State), s.Requested, s.Reserved, s.Granted, s.Used, s.PendingTopUp,
-		s.Currency, s.Suite, s.GuestKeys, s.DeadlineMS, s.EndReason, s.SettledHost, s.SettledFee, s.Refunded, s.CreatedMS, s.UpdatedMS)
+		s.Currency, s.Suite, s.GuestKeys, s.DeadlineMS, s.EndReason, s.SettledHost, s.SettledFee, s.Refunded, s.CreatedMS, s.UpdatedMS,
+		s.GuestAccount, s.Tariff.PriceMinor, s.Tariff.TopUpPriceMinor, s.Tariff.UnitBytes, s.Tariff.MinPurchase)
 	if err != nil {
 		return fmt.Errorf("session: insert %s: %w", s.ID, err)
 	}
@@ -61,7 +69,8 @@ func loadRow(tx *store.Tx, id string) (*row, error) {
 	var state int32
 	err := tx.QueryRow(q, id).Scan(&s.ID, &s.HotspotID, &s.Host, &s.Guest, &state, &s.Requested, &s.Reserved, &s.Granted,
 		&s.Used, &s.PendingTopUp, &s.Currency, &s.Suite, &s.GuestKeys, &s.DeadlineMS, &s.EndReason, &s.SettledHost,
-		&s.SettledFee, &s.Refunded, &s.CreatedMS, &s.UpdatedMS)
+		&s.SettledFee, &s.Refunded, &s.CreatedMS, &s.UpdatedMS, &s.GuestAccount, &s.Tariff.PriceMinor, &s.Tariff.TopUpPriceMinor,
+		&s.Tariff.UnitBytes, &s.Tariff.MinPurchase)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, problem.NotFoundf("session %s not found", id)
 	}
@@ -69,6 +78,7 @@ func loadRow(tx *store.Tx, id string) (*row, error) {
 		return nil, fmt.Errorf("session: load %s: %w", id, err)
 	}
 	s.State = sharespotv1.SessionState(state)
+	s.Tariff.Currency = s.Currency
 	return s, nil
 }
 
@@ -99,51 +109,6 @@ func (e *Engine) load(tx *store.Tx, id string, p Party, want role) (*row, error)
 	return s, nil
 }
 
-// render returns the session as p may see it.
-func (e *Engine) render(tx *store.Tx, s *row, p Party) (*sharespotv1.Session, error) {
-	out := &sharespotv1.Session{
-		Id: s.ID, HotspotId: s.HotspotID, HostDeviceId: s.Host, GuestDeviceId: s.Guest, State: s.State,
-		RequestedBytes: s.Requested, GrantedBytes: s.Granted, UsedBytes: s.Used, Currency: s.Currency, Suite: s.Suite,
-		DeadlineUnixMs: s.DeadlineMS, EndReason: s.EndReason, SettledHostMinor: s.SettledHost, SettledFeeMinor: s.SettledFee,
-		RefundedMinor: s.Refunded, CreatedUnixMs: s.CreatedMS, UpdatedUnixMs: s.UpdatedMS,
-	}
-	rows, err := tx.Query(`SELECT `+quoteCols+` FROM quotes WHERE session_id = ? ORDER BY created_ms, id`, s.ID)
-	if err != nil {
-		return nil, fmt.Errorf("session: quotes of %s: %w", s.ID, err)
-	}
-	var qs []*quote
-	for rows.Next() {
-		q, err := scanQuote(rows)
-		if err != nil {
-			rows.Close()
-			return nil, err
-		}
-		qs = append(qs, q)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	for _, q := range qs {
-		if q.State != sharespotv1.QuoteState_QUOTE_STATE_OPEN && q.State != sharespotv1.QuoteState_QUOTE_STATE_EXPIRED {
-			out.PaidMinor += q.Amount
-		}
-		var rc *sharespotv1.Receipt
-		if p.DeviceID == s.Guest && q.State != sharespotv1.QuoteState_QUOTE_STATE_OPEN {
-			// The guest may fetch its receipt again (after a crash).
-			rc = new(sharespotv1.Receipt)
-			err := tx.QueryRow(`SELECT key_id, payload, signature FROM receipts WHERE quote_id = ?`, q.ID).Scan(&rc.KeyId, &rc.Payload, &rc.Signature)
-			if errors.Is(err, store.ErrNotFound) {
-				rc = nil
-			} else if err != nil {
-				return nil, fmt.Errorf("session: receipt of %s: %w", q.ID, err)
-			}
-		}
-		out.Quotes = append(out.Quotes, q.proto(rc))
-	}
-	return out, nil
-}
-
 // quote is a quotes row.
 type quote struct {
 	ID, SessionID string
@@ -153,14 +118,19 @@ type quote struct {
 	State         sharespotv1.QuoteState
 	ExpiresMS     int64
 	CreatedMS     int64
+	// Tranche is the quote's place in grant order (0: not granted); Used
+	// and Billed are set at settlement.
+	Tranche      int32
+	Used, Billed int64
 }
 
-const quoteCols = `id, session_id, kind, bytes, amount_minor, currency, state, expires_ms, created_ms`
+const quoteCols = `id, session_id, kind, bytes, amount_minor, currency, state, expires_ms, created_ms, tranche, used_bytes, billed_minor`
 
 func scanQuote(sc interface{ Scan(...any) error }) (*quote, error) {
 	q := new(quote)
 	var kind, state int32
-	if err := sc.Scan(&q.ID, &q.SessionID, &kind, &q.Bytes, &q.Amount, &q.Currency, &state, &q.ExpiresMS, &q.CreatedMS); err != nil {
+	if err := sc.Scan(&q.ID, &q.SessionID, &kind, &q.Bytes, &q.Amount, &q.Currency, &state, &q.ExpiresMS, &q.CreatedMS,
+		&q.Tranche, &q.Used, &q.Billed); err != nil {
 		return nil, err
 	}
 	q.Kind, q.State = sharespotv1.QuoteKind(kind), sharespotv1.QuoteState(state)
@@ -179,8 +149,8 @@ func loadQuote(tx *store.Tx, id string) (*quote, error) {
 }
 
 func (q *quote) insert(tx *store.Tx) error {
-	_, err := tx.Exec(`INSERT INTO quotes (`+quoteCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-		q.ID, q.SessionID, int32(q.Kind), q.Bytes, q.Amount, q.Currency, int32(q.State), q.ExpiresMS, q.CreatedMS)
+	_, err := tx.Exec(`INSERT INTO quotes (`+quoteCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		q.ID, q.SessionID, int32(q.Kind), q.Bytes, q.Amount, q.Currency, int32(q.State), q.ExpiresMS, q.CreatedMS, q.Tranche, q.Used, q.Billed)
 	if err != nil {
 		return fmt.Errorf("session: insert quote: %w", err)
 	}
@@ -188,13 +158,85 @@ func (q *quote) insert(tx *store.Tx) error {
 }
 
 func (q *quote) save(tx *store.Tx) error {
-	if _, err := tx.Exec(`UPDATE quotes SET state = ? WHERE id = ?`, int32(q.State), q.ID); err != nil {
+	if _, err := tx.Exec(`UPDATE quotes SET state = ?, tranche = ? WHERE id = ?`, int32(q.State), q.Tranche, q.ID); err != nil {
 		return fmt.Errorf("session: save quote %s: %w", q.ID, err)
 	}
 	return nil
 }
 
+// saveBill records a tranche's settlement.
+func (q *quote) saveBill(tx *store.Tx) error {
+	if _, err := tx.Exec(`UPDATE quotes SET used_bytes = ?, billed_minor = ? WHERE id = ?`, q.Used, q.Billed, q.ID); err != nil {
+		return fmt.Errorf("session: bill quote %s: %w", q.ID, err)
+	}
+	return nil
+}
+
+// quotesOf returns a session's quotes, in tranche order (quotes never
+// granted, tranche 0, first; then by creation).
+func quotesOf(tx *store.Tx, sessionID string) ([]*quote, error) {
+	rows, err := tx.Query(`SELECT `+quoteCols+` FROM quotes WHERE session_id = ? ORDER BY tranche, created_ms, id`, sessionID)
+	if err != nil {
+		return nil, fmt.Errorf("session: quotes of %s: %w", sessionID, err)
+	}
+	defer rows.Close()
+	var qs []*quote
+	for rows.Next() {
+		q, err := scanQuote(rows)
+		if err != nil {
+			return nil, err
+		}
+		qs = append(qs, q)
+	}
+	return qs, rows.Err()
+}
+
+// nextTranche is the tranche number the session's next grant gets.
+func nextTranche(tx *store.Tx, sessionID string) (int32, error) {
+	var n int32
+	if err := tx.QueryRow(`SELECT COALESCE(MAX(tranche), 0) FROM quotes WHERE session_id = ?`, sessionID).Scan(&n); err != nil {
+		return 0, fmt.Errorf("session: tranches of %s: %w", sessionID, err)
+	}
+	return n + 1, nil
+}
+
 func (q *quote) proto(rc *sharespotv1.Receipt) *sharespotv1.Quote {
 	return &sharespotv1.Quote{Id: q.ID, SessionId: q.SessionID, Kind: q.Kind, Bytes: q.Bytes, AmountMinor: q.Amount,
-		Currency: q.Currency, ExpiresUnixMs: q.ExpiresMS, State: q.State, Receipt: rc}
+		Currency: q.Currency, ExpiresUnixMs: q.ExpiresMS, State: q.State, Receipt: rc, Tranche: q.Tranche, UsedBytes: q.Used, BilledMinor: q.Billed}
+}
+
+// pendingQuote returns the session's top-up quote that is open, paid or
+// confirmed, if any.
+func (e *Engine) pendingQuote(tx *store.Tx, sessionID string) (*quote, error) {
+	q, err := scanQuote(tx.QueryRow(`SELECT `+quoteCols+` FROM quotes WHERE session_id = ? AND kind = ? AND state IN (?, ?, ?)`,
+		sessionID, int32(sharespotv1.QuoteKind_QUOTE_KIND_TOPUP), int32(sharespotv1.QuoteState_QUOTE_STATE_OPEN),
+		int32(sharespotv1.QuoteState_QUOTE_STATE_PAID), int32(sharespotv1.QuoteState_QUOTE_STATE_CONFIRMED)))
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("session: pending top-up of %s: %w", sessionID, err)
+	}
+	return q, nil
+}
+
+func (e *Engine) nowMS() int64 { return e.now().UnixMilli() }
+
+func (e *Engine) send(tx *store.Tx, to, sessionID string, env *sharespotv1.Envelope) error {
+	return relay.Append(tx, e.wake, e.nowMS(), to, sessionID, env)
+}
+
+func clip(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}
+
+func stateName(s sharespotv1.SessionState) string {
+	return strings.ToLower(strings.TrimPrefix(s.String(), "SESSION_STATE_"))
+}
+
+func quoteStateName(s sharespotv1.QuoteState) string {
+	return strings.ToLower(strings.TrimPrefix(s.String(), "QUOTE_STATE_"))
 }

@@ -1,0 +1,138 @@
+package session
+
+import (
+	"fmt"
+
+	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
+	"github.com/sharespot/sharespot/internal/account"
+	"github.com/sharespot/sharespot/internal/ledger"
+	"github.com/sharespot/sharespot/internal/registry"
+	"github.com/sharespot/sharespot/internal/store"
+)
+
+// Settlement. Each granted quote is a tranche with its own bytes and price.
+// The bytes used are consumed tranche by tranche in grant order; tranche i
+// is billed
+//
+//	billed_i = amount_i × used_i ÷ bytes_i, rounded down to the minor unit
+//
+// (a tranche used whole is billed its amount exactly). The guest is charged
+// Σ billed_i; the platform's fee is FeeBPS of that, rounded down; the host
+// gets the charge less the fee; everything else in escrow (unused tranches,
+// payments never granted) goes back to the guest.
+
+// Tranche is one granted quote as settlement sees it.
+type Tranche struct {
+	Bytes, Amount int64
+}
+
+// Bill consumes used bytes from tranches in order and returns what each
+// tranche's used part costs at its own price, and the bytes used in each.
+func Bill(tranches []Tranche, used int64) (billed, usedIn []int64, err error) {
+	billed, usedIn = make([]int64, len(tranches)), make([]int64, len(tranches))
+	for i, t := range tranches {
+		u := min(max(used, 0), t.Bytes)
+		used -= u
+		if u > 0 {
+			if billed[i], err = registry.MulDiv(t.Amount, u, t.Bytes, false); err != nil {
+				return nil, nil, err
+			}
+		}
+		usedIn[i] = u
+	}
+	return billed, usedIn, nil
+}
+
+// finish settles and ends s with used bytes consumed.
+func (e *Engine) finish(tx *store.Tx, s *row, used int64, reason string) error {
+	now := e.nowMS()
+	used = min(max(used, 0), s.Granted)
+	escrow := ledger.Escrow(s.ID, s.Currency)
+	held, err := ledger.Balance(tx, escrow.ID)
+	if err != nil {
+		return err
+	}
+	qs, err := quotesOf(tx, s.ID)
+	if err != nil {
+		return err
+	}
+	var tranches []Tranche
+	var granted []*quote
+	for _, q := range qs { // ordered by tranche: 0 (not granted) first
+		if q.State == sharespotv1.QuoteState_QUOTE_STATE_GRANTED {
+			tranches = append(tranches, Tranche{Bytes: q.Bytes, Amount: q.Amount})
+			granted = append(granted, q)
+		}
+	}
+	billed, usedIn, err := Bill(tranches, used)
+	if err != nil {
+		return fmt.Errorf("session: settle %s: %w", s.ID, err)
+	}
+	var charged int64
+	for i, q := range granted {
+		q.Used, q.Billed = usedIn[i], billed[i]
+		charged += billed[i]
+		if err := q.saveBill(tx); err != nil {
+			return err
+		}
+	}
+	if charged > held {
+		// Never: escrow holds every granted tranche's amount.
+		return fmt.Errorf("session: settle %s: charge %d exceeds the %d held in escrow", s.ID, charged, held)
+	}
+	fee, err := registry.MulDiv(charged, e.cfg.FeeBPS, 10000, false)
+	if err != nil {
+		return fmt.Errorf("session: settle %s fee: %w", s.ID, err)
+	}
+	hostAccount, err := account.Of(tx, s.Host)
+	if err != nil {
+		return err
+	}
+	guestAccount, err := account.Of(tx, s.Guest)
+	if err != nil {
+		return err
+	}
+	refund := held - charged
+	moves := []ledger.Transfer{
+		{ID: "settle:host:" + s.ID, Debit: escrow, Credit: ledger.Wallet(hostAccount, s.Currency), Amount: charged - fee, Memo: "session " + s.ID + ": data used"},
+		{ID: "settle:fee:" + s.ID, Debit: escrow, Credit: ledger.FeeShard(s.Currency, s.ID), Amount: fee, Memo: "session " + s.ID + ": platform fee"},
+		{ID: "settle:refund:" + s.ID, Debit: escrow, Credit: ledger.Wallet(guestAccount, s.Currency), Amount: refund, Memo: "session " + s.ID + ": unused, refunded"},
+	}
+	for _, t := range moves {
+		if t.Amount == 0 {
+			continue
+		}
+		t.Currency = s.Currency
+		if _, err := ledger.Apply(tx, now, t); err != nil {
+			return fmt.Errorf("session: settle %s: %w", s.ID, err)
+		}
+	}
+	// Give back the volume reserved but not used.
+	if err := registry.Release(tx, s.HotspotID, s.Reserved-used); err != nil {
+		return err
+	}
+	s.Reserved = min(s.Reserved, used)
+	if _, err := tx.Exec(`UPDATE quotes SET state = CASE WHEN state = ? THEN ? WHEN state IN (?, ?) THEN ? ELSE state END WHERE session_id = ?`,
+		int32(sharespotv1.QuoteState_QUOTE_STATE_OPEN), int32(sharespotv1.QuoteState_QUOTE_STATE_EXPIRED),
+		int32(sharespotv1.QuoteState_QUOTE_STATE_PAID), int32(sharespotv1.QuoteState_QUOTE_STATE_CONFIRMED), int32(sharespotv1.QuoteState_QUOTE_STATE_REFUNDED),
+		s.ID); err != nil {
+		return fmt.Errorf("session: close quotes: %w", err)
+	}
+	s.State = sharespotv1.SessionState_SESSION_STATE_ENDED
+	s.Used, s.PendingTopUp, s.DeadlineMS, s.EndReason = used, 0, 0, reason
+	s.SettledHost, s.SettledFee, s.Refunded = charged-fee, fee, refund
+	if err := s.save(tx, now); err != nil {
+		return err
+	}
+	for _, to := range []string{s.Guest, s.Host} {
+		view, err := e.render(tx, s, Party{DeviceID: to})
+		if err != nil {
+			return err
+		}
+		if err := e.send(tx, to, s.ID, &sharespotv1.Envelope{Body: &sharespotv1.Envelope_SessionEnded{SessionEnded: &sharespotv1.SessionEnded{Session: view}}}); err != nil {
+			return err
+		}
+	}
+	e.log.Info("session settled", "session", s.ID, "used", used, "charged", charged, "host", charged-fee, "fee", fee, "refund", refund, "reason", reason)
+	return nil
+}
