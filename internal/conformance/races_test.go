@@ -12,6 +12,7 @@ import (
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/client"
 	"github.com/sharespot/sharespot/internal/harness"
+	"github.com/sharespot/sharespot/internal/server"
 	"github.com/sharespot/sharespot/internal/registry"
 	"github.com/sharespot/sharespot/internal/store"
 )
@@ -152,7 +153,7 @@ func TestConcurrentPayments(t *testing.T) {
 	t.Run("one_wallet_too_little_for_all", func(t *testing.T) {
 		// Eight devices of one account, one wallet holding enough for
 		// five of their eight quotes, all paying at once.
-		f := newFlow(t, nil)
+		f := newFlow(t, unpaidUpTo(8))
 		payer := f.env.Device(t, "payer")
 		f.env.Fund(t, payer, currency, 500)
 		devices := []*client.Client{payer}
@@ -229,7 +230,7 @@ func TestConcurrentPayments(t *testing.T) {
 		// The guest pays each of its quotes while ending the same session
 		// from another goroutine. Whichever wins, nothing was used, so the
 		// wallet ends where it began and the hotspot's volume is free.
-		f := newFlow(t, nil)
+		f := newFlow(t, unpaidUpTo(8))
 		const sessions = 8
 		ids := make([]string, sessions)
 		quotes := make([]*sharespotv1.Quote, sessions)
@@ -259,4 +260,12 @@ func TestConcurrentPayments(t *testing.T) {
 		}
 		f.env.MustAudit(t)
 	})
+}
+
+// unpaidUpTo lets one account hold n unpaid requests at once.
+func unpaidUpTo(n int) func(*server.Config) {
+	return func(c *server.Config) {
+		c.Session = sessionConfig()
+		c.Session.MaxUnpaidPerAccount = n
+	}
 }

@@ -80,6 +80,7 @@ func newRig(t *testing.T, mod func(*server.Config)) *rig {
 		c.Session = sessionConfig()
 		// The tests open many sessions per guest on one server.
 		c.Session.MaxOpenPerGuest = 64
+		c.Session.MaxUnpaidPerAccount = 64
 		if mod != nil {
 			mod(c)
 		}
@@ -868,8 +869,8 @@ func testExpiredQuote(t *testing.T) {
 	cfg := sessionConfig()
 	s := r.request(t, r.guest, 100*MB)
 	q := r.quote(t, s, 100*MB, false)
-	if got := r.committed(t); got != 100*MB {
-		t.Fatalf("committed %d after the quote, want %d", got, 100*MB)
+	if got := r.committed(t); got != 0 {
+		t.Fatalf("committed %d after the quote, want 0: an unpaid quote reserves nothing", got)
 	}
 	r.env.Clock.Advance(cfg.QuoteTTL + time.Second)
 	_, err := r.guest.Payments.Pay(t.Context(), connect.NewRequest(&sharespotv1.PayRequest{QuoteId: q.Id}))
@@ -879,7 +880,7 @@ func testExpiredQuote(t *testing.T) {
 		t.Fatalf("ended session = %v", got)
 	}
 	if c := r.committed(t); c != 0 {
-		t.Fatalf("committed %d after expiry, want 0 (volume released)", c)
+		t.Fatalf("committed %d after expiry, want 0", c)
 	}
 	if b := harness.Balance(t, r.guest, currency); b != funds {
 		t.Fatalf("guest balance %d, want %d: money moved", b, funds)
@@ -997,19 +998,28 @@ func testOverShareable(t *testing.T) {
 		refusedQuietly(t, r.env, ask(r.guest, 1001*MB), connect.CodeResourceExhausted, "1000000000 bytes left to share", "asked for 1001000000")
 		r.env.MustAudit(t)
 	})
-	t.Run("two_quotes_exceed_shareable", func(t *testing.T) {
+	t.Run("two_payments_exceed_shareable", func(t *testing.T) {
+		// Volume is reserved by payment, not by quote: both quotes stand,
+		// the first payment takes 600 MB and the second is refused.
 		b := r.newGuest(t, "guest B")
 		sa, sb := r.request(t, r.guest, 600*MB), r.request(t, b, 600*MB)
-		r.quote(t, sa, 600*MB, false)
+		qa, qb := r.quote(t, sa, 600*MB, false), r.quote(t, sb, 600*MB, false)
+		if c := r.committed(t); c != 0 {
+			t.Fatalf("committed %d after two quotes, want 0", c)
+		}
+		r.pay(t, sa, qa)
 		refusedQuietly(t, r.env, func() error {
-			_, err := r.host.Sessions.Quote(ctx, connect.NewRequest(&sharespotv1.QuoteRequest{SessionId: sb.id, Bytes: 600 * MB, AmountMinor: price(t, 600*MB, false), Currency: currency}))
+			_, err := b.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: qb.Id}))
 			return err
-		}, connect.CodeResourceExhausted, "400000000 bytes left to share", "cannot quote 600000000")
+		}, connect.CodeResourceExhausted, "400000000 bytes left to share", "cannot sell 600000000")
 		if c := r.committed(t); c != 600*MB {
 			t.Fatalf("committed %d, want %d", c, 600*MB)
 		}
-		if st := r.session(t, sb.id).State; st != sharespotv1.SessionState_SESSION_STATE_REQUESTED {
+		if st := r.session(t, sb.id).State; st != sharespotv1.SessionState_SESSION_STATE_QUOTED {
 			t.Fatalf("session B is %v", st)
+		}
+		if got := harness.Balance(t, b, currency); got != funds {
+			t.Fatalf("guest B holds %d after the refused payment, want %d", got, funds)
 		}
 		t.Run("then_a_request_above_what_is_left", func(t *testing.T) {
 			refusedQuietly(t, r.env, ask(r.newGuest(t, "guest C"), 500*MB), connect.CodeResourceExhausted, "400000000 bytes left to share")
@@ -1273,7 +1283,7 @@ func testMalformedQuote(t *testing.T) {
 		mod  func(*sharespotv1.QuoteRequest)
 		want []string
 	}{
-		{"amount_above_tariff", func(q *sharespotv1.QuoteRequest) { q.AmountMinor++ }, []string{"quote of 1001 does not match the registered tariff, which gives 1000"}},
+		{"amount_above_tariff", func(q *sharespotv1.QuoteRequest) { q.AmountMinor++ }, []string{"quote of 1001 does not match the session's tariff, which gives 1000"}},
 		{"amount_below_tariff", func(q *sharespotv1.QuoteRequest) { q.AmountMinor = 0 }, []string{"quote of 0 does not match"}},
 		{"wrong_currency", func(q *sharespotv1.QuoteRequest) { q.Currency = "USD" }, []string{`quote currency "USD" differs from the tariff's EUR`}},
 		{"bytes_not_requested", func(q *sharespotv1.QuoteRequest) { q.Bytes = 50 * MB; q.AmountMinor = price(t, 50*MB, false) }, []string{"quote is for 50000000 bytes but the guest asked for 100000000"}},
@@ -1297,7 +1307,7 @@ func testMalformedQuote(t *testing.T) {
 		refusedQuietly(t, r.env, func() error {
 			_, err := r.host.Sessions.Quote(t.Context(), connect.NewRequest(&sharespotv1.QuoteRequest{SessionId: a.id, Bytes: 10 * MB, AmountMinor: price(t, 10*MB, false), Currency: currency}))
 			return err
-		}, connect.CodeInvalidArgument, "quote of 100 does not match the registered tariff, which gives 120")
+		}, connect.CodeInvalidArgument, "quote of 100 does not match the session's tariff, which gives 120")
 		r.env.MustAudit(t)
 	})
 	t.Run("base_is_valid", func(t *testing.T) {

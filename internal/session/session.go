@@ -533,11 +533,11 @@ func (e *Engine) Grant(tx *store.Tx, host Party, sessionID, quoteID string, gran
 	if err != nil || q.SessionID != s.ID {
 		return nil, problem.NotFoundf("quote %s not found in session %s", quoteID, s.ID)
 	}
-	if s.State == sharespotv1.SessionState_SESSION_STATE_ENDING || s.State == sharespotv1.SessionState_SESSION_STATE_ENDED {
-		return nil, problem.WrongStatef("session %s is %s: nothing more is granted", s.ID, stateName(s.State))
-	}
 	if q.State != sharespotv1.QuoteState_QUOTE_STATE_CONFIRMED {
 		return nil, problem.WrongStatef("quote %s is %s: grant only after the payment is confirmed", q.ID, quoteStateName(q.State))
+	}
+	if s.State == sharespotv1.SessionState_SESSION_STATE_ENDING {
+		return nil, problem.WrongStatef("session %s is ending: nothing more is granted", s.ID)
 	}
 	if granted != q.Bytes {
 		return nil, problem.Invalidf("granted_bytes %d differs from the %d bytes paid for", granted, q.Bytes)
