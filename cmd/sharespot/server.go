@@ -44,7 +44,7 @@ type ServerCmd struct {
 	TLSCert           string        `name:"tls-cert" env:"SHARESPOT_TLS_CERT" help:"TLS certificate (PEM)." type:"existingfile"`
 	TLSKey            string        `name:"tls-key" env:"SHARESPOT_TLS_KEY" help:"TLS private key (PEM)." type:"existingfile"`
 	InsecurePlaintext bool          `help:"Allow cleartext HTTP on a non-loopback address (only behind a TLS-terminating proxy)."`
-	FeeBPS            int64         `name:"fee-bps" default:"500" help:"Platform fee in basis points of the host's share (500 = 5%)."`
+	FeeBPS            int64         `name:"fee-bps" default:"500" help:"Platform fee in basis points of what the guest is charged (500 = 5%)."`
 	Suites            string        `default:"x25519-hkdf-sha256-chacha20poly1305" help:"HPKE suites to accept for access codes, most preferred first, comma-separated."`
 	AnnounceSuite     bool          `help:"Send guests an encryption message naming the suite (claim 2, second alternative); otherwise the preset suite is used."`
 	QuoteTimeout      time.Duration `default:"30s" help:"How long a host has to answer a request."`

@@ -12,8 +12,8 @@ import (
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/client"
 	"github.com/sharespot/sharespot/internal/harness"
-	"github.com/sharespot/sharespot/internal/server"
 	"github.com/sharespot/sharespot/internal/registry"
+	"github.com/sharespot/sharespot/internal/server"
 	"github.com/sharespot/sharespot/internal/store"
 )
 

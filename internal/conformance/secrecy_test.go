@@ -2,14 +2,12 @@ package conformance
 
 import (
 	"bytes"
-	"context"
 	"encoding/base64"
 	"encoding/hex"
 	"log/slog"
 	"sync"
 	"testing"
 
-	"connectrpc.com/connect"
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/harness"
@@ -55,7 +53,7 @@ func TestCodeNeverStoredInPlaintext(t *testing.T) {
 		t.Fatalf("code is %d bytes", len(code))
 	}
 	// End the session so settlement logs run too.
-	if _, err := f.guest.Sessions.End(context.Background(), connect.NewRequest(&sharespotv1.EndRequest{SessionId: ses.Id})); err != nil {
+	if _, err := f.guest.EndAndSettle(t.Context(), ses.Id, "done"); err != nil {
 		t.Fatal(err)
 	}
 	forms := map[string][]byte{

@@ -31,6 +31,7 @@ import (
 	"github.com/sharespot/sharespot/internal/ledger"
 	"github.com/sharespot/sharespot/internal/payment"
 	"github.com/sharespot/sharespot/internal/server"
+	"github.com/sharespot/sharespot/internal/session"
 	"github.com/sharespot/sharespot/internal/store"
 	"github.com/sharespot/sharespot/internal/store/pgtest"
 )
@@ -356,7 +357,9 @@ func Balance(t testing.TB, c *client.Client, currency string) int64 {
 
 // Audit checks the server's money invariants: the ledger balances, no
 // forbidden negative balance, no money left in the escrow of an ended
-// session, and every paid quote either granted (and settled) or refunded.
+// session, every paid quote either granted (and settled) or refunded, and
+// every settled session billed by the settlement rules (CheckFairness, at
+// the default fee).
 func Audit(ctx context.Context, st *store.Store) error {
 	return st.Read(ctx, func(tx *store.Tx) error {
 		a, err := ledger.Check(tx)
@@ -399,7 +402,8 @@ func Audit(ctx context.Context, st *store.Store) error {
 		if n > 0 {
 			return fmt.Errorf("%d hotspots oversold", n)
 		}
-		return nil
+		// Fairness: every settled session billed by the rules.
+		return errors.Join(CheckFairness(tx, session.DefaultConfig().FeeBPS)...)
 	})
 }
 

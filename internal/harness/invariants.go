@@ -2,6 +2,7 @@ package harness
 
 import (
 	"fmt"
+	"math/big"
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/ledger"
@@ -68,4 +69,110 @@ func CheckMoney(tx *store.Tx, accounts []string, currency string, funded int64) 
 		return fmt.Errorf("wallets %d + fees %d != funded %d (funding account %d)", sum, fee, funded, funding)
 	}
 	return nil
+}
+
+// CheckFairness checks every settled session against the settlement rules,
+// computed here independently of the server's code: each paid quote is
+// priced at the session's tariff (the one the guest was shown); the bytes
+// used are consumed from the granted quotes (tranches) in grant order, each
+// billed at its own price rounded down; the guest is charged the sum, never
+// more than the shown tariff gives for the bytes used; the platform keeps
+// feeBPS of the charge (rounded down) and the host gets the rest; all else
+// paid goes back to the guest.
+func CheckFairness(tx *store.Tx, feeBPS int64) []error {
+	type sess struct {
+		id                        string
+		used, host, fee, refunded int64
+		price, topUp, unit        int64
+	}
+	rows, err := tx.Query(`SELECT id, used_bytes, settled_host_minor, settled_fee_minor, refunded_minor,
+		tariff_price_minor, tariff_topup_price_minor, tariff_unit_bytes FROM sessions WHERE state = ? ORDER BY id`,
+		int32(sharespotv1.SessionState_SESSION_STATE_ENDED))
+	if err != nil {
+		return []error{err}
+	}
+	var ss []sess
+	for rows.Next() {
+		var s sess
+		if err := rows.Scan(&s.id, &s.used, &s.host, &s.fee, &s.refunded, &s.price, &s.topUp, &s.unit); err != nil {
+			rows.Close()
+			return []error{err}
+		}
+		ss = append(ss, s)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return []error{err}
+	}
+	// floorDiv and ceilDiv compute a*b/c exactly.
+	div := func(a, b, c int64, up bool) int64 {
+		q, r := new(big.Int).QuoRem(new(big.Int).Mul(big.NewInt(a), big.NewInt(b)), big.NewInt(c), new(big.Int))
+		if up && r.Sign() > 0 {
+			q.Add(q, big.NewInt(1))
+		}
+		return q.Int64()
+	}
+	var errs []error
+	for _, s := range ss {
+		qrows, err := tx.Query(`SELECT id, kind, bytes, amount_minor, state, tranche, used_bytes, billed_minor
+			FROM quotes WHERE session_id = ? ORDER BY tranche, id`, s.id)
+		if err != nil {
+			return append(errs, err)
+		}
+		rest := s.used
+		var paid, charged, atTariff int64
+		var tranche int32
+		for qrows.Next() {
+			var id string
+			var kind, state, tr int32
+			var bytes, amount, used, billed int64
+			if err := qrows.Scan(&id, &kind, &bytes, &amount, &state, &tr, &used, &billed); err != nil {
+				qrows.Close()
+				return append(errs, err)
+			}
+			rate := s.price
+			if sharespotv1.QuoteKind(kind) == sharespotv1.QuoteKind_QUOTE_KIND_TOPUP {
+				rate = s.topUp
+			}
+			qs := sharespotv1.QuoteState(state)
+			if qs != sharespotv1.QuoteState_QUOTE_STATE_OPEN && qs != sharespotv1.QuoteState_QUOTE_STATE_EXPIRED {
+				paid += amount
+				if s.unit > 0 && amount != div(bytes, rate, s.unit, true) {
+					errs = append(errs, fmt.Errorf("session %s: quote %s asks %d for %d bytes; the session's tariff gives %d", s.id, id, amount, bytes, div(bytes, rate, s.unit, true)))
+				}
+			}
+			if qs != sharespotv1.QuoteState_QUOTE_STATE_GRANTED {
+				continue
+			}
+			if tranche++; tr != tranche {
+				errs = append(errs, fmt.Errorf("session %s: granted quote %s is tranche %d, want %d", s.id, id, tr, tranche))
+			}
+			u := min(rest, bytes)
+			rest -= u
+			b := div(amount, u, bytes, false)
+			if used != u || billed != b {
+				errs = append(errs, fmt.Errorf("session %s: tranche %d used %d billed %d; want %d bytes billed %d", s.id, tr, used, billed, u, b))
+			}
+			charged += b
+			if s.unit > 0 {
+				atTariff += div(u, rate, s.unit, true)
+			}
+		}
+		qrows.Close()
+		if err := qrows.Err(); err != nil {
+			return append(errs, err)
+		}
+		fee := div(charged, feeBPS, 10000, false)
+		switch {
+		case rest != 0:
+			errs = append(errs, fmt.Errorf("session %s: %d bytes used beyond its tranches", s.id, rest))
+		case s.host+s.fee != charged || s.fee != fee:
+			errs = append(errs, fmt.Errorf("session %s: host %d + fee %d; want the charge %d less a fee of %d", s.id, s.host, s.fee, charged, fee))
+		case s.refunded != paid-charged:
+			errs = append(errs, fmt.Errorf("session %s: refunded %d; want paid %d − charged %d", s.id, s.refunded, paid, charged))
+		case s.unit > 0 && charged > atTariff:
+			errs = append(errs, fmt.Errorf("session %s: charged %d, above the %d the shown tariff gives for the bytes used", s.id, charged, atTariff))
+		}
+	}
+	return errs
 }

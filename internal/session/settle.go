@@ -58,10 +58,14 @@ func (e *Engine) finish(tx *store.Tx, s *row, used int64, reason string) error {
 	}
 	var tranches []Tranche
 	var granted []*quote
-	for _, q := range qs { // ordered by tranche: 0 (not granted) first
-		if q.State == sharespotv1.QuoteState_QUOTE_STATE_GRANTED {
+	var refundedBefore int64 // top-ups refunded when their grant timed out
+	for _, q := range qs {   // ordered by tranche: 0 (not granted) first
+		switch q.State {
+		case sharespotv1.QuoteState_QUOTE_STATE_GRANTED:
 			tranches = append(tranches, Tranche{Bytes: q.Bytes, Amount: q.Amount})
 			granted = append(granted, q)
+		case sharespotv1.QuoteState_QUOTE_STATE_REFUNDED:
+			refundedBefore += q.Amount
 		}
 	}
 	billed, usedIn, err := Bill(tranches, used)
@@ -120,7 +124,7 @@ func (e *Engine) finish(tx *store.Tx, s *row, used int64, reason string) error {
 	}
 	s.State = sharespotv1.SessionState_SESSION_STATE_ENDED
 	s.Used, s.PendingTopUp, s.DeadlineMS, s.EndReason = used, 0, 0, reason
-	s.SettledHost, s.SettledFee, s.Refunded = charged-fee, fee, refund
+	s.SettledHost, s.SettledFee, s.Refunded = charged-fee, fee, refund+refundedBefore
 	if err := s.save(tx, now); err != nil {
 		return err
 	}

@@ -14,12 +14,12 @@ import (
 	"github.com/sharespot/sharespot/internal/harness"
 )
 
-// TestAttackAddDevice proves that AddDevice enrols a key only with its
+// testAttackAddDevice (finding 5 of TestAttacks) proves that AddDevice enrols a key only with its
 // holder's proof of possession, bound to the account it joins and used
 // once: an attacker who knows a victim's public key cannot capture the
 // victim's device into the attacker's account, and so cannot receive the
 // money meant for the victim.
-func TestAttackAddDevice(t *testing.T) {
+func testAttackAddDevice(t *testing.T) {
 	t.Run("without_proof", testAddDeviceWithoutProof)
 	t.Run("signed_by_another_key", testAddDeviceSignedByAnotherKey)
 	t.Run("proof_for_another_account", testAddDeviceProofForAnotherAccount)

@@ -1,0 +1,432 @@
+package conformance
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+
+	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
+	"github.com/sharespot/sharespot/internal/client"
+	"github.com/sharespot/sharespot/internal/harness"
+	"github.com/sharespot/sharespot/internal/hosting"
+	"github.com/sharespot/sharespot/internal/registry"
+	"github.com/sharespot/sharespot/internal/seal"
+	"github.com/sharespot/sharespot/internal/server"
+)
+
+// TestAttacks plays a hostile host or guest against a real server, one
+// subtest per way settlement could be gamed (issue 10), and checks the exact
+// money each party ends with, not only that the ledger balances.
+func TestAttacks(t *testing.T) {
+	t.Run("guest_ends_away_its_bytes", func(t *testing.T) { endAtOnce(t, proxyPath) })
+	t.Run("silent_host_settled_on_last_report", testSilentHost)
+	t.Run("host_reprices_running_session", testHostReprices)
+	t.Run("host_gives_nothing_when_grant_refused", testGrantRefused)
+	t.Run("tranches_priced_separately", testTranches)
+	t.Run("add_device_without_proof_of_possession", testAttackAddDevice)
+	t.Run("empty_wallet_reserves_nothing", testEmptyWallet)
+}
+
+// TestEndAtOnceRealBytes is finding 1 through each gateway: a guest
+// downloads fast and ends at once; settlement bills exactly the bytes the
+// gateway carried (the kernel gateway's count is read after the guest is
+// revoked, so it is exact to the packet).
+func TestEndAtOnceRealBytes(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		path func(*testing.T) *dataPath
+	}{
+		{"proxy", proxyPath},
+		{"nftables", nftPath},
+	} {
+		t.Run(tc.name, func(t *testing.T) { endAtOnce(t, tc.path) })
+	}
+}
+
+// wantSettled checks a settled session and both wallets: the guest was
+// charged exactly charged (from funded), the platform kept 5 % of it
+// (rounded down), the host got the rest, everything else went back.
+func wantSettled(t *testing.T, s *sharespotv1.Session, guest, host *client.Client, funded, paid, charged int64) {
+	t.Helper()
+	fee := charged * 500 / 10000
+	if s.State != sharespotv1.SessionState_SESSION_STATE_ENDED || s.SettledHostMinor != charged-fee || s.SettledFeeMinor != fee ||
+		s.RefundedMinor != paid-charged || s.PaidMinor != paid {
+		t.Fatalf("settlement: host %d fee %d refund %d paid %d (%v); want charged %d: host %d fee %d refund %d paid %d",
+			s.SettledHostMinor, s.SettledFeeMinor, s.RefundedMinor, s.PaidMinor, s.State, charged, charged-fee, fee, paid-charged, paid)
+	}
+	if got := harness.Balance(t, guest, currency); got != funded-charged {
+		t.Errorf("guest holds %d, want %d (charged %d)", got, funded-charged, charged)
+	}
+	if got := harness.Balance(t, host, currency); got != charged-fee {
+		t.Errorf("host holds %d, want %d", got, charged-fee)
+	}
+}
+
+// endAtOnce: the guest buys 50 MB (warned at 2 MB), pulls 30,000,000 bytes
+// as fast as the gateway carries them and ends at once, before any usage
+// report. The host (agent, gateway and reports as `sharespot share` runs
+// them, with reports every hour) revokes the guest and sends its final
+// count, which settles the session.
+func endAtOnce(t *testing.T, mkPath func(*testing.T) *dataPath) {
+	const buy, pull = 50 * MB, 30_000_000
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	env := harness.Start(t, nil)
+	hostC, guestC := env.Device(t, "host"), env.Device(t, "guest")
+	inst := instruction()
+	inst.Tariff.MinPurchaseBytes, inst.WarnAtBytes = 1*MB, 2*MB
+	res, err := hostC.Hotspots.Register(ctx, connect.NewRequest(&sharespotv1.RegisterRequest{Instruction: inst}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	env.Fund(t, guestC, currency, funds)
+	p := mkPath(t)
+	gwDone := make(chan error, 1)
+	go func() { gwDone <- p.gw.Run(ctx) }()
+	host := &hosting.Host{C: hostC, GW: p.gw, Kind: p.kind, Threshold: inst.WarnAtBytes, ReportEvery: time.Hour}
+	hostDone := make(chan error, 1)
+	go func() { hostDone <- host.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		<-hostDone
+		<-gwDone
+	})
+	guestIn := harness.Listen(t, guestC, nil)
+	g := &client.Guest{C: guestC}
+	ses, err := g.RequestAccess(ctx, res.Msg.Hotspot.Id, buy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, fi := harness.Next[*sharespotv1.Envelope_FeeInfo](t, guestIn)
+	pr, err := guestC.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: fi.FeeInfo.Quote.Id}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := guestC.Sessions.Confirm(ctx, connect.NewRequest(&sharespotv1.ConfirmRequest{SessionId: ses.Id, Receipt: pr.Msg.Receipt})); err != nil {
+		t.Fatal(err)
+	}
+	_, gr := harness.Next[*sharespotv1.Envelope_AccessGranted](t, guestIn)
+	code, err := g.OpenCode(ses.Id, hostC.DeviceID(), gr.AccessGranted.SealedCode)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gwAddr := gr.AccessGranted.Gateway.GetAddress()
+	if err := p.online(ctx, gwAddr, ses.Id, code); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := p.fetch(ctx, p.client(gwAddr, ses.Id, code, 30*time.Second), pull); err != nil || n != pull {
+		t.Fatalf("fetched %d bytes: %v", n, err)
+	}
+	wctx, wcancel := context.WithTimeout(ctx, 20*time.Second)
+	defer wcancel()
+	s, err := guestC.EndAndSettle(wctx, ses.Id, "got what I wanted")
+	if err != nil {
+		t.Fatal(err)
+	}
+	used, _, err := p.gw.Usage(ses.Id) // the revoked session's final count
+	if err != nil {
+		t.Fatal(err)
+	}
+	if used < pull || used > buy || s.UsedBytes != used {
+		t.Fatalf("settled on %d bytes used; the gateway carried %d (the guest pulled %d)", s.UsedBytes, used, pull)
+	}
+	paid := fi.FeeInfo.Quote.AmountMinor // 500
+	charged, err := registry.MulDiv(paid, used, buy, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantSettled(t, s, guestC, hostC, funds, paid, charged)
+	if n, err := p.fetch(ctx, p.client(gwAddr, ses.Id, code, 3*time.Second), 10_000); err == nil && n > 0 {
+		t.Fatalf("the ended guest still fetched %d bytes", n)
+	}
+	env.MustAudit(t)
+}
+
+// testSilentHost: the guest ends, the host never sends its final count;
+// past the close deadline the session is settled on the host's last
+// report, so a host cannot hold the guest's refund forever.
+func testSilentHost(t *testing.T) {
+	r := newRig(t, nil)
+	s := r.active(t, r.guest, 100*MB)
+	if _, err := r.host.Sessions.ReportUsage(t.Context(), connect.NewRequest(&sharespotv1.ReportUsageRequest{SessionId: s.id, UsedBytes: 40 * MB})); err != nil {
+		t.Fatal(err)
+	}
+	res, err := r.guest.Sessions.End(t.Context(), connect.NewRequest(&sharespotv1.EndRequest{SessionId: s.id, Reason: "leaving"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := res.Msg.Session.State; st != sharespotv1.SessionState_SESSION_STATE_ENDING {
+		t.Fatalf("after the guest's End: %v, want ENDING", st)
+	}
+	// Nothing more is sold or granted while the session closes.
+	_, err = r.guest.Sessions.RequestTopUp(t.Context(), connect.NewRequest(&sharespotv1.RequestTopUpRequest{SessionId: s.id, Bytes: 10 * MB}))
+	refused(t, err, connect.CodeFailedPrecondition, "ending")
+	r.env.Clock.Advance(sessionConfig().CloseTimeout + time.Second)
+	got := r.waitState(t, s.id, sharespotv1.SessionState_SESSION_STATE_ENDED)
+	wantSettled(t, got, r.guest, r.host, funds, 1000, 400)
+	if got.UsedBytes != 40*MB {
+		t.Fatalf("settled on %d bytes, want the last report's %d", got.UsedBytes, 40*MB)
+	}
+	// The host's final count now comes too late to change anything.
+	late, err := r.host.Sessions.End(t.Context(), connect.NewRequest(&sharespotv1.EndRequest{SessionId: s.id, UsedBytes: 100 * MB}))
+	if err != nil || late.Msg.Session.UsedBytes != 40*MB {
+		t.Fatalf("late final count: %v, %v", late, err)
+	}
+	wantSettled(t, r.session(t, s.id), r.guest, r.host, funds, 1000, 400)
+	r.env.MustAudit(t)
+}
+
+// testHostReprices: the host raises its prices a hundredfold mid-session.
+// The running session keeps the tariff the guest was shown: a top-up
+// quoted at the new price is refused, and the guest pays the shown one.
+func testHostReprices(t *testing.T) {
+	r := newRig(t, nil)
+	ctx := t.Context()
+	shown := instruction().Tariff
+	s := r.active(t, r.guest, 100*MB) // 1000 at 10 per MB
+	greedy := instruction()
+	greedy.Tariff.PriceMinor, greedy.Tariff.TopupPriceMinor = 1000, 1200
+	if _, err := r.host.Hotspots.Update(ctx, connect.NewRequest(&sharespotv1.UpdateRequest{HotspotId: r.hs.Id, Instruction: greedy})); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.guest.Sessions.RequestTopUp(ctx, connect.NewRequest(&sharespotv1.RequestTopUpRequest{SessionId: s.id, Bytes: 5 * MB})); err != nil {
+		t.Fatal(err)
+	}
+	refusedQuietly(t, r.env, func() error {
+		_, err := r.host.Sessions.Quote(ctx, connect.NewRequest(&sharespotv1.QuoteRequest{SessionId: s.id, Bytes: 5 * MB, AmountMinor: 6000, Currency: currency}))
+		return err
+	}, connect.CodeInvalidArgument, "quote of 6000 does not match the session's tariff, which gives 60")
+	if got := r.session(t, s.id).Tariff; got.TopupPriceMinor != shown.TopupPriceMinor || got.PriceMinor != shown.PriceMinor {
+		t.Fatalf("the session's tariff is now %v, want the shown %v", got, shown)
+	}
+	q := r.quote(t, s, 5*MB, true) // 60 at the shown 12 per MB
+	// The guest's client also refuses any fee above the shown tariff.
+	if err := client.CheckFee(shown, &sharespotv1.Quote{Kind: sharespotv1.QuoteKind_QUOTE_KIND_TOPUP, Bytes: 5 * MB, AmountMinor: 6000, Currency: currency}); err == nil {
+		t.Fatal("the client would pay 6000 for what the shown tariff prices at 60")
+	}
+	if err := client.CheckFee(shown, q); err != nil {
+		t.Fatalf("the client refuses the fair fee: %v", err)
+	}
+	r.confirm(t, s, r.pay(t, s, q))
+	r.grant(t, &sharespotv1.GrantRequest{SessionId: s.id, QuoteId: q.Id, GrantedBytes: 5 * MB})
+	res, err := r.host.Sessions.End(ctx, connect.NewRequest(&sharespotv1.EndRequest{SessionId: s.id, UsedBytes: 102 * MB}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 100 MB of the first tranche (1000) and 2 of the 5 MB top-up (24).
+	wantSettled(t, res.Msg.Session, r.guest, r.host, funds, 1060, 1024)
+
+	// A guest that saw the old tariff cannot be held to the new one.
+	late := r.newGuest(t, "late guest")
+	_, gk := guestKey(t, seal.Preset)
+	_, err = late.Sessions.RequestAccess(ctx, connect.NewRequest(&sharespotv1.RequestAccessRequest{HotspotId: r.hs.Id, Bytes: 10 * MB,
+		GuestKeys: []*sharespotv1.GuestKey{gk}, ShownTariff: shown}))
+	refused(t, err, connect.CodeFailedPrecondition, "tariff changed since it was shown to you")
+	r.env.MustAudit(t)
+}
+
+// testGrantRefused: the host learns of a top-up's payment only after the
+// grant deadline passed and the server refunded it. The host agent must
+// not give the volume at its gate: nothing is given that the server did
+// not grant.
+func testGrantRefused(t *testing.T) {
+	ctx := t.Context()
+	f := newFlow(t, nil)
+	ses := f.pay(t)
+	_, ag := harness.Next[*sharespotv1.Envelope_AccessGranted](t, f.guestIn)
+	code, err := f.g.OpenCode(ses.Id, f.host.DeviceID(), ag.AccessGranted.SealedCode)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.hostIn.Stop() // the host goes quiet
+	if _, err := f.guest.Sessions.RequestTopUp(ctx, connect.NewRequest(&sharespotv1.RequestTopUpRequest{SessionId: ses.Id, Bytes: 50 * MB})); err != nil {
+		t.Fatal(err)
+	}
+	q, err := f.host.Sessions.Quote(ctx, connect.NewRequest(&sharespotv1.QuoteRequest{SessionId: ses.Id, Bytes: 50 * MB, AmountMinor: 600, Currency: currency}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pr, err := f.guest.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: q.Msg.Quote.Id}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.guest.Sessions.Confirm(ctx, connect.NewRequest(&sharespotv1.ConfirmRequest{SessionId: ses.Id, Receipt: pr.Msg.Receipt})); err != nil {
+		t.Fatal(err)
+	}
+	f.env.Clock.Advance(sessionConfig().GrantTimeout + time.Second)
+	_, d := harness.Next[*sharespotv1.Envelope_Declined](t, f.guestIn)
+	if d.Declined.Kind != sharespotv1.QuoteKind_QUOTE_KIND_TOPUP {
+		t.Fatalf("declined: %v", d.Declined)
+	}
+	// The host comes back and handles the late confirmation.
+	hostIn := harness.Listen(t, f.host, f.hostAgent.Handle)
+	harness.Next[*sharespotv1.Envelope_PaymentConfirmed](t, hostIn)
+	if vol, err := f.gate.Check(ses.Id, code); err != nil || vol != 100*MB {
+		t.Fatalf("gate volume %d, %v after a refused top-up; want the 100 MB granted", vol, err)
+	}
+	// The host's count can only be what the server granted.
+	_, err = f.host.Sessions.ReportUsage(ctx, connect.NewRequest(&sharespotv1.ReportUsageRequest{SessionId: ses.Id, UsedBytes: 114 * MB}))
+	refused(t, err, connect.CodeInvalidArgument, "between 0 and the 100000000 bytes granted")
+	if _, err := f.host.Sessions.ReportUsage(ctx, connect.NewRequest(&sharespotv1.ReportUsageRequest{SessionId: ses.Id, UsedBytes: 100 * MB})); err != nil {
+		t.Fatal(err)
+	}
+	s, err := f.guest.EndAndSettle(ctx, ses.Id, "done")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Paid 1600, of which the 600 top-up came back when its grant timed
+	// out; the first tranche used whole.
+	wantSettled(t, s, f.guest, f.host, 10_000, 1600, 1000)
+	f.env.MustAudit(t)
+
+	t.Run("rate_limit_is_not_final", func(t *testing.T) {
+		// A rate-limited call is retried, not taken as the server's word.
+		env := harness.Start(t, func(c *server.Config) { c.Limits.PerDevice, c.Limits.PerDevBurst = 1e-9, 1 })
+		c := env.Device(t, "host")
+		var last error
+		for range 3 {
+			_, last = c.Payments.Balance(t.Context(), connect.NewRequest(&sharespotv1.BalanceRequest{}))
+		}
+		refused(t, last, connect.CodeResourceExhausted, "too many requests")
+		if client.Final(last) {
+			t.Fatal("a rate limit is taken as a final refusal")
+		}
+		_, err := c.Sessions.Get(t.Context(), connect.NewRequest(&sharespotv1.GetRequest{SessionId: "ses_nope"}))
+		if err != nil && connect.CodeOf(err) != connect.CodeResourceExhausted && !client.Final(err) {
+			t.Fatalf("a refusal is not final: %v", err)
+		}
+	})
+}
+
+// testTranches: each granted quote is billed at its own price. 1 MB at 100
+// then a 99 MB top-up at 1 per MB, 1 MB used, charges 100 (blending
+// charged 1); the reverse, 1 MB at 1 then 99 MB at 100 per MB, charges 1
+// (blending charged 99).
+func testTranches(t *testing.T) {
+	for _, tc := range []struct {
+		name          string
+		first, topUp  int64 // per MB
+		used          int64
+		paid, charged int64
+	}{
+		{"dear_first_cheap_topup", 100, 1, 1 * MB, 100 + 99, 100},
+		{"cheap_first_dear_topup", 1, 100, 1 * MB, 1 + 9900, 1},
+		// 1 MB whole (100), then 2.5 of 99 MB at 99: 2.5, rounded down.
+		{"into_the_second_tranche", 100, 1, 3_500_000, 199, 102},
+		// 500,001 bytes of 1 MB at 3: 1.500003, rounded down.
+		{"rounding_down", 3, 7, 500_001, 3 + 693, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newRig(t, nil)
+			ctx := t.Context()
+			inst := instruction()
+			inst.AccessPoint.Bssid = "02:5e:00:00:00:42"
+			inst.Tariff.PriceMinor, inst.Tariff.TopupPriceMinor, inst.Tariff.MinPurchaseBytes = tc.first, tc.topUp, 1*MB
+			hs, err := r.host.Hotspots.Register(ctx, connect.NewRequest(&sharespotv1.RegisterRequest{Instruction: inst}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			r.hs = hs.Msg.Hotspot
+			buy := func(s *ses, n, amount int64, topUp bool) {
+				t.Helper()
+				if topUp {
+					if _, err := r.guest.Sessions.RequestTopUp(ctx, connect.NewRequest(&sharespotv1.RequestTopUpRequest{SessionId: s.id, Bytes: n})); err != nil {
+						t.Fatal(err)
+					}
+				}
+				q, err := r.host.Sessions.Quote(ctx, connect.NewRequest(&sharespotv1.QuoteRequest{SessionId: s.id, Bytes: n, AmountMinor: amount, Currency: currency}))
+				if err != nil {
+					t.Fatal(err)
+				}
+				r.confirm(t, s, r.pay(t, s, q.Msg.Quote))
+				req := &sharespotv1.GrantRequest{SessionId: s.id, QuoteId: q.Msg.Quote.Id, GrantedBytes: n}
+				if !topUp {
+					req = r.grantReq(t, s, q.Msg.Quote)
+				}
+				r.grant(t, req)
+			}
+			s := r.request(t, r.guest, 1*MB)
+			buy(s, 1*MB, tc.first, false)
+			buy(s, 99*MB, 99*tc.topUp, true)
+			res, err := r.host.Sessions.End(ctx, connect.NewRequest(&sharespotv1.EndRequest{SessionId: s.id, UsedBytes: tc.used}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := res.Msg.Session
+			wantSettled(t, got, r.guest, r.host, funds, tc.paid, tc.charged)
+			var billed int64
+			for _, q := range got.Quotes {
+				billed += q.BilledMinor
+			}
+			if billed != tc.charged {
+				t.Fatalf("tranches bill %d in all, want %d: %v", billed, tc.charged, got.Quotes)
+			}
+			r.env.MustAudit(t)
+		})
+	}
+}
+
+// testEmptyWallet: a guest with no money asks for nearly the whole
+// hotspot and the host agent quotes it. An unpaid quote reserves nothing,
+// so other guests still see and buy the volume; and one account cannot
+// pile up unpaid requests.
+func testEmptyWallet(t *testing.T) {
+	ctx := t.Context()
+	f := newFlow(t, nil)
+	broke := f.env.Device(t, "broke")
+	brokeIn := harness.Listen(t, broke, nil)
+	bg := &client.Guest{C: broke}
+	ses, err := bg.RequestAccess(ctx, f.hotspot.Id, 999_999_148)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, fi := harness.Next[*sharespotv1.Envelope_FeeInfo](t, brokeIn)
+	_, err = broke.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: fi.FeeInfo.Quote.Id}))
+	refused(t, err, connect.CodeResourceExhausted, "insufficient funds")
+	// Discovery still offers everything, and another guest buys 900 MB.
+	cands := []*sharespotv1.Candidate{{Bssid: f.hotspot.Instruction.AccessPoint.Bssid, Ssid: f.hotspot.Instruction.AccessPoint.Ssid, SignalDbm: -50}}
+	dres, err := f.guest.Discovery.Discover(ctx, connect.NewRequest(&sharespotv1.DiscoverRequest{Candidates: cands}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(dres.Msg.Available) != 1 || dres.Msg.Available[0].AvailableBytes != 1000*MB {
+		t.Fatalf("available set while an unpaid quote stands: %v", dres.Msg.Available)
+	}
+	f.env.Fund(t, f.guest, currency, 90_000-10_000)
+	buyer, err := f.g.RequestAccess(ctx, f.hotspot.Id, 900*MB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, bfi := harness.Next[*sharespotv1.Envelope_FeeInfo](t, f.guestIn)
+	if _, err := f.guest.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: bfi.FeeInfo.Quote.Id})); err != nil {
+		t.Fatalf("the paying guest cannot buy: %v", err)
+	}
+	// Now the unpaid quote can no longer be paid for that much, whatever
+	// the broke guest's funds.
+	f.env.Fund(t, broke, currency, 200_000)
+	_, err = broke.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: fi.FeeInfo.Quote.Id}))
+	refused(t, err, connect.CodeResourceExhausted, "100000000 bytes left to share")
+	if got := harness.Balance(t, broke, currency); got != 200_000 {
+		t.Fatalf("the refused payer holds %d, want 200000", got)
+	}
+	if got := harness.Balance(t, f.guest, currency); got != 90_000-9_000 {
+		t.Fatalf("the buyer holds %d, want 81000 (900 MB at 10 per MB in escrow)", got)
+	}
+	if _, err := broke.Sessions.End(ctx, connect.NewRequest(&sharespotv1.EndRequest{SessionId: ses.Id})); err != nil {
+		t.Fatal(err)
+	}
+	// One account, many unpaid requests: the fifth is refused.
+	spam := f.env.Device(t, "spammer")
+	sg := &client.Guest{C: spam}
+	for i := range sessionConfig().MaxUnpaidPerAccount {
+		if _, err := sg.RequestAccess(ctx, f.hotspot.Id, 10*MB); err != nil {
+			t.Fatalf("request %d: %v", i+1, err)
+		}
+	}
+	_, err = sg.RequestAccess(ctx, f.hotspot.Id, 10*MB)
+	refused(t, err, connect.CodeResourceExhausted, "requests not yet paid for")
+	_ = buyer
+	f.env.MustAudit(t)
+}
