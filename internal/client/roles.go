@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"time"
 
 	"connectrpc.com/connect"
 
@@ -211,17 +212,36 @@ func (h *Host) grant(ctx context.Context, sid string, pc *sharespotv1.PaymentCon
 		if ignoreRefusal(err) != nil {
 			return err // not final: handled again (the admission stays pending)
 		}
-		h.Log.Warn("grant refused; nothing given", "session", sid, "quote", q.Id, "err", err)
-		if initial && h.Gate != nil {
-			h.Gate.Revoke(sid)
+		// Refused: perhaps because an earlier try went through and its
+		// answer was lost. Ask the server which.
+		ses, gerr := h.C.Sessions.Get(ctx, connect.NewRequest(&sharespotv1.GetRequest{SessionId: sid}))
+		if gerr != nil {
+			return ignoreRefusal(gerr)
 		}
-		return nil
+		if !granted(ses.Msg.Session, q.Id) {
+			h.Log.Warn("grant refused; nothing given", "session", sid, "quote", q.Id, "err", err)
+			if initial && h.Gate != nil {
+				h.Gate.Revoke(sid)
+			}
+			return nil
+		}
+		res = connect.NewResponse(&sharespotv1.GrantResponse{Session: ses.Msg.Session})
 	}
 	h.remember(receiptID)
 	if initial {
 		return nil
 	}
 	return h.Reconcile(res.Msg.Session)
+}
+
+// granted reports whether quote q of s is granted.
+func granted(s *sharespotv1.Session, q string) bool {
+	for _, x := range s.GetQuotes() {
+		if x.Id == q {
+			return x.State == sharespotv1.QuoteState_QUOTE_STATE_GRANTED
+		}
+	}
+	return false
 }
 
 // Reconcile raises the gate's volume for a running session to what the
@@ -506,4 +526,19 @@ func (g *Guest) Forget(sessionID string) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	delete(g.keys, sessionID)
+}
+
+// AwaitVolume waits (up to within) until the gate admits code for the
+// session with want bytes, and returns the volume it last saw. A host
+// raises the gate's volume only after the server accepted its top-up grant,
+// so the guest may hear of the grant a moment before the gate has it.
+func (g *CodeGate) AwaitVolume(sessionID string, code []byte, want int64, within time.Duration) (int64, error) {
+	deadline := time.Now().Add(within)
+	for {
+		vol, err := g.Check(sessionID, code)
+		if (err == nil && vol == want) || time.Now().After(deadline) {
+			return vol, err
+		}
+		time.Sleep(time.Millisecond)
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
 
 	"connectrpc.com/connect"
 
@@ -282,7 +283,7 @@ func TestClaim(t *testing.T) {
 		if g.AccessGranted.GrantedBytes != 50*MB || g.AccessGranted.TotalGrantedBytes != 150*MB || g.AccessGranted.SealedCode != nil {
 			t.Fatalf("add-data response = %v", g.AccessGranted)
 		}
-		if vol, err := f.gate.Check(ses.Id, code); err != nil || vol != 150*MB {
+		if vol, err := f.gate.AwaitVolume(ses.Id, code, 150*MB, 5*time.Second); err != nil || vol != 150*MB {
 			t.Fatalf("gate volume after top-up = %d, %v", vol, err)
 		}
 	})

@@ -321,8 +321,8 @@ func checkRun(t *testing.T, dir string, r *run, outcome string) {
 		if guest+host+fee != funded || funding != -funded {
 			t.Errorf("guest %d + host %d + fee %d != funded %d (funding account %d)", guest, host, fee, funded, funding)
 		}
-		if outcome == completed && (guest != funded-1280 || host != 1216 || fee != 64) {
-			t.Errorf("completed flow settled guest %d, host %d, fee %d; want %d, 1216, 64", guest, host, fee, funded-1280)
+		if outcome == completed && (guest != funded-1240 || host != 1178 || fee != 62) {
+			t.Errorf("completed flow settled guest %d, host %d, fee %d; want %d, 1178, 62 (tranches: 100 MB at 10, 20 MB at 12)", guest, host, fee, funded-1240)
 		}
 
 		// The inboxes: each handled message handled once, none lost.

@@ -546,7 +546,7 @@ func (r *run) flow(ctx context.Context) (string, error) {
 	}
 	used := int64(100 * MB)
 	if grant != nil {
-		if vol, err := r.gate.Check(r.main, accessCode); err != nil || vol != 150*MB || grant.TotalGrantedBytes != 150*MB {
+		if vol, err := r.gate.AwaitVolume(r.main, accessCode, 150*MB, 5*time.Second); err != nil || vol != 150*MB || grant.TotalGrantedBytes != 150*MB {
 			return "", fmt.Errorf("gate volume after the top-up = %d, %v; total granted %d", vol, err, grant.TotalGrantedBytes)
 		}
 		used = 120 * MB

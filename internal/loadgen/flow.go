@@ -250,7 +250,7 @@ func (r *flowRun) run(ctx context.Context) error {
 	if grant.TotalGrantedBytes != total {
 		return r.fail("topup grant", fmt.Errorf("total granted %d, want %d", grant.TotalGrantedBytes, total))
 	}
-	if vol, err := h.Gate.Check(sid, code); err != nil || vol != total {
+	if vol, err := h.Gate.AwaitVolume(sid, code, total, 5*time.Second); err != nil || vol != total {
 		return r.fail("gate", fmt.Errorf("after the top-up the gate admits %d bytes (%v), want %d", vol, err, total))
 	}
 

@@ -382,7 +382,7 @@ func (f *flow) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if vol, err := f.gate.Check(f.sid, code); err != nil || vol != 150*MB || grant.TotalGrantedBytes != 150*MB {
+	if vol, err := f.gate.AwaitVolume(f.sid, code, 150*MB, 5*time.Second); err != nil || vol != 150*MB || grant.TotalGrantedBytes != 150*MB {
 		return fmt.Errorf("gate volume after the top-up = %d, %v; total granted %d", vol, err, grant.TotalGrantedBytes)
 	}
 	if _, err := f.host.Sessions.ReportUsage(ctx, connect.NewRequest(&sharespotv1.ReportUsageRequest{SessionId: f.sid, UsedBytes: 120 * MB})); err != nil {
@@ -427,8 +427,8 @@ func (f *flow) check(t *testing.T, ctx context.Context) {
 		if bal[2], err = ledger.FeeTotal(tx, currency); err != nil {
 			return err
 		}
-		if guest, host, fee := bal[0], bal[1], bal[2]; guest != funded-1280 || host != 1216 || fee != 64 {
-			t.Errorf("settled guest %d, host %d, fee %d; want %d, 1216, 64", guest, host, fee, funded-1280)
+		if guest, host, fee := bal[0], bal[1], bal[2]; guest != funded-1240 || host != 1178 || fee != 62 {
+			t.Errorf("settled guest %d, host %d, fee %d; want %d, 1178, 62 (tranches: 100 MB at 10, 20 MB at 12)", guest, host, fee, funded-1240)
 		}
 		var receipts, payments int
 		if err := tx.QueryRow(`SELECT COUNT(*) FROM receipts WHERE quote_id IN (SELECT id FROM quotes WHERE session_id = ?)`, f.sid).Scan(&receipts); err != nil {
