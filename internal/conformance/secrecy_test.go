@@ -8,7 +8,6 @@ import (
 	"sync"
 	"testing"
 
-
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/harness"
 	"github.com/sharespot/sharespot/internal/seal"
