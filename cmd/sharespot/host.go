@@ -50,7 +50,7 @@ type ShareCmd struct {
 	LAN         string `name:"lan" help:"With --gateway nftables: the interface guests are on (the access point, or its bridge)." placeholder:"IFACE"`
 	Uplink      string `help:"With --gateway nftables: the interface guests' traffic leaves by (NAT)." placeholder:"IFACE"`
 	wifiFlags
-	ReportEvery time.Duration `name:"report-every" default:"5s" help:"How often metered usage is reported to the server; settlement charges the last report."`
+	ReportEvery time.Duration `name:"report-every" default:"5s" help:"How often metered usage is reported to the server (a session whose guest ended settles on the final count sent then, or on the last report if this host is away)."`
 }
 
 func securityOf(s string) sharespotv1.Security {

@@ -50,6 +50,8 @@ type ServerCmd struct {
 	QuoteTimeout      time.Duration `default:"30s" help:"How long a host has to answer a request."`
 	QuoteTTL          time.Duration `name:"quote-ttl" default:"2m" help:"How long a guest has to pay a quote."`
 	GrantTimeout      time.Duration `default:"30s" help:"How long a host has to grant after payment before the guest is refunded."`
+	CloseTimeout      time.Duration `default:"15s" help:"How long a host has to send its final count after a guest ends; then the session settles on the host's last usage report."`
+	MaxUnpaid         int           `name:"max-unpaid" default:"4" help:"Requests an account may have open and not yet paid for."`
 	RateDevice        float64       `default:"50" help:"Requests per second per device (0: no limit)."`
 	RateIP            float64       `name:"rate-ip" default:"500" help:"Requests per second per client address (0: no limit)."`
 	LogLevel          string        `default:"info" enum:"debug,info,warn,error" help:"Log level."`
@@ -86,7 +88,14 @@ func (c *ServerCmd) config(log *slog.Logger) (server.Config, error) {
 	}
 	sc := session.DefaultConfig()
 	sc.FeeBPS, sc.Announce = c.FeeBPS, c.AnnounceSuite
-	sc.QuoteTimeout, sc.QuoteTTL, sc.GrantTimeout = c.QuoteTimeout, c.QuoteTTL, c.GrantTimeout
+	sc.QuoteTimeout, sc.QuoteTTL, sc.GrantTimeout, sc.CloseTimeout = c.QuoteTimeout, c.QuoteTTL, c.GrantTimeout, c.CloseTimeout
+	sc.MaxUnpaidPerAccount = c.MaxUnpaid
+	if c.CloseTimeout <= 0 {
+		return cfg, fmt.Errorf("--close-timeout %v: want a positive duration", c.CloseTimeout)
+	}
+	if c.MaxUnpaid < 1 {
+		return cfg, fmt.Errorf("--max-unpaid %d: want at least 1", c.MaxUnpaid)
+	}
 	if c.FeeBPS < 0 || c.FeeBPS > 10000 {
 		return cfg, fmt.Errorf("--fee-bps %d must be between 0 and 10000", c.FeeBPS)
 	}

@@ -32,7 +32,11 @@ import (
 //	1  2026-11-24  first version: sign-in, hotspots, discovery, sessions,
 //	               wallet payments with signed receipts, HPKE-sealed codes,
 //	               store-and-forward inbox.
-const ProtocolVersion = 1
+//	2  2026-11-30  fair settlement: the session's tariff, tranches, the
+//	               ENDING state and the host's final count, reservation at
+//	               payment, Retry-After on rate limits; AddDevice with proof
+//	               of possession.
+const ProtocolVersion = 2
 
 // MaxRequestBytes caps a request message.
 const MaxRequestBytes = 64 << 10

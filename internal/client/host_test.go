@@ -2,7 +2,9 @@ package client_test
 
 import (
 	"context"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"connectrpc.com/connect"
 
@@ -14,16 +16,16 @@ import (
 // countingGate counts what reaches the gate.
 type countingGate struct {
 	client.CodeGate
-	admits, extends int
+	admits, extends atomic.Int32
 }
 
 func (g *countingGate) Admit(sid string, code []byte, n int64) error {
-	g.admits++
+	g.admits.Add(1)
 	return g.CodeGate.Admit(sid, code, n)
 }
 
 func (g *countingGate) Extend(sid string, n int64) error {
-	g.extends++
+	g.extends.Add(1)
 	return g.CodeGate.Extend(sid, n)
 }
 
@@ -55,7 +57,6 @@ func TestHostHandlesRedeliveryOnce(t *testing.T) {
 		}
 		return agent.Handle(ctx, env)
 	})
-	_ = hostIn
 	guestIn := harness.Listen(t, guest, nil)
 	g := &client.Guest{C: guest}
 	ses, err := g.RequestAccess(ctx, hs.Msg.Hotspot.Id, 10_000)
@@ -78,8 +79,14 @@ func TestHostHandlesRedeliveryOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	buy()
-	if gate.admits != 1 || gate.extends != 1 || len(confirmations) != 2 {
-		t.Fatalf("admits %d, extends %d, confirmations %d", gate.admits, gate.extends, len(confirmations))
+	// The host extends the gate once the server accepted its grant, a
+	// moment after the guest may hear of it.
+	for deadline := time.Now().Add(5 * time.Second); gate.extends.Load() == 0 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
+	hostIn.Stop()
+	if gate.admits.Load() != 1 || gate.extends.Load() != 1 || len(confirmations) != 2 {
+		t.Fatalf("admits %d, extends %d, confirmations %d", gate.admits.Load(), gate.extends.Load(), len(confirmations))
 	}
 	// Deliver both confirmations again.
 	for _, c := range confirmations {
@@ -87,8 +94,8 @@ func TestHostHandlesRedeliveryOnce(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if gate.admits != 1 || gate.extends != 1 {
-		t.Fatalf("after redelivery: admits %d, extends %d", gate.admits, gate.extends)
+	if gate.admits.Load() != 1 || gate.extends.Load() != 1 {
+		t.Fatalf("after redelivery: admits %d, extends %d", gate.admits.Load(), gate.extends.Load())
 	}
 	res, err := guest.Sessions.Get(ctx, connect.NewRequest(&sharespotv1.GetRequest{SessionId: ses.Id}))
 	if err != nil {

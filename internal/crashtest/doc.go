@@ -1,5 +1,5 @@
 // Package crashtest proves that the Sharespot server is crash-safe at every
-// transaction boundary of the claimed flow (claims 1–3, spec/claims.md).
+// transaction boundary of the claimed flow (claims 1–3, docs/claims.md).
 //
 // TestCrashAtEveryCommit builds the real binary and, for every database
 // commit N the flow makes (sign-in, registration, request, quote, payment,

@@ -1,7 +1,7 @@
 // Package session is the server's state machine for the claimed flow: a
 // guest's access request, the host's fee, the payment, its confirmation, the
 // sealed grant, the low-quota prompt, top-ups, and the two-party close. This
-// file reads top to bottom in the order of spec/claims.md, and each step
+// file reads top to bottom in the order of docs/claims.md, and each step
 // names its claim; settlement (settle.go), deadlines (deadlines.go) and the
 // read views (views.go) have files of their own.
 //

@@ -1,7 +1,7 @@
 // Sharespot protocol, version 1.
 //
 // Every message between a guest and a host passes through the server. Claim
-// step IDs (C1.1–C3.3) refer to spec/claims.md.
+// step IDs (C1.1–C3.3) refer to docs/claims.md.
 //
 // Times are Unix milliseconds (int64), money is an integer count of the
 // currency's minor unit, data is an integer count of bytes.
@@ -867,7 +867,8 @@ type Hotspot struct {
 	Id           string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	HostDeviceId string                 `protobuf:"bytes,2,opt,name=host_device_id,json=hostDeviceId,proto3" json:"host_device_id,omitempty"`
 	Instruction  *ShareInstruction      `protobuf:"bytes,3,opt,name=instruction,proto3" json:"instruction,omitempty"`
-	// Bytes promised to sessions (quoted, paid or granted) or already used.
+	// Bytes sold to sessions (paid, granted) or already used. An unpaid
+	// quote reserves nothing.
 	CommittedBytes int64 `protobuf:"varint,4,opt,name=committed_bytes,json=committedBytes,proto3" json:"committed_bytes,omitempty"`
 	// shareable_bytes − committed_bytes.
 	AvailableBytes int64 `protobuf:"varint,5,opt,name=available_bytes,json=availableBytes,proto3" json:"available_bytes,omitempty"`
@@ -1958,14 +1959,17 @@ type Session struct {
 	RequestedBytes int64                  `protobuf:"varint,6,opt,name=requested_bytes,json=requestedBytes,proto3" json:"requested_bytes,omitempty"`
 	GrantedBytes   int64                  `protobuf:"varint,7,opt,name=granted_bytes,json=grantedBytes,proto3" json:"granted_bytes,omitempty"`
 	UsedBytes      int64                  `protobuf:"varint,8,opt,name=used_bytes,json=usedBytes,proto3" json:"used_bytes,omitempty"`
-	PaidMinor      int64                  `protobuf:"varint,9,opt,name=paid_minor,json=paidMinor,proto3" json:"paid_minor,omitempty"`
-	Currency       string                 `protobuf:"bytes,10,opt,name=currency,proto3" json:"currency,omitempty"`
+	// Everything the guest paid in this session, refunded parts included.
+	PaidMinor int64  `protobuf:"varint,9,opt,name=paid_minor,json=paidMinor,proto3" json:"paid_minor,omitempty"`
+	Currency  string `protobuf:"bytes,10,opt,name=currency,proto3" json:"currency,omitempty"`
 	// The HPKE suite chosen for the access code.
 	Suite string `protobuf:"bytes,11,opt,name=suite,proto3" json:"suite,omitempty"`
 	// When a stuck step times out (0: none pending).
 	DeadlineUnixMs int64  `protobuf:"varint,12,opt,name=deadline_unix_ms,json=deadlineUnixMs,proto3" json:"deadline_unix_ms,omitempty"`
 	EndReason      string `protobuf:"bytes,13,opt,name=end_reason,json=endReason,proto3" json:"end_reason,omitempty"`
-	// Settlement, once ended: to the host, to the platform, back to the guest.
+	// Settlement, once ended: to the host, to the platform, back to the guest
+	// (every refund of the session: paid_minor = settled_host_minor +
+	// settled_fee_minor + refunded_minor).
 	SettledHostMinor int64    `protobuf:"varint,14,opt,name=settled_host_minor,json=settledHostMinor,proto3" json:"settled_host_minor,omitempty"`
 	SettledFeeMinor  int64    `protobuf:"varint,15,opt,name=settled_fee_minor,json=settledFeeMinor,proto3" json:"settled_fee_minor,omitempty"`
 	RefundedMinor    int64    `protobuf:"varint,16,opt,name=refunded_minor,json=refundedMinor,proto3" json:"refunded_minor,omitempty"`

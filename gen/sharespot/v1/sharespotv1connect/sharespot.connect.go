@@ -1,7 +1,7 @@
 // Sharespot protocol, version 1.
 //
 // Every message between a guest and a host passes through the server. Claim
-// step IDs (C1.1–C3.3) refer to spec/claims.md.
+// step IDs (C1.1–C3.3) refer to docs/claims.md.
 //
 // Times are Unix milliseconds (int64), money is an integer count of the
 // currency's minor unit, data is an integer count of bytes.
@@ -481,9 +481,12 @@ type SessionServiceClient interface {
 	Prompt(context.Context, *connect.Request[v1.PromptRequest]) (*connect.Response[v1.PromptResponse], error)
 	// Guest, C1.11: ask for more data.
 	RequestTopUp(context.Context, *connect.Request[v1.RequestTopUpRequest]) (*connect.Response[v1.RequestTopUpResponse], error)
-	// Host: report metered usage (used for settlement).
+	// Host: report metered usage (settles a session whose host sends no
+	// final count after the guest ended).
 	ReportUsage(context.Context, *connect.Request[v1.ReportUsageRequest]) (*connect.Response[v1.ReportUsageResponse], error)
-	// Either party: end the session; the server settles it.
+	// Either party: end the session. The host's End settles it with its
+	// final count; the guest's End of an active session moves it to ENDING
+	// until the host's final count (or the close deadline) settles it.
 	End(context.Context, *connect.Request[v1.EndRequest]) (*connect.Response[v1.EndResponse], error)
 	// Either party: read a session.
 	Get(context.Context, *connect.Request[v1.GetRequest]) (*connect.Response[v1.GetResponse], error)
@@ -658,9 +661,12 @@ type SessionServiceHandler interface {
 	Prompt(context.Context, *connect.Request[v1.PromptRequest]) (*connect.Response[v1.PromptResponse], error)
 	// Guest, C1.11: ask for more data.
 	RequestTopUp(context.Context, *connect.Request[v1.RequestTopUpRequest]) (*connect.Response[v1.RequestTopUpResponse], error)
-	// Host: report metered usage (used for settlement).
+	// Host: report metered usage (settles a session whose host sends no
+	// final count after the guest ended).
 	ReportUsage(context.Context, *connect.Request[v1.ReportUsageRequest]) (*connect.Response[v1.ReportUsageResponse], error)
-	// Either party: end the session; the server settles it.
+	// Either party: end the session. The host's End settles it with its
+	// final count; the guest's End of an active session moves it to ENDING
+	// until the host's final count (or the close deadline) settles it.
 	End(context.Context, *connect.Request[v1.EndRequest]) (*connect.Response[v1.EndResponse], error)
 	// Either party: read a session.
 	Get(context.Context, *connect.Request[v1.GetRequest]) (*connect.Response[v1.GetResponse], error)
