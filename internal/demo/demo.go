@@ -245,6 +245,13 @@ func Run(ctx context.Context, w io.Writer, o Options) (err error) {
 		return err
 	}
 	tg := env.GetAccessGranted()
+	// The host raises the gateway's quota once the server accepted its
+	// grant, a moment after the guest may hear of it.
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		if _, q, _ := gw.Usage(ses.Id); q >= tg.TotalGrantedBytes {
+			break
+		}
+	}
 	p.step("C1.15", "add-data response → server → guest: +%s, %s in all; the gateway raised the quota in place", size.Format(tg.GrantedBytes), size.Format(tg.TotalGrantedBytes))
 	more, err := download(ctx, httpc, org.URL(), tg.TotalGrantedBytes+5*mb, mb)
 	gu, gq, _ := gw.Usage(ses.Id)
