@@ -149,6 +149,8 @@ func (c *ShareCmd) Run(env *runEnv) error {
 					func(r *guestRow) { r.State, r.Used, r.Granted = "low", used, quota })
 			case "exhausted":
 				view.event(fmt.Sprintf("%s  all %s used: guest cut off", sid, size.Format(quota)), sid, func(r *guestRow) { r.State, r.Used = "cut off", used })
+			case "ending":
+				view.event(fmt.Sprintf("%s  the guest left: revoked at the gateway, final count sent", sid), sid, func(r *guestRow) { r.State = "ending" })
 			case "ended":
 				view.event(fmt.Sprintf("%s  ended after %s; you earned %s", sid, size.Format(used), client.FormatMoney(quota, t.Currency)), sid,
 					func(r *guestRow) { r.State, r.Used = "ended", used })
