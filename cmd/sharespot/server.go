@@ -88,13 +88,18 @@ func (c *ServerCmd) config(log *slog.Logger) (server.Config, error) {
 	}
 	sc := session.DefaultConfig()
 	sc.FeeBPS, sc.Announce = c.FeeBPS, c.AnnounceSuite
-	sc.QuoteTimeout, sc.QuoteTTL, sc.GrantTimeout, sc.CloseTimeout = c.QuoteTimeout, c.QuoteTTL, c.GrantTimeout, c.CloseTimeout
-	sc.MaxUnpaidPerAccount = c.MaxUnpaid
-	if c.CloseTimeout <= 0 {
+	sc.QuoteTimeout, sc.QuoteTTL, sc.GrantTimeout = c.QuoteTimeout, c.QuoteTTL, c.GrantTimeout
+	if c.CloseTimeout < 0 {
 		return cfg, fmt.Errorf("--close-timeout %v: want a positive duration", c.CloseTimeout)
 	}
-	if c.MaxUnpaid < 1 {
+	if c.MaxUnpaid < 0 {
 		return cfg, fmt.Errorf("--max-unpaid %d: want at least 1", c.MaxUnpaid)
+	}
+	if c.CloseTimeout > 0 {
+		sc.CloseTimeout = c.CloseTimeout
+	}
+	if c.MaxUnpaid > 0 {
+		sc.MaxUnpaidPerAccount = c.MaxUnpaid
 	}
 	if c.FeeBPS < 0 || c.FeeBPS > 10000 {
 		return cfg, fmt.Errorf("--fee-bps %d must be between 0 and 10000", c.FeeBPS)

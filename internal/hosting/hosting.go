@@ -67,11 +67,25 @@ func (h *Host) Run(ctx context.Context) error {
 		kind = "proxy"
 	}
 	agent := &client.Host{C: h.C, Gate: gateway.NewGate(h.GW, kind, h.Threshold, h.Log), Decide: h.Decide, Log: h.Log, CodeKey: h.CodeKey}
-	if err := agent.Start(ctx); err != nil {
-		return err
-	}
-	if err := h.resume(ctx, agent); err != nil {
-		return err
+	// The server may be away as the host starts (or stop just then): keep
+	// trying, so the gateway's guests are not cut off by an outage.
+	for backoff := 200 * time.Millisecond; ; backoff = min(2*backoff, 5*time.Second) {
+		err := agent.Start(ctx)
+		if err == nil {
+			err = h.resume(ctx, agent)
+		}
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		h.Log.Warn("cannot reach the server; trying again", "in", backoff, "err", err)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(backoff):
+		}
 	}
 	var wg sync.WaitGroup
 	wg.Add(2)
