@@ -40,8 +40,10 @@ import (
 // fewer than N commits). C checks that this happens about where it should;
 // and each mode must have caught every kind of write in flight (the call
 // re-sent to the restarted server), the after-mode every way of recovering
-// a lost response. The whole grid (~60 runs) takes about 25 s on 2 cores,
-// so -short does not skip it.
+// a lost response; the grid runs again (at most three times) while one of
+// these is unmet, since a busy machine moves which call a crash catches.
+// The whole grid (~60 runs) takes about 25 s on 2 cores, so -short does
+// not skip it.
 func TestCrashAtEveryCommit(t *testing.T) {
 	start := time.Now()
 	bin, err := harness.BuildBinary(t.TempDir())
@@ -55,52 +57,75 @@ func TestCrashAtEveryCommit(t *testing.T) {
 	}
 
 	const slack = 4 // how far batching may move the end of the flow
+	// Which call a crash at commit N catches in flight depends on timing
+	// (a busy machine moves it), so coverage is pursued: the grid runs
+	// again, at most maxPasses times, until every kind of write was caught
+	// and, after commits, every way of recovering was taken.
+	const maxPasses = 3
+	writes := []string{"Challenge", "SignIn", "Register", "RequestAccess", "Quote", "Pay", "Confirm", "Grant",
+		"Prompt", "RequestTopUp", "ReportUsage", "End", "Ack"}
+	recoveries := []string{"sign-in: signed in on attempt 2", "register: found the hotspot in the list", "ended a stray session",
+		"pay QUOTE_KIND_INITIAL: already_exists; receipt recovered", "pay QUOTE_KIND_TOPUP: already_exists; receipt recovered",
+		"confirm QUOTE_KIND_INITIAL: failed_precondition; already confirmed", "confirm QUOTE_KIND_TOPUP: failed_precondition; already confirmed",
+		"top-up request: failed_precondition"}
 	var summary []string
 	for _, mode := range []string{"before", "after"} {
-		survivedAt := 0
 		inFlight := map[string]bool{}
 		var notes []string
-		for n := 1; n <= c+slack+1 && survivedAt == 0; n++ {
-			t.Run(fmt.Sprintf("%s_%02d", mode, n), func(t *testing.T) {
-				res := crashRun(t, bin, mode, n)
-				if !res.crashed {
-					survivedAt = n
-				}
-				for _, p := range res.procs {
-					inFlight[p] = true
-				}
-				notes = append(notes, res.notes...)
-				summary = append(summary, fmt.Sprintf("%s:%-3d %s", mode, n, res))
-			})
-		}
-		// Every write the flow makes was caught by a crash in this mode:
-		// its request was in flight when the server died, and was sent
-		// again to the restarted one.
-		for _, p := range []string{"Challenge", "SignIn", "Register", "RequestAccess", "Quote", "Pay", "Confirm", "Grant",
-			"Prompt", "RequestTopUp", "ReportUsage", "End", "Ack"} {
-			if !inFlight[p] {
-				t.Errorf("%s: no crash caught a %s call in flight", mode, p)
-			}
-		}
-		// After a commit, the response is lost: each way of recovering
-		// from that was taken at least once.
-		if mode == "after" {
-			for _, want := range []string{"sign-in: signed in on attempt 2", "register: found the hotspot in the list", "ended a stray session",
-				"pay QUOTE_KIND_INITIAL: already_exists; receipt recovered", "pay QUOTE_KIND_TOPUP: already_exists; receipt recovered",
-				"confirm QUOTE_KIND_INITIAL: failed_precondition; already confirmed", "confirm QUOTE_KIND_TOPUP: failed_precondition; already confirmed",
-				"top-up request: failed_precondition"} {
-				if !slices.ContainsFunc(notes, func(n string) bool { return strings.HasPrefix(n, want) }) {
-					t.Errorf("after: no run recovered by %q", want)
+		missing := func() (out []string) {
+			// Every write the flow makes was caught by a crash in this
+			// mode: its request was in flight when the server died, and
+			// was sent again to the restarted one.
+			for _, p := range writes {
+				if !inFlight[p] {
+					out = append(out, "no crash caught a "+p+" call in flight")
 				}
 			}
+			// After a commit, the response is lost: each way of
+			// recovering from that was taken at least once.
+			if mode == "after" {
+				for _, want := range recoveries {
+					if !slices.ContainsFunc(notes, func(n string) bool { return strings.HasPrefix(n, want) }) {
+						out = append(out, fmt.Sprintf("no run recovered by %q", want))
+					}
+				}
+			}
+			return out
 		}
-		switch {
-		case survivedAt == 0:
-			t.Errorf("%s: the server still crashed at commit %d: the flow takes more commits than the calibrated %d", mode, c+slack+1, c)
-		case survivedAt < c-slack:
-			t.Errorf("%s: the server survived the flow with its hook at commit %d, far below the calibrated %d commits", mode, survivedAt, c)
-		default:
-			t.Logf("%s: crashed at every commit 1..%d; the flow ended before commit %d", mode, survivedAt-1, survivedAt)
+		for pass := 1; pass <= maxPasses; pass++ {
+			survivedAt := 0
+			for n := 1; n <= c+slack+1 && survivedAt == 0; n++ {
+				t.Run(fmt.Sprintf("%s_%02d", mode, n), func(t *testing.T) {
+					res := crashRun(t, bin, mode, n)
+					if !res.crashed {
+						survivedAt = n
+					}
+					for _, p := range res.procs {
+						inFlight[p] = true
+					}
+					notes = append(notes, res.notes...)
+					summary = append(summary, fmt.Sprintf("%s:%-3d %s", mode, n, res))
+				})
+			}
+			switch {
+			case survivedAt == 0:
+				t.Errorf("%s: the server still crashed at commit %d: the flow takes more commits than the calibrated %d", mode, c+slack+1, c)
+			case survivedAt < c-slack:
+				t.Errorf("%s: the server survived the flow with its hook at commit %d, far below the calibrated %d commits", mode, survivedAt, c)
+			default:
+				t.Logf("%s pass %d: crashed at every commit 1..%d; the flow ended before commit %d", mode, pass, survivedAt-1, survivedAt)
+			}
+			m := missing()
+			if len(m) == 0 || t.Failed() {
+				break
+			}
+			if pass == maxPasses {
+				for _, what := range m {
+					t.Errorf("%s, after %d passes: %s", mode, maxPasses, what)
+				}
+				break
+			}
+			t.Logf("%s pass %d left %d conditions unmet (%s); running the grid again", mode, pass, len(m), strings.Join(m, "; "))
 		}
 	}
 	t.Logf("runs:\n%s", strings.Join(summary, "\n"))
