@@ -6,12 +6,20 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
+	"net/netip"
 	"os"
 	"runtime/pprof"
+	"strconv"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/sharespot/sharespot/internal/api"
+	"github.com/sharespot/sharespot/internal/gateway"
+	gwproxy "github.com/sharespot/sharespot/internal/gateway/proxy"
 	"github.com/sharespot/sharespot/internal/loadgen"
+	"github.com/sharespot/sharespot/internal/seal"
 	"github.com/sharespot/sharespot/internal/server"
 	"github.com/sharespot/sharespot/internal/session"
 	"github.com/sharespot/sharespot/internal/size"
@@ -22,6 +30,7 @@ type BenchCmd struct {
 	Flow  BenchFlowCmd  `cmd:"" default:"withargs" help:"Complete paid flows with top-ups, open loop at a target rate (the default)."`
 	Idle  BenchIdleCmd  `cmd:"" help:"Hold idle inbox streams open and report the server's memory per stream."`
 	Relay BenchRelayCmd `cmd:"" help:"Relay latency: host-originated messages to guests at a target rate."`
+	Abuse BenchAbuseCmd `cmd:"" help:"Paid flows and paying gateway guests, first alone, then while attackers hold slow connections, send malformed and compressed bodies and flood the gateway's handshake."`
 }
 
 // benchTarget is where a bench runs: a running server, a server process
@@ -36,6 +45,10 @@ type benchTarget struct {
 	PID       int    `name:"pid" help:"The running server's process ID, to read its memory (set by --spawn)."`
 	JSON      bool   `name:"json" help:"Print the report as JSON."`
 	LogLevel  string `default:"warn" enum:"debug,info,warn,error" help:"Log level of a spawned or in-process server and of the bench."`
+
+	// limits: a spawned server keeps its default rate limits (the abuse
+	// bench); otherwise they are turned off.
+	limits bool
 }
 
 // running is a server the bench uses.
@@ -93,6 +106,9 @@ func (t *benchTarget) start(ctx context.Context, env *runEnv, extraEnv []string,
 	}
 	sp := loadgen.Spawn{Bin: bin, Dir: r.data, DB: t.DB, Env: append(os.Environ(), extraEnv...), Log: log,
 		Flags: []string{"--rate-device", "0", "--rate-ip", "0", "--log-level", t.LogLevel}}
+	if t.limits {
+		sp.Flags = []string{"--log-level", t.LogLevel}
+	}
 	proc, err := sp.Start(ctx)
 	if err != nil {
 		done()
@@ -330,4 +346,156 @@ func (c *BenchIdleCmd) Run(env *runEnv) error {
 	}
 	rep.WriteTable(env.stdout)
 	return nil
+}
+
+// BenchAbuseCmd is `sharespot bench abuse`.
+type BenchAbuseCmd struct {
+	benchTarget
+	Hosts        int           `default:"8" help:"Simulated hosts (honest)."`
+	Guests       int           `default:"100" help:"Simulated guests (honest)."`
+	Rate         float64       `default:"20" help:"Target paid flows started per second (open loop)."`
+	Duration     time.Duration `default:"20s" help:"How long each phase (alone, then attacked) lasts."`
+	SlowConns    int           `name:"slow-conns" default:"10000" help:"Connections held open with a request's headers and one byte of its body."`
+	Malformed    float64       `default:"1000" help:"Malformed requests per second."`
+	Compressed   float64       `default:"20" help:"Compressed requests per second (64 KiB of gzip inflating to 64 MiB)."`
+	Handshakes   float64       `default:"200" help:"New silent connections per second to the gateway."`
+	PayingGuests int           `name:"paying-guests" default:"8" help:"Paying guests at the gateway, each holding a download open and opening a short one every 0.5 s."`
+	Sources      int           `default:"8" help:"Attacker addresses (127.0.0.2 on)."`
+	StepTimeout  time.Duration `default:"30s" help:"Longest wait for a message in a guest's inbox."`
+}
+
+// abuseReport is both phases side by side.
+type abuseReport struct {
+	Alone        *loadgen.LoadReport          `json:"alone"`
+	Attacked     *loadgen.LoadReport          `json:"attacked"`
+	Kept         float64                      `json:"flows_kept_ratio"`
+	Attack       *loadgen.AbuseReport         `json:"attack"`
+	GatewayAlone *loadgen.GatewayGuestsReport `json:"gateway_alone"`
+	GatewayUnder *loadgen.GatewayGuestsReport `json:"gateway_attacked"`
+}
+
+// Run runs both phases.
+func (c *BenchAbuseCmd) Run(env *runEnv) error {
+	if c.Rate <= 0 || c.Duration <= 0 || c.Hosts <= 0 || c.Guests <= 0 || c.SlowConns < 0 || c.PayingGuests < 0 {
+		return errors.New("--rate, --duration, --hosts and --guests must be positive")
+	}
+	limit := raiseFileLimit(uint64(2*c.SlowConns + 8192))
+	fmt.Fprintf(env.stderr, "bench: open files limit %d\n", limit)
+	ctx := env.ctx
+	c.limits = true
+	r, err := c.start(ctx, env, nil, nil)
+	if err != nil {
+		return err
+	}
+	defer r.stop()
+	log := newLogger(env.stderr, c.LogLevel, false)
+	fc := loadgen.FlowConfig{StepTimeout: c.StepTimeout, RequestBytes: 10 << 20, TopUpBytes: 5 << 20}
+	fleet, err := loadgen.NewFleet(ctx, loadgen.FleetConfig{URL: r.url, Hosts: c.Hosts, Guests: c.Guests, Fund: loadgen.DBFunder(r.data, r.db),
+		FundMinor: 1 << 40, WarnAtBytes: fc.RequestBytes / 2, Log: log})
+	if err != nil {
+		return fmt.Errorf("set up hosts and guests: %w", err)
+	}
+	defer fleet.Close()
+	gw, guests, origin, stopGW, err := abuseGateway(ctx, c.PayingGuests)
+	if err != nil {
+		return err
+	}
+	defer stopGW()
+	load := loadgen.LoadConfig{Rate: c.Rate, Duration: c.Duration, Drain: 30 * time.Second, Flow: fc, Seed: 1}
+	out := &abuseReport{}
+	phase := func(name string, attack bool) {
+		fmt.Fprintf(env.stderr, "bench: %s for %v\n", name, c.Duration)
+		var wg sync.WaitGroup
+		wg.Add(1)
+		var gwRep *loadgen.GatewayGuestsReport
+		go func() { defer wg.Done(); gwRep = loadgen.RunGatewayGuests(ctx, gw, guests, origin, c.Duration) }()
+		if attack {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				out.Attack = loadgen.RunAbuse(ctx, loadgen.AbuseConfig{URL: r.url, SlowConns: c.SlowConns, Malformed: c.Malformed,
+					Compressed: c.Compressed, Gateway: gw, HandshakeRate: c.Handshakes, Sources: c.Sources, Duration: c.Duration})
+			}()
+		}
+		rep := fleet.RunLoad(ctx, load)
+		wg.Wait()
+		if attack {
+			out.Attacked, out.GatewayUnder = rep, gwRep
+		} else {
+			out.Alone, out.GatewayAlone = rep, gwRep
+		}
+	}
+	phase("paid flows alone", false)
+	phase("paid flows under attack", true)
+	if out.Alone.AcceptedRate > 0 {
+		out.Kept = out.Attacked.AcceptedRate / out.Alone.AcceptedRate
+	}
+	if c.JSON {
+		return loadgen.WriteJSON(env.stdout, out)
+	}
+	w := env.stdout
+	fmt.Fprintf(w, "paid flows: %.1f/s alone, %.1f/s under attack (%.0f %% kept); p99 flow %.0f ms alone, %.0f ms attacked\n",
+		out.Alone.AcceptedRate, out.Attacked.AcceptedRate, 100*out.Kept, out.Alone.Latency["flow"].P99, out.Attacked.Latency["flow"].P99)
+	a := out.Attack
+	fmt.Fprintf(w, "attack: %d slow connections opened (%d refused, %d closed by the server, %d still open at the end); %d malformed, %d compressed requests; answers %v; %d gateway handshakes (%d refused)\n",
+		a.SlowOpened, a.SlowRefused, a.SlowClosed, a.SlowOpenAtEnd, a.Malformed, a.Compressed, a.Answers, a.Handshakes, a.HandshakeErrs)
+	for _, g := range []struct {
+		name string
+		r    *loadgen.GatewayGuestsReport
+	}{{"alone", out.GatewayAlone}, {"attacked", out.GatewayUnder}} {
+		fmt.Fprintf(w, "gateway guests %s: %d of %d long downloads kept, short downloads %d ok / %d failed, %s moved\n",
+			g.name, g.r.LongKept, g.r.Guests, g.r.ShortOK, g.r.ShortFail, size.Format(g.r.Bytes))
+	}
+	return nil
+}
+
+// abuseGateway starts a userspace gateway on loopback with n admitted
+// paying guests and an origin they fetch from.
+func abuseGateway(ctx context.Context, n int) (addr string, guests []loadgen.GatewayGuest, origin string, stop func(), err error) {
+	oln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, "", nil, err
+	}
+	osrv := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n, err := strconv.ParseInt(strings.TrimPrefix(r.URL.Path, "/n/"), 10, 64)
+		if err != nil || n < 0 {
+			http.Error(w, "want /n/N", http.StatusBadRequest)
+			return
+		}
+		w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
+		zero := make([]byte, 32<<10)
+		for n > 0 {
+			k, err := w.Write(zero[:min(n, int64(len(zero)))])
+			if err != nil {
+				return
+			}
+			n -= int64(k)
+		}
+	})}
+	go osrv.Serve(oln)
+	oaddr := netip.MustParseAddrPort(oln.Addr().String())
+	gw, err := gwproxy.New(gwproxy.Config{Addr: "127.0.0.1:0", AllowDestination: func(ap netip.AddrPort) bool { return ap == oaddr }})
+	if err != nil {
+		osrv.Close()
+		return "", nil, "", nil, err
+	}
+	gctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan error, 1)
+	go func() { done <- gw.Run(gctx) }()
+	for i := range n {
+		code, err := seal.NewAccessCode()
+		if err != nil {
+			cancel()
+			osrv.Close()
+			return "", nil, "", nil, err
+		}
+		sid := fmt.Sprintf("ses_abuse%d", i)
+		if err := gw.Admit(ctx, gateway.Grant{SessionID: sid, Credential: code, Quota: 1 << 50}); err != nil {
+			cancel()
+			osrv.Close()
+			return "", nil, "", nil, err
+		}
+		guests = append(guests, loadgen.GatewayGuest{Session: sid, Code: seal.FormatCode(code)})
+	}
+	return gw.Addr(), guests, "http://" + oln.Addr().String(), func() { cancel(); <-done; osrv.Close() }, nil
 }
