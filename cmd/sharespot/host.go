@@ -163,9 +163,19 @@ func (c *ShareCmd) Run(env *runEnv) error {
 		defer wg.Done()
 		tick := time.NewTicker(time.Second)
 		defer tick.Stop()
+		down := false
 		for n := 0; ; n++ {
 			if n%5 == 0 {
-				_ = view.refresh(ctx, cl.Sessions, cl.DeviceID(), gw) // a failure shows as a stale view; the log says why elsewhere
+				// A server outage is said once, and its end once: guests
+				// already online keep their access meanwhile.
+				switch err := view.refresh(ctx, cl.Sessions, cl.DeviceID(), gw); {
+				case err != nil && !down && ctx.Err() == nil:
+					down = true
+					view.event(fmt.Sprintf("the server at %s is unreachable (%v); guests online keep their access, retrying", c.Server, err), "", nil)
+				case err == nil && down:
+					down = false
+					view.event(fmt.Sprintf("the server at %s is reachable again", c.Server), "", nil)
+				}
 			} else {
 				for _, id := range view.sessions() {
 					if used, quota, err := gw.Usage(id); err == nil {
@@ -183,7 +193,11 @@ func (c *ShareCmd) Run(env *runEnv) error {
 	if c.Ask {
 		in := bufio.NewReader(os.Stdin)
 		h.Decide = func(r *sharespotv1.AccessRequested) (bool, string) {
-			price, _ := registry.Price(r.Bytes, t.PriceMinor, t.UnitBytes)
+			tariff := r.Tariff // the session's copy of the tariff (protocol 2)
+			if tariff == nil {
+				tariff = t
+			}
+			price, _ := client.TariffPrice(tariff, r.Bytes, false)
 			view.ask(fmt.Sprintf("guest %s wants %s for %s. Accept? [Y/n] ", short(r.GuestDeviceId), size.Format(r.Bytes), client.FormatMoney(price, t.Currency)))
 			line, _ := in.ReadString('\n')
 			view.answered()
