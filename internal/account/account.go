@@ -38,3 +38,16 @@ func LockDevice(tx *store.Tx, deviceID string) error {
 	}
 	return nil
 }
+
+// PublicKey returns a device's Ed25519 public key.
+func PublicKey(tx *store.Tx, deviceID string) ([]byte, error) {
+	var pub []byte
+	err := tx.QueryRow(`SELECT public_key FROM devices WHERE id = ?`, deviceID).Scan(&pub)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, problem.NotFoundf("device %s not found", deviceID)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("account: public key of device %s: %w", deviceID, err)
+	}
+	return pub, nil
+}

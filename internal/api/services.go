@@ -172,7 +172,7 @@ func (s *sessionService) Confirm(ctx context.Context, req *connect.Request[share
 func (s *sessionService) Grant(ctx context.Context, req *connect.Request[sharespotv1.GrantRequest]) (*connect.Response[sharespotv1.GrantResponse], error) {
 	p, m := partyFrom(ctx), req.Msg
 	return write(ctx, s.services, func(tx *store.Tx) (*sharespotv1.GrantResponse, error) {
-		ses, err := s.d.Engine.Grant(tx, p, m.SessionId, m.QuoteId, m.GrantedBytes, m.SealedCode, m.Gateway)
+		ses, err := s.d.Engine.Grant(tx, p, m.SessionId, m.QuoteId, m.GrantedBytes, m.SealedCode, m.Gateway, m.CreditWindowBytes)
 		return &sharespotv1.GrantResponse{Session: ses}, err
 	})
 }
@@ -205,6 +205,20 @@ func (s *sessionService) End(ctx context.Context, req *connect.Request[sharespot
 	return write(ctx, s.services, func(tx *store.Tx) (*sharespotv1.EndResponse, error) {
 		ses, err := s.d.Engine.End(tx, p, m.SessionId, m.UsedBytes, m.Reason)
 		return &sharespotv1.EndResponse{Session: ses}, err
+	})
+}
+
+func (s *sessionService) Acknowledge(ctx context.Context, req *connect.Request[sharespotv1.AcknowledgeRequest]) (*connect.Response[sharespotv1.AcknowledgeResponse], error) {
+	p := partyFrom(ctx)
+	va, err := store.ReadT(ctx, s.d.Store, func(tx *store.Tx) (session.VerifiedAck, error) {
+		return s.d.Engine.VerifyAck(tx, p, req.Msg.Ack)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return write(ctx, s.services, func(tx *store.Tx) (*sharespotv1.AcknowledgeResponse, error) {
+		n, err := s.d.Engine.Acknowledge(tx, p, va)
+		return &sharespotv1.AcknowledgeResponse{AckedBytes: n}, err
 	})
 }
 

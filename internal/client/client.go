@@ -23,6 +23,7 @@ import (
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/gen/sharespot/v1/sharespotv1connect"
 	"github.com/sharespot/sharespot/internal/auth"
+	"github.com/sharespot/sharespot/internal/evidence"
 )
 
 // Options tune a client.
@@ -459,4 +460,16 @@ func CheckFee(shown *sharespotv1.Tariff, q *sharespotv1.Quote) error {
 			FormatMoney(q.GetAmountMinor(), q.GetCurrency()), q.GetBytes(), FormatMoney(want, shown.Currency))
 	}
 	return nil
+}
+
+// Acknowledge signs, with this device's key, its cumulative count of the
+// bytes it received in a session, and sends it: the guest's evidence of
+// usage (package evidence). It returns the count the server holds.
+func (c *Client) Acknowledge(ctx context.Context, sessionID string, received int64) (int64, error) {
+	res, err := c.Sessions.Acknowledge(ctx, connect.NewRequest(&sharespotv1.AcknowledgeRequest{Ack: &sharespotv1.UsageAck{
+		SessionId: sessionID, ReceivedBytes: received, Signature: evidence.Sign(c.key, sessionID, received)}}))
+	if err != nil {
+		return 0, err
+	}
+	return res.Msg.AckedBytes, nil
 }

@@ -9,6 +9,7 @@ import (
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/client"
+	"github.com/sharespot/sharespot/internal/evidence"
 	"github.com/sharespot/sharespot/internal/harness"
 	"github.com/sharespot/sharespot/internal/hosting"
 	"github.com/sharespot/sharespot/internal/registry"
@@ -27,6 +28,8 @@ func TestAttacks(t *testing.T) {
 	t.Run("tranches_priced_separately", testTranches)
 	t.Run("add_device_without_proof_of_possession", testAttackAddDevice)
 	t.Run("empty_wallet_reserves_nothing", testEmptyWallet)
+	t.Run("host_overclaims_acknowledged_usage", testHostOverclaims)
+	t.Run("acknowledgments_that_are_refused", testBadAcks)
 }
 
 // TestEndAtOnceRealBytes is finding 1 through each gateway: a guest
@@ -429,4 +432,102 @@ func testEmptyWallet(t *testing.T) {
 	refused(t, err, connect.CodeResourceExhausted, "requests not yet paid for")
 	_ = buyer
 	f.env.MustAudit(t)
+}
+
+// testHostOverclaims: the guest acknowledged 10 MB of the 100 MB granted;
+// the host reports all 100 MB. The bill is the acknowledged bytes plus the
+// credit window (max(1 MB, 2 % of 100 MB) = 2 MB): 12 MB. A guest that
+// acknowledges nothing more gets at most the window more.
+func testHostOverclaims(t *testing.T) {
+	r := newRig(t, nil)
+	ctx := t.Context()
+	s := r.active(t, r.guest, 100*MB)
+	if n, err := r.guest.Acknowledge(ctx, s.id, 10*MB); err != nil || n != 10*MB {
+		t.Fatalf("acknowledge: %d, %v", n, err)
+	}
+	_, ua := harness.Next[*sharespotv1.Envelope_UsageAcknowledged](t, r.hostIn)
+	if ua.UsageAcknowledged.Ack.ReceivedBytes != 10*MB {
+		t.Fatalf("host told %v", ua.UsageAcknowledged)
+	}
+	res, err := r.host.Sessions.End(ctx, connect.NewRequest(&sharespotv1.EndRequest{SessionId: s.id, UsedBytes: 100 * MB}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := res.Msg.Session
+	if !got.Verified || got.HostCountBytes != 100*MB || got.GuestAckedBytes != 10*MB || got.CreditWindowBytes != 2*MB || got.UsedBytes != 12*MB {
+		t.Fatalf("evidence: verified %v, host %d, guest %d, window %d, billed on %d", got.Verified, got.HostCountBytes, got.GuestAckedBytes, got.CreditWindowBytes, got.UsedBytes)
+	}
+	wantSettled(t, got, r.guest, r.host, funds, 1000, 120)
+
+	// Without acknowledgments the host's count stands, marked unverified.
+	b := r.newGuest(t, "quiet guest")
+	s2 := r.active(t, b, 100*MB)
+	res, err = r.host.Sessions.End(ctx, connect.NewRequest(&sharespotv1.EndRequest{SessionId: s2.id, UsedBytes: 30 * MB}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := res.Msg.Session; got.Verified || got.UsedBytes != 30*MB || got.HostCountBytes != 30*MB {
+		t.Fatalf("unacknowledged session: verified %v, billed on %d, host count %d", got.Verified, got.UsedBytes, got.HostCountBytes)
+	}
+	r.env.MustAudit(t)
+}
+
+// testBadAcks: forged, replayed, other-session, decreasing, oversized and
+// misdirected acknowledgments change nothing; a window out of bounds is
+// refused at the grant.
+func testBadAcks(t *testing.T) {
+	r := newRig(t, nil)
+	ctx := t.Context()
+	// A guest whose key the test holds, to sign what its client would not.
+	_, gkey := newKey(t)
+	guest := client.New(r.env.URL, gkey, client.Options{DeviceName: "guest"})
+	if err := guest.SignIn(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r.env.Fund(t, guest, currency, funds)
+	s, s2 := r.active(t, guest, 100*MB), r.active(t, guest, 100*MB)
+	other := r.active(t, r.newGuest(t, "other guest"), 100*MB)
+	if _, err := guest.Acknowledge(ctx, s.id, 20*MB); err != nil {
+		t.Fatal(err)
+	}
+	send := func(c *client.Client, ack *sharespotv1.UsageAck) error {
+		_, err := c.Sessions.Acknowledge(ctx, connect.NewRequest(&sharespotv1.AcknowledgeRequest{Ack: ack}))
+		return err
+	}
+	_, mallory := newKey(t)
+	for _, tc := range []struct {
+		name string
+		call func() error
+		code connect.Code
+		want string
+	}{
+		{"forged", func() error {
+			return send(guest, &sharespotv1.UsageAck{SessionId: s.id, ReceivedBytes: 50 * MB, Signature: evidence.Sign(mallory, s.id, 50*MB)})
+		}, connect.CodePermissionDenied, "acknowledgment refused"},
+		{"signed_for_another_session", func() error {
+			return send(guest, &sharespotv1.UsageAck{SessionId: s.id, ReceivedBytes: 50 * MB, Signature: evidence.Sign(gkey, s2.id, 50*MB)})
+		}, connect.CodePermissionDenied, "acknowledgment refused"},
+		{"decreasing", func() error { _, err := guest.Acknowledge(ctx, s.id, 5*MB); return err }, connect.CodeInvalidArgument, "counts only grow"},
+		{"above_granted", func() error { _, err := guest.Acknowledge(ctx, s.id, 101*MB); return err }, connect.CodeInvalidArgument, "above the 100000000 bytes granted"},
+		{"by_the_host", func() error { _, err := r.host.Acknowledge(ctx, s.id, 50*MB); return err }, connect.CodePermissionDenied, "only the guest"},
+		{"for_a_session_not_yours", func() error { _, err := guest.Acknowledge(ctx, other.id, 50*MB); return err }, connect.CodeNotFound, "not found"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			refusedQuietly(t, r.env, tc.call, tc.code, tc.want)
+		})
+	}
+	// The same count again is accepted and changes nothing.
+	if n, err := guest.Acknowledge(ctx, s.id, 20*MB); err != nil || n != 20*MB {
+		t.Fatalf("replayed acknowledgment: %d, %v", n, err)
+	}
+	if got := r.session(t, s.id).GuestAckedBytes; got != 20*MB {
+		t.Fatalf("acknowledged %d after the refusals, want %d", got, 20*MB)
+	}
+	// A credit window beyond max(1 MB, 5 % of the tranche) is refused.
+	g, q := r.confirmed(t, r.newGuest(t, "third guest"), 10*MB)
+	req := r.grantReq(t, g, q)
+	req.CreditWindowBytes = 2 * MB
+	_, err := r.host.Sessions.Grant(ctx, connect.NewRequest(req))
+	refused(t, err, connect.CodeInvalidArgument, "credit_window_bytes 2000000 must be between 65536 and 1000000")
+	r.env.MustAudit(t)
 }

@@ -78,15 +78,20 @@ func CheckMoney(tx *store.Tx, accounts []string, currency string, funded int64) 
 // billed at its own price rounded down; the guest is charged the sum, never
 // more than the shown tariff gives for the bytes used; the platform keeps
 // feeBPS of the charge (rounded down) and the host gets the rest; all else
-// paid goes back to the guest.
+// paid goes back to the guest. Where the guest acknowledged what it
+// received, the bytes billed are min(host's count, acknowledged + credit
+// window); otherwise the host's count, unverified.
 func CheckFairness(tx *store.Tx, feeBPS int64) []error {
 	type sess struct {
+		acked, window, hostCount  int64
+		verified                  bool
 		id                        string
 		used, host, fee, refunded int64
 		price, topUp, unit        int64
 	}
 	rows, err := tx.Query(`SELECT id, used_bytes, settled_host_minor, settled_fee_minor, refunded_minor,
-		tariff_price_minor, tariff_topup_price_minor, tariff_unit_bytes FROM sessions WHERE state = ? ORDER BY id`,
+		tariff_price_minor, tariff_topup_price_minor, tariff_unit_bytes, guest_acked_bytes, credit_window_bytes, host_count_bytes, verified
+		FROM sessions WHERE state = ? ORDER BY id`,
 		int32(sharespotv1.SessionState_SESSION_STATE_ENDED))
 	if err != nil {
 		return []error{err}
@@ -94,10 +99,12 @@ func CheckFairness(tx *store.Tx, feeBPS int64) []error {
 	var ss []sess
 	for rows.Next() {
 		var s sess
-		if err := rows.Scan(&s.id, &s.used, &s.host, &s.fee, &s.refunded, &s.price, &s.topUp, &s.unit); err != nil {
+		var verified int32
+		if err := rows.Scan(&s.id, &s.used, &s.host, &s.fee, &s.refunded, &s.price, &s.topUp, &s.unit, &s.acked, &s.window, &s.hostCount, &verified); err != nil {
 			rows.Close()
 			return []error{err}
 		}
+		s.verified = verified != 0
 		ss = append(ss, s)
 	}
 	rows.Close()
@@ -163,7 +170,16 @@ func CheckFairness(tx *store.Tx, feeBPS int64) []error {
 			return append(errs, err)
 		}
 		fee := div(charged, feeBPS, 10000, false)
+		billable := s.hostCount
+		if s.acked > 0 {
+			billable = min(s.hostCount, s.acked+s.window)
+		}
 		switch {
+		case s.verified != (s.acked > 0):
+			errs = append(errs, fmt.Errorf("session %s: verified %v with %d bytes acknowledged", s.id, s.verified, s.acked))
+		case s.used != billable:
+			errs = append(errs, fmt.Errorf("session %s: billed on %d bytes; the host counted %d, the guest acknowledged %d (window %d): want %d",
+				s.id, s.used, s.hostCount, s.acked, s.window, billable))
 		case rest != 0:
 			errs = append(errs, fmt.Errorf("session %s: %d bytes used beyond its tranches", s.id, rest))
 		case s.host+s.fee != charged || s.fee != fee:

@@ -28,19 +28,26 @@ type row struct {
 	EndReason               string
 	SettledHost, SettledFee int64
 	Refunded                int64
-	CreatedMS, UpdatedMS    int64
+	// Evidence: the guest's last signed count, the host's credit window
+	// beyond it; at settlement the host's own count and whether the bill
+	// rested on the guest's count.
+	GuestAcked, Window   int64
+	HostCount            int64
+	Verified             bool
+	CreatedMS, UpdatedMS int64
 }
 
 const rowCols = `id, hotspot_id, host_device_id, guest_device_id, state, requested_bytes, reserved_bytes, granted_bytes,
 	used_bytes, pending_topup_bytes, currency, suite, guest_keys, deadline_ms, end_reason, settled_host_minor,
 	settled_fee_minor, refunded_minor, created_ms, updated_ms, guest_account_id, tariff_price_minor, tariff_topup_price_minor,
-	tariff_unit_bytes, tariff_min_purchase_bytes`
+	tariff_unit_bytes, tariff_min_purchase_bytes, guest_acked_bytes, credit_window_bytes, host_count_bytes, verified`
 
 func (s *row) insert(tx *store.Tx) error {
-	_, err := tx.Exec(`INSERT INTO sessions (`+rowCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+	_, err := tx.Exec(`INSERT INTO sessions (`+rowCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		s.ID, s.HotspotID, s.Host, s.Guest, int32(s.State), s.Requested, s.Reserved, s.Granted, s.Used, s.PendingTopUp,
 		s.Currency, s.Suite, s.GuestKeys, s.DeadlineMS, s.EndReason, s.SettledHost, s.SettledFee, s.Refunded, s.CreatedMS, s.UpdatedMS,
-		s.GuestAccount, s.Tariff.PriceMinor, s.Tariff.TopUpPriceMinor, s.Tariff.UnitBytes, s.Tariff.MinPurchase)
+		s.GuestAccount, s.Tariff.PriceMinor, s.Tariff.TopUpPriceMinor, s.Tariff.UnitBytes, s.Tariff.MinPurchase,
+		s.GuestAcked, s.Window, s.HostCount, flag(s.Verified))
 	if err != nil {
 		return fmt.Errorf("session: insert %s: %w", s.ID, err)
 	}
@@ -50,10 +57,11 @@ func (s *row) insert(tx *store.Tx) error {
 func (s *row) save(tx *store.Tx, nowMS int64) error {
 	s.UpdatedMS = nowMS
 	_, err := tx.Exec(`UPDATE sessions SET state = ?, reserved_bytes = ?, granted_bytes = ?, used_bytes = ?, pending_topup_bytes = ?,
-		suite = ?, deadline_ms = ?, end_reason = ?, settled_host_minor = ?, settled_fee_minor = ?, refunded_minor = ?, updated_ms = ?
+		suite = ?, deadline_ms = ?, end_reason = ?, settled_host_minor = ?, settled_fee_minor = ?, refunded_minor = ?, updated_ms = ?,
+		guest_acked_bytes = ?, credit_window_bytes = ?, host_count_bytes = ?, verified = ?
 		WHERE id = ?`,
 		int32(s.State), s.Reserved, s.Granted, s.Used, s.PendingTopUp, s.Suite, s.DeadlineMS, s.EndReason,
-		s.SettledHost, s.SettledFee, s.Refunded, s.UpdatedMS, s.ID)
+		s.SettledHost, s.SettledFee, s.Refunded, s.UpdatedMS, s.GuestAcked, s.Window, s.HostCount, flag(s.Verified), s.ID)
 	if err != nil {
 		return fmt.Errorf("session: save %s: %w", s.ID, err)
 	}
@@ -66,11 +74,11 @@ func loadRow(tx *store.Tx, id string) (*row, error) {
 	// doing its work; a read takes no lock.
 	q := `SELECT ` + rowCols + ` FROM sessions WHERE id = ?` + tx.ForUpdate()
 	s := new(row)
-	var state int32
+	var state, verified int32
 	err := tx.QueryRow(q, id).Scan(&s.ID, &s.HotspotID, &s.Host, &s.Guest, &state, &s.Requested, &s.Reserved, &s.Granted,
 		&s.Used, &s.PendingTopUp, &s.Currency, &s.Suite, &s.GuestKeys, &s.DeadlineMS, &s.EndReason, &s.SettledHost,
 		&s.SettledFee, &s.Refunded, &s.CreatedMS, &s.UpdatedMS, &s.GuestAccount, &s.Tariff.PriceMinor, &s.Tariff.TopUpPriceMinor,
-		&s.Tariff.UnitBytes, &s.Tariff.MinPurchase)
+		&s.Tariff.UnitBytes, &s.Tariff.MinPurchase, &s.GuestAcked, &s.Window, &s.HostCount, &verified)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, problem.NotFoundf("session %s not found", id)
 	}
@@ -78,7 +86,7 @@ func loadRow(tx *store.Tx, id string) (*row, error) {
 		return nil, fmt.Errorf("session: load %s: %w", id, err)
 	}
 	s.State = sharespotv1.SessionState(state)
-	s.Tariff.Currency = s.Currency
+	s.Tariff.Currency, s.Verified = s.Currency, verified != 0
 	return s, nil
 }
 
@@ -239,4 +247,11 @@ func stateName(s sharespotv1.SessionState) string {
 
 func quoteStateName(s sharespotv1.QuoteState) string {
 	return strings.ToLower(strings.TrimPrefix(s.String(), "QUOTE_STATE_"))
+}
+
+func flag(b bool) int32 {
+	if b {
+		return 1
+	}
+	return 0
 }

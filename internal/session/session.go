@@ -522,8 +522,9 @@ func (e *Engine) Confirm(tx *store.Tx, guest Party, sessionID string, vr Verifie
 // available data volume) and C1.15 (the add-data response with the
 // additional volume), relayed to the guest. The host may grant only a
 // confirmed payment of a session still running, and exactly the volume
-// paid for; the granted quote becomes the session's next tranche.
-func (e *Engine) Grant(tx *store.Tx, host Party, sessionID, quoteID string, granted int64, sealed *sharespotv1.SealedCode, gw *sharespotv1.Gateway) (*sharespotv1.Session, error) {
+// paid for; the granted quote becomes the session's next tranche, and its
+// credit window (evidence.go) the session's.
+func (e *Engine) Grant(tx *store.Tx, host Party, sessionID, quoteID string, granted int64, sealed *sharespotv1.SealedCode, gw *sharespotv1.Gateway, window int64) (*sharespotv1.Session, error) {
 	now := e.nowMS()
 	s, err := e.load(tx, sessionID, host, roleHost)
 	if err != nil {
@@ -541,6 +542,9 @@ func (e *Engine) Grant(tx *store.Tx, host Party, sessionID, quoteID string, gran
 	}
 	if granted != q.Bytes {
 		return nil, problem.Invalidf("granted_bytes %d differs from the %d bytes paid for", granted, q.Bytes)
+	}
+	if s.Window, err = creditWindow(window, q.Bytes); err != nil {
+		return nil, err
 	}
 	msg := &sharespotv1.AccessGranted{QuoteId: q.ID, Kind: q.Kind, GrantedBytes: granted}
 	if q.Kind == sharespotv1.QuoteKind_QUOTE_KIND_INITIAL {

@@ -10,9 +10,13 @@ import (
 	"github.com/sharespot/sharespot/internal/store"
 )
 
-// Settlement. Each granted quote is a tranche with its own bytes and price.
-// The bytes used are consumed tranche by tranche in grant order; tranche i
-// is billed
+// Settlement. The bytes billed are the host's count, but where the guest
+// acknowledged what it received (evidence.go) at most its last signed count
+// plus the credit window: min(host count, acknowledged + window). A session
+// with no acknowledgment is billed on the host's count and marked
+// unverified. Each granted quote is a tranche with its own bytes and price.
+// The bytes billed are consumed tranche by tranche in grant order; tranche
+// i is billed
 //
 //	billed_i = amount_i × used_i ÷ bytes_i, rounded down to the minor unit
 //
@@ -47,6 +51,10 @@ func Bill(tranches []Tranche, used int64) (billed, usedIn []int64, err error) {
 func (e *Engine) finish(tx *store.Tx, s *row, used int64, reason string) error {
 	now := e.nowMS()
 	used = min(max(used, 0), s.Granted)
+	s.HostCount, s.Verified = used, s.GuestAcked > 0
+	if s.Verified {
+		used = min(used, s.GuestAcked+s.Window)
+	}
 	escrow := ledger.Escrow(s.ID, s.Currency)
 	held, err := ledger.Balance(tx, escrow.ID)
 	if err != nil {
@@ -137,6 +145,6 @@ func (e *Engine) finish(tx *store.Tx, s *row, used int64, reason string) error {
 			return err
 		}
 	}
-	e.log.Info("session settled", "session", s.ID, "used", used, "charged", charged, "host", charged-fee, "fee", fee, "refund", refund, "reason", reason)
+	e.log.Info("session settled", "session", s.ID, "used", used, "host_count", s.HostCount, "guest_acked", s.GuestAcked, "verified", s.Verified, "charged", charged, "host", charged-fee, "fee", fee, "refund", refund, "reason", reason)
 	return nil
 }

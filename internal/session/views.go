@@ -72,6 +72,7 @@ func (e *Engine) render(tx *store.Tx, s *row, p Party) (*sharespotv1.Session, er
 		RequestedBytes: s.Requested, GrantedBytes: s.Granted, UsedBytes: s.Used, Currency: s.Currency, Suite: s.Suite,
 		DeadlineUnixMs: s.DeadlineMS, EndReason: s.EndReason, SettledHostMinor: s.SettledHost, SettledFeeMinor: s.SettledFee,
 		RefundedMinor: s.Refunded, CreatedUnixMs: s.CreatedMS, UpdatedUnixMs: s.UpdatedMS, Tariff: s.Tariff.Proto(),
+		GuestAckedBytes: s.GuestAcked, CreditWindowBytes: s.Window, HostCountBytes: s.HostCount, Verified: s.Verified,
 	}
 	qs, err := quotesOf(tx, s.ID)
 	if err != nil {

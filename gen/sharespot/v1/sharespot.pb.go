@@ -1979,9 +1979,18 @@ type Session struct {
 	// The tariff the guest was shown, copied at the request: every quote of
 	// the session (first and top-ups) is priced from it, whatever the host
 	// changes later.
-	Tariff        *Tariff `protobuf:"bytes,20,opt,name=tariff,proto3" json:"tariff,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Tariff *Tariff `protobuf:"bytes,20,opt,name=tariff,proto3" json:"tariff,omitempty"`
+	// Evidence of usage: the guest's last signed count of bytes received
+	// (0: none), and the credit window the host may bill beyond it.
+	GuestAckedBytes   int64 `protobuf:"varint,21,opt,name=guest_acked_bytes,json=guestAckedBytes,proto3" json:"guest_acked_bytes,omitempty"`
+	CreditWindowBytes int64 `protobuf:"varint,22,opt,name=credit_window_bytes,json=creditWindowBytes,proto3" json:"credit_window_bytes,omitempty"`
+	// Once settled: the host's own count, and whether the bill rests on the
+	// guest's acknowledgments (min(host count, acked + window)) or, with
+	// none, on the host's count alone (unverified).
+	HostCountBytes int64 `protobuf:"varint,23,opt,name=host_count_bytes,json=hostCountBytes,proto3" json:"host_count_bytes,omitempty"`
+	Verified       bool  `protobuf:"varint,24,opt,name=verified,proto3" json:"verified,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Session) Reset() {
@@ -2152,6 +2161,34 @@ func (x *Session) GetTariff() *Tariff {
 		return x.Tariff
 	}
 	return nil
+}
+
+func (x *Session) GetGuestAckedBytes() int64 {
+	if x != nil {
+		return x.GuestAckedBytes
+	}
+	return 0
+}
+
+func (x *Session) GetCreditWindowBytes() int64 {
+	if x != nil {
+		return x.CreditWindowBytes
+	}
+	return 0
+}
+
+func (x *Session) GetHostCountBytes() int64 {
+	if x != nil {
+		return x.HostCountBytes
+	}
+	return 0
+}
+
+func (x *Session) GetVerified() bool {
+	if x != nil {
+		return x.Verified
+	}
+	return false
 }
 
 type RequestAccessRequest struct {
@@ -2582,9 +2619,13 @@ type GrantRequest struct {
 	SealedCode *SealedCode `protobuf:"bytes,3,opt,name=sealed_code,json=sealedCode,proto3" json:"sealed_code,omitempty"`
 	Gateway    *Gateway    `protobuf:"bytes,4,opt,name=gateway,proto3" json:"gateway,omitempty"`
 	// Bytes granted (initial) or added (top-up).
-	GrantedBytes  int64 `protobuf:"varint,5,opt,name=granted_bytes,json=grantedBytes,proto3" json:"granted_bytes,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	GrantedBytes int64 `protobuf:"varint,5,opt,name=granted_bytes,json=grantedBytes,proto3" json:"granted_bytes,omitempty"`
+	// The credit window the host allows beyond the guest's last
+	// acknowledgment (0: the default, max(1 MB, 2 % of the tranche)); the
+	// server holds it between 64 KiB and max(1 MB, 5 % of the tranche).
+	CreditWindowBytes int64 `protobuf:"varint,6,opt,name=credit_window_bytes,json=creditWindowBytes,proto3" json:"credit_window_bytes,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *GrantRequest) Reset() {
@@ -2648,6 +2689,13 @@ func (x *GrantRequest) GetGateway() *Gateway {
 func (x *GrantRequest) GetGrantedBytes() int64 {
 	if x != nil {
 		return x.GrantedBytes
+	}
+	return 0
+}
+
+func (x *GrantRequest) GetCreditWindowBytes() int64 {
+	if x != nil {
+		return x.CreditWindowBytes
 	}
 	return 0
 }
@@ -3171,6 +3219,205 @@ func (x *GetResponse) GetSession() *Session {
 	return nil
 }
 
+// UsageAck is a guest's signed, cumulative count of the bytes it received
+// in a session.
+type UsageAck struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SessionId     string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	ReceivedBytes int64                  `protobuf:"varint,2,opt,name=received_bytes,json=receivedBytes,proto3" json:"received_bytes,omitempty"`
+	// Ed25519 signature by the guest's device key over
+	// "sharespot/usage-ack/v1\x00" || session_id || "\x00" ||
+	// received_bytes (8 bytes, big-endian).
+	Signature     []byte `protobuf:"bytes,3,opt,name=signature,proto3" json:"signature,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UsageAck) Reset() {
+	*x = UsageAck{}
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UsageAck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UsageAck) ProtoMessage() {}
+
+func (x *UsageAck) ProtoReflect() protoreflect.Message {
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UsageAck.ProtoReflect.Descriptor instead.
+func (*UsageAck) Descriptor() ([]byte, []int) {
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *UsageAck) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+func (x *UsageAck) GetReceivedBytes() int64 {
+	if x != nil {
+		return x.ReceivedBytes
+	}
+	return 0
+}
+
+func (x *UsageAck) GetSignature() []byte {
+	if x != nil {
+		return x.Signature
+	}
+	return nil
+}
+
+type AcknowledgeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ack           *UsageAck              `protobuf:"bytes,1,opt,name=ack,proto3" json:"ack,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AcknowledgeRequest) Reset() {
+	*x = AcknowledgeRequest{}
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AcknowledgeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AcknowledgeRequest) ProtoMessage() {}
+
+func (x *AcknowledgeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AcknowledgeRequest.ProtoReflect.Descriptor instead.
+func (*AcknowledgeRequest) Descriptor() ([]byte, []int) {
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{49}
+}
+
+func (x *AcknowledgeRequest) GetAck() *UsageAck {
+	if x != nil {
+		return x.Ack
+	}
+	return nil
+}
+
+type AcknowledgeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The highest count the server holds for the session.
+	AckedBytes    int64 `protobuf:"varint,1,opt,name=acked_bytes,json=ackedBytes,proto3" json:"acked_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AcknowledgeResponse) Reset() {
+	*x = AcknowledgeResponse{}
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[50]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AcknowledgeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AcknowledgeResponse) ProtoMessage() {}
+
+func (x *AcknowledgeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[50]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AcknowledgeResponse.ProtoReflect.Descriptor instead.
+func (*AcknowledgeResponse) Descriptor() ([]byte, []int) {
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{50}
+}
+
+func (x *AcknowledgeResponse) GetAckedBytes() int64 {
+	if x != nil {
+		return x.AckedBytes
+	}
+	return 0
+}
+
+// To the host: the guest acknowledged more bytes.
+type UsageAcknowledged struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ack           *UsageAck              `protobuf:"bytes,1,opt,name=ack,proto3" json:"ack,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UsageAcknowledged) Reset() {
+	*x = UsageAcknowledged{}
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[51]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UsageAcknowledged) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UsageAcknowledged) ProtoMessage() {}
+
+func (x *UsageAcknowledged) ProtoReflect() protoreflect.Message {
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[51]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UsageAcknowledged.ProtoReflect.Descriptor instead.
+func (*UsageAcknowledged) Descriptor() ([]byte, []int) {
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{51}
+}
+
+func (x *UsageAcknowledged) GetAck() *UsageAck {
+	if x != nil {
+		return x.Ack
+	}
+	return nil
+}
+
 type ListSessionsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Only sessions that have not ended.
@@ -3183,7 +3430,7 @@ type ListSessionsRequest struct {
 
 func (x *ListSessionsRequest) Reset() {
 	*x = ListSessionsRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[48]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3195,7 +3442,7 @@ func (x *ListSessionsRequest) String() string {
 func (*ListSessionsRequest) ProtoMessage() {}
 
 func (x *ListSessionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[48]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3208,7 +3455,7 @@ func (x *ListSessionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSessionsRequest.ProtoReflect.Descriptor instead.
 func (*ListSessionsRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{48}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *ListSessionsRequest) GetOpenOnly() bool {
@@ -3234,7 +3481,7 @@ type ListSessionsResponse struct {
 
 func (x *ListSessionsResponse) Reset() {
 	*x = ListSessionsResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[49]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3246,7 +3493,7 @@ func (x *ListSessionsResponse) String() string {
 func (*ListSessionsResponse) ProtoMessage() {}
 
 func (x *ListSessionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[49]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3259,7 +3506,7 @@ func (x *ListSessionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSessionsResponse.ProtoReflect.Descriptor instead.
 func (*ListSessionsResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{49}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *ListSessionsResponse) GetSessions() []*Session {
@@ -3278,7 +3525,7 @@ type PayRequest struct {
 
 func (x *PayRequest) Reset() {
 	*x = PayRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[50]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3290,7 +3537,7 @@ func (x *PayRequest) String() string {
 func (*PayRequest) ProtoMessage() {}
 
 func (x *PayRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[50]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3303,7 +3550,7 @@ func (x *PayRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PayRequest.ProtoReflect.Descriptor instead.
 func (*PayRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{50}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *PayRequest) GetQuoteId() string {
@@ -3322,7 +3569,7 @@ type PayResponse struct {
 
 func (x *PayResponse) Reset() {
 	*x = PayResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[51]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3334,7 +3581,7 @@ func (x *PayResponse) String() string {
 func (*PayResponse) ProtoMessage() {}
 
 func (x *PayResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[51]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3347,7 +3594,7 @@ func (x *PayResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PayResponse.ProtoReflect.Descriptor instead.
 func (*PayResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{51}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *PayResponse) GetReceipt() *Receipt {
@@ -3365,7 +3612,7 @@ type BalanceRequest struct {
 
 func (x *BalanceRequest) Reset() {
 	*x = BalanceRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[52]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3377,7 +3624,7 @@ func (x *BalanceRequest) String() string {
 func (*BalanceRequest) ProtoMessage() {}
 
 func (x *BalanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[52]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3390,7 +3637,7 @@ func (x *BalanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BalanceRequest.ProtoReflect.Descriptor instead.
 func (*BalanceRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{52}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{56}
 }
 
 type Money struct {
@@ -3403,7 +3650,7 @@ type Money struct {
 
 func (x *Money) Reset() {
 	*x = Money{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[53]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3415,7 +3662,7 @@ func (x *Money) String() string {
 func (*Money) ProtoMessage() {}
 
 func (x *Money) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[53]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3428,7 +3675,7 @@ func (x *Money) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Money.ProtoReflect.Descriptor instead.
 func (*Money) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{53}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *Money) GetCurrency() string {
@@ -3455,7 +3702,7 @@ type BalanceResponse struct {
 
 func (x *BalanceResponse) Reset() {
 	*x = BalanceResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[54]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3467,7 +3714,7 @@ func (x *BalanceResponse) String() string {
 func (*BalanceResponse) ProtoMessage() {}
 
 func (x *BalanceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[54]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3480,7 +3727,7 @@ func (x *BalanceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BalanceResponse.ProtoReflect.Descriptor instead.
 func (*BalanceResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{54}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *BalanceResponse) GetAccountId() string {
@@ -3506,7 +3753,7 @@ type HistoryRequest struct {
 
 func (x *HistoryRequest) Reset() {
 	*x = HistoryRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[55]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3518,7 +3765,7 @@ func (x *HistoryRequest) String() string {
 func (*HistoryRequest) ProtoMessage() {}
 
 func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[55]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3531,7 +3778,7 @@ func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryRequest.ProtoReflect.Descriptor instead.
 func (*HistoryRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{55}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *HistoryRequest) GetLimit() int32 {
@@ -3556,7 +3803,7 @@ type Transfer struct {
 
 func (x *Transfer) Reset() {
 	*x = Transfer{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[56]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3568,7 +3815,7 @@ func (x *Transfer) String() string {
 func (*Transfer) ProtoMessage() {}
 
 func (x *Transfer) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[56]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3581,7 +3828,7 @@ func (x *Transfer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Transfer.ProtoReflect.Descriptor instead.
 func (*Transfer) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{56}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *Transfer) GetId() string {
@@ -3642,7 +3889,7 @@ type HistoryResponse struct {
 
 func (x *HistoryResponse) Reset() {
 	*x = HistoryResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[57]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3654,7 +3901,7 @@ func (x *HistoryResponse) String() string {
 func (*HistoryResponse) ProtoMessage() {}
 
 func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[57]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3667,7 +3914,7 @@ func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryResponse.ProtoReflect.Descriptor instead.
 func (*HistoryResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{57}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *HistoryResponse) GetTransfers() []*Transfer {
@@ -3685,7 +3932,7 @@ type PlatformKeysRequest struct {
 
 func (x *PlatformKeysRequest) Reset() {
 	*x = PlatformKeysRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[58]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3697,7 +3944,7 @@ func (x *PlatformKeysRequest) String() string {
 func (*PlatformKeysRequest) ProtoMessage() {}
 
 func (x *PlatformKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[58]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3710,7 +3957,7 @@ func (x *PlatformKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlatformKeysRequest.ProtoReflect.Descriptor instead.
 func (*PlatformKeysRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{58}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{62}
 }
 
 type PlatformKey struct {
@@ -3723,7 +3970,7 @@ type PlatformKey struct {
 
 func (x *PlatformKey) Reset() {
 	*x = PlatformKey{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[59]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3735,7 +3982,7 @@ func (x *PlatformKey) String() string {
 func (*PlatformKey) ProtoMessage() {}
 
 func (x *PlatformKey) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[59]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3748,7 +3995,7 @@ func (x *PlatformKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlatformKey.ProtoReflect.Descriptor instead.
 func (*PlatformKey) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{59}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *PlatformKey) GetKeyId() string {
@@ -3774,7 +4021,7 @@ type PlatformKeysResponse struct {
 
 func (x *PlatformKeysResponse) Reset() {
 	*x = PlatformKeysResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[60]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3786,7 +4033,7 @@ func (x *PlatformKeysResponse) String() string {
 func (*PlatformKeysResponse) ProtoMessage() {}
 
 func (x *PlatformKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[60]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3799,7 +4046,7 @@ func (x *PlatformKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlatformKeysResponse.ProtoReflect.Descriptor instead.
 func (*PlatformKeysResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{60}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *PlatformKeysResponse) GetKeys() []*PlatformKey {
@@ -3818,7 +4065,7 @@ type SubscribeRequest struct {
 
 func (x *SubscribeRequest) Reset() {
 	*x = SubscribeRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[61]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3830,7 +4077,7 @@ func (x *SubscribeRequest) String() string {
 func (*SubscribeRequest) ProtoMessage() {}
 
 func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[61]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3843,7 +4090,7 @@ func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubscribeRequest.ProtoReflect.Descriptor instead.
 func (*SubscribeRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{61}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *SubscribeRequest) GetAfterSeq() uint64 {
@@ -3863,7 +4110,7 @@ type SubscribeResponse struct {
 
 func (x *SubscribeResponse) Reset() {
 	*x = SubscribeResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[62]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3875,7 +4122,7 @@ func (x *SubscribeResponse) String() string {
 func (*SubscribeResponse) ProtoMessage() {}
 
 func (x *SubscribeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[62]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3888,7 +4135,7 @@ func (x *SubscribeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubscribeResponse.ProtoReflect.Descriptor instead.
 func (*SubscribeResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{62}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *SubscribeResponse) GetEnvelopes() []*Envelope {
@@ -3907,7 +4154,7 @@ type AckRequest struct {
 
 func (x *AckRequest) Reset() {
 	*x = AckRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[63]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3919,7 +4166,7 @@ func (x *AckRequest) String() string {
 func (*AckRequest) ProtoMessage() {}
 
 func (x *AckRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[63]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3932,7 +4179,7 @@ func (x *AckRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckRequest.ProtoReflect.Descriptor instead.
 func (*AckRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{63}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *AckRequest) GetSeq() uint64 {
@@ -3950,7 +4197,7 @@ type AckResponse struct {
 
 func (x *AckResponse) Reset() {
 	*x = AckResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[64]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3962,7 +4209,7 @@ func (x *AckResponse) String() string {
 func (*AckResponse) ProtoMessage() {}
 
 func (x *AckResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[64]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3975,7 +4222,7 @@ func (x *AckResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckResponse.ProtoReflect.Descriptor instead.
 func (*AckResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{64}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{68}
 }
 
 // C1.6, to the host.
@@ -3993,7 +4240,7 @@ type AccessRequested struct {
 
 func (x *AccessRequested) Reset() {
 	*x = AccessRequested{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[65]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4005,7 +4252,7 @@ func (x *AccessRequested) String() string {
 func (*AccessRequested) ProtoMessage() {}
 
 func (x *AccessRequested) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[65]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4018,7 +4265,7 @@ func (x *AccessRequested) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AccessRequested.ProtoReflect.Descriptor instead.
 func (*AccessRequested) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{65}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *AccessRequested) GetHotspotId() string {
@@ -4066,7 +4313,7 @@ type FeeInfo struct {
 
 func (x *FeeInfo) Reset() {
 	*x = FeeInfo{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[66]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4078,7 +4325,7 @@ func (x *FeeInfo) String() string {
 func (*FeeInfo) ProtoMessage() {}
 
 func (x *FeeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[66]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4091,7 +4338,7 @@ func (x *FeeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FeeInfo.ProtoReflect.Descriptor instead.
 func (*FeeInfo) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{66}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *FeeInfo) GetQuote() *Quote {
@@ -4116,7 +4363,7 @@ type PaymentConfirmed struct {
 
 func (x *PaymentConfirmed) Reset() {
 	*x = PaymentConfirmed{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[67]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4128,7 +4375,7 @@ func (x *PaymentConfirmed) String() string {
 func (*PaymentConfirmed) ProtoMessage() {}
 
 func (x *PaymentConfirmed) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[67]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4141,7 +4388,7 @@ func (x *PaymentConfirmed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PaymentConfirmed.ProtoReflect.Descriptor instead.
 func (*PaymentConfirmed) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{67}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *PaymentConfirmed) GetQuoteId() string {
@@ -4190,7 +4437,7 @@ type EncryptionMessage struct {
 
 func (x *EncryptionMessage) Reset() {
 	*x = EncryptionMessage{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[68]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4202,7 +4449,7 @@ func (x *EncryptionMessage) String() string {
 func (*EncryptionMessage) ProtoMessage() {}
 
 func (x *EncryptionMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[68]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4215,7 +4462,7 @@ func (x *EncryptionMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EncryptionMessage.ProtoReflect.Descriptor instead.
 func (*EncryptionMessage) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{68}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *EncryptionMessage) GetSuite() string {
@@ -4242,7 +4489,7 @@ type AccessGranted struct {
 
 func (x *AccessGranted) Reset() {
 	*x = AccessGranted{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[69]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4254,7 +4501,7 @@ func (x *AccessGranted) String() string {
 func (*AccessGranted) ProtoMessage() {}
 
 func (x *AccessGranted) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[69]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4267,7 +4514,7 @@ func (x *AccessGranted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AccessGranted.ProtoReflect.Descriptor instead.
 func (*AccessGranted) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{69}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *AccessGranted) GetQuoteId() string {
@@ -4324,7 +4571,7 @@ type LowQuotaPrompt struct {
 
 func (x *LowQuotaPrompt) Reset() {
 	*x = LowQuotaPrompt{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[70]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4336,7 +4583,7 @@ func (x *LowQuotaPrompt) String() string {
 func (*LowQuotaPrompt) ProtoMessage() {}
 
 func (x *LowQuotaPrompt) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[70]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4349,7 +4596,7 @@ func (x *LowQuotaPrompt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LowQuotaPrompt.ProtoReflect.Descriptor instead.
 func (*LowQuotaPrompt) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{70}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *LowQuotaPrompt) GetUsedBytes() int64 {
@@ -4385,7 +4632,7 @@ type TopUpRequested struct {
 
 func (x *TopUpRequested) Reset() {
 	*x = TopUpRequested{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[71]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4397,7 +4644,7 @@ func (x *TopUpRequested) String() string {
 func (*TopUpRequested) ProtoMessage() {}
 
 func (x *TopUpRequested) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[71]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4410,7 +4657,7 @@ func (x *TopUpRequested) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TopUpRequested.ProtoReflect.Descriptor instead.
 func (*TopUpRequested) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{71}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *TopUpRequested) GetBytes() int64 {
@@ -4440,7 +4687,7 @@ type SessionEnding struct {
 
 func (x *SessionEnding) Reset() {
 	*x = SessionEnding{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[72]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4452,7 +4699,7 @@ func (x *SessionEnding) String() string {
 func (*SessionEnding) ProtoMessage() {}
 
 func (x *SessionEnding) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[72]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4465,7 +4712,7 @@ func (x *SessionEnding) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionEnding.ProtoReflect.Descriptor instead.
 func (*SessionEnding) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{72}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *SessionEnding) GetReason() string {
@@ -4493,7 +4740,7 @@ type Declined struct {
 
 func (x *Declined) Reset() {
 	*x = Declined{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[73]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4505,7 +4752,7 @@ func (x *Declined) String() string {
 func (*Declined) ProtoMessage() {}
 
 func (x *Declined) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[73]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4518,7 +4765,7 @@ func (x *Declined) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Declined.ProtoReflect.Descriptor instead.
 func (*Declined) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{73}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *Declined) GetReason() string {
@@ -4545,7 +4792,7 @@ type SessionEnded struct {
 
 func (x *SessionEnded) Reset() {
 	*x = SessionEnded{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[74]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4557,7 +4804,7 @@ func (x *SessionEnded) String() string {
 func (*SessionEnded) ProtoMessage() {}
 
 func (x *SessionEnded) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[74]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4570,7 +4817,7 @@ func (x *SessionEnded) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionEnded.ProtoReflect.Descriptor instead.
 func (*SessionEnded) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{74}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *SessionEnded) GetSession() *Session {
@@ -4598,6 +4845,7 @@ type Envelope struct {
 	//	*Envelope_Declined
 	//	*Envelope_SessionEnded
 	//	*Envelope_SessionEnding
+	//	*Envelope_UsageAcknowledged
 	Body          isEnvelope_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -4605,7 +4853,7 @@ type Envelope struct {
 
 func (x *Envelope) Reset() {
 	*x = Envelope{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[75]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4617,7 +4865,7 @@ func (x *Envelope) String() string {
 func (*Envelope) ProtoMessage() {}
 
 func (x *Envelope) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[75]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4630,7 +4878,7 @@ func (x *Envelope) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Envelope.ProtoReflect.Descriptor instead.
 func (*Envelope) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{75}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{79}
 }
 
 func (x *Envelope) GetSeq() uint64 {
@@ -4758,6 +5006,15 @@ func (x *Envelope) GetSessionEnding() *SessionEnding {
 	return nil
 }
 
+func (x *Envelope) GetUsageAcknowledged() *UsageAcknowledged {
+	if x != nil {
+		if x, ok := x.Body.(*Envelope_UsageAcknowledged); ok {
+			return x.UsageAcknowledged
+		}
+	}
+	return nil
+}
+
 type isEnvelope_Body interface {
 	isEnvelope_Body()
 }
@@ -4802,6 +5059,10 @@ type Envelope_SessionEnding struct {
 	SessionEnding *SessionEnding `protobuf:"bytes,19,opt,name=session_ending,json=sessionEnding,proto3,oneof"`
 }
 
+type Envelope_UsageAcknowledged struct {
+	UsageAcknowledged *UsageAcknowledged `protobuf:"bytes,20,opt,name=usage_acknowledged,json=usageAcknowledged,proto3,oneof"`
+}
+
 func (*Envelope_AccessRequested) isEnvelope_Body() {}
 
 func (*Envelope_FeeInfo) isEnvelope_Body() {}
@@ -4821,6 +5082,8 @@ func (*Envelope_Declined) isEnvelope_Body() {}
 func (*Envelope_SessionEnded) isEnvelope_Body() {}
 
 func (*Envelope_SessionEnding) isEnvelope_Body() {}
+
+func (*Envelope_UsageAcknowledged) isEnvelope_Body() {}
 
 var File_sharespot_v1_sharespot_proto protoreflect.FileDescriptor
 
@@ -4958,7 +5221,7 @@ const file_sharespot_v1_sharespot_proto_rawDesc = "" +
 	"\aReceipt\x12\x15\n" +
 	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x18\n" +
 	"\apayload\x18\x02 \x01(\fR\apayload\x12\x1c\n" +
-	"\tsignature\x18\x03 \x01(\fR\tsignature\"\xeb\x05\n" +
+	"\tsignature\x18\x03 \x01(\fR\tsignature\"\x8d\a\n" +
 	"\aSession\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1d\n" +
 	"\n" +
@@ -4984,7 +5247,11 @@ const file_sharespot_v1_sharespot_proto_rawDesc = "" +
 	"\x06quotes\x18\x11 \x03(\v2\x13.sharespot.v1.QuoteR\x06quotes\x12&\n" +
 	"\x0fcreated_unix_ms\x18\x12 \x01(\x03R\rcreatedUnixMs\x12&\n" +
 	"\x0fupdated_unix_ms\x18\x13 \x01(\x03R\rupdatedUnixMs\x12,\n" +
-	"\x06tariff\x18\x14 \x01(\v2\x14.sharespot.v1.TariffR\x06tariff\"\xbb\x01\n" +
+	"\x06tariff\x18\x14 \x01(\v2\x14.sharespot.v1.TariffR\x06tariff\x12*\n" +
+	"\x11guest_acked_bytes\x18\x15 \x01(\x03R\x0fguestAckedBytes\x12.\n" +
+	"\x13credit_window_bytes\x18\x16 \x01(\x03R\x11creditWindowBytes\x12(\n" +
+	"\x10host_count_bytes\x18\x17 \x01(\x03R\x0ehostCountBytes\x12\x1a\n" +
+	"\bverified\x18\x18 \x01(\bR\bverified\"\xbb\x01\n" +
 	"\x14RequestAccessRequest\x12\x1d\n" +
 	"\n" +
 	"hotspot_id\x18\x01 \x01(\tR\thotspotId\x12\x14\n" +
@@ -5013,7 +5280,7 @@ const file_sharespot_v1_sharespot_proto_rawDesc = "" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12/\n" +
 	"\areceipt\x18\x02 \x01(\v2\x15.sharespot.v1.ReceiptR\areceipt\"B\n" +
 	"\x0fConfirmResponse\x12/\n" +
-	"\asession\x18\x01 \x01(\v2\x15.sharespot.v1.SessionR\asession\"\xd9\x01\n" +
+	"\asession\x18\x01 \x01(\v2\x15.sharespot.v1.SessionR\asession\"\x89\x02\n" +
 	"\fGrantRequest\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x19\n" +
@@ -5021,7 +5288,8 @@ const file_sharespot_v1_sharespot_proto_rawDesc = "" +
 	"\vsealed_code\x18\x03 \x01(\v2\x18.sharespot.v1.SealedCodeR\n" +
 	"sealedCode\x12/\n" +
 	"\agateway\x18\x04 \x01(\v2\x15.sharespot.v1.GatewayR\agateway\x12#\n" +
-	"\rgranted_bytes\x18\x05 \x01(\x03R\fgrantedBytes\"@\n" +
+	"\rgranted_bytes\x18\x05 \x01(\x03R\fgrantedBytes\x12.\n" +
+	"\x13credit_window_bytes\x18\x06 \x01(\x03R\x11creditWindowBytes\"@\n" +
 	"\rGrantResponse\x12/\n" +
 	"\asession\x18\x01 \x01(\v2\x15.sharespot.v1.SessionR\asession\"M\n" +
 	"\rPromptRequest\x12\x1d\n" +
@@ -5057,7 +5325,19 @@ const file_sharespot_v1_sharespot_proto_rawDesc = "" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\">\n" +
 	"\vGetResponse\x12/\n" +
-	"\asession\x18\x01 \x01(\v2\x15.sharespot.v1.SessionR\asession\"H\n" +
+	"\asession\x18\x01 \x01(\v2\x15.sharespot.v1.SessionR\asession\"n\n" +
+	"\bUsageAck\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x01 \x01(\tR\tsessionId\x12%\n" +
+	"\x0ereceived_bytes\x18\x02 \x01(\x03R\rreceivedBytes\x12\x1c\n" +
+	"\tsignature\x18\x03 \x01(\fR\tsignature\">\n" +
+	"\x12AcknowledgeRequest\x12(\n" +
+	"\x03ack\x18\x01 \x01(\v2\x16.sharespot.v1.UsageAckR\x03ack\"6\n" +
+	"\x13AcknowledgeResponse\x12\x1f\n" +
+	"\vacked_bytes\x18\x01 \x01(\x03R\n" +
+	"ackedBytes\"=\n" +
+	"\x11UsageAcknowledged\x12(\n" +
+	"\x03ack\x18\x01 \x01(\v2\x16.sharespot.v1.UsageAckR\x03ack\"H\n" +
 	"\x13ListSessionsRequest\x12\x1b\n" +
 	"\topen_only\x18\x01 \x01(\bR\bopenOnly\x12\x14\n" +
 	"\x05limit\x18\x02 \x01(\x05R\x05limit\"I\n" +
@@ -5144,7 +5424,7 @@ const file_sharespot_v1_sharespot_proto_rawDesc = "" +
 	"\x06reason\x18\x01 \x01(\tR\x06reason\x12+\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x17.sharespot.v1.QuoteKindR\x04kind\"?\n" +
 	"\fSessionEnded\x12/\n" +
-	"\asession\x18\x01 \x01(\v2\x15.sharespot.v1.SessionR\asession\"\xc4\x06\n" +
+	"\asession\x18\x01 \x01(\v2\x15.sharespot.v1.SessionR\asession\"\x96\a\n" +
 	"\bEnvelope\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x1d\n" +
 	"\n" +
@@ -5162,7 +5442,8 @@ const file_sharespot_v1_sharespot_proto_rawDesc = "" +
 	"\x10top_up_requested\x18\x10 \x01(\v2\x1c.sharespot.v1.TopUpRequestedH\x00R\x0etopUpRequested\x124\n" +
 	"\bdeclined\x18\x11 \x01(\v2\x16.sharespot.v1.DeclinedH\x00R\bdeclined\x12A\n" +
 	"\rsession_ended\x18\x12 \x01(\v2\x1a.sharespot.v1.SessionEndedH\x00R\fsessionEnded\x12D\n" +
-	"\x0esession_ending\x18\x13 \x01(\v2\x1b.sharespot.v1.SessionEndingH\x00R\rsessionEndingB\x06\n" +
+	"\x0esession_ending\x18\x13 \x01(\v2\x1b.sharespot.v1.SessionEndingH\x00R\rsessionEnding\x12P\n" +
+	"\x12usage_acknowledged\x18\x14 \x01(\v2\x1f.sharespot.v1.UsageAcknowledgedH\x00R\x11usageAcknowledgedB\x06\n" +
 	"\x04body*\x93\x01\n" +
 	"\bSecurity\x12\x18\n" +
 	"\x14SECURITY_UNSPECIFIED\x10\x00\x12\x11\n" +
@@ -5204,7 +5485,7 @@ const file_sharespot_v1_sharespot_proto_rawDesc = "" +
 	"\bWithdraw\x12\x1d.sharespot.v1.WithdrawRequest\x1a\x1e.sharespot.v1.WithdrawResponse\"\x00\x12?\n" +
 	"\x04List\x12\x19.sharespot.v1.ListRequest\x1a\x1a.sharespot.v1.ListResponse\"\x002_\n" +
 	"\x10DiscoveryService\x12K\n" +
-	"\bDiscover\x12\x1d.sharespot.v1.DiscoverRequest\x1a\x1e.sharespot.v1.DiscoverResponse\"\x002\xd3\x06\n" +
+	"\bDiscover\x12\x1d.sharespot.v1.DiscoverRequest\x1a\x1e.sharespot.v1.DiscoverResponse\"\x002\xa9\a\n" +
 	"\x0eSessionService\x12Z\n" +
 	"\rRequestAccess\x12\".sharespot.v1.RequestAccessRequest\x1a#.sharespot.v1.RequestAccessResponse\"\x00\x12B\n" +
 	"\x05Quote\x12\x1a.sharespot.v1.QuoteRequest\x1a\x1b.sharespot.v1.QuoteResponse\"\x00\x12H\n" +
@@ -5215,7 +5496,8 @@ const file_sharespot_v1_sharespot_proto_rawDesc = "" +
 	"\fRequestTopUp\x12!.sharespot.v1.RequestTopUpRequest\x1a\".sharespot.v1.RequestTopUpResponse\"\x00\x12T\n" +
 	"\vReportUsage\x12 .sharespot.v1.ReportUsageRequest\x1a!.sharespot.v1.ReportUsageResponse\"\x00\x12<\n" +
 	"\x03End\x12\x18.sharespot.v1.EndRequest\x1a\x19.sharespot.v1.EndResponse\"\x00\x12<\n" +
-	"\x03Get\x12\x18.sharespot.v1.GetRequest\x1a\x19.sharespot.v1.GetResponse\"\x00\x12W\n" +
+	"\x03Get\x12\x18.sharespot.v1.GetRequest\x1a\x19.sharespot.v1.GetResponse\"\x00\x12T\n" +
+	"\vAcknowledge\x12 .sharespot.v1.AcknowledgeRequest\x1a!.sharespot.v1.AcknowledgeResponse\"\x00\x12W\n" +
 	"\fListSessions\x12!.sharespot.v1.ListSessionsRequest\x1a\".sharespot.v1.ListSessionsResponse\"\x002\xbb\x02\n" +
 	"\x0ePaymentService\x12<\n" +
 	"\x03Pay\x12\x18.sharespot.v1.PayRequest\x1a\x19.sharespot.v1.PayResponse\"\x00\x12H\n" +
@@ -5239,7 +5521,7 @@ func file_sharespot_v1_sharespot_proto_rawDescGZIP() []byte {
 }
 
 var file_sharespot_v1_sharespot_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_sharespot_v1_sharespot_proto_msgTypes = make([]protoimpl.MessageInfo, 76)
+var file_sharespot_v1_sharespot_proto_msgTypes = make([]protoimpl.MessageInfo, 80)
 var file_sharespot_v1_sharespot_proto_goTypes = []any{
 	(Security)(0),                 // 0: sharespot.v1.Security
 	(SessionState)(0),             // 1: sharespot.v1.SessionState
@@ -5293,34 +5575,38 @@ var file_sharespot_v1_sharespot_proto_goTypes = []any{
 	(*EndResponse)(nil),           // 49: sharespot.v1.EndResponse
 	(*GetRequest)(nil),            // 50: sharespot.v1.GetRequest
 	(*GetResponse)(nil),           // 51: sharespot.v1.GetResponse
-	(*ListSessionsRequest)(nil),   // 52: sharespot.v1.ListSessionsRequest
-	(*ListSessionsResponse)(nil),  // 53: sharespot.v1.ListSessionsResponse
-	(*PayRequest)(nil),            // 54: sharespot.v1.PayRequest
-	(*PayResponse)(nil),           // 55: sharespot.v1.PayResponse
-	(*BalanceRequest)(nil),        // 56: sharespot.v1.BalanceRequest
-	(*Money)(nil),                 // 57: sharespot.v1.Money
-	(*BalanceResponse)(nil),       // 58: sharespot.v1.BalanceResponse
-	(*HistoryRequest)(nil),        // 59: sharespot.v1.HistoryRequest
-	(*Transfer)(nil),              // 60: sharespot.v1.Transfer
-	(*HistoryResponse)(nil),       // 61: sharespot.v1.HistoryResponse
-	(*PlatformKeysRequest)(nil),   // 62: sharespot.v1.PlatformKeysRequest
-	(*PlatformKey)(nil),           // 63: sharespot.v1.PlatformKey
-	(*PlatformKeysResponse)(nil),  // 64: sharespot.v1.PlatformKeysResponse
-	(*SubscribeRequest)(nil),      // 65: sharespot.v1.SubscribeRequest
-	(*SubscribeResponse)(nil),     // 66: sharespot.v1.SubscribeResponse
-	(*AckRequest)(nil),            // 67: sharespot.v1.AckRequest
-	(*AckResponse)(nil),           // 68: sharespot.v1.AckResponse
-	(*AccessRequested)(nil),       // 69: sharespot.v1.AccessRequested
-	(*FeeInfo)(nil),               // 70: sharespot.v1.FeeInfo
-	(*PaymentConfirmed)(nil),      // 71: sharespot.v1.PaymentConfirmed
-	(*EncryptionMessage)(nil),     // 72: sharespot.v1.EncryptionMessage
-	(*AccessGranted)(nil),         // 73: sharespot.v1.AccessGranted
-	(*LowQuotaPrompt)(nil),        // 74: sharespot.v1.LowQuotaPrompt
-	(*TopUpRequested)(nil),        // 75: sharespot.v1.TopUpRequested
-	(*SessionEnding)(nil),         // 76: sharespot.v1.SessionEnding
-	(*Declined)(nil),              // 77: sharespot.v1.Declined
-	(*SessionEnded)(nil),          // 78: sharespot.v1.SessionEnded
-	(*Envelope)(nil),              // 79: sharespot.v1.Envelope
+	(*UsageAck)(nil),              // 52: sharespot.v1.UsageAck
+	(*AcknowledgeRequest)(nil),    // 53: sharespot.v1.AcknowledgeRequest
+	(*AcknowledgeResponse)(nil),   // 54: sharespot.v1.AcknowledgeResponse
+	(*UsageAcknowledged)(nil),     // 55: sharespot.v1.UsageAcknowledged
+	(*ListSessionsRequest)(nil),   // 56: sharespot.v1.ListSessionsRequest
+	(*ListSessionsResponse)(nil),  // 57: sharespot.v1.ListSessionsResponse
+	(*PayRequest)(nil),            // 58: sharespot.v1.PayRequest
+	(*PayResponse)(nil),           // 59: sharespot.v1.PayResponse
+	(*BalanceRequest)(nil),        // 60: sharespot.v1.BalanceRequest
+	(*Money)(nil),                 // 61: sharespot.v1.Money
+	(*BalanceResponse)(nil),       // 62: sharespot.v1.BalanceResponse
+	(*HistoryRequest)(nil),        // 63: sharespot.v1.HistoryRequest
+	(*Transfer)(nil),              // 64: sharespot.v1.Transfer
+	(*HistoryResponse)(nil),       // 65: sharespot.v1.HistoryResponse
+	(*PlatformKeysRequest)(nil),   // 66: sharespot.v1.PlatformKeysRequest
+	(*PlatformKey)(nil),           // 67: sharespot.v1.PlatformKey
+	(*PlatformKeysResponse)(nil),  // 68: sharespot.v1.PlatformKeysResponse
+	(*SubscribeRequest)(nil),      // 69: sharespot.v1.SubscribeRequest
+	(*SubscribeResponse)(nil),     // 70: sharespot.v1.SubscribeResponse
+	(*AckRequest)(nil),            // 71: sharespot.v1.AckRequest
+	(*AckResponse)(nil),           // 72: sharespot.v1.AckResponse
+	(*AccessRequested)(nil),       // 73: sharespot.v1.AccessRequested
+	(*FeeInfo)(nil),               // 74: sharespot.v1.FeeInfo
+	(*PaymentConfirmed)(nil),      // 75: sharespot.v1.PaymentConfirmed
+	(*EncryptionMessage)(nil),     // 76: sharespot.v1.EncryptionMessage
+	(*AccessGranted)(nil),         // 77: sharespot.v1.AccessGranted
+	(*LowQuotaPrompt)(nil),        // 78: sharespot.v1.LowQuotaPrompt
+	(*TopUpRequested)(nil),        // 79: sharespot.v1.TopUpRequested
+	(*SessionEnding)(nil),         // 80: sharespot.v1.SessionEnding
+	(*Declined)(nil),              // 81: sharespot.v1.Declined
+	(*SessionEnded)(nil),          // 82: sharespot.v1.SessionEnded
+	(*Envelope)(nil),              // 83: sharespot.v1.Envelope
 }
 var file_sharespot_v1_sharespot_proto_depIdxs = []int32{
 	0,  // 0: sharespot.v1.AccessPoint.security:type_name -> sharespot.v1.Security
@@ -5358,88 +5644,93 @@ var file_sharespot_v1_sharespot_proto_depIdxs = []int32{
 	31, // 32: sharespot.v1.ReportUsageResponse.session:type_name -> sharespot.v1.Session
 	31, // 33: sharespot.v1.EndResponse.session:type_name -> sharespot.v1.Session
 	31, // 34: sharespot.v1.GetResponse.session:type_name -> sharespot.v1.Session
-	31, // 35: sharespot.v1.ListSessionsResponse.sessions:type_name -> sharespot.v1.Session
-	30, // 36: sharespot.v1.PayResponse.receipt:type_name -> sharespot.v1.Receipt
-	57, // 37: sharespot.v1.BalanceResponse.balances:type_name -> sharespot.v1.Money
-	60, // 38: sharespot.v1.HistoryResponse.transfers:type_name -> sharespot.v1.Transfer
-	63, // 39: sharespot.v1.PlatformKeysResponse.keys:type_name -> sharespot.v1.PlatformKey
-	79, // 40: sharespot.v1.SubscribeResponse.envelopes:type_name -> sharespot.v1.Envelope
-	27, // 41: sharespot.v1.AccessRequested.guest_keys:type_name -> sharespot.v1.GuestKey
-	11, // 42: sharespot.v1.AccessRequested.tariff:type_name -> sharespot.v1.Tariff
-	26, // 43: sharespot.v1.FeeInfo.quote:type_name -> sharespot.v1.Quote
-	2,  // 44: sharespot.v1.PaymentConfirmed.kind:type_name -> sharespot.v1.QuoteKind
-	30, // 45: sharespot.v1.PaymentConfirmed.receipt:type_name -> sharespot.v1.Receipt
-	2,  // 46: sharespot.v1.AccessGranted.kind:type_name -> sharespot.v1.QuoteKind
-	28, // 47: sharespot.v1.AccessGranted.sealed_code:type_name -> sharespot.v1.SealedCode
-	29, // 48: sharespot.v1.AccessGranted.gateway:type_name -> sharespot.v1.Gateway
-	11, // 49: sharespot.v1.TopUpRequested.tariff:type_name -> sharespot.v1.Tariff
-	2,  // 50: sharespot.v1.Declined.kind:type_name -> sharespot.v1.QuoteKind
-	31, // 51: sharespot.v1.SessionEnded.session:type_name -> sharespot.v1.Session
-	69, // 52: sharespot.v1.Envelope.access_requested:type_name -> sharespot.v1.AccessRequested
-	70, // 53: sharespot.v1.Envelope.fee_info:type_name -> sharespot.v1.FeeInfo
-	71, // 54: sharespot.v1.Envelope.payment_confirmed:type_name -> sharespot.v1.PaymentConfirmed
-	72, // 55: sharespot.v1.Envelope.encryption_message:type_name -> sharespot.v1.EncryptionMessage
-	73, // 56: sharespot.v1.Envelope.access_granted:type_name -> sharespot.v1.AccessGranted
-	74, // 57: sharespot.v1.Envelope.low_quota_prompt:type_name -> sharespot.v1.LowQuotaPrompt
-	75, // 58: sharespot.v1.Envelope.top_up_requested:type_name -> sharespot.v1.TopUpRequested
-	77, // 59: sharespot.v1.Envelope.declined:type_name -> sharespot.v1.Declined
-	78, // 60: sharespot.v1.Envelope.session_ended:type_name -> sharespot.v1.SessionEnded
-	76, // 61: sharespot.v1.Envelope.session_ending:type_name -> sharespot.v1.SessionEnding
-	6,  // 62: sharespot.v1.AuthService.Challenge:input_type -> sharespot.v1.ChallengeRequest
-	8,  // 63: sharespot.v1.AuthService.SignIn:input_type -> sharespot.v1.SignInRequest
-	4,  // 64: sharespot.v1.AuthService.AddDevice:input_type -> sharespot.v1.AddDeviceRequest
-	14, // 65: sharespot.v1.HotspotService.Register:input_type -> sharespot.v1.RegisterRequest
-	16, // 66: sharespot.v1.HotspotService.Update:input_type -> sharespot.v1.UpdateRequest
-	18, // 67: sharespot.v1.HotspotService.Withdraw:input_type -> sharespot.v1.WithdrawRequest
-	20, // 68: sharespot.v1.HotspotService.List:input_type -> sharespot.v1.ListRequest
-	24, // 69: sharespot.v1.DiscoveryService.Discover:input_type -> sharespot.v1.DiscoverRequest
-	32, // 70: sharespot.v1.SessionService.RequestAccess:input_type -> sharespot.v1.RequestAccessRequest
-	34, // 71: sharespot.v1.SessionService.Quote:input_type -> sharespot.v1.QuoteRequest
-	36, // 72: sharespot.v1.SessionService.Decline:input_type -> sharespot.v1.DeclineRequest
-	38, // 73: sharespot.v1.SessionService.Confirm:input_type -> sharespot.v1.ConfirmRequest
-	40, // 74: sharespot.v1.SessionService.Grant:input_type -> sharespot.v1.GrantRequest
-	42, // 75: sharespot.v1.SessionService.Prompt:input_type -> sharespot.v1.PromptRequest
-	44, // 76: sharespot.v1.SessionService.RequestTopUp:input_type -> sharespot.v1.RequestTopUpRequest
-	46, // 77: sharespot.v1.SessionService.ReportUsage:input_type -> sharespot.v1.ReportUsageRequest
-	48, // 78: sharespot.v1.SessionService.End:input_type -> sharespot.v1.EndRequest
-	50, // 79: sharespot.v1.SessionService.Get:input_type -> sharespot.v1.GetRequest
-	52, // 80: sharespot.v1.SessionService.ListSessions:input_type -> sharespot.v1.ListSessionsRequest
-	54, // 81: sharespot.v1.PaymentService.Pay:input_type -> sharespot.v1.PayRequest
-	56, // 82: sharespot.v1.PaymentService.Balance:input_type -> sharespot.v1.BalanceRequest
-	59, // 83: sharespot.v1.PaymentService.History:input_type -> sharespot.v1.HistoryRequest
-	62, // 84: sharespot.v1.PaymentService.PlatformKeys:input_type -> sharespot.v1.PlatformKeysRequest
-	65, // 85: sharespot.v1.InboxService.Subscribe:input_type -> sharespot.v1.SubscribeRequest
-	67, // 86: sharespot.v1.InboxService.Ack:input_type -> sharespot.v1.AckRequest
-	7,  // 87: sharespot.v1.AuthService.Challenge:output_type -> sharespot.v1.ChallengeResponse
-	9,  // 88: sharespot.v1.AuthService.SignIn:output_type -> sharespot.v1.SignInResponse
-	5,  // 89: sharespot.v1.AuthService.AddDevice:output_type -> sharespot.v1.AddDeviceResponse
-	15, // 90: sharespot.v1.HotspotService.Register:output_type -> sharespot.v1.RegisterResponse
-	17, // 91: sharespot.v1.HotspotService.Update:output_type -> sharespot.v1.UpdateResponse
-	19, // 92: sharespot.v1.HotspotService.Withdraw:output_type -> sharespot.v1.WithdrawResponse
-	21, // 93: sharespot.v1.HotspotService.List:output_type -> sharespot.v1.ListResponse
-	25, // 94: sharespot.v1.DiscoveryService.Discover:output_type -> sharespot.v1.DiscoverResponse
-	33, // 95: sharespot.v1.SessionService.RequestAccess:output_type -> sharespot.v1.RequestAccessResponse
-	35, // 96: sharespot.v1.SessionService.Quote:output_type -> sharespot.v1.QuoteResponse
-	37, // 97: sharespot.v1.SessionService.Decline:output_type -> sharespot.v1.DeclineResponse
-	39, // 98: sharespot.v1.SessionService.Confirm:output_type -> sharespot.v1.ConfirmResponse
-	41, // 99: sharespot.v1.SessionService.Grant:output_type -> sharespot.v1.GrantResponse
-	43, // 100: sharespot.v1.SessionService.Prompt:output_type -> sharespot.v1.PromptResponse
-	45, // 101: sharespot.v1.SessionService.RequestTopUp:output_type -> sharespot.v1.RequestTopUpResponse
-	47, // 102: sharespot.v1.SessionService.ReportUsage:output_type -> sharespot.v1.ReportUsageResponse
-	49, // 103: sharespot.v1.SessionService.End:output_type -> sharespot.v1.EndResponse
-	51, // 104: sharespot.v1.SessionService.Get:output_type -> sharespot.v1.GetResponse
-	53, // 105: sharespot.v1.SessionService.ListSessions:output_type -> sharespot.v1.ListSessionsResponse
-	55, // 106: sharespot.v1.PaymentService.Pay:output_type -> sharespot.v1.PayResponse
-	58, // 107: sharespot.v1.PaymentService.Balance:output_type -> sharespot.v1.BalanceResponse
-	61, // 108: sharespot.v1.PaymentService.History:output_type -> sharespot.v1.HistoryResponse
-	64, // 109: sharespot.v1.PaymentService.PlatformKeys:output_type -> sharespot.v1.PlatformKeysResponse
-	66, // 110: sharespot.v1.InboxService.Subscribe:output_type -> sharespot.v1.SubscribeResponse
-	68, // 111: sharespot.v1.InboxService.Ack:output_type -> sharespot.v1.AckResponse
-	87, // [87:112] is the sub-list for method output_type
-	62, // [62:87] is the sub-list for method input_type
-	62, // [62:62] is the sub-list for extension type_name
-	62, // [62:62] is the sub-list for extension extendee
-	0,  // [0:62] is the sub-list for field type_name
+	52, // 35: sharespot.v1.AcknowledgeRequest.ack:type_name -> sharespot.v1.UsageAck
+	52, // 36: sharespot.v1.UsageAcknowledged.ack:type_name -> sharespot.v1.UsageAck
+	31, // 37: sharespot.v1.ListSessionsResponse.sessions:type_name -> sharespot.v1.Session
+	30, // 38: sharespot.v1.PayResponse.receipt:type_name -> sharespot.v1.Receipt
+	61, // 39: sharespot.v1.BalanceResponse.balances:type_name -> sharespot.v1.Money
+	64, // 40: sharespot.v1.HistoryResponse.transfers:type_name -> sharespot.v1.Transfer
+	67, // 41: sharespot.v1.PlatformKeysResponse.keys:type_name -> sharespot.v1.PlatformKey
+	83, // 42: sharespot.v1.SubscribeResponse.envelopes:type_name -> sharespot.v1.Envelope
+	27, // 43: sharespot.v1.AccessRequested.guest_keys:type_name -> sharespot.v1.GuestKey
+	11, // 44: sharespot.v1.AccessRequested.tariff:type_name -> sharespot.v1.Tariff
+	26, // 45: sharespot.v1.FeeInfo.quote:type_name -> sharespot.v1.Quote
+	2,  // 46: sharespot.v1.PaymentConfirmed.kind:type_name -> sharespot.v1.QuoteKind
+	30, // 47: sharespot.v1.PaymentConfirmed.receipt:type_name -> sharespot.v1.Receipt
+	2,  // 48: sharespot.v1.AccessGranted.kind:type_name -> sharespot.v1.QuoteKind
+	28, // 49: sharespot.v1.AccessGranted.sealed_code:type_name -> sharespot.v1.SealedCode
+	29, // 50: sharespot.v1.AccessGranted.gateway:type_name -> sharespot.v1.Gateway
+	11, // 51: sharespot.v1.TopUpRequested.tariff:type_name -> sharespot.v1.Tariff
+	2,  // 52: sharespot.v1.Declined.kind:type_name -> sharespot.v1.QuoteKind
+	31, // 53: sharespot.v1.SessionEnded.session:type_name -> sharespot.v1.Session
+	73, // 54: sharespot.v1.Envelope.access_requested:type_name -> sharespot.v1.AccessRequested
+	74, // 55: sharespot.v1.Envelope.fee_info:type_name -> sharespot.v1.FeeInfo
+	75, // 56: sharespot.v1.Envelope.payment_confirmed:type_name -> sharespot.v1.PaymentConfirmed
+	76, // 57: sharespot.v1.Envelope.encryption_message:type_name -> sharespot.v1.EncryptionMessage
+	77, // 58: sharespot.v1.Envelope.access_granted:type_name -> sharespot.v1.AccessGranted
+	78, // 59: sharespot.v1.Envelope.low_quota_prompt:type_name -> sharespot.v1.LowQuotaPrompt
+	79, // 60: sharespot.v1.Envelope.top_up_requested:type_name -> sharespot.v1.TopUpRequested
+	81, // 61: sharespot.v1.Envelope.declined:type_name -> sharespot.v1.Declined
+	82, // 62: sharespot.v1.Envelope.session_ended:type_name -> sharespot.v1.SessionEnded
+	80, // 63: sharespot.v1.Envelope.session_ending:type_name -> sharespot.v1.SessionEnding
+	55, // 64: sharespot.v1.Envelope.usage_acknowledged:type_name -> sharespot.v1.UsageAcknowledged
+	6,  // 65: sharespot.v1.AuthService.Challenge:input_type -> sharespot.v1.ChallengeRequest
+	8,  // 66: sharespot.v1.AuthService.SignIn:input_type -> sharespot.v1.SignInRequest
+	4,  // 67: sharespot.v1.AuthService.AddDevice:input_type -> sharespot.v1.AddDeviceRequest
+	14, // 68: sharespot.v1.HotspotService.Register:input_type -> sharespot.v1.RegisterRequest
+	16, // 69: sharespot.v1.HotspotService.Update:input_type -> sharespot.v1.UpdateRequest
+	18, // 70: sharespot.v1.HotspotService.Withdraw:input_type -> sharespot.v1.WithdrawRequest
+	20, // 71: sharespot.v1.HotspotService.List:input_type -> sharespot.v1.ListRequest
+	24, // 72: sharespot.v1.DiscoveryService.Discover:input_type -> sharespot.v1.DiscoverRequest
+	32, // 73: sharespot.v1.SessionService.RequestAccess:input_type -> sharespot.v1.RequestAccessRequest
+	34, // 74: sharespot.v1.SessionService.Quote:input_type -> sharespot.v1.QuoteRequest
+	36, // 75: sharespot.v1.SessionService.Decline:input_type -> sharespot.v1.DeclineRequest
+	38, // 76: sharespot.v1.SessionService.Confirm:input_type -> sharespot.v1.ConfirmRequest
+	40, // 77: sharespot.v1.SessionService.Grant:input_type -> sharespot.v1.GrantRequest
+	42, // 78: sharespot.v1.SessionService.Prompt:input_type -> sharespot.v1.PromptRequest
+	44, // 79: sharespot.v1.SessionService.RequestTopUp:input_type -> sharespot.v1.RequestTopUpRequest
+	46, // 80: sharespot.v1.SessionService.ReportUsage:input_type -> sharespot.v1.ReportUsageRequest
+	48, // 81: sharespot.v1.SessionService.End:input_type -> sharespot.v1.EndRequest
+	50, // 82: sharespot.v1.SessionService.Get:input_type -> sharespot.v1.GetRequest
+	53, // 83: sharespot.v1.SessionService.Acknowledge:input_type -> sharespot.v1.AcknowledgeRequest
+	56, // 84: sharespot.v1.SessionService.ListSessions:input_type -> sharespot.v1.ListSessionsRequest
+	58, // 85: sharespot.v1.PaymentService.Pay:input_type -> sharespot.v1.PayRequest
+	60, // 86: sharespot.v1.PaymentService.Balance:input_type -> sharespot.v1.BalanceRequest
+	63, // 87: sharespot.v1.PaymentService.History:input_type -> sharespot.v1.HistoryRequest
+	66, // 88: sharespot.v1.PaymentService.PlatformKeys:input_type -> sharespot.v1.PlatformKeysRequest
+	69, // 89: sharespot.v1.InboxService.Subscribe:input_type -> sharespot.v1.SubscribeRequest
+	71, // 90: sharespot.v1.InboxService.Ack:input_type -> sharespot.v1.AckRequest
+	7,  // 91: sharespot.v1.AuthService.Challenge:output_type -> sharespot.v1.ChallengeResponse
+	9,  // 92: sharespot.v1.AuthService.SignIn:output_type -> sharespot.v1.SignInResponse
+	5,  // 93: sharespot.v1.AuthService.AddDevice:output_type -> sharespot.v1.AddDeviceResponse
+	15, // 94: sharespot.v1.HotspotService.Register:output_type -> sharespot.v1.RegisterResponse
+	17, // 95: sharespot.v1.HotspotService.Update:output_type -> sharespot.v1.UpdateResponse
+	19, // 96: sharespot.v1.HotspotService.Withdraw:output_type -> sharespot.v1.WithdrawResponse
+	21, // 97: sharespot.v1.HotspotService.List:output_type -> sharespot.v1.ListResponse
+	25, // 98: sharespot.v1.DiscoveryService.Discover:output_type -> sharespot.v1.DiscoverResponse
+	33, // 99: sharespot.v1.SessionService.RequestAccess:output_type -> sharespot.v1.RequestAccessResponse
+	35, // 100: sharespot.v1.SessionService.Quote:output_type -> sharespot.v1.QuoteResponse
+	37, // 101: sharespot.v1.SessionService.Decline:output_type -> sharespot.v1.DeclineResponse
+	39, // 102: sharespot.v1.SessionService.Confirm:output_type -> sharespot.v1.ConfirmResponse
+	41, // 103: sharespot.v1.SessionService.Grant:output_type -> sharespot.v1.GrantResponse
+	43, // 104: sharespot.v1.SessionService.Prompt:output_type -> sharespot.v1.PromptResponse
+	45, // 105: sharespot.v1.SessionService.RequestTopUp:output_type -> sharespot.v1.RequestTopUpResponse
+	47, // 106: sharespot.v1.SessionService.ReportUsage:output_type -> sharespot.v1.ReportUsageResponse
+	49, // 107: sharespot.v1.SessionService.End:output_type -> sharespot.v1.EndResponse
+	51, // 108: sharespot.v1.SessionService.Get:output_type -> sharespot.v1.GetResponse
+	54, // 109: sharespot.v1.SessionService.Acknowledge:output_type -> sharespot.v1.AcknowledgeResponse
+	57, // 110: sharespot.v1.SessionService.ListSessions:output_type -> sharespot.v1.ListSessionsResponse
+	59, // 111: sharespot.v1.PaymentService.Pay:output_type -> sharespot.v1.PayResponse
+	62, // 112: sharespot.v1.PaymentService.Balance:output_type -> sharespot.v1.BalanceResponse
+	65, // 113: sharespot.v1.PaymentService.History:output_type -> sharespot.v1.HistoryResponse
+	68, // 114: sharespot.v1.PaymentService.PlatformKeys:output_type -> sharespot.v1.PlatformKeysResponse
+	70, // 115: sharespot.v1.InboxService.Subscribe:output_type -> sharespot.v1.SubscribeResponse
+	72, // 116: sharespot.v1.InboxService.Ack:output_type -> sharespot.v1.AckResponse
+	91, // [91:117] is the sub-list for method output_type
+	65, // [65:91] is the sub-list for method input_type
+	65, // [65:65] is the sub-list for extension type_name
+	65, // [65:65] is the sub-list for extension extendee
+	0,  // [0:65] is the sub-list for field type_name
 }
 
 func init() { file_sharespot_v1_sharespot_proto_init() }
@@ -5447,7 +5738,7 @@ func file_sharespot_v1_sharespot_proto_init() {
 	if File_sharespot_v1_sharespot_proto != nil {
 		return
 	}
-	file_sharespot_v1_sharespot_proto_msgTypes[75].OneofWrappers = []any{
+	file_sharespot_v1_sharespot_proto_msgTypes[79].OneofWrappers = []any{
 		(*Envelope_AccessRequested)(nil),
 		(*Envelope_FeeInfo)(nil),
 		(*Envelope_PaymentConfirmed)(nil),
@@ -5458,6 +5749,7 @@ func file_sharespot_v1_sharespot_proto_init() {
 		(*Envelope_Declined)(nil),
 		(*Envelope_SessionEnded)(nil),
 		(*Envelope_SessionEnding)(nil),
+		(*Envelope_UsageAcknowledged)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -5465,7 +5757,7 @@ func file_sharespot_v1_sharespot_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sharespot_v1_sharespot_proto_rawDesc), len(file_sharespot_v1_sharespot_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   76,
+			NumMessages:   80,
 			NumExtensions: 0,
 			NumServices:   6,
 		},

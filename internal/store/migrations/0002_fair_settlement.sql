@@ -12,6 +12,16 @@ UPDATE sessions SET
     tariff_unit_bytes = (SELECT h.unit_bytes FROM hotspots h WHERE h.id = sessions.hotspot_id),
     tariff_min_purchase_bytes = (SELECT h.min_purchase_bytes FROM hotspots h WHERE h.id = sessions.hotspot_id);
 
+-- Evidence of usage: the guest's last signed count of bytes received, the
+-- credit window the host may bill beyond it, and at settlement the host's
+-- own count and whether the bill rested on the guest's acknowledgments.
+ALTER TABLE sessions ADD COLUMN guest_acked_bytes BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE sessions ADD COLUMN credit_window_bytes BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE sessions ADD COLUMN host_count_bytes BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE sessions ADD COLUMN verified INTEGER NOT NULL DEFAULT 0;
+-- Sessions settled before evidence were billed on the host's count.
+UPDATE sessions SET host_count_bytes = used_bytes;
+
 -- The guest's account, for the cap on unpaid requests per account.
 ALTER TABLE sessions ADD COLUMN guest_account_id TEXT NOT NULL DEFAULT '';
 UPDATE sessions SET guest_account_id = (SELECT d.account_id FROM devices d WHERE d.id = sessions.guest_device_id);

@@ -91,6 +91,9 @@ const (
 	SessionServiceEndProcedure = "/sharespot.v1.SessionService/End"
 	// SessionServiceGetProcedure is the fully-qualified name of the SessionService's Get RPC.
 	SessionServiceGetProcedure = "/sharespot.v1.SessionService/Get"
+	// SessionServiceAcknowledgeProcedure is the fully-qualified name of the SessionService's
+	// Acknowledge RPC.
+	SessionServiceAcknowledgeProcedure = "/sharespot.v1.SessionService/Acknowledge"
 	// SessionServiceListSessionsProcedure is the fully-qualified name of the SessionService's
 	// ListSessions RPC.
 	SessionServiceListSessionsProcedure = "/sharespot.v1.SessionService/ListSessions"
@@ -490,6 +493,10 @@ type SessionServiceClient interface {
 	End(context.Context, *connect.Request[v1.EndRequest]) (*connect.Response[v1.EndResponse], error)
 	// Either party: read a session.
 	Get(context.Context, *connect.Request[v1.GetRequest]) (*connect.Response[v1.GetResponse], error)
+	// Guest: acknowledge, signed with its device key, the bytes received so
+	// far in a session. The server keeps the highest count (settlement bills
+	// at most it plus the credit window) and relays it to the host.
+	Acknowledge(context.Context, *connect.Request[v1.AcknowledgeRequest]) (*connect.Response[v1.AcknowledgeResponse], error)
 	// Either party: the caller's sessions, newest first (to resume after a
 	// restart).
 	ListSessions(context.Context, *connect.Request[v1.ListSessionsRequest]) (*connect.Response[v1.ListSessionsResponse], error)
@@ -566,6 +573,12 @@ func NewSessionServiceClient(httpClient connect.HTTPClient, baseURL string, opts
 			connect.WithSchema(sessionServiceMethods.ByName("Get")),
 			connect.WithClientOptions(opts...),
 		),
+		acknowledge: connect.NewClient[v1.AcknowledgeRequest, v1.AcknowledgeResponse](
+			httpClient,
+			baseURL+SessionServiceAcknowledgeProcedure,
+			connect.WithSchema(sessionServiceMethods.ByName("Acknowledge")),
+			connect.WithClientOptions(opts...),
+		),
 		listSessions: connect.NewClient[v1.ListSessionsRequest, v1.ListSessionsResponse](
 			httpClient,
 			baseURL+SessionServiceListSessionsProcedure,
@@ -587,6 +600,7 @@ type sessionServiceClient struct {
 	reportUsage   *connect.Client[v1.ReportUsageRequest, v1.ReportUsageResponse]
 	end           *connect.Client[v1.EndRequest, v1.EndResponse]
 	get           *connect.Client[v1.GetRequest, v1.GetResponse]
+	acknowledge   *connect.Client[v1.AcknowledgeRequest, v1.AcknowledgeResponse]
 	listSessions  *connect.Client[v1.ListSessionsRequest, v1.ListSessionsResponse]
 }
 
@@ -640,6 +654,11 @@ func (c *sessionServiceClient) Get(ctx context.Context, req *connect.Request[v1.
 	return c.get.CallUnary(ctx, req)
 }
 
+// Acknowledge calls sharespot.v1.SessionService.Acknowledge.
+func (c *sessionServiceClient) Acknowledge(ctx context.Context, req *connect.Request[v1.AcknowledgeRequest]) (*connect.Response[v1.AcknowledgeResponse], error) {
+	return c.acknowledge.CallUnary(ctx, req)
+}
+
 // ListSessions calls sharespot.v1.SessionService.ListSessions.
 func (c *sessionServiceClient) ListSessions(ctx context.Context, req *connect.Request[v1.ListSessionsRequest]) (*connect.Response[v1.ListSessionsResponse], error) {
 	return c.listSessions.CallUnary(ctx, req)
@@ -670,6 +689,10 @@ type SessionServiceHandler interface {
 	End(context.Context, *connect.Request[v1.EndRequest]) (*connect.Response[v1.EndResponse], error)
 	// Either party: read a session.
 	Get(context.Context, *connect.Request[v1.GetRequest]) (*connect.Response[v1.GetResponse], error)
+	// Guest: acknowledge, signed with its device key, the bytes received so
+	// far in a session. The server keeps the highest count (settlement bills
+	// at most it plus the credit window) and relays it to the host.
+	Acknowledge(context.Context, *connect.Request[v1.AcknowledgeRequest]) (*connect.Response[v1.AcknowledgeResponse], error)
 	// Either party: the caller's sessions, newest first (to resume after a
 	// restart).
 	ListSessions(context.Context, *connect.Request[v1.ListSessionsRequest]) (*connect.Response[v1.ListSessionsResponse], error)
@@ -742,6 +765,12 @@ func NewSessionServiceHandler(svc SessionServiceHandler, opts ...connect.Handler
 		connect.WithSchema(sessionServiceMethods.ByName("Get")),
 		connect.WithHandlerOptions(opts...),
 	)
+	sessionServiceAcknowledgeHandler := connect.NewUnaryHandler(
+		SessionServiceAcknowledgeProcedure,
+		svc.Acknowledge,
+		connect.WithSchema(sessionServiceMethods.ByName("Acknowledge")),
+		connect.WithHandlerOptions(opts...),
+	)
 	sessionServiceListSessionsHandler := connect.NewUnaryHandler(
 		SessionServiceListSessionsProcedure,
 		svc.ListSessions,
@@ -770,6 +799,8 @@ func NewSessionServiceHandler(svc SessionServiceHandler, opts ...connect.Handler
 			sessionServiceEndHandler.ServeHTTP(w, r)
 		case SessionServiceGetProcedure:
 			sessionServiceGetHandler.ServeHTTP(w, r)
+		case SessionServiceAcknowledgeProcedure:
+			sessionServiceAcknowledgeHandler.ServeHTTP(w, r)
 		case SessionServiceListSessionsProcedure:
 			sessionServiceListSessionsHandler.ServeHTTP(w, r)
 		default:
@@ -819,6 +850,10 @@ func (UnimplementedSessionServiceHandler) End(context.Context, *connect.Request[
 
 func (UnimplementedSessionServiceHandler) Get(context.Context, *connect.Request[v1.GetRequest]) (*connect.Response[v1.GetResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("sharespot.v1.SessionService.Get is not implemented"))
+}
+
+func (UnimplementedSessionServiceHandler) Acknowledge(context.Context, *connect.Request[v1.AcknowledgeRequest]) (*connect.Response[v1.AcknowledgeResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("sharespot.v1.SessionService.Acknowledge is not implemented"))
 }
 
 func (UnimplementedSessionServiceHandler) ListSessions(context.Context, *connect.Request[v1.ListSessionsRequest]) (*connect.Response[v1.ListSessionsResponse], error) {
