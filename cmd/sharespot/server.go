@@ -24,6 +24,7 @@ import (
 	"github.com/sharespot/sharespot/internal/seal"
 	"github.com/sharespot/sharespot/internal/server"
 	"github.com/sharespot/sharespot/internal/session"
+	"github.com/sharespot/sharespot/internal/size"
 	"github.com/sharespot/sharespot/internal/store"
 )
 
@@ -207,9 +208,13 @@ func (c *WalletAuditCmd) Run(env *runEnv) error {
 	defer st.Close()
 	var a ledger.Audit
 	var open, ended, heldAfterEnd int64
+	var recon []session.HostReconciliation
 	err = st.Read(env.ctx, func(tx *store.Tx) error {
 		var err error
 		if a, err = ledger.Check(tx); err != nil {
+			return err
+		}
+		if recon, err = session.Reconcile(tx); err != nil {
 			return err
 		}
 		if err := tx.QueryRow(`SELECT COUNT(*) FROM sessions WHERE state <> ?`, int64(sharespotv1.SessionState_SESSION_STATE_ENDED)).Scan(&open); err != nil {
@@ -233,6 +238,18 @@ func (c *WalletAuditCmd) Run(env *runEnv) error {
 		fmt.Fprintf(env.stdout, "%s: all balances sum to %s\n", cur, client.FormatMoney(a.Sums[cur], cur))
 	}
 	fmt.Fprintf(env.stdout, "sessions: %d open, %d ended, %d ended with money in escrow\n", open, ended, heldAfterEnd)
+	// Usage reconciliation: hosts whose counts ran ahead of what their
+	// guests acknowledged by more than the credit window.
+	var verified, unverified, flagged int
+	for _, r := range recon {
+		verified, unverified = verified+r.Verified, unverified+r.Unverified
+		if r.Overclaimed > 0 {
+			flagged++
+			fmt.Fprintf(env.stdout, "usage: host %s counted more than its guests acknowledged plus the window in %d of %d verified sessions (%s counted, %s acknowledged)\n",
+				r.Host, r.Overclaimed, r.Verified, size.Format(r.HostBytes), size.Format(r.AckedBytes))
+		}
+	}
+	fmt.Fprintf(env.stdout, "usage: %d sessions verified by the guest's acknowledgments, %d unverified; %d hosts counted ahead of their guests\n", verified, unverified, flagged)
 	if !a.OK() || heldAfterEnd != 0 {
 		return fmt.Errorf("audit failed: negative %v, drift %v, ended sessions holding escrow %d", a.Negative, a.Drift, heldAfterEnd)
 	}

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"github.com/google/go-cmp/cmp"
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/client"
@@ -15,6 +16,8 @@ import (
 	"github.com/sharespot/sharespot/internal/registry"
 	"github.com/sharespot/sharespot/internal/seal"
 	"github.com/sharespot/sharespot/internal/server"
+	"github.com/sharespot/sharespot/internal/session"
+	"github.com/sharespot/sharespot/internal/store"
 )
 
 // TestAttacks plays a hostile host or guest against a real server, one
@@ -468,6 +471,15 @@ func testHostOverclaims(t *testing.T) {
 	}
 	if got := res.Msg.Session; got.Verified || got.UsedBytes != 30*MB || got.HostCountBytes != 30*MB {
 		t.Fatalf("unacknowledged session: verified %v, billed on %d, host count %d", got.Verified, got.UsedBytes, got.HostCountBytes)
+	}
+	// The operator's reconciliation shows the host counting ahead.
+	recon, err := store.ReadT(ctx, r.env.Srv.Store(), func(tx *store.Tx) ([]session.HostReconciliation, error) { return session.Reconcile(tx) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []session.HostReconciliation{{Host: r.host.DeviceID(), Verified: 1, Unverified: 1, Overclaimed: 1, HostBytes: 100 * MB, AckedBytes: 10 * MB}}
+	if diff := cmp.Diff(want, recon); diff != "" {
+		t.Fatalf("reconciliation (-want +got):\n%s", diff)
 	}
 	r.env.MustAudit(t)
 }

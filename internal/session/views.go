@@ -94,3 +94,52 @@ func (e *Engine) render(tx *store.Tx, s *row, p Party) (*sharespotv1.Session, er
 	}
 	return out, nil
 }
+
+// HostReconciliation compares one host's counts with its guests'
+// acknowledgments over its settled sessions.
+type HostReconciliation struct {
+	Host string
+	// Verified sessions (the guest acknowledged), unverified ones.
+	Verified, Unverified int
+	// Overclaimed: verified sessions whose host count ran ahead of the
+	// guest's acknowledgment by more than the credit window.
+	Overclaimed int
+	// HostBytes and AckedBytes sum the verified sessions' figures.
+	HostBytes, AckedBytes int64
+}
+
+// Reconcile returns, per host with settled sessions, its counts against
+// its guests' acknowledgments; hosts with overclaimed sessions first.
+func Reconcile(tx *store.Tx) ([]HostReconciliation, error) {
+	rows, err := tx.Query(`SELECT host_device_id, verified, host_count_bytes, guest_acked_bytes, credit_window_bytes
+		FROM sessions WHERE state = ? ORDER BY host_device_id`, int32(sharespotv1.SessionState_SESSION_STATE_ENDED))
+	if err != nil {
+		return nil, fmt.Errorf("session: reconcile: %w", err)
+	}
+	defer rows.Close()
+	var out []HostReconciliation
+	for rows.Next() {
+		var host string
+		var verified int32
+		var count, acked, window int64
+		if err := rows.Scan(&host, &verified, &count, &acked, &window); err != nil {
+			return nil, err
+		}
+		if len(out) == 0 || out[len(out)-1].Host != host {
+			out = append(out, HostReconciliation{Host: host})
+		}
+		r := &out[len(out)-1]
+		if verified == 0 {
+			r.Unverified++
+			continue
+		}
+		r.Verified++
+		r.HostBytes += count
+		r.AckedBytes += acked
+		if count > acked+window {
+			r.Overclaimed++
+		}
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].Overclaimed > out[j].Overclaimed })
+	return out, rows.Err()
+}
