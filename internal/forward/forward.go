@@ -1,0 +1,311 @@
+// Package forward is the guest's local forwarder. `sharespot connect`
+// listens on loopback for the guest's own programs — SOCKS5 without
+// credentials, and HTTP CONNECT — and forwards each connection to the
+// host's userspace gateway with the session's credentials. On the way it
+// counts the bytes it relays in both directions, which is what the gateway
+// meters (payload bytes, both ways), so the guest can sign what it really
+// got (package evidence) instead of trusting the host's count.
+package forward
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/net/proxy"
+)
+
+// Forwarder relays loopback connections to a gateway.
+type Forwarder struct {
+	gateway        string
+	session, code  string
+	log            *slog.Logger
+	ln             net.Listener
+	bytes          atomic.Int64
+	mu             sync.Mutex
+	conns          map[net.Conn]struct{}
+	handshakeLimit time.Duration
+}
+
+// Listen opens the forwarder's loopback listener at addr ("127.0.0.1:0"
+// for any port) for the session's credentials at gateway (host:port).
+func Listen(addr, gateway, session, code string, log *slog.Logger) (*Forwarder, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil || !ap.Addr().IsLoopback() {
+		return nil, fmt.Errorf("forward: listen address %q must be a loopback address and port, such as 127.0.0.1:1081", addr)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("forward: %w", err)
+	}
+	return &Forwarder{gateway: gateway, session: session, code: code, log: log, ln: ln,
+		conns: map[net.Conn]struct{}{}, handshakeLimit: 10 * time.Second}, nil
+}
+
+// Addr is where the forwarder listens.
+func (f *Forwarder) Addr() string { return f.ln.Addr().String() }
+
+// Bytes is how many bytes the forwarder relayed, both directions.
+func (f *Forwarder) Bytes() int64 { return f.bytes.Load() }
+
+// Run serves until ctx ends, then closes every connection.
+func (f *Forwarder) Run(ctx context.Context) error {
+	stop := context.AfterFunc(ctx, func() { f.ln.Close() })
+	defer stop()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer f.closeAll()
+	for {
+		c, err := f.ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("forward: accept: %w", err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			f.serve(ctx, c)
+		}()
+	}
+}
+
+func (f *Forwarder) track(c net.Conn, on bool) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !on {
+		delete(f.conns, c)
+		return true
+	}
+	if f.conns == nil {
+		return false // closing
+	}
+	f.conns[c] = struct{}{}
+	return true
+}
+
+func (f *Forwarder) closeAll() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for c := range f.conns {
+		c.Close()
+	}
+	f.conns = nil
+}
+
+// serve reads the local handshake, dials the destination through the
+// gateway, answers, and relays.
+func (f *Forwarder) serve(ctx context.Context, c net.Conn) {
+	if !f.track(c, true) {
+		c.Close()
+		return
+	}
+	defer f.track(c, false)
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(f.handshakeLimit))
+	r := bufio.NewReader(c)
+	first, err := r.Peek(1)
+	if err != nil {
+		return
+	}
+	var dest string
+	var answer func(ok bool) error
+	if first[0] == 0x05 {
+		dest, err = readSOCKS5(r, c)
+		answer = func(ok bool) error {
+			rep := byte(0x00)
+			if !ok {
+				rep = 0x01
+			}
+			_, err := c.Write([]byte{0x05, rep, 0, 0x01, 0, 0, 0, 0, 0, 0})
+			return err
+		}
+	} else {
+		dest, err = readConnect(r)
+		answer = func(ok bool) error {
+			status := "200 Connection established"
+			if !ok {
+				status = "502 Bad Gateway"
+			}
+			_, err := io.WriteString(c, "HTTP/1.1 "+status+"\r\n\r\n")
+			return err
+		}
+	}
+	if err != nil {
+		f.log.Debug("forward: local handshake", "err", err)
+		return
+	}
+	d, err := proxy.SOCKS5("tcp", f.gateway, &proxy.Auth{User: f.session, Password: f.code}, &net.Dialer{Timeout: 10 * time.Second})
+	if err != nil {
+		answer(false)
+		return
+	}
+	up, err := d.(proxy.ContextDialer).DialContext(ctx, "tcp", dest)
+	if err != nil {
+		f.log.Info("forward: the gateway refused a connection", "to", dest, "err", err)
+		answer(false)
+		return
+	}
+	defer up.Close()
+	if err := answer(true); err != nil {
+		return
+	}
+	c.SetDeadline(time.Time{})
+	if !f.track(up, true) {
+		return
+	}
+	defer f.track(up, false)
+	done := make(chan struct{}, 2)
+	relay := func(dst io.Writer, from io.Reader) {
+		defer func() { done <- struct{}{} }()
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := from.Read(buf)
+			if n > 0 {
+				f.bytes.Add(int64(n))
+				if _, werr := dst.Write(buf[:n]); werr != nil {
+					return
+				}
+			}
+			if err != nil {
+				if cw, ok := dst.(interface{ CloseWrite() error }); ok {
+					cw.CloseWrite()
+				}
+				return
+			}
+		}
+	}
+	go relay(up, r) // guest → gateway (r holds what the handshake read ahead)
+	go relay(c, up) // gateway → guest
+	<-done
+	<-done
+}
+
+// readSOCKS5 reads a SOCKS5 greeting offering "no authentication" and a
+// CONNECT request, answers the greeting, and returns host:port.
+func readSOCKS5(r *bufio.Reader, w io.Writer) (string, error) {
+	var hdr [2]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return "", err
+	}
+	methods := make([]byte, hdr[1])
+	if _, err := io.ReadFull(r, methods); err != nil {
+		return "", err
+	}
+	ok := false
+	for _, m := range methods {
+		ok = ok || m == 0x00
+	}
+	if !ok {
+		w.Write([]byte{0x05, 0xFF})
+		return "", errors.New("forward: the client offers no 'no authentication' method")
+	}
+	if _, err := w.Write([]byte{0x05, 0x00}); err != nil {
+		return "", err
+	}
+	var req [4]byte
+	if _, err := io.ReadFull(r, req[:]); err != nil {
+		return "", err
+	}
+	if req[0] != 0x05 || req[1] != 0x01 {
+		w.Write([]byte{0x05, 0x07, 0, 0x01, 0, 0, 0, 0, 0, 0})
+		return "", fmt.Errorf("forward: SOCKS5 command %d not supported", req[1])
+	}
+	var host string
+	switch req[3] {
+	case 0x01:
+		var a [4]byte
+		if _, err := io.ReadFull(r, a[:]); err != nil {
+			return "", err
+		}
+		host = netip.AddrFrom4(a).String()
+	case 0x04:
+		var a [16]byte
+		if _, err := io.ReadFull(r, a[:]); err != nil {
+			return "", err
+		}
+		host = netip.AddrFrom16(a).String()
+	case 0x03:
+		n, err := r.ReadByte()
+		if err != nil {
+			return "", err
+		}
+		b := make([]byte, n)
+		if _, err := io.ReadFull(r, b); err != nil {
+			return "", err
+		}
+		host = string(b)
+	default:
+		w.Write([]byte{0x05, 0x08, 0, 0x01, 0, 0, 0, 0, 0, 0})
+		return "", fmt.Errorf("forward: SOCKS5 address type %d not supported", req[3])
+	}
+	var pb [2]byte
+	if _, err := io.ReadFull(r, pb[:]); err != nil {
+		return "", err
+	}
+	return net.JoinHostPort(host, strconv.Itoa(int(pb[0])<<8|int(pb[1]))), nil
+}
+
+// readConnect reads an HTTP CONNECT request and returns its host:port.
+func readConnect(r *bufio.Reader) (string, error) {
+	req, err := http.ReadRequest(r)
+	if err != nil {
+		return "", err
+	}
+	if req.Method != http.MethodConnect {
+		return "", fmt.Errorf("forward: %s requests are not forwarded; use CONNECT (HTTPS_PROXY) or SOCKS5 (ALL_PROXY)", req.Method)
+	}
+	if _, _, err := net.SplitHostPort(req.Host); err != nil {
+		return "", fmt.Errorf("forward: CONNECT %q: %w", req.Host, err)
+	}
+	return req.Host, nil
+}
+
+// Acknowledge sends base plus the forwarder's count through ack whenever it
+// has grown by step bytes, or has grown at all and every has passed, until
+// ctx ends; then once more, so the last bytes are acknowledged too. The
+// guest signs what it really relayed; the host may bill at most that plus
+// its credit window.
+func (f *Forwarder) Acknowledge(ctx context.Context, base, step int64, every time.Duration, ack func(ctx context.Context, n int64) error) {
+	t := time.NewTicker(every / 4)
+	defer t.Stop()
+	sent, last := int64(0), time.Now()
+	send := func(ctx context.Context) {
+		n := f.Bytes()
+		if n == sent {
+			return
+		}
+		if err := ack(ctx, base+n); err != nil {
+			f.log.Debug("forward: acknowledge", "bytes", base+n, "err", err)
+			return
+		}
+		sent, last = n, time.Now()
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			send(fctx)
+			cancel()
+			return
+		case <-t.C:
+		}
+		if n := f.Bytes(); n-sent >= step || (n > sent && time.Since(last) >= every) {
+			send(ctx)
+		}
+	}
+}

@@ -1,0 +1,185 @@
+package forward
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sharespot/sharespot/internal/gateway"
+	gwproxy "github.com/sharespot/sharespot/internal/gateway/proxy"
+	"github.com/sharespot/sharespot/internal/seal"
+)
+
+// rig is an origin, a real userspace gateway with one admitted session,
+// and a forwarder for that session.
+type rig struct {
+	origin string
+	gw     *gwproxy.Proxy
+	fwd    *Forwarder
+	sid    string
+}
+
+func newRig(t *testing.T, quota int64) *rig {
+	t.Helper()
+	oln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	osrv := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n, _ := strconv.Atoi(strings.TrimPrefix(r.URL.Path, "/n/"))
+		w.Header().Set("Content-Length", strconv.Itoa(n))
+		w.Write(make([]byte, n))
+	})}
+	go osrv.Serve(oln)
+	t.Cleanup(func() { osrv.Close() })
+	oap := netip.MustParseAddrPort(oln.Addr().String())
+	gw, err := gwproxy.New(gwproxy.Config{Addr: "127.0.0.1:0", AllowDestination: func(ap netip.AddrPort) bool { return ap == oap }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); gw.Run(ctx) }()
+	code, err := seal.NewAccessCode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const sid = "ses_forwardtest"
+	if err := gw.Admit(ctx, gateway.Grant{SessionID: sid, Credential: code, Quota: quota}); err != nil {
+		t.Fatal(err)
+	}
+	fwd, err := Listen("127.0.0.1:0", gw.Addr(), sid, seal.FormatCode(code), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { defer wg.Done(); fwd.Run(ctx) }()
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	return &rig{origin: "http://" + oln.Addr().String(), gw: gw, fwd: fwd, sid: sid}
+}
+
+// used waits (up to 5 s) for the gateway's count to reach at least n.
+func (r *rig) used(t *testing.T, n int64) int64 {
+	t.Helper()
+	var u int64
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if u, _, _ = r.gw.Usage(r.sid); u >= n {
+			break
+		}
+	}
+	return u
+}
+
+func TestSOCKS5CountsWhatTheGatewayMeters(t *testing.T) {
+	r := newRig(t, 1<<40)
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{Proxy: http.ProxyURL(&url.URL{Scheme: "socks5", Host: r.fwd.Addr()}), DisableKeepAlives: true}}
+	for _, n := range []int{1, 100_000, 3_000_000} {
+		res, err := hc.Get(fmt.Sprintf("%s/n/%d", r.origin, n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _ := io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		if got != int64(n) {
+			t.Fatalf("fetched %d of %d bytes", got, n)
+		}
+	}
+	if u := r.used(t, r.fwd.Bytes()); u != r.fwd.Bytes() || u < 3_100_001 {
+		t.Fatalf("the forwarder counted %d bytes, the gateway %d", r.fwd.Bytes(), u)
+	}
+}
+
+func TestHTTPConnect(t *testing.T) {
+	r := newRig(t, 1<<40)
+	c, err := net.Dial("tcp", r.fwd.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	host := strings.TrimPrefix(r.origin, "http://")
+	fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\nGET /n/5000 HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", host, host, host)
+	br := bufio.NewReader(c)
+	res, err := http.ReadResponse(br, nil)
+	if err != nil || res.StatusCode != 200 {
+		t.Fatalf("CONNECT answered %v, %v", res, err)
+	}
+	res, err = http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := io.Copy(io.Discard, res.Body); n != 5000 {
+		t.Fatalf("fetched %d bytes through CONNECT", n)
+	}
+	if u := r.used(t, r.fwd.Bytes()); u != r.fwd.Bytes() {
+		t.Fatalf("the forwarder counted %d bytes, the gateway %d", r.fwd.Bytes(), u)
+	}
+}
+
+func TestRefusals(t *testing.T) {
+	r := newRig(t, 1<<40)
+	// Only loopback listeners.
+	if _, err := Listen("0.0.0.0:0", r.gw.Addr(), r.sid, "x", nil); err == nil || !strings.Contains(err.Error(), "loopback") {
+		t.Fatalf("a forwarder on every address: %v", err)
+	}
+	// A destination the gateway refuses is refused locally, with nothing counted.
+	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{Proxy: http.ProxyURL(&url.URL{Scheme: "socks5", Host: r.fwd.Addr()})}}
+	if _, err := hc.Get("http://127.0.0.1:1/"); err == nil {
+		t.Fatal("reached a destination the gateway refuses")
+	}
+	// A plain GET to the forwarder is refused: only CONNECT is forwarded.
+	res, err := http.Get("http://" + r.fwd.Addr() + "/")
+	if err == nil {
+		res.Body.Close()
+		t.Fatalf("a plain GET got %s", res.Status)
+	}
+	if r.fwd.Bytes() != 0 {
+		t.Fatalf("counted %d bytes for refused connections", r.fwd.Bytes())
+	}
+}
+
+func TestAcknowledge(t *testing.T) {
+	r := newRig(t, 1<<40)
+	ctx, cancel := context.WithCancel(context.Background())
+	var mu sync.Mutex
+	var acks []int64
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		r.fwd.Acknowledge(ctx, 1000, 50_000, 100*time.Millisecond, func(_ context.Context, n int64) error {
+			mu.Lock()
+			acks = append(acks, n)
+			mu.Unlock()
+			return nil
+		})
+	}()
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{Proxy: http.ProxyURL(&url.URL{Scheme: "socks5", Host: r.fwd.Addr()})}}
+	res, err := hc.Get(r.origin + "/n/400000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, res.Body)
+	res.Body.Close()
+	time.Sleep(300 * time.Millisecond)
+	cancel()
+	<-done
+	mu.Lock()
+	defer mu.Unlock()
+	if len(acks) == 0 || acks[len(acks)-1] != 1000+r.fwd.Bytes() {
+		t.Fatalf("acknowledged %v; the forwarder relayed %d (base 1000)", acks, r.fwd.Bytes())
+	}
+	for i := 1; i < len(acks); i++ {
+		if acks[i] <= acks[i-1] {
+			t.Fatalf("acknowledgments do not grow: %v", acks)
+		}
+	}
+}
