@@ -29,7 +29,7 @@ type rig struct {
 	sid    string
 }
 
-func newRig(t *testing.T, quota int64) *rig {
+func newRig(t testing.TB, quota int64) *rig {
 	t.Helper()
 	oln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -69,7 +69,7 @@ func newRig(t *testing.T, quota int64) *rig {
 }
 
 // used waits (up to 5 s) for the gateway's count to reach at least n.
-func (r *rig) used(t *testing.T, n int64) int64 {
+func (r *rig) used(t testing.TB, n int64) int64 {
 	t.Helper()
 	var u int64
 	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
