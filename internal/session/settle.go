@@ -105,10 +105,16 @@ func (e *Engine) finish(tx *store.Tx, s *row, used int64, reason string) error {
 		return err
 	}
 	refund := held - charged
+	// Both parties' figures go into the memos, so `wallet history` shows
+	// what the bill rested on.
+	figures := fmt.Sprintf(" (%d bytes billed: host counted %d, unverified)", used, s.HostCount)
+	if s.Verified {
+		figures = fmt.Sprintf(" (%d bytes billed: host counted %d, guest acknowledged %d + window %d)", used, s.HostCount, s.GuestAcked, s.Window)
+	}
 	moves := []ledger.Transfer{
-		{ID: "settle:host:" + s.ID, Debit: escrow, Credit: ledger.Wallet(hostAccount, s.Currency), Amount: charged - fee, Memo: "session " + s.ID + ": data used"},
+		{ID: "settle:host:" + s.ID, Debit: escrow, Credit: ledger.Wallet(hostAccount, s.Currency), Amount: charged - fee, Memo: "session " + s.ID + ": data used" + figures},
 		{ID: "settle:fee:" + s.ID, Debit: escrow, Credit: ledger.FeeShard(s.Currency, s.ID), Amount: fee, Memo: "session " + s.ID + ": platform fee"},
-		{ID: "settle:refund:" + s.ID, Debit: escrow, Credit: ledger.Wallet(guestAccount, s.Currency), Amount: refund, Memo: "session " + s.ID + ": unused, refunded"},
+		{ID: "settle:refund:" + s.ID, Debit: escrow, Credit: ledger.Wallet(guestAccount, s.Currency), Amount: refund, Memo: "session " + s.ID + ": unused, refunded" + figures},
 	}
 	for _, t := range moves {
 		if t.Amount == 0 {
