@@ -92,7 +92,8 @@ func (t *benchTarget) start(ctx context.Context, env *runEnv, extraEnv []string,
 		log = gc // the server's other output stays in the process's log
 	}
 	sp := loadgen.Spawn{Bin: bin, Dir: r.data, DB: t.DB, Env: append(os.Environ(), extraEnv...), Log: log,
-		Flags: []string{"--rate-device", "0", "--rate-ip", "0", "--log-level", t.LogLevel}}
+		Flags: []string{"--rate-device", "0", "--rate-ip", "0", "--max-inflight-ip", "0", "--max-streams-ip", "0", "--max-conns-ip", "0",
+			"--log-level", t.LogLevel}}
 	proc, err := sp.Start(ctx)
 	if err != nil {
 		done()

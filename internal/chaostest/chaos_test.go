@@ -28,10 +28,12 @@ const (
 )
 
 // serverFlags: short deadlines, so that the sweeper moves a session a
-// crash left waiting on within seconds, and no rate limits.
+// crash left waiting on within seconds, and no rate limits or per-address
+// caps (every simulated device comes from 127.0.0.1).
 var serverFlags = []string{
 	"--quote-timeout", "2s", "--quote-ttl", "3s", "--grant-timeout", "2s",
-	"--rate-device", "0", "--rate-ip", "0", "--log-level", "warn",
+	"--rate-device", "0", "--rate-ip", "0", "--max-inflight-ip", "0", "--max-streams-ip", "0", "--max-conns-ip", "0",
+	"--log-level", "warn",
 }
 
 func envInt(t *testing.T, name string, def int) int {
