@@ -105,9 +105,10 @@ func (t *benchTarget) start(ctx context.Context, env *runEnv, extraEnv []string,
 		log = gc // the server's other output stays in the process's log
 	}
 	sp := loadgen.Spawn{Bin: bin, Dir: r.data, DB: t.DB, Env: append(os.Environ(), extraEnv...), Log: log,
-		Flags: []string{"--rate-device", "0", "--rate-ip", "0", "--log-level", t.LogLevel}}
+		Flags: []string{"--rate-device", "0", "--rate-ip", "0", "--max-inflight-ip", "0", "--max-streams-ip", "0", "--max-conns-ip", "0",
+			"--log-level", t.LogLevel}}
 	if t.limits {
-		sp.Flags = []string{"--log-level", t.LogLevel}
+		sp.Flags = []string{"--log-level", t.LogLevel} // the server's own defaults: what is being measured
 	}
 	proc, err := sp.Start(ctx)
 	if err != nil {

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -43,7 +42,7 @@ type ShareCmd struct {
 	Advertise  string `help:"host:port guests are told to use (default: the listen address)."`
 	Ask        bool   `help:"Ask before accepting each guest (default: accept every request at the tariff)."`
 	State      string `help:"Directory for the host's persisted state (gateway usage, inbox cursor)." placeholder:"DIR"`
-	AllowLocal bool   `help:"Let guests reach this machine's loopback addresses (only for trying Sharespot on one machine)."`
+	AllowLocal bool   `help:"Let guests reach this machine's own addresses, loopback included (only for trying Sharespot on one machine)."`
 
 	// The metering gateway.
 	GatewayKind string `name:"gateway" default:"proxy" enum:"proxy,nftables" help:"The metering gateway: proxy (userspace SOCKS5 + HTTP CONNECT, any OS, no root) or nftables (Linux kernel, root; guests present their code to the admission endpoint at --listen)."`
@@ -230,9 +229,7 @@ func (c *ShareCmd) openGateway(st gateway.Store) (gateway.Gateway, string, error
 	}
 	cfg := gwproxy.Config{Addr: c.Listen, Advertise: c.Advertise, Store: st}
 	if c.AllowLocal {
-		cfg.AllowDestination = func(ap netip.AddrPort) bool {
-			return ap.Addr().IsLoopback() || gwproxy.DefaultDestinations(ap)
-		}
+		cfg.AllowDestination = gwproxy.LocalDestinations
 	}
 	gw, err := gwproxy.New(cfg)
 	if err != nil {

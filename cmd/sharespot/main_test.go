@@ -3,6 +3,7 @@ package main
 import (
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestCrashHook(t *testing.T) {
@@ -29,6 +30,8 @@ func TestServerConfigRefusesBadFlags(t *testing.T) {
 		{"negative fee", ServerCmd{FeeBPS: -1, Suites: "x25519-hkdf-sha256-chacha20poly1305"}, "--fee-bps"},
 		{"unknown suite", ServerCmd{Suites: "rot13"}, "--suites"},
 		{"cert without key", ServerCmd{TLSCert: "c.pem", Suites: "x25519-hkdf-sha256-chacha20poly1305"}, "--tls-cert and --tls-key"},
+		{"negative connection cap", ServerCmd{MaxConnsIP: -1, Suites: "x25519-hkdf-sha256-chacha20poly1305"}, "--max-conns-ip"},
+		{"negative body timeout", ServerCmd{BodyTimeout: -time.Second, Suites: "x25519-hkdf-sha256-chacha20poly1305"}, "--body-timeout"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -38,12 +41,39 @@ func TestServerConfigRefusesBadFlags(t *testing.T) {
 			}
 		})
 	}
-	good := ServerCmd{FeeBPS: 250, Suites: "mlkem768x25519-hkdf-sha256-chacha20poly1305, x25519-hkdf-sha256-chacha20poly1305", AnnounceSuite: true}
+	good := ServerCmd{FeeBPS: 250, Suites: "mlkem768x25519-hkdf-sha256-chacha20poly1305, x25519-hkdf-sha256-chacha20poly1305", AnnounceSuite: true,
+		MaxInflightIP: 7, MaxStreamsIP: 8, MaxConnsIP: 9, BodyTimeout: time.Second, IdleTimeout: time.Minute}
 	cfg, err := good.config(nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if cfg.Session.FeeBPS != 250 || len(cfg.Session.Suites) != 2 || !cfg.Session.Announce {
 		t.Fatalf("config = %+v", cfg.Session)
+	}
+	l := cfg.Limits
+	if l.PerIPInFlight != 7 || l.PerIPStreams != 8 || l.PerIPConns != 9 || l.Conns != connCap(fileLimit()) ||
+		cfg.BodyTimeout != time.Second || cfg.IdleTimeout != time.Minute {
+		t.Fatalf("limits %+v, body timeout %v, idle timeout %v", l, cfg.BodyTimeout, cfg.IdleTimeout)
+	}
+}
+
+// TestConnCap: the default cap on connections leaves room below the
+// open-files limit.
+func TestConnCap(t *testing.T) {
+	tests := []struct {
+		files uint64
+		want  int
+	}{
+		{0, 0},            // unknown
+		{1 << 63, 0},      // unlimited
+		{300, 150},        // small: half
+		{1024, 768},       // 256 kept
+		{20_000, 18_000},  // a tenth kept
+		{1 << 20, 943719}, // 1048576 - 104857
+	}
+	for _, tt := range tests {
+		if got := connCap(tt.files); got != tt.want {
+			t.Errorf("connCap(%d) = %d, want %d", tt.files, got, tt.want)
+		}
 	}
 }

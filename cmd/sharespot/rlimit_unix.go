@@ -28,3 +28,12 @@ func raiseFileLimit(want uint64) uint64 {
 	}
 	return lim.Cur
 }
+
+// fileLimit is this process's open-files limit (0: unknown).
+func fileLimit() uint64 {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return 0
+	}
+	return lim.Cur
+}

@@ -55,6 +55,12 @@ type ServerCmd struct {
 	MaxUnpaid         int           `name:"max-unpaid" default:"4" help:"Requests an account may have open and not yet paid for."`
 	RateDevice        float64       `default:"50" help:"Requests per second per device (0: no limit)."`
 	RateIP            float64       `name:"rate-ip" default:"500" help:"Requests per second per client address (0: no limit)."`
+	MaxInflightIP     int           `name:"max-inflight-ip" default:"256" help:"Calls one client address may have in progress (0: no limit)."`
+	MaxStreamsIP      int           `name:"max-streams-ip" default:"1024" help:"Inbox streams one client address may hold open (0: no limit)."`
+	MaxConnsIP        int           `name:"max-conns-ip" default:"1024" help:"Connections one client address may hold open (0: no limit)."`
+	MaxConns          int           `name:"max-conns" help:"Connections open in all (default: the open-files limit less a tenth, at least 256, kept for the rest)."`
+	BodyTimeout       time.Duration `name:"body-timeout" default:"20s" help:"How long a client has to send a request's body once its headers are in."`
+	IdleTimeout       time.Duration `name:"idle-timeout" default:"2m" help:"Close a connection with no call or stream open for this long."`
 	LogLevel          string        `default:"info" enum:"debug,info,warn,error" help:"Log level."`
 	LogJSON           bool          `name:"log-json" help:"Log as JSON."`
 }
@@ -116,7 +122,38 @@ func (c *ServerCmd) config(log *slog.Logger) (server.Config, error) {
 	cfg.Session = sc
 	cfg.Limits = api.DefaultLimits()
 	cfg.Limits.PerDevice, cfg.Limits.PerIP = rate.Limit(c.RateDevice), rate.Limit(c.RateIP)
+	for _, f := range []struct {
+		name string
+		v    int
+	}{{"--max-inflight-ip", c.MaxInflightIP}, {"--max-streams-ip", c.MaxStreamsIP}, {"--max-conns-ip", c.MaxConnsIP}, {"--max-conns", c.MaxConns}} {
+		if f.v < 0 {
+			return cfg, fmt.Errorf("%s %d: want a positive number (0: no limit)", f.name, f.v)
+		}
+	}
+	cfg.Limits.PerIPInFlight, cfg.Limits.PerIPStreams, cfg.Limits.PerIPConns = c.MaxInflightIP, c.MaxStreamsIP, c.MaxConnsIP
+	cfg.Limits.Conns = c.MaxConns
+	if cfg.Limits.Conns == 0 {
+		cfg.Limits.Conns = connCap(fileLimit())
+	}
+	if c.BodyTimeout < 0 || c.IdleTimeout < 0 {
+		return cfg, errors.New("--body-timeout and --idle-timeout: want positive durations")
+	}
+	cfg.BodyTimeout, cfg.IdleTimeout = c.BodyTimeout, c.IdleTimeout
 	return cfg, nil
+}
+
+// connCap is the default of --max-conns: the open-files limit less what
+// the database, the logs and the rest need (a tenth, at least 256); no
+// cap (0) when the limit is unknown or effectively unlimited.
+func connCap(files uint64) int {
+	if files == 0 || files > 1<<30 {
+		return 0
+	}
+	reserve := max(256, files/10)
+	if files <= 2*reserve {
+		return int(files / 2)
+	}
+	return int(files - reserve)
 }
 
 // Run starts the server and serves until interrupted.
@@ -151,6 +188,9 @@ func (c *ServerCmd) Run(env *runEnv) error {
 		return err
 	}
 	fmt.Fprintf(env.stdout, "sharespot server listening on %s://%s (data: %s, protocol %d)\n", scheme, ln.Addr(), store.Redact(target), api.ProtocolVersion)
+	log.Info("limits", "rate_ip", c.RateIP, "rate_device", c.RateDevice, "inflight_ip", cfg.Limits.PerIPInFlight,
+		"streams_ip", cfg.Limits.PerIPStreams, "conns_ip", cfg.Limits.PerIPConns, "conns", cfg.Limits.Conns,
+		"body_timeout", cfg.BodyTimeout, "idle_timeout", cfg.IdleTimeout)
 	err = srv.Serve(env.ctx, ln)
 	fmt.Fprintln(env.stdout, "sharespot server stopped")
 	return err

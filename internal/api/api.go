@@ -8,10 +8,8 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"time"
 
 	"connectrpc.com/connect"
@@ -41,17 +39,34 @@ const ProtocolVersion = 2
 // MaxRequestBytes caps a request message.
 const MaxRequestBytes = 64 << 10
 
-// Limits configures rate limits; zero rates turn a limit off.
+// Limits configures the limits per client address and per device; a zero
+// field turns its limit off. The per-address ones act before a request's
+// body is read (Handler) or before its connection is served
+// (LimitListener); an address is an IPv4 address or an IPv6 /64 (see
+// AddressKey).
 type Limits struct {
+	// PerDevice, PerDevBurst: a token bucket per signed-in device.
 	PerDevice   rate.Limit
 	PerDevBurst int
-	PerIP       rate.Limit
-	PerIPBurst  int
+	// PerIP, PerIPBurst: a token bucket per address, for every call.
+	PerIP      rate.Limit
+	PerIPBurst int
+	// PerIPInFlight caps one address's unary calls in progress.
+	PerIPInFlight int
+	// PerIPStreams caps one address's open inbox streams.
+	PerIPStreams int
+	// PerIPConns caps one address's open connections; Conns caps all
+	// open connections.
+	PerIPConns int
+	Conns      int
 }
 
-// DefaultLimits are generous for people and tight for abuse.
+// DefaultLimits are generous for people and tight for abuse. Conns is
+// left to the operator (sharespot server sets it from the open-files
+// limit).
 func DefaultLimits() Limits {
-	return Limits{PerDevice: 50, PerDevBurst: 200, PerIP: 500, PerIPBurst: 2000}
+	return Limits{PerDevice: 50, PerDevBurst: 200, PerIP: 500, PerIPBurst: 2000,
+		PerIPInFlight: 256, PerIPStreams: 1024, PerIPConns: 1024}
 }
 
 // Deps are what the API serves.
@@ -69,7 +84,11 @@ type Deps struct {
 	PollInterval time.Duration
 }
 
-// Handler returns an http.Handler serving every service.
+// Handler returns an http.Handler serving every service. Before a call's
+// body is read, its address must be within its token bucket and its
+// limits of calls in progress (refused with resource_exhausted and
+// Retry-After); the body is then capped at MaxRequestBytes (plus framing),
+// compressed or not.
 func Handler(d Deps) http.Handler {
 	if d.Log == nil {
 		d.Log = slog.New(slog.DiscardHandler)
@@ -77,17 +96,19 @@ func Handler(d Deps) http.Handler {
 	if d.PollInterval <= 0 {
 		d.PollInterval = 30 * time.Second
 	}
-	g := &guard{auth: d.Auth, log: d.Log, limits: d.Limits, dev: newLimiterSet(d.Limits.PerDevice, d.Limits.PerDevBurst),
-		ip: newLimiterSet(d.Limits.PerIP, d.Limits.PerIPBurst)}
-	opts := []connect.HandlerOption{connect.WithInterceptors(g), connect.WithReadMaxBytes(MaxRequestBytes), connect.WithCompressMinBytes(4096)}
-	mux := http.NewServeMux()
+	g := &guard{auth: d.Auth, log: d.Log, limits: d.Limits, dev: newLimiterSet(d.Limits.PerDevice, d.Limits.PerDevBurst)}
+	opts := []connect.HandlerOption{connect.WithInterceptors(g), connect.WithReadMaxBytes(MaxRequestBytes), connect.WithCompressMinBytes(4096),
+		boundedGzip(MaxRequestBytes)}
+	rpc := http.NewServeMux()
 	s := &services{d: d}
-	mux.Handle(sharespotv1connect.NewAuthServiceHandler(&authService{s}, opts...))
-	mux.Handle(sharespotv1connect.NewHotspotServiceHandler(&hotspotService{s}, opts...))
-	mux.Handle(sharespotv1connect.NewDiscoveryServiceHandler(&discoveryService{s}, opts...))
-	mux.Handle(sharespotv1connect.NewSessionServiceHandler(&sessionService{s}, opts...))
-	mux.Handle(sharespotv1connect.NewPaymentServiceHandler(&paymentService{s}, opts...))
-	mux.Handle(sharespotv1connect.NewInboxServiceHandler(&inboxService{s}, opts...))
+	rpc.Handle(sharespotv1connect.NewAuthServiceHandler(&authService{s}, opts...))
+	rpc.Handle(sharespotv1connect.NewHotspotServiceHandler(&hotspotService{s}, opts...))
+	rpc.Handle(sharespotv1connect.NewDiscoveryServiceHandler(&discoveryService{s}, opts...))
+	rpc.Handle(sharespotv1connect.NewSessionServiceHandler(&sessionService{s}, opts...))
+	rpc.Handle(sharespotv1connect.NewPaymentServiceHandler(&paymentService{s}, opts...))
+	rpc.Handle(sharespotv1connect.NewInboxServiceHandler(&inboxService{s}, opts...))
+	mux := http.NewServeMux()
+	mux.Handle("/", newAddressGuard(d.Limits).wrap(rpc))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
 		w.Write([]byte("ok\n"))
@@ -116,23 +137,18 @@ func public(procedure string) bool {
 	return false
 }
 
+// guard authenticates calls and applies the per-device limit; the
+// per-address limits act earlier, in addressGuard.
 type guard struct {
 	auth   *auth.Auth
 	log    *slog.Logger
 	limits Limits
 	dev    *limiterSet
-	ip     *limiterSet
 }
 
 var _ connect.Interceptor = (*guard)(nil)
 
-func (g *guard) admit(ctx context.Context, procedure, peer string, h http.Header) (context.Context, error) {
-	if host, _, err := net.SplitHostPort(peer); err == nil {
-		peer = host
-	}
-	if !g.ip.allow(peer) {
-		return ctx, rateLimited("too many requests from your address; slow down")
-	}
+func (g *guard) admit(ctx context.Context, procedure string, h http.Header) (context.Context, error) {
 	if public(procedure) {
 		return ctx, nil
 	}
@@ -164,7 +180,7 @@ func (g *guard) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
 		if req.Spec().IsClient {
 			return next(ctx, req)
 		}
-		ctx, err := g.admit(ctx, req.Spec().Procedure, req.Peer().Addr, req.Header())
+		ctx, err := g.admit(ctx, req.Spec().Procedure, req.Header())
 		if err != nil {
 			return nil, err
 		}
@@ -182,7 +198,7 @@ func (g *guard) WrapStreamingClient(next connect.StreamingClientFunc) connect.St
 
 func (g *guard) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
 	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
-		ctx, err := g.admit(ctx, conn.Spec().Procedure, conn.Peer().Addr, conn.RequestHeader())
+		ctx, err := g.admit(ctx, conn.Spec().Procedure, conn.RequestHeader())
 		if err != nil {
 			return err
 		}
@@ -225,46 +241,4 @@ func toConnect(log *slog.Logger, procedure string, err error) error {
 	}
 	log.Error("request failed", "procedure", procedure, "err", err)
 	return connect.NewError(connect.CodeInternal, errors.New("internal error; the server logged it"))
-}
-
-// limiterSet keeps one token bucket per key.
-type limiterSet struct {
-	r     rate.Limit
-	burst int
-	mu    sync.Mutex
-	m     map[string]*limiterEntry
-	last  time.Time
-}
-
-type limiterEntry struct {
-	l    *rate.Limiter
-	seen time.Time
-}
-
-func newLimiterSet(r rate.Limit, burst int) *limiterSet {
-	return &limiterSet{r: r, burst: burst, m: map[string]*limiterEntry{}}
-}
-
-func (s *limiterSet) allow(key string) bool {
-	if s.r <= 0 {
-		return true
-	}
-	now := time.Now()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if now.Sub(s.last) > time.Minute {
-		for k, e := range s.m {
-			if now.Sub(e.seen) > 5*time.Minute {
-				delete(s.m, k)
-			}
-		}
-		s.last = now
-	}
-	e := s.m[key]
-	if e == nil {
-		e = &limiterEntry{l: rate.NewLimiter(s.r, s.burst)}
-		s.m[key] = e
-	}
-	e.seen = now
-	return e.l.AllowN(now, 1)
 }

@@ -30,10 +30,12 @@ const (
 // serverFlags: deadlines short enough that the sweeper moves a session a
 // crash left waiting on within seconds, long enough that a flow on a busy
 // machine (two CPU-bound loops beside the suite, as CI runs it) does not
-// see its quote expire; and no rate limits.
+// see its quote expire; and no rate limits or per-address caps (every
+// simulated device comes from 127.0.0.1).
 var serverFlags = []string{
 	"--quote-timeout", "10s", "--quote-ttl", "20s", "--grant-timeout", "10s", "--close-timeout", "5s",
-	"--rate-device", "0", "--rate-ip", "0", "--log-level", "warn",
+	"--rate-device", "0", "--rate-ip", "0", "--max-inflight-ip", "0", "--max-streams-ip", "0", "--max-conns-ip", "0",
+	"--log-level", "warn",
 }
 
 func envInt(t *testing.T, name string, def int) int {

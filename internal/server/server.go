@@ -29,6 +29,15 @@ import (
 // DefaultListen is where the server listens when not told otherwise.
 const DefaultListen = "127.0.0.1:8474"
 
+// Defaults of the connection deadlines.
+const (
+	// HeaderTimeout bounds reading a request's headers (and the TLS
+	// handshake before the first).
+	HeaderTimeout      = 10 * time.Second
+	DefaultBodyTimeout = 20 * time.Second
+	DefaultIdleTimeout = 2 * time.Minute
+)
+
 // Config configures a server. The zero value plus a data directory works.
 type Config struct {
 	// DataDir holds sharespot.db. Default: DefaultDataDir().
@@ -42,7 +51,16 @@ type Config struct {
 	TLSCert, TLSKey string
 	Insecure        bool
 	Session         session.Config
-	Limits          api.Limits
+	// Limits: per device and per client address (rates, calls in
+	// progress, inbox streams, connections); zero fields are off.
+	Limits api.Limits
+	// BodyTimeout bounds reading a request's body, from the end of its
+	// headers to the end of its body (default DefaultBodyTimeout). An
+	// inbox stream's request ends at once; its stream is not bounded.
+	BodyTimeout time.Duration
+	// IdleTimeout closes a connection with no request or stream open
+	// for this long (default DefaultIdleTimeout).
+	IdleTimeout time.Duration
 	// SweepInterval: how often overdue sessions are looked for.
 	SweepInterval time.Duration
 	// DBMaxConns caps the PostgreSQL connection pool (default 16).
@@ -131,6 +149,12 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 			cfg.PollInterval = time.Second
 		}
 	}
+	if cfg.BodyTimeout <= 0 {
+		cfg.BodyTimeout = DefaultBodyTimeout
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = DefaultIdleTimeout
+	}
 	s := &Server{cfg: cfg, log: cfg.Logger, hub: relay.NewHub()}
 	target, err := DBTarget(cfg.DataDir, cfg.DB)
 	if err != nil {
@@ -158,8 +182,8 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	s.engine = session.New(s.st, waker, s.wallet, cfg.Now, cfg.Session, cfg.Logger)
 	s.auth = auth.New(s.st, cfg.Now, time.Hour)
-	s.handler = api.Handler(api.Deps{Store: s.st, Engine: s.engine, Auth: s.auth, Wallet: s.wallet, Hub: s.hub,
-		Now: cfg.Now, Log: cfg.Logger, Limits: cfg.Limits, PollInterval: cfg.PollInterval})
+	s.handler = bodyDeadline(api.Handler(api.Deps{Store: s.st, Engine: s.engine, Auth: s.auth, Wallet: s.wallet, Hub: s.hub,
+		Now: cfg.Now, Log: cfg.Logger, Limits: cfg.Limits, PollInterval: cfg.PollInterval}), cfg.BodyTimeout)
 	return s, nil
 }
 
@@ -194,17 +218,19 @@ func (s *Server) CheckListen(addr net.Addr) error {
 
 // Serve serves on ln until ctx ends, then shuts down gracefully: it stops
 // accepting, ends inbox streams, lets unary calls finish (up to 10 s) and
-// waits for the writer to commit what it holds.
+// waits for the writer to commit what it holds. Connections over the
+// limits' caps are closed as they are accepted (api.LimitListener).
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	if err := s.CheckListen(ln.Addr()); err != nil {
 		return err
 	}
+	ln = api.LimitListener(ln, s.cfg.Limits, s.log)
 	streams, endStreams := context.WithCancel(context.Background())
 	defer endStreams()
 	hs := &http.Server{
 		Handler:           s.handler,
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       5 * time.Minute,
+		ReadHeaderTimeout: HeaderTimeout,
+		IdleTimeout:       s.cfg.IdleTimeout,
 		MaxHeaderBytes:    16 << 10,
 		BaseContext:       func(net.Listener) context.Context { return streams },
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),

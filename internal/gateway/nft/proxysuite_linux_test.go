@@ -16,12 +16,14 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -323,6 +325,45 @@ func TestProxyNamespaceSuite(t *testing.T) {
 		p.call("revoke p2")
 		if err := r.Wait(); err == nil || r.N() >= 90*mB {
 			t.Fatalf("the download survived the revocation: %d bytes, %v", r.N(), err)
+		}
+	})
+
+	t.Run("host_services_unreachable", func(t *testing.T) {
+		// A service of the host's on every address (as one on 0.0.0.0):
+		// a paying guest reaches it through none of the host's addresses,
+		// LAN or uplink, IPv4 or IPv6, nor through one the host gets
+		// after the gateway started.
+		ln, err := f.tp.Host.Listen("tcp", "[::]:8003")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		var reached atomic.Int64
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				reached.Add(1)
+				c.Close()
+			}
+		}()
+		late := netip.MustParseAddr("198.18.0.99")
+		f.tp.Host.IP(t, "addr", "add", late.String()+"/24", "dev", f.tp.Uplink)
+		c := admit("p4", 10*mB, 0)
+		for _, a := range []netip.Addr{f.tp.HostLAN4, f.tp.HostLAN6, f.tp.HostUp4, f.tp.HostUp6, late} {
+			target := "http://" + net.JoinHostPort(a.String(), "8003")
+			if n, err := netns.Fetch(ctx, socksClient(g[0], p.addr, "p4", c, wait), target, 1); err == nil || n > 0 {
+				t.Errorf("fetched %d bytes from the host's own %s (%v)", n, target, err)
+			}
+		}
+		if n := reached.Load(); n != 0 {
+			t.Fatalf("the host's service saw %d connections", n)
+		}
+		// The guest is served otherwise.
+		if n, err := netns.Fetch(ctx, socksClient(g[0], p.addr, "p4", c, wait), f.base, 1*mB); err != nil || n != 1*mB {
+			t.Fatalf("then fetched %d bytes from the internet (%v)", n, err)
 		}
 	})
 

@@ -2,10 +2,12 @@ package proxy
 
 import (
 	"bufio"
+	"container/list"
 	"context"
 	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -15,6 +17,7 @@ import (
 var (
 	errDestination = errors.New("proxy: destination not allowed")
 	errIdle        = errors.New("proxy: connection idle")
+	errGatewayFull = errors.New("proxy: gateway at its connection limit")
 )
 
 // pconn is one guest connection.
@@ -23,8 +26,14 @@ type pconn struct {
 	client net.Conn
 	ctx    context.Context // ends when the connection closes
 	cancel context.CancelFunc
+	addr   netip.Addr   // the guest's address
 	s      *session     // set once authenticated
 	last   atomic.Int64 // time of the last byte, as time.Since(p.epoch)
+
+	// Under p.mu: the place in p.pending while not yet authenticated,
+	// then whether counted in p.relayed.
+	pending *list.Element
+	relayed bool
 
 	mu     sync.Mutex
 	origin net.Conn
@@ -95,7 +104,8 @@ func (p *Proxy) serve(c *pconn) {
 	defer c.close()
 	c.touch()
 	conn := c.client
-	conn.SetDeadline(time.Now().Add(p.cfg.HandshakeTimeout))
+	start := time.Now()
+	conn.SetDeadline(start.Add(p.cfg.AuthTimeout))
 	lr := &io.LimitedReader{R: conn, N: maxHandshake}
 	br := bufio.NewReaderSize(lr, 4096)
 	first, err := br.Peek(1)
@@ -108,12 +118,19 @@ func (p *Proxy) serve(c *pconn) {
 	}
 	var s *session
 	auth := func(user, pass string) bool {
-		s = p.authenticate(user, pass)
+		if s = p.authenticate(user, pass); s != nil {
+			conn.SetDeadline(start.Add(p.cfg.HandshakeTimeout))
+		}
 		return s != nil
 	}
 	target, err := h.read(br, conn, auth)
 	if err != nil {
 		p.log.Debug("handshake refused", "remote", conn.RemoteAddr(), "err", err)
+		lingerClose(conn)
+		return
+	}
+	if err := p.promote(c); err != nil {
+		h.refuse(conn, err)
 		lingerClose(conn)
 		return
 	}

@@ -49,13 +49,32 @@
 // sends ThresholdCrossed. Both are sent by the copy step that caused them,
 // not by polling.
 //
-// Every connection has a handshake timeout, an idle timeout (no byte in
-// either direction) that is also the write deadline of each step, and
-// counts against a global and a per-session connection limit. An optional
-// per-session rate limit (bytes per second, both directions together) is
-// paid by each step after it wrote. The gateway dials only TCP, never its
-// own listening address, and by default no loopback, link-local or
-// unspecified address (Config.AllowDestination).
+// # Connections and destinations
+//
+// A connection not yet authenticated counts against a budget of its own:
+// at most MaxHandshakesPerAddr (32) per source address, more being closed
+// as they are accepted, and MaxHandshakes (256) in all, the oldest being
+// closed to make room for a new one; it must present valid credentials
+// within AuthTimeout (5 s). So one address opening connections as fast as
+// it can, or many addresses holding them open, never keep a paying guest
+// out: its handshake takes a round trip or two. Once authenticated, a
+// connection counts against MaxConns (1024) and its session's
+// MaxConnsPerSession (64), and has the rest of the handshake timeout
+// (10 s from accept) to name its destination and be connected; then an
+// idle timeout (no byte in either direction) that is also the write
+// deadline of each step. An optional per-session rate limit (bytes per
+// second, both directions together) is paid by each step after it wrote.
+//
+// The gateway dials only TCP, never its own listening address, and by
+// default (Config.AllowDestination nil) no loopback, link-local (all of
+// 169.254.0.0/16 and fe80::/10), unspecified, multicast or broadcast
+// address, no cloud metadata or host endpoint (169.254.169.254,
+// 169.254.170.2, fd00:ec2::254, 100.100.100.200, 168.63.129.16), and none
+// of the host's own interface addresses on any port: a guest must not
+// reach a service of the host's listening on 0.0.0.0 through the host's
+// LAN or uplink address. The interface addresses are read on every dial,
+// so an address the host gains later is refused too. LocalDestinations
+// (sharespot share --allow-local) allows the host's own addresses.
 //
 // # Crash safety
 //

@@ -113,7 +113,13 @@ type origin struct {
 // startOrigin serves each connection with serve until the test ends.
 func startOrigin(t testing.TB, serve func(net.Conn)) *origin {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	return startOriginOn(t, "127.0.0.1:0", serve)
+}
+
+// startOriginOn is startOrigin listening on addr.
+func startOriginOn(t testing.TB, addr string, serve func(net.Conn)) *origin {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -138,7 +138,7 @@ func refusalOf(err error) refusal {
 		return refusePolicy
 	case errors.Is(err, errExhausted):
 		return refuseQuota
-	case errors.Is(err, errTooManyConns):
+	case errors.Is(err, errTooManyConns), errors.Is(err, errGatewayFull):
 		return refuseLimit
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return refuseRefused
@@ -153,6 +153,9 @@ func refusalOf(err error) refusal {
 }
 
 func refusalText(err error) string {
+	if errors.Is(err, errGatewayFull) {
+		return "the gateway is at its connection limit; try again shortly"
+	}
 	switch refusalOf(err) {
 	case refusePolicy:
 		return "destination not allowed"

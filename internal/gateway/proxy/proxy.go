@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"container/list"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -26,14 +27,17 @@ import (
 
 // Defaults for Config's zero fields.
 const (
-	DefaultAddr               = "127.0.0.1:0"
-	DefaultHandshakeTimeout   = 10 * time.Second
-	DefaultDialTimeout        = 10 * time.Second
-	DefaultIdleTimeout        = 5 * time.Minute
-	DefaultIdleAfter          = time.Minute
-	DefaultMaxConns           = 1024
-	DefaultMaxConnsPerSession = 64
-	DefaultPersistAhead       = 256 << 10
+	DefaultAddr                 = "127.0.0.1:0"
+	DefaultHandshakeTimeout     = 10 * time.Second
+	DefaultAuthTimeout          = 5 * time.Second
+	DefaultDialTimeout          = 10 * time.Second
+	DefaultIdleTimeout          = 5 * time.Minute
+	DefaultIdleAfter            = time.Minute
+	DefaultMaxConns             = 1024
+	DefaultMaxConnsPerSession   = 64
+	DefaultMaxHandshakes        = 256
+	DefaultMaxHandshakesPerAddr = 32
+	DefaultPersistAhead         = 256 << 10
 )
 
 const (
@@ -70,6 +74,9 @@ type Config struct {
 
 	// HandshakeTimeout bounds the time from accept to a relayed connection.
 	HandshakeTimeout time.Duration
+	// AuthTimeout bounds the time from accept to valid credentials (at
+	// most HandshakeTimeout); a connection without them by then is closed.
+	AuthTimeout time.Duration
 	// DialTimeout bounds connecting to the destination.
 	DialTimeout time.Duration
 	// IdleTimeout closes a connection with no byte in either direction for
@@ -78,8 +85,16 @@ type Config struct {
 	// IdleAfter is how long a session goes without traffic before the
 	// Idle event.
 	IdleAfter time.Duration
-	// MaxConns bounds all open connections, handshakes included.
+	// MaxConns bounds authenticated connections (relayed, or being
+	// dialled). Connections not yet authenticated have a budget of their
+	// own, so that they never take a paying guest's place.
 	MaxConns int
+	// MaxHandshakes bounds connections not yet authenticated; when it is
+	// reached, the oldest of them is closed to make room for a new one.
+	MaxHandshakes int
+	// MaxHandshakesPerAddr bounds one source address's connections not
+	// yet authenticated; more are closed as they are accepted.
+	MaxHandshakesPerAddr int
 	// MaxConnsPerSession bounds one session's relayed connections.
 	MaxConnsPerSession int
 	// RateLimit, if > 0, bounds each session to this many bytes per
@@ -89,17 +104,22 @@ type Config struct {
 	// use; see the package documentation.
 	PersistAhead int64
 	// AllowDestination says whether guests may connect to an address;
-	// default DefaultDestinations. The gateway's own listening address is
-	// always refused.
+	// default DefaultDestinations, and then also none of this machine's
+	// own addresses, on any port (read from its interfaces on every dial,
+	// so an address that comes or goes counts at once). The gateway's own
+	// listening address is always refused.
 	AllowDestination func(netip.AddrPort) bool
 
 	noSplice bool // tests: force the userspace copy
 }
 
 // DefaultDestinations allows unicast addresses except loopback, link-local
-// and unspecified ones (a guest must not reach the host's own services or
-// its cloud metadata endpoint through the gateway). Private networks are
-// allowed: a guest on the host's Wi-Fi reaches them anyway.
+// (all of 169.254.0.0/16 and fe80::/10) and unspecified ones, and the
+// cloud metadata and host endpoints (a guest must not reach the host's own
+// services or its cloud's view of it through the gateway). Private
+// networks are allowed: a guest on the host's Wi-Fi reaches them anyway.
+// A gateway with the default policy also refuses the host's own
+// interface addresses (Config.AllowDestination).
 func DefaultDestinations(ap netip.AddrPort) bool {
 	a := ap.Addr().Unmap()
 	if !a.IsValid() || ap.Port() == 0 || a.IsLoopback() || a.IsUnspecified() || a.IsMulticast() ||
@@ -109,27 +129,50 @@ func DefaultDestinations(ap netip.AddrPort) bool {
 	if a.Is4() && (a.As4()[0] == 0 || a == netip.AddrFrom4([4]byte{255, 255, 255, 255})) {
 		return false
 	}
-	return true
+	return !slices.Contains(cloudEndpoints, a.WithZone(""))
+}
+
+// LocalDestinations is DefaultDestinations plus this machine's own
+// addresses: loopback, and (given as the AllowDestination, it replaces the
+// default policy) every interface address. For trying Sharespot on one
+// machine (sharespot share --allow-local); cloud endpoints stay refused.
+func LocalDestinations(ap netip.AddrPort) bool {
+	return ap.Port() != 0 && ap.Addr().Unmap().IsLoopback() || DefaultDestinations(ap)
+}
+
+// cloudEndpoints answer only the machine that asks them, with its
+// credentials or its cloud's view of it. Those in 169.254.0.0/16 are
+// refused as link-local anyway; they are listed to say what they are.
+var cloudEndpoints = []netip.Addr{
+	netip.AddrFrom4([4]byte{169, 254, 169, 254}), // metadata: AWS, GCP, Azure, OCI, OpenStack, DigitalOcean
+	netip.AddrFrom4([4]byte{169, 254, 170, 2}),   // AWS ECS task metadata and credentials
+	netip.MustParseAddr("fd00:ec2::254"),         // AWS metadata over IPv6
+	netip.AddrFrom4([4]byte{100, 100, 100, 200}), // Alibaba Cloud metadata
+	netip.AddrFrom4([4]byte{168, 63, 129, 16}),   // Azure WireServer
 }
 
 // Proxy is the userspace metering gateway.
 //
 // Lock order: saveMu, then mu, then a session's mu, then evMu.
 type Proxy struct {
-	cfg    Config
-	log    *slog.Logger
-	store  gateway.Store
-	ln     net.Listener
-	self   netip.AddrPort
-	dialer net.Dialer
-	epoch  time.Time
-	dummy  [32]byte // compared against when the session is unknown
+	cfg       Config
+	log       *slog.Logger
+	store     gateway.Store
+	ln        net.Listener
+	self      netip.AddrPort
+	refuseOwn bool // refuse this machine's own addresses (default policy)
+	dialer    net.Dialer
+	epoch     time.Time
+	dummy     [32]byte // compared against when the session is unknown
 
 	saveMu sync.Mutex
 
 	mu       sync.Mutex
 	sessions map[string]*session
-	conns    map[*pconn]struct{}
+	conns    map[*pconn]struct{} // every open connection
+	pending  *list.List          // of *pconn not yet authenticated, oldest first
+	perAddr  map[netip.Addr]int  // pending connections per source address
+	relayed  int                 // authenticated connections
 	stopping bool
 	connWG   sync.WaitGroup
 
@@ -151,13 +194,18 @@ func New(cfg Config) (*Proxy, error) {
 		cfg.Addr = DefaultAddr
 	}
 	setDefault(&cfg.HandshakeTimeout, DefaultHandshakeTimeout)
+	setDefault(&cfg.AuthTimeout, min(DefaultAuthTimeout, cfg.HandshakeTimeout))
+	cfg.AuthTimeout = min(cfg.AuthTimeout, cfg.HandshakeTimeout)
+	setDefault(&cfg.MaxHandshakes, DefaultMaxHandshakes)
+	setDefault(&cfg.MaxHandshakesPerAddr, DefaultMaxHandshakesPerAddr)
 	setDefault(&cfg.DialTimeout, DefaultDialTimeout)
 	setDefault(&cfg.IdleTimeout, DefaultIdleTimeout)
 	setDefault(&cfg.IdleAfter, DefaultIdleAfter)
 	setDefault(&cfg.MaxConns, DefaultMaxConns)
 	setDefault(&cfg.MaxConnsPerSession, DefaultMaxConnsPerSession)
 	setDefault(&cfg.PersistAhead, DefaultPersistAhead)
-	if cfg.AllowDestination == nil {
+	refuseOwn := cfg.AllowDestination == nil
+	if refuseOwn {
 		cfg.AllowDestination = DefaultDestinations
 	}
 	if cfg.Log == nil {
@@ -167,8 +215,8 @@ func New(cfg Config) (*Proxy, error) {
 		return nil, fmt.Errorf("proxy: negative rate limit: %w", gateway.ErrInvalid)
 	}
 	p := &Proxy{
-		cfg: cfg, log: cfg.Log, store: cfg.Store, epoch: time.Now(),
-		sessions: map[string]*session{}, conns: map[*pconn]struct{}{},
+		cfg: cfg, log: cfg.Log, store: cfg.Store, epoch: time.Now(), refuseOwn: refuseOwn,
+		sessions: map[string]*session{}, conns: map[*pconn]struct{}{}, pending: list.New(), perAddr: map[netip.Addr]int{},
 		evSignal: make(chan struct{}, 1), events: make(chan gateway.Event, 64),
 		saveReq: make(chan struct{}, 1),
 	}
@@ -396,7 +444,7 @@ func (p *Proxy) control(_ context.Context, network, address string, _ syscall.Ra
 	if err != nil {
 		return fmt.Errorf("%w: %v", errDestination, err)
 	}
-	if p.isSelf(ap) || !p.cfg.AllowDestination(ap) {
+	if p.isSelf(ap) || !p.cfg.AllowDestination(ap) || p.refuseOwn && isOwn(ap.Addr()) {
 		return errDestination
 	}
 	return nil
@@ -408,12 +456,18 @@ func (p *Proxy) isSelf(ap netip.AddrPort) bool {
 		return false
 	}
 	a, self := ap.Addr().Unmap(), p.self.Addr().Unmap()
-	if a == self || a.IsLoopback() || a.IsUnspecified() {
-		return true
-	}
+	return a == self || a.IsLoopback() || a.IsUnspecified() || isOwn(a)
+}
+
+// isOwn reports whether a is an address of one of this machine's
+// interfaces, read now (a dump over netlink, some 15 µs: cheap beside the
+// dial, and never stale). When the interfaces cannot be read, every
+// address counts as own: the dial is refused.
+func isOwn(a netip.Addr) bool {
+	a = a.Unmap().WithZone("")
 	addrs, err := net.InterfaceAddrs()
 	if err != nil {
-		return true // cannot tell: refuse
+		return true
 	}
 	for _, ia := range addrs {
 		if n, ok := ia.(*net.IPNet); ok {
@@ -493,25 +547,83 @@ func (p *Proxy) accept(ctx context.Context) error {
 		}
 		backoff = 0
 		c := &pconn{p: p, client: conn}
+		if ta, ok := conn.RemoteAddr().(*net.TCPAddr); ok {
+			c.addr = ta.AddrPort().Addr().Unmap()
+		}
 		c.ctx, c.cancel = context.WithCancel(ctx)
-		p.mu.Lock()
-		if p.stopping || len(p.conns) >= p.cfg.MaxConns {
-			p.mu.Unlock()
+		evicted, why := p.track(c)
+		if why != "" {
 			c.cancel()
 			conn.Close()
-			p.log.Debug("connection refused: limit reached", "remote", conn.RemoteAddr())
+			p.log.Debug("connection refused", "remote", conn.RemoteAddr(), "why", why)
 			continue
 		}
-		p.conns[c] = struct{}{}
-		p.connWG.Add(1)
-		p.mu.Unlock()
+		if evicted != nil {
+			evicted.close()
+			p.log.Debug("unauthenticated connection closed to make room", "remote", evicted.client.RemoteAddr())
+		}
 		go p.serve(c)
 	}
+}
+
+// track counts a new connection as a handshake: within its address's
+// budget and, when the budget in all is used up, in place of the oldest
+// handshake, which it returns for closing. why says why it was refused.
+func (p *Proxy) track(c *pconn) (evicted *pconn, why string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch {
+	case p.stopping:
+		return nil, "stopping"
+	case p.perAddr[c.addr] >= p.cfg.MaxHandshakesPerAddr:
+		return nil, "too many unauthenticated connections from the address"
+	}
+	if p.pending.Len() >= p.cfg.MaxHandshakes {
+		evicted = p.pending.Front().Value.(*pconn)
+		p.untrackHandshakeLocked(evicted)
+	}
+	c.pending = p.pending.PushBack(c)
+	p.perAddr[c.addr]++
+	p.conns[c] = struct{}{}
+	p.connWG.Add(1)
+	return evicted, ""
+}
+
+func (p *Proxy) untrackHandshakeLocked(c *pconn) {
+	p.pending.Remove(c.pending)
+	c.pending = nil
+	if p.perAddr[c.addr]--; p.perAddr[c.addr] <= 0 {
+		delete(p.perAddr, c.addr)
+	}
+}
+
+// promote moves an authenticated connection from the handshake budget to
+// MaxConns. It fails if the gateway is full, or if the connection was
+// closed to make room meanwhile.
+func (p *Proxy) promote(c *pconn) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if c.pending == nil {
+		return net.ErrClosed
+	}
+	p.untrackHandshakeLocked(c)
+	if p.relayed >= p.cfg.MaxConns {
+		return errGatewayFull
+	}
+	p.relayed++
+	c.relayed = true
+	return nil
 }
 
 func (p *Proxy) forget(c *pconn) {
 	p.mu.Lock()
 	delete(p.conns, c)
+	if c.pending != nil {
+		p.untrackHandshakeLocked(c)
+	}
+	if c.relayed {
+		p.relayed--
+	}
 	p.mu.Unlock()
 	p.connWG.Done()
 }

@@ -445,16 +445,21 @@ func TestLimitsAndTimeouts(t *testing.T) {
 		}
 	})
 	t.Run("global", func(t *testing.T) {
+		// MaxConns counts authenticated connections, of any session.
 		p := newProxy(t, Config{MaxConns: 1})
-		c1, err := net.Dial("tcp", p.Addr())
+		passA, passB := admit(t, p, "a", 1<<20, 0), admit(t, p, "b", 1<<20, 0)
+		c, err := dialHTTP(p.Addr(), "a", passA, hold.addr)
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer c1.Close()
-		io.WriteString(c1, "\x05") // in handshake
-		// Accept is FIFO and counts c1 before it accepts the next.
-		if got := exchange(t, p.Addr(), "\x05\x01\x02"); got != "" {
-			t.Errorf("over the limit: answered %q", got)
+		defer c.Close()
+		_, err = dialHTTP(p.Addr(), "b", passB, hold.addr)
+		var se *statusError
+		if !errors.As(err, &se) || se.code != http.StatusTooManyRequests {
+			t.Errorf("over the limit: %v, want 429", err)
+		}
+		if _, err := dialSOCKS(p.Addr(), "b", passB, hold.addr); err == nil {
+			t.Error("over the limit: SOCKS CONNECT admitted")
 		}
 	})
 	t.Run("handshake timeout", func(t *testing.T) {

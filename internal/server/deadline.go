@@ -1,0 +1,51 @@
+package server
+
+import (
+	"errors"
+	"io"
+	"net/http"
+	"time"
+)
+
+// bodyDeadline gives every request d to deliver its body, counted from
+// when its headers were read: a client that sends headers and then a byte
+// at a time is answered (or its connection closed) at the deadline, over
+// HTTP/1.1 and HTTP/2 alike.
+//
+// The deadline is lifted when the body ends. That matters to the inbox
+// stream (a server stream: its request body is one small message, then
+// the stream stays open for as long as the device listens): over
+// HTTP/1.1 a read deadline left on the connection would fire in net/http's
+// background read and cancel the stream.
+func bodyDeadline(next http.Handler, d time.Duration) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Body != nil && r.Body != http.NoBody {
+			rc := http.NewResponseController(w)
+			if err := rc.SetReadDeadline(time.Now().Add(d)); err == nil {
+				// A copy of the request: net/http must still find its own
+				// body in the original, to see that it was not read to its
+				// end and close the connection rather than parse the rest
+				// of the body as the next request.
+				r = r.WithContext(r.Context())
+				r.Body = &deadlineBody{ReadCloser: r.Body, rc: rc}
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// deadlineBody lifts the read deadline once the body has ended.
+type deadlineBody struct {
+	io.ReadCloser
+	rc   *http.ResponseController
+	done bool
+}
+
+func (b *deadlineBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if errors.Is(err, io.EOF) && !b.done {
+		b.done = true
+		b.rc.SetReadDeadline(time.Time{})
+	}
+	return n, err
+}
