@@ -32,9 +32,11 @@ func ShowPrompt(w io.Writer, p *sharespotv1.LowQuotaPrompt) {
 		FormatBytes(p.RemainingBytes), FormatBytes(p.GrantedBytes), FormatBytes(p.UsedBytes))
 }
 
-// SSIDText shows an SSID: as text when it is printable UTF-8, else as hex.
+// SSIDText shows an SSID (the host's text): as it is when it is UTF-8
+// that SafeText would leave alone, else as hex (which `connect` also
+// accepts as the hotspot's name).
 func SSIDText(ssid []byte) string {
-	if utf8.Valid(ssid) && !strings.ContainsFunc(string(ssid), func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+	if utf8.Valid(ssid) && !strings.ContainsFunc(string(ssid), escaped) {
 		return string(ssid)
 	}
 	return fmt.Sprintf("0x%x", ssid)
