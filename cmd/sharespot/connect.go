@@ -100,7 +100,7 @@ func (c *ConnectCmd) Run(env *runEnv) error {
 		}
 	}, func(seq uint64) {
 		if err := store.SaveCursor(seq); err != nil {
-			prog.printf("warning: %v\n", err)
+			prog.printf("warning: %s\n", errText(err))
 		}
 	})
 
@@ -220,7 +220,7 @@ func (c *ConnectCmd) Run(env *runEnv) error {
 					continue
 				}
 				if _, err := cl.Sessions.RequestTopUp(ctx, connect.NewRequest(&sharespotv1.RequestTopUpRequest{SessionId: ses.Id, Bytes: more})); err != nil {
-					fmt.Fprintf(env.stdout, "top-up refused: %v\n", err)
+					fmt.Fprintf(env.stdout, "top-up refused: %s\n", errText(err))
 					continue
 				}
 				if ok, err := c.purchase(ctx, cl, ses.Id, shown, inbox, ask, c.Yes || auto > 0); errors.Is(err, errOverTariff) {
@@ -232,10 +232,10 @@ func (c *ConnectCmd) Run(env *runEnv) error {
 				prog.printf("added %s: %s in all\n", size.Format(b.AccessGranted.GrantedBytes), size.Format(b.AccessGranted.TotalGrantedBytes))
 			case *sharespotv1.Envelope_SessionEnded:
 				s := b.SessionEnded.Session
-				prog.printf("the session ended (%s): %s\n", s.EndReason, settlement(s))
+				prog.printf("the session ended (%s): %s\n", client.SafeText(s.EndReason), settlement(s))
 				return store.Remove(ses.Id)
 			case *sharespotv1.Envelope_Declined:
-				fmt.Fprintf(env.stdout, "declined: %s\n", b.Declined.Reason)
+				fmt.Fprintf(env.stdout, "declined: %s\n", client.SafeText(b.Declined.Reason))
 			}
 		}
 	}

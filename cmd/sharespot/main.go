@@ -7,7 +7,10 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
+
+	"github.com/sharespot/sharespot/internal/client"
 )
 
 // CLI is the command line.
@@ -40,8 +43,19 @@ func run() int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := kctx.Run(&runEnv{ctx: ctx, stdout: os.Stdout, stderr: os.Stderr}); err != nil {
-		fmt.Fprintln(os.Stderr, "sharespot:", err)
+		fmt.Fprintln(os.Stderr, "sharespot:", errText(err))
 		return 1
 	}
 	return 0
+}
+
+// errText is an error as it may be printed: an error can carry the other
+// party's or the server's text, so each of its lines goes through
+// client.SafeText.
+func errText(err error) string {
+	lines := strings.Split(err.Error(), "\n")
+	for i, l := range lines {
+		lines[i] = client.SafeText(l)
+	}
+	return strings.Join(lines, "\n")
 }
