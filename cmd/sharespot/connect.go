@@ -74,6 +74,9 @@ func (c *ConnectCmd) Run(env *runEnv) error {
 	if err != nil {
 		return fmt.Errorf("--buy: %w", err)
 	}
+	if want <= 0 {
+		return fmt.Errorf("--buy %s: buy more than nothing, e.g. --buy 5MB", c.Buy)
+	}
 	var auto int64
 	if c.AutoTopUp != "" {
 		if auto, err = size.Parse(c.AutoTopUp); err != nil {

@@ -19,11 +19,20 @@ func ShowOffers(w io.Writer, offers []*sharespotv1.Offer) error {
 	fmt.Fprintln(tw, "#\tSSID\tBSSID\tSIGNAL\tPRICE\tTOP-UP\tMIN\tAVAILABLE")
 	for i, o := range offers {
 		t := o.Tariff
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%d dBm\t%s / %s\t%s / %s\t%s\t%s\n", i+1, SSIDText(o.AccessPoint.GetSsid()), o.AccessPoint.GetBssid(),
-			o.SignalDbm, FormatMoney(t.PriceMinor, t.Currency), FormatBytes(t.UnitBytes), FormatMoney(t.TopupPriceMinor, t.Currency),
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s / %s\t%s / %s\t%s\t%s\n", i+1, SSIDText(o.AccessPoint.GetSsid()), SafeText(o.AccessPoint.GetBssid()),
+			signalText(o.SignalDbm), FormatMoney(t.PriceMinor, t.Currency), FormatBytes(t.UnitBytes), FormatMoney(t.TopupPriceMinor, t.Currency),
 			FormatBytes(t.UnitBytes), FormatBytes(t.MinPurchaseBytes), FormatBytes(o.AvailableBytes))
 	}
 	return tw.Flush()
+}
+
+// signalText shows a signal strength; 0 dBm (1 mW at the receiver, never
+// seen in practice) is what a scan without one gives, shown as "?".
+func signalText(dbm int32) string {
+	if dbm == 0 {
+		return "?"
+	}
+	return fmt.Sprintf("%d dBm", dbm)
 }
 
 // ShowPrompt writes the low-quota prompt for a person (C1.10).
