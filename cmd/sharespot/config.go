@@ -333,7 +333,6 @@ func newParser(cli *CLI, args []string, lookupEnv func(string) (string, bool), o
 	opts = append([]kong.Option{
 		kong.Name("sharespot"),
 		kong.Description("Sell spare mobile data to people nearby."),
-		kong.UsageOnError(),
 		kong.NamedMapper("size", sizeMapper()),
 		kong.Vars{"config_default": defaultConfigPath()},
 	}, opts...)

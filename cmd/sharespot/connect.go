@@ -26,22 +26,46 @@ type ConnectCmd struct {
 	scanFlags
 	guestStateFlags
 	Target    string        `arg:"" optional:"" help:"The hotspot's SSID or BSSID (see sharespot scan); not needed to resume a live session."`
-	Buy       string        `type:"size" default:"100MB" help:"How much data to buy."`
-	Yes       bool          `short:"y" help:"Pay without asking."`
+	Buy       string        `type:"size" default:"100MB" help:"How much data to buy (and, at the low-quota prompt, to buy again)."`
+	Yes       bool          `short:"y" help:"Answer yes to every question: pay the fee, and at the low-quota prompt buy --buy's size again (or --auto-topup's), paying without asking."`
 	AutoTopUp string        `type:"size" name:"auto-topup" help:"At the low-quota prompt, buy this much more without asking." placeholder:"SIZE"`
 	Duration  time.Duration `help:"End the session after this long (default: when interrupted)."`
 }
 
+// asker asks a person yes-or-no questions on a terminal. A question ends
+// when ctx does (Ctrl-C), as "no". One goroutine at a time asks.
 type asker struct {
 	in  *bufio.Reader
 	out io.Writer
+	// lines carries the line a reader goroutine read; reading is true
+	// while one is reading. A read that a cancelled question left
+	// behind answers the next question, so no line is read twice or lost.
+	lines   chan string
+	reading bool
 }
 
-func (a asker) yes(q string) bool {
+func newAsker(in io.Reader, out io.Writer) *asker {
+	return &asker{in: bufio.NewReader(in), out: out, lines: make(chan string, 1)}
+}
+
+// yes asks q and reports whether the answer was yes. End of input is no.
+func (a *asker) yes(ctx context.Context, q string) bool {
 	fmt.Fprintf(a.out, "%s [y/N] ", q)
-	line, _ := a.in.ReadString('\n')
-	ans := strings.ToLower(strings.TrimSpace(line))
-	return ans == "y" || ans == "yes"
+	if !a.reading {
+		a.reading = true
+		go func() {
+			line, _ := a.in.ReadString('\n')
+			a.lines <- line
+		}()
+	}
+	select {
+	case line := <-a.lines:
+		a.reading = false
+		ans := strings.ToLower(strings.TrimSpace(line))
+		return ans == "y" || ans == "yes"
+	case <-ctx.Done():
+		return false // the caller ends the line
+	}
 }
 
 // Run buys data and stays online until interrupted.
@@ -50,6 +74,9 @@ func (c *ConnectCmd) Run(env *runEnv) error {
 	if err != nil {
 		return fmt.Errorf("--buy: %w", err)
 	}
+	if want <= 0 {
+		return fmt.Errorf("--buy %s: buy more than nothing, e.g. --buy 5MB", c.Buy)
+	}
 	var auto int64
 	if c.AutoTopUp != "" {
 		if auto, err = size.Parse(c.AutoTopUp); err != nil {
@@ -57,7 +84,7 @@ func (c *ConnectCmd) Run(env *runEnv) error {
 		}
 	}
 	prog := &progress{w: env.stdout, tty: isTerminal(env.stdout)}
-	ask := asker{in: bufio.NewReader(os.Stdin), out: env.stdout}
+	ask := newAsker(os.Stdin, env.stdout)
 	cl, err := c.connect(env.ctx, "guest")
 	if err != nil {
 		return err
@@ -100,7 +127,7 @@ func (c *ConnectCmd) Run(env *runEnv) error {
 		}
 	}, func(seq uint64) {
 		if err := store.SaveCursor(seq); err != nil {
-			prog.printf("warning: %v\n", err)
+			prog.printf("warning: %s\n", errText(err))
 		}
 	})
 
@@ -190,6 +217,7 @@ func (c *ConnectCmd) Run(env *runEnv) error {
 	}
 	tick := time.NewTicker(2 * time.Second)
 	defer tick.Stop()
+	away := false // the server did not answer the last Get
 	for {
 		select {
 		case <-env.ctx.Done():
@@ -203,7 +231,17 @@ func (c *ConnectCmd) Run(env *runEnv) error {
 			gctx, gcancel := context.WithTimeout(ctx, 5*time.Second)
 			res, err := cl.Sessions.Get(gctx, connect.NewRequest(&sharespotv1.GetRequest{SessionId: ses.Id}))
 			gcancel()
-			if err == nil {
+			switch {
+			case err != nil && ctx.Err() == nil && !away:
+				// Said once: the gateway goes on working without the
+				// server, but the bar stops moving and nothing settles.
+				away = true
+				prog.printf("cannot reach the server (%s); the session goes on at the host's gateway, trying again\n", errText(err))
+			case err == nil:
+				if away {
+					away = false
+					prog.printf("the server is back\n")
+				}
 				s := res.Msg.Session
 				prog.update(s.UsedBytes, s.GrantedBytes) // C1.7: used against granted
 			}
@@ -213,29 +251,36 @@ func (c *ConnectCmd) Run(env *runEnv) error {
 				prog.printf("")
 				client.ShowPrompt(env.stdout, b.LowQuotaPrompt)
 				more := auto
-				if more == 0 && ask.yes(fmt.Sprintf("Buy %s more?", size.Format(want))) {
+				switch {
+				case more > 0:
+					fmt.Fprintf(env.stdout, "Buying %s more (--auto-topup).\n", size.Format(more))
+				case c.Yes:
 					more = want
-				}
-				if more == 0 {
-					continue
+					fmt.Fprintf(env.stdout, "Buying %s more (--yes).\n", size.Format(more))
+				case ask.yes(env.ctx, fmt.Sprintf("Buy %s more?", size.Format(want))):
+					more = want
+				default:
+					continue // no, or Ctrl-C: the loop then ends the session
 				}
 				if _, err := cl.Sessions.RequestTopUp(ctx, connect.NewRequest(&sharespotv1.RequestTopUpRequest{SessionId: ses.Id, Bytes: more})); err != nil {
-					fmt.Fprintf(env.stdout, "top-up refused: %v\n", err)
+					fmt.Fprintf(env.stdout, "top-up refused: %s\n", errText(err))
 					continue
 				}
 				if ok, err := c.purchase(ctx, cl, ses.Id, shown, inbox, ask, c.Yes || auto > 0); errors.Is(err, errOverTariff) {
 					return fail(err, "the host asked more than the tariff shown")
-				} else if err != nil || !ok {
-					fmt.Fprintf(env.stdout, "no top-up: %v\n", err)
+				} else if err != nil && env.ctx.Err() == nil {
+					fmt.Fprintf(env.stdout, "no top-up: %s\n", errText(err))
+				} else if !ok && env.ctx.Err() == nil {
+					fmt.Fprintln(env.stdout, "no top-up")
 				}
 			case *sharespotv1.Envelope_AccessGranted: // C1.15
 				prog.printf("added %s: %s in all\n", size.Format(b.AccessGranted.GrantedBytes), size.Format(b.AccessGranted.TotalGrantedBytes))
 			case *sharespotv1.Envelope_SessionEnded:
 				s := b.SessionEnded.Session
-				prog.printf("the session ended (%s): %s\n", s.EndReason, settlement(s))
+				prog.printf("the session ended (%s): %s\n", client.SafeText(s.EndReason), settlement(s))
 				return store.Remove(ses.Id)
 			case *sharespotv1.Envelope_Declined:
-				fmt.Fprintf(env.stdout, "declined: %s\n", b.Declined.Reason)
+				fmt.Fprintf(env.stdout, "declined: %s\n", client.SafeText(b.Declined.Reason))
 			}
 		}
 	}
@@ -251,7 +296,7 @@ func closeWait(s *sharespotv1.Session) time.Duration {
 
 // purchase is C3.1–C3.3 (or C1.12–C1.14): show the fee, check it against
 // the tariff the guest was shown, pay, confirm.
-func (c *ConnectCmd) purchase(ctx context.Context, cl *client.Client, sid string, shown *sharespotv1.Tariff, inbox <-chan *sharespotv1.Envelope, ask asker, yes bool) (bool, error) {
+func (c *ConnectCmd) purchase(ctx context.Context, cl *client.Client, sid string, shown *sharespotv1.Tariff, inbox <-chan *sharespotv1.Envelope, ask *asker, yes bool) (bool, error) {
 	// A resumed session's quote may be waiting already (its fee
 	// information went to the process that stopped).
 	q, err := pendingQuote(ctx, cl, sid)
@@ -279,8 +324,8 @@ func (c *ConnectCmd) purchase(ctx context.Context, cl *client.Client, sid string
 	msg := fmt.Sprintf("The host asks %s for %s.", client.FormatMoney(q.AmountMinor, q.Currency), size.Format(q.Bytes))
 	if yes {
 		fmt.Fprintln(ask.out, msg, "Paying.")
-	} else if !ask.yes(msg + " Pay?") {
-		return false, nil
+	} else if !ask.yes(ctx, msg+" Pay?") {
+		return false, nil // no, or Ctrl-C
 	}
 	pay, err := cl.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: q.Id}))
 	if err != nil {

@@ -54,7 +54,12 @@ func (f scanFlags) scan(ctx context.Context) ([]wifi.AccessPoint, error) {
 		sc = wifi.IWScanner{Runner: wifi.ExecRunner{}, Interface: f.IW}
 	}
 	aps, err := sc.Scan(ctx)
-	if err != nil {
+	switch {
+	case err != nil && f.ScanFile != "":
+		return nil, fmt.Errorf("--scan-file %s: %w", f.ScanFile, err)
+	case err != nil && f.IW != "":
+		return nil, fmt.Errorf("scan with iw on %s: %w (on a machine without a radio, use --scan-file FILE)", f.IW, err)
+	case err != nil:
 		return nil, fmt.Errorf("scan: %w (on a machine without a radio, use --scan-file FILE)", err)
 	}
 	// The server takes at most 256 candidates: keep the strongest.
@@ -103,7 +108,7 @@ func (c *ScanCmd) Run(env *runEnv) error {
 			HotspotID string `json:"hotspot_id"`
 			SSID      string `json:"ssid"`
 			BSSID     string `json:"bssid"`
-			Signal    int32  `json:"signal_dbm"`
+			Signal    int32  `json:"signal_dbm,omitempty"` // 0: the scan gave none
 			Currency  string `json:"currency"`
 			Price     int64  `json:"price_minor"`
 			Unit      int64  `json:"unit_bytes"`

@@ -122,7 +122,7 @@ func resumable(ctx context.Context, out io.Writer, cl *client.Client, g *client.
 		}
 		r, err := cl.Sessions.Get(ctx, connect.NewRequest(&sharespotv1.GetRequest{SessionId: id}))
 		if err == nil {
-			fmt.Fprintf(out, "session %s ended while you were away (%s): %s\n", id, r.Msg.Session.EndReason, settlement(r.Msg.Session))
+			fmt.Fprintf(out, "session %s ended while you were away (%s): %s\n", id, client.SafeText(r.Msg.Session.EndReason), settlement(r.Msg.Session))
 		}
 		if err := store.Remove(id); err != nil {
 			return nil, err

@@ -4,10 +4,17 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
+
+	"github.com/alecthomas/kong"
+
+	"github.com/sharespot/sharespot/internal/client"
 )
 
 // CLI is the command line.
@@ -35,13 +42,50 @@ func run() int {
 		fmt.Fprintln(os.Stderr, "sharespot:", err)
 		return 2
 	}
-	kctx, err := parser.Parse(os.Args[1:])
-	parser.FatalIfErrorf(err)
+	args := os.Args[1:]
+	if len(args) == 0 {
+		args = []string{"--help"} // a first try gets the commands, not an error
+	}
+	kctx, err := parser.Parse(args)
+	if err != nil {
+		return parseFailed(os.Stderr, err)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := kctx.Run(&runEnv{ctx: ctx, stdout: os.Stdout, stderr: os.Stderr}); err != nil {
-		fmt.Fprintln(os.Stderr, "sharespot:", err)
+		fmt.Fprintln(os.Stderr, "sharespot:", errText(err))
 		return 1
 	}
 	return 0
+}
+
+// parseFailed reports a command line that did not parse: the error and
+// where the flags are described, not the whole usage (which buried the
+// one line that mattered). It returns the exit code.
+func parseFailed(w io.Writer, err error) int {
+	fmt.Fprintln(w, "sharespot:", errText(err))
+	cmd := "sharespot"
+	var pe *kong.ParseError
+	if errors.As(err, &pe) && pe.Context != nil {
+		if n := pe.Context.Selected(); n != nil {
+			cmd = n.FullPath()
+		}
+	}
+	fmt.Fprintf(w, "Run \"%s --help\" for help.\n", cmd)
+	var ec interface{ ExitCode() int }
+	if errors.As(err, &ec) {
+		return ec.ExitCode()
+	}
+	return 2
+}
+
+// errText is an error as it may be printed: an error can carry the other
+// party's or the server's text, so each of its lines goes through
+// client.SafeText.
+func errText(err error) string {
+	lines := strings.Split(err.Error(), "\n")
+	for i, l := range lines {
+		lines[i] = client.SafeText(l)
+	}
+	return strings.Join(lines, "\n")
 }

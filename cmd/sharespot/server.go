@@ -303,7 +303,7 @@ type WalletFundCmd struct {
 	DB       string `name:"db" env:"SHARESPOT_DB" help:"The server's database, when it is PostgreSQL (a postgres:// URL)." placeholder:"URL"`
 	Account  string `help:"Account ID to fund." xor:"who"`
 	Device   string `help:"Device ID whose account to fund." xor:"who"`
-	Amount   int64  `required:"" help:"Amount in the currency's minor unit (cents for EUR)."`
+	Amount   int64  `required:"" placeholder:"MINOR" help:"Amount in the currency's minor unit (cents for EUR): 500 with --currency EUR is €5.00."`
 	Currency string `required:"" help:"ISO 4217 currency code, e.g. EUR."`
 	Key      string `help:"Idempotency key: funding twice with the same key adds the money once."`
 }

@@ -270,11 +270,12 @@ func Await(ctx context.Context, inbox <-chan *sharespotv1.Envelope, timeout time
 			if match(e) {
 				return e, nil
 			}
+			// The reasons are the other party's text: made safe to print.
 			if d := e.GetDeclined(); d != nil {
-				return nil, fmt.Errorf("declined: %s", d.Reason)
+				return nil, fmt.Errorf("declined: %s", SafeText(d.Reason))
 			}
 			if s := e.GetSessionEnded(); s != nil {
-				return nil, fmt.Errorf("the session ended: %s", s.Session.EndReason)
+				return nil, fmt.Errorf("the session ended: %s", SafeText(s.Session.GetEndReason()))
 			}
 		case <-t.C:
 			return nil, fmt.Errorf("no answer within %v", timeout)

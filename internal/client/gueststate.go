@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
+	"github.com/sharespot/sharespot/internal/atomicfile"
 	"github.com/sharespot/sharespot/internal/seal"
 )
 
@@ -67,8 +68,8 @@ func (s *GuestSession) AccessGranted() *sharespotv1.AccessGranted {
 
 // GuestStore keeps a guest device's sessions and inbox position in a
 // directory: one file per session (session-<id>.json) and inbox.cursor,
-// each written whole to a temporary file, synced and renamed into place,
-// so a crash leaves the old or the new version, never half of one.
+// each replaced whole with [atomicfile.Write], so a crash leaves the old or
+// the new version, never half of one.
 type GuestStore struct {
 	Dir string
 }
@@ -172,33 +173,13 @@ func (s GuestStore) SaveCursor(seq uint64) error {
 	return nil
 }
 
-// write replaces path with b: temporary file (0600), sync, rename.
+// write replaces path with b, atomically and 0600, creating the
+// directory (0700) if needed.
 func (s GuestStore) write(path string, b []byte) error {
 	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(s.Dir, ".tmp-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // after a successful rename: nothing to remove
-	if err := f.Chmod(0o600); err != nil {
-		f.Close()
-		return err
-	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	return atomicfile.Write(path, b, 0o600)
 }
 
 // SessionState returns what a guest must persist about a session it just

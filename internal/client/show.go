@@ -19,11 +19,20 @@ func ShowOffers(w io.Writer, offers []*sharespotv1.Offer) error {
 	fmt.Fprintln(tw, "#\tSSID\tBSSID\tSIGNAL\tPRICE\tTOP-UP\tMIN\tAVAILABLE")
 	for i, o := range offers {
 		t := o.Tariff
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%d dBm\t%s / %s\t%s / %s\t%s\t%s\n", i+1, SSIDText(o.AccessPoint.GetSsid()), o.AccessPoint.GetBssid(),
-			o.SignalDbm, FormatMoney(t.PriceMinor, t.Currency), FormatBytes(t.UnitBytes), FormatMoney(t.TopupPriceMinor, t.Currency),
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s / %s\t%s / %s\t%s\t%s\n", i+1, SSIDText(o.AccessPoint.GetSsid()), SafeText(o.AccessPoint.GetBssid()),
+			signalText(o.SignalDbm), FormatMoney(t.PriceMinor, t.Currency), FormatBytes(t.UnitBytes), FormatMoney(t.TopupPriceMinor, t.Currency),
 			FormatBytes(t.UnitBytes), FormatBytes(t.MinPurchaseBytes), FormatBytes(o.AvailableBytes))
 	}
 	return tw.Flush()
+}
+
+// signalText shows a signal strength; 0 dBm (1 mW at the receiver, never
+// seen in practice) is what a scan without one gives, shown as "?".
+func signalText(dbm int32) string {
+	if dbm == 0 {
+		return "?"
+	}
+	return fmt.Sprintf("%d dBm", dbm)
 }
 
 // ShowPrompt writes the low-quota prompt for a person (C1.10).
@@ -32,9 +41,11 @@ func ShowPrompt(w io.Writer, p *sharespotv1.LowQuotaPrompt) {
 		FormatBytes(p.RemainingBytes), FormatBytes(p.GrantedBytes), FormatBytes(p.UsedBytes))
 }
 
-// SSIDText shows an SSID: as text when it is printable UTF-8, else as hex.
+// SSIDText shows an SSID (the host's text): as it is when it is UTF-8
+// that SafeText would leave alone, else as hex (which `connect` also
+// accepts as the hotspot's name).
 func SSIDText(ssid []byte) string {
-	if utf8.Valid(ssid) && !strings.ContainsFunc(string(ssid), func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+	if utf8.Valid(ssid) && !strings.ContainsFunc(string(ssid), escaped) {
 		return string(ssid)
 	}
 	return fmt.Sprintf("0x%x", ssid)

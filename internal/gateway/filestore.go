@@ -9,19 +9,18 @@ import (
 	"io/fs"
 	"maps"
 	"os"
-	"path/filepath"
 	"slices"
-	"strings"
 	"sync"
+
+	"github.com/sharespot/sharespot/internal/atomicfile"
 )
 
 // fileVersion is the FileStore format version.
 const fileVersion = 1
 
-// FileStore is a [Store] in one JSON file. Every Save writes the whole file
-// to a temporary file in the same directory, syncs it, renames it over the
-// old one and syncs the directory, so the file always holds either the old
-// or the new state. It suits a host with a handful of live sessions.
+// FileStore is a [Store] in one JSON file (mode 0600). Every Save replaces
+// the whole file with [atomicfile.Write], so the file always holds either
+// the old or the new state. It suits a host with a handful of live sessions.
 type FileStore struct {
 	path string
 
@@ -144,47 +143,5 @@ func (f *FileStore) write(recs map[string]Record) error {
 		return err
 	}
 	b = append(b, '\n')
-	dir, base := filepath.Split(f.path)
-	if dir == "" {
-		dir = "."
-	}
-	tmp, err := os.CreateTemp(dir, "."+strings.TrimPrefix(base, ".")+".tmp-*")
-	if err != nil {
-		return err
-	}
-	ok := false
-	defer func() {
-		if !ok {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	if _, err := tmp.Write(b); err != nil {
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), f.path); err != nil {
-		return err
-	}
-	ok = true
-	return syncDir(dir)
-}
-
-// syncDir makes a rename in dir durable. Not every OS can sync a
-// directory; where it cannot, the rename is as durable as the OS makes it.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil && !errors.Is(err, os.ErrInvalid) && !errors.Is(err, errors.ErrUnsupported) {
-		return err
-	}
-	return nil
+	return atomicfile.Write(f.path, b, 0o600)
 }

@@ -21,6 +21,7 @@ import (
 	"connectrpc.com/connect"
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
+	"github.com/sharespot/sharespot/internal/atomicfile"
 	"github.com/sharespot/sharespot/internal/client"
 	"github.com/sharespot/sharespot/internal/gateway"
 )
@@ -316,17 +317,14 @@ func (h *Host) loadCursor() uint64 {
 	return n
 }
 
-// saveCursor persists the last processed sequence (write, then rename).
+// saveCursor persists the last processed sequence (atomically, 0600). A
+// failure is logged: the next save tries again, and a restart that reads
+// an older cursor only gets messages again that are handled once anyway.
 func (h *Host) saveCursor(seq uint64) {
 	if h.CursorFile == "" {
 		return
 	}
-	tmp := h.CursorFile + ".tmp"
-	if err := os.WriteFile(tmp, []byte(strconv.FormatUint(seq, 10)+"\n"), 0o600); err != nil {
-		h.Log.Warn("save inbox cursor", "err", err)
-		return
-	}
-	if err := os.Rename(tmp, h.CursorFile); err != nil {
+	if err := atomicfile.Write(h.CursorFile, []byte(strconv.FormatUint(seq, 10)+"\n"), 0o600); err != nil {
 		h.Log.Warn("save inbox cursor", "err", err)
 	}
 }

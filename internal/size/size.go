@@ -1,6 +1,8 @@
 // Package size reads and writes data sizes as people type them: 500MB,
-// 1.5GiB, 2G, 1000000 (bytes). Decimal units are powers of 1000, binary
-// units (KiB, MiB, …) powers of 1024.
+// 1.5GiB, 2G, 1000000B. Decimal units are powers of 1000, binary units
+// (KiB, MiB, …) powers of 1024. A number needs its unit (B for bytes):
+// "5" is refused rather than read as five bytes, which is never what was
+// meant; only 0 may stand alone.
 package size
 
 import (
@@ -11,12 +13,12 @@ import (
 )
 
 var units = map[string]float64{
-	"": 1, "b": 1,
+	"b": 1,
 	"k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12,
 	"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
 }
 
-// Parse reads a size such as "500MB" or "1.5GiB" into bytes.
+// Parse reads a size such as "500MB", "1.5GiB" or "300B" into bytes.
 func Parse(s string) (int64, error) {
 	t := strings.TrimSpace(s)
 	i := strings.IndexFunc(t, func(r rune) bool { return (r < '0' || r > '9') && r != '.' })
@@ -25,12 +27,18 @@ func Parse(s string) (int64, error) {
 		num, unit = t[:i], strings.TrimSpace(t[i:])
 	}
 	mult, ok := units[strings.ToLower(unit)]
-	if num == "" || !ok {
+	if num == "" || (!ok && unit != "") {
 		return 0, fmt.Errorf("size %q: want a number and a unit such as 500MB, 1.5GiB or 2G", s)
 	}
 	f, err := strconv.ParseFloat(num, 64)
 	if err != nil || f < 0 {
 		return 0, fmt.Errorf("size %q: %q is not a non-negative number", s, num)
+	}
+	if unit == "" {
+		if f != 0 {
+			return 0, fmt.Errorf("size %q has no unit: say %sMB, or %sB for bytes", s, num, num)
+		}
+		mult = 1
 	}
 	v := math.Round(f * mult)
 	if v > math.MaxInt64/2 {

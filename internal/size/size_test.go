@@ -1,10 +1,13 @@
 package size
 
-import "testing"
+import (
+	"strings"
+	"testing"
+)
 
 func TestParse(t *testing.T) {
 	good := map[string]int64{
-		"500MB": 500_000_000, "1.5GiB": 1_610_612_736, "2G": 2_000_000_000, "1000000": 1_000_000,
+		"500MB": 500_000_000, "1.5GiB": 1_610_612_736, "2G": 2_000_000_000, "1000000B": 1_000_000, "0.0": 0,
 		"10 kb": 10_000, "1KiB": 1024, "0": 0, "3b": 3, " 7 MiB ": 7 << 20, "0.5MB": 500_000,
 		"1.5 GiB": 1_610_612_736, "500mb": 500_000_000, "2gb": 2_000_000_000,
 	}
@@ -15,7 +18,8 @@ func TestParse(t *testing.T) {
 			}
 		})
 	}
-	for _, bad := range []string{"", "MB", "-1MB", "1XB", "1.2.3GB", "1e3MB", "9999999999TB", "lots", "NaN", "inf", "1.5 GiBs"} {
+	for _, bad := range []string{"", "MB", "-1MB", "1XB", "1.2.3GB", "1e3MB", "9999999999TB", "lots", "NaN", "inf", "1.5 GiBs",
+		"5", "1000000", "0.5", "-0"} {
 		t.Run("bad/"+bad, func(t *testing.T) {
 			if _, err := Parse(bad); err == nil {
 				t.Errorf("Parse(%q) accepted", bad)
@@ -39,4 +43,12 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("Parse(%q) = %d", s, n)
 		}
 	})
+}
+
+// A bare number is refused with a message that says what to write.
+func TestParseBareNumber(t *testing.T) {
+	_, err := Parse("5")
+	if err == nil || !strings.Contains(err.Error(), "say 5MB, or 5B for bytes") {
+		t.Fatalf("Parse(\"5\") = %v, want a hint to write 5MB or 5B", err)
+	}
 }

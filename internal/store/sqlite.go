@@ -5,10 +5,12 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net/url"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"time"
 
@@ -35,10 +37,12 @@ func OpenSQLite(ctx context.Context, path string, opts Options) (*Store, error) 
 	if path == "" {
 		return nil, errors.New("store: empty SQLite path")
 	}
-	if dir := filepath.Dir(path); dir != "" {
-		if err := os.MkdirAll(dir, 0o700); err != nil {
-			return nil, fmt.Errorf("store: create data directory: %w", err)
-		}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if err := prepareSQLiteFiles(path, log); err != nil {
+		return nil, err
 	}
 	q := url.Values{}
 	for _, p := range sqlitePragmas {
@@ -53,10 +57,7 @@ func OpenSQLite(ctx context.Context, path string, opts Options) (*Store, error) 
 	q.Add("_pragma", "query_only(1)")
 	readDSN := name + "?" + q.Encode()
 
-	s := &Store{engine: SQLite, log: opts.Logger, maxBatch: opts.MaxBatch, crash: opts.Crash}
-	if s.log == nil {
-		s.log = slog.New(slog.DiscardHandler)
-	}
+	s := &Store{engine: SQLite, log: log, maxBatch: opts.MaxBatch, crash: opts.Crash}
 	if s.maxBatch <= 0 {
 		s.maxBatch = 512
 	}
@@ -91,6 +92,54 @@ func OpenSQLite(ctx context.Context, path string, opts Options) (*Store, error) 
 	s.done = make(chan struct{})
 	go s.writer()
 	return s, nil
+}
+
+// prepareSQLiteFiles makes the database file the owner's alone (0600)
+// before SQLite opens it, whatever the directory's mode or the umask: the
+// database holds the platform's receipt-signing key. SQLite creates the
+// WAL and shared-memory files with the database file's mode, so they are
+// 0600 too; ones an earlier version left are tightened here. It warns
+// about a data directory others can write: they could replace the
+// database, or plant its WAL.
+func prepareSQLiteFiles(path string, log *slog.Logger) error {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("store: create data directory: %w", err)
+	}
+	if runtime.GOOS == "windows" {
+		return nil // no Unix modes; the directory's ACL decides
+	}
+	if fi, err := os.Stat(dir); err == nil && fi.Mode().Perm()&0o022 != 0 {
+		log.Warn("the data directory is writable by other users: they can replace the database and the signing key in it; chmod 700 it",
+			"dir", dir, "mode", fmt.Sprintf("%04o", fi.Mode().Perm()))
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("store: create %s: %w", path, err)
+	}
+	defer f.Close()
+	for i, name := range []string{path, path + "-wal", path + "-shm"} {
+		fi, err := os.Stat(name)
+		if errors.Is(err, fs.ErrNotExist) && i > 0 {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("store: %w", err)
+		}
+		m := fi.Mode().Perm()
+		if m == 0o600 {
+			continue
+		}
+		if err := os.Chmod(name, 0o600); err != nil {
+			// Not ours (an operator command run as another user): leave it.
+			log.Warn("cannot make the database private (mode 0600)", "file", name, "mode", fmt.Sprintf("%04o", m), "err", err)
+			continue
+		}
+		if m&0o077 != 0 && fi.Size() > 0 {
+			log.Warn("the database was readable by other users; its mode is now 0600", "file", name, "was", fmt.Sprintf("%04o", m))
+		}
+	}
+	return nil
 }
 
 // pingSQLite opens the first connection. On a new file, two openers that
