@@ -6,14 +6,18 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"strings"
+	"sync"
+	"syscall"
 	"time"
 
 	"connectrpc.com/connect"
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/client"
+	"github.com/sharespot/sharespot/internal/forward"
 	"github.com/sharespot/sharespot/internal/gateway/nft"
 	"github.com/sharespot/sharespot/internal/registry"
 	"github.com/sharespot/sharespot/internal/seal"
@@ -30,6 +34,7 @@ type ConnectCmd struct {
 	Yes       bool          `short:"y" help:"Answer yes to every question: pay the fee, and at the low-quota prompt buy --buy's size again (or --auto-topup's), paying without asking."`
 	AutoTopUp string        `type:"size" name:"auto-topup" help:"At the low-quota prompt, buy this much more without asking." placeholder:"SIZE"`
 	Duration  time.Duration `help:"End the session after this long (default: when interrupted)."`
+	Forward   string        `default:"127.0.0.1:1081" help:"Where the local forwarder listens (SOCKS5 and HTTP CONNECT, no credentials) with the userspace gateway: it counts what this device receives and sends and signs it for the server, so the host can bill no more than that (plus its credit window). \"off\": no forwarder." placeholder:"ADDR"`
 }
 
 // asker asks a person yes-or-no questions on a terminal. A question ends
@@ -134,7 +139,11 @@ func (c *ConnectCmd) Run(env *runEnv) error {
 	// end ends the session and waits for its settlement: once data may
 	// have flowed, the host's final count settles it (or, if the host is
 	// silent, its last report when the close deadline passes).
+	// stopForward stops the local forwarder and sends its last
+	// acknowledgment, before the session ends.
+	stopForward := func() {}
 	end := func(reason string) error {
+		stopForward()
 		ectx := context.WithoutCancel(env.ctx)
 		res, err := cl.Sessions.End(ectx, connect.NewRequest(&sharespotv1.EndRequest{SessionId: ses.Id, Reason: reason}))
 		if err != nil {
@@ -207,8 +216,29 @@ func (c *ConnectCmd) Run(env *runEnv) error {
 		fmt.Fprintf(env.stdout, "online: %s granted (C1.7); the host's gateway admitted this device, browse as usual (C1.8)\n", size.Format(gr.GrantedBytes))
 	} else {
 		fmt.Fprintf(env.stdout, "online: %s granted (C1.7). Use the host's gateway (C1.8):\n", size.Format(gr.GrantedBytes))
-		fmt.Fprintf(env.stdout, "  SOCKS5:  socks5h://%s:%s@%s\n", ses.Id, seal.FormatCode(code), addr)
-		fmt.Fprintf(env.stdout, "  example: curl --proxy socks5h://%s:%s@%s https://example.org/\n", ses.Id, seal.FormatCode(code), addr)
+		if fwd, err := c.forwarder(addr, ses.Id, code); err != nil {
+			fmt.Fprintf(env.stdout, "  (no local forwarder: %v)\n", err)
+		} else if fwd != nil {
+			fctx, fcancel := context.WithCancel(ctx)
+			var fwg sync.WaitGroup
+			fwg.Add(2)
+			go func() { defer fwg.Done(); fwd.Run(fctx) }()
+			go func() {
+				defer fwg.Done()
+				fwd.Acknowledge(fctx, cur.GuestAckedBytes, 256<<10, time.Second, func(ctx context.Context, n int64) error {
+					_, err := cl.Acknowledge(ctx, ses.Id, n)
+					return err
+				})
+			}()
+			stopForward = func() { fcancel(); fwg.Wait() }
+			defer stopForward()
+			fmt.Fprintf(env.stdout, "  export ALL_PROXY=socks5h://%s HTTPS_PROXY=http://%s   # this device's forwarder: what passes is counted and signed\n", fwd.Addr(), fwd.Addr())
+			fmt.Fprintf(env.stdout, "  example: curl --proxy socks5h://%s https://example.org/\n", fwd.Addr())
+			fmt.Fprintf(env.stdout, "  or, for programs that cannot use it (not counted by this device): socks5h://%s:%s@%s\n", ses.Id, seal.FormatCode(code), addr)
+		} else {
+			fmt.Fprintf(env.stdout, "  SOCKS5:  socks5h://%s:%s@%s\n", ses.Id, seal.FormatCode(code), addr)
+			fmt.Fprintf(env.stdout, "  example: curl --proxy socks5h://%s:%s@%s https://example.org/\n", ses.Id, seal.FormatCode(code), addr)
+		}
 	}
 
 	var timeout <-chan time.Time
@@ -284,6 +314,21 @@ func (c *ConnectCmd) Run(env *runEnv) error {
 			}
 		}
 	}
+}
+
+// forwarder opens the local forwarder at --forward (nil for "off"); a busy
+// port falls back to any free one on loopback.
+func (c *ConnectCmd) forwarder(gateway, sid string, code []byte) (*forward.Forwarder, error) {
+	if c.Forward == "off" || c.Forward == "" {
+		return nil, nil
+	}
+	fwd, err := forward.Listen(c.Forward, gateway, sid, seal.FormatCode(code), nil)
+	if err != nil && errors.Is(err, syscall.EADDRINUSE) {
+		if ap, perr := netip.ParseAddrPort(c.Forward); perr == nil {
+			fwd, err = forward.Listen(netip.AddrPortFrom(ap.Addr(), 0).String(), gateway, sid, seal.FormatCode(code), nil)
+		}
+	}
+	return fwd, err
 }
 
 // errOverTariff: a fee above what the shown tariff gives; never paid.
