@@ -21,7 +21,7 @@ import (
 // inbox, which crossed the relay and, for quotes and grants, the host's
 // agent.
 var Steps = []string{
-	"request→fee", "pay", "confirm→grant", "prompt", "topup→fee", "topup pay", "topup confirm→grant", "end+settle", "flow",
+	"request→fee", "pay", "confirm→grant", "prompt", "topup→fee", "topup pay", "topup confirm→grant", "ack", "end+settle", "flow",
 }
 
 // FlowConfig shapes each flow.
@@ -254,8 +254,20 @@ func (r *flowRun) run(ctx context.Context) error {
 		return r.fail("gate", fmt.Errorf("after the top-up the gate admits %d bytes (%v), want %d", vol, err, total))
 	}
 
-	// The host ends with its final usage; the server settles.
+	// The guest acknowledges, signed, a little less than the host will
+	// count (within the credit window, so the bill is the host's count):
+	// settlement and the audits check the evidence rule on every flow.
 	final := total - r.cfg.TopUpBytes/2
+	t = time.Now()
+	if err := retry(ctx, r.resilient, func() error {
+		_, err := g.C.Acknowledge(ctx, sid, final-min(final, 256<<10))
+		return err
+	}); err != nil {
+		return r.fail("ack", err)
+	}
+	r.rec.add("ack", time.Since(t))
+
+	// The host ends with its final usage; the server settles.
 	t = time.Now()
 	var end *sharespotv1.Session
 	if err := retry(ctx, r.resilient, func() error {
