@@ -352,7 +352,7 @@ func (c *BenchIdleCmd) Run(env *runEnv) error {
 // BenchAbuseCmd is `sharespot bench abuse`.
 type BenchAbuseCmd struct {
 	benchTarget
-	Hosts        int           `default:"8" help:"Simulated hosts (honest)."`
+	Hosts        int           `default:"32" help:"Simulated hosts (honest; the server's per-device rate limit applies to each)."`
 	Guests       int           `default:"100" help:"Simulated guests (honest)."`
 	Rate         float64       `default:"20" help:"Target paid flows started per second (open loop)."`
 	Duration     time.Duration `default:"20s" help:"How long each phase (alone, then attacked) lasts."`
@@ -392,7 +392,7 @@ func (c *BenchAbuseCmd) Run(env *runEnv) error {
 	log := newLogger(env.stderr, c.LogLevel, false)
 	fc := loadgen.FlowConfig{StepTimeout: c.StepTimeout, RequestBytes: 10 << 20, TopUpBytes: 5 << 20}
 	fleet, err := loadgen.NewFleet(ctx, loadgen.FleetConfig{URL: r.url, Hosts: c.Hosts, Guests: c.Guests, Fund: loadgen.DBFunder(r.data, r.db),
-		FundMinor: 1 << 40, WarnAtBytes: fc.RequestBytes / 2, Log: log})
+		FundMinor: 1 << 40, WarnAtBytes: fc.RequestBytes / 2, Log: log, OwnAddresses: true})
 	if err != nil {
 		return fmt.Errorf("set up hosts and guests: %w", err)
 	}

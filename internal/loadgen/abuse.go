@@ -23,7 +23,8 @@ type AbuseConfig struct {
 	// URL is the server's base URL (http://host:port).
 	URL string
 	// SlowConns: connections that send a request's headers and one byte
-	// of its body, then nothing, held open (re-opened when closed).
+	// of its body, then nothing, held open (dialled again a second after
+	// the server closes one).
 	SlowConns int
 	// Malformed: requests per second whose body is not a valid message.
 	Malformed float64
@@ -103,6 +104,7 @@ func RunAbuse(ctx context.Context, cfg AbuseConfig) *AbuseReport {
 				}
 				open.Add(-1)
 				c.Close()
+				sleepCtx(ctx, time.Second) // then dial again, as a slowloris does
 			}
 		}()
 	}

@@ -310,7 +310,19 @@ type FleetConfig struct {
 	// Resilient makes every call ride out a server restart (the chaos
 	// test): calls whose answer was lost are sent again.
 	Resilient bool
+	// OwnAddresses gives each device a loopback address of its own
+	// (127.1.x.y), as phones have, so per-address limits see people, not
+	// the bench; otherwise every device dials from 127.0.0.1.
+	OwnAddresses bool
 	Log       *slog.Logger
+}
+
+// address is device i's source address (nil: the default, 127.0.0.1).
+func (cfg FleetConfig) address(i int) net.IP {
+	if !cfg.OwnAddresses {
+		return nil
+	}
+	return net.IPv4(127, 1, byte(i/250), byte(1+i%250))
 }
 
 // Fleet is a set of signed-in hosts (hotspots registered, agents
@@ -341,7 +353,7 @@ func NewFleet(ctx context.Context, cfg FleetConfig) (*Fleet, error) {
 	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	f.stop = cancel
 	err := parallel(ctx, cfg.Hosts, 16, func(i int) error {
-		c := NewDevice(cfg.URL, fmt.Sprintf("bench-host-%d", i), HTTPClient(nil))
+		c := NewDevice(cfg.URL, fmt.Sprintf("bench-host-%d", i), HTTPClient(cfg.address(i)))
 		if err := SignIn(ctx, c); err != nil {
 			return fmt.Errorf("host %d: %w", i, err)
 		}
@@ -363,7 +375,7 @@ func NewFleet(ctx context.Context, cfg FleetConfig) (*Fleet, error) {
 		return nil, err
 	}
 	err = parallel(ctx, cfg.Guests, 16, func(i int) error {
-		c := NewDevice(cfg.URL, fmt.Sprintf("bench-guest-%d", i), HTTPClient(nil))
+		c := NewDevice(cfg.URL, fmt.Sprintf("bench-guest-%d", i), HTTPClient(cfg.address(cfg.Hosts+i)))
 		if err := SignIn(ctx, c); err != nil {
 			return fmt.Errorf("guest %d: %w", i, err)
 		}
