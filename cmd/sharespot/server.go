@@ -42,6 +42,7 @@ type ServerCmd struct {
 	DBMaxConns        int           `name:"db-max-conns" env:"SHARESPOT_DB_MAX_CONNS" default:"16" help:"Most connections to PostgreSQL this replica opens."`
 	Bus               string        `name:"bus" env:"SHARESPOT_BUS" help:"NATS server(s) carrying inbox wake-ups between replicas (nats://host:4222, comma-separated); empty for a single server." placeholder:"URL"`
 	PollInterval      time.Duration `name:"poll-interval" env:"SHARESPOT_POLL_INTERVAL" help:"Longest an inbox stream waits without a wake-up before reading the inbox anyway (default 30s; 1s with --bus)."`
+	KeyFile           string        `name:"key-file" env:"SHARESPOT_KEY_FILE" help:"The 32-byte key that seals the payment platform's receipt-signing keys in the database (created 0600 on first use; default: platform.key in --data). Replicas of one database must share it; keep it out of database backups." placeholder:"FILE"`
 	TLSCert           string        `name:"tls-cert" env:"SHARESPOT_TLS_CERT" help:"TLS certificate (PEM)." type:"existingfile"`
 	TLSKey            string        `name:"tls-key" env:"SHARESPOT_TLS_KEY" help:"TLS private key (PEM)." type:"existingfile"`
 	InsecurePlaintext bool          `help:"Allow cleartext HTTP on a non-loopback address (only behind a TLS-terminating proxy)."`
@@ -76,7 +77,7 @@ func newLogger(w io.Writer, level string, json bool) *slog.Logger {
 }
 
 func (c *ServerCmd) config(log *slog.Logger) (server.Config, error) {
-	cfg := server.Config{DataDir: c.Data, DB: c.DB, TLSCert: c.TLSCert, TLSKey: c.TLSKey, Insecure: c.InsecurePlaintext, Logger: log,
+	cfg := server.Config{DataDir: c.Data, DB: c.DB, KeyFile: c.KeyFile, TLSCert: c.TLSCert, TLSKey: c.TLSKey, Insecure: c.InsecurePlaintext, Logger: log,
 		DBMaxConns: c.DBMaxConns, Bus: c.Bus, PollInterval: c.PollInterval}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		return cfg, errors.New("--tls-cert and --tls-key go together")

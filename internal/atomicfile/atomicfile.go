@@ -5,11 +5,13 @@
 package atomicfile
 
 import (
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"time"
 )
 
 // Write replaces the file at path with data, with mode perm (whatever the
@@ -71,4 +73,51 @@ func syncDir(dir string) error {
 		return err
 	}
 	return nil
+}
+
+// LoadOrCreateSecret reads an n-byte secret from path, creating it (n
+// random bytes, mode 0600, created exclusively so that two processes
+// starting together agree on one, then synced with its directory) on first
+// use. A file of another size is an error.
+func LoadOrCreateSecret(path string, n int) ([]byte, error) {
+	for attempt := 0; attempt < 40; attempt++ {
+		b, err := os.ReadFile(path)
+		if err == nil && len(b) == 0 && attempt < 39 {
+			time.Sleep(50 * time.Millisecond) // being written by whoever created it
+			continue
+		}
+		if err == nil {
+			if len(b) != n {
+				return nil, fmt.Errorf("atomicfile: %s holds %d bytes, want %d", path, len(b), n)
+			}
+			return b, nil
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("atomicfile: %w", err)
+		}
+		b = make([]byte, n)
+		rand.Read(b)
+		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if errors.Is(err, fs.ErrExist) {
+			continue // another process made it first: read theirs
+		}
+		if err != nil {
+			return nil, fmt.Errorf("atomicfile: %w", err)
+		}
+		if _, err := f.Write(b); err != nil {
+			f.Close()
+			os.Remove(path)
+			return nil, fmt.Errorf("atomicfile: write %s: %w", path, err)
+		}
+		if err := f.Sync(); err != nil {
+			f.Close()
+			os.Remove(path)
+			return nil, fmt.Errorf("atomicfile: write %s: %w", path, err)
+		}
+		if err := f.Close(); err != nil {
+			return nil, fmt.Errorf("atomicfile: write %s: %w", path, err)
+		}
+		return b, syncDir(filepath.Dir(path))
+	}
+	return nil, fmt.Errorf("atomicfile: %s appears and disappears", path)
 }

@@ -10,6 +10,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
@@ -24,6 +26,7 @@ import (
 	"github.com/sharespot/sharespot/internal/auth"
 	"github.com/sharespot/sharespot/internal/client"
 	"github.com/sharespot/sharespot/internal/harness"
+	"github.com/sharespot/sharespot/internal/payment"
 	"github.com/sharespot/sharespot/internal/receipt"
 	"github.com/sharespot/sharespot/internal/registry"
 	"github.com/sharespot/sharespot/internal/seal"
@@ -553,11 +556,20 @@ func testWrongOrder(t *testing.T) {
 // database, as only the platform can.
 func platformSigned(t *testing.T, r *rig, p receipt.Payload) *sharespotv1.Receipt {
 	t.Helper()
-	seed, err := store.ReadT(t.Context(), r.env.Srv.Store(), func(tx *store.Tx) ([]byte, error) {
+	var id string
+	stored, err := store.ReadT(t.Context(), r.env.Srv.Store(), func(tx *store.Tx) ([]byte, error) {
 		var b []byte
-		err := tx.QueryRow(`SELECT private_key FROM platform_keys ORDER BY created_ms DESC LIMIT 1`).Scan(&b)
+		err := tx.QueryRow(`SELECT id, private_key FROM platform_keys ORDER BY created_ms DESC LIMIT 1`).Scan(&id, &b)
 		return b, err
 	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kek, err := os.ReadFile(filepath.Join(r.env.Dir, "platform.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	seed, err := payment.OpenSeed(kek, id, stored)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,10 +7,8 @@ package hosting
 
 import (
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"os"
 	"strconv"
@@ -151,31 +149,11 @@ func (h *Host) handle(ctx context.Context, agent *client.Host, env *sharespotv1.
 // LoadOrCreateKey reads a 32-byte secret from path, creating it (mode
 // 0600) on first use.
 func LoadOrCreateKey(path string) ([]byte, error) {
-	b, err := os.ReadFile(path)
-	if err == nil {
-		if len(b) != 32 {
-			return nil, fmt.Errorf("hosting: %s holds %d bytes, want 32", path, len(b))
-		}
-		return b, nil
-	}
-	if !errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("hosting: %w", err)
-	}
-	b = make([]byte, 32)
-	rand.Read(b)
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	b, err := atomicfile.LoadOrCreateSecret(path, 32)
 	if err != nil {
 		return nil, fmt.Errorf("hosting: %w", err)
 	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("hosting: write %s: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("hosting: write %s: %w", path, err)
-	}
-	return b, f.Close()
+	return b, nil
 }
 
 // resume picks up the host's open sessions from the server after a

@@ -314,7 +314,7 @@ type FleetConfig struct {
 	// (127.1.x.y), as phones have, so per-address limits see people, not
 	// the bench; otherwise every device dials from 127.0.0.1.
 	OwnAddresses bool
-	Log       *slog.Logger
+	Log          *slog.Logger
 }
 
 // address is device i's source address (nil: the default, 127.0.0.1).

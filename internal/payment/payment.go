@@ -6,6 +6,8 @@ package payment
 
 import (
 	"context"
+	"crypto/aes"
+	"crypto/cipher"
 	"crypto/ed25519"
 	"crypto/rand"
 	"errors"
@@ -39,10 +41,18 @@ var _ session.Platform = (*Wallet)(nil)
 const platformKeysLock = 0x506c6174666f726d // "Platform"
 
 // Open loads the platform's signing keys from the store, creating the first
-// one on a new database. The newest key signs; all verify.
-func Open(ctx context.Context, st *store.Store, now func() time.Time) (*Wallet, error) {
+// one on a new database. The newest key signs; all verify. The keys are
+// kept in the database sealed with kek (AES-256-GCM; 32 bytes, from a file
+// outside the database, see server.Config.KeyFile), so a copy of the
+// database alone cannot make receipts. Keys an older version stored in the
+// clear are sealed when first opened.
+func Open(ctx context.Context, st *store.Store, now func() time.Time, kek []byte) (*Wallet, error) {
+	aead, err := keyAEAD(kek)
+	if err != nil {
+		return nil, err
+	}
 	var privs []ed25519.PrivateKey
-	err := st.Write(ctx, func(tx *store.Tx) error {
+	err = st.Write(ctx, func(tx *store.Tx) error {
 		privs = privs[:0]
 		// Replicas starting together on a new database must agree on
 		// one first key: the first to take the lock creates it, the
@@ -50,25 +60,40 @@ func Open(ctx context.Context, st *store.Store, now func() time.Time) (*Wallet, 
 		if err := tx.LockKey(platformKeysLock); err != nil {
 			return err
 		}
-		rows, err := tx.Query(`SELECT private_key FROM platform_keys ORDER BY created_ms, id`)
+		rows, err := tx.Query(`SELECT id, private_key FROM platform_keys ORDER BY created_ms, id`)
 		if err != nil {
 			return err
 		}
+		var clear []string // keys stored in the clear by an older version
 		for rows.Next() {
-			var seed []byte
-			if err := rows.Scan(&seed); err != nil {
+			var id string
+			var stored []byte
+			if err := rows.Scan(&id, &stored); err != nil {
 				rows.Close()
 				return err
 			}
-			if len(seed) != ed25519.SeedSize {
+			seed, err := openSeed(aead, id, stored)
+			if err != nil {
 				rows.Close()
-				return fmt.Errorf("platform key has %d bytes, want %d", len(seed), ed25519.SeedSize)
+				return err
+			}
+			if len(stored) == ed25519.SeedSize {
+				clear = append(clear, id)
 			}
 			privs = append(privs, ed25519.NewKeyFromSeed(seed))
 		}
 		rows.Close()
 		if err := rows.Err(); err != nil {
 			return err
+		}
+		for _, id := range clear {
+			for _, p := range privs {
+				if receipt.KeyIDOf(p.Public().(ed25519.PublicKey)) == id {
+					if _, err := tx.Exec(`UPDATE platform_keys SET private_key = ? WHERE id = ?`, sealSeed(aead, id, p.Seed()), id); err != nil {
+						return err
+					}
+				}
+			}
 		}
 		if len(privs) > 0 {
 			return nil
@@ -78,8 +103,9 @@ func Open(ctx context.Context, st *store.Store, now func() time.Time) (*Wallet, 
 			return err
 		}
 		pub := priv.Public().(ed25519.PublicKey)
+		id := receipt.KeyIDOf(pub)
 		if _, err := tx.Exec(`INSERT INTO platform_keys (id, private_key, created_ms) VALUES (?, ?, ?)`,
-			receipt.KeyIDOf(pub), priv.Seed(), now().UnixMilli()); err != nil {
+			id, sealSeed(aead, id, priv.Seed()), now().UnixMilli()); err != nil {
 			return err
 		}
 		privs = append(privs, priv)
@@ -94,6 +120,53 @@ func Open(ctx context.Context, st *store.Store, now func() time.Time) (*Wallet, 
 	}
 	w.verifier = receipt.NewVerifier(w.keys...)
 	return w, nil
+}
+
+// sealedKeyVersion starts a sealed key: version, nonce, sealed seed.
+const sealedKeyVersion = 1
+
+func keyAEAD(kek []byte) (cipher.AEAD, error) {
+	if len(kek) != 32 {
+		return nil, fmt.Errorf("payment: the key-encryption key must be 32 bytes, got %d", len(kek))
+	}
+	block, err := aes.NewCipher(kek)
+	if err != nil {
+		return nil, err
+	}
+	return cipher.NewGCM(block)
+}
+
+// sealSeed seals a signing key's seed, bound to its key ID.
+func sealSeed(aead cipher.AEAD, id string, seed []byte) []byte {
+	out := make([]byte, 1+aead.NonceSize(), 1+aead.NonceSize()+len(seed)+aead.Overhead())
+	out[0] = sealedKeyVersion
+	rand.Read(out[1:])
+	return aead.Seal(out, out[1:], seed, []byte(id))
+}
+
+// openSeed opens a stored key: sealed, or (from an older version) a bare
+// seed.
+func OpenSeed(kek []byte, id string, stored []byte) ([]byte, error) {
+	aead, err := keyAEAD(kek)
+	if err != nil {
+		return nil, err
+	}
+	return openSeed(aead, id, stored)
+}
+
+func openSeed(aead cipher.AEAD, id string, stored []byte) ([]byte, error) {
+	if len(stored) == ed25519.SeedSize {
+		return stored, nil
+	}
+	ns := aead.NonceSize()
+	if len(stored) < 1+ns+aead.Overhead() || stored[0] != sealedKeyVersion {
+		return nil, fmt.Errorf("platform key %s is stored in an unknown form (%d bytes)", id, len(stored))
+	}
+	seed, err := aead.Open(nil, stored[1:1+ns], stored[1+ns:], []byte(id))
+	if err != nil || len(seed) != ed25519.SeedSize {
+		return nil, fmt.Errorf("platform key %s cannot be opened with this key-encryption key: give the server the key file it was created with (--key-file)", id)
+	}
+	return seed, nil
 }
 
 // PublicKeys returns the keys that verify this platform's receipts.

@@ -2,9 +2,11 @@ package replicatest
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"sync"
 	"syscall"
 	"testing"
@@ -86,7 +88,7 @@ func startReplicas(tb testing.TB, db string, extra []string, names ...string) []
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			rs[i], errs[i] = startReplica(bin, tb.TempDir(), name, db, extra)
+			rs[i], errs[i] = startReplica(bin, tb.TempDir(), name, db, append(extra, "--key-file", keyFileFor(db)))
 		}()
 	}
 	wg.Wait()
@@ -195,4 +197,12 @@ func (r *replica) stop() error {
 		return fmt.Errorf("replica %s exited badly on stop: %v", r.name, r.cmd.ProcessState)
 	}
 	return nil
+}
+
+// keyFileFor is the key file every replica of db shares (the key that
+// seals the platform's receipt-signing keys), the same for replicas
+// started later on the same database.
+func keyFileFor(db string) string {
+	sum := sha256.Sum256([]byte(db))
+	return filepath.Join(os.TempDir(), fmt.Sprintf("sharespot-replicatest-%x.key", sum[:8]))
 }

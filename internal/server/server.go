@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/sharespot/sharespot/internal/api"
+	"github.com/sharespot/sharespot/internal/atomicfile"
 	"github.com/sharespot/sharespot/internal/auth"
 	"github.com/sharespot/sharespot/internal/bus"
 	"github.com/sharespot/sharespot/internal/payment"
@@ -45,6 +46,11 @@ type Config struct {
 	// DB is the database: empty for SQLite in DataDir (DBPath), or a
 	// postgres:// (postgresql://) URL for PostgreSQL.
 	DB string
+	// KeyFile holds the 32-byte key that seals the payment platform's
+	// receipt-signing keys in the database (created 0600 on first use).
+	// Default: platform.key in DataDir. Replicas of one database must
+	// share it.
+	KeyFile string
 	// TLSCert and TLSKey: PEM files; without them the server speaks
 	// cleartext HTTP/2 and HTTP/1.1, which Serve allows only on loopback
 	// unless Insecure is set.
@@ -166,7 +172,20 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	if s.st, err = store.Open(ctx, target, store.Options{Logger: cfg.Logger, Crash: cfg.Crash, MaxConns: cfg.DBMaxConns}); err != nil {
 		return nil, err
 	}
-	if s.wallet, err = payment.Open(ctx, s.st, cfg.Now); err != nil {
+	keyFile := cfg.KeyFile
+	if keyFile == "" {
+		keyFile = filepath.Join(cfg.DataDir, "platform.key")
+	}
+	if err := os.MkdirAll(filepath.Dir(keyFile), 0o700); err != nil {
+		s.st.Close()
+		return nil, fmt.Errorf("server: %w", err)
+	}
+	kek, err := atomicfile.LoadOrCreateSecret(keyFile, 32)
+	if err != nil {
+		s.st.Close()
+		return nil, fmt.Errorf("server: the key that seals the receipt-signing keys: %w", err)
+	}
+	if s.wallet, err = payment.Open(ctx, s.st, cfg.Now, kek); err != nil {
 		s.st.Close()
 		return nil, err
 	}
