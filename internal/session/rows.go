@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/problem"
@@ -234,9 +236,19 @@ func (e *Engine) send(tx *store.Tx, to, sessionID string, env *sharespotv1.Envel
 	return relay.Append(tx, e.wake, e.nowMS(), to, sessionID, env)
 }
 
+// clip makes a party's free text (an end or decline reason) fit to relay:
+// valid UTF-8 without control characters, at most n bytes. Clients escape
+// what they print too; the server stores nothing that rewrites a screen.
 func clip(s string, n int) string {
-	if len(s) > n {
-		return s[:n]
+	s = strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) || r == utf8.RuneError {
+			return -1
+		}
+		return r
+	}, strings.ToValidUTF8(s, ""))
+	for len(s) > n {
+		_, size := utf8.DecodeLastRuneInString(s)
+		s = s[:len(s)-size]
 	}
 	return s
 }
