@@ -63,7 +63,7 @@ func TestCrashAtEveryCommit(t *testing.T) {
 	// and, after commits, every way of recovering was taken.
 	const maxPasses = 3
 	writes := []string{"Challenge", "SignIn", "Register", "RequestAccess", "Quote", "Pay", "Confirm", "Grant",
-		"Prompt", "RequestTopUp", "ReportUsage", "End", "Ack"}
+		"Prompt", "RequestTopUp", "Acknowledge", "ReportUsage", "End", "Ack"}
 	recoveries := []string{"sign-in: signed in on attempt 2", "register: found the hotspot in the list", "ended a stray session",
 		"pay QUOTE_KIND_INITIAL: already_exists; receipt recovered", "pay QUOTE_KIND_TOPUP: already_exists; receipt recovered",
 		"confirm QUOTE_KIND_INITIAL: failed_precondition; already confirmed", "confirm QUOTE_KIND_TOPUP: failed_precondition; already confirmed",

@@ -551,6 +551,12 @@ func (r *run) flow(ctx context.Context) (string, error) {
 		}
 		used = 120 * MB
 	}
+	// The guest acknowledges, signed, a little less than the host will
+	// report (within the credit window): a re-sent acknowledgment whose
+	// first copy committed is accepted again, changing nothing.
+	if _, err := r.guest.Acknowledge(ctx, r.main, used-512<<10); err != nil {
+		return "", fmt.Errorf("acknowledge: %w", err)
+	}
 	if _, err := r.host.Sessions.ReportUsage(ctx, connect.NewRequest(&sharespotv1.ReportUsageRequest{SessionId: r.main, UsedBytes: used})); err != nil {
 		return "", fmt.Errorf("report usage: %w", err)
 	}
