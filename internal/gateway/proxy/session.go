@@ -17,35 +17,26 @@ var (
 	errTooManyConns = errors.New("proxy: too many connections for the session")
 )
 
-// session is one admitted session's metering state.
+// session is one admitted session: its meter (quota, usage, events, the
+// usage bound saved ahead of use) and the proxy's side of it (reservations,
+// connections, waiters).
 //
-// Budget invariant (under mu): used + reserved ≤ min(quota, durable).
-// durable is the usage bound last saved to the store (math.MaxInt64 without
-// a store), so every byte that may pass has been saved as used first.
+// Budget invariant (under mu): m.Used() + reserved ≤ m.Limit(), and
+// m.Limit() never exceeds the usage bound the store holds, so every byte
+// that may pass has been saved as used first.
 type session struct {
-	p         *Proxy
-	id        string
-	hash      [32]byte // SHA-256 of the access code; immutable
-	threshold int64    // immutable
-	lim       *rate.Limiter
-	chunk     int64 // largest reservation of one copy step; immutable
+	p     *Proxy
+	id    string   // immutable
+	hash  [32]byte // SHA-256 of the access code; immutable
+	lim   *rate.Limiter
+	chunk int64 // largest reservation of one copy step; immutable
 
 	mu        sync.Mutex
-	quota     int64
-	used      int64 // bytes written (committed)
+	m         *gateway.Meter
 	reserved  int64 // bytes reserved by copy steps in flight
-	durable   int64 // usage bound saved to the store
-	lead      int64 // how far ahead of use durable is pushed
 	grewLead  bool  // lead already doubled since the last save
-	warned    bool  // ThresholdCrossed sent, not re-armed
-	seen      bool  // FirstTraffic sent
-	exhausted bool  // Exhausted sent, not re-armed by Extend
-	revoked   bool
-	inStore   bool           // a record of this session is in the store
-	saved     gateway.Record // what the store holds, when inStore
 	conns     map[*pconn]struct{}
 	wake      chan struct{} // closed when budget may have become available
-	last      time.Time     // last byte committed
 	idle      *time.Timer
 	idleArmed bool
 }
@@ -58,19 +49,15 @@ func (s *session) wakeLocked() {
 	}
 }
 
-func (s *session) event(k gateway.EventKind) {
-	s.p.emit(gateway.Event{Kind: k, SessionID: s.id, Used: s.used, Quota: s.quota})
-}
-
 // register adds a connection to the session, enforcing the per-session
 // limit; connections of exhausted or revoked sessions are refused.
 func (s *session) register(c *pconn) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	switch {
-	case s.revoked:
+	case s.m.Revoked():
 		return gateway.ErrRevoked
-	case s.used >= s.quota:
+	case s.m.Used() >= s.m.Quota():
 		return errExhausted
 	case len(s.conns) >= s.p.cfg.MaxConnsPerSession:
 		return errTooManyConns
@@ -84,7 +71,7 @@ func (s *session) unregister(c *pconn) {
 	defer s.mu.Unlock()
 	delete(s.conns, c)
 	if len(s.conns) == 0 {
-		s.lead = s.p.cfg.PersistAhead
+		s.m.ResetLead()
 	}
 }
 
@@ -94,27 +81,28 @@ func (s *session) unregister(c *pconn) {
 func (s *session) reserve(ctx context.Context, want int64) (int64, error) {
 	s.mu.Lock()
 	for {
-		if s.revoked {
+		m := s.m
+		if m.Revoked() {
 			s.mu.Unlock()
 			return 0, gateway.ErrRevoked
 		}
-		if s.used >= s.quota {
+		if m.Used() >= m.Quota() {
 			s.mu.Unlock()
 			return 0, errExhausted
 		}
-		inflight := s.used + s.reserved
-		if s.durable < s.quota && inflight+s.lead/2 >= s.durable {
+		inflight := m.Used() + s.reserved
+		if m.SaveDue(inflight) {
 			s.p.requestSave()
 		}
-		if avail := min(s.quota, s.durable) - inflight; avail > 0 {
+		if avail := m.Limit() - inflight; avail > 0 {
 			n := min(want, avail)
 			s.reserved += n
 			s.mu.Unlock()
 			return n, nil
 		}
-		if s.durable <= inflight && s.durable < s.quota && !s.grewLead {
+		if m.Durable() <= inflight && m.Durable() < m.Quota() && !s.grewLead {
 			// The store is slower than the traffic: save further ahead.
-			s.lead = min(2*s.lead, maxLeadFactor*s.p.cfg.PersistAhead)
+			m.GrowLead(2 * m.Lead())
 			s.grewLead = true
 		}
 		if s.wake == nil {
@@ -137,28 +125,22 @@ func (s *session) reserve(ctx context.Context, want int64) (int64, error) {
 func (s *session) commit(n, w int64) {
 	s.mu.Lock()
 	s.reserved -= n
-	s.used += w
 	if n > w {
 		s.wakeLocked()
 	}
 	var cut []*pconn
 	if w > 0 {
-		s.last = time.Now()
-		if !s.seen {
-			s.seen = true
-			s.event(gateway.FirstTraffic)
+		m := s.m
+		m.Advance(m.Used()+w, time.Now())
+		evs := m.Events()
+		for _, e := range evs {
+			if e.Kind == gateway.Exhausted {
+				s.wakeLocked()
+				cut = s.connsLocked()
+				s.p.requestSave()
+			}
 		}
-		if s.threshold > 0 && !s.warned && s.quota-s.used < s.threshold {
-			s.warned = true
-			s.event(gateway.ThresholdCrossed)
-		}
-		if s.used >= s.quota && !s.exhausted {
-			s.exhausted = true
-			s.event(gateway.Exhausted)
-			s.wakeLocked()
-			cut = s.connsLocked()
-			s.p.requestSave()
-		}
+		s.p.events.Emit(evs...)
 		s.armIdleLocked()
 	}
 	s.mu.Unlock()
@@ -177,7 +159,7 @@ func (s *session) connsLocked() []*pconn {
 
 // armIdleLocked makes sure the idle timer runs after traffic.
 func (s *session) armIdleLocked() {
-	if s.idleArmed || s.revoked {
+	if s.idleArmed || s.m.Revoked() {
 		return
 	}
 	s.idleArmed = true
@@ -192,26 +174,22 @@ func (s *session) armIdleLocked() {
 func (s *session) idleCheck() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if !s.idleArmed || s.revoked {
+	if !s.idleArmed || s.m.Revoked() {
 		return
 	}
-	if since := time.Since(s.last); since < s.p.cfg.IdleAfter {
-		s.idle.Reset(s.p.cfg.IdleAfter - since)
+	ev, ok, wait := s.m.IdleEvent(time.Now(), s.p.cfg.IdleAfter)
+	if wait > 0 {
+		s.idle.Reset(wait)
 		return
 	}
 	s.idleArmed = false
-	s.event(gateway.Idle)
+	if ok {
+		s.p.events.Emit(ev)
+	}
 }
 
-// recordLocked is what the store should hold now. With connections open it
-// saves lead bytes ahead of use; without, exact usage.
-func (s *session) recordLocked() gateway.Record {
-	bound := s.used + s.reserved
-	if len(s.conns) > 0 {
-		bound = max(s.durable, min(s.quota, bound+s.lead))
-	}
-	return gateway.Record{
-		SessionID: s.id, CredentialHash: s.hash, Quota: s.quota, Used: bound,
-		Threshold: s.threshold, Warned: s.warned,
-	}
+// addToSave adds the session's change to a save: with connections open,
+// the usage bound a lead ahead of use; without, exact usage.
+func (s *session) addToSave(b *gateway.SaveBatch) bool {
+	return b.Add(s.m, s.m.Used()+s.reserved, len(s.conns) > 0)
 }
