@@ -111,6 +111,13 @@ type Gateway interface {
 	Extend(ctx context.Context, sessionID string, bytes int64) error
 	// Revoke ends a session's access and cuts its live connections.
 	Revoke(ctx context.Context, sessionID string) error
+	// Acknowledge records the guest's signed count of the bytes it
+	// received (acked, only growing) and the session's credit window
+	// (> 0). From the first acknowledgment on, the gateway may hold the
+	// session to at most window bytes beyond its last acknowledgment;
+	// each gateway documents whether it does. It returns once the
+	// acknowledgment is durable.
+	Acknowledge(ctx context.Context, sessionID string, acked, window int64) error
 	// Usage returns the bytes a session has used and its quota.
 	Usage(sessionID string) (used, quota int64, err error)
 	// Events delivers metering events.
@@ -147,6 +154,10 @@ type Record struct {
 	Threshold int64
 	// Warned: ThresholdCrossed was sent and not re-armed since.
 	Warned bool
+	// Acked is the guest's highest acknowledged count of bytes received,
+	// and Window the credit window the gateway lets it run beyond that
+	// (0: the guest has not acknowledged; the session is not held).
+	Acked, Window int64
 }
 
 // Store keeps metering records across restarts. Implementations must make

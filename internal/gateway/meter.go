@@ -29,10 +29,14 @@ type MeterConfig struct {
 // the kernel gateway from polled counters) and calls the meter with the
 // new usage; the meter says what to send and what to save.
 //
-// Save-ahead invariant: a gateway lets bytes pass only below Limit(),
+// Save-ahead invariant: a gateway lets bytes pass only below Bound(),
 // which is never above Durable(), the usage bound the store last held
 // when a save returned. So after a crash the store's bound covers every
 // byte that passed.
+//
+// Credit window: from the guest's first acknowledgment on (Acknowledge),
+// Limit() also holds the session to at most the credit window beyond its
+// last acknowledged count; settlement bills no more than that anyway.
 type Meter struct {
 	cfg       MeterConfig
 	id        string
@@ -50,7 +54,9 @@ type Meter struct {
 	inStore   bool   // a record of this session is in the store
 	saved     Record // what the store holds, when inStore
 	last      time.Time
-	idleSent  bool // no byte since the last Idle (or since admission)
+	idleSent  bool  // no byte since the last Idle (or since admission)
+	acked     int64 // the guest's highest acknowledged count
+	window    int64 // the credit window beyond acked (0: no acknowledgment yet)
 }
 
 // NewMeter is the meter of a session admitted at now.
@@ -72,6 +78,7 @@ func RestoreMeter(cfg MeterConfig, r Record, used int64, now time.Time) *Meter {
 	used = min(used, r.Quota)
 	m.used, m.durable = used, max(r.Used, used)
 	m.warned = r.Warned
+	m.acked, m.window = r.Acked, r.Window
 	m.seen = used > 0
 	m.exhausted = used >= r.Quota
 	m.inStore, m.saved = true, r
@@ -107,9 +114,40 @@ func (m *Meter) Exhausted() bool { return m.exhausted }
 // restored, before that).
 func (m *Meter) Last() time.Time { return m.last }
 
-// Limit is the usage the gateway may let the session reach now:
-// min(quota, the saved bound).
-func (m *Meter) Limit() int64 { return min(m.quota, m.durable) }
+// Bound is the usage the session may reach by what was granted and what
+// the store holds: min(quota, the saved bound).
+func (m *Meter) Bound() int64 { return min(m.quota, m.durable) }
+
+// Limit is the usage the gateway may let the session reach now: Bound,
+// and, once the guest has acknowledged, at most the credit window beyond
+// its last acknowledgment.
+func (m *Meter) Limit() int64 {
+	b := m.Bound()
+	if m.window > 0 {
+		b = min(b, m.acked+min(m.window, math.MaxInt64-m.acked))
+	}
+	return b
+}
+
+// Acked returns the guest's highest acknowledged count and the credit
+// window (0, 0 before the first acknowledgment).
+func (m *Meter) Acked() (acked, window int64) { return m.acked, m.window }
+
+// Acknowledge records the guest's acknowledgment of acked bytes received
+// and the session's credit window (> 0): acked only grows, the window is
+// the latest given. It reports whether Limit rose. The caller saves before
+// it reports the acknowledgment recorded.
+func (m *Meter) Acknowledge(acked, window int64) (raised bool, err error) {
+	switch {
+	case m.revoked:
+		return false, ErrRevoked
+	case acked < 0 || window <= 0:
+		return false, fmt.Errorf("acknowledged %d bytes with a window of %d: %w", acked, window, ErrInvalid)
+	}
+	before := m.Limit()
+	m.acked, m.window = max(m.acked, acked), window
+	return m.Limit() > before, nil
+}
 
 // CheckAdmit says whether admitting the session again with a code whose
 // hash is hash is a no-op (nil), or refused: ErrRevoked, ErrSessionExists.
@@ -249,7 +287,7 @@ func (m *Meter) record(inflight int64, ahead bool) Record {
 		bound = max(m.durable, min(m.quota, inflight+m.lead))
 	}
 	return Record{SessionID: m.id, CredentialHash: m.hash, Quota: m.quota, Used: bound,
-		Threshold: m.threshold, Warned: m.warned}
+		Threshold: m.threshold, Warned: m.warned, Acked: m.acked, Window: m.window}
 }
 
 // SaveBatch is one save of a gateway's meters: Add each meter (under the

@@ -357,3 +357,68 @@ func TestMeterIdle(t *testing.T) {
 		t.Error("Idle twice for one idle period")
 	}
 }
+
+// TestMeterCreditWindow: no limit before the first acknowledgment; then at
+// most window beyond the highest one, within the quota and the saved bound.
+func TestMeterCreditWindow(t *testing.T) {
+	cfg := MeterConfig{Persist: true, PersistAhead: 1000}
+	type ack struct{ acked, window int64 }
+	for _, tc := range []struct {
+		name       string
+		durable    int64 // the saved bound
+		acks       []ack
+		wantLimit  int64
+		wantRaised []bool
+		wantAcked  int64
+	}{
+		{"none", 5000, nil, 5000, nil, 0},
+		{"one", 5000, []ack{{1000, 500}}, 1500, []bool{false}, 1000},
+		{"higher raises", 5000, []ack{{1000, 500}, {2000, 500}}, 2500, []bool{false, true}, 2000},
+		{"lower changes nothing", 5000, []ack{{2000, 500}, {1000, 500}}, 2500, []bool{false, false}, 2000},
+		{"the latest window", 5000, []ack{{2000, 500}, {2000, 800}}, 2800, []bool{false, true}, 2000},
+		{"saved bound first", 2000, []ack{{1800, 500}}, 2000, []bool{false}, 1800},
+		{"quota first", 1e9, []ack{{9900, 500}}, 10000, []bool{false}, 9900},
+		{"no overflow", 5000, []ack{{math.MaxInt64 - 10, 500}}, 5000, []bool{false}, math.MaxInt64 - 10},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := RestoreMeter(cfg, Record{SessionID: "s", Quota: 10000, Used: tc.durable}, 0, t0)
+			for i, a := range tc.acks {
+				raised, err := m.Acknowledge(a.acked, a.window)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if raised != tc.wantRaised[i] {
+					t.Errorf("ack %d: raised %v", i, raised)
+				}
+			}
+			if got := m.Limit(); got != tc.wantLimit {
+				t.Errorf("Limit = %d, want %d", got, tc.wantLimit)
+			}
+			if acked, _ := m.Acked(); acked != tc.wantAcked {
+				t.Errorf("Acked = %d, want %d", acked, tc.wantAcked)
+			}
+			if m.Bound() != min(tc.durable, 10000) {
+				t.Errorf("Bound = %d: the window is not part of it", m.Bound())
+			}
+			// The record carries it, and a restored meter holds the same.
+			var b SaveBatch
+			b.Add(m, m.Used(), false)
+			if b.Len() == 1 {
+				r := RestoreMeter(cfg, b.items[0].rec, 0, t0)
+				if r.Limit() != min(m.Limit(), r.Bound()) || r.acked != m.acked || r.window != m.window {
+					t.Errorf("restored: limit %d acked %d window %d", r.Limit(), r.acked, r.window)
+				}
+			}
+		})
+	}
+	m := NewMeter(cfg, "s", [32]byte{}, 100, 0, t0)
+	for _, bad := range []ack{{-1, 10}, {10, 0}, {10, -1}} {
+		if _, err := m.Acknowledge(bad.acked, bad.window); !errors.Is(err, ErrInvalid) {
+			t.Errorf("Acknowledge(%d, %d) = %v", bad.acked, bad.window, err)
+		}
+	}
+	m.Revoke()
+	if _, err := m.Acknowledge(10, 10); !errors.Is(err, ErrRevoked) {
+		t.Errorf("after Revoke: %v", err)
+	}
+}

@@ -336,6 +336,30 @@ func (p *Proxy) Extend(ctx context.Context, sessionID string, bytes int64) error
 	return nil
 }
 
+// Acknowledge implements gateway.Gateway. From a session's first
+// acknowledgment on, its copy steps reserve no budget beyond acked +
+// window: its connections stall (their reads wait, nothing is closed)
+// until a higher acknowledgment arrives.
+func (p *Proxy) Acknowledge(ctx context.Context, sessionID string, acked, window int64) error {
+	s, err := p.session(sessionID)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	raised, err := s.m.Acknowledge(acked, window)
+	if raised {
+		s.wakeLocked()
+	}
+	s.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("proxy: acknowledge %s: %w", sessionID, err)
+	}
+	if err := p.save(); err != nil {
+		return fmt.Errorf("proxy: acknowledge %s: %w", sessionID, err)
+	}
+	return nil
+}
+
 // Revoke implements gateway.Gateway. The session's usage stays readable
 // through Usage until the process ends; the store forgets it.
 func (p *Proxy) Revoke(ctx context.Context, sessionID string) error {
