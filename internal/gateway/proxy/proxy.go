@@ -35,6 +35,7 @@ const (
 	DefaultMaxHandshakes        = 256
 	DefaultMaxHandshakesPerAddr = 32
 	DefaultPersistAhead         = 256 << 10
+	DefaultGrace                = time.Minute
 )
 
 const (
@@ -100,6 +101,10 @@ type Config struct {
 	// PersistAhead is the initial lead of the usage bound saved ahead of
 	// use; see the package documentation.
 	PersistAhead int64
+	// Grace is how long a session that used up its quota keeps its
+	// connections, stalled, for a top-up (Extend) to resume them; then
+	// they are closed. Negative: they are closed at once.
+	Grace time.Duration
 	// AllowDestination says whether guests may connect to an address;
 	// default DefaultDestinations, and then also none of this machine's
 	// own addresses, on any port (read from its interfaces on every dial,
@@ -199,6 +204,7 @@ func New(cfg Config) (*Proxy, error) {
 	setDefault(&cfg.MaxConns, DefaultMaxConns)
 	setDefault(&cfg.MaxConnsPerSession, DefaultMaxConnsPerSession)
 	setDefault(&cfg.PersistAhead, DefaultPersistAhead)
+	setDefault(&cfg.Grace, DefaultGrace)
 	refuseOwn := cfg.AllowDestination == nil
 	if refuseOwn {
 		cfg.AllowDestination = DefaultDestinations
@@ -333,6 +339,10 @@ func (p *Proxy) Extend(ctx context.Context, sessionID string, bytes int64) error
 		s.mu.Unlock()
 		return fmt.Errorf("proxy: extend %s: %w", sessionID, err)
 	}
+	// Durable: connections held since the session ran out go on.
+	s.mu.Lock()
+	s.releaseLocked()
+	s.mu.Unlock()
 	return nil
 }
 
@@ -369,6 +379,7 @@ func (p *Proxy) Revoke(ctx context.Context, sessionID string) error {
 	}
 	s.mu.Lock()
 	s.m.Revoke()
+	s.holding = false
 	cut := s.connsLocked()
 	s.wakeLocked()
 	if s.idle != nil {

@@ -39,6 +39,8 @@ type session struct {
 	wake      chan struct{} // closed when budget may have become available
 	idle      *time.Timer
 	idleArmed bool
+	holding   bool        // ran out: connections held (stalled) for the grace period
+	grace     *time.Timer // ends the hold
 }
 
 // wakeLocked wakes the connections waiting for budget.
@@ -76,8 +78,8 @@ func (s *session) unregister(c *pconn) {
 }
 
 // reserve blocks until it can reserve between 1 and want bytes of budget,
-// and returns how many. It fails once the session is exhausted or revoked,
-// or when ctx ends.
+// and returns how many. It fails once the session is revoked, or exhausted
+// and not held for a top-up, or when ctx ends.
 func (s *session) reserve(ctx context.Context, want int64) (int64, error) {
 	s.mu.Lock()
 	for {
@@ -86,7 +88,7 @@ func (s *session) reserve(ctx context.Context, want int64) (int64, error) {
 			s.mu.Unlock()
 			return 0, gateway.ErrRevoked
 		}
-		if m.Used() >= m.Quota() {
+		if m.Used() >= m.Quota() && !s.holding {
 			s.mu.Unlock()
 			return 0, errExhausted
 		}
@@ -120,8 +122,9 @@ func (s *session) reserve(ctx context.Context, want int64) (int64, error) {
 }
 
 // commit settles a reservation of n bytes of which w were written, and
-// sends the events the new usage calls for. When usage reaches the quota it
-// closes every connection of the session.
+// sends the events the new usage calls for. When usage reaches the quota
+// the session's connections are held for the grace period (their copy
+// steps wait), then closed unless an Extend came first.
 func (s *session) commit(n, w int64) {
 	s.mu.Lock()
 	s.reserved -= n
@@ -135,9 +138,8 @@ func (s *session) commit(n, w int64) {
 		evs := m.Events()
 		for _, e := range evs {
 			if e.Kind == gateway.Exhausted {
-				s.wakeLocked()
-				cut = s.connsLocked()
 				s.p.requestSave()
+				cut = s.holdLocked()
 			}
 		}
 		s.p.events.Emit(evs...)
@@ -147,6 +149,50 @@ func (s *session) commit(n, w int64) {
 	for _, c := range cut {
 		c.close()
 	}
+}
+
+// holdLocked starts the grace period of a session that ran out, or, with
+// none, returns its connections for closing.
+func (s *session) holdLocked() (cut []*pconn) {
+	grace := s.p.cfg.Grace
+	if grace <= 0 {
+		s.wakeLocked()
+		return s.connsLocked()
+	}
+	s.holding = true
+	if s.grace == nil {
+		s.grace = time.AfterFunc(grace, s.graceOver)
+	} else {
+		s.grace.Reset(grace)
+	}
+	return nil
+}
+
+// graceOver closes the connections of a session still held when its
+// grace period ends.
+func (s *session) graceOver() {
+	s.mu.Lock()
+	if !s.holding {
+		s.mu.Unlock()
+		return
+	}
+	s.holding = false
+	s.wakeLocked()
+	cut := s.connsLocked()
+	s.mu.Unlock()
+	for _, c := range cut {
+		c.close()
+	}
+}
+
+// releaseLocked ends a hold once the session has volume again.
+func (s *session) releaseLocked() {
+	if !s.holding || s.m.Used() >= s.m.Quota() {
+		return
+	}
+	s.holding = false
+	s.grace.Stop()
+	s.wakeLocked()
 }
 
 func (s *session) connsLocked() []*pconn {
