@@ -58,7 +58,9 @@ type EventKind int
 const (
 	// ThresholdCrossed: the remaining volume fell below the session's
 	// Threshold. Sent once per crossing: again only after an Extend has
-	// lifted the remaining volume back to at least Threshold.
+	// lifted the remaining volume back to at least Threshold. It may also
+	// come once before, when at the session's current rate what is left
+	// would last less than a top-up takes (Used and Quota tell which).
 	ThresholdCrossed EventKind = iota + 1
 	// Exhausted: used reached quota; the session's connections are closed
 	// and new ones refused until an Extend.

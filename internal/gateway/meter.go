@@ -17,6 +17,40 @@ type MeterConfig struct {
 	PersistAhead int64
 	// MaxLead bounds the lead as it grows (at least PersistAhead).
 	MaxLead int64
+	// LeadTime, if set, keeps the lead at least this long's worth of the
+	// session's current rate: the saved bound stays ahead of a transfer
+	// without the transfer first having to wait for the store.
+	LeadTime time.Duration
+	// TopUpTime is how long a top-up takes, from the prompt to the new
+	// volume at the gateway: ThresholdCrossed comes when what is left would
+	// last less than that at the session's current rate, if that is
+	// before the threshold. 0: at the threshold only.
+	TopUpTime time.Duration
+	// Sampling is how long the gateway may take to see bytes that moved
+	// (the kernel gateway's poll interval; 0 for the proxy, which sees
+	// each copy step as it ends). The rate is measured with it in mind.
+	Sampling time.Duration
+}
+
+// DefaultTopUpTime is the time a top-up takes unless a gateway is told
+// otherwise: the guest answers the prompt (or its client does), pays, the
+// host grants, the gateway raises the quota.
+const DefaultTopUpTime = 5 * time.Second
+
+// The session's rate is the bytes of about the last rateWindow, from
+// samples of its usage kept rateSpacing apart. A pause of ratePause
+// starts the measure afresh, so a transfer after a pause is not taken
+// for a slow one.
+const (
+	rateWindow  = time.Second
+	rateSpacing = rateWindow / 8
+	ratePause   = rateWindow / 2
+	rateSamples = int(rateWindow/rateSpacing) + 1
+)
+
+type usageSample struct {
+	at   time.Time
+	used int64
 }
 
 // Meter is one session's metering state, the part both gateways share: the
@@ -47,16 +81,19 @@ type Meter struct {
 	used      int64
 	durable   int64 // the usage bound saved (math.MaxInt64 without a store)
 	lead      int64 // how far ahead of use the saved bound is pushed
-	warned    bool  // ThresholdCrossed sent, not re-armed
+	warned    bool  // ThresholdCrossed sent at the threshold, not re-armed
+	early     bool  // ThresholdCrossed sent before the threshold, by the rate
 	seen      bool  // FirstTraffic sent
 	exhausted bool  // Exhausted sent, not re-armed by Extend
 	revoked   bool
 	inStore   bool   // a record of this session is in the store
 	saved     Record // what the store holds, when inStore
 	last      time.Time
-	idleSent  bool  // no byte since the last Idle (or since admission)
-	acked     int64 // the guest's highest acknowledged count
-	window    int64 // the credit window beyond acked (0: no acknowledgment yet)
+	idleSent  bool          // no byte since the last Idle (or since admission)
+	acked     int64         // the guest's highest acknowledged count
+	window    int64         // the credit window beyond acked (0: no acknowledgment yet)
+	samples   []usageSample // oldest first, at most rateSamples
+	rate      float64       // bytes per second, as of the last movement
 }
 
 // NewMeter is the meter of a session admitted at now.
@@ -176,7 +213,7 @@ func (m *Meter) Extend(bytes int64) error {
 		m.exhausted = false
 	}
 	if m.quota-m.used >= m.threshold {
-		m.warned = false
+		m.warned, m.early = false, false
 	}
 	return nil
 }
@@ -195,29 +232,80 @@ func (m *Meter) UndoExtend(bytes int64) {
 func (m *Meter) Revoke() { m.revoked = true }
 
 // Advance raises the usage to used (it never goes down) at now and returns
-// by how much it grew. It sends nothing; Events does.
+// by how much it grew. It measures the session's rate and grows the lead
+// with it (LeadTime). It sends nothing; Events does.
 func (m *Meter) Advance(used int64, now time.Time) (moved int64) {
 	if used <= m.used {
 		return 0
 	}
 	moved = used - m.used
+	m.measure(m.used, used, now)
 	m.used = used
 	m.last, m.idleSent = now, false
+	if m.cfg.LeadTime > 0 {
+		m.GrowLead(m.leadForRate())
+	}
 	return moved
 }
 
-// Events returns the events the usage calls for, each once: FirstTraffic
-// on the first byte, ThresholdCrossed when the remaining volume falls
-// below the threshold (0: never), Exhausted when used reaches the quota.
+// measure updates the rate with usage going from prev to used at now.
+func (m *Meter) measure(prev, used int64, now time.Time) {
+	if len(m.samples) == 0 || now.Sub(m.last) > ratePause {
+		// Moving again (or for the first time). A gateway that polls saw
+		// these bytes within one sampling interval, and not before the
+		// last movement: the measure starts there. One that sees every
+		// step as it ends cannot tell how long this one took: the measure
+		// starts after it.
+		base := usageSample{now, used}
+		if m.cfg.Sampling > 0 {
+			base = usageSample{now.Add(-m.cfg.Sampling), prev}
+			if base.at.Before(m.last) {
+				base.at = m.last
+			}
+		}
+		m.samples = append(m.samples[:0], base)
+	}
+	if now.Sub(m.samples[len(m.samples)-1].at) >= rateSpacing {
+		if len(m.samples) == rateSamples {
+			m.samples = append(m.samples[:0], m.samples[1:]...)
+		}
+		m.samples = append(m.samples, usageSample{now, used})
+	}
+	base := m.samples[0]
+	span := max(now.Sub(base.at), rateSpacing)
+	m.rate = float64(used-base.used) / span.Seconds()
+}
+
+// Rate is the session's rate in bytes per second (both directions), as
+// measured over about the last second when its usage last grew.
+func (m *Meter) Rate() float64 { return m.rate }
+
+// leadForRate is LeadTime's worth of the current rate.
+func (m *Meter) leadForRate() int64 {
+	return int64(min(m.rate*m.cfg.LeadTime.Seconds(), math.MaxInt64/2))
+}
+
+// Events returns the events the usage calls for: FirstTraffic on the
+// first byte; ThresholdCrossed when the remaining volume falls below the
+// threshold, and once before that if at the current rate it would last
+// less than a top-up takes (TopUpTime) — never with a threshold of 0;
+// Exhausted when used reaches the quota. Each once until Extend re-arms
+// it.
 func (m *Meter) Events() []Event {
 	var evs []Event
 	if m.used > 0 && !m.seen {
 		m.seen = true
 		evs = append(evs, m.event(FirstTraffic))
 	}
-	if m.threshold > 0 && !m.warned && m.quota-m.used < m.threshold {
-		m.warned = true
-		evs = append(evs, m.event(ThresholdCrossed))
+	if left := m.quota - m.used; m.threshold > 0 && !m.warned {
+		switch {
+		case left < m.threshold:
+			m.warned = true
+			evs = append(evs, m.event(ThresholdCrossed))
+		case !m.early && float64(left) < m.rate*m.cfg.TopUpTime.Seconds():
+			m.early = true
+			evs = append(evs, m.event(ThresholdCrossed))
+		}
 	}
 	if m.used >= m.quota {
 		evs = append(evs, m.Exhaust()...)
@@ -266,8 +354,14 @@ func (m *Meter) GrowLead(to int64) {
 	m.lead = min(max(m.lead, to), max(m.cfg.MaxLead, m.cfg.PersistAhead))
 }
 
-// ResetLead brings the lead back to PersistAhead.
-func (m *Meter) ResetLead() { m.lead = m.cfg.PersistAhead }
+// ResetLead brings the lead back to PersistAhead, or to what the current
+// rate needs (LeadTime), if more.
+func (m *Meter) ResetLead() {
+	m.lead = m.cfg.PersistAhead
+	if m.cfg.LeadTime > 0 {
+		m.GrowLead(m.leadForRate())
+	}
+}
 
 // Lower brings the saved bound down to bound, which the gateway has made
 // sure no byte can pass (the kernel gateway lowers its limit first); the

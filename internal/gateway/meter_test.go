@@ -422,3 +422,201 @@ func TestMeterCreditWindow(t *testing.T) {
 		t.Errorf("after Revoke: %v", err)
 	}
 }
+
+// flow drives a meter with a steady transfer on a fake clock: every dt,
+// rate×dt bytes (as far as Limit lets them), until stop says so.
+type flow struct {
+	m    *Meter
+	now  time.Time
+	rate int64 // bytes per second
+	dt   time.Duration
+}
+
+// run moves bytes until stop returns true or d has passed, and returns the
+// first ThresholdCrossed event seen (Kind 0: none).
+func (f *flow) run(d time.Duration, stop func(Event) bool) Event {
+	end := f.now.Add(d)
+	for f.now.Before(end) {
+		f.now = f.now.Add(f.dt)
+		step := f.rate * int64(f.dt) / int64(time.Second)
+		f.m.Advance(min(f.m.Used()+step, f.m.Limit()), f.now)
+		for _, e := range f.m.Events() {
+			if e.Kind == ThresholdCrossed && stop(e) {
+				return e
+			}
+		}
+	}
+	return Event{}
+}
+
+func anyEvent(Event) bool { return true }
+
+// TestMeterEarlyPrompt: ThresholdCrossed comes when what is left would last
+// less than a top-up takes at the session's current rate, or at the
+// threshold, whichever is first.
+func TestMeterEarlyPrompt(t *testing.T) {
+	const (
+		MB   = 1_000_000
+		T    = 5 * time.Second
+		warn = 1 * MB
+	)
+	for _, tc := range []struct {
+		name      string
+		cfg       MeterConfig
+		quota     int64
+		rate      int64
+		dt        time.Duration
+		pause     time.Duration // after 2 s of traffic, then the same rate again
+		wantLeft  int64         // the prompt comes once less than this is left...
+		tolerance int64         // ...within this many bytes
+	}{
+		{"fast: five seconds of traffic before the end", MeterConfig{TopUpTime: T}, 200 * MB, 10 * MB, 10 * time.Millisecond, 0, 50 * MB, 100_000},
+		{"slow: at the threshold", MeterConfig{TopUpTime: T}, 10 * MB, 100_000, 10 * time.Millisecond, 0, warn, 1000},
+		{"no top-up time: at the threshold", MeterConfig{}, 200 * MB, 10 * MB, 10 * time.Millisecond, 0, warn, 100_000},
+		{"polled every 100 ms", MeterConfig{TopUpTime: T, Sampling: 100 * time.Millisecond}, 200 * MB, 10 * MB, 100 * time.Millisecond, 0, 50 * MB, MB},
+		// 20 MB before the pause leave 55 MB; 5 MB after it, what is left
+		// lasts less than five seconds at 10 MB/s: the prompt comes then,
+		// with the rate measured since the pause, not over a second that
+		// holds most of the pause (that prompt would come 0.6 s late).
+		{"after a pause, measured afresh", MeterConfig{TopUpTime: T}, 75 * MB, 10 * MB, 10 * time.Millisecond, 10 * time.Second, 50 * MB, 100_000},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := NewMeter(tc.cfg, "s", [32]byte{}, tc.quota, warn, t0)
+			f := &flow{m: m, now: t0, rate: tc.rate, dt: tc.dt}
+			if tc.pause > 0 {
+				if e := f.run(2*time.Second, anyEvent); e.Kind != 0 {
+					t.Fatalf("prompt before the pause: %+v", e)
+				}
+				f.now = f.now.Add(tc.pause)
+			}
+			e := f.run(time.Hour, anyEvent)
+			if e.Kind == 0 {
+				t.Fatal("no prompt")
+			}
+			if left := e.Quota - e.Used; left >= tc.wantLeft || left < tc.wantLeft-tc.tolerance {
+				t.Errorf("prompt with %d left, want just under %d (rate %.0f B/s)", left, tc.wantLeft, m.Rate())
+			}
+		})
+	}
+	t.Run("threshold 0: never", func(t *testing.T) {
+		m := NewMeter(MeterConfig{TopUpTime: T}, "s", [32]byte{}, 100*MB, 0, t0)
+		if e := (&flow{m: m, now: t0, rate: 10 * MB, dt: 10 * time.Millisecond}).run(time.Minute, anyEvent); e.Kind != 0 {
+			t.Errorf("prompt %+v", e)
+		}
+	})
+	t.Run("early, then at the threshold, once each", func(t *testing.T) {
+		m := NewMeter(MeterConfig{TopUpTime: T}, "s", [32]byte{}, 100*MB, warn, t0)
+		f := &flow{m: m, now: t0, rate: 10 * MB, dt: 10 * time.Millisecond}
+		var got []int64
+		f.run(time.Hour, func(e Event) bool { got = append(got, e.Quota-e.Used); return false })
+		if len(got) != 2 || got[0] >= 50*MB || got[0] < 49*MB || got[1] >= warn {
+			t.Errorf("prompts with %v left, want one just under 50 MB and one under 1 MB", got)
+		}
+	})
+	t.Run("a top-up that does not last a top-up time prompts again", func(t *testing.T) {
+		m := NewMeter(MeterConfig{TopUpTime: T}, "s", [32]byte{}, 100*MB, warn, t0)
+		f := &flow{m: m, now: t0, rate: 10 * MB, dt: 10 * time.Millisecond}
+		if e := f.run(time.Hour, anyEvent); e.Quota-e.Used >= 50*MB {
+			t.Fatalf("first prompt %+v", e)
+		}
+		if err := m.Extend(5 * MB); err != nil { // ~55 MB left: re-armed, and lasting 5.5 s
+			t.Fatal(err)
+		}
+		if evs := m.Events(); len(evs) != 0 {
+			t.Fatalf("events right after the top-up: %v", evs)
+		}
+		e := f.run(time.Hour, anyEvent)
+		if left := e.Quota - e.Used; e.Quota != 105*MB || left >= 50*MB || left < 49*MB {
+			t.Errorf("second prompt %+v", e)
+		}
+	})
+}
+
+// TestMeterLeadKeepsAhead: with LeadTime the saved bound stays ahead of a
+// steady transfer — through connections that come and go, each bringing
+// the lead back to PersistAhead in the proxy — so the transfer never waits
+// for the store on its way to the threshold. Growing the lead only when a
+// transfer already waits (no LeadTime, as the proxy did) makes it wait
+// after every new connection.
+func TestMeterLeadKeepsAhead(t *testing.T) {
+	const (
+		MB      = 1_000_000
+		rate    = 40 * MB // bytes per second
+		dt      = time.Millisecond
+		saveLag = 50 * time.Millisecond // a slow disk
+		churn   = 200 * time.Millisecond
+		warmUp  = rateWindow // the rate is measured by then
+	)
+	for _, tc := range []struct {
+		name       string
+		leadTime   time.Duration
+		wantPauses bool
+	}{
+		{"lead follows the rate", 250 * time.Millisecond, false},
+		{"lead grows only when waiting", 0, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := MeterConfig{Persist: true, PersistAhead: 256 << 10, MaxLead: 64 << 20, LeadTime: tc.leadTime, TopUpTime: 5 * time.Second}
+			st := &memStore{}
+			m := NewMeter(cfg, "s", [32]byte{}, 1000*MB, MB, t0)
+			if err := save(t, st, 0, false, m); err != nil {
+				t.Fatal(err)
+			}
+			var (
+				now      = t0
+				saving   *SaveBatch
+				savedAt  time.Time
+				grewLead bool
+				pauses   int
+				prompt   Event
+			)
+			for step := 0; prompt.Kind == 0; step++ {
+				now = now.Add(dt)
+				if saving != nil && !now.Before(savedAt) {
+					if err := saving.Write(st); err != nil {
+						t.Fatal(err)
+					}
+					saving.Done(0)
+					saving, grewLead = nil, false
+				}
+				if now.Sub(t0)%churn == 0 {
+					m.ResetLead() // the last connection closed, a new one opens
+				}
+				want := m.Used() + rate*int64(dt)/int64(time.Second)
+				if m.SaveDue(m.Used()) && saving == nil {
+					saving = &SaveBatch{}
+					saving.Add(m, m.Used(), true)
+					savedAt = now.Add(saveLag)
+				}
+				got := min(want, m.Limit())
+				if got < want {
+					if now.Sub(t0) > warmUp {
+						if pauses++; pauses <= 3 && !tc.wantPauses {
+							t.Logf("waited at %v: used %d, saved %d, lead %d, rate %.0f B/s", now.Sub(t0), m.Used(), m.Durable(), m.Lead(), m.Rate())
+						}
+					}
+					if m.Durable() <= got && !grewLead {
+						m.GrowLead(2 * m.Lead())
+						grewLead = true
+					}
+				}
+				m.Advance(got, now)
+				for _, e := range m.Events() {
+					if e.Kind == ThresholdCrossed {
+						prompt = e
+					}
+				}
+				if step > 100_000 {
+					t.Fatal("no prompt")
+				}
+			}
+			if (pauses > 0) != tc.wantPauses {
+				t.Errorf("%d steps waited for the store after the first %v", pauses, warmUp)
+			}
+			if left := prompt.Quota - prompt.Used; !tc.wantPauses && (left >= 200*MB || left < 199*MB) {
+				t.Errorf("prompt with %d left, want just under 200 MB (5 s at 40 MB/s)", left)
+			}
+			t.Logf("%d steps waited; lead %d; prompt with %d left", pauses, m.Lead(), prompt.Quota-prompt.Used)
+		})
+	}
+}

@@ -105,12 +105,14 @@ func New(cfg Config) (*Gateway, error) {
 	setDefault(&cfg.IdleAfter, DefaultIdleAfter)
 	setDefault(&cfg.PersistAhead, DefaultPersistAhead)
 	setDefault(&cfg.MaxBindings, DefaultMaxBindings)
+	setDefault(&cfg.TopUpTime, gateway.DefaultTopUpTime)
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
 	g := &Gateway{cfg: cfg, log: cfg.Log, store: cfg.Store,
 		sessions: map[string]*session{}, byAddr: map[netip.Addr]*session{}, events: gateway.NewEventQueue(64),
-		meter: gateway.MeterConfig{Persist: cfg.Store != nil, PersistAhead: cfg.PersistAhead, MaxLead: maxLeadFactor * cfg.PersistAhead}}
+		meter: gateway.MeterConfig{Persist: cfg.Store != nil, PersistAhead: cfg.PersistAhead, MaxLead: maxLeadFactor * cfg.PersistAhead,
+			TopUpTime: max(cfg.TopUpTime, 0), Sampling: cfg.PollInterval}}
 	rand.Read(g.dummy[:])
 	ok := false
 	defer func() {

@@ -41,6 +41,10 @@ const (
 const (
 	// maxLeadFactor bounds the save-ahead lead at this many PersistAhead.
 	maxLeadFactor = 256
+	// leadTime: the save-ahead lead is kept at least this long's worth of
+	// a session's current rate, so a save is asked for half of it (125 ms
+	// of traffic) before the transfer would reach the saved bound.
+	leadTime = 250 * time.Millisecond
 	// copyChunk is the largest reservation of one splice step.
 	copyChunk = 256 << 10
 	// bufSize is the buffer of the userspace copy.
@@ -101,6 +105,11 @@ type Config struct {
 	// PersistAhead is the initial lead of the usage bound saved ahead of
 	// use; see the package documentation.
 	PersistAhead int64
+	// TopUpTime is how long a top-up takes: ThresholdCrossed comes when a
+	// session's remaining volume would last less than that at its current
+	// rate, if that is before its threshold. Default
+	// gateway.DefaultTopUpTime; negative: at the threshold only.
+	TopUpTime time.Duration
 	// Grace is how long a session that used up its quota keeps its
 	// connections, stalled, for a top-up (Extend) to resume them; then
 	// they are closed. Negative: they are closed at once.
@@ -205,6 +214,7 @@ func New(cfg Config) (*Proxy, error) {
 	setDefault(&cfg.MaxConnsPerSession, DefaultMaxConnsPerSession)
 	setDefault(&cfg.PersistAhead, DefaultPersistAhead)
 	setDefault(&cfg.Grace, DefaultGrace)
+	setDefault(&cfg.TopUpTime, gateway.DefaultTopUpTime)
 	refuseOwn := cfg.AllowDestination == nil
 	if refuseOwn {
 		cfg.AllowDestination = DefaultDestinations
@@ -219,7 +229,8 @@ func New(cfg Config) (*Proxy, error) {
 		cfg: cfg, log: cfg.Log, store: cfg.Store, epoch: time.Now(), refuseOwn: refuseOwn,
 		sessions: map[string]*session{}, conns: map[*pconn]struct{}{}, pending: list.New(), perAddr: map[netip.Addr]int{},
 		events: gateway.NewEventQueue(64), saveReq: make(chan struct{}, 1),
-		meter: gateway.MeterConfig{Persist: cfg.Store != nil, PersistAhead: cfg.PersistAhead, MaxLead: maxLeadFactor * cfg.PersistAhead},
+		meter: gateway.MeterConfig{Persist: cfg.Store != nil, PersistAhead: cfg.PersistAhead, MaxLead: maxLeadFactor * cfg.PersistAhead,
+			LeadTime: leadTime, TopUpTime: max(cfg.TopUpTime, 0)},
 	}
 	rand.Read(p.dummy[:])
 	p.dialer = net.Dialer{Timeout: cfg.DialTimeout, ControlContext: p.control}
