@@ -570,7 +570,8 @@ func TestMeterLeadKeepsAhead(t *testing.T) {
 				pauses   int
 				prompt   Event
 			)
-			for step := 0; prompt.Kind == 0; step++ {
+			step := 0
+			for ; prompt.Kind == 0; step++ {
 				now = now.Add(dt)
 				if saving != nil && !now.Before(savedAt) {
 					if err := saving.Write(st); err != nil {
@@ -616,7 +617,7 @@ func TestMeterLeadKeepsAhead(t *testing.T) {
 			if left := prompt.Quota - prompt.Used; !tc.wantPauses && (left >= 200*MB || left < 199*MB) {
 				t.Errorf("prompt with %d left, want just under 200 MB (5 s at 40 MB/s)", left)
 			}
-			t.Logf("%d steps waited; lead %d; prompt with %d left", pauses, m.Lead(), prompt.Quota-prompt.Used)
+			t.Logf("%d of %d steps waited; lead %d; prompt with %d left", pauses, step, m.Lead(), prompt.Quota-prompt.Used)
 		})
 	}
 }
