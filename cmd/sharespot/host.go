@@ -28,21 +28,22 @@ import (
 // ShareCmd is the host: register the hotspot, run the gateway, sell data.
 type ShareCmd struct {
 	deviceFlags
-	SSID       string `required:"" help:"The access point's SSID (as guests see it)."`
-	BSSID      string `help:"The access point's BSSID (aa:bb:cc:dd:ee:ff); read from the interface with --hotspot or --iface."`
-	Security   string `default:"wpa2" enum:"open,wep,wpa,wpa2,wpa3,owe" help:"The access point's security."`
-	Currency   string `default:"EUR" help:"ISO 4217 currency of the tariff."`
-	Price      int64  `required:"" help:"Price in minor units (cents) per --unit of data."`
-	TopUpPrice int64  `name:"topup-price" help:"Top-up price per --unit (default: --price)."`
-	Unit       string `type:"size" default:"1MB" help:"The priced unit of data."`
-	Min        string `type:"size" default:"10MB" help:"The smallest first purchase."`
-	Share      string `type:"size" required:"" help:"How much data to share in all, e.g. 2GB."`
-	Warn       string `type:"size" default:"5MB" help:"Prompt a guest when less than this is left (C1.9)."`
-	Listen     string `default:"0.0.0.0:1080" help:"Where the userspace gateway (SOCKS5 + HTTP CONNECT) listens for guests."`
-	Advertise  string `help:"host:port guests are told to use (default: the listen address)."`
-	Ask        bool   `help:"Ask before accepting each guest (default: accept every request at the tariff)."`
-	State      string `help:"Directory for the host's persisted state (gateway usage, inbox cursor)." placeholder:"DIR"`
-	AllowLocal bool   `help:"Let guests reach this machine's own addresses, loopback included (only for trying Sharespot on one machine)."`
+	SSID       string        `required:"" help:"The access point's SSID (as guests see it)."`
+	BSSID      string        `help:"The access point's BSSID (aa:bb:cc:dd:ee:ff); read from the interface with --hotspot or --iface."`
+	Security   string        `default:"wpa2" enum:"open,wep,wpa,wpa2,wpa3,owe" help:"The access point's security."`
+	Currency   string        `default:"EUR" help:"ISO 4217 currency of the tariff."`
+	Price      int64         `required:"" help:"Price in minor units (cents) per --unit of data."`
+	TopUpPrice int64         `name:"topup-price" help:"Top-up price per --unit (default: --price)."`
+	Unit       string        `type:"size" default:"1MB" help:"The priced unit of data."`
+	Min        string        `type:"size" default:"10MB" help:"The smallest first purchase."`
+	Share      string        `type:"size" required:"" help:"How much data to share in all, e.g. 2GB."`
+	Warn       string        `type:"size" default:"5MB" help:"Prompt a guest when less than this is left (C1.9)."`
+	Listen     string        `default:"0.0.0.0:1080" help:"Where the userspace gateway (SOCKS5 + HTTP CONNECT) listens for guests."`
+	Advertise  string        `help:"host:port guests are told to use (default: the listen address)."`
+	Ask        bool          `help:"Ask before accepting each guest (default: accept every request at the tariff)."`
+	State      string        `help:"Directory for the host's persisted state (gateway usage, inbox cursor)." placeholder:"DIR"`
+	AllowLocal bool          `help:"Let guests reach this machine's own addresses, loopback included (only for trying Sharespot on one machine)."`
+	Grace      time.Duration `default:"60s" help:"With the userspace gateway: how long a guest that used up its volume keeps its connections, stalled, for a top-up to resume them before they are closed (0: closed at once)."`
 
 	// The metering gateway.
 	GatewayKind string `name:"gateway" default:"proxy" enum:"proxy,nftables" help:"The metering gateway: proxy (userspace SOCKS5 + HTTP CONNECT, any OS, no root) or nftables (Linux kernel, root; guests present their code to the admission endpoint at --listen)."`
@@ -227,7 +228,10 @@ func (c *ShareCmd) openGateway(st gateway.Store) (gateway.Gateway, string, error
 		}
 		return gw, nft.Kind, nil
 	}
-	cfg := gwproxy.Config{Addr: c.Listen, Advertise: c.Advertise, Store: st}
+	cfg := gwproxy.Config{Addr: c.Listen, Advertise: c.Advertise, Store: st, Grace: c.Grace}
+	if c.Grace <= 0 {
+		cfg.Grace = -1 // closed at once
+	}
 	if c.AllowLocal {
 		cfg.AllowDestination = gwproxy.LocalDestinations
 	}

@@ -10,6 +10,7 @@ import (
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/client"
+	"github.com/sharespot/sharespot/internal/evidence"
 	"github.com/sharespot/sharespot/internal/harness"
 )
 
@@ -104,4 +105,82 @@ func TestHostHandlesRedeliveryOnce(t *testing.T) {
 	if res.Msg.Session.GrantedBytes != 15_000 {
 		t.Fatalf("granted %d, want 15000", res.Msg.Session.GrantedBytes)
 	}
+}
+
+// TestHostPassesAcknowledgments: the guest's acknowledgments, relayed by
+// the server, reach the gate with the session's credit window (from the
+// grant, or read once from the server by an agent restarted since).
+func TestHostPassesAcknowledgments(t *testing.T) {
+	ctx := context.Background()
+	env := harness.Start(t, nil)
+	host, guest := env.Device(t, "host"), env.Device(t, "guest")
+	env.Fund(t, guest, "EUR", 10_000)
+	gate := &client.CodeGate{Kind: "proxy", Address: "192.0.2.1:1080"}
+	agent := &client.Host{C: host, Gate: gate}
+	if err := agent.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	hs, err := host.Hotspots.Register(ctx, connect.NewRequest(&sharespotv1.RegisterRequest{Instruction: &sharespotv1.ShareInstruction{
+		AccessPoint:    &sharespotv1.AccessPoint{Ssid: []byte("x"), Bssid: "02:00:00:00:00:0a", Security: sharespotv1.Security_SECURITY_WPA2},
+		Tariff:         &sharespotv1.Tariff{Currency: "EUR", PriceMinor: 1, UnitBytes: 1_000_000, MinPurchaseBytes: 1_000_000, TopupPriceMinor: 1},
+		ShareableBytes: 1_000_000_000, WarnAtBytes: 500,
+	}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	harness.Listen(t, host, agent.Handle)
+	guestIn := harness.Listen(t, guest, nil)
+	g := &client.Guest{C: guest}
+	const bought = 200_000_000
+	ses, err := g.RequestAccess(ctx, hs.Msg.Hotspot.Id, bought)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, fi := harness.Next[*sharespotv1.Envelope_FeeInfo](t, guestIn)
+	pay, err := guest.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: fi.FeeInfo.Quote.Id}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := guest.Sessions.Confirm(ctx, connect.NewRequest(&sharespotv1.ConfirmRequest{SessionId: ses.Id, Receipt: pay.Msg.Receipt})); err != nil {
+		t.Fatal(err)
+	}
+	harness.Next[*sharespotv1.Envelope_AccessGranted](t, guestIn)
+	window := evidence.Window(bought) // the default the grant set: 4 MB
+	awaitAck := func(want int64) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			acked, w := gate.Acknowledged(ses.Id)
+			if acked == want && w == window {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("gate holds acknowledged %d, window %d; want %d, %d", acked, w, want, window)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	if _, err := guest.Acknowledge(ctx, ses.Id, 4000); err != nil {
+		t.Fatal(err)
+	}
+	awaitAck(4000)
+
+	// A restarted agent knows no window yet: it reads the session's.
+	agent2 := &client.Host{C: host, Gate: gate}
+	if err := agent2.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ackEnv := func(sid string, n int64) *sharespotv1.Envelope {
+		return &sharespotv1.Envelope{SessionId: ses.Id, Body: &sharespotv1.Envelope_UsageAcknowledged{
+			UsageAcknowledged: &sharespotv1.UsageAcknowledged{Ack: &sharespotv1.UsageAck{SessionId: sid, ReceivedBytes: n}}}}
+	}
+	if err := agent2.Handle(ctx, ackEnv(ses.Id, 6000)); err != nil {
+		t.Fatal(err)
+	}
+	awaitAck(6000)
+	// An acknowledgment naming another session than its envelope is dropped.
+	if err := agent2.Handle(ctx, ackEnv("other", 9000)); err != nil {
+		t.Fatal(err)
+	}
+	awaitAck(6000)
 }

@@ -30,6 +30,11 @@ type Gate interface {
 	Extend(sessionID string, bytes int64) error
 	// Revoke ends a session's access.
 	Revoke(sessionID string)
+	// Acknowledge records the guest's signed count of the bytes it
+	// received (acked) and the session's credit window: the gate may hold
+	// the guest to at most window bytes beyond it. An error means the
+	// message should be handled again.
+	Acknowledge(sessionID string, acked, window int64) error
 	// Usage returns the bytes a session used and its volume at the gate
 	// (still readable after Revoke).
 	Usage(sessionID string) (used, quota int64, err error)
@@ -56,7 +61,8 @@ type Host struct {
 
 	verifier *receipt.Verifier
 	mu       sync.Mutex
-	seen     map[string]bool // receipt IDs whose grant succeeded
+	seen     map[string]bool  // receipt IDs whose grant succeeded
+	windows  map[string]int64 // each running session's credit window, as granted
 }
 
 // Start fetches the platform's receipt keys.
@@ -78,6 +84,7 @@ func (h *Host) Start(ctx context.Context) error {
 	}
 	h.verifier = receipt.NewVerifier(keys...)
 	h.seen = map[string]bool{}
+	h.windows = map[string]int64{}
 	if h.Log == nil {
 		h.Log = slog.New(slog.DiscardHandler)
 	}
@@ -102,14 +109,68 @@ func (h *Host) Handle(ctx context.Context, env *sharespotv1.Envelope) error {
 		return h.quote(ctx, sid, b.TopUpRequested.Tariff, b.TopUpRequested.Bytes, true)
 	case *sharespotv1.Envelope_PaymentConfirmed: // C3.3 / C1.14 arrive
 		return h.grant(ctx, sid, b.PaymentConfirmed)
+	case *sharespotv1.Envelope_UsageAcknowledged:
+		return h.acknowledged(ctx, sid, b.UsageAcknowledged.GetAck())
 	case *sharespotv1.Envelope_SessionEnding:
 		return h.Close(ctx, sid)
 	case *sharespotv1.Envelope_SessionEnded:
+		h.forgetWindow(sid)
 		if h.Gate != nil {
 			h.Gate.Revoke(sid)
 		}
 	}
 	return nil
+}
+
+// acknowledged passes the guest's acknowledgment, which the server
+// verified and relays, to the gate with the session's credit window: the
+// one its last grant set, as the Grant response (or, after a restart, the
+// session read once) gives it.
+func (h *Host) acknowledged(ctx context.Context, sid string, ack *sharespotv1.UsageAck) error {
+	if h.Gate == nil || ack == nil {
+		return nil
+	}
+	if ack.SessionId != sid {
+		h.Log.Warn("acknowledgment for another session", "session", sid, "ack_session", ack.SessionId)
+		return nil
+	}
+	h.mu.Lock()
+	window := h.windows[sid]
+	h.mu.Unlock()
+	if window <= 0 {
+		ses, err := h.C.Sessions.Get(ctx, connect.NewRequest(&sharespotv1.GetRequest{SessionId: sid}))
+		if err != nil {
+			return ignoreRefusal(err)
+		}
+		if window = ses.Msg.Session.GetCreditWindowBytes(); window <= 0 {
+			h.Log.Warn("acknowledgment for a session without a credit window", "session", sid)
+			return nil
+		}
+		h.setWindow(ses.Msg.Session)
+	}
+	if err := h.Gate.Acknowledge(sid, ack.ReceivedBytes, window); err != nil {
+		return fmt.Errorf("client: acknowledgment of %s at the gate: %w", sid, err)
+	}
+	return nil
+}
+
+// setWindow remembers a running session's credit window.
+func (h *Host) setWindow(s *sharespotv1.Session) {
+	if s.GetCreditWindowBytes() <= 0 {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.windows == nil {
+		h.windows = map[string]int64{}
+	}
+	h.windows[s.Id] = s.CreditWindowBytes
+}
+
+func (h *Host) forgetWindow(sid string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	delete(h.windows, sid)
 }
 
 // quote is C3.1 / C1.12 on the host's side, at the session's tariff (the
@@ -228,6 +289,7 @@ func (h *Host) grant(ctx context.Context, sid string, pc *sharespotv1.PaymentCon
 		res = connect.NewResponse(&sharespotv1.GrantResponse{Session: ses.Msg.Session})
 	}
 	h.remember(receiptID)
+	h.setWindow(res.Msg.Session)
 	if initial {
 		return nil
 	}
@@ -250,6 +312,7 @@ func (h *Host) Reconcile(s *sharespotv1.Session) error {
 	if h.Gate == nil || s.State != sharespotv1.SessionState_SESSION_STATE_ACTIVE {
 		return nil
 	}
+	h.setWindow(s)
 	_, quota, err := h.Gate.Usage(s.Id)
 	if err != nil {
 		return nil // not admitted here (its code went with a lost gateway)
@@ -377,8 +440,9 @@ type CodeGate struct {
 }
 
 type gateEntry struct {
-	hash  [32]byte
-	bytes int64
+	hash          [32]byte
+	bytes         int64
+	acked, window int64
 }
 
 var _ Gate = (*CodeGate)(nil)
@@ -411,6 +475,28 @@ func (g *CodeGate) Revoke(sessionID string) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	delete(g.sess, sessionID)
+}
+
+// Acknowledge implements Gate: it records the highest acknowledgment and
+// the latest window (see Acknowledged); it holds nothing back.
+func (g *CodeGate) Acknowledge(sessionID string, acked, window int64) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if e := g.sess[sessionID]; e != nil {
+		e.acked, e.window = max(e.acked, acked), window
+	}
+	return nil
+}
+
+// Acknowledged returns the acknowledgment and window the gate recorded for
+// a session.
+func (g *CodeGate) Acknowledged(sessionID string) (acked, window int64) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if e := g.sess[sessionID]; e != nil {
+		return e.acked, e.window
+	}
+	return 0, 0
 }
 
 // Usage implements Gate: a CodeGate meters nothing.

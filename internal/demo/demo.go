@@ -117,7 +117,9 @@ func Run(ctx context.Context, w io.Writer, o Options) (err error) {
 		return err
 	}
 	originAddr := netip.MustParseAddrPort(org.ln.Addr().String())
-	gw, err := gwproxy.New(gwproxy.Config{Addr: "127.0.0.1:0", Store: gwStore,
+	// A short grace period: the demo shows the cut, not a minute's wait
+	// for a top-up that does not come.
+	gw, err := gwproxy.New(gwproxy.Config{Addr: "127.0.0.1:0", Store: gwStore, Grace: time.Second,
 		AllowDestination: func(ap netip.AddrPort) bool { return ap == originAddr }})
 	if err != nil {
 		return err

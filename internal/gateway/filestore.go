@@ -42,6 +42,8 @@ type fileRecord struct {
 	Used             int64  `json:"used"`
 	Threshold        int64  `json:"threshold,omitempty"`
 	Warned           bool   `json:"warned,omitempty"`
+	Acked            int64  `json:"acked,omitempty"`
+	Window           int64  `json:"window,omitempty"`
 }
 
 // OpenFileStore opens (or, on first Save, creates) the store at path. A
@@ -79,7 +81,8 @@ func OpenFileStore(path string) (*FileStore, error) {
 }
 
 func (r fileRecord) record() (Record, error) {
-	rec := Record{SessionID: r.SessionID, Quota: r.Quota, Used: r.Used, Threshold: r.Threshold, Warned: r.Warned}
+	rec := Record{SessionID: r.SessionID, Quota: r.Quota, Used: r.Used, Threshold: r.Threshold, Warned: r.Warned,
+		Acked: r.Acked, Window: r.Window}
 	h, err := hex.DecodeString(r.CredentialSHA256)
 	if err != nil || len(h) != len(rec.CredentialHash) {
 		return Record{}, fmt.Errorf("session %q: malformed credential hash", r.SessionID)
@@ -95,8 +98,9 @@ func (rec Record) check() error {
 	if rec.SessionID == "" {
 		return errors.New("record without a session ID")
 	}
-	if rec.Quota < 0 || rec.Used < 0 || rec.Used > rec.Quota || rec.Threshold < 0 {
-		return fmt.Errorf("session %q: inconsistent volumes (used %d, quota %d, threshold %d)", rec.SessionID, rec.Used, rec.Quota, rec.Threshold)
+	if rec.Quota < 0 || rec.Used < 0 || rec.Used > rec.Quota || rec.Threshold < 0 || rec.Acked < 0 || rec.Window < 0 {
+		return fmt.Errorf("session %q: inconsistent volumes (used %d, quota %d, threshold %d, acknowledged %d, window %d)",
+			rec.SessionID, rec.Used, rec.Quota, rec.Threshold, rec.Acked, rec.Window)
 	}
 	return nil
 }
@@ -135,7 +139,7 @@ func (f *FileStore) write(recs map[string]Record) error {
 		r := recs[id]
 		doc.Sessions = append(doc.Sessions, fileRecord{
 			SessionID: r.SessionID, CredentialSHA256: hex.EncodeToString(r.CredentialHash[:]),
-			Quota: r.Quota, Used: r.Used, Threshold: r.Threshold, Warned: r.Warned,
+			Quota: r.Quota, Used: r.Used, Threshold: r.Threshold, Warned: r.Warned, Acked: r.Acked, Window: r.Window,
 		})
 	}
 	b, err := json.MarshalIndent(doc, "", "  ")

@@ -55,6 +55,21 @@ func (g *Gate) Revoke(sessionID string) {
 	}
 }
 
+// Acknowledge records the guest's acknowledgment of acked bytes and the
+// session's credit window at the gateway, once it is durable. A session the
+// gateway no longer holds (revoked, or lost with its state) has nothing to
+// hold back: that is not an error.
+func (g *Gate) Acknowledge(sessionID string, acked, window int64) error {
+	ctx, cancel := context.WithTimeout(context.Background(), gateTimeout)
+	defer cancel()
+	err := g.GW.Acknowledge(ctx, sessionID, acked, window)
+	if errors.Is(err, ErrUnknownSession) || errors.Is(err, ErrRevoked) {
+		g.Log.Debug("acknowledgment for a session the gateway does not hold", "session", sessionID, "err", err)
+		return nil
+	}
+	return err
+}
+
 // Usage returns the session's used bytes and quota.
 func (g *Gate) Usage(sessionID string) (used, quota int64, err error) { return g.GW.Usage(sessionID) }
 

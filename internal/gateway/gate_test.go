@@ -44,8 +44,20 @@ func TestGate(t *testing.T) {
 	if gw := g.Gateway(); gw.Kind != "proxy" || gw.Address != p.Addr() || gw.Address == "" {
 		t.Errorf("Gateway() = %v", gw)
 	}
+	if err := g.Acknowledge("s", 10, 2000); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Acknowledge("unknown", 10, 2000); err != nil {
+		t.Errorf("an acknowledgment for a session the gateway does not hold: %v", err)
+	}
+	if err := g.Acknowledge("s", 10, 0); err == nil {
+		t.Error("an acknowledgment without a window was taken")
+	}
 	g.Revoke("s")
 	g.Revoke("unknown") // logged, not fatal
+	if err := g.Acknowledge("s", 20, 2000); err != nil {
+		t.Errorf("an acknowledgment after Revoke: %v", err)
+	}
 	if err := g.Extend("s", 1); err == nil {
 		t.Error("Extend after Revoke succeeded")
 	}

@@ -58,7 +58,9 @@ type EventKind int
 const (
 	// ThresholdCrossed: the remaining volume fell below the session's
 	// Threshold. Sent once per crossing: again only after an Extend has
-	// lifted the remaining volume back to at least Threshold.
+	// lifted the remaining volume back to at least Threshold. It may also
+	// come once before, when at the session's current rate what is left
+	// would last less than a top-up takes (Used and Quota tell which).
 	ThresholdCrossed EventKind = iota + 1
 	// Exhausted: used reached quota; the session's connections are closed
 	// and new ones refused until an Extend.
@@ -111,6 +113,13 @@ type Gateway interface {
 	Extend(ctx context.Context, sessionID string, bytes int64) error
 	// Revoke ends a session's access and cuts its live connections.
 	Revoke(ctx context.Context, sessionID string) error
+	// Acknowledge records the guest's signed count of the bytes it
+	// received (acked, only growing) and the session's credit window
+	// (> 0). From the first acknowledgment on, the gateway may hold the
+	// session to at most window bytes beyond its last acknowledgment;
+	// each gateway documents whether it does. It returns once the
+	// acknowledgment is durable.
+	Acknowledge(ctx context.Context, sessionID string, acked, window int64) error
 	// Usage returns the bytes a session has used and its quota.
 	Usage(sessionID string) (used, quota int64, err error)
 	// Events delivers metering events.
@@ -147,6 +156,10 @@ type Record struct {
 	Threshold int64
 	// Warned: ThresholdCrossed was sent and not re-armed since.
 	Warned bool
+	// Acked is the guest's highest acknowledged count of bytes received,
+	// and Window the credit window the gateway lets it run beyond that
+	// (0: the guest has not acknowledged; the session is not held).
+	Acked, Window int64
 }
 
 // Store keeps metering records across restarts. Implementations must make

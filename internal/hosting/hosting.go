@@ -45,8 +45,9 @@ type Host struct {
 	Notify func(what string, sessionID string, used, quota int64)
 	Log    *slog.Logger
 
-	mu     sync.Mutex
-	active map[string]bool
+	mu       sync.Mutex
+	active   map[string]bool
+	prompted map[string]int64 // the volume each session was last prompted at
 }
 
 // Run serves until ctx ends.
@@ -61,6 +62,7 @@ func (h *Host) Run(ctx context.Context) error {
 		h.Notify = func(string, string, int64, int64) {}
 	}
 	h.active = map[string]bool{}
+	h.prompted = map[string]int64{}
 	kind := h.Kind
 	if kind == "" {
 		kind = "proxy"
@@ -191,6 +193,7 @@ func (h *Host) setActive(id string, on bool) {
 		h.active[id] = true
 	} else {
 		delete(h.active, id)
+		delete(h.prompted, id)
 	}
 }
 
@@ -207,11 +210,7 @@ func (h *Host) events(ctx context.Context) {
 			}
 			switch ev.Kind {
 			case gateway.ThresholdCrossed:
-				_, err := h.C.Sessions.Prompt(ctx, connect.NewRequest(&sharespotv1.PromptRequest{SessionId: ev.SessionID, UsedBytes: ev.Used}))
-				if err != nil {
-					h.Log.Warn("prompt", "session", ev.SessionID, "err", err)
-				}
-				h.Notify("low", ev.SessionID, ev.Used, ev.Quota)
+				h.prompt(ctx, ev)
 			case gateway.Exhausted:
 				h.reportOne(ctx, ev.SessionID)
 				h.Notify("exhausted", ev.SessionID, ev.Used, ev.Quota)
@@ -220,6 +219,35 @@ func (h *Host) events(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// prompt turns a threshold event into the C1.9 prompt, once per volume
+// granted. The gateway may send one early, when at the session's rate what
+// is left would last less than a top-up takes, and then one at the
+// warning level. If the server takes the early one, the second prompts
+// nothing more; if it refuses it (a server that prompts only below the
+// warning level), the prompt goes at the warning level.
+func (h *Host) prompt(ctx context.Context, ev gateway.Event) {
+	h.mu.Lock()
+	done := h.prompted[ev.SessionID] == ev.Quota
+	h.mu.Unlock()
+	if done {
+		return
+	}
+	early := ev.Quota-ev.Used >= h.Threshold
+	_, err := h.C.Sessions.Prompt(ctx, connect.NewRequest(&sharespotv1.PromptRequest{SessionId: ev.SessionID, UsedBytes: ev.Used}))
+	switch {
+	case err == nil:
+		h.mu.Lock()
+		h.prompted[ev.SessionID] = ev.Quota
+		h.mu.Unlock()
+	case early && client.Final(err):
+		h.Log.Debug("early prompt refused; prompting at the warning level", "session", ev.SessionID, "err", err)
+		return
+	default:
+		h.Log.Warn("prompt", "session", ev.SessionID, "err", err)
+	}
+	h.Notify("low", ev.SessionID, ev.Used, ev.Quota)
 }
 
 // report sends the metered usage of active sessions every ReportEvery.

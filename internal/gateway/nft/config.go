@@ -78,6 +78,11 @@ type Config struct {
 	PersistAhead int64
 	// MaxBindings bounds the addresses one session may be admitted from.
 	MaxBindings int
+	// TopUpTime is how long a top-up takes: ThresholdCrossed comes when a
+	// session's remaining volume would last less than that at its current
+	// rate, if that is before its threshold. Default
+	// gateway.DefaultTopUpTime; negative: at the threshold only.
+	TopUpTime time.Duration
 }
 
 // Present is the guest's side of admission: it posts the session ID and

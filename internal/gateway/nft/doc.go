@@ -75,10 +75,16 @@
 // setLimits.
 //
 // Every Config.PollInterval (100 ms) the gateway reads all counters in one
-// netlink dump and sends FirstTraffic, ThresholdCrossed (remaining below
-// the threshold), Exhausted (the quota refused a packet with less than a
+// netlink dump, feeds them to each session's gateway.Meter and sends
+// FirstTraffic, ThresholdCrossed (remaining below the threshold, and once
+// before when at the session's rate it would last less than
+// Config.TopUpTime), Exhausted (the quota refused a packet with less than a
 // full-size packet left, or no progress) and Idle. Events are therefore at
 // most one poll interval plus one dump late.
+//
+// Acknowledge records and saves the guest's acknowledged count and credit
+// window, but the kernel limit is not lowered to them: see Acknowledge and
+// docs/gateways.md.
 //
 // Extend saves the new quota, then raises the limit (or replaces the used-
 // up quota object): the counter is never touched, so usage is never reset,

@@ -133,11 +133,17 @@ func collect(ch <-chan gateway.Event) *events {
 // wait returns the first event of kind for id, or fails after d.
 func (e *events) wait(t testing.TB, kind gateway.EventKind, id string, d time.Duration) gateway.Event {
 	t.Helper()
+	return e.waitFor(t, kind, id, d, func(gateway.Event) bool { return true })
+}
+
+// waitFor is wait for the first such event that ok accepts.
+func (e *events) waitFor(t testing.TB, kind gateway.EventKind, id string, d time.Duration, ok func(gateway.Event) bool) gateway.Event {
+	t.Helper()
 	deadline := time.After(d)
 	for {
 		e.mu.Lock()
 		for _, ev := range e.all {
-			if ev.Kind == kind && ev.SessionID == id {
+			if ev.Kind == kind && ev.SessionID == id && ok(ev) {
 				e.mu.Unlock()
 				return ev
 			}

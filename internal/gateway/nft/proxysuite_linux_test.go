@@ -61,7 +61,7 @@ func proxyChild(in io.Reader, out io.Writer) int {
 		say("fatal %v", err)
 		return 1
 	}
-	p, err := gwproxy.New(gwproxy.Config{Addr: os.Getenv("SS_LISTEN"), Store: st, PersistAhead: 64 << 10})
+	p, err := gwproxy.New(gwproxy.Config{Addr: os.Getenv("SS_LISTEN"), Store: st, PersistAhead: 64 << 10, Grace: 500 * time.Millisecond})
 	if err != nil {
 		say("fatal %v", err)
 		return 1

@@ -102,3 +102,35 @@ func benchThroughput(b *testing.B, via string, streams int) {
 	wg.Wait()
 	b.StopTimer()
 }
+
+// BenchmarkProxyNewConnections: one session with a FileStore fetching 4 MiB
+// per connection, one connection after another, as an HTTP client without
+// keep-alive does. Each new connection starts from the session's lead, so
+// this is where the save-ahead shows. One op is one connection.
+func BenchmarkProxyNewConnections(b *testing.B) {
+	const perConn = 4 << 20
+	o := startOrigin(b, streamN(-1))
+	st, err := gateway.OpenFileStore(filepath.Join(b.TempDir(), "usage.json"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	p := newProxy(b, Config{Store: st})
+	pass := admit(b, p, "bench", 1<<62, 0)
+	buf := make([]byte, 256<<10)
+	b.SetBytes(perConn)
+	b.ResetTimer()
+	for range b.N {
+		c, err := dialSOCKS(p.Addr(), "bench", pass, o.addr)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for got := 0; got < perConn; {
+			n, err := c.Read(buf[:min(len(buf), perConn-got)])
+			got += n
+			if err != nil {
+				b.Fatal(err)
+			}
+		}
+		c.Close()
+	}
+}

@@ -44,10 +44,22 @@
 // other connections.
 //
 // Either way no byte past the quota is ever written. When used reaches the
-// quota the gateway sends Exhausted and closes every connection of the
-// session; when quota − used first falls below the grant's threshold it
-// sends ThresholdCrossed. Both are sent by the copy step that caused them,
-// not by polling.
+// quota the gateway sends Exhausted and holds the session's connections for
+// Config.Grace (60 s): their copy steps wait and new connections are
+// refused; an Extend within it resumes the same connections once the new
+// volume is durable, and when it passes they are closed. ThresholdCrossed
+// comes when quota − used first falls below the grant's threshold, and once
+// before that when at the session's rate what is left would last less than
+// Config.TopUpTime (gateway.Meter measures the rate). Events are sent by
+// the copy step that caused them, not by polling.
+//
+// # Credit window
+//
+// From a session's first Acknowledge on, the budget also ends at the
+// guest's last acknowledged count plus the session's credit window: the
+// guest's forwarder counts the same payload bytes, so a guest that stops
+// acknowledging gets exactly the window more, its reads stalling (nothing
+// is closed) until the next acknowledgment.
 //
 // # Connections and destinations
 //
@@ -81,19 +93,19 @@
 // Usage survives restarts through a gateway.Store. The gateway saves, ahead
 // of use, an upper bound W on each session's usage (Record.Used): a
 // connection may only reserve budget below the W that is already durable,
-// and the gateway raises W by a lead of PersistAhead bytes (default 256 KiB)
-// in the background when use gets within half a lead of it, so the copy only
-// waits for the disk when the disk is slower than the traffic (then the lead
-// doubles, up to 256 × PersistAhead = 64 MiB by default, so it settles near
-// the guest's rate times the store's save time). On restart the
-// gateway takes W as used. Hence:
+// and the gateway raises W by a lead in the background when use gets within
+// half a lead of it. The lead is a quarter second of the session's current
+// rate, at least PersistAhead (default 256 KiB), at most 256 × PersistAhead
+// = 64 MiB, so the copy only waits for the disk when the disk takes more
+// than an eighth of a second (then the lead doubles, within the same
+// bound). On restart the gateway takes W as used. Hence:
 //
 //   - after a crash a guest never gets more than the paid quota in total;
 //   - a crash can cost a session at most its current lead of paid bytes
-//     (256 KiB by default; more only while a transfer outpaces the store,
-//     at most 64 MiB) — only for sessions with open connections: once a
-//     session has no connections, the next save (at most 1 s later) records
-//     its exact usage;
+//     (256 KiB, or a quarter second of a faster guest's traffic, at most
+//     64 MiB) — only for sessions with open connections: once a session has
+//     no connections, the next save (at most 1 s later) records its exact
+//     usage;
 //   - Admit, Extend and Revoke return only once their change is durable;
 //     Exhausted and a clean shutdown (Run returning) save exact usage.
 //

@@ -36,12 +36,19 @@ func newProxy(t testing.TB, cfg Config) *Proxy {
 	return p
 }
 
+// testGrace is the grace period of the tests' proxies unless they set
+// one: a session that runs out is held this long, then closed.
+const testGrace = 100 * time.Millisecond
+
 // startProxy is newProxy that also returns a function stopping the proxy
 // (Run returns, having saved exact usage).
 func startProxy(t testing.TB, cfg Config) (*Proxy, func()) {
 	t.Helper()
 	if cfg.AllowDestination == nil {
 		cfg.AllowDestination = allowAll
+	}
+	if cfg.Grace == 0 {
+		cfg.Grace = testGrace
 	}
 	p, err := New(cfg)
 	if err != nil {

@@ -79,7 +79,7 @@ func TestBudgetInvariant(t *testing.T) {
 					return
 				}
 				s.mu.Lock()
-				inflight, q := s.used+s.reserved, s.quota
+				inflight, q := s.m.Used()+s.reserved, s.m.Quota()
 				s.mu.Unlock()
 				if saved := st.get("m"); inflight > saved || inflight > q {
 					t.Errorf("in flight %d, saved %d, quota %d", inflight, saved, q)
@@ -99,7 +99,7 @@ func TestBudgetInvariant(t *testing.T) {
 	}
 	nextEvent(t, p, "m", gateway.Exhausted)
 	s.mu.Lock()
-	lead := s.lead
+	lead := s.m.Lead()
 	s.mu.Unlock()
 	t.Logf("%d saves; lead grew to %d", st.saves, lead)
 }

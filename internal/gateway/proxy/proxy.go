@@ -5,12 +5,10 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
-	"crypto/subtle"
 	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
-	"math"
 	"net"
 	"net/netip"
 	"slices"
@@ -22,7 +20,6 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/sharespot/sharespot/internal/gateway"
-	"github.com/sharespot/sharespot/internal/seal"
 )
 
 // Defaults for Config's zero fields.
@@ -38,11 +35,16 @@ const (
 	DefaultMaxHandshakes        = 256
 	DefaultMaxHandshakesPerAddr = 32
 	DefaultPersistAhead         = 256 << 10
+	DefaultGrace                = time.Minute
 )
 
 const (
 	// maxLeadFactor bounds the save-ahead lead at this many PersistAhead.
 	maxLeadFactor = 256
+	// leadTime: the save-ahead lead is kept at least this long's worth of
+	// a session's current rate, so a save is asked for half of it (125 ms
+	// of traffic) before the transfer would reach the saved bound.
+	leadTime = 250 * time.Millisecond
 	// copyChunk is the largest reservation of one splice step.
 	copyChunk = 256 << 10
 	// bufSize is the buffer of the userspace copy.
@@ -103,6 +105,15 @@ type Config struct {
 	// PersistAhead is the initial lead of the usage bound saved ahead of
 	// use; see the package documentation.
 	PersistAhead int64
+	// TopUpTime is how long a top-up takes: ThresholdCrossed comes when a
+	// session's remaining volume would last less than that at its current
+	// rate, if that is before its threshold. Default
+	// gateway.DefaultTopUpTime; negative: at the threshold only.
+	TopUpTime time.Duration
+	// Grace is how long a session that used up its quota keeps its
+	// connections, stalled, for a top-up (Extend) to resume them; then
+	// they are closed. Negative: they are closed at once.
+	Grace time.Duration
 	// AllowDestination says whether guests may connect to an address;
 	// default DefaultDestinations, and then also none of this machine's
 	// own addresses, on any port (read from its interfaces on every dial,
@@ -153,9 +164,10 @@ var cloudEndpoints = []netip.Addr{
 
 // Proxy is the userspace metering gateway.
 //
-// Lock order: saveMu, then mu, then a session's mu, then evMu.
+// Lock order: saveMu, then mu, then a session's mu, then the event queue's.
 type Proxy struct {
 	cfg       Config
+	meter     gateway.MeterConfig
 	log       *slog.Logger
 	store     gateway.Store
 	ln        net.Listener
@@ -176,10 +188,7 @@ type Proxy struct {
 	stopping bool
 	connWG   sync.WaitGroup
 
-	evMu     sync.Mutex
-	evq      []gateway.Event
-	evSignal chan struct{}
-	events   chan gateway.Event
+	events *gateway.EventQueue
 
 	saveReq   chan struct{}
 	running   atomic.Bool
@@ -204,6 +213,8 @@ func New(cfg Config) (*Proxy, error) {
 	setDefault(&cfg.MaxConns, DefaultMaxConns)
 	setDefault(&cfg.MaxConnsPerSession, DefaultMaxConnsPerSession)
 	setDefault(&cfg.PersistAhead, DefaultPersistAhead)
+	setDefault(&cfg.Grace, DefaultGrace)
+	setDefault(&cfg.TopUpTime, gateway.DefaultTopUpTime)
 	refuseOwn := cfg.AllowDestination == nil
 	if refuseOwn {
 		cfg.AllowDestination = DefaultDestinations
@@ -217,8 +228,9 @@ func New(cfg Config) (*Proxy, error) {
 	p := &Proxy{
 		cfg: cfg, log: cfg.Log, store: cfg.Store, epoch: time.Now(), refuseOwn: refuseOwn,
 		sessions: map[string]*session{}, conns: map[*pconn]struct{}{}, pending: list.New(), perAddr: map[netip.Addr]int{},
-		evSignal: make(chan struct{}, 1), events: make(chan gateway.Event, 64),
-		saveReq: make(chan struct{}, 1),
+		events: gateway.NewEventQueue(64), saveReq: make(chan struct{}, 1),
+		meter: gateway.MeterConfig{Persist: cfg.Store != nil, PersistAhead: cfg.PersistAhead, MaxLead: maxLeadFactor * cfg.PersistAhead,
+			LeadTime: leadTime, TopUpTime: max(cfg.TopUpTime, 0)},
 	}
 	rand.Read(p.dummy[:])
 	p.dialer = net.Dialer{Timeout: cfg.DialTimeout, ControlContext: p.control}
@@ -228,12 +240,7 @@ func New(cfg Config) (*Proxy, error) {
 			return nil, fmt.Errorf("proxy: load usage: %w", err)
 		}
 		for _, r := range recs {
-			s := p.newSession(r.SessionID, r.CredentialHash, r.Quota, r.Threshold)
-			s.used, s.durable, s.warned = r.Used, r.Used, r.Warned
-			s.seen = r.Used > 0
-			s.exhausted = r.Used >= r.Quota
-			s.inStore, s.saved = true, r
-			p.sessions[r.SessionID] = s
+			p.sessions[r.SessionID] = p.newSession(gateway.RestoreMeter(p.meter, r, r.Used, time.Now()))
 		}
 	}
 	ln, err := net.Listen("tcp", cfg.Addr)
@@ -252,14 +259,8 @@ func setDefault[T comparable](v *T, d T) {
 	}
 }
 
-func (p *Proxy) newSession(id string, hash [32]byte, quota, threshold int64) *session {
-	s := &session{
-		p: p, id: id, hash: hash, threshold: threshold, quota: quota, chunk: copyChunk,
-		lead: p.cfg.PersistAhead, conns: map[*pconn]struct{}{}, durable: math.MaxInt64,
-	}
-	if p.store != nil {
-		s.durable = 0
-	}
+func (p *Proxy) newSession(m *gateway.Meter) *session {
+	s := &session{p: p, id: m.ID(), hash: m.Hash(), m: m, chunk: copyChunk, conns: map[*pconn]struct{}{}}
 	if p.cfg.RateLimit > 0 {
 		// Each copy step pays for what it wrote afterwards, so a step
 		// never exceeds the burst.
@@ -280,7 +281,7 @@ func (p *Proxy) Addr() string {
 
 // Events implements gateway.Gateway. The channel is closed when Run
 // returns; events still queued then are dropped.
-func (p *Proxy) Events() <-chan gateway.Event { return p.events }
+func (p *Proxy) Events() <-chan gateway.Event { return p.events.C() }
 
 // Admit implements gateway.Gateway.
 func (p *Proxy) Admit(ctx context.Context, g gateway.Grant) error {
@@ -292,17 +293,14 @@ func (p *Proxy) Admit(ctx context.Context, g gateway.Grant) error {
 	if s := p.sessions[g.SessionID]; s != nil {
 		p.mu.Unlock()
 		s.mu.Lock()
-		revoked := s.revoked
+		err := s.m.CheckAdmit(hash)
 		s.mu.Unlock()
-		switch {
-		case revoked:
-			return fmt.Errorf("proxy: admit %s: %w", g.SessionID, gateway.ErrRevoked)
-		case subtle.ConstantTimeCompare(s.hash[:], hash[:]) != 1:
-			return fmt.Errorf("proxy: admit %s: %w", g.SessionID, gateway.ErrSessionExists)
+		if err != nil {
+			return fmt.Errorf("proxy: admit %s: %w", g.SessionID, err)
 		}
 		return p.save()
 	}
-	s := p.newSession(g.SessionID, hash, g.Quota, g.Threshold)
+	s := p.newSession(gateway.NewMeter(p.meter, g.SessionID, hash, g.Quota, g.Threshold, time.Now()))
 	p.sessions[g.SessionID] = s
 	p.mu.Unlock()
 	if err := p.save(); err != nil {
@@ -310,7 +308,7 @@ func (p *Proxy) Admit(ctx context.Context, g gateway.Grant) error {
 		delete(p.sessions, g.SessionID)
 		p.mu.Unlock()
 		s.mu.Lock()
-		s.revoked = true
+		s.m.Revoke()
 		cut := s.connsLocked()
 		s.wakeLocked()
 		s.mu.Unlock()
@@ -340,34 +338,45 @@ func (p *Proxy) Extend(ctx context.Context, sessionID string, bytes int64) error
 		return err
 	}
 	s.mu.Lock()
-	switch {
-	case s.revoked:
+	if err := s.m.Extend(bytes); err != nil {
 		s.mu.Unlock()
-		return fmt.Errorf("proxy: extend %s: %w", sessionID, gateway.ErrRevoked)
-	case bytes <= 0 || s.quota > math.MaxInt64-bytes:
-		s.mu.Unlock()
-		return fmt.Errorf("proxy: extend %s by %d bytes: %w", sessionID, bytes, gateway.ErrInvalid)
-	}
-	s.quota += bytes
-	if s.used < s.quota {
-		s.exhausted = false
-	}
-	if s.quota-s.used >= s.threshold {
-		s.warned = false
+		return fmt.Errorf("proxy: extend %s: %w", sessionID, err)
 	}
 	s.wakeLocked()
 	s.mu.Unlock()
 	if err := p.save(); err != nil {
-		// Undo, unless a save in between made the extension durable, so
-		// that a retry does not extend twice. No byte can use the undone
-		// volume yet: reservations stay below what the store holds.
 		s.mu.Lock()
-		if !s.inStore || s.saved.Quota+bytes <= s.quota {
-			s.quota -= bytes
-			s.exhausted = s.used >= s.quota
-		}
+		s.m.UndoExtend(bytes)
 		s.mu.Unlock()
 		return fmt.Errorf("proxy: extend %s: %w", sessionID, err)
+	}
+	// Durable: connections held since the session ran out go on.
+	s.mu.Lock()
+	s.releaseLocked()
+	s.mu.Unlock()
+	return nil
+}
+
+// Acknowledge implements gateway.Gateway. From a session's first
+// acknowledgment on, its copy steps reserve no budget beyond acked +
+// window: its connections stall (their reads wait, nothing is closed)
+// until a higher acknowledgment arrives.
+func (p *Proxy) Acknowledge(ctx context.Context, sessionID string, acked, window int64) error {
+	s, err := p.session(sessionID)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	raised, err := s.m.Acknowledge(acked, window)
+	if raised {
+		s.wakeLocked()
+	}
+	s.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("proxy: acknowledge %s: %w", sessionID, err)
+	}
+	if err := p.save(); err != nil {
+		return fmt.Errorf("proxy: acknowledge %s: %w", sessionID, err)
 	}
 	return nil
 }
@@ -380,7 +389,8 @@ func (p *Proxy) Revoke(ctx context.Context, sessionID string) error {
 		return err
 	}
 	s.mu.Lock()
-	s.revoked = true
+	s.m.Revoke()
+	s.holding = false
 	cut := s.connsLocked()
 	s.wakeLocked()
 	if s.idle != nil {
@@ -405,7 +415,7 @@ func (p *Proxy) Usage(sessionID string) (used, quota int64, err error) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.used, s.quota, nil
+	return s.m.Used(), s.m.Quota(), nil
 }
 
 // authenticate returns the session whose ID is user and whose access code
@@ -418,17 +428,12 @@ func (p *Proxy) authenticate(user, pass string) *session {
 	if s != nil {
 		want = s.hash
 	}
-	code, err := seal.ParseCode(pass)
-	var got [32]byte
-	if err == nil {
-		got = sha256.Sum256(code)
-	}
-	if subtle.ConstantTimeCompare(got[:], want[:]) != 1 || err != nil || s == nil {
+	if !gateway.CodeMatches(want, pass) || s == nil {
 		return nil
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.revoked {
+	if s.m.Revoked() {
 		return nil
 	}
 	return s
@@ -488,7 +493,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var bg sync.WaitGroup
-	bg.Go(func() { p.pumpEvents(ctx) })
+	bg.Go(func() { p.events.Run(ctx) })
 	bg.Go(func() { p.saver(ctx) })
 	stop := context.AfterFunc(ctx, p.closeListener)
 	defer stop()
@@ -505,7 +510,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	}
 	p.connWG.Wait()
 	bg.Wait()
-	close(p.events)
+	p.events.Close()
 	if serr := p.save(); serr != nil {
 		err = errors.Join(err, serr)
 	}
@@ -628,41 +633,6 @@ func (p *Proxy) forget(c *pconn) {
 	p.connWG.Done()
 }
 
-// emit queues an event for delivery.
-func (p *Proxy) emit(e gateway.Event) {
-	p.evMu.Lock()
-	p.evq = append(p.evq, e)
-	p.evMu.Unlock()
-	select {
-	case p.evSignal <- struct{}{}:
-	default:
-	}
-}
-
-func (p *Proxy) pumpEvents(ctx context.Context) {
-	for {
-		p.evMu.Lock()
-		q := p.evq
-		p.evq = nil
-		p.evMu.Unlock()
-		for _, e := range q {
-			select {
-			case p.events <- e:
-			case <-ctx.Done():
-				return
-			}
-		}
-		if len(q) > 0 {
-			continue
-		}
-		select {
-		case <-p.evSignal:
-		case <-ctx.Done():
-			return
-		}
-	}
-}
-
 // requestSave asks the saver for a save soon, without waiting.
 func (p *Proxy) requestSave() {
 	select {
@@ -707,56 +677,26 @@ func (p *Proxy) save() error {
 	p.mu.Lock()
 	all := slices.Collect(maps.Values(p.sessions))
 	p.mu.Unlock()
-	type change struct {
-		s   *session
-		rec gateway.Record
-		del bool
-	}
 	var (
-		changes []change
-		put     []gateway.Record
-		del     []string
+		b       gateway.SaveBatch
+		changed []*session
 	)
 	for _, s := range all {
 		s.mu.Lock()
-		switch {
-		case s.revoked:
-			if s.inStore {
-				del = append(del, s.id)
-				changes = append(changes, change{s: s, del: true})
-			}
-		default:
-			rec := s.recordLocked()
-			if rec.Used < s.durable {
-				// Lowering is safe before the save: the store holds more.
-				s.durable = rec.Used
-			}
-			if !s.inStore || rec != s.saved {
-				put = append(put, rec)
-				changes = append(changes, change{s: s, rec: rec})
-			}
+		if s.addToSave(&b) {
+			changed = append(changed, s)
 		}
 		s.mu.Unlock()
 	}
-	if len(changes) == 0 {
-		return nil
-	}
-	if err := p.store.Save(put, del); err != nil {
+	if err := b.Write(p.store); err != nil {
 		return err
 	}
-	for _, c := range changes {
-		s := c.s
+	for i, s := range changed {
 		s.mu.Lock()
-		if c.del {
-			s.inStore = false
-		} else {
-			s.inStore, s.saved = true, c.rec
-			if c.rec.Used > s.durable {
-				s.durable = c.rec.Used
-				s.wakeLocked()
-			}
-			s.grewLead = false
+		if b.Done(i) {
+			s.wakeLocked()
 		}
+		s.grewLead = false
 		s.mu.Unlock()
 	}
 	return nil

@@ -149,7 +149,9 @@ func TestExtendInPlace(t *testing.T) {
 	})
 	for _, proto := range protocols {
 		t.Run(proto.name, func(t *testing.T) {
-			p := newProxy(t, Config{})
+			// The threshold alone: at loopback speed the early prompt
+			// (TestEarlyPrompt) would come at once.
+			p := newProxy(t, Config{TopUpTime: -1})
 			pass := admit(t, p, "x", quota, threshold)
 			c, err := proto.dial(p.Addr(), "x", pass, o.addr)
 			if err != nil {
@@ -586,7 +588,9 @@ func TestRestartKeepsRemaining(t *testing.T) {
 // upper bound on what passed, so a gateway restarted from it after a
 // crash never lets the guest exceed the quota, and loses at most the lead.
 func TestCrashNeverOverGrants(t *testing.T) {
-	const quota, first = 4 << 20, 1_000_000
+	// The lead follows the guest's rate, up to 256 × PersistAhead: 2 MiB,
+	// so that the crash leaves something of the quota at loopback speed.
+	const quota, first, ahead = 4 << 20, 1_000_000, 8 << 10
 	dir := t.TempDir()
 	path := filepath.Join(dir, "usage.json")
 	store, err := gateway.OpenFileStore(path)
@@ -594,7 +598,7 @@ func TestCrashNeverOverGrants(t *testing.T) {
 		t.Fatal(err)
 	}
 	o := startOrigin(t, streamThenHold(first))
-	p1 := newProxy(t, Config{Store: store})
+	p1 := newProxy(t, Config{Store: store, PersistAhead: ahead})
 	pass := admit(t, p1, "c", quota, 0)
 	c, err := dialSOCKS(p1.Addr(), "c", pass, o.addr)
 	if err != nil {
@@ -620,8 +624,8 @@ func TestCrashNeverOverGrants(t *testing.T) {
 	}
 	p2 := newProxy(t, Config{Store: store2})
 	saved, _ := usage(t, p2, "c")
-	if saved < first || saved > first+maxLeadFactor*DefaultPersistAhead {
-		t.Fatalf("saved usage %d: want between %d and %d", saved, first, first+maxLeadFactor*DefaultPersistAhead)
+	if saved < first || saved > first+maxLeadFactor*ahead {
+		t.Fatalf("saved usage %d: want between %d and %d", saved, first, first+maxLeadFactor*ahead)
 	}
 	o2 := startOrigin(t, streamN(-1))
 	c2, err := dialSOCKS(p2.Addr(), "c", pass, o2.addr)

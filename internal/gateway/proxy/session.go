@@ -17,37 +17,30 @@ var (
 	errTooManyConns = errors.New("proxy: too many connections for the session")
 )
 
-// session is one admitted session's metering state.
+// session is one admitted session: its meter (quota, usage, events, the
+// usage bound saved ahead of use) and the proxy's side of it (reservations,
+// connections, waiters).
 //
-// Budget invariant (under mu): used + reserved ≤ min(quota, durable).
-// durable is the usage bound last saved to the store (math.MaxInt64 without
-// a store), so every byte that may pass has been saved as used first.
+// Budget invariant (under mu): m.Used() + reserved ≤ m.Limit(), and
+// m.Limit() never exceeds the usage bound the store holds, so every byte
+// that may pass has been saved as used first.
 type session struct {
-	p         *Proxy
-	id        string
-	hash      [32]byte // SHA-256 of the access code; immutable
-	threshold int64    // immutable
-	lim       *rate.Limiter
-	chunk     int64 // largest reservation of one copy step; immutable
+	p     *Proxy
+	id    string   // immutable
+	hash  [32]byte // SHA-256 of the access code; immutable
+	lim   *rate.Limiter
+	chunk int64 // largest reservation of one copy step; immutable
 
 	mu        sync.Mutex
-	quota     int64
-	used      int64 // bytes written (committed)
+	m         *gateway.Meter
 	reserved  int64 // bytes reserved by copy steps in flight
-	durable   int64 // usage bound saved to the store
-	lead      int64 // how far ahead of use durable is pushed
 	grewLead  bool  // lead already doubled since the last save
-	warned    bool  // ThresholdCrossed sent, not re-armed
-	seen      bool  // FirstTraffic sent
-	exhausted bool  // Exhausted sent, not re-armed by Extend
-	revoked   bool
-	inStore   bool           // a record of this session is in the store
-	saved     gateway.Record // what the store holds, when inStore
 	conns     map[*pconn]struct{}
 	wake      chan struct{} // closed when budget may have become available
-	last      time.Time     // last byte committed
 	idle      *time.Timer
 	idleArmed bool
+	holding   bool        // ran out: connections held (stalled) for the grace period
+	grace     *time.Timer // ends the hold
 }
 
 // wakeLocked wakes the connections waiting for budget.
@@ -58,19 +51,15 @@ func (s *session) wakeLocked() {
 	}
 }
 
-func (s *session) event(k gateway.EventKind) {
-	s.p.emit(gateway.Event{Kind: k, SessionID: s.id, Used: s.used, Quota: s.quota})
-}
-
 // register adds a connection to the session, enforcing the per-session
 // limit; connections of exhausted or revoked sessions are refused.
 func (s *session) register(c *pconn) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	switch {
-	case s.revoked:
+	case s.m.Revoked():
 		return gateway.ErrRevoked
-	case s.used >= s.quota:
+	case s.m.Used() >= s.m.Quota():
 		return errExhausted
 	case len(s.conns) >= s.p.cfg.MaxConnsPerSession:
 		return errTooManyConns
@@ -84,37 +73,38 @@ func (s *session) unregister(c *pconn) {
 	defer s.mu.Unlock()
 	delete(s.conns, c)
 	if len(s.conns) == 0 {
-		s.lead = s.p.cfg.PersistAhead
+		s.m.ResetLead()
 	}
 }
 
 // reserve blocks until it can reserve between 1 and want bytes of budget,
-// and returns how many. It fails once the session is exhausted or revoked,
-// or when ctx ends.
+// and returns how many. It fails once the session is revoked, or exhausted
+// and not held for a top-up, or when ctx ends.
 func (s *session) reserve(ctx context.Context, want int64) (int64, error) {
 	s.mu.Lock()
 	for {
-		if s.revoked {
+		m := s.m
+		if m.Revoked() {
 			s.mu.Unlock()
 			return 0, gateway.ErrRevoked
 		}
-		if s.used >= s.quota {
+		if m.Used() >= m.Quota() && !s.holding {
 			s.mu.Unlock()
 			return 0, errExhausted
 		}
-		inflight := s.used + s.reserved
-		if s.durable < s.quota && inflight+s.lead/2 >= s.durable {
+		inflight := m.Used() + s.reserved
+		if m.SaveDue(inflight) {
 			s.p.requestSave()
 		}
-		if avail := min(s.quota, s.durable) - inflight; avail > 0 {
+		if avail := m.Limit() - inflight; avail > 0 {
 			n := min(want, avail)
 			s.reserved += n
 			s.mu.Unlock()
 			return n, nil
 		}
-		if s.durable <= inflight && s.durable < s.quota && !s.grewLead {
+		if m.Durable() <= inflight && m.Durable() < m.Quota() && !s.grewLead {
 			// The store is slower than the traffic: save further ahead.
-			s.lead = min(2*s.lead, maxLeadFactor*s.p.cfg.PersistAhead)
+			m.GrowLead(2 * m.Lead())
 			s.grewLead = true
 		}
 		if s.wake == nil {
@@ -132,39 +122,77 @@ func (s *session) reserve(ctx context.Context, want int64) (int64, error) {
 }
 
 // commit settles a reservation of n bytes of which w were written, and
-// sends the events the new usage calls for. When usage reaches the quota it
-// closes every connection of the session.
+// sends the events the new usage calls for. When usage reaches the quota
+// the session's connections are held for the grace period (their copy
+// steps wait), then closed unless an Extend came first.
 func (s *session) commit(n, w int64) {
 	s.mu.Lock()
 	s.reserved -= n
-	s.used += w
 	if n > w {
 		s.wakeLocked()
 	}
 	var cut []*pconn
 	if w > 0 {
-		s.last = time.Now()
-		if !s.seen {
-			s.seen = true
-			s.event(gateway.FirstTraffic)
+		m := s.m
+		m.Advance(m.Used()+w, time.Now())
+		evs := m.Events()
+		for _, e := range evs {
+			if e.Kind == gateway.Exhausted {
+				s.p.requestSave()
+				cut = s.holdLocked()
+			}
 		}
-		if s.threshold > 0 && !s.warned && s.quota-s.used < s.threshold {
-			s.warned = true
-			s.event(gateway.ThresholdCrossed)
-		}
-		if s.used >= s.quota && !s.exhausted {
-			s.exhausted = true
-			s.event(gateway.Exhausted)
-			s.wakeLocked()
-			cut = s.connsLocked()
-			s.p.requestSave()
-		}
+		s.p.events.Emit(evs...)
 		s.armIdleLocked()
 	}
 	s.mu.Unlock()
 	for _, c := range cut {
 		c.close()
 	}
+}
+
+// holdLocked starts the grace period of a session that ran out, or, with
+// none, returns its connections for closing.
+func (s *session) holdLocked() (cut []*pconn) {
+	grace := s.p.cfg.Grace
+	if grace <= 0 {
+		s.wakeLocked()
+		return s.connsLocked()
+	}
+	s.holding = true
+	if s.grace == nil {
+		s.grace = time.AfterFunc(grace, s.graceOver)
+	} else {
+		s.grace.Reset(grace)
+	}
+	return nil
+}
+
+// graceOver closes the connections of a session still held when its
+// grace period ends.
+func (s *session) graceOver() {
+	s.mu.Lock()
+	if !s.holding {
+		s.mu.Unlock()
+		return
+	}
+	s.holding = false
+	s.wakeLocked()
+	cut := s.connsLocked()
+	s.mu.Unlock()
+	for _, c := range cut {
+		c.close()
+	}
+}
+
+// releaseLocked ends a hold once the session has volume again.
+func (s *session) releaseLocked() {
+	if !s.holding || s.m.Used() >= s.m.Quota() {
+		return
+	}
+	s.holding = false
+	s.grace.Stop()
+	s.wakeLocked()
 }
 
 func (s *session) connsLocked() []*pconn {
@@ -177,7 +205,7 @@ func (s *session) connsLocked() []*pconn {
 
 // armIdleLocked makes sure the idle timer runs after traffic.
 func (s *session) armIdleLocked() {
-	if s.idleArmed || s.revoked {
+	if s.idleArmed || s.m.Revoked() {
 		return
 	}
 	s.idleArmed = true
@@ -192,26 +220,22 @@ func (s *session) armIdleLocked() {
 func (s *session) idleCheck() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if !s.idleArmed || s.revoked {
+	if !s.idleArmed || s.m.Revoked() {
 		return
 	}
-	if since := time.Since(s.last); since < s.p.cfg.IdleAfter {
-		s.idle.Reset(s.p.cfg.IdleAfter - since)
+	ev, ok, wait := s.m.IdleEvent(time.Now(), s.p.cfg.IdleAfter)
+	if wait > 0 {
+		s.idle.Reset(wait)
 		return
 	}
 	s.idleArmed = false
-	s.event(gateway.Idle)
+	if ok {
+		s.p.events.Emit(ev)
+	}
 }
 
-// recordLocked is what the store should hold now. With connections open it
-// saves lead bytes ahead of use; without, exact usage.
-func (s *session) recordLocked() gateway.Record {
-	bound := s.used + s.reserved
-	if len(s.conns) > 0 {
-		bound = max(s.durable, min(s.quota, bound+s.lead))
-	}
-	return gateway.Record{
-		SessionID: s.id, CredentialHash: s.hash, Quota: s.quota, Used: bound,
-		Threshold: s.threshold, Warned: s.warned,
-	}
+// addToSave adds the session's change to a save: with connections open,
+// the usage bound a lead ahead of use; without, exact usage.
+func (s *session) addToSave(b *gateway.SaveBatch) bool {
+	return b.Add(s.m, s.m.Used()+s.reserved, len(s.conns) > 0)
 }

@@ -1,0 +1,138 @@
+package hosting
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+
+	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
+	"github.com/sharespot/sharespot/internal/client"
+	"github.com/sharespot/sharespot/internal/gateway"
+	"github.com/sharespot/sharespot/internal/harness"
+)
+
+// eventGateway is a gateway whose events the test sends.
+type eventGateway struct {
+	mu    sync.Mutex
+	quota map[string]int64
+	ev    chan gateway.Event
+}
+
+func (g *eventGateway) Admit(_ context.Context, gr gateway.Grant) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.quota[gr.SessionID] = gr.Quota
+	return nil
+}
+
+func (g *eventGateway) Extend(_ context.Context, id string, n int64) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.quota[id] += n
+	return nil
+}
+
+func (g *eventGateway) Usage(id string) (int64, int64, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return 0, g.quota[id], nil
+}
+
+func (g *eventGateway) Revoke(context.Context, string) error                    { return nil }
+func (g *eventGateway) Acknowledge(context.Context, string, int64, int64) error { return nil }
+func (g *eventGateway) Events() <-chan gateway.Event                            { return g.ev }
+func (g *eventGateway) Run(ctx context.Context) error                           { <-ctx.Done(); return nil }
+func (g *eventGateway) Addr() string                                            { return "192.0.2.1:1080" }
+
+// TestPromptOncePerVolume: the gateway's early ThresholdCrossed (at the
+// session's rate, before the warning level) that the server refuses leaves
+// the prompt to the one at the warning level; a second event for the same
+// volume prompts nothing; after a top-up the next one prompts again.
+func TestPromptOncePerVolume(t *testing.T) {
+	const MB, warn = 1_000_000, 1_000_000
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	env := harness.Start(t, nil)
+	hostC, guestC := env.Device(t, "host"), env.Device(t, "guest")
+	env.Fund(t, guestC, "EUR", 10_000)
+	hs, err := hostC.Hotspots.Register(ctx, connect.NewRequest(&sharespotv1.RegisterRequest{Instruction: &sharespotv1.ShareInstruction{
+		AccessPoint:    &sharespotv1.AccessPoint{Ssid: []byte("x"), Bssid: "02:00:00:00:00:0b", Security: sharespotv1.Security_SECURITY_WPA2},
+		Tariff:         &sharespotv1.Tariff{Currency: "EUR", PriceMinor: 1, UnitBytes: MB, MinPurchaseBytes: MB, TopupPriceMinor: 1},
+		ShareableBytes: 1000 * MB, WarnAtBytes: warn,
+	}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw := &eventGateway{quota: map[string]int64{}, ev: make(chan gateway.Event)}
+	h := &Host{C: hostC, GW: gw, Threshold: warn, ReportEvery: time.Hour}
+	done := make(chan error, 1)
+	go func() { done <- h.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("host: %v", err)
+		}
+	})
+	guestIn := harness.Listen(t, guestC, nil)
+	g := &client.Guest{C: guestC}
+	ses, err := g.RequestAccess(ctx, hs.Msg.Hotspot.Id, 3*MB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pay := func(fi *sharespotv1.Envelope_FeeInfo) {
+		t.Helper()
+		pay, err := guestC.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: fi.FeeInfo.Quote.Id}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := guestC.Sessions.Confirm(ctx, connect.NewRequest(&sharespotv1.ConfirmRequest{SessionId: ses.Id, Receipt: pay.Msg.Receipt})); err != nil {
+			t.Fatal(err)
+		}
+		harness.Next[*sharespotv1.Envelope_AccessGranted](t, guestIn)
+	}
+	_, fi := harness.Next[*sharespotv1.Envelope_FeeInfo](t, guestIn)
+	pay(fi)
+	send := func(used, quota int64) {
+		gw.ev <- gateway.Event{Kind: gateway.ThresholdCrossed, SessionID: ses.Id, Used: used, Quota: quota}
+	}
+	send(MB/2, 3*MB)   // early: 2.5 MB left; this server refuses it
+	send(2.5*MB, 3*MB) // at the warning level
+	_, p := harness.Next[*sharespotv1.Envelope_LowQuotaPrompt](t, guestIn)
+	if p.LowQuotaPrompt.UsedBytes != 2.5*MB || p.LowQuotaPrompt.GrantedBytes != 3*MB {
+		t.Fatalf("prompt %v, want the one at the warning level", p.LowQuotaPrompt)
+	}
+	send(2.6*MB, 3*MB) // again for the same volume: nothing
+	// The host handles events one at a time: once it takes the next one,
+	// it is done with that one, and any prompt it sent is in the guest's
+	// inbox, before what the top-up request brings.
+	gw.ev <- gateway.Event{Kind: gateway.Idle, SessionID: ses.Id}
+	if _, err := guestC.Sessions.RequestTopUp(ctx, connect.NewRequest(&sharespotv1.RequestTopUpRequest{SessionId: ses.Id, Bytes: MB})); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case e := <-guestIn.C():
+		fi, ok := e.Body.(*sharespotv1.Envelope_FeeInfo)
+		if !ok {
+			t.Fatalf("after the top-up request the guest got %v, want the fee information (a second prompt for one volume?)", e)
+		}
+		pay(fi)
+	case <-time.After(10 * time.Second):
+		t.Fatal("no fee information")
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		if _, q, _ := gw.Usage(ses.Id); q == 4*MB {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the top-up did not reach the gateway")
+		}
+	}
+	send(3.5*MB, 4*MB)
+	_, p = harness.Next[*sharespotv1.Envelope_LowQuotaPrompt](t, guestIn)
+	if p.LowQuotaPrompt.UsedBytes != 3.5*MB || p.LowQuotaPrompt.GrantedBytes != 4*MB {
+		t.Fatalf("prompt %v, want the one for the topped-up volume (a second for the first volume came?)", p.LowQuotaPrompt)
+	}
+}
