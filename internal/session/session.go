@@ -584,8 +584,9 @@ func (e *Engine) Grant(tx *store.Tx, host Party, sessionID, quoteID string, gran
 // ---------------------------------------------------------------- C1.9
 
 // Prompt is C1.9: the host tells the guest, through the server, that the
-// remaining volume fell below the host's preset threshold. The server
-// checks that it really did.
+// remaining volume fell below the host's preset threshold (its warning
+// level, or the level its gateway's rate measure sets). The server checks
+// that it really did.
 func (e *Engine) Prompt(tx *store.Tx, host Party, sessionID string, used int64) error {
 	s, err := e.load(tx, sessionID, host, roleHost)
 	if err != nil {
@@ -601,9 +602,13 @@ func (e *Engine) Prompt(tx *store.Tx, host Party, sessionID string, used int64) 
 	if err != nil {
 		return err
 	}
+	// The host's gateway prompts at its warning level, or earlier when the
+	// guest's rate would use up what is left before a top-up could arrive;
+	// the server accepts a prompt once less than the warning level or half
+	// of what was granted is left, whichever is more.
 	remaining := s.Granted - s.Used
-	if remaining >= h.WarnAtBytes {
-		return problem.WrongStatef("remaining %d bytes is not below the threshold of %d", remaining, h.WarnAtBytes)
+	if limit := max(h.WarnAtBytes, s.Granted/2); remaining >= limit {
+		return problem.WrongStatef("remaining %d bytes is not below the threshold of %d", remaining, limit)
 	}
 	if err := s.save(tx, e.nowMS()); err != nil {
 		return err
