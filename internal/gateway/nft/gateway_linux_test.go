@@ -162,9 +162,17 @@ func TestNamespaceSuite(t *testing.T) {
 		}
 		// Extension resumes the same transfer: no new connection, no
 		// reset of what was used.
+		before, extended := r.N(), time.Now()
 		if err := f.gw.Extend(ctx, "s1", 3*mB); err != nil {
 			t.Fatal(err)
 		}
+		// How long the held transfer takes to move again: the kernel
+		// dropped its packets at the quota, so TCP resumes at its next
+		// retransmission (its backoff grows with the time held).
+		for r.N() == before && time.Since(extended) < wait {
+			time.Sleep(time.Millisecond)
+		}
+		t.Logf("the same connection moved again %v after the extension", time.Since(extended).Round(time.Millisecond))
 		if err := r.Wait(); err != nil {
 			t.Fatalf("the transfer did not resume to its end after the extension: %v (%d bytes)", err, r.N())
 		}
