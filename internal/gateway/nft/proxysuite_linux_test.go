@@ -292,6 +292,59 @@ func TestProxyNamespaceSuite(t *testing.T) {
 		}
 	})
 
+	t.Run("shaped_topup_no_gap", func(t *testing.T) {
+		// The guest's link shaped to 1, 10 and 50 Mbit/s (tbf on the
+		// host's LAN): a download bigger than the volume, the top-up
+		// granted 100 ms after the (early) prompt, as an auto-topping
+		// guest's round trip takes. The same connection runs to its end
+		// with the right byte count; the longest stall is recorded.
+		for _, tc := range []struct {
+			mbit          int
+			quota, amount int64
+		}{
+			{1, 1 * mB, 2 * mB},
+			{10, 5 * mB, 10 * mB},
+			{50, 5 * mB, 20 * mB},
+		} {
+			t.Run(fmt.Sprintf("%dmbit", tc.mbit), func(t *testing.T) {
+				if out, err := f.tp.Host.Exec("tc", "qdisc", "replace", "dev", f.tp.LAN, "root", "tbf", "rate", fmt.Sprintf("%dmbit", tc.mbit),
+					"burst", "64kb", "latency", "400ms").CombinedOutput(); err != nil {
+					t.Fatalf("tc: %v: %s", err, out)
+				}
+				defer f.tp.Host.Exec("tc", "qdisc", "del", "dev", f.tp.LAN, "root").Run()
+				id := fmt.Sprintf("shaped%d", tc.mbit)
+				c := admit(id, tc.quota, 500*kB)
+				r := netns.StartFetch(ctx, socksClient(g[0], p.addr, id, c, 2*time.Minute), f.base, tc.amount)
+				var stall time.Duration
+				last, lastAt, granted := int64(0), time.Now(), tc.quota
+				for done := false; !done; {
+					select {
+					case <-r.Done():
+						done = true
+					case <-time.After(5 * time.Millisecond):
+					}
+					if n := r.N(); n != last {
+						last, lastAt = n, time.Now()
+					} else if d := time.Since(lastAt); d > stall {
+						stall = d
+					}
+					// The top-up: one per volume prompted, while the
+					// download needs more.
+					if granted < tc.amount+tc.amount/10 && p.ev.count(gateway.ThresholdCrossed, id) >= int(granted/tc.quota) {
+						time.Sleep(100 * time.Millisecond)
+						p.call(fmt.Sprintf("extend %s %d", id, tc.quota))
+						granted += tc.quota
+					}
+				}
+				if err := r.Wait(); err != nil || r.N() != tc.amount {
+					t.Fatalf("at %d Mbit/s the download got %d of %d bytes: %v", tc.mbit, r.N(), tc.amount, err)
+				}
+				t.Logf("%d Mbit/s: %d bytes in one connection across %d top-ups; longest stall %v; exhausted %d times",
+					tc.mbit, r.N(), granted/tc.quota-1, stall.Round(time.Millisecond), p.ev.count(gateway.Exhausted, id))
+			})
+		}
+	})
+
 	t.Run("extend_while_flowing_no_gap", func(t *testing.T) {
 		// The extension lands long before the first quota runs out (at
 		// 1 GB/s, 100 ms ahead), so any stop would be the extension's.
