@@ -554,7 +554,12 @@ func (r *run) flow(ctx context.Context) (string, error) {
 	// The guest acknowledges, signed, a little less than the host will
 	// report (within the credit window): a re-sent acknowledgment whose
 	// first copy committed is accepted again, changing nothing.
-	if _, err := r.guest.Acknowledge(ctx, r.main, used-512<<10); err != nil {
+	_, err = r.guest.Acknowledge(ctx, r.main, used-512<<10)
+	for attempt := 1; err != nil && attempt < 5 && lostResponse(err); attempt++ {
+		r.note("guest re-sent Acknowledge after a cut-off response")
+		_, err = r.guest.Acknowledge(ctx, r.main, used-512<<10)
+	}
+	if err != nil {
 		return "", fmt.Errorf("acknowledge: %w", err)
 	}
 	if _, err := r.host.Sessions.ReportUsage(ctx, connect.NewRequest(&sharespotv1.ReportUsageRequest{SessionId: r.main, UsedBytes: used})); err != nil {
