@@ -416,7 +416,20 @@ func (b *watchedBody) Read(p []byte) (int, error) {
 // the host's final count, or the close deadline, settles it), so this
 // polls the session until it has ended, or ctx ends.
 func (c *Client) EndAndSettle(ctx context.Context, sessionID, reason string) (*sharespotv1.Session, error) {
-	res, err := c.Sessions.End(ctx, connect.NewRequest(&sharespotv1.EndRequest{SessionId: sessionID, Reason: reason}))
+	// End is idempotent: an answer lost on the way (a server that died
+	// mid-answer) is asked for again.
+	var res *connect.Response[sharespotv1.EndResponse]
+	var err error
+	for attempt := 1; ; attempt++ {
+		res, err = c.Sessions.End(ctx, connect.NewRequest(&sharespotv1.EndRequest{SessionId: sessionID, Reason: reason}))
+		if err == nil || Final(err) || attempt == 5 || ctx.Err() != nil {
+			break
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Duration(attempt) * 100 * time.Millisecond):
+		}
+	}
 	if err != nil {
 		return nil, err
 	}
