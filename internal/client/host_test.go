@@ -35,22 +35,8 @@ func (g *countingGate) Extend(sid string, n int64) error {
 // the top-up volume reaches the gate once, and no second grant is sent.
 func TestHostHandlesRedeliveryOnce(t *testing.T) {
 	ctx := context.Background()
-	env := harness.Start(t, nil)
-	host, guest := env.Device(t, "host"), env.Device(t, "guest")
-	env.Fund(t, guest, "EUR", 10_000)
 	gate := &countingGate{CodeGate: client.CodeGate{Kind: "proxy", Address: "192.0.2.1:1080"}}
-	agent := &client.Host{C: host, Gate: gate}
-	if err := agent.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	hs, err := host.Hotspots.Register(ctx, connect.NewRequest(&sharespotv1.RegisterRequest{Instruction: &sharespotv1.ShareInstruction{
-		AccessPoint:    &sharespotv1.AccessPoint{Ssid: []byte("x"), Bssid: "02:00:00:00:00:09", Security: sharespotv1.Security_SECURITY_WPA2},
-		Tariff:         &sharespotv1.Tariff{Currency: "EUR", PriceMinor: 1, UnitBytes: 1000, MinPurchaseBytes: 1000, TopupPriceMinor: 1},
-		ShareableBytes: 1_000_000, WarnAtBytes: 500,
-	}}))
-	if err != nil {
-		t.Fatal(err)
-	}
+	host, guest, agent, hs := hostRig(t, gate, 1000, 1_000_000)
 	var confirmations []*sharespotv1.Envelope
 	hostIn := harness.Listen(t, host, func(ctx context.Context, env *sharespotv1.Envelope) error {
 		if env.GetPaymentConfirmed() != nil {
@@ -112,22 +98,8 @@ func TestHostHandlesRedeliveryOnce(t *testing.T) {
 // grant, or read once from the server by an agent restarted since).
 func TestHostPassesAcknowledgments(t *testing.T) {
 	ctx := context.Background()
-	env := harness.Start(t, nil)
-	host, guest := env.Device(t, "host"), env.Device(t, "guest")
-	env.Fund(t, guest, "EUR", 10_000)
 	gate := &client.CodeGate{Kind: "proxy", Address: "192.0.2.1:1080"}
-	agent := &client.Host{C: host, Gate: gate}
-	if err := agent.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	hs, err := host.Hotspots.Register(ctx, connect.NewRequest(&sharespotv1.RegisterRequest{Instruction: &sharespotv1.ShareInstruction{
-		AccessPoint:    &sharespotv1.AccessPoint{Ssid: []byte("x"), Bssid: "02:00:00:00:00:0a", Security: sharespotv1.Security_SECURITY_WPA2},
-		Tariff:         &sharespotv1.Tariff{Currency: "EUR", PriceMinor: 1, UnitBytes: 1_000_000, MinPurchaseBytes: 1_000_000, TopupPriceMinor: 1},
-		ShareableBytes: 1_000_000_000, WarnAtBytes: 500,
-	}}))
-	if err != nil {
-		t.Fatal(err)
-	}
+	host, guest, agent, hs := hostRig(t, gate, 1_000_000, 1_000_000_000)
 	harness.Listen(t, host, agent.Handle)
 	guestIn := harness.Listen(t, guest, nil)
 	g := &client.Guest{C: guest}
@@ -183,4 +155,28 @@ func TestHostPassesAcknowledgments(t *testing.T) {
 		t.Fatal(err)
 	}
 	awaitAck(6000)
+}
+
+// hostRig is a server, a host whose agent answers at gate, a hotspot at 1
+// cent per unit bytes (the smallest purchase one unit) sharing shareable
+// bytes, and a guest with €100.
+func hostRig(t *testing.T, gate client.Gate, unit, shareable int64) (host, guest *client.Client, agent *client.Host, hs *connect.Response[sharespotv1.RegisterResponse]) {
+	t.Helper()
+	ctx := context.Background()
+	env := harness.Start(t, nil)
+	host, guest = env.Device(t, "host"), env.Device(t, "guest")
+	env.Fund(t, guest, "EUR", 10_000)
+	agent = &client.Host{C: host, Gate: gate}
+	if err := agent.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	hs, err := host.Hotspots.Register(ctx, connect.NewRequest(&sharespotv1.RegisterRequest{Instruction: &sharespotv1.ShareInstruction{
+		AccessPoint:    &sharespotv1.AccessPoint{Ssid: []byte("x"), Bssid: "02:00:00:00:00:09", Security: sharespotv1.Security_SECURITY_WPA2},
+		Tariff:         &sharespotv1.Tariff{Currency: "EUR", PriceMinor: 1, UnitBytes: unit, MinPurchaseBytes: unit, TopupPriceMinor: 1},
+		ShareableBytes: shareable, WarnAtBytes: 500,
+	}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return host, guest, agent, hs
 }

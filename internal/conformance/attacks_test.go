@@ -39,17 +39,7 @@ func TestAttacks(t *testing.T) {
 // downloads fast and ends at once; settlement bills exactly the bytes the
 // gateway carried (the kernel gateway's count is read after the guest is
 // revoked, so it is exact to the packet).
-func TestEndAtOnceRealBytes(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		path func(*testing.T) *dataPath
-	}{
-		{"proxy", proxyPath},
-		{"nftables", nftPath},
-	} {
-		t.Run(tc.name, func(t *testing.T) { endAtOnce(t, tc.path) })
-	}
-}
+func TestEndAtOnceRealBytes(t *testing.T) { eachDataPath(t, endAtOnce) }
 
 // wantSettled checks a settled session and both wallets: the guest was
 // charged exactly charged (from funded), the platform kept 5 % of it

@@ -114,7 +114,10 @@ func nftPath(t *testing.T) *dataPath {
 // TestClaimRealBytes runs C1.8, C1.9 and C1.15 with real bytes through
 // each gateway: a real server, a real host (agent, gateway, event loop as
 // `sharespot share` runs them) and a real guest.
-func TestClaimRealBytes(t *testing.T) {
+func TestClaimRealBytes(t *testing.T) { eachDataPath(t, claimRealBytes) }
+
+// eachDataPath runs test through each gateway, as a subtest named for it.
+func eachDataPath(t *testing.T, test func(*testing.T, func(*testing.T) *dataPath)) {
 	for _, tc := range []struct {
 		name string
 		path func(*testing.T) *dataPath
@@ -122,7 +125,7 @@ func TestClaimRealBytes(t *testing.T) {
 		{"proxy", proxyPath},
 		{"nftables", nftPath},
 	} {
-		t.Run(tc.name, func(t *testing.T) { claimRealBytes(t, tc.path) })
+		t.Run(tc.name, func(t *testing.T) { test(t, tc.path) })
 	}
 }
 
