@@ -490,16 +490,11 @@ func (r *run) flow(ctx context.Context) (string, error) {
 	if len(res.Msg.Available) != 1 || res.Msg.Available[0].HotspotId != r.hotspotID {
 		return "", fmt.Errorf("available set %v, want hotspot %s", res.Msg.Available, r.hotspotID)
 	}
-	// A lost response to this request leaves a stray session behind the
-	// one the retry creates; it is ended with the others at the end.
-	// The transport re-sends a request whose connection failed; a response
-	// cut off mid-body (the server died after answering began) surfaces
-	// here instead, and the guest asks again the same way.
+	// A lost response to this request (the transport re-sends a request
+	// whose connection failed or whose answer was cut off) leaves a stray
+	// session behind the one the retry creates; it is ended with the
+	// others at the end.
 	ses, err := r.g.RequestAccess(ctx, r.hotspotID, 100*MB)
-	for attempt := 1; err != nil && attempt < 5 && lostResponse(err); attempt++ {
-		r.note("guest re-sent RequestAccess after a cut-off response")
-		ses, err = r.g.RequestAccess(ctx, r.hotspotID, 100*MB)
-	}
 	if err != nil {
 		return "", fmt.Errorf("request access: %w", err)
 	}
@@ -554,12 +549,7 @@ func (r *run) flow(ctx context.Context) (string, error) {
 	// The guest acknowledges, signed, a little less than the host will
 	// report (within the credit window): a re-sent acknowledgment whose
 	// first copy committed is accepted again, changing nothing.
-	_, err = r.guest.Acknowledge(ctx, r.main, used-512<<10)
-	for attempt := 1; err != nil && attempt < 5 && lostResponse(err); attempt++ {
-		r.note("guest re-sent Acknowledge after a cut-off response")
-		_, err = r.guest.Acknowledge(ctx, r.main, used-512<<10)
-	}
-	if err != nil {
+	if _, err := r.guest.Acknowledge(ctx, r.main, used-512<<10); err != nil {
 		return "", fmt.Errorf("acknowledge: %w", err)
 	}
 	if _, err := r.host.Sessions.ReportUsage(ctx, connect.NewRequest(&sharespotv1.ReportUsageRequest{SessionId: r.main, UsedBytes: used})); err != nil {
@@ -626,11 +616,4 @@ func (r *run) endAll(ctx context.Context) error {
 		}
 	}
 	return nil
-}
-
-// lostResponse reports whether err is a call whose answer was lost in
-// transit (it may or may not have been applied), not a refusal.
-func lostResponse(err error) bool {
-	c := harness.Code(err)
-	return c == connect.CodeUnknown || c == connect.CodeUnavailable
 }

@@ -271,6 +271,12 @@ func (rt *resend) RoundTrip(req *http.Request) (*http.Response, error) {
 	r := req
 	for {
 		resp, err := rt.base.RoundTrip(r)
+		if err == nil && unary(req) {
+			// A unary answer is read whole here: a server killed after it
+			// began answering cuts the body off, and that is a lost answer
+			// like a refused connection, re-sent the same way.
+			err = readWhole(resp)
+		}
 		if err == nil {
 			if rt.acked != nil && resp.StatusCode == http.StatusOK && strings.HasSuffix(req.URL.Path, "/Ack") {
 				if seq, ok := ackSeq(req); ok {
@@ -298,6 +304,25 @@ func (rt *resend) RoundTrip(req *http.Request) (*http.Response, error) {
 			rt.resent(req.URL.Path)
 		}
 	}
+}
+
+// unary reports whether req is a Connect unary call (streams keep their
+// body open and are not buffered).
+func unary(req *http.Request) bool {
+	ct := req.Header.Get("Content-Type")
+	return ct == "application/proto" || ct == "application/json"
+}
+
+// readWhole replaces resp.Body with its content read in full, or closes it
+// and returns the error that cut it off.
+func readWhole(resp *http.Response) error {
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		return fmt.Errorf("crashtest: answer cut off: %w", err)
+	}
+	resp.Body = io.NopCloser(bytes.NewReader(b))
+	return nil
 }
 
 // ackSeq decodes the sequence an Ack request acknowledges (Connect unary,
