@@ -81,6 +81,9 @@ func StartOrigin(t testing.TB, ln net.Listener, ns *NS, dns ...string) *Origin {
 			return
 		}
 		w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
+		// A web page on another origin (the browser suite's guest page)
+		// may read it.
+		w.Header().Set("Access-Control-Allow-Origin", "*")
 		buf := make([]byte, 64<<10)
 		for n > 0 {
 			k, err := w.Write(buf[:min(n, int64(len(buf)))])

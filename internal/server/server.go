@@ -22,6 +22,7 @@ import (
 	"github.com/sharespot/sharespot/internal/auth"
 	"github.com/sharespot/sharespot/internal/bus"
 	"github.com/sharespot/sharespot/internal/payment"
+	"github.com/sharespot/sharespot/internal/portal"
 	"github.com/sharespot/sharespot/internal/relay"
 	"github.com/sharespot/sharespot/internal/session"
 	"github.com/sharespot/sharespot/internal/store"
@@ -201,8 +202,13 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	s.engine = session.New(s.st, waker, s.wallet, cfg.Now, cfg.Session, cfg.Logger)
 	s.auth = auth.New(s.st, cfg.Now, time.Hour)
-	s.handler = bodyDeadline(api.Handler(api.Deps{Store: s.st, Engine: s.engine, Auth: s.auth, Wallet: s.wallet, Hub: s.hub,
-		Now: cfg.Now, Log: cfg.Logger, Limits: cfg.Limits, PollInterval: cfg.PollInterval}), cfg.BodyTimeout)
+	mux := http.NewServeMux()
+	mux.Handle("/", api.Handler(api.Deps{Store: s.st, Engine: s.engine, Auth: s.auth, Wallet: s.wallet, Hub: s.hub,
+		Now: cfg.Now, Log: cfg.Logger, Limits: cfg.Limits, PollInterval: cfg.PollInterval}))
+	// The guest pages, on the API's origin: the page's calls are
+	// same-origin, so no CORS is needed or allowed.
+	mux.Handle(portal.Path, portal.Handler())
+	s.handler = bodyDeadline(mux, cfg.BodyTimeout)
 	return s, nil
 }
 

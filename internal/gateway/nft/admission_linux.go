@@ -16,6 +16,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/sharespot/sharespot/internal/gateway"
+	"github.com/sharespot/sharespot/internal/portal"
 )
 
 // authenticate returns the session whose ID and access code these are.
@@ -115,10 +116,57 @@ func (g *Gateway) bindMAC(s *session, b binding) (binding, error) {
 func (g *Gateway) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /admit", g.handleAdmit)
+	mux.HandleFunc("OPTIONS /admit", corsPreflight)
+	if g.cfg.PortalURL != "" {
+		mux.HandleFunc("GET "+CaptivePath, g.handleCaptive)
+		// Everything else is an intercepted request (any host, any path)
+		// of a guest not yet admitted, or a person who typed the
+		// endpoint's address: send both to the portal.
+		mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) { portal.Redirect(w, r, g.cfg.PortalURL) })
+	}
 	return mux
 }
 
+// corsPreflight lets the guest page, served by the Sharespot server (another
+// origin), post the code here: the request carries no credentials, and
+// the session ID and code are the authentication. Private Network Access
+// (Chromium) asks for the last header when the page is on a public
+// address and this endpoint on a private one.
+func corsPreflight(w http.ResponseWriter, r *http.Request) {
+	h := w.Header()
+	h.Set("Access-Control-Allow-Origin", "*")
+	h.Set("Access-Control-Allow-Methods", "POST")
+	h.Set("Access-Control-Allow-Headers", "Content-Type")
+	h.Set("Access-Control-Allow-Private-Network", "true")
+	h.Set("Access-Control-Max-Age", "600")
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// handleCaptive is the Captive Portal API (RFC 8908): captive until this
+// address is admitted, then the bytes left.
+func (g *Gateway) handleCaptive(w http.ResponseWriter, r *http.Request) {
+	c := portal.Captive{Captive: true, UserPortalURL: g.cfg.PortalURL}
+	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
+		g.mu.Lock()
+		s := g.byAddr[ap.Addr().Unmap().WithZone("")]
+		var id string
+		if s != nil {
+			id = s.id
+		}
+		g.mu.Unlock()
+		if s != nil {
+			if used, quota, err := g.Usage(id); err == nil {
+				left := max(quota-used, 0)
+				yes := true
+				c = portal.Captive{Captive: left == 0, UserPortalURL: g.cfg.PortalURL, BytesRemaining: &left, CanExtendSession: &yes}
+			}
+		}
+	}
+	portal.WriteCaptive(w, c)
+}
+
 func (g *Gateway) handleAdmit(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Access-Control-Allow-Origin", "*")
 	r.Body = http.MaxBytesReader(w, r.Body, 4<<10)
 	if err := r.ParseForm(); err != nil {
 		http.Error(w, "malformed form", http.StatusBadRequest)

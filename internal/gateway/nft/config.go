@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strings"
 	"time"
@@ -15,6 +16,11 @@ import (
 	"github.com/sharespot/sharespot/internal/gateway"
 	"github.com/sharespot/sharespot/internal/seal"
 )
+
+// CaptivePath is where the admission endpoint serves the Captive Portal
+// API (RFC 8908); its URL is what DHCP option 114 and the IPv6 RA option
+// (RFC 8910) announce.
+const CaptivePath = "/captive-portal/api"
 
 // Kind is what guests are told the kernel gateway is (Gateway.Kind in the
 // access response).
@@ -78,6 +84,21 @@ type Config struct {
 	PersistAhead int64
 	// MaxBindings bounds the addresses one session may be admitted from.
 	MaxBindings int
+	// Garden is the walled garden: TCP destinations (the Sharespot
+	// server's addresses and port) every guest on the LAN reaches, admitted
+	// or not, so that a guest with only a browser can buy; this traffic is
+	// not metered.
+	Garden []netip.AddrPort
+	// PortalURL, if set, turns the captive portal on: unadmitted guests'
+	// TCP port-80 requests are redirected to the admission endpoint, which
+	// answers them with a redirect to PortalURL (the server's guest page
+	// for this hotspot), and it serves the Captive Portal API (RFC 8908)
+	// at CaptivePath.
+	PortalURL string
+	// AllowDNS lets guests, admitted or not, ask the host's own DNS
+	// resolver (UDP and TCP port 53 on the host); without it the host
+	// drops DNS from the LAN and guests need addresses, not names.
+	AllowDNS bool
 	// TopUpTime is how long a top-up takes: ThresholdCrossed comes when a
 	// session's remaining volume would last less than that at its current
 	// rate, if that is before its threshold. Default

@@ -151,7 +151,7 @@ func New(cfg Config) (*Gateway, error) {
 		}
 	}
 	port := g.ln.Addr().(*net.TCPAddr).Port
-	g.lay = newLayout(cfg.Table, cfg.LAN, cfg.Uplink, uint16(port))
+	g.lay = newLayout(cfg.Table, cfg.LAN, cfg.Uplink, uint16(port), walledGarden{garden: cfg.Garden, intercept: cfg.PortalURL != "", dns: cfg.AllowDNS})
 	if err := g.reconcile(); err != nil {
 		return nil, err
 	}

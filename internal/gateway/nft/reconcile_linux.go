@@ -184,7 +184,7 @@ func (g *Gateway) apply(recs []gateway.Record, ks *kernelState) error {
 		sessions[s.id] = s
 	}
 	// Refill the maps: drop every element, add the kept bindings back.
-	for _, m := range []*nftables.Set{g.lay.up4, g.lay.up6, g.lay.down4, g.lay.down6} {
+	for _, m := range []*nftables.Set{g.lay.up4, g.lay.up6, g.lay.down4, g.lay.down6, g.lay.adm4, g.lay.adm6} {
 		g.nc.FlushSet(m)
 	}
 	for _, s := range sessions {
@@ -215,6 +215,10 @@ func (g *Gateway) addBindingLocked(b binding, tag string) error {
 	if err := g.nc.SetAddElements(up, []nftables.SetElement{ue}); err != nil {
 		return err
 	}
+	adm, ae := g.lay.admitted(b)
+	if err := g.nc.SetAddElements(adm, []nftables.SetElement{ae}); err != nil {
+		return err
+	}
 	return g.nc.SetAddElements(down, []nftables.SetElement{de})
 }
 
@@ -222,6 +226,10 @@ func (g *Gateway) delBindingLocked(b binding, tag string) error {
 	up, down, ue, de := g.lay.elements(b, tag)
 	ue.VerdictData, de.VerdictData = nil, nil
 	if err := g.nc.SetDeleteElements(up, []nftables.SetElement{ue}); err != nil {
+		return err
+	}
+	adm, ae := g.lay.admitted(b)
+	if err := g.nc.SetDeleteElements(adm, []nftables.SetElement{ae}); err != nil {
 		return err
 	}
 	return g.nc.SetDeleteElements(down, []nftables.SetElement{de})

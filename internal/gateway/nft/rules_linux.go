@@ -17,6 +17,9 @@ const (
 	chainForward = "forward"
 	chainInput   = "input"
 	chainNAT     = "postrouting"
+	chainPre     = "prerouting" // the captive portal's interception
+	setAdm4      = "adm4"       // ipv4_addr . ether_addr: admitted guests
+	setAdm6      = "adm6"       // ipv6_addr . ether_addr
 	setUp4       = "up4"   // ipv4_addr . ether_addr : verdict
 	setUp6       = "up6"   // ipv6_addr . ether_addr : verdict
 	setDown4     = "down4" // ipv4_addr : verdict
@@ -36,14 +39,36 @@ type layout struct {
 	table                  *nftables.Table
 	forward, input, nat    *nftables.Chain
 	up4, up6, down4, down6 *nftables.Set
+	adm4, adm6             *nftables.Set
+	pre                    *nftables.Chain
 	lan, uplink            string
 	admitPort              uint16
+	// The walled garden: TCP destinations every guest reaches, admitted
+	// or not (the Sharespot server); whether unadmitted guests' port-80
+	// requests are redirected to the admission endpoint (the captive
+	// portal); whether guests may ask the host's DNS resolver.
+	garden    []netip.AddrPort
+	intercept bool
+	dns       bool
 }
 
-func newLayout(table, lan, uplink string, admitPort uint16) *layout {
+// walledGarden is the part of Config the layout needs.
+type walledGarden struct {
+	garden    []netip.AddrPort
+	intercept bool
+	dns       bool
+}
+
+func newLayout(table, lan, uplink string, admitPort uint16, wg walledGarden) *layout {
 	t := &nftables.Table{Name: table, Family: nftables.TableFamilyINet}
 	accept := nftables.ChainPolicyAccept
-	l := &layout{table: t, lan: lan, uplink: uplink, admitPort: admitPort}
+	l := &layout{table: t, lan: lan, uplink: uplink, admitPort: admitPort, garden: wg.garden, intercept: wg.intercept, dns: wg.dns}
+	l.pre = &nftables.Chain{Name: chainPre, Table: t, Type: nftables.ChainTypeNAT,
+		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityNATDest, Policy: &accept}
+	l.adm4 = &nftables.Set{Table: t, Name: setAdm4, Concatenation: true,
+		KeyType: nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeEtherAddr)}
+	l.adm6 = &nftables.Set{Table: t, Name: setAdm6, Concatenation: true,
+		KeyType: nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeEtherAddr)}
 	l.forward = &nftables.Chain{Name: chainForward, Table: t, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: &accept}
 	l.input = &nftables.Chain{Name: chainInput, Table: t, Type: nftables.ChainTypeFilter,
@@ -87,11 +112,11 @@ func verdict(k expr.VerdictKind) []expr.Any { return []expr.Any{&expr.Verdict{Ki
 // the four binding maps and the NAT rule. It is idempotent.
 func (l *layout) build(c *nftables.Conn) error {
 	c.AddTable(l.table)
-	for _, ch := range []*nftables.Chain{l.forward, l.input, l.nat} {
+	for _, ch := range []*nftables.Chain{l.forward, l.input, l.nat, l.pre} {
 		c.AddChain(ch)
 		c.FlushChain(ch)
 	}
-	for _, s := range []*nftables.Set{l.up4, l.up6, l.down4, l.down6} {
+	for _, s := range []*nftables.Set{l.up4, l.up6, l.down4, l.down6, l.adm4, l.adm6} {
 		if err := c.AddSet(s, nil); err != nil {
 			return fmt.Errorf("add map %s: %w", s.Name, err)
 		}
@@ -106,9 +131,26 @@ func (l *layout) build(c *nftables.Conn) error {
 	lookup := func(s *nftables.Set) expr.Any {
 		return &expr.Lookup{SourceRegister: reg1, SetName: s.Name, SetID: s.ID, DestRegister: 0, IsDestRegSet: true}
 	}
-	// forward: a guest's packets, either way, jump to its chain through
-	// the maps; everything else from or to the LAN is dropped.
-	fwd := [][]expr.Any{
+	// forward: the walled garden first (the server stays reachable when a
+	// guest's volume is used up, to top up; its traffic is not metered),
+	// then a guest's packets, either way, jump to its chain through the
+	// maps; everything else from or to the LAN is dropped.
+	var fwd [][]expr.Any
+	for _, ap := range l.garden {
+		fam, dst, src, n := v4, uint32(16), uint32(12), uint32(4)
+		if ap.Addr().Is6() {
+			fam, dst, src, n = v6, 24, 8, 16
+		}
+		addr := ap.Addr().AsSlice()
+		fwd = append(fwd,
+			cat(lanIn, fam, []expr.Any{
+				&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: dst, Len: n},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: addr}}, tcpPort(2, ap.Port()), verdict(expr.VerdictAccept)),
+			cat(lanOut, fam, []expr.Any{
+				&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: src, Len: n},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: addr}}, tcpPort(0, ap.Port()), verdict(expr.VerdictAccept)))
+	}
+	fwd = append(fwd, [][]expr.Any{
 		cat(lanIn, v4, []expr.Any{
 			&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
 			etherSrc(reg32At + 1), lookup(l.up4)}),
@@ -121,7 +163,7 @@ func (l *layout) build(c *nftables.Conn) error {
 		cat(lanOut, v6, []expr.Any{
 			&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: 24, Len: 16}, lookup(l.down6)}),
 		cat(lanOut, verdict(expr.VerdictDrop)),
-	}
+	}...)
 	for _, e := range fwd {
 		c.AddRule(&nftables.Rule{Table: l.table, Chain: l.forward, Exprs: e})
 	}
@@ -151,15 +193,49 @@ func (l *layout) build(c *nftables.Conn) error {
 		cat(lanIn, icmp6(133), verdict(expr.VerdictAccept)), // router solicitation
 		cat(lanIn, icmp6(135), verdict(expr.VerdictAccept)), // neighbour solicitation
 		cat(lanIn, icmp6(136), verdict(expr.VerdictAccept)), // neighbour advertisement
-		cat(lanIn, verdict(expr.VerdictDrop)),
 	}
+	if l.dns {
+		in = append(in, cat(lanIn, l4(unix.IPPROTO_UDP, 53), verdict(expr.VerdictAccept)),
+			cat(lanIn, l4(unix.IPPROTO_TCP, 53), verdict(expr.VerdictAccept)))
+	}
+	in = append(in, cat(lanIn, verdict(expr.VerdictDrop)))
 	for _, e := range in {
 		c.AddRule(&nftables.Rule{Table: l.table, Chain: l.input, Exprs: e})
+	}
+	// prerouting: a guest not admitted (its address and MAC in no
+	// binding) that asks for anything on TCP port 80 is redirected to the
+	// admission endpoint, which answers with the portal (captive portal
+	// detection by Android, iOS and Windows probes).
+	if l.intercept {
+		redirect := func(fam []expr.Any, off, n uint32, macReg uint32, set *nftables.Set) []expr.Any {
+			p := make([]byte, 2)
+			binary.BigEndian.PutUint16(p, l.admitPort)
+			return cat(lanIn, fam, tcpPort(2, 80), []expr.Any{
+				&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: n},
+				etherSrc(macReg),
+				&expr.Lookup{SourceRegister: reg1, SetName: set.Name, SetID: set.ID, Invert: true},
+				&expr.Immediate{Register: reg1, Data: p},
+				&expr.Redir{RegisterProtoMin: reg1},
+			})
+		}
+		c.AddRule(&nftables.Rule{Table: l.table, Chain: l.pre, Exprs: redirect(v4, 12, 4, reg32At+1, l.adm4)})
+		c.AddRule(&nftables.Rule{Table: l.table, Chain: l.pre, Exprs: redirect(v6, 8, 16, reg32At+4, l.adm6)})
 	}
 	// postrouting: NAT to the uplink (IPv4 and IPv6).
 	c.AddRule(&nftables.Rule{Table: l.table, Chain: l.nat, Exprs: cat(
 		metaIs(expr.MetaKeyOIFNAME, ifname(l.uplink)), []expr.Any{&expr.Masq{}})})
 	return nil
+}
+
+// tcpPort matches TCP with the given port at off in the transport header
+// (0: source, 2: destination).
+func tcpPort(off uint32, port uint16) []expr.Any {
+	p := make([]byte, 2)
+	binary.BigEndian.PutUint16(p, port)
+	return cat(metaIs(expr.MetaKeyL4PROTO, []byte{unix.IPPROTO_TCP}), []expr.Any{
+		&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseTransportHeader, Offset: off, Len: 2},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: p},
+	})
 }
 
 // guestChain is the chain a session's packets jump to.
@@ -245,4 +321,16 @@ func (l *layout) elements(b binding, tag string) (up, down *nftables.Set, upEl, 
 	upEl = nftables.SetElement{Key: append(append([]byte{}, a...), mac...), VerdictData: jump, Comment: tag}
 	downEl = nftables.SetElement{Key: a, VerdictData: jump, Comment: tag}
 	return up, down, upEl, downEl
+}
+
+// admitted returns the set and element that mark a binding admitted (the
+// captive portal's interception skips it).
+func (l *layout) admitted(b binding) (*nftables.Set, nftables.SetElement) {
+	mac := make([]byte, 8)
+	copy(mac, b.mac)
+	set := l.adm4
+	if b.addr.Is6() {
+		set = l.adm6
+	}
+	return set, nftables.SetElement{Key: append(append([]byte{}, b.addr.AsSlice()...), mac...)}
 }

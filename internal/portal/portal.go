@@ -1,0 +1,117 @@
+// Package portal is the guest's web side: the pages a person with a stock
+// phone uses to buy data from a hotspot (served by the Sharespot server at
+// Path, assets embedded, nothing from elsewhere), and the captive-portal
+// pieces the host's kernel gateway answers with (RFC 8908 API, the
+// redirect of intercepted port-80 requests).
+//
+// The pages call the same Connect API as the CLI, with JSON over HTTP/1.1
+// or HTTP/2. The device key is a non-extractable Ed25519 WebCrypto key kept
+// in IndexedDB (the same key type as the CLI's, so the server verifies it
+// unchanged); the session's HPKE key is a non-extractable X25519 key, and
+// the sealed access code is opened in the page (static/hpke.js), so the
+// code is never in clear outside the guest's browser and the host's
+// admission endpoint.
+package portal
+
+import (
+	"embed"
+	"encoding/json"
+	"io/fs"
+	"net/http"
+	"net/url"
+	"strings"
+)
+
+// Path is where the server serves the guest pages.
+const Path = "/guest/"
+
+//go:embed static
+var static embed.FS
+
+// csp allows only this origin's scripts and styles; connections go to this
+// origin (the API) and to the host's admission endpoint on the LAN (http:).
+const csp = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self' http: https:; " +
+	"base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+
+// Handler serves the guest pages under Path.
+func Handler() http.Handler {
+	sub, err := fs.Sub(static, "static")
+	if err != nil {
+		panic(err) // the embedded tree is fixed at build time
+	}
+	files := http.StripPrefix(strings.TrimSuffix(Path, "/"), http.FileServerFS(sub))
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			w.Header().Set("Allow", "GET, HEAD")
+			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+			return
+		}
+		h := w.Header()
+		h.Set("Content-Security-Policy", csp)
+		h.Set("X-Content-Type-Options", "nosniff")
+		h.Set("Referrer-Policy", "no-referrer")
+		h.Set("Cache-Control", "no-cache")
+		files.ServeHTTP(w, r)
+	})
+}
+
+// PageURL is the guest page on the server at serverURL for one hotspot:
+// the page discovers it by its BSSID and SSID and presents the access code
+// at admit (host:port of the kernel gateway's admission endpoint).
+func PageURL(serverURL, bssid, ssid, admit string) string {
+	q := url.Values{"bssid": {bssid}, "ssid": {ssid}}
+	if admit != "" {
+		q.Set("admit", admit)
+	}
+	return strings.TrimSuffix(serverURL, "/") + Path + "?" + q.Encode()
+}
+
+// CaptiveContentType is the media type of the Captive Portal API (RFC 8908).
+const CaptiveContentType = "application/captive+json"
+
+// Captive is the Captive Portal API's JSON (RFC 8908 §5). A volume-metered
+// session has no time limit, so SecondsRemaining stays unset.
+type Captive struct {
+	Captive          bool   `json:"captive"`
+	UserPortalURL    string `json:"user-portal-url,omitempty"`
+	VenueInfoURL     string `json:"venue-info-url,omitempty"`
+	CanExtendSession *bool  `json:"can-extend-session,omitempty"`
+	SecondsRemaining *int64 `json:"seconds-remaining,omitempty"`
+	BytesRemaining   *int64 `json:"bytes-remaining,omitempty"`
+}
+
+// WriteCaptive answers a Captive Portal API request.
+func WriteCaptive(w http.ResponseWriter, c Captive) {
+	w.Header().Set("Content-Type", CaptiveContentType)
+	w.Header().Set("Cache-Control", "private, no-store")
+	w.Header().Set("Access-Control-Allow-Origin", "*")
+	json.NewEncoder(w).Encode(c)
+}
+
+// Redirect answers an intercepted request of a guest not yet admitted: a
+// GET or HEAD gets 302 Found to the portal (what the Android, iOS and
+// Windows connectivity probes take as a captive portal), anything else 511
+// Network Authentication Required (RFC 6585); both uncacheable, with a
+// page that links to the portal.
+func Redirect(w http.ResponseWriter, r *http.Request, portal string) {
+	h := w.Header()
+	h.Set("Cache-Control", "no-store")
+	h.Set("Content-Type", "text/html; charset=utf-8")
+	// Not kept alive: once admitted, the browser's next connection to the
+	// same address must reach the real site, not this redirected one.
+	h.Set("Connection", "close")
+	if r.Method == http.MethodGet || r.Method == http.MethodHead {
+		h.Set("Location", portal)
+		w.WriteHeader(http.StatusFound)
+	} else {
+		w.WriteHeader(http.StatusNetworkAuthenticationRequired)
+	}
+	esc := htmlEscape(portal)
+	w.Write([]byte(`<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">` +
+		`<meta http-equiv="refresh" content="0;url=` + esc + `"><title>Sign in to this network</title></head>` +
+		`<body><p>This network sells data through Sharespot. <a href="` + esc + `">Open the sign-in page</a>.</p></body></html>`))
+}
+
+func htmlEscape(s string) string {
+	return strings.NewReplacer("&", "&amp;", "<", "&lt;", ">", "&gt;", `"`, "&#34;", "'", "&#39;").Replace(s)
+}
