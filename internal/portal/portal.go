@@ -28,9 +28,8 @@ const Path = "/guest/"
 //go:embed static
 var static embed.FS
 
-// csp allows only this origin's scripts and styles; connections go to this
-// origin (the API) and to the host's admission endpoint on the LAN (http:).
-const csp = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self' http: https:; " +
+// csp allows only this origin's scripts, styles and connections (the API).
+const csp = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; " +
 	"base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 
 // Handler serves the guest pages under Path.
@@ -114,4 +113,55 @@ func Redirect(w http.ResponseWriter, r *http.Request, portal string) {
 
 func htmlEscape(s string) string {
 	return strings.NewReplacer("&", "&amp;", "<", "&lt;", ">", "&gt;", `"`, "&#34;", "'", "&#39;").Replace(s)
+}
+
+// AdmitPage is the host's admission page, GET on the kernel gateway's
+// admission endpoint. The guest page (on the server, over HTTPS) cannot
+// post to the host's cleartext endpoint (mixed content), so it navigates
+// here with the session ID, the code and its own address in the URL
+// fragment, which never leaves the browser; this page posts them to the
+// endpoint from its own origin and goes back to the guest page, only to
+// an address under back (the portal's origin), adding #admitted.
+func AdmitPage(w http.ResponseWriter, back string) {
+	h := w.Header()
+	h.Set("Content-Type", "text/html; charset=utf-8")
+	h.Set("Cache-Control", "no-store")
+	h.Set("Referrer-Policy", "no-referrer")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Content-Security-Policy", "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'")
+	origin, _ := json.Marshal(back)
+	w.Write([]byte(`<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Connecting…</title><style>body{font:17px/1.5 system-ui,sans-serif;max-width:32rem;margin:1rem auto;padding:0 1rem;color:#111}a{color:#0b57d0}</style></head>
+<body><h1>Connecting you</h1><p id="m" role="status">Presenting your access code to this hotspot…</p>
+<noscript><p>This step needs JavaScript: turn it on and go back to the Sharespot page.</p></noscript>
+<script>
+(async function () {
+  const allowed = ` + string(origin) + `;
+  const p = new URLSearchParams(location.hash.slice(1));
+  history.replaceState(null, "", location.pathname); // the code leaves the address bar
+  const back = p.get("back") || "";
+  const safeBack = back.startsWith(allowed) ? back : allowed;
+  const m = document.getElementById("m");
+  try {
+    const res = await fetch("/admit", { method: "POST", body: new URLSearchParams({ session: p.get("session") || "", code: p.get("code") || "" }) });
+    const text = (await res.text()).trim();
+    if (!res.ok) throw new Error(text || res.statusText);
+    m.textContent = "Online. Going back to your Sharespot page…";
+    location.replace(safeBack.split("#")[0] + "#admitted");
+  } catch (e) {
+    m.textContent = "The hotspot refused: " + e.message + ". ";
+    const a = document.createElement("a"); a.href = safeBack.split("#")[0]; a.textContent = "Back to the Sharespot page";
+    m.appendChild(a);
+  }
+})();
+</script></body></html>`))
+}
+
+// Origin is the scheme://host[:port]/ of a URL (the portal's), or "".
+func Origin(u string) string {
+	p, err := url.Parse(u)
+	if err != nil || p.Scheme == "" || p.Host == "" {
+		return ""
+	}
+	return p.Scheme + "://" + p.Host + "/"
 }

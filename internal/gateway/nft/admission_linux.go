@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/sharespot/sharespot/internal/gateway"
 	"github.com/sharespot/sharespot/internal/portal"
@@ -110,7 +111,32 @@ func (g *Gateway) bindMAC(s *session, b binding) (binding, error) {
 	s.bindings = append(s.bindings, b)
 	g.byAddr[addr] = s
 	g.log.Info("guest bound", "session", s.id, "addr", addr, "mac", mac)
+	if g.cfg.PortalURL != "" {
+		g.forgetRedirects(addr)
+	}
 	return b, nil
+}
+
+// forgetRedirects deletes the conntrack entries of addr's port-80
+// connections: made before admission, they are redirected to the portal,
+// and a browser that reuses one (an idle or preconnected socket) would
+// keep getting the portal. Without its entry, the connection's next packet
+// is tracked anew and reaches the real destination, which resets it, and
+// the browser opens a fresh, unredirected one.
+func (g *Gateway) forgetRedirects(addr netip.Addr) {
+	f := &netlink.ConntrackFilter{}
+	fam := netlink.InetFamily(netlink.FAMILY_V4)
+	if addr.Is6() {
+		fam = netlink.FAMILY_V6
+	}
+	err := errors.Join(f.AddIP(netlink.ConntrackOrigSrcIP, addr.AsSlice()), f.AddProtocol(unix.IPPROTO_TCP),
+		f.AddPort(netlink.ConntrackOrigDstPort, 80))
+	if err == nil {
+		_, err = g.nl.ConntrackDeleteFilters(netlink.ConntrackTable, fam, f)
+	}
+	if err != nil {
+		g.log.Warn("cannot forget a guest's redirected connections; its browser may see the portal again until they close", "addr", addr, "err", err)
+	}
 }
 
 func (g *Gateway) handler() http.Handler {
@@ -118,6 +144,7 @@ func (g *Gateway) handler() http.Handler {
 	mux.HandleFunc("POST /admit", g.handleAdmit)
 	mux.HandleFunc("OPTIONS /admit", corsPreflight)
 	if g.cfg.PortalURL != "" {
+		mux.HandleFunc("GET /admit", func(w http.ResponseWriter, r *http.Request) { portal.AdmitPage(w, portal.Origin(g.cfg.PortalURL)) })
 		mux.HandleFunc("GET "+CaptivePath, g.handleCaptive)
 		// Everything else is an intercepted request (any host, any path)
 		// of a guest not yet admitted, or a person who typed the

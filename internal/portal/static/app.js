@@ -175,7 +175,8 @@
         await stream("InboxService", "Subscribe", { afterSeq: String(st.seq) }, handle, st.abort.signal);
       } catch (e) {
         if (st.abort && st.abort.signal.aborted) return;
-        if (e.code === "unauthenticated") await signIn();
+        if (e.code === "unauthenticated") await signIn().catch(() => {});
+        else if (!(e instanceof TypeError)) fail(e); // not a dropped connection: say it, then try again
         await new Promise((r) => setTimeout(r, Math.min(500 * 2 ** attempt, 5000)));
       }
     }
@@ -228,17 +229,20 @@
   // C1.7–C1.8 / C1.15: open the sealed code here and present it to the
   // host's gateway, which admits this device's address.
   async function onGranted(g) {
-    const sc = g.sealedCode;
-    const info = SharespotHPKE.binding(st.session.id, st.hostId, st.deviceId);
-    const code = await SharespotHPKE.open(st.hpke.key, st.hpke.pub, unb64(sc.enc), unb64(sc.ciphertext), info);
     const addr = (g.gateway && g.gateway.address) || st.admit;
     st.granted = num(g.totalGrantedBytes);
-    if (!st.admitted) {
-      const body = new URLSearchParams({ session: st.session.id, code: SharespotHPKE.formatCode(code) });
-      const res = await fetch("http://" + addr + "/admit", { method: "POST", body });
-      const text = (await res.text()).trim();
-      if (!res.ok) throw new Error("The host's gateway refused the code: " + text);
-      st.admitted = true;
+    if (!st.admitted && g.sealedCode) {
+      const sc = g.sealedCode;
+      const info = SharespotHPKE.binding(st.session.id, st.hostId, st.deviceId);
+      const code = await SharespotHPKE.open(st.hpke.key, st.hpke.pub, unb64(sc.enc), unb64(sc.ciphertext), info);
+      // This page is HTTPS and the host's endpoint cleartext on the LAN, so
+      // the page cannot post to it (mixed content): it goes to the host's
+      // admission page with the code in the URL fragment (never sent over
+      // the network), which posts it and comes back here with #admitted.
+      const frag = new URLSearchParams({ session: st.session.id, code: SharespotHPKE.formatCode(code), back: location.href.split("#")[0] });
+      say("Presenting your code to the hotspot…");
+      location.assign("http://" + addr + "/admit#" + frag.toString());
+      return new Promise(() => {}); // the page is leaving; nothing is acknowledged
     }
     st.topUp = false;
     $("prompt").hidden = true;
@@ -311,10 +315,15 @@
     try { s = (await call("SessionService", "Get", { sessionId: saved.id })).session; } catch (e) { await del("session"); return false; }
     if (s.state === "SESSION_STATE_ENDED") { await del("session"); return false; }
     st.session = s; st.hostId = saved.hostId; st.hpke = saved.hpke; st.admit = saved.admit || st.admit;
+    if (location.hash === "#admitted") {
+      saved.admitted = true;
+      await put("session", saved);
+      history.replaceState(null, "", location.pathname + location.search);
+    }
+    st.admitted = !!saved.admitted;
     listen();
-    if (s.state === "SESSION_STATE_ACTIVE" || s.state === "SESSION_STATE_ENDING") {
-      // Admitted before: the gateway keeps this address bound.
-      st.admitted = true;
+    if (st.admitted && (s.state === "SESSION_STATE_ACTIVE" || s.state === "SESSION_STATE_ENDING")) {
+      // Admitted: the gateway keeps this address bound.
       say("Online (resumed).");
       show("online");
       poll();
