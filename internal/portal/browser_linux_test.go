@@ -11,8 +11,8 @@ import (
 	"crypto/x509/pkix"
 	"encoding/base64"
 	"errors"
-	"math/big"
 	"fmt"
+	"math/big"
 	"net"
 	"net/http"
 	"net/netip"
@@ -309,6 +309,9 @@ func TestBrowserGuest(t *testing.T) {
 	charged := ses.SettledHostMinor + ses.SettledFeeMinor
 	if charged+ses.RefundedMinor != ses.PaidMinor {
 		t.Fatalf("charged %d + refunded %d != paid %d", charged, ses.RefundedMinor, ses.PaidMinor)
+	}
+	if errShown := eval[string](r, "errors shown", `document.getElementById("error").hidden ? "" : document.getElementById("error").textContent`); errShown != "" {
+		t.Fatalf("the page shows an error at the end: %q", errShown)
 	}
 	shown := r.text("s-refunded")
 	if want := fmt.Sprintf("%d.%02d", ses.RefundedMinor/100, ses.RefundedMinor%100); !strings.Contains(shown, want) {

@@ -20,10 +20,10 @@ const (
 	chainPre     = "prerouting" // the captive portal's interception
 	setAdm4      = "adm4"       // ipv4_addr . ether_addr: admitted guests
 	setAdm6      = "adm6"       // ipv6_addr . ether_addr
-	setUp4       = "up4"   // ipv4_addr . ether_addr : verdict
-	setUp6       = "up6"   // ipv6_addr . ether_addr : verdict
-	setDown4     = "down4" // ipv4_addr : verdict
-	setDown6     = "down6" // ipv6_addr : verdict
+	setUp4       = "up4"        // ipv4_addr . ether_addr : verdict
+	setUp6       = "up6"        // ipv6_addr . ether_addr : verdict
+	setDown4     = "down4"      // ipv4_addr : verdict
+	setDown6     = "down6"      // ipv6_addr : verdict
 )
 
 // Registers: NFT_REG_1 is 16 bytes and overlaps NFT_REG32_00..03, so a

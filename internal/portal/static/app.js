@@ -169,12 +169,14 @@
   // The inbox: fee (C3.1), grant (C1.7, C1.15), prompt (C1.9), decline, end.
   async function listen() {
     if (st.abort) return;
-    st.abort = new AbortController();
-    for (let attempt = 0; st.abort && !st.abort.signal.aborted; attempt++) {
+    const ctl = new AbortController();
+    st.abort = ctl;
+    for (let attempt = 0; !ctl.signal.aborted; attempt++) {
       try {
-        await stream("InboxService", "Subscribe", { afterSeq: String(st.seq) }, handle, st.abort.signal);
+        await stream("InboxService", "Subscribe", { afterSeq: String(st.seq) }, handle, ctl.signal);
+        attempt = 0;
       } catch (e) {
-        if (st.abort && st.abort.signal.aborted) return;
+        if (ctl.signal.aborted) return;
         if (e.code === "unauthenticated") await signIn().catch(() => {});
         else if (!(e instanceof TypeError)) fail(e); // not a dropped connection: say it, then try again
         await new Promise((r) => setTimeout(r, Math.min(500 * 2 ** attempt, 5000)));
