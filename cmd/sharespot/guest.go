@@ -22,6 +22,20 @@ import (
 type deviceFlags struct {
 	identityFlag
 	Server string `default:"http://127.0.0.1:8474" env:"SHARESPOT_SERVER" help:"Server URL."`
+	CAFile string `name:"ca-file" env:"SHARESPOT_CA_FILE" type:"existingfile" placeholder:"PEM" help:"Also trust the CA certificates in this PEM file for the server's TLS (a self-hosted CA); SSL_CERT_FILE instead replaces the system's roots."`
+}
+
+// options are the client options the flags give.
+func (f deviceFlags) options(name string) (client.Options, error) {
+	opts := client.Options{DeviceName: name}
+	if f.CAFile != "" {
+		roots, err := client.LoadCAFile(f.CAFile)
+		if err != nil {
+			return opts, err
+		}
+		opts.HTTPClient = client.NewHTTPClientTrusting(roots)
+	}
+	return opts, nil
 }
 
 // connect loads the device key and signs in.
@@ -30,7 +44,11 @@ func (f deviceFlags) connect(ctx context.Context, name string) (*client.Client, 
 	if err != nil {
 		return nil, err
 	}
-	c := client.New(f.Server, key, client.Options{DeviceName: name})
+	opts, err := f.options(name)
+	if err != nil {
+		return nil, err
+	}
+	c := client.New(f.Server, key, opts)
 	sctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
 	if err := c.SignIn(sctx); err != nil {

@@ -20,6 +20,7 @@ import (
 	gwproxy "github.com/sharespot/sharespot/internal/gateway/proxy"
 	"github.com/sharespot/sharespot/internal/hosting"
 	"github.com/sharespot/sharespot/internal/identity"
+	"github.com/sharespot/sharespot/internal/portal"
 	"github.com/sharespot/sharespot/internal/registry"
 	"github.com/sharespot/sharespot/internal/size"
 	"github.com/sharespot/sharespot/internal/wifi"
@@ -49,7 +50,11 @@ type ShareCmd struct {
 	GatewayKind string `name:"gateway" default:"proxy" enum:"proxy,nftables" help:"The metering gateway: proxy (userspace SOCKS5 + HTTP CONNECT, any OS, no root) or nftables (Linux kernel, root; guests present their code to the admission endpoint at --listen)."`
 	LAN         string `name:"lan" help:"With --gateway nftables: the interface guests are on (the access point, or its bridge)." placeholder:"IFACE"`
 	Uplink      string `help:"With --gateway nftables: the interface guests' traffic leaves by (NAT)." placeholder:"IFACE"`
+	Portal      bool   `default:"true" negatable:"" help:"With --gateway nftables: the captive portal and walled garden: guests not yet admitted reach only the server (--guest-server) and this host's endpoint, which redirects their port-80 requests to the server's guest page and serves the Captive Portal API (RFC 8908) at /captive-portal/api."`
+	GuestServer string `name:"guest-server" help:"With --gateway nftables: the server's URL as guests reach it, https:// (default: --server); its addresses are resolved once at start for the walled garden." placeholder:"URL"`
+	LANDNS      bool   `name:"lan-dns" help:"With --gateway nftables: let guests, admitted or not, ask this host's DNS resolver (port 53), which phones need to detect the portal by themselves; a DNS tunnel through the resolver is then possible before payment (see docs/router.md)."`
 	wifiFlags
+	store       gateway.Store
 	ReportEvery time.Duration `name:"report-every" default:"5s" help:"How often metered usage is reported to the server (a session whose guest ended settles on the final count sent then, or on the last report if this host is away)."`
 }
 
@@ -118,7 +123,8 @@ func (c *ShareCmd) Run(env *runEnv) error {
 	if err != nil {
 		return err
 	}
-	gw, kind, err := c.openGateway(st)
+	c.store = st
+	gw, kind, err := c.openGateway(env, inst)
 	if err != nil {
 		return err
 	}
@@ -217,12 +223,42 @@ func (c *ShareCmd) Run(env *runEnv) error {
 
 // openGateway opens the metering gateway --gateway names, and returns the
 // kind guests are told.
-func (c *ShareCmd) openGateway(st gateway.Store) (gateway.Gateway, string, error) {
+func (c *ShareCmd) openGateway(env *runEnv, inst *sharespotv1.ShareInstruction) (gateway.Gateway, string, error) {
+	st := c.store
 	if c.GatewayKind == nft.Kind {
 		if c.LAN == "" || c.Uplink == "" {
 			return nil, "", errors.New("--gateway nftables needs --lan IFACE (where guests are) and --uplink IFACE (where their traffic leaves)")
 		}
-		gw, err := nft.New(nft.Config{LAN: c.LAN, Uplink: c.Uplink, Listen: c.Listen, Advertise: c.Advertise, Store: st})
+		changed, warnings, err := nft.EnableForwarding("/proc/sys")
+		if err != nil {
+			return nil, "", err
+		}
+		for _, s := range changed {
+			fmt.Fprintf(env.stdout, "turned on IP forwarding (%s); it stays on after this host stops\n", s)
+		}
+		for _, w := range warnings {
+			fmt.Fprintln(env.stdout, "warning:", w)
+		}
+		cfg := nft.Config{LAN: c.LAN, Uplink: c.Uplink, Listen: c.Listen, Advertise: c.Advertise, Store: st, AllowDNS: c.LANDNS}
+		if c.Portal {
+			guestServer := c.GuestServer
+			if guestServer == "" {
+				guestServer = c.Server
+			}
+			garden, err := nft.ResolveGarden(env.ctx, guestServer)
+			if err != nil {
+				return nil, "", err
+			}
+			advertise := c.Advertise
+			if advertise == "" {
+				advertise = c.Listen
+			}
+			cfg.Garden = garden
+			cfg.PortalURL = portal.PageURL(guestServer, inst.AccessPoint.Bssid, string(inst.AccessPoint.Ssid), advertise)
+			fmt.Fprintf(env.stdout, "captive portal: guests reach only %v until admitted; port 80 goes to %s\n", garden, cfg.PortalURL)
+			fmt.Fprintf(env.stdout, "Captive Portal API (DHCP option 114, RFC 8910): http://%s%s\n", advertise, nft.CaptivePath)
+		}
+		gw, err := nft.New(cfg)
 		if err != nil {
 			return nil, "", err
 		}

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -131,4 +132,37 @@ func Present(ctx context.Context, hc *http.Client, addr, sessionID string, code 
 		return "", fmt.Errorf("nft: the gateway at %s refused the access code: %s: %s", addr, res.Status, msg)
 	}
 	return msg, nil
+}
+
+// ResolveGarden returns the walled garden for a server URL: every address
+// its host resolves to, with its port (443 for https, 80 for http when the
+// URL names none). Guests reach the server directly, so the URL must be
+// the one they use; a loopback address is refused (guests cannot reach
+// the host's loopback).
+func ResolveGarden(ctx context.Context, serverURL string) ([]netip.AddrPort, error) {
+	u, err := url.Parse(serverURL)
+	if err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
+		return nil, fmt.Errorf("nft: the server URL for guests %q is not an http(s):// URL", serverURL)
+	}
+	port := u.Port()
+	if port == "" {
+		port = map[string]string{"https": "443", "http": "80"}[u.Scheme]
+	}
+	p, err := strconv.ParseUint(port, 10, 16)
+	if err != nil || p == 0 {
+		return nil, fmt.Errorf("nft: the server URL for guests %q has a bad port", serverURL)
+	}
+	addrs, err := net.DefaultResolver.LookupNetIP(ctx, "ip", u.Hostname())
+	if err != nil {
+		return nil, fmt.Errorf("nft: resolve the server %s for the walled garden: %w", u.Hostname(), err)
+	}
+	var out []netip.AddrPort
+	for _, a := range addrs {
+		a = a.Unmap()
+		if a.IsLoopback() || a.IsUnspecified() {
+			return nil, fmt.Errorf("nft: the server URL for guests %q is a loopback address guests cannot reach: give --guest-server with the address or name guests use (https://…), or --no-portal", serverURL)
+		}
+		out = append(out, netip.AddrPortFrom(a, uint16(p)))
+	}
+	return out, nil
 }
