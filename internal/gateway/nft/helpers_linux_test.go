@@ -5,6 +5,7 @@ import (
 	"context"
 	"net"
 	"net/http"
+	"net/netip"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -27,6 +28,10 @@ type fixture struct {
 	// persistAhead is the gateway's initial save-ahead lead (0: default).
 	persistAhead int64
 	gw           *Gateway
+	// The walled garden and captive portal (zero: off).
+	garden    []netip.AddrPort
+	portalURL string
+	dns       bool
 	ev           *events
 	cancel       context.CancelFunc
 	done         chan error
@@ -65,7 +70,7 @@ func (f *fixture) start() {
 		f.t.Fatal(err)
 	}
 	gw, err := New(Config{LAN: f.tp.LAN, Uplink: f.tp.Uplink, Listener: ln, Advertise: f.admit, NetNS: f.tp.Host.FD(), Store: f.store,
-		PersistAhead: f.persistAhead, IdleAfter: time.Hour})
+		PersistAhead: f.persistAhead, IdleAfter: time.Hour, Garden: f.garden, PortalURL: f.portalURL, AllowDNS: f.dns})
 	if err != nil {
 		ln.Close()
 		f.t.Fatal(err)
