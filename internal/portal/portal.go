@@ -17,8 +17,10 @@ import (
 	"embed"
 	"encoding/json"
 	"io/fs"
+	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 )
 
@@ -43,6 +45,10 @@ func Handler() http.Handler {
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
 			w.Header().Set("Allow", "GET, HEAD")
 			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+			return
+		}
+		if r.URL.Path == PACPath {
+			PAC(w, r)
 			return
 		}
 		h := w.Header()
@@ -164,4 +170,41 @@ func Origin(u string) string {
 		return ""
 	}
 	return p.Scheme + "://" + p.Host + "/"
+}
+
+// PACPath is the proxy auto-config file for phones on a host's userspace
+// gateway: /guest/proxy.pac?gw=HOST:PORT.
+const PACPath = Path + "proxy.pac"
+
+// PAC answers a proxy auto-config request: this server (the host the
+// request named) directly, everything else through the gateway at the
+// query's gw (host:port, as the access response's Gateway.Address gives
+// it). A phone's Wi-Fi proxy setting takes its URL ("Automatic" on iOS,
+// "Proxy auto-config" on Android); its browser then asks for the proxy's
+// user name and password, which the guest page shows (session ID and
+// access code).
+func PAC(w http.ResponseWriter, r *http.Request) {
+	gw := r.URL.Query().Get("gw")
+	host, port, err := net.SplitHostPort(gw)
+	if err != nil || host == "" || strings.ContainsAny(host, "\"'\\;\r\n ") {
+		http.Error(w, "gw must be the gateway's host:port, e.g. ?gw=192.168.12.1:1080", http.StatusBadRequest)
+		return
+	}
+	if p, err := strconv.ParseUint(port, 10, 16); err != nil || p == 0 {
+		http.Error(w, "gw has a bad port", http.StatusBadRequest)
+		return
+	}
+	self := r.Host
+	if h, _, err := net.SplitHostPort(self); err == nil {
+		self = h
+	}
+	self = strings.Trim(self, "[]")
+	js, _ := json.Marshal(self)
+	w.Header().Set("Content-Type", "application/x-ns-proxy-autoconfig")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.Write([]byte("// Sharespot: this server directly, everything else through the host's gateway.\n" +
+		"function FindProxyForURL(url, host) {\n" +
+		"  if (host === " + string(js) + ") return \"DIRECT\";\n" +
+		"  return \"PROXY " + net.JoinHostPort(host, port) + "\";\n" +
+		"}\n"))
 }

@@ -185,3 +185,20 @@ func TestConnectJSONOverHTTP1(t *testing.T) {
 		t.Fatalf("stream message (flags %d): %s (%v)", head[0], msg, err)
 	}
 }
+
+func TestPAC(t *testing.T) {
+	h := portal.Handler()
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("GET", "https://sharespot.example:8443/guest/proxy.pac?gw=192.168.12.1:1080", nil))
+	want := "function FindProxyForURL(url, host) {\n  if (host === \"sharespot.example\") return \"DIRECT\";\n  return \"PROXY 192.168.12.1:1080\";\n}\n"
+	if rec.Code != 200 || rec.Header().Get("Content-Type") != "application/x-ns-proxy-autoconfig" || !strings.HasSuffix(rec.Body.String(), want) {
+		t.Fatalf("%d %q\n%s", rec.Code, rec.Header().Get("Content-Type"), rec.Body.String())
+	}
+	for _, bad := range []string{"", "?gw=192.168.12.1", "?gw=x\";alert(1);\":1080", "?gw=h:0", "?gw=h:99999"} {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("GET", "/guest/proxy.pac"+strings.ReplaceAll(bad, ";", "%3B"), nil))
+		if rec.Code != http.StatusBadRequest {
+			t.Errorf("%s: %d, want 400", bad, rec.Code)
+		}
+	}
+}

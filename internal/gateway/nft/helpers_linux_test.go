@@ -32,9 +32,9 @@ type fixture struct {
 	garden    []netip.AddrPort
 	portalURL string
 	dns       bool
-	ev           *events
-	cancel       context.CancelFunc
-	done         chan error
+	ev        *events
+	cancel    context.CancelFunc
+	done      chan error
 }
 
 const admitPort = "8475"

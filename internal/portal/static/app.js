@@ -237,6 +237,17 @@
       const sc = g.sealedCode;
       const info = SharespotHPKE.binding(st.session.id, st.hostId, st.deviceId);
       const code = await SharespotHPKE.open(st.hpke.key, st.hpke.pub, unb64(sc.enc), unb64(sc.ciphertext), info);
+      if (g.gateway && g.gateway.kind === "proxy") {
+        // The userspace gateway: the phone's browser uses it as its proxy
+        // (a PAC file from this server) with the session and code as the
+        // proxy's credentials, which only this page can show.
+        $("pac-url").textContent = location.origin + "/guest/proxy.pac?gw=" + encodeURIComponent(addr);
+        $("proxy-user").textContent = st.session.id;
+        $("proxy-pass").textContent = SharespotHPKE.formatCode(code);
+        $("proxy-setup").hidden = false;
+        st.admitted = true;
+        return onGranted(g);
+      }
       // This page is HTTPS and the host's endpoint cleartext on the LAN, so
       // the page cannot post to it (mixed content): it goes to the host's
       // admission page with the code in the URL fragment (never sent over
