@@ -167,9 +167,10 @@ func (l *layout) build(c *nftables.Conn) error {
 	for _, e := range fwd {
 		c.AddRule(&nftables.Rule{Table: l.table, Chain: l.forward, Exprs: e})
 	}
-	// input: from the LAN only the admission endpoint, DHCP and IPv6
-	// neighbour/router discovery reach the host; the rest (the host's DNS
-	// resolver included) is dropped, admitted or not.
+	// input: from the LAN only the admission endpoint (which is also the
+	// captive portal's), DHCP, IPv6 neighbour/router discovery and, with
+	// AllowDNS, the host's DNS resolver reach the host; the rest is
+	// dropped, admitted or not.
 	port := make([]byte, 2)
 	binary.BigEndian.PutUint16(port, l.admitPort)
 	l4 := func(proto byte, dport uint16) []expr.Any {
