@@ -268,6 +268,12 @@ func TestBrowserGuest(t *testing.T) {
 		t.Fatalf("fee shown %q, want €0.30", fee)
 	}
 	r.screenshot("2-fee.png")
+	// A reload (or a phone that dropped the tab) resumes the session from
+	// IndexedDB: the same fee, still to pay.
+	r.run("reload with the fee shown", chromedp.Reload(), chromedp.WaitVisible(chromedp.ID("pay-h")))
+	if again := r.text("fee"); again != fee {
+		t.Fatalf("after a reload the fee shown is %q, was %q", again, fee)
+	}
 	if n := r.watch.leaked(t); n != 0 || r.origin.Received() != 0 {
 		t.Fatalf("before admission %d packets reached the internet outside the server, the origin read %d bytes", n, r.origin.Received())
 	}

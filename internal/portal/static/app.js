@@ -202,6 +202,7 @@
   // C3.1: the fee, checked against the tariff the page showed.
   function onFee(q) {
     const t = st.hotspot.tariff;
+    st.topUp = q.kind === "QUOTE_KIND_TOPUP";
     const want = price(t, num(q.bytes), st.topUp);
     if (num(q.amountMinor) > want || q.currency !== t.currency) {
       fail(new Error("The host asks " + money(q.amountMinor, q.currency) + " for " + size(q.bytes) + ", more than the tariff gives (" + money(want, t.currency) + "); ending."));
@@ -292,7 +293,6 @@
   async function topUp(ev) {
     ev.preventDefault(); clearError();
     const bytes = Math.round(num($("topup-amount").value) * 1e6);
-    st.topUp = true;
     await call("SessionService", "RequestTopUp", { sessionId: st.session.id, bytes: String(bytes) });
     say("Top-up requested; waiting for the host's fee…");
     $("prompt").hidden = true;
@@ -343,6 +343,14 @@
     } else {
       say("Resuming your session…");
       show("wait");
+    }
+    // A fee shown before the reload, or a payment whose confirmation was
+    // cut off: pick up where the session is.
+    for (const q of s.quotes || []) {
+      if (q.state === "QUOTE_STATE_OPEN") onFee(q);
+      else if (q.state === "QUOTE_STATE_PAID" && q.receipt) {
+        await call("SessionService", "Confirm", { sessionId: s.id, receipt: q.receipt }).catch(fail);
+      }
     }
     return true;
   }
