@@ -181,7 +181,7 @@ func (r *rig) run(what string, actions ...chromedp.Action[chromedp.Void]) {
 // says where the page was and what error it showed.
 func get[T any](r *rig, what string, a chromedp.Action[T]) T {
 	r.t.Helper()
-	ctx, cancel := context.WithTimeout(r.browser, 30*time.Second)
+	ctx, cancel := context.WithTimeout(r.browser, 2*time.Minute) // a bound, not a timing: CI runs this under -race beside other suites
 	defer cancel()
 	v, err := chromedp.Run(ctx, a)
 	if err != nil {
@@ -361,7 +361,7 @@ func (r *rig) session(id string) *sharespotv1.Session {
 
 func (r *rig) waitGranted(id string, want int64) {
 	r.t.Helper()
-	for range 300 {
+	for range 1200 { // at most two minutes
 		if r.session(id).GrantedBytes >= want {
 			return
 		}

@@ -24,9 +24,24 @@
 //	  quota name "q-TAG" (over LIMIT)  drop
 //	  counter name "c-TAG"             accept
 //	input    (hook input): from the LAN only the admission port, DHCP
-//	         (UDP 67, 547) and IPv6 router/neighbour discovery; all else
-//	         from the LAN is dropped (the host's own DNS resolver too)
+//	         (UDP 67, 547), IPv6 router/neighbour discovery and, with
+//	         Config.AllowDNS, port 53; all else from the LAN is dropped
 //	postrouting (nat): oifname UPLINK masquerade
+//
+// With the captive portal (Config.PortalURL, Config.Garden):
+//
+//	forward, first: iifname LAN  ip daddr SERVER tcp dport PORT  accept
+//	                oifname LAN  ip saddr SERVER tcp sport PORT  accept
+//	                (one pair per walled-garden address, IPv4 or IPv6)
+//	prerouting (nat): iifname LAN  tcp dport 80
+//	                  ip saddr . ether saddr != @adm4 (ip6: @adm6)
+//	                  redirect to the admission port
+//
+// adm4 and adm6 hold the admitted bindings, added and removed with the
+// maps' elements. The endpoint then answers every other request with a
+// redirect to PortalURL, serves the Captive Portal API at CaptivePath and
+// the admission page at GET /admit; on admission the guest's port-80
+// conntrack entries are deleted, so no redirected connection lingers.
 //
 // A guest's packets, both ways, reach its session's named quota and
 // counter objects through one hash lookup in a verdict map, not through a
