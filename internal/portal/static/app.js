@@ -210,6 +210,7 @@
       return;
     }
     st.quote = q;
+    say("");
     $("fee").textContent = money(q.amountMinor, q.currency);
     $("fee-bytes").textContent = size(q.bytes);
     balance().catch(fail);
