@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"github.com/chromedp/cdproto/emulation"
 	"github.com/chromedp/chromedp"
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
@@ -259,6 +260,15 @@ func TestBrowserGuest(t *testing.T) {
 	}
 	r.run("reload to show the funded wallet", chromedp.Reload(), chromedp.WaitVisible(chromedp.ID("buy-h")))
 	r.screenshot("1-hotspot.png")
+	// Readable at 360 px (nothing wider than the screen) and every input
+	// has a label.
+	if bad := eval[string](r, "layout and labels", `(() => {
+  if (document.documentElement.scrollWidth > 360) return "page is " + document.documentElement.scrollWidth + " px wide";
+  const unlabelled = [...document.querySelectorAll("input, meter")].filter(e => e.labels.length === 0).map(e => e.id);
+  return unlabelled.length ? "unlabelled: " + unlabelled.join(", ") : "";
+})()`); bad != "" {
+		t.Fatal(bad)
+	}
 
 	// C1.5 → C3.1: ask for 3 MB, see the fee.
 	r.run("ask for 3 MB", chromedp.SetValue(chromedp.ID("amount"), "3"), chromedp.Click(chromedp.ID("request")),
@@ -505,6 +515,31 @@ func TestHPKEOpenInBrowser(t *testing.T) {
 			t.Fatalf("code %d: browser opened %q (want %q), altered: %s, other binding: %s", i, out.Code, std(code), out.Altered, out.Rebound)
 		}
 	}
+	// Without JavaScript the page says what to do.
+	tab, cancel := chromedp.NewContext(r.browser)
+	defer cancel()
+	nctx, ncancel := context.WithTimeout(tab, 2*time.Minute)
+	defer ncancel()
+	if _, err := chromedp.Call(nctx, emulation.SetScriptExecutionDisabled, emulation.SetScriptExecutionDisabledParams{Value: true}); err != nil {
+		t.Fatal(err)
+	}
+	if err := chromedp.Do(nctx, chromedp.EmulateViewport(360, 740, chromedp.EmulateScale(1)), chromedp.Navigate(r.serverURL+portal.Path)); err != nil {
+		t.Fatal(err)
+	}
+	text, err := chromedp.Run(nctx, chromedp.Text(chromedp.CSS("main")))
+	if err != nil || !strings.Contains(text, "JavaScript is off") || !strings.Contains(text, "sharespot connect") {
+		t.Fatalf("without JavaScript the page says %q (%v)", text, err)
+	}
+	if dir := os.Getenv("SHARESPOT_SCREENSHOTS"); dir != "" {
+		png, err := chromedp.Run(nctx, chromedp.CaptureScreenshot())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "0-no-javascript.png"), png, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+
 	// The code's text form, as the admission endpoint parses it.
 	code, _ := seal.NewAccessCode()
 	formatted := eval[string](r, "format", fmt.Sprintf(`SharespotHPKE.formatCode(Uint8Array.from(atob(%q), c => c.charCodeAt(0)))`, std(code)))
