@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -252,6 +253,9 @@ func (c *ShareCmd) openGateway(env *runEnv, inst *sharespotv1.ShareInstruction) 
 			advertise := c.Advertise
 			if advertise == "" {
 				advertise = c.Listen
+			}
+			if h, _, err := net.SplitHostPort(advertise); err != nil || h == "" || net.ParseIP(h).IsUnspecified() {
+				return nil, "", fmt.Errorf("the captive portal sends guests to this host's endpoint, so it needs its LAN address: give --listen LAN-ADDRESS:PORT (e.g. 192.168.12.1:8475) or --advertise, not %q", advertise)
 			}
 			cfg.Garden = garden
 			cfg.PortalURL = portal.PageURL(guestServer, inst.AccessPoint.Bssid, string(inst.AccessPoint.Ssid), advertise)
