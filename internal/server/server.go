@@ -21,6 +21,7 @@ import (
 	"github.com/sharespot/sharespot/internal/atomicfile"
 	"github.com/sharespot/sharespot/internal/auth"
 	"github.com/sharespot/sharespot/internal/bus"
+	"github.com/sharespot/sharespot/internal/card"
 	"github.com/sharespot/sharespot/internal/payment"
 	"github.com/sharespot/sharespot/internal/relay"
 	"github.com/sharespot/sharespot/internal/session"
@@ -82,6 +83,9 @@ type Config struct {
 	Now          func() time.Time
 	// Crash is passed to the store (crash-safety tests only).
 	Crash func(commit int64, committed bool)
+	// Stripe configures card payments (internal/card); without a key the
+	// wallet is the only payment platform.
+	Stripe card.Config
 }
 
 // DefaultDataDir is the user's data directory for Sharespot.
@@ -129,6 +133,7 @@ type Server struct {
 	engine  *session.Engine
 	auth    *auth.Auth
 	wallet  *payment.Wallet
+	card    *card.Card
 	handler http.Handler
 }
 
@@ -201,13 +206,31 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	s.engine = session.New(s.st, waker, s.wallet, cfg.Now, cfg.Session, cfg.Logger)
 	s.auth = auth.New(s.st, cfg.Now, time.Hour)
-	s.handler = bodyDeadline(api.Handler(api.Deps{Store: s.st, Engine: s.engine, Auth: s.auth, Wallet: s.wallet, Hub: s.hub,
-		Now: cfg.Now, Log: cfg.Logger, Limits: cfg.Limits, PollInterval: cfg.PollInterval}), cfg.BodyTimeout)
+	deps := api.Deps{Store: s.st, Engine: s.engine, Auth: s.auth, Wallet: s.wallet, Hub: s.hub,
+		Now: cfg.Now, Log: cfg.Logger, Limits: cfg.Limits, PollInterval: cfg.PollInterval}
+	var h http.Handler
+	if cfg.Stripe.Key != "" {
+		if s.card, err = card.New(cfg.Stripe, s.st, s.engine, s.wallet, cfg.Now, cfg.Logger); err != nil {
+			s.Close()
+			return nil, err
+		}
+		deps.Card = s.card
+		mux := http.NewServeMux()
+		mux.Handle(card.WebhookPath, s.card)
+		mux.Handle("/", api.Handler(deps))
+		h = mux
+	} else {
+		h = api.Handler(deps)
+	}
+	s.handler = bodyDeadline(h, cfg.BodyTimeout)
 	return s, nil
 }
 
 // Handler serves the API.
 func (s *Server) Handler() http.Handler { return s.handler }
+
+// Card is the card platform, nil without a Stripe key.
+func (s *Server) Card() *card.Card { return s.card }
 
 // Store is the server's database (for operator commands and tests).
 func (s *Server) Store() *store.Store { return s.st }
@@ -275,6 +298,15 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		defer wg.Done()
 		s.sweep(sweepCtx)
 	}()
+	if s.card != nil {
+		// The Stripe calls settlement queued: those a crash left at
+		// once, new ones as they come.
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.card.Run(sweepCtx, s.cfg.SweepInterval)
+		}()
+	}
 
 	errc := make(chan error, 1)
 	go func() {
