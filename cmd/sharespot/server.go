@@ -267,6 +267,7 @@ type WalletCmd struct {
 	Balance WalletBalanceCmd `cmd:"" help:"This device's wallet balance."`
 	History WalletHistoryCmd `cmd:"" help:"This device's wallet movements."`
 	Fund    WalletFundCmd    `cmd:"" help:"Operator: add money to an account's wallet (on the server's database)."`
+	Card    WalletCardCmd    `cmd:"" help:"Fund this device's wallet by card (Stripe), for small top-ups below card minimums."`
 	Audit   WalletAuditCmd   `cmd:"" help:"Operator: check that money and sessions are consistent (on the server's database)."`
 }
 
