@@ -129,7 +129,10 @@ func (c *Card) do(ctx context.Context, o op) (bool, error) {
 		c.log.Warn("card: Stripe call failed; retrying", "op", o.ID, "attempt", o.Attempts+1, "err", err)
 	}
 	backoff := min(time.Duration(1<<min(o.Attempts, 9))*time.Second, 5*time.Minute)
-	werr := c.st.Write(ctx, func(tx *store.Tx) error {
+	// Record the outcome even when shutdown began during the call: what
+	// Stripe did is known now (a crash instead leaves the op pending, and
+	// the retry with the same key is answered from Stripe's record).
+	werr := c.st.Write(context.WithoutCancel(ctx), func(tx *store.Tx) error {
 		if _, err := tx.Exec(`UPDATE stripe_ops SET state = ?, result = ?, attempts = attempts + 1, next_ms = ? WHERE id = ? AND state = 'pending'`,
 			state, result, now+backoff.Milliseconds(), o.ID); err != nil {
 			return err
