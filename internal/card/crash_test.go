@@ -218,7 +218,7 @@ func crashAfterCall(t *testing.T, bin, hook string) {
 		t.Fatal(err)
 	}
 	for id, want := range map[string]int64{
-		ledger.Card(r.guest.AccountID(), cur).ID:  -124,
+		ledger.Card(r.guest.AccountID(), cur).ID:   -124,
 		ledger.Wallet(r.host.AccountID(), cur).ID:  0,
 		ledger.Payout(r.host.AccountID(), cur).ID:  118,
 		ledger.Wallet(r.guest.AccountID(), cur).ID: 0,
@@ -231,4 +231,3 @@ func crashAfterCall(t *testing.T, bin, hook string) {
 		t.Errorf("fees %d, want 6", got)
 	}
 }
-
