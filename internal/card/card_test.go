@@ -557,3 +557,145 @@ func TestNoStripeKey(t *testing.T) {
 		t.Fatalf("error %q does not say %q", err, want)
 	}
 }
+
+// TestCardAttacks plays a hostile guest (or a forged report) against each
+// card money path and checks the exact money each party ends with.
+func TestCardAttacks(t *testing.T) {
+	r := newRig(t)
+	ctx := context.Background()
+	st := r.env.Srv.Store()
+	newQuote := func(t *testing.T) (*sharespotv1.Session, *sharespotv1.Quote) {
+		t.Helper()
+		ses, err := r.g.RequestAccess(ctx, r.hotspot, 10*MB)
+		if err != nil {
+			t.Fatal(err)
+		}
+		q, err := r.host.Sessions.Quote(ctx, connect.NewRequest(&sharespotv1.QuoteRequest{SessionId: ses.Id, Bytes: 10 * MB, AmountMinor: 100, Currency: cur}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ses, q.Msg.Quote
+	}
+	end := func(t *testing.T, sid string) {
+		t.Helper()
+		if _, err := r.guest.Sessions.End(ctx, connect.NewRequest(&sharespotv1.EndRequest{SessionId: sid, Reason: "done"})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	card := sharespotv1.PayMethod_PAY_METHOD_CARD
+	t.Run("stranger_pays_anothers_quote", func(t *testing.T) {
+		ses, q := newQuote(t)
+		defer end(t, ses.Id)
+		mallory := r.env.Device(t, "mallory")
+		before := len(r.mock.Requests("/v1/"))
+		_, err := mallory.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: q.Id, Method: card}))
+		if harness.Code(err) != connect.CodeNotFound {
+			t.Fatalf("stranger's card payment: %v; want not_found", err)
+		}
+		if n := len(r.mock.Requests("/v1/")); n != before {
+			t.Fatalf("a refused payment reached Stripe (%d calls)", n-before)
+		}
+	})
+	t.Run("wallet_then_card", func(t *testing.T) {
+		r.env.Fund(t, r.guest, cur, 100)
+		defer func() { r.env.MustAudit(t) }()
+		ses, q := newQuote(t)
+		if _, err := r.guest.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: q.Id})); err != nil {
+			t.Fatal(err)
+		}
+		before := len(r.mock.Requests("/v1/"))
+		if _, err := r.guest.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: q.Id, Method: card})); harness.Code(err) != connect.CodeAlreadyExists {
+			t.Fatalf("card payment of a wallet-paid quote: %v; want already_exists", err)
+		}
+		if n := len(r.mock.Requests("/v1/")); n != before {
+			t.Fatalf("a paid quote reached Stripe (%d calls)", n-before)
+		}
+		if got := balance(t, st, ledger.Escrow(ses.Id, cur).ID); got != 100 {
+			t.Fatalf("escrow %d, want 100 (paid once)", got)
+		}
+		end(t, ses.Id)
+		if got := harness.Balance(t, r.guest, cur); got != 100 {
+			t.Fatalf("guest wallet %d after the ungranted session, want 100 back", got)
+		}
+	})
+	t.Run("partial_authorisation", func(t *testing.T) {
+		ses, q := newQuote(t)
+		res, err := r.guest.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: q.Id, Method: card}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.post(t, cardtest.Event("evt_partial", "payment_intent.amount_capturable_updated", cardtest.Intent(res.Msg.IntentId, 100, 50, cur, "requires_capture", q.Id)))
+		res, err = r.guest.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: q.Id, Method: card}))
+		if err != nil || res.Msg.Status != sharespotv1.PayStatus_PAY_STATUS_FAILED || res.Msg.Receipt != nil {
+			t.Fatalf("after a partial hold: %v %v; want failed without receipt", res, err)
+		}
+		waitOutbox(t, st)
+		if cs := r.mock.Requests("/v1/payment_intents/" + res.Msg.IntentId + "/cancel"); len(cs) != 1 {
+			t.Fatalf("the partial hold was cancelled %d times, want once", len(cs))
+		}
+		if got := balance(t, st, ledger.Escrow(ses.Id, cur).ID); got != 0 {
+			t.Fatalf("escrow %d, want 0", got)
+		}
+		end(t, ses.Id)
+	})
+	t.Run("report_of_another_intent", func(t *testing.T) {
+		ses, q := newQuote(t)
+		res, err := r.guest.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: q.Id, Method: card}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// A hold on some other PaymentIntent that names this quote.
+		r.post(t, cardtest.Event("evt_other", "payment_intent.amount_capturable_updated", cardtest.Intent("pi_not_ours", 100, 100, cur, "requires_capture", q.Id)))
+		res, err = r.guest.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: q.Id, Method: card}))
+		if err != nil || res.Msg.Status != sharespotv1.PayStatus_PAY_STATUS_PENDING {
+			t.Fatalf("after another intent's report: %v %v; want still pending", res, err)
+		}
+		if got := balance(t, st, ledger.Escrow(ses.Id, cur).ID); got != 0 {
+			t.Fatalf("escrow %d, want 0", got)
+		}
+		end(t, ses.Id)
+	})
+	t.Run("topup_never_granted", func(t *testing.T) {
+		cardBefore := balance(t, st, ledger.Card(r.guest.AccountID(), cur).ID)
+		hostBefore, feesBefore := harness.Balance(t, r.host, cur), fees(t, st)
+		ses, q := newQuote(t)
+		rc, _ := r.payByCard(t, q)
+		r.confirmAndGrant(t, ses.Id, q, rc, true)
+		if _, err := r.guest.Sessions.RequestTopUp(ctx, connect.NewRequest(&sharespotv1.RequestTopUpRequest{SessionId: ses.Id, Bytes: 5 * MB})); err != nil {
+			t.Fatal(err)
+		}
+		q2, err := r.host.Sessions.Quote(ctx, connect.NewRequest(&sharespotv1.QuoteRequest{SessionId: ses.Id, Bytes: 5 * MB, AmountMinor: 60, Currency: cur}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, pi2 := r.payByCard(t, q2.Msg.Quote)
+		// The host never grants the top-up: past the grant deadline its
+		// hold is released on the card.
+		r.env.Clock.Advance(time.Minute)
+		if err := r.env.Srv.SweepOnce(ctx); err != nil {
+			t.Fatal(err)
+		}
+		waitOutbox(t, st)
+		if cs := r.mock.Requests("/v1/payment_intents/" + pi2 + "/cancel"); len(cs) != 1 || cs[0].IdempotencyKey != "sharespot-cancel-"+q2.Msg.Quote.Id {
+			t.Fatalf("cancels of the ungranted top-up: %+v", cs)
+		}
+		if _, err := r.host.Sessions.End(ctx, connect.NewRequest(&sharespotv1.EndRequest{SessionId: ses.Id, UsedBytes: 5 * MB, Reason: "done"})); err != nil {
+			t.Fatal(err)
+		}
+		waitOutbox(t, st)
+		// Used 5 MB of the first 10: 50 captured, fee 2, host 48.
+		if got := balance(t, st, ledger.Card(r.guest.AccountID(), cur).ID) - cardBefore; got != -50 {
+			t.Errorf("guest's card moved %d, want -50", got)
+		}
+		if got := harness.Balance(t, r.host, cur) - hostBefore; got != 48 {
+			t.Errorf("host got %d, want 48", got)
+		}
+		if got := fees(t, st) - feesBefore; got != 2 {
+			t.Errorf("platform got %d, want 2", got)
+		}
+		if cs := captures(r.mock, pi2); len(cs) != 0 {
+			t.Errorf("the ungranted top-up was captured: %+v", cs)
+		}
+	})
+	r.env.MustAudit(t)
+}
