@@ -35,7 +35,9 @@ import (
 //	               ENDING state and the host's final count, reservation at
 //	               payment, Retry-After on rate limits; AddDevice with proof
 //	               of possession.
-const ProtocolVersion = 2
+//	3  2026-11-30  card payments through Stripe: PayRequest.method, the
+//	               payment status, FundByCard, PayoutOnboarding.
+const ProtocolVersion = 3
 
 // MaxRequestBytes caps a request message.
 const MaxRequestBytes = 64 << 10
