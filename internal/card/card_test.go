@@ -699,3 +699,74 @@ func TestCardAttacks(t *testing.T) {
 	})
 	r.env.MustAudit(t)
 }
+
+// TestThreeDSecure: the bank asks for 3-D Secure. The guest's client shows
+// the confirmation URL once and waits; the receipt comes when Stripe
+// reports the amount authorised. (stripe-mock never asks for 3-D Secure:
+// the webhook brings the requires_action state here.)
+func TestThreeDSecure(t *testing.T) {
+	r := newRig(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ses, err := r.g.RequestAccess(ctx, r.hotspot, 10*MB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, err := r.host.Sessions.Quote(ctx, connect.NewRequest(&sharespotv1.QuoteRequest{SessionId: ses.Id, Bytes: 10 * MB, AmountMinor: 100, Currency: cur}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	shown := make(chan string, 4)
+	type result struct {
+		rc  *sharespotv1.Receipt
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		rc, err := client.PayQuote(ctx, r.guest, q.Msg.Quote, sharespotv1.PayMethod_PAY_METHOD_CARD, "", 20*time.Millisecond, func(u string) { shown <- u })
+		done <- result{rc, err}
+	}()
+	// Wait for the intent the client's first Pay created.
+	var pi string
+	for pi == "" {
+		if cs := r.mock.Requests("/v1/payment_intents"); len(cs) > 0 {
+			res, err := r.guest.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: q.Msg.Quote.Id, Method: sharespotv1.PayMethod_PAY_METHOD_CARD}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			pi = res.Msg.IntentId
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatal("no PaymentIntent created")
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	const url = "https://hooks.stripe.com/3d_secure_2/hosted/test"
+	obj := cardtest.Intent(pi, 100, 0, cur, "requires_action", q.Msg.Quote.Id)
+	obj["next_action"] = map[string]any{"type": "redirect_to_url", "redirect_to_url": map[string]string{"url": url, "return_url": "https://sharespot.example/paid"}}
+	r.post(t, cardtest.Event("evt_3ds", "payment_intent.requires_action", obj))
+	select {
+	case u := <-shown:
+		if u != url {
+			t.Fatalf("client showed %q, want %q", u, url)
+		}
+	case res := <-done:
+		t.Fatalf("client returned before authorisation: %v", res.err)
+	case <-ctx.Done():
+		t.Fatal("the client never showed the 3-D Secure URL")
+	}
+	r.post(t, cardtest.Event("evt_3ds_ok", "payment_intent.amount_capturable_updated", cardtest.Intent(pi, 100, 100, cur, "requires_capture", q.Msg.Quote.Id)))
+	res := <-done
+	if res.err != nil || res.rc == nil {
+		t.Fatalf("PayQuote: %v", res.err)
+	}
+	if len(shown) != 0 {
+		t.Fatalf("the URL was shown more than once")
+	}
+	if _, err := r.guest.Sessions.Confirm(ctx, connect.NewRequest(&sharespotv1.ConfirmRequest{SessionId: ses.Id, Receipt: res.rc})); err != nil {
+		t.Fatalf("confirm with the card receipt: %v", err)
+	}
+	r.env.MustAudit(t)
+}

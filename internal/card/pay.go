@@ -196,6 +196,9 @@ func (c *Card) applyIntent(ctx context.Context, rowID string, pi *stripe.Payment
 			}
 		case pi.Status == stripe.PaymentIntentStatusRequiresAction:
 			cur.Status, cur.ActionURL = statusRequiresAction, actionURL(pi)
+		case cur.Status == statusRequiresAction && pi.Status != stripe.PaymentIntentStatusProcessing && pi.Status != stripe.PaymentIntentStatusSucceeded:
+			// Still waiting for the card holder: keep showing the URL
+			// (a failed authentication is reported as payment_failed).
 		default: // processing, requires_confirmation, requires_payment_method, or succeeded before the webhook
 			cur.Status = statusPending
 		}
