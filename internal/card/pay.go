@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"strings"
 
+	"connectrpc.com/connect"
 	"github.com/stripe/stripe-go/v85"
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
@@ -120,7 +121,7 @@ func (c *Card) lookUp(ctx context.Context, in *intent, pm string, create func() 
 		return pi, nil
 	}
 	if !permanent(err) {
-		return nil, problem.Exhaustedf("Stripe cannot be reached now (%v); try again", err)
+		return nil, connect.NewError(connect.CodeUnavailable, fmt.Errorf("Stripe cannot be reached now (%v); try again", err))
 	}
 	var se *stripe.Error
 	errors.As(err, &se)

@@ -33,7 +33,9 @@ func PayQuote(ctx context.Context, c *Client, q *sharespotv1.Quote, method share
 	shown := ""
 	for {
 		res, err := c.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: q.Id, Method: method, PaymentMethod: paymentMethod}))
-		if err != nil && connect.CodeOf(err) != connect.CodeResourceExhausted {
+		if err != nil && (method != sharespotv1.PayMethod_PAY_METHOD_CARD || connect.CodeOf(err) != connect.CodeUnavailable) {
+			// The wallet answers at once; a card payment waits out
+			// Stripe being unreachable.
 			return nil, err
 		}
 		if err == nil {
