@@ -223,14 +223,23 @@ func (c *WalletHistoryCmd) Run(env *runEnv) error {
 	if err != nil {
 		return err
 	}
-	wallet := "wallet:" + cl.AccountID() + ":"
+	// The wallet's movements, and the card's (payments held, captured,
+	// released, refunded) and the transfers to a payout account.
+	mine := func(id, kind string) bool { return strings.HasPrefix(id, kind+":"+cl.AccountID()+":") }
 	for _, t := range res.Msg.Transfers {
-		sign := "-"
-		if strings.HasPrefix(t.Credit, wallet) {
+		sign, where := "-", ""
+		switch {
+		case mine(t.Credit, "wallet") && !mine(t.Debit, "wallet"):
 			sign = "+"
+		case mine(t.Credit, "card"):
+			sign, where = "+", "  [card]"
+		case mine(t.Debit, "card"):
+			where = "  [card]"
+		case mine(t.Credit, "payout"):
+			where = "  [to your Stripe account]"
 		}
-		fmt.Fprintf(env.stdout, "%s  %s%s  %s\n", time.UnixMilli(t.CreatedUnixMs).Format("2006-01-02 15:04:05"), sign,
-			client.FormatMoney(t.AmountMinor, t.Currency), t.Memo)
+		fmt.Fprintf(env.stdout, "%s  %s%s  %s%s\n", time.UnixMilli(t.CreatedUnixMs).Format("2006-01-02 15:04:05"), sign,
+			client.FormatMoney(t.AmountMinor, t.Currency), t.Memo, where)
 	}
 	return nil
 }
