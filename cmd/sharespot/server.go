@@ -182,8 +182,18 @@ func (c *ServerCmd) Run(env *runEnv) error {
 	if cfg.Crash, err = crashHook(os.Getenv("SHARESPOT_TEST_CRASH")); err != nil {
 		return err
 	}
-	if cfg.Stripe.AfterCall, err = stripeCrashHook(os.Getenv("SHARESPOT_TEST_STRIPE_CRASH")); err != nil {
+	hook, before := os.Getenv("SHARESPOT_TEST_STRIPE_CRASH"), false
+	if rest, ok := strings.CutPrefix(hook, "before:"); ok {
+		hook, before = rest, true
+	}
+	kill, err := stripeCrashHook(hook)
+	if err != nil {
 		return err
+	}
+	if before {
+		cfg.Stripe.BeforeCall = kill
+	} else {
+		cfg.Stripe.AfterCall = kill
 	}
 	srv, err := server.Open(env.ctx, cfg)
 	if err != nil {
@@ -241,7 +251,8 @@ func crashHook(spec string) (func(int64, bool), error) {
 // stripeCrashHook parses SHARESPOT_TEST_STRIPE_CRASH, the crash-safety
 // tests' hook for the Stripe outbox: "KIND:N" SIGKILLs the server after
 // its Nth successful Stripe call of that kind (capture, cancel, transfer),
-// before the call is recorded as done.
+// before the call is recorded as done; "before:KIND:N" just before the Nth
+// call of that kind is made.
 func stripeCrashHook(spec string) (func(string), error) {
 	if spec == "" {
 		return nil, nil

@@ -53,6 +53,10 @@ type Config struct {
 	// and before it is recorded as done (crash-safety tests kill the
 	// process here).
 	AfterCall func(kind string)
+	// BeforeCall, if set, runs before each outbox call to Stripe (the
+	// crash-safety tests kill the process here, after the op was
+	// committed and before Stripe heard of it).
+	BeforeCall func(kind string)
 }
 
 // TestPaymentMethod stands in for a card with a test-mode key: Stripe's

@@ -83,8 +83,9 @@ func (b *binServer) stop(t *testing.T) {
 }
 
 // TestCrashAfterStripeCall kills the real server binary (SIGKILL) right
-// after Stripe answered an outbox call and before the server recorded it,
-// then restarts it on the same data. The restarted server makes the call
+// after Stripe answered an outbox call and before the server recorded it
+// (and, before:capture:1, after settlement committed and before the first
+// call), then restarts it on the same data. The restarted server makes the call
 // again with the same idempotency key, which Stripe answers with the first
 // call's result, so nothing is captured or transferred twice; and the
 // capture is not lost. stripe-mock does not keep idempotency keys (it is
@@ -95,7 +96,7 @@ func TestCrashAfterStripeCall(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, hook := range []string{"capture:1", "capture:2", "transfer:1"} {
+	for _, hook := range []string{"before:capture:1", "capture:1", "capture:2", "transfer:1"} {
 		t.Run(hook, func(t *testing.T) { crashAfterCall(t, bin, hook) })
 	}
 }
@@ -195,9 +196,10 @@ func crashAfterCall(t *testing.T, bin, hook string) {
 	// The call the crash cut off was made again (with its key), and no
 	// other twice.
 	wantCaptures, wantTransfers := 2, 1
-	if hook == "transfer:1" {
+	switch hook {
+	case "transfer:1":
 		wantTransfers = 2
-	} else {
+	case "capture:1", "capture:2":
 		wantCaptures = 3
 	}
 	if c1+c2 != wantCaptures || c1 > 2 || c2 > 2 || tr != wantTransfers {

@@ -87,6 +87,9 @@ func (c *Card) Drain(ctx context.Context) (int, error) {
 func (c *Card) do(ctx context.Context, o op) (bool, error) {
 	var result string
 	var err error
+	if c.cfg.BeforeCall != nil {
+		c.cfg.BeforeCall(o.Kind)
+	}
 	switch o.Kind {
 	case session.OpCapture:
 		p := &stripe.PaymentIntentCaptureParams{AmountToCapture: stripe.Int64(o.Amount)}
