@@ -58,6 +58,12 @@ func (c *Card) Pay(ctx context.Context, guest session.Party, quoteID, pm string)
 	}
 	if waiting(in.Status) {
 		pi, err := c.lookUp(ctx, in, pm, func() (*stripe.PaymentIntent, error) {
+			// Also when a crash cut off the first create: the same
+			// idempotency key gets the same PaymentIntent.
+			pm, err := c.paymentMethod(pm)
+			if err != nil {
+				return nil, err
+			}
 			p := &stripe.PaymentIntentCreateParams{
 				Amount: stripe.Int64(in.Amount), Currency: stripe.String(strings.ToLower(in.Currency)),
 				CaptureMethod: stripe.String(string(stripe.PaymentIntentCaptureMethodManual)), Confirm: stripe.Bool(true),
@@ -119,6 +125,9 @@ func (c *Card) lookUp(ctx context.Context, in *intent, pm string, create func() 
 	}
 	if err == nil {
 		return pi, nil
+	}
+	if problem.KindOf(err) != 0 {
+		return nil, err // refused before Stripe was asked
 	}
 	if !permanent(err) {
 		return nil, connect.NewError(connect.CodeUnavailable, fmt.Errorf("Stripe cannot be reached now (%v); try again", err))
