@@ -29,12 +29,14 @@ type ConnectCmd struct {
 	deviceFlags
 	scanFlags
 	guestStateFlags
-	Target    string        `arg:"" optional:"" help:"The hotspot's SSID or BSSID (see sharespot scan); not needed to resume a live session."`
-	Buy       string        `type:"size" default:"100MB" help:"How much data to buy (and, at the low-quota prompt, to buy again)."`
-	Yes       bool          `short:"y" help:"Answer yes to every question: pay the fee, and at the low-quota prompt buy --buy's size again (or --auto-topup's), paying without asking."`
-	AutoTopUp string        `type:"size" name:"auto-topup" help:"At the low-quota prompt, buy this much more without asking." placeholder:"SIZE"`
-	Duration  time.Duration `help:"End the session after this long (default: when interrupted)."`
-	Forward   string        `default:"127.0.0.1:1081" help:"Where the local forwarder listens (SOCKS5 and HTTP CONNECT, no credentials) with the userspace gateway: it counts what this device receives and sends and signs it for the server, so the host can bill no more than that (plus its credit window). \"off\": no forwarder." placeholder:"ADDR"`
+	Target        string        `arg:"" optional:"" help:"The hotspot's SSID or BSSID (see sharespot scan); not needed to resume a live session."`
+	Buy           string        `type:"size" default:"100MB" help:"How much data to buy (and, at the low-quota prompt, to buy again)."`
+	Yes           bool          `short:"y" help:"Answer yes to every question: pay the fee, and at the low-quota prompt buy --buy's size again (or --auto-topup's), paying without asking."`
+	AutoTopUp     string        `type:"size" name:"auto-topup" help:"At the low-quota prompt, buy this much more without asking." placeholder:"SIZE"`
+	Duration      time.Duration `help:"End the session after this long (default: when interrupted)."`
+	Pay           string        `default:"wallet" enum:"wallet,card" help:"How to pay: wallet, or card (Stripe: the fee is held on the card and only what is used is charged)."`
+	PaymentMethod string        `name:"payment-method" help:"With --pay card: the Stripe PaymentMethod (pm_...) to charge; on a server in Stripe test mode the test card is used when empty." placeholder:"ID"`
+	Forward       string        `default:"127.0.0.1:1081" help:"Where the local forwarder listens (SOCKS5 and HTTP CONNECT, no credentials) with the userspace gateway: it counts what this device receives and sends and signs it for the server, so the host can bill no more than that (plus its credit window). \"off\": no forwarder." placeholder:"ADDR"`
 }
 
 // asker asks a person yes-or-no questions on a terminal. A question ends
@@ -372,11 +374,18 @@ func (c *ConnectCmd) purchase(ctx context.Context, cl *client.Client, sid string
 	} else if !ask.yes(ctx, msg+" Pay?") {
 		return false, nil // no, or Ctrl-C
 	}
-	pay, err := cl.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: q.Id}))
+	method := sharespotv1.PayMethod_PAY_METHOD_WALLET
+	if c.Pay == "card" {
+		method = sharespotv1.PayMethod_PAY_METHOD_CARD
+		fmt.Fprintln(ask.out, "Paying by card: the fee is held on the card; only what you use is charged.")
+	}
+	rc, err := client.PayQuote(ctx, cl, q, method, c.PaymentMethod, time.Second, func(url string) {
+		fmt.Fprintf(ask.out, "Your bank asks you to confirm the payment: open %s\nWaiting for the confirmation...\n", url)
+	})
 	if err != nil {
 		return false, fmt.Errorf("pay: %w", err)
 	}
-	if _, err := cl.Sessions.Confirm(ctx, connect.NewRequest(&sharespotv1.ConfirmRequest{SessionId: sid, Receipt: pay.Msg.Receipt})); err != nil {
+	if _, err := cl.Sessions.Confirm(ctx, connect.NewRequest(&sharespotv1.ConfirmRequest{SessionId: sid, Receipt: rc})); err != nil {
 		return false, fmt.Errorf("confirm payment: %w", err)
 	}
 	return true, nil

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -176,6 +178,53 @@ func (c *WalletBalanceCmd) Run(env *runEnv) error {
 	return nil
 }
 
+// WalletCardCmd funds this device's wallet by card.
+type WalletCardCmd struct {
+	deviceFlags
+	Amount        int64         `required:"" help:"Amount in the currency's minor unit (1000 = EUR 10.00)."`
+	Currency      string        `default:"EUR" help:"ISO 4217 currency."`
+	PaymentMethod string        `name:"payment-method" help:"The Stripe PaymentMethod (pm_...) to charge; on a server in Stripe test mode the test card is used when empty." placeholder:"ID"`
+	Wait          time.Duration `default:"2m" help:"How long to wait for Stripe to confirm the payment."`
+}
+
+// Run pays and waits for the credit: Stripe's payment_intent.succeeded
+// webhook credits the wallet, once.
+func (c *WalletCardCmd) Run(env *runEnv) error {
+	cl, err := c.connect(env.ctx, "wallet")
+	if err != nil {
+		return err
+	}
+	idb := make([]byte, 12)
+	rand.Read(idb)
+	req := &sharespotv1.FundByCardRequest{RequestId: hex.EncodeToString(idb), AmountMinor: c.Amount, Currency: c.Currency, PaymentMethod: c.PaymentMethod}
+	ctx, cancel := context.WithTimeout(env.ctx, c.Wait)
+	defer cancel()
+	shown := ""
+	for {
+		res, err := cl.Payments.FundByCard(ctx, connect.NewRequest(req))
+		if err != nil {
+			return fmt.Errorf("fund by card: %w", err)
+		}
+		switch m := res.Msg; m.Status {
+		case sharespotv1.PayStatus_PAY_STATUS_PAID:
+			fmt.Fprintf(env.stdout, "Wallet funded with %s by card.\n", client.FormatMoney(c.Amount, c.Currency))
+			return nil
+		case sharespotv1.PayStatus_PAY_STATUS_FAILED:
+			return fmt.Errorf("card payment failed: %s", m.Failure)
+		case sharespotv1.PayStatus_PAY_STATUS_REQUIRES_ACTION:
+			if m.ActionUrl != shown {
+				shown = m.ActionUrl
+				fmt.Fprintf(env.stdout, "Your bank asks you to confirm the payment: open %s\n", m.ActionUrl)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("Stripe has not confirmed the payment within %v; the wallet is credited when it does (wallet balance)", c.Wait)
+		case <-time.After(time.Second):
+		}
+	}
+}
+
 // WalletHistoryCmd lists this device's wallet movements.
 type WalletHistoryCmd struct {
 	deviceFlags
@@ -192,14 +241,23 @@ func (c *WalletHistoryCmd) Run(env *runEnv) error {
 	if err != nil {
 		return err
 	}
-	wallet := "wallet:" + cl.AccountID() + ":"
+	// The wallet's movements, and the card's (payments held, captured,
+	// released, refunded) and the transfers to a payout account.
+	mine := func(id, kind string) bool { return strings.HasPrefix(id, kind+":"+cl.AccountID()+":") }
 	for _, t := range res.Msg.Transfers {
-		sign := "-"
-		if strings.HasPrefix(t.Credit, wallet) {
+		sign, where := "-", ""
+		switch {
+		case mine(t.Credit, "wallet") && !mine(t.Debit, "wallet"):
 			sign = "+"
+		case mine(t.Credit, "card"):
+			sign, where = "+", "  [card]"
+		case mine(t.Debit, "card"):
+			where = "  [card]"
+		case mine(t.Credit, "payout"):
+			where = "  [to your Stripe account]"
 		}
-		fmt.Fprintf(env.stdout, "%s  %s%s  %s\n", time.UnixMilli(t.CreatedUnixMs).Format("2006-01-02 15:04:05"), sign,
-			client.FormatMoney(t.AmountMinor, t.Currency), t.Memo)
+		fmt.Fprintf(env.stdout, "%s  %s%s  %s%s\n", time.UnixMilli(t.CreatedUnixMs).Format("2006-01-02 15:04:05"), sign,
+			client.FormatMoney(t.AmountMinor, t.Currency), t.Memo, where)
 	}
 	return nil
 }

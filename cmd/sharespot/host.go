@@ -43,6 +43,7 @@ type ShareCmd struct {
 	Listen     string        `default:"0.0.0.0:1080" help:"Where the userspace gateway (SOCKS5 + HTTP CONNECT) listens for guests."`
 	Advertise  string        `help:"host:port guests are told to use (default: the listen address)."`
 	Ask        bool          `help:"Ask before accepting each guest (default: accept every request at the tariff)."`
+	Payouts    bool          `help:"Receive card earnings in a Stripe account: print the Stripe Connect onboarding link (the server must take cards)."`
 	State      string        `help:"Directory for the host's persisted state (gateway usage, inbox cursor)." placeholder:"DIR"`
 	AllowLocal bool          `help:"Let guests reach this machine's own addresses, loopback included (only for trying Sharespot on one machine)."`
 	Grace      time.Duration `default:"60s" help:"With the userspace gateway: how long a guest that used up its volume keeps its connections, stalled, for a top-up to resume them before they are closed (0: closed at once)."`
@@ -115,6 +116,17 @@ func (c *ShareCmd) Run(env *runEnv) error {
 	cl, err := c.connect(env.ctx, "host")
 	if err != nil {
 		return err
+	}
+	if c.Payouts {
+		on, err := cl.Payments.PayoutOnboarding(env.ctx, connect.NewRequest(&sharespotv1.PayoutOnboardingRequest{}))
+		if err != nil {
+			return fmt.Errorf("payouts: %w", err)
+		}
+		if on.Msg.Ready {
+			fmt.Fprintf(env.stdout, "Payouts: Stripe account %s receives your share of card payments.\n", on.Msg.AccountId)
+		} else {
+			fmt.Fprintf(env.stdout, "Payouts: finish setting up Stripe account %s at\n  %s\nUntil Stripe confirms it, card earnings stay in your wallet.\n", on.Msg.AccountId, on.Msg.Url)
+		}
 	}
 	hs, err := registerOrUpdate(env.ctx, cl, inst)
 	if err != nil {

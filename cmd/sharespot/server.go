@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -18,6 +19,7 @@ import (
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/api"
 	"github.com/sharespot/sharespot/internal/bus"
+	"github.com/sharespot/sharespot/internal/card"
 	"github.com/sharespot/sharespot/internal/client"
 	"github.com/sharespot/sharespot/internal/ledger"
 	"github.com/sharespot/sharespot/internal/payment"
@@ -64,6 +66,10 @@ type ServerCmd struct {
 	IdleTimeout       time.Duration `name:"idle-timeout" default:"2m" help:"Close a connection with no call or stream open for this long."`
 	LogLevel          string        `default:"info" enum:"debug,info,warn,error" help:"Log level."`
 	LogJSON           bool          `name:"log-json" help:"Log as JSON."`
+	StripeKey         string        `name:"stripe-key" env:"STRIPE_SECRET_KEY" help:"Stripe secret key: guests may pay by card (connect --pay card). Without it the wallet is the only payment platform." placeholder:"KEY"`
+	StripeWebhookSec  string        `name:"stripe-webhook-secret" env:"STRIPE_WEBHOOK_SECRET" help:"Signing secret (whsec_...) of the webhook endpoint that posts to /stripe/webhook." placeholder:"SECRET"`
+	StripeAPIBase     string        `name:"stripe-api-base" env:"STRIPE_API_BASE" help:"Stripe API base URL (a test server such as stripe-mock); default Stripe's." placeholder:"URL"`
+	StripeReturnURL   string        `name:"stripe-return-url" env:"STRIPE_RETURN_URL" help:"Where Stripe sends card holders after 3-D Secure and hosts after payout onboarding." placeholder:"URL"`
 }
 
 func newLogger(w io.Writer, level string, json bool) *slog.Logger {
@@ -140,6 +146,15 @@ func (c *ServerCmd) config(log *slog.Logger) (server.Config, error) {
 		return cfg, errors.New("--body-timeout and --idle-timeout: want positive durations")
 	}
 	cfg.BodyTimeout, cfg.IdleTimeout = c.BodyTimeout, c.IdleTimeout
+	switch {
+	case c.StripeKey == "" && (c.StripeWebhookSec != "" || c.StripeAPIBase != ""):
+		return cfg, errors.New("--stripe-webhook-secret and --stripe-api-base need --stripe-key (or STRIPE_SECRET_KEY)")
+	case c.StripeKey != "" && c.StripeWebhookSec == "":
+		return cfg, errors.New("--stripe-key needs --stripe-webhook-secret (STRIPE_WEBHOOK_SECRET): the whsec_... of the webhook endpoint posting to /stripe/webhook; card payments are confirmed by its events")
+	case c.StripeKey != "" && !strings.HasPrefix(c.StripeKey, "sk_") && !strings.HasPrefix(c.StripeKey, "rk_"):
+		return cfg, errors.New("--stripe-key: want a Stripe secret key (sk_live_..., sk_test_...) or restricted key (rk_...)")
+	}
+	cfg.Stripe = card.Config{Key: c.StripeKey, WebhookSecret: c.StripeWebhookSec, APIBase: c.StripeAPIBase, ReturnURL: c.StripeReturnURL}
 	return cfg, nil
 }
 
@@ -166,6 +181,19 @@ func (c *ServerCmd) Run(env *runEnv) error {
 	}
 	if cfg.Crash, err = crashHook(os.Getenv("SHARESPOT_TEST_CRASH")); err != nil {
 		return err
+	}
+	hook, before := os.Getenv("SHARESPOT_TEST_STRIPE_CRASH"), false
+	if rest, ok := strings.CutPrefix(hook, "before:"); ok {
+		hook, before = rest, true
+	}
+	kill, err := stripeCrashHook(hook)
+	if err != nil {
+		return err
+	}
+	if before {
+		cfg.Stripe.BeforeCall = kill
+	} else {
+		cfg.Stripe.AfterCall = kill
 	}
 	srv, err := server.Open(env.ctx, cfg)
 	if err != nil {
@@ -220,11 +248,37 @@ func crashHook(spec string) (func(int64, bool), error) {
 	}, nil
 }
 
+// stripeCrashHook parses SHARESPOT_TEST_STRIPE_CRASH, the crash-safety
+// tests' hook for the Stripe outbox: "KIND:N" SIGKILLs the server after
+// its Nth successful Stripe call of that kind (capture, cancel, transfer),
+// before the call is recorded as done; "before:KIND:N" just before the Nth
+// call of that kind is made.
+func stripeCrashHook(spec string) (func(string), error) {
+	if spec == "" {
+		return nil, nil
+	}
+	kind, num, ok := strings.Cut(spec, ":")
+	n, err := strconv.Atoi(num)
+	if !ok || err != nil || n < 1 {
+		return nil, fmt.Errorf("SHARESPOT_TEST_STRIPE_CRASH=%q: want KIND:N", spec)
+	}
+	var seen atomic.Int64
+	return func(k string) {
+		if k == kind && seen.Add(1) == int64(n) {
+			if p, err := os.FindProcess(os.Getpid()); err == nil {
+				p.Kill()
+			}
+			select {}
+		}
+	}, nil
+}
+
 // WalletCmd groups wallet commands.
 type WalletCmd struct {
 	Balance WalletBalanceCmd `cmd:"" help:"This device's wallet balance."`
 	History WalletHistoryCmd `cmd:"" help:"This device's wallet movements."`
 	Fund    WalletFundCmd    `cmd:"" help:"Operator: add money to an account's wallet (on the server's database)."`
+	Card    WalletCardCmd    `cmd:"" help:"Fund this device's wallet by card (Stripe), for small top-ups below card minimums."`
 	Audit   WalletAuditCmd   `cmd:"" help:"Operator: check that money and sessions are consistent (on the server's database)."`
 }
 

@@ -15,6 +15,7 @@ import (
 	"connectrpc.com/connect"
 	"golang.org/x/time/rate"
 
+	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/gen/sharespot/v1/sharespotv1connect"
 	"github.com/sharespot/sharespot/internal/auth"
 	"github.com/sharespot/sharespot/internal/payment"
@@ -34,7 +35,9 @@ import (
 //	               ENDING state and the host's final count, reservation at
 //	               payment, Retry-After on rate limits; AddDevice with proof
 //	               of possession.
-const ProtocolVersion = 2
+//	3  2026-11-30  card payments through Stripe: PayRequest.method, the
+//	               payment status, FundByCard, PayoutOnboarding.
+const ProtocolVersion = 3
 
 // MaxRequestBytes caps a request message.
 const MaxRequestBytes = 64 << 10
@@ -75,6 +78,9 @@ type Deps struct {
 	Engine *session.Engine
 	Auth   *auth.Auth
 	Wallet *payment.Wallet
+	// Card is the card platform (Stripe); nil when the server has no
+	// Stripe key, and then only the wallet pays.
+	Card   CardPlatform
 	Hub    *relay.Hub
 	Now    func() time.Time
 	Log    *slog.Logger
@@ -82,6 +88,14 @@ type Deps struct {
 	// PollInterval bounds how long a stream waits without a wake-up before
 	// it looks at its inbox anyway.
 	PollInterval time.Duration
+}
+
+// CardPlatform is the card payment platform as the API needs it
+// (internal/card).
+type CardPlatform interface {
+	Pay(ctx context.Context, guest session.Party, quoteID, paymentMethod string) (*sharespotv1.PayResponse, error)
+	Fund(ctx context.Context, p session.Party, req *sharespotv1.FundByCardRequest) (*sharespotv1.FundByCardResponse, error)
+	Onboard(ctx context.Context, p session.Party, returnURL, refreshURL string) (*sharespotv1.PayoutOnboardingResponse, error)
 }
 
 // Handler returns an http.Handler serving every service. Before a call's

@@ -8,6 +8,7 @@ import (
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/ledger"
+	"github.com/sharespot/sharespot/internal/problem"
 	"github.com/sharespot/sharespot/internal/receipt"
 	"github.com/sharespot/sharespot/internal/registry"
 	"github.com/sharespot/sharespot/internal/relay"
@@ -244,6 +245,20 @@ type paymentService struct{ *services }
 
 func (ps *paymentService) Pay(ctx context.Context, req *connect.Request[sharespotv1.PayRequest]) (*connect.Response[sharespotv1.PayResponse], error) {
 	p := partyFrom(ctx)
+	switch req.Msg.Method {
+	case sharespotv1.PayMethod_PAY_METHOD_UNSPECIFIED, sharespotv1.PayMethod_PAY_METHOD_WALLET:
+	case sharespotv1.PayMethod_PAY_METHOD_CARD:
+		if ps.d.Card == nil {
+			return nil, problem.WrongStatef("this server takes no card payments (it runs without a Stripe key); pay with the wallet")
+		}
+		out, err := ps.d.Card.Pay(ctx, p, req.Msg.QuoteId, req.Msg.PaymentMethod)
+		if err != nil {
+			return nil, err
+		}
+		return connect.NewResponse(out), nil
+	default:
+		return nil, problem.Invalidf("unknown payment method %d", req.Msg.Method)
+	}
 	sc, err := store.ReadT(ctx, ps.d.Store, func(tx *store.Tx) (session.SignedCharge, error) {
 		return ps.d.Engine.SignCharge(tx, p, req.Msg.QuoteId)
 	})
@@ -252,7 +267,7 @@ func (ps *paymentService) Pay(ctx context.Context, req *connect.Request[sharespo
 	}
 	return write(ctx, ps.services, func(tx *store.Tx) (*sharespotv1.PayResponse, error) {
 		r, err := ps.d.Engine.Pay(tx, p, sc)
-		return &sharespotv1.PayResponse{Receipt: r}, err
+		return &sharespotv1.PayResponse{Receipt: r, Status: sharespotv1.PayStatus_PAY_STATUS_PAID}, err
 	})
 }
 
@@ -275,13 +290,11 @@ func (ps *paymentService) History(ctx context.Context, req *connect.Request[shar
 		limit = 100
 	}
 	return read(ctx, ps.services, func(tx *store.Tx) (*sharespotv1.HistoryResponse, error) {
-		ms, err := ledger.WalletBalances(tx, p.AccountID)
+		// The wallets, and the card and payout accounts (card payments,
+		// releases, refunds, disputes, transfers to Stripe).
+		ids, err := ledger.AccountsOf(tx, p.AccountID)
 		if err != nil {
 			return &sharespotv1.HistoryResponse{}, err
-		}
-		var ids []string
-		for _, m := range ms {
-			ids = append(ids, ledger.Wallet(p.AccountID, m.Currency).ID)
 		}
 		es, err := ledger.History(tx, ids, limit)
 		out := &sharespotv1.HistoryResponse{}
@@ -297,6 +310,28 @@ func (ps *paymentService) PlatformKeys(ctx context.Context, req *connect.Request
 	out := &sharespotv1.PlatformKeysResponse{}
 	for _, k := range ps.d.Wallet.PublicKeys() {
 		out.Keys = append(out.Keys, &sharespotv1.PlatformKey{KeyId: receipt.KeyIDOf(k), PublicKey: k})
+	}
+	return connect.NewResponse(out), nil
+}
+
+func (ps *paymentService) FundByCard(ctx context.Context, req *connect.Request[sharespotv1.FundByCardRequest]) (*connect.Response[sharespotv1.FundByCardResponse], error) {
+	if ps.d.Card == nil {
+		return nil, problem.WrongStatef("this server takes no card payments (it runs without a Stripe key); the operator funds wallets")
+	}
+	out, err := ps.d.Card.Fund(ctx, partyFrom(ctx), req.Msg)
+	if err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(out), nil
+}
+
+func (ps *paymentService) PayoutOnboarding(ctx context.Context, req *connect.Request[sharespotv1.PayoutOnboardingRequest]) (*connect.Response[sharespotv1.PayoutOnboardingResponse], error) {
+	if ps.d.Card == nil {
+		return nil, problem.WrongStatef("this server takes no card payments (it runs without a Stripe key): earnings stay in the wallet")
+	}
+	out, err := ps.d.Card.Onboard(ctx, partyFrom(ctx), req.Msg.ReturnUrl, req.Msg.RefreshUrl)
+	if err != nil {
+		return nil, err
 	}
 	return connect.NewResponse(out), nil
 }

@@ -10,6 +10,10 @@
 //	escrow:<session>        money paid for a session, not yet settled
 //	fee:<CUR>               the platform's fees
 //	funding:<CUR>           money that entered from outside (negative)
+//	card:<account>:<CUR>    a user's card, through Stripe: authorised (negative),
+//	                        released, refunded (outside money: funding kind)
+//	cardloss:<CUR>          what the platform bore for card refunds and disputes
+//	payout:<account>:<CUR>  a host's share transferred to its Stripe account
 package ledger
 
 import (
@@ -96,6 +100,44 @@ func FeeTotal(tx *store.Tx, currency string) (int64, error) {
 // Funding is where outside money enters.
 func Funding(currency string) Account {
 	return Account{ID: "funding:" + currency, Kind: KindFunding, Owner: "platform", Currency: currency}
+}
+
+// Card is a user account's card (a Stripe payment method), in a currency:
+// money authorised on the card enters escrow from here, the part not
+// captured goes back here, and Stripe's refunds and disputes come back
+// here. It is outside money (funding kind): negative by what was captured.
+func Card(accountID, currency string) Account {
+	return Account{ID: "card:" + accountID + ":" + currency, Kind: KindFunding, Owner: accountID, Currency: currency}
+}
+
+// CardLosses is where the platform bears card refunds and disputes.
+func CardLosses(currency string) Account {
+	return Account{ID: "cardloss:" + currency, Kind: KindFunding, Owner: "platform", Currency: currency}
+}
+
+// Payout is a host account's Stripe connected account: its share of card
+// payments leaves the wallet here when the transfer is decided.
+func Payout(accountID, currency string) Account {
+	return Account{ID: "payout:" + accountID + ":" + currency, Kind: KindFunding, Owner: accountID, Currency: currency}
+}
+
+// AccountsOf lists the IDs of the wallet and outside accounts (card,
+// payout) owned by a user account.
+func AccountsOf(tx *store.Tx, owner string) ([]string, error) {
+	rows, err := tx.Query(`SELECT id FROM ledger_accounts WHERE owner = ? AND kind IN ('wallet', 'funding') ORDER BY id`, owner)
+	if err != nil {
+		return nil, fmt.Errorf("ledger: accounts of %s: %w", owner, err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		out = append(out, id)
+	}
+	return out, rows.Err()
 }
 
 // Transfer is one movement of money.

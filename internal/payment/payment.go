@@ -177,7 +177,7 @@ func (w *Wallet) PublicKeys() []ed25519.PublicKey { return w.keys }
 func (w *Wallet) Sign(nowMS int64, c session.Charge) (string, *sharespotv1.Receipt, error) {
 	p := receipt.Payload{
 		ReceiptID: relay.NewID("rcpt"), SessionID: c.SessionID, QuoteID: c.QuoteID, Currency: c.Currency,
-		Payer: c.Payer.DeviceID, Payee: c.Payee.DeviceID, Platform: PlatformName, Amount: c.Amount, Bytes: c.Bytes,
+		Payer: c.Payer.DeviceID, Payee: c.Payee.DeviceID, Platform: platformOf(c), Amount: c.Amount, Bytes: c.Bytes,
 		IssuedAt: time.UnixMilli(nowMS),
 	}
 	r, err := w.signer.Sign(p)
@@ -187,13 +187,28 @@ func (w *Wallet) Sign(nowMS int64, c session.Charge) (string, *sharespotv1.Recei
 	return p.ReceiptID, &sharespotv1.Receipt{KeyId: r.KeyID, Payload: r.Payload, Signature: r.Signature}, nil
 }
 
+// platformOf names the platform in a receipt: the wallet, or Stripe for a
+// card (the same keys sign both).
+func platformOf(c session.Charge) string {
+	if c.Method == session.MethodCard {
+		return "stripe"
+	}
+	return PlatformName
+}
+
 // Charge takes a quote's fee from the payer's wallet into escrow and
 // records its signed receipt. It is C3.2 / C1.13 on the platform's side.
+// A card payment (Method card, made by internal/card once Stripe reports
+// the amount authorised) moves the fee from the payer's card account
+// instead: the money is held on the card, not yet captured.
 func (w *Wallet) Charge(tx *store.Tx, nowMS int64, c session.Charge, receiptID string, r *sharespotv1.Receipt) error {
 	if c.Amount > 0 {
-		from := ledger.Wallet(c.Payer.AccountID, c.Currency)
+		from, memo := ledger.Wallet(c.Payer.AccountID, c.Currency), "pay quote "+c.QuoteID
+		if c.Method == session.MethodCard {
+			from, memo = ledger.Card(c.Payer.AccountID, c.Currency), "pay quote "+c.QuoteID+" by card (authorised, not yet captured)"
+		}
 		_, err := ledger.Apply(tx, nowMS, ledger.Transfer{ID: "pay:" + c.QuoteID, Debit: from,
-			Credit: ledger.Escrow(c.SessionID, c.Currency), Amount: c.Amount, Currency: c.Currency, Memo: "pay quote " + c.QuoteID})
+			Credit: ledger.Escrow(c.SessionID, c.Currency), Amount: c.Amount, Currency: c.Currency, Memo: memo})
 		if errors.Is(err, ledger.ErrInsufficientFunds) {
 			have, _ := ledger.Balance(tx, from.ID)
 			return problem.Exhaustedf("insufficient funds: your wallet holds %s, the fee is %s; fund the wallet first", money.Format(have, c.Currency), money.Format(c.Amount, c.Currency))

@@ -21,6 +21,7 @@ import (
 	"github.com/sharespot/sharespot/internal/atomicfile"
 	"github.com/sharespot/sharespot/internal/auth"
 	"github.com/sharespot/sharespot/internal/bus"
+	"github.com/sharespot/sharespot/internal/card"
 	"github.com/sharespot/sharespot/internal/payment"
 	"github.com/sharespot/sharespot/internal/portal"
 	"github.com/sharespot/sharespot/internal/relay"
@@ -83,6 +84,9 @@ type Config struct {
 	Now          func() time.Time
 	// Crash is passed to the store (crash-safety tests only).
 	Crash func(commit int64, committed bool)
+	// Stripe configures card payments (internal/card); without a key the
+	// wallet is the only payment platform.
+	Stripe card.Config
 }
 
 // DefaultDataDir is the user's data directory for Sharespot.
@@ -130,6 +134,7 @@ type Server struct {
 	engine  *session.Engine
 	auth    *auth.Auth
 	wallet  *payment.Wallet
+	card    *card.Card
 	handler http.Handler
 }
 
@@ -202,9 +207,18 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	s.engine = session.New(s.st, waker, s.wallet, cfg.Now, cfg.Session, cfg.Logger)
 	s.auth = auth.New(s.st, cfg.Now, time.Hour)
+	deps := api.Deps{Store: s.st, Engine: s.engine, Auth: s.auth, Wallet: s.wallet, Hub: s.hub,
+		Now: cfg.Now, Log: cfg.Logger, Limits: cfg.Limits, PollInterval: cfg.PollInterval}
 	mux := http.NewServeMux()
-	mux.Handle("/", api.Handler(api.Deps{Store: s.st, Engine: s.engine, Auth: s.auth, Wallet: s.wallet, Hub: s.hub,
-		Now: cfg.Now, Log: cfg.Logger, Limits: cfg.Limits, PollInterval: cfg.PollInterval}))
+	if cfg.Stripe.Key != "" {
+		if s.card, err = card.New(cfg.Stripe, s.st, s.engine, s.wallet, cfg.Now, cfg.Logger); err != nil {
+			s.Close()
+			return nil, err
+		}
+		deps.Card = s.card
+		mux.Handle(card.WebhookPath, s.card)
+	}
+	mux.Handle("/", api.Handler(deps))
 	// The guest pages, on the API's origin: the page's calls are
 	// same-origin, so no CORS is needed or allowed.
 	mux.Handle(portal.Path, portal.Handler())
@@ -214,6 +228,9 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 
 // Handler serves the API.
 func (s *Server) Handler() http.Handler { return s.handler }
+
+// Card is the card platform, nil without a Stripe key.
+func (s *Server) Card() *card.Card { return s.card }
 
 // Store is the server's database (for operator commands and tests).
 func (s *Server) Store() *store.Store { return s.st }
@@ -281,6 +298,15 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		defer wg.Done()
 		s.sweep(sweepCtx)
 	}()
+	if s.card != nil {
+		// The Stripe calls settlement queued: those a crash left at
+		// once, new ones as they come.
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.card.Run(sweepCtx, s.cfg.SweepInterval)
+		}()
+	}
 
 	errc := make(chan error, 1)
 	go func() {

@@ -56,9 +56,21 @@ func (e *Engine) expireTopUp(tx *store.Tx, s *row, now int64) error {
 			if err != nil {
 				return err
 			}
+			to, memo := ledger.Wallet(guestAccount, s.Currency), "top-up "+q.ID+" not granted, refunded"
+			holds, err := cardHolds(tx, s.ID)
+			if err != nil {
+				return err
+			}
+			if h, ok := holds[q.ID]; ok {
+				// Paid by card: release the hold, nothing captured.
+				to, memo = ledger.Card(h.AccountID, s.Currency), "top-up "+q.ID+" not granted, released on the card"
+				if err := settleHold(tx, now, s.ID, q.ID, h, 0, s.Currency); err != nil {
+					return err
+				}
+			}
 			if q.Amount > 0 {
 				if _, err := ledger.Apply(tx, now, ledger.Transfer{ID: "refund:" + q.ID, Debit: ledger.Escrow(s.ID, s.Currency),
-					Credit: ledger.Wallet(guestAccount, s.Currency), Amount: q.Amount, Currency: s.Currency, Memo: "top-up " + q.ID + " not granted, refunded"}); err != nil {
+					Credit: to, Amount: q.Amount, Currency: s.Currency, Memo: memo}); err != nil {
 					return fmt.Errorf("session: refund top-up %s: %w", q.ID, err)
 				}
 			}

@@ -55,7 +55,15 @@ type Charge struct {
 	Amount             int64
 	Currency           string
 	Bytes              int64
+	// Method is MethodWallet or MethodCard: where the money comes from.
+	Method string
 }
+
+// Payment methods (Charge.Method), also the platform named in receipts.
+const (
+	MethodWallet = "wallet"
+	MethodCard   = "card"
+)
 
 // Platform is the payment platform as the session needs it. Signing and
 // verifying happen outside the database transaction, so the single SQLite
@@ -340,15 +348,25 @@ type SignedCharge struct {
 	rc        *sharespotv1.Receipt
 }
 
+// Charge is what the signed charge takes.
+func (sc SignedCharge) Charge() Charge { return sc.c }
+
 // SignCharge plans the payment of a quote in a read transaction and signs
 // its payment-success response; Pay then commits it if the quote is still
 // open and unchanged.
 func (e *Engine) SignCharge(tx *store.Tx, guest Party, quoteID string) (SignedCharge, error) {
+	return e.SignChargeBy(tx, guest, quoteID, MethodWallet)
+}
+
+// SignChargeBy is SignCharge for a payment method: the card platform
+// (internal/card) signs once Stripe reports the amount authorised.
+func (e *Engine) SignChargeBy(tx *store.Tx, guest Party, quoteID, method string) (SignedCharge, error) {
 	now := e.nowMS()
 	c, _, _, err := e.payable(tx, guest, quoteID, now)
 	if err != nil {
 		return SignedCharge{}, err
 	}
+	c.Method = method
 	id, rc, err := e.pay.Sign(now, c)
 	if err != nil {
 		return SignedCharge{}, fmt.Errorf("session: sign receipt: %w", err)
@@ -366,6 +384,7 @@ func (e *Engine) Pay(tx *store.Tx, guest Party, sc SignedCharge) (*sharespotv1.R
 	if err != nil {
 		return nil, err
 	}
+	c.Method = sc.c.Method
 	if c != sc.c {
 		return nil, problem.WrongStatef("quote %s changed while it was being paid; pay again", q.ID)
 	}
@@ -426,7 +445,7 @@ func (e *Engine) payable(tx *store.Tx, guest Party, quoteID string, now int64) (
 		return Charge{}, nil, nil, err
 	}
 	return Charge{QuoteID: q.ID, SessionID: s.ID, Payer: guest, Payee: Party{DeviceID: s.Host, AccountID: hostAccount},
-		Amount: q.Amount, Currency: q.Currency, Bytes: q.Bytes}, q, s, nil
+		Amount: q.Amount, Currency: q.Currency, Bytes: q.Bytes, Method: MethodWallet}, q, s, nil
 }
 
 // ---------------------------------------------------------------- C3.3 / C1.14 / C2

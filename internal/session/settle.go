@@ -105,16 +105,63 @@ func (e *Engine) finish(tx *store.Tx, s *row, used int64, reason string) error {
 		return err
 	}
 	refund := held - charged
+	// Card holds: the billed part of each is captured, the rest released
+	// back to the card (never into the wallet as cash); the Stripe calls
+	// go into the outbox in this transaction.
+	holds, err := cardHolds(tx, s.ID)
+	if err != nil {
+		return err
+	}
+	var released, cardCharged int64
+	var guestCard ledger.Account
+	for _, q := range qs {
+		h, ok := holds[q.ID]
+		if !ok {
+			continue
+		}
+		var b int64
+		if q.State == sharespotv1.QuoteState_QUOTE_STATE_GRANTED {
+			b = q.Billed
+		}
+		released += q.Amount - b
+		cardCharged += b
+		guestCard = ledger.Card(h.AccountID, s.Currency)
+		if err := settleHold(tx, now, s.ID, q.ID, h, b, s.Currency); err != nil {
+			return err
+		}
+	}
 	// Both parties' figures go into the memos, so `wallet history` shows
 	// what the bill rested on.
 	figures := fmt.Sprintf(" (%d bytes billed: host counted %d, unverified)", used, s.HostCount)
 	if s.Verified {
 		figures = fmt.Sprintf(" (%d bytes billed: host counted %d, guest acknowledged %d + window %d)", used, s.HostCount, s.GuestAcked, s.Window)
 	}
+	hostWallet := ledger.Wallet(hostAccount, s.Currency)
 	moves := []ledger.Transfer{
-		{ID: "settle:host:" + s.ID, Debit: escrow, Credit: ledger.Wallet(hostAccount, s.Currency), Amount: charged - fee, Memo: "session " + s.ID + ": data used" + figures},
+		{ID: "settle:host:" + s.ID, Debit: escrow, Credit: hostWallet, Amount: charged - fee, Memo: "session " + s.ID + ": data used" + figures},
 		{ID: "settle:fee:" + s.ID, Debit: escrow, Credit: ledger.FeeShard(s.Currency, s.ID), Amount: fee, Memo: "session " + s.ID + ": platform fee"},
-		{ID: "settle:refund:" + s.ID, Debit: escrow, Credit: ledger.Wallet(guestAccount, s.Currency), Amount: refund, Memo: "session " + s.ID + ": unused, refunded" + figures},
+		{ID: "settle:refund:" + s.ID, Debit: escrow, Credit: ledger.Wallet(guestAccount, s.Currency), Amount: refund - released, Memo: "session " + s.ID + ": unused, refunded" + figures},
+	}
+	if released > 0 {
+		moves = append(moves, ledger.Transfer{ID: "settle:release:" + s.ID, Debit: escrow, Credit: guestCard, Amount: released,
+			Memo: "session " + s.ID + ": unused, released on the card (not captured)" + figures})
+	}
+	// The host's share of what the card paid goes to its Stripe account,
+	// when it has one Stripe lets receive transfers; the platform keeps its
+	// fee. Otherwise the share stays in the host's wallet.
+	if payout := min(charged-fee, cardCharged); payout > 0 {
+		acct, ready, err := PayoutAccount(tx, hostAccount)
+		if err != nil {
+			return err
+		}
+		if acct != "" && ready {
+			moves = append(moves, ledger.Transfer{ID: "settle:payout:" + s.ID, Debit: hostWallet, Credit: ledger.Payout(hostAccount, s.Currency),
+				Amount: payout, Memo: "session " + s.ID + ": host share transferred to Stripe account " + acct})
+			if err := Enqueue(tx, now, StripeOp{ID: "sharespot-transfer-" + s.ID, Kind: OpTransfer, SessionID: s.ID, Target: acct,
+				Amount: payout, Currency: s.Currency}); err != nil {
+				return err
+			}
+		}
 	}
 	for _, t := range moves {
 		if t.Amount == 0 {

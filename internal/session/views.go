@@ -74,6 +74,9 @@ func (e *Engine) render(tx *store.Tx, s *row, p Party) (*sharespotv1.Session, er
 		RefundedMinor: s.Refunded, CreatedUnixMs: s.CreatedMS, UpdatedUnixMs: s.UpdatedMS, Tariff: s.Tariff.Proto(),
 		GuestAckedBytes: s.GuestAcked, CreditWindowBytes: s.Window, HostCountBytes: s.HostCount, Verified: s.Verified,
 	}
+	if err := tx.QueryRow(`SELECT card_refunded_minor, disputed_minor FROM sessions WHERE id = ?`, s.ID).Scan(&out.CardRefundedMinor, &out.DisputedMinor); err != nil {
+		return nil, fmt.Errorf("session: card adjustments of %s: %w", s.ID, err)
+	}
 	qs, err := quotesOf(tx, s.ID)
 	if err != nil {
 		return nil, err

@@ -276,6 +276,120 @@ func (QuoteState) EnumDescriptor() ([]byte, []int) {
 	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{3}
 }
 
+// PayMethod is how a quote is paid.
+type PayMethod int32
+
+const (
+	// The wallet (what clients before protocol version 3 get).
+	PayMethod_PAY_METHOD_UNSPECIFIED PayMethod = 0
+	PayMethod_PAY_METHOD_WALLET      PayMethod = 1
+	// A card through Stripe: the fee is authorised on the card (manual
+	// capture) and only the billed part is captured at settlement.
+	PayMethod_PAY_METHOD_CARD PayMethod = 2
+)
+
+// Enum value maps for PayMethod.
+var (
+	PayMethod_name = map[int32]string{
+		0: "PAY_METHOD_UNSPECIFIED",
+		1: "PAY_METHOD_WALLET",
+		2: "PAY_METHOD_CARD",
+	}
+	PayMethod_value = map[string]int32{
+		"PAY_METHOD_UNSPECIFIED": 0,
+		"PAY_METHOD_WALLET":      1,
+		"PAY_METHOD_CARD":        2,
+	}
+)
+
+func (x PayMethod) Enum() *PayMethod {
+	p := new(PayMethod)
+	*p = x
+	return p
+}
+
+func (x PayMethod) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (PayMethod) Descriptor() protoreflect.EnumDescriptor {
+	return file_sharespot_v1_sharespot_proto_enumTypes[4].Descriptor()
+}
+
+func (PayMethod) Type() protoreflect.EnumType {
+	return &file_sharespot_v1_sharespot_proto_enumTypes[4]
+}
+
+func (x PayMethod) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use PayMethod.Descriptor instead.
+func (PayMethod) EnumDescriptor() ([]byte, []int) {
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{4}
+}
+
+// PayStatus is where a card payment stands.
+type PayStatus int32
+
+const (
+	PayStatus_PAY_STATUS_UNSPECIFIED PayStatus = 0
+	// Authorised (or paid from the wallet): the receipt is in the response.
+	PayStatus_PAY_STATUS_PAID PayStatus = 1
+	// Stripe is still working, or waits for its webhook: call Pay again.
+	PayStatus_PAY_STATUS_PENDING PayStatus = 2
+	// The card holder must authenticate (3-D Secure) at action_url; call Pay
+	// again after.
+	PayStatus_PAY_STATUS_REQUIRES_ACTION PayStatus = 3
+	// The card was declined or the payment cancelled: pay another way.
+	PayStatus_PAY_STATUS_FAILED PayStatus = 4
+)
+
+// Enum value maps for PayStatus.
+var (
+	PayStatus_name = map[int32]string{
+		0: "PAY_STATUS_UNSPECIFIED",
+		1: "PAY_STATUS_PAID",
+		2: "PAY_STATUS_PENDING",
+		3: "PAY_STATUS_REQUIRES_ACTION",
+		4: "PAY_STATUS_FAILED",
+	}
+	PayStatus_value = map[string]int32{
+		"PAY_STATUS_UNSPECIFIED":     0,
+		"PAY_STATUS_PAID":            1,
+		"PAY_STATUS_PENDING":         2,
+		"PAY_STATUS_REQUIRES_ACTION": 3,
+		"PAY_STATUS_FAILED":          4,
+	}
+)
+
+func (x PayStatus) Enum() *PayStatus {
+	p := new(PayStatus)
+	*p = x
+	return p
+}
+
+func (x PayStatus) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (PayStatus) Descriptor() protoreflect.EnumDescriptor {
+	return file_sharespot_v1_sharespot_proto_enumTypes[5].Descriptor()
+}
+
+func (PayStatus) Type() protoreflect.EnumType {
+	return &file_sharespot_v1_sharespot_proto_enumTypes[5]
+}
+
+func (x PayStatus) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use PayStatus.Descriptor instead.
+func (PayStatus) EnumDescriptor() ([]byte, []int) {
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{5}
+}
+
 type AddDeviceRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The new device's Ed25519 public key, 32 bytes.
@@ -1989,8 +2103,12 @@ type Session struct {
 	// none, on the host's count alone (unverified).
 	HostCountBytes int64 `protobuf:"varint,23,opt,name=host_count_bytes,json=hostCountBytes,proto3" json:"host_count_bytes,omitempty"`
 	Verified       bool  `protobuf:"varint,24,opt,name=verified,proto3" json:"verified,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Card payments: what Stripe refunded and what the card holder disputed
+	// (charge.refunded, charge.dispute.created), after settlement.
+	CardRefundedMinor int64 `protobuf:"varint,25,opt,name=card_refunded_minor,json=cardRefundedMinor,proto3" json:"card_refunded_minor,omitempty"`
+	DisputedMinor     int64 `protobuf:"varint,26,opt,name=disputed_minor,json=disputedMinor,proto3" json:"disputed_minor,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *Session) Reset() {
@@ -2189,6 +2307,20 @@ func (x *Session) GetVerified() bool {
 		return x.Verified
 	}
 	return false
+}
+
+func (x *Session) GetCardRefundedMinor() int64 {
+	if x != nil {
+		return x.CardRefundedMinor
+	}
+	return 0
+}
+
+func (x *Session) GetDisputedMinor() int64 {
+	if x != nil {
+		return x.DisputedMinor
+	}
+	return 0
 }
 
 type RequestAccessRequest struct {
@@ -3517,8 +3649,14 @@ func (x *ListSessionsResponse) GetSessions() []*Session {
 }
 
 type PayRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	QuoteId       string                 `protobuf:"bytes,1,opt,name=quote_id,json=quoteId,proto3" json:"quote_id,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	QuoteId string                 `protobuf:"bytes,1,opt,name=quote_id,json=quoteId,proto3" json:"quote_id,omitempty"`
+	// How to pay; unspecified is the wallet.
+	Method PayMethod `protobuf:"varint,2,opt,name=method,proto3,enum=sharespot.v1.PayMethod" json:"method,omitempty"`
+	// Card only: a Stripe PaymentMethod ID created on the guest's device
+	// (Stripe.js, the mobile SDKs); the server never sees card numbers. Empty
+	// with a test-mode key: Stripe's test card pm_card_visa.
+	PaymentMethod string `protobuf:"bytes,3,opt,name=payment_method,json=paymentMethod,proto3" json:"payment_method,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3560,9 +3698,31 @@ func (x *PayRequest) GetQuoteId() string {
 	return ""
 }
 
+func (x *PayRequest) GetMethod() PayMethod {
+	if x != nil {
+		return x.Method
+	}
+	return PayMethod_PAY_METHOD_UNSPECIFIED
+}
+
+func (x *PayRequest) GetPaymentMethod() string {
+	if x != nil {
+		return x.PaymentMethod
+	}
+	return ""
+}
+
 type PayResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Receipt       *Receipt               `protobuf:"bytes,1,opt,name=receipt,proto3" json:"receipt,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Set once paid (PAY_STATUS_PAID).
+	Receipt *Receipt  `protobuf:"bytes,1,opt,name=receipt,proto3" json:"receipt,omitempty"`
+	Status  PayStatus `protobuf:"varint,2,opt,name=status,proto3,enum=sharespot.v1.PayStatus" json:"status,omitempty"`
+	// PAY_STATUS_REQUIRES_ACTION: where the card holder authenticates.
+	ActionUrl string `protobuf:"bytes,3,opt,name=action_url,json=actionUrl,proto3" json:"action_url,omitempty"`
+	// Card: the Stripe PaymentIntent.
+	IntentId string `protobuf:"bytes,4,opt,name=intent_id,json=intentId,proto3" json:"intent_id,omitempty"`
+	// PAY_STATUS_FAILED: why.
+	Failure       string `protobuf:"bytes,5,opt,name=failure,proto3" json:"failure,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3604,6 +3764,289 @@ func (x *PayResponse) GetReceipt() *Receipt {
 	return nil
 }
 
+func (x *PayResponse) GetStatus() PayStatus {
+	if x != nil {
+		return x.Status
+	}
+	return PayStatus_PAY_STATUS_UNSPECIFIED
+}
+
+func (x *PayResponse) GetActionUrl() string {
+	if x != nil {
+		return x.ActionUrl
+	}
+	return ""
+}
+
+func (x *PayResponse) GetIntentId() string {
+	if x != nil {
+		return x.IntentId
+	}
+	return ""
+}
+
+func (x *PayResponse) GetFailure() string {
+	if x != nil {
+		return x.Failure
+	}
+	return ""
+}
+
+type FundByCardRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Chosen by the client, so that a retried call creates one payment.
+	RequestId   string `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	AmountMinor int64  `protobuf:"varint,2,opt,name=amount_minor,json=amountMinor,proto3" json:"amount_minor,omitempty"`
+	Currency    string `protobuf:"bytes,3,opt,name=currency,proto3" json:"currency,omitempty"`
+	// As PayRequest.payment_method.
+	PaymentMethod string `protobuf:"bytes,4,opt,name=payment_method,json=paymentMethod,proto3" json:"payment_method,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FundByCardRequest) Reset() {
+	*x = FundByCardRequest{}
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[56]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FundByCardRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FundByCardRequest) ProtoMessage() {}
+
+func (x *FundByCardRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[56]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FundByCardRequest.ProtoReflect.Descriptor instead.
+func (*FundByCardRequest) Descriptor() ([]byte, []int) {
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{56}
+}
+
+func (x *FundByCardRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *FundByCardRequest) GetAmountMinor() int64 {
+	if x != nil {
+		return x.AmountMinor
+	}
+	return 0
+}
+
+func (x *FundByCardRequest) GetCurrency() string {
+	if x != nil {
+		return x.Currency
+	}
+	return ""
+}
+
+func (x *FundByCardRequest) GetPaymentMethod() string {
+	if x != nil {
+		return x.PaymentMethod
+	}
+	return ""
+}
+
+type FundByCardResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Status        PayStatus              `protobuf:"varint,1,opt,name=status,proto3,enum=sharespot.v1.PayStatus" json:"status,omitempty"`
+	ActionUrl     string                 `protobuf:"bytes,2,opt,name=action_url,json=actionUrl,proto3" json:"action_url,omitempty"`
+	IntentId      string                 `protobuf:"bytes,3,opt,name=intent_id,json=intentId,proto3" json:"intent_id,omitempty"`
+	Failure       string                 `protobuf:"bytes,4,opt,name=failure,proto3" json:"failure,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FundByCardResponse) Reset() {
+	*x = FundByCardResponse{}
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[57]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FundByCardResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FundByCardResponse) ProtoMessage() {}
+
+func (x *FundByCardResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[57]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FundByCardResponse.ProtoReflect.Descriptor instead.
+func (*FundByCardResponse) Descriptor() ([]byte, []int) {
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{57}
+}
+
+func (x *FundByCardResponse) GetStatus() PayStatus {
+	if x != nil {
+		return x.Status
+	}
+	return PayStatus_PAY_STATUS_UNSPECIFIED
+}
+
+func (x *FundByCardResponse) GetActionUrl() string {
+	if x != nil {
+		return x.ActionUrl
+	}
+	return ""
+}
+
+func (x *FundByCardResponse) GetIntentId() string {
+	if x != nil {
+		return x.IntentId
+	}
+	return ""
+}
+
+func (x *FundByCardResponse) GetFailure() string {
+	if x != nil {
+		return x.Failure
+	}
+	return ""
+}
+
+type PayoutOnboardingRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Where Stripe sends the host back after onboarding, and when the link
+	// expired.
+	ReturnUrl     string `protobuf:"bytes,1,opt,name=return_url,json=returnUrl,proto3" json:"return_url,omitempty"`
+	RefreshUrl    string `protobuf:"bytes,2,opt,name=refresh_url,json=refreshUrl,proto3" json:"refresh_url,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PayoutOnboardingRequest) Reset() {
+	*x = PayoutOnboardingRequest{}
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[58]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PayoutOnboardingRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PayoutOnboardingRequest) ProtoMessage() {}
+
+func (x *PayoutOnboardingRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[58]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PayoutOnboardingRequest.ProtoReflect.Descriptor instead.
+func (*PayoutOnboardingRequest) Descriptor() ([]byte, []int) {
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{58}
+}
+
+func (x *PayoutOnboardingRequest) GetReturnUrl() string {
+	if x != nil {
+		return x.ReturnUrl
+	}
+	return ""
+}
+
+func (x *PayoutOnboardingRequest) GetRefreshUrl() string {
+	if x != nil {
+		return x.RefreshUrl
+	}
+	return ""
+}
+
+type PayoutOnboardingResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The connected account (Stripe Connect Express) and its one-time
+	// onboarding link.
+	AccountId string `protobuf:"bytes,1,opt,name=account_id,json=accountId,proto3" json:"account_id,omitempty"`
+	Url       string `protobuf:"bytes,2,opt,name=url,proto3" json:"url,omitempty"`
+	// Whether Stripe reports the account able to receive transfers.
+	Ready         bool `protobuf:"varint,3,opt,name=ready,proto3" json:"ready,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PayoutOnboardingResponse) Reset() {
+	*x = PayoutOnboardingResponse{}
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[59]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PayoutOnboardingResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PayoutOnboardingResponse) ProtoMessage() {}
+
+func (x *PayoutOnboardingResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[59]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PayoutOnboardingResponse.ProtoReflect.Descriptor instead.
+func (*PayoutOnboardingResponse) Descriptor() ([]byte, []int) {
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{59}
+}
+
+func (x *PayoutOnboardingResponse) GetAccountId() string {
+	if x != nil {
+		return x.AccountId
+	}
+	return ""
+}
+
+func (x *PayoutOnboardingResponse) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *PayoutOnboardingResponse) GetReady() bool {
+	if x != nil {
+		return x.Ready
+	}
+	return false
+}
+
 type BalanceRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -3612,7 +4055,7 @@ type BalanceRequest struct {
 
 func (x *BalanceRequest) Reset() {
 	*x = BalanceRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[56]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3624,7 +4067,7 @@ func (x *BalanceRequest) String() string {
 func (*BalanceRequest) ProtoMessage() {}
 
 func (x *BalanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[56]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3637,7 +4080,7 @@ func (x *BalanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BalanceRequest.ProtoReflect.Descriptor instead.
 func (*BalanceRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{56}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{60}
 }
 
 type Money struct {
@@ -3650,7 +4093,7 @@ type Money struct {
 
 func (x *Money) Reset() {
 	*x = Money{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[57]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3662,7 +4105,7 @@ func (x *Money) String() string {
 func (*Money) ProtoMessage() {}
 
 func (x *Money) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[57]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3675,7 +4118,7 @@ func (x *Money) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Money.ProtoReflect.Descriptor instead.
 func (*Money) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{57}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *Money) GetCurrency() string {
@@ -3702,7 +4145,7 @@ type BalanceResponse struct {
 
 func (x *BalanceResponse) Reset() {
 	*x = BalanceResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[58]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3714,7 +4157,7 @@ func (x *BalanceResponse) String() string {
 func (*BalanceResponse) ProtoMessage() {}
 
 func (x *BalanceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[58]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3727,7 +4170,7 @@ func (x *BalanceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BalanceResponse.ProtoReflect.Descriptor instead.
 func (*BalanceResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{58}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *BalanceResponse) GetAccountId() string {
@@ -3753,7 +4196,7 @@ type HistoryRequest struct {
 
 func (x *HistoryRequest) Reset() {
 	*x = HistoryRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[59]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3765,7 +4208,7 @@ func (x *HistoryRequest) String() string {
 func (*HistoryRequest) ProtoMessage() {}
 
 func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[59]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3778,7 +4221,7 @@ func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryRequest.ProtoReflect.Descriptor instead.
 func (*HistoryRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{59}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *HistoryRequest) GetLimit() int32 {
@@ -3803,7 +4246,7 @@ type Transfer struct {
 
 func (x *Transfer) Reset() {
 	*x = Transfer{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[60]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3815,7 +4258,7 @@ func (x *Transfer) String() string {
 func (*Transfer) ProtoMessage() {}
 
 func (x *Transfer) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[60]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3828,7 +4271,7 @@ func (x *Transfer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Transfer.ProtoReflect.Descriptor instead.
 func (*Transfer) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{60}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *Transfer) GetId() string {
@@ -3889,7 +4332,7 @@ type HistoryResponse struct {
 
 func (x *HistoryResponse) Reset() {
 	*x = HistoryResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[61]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3901,7 +4344,7 @@ func (x *HistoryResponse) String() string {
 func (*HistoryResponse) ProtoMessage() {}
 
 func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[61]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3914,7 +4357,7 @@ func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryResponse.ProtoReflect.Descriptor instead.
 func (*HistoryResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{61}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *HistoryResponse) GetTransfers() []*Transfer {
@@ -3932,7 +4375,7 @@ type PlatformKeysRequest struct {
 
 func (x *PlatformKeysRequest) Reset() {
 	*x = PlatformKeysRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[62]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3944,7 +4387,7 @@ func (x *PlatformKeysRequest) String() string {
 func (*PlatformKeysRequest) ProtoMessage() {}
 
 func (x *PlatformKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[62]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3957,7 +4400,7 @@ func (x *PlatformKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlatformKeysRequest.ProtoReflect.Descriptor instead.
 func (*PlatformKeysRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{62}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{66}
 }
 
 type PlatformKey struct {
@@ -3970,7 +4413,7 @@ type PlatformKey struct {
 
 func (x *PlatformKey) Reset() {
 	*x = PlatformKey{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[63]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3982,7 +4425,7 @@ func (x *PlatformKey) String() string {
 func (*PlatformKey) ProtoMessage() {}
 
 func (x *PlatformKey) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[63]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3995,7 +4438,7 @@ func (x *PlatformKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlatformKey.ProtoReflect.Descriptor instead.
 func (*PlatformKey) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{63}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *PlatformKey) GetKeyId() string {
@@ -4021,7 +4464,7 @@ type PlatformKeysResponse struct {
 
 func (x *PlatformKeysResponse) Reset() {
 	*x = PlatformKeysResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[64]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4033,7 +4476,7 @@ func (x *PlatformKeysResponse) String() string {
 func (*PlatformKeysResponse) ProtoMessage() {}
 
 func (x *PlatformKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[64]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4046,7 +4489,7 @@ func (x *PlatformKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlatformKeysResponse.ProtoReflect.Descriptor instead.
 func (*PlatformKeysResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{64}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *PlatformKeysResponse) GetKeys() []*PlatformKey {
@@ -4065,7 +4508,7 @@ type SubscribeRequest struct {
 
 func (x *SubscribeRequest) Reset() {
 	*x = SubscribeRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[65]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4077,7 +4520,7 @@ func (x *SubscribeRequest) String() string {
 func (*SubscribeRequest) ProtoMessage() {}
 
 func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[65]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4090,7 +4533,7 @@ func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubscribeRequest.ProtoReflect.Descriptor instead.
 func (*SubscribeRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{65}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *SubscribeRequest) GetAfterSeq() uint64 {
@@ -4110,7 +4553,7 @@ type SubscribeResponse struct {
 
 func (x *SubscribeResponse) Reset() {
 	*x = SubscribeResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[66]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4122,7 +4565,7 @@ func (x *SubscribeResponse) String() string {
 func (*SubscribeResponse) ProtoMessage() {}
 
 func (x *SubscribeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[66]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4135,7 +4578,7 @@ func (x *SubscribeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubscribeResponse.ProtoReflect.Descriptor instead.
 func (*SubscribeResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{66}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *SubscribeResponse) GetEnvelopes() []*Envelope {
@@ -4154,7 +4597,7 @@ type AckRequest struct {
 
 func (x *AckRequest) Reset() {
 	*x = AckRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[67]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4166,7 +4609,7 @@ func (x *AckRequest) String() string {
 func (*AckRequest) ProtoMessage() {}
 
 func (x *AckRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[67]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4179,7 +4622,7 @@ func (x *AckRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckRequest.ProtoReflect.Descriptor instead.
 func (*AckRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{67}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *AckRequest) GetSeq() uint64 {
@@ -4197,7 +4640,7 @@ type AckResponse struct {
 
 func (x *AckResponse) Reset() {
 	*x = AckResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[68]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4209,7 +4652,7 @@ func (x *AckResponse) String() string {
 func (*AckResponse) ProtoMessage() {}
 
 func (x *AckResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[68]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4222,7 +4665,7 @@ func (x *AckResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckResponse.ProtoReflect.Descriptor instead.
 func (*AckResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{68}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{72}
 }
 
 // C1.6, to the host.
@@ -4240,7 +4683,7 @@ type AccessRequested struct {
 
 func (x *AccessRequested) Reset() {
 	*x = AccessRequested{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[69]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4252,7 +4695,7 @@ func (x *AccessRequested) String() string {
 func (*AccessRequested) ProtoMessage() {}
 
 func (x *AccessRequested) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[69]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4265,7 +4708,7 @@ func (x *AccessRequested) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AccessRequested.ProtoReflect.Descriptor instead.
 func (*AccessRequested) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{69}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *AccessRequested) GetHotspotId() string {
@@ -4313,7 +4756,7 @@ type FeeInfo struct {
 
 func (x *FeeInfo) Reset() {
 	*x = FeeInfo{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[70]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4325,7 +4768,7 @@ func (x *FeeInfo) String() string {
 func (*FeeInfo) ProtoMessage() {}
 
 func (x *FeeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[70]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4338,7 +4781,7 @@ func (x *FeeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FeeInfo.ProtoReflect.Descriptor instead.
 func (*FeeInfo) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{70}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *FeeInfo) GetQuote() *Quote {
@@ -4363,7 +4806,7 @@ type PaymentConfirmed struct {
 
 func (x *PaymentConfirmed) Reset() {
 	*x = PaymentConfirmed{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[71]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4375,7 +4818,7 @@ func (x *PaymentConfirmed) String() string {
 func (*PaymentConfirmed) ProtoMessage() {}
 
 func (x *PaymentConfirmed) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[71]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4388,7 +4831,7 @@ func (x *PaymentConfirmed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PaymentConfirmed.ProtoReflect.Descriptor instead.
 func (*PaymentConfirmed) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{71}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *PaymentConfirmed) GetQuoteId() string {
@@ -4437,7 +4880,7 @@ type EncryptionMessage struct {
 
 func (x *EncryptionMessage) Reset() {
 	*x = EncryptionMessage{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[72]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4449,7 +4892,7 @@ func (x *EncryptionMessage) String() string {
 func (*EncryptionMessage) ProtoMessage() {}
 
 func (x *EncryptionMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[72]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4462,7 +4905,7 @@ func (x *EncryptionMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EncryptionMessage.ProtoReflect.Descriptor instead.
 func (*EncryptionMessage) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{72}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *EncryptionMessage) GetSuite() string {
@@ -4489,7 +4932,7 @@ type AccessGranted struct {
 
 func (x *AccessGranted) Reset() {
 	*x = AccessGranted{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[73]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4501,7 +4944,7 @@ func (x *AccessGranted) String() string {
 func (*AccessGranted) ProtoMessage() {}
 
 func (x *AccessGranted) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[73]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4514,7 +4957,7 @@ func (x *AccessGranted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AccessGranted.ProtoReflect.Descriptor instead.
 func (*AccessGranted) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{73}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *AccessGranted) GetQuoteId() string {
@@ -4571,7 +5014,7 @@ type LowQuotaPrompt struct {
 
 func (x *LowQuotaPrompt) Reset() {
 	*x = LowQuotaPrompt{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[74]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4583,7 +5026,7 @@ func (x *LowQuotaPrompt) String() string {
 func (*LowQuotaPrompt) ProtoMessage() {}
 
 func (x *LowQuotaPrompt) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[74]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4596,7 +5039,7 @@ func (x *LowQuotaPrompt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LowQuotaPrompt.ProtoReflect.Descriptor instead.
 func (*LowQuotaPrompt) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{74}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *LowQuotaPrompt) GetUsedBytes() int64 {
@@ -4632,7 +5075,7 @@ type TopUpRequested struct {
 
 func (x *TopUpRequested) Reset() {
 	*x = TopUpRequested{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[75]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4644,7 +5087,7 @@ func (x *TopUpRequested) String() string {
 func (*TopUpRequested) ProtoMessage() {}
 
 func (x *TopUpRequested) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[75]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4657,7 +5100,7 @@ func (x *TopUpRequested) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TopUpRequested.ProtoReflect.Descriptor instead.
 func (*TopUpRequested) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{75}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{79}
 }
 
 func (x *TopUpRequested) GetBytes() int64 {
@@ -4687,7 +5130,7 @@ type SessionEnding struct {
 
 func (x *SessionEnding) Reset() {
 	*x = SessionEnding{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[76]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4699,7 +5142,7 @@ func (x *SessionEnding) String() string {
 func (*SessionEnding) ProtoMessage() {}
 
 func (x *SessionEnding) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[76]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4712,7 +5155,7 @@ func (x *SessionEnding) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionEnding.ProtoReflect.Descriptor instead.
 func (*SessionEnding) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{76}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{80}
 }
 
 func (x *SessionEnding) GetReason() string {
@@ -4740,7 +5183,7 @@ type Declined struct {
 
 func (x *Declined) Reset() {
 	*x = Declined{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[77]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[81]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4752,7 +5195,7 @@ func (x *Declined) String() string {
 func (*Declined) ProtoMessage() {}
 
 func (x *Declined) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[77]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[81]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4765,7 +5208,7 @@ func (x *Declined) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Declined.ProtoReflect.Descriptor instead.
 func (*Declined) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{77}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{81}
 }
 
 func (x *Declined) GetReason() string {
@@ -4792,7 +5235,7 @@ type SessionEnded struct {
 
 func (x *SessionEnded) Reset() {
 	*x = SessionEnded{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[78]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[82]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4804,7 +5247,7 @@ func (x *SessionEnded) String() string {
 func (*SessionEnded) ProtoMessage() {}
 
 func (x *SessionEnded) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[78]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[82]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4817,7 +5260,7 @@ func (x *SessionEnded) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionEnded.ProtoReflect.Descriptor instead.
 func (*SessionEnded) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{78}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{82}
 }
 
 func (x *SessionEnded) GetSession() *Session {
@@ -4853,7 +5296,7 @@ type Envelope struct {
 
 func (x *Envelope) Reset() {
 	*x = Envelope{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[79]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[83]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4865,7 +5308,7 @@ func (x *Envelope) String() string {
 func (*Envelope) ProtoMessage() {}
 
 func (x *Envelope) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[79]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[83]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4878,7 +5321,7 @@ func (x *Envelope) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Envelope.ProtoReflect.Descriptor instead.
 func (*Envelope) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{79}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{83}
 }
 
 func (x *Envelope) GetSeq() uint64 {
@@ -5221,7 +5664,7 @@ const file_sharespot_v1_sharespot_proto_rawDesc = "" +
 	"\aReceipt\x12\x15\n" +
 	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x18\n" +
 	"\apayload\x18\x02 \x01(\fR\apayload\x12\x1c\n" +
-	"\tsignature\x18\x03 \x01(\fR\tsignature\"\x8d\a\n" +
+	"\tsignature\x18\x03 \x01(\fR\tsignature\"\xe4\a\n" +
 	"\aSession\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1d\n" +
 	"\n" +
@@ -5251,7 +5694,9 @@ const file_sharespot_v1_sharespot_proto_rawDesc = "" +
 	"\x11guest_acked_bytes\x18\x15 \x01(\x03R\x0fguestAckedBytes\x12.\n" +
 	"\x13credit_window_bytes\x18\x16 \x01(\x03R\x11creditWindowBytes\x12(\n" +
 	"\x10host_count_bytes\x18\x17 \x01(\x03R\x0ehostCountBytes\x12\x1a\n" +
-	"\bverified\x18\x18 \x01(\bR\bverified\"\xbb\x01\n" +
+	"\bverified\x18\x18 \x01(\bR\bverified\x12.\n" +
+	"\x13card_refunded_minor\x18\x19 \x01(\x03R\x11cardRefundedMinor\x12%\n" +
+	"\x0edisputed_minor\x18\x1a \x01(\x03R\rdisputedMinor\"\xbb\x01\n" +
 	"\x14RequestAccessRequest\x12\x1d\n" +
 	"\n" +
 	"hotspot_id\x18\x01 \x01(\tR\thotspotId\x12\x14\n" +
@@ -5342,12 +5787,41 @@ const file_sharespot_v1_sharespot_proto_rawDesc = "" +
 	"\topen_only\x18\x01 \x01(\bR\bopenOnly\x12\x14\n" +
 	"\x05limit\x18\x02 \x01(\x05R\x05limit\"I\n" +
 	"\x14ListSessionsResponse\x121\n" +
-	"\bsessions\x18\x01 \x03(\v2\x15.sharespot.v1.SessionR\bsessions\"'\n" +
+	"\bsessions\x18\x01 \x03(\v2\x15.sharespot.v1.SessionR\bsessions\"\x7f\n" +
 	"\n" +
 	"PayRequest\x12\x19\n" +
-	"\bquote_id\x18\x01 \x01(\tR\aquoteId\">\n" +
+	"\bquote_id\x18\x01 \x01(\tR\aquoteId\x12/\n" +
+	"\x06method\x18\x02 \x01(\x0e2\x17.sharespot.v1.PayMethodR\x06method\x12%\n" +
+	"\x0epayment_method\x18\x03 \x01(\tR\rpaymentMethod\"\xc5\x01\n" +
 	"\vPayResponse\x12/\n" +
-	"\areceipt\x18\x01 \x01(\v2\x15.sharespot.v1.ReceiptR\areceipt\"\x10\n" +
+	"\areceipt\x18\x01 \x01(\v2\x15.sharespot.v1.ReceiptR\areceipt\x12/\n" +
+	"\x06status\x18\x02 \x01(\x0e2\x17.sharespot.v1.PayStatusR\x06status\x12\x1d\n" +
+	"\n" +
+	"action_url\x18\x03 \x01(\tR\tactionUrl\x12\x1b\n" +
+	"\tintent_id\x18\x04 \x01(\tR\bintentId\x12\x18\n" +
+	"\afailure\x18\x05 \x01(\tR\afailure\"\x98\x01\n" +
+	"\x11FundByCardRequest\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\tR\trequestId\x12!\n" +
+	"\famount_minor\x18\x02 \x01(\x03R\vamountMinor\x12\x1a\n" +
+	"\bcurrency\x18\x03 \x01(\tR\bcurrency\x12%\n" +
+	"\x0epayment_method\x18\x04 \x01(\tR\rpaymentMethod\"\x9b\x01\n" +
+	"\x12FundByCardResponse\x12/\n" +
+	"\x06status\x18\x01 \x01(\x0e2\x17.sharespot.v1.PayStatusR\x06status\x12\x1d\n" +
+	"\n" +
+	"action_url\x18\x02 \x01(\tR\tactionUrl\x12\x1b\n" +
+	"\tintent_id\x18\x03 \x01(\tR\bintentId\x12\x18\n" +
+	"\afailure\x18\x04 \x01(\tR\afailure\"Y\n" +
+	"\x17PayoutOnboardingRequest\x12\x1d\n" +
+	"\n" +
+	"return_url\x18\x01 \x01(\tR\treturnUrl\x12\x1f\n" +
+	"\vrefresh_url\x18\x02 \x01(\tR\n" +
+	"refreshUrl\"a\n" +
+	"\x18PayoutOnboardingResponse\x12\x1d\n" +
+	"\n" +
+	"account_id\x18\x01 \x01(\tR\taccountId\x12\x10\n" +
+	"\x03url\x18\x02 \x01(\tR\x03url\x12\x14\n" +
+	"\x05ready\x18\x03 \x01(\bR\x05ready\"\x10\n" +
 	"\x0eBalanceRequest\"F\n" +
 	"\x05Money\x12\x1a\n" +
 	"\bcurrency\x18\x01 \x01(\tR\bcurrency\x12!\n" +
@@ -5474,7 +5948,17 @@ const file_sharespot_v1_sharespot_proto_rawDesc = "" +
 	"\x15QUOTE_STATE_CONFIRMED\x10\x03\x12\x17\n" +
 	"\x13QUOTE_STATE_GRANTED\x10\x04\x12\x17\n" +
 	"\x13QUOTE_STATE_EXPIRED\x10\x05\x12\x18\n" +
-	"\x14QUOTE_STATE_REFUNDED\x10\x062\xf4\x01\n" +
+	"\x14QUOTE_STATE_REFUNDED\x10\x06*S\n" +
+	"\tPayMethod\x12\x1a\n" +
+	"\x16PAY_METHOD_UNSPECIFIED\x10\x00\x12\x15\n" +
+	"\x11PAY_METHOD_WALLET\x10\x01\x12\x13\n" +
+	"\x0fPAY_METHOD_CARD\x10\x02*\x8b\x01\n" +
+	"\tPayStatus\x12\x1a\n" +
+	"\x16PAY_STATUS_UNSPECIFIED\x10\x00\x12\x13\n" +
+	"\x0fPAY_STATUS_PAID\x10\x01\x12\x16\n" +
+	"\x12PAY_STATUS_PENDING\x10\x02\x12\x1e\n" +
+	"\x1aPAY_STATUS_REQUIRES_ACTION\x10\x03\x12\x15\n" +
+	"\x11PAY_STATUS_FAILED\x10\x042\xf4\x01\n" +
 	"\vAuthService\x12N\n" +
 	"\tChallenge\x12\x1e.sharespot.v1.ChallengeRequest\x1a\x1f.sharespot.v1.ChallengeResponse\"\x00\x12E\n" +
 	"\x06SignIn\x12\x1b.sharespot.v1.SignInRequest\x1a\x1c.sharespot.v1.SignInResponse\"\x00\x12N\n" +
@@ -5498,12 +5982,15 @@ const file_sharespot_v1_sharespot_proto_rawDesc = "" +
 	"\x03End\x12\x18.sharespot.v1.EndRequest\x1a\x19.sharespot.v1.EndResponse\"\x00\x12<\n" +
 	"\x03Get\x12\x18.sharespot.v1.GetRequest\x1a\x19.sharespot.v1.GetResponse\"\x00\x12T\n" +
 	"\vAcknowledge\x12 .sharespot.v1.AcknowledgeRequest\x1a!.sharespot.v1.AcknowledgeResponse\"\x00\x12W\n" +
-	"\fListSessions\x12!.sharespot.v1.ListSessionsRequest\x1a\".sharespot.v1.ListSessionsResponse\"\x002\xbb\x02\n" +
+	"\fListSessions\x12!.sharespot.v1.ListSessionsRequest\x1a\".sharespot.v1.ListSessionsResponse\"\x002\xf3\x03\n" +
 	"\x0ePaymentService\x12<\n" +
 	"\x03Pay\x12\x18.sharespot.v1.PayRequest\x1a\x19.sharespot.v1.PayResponse\"\x00\x12H\n" +
 	"\aBalance\x12\x1c.sharespot.v1.BalanceRequest\x1a\x1d.sharespot.v1.BalanceResponse\"\x00\x12H\n" +
 	"\aHistory\x12\x1c.sharespot.v1.HistoryRequest\x1a\x1d.sharespot.v1.HistoryResponse\"\x00\x12W\n" +
-	"\fPlatformKeys\x12!.sharespot.v1.PlatformKeysRequest\x1a\".sharespot.v1.PlatformKeysResponse\"\x002\x9e\x01\n" +
+	"\fPlatformKeys\x12!.sharespot.v1.PlatformKeysRequest\x1a\".sharespot.v1.PlatformKeysResponse\"\x00\x12Q\n" +
+	"\n" +
+	"FundByCard\x12\x1f.sharespot.v1.FundByCardRequest\x1a .sharespot.v1.FundByCardResponse\"\x00\x12c\n" +
+	"\x10PayoutOnboarding\x12%.sharespot.v1.PayoutOnboardingRequest\x1a&.sharespot.v1.PayoutOnboardingResponse\"\x002\x9e\x01\n" +
 	"\fInboxService\x12P\n" +
 	"\tSubscribe\x12\x1e.sharespot.v1.SubscribeRequest\x1a\x1f.sharespot.v1.SubscribeResponse\"\x000\x01\x12<\n" +
 	"\x03Ack\x12\x18.sharespot.v1.AckRequest\x1a\x19.sharespot.v1.AckResponse\"\x00B=Z;github.com/sharespot/sharespot/gen/sharespot/v1;sharespotv1b\x06proto3"
@@ -5520,217 +6007,230 @@ func file_sharespot_v1_sharespot_proto_rawDescGZIP() []byte {
 	return file_sharespot_v1_sharespot_proto_rawDescData
 }
 
-var file_sharespot_v1_sharespot_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_sharespot_v1_sharespot_proto_msgTypes = make([]protoimpl.MessageInfo, 80)
+var file_sharespot_v1_sharespot_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
+var file_sharespot_v1_sharespot_proto_msgTypes = make([]protoimpl.MessageInfo, 84)
 var file_sharespot_v1_sharespot_proto_goTypes = []any{
-	(Security)(0),                 // 0: sharespot.v1.Security
-	(SessionState)(0),             // 1: sharespot.v1.SessionState
-	(QuoteKind)(0),                // 2: sharespot.v1.QuoteKind
-	(QuoteState)(0),               // 3: sharespot.v1.QuoteState
-	(*AddDeviceRequest)(nil),      // 4: sharespot.v1.AddDeviceRequest
-	(*AddDeviceResponse)(nil),     // 5: sharespot.v1.AddDeviceResponse
-	(*ChallengeRequest)(nil),      // 6: sharespot.v1.ChallengeRequest
-	(*ChallengeResponse)(nil),     // 7: sharespot.v1.ChallengeResponse
-	(*SignInRequest)(nil),         // 8: sharespot.v1.SignInRequest
-	(*SignInResponse)(nil),        // 9: sharespot.v1.SignInResponse
-	(*AccessPoint)(nil),           // 10: sharespot.v1.AccessPoint
-	(*Tariff)(nil),                // 11: sharespot.v1.Tariff
-	(*ShareInstruction)(nil),      // 12: sharespot.v1.ShareInstruction
-	(*Hotspot)(nil),               // 13: sharespot.v1.Hotspot
-	(*RegisterRequest)(nil),       // 14: sharespot.v1.RegisterRequest
-	(*RegisterResponse)(nil),      // 15: sharespot.v1.RegisterResponse
-	(*UpdateRequest)(nil),         // 16: sharespot.v1.UpdateRequest
-	(*UpdateResponse)(nil),        // 17: sharespot.v1.UpdateResponse
-	(*WithdrawRequest)(nil),       // 18: sharespot.v1.WithdrawRequest
-	(*WithdrawResponse)(nil),      // 19: sharespot.v1.WithdrawResponse
-	(*ListRequest)(nil),           // 20: sharespot.v1.ListRequest
-	(*ListResponse)(nil),          // 21: sharespot.v1.ListResponse
-	(*Candidate)(nil),             // 22: sharespot.v1.Candidate
-	(*Offer)(nil),                 // 23: sharespot.v1.Offer
-	(*DiscoverRequest)(nil),       // 24: sharespot.v1.DiscoverRequest
-	(*DiscoverResponse)(nil),      // 25: sharespot.v1.DiscoverResponse
-	(*Quote)(nil),                 // 26: sharespot.v1.Quote
-	(*GuestKey)(nil),              // 27: sharespot.v1.GuestKey
-	(*SealedCode)(nil),            // 28: sharespot.v1.SealedCode
-	(*Gateway)(nil),               // 29: sharespot.v1.Gateway
-	(*Receipt)(nil),               // 30: sharespot.v1.Receipt
-	(*Session)(nil),               // 31: sharespot.v1.Session
-	(*RequestAccessRequest)(nil),  // 32: sharespot.v1.RequestAccessRequest
-	(*RequestAccessResponse)(nil), // 33: sharespot.v1.RequestAccessResponse
-	(*QuoteRequest)(nil),          // 34: sharespot.v1.QuoteRequest
-	(*QuoteResponse)(nil),         // 35: sharespot.v1.QuoteResponse
-	(*DeclineRequest)(nil),        // 36: sharespot.v1.DeclineRequest
-	(*DeclineResponse)(nil),       // 37: sharespot.v1.DeclineResponse
-	(*ConfirmRequest)(nil),        // 38: sharespot.v1.ConfirmRequest
-	(*ConfirmResponse)(nil),       // 39: sharespot.v1.ConfirmResponse
-	(*GrantRequest)(nil),          // 40: sharespot.v1.GrantRequest
-	(*GrantResponse)(nil),         // 41: sharespot.v1.GrantResponse
-	(*PromptRequest)(nil),         // 42: sharespot.v1.PromptRequest
-	(*PromptResponse)(nil),        // 43: sharespot.v1.PromptResponse
-	(*RequestTopUpRequest)(nil),   // 44: sharespot.v1.RequestTopUpRequest
-	(*RequestTopUpResponse)(nil),  // 45: sharespot.v1.RequestTopUpResponse
-	(*ReportUsageRequest)(nil),    // 46: sharespot.v1.ReportUsageRequest
-	(*ReportUsageResponse)(nil),   // 47: sharespot.v1.ReportUsageResponse
-	(*EndRequest)(nil),            // 48: sharespot.v1.EndRequest
-	(*EndResponse)(nil),           // 49: sharespot.v1.EndResponse
-	(*GetRequest)(nil),            // 50: sharespot.v1.GetRequest
-	(*GetResponse)(nil),           // 51: sharespot.v1.GetResponse
-	(*UsageAck)(nil),              // 52: sharespot.v1.UsageAck
-	(*AcknowledgeRequest)(nil),    // 53: sharespot.v1.AcknowledgeRequest
-	(*AcknowledgeResponse)(nil),   // 54: sharespot.v1.AcknowledgeResponse
-	(*UsageAcknowledged)(nil),     // 55: sharespot.v1.UsageAcknowledged
-	(*ListSessionsRequest)(nil),   // 56: sharespot.v1.ListSessionsRequest
-	(*ListSessionsResponse)(nil),  // 57: sharespot.v1.ListSessionsResponse
-	(*PayRequest)(nil),            // 58: sharespot.v1.PayRequest
-	(*PayResponse)(nil),           // 59: sharespot.v1.PayResponse
-	(*BalanceRequest)(nil),        // 60: sharespot.v1.BalanceRequest
-	(*Money)(nil),                 // 61: sharespot.v1.Money
-	(*BalanceResponse)(nil),       // 62: sharespot.v1.BalanceResponse
-	(*HistoryRequest)(nil),        // 63: sharespot.v1.HistoryRequest
-	(*Transfer)(nil),              // 64: sharespot.v1.Transfer
-	(*HistoryResponse)(nil),       // 65: sharespot.v1.HistoryResponse
-	(*PlatformKeysRequest)(nil),   // 66: sharespot.v1.PlatformKeysRequest
-	(*PlatformKey)(nil),           // 67: sharespot.v1.PlatformKey
-	(*PlatformKeysResponse)(nil),  // 68: sharespot.v1.PlatformKeysResponse
-	(*SubscribeRequest)(nil),      // 69: sharespot.v1.SubscribeRequest
-	(*SubscribeResponse)(nil),     // 70: sharespot.v1.SubscribeResponse
-	(*AckRequest)(nil),            // 71: sharespot.v1.AckRequest
-	(*AckResponse)(nil),           // 72: sharespot.v1.AckResponse
-	(*AccessRequested)(nil),       // 73: sharespot.v1.AccessRequested
-	(*FeeInfo)(nil),               // 74: sharespot.v1.FeeInfo
-	(*PaymentConfirmed)(nil),      // 75: sharespot.v1.PaymentConfirmed
-	(*EncryptionMessage)(nil),     // 76: sharespot.v1.EncryptionMessage
-	(*AccessGranted)(nil),         // 77: sharespot.v1.AccessGranted
-	(*LowQuotaPrompt)(nil),        // 78: sharespot.v1.LowQuotaPrompt
-	(*TopUpRequested)(nil),        // 79: sharespot.v1.TopUpRequested
-	(*SessionEnding)(nil),         // 80: sharespot.v1.SessionEnding
-	(*Declined)(nil),              // 81: sharespot.v1.Declined
-	(*SessionEnded)(nil),          // 82: sharespot.v1.SessionEnded
-	(*Envelope)(nil),              // 83: sharespot.v1.Envelope
+	(Security)(0),                    // 0: sharespot.v1.Security
+	(SessionState)(0),                // 1: sharespot.v1.SessionState
+	(QuoteKind)(0),                   // 2: sharespot.v1.QuoteKind
+	(QuoteState)(0),                  // 3: sharespot.v1.QuoteState
+	(PayMethod)(0),                   // 4: sharespot.v1.PayMethod
+	(PayStatus)(0),                   // 5: sharespot.v1.PayStatus
+	(*AddDeviceRequest)(nil),         // 6: sharespot.v1.AddDeviceRequest
+	(*AddDeviceResponse)(nil),        // 7: sharespot.v1.AddDeviceResponse
+	(*ChallengeRequest)(nil),         // 8: sharespot.v1.ChallengeRequest
+	(*ChallengeResponse)(nil),        // 9: sharespot.v1.ChallengeResponse
+	(*SignInRequest)(nil),            // 10: sharespot.v1.SignInRequest
+	(*SignInResponse)(nil),           // 11: sharespot.v1.SignInResponse
+	(*AccessPoint)(nil),              // 12: sharespot.v1.AccessPoint
+	(*Tariff)(nil),                   // 13: sharespot.v1.Tariff
+	(*ShareInstruction)(nil),         // 14: sharespot.v1.ShareInstruction
+	(*Hotspot)(nil),                  // 15: sharespot.v1.Hotspot
+	(*RegisterRequest)(nil),          // 16: sharespot.v1.RegisterRequest
+	(*RegisterResponse)(nil),         // 17: sharespot.v1.RegisterResponse
+	(*UpdateRequest)(nil),            // 18: sharespot.v1.UpdateRequest
+	(*UpdateResponse)(nil),           // 19: sharespot.v1.UpdateResponse
+	(*WithdrawRequest)(nil),          // 20: sharespot.v1.WithdrawRequest
+	(*WithdrawResponse)(nil),         // 21: sharespot.v1.WithdrawResponse
+	(*ListRequest)(nil),              // 22: sharespot.v1.ListRequest
+	(*ListResponse)(nil),             // 23: sharespot.v1.ListResponse
+	(*Candidate)(nil),                // 24: sharespot.v1.Candidate
+	(*Offer)(nil),                    // 25: sharespot.v1.Offer
+	(*DiscoverRequest)(nil),          // 26: sharespot.v1.DiscoverRequest
+	(*DiscoverResponse)(nil),         // 27: sharespot.v1.DiscoverResponse
+	(*Quote)(nil),                    // 28: sharespot.v1.Quote
+	(*GuestKey)(nil),                 // 29: sharespot.v1.GuestKey
+	(*SealedCode)(nil),               // 30: sharespot.v1.SealedCode
+	(*Gateway)(nil),                  // 31: sharespot.v1.Gateway
+	(*Receipt)(nil),                  // 32: sharespot.v1.Receipt
+	(*Session)(nil),                  // 33: sharespot.v1.Session
+	(*RequestAccessRequest)(nil),     // 34: sharespot.v1.RequestAccessRequest
+	(*RequestAccessResponse)(nil),    // 35: sharespot.v1.RequestAccessResponse
+	(*QuoteRequest)(nil),             // 36: sharespot.v1.QuoteRequest
+	(*QuoteResponse)(nil),            // 37: sharespot.v1.QuoteResponse
+	(*DeclineRequest)(nil),           // 38: sharespot.v1.DeclineRequest
+	(*DeclineResponse)(nil),          // 39: sharespot.v1.DeclineResponse
+	(*ConfirmRequest)(nil),           // 40: sharespot.v1.ConfirmRequest
+	(*ConfirmResponse)(nil),          // 41: sharespot.v1.ConfirmResponse
+	(*GrantRequest)(nil),             // 42: sharespot.v1.GrantRequest
+	(*GrantResponse)(nil),            // 43: sharespot.v1.GrantResponse
+	(*PromptRequest)(nil),            // 44: sharespot.v1.PromptRequest
+	(*PromptResponse)(nil),           // 45: sharespot.v1.PromptResponse
+	(*RequestTopUpRequest)(nil),      // 46: sharespot.v1.RequestTopUpRequest
+	(*RequestTopUpResponse)(nil),     // 47: sharespot.v1.RequestTopUpResponse
+	(*ReportUsageRequest)(nil),       // 48: sharespot.v1.ReportUsageRequest
+	(*ReportUsageResponse)(nil),      // 49: sharespot.v1.ReportUsageResponse
+	(*EndRequest)(nil),               // 50: sharespot.v1.EndRequest
+	(*EndResponse)(nil),              // 51: sharespot.v1.EndResponse
+	(*GetRequest)(nil),               // 52: sharespot.v1.GetRequest
+	(*GetResponse)(nil),              // 53: sharespot.v1.GetResponse
+	(*UsageAck)(nil),                 // 54: sharespot.v1.UsageAck
+	(*AcknowledgeRequest)(nil),       // 55: sharespot.v1.AcknowledgeRequest
+	(*AcknowledgeResponse)(nil),      // 56: sharespot.v1.AcknowledgeResponse
+	(*UsageAcknowledged)(nil),        // 57: sharespot.v1.UsageAcknowledged
+	(*ListSessionsRequest)(nil),      // 58: sharespot.v1.ListSessionsRequest
+	(*ListSessionsResponse)(nil),     // 59: sharespot.v1.ListSessionsResponse
+	(*PayRequest)(nil),               // 60: sharespot.v1.PayRequest
+	(*PayResponse)(nil),              // 61: sharespot.v1.PayResponse
+	(*FundByCardRequest)(nil),        // 62: sharespot.v1.FundByCardRequest
+	(*FundByCardResponse)(nil),       // 63: sharespot.v1.FundByCardResponse
+	(*PayoutOnboardingRequest)(nil),  // 64: sharespot.v1.PayoutOnboardingRequest
+	(*PayoutOnboardingResponse)(nil), // 65: sharespot.v1.PayoutOnboardingResponse
+	(*BalanceRequest)(nil),           // 66: sharespot.v1.BalanceRequest
+	(*Money)(nil),                    // 67: sharespot.v1.Money
+	(*BalanceResponse)(nil),          // 68: sharespot.v1.BalanceResponse
+	(*HistoryRequest)(nil),           // 69: sharespot.v1.HistoryRequest
+	(*Transfer)(nil),                 // 70: sharespot.v1.Transfer
+	(*HistoryResponse)(nil),          // 71: sharespot.v1.HistoryResponse
+	(*PlatformKeysRequest)(nil),      // 72: sharespot.v1.PlatformKeysRequest
+	(*PlatformKey)(nil),              // 73: sharespot.v1.PlatformKey
+	(*PlatformKeysResponse)(nil),     // 74: sharespot.v1.PlatformKeysResponse
+	(*SubscribeRequest)(nil),         // 75: sharespot.v1.SubscribeRequest
+	(*SubscribeResponse)(nil),        // 76: sharespot.v1.SubscribeResponse
+	(*AckRequest)(nil),               // 77: sharespot.v1.AckRequest
+	(*AckResponse)(nil),              // 78: sharespot.v1.AckResponse
+	(*AccessRequested)(nil),          // 79: sharespot.v1.AccessRequested
+	(*FeeInfo)(nil),                  // 80: sharespot.v1.FeeInfo
+	(*PaymentConfirmed)(nil),         // 81: sharespot.v1.PaymentConfirmed
+	(*EncryptionMessage)(nil),        // 82: sharespot.v1.EncryptionMessage
+	(*AccessGranted)(nil),            // 83: sharespot.v1.AccessGranted
+	(*LowQuotaPrompt)(nil),           // 84: sharespot.v1.LowQuotaPrompt
+	(*TopUpRequested)(nil),           // 85: sharespot.v1.TopUpRequested
+	(*SessionEnding)(nil),            // 86: sharespot.v1.SessionEnding
+	(*Declined)(nil),                 // 87: sharespot.v1.Declined
+	(*SessionEnded)(nil),             // 88: sharespot.v1.SessionEnded
+	(*Envelope)(nil),                 // 89: sharespot.v1.Envelope
 }
 var file_sharespot_v1_sharespot_proto_depIdxs = []int32{
 	0,  // 0: sharespot.v1.AccessPoint.security:type_name -> sharespot.v1.Security
-	10, // 1: sharespot.v1.ShareInstruction.access_point:type_name -> sharespot.v1.AccessPoint
-	11, // 2: sharespot.v1.ShareInstruction.tariff:type_name -> sharespot.v1.Tariff
-	12, // 3: sharespot.v1.Hotspot.instruction:type_name -> sharespot.v1.ShareInstruction
-	12, // 4: sharespot.v1.RegisterRequest.instruction:type_name -> sharespot.v1.ShareInstruction
-	13, // 5: sharespot.v1.RegisterResponse.hotspot:type_name -> sharespot.v1.Hotspot
-	12, // 6: sharespot.v1.UpdateRequest.instruction:type_name -> sharespot.v1.ShareInstruction
-	13, // 7: sharespot.v1.UpdateResponse.hotspot:type_name -> sharespot.v1.Hotspot
-	13, // 8: sharespot.v1.WithdrawResponse.hotspot:type_name -> sharespot.v1.Hotspot
-	13, // 9: sharespot.v1.ListResponse.hotspots:type_name -> sharespot.v1.Hotspot
+	12, // 1: sharespot.v1.ShareInstruction.access_point:type_name -> sharespot.v1.AccessPoint
+	13, // 2: sharespot.v1.ShareInstruction.tariff:type_name -> sharespot.v1.Tariff
+	14, // 3: sharespot.v1.Hotspot.instruction:type_name -> sharespot.v1.ShareInstruction
+	14, // 4: sharespot.v1.RegisterRequest.instruction:type_name -> sharespot.v1.ShareInstruction
+	15, // 5: sharespot.v1.RegisterResponse.hotspot:type_name -> sharespot.v1.Hotspot
+	14, // 6: sharespot.v1.UpdateRequest.instruction:type_name -> sharespot.v1.ShareInstruction
+	15, // 7: sharespot.v1.UpdateResponse.hotspot:type_name -> sharespot.v1.Hotspot
+	15, // 8: sharespot.v1.WithdrawResponse.hotspot:type_name -> sharespot.v1.Hotspot
+	15, // 9: sharespot.v1.ListResponse.hotspots:type_name -> sharespot.v1.Hotspot
 	0,  // 10: sharespot.v1.Candidate.security:type_name -> sharespot.v1.Security
-	10, // 11: sharespot.v1.Offer.access_point:type_name -> sharespot.v1.AccessPoint
-	11, // 12: sharespot.v1.Offer.tariff:type_name -> sharespot.v1.Tariff
-	22, // 13: sharespot.v1.DiscoverRequest.candidates:type_name -> sharespot.v1.Candidate
-	23, // 14: sharespot.v1.DiscoverResponse.available:type_name -> sharespot.v1.Offer
+	12, // 11: sharespot.v1.Offer.access_point:type_name -> sharespot.v1.AccessPoint
+	13, // 12: sharespot.v1.Offer.tariff:type_name -> sharespot.v1.Tariff
+	24, // 13: sharespot.v1.DiscoverRequest.candidates:type_name -> sharespot.v1.Candidate
+	25, // 14: sharespot.v1.DiscoverResponse.available:type_name -> sharespot.v1.Offer
 	2,  // 15: sharespot.v1.Quote.kind:type_name -> sharespot.v1.QuoteKind
 	3,  // 16: sharespot.v1.Quote.state:type_name -> sharespot.v1.QuoteState
-	30, // 17: sharespot.v1.Quote.receipt:type_name -> sharespot.v1.Receipt
+	32, // 17: sharespot.v1.Quote.receipt:type_name -> sharespot.v1.Receipt
 	1,  // 18: sharespot.v1.Session.state:type_name -> sharespot.v1.SessionState
-	26, // 19: sharespot.v1.Session.quotes:type_name -> sharespot.v1.Quote
-	11, // 20: sharespot.v1.Session.tariff:type_name -> sharespot.v1.Tariff
-	27, // 21: sharespot.v1.RequestAccessRequest.guest_keys:type_name -> sharespot.v1.GuestKey
-	11, // 22: sharespot.v1.RequestAccessRequest.shown_tariff:type_name -> sharespot.v1.Tariff
-	31, // 23: sharespot.v1.RequestAccessResponse.session:type_name -> sharespot.v1.Session
-	26, // 24: sharespot.v1.QuoteResponse.quote:type_name -> sharespot.v1.Quote
-	31, // 25: sharespot.v1.DeclineResponse.session:type_name -> sharespot.v1.Session
-	30, // 26: sharespot.v1.ConfirmRequest.receipt:type_name -> sharespot.v1.Receipt
-	31, // 27: sharespot.v1.ConfirmResponse.session:type_name -> sharespot.v1.Session
-	28, // 28: sharespot.v1.GrantRequest.sealed_code:type_name -> sharespot.v1.SealedCode
-	29, // 29: sharespot.v1.GrantRequest.gateway:type_name -> sharespot.v1.Gateway
-	31, // 30: sharespot.v1.GrantResponse.session:type_name -> sharespot.v1.Session
-	31, // 31: sharespot.v1.RequestTopUpResponse.session:type_name -> sharespot.v1.Session
-	31, // 32: sharespot.v1.ReportUsageResponse.session:type_name -> sharespot.v1.Session
-	31, // 33: sharespot.v1.EndResponse.session:type_name -> sharespot.v1.Session
-	31, // 34: sharespot.v1.GetResponse.session:type_name -> sharespot.v1.Session
-	52, // 35: sharespot.v1.AcknowledgeRequest.ack:type_name -> sharespot.v1.UsageAck
-	52, // 36: sharespot.v1.UsageAcknowledged.ack:type_name -> sharespot.v1.UsageAck
-	31, // 37: sharespot.v1.ListSessionsResponse.sessions:type_name -> sharespot.v1.Session
-	30, // 38: sharespot.v1.PayResponse.receipt:type_name -> sharespot.v1.Receipt
-	61, // 39: sharespot.v1.BalanceResponse.balances:type_name -> sharespot.v1.Money
-	64, // 40: sharespot.v1.HistoryResponse.transfers:type_name -> sharespot.v1.Transfer
-	67, // 41: sharespot.v1.PlatformKeysResponse.keys:type_name -> sharespot.v1.PlatformKey
-	83, // 42: sharespot.v1.SubscribeResponse.envelopes:type_name -> sharespot.v1.Envelope
-	27, // 43: sharespot.v1.AccessRequested.guest_keys:type_name -> sharespot.v1.GuestKey
-	11, // 44: sharespot.v1.AccessRequested.tariff:type_name -> sharespot.v1.Tariff
-	26, // 45: sharespot.v1.FeeInfo.quote:type_name -> sharespot.v1.Quote
-	2,  // 46: sharespot.v1.PaymentConfirmed.kind:type_name -> sharespot.v1.QuoteKind
-	30, // 47: sharespot.v1.PaymentConfirmed.receipt:type_name -> sharespot.v1.Receipt
-	2,  // 48: sharespot.v1.AccessGranted.kind:type_name -> sharespot.v1.QuoteKind
-	28, // 49: sharespot.v1.AccessGranted.sealed_code:type_name -> sharespot.v1.SealedCode
-	29, // 50: sharespot.v1.AccessGranted.gateway:type_name -> sharespot.v1.Gateway
-	11, // 51: sharespot.v1.TopUpRequested.tariff:type_name -> sharespot.v1.Tariff
-	2,  // 52: sharespot.v1.Declined.kind:type_name -> sharespot.v1.QuoteKind
-	31, // 53: sharespot.v1.SessionEnded.session:type_name -> sharespot.v1.Session
-	73, // 54: sharespot.v1.Envelope.access_requested:type_name -> sharespot.v1.AccessRequested
-	74, // 55: sharespot.v1.Envelope.fee_info:type_name -> sharespot.v1.FeeInfo
-	75, // 56: sharespot.v1.Envelope.payment_confirmed:type_name -> sharespot.v1.PaymentConfirmed
-	76, // 57: sharespot.v1.Envelope.encryption_message:type_name -> sharespot.v1.EncryptionMessage
-	77, // 58: sharespot.v1.Envelope.access_granted:type_name -> sharespot.v1.AccessGranted
-	78, // 59: sharespot.v1.Envelope.low_quota_prompt:type_name -> sharespot.v1.LowQuotaPrompt
-	79, // 60: sharespot.v1.Envelope.top_up_requested:type_name -> sharespot.v1.TopUpRequested
-	81, // 61: sharespot.v1.Envelope.declined:type_name -> sharespot.v1.Declined
-	82, // 62: sharespot.v1.Envelope.session_ended:type_name -> sharespot.v1.SessionEnded
-	80, // 63: sharespot.v1.Envelope.session_ending:type_name -> sharespot.v1.SessionEnding
-	55, // 64: sharespot.v1.Envelope.usage_acknowledged:type_name -> sharespot.v1.UsageAcknowledged
-	6,  // 65: sharespot.v1.AuthService.Challenge:input_type -> sharespot.v1.ChallengeRequest
-	8,  // 66: sharespot.v1.AuthService.SignIn:input_type -> sharespot.v1.SignInRequest
-	4,  // 67: sharespot.v1.AuthService.AddDevice:input_type -> sharespot.v1.AddDeviceRequest
-	14, // 68: sharespot.v1.HotspotService.Register:input_type -> sharespot.v1.RegisterRequest
-	16, // 69: sharespot.v1.HotspotService.Update:input_type -> sharespot.v1.UpdateRequest
-	18, // 70: sharespot.v1.HotspotService.Withdraw:input_type -> sharespot.v1.WithdrawRequest
-	20, // 71: sharespot.v1.HotspotService.List:input_type -> sharespot.v1.ListRequest
-	24, // 72: sharespot.v1.DiscoveryService.Discover:input_type -> sharespot.v1.DiscoverRequest
-	32, // 73: sharespot.v1.SessionService.RequestAccess:input_type -> sharespot.v1.RequestAccessRequest
-	34, // 74: sharespot.v1.SessionService.Quote:input_type -> sharespot.v1.QuoteRequest
-	36, // 75: sharespot.v1.SessionService.Decline:input_type -> sharespot.v1.DeclineRequest
-	38, // 76: sharespot.v1.SessionService.Confirm:input_type -> sharespot.v1.ConfirmRequest
-	40, // 77: sharespot.v1.SessionService.Grant:input_type -> sharespot.v1.GrantRequest
-	42, // 78: sharespot.v1.SessionService.Prompt:input_type -> sharespot.v1.PromptRequest
-	44, // 79: sharespot.v1.SessionService.RequestTopUp:input_type -> sharespot.v1.RequestTopUpRequest
-	46, // 80: sharespot.v1.SessionService.ReportUsage:input_type -> sharespot.v1.ReportUsageRequest
-	48, // 81: sharespot.v1.SessionService.End:input_type -> sharespot.v1.EndRequest
-	50, // 82: sharespot.v1.SessionService.Get:input_type -> sharespot.v1.GetRequest
-	53, // 83: sharespot.v1.SessionService.Acknowledge:input_type -> sharespot.v1.AcknowledgeRequest
-	56, // 84: sharespot.v1.SessionService.ListSessions:input_type -> sharespot.v1.ListSessionsRequest
-	58, // 85: sharespot.v1.PaymentService.Pay:input_type -> sharespot.v1.PayRequest
-	60, // 86: sharespot.v1.PaymentService.Balance:input_type -> sharespot.v1.BalanceRequest
-	63, // 87: sharespot.v1.PaymentService.History:input_type -> sharespot.v1.HistoryRequest
-	66, // 88: sharespot.v1.PaymentService.PlatformKeys:input_type -> sharespot.v1.PlatformKeysRequest
-	69, // 89: sharespot.v1.InboxService.Subscribe:input_type -> sharespot.v1.SubscribeRequest
-	71, // 90: sharespot.v1.InboxService.Ack:input_type -> sharespot.v1.AckRequest
-	7,  // 91: sharespot.v1.AuthService.Challenge:output_type -> sharespot.v1.ChallengeResponse
-	9,  // 92: sharespot.v1.AuthService.SignIn:output_type -> sharespot.v1.SignInResponse
-	5,  // 93: sharespot.v1.AuthService.AddDevice:output_type -> sharespot.v1.AddDeviceResponse
-	15, // 94: sharespot.v1.HotspotService.Register:output_type -> sharespot.v1.RegisterResponse
-	17, // 95: sharespot.v1.HotspotService.Update:output_type -> sharespot.v1.UpdateResponse
-	19, // 96: sharespot.v1.HotspotService.Withdraw:output_type -> sharespot.v1.WithdrawResponse
-	21, // 97: sharespot.v1.HotspotService.List:output_type -> sharespot.v1.ListResponse
-	25, // 98: sharespot.v1.DiscoveryService.Discover:output_type -> sharespot.v1.DiscoverResponse
-	33, // 99: sharespot.v1.SessionService.RequestAccess:output_type -> sharespot.v1.RequestAccessResponse
-	35, // 100: sharespot.v1.SessionService.Quote:output_type -> sharespot.v1.QuoteResponse
-	37, // 101: sharespot.v1.SessionService.Decline:output_type -> sharespot.v1.DeclineResponse
-	39, // 102: sharespot.v1.SessionService.Confirm:output_type -> sharespot.v1.ConfirmResponse
-	41, // 103: sharespot.v1.SessionService.Grant:output_type -> sharespot.v1.GrantResponse
-	43, // 104: sharespot.v1.SessionService.Prompt:output_type -> sharespot.v1.PromptResponse
-	45, // 105: sharespot.v1.SessionService.RequestTopUp:output_type -> sharespot.v1.RequestTopUpResponse
-	47, // 106: sharespot.v1.SessionService.ReportUsage:output_type -> sharespot.v1.ReportUsageResponse
-	49, // 107: sharespot.v1.SessionService.End:output_type -> sharespot.v1.EndResponse
-	51, // 108: sharespot.v1.SessionService.Get:output_type -> sharespot.v1.GetResponse
-	54, // 109: sharespot.v1.SessionService.Acknowledge:output_type -> sharespot.v1.AcknowledgeResponse
-	57, // 110: sharespot.v1.SessionService.ListSessions:output_type -> sharespot.v1.ListSessionsResponse
-	59, // 111: sharespot.v1.PaymentService.Pay:output_type -> sharespot.v1.PayResponse
-	62, // 112: sharespot.v1.PaymentService.Balance:output_type -> sharespot.v1.BalanceResponse
-	65, // 113: sharespot.v1.PaymentService.History:output_type -> sharespot.v1.HistoryResponse
-	68, // 114: sharespot.v1.PaymentService.PlatformKeys:output_type -> sharespot.v1.PlatformKeysResponse
-	70, // 115: sharespot.v1.InboxService.Subscribe:output_type -> sharespot.v1.SubscribeResponse
-	72, // 116: sharespot.v1.InboxService.Ack:output_type -> sharespot.v1.AckResponse
-	91, // [91:117] is the sub-list for method output_type
-	65, // [65:91] is the sub-list for method input_type
-	65, // [65:65] is the sub-list for extension type_name
-	65, // [65:65] is the sub-list for extension extendee
-	0,  // [0:65] is the sub-list for field type_name
+	28, // 19: sharespot.v1.Session.quotes:type_name -> sharespot.v1.Quote
+	13, // 20: sharespot.v1.Session.tariff:type_name -> sharespot.v1.Tariff
+	29, // 21: sharespot.v1.RequestAccessRequest.guest_keys:type_name -> sharespot.v1.GuestKey
+	13, // 22: sharespot.v1.RequestAccessRequest.shown_tariff:type_name -> sharespot.v1.Tariff
+	33, // 23: sharespot.v1.RequestAccessResponse.session:type_name -> sharespot.v1.Session
+	28, // 24: sharespot.v1.QuoteResponse.quote:type_name -> sharespot.v1.Quote
+	33, // 25: sharespot.v1.DeclineResponse.session:type_name -> sharespot.v1.Session
+	32, // 26: sharespot.v1.ConfirmRequest.receipt:type_name -> sharespot.v1.Receipt
+	33, // 27: sharespot.v1.ConfirmResponse.session:type_name -> sharespot.v1.Session
+	30, // 28: sharespot.v1.GrantRequest.sealed_code:type_name -> sharespot.v1.SealedCode
+	31, // 29: sharespot.v1.GrantRequest.gateway:type_name -> sharespot.v1.Gateway
+	33, // 30: sharespot.v1.GrantResponse.session:type_name -> sharespot.v1.Session
+	33, // 31: sharespot.v1.RequestTopUpResponse.session:type_name -> sharespot.v1.Session
+	33, // 32: sharespot.v1.ReportUsageResponse.session:type_name -> sharespot.v1.Session
+	33, // 33: sharespot.v1.EndResponse.session:type_name -> sharespot.v1.Session
+	33, // 34: sharespot.v1.GetResponse.session:type_name -> sharespot.v1.Session
+	54, // 35: sharespot.v1.AcknowledgeRequest.ack:type_name -> sharespot.v1.UsageAck
+	54, // 36: sharespot.v1.UsageAcknowledged.ack:type_name -> sharespot.v1.UsageAck
+	33, // 37: sharespot.v1.ListSessionsResponse.sessions:type_name -> sharespot.v1.Session
+	4,  // 38: sharespot.v1.PayRequest.method:type_name -> sharespot.v1.PayMethod
+	32, // 39: sharespot.v1.PayResponse.receipt:type_name -> sharespot.v1.Receipt
+	5,  // 40: sharespot.v1.PayResponse.status:type_name -> sharespot.v1.PayStatus
+	5,  // 41: sharespot.v1.FundByCardResponse.status:type_name -> sharespot.v1.PayStatus
+	67, // 42: sharespot.v1.BalanceResponse.balances:type_name -> sharespot.v1.Money
+	70, // 43: sharespot.v1.HistoryResponse.transfers:type_name -> sharespot.v1.Transfer
+	73, // 44: sharespot.v1.PlatformKeysResponse.keys:type_name -> sharespot.v1.PlatformKey
+	89, // 45: sharespot.v1.SubscribeResponse.envelopes:type_name -> sharespot.v1.Envelope
+	29, // 46: sharespot.v1.AccessRequested.guest_keys:type_name -> sharespot.v1.GuestKey
+	13, // 47: sharespot.v1.AccessRequested.tariff:type_name -> sharespot.v1.Tariff
+	28, // 48: sharespot.v1.FeeInfo.quote:type_name -> sharespot.v1.Quote
+	2,  // 49: sharespot.v1.PaymentConfirmed.kind:type_name -> sharespot.v1.QuoteKind
+	32, // 50: sharespot.v1.PaymentConfirmed.receipt:type_name -> sharespot.v1.Receipt
+	2,  // 51: sharespot.v1.AccessGranted.kind:type_name -> sharespot.v1.QuoteKind
+	30, // 52: sharespot.v1.AccessGranted.sealed_code:type_name -> sharespot.v1.SealedCode
+	31, // 53: sharespot.v1.AccessGranted.gateway:type_name -> sharespot.v1.Gateway
+	13, // 54: sharespot.v1.TopUpRequested.tariff:type_name -> sharespot.v1.Tariff
+	2,  // 55: sharespot.v1.Declined.kind:type_name -> sharespot.v1.QuoteKind
+	33, // 56: sharespot.v1.SessionEnded.session:type_name -> sharespot.v1.Session
+	79, // 57: sharespot.v1.Envelope.access_requested:type_name -> sharespot.v1.AccessRequested
+	80, // 58: sharespot.v1.Envelope.fee_info:type_name -> sharespot.v1.FeeInfo
+	81, // 59: sharespot.v1.Envelope.payment_confirmed:type_name -> sharespot.v1.PaymentConfirmed
+	82, // 60: sharespot.v1.Envelope.encryption_message:type_name -> sharespot.v1.EncryptionMessage
+	83, // 61: sharespot.v1.Envelope.access_granted:type_name -> sharespot.v1.AccessGranted
+	84, // 62: sharespot.v1.Envelope.low_quota_prompt:type_name -> sharespot.v1.LowQuotaPrompt
+	85, // 63: sharespot.v1.Envelope.top_up_requested:type_name -> sharespot.v1.TopUpRequested
+	87, // 64: sharespot.v1.Envelope.declined:type_name -> sharespot.v1.Declined
+	88, // 65: sharespot.v1.Envelope.session_ended:type_name -> sharespot.v1.SessionEnded
+	86, // 66: sharespot.v1.Envelope.session_ending:type_name -> sharespot.v1.SessionEnding
+	57, // 67: sharespot.v1.Envelope.usage_acknowledged:type_name -> sharespot.v1.UsageAcknowledged
+	8,  // 68: sharespot.v1.AuthService.Challenge:input_type -> sharespot.v1.ChallengeRequest
+	10, // 69: sharespot.v1.AuthService.SignIn:input_type -> sharespot.v1.SignInRequest
+	6,  // 70: sharespot.v1.AuthService.AddDevice:input_type -> sharespot.v1.AddDeviceRequest
+	16, // 71: sharespot.v1.HotspotService.Register:input_type -> sharespot.v1.RegisterRequest
+	18, // 72: sharespot.v1.HotspotService.Update:input_type -> sharespot.v1.UpdateRequest
+	20, // 73: sharespot.v1.HotspotService.Withdraw:input_type -> sharespot.v1.WithdrawRequest
+	22, // 74: sharespot.v1.HotspotService.List:input_type -> sharespot.v1.ListRequest
+	26, // 75: sharespot.v1.DiscoveryService.Discover:input_type -> sharespot.v1.DiscoverRequest
+	34, // 76: sharespot.v1.SessionService.RequestAccess:input_type -> sharespot.v1.RequestAccessRequest
+	36, // 77: sharespot.v1.SessionService.Quote:input_type -> sharespot.v1.QuoteRequest
+	38, // 78: sharespot.v1.SessionService.Decline:input_type -> sharespot.v1.DeclineRequest
+	40, // 79: sharespot.v1.SessionService.Confirm:input_type -> sharespot.v1.ConfirmRequest
+	42, // 80: sharespot.v1.SessionService.Grant:input_type -> sharespot.v1.GrantRequest
+	44, // 81: sharespot.v1.SessionService.Prompt:input_type -> sharespot.v1.PromptRequest
+	46, // 82: sharespot.v1.SessionService.RequestTopUp:input_type -> sharespot.v1.RequestTopUpRequest
+	48, // 83: sharespot.v1.SessionService.ReportUsage:input_type -> sharespot.v1.ReportUsageRequest
+	50, // 84: sharespot.v1.SessionService.End:input_type -> sharespot.v1.EndRequest
+	52, // 85: sharespot.v1.SessionService.Get:input_type -> sharespot.v1.GetRequest
+	55, // 86: sharespot.v1.SessionService.Acknowledge:input_type -> sharespot.v1.AcknowledgeRequest
+	58, // 87: sharespot.v1.SessionService.ListSessions:input_type -> sharespot.v1.ListSessionsRequest
+	60, // 88: sharespot.v1.PaymentService.Pay:input_type -> sharespot.v1.PayRequest
+	66, // 89: sharespot.v1.PaymentService.Balance:input_type -> sharespot.v1.BalanceRequest
+	69, // 90: sharespot.v1.PaymentService.History:input_type -> sharespot.v1.HistoryRequest
+	72, // 91: sharespot.v1.PaymentService.PlatformKeys:input_type -> sharespot.v1.PlatformKeysRequest
+	62, // 92: sharespot.v1.PaymentService.FundByCard:input_type -> sharespot.v1.FundByCardRequest
+	64, // 93: sharespot.v1.PaymentService.PayoutOnboarding:input_type -> sharespot.v1.PayoutOnboardingRequest
+	75, // 94: sharespot.v1.InboxService.Subscribe:input_type -> sharespot.v1.SubscribeRequest
+	77, // 95: sharespot.v1.InboxService.Ack:input_type -> sharespot.v1.AckRequest
+	9,  // 96: sharespot.v1.AuthService.Challenge:output_type -> sharespot.v1.ChallengeResponse
+	11, // 97: sharespot.v1.AuthService.SignIn:output_type -> sharespot.v1.SignInResponse
+	7,  // 98: sharespot.v1.AuthService.AddDevice:output_type -> sharespot.v1.AddDeviceResponse
+	17, // 99: sharespot.v1.HotspotService.Register:output_type -> sharespot.v1.RegisterResponse
+	19, // 100: sharespot.v1.HotspotService.Update:output_type -> sharespot.v1.UpdateResponse
+	21, // 101: sharespot.v1.HotspotService.Withdraw:output_type -> sharespot.v1.WithdrawResponse
+	23, // 102: sharespot.v1.HotspotService.List:output_type -> sharespot.v1.ListResponse
+	27, // 103: sharespot.v1.DiscoveryService.Discover:output_type -> sharespot.v1.DiscoverResponse
+	35, // 104: sharespot.v1.SessionService.RequestAccess:output_type -> sharespot.v1.RequestAccessResponse
+	37, // 105: sharespot.v1.SessionService.Quote:output_type -> sharespot.v1.QuoteResponse
+	39, // 106: sharespot.v1.SessionService.Decline:output_type -> sharespot.v1.DeclineResponse
+	41, // 107: sharespot.v1.SessionService.Confirm:output_type -> sharespot.v1.ConfirmResponse
+	43, // 108: sharespot.v1.SessionService.Grant:output_type -> sharespot.v1.GrantResponse
+	45, // 109: sharespot.v1.SessionService.Prompt:output_type -> sharespot.v1.PromptResponse
+	47, // 110: sharespot.v1.SessionService.RequestTopUp:output_type -> sharespot.v1.RequestTopUpResponse
+	49, // 111: sharespot.v1.SessionService.ReportUsage:output_type -> sharespot.v1.ReportUsageResponse
+	51, // 112: sharespot.v1.SessionService.End:output_type -> sharespot.v1.EndResponse
+	53, // 113: sharespot.v1.SessionService.Get:output_type -> sharespot.v1.GetResponse
+	56, // 114: sharespot.v1.SessionService.Acknowledge:output_type -> sharespot.v1.AcknowledgeResponse
+	59, // 115: sharespot.v1.SessionService.ListSessions:output_type -> sharespot.v1.ListSessionsResponse
+	61, // 116: sharespot.v1.PaymentService.Pay:output_type -> sharespot.v1.PayResponse
+	68, // 117: sharespot.v1.PaymentService.Balance:output_type -> sharespot.v1.BalanceResponse
+	71, // 118: sharespot.v1.PaymentService.History:output_type -> sharespot.v1.HistoryResponse
+	74, // 119: sharespot.v1.PaymentService.PlatformKeys:output_type -> sharespot.v1.PlatformKeysResponse
+	63, // 120: sharespot.v1.PaymentService.FundByCard:output_type -> sharespot.v1.FundByCardResponse
+	65, // 121: sharespot.v1.PaymentService.PayoutOnboarding:output_type -> sharespot.v1.PayoutOnboardingResponse
+	76, // 122: sharespot.v1.InboxService.Subscribe:output_type -> sharespot.v1.SubscribeResponse
+	78, // 123: sharespot.v1.InboxService.Ack:output_type -> sharespot.v1.AckResponse
+	96, // [96:124] is the sub-list for method output_type
+	68, // [68:96] is the sub-list for method input_type
+	68, // [68:68] is the sub-list for extension type_name
+	68, // [68:68] is the sub-list for extension extendee
+	0,  // [0:68] is the sub-list for field type_name
 }
 
 func init() { file_sharespot_v1_sharespot_proto_init() }
@@ -5738,7 +6238,7 @@ func file_sharespot_v1_sharespot_proto_init() {
 	if File_sharespot_v1_sharespot_proto != nil {
 		return
 	}
-	file_sharespot_v1_sharespot_proto_msgTypes[79].OneofWrappers = []any{
+	file_sharespot_v1_sharespot_proto_msgTypes[83].OneofWrappers = []any{
 		(*Envelope_AccessRequested)(nil),
 		(*Envelope_FeeInfo)(nil),
 		(*Envelope_PaymentConfirmed)(nil),
@@ -5756,8 +6256,8 @@ func file_sharespot_v1_sharespot_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sharespot_v1_sharespot_proto_rawDesc), len(file_sharespot_v1_sharespot_proto_rawDesc)),
-			NumEnums:      4,
-			NumMessages:   80,
+			NumEnums:      6,
+			NumMessages:   84,
 			NumExtensions: 0,
 			NumServices:   6,
 		},

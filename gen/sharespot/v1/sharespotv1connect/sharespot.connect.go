@@ -106,6 +106,12 @@ const (
 	// PaymentServicePlatformKeysProcedure is the fully-qualified name of the PaymentService's
 	// PlatformKeys RPC.
 	PaymentServicePlatformKeysProcedure = "/sharespot.v1.PaymentService/PlatformKeys"
+	// PaymentServiceFundByCardProcedure is the fully-qualified name of the PaymentService's FundByCard
+	// RPC.
+	PaymentServiceFundByCardProcedure = "/sharespot.v1.PaymentService/FundByCard"
+	// PaymentServicePayoutOnboardingProcedure is the fully-qualified name of the PaymentService's
+	// PayoutOnboarding RPC.
+	PaymentServicePayoutOnboardingProcedure = "/sharespot.v1.PaymentService/PayoutOnboarding"
 	// InboxServiceSubscribeProcedure is the fully-qualified name of the InboxService's Subscribe RPC.
 	InboxServiceSubscribeProcedure = "/sharespot.v1.InboxService/Subscribe"
 	// InboxServiceAckProcedure is the fully-qualified name of the InboxService's Ack RPC.
@@ -871,6 +877,11 @@ type PaymentServiceClient interface {
 	History(context.Context, *connect.Request[v1.HistoryRequest]) (*connect.Response[v1.HistoryResponse], error)
 	// Public keys that sign receipts, for offline verification.
 	PlatformKeys(context.Context, *connect.Request[v1.PlatformKeysRequest]) (*connect.Response[v1.PlatformKeysResponse], error)
+	// Fund the caller's wallet by card (Stripe, automatic capture); the
+	// wallet is credited when Stripe reports the payment succeeded.
+	FundByCard(context.Context, *connect.Request[v1.FundByCardRequest]) (*connect.Response[v1.FundByCardResponse], error)
+	// Host: the Stripe Connect Express onboarding link for host payouts.
+	PayoutOnboarding(context.Context, *connect.Request[v1.PayoutOnboardingRequest]) (*connect.Response[v1.PayoutOnboardingResponse], error)
 }
 
 // NewPaymentServiceClient constructs a client for the sharespot.v1.PaymentService service. By
@@ -908,15 +919,29 @@ func NewPaymentServiceClient(httpClient connect.HTTPClient, baseURL string, opts
 			connect.WithSchema(paymentServiceMethods.ByName("PlatformKeys")),
 			connect.WithClientOptions(opts...),
 		),
+		fundByCard: connect.NewClient[v1.FundByCardRequest, v1.FundByCardResponse](
+			httpClient,
+			baseURL+PaymentServiceFundByCardProcedure,
+			connect.WithSchema(paymentServiceMethods.ByName("FundByCard")),
+			connect.WithClientOptions(opts...),
+		),
+		payoutOnboarding: connect.NewClient[v1.PayoutOnboardingRequest, v1.PayoutOnboardingResponse](
+			httpClient,
+			baseURL+PaymentServicePayoutOnboardingProcedure,
+			connect.WithSchema(paymentServiceMethods.ByName("PayoutOnboarding")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // paymentServiceClient implements PaymentServiceClient.
 type paymentServiceClient struct {
-	pay          *connect.Client[v1.PayRequest, v1.PayResponse]
-	balance      *connect.Client[v1.BalanceRequest, v1.BalanceResponse]
-	history      *connect.Client[v1.HistoryRequest, v1.HistoryResponse]
-	platformKeys *connect.Client[v1.PlatformKeysRequest, v1.PlatformKeysResponse]
+	pay              *connect.Client[v1.PayRequest, v1.PayResponse]
+	balance          *connect.Client[v1.BalanceRequest, v1.BalanceResponse]
+	history          *connect.Client[v1.HistoryRequest, v1.HistoryResponse]
+	platformKeys     *connect.Client[v1.PlatformKeysRequest, v1.PlatformKeysResponse]
+	fundByCard       *connect.Client[v1.FundByCardRequest, v1.FundByCardResponse]
+	payoutOnboarding *connect.Client[v1.PayoutOnboardingRequest, v1.PayoutOnboardingResponse]
 }
 
 // Pay calls sharespot.v1.PaymentService.Pay.
@@ -939,6 +964,16 @@ func (c *paymentServiceClient) PlatformKeys(ctx context.Context, req *connect.Re
 	return c.platformKeys.CallUnary(ctx, req)
 }
 
+// FundByCard calls sharespot.v1.PaymentService.FundByCard.
+func (c *paymentServiceClient) FundByCard(ctx context.Context, req *connect.Request[v1.FundByCardRequest]) (*connect.Response[v1.FundByCardResponse], error) {
+	return c.fundByCard.CallUnary(ctx, req)
+}
+
+// PayoutOnboarding calls sharespot.v1.PaymentService.PayoutOnboarding.
+func (c *paymentServiceClient) PayoutOnboarding(ctx context.Context, req *connect.Request[v1.PayoutOnboardingRequest]) (*connect.Response[v1.PayoutOnboardingResponse], error) {
+	return c.payoutOnboarding.CallUnary(ctx, req)
+}
+
 // PaymentServiceHandler is an implementation of the sharespot.v1.PaymentService service.
 type PaymentServiceHandler interface {
 	// Guest, C3.2 / C1.13: pay an open quote from the wallet into escrow and
@@ -950,6 +985,11 @@ type PaymentServiceHandler interface {
 	History(context.Context, *connect.Request[v1.HistoryRequest]) (*connect.Response[v1.HistoryResponse], error)
 	// Public keys that sign receipts, for offline verification.
 	PlatformKeys(context.Context, *connect.Request[v1.PlatformKeysRequest]) (*connect.Response[v1.PlatformKeysResponse], error)
+	// Fund the caller's wallet by card (Stripe, automatic capture); the
+	// wallet is credited when Stripe reports the payment succeeded.
+	FundByCard(context.Context, *connect.Request[v1.FundByCardRequest]) (*connect.Response[v1.FundByCardResponse], error)
+	// Host: the Stripe Connect Express onboarding link for host payouts.
+	PayoutOnboarding(context.Context, *connect.Request[v1.PayoutOnboardingRequest]) (*connect.Response[v1.PayoutOnboardingResponse], error)
 }
 
 // NewPaymentServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -983,6 +1023,18 @@ func NewPaymentServiceHandler(svc PaymentServiceHandler, opts ...connect.Handler
 		connect.WithSchema(paymentServiceMethods.ByName("PlatformKeys")),
 		connect.WithHandlerOptions(opts...),
 	)
+	paymentServiceFundByCardHandler := connect.NewUnaryHandler(
+		PaymentServiceFundByCardProcedure,
+		svc.FundByCard,
+		connect.WithSchema(paymentServiceMethods.ByName("FundByCard")),
+		connect.WithHandlerOptions(opts...),
+	)
+	paymentServicePayoutOnboardingHandler := connect.NewUnaryHandler(
+		PaymentServicePayoutOnboardingProcedure,
+		svc.PayoutOnboarding,
+		connect.WithSchema(paymentServiceMethods.ByName("PayoutOnboarding")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/sharespot.v1.PaymentService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case PaymentServicePayProcedure:
@@ -993,6 +1045,10 @@ func NewPaymentServiceHandler(svc PaymentServiceHandler, opts ...connect.Handler
 			paymentServiceHistoryHandler.ServeHTTP(w, r)
 		case PaymentServicePlatformKeysProcedure:
 			paymentServicePlatformKeysHandler.ServeHTTP(w, r)
+		case PaymentServiceFundByCardProcedure:
+			paymentServiceFundByCardHandler.ServeHTTP(w, r)
+		case PaymentServicePayoutOnboardingProcedure:
+			paymentServicePayoutOnboardingHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -1016,6 +1072,14 @@ func (UnimplementedPaymentServiceHandler) History(context.Context, *connect.Requ
 
 func (UnimplementedPaymentServiceHandler) PlatformKeys(context.Context, *connect.Request[v1.PlatformKeysRequest]) (*connect.Response[v1.PlatformKeysResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("sharespot.v1.PaymentService.PlatformKeys is not implemented"))
+}
+
+func (UnimplementedPaymentServiceHandler) FundByCard(context.Context, *connect.Request[v1.FundByCardRequest]) (*connect.Response[v1.FundByCardResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("sharespot.v1.PaymentService.FundByCard is not implemented"))
+}
+
+func (UnimplementedPaymentServiceHandler) PayoutOnboarding(context.Context, *connect.Request[v1.PayoutOnboardingRequest]) (*connect.Response[v1.PayoutOnboardingResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("sharespot.v1.PaymentService.PayoutOnboarding is not implemented"))
 }
 
 // InboxServiceClient is a client for the sharespot.v1.InboxService service.

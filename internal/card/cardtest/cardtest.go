@@ -1,0 +1,203 @@
+// Package cardtest runs the real stripe-mock (Stripe's own API test
+// server) for tests, behind a recording reverse proxy that keeps every
+// request the server sent to Stripe (path, form and idempotency key) and
+// forwards it unchanged. stripe-mock is stateless and answers with
+// fixtures: tests assert on what was sent and on the ledger, never on the
+// amounts stripe-mock answers with. It also signs webhook events with the
+// stripe-go webhook package, as Stripe signs them.
+package cardtest
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stripe/stripe-go/v85/webhook"
+)
+
+// Key is a test-mode secret key stripe-mock accepts.
+const Key = "sk_test_sharespot"
+
+// WebhookSecret is the endpoint secret the tests' servers verify with.
+const WebhookSecret = "whsec_sharespot_test"
+
+// Request is one call the server made to Stripe.
+type Request struct {
+	Method, Path, IdempotencyKey string
+	Form                         url.Values
+}
+
+// Mock is stripe-mock behind the recording proxy.
+type Mock struct {
+	// URL is the proxy's: give it as the Stripe API base.
+	URL string
+	mu  sync.Mutex
+	log []Request
+}
+
+// Binary finds stripe-mock: on PATH or in $GOPATH/bin.
+func Binary() string {
+	if p, err := exec.LookPath("stripe-mock"); err == nil {
+		return p
+	}
+	gopath := os.Getenv("GOPATH")
+	if gopath == "" {
+		if out, err := exec.Command("go", "env", "GOPATH").Output(); err == nil {
+			gopath = strings.TrimSpace(string(out))
+		}
+	}
+	if p := filepath.Join(gopath, "bin", "stripe-mock"); gopath != "" {
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	return ""
+}
+
+var listening = regexp.MustCompile(`Listening for HTTP at address: (\S+)`)
+
+// Start runs stripe-mock on a free loopback port and the recording proxy
+// in front of it, both until t ends. Without stripe-mock t skips, or fails
+// when CI=true.
+func Start(t testing.TB) *Mock {
+	t.Helper()
+	bin := Binary()
+	if bin == "" {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("stripe-mock is required in CI: go install github.com/stripe/stripe-mock@latest")
+		}
+		t.Skip("stripe-mock not installed (go install github.com/stripe/stripe-mock@latest)")
+	}
+	// stripe-mock reports the port it was given, not one the system chose:
+	// take a free one and hand it over.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	free := ln.Addr().String()
+	ln.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd := exec.CommandContext(ctx, bin, "-http-addr", free)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	cmd.Stderr = cmd.Stdout
+	if err := cmd.Start(); err != nil {
+		cancel()
+		t.Fatalf("start stripe-mock: %v", err)
+	}
+	addr := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			if m := listening.FindStringSubmatch(sc.Text()); m != nil {
+				addr <- m[1]
+			}
+		}
+	}()
+	t.Cleanup(func() { cancel(); cmd.Wait() })
+	var target string
+	select {
+	case target = <-addr:
+	case <-time.After(30 * time.Second):
+		t.Fatal("stripe-mock did not say where it listens within 30 s")
+	}
+	up, _ := url.Parse("http://" + target)
+	m := &Mock{}
+	rp := httputil.NewSingleHostReverseProxy(up)
+	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		form, _ := url.ParseQuery(string(body))
+		m.mu.Lock()
+		m.log = append(m.log, Request{Method: r.Method, Path: r.URL.Path, IdempotencyKey: r.Header.Get("Idempotency-Key"), Form: form})
+		m.mu.Unlock()
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(proxy.Close)
+	m.URL = proxy.URL
+	return m
+}
+
+// Requests returns the calls made so far whose path starts with prefix
+// and that are POSTs (the ones that change something).
+func (m *Mock) Requests(prefix string) []Request {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []Request
+	for _, r := range m.log {
+		if r.Method == http.MethodPost && strings.HasPrefix(r.Path, prefix) {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// Event builds a Stripe event of type typ about object (a JSON object,
+// already with its "object" and "id").
+func Event(id, typ string, object any) []byte {
+	b, err := json.Marshal(map[string]any{
+		"id": id, "object": "event", "type": typ, "api_version": "2025-01-01", "created": time.Now().Unix(),
+		"livemode": false, "pending_webhooks": 1, "data": map[string]any{"object": object},
+	})
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+// Post signs payload with secret as of at and posts it to the server's
+// webhook endpoint, returning the HTTP status.
+func Post(t testing.TB, serverURL, secret string, at time.Time, payload []byte) int {
+	t.Helper()
+	sp := webhook.GenerateTestSignedPayload(&webhook.UnsignedPayload{Payload: payload, Secret: secret, Timestamp: at})
+	req, err := http.NewRequest(http.MethodPost, serverURL+"/stripe/webhook", bytes.NewReader(payload))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Stripe-Signature", sp.Header)
+	req.Header.Set("Content-Type", "application/json")
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("post webhook: %v", err)
+	}
+	io.Copy(io.Discard, res.Body)
+	res.Body.Close()
+	return res.StatusCode
+}
+
+// Intent is a PaymentIntent object as events carry it.
+func Intent(id string, amount, capturable int64, currency, status, metadataID string) map[string]any {
+	return map[string]any{"id": id, "object": "payment_intent", "amount": amount, "amount_capturable": capturable,
+		"amount_received": 0, "currency": strings.ToLower(currency), "status": status, "capture_method": "manual",
+		"metadata": map[string]string{"sharespot_payment": metadataID}}
+}
+
+// String describes the recorded calls (for failure messages).
+func (m *Mock) String() string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var b strings.Builder
+	for _, r := range m.log {
+		fmt.Fprintf(&b, "%s %s key=%s %v\n", r.Method, r.Path, r.IdempotencyKey, r.Form)
+	}
+	return b.String()
+}
