@@ -15,7 +15,6 @@ import (
 
 	"golang.org/x/time/rate"
 
-	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/api"
 	"github.com/sharespot/sharespot/internal/bus"
 	"github.com/sharespot/sharespot/internal/client"
@@ -247,29 +246,17 @@ func (c *WalletAuditCmd) Run(env *runEnv) error {
 		return err
 	}
 	defer st.Close()
-	var a ledger.Audit
-	var open, ended, heldAfterEnd int64
-	var recon []session.HostReconciliation
+	var rep session.AuditReport
 	err = st.Read(env.ctx, func(tx *store.Tx) error {
 		var err error
-		if a, err = ledger.Check(tx); err != nil {
-			return err
-		}
-		if recon, err = session.Reconcile(tx); err != nil {
-			return err
-		}
-		if err := tx.QueryRow(`SELECT COUNT(*) FROM sessions WHERE state <> ?`, int64(sharespotv1.SessionState_SESSION_STATE_ENDED)).Scan(&open); err != nil {
-			return fmt.Errorf("count open sessions: %w", err)
-		}
-		if err := tx.QueryRow(`SELECT COUNT(*) FROM sessions WHERE state = ?`, int64(sharespotv1.SessionState_SESSION_STATE_ENDED)).Scan(&ended); err != nil {
-			return fmt.Errorf("count ended sessions: %w", err)
-		}
-		return tx.QueryRow(`SELECT COUNT(*) FROM sessions s JOIN ledger_accounts a ON a.id = 'escrow:' || s.id
-			WHERE s.state = ? AND a.balance <> 0`, int64(sharespotv1.SessionState_SESSION_STATE_ENDED)).Scan(&heldAfterEnd)
+		rep, err = session.Audit(tx)
+		return err
 	})
 	if err != nil {
 		return fmt.Errorf("audit: %w", err)
 	}
+	a, recon := rep.Ledger, rep.Usage
+	open, ended, heldAfterEnd := rep.Open, rep.Ended, rep.HeldAfterEnd
 	curs := make([]string, 0, len(a.Sums))
 	for cur := range a.Sums {
 		curs = append(curs, cur)
@@ -291,7 +278,7 @@ func (c *WalletAuditCmd) Run(env *runEnv) error {
 		}
 	}
 	fmt.Fprintf(env.stdout, "usage: %d sessions verified by the guest's acknowledgments, %d unverified; %d hosts counted ahead of their guests\n", verified, unverified, flagged)
-	if !a.OK() || heldAfterEnd != 0 {
+	if !rep.OK() {
 		return fmt.Errorf("audit failed: negative %v, drift %v, ended sessions holding escrow %d", a.Negative, a.Drift, heldAfterEnd)
 	}
 	fmt.Fprintln(env.stdout, "ledger consistent")
