@@ -252,15 +252,21 @@ func (h *Dashboard) signInPage(w http.ResponseWriter, r *http.Request) {
 	}{role, token})
 }
 
-// sameOrigin refuses a state-changing request another site's page sent:
-// its Origin must be this host (or, without Origin, Sec-Fetch-Site must
-// say same-origin).
+// sameOrigin refuses a state-changing request another site's page sent.
+// Browsers say where a request came from in Sec-Fetch-Site, which a page
+// cannot set; where it is missing (older browsers) the Origin must be this
+// host. (Origin alone does not do: under Referrer-Policy no-referrer,
+// which these pages set, Chromium sends "Origin: null" with a form.)
 func sameOrigin(r *http.Request) bool {
-	if o := r.Header.Get("Origin"); o != "" {
-		u, err := url.Parse(o)
-		return err == nil && u.Host == r.Host
+	if s := r.Header.Get("Sec-Fetch-Site"); s != "" {
+		return s == "same-origin"
 	}
-	return r.Header.Get("Sec-Fetch-Site") == "same-origin"
+	o := r.Header.Get("Origin")
+	if o == "" || o == "null" {
+		return false
+	}
+	u, err := url.Parse(o)
+	return err == nil && u.Host == r.Host
 }
 
 func (h *Dashboard) secure(r *http.Request) bool { return r.TLS != nil || h.d.SecureCookies }

@@ -2,6 +2,7 @@ package dashboard
 
 import (
 	"bytes"
+	"context"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
@@ -220,4 +221,19 @@ func Sweep(tx *store.Tx, nowMS int64) error {
 	}
 	_, err := tx.Exec(`DELETE FROM dashboard_sessions WHERE expires_ms <= ?`, nowMS)
 	return err
+}
+
+// OperatorLink makes an operator's sign-in link in st, after checking that
+// key is the admin key the database's servers use (`sharespot server
+// admin-link`).
+func OperatorLink(ctx context.Context, st *store.Store, key []byte, now time.Time) (token string, expires time.Time, err error) {
+	err = st.Write(ctx, func(tx *store.Tx) error {
+		if err := CheckKey(tx, key); err != nil {
+			return err
+		}
+		var err error
+		token, expires, err = CreateLink(tx, key, RoleOperator, "", now)
+		return err
+	})
+	return token, expires, err
 }

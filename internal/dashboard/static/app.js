@@ -6,7 +6,7 @@
   "use strict";
   var table = document.getElementById("live");
   if (!table) { return; }
-  var last = {}; // id -> {used, at}
+  var last = {}; // id -> {used, at}: the last poll's count, at this browser's time
   var status = document.getElementById("livestate");
   function rate(bps) {
     var units = ["B/s", "kB/s", "MB/s", "GB/s"], i = 0;
@@ -24,6 +24,7 @@
     return el;
   }
   function apply(live) {
+    var at = Date.now();
     var ids = live.sessions.map(function (s) { return s.id; }).sort().join(",");
     if (ids !== shown()) { window.location.reload(); return; }
     live.sessions.forEach(function (s) {
@@ -35,13 +36,18 @@
       var m = tr.querySelector('[data-f="meter"]');
       if (m) { m.max = s.granted; m.value = s.used; }
       var p = last[s.id];
-      if (p && live.now_ms > p.at) {
-        set(tr, "rate", rate(Math.max(0, s.used - p.used) * 1000 / (live.now_ms - p.at)));
+      if (p && at > p.at) {
+        set(tr, "rate", rate(Math.max(0, s.used - p.used) * 1000 / (at - p.at)));
       }
-      last[s.id] = { used: s.used, at: live.now_ms };
+      last[s.id] = { used: s.used, at: at };
     });
     var n = document.getElementById("live-count");
     if (n && live.states === undefined) { n.textContent = String(live.sessions.length); }
+    if (n && live.states !== undefined) {
+      var open = 0;
+      Object.keys(live.states).forEach(function (k) { if (k !== "ENDED") { open += live.states[k]; } });
+      n.textContent = String(open);
+    }
     var asof = document.getElementById("asof");
     if (asof) { asof.textContent = new Date(live.now_ms).toISOString().replace("T", " ").replace(/\.\d+Z$/, " UTC"); }
     if (status) { status.textContent = "live"; }
