@@ -74,16 +74,7 @@ func (c *AdminLinkCmd) Run(env *runEnv) error {
 		return err
 	}
 	defer st.Close()
-	var token string
-	var exp time.Time
-	err = st.Write(env.ctx, func(tx *store.Tx) error {
-		if err := dashboard.CheckKey(tx, key); err != nil {
-			return err
-		}
-		var err error
-		token, exp, err = dashboard.CreateLink(tx, key, dashboard.RoleOperator, "", time.Now())
-		return err
-	})
+	token, exp, err := dashboard.OperatorLink(env.ctx, st, key, time.Now())
 	if err != nil {
 		return fmt.Errorf("admin link: %w", err)
 	}
