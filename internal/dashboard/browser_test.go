@@ -301,7 +301,10 @@ func TestHostDashboard(t *testing.T) {
 		check(t, "hotspot ssid", row["ssid"], string(h.Instruction.AccessPoint.Ssid))
 		check(t, "hotspot price", row["price"], money.Format(h.Instruction.Tariff.PriceMinor, "EUR")+" / "+size.Format(h.Instruction.Tariff.UnitBytes))
 		check(t, "hotspot shared", row["shareable"], size.Format(h.Instruction.ShareableBytes))
+		check(t, "hotspot sold or used", row["committed"], size.Format(h.Instruction.ShareableBytes-h.AvailableBytes))
 	}
+	// The chart's bar for today says what the table says.
+	check(t, "chart today", barTitle(t, tab, "#chart-day-EUR"), r.env.Clock.Now().UTC().Format("01-02")+": "+money.Format(earned, "EUR"))
 	if n := len(p.Rows); n != 1+1+2+1 { // hotspot, live, 2 ended, 1 day
 		t.Errorf("the page has %d rows, want 5: %v", n, p.Rows)
 	}
@@ -383,6 +386,16 @@ func TestHostDashboard(t *testing.T) {
 		t.Fatal(err)
 	}
 	check(t, "signed out", heading(t, tab), "Sign in")
+}
+
+// barTitle is the title of a day chart's last bar (today's).
+func barTitle(t *testing.T, ctx context.Context, chart string) string {
+	t.Helper()
+	s, err := chromedp.Run(ctx, chromedp.Evaluate[string](fmt.Sprintf(`(() => { const r = document.querySelectorAll(%q); return r[r.length-1].querySelector("title").textContent; })()`, chart+" rect")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }
 
 func ids(ss []*sharespotv1.Session) []string {
@@ -597,6 +610,14 @@ func TestOperatorDashboard(t *testing.T) {
 	}
 	if n, err := chromedp.Run(tab, chromedp.Evaluate[int](`document.querySelectorAll("#chart-day-EUR rect").length`)); err != nil || n != dashboard.Days {
 		t.Errorf("day chart has %d bars (%v), want %d", n, err, dashboard.Days)
+	}
+	check(t, "chart today", barTitle(t, tab, "#chart-day-EUR"), r.env.Clock.Now().UTC().Format("01-02")+": "+money.Format(host+fees, "EUR"))
+	for i, st := range []string{"ACTIVE", "ENDED"} { // in state order
+		got, err := chromedp.Run(tab, chromedp.Evaluate[string](fmt.Sprintf(`document.querySelectorAll("#chart-states rect title")[%d].textContent`, i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		check(t, "state chart", got, fmt.Sprintf("%s: %d", st, states[st]))
 	}
 
 	browsertest.Screenshot(t, tab, "dashboard-operator-desktop", 1280, 900, false)
