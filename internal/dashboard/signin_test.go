@@ -4,11 +4,13 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/sharespot/sharespot/internal/dashboard"
 	"github.com/sharespot/sharespot/internal/harness"
@@ -197,5 +199,44 @@ func TestAdminKey(t *testing.T) {
 	})
 	if err == nil {
 		t.Error("a host link without an account was made")
+	}
+}
+
+// TestSecureCookieOverTLS: over TLS the session cookie is Secure.
+func TestSecureCookieOverTLS(t *testing.T) {
+	ctx := context.Background()
+	st, err := store.Open(ctx, t.TempDir()+"/d.db", store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	key := make([]byte, dashboard.KeySize)
+	key[1] = 7
+	now := time.Now()
+	if err := st.Write(ctx, func(tx *store.Tx) error { _, err := dashboard.RecordKey(tx, key, now.UnixMilli()); return err }); err != nil {
+		t.Fatal(err)
+	}
+	d, err := dashboard.New(dashboard.Deps{Store: st, Key: key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewTLSServer(d.Handler())
+	defer srv.Close()
+	tok, _, err := dashboard.OperatorLink(ctx, st, key, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc := srv.Client()
+	hc.CheckRedirect = noRedirect.CheckRedirect
+	req, _ := http.NewRequest(http.MethodPost, srv.URL+"/dashboard/signin", strings.NewReader(url.Values{"token": {tok}}.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Origin", srv.URL)
+	res, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != http.StatusSeeOther || len(res.Cookies()) != 1 || !res.Cookies()[0].Secure {
+		t.Fatalf("sign-in over TLS: %s, cookies %v; want a Secure cookie", res.Status, res.Cookies())
 	}
 }
