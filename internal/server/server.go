@@ -214,8 +214,9 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	mux := http.NewServeMux()
 	mux.Handle("/", api.Handler(api.Deps{Store: s.st, Engine: s.engine, Auth: s.auth, Wallet: s.wallet, Hub: s.hub,
 		Now: cfg.Now, Log: cfg.Logger, Limits: cfg.Limits, PollInterval: cfg.PollInterval}))
-	mux.Handle("/dashboard", dash.Handler())
-	mux.Handle("/dashboard/", dash.Handler())
+	dh := api.GuardAddresses(cfg.Limits, dash.Handler())
+	mux.Handle("/dashboard", dh)
+	mux.Handle("/dashboard/", dh)
 	s.handler = bodyDeadline(mux, cfg.BodyTimeout)
 	return s, nil
 }
