@@ -39,7 +39,9 @@ func post(t *testing.T, u string, form url.Values, hdr map[string]string) *http.
 	return res
 }
 
-func tokenOf(t *testing.T, link string) string {
+func stringsReader(s string) io.Reader { return strings.NewReader(s) }
+
+func tokenOf(t testing.TB, link string) string {
 	t.Helper()
 	i := strings.LastIndex(link, "/")
 	return link[i+1:]
