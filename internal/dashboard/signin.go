@@ -99,6 +99,20 @@ func RecordKey(tx *store.Tx, key []byte, nowMS int64) (bool, error) {
 	return bytes.Equal(have, keyCheck(key)), nil
 }
 
+// KeyRecorded reports whether the database has the admin key's check
+// value, and whether key is the one recorded.
+func KeyRecorded(tx *store.Tx, key []byte) (recorded, same bool, err error) {
+	var have []byte
+	err = tx.QueryRow(`SELECT check_value FROM dashboard_keys WHERE id = ?`, keyCheckID).Scan(&have)
+	if errors.Is(err, store.ErrNotFound) {
+		return false, false, nil
+	}
+	if err != nil {
+		return false, false, fmt.Errorf("dashboard: read the admin key's check value: %w", err)
+	}
+	return true, bytes.Equal(have, keyCheck(key)), nil
+}
+
 // CheckKey refuses a key that is not the one the database's servers use.
 func CheckKey(tx *store.Tx, key []byte) error {
 	var have []byte

@@ -241,12 +241,21 @@ func (s *Server) openDashboard(ctx context.Context) (*dashboard.Dashboard, error
 	if err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
-	var same bool
-	err = s.st.Write(ctx, func(tx *store.Tx) error {
+	// Read first: a restart commits nothing here (the crash tests count
+	// commits from the start).
+	var recorded, same bool
+	err = s.st.Read(ctx, func(tx *store.Tx) error {
 		var err error
-		same, err = dashboard.RecordKey(tx, key, s.cfg.Now().UnixMilli())
+		recorded, same, err = dashboard.KeyRecorded(tx, key)
 		return err
 	})
+	if err == nil && !recorded {
+		err = s.st.Write(ctx, func(tx *store.Tx) error {
+			var err error
+			same, err = dashboard.RecordKey(tx, key, s.cfg.Now().UnixMilli())
+			return err
+		})
+	}
 	if err != nil {
 		return nil, fmt.Errorf("server: record the admin key: %w", err)
 	}
