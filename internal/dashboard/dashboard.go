@@ -117,12 +117,6 @@ var funcs = template.FuncMap{
 		}
 		return m, nil
 	},
-	"pct": func(a, b int64) int64 {
-		if b <= 0 {
-			return 0
-		}
-		return a * 100 / b
-	},
 }
 
 // Handler serves /dashboard/ and below.
