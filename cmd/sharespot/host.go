@@ -56,6 +56,7 @@ type ShareCmd struct {
 	GuestServer string `name:"guest-server" help:"With --gateway nftables: the server's URL as guests reach it, https:// (default: --server); its addresses are resolved once at start for the walled garden." placeholder:"URL"`
 	LANDNS      bool   `name:"lan-dns" help:"With --gateway nftables: let guests, admitted or not, ask this host's DNS resolver (port 53), which phones need to detect the portal by themselves; a DNS tunnel through the resolver is then possible before payment (see docs/router.md)."`
 	wifiFlags
+	Dashboard   bool          `help:"Print a one-time link (10 minutes) that signs a browser in to this host's dashboard: its hotspots, live sessions, earnings and history."`
 	store       gateway.Store
 	ReportEvery time.Duration `name:"report-every" default:"5s" help:"How often metered usage is reported to the server (a session whose guest ended settles on the final count sent then, or on the last report if this host is away)."`
 }
@@ -146,6 +147,13 @@ func (c *ShareCmd) Run(env *runEnv) error {
 		short(cl.DeviceID()), client.FormatMoney(t.PriceMinor, t.Currency), size.Format(t.UnitBytes), client.FormatMoney(t.TopupPriceMinor, t.Currency),
 		size.Format(hs.AvailableBytes))
 	fmt.Fprintf(env.stdout, "gateway for guests on %s; Ctrl-C stops (open sessions resume at the next start)\n", gw.Addr())
+	if c.Dashboard {
+		link, exp, err := cl.DashboardLink(env.ctx)
+		if err != nil {
+			return fmt.Errorf("--dashboard: %w", err)
+		}
+		fmt.Fprintf(env.stdout, "dashboard: %s (open it once, before %s)\n", link, exp.Local().Format("15:04"))
+	}
 
 	ctx, cancel := context.WithCancel(env.ctx)
 	defer cancel()

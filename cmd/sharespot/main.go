@@ -21,15 +21,15 @@ import (
 type CLI struct {
 	Config string `name:"config" env:"SHARESPOT_CONFIG" help:"Configuration file (JSON; default ${config_default})." placeholder:"FILE"`
 
-	Demo    DemoCmd    `cmd:"" help:"Run the whole flow on this machine: a server, a host and a guest, real bytes, real ledger."`
-	Server  ServerCmd  `cmd:"" help:"Run the Sharespot server: registry, relay, sessions, wallet."`
-	Share   ShareCmd   `cmd:"" help:"Host: register your hotspot and sell data through the metering gateway."`
-	Scan    ScanCmd    `cmd:"" help:"Guest: show the Sharespot hotspots in range, with their prices."`
-	Connect ConnectCmd `cmd:"" help:"Guest: buy data from a hotspot and get online through it."`
-	Wallet  WalletCmd  `cmd:"" help:"Wallets: operator funding and balances."`
-	Device  DeviceCmd  `cmd:"" help:"This device's identity: ID and sign-in token."`
-	Version VersionCmd `cmd:"" help:"Print the version and protocol version."`
-	Bench   BenchCmd   `cmd:"" help:"Load benchmarks: paid flows open loop, idle streams, relay latency."`
+	Demo    DemoCmd        `cmd:"" help:"Run the whole flow on this machine: a server, a host and a guest, real bytes, real ledger."`
+	Server  ServerGroupCmd `cmd:"" help:"Run the Sharespot server: registry, relay, sessions, wallet; or make an operator's dashboard link."`
+	Share   ShareCmd       `cmd:"" help:"Host: register your hotspot and sell data through the metering gateway."`
+	Scan    ScanCmd        `cmd:"" help:"Guest: show the Sharespot hotspots in range, with their prices."`
+	Connect ConnectCmd     `cmd:"" help:"Guest: buy data from a hotspot and get online through it."`
+	Wallet  WalletCmd      `cmd:"" help:"Wallets: operator funding and balances."`
+	Device  DeviceCmd      `cmd:"" help:"This device's identity: ID and sign-in token."`
+	Version VersionCmd     `cmd:"" help:"Print the version and protocol version."`
+	Bench   BenchCmd       `cmd:"" help:"Load benchmarks: paid flows open loop, idle streams, relay latency."`
 }
 
 func main() { os.Exit(run()) }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/url"
 	"os"
 	"slices"
 	"strconv"
@@ -16,11 +17,11 @@ import (
 
 	"golang.org/x/time/rate"
 
-	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/api"
 	"github.com/sharespot/sharespot/internal/bus"
 	"github.com/sharespot/sharespot/internal/card"
 	"github.com/sharespot/sharespot/internal/client"
+	"github.com/sharespot/sharespot/internal/dashboard"
 	"github.com/sharespot/sharespot/internal/ledger"
 	"github.com/sharespot/sharespot/internal/payment"
 	"github.com/sharespot/sharespot/internal/seal"
@@ -36,6 +37,54 @@ type runEnv struct {
 	stderr io.Writer
 }
 
+// ServerGroupCmd is `sharespot server`: running it (the default) and the
+// operator's dashboard link.
+type ServerGroupCmd struct {
+	Run       ServerCmd    `cmd:"" default:"withargs" help:"Run the server (the default: \"sharespot server\" is \"sharespot server run\")."`
+	AdminLink AdminLinkCmd `cmd:"" name:"admin-link" help:"Operator: print a one-time link (10 minutes) that signs a browser in to the operator's dashboard."`
+}
+
+// AdminLinkCmd makes an operator's sign-in link, authorised by the admin
+// key the server made at its first start, in the server's database.
+type AdminLinkCmd struct {
+	Data         string `env:"SHARESPOT_DATA" help:"The server's data directory (holds admin.key)." placeholder:"DIR"`
+	DB           string `name:"db" env:"SHARESPOT_DB" help:"The server's database, when it is PostgreSQL (a postgres:// URL)." placeholder:"URL"`
+	AdminKeyFile string `name:"admin-key-file" env:"SHARESPOT_ADMIN_KEY_FILE" help:"The server's admin key (default: admin.key in --data)." placeholder:"FILE"`
+	URL          string `name:"url" default:"http://127.0.0.1:8474" env:"SHARESPOT_PUBLIC_URL" help:"The server's address as the browser reaches it."`
+}
+
+// Run prints the link.
+func (c *AdminLinkCmd) Run(env *runEnv) error {
+	u, err := url.Parse(c.URL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("--url %q: want the server's address as a browser reaches it, such as https://sharespot.example.org", c.URL)
+	}
+	target, err := server.DBTarget(c.Data, c.DB)
+	if err != nil {
+		return fmt.Errorf("--db: %w", err)
+	}
+	keyFile := server.AdminKeyFile(c.Data, c.AdminKeyFile)
+	if _, err := os.Stat(keyFile); err != nil {
+		return fmt.Errorf("no admin key at %s: start `sharespot server` on this data directory once (it makes the key), or give --admin-key-file", keyFile)
+	}
+	key, err := dashboard.LoadOrCreateKey(keyFile)
+	if err != nil {
+		return err
+	}
+	st, err := store.Open(env.ctx, target, store.Options{})
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	token, exp, err := dashboard.OperatorLink(env.ctx, st, key, time.Now())
+	if err != nil {
+		return fmt.Errorf("admin link: %w", err)
+	}
+	fmt.Fprintf(env.stdout, "%s%s\n", strings.TrimRight(c.URL, "/"), dashboard.SignInPath(token))
+	fmt.Fprintf(env.stderr, "operator's dashboard: open the link above once, before %s\n", exp.UTC().Format("15:04:05 UTC"))
+	return nil
+}
+
 // ServerCmd runs the server.
 type ServerCmd struct {
 	Listen            string        `default:"127.0.0.1:8474" env:"SHARESPOT_LISTEN" help:"Address to listen on."`
@@ -44,6 +93,7 @@ type ServerCmd struct {
 	DBMaxConns        int           `name:"db-max-conns" env:"SHARESPOT_DB_MAX_CONNS" default:"16" help:"Most connections to PostgreSQL this replica opens."`
 	Bus               string        `name:"bus" env:"SHARESPOT_BUS" help:"NATS server(s) carrying inbox wake-ups between replicas (nats://host:4222, comma-separated); empty for a single server." placeholder:"URL"`
 	PollInterval      time.Duration `name:"poll-interval" env:"SHARESPOT_POLL_INTERVAL" help:"Longest an inbox stream waits without a wake-up before reading the inbox anyway (default 30s; 1s with --bus)."`
+	AdminKeyFile      string        `name:"admin-key-file" env:"SHARESPOT_ADMIN_KEY_FILE" help:"The admin key that authorises the dashboard's sign-in links (created 0600 at the first start; default: admin.key in --data). Replicas of one database must share it." placeholder:"FILE"`
 	KeyFile           string        `name:"key-file" env:"SHARESPOT_KEY_FILE" help:"The 32-byte key that seals the payment platform's receipt-signing keys in the database (created 0600 on first use; default: platform.key in --data). Replicas of one database must share it; keep it out of database backups." placeholder:"FILE"`
 	TLSCert           string        `name:"tls-cert" env:"SHARESPOT_TLS_CERT" help:"TLS certificate (PEM)." type:"existingfile"`
 	TLSKey            string        `name:"tls-key" env:"SHARESPOT_TLS_KEY" help:"TLS private key (PEM)." type:"existingfile"`
@@ -83,7 +133,7 @@ func newLogger(w io.Writer, level string, json bool) *slog.Logger {
 }
 
 func (c *ServerCmd) config(log *slog.Logger) (server.Config, error) {
-	cfg := server.Config{DataDir: c.Data, DB: c.DB, KeyFile: c.KeyFile, TLSCert: c.TLSCert, TLSKey: c.TLSKey, Insecure: c.InsecurePlaintext, Logger: log,
+	cfg := server.Config{DataDir: c.Data, DB: c.DB, KeyFile: c.KeyFile, AdminKeyFile: c.AdminKeyFile, TLSCert: c.TLSCert, TLSKey: c.TLSKey, Insecure: c.InsecurePlaintext, Logger: log,
 		DBMaxConns: c.DBMaxConns, Bus: c.Bus, PollInterval: c.PollInterval}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		return cfg, errors.New("--tls-cert and --tls-key go together")
@@ -301,29 +351,17 @@ func (c *WalletAuditCmd) Run(env *runEnv) error {
 		return err
 	}
 	defer st.Close()
-	var a ledger.Audit
-	var open, ended, heldAfterEnd int64
-	var recon []session.HostReconciliation
+	var rep session.AuditReport
 	err = st.Read(env.ctx, func(tx *store.Tx) error {
 		var err error
-		if a, err = ledger.Check(tx); err != nil {
-			return err
-		}
-		if recon, err = session.Reconcile(tx); err != nil {
-			return err
-		}
-		if err := tx.QueryRow(`SELECT COUNT(*) FROM sessions WHERE state <> ?`, int64(sharespotv1.SessionState_SESSION_STATE_ENDED)).Scan(&open); err != nil {
-			return fmt.Errorf("count open sessions: %w", err)
-		}
-		if err := tx.QueryRow(`SELECT COUNT(*) FROM sessions WHERE state = ?`, int64(sharespotv1.SessionState_SESSION_STATE_ENDED)).Scan(&ended); err != nil {
-			return fmt.Errorf("count ended sessions: %w", err)
-		}
-		return tx.QueryRow(`SELECT COUNT(*) FROM sessions s JOIN ledger_accounts a ON a.id = 'escrow:' || s.id
-			WHERE s.state = ? AND a.balance <> 0`, int64(sharespotv1.SessionState_SESSION_STATE_ENDED)).Scan(&heldAfterEnd)
+		rep, err = session.Audit(tx)
+		return err
 	})
 	if err != nil {
 		return fmt.Errorf("audit: %w", err)
 	}
+	a, recon := rep.Ledger, rep.Usage
+	open, ended, heldAfterEnd := rep.Open, rep.Ended, rep.HeldAfterEnd
 	curs := make([]string, 0, len(a.Sums))
 	for cur := range a.Sums {
 		curs = append(curs, cur)
@@ -345,7 +383,7 @@ func (c *WalletAuditCmd) Run(env *runEnv) error {
 		}
 	}
 	fmt.Fprintf(env.stdout, "usage: %d sessions verified by the guest's acknowledgments, %d unverified; %d hosts counted ahead of their guests\n", verified, unverified, flagged)
-	if !a.OK() || heldAfterEnd != 0 {
+	if !rep.OK() {
 		return fmt.Errorf("audit failed: negative %v, drift %v, ended sessions holding escrow %d", a.Negative, a.Drift, heldAfterEnd)
 	}
 	fmt.Fprintln(env.stdout, "ledger consistent")

@@ -323,3 +323,7 @@ func (r *gzipReader) Reset(src io.Reader) error {
 }
 
 func (r *gzipReader) Close() error { return r.gz.Close() }
+
+// GuardAddresses applies the per-address rate and calls-in-progress limits
+// to another handler (the dashboard), with buckets of its own.
+func GuardAddresses(l Limits, h http.Handler) http.Handler { return newAddressGuard(l).wrap(h) }

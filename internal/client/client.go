@@ -44,6 +44,8 @@ type Options struct {
 type Client struct {
 	key  ed25519.PrivateKey
 	name string
+	hc   *http.Client
+	base string
 
 	mu        sync.Mutex
 	token     string
@@ -86,6 +88,7 @@ func New(baseURL string, key ed25519.PrivateKey, opts Options) *Client {
 	if len(opts.ServerURLs) > 0 {
 		hc = withFailover(hc, append([]string{base}, opts.ServerURLs...))
 	}
+	c.hc, c.base = hc, base
 	var co []connect.ClientOption
 	if opts.JSON {
 		co = append(co, connect.WithProtoJSON())

@@ -22,6 +22,7 @@ import (
 	"github.com/sharespot/sharespot/internal/auth"
 	"github.com/sharespot/sharespot/internal/bus"
 	"github.com/sharespot/sharespot/internal/card"
+	"github.com/sharespot/sharespot/internal/dashboard"
 	"github.com/sharespot/sharespot/internal/payment"
 	"github.com/sharespot/sharespot/internal/portal"
 	"github.com/sharespot/sharespot/internal/relay"
@@ -53,6 +54,10 @@ type Config struct {
 	// Default: platform.key in DataDir. Replicas of one database must
 	// share it.
 	KeyFile string
+	// AdminKeyFile holds the admin key that authorises the dashboard's
+	// sign-in links (created 0600 at the first start). Default:
+	// admin.key in DataDir. Replicas of one database must share it.
+	AdminKeyFile string
 	// TLSCert and TLSKey: PEM files; without them the server speaks
 	// cleartext HTTP/2 and HTTP/1.1, which Serve allows only on loopback
 	// unless Insecure is set.
@@ -207,6 +212,11 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	s.engine = session.New(s.st, waker, s.wallet, cfg.Now, cfg.Session, cfg.Logger)
 	s.auth = auth.New(s.st, cfg.Now, time.Hour)
+	dash, err := s.openDashboard(ctx)
+	if err != nil {
+		s.Close()
+		return nil, err
+	}
 	deps := api.Deps{Store: s.st, Engine: s.engine, Auth: s.auth, Wallet: s.wallet, Hub: s.hub,
 		Now: cfg.Now, Log: cfg.Logger, Limits: cfg.Limits, PollInterval: cfg.PollInterval}
 	mux := http.NewServeMux()
@@ -216,14 +226,63 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 			return nil, err
 		}
 		deps.Card = s.card
-		mux.Handle(card.WebhookPath, s.card)
+		// Stripe's events pass the per-address limits like any caller.
+		mux.Handle(card.WebhookPath, api.GuardAddresses(cfg.Limits, s.card))
 	}
 	mux.Handle("/", api.Handler(deps))
 	// The guest pages, on the API's origin: the page's calls are
 	// same-origin, so no CORS is needed or allowed.
-	mux.Handle(portal.Path, portal.Handler())
+	mux.Handle(portal.Path, api.GuardAddresses(cfg.Limits, portal.Handler()))
+	dh := api.GuardAddresses(cfg.Limits, dash.Handler())
+	mux.Handle("/dashboard", dh)
+	mux.Handle("/dashboard/", dh)
 	s.handler = bodyDeadline(mux, cfg.BodyTimeout)
 	return s, nil
+}
+
+// AdminKeyFile is where the admin key of a server with this data
+// directory and admin key setting is.
+func AdminKeyFile(dataDir, adminKeyFile string) string {
+	if adminKeyFile != "" {
+		return adminKeyFile
+	}
+	if dataDir == "" {
+		dataDir = DefaultDataDir()
+	}
+	return dashboard.KeyPath(dataDir)
+}
+
+// openDashboard loads (or makes) the admin key, records its check value
+// in the database for `sharespot server admin-link`, and builds the
+// dashboard.
+func (s *Server) openDashboard(ctx context.Context) (*dashboard.Dashboard, error) {
+	key, err := dashboard.LoadOrCreateKey(AdminKeyFile(s.cfg.DataDir, s.cfg.AdminKeyFile))
+	if err != nil {
+		return nil, fmt.Errorf("server: %w", err)
+	}
+	// Read first: a restart commits nothing here (the crash tests count
+	// commits from the start).
+	var recorded, same bool
+	err = s.st.Read(ctx, func(tx *store.Tx) error {
+		var err error
+		recorded, same, err = dashboard.KeyRecorded(tx, key)
+		return err
+	})
+	if err == nil && !recorded {
+		err = s.st.Write(ctx, func(tx *store.Tx) error {
+			var err error
+			same, err = dashboard.RecordKey(tx, key, s.cfg.Now().UnixMilli())
+			return err
+		})
+	}
+	if err != nil {
+		return nil, fmt.Errorf("server: record the admin key: %w", err)
+	}
+	if !same {
+		s.log.Warn("the admin key is not the one the first server of this database made: dashboard links work only on servers sharing one admin key (copy it, or give --admin-key-file)",
+			"file", AdminKeyFile(s.cfg.DataDir, s.cfg.AdminKeyFile))
+	}
+	return dashboard.New(dashboard.Deps{Store: s.st, Auth: s.auth, Key: key, Now: s.cfg.Now, Log: s.log, SecureCookies: s.cfg.TLSCert != ""})
 }
 
 // Handler serves the API.
@@ -352,6 +411,9 @@ func (s *Server) sweep(ctx context.Context) {
 			lastAuth = time.Now()
 			if err := s.auth.Sweep(ctx); err != nil && ctx.Err() == nil {
 				s.log.Warn("sweep credentials", "err", err)
+			}
+			if err := s.st.Write(ctx, func(tx *store.Tx) error { return dashboard.Sweep(tx, s.cfg.Now().UnixMilli()) }); err != nil && ctx.Err() == nil {
+				s.log.Warn("sweep dashboard sign-ins", "err", err)
 			}
 		}
 	}

@@ -1,0 +1,635 @@
+package dashboard_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/chromedp/chromedp"
+
+	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
+	"github.com/sharespot/sharespot/internal/browsertest"
+	"github.com/sharespot/sharespot/internal/client"
+	"github.com/sharespot/sharespot/internal/dashboard"
+	"github.com/sharespot/sharespot/internal/harness"
+	"github.com/sharespot/sharespot/internal/ledger"
+	"github.com/sharespot/sharespot/internal/money"
+	"github.com/sharespot/sharespot/internal/seal"
+	"github.com/sharespot/sharespot/internal/session"
+	"github.com/sharespot/sharespot/internal/size"
+	"github.com/sharespot/sharespot/internal/store"
+)
+
+const mb = harness.BenchMB
+
+// rig is a running server with two hosts and a guest, and flows between
+// them driven by the real client library.
+type rig struct {
+	env          *harness.Env
+	hostA, hostB *client.Client
+	hsA, hsB     *sharespotv1.Hotspot
+	g            *client.Guest
+}
+
+func newRig(t *testing.T) *rig {
+	t.Helper()
+	env := harness.Start(t, nil)
+	r := &rig{env: env, hostA: env.Device(t, "host-a"), hostB: env.Device(t, "host-b")}
+	gc := env.Device(t, "guest")
+	env.Fund(t, gc, "EUR", 100_00)
+	r.g = &client.Guest{C: gc, Suites: []seal.Suite{seal.Preset}}
+	ctx := context.Background()
+	for i, h := range []*client.Client{r.hostA, r.hostB} {
+		res, err := h.Hotspots.Register(ctx, connect.NewRequest(&sharespotv1.RegisterRequest{Instruction: harness.BenchInstruction(i + 1)}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			r.hsA = res.Msg.Hotspot
+		} else {
+			r.hsB = res.Msg.Hotspot
+		}
+	}
+	return r
+}
+
+// flow runs a paid flow of 10 MB for €1.00 up to the grant, reports used
+// bytes, has the guest acknowledge ack bytes (0: none), and, when end is
+// set, ends it on the host's count. It returns the session's ID.
+func (r *rig) flow(t *testing.T, host *client.Client, hs *sharespotv1.Hotspot, used, ack int64, end bool) string {
+	t.Helper()
+	ctx := context.Background()
+	g := r.g
+	ses, err := g.RequestAccess(ctx, hs.Id, 10*mb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, err := host.Sessions.Quote(ctx, connect.NewRequest(&sharespotv1.QuoteRequest{SessionId: ses.Id, Bytes: 10 * mb, AmountMinor: 100, Currency: "EUR"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pay, err := g.C.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: q.Msg.Quote.Id}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := g.C.Sessions.Confirm(ctx, connect.NewRequest(&sharespotv1.ConfirmRequest{SessionId: ses.Id, Receipt: pay.Msg.Receipt})); err != nil {
+		t.Fatal(err)
+	}
+	code, err := seal.NewAccessCode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sealed, err := seal.Seal(seal.Preset, g.PublicKey(ses.Id, seal.Preset), seal.Binding{SessionID: ses.Id, HostID: host.DeviceID(), GuestID: g.C.DeviceID()}, code)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := host.Sessions.Grant(ctx, connect.NewRequest(&sharespotv1.GrantRequest{SessionId: ses.Id, QuoteId: q.Msg.Quote.Id, GrantedBytes: 10 * mb,
+		SealedCode: &sharespotv1.SealedCode{Suite: string(sealed.Suite), Enc: sealed.Enc, Ciphertext: sealed.Ciphertext},
+		Gateway:    &sharespotv1.Gateway{Kind: "proxy", Address: "192.0.2.1:1080"}})); err != nil {
+		t.Fatal(err)
+	}
+	if used > 0 {
+		if _, err := host.Sessions.ReportUsage(ctx, connect.NewRequest(&sharespotv1.ReportUsageRequest{SessionId: ses.Id, UsedBytes: used})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if ack > 0 {
+		if _, err := g.C.Acknowledge(ctx, ses.Id, ack); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if end {
+		if _, err := host.Sessions.End(ctx, connect.NewRequest(&sharespotv1.EndRequest{SessionId: ses.Id, UsedBytes: used, Reason: "done"})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return ses.Id
+}
+
+func sessionsOf(t *testing.T, c *client.Client) []*sharespotv1.Session {
+	t.Helper()
+	res, err := c.Sessions.ListSessions(context.Background(), connect.NewRequest(&sharespotv1.ListSessionsRequest{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []*sharespotv1.Session
+	for _, s := range res.Msg.Sessions {
+		if s.HostDeviceId == c.DeviceID() {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// page is what a dashboard page shows, read in the browser: every
+// [data-k] value, and every table row keyed by its data-* attribute with
+// its [data-f] cells.
+type page struct {
+	K    map[string]string            `json:"k"`
+	Rows map[string]map[string]string `json:"rows"`
+	HTML string                       `json:"html"`
+	Role string                       `json:"role"`
+}
+
+const readPage = `(() => {
+  const k = {};
+  document.querySelectorAll("[data-k]").forEach(e => { k[e.dataset.k] = e.textContent.trim(); });
+  const rows = {};
+  for (const attr of ["session", "ended", "hotspot", "day", "top", "usage"]) {
+    document.querySelectorAll("tr[data-" + attr + "]").forEach(tr => {
+      const f = {};
+      tr.querySelectorAll("[data-f]").forEach(c => { if (c.dataset.f !== "meter") f[c.dataset.f] = c.textContent.trim(); });
+      rows[attr + ":" + tr.getAttribute("data-" + attr)] = f;
+    });
+  }
+  const main = document.querySelector("main");
+  return {k, rows, html: document.documentElement.outerHTML, role: main ? (main.dataset.role || "") : ""};
+})()`
+
+func read(t *testing.T, ctx context.Context) page {
+	t.Helper()
+	p, err := chromedp.Run(ctx, chromedp.Evaluate[page](readPage))
+	if err != nil {
+		t.Fatalf("read the page: %v", err)
+	}
+	return p
+}
+
+// signIn follows a sign-in link in the tab and presses the button.
+func signIn(t *testing.T, ctx context.Context, link string) page {
+	t.Helper()
+	if err := chromedp.Do(ctx, chromedp.Navigate(link), chromedp.WaitVisible(chromedp.ID("signin"))); err != nil {
+		t.Fatalf("open %s: %v", link, err)
+	}
+	press(t, ctx, "#signin", "main[data-role]")
+	return read(t, ctx)
+}
+
+// press clicks the button (a form's submit button) and waits until the
+// page that follows has an element matching then.
+func press(t *testing.T, ctx context.Context, button, then string) {
+	t.Helper()
+	if _, err := chromedp.Run(ctx, chromedp.Evaluate[bool](fmt.Sprintf(`(document.querySelector(%q).click(), true)`, button))); err != nil {
+		t.Fatalf("press %s: %v", button, err)
+	}
+	waitFor(t, ctx, fmt.Sprintf(`document.querySelector(%q) !== null && document.readyState === "complete"`, then))
+}
+
+// waitFor evaluates cond in the page until it is true (across page loads,
+// which interrupt an evaluation), for at most 20 s.
+func waitFor(t *testing.T, ctx context.Context, cond string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		ok, err := chromedp.Run(ctx, chromedp.Evaluate[bool](cond))
+		if err == nil && ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			dbg, _ := chromedp.Run(ctx, chromedp.Evaluate[string](`location.href + " | " + document.body.innerText.slice(0, 300)`))
+			t.Fatalf("waited 20 s for %s (last error %v); page: %s", cond, err, dbg)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func heading(t *testing.T, ctx context.Context) string {
+	t.Helper()
+	h, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS("h1")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+func check(t *testing.T, what, got, want string) {
+	t.Helper()
+	if got != want {
+		t.Errorf("%s: page shows %q, want %q", what, got, want)
+	}
+}
+
+func TestHostDashboard(t *testing.T) {
+	r := newRig(t)
+	b := browsertest.Start(t)
+	ctx := context.Background()
+	// Host A: two settled sessions (one the guest acknowledged), one live.
+	// Host B: one settled, one live; none of it may reach A's page.
+	r.flow(t, r.hostA, r.hsA, 7*mb, 0, true)
+	r.flow(t, r.hostA, r.hsA, 4*mb, 4*mb, true)
+	liveA := r.flow(t, r.hostA, r.hsA, 3*mb, 0, false)
+	r.flow(t, r.hostB, r.hsB, 5*mb, 0, true)
+	liveB := r.flow(t, r.hostB, r.hsB, 2*mb, 0, false)
+
+	link, exp, err := r.hostA.DashboardLink(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// (the expiry is stored in milliseconds)
+	if d := exp.Sub(r.env.Clock.Now()); !strings.HasPrefix(link, r.env.URL+"/dashboard/signin/ssl_") || d > dashboard.LinkTTL || d <= dashboard.LinkTTL-time.Millisecond {
+		t.Fatalf("link %s expiring %v, want one on %s expiring in %v", link, exp, r.env.URL, dashboard.LinkTTL)
+	}
+	tab := b.Tab(t)
+	p := signIn(t, tab, link)
+	if p.Role != "host" {
+		t.Fatalf("signed in as %q, want host", p.Role)
+	}
+
+	// Every number against the API.
+	mine := sessionsOf(t, r.hostA)
+	var earned int64
+	var live, ended []*sharespotv1.Session
+	for _, s := range mine {
+		if s.State == sharespotv1.SessionState_SESSION_STATE_ENDED {
+			earned += s.SettledHostMinor
+			ended = append(ended, s)
+		} else {
+			live = append(live, s)
+		}
+	}
+	if len(ended) != 2 || len(live) != 1 || live[0].Id != liveA {
+		t.Fatalf("host A's sessions: %d ended, %d live; the flows made 2 and 1", len(ended), len(live))
+	}
+	check(t, "earned", p.K["earned-EUR"], money.Format(earned, "EUR"))
+	check(t, "wallet", p.K["wallet-EUR"], money.Format(harness.Balance(t, r.hostA, "EUR"), "EUR"))
+	check(t, "live sessions", p.K["live-count"], "1")
+	check(t, "account", p.K["account"], r.hostA.AccountID())
+	for _, s := range live {
+		row := p.Rows["session:"+s.Id]
+		check(t, "live used", row["used"], size.Format(s.UsedBytes))
+		check(t, "live granted", row["granted"], size.Format(s.GrantedBytes))
+		check(t, "live paid", row["paid"], money.Format(s.PaidMinor, s.Currency))
+		check(t, "live state", row["state"], "ACTIVE")
+	}
+	for _, s := range ended {
+		row := p.Rows["ended:"+s.Id]
+		check(t, "history used", row["used"], size.Format(s.UsedBytes)+" of "+size.Format(s.GrantedBytes))
+		check(t, "history earned", row["host"], money.Format(s.SettledHostMinor, "EUR"))
+		check(t, "history fee", row["fee"], money.Format(s.SettledFeeMinor, "EUR"))
+		check(t, "history refunded", row["refunded"], money.Format(s.RefundedMinor, "EUR"))
+		want := "not verified"
+		if s.Verified {
+			want = size.Format(s.GuestAckedBytes)
+		}
+		check(t, "history acknowledged", row["acked"], want)
+	}
+	day := r.env.Clock.Now().UTC().Format("2006-01-02") + "-EUR"
+	var dayUsed, dayFee int64
+	for _, s := range ended {
+		dayUsed += s.UsedBytes
+		dayFee += s.SettledFeeMinor
+	}
+	drow := p.Rows["day:"+day]
+	check(t, "day settled", drow["settled"], "2")
+	check(t, "day used", drow["used"], size.Format(dayUsed))
+	check(t, "day earned", drow["host"], money.Format(earned, "EUR"))
+	check(t, "day fee", drow["fee"], money.Format(dayFee, "EUR"))
+	hs, err := r.hostA.Hotspots.List(ctx, connect.NewRequest(&sharespotv1.ListRequest{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(hs.Msg.Hotspots) != 1 {
+		t.Fatalf("host A has %d hotspots", len(hs.Msg.Hotspots))
+	}
+	for _, h := range hs.Msg.Hotspots {
+		row := p.Rows["hotspot:"+h.Id]
+		check(t, "hotspot ssid", row["ssid"], string(h.Instruction.AccessPoint.Ssid))
+		check(t, "hotspot price", row["price"], money.Format(h.Instruction.Tariff.PriceMinor, "EUR")+" / "+size.Format(h.Instruction.Tariff.UnitBytes))
+		check(t, "hotspot shared", row["shareable"], size.Format(h.Instruction.ShareableBytes))
+		check(t, "hotspot sold or used", row["committed"], size.Format(h.Instruction.ShareableBytes-h.AvailableBytes))
+	}
+	// The chart's bar for today says what the table says.
+	check(t, "chart today", barTitle(t, tab, "#chart-day-EUR"), r.env.Clock.Now().UTC().Format("01-02")+": "+money.Format(earned, "EUR"))
+	if n := len(p.Rows); n != 1+1+2+1 { // hotspot, live, 2 ended, 1 day
+		t.Errorf("the page has %d rows, want 5: %v", n, p.Rows)
+	}
+
+	// Another host's data is never shown, on the page or in the live feed.
+	bSessions := sessionsOf(t, r.hostB)
+	live2, err := chromedp.Run(tab, chromedp.Evaluate[string](`fetch("/dashboard/live").then(r => r.text())`, chromedp.EvalAwaitPromise))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, secret := range append([]string{r.hostB.DeviceID(), r.hostB.AccountID(), r.hsB.Id, "bench-2"}, ids(bSessions)...) {
+		if strings.Contains(p.HTML, secret) || strings.Contains(live2, secret) {
+			t.Errorf("host A's dashboard shows host B's %s", secret)
+		}
+	}
+	if !strings.Contains(live2, liveA) || strings.Contains(live2, liveB) {
+		t.Errorf("live feed %s: want host A's live session only", live2)
+	}
+
+	// Live numbers: more usage reaches the open page without a reload.
+	waitFor(t, tab, `document.getElementById("livestate").textContent === "live"`) // the first poll is in
+	if _, err := r.hostA.Sessions.ReportUsage(ctx, connect.NewRequest(&sharespotv1.ReportUsageRequest{SessionId: liveA, UsedBytes: 6 * mb})); err != nil {
+		t.Fatal(err)
+	}
+	want := size.Format(6 * mb)
+	waitFor(t, tab, fmt.Sprintf(`document.querySelector('tr[data-session=%q] [data-f=used]').textContent === %q`, liveA, want))
+	rate, err := chromedp.Run(tab, chromedp.Text(chromedp.CSS(fmt.Sprintf(`tr[data-session=%q] [data-f=rate]`, liveA))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasSuffix(rate, "B/s") {
+		t.Errorf("rate after two polls: %q, want a rate in B/s", rate)
+	}
+
+	browsertest.Screenshot(t, tab, "dashboard-host-desktop", 1280, 900, false)
+	browsertest.Screenshot(t, tab, "dashboard-host-phone", 390, 844, true)
+
+	// The link was used: another browser cannot use it again.
+	other := b.Incognito(t)
+	if err := chromedp.Do(other, chromedp.Navigate(link)); err != nil {
+		t.Fatal(err)
+	}
+	check(t, "used link", heading(t, other), "Link not valid")
+	// Nor can it see the dashboard without signing in.
+	if err := chromedp.Do(other, chromedp.Navigate(r.env.URL+"/dashboard/")); err != nil {
+		t.Fatal(err)
+	}
+	check(t, "no cookie", heading(t, other), "Sign in")
+
+	// Host B signs in and sees its own, never A's.
+	linkB, _, err := r.hostB.DashboardLink(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pb := signIn(t, other, linkB)
+	if _, ok := pb.Rows["session:"+liveB]; !ok {
+		t.Errorf("host B's page lacks its live session %s", liveB)
+	}
+	for _, secret := range append([]string{r.hostA.DeviceID(), r.hostA.AccountID(), r.hsA.Id, "bench-1"}, ids(mine)...) {
+		if strings.Contains(pb.HTML, secret) {
+			t.Errorf("host B's dashboard shows host A's %s", secret)
+		}
+	}
+
+	// Sign-out needs the page's CSRF token: a form from elsewhere (no
+	// token) is refused, the page's own button works.
+	forged, err := chromedp.Run(tab, chromedp.Evaluate[int](`fetch("/dashboard/signout", {method: "POST", body: new URLSearchParams({csrf: "x"})}).then(r => r.status)`, chromedp.EvalAwaitPromise))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if forged != 403 {
+		t.Errorf("sign-out without the CSRF token: status %d, want 403", forged)
+	}
+	if err := chromedp.Do(tab, chromedp.Navigate(r.env.URL+"/dashboard/"), chromedp.Click(chromedp.CSS("header form button")), chromedp.WaitVisible(chromedp.CSS("h1"))); err != nil {
+		t.Fatal(err)
+	}
+	check(t, "after sign-out", heading(t, tab), "Signed out")
+	if err := chromedp.Do(tab, chromedp.Navigate(r.env.URL+"/dashboard/")); err != nil {
+		t.Fatal(err)
+	}
+	check(t, "signed out", heading(t, tab), "Sign in")
+}
+
+// barTitle is the title of a day chart's last bar (today's).
+func barTitle(t *testing.T, ctx context.Context, chart string) string {
+	t.Helper()
+	s, err := chromedp.Run(ctx, chromedp.Evaluate[string](fmt.Sprintf(`(() => { const r = document.querySelectorAll(%q); return r[r.length-1].querySelector("title").textContent; })()`, chart+" rect")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func ids(ss []*sharespotv1.Session) []string {
+	var out []string
+	for _, s := range ss {
+		out = append(out, s.Id)
+	}
+	return out
+}
+
+// TestLinkExpires: a link is refused after LinkTTL, on its page and at its
+// sign-in, also after a server restart (the link is in the database).
+func TestLinkExpires(t *testing.T) {
+	dir := t.TempDir()
+	env := harness.StartIn(t, dir, nil)
+	b := browsertest.Start(t)
+	host := env.Device(t, "host")
+	link, _, err := host.DashboardLink(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	late, _, err := host.DashboardLink(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A restart keeps an unused link.
+	env.Stop()
+	env = harness.StartIn(t, dir, nil)
+	link = strings.Replace(link, link[:strings.Index(link, "/dashboard/")], env.URL, 1)
+	late = strings.Replace(late, late[:strings.Index(late, "/dashboard/")], env.URL, 1)
+	tab := b.Tab(t)
+	// The page was shown in time; the button is pressed after expiry.
+	if err := chromedp.Do(tab, chromedp.Navigate(late), chromedp.WaitVisible(chromedp.ID("signin"))); err != nil {
+		t.Fatal(err)
+	}
+	env.Clock.Advance(dashboard.LinkTTL + time.Second)
+	if err := chromedp.Do(tab, chromedp.Click(chromedp.ID("signin")), chromedp.WaitVisible(chromedp.CSS("h1"))); err != nil {
+		t.Fatal(err)
+	}
+	check(t, "expired at sign-in", heading(t, tab), "Link not valid")
+	if err := chromedp.Do(tab, chromedp.Navigate(link)); err != nil {
+		t.Fatal(err)
+	}
+	check(t, "expired link", heading(t, tab), "Link not valid")
+	if err := chromedp.Do(tab, chromedp.Navigate(env.URL+"/dashboard/")); err != nil {
+		t.Fatal(err)
+	}
+	check(t, "after expired links", heading(t, tab), "Sign in")
+}
+
+// TestOperatorDashboard: the operator's view, every number against the
+// database and the API.
+func TestOperatorDashboard(t *testing.T) {
+	r := newRig(t)
+	b := browsertest.Start(t)
+	ctx := context.Background()
+	r.flow(t, r.hostA, r.hsA, 7*mb, 0, true)
+	r.flow(t, r.hostA, r.hsA, 4*mb, 4*mb, true)
+	// Host B counts 9 MB where its guest acknowledged 2 MB: over the window.
+	r.flow(t, r.hostB, r.hsB, 9*mb, 2*mb, true)
+	liveA := r.flow(t, r.hostA, r.hsA, 3*mb, 0, false)
+
+	key, err := dashboard.LoadOrCreateKey(dashboard.KeyPath(r.env.Dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	token, _, err := dashboard.OperatorLink(ctx, r.env.Srv.Store(), key, r.env.Clock.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A wrong key is refused.
+	if _, _, err := dashboard.OperatorLink(ctx, r.env.Srv.Store(), make([]byte, dashboard.KeySize), r.env.Clock.Now()); err == nil {
+		t.Error("an operator link was made with a key that is not the server's")
+	}
+	tab := b.Tab(t)
+	p := signIn(t, tab, r.env.URL+dashboard.SignInPath(token))
+	if p.Role != "operator" {
+		t.Fatalf("signed in as %q, want operator", p.Role)
+	}
+
+	var rep session.AuditReport
+	var fee int64
+	states := map[string]int64{}
+	err = r.env.Srv.Store().Read(ctx, func(tx *store.Tx) error {
+		var err error
+		if rep, err = session.Audit(tx); err != nil {
+			return err
+		}
+		if fee, err = ledger.FeeTotal(tx, "EUR"); err != nil {
+			return err
+		}
+		rows, err := tx.Query(`SELECT state FROM sessions`)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var st int32
+			if err := rows.Scan(&st); err != nil {
+				return err
+			}
+			states[strings.TrimPrefix(sharespotv1.SessionState(st).String(), "SESSION_STATE_")]++
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rep.OK() {
+		t.Fatalf("the flows left the ledger inconsistent: %+v", rep)
+	}
+	check(t, "open", p.K["open"], "1")
+	check(t, "ended", p.K["ended"], "3")
+	check(t, "audit", p.K["audit"], "consistent")
+	check(t, "fees", p.K["fee-EUR"], money.Format(fee, "EUR"))
+	check(t, "ledger sum", p.K["sum-EUR"], money.Format(0, "EUR"))
+	check(t, "negative", p.K["negative"], "0")
+	check(t, "drift", p.K["drift"], "0")
+	check(t, "held", p.K["held"], "0")
+	if len(states) != 2 || states["ENDED"] != 3 || states["ACTIVE"] != 1 {
+		t.Fatalf("states in the database: %v", states)
+	}
+	for st, n := range states {
+		check(t, "state "+st, p.K["state-"+st], fmt.Sprint(n))
+	}
+
+	// Money, top hosts and reconciliation recomputed from each host's
+	// sessions as the API gives them.
+	all := append(sessionsOf(t, r.hostA), sessionsOf(t, r.hostB)...)
+	var started, settled, used, host, fees, refunded int64
+	type hostSum struct{ n, used, host, fee int64 }
+	per := map[string]*hostSum{}
+	var verified, unverified, over int
+	var hostBytes, acked int64
+	for _, s := range all {
+		started++
+		if s.State != sharespotv1.SessionState_SESSION_STATE_ENDED {
+			continue
+		}
+		settled++
+		used += s.UsedBytes
+		host += s.SettledHostMinor
+		fees += s.SettledFeeMinor
+		refunded += s.RefundedMinor
+		if per[s.HostDeviceId] == nil {
+			per[s.HostDeviceId] = &hostSum{}
+		}
+		h := per[s.HostDeviceId]
+		h.n++
+		h.used += s.UsedBytes
+		h.host += s.SettledHostMinor
+		h.fee += s.SettledFeeMinor
+		if s.Verified {
+			verified++
+			hostBytes += s.HostCountBytes
+			acked += s.GuestAckedBytes
+			if s.HostCountBytes > s.GuestAckedBytes+s.CreditWindowBytes {
+				over++
+			}
+		} else {
+			unverified++
+		}
+	}
+	if fees != fee {
+		t.Errorf("fees settled %d, fee accounts hold %d", fees, fee)
+	}
+	d := p.Rows["day:"+r.env.Clock.Now().UTC().Format("2006-01-02")+"-EUR"]
+	check(t, "day started", d["started"], fmt.Sprint(started))
+	check(t, "day settled", d["settled"], fmt.Sprint(settled))
+	check(t, "day used", d["used"], size.Format(used))
+	check(t, "day charged", d["charged"], money.Format(host+fees, "EUR"))
+	check(t, "day to hosts", d["host"], money.Format(host, "EUR"))
+	check(t, "day fees", d["fee"], money.Format(fees, "EUR"))
+	check(t, "day refunded", d["refunded"], money.Format(refunded, "EUR"))
+	for id, h := range per {
+		row := p.Rows["top:"+id+"-EUR"]
+		check(t, "top sessions", row["sessions"], fmt.Sprint(h.n))
+		check(t, "top used", row["used"], size.Format(h.used))
+		check(t, "top earned", row["host"], money.Format(h.host, "EUR"))
+		check(t, "top fees", row["fee"], money.Format(h.fee, "EUR"))
+	}
+	hosts := make([]string, 0, len(per))
+	for id := range per {
+		hosts = append(hosts, id)
+	}
+	sort.Strings(hosts)
+	if len(hosts) != 2 {
+		t.Fatalf("hosts with settled sessions: %v", hosts)
+	}
+	check(t, "verified", p.K["verified"], fmt.Sprint(verified))
+	check(t, "unverified", p.K["unverified"], fmt.Sprint(unverified))
+	check(t, "over the window", p.K["overclaimed"], fmt.Sprint(over))
+	check(t, "host bytes", p.K["hostbytes"], size.Format(hostBytes))
+	check(t, "acked bytes", p.K["ackedbytes"], size.Format(acked))
+	check(t, "flagged hosts", p.K["flagged"], "1")
+	if verified != 2 || over != 1 {
+		t.Fatalf("the flows should give 2 verified sessions, 1 over the window; the API says %d and %d", verified, over)
+	}
+	check(t, "host B over the window", p.Rows["usage:"+r.hostB.DeviceID()]["overclaimed"], "1")
+	check(t, "host A over the window", p.Rows["usage:"+r.hostA.DeviceID()]["overclaimed"], "0")
+	lrow := p.Rows["session:"+liveA]
+	check(t, "live used", lrow["used"], size.Format(3*mb))
+	check(t, "live granted", lrow["granted"], size.Format(10*mb))
+
+	// The charts are drawn: one bar per state, a day chart per currency.
+	bars, err := chromedp.Run(tab, chromedp.Evaluate[int](`document.querySelectorAll("#chart-states rect").length`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bars != len(states) {
+		t.Errorf("state chart has %d bars, want %d", bars, len(states))
+	}
+	if n, err := chromedp.Run(tab, chromedp.Evaluate[int](`document.querySelectorAll("#chart-day-EUR rect").length`)); err != nil || n != dashboard.Days {
+		t.Errorf("day chart has %d bars (%v), want %d", n, err, dashboard.Days)
+	}
+	check(t, "chart today", barTitle(t, tab, "#chart-day-EUR"), r.env.Clock.Now().UTC().Format("01-02")+": "+money.Format(host+fees, "EUR"))
+	for i, st := range []string{"ACTIVE", "ENDED"} { // in state order
+		got, err := chromedp.Run(tab, chromedp.Evaluate[string](fmt.Sprintf(`document.querySelectorAll("#chart-states rect title")[%d].textContent`, i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		check(t, "state chart", got, fmt.Sprintf("%s: %d", st, states[st]))
+	}
+
+	browsertest.Screenshot(t, tab, "dashboard-operator-desktop", 1280, 900, false)
+	browsertest.Screenshot(t, tab, "dashboard-operator-phone", 390, 844, true)
+
+	// The operator's link is single-use too.
+	other := b.Incognito(t)
+	if err := chromedp.Do(other, chromedp.Navigate(r.env.URL+dashboard.SignInPath(token))); err != nil {
+		t.Fatal(err)
+	}
+	check(t, "used operator link", heading(t, other), "Link not valid")
+	if os.Getenv(browsertest.ScreenshotsEnv) == "" {
+		t.Log("set SHARESPOT_SCREENSHOTS=DIR to write the screenshots")
+	}
+}
