@@ -40,6 +40,7 @@ type fileRecord struct {
 	CredentialSHA256 string `json:"credential_sha256"`
 	Quota            int64  `json:"quota"`
 	Used             int64  `json:"used"`
+	Counted          int64  `json:"counted,omitempty"`
 	Threshold        int64  `json:"threshold,omitempty"`
 	Warned           bool   `json:"warned,omitempty"`
 	Acked            int64  `json:"acked,omitempty"`
@@ -81,8 +82,8 @@ func OpenFileStore(path string) (*FileStore, error) {
 }
 
 func (r fileRecord) record() (Record, error) {
-	rec := Record{SessionID: r.SessionID, Quota: r.Quota, Used: r.Used, Threshold: r.Threshold, Warned: r.Warned,
-		Acked: r.Acked, Window: r.Window}
+	rec := Record{SessionID: r.SessionID, Quota: r.Quota, Used: r.Used, Counted: r.Counted, Threshold: r.Threshold,
+		Warned: r.Warned, Acked: r.Acked, Window: r.Window}
 	h, err := hex.DecodeString(r.CredentialSHA256)
 	if err != nil || len(h) != len(rec.CredentialHash) {
 		return Record{}, fmt.Errorf("session %q: malformed credential hash", r.SessionID)
@@ -98,9 +99,10 @@ func (rec Record) check() error {
 	if rec.SessionID == "" {
 		return errors.New("record without a session ID")
 	}
-	if rec.Quota < 0 || rec.Used < 0 || rec.Used > rec.Quota || rec.Threshold < 0 || rec.Acked < 0 || rec.Window < 0 {
-		return fmt.Errorf("session %q: inconsistent volumes (used %d, quota %d, threshold %d, acknowledged %d, window %d)",
-			rec.SessionID, rec.Used, rec.Quota, rec.Threshold, rec.Acked, rec.Window)
+	if rec.Quota < 0 || rec.Used < 0 || rec.Used > rec.Quota || rec.Counted < 0 || rec.Counted > rec.Used ||
+		rec.Threshold < 0 || rec.Acked < 0 || rec.Window < 0 {
+		return fmt.Errorf("session %q: inconsistent volumes (used %d, counted %d, quota %d, threshold %d, acknowledged %d, window %d)",
+			rec.SessionID, rec.Used, rec.Counted, rec.Quota, rec.Threshold, rec.Acked, rec.Window)
 	}
 	return nil
 }
@@ -139,7 +141,8 @@ func (f *FileStore) write(recs map[string]Record) error {
 		r := recs[id]
 		doc.Sessions = append(doc.Sessions, fileRecord{
 			SessionID: r.SessionID, CredentialSHA256: hex.EncodeToString(r.CredentialHash[:]),
-			Quota: r.Quota, Used: r.Used, Threshold: r.Threshold, Warned: r.Warned, Acked: r.Acked, Window: r.Window,
+			Quota: r.Quota, Used: r.Used, Counted: r.Counted, Threshold: r.Threshold, Warned: r.Warned,
+			Acked: r.Acked, Window: r.Window,
 		})
 	}
 	b, err := json.MarshalIndent(doc, "", "  ")

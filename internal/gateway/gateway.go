@@ -152,7 +152,11 @@ type Record struct {
 	// gateway saves it before the bytes pass, so after a crash the true
 	// usage is at most Used and a restarted gateway must treat all of it
 	// as used.
-	Used      int64
+	Used int64
+	// Counted is what the gateway had counted (passed or about to) when
+	// it saved Used; Used − Counted is the lead saved ahead of use, bytes
+	// the guest may never have received. 0 when unknown (older files).
+	Counted   int64
 	Threshold int64
 	// Warned: ThresholdCrossed was sent and not re-armed since.
 	Warned bool

@@ -71,6 +71,17 @@ type usageSample struct {
 // Credit window: from the guest's first acknowledgment on (Acknowledge),
 // Limit() also holds the session to at most the credit window beyond its
 // last acknowledged count; settlement bills no more than that anyway.
+// A meter restored after a crash counts the saved bound as used although
+// the guest may never have received all of it; the window is measured from
+// what is known delivered (the guest's acknowledgment), so the meter keeps
+// the unknown part as slack: the lead saved ahead of what it had counted,
+// less what the guest acknowledged, lowered by every later acknowledgment
+// (delivered ≥ acknowledged). An exact count (the kernel's) has none. Without it a guest whose
+// host crashed with its bound saved ahead would be stalled for bytes it
+// never had, and so could never acknowledge its way out. The slack over-
+// states what was never delivered by at most the guest's unacknowledged
+// bytes, so the guest runs at most about twice the window ahead once per
+// crash; settlement bills at most acked + window whatever the meter says.
 type Meter struct {
 	cfg       MeterConfig
 	id        string
@@ -92,6 +103,7 @@ type Meter struct {
 	idleSent  bool          // no byte since the last Idle (or since admission)
 	acked     int64         // the guest's highest acknowledged count
 	window    int64         // the credit window beyond acked (0: no acknowledgment yet)
+	slack     int64         // counted as used at a restore, not known delivered (0 unless restored)
 	samples   []usageSample // oldest first, at most rateSamples
 	rate      float64       // bytes per second, as of the last movement
 }
@@ -108,14 +120,17 @@ func NewMeter(cfg MeterConfig, id string, hash [32]byte, quota, threshold int64,
 
 // RestoreMeter is the meter of a session read back from the store at now. used is
 // what the session counts as used from now on: r.Used (the bound saved
-// ahead of use, all of which must count as used), or an exact count the
-// gateway still has (the kernel's counter), at most r.Quota.
-func RestoreMeter(cfg MeterConfig, r Record, used int64, now time.Time) *Meter {
+// ahead of use, all of which must count as used), or, with exact, a count
+// the gateway still has (the kernel's counter), at most r.Quota.
+func RestoreMeter(cfg MeterConfig, r Record, used int64, exact bool, now time.Time) *Meter {
 	m := NewMeter(cfg, r.SessionID, r.CredentialHash, r.Quota, r.Threshold, now)
 	used = min(used, r.Quota)
 	m.used, m.durable = used, max(r.Used, used)
 	m.warned = r.Warned
 	m.acked, m.window = r.Acked, r.Window
+	if !exact {
+		m.slack = max(0, used-max(r.Counted, m.acked))
+	}
 	m.seen = used > 0
 	m.exhausted = used >= r.Quota
 	m.inStore, m.saved = true, r
@@ -161,7 +176,8 @@ func (m *Meter) Bound() int64 { return min(m.quota, m.durable) }
 func (m *Meter) Limit() int64 {
 	b := m.Bound()
 	if m.window > 0 {
-		b = min(b, m.acked+min(m.window, math.MaxInt64-m.acked))
+		base := m.acked + min(m.slack, math.MaxInt64-m.acked)
+		b = min(b, base+min(m.window, math.MaxInt64-base))
 	}
 	return b
 }
@@ -182,7 +198,11 @@ func (m *Meter) Acknowledge(acked, window int64) (raised bool, err error) {
 		return false, fmt.Errorf("acknowledged %d bytes with a window of %d: %w", acked, window, ErrInvalid)
 	}
 	before := m.Limit()
+	base := m.acked + m.slack // where the window runs from; never moves back
 	m.acked, m.window = max(m.acked, acked), window
+	if m.slack > 0 {
+		m.slack = max(min(m.slack, max(0, m.used-m.acked)), base-m.acked)
+	}
 	return m.Limit() > before, nil
 }
 
@@ -380,7 +400,7 @@ func (m *Meter) record(inflight int64, ahead bool) Record {
 	if ahead {
 		bound = max(m.durable, min(m.quota, inflight+m.lead))
 	}
-	return Record{SessionID: m.id, CredentialHash: m.hash, Quota: m.quota, Used: bound,
+	return Record{SessionID: m.id, CredentialHash: m.hash, Quota: m.quota, Used: bound, Counted: min(inflight, bound),
 		Threshold: m.threshold, Warned: m.warned, Acked: m.acked, Window: m.window}
 }
 
@@ -418,7 +438,9 @@ func (b *SaveBatch) Add(m *Meter, inflight int64, ahead bool) bool {
 	if rec.Used < m.durable {
 		m.durable = rec.Used
 	}
-	if m.inStore && rec == m.saved {
+	same := rec
+	same.Counted = m.saved.Counted // a count alone is not worth a save
+	if m.inStore && same == m.saved {
 		return false
 	}
 	b.items = append(b.items, saveItem{m: m, rec: rec})

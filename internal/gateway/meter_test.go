@@ -237,7 +237,7 @@ func TestMeterSaveAheadNeverUnsaved(t *testing.T) {
 					}
 				case 3: // a crash: restore from the store
 					rec := st.recs["s"]
-					r := RestoreMeter(cfg, rec, rec.Used, now)
+					r := RestoreMeter(cfg, rec, rec.Used, false, now)
 					if r.Used() < truth || r.Quota() != m.Quota() {
 						t.Fatalf("step %d: restored used %d quota %d, truly used %d quota %d", step, r.Used(), r.Quota(), truth, m.Quota())
 					}
@@ -273,7 +273,7 @@ func TestMeterRestore(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.rec.SessionID = "s"
-			m := RestoreMeter(cfg, tc.rec, tc.used, t0)
+			m := RestoreMeter(cfg, tc.rec, tc.used, tc.used != tc.rec.Used, t0)
 			if m.Used() != tc.wantUsed || m.Durable() != tc.wantDurable || m.Exhausted() != tc.wantExhausted {
 				t.Errorf("used %d durable %d exhausted %v, want %d %d %v", m.Used(), m.Durable(), m.Exhausted(), tc.wantUsed, tc.wantDurable, tc.wantExhausted)
 			}
@@ -284,7 +284,7 @@ func TestMeterRestore(t *testing.T) {
 			// Nothing changed since the restore: a save writes nothing new
 			// unless use moved.
 			var b SaveBatch
-			b.Add(RestoreMeter(cfg, tc.rec, tc.rec.Used, t0), tc.rec.Used, false)
+			b.Add(RestoreMeter(cfg, tc.rec, tc.rec.Used, false, t0), tc.rec.Used, false)
 			if b.Len() != 0 {
 				t.Errorf("a restored meter saves again")
 			}
@@ -381,7 +381,7 @@ func TestMeterCreditWindow(t *testing.T) {
 		{"no overflow", 5000, []ack{{math.MaxInt64 - 10, 500}}, 5000, []bool{false}, math.MaxInt64 - 10},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			m := RestoreMeter(cfg, Record{SessionID: "s", Quota: 10000, Used: tc.durable}, 0, t0)
+			m := RestoreMeter(cfg, Record{SessionID: "s", Quota: 10000, Used: tc.durable}, 0, true, t0)
 			for i, a := range tc.acks {
 				raised, err := m.Acknowledge(a.acked, a.window)
 				if err != nil {
@@ -404,12 +404,76 @@ func TestMeterCreditWindow(t *testing.T) {
 			var b SaveBatch
 			b.Add(m, m.Used(), false)
 			if b.Len() == 1 {
-				r := RestoreMeter(cfg, b.items[0].rec, 0, t0)
+				r := RestoreMeter(cfg, b.items[0].rec, 0, true, t0)
 				if r.Limit() != min(m.Limit(), r.Bound()) || r.acked != m.acked || r.window != m.window {
 					t.Errorf("restored: limit %d acked %d window %d", r.Limit(), r.acked, r.window)
 				}
 			}
 		})
+	}
+	// A host that crashed counts its saved bound (2600) as used, past
+	// the guest's acknowledged 1000 + window 1000: once the next save is
+	// ahead, the window runs again from there, or the guest, receiving
+	// nothing, could never acknowledge its way out.
+	restored := func(used int64) *Meter {
+		big := MeterConfig{Persist: true, PersistAhead: 5000}
+		r := RestoreMeter(big, Record{SessionID: "s", Quota: 10000, Used: used, Counted: 1000, Acked: 1000, Window: 1000}, used, false, t0)
+		var b SaveBatch
+		b.Add(r, r.Used(), true)
+		if err := b.Write(&memStore{}); err != nil {
+			t.Fatal(err)
+		}
+		b.Done(0)
+		return r
+	}
+	r := restored(2600)
+	if r.Used() != 2600 || r.Limit() != 3600 {
+		t.Errorf("restored past the window: used %d, limit %d, want 2600 3600", r.Used(), r.Limit())
+	}
+	r.Advance(3100, t0) // 500 more delivered, then acknowledged
+	if raised, err := r.Acknowledge(1500, 1000); err != nil || !raised || r.Limit() != 4100 {
+		t.Errorf("then an acknowledgment: raised %v, %v, limit %d, want 4100", raised, err, r.Limit())
+	}
+	// Within the window the slack is what the guest has not acknowledged
+	// yet, and the next acknowledgment takes it back.
+	r = restored(1800)
+	if r.Limit() != 2800 {
+		t.Errorf("restored within the window: limit %d, want 2800", r.Limit())
+	}
+	r.Advance(2000, t0)
+	if _, err := r.Acknowledge(2000, 1000); err != nil || r.Limit() != 3000 {
+		t.Errorf("restored within the window, then acknowledged: %v, limit %d, want 3000", err, r.Limit())
+	}
+	// A crash before the guest's first acknowledgment was saved: the
+	// window runs from the count at the restore, less what the guest
+	// acknowledges it had.
+	big := MeterConfig{Persist: true, PersistAhead: 5000}
+	r = RestoreMeter(big, Record{SessionID: "s", Quota: 10000, Used: 2600, Counted: 1000}, 2600, false, t0)
+	var b SaveBatch
+	b.Add(r, r.Used(), true)
+	b.Done(0)
+	if _, err := r.Acknowledge(1000, 1000); err != nil || r.Limit() != 3600 {
+		t.Errorf("first acknowledgment after a restore: %v, limit %d, want 3600", err, r.Limit())
+	}
+	r.Advance(3000, t0)
+	if _, err := r.Acknowledge(1400, 1000); err != nil || r.Limit() != 4000 {
+		t.Errorf("then 400 more delivered and acknowledged: %v, limit %d, want 4000", err, r.Limit())
+	}
+	// A bound saved with nothing ahead (Counted = Used), or the kernel's
+	// exact count: every byte counted was delivered, so a guest a window
+	// beyond its acknowledgment stays held.
+	for _, exact := range []bool{false, true} {
+		rec := Record{SessionID: "s", Quota: 10000, Used: 2000, Counted: 2000, Acked: 1000, Window: 1000}
+		if exact {
+			rec.Used, rec.Counted = 2600, 1000
+		}
+		r := RestoreMeter(big, rec, 2000, exact, t0)
+		var b SaveBatch
+		b.Add(r, r.Used(), true)
+		b.Done(0)
+		if r.Limit() != 2000 {
+			t.Errorf("restored from an exact count (exact %v): limit %d, want 2000", exact, r.Limit())
+		}
 	}
 	m := NewMeter(cfg, "s", [32]byte{}, 100, 0, t0)
 	for _, bad := range []ack{{-1, 10}, {10, 0}, {10, -1}} {

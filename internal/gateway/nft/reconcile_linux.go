@@ -170,7 +170,7 @@ func (g *Gateway) apply(recs []gateway.Record, ks *kernelState) error {
 				mode = replace
 			}
 		}
-		s := newSession(gateway.RestoreMeter(g.meter, r, used, now))
+		s := newSession(gateway.RestoreMeter(g.meter, r, used, mode != create, now))
 		s.limitSet = s.bound()
 		s.resetAt = s.m.Used()
 		want[s.tag] = true

@@ -240,7 +240,7 @@ func New(cfg Config) (*Proxy, error) {
 			return nil, fmt.Errorf("proxy: load usage: %w", err)
 		}
 		for _, r := range recs {
-			p.sessions[r.SessionID] = p.newSession(gateway.RestoreMeter(p.meter, r, r.Used, time.Now()))
+			p.sessions[r.SessionID] = p.newSession(gateway.RestoreMeter(p.meter, r, r.Used, false, time.Now()))
 		}
 	}
 	ln, err := net.Listen("tcp", cfg.Addr)
