@@ -56,7 +56,7 @@ type ShareCmd struct {
 	GuestServer string `name:"guest-server" help:"With --gateway nftables: the server's URL as guests reach it, https:// (default: --server); its addresses are resolved once at start for the walled garden." placeholder:"URL"`
 	LANDNS      bool   `name:"lan-dns" help:"With --gateway nftables: let guests, admitted or not, ask this host's DNS resolver (port 53), which phones need to detect the portal by themselves; a DNS tunnel through the resolver is then possible before payment (see docs/router.md)."`
 	wifiFlags
-	Dashboard   bool          `help:"Print a one-time link (10 minutes) that signs a browser in to this host's dashboard: its hotspots, live sessions, earnings and history."`
+	Dashboard   bool `help:"Print a one-time link (10 minutes) that signs a browser in to this host's dashboard: its hotspots, live sessions, earnings and history."`
 	store       gateway.Store
 	ReportEvery time.Duration `name:"report-every" default:"5s" help:"How often metered usage is reported to the server (a session whose guest ended settles on the final count sent then, or on the last report if this host is away)."`
 }
