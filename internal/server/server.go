@@ -17,10 +17,13 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/sharespot/sharespot/internal/api"
 	"github.com/sharespot/sharespot/internal/atomicfile"
 	"github.com/sharespot/sharespot/internal/auth"
 	"github.com/sharespot/sharespot/internal/bus"
+	"github.com/sharespot/sharespot/internal/metrics"
 	"github.com/sharespot/sharespot/internal/payment"
 	"github.com/sharespot/sharespot/internal/relay"
 	"github.com/sharespot/sharespot/internal/session"
@@ -80,6 +83,9 @@ type Config struct {
 	PollInterval time.Duration
 	Logger       *slog.Logger
 	Now          func() time.Time
+	// Registry receives the server's metrics (served at /metrics); nil:
+	// a registry of the server's own.
+	Registry *prometheus.Registry
 	// Crash is passed to the store (crash-safety tests only).
 	Crash func(commit int64, committed bool)
 }
@@ -130,6 +136,11 @@ type Server struct {
 	auth    *auth.Auth
 	wallet  *payment.Wallet
 	handler http.Handler
+	reg     *prometheus.Registry
+	metrics *metrics.Server
+
+	readyMu   sync.Mutex
+	readyWait []chan error // callers of a database check under way
 }
 
 // Open opens the database and builds the server.
@@ -161,7 +172,11 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.IdleTimeout <= 0 {
 		cfg.IdleTimeout = DefaultIdleTimeout
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, hub: relay.NewHub()}
+	if cfg.Registry == nil {
+		cfg.Registry = prometheus.NewRegistry()
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger, hub: relay.NewHub(), reg: cfg.Registry}
+	s.metrics = metrics.NewServer(s.reg)
 	target, err := DBTarget(cfg.DataDir, cfg.DB)
 	if err != nil {
 		return nil, err
@@ -169,7 +184,8 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.Bus != "" && !bus.IsURL(cfg.Bus) {
 		return nil, errors.New("server: the bus is not a NATS URL: want nats://host:port")
 	}
-	if s.st, err = store.Open(ctx, target, store.Options{Logger: cfg.Logger, Crash: cfg.Crash, MaxConns: cfg.DBMaxConns}); err != nil {
+	if s.st, err = store.Open(ctx, target, store.Options{Logger: cfg.Logger, Crash: cfg.Crash, MaxConns: cfg.DBMaxConns,
+		OnCommit: s.metrics.Committed}); err != nil {
 		return nil, err
 	}
 	keyFile := cfg.KeyFile
@@ -189,6 +205,13 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 		s.st.Close()
 		return nil, err
 	}
+	if s.st.Engine() == store.Postgres && cfg.Bus == "" {
+		// Several replicas share a PostgreSQL database; without a bus a
+		// message committed on one reaches a stream held by another only
+		// at that stream's next poll.
+		s.log.Warn("PostgreSQL without a bus: if other replicas share this database, a guest or host whose stream is on another replica waits up to the poll interval for each message; give every replica --bus nats://HOST:4222",
+			"poll_interval", cfg.PollInterval)
+	}
 	// Commits wake the local hub directly; with a bus, also the replica
 	// that holds the receiver's stream.
 	var waker relay.Waker = s.hub
@@ -201,8 +224,9 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	s.engine = session.New(s.st, waker, s.wallet, cfg.Now, cfg.Session, cfg.Logger)
 	s.auth = auth.New(s.st, cfg.Now, time.Hour)
-	s.handler = bodyDeadline(api.Handler(api.Deps{Store: s.st, Engine: s.engine, Auth: s.auth, Wallet: s.wallet, Hub: s.hub,
-		Now: cfg.Now, Log: cfg.Logger, Limits: cfg.Limits, PollInterval: cfg.PollInterval}), cfg.BodyTimeout)
+	s.instrument()
+	s.handler = s.routes(bodyDeadline(api.Handler(api.Deps{Store: s.st, Engine: s.engine, Auth: s.auth, Wallet: s.wallet, Hub: s.hub,
+		Now: cfg.Now, Log: cfg.Logger, Limits: cfg.Limits, PollInterval: cfg.PollInterval, Metrics: s.metrics}), cfg.BodyTimeout))
 	return s, nil
 }
 
@@ -243,7 +267,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	if err := s.CheckListen(ln.Addr()); err != nil {
 		return err
 	}
-	ln = api.LimitListener(ln, s.cfg.Limits, s.log)
+	ln = api.LimitListener(ln, s.cfg.Limits, s.log, s.metrics)
 	streams, endStreams := context.WithCancel(context.Background())
 	defer endStreams()
 	hs := &http.Server{

@@ -57,7 +57,7 @@ func OpenSQLite(ctx context.Context, path string, opts Options) (*Store, error) 
 	q.Add("_pragma", "query_only(1)")
 	readDSN := name + "?" + q.Encode()
 
-	s := &Store{engine: SQLite, log: log, maxBatch: opts.MaxBatch, crash: opts.Crash}
+	s := &Store{engine: SQLite, log: log, maxBatch: opts.MaxBatch, crash: opts.Crash, onCommit: opts.OnCommit}
 	if s.maxBatch <= 0 {
 		s.maxBatch = 512
 	}
