@@ -150,8 +150,8 @@ func public(procedure string) bool {
 // guard authenticates calls and applies the per-device limit; the
 // per-address limits act earlier, in addressGuard.
 type guard struct {
-	auth   *auth.Auth
-	log    *slog.Logger
+	auth    *auth.Auth
+	log     *slog.Logger
 	limits  Limits
 	dev     *limiterSet
 	metrics *metrics.Server

@@ -201,7 +201,7 @@ type limitListener struct {
 	log     *slog.Logger
 	metrics *metrics.Server
 	perIP   int
-	max   int
+	max     int
 
 	mu      sync.Mutex
 	n       map[string]int // open connections per address
