@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"crypto/ed25519"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/url"
 	"sort"
 	"strings"
 	"time"
@@ -21,16 +23,54 @@ import (
 // deviceFlags are what every device-side command needs.
 type deviceFlags struct {
 	identityFlag
-	Server string `default:"http://127.0.0.1:8474" env:"SHARESPOT_SERVER" help:"Server URL."`
+	Server string `default:"http://127.0.0.1:8474" env:"SHARESPOT_SERVER" help:"Server URL; several, comma-separated, are replicas of one deployment, tried in order when the one in use cannot be reached."`
+}
+
+// serverURLs splits a --server value into its URLs and checks each.
+func serverURLs(s string) ([]string, error) {
+	var out []string
+	for _, u := range strings.Split(s, ",") {
+		u = strings.TrimRight(strings.TrimSpace(u), "/")
+		if u == "" {
+			continue
+		}
+		p, err := url.Parse(u)
+		if err != nil || (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" {
+			return nil, fmt.Errorf("--server %q: want http://host:port or https://host[:port] (several separated by commas)", u)
+		}
+		out = append(out, u)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("--server: give the server's URL, e.g. http://127.0.0.1:8474")
+	}
+	return out, nil
+}
+
+// newClient is a client of --server's URLs (failing over between them).
+func newClient(server string, key ed25519.PrivateKey, opts client.Options) (*client.Client, error) {
+	urls, err := serverURLs(server)
+	if err != nil {
+		return nil, err
+	}
+	opts.ServerURLs = urls[1:]
+	return client.New(urls[0], key, opts), nil
 }
 
 // connect loads the device key and signs in.
 func (f deviceFlags) connect(ctx context.Context, name string) (*client.Client, error) {
+	return f.connectWith(ctx, client.Options{DeviceName: name})
+}
+
+// connectWith is connect with client options.
+func (f deviceFlags) connectWith(ctx context.Context, opts client.Options) (*client.Client, error) {
 	key, _, err := identity.LoadOrCreate(f.path())
 	if err != nil {
 		return nil, err
 	}
-	c := client.New(f.Server, key, client.Options{DeviceName: name})
+	c, err := newClient(f.Server, key, opts)
+	if err != nil {
+		return nil, err
+	}
 	sctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
 	if err := c.SignIn(sctx); err != nil {

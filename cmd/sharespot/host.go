@@ -196,10 +196,10 @@ func (c *ShareCmd) Run(env *runEnv) error {
 				switch err := view.refresh(ctx, cl.Sessions, cl.DeviceID(), gw); {
 				case err != nil && !down && ctx.Err() == nil:
 					down = true
-					view.event(fmt.Sprintf("the server at %s is unreachable (%v); guests online keep their access, retrying", c.Server, err), "", nil)
+					view.event(fmt.Sprintf("the server at %s is unreachable (%v); guests online keep their access, retrying", cl.Server(), err), "", nil)
 				case err == nil && down:
 					down = false
-					view.event(fmt.Sprintf("the server at %s is reachable again", c.Server), "", nil)
+					view.event(fmt.Sprintf("the server at %s is reachable again", cl.Server()), "", nil)
 				}
 			} else {
 				for _, id := range view.sessions() {
