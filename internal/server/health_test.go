@@ -4,11 +4,13 @@ import (
 	"context"
 	"database/sql"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -165,4 +167,49 @@ func until(t *testing.T, what string, f func() bool) {
 			t.Fatalf("not within 30s: %s", what)
 		}
 	}
+}
+
+// TestWarnPostgresWithoutBus: a replica on PostgreSQL without a bus says,
+// at start, that streams on other replicas fall back to the poll; with a
+// bus, or on SQLite, it says nothing of the kind.
+func TestWarnPostgresWithoutBus(t *testing.T) {
+	u := pgtest.New(t)
+	nats := natstest.Require(t)
+	keyFile := filepath.Join(t.TempDir(), "platform.key") // replicas of one database share it
+	for _, tt := range []struct {
+		name     string
+		db, bus  string
+		warnings int
+	}{
+		{"postgres_no_bus", u, "", 1},
+		{"postgres_bus", u, nats, 0},
+		{"sqlite", "", "", 0},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var log strings.Builder
+			var mu sync.Mutex
+			logger := slog.New(slog.NewTextHandler(lockedWriter{&mu, &log}, nil))
+			srv, err := server.Open(context.Background(), server.Config{DataDir: t.TempDir(), DB: tt.db, Bus: tt.bus, KeyFile: keyFile, Logger: logger})
+			if err != nil {
+				t.Fatal(err)
+			}
+			srv.Close()
+			mu.Lock()
+			defer mu.Unlock()
+			if got := strings.Count(log.String(), "PostgreSQL without a bus"); got != tt.warnings {
+				t.Fatalf("%d warnings, want %d; log:\n%s", got, tt.warnings, log.String())
+			}
+		})
+	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(b)
 }
