@@ -10,6 +10,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -92,7 +93,17 @@ func (c *ConnectCmd) Run(env *runEnv) error {
 	}
 	prog := &progress{w: env.stdout, tty: isTerminal(env.stdout)}
 	ask := newAsker(os.Stdin, env.stdout)
-	cl, err := c.connect(env.ctx, "guest")
+	// The inbox stream carries the host's answers: its loss is said once
+	// (the guest would otherwise wait in silence), and its return once.
+	var streamDown atomic.Bool
+	cl, err := c.connectWith(env.ctx, client.Options{DeviceName: "guest", StreamStatus: func(server string, err error) {
+		switch {
+		case err != nil && !streamDown.Swap(true) && env.ctx.Err() == nil:
+			prog.printf("lost the connection to the server at %s (%s); reconnecting (to the next --server, if several are given)\n", server, errText(err))
+		case err == nil && streamDown.Swap(false):
+			prog.printf("connected again, to the server at %s\n", server)
+		}
+	}})
 	if err != nil {
 		return err
 	}

@@ -47,7 +47,7 @@ func (c *DeviceIDCmd) Run(env *runEnv) error {
 // DeviceTokenCmd signs in and prints a token.
 type DeviceTokenCmd struct {
 	identityFlag
-	Server string `default:"http://127.0.0.1:8474" env:"SHARESPOT_SERVER" help:"Server URL."`
+	Server string `default:"http://127.0.0.1:8474" env:"SHARESPOT_SERVER" help:"Server URL; several, comma-separated, are replicas tried in order."`
 }
 
 // Run signs in.
@@ -56,7 +56,10 @@ func (c *DeviceTokenCmd) Run(env *runEnv) error {
 	if err != nil {
 		return err
 	}
-	cl := client.New(c.Server, key, client.Options{DeviceName: "cli"})
+	cl, err := newClient(c.Server, key, client.Options{DeviceName: "cli"})
+	if err != nil {
+		return err
+	}
 	tok, err := cl.Token(context.WithoutCancel(env.ctx))
 	if err != nil {
 		return fmt.Errorf("sign in to %s: %w", c.Server, err)

@@ -2,11 +2,13 @@ package main
 
 import (
 	"context"
+	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/url"
 	"sort"
 	"strings"
 	"time"
@@ -23,13 +25,12 @@ import (
 // deviceFlags are what every device-side command needs.
 type deviceFlags struct {
 	identityFlag
-	Server string `default:"http://127.0.0.1:8474" env:"SHARESPOT_SERVER" help:"Server URL."`
+	Server string `default:"http://127.0.0.1:8474" env:"SHARESPOT_SERVER" help:"Server URL; several, comma-separated, are replicas of one deployment, tried in order when the one in use cannot be reached."`
 	CAFile string `name:"ca-file" env:"SHARESPOT_CA_FILE" type:"existingfile" placeholder:"PEM" help:"Also trust the CA certificates in this PEM file for the server's TLS (a self-hosted CA); SSL_CERT_FILE instead replaces the system's roots."`
 }
 
-// options are the client options the flags give.
-func (f deviceFlags) options(name string) (client.Options, error) {
-	opts := client.Options{DeviceName: name}
+// options are opts with what the flags add.
+func (f deviceFlags) options(opts client.Options) (client.Options, error) {
 	if f.CAFile != "" {
 		roots, err := client.LoadCAFile(f.CAFile)
 		if err != nil {
@@ -40,17 +41,55 @@ func (f deviceFlags) options(name string) (client.Options, error) {
 	return opts, nil
 }
 
+// serverURLs splits a --server value into its URLs and checks each.
+func serverURLs(s string) ([]string, error) {
+	var out []string
+	for _, u := range strings.Split(s, ",") {
+		u = strings.TrimRight(strings.TrimSpace(u), "/")
+		if u == "" {
+			continue
+		}
+		p, err := url.Parse(u)
+		if err != nil || (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" {
+			return nil, fmt.Errorf("--server %q: want http://host:port or https://host[:port] (several separated by commas)", u)
+		}
+		out = append(out, u)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("--server: give the server's URL, e.g. http://127.0.0.1:8474")
+	}
+	return out, nil
+}
+
+// newClient is a client of --server's URLs (failing over between them).
+func newClient(server string, key ed25519.PrivateKey, opts client.Options) (*client.Client, error) {
+	urls, err := serverURLs(server)
+	if err != nil {
+		return nil, err
+	}
+	opts.ServerURLs = urls[1:]
+	return client.New(urls[0], key, opts), nil
+}
+
 // connect loads the device key and signs in.
 func (f deviceFlags) connect(ctx context.Context, name string) (*client.Client, error) {
+	return f.connectWith(ctx, client.Options{DeviceName: name})
+}
+
+// connectWith is connect with client options.
+func (f deviceFlags) connectWith(ctx context.Context, opts client.Options) (*client.Client, error) {
 	key, _, err := identity.LoadOrCreate(f.path())
 	if err != nil {
 		return nil, err
 	}
-	opts, err := f.options(name)
+	opts, err = f.options(opts)
 	if err != nil {
 		return nil, err
 	}
-	c := client.New(f.Server, key, opts)
+	c, err := newClient(f.Server, key, opts)
+	if err != nil {
+		return nil, err
+	}
 	sctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
 	if err := c.SignIn(sctx); err != nil {

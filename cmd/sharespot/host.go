@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,6 +14,8 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/client"
@@ -21,6 +24,7 @@ import (
 	gwproxy "github.com/sharespot/sharespot/internal/gateway/proxy"
 	"github.com/sharespot/sharespot/internal/hosting"
 	"github.com/sharespot/sharespot/internal/identity"
+	"github.com/sharespot/sharespot/internal/metrics"
 	"github.com/sharespot/sharespot/internal/portal"
 	"github.com/sharespot/sharespot/internal/registry"
 	"github.com/sharespot/sharespot/internal/size"
@@ -59,6 +63,7 @@ type ShareCmd struct {
 	Dashboard   bool `help:"Print a one-time link (10 minutes) that signs a browser in to this host's dashboard: its hotspots, live sessions, earnings and history."`
 	store       gateway.Store
 	ReportEvery time.Duration `name:"report-every" default:"5s" help:"How often metered usage is reported to the server (a session whose guest ended settles on the final count sent then, or on the last report if this host is away)."`
+	Metrics     string        `name:"metrics" help:"Serve Prometheus metrics of the gateway (guests by state, bytes, threshold and exhaustion events, save latency) at http://ADDR/metrics; keep it on loopback or a management network." placeholder:"ADDR"`
 }
 
 func securityOf(s string) sharespotv1.Security {
@@ -133,14 +138,31 @@ func (c *ShareCmd) Run(env *runEnv) error {
 	if err != nil {
 		return err
 	}
-	st, err := gateway.OpenFileStore(filepath.Join(state, "gateway.json"))
+	fst, err := gateway.OpenFileStore(filepath.Join(state, "gateway.json"))
 	if err != nil {
 		return err
+	}
+	var gm *metrics.Gateway // nil without --metrics: records nothing
+	var st gateway.Store = fst
+	var mreg *prometheus.Registry
+	if c.Metrics != "" {
+		mreg = prometheus.NewRegistry()
+		gm = metrics.NewGateway(mreg)
+		st = gm.Store(fst)
 	}
 	c.store = st
 	gw, kind, err := c.openGateway(env, inst)
 	if err != nil {
 		return err
+	}
+	gm.SetUsage(gw.Usage)
+	if c.Metrics != "" {
+		stop, addr, err := serveMetrics(c.Metrics, mreg)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		fmt.Fprintf(env.stdout, "metrics on http://%s/metrics\n", addr)
 	}
 	t := inst.Tariff
 	fmt.Fprintf(env.stdout, "sharing %q (%s) as %s: %s per %s, top-ups %s, %s available\n", c.SSID, hs.Instruction.AccessPoint.Bssid,
@@ -163,7 +185,9 @@ func (c *ShareCmd) Run(env *runEnv) error {
 	view := newGuestView(env.stdout, isTerminal(env.stdout), t.Currency)
 	h := &hosting.Host{C: cl, GW: gw, Kind: kind, Threshold: inst.WarnAtBytes, CursorFile: filepath.Join(state, "inbox.cursor"), CodeKey: codeKey,
 		ReportEvery: c.ReportEvery,
+		OnEvent:     gm.Event,
 		Notify: func(what, sid string, used, quota int64) {
+			gm.State(sid, what, used)
 			switch what {
 			case "request":
 				view.event(fmt.Sprintf("%s  a guest asks for %s", sid, size.Format(quota)), sid, func(r *guestRow) { r.State = "asked" })
@@ -198,10 +222,10 @@ func (c *ShareCmd) Run(env *runEnv) error {
 				switch err := view.refresh(ctx, cl.Sessions, cl.DeviceID(), gw); {
 				case err != nil && !down && ctx.Err() == nil:
 					down = true
-					view.event(fmt.Sprintf("the server at %s is unreachable (%v); guests online keep their access, retrying", c.Server, err), "", nil)
+					view.event(fmt.Sprintf("the server at %s is unreachable (%v); guests online keep their access, retrying", cl.Server(), err), "", nil)
 				case err == nil && down:
 					down = false
-					view.event(fmt.Sprintf("the server at %s is reachable again", c.Server), "", nil)
+					view.event(fmt.Sprintf("the server at %s is reachable again", cl.Server()), "", nil)
 				}
 			} else {
 				for _, id := range view.sessions() {
@@ -334,4 +358,18 @@ func short(id string) string {
 		return id[:7]
 	}
 	return id
+}
+
+// serveMetrics serves reg at http://addr/metrics (and /healthz) until stop.
+func serveMetrics(addr string, reg *prometheus.Registry) (stop func(), bound string, err error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, "", fmt.Errorf("--metrics %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg, MaxRequestsInFlight: 2}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go hs.Serve(ln)
+	return func() { hs.Close() }, ln.Addr().String(), nil
 }

@@ -38,7 +38,7 @@ func TestScripts(t *testing.T) {
 	testscript.Run(t, testscript.Params{
 		Dir: "testdata/script",
 		Setup: func(env *testscript.Env) error {
-			for _, name := range []string{"LISTEN", "GATEWAY"} {
+			for _, name := range []string{"LISTEN", "GATEWAY", "HOSTMETRICS"} {
 				addr, err := freePort()
 				if err != nil {
 					return err
@@ -140,6 +140,37 @@ func TestScripts(t *testing.T) {
 				case !neg && err != nil:
 					ts.Fatalf("fetch %s: %v", args[1], err)
 				}
+			},
+			// scrape URL REGEXP: wait (up to 30 s) until URL (a /metrics
+			// page, over HTTP/2 cleartext or HTTP/1.1) has a line matching
+			// REGEXP; with !, check once that none does.
+			"scrape": func(ts *testscript.TestScript, neg bool, args []string) {
+				if len(args) != 2 {
+					ts.Fatalf("usage: scrape URL REGEXP")
+				}
+				re := regexp.MustCompile("(?m)" + args[1])
+				var body []byte
+				for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+					res, err := http.Get(args[0])
+					if err != nil {
+						continue
+					}
+					body, err = io.ReadAll(res.Body)
+					res.Body.Close()
+					if err != nil {
+						continue
+					}
+					if neg {
+						if re.Match(body) {
+							ts.Fatalf("%s has a line matching %q", args[0], args[1])
+						}
+						return
+					}
+					if re.Match(body) {
+						return
+					}
+				}
+				ts.Fatalf("%s never matched %q; it holds:\n%s", args[0], args[1], body)
 			},
 			// waitport ADDR: wait until something listens on ADDR.
 			"waitport": func(ts *testscript.TestScript, neg bool, args []string) {

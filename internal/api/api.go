@@ -13,11 +13,13 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"connectrpc.com/grpcreflect"
 	"golang.org/x/time/rate"
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/gen/sharespot/v1/sharespotv1connect"
 	"github.com/sharespot/sharespot/internal/auth"
+	"github.com/sharespot/sharespot/internal/metrics"
 	"github.com/sharespot/sharespot/internal/payment"
 	"github.com/sharespot/sharespot/internal/problem"
 	"github.com/sharespot/sharespot/internal/relay"
@@ -88,6 +90,8 @@ type Deps struct {
 	// PollInterval bounds how long a stream waits without a wake-up before
 	// it looks at its inbox anyway.
 	PollInterval time.Duration
+	// Metrics, if set, counts calls, refusals and deliveries.
+	Metrics *metrics.Server
 }
 
 // CardPlatform is the card payment platform as the API needs it
@@ -110,8 +114,8 @@ func Handler(d Deps) http.Handler {
 	if d.PollInterval <= 0 {
 		d.PollInterval = 30 * time.Second
 	}
-	g := &guard{auth: d.Auth, log: d.Log, limits: d.Limits, dev: newLimiterSet(d.Limits.PerDevice, d.Limits.PerDevBurst)}
-	opts := []connect.HandlerOption{connect.WithInterceptors(g), connect.WithReadMaxBytes(MaxRequestBytes), connect.WithCompressMinBytes(4096),
+	g := &guard{auth: d.Auth, log: d.Log, limits: d.Limits, dev: newLimiterSet(d.Limits.PerDevice, d.Limits.PerDevBurst), metrics: d.Metrics}
+	opts := []connect.HandlerOption{connect.WithInterceptors(d.Metrics.Interceptor(), g), connect.WithReadMaxBytes(MaxRequestBytes), connect.WithCompressMinBytes(4096),
 		boundedGzip(MaxRequestBytes)}
 	rpc := http.NewServeMux()
 	s := &services{d: d}
@@ -121,13 +125,19 @@ func Handler(d Deps) http.Handler {
 	rpc.Handle(sharespotv1connect.NewSessionServiceHandler(&sessionService{s}, opts...))
 	rpc.Handle(sharespotv1connect.NewPaymentServiceHandler(&paymentService{s}, opts...))
 	rpc.Handle(sharespotv1connect.NewInboxServiceHandler(&inboxService{s}, opts...))
-	mux := http.NewServeMux()
-	mux.Handle("/", newAddressGuard(d.Limits).wrap(rpc))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/plain")
-		w.Write([]byte("ok\n"))
-	})
-	return mux
+	// Server reflection (gRPC's v1 and v1alpha), so grpcurl and buf curl
+	// list and call the services without the proto files. Public, like
+	// the descriptors in any client; the address limits apply.
+	reflector := grpcreflect.NewStaticReflector(ServiceNames()...)
+	rpc.Handle(grpcreflect.NewHandlerV1(reflector))
+	rpc.Handle(grpcreflect.NewHandlerV1Alpha(reflector))
+	return newAddressGuard(d.Limits, d.Metrics).wrap(rpc)
+}
+
+// ServiceNames are the fully qualified names of the services served.
+func ServiceNames() []string {
+	return []string{sharespotv1connect.AuthServiceName, sharespotv1connect.HotspotServiceName, sharespotv1connect.DiscoveryServiceName,
+		sharespotv1connect.SessionServiceName, sharespotv1connect.PaymentServiceName, sharespotv1connect.InboxServiceName}
 }
 
 type services struct{ d Deps }
@@ -154,10 +164,11 @@ func public(procedure string) bool {
 // guard authenticates calls and applies the per-device limit; the
 // per-address limits act earlier, in addressGuard.
 type guard struct {
-	auth   *auth.Auth
-	log    *slog.Logger
-	limits Limits
-	dev    *limiterSet
+	auth    *auth.Auth
+	log     *slog.Logger
+	limits  Limits
+	dev     *limiterSet
+	metrics *metrics.Server
 }
 
 var _ connect.Interceptor = (*guard)(nil)
@@ -175,6 +186,7 @@ func (g *guard) admit(ctx context.Context, procedure string, h http.Header) (con
 		return ctx, toConnect(g.log, procedure, err)
 	}
 	if !g.dev.allow(p.DeviceID) {
+		g.metrics.Refused(metrics.LimitDeviceRate)
 		return ctx, rateLimited("too many requests from this device; slow down")
 	}
 	return context.WithValue(ctx, partyKey{}, p), nil

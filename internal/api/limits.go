@@ -16,6 +16,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/sharespot/sharespot/gen/sharespot/v1/sharespotv1connect"
+	"github.com/sharespot/sharespot/internal/metrics"
 )
 
 // bodySlack is what a request body may hold besides its message: the
@@ -53,25 +54,28 @@ type addressGuard struct {
 	calls   *inFlight
 	streams *inFlight
 	errs    *connect.ErrorWriter
+	metrics *metrics.Server
 }
 
-func newAddressGuard(l Limits) *addressGuard {
+func newAddressGuard(l Limits, m *metrics.Server) *addressGuard {
 	return &addressGuard{rate: newLimiterSet(l.PerIP, l.PerIPBurst), calls: newInFlight(l.PerIPInFlight),
-		streams: newInFlight(l.PerIPStreams), errs: connect.NewErrorWriter()}
+		streams: newInFlight(l.PerIPStreams), errs: connect.NewErrorWriter(), metrics: m}
 }
 
 func (a *addressGuard) wrap(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		key := AddressKey(r.RemoteAddr)
 		if !a.rate.allow(key) {
+			a.metrics.Refused(metrics.LimitAddressRate)
 			a.refuse(w, r, "too many requests from your address; slow down")
 			return
 		}
-		slots, why := a.calls, "too many calls in progress from your address; wait for one to finish"
+		slots, why, limit := a.calls, "too many calls in progress from your address; wait for one to finish", metrics.LimitAddressCalls
 		if r.URL.Path == sharespotv1connect.InboxServiceSubscribeProcedure {
-			slots, why = a.streams, "too many inbox streams open from your address; close one first"
+			slots, why, limit = a.streams, "too many inbox streams open from your address; close one first", metrics.LimitAddressStreams
 		}
 		if !slots.acquire(key) {
+			a.metrics.Refused(limit)
 			a.refuse(w, r, why)
 			return
 		}
@@ -180,22 +184,24 @@ func (f *inFlight) release(key string) {
 // LimitListener caps the connections ln hands out: Limits.PerIPConns per
 // address and Limits.Conns in all. A connection over either cap is closed
 // as soon as it is accepted, before anything is read from it; refusals
-// are logged at most every 10 s. With both caps off it returns ln.
-func LimitListener(ln net.Listener, l Limits, log *slog.Logger) net.Listener {
+// are logged at most every 10 s and counted in m (which may be nil). With
+// both caps off it returns ln.
+func LimitListener(ln net.Listener, l Limits, log *slog.Logger, m *metrics.Server) net.Listener {
 	if l.PerIPConns <= 0 && l.Conns <= 0 {
 		return ln
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &limitListener{Listener: ln, log: log, perIP: l.PerIPConns, max: l.Conns, n: map[string]int{}}
+	return &limitListener{Listener: ln, log: log, metrics: m, perIP: l.PerIPConns, max: l.Conns, n: map[string]int{}}
 }
 
 type limitListener struct {
 	net.Listener
-	log   *slog.Logger
-	perIP int
-	max   int
+	log     *slog.Logger
+	metrics *metrics.Server
+	perIP   int
+	max     int
 
 	mu      sync.Mutex
 	n       map[string]int // open connections per address
@@ -215,6 +221,7 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		key := AddressKey(c.RemoteAddr().String())
 		if why := l.take(key); why != "" {
 			c.Close()
+			l.metrics.Refused(metrics.LimitConns)
 			l.logRefusal(key, why)
 			continue
 		}
@@ -325,5 +332,8 @@ func (r *gzipReader) Reset(src io.Reader) error {
 func (r *gzipReader) Close() error { return r.gz.Close() }
 
 // GuardAddresses applies the per-address rate and calls-in-progress limits
-// to another handler (the dashboard), with buckets of its own.
-func GuardAddresses(l Limits, h http.Handler) http.Handler { return newAddressGuard(l).wrap(h) }
+// to another handler (the dashboard, the guest pages, Stripe's webhook),
+// with buckets of its own; its refusals count in m (nil: nowhere).
+func GuardAddresses(l Limits, m *metrics.Server, h http.Handler) http.Handler {
+	return newAddressGuard(l, m).wrap(h)
+}

@@ -368,6 +368,12 @@ func (ib *inboxService) Subscribe(ctx context.Context, req *connect.Request[shar
 				cancel()
 				return err
 			}
+			if ib.d.Metrics != nil {
+				now := ib.d.Now()
+				for _, e := range envs {
+					ib.d.Metrics.Delivered(int64(e.CreatedUnixMs), now)
+				}
+			}
 			if len(envs) > 0 {
 				cancel()
 				cursor = envs[len(envs)-1].Seq

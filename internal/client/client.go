@@ -38,14 +38,20 @@ type Options struct {
 	// ServerURLs are further replicas of the same service, used in order
 	// after the base URL when the server in use fails (see failover).
 	ServerURLs []string
+	// StreamStatus, if set, hears of the inbox stream (Receive): err when
+	// a stream fails or cannot be opened, nil when one is open again after
+	// a failure; server is the URL in use then.
+	StreamStatus func(server string, err error)
 }
 
 // Client talks to one server as one device.
 type Client struct {
-	key  ed25519.PrivateKey
-	name string
-	hc   *http.Client
-	base string
+	key    ed25519.PrivateKey
+	name   string
+	base   string
+	hc     *http.Client
+	fo     *failover // nil with one server
+	status func(server string, err error)
 
 	mu        sync.Mutex
 	token     string
@@ -83,10 +89,11 @@ func New(baseURL string, key ed25519.PrivateKey, opts Options) *Client {
 	if hc == nil {
 		hc = NewHTTPClient()
 	}
-	c := &Client{key: key, name: opts.DeviceName}
 	base := strings.TrimRight(baseURL, "/")
+	c := &Client{key: key, name: opts.DeviceName, base: base, status: opts.StreamStatus}
 	if len(opts.ServerURLs) > 0 {
 		hc = withFailover(hc, append([]string{base}, opts.ServerURLs...))
+		c.fo = hc.Transport.(*failover)
 	}
 	c.hc, c.base = hc, base
 	var co []connect.ClientOption
@@ -101,6 +108,15 @@ func New(baseURL string, key ed25519.PrivateKey, opts Options) *Client {
 	c.Payments = sharespotv1connect.NewPaymentServiceClient(hc, base, authed...)
 	c.Inbox = sharespotv1connect.NewInboxServiceClient(hc, base, authed...)
 	return c
+}
+
+// Server is the URL of the server in use: the base URL, or with several
+// the one failover uses now.
+func (c *Client) Server() string {
+	if c.fo == nil {
+		return c.base
+	}
+	return c.fo.servers[c.fo.cur.Load()].String()
 }
 
 // DeviceID is the signed-in device's ID ("" before sign-in).
@@ -208,8 +224,10 @@ type Handler func(ctx context.Context, env *sharespotv1.Envelope) error
 // is told each processed sequence, for the caller to persist.
 func (c *Client) Receive(ctx context.Context, after uint64, h Handler, done func(seq uint64)) error {
 	backoff := 100 * time.Millisecond
+	down := false
 	for {
-		err := c.receiveOnce(ctx, &after, h, done)
+		on := c.Server() // where this stream goes (failover may move on after)
+		err := c.receiveOnce(ctx, &after, h, done, &down)
 		var hErr handlerError
 		if errors.As(err, &hErr) {
 			return hErr.err
@@ -217,6 +235,13 @@ func (c *Client) Receive(ctx context.Context, after uint64, h Handler, done func
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
+		if c.status != nil {
+			if err == nil {
+				err = errors.New("the server ended the stream")
+			}
+			c.status(on, err)
+		}
+		down = true
 		if err == nil {
 			backoff = 100 * time.Millisecond
 		}
@@ -233,13 +258,21 @@ type handlerError struct{ err error }
 
 func (e handlerError) Error() string { return e.err.Error() }
 
-func (c *Client) receiveOnce(ctx context.Context, after *uint64, h Handler, done func(uint64)) error {
+func (c *Client) receiveOnce(ctx context.Context, after *uint64, h Handler, done func(uint64), down *bool) error {
 	stream, err := c.Inbox.Subscribe(ctx, connect.NewRequest(&sharespotv1.SubscribeRequest{AfterSeq: *after}))
 	if err != nil {
 		return err
 	}
 	defer stream.Close()
 	for stream.Receive() {
+		if *down {
+			// The server answers a subscription at once: the stream is
+			// up again.
+			*down = false
+			if c.status != nil {
+				c.status(c.Server(), nil)
+			}
+		}
 		envs := stream.Msg().Envelopes
 		for _, env := range envs {
 			if env.Seq <= *after {

@@ -43,7 +43,9 @@ type Host struct {
 	ReportEvery time.Duration
 	// Notify, if set, hears what happens (for a live view).
 	Notify func(what string, sessionID string, used, quota int64)
-	Log    *slog.Logger
+	// OnEvent, if set, hears every metering event of the gateway (metrics).
+	OnEvent func(gateway.Event)
+	Log     *slog.Logger
 
 	mu       sync.Mutex
 	active   map[string]bool
@@ -207,6 +209,9 @@ func (h *Host) events(ctx context.Context) {
 		case ev, ok := <-h.GW.Events():
 			if !ok {
 				return
+			}
+			if h.OnEvent != nil {
+				h.OnEvent(ev)
 			}
 			switch ev.Kind {
 			case gateway.ThresholdCrossed:

@@ -17,12 +17,15 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/sharespot/sharespot/internal/api"
 	"github.com/sharespot/sharespot/internal/atomicfile"
 	"github.com/sharespot/sharespot/internal/auth"
 	"github.com/sharespot/sharespot/internal/bus"
 	"github.com/sharespot/sharespot/internal/card"
 	"github.com/sharespot/sharespot/internal/dashboard"
+	"github.com/sharespot/sharespot/internal/metrics"
 	"github.com/sharespot/sharespot/internal/payment"
 	"github.com/sharespot/sharespot/internal/portal"
 	"github.com/sharespot/sharespot/internal/relay"
@@ -87,6 +90,9 @@ type Config struct {
 	PollInterval time.Duration
 	Logger       *slog.Logger
 	Now          func() time.Time
+	// Registry receives the server's metrics (served at /metrics); nil:
+	// a registry of the server's own.
+	Registry *prometheus.Registry
 	// Crash is passed to the store (crash-safety tests only).
 	Crash func(commit int64, committed bool)
 	// Stripe configures card payments (internal/card); without a key the
@@ -141,6 +147,11 @@ type Server struct {
 	wallet  *payment.Wallet
 	card    *card.Card
 	handler http.Handler
+	reg     *prometheus.Registry
+	metrics *metrics.Server
+
+	readyMu   sync.Mutex
+	readyWait []chan error // callers of a database check under way
 }
 
 // Open opens the database and builds the server.
@@ -172,7 +183,11 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.IdleTimeout <= 0 {
 		cfg.IdleTimeout = DefaultIdleTimeout
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, hub: relay.NewHub()}
+	if cfg.Registry == nil {
+		cfg.Registry = prometheus.NewRegistry()
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger, hub: relay.NewHub(), reg: cfg.Registry}
+	s.metrics = metrics.NewServer(s.reg)
 	target, err := DBTarget(cfg.DataDir, cfg.DB)
 	if err != nil {
 		return nil, err
@@ -180,7 +195,8 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.Bus != "" && !bus.IsURL(cfg.Bus) {
 		return nil, errors.New("server: the bus is not a NATS URL: want nats://host:port")
 	}
-	if s.st, err = store.Open(ctx, target, store.Options{Logger: cfg.Logger, Crash: cfg.Crash, MaxConns: cfg.DBMaxConns}); err != nil {
+	if s.st, err = store.Open(ctx, target, store.Options{Logger: cfg.Logger, Crash: cfg.Crash, MaxConns: cfg.DBMaxConns,
+		OnCommit: s.metrics.Committed}); err != nil {
 		return nil, err
 	}
 	keyFile := cfg.KeyFile
@@ -200,6 +216,13 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 		s.st.Close()
 		return nil, err
 	}
+	if s.st.Engine() == store.Postgres && cfg.Bus == "" {
+		// Several replicas share a PostgreSQL database; without a bus a
+		// message committed on one reaches a stream held by another only
+		// at that stream's next poll.
+		s.log.Warn("PostgreSQL without a bus: if other replicas share this database, a guest or host whose stream is on another replica waits up to the poll interval for each message; give every replica --bus nats://HOST:4222",
+			"poll_interval", cfg.PollInterval)
+	}
 	// Commits wake the local hub directly; with a bus, also the replica
 	// that holds the receiver's stream.
 	var waker relay.Waker = s.hub
@@ -212,13 +235,14 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	s.engine = session.New(s.st, waker, s.wallet, cfg.Now, cfg.Session, cfg.Logger)
 	s.auth = auth.New(s.st, cfg.Now, time.Hour)
+	s.instrument()
 	dash, err := s.openDashboard(ctx)
 	if err != nil {
 		s.Close()
 		return nil, err
 	}
 	deps := api.Deps{Store: s.st, Engine: s.engine, Auth: s.auth, Wallet: s.wallet, Hub: s.hub,
-		Now: cfg.Now, Log: cfg.Logger, Limits: cfg.Limits, PollInterval: cfg.PollInterval}
+		Now: cfg.Now, Log: cfg.Logger, Limits: cfg.Limits, PollInterval: cfg.PollInterval, Metrics: s.metrics}
 	mux := http.NewServeMux()
 	if cfg.Stripe.Key != "" {
 		if s.card, err = card.New(cfg.Stripe, s.st, s.engine, s.wallet, cfg.Now, cfg.Logger); err != nil {
@@ -227,16 +251,17 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 		}
 		deps.Card = s.card
 		// Stripe's events pass the per-address limits like any caller.
-		mux.Handle(card.WebhookPath, api.GuardAddresses(cfg.Limits, s.card))
+		mux.Handle(card.WebhookPath, api.GuardAddresses(cfg.Limits, s.metrics, s.card))
 	}
 	mux.Handle("/", api.Handler(deps))
 	// The guest pages, on the API's origin: the page's calls are
 	// same-origin, so no CORS is needed or allowed.
-	mux.Handle(portal.Path, api.GuardAddresses(cfg.Limits, portal.Handler()))
-	dh := api.GuardAddresses(cfg.Limits, dash.Handler())
+	mux.Handle(portal.Path, api.GuardAddresses(cfg.Limits, s.metrics, portal.Handler()))
+	dh := api.GuardAddresses(cfg.Limits, s.metrics, dash.Handler())
 	mux.Handle("/dashboard", dh)
 	mux.Handle("/dashboard/", dh)
-	s.handler = bodyDeadline(mux, cfg.BodyTimeout)
+	// /healthz, /readyz and /metrics outside the body deadline.
+	s.handler = s.routes(bodyDeadline(mux, cfg.BodyTimeout))
 	return s, nil
 }
 
@@ -325,7 +350,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	if err := s.CheckListen(ln.Addr()); err != nil {
 		return err
 	}
-	ln = api.LimitListener(ln, s.cfg.Limits, s.log)
+	ln = api.LimitListener(ln, s.cfg.Limits, s.log, s.metrics)
 	streams, endStreams := context.WithCancel(context.Background())
 	defer endStreams()
 	hs := &http.Server{

@@ -107,7 +107,7 @@ func OpenPostgres(ctx context.Context, url string, opts Options) (*Store, error)
 	if cfg.RuntimeParams["application_name"] == "" {
 		cfg.RuntimeParams["application_name"] = "sharespot"
 	}
-	s := &Store{engine: Postgres, log: opts.Logger, crash: opts.Crash}
+	s := &Store{engine: Postgres, log: opts.Logger, crash: opts.Crash, onCommit: opts.OnCommit}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -154,8 +154,12 @@ func (s *Store) writePostgres(ctx context.Context, fn func(*Tx) error) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
+		start := time.Now()
 		after, err := s.attemptPostgres(ctx, fn)
 		if err == nil {
+			if s.onCommit != nil {
+				s.onCommit(1, time.Since(start))
+			}
 			for _, f := range after {
 				f()
 			}

@@ -13,9 +13,6 @@ import (
 	"runtime"
 	"strings"
 	"time"
-
-	"modernc.org/sqlite"
-	sqlite3 "modernc.org/sqlite/lib"
 )
 
 // SQLitePragmas are applied to every SQLite connection, in order. FULL
@@ -37,6 +34,9 @@ func OpenSQLite(ctx context.Context, path string, opts Options) (*Store, error) 
 	if path == "" {
 		return nil, errors.New("store: empty SQLite path")
 	}
+	if !sqliteBuilt {
+		return nil, errors.New("store: this sharespot is built without the SQLite engine (build tag nosqliteserver, for routers, which are hosts): give the server a postgres:// database, or run a full build")
+	}
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -57,7 +57,7 @@ func OpenSQLite(ctx context.Context, path string, opts Options) (*Store, error) 
 	q.Add("_pragma", "query_only(1)")
 	readDSN := name + "?" + q.Encode()
 
-	s := &Store{engine: SQLite, log: log, maxBatch: opts.MaxBatch, crash: opts.Crash}
+	s := &Store{engine: SQLite, log: log, maxBatch: opts.MaxBatch, crash: opts.Crash, onCommit: opts.OnCommit}
 	if s.maxBatch <= 0 {
 		s.maxBatch = 512
 	}
@@ -149,8 +149,7 @@ func prepareSQLiteFiles(path string, log *slog.Logger) error {
 func pingSQLite(ctx context.Context, db *sql.DB) error {
 	var err error
 	for range 50 {
-		var se *sqlite.Error
-		if err = db.PingContext(ctx); !errors.As(err, &se) || se.Code()&0xff != sqlite3.SQLITE_BUSY {
+		if err = db.PingContext(ctx); !sqliteBusy(err) {
 			return err
 		}
 		select {
@@ -162,10 +161,4 @@ func pingSQLite(ctx context.Context, db *sql.DB) error {
 	return err
 }
 
-func isConflict(err error) bool {
-	var se *sqlite.Error
-	if errors.As(err, &se) {
-		return se.Code()&0xff == sqlite3.SQLITE_CONSTRAINT
-	}
-	return false
-}
+func isConflict(err error) bool { return sqliteConstraint(err) }

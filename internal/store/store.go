@@ -63,6 +63,9 @@ type Options struct {
 	// number (from 1) and whether it already happened; the crash-safety
 	// tests use it to SIGKILL the process at a transaction boundary.
 	Crash func(n int64, committed bool)
+	// OnCommit, when set, hears of every commit: how many write functions
+	// it made durable and how long it took (metrics; it must be quick).
+	OnCommit func(writes int, took time.Duration)
 }
 
 // Store is an open database.
@@ -76,6 +79,7 @@ type Store struct {
 	wconn    *sql.Conn // the writer's connection (SQLite)
 	wstmts   *stmtCache
 	crash    func(n int64, committed bool)
+	onCommit func(writes int, took time.Duration)
 	commitNo int64
 	writes   chan *writeReq
 	stop     chan struct{}
@@ -437,6 +441,10 @@ func ReadT[T any](ctx context.Context, s *Store, fn func(*Tx) (T, error)) (T, er
 	return out, err
 }
 
+// QueueLen is how many writes wait for the single writer (SQLite; 0 on
+// PostgreSQL, where each write has its own transaction).
+func (s *Store) QueueLen() int { return len(s.writes) }
+
 // Engine reports the engine in use.
 func (s *Store) Engine() Engine { return s.engine }
 
@@ -578,8 +586,12 @@ func (s *Store) commitBatch(batch []*writeReq) {
 	s.stats.Commits++
 	s.stats.Writes += int64(ran)
 	s.statsMu.Unlock()
-	if d := time.Since(start); d > time.Second {
+	d := time.Since(start)
+	if d > time.Second {
 		s.log.Warn("slow commit", "writes", len(batch), "took", d)
+	}
+	if s.onCommit != nil {
+		s.onCommit(ran, d)
 	}
 	finish(nil)
 }

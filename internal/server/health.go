@@ -1,0 +1,124 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/sharespot/sharespot/internal/metrics"
+	"github.com/sharespot/sharespot/internal/store"
+)
+
+// ReadyTimeout bounds the database write /readyz makes.
+const ReadyTimeout = 2 * time.Second
+
+// routes serves the API at / and, beside it, /healthz (the process is up),
+// /readyz (it can serve: the database takes a write and, with a bus, the
+// bus is connected) and /metrics (Prometheus). The three stay outside the
+// API's address limits, so a load balancer's checks are never refused.
+func (s *Server) routes(api http.Handler) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/", api)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		w.Header().Set("Cache-Control", "no-store")
+		if err := s.Ready(r.Context()); err != nil {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintf(w, "not ready: %v\n", err)
+			return
+		}
+		w.Write([]byte("ready\n"))
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{Registry: s.reg, MaxRequestsInFlight: 4}))
+	return mux
+}
+
+// instrument registers the server's metrics on its registry.
+func (s *Server) instrument() {
+	s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics.StoreGauges(s.reg, s.st.QueueLen, func(ctx context.Context) (metrics.InboxStats, error) {
+		return store.ReadT(ctx, s.st, func(tx *store.Tx) (metrics.InboxStats, error) {
+			var st metrics.InboxStats
+			err := tx.QueryRow(`SELECT COUNT(*), COALESCE(MIN(created_ms), 0) FROM inbox`).Scan(&st.Depth, &st.OldestMS)
+			return st, err
+		})
+	}, s.cfg.Now)
+	if s.cfg.Bus == "" {
+		return
+	}
+	s.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: metrics.Namespace, Name: "bus_connected",
+		Help: "1 when the bus (NATS) is connected, 0 when not; absent without --bus."}, func() float64 {
+		if s.bus.Connected() {
+			return 1
+		}
+		return 0
+	}))
+}
+
+// Ready reports whether the server can serve: the database takes a write
+// within ReadyTimeout (through the single writer on SQLite, so a stuck
+// writer or a lock held elsewhere shows), and with a bus configured the
+// bus is connected. The error says which fails. Concurrent checks share
+// one write.
+func (s *Server) Ready(ctx context.Context) error {
+	if s.cfg.Bus != "" && !s.bus.Connected() {
+		return errors.New("bus: not connected to " + s.cfg.Bus + " (inbox wake-ups between replicas are lost; streams fall back to polling)")
+	}
+	done := s.readyCheck()
+	t := time.NewTimer(ReadyTimeout)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		return err
+	case <-t.C:
+		return fmt.Errorf("database: a write did not complete within %v (locked, or the writer is stuck)", ReadyTimeout)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// readyCheck starts a database write unless one is under way, and returns
+// a channel that gets its outcome.
+func (s *Server) readyCheck() <-chan error {
+	s.readyMu.Lock()
+	defer s.readyMu.Unlock()
+	out := make(chan error, 1)
+	s.readyWait = append(s.readyWait, out)
+	if len(s.readyWait) > 1 {
+		return out // a write is under way: share its outcome
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		err := s.st.Write(ctx, func(tx *store.Tx) error {
+			// A real write (a row rewritten as it is) that needs the
+			// write lock and a writable file, changing nothing.
+			_, err := tx.Exec(`UPDATE schema_migrations SET name = name WHERE version = 1`)
+			return err
+		})
+		if err != nil {
+			err = fmt.Errorf("database: write failed: %w", err)
+		}
+		s.readyMu.Lock()
+		waiting := s.readyWait
+		s.readyWait = nil
+		s.readyMu.Unlock()
+		for _, c := range waiting {
+			c <- err
+		}
+	}()
+	return out
+}
+
+// Registry is the registry the server's metrics are on.
+func (s *Server) Registry() *prometheus.Registry { return s.reg }

@@ -1,0 +1,10 @@
+//go:build nosqliteserver
+
+package store
+
+// sqliteBuilt: this build leaves the SQLite engine out (see
+// sqlite_driver.go); OpenSQLite refuses with a message saying so.
+const sqliteBuilt = false
+
+func sqliteBusy(error) bool       { return false }
+func sqliteConstraint(error) bool { return false }
