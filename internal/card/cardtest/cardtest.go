@@ -120,6 +120,19 @@ func Start(t testing.TB) *Mock {
 	case <-time.After(30 * time.Second):
 		t.Fatal("stripe-mock did not say where it listens within 30 s")
 	}
+	// It says so before its listener takes connections: wait until one
+	// is taken (a loaded machine shows the gap).
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		c, err := net.DialTimeout("tcp", target, time.Second)
+		if err == nil {
+			c.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("stripe-mock said it listens at %s, but nothing answers there within 30 s: %v", target, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	up, _ := url.Parse("http://" + target)
 	m := &Mock{}
 	rp := httputil.NewSingleHostReverseProxy(up)
