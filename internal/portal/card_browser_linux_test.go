@@ -161,8 +161,16 @@ func TestBrowserCard(t *testing.T) {
 	before := len(mock.Requests("/v1/payment_intents"))
 	r.run("pay by card with the keyboard", chromedp.Focus(chromedp.ID("pay-card-btn")), chromedp.KeyEvent("\r"))
 	q1, pi1 := r.pendingIntent(mock, before)
-	if dis := eval[bool](r, "buttons while paying", `document.getElementById("pay-wallet").disabled`); !dis {
-		t.Fatal("the wallet button is enabled while the card payment is pending")
+	if dis := eval[bool](r, "buttons while paying", `document.getElementById("pay-wallet").disabled && document.getElementById("pay-choices").hidden`); !dis {
+		t.Fatal("the wallet button is offered while the card payment is pending")
+	}
+	// A reload while the card is pending goes on with the same payment
+	// (nothing new is asked of Stripe, the wallet is not offered).
+	r.run("reload while the card is pending", chromedp.Reload(), chromedp.WaitVisible(chromedp.ID("pay-h")))
+	r.waitFor("the card payment resumed", `document.getElementById("card-state").textContent.startsWith("Waiting for the card payment") &&
+  document.getElementById("pay-choices").hidden`)
+	if n := len(mock.Requests("/v1/payment_intents")); n != before+1 {
+		t.Fatalf("%d PaymentIntent POSTs after the reload, want still %d:\n%s", n, before+1, mock)
 	}
 
 	// 3-D Secure: the page shows the bank's page as a link to a new tab.
@@ -201,7 +209,7 @@ func TestBrowserCard(t *testing.T) {
 	r.post(cardtest.Event("evt_fail_"+q2, "payment_intent.payment_failed", declined))
 	r.waitFor("the failure", `!document.getElementById("error").hidden`)
 	shown := r.text("error")
-	if !strings.Contains(shown, "Your card was declined.") || !strings.Contains(shown, "wallet") {
+	if shown != "The card payment did not go through: Your card was declined. Pay from your wallet instead." {
 		t.Fatalf("after the decline the page says %q", shown)
 	}
 	back := eval[map[string]string](r, "back to the wallet", `(() => ({cardHidden: String(document.getElementById("pay-card").hidden),

@@ -220,11 +220,15 @@
       end();
       return;
     }
+    const paying = st.paying === q.id; // the same fee again (a resumed inbox): the card payment goes on
     st.quote = q;
-    say("");
     $("fee").textContent = money(q.amountMinor, q.currency);
     $("fee-bytes").textContent = size(q.bytes);
-    $("card-wait").hidden = true;
+    if (!paying) {
+      say("");
+      $("card-wait").hidden = true;
+      $("pay-choices").hidden = false;
+    }
     cardChoice();
     show("pay");
     balance().catch(fail);
@@ -259,10 +263,11 @@
     st.paying = q.id;
     clearError();
     payButtons(true);
+    say("");
+    $("pay-choices").hidden = true; // one payment at a time: the wallet comes back only if the card fails
     $("card-wait").hidden = false;
     $("card-action").hidden = true;
     $("card-state").textContent = "Paying by card…";
-    say("Paying by card…");
     await put("card", q.id); // a reload goes on with this payment, never starts a wallet one beside it
     try {
       for (let attempt = 0; ; attempt++) {
@@ -273,7 +278,7 @@
           if (!(e instanceof TypeError) && e.code !== "unavailable" && e.code !== "resource_exhausted") throw e;
           pr = { status: "PAY_STATUS_PENDING" };
         }
-        if (st.quote !== q || !st.session || st.session.id !== sessionId) return; // another fee or session took over
+        if (!st.quote || st.quote.id !== q.id || !st.session || st.session.id !== sessionId) return; // another fee or session took over
         if (pr.status === "PAY_STATUS_PAID" && pr.receipt) {
           await del("card");
           $("card-wait").hidden = true;
@@ -285,8 +290,10 @@
           st.cardFailed[q.id] = true;
           $("card-wait").hidden = true;
           cardChoice();
-          say("");
-          fail(new Error("Paying by card did not work (" + (pr.failure || "no reason given") + "). Pay from your wallet instead, or end."));
+          $("pay-choices").hidden = false;
+          let why = (pr.failure || "no reason given").replace(/^the card payment failed:\s*/i, "");
+          if (!/[.!?]$/.test(why)) why += ".";
+          fail(new Error("The card payment did not go through: " + why + " Pay from your wallet instead."));
           payButtons(false);
           $("pay-wallet").focus();
           return;
@@ -298,7 +305,6 @@
           if ($("card-action").hidden) {
             $("card-action").hidden = false;
             $("card-state").textContent = "Your bank asks you to confirm this payment.";
-            say("Your bank asks you to confirm the payment: open the link, then come back here.");
             $("card-action-link").focus();
           }
         } else {
@@ -306,6 +312,11 @@
         }
         await new Promise((r) => setTimeout(r, Math.min(500 * 1.5 ** attempt, 5000)));
       }
+    } catch (e) {
+      // Not a failure of the card: say what; the payment goes on after a
+      // reload, and the wallet can be chosen again.
+      $("pay-choices").hidden = false;
+      throw e;
     } finally {
       if (st.paying === q.id) st.paying = "";
       payButtons(false);
@@ -432,6 +443,7 @@
     for (const q of s.quotes || []) {
       if (q.state === "QUOTE_STATE_OPEN") onFee(q);
       else if (q.state === "QUOTE_STATE_PAID" && q.receipt) {
+        del("card").catch(() => {});
         await call("SessionService", "Confirm", { sessionId: s.id, receipt: q.receipt }).catch(fail);
       }
     }
