@@ -268,8 +268,8 @@
     $("card-wait").hidden = false;
     $("card-action").hidden = true;
     $("card-state").textContent = "Paying by card…";
-    await put("card", q.id); // a reload goes on with this payment, never starts a wallet one beside it
     try {
+      await put("card", q.id); // a reload goes on with this payment, never starts a wallet one beside it
       for (let attempt = 0; ; attempt++) {
         let pr;
         try { pr = await call("PaymentService", "Pay", { quoteId: q.id, method: "PAY_METHOD_CARD" }); }
