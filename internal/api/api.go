@@ -100,6 +100,9 @@ type CardPlatform interface {
 	Pay(ctx context.Context, guest session.Party, quoteID, paymentMethod string) (*sharespotv1.PayResponse, error)
 	Fund(ctx context.Context, p session.Party, req *sharespotv1.FundByCardRequest) (*sharespotv1.FundByCardResponse, error)
 	Onboard(ctx context.Context, p session.Party, returnURL, refreshURL string) (*sharespotv1.PayoutOnboardingResponse, error)
+	// TestMode: a test-mode key, with which a card payment needs no
+	// PaymentMethod from the device (Stripe's test card is used).
+	TestMode() bool
 }
 
 // Handler returns an http.Handler serving every service. Before a call's

@@ -275,7 +275,11 @@ func (ps *paymentService) Balance(ctx context.Context, req *connect.Request[shar
 	p := partyFrom(ctx)
 	return read(ctx, ps.services, func(tx *store.Tx) (*sharespotv1.BalanceResponse, error) {
 		ms, err := ledger.WalletBalances(tx, p.AccountID)
-		out := &sharespotv1.BalanceResponse{AccountId: p.AccountID}
+		out := &sharespotv1.BalanceResponse{AccountId: p.AccountID, PayMethods: []sharespotv1.PayMethod{sharespotv1.PayMethod_PAY_METHOD_WALLET}}
+		if ps.d.Card != nil {
+			out.PayMethods = append(out.PayMethods, sharespotv1.PayMethod_PAY_METHOD_CARD)
+			out.CardWithoutPaymentMethod = ps.d.Card.TestMode()
+		}
 		for _, m := range ms {
 			out.Balances = append(out.Balances, &sharespotv1.Money{Currency: m.Currency, AmountMinor: m.Amount})
 		}

@@ -3,6 +3,7 @@ package card_test
 import (
 	"context"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -556,6 +557,36 @@ func TestNoStripeKey(t *testing.T) {
 	if want := "no card payments"; !strings.Contains(err.Error(), want) {
 		t.Fatalf("error %q does not say %q", err, want)
 	}
+	checkPayMethods(t, g, false, false)
+}
+
+// checkPayMethods: Balance says how the server takes payment of a quote.
+func checkPayMethods(t *testing.T, c *client.Client, cards, withoutPM bool) {
+	t.Helper()
+	res, err := c.Payments.Balance(context.Background(), connect.NewRequest(&sharespotv1.BalanceRequest{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []sharespotv1.PayMethod{sharespotv1.PayMethod_PAY_METHOD_WALLET}
+	if cards {
+		want = append(want, sharespotv1.PayMethod_PAY_METHOD_CARD)
+	}
+	if !slices.Equal(res.Msg.PayMethods, want) || res.Msg.CardWithoutPaymentMethod != withoutPM {
+		t.Fatalf("Balance says methods %v, card without a PaymentMethod %v; want %v, %v", res.Msg.PayMethods, res.Msg.CardWithoutPaymentMethod, want, withoutPM)
+	}
+}
+
+// TestBalancePayMethods: with a test-mode key the server takes cards and
+// needs no PaymentMethod from the device (what the guest page offers
+// cards on); with a live key it takes cards only with one.
+func TestBalancePayMethods(t *testing.T) {
+	r := newRig(t)
+	checkPayMethods(t, r.guest, true, true)
+	mock := cardtest.Start(t)
+	live := harness.Start(t, func(c *server.Config) {
+		c.Stripe.Key, c.Stripe.WebhookSecret, c.Stripe.APIBase = "sk_live_sharespot", cardtest.WebhookSecret, mock.URL
+	})
+	checkPayMethods(t, live.Device(t, "guest"), true, false)
 }
 
 // TestCardAttacks plays a hostile guest (or a forged report) against each

@@ -4136,11 +4136,21 @@ func (x *Money) GetAmountMinor() int64 {
 }
 
 type BalanceResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	AccountId     string                 `protobuf:"bytes,1,opt,name=account_id,json=accountId,proto3" json:"account_id,omitempty"`
-	Balances      []*Money               `protobuf:"bytes,2,rep,name=balances,proto3" json:"balances,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	AccountId string                 `protobuf:"bytes,1,opt,name=account_id,json=accountId,proto3" json:"account_id,omitempty"`
+	Balances  []*Money               `protobuf:"bytes,2,rep,name=balances,proto3" json:"balances,omitempty"`
+	// How this server takes payment of a quote (PayRequest.method):
+	// PAY_METHOD_WALLET always, and PAY_METHOD_CARD when it takes cards (it
+	// runs with a Stripe key). Empty from servers before 2026-11-30: the
+	// wallet only.
+	PayMethods []PayMethod `protobuf:"varint,3,rep,packed,name=pay_methods,json=payMethods,proto3,enum=sharespot.v1.PayMethod" json:"pay_methods,omitempty"`
+	// PAY_METHOD_CARD works without a payment_method: the server has a
+	// test-mode Stripe key and pays with Stripe's test card. A client that
+	// cannot make a Stripe PaymentMethod (the guest web page, which loads
+	// nothing from Stripe) offers cards only then.
+	CardWithoutPaymentMethod bool `protobuf:"varint,4,opt,name=card_without_payment_method,json=cardWithoutPaymentMethod,proto3" json:"card_without_payment_method,omitempty"`
+	unknownFields            protoimpl.UnknownFields
+	sizeCache                protoimpl.SizeCache
 }
 
 func (x *BalanceResponse) Reset() {
@@ -4185,6 +4195,20 @@ func (x *BalanceResponse) GetBalances() []*Money {
 		return x.Balances
 	}
 	return nil
+}
+
+func (x *BalanceResponse) GetPayMethods() []PayMethod {
+	if x != nil {
+		return x.PayMethods
+	}
+	return nil
+}
+
+func (x *BalanceResponse) GetCardWithoutPaymentMethod() bool {
+	if x != nil {
+		return x.CardWithoutPaymentMethod
+	}
+	return false
 }
 
 type HistoryRequest struct {
@@ -5825,11 +5849,14 @@ const file_sharespot_v1_sharespot_proto_rawDesc = "" +
 	"\x0eBalanceRequest\"F\n" +
 	"\x05Money\x12\x1a\n" +
 	"\bcurrency\x18\x01 \x01(\tR\bcurrency\x12!\n" +
-	"\famount_minor\x18\x02 \x01(\x03R\vamountMinor\"a\n" +
+	"\famount_minor\x18\x02 \x01(\x03R\vamountMinor\"\xda\x01\n" +
 	"\x0fBalanceResponse\x12\x1d\n" +
 	"\n" +
 	"account_id\x18\x01 \x01(\tR\taccountId\x12/\n" +
-	"\bbalances\x18\x02 \x03(\v2\x13.sharespot.v1.MoneyR\bbalances\"&\n" +
+	"\bbalances\x18\x02 \x03(\v2\x13.sharespot.v1.MoneyR\bbalances\x128\n" +
+	"\vpay_methods\x18\x03 \x03(\x0e2\x17.sharespot.v1.PayMethodR\n" +
+	"payMethods\x12=\n" +
+	"\x1bcard_without_payment_method\x18\x04 \x01(\bR\x18cardWithoutPaymentMethod\"&\n" +
 	"\x0eHistoryRequest\x12\x14\n" +
 	"\x05limit\x18\x01 \x01(\x05R\x05limit\"\xc3\x01\n" +
 	"\bTransfer\x12\x0e\n" +
@@ -6145,92 +6172,93 @@ var file_sharespot_v1_sharespot_proto_depIdxs = []int32{
 	5,  // 40: sharespot.v1.PayResponse.status:type_name -> sharespot.v1.PayStatus
 	5,  // 41: sharespot.v1.FundByCardResponse.status:type_name -> sharespot.v1.PayStatus
 	67, // 42: sharespot.v1.BalanceResponse.balances:type_name -> sharespot.v1.Money
-	70, // 43: sharespot.v1.HistoryResponse.transfers:type_name -> sharespot.v1.Transfer
-	73, // 44: sharespot.v1.PlatformKeysResponse.keys:type_name -> sharespot.v1.PlatformKey
-	89, // 45: sharespot.v1.SubscribeResponse.envelopes:type_name -> sharespot.v1.Envelope
-	29, // 46: sharespot.v1.AccessRequested.guest_keys:type_name -> sharespot.v1.GuestKey
-	13, // 47: sharespot.v1.AccessRequested.tariff:type_name -> sharespot.v1.Tariff
-	28, // 48: sharespot.v1.FeeInfo.quote:type_name -> sharespot.v1.Quote
-	2,  // 49: sharespot.v1.PaymentConfirmed.kind:type_name -> sharespot.v1.QuoteKind
-	32, // 50: sharespot.v1.PaymentConfirmed.receipt:type_name -> sharespot.v1.Receipt
-	2,  // 51: sharespot.v1.AccessGranted.kind:type_name -> sharespot.v1.QuoteKind
-	30, // 52: sharespot.v1.AccessGranted.sealed_code:type_name -> sharespot.v1.SealedCode
-	31, // 53: sharespot.v1.AccessGranted.gateway:type_name -> sharespot.v1.Gateway
-	13, // 54: sharespot.v1.TopUpRequested.tariff:type_name -> sharespot.v1.Tariff
-	2,  // 55: sharespot.v1.Declined.kind:type_name -> sharespot.v1.QuoteKind
-	33, // 56: sharespot.v1.SessionEnded.session:type_name -> sharespot.v1.Session
-	79, // 57: sharespot.v1.Envelope.access_requested:type_name -> sharespot.v1.AccessRequested
-	80, // 58: sharespot.v1.Envelope.fee_info:type_name -> sharespot.v1.FeeInfo
-	81, // 59: sharespot.v1.Envelope.payment_confirmed:type_name -> sharespot.v1.PaymentConfirmed
-	82, // 60: sharespot.v1.Envelope.encryption_message:type_name -> sharespot.v1.EncryptionMessage
-	83, // 61: sharespot.v1.Envelope.access_granted:type_name -> sharespot.v1.AccessGranted
-	84, // 62: sharespot.v1.Envelope.low_quota_prompt:type_name -> sharespot.v1.LowQuotaPrompt
-	85, // 63: sharespot.v1.Envelope.top_up_requested:type_name -> sharespot.v1.TopUpRequested
-	87, // 64: sharespot.v1.Envelope.declined:type_name -> sharespot.v1.Declined
-	88, // 65: sharespot.v1.Envelope.session_ended:type_name -> sharespot.v1.SessionEnded
-	86, // 66: sharespot.v1.Envelope.session_ending:type_name -> sharespot.v1.SessionEnding
-	57, // 67: sharespot.v1.Envelope.usage_acknowledged:type_name -> sharespot.v1.UsageAcknowledged
-	8,  // 68: sharespot.v1.AuthService.Challenge:input_type -> sharespot.v1.ChallengeRequest
-	10, // 69: sharespot.v1.AuthService.SignIn:input_type -> sharespot.v1.SignInRequest
-	6,  // 70: sharespot.v1.AuthService.AddDevice:input_type -> sharespot.v1.AddDeviceRequest
-	16, // 71: sharespot.v1.HotspotService.Register:input_type -> sharespot.v1.RegisterRequest
-	18, // 72: sharespot.v1.HotspotService.Update:input_type -> sharespot.v1.UpdateRequest
-	20, // 73: sharespot.v1.HotspotService.Withdraw:input_type -> sharespot.v1.WithdrawRequest
-	22, // 74: sharespot.v1.HotspotService.List:input_type -> sharespot.v1.ListRequest
-	26, // 75: sharespot.v1.DiscoveryService.Discover:input_type -> sharespot.v1.DiscoverRequest
-	34, // 76: sharespot.v1.SessionService.RequestAccess:input_type -> sharespot.v1.RequestAccessRequest
-	36, // 77: sharespot.v1.SessionService.Quote:input_type -> sharespot.v1.QuoteRequest
-	38, // 78: sharespot.v1.SessionService.Decline:input_type -> sharespot.v1.DeclineRequest
-	40, // 79: sharespot.v1.SessionService.Confirm:input_type -> sharespot.v1.ConfirmRequest
-	42, // 80: sharespot.v1.SessionService.Grant:input_type -> sharespot.v1.GrantRequest
-	44, // 81: sharespot.v1.SessionService.Prompt:input_type -> sharespot.v1.PromptRequest
-	46, // 82: sharespot.v1.SessionService.RequestTopUp:input_type -> sharespot.v1.RequestTopUpRequest
-	48, // 83: sharespot.v1.SessionService.ReportUsage:input_type -> sharespot.v1.ReportUsageRequest
-	50, // 84: sharespot.v1.SessionService.End:input_type -> sharespot.v1.EndRequest
-	52, // 85: sharespot.v1.SessionService.Get:input_type -> sharespot.v1.GetRequest
-	55, // 86: sharespot.v1.SessionService.Acknowledge:input_type -> sharespot.v1.AcknowledgeRequest
-	58, // 87: sharespot.v1.SessionService.ListSessions:input_type -> sharespot.v1.ListSessionsRequest
-	60, // 88: sharespot.v1.PaymentService.Pay:input_type -> sharespot.v1.PayRequest
-	66, // 89: sharespot.v1.PaymentService.Balance:input_type -> sharespot.v1.BalanceRequest
-	69, // 90: sharespot.v1.PaymentService.History:input_type -> sharespot.v1.HistoryRequest
-	72, // 91: sharespot.v1.PaymentService.PlatformKeys:input_type -> sharespot.v1.PlatformKeysRequest
-	62, // 92: sharespot.v1.PaymentService.FundByCard:input_type -> sharespot.v1.FundByCardRequest
-	64, // 93: sharespot.v1.PaymentService.PayoutOnboarding:input_type -> sharespot.v1.PayoutOnboardingRequest
-	75, // 94: sharespot.v1.InboxService.Subscribe:input_type -> sharespot.v1.SubscribeRequest
-	77, // 95: sharespot.v1.InboxService.Ack:input_type -> sharespot.v1.AckRequest
-	9,  // 96: sharespot.v1.AuthService.Challenge:output_type -> sharespot.v1.ChallengeResponse
-	11, // 97: sharespot.v1.AuthService.SignIn:output_type -> sharespot.v1.SignInResponse
-	7,  // 98: sharespot.v1.AuthService.AddDevice:output_type -> sharespot.v1.AddDeviceResponse
-	17, // 99: sharespot.v1.HotspotService.Register:output_type -> sharespot.v1.RegisterResponse
-	19, // 100: sharespot.v1.HotspotService.Update:output_type -> sharespot.v1.UpdateResponse
-	21, // 101: sharespot.v1.HotspotService.Withdraw:output_type -> sharespot.v1.WithdrawResponse
-	23, // 102: sharespot.v1.HotspotService.List:output_type -> sharespot.v1.ListResponse
-	27, // 103: sharespot.v1.DiscoveryService.Discover:output_type -> sharespot.v1.DiscoverResponse
-	35, // 104: sharespot.v1.SessionService.RequestAccess:output_type -> sharespot.v1.RequestAccessResponse
-	37, // 105: sharespot.v1.SessionService.Quote:output_type -> sharespot.v1.QuoteResponse
-	39, // 106: sharespot.v1.SessionService.Decline:output_type -> sharespot.v1.DeclineResponse
-	41, // 107: sharespot.v1.SessionService.Confirm:output_type -> sharespot.v1.ConfirmResponse
-	43, // 108: sharespot.v1.SessionService.Grant:output_type -> sharespot.v1.GrantResponse
-	45, // 109: sharespot.v1.SessionService.Prompt:output_type -> sharespot.v1.PromptResponse
-	47, // 110: sharespot.v1.SessionService.RequestTopUp:output_type -> sharespot.v1.RequestTopUpResponse
-	49, // 111: sharespot.v1.SessionService.ReportUsage:output_type -> sharespot.v1.ReportUsageResponse
-	51, // 112: sharespot.v1.SessionService.End:output_type -> sharespot.v1.EndResponse
-	53, // 113: sharespot.v1.SessionService.Get:output_type -> sharespot.v1.GetResponse
-	56, // 114: sharespot.v1.SessionService.Acknowledge:output_type -> sharespot.v1.AcknowledgeResponse
-	59, // 115: sharespot.v1.SessionService.ListSessions:output_type -> sharespot.v1.ListSessionsResponse
-	61, // 116: sharespot.v1.PaymentService.Pay:output_type -> sharespot.v1.PayResponse
-	68, // 117: sharespot.v1.PaymentService.Balance:output_type -> sharespot.v1.BalanceResponse
-	71, // 118: sharespot.v1.PaymentService.History:output_type -> sharespot.v1.HistoryResponse
-	74, // 119: sharespot.v1.PaymentService.PlatformKeys:output_type -> sharespot.v1.PlatformKeysResponse
-	63, // 120: sharespot.v1.PaymentService.FundByCard:output_type -> sharespot.v1.FundByCardResponse
-	65, // 121: sharespot.v1.PaymentService.PayoutOnboarding:output_type -> sharespot.v1.PayoutOnboardingResponse
-	76, // 122: sharespot.v1.InboxService.Subscribe:output_type -> sharespot.v1.SubscribeResponse
-	78, // 123: sharespot.v1.InboxService.Ack:output_type -> sharespot.v1.AckResponse
-	96, // [96:124] is the sub-list for method output_type
-	68, // [68:96] is the sub-list for method input_type
-	68, // [68:68] is the sub-list for extension type_name
-	68, // [68:68] is the sub-list for extension extendee
-	0,  // [0:68] is the sub-list for field type_name
+	4,  // 43: sharespot.v1.BalanceResponse.pay_methods:type_name -> sharespot.v1.PayMethod
+	70, // 44: sharespot.v1.HistoryResponse.transfers:type_name -> sharespot.v1.Transfer
+	73, // 45: sharespot.v1.PlatformKeysResponse.keys:type_name -> sharespot.v1.PlatformKey
+	89, // 46: sharespot.v1.SubscribeResponse.envelopes:type_name -> sharespot.v1.Envelope
+	29, // 47: sharespot.v1.AccessRequested.guest_keys:type_name -> sharespot.v1.GuestKey
+	13, // 48: sharespot.v1.AccessRequested.tariff:type_name -> sharespot.v1.Tariff
+	28, // 49: sharespot.v1.FeeInfo.quote:type_name -> sharespot.v1.Quote
+	2,  // 50: sharespot.v1.PaymentConfirmed.kind:type_name -> sharespot.v1.QuoteKind
+	32, // 51: sharespot.v1.PaymentConfirmed.receipt:type_name -> sharespot.v1.Receipt
+	2,  // 52: sharespot.v1.AccessGranted.kind:type_name -> sharespot.v1.QuoteKind
+	30, // 53: sharespot.v1.AccessGranted.sealed_code:type_name -> sharespot.v1.SealedCode
+	31, // 54: sharespot.v1.AccessGranted.gateway:type_name -> sharespot.v1.Gateway
+	13, // 55: sharespot.v1.TopUpRequested.tariff:type_name -> sharespot.v1.Tariff
+	2,  // 56: sharespot.v1.Declined.kind:type_name -> sharespot.v1.QuoteKind
+	33, // 57: sharespot.v1.SessionEnded.session:type_name -> sharespot.v1.Session
+	79, // 58: sharespot.v1.Envelope.access_requested:type_name -> sharespot.v1.AccessRequested
+	80, // 59: sharespot.v1.Envelope.fee_info:type_name -> sharespot.v1.FeeInfo
+	81, // 60: sharespot.v1.Envelope.payment_confirmed:type_name -> sharespot.v1.PaymentConfirmed
+	82, // 61: sharespot.v1.Envelope.encryption_message:type_name -> sharespot.v1.EncryptionMessage
+	83, // 62: sharespot.v1.Envelope.access_granted:type_name -> sharespot.v1.AccessGranted
+	84, // 63: sharespot.v1.Envelope.low_quota_prompt:type_name -> sharespot.v1.LowQuotaPrompt
+	85, // 64: sharespot.v1.Envelope.top_up_requested:type_name -> sharespot.v1.TopUpRequested
+	87, // 65: sharespot.v1.Envelope.declined:type_name -> sharespot.v1.Declined
+	88, // 66: sharespot.v1.Envelope.session_ended:type_name -> sharespot.v1.SessionEnded
+	86, // 67: sharespot.v1.Envelope.session_ending:type_name -> sharespot.v1.SessionEnding
+	57, // 68: sharespot.v1.Envelope.usage_acknowledged:type_name -> sharespot.v1.UsageAcknowledged
+	8,  // 69: sharespot.v1.AuthService.Challenge:input_type -> sharespot.v1.ChallengeRequest
+	10, // 70: sharespot.v1.AuthService.SignIn:input_type -> sharespot.v1.SignInRequest
+	6,  // 71: sharespot.v1.AuthService.AddDevice:input_type -> sharespot.v1.AddDeviceRequest
+	16, // 72: sharespot.v1.HotspotService.Register:input_type -> sharespot.v1.RegisterRequest
+	18, // 73: sharespot.v1.HotspotService.Update:input_type -> sharespot.v1.UpdateRequest
+	20, // 74: sharespot.v1.HotspotService.Withdraw:input_type -> sharespot.v1.WithdrawRequest
+	22, // 75: sharespot.v1.HotspotService.List:input_type -> sharespot.v1.ListRequest
+	26, // 76: sharespot.v1.DiscoveryService.Discover:input_type -> sharespot.v1.DiscoverRequest
+	34, // 77: sharespot.v1.SessionService.RequestAccess:input_type -> sharespot.v1.RequestAccessRequest
+	36, // 78: sharespot.v1.SessionService.Quote:input_type -> sharespot.v1.QuoteRequest
+	38, // 79: sharespot.v1.SessionService.Decline:input_type -> sharespot.v1.DeclineRequest
+	40, // 80: sharespot.v1.SessionService.Confirm:input_type -> sharespot.v1.ConfirmRequest
+	42, // 81: sharespot.v1.SessionService.Grant:input_type -> sharespot.v1.GrantRequest
+	44, // 82: sharespot.v1.SessionService.Prompt:input_type -> sharespot.v1.PromptRequest
+	46, // 83: sharespot.v1.SessionService.RequestTopUp:input_type -> sharespot.v1.RequestTopUpRequest
+	48, // 84: sharespot.v1.SessionService.ReportUsage:input_type -> sharespot.v1.ReportUsageRequest
+	50, // 85: sharespot.v1.SessionService.End:input_type -> sharespot.v1.EndRequest
+	52, // 86: sharespot.v1.SessionService.Get:input_type -> sharespot.v1.GetRequest
+	55, // 87: sharespot.v1.SessionService.Acknowledge:input_type -> sharespot.v1.AcknowledgeRequest
+	58, // 88: sharespot.v1.SessionService.ListSessions:input_type -> sharespot.v1.ListSessionsRequest
+	60, // 89: sharespot.v1.PaymentService.Pay:input_type -> sharespot.v1.PayRequest
+	66, // 90: sharespot.v1.PaymentService.Balance:input_type -> sharespot.v1.BalanceRequest
+	69, // 91: sharespot.v1.PaymentService.History:input_type -> sharespot.v1.HistoryRequest
+	72, // 92: sharespot.v1.PaymentService.PlatformKeys:input_type -> sharespot.v1.PlatformKeysRequest
+	62, // 93: sharespot.v1.PaymentService.FundByCard:input_type -> sharespot.v1.FundByCardRequest
+	64, // 94: sharespot.v1.PaymentService.PayoutOnboarding:input_type -> sharespot.v1.PayoutOnboardingRequest
+	75, // 95: sharespot.v1.InboxService.Subscribe:input_type -> sharespot.v1.SubscribeRequest
+	77, // 96: sharespot.v1.InboxService.Ack:input_type -> sharespot.v1.AckRequest
+	9,  // 97: sharespot.v1.AuthService.Challenge:output_type -> sharespot.v1.ChallengeResponse
+	11, // 98: sharespot.v1.AuthService.SignIn:output_type -> sharespot.v1.SignInResponse
+	7,  // 99: sharespot.v1.AuthService.AddDevice:output_type -> sharespot.v1.AddDeviceResponse
+	17, // 100: sharespot.v1.HotspotService.Register:output_type -> sharespot.v1.RegisterResponse
+	19, // 101: sharespot.v1.HotspotService.Update:output_type -> sharespot.v1.UpdateResponse
+	21, // 102: sharespot.v1.HotspotService.Withdraw:output_type -> sharespot.v1.WithdrawResponse
+	23, // 103: sharespot.v1.HotspotService.List:output_type -> sharespot.v1.ListResponse
+	27, // 104: sharespot.v1.DiscoveryService.Discover:output_type -> sharespot.v1.DiscoverResponse
+	35, // 105: sharespot.v1.SessionService.RequestAccess:output_type -> sharespot.v1.RequestAccessResponse
+	37, // 106: sharespot.v1.SessionService.Quote:output_type -> sharespot.v1.QuoteResponse
+	39, // 107: sharespot.v1.SessionService.Decline:output_type -> sharespot.v1.DeclineResponse
+	41, // 108: sharespot.v1.SessionService.Confirm:output_type -> sharespot.v1.ConfirmResponse
+	43, // 109: sharespot.v1.SessionService.Grant:output_type -> sharespot.v1.GrantResponse
+	45, // 110: sharespot.v1.SessionService.Prompt:output_type -> sharespot.v1.PromptResponse
+	47, // 111: sharespot.v1.SessionService.RequestTopUp:output_type -> sharespot.v1.RequestTopUpResponse
+	49, // 112: sharespot.v1.SessionService.ReportUsage:output_type -> sharespot.v1.ReportUsageResponse
+	51, // 113: sharespot.v1.SessionService.End:output_type -> sharespot.v1.EndResponse
+	53, // 114: sharespot.v1.SessionService.Get:output_type -> sharespot.v1.GetResponse
+	56, // 115: sharespot.v1.SessionService.Acknowledge:output_type -> sharespot.v1.AcknowledgeResponse
+	59, // 116: sharespot.v1.SessionService.ListSessions:output_type -> sharespot.v1.ListSessionsResponse
+	61, // 117: sharespot.v1.PaymentService.Pay:output_type -> sharespot.v1.PayResponse
+	68, // 118: sharespot.v1.PaymentService.Balance:output_type -> sharespot.v1.BalanceResponse
+	71, // 119: sharespot.v1.PaymentService.History:output_type -> sharespot.v1.HistoryResponse
+	74, // 120: sharespot.v1.PaymentService.PlatformKeys:output_type -> sharespot.v1.PlatformKeysResponse
+	63, // 121: sharespot.v1.PaymentService.FundByCard:output_type -> sharespot.v1.FundByCardResponse
+	65, // 122: sharespot.v1.PaymentService.PayoutOnboarding:output_type -> sharespot.v1.PayoutOnboardingResponse
+	76, // 123: sharespot.v1.InboxService.Subscribe:output_type -> sharespot.v1.SubscribeResponse
+	78, // 124: sharespot.v1.InboxService.Ack:output_type -> sharespot.v1.AckResponse
+	97, // [97:125] is the sub-list for method output_type
+	69, // [69:97] is the sub-list for method input_type
+	69, // [69:69] is the sub-list for extension type_name
+	69, // [69:69] is the sub-list for extension extendee
+	0,  // [0:69] is the sub-list for field type_name
 }
 
 func init() { file_sharespot_v1_sharespot_proto_init() }

@@ -98,7 +98,8 @@
   const price = (t, bytes, topUp) => { const p = num(topUp ? t.topupPriceMinor : t.priceMinor), u = num(t.unitBytes); return Math.ceil(bytes * p / u); };
 
   // ---- state
-  const st = { hotspot: null, session: null, quote: null, hpke: null, hostId: "", deviceId: "", admit: params.get("admit") || "", seq: 0, topUp: false, abort: null };
+  const st = { hotspot: null, session: null, quote: null, hpke: null, hostId: "", deviceId: "", admit: params.get("admit") || "", seq: 0, topUp: false, abort: null,
+    cards: false, cardFailed: {} };
 
   async function signIn() {
     let kp = await get("device");
@@ -122,6 +123,16 @@
     const cur = st.hotspot ? st.hotspot.tariff.currency : "";
     const m = (b.balances || []).find((x) => x.currency === cur);
     $("wallet").textContent = $("wallet2").textContent = money(m ? m.amountMinor : 0, cur || "EUR");
+    // Cards, when the server takes them without a PaymentMethod made on
+    // this device (this page loads nothing from Stripe, so it cannot make
+    // one): a test-mode server, which pays with Stripe's test card.
+    st.cards = (b.payMethods || []).includes("PAY_METHOD_CARD") && !!b.cardWithoutPaymentMethod;
+    cardChoice();
+  }
+  // The "Pay by card" choice shows when the server takes cards and this
+  // quote's card payment has not failed.
+  function cardChoice() {
+    $("pay-card").hidden = !(st.cards && !(st.quote && st.cardFailed[st.quote.id]));
   }
 
   // C1.2–C1.4: this hotspot (named by the portal's redirect) and its tariff.
@@ -209,25 +220,107 @@
       end();
       return;
     }
+    const paying = st.paying === q.id; // the same fee again (a resumed inbox): the card payment goes on
     st.quote = q;
-    say("");
     $("fee").textContent = money(q.amountMinor, q.currency);
     $("fee-bytes").textContent = size(q.bytes);
-    balance().catch(fail);
+    if (!paying) {
+      say("");
+      $("card-wait").hidden = true;
+      $("pay-choices").hidden = false;
+    }
+    cardChoice();
     show("pay");
+    balance().catch(fail);
+    // A card payment of this quote started before a reload: go on with it.
+    get("card").then((id) => { if (id === q.id) return payByCard(); }).catch(fail);
   }
 
-  // C3.2–C3.3: pay from the wallet and confirm with the receipt. Card
-  // payments (issue 13) will add a second button here.
+  // C3.2–C3.3: pay from the wallet and confirm with the receipt.
   async function pay() {
     clearError();
-    $("pay-wallet").disabled = true;
+    payButtons(true);
     try {
       const pr = await call("PaymentService", "Pay", { quoteId: st.quote.id });
-      await call("SessionService", "Confirm", { sessionId: st.session.id, receipt: pr.receipt });
-      say("Paid; waiting for the host's access code…");
-      show("wait");
-    } finally { $("pay-wallet").disabled = false; }
+      await confirm(pr.receipt);
+    } finally { payButtons(false); }
+  }
+  function payButtons(disabled) { $("pay-wallet").disabled = $("pay-card-btn").disabled = disabled; }
+  async function confirm(receipt) {
+    await call("SessionService", "Confirm", { sessionId: st.session.id, receipt });
+    say("Paid; waiting for the host's access code…");
+    show("wait");
+  }
+
+  // C3.2–C3.3 / C1.13 by card (Stripe): the server holds the fee on the
+  // card and answers PAID with the receipt once Stripe reports it
+  // authorised; until then Pay is asked again (backing off), showing the
+  // bank's 3-D Secure page as a link when Stripe asks for it. The page
+  // never sees a card number.
+  async function payByCard() {
+    if (st.paying) return;
+    const q = st.quote, sessionId = st.session.id;
+    st.paying = q.id;
+    clearError();
+    payButtons(true);
+    say("");
+    $("pay-choices").hidden = true; // one payment at a time: the wallet comes back only if the card fails
+    $("card-wait").hidden = false;
+    $("card-action").hidden = true;
+    $("card-state").textContent = "Paying by card…";
+    try {
+      await put("card", q.id); // a reload goes on with this payment, never starts a wallet one beside it
+      for (let attempt = 0; ; attempt++) {
+        let pr;
+        try { pr = await call("PaymentService", "Pay", { quoteId: q.id, method: "PAY_METHOD_CARD" }); }
+        catch (e) {
+          // Stripe or the server unreachable for a moment: ask again.
+          if (!(e instanceof TypeError) && e.code !== "unavailable" && e.code !== "resource_exhausted") throw e;
+          pr = { status: "PAY_STATUS_PENDING" };
+        }
+        if (!st.quote || st.quote.id !== q.id || !st.session || st.session.id !== sessionId) return; // another fee or session took over
+        if (pr.status === "PAY_STATUS_PAID" && pr.receipt) {
+          await del("card");
+          $("card-wait").hidden = true;
+          await confirm(pr.receipt);
+          return;
+        }
+        if (pr.status === "PAY_STATUS_FAILED") {
+          await del("card");
+          st.cardFailed[q.id] = true;
+          $("card-wait").hidden = true;
+          cardChoice();
+          $("pay-choices").hidden = false;
+          let why = (pr.failure || "no reason given").replace(/^the card payment failed:\s*/i, "");
+          if (!/[.!?]$/.test(why)) why += ".";
+          fail(new Error("The card payment did not go through: " + why + " Pay from your wallet instead."));
+          payButtons(false);
+          $("pay-wallet").focus();
+          return;
+        }
+        if (pr.status === "PAY_STATUS_REQUIRES_ACTION") {
+          const url = pr.actionUrl || "";
+          if (!/^https:\/\//.test(url)) throw new Error("The bank's confirmation page has an address this page will not open: " + url);
+          if ($("card-action-link").href !== url) $("card-action-link").href = url;
+          if ($("card-action").hidden) {
+            $("card-action").hidden = false;
+            $("card-state").textContent = "Your bank asks you to confirm this payment.";
+            $("card-action-link").focus();
+          }
+        } else {
+          $("card-state").textContent = "Waiting for the card payment to be authorised…";
+        }
+        await new Promise((r) => setTimeout(r, Math.min(500 * 1.5 ** attempt, 5000)));
+      }
+    } catch (e) {
+      // Not a failure of the card: say what; the payment goes on after a
+      // reload, and the wallet can be chosen again.
+      $("pay-choices").hidden = false;
+      throw e;
+    } finally {
+      if (st.paying === q.id) st.paying = "";
+      payButtons(false);
+    }
   }
 
   // C1.7–C1.8 / C1.15: open the sealed code here and present it to the
@@ -350,6 +443,7 @@
     for (const q of s.quotes || []) {
       if (q.state === "QUOTE_STATE_OPEN") onFee(q);
       else if (q.state === "QUOTE_STATE_PAID" && q.receipt) {
+        del("card").catch(() => {});
         await call("SessionService", "Confirm", { sessionId: s.id, receipt: q.receipt }).catch(fail);
       }
     }
@@ -365,6 +459,7 @@
     $("buy-form").addEventListener("submit", guard(request));
     $("amount").addEventListener("input", preview);
     $("pay-wallet").addEventListener("click", guard(pay));
+    $("pay-card-btn").addEventListener("click", guard(payByCard));
     $("topup-form").addEventListener("submit", guard(topUp));
     $("end").addEventListener("click", guard(end));
     $("again").addEventListener("click", () => location.reload());
