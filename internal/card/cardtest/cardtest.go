@@ -84,16 +84,11 @@ func Start(t testing.TB) *Mock {
 		}
 		t.Skip("stripe-mock not installed (go install github.com/stripe/stripe-mock@latest)")
 	}
-	// stripe-mock reports the port it was given, not one the system chose:
-	// take a free one and hand it over.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	free := ln.Addr().String()
-	ln.Close()
+	// Both listeners on ports the system chooses: without -https-addr
+	// stripe-mock also takes its fixed HTTPS port (12112), and a second
+	// one started meanwhile (another package's tests) exits at once.
 	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, bin, "-http-addr", free)
+	cmd := exec.CommandContext(ctx, bin, "-http-addr", "127.0.0.1:", "-https-addr", "127.0.0.1:")
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		cancel()
@@ -105,15 +100,28 @@ func Start(t testing.TB) *Mock {
 		t.Fatalf("start stripe-mock: %v", err)
 	}
 	addr := make(chan string, 1)
+	var logMu sync.Mutex
+	var logged []string
 	go func() {
 		sc := bufio.NewScanner(out)
 		for sc.Scan() {
+			logMu.Lock()
+			logged = append(logged, sc.Text())
+			logMu.Unlock()
 			if m := listening.FindStringSubmatch(sc.Text()); m != nil {
 				addr <- m[1]
 			}
 		}
 	}()
-	t.Cleanup(func() { cancel(); cmd.Wait() })
+	t.Cleanup(func() {
+		cancel()
+		err := cmd.Wait()
+		if t.Failed() {
+			logMu.Lock()
+			t.Logf("stripe-mock (%v) said:\n%s", err, strings.Join(logged, "\n"))
+			logMu.Unlock()
+		}
+	})
 	var target string
 	select {
 	case target = <-addr:
