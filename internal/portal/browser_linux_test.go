@@ -189,8 +189,13 @@ func get[T any](r *rig, what string, a chromedp.Action[T]) T {
 		ectx, ecancel := context.WithTimeout(r.browser, 2*time.Second)
 		page, _ := chromedp.Run(ectx, chromedp.Location())
 		errText, _ := chromedp.Run(ectx, chromedp.Evaluate[string](`document.getElementById("error") ? document.getElementById("error").textContent : ""`))
+		state, _ := chromedp.Run(ectx, chromedp.Evaluate[string](`(() => {
+  const shown = [...document.querySelectorAll("main > section")].filter((s) => !s.hidden).map((s) => s.id).join(",");
+  const st = document.getElementById("status"), pw = document.getElementById("pay-wallet");
+  return "section " + shown + ", status " + JSON.stringify(st ? st.textContent : "") + ", pay-wallet disabled " + (pw ? pw.disabled : "none");
+})()`))
 		ecancel()
-		r.t.Fatalf("%s: %v (page %s, error shown: %q)", what, err, page, errText)
+		r.t.Fatalf("%s: %v (page %s, error shown: %q; %s)", what, err, page, errText, state)
 	}
 	return v
 }
