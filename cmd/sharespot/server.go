@@ -247,6 +247,12 @@ func (c *ServerCmd) Run(env *runEnv) error {
 	}
 	srv, err := server.Open(env.ctx, cfg)
 	if err != nil {
+		if env.ctx.Err() != nil {
+			// Ctrl-C (or a service manager's stop) while starting, e.g.
+			// while waiting for the database: a stop, not a failure.
+			fmt.Fprintln(env.stdout, "sharespot server stopped before it started")
+			return nil
+		}
 		return err
 	}
 	defer srv.Close()

@@ -615,5 +615,34 @@ func (r *run) endAll(ctx context.Context) error {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+	// Each party's last message of a session (SessionEnded) may still be
+	// on its way when End has answered: wait for them (bounded), so that
+	// the delivery check finds them handled rather than in flight. Any
+	// still missing after that is the check's to report.
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
+		if endedHandled(r.hostIn, ended) && endedHandled(r.guestIn, ended) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	r.hostIn.waitIdle(0, 2*time.Second)
+	r.guestIn.waitIdle(0, 2*time.Second)
 	return nil
+}
+
+// endedHandled reports whether in handled a SessionEnded of every session
+// in ended.
+func endedHandled(in *inbox, ended map[string]bool) bool {
+	seen := map[string]bool{}
+	for _, m := range in.handled() {
+		if strings.HasSuffix(m.Body, "_SessionEnded") {
+			seen[m.Session] = true
+		}
+	}
+	for id := range ended {
+		if !seen[id] {
+			return false
+		}
+	}
+	return true
 }
