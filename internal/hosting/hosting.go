@@ -240,7 +240,33 @@ func (h *Host) prompt(ctx context.Context, ev gateway.Event) {
 		return
 	}
 	early := ev.Quota-ev.Used >= h.Threshold
-	_, err := h.C.Sessions.Prompt(ctx, connect.NewRequest(&sharespotv1.PromptRequest{SessionId: ev.SessionID, UsedBytes: ev.Used}))
+	// The gateway sends the event once: a prompt lost to a passing
+	// failure (the server busy or restarting, a rate limit) is asked
+	// again, a little while (the event loop waits meanwhile). It carries
+	// the gateway's count as it is when sent: a usage report sent since
+	// the event (reports go on beside this loop) may be higher than the
+	// event's, and the server refuses usage that goes down.
+	var err error
+	for wait, moved := 100*time.Millisecond, 0; ; {
+		used := ev.Used
+		if u, q, uerr := h.GW.Usage(ev.SessionID); uerr == nil {
+			used = min(max(used, u), q)
+		}
+		_, err = h.C.Sessions.Prompt(ctx, connect.NewRequest(&sharespotv1.PromptRequest{SessionId: ev.SessionID, UsedBytes: used}))
+		if connect.CodeOf(err) == connect.CodeInvalidArgument && moved < 3 {
+			moved++ // a report overtook this one: read the count again
+			continue
+		}
+		if err == nil || client.Final(err) || wait > 2*time.Second {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		wait *= 2
+	}
 	switch {
 	case err == nil:
 		h.mu.Lock()
@@ -250,7 +276,9 @@ func (h *Host) prompt(ctx context.Context, ev gateway.Event) {
 		h.Log.Debug("early prompt refused; prompting at the warning level", "session", ev.SessionID, "err", err)
 		return
 	default:
-		h.Log.Warn("prompt", "session", ev.SessionID, "err", err)
+		// Not said as sent: the guest was not prompted.
+		h.Log.Warn("the low-quota prompt did not go through", "session", ev.SessionID, "err", err)
+		return
 	}
 	h.Notify("low", ev.SessionID, ev.Used, ev.Quota)
 }

@@ -18,6 +18,7 @@ import (
 type eventGateway struct {
 	mu    sync.Mutex
 	quota map[string]int64
+	used  map[string]int64 // what Usage says; 0 unless a test sets it
 	ev    chan gateway.Event
 }
 
@@ -38,7 +39,7 @@ func (g *eventGateway) Extend(_ context.Context, id string, n int64) error {
 func (g *eventGateway) Usage(id string) (int64, int64, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return 0, g.quota[id], nil
+	return g.used[id], g.quota[id], nil
 }
 
 func (g *eventGateway) Revoke(context.Context, string) error                    { return nil }
@@ -47,14 +48,21 @@ func (g *eventGateway) Events() <-chan gateway.Event                            
 func (g *eventGateway) Run(ctx context.Context) error                           { <-ctx.Done(); return nil }
 func (g *eventGateway) Addr() string                                            { return "192.0.2.1:1080" }
 
-// TestPromptOncePerVolume: the gateway's early ThresholdCrossed (at the
-// session's rate, before the warning level) that the server refuses leaves
-// the prompt to the one at the warning level; a second event for the same
-// volume prompts nothing; after a top-up the next one prompts again.
-func TestPromptOncePerVolume(t *testing.T) {
+// promptRig is a host agent on an event gateway and a guest with a paid
+// session of 3 MB (warning level 1 MB).
+type promptRig struct {
+	ctx     context.Context
+	gw      *eventGateway
+	hostC   *client.Client
+	guestC  *client.Client
+	guestIn *harness.Inbox
+	ses     *sharespotv1.Session
+	pay     func(*sharespotv1.Envelope_FeeInfo)
+}
+
+func newPromptRig(t *testing.T) *promptRig {
 	const MB, warn = 1_000_000, 1_000_000
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	env := harness.Start(t, nil)
 	hostC, guestC := env.Device(t, "host"), env.Device(t, "guest")
 	env.Fund(t, guestC, "EUR", 10_000)
@@ -66,7 +74,7 @@ func TestPromptOncePerVolume(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gw := &eventGateway{quota: map[string]int64{}, ev: make(chan gateway.Event)}
+	gw := &eventGateway{quota: map[string]int64{}, used: map[string]int64{}, ev: make(chan gateway.Event)}
 	h := &Host{C: hostC, GW: gw, Threshold: warn, ReportEvery: time.Hour}
 	done := make(chan error, 1)
 	go func() { done <- h.Run(ctx) }()
@@ -95,6 +103,38 @@ func TestPromptOncePerVolume(t *testing.T) {
 	}
 	_, fi := harness.Next[*sharespotv1.Envelope_FeeInfo](t, guestIn)
 	pay(fi)
+	return &promptRig{ctx: ctx, gw: gw, hostC: hostC, guestC: guestC, guestIn: guestIn, ses: ses, pay: pay}
+}
+
+// TestPromptAfterAHigherReport: a usage report sent after the threshold
+// event but before the prompt (they go on side by side) makes the event's
+// count lower than the server's; the prompt carries the gateway's count
+// as it is then, and reaches the guest.
+func TestPromptAfterAHigherReport(t *testing.T) {
+	const MB = 1_000_000
+	r := newPromptRig(t)
+	r.gw.mu.Lock()
+	r.gw.used[r.ses.Id] = 2.7 * MB
+	r.gw.mu.Unlock()
+	if _, err := r.hostC.Sessions.ReportUsage(r.ctx, connect.NewRequest(&sharespotv1.ReportUsageRequest{SessionId: r.ses.Id, UsedBytes: 2.7 * MB})); err != nil {
+		t.Fatal(err)
+	}
+	r.gw.ev <- gateway.Event{Kind: gateway.ThresholdCrossed, SessionID: r.ses.Id, Used: 2.1 * MB, Quota: 3 * MB}
+	_, p := harness.Next[*sharespotv1.Envelope_LowQuotaPrompt](t, r.guestIn)
+	if p.LowQuotaPrompt.UsedBytes != 2.7*MB {
+		t.Fatalf("prompt %v, want one at the gateway's 2.7 MB", p.LowQuotaPrompt)
+	}
+}
+
+// TestPromptOncePerVolume: the gateway's early ThresholdCrossed (at the
+// session's rate, before the warning level) that the server refuses leaves
+// the prompt to the one at the warning level; a second event for the same
+// volume prompts nothing; after a top-up the next one prompts again.
+func TestPromptOncePerVolume(t *testing.T) {
+	const MB = 1_000_000
+	r := newPromptRig(t)
+	ctx, gw, guestIn, ses, pay := r.ctx, r.gw, r.guestIn, r.ses, r.pay
+	guestC := r.guestC
 	send := func(used, quota int64) {
 		gw.ev <- gateway.Event{Kind: gateway.ThresholdCrossed, SessionID: ses.Id, Used: used, Quota: quota}
 	}
