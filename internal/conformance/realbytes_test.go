@@ -251,6 +251,17 @@ func claimRealBytes(t *testing.T, mkPath func(*testing.T) *dataPath) {
 		if ag.AccessGranted.GrantedBytes != more || ag.AccessGranted.TotalGrantedBytes != buy+more {
 			t.Fatalf("add-data response = %v", ag.AccessGranted)
 		}
+		// The host raises the gateway's volume once its Grant went through,
+		// which is also when the server relays the grant to the guest: the
+		// two race, so wait (bounded) for the gateway.
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+			if _, q, _ := p.gw.Usage(ses.Id); q == buy+more {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the top-up did not reach the gateway within 10 s")
+			}
+		}
 		// Now the same 2 MB pass, and usage went on from where it was.
 		n, err := p.fetch(ctx, p.client(gwAddr, ses.Id, code, 30*time.Second), 2*MB)
 		if err != nil || n != 2*MB {
