@@ -370,8 +370,11 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			return fmt.Errorf("server: load TLS certificate: %w", err)
 		}
 		hs.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
-	} else {
-		hs.Protocols.SetUnencryptedHTTP2(true)
+	}
+	var plain *cleartext // cleartext HTTP/2 goes around net/http's h2c path
+	if hs.TLSConfig == nil {
+		plain = newCleartext(ln, hs, streams)
+		ln = plain
 	}
 
 	var wg sync.WaitGroup
@@ -407,6 +410,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		endStreams()
 		shut, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		err = hs.Shutdown(shut)
+		if plain != nil {
+			plain.wait(shut) // its HTTP/2 connections, which hs does not track
+		}
 		cancel()
 		<-errc
 	}
