@@ -108,6 +108,9 @@ type Stats struct {
 	// Retries of write functions after a serialization failure or a
 	// deadlock (PostgreSQL).
 	Retries int64
+	// Busy is the time the single writer spent on batches, from begin to
+	// durable commit (SQLite): against the wall clock, how loaded it is.
+	Busy time.Duration
 }
 
 // Tx is a transaction handed to Write and Read functions. Queries use '?'
@@ -156,16 +159,19 @@ type stmtCache struct {
 	mu   sync.Mutex
 	m    map[string]*sql.Stmt
 	runs int64 // statements run, for Stats
+	// per counts runs by query text, for StatementCounts.
+	per map[string]int64
 }
 
 func newStmtCache(conn *sql.Conn) *stmtCache {
-	return &stmtCache{conn: conn, m: map[string]*sql.Stmt{}}
+	return &stmtCache{conn: conn, m: map[string]*sql.Stmt{}, per: map[string]int64{}}
 }
 
 func (c *stmtCache) get(ctx context.Context, query string) (*sql.Stmt, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.runs++
+	c.per[query]++
 	if st := c.m[query]; st != nil {
 		return st, nil
 	}
@@ -461,6 +467,22 @@ func (s *Store) Stats() Stats {
 	return st
 }
 
+// StatementCounts returns how many times the single writer has run each
+// statement, by query text (SQLite; nil on PostgreSQL). Benchmarks use it to
+// show which steps cost the writer what.
+func (s *Store) StatementCounts() map[string]int64 {
+	if s.wstmts == nil {
+		return nil
+	}
+	s.wstmts.mu.Lock()
+	defer s.wstmts.mu.Unlock()
+	out := make(map[string]int64, len(s.wstmts.per))
+	for q, n := range s.wstmts.per {
+		out[q] = n
+	}
+	return out
+}
+
 // Close stops the writer after the writes already queued and closes the
 // database. It is safe to call more than once and after a failed Open.
 func (s *Store) Close() error {
@@ -521,6 +543,15 @@ func (s *Store) writer() {
 	}
 }
 
+// commitBatch runs a batch of write functions in one transaction and
+// commits it. It first runs them one after the other with nothing between:
+// the common case, every function succeeding, costs no savepoints (a
+// SAVEPOINT and a RELEASE per function, and SQLite copying each page a
+// function changes again into the statement journal). When one fails, that
+// transaction is rolled back and the batch runs again with a savepoint per
+// function, so that the one that fails is undone alone. Write functions
+// may run more than once (as on PostgreSQL, which retries them); only the
+// run that commits has effects, AfterCommit hooks included.
 func (s *Store) commitBatch(batch []*writeReq) {
 	start := time.Now()
 	ctx := context.Background()
@@ -536,40 +567,17 @@ func (s *Store) commitBatch(batch []*writeReq) {
 			close(r.done)
 		}
 	}
-	sqlTx, err := s.wconn.BeginTx(ctx, nil)
-	if err != nil {
-		finish(fmt.Errorf("store: begin write: %w", translate(err)))
-		return
-	}
-	ran := 0
-	for i, r := range batch {
-		if err := r.ctx.Err(); err != nil {
-			r.err = err
-			continue
-		}
-		if _, err := s.execCached(ctx, sqlTx, "SAVEPOINT w"); err != nil {
-			r.err = fmt.Errorf("store: savepoint: %w", err)
-			continue
-		}
-		tx := &Tx{ctx: r.ctx, qctx: context.WithoutCancel(r.ctx), q: sqlTx, stmts: s.wstmts, engine: s.engine, writable: true}
-		ferr := runFn(r.fn, tx)
-		if ferr != nil {
-			r.err = ferr
-			if _, err := s.execCached(ctx, sqlTx, "ROLLBACK TO w"); err != nil {
-				// The transaction is unusable: fail the whole batch.
-				_ = sqlTx.Rollback()
-				finish(fmt.Errorf("store: roll back savepoint: %w", err))
-				return
-			}
-		} else {
-			afters[i] = tx.after
-			ran++
-		}
-		if _, err := s.execCached(ctx, sqlTx, "RELEASE w"); err != nil {
-			_ = sqlTx.Rollback()
-			finish(fmt.Errorf("store: release savepoint: %w", err))
+	ran, sqlTx, err := s.runBatch(ctx, batch, afters, false)
+	if errors.Is(err, errFnFailed) {
+		if len(batch) == 1 {
+			finish(nil) // it failed alone: nothing to commit
 			return
 		}
+		ran, sqlTx, err = s.runBatch(ctx, batch, afters, true)
+	}
+	if err != nil {
+		finish(err)
+		return
 	}
 	s.commitNo++
 	if s.crash != nil {
@@ -582,11 +590,12 @@ func (s *Store) commitBatch(batch []*writeReq) {
 	if s.crash != nil {
 		s.crash(s.commitNo, true)
 	}
+	d := time.Since(start)
 	s.statsMu.Lock()
 	s.stats.Commits++
 	s.stats.Writes += int64(ran)
+	s.stats.Busy += d
 	s.statsMu.Unlock()
-	d := time.Since(start)
 	if d > time.Second {
 		s.log.Warn("slow commit", "writes", len(batch), "took", d)
 	}
@@ -594,6 +603,61 @@ func (s *Store) commitBatch(batch []*writeReq) {
 		s.onCommit(ran, d)
 	}
 	finish(nil)
+}
+
+// errFnFailed: a write function failed in a batch run without savepoints;
+// the transaction is rolled back and the batch must run again with them.
+var errFnFailed = errors.New("store: a write function failed; run the batch with savepoints")
+
+// runBatch begins a transaction and runs the batch's functions in it,
+// each in a savepoint of its own when savepoints is set, and returns the
+// open transaction and how many functions succeeded. Without savepoints
+// the first function to fail rolls the transaction back and runBatch
+// returns errFnFailed. Any other error has rolled back, and is the batch's.
+func (s *Store) runBatch(ctx context.Context, batch []*writeReq, afters [][]func(), savepoints bool) (int, *sql.Tx, error) {
+	sqlTx, err := s.wconn.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, nil, fmt.Errorf("store: begin write: %w", translate(err))
+	}
+	ran := 0
+	for i, r := range batch {
+		r.err, afters[i] = nil, nil
+		if err := r.ctx.Err(); err != nil {
+			r.err = err
+			continue
+		}
+		if savepoints {
+			if _, err := s.execCached(ctx, sqlTx, "SAVEPOINT w"); err != nil {
+				r.err = fmt.Errorf("store: savepoint: %w", err)
+				continue
+			}
+		}
+		tx := &Tx{ctx: r.ctx, qctx: context.WithoutCancel(r.ctx), q: sqlTx, stmts: s.wstmts, engine: s.engine, writable: true}
+		ferr := runFn(r.fn, tx)
+		switch {
+		case ferr != nil && !savepoints:
+			r.err = ferr // the outcome when it ran alone
+			_ = sqlTx.Rollback()
+			return 0, nil, errFnFailed
+		case ferr != nil:
+			r.err = ferr
+			if _, err := s.execCached(ctx, sqlTx, "ROLLBACK TO w"); err != nil {
+				// The transaction is unusable: fail the whole batch.
+				_ = sqlTx.Rollback()
+				return 0, nil, fmt.Errorf("store: roll back savepoint: %w", err)
+			}
+		default:
+			afters[i] = tx.after
+			ran++
+		}
+		if savepoints {
+			if _, err := s.execCached(ctx, sqlTx, "RELEASE w"); err != nil {
+				_ = sqlTx.Rollback()
+				return 0, nil, fmt.Errorf("store: release savepoint: %w", err)
+			}
+		}
+	}
+	return ran, sqlTx, nil
 }
 
 // execCached runs a statement of the writer's own through the statement

@@ -965,3 +965,38 @@ func TestRebind(t *testing.T) {
 		})
 	}
 }
+
+// A batch whose writes all succeed runs no savepoints; one with a failing
+// write runs again with a savepoint per write (TestBatchIsolation checks
+// the outcome of that run).
+func TestSavepointsOnlyAfterAFailure(t *testing.T) {
+	s := newDB(t, SQLite).open(t)
+	batch := func(fail int) {
+		release := holdWriter(t, s)
+		var wg sync.WaitGroup
+		for i := range 10 {
+			wg.Go(func() {
+				_ = s.Write(t.Context(), func(tx *Tx) error {
+					if err := insertAccount(fmt.Sprintf("acct-%d-%d", fail, i))(tx); err != nil {
+						return err
+					}
+					if i == fail {
+						return errRefused
+					}
+					return nil
+				})
+			})
+		}
+		waitQueued(t, s, 10)
+		release()
+		wg.Wait()
+	}
+	batch(-1)
+	if n := s.StatementCounts()["SAVEPOINT w"]; n != 0 {
+		t.Fatalf("a batch with no failure ran %d savepoints", n)
+	}
+	batch(4)
+	if n := s.StatementCounts()["SAVEPOINT w"]; n != 10 {
+		t.Fatalf("a batch of 10 with a failure ran %d savepoints, want 10 (its second run)", n)
+	}
+}
