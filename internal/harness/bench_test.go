@@ -105,6 +105,7 @@ func BenchmarkFlow(b *testing.B) {
 	b.ReportMetric(float64(st.Writes-commits0.Writes)/float64(max(1, st.Commits-commits0.Commits)), "writes/commit")
 	b.ReportMetric(float64(st.Statements-commits0.Statements)/float64(len(all)), "stmts/flow")
 	b.ReportMetric(float64(st.Retries-commits0.Retries)/float64(len(all)), "retries/flow")
+	b.ReportMetric(100*float64(st.Busy-commits0.Busy)/float64(elapsed), "writer-busy-%")
 	if err := Audit(ctx, env.Srv.Store()); err != nil {
 		b.Fatal(err)
 	}

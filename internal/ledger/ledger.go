@@ -170,18 +170,6 @@ func Apply(tx *store.Tx, nowMS int64, t Transfer) (applied bool, err error) {
 	if t.Debit.Currency != t.Currency || t.Credit.Currency != t.Currency {
 		return false, fmt.Errorf("%w: transfer %s in %s between %s and %s", ErrCurrencyMismatch, t.ID, t.Currency, t.Debit.ID, t.Credit.ID)
 	}
-	var dID, cID, cur string
-	var amount int64
-	err = tx.QueryRow(`SELECT debit, credit, amount, currency FROM ledger_transfers WHERE id = ?`, t.ID).Scan(&dID, &cID, &amount, &cur)
-	switch {
-	case err == nil:
-		if dID != t.Debit.ID || cID != t.Credit.ID || amount != t.Amount || cur != t.Currency {
-			return false, fmt.Errorf("%w: %s", ErrIdempotencyConflict, t.ID)
-		}
-		return false, nil
-	case !errors.Is(err, store.ErrNotFound):
-		return false, fmt.Errorf("ledger: look up transfer %s: %w", t.ID, err)
-	}
 	// The common path is two conditional updates; only when one matches no
 	// row does Apply look closer (a new account, a currency mismatch, too
 	// little money, an overflow). The debit refuses to take a non-funding
@@ -193,6 +181,9 @@ func Apply(tx *store.Tx, nowMS int64, t Transfer) (applied bool, err error) {
 		return false, fmt.Errorf("ledger: debit %s: %w", t.Debit.ID, err)
 	}
 	if n != 1 {
+		if done, err := recorded(tx, t); done || err != nil {
+			return false, err
+		}
 		if err := ensure(tx, t.Debit); err != nil {
 			return false, err
 		}
@@ -223,9 +214,47 @@ func Apply(tx *store.Tx, nowMS int64, t Transfer) (applied bool, err error) {
 			return false, fmt.Errorf("ledger: transfer %s: balance of %s would overflow", t.ID, t.Credit.ID)
 		}
 	}
-	if _, err := tx.Exec(`INSERT INTO ledger_transfers (id, debit, credit, amount, currency, memo, created_ms) VALUES (?, ?, ?, ?, ?, ?, ?)`,
-		t.ID, t.Debit.ID, t.Credit.ID, t.Amount, t.Currency, t.Memo, nowMS); err != nil {
+	// The transfer's row last (its accounts exist by now), and only if no
+	// transfer has this ID: a repeated Apply, rare, then puts the two
+	// balances back and reports what the first recorded. The common path
+	// is three statements, with no look-up ahead of them.
+	n, err = tx.ExecN(`INSERT INTO ledger_transfers (id, debit, credit, amount, currency, memo, created_ms) VALUES (?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT (id) DO NOTHING`,
+		t.ID, t.Debit.ID, t.Credit.ID, t.Amount, t.Currency, t.Memo, nowMS)
+	if err != nil {
 		return false, fmt.Errorf("ledger: record transfer %s: %w", t.ID, err)
+	}
+	if n == 1 {
+		return true, nil
+	}
+	for _, undo := range []struct {
+		id    string
+		delta int64
+	}{{t.Debit.ID, t.Amount}, {t.Credit.ID, -t.Amount}} {
+		if _, err := tx.Exec(`UPDATE ledger_accounts SET balance = balance + ? WHERE id = ?`, undo.delta, undo.id); err != nil {
+			return false, fmt.Errorf("ledger: transfer %s again: restore %s: %w", t.ID, undo.id, err)
+		}
+	}
+	done, err := recorded(tx, t)
+	if err == nil && !done {
+		err = fmt.Errorf("ledger: transfer %s: neither recorded nor new", t.ID)
+	}
+	return false, err
+}
+
+// recorded reports whether a transfer with t's ID exists: done with no
+// error when it is t, an ErrIdempotencyConflict when it is another.
+func recorded(tx *store.Tx, t Transfer) (done bool, err error) {
+	var dID, cID, cur string
+	var amount int64
+	err = tx.QueryRow(`SELECT debit, credit, amount, currency FROM ledger_transfers WHERE id = ?`, t.ID).Scan(&dID, &cID, &amount, &cur)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("ledger: look up transfer %s: %w", t.ID, err)
+	case dID != t.Debit.ID || cID != t.Credit.ID || amount != t.Amount || cur != t.Currency:
+		return false, fmt.Errorf("%w: %s", ErrIdempotencyConflict, t.ID)
 	}
 	return true, nil
 }

@@ -4,7 +4,6 @@ import (
 	"fmt"
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
-	"github.com/sharespot/sharespot/internal/account"
 	"github.com/sharespot/sharespot/internal/ledger"
 	"github.com/sharespot/sharespot/internal/registry"
 	"github.com/sharespot/sharespot/internal/store"
@@ -52,7 +51,7 @@ func (e *Engine) expireTopUp(tx *store.Tx, s *row, now int64) error {
 			q.State = sharespotv1.QuoteState_QUOTE_STATE_EXPIRED
 		default: // paid or confirmed, never granted
 			reason = "host did not grant the top-up in time; payment refunded"
-			guestAccount, err := account.Of(tx, s.Guest)
+			guestAccount, err := s.guestAccount(tx)
 			if err != nil {
 				return err
 			}

@@ -8,6 +8,7 @@ import (
 	"unicode/utf8"
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
+	"github.com/sharespot/sharespot/internal/account"
 	"github.com/sharespot/sharespot/internal/problem"
 	"github.com/sharespot/sharespot/internal/registry"
 	"github.com/sharespot/sharespot/internal/relay"
@@ -37,6 +38,9 @@ type row struct {
 	HostCount            int64
 	Verified             bool
 	CreatedMS, UpdatedMS int64
+	// Card adjustments after settlement (Stripe refunds and disputes),
+	// which internal/card writes: read with the row, never saved by it.
+	CardRefunded, Disputed int64
 }
 
 const rowCols = `id, hotspot_id, host_device_id, guest_device_id, state, requested_bytes, reserved_bytes, granted_bytes,
@@ -74,13 +78,14 @@ func loadRow(tx *store.Tx, id string) (*row, error) {
 	// Lock the row in a PostgreSQL write, so that a concurrent transition
 	// of the same session waits here (and is retried) rather than after
 	// doing its work; a read takes no lock.
-	q := `SELECT ` + rowCols + ` FROM sessions WHERE id = ?` + tx.ForUpdate()
+	q := `SELECT ` + rowCols + `, card_refunded_minor, disputed_minor FROM sessions WHERE id = ?` + tx.ForUpdate()
 	s := new(row)
 	var state, verified int32
 	err := tx.QueryRow(q, id).Scan(&s.ID, &s.HotspotID, &s.Host, &s.Guest, &state, &s.Requested, &s.Reserved, &s.Granted,
 		&s.Used, &s.PendingTopUp, &s.Currency, &s.Suite, &s.GuestKeys, &s.DeadlineMS, &s.EndReason, &s.SettledHost,
 		&s.SettledFee, &s.Refunded, &s.CreatedMS, &s.UpdatedMS, &s.GuestAccount, &s.Tariff.PriceMinor, &s.Tariff.TopUpPriceMinor,
-		&s.Tariff.UnitBytes, &s.Tariff.MinPurchase, &s.GuestAcked, &s.Window, &s.HostCount, &verified)
+		&s.Tariff.UnitBytes, &s.Tariff.MinPurchase, &s.GuestAcked, &s.Window, &s.HostCount, &verified,
+		&s.CardRefunded, &s.Disputed)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, problem.NotFoundf("session %s not found", id)
 	}
@@ -90,6 +95,16 @@ func loadRow(tx *store.Tx, id string) (*row, error) {
 	s.State = sharespotv1.SessionState(state)
 	s.Tariff.Currency, s.Verified = s.Currency, verified != 0
 	return s, nil
+}
+
+// guestAccount is the account of the session's guest, which the row
+// keeps from the request (a device never changes account); rows from
+// before the column existed read it from the device.
+func (s *row) guestAccount(tx *store.Tx) (string, error) {
+	if s.GuestAccount != "" {
+		return s.GuestAccount, nil
+	}
+	return account.Of(tx, s.Guest)
 }
 
 type role int

@@ -100,7 +100,7 @@ func (e *Engine) finish(tx *store.Tx, s *row, used int64, reason string) error {
 	if err != nil {
 		return err
 	}
-	guestAccount, err := account.Of(tx, s.Guest)
+	guestAccount, err := s.guestAccount(tx)
 	if err != nil {
 		return err
 	}

@@ -73,9 +73,7 @@ func (e *Engine) render(tx *store.Tx, s *row, p Party) (*sharespotv1.Session, er
 		DeadlineUnixMs: s.DeadlineMS, EndReason: s.EndReason, SettledHostMinor: s.SettledHost, SettledFeeMinor: s.SettledFee,
 		RefundedMinor: s.Refunded, CreatedUnixMs: s.CreatedMS, UpdatedUnixMs: s.UpdatedMS, Tariff: s.Tariff.Proto(),
 		GuestAckedBytes: s.GuestAcked, CreditWindowBytes: s.Window, HostCountBytes: s.HostCount, Verified: s.Verified,
-	}
-	if err := tx.QueryRow(`SELECT card_refunded_minor, disputed_minor FROM sessions WHERE id = ?`, s.ID).Scan(&out.CardRefundedMinor, &out.DisputedMinor); err != nil {
-		return nil, fmt.Errorf("session: card adjustments of %s: %w", s.ID, err)
+		CardRefundedMinor: s.CardRefunded, DisputedMinor: s.Disputed,
 	}
 	qs, err := quotesOf(tx, s.ID)
 	if err != nil {

@@ -1,0 +1,86 @@
+package harness
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+	"testing"
+
+	"connectrpc.com/connect"
+
+	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
+	"github.com/sharespot/sharespot/internal/client"
+	"github.com/sharespot/sharespot/internal/seal"
+	"github.com/sharespot/sharespot/internal/store"
+)
+
+// statementBudget is how many statements the single SQLite writer may run
+// for one short paid flow (PaidFlow: request, quote, pay, confirm, grant,
+// end and settle). It was 92 before the writer-path work (issue 16); each
+// statement costs the writer ~15-25 µs of CPU, so a change that adds some
+// should say why (docs/benchmarks.md).
+const statementBudget = 71
+
+// TestStatementBudget counts, statement by statement, what the writer runs
+// for a paid flow, and fails when the total goes over the budget. The count
+// is exact (flows run one at a time, so no batch runs twice), not a timing.
+func TestStatementBudget(t *testing.T) {
+	ctx := context.Background()
+	env := Start(t, nil)
+	host := env.Device(t, "host")
+	res, err := host.Hotspots.Register(ctx, connect.NewRequest(&sharespotv1.RegisterRequest{Instruction: BenchInstruction(0)}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	gc := env.Device(t, "guest")
+	env.Fund(t, gc, "EUR", 1<<40)
+	g := &client.Guest{C: gc, Suites: []seal.Suite{seal.Preset}}
+	// Two flows first: the first ones open the escrow and host accounts.
+	for range 2 {
+		if err := PaidFlow(ctx, host, res.Msg.Hotspot, g); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := env.Srv.Store().StatementCounts()
+	const flows = 20
+	for range flows {
+		if err := PaidFlow(ctx, host, res.Msg.Hotspot, g); err != nil {
+			t.Fatal(err)
+		}
+	}
+	table, perFlow := statementTable(before, env.Srv.Store().StatementCounts(), flows)
+	t.Logf("statements per flow: %.2f\n%s", perFlow, table)
+	if perFlow > statementBudget {
+		t.Fatalf("a paid flow runs %.2f statements on the writer, over the budget of %d:\n%s", perFlow, statementBudget, table)
+	}
+}
+
+// statementTable lists the statements run between two StatementCounts,
+// per flow, most frequent first.
+func statementTable(before, after map[string]int64, flows int) (string, float64) {
+	type row struct {
+		q string
+		n int64
+	}
+	var rows []row
+	var total int64
+	for q, n := range after {
+		if d := n - before[q]; d > 0 {
+			rows = append(rows, row{q, d})
+			total += d
+		}
+	}
+	sort.Slice(rows, func(i, j int) bool { return rows[i].n > rows[j].n || rows[i].n == rows[j].n && rows[i].q < rows[j].q })
+	var b strings.Builder
+	for _, r := range rows {
+		q := strings.Join(strings.Fields(r.q), " ")
+		if len(q) > 110 {
+			q = q[:110] + "…"
+		}
+		fmt.Fprintf(&b, "%6.2f  %s\n", float64(r.n)/float64(flows), q)
+	}
+	return b.String(), float64(total) / float64(flows)
+}
+
+var _ = store.SQLite // the budget is the SQLite writer's
