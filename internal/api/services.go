@@ -352,24 +352,25 @@ func (ib *inboxService) Subscribe(ctx context.Context, req *connect.Request[shar
 	cursor := req.Msg.AfterSeq
 	poll := time.NewTimer(ib.d.PollInterval)
 	defer poll.Stop()
-	first := true
-	for {
-		// Watch before reading, so a message committed between the read
-		// and the wait still wakes us.
-		wake, cancel := ib.d.Hub.Watch(p.DeviceID)
+	// Watch once, before the first read, for the stream's life: a message
+	// committed after a read signals the channel (which holds one signal,
+	// so wake-ups that arrive together are one), and the next read takes
+	// everything pending. A read that returned less than a full batch has
+	// drained the inbox as of its snapshot, so the stream waits next
+	// instead of reading again to find nothing: one read per delivery.
+	wake, cancel := ib.d.Hub.Watch(p.DeviceID)
+	defer cancel()
+	for first := true; ; first = false {
 		envs, err := store.ReadT(ctx, ib.d.Store, func(tx *store.Tx) ([]*sharespotv1.Envelope, error) {
 			return relay.Fetch(tx, p.DeviceID, cursor, batch)
 		})
 		if err != nil {
-			cancel()
 			return err
 		}
 		if len(envs) > 0 || first {
 			// The first response goes out at once, even empty, so the
 			// client knows it is subscribed.
-			first = false
 			if err := stream.Send(&sharespotv1.SubscribeResponse{Envelopes: envs}); err != nil {
-				cancel()
 				return err
 			}
 			if ib.d.Metrics != nil {
@@ -379,9 +380,10 @@ func (ib *inboxService) Subscribe(ctx context.Context, req *connect.Request[shar
 				}
 			}
 			if len(envs) > 0 {
-				cancel()
 				cursor = envs[len(envs)-1].Seq
-				continue
+			}
+			if len(envs) == batch {
+				continue // more may wait
 			}
 		}
 		select {
@@ -389,10 +391,8 @@ func (ib *inboxService) Subscribe(ctx context.Context, req *connect.Request[shar
 		case <-poll.C:
 			poll.Reset(ib.d.PollInterval)
 		case <-ctx.Done():
-			cancel()
 			return nil
 		}
-		cancel()
 	}
 }
 
