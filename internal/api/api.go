@@ -39,7 +39,9 @@ import (
 //	               of possession.
 //	3  2026-11-30  card payments through Stripe: PayRequest.method, the
 //	               payment status, FundByCard, PayoutOnboarding.
-const ProtocolVersion = 3
+//	4  2026-11-30  PaymentConfirmed carries the quote and the guest, so
+//	               the host's agent grants without reading the session.
+const ProtocolVersion = 4
 
 // MaxRequestBytes caps a request message.
 const MaxRequestBytes = 64 << 10

@@ -2,6 +2,9 @@ package client_test
 
 import (
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"net/http"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -179,4 +182,91 @@ func hostRig(t *testing.T, gate client.Gate, unit, shareable int64) (host, guest
 		t.Fatal(err)
 	}
 	return host, guest, agent, hs
+}
+
+// countingTransport counts the calls of one procedure.
+type countingTransport struct {
+	http.RoundTripper
+	path string
+	n    atomic.Int32
+}
+
+func (c *countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.URL.Path == c.path {
+		c.n.Add(1)
+	}
+	return c.RoundTripper.RoundTrip(r)
+}
+
+// TestHostGrantsFromTheConfirmation (C3.3, C1.7): the payment confirmation
+// the server relays carries the quote and the guest, so the host's agent
+// checks the receipt and grants without reading the session; a
+// confirmation without them, as servers before 2026-11-30 send, is
+// completed by reading the session and still granted.
+func TestHostGrantsFromTheConfirmation(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		strip   bool
+		wantGet int32
+	}{
+		{"the quote in the confirmation", false, 0},
+		{"an older server's confirmation", true, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			env := harness.Start(t, nil)
+			gets := &countingTransport{RoundTripper: client.NewHTTPClient().Transport, path: "/sharespot.v1.SessionService/Get"}
+			_, key, err := ed25519.GenerateKey(rand.Reader)
+			if err != nil {
+				t.Fatal(err)
+			}
+			host := client.New(env.URL, key, client.Options{HTTPClient: &http.Client{Transport: gets}})
+			if err := host.SignIn(ctx); err != nil {
+				t.Fatal(err)
+			}
+			guest := env.Device(t, "guest")
+			env.Fund(t, guest, "EUR", 10_000)
+			gate := &countingGate{CodeGate: client.CodeGate{Kind: "proxy", Address: "192.0.2.1:1080"}}
+			agent := &client.Host{C: host, Gate: gate}
+			if err := agent.Start(ctx); err != nil {
+				t.Fatal(err)
+			}
+			hs, err := host.Hotspots.Register(ctx, connect.NewRequest(&sharespotv1.RegisterRequest{Instruction: harness.BenchInstruction(1)}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			harness.Listen(t, host, func(ctx context.Context, env *sharespotv1.Envelope) error {
+				if pc := env.GetPaymentConfirmed(); pc != nil {
+					if pc.Quote == nil || pc.GuestDeviceId != guest.DeviceID() {
+						t.Errorf("the confirmation carries quote %v and guest %q", pc.Quote, pc.GuestDeviceId)
+					}
+					if tc.strip {
+						pc.Quote, pc.GuestDeviceId = nil, ""
+					}
+				}
+				return agent.Handle(ctx, env)
+			})
+			guestIn := harness.Listen(t, guest, nil)
+			g := &client.Guest{C: guest}
+			ses, err := g.RequestAccess(ctx, hs.Msg.Hotspot.Id, 10*harness.BenchMB)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, fi := harness.Next[*sharespotv1.Envelope_FeeInfo](t, guestIn)
+			pay, err := guest.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: fi.FeeInfo.Quote.Id}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := guest.Sessions.Confirm(ctx, connect.NewRequest(&sharespotv1.ConfirmRequest{SessionId: ses.Id, Receipt: pay.Msg.Receipt})); err != nil {
+				t.Fatal(err)
+			}
+			_, ag := harness.Next[*sharespotv1.Envelope_AccessGranted](t, guestIn)
+			if ag.AccessGranted.GrantedBytes != 10*harness.BenchMB || gate.admits.Load() != 1 {
+				t.Fatalf("granted %d bytes, %d admissions at the gate", ag.AccessGranted.GrantedBytes, gate.admits.Load())
+			}
+			if n := gets.n.Load(); n != tc.wantGet {
+				t.Fatalf("the host read the session %d times to grant, want %d", n, tc.wantGet)
+			}
+		})
+	}
 }

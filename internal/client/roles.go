@@ -217,23 +217,29 @@ func TariffPrice(t *sharespotv1.Tariff, bytes int64, topUp bool) (int64, error) 
 // learn the code before the server relays it) and revokes it if the grant
 // is refused; a top-up raises the gate's volume only after Grant succeeds.
 func (h *Host) grant(ctx context.Context, sid string, pc *sharespotv1.PaymentConfirmed) error {
-	ses, err := h.C.Sessions.Get(ctx, connect.NewRequest(&sharespotv1.GetRequest{SessionId: sid}))
-	if err != nil {
-		return ignoreRefusal(err)
-	}
-	s := ses.Msg.Session
-	var q *sharespotv1.Quote
-	for _, x := range s.Quotes {
-		if x.Id == pc.QuoteId {
-			q = x
+	// The confirmation carries the quote and the guest (servers since
+	// 2026-11-30); an older server's is completed by reading the session.
+	q, guest, host := pc.Quote, pc.GuestDeviceId, h.C.DeviceID()
+	var s *sharespotv1.Session
+	if q == nil || q.Id != pc.QuoteId || guest == "" {
+		ses, err := h.C.Sessions.Get(ctx, connect.NewRequest(&sharespotv1.GetRequest{SessionId: sid}))
+		if err != nil {
+			return ignoreRefusal(err)
 		}
+		s, q = ses.Msg.Session, nil
+		for _, x := range s.Quotes {
+			if x.Id == pc.QuoteId {
+				q = x
+			}
+		}
+		guest, host = s.GuestDeviceId, s.HostDeviceId
 	}
 	if q == nil {
 		h.Log.Warn("confirmation for an unknown quote", "session", sid, "quote", pc.QuoteId)
 		return nil
 	}
 	receiptID, err := h.checkReceipt(pc.Receipt, receipt.Payload{SessionID: sid, QuoteID: q.Id, Amount: q.AmountMinor, Currency: q.Currency,
-		Payer: s.GuestDeviceId, Payee: s.HostDeviceId, Bytes: q.Bytes})
+		Payer: guest, Payee: host, Bytes: q.Bytes})
 	if err != nil {
 		h.Log.Warn("payment-success response refused", "session", sid, "err", err)
 		return nil
@@ -243,6 +249,13 @@ func (h *Host) grant(ctx context.Context, sid string, pc *sharespotv1.PaymentCon
 		// Granted already (a redelivered confirmation, perhaps after a
 		// crash between the grant and the gate): give what was granted.
 		h.remember(receiptID)
+		if s == nil { // the quote came in the message: read what was granted
+			ses, err := h.C.Sessions.Get(ctx, connect.NewRequest(&sharespotv1.GetRequest{SessionId: sid}))
+			if err != nil {
+				return ignoreRefusal(err)
+			}
+			s = ses.Msg.Session
+		}
 		return h.Reconcile(s)
 	case sharespotv1.QuoteState_QUOTE_STATE_CONFIRMED:
 	default:
@@ -253,7 +266,7 @@ func (h *Host) grant(ctx context.Context, sid string, pc *sharespotv1.PaymentCon
 	initial := pc.Kind == sharespotv1.QuoteKind_QUOTE_KIND_INITIAL
 	if initial {
 		code := h.accessCode(sid)
-		sealed, err := seal.Seal(seal.Suite(pc.Suite), pc.GuestPublicKey, seal.Binding{SessionID: sid, HostID: s.HostDeviceId, GuestID: s.GuestDeviceId}, code)
+		sealed, err := seal.Seal(seal.Suite(pc.Suite), pc.GuestPublicKey, seal.Binding{SessionID: sid, HostID: host, GuestID: guest}, code)
 		if err != nil {
 			h.Log.Warn("cannot seal to the guest's key", "session", sid, "err", err)
 			return nil

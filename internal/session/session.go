@@ -505,7 +505,7 @@ func (e *Engine) Confirm(tx *store.Tx, guest Party, sessionID string, vr Verifie
 	if err := q.save(tx); err != nil {
 		return nil, err
 	}
-	msg := &sharespotv1.PaymentConfirmed{QuoteId: q.ID, Kind: q.Kind, Receipt: rc}
+	msg := &sharespotv1.PaymentConfirmed{QuoteId: q.ID, Kind: q.Kind, Receipt: rc, Quote: q.proto(nil), GuestDeviceId: s.Guest}
 	if q.Kind == sharespotv1.QuoteKind_QUOTE_KIND_INITIAL {
 		var req sharespotv1.AccessRequested
 		if err := proto.Unmarshal(s.GuestKeys, &req); err != nil {

@@ -4824,8 +4824,13 @@ type PaymentConfirmed struct {
 	// Initial only: the suite to seal with and the guest's key for it.
 	Suite          string `protobuf:"bytes,4,opt,name=suite,proto3" json:"suite,omitempty"`
 	GuestPublicKey []byte `protobuf:"bytes,5,opt,name=guest_public_key,json=guestPublicKey,proto3" json:"guest_public_key,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The quote as confirmed and the session's guest: what the host's agent
+	// checks the receipt against, so that it grants without reading the
+	// session first. Absent from servers before 2026-11-30.
+	Quote         *Quote `protobuf:"bytes,6,opt,name=quote,proto3" json:"quote,omitempty"`
+	GuestDeviceId string `protobuf:"bytes,7,opt,name=guest_device_id,json=guestDeviceId,proto3" json:"guest_device_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PaymentConfirmed) Reset() {
@@ -4891,6 +4896,20 @@ func (x *PaymentConfirmed) GetGuestPublicKey() []byte {
 		return x.GuestPublicKey
 	}
 	return nil
+}
+
+func (x *PaymentConfirmed) GetQuote() *Quote {
+	if x != nil {
+		return x.Quote
+	}
+	return nil
+}
+
+func (x *PaymentConfirmed) GetGuestDeviceId() string {
+	if x != nil {
+		return x.GuestDeviceId
+	}
+	return ""
 }
 
 // C2.2, to the guest: the protocol type of the encryption protocol that
@@ -5893,13 +5912,15 @@ const file_sharespot_v1_sharespot_proto_rawDesc = "" +
 	"guest_keys\x18\x04 \x03(\v2\x16.sharespot.v1.GuestKeyR\tguestKeys\x12,\n" +
 	"\x06tariff\x18\x05 \x01(\v2\x14.sharespot.v1.TariffR\x06tariff\"4\n" +
 	"\aFeeInfo\x12)\n" +
-	"\x05quote\x18\x01 \x01(\v2\x13.sharespot.v1.QuoteR\x05quote\"\xcb\x01\n" +
+	"\x05quote\x18\x01 \x01(\v2\x13.sharespot.v1.QuoteR\x05quote\"\x9e\x02\n" +
 	"\x10PaymentConfirmed\x12\x19\n" +
 	"\bquote_id\x18\x01 \x01(\tR\aquoteId\x12+\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x17.sharespot.v1.QuoteKindR\x04kind\x12/\n" +
 	"\areceipt\x18\x03 \x01(\v2\x15.sharespot.v1.ReceiptR\areceipt\x12\x14\n" +
 	"\x05suite\x18\x04 \x01(\tR\x05suite\x12(\n" +
-	"\x10guest_public_key\x18\x05 \x01(\fR\x0eguestPublicKey\")\n" +
+	"\x10guest_public_key\x18\x05 \x01(\fR\x0eguestPublicKey\x12)\n" +
+	"\x05quote\x18\x06 \x01(\v2\x13.sharespot.v1.QuoteR\x05quote\x12&\n" +
+	"\x0fguest_device_id\x18\a \x01(\tR\rguestDeviceId\")\n" +
 	"\x11EncryptionMessage\x12\x14\n" +
 	"\x05suite\x18\x01 \x01(\tR\x05suite\"\x98\x02\n" +
 	"\rAccessGranted\x12\x19\n" +
@@ -6181,84 +6202,85 @@ var file_sharespot_v1_sharespot_proto_depIdxs = []int32{
 	28, // 49: sharespot.v1.FeeInfo.quote:type_name -> sharespot.v1.Quote
 	2,  // 50: sharespot.v1.PaymentConfirmed.kind:type_name -> sharespot.v1.QuoteKind
 	32, // 51: sharespot.v1.PaymentConfirmed.receipt:type_name -> sharespot.v1.Receipt
-	2,  // 52: sharespot.v1.AccessGranted.kind:type_name -> sharespot.v1.QuoteKind
-	30, // 53: sharespot.v1.AccessGranted.sealed_code:type_name -> sharespot.v1.SealedCode
-	31, // 54: sharespot.v1.AccessGranted.gateway:type_name -> sharespot.v1.Gateway
-	13, // 55: sharespot.v1.TopUpRequested.tariff:type_name -> sharespot.v1.Tariff
-	2,  // 56: sharespot.v1.Declined.kind:type_name -> sharespot.v1.QuoteKind
-	33, // 57: sharespot.v1.SessionEnded.session:type_name -> sharespot.v1.Session
-	79, // 58: sharespot.v1.Envelope.access_requested:type_name -> sharespot.v1.AccessRequested
-	80, // 59: sharespot.v1.Envelope.fee_info:type_name -> sharespot.v1.FeeInfo
-	81, // 60: sharespot.v1.Envelope.payment_confirmed:type_name -> sharespot.v1.PaymentConfirmed
-	82, // 61: sharespot.v1.Envelope.encryption_message:type_name -> sharespot.v1.EncryptionMessage
-	83, // 62: sharespot.v1.Envelope.access_granted:type_name -> sharespot.v1.AccessGranted
-	84, // 63: sharespot.v1.Envelope.low_quota_prompt:type_name -> sharespot.v1.LowQuotaPrompt
-	85, // 64: sharespot.v1.Envelope.top_up_requested:type_name -> sharespot.v1.TopUpRequested
-	87, // 65: sharespot.v1.Envelope.declined:type_name -> sharespot.v1.Declined
-	88, // 66: sharespot.v1.Envelope.session_ended:type_name -> sharespot.v1.SessionEnded
-	86, // 67: sharespot.v1.Envelope.session_ending:type_name -> sharespot.v1.SessionEnding
-	57, // 68: sharespot.v1.Envelope.usage_acknowledged:type_name -> sharespot.v1.UsageAcknowledged
-	8,  // 69: sharespot.v1.AuthService.Challenge:input_type -> sharespot.v1.ChallengeRequest
-	10, // 70: sharespot.v1.AuthService.SignIn:input_type -> sharespot.v1.SignInRequest
-	6,  // 71: sharespot.v1.AuthService.AddDevice:input_type -> sharespot.v1.AddDeviceRequest
-	16, // 72: sharespot.v1.HotspotService.Register:input_type -> sharespot.v1.RegisterRequest
-	18, // 73: sharespot.v1.HotspotService.Update:input_type -> sharespot.v1.UpdateRequest
-	20, // 74: sharespot.v1.HotspotService.Withdraw:input_type -> sharespot.v1.WithdrawRequest
-	22, // 75: sharespot.v1.HotspotService.List:input_type -> sharespot.v1.ListRequest
-	26, // 76: sharespot.v1.DiscoveryService.Discover:input_type -> sharespot.v1.DiscoverRequest
-	34, // 77: sharespot.v1.SessionService.RequestAccess:input_type -> sharespot.v1.RequestAccessRequest
-	36, // 78: sharespot.v1.SessionService.Quote:input_type -> sharespot.v1.QuoteRequest
-	38, // 79: sharespot.v1.SessionService.Decline:input_type -> sharespot.v1.DeclineRequest
-	40, // 80: sharespot.v1.SessionService.Confirm:input_type -> sharespot.v1.ConfirmRequest
-	42, // 81: sharespot.v1.SessionService.Grant:input_type -> sharespot.v1.GrantRequest
-	44, // 82: sharespot.v1.SessionService.Prompt:input_type -> sharespot.v1.PromptRequest
-	46, // 83: sharespot.v1.SessionService.RequestTopUp:input_type -> sharespot.v1.RequestTopUpRequest
-	48, // 84: sharespot.v1.SessionService.ReportUsage:input_type -> sharespot.v1.ReportUsageRequest
-	50, // 85: sharespot.v1.SessionService.End:input_type -> sharespot.v1.EndRequest
-	52, // 86: sharespot.v1.SessionService.Get:input_type -> sharespot.v1.GetRequest
-	55, // 87: sharespot.v1.SessionService.Acknowledge:input_type -> sharespot.v1.AcknowledgeRequest
-	58, // 88: sharespot.v1.SessionService.ListSessions:input_type -> sharespot.v1.ListSessionsRequest
-	60, // 89: sharespot.v1.PaymentService.Pay:input_type -> sharespot.v1.PayRequest
-	66, // 90: sharespot.v1.PaymentService.Balance:input_type -> sharespot.v1.BalanceRequest
-	69, // 91: sharespot.v1.PaymentService.History:input_type -> sharespot.v1.HistoryRequest
-	72, // 92: sharespot.v1.PaymentService.PlatformKeys:input_type -> sharespot.v1.PlatformKeysRequest
-	62, // 93: sharespot.v1.PaymentService.FundByCard:input_type -> sharespot.v1.FundByCardRequest
-	64, // 94: sharespot.v1.PaymentService.PayoutOnboarding:input_type -> sharespot.v1.PayoutOnboardingRequest
-	75, // 95: sharespot.v1.InboxService.Subscribe:input_type -> sharespot.v1.SubscribeRequest
-	77, // 96: sharespot.v1.InboxService.Ack:input_type -> sharespot.v1.AckRequest
-	9,  // 97: sharespot.v1.AuthService.Challenge:output_type -> sharespot.v1.ChallengeResponse
-	11, // 98: sharespot.v1.AuthService.SignIn:output_type -> sharespot.v1.SignInResponse
-	7,  // 99: sharespot.v1.AuthService.AddDevice:output_type -> sharespot.v1.AddDeviceResponse
-	17, // 100: sharespot.v1.HotspotService.Register:output_type -> sharespot.v1.RegisterResponse
-	19, // 101: sharespot.v1.HotspotService.Update:output_type -> sharespot.v1.UpdateResponse
-	21, // 102: sharespot.v1.HotspotService.Withdraw:output_type -> sharespot.v1.WithdrawResponse
-	23, // 103: sharespot.v1.HotspotService.List:output_type -> sharespot.v1.ListResponse
-	27, // 104: sharespot.v1.DiscoveryService.Discover:output_type -> sharespot.v1.DiscoverResponse
-	35, // 105: sharespot.v1.SessionService.RequestAccess:output_type -> sharespot.v1.RequestAccessResponse
-	37, // 106: sharespot.v1.SessionService.Quote:output_type -> sharespot.v1.QuoteResponse
-	39, // 107: sharespot.v1.SessionService.Decline:output_type -> sharespot.v1.DeclineResponse
-	41, // 108: sharespot.v1.SessionService.Confirm:output_type -> sharespot.v1.ConfirmResponse
-	43, // 109: sharespot.v1.SessionService.Grant:output_type -> sharespot.v1.GrantResponse
-	45, // 110: sharespot.v1.SessionService.Prompt:output_type -> sharespot.v1.PromptResponse
-	47, // 111: sharespot.v1.SessionService.RequestTopUp:output_type -> sharespot.v1.RequestTopUpResponse
-	49, // 112: sharespot.v1.SessionService.ReportUsage:output_type -> sharespot.v1.ReportUsageResponse
-	51, // 113: sharespot.v1.SessionService.End:output_type -> sharespot.v1.EndResponse
-	53, // 114: sharespot.v1.SessionService.Get:output_type -> sharespot.v1.GetResponse
-	56, // 115: sharespot.v1.SessionService.Acknowledge:output_type -> sharespot.v1.AcknowledgeResponse
-	59, // 116: sharespot.v1.SessionService.ListSessions:output_type -> sharespot.v1.ListSessionsResponse
-	61, // 117: sharespot.v1.PaymentService.Pay:output_type -> sharespot.v1.PayResponse
-	68, // 118: sharespot.v1.PaymentService.Balance:output_type -> sharespot.v1.BalanceResponse
-	71, // 119: sharespot.v1.PaymentService.History:output_type -> sharespot.v1.HistoryResponse
-	74, // 120: sharespot.v1.PaymentService.PlatformKeys:output_type -> sharespot.v1.PlatformKeysResponse
-	63, // 121: sharespot.v1.PaymentService.FundByCard:output_type -> sharespot.v1.FundByCardResponse
-	65, // 122: sharespot.v1.PaymentService.PayoutOnboarding:output_type -> sharespot.v1.PayoutOnboardingResponse
-	76, // 123: sharespot.v1.InboxService.Subscribe:output_type -> sharespot.v1.SubscribeResponse
-	78, // 124: sharespot.v1.InboxService.Ack:output_type -> sharespot.v1.AckResponse
-	97, // [97:125] is the sub-list for method output_type
-	69, // [69:97] is the sub-list for method input_type
-	69, // [69:69] is the sub-list for extension type_name
-	69, // [69:69] is the sub-list for extension extendee
-	0,  // [0:69] is the sub-list for field type_name
+	28, // 52: sharespot.v1.PaymentConfirmed.quote:type_name -> sharespot.v1.Quote
+	2,  // 53: sharespot.v1.AccessGranted.kind:type_name -> sharespot.v1.QuoteKind
+	30, // 54: sharespot.v1.AccessGranted.sealed_code:type_name -> sharespot.v1.SealedCode
+	31, // 55: sharespot.v1.AccessGranted.gateway:type_name -> sharespot.v1.Gateway
+	13, // 56: sharespot.v1.TopUpRequested.tariff:type_name -> sharespot.v1.Tariff
+	2,  // 57: sharespot.v1.Declined.kind:type_name -> sharespot.v1.QuoteKind
+	33, // 58: sharespot.v1.SessionEnded.session:type_name -> sharespot.v1.Session
+	79, // 59: sharespot.v1.Envelope.access_requested:type_name -> sharespot.v1.AccessRequested
+	80, // 60: sharespot.v1.Envelope.fee_info:type_name -> sharespot.v1.FeeInfo
+	81, // 61: sharespot.v1.Envelope.payment_confirmed:type_name -> sharespot.v1.PaymentConfirmed
+	82, // 62: sharespot.v1.Envelope.encryption_message:type_name -> sharespot.v1.EncryptionMessage
+	83, // 63: sharespot.v1.Envelope.access_granted:type_name -> sharespot.v1.AccessGranted
+	84, // 64: sharespot.v1.Envelope.low_quota_prompt:type_name -> sharespot.v1.LowQuotaPrompt
+	85, // 65: sharespot.v1.Envelope.top_up_requested:type_name -> sharespot.v1.TopUpRequested
+	87, // 66: sharespot.v1.Envelope.declined:type_name -> sharespot.v1.Declined
+	88, // 67: sharespot.v1.Envelope.session_ended:type_name -> sharespot.v1.SessionEnded
+	86, // 68: sharespot.v1.Envelope.session_ending:type_name -> sharespot.v1.SessionEnding
+	57, // 69: sharespot.v1.Envelope.usage_acknowledged:type_name -> sharespot.v1.UsageAcknowledged
+	8,  // 70: sharespot.v1.AuthService.Challenge:input_type -> sharespot.v1.ChallengeRequest
+	10, // 71: sharespot.v1.AuthService.SignIn:input_type -> sharespot.v1.SignInRequest
+	6,  // 72: sharespot.v1.AuthService.AddDevice:input_type -> sharespot.v1.AddDeviceRequest
+	16, // 73: sharespot.v1.HotspotService.Register:input_type -> sharespot.v1.RegisterRequest
+	18, // 74: sharespot.v1.HotspotService.Update:input_type -> sharespot.v1.UpdateRequest
+	20, // 75: sharespot.v1.HotspotService.Withdraw:input_type -> sharespot.v1.WithdrawRequest
+	22, // 76: sharespot.v1.HotspotService.List:input_type -> sharespot.v1.ListRequest
+	26, // 77: sharespot.v1.DiscoveryService.Discover:input_type -> sharespot.v1.DiscoverRequest
+	34, // 78: sharespot.v1.SessionService.RequestAccess:input_type -> sharespot.v1.RequestAccessRequest
+	36, // 79: sharespot.v1.SessionService.Quote:input_type -> sharespot.v1.QuoteRequest
+	38, // 80: sharespot.v1.SessionService.Decline:input_type -> sharespot.v1.DeclineRequest
+	40, // 81: sharespot.v1.SessionService.Confirm:input_type -> sharespot.v1.ConfirmRequest
+	42, // 82: sharespot.v1.SessionService.Grant:input_type -> sharespot.v1.GrantRequest
+	44, // 83: sharespot.v1.SessionService.Prompt:input_type -> sharespot.v1.PromptRequest
+	46, // 84: sharespot.v1.SessionService.RequestTopUp:input_type -> sharespot.v1.RequestTopUpRequest
+	48, // 85: sharespot.v1.SessionService.ReportUsage:input_type -> sharespot.v1.ReportUsageRequest
+	50, // 86: sharespot.v1.SessionService.End:input_type -> sharespot.v1.EndRequest
+	52, // 87: sharespot.v1.SessionService.Get:input_type -> sharespot.v1.GetRequest
+	55, // 88: sharespot.v1.SessionService.Acknowledge:input_type -> sharespot.v1.AcknowledgeRequest
+	58, // 89: sharespot.v1.SessionService.ListSessions:input_type -> sharespot.v1.ListSessionsRequest
+	60, // 90: sharespot.v1.PaymentService.Pay:input_type -> sharespot.v1.PayRequest
+	66, // 91: sharespot.v1.PaymentService.Balance:input_type -> sharespot.v1.BalanceRequest
+	69, // 92: sharespot.v1.PaymentService.History:input_type -> sharespot.v1.HistoryRequest
+	72, // 93: sharespot.v1.PaymentService.PlatformKeys:input_type -> sharespot.v1.PlatformKeysRequest
+	62, // 94: sharespot.v1.PaymentService.FundByCard:input_type -> sharespot.v1.FundByCardRequest
+	64, // 95: sharespot.v1.PaymentService.PayoutOnboarding:input_type -> sharespot.v1.PayoutOnboardingRequest
+	75, // 96: sharespot.v1.InboxService.Subscribe:input_type -> sharespot.v1.SubscribeRequest
+	77, // 97: sharespot.v1.InboxService.Ack:input_type -> sharespot.v1.AckRequest
+	9,  // 98: sharespot.v1.AuthService.Challenge:output_type -> sharespot.v1.ChallengeResponse
+	11, // 99: sharespot.v1.AuthService.SignIn:output_type -> sharespot.v1.SignInResponse
+	7,  // 100: sharespot.v1.AuthService.AddDevice:output_type -> sharespot.v1.AddDeviceResponse
+	17, // 101: sharespot.v1.HotspotService.Register:output_type -> sharespot.v1.RegisterResponse
+	19, // 102: sharespot.v1.HotspotService.Update:output_type -> sharespot.v1.UpdateResponse
+	21, // 103: sharespot.v1.HotspotService.Withdraw:output_type -> sharespot.v1.WithdrawResponse
+	23, // 104: sharespot.v1.HotspotService.List:output_type -> sharespot.v1.ListResponse
+	27, // 105: sharespot.v1.DiscoveryService.Discover:output_type -> sharespot.v1.DiscoverResponse
+	35, // 106: sharespot.v1.SessionService.RequestAccess:output_type -> sharespot.v1.RequestAccessResponse
+	37, // 107: sharespot.v1.SessionService.Quote:output_type -> sharespot.v1.QuoteResponse
+	39, // 108: sharespot.v1.SessionService.Decline:output_type -> sharespot.v1.DeclineResponse
+	41, // 109: sharespot.v1.SessionService.Confirm:output_type -> sharespot.v1.ConfirmResponse
+	43, // 110: sharespot.v1.SessionService.Grant:output_type -> sharespot.v1.GrantResponse
+	45, // 111: sharespot.v1.SessionService.Prompt:output_type -> sharespot.v1.PromptResponse
+	47, // 112: sharespot.v1.SessionService.RequestTopUp:output_type -> sharespot.v1.RequestTopUpResponse
+	49, // 113: sharespot.v1.SessionService.ReportUsage:output_type -> sharespot.v1.ReportUsageResponse
+	51, // 114: sharespot.v1.SessionService.End:output_type -> sharespot.v1.EndResponse
+	53, // 115: sharespot.v1.SessionService.Get:output_type -> sharespot.v1.GetResponse
+	56, // 116: sharespot.v1.SessionService.Acknowledge:output_type -> sharespot.v1.AcknowledgeResponse
+	59, // 117: sharespot.v1.SessionService.ListSessions:output_type -> sharespot.v1.ListSessionsResponse
+	61, // 118: sharespot.v1.PaymentService.Pay:output_type -> sharespot.v1.PayResponse
+	68, // 119: sharespot.v1.PaymentService.Balance:output_type -> sharespot.v1.BalanceResponse
+	71, // 120: sharespot.v1.PaymentService.History:output_type -> sharespot.v1.HistoryResponse
+	74, // 121: sharespot.v1.PaymentService.PlatformKeys:output_type -> sharespot.v1.PlatformKeysResponse
+	63, // 122: sharespot.v1.PaymentService.FundByCard:output_type -> sharespot.v1.FundByCardResponse
+	65, // 123: sharespot.v1.PaymentService.PayoutOnboarding:output_type -> sharespot.v1.PayoutOnboardingResponse
+	76, // 124: sharespot.v1.InboxService.Subscribe:output_type -> sharespot.v1.SubscribeResponse
+	78, // 125: sharespot.v1.InboxService.Ack:output_type -> sharespot.v1.AckResponse
+	98, // [98:126] is the sub-list for method output_type
+	70, // [70:98] is the sub-list for method input_type
+	70, // [70:70] is the sub-list for extension type_name
+	70, // [70:70] is the sub-list for extension extendee
+	0,  // [0:70] is the sub-list for field type_name
 }
 
 func init() { file_sharespot_v1_sharespot_proto_init() }
