@@ -1,15 +1,12 @@
 package hosting
 
 import (
-	"context"
 	"testing"
 	"time"
 
 	"connectrpc.com/connect"
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
-	"github.com/sharespot/sharespot/internal/client"
-	"github.com/sharespot/sharespot/internal/gateway"
 	"github.com/sharespot/sharespot/internal/harness"
 	"github.com/sharespot/sharespot/internal/session"
 )
@@ -34,61 +31,10 @@ import (
 // the host, nothing refunded. Without the reconcile the 2 MB report would
 // stand (200 charged).
 func TestReportReconciledAfterRefusal(t *testing.T) {
-	const MB, warn, funded = 1_000_000, 1_000_000, 10_000
-	ctx := t.Context()
-	env := harness.Start(t, nil)
-	hostC, guestC := env.Device(t, "host"), env.Device(t, "guest")
-	env.Fund(t, guestC, "EUR", funded)
-	hs, err := hostC.Hotspots.Register(ctx, connect.NewRequest(&sharespotv1.RegisterRequest{Instruction: &sharespotv1.ShareInstruction{
-		AccessPoint:    &sharespotv1.AccessPoint{Ssid: []byte("x"), Bssid: "02:00:00:00:00:0c", Security: sharespotv1.Security_SECURITY_WPA2},
-		Tariff:         &sharespotv1.Tariff{Currency: "EUR", PriceMinor: 100, UnitBytes: MB, MinPurchaseBytes: MB, TopupPriceMinor: 100},
-		ShareableBytes: 1000 * MB, WarnAtBytes: warn,
-	}}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	gw := &eventGateway{quota: map[string]int64{}, used: map[string]int64{}, ev: make(chan gateway.Event)}
-	h := &Host{C: hostC, GW: gw, Threshold: warn, ReportEvery: time.Hour}
-	hctx, stopHost := context.WithCancel(ctx)
-	hostDone := make(chan error, 1)
-	go func() { hostDone <- h.Run(hctx) }()
-	hostStopped := false
-	stop := func() {
-		if !hostStopped {
-			hostStopped = true
-			stopHost()
-			if err := <-hostDone; err != nil {
-				t.Errorf("host: %v", err)
-			}
-		}
-	}
-	t.Cleanup(stop)
-
-	guestIn := harness.Listen(t, guestC, nil)
-	g := &client.Guest{C: guestC}
-	ses, err := g.RequestAccess(ctx, hs.Msg.Hotspot.Id, 4*MB)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, fi := harness.Next[*sharespotv1.Envelope_FeeInfo](t, guestIn)
-	if fi.FeeInfo.Quote.AmountMinor != 400 {
-		t.Fatalf("quote %v, want 400 for 4 MB", fi.FeeInfo.Quote)
-	}
-	pay, err := guestC.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: fi.FeeInfo.Quote.Id}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := guestC.Sessions.Confirm(ctx, connect.NewRequest(&sharespotv1.ConfirmRequest{SessionId: ses.Id, Receipt: pay.Msg.Receipt})); err != nil {
-		t.Fatal(err)
-	}
-	harness.Next[*sharespotv1.Envelope_AccessGranted](t, guestIn)
-	// The host agent reports on the session once it has handled the
-	// payment's confirmation, just after the grant reaches the guest.
-	poll(t, "the host agent takes the session as active", func() bool {
-		h.mu.Lock()
-		defer h.mu.Unlock()
-		return h.active[ses.Id]
-	})
+	const MB, funded = 1_000_000, 10_000
+	r := newHostRig(t, 100, 4*MB)
+	env, h, gw, hostC, guestC, ses := r.env, r.h, r.gw, r.hostC, r.guestC, r.ses
+	ctx := t.Context() // r.ctx ends with the host agent
 
 	counted := func(used, quota int64) {
 		gw.mu.Lock()
@@ -140,7 +86,7 @@ func TestReportReconciledAfterRefusal(t *testing.T) {
 
 	// The host goes away; the guest ends; past the close deadline the
 	// last report stands.
-	stop()
+	r.stopHost()
 	res, err := guestC.Sessions.End(ctx, connect.NewRequest(&sharespotv1.EndRequest{SessionId: ses.Id, Reason: "leaving"}))
 	if err != nil {
 		t.Fatal(err)
@@ -149,11 +95,13 @@ func TestReportReconciledAfterRefusal(t *testing.T) {
 		t.Fatalf("after the guest's End: %v, want ENDING", st)
 	}
 	env.Clock.Advance(session.DefaultConfig().CloseTimeout + time.Second)
-	var s *sharespotv1.Session
-	poll(t, "the session settles past the close deadline", func() bool {
-		s = server()
-		return s.State == sharespotv1.SessionState_SESSION_STATE_ENDED
-	})
+	s := server()
+	for deadline := time.Now().Add(20 * time.Second); s.State != sharespotv1.SessionState_SESSION_STATE_ENDED; s = server() {
+		if time.Now().After(deadline) {
+			t.Fatalf("the session is %v 20 s past the close deadline, want it settled", s.State)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 	const charged, fee = 400, 20
 	if s.UsedBytes != 4*MB || s.PaidMinor != 400 || s.SettledHostMinor != charged-fee || s.SettledFeeMinor != fee || s.RefundedMinor != 0 {
 		t.Fatalf("settled on %d bytes: paid %d, host %d, fee %d, refunded %d; want %d bytes: paid 400, host %d, fee %d, refunded 0",
@@ -166,14 +114,4 @@ func TestReportReconciledAfterRefusal(t *testing.T) {
 		t.Errorf("the host holds %d, want %d", got, charged-fee)
 	}
 	env.MustAudit(t)
-}
-
-// poll waits, up to 20 s, until cond holds.
-func poll(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(20 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out: %s", what)
-		}
-	}
 }
