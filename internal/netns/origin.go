@@ -92,13 +92,22 @@ func StartOrigin(t testing.TB, ln net.Listener, ns *NS, dns ...string) *Origin {
 	t.Helper()
 	o := &Origin{Addr: ln.Addr().String()}
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /n/{n}", func(w http.ResponseWriter, r *http.Request) {
+	// size answers the request's header for a body of {n} bytes, or an
+	// error; ok says whether to send the body.
+	size := func(w http.ResponseWriter, r *http.Request) (n int64, ok bool) {
 		n, err := strconv.ParseInt(r.PathValue("n"), 10, 64)
 		if err != nil || n < 0 {
 			http.Error(w, "bad size", http.StatusBadRequest)
-			return
+			return 0, false
 		}
 		w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
+		return n, true
+	}
+	mux.HandleFunc("GET /n/{n}", func(w http.ResponseWriter, r *http.Request) {
+		n, ok := size(w, r)
+		if !ok {
+			return
+		}
 		// A web page on another origin (the browser suite's guest page)
 		// may read it.
 		w.Header().Set("Access-Control-Allow-Origin", "*")
@@ -112,13 +121,9 @@ func StartOrigin(t testing.TB, ln net.Listener, ns *NS, dns ...string) *Origin {
 		}
 	})
 	mux.HandleFunc("GET /r/{n}", func(w http.ResponseWriter, r *http.Request) {
-		n, err := strconv.ParseInt(r.PathValue("n"), 10, 64)
-		if err != nil || n < 0 {
-			http.Error(w, "bad size", http.StatusBadRequest)
-			return
+		if n, ok := size(w, r); ok {
+			io.Copy(w, Content(n))
 		}
-		w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
-		io.Copy(w, Content(n))
 	})
 	mux.HandleFunc("POST /sink", func(w http.ResponseWriter, r *http.Request) {
 		n, _ := io.Copy(io.Discard, r.Body)
