@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/sha256"
 	"fmt"
 	"io"
 	"net"
@@ -14,6 +15,8 @@ import (
 	"time"
 
 	"github.com/rogpeppe/go-internal/testscript"
+
+	"github.com/sharespot/sharespot/internal/netns"
 )
 
 func TestMain(m *testing.M) {
@@ -50,7 +53,7 @@ func TestScripts(t *testing.T) {
 			env.Setenv("XDG_DATA_HOME", env.WorkDir+"/data")
 			env.Setenv("XDG_STATE_HOME", env.WorkDir+"/state")
 			// An origin on loopback for guests to fetch from through the
-			// gateway: GET /bytes/N answers N bytes.
+			// gateway: GET /bytes/N answers N bytes, netns.Content(N).
 			ln, err := net.Listen("tcp", "127.0.0.1:0")
 			if err != nil {
 				return err
@@ -62,7 +65,7 @@ func TestScripts(t *testing.T) {
 					return
 				}
 				w.Header().Set("Content-Length", strconv.Itoa(n))
-				w.Write(make([]byte, n))
+				io.Copy(w, netns.Content(int64(n)))
 			}), ReadHeaderTimeout: 10 * time.Second}
 			go origin.Serve(ln)
 			env.Defer(func() { origin.Close() })
@@ -105,9 +108,11 @@ func TestScripts(t *testing.T) {
 				b, _ := os.ReadFile(ts.MkAbs(args[0]))
 				ts.Fatalf("%s never matched %q; it holds:\n%s", args[0], args[1], b)
 			},
-			// fetch FILE URL: GET URL through the gateway with the first
-			// socks5h:// proxy URL written in FILE (by connect), and
-			// check the whole body arrived; with !, that it is refused.
+			// fetch FILE URL: GET URL (the origin's /bytes/N) through the
+			// gateway with the first socks5h:// proxy URL written in FILE
+			// (by connect), and check the whole body arrived, by its
+			// SHA-256 against the served content's; with !, that it is
+			// refused.
 			"fetch": func(ts *testscript.TestScript, neg bool, args []string) {
 				if len(args) != 2 {
 					ts.Fatalf("usage: fetch FILE URL")
@@ -120,6 +125,10 @@ func TestScripts(t *testing.T) {
 				}
 				proxy, err := url.Parse(string(m))
 				ts.Check(err)
+				size, err := strconv.ParseInt(args[1][strings.LastIndex(args[1], "/bytes/")+len("/bytes/"):], 10, 64)
+				if !strings.Contains(args[1], "/bytes/") || err != nil {
+					ts.Fatalf("fetch %s: want the origin's /bytes/N", args[1])
+				}
 				hc := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(proxy)}, Timeout: 20 * time.Second}
 				defer hc.CloseIdleConnections()
 				n, err := func() (int64, error) {
@@ -128,9 +137,14 @@ func TestScripts(t *testing.T) {
 						return 0, err
 					}
 					defer res.Body.Close()
-					n, err := io.Copy(io.Discard, res.Body)
-					if err == nil && (res.StatusCode != http.StatusOK || n != res.ContentLength) {
-						err = fmt.Errorf("%s: got %d of %d bytes", res.Status, n, res.ContentLength)
+					h := sha256.New()
+					n, err := io.Copy(h, res.Body)
+					switch {
+					case err != nil:
+					case res.StatusCode != http.StatusOK || n != size:
+						err = fmt.Errorf("%s: got %d of %d bytes", res.Status, n, size)
+					case [sha256.Size]byte(h.Sum(nil)) != netns.ContentSHA256(size):
+						err = fmt.Errorf("got %d bytes whose SHA-256 %x is not the served content's %x", n, h.Sum(nil), netns.ContentSHA256(size))
 					}
 					return n, err
 				}()

@@ -49,18 +49,27 @@ func (g *eventGateway) Run(ctx context.Context) error                           
 func (g *eventGateway) Addr() string                                            { return "192.0.2.1:1080" }
 
 // promptRig is a host agent on an event gateway and a guest with a paid
-// session of 3 MB (warning level 1 MB).
+// session (warning level 1 MB), the host agent reporting on it.
 type promptRig struct {
 	ctx     context.Context
+	env     *harness.Env
+	h       *Host
 	gw      *eventGateway
 	hostC   *client.Client
 	guestC  *client.Client
 	guestIn *harness.Inbox
 	ses     *sharespotv1.Session
 	pay     func(*sharespotv1.Envelope_FeeInfo)
+	// stopHost stops the host agent (once; the test's end does too).
+	stopHost func()
 }
 
-func newPromptRig(t *testing.T) *promptRig {
+// newPromptRig: 3 MB bought at 1 per MB.
+func newPromptRig(t *testing.T) *promptRig { return newHostRig(t, 1, 3_000_000) }
+
+// newHostRig: a guest funded with 10,000 buys buy bytes at priceMinor per
+// MB (top-ups at the same price).
+func newHostRig(t *testing.T, priceMinor, buy int64) *promptRig {
 	const MB, warn = 1_000_000, 1_000_000
 	ctx, cancel := context.WithCancel(context.Background())
 	env := harness.Start(t, nil)
@@ -68,7 +77,7 @@ func newPromptRig(t *testing.T) *promptRig {
 	env.Fund(t, guestC, "EUR", 10_000)
 	hs, err := hostC.Hotspots.Register(ctx, connect.NewRequest(&sharespotv1.RegisterRequest{Instruction: &sharespotv1.ShareInstruction{
 		AccessPoint:    &sharespotv1.AccessPoint{Ssid: []byte("x"), Bssid: "02:00:00:00:00:0b", Security: sharespotv1.Security_SECURITY_WPA2},
-		Tariff:         &sharespotv1.Tariff{Currency: "EUR", PriceMinor: 1, UnitBytes: MB, MinPurchaseBytes: MB, TopupPriceMinor: 1},
+		Tariff:         &sharespotv1.Tariff{Currency: "EUR", PriceMinor: priceMinor, UnitBytes: MB, MinPurchaseBytes: MB, TopupPriceMinor: priceMinor},
 		ShareableBytes: 1000 * MB, WarnAtBytes: warn,
 	}}))
 	if err != nil {
@@ -78,15 +87,19 @@ func newPromptRig(t *testing.T) *promptRig {
 	h := &Host{C: hostC, GW: gw, Threshold: warn, ReportEvery: time.Hour}
 	done := make(chan error, 1)
 	go func() { done <- h.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("host: %v", err)
-		}
-	})
+	var once sync.Once
+	stopHost := func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("host: %v", err)
+			}
+		})
+	}
+	t.Cleanup(stopHost)
 	guestIn := harness.Listen(t, guestC, nil)
 	g := &client.Guest{C: guestC}
-	ses, err := g.RequestAccess(ctx, hs.Msg.Hotspot.Id, 3*MB)
+	ses, err := g.RequestAccess(ctx, hs.Msg.Hotspot.Id, buy)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,7 +116,20 @@ func newPromptRig(t *testing.T) *promptRig {
 	}
 	_, fi := harness.Next[*sharespotv1.Envelope_FeeInfo](t, guestIn)
 	pay(fi)
-	return &promptRig{ctx: ctx, gw: gw, hostC: hostC, guestC: guestC, guestIn: guestIn, ses: ses, pay: pay}
+	// The host agent reports on the session once it has handled the
+	// payment's confirmation, just after the grant reaches the guest.
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		h.mu.Lock()
+		active := h.active[ses.Id]
+		h.mu.Unlock()
+		if active {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the host agent did not take the paid session as active")
+		}
+	}
+	return &promptRig{ctx: ctx, env: env, h: h, gw: gw, hostC: hostC, guestC: guestC, guestIn: guestIn, ses: ses, pay: pay, stopHost: stopHost}
 }
 
 // TestPromptAfterAHigherReport: a usage report sent after the threshold

@@ -134,6 +134,12 @@ func (n *NS) DialContext(ctx context.Context, network, addr string) (net.Conn, e
 	return c, err
 }
 
+// Dial connects from inside the namespace (so that an NS is a dialer for
+// golang.org/x/net/proxy).
+func (n *NS) Dial(network, addr string) (net.Conn, error) {
+	return n.DialContext(context.Background(), network, addr)
+}
+
 // HTTPClient is an HTTP client whose connections start in the namespace.
 func (n *NS) HTTPClient() *http.Client {
 	return &http.Client{Transport: &http.Transport{DialContext: n.DialContext, DisableKeepAlives: true}}

@@ -31,6 +31,9 @@ func (n *NS) Listen(network, addr string) (net.Listener, error) {
 func (n *NS) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
 	return nil, net.UnknownNetworkError(network)
 }
+func (n *NS) Dial(network, addr string) (net.Conn, error) {
+	return nil, net.UnknownNetworkError(network)
+}
 func (n *NS) HTTPClient() *http.Client { return http.DefaultClient }
 
 // Guest is a guest's namespace on the host's LAN.

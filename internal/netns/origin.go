@@ -2,9 +2,11 @@ package netns
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"strconv"
@@ -14,10 +16,26 @@ import (
 	"time"
 )
 
+// Content is the body the origin's GET /r/N answers: N pseudorandom bytes
+// from a fixed seed (each a prefix of the longer ones), so that a client
+// can check by ContentSHA256 that what arrived is what was served, in
+// order, none lost or repeated, which a count of zeros cannot show.
+func Content(n int64) io.Reader { return io.LimitReader(rand.NewChaCha8(contentSeed), n) }
+
+var contentSeed = sha256.Sum256([]byte("sharespot test origin content"))
+
+// ContentSHA256 is the SHA-256 of Content(n).
+func ContentSHA256(n int64) [sha256.Size]byte {
+	h := sha256.New()
+	io.Copy(h, Content(n))
+	return [sha256.Size]byte(h.Sum(nil))
+}
+
 // Origin stands for the internet: an HTTP server whose GET /n/N answers N
-// bytes and whose POST /sink swallows the body, plus, with Resolver, a
-// DNS-port sink on UDP and TCP. It counts every byte it receives and sends
-// (at the socket, headers included): the leak tests measure there.
+// zero bytes, GET /r/N answers Content(N), and POST /sink swallows the
+// body, plus, with Resolver, a DNS-port sink on UDP and TCP. It counts
+// every byte it receives and sends (at the socket, headers included): the
+// leak tests measure there.
 type Origin struct {
 	// Addr is the HTTP listener's host:port.
 	Addr string
@@ -74,13 +92,22 @@ func StartOrigin(t testing.TB, ln net.Listener, ns *NS, dns ...string) *Origin {
 	t.Helper()
 	o := &Origin{Addr: ln.Addr().String()}
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /n/{n}", func(w http.ResponseWriter, r *http.Request) {
+	// size answers the request's header for a body of {n} bytes, or an
+	// error; ok says whether to send the body.
+	size := func(w http.ResponseWriter, r *http.Request) (n int64, ok bool) {
 		n, err := strconv.ParseInt(r.PathValue("n"), 10, 64)
 		if err != nil || n < 0 {
 			http.Error(w, "bad size", http.StatusBadRequest)
-			return
+			return 0, false
 		}
 		w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
+		return n, true
+	}
+	mux.HandleFunc("GET /n/{n}", func(w http.ResponseWriter, r *http.Request) {
+		n, ok := size(w, r)
+		if !ok {
+			return
+		}
 		// A web page on another origin (the browser suite's guest page)
 		// may read it.
 		w.Header().Set("Access-Control-Allow-Origin", "*")
@@ -91,6 +118,11 @@ func StartOrigin(t testing.TB, ln net.Listener, ns *NS, dns ...string) *Origin {
 				return
 			}
 			n -= int64(k)
+		}
+	})
+	mux.HandleFunc("GET /r/{n}", func(w http.ResponseWriter, r *http.Request) {
+		if n, ok := size(w, r); ok {
+			io.Copy(w, Content(n))
 		}
 	})
 	mux.HandleFunc("POST /sink", func(w http.ResponseWriter, r *http.Request) {

@@ -215,18 +215,8 @@ func (p *proxyProc) kill() {
 
 // socksClient is an HTTP client in g's namespace going through the proxy.
 func socksClient(g *netns.Guest, proxyAddr, id string, code []byte, timeout time.Duration) *http.Client {
-	d, _ := proxy.SOCKS5("tcp", proxyAddr, &proxy.Auth{User: id, Password: seal.FormatCode(code)}, nsDialer{g.NS})
+	d, _ := proxy.SOCKS5("tcp", proxyAddr, &proxy.Auth{User: id, Password: seal.FormatCode(code)}, g.NS)
 	return &http.Client{Timeout: timeout, Transport: &http.Transport{DialContext: d.(proxy.ContextDialer).DialContext, DisableKeepAlives: true}}
-}
-
-type nsDialer struct{ ns *netns.NS }
-
-func (d nsDialer) Dial(network, addr string) (net.Conn, error) {
-	return d.ns.DialContext(context.Background(), network, addr)
-}
-
-func (d nsDialer) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
-	return d.ns.DialContext(ctx, network, addr)
 }
 
 // TestProxyNamespaceSuite: the proxy gateway between namespaces.
@@ -297,7 +287,9 @@ func TestProxyNamespaceSuite(t *testing.T) {
 		// host's LAN): a download bigger than the volume, the top-up
 		// granted 100 ms after the (early) prompt, as an auto-topping
 		// guest's round trip takes. The same connection runs to its end
-		// with the right byte count; the longest stall is recorded.
+		// with the right byte count; the longest stall is recorded. (The
+		// whole flow, the real binaries with connect's auto-top-up and a
+		// hash check, is cmd/sharespot's TestNoGapShapedNamespaces.)
 		for _, tc := range []struct {
 			mbit          int
 			quota, amount int64
