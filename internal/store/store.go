@@ -78,6 +78,7 @@ type Store struct {
 	maxBatch int
 	wconn    *sql.Conn // the writer's connection (SQLite)
 	wstmts   *stmtCache
+	rstmts   *readStmts // prepared on the read pool (SQLite)
 	crash    func(n int64, committed bool)
 	onCommit func(writes int, took time.Duration)
 	commitNo int64
@@ -120,6 +121,10 @@ type Tx struct {
 	qctx   context.Context // the one statements run under
 	q      querier
 	stmts  *stmtCache // the writer's statements; nil: prepare each anew
+	// A Read's transaction and the read pool's statements (SQLite): a
+	// statement prepared once on a connection serves every read on it.
+	rtx    *sql.Tx
+	rstmts *readStmts
 	engine Engine
 	after  []func()
 	// writable: a Write's transaction, not a Read's.
@@ -195,13 +200,63 @@ func (c *stmtCache) close() {
 	c.m = nil
 }
 
+// readStmts keeps a statement per query text prepared on the read pool
+// (SQLite). database/sql prepares it on each connection the first time a
+// read there uses it and keeps it, so SQLite parses a read's statement
+// once per connection rather than once per read (parsing cost as much as
+// running the short reads of the flow). A bounded number of texts is
+// kept; past that, statements are prepared anew.
+type readStmts struct {
+	db *sql.DB
+	mu sync.Mutex
+	m  map[string]*sql.Stmt
+}
+
+const maxReadStmts = 512
+
+func (c *readStmts) get(ctx context.Context, query string) (*sql.Stmt, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if st := c.m[query]; st != nil {
+		return st, nil
+	}
+	if len(c.m) >= maxReadStmts {
+		return nil, nil
+	}
+	st, err := c.db.PrepareContext(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	c.m[query] = st
+	return st, nil
+}
+
+func (c *readStmts) close() {
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, st := range c.m {
+		st.Close()
+	}
+	c.m = nil
+}
+
 // stmt returns the cached statement for query, or nil when statements are
 // not cached.
 func (tx *Tx) stmt(query string) (*sql.Stmt, error) {
-	if tx.stmts == nil {
-		return nil, nil
+	if tx.stmts != nil {
+		return tx.stmts.get(tx.qctx, query)
 	}
-	return tx.stmts.get(tx.qctx, query)
+	if tx.rstmts != nil {
+		st, err := tx.rstmts.get(tx.qctx, query)
+		if st == nil || err != nil {
+			return nil, err
+		}
+		return tx.rtx.StmtContext(tx.qctx, st), nil
+	}
+	return nil, nil
 }
 
 type querier interface {
@@ -419,7 +474,7 @@ func (s *Store) Read(ctx context.Context, fn func(*Tx) error) error {
 		return fmt.Errorf("store: begin read: %w", translate(err))
 	}
 	defer sqlTx.Rollback() //nolint:errcheck // read-only
-	return fn(&Tx{ctx: ctx, qctx: ctx, q: sqlTx, engine: s.engine})
+	return fn(&Tx{ctx: ctx, qctx: ctx, q: sqlTx, engine: s.engine, rtx: sqlTx, rstmts: s.rstmts})
 }
 
 // WriteT is Write for a function that returns a value.
@@ -500,6 +555,7 @@ func (s *Store) Close() error {
 		}
 		s.inflight.Wait()
 		s.wstmts.close()
+		s.rstmts.close()
 		if s.wconn != nil {
 			err = errors.Join(err, s.wconn.Close())
 		}

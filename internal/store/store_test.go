@@ -1000,3 +1000,36 @@ func TestSavepointsOnlyAfterAFailure(t *testing.T) {
 		t.Fatalf("a batch of 10 with a failure ran %d savepoints, want 10 (its second run)", n)
 	}
 }
+
+// Reads on SQLite use statements prepared once on the read pool; past the
+// cap on distinct texts they are prepared anew, with the same results.
+func TestReadStatementsPrepared(t *testing.T) {
+	s := newDB(t, SQLite).open(t)
+	if err := s.Write(t.Context(), insertAccount("acct-1")); err != nil {
+		t.Fatal(err)
+	}
+	read := func(query string) string {
+		t.Helper()
+		id, err := ReadT(t.Context(), s, func(tx *Tx) (string, error) {
+			var id string
+			err := tx.QueryRow(query, "acct-1").Scan(&id)
+			return id, err
+		})
+		if err != nil || id != "acct-1" {
+			t.Fatalf("read %q: %q, %v", query, id, err)
+		}
+		return id
+	}
+	for range 20 {
+		read(`SELECT id FROM accounts WHERE id = ?`)
+	}
+	if n := len(s.rstmts.m); n != 1 {
+		t.Fatalf("20 reads of one statement left %d prepared statements, want 1", n)
+	}
+	for i := range maxReadStmts + 5 {
+		read(fmt.Sprintf(`SELECT id FROM accounts WHERE id = ? AND %d = %d`, i, i))
+	}
+	if n := len(s.rstmts.m); n != maxReadStmts {
+		t.Fatalf("%d prepared read statements, want the cap %d", n, maxReadStmts)
+	}
+}
