@@ -82,7 +82,7 @@ func OpenSQLite(ctx context.Context, path string, opts Options) (*Store, error) 
 	}
 	s.read.SetMaxOpenConns(8)
 	s.read.SetMaxIdleConns(8)
-	s.rstmts = &readStmts{db: s.read, m: map[string]*sql.Stmt{}}
+	s.rstmts = newReadStmts(s.read)
 	if s.wconn, err = s.write.Conn(ctx); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("store: open %s: %w", path, err)

@@ -206,35 +206,67 @@ func (c *stmtCache) close() {
 // once per connection rather than once per read (parsing cost as much as
 // running the short reads of the flow). A bounded number of texts is
 // kept; past that, statements are prepared anew.
+//
+// A statement not yet kept is prepared in the background, not by the read
+// that first meets it: preparing on the pool needs a free connection, and
+// a read holds one, so reads that all waited for their preparations would
+// hold every connection and wait for ever. The read itself prepares its
+// statement on its own connection meanwhile.
 type readStmts struct {
-	db *sql.DB
-	mu sync.Mutex
-	m  map[string]*sql.Stmt
+	db      *sql.DB
+	mu      sync.Mutex
+	m       map[string]*sql.Stmt
+	pending map[string]bool
+	closed  bool
+	wg      sync.WaitGroup
 }
 
 const maxReadStmts = 512
 
-func (c *readStmts) get(ctx context.Context, query string) (*sql.Stmt, error) {
+func newReadStmts(db *sql.DB) *readStmts {
+	return &readStmts{db: db, m: map[string]*sql.Stmt{}, pending: map[string]bool{}}
+}
+
+// get returns the kept statement for query, or nil (prepare it anew) when
+// there is none yet.
+func (c *readStmts) get(query string) *sql.Stmt {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if st := c.m[query]; st != nil {
-		return st, nil
+	if st := c.m[query]; st != nil || c.closed {
+		return st
 	}
-	if len(c.m) >= maxReadStmts {
-		return nil, nil
+	if c.pending[query] || len(c.m)+len(c.pending) >= maxReadStmts {
+		return nil
 	}
-	st, err := c.db.PrepareContext(ctx, query)
-	if err != nil {
-		return nil, err
-	}
-	c.m[query] = st
-	return st, nil
+	c.pending[query] = true
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		st, err := c.db.PrepareContext(context.Background(), query)
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		delete(c.pending, query)
+		switch {
+		case err != nil:
+			// A statement that does not prepare fails where it runs,
+			// with the error the read reports.
+		case c.closed:
+			st.Close()
+		default:
+			c.m[query] = st
+		}
+	}()
+	return nil
 }
 
 func (c *readStmts) close() {
 	if c == nil {
 		return
 	}
+	c.mu.Lock()
+	c.closed = true
+	c.mu.Unlock()
+	c.wg.Wait()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, st := range c.m {
@@ -250,11 +282,9 @@ func (tx *Tx) stmt(query string) (*sql.Stmt, error) {
 		return tx.stmts.get(tx.qctx, query)
 	}
 	if tx.rstmts != nil {
-		st, err := tx.rstmts.get(tx.qctx, query)
-		if st == nil || err != nil {
-			return nil, err
+		if st := tx.rstmts.get(query); st != nil {
+			return tx.rtx.StmtContext(tx.qctx, st), nil
 		}
-		return tx.rtx.StmtContext(tx.qctx, st), nil
 	}
 	return nil, nil
 }

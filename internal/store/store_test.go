@@ -1008,7 +1008,7 @@ func TestReadStatementsPrepared(t *testing.T) {
 	if err := s.Write(t.Context(), insertAccount("acct-1")); err != nil {
 		t.Fatal(err)
 	}
-	read := func(query string) string {
+	read := func(query string) {
 		t.Helper()
 		id, err := ReadT(t.Context(), s, func(tx *Tx) (string, error) {
 			var id string
@@ -1018,18 +1018,67 @@ func TestReadStatementsPrepared(t *testing.T) {
 		if err != nil || id != "acct-1" {
 			t.Fatalf("read %q: %q, %v", query, id, err)
 		}
-		return id
+	}
+	kept := func() int {
+		s.rstmts.mu.Lock()
+		defer s.rstmts.mu.Unlock()
+		return len(s.rstmts.m)
+	}
+	const q = `SELECT id FROM accounts WHERE id = ?`
+	for deadline := time.Now().Add(10 * time.Second); kept() == 0; {
+		if time.Now().After(deadline) {
+			t.Fatal("a statement read again and again was never kept prepared")
+		}
+		read(q)
+		time.Sleep(time.Millisecond)
 	}
 	for range 20 {
-		read(`SELECT id FROM accounts WHERE id = ?`)
+		read(q)
 	}
-	if n := len(s.rstmts.m); n != 1 {
-		t.Fatalf("20 reads of one statement left %d prepared statements, want 1", n)
+	if n := kept(); n != 1 {
+		t.Fatalf("reads of one statement left %d prepared statements, want 1", n)
 	}
 	for i := range maxReadStmts + 5 {
 		read(fmt.Sprintf(`SELECT id FROM accounts WHERE id = ? AND %d = %d`, i, i))
 	}
-	if n := len(s.rstmts.m); n != maxReadStmts {
+	s.rstmts.wg.Wait()
+	if n := kept(); n != maxReadStmts {
 		t.Fatalf("%d prepared read statements, want the cap %d", n, maxReadStmts)
+	}
+}
+
+// Many reads at once, each meeting statements not yet prepared while it
+// holds a read connection, all finish: preparing for the pool must not
+// wait for a connection that a waiting read holds.
+func TestReadStatementsUnderLoad(t *testing.T) {
+	s := newDB(t, SQLite).open(t)
+	if err := s.Write(t.Context(), insertAccount("acct-1")); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	for g := range 64 {
+		wg.Go(func() {
+			err := s.Read(ctx, func(tx *Tx) error {
+				for i := range 4 {
+					var id string
+					q := fmt.Sprintf(`SELECT id FROM accounts WHERE id = ? AND %d = %d`, g*4+i, g*4+i)
+					if err := tx.QueryRow(q, "acct-1").Scan(&id); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				errs <- err
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatalf("a read under load: %v", err)
 	}
 }
