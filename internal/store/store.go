@@ -117,10 +117,10 @@ type Stats struct {
 // Tx is a transaction handed to Write and Read functions. Queries use '?'
 // placeholders on every engine.
 type Tx struct {
-	ctx    context.Context // the caller's, returned by Context
-	qctx   context.Context // the one statements run under
-	q      querier
-	stmts  *stmtCache // the writer's statements; nil: prepare each anew
+	ctx   context.Context // the caller's, returned by Context
+	qctx  context.Context // the one statements run under
+	q     querier
+	stmts *stmtCache // the writer's statements; nil: prepare each anew
 	// A Read's transaction and the read pool's statements (SQLite): a
 	// statement prepared once on a connection serves every read on it.
 	rtx    *sql.Tx
