@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"github.com/sharespot/sharespot/internal/api"
+	"github.com/sharespot/sharespot/internal/client"
 	"github.com/sharespot/sharespot/internal/gateway"
 	gwproxy "github.com/sharespot/sharespot/internal/gateway/proxy"
 	"github.com/sharespot/sharespot/internal/loadgen"
@@ -45,6 +47,8 @@ type benchTarget struct {
 	PID       int    `name:"pid" help:"The running server's process ID, to read its memory (set by --spawn)."`
 	JSON      bool   `name:"json" help:"Print the report as JSON."`
 	LogLevel  string `default:"warn" enum:"debug,info,warn,error" help:"Log level of a spawned or in-process server and of the bench."`
+	TLS       bool   `name:"tls" help:"With --spawn or --in-process: serve TLS with a throwaway self-signed certificate for 127.0.0.1 (written to the data directory) that the bench's clients, and only they, trust. Without it that server speaks cleartext HTTP/2 (h2c)."`
+	CAFile    string `name:"ca-file" type:"existingfile" help:"PEM certificates to trust, beside the system's roots, for a running server's https:// --server URL (its private CA)." placeholder:"FILE"`
 
 	// limits: a spawned server keeps its default rate limits (the abuse
 	// bench); otherwise they are turned off.
@@ -59,18 +63,52 @@ type running struct {
 	db   string
 	gc   *loadgen.GCTrace
 	stop func() error
+	// tls is what the bench's clients trust of an https:// server (nil:
+	// the system's roots); transport names what they speak to it ("h2c",
+	// "TLS 1.3"), for the report.
+	tls       *tls.Config
+	transport string
 }
 
-// start finds or starts the server. env adds to a spawned server's
-// environment; gc, if set, is fed the spawned server's stderr.
+// start finds or starts the server and finds out the transport its
+// clients get. env adds to a spawned server's environment; gc, if set, is
+// fed the spawned server's stderr.
 func (t *benchTarget) start(ctx context.Context, env *runEnv, extraEnv []string, gc *loadgen.GCTrace) (*running, error) {
 	if t.Spawn && t.InProcess {
 		return nil, errors.New("--spawn and --in-process exclude each other")
 	}
+	own := t.Spawn || t.InProcess
+	if t.TLS && !own {
+		return nil, errors.New("--tls makes a throwaway certificate for a server the bench starts (--spawn or --in-process); to measure a running server over TLS, give its https:// URL as --server (and --ca-file FILE if a private CA signed its certificate)")
+	}
+	if t.CAFile != "" && own {
+		return nil, errors.New("--ca-file is for a running server's https:// --server URL; a server the bench starts serves TLS with --tls, with a certificate the bench trusts by itself")
+	}
+	r, err := t.launch(ctx, env, extraEnv, gc)
+	if err != nil {
+		return nil, err
+	}
+	if r.transport, err = loadgen.ProbeTransport(ctx, r.url, r.tls); err != nil {
+		r.stop()
+		return nil, err
+	}
+	fmt.Fprintf(env.stderr, "bench: the clients speak %s to %s\n", r.transport, r.url)
+	return r, nil
+}
+
+// launch finds or starts the server.
+func (t *benchTarget) launch(ctx context.Context, env *runEnv, extraEnv []string, gc *loadgen.GCTrace) (*running, error) {
 	r := &running{url: t.Server, pid: t.PID, data: t.Data, db: t.DB, gc: gc, stop: func() error { return nil }}
 	if !t.Spawn && !t.InProcess {
 		if t.Data == "" && t.DB == "" {
 			return nil, errors.New("the bench funds its guests' wallets on the server's database: give --data DIR (or --db URL) of the running server, or use --spawn")
+		}
+		if t.CAFile != "" {
+			roots, err := client.LoadCAFile(t.CAFile)
+			if err != nil {
+				return nil, fmt.Errorf("--ca-file: %w", err)
+			}
+			r.tls = &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: roots}
 		}
 		return r, nil
 	}
@@ -88,8 +126,17 @@ func (t *benchTarget) start(ctx context.Context, env *runEnv, extraEnv []string,
 			f()
 		}
 	}
+	var certFile, keyFile string
+	if t.TLS {
+		var err error
+		if certFile, keyFile, r.tls, err = loadgen.SelfSignedTLS(r.data); err != nil {
+			done()
+			return nil, err
+		}
+		cleanup = append(cleanup, func() { os.Remove(certFile); os.Remove(keyFile) })
+	}
 	if t.InProcess {
-		return r, t.startInProcess(ctx, r, done)
+		return r, t.startInProcess(ctx, r, certFile, keyFile, done)
 	}
 	bin := t.Bin
 	if bin == "" {
@@ -104,7 +151,7 @@ func (t *benchTarget) start(ctx context.Context, env *runEnv, extraEnv []string,
 	if gc != nil {
 		log = gc // the server's other output stays in the process's log
 	}
-	sp := loadgen.Spawn{Bin: bin, Dir: r.data, DB: t.DB, Env: append(os.Environ(), extraEnv...), Log: log,
+	sp := loadgen.Spawn{Bin: bin, Dir: r.data, DB: t.DB, Env: append(os.Environ(), extraEnv...), Log: log, TLSCert: certFile, TLSKey: keyFile,
 		Flags: []string{"--rate-device", "0", "--rate-ip", "0", "--max-inflight-ip", "0", "--max-streams-ip", "0", "--max-conns-ip", "0",
 			"--log-level", t.LogLevel}}
 	if t.limits {
@@ -124,14 +171,14 @@ func (t *benchTarget) start(ctx context.Context, env *runEnv, extraEnv []string,
 	return r, nil
 }
 
-func (t *benchTarget) startInProcess(ctx context.Context, r *running, done func()) error {
+func (t *benchTarget) startInProcess(ctx context.Context, r *running, certFile, keyFile string, done func()) error {
 	sc := session.DefaultConfig()
 	var srv *server.Server
 	var err error
 	labels := pprof.Labels("side", "server")
 	pprof.Do(ctx, labels, func(ctx context.Context) {
 		srv, err = server.Open(ctx, server.Config{DataDir: r.data, DB: t.DB, Session: sc, Limits: api.Limits{},
-			Logger: newLogger(os.Stderr, t.LogLevel, false)})
+			TLSCert: certFile, TLSKey: keyFile, Logger: newLogger(os.Stderr, t.LogLevel, false)})
 	})
 	if err != nil {
 		done()
@@ -146,7 +193,11 @@ func (t *benchTarget) startInProcess(ctx context.Context, r *running, done func(
 	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	served := make(chan error, 1)
 	go pprof.Do(sctx, labels, func(ctx context.Context) { served <- srv.Serve(ctx, ln) })
-	r.url, r.pid = "http://"+ln.Addr().String(), os.Getpid()
+	scheme := "http://"
+	if certFile != "" {
+		scheme = "https://"
+	}
+	r.url, r.pid = scheme+ln.Addr().String(), os.Getpid()
 	r.stop = func() error {
 		defer done()
 		cancel()
@@ -198,7 +249,7 @@ func (c *BenchFlowCmd) Run(env *runEnv) error {
 	log := newLogger(env.stderr, c.LogLevel, false)
 	t0 := time.Now()
 	fleet, err := loadgen.NewFleet(ctx, loadgen.FleetConfig{URL: r.url, Hosts: c.Hosts, Guests: c.Guests, Fund: loadgen.DBFunder(r.data, r.db),
-		FundMinor: 1 << 40, WarnAtBytes: fc.RequestBytes / 2, Log: log})
+		FundMinor: 1 << 40, WarnAtBytes: fc.RequestBytes / 2, TLS: r.tls, Log: log})
 	if err != nil {
 		return fmt.Errorf("set up hosts and guests: %w", err)
 	}
@@ -216,6 +267,7 @@ func (c *BenchFlowCmd) Run(env *runEnv) error {
 		defer pprof.StopCPUProfile()
 	}
 	rep := fleet.RunLoad(ctx, loadgen.LoadConfig{Rate: c.Rate, Duration: c.Duration, MaxInFlight: c.MaxInFlight, Drain: c.Drain, Flow: fc, Seed: c.Seed})
+	rep.Transport = r.transport
 	if c.CPUProfile != "" {
 		pprof.StopCPUProfile()
 	}
@@ -261,7 +313,7 @@ func (c *BenchRelayCmd) Run(env *runEnv) error {
 	}
 	defer r.stop()
 	fleet, err := loadgen.NewFleet(ctx, loadgen.FleetConfig{URL: r.url, Hosts: c.Hosts, Guests: c.Sessions, Fund: loadgen.DBFunder(r.data, r.db),
-		FundMinor: 1 << 40, WarnAtBytes: 1 << 49, Log: newLogger(env.stderr, c.LogLevel, false)})
+		FundMinor: 1 << 40, WarnAtBytes: 1 << 49, TLS: r.tls, Log: newLogger(env.stderr, c.LogLevel, false)})
 	if err != nil {
 		return fmt.Errorf("set up hosts and guests: %w", err)
 	}
@@ -270,6 +322,7 @@ func (c *BenchRelayCmd) Run(env *runEnv) error {
 	if rep == nil {
 		return err
 	}
+	rep.Transport = r.transport
 	if err != nil {
 		fmt.Fprintln(env.stderr, "bench:", err)
 	}
@@ -335,10 +388,11 @@ func (c *BenchIdleCmd) Run(env *runEnv) error {
 	if err != nil {
 		return err
 	}
-	rep, err := loadgen.RunIdle(ctx, loadgen.IdleConfig{URL: r.url, Streams: c.Streams, Sources: c.Sources, Mux: c.Mux, Measure: measure}, empty)
+	rep, err := loadgen.RunIdle(ctx, loadgen.IdleConfig{URL: r.url, Streams: c.Streams, Sources: c.Sources, Mux: c.Mux, TLS: r.tls, Measure: measure}, empty)
 	if rep == nil || rep.Opened == 0 {
 		return err
 	}
+	rep.Transport = r.transport
 	if err != nil {
 		fmt.Fprintln(env.stderr, "bench:", err)
 	}
@@ -367,6 +421,7 @@ type BenchAbuseCmd struct {
 
 // abuseReport is both phases side by side.
 type abuseReport struct {
+	Transport    string                       `json:"transport"`
 	Alone        *loadgen.LoadReport          `json:"alone"`
 	Attacked     *loadgen.LoadReport          `json:"attacked"`
 	Kept         float64                      `json:"flows_kept_ratio"`
@@ -379,6 +434,9 @@ type abuseReport struct {
 func (c *BenchAbuseCmd) Run(env *runEnv) error {
 	if c.Rate <= 0 || c.Duration <= 0 || c.Hosts <= 0 || c.Guests <= 0 || c.SlowConns < 0 || c.PayingGuests < 0 {
 		return errors.New("--rate, --duration, --hosts and --guests must be positive")
+	}
+	if c.TLS {
+		return errors.New("bench abuse attacks the server in cleartext (its slow connections are raw HTTP/1.1): run it without --tls")
 	}
 	limit := raiseFileLimit(uint64(2*c.SlowConns + 8192))
 	fmt.Fprintf(env.stderr, "bench: open files limit %d\n", limit)
@@ -403,7 +461,7 @@ func (c *BenchAbuseCmd) Run(env *runEnv) error {
 	}
 	defer stopGW()
 	load := loadgen.LoadConfig{Rate: c.Rate, Duration: c.Duration, Drain: 30 * time.Second, Flow: fc, Seed: 1}
-	out := &abuseReport{}
+	out := &abuseReport{Transport: r.transport}
 	phase := func(name string, attack bool) {
 		fmt.Fprintf(env.stderr, "bench: %s for %v\n", name, c.Duration)
 		var wg sync.WaitGroup
@@ -435,8 +493,8 @@ func (c *BenchAbuseCmd) Run(env *runEnv) error {
 		return loadgen.WriteJSON(env.stdout, out)
 	}
 	w := env.stdout
-	fmt.Fprintf(w, "paid flows: %.1f/s alone, %.1f/s under attack (%.0f %% kept); p99 flow %.0f ms alone, %.0f ms attacked\n",
-		out.Alone.AcceptedRate, out.Attacked.AcceptedRate, 100*out.Kept, out.Alone.Latency["flow"].P99, out.Attacked.Latency["flow"].P99)
+	fmt.Fprintf(w, "paid flows over %s: %.1f/s alone, %.1f/s under attack (%.0f %% kept); p99 flow %.0f ms alone, %.0f ms attacked\n",
+		out.Transport, out.Alone.AcceptedRate, out.Attacked.AcceptedRate, 100*out.Kept, out.Alone.Latency["flow"].P99, out.Attacked.Latency["flow"].P99)
 	a := out.Attack
 	fmt.Fprintf(w, "attack: %d slow connections opened (%d refused, %d closed by the server, %d still open at the end); %d malformed, %d compressed requests; answers %v; %d gateway handshakes (%d refused)\n",
 		a.SlowOpened, a.SlowRefused, a.SlowClosed, a.SlowOpenAtEnd, a.Malformed, a.Compressed, a.Answers, a.Handshakes, a.HandshakeErrs)

@@ -32,14 +32,21 @@ const mb = 1_000_000
 // as a phone has), in cleartext to http:// servers, dialling from local
 // when it is not nil (several 127.x source addresses give more ephemeral
 // ports than one).
-func HTTPClient(local net.IP) *http.Client {
+func HTTPClient(local net.IP) *http.Client { return HTTPClientTLS(local, nil) }
+
+// HTTPClientTLS is HTTPClient with tc (a copy) for https:// servers; nil
+// trusts the system's roots.
+func HTTPClientTLS(local net.IP, tc *tls.Config) *http.Client {
 	d := &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}
 	if local != nil {
 		d.LocalAddr = &net.TCPAddr{IP: local}
 	}
+	if tc == nil {
+		tc = &tls.Config{MinVersion: tls.VersionTLS12}
+	}
 	tr := &http.Transport{
 		DialContext:         d.DialContext,
-		TLSClientConfig:     &tls.Config{MinVersion: tls.VersionTLS12},
+		TLSClientConfig:     tc.Clone(),
 		TLSHandshakeTimeout: 10 * time.Second,
 		MaxIdleConnsPerHost: 4,
 	}
@@ -314,7 +321,10 @@ type FleetConfig struct {
 	// (127.1.x.y), as phones have, so per-address limits see people, not
 	// the bench; otherwise every device dials from 127.0.0.1.
 	OwnAddresses bool
-	Log          *slog.Logger
+	// TLS, if set, is what every device trusts of an https:// server
+	// (default: the system's roots).
+	TLS *tls.Config
+	Log *slog.Logger
 }
 
 // address is device i's source address (nil: the default, 127.0.0.1).
@@ -353,7 +363,7 @@ func NewFleet(ctx context.Context, cfg FleetConfig) (*Fleet, error) {
 	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	f.stop = cancel
 	err := parallel(ctx, cfg.Hosts, 16, func(i int) error {
-		c := NewDevice(cfg.URL, fmt.Sprintf("bench-host-%d", i), HTTPClient(cfg.address(i)))
+		c := NewDevice(cfg.URL, fmt.Sprintf("bench-host-%d", i), HTTPClientTLS(cfg.address(i), cfg.TLS))
 		if err := SignIn(ctx, c); err != nil {
 			return fmt.Errorf("host %d: %w", i, err)
 		}
@@ -375,7 +385,7 @@ func NewFleet(ctx context.Context, cfg FleetConfig) (*Fleet, error) {
 		return nil, err
 	}
 	err = parallel(ctx, cfg.Guests, 16, func(i int) error {
-		c := NewDevice(cfg.URL, fmt.Sprintf("bench-guest-%d", i), HTTPClient(cfg.address(cfg.Hosts+i)))
+		c := NewDevice(cfg.URL, fmt.Sprintf("bench-guest-%d", i), HTTPClientTLS(cfg.address(cfg.Hosts+i), cfg.TLS))
 		if err := SignIn(ctx, c); err != nil {
 			return fmt.Errorf("guest %d: %w", i, err)
 		}

@@ -450,8 +450,11 @@ type LoadConfig struct {
 
 // LoadReport is what an open-loop run measured.
 type LoadReport struct {
-	Hosts        int                `json:"hosts"`
-	Guests       int                `json:"guests"`
+	Hosts  int `json:"hosts"`
+	Guests int `json:"guests"`
+	// Transport is what the devices spoke ("h2c", "TLS 1.3"), as the
+	// caller found out (ProbeTransport).
+	Transport    string             `json:"transport,omitempty"`
 	TargetRate   float64            `json:"target_flows_per_s"`
 	DurationS    float64            `json:"duration_s"`
 	MaxInFlight  int                `json:"max_in_flight"`
@@ -586,8 +589,8 @@ func firstWords(s string, n int) string {
 
 // WriteTable writes the report for people.
 func (rep *LoadReport) WriteTable(w io.Writer) {
-	fmt.Fprintf(w, "open loop: %d hosts, %d guests, target %.1f flows/s for %.0fs, at most %d in flight\n",
-		rep.Hosts, rep.Guests, rep.TargetRate, rep.DurationS, rep.MaxInFlight)
+	fmt.Fprintf(w, "open loop%s: %d hosts, %d guests, target %.1f flows/s for %.0fs, at most %d in flight\n",
+		over(rep.Transport), rep.Hosts, rep.Guests, rep.TargetRate, rep.DurationS, rep.MaxInFlight)
 	fmt.Fprintf(w, "offered %d (%.1f/s), started %d (%.1f/s), dropped %d (max in flight or no free guest)\n",
 		rep.Offered, rep.OfferedRate, rep.Started, rep.StartedRate, rep.Dropped)
 	fmt.Fprintf(w, "completed %d (%.1f flows/s over %.1fs), resolved early %d, failed %d, unfinished %d; worst start lag %.1f ms\n\n",

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -163,6 +164,8 @@ type IdleConfig struct {
 	Measure func(phase string) (IdleMem, error)
 	// Width is how many devices connect at once (default 64).
 	Width int
+	// TLS, if set, is what the devices trust of an https:// server.
+	TLS *tls.Config
 }
 
 // IdleMem is the server's memory at one point.
@@ -173,7 +176,10 @@ type IdleMem struct {
 
 // IdleReport is what an idle-streams run measured.
 type IdleReport struct {
-	Streams        int     `json:"streams"`
+	Streams int `json:"streams"`
+	// Transport is what the devices spoke ("h2c", "TLS 1.3"), as the
+	// caller found out (ProbeTransport).
+	Transport      string  `json:"transport,omitempty"`
 	Connections    string  `json:"connections"`
 	Sources        int     `json:"sources"`
 	Opened         int     `json:"opened"`
@@ -205,7 +211,7 @@ func RunIdle(ctx context.Context, cfg IdleConfig, empty IdleMem) (*IdleReport, e
 	rep := &IdleReport{Streams: cfg.Streams, Sources: cfg.Sources, Empty: empty, Connections: "one TCP connection per device"}
 	var shared *http.Client
 	if cfg.Mux {
-		shared = HTTPClient(nil)
+		shared = HTTPClientTLS(nil, cfg.TLS)
 		rep.Connections = "one shared HTTP/2 client (streams multiplexed)"
 		rep.Sources, cfg.Sources = 1, 1
 	}
@@ -214,7 +220,7 @@ func RunIdle(ctx context.Context, cfg IdleConfig, empty IdleMem) (*IdleReport, e
 	for i := range devs {
 		hc := shared
 		if hc == nil {
-			hc = HTTPClient(net.IPv4(127, 0, 0, byte(1+i%cfg.Sources)))
+			hc = HTTPClientTLS(net.IPv4(127, 0, 0, byte(1+i%cfg.Sources)), cfg.TLS)
 		}
 		hcs[i] = hc
 		devs[i] = NewDevice(cfg.URL, "idle", hc)
@@ -295,8 +301,12 @@ func RunIdle(ctx context.Context, cfg IdleConfig, empty IdleMem) (*IdleReport, e
 
 // WriteTable writes the report for people.
 func (rep *IdleReport) WriteTable(w io.Writer) {
+	conns := rep.Connections
+	if rep.Transport != "" {
+		conns = rep.Transport + ", " + conns
+	}
 	fmt.Fprintf(w, "idle inbox streams: %d of %d open (%s, %d source addresses), connected in %.1fs\n",
-		rep.Opened, rep.Streams, rep.Connections, rep.Sources, rep.ConnectSeconds)
+		rep.Opened, rep.Streams, conns, rep.Sources, rep.ConnectSeconds)
 	row := func(name string, m IdleMem) {
 		fmt.Fprintf(w, "  %-24s RSS %8.1f MiB  anon %8.1f MiB  threads %4d", name, float64(m.Proc.RSSKiB)/1024, float64(m.Proc.AnonKiB)/1024, m.Proc.Threads)
 		if m.GC != nil {

@@ -29,7 +29,10 @@ type RelayConfig struct {
 
 // RelayReport is what a relay run measured.
 type RelayReport struct {
-	Sessions    int     `json:"sessions"`
+	Sessions int `json:"sessions"`
+	// Transport is what the devices spoke ("h2c", "TLS 1.3"), as the
+	// caller found out (ProbeTransport).
+	Transport   string  `json:"transport,omitempty"`
 	TargetRate  float64 `json:"target_msgs_per_s"`
 	DurationS   float64 `json:"duration_s"`
 	Offered     int64   `json:"offered"`
@@ -204,8 +207,8 @@ func (f *Fleet) RunRelay(ctx context.Context, cfg RelayConfig) (*RelayReport, er
 
 // WriteTable writes the report for people.
 func (rep *RelayReport) WriteTable(w io.Writer) {
-	fmt.Fprintf(w, "relay: low-quota prompts (host → server → guest) over %d active sessions, target %.0f msgs/s for %.0fs\n",
-		rep.Sessions, rep.TargetRate, rep.DurationS)
+	fmt.Fprintf(w, "relay%s: low-quota prompts (host → server → guest) over %d active sessions, target %.0f msgs/s for %.0fs\n",
+		over(rep.Transport), rep.Sessions, rep.TargetRate, rep.DurationS)
 	fmt.Fprintf(w, "offered %d, sent %d (%.0f msgs/s), dropped %d (every session busy), failed %d, delivered %d, undelivered %d\n\n",
 		rep.Offered, rep.Sent, rep.SentRate, rep.Dropped, rep.Failed, rep.Delivered, rep.Undelivered)
 	writeLatencyTable(w, []string{"host→guest", "prompt call"}, map[string]Summary{"host→guest": rep.HostToGuest, "prompt call": rep.Call})

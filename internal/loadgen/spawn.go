@@ -29,6 +29,9 @@ type Spawn struct {
 	Listen string
 	// Flags are further server flags (deadlines, rate limits).
 	Flags []string
+	// TLSCert and TLSKey, if set, are PEM files the server serves TLS
+	// with (--tls-cert, --tls-key); its URL is then https://.
+	TLSCert, TLSKey string
 	// Env is the process environment (default: this process's).
 	Env []string
 	// Log, if not nil, also gets the processes' output.
@@ -81,6 +84,9 @@ func (p *Proc) start(ctx context.Context, listen string) error {
 	args := append([]string{"server", "--data", p.spec.Dir, "--listen", listen}, p.spec.Flags...)
 	if p.spec.DB != "" {
 		args = append(args, "--db", p.spec.DB)
+	}
+	if p.spec.TLSCert != "" {
+		args = append(args, "--tls-cert", p.spec.TLSCert, "--tls-key", p.spec.TLSKey)
 	}
 	cmd := exec.Command(p.spec.Bin, args...)
 	cmd.Env = p.spec.Env
@@ -138,7 +144,12 @@ func (p *Proc) Addr() string {
 }
 
 // URL is the server's base URL.
-func (p *Proc) URL() string { return "http://" + p.Addr() }
+func (p *Proc) URL() string {
+	if p.spec.TLSCert != "" {
+		return "https://" + p.Addr()
+	}
+	return "http://" + p.Addr()
+}
 
 // PID is the current process's ID.
 func (p *Proc) PID() int {
@@ -254,13 +265,18 @@ func (p *Proc) Stop(d time.Duration) error {
 
 // WatchServerOutput copies a `sharespot server` process's standard output
 // to log line by line until it ends, and sends the address of its
-// "listening on http://ADDR" line to addr (dropped if addr is full).
+// "listening on http://ADDR" (or https://ADDR) line to addr (dropped if
+// addr is full).
 func WatchServerOutput(stdout io.Reader, log io.Writer, addr chan<- string) {
 	sc := bufio.NewScanner(stdout)
 	for sc.Scan() {
 		line := sc.Text()
 		fmt.Fprintln(log, line)
-		if _, rest, ok := strings.Cut(line, "listening on http://"); ok {
+		_, rest, ok := strings.Cut(line, "listening on http://")
+		if !ok {
+			_, rest, ok = strings.Cut(line, "listening on https://")
+		}
+		if ok {
 			a, _, _ := strings.Cut(rest, " ")
 			select {
 			case addr <- a:
