@@ -20,7 +20,7 @@ import (
 // end and settle). It was 92 before the writer-path work (issue 16); each
 // statement costs the writer ~15-25 µs of CPU, so a change that adds some
 // should say why (docs/benchmarks.md).
-const statementBudget = 71
+const statementBudget = 70
 
 // TestStatementBudget counts, statement by statement, what the writer runs
 // for a paid flow, and fails when the total goes over the budget. The count

@@ -263,20 +263,22 @@ func ensure(tx *store.Tx, a Account) error {
 	if a.ID == "" || a.Kind == "" {
 		return fmt.Errorf("ledger: incomplete account %+v", a)
 	}
-	var cur string
-	err := tx.QueryRow(`SELECT currency FROM ledger_accounts WHERE id = ?`, a.ID).Scan(&cur)
-	if err == nil {
-		if cur != a.Currency {
-			return fmt.Errorf("%w: %s holds %s, not %s", ErrCurrencyMismatch, a.ID, cur, a.Currency)
-		}
+	// Open it if it is new (a session's escrow, say: one statement);
+	// only an account that exists is read, for its currency.
+	n, err := tx.ExecN(`INSERT INTO ledger_accounts (id, kind, owner, currency, balance) VALUES (?, ?, ?, ?, 0) ON CONFLICT (id) DO NOTHING`,
+		a.ID, a.Kind, a.Owner, a.Currency)
+	if err != nil {
+		return fmt.Errorf("ledger: open account %s: %w", a.ID, err)
+	}
+	if n == 1 {
 		return nil
 	}
-	if !errors.Is(err, store.ErrNotFound) {
+	var cur string
+	if err := tx.QueryRow(`SELECT currency FROM ledger_accounts WHERE id = ?`, a.ID).Scan(&cur); err != nil {
 		return fmt.Errorf("ledger: look up account %s: %w", a.ID, err)
 	}
-	if _, err := tx.Exec(`INSERT INTO ledger_accounts (id, kind, owner, currency, balance) VALUES (?, ?, ?, ?, 0)`,
-		a.ID, a.Kind, a.Owner, a.Currency); err != nil {
-		return fmt.Errorf("ledger: open account %s: %w", a.ID, err)
+	if cur != a.Currency {
+		return fmt.Errorf("%w: %s holds %s, not %s", ErrCurrencyMismatch, a.ID, cur, a.Currency)
 	}
 	return nil
 }
