@@ -53,17 +53,7 @@ func TestHostHandlesRedeliveryOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	buy := func() {
-		_, fi := harness.Next[*sharespotv1.Envelope_FeeInfo](t, guestIn)
-		pay, err := guest.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: fi.FeeInfo.Quote.Id}))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := guest.Sessions.Confirm(ctx, connect.NewRequest(&sharespotv1.ConfirmRequest{SessionId: ses.Id, Receipt: pay.Msg.Receipt})); err != nil {
-			t.Fatal(err)
-		}
-		harness.Next[*sharespotv1.Envelope_AccessGranted](t, guestIn)
-	}
+	buy := func() { buyQuoted(t, guest, guestIn, ses.Id) }
 	buy()
 	if _, err := guest.Sessions.RequestTopUp(ctx, connect.NewRequest(&sharespotv1.RequestTopUpRequest{SessionId: ses.Id, Bytes: 5000})); err != nil {
 		t.Fatal(err)
@@ -111,15 +101,7 @@ func TestHostPassesAcknowledgments(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, fi := harness.Next[*sharespotv1.Envelope_FeeInfo](t, guestIn)
-	pay, err := guest.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: fi.FeeInfo.Quote.Id}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := guest.Sessions.Confirm(ctx, connect.NewRequest(&sharespotv1.ConfirmRequest{SessionId: ses.Id, Receipt: pay.Msg.Receipt})); err != nil {
-		t.Fatal(err)
-	}
-	harness.Next[*sharespotv1.Envelope_AccessGranted](t, guestIn)
+	buyQuoted(t, guest, guestIn, ses.Id)
 	window := evidence.Window(bought) // the default the grant set: 4 MB
 	awaitAck := func(want int64) {
 		t.Helper()
@@ -158,6 +140,23 @@ func TestHostPassesAcknowledgments(t *testing.T) {
 		t.Fatal(err)
 	}
 	awaitAck(6000)
+}
+
+// buyQuoted is the guest's side of C3.2–C3.3 and C1.7: it takes the next
+// fee from its inbox, pays it, confirms the receipt and waits for the grant.
+func buyQuoted(t *testing.T, guest *client.Client, guestIn *harness.Inbox, sessionID string) *sharespotv1.Envelope_AccessGranted {
+	t.Helper()
+	ctx := context.Background()
+	_, fi := harness.Next[*sharespotv1.Envelope_FeeInfo](t, guestIn)
+	pay, err := guest.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: fi.FeeInfo.Quote.Id}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := guest.Sessions.Confirm(ctx, connect.NewRequest(&sharespotv1.ConfirmRequest{SessionId: sessionID, Receipt: pay.Msg.Receipt})); err != nil {
+		t.Fatal(err)
+	}
+	_, ag := harness.Next[*sharespotv1.Envelope_AccessGranted](t, guestIn)
+	return ag
 }
 
 // hostRig is a server, a host whose agent answers at gate, a hotspot at 1
@@ -252,15 +251,7 @@ func TestHostGrantsFromTheConfirmation(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			_, fi := harness.Next[*sharespotv1.Envelope_FeeInfo](t, guestIn)
-			pay, err := guest.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: fi.FeeInfo.Quote.Id}))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := guest.Sessions.Confirm(ctx, connect.NewRequest(&sharespotv1.ConfirmRequest{SessionId: ses.Id, Receipt: pay.Msg.Receipt})); err != nil {
-				t.Fatal(err)
-			}
-			_, ag := harness.Next[*sharespotv1.Envelope_AccessGranted](t, guestIn)
+			ag := buyQuoted(t, guest, guestIn, ses.Id)
 			if ag.AccessGranted.GrantedBytes != 10*harness.BenchMB || gate.admits.Load() != 1 {
 				t.Fatalf("granted %d bytes, %d admissions at the gate", ag.AccessGranted.GrantedBytes, gate.admits.Load())
 			}
