@@ -16,7 +16,6 @@ import (
 
 	"connectrpc.com/grpcreflect"
 	_ "github.com/jackc/pgx/v5/stdlib" // the test's own PostgreSQL session
-	_ "modernc.org/sqlite"             // the test's own connection to the server's SQLite file
 
 	"github.com/sharespot/sharespot/internal/bus/natstest"
 	"github.com/sharespot/sharespot/internal/client"
@@ -58,7 +57,7 @@ func TestReadySQLite(t *testing.T) {
 	env := harness.StartIn(t, dir, func(c *server.Config) { c.DB = "" })
 	wantReady(t, env.URL, true, "")
 
-	db, err := sql.Open("sqlite", "file:"+filepath.Join(dir, "sharespot.db"))
+	db, err := sql.Open(sqliteDriver, "file:"+filepath.Join(dir, "sharespot.db"))
 	if err != nil {
 		t.Fatal(err)
 	}

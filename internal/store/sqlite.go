@@ -7,10 +7,10 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
-	"net/url"
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 )
@@ -44,25 +44,24 @@ func OpenSQLite(ctx context.Context, path string, opts Options) (*Store, error) 
 	if err := prepareSQLiteFiles(path, log); err != nil {
 		return nil, err
 	}
-	q := url.Values{}
-	for _, p := range sqlitePragmas {
-		q.Add("_pragma", p)
-	}
-	q.Set("_txlock", "immediate")
 	// In a file: URI, '%' escapes, '?' starts the query and '#' a fragment:
 	// escape them so that the path names the file it says.
 	name := "file:" + strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23").Replace(path)
-	dsn := name + "?" + q.Encode()
+	dsn, err := sqliteDSN(name, sqlitePragmas)
+	if err != nil {
+		return nil, err
+	}
 	// Read connections refuse writes, so Read is read-only in fact.
-	q.Add("_pragma", "query_only(1)")
-	readDSN := name + "?" + q.Encode()
+	readDSN, err := sqliteDSN(name, append(slices.Clip(sqlitePragmas), "query_only(1)"))
+	if err != nil {
+		return nil, err
+	}
 
 	s := &Store{engine: SQLite, log: log, maxBatch: opts.MaxBatch, crash: opts.Crash, onCommit: opts.OnCommit}
 	if s.maxBatch <= 0 {
 		s.maxBatch = 512
 	}
-	var err error
-	if s.write, err = sql.Open("sqlite", dsn); err != nil {
+	if s.write, err = sql.Open(sqliteDriverName, dsn); err != nil {
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
 	}
 	s.write.SetMaxOpenConns(1)
@@ -76,7 +75,7 @@ func OpenSQLite(ctx context.Context, path string, opts Options) (*Store, error) 
 		s.Close()
 		return nil, err
 	}
-	if s.read, err = sql.Open("sqlite", readDSN); err != nil {
+	if s.read, err = sql.Open(sqliteDriverName, readDSN); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("store: open %s for reading: %w", path, err)
 	}

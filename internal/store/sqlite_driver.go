@@ -1,9 +1,10 @@
-//go:build !nosqliteserver
+//go:build !nosqliteserver && !cgosqlite
 
 package store
 
 import (
 	"errors"
+	"net/url"
 
 	"modernc.org/sqlite"
 	sqlite3 "modernc.org/sqlite/lib"
@@ -13,6 +14,20 @@ import (
 // does not build for every GOARCH: not mips/mipsle). Routers build with
 // -tags nosqliteserver; they are hosts and never open a server database.
 const sqliteBuilt = true
+
+const sqliteDriverName = "sqlite"
+
+// sqliteDSN is the data source name that opens the file: URI name with
+// pragmas (each "name(value)") applied, in order, to every connection, and
+// transactions that begin IMMEDIATE.
+func sqliteDSN(name string, pragmas []string) (string, error) {
+	q := url.Values{}
+	for _, p := range pragmas {
+		q.Add("_pragma", p)
+	}
+	q.Set("_txlock", "immediate")
+	return name + "?" + q.Encode(), nil
+}
 
 func sqliteBusy(err error) bool {
 	var se *sqlite.Error

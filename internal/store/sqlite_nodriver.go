@@ -6,5 +6,8 @@ package store
 // sqlite_driver.go); OpenSQLite refuses with a message saying so.
 const sqliteBuilt = false
 
-func sqliteBusy(error) bool       { return false }
-func sqliteConstraint(error) bool { return false }
+const sqliteDriverName = ""
+
+func sqliteDSN(string, []string) (string, error) { return "", nil }
+func sqliteBusy(error) bool                      { return false }
+func sqliteConstraint(error) bool                { return false }

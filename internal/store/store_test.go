@@ -2,9 +2,9 @@ package store
 
 import (
 	"context"
-	"database/sql/driver"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
-	"modernc.org/sqlite"
 
 	"github.com/sharespot/sharespot/internal/store/pgtest"
 )
@@ -286,12 +285,19 @@ func testMigrationsRefuseNewerSchema(t *testing.T, d testDB) {
 
 func TestPragmas(t *testing.T) {
 	s, _ := openTest(t)
+	// Every pragma of sqlitePragmas, whichever driver applies them, and
+	// query_only on the read connections only.
 	want := map[string]string{
 		"journal_mode": "wal",
 		"synchronous":  "2", // FULL
 		"foreign_keys": "1",
 		"busy_timeout": "10000",
+		"temp_store":   "2", // MEMORY
+		"cache_size":   "-65536",
+		"query_only":   "0",
 	}
+	wantRead := maps.Clone(want)
+	wantRead["query_only"] = "1"
 	check := func(tx *Tx) (map[string]string, error) {
 		got := map[string]string{}
 		for name := range want {
@@ -344,7 +350,7 @@ func TestPragmas(t *testing.T) {
 				t.Errorf("read %d: %v", i, errs[i])
 				continue
 			}
-			if diff := cmp.Diff(want, results[i]); diff != "" {
+			if diff := cmp.Diff(wantRead, results[i]); diff != "" {
 				t.Errorf("read connection %d pragmas (-want +got):\n%s", i, diff)
 			}
 		}
@@ -562,16 +568,19 @@ var (
 	sqlHook          atomic.Pointer[func()]
 )
 
+// storeTestHook is SQL function store_test_hook(x), registered on every
+// SQLite connection by registerTestHook: it calls sqlHook and returns 1.
+func storeTestHook() int64 {
+	if f := sqlHook.Load(); f != nil {
+		(*f)()
+	}
+	runtime.Gosched() // give the context watcher a chance to interrupt
+	return 1
+}
+
 func TestCancelDuringBatchSparesNeighbours(t *testing.T) {
 	registerHookOnce.Do(func() {
-		err := sqlite.RegisterScalarFunction("store_test_hook", 1, func(_ *sqlite.FunctionContext, args []driver.Value) (driver.Value, error) {
-			if f := sqlHook.Load(); f != nil {
-				(*f)()
-			}
-			runtime.Gosched() // give the context watcher a chance to interrupt
-			return int64(1), nil
-		})
-		if err != nil {
+		if err := registerTestHook(); err != nil {
 			t.Fatalf("register SQL function: %v", err)
 		}
 	})
