@@ -238,6 +238,58 @@ func TestNamespaceSuite(t *testing.T) {
 		}
 	})
 
+	t.Run("prompt_early_on_a_fast_link", func(t *testing.T) {
+		// Issue 11: with a warn level of 2 MB of 5 MB on a fast link the
+		// prompt used to come with 861 kB left, together with the cut.
+		// Now the first prompt comes at the warn level at the latest (and
+		// at this rate earlier, when what is left lasts less than a top-up
+		// takes), and the save-ahead does not hold the transfer on its
+		// way there. The guest's link is shaped to 20 Mbit/s (tbf on the
+		// host's LAN side, towards the guests): fast enough that the old
+		// prompt came too late, slow enough that a poll delayed by a busy
+		// machine (it would take over a second) cannot pass the warn level.
+		if out, err := f.tp.Host.Exec("tc", "qdisc", "replace", "dev", f.tp.LAN, "root", "tbf", "rate", "20mbit",
+			"burst", "64kb", "latency", "400ms").CombinedOutput(); err != nil {
+			t.Fatalf("tc: %v: %s", err, out)
+		}
+		defer f.tp.Host.Exec("tc", "qdisc", "del", "dev", f.tp.LAN, "root").Run()
+		const quota, warn = 5 * mB, 2 * mB
+		code := f.grant("s-early", quota, warn)
+		if err := f.present(g[4], "s-early", code); err != nil {
+			t.Fatal(err)
+		}
+		r := startFetch(t, guestClient(g[4], 2*wait), f.base, 4*mB)
+		// Sample the transfer until the first prompt: the longest time
+		// it moved nothing is logged (a measure, not a verdict).
+		var longest time.Duration
+		last, lastAt := int64(0), time.Now()
+		var th gateway.Event
+		for deadline := time.Now().Add(wait); ; {
+			if e, ok := f.ev.first(gateway.ThresholdCrossed, "s-early"); ok {
+				th = e
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no prompt within %v; the guest read %d bytes", wait, r.N())
+			}
+			if n := r.N(); n != last {
+				last, lastAt = n, time.Now()
+			} else if d := time.Since(lastAt); d > longest {
+				longest = d
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+		if err := r.Wait(); err != nil {
+			t.Fatalf("the transfer under the quota did not complete: %v (%d bytes)", err, r.N())
+		}
+		left := th.Quota - th.Used
+		t.Logf("first prompt with %d of %d bytes left (warn level %d); the longest pause before it %v",
+			left, th.Quota, warn, longest.Round(time.Millisecond))
+		if left < warn {
+			t.Fatalf("the first prompt came with %d bytes left, below the warn level %d", left, warn)
+		}
+	})
+
 	t.Run("restart_keeps_exact_remaining_quota", func(t *testing.T) {
 		const quota = 3 * mB
 		code := f.grant("s3", quota, 0)

@@ -162,6 +162,18 @@ func (e *events) waitFor(t testing.TB, kind gateway.EventKind, id string, d time
 	}
 }
 
+// first returns the first event of kind for id so far, if any.
+func (e *events) first(kind gateway.EventKind, id string) (gateway.Event, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, ev := range e.all {
+		if ev.Kind == kind && ev.SessionID == id {
+			return ev, true
+		}
+	}
+	return gateway.Event{}, false
+}
+
 func (e *events) count(kind gateway.EventKind, id string) int {
 	e.mu.Lock()
 	defer e.mu.Unlock()
