@@ -134,7 +134,8 @@ func (e *Engine) finish(tx *store.Tx, s *row, used int64, reason string) error {
 	// what the bill rested on.
 	figures := fmt.Sprintf(" (%d bytes billed: host counted %d, unverified)", used, s.HostCount)
 	if s.Verified {
-		figures = fmt.Sprintf(" (%d bytes billed: host counted %d, guest acknowledged %d + window %d)", used, s.HostCount, s.GuestAcked, s.Window)
+		figures = fmt.Sprintf(" (%d bytes billed: host counted %d, guest acknowledged %d + window %d; difference %+d)",
+			used, s.HostCount, s.GuestAcked, s.Window, s.HostCount-s.GuestAcked)
 	}
 	hostWallet := ledger.Wallet(hostAccount, s.Currency)
 	moves := []ledger.Transfer{
