@@ -13,10 +13,11 @@ import (
 	"math/big"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/sharespot/sharespot/internal/atomicfile"
 )
 
 // Names of the throwaway certificate and key SelfSignedTLS writes.
@@ -55,11 +56,11 @@ func SelfSignedTLS(dir string) (certFile, keyFile string, client *tls.Config, er
 		return "", "", nil, fmt.Errorf("loadgen: encode the TLS key: %w", err)
 	}
 	certFile, keyFile = filepath.Join(dir, BenchCertFile), filepath.Join(dir, BenchKeyFile)
-	if err := writeNew(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
-		return "", "", nil, err
+	if err := atomicfile.Write(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
+		return "", "", nil, fmt.Errorf("loadgen: write the TLS key: %w", err)
 	}
-	if err := writeNew(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
-		return "", "", nil, err
+	if err := atomicfile.Write(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+		return "", "", nil, fmt.Errorf("loadgen: write the TLS certificate: %w", err)
 	}
 	cert, err := x509.ParseCertificate(der)
 	if err != nil {
@@ -68,26 +69,6 @@ func SelfSignedTLS(dir string) (certFile, keyFile string, client *tls.Config, er
 	pool := x509.NewCertPool()
 	pool.AddCert(cert)
 	return certFile, keyFile, &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: pool}, nil
-}
-
-// writeNew replaces file with data, created afresh with mode perm (a file
-// left by an earlier run keeps no wider mode).
-func writeNew(file string, data []byte, perm os.FileMode) error {
-	if err := os.Remove(file); err != nil && !os.IsNotExist(err) {
-		return fmt.Errorf("loadgen: replace %s: %w", file, err)
-	}
-	f, err := os.OpenFile(file, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
-	if err != nil {
-		return fmt.Errorf("loadgen: write %s: %w", file, err)
-	}
-	_, err = f.Write(data)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("loadgen: write %s: %w", file, err)
-	}
-	return nil
 }
 
 // ProbeTransport asks the server at url for /healthz with a client as

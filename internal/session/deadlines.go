@@ -51,11 +51,7 @@ func (e *Engine) expireTopUp(tx *store.Tx, s *row, now int64) error {
 			q.State = sharespotv1.QuoteState_QUOTE_STATE_EXPIRED
 		default: // paid or confirmed, never granted
 			reason = "host did not grant the top-up in time; payment refunded"
-			guestAccount, err := s.guestAccount(tx)
-			if err != nil {
-				return err
-			}
-			to, memo := ledger.Wallet(guestAccount, s.Currency), "top-up "+q.ID+" not granted, refunded"
+			to, memo := ledger.Wallet(s.GuestAccount, s.Currency), "top-up "+q.ID+" not granted, refunded"
 			holds, err := cardHolds(tx, s.ID)
 			if err != nil {
 				return err

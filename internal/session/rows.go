@@ -8,7 +8,6 @@ import (
 	"unicode/utf8"
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
-	"github.com/sharespot/sharespot/internal/account"
 	"github.com/sharespot/sharespot/internal/problem"
 	"github.com/sharespot/sharespot/internal/registry"
 	"github.com/sharespot/sharespot/internal/relay"
@@ -18,7 +17,7 @@ import (
 // row is a sessions row.
 type row struct {
 	ID, HotspotID, Host, Guest string
-	GuestAccount               string
+	GuestAccount               string // the guest device's (a device never changes account)
 	State                      sharespotv1.SessionState
 	Requested, Reserved        int64
 	Granted, Used              int64
@@ -95,16 +94,6 @@ func loadRow(tx *store.Tx, id string) (*row, error) {
 	s.State = sharespotv1.SessionState(state)
 	s.Tariff.Currency, s.Verified = s.Currency, verified != 0
 	return s, nil
-}
-
-// guestAccount is the account of the session's guest, which the row
-// keeps from the request (a device never changes account); rows from
-// before the column existed read it from the device.
-func (s *row) guestAccount(tx *store.Tx) (string, error) {
-	if s.GuestAccount != "" {
-		return s.GuestAccount, nil
-	}
-	return account.Of(tx, s.Guest)
 }
 
 type role int

@@ -100,10 +100,7 @@ func (e *Engine) finish(tx *store.Tx, s *row, used int64, reason string) error {
 	if err != nil {
 		return err
 	}
-	guestAccount, err := s.guestAccount(tx)
-	if err != nil {
-		return err
-	}
+	guestAccount := s.GuestAccount
 	refund := held - charged
 	// Card holds: the billed part of each is captured, the rest released
 	// back to the card (never into the wallet as cash); the Stripe calls
