@@ -18,7 +18,7 @@ import (
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/client"
 	"github.com/sharespot/sharespot/internal/identity"
-	"github.com/sharespot/sharespot/internal/registry"
+	"github.com/sharespot/sharespot/internal/protocol"
 	"github.com/sharespot/sharespot/internal/wifi"
 )
 
@@ -123,8 +123,8 @@ func (f scanFlags) scan(ctx context.Context) ([]wifi.AccessPoint, error) {
 	}
 	// The server takes at most 256 candidates: keep the strongest.
 	sort.SliceStable(aps, func(i, j int) bool { return aps[i].SignalDBM > aps[j].SignalDBM })
-	if len(aps) > registry.MaxCandidates {
-		aps = aps[:registry.MaxCandidates]
+	if len(aps) > protocol.MaxCandidates {
+		aps = aps[:protocol.MaxCandidates]
 	}
 	return aps, nil
 }

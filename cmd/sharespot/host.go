@@ -26,6 +26,7 @@ import (
 	"github.com/sharespot/sharespot/internal/identity"
 	"github.com/sharespot/sharespot/internal/metrics"
 	"github.com/sharespot/sharespot/internal/portal"
+	"github.com/sharespot/sharespot/internal/protocol"
 	"github.com/sharespot/sharespot/internal/registry"
 	"github.com/sharespot/sharespot/internal/size"
 	"github.com/sharespot/sharespot/internal/wifi"
@@ -248,7 +249,7 @@ func (c *ShareCmd) Run(env *runEnv) error {
 			if tariff == nil {
 				tariff = t
 			}
-			price, _ := client.TariffPrice(tariff, r.Bytes, false)
+			price, _ := protocol.TariffPrice(tariff, r.Bytes, false)
 			view.ask(fmt.Sprintf("guest %s wants %s for %s. Accept? [Y/n] ", short(r.GuestDeviceId), size.Format(r.Bytes), client.FormatMoney(price, t.Currency)))
 			line, _ := in.ReadString('\n')
 			view.answered()

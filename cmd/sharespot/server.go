@@ -24,6 +24,7 @@ import (
 	"github.com/sharespot/sharespot/internal/dashboard"
 	"github.com/sharespot/sharespot/internal/ledger"
 	"github.com/sharespot/sharespot/internal/payment"
+	"github.com/sharespot/sharespot/internal/protocol"
 	"github.com/sharespot/sharespot/internal/seal"
 	"github.com/sharespot/sharespot/internal/server"
 	"github.com/sharespot/sharespot/internal/session"
@@ -272,7 +273,7 @@ func (c *ServerCmd) Run(env *runEnv) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(env.stdout, "sharespot server listening on %s://%s (data: %s, protocol %d)\n", scheme, ln.Addr(), store.Redact(target), api.ProtocolVersion)
+	fmt.Fprintf(env.stdout, "sharespot server listening on %s://%s (data: %s, protocol %d)\n", scheme, ln.Addr(), store.Redact(target), protocol.Version)
 	log.Info("limits", "rate_ip", c.RateIP, "rate_device", c.RateDevice, "inflight_ip", cfg.Limits.PerIPInFlight,
 		"streams_ip", cfg.Limits.PerIPStreams, "conns_ip", cfg.Limits.PerIPConns, "conns", cfg.Limits.Conns,
 		"body_timeout", cfg.BodyTimeout, "idle_timeout", cfg.IdleTimeout)
@@ -458,6 +459,6 @@ type VersionCmd struct{}
 
 // Run prints the versions.
 func (VersionCmd) Run(env *runEnv) error {
-	fmt.Fprintf(env.stdout, "sharespot protocol %d, schema %d\n", api.ProtocolVersion, store.SchemaVersion())
+	fmt.Fprintf(env.stdout, "sharespot protocol %d, schema %d\n", protocol.Version, store.SchemaVersion())
 	return nil
 }

@@ -22,26 +22,15 @@ import (
 	"github.com/sharespot/sharespot/internal/metrics"
 	"github.com/sharespot/sharespot/internal/payment"
 	"github.com/sharespot/sharespot/internal/problem"
+	"github.com/sharespot/sharespot/internal/protocol"
 	"github.com/sharespot/sharespot/internal/relay"
 	"github.com/sharespot/sharespot/internal/session"
 	"github.com/sharespot/sharespot/internal/store"
 )
 
 // ProtocolVersion is the version of the Sharespot protocol this server
-// speaks. History (docs/protocol.md):
-//
-//	1  2026-11-24  first version: sign-in, hotspots, discovery, sessions,
-//	               wallet payments with signed receipts, HPKE-sealed codes,
-//	               store-and-forward inbox.
-//	2  2026-11-30  fair settlement: the session's tariff, tranches, the
-//	               ENDING state and the host's final count, reservation at
-//	               payment, Retry-After on rate limits; AddDevice with proof
-//	               of possession.
-//	3  2026-11-30  card payments through Stripe: PayRequest.method, the
-//	               payment status, FundByCard, PayoutOnboarding.
-//	4  2026-11-30  PaymentConfirmed carries the quote and the guest, so
-//	               the host's agent grants without reading the session.
-const ProtocolVersion = 4
+// speaks (protocol.Version, with its history).
+const ProtocolVersion = protocol.Version
 
 // MaxRequestBytes caps a request message.
 const MaxRequestBytes = 64 << 10

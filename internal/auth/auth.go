@@ -18,34 +18,13 @@ import (
 
 	"github.com/sharespot/sharespot/internal/deviceid"
 	"github.com/sharespot/sharespot/internal/problem"
-	"github.com/sharespot/sharespot/internal/relay"
+	"github.com/sharespot/sharespot/internal/protocol"
 	"github.com/sharespot/sharespot/internal/session"
 	"github.com/sharespot/sharespot/internal/store"
 )
 
-// signInLabel separates sign-in signatures from every other use of the key.
-const signInLabel = "sharespot/signin/v1\x00"
-
 // tokenPrefix marks Sharespot bearer tokens (and makes leaked ones findable).
 const tokenPrefix = "sst_"
-
-// addDeviceLabel separates add-device proofs from every other use of the key.
-const addDeviceLabel = "sharespot/add-device/v1\x00"
-
-// SignInMessage is what a device signs to sign in.
-func SignInMessage(nonce []byte) []byte { return append([]byte(signInLabel), nonce...) }
-
-// AddDeviceMessage is what a new device key signs to prove, when it is
-// enrolled into an existing account, that its holder agrees to join that
-// account: "sharespot/add-device/v1\x00" || accountID || "\x00" || nonce,
-// with a nonce from Challenge for the new key.
-func AddDeviceMessage(accountID string, nonce []byte) []byte {
-	m := make([]byte, 0, len(addDeviceLabel)+len(accountID)+1+len(nonce))
-	m = append(m, addDeviceLabel...)
-	m = append(m, accountID...)
-	m = append(m, 0)
-	return append(m, nonce...)
-}
 
 // Auth issues and checks tokens.
 type Auth struct {
@@ -125,7 +104,7 @@ func (a *Auth) SignIn(ctx context.Context, pub, nonce, sig []byte, name string) 
 	if len(nonce) != 32 || len(sig) != ed25519.SignatureSize {
 		return SignedIn{}, problem.Invalidf("nonce must be 32 bytes and signature %d bytes", ed25519.SignatureSize)
 	}
-	if !ed25519.Verify(ed25519.PublicKey(pub), SignInMessage(nonce), sig) {
+	if !ed25519.Verify(ed25519.PublicKey(pub), protocol.SignInMessage(nonce), sig) {
 		return SignedIn{}, problem.Unauthenticatedf("signature does not verify for this key and nonce")
 	}
 	id := deviceid.FromPublicKey(ed25519.PublicKey(pub)).String()
@@ -141,7 +120,7 @@ func (a *Auth) SignIn(ctx context.Context, pub, nonce, sig []byte, name string) 
 		}
 		err := tx.QueryRow(`SELECT account_id FROM devices WHERE id = ?`, id).Scan(&out.Party.AccountID)
 		if errors.Is(err, store.ErrNotFound) {
-			out.Party.AccountID = relay.NewID("acct")
+			out.Party.AccountID = protocol.NewID("acct")
 			if _, err := tx.Exec(`INSERT INTO accounts (id, created_ms) VALUES (?, ?)`, out.Party.AccountID, now.UnixMilli()); err != nil {
 				return err
 			}
@@ -165,7 +144,7 @@ func (a *Auth) SignIn(ctx context.Context, pub, nonce, sig []byte, name string) 
 
 // AddDevice enrols pub as a device of p's account. The new key must prove
 // possession and consent: sig is its signature over
-// AddDeviceMessage(p.AccountID, nonce), with a nonce from Challenge for pub
+// protocol.AddDeviceMessage(p.AccountID, nonce), with a nonce from Challenge for pub
 // that is consumed here, so a proof made for one account cannot enrol the
 // key into another and cannot be used twice. A key that already belongs to
 // a device is refused.
@@ -183,7 +162,7 @@ func (a *Auth) AddDevice(ctx context.Context, p session.Party, pub, nonce, sig [
 	if p.AccountID == "" {
 		return "", problem.Unauthenticatedf("adding a device needs a signed-in caller")
 	}
-	if !ed25519.Verify(ed25519.PublicKey(pub), AddDeviceMessage(p.AccountID, nonce), sig) {
+	if !ed25519.Verify(ed25519.PublicKey(pub), protocol.AddDeviceMessage(p.AccountID, nonce), sig) {
 		return "", problem.Deniedf("signature does not verify: the new key must sign the add-device message for account %s and this nonce", p.AccountID)
 	}
 	id := deviceid.FromPublicKey(ed25519.PublicKey(pub)).String()

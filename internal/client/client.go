@@ -22,8 +22,7 @@ import (
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/gen/sharespot/v1/sharespotv1connect"
-	"github.com/sharespot/sharespot/internal/auth"
-	"github.com/sharespot/sharespot/internal/evidence"
+	"github.com/sharespot/sharespot/internal/protocol"
 )
 
 // Options tune a client.
@@ -140,7 +139,7 @@ func (c *Client) SignIn(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("client: sign in: %w", err)
 	}
-	sig := ed25519.Sign(c.key, auth.SignInMessage(ch.Msg.Nonce))
+	sig := ed25519.Sign(c.key, protocol.SignInMessage(ch.Msg.Nonce))
 	res, err := c.Auth.SignIn(ctx, connect.NewRequest(&sharespotv1.SignInRequest{PublicKey: pub, Nonce: ch.Msg.Nonce, Signature: sig, DeviceName: c.name}))
 	if err != nil {
 		return fmt.Errorf("client: sign in: %w", err)
@@ -161,7 +160,7 @@ func AddDeviceProof(ctx context.Context, ac sharespotv1connect.AuthServiceClient
 	if err != nil {
 		return nil, nil, fmt.Errorf("client: add device proof: %w", err)
 	}
-	return ch.Msg.Nonce, ed25519.Sign(key, auth.AddDeviceMessage(accountID, ch.Msg.Nonce)), nil
+	return ch.Msg.Nonce, ed25519.Sign(key, protocol.AddDeviceMessage(accountID, ch.Msg.Nonce)), nil
 }
 
 // Token returns a valid bearer token, signing in if needed.
@@ -517,7 +516,7 @@ func CheckFee(shown *sharespotv1.Tariff, q *sharespotv1.Quote) error {
 // usage (package evidence). It returns the count the server holds.
 func (c *Client) Acknowledge(ctx context.Context, sessionID string, received int64) (int64, error) {
 	res, err := c.Sessions.Acknowledge(ctx, connect.NewRequest(&sharespotv1.AcknowledgeRequest{Ack: &sharespotv1.UsageAck{
-		SessionId: sessionID, ReceivedBytes: received, Signature: evidence.Sign(c.key, sessionID, received)}}))
+		SessionId: sessionID, ReceivedBytes: received, Signature: protocol.SignAck(c.key, sessionID, received)}}))
 	if err != nil {
 		return 0, err
 	}

@@ -13,8 +13,8 @@ import (
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/client"
-	"github.com/sharespot/sharespot/internal/evidence"
 	"github.com/sharespot/sharespot/internal/harness"
+	"github.com/sharespot/sharespot/internal/protocol"
 )
 
 // countingGate counts what reaches the gate.
@@ -102,7 +102,7 @@ func TestHostPassesAcknowledgments(t *testing.T) {
 		t.Fatal(err)
 	}
 	buyQuoted(t, guest, guestIn, ses.Id)
-	window := evidence.Window(bought) // the default the grant set: 4 MB
+	window := protocol.Window(bought) // the default the grant set: 4 MB
 	awaitAck := func(want int64) {
 		t.Helper()
 		deadline := time.Now().Add(5 * time.Second)

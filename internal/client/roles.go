@@ -16,8 +16,8 @@ import (
 	"connectrpc.com/connect"
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
+	"github.com/sharespot/sharespot/internal/protocol"
 	"github.com/sharespot/sharespot/internal/receipt"
-	"github.com/sharespot/sharespot/internal/registry"
 	"github.com/sharespot/sharespot/internal/seal"
 )
 
@@ -208,7 +208,7 @@ func TariffPrice(t *sharespotv1.Tariff, bytes int64, topUp bool) (int64, error) 
 	if topUp {
 		unit = t.GetTopupPriceMinor()
 	}
-	return registry.Price(bytes, unit, t.GetUnitBytes())
+	return protocol.Price(bytes, unit, t.GetUnitBytes())
 }
 
 // grant verifies the payment-success response and is C1.7 / C1.15 on the

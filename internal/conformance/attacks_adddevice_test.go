@@ -9,9 +9,9 @@ import (
 	"connectrpc.com/connect"
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
-	"github.com/sharespot/sharespot/internal/auth"
 	"github.com/sharespot/sharespot/internal/client"
 	"github.com/sharespot/sharespot/internal/harness"
+	"github.com/sharespot/sharespot/internal/protocol"
 )
 
 // testAttackAddDevice (finding 5 of TestAttacks) proves that AddDevice enrols a key only with its
@@ -124,15 +124,15 @@ func testAddDeviceSignedByAnotherKey(t *testing.T) {
 	pub, key := newKey(t)
 	_, other := newKey(t)
 	nonce := challengeFor(t, env, pub)
-	refusedQuietly(t, env, addWith(t, mallory, pub, nonce, ed25519.Sign(other, auth.AddDeviceMessage(mallory.AccountID(), nonce))),
+	refusedQuietly(t, env, addWith(t, mallory, pub, nonce, ed25519.Sign(other, protocol.AddDeviceMessage(mallory.AccountID(), nonce))),
 		connect.CodePermissionDenied, "signature does not verify", mallory.AccountID())
-	refusedQuietly(t, env, addWith(t, mallory, pub, nonce, ed25519.Sign(key, auth.SignInMessage(nonce))),
+	refusedQuietly(t, env, addWith(t, mallory, pub, nonce, ed25519.Sign(key, protocol.SignInMessage(nonce))),
 		connect.CodePermissionDenied, "signature does not verify")
 	refusedQuietly(t, env, addWith(t, mallory, pub, nonce, ed25519.Sign(key, nonce)),
 		connect.CodePermissionDenied, "signature does not verify")
 	// Nor does an add-device proof sign the key in.
 	_, err := sharespotv1AuthWithoutToken(env.URL).SignIn(t.Context(), connect.NewRequest(&sharespotv1.SignInRequest{
-		PublicKey: pub, Nonce: nonce, Signature: ed25519.Sign(key, auth.AddDeviceMessage(mallory.AccountID(), nonce))}))
+		PublicKey: pub, Nonce: nonce, Signature: ed25519.Sign(key, protocol.AddDeviceMessage(mallory.AccountID(), nonce))}))
 	refused(t, err, connect.CodeUnauthenticated, "signature does not verify")
 
 	victim := signInAs(t, env, key, "victim")
@@ -189,7 +189,7 @@ func testAddDeviceProofUsedTwice(t *testing.T) {
 	refusedQuietly(t, env, addWith(t, phone, pub, nonce, sig), connect.CodeUnauthenticated, "challenge unknown, used or expired")
 	// Nor can the nonce the proof used then sign the key in.
 	_, err = sharespotv1AuthWithoutToken(env.URL).SignIn(t.Context(), connect.NewRequest(&sharespotv1.SignInRequest{
-		PublicKey: pub, Nonce: nonce, Signature: ed25519.Sign(key, auth.SignInMessage(nonce))}))
+		PublicKey: pub, Nonce: nonce, Signature: ed25519.Sign(key, protocol.SignInMessage(nonce))}))
 	refused(t, err, connect.CodeUnauthenticated, "challenge unknown, used or expired")
 	env.MustAudit(t)
 }
@@ -202,11 +202,11 @@ func testAddDeviceSignInNonceReused(t *testing.T) {
 	pub, key := newKey(t)
 	nonce := challengeFor(t, env, pub)
 	_, err := sharespotv1AuthWithoutToken(env.URL).SignIn(t.Context(), connect.NewRequest(&sharespotv1.SignInRequest{
-		PublicKey: pub, Nonce: nonce, Signature: ed25519.Sign(key, auth.SignInMessage(nonce))}))
+		PublicKey: pub, Nonce: nonce, Signature: ed25519.Sign(key, protocol.SignInMessage(nonce))}))
 	if err != nil {
 		t.Fatalf("sign-in: %v", err)
 	}
-	refusedQuietly(t, env, addWith(t, phone, pub, nonce, ed25519.Sign(key, auth.AddDeviceMessage(phone.AccountID(), nonce))),
+	refusedQuietly(t, env, addWith(t, phone, pub, nonce, ed25519.Sign(key, protocol.AddDeviceMessage(phone.AccountID(), nonce))),
 		connect.CodeUnauthenticated, "challenge unknown, used or expired")
 	env.MustAudit(t)
 }

@@ -10,10 +10,9 @@ import (
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/client"
-	"github.com/sharespot/sharespot/internal/evidence"
 	"github.com/sharespot/sharespot/internal/harness"
 	"github.com/sharespot/sharespot/internal/hosting"
-	"github.com/sharespot/sharespot/internal/registry"
+	"github.com/sharespot/sharespot/internal/protocol"
 	"github.com/sharespot/sharespot/internal/seal"
 	"github.com/sharespot/sharespot/internal/server"
 	"github.com/sharespot/sharespot/internal/session"
@@ -129,7 +128,7 @@ func endAtOnce(t *testing.T, mkPath func(*testing.T) *dataPath) {
 		t.Fatalf("settled on %d bytes used; the gateway carried %d (the guest pulled %d)", s.UsedBytes, used, pull)
 	}
 	paid := fi.FeeInfo.Quote.AmountMinor // 500
-	charged, err := registry.MulDiv(paid, used, buy, false)
+	charged, err := protocol.MulDiv(paid, used, buy, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -504,10 +503,10 @@ func testBadAcks(t *testing.T) {
 		want string
 	}{
 		{"forged", func() error {
-			return send(guest, &sharespotv1.UsageAck{SessionId: s.id, ReceivedBytes: 50 * MB, Signature: evidence.Sign(mallory, s.id, 50*MB)})
+			return send(guest, &sharespotv1.UsageAck{SessionId: s.id, ReceivedBytes: 50 * MB, Signature: protocol.SignAck(mallory, s.id, 50*MB)})
 		}, connect.CodePermissionDenied, "acknowledgment refused"},
 		{"signed_for_another_session", func() error {
-			return send(guest, &sharespotv1.UsageAck{SessionId: s.id, ReceivedBytes: 50 * MB, Signature: evidence.Sign(gkey, s2.id, 50*MB)})
+			return send(guest, &sharespotv1.UsageAck{SessionId: s.id, ReceivedBytes: 50 * MB, Signature: protocol.SignAck(gkey, s2.id, 50*MB)})
 		}, connect.CodePermissionDenied, "acknowledgment refused"},
 		{"decreasing", func() error { _, err := guest.Acknowledge(ctx, s.id, 5*MB); return err }, connect.CodeInvalidArgument, "counts only grow"},
 		{"above_granted", func() error { _, err := guest.Acknowledge(ctx, s.id, 101*MB); return err }, connect.CodeInvalidArgument, "above the 100000000 bytes granted"},

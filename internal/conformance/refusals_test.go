@@ -23,10 +23,10 @@ import (
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/gen/sharespot/v1/sharespotv1connect"
 	"github.com/sharespot/sharespot/internal/api"
-	"github.com/sharespot/sharespot/internal/auth"
 	"github.com/sharespot/sharespot/internal/client"
 	"github.com/sharespot/sharespot/internal/harness"
 	"github.com/sharespot/sharespot/internal/payment"
+	"github.com/sharespot/sharespot/internal/protocol"
 	"github.com/sharespot/sharespot/internal/receipt"
 	"github.com/sharespot/sharespot/internal/registry"
 	"github.com/sharespot/sharespot/internal/seal"
@@ -144,7 +144,7 @@ func price(t *testing.T, n int64, topUp bool) int64 {
 	if topUp {
 		unit = tf.TopupPriceMinor
 	}
-	p, err := registry.Price(n, unit, tf.UnitBytes)
+	p, err := protocol.Price(n, unit, tf.UnitBytes)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1464,7 +1464,7 @@ func testBadTokens(t *testing.T) {
 		nonce := challenge(t)
 		_, mallory, _ := ed25519.GenerateKey(rand.Reader)
 		n := tokens(t)
-		refusedQuietly(t, r.env, signIn(nonce, ed25519.Sign(mallory, auth.SignInMessage(nonce))), connect.CodeUnauthenticated, "signature does not verify")
+		refusedQuietly(t, r.env, signIn(nonce, ed25519.Sign(mallory, protocol.SignInMessage(nonce))), connect.CodeUnauthenticated, "signature does not verify")
 		// A signature over the bare nonce (no domain label) is wrong too.
 		refusedQuietly(t, r.env, signIn(nonce, ed25519.Sign(key, nonce)), connect.CodeUnauthenticated, "signature does not verify")
 		if tokens(t) != n {
@@ -1473,7 +1473,7 @@ func testBadTokens(t *testing.T) {
 	})
 	t.Run("replayed_challenge_nonce", func(t *testing.T) {
 		nonce := challenge(t)
-		sig := ed25519.Sign(key, auth.SignInMessage(nonce))
+		sig := ed25519.Sign(key, protocol.SignInMessage(nonce))
 		if err := signIn(nonce, sig)(); err != nil {
 			t.Fatalf("first sign-in: %v", err)
 		}
@@ -1486,7 +1486,7 @@ func testBadTokens(t *testing.T) {
 	t.Run("expired_challenge", func(t *testing.T) {
 		nonce := challenge(t)
 		r.env.Clock.Advance(time.Minute + time.Second)
-		refused(t, signIn(nonce, ed25519.Sign(key, auth.SignInMessage(nonce)))(), connect.CodeUnauthenticated, "challenge unknown, used or expired")
+		refused(t, signIn(nonce, ed25519.Sign(key, protocol.SignInMessage(nonce)))(), connect.CodeUnauthenticated, "challenge unknown, used or expired")
 	})
 	t.Run("expired_token", func(t *testing.T) {
 		r.env.Clock.Advance(time.Hour + time.Second)

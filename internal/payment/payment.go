@@ -18,8 +18,8 @@ import (
 	"github.com/sharespot/sharespot/internal/ledger"
 	"github.com/sharespot/sharespot/internal/money"
 	"github.com/sharespot/sharespot/internal/problem"
+	"github.com/sharespot/sharespot/internal/protocol"
 	"github.com/sharespot/sharespot/internal/receipt"
-	"github.com/sharespot/sharespot/internal/relay"
 	"github.com/sharespot/sharespot/internal/session"
 	"github.com/sharespot/sharespot/internal/store"
 )
@@ -176,7 +176,7 @@ func (w *Wallet) PublicKeys() []ed25519.PublicKey { return w.keys }
 // and the platform's signature over the canonical payload.
 func (w *Wallet) Sign(nowMS int64, c session.Charge) (string, *sharespotv1.Receipt, error) {
 	p := receipt.Payload{
-		ReceiptID: relay.NewID("rcpt"), SessionID: c.SessionID, QuoteID: c.QuoteID, Currency: c.Currency,
+		ReceiptID: protocol.NewID("rcpt"), SessionID: c.SessionID, QuoteID: c.QuoteID, Currency: c.Currency,
 		Payer: c.Payer.DeviceID, Payee: c.Payee.DeviceID, Platform: platformOf(c), Amount: c.Amount, Bytes: c.Bytes,
 		IssuedAt: time.UnixMilli(nowMS),
 	}
@@ -272,7 +272,7 @@ func Fund(tx *store.Tx, nowMS int64, accountID, currency string, amount int64, k
 		return false, problem.NotFoundf("account %s not found", accountID)
 	}
 	if key == "" {
-		key = relay.NewID("fund")
+		key = protocol.NewID("fund")
 	}
 	return ledger.Apply(tx, nowMS, ledger.Transfer{ID: "fund:" + key, Debit: ledger.Funding(currency),
 		Credit: ledger.Wallet(accountID, currency), Amount: amount, Currency: currency, Memo: memo})

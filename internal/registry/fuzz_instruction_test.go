@@ -6,6 +6,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
+	"github.com/sharespot/sharespot/internal/protocol"
 )
 
 // FuzzParseInstruction feeds the network-sharing instruction, as any
@@ -48,7 +49,7 @@ func FuzzParseInstruction(f *testing.F) {
 		if _, err := NormalizeBSSID(h.BSSID); err != nil {
 			t.Fatalf("accepted BSSID %q that does not normalize again: %v", h.BSSID, err)
 		}
-		if _, err := Price(h.ShareableBytes, max(h.Tariff.PriceMinor, h.Tariff.TopUpPriceMinor), h.Tariff.UnitBytes); err != nil {
+		if _, err := protocol.Price(h.ShareableBytes, max(h.Tariff.PriceMinor, h.Tariff.TopUpPriceMinor), h.Tariff.UnitBytes); err != nil {
 			t.Fatalf("accepted a tariff that cannot price its whole volume: %v", err)
 		}
 	})

@@ -6,9 +6,6 @@ package registry
 import (
 	"errors"
 	"fmt"
-	"math"
-	"math/bits"
-	"net"
 	"sort"
 	"strings"
 
@@ -16,13 +13,13 @@ import (
 	"github.com/sharespot/sharespot/internal/account"
 	"github.com/sharespot/sharespot/internal/ledger"
 	"github.com/sharespot/sharespot/internal/problem"
-	"github.com/sharespot/sharespot/internal/relay"
+	"github.com/sharespot/sharespot/internal/protocol"
 	"github.com/sharespot/sharespot/internal/store"
 )
 
 // Limits on what a host may register and a guest may send.
 const (
-	MaxCandidates   = 256
+	MaxCandidates   = protocol.MaxCandidates
 	MaxShareable    = int64(1) << 50 // 1 PiB
 	MaxPriceMinor   = int64(1) << 40
 	MaxHotspotsHost = 64
@@ -49,35 +46,6 @@ type Tariff struct {
 	UnitBytes       int64
 	MinPurchase     int64
 	TopUpPriceMinor int64
-}
-
-// Price returns what bytes cost at priceMinor per unitBytes, rounded up to
-// the next minor unit, or an error if it overflows.
-func Price(bytes, priceMinor, unitBytes int64) (int64, error) {
-	if bytes < 0 || priceMinor < 0 || unitBytes <= 0 {
-		return 0, fmt.Errorf("registry: price of %d bytes at %d per %d: bad input", bytes, priceMinor, unitBytes)
-	}
-	return MulDiv(bytes, priceMinor, unitBytes, true)
-}
-
-// MulDiv returns a*b/c without intermediate overflow, rounded up or down,
-// for non-negative a, b and positive c.
-func MulDiv(a, b, c int64, roundUp bool) (int64, error) {
-	if a < 0 || b < 0 || c <= 0 {
-		return 0, fmt.Errorf("registry: %d*%d/%d: negative input", a, b, c)
-	}
-	hi, lo := bits.Mul64(uint64(a), uint64(b))
-	if hi >= uint64(c) {
-		return 0, fmt.Errorf("registry: %d*%d/%d overflows", a, b, c)
-	}
-	q, r := bits.Div64(hi, lo, uint64(c))
-	if r != 0 && roundUp {
-		q++
-	}
-	if q > math.MaxInt64 {
-		return 0, fmt.Errorf("registry: %d*%d/%d overflows", a, b, c)
-	}
-	return int64(q), nil
 }
 
 // Reserve commits bytes of a hotspot's volume to a paid purchase; it
@@ -143,19 +111,14 @@ func (t Tariff) Proto() *sharespotv1.Tariff {
 		MinPurchaseBytes: t.MinPurchase, TopupPriceMinor: t.TopUpPriceMinor}
 }
 
-// NormalizeBSSID parses a BSSID and returns its canonical lower-case form.
+// NormalizeBSSID parses a BSSID and returns its canonical lower-case form
+// (protocol.NormalizeBSSID), refusing a malformed one as invalid.
 func NormalizeBSSID(s string) (string, error) {
-	mac, err := net.ParseMAC(strings.TrimSpace(s))
-	if err != nil || len(mac) != 6 {
-		return "", problem.Invalidf("BSSID %q is not six colon-separated hex octets", s)
+	b, err := protocol.NormalizeBSSID(s)
+	if err != nil {
+		return "", problem.Invalidf("%s", err.Error())
 	}
-	if mac.String() == "00:00:00:00:00:00" || mac.String() == "ff:ff:ff:ff:ff:ff" {
-		return "", problem.Invalidf("BSSID %s is not a station address", mac)
-	}
-	if mac[0]&1 == 1 {
-		return "", problem.Invalidf("BSSID %s is a multicast address", mac)
-	}
-	return mac.String(), nil
+	return b, nil
 }
 
 // ValidSSID checks an SSID's length (1–32 raw bytes).
@@ -207,7 +170,7 @@ func parseInstruction(in *sharespotv1.ShareInstruction) (*Hotspot, error) {
 	case h.WarnAtBytes < 0 || h.WarnAtBytes >= h.ShareableBytes:
 		return nil, problem.Invalidf("warn_at_bytes %d must be at least 0 and below shareable_bytes %d", h.WarnAtBytes, h.ShareableBytes)
 	}
-	if _, err := Price(h.ShareableBytes, max(t.PriceMinor, t.TopupPriceMinor), t.UnitBytes); err != nil {
+	if _, err := protocol.Price(h.ShareableBytes, max(t.PriceMinor, t.TopupPriceMinor), t.UnitBytes); err != nil {
 		return nil, problem.Invalidf("tariff prices the shareable volume beyond what can be paid")
 	}
 	return h, nil
@@ -260,7 +223,7 @@ func Register(tx *store.Tx, nowMS int64, hostDeviceID string, in *sharespotv1.Sh
 	if err := checkBSSIDFree(tx, h.BSSID, ""); err != nil {
 		return nil, err
 	}
-	h.ID = relay.NewID("hs")
+	h.ID = protocol.NewID("hs")
 	h.HostDeviceID = hostDeviceID
 	h.Active = true
 	h.CreatedMS, h.UpdatedMS = nowMS, nowMS

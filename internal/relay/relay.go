@@ -12,16 +12,14 @@
 package relay
 
 import (
-	"crypto/rand"
-	"encoding/base32"
 	"fmt"
-	"strings"
 	"sync"
 
 	"google.golang.org/protobuf/proto"
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/problem"
+	"github.com/sharespot/sharespot/internal/protocol"
 	"github.com/sharespot/sharespot/internal/store"
 )
 
@@ -109,16 +107,7 @@ func AckedSeq(tx *store.Tx, deviceID string) (uint64, error) {
 }
 
 // NewMessageID returns a random message ID.
-func NewMessageID() string { return NewID("msg") }
-
-var idEncoding = base32.StdEncoding.WithPadding(base32.NoPadding)
-
-// NewID returns prefix_ followed by 128 random bits in lower-case base32.
-func NewID(prefix string) string {
-	var b [16]byte
-	rand.Read(b[:])
-	return prefix + "_" + strings.ToLower(idEncoding.EncodeToString(b[:]))
-}
+func NewMessageID() string { return protocol.NewID("msg") }
 
 // Hub wakes in-process streams. The zero value is not usable; use NewHub.
 type Hub struct {

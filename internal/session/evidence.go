@@ -3,8 +3,8 @@ package session
 import (
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/account"
-	"github.com/sharespot/sharespot/internal/evidence"
 	"github.com/sharespot/sharespot/internal/problem"
+	"github.com/sharespot/sharespot/internal/protocol"
 	"github.com/sharespot/sharespot/internal/store"
 )
 
@@ -31,7 +31,7 @@ func (e *Engine) VerifyAck(tx *store.Tx, guest Party, ack *sharespotv1.UsageAck)
 	if err != nil {
 		return VerifiedAck{}, err
 	}
-	if err := evidence.Verify(pub, ack.SessionId, ack.ReceivedBytes, ack.Signature); err != nil {
+	if err := protocol.VerifyAck(pub, ack.SessionId, ack.ReceivedBytes, ack.Signature); err != nil {
 		return VerifiedAck{}, problem.Deniedf("acknowledgment refused: %v", err)
 	}
 	return VerifiedAck{ack: ack}, nil
@@ -75,9 +75,9 @@ func (e *Engine) Acknowledge(tx *store.Tx, guest Party, va VerifiedAck) (int64, 
 // default).
 func creditWindow(asked, tranche int64) (int64, error) {
 	if asked == 0 {
-		return evidence.Window(tranche), nil
+		return protocol.Window(tranche), nil
 	}
-	lo, hi := evidence.WindowBounds(tranche)
+	lo, hi := protocol.WindowBounds(tranche)
 	if asked < lo || asked > hi {
 		return 0, problem.Invalidf("credit_window_bytes %d must be between %d and %d for a tranche of %d bytes", asked, lo, hi, tranche)
 	}

@@ -35,6 +35,7 @@ import (
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/account"
 	"github.com/sharespot/sharespot/internal/problem"
+	"github.com/sharespot/sharespot/internal/protocol"
 	"github.com/sharespot/sharespot/internal/receipt"
 	"github.com/sharespot/sharespot/internal/registry"
 	"github.com/sharespot/sharespot/internal/relay"
@@ -201,7 +202,7 @@ func (e *Engine) RequestAccess(tx *store.Tx, guest Party, hotspotID string, byte
 		return nil, err
 	}
 	s := &row{
-		ID: relay.NewID("ses"), HotspotID: h.ID, Host: h.HostDeviceID, Guest: guest.DeviceID, GuestAccount: guest.AccountID,
+		ID: protocol.NewID("ses"), HotspotID: h.ID, Host: h.HostDeviceID, Guest: guest.DeviceID, GuestAccount: guest.AccountID,
 		State: sharespotv1.SessionState_SESSION_STATE_REQUESTED, Requested: bytes, Currency: h.Tariff.Currency, Tariff: h.Tariff,
 		GuestKeys: keyBlob, DeadlineMS: now + e.cfg.QuoteTimeout.Milliseconds(), CreatedMS: now, UpdatedMS: now,
 	}
@@ -271,7 +272,7 @@ func (e *Engine) Quote(tx *store.Tx, host Party, sessionID string, bytes, amount
 	default:
 		return nil, problem.WrongStatef("session %s is %s: nothing to quote", s.ID, stateName(s.State))
 	}
-	want, err := registry.Price(bytes, unitPrice, s.Tariff.UnitBytes)
+	want, err := protocol.Price(bytes, unitPrice, s.Tariff.UnitBytes)
 	if err != nil {
 		return nil, problem.Invalidf("cannot price %d bytes: %v", bytes, err)
 	}
@@ -288,7 +289,7 @@ func (e *Engine) Quote(tx *store.Tx, host Party, sessionID string, bytes, amount
 	if bytes > h.Available() {
 		return nil, problem.Exhaustedf("the hotspot has %d bytes left to share; cannot quote %d", h.Available(), bytes)
 	}
-	q := &quote{ID: relay.NewID("q"), SessionID: s.ID, Kind: kind, Bytes: bytes, Amount: amount, Currency: currency,
+	q := &quote{ID: protocol.NewID("q"), SessionID: s.ID, Kind: kind, Bytes: bytes, Amount: amount, Currency: currency,
 		State: sharespotv1.QuoteState_QUOTE_STATE_OPEN, ExpiresMS: now + e.cfg.QuoteTTL.Milliseconds(), CreatedMS: now}
 	if err := q.insert(tx); err != nil {
 		return nil, err

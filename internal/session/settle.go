@@ -6,6 +6,7 @@ import (
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/account"
 	"github.com/sharespot/sharespot/internal/ledger"
+	"github.com/sharespot/sharespot/internal/protocol"
 	"github.com/sharespot/sharespot/internal/registry"
 	"github.com/sharespot/sharespot/internal/store"
 )
@@ -38,7 +39,7 @@ func Bill(tranches []Tranche, used int64) (billed, usedIn []int64, err error) {
 		u := min(max(used, 0), t.Bytes)
 		used -= u
 		if u > 0 {
-			if billed[i], err = registry.MulDiv(t.Amount, u, t.Bytes, false); err != nil {
+			if billed[i], err = protocol.MulDiv(t.Amount, u, t.Bytes, false); err != nil {
 				return nil, nil, err
 			}
 		}
@@ -92,7 +93,7 @@ func (e *Engine) finish(tx *store.Tx, s *row, used int64, reason string) error {
 		// Never: escrow holds every granted tranche's amount.
 		return fmt.Errorf("session: settle %s: charge %d exceeds the %d held in escrow", s.ID, charged, held)
 	}
-	fee, err := registry.MulDiv(charged, e.cfg.FeeBPS, 10000, false)
+	fee, err := protocol.MulDiv(charged, e.cfg.FeeBPS, 10000, false)
 	if err != nil {
 		return fmt.Errorf("session: settle %s fee: %w", s.ID, err)
 	}
