@@ -14,13 +14,11 @@ import (
 	"syscall"
 	"time"
 
-	"connectrpc.com/connect"
-
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/client"
 	"github.com/sharespot/sharespot/internal/forward"
 	"github.com/sharespot/sharespot/internal/gateway/nft"
-	"github.com/sharespot/sharespot/internal/registry"
+	"github.com/sharespot/sharespot/internal/guest"
 	"github.com/sharespot/sharespot/internal/seal"
 	"github.com/sharespot/sharespot/internal/size"
 )
@@ -76,257 +74,316 @@ func (a *asker) yes(ctx context.Context, q string) bool {
 	}
 }
 
+// guestRun is one run of connect: the session and what it shows.
+type guestRun struct {
+	c    *ConnectCmd
+	env  *runEnv
+	ctx  context.Context // ends with the run (Ctrl-C, or an end)
+	g    *guest.Guest
+	ses  *guest.Session
+	prog *progress
+	ask  *asker
+	want int64 // what --buy asks, and a top-up buys again
+	auto int64 // --auto-topup
+	// stopForward stops the local forwarder and sends its last
+	// acknowledgment, before the session ends.
+	stopForward func()
+}
+
 // Run buys data and stays online until interrupted.
 func (c *ConnectCmd) Run(env *runEnv) error {
-	want, err := size.Parse(c.Buy)
+	r, err := c.start(env)
 	if err != nil {
-		return fmt.Errorf("--buy: %w", err)
+		return err
 	}
-	if want <= 0 {
-		return fmt.Errorf("--buy %s: buy more than nothing, e.g. --buy 5MB", c.Buy)
+	ctx, cancel := context.WithCancel(env.ctx)
+	defer cancel()
+	r.ctx = ctx
+	cur, err := r.ses.Get(env.ctx)
+	if err != nil {
+		return err
 	}
-	var auto int64
-	if c.AutoTopUp != "" {
-		if auto, err = size.Parse(c.AutoTopUp); err != nil {
-			return fmt.Errorf("--auto-topup: %w", err)
+	if cur.State == sharespotv1.SessionState_SESSION_STATE_ENDING {
+		// Ended before a restart: wait for the settlement.
+		s, err := r.ses.Settle(env.ctx)
+		if err != nil {
+			return err
+		}
+		r.prog.printf("session ended: %s\n", settlement(s))
+		return nil
+	}
+	gr := r.ses.Granted()
+	if gr == nil {
+		// Claim 3: fee, pay, confirm; then the access response (C1.7).
+		if gr, err = r.ses.Buy(ctx, sharespotv1.QuoteKind_QUOTE_KIND_INITIAL, r.buyOptions(c.Yes)); err != nil {
+			return r.fail(err, "guest declined the fee")
 		}
 	}
-	prog := &progress{w: env.stdout, tty: isTerminal(env.stdout)}
-	ask := newAsker(os.Stdin, env.stdout)
+	if err := r.online(gr, cur.GuestAckedBytes); err != nil {
+		return err
+	}
+	defer r.stopForward()
+	return r.loop()
+}
+
+// start signs in, opens the guest's state and begins or resumes the
+// session (C1.5–C1.6).
+func (c *ConnectCmd) start(env *runEnv) (*guestRun, error) {
+	r := &guestRun{c: c, env: env, prog: &progress{w: env.stdout, tty: isTerminal(env.stdout)}, ask: newAsker(os.Stdin, env.stdout), stopForward: func() {}}
+	var err error
+	if r.want, err = size.Parse(c.Buy); err != nil {
+		return nil, fmt.Errorf("--buy: %w", err)
+	}
+	if r.want <= 0 {
+		return nil, fmt.Errorf("--buy %s: buy more than nothing, e.g. --buy 5MB", c.Buy)
+	}
+	if c.AutoTopUp != "" {
+		if r.auto, err = size.Parse(c.AutoTopUp); err != nil {
+			return nil, fmt.Errorf("--auto-topup: %w", err)
+		}
+	}
 	// The inbox stream carries the host's answers: its loss is said once
 	// (the guest would otherwise wait in silence), and its return once.
 	var streamDown atomic.Bool
 	cl, err := c.connectWith(env.ctx, client.Options{DeviceName: "guest", StreamStatus: func(server string, err error) {
 		switch {
 		case err != nil && !streamDown.Swap(true) && env.ctx.Err() == nil:
-			prog.printf("lost the connection to the server at %s (%s); reconnecting (to the next --server, if several are given)\n", server, errText(err))
+			r.prog.printf("lost the connection to the server at %s (%s); reconnecting (to the next --server, if several are given)\n", server, errText(err))
 		case err == nil && streamDown.Swap(false):
-			prog.printf("connected again, to the server at %s\n", server)
+			r.prog.printf("connected again, to the server at %s\n", server)
 		}
 	}})
 	if err != nil {
-		return err
+		return nil, err
 	}
-	store := client.GuestStore{Dir: c.stateDir(c.path())}
-	g := &client.Guest{C: cl}
-	gs, err := c.begin(env.ctx, env.stdout, cl, g, store, want) // C1.5–C1.6, or a resumed session
-	if err != nil {
-		return err
+	r.g = &guest.Guest{C: cl, Store: &guest.Store{Dir: c.stateDir(c.path())}, Retry: true}
+	if r.ses, err = c.begin(env.ctx, env.stdout, r.g); err != nil {
+		return nil, err
 	}
-	want = gs.WantBytes
-	ses := &sharespotv1.Session{Id: gs.SessionID, HotspotId: gs.HotspotID, HostDeviceId: gs.HostDeviceID}
-	offer := &sharespotv1.Offer{HotspotId: gs.HotspotID, HostDeviceId: gs.HostDeviceID}
+	r.want = r.ses.Want
+	if _, err := r.g.Listen(env.ctx, nil); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
 
-	ctx, cancel := context.WithCancel(env.ctx)
-	defer cancel()
-	inbox := make(chan *sharespotv1.Envelope, 16)
-	cursor, err := store.Cursor()
-	if err != nil {
-		return err
+// buyOptions are how connect pays: asking the person unless yes.
+func (r *guestRun) buyOptions(yes bool) guest.BuyOptions {
+	o := guest.BuyOptions{Method: sharespotv1.PayMethod_PAY_METHOD_WALLET, PaymentMethod: r.c.PaymentMethod,
+		OnAction: func(url string) {
+			fmt.Fprintf(r.ask.out, "Your bank asks you to confirm the payment: open %s\nWaiting for the confirmation...\n", url)
+		}}
+	if r.c.Pay == "card" {
+		o.Method = sharespotv1.PayMethod_PAY_METHOD_CARD
 	}
-	go cl.Receive(ctx, cursor, func(ctx context.Context, e *sharespotv1.Envelope) error {
-		if e.SessionId != ses.Id {
-			return nil
+	o.Approve = func(ctx context.Context, q *sharespotv1.Quote) bool {
+		msg := fmt.Sprintf("The host asks %s for %s.", client.FormatMoney(q.AmountMinor, q.Currency), size.Format(q.Bytes))
+		ok := yes
+		if yes {
+			fmt.Fprintln(r.ask.out, msg, "Paying.")
+		} else {
+			ok = r.ask.yes(ctx, msg+" Pay?") // no, or Ctrl-C
 		}
-		// Keep the access response before it is acknowledged: a guest
-		// restarted after this still opens its code.
-		if ag := e.GetAccessGranted(); ag != nil && ag.Kind == sharespotv1.QuoteKind_QUOTE_KIND_INITIAL && gs.Grant == nil {
-			saved := *gs
-			saved.SaveGrant(ag)
-			if err := store.Save(&saved); err != nil {
-				return err // not acknowledged: delivered again
-			}
+		if ok && r.c.Pay == "card" {
+			fmt.Fprintln(r.ask.out, "Paying by card: the fee is held on the card; only what you use is charged.")
 		}
-		select {
-		case inbox <- e:
-			return nil
-		case <-ctx.Done():
-			return ctx.Err()
+		return ok
+	}
+	r.ses.Observe = func(e guest.Event) {
+		if e.Step == guest.StepFee && e.Quote.State == sharespotv1.QuoteState_QUOTE_STATE_PAID {
+			// Paid before a restart: the receipt is kept with the quote.
+			fmt.Fprintf(r.ask.out, "Paid %s for %s already; sending the payment-success response.\n", client.FormatMoney(e.Quote.AmountMinor, e.Quote.Currency), size.Format(e.Quote.Bytes))
 		}
-	}, func(seq uint64) {
-		if err := store.SaveCursor(seq); err != nil {
-			prog.printf("warning: %s\n", errText(err))
+		if e.Step == guest.StepEnding {
+			r.prog.printf("ending: waiting for the host's final count\n")
 		}
-	})
+	}
+	return o
+}
 
-	// end ends the session and waits for its settlement: once data may
-	// have flowed, the host's final count settles it (or, if the host is
-	// silent, its last report when the close deadline passes).
-	// stopForward stops the local forwarder and sends its last
-	// acknowledgment, before the session ends.
-	stopForward := func() {}
-	end := func(reason string) error {
-		stopForward()
-		ectx := context.WithoutCancel(env.ctx)
-		res, err := cl.Sessions.End(ectx, connect.NewRequest(&sharespotv1.EndRequest{SessionId: ses.Id, Reason: reason}))
-		if err != nil {
-			return fmt.Errorf("end session %s: %w (it stays open: run connect again to resume or end it)", ses.Id, err)
-		}
-		s := res.Msg.Session
-		if s.State == sharespotv1.SessionState_SESSION_STATE_ENDING {
-			prog.printf("ending: waiting for the host's final count\n")
-		}
-		wctx, wcancel := context.WithTimeout(ectx, closeWait(s))
-		defer wcancel()
-		if s, err = cl.AwaitSettled(wctx, s); err != nil {
-			return fmt.Errorf("%w (run connect again to see its settlement)", err)
-		}
-		prog.printf("session ended: %s\n", settlement(s))
-		return store.Remove(ses.Id)
-	}
-	// fail ends the session after err; an interrupt (Ctrl-C) is no error.
-	fail := func(err error, reason string) error {
-		if env.ctx.Err() != nil {
-			fmt.Fprintln(env.stdout)
-			return end("guest stopped")
-		}
-		return errors.Join(err, end(reason))
-	}
-	cur, err := sessionState(env.ctx, cl, ses.Id)
+// online is C1.8: present the code to the kernel gateway, or start the
+// local forwarder for the userspace one, and say how to use it.
+func (r *guestRun) online(gr *sharespotv1.AccessGranted, acked int64) error {
+	out := r.env.stdout
+	code, err := r.ses.Code(gr) // claim 2
 	if err != nil {
-		return err
-	}
-	gr := gs.AccessGranted()
-	shown := gs.Tariff
-	if shown == nil {
-		shown = cur.Tariff // saved by an older version
-	}
-	switch cur.State {
-	case sharespotv1.SessionState_SESSION_STATE_ENDING:
-		// Ended before a restart: wait for the settlement.
-		wctx, wcancel := context.WithTimeout(env.ctx, closeWait(cur))
-		defer wcancel()
-		s, err := cl.AwaitSettled(wctx, cur)
-		if err != nil {
-			return err
-		}
-		prog.printf("session ended: %s\n", settlement(s))
-		return store.Remove(ses.Id)
-	case sharespotv1.SessionState_SESSION_STATE_REQUESTED, sharespotv1.SessionState_SESSION_STATE_QUOTED, sharespotv1.SessionState_SESSION_STATE_PAID:
-		// Claim 3: fee, pay, confirm.
-		if ok, err := c.purchase(ctx, cl, ses.Id, shown, inbox, ask, c.Yes); err != nil || !ok {
-			return fail(err, "guest declined the fee")
-		}
-	}
-	if gr == nil {
-		env1, err := client.Await(ctx, inbox, 2*time.Minute, func(e *sharespotv1.Envelope) bool { return e.GetAccessGranted() != nil })
-		if err != nil {
-			return fail(err, "no access response")
-		}
-		gr = env1.GetAccessGranted()
-	}
-	code, err := g.OpenCode(ses.Id, offer.HostDeviceId, gr.SealedCode) // claim 2
-	if err != nil {
-		return fail(fmt.Errorf("open access code: %w", err), "cannot open the access code")
+		return r.fail(err, "cannot open the access code")
 	}
 	addr := gr.Gateway.GetAddress()
 	if gr.Gateway.GetKind() == nft.Kind {
 		// The kernel gateway: present the code to its admission endpoint,
 		// which binds this device's address and MAC to the session (C1.8).
-		if _, err := nft.Present(ctx, nil, addr, ses.Id, code); err != nil {
-			return fail(err, "the host's gateway refused the access code")
+		if _, err := nft.Present(r.ctx, nil, addr, r.ses.ID, code); err != nil {
+			return r.fail(err, "the host's gateway refused the access code")
 		}
-		fmt.Fprintf(env.stdout, "online: %s granted (C1.7); the host's gateway admitted this device, browse as usual (C1.8)\n", size.Format(gr.GrantedBytes))
-	} else {
-		fmt.Fprintf(env.stdout, "online: %s granted (C1.7). Use the host's gateway (C1.8):\n", size.Format(gr.GrantedBytes))
-		if fwd, err := c.forwarder(addr, ses.Id, code); err != nil {
-			fmt.Fprintf(env.stdout, "  (no local forwarder: %v)\n", err)
-		} else if fwd != nil {
-			fctx, fcancel := context.WithCancel(ctx)
-			var fwg sync.WaitGroup
-			fwg.Add(2)
-			go func() { defer fwg.Done(); fwd.Run(fctx) }()
-			go func() {
-				defer fwg.Done()
-				fwd.Acknowledge(fctx, cur.GuestAckedBytes, 256<<10, time.Second, func(ctx context.Context, n int64) error {
-					_, err := cl.Acknowledge(ctx, ses.Id, n)
-					return err
-				})
-			}()
-			stopForward = func() { fcancel(); fwg.Wait() }
-			defer stopForward()
-			fmt.Fprintf(env.stdout, "  export ALL_PROXY=socks5h://%s HTTPS_PROXY=http://%s   # this device's forwarder: what passes is counted and signed\n", fwd.Addr(), fwd.Addr())
-			fmt.Fprintf(env.stdout, "  example: curl --proxy socks5h://%s https://example.org/\n", fwd.Addr())
-			fmt.Fprintf(env.stdout, "  or, for programs that cannot use it (not counted by this device): socks5h://%s:%s@%s\n", ses.Id, seal.FormatCode(code), addr)
-		} else {
-			fmt.Fprintf(env.stdout, "  SOCKS5:  socks5h://%s:%s@%s\n", ses.Id, seal.FormatCode(code), addr)
-			fmt.Fprintf(env.stdout, "  example: curl --proxy socks5h://%s:%s@%s https://example.org/\n", ses.Id, seal.FormatCode(code), addr)
-		}
+		fmt.Fprintf(out, "online: %s granted (C1.7); the host's gateway admitted this device, browse as usual (C1.8)\n", size.Format(gr.GrantedBytes))
+		return nil
 	}
+	fmt.Fprintf(out, "online: %s granted (C1.7). Use the host's gateway (C1.8):\n", size.Format(gr.GrantedBytes))
+	fwd, err := r.c.forwarder(addr, r.ses.ID, code)
+	switch {
+	case err != nil:
+		fmt.Fprintf(out, "  (no local forwarder: %v)\n", err)
+	case fwd == nil:
+		fmt.Fprintf(out, "  SOCKS5:  socks5h://%s:%s@%s\n", r.ses.ID, seal.FormatCode(code), addr)
+		fmt.Fprintf(out, "  example: curl --proxy socks5h://%s:%s@%s https://example.org/\n", r.ses.ID, seal.FormatCode(code), addr)
+	default:
+		r.forward(fwd, acked)
+		fmt.Fprintf(out, "  export ALL_PROXY=socks5h://%s HTTPS_PROXY=http://%s   # this device's forwarder: what passes is counted and signed\n", fwd.Addr(), fwd.Addr())
+		fmt.Fprintf(out, "  example: curl --proxy socks5h://%s https://example.org/\n", fwd.Addr())
+		fmt.Fprintf(out, "  or, for programs that cannot use it (not counted by this device): socks5h://%s:%s@%s\n", r.ses.ID, seal.FormatCode(code), addr)
+	}
+	return nil
+}
 
+// forward runs the local forwarder and its acknowledgments until
+// stopForward.
+func (r *guestRun) forward(fwd *forward.Forwarder, acked int64) {
+	fctx, fcancel := context.WithCancel(r.ctx)
+	var fwg sync.WaitGroup
+	fwg.Add(2)
+	go func() { defer fwg.Done(); fwd.Run(fctx) }()
+	go func() {
+		defer fwg.Done()
+		fwd.Acknowledge(fctx, acked, 256<<10, time.Second, func(ctx context.Context, n int64) error {
+			_, err := r.ses.Acknowledge(ctx, n)
+			return err
+		})
+	}()
+	r.stopForward = func() { fcancel(); fwg.Wait() }
+}
+
+// loop shows usage and answers the host until the session ends.
+func (r *guestRun) loop() error {
 	var timeout <-chan time.Time
-	if c.Duration > 0 {
-		timeout = time.After(c.Duration)
+	if r.c.Duration > 0 {
+		timeout = time.After(r.c.Duration)
 	}
 	tick := time.NewTicker(2 * time.Second)
 	defer tick.Stop()
 	away := false // the server did not answer the last Get
 	for {
 		select {
-		case <-env.ctx.Done():
-			prog.printf("\n")
-			return end("guest stopped")
+		case <-r.env.ctx.Done():
+			r.prog.printf("\n")
+			return r.end("guest stopped")
 		case <-timeout:
-			return end("duration over")
+			return r.end("duration over")
 		case <-tick.C:
-			// Bounded: a server that went away mid-call must not hold up
-			// Ctrl-C or the inbox.
-			gctx, gcancel := context.WithTimeout(ctx, 5*time.Second)
-			res, err := cl.Sessions.Get(gctx, connect.NewRequest(&sharespotv1.GetRequest{SessionId: ses.Id}))
-			gcancel()
-			switch {
-			case err != nil && ctx.Err() == nil && !away:
-				// Said once: the gateway goes on working without the
-				// server, but the bar stops moving and nothing settles.
-				away = true
-				prog.printf("cannot reach the server (%s); the session goes on at the host's gateway, trying again\n", errText(err))
-			case err == nil:
-				if away {
-					away = false
-					prog.printf("the server is back\n")
-				}
-				s := res.Msg.Session
-				prog.update(s.UsedBytes, s.GrantedBytes) // C1.7: used against granted
-			}
-		case e := <-inbox:
-			switch b := e.Body.(type) {
-			case *sharespotv1.Envelope_LowQuotaPrompt: // C1.9–C1.10
-				prog.printf("")
-				client.ShowPrompt(env.stdout, b.LowQuotaPrompt)
-				more := auto
-				switch {
-				case more > 0:
-					fmt.Fprintf(env.stdout, "Buying %s more (--auto-topup).\n", size.Format(more))
-				case c.Yes:
-					more = want
-					fmt.Fprintf(env.stdout, "Buying %s more (--yes).\n", size.Format(more))
-				case ask.yes(env.ctx, fmt.Sprintf("Buy %s more?", size.Format(want))):
-					more = want
-				default:
-					continue // no, or Ctrl-C: the loop then ends the session
-				}
-				if _, err := cl.Sessions.RequestTopUp(ctx, connect.NewRequest(&sharespotv1.RequestTopUpRequest{SessionId: ses.Id, Bytes: more})); err != nil {
-					fmt.Fprintf(env.stdout, "top-up refused: %s\n", errText(err))
-					continue
-				}
-				if ok, err := c.purchase(ctx, cl, ses.Id, shown, inbox, ask, c.Yes || auto > 0); errors.Is(err, errOverTariff) {
-					return fail(err, "the host asked more than the tariff shown")
-				} else if err != nil && env.ctx.Err() == nil {
-					fmt.Fprintf(env.stdout, "no top-up: %s\n", errText(err))
-				} else if !ok && env.ctx.Err() == nil {
-					fmt.Fprintln(env.stdout, "no top-up")
-				}
-			case *sharespotv1.Envelope_AccessGranted: // C1.15
-				prog.printf("added %s: %s in all\n", size.Format(b.AccessGranted.GrantedBytes), size.Format(b.AccessGranted.TotalGrantedBytes))
-			case *sharespotv1.Envelope_SessionEnded:
-				s := b.SessionEnded.Session
-				prog.printf("the session ended (%s): %s\n", client.SafeText(s.EndReason), settlement(s))
-				return store.Remove(ses.Id)
-			case *sharespotv1.Envelope_Declined:
-				fmt.Fprintf(env.stdout, "declined: %s\n", client.SafeText(b.Declined.Reason))
+			away = r.showUsage(away)
+		case e := <-r.ses.Messages():
+			if done, err := r.handle(e); done || err != nil {
+				return err
 			}
 		}
 	}
+}
+
+// showUsage draws the bar of used against granted (C1.7) from the server's
+// view; a server that does not answer is said once, and its return once.
+// It reports whether the server is away.
+func (r *guestRun) showUsage(away bool) bool {
+	// Bounded: a server that went away mid-call must not hold up Ctrl-C
+	// or the inbox.
+	gctx, cancel := context.WithTimeout(r.ctx, 5*time.Second)
+	defer cancel()
+	s, err := r.ses.Get(gctx)
+	switch {
+	case err != nil && r.ctx.Err() == nil && !away:
+		// The gateway goes on working without the server, but the bar
+		// stops moving and nothing settles.
+		r.prog.printf("cannot reach the server (%s); the session goes on at the host's gateway, trying again\n", errText(err))
+		return true
+	case err == nil:
+		if away {
+			r.prog.printf("the server is back\n")
+		}
+		r.prog.update(s.UsedBytes, s.GrantedBytes)
+		return false
+	}
+	return away
+}
+
+// handle answers one message of the session; done when the session ended.
+func (r *guestRun) handle(e *sharespotv1.Envelope) (done bool, err error) {
+	out := r.env.stdout
+	switch b := e.Body.(type) {
+	case *sharespotv1.Envelope_LowQuotaPrompt: // C1.9–C1.10
+		r.prog.printf("")
+		guest.ShowPrompt(out, b.LowQuotaPrompt)
+		return false, r.topUp()
+	case *sharespotv1.Envelope_AccessGranted: // C1.15, a grant the flow did not wait for
+		r.prog.printf("added %s: %s in all\n", size.Format(b.AccessGranted.GrantedBytes), size.Format(b.AccessGranted.TotalGrantedBytes))
+	case *sharespotv1.Envelope_SessionEnded:
+		s := b.SessionEnded.Session
+		r.stopForward()
+		r.prog.printf("the session ended (%s): %s\n", client.SafeText(s.EndReason), settlement(s))
+		return true, r.ses.Close()
+	case *sharespotv1.Envelope_Declined:
+		fmt.Fprintf(out, "declined: %s\n", client.SafeText(b.Declined.Reason))
+	}
+	return false, nil
+}
+
+// topUp is C1.11–C1.15 after a prompt: buy more if the person (or --yes,
+// or --auto-topup) says so.
+func (r *guestRun) topUp() error {
+	out := r.env.stdout
+	more := r.auto
+	switch {
+	case more > 0:
+		fmt.Fprintf(out, "Buying %s more (--auto-topup).\n", size.Format(more))
+	case r.c.Yes:
+		more = r.want
+		fmt.Fprintf(out, "Buying %s more (--yes).\n", size.Format(more))
+	case r.ask.yes(r.env.ctx, fmt.Sprintf("Buy %s more?", size.Format(r.want))):
+		more = r.want
+	default:
+		return nil // no, or Ctrl-C: the loop then ends the session
+	}
+	if err := r.ses.RequestTopUp(r.ctx, more); err != nil {
+		fmt.Fprintf(out, "top-up refused: %s\n", errText(err))
+		return nil
+	}
+	gr, err := r.ses.Buy(r.ctx, sharespotv1.QuoteKind_QUOTE_KIND_TOPUP, r.buyOptions(r.c.Yes || r.auto > 0))
+	switch {
+	case errors.Is(err, guest.ErrOverTariff):
+		return r.fail(err, "the host asked more than the tariff shown")
+	case err != nil && r.env.ctx.Err() == nil && !errors.Is(err, guest.ErrNotApproved):
+		fmt.Fprintf(out, "no top-up: %s\n", errText(err))
+	case err != nil && r.env.ctx.Err() == nil:
+		fmt.Fprintln(out, "no top-up")
+	case err == nil:
+		r.prog.printf("added %s: %s in all\n", size.Format(gr.GrantedBytes), size.Format(gr.TotalGrantedBytes))
+	}
+	return nil
+}
+
+// end ends the session and waits for its settlement.
+func (r *guestRun) end(reason string) error {
+	r.stopForward()
+	s, err := r.ses.End(context.WithoutCancel(r.env.ctx), reason)
+	if err != nil {
+		if s == nil {
+			return fmt.Errorf("%w (it stays open: run connect again to resume or end it)", err)
+		}
+		return fmt.Errorf("%w (run connect again to see its settlement)", err)
+	}
+	r.prog.printf("session ended: %s\n", settlement(s))
+	return nil
+}
+
+// fail ends the session after err; an interrupt (Ctrl-C) is no error, nor
+// is a fee the person did not accept.
+func (r *guestRun) fail(err error, reason string) error {
+	if r.env.ctx.Err() != nil {
+		fmt.Fprintln(r.env.stdout)
+		return r.end("guest stopped")
+	}
+	if errors.Is(err, guest.ErrNotApproved) {
+		return r.end(reason)
+	}
+	return errors.Join(err, r.end(reason))
 }
 
 // forwarder opens the local forwarder at --forward (nil for "off"); a busy
@@ -342,81 +399,6 @@ func (c *ConnectCmd) forwarder(gateway, sid string, code []byte) (*forward.Forwa
 		}
 	}
 	return fwd, err
-}
-
-// errOverTariff: a fee above what the shown tariff gives; never paid.
-var errOverTariff = errors.New("fee above the shown tariff")
-
-// closeWait is how long to wait for a session's settlement after End.
-func closeWait(s *sharespotv1.Session) time.Duration {
-	return max(time.Until(time.UnixMilli(s.DeadlineUnixMs)), 0) + 30*time.Second
-}
-
-// purchase is C3.1–C3.3 (or C1.12–C1.14): show the fee, check it against
-// the tariff the guest was shown, pay, confirm.
-func (c *ConnectCmd) purchase(ctx context.Context, cl *client.Client, sid string, shown *sharespotv1.Tariff, inbox <-chan *sharespotv1.Envelope, ask *asker, yes bool) (bool, error) {
-	// A resumed session's quote may be waiting already (its fee
-	// information went to the process that stopped).
-	q, err := pendingQuote(ctx, cl, sid)
-	if err != nil {
-		return false, err
-	}
-	if q == nil {
-		e, err := client.Await(ctx, inbox, 2*time.Minute, func(e *sharespotv1.Envelope) bool { return e.GetFeeInfo() != nil })
-		if err != nil {
-			return false, err
-		}
-		q = e.GetFeeInfo().Quote
-	}
-	if q.State == sharespotv1.QuoteState_QUOTE_STATE_PAID && q.Receipt != nil {
-		// Paid before a restart: the receipt is kept with the quote.
-		fmt.Fprintf(ask.out, "Paid %s for %s already; sending the payment-success response.\n", client.FormatMoney(q.AmountMinor, q.Currency), size.Format(q.Bytes))
-		if _, err := cl.Sessions.Confirm(ctx, connect.NewRequest(&sharespotv1.ConfirmRequest{SessionId: sid, Receipt: q.Receipt})); err != nil {
-			return false, fmt.Errorf("confirm payment: %w", err)
-		}
-		return true, nil
-	}
-	if err := client.CheckFee(shown, q); err != nil {
-		return false, fmt.Errorf("%w: %w", errOverTariff, err)
-	}
-	msg := fmt.Sprintf("The host asks %s for %s.", client.FormatMoney(q.AmountMinor, q.Currency), size.Format(q.Bytes))
-	if yes {
-		fmt.Fprintln(ask.out, msg, "Paying.")
-	} else if !ask.yes(ctx, msg+" Pay?") {
-		return false, nil // no, or Ctrl-C
-	}
-	method := sharespotv1.PayMethod_PAY_METHOD_WALLET
-	if c.Pay == "card" {
-		method = sharespotv1.PayMethod_PAY_METHOD_CARD
-		fmt.Fprintln(ask.out, "Paying by card: the fee is held on the card; only what you use is charged.")
-	}
-	rc, err := client.PayQuote(ctx, cl, q, method, c.PaymentMethod, time.Second, func(url string) {
-		fmt.Fprintf(ask.out, "Your bank asks you to confirm the payment: open %s\nWaiting for the confirmation...\n", url)
-	})
-	if err != nil {
-		return false, fmt.Errorf("pay: %w", err)
-	}
-	if _, err := cl.Sessions.Confirm(ctx, connect.NewRequest(&sharespotv1.ConfirmRequest{SessionId: sid, Receipt: rc})); err != nil {
-		return false, fmt.Errorf("confirm payment: %w", err)
-	}
-	return true, nil
-}
-
-// pick finds an offer by SSID or BSSID.
-func pick(offers []*sharespotv1.Offer, target string) *sharespotv1.Offer {
-	if b, err := registry.NormalizeBSSID(target); err == nil {
-		for _, o := range offers {
-			if o.AccessPoint.Bssid == b {
-				return o
-			}
-		}
-	}
-	for _, o := range offers {
-		if string(o.AccessPoint.Ssid) == target || client.SSIDText(o.AccessPoint.Ssid) == target {
-			return o
-		}
-	}
-	return nil
 }
 
 // bar draws used against granted.

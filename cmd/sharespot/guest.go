@@ -17,6 +17,7 @@ import (
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/client"
+	"github.com/sharespot/sharespot/internal/guest"
 	"github.com/sharespot/sharespot/internal/identity"
 	"github.com/sharespot/sharespot/internal/protocol"
 	"github.com/sharespot/sharespot/internal/wifi"
@@ -189,7 +190,7 @@ func (c *ScanCmd) Run(env *runEnv) error {
 		fmt.Fprintln(env.stdout, "No Sharespot hotspots in range.")
 		return nil
 	}
-	return client.ShowOffers(env.stdout, offers)
+	return guest.ShowOffers(env.stdout, offers)
 }
 
 // WalletBalanceCmd shows this device's wallet.

@@ -7,12 +7,11 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"slices"
-
-	"connectrpc.com/connect"
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/client"
+	"github.com/sharespot/sharespot/internal/guest"
+	"github.com/sharespot/sharespot/internal/protocol"
 	"github.com/sharespot/sharespot/internal/size"
 )
 
@@ -38,14 +37,20 @@ func (f guestStateFlags) stateDir(keyPath string) string {
 
 // begin returns the session to go on with: this device's live session,
 // resumed from its saved state, or a new one on target (C1.5–C1.6).
-func (c *ConnectCmd) begin(ctx context.Context, out io.Writer, cl *client.Client, g *client.Guest, store client.GuestStore, want int64) (*client.GuestSession, error) {
-	gs, err := resumable(ctx, out, cl, g, store)
+func (c *ConnectCmd) begin(ctx context.Context, out io.Writer, g *guest.Guest) (*guest.Session, error) {
+	res, err := g.Resume(ctx)
 	if err != nil {
 		return nil, err
 	}
-	if gs != nil {
-		fmt.Fprintf(out, "resuming session %s on %q (%s asked)\n", gs.SessionID, gs.SSID, size.Format(gs.WantBytes))
-		return gs, nil
+	for _, s := range res.Ended {
+		fmt.Fprintf(out, "ended session %s: %s\n", s.Id, client.SafeText(s.EndReason))
+	}
+	for _, s := range res.Away {
+		fmt.Fprintf(out, "session %s ended while you were away (%s): %s\n", s.Id, client.SafeText(s.EndReason), settlement(s))
+	}
+	if s := res.Session; s != nil {
+		fmt.Fprintf(out, "resuming session %s on %q (%s asked)\n", s.ID, s.SSID, size.Format(s.Want))
+		return s, nil
 	}
 	if c.Resume {
 		return nil, errors.New("--resume: this device has no live session to resume")
@@ -53,7 +58,11 @@ func (c *ConnectCmd) begin(ctx context.Context, out io.Writer, cl *client.Client
 	if c.Target == "" {
 		return nil, errors.New("name the hotspot to connect to (its SSID or BSSID; `sharespot scan` lists them)")
 	}
-	offers, err := discover(ctx, cl, c.scanFlags)
+	want, err := size.Parse(c.Buy)
+	if err != nil {
+		return nil, fmt.Errorf("--buy: %w", err)
+	}
+	offers, err := discover(ctx, g.C, c.scanFlags)
 	if err != nil {
 		return nil, err
 	}
@@ -61,74 +70,12 @@ func (c *ConnectCmd) begin(ctx context.Context, out io.Writer, cl *client.Client
 	if offer == nil {
 		return nil, fmt.Errorf("no Sharespot hotspot %q in range; `sharespot scan` lists them", c.Target)
 	}
-	ses, err := g.RequestOffer(ctx, offer, want) // C1.5–C1.6, at the tariff shown (C1.4)
+	s, err := g.Begin(ctx, offer, want) // C1.5–C1.6, at the tariff shown (C1.4)
 	if err != nil {
 		return nil, fmt.Errorf("request access: %w", err)
 	}
-	gs = g.SessionState(ses, client.SSIDText(offer.AccessPoint.Ssid), want)
-	if err := store.Save(gs); err != nil {
-		// Nothing is paid yet: end the session rather than pay for a code
-		// a restart could not open.
-		_, eerr := cl.Sessions.End(context.WithoutCancel(ctx), connect.NewRequest(&sharespotv1.EndRequest{SessionId: ses.Id, Reason: "guest cannot save its keys"}))
-		return nil, errors.Join(err, eerr)
-	}
-	fmt.Fprintf(out, "asked %q for %s\n", gs.SSID, size.Format(want))
-	return gs, nil
-}
-
-// resumable finds this device's live session that has saved state, and
-// tidies the rest: a saved session that ended while the guest was away is
-// shown and forgotten; a live session whose keys were never saved (the
-// guest stopped between asking and saving, before any payment) is ended.
-func resumable(ctx context.Context, out io.Writer, cl *client.Client, g *client.Guest, store client.GuestStore) (*client.GuestSession, error) {
-	res, err := cl.Sessions.ListSessions(ctx, connect.NewRequest(&sharespotv1.ListSessionsRequest{OpenOnly: true}))
-	if err != nil {
-		return nil, fmt.Errorf("list this device's sessions: %w", err)
-	}
-	saved, err := store.List()
-	if err != nil {
-		return nil, err
-	}
-	var live []string
-	var found *client.GuestSession
-	for _, s := range res.Msg.Sessions {
-		if s.GuestDeviceId != cl.DeviceID() {
-			continue // this device is the host
-		}
-		live = append(live, s.Id)
-		if !slices.Contains(saved, s.Id) || found != nil {
-			reason := "guest restarted without the session's keys"
-			if found != nil {
-				reason = "guest resumed another session"
-			}
-			if _, err := cl.Sessions.End(ctx, connect.NewRequest(&sharespotv1.EndRequest{SessionId: s.Id, Reason: reason})); err != nil {
-				return nil, fmt.Errorf("end session %s: %w", s.Id, err)
-			}
-			fmt.Fprintf(out, "ended session %s: %s\n", s.Id, reason)
-			continue
-		}
-		gs, err := store.Load(s.Id)
-		if err != nil {
-			return nil, err
-		}
-		if err := g.Restore(gs); err != nil {
-			return nil, err
-		}
-		found = gs
-	}
-	for _, id := range saved {
-		if slices.Contains(live, id) {
-			continue
-		}
-		r, err := cl.Sessions.Get(ctx, connect.NewRequest(&sharespotv1.GetRequest{SessionId: id}))
-		if err == nil {
-			fmt.Fprintf(out, "session %s ended while you were away (%s): %s\n", id, client.SafeText(r.Msg.Session.EndReason), settlement(r.Msg.Session))
-		}
-		if err := store.Remove(id); err != nil {
-			return nil, err
-		}
-	}
-	return found, nil
+	fmt.Fprintf(out, "asked %q for %s\n", s.SSID, size.Format(want))
+	return s, nil
 }
 
 // settlement says what a session used, paid and got back.
@@ -137,27 +84,19 @@ func settlement(s *sharespotv1.Session) string {
 		client.FormatMoney(s.PaidMinor, s.Currency), client.FormatMoney(s.RefundedMinor, s.Currency))
 }
 
-// pendingQuote is the session's quote waiting for the guest: open (to
-// pay) or paid (to confirm). A restarted guest finds it here even when
-// the fee information was delivered to the process that stopped.
-func pendingQuote(ctx context.Context, cl *client.Client, sid string) (*sharespotv1.Quote, error) {
-	res, err := cl.Sessions.Get(ctx, connect.NewRequest(&sharespotv1.GetRequest{SessionId: sid}))
-	if err != nil {
-		return nil, err
-	}
-	for _, q := range res.Msg.Session.Quotes {
-		if q.State == sharespotv1.QuoteState_QUOTE_STATE_OPEN || q.State == sharespotv1.QuoteState_QUOTE_STATE_PAID {
-			return q, nil
+// pick finds an offer by SSID or BSSID.
+func pick(offers []*sharespotv1.Offer, target string) *sharespotv1.Offer {
+	if b, err := protocol.NormalizeBSSID(target); err == nil {
+		for _, o := range offers {
+			if o.AccessPoint.Bssid == b {
+				return o
+			}
 		}
 	}
-	return nil, nil
-}
-
-// sessionState is the session's state on the server.
-func sessionState(ctx context.Context, cl *client.Client, sid string) (*sharespotv1.Session, error) {
-	res, err := cl.Sessions.Get(ctx, connect.NewRequest(&sharespotv1.GetRequest{SessionId: sid}))
-	if err != nil {
-		return nil, fmt.Errorf("get session %s: %w", sid, err)
+	for _, o := range offers {
+		if string(o.AccessPoint.Ssid) == target || client.SSIDText(o.AccessPoint.Ssid) == target {
+			return o
+		}
 	}
-	return res.Msg.Session, nil
+	return nil
 }

@@ -22,12 +22,11 @@ import (
 	"github.com/sharespot/sharespot/internal/gateway"
 	"github.com/sharespot/sharespot/internal/gateway/nft"
 	gwproxy "github.com/sharespot/sharespot/internal/gateway/proxy"
-	"github.com/sharespot/sharespot/internal/hosting"
+	"github.com/sharespot/sharespot/internal/host"
 	"github.com/sharespot/sharespot/internal/identity"
 	"github.com/sharespot/sharespot/internal/metrics"
 	"github.com/sharespot/sharespot/internal/portal"
 	"github.com/sharespot/sharespot/internal/protocol"
-	"github.com/sharespot/sharespot/internal/registry"
 	"github.com/sharespot/sharespot/internal/size"
 	"github.com/sharespot/sharespot/internal/wifi"
 )
@@ -116,7 +115,7 @@ func (c *ShareCmd) Run(env *runEnv) error {
 	if err := os.MkdirAll(state, 0o700); err != nil {
 		return err
 	}
-	codeKey, err := hosting.LoadOrCreateKey(filepath.Join(state, "access-code.key"))
+	codeKey, err := host.LoadOrCreateKey(filepath.Join(state, "access-code.key"))
 	if err != nil {
 		return err
 	}
@@ -184,7 +183,7 @@ func (c *ShareCmd) Run(env *runEnv) error {
 	wg.Add(1)
 	go func() { defer wg.Done(); gw.Run(ctx) }()
 	view := newGuestView(env.stdout, isTerminal(env.stdout), t.Currency)
-	h := &hosting.Host{C: cl, GW: gw, Kind: kind, Threshold: inst.WarnAtBytes, CursorFile: filepath.Join(state, "inbox.cursor"), CodeKey: codeKey,
+	h := &host.Host{C: cl, GW: gw, Kind: kind, Threshold: inst.WarnAtBytes, CursorFile: filepath.Join(state, "inbox.cursor"), CodeKey: codeKey,
 		ReportEvery: c.ReportEvery,
 		OnEvent:     gm.Event,
 		Notify: func(what, sid string, used, quota int64) {
@@ -330,7 +329,7 @@ func (c *ShareCmd) openGateway(env *runEnv, inst *sharespotv1.ShareInstruction) 
 // registerOrUpdate registers the instruction, or updates this host's active
 // hotspot with the same BSSID.
 func registerOrUpdate(ctx context.Context, cl *client.Client, inst *sharespotv1.ShareInstruction) (*sharespotv1.Hotspot, error) {
-	bssid, err := registry.NormalizeBSSID(inst.AccessPoint.Bssid)
+	bssid, err := protocol.NormalizeBSSID(inst.AccessPoint.Bssid)
 	if err != nil {
 		return nil, err
 	}

@@ -17,7 +17,9 @@ import (
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/client"
+	"github.com/sharespot/sharespot/internal/gateway"
 	"github.com/sharespot/sharespot/internal/harness"
+	"github.com/sharespot/sharespot/internal/host"
 	"github.com/sharespot/sharespot/internal/identity"
 )
 
@@ -61,9 +63,9 @@ func TestHostTextReachesTheGuestSafely(t *testing.T) {
 	e := harness.Start(t, nil)
 	dir := t.TempDir()
 
-	host := e.Device(t, "host")
+	hostC := e.Device(t, "host")
 	ssid := []byte("Cafe\u009b2J\u202e") // C1 CSI and a bidi override
-	if _, err := host.Hotspots.Register(ctx, connect.NewRequest(&sharespotv1.RegisterRequest{Instruction: &sharespotv1.ShareInstruction{
+	if _, err := hostC.Hotspots.Register(ctx, connect.NewRequest(&sharespotv1.RegisterRequest{Instruction: &sharespotv1.ShareInstruction{
 		AccessPoint:    &sharespotv1.AccessPoint{Ssid: ssid, Bssid: "02:5e:00:00:00:01", Security: sharespotv1.Security_SECURITY_WPA2},
 		Tariff:         &sharespotv1.Tariff{Currency: "EUR", PriceMinor: 10, UnitBytes: 1_000_000, MinPurchaseBytes: 1_000_000, TopupPriceMinor: 10},
 		ShareableBytes: 1_000_000_000, WarnAtBytes: 100_000,
@@ -73,7 +75,7 @@ func TestHostTextReachesTheGuestSafely(t *testing.T) {
 	// The host declines the first request and accepts the next.
 	var asked sync.Mutex
 	requests := 0
-	agent := &client.Host{C: host, Gate: &client.CodeGate{Kind: "proxy", Address: "127.0.0.1:9"},
+	agent := &host.Agent{C: hostC, GW: &gateway.CodeGate{Address: "127.0.0.1:9"},
 		Decide: func(*sharespotv1.AccessRequested) (bool, string) {
 			asked.Lock()
 			defer asked.Unlock()
@@ -83,18 +85,18 @@ func TestHostTextReachesTheGuestSafely(t *testing.T) {
 	if err := agent.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	harness.Listen(t, host, agent.Handle)
+	harness.Listen(t, hostC, agent.Handle)
 
 	keyPath := filepath.Join(dir, "guest.key")
 	key, _, err := identity.LoadOrCreate(keyPath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	guest := client.New(e.URL, key, client.Options{})
-	if err := guest.SignIn(ctx); err != nil {
+	guestC := client.New(e.URL, key, client.Options{})
+	if err := guestC.SignIn(ctx); err != nil {
 		t.Fatal(err)
 	}
-	e.Fund(t, guest, "EUR", 1000)
+	e.Fund(t, guestC, "EUR", 1000)
 	scanFile := filepath.Join(dir, "scan.json")
 	if err := os.WriteFile(scanFile, []byte(`[{"ssid_hex": "`+hex.EncodeToString(ssid)+`", "bssid": "02:5e:00:00:00:01", "signal_dbm": -48, "security": "wpa2"}]`), 0o600); err != nil {
 		t.Fatal(err)
@@ -143,11 +145,11 @@ func TestHostTextReachesTheGuestSafely(t *testing.T) {
 		// own reason.
 		go func() {
 			for ctx.Err() == nil {
-				res, err := host.Sessions.ListSessions(ctx, connect.NewRequest(&sharespotv1.ListSessionsRequest{OpenOnly: true}))
+				res, err := hostC.Sessions.ListSessions(ctx, connect.NewRequest(&sharespotv1.ListSessionsRequest{OpenOnly: true}))
 				if err == nil {
 					for _, s := range res.Msg.Sessions {
 						if s.State == sharespotv1.SessionState_SESSION_STATE_ACTIVE {
-							host.Sessions.End(ctx, connect.NewRequest(&sharespotv1.EndRequest{SessionId: s.Id, Reason: evil}))
+							hostC.Sessions.End(ctx, connect.NewRequest(&sharespotv1.EndRequest{SessionId: s.Id, Reason: evil}))
 							return
 						}
 					}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/sharespot/sharespot/internal/card/cardtest"
 	"github.com/sharespot/sharespot/internal/client"
+	"github.com/sharespot/sharespot/internal/guest"
 	"github.com/sharespot/sharespot/internal/harness"
 	"github.com/sharespot/sharespot/internal/ledger"
 	"github.com/sharespot/sharespot/internal/seal"
@@ -35,7 +36,7 @@ type rig struct {
 	url         string
 	mock        *cardtest.Mock
 	host, guest *client.Client
-	g           *client.Guest
+	g           *guest.Guest
 	hotspot     string
 }
 
@@ -54,7 +55,7 @@ func newRig(t *testing.T) *rig {
 // register makes the guest's helper and the host's hotspot.
 func (r *rig) register(t *testing.T) {
 	t.Helper()
-	r.g = &client.Guest{C: r.guest}
+	r.g = &guest.Guest{C: r.guest}
 	res, err := r.host.Hotspots.Register(context.Background(), connect.NewRequest(&sharespotv1.RegisterRequest{Instruction: &sharespotv1.ShareInstruction{
 		AccessPoint:    &sharespotv1.AccessPoint{Ssid: []byte("Cafe"), Bssid: "02:5e:00:00:00:01", Security: sharespotv1.Security_SECURITY_WPA2},
 		Tariff:         &sharespotv1.Tariff{Currency: cur, PriceMinor: 10, UnitBytes: MB, MinPurchaseBytes: MB, TopupPriceMinor: 12},
@@ -754,7 +755,7 @@ func TestThreeDSecure(t *testing.T) {
 	}
 	done := make(chan result, 1)
 	go func() {
-		rc, err := client.PayQuote(ctx, r.guest, q.Msg.Quote, sharespotv1.PayMethod_PAY_METHOD_CARD, "", 20*time.Millisecond, func(u string) { shown <- u })
+		rc, err := guest.PayQuote(ctx, r.guest, q.Msg.Quote, sharespotv1.PayMethod_PAY_METHOD_CARD, "", 20*time.Millisecond, func(u string) { shown <- u })
 		done <- result{rc, err}
 	}()
 	// Wait for the intent the client's first Pay created.

@@ -16,7 +16,6 @@ import (
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/harness"
 	"github.com/sharespot/sharespot/internal/loadgen"
-	"github.com/sharespot/sharespot/internal/relay"
 	"github.com/sharespot/sharespot/internal/server"
 	"github.com/sharespot/sharespot/internal/store"
 )
@@ -335,7 +334,7 @@ func check(t *testing.T, dir, db string, f *loadgen.Fleet) {
 		}
 		devices := 0
 		for i, h := range f.Hosts {
-			for _, err := range relay.CheckDelivery(tx, h.C.DeviceID(), h.In.Handled()) {
+			for _, err := range harness.CheckDelivery(tx, h.C.DeviceID(), h.In.Handled()) {
 				t.Errorf("host %d inbox: %v", i, err)
 			}
 			devices++
@@ -343,7 +342,7 @@ func check(t *testing.T, dir, db string, f *loadgen.Fleet) {
 		grants := map[string]int{}
 		for i, g := range f.Guests {
 			msgs := g.In.Handled()
-			for _, err := range relay.CheckDelivery(tx, g.C.DeviceID(), msgs) {
+			for _, err := range harness.CheckDelivery(tx, g.C.DeviceID(), msgs) {
 				t.Errorf("guest %d inbox: %v", i, err)
 			}
 			for _, m := range msgs {

@@ -30,7 +30,7 @@
 // every payment, no hotspot oversold), harness.CheckSessions (every
 // session ended, none granted other than its granted quotes),
 // harness.CheckMoney (every cent funded is in a wallet or the fee
-// accounts), and, for every device, relay.CheckDelivery (each inbox
+// accounts), and, for every device, harness.CheckDelivery (each inbox
 // message handled exactly once, in order, none acknowledged and lost) and
 // no quote granted twice to a guest.
 //

@@ -22,6 +22,7 @@ import (
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/gen/sharespot/v1/sharespotv1connect"
+	"github.com/sharespot/sharespot/internal/deviceid"
 	"github.com/sharespot/sharespot/internal/protocol"
 )
 
@@ -89,7 +90,8 @@ func New(baseURL string, key ed25519.PrivateKey, opts Options) *Client {
 		hc = NewHTTPClient()
 	}
 	base := strings.TrimRight(baseURL, "/")
-	c := &Client{key: key, name: opts.DeviceName, base: base, status: opts.StreamStatus}
+	c := &Client{key: key, name: opts.DeviceName, base: base, status: opts.StreamStatus,
+		deviceID: deviceid.FromPublicKey(key.Public().(ed25519.PublicKey)).String()}
 	if len(opts.ServerURLs) > 0 {
 		hc = withFailover(hc, append([]string{base}, opts.ServerURLs...))
 		c.fo = hc.Transport.(*failover)
@@ -118,7 +120,8 @@ func (c *Client) Server() string {
 	return c.fo.servers[c.fo.cur.Load()].String()
 }
 
-// DeviceID is the signed-in device's ID ("" before sign-in).
+// DeviceID is the device's ID, derived from its key (the server derives
+// the same at sign-in).
 func (c *Client) DeviceID() string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -491,24 +494,6 @@ func (c *Client) AwaitSettled(ctx context.Context, s *sharespotv1.Session) (*sha
 		s = res.Msg.Session
 	}
 	return s, nil
-}
-
-// CheckFee refuses a fee above what the tariff the guest was shown gives
-// for the quote's bytes (its top-up price for a top-up): a guest never pays
-// more than the shown tariff, whatever the host or the server say.
-func CheckFee(shown *sharespotv1.Tariff, q *sharespotv1.Quote) error {
-	if shown == nil {
-		return fmt.Errorf("no tariff to check the fee of quote %s against", q.GetId())
-	}
-	want, err := TariffPrice(shown, q.GetBytes(), q.GetKind() == sharespotv1.QuoteKind_QUOTE_KIND_TOPUP)
-	if err != nil {
-		return fmt.Errorf("price %d bytes at the shown tariff: %w", q.GetBytes(), err)
-	}
-	if q.GetCurrency() != shown.Currency || q.GetAmountMinor() > want {
-		return fmt.Errorf("the host asks %s for %d bytes, but the tariff you were shown gives %s; not paying",
-			FormatMoney(q.GetAmountMinor(), q.GetCurrency()), q.GetBytes(), FormatMoney(want, shown.Currency))
-	}
-	return nil
 }
 
 // Acknowledge signs, with this device's key, its cumulative count of the

@@ -12,6 +12,7 @@ import (
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/client"
+	"github.com/sharespot/sharespot/internal/guest"
 	"github.com/sharespot/sharespot/internal/harness"
 )
 
@@ -29,16 +30,16 @@ func TestFailoverToLiveServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	guest := client.New(dead, key, client.Options{ServerURLs: []string{env.URL}})
+	guestC := client.New(dead, key, client.Options{ServerURLs: []string{env.URL}})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if err := guest.SignIn(ctx); err != nil {
+	if err := guestC.SignIn(ctx); err != nil {
 		t.Fatalf("sign in through the failover: %v", err)
 	}
-	guestIn := harness.Listen(t, guest, nil)
+	guestIn := harness.Listen(t, guestC, nil)
 
-	host := env.Device(t, "host")
-	hs, err := host.Hotspots.Register(ctx, connect.NewRequest(&sharespotv1.RegisterRequest{Instruction: &sharespotv1.ShareInstruction{
+	hostC := env.Device(t, "host")
+	hs, err := hostC.Hotspots.Register(ctx, connect.NewRequest(&sharespotv1.RegisterRequest{Instruction: &sharespotv1.ShareInstruction{
 		AccessPoint:    &sharespotv1.AccessPoint{Ssid: []byte("x"), Bssid: "02:00:00:00:00:0a", Security: sharespotv1.Security_SECURITY_WPA2},
 		Tariff:         &sharespotv1.Tariff{Currency: "EUR", PriceMinor: 1, UnitBytes: 1000, MinPurchaseBytes: 1000, TopupPriceMinor: 1},
 		ShareableBytes: 1_000_000, WarnAtBytes: 500,
@@ -46,12 +47,12 @@ func TestFailoverToLiveServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := &client.Guest{C: guest}
+	g := &guest.Guest{C: guestC}
 	ses, err := g.RequestAccess(ctx, hs.Msg.Hotspot.Id, 1000)
 	if err != nil {
 		t.Fatalf("request access through the failover: %v", err)
 	}
-	if _, err := host.Sessions.Decline(ctx, connect.NewRequest(&sharespotv1.DeclineRequest{SessionId: ses.Id, Reason: "busy"})); err != nil {
+	if _, err := hostC.Sessions.Decline(ctx, connect.NewRequest(&sharespotv1.DeclineRequest{SessionId: ses.Id, Reason: "busy"})); err != nil {
 		t.Fatal(err)
 	}
 	got, end := harness.Next[*sharespotv1.Envelope_SessionEnded](t, guestIn)

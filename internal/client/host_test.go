@@ -13,13 +13,16 @@ import (
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/client"
+	"github.com/sharespot/sharespot/internal/gateway"
+	"github.com/sharespot/sharespot/internal/guest"
 	"github.com/sharespot/sharespot/internal/harness"
+	"github.com/sharespot/sharespot/internal/host"
 	"github.com/sharespot/sharespot/internal/protocol"
 )
 
 // countingGate counts what reaches the gate.
 type countingGate struct {
-	client.CodeGate
+	gateway.CodeGate
 	admits, extends atomic.Int32
 }
 
@@ -38,24 +41,24 @@ func (g *countingGate) Extend(sid string, n int64) error {
 // the top-up volume reaches the gate once, and no second grant is sent.
 func TestHostHandlesRedeliveryOnce(t *testing.T) {
 	ctx := context.Background()
-	gate := &countingGate{CodeGate: client.CodeGate{Kind: "proxy", Address: "192.0.2.1:1080"}}
-	host, guest, agent, hs := hostRig(t, gate, 1000, 1_000_000)
+	gate := &countingGate{CodeGate: gateway.CodeGate{Address: "192.0.2.1:1080"}}
+	hostC, guestC, agent, hs := hostRig(t, gate, 1000, 1_000_000)
 	var confirmations []*sharespotv1.Envelope
-	hostIn := harness.Listen(t, host, func(ctx context.Context, env *sharespotv1.Envelope) error {
+	hostIn := harness.Listen(t, hostC, func(ctx context.Context, env *sharespotv1.Envelope) error {
 		if env.GetPaymentConfirmed() != nil {
 			confirmations = append(confirmations, env)
 		}
 		return agent.Handle(ctx, env)
 	})
-	guestIn := harness.Listen(t, guest, nil)
-	g := &client.Guest{C: guest}
+	guestIn := harness.Listen(t, guestC, nil)
+	g := &guest.Guest{C: guestC}
 	ses, err := g.RequestAccess(ctx, hs.Msg.Hotspot.Id, 10_000)
 	if err != nil {
 		t.Fatal(err)
 	}
-	buy := func() { buyQuoted(t, guest, guestIn, ses.Id) }
+	buy := func() { buyQuoted(t, guestC, guestIn, ses.Id) }
 	buy()
-	if _, err := guest.Sessions.RequestTopUp(ctx, connect.NewRequest(&sharespotv1.RequestTopUpRequest{SessionId: ses.Id, Bytes: 5000})); err != nil {
+	if _, err := guestC.Sessions.RequestTopUp(ctx, connect.NewRequest(&sharespotv1.RequestTopUpRequest{SessionId: ses.Id, Bytes: 5000})); err != nil {
 		t.Fatal(err)
 	}
 	buy()
@@ -77,7 +80,7 @@ func TestHostHandlesRedeliveryOnce(t *testing.T) {
 	if gate.admits.Load() != 1 || gate.extends.Load() != 1 {
 		t.Fatalf("after redelivery: admits %d, extends %d", gate.admits.Load(), gate.extends.Load())
 	}
-	res, err := guest.Sessions.Get(ctx, connect.NewRequest(&sharespotv1.GetRequest{SessionId: ses.Id}))
+	res, err := guestC.Sessions.Get(ctx, connect.NewRequest(&sharespotv1.GetRequest{SessionId: ses.Id}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,17 +94,17 @@ func TestHostHandlesRedeliveryOnce(t *testing.T) {
 // grant, or read once from the server by an agent restarted since).
 func TestHostPassesAcknowledgments(t *testing.T) {
 	ctx := context.Background()
-	gate := &client.CodeGate{Kind: "proxy", Address: "192.0.2.1:1080"}
-	host, guest, agent, hs := hostRig(t, gate, 1_000_000, 1_000_000_000)
-	harness.Listen(t, host, agent.Handle)
-	guestIn := harness.Listen(t, guest, nil)
-	g := &client.Guest{C: guest}
+	gate := &gateway.CodeGate{Address: "192.0.2.1:1080"}
+	hostC, guestC, agent, hs := hostRig(t, gate, 1_000_000, 1_000_000_000)
+	harness.Listen(t, hostC, agent.Handle)
+	guestIn := harness.Listen(t, guestC, nil)
+	g := &guest.Guest{C: guestC}
 	const bought = 200_000_000
 	ses, err := g.RequestAccess(ctx, hs.Msg.Hotspot.Id, bought)
 	if err != nil {
 		t.Fatal(err)
 	}
-	buyQuoted(t, guest, guestIn, ses.Id)
+	buyQuoted(t, guestC, guestIn, ses.Id)
 	window := protocol.Window(bought) // the default the grant set: 4 MB
 	awaitAck := func(want int64) {
 		t.Helper()
@@ -117,13 +120,13 @@ func TestHostPassesAcknowledgments(t *testing.T) {
 			time.Sleep(time.Millisecond)
 		}
 	}
-	if _, err := guest.Acknowledge(ctx, ses.Id, 4000); err != nil {
+	if _, err := guestC.Acknowledge(ctx, ses.Id, 4000); err != nil {
 		t.Fatal(err)
 	}
 	awaitAck(4000)
 
 	// A restarted agent knows no window yet: it reads the session's.
-	agent2 := &client.Host{C: host, Gate: gate}
+	agent2 := &host.Agent{C: hostC, GW: gate}
 	if err := agent2.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -144,15 +147,15 @@ func TestHostPassesAcknowledgments(t *testing.T) {
 
 // buyQuoted is the guest's side of C3.2–C3.3 and C1.7: it takes the next
 // fee from its inbox, pays it, confirms the receipt and waits for the grant.
-func buyQuoted(t *testing.T, guest *client.Client, guestIn *harness.Inbox, sessionID string) *sharespotv1.Envelope_AccessGranted {
+func buyQuoted(t *testing.T, guestC *client.Client, guestIn *harness.Inbox, sessionID string) *sharespotv1.Envelope_AccessGranted {
 	t.Helper()
 	ctx := context.Background()
 	_, fi := harness.Next[*sharespotv1.Envelope_FeeInfo](t, guestIn)
-	pay, err := guest.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: fi.FeeInfo.Quote.Id}))
+	pay, err := guestC.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: fi.FeeInfo.Quote.Id}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := guest.Sessions.Confirm(ctx, connect.NewRequest(&sharespotv1.ConfirmRequest{SessionId: sessionID, Receipt: pay.Msg.Receipt})); err != nil {
+	if _, err := guestC.Sessions.Confirm(ctx, connect.NewRequest(&sharespotv1.ConfirmRequest{SessionId: sessionID, Receipt: pay.Msg.Receipt})); err != nil {
 		t.Fatal(err)
 	}
 	_, ag := harness.Next[*sharespotv1.Envelope_AccessGranted](t, guestIn)
@@ -162,17 +165,17 @@ func buyQuoted(t *testing.T, guest *client.Client, guestIn *harness.Inbox, sessi
 // hostRig is a server, a host whose agent answers at gate, a hotspot at 1
 // cent per unit bytes (the smallest purchase one unit) sharing shareable
 // bytes, and a guest with €100.
-func hostRig(t *testing.T, gate client.Gate, unit, shareable int64) (host, guest *client.Client, agent *client.Host, hs *connect.Response[sharespotv1.RegisterResponse]) {
+func hostRig(t *testing.T, gate gateway.Gateway, unit, shareable int64) (hostC, guestC *client.Client, agent *host.Agent, hs *connect.Response[sharespotv1.RegisterResponse]) {
 	t.Helper()
 	ctx := context.Background()
 	env := harness.Start(t, nil)
-	host, guest = env.Device(t, "host"), env.Device(t, "guest")
-	env.Fund(t, guest, "EUR", 10_000)
-	agent = &client.Host{C: host, Gate: gate}
+	hostC, guestC = env.Device(t, "host"), env.Device(t, "guest")
+	env.Fund(t, guestC, "EUR", 10_000)
+	agent = &host.Agent{C: hostC, GW: gate}
 	if err := agent.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	hs, err := host.Hotspots.Register(ctx, connect.NewRequest(&sharespotv1.RegisterRequest{Instruction: &sharespotv1.ShareInstruction{
+	hs, err := hostC.Hotspots.Register(ctx, connect.NewRequest(&sharespotv1.RegisterRequest{Instruction: &sharespotv1.ShareInstruction{
 		AccessPoint:    &sharespotv1.AccessPoint{Ssid: []byte("x"), Bssid: "02:00:00:00:00:09", Security: sharespotv1.Security_SECURITY_WPA2},
 		Tariff:         &sharespotv1.Tariff{Currency: "EUR", PriceMinor: 1, UnitBytes: unit, MinPurchaseBytes: unit, TopupPriceMinor: 1},
 		ShareableBytes: shareable, WarnAtBytes: 500,
@@ -180,7 +183,7 @@ func hostRig(t *testing.T, gate client.Gate, unit, shareable int64) (host, guest
 	if err != nil {
 		t.Fatal(err)
 	}
-	return host, guest, agent, hs
+	return hostC, guestC, agent, hs
 }
 
 // countingTransport counts the calls of one procedure.
@@ -219,24 +222,24 @@ func TestHostGrantsFromTheConfirmation(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			host := client.New(env.URL, key, client.Options{HTTPClient: &http.Client{Transport: gets}})
-			if err := host.SignIn(ctx); err != nil {
+			hostC := client.New(env.URL, key, client.Options{HTTPClient: &http.Client{Transport: gets}})
+			if err := hostC.SignIn(ctx); err != nil {
 				t.Fatal(err)
 			}
-			guest := env.Device(t, "guest")
-			env.Fund(t, guest, "EUR", 10_000)
-			gate := &countingGate{CodeGate: client.CodeGate{Kind: "proxy", Address: "192.0.2.1:1080"}}
-			agent := &client.Host{C: host, Gate: gate}
+			guestC := env.Device(t, "guest")
+			env.Fund(t, guestC, "EUR", 10_000)
+			gate := &countingGate{CodeGate: gateway.CodeGate{Address: "192.0.2.1:1080"}}
+			agent := &host.Agent{C: hostC, GW: gate}
 			if err := agent.Start(ctx); err != nil {
 				t.Fatal(err)
 			}
-			hs, err := host.Hotspots.Register(ctx, connect.NewRequest(&sharespotv1.RegisterRequest{Instruction: harness.BenchInstruction(1)}))
+			hs, err := hostC.Hotspots.Register(ctx, connect.NewRequest(&sharespotv1.RegisterRequest{Instruction: harness.BenchInstruction(1)}))
 			if err != nil {
 				t.Fatal(err)
 			}
-			harness.Listen(t, host, func(ctx context.Context, env *sharespotv1.Envelope) error {
+			harness.Listen(t, hostC, func(ctx context.Context, env *sharespotv1.Envelope) error {
 				if pc := env.GetPaymentConfirmed(); pc != nil {
-					if pc.Quote == nil || pc.GuestDeviceId != guest.DeviceID() {
+					if pc.Quote == nil || pc.GuestDeviceId != guestC.DeviceID() {
 						t.Errorf("the confirmation carries quote %v and guest %q", pc.Quote, pc.GuestDeviceId)
 					}
 					if tc.strip {
@@ -245,13 +248,13 @@ func TestHostGrantsFromTheConfirmation(t *testing.T) {
 				}
 				return agent.Handle(ctx, env)
 			})
-			guestIn := harness.Listen(t, guest, nil)
-			g := &client.Guest{C: guest}
+			guestIn := harness.Listen(t, guestC, nil)
+			g := &guest.Guest{C: guestC}
 			ses, err := g.RequestAccess(ctx, hs.Msg.Hotspot.Id, 10*harness.BenchMB)
 			if err != nil {
 				t.Fatal(err)
 			}
-			ag := buyQuoted(t, guest, guestIn, ses.Id)
+			ag := buyQuoted(t, guestC, guestIn, ses.Id)
 			if ag.AccessGranted.GrantedBytes != 10*harness.BenchMB || gate.admits.Load() != 1 {
 				t.Fatalf("granted %d bytes, %d admissions at the gate", ag.AccessGranted.GrantedBytes, gate.admits.Load())
 			}

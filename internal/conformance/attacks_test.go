@@ -10,8 +10,9 @@ import (
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/client"
+	"github.com/sharespot/sharespot/internal/guest"
 	"github.com/sharespot/sharespot/internal/harness"
-	"github.com/sharespot/sharespot/internal/hosting"
+	"github.com/sharespot/sharespot/internal/host"
 	"github.com/sharespot/sharespot/internal/protocol"
 	"github.com/sharespot/sharespot/internal/seal"
 	"github.com/sharespot/sharespot/internal/server"
@@ -43,7 +44,7 @@ func TestEndAtOnceRealBytes(t *testing.T) { eachDataPath(t, endAtOnce) }
 // wantSettled checks a settled session and both wallets: the guest was
 // charged exactly charged (from funded), the platform kept 5 % of it
 // (rounded down), the host got the rest, everything else went back.
-func wantSettled(t *testing.T, s *sharespotv1.Session, guest, host *client.Client, funded, paid, charged int64) {
+func wantSettled(t *testing.T, s *sharespotv1.Session, guestC, hostC *client.Client, funded, paid, charged int64) {
 	t.Helper()
 	fee := charged * 500 / 10000
 	if s.State != sharespotv1.SessionState_SESSION_STATE_ENDED || s.SettledHostMinor != charged-fee || s.SettledFeeMinor != fee ||
@@ -51,10 +52,10 @@ func wantSettled(t *testing.T, s *sharespotv1.Session, guest, host *client.Clien
 		t.Fatalf("settlement: host %d fee %d refund %d paid %d (%v); want charged %d: host %d fee %d refund %d paid %d",
 			s.SettledHostMinor, s.SettledFeeMinor, s.RefundedMinor, s.PaidMinor, s.State, charged, charged-fee, fee, paid-charged, paid)
 	}
-	if got := harness.Balance(t, guest, currency); got != funded-charged {
+	if got := harness.Balance(t, guestC, currency); got != funded-charged {
 		t.Errorf("guest holds %d, want %d (charged %d)", got, funded-charged, charged)
 	}
-	if got := harness.Balance(t, host, currency); got != charged-fee {
+	if got := harness.Balance(t, hostC, currency); got != charged-fee {
 		t.Errorf("host holds %d, want %d", got, charged-fee)
 	}
 }
@@ -80,16 +81,16 @@ func endAtOnce(t *testing.T, mkPath func(*testing.T) *dataPath) {
 	p := mkPath(t)
 	gwDone := make(chan error, 1)
 	go func() { gwDone <- p.gw.Run(ctx) }()
-	host := &hosting.Host{C: hostC, GW: p.gw, Kind: p.kind, Threshold: inst.WarnAtBytes, ReportEvery: time.Hour}
+	hostC := &host.Host{C: hostC, GW: p.gw, Kind: p.kind, Threshold: inst.WarnAtBytes, ReportEvery: time.Hour}
 	hostDone := make(chan error, 1)
-	go func() { hostDone <- host.Run(ctx) }()
+	go func() { hostDone <- hostC.Run(ctx) }()
 	t.Cleanup(func() {
 		cancel()
 		<-hostDone
 		<-gwDone
 	})
 	guestIn := harness.Listen(t, guestC, nil)
-	g := &client.Guest{C: guestC}
+	g := &guest.Guest{C: guestC}
 	ses, err := g.RequestAccess(ctx, res.Msg.Hotspot.Id, buy)
 	if err != nil {
 		t.Fatal(err)
@@ -198,10 +199,10 @@ func testHostReprices(t *testing.T) {
 	}
 	q := r.quote(t, s, 5*MB, true) // 60 at the shown 12 per MB
 	// The guest's client also refuses any fee above the shown tariff.
-	if err := client.CheckFee(shown, &sharespotv1.Quote{Kind: sharespotv1.QuoteKind_QUOTE_KIND_TOPUP, Bytes: 5 * MB, AmountMinor: 6000, Currency: currency}); err == nil {
+	if err := guest.CheckFee(shown, &sharespotv1.Quote{Kind: sharespotv1.QuoteKind_QUOTE_KIND_TOPUP, Bytes: 5 * MB, AmountMinor: 6000, Currency: currency}); err == nil {
 		t.Fatal("the client would pay 6000 for what the shown tariff prices at 60")
 	}
-	if err := client.CheckFee(shown, q); err != nil {
+	if err := guest.CheckFee(shown, q); err != nil {
 		t.Fatalf("the client refuses the fair fee: %v", err)
 	}
 	r.confirm(t, s, r.pay(t, s, q))
@@ -372,7 +373,7 @@ func testEmptyWallet(t *testing.T) {
 	f := newFlow(t, nil)
 	broke := f.env.Device(t, "broke")
 	brokeIn := harness.Listen(t, broke, nil)
-	bg := &client.Guest{C: broke}
+	bg := &guest.Guest{C: broke}
 	ses, err := bg.RequestAccess(ctx, f.hotspot.Id, 999_999_148)
 	if err != nil {
 		t.Fatal(err)
@@ -414,7 +415,7 @@ func testEmptyWallet(t *testing.T) {
 	}
 	// One account, many unpaid requests: the fifth is refused.
 	spam := f.env.Device(t, "spammer")
-	sg := &client.Guest{C: spam}
+	sg := &guest.Guest{C: spam}
 	for i := range sessionConfig().MaxUnpaidPerAccount {
 		if _, err := sg.RequestAccess(ctx, f.hotspot.Id, 10*MB); err != nil {
 			t.Fatalf("request %d: %v", i+1, err)
@@ -481,14 +482,14 @@ func testBadAcks(t *testing.T) {
 	ctx := t.Context()
 	// A guest whose key the test holds, to sign what its client would not.
 	_, gkey := newKey(t)
-	guest := client.New(r.env.URL, gkey, client.Options{DeviceName: "guest"})
-	if err := guest.SignIn(ctx); err != nil {
+	guestC := client.New(r.env.URL, gkey, client.Options{DeviceName: "guest"})
+	if err := guestC.SignIn(ctx); err != nil {
 		t.Fatal(err)
 	}
-	r.env.Fund(t, guest, currency, funds)
-	s, s2 := r.active(t, guest, 100*MB), r.active(t, guest, 100*MB)
+	r.env.Fund(t, guestC, currency, funds)
+	s, s2 := r.active(t, guestC, 100*MB), r.active(t, guestC, 100*MB)
 	other := r.active(t, r.newGuest(t, "other guest"), 100*MB)
-	if _, err := guest.Acknowledge(ctx, s.id, 20*MB); err != nil {
+	if _, err := guestC.Acknowledge(ctx, s.id, 20*MB); err != nil {
 		t.Fatal(err)
 	}
 	send := func(c *client.Client, ack *sharespotv1.UsageAck) error {
@@ -503,22 +504,22 @@ func testBadAcks(t *testing.T) {
 		want string
 	}{
 		{"forged", func() error {
-			return send(guest, &sharespotv1.UsageAck{SessionId: s.id, ReceivedBytes: 50 * MB, Signature: protocol.SignAck(mallory, s.id, 50*MB)})
+			return send(guestC, &sharespotv1.UsageAck{SessionId: s.id, ReceivedBytes: 50 * MB, Signature: protocol.SignAck(mallory, s.id, 50*MB)})
 		}, connect.CodePermissionDenied, "acknowledgment refused"},
 		{"signed_for_another_session", func() error {
-			return send(guest, &sharespotv1.UsageAck{SessionId: s.id, ReceivedBytes: 50 * MB, Signature: protocol.SignAck(gkey, s2.id, 50*MB)})
+			return send(guestC, &sharespotv1.UsageAck{SessionId: s.id, ReceivedBytes: 50 * MB, Signature: protocol.SignAck(gkey, s2.id, 50*MB)})
 		}, connect.CodePermissionDenied, "acknowledgment refused"},
-		{"decreasing", func() error { _, err := guest.Acknowledge(ctx, s.id, 5*MB); return err }, connect.CodeInvalidArgument, "counts only grow"},
-		{"above_granted", func() error { _, err := guest.Acknowledge(ctx, s.id, 101*MB); return err }, connect.CodeInvalidArgument, "above the 100000000 bytes granted"},
+		{"decreasing", func() error { _, err := guestC.Acknowledge(ctx, s.id, 5*MB); return err }, connect.CodeInvalidArgument, "counts only grow"},
+		{"above_granted", func() error { _, err := guestC.Acknowledge(ctx, s.id, 101*MB); return err }, connect.CodeInvalidArgument, "above the 100000000 bytes granted"},
 		{"by_the_host", func() error { _, err := r.host.Acknowledge(ctx, s.id, 50*MB); return err }, connect.CodePermissionDenied, "only the guest"},
-		{"for_a_session_not_yours", func() error { _, err := guest.Acknowledge(ctx, other.id, 50*MB); return err }, connect.CodeNotFound, "not found"},
+		{"for_a_session_not_yours", func() error { _, err := guestC.Acknowledge(ctx, other.id, 50*MB); return err }, connect.CodeNotFound, "not found"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			refusedQuietly(t, r.env, tc.call, tc.code, tc.want)
 		})
 	}
 	// The same count again is accepted and changes nothing.
-	if n, err := guest.Acknowledge(ctx, s.id, 20*MB); err != nil || n != 20*MB {
+	if n, err := guestC.Acknowledge(ctx, s.id, 20*MB); err != nil || n != 20*MB {
 		t.Fatalf("replayed acknowledgment: %d, %v", n, err)
 	}
 	if got := r.session(t, s.id).GuestAckedBytes; got != 20*MB {

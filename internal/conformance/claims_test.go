@@ -11,7 +11,10 @@ import (
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/client"
+	"github.com/sharespot/sharespot/internal/gateway"
+	"github.com/sharespot/sharespot/internal/guest"
 	"github.com/sharespot/sharespot/internal/harness"
+	"github.com/sharespot/sharespot/internal/host"
 	"github.com/sharespot/sharespot/internal/ledger"
 	"github.com/sharespot/sharespot/internal/seal"
 	"github.com/sharespot/sharespot/internal/server"
@@ -40,9 +43,9 @@ func instruction() *sharespotv1.ShareInstruction {
 type flow struct {
 	env             *harness.Env
 	host, guest     *client.Client
-	hostAgent       *client.Host
-	gate            *client.CodeGate
-	g               *client.Guest
+	hostAgent       *host.Agent
+	gate            *gateway.CodeGate
+	g               *guest.Guest
 	hostIn, guestIn *harness.Inbox
 	hotspot         *sharespotv1.Hotspot
 }
@@ -52,12 +55,12 @@ func newFlow(t *testing.T, mod func(*server.Config)) *flow {
 	ctx := context.Background()
 	f := &flow{env: harness.Start(t, mod)}
 	f.host, f.guest = f.env.Device(t, "host"), f.env.Device(t, "guest")
-	f.gate = &client.CodeGate{Kind: "proxy", Address: "192.0.2.1:1080"}
-	f.hostAgent = &client.Host{C: f.host, Gate: f.gate}
+	f.gate = &gateway.CodeGate{Address: "192.0.2.1:1080"}
+	f.hostAgent = &host.Agent{C: f.host, GW: f.gate}
 	if err := f.hostAgent.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	f.g = &client.Guest{C: f.guest}
+	f.g = &guest.Guest{C: f.guest}
 	res, err := f.host.Hotspots.Register(ctx, connect.NewRequest(&sharespotv1.RegisterRequest{Instruction: instruction()}))
 	if err != nil {
 		t.Fatalf("register: %v", err)
@@ -129,7 +132,7 @@ func TestClaim(t *testing.T) {
 	})
 	step("C1.4_show_available_set", func(t *testing.T) {
 		var b strings.Builder
-		if err := client.ShowOffers(&b, offers); err != nil {
+		if err := guest.ShowOffers(&b, offers); err != nil {
 			t.Fatal(err)
 		}
 		for _, want := range []string{"Cafe Sharespot", "02:5e:00:00:00:01", "-48 dBm", "€0.10 / 1 MB", "€0.12 / 1 MB", "1 GB"} {
@@ -240,7 +243,7 @@ func TestClaim(t *testing.T) {
 	})
 	step("C1.10_show_prompt", func(t *testing.T) {
 		var b strings.Builder
-		client.ShowPrompt(&b, prompt)
+		guest.ShowPrompt(&b, prompt)
 		if !strings.Contains(b.String(), "4 MB left of 100 MB (used 96 MB). Buy more?") {
 			t.Fatalf("shown prompt: %q", b.String())
 		}

@@ -9,7 +9,7 @@ import (
 	"connectrpc.com/connect"
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
-	"github.com/sharespot/sharespot/internal/client"
+	"github.com/sharespot/sharespot/internal/guest"
 	"github.com/sharespot/sharespot/internal/harness"
 	"github.com/sharespot/sharespot/internal/registry"
 	"github.com/sharespot/sharespot/internal/store"
@@ -34,7 +34,7 @@ func TestManyGuestsNeverOversold(t *testing.T) {
 	for i := range guests {
 		gc := f.env.Device(t, "guest")
 		f.env.Fund(t, gc, currency, 10_000)
-		g := &client.Guest{C: gc}
+		g := &guest.Guest{C: gc}
 		in := harness.Listen(t, gc, nil)
 		wg.Add(1)
 		go func() {

@@ -11,6 +11,7 @@ import (
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/client"
+	"github.com/sharespot/sharespot/internal/guest"
 	"github.com/sharespot/sharespot/internal/harness"
 	"github.com/sharespot/sharespot/internal/registry"
 	"github.com/sharespot/sharespot/internal/server"
@@ -66,7 +67,7 @@ func tally(t *testing.T, what string, errs []error, allowed ...connect.Code) (ok
 
 // quoted has g ask for bytes at f's hotspot and returns the session and
 // the host agent's quote.
-func quoted(t *testing.T, f *flow, g *client.Guest, in *harness.Inbox, bytes int64) (string, *sharespotv1.Quote) {
+func quoted(t *testing.T, f *flow, g *guest.Guest, in *harness.Inbox, bytes int64) (string, *sharespotv1.Quote) {
 	t.Helper()
 	ses, err := g.RequestAccess(context.Background(), f.hotspot.Id, bytes)
 	if err != nil {
@@ -170,7 +171,7 @@ func TestConcurrentPayments(t *testing.T) {
 		}
 		quotes := make([]*sharespotv1.Quote, len(devices))
 		for i, d := range devices {
-			_, quotes[i] = quoted(t, f, &client.Guest{C: d}, harness.Listen(t, d, nil), 10*MB)
+			_, quotes[i] = quoted(t, f, &guest.Guest{C: d}, harness.Listen(t, d, nil), 10*MB)
 			if quotes[i].AmountMinor != 100 {
 				t.Fatalf("quote %v, want 100", quotes[i])
 			}

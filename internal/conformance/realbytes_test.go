@@ -14,12 +14,12 @@ import (
 	"golang.org/x/net/proxy"
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
-	"github.com/sharespot/sharespot/internal/client"
 	"github.com/sharespot/sharespot/internal/gateway"
 	"github.com/sharespot/sharespot/internal/gateway/nft"
 	gwproxy "github.com/sharespot/sharespot/internal/gateway/proxy"
+	"github.com/sharespot/sharespot/internal/guest"
 	"github.com/sharespot/sharespot/internal/harness"
-	"github.com/sharespot/sharespot/internal/hosting"
+	"github.com/sharespot/sharespot/internal/host"
 	"github.com/sharespot/sharespot/internal/netns"
 	"github.com/sharespot/sharespot/internal/seal"
 )
@@ -93,15 +93,15 @@ func nftPath(t *testing.T) *dataPath {
 	if err != nil {
 		t.Fatal(err)
 	}
-	guest := tp.Guests[0]
+	guestC := tp.Guests[0]
 	base := "http://" + net.JoinHostPort(tp.Net4.String(), "80")
 	return &dataPath{gw: gw, kind: nft.Kind, origin: base,
 		online: func(ctx context.Context, gwAddr, sid string, code []byte) error {
-			_, err := nft.Present(ctx, guest.HTTPClient(), gwAddr, sid, code)
+			_, err := nft.Present(ctx, guestC.HTTPClient(), gwAddr, sid, code)
 			return err
 		},
 		client: func(_, _ string, _ []byte, timeout time.Duration) *http.Client {
-			hc := guest.HTTPClient()
+			hc := guestC.HTTPClient()
 			hc.Timeout = timeout
 			return hc
 		},
@@ -151,9 +151,9 @@ func claimRealBytes(t *testing.T, mkPath func(*testing.T) *dataPath) {
 	p := mkPath(t)
 	gwDone := make(chan error, 1)
 	go func() { gwDone <- p.gw.Run(ctx) }()
-	host := &hosting.Host{C: hostC, GW: p.gw, Kind: p.kind, Threshold: warn, ReportEvery: time.Hour}
+	hostC := &host.Host{C: hostC, GW: p.gw, Kind: p.kind, Threshold: warn, ReportEvery: time.Hour}
 	hostDone := make(chan error, 1)
-	go func() { hostDone <- host.Run(ctx) }()
+	go func() { hostDone <- hostC.Run(ctx) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-hostDone; err != nil {
@@ -164,7 +164,7 @@ func claimRealBytes(t *testing.T, mkPath func(*testing.T) *dataPath) {
 		}
 	})
 	guestIn := harness.Listen(t, guestC, nil)
-	g := &client.Guest{C: guestC}
+	g := &guest.Guest{C: guestC}
 
 	// Claim 3 and C1.7, as in TestClaim.
 	ses, err := g.RequestAccess(ctx, res.Msg.Hotspot.Id, buy)

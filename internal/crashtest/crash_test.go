@@ -14,7 +14,6 @@ import (
 	"github.com/sharespot/sharespot/internal/api"
 	"github.com/sharespot/sharespot/internal/harness"
 	"github.com/sharespot/sharespot/internal/ledger"
-	"github.com/sharespot/sharespot/internal/relay"
 	"github.com/sharespot/sharespot/internal/server"
 	"github.com/sharespot/sharespot/internal/session"
 	"github.com/sharespot/sharespot/internal/store"
@@ -342,12 +341,12 @@ func checkRun(t *testing.T, dir string, r *run, outcome string) {
 				return err
 			}
 		}
-		guest, host, fee, funding := bal[0], bal[1], bal[2], bal[3]
-		if guest+host+fee != funded || funding != -funded {
-			t.Errorf("guest %d + host %d + fee %d != funded %d (funding account %d)", guest, host, fee, funded, funding)
+		guestC, hostC, fee, funding := bal[0], bal[1], bal[2], bal[3]
+		if guestC+hostC+fee != funded || funding != -funded {
+			t.Errorf("guest %d + host %d + fee %d != funded %d (funding account %d)", guestC, hostC, fee, funded, funding)
 		}
-		if outcome == completed && (guest != funded-1240 || host != 1178 || fee != 62) {
-			t.Errorf("completed flow settled guest %d, host %d, fee %d; want %d, 1178, 62 (tranches: 100 MB at 10, 20 MB at 12)", guest, host, fee, funded-1240)
+		if outcome == completed && (guestC != funded-1240 || hostC != 1178 || fee != 62) {
+			t.Errorf("completed flow settled guest %d, host %d, fee %d; want %d, 1178, 62 (tranches: 100 MB at 10, 20 MB at 12)", guestC, hostC, fee, funded-1240)
 		}
 
 		// The inboxes: each handled message handled once, none lost.
@@ -358,7 +357,7 @@ func checkRun(t *testing.T, dir string, r *run, outcome string) {
 			name, id string
 			msgs     []handledMsg
 		}{{"host", r.host.DeviceID(), r.hostIn.handled()}, {"guest", r.guest.DeviceID(), r.guestIn.handled()}} {
-			for _, err := range relay.CheckDelivery(tx, d.id, d.msgs) {
+			for _, err := range harness.CheckDelivery(tx, d.id, d.msgs) {
 				t.Errorf("%s inbox: %v", d.name, err)
 			}
 		}

@@ -18,9 +18,11 @@ import (
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/client"
+	"github.com/sharespot/sharespot/internal/gateway"
+	"github.com/sharespot/sharespot/internal/guest"
 	"github.com/sharespot/sharespot/internal/harness"
+	"github.com/sharespot/sharespot/internal/host"
 	"github.com/sharespot/sharespot/internal/loadgen"
-	"github.com/sharespot/sharespot/internal/relay"
 )
 
 const (
@@ -42,7 +44,7 @@ const (
 )
 
 // handledMsg is one inbox message the application handled.
-type handledMsg = relay.Handled
+type handledMsg = client.Handled
 
 // inbox receives one device's inbox for the application: in order, each
 // message once, keeping its cursor in memory across server restarts. It
@@ -77,7 +79,7 @@ func listen(ctx context.Context, c *client.Client, in *inbox, h client.Handler, 
 				return err
 			}
 		}
-		m := relay.HandledOf(env)
+		m := client.HandledOf(env)
 		in.mu.Lock()
 		in.msgs = append(in.msgs, m)
 		in.mu.Unlock()
@@ -166,9 +168,9 @@ func (in *inbox) sessions() []string {
 type run struct {
 	bin, dir    string
 	host, guest *client.Client
-	agent       *client.Host
-	gate        *client.CodeGate
-	g           *client.Guest
+	agent       *host.Agent
+	gate        *gateway.CodeGate
+	g           *guest.Guest
 
 	recvCancel      context.CancelFunc
 	hostIn, guestIn *inbox
@@ -185,7 +187,7 @@ type run struct {
 }
 
 func newRun(bin, dir string, addr func() string) *run {
-	r := &run{bin: bin, dir: dir, gate: &client.CodeGate{Kind: "proxy", Address: "192.0.2.1:1080"}, resent: map[string]bool{}, procs: map[string]bool{},
+	r := &run{bin: bin, dir: dir, gate: &gateway.CodeGate{Address: "192.0.2.1:1080"}, resent: map[string]bool{}, procs: map[string]bool{},
 		hostIn: &inbox{}, guestIn: &inbox{}}
 	dev := func(name string, in *inbox) *client.Client {
 		_, key, err := ed25519.GenerateKey(rand.Reader)
@@ -207,8 +209,8 @@ func newRun(bin, dir string, addr func() string) *run {
 		return client.New("http://sharespot.invalid", key, client.Options{HTTPClient: hc, DeviceName: name})
 	}
 	r.host, r.guest = dev("host", r.hostIn), dev("guest", r.guestIn)
-	r.agent = &client.Host{C: r.host, Gate: r.gate}
-	r.g = &client.Guest{C: r.guest}
+	r.agent = &host.Agent{C: r.host, GW: r.gate}
+	r.g = &guest.Guest{C: r.guest}
 	r.guestCh = make(chan *sharespotv1.Envelope, 1024)
 	return r
 }

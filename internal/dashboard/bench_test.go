@@ -17,6 +17,7 @@ import (
 	"github.com/sharespot/sharespot/internal/api"
 	"github.com/sharespot/sharespot/internal/client"
 	"github.com/sharespot/sharespot/internal/dashboard"
+	"github.com/sharespot/sharespot/internal/guest"
 	"github.com/sharespot/sharespot/internal/harness"
 	"github.com/sharespot/sharespot/internal/seal"
 	"github.com/sharespot/sharespot/internal/server"
@@ -46,7 +47,7 @@ func BenchmarkPages(b *testing.B) {
 	var wg sync.WaitGroup
 	errs := make(chan error, 16)
 	for w := range 16 {
-		g := &client.Guest{C: env.Device(b, "guest"), Suites: []seal.Suite{seal.Preset}}
+		g := &guest.Guest{C: env.Device(b, "guest"), Suites: []seal.Suite{seal.Preset}}
 		env.Fund(b, g.C, "EUR", 1<<40)
 		wg.Add(1)
 		go func() {
@@ -93,12 +94,12 @@ func BenchmarkPages(b *testing.B) {
 		b.Fatalf("no cookie: %s", res.Status)
 		return nil
 	}
-	op, host := cookie(opTok), cookie(tokenOf(b, hostLink))
+	op, hostC := cookie(opTok), cookie(tokenOf(b, hostLink))
 	for _, c := range []struct {
 		name   string
 		cookie *http.Cookie
 		path   string
-	}{{"operator-page", op, "/dashboard/"}, {"operator-live", op, "/dashboard/live"}, {"host-page", host, "/dashboard/"}, {"host-live", host, "/dashboard/live"}} {
+	}{{"operator-page", op, "/dashboard/"}, {"operator-live", op, "/dashboard/live"}, {"host-page", hostC, "/dashboard/"}, {"host-live", hostC, "/dashboard/live"}} {
 		b.Run(fmt.Sprintf("%s/sessions=%d", c.name, n), func(b *testing.B) {
 			for b.Loop() {
 				req, _ := http.NewRequest(http.MethodGet, env.URL+c.path, nil)

@@ -16,6 +16,7 @@ import (
 	"github.com/sharespot/sharespot/internal/browsertest"
 	"github.com/sharespot/sharespot/internal/client"
 	"github.com/sharespot/sharespot/internal/dashboard"
+	"github.com/sharespot/sharespot/internal/guest"
 	"github.com/sharespot/sharespot/internal/harness"
 	"github.com/sharespot/sharespot/internal/ledger"
 	"github.com/sharespot/sharespot/internal/money"
@@ -33,7 +34,7 @@ type rig struct {
 	env          *harness.Env
 	hostA, hostB *client.Client
 	hsA, hsB     *sharespotv1.Hotspot
-	g            *client.Guest
+	g            *guest.Guest
 }
 
 func newRig(t *testing.T) *rig {
@@ -42,7 +43,7 @@ func newRig(t *testing.T) *rig {
 	r := &rig{env: env, hostA: env.Device(t, "host-a"), hostB: env.Device(t, "host-b")}
 	gc := env.Device(t, "guest")
 	env.Fund(t, gc, "EUR", 100_00)
-	r.g = &client.Guest{C: gc, Suites: []seal.Suite{seal.Preset}}
+	r.g = &guest.Guest{C: gc, Suites: []seal.Suite{seal.Preset}}
 	ctx := context.Background()
 	for i, h := range []*client.Client{r.hostA, r.hostB} {
 		res, err := h.Hotspots.Register(ctx, connect.NewRequest(&sharespotv1.RegisterRequest{Instruction: harness.BenchInstruction(i + 1)}))
@@ -61,7 +62,7 @@ func newRig(t *testing.T) *rig {
 // flow runs a paid flow of 10 MB for €1.00 up to the grant, reports used
 // bytes, has the guest acknowledge ack bytes (0: none), and, when end is
 // set, ends it on the host's count. It returns the session's ID.
-func (r *rig) flow(t *testing.T, host *client.Client, hs *sharespotv1.Hotspot, used, ack int64, end bool) string {
+func (r *rig) flow(t *testing.T, hostC *client.Client, hs *sharespotv1.Hotspot, used, ack int64, end bool) string {
 	t.Helper()
 	ctx := context.Background()
 	g := r.g
@@ -69,7 +70,7 @@ func (r *rig) flow(t *testing.T, host *client.Client, hs *sharespotv1.Hotspot, u
 	if err != nil {
 		t.Fatal(err)
 	}
-	q, err := host.Sessions.Quote(ctx, connect.NewRequest(&sharespotv1.QuoteRequest{SessionId: ses.Id, Bytes: 10 * mb, AmountMinor: 100, Currency: "EUR"}))
+	q, err := hostC.Sessions.Quote(ctx, connect.NewRequest(&sharespotv1.QuoteRequest{SessionId: ses.Id, Bytes: 10 * mb, AmountMinor: 100, Currency: "EUR"}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,17 +85,17 @@ func (r *rig) flow(t *testing.T, host *client.Client, hs *sharespotv1.Hotspot, u
 	if err != nil {
 		t.Fatal(err)
 	}
-	sealed, err := seal.Seal(seal.Preset, g.PublicKey(ses.Id, seal.Preset), seal.Binding{SessionID: ses.Id, HostID: host.DeviceID(), GuestID: g.C.DeviceID()}, code)
+	sealed, err := seal.Seal(seal.Preset, g.PublicKey(ses.Id, seal.Preset), seal.Binding{SessionID: ses.Id, HostID: hostC.DeviceID(), GuestID: g.C.DeviceID()}, code)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := host.Sessions.Grant(ctx, connect.NewRequest(&sharespotv1.GrantRequest{SessionId: ses.Id, QuoteId: q.Msg.Quote.Id, GrantedBytes: 10 * mb,
+	if _, err := hostC.Sessions.Grant(ctx, connect.NewRequest(&sharespotv1.GrantRequest{SessionId: ses.Id, QuoteId: q.Msg.Quote.Id, GrantedBytes: 10 * mb,
 		SealedCode: &sharespotv1.SealedCode{Suite: string(sealed.Suite), Enc: sealed.Enc, Ciphertext: sealed.Ciphertext},
 		Gateway:    &sharespotv1.Gateway{Kind: "proxy", Address: "192.0.2.1:1080"}})); err != nil {
 		t.Fatal(err)
 	}
 	if used > 0 {
-		if _, err := host.Sessions.ReportUsage(ctx, connect.NewRequest(&sharespotv1.ReportUsageRequest{SessionId: ses.Id, UsedBytes: used})); err != nil {
+		if _, err := hostC.Sessions.ReportUsage(ctx, connect.NewRequest(&sharespotv1.ReportUsageRequest{SessionId: ses.Id, UsedBytes: used})); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -104,7 +105,7 @@ func (r *rig) flow(t *testing.T, host *client.Client, hs *sharespotv1.Hotspot, u
 		}
 	}
 	if end {
-		if _, err := host.Sessions.End(ctx, connect.NewRequest(&sharespotv1.EndRequest{SessionId: ses.Id, UsedBytes: used, Reason: "done"})); err != nil {
+		if _, err := hostC.Sessions.End(ctx, connect.NewRequest(&sharespotv1.EndRequest{SessionId: ses.Id, UsedBytes: used, Reason: "done"})); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -430,12 +431,12 @@ func TestLinkExpires(t *testing.T) {
 	dir := t.TempDir()
 	env := harness.StartIn(t, dir, nil)
 	b := browsertest.Start(t)
-	host := env.Device(t, "host")
-	link, _, err := host.DashboardLink(context.Background())
+	hostC := env.Device(t, "host")
+	link, _, err := hostC.DashboardLink(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	late, _, err := host.DashboardLink(context.Background())
+	late, _, err := hostC.DashboardLink(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -545,7 +546,7 @@ func TestOperatorDashboard(t *testing.T) {
 	// Money, top hosts and reconciliation recomputed from each host's
 	// sessions as the API gives them.
 	all := append(sessionsOf(t, r.hostA), sessionsOf(t, r.hostB)...)
-	var started, settled, used, host, fees, refunded int64
+	var started, settled, used, hostC, fees, refunded int64
 	type hostSum struct{ n, used, host, fee int64 }
 	per := map[string]*hostSum{}
 	var verified, unverified, over int
@@ -557,7 +558,7 @@ func TestOperatorDashboard(t *testing.T) {
 		}
 		settled++
 		used += s.UsedBytes
-		host += s.SettledHostMinor
+		hostC += s.SettledHostMinor
 		fees += s.SettledFeeMinor
 		refunded += s.RefundedMinor
 		if per[s.HostDeviceId] == nil {
@@ -586,8 +587,8 @@ func TestOperatorDashboard(t *testing.T) {
 	check(t, "day started", d["started"], fmt.Sprint(started))
 	check(t, "day settled", d["settled"], fmt.Sprint(settled))
 	check(t, "day used", d["used"], size.Format(used))
-	check(t, "day charged", d["charged"], money.Format(host+fees, "EUR"))
-	check(t, "day to hosts", d["host"], money.Format(host, "EUR"))
+	check(t, "day charged", d["charged"], money.Format(hostC+fees, "EUR"))
+	check(t, "day to hosts", d["host"], money.Format(hostC, "EUR"))
 	check(t, "day fees", d["fee"], money.Format(fees, "EUR"))
 	check(t, "day refunded", d["refunded"], money.Format(refunded, "EUR"))
 	for id, h := range per {
@@ -631,7 +632,7 @@ func TestOperatorDashboard(t *testing.T) {
 	if n, err := chromedp.Run(tab, chromedp.Evaluate[int](`document.querySelectorAll("#chart-day-EUR rect").length`)); err != nil || n != dashboard.Days {
 		t.Errorf("day chart has %d bars (%v), want %d", n, err, dashboard.Days)
 	}
-	check(t, "chart today", barTitle(t, tab, "#chart-day-EUR"), r.env.Clock.Now().UTC().Format("01-02")+": "+money.Format(host+fees, "EUR"))
+	check(t, "chart today", barTitle(t, tab, "#chart-day-EUR"), r.env.Clock.Now().UTC().Format("01-02")+": "+money.Format(hostC+fees, "EUR"))
 	for i, st := range []string{"ACTIVE", "ENDED"} { // in state order
 		got, err := chromedp.Run(tab, chromedp.Evaluate[string](fmt.Sprintf(`document.querySelectorAll("#chart-states rect title")[%d].textContent`, i)))
 		if err != nil {

@@ -27,7 +27,8 @@ import (
 	"github.com/sharespot/sharespot/internal/client"
 	"github.com/sharespot/sharespot/internal/gateway"
 	gwproxy "github.com/sharespot/sharespot/internal/gateway/proxy"
-	"github.com/sharespot/sharespot/internal/hosting"
+	"github.com/sharespot/sharespot/internal/guest"
+	"github.com/sharespot/sharespot/internal/host"
 	"github.com/sharespot/sharespot/internal/ledger"
 	"github.com/sharespot/sharespot/internal/payment"
 	"github.com/sharespot/sharespot/internal/seal"
@@ -102,11 +103,11 @@ func Run(ctx context.Context, w io.Writer, o Options) (err error) {
 	fmt.Fprintf(w, "Sharespot demo: a server, a host and a guest on this machine — loopback only, userspace gateway, no radio.\n\n")
 	p.step("server", "listening on %s (SQLite in %s)", url, o.Dir)
 
-	host, err := newDevice(ctx, url, "demo host")
+	hostC, err := newDevice(ctx, url, "demo host")
 	if err != nil {
 		return err
 	}
-	guest, err := newDevice(ctx, url, "demo guest")
+	guestC, err := newDevice(ctx, url, "demo guest")
 	if err != nil {
 		return err
 	}
@@ -134,39 +135,34 @@ func Run(ctx context.Context, w io.Writer, o Options) (err error) {
 		ShareableBytes: 1000 * mb,
 		WarnAtBytes:    o.Warn,
 	}
-	_, err = host.Hotspots.Register(ctx, connect.NewRequest(&sharespotv1.RegisterRequest{Instruction: inst}))
+	_, err = hostC.Hotspots.Register(ctx, connect.NewRequest(&sharespotv1.RegisterRequest{Instruction: inst}))
 	if err != nil {
 		return fmt.Errorf("demo: register: %w", err)
 	}
 	p.step("host", "device %s registered %q (%s): %s per MB, top-ups %s per MB, sharing %s, warn below %s",
-		short(host.DeviceID()), "Sharespot Demo", inst.AccessPoint.Bssid, client.FormatMoney(10, "EUR"), client.FormatMoney(12, "EUR"),
+		short(hostC.DeviceID()), "Sharespot Demo", inst.AccessPoint.Bssid, client.FormatMoney(10, "EUR"), client.FormatMoney(12, "EUR"),
 		size.Format(inst.ShareableBytes), size.Format(o.Warn))
 	p.step("host", "metering gateway (SOCKS5 + HTTP CONNECT) on %s", gw.Addr())
 
-	hostRun := &hosting.Host{C: host, GW: gw, Threshold: o.Warn}
+	hostRun := &host.Host{C: hostC, GW: gw, Threshold: o.Warn}
 	hostDone := make(chan error, 1)
 	go func() { hostDone <- hostRun.Run(ctx) }()
 	defer func() { cancel(); <-hostDone }()
 
 	// The operator funds the guest's wallet.
 	if err := srv.Store().Write(ctx, func(tx *store.Tx) error {
-		_, err := payment.Fund(tx, time.Now().UnixMilli(), guest.AccountID(), "EUR", 2000, "demo", "demo funding")
+		_, err := payment.Fund(tx, time.Now().UnixMilli(), guestC.AccountID(), "EUR", 2000, "demo", "demo funding")
 		return err
 	}); err != nil {
 		return err
 	}
-	p.step("guest", "device %s; the operator funded its wallet with %s", short(guest.DeviceID()), client.FormatMoney(2000, "EUR"))
+	p.step("guest", "device %s; the operator funded its wallet with %s", short(guestC.DeviceID()), client.FormatMoney(2000, "EUR"))
 	fmt.Fprintln(w)
 
-	inbox := make(chan *sharespotv1.Envelope, 64)
-	go guest.Receive(ctx, 0, func(ctx context.Context, env *sharespotv1.Envelope) error {
-		select {
-		case inbox <- env:
-			return nil
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}, nil)
+	g := &guest.Guest{C: guestC, Suites: []seal.Suite{seal.Preset}, Wait: 30 * time.Second}
+	if _, err := g.Listen(ctx, nil); err != nil {
+		return err
+	}
 
 	// ---- C1.1–C1.4: scan, discover, show
 	air := []wifi.AccessPoint{
@@ -175,7 +171,7 @@ func Run(ctx context.Context, w io.Writer, o Options) (err error) {
 		{SSID: []byte("Printer"), BSSID: "02:5e:de:00:00:03", SignalDBM: -81, FreqMHz: 2412, Security: sharespotv1.Security_SECURITY_WPA2},
 	}
 	p.step("C1.1", "guest scanned the air: %d access points (simulated: this machine has no radio)", len(air))
-	disc, err := guest.Discovery.Discover(ctx, connect.NewRequest(&sharespotv1.DiscoverRequest{Candidates: wifi.Candidates(air)}))
+	disc, err := guestC.Discovery.Discover(ctx, connect.NewRequest(&sharespotv1.DiscoverRequest{Candidates: wifi.Candidates(air)}))
 	if err != nil {
 		return fmt.Errorf("demo: discover: %w", err)
 	}
@@ -187,35 +183,30 @@ func Run(ctx context.Context, w io.Writer, o Options) (err error) {
 	p.step("C1.3", "server answered with the available set: %d registered hotspot, with its tariff", len(offers))
 	p.step("C1.4", "guest shows it:")
 	tw := &indent{w: w, prefix: "         "}
-	client.ShowOffers(tw, offers)
+	guest.ShowOffers(tw, offers)
 
 	// ---- C1.5–C1.6, claim 3, C1.7, claim 2
 	offer := offers[0]
-	g := &client.Guest{C: guest, Suites: []seal.Suite{seal.Preset}}
 	p.step("C1.5", "the user picks %q and asks for %s", client.SSIDText(offer.AccessPoint.Ssid), size.Format(o.Buy))
-	ses, err := g.RequestAccess(ctx, offer.HotspotId, o.Buy)
+	ses, err := g.Begin(ctx, offer, o.Buy)
 	if err != nil {
 		return fmt.Errorf("demo: request access: %w", err)
 	}
-	p.step("C1.6", "access request → server → host (session %s)", ses.Id)
-	paid, err := buy(ctx, p, guest, ses.Id, inbox, "C3.1", "C3.2", "C3.3")
+	p.step("C1.6", "access request → server → host (session %s)", ses.ID)
+	var paid int64
+	ses.Observe = func(e guest.Event) { paid += p.event(e) }
+	grant, err := ses.Buy(ctx, sharespotv1.QuoteKind_QUOTE_KIND_INITIAL, guest.BuyOptions{})
 	if err != nil {
-		return err
+		return fmt.Errorf("demo: buy: %w", err)
 	}
-	env, err := client.Await(ctx, inbox, 30*time.Second, func(e *sharespotv1.Envelope) bool { return e.GetAccessGranted() != nil })
+	code, err := ses.Code(grant)
 	if err != nil {
-		return err
-	}
-	grant := env.GetAccessGranted()
-	p.step("C1.7", "access response → server → guest: sealed access code, %s, gateway %s", size.Format(grant.GrantedBytes), grant.Gateway.GetAddress())
-	code, err := g.OpenCode(ses.Id, host.DeviceID(), grant.SealedCode)
-	if err != nil {
-		return fmt.Errorf("demo: open access code: %w", err)
+		return fmt.Errorf("demo: %w", err)
 	}
 	p.step("C2.1", "guest opened the code with the preset suite %s (the server never saw it)", grant.SealedCode.Suite)
 
 	// ---- C1.8: online through the host
-	httpc := socksClient(grant.Gateway.GetAddress(), ses.Id, seal.FormatCode(code))
+	httpc := socksClient(grant.Gateway.GetAddress(), ses.ID, seal.FormatCode(code))
 	used, err := download(ctx, httpc, org.URL(), o.Buy-o.Warn+mb, mb)
 	if err != nil {
 		return fmt.Errorf("demo: download: %w", err)
@@ -223,77 +214,84 @@ func Run(ctx context.Context, w io.Writer, o Options) (err error) {
 	p.step("C1.8", "guest online through the host: downloaded %s from the origin through the gateway", size.Format(used))
 
 	// ---- C1.9–C1.15: prompt and top-up
-	env, err = client.Await(ctx, inbox, 30*time.Second, func(e *sharespotv1.Envelope) bool { return e.GetLowQuotaPrompt() != nil })
+	pr, err := awaitPrompt(ctx, ses)
 	if err != nil {
 		return err
 	}
-	pr := env.GetLowQuotaPrompt()
 	p.step("C1.9", "host's prompt → server → guest: %s left of %s", size.Format(pr.RemainingBytes), size.Format(pr.GrantedBytes))
 	var sb stringsBuilder
-	client.ShowPrompt(&sb, pr)
+	guest.ShowPrompt(&sb, pr)
 	p.step("C1.10", "guest shows: %q — the user says yes", sb.String())
-	if _, err := guest.Sessions.RequestTopUp(ctx, connect.NewRequest(&sharespotv1.RequestTopUpRequest{SessionId: ses.Id, Bytes: o.TopUp})); err != nil {
+	if err := ses.RequestTopUp(ctx, o.TopUp); err != nil {
 		return fmt.Errorf("demo: top-up: %w", err)
 	}
 	p.step("C1.11", "add-data request for %s → server → host", size.Format(o.TopUp))
-	paid2, err := buy(ctx, p, guest, ses.Id, inbox, "C1.12", "C1.13", "C1.14")
+	tg, err := ses.Buy(ctx, sharespotv1.QuoteKind_QUOTE_KIND_TOPUP, guest.BuyOptions{})
 	if err != nil {
-		return err
+		return fmt.Errorf("demo: top-up: %w", err)
 	}
-	env, err = client.Await(ctx, inbox, 30*time.Second, func(e *sharespotv1.Envelope) bool {
-		return e.GetAccessGranted() != nil && e.GetAccessGranted().Kind == sharespotv1.QuoteKind_QUOTE_KIND_TOPUP
-	})
-	if err != nil {
-		return err
-	}
-	tg := env.GetAccessGranted()
 	// The host raises the gateway's quota once the server accepted its
 	// grant, a moment after the guest may hear of it.
 	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
-		if _, q, _ := gw.Usage(ses.Id); q >= tg.TotalGrantedBytes {
+		if _, q, _ := gw.Usage(ses.ID); q >= tg.TotalGrantedBytes {
 			break
 		}
 	}
-	p.step("C1.15", "add-data response → server → guest: +%s, %s in all; the gateway raised the quota in place", size.Format(tg.GrantedBytes), size.Format(tg.TotalGrantedBytes))
 	more, err := download(ctx, httpc, org.URL(), tg.TotalGrantedBytes+5*mb, mb)
-	gu, gq, _ := gw.Usage(ses.Id)
+	gu, gq, _ := gw.Usage(ses.ID)
 	p.step("C1.8", "guest kept going: %s more; the gateway stopped it at %s of %s (%v)", size.Format(more), size.Format(gu), size.Format(gq), describeCut(err))
 
-	// ---- end and settle
-	if _, err := host.Sessions.ReportUsage(ctx, connect.NewRequest(&sharespotv1.ReportUsageRequest{SessionId: ses.Id, UsedBytes: gu})); err != nil {
-		return fmt.Errorf("demo: report usage: %w", err)
-	}
-	// The guest ends; the host's gateway revokes it and the host's final
-	// count settles the session.
-	s, err := guest.EndAndSettle(ctx, ses.Id, "demo over")
+	// ---- end and settle: the guest ends; the host's gateway revokes it
+	// and the host's final count settles the session.
+	ses.Observe = nil
+	s, err := ses.End(ctx, "demo over")
 	if err != nil {
 		return fmt.Errorf("demo: end: %w", err)
 	}
 	fmt.Fprintln(w)
-	p.step("end", "guest ended the session; %s used of %s, %s paid", size.Format(s.UsedBytes), size.Format(s.GrantedBytes), client.FormatMoney(paid+paid2, "EUR"))
+	p.step("end", "guest ended the session; %s used of %s, %s paid", size.Format(s.UsedBytes), size.Format(s.GrantedBytes), client.FormatMoney(paid, "EUR"))
 	p.step("settle", "host %s, platform fee %s, refunded to the guest %s",
 		client.FormatMoney(s.SettledHostMinor, "EUR"), client.FormatMoney(s.SettledFeeMinor, "EUR"), client.FormatMoney(s.RefundedMinor, "EUR"))
-	return showLedger(ctx, w, srv.Store(), guest, host)
+	return showLedger(ctx, w, srv.Store(), guestC, hostC)
 }
 
-// buy is claim 3 (or C1.12–C1.14): wait for the fee, pay, confirm.
-func buy(ctx context.Context, p printer, guest *client.Client, sid string, inbox <-chan *sharespotv1.Envelope, feeID, payID, confirmID string) (int64, error) {
-	env, err := client.Await(ctx, inbox, 30*time.Second, func(e *sharespotv1.Envelope) bool { return e.GetFeeInfo() != nil })
-	if err != nil {
-		return 0, err
+// event prints a step of the guest's purchase with its claim ID, and
+// returns what it paid.
+func (p printer) event(e guest.Event) int64 {
+	switch e.Step {
+	case guest.StepFee:
+		p.step(e.Claim(), "host's fee → server → guest: %s for %s", client.FormatMoney(e.Quote.AmountMinor, e.Quote.Currency), size.Format(e.Quote.Bytes))
+	case guest.StepPaid:
+		p.step(e.Claim(), "guest paid through the payment platform: receipt signed by key %s, money held in escrow", e.Receipt.KeyId)
+		return e.Quote.AmountMinor
+	case guest.StepConfirmed:
+		p.step(e.Claim(), "payment-success response → server → host; the host checks the platform's signature")
+	case guest.StepGranted:
+		if e.Kind == sharespotv1.QuoteKind_QUOTE_KIND_TOPUP {
+			p.step(e.Claim(), "add-data response → server → guest: +%s, %s in all; the gateway raised the quota in place", size.Format(e.Grant.GrantedBytes), size.Format(e.Grant.TotalGrantedBytes))
+		} else {
+			p.step(e.Claim(), "access response → server → guest: sealed access code, %s, gateway %s", size.Format(e.Grant.GrantedBytes), e.Grant.Gateway.GetAddress())
+		}
 	}
-	q := env.GetFeeInfo().Quote
-	p.step(feeID, "host's fee → server → guest: %s for %s", client.FormatMoney(q.AmountMinor, q.Currency), size.Format(q.Bytes))
-	pay, err := guest.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: q.Id}))
-	if err != nil {
-		return 0, fmt.Errorf("demo: pay: %w", err)
+	return 0
+}
+
+// awaitPrompt waits for the host's low-quota prompt (C1.9).
+func awaitPrompt(ctx context.Context, ses *guest.Session) (*sharespotv1.LowQuotaPrompt, error) {
+	t := time.NewTimer(30 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case e := <-ses.Messages():
+			if pr := e.GetLowQuotaPrompt(); pr != nil {
+				return pr, nil
+			}
+		case <-t.C:
+			return nil, errors.New("demo: no low-quota prompt within 30s")
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
 	}
-	p.step(payID, "guest paid through the payment platform: receipt signed by key %s, money held in escrow", pay.Msg.Receipt.KeyId)
-	if _, err := guest.Sessions.Confirm(ctx, connect.NewRequest(&sharespotv1.ConfirmRequest{SessionId: sid, Receipt: pay.Msg.Receipt})); err != nil {
-		return 0, fmt.Errorf("demo: confirm: %w", err)
-	}
-	p.step(confirmID, "payment-success response → server → host; the host checks the platform's signature")
-	return q.AmountMinor, nil
 }
 
 func newDevice(ctx context.Context, url, name string) (*client.Client, error) {
@@ -355,13 +353,13 @@ func short(id string) string {
 }
 
 // showLedger prints the wallets involved and checks the ledger sums to zero.
-func showLedger(ctx context.Context, w io.Writer, st *store.Store, guest, host *client.Client) error {
+func showLedger(ctx context.Context, w io.Writer, st *store.Store, guestC, hostC *client.Client) error {
 	return st.Read(ctx, func(tx *store.Tx) error {
 		fmt.Fprintln(w, "\nledger")
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
 		rows := []struct{ name, id string }{
-			{"guest wallet", ledger.Wallet(guest.AccountID(), "EUR").ID},
-			{"host wallet", ledger.Wallet(host.AccountID(), "EUR").ID},
+			{"guest wallet", ledger.Wallet(guestC.AccountID(), "EUR").ID},
+			{"host wallet", ledger.Wallet(hostC.AccountID(), "EUR").ID},
 			{"platform fees", ""},
 			{"funding (outside money)", ledger.Funding("EUR").ID},
 		}

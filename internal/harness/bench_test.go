@@ -15,6 +15,7 @@ import (
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/api"
 	"github.com/sharespot/sharespot/internal/client"
+	"github.com/sharespot/sharespot/internal/guest"
 	"github.com/sharespot/sharespot/internal/seal"
 	"github.com/sharespot/sharespot/internal/server"
 )
@@ -55,9 +56,9 @@ func BenchmarkFlow(b *testing.B) {
 		guests[i] = env.Device(b, "guest")
 		env.Fund(b, guests[i], "EUR", 1<<50)
 	}
-	gs := make([]*client.Guest, workers)
+	gs := make([]*guest.Guest, workers)
 	for i := range gs {
-		gs[i] = &client.Guest{C: guests[i], Suites: []seal.Suite{seal.Preset}}
+		gs[i] = &guest.Guest{C: guests[i], Suites: []seal.Suite{seal.Preset}}
 	}
 	lat := make([][]time.Duration, workers)
 	var next atomic.Int64

@@ -415,32 +415,18 @@ func (e *Env) MustAudit(t testing.TB) {
 	}
 }
 
-// Inbox collects a device's messages, received through the real stream.
+// Inbox collects a device's messages, received through the real stream
+// (client.Inbox, every message on C).
 type Inbox struct {
-	ch   chan *sharespotv1.Envelope
+	*client.Inbox
 	stop context.CancelFunc
-	done chan error
 }
 
 // Listen starts receiving c's inbox; each message lands in the returned
 // inbox. h, if not nil, also handles every message first (a host agent).
 func Listen(t testing.TB, c *client.Client, h client.Handler) *Inbox {
 	ctx, cancel := context.WithCancel(context.Background())
-	in := &Inbox{ch: make(chan *sharespotv1.Envelope, 1024), stop: cancel, done: make(chan error, 1)}
-	go func() {
-		in.done <- c.Receive(ctx, 0, func(ctx context.Context, env *sharespotv1.Envelope) error {
-			if h != nil {
-				if err := h(ctx, env); err != nil {
-					return err
-				}
-			}
-			select {
-			case in.ch <- env:
-			default:
-			}
-			return nil
-		}, nil)
-	}()
+	in := &Inbox{Inbox: client.Listen(ctx, c, client.InboxOptions{Handle: h, All: true}), stop: cancel}
 	t.Cleanup(in.Stop)
 	return in
 }
@@ -449,7 +435,7 @@ func Listen(t testing.TB, c *client.Client, h client.Handler) *Inbox {
 func (in *Inbox) Stop() {
 	if in.stop != nil {
 		in.stop()
-		<-in.done
+		<-in.Done()
 		in.stop = nil
 	}
 }
@@ -462,7 +448,7 @@ func Next[B any](t testing.TB, in *Inbox) (*sharespotv1.Envelope, B) {
 	timeout := time.After(10 * time.Second)
 	for {
 		select {
-		case env := <-in.ch:
+		case env := <-in.C():
 			if b, ok := env.Body.(B); ok {
 				return env, b
 			}
@@ -481,6 +467,3 @@ func Code(err error) connect.Code {
 	}
 	return connect.CodeUnknown
 }
-
-// C returns the channel messages arrive on.
-func (in *Inbox) C() <-chan *sharespotv1.Envelope { return in.ch }

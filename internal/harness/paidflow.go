@@ -8,6 +8,7 @@ import (
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/client"
+	"github.com/sharespot/sharespot/internal/guest"
 	"github.com/sharespot/sharespot/internal/seal"
 )
 
@@ -31,41 +32,41 @@ func BenchInstruction(i int) *sharespotv1.ShareInstruction {
 // instead of waiting for the host's inbox, so relay latency is not part of
 // it (it is measured on its own). The guest buys 10 MB for 1 EUR and the
 // host ends the session having metered 7 MB.
-func PaidFlow(ctx context.Context, host *client.Client, hs *sharespotv1.Hotspot, g *client.Guest) error {
+func PaidFlow(ctx context.Context, host *client.Client, hs *sharespotv1.Hotspot, g *guest.Guest) error {
 	ap := hs.Instruction.AccessPoint
 	if _, err := g.C.Discovery.Discover(ctx, connect.NewRequest(&sharespotv1.DiscoverRequest{Candidates: []*sharespotv1.Candidate{{Bssid: ap.Bssid, Ssid: ap.Ssid, SignalDbm: -50}}})); err != nil {
 		return fmt.Errorf("discover: %w", err)
 	}
-	ses, err := g.RequestAccess(ctx, hs.Id, 10*BenchMB)
+	ses, err := g.BeginHotspot(ctx, hs.Id, 10*BenchMB)
 	if err != nil {
 		return fmt.Errorf("request: %w", err)
 	}
-	defer g.Forget(ses.Id)
-	q, err := host.Sessions.Quote(ctx, connect.NewRequest(&sharespotv1.QuoteRequest{SessionId: ses.Id, Bytes: 10 * BenchMB, AmountMinor: 100, Currency: "EUR"}))
+	defer ses.Close()
+	q, err := host.Sessions.Quote(ctx, connect.NewRequest(&sharespotv1.QuoteRequest{SessionId: ses.ID, Bytes: 10 * BenchMB, AmountMinor: 100, Currency: "EUR"}))
 	if err != nil {
 		return fmt.Errorf("quote: %w", err)
 	}
-	pay, err := g.C.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: q.Msg.Quote.Id}))
+	rc, err := ses.Pay(ctx, q.Msg.Quote, guest.BuyOptions{})
 	if err != nil {
-		return fmt.Errorf("pay: %w", err)
+		return err
 	}
-	if _, err := g.C.Sessions.Confirm(ctx, connect.NewRequest(&sharespotv1.ConfirmRequest{SessionId: ses.Id, Receipt: pay.Msg.Receipt})); err != nil {
-		return fmt.Errorf("confirm: %w", err)
+	if err := ses.Confirm(ctx, q.Msg.Quote, rc); err != nil {
+		return err
 	}
 	code, err := seal.NewAccessCode()
 	if err != nil {
 		return err
 	}
-	sealed, err := seal.Seal(seal.Preset, g.PublicKey(ses.Id, seal.Preset), seal.Binding{SessionID: ses.Id, HostID: host.DeviceID(), GuestID: g.C.DeviceID()}, code)
+	sealed, err := seal.Seal(seal.Preset, g.PublicKey(ses.ID, seal.Preset), seal.Binding{SessionID: ses.ID, HostID: host.DeviceID(), GuestID: g.C.DeviceID()}, code)
 	if err != nil {
 		return err
 	}
-	if _, err := host.Sessions.Grant(ctx, connect.NewRequest(&sharespotv1.GrantRequest{SessionId: ses.Id, QuoteId: q.Msg.Quote.Id, GrantedBytes: 10 * BenchMB,
+	if _, err := host.Sessions.Grant(ctx, connect.NewRequest(&sharespotv1.GrantRequest{SessionId: ses.ID, QuoteId: q.Msg.Quote.Id, GrantedBytes: 10 * BenchMB,
 		SealedCode: &sharespotv1.SealedCode{Suite: string(sealed.Suite), Enc: sealed.Enc, Ciphertext: sealed.Ciphertext},
 		Gateway:    &sharespotv1.Gateway{Kind: "proxy", Address: "192.0.2.1:1080"}})); err != nil {
 		return fmt.Errorf("grant: %w", err)
 	}
-	if _, err := host.Sessions.End(ctx, connect.NewRequest(&sharespotv1.EndRequest{SessionId: ses.Id, UsedBytes: 7 * BenchMB, Reason: "bench"})); err != nil {
+	if _, err := host.Sessions.End(ctx, connect.NewRequest(&sharespotv1.EndRequest{SessionId: ses.ID, UsedBytes: 7 * BenchMB, Reason: "bench"})); err != nil {
 		return fmt.Errorf("end: %w", err)
 	}
 	return nil

@@ -10,7 +10,7 @@ import (
 	"connectrpc.com/connect"
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
-	"github.com/sharespot/sharespot/internal/client"
+	"github.com/sharespot/sharespot/internal/guest"
 	"github.com/sharespot/sharespot/internal/seal"
 	"github.com/sharespot/sharespot/internal/store"
 )
@@ -28,24 +28,24 @@ const statementBudget = 70
 func TestStatementBudget(t *testing.T) {
 	ctx := context.Background()
 	env := Start(t, nil)
-	host := env.Device(t, "host")
-	res, err := host.Hotspots.Register(ctx, connect.NewRequest(&sharespotv1.RegisterRequest{Instruction: BenchInstruction(0)}))
+	hostC := env.Device(t, "host")
+	res, err := hostC.Hotspots.Register(ctx, connect.NewRequest(&sharespotv1.RegisterRequest{Instruction: BenchInstruction(0)}))
 	if err != nil {
 		t.Fatal(err)
 	}
 	gc := env.Device(t, "guest")
 	env.Fund(t, gc, "EUR", 1<<40)
-	g := &client.Guest{C: gc, Suites: []seal.Suite{seal.Preset}}
+	g := &guest.Guest{C: gc, Suites: []seal.Suite{seal.Preset}}
 	// Two flows first: the first ones open the escrow and host accounts.
 	for range 2 {
-		if err := PaidFlow(ctx, host, res.Msg.Hotspot, g); err != nil {
+		if err := PaidFlow(ctx, hostC, res.Msg.Hotspot, g); err != nil {
 			t.Fatal(err)
 		}
 	}
 	before := env.Srv.Store().StatementCounts()
 	const flows = 20
 	for range flows {
-		if err := PaidFlow(ctx, host, res.Msg.Hotspot, g); err != nil {
+		if err := PaidFlow(ctx, hostC, res.Msg.Hotspot, g); err != nil {
 			t.Fatal(err)
 		}
 	}

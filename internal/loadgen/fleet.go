@@ -19,8 +19,10 @@ import (
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/client"
+	"github.com/sharespot/sharespot/internal/gateway"
+	"github.com/sharespot/sharespot/internal/guest"
+	"github.com/sharespot/sharespot/internal/host"
 	"github.com/sharespot/sharespot/internal/payment"
-	"github.com/sharespot/sharespot/internal/relay"
 	"github.com/sharespot/sharespot/internal/seal"
 	"github.com/sharespot/sharespot/internal/server"
 	"github.com/sharespot/sharespot/internal/store"
@@ -71,41 +73,13 @@ func SignIn(ctx context.Context, c *client.Client) error {
 	return retry(ctx, true, func() error { return c.SignIn(ctx) })
 }
 
-// lost reports whether err is a call whose answer never came: the server
-// died, the connection broke or its stream was reset (which Connect
-// reports as canceled), the answer was cut off mid-body (the call may or
-// may not have been applied), or the server asked to retry. retry checks
-// the caller's own context first, so a call the caller canceled is not
-// sent again.
-func lost(err error) bool {
-	if err == nil {
-		return false
-	}
-	switch connect.CodeOf(err) {
-	case connect.CodeUnavailable, connect.CodeUnknown, connect.CodeDeadlineExceeded, connect.CodeAborted, connect.CodeCanceled:
-		return true
-	case connect.CodeResourceExhausted:
-		return strings.Contains(err.Error(), "rate")
-	}
-	return false
-}
-
-// retry calls f until it succeeds, fails with something other than a lost
-// answer, or ctx ends; when resilient is false it calls f once.
+// retry calls f once, or, when resilient, until its answer is not lost
+// (client.Retry).
 func retry(ctx context.Context, resilient bool, f func() error) error {
-	backoff := 20 * time.Millisecond
-	for {
-		err := f()
-		if err == nil || !resilient || !lost(err) || ctx.Err() != nil {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return err
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, 500*time.Millisecond)
+	if !resilient {
+		return f()
 	}
+	return client.Retry(ctx, f)
 }
 
 // Funder adds money to the given accounts' wallets, as the operator does.
@@ -153,153 +127,21 @@ func DBFunderStore(st *store.Store) Funder {
 	}
 }
 
-// Inbox receives one device's inbox for the application, in order and
-// each message once, keeping its cursor in memory across server restarts
-// (a handler that fails has its message delivered again).
-type Inbox struct {
-	mu       sync.Mutex
-	handled  []relay.Handled
-	cursor   uint64
-	failures int
-	done     chan struct{}
-}
-
-// Listen runs c's inbox into h until ctx ends; see Wait.
-func Listen(ctx context.Context, c *client.Client, h client.Handler) *Inbox {
-	in := &Inbox{done: make(chan struct{})}
-	handle := func(ctx context.Context, env *sharespotv1.Envelope) error {
-		if err := h(ctx, env); err != nil {
-			return err
-		}
-		in.mu.Lock()
-		in.handled = append(in.handled, relay.HandledOf(env))
-		in.mu.Unlock()
-		return nil
-	}
-	go func() {
-		defer close(in.done)
-		for ctx.Err() == nil {
-			in.mu.Lock()
-			after := in.cursor
-			in.mu.Unlock()
-			c.Receive(ctx, after, handle, func(seq uint64) {
-				in.mu.Lock()
-				in.cursor = seq
-				in.mu.Unlock()
-			})
-			if ctx.Err() != nil {
-				return
-			}
-			in.mu.Lock()
-			in.failures++
-			in.mu.Unlock()
-			select {
-			case <-ctx.Done():
-			case <-time.After(100 * time.Millisecond):
-			}
-		}
-	}()
-	return in
-}
-
-// Wait waits, up to d, for the receiver to stop after its ctx ended.
-func (in *Inbox) Wait(d time.Duration) error {
-	select {
-	case <-in.done:
-		return nil
-	case <-time.After(d):
-		return fmt.Errorf("loadgen: an inbox receiver did not stop within %v", d)
-	}
-}
-
-// Handled returns what the application handled so far, for
-// relay.CheckDelivery.
-func (in *Inbox) Handled() []relay.Handled {
-	in.mu.Lock()
-	defer in.mu.Unlock()
-	return append([]relay.Handled(nil), in.handled...)
-}
-
-// Failures counts handler failures (messages delivered again).
-func (in *Inbox) Failures() int {
-	in.mu.Lock()
-	defer in.mu.Unlock()
-	return in.failures
-}
-
-// mailbox routes a guest's inbox messages to the flow waiting for their
-// session. A message can arrive before the flow knows its session (the fee
-// information before RequestAccess's answer): the last few such messages
-// are kept for the flow to claim.
-type mailbox struct {
-	mu    sync.Mutex
-	m     map[string]chan *sharespotv1.Envelope
-	early []*sharespotv1.Envelope
-}
-
-// ch returns the channel of session sid's messages, with any that came
-// early.
-func (b *mailbox) ch(sid string) chan *sharespotv1.Envelope {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.m == nil {
-		b.m = map[string]chan *sharespotv1.Envelope{}
-	}
-	c := b.m[sid]
-	if c == nil {
-		c = make(chan *sharespotv1.Envelope, 64)
-		b.m[sid] = c
-		keep := b.early[:0]
-		for _, env := range b.early {
-			if env.SessionId == sid {
-				c <- env
-			} else {
-				keep = append(keep, env)
-			}
-		}
-		b.early = keep
-	}
-	return c
-}
-
-func (b *mailbox) drop(sid string) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	delete(b.m, sid)
-}
-
-func (b *mailbox) deliver(env *sharespotv1.Envelope) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if c := b.m[env.SessionId]; c != nil {
-		select {
-		case c <- env:
-		default: // nobody reads this session any more
-		}
-		return
-	}
-	if len(b.early) >= 32 {
-		b.early = append(b.early[:0], b.early[1:]...)
-	}
-	b.early = append(b.early, env)
-}
-
-// Host is a simulated host device: the real host agent behind a plain
-// code gate, with one registered hotspot.
+// Host is a simulated host device: the real host agent behind a gate that
+// checks codes and meters nothing, with one registered hotspot.
 type Host struct {
 	C       *client.Client
-	Agent   *client.Host
-	Gate    *client.CodeGate
+	Agent   *host.Agent
+	Gate    *gateway.CodeGate
 	Hotspot *sharespotv1.Hotspot
-	In      *Inbox
+	In      *client.Inbox
 }
 
-// Guest is a simulated guest device.
+// Guest is a simulated guest device: the real guest flow.
 type Guest struct {
-	C   *client.Client
-	G   *client.Guest
-	In  *Inbox
-	box mailbox
+	C  *client.Client
+	G  *guest.Guest
+	In *client.Inbox
 	// tap, if set, sees each message as the application receives it,
 	// before it is routed (the relay bench times arrivals here).
 	tap atomic.Pointer[func(*sharespotv1.Envelope)]
@@ -367,8 +209,8 @@ func NewFleet(ctx context.Context, cfg FleetConfig) (*Fleet, error) {
 		if err := SignIn(ctx, c); err != nil {
 			return fmt.Errorf("host %d: %w", i, err)
 		}
-		h := &Host{C: c, Gate: &client.CodeGate{Kind: "proxy", Address: "192.0.2.1:1080"}}
-		h.Agent = &client.Host{C: c, Gate: h.Gate, Log: cfg.Log}
+		h := &Host{C: c, Gate: &gateway.CodeGate{Address: "192.0.2.1:1080"}}
+		h.Agent = &host.Agent{C: c, GW: h.Gate, Log: cfg.Log}
 		if err := retry(ctx, cfg.Resilient, func() error { return h.Agent.Start(ctx) }); err != nil {
 			return fmt.Errorf("host %d: %w", i, err)
 		}
@@ -389,7 +231,7 @@ func NewFleet(ctx context.Context, cfg FleetConfig) (*Fleet, error) {
 		if err := SignIn(ctx, c); err != nil {
 			return fmt.Errorf("guest %d: %w", i, err)
 		}
-		f.Guests[i] = &Guest{C: c, G: &client.Guest{C: c, Suites: []seal.Suite{seal.Preset}}}
+		f.Guests[i] = &Guest{C: c, G: &guest.Guest{C: c, Suites: []seal.Suite{seal.Preset}, Retry: cfg.Resilient}}
 		return nil
 	})
 	if err != nil {
@@ -407,16 +249,20 @@ func NewFleet(ctx context.Context, cfg FleetConfig) (*Fleet, error) {
 		}
 	}
 	for _, h := range f.Hosts {
-		h.In = Listen(rctx, h.C, h.Agent.Handle)
+		h.In = client.Listen(rctx, h.C, client.InboxOptions{Handle: h.Agent.Handle})
 	}
 	for _, g := range f.Guests {
-		g.In = Listen(rctx, g.C, func(_ context.Context, env *sharespotv1.Envelope) error {
+		in, err := g.G.Listen(rctx, func(_ context.Context, env *sharespotv1.Envelope) error {
 			if tap := g.tap.Load(); tap != nil {
 				(*tap)(env)
 			}
-			g.box.deliver(env)
 			return nil
 		})
+		if err != nil {
+			cancel()
+			return nil, err
+		}
+		g.In = in
 	}
 	return f, nil
 }

@@ -13,6 +13,7 @@ import (
 	"connectrpc.com/connect"
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
+	"github.com/sharespot/sharespot/internal/guest"
 )
 
 // Steps of a flow, in order, as the report names them. Each is timed from
@@ -121,6 +122,7 @@ func (e errResolved) Error() string { return e.why }
 // also when the flow fails.
 func (f *Fleet) RunFlow(ctx context.Context, g *Guest, h *Host, cfg FlowConfig, rec *Recorder) FlowResult {
 	cfg.defaults()
+	g.G.Wait = cfg.StepTimeout // one flow at a time per guest
 	r := &flowRun{f: f, cfg: cfg, g: g, h: h, rec: rec, resilient: f.cfg.Resilient}
 	t0 := time.Now()
 	err := r.run(ctx)
@@ -139,7 +141,7 @@ func (f *Fleet) RunFlow(ctx context.Context, g *Guest, h *Host, cfg FlowConfig, 
 	ectx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.StepTimeout)
 	defer cancel()
 	for _, sid := range r.res.Sessions {
-		g.box.drop(sid)
+		g.In.Drop(sid)
 		g.G.Forget(sid)
 		if r.res.Outcome == Completed && sid == r.res.Sessions[len(r.res.Sessions)-1] {
 			continue // ended and settled by the flow
@@ -179,31 +181,26 @@ func (r *flowRun) run(ctx context.Context) error {
 	// C1.5–C1.6. A lost answer leaves a stray session behind the one the
 	// re-sent request opens; RunFlow ends it with the others.
 	t := time.Now()
-	var ses *sharespotv1.Session
+	var ses *guest.Session
 	err := retry(ctx, r.resilient, func() error {
-		s, err := g.G.RequestAccess(ctx, h.Hotspot.Id, r.cfg.RequestBytes)
+		s, err := g.G.BeginHotspot(ctx, h.Hotspot.Id, r.cfg.RequestBytes)
 		if err == nil {
 			ses = s
-			r.res.Sessions = append(r.res.Sessions, s.Id)
+			r.res.Sessions = append(r.res.Sessions, s.ID)
 		}
 		return err
 	})
 	if err != nil {
 		return r.fail("request", err)
 	}
-	sid := ses.Id
-	fee, err := r.awaitFee(ctx, sid, sharespotv1.QuoteKind_QUOTE_KIND_INITIAL)
-	if err != nil {
-		return r.fail("request→fee", err)
-	}
-	r.rec.add("request→fee", time.Since(t))
-	grant, err := r.buy(ctx, sid, fee, "pay", "confirm→grant")
+	sid := ses.ID
+	grant, err := r.buy(ctx, ses, t, sharespotv1.QuoteKind_QUOTE_KIND_INITIAL, "request→fee", "pay", "confirm→grant")
 	if err != nil {
 		return err
 	}
 	// C1.8: the guest opens the sealed code; the host's gate accepts it
 	// for exactly the granted volume.
-	code, err := g.G.OpenCode(sid, h.C.DeviceID(), grant.SealedCode)
+	code, err := ses.Code(grant)
 	if err != nil {
 		return r.fail("open code", err)
 	}
@@ -220,29 +217,17 @@ func (r *flowRun) run(ctx context.Context) error {
 	}); err != nil {
 		return r.fail("prompt", err)
 	}
-	if _, err := r.await(ctx, sid, func(env *sharespotv1.Envelope) bool { return env.GetLowQuotaPrompt() != nil }); err != nil {
+	if err := r.awaitPrompt(ctx, ses); err != nil {
 		return r.fail("prompt", err)
 	}
 	r.rec.add("prompt", time.Since(t))
 
-	// C1.11–C1.15: the guest goes on. A re-sent top-up request whose
-	// first copy committed is refused as already under way.
+	// C1.11–C1.15: the guest goes on.
 	t = time.Now()
-	if err := retry(ctx, r.resilient, func() error {
-		_, err := g.C.Sessions.RequestTopUp(ctx, connect.NewRequest(&sharespotv1.RequestTopUpRequest{SessionId: sid, Bytes: r.cfg.TopUpBytes}))
-		if r.resilient && connect.CodeOf(err) == connect.CodeFailedPrecondition {
-			return nil // under way: the fee information comes anyway
-		}
-		return err
-	}); err != nil {
+	if err := ses.RequestTopUp(ctx, r.cfg.TopUpBytes); err != nil {
 		return r.fail("topup", err)
 	}
-	fee, err = r.awaitFee(ctx, sid, sharespotv1.QuoteKind_QUOTE_KIND_TOPUP)
-	if err != nil {
-		return r.fail("topup→fee", err)
-	}
-	r.rec.add("topup→fee", time.Since(t))
-	grant, err = r.buy(ctx, sid, fee, "topup pay", "topup confirm→grant")
+	grant, err = r.buy(ctx, ses, t, sharespotv1.QuoteKind_QUOTE_KIND_TOPUP, "topup→fee", "topup pay", "topup confirm→grant")
 	if err != nil {
 		return err
 	}
@@ -259,19 +244,20 @@ func (r *flowRun) run(ctx context.Context) error {
 	// settlement and the audits check the evidence rule on every flow.
 	final := total - r.cfg.TopUpBytes/2
 	t = time.Now()
-	if err := retry(ctx, r.resilient, func() error {
-		_, err := g.C.Acknowledge(ctx, sid, final-min(final, 256<<10))
-		return err
-	}); err != nil {
+	if _, err := ses.Acknowledge(ctx, final-min(final, 256<<10)); err != nil {
 		return r.fail("ack", err)
 	}
 	r.rec.add("ack", time.Since(t))
+	return r.hostEnds(ctx, sid, final)
+}
 
-	// The host ends with its final usage; the server settles.
-	t = time.Now()
+// hostEnds is the host's End with its final usage; the server settles,
+// and the settlement is checked.
+func (r *flowRun) hostEnds(ctx context.Context, sid string, final int64) error {
+	t := time.Now()
 	var end *sharespotv1.Session
 	if err := retry(ctx, r.resilient, func() error {
-		res, err := h.C.Sessions.End(ctx, connect.NewRequest(&sharespotv1.EndRequest{SessionId: sid, UsedBytes: final, Reason: "bench"}))
+		res, err := r.h.C.Sessions.End(ctx, connect.NewRequest(&sharespotv1.EndRequest{SessionId: sid, UsedBytes: final, Reason: "bench"}))
 		if err == nil {
 			end = res.Msg.Session
 		}
@@ -295,128 +281,53 @@ func (r *flowRun) run(ctx context.Context) error {
 	return nil
 }
 
-// buy pays the quote in fee, confirms and waits for the grant.
-func (r *flowRun) buy(ctx context.Context, sid string, fee *sharespotv1.Quote, payStep, grantStep string) (*sharespotv1.AccessGranted, error) {
-	t := time.Now()
-	rc, err := r.pay(ctx, sid, fee)
+// buy runs the guest's purchase of kind (guest.Session.Buy), timing its
+// steps from t: until the fee, the payment, and the confirmation until the
+// grant.
+func (r *flowRun) buy(ctx context.Context, ses *guest.Session, t time.Time, kind sharespotv1.QuoteKind, feeStep, payStep, grantStep string) (*sharespotv1.AccessGranted, error) {
+	step := feeStep
+	ses.Observe = func(e guest.Event) {
+		switch e.Step {
+		case guest.StepFee:
+			r.rec.add(feeStep, time.Since(t))
+			t, step = time.Now(), payStep
+		case guest.StepPaid:
+			r.rec.add(payStep, time.Since(t))
+			t, step = time.Now(), grantStep
+		case guest.StepGranted:
+			r.rec.add(grantStep, time.Since(t))
+		}
+	}
+	defer func() { ses.Observe = nil }()
+	gr, err := ses.Buy(ctx, kind, guest.BuyOptions{})
+	var res *guest.Resolved
+	if errors.As(err, &res) {
+		return nil, errResolved{res.Why}
+	}
 	if err != nil {
-		return nil, r.fail(payStep, err)
+		return nil, r.fail(step, err)
 	}
-	r.rec.add(payStep, time.Since(t))
-	t = time.Now()
-	if err := r.confirm(ctx, sid, fee, rc); err != nil {
-		return nil, r.fail(grantStep, err)
-	}
-	env, err := r.await(ctx, sid, func(env *sharespotv1.Envelope) bool {
-		gr := env.GetAccessGranted()
-		return gr != nil && gr.QuoteId == fee.Id || declinedKind(env, fee.Kind)
-	})
-	if err != nil {
-		return nil, r.fail(grantStep, err)
-	}
-	gr := env.GetAccessGranted()
-	if gr == nil {
-		return nil, errResolved{"no grant: " + Describe(env)}
-	}
-	r.rec.add(grantStep, time.Since(t))
 	return gr, nil
 }
 
-// pay is C3.2 / C1.13. When the answer is lost and the re-sent call is
-// refused (already paid), the receipt comes from Sessions.Get: never pay
-// twice.
-func (r *flowRun) pay(ctx context.Context, sid string, q *sharespotv1.Quote) (*sharespotv1.Receipt, error) {
-	var rc *sharespotv1.Receipt
-	err := retry(ctx, r.resilient, func() error {
-		res, err := r.g.C.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: q.Id}))
-		if err == nil {
-			rc = res.Msg.Receipt
-			return nil
-		}
-		if !r.resilient || lost(err) {
-			return err
-		}
-		if x, gerr := r.quote(ctx, sid, q.Id); gerr == nil && x != nil && x.Receipt != nil {
-			rc = x.Receipt
-			return nil
-		}
-		return err
-	})
-	return rc, err
-}
-
-// confirm is C3.3 / C1.14. A re-sent confirmation whose first copy
-// committed is refused; the quote's state tells.
-func (r *flowRun) confirm(ctx context.Context, sid string, q *sharespotv1.Quote, rc *sharespotv1.Receipt) error {
-	return retry(ctx, r.resilient, func() error {
-		_, err := r.g.C.Sessions.Confirm(ctx, connect.NewRequest(&sharespotv1.ConfirmRequest{SessionId: sid, Receipt: rc}))
-		if err == nil || !r.resilient || lost(err) {
-			return err
-		}
-		if x, gerr := r.quote(ctx, sid, q.Id); gerr == nil && x != nil &&
-			(x.State == sharespotv1.QuoteState_QUOTE_STATE_CONFIRMED || x.State == sharespotv1.QuoteState_QUOTE_STATE_GRANTED) {
-			return nil
-		}
-		return err
-	})
-}
-
-func (r *flowRun) quote(ctx context.Context, sid, id string) (*sharespotv1.Quote, error) {
-	var q *sharespotv1.Quote
-	err := retry(ctx, r.resilient, func() error {
-		res, err := r.g.C.Sessions.Get(ctx, connect.NewRequest(&sharespotv1.GetRequest{SessionId: sid}))
-		if err != nil {
-			return err
-		}
-		for _, x := range res.Msg.Session.Quotes {
-			if x.Id == id {
-				q = x
-			}
-		}
-		return nil
-	})
-	return q, err
-}
-
-// awaitFee waits for the fee information of kind (or its decline).
-func (r *flowRun) awaitFee(ctx context.Context, sid string, kind sharespotv1.QuoteKind) (*sharespotv1.Quote, error) {
-	env, err := r.await(ctx, sid, func(env *sharespotv1.Envelope) bool {
-		fi := env.GetFeeInfo()
-		return fi != nil && fi.Quote.GetKind() == kind || declinedKind(env, kind)
-	})
-	if err != nil {
-		return nil, err
-	}
-	if fi := env.GetFeeInfo(); fi != nil {
-		return fi.Quote, nil
-	}
-	return nil, errResolved{"no fee information: " + Describe(env)}
-}
-
-func declinedKind(env *sharespotv1.Envelope, kind sharespotv1.QuoteKind) bool {
-	d := env.GetDeclined()
-	return d != nil && d.Kind == kind
-}
-
-// await waits for the guest's next message of session sid that match
-// accepts, or the session's end (errResolved).
-func (r *flowRun) await(ctx context.Context, sid string, match func(*sharespotv1.Envelope) bool) (*sharespotv1.Envelope, error) {
+// awaitPrompt waits for the guest's low-quota prompt, or the session's end
+// (errResolved).
+func (r *flowRun) awaitPrompt(ctx context.Context, ses *guest.Session) error {
 	timer := time.NewTimer(r.cfg.StepTimeout)
 	defer timer.Stop()
-	ch := r.g.box.ch(sid)
 	for {
 		select {
-		case env := <-ch:
-			if match(env) {
-				return env, nil
+		case env := <-ses.Messages():
+			if env.GetLowQuotaPrompt() != nil {
+				return nil
 			}
 			if env.GetSessionEnded() != nil {
-				return nil, errResolved{Describe(env)}
+				return errResolved{Describe(env)}
 			}
 		case <-timer.C:
-			return nil, fmt.Errorf("no answer in the inbox within %v", r.cfg.StepTimeout)
+			return fmt.Errorf("no answer in the inbox within %v", r.cfg.StepTimeout)
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return ctx.Err()
 		}
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"connectrpc.com/connect"
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
+	"github.com/sharespot/sharespot/internal/guest"
 )
 
 // RelayConfig is a relay latency run: host-originated messages (the
@@ -72,20 +73,15 @@ func (f *Fleet) RunRelay(ctx context.Context, cfg RelayConfig) (*RelayReport, er
 	fc.defaults()
 	err := parallel(ctx, cfg.Sessions, 16, func(i int) error {
 		g, h := f.Guests[i], f.Hosts[i%len(f.Hosts)]
-		r := &flowRun{f: f, cfg: fc, g: g, h: h}
-		res, err := g.G.RequestAccess(ctx, h.Hotspot.Id, fc.RequestBytes)
+		ses, err := g.G.BeginHotspot(ctx, h.Hotspot.Id, fc.RequestBytes)
 		if err != nil {
 			return fmt.Errorf("relay: open session %d: %w", i, err)
 		}
-		fee, err := r.awaitFee(ctx, res.Id, sharespotv1.QuoteKind_QUOTE_KIND_INITIAL)
-		if err != nil {
+		if _, err := ses.Buy(ctx, sharespotv1.QuoteKind_QUOTE_KIND_INITIAL, guest.BuyOptions{}); err != nil {
 			return fmt.Errorf("relay: open session %d: %w", i, err)
 		}
-		if _, err := r.buy(ctx, res.Id, fee, "pay", "confirm→grant"); err != nil {
-			return fmt.Errorf("relay: open session %d: %w", i, err)
-		}
-		g.box.drop(res.Id)
-		sessions[i] = &sess{id: res.Id, g: g, h: h}
+		g.In.Drop(ses.ID)
+		sessions[i] = &sess{id: ses.ID, g: g, h: h}
 		return nil
 	})
 	if err != nil {

@@ -32,7 +32,7 @@ import (
 	"github.com/sharespot/sharespot/internal/gateway"
 	"github.com/sharespot/sharespot/internal/gateway/nft"
 	"github.com/sharespot/sharespot/internal/harness"
-	"github.com/sharespot/sharespot/internal/hosting"
+	"github.com/sharespot/sharespot/internal/host"
 	"github.com/sharespot/sharespot/internal/netns"
 	"github.com/sharespot/sharespot/internal/payment"
 	"github.com/sharespot/sharespot/internal/portal"
@@ -134,8 +134,8 @@ func newRig(t *testing.T) *rig {
 	}
 	gwDone, hostDone := make(chan error, 1), make(chan error, 1)
 	go func() { gwDone <- gw.Run(ctx) }()
-	host := &hosting.Host{C: hostC, GW: gw, Kind: nft.Kind, Threshold: inst.WarnAtBytes, ReportEvery: 200 * time.Millisecond}
-	go func() { hostDone <- host.Run(ctx) }()
+	hostC := &host.Host{C: hostC, GW: gw, Kind: nft.Kind, Threshold: inst.WarnAtBytes, ReportEvery: 200 * time.Millisecond}
+	go func() { hostDone <- hostC.Run(ctx) }()
 	r.watch = newLeakWatch(t, tp.Internet, serverAddr.Port())
 
 	// The browser, in the guest's namespace: a wrapper runs it through
@@ -236,11 +236,11 @@ func (r *rig) screenshot(name string) {
 // downloads from the origin, is prompted, tops up, ends and is settled.
 func TestBrowserGuest(t *testing.T) {
 	r := newRig(t)
-	guest := r.tp.Guests[0]
+	guestC := r.tp.Guests[0]
 
 	// The walled garden from outside the browser first: before admission
 	// nothing reaches the internet but the server.
-	walledGarden(t, r, guest)
+	walledGarden(t, r, guestC)
 
 	// Any http:// address → intercepted → the portal page on the server.
 	r.run("open any http:// address", chromedp.Navigate(r.originURL+"/n/100"),

@@ -19,7 +19,7 @@ import (
 	"github.com/sharespot/sharespot/internal/card/cardtest"
 	gwproxy "github.com/sharespot/sharespot/internal/gateway/proxy"
 	"github.com/sharespot/sharespot/internal/harness"
-	"github.com/sharespot/sharespot/internal/hosting"
+	"github.com/sharespot/sharespot/internal/host"
 	"github.com/sharespot/sharespot/internal/payment"
 	"github.com/sharespot/sharespot/internal/portal"
 	"github.com/sharespot/sharespot/internal/server"
@@ -65,8 +65,8 @@ func newCardRig(t *testing.T) (*rig, *cardtest.Mock) {
 	}
 	gwDone, hostDone := make(chan error, 1), make(chan error, 1)
 	go func() { gwDone <- gw.Run(ctx) }()
-	host := &hosting.Host{C: r.hostC, GW: gw, Threshold: inst.WarnAtBytes, ReportEvery: 200 * time.Millisecond}
-	go func() { hostDone <- host.Run(ctx) }()
+	hostC := &host.Host{C: r.hostC, GW: gw, Threshold: inst.WarnAtBytes, ReportEvery: 200 * time.Millisecond}
+	go func() { hostDone <- hostC.Run(ctx) }()
 
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],
 		chromedp.ExecPath(chromium), chromedp.Flag("headless", "new"), chromedp.NoSandbox, chromedp.DisableGPU,

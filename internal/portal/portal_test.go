@@ -16,7 +16,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/sharespot/sharespot/internal/client"
+	"github.com/sharespot/sharespot/internal/guest"
 	"github.com/sharespot/sharespot/internal/harness"
 	"github.com/sharespot/sharespot/internal/portal"
 )
@@ -150,8 +150,8 @@ func TestConnectJSONOverHTTP1(t *testing.T) {
 		t.Fatalf("stream: %s %s", res.Proto, res.Status)
 	}
 	// A guest (the Go client) asks this host for access.
-	guest := env.Device(t, "guest")
-	g := &client.Guest{C: guest}
+	guestC := env.Device(t, "guest")
+	g := &guest.Guest{C: guestC}
 	if _, err := g.RequestAccess(ctx, reg.Hotspot.Id, 2_000_000); err != nil {
 		t.Fatal(err)
 	}

@@ -16,6 +16,7 @@ import (
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/bus/natstest"
 	"github.com/sharespot/sharespot/internal/client"
+	"github.com/sharespot/sharespot/internal/guest"
 	"github.com/sharespot/sharespot/internal/harness"
 	"github.com/sharespot/sharespot/internal/payment"
 	"github.com/sharespot/sharespot/internal/seal"
@@ -119,7 +120,7 @@ func BenchmarkFlowReplicas(b *testing.B) {
 				}
 				spots[i] = res.Msg.Hotspot
 			}
-			guests := make([]*client.Guest, workers)
+			guests := make([]*guest.Guest, workers)
 			for w := range guests {
 				c := device("guest", w+1) // the next replica after its host's
 				if err := st.Write(ctx, func(tx *store.Tx) error {
@@ -128,7 +129,7 @@ func BenchmarkFlowReplicas(b *testing.B) {
 				}); err != nil {
 					b.Fatal(err)
 				}
-				guests[w] = &client.Guest{C: c, Suites: []seal.Suite{seal.Preset}}
+				guests[w] = &guest.Guest{C: c, Suites: []seal.Suite{seal.Preset}}
 			}
 			lat := make([][]time.Duration, workers)
 			var next, failed atomic.Int64

@@ -16,10 +16,12 @@ import (
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/client"
+	"github.com/sharespot/sharespot/internal/gateway"
+	"github.com/sharespot/sharespot/internal/guest"
 	"github.com/sharespot/sharespot/internal/harness"
+	"github.com/sharespot/sharespot/internal/host"
 	"github.com/sharespot/sharespot/internal/ledger"
 	"github.com/sharespot/sharespot/internal/payment"
-	"github.com/sharespot/sharespot/internal/relay"
 	"github.com/sharespot/sharespot/internal/store"
 )
 
@@ -37,7 +39,7 @@ const (
 )
 
 // handledMsg is one inbox message a device handled.
-type handledMsg = relay.Handled
+type handledMsg = client.Handled
 
 // inbox receives one device's inbox through client.Receive (one call for
 // the whole run: it reconnects, and fails over, by itself) and records
@@ -62,7 +64,7 @@ func listen(ctx context.Context, c *client.Client, h client.Handler) *inbox {
 					return err
 				}
 			}
-			m := relay.HandledOf(env)
+			m := client.HandledOf(env)
 			in.mu.Lock()
 			in.msgs = append(in.msgs, m)
 			in.mu.Unlock()
@@ -123,9 +125,9 @@ func (in *inbox) await(ctx context.Context, sid, what string, match func(*shares
 type flow struct {
 	st          *store.Store
 	host, guest *client.Client
-	agent       *client.Host
-	gate        *client.CodeGate
-	g           *client.Guest
+	agent       *host.Agent
+	gate        *gateway.CodeGate
+	g           *guest.Guest
 
 	// midFlow, if set, runs once in the host agent just before it
 	// handles the initial payment confirmation: the guest has paid and
@@ -162,11 +164,11 @@ func newDevice(name string, urls []string) *client.Client {
 func newFlow(st *store.Store, hostURLs, guestURLs []string) *flow {
 	var b [5]byte
 	rand.Read(b[:])
-	f := &flow{st: st, gate: &client.CodeGate{Kind: "proxy", Address: "192.0.2.1:1080"},
+	f := &flow{st: st, gate: &gateway.CodeGate{Address: "192.0.2.1:1080"},
 		bssid: fmt.Sprintf("02:%02X:%02X:%02X:%02X:%02X", b[0], b[1], b[2], b[3], b[4])}
 	f.host, f.guest = newDevice("host", hostURLs), newDevice("guest", guestURLs)
-	f.agent = &client.Host{C: f.host, Gate: f.gate}
-	f.g = &client.Guest{C: f.guest}
+	f.agent = &host.Agent{C: f.host, GW: f.gate}
+	f.g = &guest.Guest{C: f.guest}
 	return f
 }
 
@@ -427,8 +429,8 @@ func (f *flow) check(t *testing.T, ctx context.Context) {
 		if bal[2], err = ledger.FeeTotal(tx, currency); err != nil {
 			return err
 		}
-		if guest, host, fee := bal[0], bal[1], bal[2]; guest != funded-1240 || host != 1178 || fee != 62 {
-			t.Errorf("settled guest %d, host %d, fee %d; want %d, 1178, 62 (tranches: 100 MB at 10, 20 MB at 12)", guest, host, fee, funded-1240)
+		if guestC, hostC, fee := bal[0], bal[1], bal[2]; guestC != funded-1240 || hostC != 1178 || fee != 62 {
+			t.Errorf("settled guest %d, host %d, fee %d; want %d, 1178, 62 (tranches: 100 MB at 10, 20 MB at 12)", guestC, hostC, fee, funded-1240)
 		}
 		var receipts, payments int
 		if err := tx.QueryRow(`SELECT COUNT(*) FROM receipts WHERE quote_id IN (SELECT id FROM quotes WHERE session_id = ?)`, f.sid).Scan(&receipts); err != nil {
@@ -444,7 +446,7 @@ func (f *flow) check(t *testing.T, ctx context.Context) {
 			name, id string
 			msgs     []handledMsg
 		}{{"host", f.host.DeviceID(), f.hostIn.handled()}, {"guest", f.guest.DeviceID(), f.guestIn.handled()}} {
-			for _, err := range relay.CheckDelivery(tx, d.id, d.msgs) {
+			for _, err := range harness.CheckDelivery(tx, d.id, d.msgs) {
 				t.Errorf("%s inbox: %v", d.name, err)
 			}
 		}

@@ -16,6 +16,7 @@ import (
 	"github.com/sharespot/sharespot/gen/sharespot/v1/sharespotv1connect"
 	"github.com/sharespot/sharespot/internal/api"
 	"github.com/sharespot/sharespot/internal/client"
+	"github.com/sharespot/sharespot/internal/guest"
 	"github.com/sharespot/sharespot/internal/harness"
 	"github.com/sharespot/sharespot/internal/seal"
 	"github.com/sharespot/sharespot/internal/server"
@@ -93,9 +94,9 @@ func TestMetricsFollowFlow(t *testing.T) {
 		t.Errorf("refusals before any call = %v, want 0", got)
 	}
 
-	host, guest := env.Device(t, "host"), env.Device(t, "guest")
-	env.Fund(t, guest, "EUR", 1000)
-	res, err := host.Hotspots.Register(ctx, connect.NewRequest(&sharespotv1.RegisterRequest{Instruction: harness.BenchInstruction(1)}))
+	hostC, guestC := env.Device(t, "host"), env.Device(t, "guest")
+	env.Fund(t, guestC, "EUR", 1000)
+	res, err := hostC.Hotspots.Register(ctx, connect.NewRequest(&sharespotv1.RegisterRequest{Instruction: harness.BenchInstruction(1)}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,12 +113,12 @@ func TestMetricsFollowFlow(t *testing.T) {
 		t.Errorf("commits after register = %v, want some", commits1)
 	}
 
-	in := harness.Listen(t, host, nil)
+	in := harness.Listen(t, hostC, nil)
 	until(t, "the host's stream counted open", func() bool { return scrapeOf(t, env.URL).value("sharespot_inbox_streams_open") == 1 })
 
-	g := &client.Guest{C: guest, Suites: []seal.Suite{seal.Preset}}
+	g := &guest.Guest{C: guestC, Suites: []seal.Suite{seal.Preset}}
 	ap := hs.Instruction.AccessPoint
-	if _, err := guest.Discovery.Discover(ctx, connect.NewRequest(&sharespotv1.DiscoverRequest{Candidates: []*sharespotv1.Candidate{{Bssid: ap.Bssid, Ssid: ap.Ssid, SignalDbm: -50}}})); err != nil {
+	if _, err := guestC.Discovery.Discover(ctx, connect.NewRequest(&sharespotv1.DiscoverRequest{Candidates: []*sharespotv1.Candidate{{Bssid: ap.Bssid, Ssid: ap.Ssid, SignalDbm: -50}}})); err != nil {
 		t.Fatal(err)
 	}
 	s2 := scrapeOf(t, env.URL)
@@ -144,7 +145,7 @@ func TestMetricsFollowFlow(t *testing.T) {
 		t.Errorf("delivery lag observations = %v, want ≥ 1", got)
 	}
 
-	q, err := host.Sessions.Quote(ctx, connect.NewRequest(&sharespotv1.QuoteRequest{SessionId: ses.Id, Bytes: 10 * harness.BenchMB, AmountMinor: 100, Currency: "EUR"}))
+	q, err := hostC.Sessions.Quote(ctx, connect.NewRequest(&sharespotv1.QuoteRequest{SessionId: ses.Id, Bytes: 10 * harness.BenchMB, AmountMinor: 100, Currency: "EUR"}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -156,12 +157,12 @@ func TestMetricsFollowFlow(t *testing.T) {
 	if got := s4.value("sharespot_inbox_depth"); got < 1 {
 		t.Errorf("inbox depth with the guest's quote unread = %v, want ≥ 1", got)
 	}
-	pay, err := guest.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: q.Msg.Quote.Id}))
+	pay, err := guestC.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: q.Msg.Quote.Id}))
 	if err != nil {
 		t.Fatal(err)
 	}
 	// Paying the same quote again is refused: the outcome is counted.
-	_, err = guest.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: q.Msg.Quote.Id + "x"}))
+	_, err = guestC.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: q.Msg.Quote.Id + "x"}))
 	var ce *connect.Error
 	if !errors.As(err, &ce) {
 		t.Fatalf("paying an unknown quote: %v, want a refusal", err)
@@ -176,10 +177,10 @@ func TestMetricsFollowFlow(t *testing.T) {
 	if got := s5.value("sharespot_rpc_duration_seconds", "procedure", "PaymentService/Pay"); got != 2 {
 		t.Errorf("Pay latency observations = %v, want 2", got)
 	}
-	if _, err := guest.Sessions.Confirm(ctx, connect.NewRequest(&sharespotv1.ConfirmRequest{SessionId: ses.Id, Receipt: pay.Msg.Receipt})); err != nil {
+	if _, err := guestC.Sessions.Confirm(ctx, connect.NewRequest(&sharespotv1.ConfirmRequest{SessionId: ses.Id, Receipt: pay.Msg.Receipt})); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := host.Sessions.End(ctx, connect.NewRequest(&sharespotv1.EndRequest{SessionId: ses.Id, UsedBytes: 0, Reason: "test"})); err != nil {
+	if _, err := hostC.Sessions.End(ctx, connect.NewRequest(&sharespotv1.EndRequest{SessionId: ses.Id, UsedBytes: 0, Reason: "test"})); err != nil {
 		t.Fatal(err)
 	}
 	s6 := scrapeOf(t, env.URL)

@@ -1,4 +1,4 @@
-package client
+package guest
 
 import (
 	"context"
@@ -9,6 +9,7 @@ import (
 	"connectrpc.com/connect"
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
+	"github.com/sharespot/sharespot/internal/client"
 )
 
 // PayQuote pays a quote (C3.2 / C1.13) with method and returns the signed
@@ -18,7 +19,7 @@ import (
 // must open (once per URL). It gives up when the quote expires or ctx
 // ends. paymentMethod is a Stripe PaymentMethod ID, or empty for the test
 // card on a test-mode server.
-func PayQuote(ctx context.Context, c *Client, q *sharespotv1.Quote, method sharespotv1.PayMethod, paymentMethod string, poll time.Duration, onAction func(url string)) (*sharespotv1.Receipt, error) {
+func PayQuote(ctx context.Context, c *client.Client, q *sharespotv1.Quote, method sharespotv1.PayMethod, paymentMethod string, poll time.Duration, onAction func(url string)) (*sharespotv1.Receipt, error) {
 	if poll <= 0 {
 		poll = time.Second
 	}

@@ -1,4 +1,4 @@
-package client
+package guest
 
 import (
 	"encoding/json"
@@ -15,13 +15,13 @@ import (
 	"github.com/sharespot/sharespot/internal/seal"
 )
 
-// GuestSession is what a guest keeps on disk about one of its sessions, so
+// Saved is what a guest keeps on disk about one of its sessions, so
 // that a guest restarted between paying and the grant (or while online)
 // can still open its access code and go on: the session's HPKE private
 // keys and, once granted, the sealed access code and the gateway. It holds
 // no plaintext code; the keys open the sealed one, so the file is as
 // secret as a key (mode 0600).
-type GuestSession struct {
+type Saved struct {
 	SessionID    string `json:"session_id"`
 	HotspotID    string `json:"hotspot_id"`
 	HostDeviceID string `json:"host_device_id"`
@@ -48,14 +48,14 @@ type SavedGrant struct {
 }
 
 // SaveGrant records an initial access response.
-func (s *GuestSession) SaveGrant(g *sharespotv1.AccessGranted) {
+func (s *Saved) SaveGrant(g *sharespotv1.AccessGranted) {
 	sc := g.GetSealedCode()
 	s.Grant = &SavedGrant{Suite: sc.GetSuite(), Enc: sc.GetEnc(), Ciphertext: sc.GetCiphertext(),
 		GatewayKind: g.GetGateway().GetKind(), GatewayAddress: g.GetGateway().GetAddress(), GrantedBytes: g.GetGrantedBytes()}
 }
 
 // AccessGranted rebuilds the saved access response.
-func (s *GuestSession) AccessGranted() *sharespotv1.AccessGranted {
+func (s *Saved) AccessGranted() *sharespotv1.AccessGranted {
 	if s.Grant == nil {
 		return nil
 	}
@@ -66,67 +66,67 @@ func (s *GuestSession) AccessGranted() *sharespotv1.AccessGranted {
 		GrantedBytes: g.GrantedBytes, TotalGrantedBytes: g.GrantedBytes}
 }
 
-// GuestStore keeps a guest device's sessions and inbox position in a
+// Store keeps a guest device's sessions and inbox position in a
 // directory: one file per session (session-<id>.json) and inbox.cursor,
 // each replaced whole with [atomicfile.Write], so a crash leaves the old or
 // the new version, never half of one.
-type GuestStore struct {
+type Store struct {
 	Dir string
 }
 
 const sessionFilePrefix = "session-"
 
-func (s GuestStore) sessionPath(id string) (string, error) {
+func (s *Store) sessionPath(id string) (string, error) {
 	if id == "" || strings.ContainsAny(id, `/\`) || id == "." || id == ".." {
-		return "", fmt.Errorf("client: session ID %q cannot name a file", id)
+		return "", fmt.Errorf("guest: session ID %q cannot name a file", id)
 	}
 	return filepath.Join(s.Dir, sessionFilePrefix+id+".json"), nil
 }
 
 // Save writes a session's state.
-func (s GuestStore) Save(gs *GuestSession) error {
+func (s *Store) Save(gs *Saved) error {
 	p, err := s.sessionPath(gs.SessionID)
 	if err != nil {
 		return err
 	}
 	b, err := json.MarshalIndent(gs, "", "  ")
 	if err != nil {
-		return fmt.Errorf("client: encode guest session %s: %w", gs.SessionID, err)
+		return fmt.Errorf("guest: encode guest session %s: %w", gs.SessionID, err)
 	}
 	if err := s.write(p, append(b, '\n')); err != nil {
-		return fmt.Errorf("client: save guest session %s: %w", gs.SessionID, err)
+		return fmt.Errorf("guest: save guest session %s: %w", gs.SessionID, err)
 	}
 	return nil
 }
 
 // Load reads a session's state; fs.ErrNotExist if there is none.
-func (s GuestStore) Load(id string) (*GuestSession, error) {
+func (s *Store) Load(id string) (*Saved, error) {
 	p, err := s.sessionPath(id)
 	if err != nil {
 		return nil, err
 	}
 	b, err := os.ReadFile(p)
 	if err != nil {
-		return nil, fmt.Errorf("client: load guest session %s: %w", id, err)
+		return nil, fmt.Errorf("guest: load guest session %s: %w", id, err)
 	}
-	var gs GuestSession
+	var gs Saved
 	if err := json.Unmarshal(b, &gs); err != nil {
-		return nil, fmt.Errorf("client: load guest session %s from %s: %w", id, p, err)
+		return nil, fmt.Errorf("guest: load guest session %s from %s: %w", id, p, err)
 	}
 	if gs.SessionID != id {
-		return nil, fmt.Errorf("client: %s holds session %q, not %s", p, gs.SessionID, id)
+		return nil, fmt.Errorf("guest: %s holds session %q, not %s", p, gs.SessionID, id)
 	}
 	return &gs, nil
 }
 
 // List returns the IDs of the sessions with saved state.
-func (s GuestStore) List() ([]string, error) {
+func (s *Store) List() ([]string, error) {
 	entries, err := os.ReadDir(s.Dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("client: list guest sessions: %w", err)
+		return nil, fmt.Errorf("guest: list guest sessions: %w", err)
 	}
 	var ids []string
 	for _, e := range entries {
@@ -138,77 +138,46 @@ func (s GuestStore) List() ([]string, error) {
 }
 
 // Remove forgets a finished session.
-func (s GuestStore) Remove(id string) error {
+func (s *Store) Remove(id string) error {
 	p, err := s.sessionPath(id)
 	if err != nil {
 		return err
 	}
 	if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("client: remove guest session %s: %w", id, err)
+		return fmt.Errorf("guest: remove guest session %s: %w", id, err)
 	}
 	return nil
 }
 
 // Cursor is the highest inbox sequence the guest has processed (0: none).
-func (s GuestStore) Cursor() (uint64, error) {
+func (s *Store) Cursor() (uint64, error) {
 	b, err := os.ReadFile(filepath.Join(s.Dir, "inbox.cursor"))
 	if errors.Is(err, fs.ErrNotExist) {
 		return 0, nil
 	}
 	if err != nil {
-		return 0, fmt.Errorf("client: read inbox cursor: %w", err)
+		return 0, fmt.Errorf("guest: read inbox cursor: %w", err)
 	}
 	n, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
 	if err != nil {
-		return 0, fmt.Errorf("client: inbox cursor in %s: %w", s.Dir, err)
+		return 0, fmt.Errorf("guest: inbox cursor in %s: %w", s.Dir, err)
 	}
 	return n, nil
 }
 
 // SaveCursor records the highest inbox sequence processed.
-func (s GuestStore) SaveCursor(seq uint64) error {
+func (s *Store) SaveCursor(seq uint64) error {
 	if err := s.write(filepath.Join(s.Dir, "inbox.cursor"), []byte(strconv.FormatUint(seq, 10)+"\n")); err != nil {
-		return fmt.Errorf("client: save inbox cursor: %w", err)
+		return fmt.Errorf("guest: save inbox cursor: %w", err)
 	}
 	return nil
 }
 
 // write replaces path with b, atomically and 0600, creating the
 // directory (0700) if needed.
-func (s GuestStore) write(path string, b []byte) error {
+func (s *Store) write(path string, b []byte) error {
 	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
 		return err
 	}
 	return atomicfile.Write(path, b, 0o600)
-}
-
-// SessionState returns what a guest must persist about a session it just
-// requested: its keys and where it goes.
-func (g *Guest) SessionState(ses *sharespotv1.Session, ssid string, want int64) *GuestSession {
-	keys := map[seal.Suite][]byte{}
-	g.mu.Lock()
-	for s, k := range g.keys[ses.Id] {
-		keys[s] = k.Bytes()
-	}
-	g.mu.Unlock()
-	return &GuestSession{SessionID: ses.Id, HotspotID: ses.HotspotId, HostDeviceID: ses.HostDeviceId, SSID: ssid, WantBytes: want, Keys: keys, Tariff: ses.Tariff}
-}
-
-// Restore gives a restarted guest back a session's keys.
-func (g *Guest) Restore(gs *GuestSession) error {
-	privs := map[seal.Suite]*seal.PrivateKey{}
-	for s, b := range gs.Keys {
-		k, err := seal.ParsePrivateKey(s, b)
-		if err != nil {
-			return fmt.Errorf("client: restore the %s key of session %s: %w", s, gs.SessionID, err)
-		}
-		privs[s] = k
-	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.keys == nil {
-		g.keys = map[string]map[seal.Suite]*seal.PrivateKey{}
-	}
-	g.keys[gs.SessionID] = privs
-	return nil
 }

@@ -1,4 +1,4 @@
-package hosting
+package host
 
 import (
 	"context"
@@ -11,6 +11,7 @@ import (
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/client"
 	"github.com/sharespot/sharespot/internal/gateway"
+	"github.com/sharespot/sharespot/internal/guest"
 	"github.com/sharespot/sharespot/internal/harness"
 )
 
@@ -98,7 +99,7 @@ func newHostRig(t *testing.T, priceMinor, buy int64) *promptRig {
 	}
 	t.Cleanup(stopHost)
 	guestIn := harness.Listen(t, guestC, nil)
-	g := &client.Guest{C: guestC}
+	g := &guest.Guest{C: guestC}
 	ses, err := g.RequestAccess(ctx, hs.Msg.Hotspot.Id, buy)
 	if err != nil {
 		t.Fatal(err)

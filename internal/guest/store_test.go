@@ -1,7 +1,9 @@
-package client
+package guest
 
 import (
 	"bytes"
+	"crypto/ed25519"
+	"crypto/rand"
 	"errors"
 	"io/fs"
 	"os"
@@ -10,14 +12,26 @@ import (
 	"testing"
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
+	"github.com/sharespot/sharespot/internal/client"
 	"github.com/sharespot/sharespot/internal/seal"
 )
 
-// guestWithKeys is a guest device that requested session sid: it holds a
-// fresh key for every suite, as RequestAccess makes them.
-func guestWithKeys(t *testing.T, deviceID, sid string) *Guest {
+// deviceKey is a guest device's key; the device ID derives from it.
+func deviceKey(t *testing.T) ed25519.PrivateKey {
 	t.Helper()
-	g := &Guest{C: &Client{deviceID: deviceID}, keys: map[string]map[seal.Suite]*seal.PrivateKey{sid: {}}}
+	_, key, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return key
+}
+
+// guestWithKeys is the guest device with key that requested session sid: it
+// holds a fresh key for every suite, as RequestAccess makes them. Nothing
+// listens at its server's address; the test needs none.
+func guestWithKeys(t *testing.T, key ed25519.PrivateKey, sid string) *Guest {
+	t.Helper()
+	g := &Guest{C: client.New("http://127.0.0.1:9", key, client.Options{}), keys: map[string]map[seal.Suite]*seal.PrivateKey{sid: {}}}
 	for _, s := range seal.Suites() {
 		k, err := seal.GenerateKey(s)
 		if err != nil {
@@ -32,11 +46,13 @@ func guestWithKeys(t *testing.T, deviceID, sid string) *Guest {
 // (a new process: a new Guest with no keys in memory) and then receives
 // the grant can still open its access code, with every suite.
 func TestGuestRestartOpensCode(t *testing.T) {
-	const sid, host, guest = "ses_restart", "DEVHOST", "DEVGUEST"
+	const sid, host = "ses_restart", "DEVHOST"
+	key := deviceKey(t)
+	guest := client.New("http://127.0.0.1:9", key, client.Options{}).DeviceID()
 	for _, suite := range seal.Suites() {
 		t.Run(string(suite), func(t *testing.T) {
-			store := GuestStore{Dir: filepath.Join(t.TempDir(), "state")}
-			before := guestWithKeys(t, guest, sid)
+			store := Store{Dir: filepath.Join(t.TempDir(), "state")}
+			before := guestWithKeys(t, key, sid)
 			ses := &sharespotv1.Session{Id: sid, HotspotId: "hs_1", HostDeviceId: host}
 			if err := store.Save(before.SessionState(ses, "Cafe", 5_000_000)); err != nil {
 				t.Fatal(err)
@@ -53,7 +69,7 @@ func TestGuestRestartOpensCode(t *testing.T) {
 			}
 			sc := &sharespotv1.SealedCode{Suite: string(suite), Enc: sealed.Enc, Ciphertext: sealed.Ciphertext}
 
-			after := &Guest{C: &Client{deviceID: guest}}
+			after := &Guest{C: client.New("http://127.0.0.1:9", key, client.Options{})}
 			if _, err := after.OpenCode(sid, host, sc); err == nil {
 				t.Fatal("a guest without the saved keys opened the code")
 			}
@@ -95,9 +111,9 @@ func TestGuestRestartOpensCode(t *testing.T) {
 	}
 }
 
-func TestGuestStoreFiles(t *testing.T) {
+func TestStoreFiles(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "state")
-	store := GuestStore{Dir: dir}
+	store := Store{Dir: dir}
 	t.Run("empty", func(t *testing.T) {
 		ids, err := store.List()
 		if err != nil || len(ids) != 0 {
@@ -111,7 +127,7 @@ func TestGuestStoreFiles(t *testing.T) {
 		}
 	})
 	t.Run("mode 0600 in a 0700 directory", func(t *testing.T) {
-		g := guestWithKeys(t, "DEV", "ses_a")
+		g := guestWithKeys(t, deviceKey(t), "ses_a")
 		if err := store.Save(g.SessionState(&sharespotv1.Session{Id: "ses_a"}, "", 1)); err != nil {
 			t.Fatal(err)
 		}
@@ -155,7 +171,7 @@ func TestGuestStoreFiles(t *testing.T) {
 	})
 	t.Run("bad IDs and files", func(t *testing.T) {
 		for _, id := range []string{"", "../x", "a/b", ".."} {
-			if err := store.Save(&GuestSession{SessionID: id}); err == nil {
+			if err := store.Save(&Saved{SessionID: id}); err == nil {
 				t.Errorf("Save(%q) accepted", id)
 			}
 		}
@@ -171,7 +187,7 @@ func TestGuestStoreFiles(t *testing.T) {
 		if _, err := store.Cursor(); err == nil {
 			t.Error("a corrupt cursor was accepted")
 		}
-		gs := &GuestSession{SessionID: "ses_d", Keys: map[seal.Suite][]byte{seal.Suites()[0]: []byte("short")}}
+		gs := &Saved{SessionID: "ses_d", Keys: map[seal.Suite][]byte{seal.Suites()[0]: []byte("short")}}
 		if err := (&Guest{}).Restore(gs); err == nil {
 			t.Error("a malformed key was restored")
 		}

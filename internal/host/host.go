@@ -1,9 +1,10 @@
-// Package hosting runs the host's side of Sharespot: the host agent that
-// answers the inbox (quote, verify, seal, grant), a metering gateway it
-// admits guests at, and the loop that turns the gateway's events into
-// low-quota prompts (C1.9) and usage reports. `sharespot share` and
-// `sharespot demo` both run it.
-package hosting
+// Package host is the host's side of Sharespot: the agent that answers the
+// inbox (quote, verify, seal, grant, close; agent.go), the metering
+// gateway it admits guests at, and the loop that runs both and turns the
+// gateway's events into low-quota prompts (C1.9) and usage reports
+// (host.go). `sharespot share` and `sharespot demo` run it; so do the
+// suites and the bench.
+package host
 
 import (
 	"context"
@@ -37,7 +38,7 @@ type Host struct {
 	// CursorFile, if set, persists the last inbox message processed, so a
 	// restarted host handles each message once.
 	CursorFile string
-	// CodeKey derives access codes (see client.Host.CodeKey).
+	// CodeKey derives access codes (see Agent.CodeKey).
 	CodeKey []byte
 	// ReportEvery is how often usage of active sessions is reported.
 	ReportEvery time.Duration
@@ -69,7 +70,7 @@ func (h *Host) Run(ctx context.Context) error {
 	if kind == "" {
 		kind = "proxy"
 	}
-	agent := &client.Host{C: h.C, Gate: gateway.NewGate(h.GW, kind, h.Threshold, h.Log), Decide: h.Decide, Log: h.Log, CodeKey: h.CodeKey}
+	agent := &Agent{C: h.C, GW: h.GW, Kind: kind, Threshold: h.Threshold, Decide: h.Decide, Log: h.Log, CodeKey: h.CodeKey}
 	// The server may be away as the host starts (or stop just then): keep
 	// trying, so the gateway's guests are not cut off by an outage.
 	for backoff := 200 * time.Millisecond; ; backoff = min(2*backoff, 5*time.Second) {
@@ -126,7 +127,7 @@ func (h *Host) Run(ctx context.Context) error {
 // times. A message that still fails is logged and skipped (acknowledged):
 // the server's deadlines then move its session on (a paid guest is
 // refunded), which beats stopping the whole host.
-func (h *Host) handle(ctx context.Context, agent *client.Host, env *sharespotv1.Envelope) error {
+func (h *Host) handle(ctx context.Context, agent *Agent, env *sharespotv1.Envelope) error {
 	backoff := 200 * time.Millisecond
 	for attempt := 1; ; attempt++ {
 		err := agent.Handle(ctx, env)
@@ -155,7 +156,7 @@ func (h *Host) handle(ctx context.Context, agent *client.Host, env *sharespotv1.
 func LoadOrCreateKey(path string) ([]byte, error) {
 	b, err := atomicfile.LoadOrCreateSecret(path, 32)
 	if err != nil {
-		return nil, fmt.Errorf("hosting: %w", err)
+		return nil, fmt.Errorf("host: %w", err)
 	}
 	return b, nil
 }
@@ -164,7 +165,7 @@ func LoadOrCreateKey(path string) ([]byte, error) {
 // restart: the gate gets what the server granted (a crash may have come
 // between a grant and the gate), and a session the guest ended while the
 // host was away gets its final count.
-func (h *Host) resume(ctx context.Context, agent *client.Host) error {
+func (h *Host) resume(ctx context.Context, agent *Agent) error {
 	res, err := h.C.Sessions.ListSessions(ctx, connect.NewRequest(&sharespotv1.ListSessionsRequest{OpenOnly: true}))
 	if err != nil {
 		return err

@@ -1,4 +1,4 @@
-package client
+package host
 
 import (
 	"bytes"
@@ -8,12 +8,12 @@ import (
 )
 
 func TestAccessCodeIsStablePerSession(t *testing.T) {
-	h := &Host{CodeKey: bytes.Repeat([]byte{7}, 32)}
+	h := &Agent{CodeKey: bytes.Repeat([]byte{7}, 32)}
 	a1, a2, b := h.accessCode("ses_a"), h.accessCode("ses_a"), h.accessCode("ses_b")
 	if len(a1) != seal.AccessCodeSize || !bytes.Equal(a1, a2) || bytes.Equal(a1, b) {
 		t.Fatalf("codes: %x %x %x", a1, a2, b)
 	}
-	other := &Host{CodeKey: bytes.Repeat([]byte{8}, 32)}
+	other := &Agent{CodeKey: bytes.Repeat([]byte{8}, 32)}
 	if bytes.Equal(other.accessCode("ses_a"), a1) {
 		t.Fatal("another host key gives the same code")
 	}
