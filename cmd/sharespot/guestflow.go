@@ -42,8 +42,8 @@ func (c *ConnectCmd) begin(ctx context.Context, out io.Writer, g *guest.Guest) (
 	if err != nil {
 		return nil, err
 	}
-	for _, s := range res.Ended {
-		fmt.Fprintf(out, "ended session %s: %s\n", s.Id, client.SafeText(s.EndReason))
+	for _, e := range res.Ended {
+		fmt.Fprintf(out, "ended session %s: %s\n", e.Session.Id, e.Reason)
 	}
 	for _, s := range res.Away {
 		fmt.Fprintf(out, "session %s ended while you were away (%s): %s\n", s.Id, client.SafeText(s.EndReason), settlement(s))

@@ -151,9 +151,9 @@ func claimRealBytes(t *testing.T, mkPath func(*testing.T) *dataPath) {
 	p := mkPath(t)
 	gwDone := make(chan error, 1)
 	go func() { gwDone <- p.gw.Run(ctx) }()
-	hostC := &host.Host{C: hostC, GW: p.gw, Kind: p.kind, Threshold: warn, ReportEvery: time.Hour}
+	hostRun := &host.Host{C: hostC, GW: p.gw, Kind: p.kind, Threshold: warn, ReportEvery: time.Hour}
 	hostDone := make(chan error, 1)
-	go func() { hostDone <- hostC.Run(ctx) }()
+	go func() { hostDone <- hostRun.Run(ctx) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-hostDone; err != nil {

@@ -18,10 +18,16 @@ type Resumed struct {
 	// Ended are sessions Resume ended: live on the server but without
 	// saved keys (the guest stopped between asking and saving, before any
 	// payment), or a second live one.
-	Ended []*sharespotv1.Session
+	Ended []EndedNow
 	// Away are saved sessions that ended while the guest was away, as the
 	// server settled them (nil where the server no longer knows one).
 	Away []*sharespotv1.Session
+}
+
+// EndedNow is a session Resume ended, and why.
+type EndedNow struct {
+	Session *sharespotv1.Session
+	Reason  string
 }
 
 // Resume picks up this device's live session from its Store after a
@@ -58,7 +64,7 @@ func (g *Guest) Resume(ctx context.Context) (*Resumed, error) {
 			if err != nil {
 				return nil, fmt.Errorf("end session %s: %w", s.Id, err)
 			}
-			out.Ended = append(out.Ended, ended.Msg.Session)
+			out.Ended = append(out.Ended, EndedNow{ended.Msg.Session, reason})
 			continue
 		}
 		if out.Session, err = g.resume(s); err != nil {

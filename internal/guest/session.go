@@ -363,7 +363,18 @@ func (s *Session) Close() error {
 
 // Messages are the session's inbox messages the flow's steps do not take
 // (prompts, top-up grants, the end): the caller's to read between steps.
-func (s *Session) Messages() <-chan *sharespotv1.Envelope { return s.msgs }
+// Nil while the guest does not Listen.
+func (s *Session) Messages() <-chan *sharespotv1.Envelope {
+	if s.msgs == nil {
+		s.g.mu.Lock()
+		in := s.g.in
+		s.g.mu.Unlock()
+		if in != nil {
+			s.msgs = in.Session(s.ID)
+		}
+	}
+	return s.msgs
+}
 
 // Get reads the session from the server.
 func (s *Session) Get(ctx context.Context) (*sharespotv1.Session, error) {
@@ -397,7 +408,7 @@ func (s *Session) quote(ctx context.Context, id string) (*sharespotv1.Quote, err
 // await waits for the session's next message that match accepts; the
 // session's end, or a decline of kind, is a Resolved error.
 func (s *Session) await(ctx context.Context, what string, match func(*sharespotv1.Envelope) bool, kind sharespotv1.QuoteKind) (*sharespotv1.Envelope, error) {
-	if s.msgs == nil {
+	if s.Messages() == nil {
 		return nil, fmt.Errorf("guest: waiting for %s: the guest does not listen to its inbox", what)
 	}
 	t := time.NewTimer(s.g.wait())

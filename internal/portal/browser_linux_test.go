@@ -134,8 +134,8 @@ func newRig(t *testing.T) *rig {
 	}
 	gwDone, hostDone := make(chan error, 1), make(chan error, 1)
 	go func() { gwDone <- gw.Run(ctx) }()
-	hostC := &host.Host{C: hostC, GW: gw, Kind: nft.Kind, Threshold: inst.WarnAtBytes, ReportEvery: 200 * time.Millisecond}
-	go func() { hostDone <- hostC.Run(ctx) }()
+	hostRun := &host.Host{C: hostC, GW: gw, Kind: nft.Kind, Threshold: inst.WarnAtBytes, ReportEvery: 200 * time.Millisecond}
+	go func() { hostDone <- hostRun.Run(ctx) }()
 	r.watch = newLeakWatch(t, tp.Internet, serverAddr.Port())
 
 	// The browser, in the guest's namespace: a wrapper runs it through

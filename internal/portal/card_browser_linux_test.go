@@ -65,8 +65,8 @@ func newCardRig(t *testing.T) (*rig, *cardtest.Mock) {
 	}
 	gwDone, hostDone := make(chan error, 1), make(chan error, 1)
 	go func() { gwDone <- gw.Run(ctx) }()
-	hostC := &host.Host{C: r.hostC, GW: gw, Threshold: inst.WarnAtBytes, ReportEvery: 200 * time.Millisecond}
-	go func() { hostDone <- hostC.Run(ctx) }()
+	hostRun := &host.Host{C: r.hostC, GW: gw, Threshold: inst.WarnAtBytes, ReportEvery: 200 * time.Millisecond}
+	go func() { hostDone <- hostRun.Run(ctx) }()
 
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],
 		chromedp.ExecPath(chromium), chromedp.Flag("headless", "new"), chromedp.NoSandbox, chromedp.DisableGPU,

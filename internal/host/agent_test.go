@@ -1,4 +1,4 @@
-package client_test
+package host_test
 
 import (
 	"context"
@@ -26,14 +26,14 @@ type countingGate struct {
 	admits, extends atomic.Int32
 }
 
-func (g *countingGate) Admit(sid string, code []byte, n int64) error {
+func (g *countingGate) Admit(ctx context.Context, gr gateway.Grant) error {
 	g.admits.Add(1)
-	return g.CodeGate.Admit(sid, code, n)
+	return g.CodeGate.Admit(ctx, gr)
 }
 
-func (g *countingGate) Extend(sid string, n int64) error {
+func (g *countingGate) Extend(ctx context.Context, sid string, n int64) error {
 	g.extends.Add(1)
-	return g.CodeGate.Extend(sid, n)
+	return g.CodeGate.Extend(ctx, sid, n)
 }
 
 // TestHostHandlesRedeliveryOnce: inbox delivery is at-least-once, so the
