@@ -15,7 +15,9 @@ import (
 
 // Migrations are numbered files NNNN_name.sql, applied in order, each once,
 // each in its own transaction. A released migration is never edited: change
-// the schema with a new file.
+// the schema with a new file. migrations/SHA256SUMS holds the SHA-256 of
+// every released one (TestReleasedMigrationsUnchanged), and
+// internal/e2e/upgrade opens a database frozen at each released schema.
 //
 //go:embed migrations/*.sql
 var migrationFS embed.FS
