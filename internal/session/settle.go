@@ -105,7 +105,7 @@ func (e *Engine) finish(tx *store.Tx, s *row, used int64, reason string) error {
 	// Card holds: the billed part of each is captured, the rest released
 	// back to the card (never into the wallet as cash); the Stripe calls
 	// go into the outbox in this transaction.
-	holds, err := cardHolds(tx, s.ID)
+	holds, err := e.cards.Holds(tx, s.ID)
 	if err != nil {
 		return err
 	}
@@ -123,7 +123,12 @@ func (e *Engine) finish(tx *store.Tx, s *row, used int64, reason string) error {
 		released += q.Amount - b
 		cardCharged += b
 		guestCard = ledger.Card(h.AccountID, s.Currency)
-		if err := settleHold(tx, now, s.ID, q.ID, h, b, s.Currency); err != nil {
+		if b > 0 {
+			err = e.cards.Capture(tx, now, s.ID, q.ID, h, b, s.Currency)
+		} else {
+			err = e.cards.Release(tx, now, s.ID, q.ID, h, s.Currency)
+		}
+		if err != nil {
 			return err
 		}
 	}
@@ -148,15 +153,14 @@ func (e *Engine) finish(tx *store.Tx, s *row, used int64, reason string) error {
 	// when it has one Stripe lets receive transfers; the platform keeps its
 	// fee. Otherwise the share stays in the host's wallet.
 	if payout := min(charged-fee, cardCharged); payout > 0 {
-		acct, ready, err := PayoutAccount(tx, hostAccount)
+		acct, err := e.cards.Payee(tx, hostAccount)
 		if err != nil {
 			return err
 		}
-		if acct != "" && ready {
+		if acct != "" {
 			moves = append(moves, ledger.Transfer{ID: "settle:payout:" + s.ID, Debit: hostWallet, Credit: ledger.Payout(hostAccount, s.Currency),
 				Amount: payout, Memo: "session " + s.ID + ": host share transferred to Stripe account " + acct})
-			if err := Enqueue(tx, now, StripeOp{ID: "sharespot-transfer-" + s.ID, Kind: OpTransfer, SessionID: s.ID, Target: acct,
-				Amount: payout, Currency: s.Currency}); err != nil {
+			if err := e.cards.Transfer(tx, now, s.ID, acct, payout, s.Currency); err != nil {
 				return err
 			}
 		}
