@@ -14,7 +14,8 @@
 // (stripe_ops) in the settlement's transaction; Run performs them after the
 // commit, with the op's ID as the idempotency key, and retries until done.
 // This package alone writes its tables (card_intents, stripe_ops,
-// stripe_events, payout_accounts).
+// stripe_events, payout_accounts); a refund or dispute reaches the session
+// through the engine (RecordCardRefund, RecordDispute).
 //
 // Funding the wallet by card is a PaymentIntent with automatic capture,
 // credited when the webhook reports payment_intent.succeeded. Webhooks are

@@ -2,6 +2,7 @@ package session
 
 import (
 	"errors"
+	"fmt"
 
 	"github.com/sharespot/sharespot/internal/store"
 )
@@ -52,3 +53,29 @@ func (noCards) Release(*store.Tx, int64, string, string, CardHold, string) error
 func (noCards) Transfer(*store.Tx, int64, string, string, int64, string) error   { return errNoCards }
 
 var errNoCards = errors.New("session: a card hold, but no card platform to settle it")
+
+// After settlement Stripe may give a card back some of what it paid: a
+// refund made in Stripe's dashboard, a dispute the card holder opened.
+// Package card moves the money (cardloss → the guest's card account) and
+// records it on the session through these, in the same transaction, so the
+// session's history shows it. Each adds to a running total; the caller
+// applies each refund or dispute once.
+
+// RecordCardRefund adds amount to what Stripe refunded to the card of
+// sessionID's guest (card_refunded_minor).
+func (e *Engine) RecordCardRefund(tx *store.Tx, sessionID string, amount int64) error {
+	return addCardAdjustment(tx, sessionID, "card_refunded_minor", amount)
+}
+
+// RecordDispute adds amount to what the card holder of sessionID disputed
+// (disputed_minor).
+func (e *Engine) RecordDispute(tx *store.Tx, sessionID string, amount int64) error {
+	return addCardAdjustment(tx, sessionID, "disputed_minor", amount)
+}
+
+func addCardAdjustment(tx *store.Tx, sessionID, column string, amount int64) error {
+	if _, err := tx.Exec(`UPDATE sessions SET `+column+` = `+column+` + ? WHERE id = ?`, amount, sessionID); err != nil {
+		return fmt.Errorf("session: record %s of %s: %w", column, sessionID, err)
+	}
+	return nil
+}
