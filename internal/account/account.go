@@ -1,7 +1,10 @@
-// Package account reads the device rows that tie a device to the account
-// that owns it (and its wallet). Package auth enrols devices; the flow's
-// packages only ask which account a device belongs to, and lock a device's
-// row to serialise that device's concurrent writes.
+// Package account keeps the accounts and the device rows that tie a device
+// to the account that owns it (and its wallet). It is the one writer of
+// both tables: auth opens accounts and enrols devices through Open and
+// Enrol, the relay takes and acknowledges a device's inbox sequence numbers
+// (kept on its row) through NextSeq and Acked. The flow's packages ask
+// which account a device belongs to, and lock a device's row to serialise
+// that device's concurrent writes.
 package account
 
 import (
@@ -50,4 +53,47 @@ func PublicKey(tx *store.Tx, deviceID string) ([]byte, error) {
 		return nil, fmt.Errorf("account: public key of device %s: %w", deviceID, err)
 	}
 	return pub, nil
+}
+
+// Open records a new account.
+func Open(tx *store.Tx, accountID string, nowMS int64) error {
+	if _, err := tx.Exec(`INSERT INTO accounts (id, created_ms) VALUES (?, ?)`, accountID, nowMS); err != nil {
+		return fmt.Errorf("account: open %s: %w", accountID, err)
+	}
+	return nil
+}
+
+// Device is a device as enrolment records it.
+type Device struct {
+	ID, AccountID string
+	PublicKey     []byte // Ed25519
+	Name          string
+}
+
+// Enrol records d as a device of its account. A device already enrolled
+// is refused with store.ErrConflict.
+func Enrol(tx *store.Tx, d Device, nowMS int64) error {
+	if _, err := tx.Exec(`INSERT INTO devices (id, account_id, public_key, name, created_ms) VALUES (?, ?, ?, ?, ?)`,
+		d.ID, d.AccountID, d.PublicKey, d.Name, nowMS); err != nil {
+		return fmt.Errorf("account: enrol device %s: %w", d.ID, err)
+	}
+	return nil
+}
+
+// NextSeq takes the next sequence number of deviceID's inbox: one
+// conditional update, so concurrent writes each get their own.
+func NextSeq(tx *store.Tx, deviceID string) (int64, error) {
+	var seq int64
+	if err := tx.QueryRow(`UPDATE devices SET next_seq = next_seq + 1 WHERE id = ? RETURNING next_seq - 1`, deviceID).Scan(&seq); err != nil {
+		return 0, fmt.Errorf("account: next sequence for %s: %w", deviceID, err)
+	}
+	return seq, nil
+}
+
+// Acked records seq as the highest sequence number deviceID acknowledged.
+func Acked(tx *store.Tx, deviceID string, seq int64) error {
+	if _, err := tx.Exec(`UPDATE devices SET acked_seq = ? WHERE id = ?`, seq, deviceID); err != nil {
+		return fmt.Errorf("account: record ack of %s: %w", deviceID, err)
+	}
+	return nil
 }

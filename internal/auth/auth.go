@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sharespot/sharespot/internal/account"
 	"github.com/sharespot/sharespot/internal/deviceid"
 	"github.com/sharespot/sharespot/internal/problem"
 	"github.com/sharespot/sharespot/internal/protocol"
@@ -121,11 +122,10 @@ func (a *Auth) SignIn(ctx context.Context, pub, nonce, sig []byte, name string) 
 		err := tx.QueryRow(`SELECT account_id FROM devices WHERE id = ?`, id).Scan(&out.Party.AccountID)
 		if errors.Is(err, store.ErrNotFound) {
 			out.Party.AccountID = protocol.NewID("acct")
-			if _, err := tx.Exec(`INSERT INTO accounts (id, created_ms) VALUES (?, ?)`, out.Party.AccountID, now.UnixMilli()); err != nil {
+			if err := account.Open(tx, out.Party.AccountID, now.UnixMilli()); err != nil {
 				return err
 			}
-			_, err = tx.Exec(`INSERT INTO devices (id, account_id, public_key, name, created_ms) VALUES (?, ?, ?, ?, ?)`,
-				id, out.Party.AccountID, pub, name, now.UnixMilli())
+			err = account.Enrol(tx, account.Device{ID: id, AccountID: out.Party.AccountID, PublicKey: pub, Name: name}, now.UnixMilli())
 		}
 		if err != nil {
 			return err
@@ -171,8 +171,7 @@ func (a *Auth) AddDevice(ctx context.Context, p session.Party, pub, nonce, sig [
 		if err := consumeChallenge(tx, pub, nonce, now.UnixMilli()); err != nil {
 			return err
 		}
-		_, err := tx.Exec(`INSERT INTO devices (id, account_id, public_key, name, created_ms) VALUES (?, ?, ?, ?, ?)`,
-			id, p.AccountID, pub, name, now.UnixMilli())
+		err := account.Enrol(tx, account.Device{ID: id, AccountID: p.AccountID, PublicKey: pub, Name: name}, now.UnixMilli())
 		if errors.Is(err, store.ErrConflict) {
 			return problem.AlreadyExistsf("device %s is already enrolled", id)
 		}

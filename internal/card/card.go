@@ -8,10 +8,14 @@
 // webhook, whichever comes first, the session engine's Pay moves the money
 // from the guest's card account into escrow and the wallet's key signs the
 // payment-success receipt; the receipt is made once, because the quote is
-// paid once. Settlement (session.finish) queues the capture of the billed
-// part, the release of the rest and the host's transfer in an outbox
-// (stripe_ops) in its own transaction; Run performs them after the commit,
-// with the op's ID as the idempotency key, and retries until done.
+// paid once. Settlement (session.finish) decides the capture of the billed
+// part, the release of the rest and the host's transfer; Settler, the
+// session.Cards this package gives the engine, queues them in an outbox
+// (stripe_ops) in the settlement's transaction; Run performs them after the
+// commit, with the op's ID as the idempotency key, and retries until done.
+// This package alone writes its tables (card_intents, stripe_ops,
+// stripe_events, payout_accounts); a refund or dispute reaches the session
+// through the engine (RecordCardRefund, RecordDispute).
 //
 // Funding the wallet by card is a PaymentIntent with automatic capture,
 // credited when the webhook reports payment_intent.succeeded. Webhooks are
@@ -138,8 +142,8 @@ type intent struct {
 	Refunded, Disputed            int64
 }
 
-// Statuses of a card intent besides session's (authorised, capturing,
-// releasing).
+// Statuses of a card intent besides settlement's (authorised, capturing,
+// releasing: settle.go).
 const (
 	statusCreating       = "creating"        // recorded; Stripe not yet answered
 	statusPending        = "pending"         // Stripe is working or waits for the card holder
@@ -223,7 +227,7 @@ func actionURL(pi *stripe.PaymentIntent) string {
 // payStatus renders an intent for PayResponse / FundByCardResponse.
 func payStatus(in *intent) sharespotv1.PayStatus {
 	switch in.Status {
-	case session.CardAuthorised, session.CardCapturing, session.CardReleasing, statusCaptured, statusReleased, statusCredited:
+	case statusAuthorised, statusCapturing, statusReleasing, statusCaptured, statusReleased, statusCredited:
 		return sharespotv1.PayStatus_PAY_STATUS_PAID
 	case statusRequiresAction:
 		return sharespotv1.PayStatus_PAY_STATUS_REQUIRES_ACTION

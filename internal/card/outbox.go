@@ -8,13 +8,12 @@ import (
 
 	"github.com/stripe/stripe-go/v85"
 
-	"github.com/sharespot/sharespot/internal/session"
 	"github.com/sharespot/sharespot/internal/store"
 )
 
 // op is a stripe_ops row.
 type op struct {
-	session.StripeOp
+	stripeOp
 	Attempts int
 }
 
@@ -46,7 +45,7 @@ func (c *Card) Drain(ctx context.Context) (int, error) {
 		rows, err := tx.Query(`SELECT id, kind, session_id, target, amount_minor, currency, attempts FROM stripe_ops o
 			WHERE state = 'pending' AND next_ms <= ?
 			AND NOT (kind = ? AND EXISTS (SELECT 1 FROM stripe_ops p WHERE p.session_id = o.session_id AND p.kind <> ? AND p.state = 'pending'))
-			ORDER BY created_ms, id LIMIT 100`, c.nowMS(), session.OpTransfer, session.OpTransfer)
+			ORDER BY created_ms, id LIMIT 100`, c.nowMS(), opTransfer, opTransfer)
 		if err != nil {
 			return nil, err
 		}
@@ -91,21 +90,21 @@ func (c *Card) do(ctx context.Context, o op) (bool, error) {
 		c.cfg.BeforeCall(o.Kind)
 	}
 	switch o.Kind {
-	case session.OpCapture:
+	case opCapture:
 		p := &stripe.PaymentIntentCaptureParams{AmountToCapture: stripe.Int64(o.Amount)}
 		p.SetIdempotencyKey(o.ID)
 		var pi *stripe.PaymentIntent
 		if pi, err = c.sc.V1PaymentIntents.Capture(ctx, o.Target, p); err == nil {
 			result = pi.ID
 		}
-	case session.OpCancel:
+	case opCancel:
 		p := &stripe.PaymentIntentCancelParams{}
 		p.SetIdempotencyKey(o.ID)
 		var pi *stripe.PaymentIntent
 		if pi, err = c.sc.V1PaymentIntents.Cancel(ctx, o.Target, p); err == nil {
 			result = pi.ID
 		}
-	case session.OpTransfer:
+	case opTransfer:
 		p := &stripe.TransferCreateParams{Amount: stripe.Int64(o.Amount), Currency: stripe.String(strings.ToLower(o.Currency)),
 			Destination: stripe.String(o.Target), TransferGroup: stripe.String(o.SessionID)}
 		p.AddMetadata("session_id", o.SessionID)
@@ -140,15 +139,15 @@ func (c *Card) do(ctx context.Context, o op) (bool, error) {
 			state, result, now+backoff.Milliseconds(), o.ID); err != nil {
 			return err
 		}
-		if state != "done" || o.Kind == session.OpTransfer {
+		if state != "done" || o.Kind == opTransfer {
 			return nil
 		}
 		status := statusCaptured
-		if o.Kind == session.OpCancel {
+		if o.Kind == opCancel {
 			status = statusReleased
 		}
 		_, err := tx.Exec(`UPDATE card_intents SET status = ?, updated_ms = ? WHERE intent_id = ? AND status IN (?, ?)`,
-			status, now, o.Target, session.CardCapturing, session.CardReleasing)
+			status, now, o.Target, statusCapturing, statusReleasing)
 		return err
 	})
 	if werr != nil {

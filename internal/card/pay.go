@@ -249,7 +249,7 @@ func (c *Card) authorise(ctx context.Context, in *intent, pi *stripe.PaymentInte
 		if _, err := c.engine.Pay(tx, guest, sc); err != nil {
 			return err
 		}
-		cur.IntentID, cur.Status, cur.ActionURL = pi.ID, session.CardAuthorised, ""
+		cur.IntentID, cur.Status, cur.ActionURL = pi.ID, statusAuthorised, ""
 		return cur.save(tx, c.nowMS())
 	})
 }
@@ -266,7 +266,7 @@ func (c *Card) release(ctx context.Context, in *intent, pi string, ev *stripe.Ev
 			return nil
 		}
 		cur.IntentID, cur.Status, cur.Failure = pi, statusFailed, why
-		if err := session.Enqueue(tx, c.nowMS(), session.StripeOp{ID: "sharespot-cancel-" + in.ID, Kind: session.OpCancel,
+		if err := enqueue(tx, c.nowMS(), stripeOp{ID: "sharespot-cancel-" + in.ID, Kind: opCancel,
 			SessionID: in.SessionID, Target: pi, Currency: in.Currency}); err != nil {
 			return err
 		}
@@ -414,7 +414,7 @@ func (c *Card) Onboard(ctx context.Context, p session.Party, returnURL, refreshU
 
 func (c *Card) payoutOf(ctx context.Context, accountID string) (acct string, ready bool, err error) {
 	err = c.st.Read(ctx, func(tx *store.Tx) error {
-		acct, ready, err = session.PayoutAccount(tx, accountID)
+		acct, ready, err = payoutAccount(tx, accountID)
 		return err
 	})
 	return acct, ready, err

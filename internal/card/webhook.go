@@ -101,7 +101,7 @@ func (c *Card) Apply(ctx context.Context, ev *stripe.Event) error {
 			}
 			in.Refunded = ch.AmountRefunded
 			return fmt.Sprintf("cardrefund:%s:%d", ch.ID, ch.AmountRefunded), delta, nil
-		}, "card_refunded_minor", "refunded to the card by Stripe")
+		}, c.engine.RecordCardRefund, "refunded to the card by Stripe")
 	case "charge.dispute.created":
 		var d stripe.Dispute
 		if err := json.Unmarshal(ev.Data.Raw, &d); err != nil {
@@ -113,7 +113,7 @@ func (c *Card) Apply(ctx context.Context, ev *stripe.Event) error {
 		return c.adjust(ctx, ev, d.PaymentIntent.ID, func(tx *store.Tx, in *intent) (string, int64, error) {
 			in.Disputed += d.Amount
 			return "dispute:" + d.ID, d.Amount, nil
-		}, "disputed_minor", "disputed by the card holder (Stripe dispute "+d.ID+")")
+		}, c.engine.RecordDispute, "disputed by the card holder (Stripe dispute "+d.ID+")")
 	case "account.updated":
 		var a stripe.Account
 		if err := json.Unmarshal(ev.Data.Raw, &a); err != nil {
@@ -138,9 +138,11 @@ func flag(b bool) int32 {
 
 // adjust records money Stripe gave back to a card after capture (a refund,
 // a dispute): the platform bears it (cardloss → the guest's card), and the
-// session's history shows it. step returns the ledger key and amount, or
-// 0 when there is nothing (more) to move.
-func (c *Card) adjust(ctx context.Context, ev *stripe.Event, pi string, step func(*store.Tx, *intent) (string, int64, error), column, memo string) error {
+// session's history shows it (record, a session.Engine method). step
+// returns the ledger key and amount, or 0 when there is nothing (more) to
+// move.
+func (c *Card) adjust(ctx context.Context, ev *stripe.Event, pi string, step func(*store.Tx, *intent) (string, int64, error),
+	record func(tx *store.Tx, sessionID string, amount int64) error, memo string) error {
 	return c.write(ctx, ev, func(tx *store.Tx) error {
 		in, err := intentByStripeID(tx, pi)
 		if err != nil {
@@ -165,8 +167,8 @@ func (c *Card) adjust(ctx context.Context, ev *stripe.Event, pi string, step fun
 			return err
 		}
 		if in.SessionID != "" {
-			if _, err := tx.Exec(`UPDATE sessions SET `+column+` = `+column+` + ? WHERE id = ?`, amount, in.SessionID); err != nil {
-				return fmt.Errorf("card: session %s: %w", in.SessionID, err)
+			if err := record(tx, in.SessionID, amount); err != nil {
+				return err
 			}
 		}
 		return in.save(tx, now)

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
+	"github.com/sharespot/sharespot/internal/account"
 	"github.com/sharespot/sharespot/internal/problem"
 	"github.com/sharespot/sharespot/internal/protocol"
 	"github.com/sharespot/sharespot/internal/store"
@@ -31,9 +32,9 @@ type Waker interface {
 // Append writes env to deviceID's inbox within tx, assigning its sequence
 // number and message ID, and wakes the device's stream after commit.
 func Append(tx *store.Tx, w Waker, nowMS int64, deviceID, sessionID string, env *sharespotv1.Envelope) error {
-	var seq int64
-	if err := tx.QueryRow(`UPDATE devices SET next_seq = next_seq + 1 WHERE id = ? RETURNING next_seq - 1`, deviceID).Scan(&seq); err != nil {
-		return fmt.Errorf("relay: next sequence for %s: %w", deviceID, err)
+	seq, err := account.NextSeq(tx, deviceID)
+	if err != nil {
+		return fmt.Errorf("relay: %w", err)
 	}
 	env.Seq = uint64(seq)
 	env.MessageId = NewMessageID()
@@ -91,8 +92,8 @@ func Ack(tx *store.Tx, deviceID string, seq uint64) (uint64, error) {
 	if _, err := tx.Exec(`DELETE FROM inbox WHERE device_id = ? AND seq <= ?`, deviceID, int64(seq)); err != nil {
 		return 0, fmt.Errorf("relay: delete acknowledged messages of %s: %w", deviceID, err)
 	}
-	if _, err := tx.Exec(`UPDATE devices SET acked_seq = ? WHERE id = ?`, int64(seq), deviceID); err != nil {
-		return 0, fmt.Errorf("relay: record ack of %s: %w", deviceID, err)
+	if err := account.Acked(tx, deviceID, int64(seq)); err != nil {
+		return 0, fmt.Errorf("relay: %w", err)
 	}
 	return seq, nil
 }

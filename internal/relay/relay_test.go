@@ -7,6 +7,7 @@ import (
 	"time"
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
+	"github.com/sharespot/sharespot/internal/account"
 	"github.com/sharespot/sharespot/internal/store"
 )
 
@@ -18,11 +19,10 @@ func openStore(t *testing.T) *store.Store {
 	}
 	t.Cleanup(func() { st.Close() })
 	err = st.Write(context.Background(), func(tx *store.Tx) error {
-		if _, err := tx.Exec(`INSERT INTO accounts (id, created_ms) VALUES ('a', 0)`); err != nil {
+		if err := account.Open(tx, "a", 0); err != nil {
 			return err
 		}
-		_, err := tx.Exec(`INSERT INTO devices (id, account_id, public_key, name, created_ms) VALUES ('d', 'a', x'01', '', 0)`)
-		return err
+		return account.Enrol(tx, account.Device{ID: "d", AccountID: "a", PublicKey: []byte{1}}, 0)
 	})
 	if err != nil {
 		t.Fatal(err)

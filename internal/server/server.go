@@ -233,7 +233,10 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 		}
 		waker = s.bus
 	}
-	s.engine = session.New(s.st, waker, s.wallet, cfg.Now, cfg.Session, cfg.Logger)
+	// Settlement ends card holds through package card's tables, with or
+	// without a Stripe key: holds an earlier run left are still captured
+	// or released, the calls waiting in the outbox for a run with a key.
+	s.engine = session.New(s.st, waker, s.wallet, card.Settler{}, cfg.Now, cfg.Session, cfg.Logger)
 	s.auth = auth.New(s.st, cfg.Now, time.Hour)
 	s.instrument()
 	dash, err := s.openDashboard(ctx)

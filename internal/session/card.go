@@ -10,103 +10,72 @@ import (
 // Card payments (internal/card) leave the session two things to do at its
 // end: the escrow a card paid goes back to the card, not the wallet, and
 // Stripe must capture what was billed, release the rest and transfer the
-// host's share. Those Stripe calls are recorded here, in the settlement's
-// transaction (the outbox, table stripe_ops), and made after its commit by
-// internal/card with the op's ID as the idempotency key: a crash at any
-// point neither loses a capture nor makes it twice.
+// host's share. The session decides the amounts; package card owns the
+// tables that hold the card payments and the outbox of Stripe calls, and
+// implements Cards. Every method runs in the settlement's transaction, so
+// the Stripe calls are queued with the settlement or not at all, and made
+// by internal/card after its commit with each call's idempotency key: a
+// crash at any point neither loses a capture nor makes it twice.
 
-// Kinds of Stripe op.
-const (
-	OpCapture  = "capture"  // capture amount of PaymentIntent target
-	OpCancel   = "cancel"   // cancel PaymentIntent target, releasing its hold
-	OpTransfer = "transfer" // transfer amount to connected account target
-)
-
-// Card intent states (card_intents.status) that settlement reads and sets.
-const (
-	CardAuthorised = "authorised" // the hold backs a paid quote
-	CardCapturing  = "capturing"  // settlement queued its capture
-	CardReleasing  = "releasing"  // settlement or an expiry queued its cancel
-)
-
-// cardHold is a quote paid by card: its PaymentIntent and the payer's
-// account.
-type cardHold struct {
-	IntentID, AccountID string
+// Cards is the card payment platform as settlement needs it.
+type Cards interface {
+	// Holds returns the session's quotes paid by a card hold not yet
+	// settled, by quote ID.
+	Holds(tx *store.Tx, sessionID string) (map[string]CardHold, error)
+	// Capture queues the capture of amount (> 0) from a quote's hold;
+	// Stripe releases the rest.
+	Capture(tx *store.Tx, nowMS int64, sessionID, quoteID string, h CardHold, amount int64, currency string) error
+	// Release queues the cancel of a quote's hold: nothing is captured.
+	Release(tx *store.Tx, nowMS int64, sessionID, quoteID string, h CardHold, currency string) error
+	// Payee returns the Stripe account a host account's share of card
+	// money is transferred to: "" when it has none Stripe lets receive
+	// transfers, and the share stays in the host's wallet.
+	Payee(tx *store.Tx, accountID string) (string, error)
+	// Transfer queues the transfer of a session's host share to payee.
+	Transfer(tx *store.Tx, nowMS int64, sessionID, payee string, amount int64, currency string) error
 }
 
-// cardHolds returns the session's quotes paid by card whose hold is not yet
-// settled, by quote ID.
-func cardHolds(tx *store.Tx, sessionID string) (map[string]cardHold, error) {
-	rows, err := tx.Query(`SELECT id, intent_id, account_id FROM card_intents WHERE kind = 'quote' AND session_id = ? AND status = ?`,
-		sessionID, CardAuthorised)
-	if err != nil {
-		return nil, fmt.Errorf("session: card payments of %s: %w", sessionID, err)
-	}
-	defer rows.Close()
-	out := map[string]cardHold{}
-	for rows.Next() {
-		var q string
-		var h cardHold
-		if err := rows.Scan(&q, &h.IntentID, &h.AccountID); err != nil {
-			return nil, err
-		}
-		out[q] = h
-	}
-	return out, rows.Err()
+// CardHold is a quote paid by card: the card's hold (its PaymentIntent,
+// which only package card reads) and the payer's account.
+type CardHold struct {
+	Intent, AccountID string
 }
 
-// settleHold queues the Stripe call that ends a card hold: capture billed
-// (amount_to_capture) or, with nothing billed, cancel it.
-func settleHold(tx *store.Tx, nowMS int64, sessionID, quoteID string, h cardHold, billed int64, currency string) error {
-	op, status := StripeOp{ID: "sharespot-capture-" + quoteID, Kind: OpCapture, SessionID: sessionID, Target: h.IntentID, Amount: billed, Currency: currency}, CardCapturing
-	if billed == 0 {
-		op, status = StripeOp{ID: "sharespot-cancel-" + quoteID, Kind: OpCancel, SessionID: sessionID, Target: h.IntentID, Currency: currency}, CardReleasing
-	}
-	if err := Enqueue(tx, nowMS, op); err != nil {
-		return err
-	}
-	if _, err := tx.Exec(`UPDATE card_intents SET status = ?, updated_ms = ? WHERE id = ?`, status, nowMS, quoteID); err != nil {
-		return fmt.Errorf("session: card payment of %s: %w", quoteID, err)
+// noCards is Cards where no card payment exists: no holds, no payee.
+type noCards struct{}
+
+func (noCards) Holds(*store.Tx, string) (map[string]CardHold, error) { return nil, nil }
+func (noCards) Payee(*store.Tx, string) (string, error)              { return "", nil }
+func (noCards) Capture(*store.Tx, int64, string, string, CardHold, int64, string) error {
+	return errNoCards
+}
+func (noCards) Release(*store.Tx, int64, string, string, CardHold, string) error { return errNoCards }
+func (noCards) Transfer(*store.Tx, int64, string, string, int64, string) error   { return errNoCards }
+
+var errNoCards = errors.New("session: a card hold, but no card platform to settle it")
+
+// After settlement Stripe may give a card back some of what it paid: a
+// refund made in Stripe's dashboard, a dispute the card holder opened.
+// Package card moves the money (cardloss → the guest's card account) and
+// records it on the session through these, in the same transaction, so the
+// session's history shows it. Each adds to a running total; the caller
+// applies each refund or dispute once.
+
+// RecordCardRefund adds amount to what Stripe refunded to the card of
+// sessionID's guest (card_refunded_minor).
+func (e *Engine) RecordCardRefund(tx *store.Tx, sessionID string, amount int64) error {
+	return addCardAdjustment(tx, sessionID, "card_refunded_minor", amount)
+}
+
+// RecordDispute adds amount to what the card holder of sessionID disputed
+// (disputed_minor).
+func (e *Engine) RecordDispute(tx *store.Tx, sessionID string, amount int64) error {
+	return addCardAdjustment(tx, sessionID, "disputed_minor", amount)
+}
+
+func addCardAdjustment(tx *store.Tx, sessionID, column string, amount int64) error {
+	if _, err := tx.Exec(`UPDATE sessions SET `+column+` = `+column+` + ? WHERE id = ?`, amount, sessionID); err != nil {
+		return fmt.Errorf("session: record %s of %s: %w", column, sessionID, err)
 	}
 	return nil
-}
-
-// StripeOp is one Stripe call in the outbox.
-type StripeOp struct {
-	ID        string // also the idempotency key
-	Kind      string
-	SessionID string
-	Target    string
-	Amount    int64
-	Currency  string
-}
-
-// Enqueue records op in the outbox within tx; an op already recorded is
-// left as it is.
-func Enqueue(tx *store.Tx, nowMS int64, op StripeOp) error {
-	_, err := tx.Exec(`INSERT INTO stripe_ops (id, kind, session_id, target, amount_minor, currency, state, created_ms) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?)`,
-		op.ID, op.Kind, op.SessionID, op.Target, op.Amount, op.Currency, nowMS)
-	if errors.Is(err, store.ErrConflict) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("session: queue Stripe %s %s: %w", op.Kind, op.Target, err)
-	}
-	return nil
-}
-
-// PayoutAccount returns a user account's Stripe connected account and
-// whether Stripe reports it able to receive transfers; "" if it has none.
-func PayoutAccount(tx *store.Tx, accountID string) (string, bool, error) {
-	var acct string
-	var ready int32
-	err := tx.QueryRow(`SELECT stripe_account, ready FROM payout_accounts WHERE account_id = ?`, accountID).Scan(&acct, &ready)
-	if errors.Is(err, store.ErrNotFound) {
-		return "", false, nil
-	}
-	if err != nil {
-		return "", false, fmt.Errorf("session: payout account of %s: %w", accountID, err)
-	}
-	return acct, ready != 0, nil
 }

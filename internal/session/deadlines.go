@@ -52,14 +52,14 @@ func (e *Engine) expireTopUp(tx *store.Tx, s *row, now int64) error {
 		default: // paid or confirmed, never granted
 			reason = "host did not grant the top-up in time; payment refunded"
 			to, memo := ledger.Wallet(s.GuestAccount, s.Currency), "top-up "+q.ID+" not granted, refunded"
-			holds, err := cardHolds(tx, s.ID)
+			holds, err := e.cards.Holds(tx, s.ID)
 			if err != nil {
 				return err
 			}
 			if h, ok := holds[q.ID]; ok {
 				// Paid by card: release the hold, nothing captured.
 				to, memo = ledger.Card(h.AccountID, s.Currency), "top-up "+q.ID+" not granted, released on the card"
-				if err := settleHold(tx, now, s.ID, q.ID, h, 0, s.Currency); err != nil {
+				if err := e.cards.Release(tx, now, s.ID, q.ID, h, s.Currency); err != nil {
 					return err
 				}
 			}

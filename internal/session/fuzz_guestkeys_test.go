@@ -15,7 +15,7 @@ import (
 // panic, and what it accepts must hold 1 to 8 keys, each valid for its
 // suite, one of them in a suite the server accepts.
 func FuzzCheckGuestKeys(f *testing.F) {
-	e := New(nil, nil, nil, time.Now, DefaultConfig(), nil)
+	e := New(nil, nil, nil, nil, time.Now, DefaultConfig(), nil)
 	k, err := seal.GenerateKey(seal.Preset)
 	if err != nil {
 		f.Fatal(err)

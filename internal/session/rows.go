@@ -38,7 +38,8 @@ type row struct {
 	Verified             bool
 	CreatedMS, UpdatedMS int64
 	// Card adjustments after settlement (Stripe refunds and disputes),
-	// which internal/card writes: read with the row, never saved by it.
+	// added by RecordCardRefund and RecordDispute (card.go): read with
+	// the row, never saved by it.
 	CardRefunded, Disputed int64
 }
 

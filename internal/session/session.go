@@ -128,18 +128,23 @@ func DefaultConfig() Config {
 
 // Engine runs the state machine.
 type Engine struct {
-	st   *store.Store
-	wake relay.Waker
-	pay  Platform
-	now  func() time.Time
-	cfg  Config
-	log  *slog.Logger
+	st    *store.Store
+	wake  relay.Waker
+	pay   Platform
+	cards Cards
+	now   func() time.Time
+	cfg   Config
+	log   *slog.Logger
 }
 
-// New returns an engine.
-func New(st *store.Store, wake relay.Waker, pay Platform, now func() time.Time, cfg Config, log *slog.Logger) *Engine {
+// New returns an engine. cards settles the card payments (package card);
+// nil means there are none.
+func New(st *store.Store, wake relay.Waker, pay Platform, cards Cards, now func() time.Time, cfg Config, log *slog.Logger) *Engine {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
+	}
+	if cards == nil {
+		cards = noCards{}
 	}
 	if len(cfg.Suites) == 0 {
 		cfg.Suites = []seal.Suite{seal.Preset}
@@ -150,7 +155,7 @@ func New(st *store.Store, wake relay.Waker, pay Platform, now func() time.Time, 
 	if cfg.CloseTimeout <= 0 {
 		cfg.CloseTimeout = DefaultConfig().CloseTimeout
 	}
-	return &Engine{st: st, wake: wake, pay: pay, now: now, cfg: cfg, log: log}
+	return &Engine{st: st, wake: wake, pay: pay, cards: cards, now: now, cfg: cfg, log: log}
 }
 
 // Config returns the engine's configuration.

@@ -6,176 +6,152 @@ import (
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/account"
 	"github.com/sharespot/sharespot/internal/ledger"
-	"github.com/sharespot/sharespot/internal/protocol"
 	"github.com/sharespot/sharespot/internal/registry"
 	"github.com/sharespot/sharespot/internal/store"
 )
 
-// Settlement. The bytes billed are the host's count, but where the guest
-// acknowledged what it received (evidence.go) at most its last signed count
-// plus the credit window: min(host count, acknowledged + window). A session
-// with no acknowledgment is billed on the host's count and marked
-// unverified. Each granted quote is a tranche with its own bytes and price.
-// The bytes billed are consumed tranche by tranche in grant order; tranche
-// i is billed
-//
-//	billed_i = amount_i × used_i ÷ bytes_i, rounded down to the minor unit
-//
-// (a tranche used whole is billed its amount exactly). The guest is charged
-// Σ billed_i; the platform's fee is FeeBPS of that, rounded down; the host
-// gets the charge less the fee; everything else in escrow (unused tranches,
-// payments never granted) goes back to the guest.
+// Settlement, in three steps: the bill (bill.go computes it from what the
+// session's rows, its escrow and its card holds say), the ledger moves
+// that carry it out, and the effects: the tranches' and the session's
+// records, the Stripe calls that end the card holds (queued in this
+// transaction; package card makes them after its commit), the volume
+// given back to the hotspot, and both parties told.
 
-// Tranche is one granted quote as settlement sees it.
-type Tranche struct {
-	Bytes, Amount int64
-}
-
-// Bill consumes used bytes from tranches in order and returns what each
-// tranche's used part costs at its own price, and the bytes used in each.
-func Bill(tranches []Tranche, used int64) (billed, usedIn []int64, err error) {
-	billed, usedIn = make([]int64, len(tranches)), make([]int64, len(tranches))
-	for i, t := range tranches {
-		u := min(max(used, 0), t.Bytes)
-		used -= u
-		if u > 0 {
-			if billed[i], err = protocol.MulDiv(t.Amount, u, t.Bytes, false); err != nil {
-				return nil, nil, err
-			}
-		}
-		usedIn[i] = u
-	}
-	return billed, usedIn, nil
+// settlement is a session's bill with what its moves and effects need.
+type settlement struct {
+	Bill
+	// quotes are the session's quotes in tranche order, one for each of
+	// the bill's payments.
+	quotes []*quote
+	// holds are the card holds among them, by quote ID.
+	holds map[string]CardHold
+	// host is the host's account; payee the Stripe account its share of
+	// card money goes to ("" when it stays in the wallet).
+	host, payee string
 }
 
 // finish settles and ends s with used bytes consumed.
 func (e *Engine) finish(tx *store.Tx, s *row, used int64, reason string) error {
 	now := e.nowMS()
-	used = min(max(used, 0), s.Granted)
-	s.HostCount, s.Verified = used, s.GuestAcked > 0
-	if s.Verified {
-		used = min(used, s.GuestAcked+s.Window)
-	}
-	escrow := ledger.Escrow(s.ID, s.Currency)
-	held, err := ledger.Balance(tx, escrow.ID)
+	st, err := e.bill(tx, s, used)
 	if err != nil {
 		return err
 	}
-	qs, err := quotesOf(tx, s.ID)
-	if err != nil {
+	if err := st.move(tx, now, s); err != nil {
 		return err
 	}
-	var tranches []Tranche
-	var granted []*quote
-	var refundedBefore int64 // top-ups refunded when their grant timed out
-	for _, q := range qs {   // ordered by tranche: 0 (not granted) first
-		switch q.State {
-		case sharespotv1.QuoteState_QUOTE_STATE_GRANTED:
-			tranches = append(tranches, Tranche{Bytes: q.Bytes, Amount: q.Amount})
-			granted = append(granted, q)
-		case sharespotv1.QuoteState_QUOTE_STATE_REFUNDED:
-			refundedBefore += q.Amount
-		}
-	}
-	billed, usedIn, err := Bill(tranches, used)
+	return e.effects(tx, now, s, st, reason)
+}
+
+// bill reads what s's bill rests on and computes it.
+func (e *Engine) bill(tx *store.Tx, s *row, used int64) (*settlement, error) {
+	held, err := ledger.Balance(tx, ledger.Escrow(s.ID, s.Currency).ID)
 	if err != nil {
-		return fmt.Errorf("session: settle %s: %w", s.ID, err)
+		return nil, err
 	}
-	var charged int64
-	for i, q := range granted {
-		q.Used, q.Billed = usedIn[i], billed[i]
-		charged += billed[i]
-		if err := q.saveBill(tx); err != nil {
-			return err
-		}
+	st := new(settlement)
+	if st.quotes, err = quotesOf(tx, s.ID); err != nil {
+		return nil, err
 	}
-	if charged > held {
-		// Never: escrow holds every granted tranche's amount.
-		return fmt.Errorf("session: settle %s: charge %d exceeds the %d held in escrow", s.ID, charged, held)
+	if st.holds, err = e.cards.Holds(tx, s.ID); err != nil {
+		return nil, err
 	}
-	fee, err := protocol.MulDiv(charged, e.cfg.FeeBPS, 10000, false)
-	if err != nil {
-		return fmt.Errorf("session: settle %s fee: %w", s.ID, err)
+	payments := make([]Payment, len(st.quotes))
+	for i, q := range st.quotes { // ordered by tranche: 0 (not granted) first
+		_, card := st.holds[q.ID]
+		payments[i] = Payment{Bytes: q.Bytes, Amount: q.Amount, Card: card,
+			Granted:  q.State == sharespotv1.QuoteState_QUOTE_STATE_GRANTED,
+			Refunded: q.State == sharespotv1.QuoteState_QUOTE_STATE_REFUNDED} // top-ups refunded when their grant timed out
 	}
-	hostAccount, err := account.Of(tx, s.Host)
-	if err != nil {
-		return err
+	if st.Bill, err = NewBill(BillInput{
+		Payments: payments,
+		Usage:    Usage{HostCount: used, Granted: s.Granted, Acked: s.GuestAcked, Window: s.Window},
+		Held:     held,
+		FeeBPS:   e.cfg.FeeBPS,
+	}); err != nil {
+		return nil, fmt.Errorf("session: settle %s: %w", s.ID, err)
 	}
-	guestAccount := s.GuestAccount
-	refund := held - charged
-	// Card holds: the billed part of each is captured, the rest released
-	// back to the card (never into the wallet as cash); the Stripe calls
-	// go into the outbox in this transaction.
-	holds, err := cardHolds(tx, s.ID)
-	if err != nil {
-		return err
-	}
-	var released, cardCharged int64
-	var guestCard ledger.Account
-	for _, q := range qs {
-		h, ok := holds[q.ID]
-		if !ok {
-			continue
-		}
-		var b int64
-		if q.State == sharespotv1.QuoteState_QUOTE_STATE_GRANTED {
-			b = q.Billed
-		}
-		released += q.Amount - b
-		cardCharged += b
-		guestCard = ledger.Card(h.AccountID, s.Currency)
-		if err := settleHold(tx, now, s.ID, q.ID, h, b, s.Currency); err != nil {
-			return err
-		}
-	}
-	// Both parties' figures go into the memos, so `wallet history` shows
-	// what the bill rested on.
-	figures := fmt.Sprintf(" (%d bytes billed: host counted %d, unverified)", used, s.HostCount)
-	if s.Verified {
-		figures = fmt.Sprintf(" (%d bytes billed: host counted %d, guest acknowledged %d + window %d; difference %+d)",
-			used, s.HostCount, s.GuestAcked, s.Window, s.HostCount-s.GuestAcked)
-	}
-	hostWallet := ledger.Wallet(hostAccount, s.Currency)
-	moves := []ledger.Transfer{
-		{ID: "settle:host:" + s.ID, Debit: escrow, Credit: hostWallet, Amount: charged - fee, Memo: "session " + s.ID + ": data used" + figures},
-		{ID: "settle:fee:" + s.ID, Debit: escrow, Credit: ledger.FeeShard(s.Currency, s.ID), Amount: fee, Memo: "session " + s.ID + ": platform fee"},
-		{ID: "settle:refund:" + s.ID, Debit: escrow, Credit: ledger.Wallet(guestAccount, s.Currency), Amount: refund - released, Memo: "session " + s.ID + ": unused, refunded" + figures},
-	}
-	if released > 0 {
-		moves = append(moves, ledger.Transfer{ID: "settle:release:" + s.ID, Debit: escrow, Credit: guestCard, Amount: released,
-			Memo: "session " + s.ID + ": unused, released on the card (not captured)" + figures})
+	if st.host, err = account.Of(tx, s.Host); err != nil {
+		return nil, err
 	}
 	// The host's share of what the card paid goes to its Stripe account,
 	// when it has one Stripe lets receive transfers; the platform keeps its
 	// fee. Otherwise the share stays in the host's wallet.
-	if payout := min(charged-fee, cardCharged); payout > 0 {
-		acct, ready, err := PayoutAccount(tx, hostAccount)
-		if err != nil {
-			return err
+	if st.Payout() > 0 {
+		if st.payee, err = e.cards.Payee(tx, st.host); err != nil {
+			return nil, err
 		}
-		if acct != "" && ready {
-			moves = append(moves, ledger.Transfer{ID: "settle:payout:" + s.ID, Debit: hostWallet, Credit: ledger.Payout(hostAccount, s.Currency),
-				Amount: payout, Memo: "session " + s.ID + ": host share transferred to Stripe account " + acct})
-			if err := Enqueue(tx, now, StripeOp{ID: "sharespot-transfer-" + s.ID, Kind: OpTransfer, SessionID: s.ID, Target: acct,
-				Amount: payout, Currency: s.Currency}); err != nil {
-				return err
+	}
+	return st, nil
+}
+
+// move makes the bill's ledger transfers: out of escrow to the host, the
+// platform's fee and the guest (the wallet, and the card for what card
+// holds paid and was not billed), then the host's share of card money on
+// to its Stripe account.
+func (st *settlement) move(tx *store.Tx, nowMS int64, s *row) error {
+	// Both parties' figures go into the memos, so `wallet history` shows
+	// what the bill rested on.
+	figures := fmt.Sprintf(" (%d bytes billed: host counted %d, unverified)", st.Used, st.HostCount)
+	if st.Verified {
+		figures = fmt.Sprintf(" (%d bytes billed: host counted %d, guest acknowledged %d + window %d; difference %+d)",
+			st.Used, st.HostCount, s.GuestAcked, s.Window, st.HostCount-s.GuestAcked)
+	}
+	escrow, hostWallet := ledger.Escrow(s.ID, s.Currency), ledger.Wallet(st.host, s.Currency)
+	moves := []ledger.Transfer{
+		{ID: "settle:host:" + s.ID, Debit: escrow, Credit: hostWallet, Amount: st.Host, Memo: "session " + s.ID + ": data used" + figures},
+		{ID: "settle:fee:" + s.ID, Debit: escrow, Credit: ledger.FeeShard(s.Currency, s.ID), Amount: st.Fee, Memo: "session " + s.ID + ": platform fee"},
+		{ID: "settle:refund:" + s.ID, Debit: escrow, Credit: ledger.Wallet(s.GuestAccount, s.Currency), Amount: st.ToWallet(), Memo: "session " + s.ID + ": unused, refunded" + figures},
+	}
+	if st.Released > 0 {
+		// Back to the card (never into the wallet as cash).
+		var guestCard ledger.Account
+		for _, q := range st.quotes {
+			if h, ok := st.holds[q.ID]; ok {
+				guestCard = ledger.Card(h.AccountID, s.Currency)
 			}
 		}
+		moves = append(moves, ledger.Transfer{ID: "settle:release:" + s.ID, Debit: escrow, Credit: guestCard, Amount: st.Released,
+			Memo: "session " + s.ID + ": unused, released on the card (not captured)" + figures})
+	}
+	if st.payee != "" {
+		moves = append(moves, ledger.Transfer{ID: "settle:payout:" + s.ID, Debit: hostWallet, Credit: ledger.Payout(st.host, s.Currency),
+			Amount: st.Payout(), Memo: "session " + s.ID + ": host share transferred to Stripe account " + st.payee})
 	}
 	for _, t := range moves {
 		if t.Amount == 0 {
 			continue
 		}
 		t.Currency = s.Currency
-		if _, err := ledger.Apply(tx, now, t); err != nil {
+		if _, err := ledger.Apply(tx, nowMS, t); err != nil {
 			return fmt.Errorf("session: settle %s: %w", s.ID, err)
 		}
 	}
-	// Give back the volume reserved but not used.
-	if err := registry.Release(tx, s.HotspotID, s.Reserved-used); err != nil {
+	return nil
+}
+
+// effects records the settled bill and acts on it: each tranche's use and
+// bill, the Stripe calls for the card holds and the host's transfer, the
+// volume reserved and not used given back, the quotes closed, the session
+// ended, and both parties told.
+func (e *Engine) effects(tx *store.Tx, nowMS int64, s *row, st *settlement, reason string) error {
+	for i, q := range st.quotes {
+		if q.State != sharespotv1.QuoteState_QUOTE_STATE_GRANTED {
+			continue
+		}
+		q.Used, q.Billed = st.Payments[i].Used, st.Payments[i].Amount
+		if err := q.saveBill(tx); err != nil {
+			return err
+		}
+	}
+	if err := e.settleCards(tx, nowMS, s, st); err != nil {
 		return err
 	}
-	s.Reserved = min(s.Reserved, used)
+	// Give back the volume reserved but not used.
+	if err := registry.Release(tx, s.HotspotID, s.Reserved-st.Used); err != nil {
+		return err
+	}
+	s.Reserved = min(s.Reserved, st.Used)
 	if _, err := tx.Exec(`UPDATE quotes SET state = CASE WHEN state = ? THEN ? WHEN state IN (?, ?) THEN ? ELSE state END WHERE session_id = ?`,
 		int32(sharespotv1.QuoteState_QUOTE_STATE_OPEN), int32(sharespotv1.QuoteState_QUOTE_STATE_EXPIRED),
 		int32(sharespotv1.QuoteState_QUOTE_STATE_PAID), int32(sharespotv1.QuoteState_QUOTE_STATE_CONFIRMED), int32(sharespotv1.QuoteState_QUOTE_STATE_REFUNDED),
@@ -183,9 +159,10 @@ func (e *Engine) finish(tx *store.Tx, s *row, used int64, reason string) error {
 		return fmt.Errorf("session: close quotes: %w", err)
 	}
 	s.State = sharespotv1.SessionState_SESSION_STATE_ENDED
-	s.Used, s.PendingTopUp, s.DeadlineMS, s.EndReason = used, 0, 0, reason
-	s.SettledHost, s.SettledFee, s.Refunded = charged-fee, fee, refund+refundedBefore
-	if err := s.save(tx, now); err != nil {
+	s.Used, s.PendingTopUp, s.DeadlineMS, s.EndReason = st.Used, 0, 0, reason
+	s.HostCount, s.Verified = st.HostCount, st.Verified
+	s.SettledHost, s.SettledFee, s.Refunded = st.Host, st.Fee, st.Refund+st.RefundedBefore
+	if err := s.save(tx, nowMS); err != nil {
 		return err
 	}
 	for _, to := range []string{s.Guest, s.Host} {
@@ -197,6 +174,32 @@ func (e *Engine) finish(tx *store.Tx, s *row, used int64, reason string) error {
 			return err
 		}
 	}
-	e.log.Info("session settled", "session", s.ID, "used", used, "host_count", s.HostCount, "guest_acked", s.GuestAcked, "verified", s.Verified, "charged", charged, "host", charged-fee, "fee", fee, "refund", refund, "reason", reason)
+	e.log.Info("session settled", "session", s.ID, "used", st.Used, "host_count", s.HostCount, "guest_acked", s.GuestAcked, "verified", s.Verified,
+		"charged", st.Charged, "host", st.Host, "fee", st.Fee, "refund", st.Refund, "reason", reason)
+	return nil
+}
+
+// settleCards queues the Stripe calls that end the session's card holds
+// (the billed part of each captured, a hold with nothing billed released)
+// and the host's transfer.
+func (e *Engine) settleCards(tx *store.Tx, nowMS int64, s *row, st *settlement) error {
+	for i, q := range st.quotes {
+		h, ok := st.holds[q.ID]
+		if !ok {
+			continue
+		}
+		var err error
+		if billed := st.Payments[i].Amount; billed > 0 {
+			err = e.cards.Capture(tx, nowMS, s.ID, q.ID, h, billed, s.Currency)
+		} else {
+			err = e.cards.Release(tx, nowMS, s.ID, q.ID, h, s.Currency)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if st.payee != "" {
+		return e.cards.Transfer(tx, nowMS, s.ID, st.payee, st.Payout(), s.Currency)
+	}
 	return nil
 }

@@ -197,6 +197,13 @@ func testMigrations(t *testing.T, d testDB, want []string) {
 	if err := s.Write(t.Context(), insertAccount("a1")); err != nil {
 		t.Fatalf("insert into migrated schema: %v", err)
 	}
+	// Touch writes and changes nothing.
+	if err := s.Write(t.Context(), func(tx *Tx) error { return tx.Touch() }); err != nil {
+		t.Fatalf("touch: %v", err)
+	}
+	if diff := cmp.Diff(want, migrationRows(t, s)); diff != "" {
+		t.Fatalf("schema_migrations after touch (-want +got):\n%s", diff)
+	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
+	"github.com/sharespot/sharespot/internal/card"
 	"github.com/sharespot/sharespot/internal/harness"
 	"github.com/sharespot/sharespot/internal/payment"
 	"github.com/sharespot/sharespot/internal/relay"
@@ -208,7 +209,7 @@ func testUpgrade(t *testing.T, f fixture, target string) {
 		t.Fatal(err)
 	}
 	now := time.UnixMilli(last).Add(time.Hour)
-	eng := session.New(st, relay.NewHub(), wallet, func() time.Time { return now }, session.DefaultConfig(), nil)
+	eng := session.New(st, relay.NewHub(), wallet, card.Settler{}, func() time.Time { return now }, session.DefaultConfig(), nil)
 	checkViews(t, st, eng, before)
 
 	// A funding.
