@@ -108,14 +108,7 @@ func (c *ShareCmd) Run(env *runEnv) error {
 	if err != nil {
 		return err
 	}
-	state := c.State
-	if state == "" {
-		state = filepath.Join(filepath.Dir(identity.DefaultPath()), "host")
-	}
-	if err := os.MkdirAll(state, 0o700); err != nil {
-		return err
-	}
-	codeKey, err := host.LoadOrCreateKey(filepath.Join(state, "access-code.key"))
+	state, codeKey, err := c.stateDir()
 	if err != nil {
 		return err
 	}
@@ -123,47 +116,18 @@ func (c *ShareCmd) Run(env *runEnv) error {
 	if err != nil {
 		return err
 	}
-	if c.Payouts {
-		on, err := cl.Payments.PayoutOnboarding(env.ctx, connect.NewRequest(&sharespotv1.PayoutOnboardingRequest{}))
-		if err != nil {
-			return fmt.Errorf("payouts: %w", err)
-		}
-		if on.Msg.Ready {
-			fmt.Fprintf(env.stdout, "Payouts: Stripe account %s receives your share of card payments.\n", on.Msg.AccountId)
-		} else {
-			fmt.Fprintf(env.stdout, "Payouts: finish setting up Stripe account %s at\n  %s\nUntil Stripe confirms it, card earnings stay in your wallet.\n", on.Msg.AccountId, on.Msg.Url)
-		}
+	if err := c.payouts(env, cl); err != nil {
+		return err
 	}
 	hs, err := registerOrUpdate(env.ctx, cl, inst)
 	if err != nil {
 		return err
 	}
-	fst, err := gateway.OpenFileStore(filepath.Join(state, "gateway.json"))
+	gw, kind, gm, stop, err := c.gateway(env, inst, state)
 	if err != nil {
 		return err
 	}
-	var gm *metrics.Gateway // nil without --metrics: records nothing
-	var st gateway.Store = fst
-	var mreg *prometheus.Registry
-	if c.Metrics != "" {
-		mreg = prometheus.NewRegistry()
-		gm = metrics.NewGateway(mreg)
-		st = gm.Store(fst)
-	}
-	c.store = st
-	gw, kind, err := c.openGateway(env, inst)
-	if err != nil {
-		return err
-	}
-	gm.SetUsage(gw.Usage)
-	if c.Metrics != "" {
-		stop, addr, err := serveMetrics(c.Metrics, mreg)
-		if err != nil {
-			return err
-		}
-		defer stop()
-		fmt.Fprintf(env.stdout, "metrics on http://%s/metrics\n", addr)
-	}
+	defer stop()
 	t := inst.Tariff
 	fmt.Fprintf(env.stdout, "sharing %q (%s) as %s: %s per %s, top-ups %s, %s available\n", c.SSID, hs.Instruction.AccessPoint.Bssid,
 		short(cl.DeviceID()), client.FormatMoney(t.PriceMinor, t.Currency), size.Format(t.UnitBytes), client.FormatMoney(t.TopupPriceMinor, t.Currency),
@@ -176,94 +140,114 @@ func (c *ShareCmd) Run(env *runEnv) error {
 		}
 		fmt.Fprintf(env.stdout, "dashboard: %s (open it once, before %s)\n", link, exp.Local().Format("15:04"))
 	}
+	view := newGuestView(env.stdout, isTerminal(env.stdout), t.Currency)
+	h := &host.Host{C: cl, GW: gw, Kind: kind, Threshold: inst.WarnAtBytes, CursorFile: filepath.Join(state, "inbox.cursor"), CodeKey: codeKey,
+		ReportEvery: c.ReportEvery, OnEvent: gm.Event,
+		Notify: func(what, sid string, used, quota int64) {
+			gm.State(sid, what, used)
+			view.notify(what, sid, used, quota)
+		}}
+	if c.Ask {
+		h.Decide = askHost(view, t)
+	}
+	return c.serve(env, h, view)
+}
 
+// serve runs the gateway, the host agent's loop and the live view until
+// interrupted, then reports the final usage.
+func (c *ShareCmd) serve(env *runEnv, h *host.Host, view *guestView) error {
 	ctx, cancel := context.WithCancel(env.ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { defer wg.Done(); gw.Run(ctx) }()
-	view := newGuestView(env.stdout, isTerminal(env.stdout), t.Currency)
-	h := &host.Host{C: cl, GW: gw, Kind: kind, Threshold: inst.WarnAtBytes, CursorFile: filepath.Join(state, "inbox.cursor"), CodeKey: codeKey,
-		ReportEvery: c.ReportEvery,
-		OnEvent:     gm.Event,
-		Notify: func(what, sid string, used, quota int64) {
-			gm.State(sid, what, used)
-			switch what {
-			case "request":
-				view.event(fmt.Sprintf("%s  a guest asks for %s", sid, size.Format(quota)), sid, func(r *guestRow) { r.State = "asked" })
-			case "granted":
-				view.event(fmt.Sprintf("%s  paid and granted: %s", sid, size.Format(quota)), sid, func(r *guestRow) { r.State, r.Used, r.Granted = "granted", used, quota })
-			case "online":
-				view.event(fmt.Sprintf("%s  guest online", sid), sid, func(r *guestRow) { r.State = "online" })
-			case "low":
-				view.event(fmt.Sprintf("%s  %s of %s used: prompted the guest", sid, size.Format(used), size.Format(quota)), sid,
-					func(r *guestRow) { r.State, r.Used, r.Granted = "low", used, quota })
-			case "exhausted":
-				view.event(fmt.Sprintf("%s  all %s used: guest cut off", sid, size.Format(quota)), sid, func(r *guestRow) { r.State, r.Used = "cut off", used })
-			case "ending":
-				view.event(fmt.Sprintf("%s  the guest left: revoked at the gateway, final count sent", sid), sid, func(r *guestRow) { r.State = "ending" })
-			case "ended":
-				view.event(fmt.Sprintf("%s  ended after %s; you earned %s", sid, size.Format(used), client.FormatMoney(quota, t.Currency)), sid,
-					func(r *guestRow) { r.State, r.Used = "ended", used })
-			}
-		}}
-	// The live view: this host's sessions from the server, usage from the
-	// gateway, every second (no radio, no guest: loopback calls only).
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		tick := time.NewTicker(time.Second)
-		defer tick.Stop()
-		down := false
-		for n := 0; ; n++ {
-			if n%5 == 0 {
-				// A server outage is said once, and its end once: guests
-				// already online keep their access meanwhile.
-				switch err := view.refresh(ctx, cl.Sessions, cl.DeviceID(), gw); {
-				case err != nil && !down && ctx.Err() == nil:
-					down = true
-					view.event(fmt.Sprintf("the server at %s is unreachable (%v); guests online keep their access, retrying", cl.Server(), err), "", nil)
-				case err == nil && down:
-					down = false
-					view.event(fmt.Sprintf("the server at %s is reachable again", cl.Server()), "", nil)
-				}
-			} else {
-				for _, id := range view.sessions() {
-					if used, quota, err := gw.Usage(id); err == nil {
-						view.usage(id, used, quota)
-					}
-				}
-			}
-			select {
-			case <-ctx.Done():
-				return
-			case <-tick.C:
-			}
-		}
-	}()
-	if c.Ask {
-		in := bufio.NewReader(os.Stdin)
-		h.Decide = func(r *sharespotv1.AccessRequested) (bool, string) {
-			tariff := r.Tariff // the session's copy of the tariff (protocol 2)
-			if tariff == nil {
-				tariff = t
-			}
-			price, _ := protocol.TariffPrice(tariff, r.Bytes, false)
-			view.ask(fmt.Sprintf("guest %s wants %s for %s. Accept? [Y/n] ", short(r.GuestDeviceId), size.Format(r.Bytes), client.FormatMoney(price, t.Currency)))
-			line, _ := in.ReadString('\n')
-			view.answered()
-			if a := strings.ToLower(strings.TrimSpace(line)); a == "n" || a == "no" {
-				return false, "the host said no"
-			}
-			return true, ""
-		}
-	}
-	err = h.Run(ctx)
+	wg.Add(2)
+	go func() { defer wg.Done(); h.GW.Run(ctx) }()
+	go func() { defer wg.Done(); view.follow(ctx, h.C, h.GW) }()
+	err := h.Run(ctx)
 	h.ReportAll(context.WithoutCancel(env.ctx))
 	cancel()
 	wg.Wait()
 	fmt.Fprintln(env.stdout, "stopped sharing; usage reported")
 	return err
+}
+
+// stateDir is --state (default: "host" beside the device key), made 0700,
+// and the access-code key kept in it.
+func (c *ShareCmd) stateDir() (string, []byte, error) {
+	state := c.State
+	if state == "" {
+		state = filepath.Join(filepath.Dir(identity.DefaultPath()), "host")
+	}
+	if err := os.MkdirAll(state, 0o700); err != nil {
+		return "", nil, err
+	}
+	key, err := host.LoadOrCreateKey(filepath.Join(state, "access-code.key"))
+	return state, key, err
+}
+
+// payouts prints the Stripe Connect onboarding link with --payouts.
+func (c *ShareCmd) payouts(env *runEnv, cl *client.Client) error {
+	if !c.Payouts {
+		return nil
+	}
+	on, err := cl.Payments.PayoutOnboarding(env.ctx, connect.NewRequest(&sharespotv1.PayoutOnboardingRequest{}))
+	if err != nil {
+		return fmt.Errorf("payouts: %w", err)
+	}
+	if on.Msg.Ready {
+		fmt.Fprintf(env.stdout, "Payouts: Stripe account %s receives your share of card payments.\n", on.Msg.AccountId)
+	} else {
+		fmt.Fprintf(env.stdout, "Payouts: finish setting up Stripe account %s at\n  %s\nUntil Stripe confirms it, card earnings stay in your wallet.\n", on.Msg.AccountId, on.Msg.Url)
+	}
+	return nil
+}
+
+// gateway opens the gateway's state and the gateway, and serves the
+// gateway's metrics with --metrics (stop stops that).
+func (c *ShareCmd) gateway(env *runEnv, inst *sharespotv1.ShareInstruction, state string) (gw gateway.Gateway, kind string, gm *metrics.Gateway, stop func(), err error) {
+	stop = func() {}
+	fst, err := gateway.OpenFileStore(filepath.Join(state, "gateway.json"))
+	if err != nil {
+		return nil, "", nil, stop, err
+	}
+	var st gateway.Store = fst
+	var mreg *prometheus.Registry
+	if c.Metrics != "" { // without --metrics, gm is nil and records nothing
+		mreg = prometheus.NewRegistry()
+		gm = metrics.NewGateway(mreg)
+		st = gm.Store(fst)
+	}
+	c.store = st
+	if gw, kind, err = c.openGateway(env, inst); err != nil {
+		return nil, "", nil, stop, err
+	}
+	gm.SetUsage(gw.Usage)
+	if c.Metrics != "" {
+		var addr string
+		if stop, addr, err = serveMetrics(c.Metrics, mreg); err != nil {
+			return nil, "", nil, func() {}, err
+		}
+		fmt.Fprintf(env.stdout, "metrics on http://%s/metrics\n", addr)
+	}
+	return gw, kind, gm, stop, nil
+}
+
+// askHost asks the person at the terminal about each request (--ask).
+func askHost(view *guestView, t *sharespotv1.Tariff) func(*sharespotv1.AccessRequested) (bool, string) {
+	in := bufio.NewReader(os.Stdin)
+	return func(r *sharespotv1.AccessRequested) (bool, string) {
+		tariff := r.Tariff // the session's copy of the tariff (protocol 2)
+		if tariff == nil {
+			tariff = t
+		}
+		price, _ := protocol.TariffPrice(tariff, r.Bytes, false)
+		view.ask(fmt.Sprintf("guest %s wants %s for %s. Accept? [Y/n] ", short(r.GuestDeviceId), size.Format(r.Bytes), client.FormatMoney(price, t.Currency)))
+		line, _ := in.ReadString('\n')
+		view.answered()
+		if a := strings.ToLower(strings.TrimSpace(line)); a == "n" || a == "no" {
+			return false, "the host said no"
+		}
+		return true, ""
+	}
 }
 
 // openGateway opens the metering gateway --gateway names, and returns the

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"text/tabwriter"
+	"time"
 
 	"connectrpc.com/connect"
 
@@ -242,6 +243,61 @@ func (v *guestView) sessions() []string {
 		}
 	}
 	return ids
+}
+
+// notify shows what the host agent tells (host.Host.Notify).
+func (v *guestView) notify(what, sid string, used, quota int64) {
+	switch what {
+	case "request":
+		v.event(fmt.Sprintf("%s  a guest asks for %s", sid, size.Format(quota)), sid, func(r *guestRow) { r.State = "asked" })
+	case "granted":
+		v.event(fmt.Sprintf("%s  paid and granted: %s", sid, size.Format(quota)), sid, func(r *guestRow) { r.State, r.Used, r.Granted = "granted", used, quota })
+	case "online":
+		v.event(fmt.Sprintf("%s  guest online", sid), sid, func(r *guestRow) { r.State = "online" })
+	case "low":
+		v.event(fmt.Sprintf("%s  %s of %s used: prompted the guest", sid, size.Format(used), size.Format(quota)), sid,
+			func(r *guestRow) { r.State, r.Used, r.Granted = "low", used, quota })
+	case "exhausted":
+		v.event(fmt.Sprintf("%s  all %s used: guest cut off", sid, size.Format(quota)), sid, func(r *guestRow) { r.State, r.Used = "cut off", used })
+	case "ending":
+		v.event(fmt.Sprintf("%s  the guest left: revoked at the gateway, final count sent", sid), sid, func(r *guestRow) { r.State = "ending" })
+	case "ended":
+		v.event(fmt.Sprintf("%s  ended after %s; you earned %s", sid, size.Format(used), client.FormatMoney(quota, v.currency)), sid,
+			func(r *guestRow) { r.State, r.Used = "ended", used })
+	}
+}
+
+// follow keeps the view current until ctx ends: this host's sessions from
+// the server every 5 s, usage from the gateway every second (no radio, no
+// guest: loopback calls only). A server outage is said once, and its end
+// once: guests already online keep their access meanwhile.
+func (v *guestView) follow(ctx context.Context, cl *client.Client, gw usageMeter) {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	down := false
+	for n := 0; ; n++ {
+		if n%5 == 0 {
+			switch err := v.refresh(ctx, cl.Sessions, cl.DeviceID(), gw); {
+			case err != nil && !down && ctx.Err() == nil:
+				down = true
+				v.event(fmt.Sprintf("the server at %s is unreachable (%v); guests online keep their access, retrying", cl.Server(), err), "", nil)
+			case err == nil && down:
+				down = false
+				v.event(fmt.Sprintf("the server at %s is reachable again", cl.Server()), "", nil)
+			}
+		} else {
+			for _, id := range v.sessions() {
+				if used, quota, err := gw.Usage(id); err == nil {
+					v.usage(id, used, quota)
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
 }
 
 // sessionLister is what the view needs of the server.

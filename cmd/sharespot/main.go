@@ -1,5 +1,10 @@
 // Command sharespot is the Sharespot server and device tool: one binary,
 // one subcommand per role. main stays thin; the work lives in internal/.
+//
+// Built with -tags device, it is the device build for routers and phones
+// that host or buy: share, scan, connect, wallet (balance, history, card),
+// device and version, and no server code (server, demo, bench and the
+// operator's wallet commands are left out; internal/deptest keeps it so).
 package main
 
 import (
@@ -21,15 +26,20 @@ import (
 type CLI struct {
 	Config string `name:"config" env:"SHARESPOT_CONFIG" help:"Configuration file (JSON; default ${config_default})." placeholder:"FILE"`
 
-	Demo    DemoCmd        `cmd:"" help:"Run the whole flow on this machine: a server, a host and a guest, real bytes, real ledger."`
-	Server  ServerGroupCmd `cmd:"" help:"Run the Sharespot server: registry, relay, sessions, wallet; or make an operator's dashboard link."`
-	Share   ShareCmd       `cmd:"" help:"Host: register your hotspot and sell data through the metering gateway."`
-	Scan    ScanCmd        `cmd:"" help:"Guest: show the Sharespot hotspots in range, with their prices."`
-	Connect ConnectCmd     `cmd:"" help:"Guest: buy data from a hotspot and get online through it."`
-	Wallet  WalletCmd      `cmd:"" help:"Wallets: operator funding and balances."`
-	Device  DeviceCmd      `cmd:"" help:"This device's identity: ID and sign-in token."`
-	Version VersionCmd     `cmd:"" help:"Print the version and protocol version."`
-	Bench   BenchCmd       `cmd:"" help:"Load benchmarks: paid flows open loop, idle streams, relay latency."`
+	serverCommands `embed:""` // demo, server, bench: not in the device build
+
+	Share   ShareCmd   `cmd:"" help:"Host: register your hotspot and sell data through the metering gateway."`
+	Scan    ScanCmd    `cmd:"" help:"Guest: show the Sharespot hotspots in range, with their prices."`
+	Connect ConnectCmd `cmd:"" help:"Guest: buy data from a hotspot and get online through it."`
+	Wallet  WalletCmd  `cmd:"" help:"Wallets: operator funding and balances."`
+	Device  DeviceCmd  `cmd:"" help:"This device's identity: ID and sign-in token."`
+	Version VersionCmd `cmd:"" help:"Print the version and protocol version."`
+}
+
+type runEnv struct {
+	ctx    context.Context
+	stdout io.Writer
+	stderr io.Writer
 }
 
 func main() { os.Exit(run()) }
@@ -48,6 +58,10 @@ func run() int {
 	}
 	kctx, err := parser.Parse(args)
 	if err != nil {
+		if cmd := serverOnly(args); cmd != "" {
+			fmt.Fprintf(os.Stderr, "sharespot: %q is not in this device build (built with -tags device); it runs on the server, with the full build\n", cmd)
+			return 2
+		}
 		return parseFailed(os.Stderr, err)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -88,4 +102,27 @@ func errText(err error) string {
 		lines[i] = client.SafeText(l)
 	}
 	return strings.Join(lines, "\n")
+}
+
+// serverOnly names the full build's command args asks for, if this build
+// lacks it ("" otherwise).
+func serverOnly(args []string) string {
+	if buildKind != "device" {
+		return ""
+	}
+	var words []string
+	for _, a := range args {
+		if !strings.HasPrefix(a, "-") {
+			words = append(words, a)
+		}
+	}
+	switch {
+	case len(words) == 0:
+		return ""
+	case words[0] == "server" || words[0] == "demo" || words[0] == "bench":
+		return "sharespot " + words[0]
+	case words[0] == "wallet" && len(words) > 1 && (words[1] == "fund" || words[1] == "audit"):
+		return "sharespot wallet " + words[1]
+	}
+	return ""
 }

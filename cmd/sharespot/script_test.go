@@ -1,3 +1,5 @@
+//go:build !device
+
 package main
 
 import (
@@ -8,7 +10,10 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -38,8 +43,46 @@ func freePort() (string, error) {
 // TestScripts runs the CLI end to end: the real binary against a real
 // server, as a person would (testdata/script/*.txtar).
 func TestScripts(t *testing.T) {
-	testscript.Run(t, testscript.Params{
-		Dir: "testdata/script",
+	testscript.Run(t, scriptParams("testdata/script"))
+}
+
+// TestDeviceBuild runs the device build (-tags device) as a router or a
+// phone would: the host's share and the guest's scan and connect are the
+// device binary, sharespot-device in the scripts, against the full
+// build's server (testdata/device/*.txtar).
+func TestDeviceBuild(t *testing.T) {
+	bin := t.TempDir()
+	build := exec.Command(goCommand(), "build", "-tags", "device", "-o", filepath.Join(bin, "sharespot-device"), ".")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build -tags device: %v\n%s", err, out)
+	}
+	p := scriptParams("testdata/device")
+	setup := p.Setup
+	p.Setup = func(env *testscript.Env) error {
+		env.Setenv("PATH", bin+string(os.PathListSeparator)+env.Getenv("PATH"))
+		return setup(env)
+	}
+	testscript.Run(t, p)
+}
+
+// goCommand is the go command of the toolchain running the test.
+func goCommand() string {
+	if p := filepath.Join(runtime.GOROOT(), "bin", "go"); fileExists(p) {
+		return p
+	}
+	return "go"
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}
+
+// scriptParams are the scripts in dir with the commands and set-up every
+// script of this package has.
+func scriptParams(dir string) testscript.Params {
+	return testscript.Params{
+		Dir: dir,
 		Setup: func(env *testscript.Env) error {
 			for _, name := range []string{"LISTEN", "GATEWAY", "HOSTMETRICS"} {
 				addr, err := freePort()
@@ -199,5 +242,5 @@ func TestScripts(t *testing.T) {
 				ts.Fatalf("nothing listens on %s", args[0])
 			},
 		},
-	})
+	}
 }

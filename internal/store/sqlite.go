@@ -34,9 +34,6 @@ func OpenSQLite(ctx context.Context, path string, opts Options) (*Store, error) 
 	if path == "" {
 		return nil, errors.New("store: empty SQLite path")
 	}
-	if !sqliteBuilt {
-		return nil, errors.New("store: this sharespot is built without the SQLite engine (build tag nosqliteserver, for routers, which are hosts): give the server a postgres:// database, or run a full build")
-	}
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)

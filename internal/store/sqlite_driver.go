@@ -1,4 +1,4 @@
-//go:build !nosqliteserver && !cgosqlite
+//go:build !cgosqlite
 
 package store
 
@@ -9,11 +9,6 @@ import (
 	"modernc.org/sqlite"
 	sqlite3 "modernc.org/sqlite/lib"
 )
-
-// sqliteBuilt: this build has the SQLite engine (modernc.org/sqlite, which
-// does not build for every GOARCH: not mips/mipsle). Routers build with
-// -tags nosqliteserver; they are hosts and never open a server database.
-const sqliteBuilt = true
 
 const sqliteDriverName = "sqlite"
 

@@ -1,4 +1,4 @@
-//go:build cgosqlite && !nosqliteserver
+//go:build cgosqlite
 
 package store
 
@@ -19,8 +19,6 @@ import (
 
 	"github.com/mattn/go-sqlite3"
 )
-
-const sqliteBuilt = true
 
 // sqliteDriverName is go-sqlite3 with sqliteConnectHook. A variable so
 // that tests can register a driver that adds their SQL functions.

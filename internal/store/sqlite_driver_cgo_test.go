@@ -1,4 +1,4 @@
-//go:build cgosqlite && !nosqliteserver
+//go:build cgosqlite
 
 package store
 

@@ -1,0 +1,137 @@
+//go:build !device
+
+package main
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/sharespot/sharespot/internal/account"
+	"github.com/sharespot/sharespot/internal/client"
+	"github.com/sharespot/sharespot/internal/ledger"
+	"github.com/sharespot/sharespot/internal/payment"
+	"github.com/sharespot/sharespot/internal/problem"
+	"github.com/sharespot/sharespot/internal/server"
+	"github.com/sharespot/sharespot/internal/session"
+	"github.com/sharespot/sharespot/internal/size"
+	"github.com/sharespot/sharespot/internal/store"
+)
+
+// WalletAuditCmd checks the ledger and the sessions' escrow.
+type WalletAuditCmd struct {
+	Data string `env:"SHARESPOT_DATA" help:"The server's data directory." placeholder:"DIR"`
+	DB   string `name:"db" env:"SHARESPOT_DB" help:"The server's database, when it is PostgreSQL (a postgres:// URL)." placeholder:"URL"`
+}
+
+// Run audits: the ledger balances (every balance equals its transfers, the
+// sum of all is zero, none below zero that may not be) and the sessions
+// (an ended session holds nothing in escrow).
+func (c *WalletAuditCmd) Run(env *runEnv) error {
+	target, err := server.DBTarget(c.Data, c.DB)
+	if err != nil {
+		return fmt.Errorf("--db: %w", err)
+	}
+	st, err := store.Open(env.ctx, target, store.Options{})
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	var rep session.AuditReport
+	err = st.Read(env.ctx, func(tx *store.Tx) error {
+		var err error
+		rep, err = session.Audit(tx)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("audit: %w", err)
+	}
+	a, recon := rep.Ledger, rep.Usage
+	open, ended, heldAfterEnd := rep.Open, rep.Ended, rep.HeldAfterEnd
+	curs := make([]string, 0, len(a.Sums))
+	for cur := range a.Sums {
+		curs = append(curs, cur)
+	}
+	slices.Sort(curs)
+	for _, cur := range curs {
+		fmt.Fprintf(env.stdout, "%s: all balances sum to %s\n", cur, client.FormatMoney(a.Sums[cur], cur))
+	}
+	fmt.Fprintf(env.stdout, "sessions: %d open, %d ended, %d ended with money in escrow\n", open, ended, heldAfterEnd)
+	// Usage reconciliation: hosts whose counts ran ahead of what their
+	// guests acknowledged by more than the credit window.
+	var verified, unverified, flagged int
+	for _, r := range recon {
+		verified, unverified = verified+r.Verified, unverified+r.Unverified
+		if r.Overclaimed > 0 {
+			flagged++
+			fmt.Fprintf(env.stdout, "usage: host %s counted more than its guests acknowledged plus the window in %d of %d verified sessions (%s counted, %s acknowledged)\n",
+				r.Host, r.Overclaimed, r.Verified, size.Format(r.HostBytes), size.Format(r.AckedBytes))
+		}
+	}
+	fmt.Fprintf(env.stdout, "usage: %d sessions verified by the guest's acknowledgments, %d unverified; %d hosts counted ahead of their guests\n", verified, unverified, flagged)
+	if !rep.OK() {
+		return fmt.Errorf("audit failed: negative %v, drift %v, ended sessions holding escrow %d", a.Negative, a.Drift, heldAfterEnd)
+	}
+	fmt.Fprintln(env.stdout, "ledger consistent")
+	return nil
+}
+
+// WalletFundCmd funds a wallet directly in the server's database.
+type WalletFundCmd struct {
+	Data     string `env:"SHARESPOT_DATA" help:"The server's data directory." placeholder:"DIR"`
+	DB       string `name:"db" env:"SHARESPOT_DB" help:"The server's database, when it is PostgreSQL (a postgres:// URL)." placeholder:"URL"`
+	Account  string `help:"Account ID to fund." xor:"who"`
+	Device   string `help:"Device ID whose account to fund." xor:"who"`
+	Amount   int64  `required:"" placeholder:"MINOR" help:"Amount in the currency's minor unit (cents for EUR): 500 with --currency EUR is €5.00."`
+	Currency string `required:"" help:"ISO 4217 currency code, e.g. EUR."`
+	Key      string `help:"Idempotency key: funding twice with the same key adds the money once."`
+}
+
+// Run funds the wallet.
+func (c *WalletFundCmd) Run(env *runEnv) error {
+	if c.Account == "" && c.Device == "" {
+		return errors.New("name the wallet with --account or --device")
+	}
+	target, err := server.DBTarget(c.Data, c.DB)
+	if err != nil {
+		return fmt.Errorf("--db: %w", err)
+	}
+	st, err := store.Open(env.ctx, target, store.Options{})
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	cur := strings.ToUpper(c.Currency)
+	var bal int64
+	var applied bool
+	err = st.Write(env.ctx, func(tx *store.Tx) error {
+		acct := c.Account
+		if c.Device != "" {
+			var err error
+			if acct, err = account.Of(tx, c.Device); err != nil {
+				if problem.KindOf(err) == problem.NotFound {
+					return fmt.Errorf("device %s is not known to this server: sign it in first", c.Device)
+				}
+				return err
+			}
+		}
+		var err error
+		if applied, err = payment.Fund(tx, time.Now().UnixMilli(), acct, cur, c.Amount, c.Key, "operator funding"); err != nil {
+			return err
+		}
+		c.Account = acct
+		bal, err = ledger.Balance(tx, ledger.Wallet(acct, cur).ID)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	if !applied {
+		fmt.Fprintf(env.stdout, "already funded with key %q; balance of %s: %s\n", c.Key, c.Account, client.FormatMoney(bal, cur))
+		return nil
+	}
+	fmt.Fprintf(env.stdout, "funded %s with %s; balance: %s\n", c.Account, client.FormatMoney(c.Amount, cur), client.FormatMoney(bal, cur))
+	return nil
+}
