@@ -35,7 +35,7 @@ type ConnectCmd struct {
 	Duration      time.Duration `help:"End the session after this long (default: when interrupted)."`
 	Pay           string        `default:"wallet" enum:"wallet,card" help:"How to pay: wallet, or card (Stripe: the fee is held on the card and only what is used is charged)."`
 	PaymentMethod string        `name:"payment-method" help:"With --pay card: the Stripe PaymentMethod (pm_...) to charge; on a server in Stripe test mode the test card is used when empty." placeholder:"ID"`
-	Forward       string        `default:"127.0.0.1:1081" help:"Where the local forwarder listens (SOCKS5 and HTTP CONNECT, no credentials) with the userspace gateway: it counts what this device receives and sends and signs it for the server, so the host can bill no more than that (plus its credit window). \"off\": no forwarder." placeholder:"ADDR"`
+	Forward       string        `default:"127.0.0.1:1081" help:"Where the local forwarder listens (SOCKS5 and HTTP CONNECT, no credentials) with the userspace gateway. The session is verified: this device counts what it receives and sends, and signs it to the host's gateway as it goes, so the host can bill no more than that plus the credit window (with the kernel gateway, this device counts its interface). \"off\": no forwarder, and an unverified session, billed on the host's count (at most what was bought)." placeholder:"ADDR"`
 }
 
 // asker asks a person yes-or-no questions on a terminal. A question ends
@@ -156,7 +156,7 @@ func (c *ConnectCmd) start(env *runEnv) (*guestRun, error) {
 	if err != nil {
 		return nil, err
 	}
-	r.g = &guest.Guest{C: cl, Store: &guest.Store{Dir: c.stateDir(c.path())}, Retry: true}
+	r.g = &guest.Guest{C: cl, Store: &guest.Store{Dir: c.stateDir(c.path())}, Retry: true, Unverified: c.forwardOff()}
 	if r.ses, err = c.begin(env.ctx, env.stdout, r.g); err != nil {
 		return nil, err
 	}
@@ -202,7 +202,8 @@ func (r *guestRun) buyOptions(yes bool) guest.BuyOptions {
 }
 
 // online is C1.8: present the code to the kernel gateway, or start the
-// local forwarder for the userspace one, and say how to use it.
+// local forwarder for the userspace one, say how to use it, and, in a
+// verified session, acknowledge what arrives in-band to the gateway.
 func (r *guestRun) online(gr *sharespotv1.AccessGranted, acked int64) error {
 	out := r.env.stdout
 	code, err := r.ses.Code(gr) // claim 2
@@ -211,47 +212,89 @@ func (r *guestRun) online(gr *sharespotv1.AccessGranted, acked int64) error {
 	}
 	addr := gr.Gateway.GetAddress()
 	if gr.Gateway.GetKind() == nft.Kind {
-		// The kernel gateway: present the code to its admission endpoint,
-		// which binds this device's address and MAC to the session (C1.8).
-		if _, err := nft.Present(r.ctx, nil, addr, r.ses.ID, code); err != nil {
-			return r.fail(err, "the host's gateway refused the access code")
-		}
-		fmt.Fprintf(out, "online: %s granted (C1.7); the host's gateway admitted this device, browse as usual (C1.8)\n", size.Format(gr.GrantedBytes))
-		return nil
+		return r.onlineKernel(addr, code, gr, acked)
 	}
 	fmt.Fprintf(out, "online: %s granted (C1.7). Use the host's gateway (C1.8):\n", size.Format(gr.GrantedBytes))
 	fwd, err := r.c.forwarder(addr, r.ses.ID, code)
 	switch {
-	case err != nil:
-		fmt.Fprintf(out, "  (no local forwarder: %v)\n", err)
-	case fwd == nil:
+	case err != nil && r.ses.Verified():
+		return r.fail(fmt.Errorf("the local forwarder, which counts what this device receives: %w", err), "the guest cannot count")
+	case err != nil || fwd == nil:
+		if err != nil {
+			fmt.Fprintf(out, "  (no local forwarder: %v)\n", err)
+		}
 		fmt.Fprintf(out, "  SOCKS5:  socks5h://%s:%s@%s\n", r.ses.ID, seal.FormatCode(code), addr)
 		fmt.Fprintf(out, "  example: curl --proxy socks5h://%s:%s@%s https://example.org/\n", r.ses.ID, seal.FormatCode(code), addr)
+		fmt.Fprintln(out, "  unverified: this device counts nothing; you pay the host's count (at most what you bought)")
 	default:
-		r.forward(fwd, acked)
+		r.acknowledge(addr, code, acked, fwd.Bytes, func(ctx context.Context) { fwd.Run(ctx) })
 		fmt.Fprintf(out, "  export ALL_PROXY=socks5h://%s HTTPS_PROXY=http://%s   # this device's forwarder: what passes is counted and signed\n", fwd.Addr(), fwd.Addr())
 		fmt.Fprintf(out, "  example: curl --proxy socks5h://%s https://example.org/\n", fwd.Addr())
-		fmt.Fprintf(out, "  or, for programs that cannot use it (not counted by this device): socks5h://%s:%s@%s\n", r.ses.ID, seal.FormatCode(code), addr)
+		fmt.Fprintln(out, "  verified: this device acknowledges what it receives to the host's gateway; traffic that does not pass the forwarder is not counted here and soon stalls")
 	}
 	return nil
 }
 
-// forward runs the local forwarder and its acknowledgments until
-// stopForward.
-func (r *guestRun) forward(fwd *forward.Forwarder, acked int64) {
+// onlineKernel presents the code to the kernel gateway's admission
+// endpoint, which binds this device's address and MAC to the session
+// (C1.8), and acknowledges what this device's interface to the host
+// passes.
+func (r *guestRun) onlineKernel(addr string, code []byte, gr *sharespotv1.AccessGranted, acked int64) error {
+	out := r.env.stdout
+	var count func() int64
+	if r.ses.Verified() {
+		// Counted from before the admission, so nothing that passes
+		// after it escapes the count.
+		c, err := interfaceCounter(addr)
+		if err != nil {
+			return r.fail(fmt.Errorf("this device cannot count its traffic to the host (%w); run connect with --forward off for an unverified session", err), "the guest cannot count")
+		}
+		count = c.Bytes
+	}
+	if _, err := nft.Present(r.ctx, nil, addr, r.ses.ID, code); err != nil {
+		return r.fail(err, "the host's gateway refused the access code")
+	}
+	fmt.Fprintf(out, "online: %s granted (C1.7); the host's gateway admitted this device, browse as usual (C1.8)\n", size.Format(gr.GrantedBytes))
+	if count != nil {
+		r.acknowledge(addr, code, acked, count, nil)
+		fmt.Fprintln(out, "  verified: this device counts what its interface to the host passes and acknowledges it to the host's gateway")
+	} else {
+		fmt.Fprintln(out, "  unverified: this device counts nothing; you pay the host's count (at most what you bought)")
+	}
+	return nil
+}
+
+// interfaceCounter counts the interface this device reaches the gateway at
+// addr (host:port) by.
+func interfaceCounter(addr string) (*guest.InterfaceCounter, error) {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("gateway address %q: %w", addr, err)
+	}
+	name, err := guest.InterfaceTo(ap.Addr())
+	if err != nil {
+		return nil, err
+	}
+	return guest.NewInterfaceCounter(name)
+}
+
+// acknowledge runs the session's in-band acknowledgments of count (and
+// run, the forwarder, if not nil) until stopForward, which sends the last.
+func (r *guestRun) acknowledge(addr string, code []byte, acked int64, count func() int64, run func(context.Context)) {
+	a := &guest.Acker{Session: r.ses, Gateway: addr, Code: code, Count: count, Base: acked}
+	r.ses.Acknowledging(a)
 	fctx, fcancel := context.WithCancel(r.ctx)
 	var fwg sync.WaitGroup
-	fwg.Add(2)
-	go func() { defer fwg.Done(); fwd.Run(fctx) }()
-	go func() {
-		defer fwg.Done()
-		fwd.Acknowledge(fctx, acked, 256<<10, time.Second, func(ctx context.Context, n int64) error {
-			_, err := r.ses.Acknowledge(ctx, n)
-			return err
-		})
-	}()
+	if run != nil {
+		fwg.Go(func() { run(fctx) })
+	}
+	fwg.Go(func() { a.Run(fctx) })
 	r.stopForward = func() { fcancel(); fwg.Wait() }
 }
+
+// forwardOff reports whether --forward is off: no forwarder, and so an
+// unverified session.
+func (c *ConnectCmd) forwardOff() bool { return c.Forward == "off" || c.Forward == "" }
 
 // loop shows usage and answers the host until the session ends.
 func (r *guestRun) loop() error {
@@ -389,7 +432,7 @@ func (r *guestRun) fail(err error, reason string) error {
 // forwarder opens the local forwarder at --forward (nil for "off"); a busy
 // port falls back to any free one on loopback.
 func (c *ConnectCmd) forwarder(gateway, sid string, code []byte) (*forward.Forwarder, error) {
-	if c.Forward == "off" || c.Forward == "" {
+	if c.forwardOff() {
 		return nil, nil
 	}
 	fwd, err := forward.Listen(c.Forward, gateway, sid, seal.FormatCode(code), nil)

@@ -59,18 +59,23 @@ func (c *WalletAuditCmd) Run(env *runEnv) error {
 		fmt.Fprintf(env.stdout, "%s: all balances sum to %s\n", cur, client.FormatMoney(a.Sums[cur], cur))
 	}
 	fmt.Fprintf(env.stdout, "sessions: %d open, %d ended, %d ended with money in escrow\n", open, ended, heldAfterEnd)
-	// Usage reconciliation: hosts whose counts ran ahead of what their
-	// guests acknowledged by more than the credit window.
+	// Usage reconciliation: who is to blame where a host's count ran
+	// ahead of what its guest acknowledged: a host that counted beyond the
+	// window, or a guest that stopped acknowledging and was held.
 	var verified, unverified, flagged int
-	for _, r := range recon {
+	for _, r := range recon.Hosts {
 		verified, unverified = verified+r.Verified, unverified+r.Unverified
 		if r.Overclaimed > 0 {
 			flagged++
-			fmt.Fprintf(env.stdout, "usage: host %s counted more than its guests acknowledged plus the window in %d of %d verified sessions (%s counted, %s acknowledged)\n",
+			fmt.Fprintf(env.stdout, "usage: host %s counted more than its guests acknowledged plus the window in %d of %d verified sessions (%s counted, %s acknowledged): the host over-counted; it was paid at most what was acknowledged plus the window\n",
 				r.Host, r.Overclaimed, r.Verified, size.Format(r.HostBytes), size.Format(r.AckedBytes))
 		}
 	}
-	fmt.Fprintf(env.stdout, "usage: %d sessions verified by the guest's acknowledgments, %d unverified; %d hosts counted ahead of their guests\n", verified, unverified, flagged)
+	for _, g := range recon.Guests {
+		fmt.Fprintf(env.stdout, "usage: guest %s stopped acknowledging in %d verified sessions and was held at the credit window by the host's gateway: the guest withheld, not the host\n", g.Guest, g.Sessions)
+	}
+	fmt.Fprintf(env.stdout, "usage: %d sessions verified by the guest's acknowledgments, %d unverified; %d hosts counted ahead of their guests, %d guests withheld acknowledgments\n",
+		verified, unverified, flagged, len(recon.Guests))
 	if !rep.OK() {
 		return fmt.Errorf("audit failed: negative %v, drift %v, ended sessions holding escrow %d", a.Negative, a.Drift, heldAfterEnd)
 	}

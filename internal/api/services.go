@@ -122,6 +122,19 @@ type discoveryService struct{ *services }
 func (d *discoveryService) Discover(ctx context.Context, req *connect.Request[sharespotv1.DiscoverRequest]) (*connect.Response[sharespotv1.DiscoverResponse], error) {
 	return read(ctx, d.services, func(tx *store.Tx) (*sharespotv1.DiscoverResponse, error) {
 		offers, err := registry.Discover(tx, req.Msg.Candidates)
+		if err != nil {
+			return nil, err
+		}
+		// Each host's record from its settled verified sessions, beside
+		// its price: what a guest that cannot verify knows before paying.
+		hosts := make([]string, len(offers))
+		for i, o := range offers {
+			hosts[i] = o.HostDeviceId
+		}
+		records, err := session.HostRecords(tx, hosts)
+		for _, o := range offers {
+			o.HostRecord = records[o.HostDeviceId]
+		}
 		return &sharespotv1.DiscoverResponse{Available: offers}, err
 	})
 }
@@ -137,7 +150,7 @@ func (s *sessionService) RequestAccess(ctx context.Context, req *connect.Request
 		return nil, err
 	}
 	return write(ctx, s.services, func(tx *store.Tx) (*sharespotv1.RequestAccessResponse, error) {
-		ses, err := s.d.Engine.RequestAccess(tx, p, m.HotspotId, m.Bytes, keys, m.ShownTariff)
+		ses, err := s.d.Engine.RequestAccess(tx, p, m.HotspotId, m.Bytes, keys, m.ShownTariff, m.UsageMode)
 		return &sharespotv1.RequestAccessResponse{Session: ses}, err
 	})
 }
@@ -173,15 +186,19 @@ func (s *sessionService) Confirm(ctx context.Context, req *connect.Request[share
 func (s *sessionService) Grant(ctx context.Context, req *connect.Request[sharespotv1.GrantRequest]) (*connect.Response[sharespotv1.GrantResponse], error) {
 	p, m := partyFrom(ctx), req.Msg
 	return write(ctx, s.services, func(tx *store.Tx) (*sharespotv1.GrantResponse, error) {
-		ses, err := s.d.Engine.Grant(tx, p, m.SessionId, m.QuoteId, m.GrantedBytes, m.SealedCode, m.Gateway, m.CreditWindowBytes)
+		ses, err := s.d.Engine.Grant(tx, p, m.SessionId, m.QuoteId, m.GrantedBytes, m.SealedCode, m.Gateway)
 		return &sharespotv1.GrantResponse{Session: ses}, err
 	})
 }
 
 func (s *sessionService) Prompt(ctx context.Context, req *connect.Request[sharespotv1.PromptRequest]) (*connect.Response[sharespotv1.PromptResponse], error) {
 	p, m := partyFrom(ctx), req.Msg
+	va, err := s.verifyAck(ctx, p, m.Ack)
+	if err != nil {
+		return nil, err
+	}
 	return write(ctx, s.services, func(tx *store.Tx) (*sharespotv1.PromptResponse, error) {
-		return &sharespotv1.PromptResponse{}, s.d.Engine.Prompt(tx, p, m.SessionId, m.UsedBytes)
+		return &sharespotv1.PromptResponse{}, s.d.Engine.Prompt(tx, p, m.SessionId, m.UsedBytes, va)
 	})
 }
 
@@ -195,16 +212,24 @@ func (s *sessionService) RequestTopUp(ctx context.Context, req *connect.Request[
 
 func (s *sessionService) ReportUsage(ctx context.Context, req *connect.Request[sharespotv1.ReportUsageRequest]) (*connect.Response[sharespotv1.ReportUsageResponse], error) {
 	p, m := partyFrom(ctx), req.Msg
+	va, err := s.verifyAck(ctx, p, m.Ack)
+	if err != nil {
+		return nil, err
+	}
 	return write(ctx, s.services, func(tx *store.Tx) (*sharespotv1.ReportUsageResponse, error) {
-		ses, err := s.d.Engine.ReportUsage(tx, p, m.SessionId, m.UsedBytes)
+		ses, err := s.d.Engine.ReportUsage(tx, p, m.SessionId, m.UsedBytes, va)
 		return &sharespotv1.ReportUsageResponse{Session: ses}, err
 	})
 }
 
 func (s *sessionService) End(ctx context.Context, req *connect.Request[sharespotv1.EndRequest]) (*connect.Response[sharespotv1.EndResponse], error) {
 	p, m := partyFrom(ctx), req.Msg
+	va, err := s.verifyAck(ctx, p, m.Ack)
+	if err != nil {
+		return nil, err
+	}
 	return write(ctx, s.services, func(tx *store.Tx) (*sharespotv1.EndResponse, error) {
-		ses, err := s.d.Engine.End(tx, p, m.SessionId, m.UsedBytes, m.Reason)
+		ses, err := s.d.Engine.End(tx, p, m.SessionId, m.UsedBytes, m.Reason, va, m.GuestHeld)
 		return &sharespotv1.EndResponse{Session: ses}, err
 	})
 }
@@ -221,6 +246,21 @@ func (s *sessionService) Acknowledge(ctx context.Context, req *connect.Request[s
 		n, err := s.d.Engine.Acknowledge(tx, p, va)
 		return &sharespotv1.AcknowledgeResponse{AckedBytes: n}, err
 	})
+}
+
+// verifyAck checks an acknowledgment a call carries (nil when it carries
+// none) outside the writer: the signature check costs the writer nothing.
+func (s *sessionService) verifyAck(ctx context.Context, p session.Party, ack *sharespotv1.UsageAck) (*session.VerifiedAck, error) {
+	if ack == nil {
+		return nil, nil
+	}
+	va, err := store.ReadT(ctx, s.d.Store, func(tx *store.Tx) (session.VerifiedAck, error) {
+		return s.d.Engine.VerifyAck(tx, p, ack)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &va, nil
 }
 
 func (s *sessionService) Get(ctx context.Context, req *connect.Request[sharespotv1.GetRequest]) (*connect.Response[sharespotv1.GetResponse], error) {

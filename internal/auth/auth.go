@@ -114,7 +114,7 @@ func (a *Auth) SignIn(ctx context.Context, pub, nonce, sig []byte, name string) 
 	token := tokenPrefix + base64.RawURLEncoding.EncodeToString(raw)
 	hash := sha256.Sum256([]byte(token))
 	now := a.now()
-	out := SignedIn{Token: token, Expires: now.Add(a.tokenTTL), Party: session.Party{DeviceID: id}}
+	out := SignedIn{Token: token, Expires: now.Add(a.tokenTTL), Party: session.Party{DeviceID: id, PublicKey: pub}}
 	err := a.st.Write(ctx, func(tx *store.Tx) error {
 		if err := consumeChallenge(tx, pub, nonce, now.UnixMilli()); err != nil {
 			return err
@@ -202,8 +202,8 @@ func (a *Auth) Authenticate(ctx context.Context, token string) (session.Party, e
 	var p session.Party
 	var exp int64
 	err := a.st.Read(ctx, func(tx *store.Tx) error {
-		return tx.QueryRow(`SELECT t.device_id, d.account_id, t.expires_ms FROM tokens t JOIN devices d ON d.id = t.device_id WHERE t.hash = ?`,
-			hash[:]).Scan(&p.DeviceID, &p.AccountID, &exp)
+		return tx.QueryRow(`SELECT t.device_id, d.account_id, d.public_key, t.expires_ms FROM tokens t JOIN devices d ON d.id = t.device_id WHERE t.hash = ?`,
+			hash[:]).Scan(&p.DeviceID, &p.AccountID, &p.PublicKey, &exp)
 	})
 	if errors.Is(err, store.ErrNotFound) || (err == nil && exp <= nowMS) {
 		return session.Party{}, problem.Unauthenticatedf("token unknown or expired: sign in again")

@@ -496,12 +496,17 @@ func (c *Client) AwaitSettled(ctx context.Context, s *sharespotv1.Session) (*sha
 	return s, nil
 }
 
-// Acknowledge signs, with this device's key, its cumulative count of the
-// bytes it received in a session, and sends it: the guest's evidence of
-// usage (package evidence). It returns the count the server holds.
+// SignAck signs, with this device's key, its cumulative count of the bytes
+// it received in a session: the guest's evidence of usage
+// (protocol.AckMessage).
+func (c *Client) SignAck(sessionID string, received int64) *sharespotv1.UsageAck {
+	return &sharespotv1.UsageAck{SessionId: sessionID, ReceivedBytes: received, Signature: protocol.SignAck(c.key, sessionID, received)}
+}
+
+// Acknowledge signs the count (SignAck) and sends it to the server. It
+// returns the count the server holds.
 func (c *Client) Acknowledge(ctx context.Context, sessionID string, received int64) (int64, error) {
-	res, err := c.Sessions.Acknowledge(ctx, connect.NewRequest(&sharespotv1.AcknowledgeRequest{Ack: &sharespotv1.UsageAck{
-		SessionId: sessionID, ReceivedBytes: received, Signature: protocol.SignAck(c.key, sessionID, received)}}))
+	res, err := c.Sessions.Acknowledge(ctx, connect.NewRequest(&sharespotv1.AcknowledgeRequest{Ack: c.SignAck(sessionID, received)}))
 	if err != nil {
 		return 0, err
 	}

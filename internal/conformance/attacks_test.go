@@ -463,12 +463,12 @@ func testHostOverclaims(t *testing.T) {
 		t.Fatalf("unacknowledged session: verified %v, billed on %d, host count %d", got.Verified, got.UsedBytes, got.HostCountBytes)
 	}
 	// The operator's reconciliation shows the host counting ahead.
-	recon, err := store.ReadT(ctx, r.env.Srv.Store(), func(tx *store.Tx) ([]session.HostReconciliation, error) { return session.Reconcile(tx) })
+	recon, err := store.ReadT(ctx, r.env.Srv.Store(), func(tx *store.Tx) (session.Reconciliation, error) { return session.Reconcile(tx) })
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := []session.HostReconciliation{{Host: r.host.DeviceID(), Verified: 1, Unverified: 1, Overclaimed: 1, HostBytes: 100 * MB, AckedBytes: 10 * MB}}
-	if diff := cmp.Diff(want, recon); diff != "" {
+	if diff := cmp.Diff(want, recon.Hosts); diff != "" {
 		t.Fatalf("reconciliation (-want +got):\n%s", diff)
 	}
 	r.env.MustAudit(t)

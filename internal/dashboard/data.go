@@ -297,7 +297,10 @@ type TopHost struct {
 // UsageTotals sums the usage reconciliation over all hosts.
 type UsageTotals struct {
 	Verified, Unverified, Overclaimed, FlaggedHosts int
-	HostBytes, AckedBytes                           int64
+	// Held: verified sessions whose guest stopped acknowledging and was
+	// held at the window; WithholdingGuests, how many guests did so.
+	Held, WithholdingGuests int
+	HostBytes, AckedBytes   int64
 }
 
 // OperatorData is what the operator's dashboard shows.
@@ -311,6 +314,9 @@ type OperatorData struct {
 	Top        []TopHost
 	Usage      UsageTotals
 	UsageHosts []session.HostReconciliation // at most 20, overclaimed first
+	// Withheld are the guests that stopped acknowledging in verified
+	// sessions (at most 20, most first).
+	Withheld []session.GuestWithheld
 }
 
 // LoadOperator reads the operator's dashboard.
@@ -354,19 +360,25 @@ func LoadOperator(tx *store.Tx, now time.Time) (*OperatorData, error) {
 	if err := rows.Err(); err != nil {
 		return nil, err
 	}
-	for _, r := range d.Audit.Usage {
+	for _, r := range d.Audit.Usage.Hosts {
 		d.Usage.Verified += r.Verified
 		d.Usage.Unverified += r.Unverified
 		d.Usage.Overclaimed += r.Overclaimed
+		d.Usage.Held += r.Held
 		d.Usage.HostBytes += r.HostBytes
 		d.Usage.AckedBytes += r.AckedBytes
 		if r.Overclaimed > 0 {
 			d.Usage.FlaggedHosts++
 		}
 	}
-	d.UsageHosts = d.Audit.Usage
+	d.UsageHosts = d.Audit.Usage.Hosts
 	if len(d.UsageHosts) > 20 {
 		d.UsageHosts = d.UsageHosts[:20]
+	}
+	d.Usage.WithholdingGuests = len(d.Audit.Usage.Guests)
+	d.Withheld = d.Audit.Usage.Guests
+	if len(d.Withheld) > 20 {
+		d.Withheld = d.Withheld[:20]
 	}
 	return d, nil
 }

@@ -16,6 +16,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -25,6 +26,7 @@ import (
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/api"
 	"github.com/sharespot/sharespot/internal/client"
+	"github.com/sharespot/sharespot/internal/forward"
 	"github.com/sharespot/sharespot/internal/gateway"
 	gwproxy "github.com/sharespot/sharespot/internal/gateway/proxy"
 	"github.com/sharespot/sharespot/internal/guest"
@@ -205,13 +207,28 @@ func Run(ctx context.Context, w io.Writer, o Options) (err error) {
 	}
 	p.step("C2.1", "guest opened the code with the preset suite %s (the server never saw it)", grant.SealedCode.Suite)
 
-	// ---- C1.8: online through the host
-	httpc := socksClient(grant.Gateway.GetAddress(), ses.ID, seal.FormatCode(code))
+	// ---- C1.8: online through the host, through the guest's own
+	// forwarder, which counts what arrives; the guest acknowledges it,
+	// signed, to the host's gateway directly (verified usage).
+	gwAddr := grant.Gateway.GetAddress()
+	fwd, err := forward.Listen("127.0.0.1:0", gwAddr, ses.ID, seal.FormatCode(code), nil)
+	if err != nil {
+		return fmt.Errorf("demo: forwarder: %w", err)
+	}
+	acker := &guest.Acker{Session: ses, Gateway: gwAddr, Code: code, Count: fwd.Bytes}
+	ses.Acknowledging(acker)
+	fctx, stopFwd := context.WithCancel(ctx)
+	var fwg sync.WaitGroup
+	fwg.Go(func() { fwd.Run(fctx) })
+	fwg.Go(func() { acker.Run(fctx) })
+	defer func() { stopFwd(); fwg.Wait() }()
+	httpc := socksClient(fwd.Addr(), "", "")
 	used, err := download(ctx, httpc, org.URL(), o.Buy-o.Warn+mb, mb)
 	if err != nil {
 		return fmt.Errorf("demo: download: %w", err)
 	}
-	p.step("C1.8", "guest online through the host: downloaded %s from the origin through the gateway", size.Format(used))
+	p.step("C1.8", "guest online through the host: downloaded %s from the origin through the gateway; its own count, signed, went to the gateway as it arrived (acknowledged %s)",
+		size.Format(used), size.Format(acker.Received()))
 
 	// ---- C1.9–C1.15: prompt and top-up
 	pr, err := awaitPrompt(ctx, ses)
@@ -241,15 +258,19 @@ func Run(ctx context.Context, w io.Writer, o Options) (err error) {
 	gu, gq, _ := gw.Usage(ses.ID)
 	p.step("C1.8", "guest kept going: %s more; the gateway stopped it at %s of %s (%v)", size.Format(more), size.Format(gu), size.Format(gq), describeCut(err))
 
-	// ---- end and settle: the guest ends; the host's gateway revokes it
-	// and the host's final count settles the session.
+	// ---- end and settle: the guest stops its forwarder (its last count
+	// goes to the gateway) and ends with its last word; the host's
+	// gateway revokes it and the host's final count settles the session.
 	ses.Observe = nil
+	stopFwd()
+	fwg.Wait()
 	s, err := ses.End(ctx, "demo over")
 	if err != nil {
 		return fmt.Errorf("demo: end: %w", err)
 	}
 	fmt.Fprintln(w)
-	p.step("end", "guest ended the session; %s used of %s, %s paid", size.Format(s.UsedBytes), size.Format(s.GrantedBytes), client.FormatMoney(paid, "EUR"))
+	p.step("end", "guest ended the session; %s used of %s (host counted %s, guest acknowledged %s), %s paid", size.Format(s.UsedBytes), size.Format(s.GrantedBytes),
+		size.Format(s.HostCountBytes), size.Format(s.GuestAckedBytes), client.FormatMoney(paid, "EUR"))
 	p.step("settle", "host %s, platform fee %s, refunded to the guest %s",
 		client.FormatMoney(s.SettledHostMinor, "EUR"), client.FormatMoney(s.SettledFeeMinor, "EUR"), client.FormatMoney(s.RefundedMinor, "EUR"))
 	return showLedger(ctx, w, srv.Store(), guestC, hostC)
@@ -309,7 +330,11 @@ func newDevice(ctx context.Context, url, name string) (*client.Client, error) {
 // socksClient is an HTTP client whose connections go through the gateway
 // as SOCKS5 with the session's credentials.
 func socksClient(gwAddr, user, pass string) *http.Client {
-	d, _ := proxy.SOCKS5("tcp", gwAddr, &proxy.Auth{User: user, Password: pass}, proxy.Direct)
+	var auth *proxy.Auth
+	if user != "" {
+		auth = &proxy.Auth{User: user, Password: pass}
+	}
+	d, _ := proxy.SOCKS5("tcp", gwAddr, auth, proxy.Direct)
 	cd := d.(proxy.ContextDialer)
 	return &http.Client{Transport: &http.Transport{DialContext: cd.DialContext, DisableKeepAlives: true}}
 }

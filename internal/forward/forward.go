@@ -4,7 +4,7 @@
 // host's userspace gateway with the session's credentials. On the way it
 // counts the bytes it relays in both directions, which is what the gateway
 // meters (payload bytes, both ways), so the guest can sign what it really
-// got (package evidence) instead of trusting the host's count.
+// got (guest.Acker) instead of trusting the host's count.
 package forward
 
 import (
@@ -273,39 +273,4 @@ func readConnect(r *bufio.Reader) (string, error) {
 		return "", fmt.Errorf("forward: CONNECT %q: %w", req.Host, err)
 	}
 	return req.Host, nil
-}
-
-// Acknowledge sends base plus the forwarder's count through ack whenever it
-// has grown by step bytes, or has grown at all and every has passed, until
-// ctx ends; then once more, so the last bytes are acknowledged too. The
-// guest signs what it really relayed; the host may bill at most that plus
-// its credit window.
-func (f *Forwarder) Acknowledge(ctx context.Context, base, step int64, every time.Duration, ack func(ctx context.Context, n int64) error) {
-	t := time.NewTicker(every / 4)
-	defer t.Stop()
-	sent, last := int64(0), time.Now()
-	send := func(ctx context.Context) {
-		n := f.Bytes()
-		if n == sent {
-			return
-		}
-		if err := ack(ctx, base+n); err != nil {
-			f.log.Debug("forward: acknowledge", "bytes", base+n, "err", err)
-			return
-		}
-		sent, last = n, time.Now()
-	}
-	for {
-		select {
-		case <-ctx.Done():
-			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-			send(fctx)
-			cancel()
-			return
-		case <-t.C:
-		}
-		if n := f.Bytes(); n-sent >= step || (n > sent && time.Since(last) >= every) {
-			send(ctx)
-		}
-	}
 }

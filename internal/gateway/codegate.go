@@ -2,11 +2,14 @@ package gateway
 
 import (
 	"context"
+	"crypto/ed25519"
 	"crypto/sha256"
 	"crypto/subtle"
 	"fmt"
 	"sync"
 	"time"
+
+	"github.com/sharespot/sharespot/internal/protocol"
 )
 
 // CodeGate is a Gateway that checks access codes and meters nothing: no
@@ -24,10 +27,13 @@ type CodeGate struct {
 }
 
 type codeEntry struct {
-	hash          [32]byte
-	quota         int64
-	acked, window int64
-	revoked       bool
+	hash     [32]byte
+	quota    int64
+	verified bool
+	key      ed25519.PublicKey
+	acked    int64
+	sig      []byte
+	revoked  bool
 }
 
 var _ Gateway = (*CodeGate)(nil)
@@ -60,7 +66,7 @@ func (g *CodeGate) Admit(_ context.Context, gr Grant) error {
 		}
 		return nil
 	}
-	g.sess[gr.SessionID] = &codeEntry{hash: h, quota: gr.Quota}
+	g.sess[gr.SessionID] = &codeEntry{hash: h, quota: gr.Quota, verified: gr.Verified, key: gr.GuestKey}
 	return nil
 }
 
@@ -91,31 +97,37 @@ func (g *CodeGate) Revoke(_ context.Context, sessionID string) error {
 	return nil
 }
 
-// Acknowledge implements Gateway: it records the highest acknowledgment
-// and the latest window (see Acknowledged); it holds nothing back.
-func (g *CodeGate) Acknowledge(_ context.Context, sessionID string, acked, window int64) error {
-	if window <= 0 || acked < 0 {
-		return fmt.Errorf("session %s: acknowledged %d, window %d: %w", sessionID, acked, window, ErrInvalid)
-	}
+// Acknowledge implements Gateway: it checks and records the highest
+// acknowledgment (see Evidence); it holds nothing back, as it passes no
+// byte.
+func (g *CodeGate) Acknowledge(_ context.Context, sessionID string, received int64, sig []byte) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	e, err := g.entry(sessionID)
 	if err != nil {
 		return err
 	}
-	e.acked, e.window = max(e.acked, acked), window
+	if !e.verified {
+		return fmt.Errorf("session %s: %w", sessionID, ErrUnverified)
+	}
+	if err := protocol.VerifyAck(e.key, sessionID, received, sig); err != nil {
+		return fmt.Errorf("session %s: %v: %w", sessionID, err, ErrInvalid)
+	}
+	if received > e.acked {
+		e.acked, e.sig = received, append([]byte(nil), sig...)
+	}
 	return nil
 }
 
-// Acknowledged returns the acknowledgment and window recorded for a
-// session.
-func (g *CodeGate) Acknowledged(sessionID string) (acked, window int64) {
+// Evidence implements Gateway.
+func (g *CodeGate) Evidence(sessionID string) (Evidence, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if e := g.sess[sessionID]; e != nil {
-		return e.acked, e.window
+	e := g.sess[sessionID]
+	if e == nil {
+		return Evidence{}, fmt.Errorf("session %s: %w", sessionID, ErrUnknownSession)
 	}
-	return 0, 0
+	return Evidence{Verified: e.verified, Acked: e.acked, Signature: e.sig}, nil
 }
 
 // Usage implements Gateway: nothing is ever used. It is still readable

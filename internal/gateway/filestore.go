@@ -43,8 +43,13 @@ type fileRecord struct {
 	Counted          int64  `json:"counted,omitempty"`
 	Threshold        int64  `json:"threshold,omitempty"`
 	Warned           bool   `json:"warned,omitempty"`
+	Verified         bool   `json:"verified,omitempty"`
+	GuestKey         string `json:"guest_key,omitempty"` // hex
 	Acked            int64  `json:"acked,omitempty"`
-	Window           int64  `json:"window,omitempty"`
+	AckSig           string `json:"ack_signature,omitempty"` // hex
+	// Window is what files written before the one window rule (issue 21)
+	// held: read, and not used.
+	Window int64 `json:"window,omitempty"`
 }
 
 // OpenFileStore opens (or, on first Save, creates) the store at path. A
@@ -83,10 +88,22 @@ func OpenFileStore(path string) (*FileStore, error) {
 
 func (r fileRecord) record() (Record, error) {
 	rec := Record{SessionID: r.SessionID, Quota: r.Quota, Used: r.Used, Counted: r.Counted, Threshold: r.Threshold,
-		Warned: r.Warned, Acked: r.Acked, Window: r.Window}
+		Warned: r.Warned, Verified: r.Verified, Acked: r.Acked}
 	h, err := hex.DecodeString(r.CredentialSHA256)
 	if err != nil || len(h) != len(rec.CredentialHash) {
 		return Record{}, fmt.Errorf("session %q: malformed credential hash", r.SessionID)
+	}
+	if rec.GuestKey, err = hex.DecodeString(r.GuestKey); err != nil {
+		return Record{}, fmt.Errorf("session %q: malformed guest key", r.SessionID)
+	}
+	if rec.AckSig, err = hex.DecodeString(r.AckSig); err != nil {
+		return Record{}, fmt.Errorf("session %q: malformed acknowledgment signature", r.SessionID)
+	}
+	if len(rec.GuestKey) == 0 {
+		rec.GuestKey = nil
+	}
+	if len(rec.AckSig) == 0 {
+		rec.AckSig = nil
 	}
 	copy(rec.CredentialHash[:], h)
 	if err := rec.check(); err != nil {
@@ -100,9 +117,12 @@ func (rec Record) check() error {
 		return errors.New("record without a session ID")
 	}
 	if rec.Quota < 0 || rec.Used < 0 || rec.Used > rec.Quota || rec.Counted < 0 || rec.Counted > rec.Used ||
-		rec.Threshold < 0 || rec.Acked < 0 || rec.Window < 0 {
-		return fmt.Errorf("session %q: inconsistent volumes (used %d, counted %d, quota %d, threshold %d, acknowledged %d, window %d)",
-			rec.SessionID, rec.Used, rec.Counted, rec.Quota, rec.Threshold, rec.Acked, rec.Window)
+		rec.Threshold < 0 || rec.Acked < 0 {
+		return fmt.Errorf("session %q: inconsistent volumes (used %d, counted %d, quota %d, threshold %d, acknowledged %d)",
+			rec.SessionID, rec.Used, rec.Counted, rec.Quota, rec.Threshold, rec.Acked)
+	}
+	if rec.Verified && len(rec.GuestKey) != 32 {
+		return fmt.Errorf("session %q: verified without the guest's key", rec.SessionID)
 	}
 	return nil
 }
@@ -142,7 +162,7 @@ func (f *FileStore) write(recs map[string]Record) error {
 		doc.Sessions = append(doc.Sessions, fileRecord{
 			SessionID: r.SessionID, CredentialSHA256: hex.EncodeToString(r.CredentialHash[:]),
 			Quota: r.Quota, Used: r.Used, Counted: r.Counted, Threshold: r.Threshold, Warned: r.Warned,
-			Acked: r.Acked, Window: r.Window,
+			Verified: r.Verified, GuestKey: hex.EncodeToString(r.GuestKey), Acked: r.Acked, AckSig: hex.EncodeToString(r.AckSig),
 		})
 	}
 	b, err := json.MarshalIndent(doc, "", "  ")

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
 	"slices"
@@ -30,7 +31,8 @@ func TestFileStoreRoundTrip(t *testing.T) {
 	if got := sortedLoad(t, s); len(got) != 0 {
 		t.Fatalf("new store holds %v", got)
 	}
-	a := Record{SessionID: "a", Quota: 100, Used: 40, Counted: 35, Threshold: 10, Warned: true, Acked: 30, Window: 20}
+	a := Record{SessionID: "a", Quota: 100, Used: 40, Counted: 35, Threshold: 10, Warned: true,
+		Verified: true, GuestKey: bytes.Repeat([]byte{3}, 32), Acked: 30, AckSig: bytes.Repeat([]byte{4}, 64)}
 	a.CredentialHash[0] = 0xAB
 	b := Record{SessionID: "b", Quota: 5, Used: 5}
 	c := Record{SessionID: "c", Quota: 7}
@@ -79,7 +81,7 @@ func TestFileStoreRefusesBadRecords(t *testing.T) {
 		{SessionID: "a", Quota: -1},
 		{SessionID: "a", Quota: 1, Threshold: -1},
 		{SessionID: "a", Quota: 1, Acked: -1},
-		{SessionID: "a", Quota: 1, Window: -1},
+		{SessionID: "a", Quota: 1, Verified: true},
 		{SessionID: "a", Quota: 10, Used: 5, Counted: 6},
 		{SessionID: "a", Quota: 10, Used: 5, Counted: -1},
 	} {

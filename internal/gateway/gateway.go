@@ -13,6 +13,7 @@ package gateway
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"strings"
@@ -36,6 +37,12 @@ type Grant struct {
 	// (Quota − used) falls below it, the gateway sends ThresholdCrossed.
 	// 0 disables the warning.
 	Threshold int64
+	// Verified: the guest acknowledges what it receives, signed with
+	// GuestKey (its device key), and the gateway holds it to its last
+	// acknowledgment plus the credit window (protocol.Window of the
+	// quota) from the first byte.
+	Verified bool
+	GuestKey ed25519.PublicKey
 }
 
 // Check reports (wrapping ErrInvalid) what is wrong with a grant.
@@ -47,6 +54,8 @@ func (g Grant) Check() error {
 		return fmt.Errorf("session %s: credential must be %d bytes: %w", g.SessionID, seal.AccessCodeSize, ErrInvalid)
 	case g.Quota <= 0 || g.Threshold < 0:
 		return fmt.Errorf("session %s: quota %d, threshold %d: %w", g.SessionID, g.Quota, g.Threshold, ErrInvalid)
+	case g.Verified && len(g.GuestKey) != ed25519.PublicKeySize:
+		return fmt.Errorf("session %s: a verified session needs the guest's %d-byte key: %w", g.SessionID, ed25519.PublicKeySize, ErrInvalid)
 	}
 	return nil
 }
@@ -113,13 +122,17 @@ type Gateway interface {
 	Extend(ctx context.Context, sessionID string, bytes int64) error
 	// Revoke ends a session's access and cuts its live connections.
 	Revoke(ctx context.Context, sessionID string) error
-	// Acknowledge records the guest's signed count of the bytes it
-	// received (acked, only growing) and the session's credit window
-	// (> 0). From the first acknowledgment on, the gateway may hold the
-	// session to at most window bytes beyond its last acknowledgment;
-	// each gateway documents whether it does. It returns once the
-	// acknowledgment is durable.
-	Acknowledge(ctx context.Context, sessionID string, acked, window int64) error
+	// Acknowledge records a verified session's guest's signed count of
+	// the bytes it received (only growing; sig its signature,
+	// protocol.AckMessage): the gateway holds the session to at most the
+	// credit window beyond it. It refuses a bad signature (ErrInvalid) and
+	// an unverified session (ErrUnverified), and returns once the
+	// acknowledgment is durable. The guest's control stream (ServeControl)
+	// calls it in-band; the host agent, with what the server relays.
+	Acknowledge(ctx context.Context, sessionID string, received int64, sig []byte) error
+	// Evidence is what the gateway holds of a session's acknowledgments:
+	// the host attaches it to its usage reports and final count.
+	Evidence(sessionID string) (Evidence, error)
 	// Usage returns the bytes a session has used and its quota.
 	Usage(sessionID string) (used, quota int64, err error)
 	// Events delivers metering events.
@@ -140,7 +153,23 @@ var (
 	ErrRevoked = errors.New("gateway: session revoked")
 	// ErrInvalid: a grant or an extension is malformed.
 	ErrInvalid = errors.New("gateway: invalid argument")
+	// ErrUnverified: an acknowledgment for a session whose guest chose not
+	// to acknowledge (the host's count is its bill).
+	ErrUnverified = errors.New("gateway: the session is unverified: acknowledgments are refused")
 )
+
+// Evidence is a session's acknowledgments as the gateway holds them.
+type Evidence struct {
+	// Verified: the session is verified.
+	Verified bool
+	// Acked is the guest's highest acknowledged count and Signature its
+	// signature (0, nil before the first).
+	Acked     int64
+	Signature []byte
+	// Held: the guest stands at its credit window below its quota (it
+	// stopped acknowledging).
+	Held bool
+}
 
 // Record is one session's durable metering state.
 type Record struct {
@@ -160,10 +189,12 @@ type Record struct {
 	Threshold int64
 	// Warned: ThresholdCrossed was sent and not re-armed since.
 	Warned bool
-	// Acked is the guest's highest acknowledged count of bytes received,
-	// and Window the credit window the gateway lets it run beyond that
-	// (0: the guest has not acknowledged; the session is not held).
-	Acked, Window int64
+	// Verified: the guest acknowledges, signed with GuestKey; Acked is its
+	// highest acknowledged count and AckSig the signature of it.
+	Verified bool
+	GuestKey []byte
+	Acked    int64
+	AckSig   []byte
 }
 
 // Store keeps metering records across restarts. Implementations must make

@@ -1,9 +1,13 @@
 package gateway
 
 import (
+	"bytes"
+	"crypto/ed25519"
 	"fmt"
 	"math"
 	"time"
+
+	"github.com/sharespot/sharespot/internal/protocol"
 )
 
 // MeterConfig is what every meter of one gateway shares.
@@ -68,9 +72,10 @@ type usageSample struct {
 // when a save returned. So after a crash the store's bound covers every
 // byte that passed.
 //
-// Credit window: from the guest's first acknowledgment on (Acknowledge),
-// Limit() also holds the session to at most the credit window beyond its
-// last acknowledged count; settlement bills no more than that anyway.
+// Credit window: a verified session (SetVerified, from its grant) is held,
+// from its first byte, to at most the credit window beyond the guest's last
+// acknowledged count: Limit() ≤ acked + protocol.Window(quota), the rule
+// settlement bills by. A guest that does not acknowledge gets one window.
 // A meter restored after a crash counts the saved bound as used although
 // the guest may never have received all of it; the window is measured from
 // what is known delivered (the guest's acknowledgment), so the meter keeps
@@ -100,12 +105,14 @@ type Meter struct {
 	inStore   bool   // a record of this session is in the store
 	saved     Record // what the store holds, when inStore
 	last      time.Time
-	idleSent  bool          // no byte since the last Idle (or since admission)
-	acked     int64         // the guest's highest acknowledged count
-	window    int64         // the credit window beyond acked (0: no acknowledgment yet)
-	slack     int64         // counted as used at a restore, not known delivered (0 unless restored)
-	samples   []usageSample // oldest first, at most rateSamples
-	rate      float64       // bytes per second, as of the last movement
+	idleSent  bool              // no byte since the last Idle (or since admission)
+	verified  bool              // the guest acknowledges: held to acked + window
+	guestKey  ed25519.PublicKey // verifies the guest's acknowledgments
+	acked     int64             // the guest's highest acknowledged count
+	ackSig    []byte            // the guest's signature of acked
+	slack     int64             // counted as used at a restore, not known delivered (0 unless restored)
+	samples   []usageSample     // oldest first, at most rateSamples
+	rate      float64           // bytes per second, as of the last movement
 }
 
 // NewMeter is the meter of a session admitted at now.
@@ -127,7 +134,8 @@ func RestoreMeter(cfg MeterConfig, r Record, used int64, exact bool, now time.Ti
 	used = min(used, r.Quota)
 	m.used, m.durable = used, max(r.Used, used)
 	m.warned = r.Warned
-	m.acked, m.window = r.Acked, r.Window
+	m.verified, m.guestKey = r.Verified, r.GuestKey
+	m.acked, m.ackSig = r.Acked, r.AckSig
 	if !exact {
 		m.slack = max(0, used-max(r.Counted, m.acked))
 	}
@@ -170,40 +178,80 @@ func (m *Meter) Last() time.Time { return m.last }
 // the store holds: min(quota, the saved bound).
 func (m *Meter) Bound() int64 { return min(m.quota, m.durable) }
 
+// SetVerified makes a newly admitted session verified: its guest
+// acknowledges what it receives, signed with key, and is held to its last
+// acknowledgment plus the credit window from the first byte.
+func (m *Meter) SetVerified(key ed25519.PublicKey) {
+	m.verified, m.guestKey = true, key
+}
+
+// Verified reports whether the session is verified.
+func (m *Meter) Verified() bool { return m.verified }
+
+// Window is the session's credit window: protocol.Window of its quota
+// (everything granted), the rule settlement bills by.
+func (m *Meter) Window() int64 { return protocol.Window(m.quota) }
+
 // Limit is the usage the gateway may let the session reach now: Bound,
-// and, once the guest has acknowledged, at most the credit window beyond
-// its last acknowledgment.
+// and, for a verified session, at most the credit window beyond its last
+// acknowledgment.
 func (m *Meter) Limit() int64 {
 	b := m.Bound()
-	if m.window > 0 {
+	if m.verified {
 		base := m.acked + min(m.slack, math.MaxInt64-m.acked)
-		b = min(b, base+min(m.window, math.MaxInt64-base))
+		b = min(b, base+min(m.Window(), math.MaxInt64-base))
 	}
 	return b
 }
 
-// Acked returns the guest's highest acknowledged count and the credit
-// window (0, 0 before the first acknowledgment).
-func (m *Meter) Acked() (acked, window int64) { return m.acked, m.window }
+// Held reports whether a verified session stands at its credit window
+// below its quota: the guest has stopped acknowledging what it received.
+func (m *Meter) Held() bool {
+	return m.verified && m.Limit() < m.Bound() && m.used >= m.Limit()
+}
 
-// Acknowledge records the guest's acknowledgment of acked bytes received
-// and the session's credit window (> 0): acked only grows, the window is
-// the latest given. It reports whether Limit rose. The caller saves before
-// it reports the acknowledgment recorded.
-func (m *Meter) Acknowledge(acked, window int64) (raised bool, err error) {
+// Acked returns the guest's highest acknowledged count and its signature
+// (0, nil before the first acknowledgment).
+func (m *Meter) Acked() (acked int64, sig []byte) { return m.acked, m.ackSig }
+
+// Acknowledge records the guest's signed acknowledgment of received bytes:
+// it must be the session's guest's signature (ErrInvalid otherwise), in a
+// verified session (ErrUnverified); a count at or below the last changes
+// nothing. It reports whether Limit rose. The caller saves before it
+// reports the acknowledgment recorded.
+func (m *Meter) Acknowledge(received int64, sig []byte) (raised bool, err error) {
 	switch {
 	case m.revoked:
 		return false, ErrRevoked
-	case acked < 0 || window <= 0:
-		return false, fmt.Errorf("acknowledged %d bytes with a window of %d: %w", acked, window, ErrInvalid)
+	case !m.verified:
+		return false, ErrUnverified
+	}
+	if err := protocol.VerifyAck(m.guestKey, m.id, received, sig); err != nil {
+		return false, fmt.Errorf("%v: %w", err, ErrInvalid)
+	}
+	if received <= m.acked {
+		return false, nil
 	}
 	before := m.Limit()
 	base := m.acked + m.slack // where the window runs from; never moves back
-	m.acked, m.window = max(m.acked, acked), window
+	m.acked, m.ackSig = received, append([]byte(nil), sig...)
 	if m.slack > 0 {
 		m.slack = max(min(m.slack, max(0, m.used-m.acked)), base-m.acked)
 	}
 	return m.Limit() > before, nil
+}
+
+// State is the session as the guest's control stream tells it: Limit is
+// what the guest may reach by what was granted and what it acknowledged
+// (the saved bound, which a gateway raises as traffic needs, is not the
+// guest's concern).
+func (m *Meter) State() protocol.GatewayState {
+	limit := m.quota
+	if m.verified {
+		base := m.acked + min(m.slack, math.MaxInt64-m.acked)
+		limit = min(limit, base+min(m.Window(), math.MaxInt64-base))
+	}
+	return protocol.GatewayState{Used: m.used, Quota: m.quota, Acked: m.acked, Limit: limit}
 }
 
 // CheckAdmit says whether admitting the session again with a code whose
@@ -401,7 +449,7 @@ func (m *Meter) record(inflight int64, ahead bool) Record {
 		bound = max(m.durable, min(m.quota, inflight+m.lead))
 	}
 	return Record{SessionID: m.id, CredentialHash: m.hash, Quota: m.quota, Used: bound, Counted: min(inflight, bound),
-		Threshold: m.threshold, Warned: m.warned, Acked: m.acked, Window: m.window}
+		Threshold: m.threshold, Warned: m.warned, Verified: m.verified, GuestKey: m.guestKey, Acked: m.acked, AckSig: m.ackSig}
 }
 
 // SaveBatch is one save of a gateway's meters: Add each meter (under the
@@ -438,10 +486,8 @@ func (b *SaveBatch) Add(m *Meter, inflight int64, ahead bool) bool {
 	if rec.Used < m.durable {
 		m.durable = rec.Used
 	}
-	same := rec
-	same.Counted = m.saved.Counted // a count alone is not worth a save
-	if m.inStore && same == m.saved {
-		return false
+	if m.inStore && rec.sameSave(m.saved) {
+		return false // a count alone is not worth a save
 	}
 	b.items = append(b.items, saveItem{m: m, rec: rec})
 	b.put = append(b.put, rec)
@@ -474,4 +520,11 @@ func (b *SaveBatch) Done(i int) (grew bool) {
 		return true
 	}
 	return false
+}
+
+// sameSave reports whether r holds what saved holds, but for the count.
+func (r Record) sameSave(saved Record) bool {
+	return r.SessionID == saved.SessionID && r.CredentialHash == saved.CredentialHash && r.Quota == saved.Quota &&
+		r.Used == saved.Used && r.Threshold == saved.Threshold && r.Warned == saved.Warned &&
+		r.Verified == saved.Verified && bytes.Equal(r.GuestKey, saved.GuestKey) && r.Acked == saved.Acked && bytes.Equal(r.AckSig, saved.AckSig)
 }

@@ -1,6 +1,8 @@
 package gateway
 
 import (
+	"bytes"
+	"crypto/ed25519"
 	"errors"
 	"math"
 	"math/rand/v2"
@@ -8,6 +10,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/sharespot/sharespot/internal/protocol"
 )
 
 var t0 = time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
@@ -358,32 +361,54 @@ func TestMeterIdle(t *testing.T) {
 	}
 }
 
-// TestMeterCreditWindow: no limit before the first acknowledgment; then at
-// most window beyond the highest one, within the quota and the saved bound.
+// signer signs acknowledgments of session s as its guest.
+type signer struct {
+	pub ed25519.PublicKey
+	key ed25519.PrivateKey
+}
+
+func newSigner(t testing.TB) signer {
+	pub, key, err := ed25519.GenerateKey(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return signer{pub, key}
+}
+
+func (g signer) ack(m *Meter, n int64) (bool, error) {
+	return m.Acknowledge(n, protocol.SignAck(g.key, m.ID(), n))
+}
+
+// TestMeterCreditWindow: a verified session is held from its first byte
+// to its last acknowledgment plus the window, max(1 MB, 2 % of the quota),
+// within the quota and the saved bound; an unverified one is not held and
+// takes no acknowledgment.
 func TestMeterCreditWindow(t *testing.T) {
+	const q = 100_000_000 // window 2 MB
+	const w = 2_000_000
 	cfg := MeterConfig{Persist: true, PersistAhead: 1000}
-	type ack struct{ acked, window int64 }
+	g := newSigner(t)
 	for _, tc := range []struct {
 		name       string
 		durable    int64 // the saved bound
-		acks       []ack
+		acks       []int64
 		wantLimit  int64
 		wantRaised []bool
 		wantAcked  int64
 	}{
-		{"none", 5000, nil, 5000, nil, 0},
-		{"one", 5000, []ack{{1000, 500}}, 1500, []bool{false}, 1000},
-		{"higher raises", 5000, []ack{{1000, 500}, {2000, 500}}, 2500, []bool{false, true}, 2000},
-		{"lower changes nothing", 5000, []ack{{2000, 500}, {1000, 500}}, 2500, []bool{false, false}, 2000},
-		{"the latest window", 5000, []ack{{2000, 500}, {2000, 800}}, 2800, []bool{false, true}, 2000},
-		{"saved bound first", 2000, []ack{{1800, 500}}, 2000, []bool{false}, 1800},
-		{"quota first", 1e9, []ack{{9900, 500}}, 10000, []bool{false}, 9900},
-		{"no overflow", 5000, []ack{{math.MaxInt64 - 10, 500}}, 5000, []bool{false}, math.MaxInt64 - 10},
+		{"none: one window from the first byte", 50e6, nil, w, nil, 0},
+		{"one", 50e6, []int64{10e6}, 10e6 + w, []bool{true}, 10e6},
+		{"higher raises", 50e6, []int64{10e6, 20e6}, 20e6 + w, []bool{true, true}, 20e6},
+		{"lower changes nothing", 50e6, []int64{20e6, 10e6}, 20e6 + w, []bool{true, false}, 20e6},
+		{"the same changes nothing", 50e6, []int64{20e6, 20e6}, 20e6 + w, []bool{true, false}, 20e6},
+		{"saved bound first", 21e6, []int64{20e6}, 21e6, []bool{true}, 20e6},
+		{"quota first", 1e12, []int64{99e6}, q, []bool{true}, 99e6},
+		{"no overflow", 50e6, []int64{math.MaxInt64 - 10}, 50e6, []bool{true}, math.MaxInt64 - 10},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			m := RestoreMeter(cfg, Record{SessionID: "s", Quota: 10000, Used: tc.durable}, 0, true, t0)
+			m := RestoreMeter(cfg, Record{SessionID: "s", Quota: q, Used: tc.durable, Verified: true, GuestKey: g.pub}, 0, true, t0)
 			for i, a := range tc.acks {
-				raised, err := m.Acknowledge(a.acked, a.window)
+				raised, err := g.ack(m, a)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -394,10 +419,10 @@ func TestMeterCreditWindow(t *testing.T) {
 			if got := m.Limit(); got != tc.wantLimit {
 				t.Errorf("Limit = %d, want %d", got, tc.wantLimit)
 			}
-			if acked, _ := m.Acked(); acked != tc.wantAcked {
-				t.Errorf("Acked = %d, want %d", acked, tc.wantAcked)
+			if acked, sig := m.Acked(); acked != tc.wantAcked || (acked > 0 && protocol.VerifyAck(g.pub, "s", acked, sig) != nil) {
+				t.Errorf("Acked = %d (signature ok: %v), want %d", acked, sig != nil, tc.wantAcked)
 			}
-			if m.Bound() != min(tc.durable, 10000) {
+			if m.Bound() != min(tc.durable, q) {
 				t.Errorf("Bound = %d: the window is not part of it", m.Bound())
 			}
 			// The record carries it, and a restored meter holds the same.
@@ -405,19 +430,77 @@ func TestMeterCreditWindow(t *testing.T) {
 			b.Add(m, m.Used(), false)
 			if b.Len() == 1 {
 				r := RestoreMeter(cfg, b.items[0].rec, 0, true, t0)
-				if r.Limit() != min(m.Limit(), r.Bound()) || r.acked != m.acked || r.window != m.window {
-					t.Errorf("restored: limit %d acked %d window %d", r.Limit(), r.acked, r.window)
+				ra, rs := r.Acked()
+				ma, ms := m.Acked()
+				if r.Limit() != min(m.Limit(), r.Bound()) || ra != ma || !bytes.Equal(rs, ms) || !r.Verified() {
+					t.Errorf("restored: limit %d acked %d verified %v", r.Limit(), ra, r.Verified())
 				}
 			}
 		})
 	}
-	// A host that crashed counts its saved bound (2600) as used, past
-	// the guest's acknowledged 1000 + window 1000: once the next save is
-	// ahead, the window runs again from there, or the guest, receiving
-	// nothing, could never acknowledge its way out.
-	restored := func(used int64) *Meter {
-		big := MeterConfig{Persist: true, PersistAhead: 5000}
-		r := RestoreMeter(big, Record{SessionID: "s", Quota: 10000, Used: used, Counted: 1000, Acked: 1000, Window: 1000}, used, false, t0)
+	// The window grows with what is granted: 2 % of 200 MB.
+	m := NewMeter(cfg, "s", [32]byte{}, q, 0, t0)
+	m.SetVerified(g.pub)
+	if err := m.Extend(q); err != nil {
+		t.Fatal(err)
+	}
+	m.durable = math.MaxInt64
+	if m.Window() != 4_000_000 || m.Limit() != 4_000_000 {
+		t.Errorf("after a top-up to 200 MB: window %d, limit %d, want 4 MB", m.Window(), m.Limit())
+	}
+	// Held: at its window, below the quota.
+	if m.Held() {
+		t.Error("held before any byte")
+	}
+	m.Advance(4_000_000, t0)
+	if !m.Held() {
+		t.Error("not held at acked + window")
+	}
+	if _, err := g.ack(m, 3_000_000); err != nil || m.Held() {
+		t.Errorf("held after acknowledging (%v)", err)
+	}
+	// Refused: another key, another session, an unverified session.
+	other := newSigner(t)
+	if _, err := other.ack(m, 5_000_000); !errors.Is(err, ErrInvalid) {
+		t.Errorf("another key's acknowledgment: %v", err)
+	}
+	if _, err := m.Acknowledge(5_000_000, protocol.SignAck(g.key, "another", 5_000_000)); !errors.Is(err, ErrInvalid) {
+		t.Errorf("another session's acknowledgment: %v", err)
+	}
+	if _, err := m.Acknowledge(5_000_000, []byte("short")); !errors.Is(err, ErrInvalid) {
+		t.Errorf("a malformed signature: %v", err)
+	}
+	if acked, _ := m.Acked(); acked != 3_000_000 {
+		t.Errorf("a refused acknowledgment counted: %d", acked)
+	}
+	u := NewMeter(cfg, "u", [32]byte{}, q, 0, t0)
+	u.durable = math.MaxInt64
+	if _, err := g.ack(u, 10); !errors.Is(err, ErrUnverified) {
+		t.Errorf("an unverified session took an acknowledgment: %v", err)
+	}
+	if u.Limit() != q || u.Held() {
+		t.Errorf("an unverified session is held: limit %d", u.Limit())
+	}
+	m.Revoke()
+	if _, err := g.ack(m, 9_000_000); !errors.Is(err, ErrRevoked) {
+		t.Errorf("after Revoke: %v", err)
+	}
+}
+
+// TestMeterCreditWindowAfterACrash: a host that crashed counts its saved
+// bound as used, though its guest may never have received all of it; the
+// window runs from what the guest acknowledged plus that slack, or the
+// guest, receiving nothing, could never acknowledge its way out.
+func TestMeterCreditWindowAfterACrash(t *testing.T) {
+	const q, w = 100_000_000, 2_000_000
+	g := newSigner(t)
+	big := MeterConfig{Persist: true, PersistAhead: 5 * w}
+	restored := func(used, counted, acked int64) *Meter {
+		rec := Record{SessionID: "s", Quota: q, Used: used, Counted: counted, Verified: true, GuestKey: g.pub}
+		if acked > 0 {
+			rec.Acked, rec.AckSig = acked, protocol.SignAck(g.key, "s", acked)
+		}
+		r := RestoreMeter(big, rec, used, false, t0)
 		var b SaveBatch
 		b.Add(r, r.Used(), true)
 		if err := b.Write(&memStore{}); err != nil {
@@ -426,64 +509,43 @@ func TestMeterCreditWindow(t *testing.T) {
 		b.Done(0)
 		return r
 	}
-	r := restored(2600)
-	if r.Used() != 2600 || r.Limit() != 3600 {
-		t.Errorf("restored past the window: used %d, limit %d, want 2600 3600", r.Used(), r.Limit())
+	// Saved 5.2 MB ahead of a count of 2 MB the guest acknowledged 2 MB
+	// of: the window runs from 5.2 MB.
+	r := restored(5_200_000, 2_000_000, 2_000_000)
+	if r.Used() != 5_200_000 || r.Limit() != 5_200_000+w {
+		t.Errorf("restored past the window: used %d, limit %d, want %d", r.Used(), r.Limit(), 5_200_000+w)
 	}
-	r.Advance(3100, t0) // 500 more delivered, then acknowledged
-	if raised, err := r.Acknowledge(1500, 1000); err != nil || !raised || r.Limit() != 4100 {
-		t.Errorf("then an acknowledgment: raised %v, %v, limit %d, want 4100", raised, err, r.Limit())
+	r.Advance(6_200_000, t0) // 1 MB more delivered, then acknowledged
+	if raised, err := g.ack(r, 3_000_000); err != nil || !raised || r.Limit() != 6_200_000+w {
+		t.Errorf("then an acknowledgment: raised %v, %v, limit %d, want %d", raised, err, r.Limit(), 6_200_000+w)
 	}
-	// Within the window the slack is what the guest has not acknowledged
-	// yet, and the next acknowledgment takes it back.
-	r = restored(1800)
-	if r.Limit() != 2800 {
-		t.Errorf("restored within the window: limit %d, want 2800", r.Limit())
+	// A crash before the guest's first acknowledgment was saved: held
+	// until the guest acknowledges what it had (it sends its count again
+	// on every new control stream); then the window runs from the count at
+	// the restore.
+	r = restored(5_200_000, 2_000_000, 0)
+	if r.Limit() != 5_200_000 {
+		t.Errorf("restored with no acknowledgment: limit %d, want %d", r.Limit(), 5_200_000)
 	}
-	r.Advance(2000, t0)
-	if _, err := r.Acknowledge(2000, 1000); err != nil || r.Limit() != 3000 {
-		t.Errorf("restored within the window, then acknowledged: %v, limit %d, want 3000", err, r.Limit())
-	}
-	// A crash before the guest's first acknowledgment was saved: the
-	// window runs from the count at the restore, less what the guest
-	// acknowledges it had.
-	big := MeterConfig{Persist: true, PersistAhead: 5000}
-	r = RestoreMeter(big, Record{SessionID: "s", Quota: 10000, Used: 2600, Counted: 1000}, 2600, false, t0)
-	var b SaveBatch
-	b.Add(r, r.Used(), true)
-	b.Done(0)
-	if _, err := r.Acknowledge(1000, 1000); err != nil || r.Limit() != 3600 {
-		t.Errorf("first acknowledgment after a restore: %v, limit %d, want 3600", err, r.Limit())
-	}
-	r.Advance(3000, t0)
-	if _, err := r.Acknowledge(1400, 1000); err != nil || r.Limit() != 4000 {
-		t.Errorf("then 400 more delivered and acknowledged: %v, limit %d, want 4000", err, r.Limit())
+	if raised, err := g.ack(r, 2_000_000); err != nil || !raised || r.Limit() != 5_200_000+w {
+		t.Errorf("then the guest's count: raised %v, %v, limit %d, want %d", raised, err, r.Limit(), 5_200_000+w)
 	}
 	// A bound saved with nothing ahead (Counted = Used), or the kernel's
 	// exact count: every byte counted was delivered, so a guest a window
 	// beyond its acknowledgment stays held.
 	for _, exact := range []bool{false, true} {
-		rec := Record{SessionID: "s", Quota: 10000, Used: 2000, Counted: 2000, Acked: 1000, Window: 1000}
+		rec := Record{SessionID: "s", Quota: q, Used: 4_000_000, Counted: 4_000_000, Verified: true, GuestKey: g.pub,
+			Acked: 2_000_000, AckSig: protocol.SignAck(g.key, "s", 2_000_000)}
 		if exact {
-			rec.Used, rec.Counted = 2600, 1000
+			rec.Used, rec.Counted = 5_200_000, 2_000_000
 		}
-		r := RestoreMeter(big, rec, 2000, exact, t0)
+		r := RestoreMeter(big, rec, 4_000_000, exact, t0)
 		var b SaveBatch
 		b.Add(r, r.Used(), true)
 		b.Done(0)
-		if r.Limit() != 2000 {
-			t.Errorf("restored from an exact count (exact %v): limit %d, want 2000", exact, r.Limit())
+		if r.Limit() != 4_000_000 || !r.Held() {
+			t.Errorf("restored from an exact count (exact %v): limit %d, held %v, want 4000000 held", exact, r.Limit(), r.Held())
 		}
-	}
-	m := NewMeter(cfg, "s", [32]byte{}, 100, 0, t0)
-	for _, bad := range []ack{{-1, 10}, {10, 0}, {10, -1}} {
-		if _, err := m.Acknowledge(bad.acked, bad.window); !errors.Is(err, ErrInvalid) {
-			t.Errorf("Acknowledge(%d, %d) = %v", bad.acked, bad.window, err)
-		}
-	}
-	m.Revoke()
-	if _, err := m.Acknowledge(10, 10); !errors.Is(err, ErrRevoked) {
-		t.Errorf("after Revoke: %v", err)
 	}
 }
 

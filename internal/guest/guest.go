@@ -37,6 +37,13 @@ type Guest struct {
 	Retry bool
 	// Wait bounds each wait for the host's answer (default 2 minutes).
 	Wait time.Duration
+	// Unverified: the guest cannot count what it receives (it does not
+	// carry the traffic itself), so its sessions are unverified: billed on
+	// the host's count, at most what was bought. By default a session is
+	// verified: the guest acknowledges what it receives (Acker, or
+	// Session.Acknowledge) and the host's gateway holds it to that plus
+	// the credit window.
+	Unverified bool
 
 	mu   sync.Mutex
 	keys map[string]map[seal.Suite]*seal.PrivateKey
@@ -113,6 +120,7 @@ func (g *Guest) BeginHotspot(ctx context.Context, hotspotID string, bytes int64)
 
 func (g *Guest) begin(ctx context.Context, ses *sharespotv1.Session, ssid string, want int64, shown *sharespotv1.Tariff) (*Session, error) {
 	s := g.attach(ses.Id, ses.HotspotId, ses.HostDeviceId, ssid, want, shown)
+	s.Mode = ses.UsageMode
 	if g.Store != nil {
 		s.saved = g.SessionState(ses, ssid, want)
 		s.saved.Tariff = shown
@@ -168,7 +176,8 @@ func (g *Guest) request(ctx context.Context, hotspotID string, bytes int64, show
 		privs[s] = k
 		keys = append(keys, &sharespotv1.GuestKey{Suite: string(s), PublicKey: k.PublicKey()})
 	}
-	res, err := g.C.Sessions.RequestAccess(ctx, connect.NewRequest(&sharespotv1.RequestAccessRequest{HotspotId: hotspotID, Bytes: bytes, GuestKeys: keys, ShownTariff: shown}))
+	res, err := g.C.Sessions.RequestAccess(ctx, connect.NewRequest(&sharespotv1.RequestAccessRequest{HotspotId: hotspotID, Bytes: bytes, GuestKeys: keys, ShownTariff: shown,
+		UsageMode: g.mode()}))
 	if err != nil {
 		return nil, err
 	}
@@ -244,6 +253,14 @@ func (g *Guest) Restore(gs *Saved) error {
 	}
 	g.keys[gs.SessionID] = privs
 	return nil
+}
+
+// mode is the usage mode the guest's requests ask for.
+func (g *Guest) mode() sharespotv1.UsageMode {
+	if g.Unverified {
+		return sharespotv1.UsageMode_USAGE_MODE_UNVERIFIED
+	}
+	return sharespotv1.UsageMode_USAGE_MODE_VERIFIED
 }
 
 func (g *Guest) wait() time.Duration {

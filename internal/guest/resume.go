@@ -99,7 +99,7 @@ func (g *Guest) resume(s *sharespotv1.Session) (*Session, error) {
 		shown = s.Tariff // saved by an older version
 	}
 	out := g.attach(saved.SessionID, saved.HotspotID, saved.HostDeviceID, saved.SSID, saved.WantBytes, shown)
-	out.saved, out.resumed = saved, true
+	out.saved, out.resumed, out.Mode = saved, true, s.UsageMode
 	return out, nil
 }
 

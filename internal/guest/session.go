@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"connectrpc.com/connect"
@@ -31,10 +32,41 @@ type Session struct {
 	Tariff *sharespotv1.Tariff
 	// Observe, if set, hears each step as it happens.
 	Observe func(Event)
+	// Mode says who counts the session's data, as the guest's request
+	// chose (verified: the guest acknowledges).
+	Mode sharespotv1.UsageMode
 
 	msgs    <-chan *sharespotv1.Envelope
 	saved   *Saved // nil without a Store
 	resumed bool   // picked up after a restart: a quote may be waiting
+
+	mu      sync.Mutex
+	counted int64  // the highest count the guest acknowledged
+	acker   *Acker // the running acknowledgments, if any
+}
+
+// Verified reports whether the session is verified: the guest acknowledges
+// what it receives.
+func (s *Session) Verified() bool { return s.Mode == sharespotv1.UsageMode_USAGE_MODE_VERIFIED }
+
+// Acknowledging makes a the session's acknowledgments: its count is the
+// guest's last word at End.
+func (s *Session) Acknowledging(a *Acker) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.acker = a
+}
+
+// lastCount is the guest's own count of what it received: the acker's, or
+// the highest it acknowledged by hand.
+func (s *Session) lastCount() int64 {
+	s.mu.Lock()
+	a, n := s.acker, s.counted
+	s.mu.Unlock()
+	if a != nil {
+		n = max(n, a.Received())
+	}
+	return n
 }
 
 // Event is a step of the flow.
@@ -303,6 +335,9 @@ func (s *Session) TopUp(ctx context.Context, bytes int64, opts BuyOptions) (*sha
 // of the bytes it received in the session, and sends it: the guest's
 // evidence of usage. It returns the count the server holds.
 func (s *Session) Acknowledge(ctx context.Context, received int64) (int64, error) {
+	s.mu.Lock()
+	s.counted = max(s.counted, received)
+	s.mu.Unlock()
 	var acked int64
 	err := s.g.call(ctx, func() error {
 		n, err := s.g.C.Acknowledge(ctx, s.ID, received)
@@ -314,14 +349,21 @@ func (s *Session) Acknowledge(ctx context.Context, received int64) (int64, error
 
 // End ends the session and waits for its settlement: once data may have
 // flowed, the host's final count settles it (or, if the host is silent,
-// its last report when the close deadline passes). It then forgets the
-// session (keys, saved state).
+// its last report when the close deadline passes). In a verified session
+// the End carries the guest's last signed count: its last word, after
+// which no acknowledgment of the guest's is taken. Stop the acknowledger
+// first, so that its count is the last. It then forgets the session (keys,
+// saved state).
 func (s *Session) End(ctx context.Context, reason string) (*sharespotv1.Session, error) {
+	req := &sharespotv1.EndRequest{SessionId: s.ID, Reason: reason}
+	if n := s.lastCount(); s.Verified() && n > 0 {
+		req.Ack = s.g.C.SignAck(s.ID, n)
+	}
 	var res *connect.Response[sharespotv1.EndResponse]
 	// End is idempotent: an answer lost on the way is asked for again.
 	err := client.Retry(ctx, func() error {
 		var err error
-		res, err = s.g.C.Sessions.End(ctx, connect.NewRequest(&sharespotv1.EndRequest{SessionId: s.ID, Reason: reason}))
+		res, err = s.g.C.Sessions.End(ctx, connect.NewRequest(req))
 		return err
 	})
 	if err != nil {

@@ -16,6 +16,7 @@ import (
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/client"
+	"github.com/sharespot/sharespot/internal/deviceid"
 	"github.com/sharespot/sharespot/internal/gateway"
 	"github.com/sharespot/sharespot/internal/protocol"
 	"github.com/sharespot/sharespot/internal/receipt"
@@ -49,8 +50,7 @@ type Agent struct {
 
 	verifier *receipt.Verifier
 	mu       sync.Mutex
-	seen     map[string]bool  // receipt IDs whose grant succeeded
-	windows  map[string]int64 // each running session's credit window, as granted
+	seen     map[string]bool // receipt IDs whose grant succeeded
 }
 
 // Start fetches the platform's receipt keys.
@@ -72,7 +72,6 @@ func (h *Agent) Start(ctx context.Context) error {
 	}
 	h.verifier = receipt.NewVerifier(keys...)
 	h.seen = map[string]bool{}
-	h.windows = map[string]int64{}
 	if h.Log == nil {
 		h.Log = slog.New(slog.DiscardHandler)
 	}
@@ -102,7 +101,6 @@ func (h *Agent) Handle(ctx context.Context, env *sharespotv1.Envelope) error {
 	case *sharespotv1.Envelope_SessionEnding:
 		return h.Close(ctx, sid)
 	case *sharespotv1.Envelope_SessionEnded:
-		h.forgetWindow(sid)
 		if h.GW != nil {
 			h.revoke(sid)
 		}
@@ -111,9 +109,10 @@ func (h *Agent) Handle(ctx context.Context, env *sharespotv1.Envelope) error {
 }
 
 // acknowledged passes the guest's acknowledgment, which the server
-// verified and relays, to the gate with the session's credit window: the
-// one its last grant set, as the Grant response (or, after a restart, the
-// session read once) gives it.
+// verified and relays, to the gateway, which checks its signature again and
+// holds the guest to it plus the credit window. The guest's control stream
+// brings the same in-band; this path covers a guest that reaches the server
+// but not the gateway's control stream.
 func (h *Agent) acknowledged(ctx context.Context, sid string, ack *sharespotv1.UsageAck) error {
 	if h.GW == nil || ack == nil {
 		return nil
@@ -122,43 +121,10 @@ func (h *Agent) acknowledged(ctx context.Context, sid string, ack *sharespotv1.U
 		h.Log.Warn("acknowledgment for another session", "session", sid, "ack_session", ack.SessionId)
 		return nil
 	}
-	h.mu.Lock()
-	window := h.windows[sid]
-	h.mu.Unlock()
-	if window <= 0 {
-		ses, err := h.C.Sessions.Get(ctx, connect.NewRequest(&sharespotv1.GetRequest{SessionId: sid}))
-		if err != nil {
-			return client.IgnoreRefusal(err)
-		}
-		if window = ses.Msg.Session.GetCreditWindowBytes(); window <= 0 {
-			h.Log.Warn("acknowledgment for a session without a credit window", "session", sid)
-			return nil
-		}
-		h.setWindow(ses.Msg.Session)
-	}
-	if err := h.acknowledgeAt(sid, ack.ReceivedBytes, window); err != nil {
-		return fmt.Errorf("host: acknowledgment of %s at the gate: %w", sid, err)
+	if err := h.acknowledgeAt(sid, ack.ReceivedBytes, ack.Signature); err != nil {
+		return fmt.Errorf("host: acknowledgment of %s at the gateway: %w", sid, err)
 	}
 	return nil
-}
-
-// setWindow remembers a running session's credit window.
-func (h *Agent) setWindow(s *sharespotv1.Session) {
-	if s.GetCreditWindowBytes() <= 0 {
-		return
-	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.windows == nil {
-		h.windows = map[string]int64{}
-	}
-	h.windows[s.Id] = s.CreditWindowBytes
-}
-
-func (h *Agent) forgetWindow(sid string) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	delete(h.windows, sid)
 }
 
 // quote is C3.1 / C1.12 on the host's side, at the session's tariff (the
@@ -198,6 +164,7 @@ func (h *Agent) grant(ctx context.Context, sid string, pc *sharespotv1.PaymentCo
 	// The confirmation carries the quote and the guest (servers since
 	// 2026-11-30); an older server's is completed by reading the session.
 	q, guest, host := pc.Quote, pc.GuestDeviceId, h.C.DeviceID()
+	mode, guestKey := pc.UsageMode, pc.GuestDeviceKey
 	var s *sharespotv1.Session
 	if q == nil || q.Id != pc.QuoteId || guest == "" {
 		ses, err := h.C.Sessions.Get(ctx, connect.NewRequest(&sharespotv1.GetRequest{SessionId: sid}))
@@ -211,6 +178,7 @@ func (h *Agent) grant(ctx context.Context, sid string, pc *sharespotv1.PaymentCo
 			}
 		}
 		guest, host = s.GuestDeviceId, s.HostDeviceId
+		mode, guestKey = s.UsageMode, s.GuestDeviceKey
 	}
 	if q == nil {
 		h.Log.Warn("confirmation for an unknown quote", "session", sid, "quote", pc.QuoteId)
@@ -250,9 +218,15 @@ func (h *Agent) grant(ctx context.Context, sid string, pc *sharespotv1.PaymentCo
 			return nil
 		}
 		if h.GW != nil {
-			// Admit replaces any earlier admission of this session, so a
-			// retried grant admits the new code.
-			if err := h.admit(sid, code, q.Bytes); err != nil {
+			verified := mode == sharespotv1.UsageMode_USAGE_MODE_VERIFIED
+			if verified && !keyOf(guestKey, guest) {
+				// The server relays the guest's key; its ID derives from it.
+				h.Log.Warn("the guest's device key does not match its ID; nothing given", "session", sid, "guest", guest)
+				return nil
+			}
+			// Admitting again with the same code changes nothing, so a
+			// retried grant is safe.
+			if err := h.admit(sid, code, q.Bytes, verified, guestKey); err != nil {
 				return fmt.Errorf("host: admit %s at the gate: %w", sid, err)
 			}
 			req.Gateway = h.gateway()
@@ -280,7 +254,6 @@ func (h *Agent) grant(ctx context.Context, sid string, pc *sharespotv1.PaymentCo
 		res = connect.NewResponse(&sharespotv1.GrantResponse{Session: ses.Msg.Session})
 	}
 	h.remember(receiptID)
-	h.setWindow(res.Msg.Session)
 	if initial {
 		return nil
 	}
@@ -303,7 +276,6 @@ func (h *Agent) Reconcile(s *sharespotv1.Session) error {
 	if h.GW == nil || s.State != sharespotv1.SessionState_SESSION_STATE_ACTIVE {
 		return nil
 	}
-	h.setWindow(s)
 	_, quota, err := h.GW.Usage(s.Id)
 	if err != nil {
 		return nil // not admitted here (its code went with a lost gateway)
@@ -316,12 +288,16 @@ func (h *Agent) Reconcile(s *sharespotv1.Session) error {
 	return nil
 }
 
-// Close is the host's half of a guest's End: revoke the guest at the gate,
-// then End with the gate's final count (clamped to what was granted, and
-// never below what was reported), which settles the session.
+// Close is the host's half of a guest's End: revoke the guest at the
+// gateway, then End with the gateway's final count (clamped to what was
+// granted, and never below what was reported) and, for a verified session,
+// the latest acknowledgment it holds and whether it held the guest at the
+// credit window; the End settles the session.
 func (h *Agent) Close(ctx context.Context, sid string) error {
 	var used int64
+	var ev gateway.Evidence
 	if h.GW != nil {
+		ev, _ = h.GW.Evidence(sid) // before the revoke: whether the guest stood at its window
 		h.revoke(sid)
 		used, _, _ = h.GW.Usage(sid)
 	}
@@ -334,7 +310,8 @@ func (h *Agent) Close(ctx context.Context, sid string) error {
 		return nil
 	}
 	used = min(max(used, s.UsedBytes), s.GrantedBytes)
-	_, err = h.C.Sessions.End(ctx, connect.NewRequest(&sharespotv1.EndRequest{SessionId: sid, UsedBytes: used, Reason: "final count"}))
+	_, err = h.C.Sessions.End(ctx, connect.NewRequest(&sharespotv1.EndRequest{SessionId: sid, UsedBytes: used, Reason: "final count",
+		Ack: AckOf(sid, ev), GuestHeld: ev.Held}))
 	if client.IgnoreRefusal(err) != nil {
 		return err
 	}
@@ -398,10 +375,28 @@ const gatewayTimeout = 30 * time.Second
 // admit lets a granted session in at the gateway with its code, volume and
 // the hotspot's warning level. Admit replaces any earlier admission of the
 // session, so a retried grant admits the new code.
-func (h *Agent) admit(sid string, code []byte, bytes int64) error {
+func (h *Agent) admit(sid string, code []byte, bytes int64, verified bool, guestKey []byte) error {
 	ctx, cancel := context.WithTimeout(context.Background(), gatewayTimeout)
 	defer cancel()
-	return h.GW.Admit(ctx, gateway.Grant{SessionID: sid, Credential: code, Quota: bytes, Threshold: h.Threshold})
+	g := gateway.Grant{SessionID: sid, Credential: code, Quota: bytes, Threshold: h.Threshold}
+	if verified {
+		g.Verified, g.GuestKey = true, guestKey
+	}
+	return h.GW.Admit(ctx, g)
+}
+
+// keyOf reports whether key is the device key of device ID id.
+func keyOf(key []byte, id string) bool {
+	return len(key) == ed25519.PublicKeySize && deviceid.FromPublicKey(key).String() == id
+}
+
+// AckOf is the acknowledgment the gateway holds of a session, as the host
+// attaches it to its reports and final count (nil: none).
+func AckOf(sid string, ev gateway.Evidence) *sharespotv1.UsageAck {
+	if !ev.Verified || ev.Acked <= 0 || len(ev.Signature) == 0 {
+		return nil
+	}
+	return &sharespotv1.UsageAck{SessionId: sid, ReceivedBytes: ev.Acked, Signature: ev.Signature}
 }
 
 // extend adds volume to a session at the gateway, in place.
@@ -420,16 +415,20 @@ func (h *Agent) revoke(sid string) {
 	}
 }
 
-// acknowledgeAt records the guest's acknowledgment and the session's
-// credit window at the gateway, once it is durable. A session the gateway
-// no longer holds (revoked, or lost with its state) has nothing to hold
-// back: that is not an error.
-func (h *Agent) acknowledgeAt(sid string, acked, window int64) error {
+// acknowledgeAt records the guest's signed acknowledgment at the gateway,
+// once it is durable. A session the gateway no longer holds (revoked, or
+// lost with its state) has nothing to hold back, and one that is
+// unverified or badly signed cannot take it: none is an error to retry.
+func (h *Agent) acknowledgeAt(sid string, received int64, sig []byte) error {
 	ctx, cancel := context.WithTimeout(context.Background(), gatewayTimeout)
 	defer cancel()
-	err := h.GW.Acknowledge(ctx, sid, acked, window)
-	if errors.Is(err, gateway.ErrUnknownSession) || errors.Is(err, gateway.ErrRevoked) {
+	err := h.GW.Acknowledge(ctx, sid, received, sig)
+	switch {
+	case errors.Is(err, gateway.ErrUnknownSession), errors.Is(err, gateway.ErrRevoked):
 		h.Log.Debug("acknowledgment for a session the gateway does not hold", "session", sid, "err", err)
+		return nil
+	case errors.Is(err, gateway.ErrUnverified), errors.Is(err, gateway.ErrInvalid):
+		h.Log.Warn("acknowledgment refused at the gateway", "session", sid, "err", err)
 		return nil
 	}
 	return err

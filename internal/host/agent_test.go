@@ -89,9 +89,10 @@ func TestHostHandlesRedeliveryOnce(t *testing.T) {
 	}
 }
 
-// TestHostPassesAcknowledgments: the guest's acknowledgments, relayed by
-// the server, reach the gate with the session's credit window (from the
-// grant, or read once from the server by an agent restarted since).
+// TestHostPassesAcknowledgments: the guest's acknowledgments the server
+// relays reach the gateway, which checks the guest's signature again with
+// the device key the grant carried (checked against the guest's ID); a
+// forged or misaddressed one is dropped.
 func TestHostPassesAcknowledgments(t *testing.T) {
 	ctx := context.Background()
 	gate := &gateway.CodeGate{Address: "192.0.2.1:1080"}
@@ -99,23 +100,21 @@ func TestHostPassesAcknowledgments(t *testing.T) {
 	harness.Listen(t, hostC, agent.Handle)
 	guestIn := harness.Listen(t, guestC, nil)
 	g := &guest.Guest{C: guestC}
-	const bought = 200_000_000
-	ses, err := g.RequestAccess(ctx, hs.Msg.Hotspot.Id, bought)
+	ses, err := g.RequestAccess(ctx, hs.Msg.Hotspot.Id, 200_000_000)
 	if err != nil {
 		t.Fatal(err)
 	}
 	buyQuoted(t, guestC, guestIn, ses.Id)
-	window := protocol.Window(bought) // the default the grant set: 4 MB
 	awaitAck := func(want int64) {
 		t.Helper()
 		deadline := time.Now().Add(5 * time.Second)
 		for {
-			acked, w := gate.Acknowledged(ses.Id)
-			if acked == want && w == window {
+			ev, err := gate.Evidence(ses.Id)
+			if err == nil && ev.Verified && ev.Acked == want && protocol.VerifyAck(ses.GuestDeviceKey, ses.Id, want, ev.Signature) == nil {
 				return
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("gate holds acknowledged %d, window %d; want %d, %d", acked, w, want, window)
+				t.Fatalf("gateway holds %+v, %v; want %d acknowledged", ev, err, want)
 			}
 			time.Sleep(time.Millisecond)
 		}
@@ -125,21 +124,25 @@ func TestHostPassesAcknowledgments(t *testing.T) {
 	}
 	awaitAck(4000)
 
-	// A restarted agent knows no window yet: it reads the session's.
+	// A restarted agent passes them on too.
 	agent2 := &host.Agent{C: hostC, GW: gate}
 	if err := agent2.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	ackEnv := func(sid string, n int64) *sharespotv1.Envelope {
+	ackEnv := func(ack *sharespotv1.UsageAck) *sharespotv1.Envelope {
 		return &sharespotv1.Envelope{SessionId: ses.Id, Body: &sharespotv1.Envelope_UsageAcknowledged{
-			UsageAcknowledged: &sharespotv1.UsageAcknowledged{Ack: &sharespotv1.UsageAck{SessionId: sid, ReceivedBytes: n}}}}
+			UsageAcknowledged: &sharespotv1.UsageAcknowledged{Ack: ack}}}
 	}
-	if err := agent2.Handle(ctx, ackEnv(ses.Id, 6000)); err != nil {
+	if err := agent2.Handle(ctx, ackEnv(guestC.SignAck(ses.Id, 6000))); err != nil {
 		t.Fatal(err)
 	}
 	awaitAck(6000)
-	// An acknowledgment naming another session than its envelope is dropped.
-	if err := agent2.Handle(ctx, ackEnv("other", 9000)); err != nil {
+	// Forged (signed by another device), or naming another session than
+	// its envelope: dropped.
+	if err := agent2.Handle(ctx, ackEnv(hostC.SignAck(ses.Id, 9000))); err != nil {
+		t.Fatal(err)
+	}
+	if err := agent2.Handle(ctx, ackEnv(guestC.SignAck("other", 9000))); err != nil {
 		t.Fatal(err)
 	}
 	awaitAck(6000)

@@ -2,10 +2,12 @@ package host
 
 import (
 	"context"
+	"crypto/ed25519"
 	"log/slog"
 	"testing"
 
 	"github.com/sharespot/sharespot/internal/gateway/proxy"
+	"github.com/sharespot/sharespot/internal/protocol"
 	"github.com/sharespot/sharespot/internal/seal"
 )
 
@@ -31,7 +33,9 @@ func TestAgentDrivesGateway(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := a.admit("s", code, 5000); err != nil {
+	pub, key, _ := ed25519.GenerateKey(nil)
+	sig := func(n int64) []byte { return protocol.SignAck(key, "s", n) }
+	if err := a.admit("s", code, 5000, true, pub); err != nil {
 		t.Fatal(err)
 	}
 	if err := a.extend("s", 100); err != nil {
@@ -43,18 +47,24 @@ func TestAgentDrivesGateway(t *testing.T) {
 	if gw := a.gateway(); gw.Kind != "proxy" || gw.Address != p.Addr() || gw.Address == "" {
 		t.Errorf("gateway() = %v", gw)
 	}
-	if err := a.acknowledgeAt("s", 10, 2000); err != nil {
+	if err := a.acknowledgeAt("s", 10, sig(10)); err != nil {
 		t.Fatal(err)
 	}
-	if err := a.acknowledgeAt("unknown", 10, 2000); err != nil {
+	if ev, err := p.Evidence("s"); err != nil || ev.Acked != 10 || !ev.Verified {
+		t.Errorf("evidence %+v, %v", ev, err)
+	}
+	if err := a.acknowledgeAt("unknown", 10, sig(10)); err != nil {
 		t.Errorf("an acknowledgment for a session the gateway does not hold: %v", err)
 	}
-	if err := a.acknowledgeAt("s", 10, 0); err == nil {
-		t.Error("an acknowledgment without a window was taken")
+	if err := a.acknowledgeAt("s", 20, sig(19)); err != nil {
+		t.Errorf("a badly signed acknowledgment is logged, not retried: %v", err)
+	}
+	if ev, _ := p.Evidence("s"); ev.Acked != 10 {
+		t.Errorf("a badly signed acknowledgment counted: %+v", ev)
 	}
 	a.revoke("s")
 	a.revoke("unknown") // logged, not fatal
-	if err := a.acknowledgeAt("s", 20, 2000); err != nil {
+	if err := a.acknowledgeAt("s", 20, sig(20)); err != nil {
 		t.Errorf("an acknowledgment after revoke: %v", err)
 	}
 	if err := a.extend("s", 1); err == nil {

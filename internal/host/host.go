@@ -253,7 +253,7 @@ func (h *Host) prompt(ctx context.Context, ev gateway.Event) {
 		if u, q, uerr := h.GW.Usage(ev.SessionID); uerr == nil {
 			used = min(max(used, u), q)
 		}
-		_, err = h.C.Sessions.Prompt(ctx, connect.NewRequest(&sharespotv1.PromptRequest{SessionId: ev.SessionID, UsedBytes: used}))
+		_, err = h.C.Sessions.Prompt(ctx, connect.NewRequest(&sharespotv1.PromptRequest{SessionId: ev.SessionID, UsedBytes: used, Ack: h.ack(ev.SessionID)}))
 		if connect.CodeOf(err) == connect.CodeInvalidArgument && moved < 3 {
 			moved++ // a report overtook this one: read the count again
 			continue
@@ -321,7 +321,7 @@ func (h *Host) reportOne(ctx context.Context, id string) {
 		return
 	}
 	used = min(used, quota)
-	_, err = h.C.Sessions.ReportUsage(ctx, connect.NewRequest(&sharespotv1.ReportUsageRequest{SessionId: id, UsedBytes: used}))
+	_, err = h.C.Sessions.ReportUsage(ctx, connect.NewRequest(&sharespotv1.ReportUsageRequest{SessionId: id, UsedBytes: used, Ack: h.ack(id)}))
 	if err == nil || ctx.Err() != nil {
 		return
 	}
@@ -340,9 +340,20 @@ func (h *Host) reportOne(ctx context.Context, id string) {
 		return
 	}
 	if fixed := min(max(used, s.UsedBytes), s.GrantedBytes); fixed != s.UsedBytes {
-		_, err = h.C.Sessions.ReportUsage(ctx, connect.NewRequest(&sharespotv1.ReportUsageRequest{SessionId: id, UsedBytes: fixed}))
+		_, err = h.C.Sessions.ReportUsage(ctx, connect.NewRequest(&sharespotv1.ReportUsageRequest{SessionId: id, UsedBytes: fixed, Ack: h.ack(id)}))
 		h.Log.Warn("usage report refused; sent the reconciled count", "session", id, "metered", used, "sent", fixed, "err", err)
 	}
+}
+
+// ack is the latest acknowledgment the gateway holds of a session, which
+// the host attaches to what it reports: the guest signed it, so the server
+// keeps it even when the guest cannot reach it.
+func (h *Host) ack(id string) *sharespotv1.UsageAck {
+	ev, err := h.GW.Evidence(id)
+	if err != nil {
+		return nil
+	}
+	return AckOf(id, ev)
 }
 
 func (h *Host) loadCursor() uint64 {

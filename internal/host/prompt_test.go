@@ -43,11 +43,12 @@ func (g *eventGateway) Usage(id string) (int64, int64, error) {
 	return g.used[id], g.quota[id], nil
 }
 
-func (g *eventGateway) Revoke(context.Context, string) error                    { return nil }
-func (g *eventGateway) Acknowledge(context.Context, string, int64, int64) error { return nil }
-func (g *eventGateway) Events() <-chan gateway.Event                            { return g.ev }
-func (g *eventGateway) Run(ctx context.Context) error                           { <-ctx.Done(); return nil }
-func (g *eventGateway) Addr() string                                            { return "192.0.2.1:1080" }
+func (g *eventGateway) Revoke(context.Context, string) error                     { return nil }
+func (g *eventGateway) Acknowledge(context.Context, string, int64, []byte) error { return nil }
+func (g *eventGateway) Evidence(string) (gateway.Evidence, error)                { return gateway.Evidence{}, nil }
+func (g *eventGateway) Events() <-chan gateway.Event                             { return g.ev }
+func (g *eventGateway) Run(ctx context.Context) error                            { <-ctx.Done(); return nil }
+func (g *eventGateway) Addr() string                                             { return "192.0.2.1:1080" }
 
 // promptRig is a host agent on an event gateway and a guest with a paid
 // session (warning level 1 MB), the host agent reporting on it.
@@ -99,7 +100,7 @@ func newHostRig(t *testing.T, priceMinor, buy int64) *promptRig {
 	}
 	t.Cleanup(stopHost)
 	guestIn := harness.Listen(t, guestC, nil)
-	g := &guest.Guest{C: guestC}
+	g := &guest.Guest{C: guestC, Unverified: true} // these tests are about the host's counts alone
 	ses, err := g.RequestAccess(ctx, hs.Msg.Hotspot.Id, buy)
 	if err != nil {
 		t.Fatal(err)

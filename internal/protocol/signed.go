@@ -64,10 +64,10 @@ func VerifyAck(pub []byte, sessionID string, received int64, sig []byte) error {
 	return nil
 }
 
-// Window is the default credit window for a tranche of bytes: max(1 MB,
-// 2 % of the tranche).
-func Window(tranche int64) int64 { return max(1_000_000, tranche/50) }
-
-// WindowBounds are the credit windows a host may set for a tranche: from
-// 64 KiB to max(1 MB, 5 % of the tranche).
-func WindowBounds(tranche int64) (lo, hi int64) { return 64 << 10, max(1_000_000, tranche/20) }
+// Window is the credit window of a session whose grants add up to granted
+// bytes: max(1 MB, 2 % of granted). One rule for the gateways, which let a
+// verified session's guest run at most this far ahead of its last
+// acknowledgment, and for settlement, which bills at most the last
+// acknowledgment plus this: the most a host can bill beyond what its guest
+// acknowledged.
+func Window(granted int64) int64 { return max(1_000_000, granted/50) }

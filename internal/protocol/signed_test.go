@@ -43,15 +43,16 @@ func TestVerifyAck(t *testing.T) {
 }
 
 func TestWindow(t *testing.T) {
-	for _, tc := range []struct{ tranche, window, hi int64 }{
-		{5_000_000, 1_000_000, 1_000_000},
-		{100_000_000, 2_000_000, 5_000_000},
+	// max(1 MB, 2 % of everything granted)
+	for _, tc := range []struct{ granted, window int64 }{
+		{0, 1_000_000},
+		{5_000_000, 1_000_000},
+		{50_000_000, 1_000_000},
+		{100_000_000, 2_000_000},
+		{1_001_000_000, 20_020_000},
 	} {
-		if w := Window(tc.tranche); w != tc.window {
-			t.Errorf("Window(%d) = %d, want %d", tc.tranche, w, tc.window)
-		}
-		if lo, hi := WindowBounds(tc.tranche); lo != 65536 || hi != tc.hi {
-			t.Errorf("WindowBounds(%d) = %d, %d", tc.tranche, lo, hi)
+		if w := Window(tc.granted); w != tc.window {
+			t.Errorf("Window(%d) = %d, want %d", tc.granted, w, tc.window)
 		}
 	}
 }

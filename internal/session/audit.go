@@ -16,7 +16,7 @@ type AuditReport struct {
 	Ledger       ledger.Audit
 	Open, Ended  int64
 	HeldAfterEnd int64
-	Usage        []HostReconciliation
+	Usage        Reconciliation
 }
 
 // OK reports whether the ledger is consistent and no ended session holds

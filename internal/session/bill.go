@@ -6,11 +6,14 @@ import (
 	"github.com/sharespot/sharespot/internal/protocol"
 )
 
-// The bill. The bytes billed are the host's count, but where the guest
-// acknowledged what it received (evidence.go) at most its last signed count
-// plus the credit window: min(host count, acknowledged + window). A session
-// with no acknowledgment is billed on the host's count and marked
-// unverified. Each granted quote is a tranche with its own bytes and price.
+// The bill. The bytes billed are the host's count, within what was granted;
+// in a verified session (the guest chose it at its request: evidence.go)
+// at most the guest's last signed count plus the credit window:
+// min(host count, acknowledged + window), where the window is
+// max(1 MB, 2 % of everything granted) — one rule with the gateways, which
+// hold a verified guest to the same bound from its first byte. An
+// unverified session is billed on the host's count, at most what was
+// bought. Each granted quote is a tranche with its own bytes and price.
 // The bytes billed are consumed tranche by tranche in grant order; tranche
 // i is billed
 //
@@ -48,10 +51,13 @@ type Usage struct {
 	// Granted is the volume granted (the tranches' bytes); the host's
 	// count is held within 0..Granted.
 	Granted int64
-	// Acked is the guest's last signed count of bytes received; 0 when it
-	// acknowledged nothing (the session is unverified).
+	// Verified: the session's mode is verified, so the bill is at most
+	// Acked + Window.
+	Verified bool
+	// Acked is the guest's last signed count of bytes received (0: none).
 	Acked int64
-	// Window is the credit window the host gave beyond Acked.
+	// Window is the credit window beyond Acked (protocol.Window of
+	// Granted).
 	Window int64
 }
 
@@ -75,7 +81,7 @@ type Billed struct {
 // Bill is a session's settlement in figures.
 type Bill struct {
 	// HostCount is the host's count held within 0..Granted; Verified says
-	// the guest acknowledged something, so Used is at most Acked + Window.
+	// the session is verified, so Used is at most Acked + Window.
 	HostCount int64
 	Verified  bool
 	// Used is the bytes billed.
@@ -108,7 +114,7 @@ func (b Bill) Payout() int64 { return min(b.Host, b.CardCharged) }
 // can have: a charge above what escrow holds, or amounts that overflow.
 func NewBill(in BillInput) (Bill, error) {
 	u := in.Usage
-	b := Bill{HostCount: min(max(u.HostCount, 0), u.Granted), Verified: u.Acked > 0}
+	b := Bill{HostCount: min(max(u.HostCount, 0), u.Granted), Verified: u.Verified}
 	b.Used = b.HostCount
 	if b.Verified {
 		b.Used = min(b.Used, u.Acked+u.Window)

@@ -2,84 +2,104 @@ package session
 
 import (
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
-	"github.com/sharespot/sharespot/internal/account"
 	"github.com/sharespot/sharespot/internal/problem"
 	"github.com/sharespot/sharespot/internal/protocol"
 	"github.com/sharespot/sharespot/internal/store"
 )
 
-// Evidence of usage. The guest's client signs cumulative counts of the
-// bytes it received (package evidence); the server keeps the highest and
-// relays it to the host. Settlement then bills at most that count plus the
-// host's credit window (settle.go): a host that reports more than it
-// delivered gains at most the window, and a guest that stops acknowledging
-// pays for at most the window more than it acknowledged.
+// Evidence of usage, in a mode fixed at the request. A verified session's
+// guest counts what it receives and signs cumulative counts with its
+// device key (protocol.AckMessage). It sends them in-band to the host's
+// gateway, which holds it to its last count plus the credit window from
+// the first byte, and to the server when it can (Acknowledge); the host
+// attaches the latest its gateway holds to its usage reports, prompts and
+// final count. The server keeps the highest it has seen from either, and
+// settlement bills at most it plus the window (bill.go): a host that
+// reports more than it delivered gains at most the window, and a guest
+// cannot take more than the window without acknowledging it. What the
+// guest signs at its End is its last word: no acknowledgment of the
+// guest's is taken after it. An unverified session (a guest that cannot
+// count) takes none at all and is billed on the host's count.
 
 // VerifiedAck is a usage acknowledgment whose signature VerifyAck checked.
 type VerifiedAck struct{ ack *sharespotv1.UsageAck }
 
+// Received is the acknowledged count.
+func (va VerifiedAck) Received() int64 { return va.ack.GetReceivedBytes() }
+
 // VerifyAck checks, in a read transaction, that an acknowledgment is signed
-// by the guest of its session; Acknowledge then records it.
-func (e *Engine) VerifyAck(tx *store.Tx, guest Party, ack *sharespotv1.UsageAck) (VerifiedAck, error) {
+// by the guest of its session with the device key the session holds; p is
+// the party presenting it (the guest, or the host attaching what its
+// gateway holds). Recording it is the write's part (takeAck).
+func (e *Engine) VerifyAck(tx *store.Tx, p Party, ack *sharespotv1.UsageAck) (VerifiedAck, error) {
 	if ack == nil {
 		return VerifiedAck{}, problem.Invalidf("ack is missing")
 	}
-	if _, err := e.load(tx, ack.SessionId, guest, roleGuest); err != nil {
-		return VerifiedAck{}, err
-	}
-	pub, err := account.PublicKey(tx, guest.DeviceID)
+	s, err := e.load(tx, ack.SessionId, p, roleEither)
 	if err != nil {
 		return VerifiedAck{}, err
 	}
-	if err := protocol.VerifyAck(pub, ack.SessionId, ack.ReceivedBytes, ack.Signature); err != nil {
+	if !s.verified() {
+		return VerifiedAck{}, problem.WrongStatef("session %s is unverified: the guest chose not to acknowledge, and the host's count is the bill", s.ID)
+	}
+	if err := protocol.VerifyAck(s.GuestKey, ack.SessionId, ack.ReceivedBytes, ack.Signature); err != nil {
 		return VerifiedAck{}, problem.Deniedf("acknowledgment refused: %v", err)
 	}
 	return VerifiedAck{ack: ack}, nil
 }
 
-// Acknowledge records the guest's signed count of the bytes it received,
-// if it is higher than the last, and relays it to the host. Counts only
-// grow and never exceed what was granted; the same count again changes
-// nothing. It returns the count the server holds.
+// verified reports whether the session is verified: its guest chose, at
+// its request, to acknowledge what it receives.
+func (s *row) verified() bool { return s.Mode == sharespotv1.UsageMode_USAGE_MODE_VERIFIED }
+
+// Acknowledge records the guest's own signed count of the bytes it received
+// in a running session, if it is higher than the last, and relays it to
+// the host. A guest that ended has said its last word (its End carries
+// it). It returns the count the server holds.
 func (e *Engine) Acknowledge(tx *store.Tx, guest Party, va VerifiedAck) (int64, error) {
-	ack := va.ack
-	if ack == nil {
+	if va.ack == nil {
 		return 0, problem.Invalidf("ack is missing")
 	}
-	s, err := e.load(tx, ack.SessionId, guest, roleGuest)
+	s, err := e.load(tx, va.ack.SessionId, guest, roleGuest)
 	if err != nil {
 		return 0, err
 	}
-	switch {
-	case s.State != sharespotv1.SessionState_SESSION_STATE_ACTIVE && s.State != sharespotv1.SessionState_SESSION_STATE_ENDING:
-		return 0, problem.WrongStatef("session %s is %s: nothing to acknowledge", s.ID, stateName(s.State))
-	case ack.ReceivedBytes > s.Granted:
-		return 0, problem.Invalidf("received_bytes %d is above the %d bytes granted", ack.ReceivedBytes, s.Granted)
-	case ack.ReceivedBytes < s.GuestAcked:
-		return 0, problem.Invalidf("received_bytes %d is below the %d already acknowledged; counts only grow", ack.ReceivedBytes, s.GuestAcked)
-	case ack.ReceivedBytes == s.GuestAcked:
-		return s.GuestAcked, nil
+	if s.State != sharespotv1.SessionState_SESSION_STATE_ACTIVE {
+		return 0, problem.WrongStatef("session %s is %s: acknowledgments are taken while it runs (the guest's End carries its last)", s.ID, stateName(s.State))
 	}
-	s.GuestAcked = ack.ReceivedBytes
+	raised, err := e.takeAck(s, &va)
+	if err != nil || !raised {
+		return s.GuestAcked, err
+	}
 	if err := s.save(tx, e.nowMS()); err != nil {
 		return 0, err
 	}
 	if err := e.send(tx, s.Host, s.ID, &sharespotv1.Envelope{Body: &sharespotv1.Envelope_UsageAcknowledged{
-		UsageAcknowledged: &sharespotv1.UsageAcknowledged{Ack: ack}}}); err != nil {
+		UsageAcknowledged: &sharespotv1.UsageAcknowledged{Ack: va.ack}}}); err != nil {
 		return 0, err
 	}
 	return s.GuestAcked, nil
 }
 
-// creditWindow checks the window a host sets for a tranche (0: the
-// default).
-func creditWindow(asked, tranche int64) (int64, error) {
-	if asked == 0 {
-		return protocol.Window(tranche), nil
+// takeAck raises the session's acknowledged count to va's (nil: nothing to
+// take), held to what was granted; a lower or equal count changes nothing.
+// It reports whether the count rose. The caller saves.
+func (e *Engine) takeAck(s *row, va *VerifiedAck) (bool, error) {
+	if va == nil || va.ack == nil {
+		return false, nil
 	}
-	lo, hi := protocol.WindowBounds(tranche)
-	if asked < lo || asked > hi {
-		return 0, problem.Invalidf("credit_window_bytes %d must be between %d and %d for a tranche of %d bytes", asked, lo, hi, tranche)
+	switch {
+	case va.ack.SessionId != s.ID:
+		return false, problem.Invalidf("the acknowledgment is for session %s, not %s", va.ack.SessionId, s.ID)
+	case !s.verified():
+		return false, problem.WrongStatef("session %s is unverified: acknowledgments are refused", s.ID)
 	}
-	return asked, nil
+	// The guest may count what the host does not (its own headers, say):
+	// what was granted is the most it can have had.
+	n := min(va.ack.ReceivedBytes, s.Granted)
+	if n <= s.GuestAcked {
+		return false, nil
+	}
+	s.GuestAcked = n
+	return true, nil
 }

@@ -30,12 +30,18 @@ type row struct {
 	EndReason               string
 	SettledHost, SettledFee int64
 	Refunded                int64
-	// Evidence: the guest's last signed count, the host's credit window
-	// beyond it; at settlement the host's own count and whether the bill
-	// rested on the guest's count.
+	// Evidence: who counts (Mode, fixed at the request; Verified is Mode
+	// == verified), the guest's device key that signs its counts, the
+	// guest's last signed count and the credit window beyond it (one rule
+	// on everything granted, protocol.Window); at settlement the host's
+	// own count, and whether its gateway held a guest that stopped
+	// acknowledging.
+	Mode                 sharespotv1.UsageMode
+	GuestKey             []byte
 	GuestAcked, Window   int64
 	HostCount            int64
 	Verified             bool
+	GuestHeld            bool
 	CreatedMS, UpdatedMS int64
 	// Card adjustments after settlement (Stripe refunds and disputes),
 	// added by RecordCardRefund and RecordDispute (card.go): read with
@@ -46,14 +52,15 @@ type row struct {
 const rowCols = `id, hotspot_id, host_device_id, guest_device_id, state, requested_bytes, reserved_bytes, granted_bytes,
 	used_bytes, pending_topup_bytes, currency, suite, guest_keys, deadline_ms, end_reason, settled_host_minor,
 	settled_fee_minor, refunded_minor, created_ms, updated_ms, guest_account_id, tariff_price_minor, tariff_topup_price_minor,
-	tariff_unit_bytes, tariff_min_purchase_bytes, guest_acked_bytes, credit_window_bytes, host_count_bytes, verified`
+	tariff_unit_bytes, tariff_min_purchase_bytes, guest_acked_bytes, credit_window_bytes, host_count_bytes, verified,
+	usage_mode, guest_device_key, guest_held`
 
 func (s *row) insert(tx *store.Tx) error {
-	_, err := tx.Exec(`INSERT INTO sessions (`+rowCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+	_, err := tx.Exec(`INSERT INTO sessions (`+rowCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		s.ID, s.HotspotID, s.Host, s.Guest, int32(s.State), s.Requested, s.Reserved, s.Granted, s.Used, s.PendingTopUp,
 		s.Currency, s.Suite, s.GuestKeys, s.DeadlineMS, s.EndReason, s.SettledHost, s.SettledFee, s.Refunded, s.CreatedMS, s.UpdatedMS,
 		s.GuestAccount, s.Tariff.PriceMinor, s.Tariff.TopUpPriceMinor, s.Tariff.UnitBytes, s.Tariff.MinPurchase,
-		s.GuestAcked, s.Window, s.HostCount, flag(s.Verified))
+		s.GuestAcked, s.Window, s.HostCount, flag(s.Verified), int32(s.Mode), s.GuestKey, flag(s.GuestHeld))
 	if err != nil {
 		return fmt.Errorf("session: insert %s: %w", s.ID, err)
 	}
@@ -64,10 +71,10 @@ func (s *row) save(tx *store.Tx, nowMS int64) error {
 	s.UpdatedMS = nowMS
 	_, err := tx.Exec(`UPDATE sessions SET state = ?, reserved_bytes = ?, granted_bytes = ?, used_bytes = ?, pending_topup_bytes = ?,
 		suite = ?, deadline_ms = ?, end_reason = ?, settled_host_minor = ?, settled_fee_minor = ?, refunded_minor = ?, updated_ms = ?,
-		guest_acked_bytes = ?, credit_window_bytes = ?, host_count_bytes = ?, verified = ?
+		guest_acked_bytes = ?, credit_window_bytes = ?, host_count_bytes = ?, verified = ?, guest_held = ?
 		WHERE id = ?`,
 		int32(s.State), s.Reserved, s.Granted, s.Used, s.PendingTopUp, s.Suite, s.DeadlineMS, s.EndReason,
-		s.SettledHost, s.SettledFee, s.Refunded, s.UpdatedMS, s.GuestAcked, s.Window, s.HostCount, flag(s.Verified), s.ID)
+		s.SettledHost, s.SettledFee, s.Refunded, s.UpdatedMS, s.GuestAcked, s.Window, s.HostCount, flag(s.Verified), flag(s.GuestHeld), s.ID)
 	if err != nil {
 		return fmt.Errorf("session: save %s: %w", s.ID, err)
 	}
@@ -80,12 +87,12 @@ func loadRow(tx *store.Tx, id string) (*row, error) {
 	// doing its work; a read takes no lock.
 	q := `SELECT ` + rowCols + `, card_refunded_minor, disputed_minor FROM sessions WHERE id = ?` + tx.ForUpdate()
 	s := new(row)
-	var state, verified int32
+	var state, verified, mode, held int32
 	err := tx.QueryRow(q, id).Scan(&s.ID, &s.HotspotID, &s.Host, &s.Guest, &state, &s.Requested, &s.Reserved, &s.Granted,
 		&s.Used, &s.PendingTopUp, &s.Currency, &s.Suite, &s.GuestKeys, &s.DeadlineMS, &s.EndReason, &s.SettledHost,
 		&s.SettledFee, &s.Refunded, &s.CreatedMS, &s.UpdatedMS, &s.GuestAccount, &s.Tariff.PriceMinor, &s.Tariff.TopUpPriceMinor,
 		&s.Tariff.UnitBytes, &s.Tariff.MinPurchase, &s.GuestAcked, &s.Window, &s.HostCount, &verified,
-		&s.CardRefunded, &s.Disputed)
+		&mode, &s.GuestKey, &held, &s.CardRefunded, &s.Disputed)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, problem.NotFoundf("session %s not found", id)
 	}
@@ -94,6 +101,7 @@ func loadRow(tx *store.Tx, id string) (*row, error) {
 	}
 	s.State = sharespotv1.SessionState(state)
 	s.Tariff.Currency, s.Verified = s.Currency, verified != 0
+	s.Mode, s.GuestHeld = sharespotv1.UsageMode(mode), held != 0
 	return s, nil
 }
 

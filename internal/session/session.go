@@ -43,13 +43,24 @@ import (
 	"github.com/sharespot/sharespot/internal/store"
 )
 
-// Party is an authenticated device and the account that owns it.
+// Party is an authenticated device, the account that owns it and its
+// device key (Ed25519).
 type Party struct {
 	DeviceID  string
 	AccountID string
+	PublicKey []byte
 }
 
-// Charge asks the payment platform to take a quote's fee.
+// same reports whether c and d charge the same: the same quote, parties,
+// amount, bytes and method.
+func (c Charge) same(d Charge) bool {
+	party := func(a, b Party) bool { return a.DeviceID == b.DeviceID && a.AccountID == b.AccountID }
+	return c.QuoteID == d.QuoteID && c.SessionID == d.SessionID && party(c.Payer, d.Payer) && party(c.Payee, d.Payee) &&
+		c.Amount == d.Amount && c.Currency == d.Currency && c.Bytes == d.Bytes && c.Method == d.Method
+}
+
+// Charge asks the payment platform to take a quote's fee. (same compares
+// every field: a new one goes there too.)
 type Charge struct {
 	QuoteID, SessionID string
 	Payer, Payee       Party
@@ -167,11 +178,23 @@ func (e *Engine) Config() Config { return e.cfg }
 // of an available hotspot for access. The hotspot's tariff is copied into
 // the session: it is the tariff of every quote of the session. If shown is
 // set (the tariff the guest was shown, C1.4) and the hotspot's tariff is no
-// longer that, the request is refused. The host receives AccessRequested.
-func (e *Engine) RequestAccess(tx *store.Tx, guest Party, hotspotID string, bytes int64, gk GuestKeys, shown *sharespotv1.Tariff) (*sharespotv1.Session, error) {
+// longer that, the request is refused. mode says who counts the session's
+// data (evidence.go): verified, or unverified (also when unspecified); it
+// never changes. The host receives AccessRequested.
+func (e *Engine) RequestAccess(tx *store.Tx, guest Party, hotspotID string, bytes int64, gk GuestKeys, shown *sharespotv1.Tariff, mode sharespotv1.UsageMode) (*sharespotv1.Session, error) {
 	now := e.nowMS()
 	if bytes <= 0 {
 		return nil, problem.Invalidf("bytes must be positive, got %d", bytes)
+	}
+	switch mode {
+	case sharespotv1.UsageMode_USAGE_MODE_VERIFIED, sharespotv1.UsageMode_USAGE_MODE_UNVERIFIED:
+	case sharespotv1.UsageMode_USAGE_MODE_UNSPECIFIED:
+		mode = sharespotv1.UsageMode_USAGE_MODE_UNVERIFIED
+	default:
+		return nil, problem.Invalidf("usage_mode %d is not a mode (verified 1, unverified 2)", mode)
+	}
+	if mode == sharespotv1.UsageMode_USAGE_MODE_VERIFIED && len(guest.PublicKey) == 0 {
+		return nil, fmt.Errorf("session: the guest's device key is not known")
 	}
 	keys := gk.keys
 	if len(keys) == 0 {
@@ -210,12 +233,14 @@ func (e *Engine) RequestAccess(tx *store.Tx, guest Party, hotspotID string, byte
 		ID: protocol.NewID("ses"), HotspotID: h.ID, Host: h.HostDeviceID, Guest: guest.DeviceID, GuestAccount: guest.AccountID,
 		State: sharespotv1.SessionState_SESSION_STATE_REQUESTED, Requested: bytes, Currency: h.Tariff.Currency, Tariff: h.Tariff,
 		GuestKeys: keyBlob, DeadlineMS: now + e.cfg.QuoteTimeout.Milliseconds(), CreatedMS: now, UpdatedMS: now,
+		Mode: mode, GuestKey: guest.PublicKey, Verified: mode == sharespotv1.UsageMode_USAGE_MODE_VERIFIED, Window: protocol.Window(0),
 	}
 	if err := s.insert(tx); err != nil {
 		return nil, err
 	}
 	if err := e.send(tx, s.Host, s.ID, &sharespotv1.Envelope{Body: &sharespotv1.Envelope_AccessRequested{AccessRequested: &sharespotv1.AccessRequested{
 		HotspotId: h.ID, GuestDeviceId: guest.DeviceID, Bytes: bytes, GuestKeys: keys, Tariff: s.Tariff.Proto(),
+		UsageMode: s.Mode, GuestDeviceKey: s.GuestKey,
 	}}}); err != nil {
 		return nil, err
 	}
@@ -391,7 +416,7 @@ func (e *Engine) Pay(tx *store.Tx, guest Party, sc SignedCharge) (*sharespotv1.R
 		return nil, err
 	}
 	c.Method = sc.c.Method
-	if c != sc.c {
+	if !c.same(sc.c) {
 		return nil, problem.WrongStatef("quote %s changed while it was being paid; pay again", q.ID)
 	}
 	if err := registry.Reserve(tx, s.HotspotID, q.Bytes); err != nil {
@@ -511,7 +536,8 @@ func (e *Engine) Confirm(tx *store.Tx, guest Party, sessionID string, vr Verifie
 	if err := q.save(tx); err != nil {
 		return nil, err
 	}
-	msg := &sharespotv1.PaymentConfirmed{QuoteId: q.ID, Kind: q.Kind, Receipt: rc, Quote: q.proto(nil), GuestDeviceId: s.Guest}
+	msg := &sharespotv1.PaymentConfirmed{QuoteId: q.ID, Kind: q.Kind, Receipt: rc, Quote: q.proto(nil), GuestDeviceId: s.Guest,
+		UsageMode: s.Mode, GuestDeviceKey: s.GuestKey}
 	if q.Kind == sharespotv1.QuoteKind_QUOTE_KIND_INITIAL {
 		var req sharespotv1.AccessRequested
 		if err := proto.Unmarshal(s.GuestKeys, &req); err != nil {
@@ -547,9 +573,9 @@ func (e *Engine) Confirm(tx *store.Tx, guest Party, sessionID string, vr Verifie
 // available data volume) and C1.15 (the add-data response with the
 // additional volume), relayed to the guest. The host may grant only a
 // confirmed payment of a session still running, and exactly the volume
-// paid for; the granted quote becomes the session's next tranche, and its
-// credit window (evidence.go) the session's.
-func (e *Engine) Grant(tx *store.Tx, host Party, sessionID, quoteID string, granted int64, sealed *sharespotv1.SealedCode, gw *sharespotv1.Gateway, window int64) (*sharespotv1.Session, error) {
+// paid for; the granted quote becomes the session's next tranche, and the
+// credit window (evidence.go) grows with what was granted.
+func (e *Engine) Grant(tx *store.Tx, host Party, sessionID, quoteID string, granted int64, sealed *sharespotv1.SealedCode, gw *sharespotv1.Gateway) (*sharespotv1.Session, error) {
 	now := e.nowMS()
 	s, err := e.load(tx, sessionID, host, roleHost)
 	if err != nil {
@@ -567,9 +593,6 @@ func (e *Engine) Grant(tx *store.Tx, host Party, sessionID, quoteID string, gran
 	}
 	if granted != q.Bytes {
 		return nil, problem.Invalidf("granted_bytes %d differs from the %d bytes paid for", granted, q.Bytes)
-	}
-	if s.Window, err = creditWindow(window, q.Bytes); err != nil {
-		return nil, err
 	}
 	msg := &sharespotv1.AccessGranted{QuoteId: q.ID, Kind: q.Kind, GrantedBytes: granted}
 	if q.Kind == sharespotv1.QuoteKind_QUOTE_KIND_INITIAL {
@@ -591,6 +614,7 @@ func (e *Engine) Grant(tx *store.Tx, host Party, sessionID, quoteID string, gran
 		return nil, err
 	}
 	s.Granted += granted
+	s.Window = protocol.Window(s.Granted)
 	msg.TotalGrantedBytes = s.Granted
 	s.DeadlineMS = 0
 	q.State = sharespotv1.QuoteState_QUOTE_STATE_GRANTED
@@ -611,8 +635,9 @@ func (e *Engine) Grant(tx *store.Tx, host Party, sessionID, quoteID string, gran
 // Prompt is C1.9: the host tells the guest, through the server, that the
 // remaining volume fell below the host's preset threshold (its warning
 // level, or the level its gateway's rate measure sets). The server checks
-// that it really did.
-func (e *Engine) Prompt(tx *store.Tx, host Party, sessionID string, used int64) error {
+// that it really did. va, if not nil, is the latest acknowledgment the
+// host's gateway holds.
+func (e *Engine) Prompt(tx *store.Tx, host Party, sessionID string, used int64, va *VerifiedAck) error {
 	s, err := e.load(tx, sessionID, host, roleHost)
 	if err != nil {
 		return err
@@ -621,6 +646,9 @@ func (e *Engine) Prompt(tx *store.Tx, host Party, sessionID string, used int64) 
 		return problem.WrongStatef("session %s is %s: no prompt", s.ID, stateName(s.State))
 	}
 	if err := e.recordUsage(s, used); err != nil {
+		return err
+	}
+	if _, err := e.takeAck(s, va); err != nil {
 		return err
 	}
 	h, err := registry.Get(tx, s.HotspotID)
@@ -683,8 +711,9 @@ func (e *Engine) RequestTopUp(tx *store.Tx, guest Party, sessionID string, bytes
 // ---------------------------------------------------------------- usage and end
 
 // ReportUsage records the host's metered usage of a running (or ending)
-// session.
-func (e *Engine) ReportUsage(tx *store.Tx, host Party, sessionID string, used int64) (*sharespotv1.Session, error) {
+// session, and va (if not nil), the latest acknowledgment its gateway
+// holds.
+func (e *Engine) ReportUsage(tx *store.Tx, host Party, sessionID string, used int64, va *VerifiedAck) (*sharespotv1.Session, error) {
 	s, err := e.load(tx, sessionID, host, roleHost)
 	if err != nil {
 		return nil, err
@@ -693,6 +722,9 @@ func (e *Engine) ReportUsage(tx *store.Tx, host Party, sessionID string, used in
 		return nil, problem.WrongStatef("session %s is %s: no usage to report", s.ID, stateName(s.State))
 	}
 	if err := e.recordUsage(s, used); err != nil {
+		return nil, err
+	}
+	if _, err := e.takeAck(s, va); err != nil {
 		return nil, err
 	}
 	if err := s.save(tx, e.nowMS()); err != nil {
@@ -717,8 +749,11 @@ func (e *Engine) recordUsage(s *row, used int64) error {
 // host, whose gateway revokes the guest and whose End then brings the final
 // count (or, past the close deadline, the last report stands). The host's
 // End, and either party's End before the grant, settles at once (settle.go).
-// Ending an ended session returns it.
-func (e *Engine) End(tx *store.Tx, p Party, sessionID string, used int64, reason string) (*sharespotv1.Session, error) {
+// Ending an ended session returns it. In a verified session va (if not nil)
+// is the host's latest acknowledgment from its gateway, or the guest's last
+// word; held is the host's word that its gateway held a guest that stopped
+// acknowledging.
+func (e *Engine) End(tx *store.Tx, p Party, sessionID string, used int64, reason string, va *VerifiedAck, held bool) (*sharespotv1.Session, error) {
 	now := e.nowMS()
 	s, err := e.load(tx, sessionID, p, roleEither)
 	if err != nil {
@@ -736,6 +771,10 @@ func (e *Engine) End(tx *store.Tx, p Party, sessionID string, used int64, reason
 				return nil, err
 			}
 		}
+		if _, err := e.takeAck(s, va); err != nil {
+			return nil, err
+		}
+		s.GuestHeld = held && s.verified()
 		why := "ended by host: " + reason
 		if s.State == sharespotv1.SessionState_SESSION_STATE_ENDING {
 			why = s.EndReason + "; the host's final count"
@@ -746,6 +785,9 @@ func (e *Engine) End(tx *store.Tx, p Party, sessionID string, used int64, reason
 	case s.State == sharespotv1.SessionState_SESSION_STATE_ENDING:
 		return e.render(tx, s, p) // the guest asked already
 	case s.State == sharespotv1.SessionState_SESSION_STATE_ACTIVE:
+		if _, err := e.takeAck(s, va); err != nil { // its last word
+			return nil, err
+		}
 		s.State, s.EndReason = sharespotv1.SessionState_SESSION_STATE_ENDING, "ended by guest: "+reason
 		s.DeadlineMS = now + e.cfg.CloseTimeout.Milliseconds()
 		if err := s.save(tx, now); err != nil {

@@ -6,6 +6,7 @@ import (
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/account"
 	"github.com/sharespot/sharespot/internal/ledger"
+	"github.com/sharespot/sharespot/internal/protocol"
 	"github.com/sharespot/sharespot/internal/registry"
 	"github.com/sharespot/sharespot/internal/store"
 )
@@ -56,6 +57,7 @@ func (e *Engine) bill(tx *store.Tx, s *row, used int64) (*settlement, error) {
 	if st.holds, err = e.cards.Holds(tx, s.ID); err != nil {
 		return nil, err
 	}
+	s.Window = protocol.Window(s.Granted) // one rule, on everything granted
 	payments := make([]Payment, len(st.quotes))
 	for i, q := range st.quotes { // ordered by tranche: 0 (not granted) first
 		_, card := st.holds[q.ID]
@@ -65,7 +67,7 @@ func (e *Engine) bill(tx *store.Tx, s *row, used int64) (*settlement, error) {
 	}
 	if st.Bill, err = NewBill(BillInput{
 		Payments: payments,
-		Usage:    Usage{HostCount: used, Granted: s.Granted, Acked: s.GuestAcked, Window: s.Window},
+		Usage:    Usage{HostCount: used, Granted: s.Granted, Verified: s.verified(), Acked: s.GuestAcked, Window: s.Window},
 		Held:     held,
 		FeeBPS:   e.cfg.FeeBPS,
 	}); err != nil {

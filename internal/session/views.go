@@ -73,7 +73,7 @@ func (e *Engine) render(tx *store.Tx, s *row, p Party) (*sharespotv1.Session, er
 		DeadlineUnixMs: s.DeadlineMS, EndReason: s.EndReason, SettledHostMinor: s.SettledHost, SettledFeeMinor: s.SettledFee,
 		RefundedMinor: s.Refunded, CreatedUnixMs: s.CreatedMS, UpdatedUnixMs: s.UpdatedMS, Tariff: s.Tariff.Proto(),
 		GuestAckedBytes: s.GuestAcked, CreditWindowBytes: s.Window, HostCountBytes: s.HostCount, Verified: s.Verified,
-		CardRefundedMinor: s.CardRefunded, DisputedMinor: s.Disputed,
+		CardRefundedMinor: s.CardRefunded, DisputedMinor: s.Disputed, UsageMode: s.Mode, GuestDeviceKey: s.GuestKey,
 	}
 	qs, err := quotesOf(tx, s.ID)
 	if err != nil {
@@ -97,50 +97,111 @@ func (e *Engine) render(tx *store.Tx, s *row, p Party) (*sharespotv1.Session, er
 }
 
 // HostReconciliation compares one host's counts with its guests'
-// acknowledgments over its settled sessions.
+// acknowledgments over its settled sessions that were granted something
+// (a declined request, or one never paid, moved no data and counts in
+// neither column).
 type HostReconciliation struct {
 	Host string
 	// Verified sessions (the guest acknowledged), unverified ones.
 	Verified, Unverified int
 	// Overclaimed: verified sessions whose host count ran ahead of the
-	// guest's acknowledgment by more than the credit window.
+	// guest's acknowledgment by more than the credit window: the host
+	// counted what its guest did not acknowledge (the bill was capped).
 	Overclaimed int
+	// Held: verified sessions whose guest stopped acknowledging and was
+	// held at the credit window by this host's gateway (the host says so
+	// in its final count): the guest withheld, not the host.
+	Held int
 	// HostBytes and AckedBytes sum the verified sessions' figures.
 	HostBytes, AckedBytes int64
 }
 
-// Reconcile returns, per host with settled sessions, its counts against
-// its guests' acknowledgments; hosts with overclaimed sessions first.
-func Reconcile(tx *store.Tx) ([]HostReconciliation, error) {
-	rows, err := tx.Query(`SELECT host_device_id, verified, host_count_bytes, guest_acked_bytes, credit_window_bytes
-		FROM sessions WHERE state = ? ORDER BY host_device_id`, int32(sharespotv1.SessionState_SESSION_STATE_ENDED))
+// GuestWithheld is a guest that stopped acknowledging what it received in
+// verified sessions and was held by the host's gateway.
+type GuestWithheld struct {
+	Guest    string
+	Sessions int
+}
+
+// Reconciliation is the usage part of the audit: per host, its counts
+// against its guests' acknowledgments (hosts with overclaimed sessions
+// first), and the guests that withheld acknowledgments (most first).
+type Reconciliation struct {
+	Hosts  []HostReconciliation
+	Guests []GuestWithheld
+}
+
+// Reconcile compares, over every settled session that was granted
+// something, each host's counts with its guests' acknowledgments, and
+// says who is to blame where they differ beyond the window.
+func Reconcile(tx *store.Tx) (Reconciliation, error) {
+	rows, err := tx.Query(`SELECT host_device_id, guest_device_id, usage_mode, host_count_bytes, guest_acked_bytes, credit_window_bytes, guest_held
+		FROM sessions WHERE state = ? AND granted_bytes > 0 ORDER BY host_device_id`, int32(sharespotv1.SessionState_SESSION_STATE_ENDED))
 	if err != nil {
-		return nil, fmt.Errorf("session: reconcile: %w", err)
+		return Reconciliation{}, fmt.Errorf("session: reconcile: %w", err)
 	}
 	defer rows.Close()
-	var out []HostReconciliation
+	var out Reconciliation
+	withheld := map[string]int{}
 	for rows.Next() {
-		var host string
-		var verified int32
+		var host, guest string
+		var mode, held int32
 		var count, acked, window int64
-		if err := rows.Scan(&host, &verified, &count, &acked, &window); err != nil {
-			return nil, err
+		if err := rows.Scan(&host, &guest, &mode, &count, &acked, &window, &held); err != nil {
+			return Reconciliation{}, err
 		}
-		if len(out) == 0 || out[len(out)-1].Host != host {
-			out = append(out, HostReconciliation{Host: host})
+		if len(out.Hosts) == 0 || out.Hosts[len(out.Hosts)-1].Host != host {
+			out.Hosts = append(out.Hosts, HostReconciliation{Host: host})
 		}
-		r := &out[len(out)-1]
-		if verified == 0 {
+		r := &out.Hosts[len(out.Hosts)-1]
+		if sharespotv1.UsageMode(mode) != sharespotv1.UsageMode_USAGE_MODE_VERIFIED {
 			r.Unverified++
 			continue
 		}
 		r.Verified++
 		r.HostBytes += count
 		r.AckedBytes += acked
-		if count > acked+window {
+		switch {
+		case count > acked+window:
 			r.Overclaimed++
+		case held != 0:
+			r.Held++
+			withheld[guest]++
 		}
 	}
-	sort.SliceStable(out, func(i, j int) bool { return out[i].Overclaimed > out[j].Overclaimed })
-	return out, rows.Err()
+	if err := rows.Err(); err != nil {
+		return Reconciliation{}, err
+	}
+	sort.SliceStable(out.Hosts, func(i, j int) bool { return out.Hosts[i].Overclaimed > out.Hosts[j].Overclaimed })
+	for g, n := range withheld {
+		out.Guests = append(out.Guests, GuestWithheld{Guest: g, Sessions: n})
+	}
+	sort.Slice(out.Guests, func(i, j int) bool {
+		a, b := out.Guests[i], out.Guests[j]
+		return a.Sessions > b.Sessions || (a.Sessions == b.Sessions && a.Guest < b.Guest)
+	})
+	return out, nil
+}
+
+// HostRecords returns, for each of hosts, its record from its settled
+// verified sessions: what a guest that cannot verify is shown before
+// paying (a host with none has a zero record).
+func HostRecords(tx *store.Tx, hosts []string) (map[string]*sharespotv1.HostRecord, error) {
+	out := map[string]*sharespotv1.HostRecord{}
+	for _, h := range hosts {
+		if _, ok := out[h]; ok {
+			continue
+		}
+		r := &sharespotv1.HostRecord{}
+		err := tx.QueryRow(`SELECT COUNT(*), COALESCE(SUM(CASE WHEN host_count_bytes > guest_acked_bytes + credit_window_bytes THEN 1 ELSE 0 END), 0),
+			COALESCE(SUM(host_count_bytes), 0), COALESCE(SUM(guest_acked_bytes), 0)
+			FROM sessions WHERE host_device_id = ? AND state = ? AND usage_mode = ? AND granted_bytes > 0`,
+			h, int32(sharespotv1.SessionState_SESSION_STATE_ENDED), int32(sharespotv1.UsageMode_USAGE_MODE_VERIFIED)).
+			Scan(&r.VerifiedSessions, &r.OverCountedSessions, &r.CountedBytes, &r.AcknowledgedBytes)
+		if err != nil {
+			return nil, fmt.Errorf("session: record of host %s: %w", h, err)
+		}
+		out[h] = r
+	}
+	return out, nil
 }

@@ -91,6 +91,67 @@ func (Security) EnumDescriptor() ([]byte, []int) {
 	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{0}
 }
 
+// UsageMode says who counts a session's data. The guest chooses it in its
+// request, and it never changes.
+type UsageMode int32
+
+const (
+	// A guest older than protocol 5 chose nothing: the session is
+	// unverified.
+	UsageMode_USAGE_MODE_UNSPECIFIED UsageMode = 0
+	// The guest counts what it receives and acknowledges it, signed, in-band
+	// to the host's gateway (and to the server when it can). The gateway
+	// lets the guest run at most the credit window ahead of its last
+	// acknowledgment, from the first byte; settlement bills min(host's
+	// count, last acknowledgment + window).
+	UsageMode_USAGE_MODE_VERIFIED UsageMode = 1
+	// The guest cannot count (a browser, a client that bypasses the
+	// forwarder): acknowledgments are refused, and the bill is the host's
+	// count, at most what was bought.
+	UsageMode_USAGE_MODE_UNVERIFIED UsageMode = 2
+)
+
+// Enum value maps for UsageMode.
+var (
+	UsageMode_name = map[int32]string{
+		0: "USAGE_MODE_UNSPECIFIED",
+		1: "USAGE_MODE_VERIFIED",
+		2: "USAGE_MODE_UNVERIFIED",
+	}
+	UsageMode_value = map[string]int32{
+		"USAGE_MODE_UNSPECIFIED": 0,
+		"USAGE_MODE_VERIFIED":    1,
+		"USAGE_MODE_UNVERIFIED":  2,
+	}
+)
+
+func (x UsageMode) Enum() *UsageMode {
+	p := new(UsageMode)
+	*p = x
+	return p
+}
+
+func (x UsageMode) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (UsageMode) Descriptor() protoreflect.EnumDescriptor {
+	return file_sharespot_v1_sharespot_proto_enumTypes[1].Descriptor()
+}
+
+func (UsageMode) Type() protoreflect.EnumType {
+	return &file_sharespot_v1_sharespot_proto_enumTypes[1]
+}
+
+func (x UsageMode) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use UsageMode.Descriptor instead.
+func (UsageMode) EnumDescriptor() ([]byte, []int) {
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{1}
+}
+
 type SessionState int32
 
 const (
@@ -148,11 +209,11 @@ func (x SessionState) String() string {
 }
 
 func (SessionState) Descriptor() protoreflect.EnumDescriptor {
-	return file_sharespot_v1_sharespot_proto_enumTypes[1].Descriptor()
+	return file_sharespot_v1_sharespot_proto_enumTypes[2].Descriptor()
 }
 
 func (SessionState) Type() protoreflect.EnumType {
-	return &file_sharespot_v1_sharespot_proto_enumTypes[1]
+	return &file_sharespot_v1_sharespot_proto_enumTypes[2]
 }
 
 func (x SessionState) Number() protoreflect.EnumNumber {
@@ -161,7 +222,7 @@ func (x SessionState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use SessionState.Descriptor instead.
 func (SessionState) EnumDescriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{1}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{2}
 }
 
 type QuoteKind int32
@@ -199,11 +260,11 @@ func (x QuoteKind) String() string {
 }
 
 func (QuoteKind) Descriptor() protoreflect.EnumDescriptor {
-	return file_sharespot_v1_sharespot_proto_enumTypes[2].Descriptor()
+	return file_sharespot_v1_sharespot_proto_enumTypes[3].Descriptor()
 }
 
 func (QuoteKind) Type() protoreflect.EnumType {
-	return &file_sharespot_v1_sharespot_proto_enumTypes[2]
+	return &file_sharespot_v1_sharespot_proto_enumTypes[3]
 }
 
 func (x QuoteKind) Number() protoreflect.EnumNumber {
@@ -212,7 +273,7 @@ func (x QuoteKind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use QuoteKind.Descriptor instead.
 func (QuoteKind) EnumDescriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{2}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{3}
 }
 
 type QuoteState int32
@@ -260,11 +321,11 @@ func (x QuoteState) String() string {
 }
 
 func (QuoteState) Descriptor() protoreflect.EnumDescriptor {
-	return file_sharespot_v1_sharespot_proto_enumTypes[3].Descriptor()
+	return file_sharespot_v1_sharespot_proto_enumTypes[4].Descriptor()
 }
 
 func (QuoteState) Type() protoreflect.EnumType {
-	return &file_sharespot_v1_sharespot_proto_enumTypes[3]
+	return &file_sharespot_v1_sharespot_proto_enumTypes[4]
 }
 
 func (x QuoteState) Number() protoreflect.EnumNumber {
@@ -273,7 +334,7 @@ func (x QuoteState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use QuoteState.Descriptor instead.
 func (QuoteState) EnumDescriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{3}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{4}
 }
 
 // PayMethod is how a quote is paid.
@@ -313,11 +374,11 @@ func (x PayMethod) String() string {
 }
 
 func (PayMethod) Descriptor() protoreflect.EnumDescriptor {
-	return file_sharespot_v1_sharespot_proto_enumTypes[4].Descriptor()
+	return file_sharespot_v1_sharespot_proto_enumTypes[5].Descriptor()
 }
 
 func (PayMethod) Type() protoreflect.EnumType {
-	return &file_sharespot_v1_sharespot_proto_enumTypes[4]
+	return &file_sharespot_v1_sharespot_proto_enumTypes[5]
 }
 
 func (x PayMethod) Number() protoreflect.EnumNumber {
@@ -326,7 +387,7 @@ func (x PayMethod) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use PayMethod.Descriptor instead.
 func (PayMethod) EnumDescriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{4}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{5}
 }
 
 // PayStatus is where a card payment stands.
@@ -374,11 +435,11 @@ func (x PayStatus) String() string {
 }
 
 func (PayStatus) Descriptor() protoreflect.EnumDescriptor {
-	return file_sharespot_v1_sharespot_proto_enumTypes[5].Descriptor()
+	return file_sharespot_v1_sharespot_proto_enumTypes[6].Descriptor()
 }
 
 func (PayStatus) Type() protoreflect.EnumType {
-	return &file_sharespot_v1_sharespot_proto_enumTypes[5]
+	return &file_sharespot_v1_sharespot_proto_enumTypes[6]
 }
 
 func (x PayStatus) Number() protoreflect.EnumNumber {
@@ -387,7 +448,7 @@ func (x PayStatus) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use PayStatus.Descriptor instead.
 func (PayStatus) EnumDescriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{5}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{6}
 }
 
 type AddDeviceRequest struct {
@@ -1518,8 +1579,13 @@ type Offer struct {
 	AvailableBytes int64                  `protobuf:"varint,5,opt,name=available_bytes,json=availableBytes,proto3" json:"available_bytes,omitempty"`
 	SignalDbm      int32                  `protobuf:"varint,6,opt,name=signal_dbm,json=signalDbm,proto3" json:"signal_dbm,omitempty"`
 	FrequencyMhz   int32                  `protobuf:"varint,7,opt,name=frequency_mhz,json=frequencyMhz,proto3" json:"frequency_mhz,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// How the host's counts compared with its guests' acknowledgments in
+	// its settled verified sessions: what a guest that cannot verify (an
+	// unverified session is billed on the host's count) knows of it before
+	// paying.
+	HostRecord    *HostRecord `protobuf:"bytes,8,opt,name=host_record,json=hostRecord,proto3" json:"host_record,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Offer) Reset() {
@@ -1601,6 +1667,86 @@ func (x *Offer) GetFrequencyMhz() int32 {
 	return 0
 }
 
+func (x *Offer) GetHostRecord() *HostRecord {
+	if x != nil {
+		return x.HostRecord
+	}
+	return nil
+}
+
+// HostRecord is a host's history from its settled verified sessions.
+type HostRecord struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Settled sessions whose guests acknowledged what they received.
+	VerifiedSessions int64 `protobuf:"varint,1,opt,name=verified_sessions,json=verifiedSessions,proto3" json:"verified_sessions,omitempty"`
+	// Of those, the sessions where the host counted more than its guest
+	// acknowledged plus the credit window (the bill was capped there).
+	OverCountedSessions int64 `protobuf:"varint,2,opt,name=over_counted_sessions,json=overCountedSessions,proto3" json:"over_counted_sessions,omitempty"`
+	// Bytes the host counted and its guests acknowledged in them.
+	CountedBytes      int64 `protobuf:"varint,3,opt,name=counted_bytes,json=countedBytes,proto3" json:"counted_bytes,omitempty"`
+	AcknowledgedBytes int64 `protobuf:"varint,4,opt,name=acknowledged_bytes,json=acknowledgedBytes,proto3" json:"acknowledged_bytes,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *HostRecord) Reset() {
+	*x = HostRecord{}
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HostRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HostRecord) ProtoMessage() {}
+
+func (x *HostRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HostRecord.ProtoReflect.Descriptor instead.
+func (*HostRecord) Descriptor() ([]byte, []int) {
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *HostRecord) GetVerifiedSessions() int64 {
+	if x != nil {
+		return x.VerifiedSessions
+	}
+	return 0
+}
+
+func (x *HostRecord) GetOverCountedSessions() int64 {
+	if x != nil {
+		return x.OverCountedSessions
+	}
+	return 0
+}
+
+func (x *HostRecord) GetCountedBytes() int64 {
+	if x != nil {
+		return x.CountedBytes
+	}
+	return 0
+}
+
+func (x *HostRecord) GetAcknowledgedBytes() int64 {
+	if x != nil {
+		return x.AcknowledgedBytes
+	}
+	return 0
+}
+
 type DiscoverRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// At most 256 candidates.
@@ -1611,7 +1757,7 @@ type DiscoverRequest struct {
 
 func (x *DiscoverRequest) Reset() {
 	*x = DiscoverRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[20]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1623,7 +1769,7 @@ func (x *DiscoverRequest) String() string {
 func (*DiscoverRequest) ProtoMessage() {}
 
 func (x *DiscoverRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[20]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1636,7 +1782,7 @@ func (x *DiscoverRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiscoverRequest.ProtoReflect.Descriptor instead.
 func (*DiscoverRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{20}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *DiscoverRequest) GetCandidates() []*Candidate {
@@ -1655,7 +1801,7 @@ type DiscoverResponse struct {
 
 func (x *DiscoverResponse) Reset() {
 	*x = DiscoverResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[21]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1667,7 +1813,7 @@ func (x *DiscoverResponse) String() string {
 func (*DiscoverResponse) ProtoMessage() {}
 
 func (x *DiscoverResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[21]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1680,7 +1826,7 @@ func (x *DiscoverResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiscoverResponse.ProtoReflect.Descriptor instead.
 func (*DiscoverResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{21}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *DiscoverResponse) GetAvailable() []*Offer {
@@ -1718,7 +1864,7 @@ type Quote struct {
 
 func (x *Quote) Reset() {
 	*x = Quote{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[22]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1730,7 +1876,7 @@ func (x *Quote) String() string {
 func (*Quote) ProtoMessage() {}
 
 func (x *Quote) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[22]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1743,7 +1889,7 @@ func (x *Quote) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Quote.ProtoReflect.Descriptor instead.
 func (*Quote) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{22}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Quote) GetId() string {
@@ -1842,7 +1988,7 @@ type GuestKey struct {
 
 func (x *GuestKey) Reset() {
 	*x = GuestKey{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[23]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1854,7 +2000,7 @@ func (x *GuestKey) String() string {
 func (*GuestKey) ProtoMessage() {}
 
 func (x *GuestKey) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[23]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1867,7 +2013,7 @@ func (x *GuestKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GuestKey.ProtoReflect.Descriptor instead.
 func (*GuestKey) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{23}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *GuestKey) GetSuite() string {
@@ -1897,7 +2043,7 @@ type SealedCode struct {
 
 func (x *SealedCode) Reset() {
 	*x = SealedCode{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[24]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1909,7 +2055,7 @@ func (x *SealedCode) String() string {
 func (*SealedCode) ProtoMessage() {}
 
 func (x *SealedCode) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[24]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1922,7 +2068,7 @@ func (x *SealedCode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SealedCode.ProtoReflect.Descriptor instead.
 func (*SealedCode) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{24}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *SealedCode) GetSuite() string {
@@ -1959,7 +2105,7 @@ type Gateway struct {
 
 func (x *Gateway) Reset() {
 	*x = Gateway{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[25]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1971,7 +2117,7 @@ func (x *Gateway) String() string {
 func (*Gateway) ProtoMessage() {}
 
 func (x *Gateway) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[25]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1984,7 +2130,7 @@ func (x *Gateway) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Gateway.ProtoReflect.Descriptor instead.
 func (*Gateway) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{25}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Gateway) GetKind() string {
@@ -2014,7 +2160,7 @@ type Receipt struct {
 
 func (x *Receipt) Reset() {
 	*x = Receipt{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[26]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2026,7 +2172,7 @@ func (x *Receipt) String() string {
 func (*Receipt) ProtoMessage() {}
 
 func (x *Receipt) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[26]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2039,7 +2185,7 @@ func (x *Receipt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Receipt.ProtoReflect.Descriptor instead.
 func (*Receipt) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{26}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Receipt) GetKeyId() string {
@@ -2095,25 +2241,33 @@ type Session struct {
 	// changes later.
 	Tariff *Tariff `protobuf:"bytes,20,opt,name=tariff,proto3" json:"tariff,omitempty"`
 	// Evidence of usage: the guest's last signed count of bytes received
-	// (0: none), and the credit window the host may bill beyond it.
+	// (0: none), and the credit window the host may bill beyond it:
+	// max(1 MB, 2 % of everything granted in the session).
 	GuestAckedBytes   int64 `protobuf:"varint,21,opt,name=guest_acked_bytes,json=guestAckedBytes,proto3" json:"guest_acked_bytes,omitempty"`
 	CreditWindowBytes int64 `protobuf:"varint,22,opt,name=credit_window_bytes,json=creditWindowBytes,proto3" json:"credit_window_bytes,omitempty"`
-	// Once settled: the host's own count, and whether the bill rests on the
-	// guest's acknowledgments (min(host count, acked + window)) or, with
-	// none, on the host's count alone (unverified).
+	// Once settled: the host's own count. verified is usage_mode ==
+	// USAGE_MODE_VERIFIED: the bill rests on the guest's acknowledgments
+	// (min(host count, acked + window)) rather than on the host's count
+	// alone.
 	HostCountBytes int64 `protobuf:"varint,23,opt,name=host_count_bytes,json=hostCountBytes,proto3" json:"host_count_bytes,omitempty"`
 	Verified       bool  `protobuf:"varint,24,opt,name=verified,proto3" json:"verified,omitempty"`
 	// Card payments: what Stripe refunded and what the card holder disputed
 	// (charge.refunded, charge.dispute.created), after settlement.
 	CardRefundedMinor int64 `protobuf:"varint,25,opt,name=card_refunded_minor,json=cardRefundedMinor,proto3" json:"card_refunded_minor,omitempty"`
 	DisputedMinor     int64 `protobuf:"varint,26,opt,name=disputed_minor,json=disputedMinor,proto3" json:"disputed_minor,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// Who counts the session's data, as the guest chose at its request.
+	UsageMode UsageMode `protobuf:"varint,27,opt,name=usage_mode,json=usageMode,proto3,enum=sharespot.v1.UsageMode" json:"usage_mode,omitempty"`
+	// The guest's device key (Ed25519), which signs its acknowledgments:
+	// its device ID derives from it, so the host checks acknowledgments
+	// offline.
+	GuestDeviceKey []byte `protobuf:"bytes,28,opt,name=guest_device_key,json=guestDeviceKey,proto3" json:"guest_device_key,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Session) Reset() {
 	*x = Session{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[27]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2125,7 +2279,7 @@ func (x *Session) String() string {
 func (*Session) ProtoMessage() {}
 
 func (x *Session) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[27]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2138,7 +2292,7 @@ func (x *Session) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Session.ProtoReflect.Descriptor instead.
 func (*Session) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{27}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Session) GetId() string {
@@ -2323,6 +2477,20 @@ func (x *Session) GetDisputedMinor() int64 {
 	return 0
 }
 
+func (x *Session) GetUsageMode() UsageMode {
+	if x != nil {
+		return x.UsageMode
+	}
+	return UsageMode_USAGE_MODE_UNSPECIFIED
+}
+
+func (x *Session) GetGuestDeviceKey() []byte {
+	if x != nil {
+		return x.GuestDeviceKey
+	}
+	return nil
+}
+
 type RequestAccessRequest struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	HotspotId string                 `protobuf:"bytes,1,opt,name=hotspot_id,json=hotspotId,proto3" json:"hotspot_id,omitempty"`
@@ -2332,14 +2500,17 @@ type RequestAccessRequest struct {
 	GuestKeys []*GuestKey `protobuf:"bytes,3,rep,name=guest_keys,json=guestKeys,proto3" json:"guest_keys,omitempty"`
 	// Optional: the tariff the guest was shown (C1.3–C1.4). If set, the
 	// request is refused when the hotspot's tariff is no longer this one.
-	ShownTariff   *Tariff `protobuf:"bytes,4,opt,name=shown_tariff,json=shownTariff,proto3" json:"shown_tariff,omitempty"`
+	ShownTariff *Tariff `protobuf:"bytes,4,opt,name=shown_tariff,json=shownTariff,proto3" json:"shown_tariff,omitempty"`
+	// Who counts the session's data (unspecified: unverified). Fixed for the
+	// session's life.
+	UsageMode     UsageMode `protobuf:"varint,5,opt,name=usage_mode,json=usageMode,proto3,enum=sharespot.v1.UsageMode" json:"usage_mode,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RequestAccessRequest) Reset() {
 	*x = RequestAccessRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[28]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2351,7 +2522,7 @@ func (x *RequestAccessRequest) String() string {
 func (*RequestAccessRequest) ProtoMessage() {}
 
 func (x *RequestAccessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[28]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2364,7 +2535,7 @@ func (x *RequestAccessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestAccessRequest.ProtoReflect.Descriptor instead.
 func (*RequestAccessRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{28}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RequestAccessRequest) GetHotspotId() string {
@@ -2395,6 +2566,13 @@ func (x *RequestAccessRequest) GetShownTariff() *Tariff {
 	return nil
 }
 
+func (x *RequestAccessRequest) GetUsageMode() UsageMode {
+	if x != nil {
+		return x.UsageMode
+	}
+	return UsageMode_USAGE_MODE_UNSPECIFIED
+}
+
 type RequestAccessResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Session       *Session               `protobuf:"bytes,1,opt,name=session,proto3" json:"session,omitempty"`
@@ -2404,7 +2582,7 @@ type RequestAccessResponse struct {
 
 func (x *RequestAccessResponse) Reset() {
 	*x = RequestAccessResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[29]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2416,7 +2594,7 @@ func (x *RequestAccessResponse) String() string {
 func (*RequestAccessResponse) ProtoMessage() {}
 
 func (x *RequestAccessResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[29]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2429,7 +2607,7 @@ func (x *RequestAccessResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestAccessResponse.ProtoReflect.Descriptor instead.
 func (*RequestAccessResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{29}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RequestAccessResponse) GetSession() *Session {
@@ -2451,7 +2629,7 @@ type QuoteRequest struct {
 
 func (x *QuoteRequest) Reset() {
 	*x = QuoteRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[30]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2463,7 +2641,7 @@ func (x *QuoteRequest) String() string {
 func (*QuoteRequest) ProtoMessage() {}
 
 func (x *QuoteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[30]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2476,7 +2654,7 @@ func (x *QuoteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QuoteRequest.ProtoReflect.Descriptor instead.
 func (*QuoteRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{30}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *QuoteRequest) GetSessionId() string {
@@ -2516,7 +2694,7 @@ type QuoteResponse struct {
 
 func (x *QuoteResponse) Reset() {
 	*x = QuoteResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[31]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2528,7 +2706,7 @@ func (x *QuoteResponse) String() string {
 func (*QuoteResponse) ProtoMessage() {}
 
 func (x *QuoteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[31]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2541,7 +2719,7 @@ func (x *QuoteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QuoteResponse.ProtoReflect.Descriptor instead.
 func (*QuoteResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{31}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *QuoteResponse) GetQuote() *Quote {
@@ -2561,7 +2739,7 @@ type DeclineRequest struct {
 
 func (x *DeclineRequest) Reset() {
 	*x = DeclineRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[32]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2573,7 +2751,7 @@ func (x *DeclineRequest) String() string {
 func (*DeclineRequest) ProtoMessage() {}
 
 func (x *DeclineRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[32]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2586,7 +2764,7 @@ func (x *DeclineRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeclineRequest.ProtoReflect.Descriptor instead.
 func (*DeclineRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{32}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *DeclineRequest) GetSessionId() string {
@@ -2612,7 +2790,7 @@ type DeclineResponse struct {
 
 func (x *DeclineResponse) Reset() {
 	*x = DeclineResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[33]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2624,7 +2802,7 @@ func (x *DeclineResponse) String() string {
 func (*DeclineResponse) ProtoMessage() {}
 
 func (x *DeclineResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[33]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2637,7 +2815,7 @@ func (x *DeclineResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeclineResponse.ProtoReflect.Descriptor instead.
 func (*DeclineResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{33}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *DeclineResponse) GetSession() *Session {
@@ -2657,7 +2835,7 @@ type ConfirmRequest struct {
 
 func (x *ConfirmRequest) Reset() {
 	*x = ConfirmRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[34]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2669,7 +2847,7 @@ func (x *ConfirmRequest) String() string {
 func (*ConfirmRequest) ProtoMessage() {}
 
 func (x *ConfirmRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[34]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2682,7 +2860,7 @@ func (x *ConfirmRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfirmRequest.ProtoReflect.Descriptor instead.
 func (*ConfirmRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{34}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ConfirmRequest) GetSessionId() string {
@@ -2708,7 +2886,7 @@ type ConfirmResponse struct {
 
 func (x *ConfirmResponse) Reset() {
 	*x = ConfirmResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[35]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2720,7 +2898,7 @@ func (x *ConfirmResponse) String() string {
 func (*ConfirmResponse) ProtoMessage() {}
 
 func (x *ConfirmResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[35]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2733,7 +2911,7 @@ func (x *ConfirmResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfirmResponse.ProtoReflect.Descriptor instead.
 func (*ConfirmResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{35}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ConfirmResponse) GetSession() *Session {
@@ -2752,9 +2930,11 @@ type GrantRequest struct {
 	Gateway    *Gateway    `protobuf:"bytes,4,opt,name=gateway,proto3" json:"gateway,omitempty"`
 	// Bytes granted (initial) or added (top-up).
 	GrantedBytes int64 `protobuf:"varint,5,opt,name=granted_bytes,json=grantedBytes,proto3" json:"granted_bytes,omitempty"`
-	// The credit window the host allows beyond the guest's last
-	// acknowledgment (0: the default, max(1 MB, 2 % of the tranche)); the
-	// server holds it between 64 KiB and max(1 MB, 5 % of the tranche).
+	// Ignored since protocol 5: the credit window is max(1 MB, 2 % of
+	// everything granted in the session), one rule for the gateways and
+	// settlement.
+	//
+	// Deprecated: Marked as deprecated in sharespot/v1/sharespot.proto.
 	CreditWindowBytes int64 `protobuf:"varint,6,opt,name=credit_window_bytes,json=creditWindowBytes,proto3" json:"credit_window_bytes,omitempty"`
 	unknownFields     protoimpl.UnknownFields
 	sizeCache         protoimpl.SizeCache
@@ -2762,7 +2942,7 @@ type GrantRequest struct {
 
 func (x *GrantRequest) Reset() {
 	*x = GrantRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[36]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2774,7 +2954,7 @@ func (x *GrantRequest) String() string {
 func (*GrantRequest) ProtoMessage() {}
 
 func (x *GrantRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[36]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2787,7 +2967,7 @@ func (x *GrantRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GrantRequest.ProtoReflect.Descriptor instead.
 func (*GrantRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{36}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *GrantRequest) GetSessionId() string {
@@ -2825,6 +3005,7 @@ func (x *GrantRequest) GetGrantedBytes() int64 {
 	return 0
 }
 
+// Deprecated: Marked as deprecated in sharespot/v1/sharespot.proto.
 func (x *GrantRequest) GetCreditWindowBytes() int64 {
 	if x != nil {
 		return x.CreditWindowBytes
@@ -2841,7 +3022,7 @@ type GrantResponse struct {
 
 func (x *GrantResponse) Reset() {
 	*x = GrantResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[37]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2853,7 +3034,7 @@ func (x *GrantResponse) String() string {
 func (*GrantResponse) ProtoMessage() {}
 
 func (x *GrantResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[37]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2866,7 +3047,7 @@ func (x *GrantResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GrantResponse.ProtoReflect.Descriptor instead.
 func (*GrantResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{37}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *GrantResponse) GetSession() *Session {
@@ -2877,16 +3058,18 @@ func (x *GrantResponse) GetSession() *Session {
 }
 
 type PromptRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	SessionId     string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
-	UsedBytes     int64                  `protobuf:"varint,2,opt,name=used_bytes,json=usedBytes,proto3" json:"used_bytes,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	SessionId string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	UsedBytes int64                  `protobuf:"varint,2,opt,name=used_bytes,json=usedBytes,proto3" json:"used_bytes,omitempty"`
+	// The latest acknowledgment the host's gateway holds (verified sessions).
+	Ack           *UsageAck `protobuf:"bytes,3,opt,name=ack,proto3" json:"ack,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PromptRequest) Reset() {
 	*x = PromptRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[38]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2898,7 +3081,7 @@ func (x *PromptRequest) String() string {
 func (*PromptRequest) ProtoMessage() {}
 
 func (x *PromptRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[38]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2911,7 +3094,7 @@ func (x *PromptRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromptRequest.ProtoReflect.Descriptor instead.
 func (*PromptRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{38}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *PromptRequest) GetSessionId() string {
@@ -2928,6 +3111,13 @@ func (x *PromptRequest) GetUsedBytes() int64 {
 	return 0
 }
 
+func (x *PromptRequest) GetAck() *UsageAck {
+	if x != nil {
+		return x.Ack
+	}
+	return nil
+}
+
 type PromptResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -2936,7 +3126,7 @@ type PromptResponse struct {
 
 func (x *PromptResponse) Reset() {
 	*x = PromptResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[39]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2948,7 +3138,7 @@ func (x *PromptResponse) String() string {
 func (*PromptResponse) ProtoMessage() {}
 
 func (x *PromptResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[39]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2961,7 +3151,7 @@ func (x *PromptResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromptResponse.ProtoReflect.Descriptor instead.
 func (*PromptResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{39}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{40}
 }
 
 type RequestTopUpRequest struct {
@@ -2974,7 +3164,7 @@ type RequestTopUpRequest struct {
 
 func (x *RequestTopUpRequest) Reset() {
 	*x = RequestTopUpRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[40]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2986,7 +3176,7 @@ func (x *RequestTopUpRequest) String() string {
 func (*RequestTopUpRequest) ProtoMessage() {}
 
 func (x *RequestTopUpRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[40]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2999,7 +3189,7 @@ func (x *RequestTopUpRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestTopUpRequest.ProtoReflect.Descriptor instead.
 func (*RequestTopUpRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{40}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *RequestTopUpRequest) GetSessionId() string {
@@ -3025,7 +3215,7 @@ type RequestTopUpResponse struct {
 
 func (x *RequestTopUpResponse) Reset() {
 	*x = RequestTopUpResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[41]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3037,7 +3227,7 @@ func (x *RequestTopUpResponse) String() string {
 func (*RequestTopUpResponse) ProtoMessage() {}
 
 func (x *RequestTopUpResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[41]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3050,7 +3240,7 @@ func (x *RequestTopUpResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestTopUpResponse.ProtoReflect.Descriptor instead.
 func (*RequestTopUpResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{41}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *RequestTopUpResponse) GetSession() *Session {
@@ -3061,16 +3251,19 @@ func (x *RequestTopUpResponse) GetSession() *Session {
 }
 
 type ReportUsageRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	SessionId     string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
-	UsedBytes     int64                  `protobuf:"varint,2,opt,name=used_bytes,json=usedBytes,proto3" json:"used_bytes,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	SessionId string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	UsedBytes int64                  `protobuf:"varint,2,opt,name=used_bytes,json=usedBytes,proto3" json:"used_bytes,omitempty"`
+	// The latest acknowledgment the host's gateway holds (verified sessions):
+	// the guest signed it, so neither party can hide it.
+	Ack           *UsageAck `protobuf:"bytes,3,opt,name=ack,proto3" json:"ack,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ReportUsageRequest) Reset() {
 	*x = ReportUsageRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[42]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3082,7 +3275,7 @@ func (x *ReportUsageRequest) String() string {
 func (*ReportUsageRequest) ProtoMessage() {}
 
 func (x *ReportUsageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[42]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3095,7 +3288,7 @@ func (x *ReportUsageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportUsageRequest.ProtoReflect.Descriptor instead.
 func (*ReportUsageRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{42}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ReportUsageRequest) GetSessionId() string {
@@ -3112,6 +3305,13 @@ func (x *ReportUsageRequest) GetUsedBytes() int64 {
 	return 0
 }
 
+func (x *ReportUsageRequest) GetAck() *UsageAck {
+	if x != nil {
+		return x.Ack
+	}
+	return nil
+}
+
 type ReportUsageResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Session       *Session               `protobuf:"bytes,1,opt,name=session,proto3" json:"session,omitempty"`
@@ -3121,7 +3321,7 @@ type ReportUsageResponse struct {
 
 func (x *ReportUsageResponse) Reset() {
 	*x = ReportUsageResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[43]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3133,7 +3333,7 @@ func (x *ReportUsageResponse) String() string {
 func (*ReportUsageResponse) ProtoMessage() {}
 
 func (x *ReportUsageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[43]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3146,7 +3346,7 @@ func (x *ReportUsageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportUsageResponse.ProtoReflect.Descriptor instead.
 func (*ReportUsageResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{43}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ReportUsageResponse) GetSession() *Session {
@@ -3162,15 +3362,22 @@ type EndRequest struct {
 	// Host only: the final metered usage (0: the last report stands).
 	// Ignored from the guest: a guest's End of an active session moves it to
 	// ENDING, and the host's End (or the close deadline) settles it.
-	UsedBytes     int64  `protobuf:"varint,2,opt,name=used_bytes,json=usedBytes,proto3" json:"used_bytes,omitempty"`
-	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	UsedBytes int64  `protobuf:"varint,2,opt,name=used_bytes,json=usedBytes,proto3" json:"used_bytes,omitempty"`
+	Reason    string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	// Verified sessions: from the host, the latest acknowledgment its gateway
+	// holds; from the guest, its last word: no acknowledgment of the guest's
+	// is taken after its End.
+	Ack *UsageAck `protobuf:"bytes,4,opt,name=ack,proto3" json:"ack,omitempty"`
+	// Host only: the guest stopped acknowledging and the gateway held it at
+	// the credit window (told to the operator's audit, not billed).
+	GuestHeld     bool `protobuf:"varint,5,opt,name=guest_held,json=guestHeld,proto3" json:"guest_held,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *EndRequest) Reset() {
 	*x = EndRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[44]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3182,7 +3389,7 @@ func (x *EndRequest) String() string {
 func (*EndRequest) ProtoMessage() {}
 
 func (x *EndRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[44]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3195,7 +3402,7 @@ func (x *EndRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndRequest.ProtoReflect.Descriptor instead.
 func (*EndRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{44}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *EndRequest) GetSessionId() string {
@@ -3219,6 +3426,20 @@ func (x *EndRequest) GetReason() string {
 	return ""
 }
 
+func (x *EndRequest) GetAck() *UsageAck {
+	if x != nil {
+		return x.Ack
+	}
+	return nil
+}
+
+func (x *EndRequest) GetGuestHeld() bool {
+	if x != nil {
+		return x.GuestHeld
+	}
+	return false
+}
+
 type EndResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Session       *Session               `protobuf:"bytes,1,opt,name=session,proto3" json:"session,omitempty"`
@@ -3228,7 +3449,7 @@ type EndResponse struct {
 
 func (x *EndResponse) Reset() {
 	*x = EndResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[45]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3240,7 +3461,7 @@ func (x *EndResponse) String() string {
 func (*EndResponse) ProtoMessage() {}
 
 func (x *EndResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[45]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3253,7 +3474,7 @@ func (x *EndResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndResponse.ProtoReflect.Descriptor instead.
 func (*EndResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{45}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *EndResponse) GetSession() *Session {
@@ -3272,7 +3493,7 @@ type GetRequest struct {
 
 func (x *GetRequest) Reset() {
 	*x = GetRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[46]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3284,7 +3505,7 @@ func (x *GetRequest) String() string {
 func (*GetRequest) ProtoMessage() {}
 
 func (x *GetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[46]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3297,7 +3518,7 @@ func (x *GetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRequest.ProtoReflect.Descriptor instead.
 func (*GetRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{46}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *GetRequest) GetSessionId() string {
@@ -3316,7 +3537,7 @@ type GetResponse struct {
 
 func (x *GetResponse) Reset() {
 	*x = GetResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[47]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3328,7 +3549,7 @@ func (x *GetResponse) String() string {
 func (*GetResponse) ProtoMessage() {}
 
 func (x *GetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[47]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3341,7 +3562,7 @@ func (x *GetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetResponse.ProtoReflect.Descriptor instead.
 func (*GetResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{47}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *GetResponse) GetSession() *Session {
@@ -3367,7 +3588,7 @@ type UsageAck struct {
 
 func (x *UsageAck) Reset() {
 	*x = UsageAck{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[48]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3379,7 +3600,7 @@ func (x *UsageAck) String() string {
 func (*UsageAck) ProtoMessage() {}
 
 func (x *UsageAck) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[48]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3392,7 +3613,7 @@ func (x *UsageAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UsageAck.ProtoReflect.Descriptor instead.
 func (*UsageAck) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{48}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *UsageAck) GetSessionId() string {
@@ -3425,7 +3646,7 @@ type AcknowledgeRequest struct {
 
 func (x *AcknowledgeRequest) Reset() {
 	*x = AcknowledgeRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[49]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3437,7 +3658,7 @@ func (x *AcknowledgeRequest) String() string {
 func (*AcknowledgeRequest) ProtoMessage() {}
 
 func (x *AcknowledgeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[49]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3450,7 +3671,7 @@ func (x *AcknowledgeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcknowledgeRequest.ProtoReflect.Descriptor instead.
 func (*AcknowledgeRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{49}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *AcknowledgeRequest) GetAck() *UsageAck {
@@ -3470,7 +3691,7 @@ type AcknowledgeResponse struct {
 
 func (x *AcknowledgeResponse) Reset() {
 	*x = AcknowledgeResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[50]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3482,7 +3703,7 @@ func (x *AcknowledgeResponse) String() string {
 func (*AcknowledgeResponse) ProtoMessage() {}
 
 func (x *AcknowledgeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[50]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3495,7 +3716,7 @@ func (x *AcknowledgeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcknowledgeResponse.ProtoReflect.Descriptor instead.
 func (*AcknowledgeResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{50}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *AcknowledgeResponse) GetAckedBytes() int64 {
@@ -3515,7 +3736,7 @@ type UsageAcknowledged struct {
 
 func (x *UsageAcknowledged) Reset() {
 	*x = UsageAcknowledged{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[51]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3527,7 +3748,7 @@ func (x *UsageAcknowledged) String() string {
 func (*UsageAcknowledged) ProtoMessage() {}
 
 func (x *UsageAcknowledged) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[51]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3540,7 +3761,7 @@ func (x *UsageAcknowledged) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UsageAcknowledged.ProtoReflect.Descriptor instead.
 func (*UsageAcknowledged) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{51}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *UsageAcknowledged) GetAck() *UsageAck {
@@ -3562,7 +3783,7 @@ type ListSessionsRequest struct {
 
 func (x *ListSessionsRequest) Reset() {
 	*x = ListSessionsRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[52]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3574,7 +3795,7 @@ func (x *ListSessionsRequest) String() string {
 func (*ListSessionsRequest) ProtoMessage() {}
 
 func (x *ListSessionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[52]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3587,7 +3808,7 @@ func (x *ListSessionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSessionsRequest.ProtoReflect.Descriptor instead.
 func (*ListSessionsRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{52}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *ListSessionsRequest) GetOpenOnly() bool {
@@ -3613,7 +3834,7 @@ type ListSessionsResponse struct {
 
 func (x *ListSessionsResponse) Reset() {
 	*x = ListSessionsResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[53]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3625,7 +3846,7 @@ func (x *ListSessionsResponse) String() string {
 func (*ListSessionsResponse) ProtoMessage() {}
 
 func (x *ListSessionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[53]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3638,7 +3859,7 @@ func (x *ListSessionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSessionsResponse.ProtoReflect.Descriptor instead.
 func (*ListSessionsResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{53}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *ListSessionsResponse) GetSessions() []*Session {
@@ -3663,7 +3884,7 @@ type PayRequest struct {
 
 func (x *PayRequest) Reset() {
 	*x = PayRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[54]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3675,7 +3896,7 @@ func (x *PayRequest) String() string {
 func (*PayRequest) ProtoMessage() {}
 
 func (x *PayRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[54]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3688,7 +3909,7 @@ func (x *PayRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PayRequest.ProtoReflect.Descriptor instead.
 func (*PayRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{54}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *PayRequest) GetQuoteId() string {
@@ -3729,7 +3950,7 @@ type PayResponse struct {
 
 func (x *PayResponse) Reset() {
 	*x = PayResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[55]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3741,7 +3962,7 @@ func (x *PayResponse) String() string {
 func (*PayResponse) ProtoMessage() {}
 
 func (x *PayResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[55]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3754,7 +3975,7 @@ func (x *PayResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PayResponse.ProtoReflect.Descriptor instead.
 func (*PayResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{55}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *PayResponse) GetReceipt() *Receipt {
@@ -3806,7 +4027,7 @@ type FundByCardRequest struct {
 
 func (x *FundByCardRequest) Reset() {
 	*x = FundByCardRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[56]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3818,7 +4039,7 @@ func (x *FundByCardRequest) String() string {
 func (*FundByCardRequest) ProtoMessage() {}
 
 func (x *FundByCardRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[56]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3831,7 +4052,7 @@ func (x *FundByCardRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FundByCardRequest.ProtoReflect.Descriptor instead.
 func (*FundByCardRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{56}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *FundByCardRequest) GetRequestId() string {
@@ -3874,7 +4095,7 @@ type FundByCardResponse struct {
 
 func (x *FundByCardResponse) Reset() {
 	*x = FundByCardResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[57]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3886,7 +4107,7 @@ func (x *FundByCardResponse) String() string {
 func (*FundByCardResponse) ProtoMessage() {}
 
 func (x *FundByCardResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[57]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3899,7 +4120,7 @@ func (x *FundByCardResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FundByCardResponse.ProtoReflect.Descriptor instead.
 func (*FundByCardResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{57}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *FundByCardResponse) GetStatus() PayStatus {
@@ -3942,7 +4163,7 @@ type PayoutOnboardingRequest struct {
 
 func (x *PayoutOnboardingRequest) Reset() {
 	*x = PayoutOnboardingRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[58]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3954,7 +4175,7 @@ func (x *PayoutOnboardingRequest) String() string {
 func (*PayoutOnboardingRequest) ProtoMessage() {}
 
 func (x *PayoutOnboardingRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[58]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3967,7 +4188,7 @@ func (x *PayoutOnboardingRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PayoutOnboardingRequest.ProtoReflect.Descriptor instead.
 func (*PayoutOnboardingRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{58}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *PayoutOnboardingRequest) GetReturnUrl() string {
@@ -3998,7 +4219,7 @@ type PayoutOnboardingResponse struct {
 
 func (x *PayoutOnboardingResponse) Reset() {
 	*x = PayoutOnboardingResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[59]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4010,7 +4231,7 @@ func (x *PayoutOnboardingResponse) String() string {
 func (*PayoutOnboardingResponse) ProtoMessage() {}
 
 func (x *PayoutOnboardingResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[59]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4023,7 +4244,7 @@ func (x *PayoutOnboardingResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PayoutOnboardingResponse.ProtoReflect.Descriptor instead.
 func (*PayoutOnboardingResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{59}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *PayoutOnboardingResponse) GetAccountId() string {
@@ -4055,7 +4276,7 @@ type BalanceRequest struct {
 
 func (x *BalanceRequest) Reset() {
 	*x = BalanceRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[60]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4067,7 +4288,7 @@ func (x *BalanceRequest) String() string {
 func (*BalanceRequest) ProtoMessage() {}
 
 func (x *BalanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[60]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4080,7 +4301,7 @@ func (x *BalanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BalanceRequest.ProtoReflect.Descriptor instead.
 func (*BalanceRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{60}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{61}
 }
 
 type Money struct {
@@ -4093,7 +4314,7 @@ type Money struct {
 
 func (x *Money) Reset() {
 	*x = Money{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[61]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4105,7 +4326,7 @@ func (x *Money) String() string {
 func (*Money) ProtoMessage() {}
 
 func (x *Money) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[61]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4118,7 +4339,7 @@ func (x *Money) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Money.ProtoReflect.Descriptor instead.
 func (*Money) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{61}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *Money) GetCurrency() string {
@@ -4155,7 +4376,7 @@ type BalanceResponse struct {
 
 func (x *BalanceResponse) Reset() {
 	*x = BalanceResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[62]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4167,7 +4388,7 @@ func (x *BalanceResponse) String() string {
 func (*BalanceResponse) ProtoMessage() {}
 
 func (x *BalanceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[62]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4180,7 +4401,7 @@ func (x *BalanceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BalanceResponse.ProtoReflect.Descriptor instead.
 func (*BalanceResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{62}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *BalanceResponse) GetAccountId() string {
@@ -4220,7 +4441,7 @@ type HistoryRequest struct {
 
 func (x *HistoryRequest) Reset() {
 	*x = HistoryRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[63]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4232,7 +4453,7 @@ func (x *HistoryRequest) String() string {
 func (*HistoryRequest) ProtoMessage() {}
 
 func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[63]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4245,7 +4466,7 @@ func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryRequest.ProtoReflect.Descriptor instead.
 func (*HistoryRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{63}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *HistoryRequest) GetLimit() int32 {
@@ -4270,7 +4491,7 @@ type Transfer struct {
 
 func (x *Transfer) Reset() {
 	*x = Transfer{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[64]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4282,7 +4503,7 @@ func (x *Transfer) String() string {
 func (*Transfer) ProtoMessage() {}
 
 func (x *Transfer) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[64]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4295,7 +4516,7 @@ func (x *Transfer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Transfer.ProtoReflect.Descriptor instead.
 func (*Transfer) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{64}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *Transfer) GetId() string {
@@ -4356,7 +4577,7 @@ type HistoryResponse struct {
 
 func (x *HistoryResponse) Reset() {
 	*x = HistoryResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[65]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4368,7 +4589,7 @@ func (x *HistoryResponse) String() string {
 func (*HistoryResponse) ProtoMessage() {}
 
 func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[65]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4381,7 +4602,7 @@ func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryResponse.ProtoReflect.Descriptor instead.
 func (*HistoryResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{65}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *HistoryResponse) GetTransfers() []*Transfer {
@@ -4399,7 +4620,7 @@ type PlatformKeysRequest struct {
 
 func (x *PlatformKeysRequest) Reset() {
 	*x = PlatformKeysRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[66]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4411,7 +4632,7 @@ func (x *PlatformKeysRequest) String() string {
 func (*PlatformKeysRequest) ProtoMessage() {}
 
 func (x *PlatformKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[66]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4424,7 +4645,7 @@ func (x *PlatformKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlatformKeysRequest.ProtoReflect.Descriptor instead.
 func (*PlatformKeysRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{66}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{67}
 }
 
 type PlatformKey struct {
@@ -4437,7 +4658,7 @@ type PlatformKey struct {
 
 func (x *PlatformKey) Reset() {
 	*x = PlatformKey{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[67]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4449,7 +4670,7 @@ func (x *PlatformKey) String() string {
 func (*PlatformKey) ProtoMessage() {}
 
 func (x *PlatformKey) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[67]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4462,7 +4683,7 @@ func (x *PlatformKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlatformKey.ProtoReflect.Descriptor instead.
 func (*PlatformKey) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{67}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *PlatformKey) GetKeyId() string {
@@ -4488,7 +4709,7 @@ type PlatformKeysResponse struct {
 
 func (x *PlatformKeysResponse) Reset() {
 	*x = PlatformKeysResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[68]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4500,7 +4721,7 @@ func (x *PlatformKeysResponse) String() string {
 func (*PlatformKeysResponse) ProtoMessage() {}
 
 func (x *PlatformKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[68]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4513,7 +4734,7 @@ func (x *PlatformKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlatformKeysResponse.ProtoReflect.Descriptor instead.
 func (*PlatformKeysResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{68}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *PlatformKeysResponse) GetKeys() []*PlatformKey {
@@ -4532,7 +4753,7 @@ type SubscribeRequest struct {
 
 func (x *SubscribeRequest) Reset() {
 	*x = SubscribeRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[69]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4544,7 +4765,7 @@ func (x *SubscribeRequest) String() string {
 func (*SubscribeRequest) ProtoMessage() {}
 
 func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[69]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4557,7 +4778,7 @@ func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubscribeRequest.ProtoReflect.Descriptor instead.
 func (*SubscribeRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{69}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *SubscribeRequest) GetAfterSeq() uint64 {
@@ -4577,7 +4798,7 @@ type SubscribeResponse struct {
 
 func (x *SubscribeResponse) Reset() {
 	*x = SubscribeResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[70]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4589,7 +4810,7 @@ func (x *SubscribeResponse) String() string {
 func (*SubscribeResponse) ProtoMessage() {}
 
 func (x *SubscribeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[70]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4602,7 +4823,7 @@ func (x *SubscribeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubscribeResponse.ProtoReflect.Descriptor instead.
 func (*SubscribeResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{70}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *SubscribeResponse) GetEnvelopes() []*Envelope {
@@ -4621,7 +4842,7 @@ type AckRequest struct {
 
 func (x *AckRequest) Reset() {
 	*x = AckRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[71]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4633,7 +4854,7 @@ func (x *AckRequest) String() string {
 func (*AckRequest) ProtoMessage() {}
 
 func (x *AckRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[71]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4646,7 +4867,7 @@ func (x *AckRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckRequest.ProtoReflect.Descriptor instead.
 func (*AckRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{71}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *AckRequest) GetSeq() uint64 {
@@ -4664,7 +4885,7 @@ type AckResponse struct {
 
 func (x *AckResponse) Reset() {
 	*x = AckResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[72]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4676,7 +4897,7 @@ func (x *AckResponse) String() string {
 func (*AckResponse) ProtoMessage() {}
 
 func (x *AckResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[72]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4689,7 +4910,7 @@ func (x *AckResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckResponse.ProtoReflect.Descriptor instead.
 func (*AckResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{72}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{73}
 }
 
 // C1.6, to the host.
@@ -4700,14 +4921,18 @@ type AccessRequested struct {
 	Bytes         int64                  `protobuf:"varint,3,opt,name=bytes,proto3" json:"bytes,omitempty"`
 	GuestKeys     []*GuestKey            `protobuf:"bytes,4,rep,name=guest_keys,json=guestKeys,proto3" json:"guest_keys,omitempty"`
 	// The session's tariff (its copy of the hotspot's, made now).
-	Tariff        *Tariff `protobuf:"bytes,5,opt,name=tariff,proto3" json:"tariff,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Tariff *Tariff `protobuf:"bytes,5,opt,name=tariff,proto3" json:"tariff,omitempty"`
+	// Who counts the session's data, and the guest's device key that signs
+	// its acknowledgments (protocol 5).
+	UsageMode      UsageMode `protobuf:"varint,6,opt,name=usage_mode,json=usageMode,proto3,enum=sharespot.v1.UsageMode" json:"usage_mode,omitempty"`
+	GuestDeviceKey []byte    `protobuf:"bytes,7,opt,name=guest_device_key,json=guestDeviceKey,proto3" json:"guest_device_key,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *AccessRequested) Reset() {
 	*x = AccessRequested{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[73]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4719,7 +4944,7 @@ func (x *AccessRequested) String() string {
 func (*AccessRequested) ProtoMessage() {}
 
 func (x *AccessRequested) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[73]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4732,7 +4957,7 @@ func (x *AccessRequested) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AccessRequested.ProtoReflect.Descriptor instead.
 func (*AccessRequested) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{73}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *AccessRequested) GetHotspotId() string {
@@ -4770,6 +4995,20 @@ func (x *AccessRequested) GetTariff() *Tariff {
 	return nil
 }
 
+func (x *AccessRequested) GetUsageMode() UsageMode {
+	if x != nil {
+		return x.UsageMode
+	}
+	return UsageMode_USAGE_MODE_UNSPECIFIED
+}
+
+func (x *AccessRequested) GetGuestDeviceKey() []byte {
+	if x != nil {
+		return x.GuestDeviceKey
+	}
+	return nil
+}
+
 // C3.1 / C1.12, to the guest.
 type FeeInfo struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -4780,7 +5019,7 @@ type FeeInfo struct {
 
 func (x *FeeInfo) Reset() {
 	*x = FeeInfo{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[74]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4792,7 +5031,7 @@ func (x *FeeInfo) String() string {
 func (*FeeInfo) ProtoMessage() {}
 
 func (x *FeeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[74]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4805,7 +5044,7 @@ func (x *FeeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FeeInfo.ProtoReflect.Descriptor instead.
 func (*FeeInfo) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{74}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *FeeInfo) GetQuote() *Quote {
@@ -4829,13 +5068,17 @@ type PaymentConfirmed struct {
 	// session first. Absent from servers before 2026-11-30.
 	Quote         *Quote `protobuf:"bytes,6,opt,name=quote,proto3" json:"quote,omitempty"`
 	GuestDeviceId string `protobuf:"bytes,7,opt,name=guest_device_id,json=guestDeviceId,proto3" json:"guest_device_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// Who counts the session's data, and the guest's device key that signs
+	// its acknowledgments, for the gateway (protocol 5).
+	UsageMode      UsageMode `protobuf:"varint,8,opt,name=usage_mode,json=usageMode,proto3,enum=sharespot.v1.UsageMode" json:"usage_mode,omitempty"`
+	GuestDeviceKey []byte    `protobuf:"bytes,9,opt,name=guest_device_key,json=guestDeviceKey,proto3" json:"guest_device_key,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *PaymentConfirmed) Reset() {
 	*x = PaymentConfirmed{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[75]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4847,7 +5090,7 @@ func (x *PaymentConfirmed) String() string {
 func (*PaymentConfirmed) ProtoMessage() {}
 
 func (x *PaymentConfirmed) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[75]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4860,7 +5103,7 @@ func (x *PaymentConfirmed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PaymentConfirmed.ProtoReflect.Descriptor instead.
 func (*PaymentConfirmed) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{75}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *PaymentConfirmed) GetQuoteId() string {
@@ -4912,6 +5155,20 @@ func (x *PaymentConfirmed) GetGuestDeviceId() string {
 	return ""
 }
 
+func (x *PaymentConfirmed) GetUsageMode() UsageMode {
+	if x != nil {
+		return x.UsageMode
+	}
+	return UsageMode_USAGE_MODE_UNSPECIFIED
+}
+
+func (x *PaymentConfirmed) GetGuestDeviceKey() []byte {
+	if x != nil {
+		return x.GuestDeviceKey
+	}
+	return nil
+}
+
 // C2.2, to the guest: the protocol type of the encryption protocol that
 // protects the access code.
 type EncryptionMessage struct {
@@ -4923,7 +5180,7 @@ type EncryptionMessage struct {
 
 func (x *EncryptionMessage) Reset() {
 	*x = EncryptionMessage{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[76]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4935,7 +5192,7 @@ func (x *EncryptionMessage) String() string {
 func (*EncryptionMessage) ProtoMessage() {}
 
 func (x *EncryptionMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[76]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4948,7 +5205,7 @@ func (x *EncryptionMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EncryptionMessage.ProtoReflect.Descriptor instead.
 func (*EncryptionMessage) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{76}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *EncryptionMessage) GetSuite() string {
@@ -4975,7 +5232,7 @@ type AccessGranted struct {
 
 func (x *AccessGranted) Reset() {
 	*x = AccessGranted{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[77]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4987,7 +5244,7 @@ func (x *AccessGranted) String() string {
 func (*AccessGranted) ProtoMessage() {}
 
 func (x *AccessGranted) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[77]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5000,7 +5257,7 @@ func (x *AccessGranted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AccessGranted.ProtoReflect.Descriptor instead.
 func (*AccessGranted) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{77}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *AccessGranted) GetQuoteId() string {
@@ -5057,7 +5314,7 @@ type LowQuotaPrompt struct {
 
 func (x *LowQuotaPrompt) Reset() {
 	*x = LowQuotaPrompt{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[78]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5069,7 +5326,7 @@ func (x *LowQuotaPrompt) String() string {
 func (*LowQuotaPrompt) ProtoMessage() {}
 
 func (x *LowQuotaPrompt) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[78]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5082,7 +5339,7 @@ func (x *LowQuotaPrompt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LowQuotaPrompt.ProtoReflect.Descriptor instead.
 func (*LowQuotaPrompt) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{78}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{79}
 }
 
 func (x *LowQuotaPrompt) GetUsedBytes() int64 {
@@ -5118,7 +5375,7 @@ type TopUpRequested struct {
 
 func (x *TopUpRequested) Reset() {
 	*x = TopUpRequested{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[79]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5130,7 +5387,7 @@ func (x *TopUpRequested) String() string {
 func (*TopUpRequested) ProtoMessage() {}
 
 func (x *TopUpRequested) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[79]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5143,7 +5400,7 @@ func (x *TopUpRequested) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TopUpRequested.ProtoReflect.Descriptor instead.
 func (*TopUpRequested) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{79}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{80}
 }
 
 func (x *TopUpRequested) GetBytes() int64 {
@@ -5173,7 +5430,7 @@ type SessionEnding struct {
 
 func (x *SessionEnding) Reset() {
 	*x = SessionEnding{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[80]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[81]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5185,7 +5442,7 @@ func (x *SessionEnding) String() string {
 func (*SessionEnding) ProtoMessage() {}
 
 func (x *SessionEnding) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[80]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[81]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5198,7 +5455,7 @@ func (x *SessionEnding) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionEnding.ProtoReflect.Descriptor instead.
 func (*SessionEnding) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{80}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{81}
 }
 
 func (x *SessionEnding) GetReason() string {
@@ -5226,7 +5483,7 @@ type Declined struct {
 
 func (x *Declined) Reset() {
 	*x = Declined{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[81]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[82]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5238,7 +5495,7 @@ func (x *Declined) String() string {
 func (*Declined) ProtoMessage() {}
 
 func (x *Declined) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[81]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[82]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5251,7 +5508,7 @@ func (x *Declined) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Declined.ProtoReflect.Descriptor instead.
 func (*Declined) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{81}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{82}
 }
 
 func (x *Declined) GetReason() string {
@@ -5278,7 +5535,7 @@ type SessionEnded struct {
 
 func (x *SessionEnded) Reset() {
 	*x = SessionEnded{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[82]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[83]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5290,7 +5547,7 @@ func (x *SessionEnded) String() string {
 func (*SessionEnded) ProtoMessage() {}
 
 func (x *SessionEnded) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[82]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[83]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5303,7 +5560,7 @@ func (x *SessionEnded) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionEnded.ProtoReflect.Descriptor instead.
 func (*SessionEnded) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{82}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{83}
 }
 
 func (x *SessionEnded) GetSession() *Session {
@@ -5339,7 +5596,7 @@ type Envelope struct {
 
 func (x *Envelope) Reset() {
 	*x = Envelope{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[83]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[84]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5351,7 +5608,7 @@ func (x *Envelope) String() string {
 func (*Envelope) ProtoMessage() {}
 
 func (x *Envelope) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[83]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[84]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5364,7 +5621,7 @@ func (x *Envelope) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Envelope.ProtoReflect.Descriptor instead.
 func (*Envelope) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{83}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{84}
 }
 
 func (x *Envelope) GetSeq() uint64 {
@@ -5657,7 +5914,7 @@ const file_sharespot_v1_sharespot_proto_rawDesc = "" +
 	"\n" +
 	"signal_dbm\x18\x03 \x01(\x05R\tsignalDbm\x12#\n" +
 	"\rfrequency_mhz\x18\x04 \x01(\x05R\ffrequencyMhz\x122\n" +
-	"\bsecurity\x18\x05 \x01(\x0e2\x16.sharespot.v1.SecurityR\bsecurity\"\xa5\x02\n" +
+	"\bsecurity\x18\x05 \x01(\x0e2\x16.sharespot.v1.SecurityR\bsecurity\"\xe0\x02\n" +
 	"\x05Offer\x12\x1d\n" +
 	"\n" +
 	"hotspot_id\x18\x01 \x01(\tR\thotspotId\x12$\n" +
@@ -5667,7 +5924,15 @@ const file_sharespot_v1_sharespot_proto_rawDesc = "" +
 	"\x0favailable_bytes\x18\x05 \x01(\x03R\x0eavailableBytes\x12\x1d\n" +
 	"\n" +
 	"signal_dbm\x18\x06 \x01(\x05R\tsignalDbm\x12#\n" +
-	"\rfrequency_mhz\x18\a \x01(\x05R\ffrequencyMhz\"J\n" +
+	"\rfrequency_mhz\x18\a \x01(\x05R\ffrequencyMhz\x129\n" +
+	"\vhost_record\x18\b \x01(\v2\x18.sharespot.v1.HostRecordR\n" +
+	"hostRecord\"\xc1\x01\n" +
+	"\n" +
+	"HostRecord\x12+\n" +
+	"\x11verified_sessions\x18\x01 \x01(\x03R\x10verifiedSessions\x122\n" +
+	"\x15over_counted_sessions\x18\x02 \x01(\x03R\x13overCountedSessions\x12#\n" +
+	"\rcounted_bytes\x18\x03 \x01(\x03R\fcountedBytes\x12-\n" +
+	"\x12acknowledged_bytes\x18\x04 \x01(\x03R\x11acknowledgedBytes\"J\n" +
 	"\x0fDiscoverRequest\x127\n" +
 	"\n" +
 	"candidates\x18\x01 \x03(\v2\x17.sharespot.v1.CandidateR\n" +
@@ -5707,7 +5972,7 @@ const file_sharespot_v1_sharespot_proto_rawDesc = "" +
 	"\aReceipt\x12\x15\n" +
 	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x18\n" +
 	"\apayload\x18\x02 \x01(\fR\apayload\x12\x1c\n" +
-	"\tsignature\x18\x03 \x01(\fR\tsignature\"\xe4\a\n" +
+	"\tsignature\x18\x03 \x01(\fR\tsignature\"\xc6\b\n" +
 	"\aSession\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1d\n" +
 	"\n" +
@@ -5739,14 +6004,19 @@ const file_sharespot_v1_sharespot_proto_rawDesc = "" +
 	"\x10host_count_bytes\x18\x17 \x01(\x03R\x0ehostCountBytes\x12\x1a\n" +
 	"\bverified\x18\x18 \x01(\bR\bverified\x12.\n" +
 	"\x13card_refunded_minor\x18\x19 \x01(\x03R\x11cardRefundedMinor\x12%\n" +
-	"\x0edisputed_minor\x18\x1a \x01(\x03R\rdisputedMinor\"\xbb\x01\n" +
+	"\x0edisputed_minor\x18\x1a \x01(\x03R\rdisputedMinor\x126\n" +
+	"\n" +
+	"usage_mode\x18\x1b \x01(\x0e2\x17.sharespot.v1.UsageModeR\tusageMode\x12(\n" +
+	"\x10guest_device_key\x18\x1c \x01(\fR\x0eguestDeviceKey\"\xf3\x01\n" +
 	"\x14RequestAccessRequest\x12\x1d\n" +
 	"\n" +
 	"hotspot_id\x18\x01 \x01(\tR\thotspotId\x12\x14\n" +
 	"\x05bytes\x18\x02 \x01(\x03R\x05bytes\x125\n" +
 	"\n" +
 	"guest_keys\x18\x03 \x03(\v2\x16.sharespot.v1.GuestKeyR\tguestKeys\x127\n" +
-	"\fshown_tariff\x18\x04 \x01(\v2\x14.sharespot.v1.TariffR\vshownTariff\"H\n" +
+	"\fshown_tariff\x18\x04 \x01(\v2\x14.sharespot.v1.TariffR\vshownTariff\x126\n" +
+	"\n" +
+	"usage_mode\x18\x05 \x01(\x0e2\x17.sharespot.v1.UsageModeR\tusageMode\"H\n" +
 	"\x15RequestAccessResponse\x12/\n" +
 	"\asession\x18\x01 \x01(\v2\x15.sharespot.v1.SessionR\asession\"\x82\x01\n" +
 	"\fQuoteRequest\x12\x1d\n" +
@@ -5768,7 +6038,7 @@ const file_sharespot_v1_sharespot_proto_rawDesc = "" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12/\n" +
 	"\areceipt\x18\x02 \x01(\v2\x15.sharespot.v1.ReceiptR\areceipt\"B\n" +
 	"\x0fConfirmResponse\x12/\n" +
-	"\asession\x18\x01 \x01(\v2\x15.sharespot.v1.SessionR\asession\"\x89\x02\n" +
+	"\asession\x18\x01 \x01(\v2\x15.sharespot.v1.SessionR\asession\"\x8d\x02\n" +
 	"\fGrantRequest\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x19\n" +
@@ -5776,36 +6046,41 @@ const file_sharespot_v1_sharespot_proto_rawDesc = "" +
 	"\vsealed_code\x18\x03 \x01(\v2\x18.sharespot.v1.SealedCodeR\n" +
 	"sealedCode\x12/\n" +
 	"\agateway\x18\x04 \x01(\v2\x15.sharespot.v1.GatewayR\agateway\x12#\n" +
-	"\rgranted_bytes\x18\x05 \x01(\x03R\fgrantedBytes\x12.\n" +
-	"\x13credit_window_bytes\x18\x06 \x01(\x03R\x11creditWindowBytes\"@\n" +
+	"\rgranted_bytes\x18\x05 \x01(\x03R\fgrantedBytes\x122\n" +
+	"\x13credit_window_bytes\x18\x06 \x01(\x03B\x02\x18\x01R\x11creditWindowBytes\"@\n" +
 	"\rGrantResponse\x12/\n" +
-	"\asession\x18\x01 \x01(\v2\x15.sharespot.v1.SessionR\asession\"M\n" +
+	"\asession\x18\x01 \x01(\v2\x15.sharespot.v1.SessionR\asession\"w\n" +
 	"\rPromptRequest\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x1d\n" +
 	"\n" +
-	"used_bytes\x18\x02 \x01(\x03R\tusedBytes\"\x10\n" +
+	"used_bytes\x18\x02 \x01(\x03R\tusedBytes\x12(\n" +
+	"\x03ack\x18\x03 \x01(\v2\x16.sharespot.v1.UsageAckR\x03ack\"\x10\n" +
 	"\x0ePromptResponse\"J\n" +
 	"\x13RequestTopUpRequest\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x14\n" +
 	"\x05bytes\x18\x02 \x01(\x03R\x05bytes\"G\n" +
 	"\x14RequestTopUpResponse\x12/\n" +
-	"\asession\x18\x01 \x01(\v2\x15.sharespot.v1.SessionR\asession\"R\n" +
+	"\asession\x18\x01 \x01(\v2\x15.sharespot.v1.SessionR\asession\"|\n" +
 	"\x12ReportUsageRequest\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x1d\n" +
 	"\n" +
-	"used_bytes\x18\x02 \x01(\x03R\tusedBytes\"F\n" +
+	"used_bytes\x18\x02 \x01(\x03R\tusedBytes\x12(\n" +
+	"\x03ack\x18\x03 \x01(\v2\x16.sharespot.v1.UsageAckR\x03ack\"F\n" +
 	"\x13ReportUsageResponse\x12/\n" +
-	"\asession\x18\x01 \x01(\v2\x15.sharespot.v1.SessionR\asession\"b\n" +
+	"\asession\x18\x01 \x01(\v2\x15.sharespot.v1.SessionR\asession\"\xab\x01\n" +
 	"\n" +
 	"EndRequest\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x1d\n" +
 	"\n" +
 	"used_bytes\x18\x02 \x01(\x03R\tusedBytes\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reason\">\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12(\n" +
+	"\x03ack\x18\x04 \x01(\v2\x16.sharespot.v1.UsageAckR\x03ack\x12\x1d\n" +
+	"\n" +
+	"guest_held\x18\x05 \x01(\bR\tguestHeld\">\n" +
 	"\vEndResponse\x12/\n" +
 	"\asession\x18\x01 \x01(\v2\x15.sharespot.v1.SessionR\asession\"+\n" +
 	"\n" +
@@ -5902,7 +6177,7 @@ const file_sharespot_v1_sharespot_proto_rawDesc = "" +
 	"\n" +
 	"AckRequest\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\"\r\n" +
-	"\vAckResponse\"\xd3\x01\n" +
+	"\vAckResponse\"\xb5\x02\n" +
 	"\x0fAccessRequested\x12\x1d\n" +
 	"\n" +
 	"hotspot_id\x18\x01 \x01(\tR\thotspotId\x12&\n" +
@@ -5910,9 +6185,12 @@ const file_sharespot_v1_sharespot_proto_rawDesc = "" +
 	"\x05bytes\x18\x03 \x01(\x03R\x05bytes\x125\n" +
 	"\n" +
 	"guest_keys\x18\x04 \x03(\v2\x16.sharespot.v1.GuestKeyR\tguestKeys\x12,\n" +
-	"\x06tariff\x18\x05 \x01(\v2\x14.sharespot.v1.TariffR\x06tariff\"4\n" +
+	"\x06tariff\x18\x05 \x01(\v2\x14.sharespot.v1.TariffR\x06tariff\x126\n" +
+	"\n" +
+	"usage_mode\x18\x06 \x01(\x0e2\x17.sharespot.v1.UsageModeR\tusageMode\x12(\n" +
+	"\x10guest_device_key\x18\a \x01(\fR\x0eguestDeviceKey\"4\n" +
 	"\aFeeInfo\x12)\n" +
-	"\x05quote\x18\x01 \x01(\v2\x13.sharespot.v1.QuoteR\x05quote\"\x9e\x02\n" +
+	"\x05quote\x18\x01 \x01(\v2\x13.sharespot.v1.QuoteR\x05quote\"\x80\x03\n" +
 	"\x10PaymentConfirmed\x12\x19\n" +
 	"\bquote_id\x18\x01 \x01(\tR\aquoteId\x12+\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x17.sharespot.v1.QuoteKindR\x04kind\x12/\n" +
@@ -5920,7 +6198,10 @@ const file_sharespot_v1_sharespot_proto_rawDesc = "" +
 	"\x05suite\x18\x04 \x01(\tR\x05suite\x12(\n" +
 	"\x10guest_public_key\x18\x05 \x01(\fR\x0eguestPublicKey\x12)\n" +
 	"\x05quote\x18\x06 \x01(\v2\x13.sharespot.v1.QuoteR\x05quote\x12&\n" +
-	"\x0fguest_device_id\x18\a \x01(\tR\rguestDeviceId\")\n" +
+	"\x0fguest_device_id\x18\a \x01(\tR\rguestDeviceId\x126\n" +
+	"\n" +
+	"usage_mode\x18\b \x01(\x0e2\x17.sharespot.v1.UsageModeR\tusageMode\x12(\n" +
+	"\x10guest_device_key\x18\t \x01(\fR\x0eguestDeviceKey\")\n" +
 	"\x11EncryptionMessage\x12\x14\n" +
 	"\x05suite\x18\x01 \x01(\tR\x05suite\"\x98\x02\n" +
 	"\rAccessGranted\x12\x19\n" +
@@ -5974,7 +6255,11 @@ const file_sharespot_v1_sharespot_proto_rawDesc = "" +
 	"\fSECURITY_WPA\x10\x03\x12\x11\n" +
 	"\rSECURITY_WPA2\x10\x04\x12\x11\n" +
 	"\rSECURITY_WPA3\x10\x05\x12\x10\n" +
-	"\fSECURITY_OWE\x10\x06*\xe6\x01\n" +
+	"\fSECURITY_OWE\x10\x06*[\n" +
+	"\tUsageMode\x12\x1a\n" +
+	"\x16USAGE_MODE_UNSPECIFIED\x10\x00\x12\x17\n" +
+	"\x13USAGE_MODE_VERIFIED\x10\x01\x12\x19\n" +
+	"\x15USAGE_MODE_UNVERIFIED\x10\x02*\xe6\x01\n" +
 	"\fSessionState\x12\x1d\n" +
 	"\x19SESSION_STATE_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17SESSION_STATE_REQUESTED\x10\x01\x12\x18\n" +
@@ -6055,232 +6340,242 @@ func file_sharespot_v1_sharespot_proto_rawDescGZIP() []byte {
 	return file_sharespot_v1_sharespot_proto_rawDescData
 }
 
-var file_sharespot_v1_sharespot_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_sharespot_v1_sharespot_proto_msgTypes = make([]protoimpl.MessageInfo, 84)
+var file_sharespot_v1_sharespot_proto_enumTypes = make([]protoimpl.EnumInfo, 7)
+var file_sharespot_v1_sharespot_proto_msgTypes = make([]protoimpl.MessageInfo, 85)
 var file_sharespot_v1_sharespot_proto_goTypes = []any{
 	(Security)(0),                    // 0: sharespot.v1.Security
-	(SessionState)(0),                // 1: sharespot.v1.SessionState
-	(QuoteKind)(0),                   // 2: sharespot.v1.QuoteKind
-	(QuoteState)(0),                  // 3: sharespot.v1.QuoteState
-	(PayMethod)(0),                   // 4: sharespot.v1.PayMethod
-	(PayStatus)(0),                   // 5: sharespot.v1.PayStatus
-	(*AddDeviceRequest)(nil),         // 6: sharespot.v1.AddDeviceRequest
-	(*AddDeviceResponse)(nil),        // 7: sharespot.v1.AddDeviceResponse
-	(*ChallengeRequest)(nil),         // 8: sharespot.v1.ChallengeRequest
-	(*ChallengeResponse)(nil),        // 9: sharespot.v1.ChallengeResponse
-	(*SignInRequest)(nil),            // 10: sharespot.v1.SignInRequest
-	(*SignInResponse)(nil),           // 11: sharespot.v1.SignInResponse
-	(*AccessPoint)(nil),              // 12: sharespot.v1.AccessPoint
-	(*Tariff)(nil),                   // 13: sharespot.v1.Tariff
-	(*ShareInstruction)(nil),         // 14: sharespot.v1.ShareInstruction
-	(*Hotspot)(nil),                  // 15: sharespot.v1.Hotspot
-	(*RegisterRequest)(nil),          // 16: sharespot.v1.RegisterRequest
-	(*RegisterResponse)(nil),         // 17: sharespot.v1.RegisterResponse
-	(*UpdateRequest)(nil),            // 18: sharespot.v1.UpdateRequest
-	(*UpdateResponse)(nil),           // 19: sharespot.v1.UpdateResponse
-	(*WithdrawRequest)(nil),          // 20: sharespot.v1.WithdrawRequest
-	(*WithdrawResponse)(nil),         // 21: sharespot.v1.WithdrawResponse
-	(*ListRequest)(nil),              // 22: sharespot.v1.ListRequest
-	(*ListResponse)(nil),             // 23: sharespot.v1.ListResponse
-	(*Candidate)(nil),                // 24: sharespot.v1.Candidate
-	(*Offer)(nil),                    // 25: sharespot.v1.Offer
-	(*DiscoverRequest)(nil),          // 26: sharespot.v1.DiscoverRequest
-	(*DiscoverResponse)(nil),         // 27: sharespot.v1.DiscoverResponse
-	(*Quote)(nil),                    // 28: sharespot.v1.Quote
-	(*GuestKey)(nil),                 // 29: sharespot.v1.GuestKey
-	(*SealedCode)(nil),               // 30: sharespot.v1.SealedCode
-	(*Gateway)(nil),                  // 31: sharespot.v1.Gateway
-	(*Receipt)(nil),                  // 32: sharespot.v1.Receipt
-	(*Session)(nil),                  // 33: sharespot.v1.Session
-	(*RequestAccessRequest)(nil),     // 34: sharespot.v1.RequestAccessRequest
-	(*RequestAccessResponse)(nil),    // 35: sharespot.v1.RequestAccessResponse
-	(*QuoteRequest)(nil),             // 36: sharespot.v1.QuoteRequest
-	(*QuoteResponse)(nil),            // 37: sharespot.v1.QuoteResponse
-	(*DeclineRequest)(nil),           // 38: sharespot.v1.DeclineRequest
-	(*DeclineResponse)(nil),          // 39: sharespot.v1.DeclineResponse
-	(*ConfirmRequest)(nil),           // 40: sharespot.v1.ConfirmRequest
-	(*ConfirmResponse)(nil),          // 41: sharespot.v1.ConfirmResponse
-	(*GrantRequest)(nil),             // 42: sharespot.v1.GrantRequest
-	(*GrantResponse)(nil),            // 43: sharespot.v1.GrantResponse
-	(*PromptRequest)(nil),            // 44: sharespot.v1.PromptRequest
-	(*PromptResponse)(nil),           // 45: sharespot.v1.PromptResponse
-	(*RequestTopUpRequest)(nil),      // 46: sharespot.v1.RequestTopUpRequest
-	(*RequestTopUpResponse)(nil),     // 47: sharespot.v1.RequestTopUpResponse
-	(*ReportUsageRequest)(nil),       // 48: sharespot.v1.ReportUsageRequest
-	(*ReportUsageResponse)(nil),      // 49: sharespot.v1.ReportUsageResponse
-	(*EndRequest)(nil),               // 50: sharespot.v1.EndRequest
-	(*EndResponse)(nil),              // 51: sharespot.v1.EndResponse
-	(*GetRequest)(nil),               // 52: sharespot.v1.GetRequest
-	(*GetResponse)(nil),              // 53: sharespot.v1.GetResponse
-	(*UsageAck)(nil),                 // 54: sharespot.v1.UsageAck
-	(*AcknowledgeRequest)(nil),       // 55: sharespot.v1.AcknowledgeRequest
-	(*AcknowledgeResponse)(nil),      // 56: sharespot.v1.AcknowledgeResponse
-	(*UsageAcknowledged)(nil),        // 57: sharespot.v1.UsageAcknowledged
-	(*ListSessionsRequest)(nil),      // 58: sharespot.v1.ListSessionsRequest
-	(*ListSessionsResponse)(nil),     // 59: sharespot.v1.ListSessionsResponse
-	(*PayRequest)(nil),               // 60: sharespot.v1.PayRequest
-	(*PayResponse)(nil),              // 61: sharespot.v1.PayResponse
-	(*FundByCardRequest)(nil),        // 62: sharespot.v1.FundByCardRequest
-	(*FundByCardResponse)(nil),       // 63: sharespot.v1.FundByCardResponse
-	(*PayoutOnboardingRequest)(nil),  // 64: sharespot.v1.PayoutOnboardingRequest
-	(*PayoutOnboardingResponse)(nil), // 65: sharespot.v1.PayoutOnboardingResponse
-	(*BalanceRequest)(nil),           // 66: sharespot.v1.BalanceRequest
-	(*Money)(nil),                    // 67: sharespot.v1.Money
-	(*BalanceResponse)(nil),          // 68: sharespot.v1.BalanceResponse
-	(*HistoryRequest)(nil),           // 69: sharespot.v1.HistoryRequest
-	(*Transfer)(nil),                 // 70: sharespot.v1.Transfer
-	(*HistoryResponse)(nil),          // 71: sharespot.v1.HistoryResponse
-	(*PlatformKeysRequest)(nil),      // 72: sharespot.v1.PlatformKeysRequest
-	(*PlatformKey)(nil),              // 73: sharespot.v1.PlatformKey
-	(*PlatformKeysResponse)(nil),     // 74: sharespot.v1.PlatformKeysResponse
-	(*SubscribeRequest)(nil),         // 75: sharespot.v1.SubscribeRequest
-	(*SubscribeResponse)(nil),        // 76: sharespot.v1.SubscribeResponse
-	(*AckRequest)(nil),               // 77: sharespot.v1.AckRequest
-	(*AckResponse)(nil),              // 78: sharespot.v1.AckResponse
-	(*AccessRequested)(nil),          // 79: sharespot.v1.AccessRequested
-	(*FeeInfo)(nil),                  // 80: sharespot.v1.FeeInfo
-	(*PaymentConfirmed)(nil),         // 81: sharespot.v1.PaymentConfirmed
-	(*EncryptionMessage)(nil),        // 82: sharespot.v1.EncryptionMessage
-	(*AccessGranted)(nil),            // 83: sharespot.v1.AccessGranted
-	(*LowQuotaPrompt)(nil),           // 84: sharespot.v1.LowQuotaPrompt
-	(*TopUpRequested)(nil),           // 85: sharespot.v1.TopUpRequested
-	(*SessionEnding)(nil),            // 86: sharespot.v1.SessionEnding
-	(*Declined)(nil),                 // 87: sharespot.v1.Declined
-	(*SessionEnded)(nil),             // 88: sharespot.v1.SessionEnded
-	(*Envelope)(nil),                 // 89: sharespot.v1.Envelope
+	(UsageMode)(0),                   // 1: sharespot.v1.UsageMode
+	(SessionState)(0),                // 2: sharespot.v1.SessionState
+	(QuoteKind)(0),                   // 3: sharespot.v1.QuoteKind
+	(QuoteState)(0),                  // 4: sharespot.v1.QuoteState
+	(PayMethod)(0),                   // 5: sharespot.v1.PayMethod
+	(PayStatus)(0),                   // 6: sharespot.v1.PayStatus
+	(*AddDeviceRequest)(nil),         // 7: sharespot.v1.AddDeviceRequest
+	(*AddDeviceResponse)(nil),        // 8: sharespot.v1.AddDeviceResponse
+	(*ChallengeRequest)(nil),         // 9: sharespot.v1.ChallengeRequest
+	(*ChallengeResponse)(nil),        // 10: sharespot.v1.ChallengeResponse
+	(*SignInRequest)(nil),            // 11: sharespot.v1.SignInRequest
+	(*SignInResponse)(nil),           // 12: sharespot.v1.SignInResponse
+	(*AccessPoint)(nil),              // 13: sharespot.v1.AccessPoint
+	(*Tariff)(nil),                   // 14: sharespot.v1.Tariff
+	(*ShareInstruction)(nil),         // 15: sharespot.v1.ShareInstruction
+	(*Hotspot)(nil),                  // 16: sharespot.v1.Hotspot
+	(*RegisterRequest)(nil),          // 17: sharespot.v1.RegisterRequest
+	(*RegisterResponse)(nil),         // 18: sharespot.v1.RegisterResponse
+	(*UpdateRequest)(nil),            // 19: sharespot.v1.UpdateRequest
+	(*UpdateResponse)(nil),           // 20: sharespot.v1.UpdateResponse
+	(*WithdrawRequest)(nil),          // 21: sharespot.v1.WithdrawRequest
+	(*WithdrawResponse)(nil),         // 22: sharespot.v1.WithdrawResponse
+	(*ListRequest)(nil),              // 23: sharespot.v1.ListRequest
+	(*ListResponse)(nil),             // 24: sharespot.v1.ListResponse
+	(*Candidate)(nil),                // 25: sharespot.v1.Candidate
+	(*Offer)(nil),                    // 26: sharespot.v1.Offer
+	(*HostRecord)(nil),               // 27: sharespot.v1.HostRecord
+	(*DiscoverRequest)(nil),          // 28: sharespot.v1.DiscoverRequest
+	(*DiscoverResponse)(nil),         // 29: sharespot.v1.DiscoverResponse
+	(*Quote)(nil),                    // 30: sharespot.v1.Quote
+	(*GuestKey)(nil),                 // 31: sharespot.v1.GuestKey
+	(*SealedCode)(nil),               // 32: sharespot.v1.SealedCode
+	(*Gateway)(nil),                  // 33: sharespot.v1.Gateway
+	(*Receipt)(nil),                  // 34: sharespot.v1.Receipt
+	(*Session)(nil),                  // 35: sharespot.v1.Session
+	(*RequestAccessRequest)(nil),     // 36: sharespot.v1.RequestAccessRequest
+	(*RequestAccessResponse)(nil),    // 37: sharespot.v1.RequestAccessResponse
+	(*QuoteRequest)(nil),             // 38: sharespot.v1.QuoteRequest
+	(*QuoteResponse)(nil),            // 39: sharespot.v1.QuoteResponse
+	(*DeclineRequest)(nil),           // 40: sharespot.v1.DeclineRequest
+	(*DeclineResponse)(nil),          // 41: sharespot.v1.DeclineResponse
+	(*ConfirmRequest)(nil),           // 42: sharespot.v1.ConfirmRequest
+	(*ConfirmResponse)(nil),          // 43: sharespot.v1.ConfirmResponse
+	(*GrantRequest)(nil),             // 44: sharespot.v1.GrantRequest
+	(*GrantResponse)(nil),            // 45: sharespot.v1.GrantResponse
+	(*PromptRequest)(nil),            // 46: sharespot.v1.PromptRequest
+	(*PromptResponse)(nil),           // 47: sharespot.v1.PromptResponse
+	(*RequestTopUpRequest)(nil),      // 48: sharespot.v1.RequestTopUpRequest
+	(*RequestTopUpResponse)(nil),     // 49: sharespot.v1.RequestTopUpResponse
+	(*ReportUsageRequest)(nil),       // 50: sharespot.v1.ReportUsageRequest
+	(*ReportUsageResponse)(nil),      // 51: sharespot.v1.ReportUsageResponse
+	(*EndRequest)(nil),               // 52: sharespot.v1.EndRequest
+	(*EndResponse)(nil),              // 53: sharespot.v1.EndResponse
+	(*GetRequest)(nil),               // 54: sharespot.v1.GetRequest
+	(*GetResponse)(nil),              // 55: sharespot.v1.GetResponse
+	(*UsageAck)(nil),                 // 56: sharespot.v1.UsageAck
+	(*AcknowledgeRequest)(nil),       // 57: sharespot.v1.AcknowledgeRequest
+	(*AcknowledgeResponse)(nil),      // 58: sharespot.v1.AcknowledgeResponse
+	(*UsageAcknowledged)(nil),        // 59: sharespot.v1.UsageAcknowledged
+	(*ListSessionsRequest)(nil),      // 60: sharespot.v1.ListSessionsRequest
+	(*ListSessionsResponse)(nil),     // 61: sharespot.v1.ListSessionsResponse
+	(*PayRequest)(nil),               // 62: sharespot.v1.PayRequest
+	(*PayResponse)(nil),              // 63: sharespot.v1.PayResponse
+	(*FundByCardRequest)(nil),        // 64: sharespot.v1.FundByCardRequest
+	(*FundByCardResponse)(nil),       // 65: sharespot.v1.FundByCardResponse
+	(*PayoutOnboardingRequest)(nil),  // 66: sharespot.v1.PayoutOnboardingRequest
+	(*PayoutOnboardingResponse)(nil), // 67: sharespot.v1.PayoutOnboardingResponse
+	(*BalanceRequest)(nil),           // 68: sharespot.v1.BalanceRequest
+	(*Money)(nil),                    // 69: sharespot.v1.Money
+	(*BalanceResponse)(nil),          // 70: sharespot.v1.BalanceResponse
+	(*HistoryRequest)(nil),           // 71: sharespot.v1.HistoryRequest
+	(*Transfer)(nil),                 // 72: sharespot.v1.Transfer
+	(*HistoryResponse)(nil),          // 73: sharespot.v1.HistoryResponse
+	(*PlatformKeysRequest)(nil),      // 74: sharespot.v1.PlatformKeysRequest
+	(*PlatformKey)(nil),              // 75: sharespot.v1.PlatformKey
+	(*PlatformKeysResponse)(nil),     // 76: sharespot.v1.PlatformKeysResponse
+	(*SubscribeRequest)(nil),         // 77: sharespot.v1.SubscribeRequest
+	(*SubscribeResponse)(nil),        // 78: sharespot.v1.SubscribeResponse
+	(*AckRequest)(nil),               // 79: sharespot.v1.AckRequest
+	(*AckResponse)(nil),              // 80: sharespot.v1.AckResponse
+	(*AccessRequested)(nil),          // 81: sharespot.v1.AccessRequested
+	(*FeeInfo)(nil),                  // 82: sharespot.v1.FeeInfo
+	(*PaymentConfirmed)(nil),         // 83: sharespot.v1.PaymentConfirmed
+	(*EncryptionMessage)(nil),        // 84: sharespot.v1.EncryptionMessage
+	(*AccessGranted)(nil),            // 85: sharespot.v1.AccessGranted
+	(*LowQuotaPrompt)(nil),           // 86: sharespot.v1.LowQuotaPrompt
+	(*TopUpRequested)(nil),           // 87: sharespot.v1.TopUpRequested
+	(*SessionEnding)(nil),            // 88: sharespot.v1.SessionEnding
+	(*Declined)(nil),                 // 89: sharespot.v1.Declined
+	(*SessionEnded)(nil),             // 90: sharespot.v1.SessionEnded
+	(*Envelope)(nil),                 // 91: sharespot.v1.Envelope
 }
 var file_sharespot_v1_sharespot_proto_depIdxs = []int32{
-	0,  // 0: sharespot.v1.AccessPoint.security:type_name -> sharespot.v1.Security
-	12, // 1: sharespot.v1.ShareInstruction.access_point:type_name -> sharespot.v1.AccessPoint
-	13, // 2: sharespot.v1.ShareInstruction.tariff:type_name -> sharespot.v1.Tariff
-	14, // 3: sharespot.v1.Hotspot.instruction:type_name -> sharespot.v1.ShareInstruction
-	14, // 4: sharespot.v1.RegisterRequest.instruction:type_name -> sharespot.v1.ShareInstruction
-	15, // 5: sharespot.v1.RegisterResponse.hotspot:type_name -> sharespot.v1.Hotspot
-	14, // 6: sharespot.v1.UpdateRequest.instruction:type_name -> sharespot.v1.ShareInstruction
-	15, // 7: sharespot.v1.UpdateResponse.hotspot:type_name -> sharespot.v1.Hotspot
-	15, // 8: sharespot.v1.WithdrawResponse.hotspot:type_name -> sharespot.v1.Hotspot
-	15, // 9: sharespot.v1.ListResponse.hotspots:type_name -> sharespot.v1.Hotspot
-	0,  // 10: sharespot.v1.Candidate.security:type_name -> sharespot.v1.Security
-	12, // 11: sharespot.v1.Offer.access_point:type_name -> sharespot.v1.AccessPoint
-	13, // 12: sharespot.v1.Offer.tariff:type_name -> sharespot.v1.Tariff
-	24, // 13: sharespot.v1.DiscoverRequest.candidates:type_name -> sharespot.v1.Candidate
-	25, // 14: sharespot.v1.DiscoverResponse.available:type_name -> sharespot.v1.Offer
-	2,  // 15: sharespot.v1.Quote.kind:type_name -> sharespot.v1.QuoteKind
-	3,  // 16: sharespot.v1.Quote.state:type_name -> sharespot.v1.QuoteState
-	32, // 17: sharespot.v1.Quote.receipt:type_name -> sharespot.v1.Receipt
-	1,  // 18: sharespot.v1.Session.state:type_name -> sharespot.v1.SessionState
-	28, // 19: sharespot.v1.Session.quotes:type_name -> sharespot.v1.Quote
-	13, // 20: sharespot.v1.Session.tariff:type_name -> sharespot.v1.Tariff
-	29, // 21: sharespot.v1.RequestAccessRequest.guest_keys:type_name -> sharespot.v1.GuestKey
-	13, // 22: sharespot.v1.RequestAccessRequest.shown_tariff:type_name -> sharespot.v1.Tariff
-	33, // 23: sharespot.v1.RequestAccessResponse.session:type_name -> sharespot.v1.Session
-	28, // 24: sharespot.v1.QuoteResponse.quote:type_name -> sharespot.v1.Quote
-	33, // 25: sharespot.v1.DeclineResponse.session:type_name -> sharespot.v1.Session
-	32, // 26: sharespot.v1.ConfirmRequest.receipt:type_name -> sharespot.v1.Receipt
-	33, // 27: sharespot.v1.ConfirmResponse.session:type_name -> sharespot.v1.Session
-	30, // 28: sharespot.v1.GrantRequest.sealed_code:type_name -> sharespot.v1.SealedCode
-	31, // 29: sharespot.v1.GrantRequest.gateway:type_name -> sharespot.v1.Gateway
-	33, // 30: sharespot.v1.GrantResponse.session:type_name -> sharespot.v1.Session
-	33, // 31: sharespot.v1.RequestTopUpResponse.session:type_name -> sharespot.v1.Session
-	33, // 32: sharespot.v1.ReportUsageResponse.session:type_name -> sharespot.v1.Session
-	33, // 33: sharespot.v1.EndResponse.session:type_name -> sharespot.v1.Session
-	33, // 34: sharespot.v1.GetResponse.session:type_name -> sharespot.v1.Session
-	54, // 35: sharespot.v1.AcknowledgeRequest.ack:type_name -> sharespot.v1.UsageAck
-	54, // 36: sharespot.v1.UsageAcknowledged.ack:type_name -> sharespot.v1.UsageAck
-	33, // 37: sharespot.v1.ListSessionsResponse.sessions:type_name -> sharespot.v1.Session
-	4,  // 38: sharespot.v1.PayRequest.method:type_name -> sharespot.v1.PayMethod
-	32, // 39: sharespot.v1.PayResponse.receipt:type_name -> sharespot.v1.Receipt
-	5,  // 40: sharespot.v1.PayResponse.status:type_name -> sharespot.v1.PayStatus
-	5,  // 41: sharespot.v1.FundByCardResponse.status:type_name -> sharespot.v1.PayStatus
-	67, // 42: sharespot.v1.BalanceResponse.balances:type_name -> sharespot.v1.Money
-	4,  // 43: sharespot.v1.BalanceResponse.pay_methods:type_name -> sharespot.v1.PayMethod
-	70, // 44: sharespot.v1.HistoryResponse.transfers:type_name -> sharespot.v1.Transfer
-	73, // 45: sharespot.v1.PlatformKeysResponse.keys:type_name -> sharespot.v1.PlatformKey
-	89, // 46: sharespot.v1.SubscribeResponse.envelopes:type_name -> sharespot.v1.Envelope
-	29, // 47: sharespot.v1.AccessRequested.guest_keys:type_name -> sharespot.v1.GuestKey
-	13, // 48: sharespot.v1.AccessRequested.tariff:type_name -> sharespot.v1.Tariff
-	28, // 49: sharespot.v1.FeeInfo.quote:type_name -> sharespot.v1.Quote
-	2,  // 50: sharespot.v1.PaymentConfirmed.kind:type_name -> sharespot.v1.QuoteKind
-	32, // 51: sharespot.v1.PaymentConfirmed.receipt:type_name -> sharespot.v1.Receipt
-	28, // 52: sharespot.v1.PaymentConfirmed.quote:type_name -> sharespot.v1.Quote
-	2,  // 53: sharespot.v1.AccessGranted.kind:type_name -> sharespot.v1.QuoteKind
-	30, // 54: sharespot.v1.AccessGranted.sealed_code:type_name -> sharespot.v1.SealedCode
-	31, // 55: sharespot.v1.AccessGranted.gateway:type_name -> sharespot.v1.Gateway
-	13, // 56: sharespot.v1.TopUpRequested.tariff:type_name -> sharespot.v1.Tariff
-	2,  // 57: sharespot.v1.Declined.kind:type_name -> sharespot.v1.QuoteKind
-	33, // 58: sharespot.v1.SessionEnded.session:type_name -> sharespot.v1.Session
-	79, // 59: sharespot.v1.Envelope.access_requested:type_name -> sharespot.v1.AccessRequested
-	80, // 60: sharespot.v1.Envelope.fee_info:type_name -> sharespot.v1.FeeInfo
-	81, // 61: sharespot.v1.Envelope.payment_confirmed:type_name -> sharespot.v1.PaymentConfirmed
-	82, // 62: sharespot.v1.Envelope.encryption_message:type_name -> sharespot.v1.EncryptionMessage
-	83, // 63: sharespot.v1.Envelope.access_granted:type_name -> sharespot.v1.AccessGranted
-	84, // 64: sharespot.v1.Envelope.low_quota_prompt:type_name -> sharespot.v1.LowQuotaPrompt
-	85, // 65: sharespot.v1.Envelope.top_up_requested:type_name -> sharespot.v1.TopUpRequested
-	87, // 66: sharespot.v1.Envelope.declined:type_name -> sharespot.v1.Declined
-	88, // 67: sharespot.v1.Envelope.session_ended:type_name -> sharespot.v1.SessionEnded
-	86, // 68: sharespot.v1.Envelope.session_ending:type_name -> sharespot.v1.SessionEnding
-	57, // 69: sharespot.v1.Envelope.usage_acknowledged:type_name -> sharespot.v1.UsageAcknowledged
-	8,  // 70: sharespot.v1.AuthService.Challenge:input_type -> sharespot.v1.ChallengeRequest
-	10, // 71: sharespot.v1.AuthService.SignIn:input_type -> sharespot.v1.SignInRequest
-	6,  // 72: sharespot.v1.AuthService.AddDevice:input_type -> sharespot.v1.AddDeviceRequest
-	16, // 73: sharespot.v1.HotspotService.Register:input_type -> sharespot.v1.RegisterRequest
-	18, // 74: sharespot.v1.HotspotService.Update:input_type -> sharespot.v1.UpdateRequest
-	20, // 75: sharespot.v1.HotspotService.Withdraw:input_type -> sharespot.v1.WithdrawRequest
-	22, // 76: sharespot.v1.HotspotService.List:input_type -> sharespot.v1.ListRequest
-	26, // 77: sharespot.v1.DiscoveryService.Discover:input_type -> sharespot.v1.DiscoverRequest
-	34, // 78: sharespot.v1.SessionService.RequestAccess:input_type -> sharespot.v1.RequestAccessRequest
-	36, // 79: sharespot.v1.SessionService.Quote:input_type -> sharespot.v1.QuoteRequest
-	38, // 80: sharespot.v1.SessionService.Decline:input_type -> sharespot.v1.DeclineRequest
-	40, // 81: sharespot.v1.SessionService.Confirm:input_type -> sharespot.v1.ConfirmRequest
-	42, // 82: sharespot.v1.SessionService.Grant:input_type -> sharespot.v1.GrantRequest
-	44, // 83: sharespot.v1.SessionService.Prompt:input_type -> sharespot.v1.PromptRequest
-	46, // 84: sharespot.v1.SessionService.RequestTopUp:input_type -> sharespot.v1.RequestTopUpRequest
-	48, // 85: sharespot.v1.SessionService.ReportUsage:input_type -> sharespot.v1.ReportUsageRequest
-	50, // 86: sharespot.v1.SessionService.End:input_type -> sharespot.v1.EndRequest
-	52, // 87: sharespot.v1.SessionService.Get:input_type -> sharespot.v1.GetRequest
-	55, // 88: sharespot.v1.SessionService.Acknowledge:input_type -> sharespot.v1.AcknowledgeRequest
-	58, // 89: sharespot.v1.SessionService.ListSessions:input_type -> sharespot.v1.ListSessionsRequest
-	60, // 90: sharespot.v1.PaymentService.Pay:input_type -> sharespot.v1.PayRequest
-	66, // 91: sharespot.v1.PaymentService.Balance:input_type -> sharespot.v1.BalanceRequest
-	69, // 92: sharespot.v1.PaymentService.History:input_type -> sharespot.v1.HistoryRequest
-	72, // 93: sharespot.v1.PaymentService.PlatformKeys:input_type -> sharespot.v1.PlatformKeysRequest
-	62, // 94: sharespot.v1.PaymentService.FundByCard:input_type -> sharespot.v1.FundByCardRequest
-	64, // 95: sharespot.v1.PaymentService.PayoutOnboarding:input_type -> sharespot.v1.PayoutOnboardingRequest
-	75, // 96: sharespot.v1.InboxService.Subscribe:input_type -> sharespot.v1.SubscribeRequest
-	77, // 97: sharespot.v1.InboxService.Ack:input_type -> sharespot.v1.AckRequest
-	9,  // 98: sharespot.v1.AuthService.Challenge:output_type -> sharespot.v1.ChallengeResponse
-	11, // 99: sharespot.v1.AuthService.SignIn:output_type -> sharespot.v1.SignInResponse
-	7,  // 100: sharespot.v1.AuthService.AddDevice:output_type -> sharespot.v1.AddDeviceResponse
-	17, // 101: sharespot.v1.HotspotService.Register:output_type -> sharespot.v1.RegisterResponse
-	19, // 102: sharespot.v1.HotspotService.Update:output_type -> sharespot.v1.UpdateResponse
-	21, // 103: sharespot.v1.HotspotService.Withdraw:output_type -> sharespot.v1.WithdrawResponse
-	23, // 104: sharespot.v1.HotspotService.List:output_type -> sharespot.v1.ListResponse
-	27, // 105: sharespot.v1.DiscoveryService.Discover:output_type -> sharespot.v1.DiscoverResponse
-	35, // 106: sharespot.v1.SessionService.RequestAccess:output_type -> sharespot.v1.RequestAccessResponse
-	37, // 107: sharespot.v1.SessionService.Quote:output_type -> sharespot.v1.QuoteResponse
-	39, // 108: sharespot.v1.SessionService.Decline:output_type -> sharespot.v1.DeclineResponse
-	41, // 109: sharespot.v1.SessionService.Confirm:output_type -> sharespot.v1.ConfirmResponse
-	43, // 110: sharespot.v1.SessionService.Grant:output_type -> sharespot.v1.GrantResponse
-	45, // 111: sharespot.v1.SessionService.Prompt:output_type -> sharespot.v1.PromptResponse
-	47, // 112: sharespot.v1.SessionService.RequestTopUp:output_type -> sharespot.v1.RequestTopUpResponse
-	49, // 113: sharespot.v1.SessionService.ReportUsage:output_type -> sharespot.v1.ReportUsageResponse
-	51, // 114: sharespot.v1.SessionService.End:output_type -> sharespot.v1.EndResponse
-	53, // 115: sharespot.v1.SessionService.Get:output_type -> sharespot.v1.GetResponse
-	56, // 116: sharespot.v1.SessionService.Acknowledge:output_type -> sharespot.v1.AcknowledgeResponse
-	59, // 117: sharespot.v1.SessionService.ListSessions:output_type -> sharespot.v1.ListSessionsResponse
-	61, // 118: sharespot.v1.PaymentService.Pay:output_type -> sharespot.v1.PayResponse
-	68, // 119: sharespot.v1.PaymentService.Balance:output_type -> sharespot.v1.BalanceResponse
-	71, // 120: sharespot.v1.PaymentService.History:output_type -> sharespot.v1.HistoryResponse
-	74, // 121: sharespot.v1.PaymentService.PlatformKeys:output_type -> sharespot.v1.PlatformKeysResponse
-	63, // 122: sharespot.v1.PaymentService.FundByCard:output_type -> sharespot.v1.FundByCardResponse
-	65, // 123: sharespot.v1.PaymentService.PayoutOnboarding:output_type -> sharespot.v1.PayoutOnboardingResponse
-	76, // 124: sharespot.v1.InboxService.Subscribe:output_type -> sharespot.v1.SubscribeResponse
-	78, // 125: sharespot.v1.InboxService.Ack:output_type -> sharespot.v1.AckResponse
-	98, // [98:126] is the sub-list for method output_type
-	70, // [70:98] is the sub-list for method input_type
-	70, // [70:70] is the sub-list for extension type_name
-	70, // [70:70] is the sub-list for extension extendee
-	0,  // [0:70] is the sub-list for field type_name
+	0,   // 0: sharespot.v1.AccessPoint.security:type_name -> sharespot.v1.Security
+	13,  // 1: sharespot.v1.ShareInstruction.access_point:type_name -> sharespot.v1.AccessPoint
+	14,  // 2: sharespot.v1.ShareInstruction.tariff:type_name -> sharespot.v1.Tariff
+	15,  // 3: sharespot.v1.Hotspot.instruction:type_name -> sharespot.v1.ShareInstruction
+	15,  // 4: sharespot.v1.RegisterRequest.instruction:type_name -> sharespot.v1.ShareInstruction
+	16,  // 5: sharespot.v1.RegisterResponse.hotspot:type_name -> sharespot.v1.Hotspot
+	15,  // 6: sharespot.v1.UpdateRequest.instruction:type_name -> sharespot.v1.ShareInstruction
+	16,  // 7: sharespot.v1.UpdateResponse.hotspot:type_name -> sharespot.v1.Hotspot
+	16,  // 8: sharespot.v1.WithdrawResponse.hotspot:type_name -> sharespot.v1.Hotspot
+	16,  // 9: sharespot.v1.ListResponse.hotspots:type_name -> sharespot.v1.Hotspot
+	0,   // 10: sharespot.v1.Candidate.security:type_name -> sharespot.v1.Security
+	13,  // 11: sharespot.v1.Offer.access_point:type_name -> sharespot.v1.AccessPoint
+	14,  // 12: sharespot.v1.Offer.tariff:type_name -> sharespot.v1.Tariff
+	27,  // 13: sharespot.v1.Offer.host_record:type_name -> sharespot.v1.HostRecord
+	25,  // 14: sharespot.v1.DiscoverRequest.candidates:type_name -> sharespot.v1.Candidate
+	26,  // 15: sharespot.v1.DiscoverResponse.available:type_name -> sharespot.v1.Offer
+	3,   // 16: sharespot.v1.Quote.kind:type_name -> sharespot.v1.QuoteKind
+	4,   // 17: sharespot.v1.Quote.state:type_name -> sharespot.v1.QuoteState
+	34,  // 18: sharespot.v1.Quote.receipt:type_name -> sharespot.v1.Receipt
+	2,   // 19: sharespot.v1.Session.state:type_name -> sharespot.v1.SessionState
+	30,  // 20: sharespot.v1.Session.quotes:type_name -> sharespot.v1.Quote
+	14,  // 21: sharespot.v1.Session.tariff:type_name -> sharespot.v1.Tariff
+	1,   // 22: sharespot.v1.Session.usage_mode:type_name -> sharespot.v1.UsageMode
+	31,  // 23: sharespot.v1.RequestAccessRequest.guest_keys:type_name -> sharespot.v1.GuestKey
+	14,  // 24: sharespot.v1.RequestAccessRequest.shown_tariff:type_name -> sharespot.v1.Tariff
+	1,   // 25: sharespot.v1.RequestAccessRequest.usage_mode:type_name -> sharespot.v1.UsageMode
+	35,  // 26: sharespot.v1.RequestAccessResponse.session:type_name -> sharespot.v1.Session
+	30,  // 27: sharespot.v1.QuoteResponse.quote:type_name -> sharespot.v1.Quote
+	35,  // 28: sharespot.v1.DeclineResponse.session:type_name -> sharespot.v1.Session
+	34,  // 29: sharespot.v1.ConfirmRequest.receipt:type_name -> sharespot.v1.Receipt
+	35,  // 30: sharespot.v1.ConfirmResponse.session:type_name -> sharespot.v1.Session
+	32,  // 31: sharespot.v1.GrantRequest.sealed_code:type_name -> sharespot.v1.SealedCode
+	33,  // 32: sharespot.v1.GrantRequest.gateway:type_name -> sharespot.v1.Gateway
+	35,  // 33: sharespot.v1.GrantResponse.session:type_name -> sharespot.v1.Session
+	56,  // 34: sharespot.v1.PromptRequest.ack:type_name -> sharespot.v1.UsageAck
+	35,  // 35: sharespot.v1.RequestTopUpResponse.session:type_name -> sharespot.v1.Session
+	56,  // 36: sharespot.v1.ReportUsageRequest.ack:type_name -> sharespot.v1.UsageAck
+	35,  // 37: sharespot.v1.ReportUsageResponse.session:type_name -> sharespot.v1.Session
+	56,  // 38: sharespot.v1.EndRequest.ack:type_name -> sharespot.v1.UsageAck
+	35,  // 39: sharespot.v1.EndResponse.session:type_name -> sharespot.v1.Session
+	35,  // 40: sharespot.v1.GetResponse.session:type_name -> sharespot.v1.Session
+	56,  // 41: sharespot.v1.AcknowledgeRequest.ack:type_name -> sharespot.v1.UsageAck
+	56,  // 42: sharespot.v1.UsageAcknowledged.ack:type_name -> sharespot.v1.UsageAck
+	35,  // 43: sharespot.v1.ListSessionsResponse.sessions:type_name -> sharespot.v1.Session
+	5,   // 44: sharespot.v1.PayRequest.method:type_name -> sharespot.v1.PayMethod
+	34,  // 45: sharespot.v1.PayResponse.receipt:type_name -> sharespot.v1.Receipt
+	6,   // 46: sharespot.v1.PayResponse.status:type_name -> sharespot.v1.PayStatus
+	6,   // 47: sharespot.v1.FundByCardResponse.status:type_name -> sharespot.v1.PayStatus
+	69,  // 48: sharespot.v1.BalanceResponse.balances:type_name -> sharespot.v1.Money
+	5,   // 49: sharespot.v1.BalanceResponse.pay_methods:type_name -> sharespot.v1.PayMethod
+	72,  // 50: sharespot.v1.HistoryResponse.transfers:type_name -> sharespot.v1.Transfer
+	75,  // 51: sharespot.v1.PlatformKeysResponse.keys:type_name -> sharespot.v1.PlatformKey
+	91,  // 52: sharespot.v1.SubscribeResponse.envelopes:type_name -> sharespot.v1.Envelope
+	31,  // 53: sharespot.v1.AccessRequested.guest_keys:type_name -> sharespot.v1.GuestKey
+	14,  // 54: sharespot.v1.AccessRequested.tariff:type_name -> sharespot.v1.Tariff
+	1,   // 55: sharespot.v1.AccessRequested.usage_mode:type_name -> sharespot.v1.UsageMode
+	30,  // 56: sharespot.v1.FeeInfo.quote:type_name -> sharespot.v1.Quote
+	3,   // 57: sharespot.v1.PaymentConfirmed.kind:type_name -> sharespot.v1.QuoteKind
+	34,  // 58: sharespot.v1.PaymentConfirmed.receipt:type_name -> sharespot.v1.Receipt
+	30,  // 59: sharespot.v1.PaymentConfirmed.quote:type_name -> sharespot.v1.Quote
+	1,   // 60: sharespot.v1.PaymentConfirmed.usage_mode:type_name -> sharespot.v1.UsageMode
+	3,   // 61: sharespot.v1.AccessGranted.kind:type_name -> sharespot.v1.QuoteKind
+	32,  // 62: sharespot.v1.AccessGranted.sealed_code:type_name -> sharespot.v1.SealedCode
+	33,  // 63: sharespot.v1.AccessGranted.gateway:type_name -> sharespot.v1.Gateway
+	14,  // 64: sharespot.v1.TopUpRequested.tariff:type_name -> sharespot.v1.Tariff
+	3,   // 65: sharespot.v1.Declined.kind:type_name -> sharespot.v1.QuoteKind
+	35,  // 66: sharespot.v1.SessionEnded.session:type_name -> sharespot.v1.Session
+	81,  // 67: sharespot.v1.Envelope.access_requested:type_name -> sharespot.v1.AccessRequested
+	82,  // 68: sharespot.v1.Envelope.fee_info:type_name -> sharespot.v1.FeeInfo
+	83,  // 69: sharespot.v1.Envelope.payment_confirmed:type_name -> sharespot.v1.PaymentConfirmed
+	84,  // 70: sharespot.v1.Envelope.encryption_message:type_name -> sharespot.v1.EncryptionMessage
+	85,  // 71: sharespot.v1.Envelope.access_granted:type_name -> sharespot.v1.AccessGranted
+	86,  // 72: sharespot.v1.Envelope.low_quota_prompt:type_name -> sharespot.v1.LowQuotaPrompt
+	87,  // 73: sharespot.v1.Envelope.top_up_requested:type_name -> sharespot.v1.TopUpRequested
+	89,  // 74: sharespot.v1.Envelope.declined:type_name -> sharespot.v1.Declined
+	90,  // 75: sharespot.v1.Envelope.session_ended:type_name -> sharespot.v1.SessionEnded
+	88,  // 76: sharespot.v1.Envelope.session_ending:type_name -> sharespot.v1.SessionEnding
+	59,  // 77: sharespot.v1.Envelope.usage_acknowledged:type_name -> sharespot.v1.UsageAcknowledged
+	9,   // 78: sharespot.v1.AuthService.Challenge:input_type -> sharespot.v1.ChallengeRequest
+	11,  // 79: sharespot.v1.AuthService.SignIn:input_type -> sharespot.v1.SignInRequest
+	7,   // 80: sharespot.v1.AuthService.AddDevice:input_type -> sharespot.v1.AddDeviceRequest
+	17,  // 81: sharespot.v1.HotspotService.Register:input_type -> sharespot.v1.RegisterRequest
+	19,  // 82: sharespot.v1.HotspotService.Update:input_type -> sharespot.v1.UpdateRequest
+	21,  // 83: sharespot.v1.HotspotService.Withdraw:input_type -> sharespot.v1.WithdrawRequest
+	23,  // 84: sharespot.v1.HotspotService.List:input_type -> sharespot.v1.ListRequest
+	28,  // 85: sharespot.v1.DiscoveryService.Discover:input_type -> sharespot.v1.DiscoverRequest
+	36,  // 86: sharespot.v1.SessionService.RequestAccess:input_type -> sharespot.v1.RequestAccessRequest
+	38,  // 87: sharespot.v1.SessionService.Quote:input_type -> sharespot.v1.QuoteRequest
+	40,  // 88: sharespot.v1.SessionService.Decline:input_type -> sharespot.v1.DeclineRequest
+	42,  // 89: sharespot.v1.SessionService.Confirm:input_type -> sharespot.v1.ConfirmRequest
+	44,  // 90: sharespot.v1.SessionService.Grant:input_type -> sharespot.v1.GrantRequest
+	46,  // 91: sharespot.v1.SessionService.Prompt:input_type -> sharespot.v1.PromptRequest
+	48,  // 92: sharespot.v1.SessionService.RequestTopUp:input_type -> sharespot.v1.RequestTopUpRequest
+	50,  // 93: sharespot.v1.SessionService.ReportUsage:input_type -> sharespot.v1.ReportUsageRequest
+	52,  // 94: sharespot.v1.SessionService.End:input_type -> sharespot.v1.EndRequest
+	54,  // 95: sharespot.v1.SessionService.Get:input_type -> sharespot.v1.GetRequest
+	57,  // 96: sharespot.v1.SessionService.Acknowledge:input_type -> sharespot.v1.AcknowledgeRequest
+	60,  // 97: sharespot.v1.SessionService.ListSessions:input_type -> sharespot.v1.ListSessionsRequest
+	62,  // 98: sharespot.v1.PaymentService.Pay:input_type -> sharespot.v1.PayRequest
+	68,  // 99: sharespot.v1.PaymentService.Balance:input_type -> sharespot.v1.BalanceRequest
+	71,  // 100: sharespot.v1.PaymentService.History:input_type -> sharespot.v1.HistoryRequest
+	74,  // 101: sharespot.v1.PaymentService.PlatformKeys:input_type -> sharespot.v1.PlatformKeysRequest
+	64,  // 102: sharespot.v1.PaymentService.FundByCard:input_type -> sharespot.v1.FundByCardRequest
+	66,  // 103: sharespot.v1.PaymentService.PayoutOnboarding:input_type -> sharespot.v1.PayoutOnboardingRequest
+	77,  // 104: sharespot.v1.InboxService.Subscribe:input_type -> sharespot.v1.SubscribeRequest
+	79,  // 105: sharespot.v1.InboxService.Ack:input_type -> sharespot.v1.AckRequest
+	10,  // 106: sharespot.v1.AuthService.Challenge:output_type -> sharespot.v1.ChallengeResponse
+	12,  // 107: sharespot.v1.AuthService.SignIn:output_type -> sharespot.v1.SignInResponse
+	8,   // 108: sharespot.v1.AuthService.AddDevice:output_type -> sharespot.v1.AddDeviceResponse
+	18,  // 109: sharespot.v1.HotspotService.Register:output_type -> sharespot.v1.RegisterResponse
+	20,  // 110: sharespot.v1.HotspotService.Update:output_type -> sharespot.v1.UpdateResponse
+	22,  // 111: sharespot.v1.HotspotService.Withdraw:output_type -> sharespot.v1.WithdrawResponse
+	24,  // 112: sharespot.v1.HotspotService.List:output_type -> sharespot.v1.ListResponse
+	29,  // 113: sharespot.v1.DiscoveryService.Discover:output_type -> sharespot.v1.DiscoverResponse
+	37,  // 114: sharespot.v1.SessionService.RequestAccess:output_type -> sharespot.v1.RequestAccessResponse
+	39,  // 115: sharespot.v1.SessionService.Quote:output_type -> sharespot.v1.QuoteResponse
+	41,  // 116: sharespot.v1.SessionService.Decline:output_type -> sharespot.v1.DeclineResponse
+	43,  // 117: sharespot.v1.SessionService.Confirm:output_type -> sharespot.v1.ConfirmResponse
+	45,  // 118: sharespot.v1.SessionService.Grant:output_type -> sharespot.v1.GrantResponse
+	47,  // 119: sharespot.v1.SessionService.Prompt:output_type -> sharespot.v1.PromptResponse
+	49,  // 120: sharespot.v1.SessionService.RequestTopUp:output_type -> sharespot.v1.RequestTopUpResponse
+	51,  // 121: sharespot.v1.SessionService.ReportUsage:output_type -> sharespot.v1.ReportUsageResponse
+	53,  // 122: sharespot.v1.SessionService.End:output_type -> sharespot.v1.EndResponse
+	55,  // 123: sharespot.v1.SessionService.Get:output_type -> sharespot.v1.GetResponse
+	58,  // 124: sharespot.v1.SessionService.Acknowledge:output_type -> sharespot.v1.AcknowledgeResponse
+	61,  // 125: sharespot.v1.SessionService.ListSessions:output_type -> sharespot.v1.ListSessionsResponse
+	63,  // 126: sharespot.v1.PaymentService.Pay:output_type -> sharespot.v1.PayResponse
+	70,  // 127: sharespot.v1.PaymentService.Balance:output_type -> sharespot.v1.BalanceResponse
+	73,  // 128: sharespot.v1.PaymentService.History:output_type -> sharespot.v1.HistoryResponse
+	76,  // 129: sharespot.v1.PaymentService.PlatformKeys:output_type -> sharespot.v1.PlatformKeysResponse
+	65,  // 130: sharespot.v1.PaymentService.FundByCard:output_type -> sharespot.v1.FundByCardResponse
+	67,  // 131: sharespot.v1.PaymentService.PayoutOnboarding:output_type -> sharespot.v1.PayoutOnboardingResponse
+	78,  // 132: sharespot.v1.InboxService.Subscribe:output_type -> sharespot.v1.SubscribeResponse
+	80,  // 133: sharespot.v1.InboxService.Ack:output_type -> sharespot.v1.AckResponse
+	106, // [106:134] is the sub-list for method output_type
+	78,  // [78:106] is the sub-list for method input_type
+	78,  // [78:78] is the sub-list for extension type_name
+	78,  // [78:78] is the sub-list for extension extendee
+	0,   // [0:78] is the sub-list for field type_name
 }
 
 func init() { file_sharespot_v1_sharespot_proto_init() }
@@ -6288,7 +6583,7 @@ func file_sharespot_v1_sharespot_proto_init() {
 	if File_sharespot_v1_sharespot_proto != nil {
 		return
 	}
-	file_sharespot_v1_sharespot_proto_msgTypes[83].OneofWrappers = []any{
+	file_sharespot_v1_sharespot_proto_msgTypes[84].OneofWrappers = []any{
 		(*Envelope_AccessRequested)(nil),
 		(*Envelope_FeeInfo)(nil),
 		(*Envelope_PaymentConfirmed)(nil),
@@ -6306,8 +6601,8 @@ func file_sharespot_v1_sharespot_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sharespot_v1_sharespot_proto_rawDesc), len(file_sharespot_v1_sharespot_proto_rawDesc)),
-			NumEnums:      6,
-			NumMessages:   84,
+			NumEnums:      7,
+			NumMessages:   85,
 			NumExtensions: 0,
 			NumServices:   6,
 		},

@@ -245,7 +245,7 @@ func testUpgrade(t *testing.T, f fixture, target string) {
 			continue
 		}
 		ses, err := store.WriteT(ctx, st, func(tx *store.Tx) (*sharespotv1.Session, error) {
-			return eng.End(tx, s.host, s.id, min(s.used+MB, s.granted), "ended after the upgrade")
+			return eng.End(tx, s.host, s.id, min(s.used+MB, s.granted), "ended after the upgrade", nil, false)
 		})
 		if err != nil {
 			t.Fatalf("end active session %s: %v", s.id, err)
@@ -426,9 +426,11 @@ func sessionsOf(t *testing.T, st *store.Store) []sessionRow {
 func checkViews(t *testing.T, st *store.Store, eng *session.Engine, ss []sessionRow) {
 	t.Helper()
 	err := st.Read(t.Context(), func(tx *store.Tx) error {
-		hosts := map[session.Party]int{}
+		hosts := map[string]int{}
+		party := map[string]session.Party{}
 		for _, s := range ss {
-			hosts[s.host]++
+			hosts[s.host.DeviceID]++
+			party[s.host.DeviceID] = s.host
 			for _, p := range []session.Party{s.guest, s.host} {
 				v, err := eng.Get(tx, p, s.id)
 				if err != nil {
@@ -440,12 +442,12 @@ func checkViews(t *testing.T, st *store.Store, eng *session.Engine, ss []session
 			}
 		}
 		for h, n := range hosts {
-			list, err := eng.List(tx, h, false, 200)
+			list, err := eng.List(tx, party[h], false, 200)
 			if err != nil {
-				return fmt.Errorf("list the sessions of host %s: %w", h.DeviceID, err)
+				return fmt.Errorf("list the sessions of host %s: %w", h, err)
 			}
 			if len(list) != n {
-				t.Errorf("host %s lists %d sessions, want %d", h.DeviceID, len(list), n)
+				t.Errorf("host %s lists %d sessions, want %d", h, len(list), n)
 			}
 		}
 		return nil
@@ -478,7 +480,7 @@ func newSession(t *testing.T, st *store.Store, eng *session.Engine, s sessionRow
 		return ses
 	}
 	ses := step("request", func(tx *store.Tx) (*sharespotv1.Session, error) {
-		return eng.RequestAccess(tx, s.guest, s.hotspot, 10*MB, gk, nil)
+		return eng.RequestAccess(tx, s.guest, s.hotspot, 10*MB, gk, nil, sharespotv1.UsageMode_USAGE_MODE_UNVERIFIED)
 	})
 	tariff := ses.GetTariff()
 	amount := (10*MB*tariff.GetPriceMinor() + tariff.GetUnitBytes() - 1) / tariff.GetUnitBytes()
@@ -511,10 +513,10 @@ func newSession(t *testing.T, st *store.Store, eng *session.Engine, s sessionRow
 	}
 	step("grant", func(tx *store.Tx) (*sharespotv1.Session, error) {
 		return eng.Grant(tx, s.host, ses.Id, q.Id, 10*MB, &sharespotv1.SealedCode{Suite: string(sealed.Suite), Enc: sealed.Enc, Ciphertext: sealed.Ciphertext},
-			&sharespotv1.Gateway{Kind: "proxy", Address: "192.0.2.1:1080"}, 0)
+			&sharespotv1.Gateway{Kind: "proxy", Address: "192.0.2.1:1080"})
 	})
 	end := step("end", func(tx *store.Tx) (*sharespotv1.Session, error) {
-		return eng.End(tx, s.host, ses.Id, 4*MB, "new session after the upgrade")
+		return eng.End(tx, s.host, ses.Id, 4*MB, "new session after the upgrade", nil, false)
 	})
 	if end.State != sharespotv1.SessionState_SESSION_STATE_ENDED || end.SettledHostMinor+end.SettledFeeMinor != amount*4/10 {
 		t.Errorf("new session settled: %v, host %d + fee %d; want ended, %d charged", end.State, end.SettledHostMinor, end.SettledFeeMinor, amount*4/10)

@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sharespot/sharespot/internal/gateway"
+	"github.com/sharespot/sharespot/internal/protocol"
 )
 
 // Gateway is the kernel metering gateway. See the package documentation.
@@ -81,9 +82,11 @@ func newSession(m *gateway.Meter) *session {
 	return &session{id: m.ID(), tag: tagOf(m.ID()), hash: m.Hash(), m: m}
 }
 
-// bound is what the kernel limit may be raised to. The credit window is
-// not in it (see Acknowledge).
-func (s *session) bound() int64 { return s.m.Bound() }
+// bound is what the kernel limit may be raised to: the meter's Limit,
+// which for a verified session holds the guest to its last acknowledgment
+// plus the credit window. It only rises (acknowledgments, extensions and
+// saves only raise it), as setLimits needs.
+func (s *session) bound() int64 { return s.m.Limit() }
 
 // tagOf names a session's kernel objects: 16 hex digits of the SHA-256 of
 // its ID (IDs may hold characters nftables names should not).
@@ -209,7 +212,11 @@ func (g *Gateway) Admit(ctx context.Context, gr gateway.Grant) error {
 		}
 		return g.save()
 	}
-	s := newSession(gateway.NewMeter(g.meter, gr.SessionID, hash, gr.Quota, gr.Threshold, time.Now()))
+	m := gateway.NewMeter(g.meter, gr.SessionID, hash, gr.Quota, gr.Threshold, time.Now())
+	if gr.Verified {
+		m.SetVerified(gr.GuestKey)
+	}
+	s := newSession(m)
 	g.sessions[gr.SessionID] = s
 	g.mu.Unlock()
 	if err := g.save(); err != nil {
@@ -282,21 +289,22 @@ func (g *Gateway) Extend(ctx context.Context, sessionID string, bytes int64) err
 	return nil
 }
 
-// Acknowledge implements gateway.Gateway: the acknowledgment is recorded
-// and saved, but the kernel limit is not lowered to acked + window. The
-// kernel counts IP packet lengths and the guest acknowledges payload, so
-// an honest guest's count falls behind by its headers (3–5 %), more than
-// the default window (2 % of a tranche): a long transfer held to acked +
-// window would stall for good. And a kernel quota holds a guest back by
-// dropping packets, which costs a TCP transfer far more than the proxy's
-// stalled reads. Settlement bills at most acked + window either way.
-func (g *Gateway) Acknowledge(ctx context.Context, sessionID string, acked, window int64) error {
+// Acknowledge implements gateway.Gateway. A verified session's kernel
+// quota is held to its guest's last acknowledgment plus the credit window
+// from the first byte, and grows in window steps as acknowledgments
+// arrive: each one, once saved, raises the limit at once (setLimits), not
+// at the next poll. A guest that stops acknowledging is held: the kernel
+// drops its packets at the limit until it acknowledges again. The guest
+// counts what its interface passes (headers included), so its count runs
+// at or above the kernel's (IP packet lengths): an honest guest is never
+// held for the difference (docs/gateways.md).
+func (g *Gateway) Acknowledge(ctx context.Context, sessionID string, received int64, sig []byte) error {
 	s, err := g.session(sessionID)
 	if err != nil {
 		return err
 	}
 	g.mu.Lock()
-	_, err = s.m.Acknowledge(acked, window)
+	raised, err := s.m.Acknowledge(received, sig)
 	g.mu.Unlock()
 	if err != nil {
 		return fmt.Errorf("nft: acknowledge %s: %w", sessionID, err)
@@ -304,7 +312,41 @@ func (g *Gateway) Acknowledge(ctx context.Context, sessionID string, acked, wind
 	if err := g.save(); err != nil {
 		return fmt.Errorf("nft: acknowledge %s: %w", sessionID, err)
 	}
+	if raised {
+		if err := g.setLimits(); err != nil {
+			return fmt.Errorf("nft: acknowledge %s: %w", sessionID, err)
+		}
+	}
 	return nil
+}
+
+// Evidence implements gateway.Gateway.
+func (g *Gateway) Evidence(sessionID string) (gateway.Evidence, error) {
+	s, err := g.session(sessionID)
+	if err != nil {
+		return gateway.Evidence{}, err
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	acked, sig := s.m.Acked()
+	return gateway.Evidence{Verified: s.m.Verified(), Acked: acked, Signature: sig, Held: s.m.Held()}, nil
+}
+
+// controlOf is a session's side of its guest's control stream.
+func (g *Gateway) controlOf(s *session) gateway.Control {
+	return gateway.Control{
+		Acknowledge: func(ctx context.Context, received int64, sig []byte) error {
+			return g.Acknowledge(ctx, s.id, received, sig)
+		},
+		State: func() (protocol.GatewayState, error) {
+			g.mu.Lock()
+			defer g.mu.Unlock()
+			if s.m.Revoked() {
+				return protocol.GatewayState{}, gateway.ErrRevoked
+			}
+			return s.m.State(), nil
+		},
+	}
 }
 
 // Revoke implements gateway.Gateway: the session's bindings leave the

@@ -27,12 +27,13 @@ func Teardown(int, string) error { return errNotLinux }
 func (*Gateway) Admit(context.Context, gateway.Grant) error  { return errNotLinux }
 func (*Gateway) Extend(context.Context, string, int64) error { return errNotLinux }
 func (*Gateway) Revoke(context.Context, string) error        { return errNotLinux }
-func (*Gateway) Acknowledge(context.Context, string, int64, int64) error {
+func (*Gateway) Acknowledge(context.Context, string, int64, []byte) error {
 	return errNotLinux
 }
-func (*Gateway) Usage(string) (int64, int64, error)    { return 0, 0, errNotLinux }
-func (*Gateway) Events() <-chan gateway.Event          { return nil }
-func (*Gateway) Run(context.Context) error             { return errNotLinux }
-func (*Gateway) Addr() string                          { return "" }
-func (*Gateway) Close() error                          { return nil }
-func (*Gateway) Bindings(string) ([]netip.Addr, error) { return nil, errNotLinux }
+func (*Gateway) Evidence(string) (gateway.Evidence, error) { return gateway.Evidence{}, errNotLinux }
+func (*Gateway) Usage(string) (int64, int64, error)        { return 0, 0, errNotLinux }
+func (*Gateway) Events() <-chan gateway.Event              { return nil }
+func (*Gateway) Run(context.Context) error                 { return errNotLinux }
+func (*Gateway) Addr() string                              { return "" }
+func (*Gateway) Close() error                              { return nil }
+func (*Gateway) Bindings(string) ([]netip.Addr, error)     { return nil, errNotLinux }

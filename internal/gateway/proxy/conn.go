@@ -12,6 +12,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/sharespot/sharespot/internal/gateway"
+	"github.com/sharespot/sharespot/internal/protocol"
 )
 
 var (
@@ -132,6 +135,18 @@ func (p *Proxy) serve(c *pconn) {
 	if err := p.promote(c); err != nil {
 		h.refuse(conn, err)
 		lingerClose(conn)
+		return
+	}
+	if target == protocol.ControlAuthority {
+		// The guest's control stream: its acknowledgments, in-band.
+		if err := h.accept(conn, conn.LocalAddr()); err != nil {
+			return
+		}
+		conn.SetDeadline(time.Time{})
+		c.touch()
+		if err := gateway.ServeControl(c.ctx, conn, br, p.controlOf(s)); err != nil {
+			p.log.Debug("control stream ended", "session", s.id, "err", err)
+		}
 		return
 	}
 	if err := s.register(c); err != nil {

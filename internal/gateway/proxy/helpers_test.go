@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"context"
+	"crypto/ed25519"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -19,6 +20,7 @@ import (
 	xproxy "golang.org/x/net/proxy"
 
 	"github.com/sharespot/sharespot/internal/gateway"
+	"github.com/sharespot/sharespot/internal/protocol"
 	"github.com/sharespot/sharespot/internal/seal"
 )
 
@@ -101,6 +103,23 @@ func admit(t testing.TB, p *Proxy, id string, quota, threshold int64) string {
 	}
 	return pass
 }
+
+// guestKey signs a verified session's acknowledgments in the tests.
+var guestPub, guestKey, _ = ed25519.GenerateKey(nil)
+
+// admitVerified admits a fresh verified session (its guest's key
+// guestPub) and returns its password.
+func admitVerified(t testing.TB, p *Proxy, id string, quota int64) string {
+	t.Helper()
+	code, pass := newCode(t)
+	if err := p.Admit(context.Background(), gateway.Grant{SessionID: id, Credential: code, Quota: quota, Verified: true, GuestKey: guestPub}); err != nil {
+		t.Fatal(err)
+	}
+	return pass
+}
+
+// ackOf is the guest's signature of n bytes of session id.
+func ackOf(id string, n int64) []byte { return protocol.SignAck(guestKey, id, n) }
 
 // pattern is the byte origins send at offset i of a stream.
 func pattern(i int64) byte { return byte(i % 251) }

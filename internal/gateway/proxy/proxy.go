@@ -20,6 +20,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/sharespot/sharespot/internal/gateway"
+	"github.com/sharespot/sharespot/internal/protocol"
 )
 
 // Defaults for Config's zero fields.
@@ -300,7 +301,11 @@ func (p *Proxy) Admit(ctx context.Context, g gateway.Grant) error {
 		}
 		return p.save()
 	}
-	s := p.newSession(gateway.NewMeter(p.meter, g.SessionID, hash, g.Quota, g.Threshold, time.Now()))
+	m := gateway.NewMeter(p.meter, g.SessionID, hash, g.Quota, g.Threshold, time.Now())
+	if g.Verified {
+		m.SetVerified(g.GuestKey)
+	}
+	s := p.newSession(m)
 	p.sessions[g.SessionID] = s
 	p.mu.Unlock()
 	if err := p.save(); err != nil {
@@ -357,17 +362,17 @@ func (p *Proxy) Extend(ctx context.Context, sessionID string, bytes int64) error
 	return nil
 }
 
-// Acknowledge implements gateway.Gateway. From a session's first
-// acknowledgment on, its copy steps reserve no budget beyond acked +
-// window: its connections stall (their reads wait, nothing is closed)
-// until a higher acknowledgment arrives.
-func (p *Proxy) Acknowledge(ctx context.Context, sessionID string, acked, window int64) error {
+// Acknowledge implements gateway.Gateway. A verified session's copy steps
+// reserve no budget beyond acked + window, from the first byte: its
+// connections stall (their reads wait, nothing is closed) until a higher
+// acknowledgment arrives.
+func (p *Proxy) Acknowledge(ctx context.Context, sessionID string, received int64, sig []byte) error {
 	s, err := p.session(sessionID)
 	if err != nil {
 		return err
 	}
 	s.mu.Lock()
-	raised, err := s.m.Acknowledge(acked, window)
+	raised, err := s.m.Acknowledge(received, sig)
 	if raised {
 		s.wakeLocked()
 	}
@@ -379,6 +384,35 @@ func (p *Proxy) Acknowledge(ctx context.Context, sessionID string, acked, window
 		return fmt.Errorf("proxy: acknowledge %s: %w", sessionID, err)
 	}
 	return nil
+}
+
+// Evidence implements gateway.Gateway.
+func (p *Proxy) Evidence(sessionID string) (gateway.Evidence, error) {
+	s, err := p.session(sessionID)
+	if err != nil {
+		return gateway.Evidence{}, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	acked, sig := s.m.Acked()
+	return gateway.Evidence{Verified: s.m.Verified(), Acked: acked, Signature: sig, Held: s.m.Held()}, nil
+}
+
+// control is a session's side of its guest's control stream.
+func (p *Proxy) controlOf(s *session) gateway.Control {
+	return gateway.Control{
+		Acknowledge: func(ctx context.Context, received int64, sig []byte) error {
+			return p.Acknowledge(ctx, s.id, received, sig)
+		},
+		State: func() (protocol.GatewayState, error) {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			if s.m.Revoked() {
+				return protocol.GatewayState{}, gateway.ErrRevoked
+			}
+			return s.m.State(), nil
+		},
+	}
 }
 
 // Revoke implements gateway.Gateway. The session's usage stays readable

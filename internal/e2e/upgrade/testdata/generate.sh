@@ -26,11 +26,13 @@ declare -A commit=(
 	[1]=ee7af18c81e13162ab7536904880579b88e0196a # auth: require proof of possession in AddDevice
 	[2]=d8ff144dd1223a38b380b3c807064ae97f558932 # crashtest: re-send a unary call ... (0002 final since 84e6f61)
 	[3]=f47a9afa0307d2c84404a945fa13cdf561119eef # merge stripe: card payments through Stripe (issue 13)
+	[4]=92b3f36163d535d66eeeb7ed2715b81750a83d2b # session, loadgen: the guest's account straight from the session row (before issue 20)
 )
 declare -A files=(
 	[1]="flow_test.go v1_test.go"
 	[2]="flow_test.go v2_test.go nocard_test.go"
 	[3]="flow_test.go v2_test.go card_test.go"
+	[4]="flow_test.go v2_test.go card_test.go"
 )
 
 here=$(cd "$(dirname "$0")" && pwd)

@@ -54,6 +54,11 @@ func TestMakeFixture(t *testing.T) {
 		data = filepath.Join(out, "postgres")
 	}
 	ctx := context.Background()
+	// The server keeps key files in its data directory (from schema 4 on,
+	// the dashboard's admin key also with PostgreSQL).
+	if err := os.MkdirAll(data, 0o700); err != nil {
+		t.Fatal(err)
+	}
 	r := &rig{}
 	r.env = harness.StartIn(t, data, func(c *server.Config) {
 		c.DB = db

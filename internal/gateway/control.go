@@ -1,0 +1,131 @@
+package gateway
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/sharespot/sharespot/internal/protocol"
+)
+
+// Control is one session's side of the gateway that its guest's control
+// stream acts on (protocol/control.go).
+type Control struct {
+	// Acknowledge records a signed acknowledgment, durably
+	// (Gateway.Acknowledge for the session).
+	Acknowledge func(ctx context.Context, received int64, sig []byte) error
+	// State reads the session's figures; an error (revoked, unknown) ends
+	// the stream.
+	State func() (protocol.GatewayState, error)
+}
+
+// StateEvery is how often the gateway tells a control stream the session's
+// figures when they changed (and at least this often when they did not:
+// the guest knows the host is there).
+const StateEvery = time.Second
+
+// ackRate bounds the acknowledgments one control stream may send: each is
+// a signature check and, when it raises the count, a save.
+const (
+	ackRate  = 50 // per second
+	ackBurst = 20
+)
+
+// ServeControl runs a guest's control stream on conn (after the CONNECT or
+// SOCKS handshake answered it) until ctx ends, the guest closes it, or the
+// session goes (State fails): it records each acknowledgment the guest
+// sends and answers it with the session's state once it is durable, or
+// with a refusal; it also sends the state every StateEvery. r holds what
+// the handshake read ahead. Nothing on the stream is metered.
+func ServeControl(ctx context.Context, conn net.Conn, r *bufio.Reader, c Control) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+	var mu sync.Mutex // one frame at a time on the wire
+	write := func(b []byte) error {
+		mu.Lock()
+		defer mu.Unlock()
+		conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+		_, err := conn.Write(b)
+		return err
+	}
+	sendState := func() (protocol.GatewayState, error) {
+		st, err := c.State()
+		if err != nil {
+			return st, err
+		}
+		return st, write(protocol.AppendState(nil, st))
+	}
+	last, err := sendState()
+	if err != nil {
+		return err
+	}
+	done := make(chan error, 1)
+	go func() { done <- readAcks(ctx, r, c, write, sendState) }()
+	tick := time.NewTicker(StateEvery)
+	defer tick.Stop()
+	quiet := 0
+	for {
+		select {
+		case err := <-done:
+			if errors.Is(err, io.EOF) || ctx.Err() != nil {
+				return nil
+			}
+			return err
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+		st, err := c.State()
+		if err != nil {
+			return err
+		}
+		if quiet++; st == last && quiet < 5 {
+			continue
+		}
+		quiet, last = 0, st
+		if err := write(protocol.AppendState(nil, st)); err != nil {
+			return err
+		}
+	}
+}
+
+// readAcks reads the guest's frames: acknowledgments, at most ackRate a
+// second. Anything else ends the stream.
+func readAcks(ctx context.Context, r io.Reader, c Control, write func([]byte) error, sendState func() (protocol.GatewayState, error)) error {
+	lim := rate.NewLimiter(ackRate, ackBurst)
+	for {
+		f, err := protocol.ReadFrame(r)
+		if err != nil {
+			return err
+		}
+		if f.Type != protocol.FrameAck {
+			return write(protocol.AppendRefuse(nil, "only acknowledgments are taken here"))
+		}
+		if !lim.Allow() {
+			if err := write(protocol.AppendRefuse(nil, "too many acknowledgments: at most 50 a second")); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := c.Acknowledge(ctx, f.Received, f.Signature); err != nil {
+			if err := write(protocol.AppendRefuse(nil, err.Error())); err != nil {
+				return err
+			}
+			if errors.Is(err, ErrRevoked) || errors.Is(err, ErrUnknownSession) {
+				return io.EOF
+			}
+			continue
+		}
+		if _, err := sendState(); err != nil {
+			return err
+		}
+	}
+}
