@@ -19,6 +19,8 @@ import (
 	"github.com/sharespot/sharespot/internal/forward"
 	"github.com/sharespot/sharespot/internal/gateway/nft"
 	"github.com/sharespot/sharespot/internal/guest"
+	"github.com/sharespot/sharespot/internal/money"
+	"github.com/sharespot/sharespot/internal/protocol"
 	"github.com/sharespot/sharespot/internal/seal"
 	"github.com/sharespot/sharespot/internal/size"
 )
@@ -33,6 +35,7 @@ type ConnectCmd struct {
 	Yes           bool          `short:"y" help:"Answer yes to every question: pay the fee, and at the low-quota prompt buy --buy's size again (or --auto-topup's), paying without asking."`
 	AutoTopUp     string        `type:"size" name:"auto-topup" help:"At the low-quota prompt, buy this much more without asking." placeholder:"SIZE"`
 	Duration      time.Duration `help:"End the session after this long (default: when interrupted)."`
+	MaxSpend      string        `name:"max-spend" help:"The most this session may cost in all, in the tariff's currency (e.g. 5 or 5.50): a top-up that would pass it is not bought and the session ends instead. Default: five times the first purchase." placeholder:"AMOUNT"`
 	Pay           string        `default:"wallet" enum:"wallet,card" help:"How to pay: wallet, or card (Stripe: the fee is held on the card and only what is used is charged)."`
 	PaymentMethod string        `name:"payment-method" help:"With --pay card: the Stripe PaymentMethod (pm_...) to charge; on a server in Stripe test mode the test card is used when empty." placeholder:"ID"`
 	Forward       string        `default:"127.0.0.1:1081" help:"Where the local forwarder listens (SOCKS5 and HTTP CONNECT, no credentials) with the userspace gateway. The session is verified: this device counts what it receives and sends, and signs it to the host's gateway as it goes, so the host can bill no more than that plus the credit window (with the kernel gateway, this device counts its interface). \"off\": no forwarder, and an unverified session, billed on the host's count (at most what was bought)." placeholder:"ADDR"`
@@ -85,6 +88,11 @@ type guestRun struct {
 	ask  *asker
 	want int64 // what --buy asks, and a top-up buys again
 	auto int64 // --auto-topup
+	// spent is what the session has cost so far; limit is the most it may
+	// (--max-spend), in the tariff's currency; over says a top-up was not
+	// bought for it.
+	spent, limit int64
+	over         bool
 	// stopForward stops the local forwarder and sends its last
 	// acknowledgment, before the session ends.
 	stopForward func()
@@ -111,6 +119,9 @@ func (c *ConnectCmd) Run(env *runEnv) error {
 		}
 		r.prog.printf("session ended: %s\n", settlement(s))
 		return nil
+	}
+	if err := r.spendingLimit(cur); err != nil {
+		return r.fail(err, "bad --max-spend")
 	}
 	gr := r.ses.Granted()
 	if gr == nil {
@@ -177,6 +188,12 @@ func (r *guestRun) buyOptions(yes bool) guest.BuyOptions {
 		o.Method = sharespotv1.PayMethod_PAY_METHOD_CARD
 	}
 	o.Approve = func(ctx context.Context, q *sharespotv1.Quote) bool {
+		if r.limit > 0 && r.spent+q.AmountMinor > r.limit {
+			r.over = true
+			fmt.Fprintf(r.ask.out, "The host asks %s for %s more, which would take this session to %s, past your limit of %s (--max-spend): not buying.\n",
+				client.FormatMoney(q.AmountMinor, q.Currency), size.Format(q.Bytes), client.FormatMoney(r.spent+q.AmountMinor, q.Currency), client.FormatMoney(r.limit, q.Currency))
+			return false
+		}
 		msg := fmt.Sprintf("The host asks %s for %s.", client.FormatMoney(q.AmountMinor, q.Currency), size.Format(q.Bytes))
 		ok := yes
 		if yes {
@@ -190,6 +207,9 @@ func (r *guestRun) buyOptions(yes bool) guest.BuyOptions {
 		return ok
 	}
 	r.ses.Observe = func(e guest.Event) {
+		if e.Step == guest.StepPaid {
+			r.spent += e.Quote.AmountMinor
+		}
 		if e.Step == guest.StepFee && e.Quote.State == sharespotv1.QuoteState_QUOTE_STATE_PAID {
 			// Paid before a restart: the receipt is kept with the quote.
 			fmt.Fprintf(r.ask.out, "Paid %s for %s already; sending the payment-success response.\n", client.FormatMoney(e.Quote.AmountMinor, e.Quote.Currency), size.Format(e.Quote.Bytes))
@@ -389,6 +409,9 @@ func (r *guestRun) topUp() error {
 		return nil
 	}
 	gr, err := r.ses.Buy(r.ctx, sharespotv1.QuoteKind_QUOTE_KIND_TOPUP, r.buyOptions(r.c.Yes || r.auto > 0))
+	if r.over {
+		return r.end("spending limit reached")
+	}
 	switch {
 	case errors.Is(err, guest.ErrOverTariff):
 		return r.fail(err, "the host asked more than the tariff shown")
@@ -399,6 +422,32 @@ func (r *guestRun) topUp() error {
 	case err == nil:
 		r.prog.printf("added %s: %s in all\n", size.Format(gr.GrantedBytes), size.Format(gr.TotalGrantedBytes))
 	}
+	return nil
+}
+
+// spendingLimit sets the session's spending limit: --max-spend, or five
+// times the first purchase at the shown tariff; it says which.
+func (r *guestRun) spendingLimit(cur *sharespotv1.Session) error {
+	t := r.ses.Tariff
+	if t == nil {
+		t = cur.Tariff
+	}
+	r.spent = cur.PaidMinor
+	if r.c.MaxSpend != "" {
+		n, err := money.Parse(r.c.MaxSpend, t.GetCurrency())
+		if err != nil {
+			return fmt.Errorf("--max-spend: %w", err)
+		}
+		r.limit = n
+		fmt.Fprintf(r.env.stdout, "spending limit for this session: %s (--max-spend)\n", client.FormatMoney(n, t.GetCurrency()))
+		return nil
+	}
+	first, err := protocol.TariffPrice(t, r.ses.Want, false)
+	if err != nil {
+		return nil // no tariff to price by: no limit but the guest's own answers
+	}
+	r.limit = max(5*first, 1)
+	fmt.Fprintf(r.env.stdout, "spending limit for this session: %s, five times the first purchase (--max-spend to change it)\n", client.FormatMoney(r.limit, t.GetCurrency()))
 	return nil
 }
 

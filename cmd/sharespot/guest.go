@@ -175,12 +175,16 @@ func (c *ScanCmd) Run(env *runEnv) error {
 			TopUp     int64  `json:"topup_price_minor"`
 			Min       int64  `json:"min_purchase_bytes"`
 			Available int64  `json:"available_bytes"`
+			// The host's record from its settled verified sessions.
+			VerifiedSessions    int64 `json:"host_verified_sessions"`
+			OverCountedSessions int64 `json:"host_over_counted_sessions"`
 		}
 		out := []row{}
 		for _, o := range offers {
 			t := o.Tariff
 			out = append(out, row{o.HotspotId, client.SSIDText(o.AccessPoint.Ssid), o.AccessPoint.Bssid, o.SignalDbm,
-				t.Currency, t.PriceMinor, t.UnitBytes, t.TopupPriceMinor, t.MinPurchaseBytes, o.AvailableBytes})
+				t.Currency, t.PriceMinor, t.UnitBytes, t.TopupPriceMinor, t.MinPurchaseBytes, o.AvailableBytes,
+				o.HostRecord.GetVerifiedSessions(), o.HostRecord.GetOverCountedSessions()})
 		}
 		enc := json.NewEncoder(env.stdout)
 		enc.SetIndent("", "  ")

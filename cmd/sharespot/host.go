@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -50,6 +51,7 @@ type ShareCmd struct {
 	Payouts    bool          `help:"Receive card earnings in a Stripe account: print the Stripe Connect onboarding link (the server must take cards)."`
 	State      string        `help:"Directory for the host's persisted state (gateway usage, inbox cursor)." placeholder:"DIR"`
 	AllowLocal bool          `help:"Let guests reach this machine's own addresses, loopback included (only for trying Sharespot on one machine)."`
+	AllowLAN   []string      `name:"allow-lan" help:"With the userspace gateway: a private network (CIDR, e.g. 192.168.1.0/24) guests may reach; by default private networks (10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7: your router, your NAS) are refused. Repeat for several." placeholder:"CIDR"`
 	Grace      time.Duration `default:"60s" help:"With the userspace gateway: how long a guest that used up its volume keeps its connections, stalled, for a top-up to resume them before they are closed (0: closed at once)."`
 
 	// The metering gateway.
@@ -302,6 +304,13 @@ func (c *ShareCmd) openGateway(env *runEnv, inst *sharespotv1.ShareInstruction) 
 	}
 	if c.AllowLocal {
 		cfg.AllowDestination = gwproxy.LocalDestinations
+	}
+	for _, n := range c.AllowLAN {
+		pfx, err := netip.ParsePrefix(strings.TrimSpace(n))
+		if err != nil {
+			return nil, "", fmt.Errorf("--allow-lan %q: want a network in CIDR form, e.g. 192.168.1.0/24", n)
+		}
+		cfg.AllowNetworks = append(cfg.AllowNetworks, pfx.Masked())
 	}
 	gw, err := gwproxy.New(cfg)
 	if err != nil {

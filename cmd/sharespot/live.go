@@ -86,11 +86,33 @@ type guestRow struct {
 	Granted  int64
 	Paid     int64 // minor units paid into escrow so far
 	Currency string
+	// Tranches are the granted quotes in grant order, as the server
+	// settles them: what was used is billed tranche by tranche.
+	Tranches []tranche
 }
 
-// earned is the host's share of what was paid so far, before the
-// platform fee: floor(paid × used / granted), as the server settles it.
+// tranche is one granted quote: its volume and price.
+type tranche struct{ Bytes, Amount int64 }
+
+// earned is what the guest's use so far is worth, before the platform
+// fee, as the server settles it: used bytes consumed tranche by tranche in
+// grant order, each billed at its own price, rounded down. It never goes
+// down (usage only grows; a top-up paid but not yet granted adds nothing).
+// Without the tranches known, floor(paid × used / granted).
 func (r guestRow) earned() int64 {
+	if len(r.Tranches) > 0 {
+		rest, sum := max(r.Used, 0), int64(0)
+		for _, t := range r.Tranches {
+			u := min(rest, t.Bytes)
+			rest -= u
+			if u > 0 && t.Bytes > 0 {
+				var n big.Int
+				n.Mul(big.NewInt(t.Amount), big.NewInt(u))
+				sum += n.Quo(&n, big.NewInt(t.Bytes)).Int64()
+			}
+		}
+		return sum
+	}
 	if r.Granted <= 0 || r.Paid <= 0 {
 		return 0
 	}
@@ -330,6 +352,7 @@ func (v *guestView) refresh(ctx context.Context, sessions sessionLister, hostID 
 		}
 		r := v.row(s.Id)
 		r.Guest, r.Paid, r.Granted = s.GuestDeviceId, s.PaidMinor, s.GrantedBytes
+		r.Tranches = tranchesOf(s)
 		if s.Currency != "" {
 			r.Currency = s.Currency
 		}
@@ -346,6 +369,18 @@ func (v *guestView) refresh(ctx context.Context, sessions sessionLister, hostID 
 	}
 	v.event("", "", nil) // redraw
 	return nil
+}
+
+// tranchesOf is a session's granted quotes in grant order.
+func tranchesOf(s *sharespotv1.Session) []tranche {
+	qs := slices.Clone(s.GetQuotes())
+	qs = slices.DeleteFunc(qs, func(q *sharespotv1.Quote) bool { return q.State != sharespotv1.QuoteState_QUOTE_STATE_GRANTED })
+	slices.SortFunc(qs, func(a, b *sharespotv1.Quote) int { return int(a.Tranche - b.Tranche) })
+	out := make([]tranche, len(qs))
+	for i, q := range qs {
+		out[i] = tranche{q.Bytes, q.AmountMinor}
+	}
+	return out
 }
 
 func stateName(s sharespotv1.SessionState) string {

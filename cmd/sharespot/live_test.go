@@ -66,6 +66,12 @@ func TestGuestRowEarned(t *testing.T) {
 		{"rounds down", guestRow{Paid: 100, Granted: 3, Used: 1}, 33},
 		{"overuse counts as all", guestRow{Paid: 100, Granted: 10, Used: 11}, 100},
 		{"no overflow", guestRow{Paid: 1 << 40, Granted: 1 << 40, Used: 1 << 39}, 1 << 39},
+		// By tranches, each at its own price: 10 MB for 100, then 20 MB
+		// for 240 (a dearer top-up). 31 MB of 30 granted: all of both.
+		{"tranches: the first half used", guestRow{Paid: 340, Granted: 30e6, Used: 5e6, Tranches: []tranche{{10e6, 100}, {20e6, 240}}}, 50},
+		{"tranches: into the second", guestRow{Paid: 340, Granted: 30e6, Used: 15e6, Tranches: []tranche{{10e6, 100}, {20e6, 240}}}, 160},
+		{"tranches: a top-up paid, not yet granted, adds nothing", guestRow{Paid: 700, Granted: 30e6, Used: 15e6, Tranches: []tranche{{10e6, 100}, {20e6, 240}}}, 160},
+		{"tranches: overuse counts as all", guestRow{Paid: 340, Granted: 30e6, Used: 31e6, Tranches: []tranche{{10e6, 100}, {20e6, 240}}}, 340},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			if got := tt.r.earned(); got != tt.want {

@@ -13,14 +13,27 @@ import (
 // point's information and its tariff.
 func ShowOffers(w io.Writer, offers []*sharespotv1.Offer) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "#\tSSID\tBSSID\tSIGNAL\tPRICE\tTOP-UP\tMIN\tAVAILABLE")
+	fmt.Fprintln(tw, "#\tSSID\tBSSID\tSIGNAL\tPRICE\tTOP-UP\tMIN\tAVAILABLE\tHOST'S RECORD")
 	for i, o := range offers {
 		t := o.Tariff
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s / %s\t%s / %s\t%s\t%s\n", i+1, client.SSIDText(o.AccessPoint.GetSsid()), client.SafeText(o.AccessPoint.GetBssid()),
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s / %s\t%s / %s\t%s\t%s\t%s\n", i+1, client.SSIDText(o.AccessPoint.GetSsid()), client.SafeText(o.AccessPoint.GetBssid()),
 			signalText(o.SignalDbm), client.FormatMoney(t.PriceMinor, t.Currency), client.FormatBytes(t.UnitBytes), client.FormatMoney(t.TopupPriceMinor, t.Currency),
-			client.FormatBytes(t.UnitBytes), client.FormatBytes(t.MinPurchaseBytes), client.FormatBytes(o.AvailableBytes))
+			client.FormatBytes(t.UnitBytes), client.FormatBytes(t.MinPurchaseBytes), client.FormatBytes(o.AvailableBytes), RecordText(o.HostRecord))
 	}
 	return tw.Flush()
+}
+
+// RecordText says how a host's counts compared with its guests'
+// acknowledgments in its settled verified sessions: what a guest knows of
+// it before paying (and all it has to go on in an unverified session).
+func RecordText(r *sharespotv1.HostRecord) string {
+	switch {
+	case r.GetVerifiedSessions() == 0:
+		return "no verified sessions yet"
+	case r.GetOverCountedSessions() == 0:
+		return fmt.Sprintf("%d verified sessions, never over-counted", r.GetVerifiedSessions())
+	}
+	return fmt.Sprintf("%d verified sessions, over-counted in %d", r.GetVerifiedSessions(), r.GetOverCountedSessions())
 }
 
 // signalText shows a signal strength; 0 dBm (1 mW at the receiver, never

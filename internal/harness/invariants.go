@@ -79,19 +79,20 @@ func CheckMoney(tx *store.Tx, accounts []string, currency string, funded int64) 
 // billed at its own price rounded down; the guest is charged the sum, never
 // more than the shown tariff gives for the bytes used; the platform keeps
 // feeBPS of the charge (rounded down) and the host gets the rest; all else
-// paid goes back to the guest. Where the guest acknowledged what it
-// received, the bytes billed are min(host's count, acknowledged + credit
-// window); otherwise the host's count, unverified.
+// paid goes back to the guest. In a verified session (the guest chose to
+// acknowledge what it receives), the bytes billed are min(host's count,
+// acknowledged + credit window); in an unverified one, the host's count.
 func CheckFairness(tx *store.Tx, feeBPS int64) []error {
 	type sess struct {
 		acked, window, hostCount  int64
 		verified                  bool
+		mode                      int32
 		id                        string
 		used, host, fee, refunded int64
 		price, topUp, unit        int64
 	}
 	rows, err := tx.Query(`SELECT id, used_bytes, settled_host_minor, settled_fee_minor, refunded_minor,
-		tariff_price_minor, tariff_topup_price_minor, tariff_unit_bytes, guest_acked_bytes, credit_window_bytes, host_count_bytes, verified
+		tariff_price_minor, tariff_topup_price_minor, tariff_unit_bytes, guest_acked_bytes, credit_window_bytes, host_count_bytes, verified, usage_mode
 		FROM sessions WHERE state = ? ORDER BY id`,
 		int32(sharespotv1.SessionState_SESSION_STATE_ENDED))
 	if err != nil {
@@ -101,7 +102,7 @@ func CheckFairness(tx *store.Tx, feeBPS int64) []error {
 	for rows.Next() {
 		var s sess
 		var verified int32
-		if err := rows.Scan(&s.id, &s.used, &s.host, &s.fee, &s.refunded, &s.price, &s.topUp, &s.unit, &s.acked, &s.window, &s.hostCount, &verified); err != nil {
+		if err := rows.Scan(&s.id, &s.used, &s.host, &s.fee, &s.refunded, &s.price, &s.topUp, &s.unit, &s.acked, &s.window, &s.hostCount, &verified, &s.mode); err != nil {
 			rows.Close()
 			return []error{err}
 		}
@@ -172,12 +173,14 @@ func CheckFairness(tx *store.Tx, feeBPS int64) []error {
 		}
 		fee := div(charged, feeBPS, 10000, false)
 		billable := s.hostCount
-		if s.acked > 0 {
+		if s.mode == int32(sharespotv1.UsageMode_USAGE_MODE_VERIFIED) {
 			billable = min(s.hostCount, s.acked+s.window)
 		}
 		switch {
-		case s.verified != (s.acked > 0):
-			errs = append(errs, fmt.Errorf("session %s: verified %v with %d bytes acknowledged", s.id, s.verified, s.acked))
+		case s.verified != (s.mode == int32(sharespotv1.UsageMode_USAGE_MODE_VERIFIED)):
+			errs = append(errs, fmt.Errorf("session %s: verified %v in usage mode %d", s.id, s.verified, s.mode))
+		case s.mode != int32(sharespotv1.UsageMode_USAGE_MODE_VERIFIED) && s.acked != 0:
+			errs = append(errs, fmt.Errorf("session %s: unverified, yet %d bytes acknowledged", s.id, s.acked))
 		case s.used != billable:
 			errs = append(errs, fmt.Errorf("session %s: billed on %d bytes; the host counted %d, the guest acknowledged %d (window %d): want %d",
 				s.id, s.used, s.hostCount, s.acked, s.window, billable))

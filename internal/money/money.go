@@ -2,7 +2,11 @@
 // of a currency's minor unit.
 package money
 
-import "strconv"
+import (
+	"fmt"
+	"strconv"
+	"strings"
+)
 
 // minorDigits gives the minor-unit exponent (ISO 4217) of currencies that
 // do not use 2.
@@ -49,4 +53,45 @@ func Format(minor int64, currency string) string {
 		return sign + sym + s
 	}
 	return sign + s + " " + currency
+}
+
+// Parse reads an amount of currency as people write it, in major units:
+// "5", "5.50", "€5.50", "5.50 EUR", "¥1234", "1.234 KWD"; it returns the
+// count of minor units. More fraction digits than the currency has, a
+// sign, or another currency's symbol or code are refused.
+func Parse(s, currency string) (int64, error) {
+	t := strings.TrimSpace(s)
+	if sym, ok := symbols[currency]; ok {
+		t = strings.TrimSpace(strings.TrimPrefix(t, sym))
+	}
+	t = strings.TrimSpace(strings.TrimSuffix(t, currency))
+	t = strings.TrimSpace(strings.TrimSuffix(t, strings.ToLower(currency)))
+	whole, frac, hasFrac := strings.Cut(t, ".")
+	d := Digits(currency)
+	bad := func(why string) (int64, error) {
+		return 0, fmt.Errorf("amount %q: %s; write it like %s", s, why, Format(int64(1050*pow10(d)/100), currency))
+	}
+	if whole == "" || strings.Trim(whole, "0123456789") != "" || (hasFrac && (frac == "" || strings.Trim(frac, "0123456789") != "")) {
+		return bad("not an amount in " + currency)
+	}
+	if len(frac) > d {
+		return bad(fmt.Sprintf("%s has %d digits after the point", currency, d))
+	}
+	w, err := strconv.ParseInt(whole, 10, 64)
+	if err != nil || w > (1<<53)/pow10(d) {
+		return bad("too large")
+	}
+	f := int64(0)
+	if frac != "" {
+		f, _ = strconv.ParseInt(frac+strings.Repeat("0", d-len(frac)), 10, 64)
+	}
+	return w*pow10(d) + f, nil
+}
+
+func pow10(n int) int64 {
+	p := int64(1)
+	for range n {
+		p *= 10
+	}
+	return p
 }

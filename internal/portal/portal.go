@@ -14,6 +14,7 @@
 package portal
 
 import (
+	"context"
 	"embed"
 	"encoding/json"
 	"io/fs"
@@ -34,8 +35,11 @@ var static embed.FS
 const csp = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; " +
 	"base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 
-// Handler serves the guest pages under Path.
-func Handler() http.Handler {
+// Handler serves the guest pages under Path. knownGateway says whether a
+// running session was granted at a gateway (host:port): the proxy
+// auto-config is served for those only, so this server never hands a
+// phone a PAC pointing at a proxy of somebody's choosing.
+func Handler(knownGateway func(ctx context.Context, address string) (bool, error)) http.Handler {
 	sub, err := fs.Sub(static, "static")
 	if err != nil {
 		panic(err) // the embedded tree is fixed at build time
@@ -48,7 +52,7 @@ func Handler() http.Handler {
 			return
 		}
 		if r.URL.Path == PACPath {
-			PAC(w, r)
+			PAC(w, r, knownGateway)
 			return
 		}
 		h := w.Header()
@@ -183,7 +187,7 @@ const PACPath = Path + "proxy.pac"
 // "Proxy auto-config" on Android); its browser then asks for the proxy's
 // user name and password, which the guest page shows (session ID and
 // access code).
-func PAC(w http.ResponseWriter, r *http.Request) {
+func PAC(w http.ResponseWriter, r *http.Request, knownGateway func(ctx context.Context, address string) (bool, error)) {
 	gw := r.URL.Query().Get("gw")
 	host, port, err := net.SplitHostPort(gw)
 	if err != nil || host == "" || strings.ContainsAny(host, "\"'\\;\r\n ") {
@@ -192,6 +196,15 @@ func PAC(w http.ResponseWriter, r *http.Request) {
 	}
 	if p, err := strconv.ParseUint(port, 10, 16); err != nil || p == 0 {
 		http.Error(w, "gw has a bad port", http.StatusBadRequest)
+		return
+	}
+	known, err := knownGateway(r.Context(), gw)
+	if err != nil {
+		http.Error(w, "cannot check the gateway now; try again", http.StatusServiceUnavailable)
+		return
+	}
+	if !known {
+		http.Error(w, "no session runs at the gateway "+gw+": a proxy auto-config is served only for a host's gateway a session was granted at", http.StatusNotFound)
 		return
 	}
 	self := r.Host

@@ -22,7 +22,7 @@ import (
 )
 
 func TestHandlerServesEmbeddedPages(t *testing.T) {
-	h := portal.Handler()
+	h := portal.Handler(func(context.Context, string) (bool, error) { return false, nil })
 	for path, ctype := range map[string]string{"/guest/": "text/html", "/guest/app.js": "javascript", "/guest/hpke.js": "javascript", "/guest/style.css": "text/css"} {
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, httptest.NewRequest("GET", path, nil))
@@ -43,7 +43,7 @@ func TestHandlerServesEmbeddedPages(t *testing.T) {
 // No asset comes from elsewhere: no absolute URL in a src, href, CSS url()
 // or import; and the page says what to do without JavaScript.
 func TestNoThirdPartyAssets(t *testing.T) {
-	h := portal.Handler()
+	h := portal.Handler(func(context.Context, string) (bool, error) { return false, nil })
 	external := regexp.MustCompile(`(?i)(src|href)\s*=\s*["']?(https?:)?//|url\(\s*["']?(https?:)?//|@import|import\s*\(`)
 	for _, f := range []string{"/guest/", "/guest/app.js", "/guest/hpke.js", "/guest/style.css"} {
 		rec := httptest.NewRecorder()
@@ -187,7 +187,7 @@ func TestConnectJSONOverHTTP1(t *testing.T) {
 }
 
 func TestPAC(t *testing.T) {
-	h := portal.Handler()
+	h := portal.Handler(func(_ context.Context, gw string) (bool, error) { return gw == "192.168.12.1:1080", nil })
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, httptest.NewRequest("GET", "https://sharespot.example:8443/guest/proxy.pac?gw=192.168.12.1:1080", nil))
 	want := "function FindProxyForURL(url, host) {\n  if (host === \"sharespot.example\") return \"DIRECT\";\n  return \"PROXY 192.168.12.1:1080\";\n}\n"
@@ -200,5 +200,11 @@ func TestPAC(t *testing.T) {
 		if rec.Code != http.StatusBadRequest {
 			t.Errorf("%s: %d, want 400", bad, rec.Code)
 		}
+	}
+	// A proxy no session runs at: no PAC for it.
+	rec = httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("GET", "/guest/proxy.pac?gw=203.0.113.9:3128", nil))
+	if rec.Code != http.StatusNotFound || strings.Contains(rec.Body.String(), "FindProxyForURL") {
+		t.Errorf("an unknown gateway: %d %s", rec.Code, rec.Body.String())
 	}
 }

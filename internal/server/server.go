@@ -259,7 +259,10 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	mux.Handle("/", api.Handler(deps))
 	// The guest pages, on the API's origin: the page's calls are
 	// same-origin, so no CORS is needed or allowed.
-	mux.Handle(portal.Path, api.GuardAddresses(cfg.Limits, s.metrics, portal.Handler()))
+	known := func(ctx context.Context, addr string) (bool, error) {
+		return store.ReadT(ctx, s.st, func(tx *store.Tx) (bool, error) { return session.KnownGateway(tx, addr) })
+	}
+	mux.Handle(portal.Path, api.GuardAddresses(cfg.Limits, s.metrics, portal.Handler(known)))
 	dh := api.GuardAddresses(cfg.Limits, s.metrics, dash.Handler())
 	mux.Handle("/dashboard", dh)
 	mux.Handle("/dashboard/", dh)

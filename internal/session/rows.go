@@ -42,7 +42,9 @@ type row struct {
 	HostCount            int64
 	Verified             bool
 	GuestHeld            bool
-	CreatedMS, UpdatedMS int64
+	// The gateway the first grant named.
+	GatewayKind, GatewayAddress string
+	CreatedMS, UpdatedMS        int64
 	// Card adjustments after settlement (Stripe refunds and disputes),
 	// added by RecordCardRefund and RecordDispute (card.go): read with
 	// the row, never saved by it.
@@ -53,14 +55,14 @@ const rowCols = `id, hotspot_id, host_device_id, guest_device_id, state, request
 	used_bytes, pending_topup_bytes, currency, suite, guest_keys, deadline_ms, end_reason, settled_host_minor,
 	settled_fee_minor, refunded_minor, created_ms, updated_ms, guest_account_id, tariff_price_minor, tariff_topup_price_minor,
 	tariff_unit_bytes, tariff_min_purchase_bytes, guest_acked_bytes, credit_window_bytes, host_count_bytes, verified,
-	usage_mode, guest_device_key, guest_held`
+	usage_mode, guest_device_key, guest_held, gateway_kind, gateway_address`
 
 func (s *row) insert(tx *store.Tx) error {
-	_, err := tx.Exec(`INSERT INTO sessions (`+rowCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+	_, err := tx.Exec(`INSERT INTO sessions (`+rowCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		s.ID, s.HotspotID, s.Host, s.Guest, int32(s.State), s.Requested, s.Reserved, s.Granted, s.Used, s.PendingTopUp,
 		s.Currency, s.Suite, s.GuestKeys, s.DeadlineMS, s.EndReason, s.SettledHost, s.SettledFee, s.Refunded, s.CreatedMS, s.UpdatedMS,
 		s.GuestAccount, s.Tariff.PriceMinor, s.Tariff.TopUpPriceMinor, s.Tariff.UnitBytes, s.Tariff.MinPurchase,
-		s.GuestAcked, s.Window, s.HostCount, flag(s.Verified), int32(s.Mode), s.GuestKey, flag(s.GuestHeld))
+		s.GuestAcked, s.Window, s.HostCount, flag(s.Verified), int32(s.Mode), s.GuestKey, flag(s.GuestHeld), s.GatewayKind, s.GatewayAddress)
 	if err != nil {
 		return fmt.Errorf("session: insert %s: %w", s.ID, err)
 	}
@@ -71,10 +73,10 @@ func (s *row) save(tx *store.Tx, nowMS int64) error {
 	s.UpdatedMS = nowMS
 	_, err := tx.Exec(`UPDATE sessions SET state = ?, reserved_bytes = ?, granted_bytes = ?, used_bytes = ?, pending_topup_bytes = ?,
 		suite = ?, deadline_ms = ?, end_reason = ?, settled_host_minor = ?, settled_fee_minor = ?, refunded_minor = ?, updated_ms = ?,
-		guest_acked_bytes = ?, credit_window_bytes = ?, host_count_bytes = ?, verified = ?, guest_held = ?
+		guest_acked_bytes = ?, credit_window_bytes = ?, host_count_bytes = ?, verified = ?, guest_held = ?, gateway_kind = ?, gateway_address = ?
 		WHERE id = ?`,
 		int32(s.State), s.Reserved, s.Granted, s.Used, s.PendingTopUp, s.Suite, s.DeadlineMS, s.EndReason,
-		s.SettledHost, s.SettledFee, s.Refunded, s.UpdatedMS, s.GuestAcked, s.Window, s.HostCount, flag(s.Verified), flag(s.GuestHeld), s.ID)
+		s.SettledHost, s.SettledFee, s.Refunded, s.UpdatedMS, s.GuestAcked, s.Window, s.HostCount, flag(s.Verified), flag(s.GuestHeld), s.GatewayKind, s.GatewayAddress, s.ID)
 	if err != nil {
 		return fmt.Errorf("session: save %s: %w", s.ID, err)
 	}
@@ -92,7 +94,7 @@ func loadRow(tx *store.Tx, id string) (*row, error) {
 		&s.Used, &s.PendingTopUp, &s.Currency, &s.Suite, &s.GuestKeys, &s.DeadlineMS, &s.EndReason, &s.SettledHost,
 		&s.SettledFee, &s.Refunded, &s.CreatedMS, &s.UpdatedMS, &s.GuestAccount, &s.Tariff.PriceMinor, &s.Tariff.TopUpPriceMinor,
 		&s.Tariff.UnitBytes, &s.Tariff.MinPurchase, &s.GuestAcked, &s.Window, &s.HostCount, &verified,
-		&mode, &s.GuestKey, &held, &s.CardRefunded, &s.Disputed)
+		&mode, &s.GuestKey, &held, &s.GatewayKind, &s.GatewayAddress, &s.CardRefunded, &s.Disputed)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, problem.NotFoundf("session %s not found", id)
 	}

@@ -603,6 +603,7 @@ func (e *Engine) Grant(tx *store.Tx, host Party, sessionID, quoteID string, gran
 			return nil, err
 		}
 		msg.SealedCode, msg.Gateway = sealed, gw
+		s.GatewayKind, s.GatewayAddress = gw.Kind, gw.Address
 		s.State = sharespotv1.SessionState_SESSION_STATE_ACTIVE
 	} else {
 		if sealed != nil {
@@ -628,6 +629,18 @@ func (e *Engine) Grant(tx *store.Tx, host Party, sessionID, quoteID string, gran
 		return nil, err
 	}
 	return e.render(tx, s, host)
+}
+
+// KnownGateway reports whether a running session was granted at the
+// gateway reached at address (host:port).
+func KnownGateway(tx *store.Tx, address string) (bool, error) {
+	var n int
+	err := tx.QueryRow(`SELECT COUNT(*) FROM sessions WHERE gateway_address = ? AND state IN (?, ?)`, address,
+		int32(sharespotv1.SessionState_SESSION_STATE_ACTIVE), int32(sharespotv1.SessionState_SESSION_STATE_ENDING)).Scan(&n)
+	if err != nil {
+		return false, fmt.Errorf("session: sessions at gateway %s: %w", address, err)
+	}
+	return n > 0, nil
 }
 
 // ---------------------------------------------------------------- C1.9

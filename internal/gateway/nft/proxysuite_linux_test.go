@@ -61,7 +61,11 @@ func proxyChild(in io.Reader, out io.Writer) int {
 		say("fatal %v", err)
 		return 1
 	}
-	p, err := gwproxy.New(gwproxy.Config{Addr: os.Getenv("SS_LISTEN"), Store: st, PersistAhead: 64 << 10, Grace: 500 * time.Millisecond})
+	cfg := gwproxy.Config{Addr: os.Getenv("SS_LISTEN"), Store: st, PersistAhead: 64 << 10, Grace: 500 * time.Millisecond}
+	if n := os.Getenv("SS_ALLOW_NETWORKS"); n != "" {
+		cfg.AllowNetworks = []netip.Prefix{netip.MustParsePrefix(n)}
+	}
+	p, err := gwproxy.New(cfg)
 	if err != nil {
 		say("fatal %v", err)
 		return 1
@@ -128,13 +132,18 @@ type proxyProc struct {
 }
 
 func startProxyChild(t testing.TB, ns *netns.NS, store, listen string) *proxyProc {
+	return startProxyChildEnv(t, ns, store, listen)
+}
+
+// startProxyChildEnv is startProxyChild with more environment (NAME=value).
+func startProxyChildEnv(t testing.TB, ns *netns.NS, store, listen string, env ...string) *proxyProc {
 	t.Helper()
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
 	cmd := ns.Exec(exe, "-test.run=^$")
-	cmd.Env = append(os.Environ(), childEnv+"=1", "SS_STORE="+store, "SS_LISTEN="+listen)
+	cmd.Env = append(append(os.Environ(), childEnv+"=1", "SS_STORE="+store, "SS_LISTEN="+listen), env...)
 	in, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -409,6 +418,47 @@ func TestProxyNamespaceSuite(t *testing.T) {
 		// The guest is served otherwise.
 		if n, err := netns.Fetch(ctx, socksClient(g[0], p.addr, "p4", c, wait), f.base, 1*mB); err != nil || n != 1*mB {
 			t.Fatalf("then fetched %d bytes from the internet (%v)", n, err)
+		}
+	})
+
+	t.Run("private_networks_refused", func(t *testing.T) {
+		// A service on the host's LAN (another guest's address, 10.77/24,
+		// as the host's home router or NAS would be): a paying guest does
+		// not reach it through the gateway, unless the host shares that
+		// network (Config.AllowNetworks, share --allow-lan).
+		ln, err := g[1].Listen("tcp", net.JoinHostPort(g[1].Addr4.String(), "8004"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		var reached atomic.Int64
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				reached.Add(1)
+				c.Write([]byte("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"))
+				c.Close()
+			}
+		}()
+		target := "http://" + net.JoinHostPort(g[1].Addr4.String(), "8004")
+		c := admit("p5", 10*mB, 0)
+		if n, err := netns.Fetch(ctx, socksClient(g[0], p.addr, "p5", c, wait), target, 1); err == nil || n > 0 {
+			t.Errorf("fetched %d bytes from a private address on the host's LAN (%v)", n, err)
+		}
+		if n := reached.Load(); n != 0 {
+			t.Fatalf("the LAN service saw %d connections", n)
+		}
+		shared := startProxyChildEnv(t, f.tp.Host, filepath.Join(t.TempDir(), "shared.json"), net.JoinHostPort(f.tp.HostLAN4.String(), "1081"),
+			"SS_ALLOW_NETWORKS=10.77.0.0/24")
+		defer shared.kill()
+		sc := make([]byte, 32)
+		copy(sc, "s5")
+		shared.call(fmt.Sprintf("admit s5 %s %d 0", hex.EncodeToString(sc), 10*mB))
+		if n, err := netns.Fetch(ctx, socksClient(g[0], shared.addr, "s5", sc, wait), target, 2); err != nil || n != 2 {
+			t.Fatalf("with the LAN shared: fetched %d bytes (%v)", n, err)
 		}
 	})
 

@@ -251,10 +251,23 @@ func TestDefaultDestinations(t *testing.T) {
 		def, withLoc bool // DefaultDestinations, LocalDestinations
 	}{
 		{"8.8.8.8:443", true, true},
-		{"192.168.1.10:80", true, true},
-		{"100.64.0.1:80", true, true},
 		{"[2001:db8::1]:443", true, true},
-		{"[fd00::1]:80", true, true},
+		{"198.18.0.2:80", true, true},
+		// The host's private networks: its home router, its NAS, its
+		// provider's NAT.
+		{"192.168.1.1:80", false, false},
+		{"10.0.0.1:445", false, false},
+		{"172.16.5.4:80", false, false},
+		{"172.31.255.1:80", false, false},
+		{"100.64.0.1:80", false, false},
+		{"100.127.255.254:80", false, false},
+		{"[fd00::1]:80", false, false},
+		{"[fc00::1]:80", false, false},
+		{"[::ffff:192.168.1.1]:80", false, false},
+		{"[64:ff9b::192.168.1.1]:80", false, false},
+		{"[64:ff9b::8.8.8.8]:80", true, true},
+		{"172.32.0.1:80", true, true},
+		{"100.128.0.1:80", true, true},
 		{"127.0.0.1:80", false, true},
 		{"[::1]:80", false, true},
 		{"8.8.8.8:0", false, false},
@@ -272,6 +285,10 @@ func TestDefaultDestinations(t *testing.T) {
 		{"168.63.129.16:80", false, false},
 		{"[::ffff:169.254.169.254]:80", false, false},
 		{"[::ffff:100.100.100.200]:80", false, false},
+		{"192.0.0.192:80", false, false},
+		{"[::169.254.169.254]:80", false, false}, // IPv4-compatible
+		{"[::127.0.0.1]:80", false, true},
+		{"[::192.168.1.1]:80", false, false},
 	}
 	for _, tt := range tests {
 		ap := netip.MustParseAddrPort(tt.dest)

@@ -149,9 +149,17 @@
     $("tariff").textContent = money(t.priceMinor, t.currency) + " per " + size(t.unitBytes) + (num(t.topupPriceMinor) !== num(t.priceMinor) ? ", top-ups " + money(t.topupPriceMinor, t.currency) + " per " + size(t.unitBytes) : "");
     $("available").textContent = size(o.availableBytes);
     $("min").textContent = size(t.minPurchaseBytes);
+    $("record").textContent = record(o.hostRecord);
     $("amount").min = Math.ceil(num(t.minPurchaseBytes) / 1e6);
     $("amount").value = Math.max(num($("amount").value), num($("amount").min));
     preview();
+  }
+  // record says how the host's counts compared with its guests'
+  // acknowledgments in its settled verified sessions.
+  function record(r) {
+    const v = num(r && r.verifiedSessions), over = num(r && r.overCountedSessions);
+    if (!v) return "no verified sessions yet";
+    return v + " verified sessions" + (over ? ", counted more than its guests acknowledged in " + over : ", never counted more than its guests acknowledged");
   }
   function preview() {
     const t = st.hotspot && st.hotspot.tariff;
@@ -169,6 +177,9 @@
     const res = await call("SessionService", "RequestAccess", {
       hotspotId: st.hotspot.hotspotId, bytes: String(bytes),
       guestKeys: [{ suite: SharespotHPKE.suite, publicKey: b64(pub) }], shownTariff: st.hotspot.tariff,
+      // A page cannot count what the phone receives: the host's count is
+      // the bill (at most what is bought), as the page says.
+      usageMode: "USAGE_MODE_UNVERIFIED",
     });
     st.session = res.session; st.hostId = res.session.hostDeviceId; st.hpke = { key: kp.privateKey, pub };
     await put("session", { id: st.session.id, hostId: st.hostId, hpke: st.hpke, admit: st.admit, bssid: params.get("bssid"), ssid: params.get("ssid") });

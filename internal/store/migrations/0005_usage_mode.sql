@@ -18,3 +18,10 @@ UPDATE sessions SET guest_device_key = (SELECT public_key FROM devices WHERE dev
 -- The host's final count said the gateway held a guest that stopped
 -- acknowledging at the credit window (for the operator's audit).
 ALTER TABLE sessions ADD COLUMN guest_held INTEGER NOT NULL DEFAULT 0;
+
+-- The gateway the host granted the session at (its kind and the address
+-- guests reach it at): the guest page's proxy auto-config is served only
+-- for a gateway a running session was granted at.
+ALTER TABLE sessions ADD COLUMN gateway_kind TEXT NOT NULL DEFAULT '';
+ALTER TABLE sessions ADD COLUMN gateway_address TEXT NOT NULL DEFAULT '';
+CREATE INDEX sessions_gateway ON sessions (gateway_address, state);
