@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/protocol"
 	"github.com/sharespot/sharespot/internal/seal"
 )
@@ -49,7 +50,10 @@ type Acker struct {
 	// OnState, if set, hears the gateway's figures as the control stream
 	// tells them.
 	OnState func(protocol.GatewayState)
-	Log     *slog.Logger
+	// Dial, if set, opens the control stream's connection (default: a
+	// net.Dialer with a 10 s timeout).
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	Log  *slog.Logger
 
 	sent      atomic.Int64 // the highest count sent to the gateway
 	gwAcked   atomic.Int64 // the highest the gateway said it holds
@@ -59,10 +63,24 @@ type Acker struct {
 	connected atomic.Bool
 }
 
+// SessionFor is a session of g known only by its ID: enough to sign and
+// send its acknowledgments (an Acker's), for a guest that has no other
+// state of it (a test, a tool).
+func SessionFor(g *Guest, id string) *Session {
+	return &Session{g: g, ID: id, Mode: sharespotv1.UsageMode_USAGE_MODE_VERIFIED}
+}
+
 // Received is what the guest has received in all, by its own count: Base
 // plus Count. What the gateway or the server say they hold never enters
 // it: a guest signs only what it counted.
 func (a *Acker) Received() int64 { return a.Base + a.Count() }
+
+// SetGateway points the next control streams at addr.
+func (a *Acker) SetGateway(addr string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.Gateway = addr
+}
 
 // GatewayAcked is the highest acknowledgment the gateway confirmed.
 func (a *Acker) GatewayAcked() int64 { return a.gwAcked.Load() }
@@ -225,8 +243,14 @@ func (a *Acker) send(conn net.Conn, n int64) error {
 // dial opens the control stream: an HTTP CONNECT to the control authority
 // with the session's credentials, on the gateway's own listener.
 func (a *Acker) dial(ctx context.Context) (net.Conn, *bufio.Reader, error) {
-	d := net.Dialer{Timeout: 10 * time.Second}
-	conn, err := d.DialContext(ctx, "tcp", a.Gateway)
+	a.mu.Lock()
+	gw := a.Gateway
+	a.mu.Unlock()
+	dial := a.Dial
+	if dial == nil {
+		dial = (&net.Dialer{Timeout: 10 * time.Second}).DialContext
+	}
+	conn, err := dial(ctx, "tcp", gw)
 	if err != nil {
 		return nil, nil, err
 	}

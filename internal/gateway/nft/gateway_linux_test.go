@@ -3,6 +3,7 @@ package nft
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"net"
 	"net/http"
@@ -13,8 +14,11 @@ import (
 
 	"github.com/google/nftables"
 
+	"github.com/sharespot/sharespot/internal/client"
 	"github.com/sharespot/sharespot/internal/gateway"
+	"github.com/sharespot/sharespot/internal/guest"
 	"github.com/sharespot/sharespot/internal/netns"
+	"github.com/sharespot/sharespot/internal/protocol"
 )
 
 const (
@@ -94,7 +98,7 @@ func stalled(r *netns.Reader) bool {
 // restart, and the bypass attempts. The subtests share one topology and
 // run in order.
 func TestNamespaceSuite(t *testing.T) {
-	f := newFixture(t, 6)
+	f := newFixture(t, 7)
 	f.start()
 	g := f.tp.Guests
 	ctx := context.Background()
@@ -179,6 +183,90 @@ func TestNamespaceSuite(t *testing.T) {
 		after, quota2 := usage(t, f.gw, "s1")
 		if quota2 != 5*mB || after < used+2*mB || after > quota2 {
 			t.Fatalf("after the extension used %d of %d (was %d)", after, quota2, used)
+		}
+	})
+
+	t.Run("verified_held_at_window_acks_in_band", func(t *testing.T) {
+		// A verified session: the kernel quota holds the guest to its
+		// last acknowledgment plus the window, max(1 MB, 2 % of 20 MB),
+		// from the first byte; acknowledgments over the control stream on
+		// the admission endpoint raise it as they come (no server
+		// anywhere); a guest that stops acknowledging is held again.
+		const quota = 20 * mB
+		window := protocol.Window(quota)
+		pub, key, _ := ed25519.GenerateKey(nil)
+		code := bytes.Repeat([]byte{0x5a}, 32)
+		if err := f.gw.Admit(ctx, gateway.Grant{SessionID: "sv", Credential: code, Quota: quota, Verified: true, GuestKey: pub}); err != nil {
+			t.Fatal(err)
+		}
+		// The guest counts its interface to the host from before it is
+		// admitted, as connect does.
+		var ifc *guest.InterfaceCounter
+		if err := g[6].Do(func() error {
+			name, err := guest.InterfaceTo(f.tp.HostLAN4)
+			if err == nil {
+				ifc, err = guest.NewInterfaceCounter(name)
+			}
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		count := func() int64 {
+			var n int64
+			g[6].Do(func() error { n = ifc.Bytes(); return nil })
+			return n
+		}
+		if err := f.present(g[6], "sv", code); err != nil {
+			t.Fatal(err)
+		}
+		r := startFetch(t, guestClient(g[6], 2*wait), f.base, 8*mB)
+		if !stalled(r) {
+			t.Fatalf("a guest that acknowledges nothing was not held (%d bytes)", r.N())
+		}
+		used, _ := usage(t, f.gw, "sv")
+		t.Logf("held with no acknowledgment at %d IP bytes (window %d); the guest read %d body bytes", used, window, r.N())
+		if used > window || r.N() > window {
+			t.Fatalf("held at %d bytes used, %d read: more than the window %d", used, r.N(), window)
+		}
+		// Acknowledging in-band from the guest's namespace, what its
+		// interface passed: the download runs to its end.
+		ackCtx, stopAcks := context.WithCancel(ctx)
+		cl := client.New("http://127.0.0.1:9", key, client.Options{}) // no server: nothing listens there
+		a := &guest.Acker{Session: guest.SessionFor(&guest.Guest{C: cl}, "sv"), Gateway: f.admit, Code: code, Count: count,
+			Every: 50 * time.Millisecond, Dial: g[6].DialContext}
+		acks := make(chan struct{})
+		go func() { defer close(acks); a.Run(ackCtx) }()
+		if err := r.Wait(); err != nil {
+			t.Fatalf("acknowledging in-band, the download did not finish: %v (%d bytes)", err, r.N())
+		}
+		settled, _ := quietUsage(t, f.gw, "sv")
+		stopAcks()
+		<-acks
+		ev, err := f.gw.Evidence("sv")
+		if err != nil || protocol.VerifyAck(pub, "sv", ev.Acked, ev.Signature) != nil {
+			t.Fatalf("evidence %+v, %v", ev, err)
+		}
+		// The counting basis: the guest's interface counts link-layer
+		// frames, the kernel gateway IP packet lengths, so an honest
+		// guest acknowledges at least what the gateway counted.
+		t.Logf("8 MB downloaded: the gateway counted %d IP bytes, the guest's interface %d (%+.2f %%)",
+			settled, ev.Acked, 100*float64(ev.Acked-settled)/float64(settled))
+		if ev.Acked < settled {
+			t.Errorf("the guest acknowledged %d, below the gateway's %d: an honest guest would be held", ev.Acked, settled)
+		}
+		// It stops acknowledging: another download is held a window on.
+		r2 := startFetch(t, guestClient(g[6], 2*wait), f.base, 8*mB)
+		if !stalled(r2) {
+			t.Fatalf("a guest that stopped acknowledging was not held (%d bytes)", r2.N())
+		}
+		if used, _ := usage(t, f.gw, "sv"); used > ev.Acked+window {
+			t.Fatalf("held at %d, beyond the acknowledged %d + window %d", used, ev.Acked, window)
+		}
+		if ev, _ := f.gw.Evidence("sv"); !ev.Held {
+			t.Error("the gateway does not say it holds the guest")
+		}
+		if err := f.gw.Revoke(ctx, "sv"); err != nil {
+			t.Fatal(err)
 		}
 	})
 
