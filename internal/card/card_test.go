@@ -123,13 +123,15 @@ func (r *rig) payByCard(t *testing.T, q *sharespotv1.Quote) (*sharespotv1.Receip
 	return res.Msg.Receipt, pi
 }
 
-// grant confirms and grants a paid quote the way the host does.
-func (r *rig) confirmAndGrant(t *testing.T, sid string, q *sharespotv1.Quote, rc *sharespotv1.Receipt, first bool) {
+// confirmAndGrant has the guest confirm a paid quote (guest.Session's
+// step) and grants it the way the host does.
+func (r *rig) confirmAndGrant(t *testing.T, ses *guest.Session, q *sharespotv1.Quote, rc *sharespotv1.Receipt, first bool) {
 	t.Helper()
 	ctx := context.Background()
-	if _, err := r.guest.Sessions.Confirm(ctx, connect.NewRequest(&sharespotv1.ConfirmRequest{SessionId: sid, Receipt: rc})); err != nil {
-		t.Fatalf("confirm: %v", err)
+	if err := ses.Confirm(ctx, q, rc); err != nil {
+		t.Fatal(err)
 	}
+	sid := ses.ID
 	req := &sharespotv1.GrantRequest{SessionId: sid, QuoteId: q.Id, GrantedBytes: q.Bytes}
 	if first {
 		code, err := seal.NewAccessCode()
@@ -156,16 +158,16 @@ func (r *rig) session(t *testing.T, used int64) (*sharespotv1.Session, []string,
 	ctx := context.Background()
 	hostIn := harness.Listen(t, r.host, nil)
 	defer hostIn.Stop()
-	ses, err := r.g.RequestAccess(ctx, r.hotspot, 10*MB)
+	ses, err := r.g.BeginHotspot(ctx, r.hotspot, 10*MB)
 	if err != nil {
 		t.Fatal(err)
 	}
-	q1, err := r.host.Sessions.Quote(ctx, connect.NewRequest(&sharespotv1.QuoteRequest{SessionId: ses.Id, Bytes: 10 * MB, AmountMinor: 100, Currency: cur}))
+	q1, err := r.host.Sessions.Quote(ctx, connect.NewRequest(&sharespotv1.QuoteRequest{SessionId: ses.ID, Bytes: 10 * MB, AmountMinor: 100, Currency: cur}))
 	if err != nil {
 		t.Fatal(err)
 	}
 	rc1, pi1 := r.payByCard(t, q1.Msg.Quote)
-	r.confirmAndGrant(t, ses.Id, q1.Msg.Quote, rc1, true)
+	r.confirmAndGrant(t, ses, q1.Msg.Quote, rc1, true)
 	// C3.3: the host got the payment-success response through the server.
 	for {
 		env := <-hostIn.C()
@@ -176,10 +178,10 @@ func (r *rig) session(t *testing.T, used int64) (*sharespotv1.Session, []string,
 			break
 		}
 	}
-	if _, err := r.guest.Sessions.RequestTopUp(ctx, connect.NewRequest(&sharespotv1.RequestTopUpRequest{SessionId: ses.Id, Bytes: 5 * MB})); err != nil {
+	if err := ses.RequestTopUp(ctx, 5*MB); err != nil {
 		t.Fatal(err)
 	}
-	q2, err := r.host.Sessions.Quote(ctx, connect.NewRequest(&sharespotv1.QuoteRequest{SessionId: ses.Id, Bytes: 5 * MB, AmountMinor: 60, Currency: cur}))
+	q2, err := r.host.Sessions.Quote(ctx, connect.NewRequest(&sharespotv1.QuoteRequest{SessionId: ses.ID, Bytes: 5 * MB, AmountMinor: 60, Currency: cur}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -187,13 +189,13 @@ func (r *rig) session(t *testing.T, used int64) (*sharespotv1.Session, []string,
 	if pi2 == pi1 {
 		t.Fatal("the top-up reused the first PaymentIntent")
 	}
-	r.confirmAndGrant(t, ses.Id, q2.Msg.Quote, rc2, false)
-	end, err := r.host.Sessions.End(ctx, connect.NewRequest(&sharespotv1.EndRequest{SessionId: ses.Id, UsedBytes: used, Reason: "test"}))
+	r.confirmAndGrant(t, ses, q2.Msg.Quote, rc2, false)
+	end, err := r.host.Sessions.End(ctx, connect.NewRequest(&sharespotv1.EndRequest{SessionId: ses.ID, UsedBytes: used, Reason: "test"}))
 	if err != nil {
 		if r.env == nil {
 			// The binary may die (the crash test's hook) before it
 			// answers; the caller ends again after the restart.
-			return &sharespotv1.Session{Id: ses.Id}, []string{pi1, pi2}, []*sharespotv1.Quote{q1.Msg.Quote, q2.Msg.Quote}
+			return &sharespotv1.Session{Id: ses.ID}, []string{pi1, pi2}, []*sharespotv1.Quote{q1.Msg.Quote, q2.Msg.Quote}
 		}
 		t.Fatal(err)
 	}
@@ -369,11 +371,11 @@ func TestCardUnusedReleased(t *testing.T) {
 func TestCardAuthorisedTooLate(t *testing.T) {
 	r := newRig(t)
 	ctx := context.Background()
-	ses, err := r.g.RequestAccess(ctx, r.hotspot, 10*MB)
+	ses, err := r.g.BeginHotspot(ctx, r.hotspot, 10*MB)
 	if err != nil {
 		t.Fatal(err)
 	}
-	q, err := r.host.Sessions.Quote(ctx, connect.NewRequest(&sharespotv1.QuoteRequest{SessionId: ses.Id, Bytes: 10 * MB, AmountMinor: 100, Currency: cur}))
+	q, err := r.host.Sessions.Quote(ctx, connect.NewRequest(&sharespotv1.QuoteRequest{SessionId: ses.ID, Bytes: 10 * MB, AmountMinor: 100, Currency: cur}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -397,7 +399,7 @@ func TestCardAuthorisedTooLate(t *testing.T) {
 	if got := balance(t, r.env.Srv.Store(), ledger.Card(r.guest.AccountID(), cur).ID); got != 0 {
 		t.Errorf("guest's card account %d, want 0", got)
 	}
-	if got := balance(t, r.env.Srv.Store(), ledger.Escrow(ses.Id, cur).ID); got != 0 {
+	if got := balance(t, r.env.Srv.Store(), ledger.Escrow(ses.ID, cur).ID); got != 0 {
 		t.Errorf("escrow %d, want 0", got)
 	}
 	r.env.MustAudit(t)
@@ -596,13 +598,13 @@ func TestCardAttacks(t *testing.T) {
 	r := newRig(t)
 	ctx := context.Background()
 	st := r.env.Srv.Store()
-	newQuote := func(t *testing.T) (*sharespotv1.Session, *sharespotv1.Quote) {
+	newQuote := func(t *testing.T) (*guest.Session, *sharespotv1.Quote) {
 		t.Helper()
-		ses, err := r.g.RequestAccess(ctx, r.hotspot, 10*MB)
+		ses, err := r.g.BeginHotspot(ctx, r.hotspot, 10*MB)
 		if err != nil {
 			t.Fatal(err)
 		}
-		q, err := r.host.Sessions.Quote(ctx, connect.NewRequest(&sharespotv1.QuoteRequest{SessionId: ses.Id, Bytes: 10 * MB, AmountMinor: 100, Currency: cur}))
+		q, err := r.host.Sessions.Quote(ctx, connect.NewRequest(&sharespotv1.QuoteRequest{SessionId: ses.ID, Bytes: 10 * MB, AmountMinor: 100, Currency: cur}))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -617,7 +619,7 @@ func TestCardAttacks(t *testing.T) {
 	card := sharespotv1.PayMethod_PAY_METHOD_CARD
 	t.Run("stranger_pays_anothers_quote", func(t *testing.T) {
 		ses, q := newQuote(t)
-		defer end(t, ses.Id)
+		defer end(t, ses.ID)
 		mallory := r.env.Device(t, "mallory")
 		before := len(r.mock.Requests("/v1/"))
 		_, err := mallory.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: q.Id, Method: card}))
@@ -642,10 +644,10 @@ func TestCardAttacks(t *testing.T) {
 		if n := len(r.mock.Requests("/v1/")); n != before {
 			t.Fatalf("a paid quote reached Stripe (%d calls)", n-before)
 		}
-		if got := balance(t, st, ledger.Escrow(ses.Id, cur).ID); got != 100 {
+		if got := balance(t, st, ledger.Escrow(ses.ID, cur).ID); got != 100 {
 			t.Fatalf("escrow %d, want 100 (paid once)", got)
 		}
-		end(t, ses.Id)
+		end(t, ses.ID)
 		if got := harness.Balance(t, r.guest, cur); got != 100 {
 			t.Fatalf("guest wallet %d after the ungranted session, want 100 back", got)
 		}
@@ -665,10 +667,10 @@ func TestCardAttacks(t *testing.T) {
 		if cs := r.mock.Requests("/v1/payment_intents/" + res.Msg.IntentId + "/cancel"); len(cs) != 1 {
 			t.Fatalf("the partial hold was cancelled %d times, want once", len(cs))
 		}
-		if got := balance(t, st, ledger.Escrow(ses.Id, cur).ID); got != 0 {
+		if got := balance(t, st, ledger.Escrow(ses.ID, cur).ID); got != 0 {
 			t.Fatalf("escrow %d, want 0", got)
 		}
-		end(t, ses.Id)
+		end(t, ses.ID)
 	})
 	t.Run("report_of_another_intent", func(t *testing.T) {
 		ses, q := newQuote(t)
@@ -682,21 +684,21 @@ func TestCardAttacks(t *testing.T) {
 		if err != nil || res.Msg.Status != sharespotv1.PayStatus_PAY_STATUS_PENDING {
 			t.Fatalf("after another intent's report: %v %v; want still pending", res, err)
 		}
-		if got := balance(t, st, ledger.Escrow(ses.Id, cur).ID); got != 0 {
+		if got := balance(t, st, ledger.Escrow(ses.ID, cur).ID); got != 0 {
 			t.Fatalf("escrow %d, want 0", got)
 		}
-		end(t, ses.Id)
+		end(t, ses.ID)
 	})
 	t.Run("topup_never_granted", func(t *testing.T) {
 		cardBefore := balance(t, st, ledger.Card(r.guest.AccountID(), cur).ID)
 		hostBefore, feesBefore := harness.Balance(t, r.host, cur), fees(t, st)
 		ses, q := newQuote(t)
 		rc, _ := r.payByCard(t, q)
-		r.confirmAndGrant(t, ses.Id, q, rc, true)
-		if _, err := r.guest.Sessions.RequestTopUp(ctx, connect.NewRequest(&sharespotv1.RequestTopUpRequest{SessionId: ses.Id, Bytes: 5 * MB})); err != nil {
+		r.confirmAndGrant(t, ses, q, rc, true)
+		if err := ses.RequestTopUp(ctx, 5*MB); err != nil {
 			t.Fatal(err)
 		}
-		q2, err := r.host.Sessions.Quote(ctx, connect.NewRequest(&sharespotv1.QuoteRequest{SessionId: ses.Id, Bytes: 5 * MB, AmountMinor: 60, Currency: cur}))
+		q2, err := r.host.Sessions.Quote(ctx, connect.NewRequest(&sharespotv1.QuoteRequest{SessionId: ses.ID, Bytes: 5 * MB, AmountMinor: 60, Currency: cur}))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -711,7 +713,7 @@ func TestCardAttacks(t *testing.T) {
 		if cs := r.mock.Requests("/v1/payment_intents/" + pi2 + "/cancel"); len(cs) != 1 || cs[0].IdempotencyKey != "sharespot-cancel-"+q2.Msg.Quote.Id {
 			t.Fatalf("cancels of the ungranted top-up: %+v", cs)
 		}
-		if _, err := r.host.Sessions.End(ctx, connect.NewRequest(&sharespotv1.EndRequest{SessionId: ses.Id, UsedBytes: 5 * MB, Reason: "done"})); err != nil {
+		if _, err := r.host.Sessions.End(ctx, connect.NewRequest(&sharespotv1.EndRequest{SessionId: ses.ID, UsedBytes: 5 * MB, Reason: "done"})); err != nil {
 			t.Fatal(err)
 		}
 		waitOutbox(t, st)
@@ -740,11 +742,11 @@ func TestThreeDSecure(t *testing.T) {
 	r := newRig(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	ses, err := r.g.RequestAccess(ctx, r.hotspot, 10*MB)
+	ses, err := r.g.BeginHotspot(ctx, r.hotspot, 10*MB)
 	if err != nil {
 		t.Fatal(err)
 	}
-	q, err := r.host.Sessions.Quote(ctx, connect.NewRequest(&sharespotv1.QuoteRequest{SessionId: ses.Id, Bytes: 10 * MB, AmountMinor: 100, Currency: cur}))
+	q, err := r.host.Sessions.Quote(ctx, connect.NewRequest(&sharespotv1.QuoteRequest{SessionId: ses.ID, Bytes: 10 * MB, AmountMinor: 100, Currency: cur}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -797,8 +799,8 @@ func TestThreeDSecure(t *testing.T) {
 	if len(shown) != 0 {
 		t.Fatalf("the URL was shown more than once")
 	}
-	if _, err := r.guest.Sessions.Confirm(ctx, connect.NewRequest(&sharespotv1.ConfirmRequest{SessionId: ses.Id, Receipt: res.rc})); err != nil {
-		t.Fatalf("confirm with the card receipt: %v", err)
+	if err := ses.Confirm(ctx, q.Msg.Quote, res.rc); err != nil {
+		t.Fatalf("with the card receipt: %v", err)
 	}
 	r.env.MustAudit(t)
 }

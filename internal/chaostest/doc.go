@@ -16,10 +16,11 @@
 // end of the load, the guests go on (no more kills) until one does, for
 // at most a minute more. The clients behave as real ones: a call whose
 // answer was lost (connection refused or reset, or an answer cut off
-// mid-body, "unexpected EOF") is sent again; a re-sent
-// payment refused as already paid takes its receipt from Sessions.Get; a
-// re-sent request leaves a stray session that the server's deadlines end;
-// inbox streams reconnect and skip what they already handled.
+// mid-body, "unexpected EOF") is sent again; the guests run their flow
+// through guest.Session with Retry, so a re-sent payment refused as
+// already paid takes its receipt from the quote; a re-sent request leaves
+// a stray session that the server's deadlines end; inbox streams
+// (client.Inbox) reconnect and skip what they already handled.
 //
 // After the load, the round waits for the sweeper to move every session a
 // crash left waiting (a quote never paid, a payment never granted) past

@@ -2,6 +2,8 @@ package conformance
 
 import (
 	"context"
+	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -89,52 +91,53 @@ func endAtOnce(t *testing.T, mkPath func(*testing.T) *dataPath) {
 		<-hostDone
 		<-gwDone
 	})
-	guestIn := harness.Listen(t, guestC, nil)
 	g := &guest.Guest{C: guestC}
-	ses, err := g.RequestAccess(ctx, res.Msg.Hotspot.Id, buy)
+	harness.ListenGuest(t, g)
+	ses, err := g.BeginHotspot(ctx, res.Msg.Hotspot.Id, buy)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, fi := harness.Next[*sharespotv1.Envelope_FeeInfo](t, guestIn)
-	pr, err := guestC.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: fi.FeeInfo.Quote.Id}))
+	var fee *sharespotv1.Quote
+	ses.Observe = func(e guest.Event) {
+		if e.Step == guest.StepFee {
+			fee = e.Quote
+		}
+	}
+	grant, err := ses.Buy(ctx, sharespotv1.QuoteKind_QUOTE_KIND_INITIAL, guest.BuyOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := guestC.Sessions.Confirm(ctx, connect.NewRequest(&sharespotv1.ConfirmRequest{SessionId: ses.Id, Receipt: pr.Msg.Receipt})); err != nil {
-		t.Fatal(err)
-	}
-	_, gr := harness.Next[*sharespotv1.Envelope_AccessGranted](t, guestIn)
-	code, err := g.OpenCode(ses.Id, hostC.DeviceID(), gr.AccessGranted.SealedCode)
+	code, err := ses.Code(grant)
 	if err != nil {
 		t.Fatal(err)
 	}
-	gwAddr := gr.AccessGranted.Gateway.GetAddress()
-	if err := p.online(ctx, gwAddr, ses.Id, code); err != nil {
+	gwAddr := grant.Gateway.GetAddress()
+	if err := p.online(ctx, gwAddr, ses.ID, code); err != nil {
 		t.Fatal(err)
 	}
-	if n, err := p.fetch(ctx, p.client(gwAddr, ses.Id, code, 30*time.Second), pull); err != nil || n != pull {
+	if n, err := p.fetch(ctx, p.client(gwAddr, ses.ID, code, 30*time.Second), pull); err != nil || n != pull {
 		t.Fatalf("fetched %d bytes: %v", n, err)
 	}
 	wctx, wcancel := context.WithTimeout(ctx, 20*time.Second)
 	defer wcancel()
-	s, err := guestC.EndAndSettle(wctx, ses.Id, "got what I wanted")
+	s, err := ses.End(wctx, "got what I wanted")
 	if err != nil {
 		t.Fatal(err)
 	}
-	used, _, err := p.gw.Usage(ses.Id) // the revoked session's final count
+	used, _, err := p.gw.Usage(ses.ID) // the revoked session's final count
 	if err != nil {
 		t.Fatal(err)
 	}
 	if used < pull || used > buy || s.UsedBytes != used {
 		t.Fatalf("settled on %d bytes used; the gateway carried %d (the guest pulled %d)", s.UsedBytes, used, pull)
 	}
-	paid := fi.FeeInfo.Quote.AmountMinor // 500
+	paid := fee.AmountMinor // 500
 	charged, err := protocol.MulDiv(paid, used, buy, false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	wantSettled(t, s, guestC, hostC, funds, paid, charged)
-	if n, err := p.fetch(ctx, p.client(gwAddr, ses.Id, code, 3*time.Second), 10_000); err == nil && n > 0 {
+	if n, err := p.fetch(ctx, p.client(gwAddr, ses.ID, code, 3*time.Second), 10_000); err == nil && n > 0 {
 		t.Fatalf("the ended guest still fetched %d bytes", n)
 	}
 	env.MustAudit(t)
@@ -230,45 +233,44 @@ func testHostReprices(t *testing.T) {
 func testGrantRefused(t *testing.T) {
 	ctx := t.Context()
 	f := newFlow(t, nil)
-	ses := f.pay(t)
-	_, ag := harness.Next[*sharespotv1.Envelope_AccessGranted](t, f.guestIn)
-	code, err := f.g.OpenCode(ses.Id, f.host.DeviceID(), ag.AccessGranted.SealedCode)
+	ses, _, grant := f.buy(t, 100*MB)
+	code, err := ses.Code(grant)
 	if err != nil {
 		t.Fatal(err)
 	}
 	f.hostIn.Stop() // the host goes quiet
-	if _, err := f.guest.Sessions.RequestTopUp(ctx, connect.NewRequest(&sharespotv1.RequestTopUpRequest{SessionId: ses.Id, Bytes: 50 * MB})); err != nil {
+	if err := ses.RequestTopUp(ctx, 50*MB); err != nil {
 		t.Fatal(err)
 	}
-	q, err := f.host.Sessions.Quote(ctx, connect.NewRequest(&sharespotv1.QuoteRequest{SessionId: ses.Id, Bytes: 50 * MB, AmountMinor: 600, Currency: currency}))
-	if err != nil {
+	if _, err := f.host.Sessions.Quote(ctx, connect.NewRequest(&sharespotv1.QuoteRequest{SessionId: ses.ID, Bytes: 50 * MB, AmountMinor: 600, Currency: currency})); err != nil {
 		t.Fatal(err)
 	}
-	pr, err := f.guest.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: q.Msg.Quote.Id}))
-	if err != nil {
-		t.Fatal(err)
+	// The guest pays and confirms; the grant deadline passes while the
+	// host is away, and the guest hears the top-up declined.
+	ses.Observe = func(e guest.Event) {
+		if e.Step == guest.StepConfirmed {
+			f.env.Clock.Advance(sessionConfig().GrantTimeout + time.Second)
+		}
 	}
-	if _, err := f.guest.Sessions.Confirm(ctx, connect.NewRequest(&sharespotv1.ConfirmRequest{SessionId: ses.Id, Receipt: pr.Msg.Receipt})); err != nil {
-		t.Fatal(err)
-	}
-	f.env.Clock.Advance(sessionConfig().GrantTimeout + time.Second)
-	_, d := harness.Next[*sharespotv1.Envelope_Declined](t, f.guestIn)
-	if d.Declined.Kind != sharespotv1.QuoteKind_QUOTE_KIND_TOPUP {
-		t.Fatalf("declined: %v", d.Declined)
+	_, err = ses.Buy(ctx, sharespotv1.QuoteKind_QUOTE_KIND_TOPUP, guest.BuyOptions{})
+	ses.Observe = nil
+	var declined *guest.Resolved
+	if !errors.As(err, &declined) || declined.Session != nil || !strings.HasPrefix(declined.Why, "declined") {
+		t.Fatalf("top-up past its grant deadline: %v; want it declined", err)
 	}
 	// The host comes back and handles the late confirmation.
 	hostIn := harness.Listen(t, f.host, f.hostAgent.Handle)
 	harness.Next[*sharespotv1.Envelope_PaymentConfirmed](t, hostIn)
-	if vol, err := f.gate.Check(ses.Id, code); err != nil || vol != 100*MB {
+	if vol, err := f.gate.Check(ses.ID, code); err != nil || vol != 100*MB {
 		t.Fatalf("gate volume %d, %v after a refused top-up; want the 100 MB granted", vol, err)
 	}
 	// The host's count can only be what the server granted.
-	_, err = f.host.Sessions.ReportUsage(ctx, connect.NewRequest(&sharespotv1.ReportUsageRequest{SessionId: ses.Id, UsedBytes: 114 * MB}))
+	_, err = f.host.Sessions.ReportUsage(ctx, connect.NewRequest(&sharespotv1.ReportUsageRequest{SessionId: ses.ID, UsedBytes: 114 * MB}))
 	refused(t, err, connect.CodeInvalidArgument, "between 0 and the 100000000 bytes granted")
-	if _, err := f.host.Sessions.ReportUsage(ctx, connect.NewRequest(&sharespotv1.ReportUsageRequest{SessionId: ses.Id, UsedBytes: 100 * MB})); err != nil {
+	if _, err := f.host.Sessions.ReportUsage(ctx, connect.NewRequest(&sharespotv1.ReportUsageRequest{SessionId: ses.ID, UsedBytes: 100 * MB})); err != nil {
 		t.Fatal(err)
 	}
-	s, err := f.guest.EndAndSettle(ctx, ses.Id, "done")
+	s, err := ses.End(ctx, "done")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -372,14 +374,14 @@ func testEmptyWallet(t *testing.T) {
 	ctx := t.Context()
 	f := newFlow(t, nil)
 	broke := f.env.Device(t, "broke")
-	brokeIn := harness.Listen(t, broke, nil)
 	bg := &guest.Guest{C: broke}
-	ses, err := bg.RequestAccess(ctx, f.hotspot.Id, 999_999_148)
+	harness.ListenGuest(t, bg)
+	ses, err := bg.BeginHotspot(ctx, f.hotspot.Id, 999_999_148)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, fi := harness.Next[*sharespotv1.Envelope_FeeInfo](t, brokeIn)
-	_, err = broke.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: fi.FeeInfo.Quote.Id}))
+	q := feeOf(t, ses)
+	_, err = ses.Pay(ctx, q, guest.BuyOptions{})
 	refused(t, err, connect.CodeResourceExhausted, "insufficient funds")
 	// Discovery still offers everything, and another guest buys 900 MB.
 	cands := []*sharespotv1.Candidate{{Bssid: f.hotspot.Instruction.AccessPoint.Bssid, Ssid: f.hotspot.Instruction.AccessPoint.Ssid, SignalDbm: -50}}
@@ -391,18 +393,17 @@ func testEmptyWallet(t *testing.T) {
 		t.Fatalf("available set while an unpaid quote stands: %v", dres.Msg.Available)
 	}
 	f.env.Fund(t, f.guest, currency, 90_000-10_000)
-	buyer, err := f.g.RequestAccess(ctx, f.hotspot.Id, 900*MB)
+	buyer, err := f.g.Begin(ctx, dres.Msg.Available[0], 900*MB)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, bfi := harness.Next[*sharespotv1.Envelope_FeeInfo](t, f.guestIn)
-	if _, err := f.guest.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: bfi.FeeInfo.Quote.Id})); err != nil {
+	if _, err := buyer.Pay(ctx, feeOf(t, buyer), guest.BuyOptions{}); err != nil {
 		t.Fatalf("the paying guest cannot buy: %v", err)
 	}
 	// Now the unpaid quote can no longer be paid for that much, whatever
 	// the broke guest's funds.
 	f.env.Fund(t, broke, currency, 200_000)
-	_, err = broke.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: fi.FeeInfo.Quote.Id}))
+	_, err = ses.Pay(ctx, q, guest.BuyOptions{})
 	refused(t, err, connect.CodeResourceExhausted, "100000000 bytes left to share")
 	if got := harness.Balance(t, broke, currency); got != 200_000 {
 		t.Fatalf("the refused payer holds %d, want 200000", got)
@@ -410,7 +411,7 @@ func testEmptyWallet(t *testing.T) {
 	if got := harness.Balance(t, f.guest, currency); got != 90_000-9_000 {
 		t.Fatalf("the buyer holds %d, want 81000 (900 MB at 10 per MB in escrow)", got)
 	}
-	if _, err := broke.Sessions.End(ctx, connect.NewRequest(&sharespotv1.EndRequest{SessionId: ses.Id})); err != nil {
+	if _, err := ses.End(ctx, ""); err != nil {
 		t.Fatal(err)
 	}
 	// One account, many unpaid requests: the fifth is refused.
@@ -423,7 +424,6 @@ func testEmptyWallet(t *testing.T) {
 	}
 	_, err = sg.RequestAccess(ctx, f.hotspot.Id, 10*MB)
 	refused(t, err, connect.CodeResourceExhausted, "requests not yet paid for")
-	_ = buyer
 	f.env.MustAudit(t)
 }
 

@@ -3,6 +3,8 @@ package conformance
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -39,15 +41,17 @@ func instruction() *sharespotv1.ShareInstruction {
 	}
 }
 
-// flow is one guest buying from one host, step by step.
+// flow is one guest buying from one host, the guest going through its
+// flow as guest.Session runs it.
 type flow struct {
-	env             *harness.Env
-	host, guest     *client.Client
-	hostAgent       *host.Agent
-	gate            *gateway.CodeGate
-	g               *guest.Guest
-	hostIn, guestIn *harness.Inbox
-	hotspot         *sharespotv1.Hotspot
+	env         *harness.Env
+	host, guest *client.Client
+	hostAgent   *host.Agent
+	gate        *gateway.CodeGate
+	g           *guest.Guest
+	hostIn      *harness.Inbox // every message, the host agent's first
+	guestIn     *client.Inbox  // routed to the guest's sessions
+	hotspot     *sharespotv1.Hotspot
 }
 
 func newFlow(t *testing.T, mod func(*server.Config)) *flow {
@@ -67,9 +71,78 @@ func newFlow(t *testing.T, mod func(*server.Config)) *flow {
 	}
 	f.hotspot = res.Msg.Hotspot
 	f.hostIn = harness.Listen(t, f.host, f.hostAgent.Handle)
-	f.guestIn = harness.Listen(t, f.guest, nil)
+	f.guestIn = harness.ListenGuest(t, f.g)
 	f.env.Fund(t, f.guest, currency, 10_000)
 	return f
+}
+
+// claimStep is a claim step of the guest's purchase: its subtest's name
+// (which starts with the claim ID) and its checks of the step's event.
+type claimStep struct {
+	name  string
+	check func(t *testing.T, e guest.Event)
+}
+
+// buyByClaims is ses.Buy(kind) with each step the guest takes checked as
+// its claim, in a subtest named for it, as the step happens: the fee, the
+// payment, the confirmation and the grant (C3.1–C3.3 and C1.7, or
+// C1.12–C1.15). A step the flow did not take, or took out of order, fails.
+func buyByClaims(t *testing.T, ses *guest.Session, kind sharespotv1.QuoteKind, steps map[guest.Step]claimStep) *sharespotv1.AccessGranted {
+	t.Helper()
+	var took []guest.Step
+	ses.Observe = func(e guest.Event) {
+		took = append(took, e.Step)
+		cs, ok := steps[e.Step]
+		if !ok {
+			return
+		}
+		if id, _, _ := strings.Cut(cs.name, "_"); e.Claim() != id {
+			t.Fatalf("the guest calls step %d of a %v purchase %s, want %s", e.Step, kind, e.Claim(), id)
+		}
+		if !t.Run(cs.name, func(t *testing.T) { cs.check(t, e) }) {
+			t.FailNow()
+		}
+	}
+	defer func() { ses.Observe = nil }()
+	grant, err := ses.Buy(context.Background(), kind, guest.BuyOptions{})
+	if err != nil {
+		t.Fatalf("buy %v: %v", kind, err)
+	}
+	if want := []guest.Step{guest.StepFee, guest.StepPaid, guest.StepConfirmed, guest.StepGranted}; !slices.Equal(took, want) {
+		t.Fatalf("the guest's purchase took steps %v, want %v", took, want)
+	}
+	return grant
+}
+
+// buy has f's guest ask for bytes at f's hotspot and buy them through
+// guest.Session.Buy; it returns the session, the fee it paid and the
+// access response.
+func (f *flow) buy(t *testing.T, bytes int64) (*guest.Session, *sharespotv1.Quote, *sharespotv1.AccessGranted) {
+	t.Helper()
+	ses, err := f.g.BeginHotspot(context.Background(), f.hotspot.Id, bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fee *sharespotv1.Quote
+	ses.Observe = func(e guest.Event) {
+		if e.Step == guest.StepFee {
+			fee = e.Quote
+		}
+	}
+	grant, err := ses.Buy(context.Background(), sharespotv1.QuoteKind_QUOTE_KIND_INITIAL, guest.BuyOptions{})
+	ses.Observe = nil
+	if err != nil {
+		t.Fatalf("buy: %v", err)
+	}
+	return ses, fee, grant
+}
+
+// feeOf waits for the host's fee of ses's first purchase (C3.1), for the
+// tests that take the steps after it one by one.
+func feeOf(t *testing.T, ses *guest.Session) *sharespotv1.Quote {
+	t.Helper()
+	_, fi := harness.NextIn[*sharespotv1.Envelope_FeeInfo](t, ses.Messages())
+	return fi.FeeInfo.Quote
 }
 
 // TestClaim walks claims 1–3 in order through one session. Each subtest
@@ -81,13 +154,12 @@ func TestClaim(t *testing.T) {
 		cands   []*sharespotv1.Candidate
 		offers  []*sharespotv1.Offer
 		offer   *sharespotv1.Offer
-		ses     *sharespotv1.Session
+		ses     *guest.Session
 		fee     *sharespotv1.Quote
 		rc      *sharespotv1.Receipt
 		grant   *sharespotv1.AccessGranted
 		code    []byte
 		topFee  *sharespotv1.Quote
-		topRc   *sharespotv1.Receipt
 		prompt  *sharespotv1.LowQuotaPrompt
 		guest0  = harness.Balance(t, f.guest, currency)
 		chargeA = int64(100 * 10) // 100 MB at 10 cents
@@ -149,78 +221,74 @@ func TestClaim(t *testing.T) {
 	})
 	step("C1.6_request_reaches_host_via_server", func(t *testing.T) {
 		var err error
-		ses, err = f.g.RequestAccess(ctx, offer.HotspotId, 100*MB)
+		ses, err = f.g.Begin(ctx, offer, 100*MB)
 		if err != nil {
 			t.Fatal(err)
 		}
 		env, req := harness.Next[*sharespotv1.Envelope_AccessRequested](t, f.hostIn)
-		if env.SessionId != ses.Id || req.AccessRequested.GuestDeviceId != f.guest.DeviceID() || req.AccessRequested.Bytes != 100*MB {
+		if env.SessionId != ses.ID || req.AccessRequested.GuestDeviceId != f.guest.DeviceID() || req.AccessRequested.Bytes != 100*MB {
 			t.Fatalf("host got %v", env)
 		}
 	})
-	step("C3.1_fee_information", func(t *testing.T) {
-		env, fi := harness.Next[*sharespotv1.Envelope_FeeInfo](t, f.guestIn)
-		fee = fi.FeeInfo.Quote
-		if env.SessionId != ses.Id || fee.AmountMinor != chargeA || fee.Bytes != 100*MB || fee.Kind != sharespotv1.QuoteKind_QUOTE_KIND_INITIAL {
-			t.Fatalf("fee info = %v", fee)
-		}
-	})
-	step("C3.2_pay_and_payment_success_response", func(t *testing.T) {
-		res, err := f.guest.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: fee.Id}))
-		if err != nil {
-			t.Fatal(err)
-		}
-		rc = res.Msg.Receipt
-		if got := harness.Balance(t, f.guest, currency); got != guest0-chargeA {
-			t.Fatalf("guest balance %d, want %d", got, guest0-chargeA)
-		}
-		escrow := escrowOf(t, f.env, ses.Id)
-		if escrow != chargeA {
-			t.Fatalf("escrow %d, want %d", escrow, chargeA)
-		}
-	})
-	step("C3.3_payment_response_reaches_host", func(t *testing.T) {
-		if _, err := f.guest.Sessions.Confirm(ctx, connect.NewRequest(&sharespotv1.ConfirmRequest{SessionId: ses.Id, Receipt: rc})); err != nil {
-			t.Fatal(err)
-		}
-		_, pc := harness.Next[*sharespotv1.Envelope_PaymentConfirmed](t, f.hostIn)
-		if pc.PaymentConfirmed.QuoteId != fee.Id || !bytes.Equal(pc.PaymentConfirmed.Receipt.Signature, rc.Signature) {
-			t.Fatalf("host got %v", pc)
-		}
-	})
-	step("C1.7_access_response_code_and_volume", func(t *testing.T) {
-		_, g := harness.Next[*sharespotv1.Envelope_AccessGranted](t, f.guestIn)
-		grant = g.AccessGranted
-		if grant.GrantedBytes != 100*MB || grant.TotalGrantedBytes != 100*MB || grant.SealedCode == nil || grant.Gateway.GetAddress() == "" {
-			t.Fatalf("access response = %v", grant)
-		}
+	// Claim 3 and C1.7: the guest buys as guest.Session.Buy does; each
+	// step is checked as it happens.
+	grant = buyByClaims(t, ses, sharespotv1.QuoteKind_QUOTE_KIND_INITIAL, map[guest.Step]claimStep{
+		guest.StepFee: {"C3.1_fee_information", func(t *testing.T, e guest.Event) {
+			fee = e.Quote
+			if fee.SessionId != ses.ID || fee.AmountMinor != chargeA || fee.Bytes != 100*MB || fee.Kind != sharespotv1.QuoteKind_QUOTE_KIND_INITIAL {
+				t.Fatalf("fee info = %v", fee)
+			}
+		}},
+		guest.StepPaid: {"C3.2_pay_and_payment_success_response", func(t *testing.T, e guest.Event) {
+			rc = e.Receipt
+			if rc == nil || e.Quote.GetId() != fee.Id {
+				t.Fatalf("paid quote %s with receipt %v, want a receipt for %s", e.Quote.GetId(), rc, fee.Id)
+			}
+			if got := harness.Balance(t, f.guest, currency); got != guest0-chargeA {
+				t.Fatalf("guest balance %d, want %d", got, guest0-chargeA)
+			}
+			escrow := escrowOf(t, f.env, ses.ID)
+			if escrow != chargeA {
+				t.Fatalf("escrow %d, want %d", escrow, chargeA)
+			}
+		}},
+		guest.StepConfirmed: {"C3.3_payment_response_reaches_host", func(t *testing.T, e guest.Event) {
+			_, pc := harness.Next[*sharespotv1.Envelope_PaymentConfirmed](t, f.hostIn)
+			if pc.PaymentConfirmed.QuoteId != fee.Id || !bytes.Equal(pc.PaymentConfirmed.Receipt.Signature, rc.Signature) {
+				t.Fatalf("host got %v", pc)
+			}
+		}},
+		guest.StepGranted: {"C1.7_access_response_code_and_volume", func(t *testing.T, e guest.Event) {
+			g := e.Grant
+			if g.GrantedBytes != 100*MB || g.TotalGrantedBytes != 100*MB || g.SealedCode == nil || g.Gateway.GetAddress() == "" || g.QuoteId != fee.Id {
+				t.Fatalf("access response = %v", g)
+			}
+		}},
 	})
 	step("C2.1_preset_rule_opens_code", func(t *testing.T) {
 		if grant.SealedCode.Suite != string(seal.Preset) {
 			t.Fatalf("suite %q, want the preset %q", grant.SealedCode.Suite, seal.Preset)
 		}
 		var err error
-		if code, err = f.g.OpenCode(ses.Id, f.host.DeviceID(), grant.SealedCode); err != nil {
+		if code, err = ses.Code(grant); err != nil {
 			t.Fatal(err)
 		}
-		select {
-		case env := <-drain(f.guestIn):
-			if _, ok := env.Body.(*sharespotv1.Envelope_EncryptionMessage); ok {
+		for _, m := range f.guestIn.Handled() {
+			if m.Session == ses.ID && m.Body == fmt.Sprintf("%T", &sharespotv1.Envelope_EncryptionMessage{}) {
 				t.Fatal("preset rule in force, yet the guest got an encryption message")
 			}
-		default:
 		}
 	})
 	step("C1.8_online_with_code_and_volume", func(t *testing.T) {
 		// Until the gateway lands, the host-side check the guest presents
 		// its code to is the gate; the gateway issue moves real bytes here.
-		vol, err := f.gate.Check(ses.Id, code)
+		vol, err := f.gate.Check(ses.ID, code)
 		if err != nil || vol != 100*MB {
 			t.Fatalf("gate check = %d, %v", vol, err)
 		}
 		wrong := bytes.Clone(code)
 		wrong[0] ^= 1
-		if _, err := f.gate.Check(ses.Id, wrong); err == nil {
+		if _, err := f.gate.Check(ses.ID, wrong); err == nil {
 			t.Fatal("gate accepted a wrong code")
 		}
 	})
@@ -228,14 +296,14 @@ func TestClaim(t *testing.T) {
 		// With more than half the volume and more than the warning level
 		// left, the server refuses a prompt: it checks. (Between the two,
 		// a gateway may prompt early, from the guest's rate.)
-		_, err := f.host.Sessions.Prompt(ctx, connect.NewRequest(&sharespotv1.PromptRequest{SessionId: ses.Id, UsedBytes: 40 * MB}))
+		_, err := f.host.Sessions.Prompt(ctx, connect.NewRequest(&sharespotv1.PromptRequest{SessionId: ses.ID, UsedBytes: 40 * MB}))
 		if harness.Code(err) != connect.CodeFailedPrecondition {
 			t.Fatalf("prompt at 60 MB left: %v, want failed_precondition", err)
 		}
-		if _, err := f.host.Sessions.Prompt(ctx, connect.NewRequest(&sharespotv1.PromptRequest{SessionId: ses.Id, UsedBytes: 96 * MB})); err != nil {
+		if _, err := f.host.Sessions.Prompt(ctx, connect.NewRequest(&sharespotv1.PromptRequest{SessionId: ses.ID, UsedBytes: 96 * MB})); err != nil {
 			t.Fatal(err)
 		}
-		_, p := harness.Next[*sharespotv1.Envelope_LowQuotaPrompt](t, f.guestIn)
+		_, p := harness.NextIn[*sharespotv1.Envelope_LowQuotaPrompt](t, ses.Messages())
 		if p.LowQuotaPrompt.RemainingBytes != 4*MB || p.LowQuotaPrompt.UsedBytes != 96*MB {
 			t.Fatalf("prompt = %v", p.LowQuotaPrompt)
 		}
@@ -249,7 +317,7 @@ func TestClaim(t *testing.T) {
 		}
 	})
 	step("C1.11_add_data_request", func(t *testing.T) {
-		if _, err := f.guest.Sessions.RequestTopUp(ctx, connect.NewRequest(&sharespotv1.RequestTopUpRequest{SessionId: ses.Id, Bytes: 50 * MB})); err != nil {
+		if err := ses.RequestTopUp(ctx, 50*MB); err != nil {
 			t.Fatal(err)
 		}
 		_, tr := harness.Next[*sharespotv1.Envelope_TopUpRequested](t, f.hostIn)
@@ -257,61 +325,67 @@ func TestClaim(t *testing.T) {
 			t.Fatalf("host got %v", tr)
 		}
 	})
-	step("C1.12_additional_fee_information", func(t *testing.T) {
-		_, fi := harness.Next[*sharespotv1.Envelope_FeeInfo](t, f.guestIn)
-		topFee = fi.FeeInfo.Quote
-		if topFee.Kind != sharespotv1.QuoteKind_QUOTE_KIND_TOPUP || topFee.AmountMinor != chargeB || topFee.Bytes != 50*MB {
-			t.Fatalf("additional fee = %v", topFee)
-		}
-	})
-	step("C1.13_additional_payment_success", func(t *testing.T) {
-		res, err := f.guest.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: topFee.Id}))
-		if err != nil {
-			t.Fatal(err)
-		}
-		topRc = res.Msg.Receipt
-		if got := escrowOf(t, f.env, ses.Id); got != chargeA+chargeB {
-			t.Fatalf("escrow %d, want %d", got, chargeA+chargeB)
-		}
-	})
-	step("C1.14_additional_payment_reaches_host", func(t *testing.T) {
-		if _, err := f.guest.Sessions.Confirm(ctx, connect.NewRequest(&sharespotv1.ConfirmRequest{SessionId: ses.Id, Receipt: topRc})); err != nil {
-			t.Fatal(err)
-		}
-		_, pc := harness.Next[*sharespotv1.Envelope_PaymentConfirmed](t, f.hostIn)
-		if pc.PaymentConfirmed.Kind != sharespotv1.QuoteKind_QUOTE_KIND_TOPUP || pc.PaymentConfirmed.QuoteId != topFee.Id {
-			t.Fatalf("host got %v", pc)
-		}
-	})
-	step("C1.15_add_data_response", func(t *testing.T) {
-		_, g := harness.Next[*sharespotv1.Envelope_AccessGranted](t, f.guestIn)
-		if g.AccessGranted.GrantedBytes != 50*MB || g.AccessGranted.TotalGrantedBytes != 150*MB || g.AccessGranted.SealedCode != nil {
-			t.Fatalf("add-data response = %v", g.AccessGranted)
-		}
-		if vol, err := f.gate.AwaitVolume(ses.Id, code, 150*MB, 5*time.Second); err != nil || vol != 150*MB {
-			t.Fatalf("gate volume after top-up = %d, %v", vol, err)
-		}
+	buyByClaims(t, ses, sharespotv1.QuoteKind_QUOTE_KIND_TOPUP, map[guest.Step]claimStep{
+		guest.StepFee: {"C1.12_additional_fee_information", func(t *testing.T, e guest.Event) {
+			topFee = e.Quote
+			if topFee.Kind != sharespotv1.QuoteKind_QUOTE_KIND_TOPUP || topFee.AmountMinor != chargeB || topFee.Bytes != 50*MB {
+				t.Fatalf("additional fee = %v", topFee)
+			}
+		}},
+		guest.StepPaid: {"C1.13_additional_payment_success", func(t *testing.T, e guest.Event) {
+			if e.Receipt == nil || e.Quote.GetId() != topFee.Id {
+				t.Fatalf("paid quote %s with receipt %v, want a receipt for %s", e.Quote.GetId(), e.Receipt, topFee.Id)
+			}
+			if got := escrowOf(t, f.env, ses.ID); got != chargeA+chargeB {
+				t.Fatalf("escrow %d, want %d", got, chargeA+chargeB)
+			}
+		}},
+		guest.StepConfirmed: {"C1.14_additional_payment_reaches_host", func(t *testing.T, e guest.Event) {
+			_, pc := harness.Next[*sharespotv1.Envelope_PaymentConfirmed](t, f.hostIn)
+			if pc.PaymentConfirmed.Kind != sharespotv1.QuoteKind_QUOTE_KIND_TOPUP || pc.PaymentConfirmed.QuoteId != topFee.Id {
+				t.Fatalf("host got %v", pc)
+			}
+		}},
+		guest.StepGranted: {"C1.15_add_data_response", func(t *testing.T, e guest.Event) {
+			g := e.Grant
+			if g.GrantedBytes != 50*MB || g.TotalGrantedBytes != 150*MB || g.SealedCode != nil || g.QuoteId != topFee.Id {
+				t.Fatalf("add-data response = %v", g)
+			}
+			if vol, err := f.gate.AwaitVolume(ses.ID, code, 150*MB, 5*time.Second); err != nil || vol != 150*MB {
+				t.Fatalf("gate volume after top-up = %d, %v", vol, err)
+			}
+		}},
 	})
 	step("settlement_on_end", func(t *testing.T) {
 		// The host meters 120 MB of 150 MB; the guest ends the session.
-		if _, err := f.host.Sessions.ReportUsage(ctx, connect.NewRequest(&sharespotv1.ReportUsageRequest{SessionId: ses.Id, UsedBytes: 120 * MB})); err != nil {
+		if _, err := f.host.Sessions.ReportUsage(ctx, connect.NewRequest(&sharespotv1.ReportUsageRequest{SessionId: ses.ID, UsedBytes: 120 * MB})); err != nil {
 			t.Fatal(err)
 		}
-		res, err := f.guest.Sessions.End(ctx, connect.NewRequest(&sharespotv1.EndRequest{SessionId: ses.Id, Reason: "done"}))
+		// Ending takes both parties: after the guest's End the session
+		// waits for the host's final count, which the host agent sends on
+		// SessionEnding; the guest's End returns once it settled.
+		var ending *sharespotv1.Session
+		ses.Observe = func(e guest.Event) {
+			if e.Step == guest.StepEnding {
+				ending = e.Session
+			}
+		}
+		settled, err := ses.End(ctx, "done")
 		if err != nil {
 			t.Fatal(err)
 		}
-		// Ending takes both parties: the session waits for the host's
-		// final count, which the host agent sends on SessionEnding.
-		if st := res.Msg.Session.State; st != sharespotv1.SessionState_SESSION_STATE_ENDING {
-			t.Fatalf("after the guest's End the session is %v, want ENDING", st)
+		if ending.GetState() != sharespotv1.SessionState_SESSION_STATE_ENDING {
+			t.Fatalf("after the guest's End the session is %v, want ENDING", ending.GetState())
 		}
-		_, ending := harness.Next[*sharespotv1.Envelope_SessionEnding](t, f.hostIn)
-		if ending.SessionEnding.Reason != "done" {
-			t.Fatalf("host told %v", ending.SessionEnding)
+		_, toHost := harness.Next[*sharespotv1.Envelope_SessionEnding](t, f.hostIn)
+		if toHost.SessionEnding.Reason != "done" {
+			t.Fatalf("host told %v", toHost.SessionEnding)
 		}
 		_, ended := harness.Next[*sharespotv1.Envelope_SessionEnded](t, f.hostIn)
 		s := ended.SessionEnded.Session
+		if settled.State != s.State || settled.SettledHostMinor != s.SettledHostMinor || settled.RefundedMinor != s.RefundedMinor {
+			t.Fatalf("the guest's End returned %v; the host was told %v", settled, s)
+		}
 		// Tranches: the first 100 MB whole at its price (1000), then 20 MB
 		// of the 50 MB top-up at 12 per MB (240).
 		paid := chargeA + chargeB    // 1600
@@ -330,7 +404,7 @@ func TestClaim(t *testing.T) {
 		if got := harness.Balance(t, f.host, currency); got != charged-fee {
 			t.Fatalf("host balance %d, want %d", got, charged-fee)
 		}
-		if _, err := f.gate.Check(ses.Id, code); err == nil {
+		if _, err := f.gate.Check(ses.ID, code); err == nil {
 			t.Fatal("gate still admits an ended session")
 		}
 		f.env.MustAudit(t)
@@ -339,7 +413,9 @@ func TestClaim(t *testing.T) {
 
 // TestClaim2Negotiated is claim 2's second alternative: the server's
 // encryption message names the protocol (here the ML-KEM-768 + X25519
-// hybrid), and the guest opens the code with it.
+// hybrid), and the guest opens the code with it. The guest takes its
+// purchase's steps one by one, so that the test sees the encryption
+// message come before the access response.
 func TestClaim2Negotiated(t *testing.T) {
 	ctx := context.Background()
 	f := newFlow(t, func(c *server.Config) {
@@ -347,48 +423,42 @@ func TestClaim2Negotiated(t *testing.T) {
 		c.Session.Suites = []seal.Suite{seal.SuiteMLKEM768X25519, seal.Preset}
 		c.Session.Announce = true
 	})
-	ses := f.pay(t)
+	ses, err := f.g.BeginHotspot(ctx, f.hotspot.Id, 100*MB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := feeOf(t, ses)
+	rc, err := ses.Pay(ctx, q, guest.BuyOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ses.Confirm(ctx, q, rc); err != nil {
+		t.Fatal(err)
+	}
 	var suite string
 	t.Run("C2.2_encryption_message_names_protocol", func(t *testing.T) {
-		_, em := harness.Next[*sharespotv1.Envelope_EncryptionMessage](t, f.guestIn)
+		_, em := harness.NextIn[*sharespotv1.Envelope_EncryptionMessage](t, ses.Messages())
 		suite = em.EncryptionMessage.Suite
 		if _, err := seal.ParseSuite(suite); err != nil || suite != string(seal.SuiteMLKEM768X25519) {
 			t.Fatalf("encryption message names %q", suite)
 		}
 	})
 	t.Run("C2.3_decrypt_with_named_protocol", func(t *testing.T) {
-		_, g := harness.Next[*sharespotv1.Envelope_AccessGranted](t, f.guestIn)
-		if g.AccessGranted.SealedCode.Suite != suite {
-			t.Fatalf("code sealed with %q, announced %q", g.AccessGranted.SealedCode.Suite, suite)
-		}
-		code, err := f.g.OpenCode(ses.Id, f.host.DeviceID(), g.AccessGranted.SealedCode)
+		g, err := ses.AwaitGrant(ctx, sharespotv1.QuoteKind_QUOTE_KIND_INITIAL, q.Id)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := f.gate.Check(ses.Id, code); err != nil {
+		if g.SealedCode.Suite != suite {
+			t.Fatalf("code sealed with %q, announced %q", g.SealedCode.Suite, suite)
+		}
+		code, err := ses.Code(g)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.gate.Check(ses.ID, code); err != nil {
 			t.Fatal(err)
 		}
 	})
-	_ = ctx
-}
-
-// pay runs a flow up to the confirmed payment of 100 MB.
-func (f *flow) pay(t *testing.T) *sharespotv1.Session {
-	t.Helper()
-	ctx := context.Background()
-	ses, err := f.g.RequestAccess(ctx, f.hotspot.Id, 100*MB)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, fi := harness.Next[*sharespotv1.Envelope_FeeInfo](t, f.guestIn)
-	res, err := f.guest.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: fi.FeeInfo.Quote.Id}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.guest.Sessions.Confirm(ctx, connect.NewRequest(&sharespotv1.ConfirmRequest{SessionId: ses.Id, Receipt: res.Msg.Receipt})); err != nil {
-		t.Fatal(err)
-	}
-	return ses
 }
 
 func escrowOf(t *testing.T, env *harness.Env, sessionID string) int64 {
@@ -401,6 +471,3 @@ func escrowOf(t *testing.T, env *harness.Env, sessionID string) int64 {
 	}
 	return b
 }
-
-// drain returns the inbox's channel for a non-blocking look.
-func drain(in *harness.Inbox) <-chan *sharespotv1.Envelope { return in.C() }

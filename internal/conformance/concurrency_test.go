@@ -2,6 +2,7 @@ package conformance
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"testing"
 	"time"
@@ -34,43 +35,26 @@ func TestManyGuestsNeverOversold(t *testing.T) {
 	for i := range guests {
 		gc := f.env.Device(t, "guest")
 		f.env.Fund(t, gc, currency, 10_000)
-		g := &guest.Guest{C: gc}
-		in := harness.Listen(t, gc, nil)
+		g := &guest.Guest{C: gc, Wait: 20 * time.Second}
+		harness.ListenGuest(t, g)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			r := &results[i]
-			ses, err := g.RequestAccess(ctx, f.hotspot.Id, 100*MB)
+			ses, err := g.BeginHotspot(ctx, f.hotspot.Id, 100*MB)
 			if err != nil {
 				r.err = err // refused at once: volume already reserved
 				return
 			}
-			r.ses = ses.Id
-			deadline := time.After(20 * time.Second)
-			for {
-				select {
-				case env := <-in.C():
-					switch b := env.Body.(type) {
-					case *sharespotv1.Envelope_FeeInfo:
-						pay, err := gc.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: b.FeeInfo.Quote.Id}))
-						if err != nil {
-							r.err = err
-							return
-						}
-						if _, err := gc.Sessions.Confirm(ctx, connect.NewRequest(&sharespotv1.ConfirmRequest{SessionId: ses.Id, Receipt: pay.Msg.Receipt})); err != nil {
-							r.err = err
-							return
-						}
-					case *sharespotv1.Envelope_AccessGranted:
-						r.granted = true
-						return
-					case *sharespotv1.Envelope_SessionEnded:
-						return // declined: the volume ran out
-					}
-				case <-deadline:
-					r.err = context.DeadlineExceeded
-					return
-				}
+			r.ses = ses.ID
+			_, err = ses.Buy(ctx, sharespotv1.QuoteKind_QUOTE_KIND_INITIAL, guest.BuyOptions{})
+			var declined *guest.Resolved
+			switch {
+			case err == nil:
+				r.granted = true
+			case errors.As(err, &declined): // the volume ran out
+			default:
+				r.err = err
 			}
 		}()
 	}

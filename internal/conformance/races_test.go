@@ -65,16 +65,15 @@ func tally(t *testing.T, what string, errs []error, allowed ...connect.Code) (ok
 	return ok
 }
 
-// quoted has g ask for bytes at f's hotspot and returns the session and
-// the host agent's quote.
-func quoted(t *testing.T, f *flow, g *guest.Guest, in *harness.Inbox, bytes int64) (string, *sharespotv1.Quote) {
+// quoted has g (listening) ask for bytes at f's hotspot and returns the
+// session and the host agent's quote.
+func quoted(t *testing.T, f *flow, g *guest.Guest, bytes int64) (*guest.Session, *sharespotv1.Quote) {
 	t.Helper()
-	ses, err := g.RequestAccess(context.Background(), f.hotspot.Id, bytes)
+	ses, err := g.BeginHotspot(context.Background(), f.hotspot.Id, bytes)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, fi := harness.Next[*sharespotv1.Envelope_FeeInfo](t, in)
-	return ses.Id, fi.FeeInfo.Quote
+	return ses, feeOf(t, ses)
 }
 
 // payAtOnce has racers goroutines pay quoteID at the same time: exactly
@@ -135,17 +134,20 @@ func TestConcurrentPayments(t *testing.T) {
 
 	t.Run("one_quote_paid_and_confirmed_at_once", func(t *testing.T) {
 		f := newFlow(t, nil)
-		sesID, q := quoted(t, f, f.g, f.guestIn, 10*MB)
+		ses, q := quoted(t, f, f.g, 10*MB)
 		receipt := payAtOnce(t, f, q.Id, "quote")
 		if got := harness.Balance(t, f.guest, currency); got != 10_000-q.AmountMinor {
 			t.Fatalf("wallet %d after paying %d once from 10000", got, q.AmountMinor)
 		}
-		confirmAtOnce(t, f, sesID, receipt, "receipt")
-		_, g := harness.Next[*sharespotv1.Envelope_AccessGranted](t, f.guestIn)
-		if g.AccessGranted.TotalGrantedBytes != 10*MB {
-			t.Fatalf("granted %d in all, want 10 MB", g.AccessGranted.TotalGrantedBytes)
+		confirmAtOnce(t, f, ses.ID, receipt, "receipt")
+		g, err := ses.AwaitGrant(ctx, sharespotv1.QuoteKind_QUOTE_KIND_INITIAL, q.Id)
+		if err != nil {
+			t.Fatal(err)
 		}
-		if s := sessionOf(t, f.guest, sesID); s.GrantedBytes != 10*MB {
+		if g.TotalGrantedBytes != 10*MB {
+			t.Fatalf("granted %d in all, want 10 MB", g.TotalGrantedBytes)
+		}
+		if s := sessionOf(t, f.guest, ses.ID); s.GrantedBytes != 10*MB {
 			t.Fatalf("session granted %d bytes, want 10 MB once", s.GrantedBytes)
 		}
 		f.env.MustAudit(t)
@@ -171,7 +173,9 @@ func TestConcurrentPayments(t *testing.T) {
 		}
 		quotes := make([]*sharespotv1.Quote, len(devices))
 		for i, d := range devices {
-			_, quotes[i] = quoted(t, f, &guest.Guest{C: d}, harness.Listen(t, d, nil), 10*MB)
+			g := &guest.Guest{C: d}
+			harness.ListenGuest(t, g)
+			_, quotes[i] = quoted(t, f, g, 10*MB)
 			if quotes[i].AmountMinor != 100 {
 				t.Fatalf("quote %v, want 100", quotes[i])
 			}
@@ -194,31 +198,26 @@ func TestConcurrentPayments(t *testing.T) {
 
 	t.Run("one_top_up_requested_paid_and_confirmed_at_once", func(t *testing.T) {
 		f := newFlow(t, nil)
-		sesID, q := quoted(t, f, f.g, f.guestIn, 10*MB)
-		pay, err := f.guest.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: q.Id}))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := f.guest.Sessions.Confirm(ctx, connect.NewRequest(&sharespotv1.ConfirmRequest{SessionId: sesID, Receipt: pay.Msg.Receipt})); err != nil {
-			t.Fatal(err)
-		}
-		harness.Next[*sharespotv1.Envelope_AccessGranted](t, f.guestIn)
+		ses, q, _ := f.buy(t, 10*MB)
 
 		errs := race(func(int) error {
-			_, err := f.guest.Sessions.RequestTopUp(ctx, connect.NewRequest(&sharespotv1.RequestTopUpRequest{SessionId: sesID, Bytes: 50 * MB}))
+			_, err := f.guest.Sessions.RequestTopUp(ctx, connect.NewRequest(&sharespotv1.RequestTopUpRequest{SessionId: ses.ID, Bytes: 50 * MB}))
 			return err
 		})
 		if n := tally(t, "top-up request", errs, connect.CodeFailedPrecondition); n != 1 {
 			t.Fatalf("%d of %d top-up requests accepted, want exactly 1", n, racers)
 		}
-		_, fi := harness.Next[*sharespotv1.Envelope_FeeInfo](t, f.guestIn)
+		_, fi := harness.NextIn[*sharespotv1.Envelope_FeeInfo](t, ses.Messages())
 		top := fi.FeeInfo.Quote
-		confirmAtOnce(t, f, sesID, payAtOnce(t, f, top.Id, "top-up"), "top-up")
-		_, g := harness.Next[*sharespotv1.Envelope_AccessGranted](t, f.guestIn)
-		if g.AccessGranted.TotalGrantedBytes != 60*MB {
-			t.Fatalf("granted %d in all after the top-up, want 60 MB", g.AccessGranted.TotalGrantedBytes)
+		confirmAtOnce(t, f, ses.ID, payAtOnce(t, f, top.Id, "top-up"), "top-up")
+		g, err := ses.AwaitGrant(ctx, sharespotv1.QuoteKind_QUOTE_KIND_TOPUP, top.Id)
+		if err != nil {
+			t.Fatal(err)
 		}
-		if s := sessionOf(t, f.guest, sesID); s.GrantedBytes != 60*MB {
+		if g.TotalGrantedBytes != 60*MB {
+			t.Fatalf("granted %d in all after the top-up, want 60 MB", g.TotalGrantedBytes)
+		}
+		if s := sessionOf(t, f.guest, ses.ID); s.GrantedBytes != 60*MB {
 			t.Fatalf("session granted %d bytes, want 60 MB", s.GrantedBytes)
 		}
 		if got, want := harness.Balance(t, f.guest, currency), 10_000-q.AmountMinor-top.AmountMinor; got != want {
@@ -236,7 +235,8 @@ func TestConcurrentPayments(t *testing.T) {
 		ids := make([]string, sessions)
 		quotes := make([]*sharespotv1.Quote, sessions)
 		for i := range sessions {
-			ids[i], quotes[i] = quoted(t, f, f.g, f.guestIn, 10*MB)
+			ses, q := quoted(t, f, f.g, 10*MB)
+			ids[i], quotes[i] = ses.ID, q
 		}
 		errs := race(func(i int) error {
 			k := i % sessions

@@ -163,32 +163,22 @@ func claimRealBytes(t *testing.T, mkPath func(*testing.T) *dataPath) {
 			t.Errorf("gateway: %v", err)
 		}
 	})
-	guestIn := harness.Listen(t, guestC, nil)
 	g := &guest.Guest{C: guestC}
+	harness.ListenGuest(t, g)
 
 	// Claim 3 and C1.7, as in TestClaim.
-	ses, err := g.RequestAccess(ctx, res.Msg.Hotspot.Id, buy)
+	ses, err := g.BeginHotspot(ctx, res.Msg.Hotspot.Id, buy)
 	if err != nil {
 		t.Fatal(err)
 	}
-	pay := func(t *testing.T) {
-		t.Helper()
-		_, fi := harness.Next[*sharespotv1.Envelope_FeeInfo](t, guestIn)
-		pr, err := guestC.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: fi.FeeInfo.Quote.Id}))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := guestC.Sessions.Confirm(ctx, connect.NewRequest(&sharespotv1.ConfirmRequest{SessionId: ses.Id, Receipt: pr.Msg.Receipt})); err != nil {
-			t.Fatal(err)
-		}
+	grant, err := ses.Buy(ctx, sharespotv1.QuoteKind_QUOTE_KIND_INITIAL, guest.BuyOptions{})
+	if err != nil {
+		t.Fatal(err)
 	}
-	pay(t)
-	_, gr := harness.Next[*sharespotv1.Envelope_AccessGranted](t, guestIn)
-	grant := gr.AccessGranted
 	if grant.Gateway.GetKind() != p.kind || grant.GrantedBytes != buy {
 		t.Fatalf("access response: %v", grant)
 	}
-	code, err := g.OpenCode(ses.Id, hostC.DeviceID(), grant.SealedCode)
+	code, err := ses.Code(grant)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -203,19 +193,19 @@ func claimRealBytes(t *testing.T, mkPath func(*testing.T) *dataPath) {
 		// A wrong code gets the guest nowhere.
 		wrong := bytes.Clone(code)
 		wrong[0] ^= 1
-		if err := p.online(ctx, gwAddr, ses.Id, wrong); err == nil {
-			if n, err := p.fetch(ctx, p.client(gwAddr, ses.Id, wrong, 2*time.Second), 10_000); err == nil || n > 0 {
+		if err := p.online(ctx, gwAddr, ses.ID, wrong); err == nil {
+			if n, err := p.fetch(ctx, p.client(gwAddr, ses.ID, wrong, 2*time.Second), 10_000); err == nil || n > 0 {
 				t.Fatalf("a wrong code fetched %d bytes", n)
 			}
 		}
-		if err := p.online(ctx, gwAddr, ses.Id, code); err != nil {
+		if err := p.online(ctx, gwAddr, ses.ID, code); err != nil {
 			t.Fatal(err)
 		}
-		n, err := p.fetch(ctx, p.client(gwAddr, ses.Id, code, 30*time.Second), 1*MB)
+		n, err := p.fetch(ctx, p.client(gwAddr, ses.ID, code, 30*time.Second), 1*MB)
 		if err != nil || n != 1*MB {
 			t.Fatalf("fetched %d bytes through the gateway: %v", n, err)
 		}
-		used, quota, err := settledUsage(p.gw, ses.Id, 1*MB)
+		used, quota, err := settledUsage(p.gw, ses.ID, 1*MB)
 		if err != nil || used < 1*MB || quota != buy {
 			t.Fatalf("gateway usage %d of %d: %v", used, quota, err)
 		}
@@ -223,10 +213,10 @@ func claimRealBytes(t *testing.T, mkPath func(*testing.T) *dataPath) {
 	step("C1.9_low_quota_prompt", func(t *testing.T) {
 		// Fetching 1.5 MB more takes the remaining volume below 1 MB: the
 		// gateway's threshold event becomes the host's prompt.
-		if n, err := p.fetch(ctx, p.client(gwAddr, ses.Id, code, 30*time.Second), 1_500_000); err != nil {
+		if n, err := p.fetch(ctx, p.client(gwAddr, ses.ID, code, 30*time.Second), 1_500_000); err != nil {
 			t.Fatalf("second fetch: %d bytes: %v", n, err)
 		}
-		_, pr := harness.Next[*sharespotv1.Envelope_LowQuotaPrompt](t, guestIn)
+		_, pr := harness.NextIn[*sharespotv1.Envelope_LowQuotaPrompt](t, ses.Messages())
 		lp := pr.LowQuotaPrompt
 		if lp.UsedBytes <= buy-warn || lp.RemainingBytes >= warn || lp.GrantedBytes != buy || lp.UsedBytes+lp.RemainingBytes != buy {
 			t.Fatalf("prompt = %v", lp)
@@ -235,27 +225,26 @@ func claimRealBytes(t *testing.T, mkPath func(*testing.T) *dataPath) {
 	step("C1.15_add_data_response", func(t *testing.T) {
 		// Before the top-up the guest is cut: 2 MB do not fit in what is
 		// left.
-		cut, err := p.fetch(ctx, p.client(gwAddr, ses.Id, code, 5*time.Second), 2*MB)
+		cut, err := p.fetch(ctx, p.client(gwAddr, ses.ID, code, 5*time.Second), 2*MB)
 		if err == nil || cut >= 2*MB {
 			t.Fatalf("before the top-up 2 MB fetched (%d bytes, %v)", cut, err)
 		}
-		usedBefore, _, _ := p.gw.Usage(ses.Id)
+		usedBefore, _, _ := p.gw.Usage(ses.ID)
 		if usedBefore > buy {
 			t.Fatalf("used %d past the %d bought", usedBefore, buy)
 		}
-		if _, err := guestC.Sessions.RequestTopUp(ctx, connect.NewRequest(&sharespotv1.RequestTopUpRequest{SessionId: ses.Id, Bytes: more})); err != nil {
+		ag, err := ses.TopUp(ctx, more, guest.BuyOptions{})
+		if err != nil {
 			t.Fatal(err)
 		}
-		pay(t)
-		_, ag := harness.Next[*sharespotv1.Envelope_AccessGranted](t, guestIn)
-		if ag.AccessGranted.GrantedBytes != more || ag.AccessGranted.TotalGrantedBytes != buy+more {
-			t.Fatalf("add-data response = %v", ag.AccessGranted)
+		if ag.GrantedBytes != more || ag.TotalGrantedBytes != buy+more {
+			t.Fatalf("add-data response = %v", ag)
 		}
 		// The host raises the gateway's volume once its Grant went through,
 		// which is also when the server relays the grant to the guest: the
 		// two race, so wait (bounded) for the gateway.
 		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
-			if _, q, _ := p.gw.Usage(ses.Id); q == buy+more {
+			if _, q, _ := p.gw.Usage(ses.ID); q == buy+more {
 				break
 			}
 			if time.Now().After(deadline) {
@@ -263,11 +252,11 @@ func claimRealBytes(t *testing.T, mkPath func(*testing.T) *dataPath) {
 			}
 		}
 		// Now the same 2 MB pass, and usage went on from where it was.
-		n, err := p.fetch(ctx, p.client(gwAddr, ses.Id, code, 30*time.Second), 2*MB)
+		n, err := p.fetch(ctx, p.client(gwAddr, ses.ID, code, 30*time.Second), 2*MB)
 		if err != nil || n != 2*MB {
 			t.Fatalf("after the top-up fetched %d bytes: %v", n, err)
 		}
-		used, quota, _ := settledUsage(p.gw, ses.Id, usedBefore+2*MB)
+		used, quota, _ := settledUsage(p.gw, ses.ID, usedBefore+2*MB)
 		if quota != buy+more || used < usedBefore+2*MB || used > quota {
 			t.Fatalf("after the top-up used %d of %d (before %d)", used, quota, usedBefore)
 		}

@@ -8,8 +8,6 @@ import (
 	"sync"
 	"testing"
 
-	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
-	"github.com/sharespot/sharespot/internal/harness"
 	"github.com/sharespot/sharespot/internal/seal"
 	"github.com/sharespot/sharespot/internal/server"
 )
@@ -42,9 +40,8 @@ func TestCodeNeverStoredInPlaintext(t *testing.T) {
 		c.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	})
 	f.env.TapWrites(t) // PostgreSQL: keep what is written, as SQLite's files do
-	ses := f.pay(t)
-	_, g := harness.Next[*sharespotv1.Envelope_AccessGranted](t, f.guestIn)
-	code, err := f.g.OpenCode(ses.Id, f.host.DeviceID(), g.AccessGranted.SealedCode)
+	ses, _, grant := f.buy(t, 100*MB)
+	code, err := ses.Code(grant)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,7 +49,7 @@ func TestCodeNeverStoredInPlaintext(t *testing.T) {
 		t.Fatalf("code is %d bytes", len(code))
 	}
 	// End the session so settlement logs run too.
-	if _, err := f.guest.EndAndSettle(t.Context(), ses.Id, "done"); err != nil {
+	if _, err := ses.End(t.Context(), "done"); err != nil {
 		t.Fatal(err)
 	}
 	forms := map[string][]byte{
@@ -63,7 +60,7 @@ func TestCodeNeverStoredInPlaintext(t *testing.T) {
 		"base64url": []byte(base64.RawURLEncoding.EncodeToString(code)),
 	}
 	db := f.env.DatabaseBytes(t)
-	if !bytes.Contains(db, g.AccessGranted.SealedCode.Ciphertext) {
+	if !bytes.Contains(db, grant.SealedCode.Ciphertext) {
 		t.Fatal("the sealed code is not in the database files: the test would prove nothing")
 	}
 	if len(logs.Bytes()) == 0 {

@@ -185,7 +185,7 @@ func crashRun(t *testing.T, bin, mode string, n int) runResult {
 	}
 	res := runResult{crashed: crashed, late: late, outcome: outcome, downFor: downFor, notes: r.notesSoFar(), procs: r.procsSoFar()}
 	if r.recvCancel != nil {
-		for _, f := range append(r.hostIn.failures, r.guestIn.failures...) {
+		for _, f := range append(r.hostIn.Failures(), r.guestIn.Failures()...) {
 			res.notes = append(res.notes, "handler failed, message redelivered: "+f)
 		}
 	}
@@ -356,13 +356,13 @@ func checkRun(t *testing.T, dir string, r *run, outcome string) {
 		for _, d := range []struct {
 			name, id string
 			msgs     []handledMsg
-		}{{"host", r.host.DeviceID(), r.hostIn.handled()}, {"guest", r.guest.DeviceID(), r.guestIn.handled()}} {
+		}{{"host", r.host.DeviceID(), r.hostIn.Handled()}, {"guest", r.guest.DeviceID(), r.guestIn.Handled()}} {
 			for _, err := range harness.CheckDelivery(tx, d.id, d.msgs) {
 				t.Errorf("%s inbox: %v", d.name, err)
 			}
 		}
 		grants := map[string]int{}
-		for _, m := range r.guestIn.handled() {
+		for _, m := range r.guestIn.Handled() {
 			if m.QuoteID != "" {
 				if grants[m.QuoteID]++; grants[m.QuoteID] > 1 {
 					t.Errorf("quote %s granted twice", m.QuoteID)

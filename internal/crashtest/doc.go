@@ -9,8 +9,9 @@
 // commit. The test asserts the process really died of SIGKILL, restarts it
 // without the hook on the same data directory (and port), and lets the
 // clients carry on as real ones would: unary calls are re-sent on connection
-// errors, a guest whose Pay response was lost takes its receipt from
-// Sessions.Get instead of paying again, inbox streams reconnect and skip
+// errors; the guest runs its flow as guest.Session does (with Retry), so a
+// guest whose Pay response was lost takes its receipt from the quote
+// instead of paying again; inbox streams (client.Inbox) reconnect and skip
 // what they already handled.
 //
 // After each run, with the server stopped, it checks the database: the

@@ -22,7 +22,6 @@ import (
 	"github.com/sharespot/sharespot/internal/guest"
 	"github.com/sharespot/sharespot/internal/harness"
 	"github.com/sharespot/sharespot/internal/host"
-	"github.com/sharespot/sharespot/internal/loadgen"
 )
 
 const (
@@ -46,28 +45,27 @@ const (
 // handledMsg is one inbox message the application handled.
 type handledMsg = client.Handled
 
-// inbox receives one device's inbox for the application: in order, each
-// message once, keeping its cursor in memory across server restarts. It
-// also knows when the device is idle (no message being handled, every
-// handled one acknowledged), which the flow waits for so that its commits
-// come in the same order in every run.
+// inbox is one device's client.Inbox (in order, each message once, its
+// cursor kept in memory across server restarts, what was handled
+// recorded) plus what only this test needs: whether the device is idle (no
+// message being handled, every message handed to it acknowledged), which
+// the flow waits for so that its commits come in the same order in every
+// run.
 type inbox struct {
-	mu       sync.Mutex
-	msgs     []handledMsg
-	cursor   uint64 // where Receive resumes
-	busy     bool   // a message is being handled
-	acked    uint64 // highest sequence whose Ack the server answered
-	failures []string
-	done     chan struct{}
+	*client.Inbox
+
+	mu    sync.Mutex
+	busy  bool   // a message is being handled
+	got   uint64 // highest sequence handed to the handler
+	acked uint64 // highest sequence whose Ack the server answered
 }
 
-// listen runs c's inbox into in until ctx ends. h handles each message
-// first (the host agent); out, if not nil, then gets it.
-func listen(ctx context.Context, c *client.Client, in *inbox, h client.Handler, out chan<- *sharespotv1.Envelope) {
-	in.done = make(chan struct{})
-	handle := func(ctx context.Context, env *sharespotv1.Envelope) error {
+// handler wraps h (nil: nothing more to do) so that in knows when the
+// device is busy.
+func (in *inbox) handler(h client.Handler) client.Handler {
+	return func(ctx context.Context, env *sharespotv1.Envelope) error {
 		in.mu.Lock()
-		in.busy = true
+		in.busy, in.got = true, max(in.got, env.Seq)
 		in.mu.Unlock()
 		defer func() {
 			in.mu.Lock()
@@ -75,47 +73,10 @@ func listen(ctx context.Context, c *client.Client, in *inbox, h client.Handler, 
 			in.mu.Unlock()
 		}()
 		if h != nil {
-			if err := h(ctx, env); err != nil {
-				return err
-			}
-		}
-		m := client.HandledOf(env)
-		in.mu.Lock()
-		in.msgs = append(in.msgs, m)
-		in.mu.Unlock()
-		if out != nil {
-			select {
-			case out <- env:
-			case <-ctx.Done():
-			}
+			return h(ctx, env)
 		}
 		return nil
 	}
-	go func() {
-		defer close(in.done)
-		for ctx.Err() == nil {
-			in.mu.Lock()
-			after := in.cursor
-			in.mu.Unlock()
-			err := c.Receive(ctx, after, handle, func(seq uint64) {
-				in.mu.Lock()
-				in.cursor = seq
-				in.mu.Unlock()
-			})
-			if ctx.Err() != nil {
-				return
-			}
-			// The handler failed: the message stays unacknowledged and
-			// comes again.
-			in.mu.Lock()
-			in.failures = append(in.failures, err.Error())
-			in.mu.Unlock()
-			select {
-			case <-ctx.Done():
-			case <-time.After(100 * time.Millisecond):
-			}
-		}
-	}()
 }
 
 // ackedTo records an answered Ack (told by the device's transport).
@@ -126,17 +87,15 @@ func (in *inbox) ackedTo(seq uint64) {
 }
 
 // waitIdle waits, up to d, until the device handles nothing and has
-// acknowledged at least seq and everything it handled. It reports whether
-// it got there.
-func (in *inbox) waitIdle(seq uint64, d time.Duration) bool {
+// acknowledged everything handed to it (a message whose handler failed
+// comes again, and is waited for). A message a flow step reads was handed
+// to the handler before it was routed to the step, so it is covered. It
+// reports whether it got there.
+func (in *inbox) waitIdle(d time.Duration) bool {
 	deadline := time.Now().Add(d)
 	for {
 		in.mu.Lock()
-		last := uint64(0)
-		if n := len(in.msgs); n > 0 {
-			last = in.msgs[n-1].Seq
-		}
-		idle := !in.busy && in.acked >= max(seq, last)
+		idle := !in.busy && in.acked >= in.got
 		in.mu.Unlock()
 		if idle {
 			return true
@@ -148,15 +107,9 @@ func (in *inbox) waitIdle(seq uint64, d time.Duration) bool {
 	}
 }
 
-func (in *inbox) handled() []handledMsg {
-	in.mu.Lock()
-	defer in.mu.Unlock()
-	return slices.Clone(in.msgs)
-}
-
 func (in *inbox) sessions() []string {
 	var ids []string
-	for _, m := range in.handled() {
+	for _, m := range in.Handled() {
 		if m.Session != "" && !slices.Contains(ids, m.Session) {
 			ids = append(ids, m.Session)
 		}
@@ -174,21 +127,21 @@ type run struct {
 
 	recvCancel      context.CancelFunc
 	hostIn, guestIn *inbox
-	guestCh         chan *sharespotv1.Envelope
 
 	hotspotID string
 	main      string // the flow's session
 
-	mu     sync.Mutex
-	notes  []string        // what the clients had to recover
-	resent map[string]bool // notes of calls sent again
-	procs  map[string]bool // procedures sent again after a connection failure
-	hcs    []*http.Client
+	mu      sync.Mutex
+	notes   []string          // what the clients had to recover
+	resent  map[string]bool   // notes of calls sent again
+	procs   map[string]bool   // procedures sent again after a connection failure
+	refused map[string]string // the guest's calls the server refused, by procedure: their code
+	hcs     []*http.Client
 }
 
 func newRun(bin, dir string, addr func() string) *run {
 	r := &run{bin: bin, dir: dir, gate: &gateway.CodeGate{Address: "192.0.2.1:1080"}, resent: map[string]bool{}, procs: map[string]bool{},
-		hostIn: &inbox{}, guestIn: &inbox{}}
+		refused: map[string]string{}, hostIn: &inbox{}, guestIn: &inbox{}}
 	dev := func(name string, in *inbox) *client.Client {
 		_, key, err := ed25519.GenerateKey(rand.Reader)
 		if err != nil {
@@ -204,15 +157,34 @@ func newRun(bin, dir string, addr func() string) *run {
 				r.notes = append(r.notes, note)
 			}
 		}
-		hc := newHTTPClient(addr, resent, in.ackedTo)
+		var refused func(proc, code string)
+		if name == "guest" {
+			refused = func(proc, code string) {
+				r.mu.Lock()
+				defer r.mu.Unlock()
+				r.refused[path.Base(proc)] = code
+			}
+		}
+		hc := newHTTPClient(addr, resent, in.ackedTo, refused)
 		r.hcs = append(r.hcs, hc)
 		return client.New("http://sharespot.invalid", key, client.Options{HTTPClient: hc, DeviceName: name})
 	}
 	r.host, r.guest = dev("host", r.hostIn), dev("guest", r.guestIn)
 	r.agent = &host.Agent{C: r.host, GW: r.gate}
-	r.g = &guest.Guest{C: r.guest}
-	r.guestCh = make(chan *sharespotv1.Envelope, 1024)
+	// The guest rides out the restarts: a call whose answer was lost is
+	// sent again, finding out what the first did (never paying twice).
+	r.g = &guest.Guest{C: r.guest, Retry: true, Wait: awaitTimeout}
 	return r
+}
+
+// takeRefused returns, and forgets, the code of the server's last refusal
+// of the guest's call proc ("" if none since the last take).
+func (r *run) takeRefused(proc string) string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	c := r.refused[proc]
+	delete(r.refused, proc)
+	return c
 }
 
 func (r *run) note(format string, args ...any) {
@@ -325,13 +297,17 @@ func (r *run) setup(ctx context.Context) error {
 	}
 	rctx, cancel := context.WithCancel(context.Background())
 	r.recvCancel = cancel
-	listen(rctx, r.host, r.hostIn, r.agent.Handle, nil)
+	r.hostIn.Inbox = client.Listen(rctx, r.host, client.InboxOptions{Handle: r.hostIn.handler(r.agent.Handle)})
 	// The guest acknowledges only once the host is idle too, so that the
 	// two devices' acknowledgements never race into one commit.
-	listen(rctx, r.guest, r.guestIn, func(context.Context, *sharespotv1.Envelope) error {
-		r.hostIn.waitIdle(0, 2*time.Second)
+	in, err := r.g.Listen(rctx, r.guestIn.handler(func(context.Context, *sharespotv1.Envelope) error {
+		r.hostIn.waitIdle(2 * time.Second)
 		return nil
-	}, r.guestCh)
+	}))
+	if err != nil {
+		return err
+	}
+	r.guestIn.Inbox = in
 	return nil
 }
 
@@ -348,138 +324,82 @@ func (r *run) stopInboxes() error {
 	}
 	r.recvCancel()
 	for _, in := range []*inbox{r.hostIn, r.guestIn} {
-		select {
-		case <-in.done:
-		case <-time.After(10 * time.Second):
-			return errors.New("an inbox receiver did not stop within 10s")
+		if err := in.Wait(10 * time.Second); err != nil {
+			return err
 		}
 	}
 	return nil
 }
 
-// await waits for the guest's next message of session sid that match
-// accepts, or the session's end.
-func (r *run) await(ctx context.Context, sid, what string, match func(*sharespotv1.Envelope) bool) (*sharespotv1.Envelope, error) {
+// settle waits until both devices are idle: the next commit is then the
+// next step's, in every run.
+func (r *run) settle() {
+	r.guestIn.waitIdle(2 * time.Second)
+	r.hostIn.waitIdle(2 * time.Second)
+}
+
+// buy is the guest's purchase of kind through guest.Session.Buy: it waits
+// for the fee, pays, confirms and waits for the grant, re-sending calls
+// whose answer a crash lost. After each message it acts on (the fee, the
+// grant) it lets both devices go idle first. It notes each way it
+// recovered a lost answer: a re-sent Pay refused as already paid (the
+// receipt then comes from the quote), a re-sent Confirm refused (the
+// quote's state shows it took). It returns the grant, or nil with the
+// reason the session or the top-up ended instead.
+func (r *run) buy(ctx context.Context, ses *guest.Session, kind sharespotv1.QuoteKind) (*sharespotv1.AccessGranted, string, error) {
+	ses.Observe = func(e guest.Event) {
+		switch e.Step {
+		case guest.StepFee:
+			r.settle()
+			r.takeRefused("Pay")
+			r.takeRefused("Confirm")
+		case guest.StepPaid:
+			if c := r.takeRefused("Pay"); c != "" {
+				r.note("pay %s: %s; receipt recovered from the quote", e.Kind, c)
+			}
+		case guest.StepConfirmed:
+			if c := r.takeRefused("Confirm"); c != "" {
+				r.note("confirm %s: %s; already confirmed", e.Kind, c)
+			}
+		case guest.StepGranted:
+			r.settle()
+		}
+	}
+	defer func() { ses.Observe = nil }()
+	grant, err := ses.Buy(ctx, kind, guest.BuyOptions{})
+	var res *guest.Resolved
+	if errors.As(err, &res) {
+		r.settle()
+		return nil, res.Why, nil
+	}
+	return grant, "", err
+}
+
+// awaitPrompt waits for the guest's low-quota prompt (C1.9), or the
+// session's end; false: it ended.
+func (r *run) awaitPrompt(ctx context.Context, ses *guest.Session) (bool, error) {
 	timer := time.NewTimer(awaitTimeout)
 	defer timer.Stop()
 	for {
 		select {
-		case env := <-r.guestCh:
-			if env.SessionId != sid {
-				continue // a stray session: ended at the end of the run
-			}
-			if _, ended := env.Body.(*sharespotv1.Envelope_SessionEnded); ended || match(env) {
-				// Act only once both devices are idle: the next commit
-				// is then the next step's, in every run.
-				r.guestIn.waitIdle(env.Seq, 2*time.Second)
-				r.hostIn.waitIdle(0, 2*time.Second)
-				return env, nil
+		case env := <-ses.Messages():
+			prompt, ended := env.GetLowQuotaPrompt() != nil, env.GetSessionEnded() != nil
+			if prompt || ended {
+				r.settle()
+				return prompt, nil
 			}
 		case <-timer.C:
-			return nil, fmt.Errorf("no %s for session %s within %v", what, sid, awaitTimeout)
+			return false, fmt.Errorf("no low-quota prompt for session %s within %v", ses.ID, awaitTimeout)
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return false, ctx.Err()
 		}
 	}
 }
 
-func (r *run) get(ctx context.Context, c *client.Client, sid string) (*sharespotv1.Session, error) {
-	res, err := c.Sessions.Get(ctx, connect.NewRequest(&sharespotv1.GetRequest{SessionId: sid}))
-	if err != nil {
-		return nil, fmt.Errorf("get session %s: %w", sid, err)
-	}
-	return res.Msg.Session, nil
-}
-
-func quoteOf(s *sharespotv1.Session, id string) *sharespotv1.Quote {
-	for _, q := range s.Quotes {
-		if q.Id == id {
-			return q
-		}
-	}
-	return nil
-}
-
-// pay is C3.2 / C1.13. When the response is lost (the re-sent call is
-// refused: already paid), the receipt comes from Sessions.Get: never pay
-// twice.
-func (r *run) pay(ctx context.Context, sid string, q *sharespotv1.Quote) (*sharespotv1.Receipt, error) {
-	res, err := r.guest.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: q.Id}))
-	if err == nil {
-		return res.Msg.Receipt, nil
-	}
-	s, gerr := r.get(ctx, r.guest, sid)
-	if gerr != nil {
-		return nil, fmt.Errorf("pay %s: %v; %w", q.Id, err, gerr)
-	}
-	if x := quoteOf(s, q.Id); x != nil && x.Receipt != nil {
-		r.note("pay %s: %v; receipt recovered from Sessions.Get", q.Kind, code(err))
-		return x.Receipt, nil
-	}
-	return nil, fmt.Errorf("pay %s: %w", q.Id, err)
-}
-
-// confirm is C3.3 / C1.14. A re-sent confirmation whose first copy
-// committed is refused; the quote's state tells.
-func (r *run) confirm(ctx context.Context, sid string, q *sharespotv1.Quote, rc *sharespotv1.Receipt) error {
-	_, err := r.guest.Sessions.Confirm(ctx, connect.NewRequest(&sharespotv1.ConfirmRequest{SessionId: sid, Receipt: rc}))
-	if err == nil {
-		return nil
-	}
-	s, gerr := r.get(ctx, r.guest, sid)
-	if gerr != nil {
-		return fmt.Errorf("confirm: %v; %w", err, gerr)
-	}
-	if x := quoteOf(s, q.Id); x != nil && (x.State == sharespotv1.QuoteState_QUOTE_STATE_CONFIRMED || x.State == sharespotv1.QuoteState_QUOTE_STATE_GRANTED) {
-		r.note("confirm %s: %v; already confirmed", q.Kind, code(err))
-		return nil
-	}
-	return fmt.Errorf("confirm %s: %w", q.Id, err)
-}
-
-// buy waits for the fee information of kind, pays, confirms and waits for
-// the grant. It returns the grant, or nil with the reason the session or
-// the top-up ended instead.
-func (r *run) buy(ctx context.Context, kind sharespotv1.QuoteKind) (*sharespotv1.AccessGranted, string, error) {
-	sid := r.main
-	env, err := r.await(ctx, sid, "fee information", func(env *sharespotv1.Envelope) bool {
-		fi, ok := env.Body.(*sharespotv1.Envelope_FeeInfo)
-		d, declined := env.Body.(*sharespotv1.Envelope_Declined)
-		return ok && fi.FeeInfo.Quote.Kind == kind || declined && d.Declined.Kind == kind
-	})
-	if err != nil {
-		return nil, "", err
-	}
-	fi, ok := env.Body.(*sharespotv1.Envelope_FeeInfo)
-	if !ok {
-		return nil, "no fee information: " + loadgen.Describe(env), nil
-	}
-	q := fi.FeeInfo.Quote
-	rc, err := r.pay(ctx, sid, q)
-	if err != nil {
-		return nil, "", err
-	}
-	if err := r.confirm(ctx, sid, q, rc); err != nil {
-		return nil, "", err
-	}
-	env, err = r.await(ctx, sid, "access response", func(env *sharespotv1.Envelope) bool {
-		g, ok := env.Body.(*sharespotv1.Envelope_AccessGranted)
-		d, declined := env.Body.(*sharespotv1.Envelope_Declined)
-		return ok && g.AccessGranted.QuoteId == q.Id || declined && d.Declined.Kind == kind
-	})
-	if err != nil {
-		return nil, "", err
-	}
-	g, ok := env.Body.(*sharespotv1.Envelope_AccessGranted)
-	if !ok {
-		return nil, "no grant: " + loadgen.Describe(env), nil
-	}
-	return g.AccessGranted, "", nil
-}
-
-// flow runs claims 1–3 through one session: request 100 MB, quote, pay,
-// confirm, grant, low-quota prompt, top-up of 50 MB, pay, confirm, grant,
-// usage of 120 MB, end. It returns completed, or resolved with why.
+// flow runs claims 1–3 through one session, as the guest's flow
+// (guest.Session) goes through it: request 100 MB, quote, pay, confirm,
+// grant, low-quota prompt, top-up of 50 MB, pay, confirm, grant, usage of
+// 120 MB, end. It returns completed, or resolved with why.
 func (r *run) flow(ctx context.Context) (string, error) {
 	if err := r.setup(ctx); err != nil {
 		return "", err
@@ -496,19 +416,19 @@ func (r *run) flow(ctx context.Context) (string, error) {
 	// whose connection failed or whose answer was cut off) leaves a stray
 	// session behind the one the retry creates; it is ended with the
 	// others at the end.
-	ses, err := r.g.RequestAccess(ctx, r.hotspotID, 100*MB)
+	ses, err := r.g.Begin(ctx, res.Msg.Available[0], 100*MB)
 	if err != nil {
 		return "", fmt.Errorf("request access: %w", err)
 	}
-	r.main = ses.Id
+	r.main = ses.ID
 
-	grant, why, err := r.buy(ctx, sharespotv1.QuoteKind_QUOTE_KIND_INITIAL)
+	grant, why, err := r.buy(ctx, ses, sharespotv1.QuoteKind_QUOTE_KIND_INITIAL)
 	if err != nil || grant == nil {
 		return resolved + ": " + why, err
 	}
-	accessCode, err := r.g.OpenCode(r.main, r.host.DeviceID(), grant.SealedCode)
+	accessCode, err := ses.Code(grant)
 	if err != nil {
-		return "", fmt.Errorf("open the access code: %w", err)
+		return "", err
 	}
 	if vol, err := r.gate.Check(r.main, accessCode); err != nil || vol != 100*MB || grant.TotalGrantedBytes != 100*MB {
 		return "", fmt.Errorf("gate check = %d, %v; total granted %d", vol, err, grant.TotalGrantedBytes)
@@ -519,25 +439,22 @@ func (r *run) flow(ctx context.Context) (string, error) {
 	if _, err := r.host.Sessions.Prompt(ctx, connect.NewRequest(&sharespotv1.PromptRequest{SessionId: r.main, UsedBytes: 96 * MB})); err != nil {
 		return "", fmt.Errorf("prompt: %w", err)
 	}
-	env, err := r.await(ctx, r.main, "low-quota prompt", func(env *sharespotv1.Envelope) bool {
-		_, ok := env.Body.(*sharespotv1.Envelope_LowQuotaPrompt)
-		return ok
-	})
-	if err != nil {
+	if prompted, err := r.awaitPrompt(ctx, ses); err != nil {
 		return "", err
-	}
-	if _, ok := env.Body.(*sharespotv1.Envelope_LowQuotaPrompt); !ok {
+	} else if !prompted {
 		return resolved + ": ended before the prompt", nil
 	}
 	// C1.11: the user goes on. A re-sent request whose first copy
-	// committed is refused as already under way.
-	if _, err := r.guest.Sessions.RequestTopUp(ctx, connect.NewRequest(&sharespotv1.RequestTopUpRequest{SessionId: r.main, Bytes: 50 * MB})); err != nil {
-		if code(err) != connect.CodeFailedPrecondition {
-			return "", fmt.Errorf("request top-up: %w", err)
-		}
-		r.note("top-up request: %v (already under way)", code(err))
+	// committed is refused as already under way, which the guest takes
+	// as sent.
+	r.takeRefused("RequestTopUp")
+	if err := ses.RequestTopUp(ctx, 50*MB); err != nil {
+		return "", fmt.Errorf("request top-up: %w", err)
 	}
-	grant, why, err = r.buy(ctx, sharespotv1.QuoteKind_QUOTE_KIND_TOPUP)
+	if c := r.takeRefused("RequestTopUp"); c != "" {
+		r.note("top-up request: %s (already under way)", c)
+	}
+	grant, why, err = r.buy(ctx, ses, sharespotv1.QuoteKind_QUOTE_KIND_TOPUP)
 	if err != nil {
 		return "", err
 	}
@@ -551,14 +468,14 @@ func (r *run) flow(ctx context.Context) (string, error) {
 	// The guest acknowledges, signed, a little less than the host will
 	// report (within the credit window): a re-sent acknowledgment whose
 	// first copy committed is accepted again, changing nothing.
-	if _, err := r.guest.Acknowledge(ctx, r.main, used-512<<10); err != nil {
+	if _, err := ses.Acknowledge(ctx, used-512<<10); err != nil {
 		return "", fmt.Errorf("acknowledge: %w", err)
 	}
 	if _, err := r.host.Sessions.ReportUsage(ctx, connect.NewRequest(&sharespotv1.ReportUsageRequest{SessionId: r.main, UsedBytes: used})); err != nil {
 		return "", fmt.Errorf("report usage: %w", err)
 	}
 	// The guest ends; the host agent's final count settles the session.
-	s, err := r.guest.EndAndSettle(ctx, r.main, "done")
+	s, err := ses.End(ctx, "done")
 	if err != nil {
 		return "", fmt.Errorf("end: %w", err)
 	}
@@ -627,8 +544,8 @@ func (r *run) endAll(ctx context.Context) error {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	r.hostIn.waitIdle(0, 2*time.Second)
-	r.guestIn.waitIdle(0, 2*time.Second)
+	r.hostIn.waitIdle(2 * time.Second)
+	r.guestIn.waitIdle(2 * time.Second)
 	return nil
 }
 
@@ -636,7 +553,7 @@ func (r *run) endAll(ctx context.Context) error {
 // in ended.
 func endedHandled(in *inbox, ended map[string]bool) bool {
 	seen := map[string]bool{}
-	for _, m := range in.handled() {
+	for _, m := range in.Handled() {
 		if strings.HasSuffix(m.Body, "_SessionEnded") {
 			seen[m.Session] = true
 		}

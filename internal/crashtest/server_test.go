@@ -3,6 +3,7 @@ package crashtest
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -231,8 +232,10 @@ func (p *serverProc) result() (crashed, late bool, downFor time.Duration, errs [
 // restarting server does. A re-sent request may reach the server twice;
 // the server must make that harmless.
 //
-// acked, if not nil, is told the sequence of each Ack the server answered.
-func newHTTPClient(addr func() string, resent func(procedure string), acked func(seq uint64)) *http.Client {
+// acked, if not nil, is told the sequence of each Ack the server answered;
+// refused, if not nil, each unary call the server refused, with the
+// refusal's code.
+func newHTTPClient(addr func() string, resent func(procedure string), acked func(seq uint64), refused func(procedure, code string)) *http.Client {
 	d := &net.Dialer{Timeout: 2 * time.Second}
 	tr := &http.Transport{
 		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
@@ -246,15 +249,16 @@ func newHTTPClient(addr func() string, resent func(procedure string), acked func
 	}
 	tr.Protocols = new(http.Protocols)
 	tr.Protocols.SetUnencryptedHTTP2(true)
-	return &http.Client{Transport: &resend{base: tr, budget: 10 * time.Second, resent: resent, acked: acked}}
+	return &http.Client{Transport: &resend{base: tr, budget: 10 * time.Second, resent: resent, acked: acked, refused: refused}}
 }
 
 // resend re-sends requests that failed in transport.
 type resend struct {
-	base   http.RoundTripper
-	budget time.Duration
-	resent func(procedure string) // told of each request sent again
-	acked  func(seq uint64)       // told of each Ack answered
+	base    http.RoundTripper
+	budget  time.Duration
+	resent  func(procedure string)       // told of each request sent again
+	acked   func(seq uint64)             // told of each Ack answered
+	refused func(procedure, code string) // told of each unary call refused
 }
 
 // CloseIdleConnections lets http.Client.CloseIdleConnections reach the
@@ -278,6 +282,9 @@ func (rt *resend) RoundTrip(req *http.Request) (*http.Response, error) {
 			err = readWhole(resp)
 		}
 		if err == nil {
+			if rt.refused != nil && resp.StatusCode != http.StatusOK && unary(req) {
+				rt.refused(req.URL.Path, refusalCode(resp))
+			}
 			if rt.acked != nil && resp.StatusCode == http.StatusOK && strings.HasSuffix(req.URL.Path, "/Ack") {
 				if seq, ok := ackSeq(req); ok {
 					rt.acked(seq)
@@ -323,6 +330,20 @@ func readWhole(resp *http.Response) error {
 	}
 	resp.Body = io.NopCloser(bytes.NewReader(b))
 	return nil
+}
+
+// refusalCode reads the code of a Connect unary error answer (read whole
+// by readWhole, and left to be read again).
+func refusalCode(resp *http.Response) string {
+	b, err := io.ReadAll(resp.Body)
+	resp.Body = io.NopCloser(bytes.NewReader(b))
+	var e struct {
+		Code string `json:"code"`
+	}
+	if err != nil || json.Unmarshal(b, &e) != nil || e.Code == "" {
+		return resp.Status
+	}
+	return e.Code
 }
 
 // ackSeq decodes the sequence an Ack request acknowledges (Connect unary,

@@ -66,50 +66,53 @@ func (r *rig) flow(t *testing.T, hostC *client.Client, hs *sharespotv1.Hotspot, 
 	t.Helper()
 	ctx := context.Background()
 	g := r.g
-	ses, err := g.RequestAccess(ctx, hs.Id, 10*mb)
+	// The guest's steps are guest.Session's; the test plays the host
+	// (quote, grant) by hand, as harness.PaidFlow does.
+	ses, err := g.BeginHotspot(ctx, hs.Id, 10*mb)
 	if err != nil {
 		t.Fatal(err)
 	}
-	q, err := hostC.Sessions.Quote(ctx, connect.NewRequest(&sharespotv1.QuoteRequest{SessionId: ses.Id, Bytes: 10 * mb, AmountMinor: 100, Currency: "EUR"}))
+	defer ses.Close()
+	q, err := hostC.Sessions.Quote(ctx, connect.NewRequest(&sharespotv1.QuoteRequest{SessionId: ses.ID, Bytes: 10 * mb, AmountMinor: 100, Currency: "EUR"}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	pay, err := g.C.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: q.Msg.Quote.Id}))
+	rc, err := ses.Pay(ctx, q.Msg.Quote, guest.BuyOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := g.C.Sessions.Confirm(ctx, connect.NewRequest(&sharespotv1.ConfirmRequest{SessionId: ses.Id, Receipt: pay.Msg.Receipt})); err != nil {
+	if err := ses.Confirm(ctx, q.Msg.Quote, rc); err != nil {
 		t.Fatal(err)
 	}
 	code, err := seal.NewAccessCode()
 	if err != nil {
 		t.Fatal(err)
 	}
-	sealed, err := seal.Seal(seal.Preset, g.PublicKey(ses.Id, seal.Preset), seal.Binding{SessionID: ses.Id, HostID: hostC.DeviceID(), GuestID: g.C.DeviceID()}, code)
+	sealed, err := seal.Seal(seal.Preset, g.PublicKey(ses.ID, seal.Preset), seal.Binding{SessionID: ses.ID, HostID: hostC.DeviceID(), GuestID: g.C.DeviceID()}, code)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := hostC.Sessions.Grant(ctx, connect.NewRequest(&sharespotv1.GrantRequest{SessionId: ses.Id, QuoteId: q.Msg.Quote.Id, GrantedBytes: 10 * mb,
+	if _, err := hostC.Sessions.Grant(ctx, connect.NewRequest(&sharespotv1.GrantRequest{SessionId: ses.ID, QuoteId: q.Msg.Quote.Id, GrantedBytes: 10 * mb,
 		SealedCode: &sharespotv1.SealedCode{Suite: string(sealed.Suite), Enc: sealed.Enc, Ciphertext: sealed.Ciphertext},
 		Gateway:    &sharespotv1.Gateway{Kind: "proxy", Address: "192.0.2.1:1080"}})); err != nil {
 		t.Fatal(err)
 	}
 	if used > 0 {
-		if _, err := hostC.Sessions.ReportUsage(ctx, connect.NewRequest(&sharespotv1.ReportUsageRequest{SessionId: ses.Id, UsedBytes: used})); err != nil {
+		if _, err := hostC.Sessions.ReportUsage(ctx, connect.NewRequest(&sharespotv1.ReportUsageRequest{SessionId: ses.ID, UsedBytes: used})); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if ack > 0 {
-		if _, err := g.C.Acknowledge(ctx, ses.Id, ack); err != nil {
+		if _, err := ses.Acknowledge(ctx, ack); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if end {
-		if _, err := hostC.Sessions.End(ctx, connect.NewRequest(&sharespotv1.EndRequest{SessionId: ses.Id, UsedBytes: used, Reason: "done"})); err != nil {
+		if _, err := hostC.Sessions.End(ctx, connect.NewRequest(&sharespotv1.EndRequest{SessionId: ses.ID, UsedBytes: used, Reason: "done"})); err != nil {
 			t.Fatal(err)
 		}
 	}
-	return ses.Id
+	return ses.ID
 }
 
 func sessionsOf(t *testing.T, c *client.Client) []*sharespotv1.Session {

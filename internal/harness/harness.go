@@ -28,6 +28,7 @@ import (
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/client"
+	"github.com/sharespot/sharespot/internal/guest"
 	"github.com/sharespot/sharespot/internal/ledger"
 	"github.com/sharespot/sharespot/internal/payment"
 	"github.com/sharespot/sharespot/internal/server"
@@ -440,15 +441,39 @@ func (in *Inbox) Stop() {
 	}
 }
 
+// ListenGuest starts receiving g's inbox (guest.Guest.Listen: each
+// message to its session's Messages) until t ends.
+func ListenGuest(t testing.TB, g *guest.Guest) *client.Inbox {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	in, err := g.Listen(ctx, nil)
+	if err != nil {
+		cancel()
+		t.Fatalf("harness: listen as the guest: %v", err)
+	}
+	t.Cleanup(func() {
+		cancel()
+		<-in.Done()
+	})
+	return in
+}
+
 // Next waits up to 10 s for the next message whose body is of type B,
 // skipping others.
 func Next[B any](t testing.TB, in *Inbox) (*sharespotv1.Envelope, B) {
+	t.Helper()
+	return NextIn[B](t, in.C())
+}
+
+// NextIn is Next on any stream of messages, such as a guest session's
+// (guest.Session.Messages).
+func NextIn[B any](t testing.TB, msgs <-chan *sharespotv1.Envelope) (*sharespotv1.Envelope, B) {
 	t.Helper()
 	var zero B
 	timeout := time.After(10 * time.Second)
 	for {
 		select {
-		case env := <-in.C():
+		case env := <-msgs:
 			if b, ok := env.Body.(B); ok {
 				return env, b
 			}

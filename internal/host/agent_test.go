@@ -50,18 +50,10 @@ func TestHostHandlesRedeliveryOnce(t *testing.T) {
 		}
 		return agent.Handle(ctx, env)
 	})
-	guestIn := harness.Listen(t, guestC, nil)
-	g := &guest.Guest{C: guestC}
-	ses, err := g.RequestAccess(ctx, hs.Msg.Hotspot.Id, 10_000)
-	if err != nil {
+	ses, _ := buy(t, guestC, hs.Msg.Hotspot.Id, 10_000)
+	if _, err := ses.TopUp(ctx, 5000, guest.BuyOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	buy := func() { buyQuoted(t, guestC, guestIn, ses.Id) }
-	buy()
-	if _, err := guestC.Sessions.RequestTopUp(ctx, connect.NewRequest(&sharespotv1.RequestTopUpRequest{SessionId: ses.Id, Bytes: 5000})); err != nil {
-		t.Fatal(err)
-	}
-	buy()
 	// The host extends the gate once the server accepted its grant, a
 	// moment after the guest may hear of it.
 	for deadline := time.Now().Add(5 * time.Second); gate.extends.Load() == 0 && time.Now().Before(deadline); {
@@ -80,12 +72,12 @@ func TestHostHandlesRedeliveryOnce(t *testing.T) {
 	if gate.admits.Load() != 1 || gate.extends.Load() != 1 {
 		t.Fatalf("after redelivery: admits %d, extends %d", gate.admits.Load(), gate.extends.Load())
 	}
-	res, err := guestC.Sessions.Get(ctx, connect.NewRequest(&sharespotv1.GetRequest{SessionId: ses.Id}))
+	s, err := ses.Get(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Msg.Session.GrantedBytes != 15_000 {
-		t.Fatalf("granted %d, want 15000", res.Msg.Session.GrantedBytes)
+	if s.GrantedBytes != 15_000 {
+		t.Fatalf("granted %d, want 15000", s.GrantedBytes)
 	}
 }
 
@@ -98,19 +90,17 @@ func TestHostPassesAcknowledgments(t *testing.T) {
 	gate := &gateway.CodeGate{Address: "192.0.2.1:1080"}
 	hostC, guestC, agent, hs := hostRig(t, gate, 1_000_000, 1_000_000_000)
 	harness.Listen(t, hostC, agent.Handle)
-	guestIn := harness.Listen(t, guestC, nil)
-	g := &guest.Guest{C: guestC}
-	ses, err := g.RequestAccess(ctx, hs.Msg.Hotspot.Id, 200_000_000)
+	ses, _ := buy(t, guestC, hs.Msg.Hotspot.Id, 200_000_000)
+	cur, err := ses.Get(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	buyQuoted(t, guestC, guestIn, ses.Id)
 	awaitAck := func(want int64) {
 		t.Helper()
 		deadline := time.Now().Add(5 * time.Second)
 		for {
-			ev, err := gate.Evidence(ses.Id)
-			if err == nil && ev.Verified && ev.Acked == want && protocol.VerifyAck(ses.GuestDeviceKey, ses.Id, want, ev.Signature) == nil {
+			ev, err := gate.Evidence(ses.ID)
+			if err == nil && ev.Verified && ev.Acked == want && protocol.VerifyAck(cur.GuestDeviceKey, ses.ID, want, ev.Signature) == nil {
 				return
 			}
 			if time.Now().After(deadline) {
@@ -119,7 +109,7 @@ func TestHostPassesAcknowledgments(t *testing.T) {
 			time.Sleep(time.Millisecond)
 		}
 	}
-	if _, err := guestC.Acknowledge(ctx, ses.Id, 4000); err != nil {
+	if _, err := ses.Acknowledge(ctx, 4000); err != nil {
 		t.Fatal(err)
 	}
 	awaitAck(4000)
@@ -130,16 +120,16 @@ func TestHostPassesAcknowledgments(t *testing.T) {
 		t.Fatal(err)
 	}
 	ackEnv := func(ack *sharespotv1.UsageAck) *sharespotv1.Envelope {
-		return &sharespotv1.Envelope{SessionId: ses.Id, Body: &sharespotv1.Envelope_UsageAcknowledged{
+		return &sharespotv1.Envelope{SessionId: ses.ID, Body: &sharespotv1.Envelope_UsageAcknowledged{
 			UsageAcknowledged: &sharespotv1.UsageAcknowledged{Ack: ack}}}
 	}
-	if err := agent2.Handle(ctx, ackEnv(guestC.SignAck(ses.Id, 6000))); err != nil {
+	if err := agent2.Handle(ctx, ackEnv(guestC.SignAck(ses.ID, 6000))); err != nil {
 		t.Fatal(err)
 	}
 	awaitAck(6000)
 	// Forged (signed by another device), or naming another session than
 	// its envelope: dropped.
-	if err := agent2.Handle(ctx, ackEnv(hostC.SignAck(ses.Id, 9000))); err != nil {
+	if err := agent2.Handle(ctx, ackEnv(hostC.SignAck(ses.ID, 9000))); err != nil {
 		t.Fatal(err)
 	}
 	if err := agent2.Handle(ctx, ackEnv(guestC.SignAck("other", 9000))); err != nil {
@@ -148,21 +138,23 @@ func TestHostPassesAcknowledgments(t *testing.T) {
 	awaitAck(6000)
 }
 
-// buyQuoted is the guest's side of C3.2–C3.3 and C1.7: it takes the next
-// fee from its inbox, pays it, confirms the receipt and waits for the grant.
-func buyQuoted(t *testing.T, guestC *client.Client, guestIn *harness.Inbox, sessionID string) *sharespotv1.Envelope_AccessGranted {
+// buy is the guest's side of C1.5–C1.7 as guest.Session runs it: guestC,
+// listening to its inbox, asks for bytes at hotspot and buys them with
+// Session.Buy (the fee, the payment, the confirmation, the grant).
+func buy(t *testing.T, guestC *client.Client, hotspot string, bytes int64) (*guest.Session, *sharespotv1.AccessGranted) {
 	t.Helper()
 	ctx := context.Background()
-	_, fi := harness.Next[*sharespotv1.Envelope_FeeInfo](t, guestIn)
-	pay, err := guestC.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: fi.FeeInfo.Quote.Id}))
+	g := &guest.Guest{C: guestC}
+	harness.ListenGuest(t, g)
+	ses, err := g.BeginHotspot(ctx, hotspot, bytes)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := guestC.Sessions.Confirm(ctx, connect.NewRequest(&sharespotv1.ConfirmRequest{SessionId: sessionID, Receipt: pay.Msg.Receipt})); err != nil {
+	grant, err := ses.Buy(ctx, sharespotv1.QuoteKind_QUOTE_KIND_INITIAL, guest.BuyOptions{})
+	if err != nil {
 		t.Fatal(err)
 	}
-	_, ag := harness.Next[*sharespotv1.Envelope_AccessGranted](t, guestIn)
-	return ag
+	return ses, grant
 }
 
 // hostRig is a server, a host whose agent answers at gate, a hotspot at 1
@@ -251,15 +243,9 @@ func TestHostGrantsFromTheConfirmation(t *testing.T) {
 				}
 				return agent.Handle(ctx, env)
 			})
-			guestIn := harness.Listen(t, guestC, nil)
-			g := &guest.Guest{C: guestC}
-			ses, err := g.RequestAccess(ctx, hs.Msg.Hotspot.Id, 10*harness.BenchMB)
-			if err != nil {
-				t.Fatal(err)
-			}
-			ag := buyQuoted(t, guestC, guestIn, ses.Id)
-			if ag.AccessGranted.GrantedBytes != 10*harness.BenchMB || gate.admits.Load() != 1 {
-				t.Fatalf("granted %d bytes, %d admissions at the gate", ag.AccessGranted.GrantedBytes, gate.admits.Load())
+			_, ag := buy(t, guestC, hs.Msg.Hotspot.Id, 10*harness.BenchMB)
+			if ag.GrantedBytes != 10*harness.BenchMB || gate.admits.Load() != 1 {
+				t.Fatalf("granted %d bytes, %d admissions at the gate", ag.GrantedBytes, gate.admits.Load())
 			}
 			if n := gets.n.Load(); n != tc.wantGet {
 				t.Fatalf("the host read the session %d times to grant, want %d", n, tc.wantGet)

@@ -53,15 +53,13 @@ func (g *eventGateway) Addr() string                                            
 // promptRig is a host agent on an event gateway and a guest with a paid
 // session (warning level 1 MB), the host agent reporting on it.
 type promptRig struct {
-	ctx     context.Context
-	env     *harness.Env
-	h       *Host
-	gw      *eventGateway
-	hostC   *client.Client
-	guestC  *client.Client
-	guestIn *harness.Inbox
-	ses     *sharespotv1.Session
-	pay     func(*sharespotv1.Envelope_FeeInfo)
+	ctx    context.Context
+	env    *harness.Env
+	h      *Host
+	gw     *eventGateway
+	hostC  *client.Client
+	guestC *client.Client
+	ses    *guest.Session // the guest's, as its flow runs it
 	// stopHost stops the host agent (once; the test's end does too).
 	stopHost func()
 }
@@ -99,30 +97,20 @@ func newHostRig(t *testing.T, priceMinor, buy int64) *promptRig {
 		})
 	}
 	t.Cleanup(stopHost)
-	guestIn := harness.Listen(t, guestC, nil)
 	g := &guest.Guest{C: guestC, Unverified: true} // these tests are about the host's counts alone
-	ses, err := g.RequestAccess(ctx, hs.Msg.Hotspot.Id, buy)
+	harness.ListenGuest(t, g)
+	ses, err := g.BeginHotspot(ctx, hs.Msg.Hotspot.Id, buy)
 	if err != nil {
 		t.Fatal(err)
 	}
-	pay := func(fi *sharespotv1.Envelope_FeeInfo) {
-		t.Helper()
-		pay, err := guestC.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: fi.FeeInfo.Quote.Id}))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := guestC.Sessions.Confirm(ctx, connect.NewRequest(&sharespotv1.ConfirmRequest{SessionId: ses.Id, Receipt: pay.Msg.Receipt})); err != nil {
-			t.Fatal(err)
-		}
-		harness.Next[*sharespotv1.Envelope_AccessGranted](t, guestIn)
+	if _, err := ses.Buy(ctx, sharespotv1.QuoteKind_QUOTE_KIND_INITIAL, guest.BuyOptions{}); err != nil {
+		t.Fatal(err)
 	}
-	_, fi := harness.Next[*sharespotv1.Envelope_FeeInfo](t, guestIn)
-	pay(fi)
 	// The host agent reports on the session once it has handled the
 	// payment's confirmation, just after the grant reaches the guest.
 	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(5 * time.Millisecond) {
 		h.mu.Lock()
-		active := h.active[ses.Id]
+		active := h.active[ses.ID]
 		h.mu.Unlock()
 		if active {
 			break
@@ -131,7 +119,7 @@ func newHostRig(t *testing.T, priceMinor, buy int64) *promptRig {
 			t.Fatal("the host agent did not take the paid session as active")
 		}
 	}
-	return &promptRig{ctx: ctx, env: env, h: h, gw: gw, hostC: hostC, guestC: guestC, guestIn: guestIn, ses: ses, pay: pay, stopHost: stopHost}
+	return &promptRig{ctx: ctx, env: env, h: h, gw: gw, hostC: hostC, guestC: guestC, ses: ses, stopHost: stopHost}
 }
 
 // TestPromptAfterAHigherReport: a usage report sent after the threshold
@@ -142,13 +130,13 @@ func TestPromptAfterAHigherReport(t *testing.T) {
 	const MB = 1_000_000
 	r := newPromptRig(t)
 	r.gw.mu.Lock()
-	r.gw.used[r.ses.Id] = 2.7 * MB
+	r.gw.used[r.ses.ID] = 2.7 * MB
 	r.gw.mu.Unlock()
-	if _, err := r.hostC.Sessions.ReportUsage(r.ctx, connect.NewRequest(&sharespotv1.ReportUsageRequest{SessionId: r.ses.Id, UsedBytes: 2.7 * MB})); err != nil {
+	if _, err := r.hostC.Sessions.ReportUsage(r.ctx, connect.NewRequest(&sharespotv1.ReportUsageRequest{SessionId: r.ses.ID, UsedBytes: 2.7 * MB})); err != nil {
 		t.Fatal(err)
 	}
-	r.gw.ev <- gateway.Event{Kind: gateway.ThresholdCrossed, SessionID: r.ses.Id, Used: 2.1 * MB, Quota: 3 * MB}
-	_, p := harness.Next[*sharespotv1.Envelope_LowQuotaPrompt](t, r.guestIn)
+	r.gw.ev <- gateway.Event{Kind: gateway.ThresholdCrossed, SessionID: r.ses.ID, Used: 2.1 * MB, Quota: 3 * MB}
+	_, p := harness.NextIn[*sharespotv1.Envelope_LowQuotaPrompt](t, r.ses.Messages())
 	if p.LowQuotaPrompt.UsedBytes != 2.7*MB {
 		t.Fatalf("prompt %v, want one at the gateway's 2.7 MB", p.LowQuotaPrompt)
 	}
@@ -161,14 +149,13 @@ func TestPromptAfterAHigherReport(t *testing.T) {
 func TestPromptOncePerVolume(t *testing.T) {
 	const MB = 1_000_000
 	r := newPromptRig(t)
-	ctx, gw, guestIn, ses, pay := r.ctx, r.gw, r.guestIn, r.ses, r.pay
-	guestC := r.guestC
+	ctx, gw, ses := r.ctx, r.gw, r.ses
 	send := func(used, quota int64) {
-		gw.ev <- gateway.Event{Kind: gateway.ThresholdCrossed, SessionID: ses.Id, Used: used, Quota: quota}
+		gw.ev <- gateway.Event{Kind: gateway.ThresholdCrossed, SessionID: ses.ID, Used: used, Quota: quota}
 	}
 	send(MB/2, 3*MB)   // early: 2.5 MB left; this server refuses it
 	send(2.5*MB, 3*MB) // at the warning level
-	_, p := harness.Next[*sharespotv1.Envelope_LowQuotaPrompt](t, guestIn)
+	_, p := harness.NextIn[*sharespotv1.Envelope_LowQuotaPrompt](t, ses.Messages())
 	if p.LowQuotaPrompt.UsedBytes != 2.5*MB || p.LowQuotaPrompt.GrantedBytes != 3*MB {
 		t.Fatalf("prompt %v, want the one at the warning level", p.LowQuotaPrompt)
 	}
@@ -176,22 +163,34 @@ func TestPromptOncePerVolume(t *testing.T) {
 	// The host handles events one at a time: once it takes the next one,
 	// it is done with that one, and any prompt it sent is in the guest's
 	// inbox, before what the top-up request brings.
-	gw.ev <- gateway.Event{Kind: gateway.Idle, SessionID: ses.Id}
-	if _, err := guestC.Sessions.RequestTopUp(ctx, connect.NewRequest(&sharespotv1.RequestTopUpRequest{SessionId: ses.Id, Bytes: MB})); err != nil {
+	gw.ev <- gateway.Event{Kind: gateway.Idle, SessionID: ses.ID}
+	if err := ses.RequestTopUp(ctx, MB); err != nil {
 		t.Fatal(err)
 	}
+	// The guest takes the top-up's steps one by one: the next message it
+	// gets must be the fee, not a second prompt.
 	select {
-	case e := <-guestIn.C():
+	case e := <-ses.Messages():
 		fi, ok := e.Body.(*sharespotv1.Envelope_FeeInfo)
 		if !ok {
 			t.Fatalf("after the top-up request the guest got %v, want the fee information (a second prompt for one volume?)", e)
 		}
-		pay(fi)
+		q := fi.FeeInfo.Quote
+		rc, err := ses.Pay(ctx, q, guest.BuyOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := ses.Confirm(ctx, q, rc); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ses.AwaitGrant(ctx, sharespotv1.QuoteKind_QUOTE_KIND_TOPUP, q.Id); err != nil {
+			t.Fatal(err)
+		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("no fee information")
 	}
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
-		if _, q, _ := gw.Usage(ses.Id); q == 4*MB {
+		if _, q, _ := gw.Usage(ses.ID); q == 4*MB {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -199,7 +198,7 @@ func TestPromptOncePerVolume(t *testing.T) {
 		}
 	}
 	send(3.5*MB, 4*MB)
-	_, p = harness.Next[*sharespotv1.Envelope_LowQuotaPrompt](t, guestIn)
+	_, p = harness.NextIn[*sharespotv1.Envelope_LowQuotaPrompt](t, ses.Messages())
 	if p.LowQuotaPrompt.UsedBytes != 3.5*MB || p.LowQuotaPrompt.GrantedBytes != 4*MB {
 		t.Fatalf("prompt %v, want the one for the topped-up volume (a second for the first volume came?)", p.LowQuotaPrompt)
 	}

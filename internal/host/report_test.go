@@ -7,6 +7,7 @@ import (
 	"connectrpc.com/connect"
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
+	"github.com/sharespot/sharespot/internal/guest"
 	"github.com/sharespot/sharespot/internal/harness"
 	"github.com/sharespot/sharespot/internal/session"
 )
@@ -34,16 +35,17 @@ func TestReportReconciledAfterRefusal(t *testing.T) {
 	const MB, funded = 1_000_000, 10_000
 	r := newHostRig(t, 100, 4*MB)
 	env, h, gw, hostC, guestC, ses := r.env, r.h, r.gw, r.hostC, r.guestC, r.ses
+	sid := ses.ID
 	ctx := t.Context() // r.ctx ends with the host agent
 
 	counted := func(used, quota int64) {
 		gw.mu.Lock()
-		gw.used[ses.Id], gw.quota[ses.Id] = used, quota
+		gw.used[sid], gw.quota[sid] = used, quota
 		gw.mu.Unlock()
 	}
 	server := func() *sharespotv1.Session {
 		t.Helper()
-		res, err := hostC.Sessions.Get(ctx, connect.NewRequest(&sharespotv1.GetRequest{SessionId: ses.Id}))
+		res, err := hostC.Sessions.Get(ctx, connect.NewRequest(&sharespotv1.GetRequest{SessionId: sid}))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -59,7 +61,7 @@ func TestReportReconciledAfterRefusal(t *testing.T) {
 
 	// 2. A count below the stored one: refused, nothing lower is sent.
 	counted(1*MB, 4*MB)
-	if _, err := hostC.Sessions.ReportUsage(ctx, connect.NewRequest(&sharespotv1.ReportUsageRequest{SessionId: ses.Id, UsedBytes: 1 * MB})); harness.Code(err) != connect.CodeInvalidArgument {
+	if _, err := hostC.Sessions.ReportUsage(ctx, connect.NewRequest(&sharespotv1.ReportUsageRequest{SessionId: sid, UsedBytes: 1 * MB})); harness.Code(err) != connect.CodeInvalidArgument {
 		t.Fatalf("a report below the stored count: %v, want it refused (invalid argument)", err)
 	}
 	h.ReportAll(ctx)
@@ -67,7 +69,7 @@ func TestReportReconciledAfterRefusal(t *testing.T) {
 		t.Fatalf("after a lower count the server has used %d (%v), want the stored %d, still active", s.UsedBytes, s.State, 2*MB)
 	}
 	h.mu.Lock()
-	still := h.active[ses.Id]
+	still := h.active[sid]
 	h.mu.Unlock()
 	if !still {
 		t.Fatal("after a refused lower count the host agent stopped reporting on the session")
@@ -76,7 +78,7 @@ func TestReportReconciledAfterRefusal(t *testing.T) {
 	// 3. Volume above the grant: the 5 MB report is refused, the granted
 	// 4 MB is sent in its place.
 	counted(5*MB, 6*MB)
-	if _, err := hostC.Sessions.ReportUsage(ctx, connect.NewRequest(&sharespotv1.ReportUsageRequest{SessionId: ses.Id, UsedBytes: 5 * MB})); harness.Code(err) != connect.CodeInvalidArgument {
+	if _, err := hostC.Sessions.ReportUsage(ctx, connect.NewRequest(&sharespotv1.ReportUsageRequest{SessionId: sid, UsedBytes: 5 * MB})); harness.Code(err) != connect.CodeInvalidArgument {
 		t.Fatalf("a report above the grant: %v, want it refused (invalid argument)", err)
 	}
 	h.ReportAll(ctx)
@@ -87,20 +89,19 @@ func TestReportReconciledAfterRefusal(t *testing.T) {
 	// The host goes away; the guest ends; past the close deadline the
 	// last report stands.
 	r.stopHost()
-	res, err := guestC.Sessions.End(ctx, connect.NewRequest(&sharespotv1.EndRequest{SessionId: ses.Id, Reason: "leaving"}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if st := res.Msg.Session.State; st != sharespotv1.SessionState_SESSION_STATE_ENDING {
-		t.Fatalf("after the guest's End: %v, want ENDING", st)
-	}
-	env.Clock.Advance(session.DefaultConfig().CloseTimeout + time.Second)
-	s := server()
-	for deadline := time.Now().Add(20 * time.Second); s.State != sharespotv1.SessionState_SESSION_STATE_ENDED; s = server() {
-		if time.Now().After(deadline) {
-			t.Fatalf("the session is %v 20 s past the close deadline, want it settled", s.State)
+	var ending *sharespotv1.Session
+	ses.Observe = func(e guest.Event) {
+		if e.Step == guest.StepEnding {
+			ending = e.Session
+			env.Clock.Advance(session.DefaultConfig().CloseTimeout + time.Second)
 		}
-		time.Sleep(5 * time.Millisecond)
+	}
+	s, err := ses.End(ctx, "leaving")
+	if err != nil {
+		t.Fatalf("end and settle: %v", err)
+	}
+	if ending.GetState() != sharespotv1.SessionState_SESSION_STATE_ENDING {
+		t.Fatalf("after the guest's End: %v, want ENDING", ending.GetState())
 	}
 	const charged, fee = 400, 20
 	if s.UsedBytes != 4*MB || s.PaidMinor != 400 || s.SettledHostMinor != charged-fee || s.SettledFeeMinor != fee || s.RefundedMinor != 0 {

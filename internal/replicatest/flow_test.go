@@ -4,9 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
-	"errors"
 	"fmt"
-	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -38,88 +36,6 @@ const (
 	awaitTimeout = 10 * time.Second
 )
 
-// handledMsg is one inbox message a device handled.
-type handledMsg = client.Handled
-
-// inbox receives one device's inbox through client.Receive (one call for
-// the whole run: it reconnects, and fails over, by itself) and records
-// what the device handled.
-type inbox struct {
-	mu   sync.Mutex
-	msgs []handledMsg
-	ch   chan *sharespotv1.Envelope
-	err  error
-	done chan struct{}
-}
-
-// listen receives c's inbox until ctx ends; h, if not nil, handles each
-// message first (the host agent).
-func listen(ctx context.Context, c *client.Client, h client.Handler) *inbox {
-	in := &inbox{ch: make(chan *sharespotv1.Envelope, 1024), done: make(chan struct{})}
-	go func() {
-		defer close(in.done)
-		err := c.Receive(ctx, 0, func(ctx context.Context, env *sharespotv1.Envelope) error {
-			if h != nil {
-				if err := h(ctx, env); err != nil {
-					return err
-				}
-			}
-			m := client.HandledOf(env)
-			in.mu.Lock()
-			in.msgs = append(in.msgs, m)
-			in.mu.Unlock()
-			select {
-			case in.ch <- env:
-			default:
-			}
-			return nil
-		}, nil)
-		if ctx.Err() == nil {
-			in.mu.Lock()
-			in.err = err
-			in.mu.Unlock()
-		}
-	}()
-	return in
-}
-
-func (in *inbox) handled() []handledMsg {
-	in.mu.Lock()
-	defer in.mu.Unlock()
-	return slices.Clone(in.msgs)
-}
-
-// await waits for in's next message of session sid that match accepts,
-// failing on the session's end or a decline.
-func (in *inbox) await(ctx context.Context, sid, what string, match func(*sharespotv1.Envelope) bool) (*sharespotv1.Envelope, error) {
-	timer := time.NewTimer(awaitTimeout)
-	defer timer.Stop()
-	for {
-		select {
-		case env := <-in.ch:
-			if env.SessionId != sid {
-				continue
-			}
-			if match(env) {
-				return env, nil
-			}
-			switch b := env.Body.(type) {
-			case *sharespotv1.Envelope_SessionEnded:
-				return nil, fmt.Errorf("waiting for %s: session ended: %s", what, b.SessionEnded.Session.GetEndReason())
-			case *sharespotv1.Envelope_Declined:
-				return nil, fmt.Errorf("waiting for %s: declined: %s", what, b.Declined.Reason)
-			}
-		case <-timer.C:
-			in.mu.Lock()
-			err := in.err
-			in.mu.Unlock()
-			return nil, fmt.Errorf("no %s for session %s within %v (receiver: %v)", what, sid, awaitTimeout, err)
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-	}
-}
-
 // flow is one guest buying from one host, each device talking to its own
 // replicas, on one PostgreSQL database.
 type flow struct {
@@ -135,10 +51,13 @@ type flow struct {
 	midFlow     func()
 	midFlowOnce sync.Once
 
-	stopInboxes     context.CancelFunc
-	hostIn, guestIn *inbox
+	stopInboxes context.CancelFunc
+	// hostIn has every message on C (the host agent handles them first);
+	// guestIn routes the guest's to its sessions (guest.Guest.Listen).
+	hostIn, guestIn *client.Inbox
 	bssid           string
 	hotspotID, sid  string
+	ses             *guest.Session // the flow's session, as the guest runs it
 
 	mu    sync.Mutex
 	steps []step
@@ -168,7 +87,11 @@ func newFlow(st *store.Store, hostURLs, guestURLs []string) *flow {
 		bssid: fmt.Sprintf("02:%02X:%02X:%02X:%02X:%02X", b[0], b[1], b[2], b[3], b[4])}
 	f.host, f.guest = newDevice("host", hostURLs), newDevice("guest", guestURLs)
 	f.agent = &host.Agent{C: f.host, GW: f.gate}
-	f.g = &guest.Guest{C: f.guest}
+	// The replica the guest talks to may die after committing a call but
+	// before answering it (TestReplicas kills it there). The client does
+	// not re-send a call that reached a server; the guest does, on the
+	// next replica, finding out what the first did.
+	f.g = &guest.Guest{C: f.guest, Retry: true, Wait: awaitTimeout}
 	return f
 }
 
@@ -219,14 +142,14 @@ func (f *flow) setup(ctx context.Context) error {
 	}
 	rctx, cancel := context.WithCancel(context.Background())
 	f.stopInboxes = cancel
-	f.hostIn = listen(rctx, f.host, func(ctx context.Context, env *sharespotv1.Envelope) error {
+	f.hostIn = client.Listen(rctx, f.host, client.InboxOptions{All: true, Handle: func(ctx context.Context, env *sharespotv1.Envelope) error {
 		if pc := env.GetPaymentConfirmed(); pc != nil && pc.Kind == sharespotv1.QuoteKind_QUOTE_KIND_INITIAL && f.midFlow != nil {
 			f.midFlowOnce.Do(f.midFlow)
 		}
 		return f.agent.Handle(ctx, env)
-	})
-	f.guestIn = listen(rctx, f.guest, nil)
-	return nil
+	}})
+	f.guestIn, err = f.g.Listen(rctx, nil)
+	return err
 }
 
 // drain waits until each device has handled every message its inbox
@@ -239,13 +162,13 @@ func (f *flow) drain(ctx context.Context) error {
 			for _, d := range []struct {
 				name string
 				c    *client.Client
-				in   *inbox
+				in   *client.Inbox
 			}{{"host", f.host, f.hostIn}, {"guest", f.guest, f.guestIn}} {
 				var next int64
 				if err := tx.QueryRow(`SELECT next_seq FROM devices WHERE id = ?`, d.c.DeviceID()).Scan(&next); err != nil {
 					return err
 				}
-				if n := int64(len(d.in.handled())); n < next-1 {
+				if n := int64(len(d.in.Handled())); n < next-1 {
 					pending += fmt.Sprintf(" %s handled %d of %d;", d.name, n, next-1)
 				}
 			}
@@ -267,56 +190,36 @@ func (f *flow) stop() error {
 		return nil
 	}
 	f.stopInboxes()
-	for _, in := range []*inbox{f.hostIn, f.guestIn} {
-		select {
-		case <-in.done:
-		case <-time.After(10 * time.Second):
-			return fmt.Errorf("an inbox receiver did not stop within 10s")
+	for _, in := range []*client.Inbox{f.hostIn, f.guestIn} {
+		if err := in.Wait(10 * time.Second); err != nil {
+			return err
 		}
 	}
 	return nil
 }
 
-// buy answers the fee information of kind that the call at since led to:
-// pays, confirms, and waits for the grant.
+// buy is the guest's purchase of kind (guest.Session.Buy) that the call
+// at since led to: the fee, the payment, the confirmation and the grant.
+// It times the fee's trip from since and the grant's from the
+// confirmation.
 func (f *flow) buy(ctx context.Context, kind sharespotv1.QuoteKind, since time.Time) (*sharespotv1.AccessGranted, error) {
-	env, err := f.guestIn.await(ctx, f.sid, "fee information", func(env *sharespotv1.Envelope) bool {
-		fi := env.GetFeeInfo()
-		return fi != nil && fi.Quote.Kind == kind
-	})
-	if err != nil {
-		return nil, err
-	}
-	f.record(fmt.Sprintf("%v: request → fee information", kind), since)
-	q := env.GetFeeInfo().Quote
-	pay, err := f.guest.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: q.Id}))
-	if err != nil {
-		return nil, fmt.Errorf("pay %v: %w", kind, err)
-	}
-	confirmed := time.Now()
-	req := &sharespotv1.ConfirmRequest{SessionId: f.sid, Receipt: pay.Msg.Receipt}
-	if _, err := f.guest.Sessions.Confirm(ctx, connect.NewRequest(req)); err != nil {
-		// The replica may die after committing the confirmation but before
-		// answering (the test kills it there). The client does not re-send
-		// a call that reached a server; the guest does, on the next
-		// replica, and an "already confirmed" refusal then means it took.
-		var ce *connect.Error
-		if errors.As(err, &ce) && ce.Code() != connect.CodeUnknown && ce.Code() != connect.CodeUnavailable {
-			return nil, fmt.Errorf("confirm %v: %w", kind, err)
-		}
-		if _, err2 := f.guest.Sessions.Confirm(ctx, connect.NewRequest(req)); err2 != nil && harness.Code(err2) != connect.CodeFailedPrecondition {
-			return nil, fmt.Errorf("confirm %v: %v, then on retry: %w", kind, err, err2)
+	var confirmed time.Time
+	f.ses.Observe = func(e guest.Event) {
+		switch e.Step {
+		case guest.StepFee:
+			f.record(fmt.Sprintf("%v: request → fee information", kind), since)
+		case guest.StepPaid:
+			confirmed = time.Now()
+		case guest.StepGranted:
+			f.record(fmt.Sprintf("%v: confirm → access granted", kind), confirmed)
 		}
 	}
-	env, err = f.guestIn.await(ctx, f.sid, "access response", func(env *sharespotv1.Envelope) bool {
-		g := env.GetAccessGranted()
-		return g != nil && g.QuoteId == q.Id
-	})
+	defer func() { f.ses.Observe = nil }()
+	grant, err := f.ses.Buy(ctx, kind, guest.BuyOptions{})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("buy %v: %w", kind, err)
 	}
-	f.record(fmt.Sprintf("%v: confirm → access granted", kind), confirmed)
-	return env.GetAccessGranted(), nil
+	return grant, nil
 }
 
 // open is claims 1–3 up to the first grant: request 100 MB, quote, pay,
@@ -334,18 +237,17 @@ func (f *flow) open(ctx context.Context) ([]byte, error) {
 		return nil, fmt.Errorf("available set %v, want hotspot %s", res.Msg.Available, f.hotspotID)
 	}
 	requested := time.Now()
-	ses, err := f.g.RequestAccess(ctx, f.hotspotID, 100*MB)
-	if err != nil {
+	if f.ses, err = f.g.Begin(ctx, res.Msg.Available[0], 100*MB); err != nil {
 		return nil, fmt.Errorf("request access: %w", err)
 	}
-	f.sid = ses.Id
+	f.sid = f.ses.ID
 	grant, err := f.buy(ctx, sharespotv1.QuoteKind_QUOTE_KIND_INITIAL, requested)
 	if err != nil {
 		return nil, err
 	}
-	code, err := f.g.OpenCode(f.sid, f.host.DeviceID(), grant.SealedCode)
+	code, err := f.ses.Code(grant)
 	if err != nil {
-		return nil, fmt.Errorf("open the access code: %w", err)
+		return nil, err
 	}
 	if vol, err := f.gate.Check(f.sid, code); err != nil || vol != 100*MB || grant.TotalGrantedBytes != 100*MB {
 		return nil, fmt.Errorf("gate check = %d, %v; total granted %d", vol, err, grant.TotalGrantedBytes)
@@ -358,8 +260,10 @@ func (f *flow) prompt(ctx context.Context) error {
 	if _, err := f.host.Sessions.Prompt(ctx, connect.NewRequest(&sharespotv1.PromptRequest{SessionId: f.sid, UsedBytes: 96 * MB})); err != nil {
 		return fmt.Errorf("prompt: %w", err)
 	}
-	_, err := f.guestIn.await(ctx, f.sid, "low-quota prompt", func(env *sharespotv1.Envelope) bool { return env.GetLowQuotaPrompt() != nil })
-	return err
+	if _, err := client.Await(ctx, f.ses.Messages(), awaitTimeout, func(env *sharespotv1.Envelope) bool { return env.GetLowQuotaPrompt() != nil }); err != nil {
+		return fmt.Errorf("waiting for the low-quota prompt: %w", err)
+	}
+	return nil
 }
 
 // run is claims 1–3 through one session: open, low-quota prompt, top-up
@@ -377,7 +281,7 @@ func (f *flow) run(ctx context.Context) error {
 	}
 	f.record("prompt → low-quota prompt", prompted)
 	toppedUp := time.Now()
-	if _, err := f.guest.Sessions.RequestTopUp(ctx, connect.NewRequest(&sharespotv1.RequestTopUpRequest{SessionId: f.sid, Bytes: 50 * MB})); err != nil {
+	if err := f.ses.RequestTopUp(ctx, 50*MB); err != nil {
 		return fmt.Errorf("request top-up: %w", err)
 	}
 	grant, err := f.buy(ctx, sharespotv1.QuoteKind_QUOTE_KIND_TOPUP, toppedUp)
@@ -392,7 +296,7 @@ func (f *flow) run(ctx context.Context) error {
 	}
 	ended := time.Now()
 	// The guest ends; the host agent's final count settles the session.
-	s, err := f.guest.EndAndSettle(ctx, f.sid, "done")
+	s, err := f.ses.End(ctx, "done")
 	if err != nil {
 		return fmt.Errorf("end: %w", err)
 	}
@@ -402,8 +306,10 @@ func (f *flow) run(ctx context.Context) error {
 	if s.State != sharespotv1.SessionState_SESSION_STATE_ENDED || s.SettledHostMinor != 1178 || s.SettledFeeMinor != 62 || s.RefundedMinor != 360 {
 		return fmt.Errorf("settlement = %v", s)
 	}
-	if _, err := f.hostIn.await(ctx, f.sid, "session end", func(env *sharespotv1.Envelope) bool { return env.GetSessionEnded() != nil }); err != nil {
-		return fmt.Errorf("host: %w", err)
+	if _, err := client.Await(ctx, f.hostIn.C(), awaitTimeout, func(env *sharespotv1.Envelope) bool {
+		return env.SessionId == f.sid && env.GetSessionEnded() != nil
+	}); err != nil {
+		return fmt.Errorf("host: waiting for the session's end: %w", err)
 	}
 	f.record("end → host told the session ended", ended)
 	return nil
@@ -444,14 +350,14 @@ func (f *flow) check(t *testing.T, ctx context.Context) {
 		}
 		for _, d := range []struct {
 			name, id string
-			msgs     []handledMsg
-		}{{"host", f.host.DeviceID(), f.hostIn.handled()}, {"guest", f.guest.DeviceID(), f.guestIn.handled()}} {
+			msgs     []client.Handled
+		}{{"host", f.host.DeviceID(), f.hostIn.Handled()}, {"guest", f.guest.DeviceID(), f.guestIn.Handled()}} {
 			for _, err := range harness.CheckDelivery(tx, d.id, d.msgs) {
 				t.Errorf("%s inbox: %v", d.name, err)
 			}
 		}
 		grants := map[string]int{}
-		for _, m := range f.guestIn.handled() {
+		for _, m := range f.guestIn.Handled() {
 			if m.QuoteID != "" {
 				if grants[m.QuoteID]++; grants[m.QuoteID] > 1 {
 					t.Errorf("quote %s granted twice", m.QuoteID)
