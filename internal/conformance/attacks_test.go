@@ -112,12 +112,11 @@ func endAtOnce(t *testing.T, mkPath func(*testing.T) *dataPath) {
 		t.Fatal(err)
 	}
 	gwAddr := grant.Gateway.GetAddress()
-	if err := p.online(ctx, gwAddr, ses.ID, code); err != nil {
-		t.Fatal(err)
-	}
-	if n, err := p.fetch(ctx, p.client(gwAddr, ses.ID, code, 30*time.Second), pull); err != nil || n != pull {
+	hc, stopAcks := verifiedOnline(t, ctx, p, ses, gwAddr, code)
+	if n, err := p.fetch(ctx, hc(30*time.Second), pull); err != nil || n != pull {
 		t.Fatalf("fetched %d bytes: %v", n, err)
 	}
+	stopAcks() // the last count goes to the gateway; the End carries it
 	wctx, wcancel := context.WithTimeout(ctx, 20*time.Second)
 	defer wcancel()
 	s, err := ses.End(wctx, "got what I wanted")
@@ -268,6 +267,9 @@ func testGrantRefused(t *testing.T) {
 	_, err = f.host.Sessions.ReportUsage(ctx, connect.NewRequest(&sharespotv1.ReportUsageRequest{SessionId: ses.ID, UsedBytes: 114 * MB}))
 	refused(t, err, connect.CodeInvalidArgument, "between 0 and the 100000000 bytes granted")
 	if _, err := f.host.Sessions.ReportUsage(ctx, connect.NewRequest(&sharespotv1.ReportUsageRequest{SessionId: ses.ID, UsedBytes: 100 * MB})); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ses.Acknowledge(ctx, 100*MB); err != nil { // the honest guest got it all
 		t.Fatal(err)
 	}
 	s, err := ses.End(ctx, "done")
@@ -427,14 +429,16 @@ func testEmptyWallet(t *testing.T) {
 	f.env.MustAudit(t)
 }
 
-// testHostOverclaims: the guest acknowledged 10 MB of the 100 MB granted;
-// the host reports all 100 MB. The bill is the acknowledged bytes plus the
-// credit window (max(1 MB, 2 % of 100 MB) = 2 MB): 12 MB. A guest that
-// acknowledges nothing more gets at most the window more.
+// testHostOverclaims: in a verified session the guest acknowledged 10 MB
+// of the 100 MB granted; the host reports all 100 MB. The bill is the
+// acknowledged bytes plus the credit window (max(1 MB, 2 % of 100 MB) =
+// 2 MB): 12 MB. A verified guest that acknowledges nothing pays for at
+// most the window. An unverified session is billed on the host's count,
+// at most what was bought. The operator's reconciliation names the host.
 func testHostOverclaims(t *testing.T) {
 	r := newRig(t, nil)
 	ctx := t.Context()
-	s := r.active(t, r.guest, 100*MB)
+	s := r.activeVerified(t, r.guest, 100*MB)
 	if n, err := r.guest.Acknowledge(ctx, s.id, 10*MB); err != nil || n != 10*MB {
 		t.Fatalf("acknowledge: %d, %v", n, err)
 	}
@@ -452,31 +456,52 @@ func testHostOverclaims(t *testing.T) {
 	}
 	wantSettled(t, got, r.guest, r.host, funds, 1000, 120)
 
-	// Without acknowledgments the host's count stands, marked unverified.
-	b := r.newGuest(t, "quiet guest")
+	// A verified guest that acknowledged nothing: the window at most.
+	v := r.newGuest(t, "silent verified guest")
+	s3 := r.activeVerified(t, v, 100*MB)
+	res, err = r.host.Sessions.End(ctx, connect.NewRequest(&sharespotv1.EndRequest{SessionId: s3.id, UsedBytes: 30 * MB}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := res.Msg.Session; !got.Verified || got.UsedBytes != 2*MB || got.HostCountBytes != 30*MB ||
+		got.SettledHostMinor != 19 || got.SettledFeeMinor != 1 || got.RefundedMinor != 980 {
+		t.Fatalf("verified, unacknowledged: verified %v, billed on %d, host count %d: host %d fee %d refund %d; want 2 MB: 19, 1, 980",
+			got.Verified, got.UsedBytes, got.HostCountBytes, got.SettledHostMinor, got.SettledFeeMinor, got.RefundedMinor)
+	}
+	if got := harness.Balance(t, v, currency); got != funds-20 {
+		t.Errorf("the silent verified guest holds %d, want %d", got, funds-20)
+	}
+	if got := harness.Balance(t, r.host, currency); got != 114+19 {
+		t.Errorf("the host holds %d, want 133 (114 + 19)", got)
+	}
+
+	// Unverified: the host's count stands, at most what was bought.
+	b := r.newGuest(t, "unverified guest")
 	s2 := r.active(t, b, 100*MB)
 	res, err = r.host.Sessions.End(ctx, connect.NewRequest(&sharespotv1.EndRequest{SessionId: s2.id, UsedBytes: 30 * MB}))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got := res.Msg.Session; got.Verified || got.UsedBytes != 30*MB || got.HostCountBytes != 30*MB {
-		t.Fatalf("unacknowledged session: verified %v, billed on %d, host count %d", got.Verified, got.UsedBytes, got.HostCountBytes)
+		t.Fatalf("unverified session: verified %v, billed on %d, host count %d", got.Verified, got.UsedBytes, got.HostCountBytes)
 	}
-	// The operator's reconciliation shows the host counting ahead.
+	// The operator's reconciliation shows the host counting ahead in both
+	// verified sessions.
 	recon, err := store.ReadT(ctx, r.env.Srv.Store(), func(tx *store.Tx) (session.Reconciliation, error) { return session.Reconcile(tx) })
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []session.HostReconciliation{{Host: r.host.DeviceID(), Verified: 1, Unverified: 1, Overclaimed: 1, HostBytes: 100 * MB, AckedBytes: 10 * MB}}
-	if diff := cmp.Diff(want, recon.Hosts); diff != "" {
-		t.Fatalf("reconciliation (-want +got):\n%s", diff)
+	want := []session.HostReconciliation{{Host: r.host.DeviceID(), Verified: 2, Unverified: 1, Overclaimed: 2, HostBytes: 130 * MB, AckedBytes: 10 * MB}}
+	if diff := cmp.Diff(want, recon.Hosts); diff != "" || len(recon.Guests) != 0 {
+		t.Fatalf("reconciliation (-want +got):\n%s\nguests blamed: %v", diff, recon.Guests)
 	}
 	r.env.MustAudit(t)
 }
 
-// testBadAcks: forged, replayed, other-session, decreasing, oversized and
-// misdirected acknowledgments change nothing; a window out of bounds is
-// refused at the grant.
+// testBadAcks: forged, replayed, other-session, decreasing, misdirected
+// and late acknowledgments change nothing; an unverified session takes
+// none; a host can attach its guest's acknowledgment, not a forged one;
+// the credit window is the rule's, whatever a grant asks.
 func testBadAcks(t *testing.T) {
 	r := newRig(t, nil)
 	ctx := t.Context()
@@ -487,8 +512,9 @@ func testBadAcks(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.env.Fund(t, guestC, currency, funds)
-	s, s2 := r.active(t, guestC, 100*MB), r.active(t, guestC, 100*MB)
-	other := r.active(t, r.newGuest(t, "other guest"), 100*MB)
+	s, s2 := r.activeVerified(t, guestC, 100*MB), r.activeVerified(t, guestC, 100*MB)
+	other := r.activeVerified(t, r.newGuest(t, "other guest"), 100*MB)
+	unverified := r.active(t, r.newGuest(t, "unverified guest"), 100*MB)
 	if _, err := guestC.Acknowledge(ctx, s.id, 20*MB); err != nil {
 		t.Fatal(err)
 	}
@@ -510,26 +536,64 @@ func testBadAcks(t *testing.T) {
 			return send(guestC, &sharespotv1.UsageAck{SessionId: s.id, ReceivedBytes: 50 * MB, Signature: protocol.SignAck(gkey, s2.id, 50*MB)})
 		}, connect.CodePermissionDenied, "acknowledgment refused"},
 		{"decreasing", func() error { _, err := guestC.Acknowledge(ctx, s.id, 5*MB); return err }, connect.CodeInvalidArgument, "counts only grow"},
-		{"above_granted", func() error { _, err := guestC.Acknowledge(ctx, s.id, 101*MB); return err }, connect.CodeInvalidArgument, "above the 100000000 bytes granted"},
-		{"by_the_host", func() error { _, err := r.host.Acknowledge(ctx, s.id, 50*MB); return err }, connect.CodePermissionDenied, "only the guest"},
+		{"by_the_host", func() error { _, err := r.host.Acknowledge(ctx, s.id, 50*MB); return err }, connect.CodePermissionDenied, "acknowledgment refused"},
 		{"for_a_session_not_yours", func() error { _, err := guestC.Acknowledge(ctx, other.id, 50*MB); return err }, connect.CodeNotFound, "not found"},
+		{"in_an_unverified_session", func() error { _, err := unverified.guest.Acknowledge(ctx, unverified.id, 50*MB); return err },
+			connect.CodeFailedPrecondition, "unverified"},
+		{"host_attaches_a_forged_one", func() error {
+			_, err := r.host.Sessions.ReportUsage(ctx, connect.NewRequest(&sharespotv1.ReportUsageRequest{SessionId: s.id, UsedBytes: 30 * MB,
+				Ack: &sharespotv1.UsageAck{SessionId: s.id, ReceivedBytes: 60 * MB, Signature: protocol.SignAck(mallory, s.id, 60*MB)}}))
+			return err
+		}, connect.CodePermissionDenied, "acknowledgment refused"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			refusedQuietly(t, r.env, tc.call, tc.code, tc.want)
 		})
 	}
-	// The same count again is accepted and changes nothing.
+	// The same count again is accepted and changes nothing; so is one
+	// above what was granted (a guest may count what the host does not),
+	// held to the grant.
 	if n, err := guestC.Acknowledge(ctx, s.id, 20*MB); err != nil || n != 20*MB {
 		t.Fatalf("replayed acknowledgment: %d, %v", n, err)
 	}
 	if got := r.session(t, s.id).GuestAckedBytes; got != 20*MB {
 		t.Fatalf("acknowledged %d after the refusals, want %d", got, 20*MB)
 	}
-	// A credit window beyond max(1 MB, 5 % of the tranche) is refused.
+	if n, err := guestC.Acknowledge(ctx, s2.id, 101*MB); err != nil || n != 100*MB {
+		t.Fatalf("an acknowledgment above the grant: %d, %v; want it held to 100 MB", n, err)
+	}
+	// The host attaches its guest's own acknowledgment (held at its
+	// gateway) to a report: taken, as the guest could not hide it.
+	if _, err := r.host.Sessions.ReportUsage(ctx, connect.NewRequest(&sharespotv1.ReportUsageRequest{SessionId: s.id, UsedBytes: 30 * MB,
+		Ack: &sharespotv1.UsageAck{SessionId: s.id, ReceivedBytes: 25 * MB, Signature: protocol.SignAck(gkey, s.id, 25*MB)}})); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.session(t, s.id).GuestAckedBytes; got != 25*MB {
+		t.Fatalf("after the host attached the guest's 25 MB: acknowledged %d", got)
+	}
+	// The guest's End is its last word: after it no acknowledgment of the
+	// guest's is taken, so a late one cannot rewrite the bill.
+	if _, err := guestC.Sessions.End(ctx, connect.NewRequest(&sharespotv1.EndRequest{SessionId: s.id, Reason: "leaving",
+		Ack: guestC.SignAck(s.id, 26*MB)})); err != nil {
+		t.Fatal(err)
+	}
+	refusedQuietly(t, r.env, func() error { _, err := guestC.Acknowledge(ctx, s.id, 1*MB); return err }, connect.CodeFailedPrecondition, "is ending")
+	refusedQuietly(t, r.env, func() error { _, err := guestC.Acknowledge(ctx, s.id, 90*MB); return err }, connect.CodeFailedPrecondition, "is ending")
+	res, err := r.host.Sessions.End(ctx, connect.NewRequest(&sharespotv1.EndRequest{SessionId: s.id, UsedBytes: 31 * MB, Reason: "final count"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := res.Msg.Session; got.GuestAckedBytes != 26*MB || got.UsedBytes != 28*MB {
+		t.Fatalf("settled on %d bytes with %d acknowledged; want 28 MB (the End's 26 MB + the 2 MB window, below the host's 31 MB)", got.UsedBytes, got.GuestAckedBytes)
+	}
+	// A grant's credit window is ignored: the window is max(1 MB, 2 % of
+	// what was granted), one rule.
 	g, q := r.confirmed(t, r.newGuest(t, "third guest"), 10*MB)
 	req := r.grantReq(t, g, q)
-	req.CreditWindowBytes = 2 * MB
-	_, err := r.host.Sessions.Grant(ctx, connect.NewRequest(req))
-	refused(t, err, connect.CodeInvalidArgument, "credit_window_bytes 2000000 must be between 65536 and 1000000")
+	req.CreditWindowBytes = 7 * MB
+	res2, err := r.host.Sessions.Grant(ctx, connect.NewRequest(req))
+	if err != nil || res2.Msg.Session.CreditWindowBytes != 1*MB {
+		t.Fatalf("a grant asking a 7 MB window: %v, %v; want the rule's 1 MB", res2, err)
+	}
 	r.env.MustAudit(t)
 }

@@ -357,8 +357,12 @@ func TestClaim(t *testing.T) {
 		}},
 	})
 	step("settlement_on_end", func(t *testing.T) {
-		// The host meters 120 MB of 150 MB; the guest ends the session.
+		// The host meters 120 MB of 150 MB; the guest, which counted as
+		// much, acknowledged it (signed) and ends the session.
 		if _, err := f.host.Sessions.ReportUsage(ctx, connect.NewRequest(&sharespotv1.ReportUsageRequest{SessionId: ses.ID, UsedBytes: 120 * MB})); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ses.Acknowledge(ctx, 120*MB); err != nil {
 			t.Fatal(err)
 		}
 		// Ending takes both parties: after the guest's End the session

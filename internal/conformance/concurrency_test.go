@@ -35,7 +35,7 @@ func TestManyGuestsNeverOversold(t *testing.T) {
 	for i := range guests {
 		gc := f.env.Device(t, "guest")
 		f.env.Fund(t, gc, currency, 10_000)
-		g := &guest.Guest{C: gc, Wait: 20 * time.Second}
+		g := &guest.Guest{C: gc, Wait: 20 * time.Second, Unverified: true} // no data path here: the host's count is the bill
 		harness.ListenGuest(t, g)
 		wg.Add(1)
 		go func() {

@@ -127,9 +127,16 @@ func guestKey(t *testing.T, s seal.Suite) (*seal.PrivateKey, *sharespotv1.GuestK
 // request is C1.6: guest asks for bytes at the rig's hotspot.
 func (r *rig) request(t *testing.T, guest *client.Client, n int64) *ses {
 	t.Helper()
+	return r.requestMode(t, guest, n, sharespotv1.UsageMode_USAGE_MODE_UNSPECIFIED)
+}
+
+// requestMode is request in a usage mode (unspecified: unverified, as a
+// guest older than protocol 5 asks).
+func (r *rig) requestMode(t *testing.T, guest *client.Client, n int64, mode sharespotv1.UsageMode) *ses {
+	t.Helper()
 	k, gk := guestKey(t, seal.Preset)
 	res, err := guest.Sessions.RequestAccess(t.Context(), connect.NewRequest(&sharespotv1.RequestAccessRequest{
-		HotspotId: r.hs.Id, Bytes: n, GuestKeys: []*sharespotv1.GuestKey{gk}}))
+		HotspotId: r.hs.Id, Bytes: n, GuestKeys: []*sharespotv1.GuestKey{gk}, UsageMode: mode}))
 	if err != nil {
 		t.Fatalf("request access: %v", err)
 	}
@@ -224,6 +231,17 @@ func (r *rig) confirmed(t *testing.T, guest *client.Client, n int64) (*ses, *sha
 func (r *rig) active(t *testing.T, guest *client.Client, n int64) *ses {
 	t.Helper()
 	s, q := r.confirmed(t, guest, n)
+	r.grant(t, r.grantReq(t, s, q))
+	return s
+}
+
+// activeVerified is active for a verified session: its guest
+// acknowledges what it receives, the bill is at most that plus the window.
+func (r *rig) activeVerified(t *testing.T, guest *client.Client, n int64) *ses {
+	t.Helper()
+	s := r.requestMode(t, guest, n, sharespotv1.UsageMode_USAGE_MODE_VERIFIED)
+	q := r.quote(t, s, n, false)
+	r.confirm(t, s, r.pay(t, s, q))
 	r.grant(t, r.grantReq(t, s, q))
 	return s
 }

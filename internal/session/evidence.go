@@ -67,6 +67,9 @@ func (e *Engine) Acknowledge(tx *store.Tx, guest Party, va VerifiedAck) (int64, 
 	if s.State != sharespotv1.SessionState_SESSION_STATE_ACTIVE {
 		return 0, problem.WrongStatef("session %s is %s: acknowledgments are taken while it runs (the guest's End carries its last)", s.ID, stateName(s.State))
 	}
+	if va.ack.ReceivedBytes < s.GuestAcked {
+		return 0, problem.Invalidf("received_bytes %d is below the %d already acknowledged; counts only grow", va.ack.ReceivedBytes, s.GuestAcked)
+	}
 	raised, err := e.takeAck(s, &va)
 	if err != nil || !raised {
 		return s.GuestAcked, err
