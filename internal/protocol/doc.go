@@ -21,7 +21,15 @@ package protocol
 //	               payment status, FundByCard, PayoutOnboarding.
 //	4  2026-11-30  PaymentConfirmed carries the quote and the guest, so
 //	               the host's agent grants without reading the session.
-const Version = 4
+//	5  2026-12-05  verified usage in a mode the guest's request fixes
+//	               (usage_mode); acknowledgments in-band to the gateway
+//	               over its control stream, attached by the host to its
+//	               reports, prompts and final count, and the guest's last
+//	               word in its End; one credit window, max(1 MB, 2 % of
+//	               everything granted); the guest's device key in
+//	               AccessRequested and PaymentConfirmed; the host's record
+//	               in each offer.
+const Version = 5
 
 // Limits both sides check.
 const (
