@@ -35,7 +35,7 @@ type ConnectCmd struct {
 	Yes           bool          `short:"y" help:"Answer yes to every question: pay the fee, and at the low-quota prompt buy --buy's size again (or --auto-topup's), paying without asking."`
 	AutoTopUp     string        `type:"size" name:"auto-topup" help:"At the low-quota prompt, buy this much more without asking." placeholder:"SIZE"`
 	Duration      time.Duration `help:"End the session after this long (default: when interrupted)."`
-	MaxSpend      string        `name:"max-spend" help:"The most this session may cost in all, in the tariff's currency (e.g. 5 or 5.50): a top-up that would pass it is not bought and the session ends instead. Default: five times the first purchase." placeholder:"AMOUNT"`
+	MaxSpend      string        `name:"max-spend" help:"The most this session may cost in all, in the tariff's currency (e.g. 5 or 5.50): a top-up that would pass it is not bought, and the session goes on with what is paid. Default: five times the first purchase." placeholder:"AMOUNT"`
 	Pay           string        `default:"wallet" enum:"wallet,card" help:"How to pay: wallet, or card (Stripe: the fee is held on the card and only what is used is charged)."`
 	PaymentMethod string        `name:"payment-method" help:"With --pay card: the Stripe PaymentMethod (pm_...) to charge; on a server in Stripe test mode the test card is used when empty." placeholder:"ID"`
 	Forward       string        `default:"127.0.0.1:1081" help:"Where the local forwarder listens (SOCKS5 and HTTP CONNECT, no credentials) with the userspace gateway. The session is verified: this device counts what it receives and sends, and signs it to the host's gateway as it goes, so the host can bill no more than that plus the credit window (with the kernel gateway, this device counts its interface). \"off\": no forwarder, and an unverified session, billed on the host's count (at most what was bought)." placeholder:"ADDR"`
@@ -90,7 +90,7 @@ type guestRun struct {
 	auto int64 // --auto-topup
 	// spent is what the session has cost so far; limit is the most it may
 	// (--max-spend), in the tariff's currency; over says a top-up was not
-	// bought for it.
+	// bought for it, and none will be.
 	spent, limit int64
 	over         bool
 	// stopForward stops the local forwarder and sends its last
@@ -392,6 +392,9 @@ func (r *guestRun) handle(e *sharespotv1.Envelope) (done bool, err error) {
 // or --auto-topup) says so.
 func (r *guestRun) topUp() error {
 	out := r.env.stdout
+	if r.over {
+		return nil // said once, when the limit first stopped a top-up
+	}
 	more := r.auto
 	switch {
 	case more > 0:
@@ -410,7 +413,8 @@ func (r *guestRun) topUp() error {
 	}
 	gr, err := r.ses.Buy(r.ctx, sharespotv1.QuoteKind_QUOTE_KIND_TOPUP, r.buyOptions(r.c.Yes || r.auto > 0))
 	if r.over {
-		return r.end("spending limit reached")
+		fmt.Fprintln(out, "No more top-ups this session; it goes on with what is paid (Ctrl-C ends it).")
+		return nil
 	}
 	switch {
 	case errors.Is(err, guest.ErrOverTariff):

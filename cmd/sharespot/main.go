@@ -66,6 +66,9 @@ func run() int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// The first Ctrl-C ends the command's work in order (a session ends
+	// and settles); a second one stops the process at once.
+	context.AfterFunc(ctx, stop)
 	if err := kctx.Run(&runEnv{ctx: ctx, stdout: os.Stdout, stderr: os.Stderr}); err != nil {
 		fmt.Fprintln(os.Stderr, "sharespot:", errText(err))
 		return 1

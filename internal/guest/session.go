@@ -347,6 +347,9 @@ func (s *Session) Acknowledge(ctx context.Context, received int64) (int64, error
 	return acked, err
 }
 
+// EndPatience is how long End asks a server that does not answer.
+const EndPatience = 30 * time.Second
+
 // End ends the session and waits for its settlement: once data may have
 // flowed, the host's final count settles it (or, if the host is silent,
 // its last report when the close deadline passes). In a verified session
@@ -360,10 +363,15 @@ func (s *Session) End(ctx context.Context, reason string) (*sharespotv1.Session,
 		req.Ack = s.g.C.SignAck(s.ID, n)
 	}
 	var res *connect.Response[sharespotv1.EndResponse]
-	// End is idempotent: an answer lost on the way is asked for again.
-	err := client.Retry(ctx, func() error {
+	// End is idempotent: an answer lost on the way is asked for again, for
+	// up to EndPatience; a server away longer leaves the session open (the
+	// host's gateway still holds the guest to what was paid, and the next
+	// End, or the close deadline, settles it).
+	rctx, cancel := context.WithTimeout(ctx, EndPatience)
+	defer cancel()
+	err := client.Retry(rctx, func() error {
 		var err error
-		res, err = s.g.C.Sessions.End(ctx, connect.NewRequest(req))
+		res, err = s.g.C.Sessions.End(rctx, connect.NewRequest(req))
 		return err
 	})
 	if err != nil {
