@@ -36,12 +36,12 @@ type row struct {
 	// on everything granted, protocol.Window); at settlement the host's
 	// own count, and whether its gateway held a guest that stopped
 	// acknowledging.
-	Mode                 sharespotv1.UsageMode
-	GuestKey             []byte
-	GuestAcked, Window   int64
-	HostCount            int64
-	Verified             bool
-	GuestHeld            bool
+	Mode               sharespotv1.UsageMode
+	GuestKey           []byte
+	GuestAcked, Window int64
+	HostCount          int64
+	Verified           bool
+	GuestHeld          bool
 	// The gateway the first grant named.
 	GatewayKind, GatewayAddress string
 	CreatedMS, UpdatedMS        int64
