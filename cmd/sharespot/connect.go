@@ -35,7 +35,7 @@ type ConnectCmd struct {
 	Yes           bool          `short:"y" help:"Answer yes to every question: pay the fee, and at the low-quota prompt buy --buy's size again (or --auto-topup's), paying without asking."`
 	AutoTopUp     string        `type:"size" name:"auto-topup" help:"At the low-quota prompt, buy this much more without asking." placeholder:"SIZE"`
 	Duration      time.Duration `help:"End the session after this long (default: when interrupted)."`
-	MaxSpend      string        `name:"max-spend" help:"The most this session may cost in all, in the tariff's currency (e.g. 5 or 5.50): a top-up that would pass it is not bought, and the session goes on with what is paid. Default: five times the first purchase." placeholder:"AMOUNT"`
+	MaxSpend      string        `name:"max-spend" help:"The most this session may cost in all, in the tariff's currency (e.g. 5 or 5.50): a top-up that would pass it is not bought, and the session ends once what is paid is used. Default: five times the first purchase." placeholder:"AMOUNT"`
 	Pay           string        `default:"wallet" enum:"wallet,card" help:"How to pay: wallet, or card (Stripe: the fee is held on the card and only what is used is charged)."`
 	PaymentMethod string        `name:"payment-method" help:"With --pay card: the Stripe PaymentMethod (pm_...) to charge; on a server in Stripe test mode the test card is used when empty." placeholder:"ID"`
 	Forward       string        `default:"127.0.0.1:1081" help:"Where the local forwarder listens (SOCKS5 and HTTP CONNECT, no credentials) with the userspace gateway. The session is verified: this device counts what it receives and sends, and signs it to the host's gateway as it goes, so the host can bill no more than that plus the credit window (with the kernel gateway, this device counts its interface). \"off\": no forwarder, and an unverified session, billed on the host's count (at most what was bought)." placeholder:"ADDR"`
@@ -90,9 +90,15 @@ type guestRun struct {
 	auto int64 // --auto-topup
 	// spent is what the session has cost so far; limit is the most it may
 	// (--max-spend), in the tariff's currency; over says a top-up was not
-	// bought for it, and none will be.
+	// bought for it: none will be, and the session ends once the data paid
+	// for is used.
 	spent, limit int64
 	over         bool
+	// granted is the session's whole volume as this run last heard it (a
+	// prompt for less was answered by a top-up already); used and
+	// exhausted what the gateway (in-band) or the server last said.
+	granted, used int64
+	gwState       atomic.Pointer[protocol.GatewayState]
 	// stopForward stops the local forwarder and sends its last
 	// acknowledgment, before the session ends.
 	stopForward func()
@@ -130,6 +136,7 @@ func (c *ConnectCmd) Run(env *runEnv) error {
 			return r.fail(err, "guest declined the fee")
 		}
 	}
+	r.granted, r.used = max(cur.GrantedBytes, gr.GetTotalGrantedBytes(), gr.GetGrantedBytes()), cur.UsedBytes
 	if err := r.online(gr, cur.GuestAckedBytes); err != nil {
 		return err
 	}
@@ -301,7 +308,8 @@ func interfaceCounter(addr string) (*guest.InterfaceCounter, error) {
 // acknowledge runs the session's in-band acknowledgments of count (and
 // run, the forwarder, if not nil) until stopForward, which sends the last.
 func (r *guestRun) acknowledge(addr string, code []byte, acked int64, count func() int64, run func(context.Context)) {
-	a := &guest.Acker{Session: r.ses, Gateway: addr, Code: code, Count: count, Base: acked}
+	a := &guest.Acker{Session: r.ses, Gateway: addr, Code: code, Count: count, Base: acked,
+		OnState: func(st protocol.GatewayState) { r.gwState.Store(&st) }}
 	r.ses.Acknowledging(a)
 	fctx, fcancel := context.WithCancel(r.ctx)
 	var fwg sync.WaitGroup
@@ -334,6 +342,9 @@ func (r *guestRun) loop() error {
 			return r.end("duration over")
 		case <-tick.C:
 			away = r.showUsage(away)
+			if r.over && r.usedUp() {
+				return r.end("spending limit reached and the data paid for used")
+			}
 		case e := <-r.ses.Messages():
 			if done, err := r.handle(e); done || err != nil {
 				return err
@@ -362,6 +373,7 @@ func (r *guestRun) showUsage(away bool) bool {
 			r.prog.printf("the server is back\n")
 		}
 		r.prog.update(s.UsedBytes, s.GrantedBytes)
+		r.used, r.granted = max(r.used, s.UsedBytes), max(r.granted, s.GrantedBytes)
 		return false
 	}
 	return away
@@ -372,10 +384,14 @@ func (r *guestRun) handle(e *sharespotv1.Envelope) (done bool, err error) {
 	out := r.env.stdout
 	switch b := e.Body.(type) {
 	case *sharespotv1.Envelope_LowQuotaPrompt: // C1.9–C1.10
+		if b.LowQuotaPrompt.GrantedBytes < r.granted {
+			return false, nil // about a volume a top-up already added to
+		}
 		r.prog.printf("")
 		guest.ShowPrompt(out, b.LowQuotaPrompt)
 		return false, r.topUp()
 	case *sharespotv1.Envelope_AccessGranted: // C1.15, a grant the flow did not wait for
+		r.granted = max(r.granted, b.AccessGranted.TotalGrantedBytes)
 		r.prog.printf("added %s: %s in all\n", size.Format(b.AccessGranted.GrantedBytes), size.Format(b.AccessGranted.TotalGrantedBytes))
 	case *sharespotv1.Envelope_SessionEnded:
 		s := b.SessionEnded.Session
@@ -413,7 +429,7 @@ func (r *guestRun) topUp() error {
 	}
 	gr, err := r.ses.Buy(r.ctx, sharespotv1.QuoteKind_QUOTE_KIND_TOPUP, r.buyOptions(r.c.Yes || r.auto > 0))
 	if r.over {
-		fmt.Fprintln(out, "No more top-ups this session; it goes on with what is paid (Ctrl-C ends it).")
+		fmt.Fprintln(out, "No more top-ups this session: it goes on with what is paid, and ends when that is used.")
 		return nil
 	}
 	switch {
@@ -424,9 +440,20 @@ func (r *guestRun) topUp() error {
 	case err != nil && r.env.ctx.Err() == nil:
 		fmt.Fprintln(out, "no top-up")
 	case err == nil:
+		r.granted = max(r.granted, gr.TotalGrantedBytes)
 		r.prog.printf("added %s: %s in all\n", size.Format(gr.GrantedBytes), size.Format(gr.TotalGrantedBytes))
 	}
 	return nil
+}
+
+// usedUp reports whether the data paid for is used, by the gateway's word
+// (in-band, in a verified session) or the server's: the session is at its
+// whole volume (the kernel gateway may stop up to a packet short).
+func (r *guestRun) usedUp() bool {
+	if st := r.gwState.Load(); st != nil && st.Quota > 0 && st.Used >= st.Quota-64<<10 {
+		return true
+	}
+	return r.granted > 0 && r.used >= r.granted-64<<10
 }
 
 // spendingLimit sets the session's spending limit: --max-spend, or five
