@@ -20,6 +20,7 @@ import (
 	"github.com/sharespot/sharespot/internal/harness"
 	"github.com/sharespot/sharespot/internal/ledger"
 	"github.com/sharespot/sharespot/internal/money"
+	"github.com/sharespot/sharespot/internal/protocol"
 	"github.com/sharespot/sharespot/internal/seal"
 	"github.com/sharespot/sharespot/internal/session"
 	"github.com/sharespot/sharespot/internal/size"
@@ -324,6 +325,24 @@ func TestHostDashboard(t *testing.T) {
 		check(t, "hotspot price", row["price"], money.Format(h.Instruction.Tariff.PriceMinor, "EUR")+" / "+size.Format(h.Instruction.Tariff.UnitBytes))
 		check(t, "hotspot shared", row["shareable"], size.Format(h.Instruction.ShareableBytes))
 		check(t, "hotspot sold or used", row["committed"], size.Format(h.Instruction.ShareableBytes-h.AvailableBytes))
+		// The record beside the price is the one guests see in discovery,
+		// and agrees with the settled sessions the API lists.
+		ap := h.Instruction.AccessPoint
+		disc, err := r.hostA.Discovery.Discover(ctx, connect.NewRequest(&sharespotv1.DiscoverRequest{Candidates: []*sharespotv1.Candidate{{Bssid: ap.Bssid, Ssid: ap.Ssid}}}))
+		if err != nil || len(disc.Msg.Available) != 1 {
+			t.Fatalf("discover host A's hotspot: %v", err)
+		}
+		check(t, "hotspot record", row["record"], protocol.RecordText(disc.Msg.Available[0].HostRecord))
+		rec := &sharespotv1.HostRecord{}
+		for _, s := range ended {
+			if s.UsageMode == sharespotv1.UsageMode_USAGE_MODE_VERIFIED && s.GrantedBytes > 0 {
+				rec.VerifiedSessions++
+				if s.HostCountBytes > s.GuestAckedBytes+s.CreditWindowBytes {
+					rec.OverCountedSessions++
+				}
+			}
+		}
+		check(t, "hotspot record from the sessions", row["record"], protocol.RecordText(rec))
 	}
 	// The chart's bar for today says what the table says.
 	check(t, "chart today", barTitle(t, tab, "#chart-day-EUR"), r.env.Clock.Now().UTC().Format("01-02")+": "+money.Format(earned, "EUR"))

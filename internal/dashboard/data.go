@@ -7,6 +7,7 @@ import (
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/ledger"
+	"github.com/sharespot/sharespot/internal/protocol"
 	"github.com/sharespot/sharespot/internal/session"
 	"github.com/sharespot/sharespot/internal/store"
 )
@@ -24,6 +25,9 @@ type Hotspot struct {
 	PriceMinor, UnitBytes          int64
 	ShareableBytes, CommittedBytes int64
 	Active                         bool
+	// Record is the hotspot's host's record, as guests see it beside the
+	// price (protocol.RecordText).
+	Record string
 }
 
 // LiveSession is a session not yet ended.
@@ -119,24 +123,38 @@ func LoadHost(tx *store.Tx, account string, now time.Time) (*HostData, error) {
 }
 
 func hotspots(tx *store.Tx, account string) ([]Hotspot, error) {
-	rows, err := tx.Query(`SELECT id, ssid, bssid, currency, price_minor, unit_bytes, shareable_bytes, committed_bytes, active
+	rows, err := tx.Query(`SELECT id, ssid, bssid, currency, price_minor, unit_bytes, shareable_bytes, committed_bytes, active, host_device_id
 		FROM hotspots WHERE `+hostScope+` ORDER BY created_ms, id`, account)
 	if err != nil {
 		return nil, fmt.Errorf("dashboard: hotspots: %w", err)
 	}
-	defer rows.Close()
 	var out []Hotspot
+	var hosts []string
 	for rows.Next() {
 		var h Hotspot
 		var ssid []byte
 		var active int64
-		if err := rows.Scan(&h.ID, &ssid, &h.BSSID, &h.Currency, &h.PriceMinor, &h.UnitBytes, &h.ShareableBytes, &h.CommittedBytes, &active); err != nil {
+		var host string
+		if err := rows.Scan(&h.ID, &ssid, &h.BSSID, &h.Currency, &h.PriceMinor, &h.UnitBytes, &h.ShareableBytes, &h.CommittedBytes, &active, &host); err != nil {
+			rows.Close()
 			return nil, err
 		}
 		h.SSID, h.Active = string(ssid), active == 1
 		out = append(out, h)
+		hosts = append(hosts, host)
 	}
-	return out, rows.Err()
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	recs, err := session.HostRecords(tx, hosts)
+	if err != nil {
+		return nil, err
+	}
+	for i := range out {
+		out[i].Record = protocol.RecordText(recs[hosts[i]])
+	}
+	return out, nil
 }
 
 func stateName(s int64) string {

@@ -7,6 +7,7 @@ import (
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/client"
+	"github.com/sharespot/sharespot/internal/protocol"
 )
 
 // ShowOffers writes the available set as a table (C1.4): each access
@@ -18,22 +19,9 @@ func ShowOffers(w io.Writer, offers []*sharespotv1.Offer) error {
 		t := o.Tariff
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s / %s\t%s / %s\t%s\t%s\t%s\n", i+1, client.SSIDText(o.AccessPoint.GetSsid()), client.SafeText(o.AccessPoint.GetBssid()),
 			signalText(o.SignalDbm), client.FormatMoney(t.PriceMinor, t.Currency), client.FormatBytes(t.UnitBytes), client.FormatMoney(t.TopupPriceMinor, t.Currency),
-			client.FormatBytes(t.UnitBytes), client.FormatBytes(t.MinPurchaseBytes), client.FormatBytes(o.AvailableBytes), RecordText(o.HostRecord))
+			client.FormatBytes(t.UnitBytes), client.FormatBytes(t.MinPurchaseBytes), client.FormatBytes(o.AvailableBytes), protocol.RecordText(o.HostRecord))
 	}
 	return tw.Flush()
-}
-
-// RecordText says how a host's counts compared with its guests'
-// acknowledgments in its settled verified sessions: what a guest knows of
-// it before paying (and all it has to go on in an unverified session).
-func RecordText(r *sharespotv1.HostRecord) string {
-	switch {
-	case r.GetVerifiedSessions() == 0:
-		return "no verified sessions yet"
-	case r.GetOverCountedSessions() == 0:
-		return fmt.Sprintf("%d verified sessions, never over-counted", r.GetVerifiedSessions())
-	}
-	return fmt.Sprintf("%d verified sessions, over-counted in %d", r.GetVerifiedSessions(), r.GetOverCountedSessions())
 }
 
 // signalText shows a signal strength; 0 dBm (1 mW at the receiver, never
