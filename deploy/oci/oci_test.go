@@ -3,6 +3,7 @@ package main
 import (
 	"archive/tar"
 	"bytes"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -16,6 +17,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
 	"github.com/sharespot/sharespot/internal/harness"
+	"github.com/sharespot/sharespot/internal/protocol"
 )
 
 // TestImage builds the image twice from the same binary and
@@ -91,7 +93,7 @@ func TestImage(t *testing.T) {
 	if err := os.WriteFile(extracted, got, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := exec.Command(extracted, "version").CombinedOutput(); err != nil || !bytes.Contains(out, []byte("sharespot protocol")) {
+	if out, err := exec.Command(extracted, "version").CombinedOutput(); err != nil || !bytes.Contains(out, fmt.Appendf(nil, "protocol %d", protocol.Version)) {
 		t.Fatalf("the image's binary: %v %s", err, out)
 	}
 	// The tarball holds the same image (same config and layer; its

@@ -35,7 +35,10 @@ type rig struct {
 	env          *harness.Env
 	hostA, hostB *client.Client
 	hsA, hsB     *sharespotv1.Hotspot
-	g            *guest.Guest
+	// g asks for verified sessions, gu (the same device) for unverified
+	// ones: a flow with no acknowledgment is a guest that could not give
+	// one, not one that withheld it.
+	g, gu *guest.Guest
 }
 
 func newRig(t *testing.T) *rig {
@@ -45,6 +48,7 @@ func newRig(t *testing.T) *rig {
 	gc := env.Device(t, "guest")
 	env.Fund(t, gc, "EUR", 100_00)
 	r.g = &guest.Guest{C: gc, Suites: []seal.Suite{seal.Preset}}
+	r.gu = &guest.Guest{C: gc, Suites: []seal.Suite{seal.Preset}, Unverified: true}
 	ctx := context.Background()
 	for i, h := range []*client.Client{r.hostA, r.hostB} {
 		res, err := h.Hotspots.Register(ctx, connect.NewRequest(&sharespotv1.RegisterRequest{Instruction: harness.BenchInstruction(i + 1)}))
@@ -61,12 +65,16 @@ func newRig(t *testing.T) *rig {
 }
 
 // flow runs a paid flow of 10 MB for €1.00 up to the grant, reports used
-// bytes, has the guest acknowledge ack bytes (0: none), and, when end is
-// set, ends it on the host's count. It returns the session's ID.
+// bytes, has the guest acknowledge ack bytes (0: an unverified session),
+// and, when end is set, ends it on the host's count. It returns the
+// session's ID.
 func (r *rig) flow(t *testing.T, hostC *client.Client, hs *sharespotv1.Hotspot, used, ack int64, end bool) string {
 	t.Helper()
 	ctx := context.Background()
 	g := r.g
+	if ack == 0 {
+		g = r.gu
+	}
 	// The guest's steps are guest.Session's; the test plays the host
 	// (quote, grant) by hand, as harness.PaidFlow does.
 	ses, err := g.BeginHotspot(ctx, hs.Id, 10*mb)

@@ -91,7 +91,9 @@ func newFlow(st *store.Store, hostURLs, guestURLs []string) *flow {
 	// before answering it (TestReplicas kills it there). The client does
 	// not re-send a call that reached a server; the guest does, on the
 	// next replica, finding out what the first did.
-	f.g = &guest.Guest{C: f.guest, Retry: true, Wait: awaitTimeout}
+	// Unverified: the flow plays the host's count with no data path (the
+	// money each party ends with is checked against the tranches).
+	f.g = &guest.Guest{C: f.guest, Retry: true, Wait: awaitTimeout, Unverified: true}
 	return f
 }
 

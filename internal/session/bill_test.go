@@ -93,23 +93,33 @@ func TestNewBill(t *testing.T) {
 		},
 		{
 			name: "a verified session is billed at most the acknowledgment plus the window",
-			in:   BillInput{Payments: []Payment{granted(10_000, 100)}, Usage: Usage{HostCount: 5000, Granted: 10_000, Acked: 3000, Window: 1000}, Held: 100, FeeBPS: 500},
+			in:   BillInput{Payments: []Payment{granted(10_000, 100)}, Usage: Usage{Verified: true, HostCount: 5000, Granted: 10_000, Acked: 3000, Window: 1000}, Held: 100, FeeBPS: 500},
 			want: Bill{HostCount: 5000, Verified: true, Used: 4000, Payments: []Billed{{4000, 40}}, Charged: 40, Fee: 2, Host: 38, Refund: 60},
 		},
 		{
 			name: "a verified session's host count below acknowledgment plus window is billed",
-			in:   BillInput{Payments: []Payment{granted(10_000, 100)}, Usage: Usage{HostCount: 3500, Granted: 10_000, Acked: 3000, Window: 1000}, Held: 100, FeeBPS: 500},
+			in:   BillInput{Payments: []Payment{granted(10_000, 100)}, Usage: Usage{Verified: true, HostCount: 3500, Granted: 10_000, Acked: 3000, Window: 1000}, Held: 100, FeeBPS: 500},
 			want: Bill{HostCount: 3500, Verified: true, Used: 3500, Payments: []Billed{{3500, 35}}, Charged: 35, Fee: 1, Host: 34, Refund: 65},
 		},
 		{
 			name: "the window caps after the grant clamp",
-			in:   BillInput{Payments: []Payment{granted(1000, 100)}, Usage: Usage{HostCount: 9000, Granted: 1000, Acked: 900, Window: 500}, Held: 100, FeeBPS: 500},
+			in:   BillInput{Payments: []Payment{granted(1000, 100)}, Usage: Usage{Verified: true, HostCount: 9000, Granted: 1000, Acked: 900, Window: 500}, Held: 100, FeeBPS: 500},
 			want: Bill{HostCount: 1000, Verified: true, Used: 1000, Payments: []Billed{{1000, 100}}, Charged: 100, Fee: 5, Host: 95},
 		},
 		{
-			name: "without an acknowledgment the window does not count",
+			name: "an unverified session: the window does not count",
 			in:   BillInput{Payments: []Payment{granted(10_000, 100)}, Usage: Usage{HostCount: 5000, Granted: 10_000, Window: 1000}, Held: 100, FeeBPS: 500},
 			want: Bill{HostCount: 5000, Used: 5000, Payments: []Billed{{5000, 50}}, Charged: 50, Fee: 2, Host: 48, Refund: 50},
+		},
+		{
+			name: "an unverified session: an acknowledgment does not count either",
+			in:   BillInput{Payments: []Payment{granted(10_000, 100)}, Usage: Usage{HostCount: 5000, Granted: 10_000, Acked: 1, Window: 1000}, Held: 100, FeeBPS: 500},
+			want: Bill{HostCount: 5000, Used: 5000, Payments: []Billed{{5000, 50}}, Charged: 50, Fee: 2, Host: 48, Refund: 50},
+		},
+		{
+			name: "a verified session never acknowledged is billed at most the window",
+			in:   BillInput{Payments: []Payment{granted(10_000, 100)}, Usage: Usage{Verified: true, HostCount: 5000, Granted: 10_000, Window: 1000}, Held: 100, FeeBPS: 500},
+			want: Bill{HostCount: 5000, Verified: true, Used: 1000, Payments: []Billed{{1000, 10}}, Charged: 10, Host: 10, Refund: 90},
 		},
 		{
 			name: "a top-up paid and never granted is refunded whole",
@@ -226,16 +236,21 @@ func TestNewBillRules(t *testing.T) {
 			in.Payments = append(in.Payments, p)
 		}
 		in.Usage = Usage{HostCount: r.Int64N(granted+2) - 1, Granted: granted}
+		// Verified or not, with or without an acknowledgment (an
+		// unverified session's is ignored; a verified session with none
+		// is billed at most the window).
+		in.Usage.Verified = r.IntN(2) == 0
 		if r.IntN(2) == 0 {
-			in.Usage.Acked, in.Usage.Window = r.Int64N(granted+1), r.Int64N(1<<20)
+			in.Usage.Acked = r.Int64N(granted + 1)
 		}
+		in.Usage.Window = r.Int64N(1 << 20)
 		in.FeeBPS = r.Int64N(10_001)
 		b, err := NewBill(in)
 		if err != nil {
 			t.Fatalf("#%d %+v: %v", i, in, err)
 		}
 		want := min(max(in.Usage.HostCount, 0), granted)
-		if in.Usage.Acked > 0 {
+		if in.Usage.Verified {
 			want = min(want, in.Usage.Acked+in.Usage.Window)
 		}
 		rest := want

@@ -73,7 +73,11 @@ func (s *session) unregister(c *pconn) {
 	defer s.mu.Unlock()
 	delete(s.conns, c)
 	if len(s.conns) == 0 {
+		// Idle: the exact usage replaces the bound saved ahead, now
+		// rather than at the next periodic save, so a host that crashes
+		// after a download counts none of the lead as used.
 		s.m.ResetLead()
+		s.p.requestSave()
 	}
 }
 
