@@ -254,7 +254,7 @@ func (r *guestRun) online(gr *sharespotv1.AccessGranted, acked int64) error {
 		fmt.Fprintf(out, "  example: curl --proxy socks5h://%s:%s@%s https://example.org/\n", r.ses.ID, seal.FormatCode(code), addr)
 		fmt.Fprintln(out, "  unverified: this device counts nothing; you pay the host's count (at most what you bought)")
 	default:
-		r.acknowledge(addr, code, acked, fwd.Bytes, func(ctx context.Context) { fwd.Run(ctx) })
+		fwd.SetOnGrow(r.acknowledge(addr, code, acked, fwd.Bytes, func(ctx context.Context) { fwd.Run(ctx) }).Poke)
 		fmt.Fprintf(out, "  export ALL_PROXY=socks5h://%s HTTPS_PROXY=http://%s   # this device's forwarder: what passes is counted and signed\n", fwd.Addr(), fwd.Addr())
 		fmt.Fprintf(out, "  example: curl --proxy socks5h://%s https://example.org/\n", fwd.Addr())
 		fmt.Fprintln(out, "  verified: this device acknowledges what it receives to the host's gateway; traffic that does not pass the forwarder is not counted here and soon stalls")
@@ -307,7 +307,8 @@ func interfaceCounter(addr string) (*guest.InterfaceCounter, error) {
 
 // acknowledge runs the session's in-band acknowledgments of count (and
 // run, the forwarder, if not nil) until stopForward, which sends the last.
-func (r *guestRun) acknowledge(addr string, code []byte, acked int64, count func() int64, run func(context.Context)) {
+// It returns the acknowledger, for the counter to poke.
+func (r *guestRun) acknowledge(addr string, code []byte, acked int64, count func() int64, run func(context.Context)) *guest.Acker {
 	a := &guest.Acker{Session: r.ses, Gateway: addr, Code: code, Count: count, Base: acked,
 		OnState: func(st protocol.GatewayState) { r.gwState.Store(&st) }}
 	r.ses.Acknowledging(a)
@@ -318,6 +319,7 @@ func (r *guestRun) acknowledge(addr string, code []byte, acked int64, count func
 	}
 	fwg.Go(func() { a.Run(fctx) })
 	r.stopForward = func() { fcancel(); fwg.Wait() }
+	return a
 }
 
 // forwardOff reports whether --forward is off: no forwarder, and so an

@@ -216,6 +216,7 @@ func Run(ctx context.Context, w io.Writer, o Options) (err error) {
 		return fmt.Errorf("demo: forwarder: %w", err)
 	}
 	acker := &guest.Acker{Session: ses, Gateway: gwAddr, Code: code, Count: fwd.Bytes}
+	fwd.SetOnGrow(acker.Poke)
 	ses.Acknowledging(acker)
 	fctx, stopFwd := context.WithCancel(ctx)
 	var fwg sync.WaitGroup

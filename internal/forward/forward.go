@@ -32,6 +32,7 @@ type Forwarder struct {
 	log            *slog.Logger
 	ln             net.Listener
 	bytes          atomic.Int64
+	onGrow         atomic.Pointer[func()]
 	mu             sync.Mutex
 	conns          map[net.Conn]struct{}
 	handshakeLimit time.Duration
@@ -57,6 +58,15 @@ func Listen(addr, gateway, session, code string, log *slog.Logger) (*Forwarder, 
 
 // Addr is where the forwarder listens.
 func (f *Forwarder) Addr() string { return f.ln.Addr().String() }
+
+// notifyShift: OnGrow is called each time the count crosses a multiple
+// of 64 KiB.
+const notifyShift = 16
+
+// SetOnGrow sets a function called (from the relaying goroutines, so it
+// must not block) each time the count crosses a multiple of 64 KiB: the
+// acknowledger's cue.
+func (f *Forwarder) SetOnGrow(fn func()) { f.onGrow.Store(&fn) }
 
 // Bytes is how many bytes the forwarder relayed, both directions.
 func (f *Forwarder) Bytes() int64 { return f.bytes.Load() }
@@ -176,7 +186,11 @@ func (f *Forwarder) serve(ctx context.Context, c net.Conn) {
 		for {
 			n, err := from.Read(buf)
 			if n > 0 {
-				f.bytes.Add(int64(n))
+				if now := f.bytes.Add(int64(n)); now>>notifyShift != (now-int64(n))>>notifyShift {
+					if grew := f.onGrow.Load(); grew != nil {
+						(*grew)()
+					}
+				}
 				if _, werr := dst.Write(buf[:n]); werr != nil {
 					return
 				}

@@ -30,17 +30,21 @@ type Control struct {
 // the guest knows the host is there).
 const StateEvery = time.Second
 
-// ackRate bounds the acknowledgments one control stream may send: each is
-// a signature check and, when it raises the count, a save.
+// ackRate bounds the acknowledgments one control stream has checked: each
+// is a signature check. Past it, the stream is read no faster, and of the
+// acknowledgments that arrived meanwhile only the highest is checked
+// (counts are cumulative: the latest says everything the others said), so
+// a flood costs the gateway no more than ackRate checks a second and the
+// guest nothing it acknowledged.
 const (
-	ackRate  = 50 // per second
-	ackBurst = 20
+	ackRate  = 200 // per second
+	ackBurst = 50
 )
 
 // ServeControl runs a guest's control stream on conn (after the CONNECT or
 // SOCKS handshake answered it) until ctx ends, the guest closes it, or the
 // session goes (State fails): it records each acknowledgment the guest
-// sends and answers it with the session's state once it is durable, or
+// sends and answers it with the session's state once it is taken, or
 // with a refusal; it also sends the state every StateEvery. r holds what
 // the handshake read ahead. Nothing on the stream is metered.
 func ServeControl(ctx context.Context, conn net.Conn, r *bufio.Reader, c Control) error {
@@ -97,9 +101,9 @@ func ServeControl(ctx context.Context, conn net.Conn, r *bufio.Reader, c Control
 	}
 }
 
-// readAcks reads the guest's frames: acknowledgments, at most ackRate a
-// second. Anything else ends the stream.
-func readAcks(ctx context.Context, r io.Reader, c Control, write func([]byte) error, sendState func() (protocol.GatewayState, error)) error {
+// readAcks reads the guest's frames: acknowledgments, at most ackRate
+// checked a second. Anything else ends the stream.
+func readAcks(ctx context.Context, r *bufio.Reader, c Control, write func([]byte) error, sendState func() (protocol.GatewayState, error)) error {
 	lim := rate.NewLimiter(ackRate, ackBurst)
 	for {
 		f, err := protocol.ReadFrame(r)
@@ -110,10 +114,23 @@ func readAcks(ctx context.Context, r io.Reader, c Control, write func([]byte) er
 			return write(protocol.AppendRefuse(nil, "only acknowledgments are taken here"))
 		}
 		if !lim.Allow() {
-			if err := write(protocol.AppendRefuse(nil, "too many acknowledgments: at most 50 a second")); err != nil {
+			// Over the rate: wait for the next check, then take the
+			// highest of what arrived meanwhile.
+			if err := lim.Wait(ctx); err != nil {
 				return err
 			}
-			continue
+			for r.Buffered() >= protocol.AckFrameSize {
+				g, err := protocol.ReadFrame(r)
+				if err != nil {
+					return err
+				}
+				if g.Type != protocol.FrameAck {
+					return write(protocol.AppendRefuse(nil, "only acknowledgments are taken here"))
+				}
+				if g.Received >= f.Received {
+					f = g
+				}
+			}
 		}
 		if err := c.Acknowledge(ctx, f.Received, f.Signature); err != nil {
 			if err := write(protocol.AppendRefuse(nil, err.Error())); err != nil {

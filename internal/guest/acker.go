@@ -40,7 +40,7 @@ type Acker struct {
 	// guest goes on from the server's and the gateway's figure).
 	Base int64
 	// Step: a new acknowledgment once the count grew by this much (default
-	// a quarter of the window, at most 256 KiB), or grew at all and Every
+	// a quarter of the window, at least 256 KiB), or grew at all and Every
 	// passed (default 250 ms).
 	Step  int64
 	Every time.Duration
@@ -55,6 +55,9 @@ type Acker struct {
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 	Log  *slog.Logger
 
+	window    atomic.Int64 // the credit window, as the gateway's state shows it
+	poke      chan struct{}
+	pokeOnce  sync.Once
 	sent      atomic.Int64 // the highest count sent to the gateway
 	gwAcked   atomic.Int64 // the highest the gateway said it holds
 	srvAcked  atomic.Int64 // the highest the server said it holds
@@ -80,6 +83,22 @@ func (a *Acker) SetGateway(addr string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.Gateway = addr
+}
+
+// Poke tells the acknowledger the count grew (without blocking): it looks
+// at once rather than at its next tick. A counter calls it as it grows
+// (forward.Forwarder.SetOnGrow), so that a fast transfer is acknowledged
+// as it crosses each step, not a tick later.
+func (a *Acker) Poke() {
+	select {
+	case a.pokes() <- struct{}{}:
+	default:
+	}
+}
+
+func (a *Acker) pokes() chan struct{} {
+	a.pokeOnce.Do(func() { a.poke = make(chan struct{}, 1) })
+	return a.poke
 }
 
 // GatewayAcked is the highest acknowledgment the gateway confirmed.
@@ -178,9 +197,12 @@ func (a *Acker) stream(ctx context.Context) error {
 			return err
 		}
 	}
-	tick := time.NewTicker(a.Every / 4)
+	// Looked at when poked (the counter grew a step's worth), and at
+	// least every ackPoll (a counter that does not poke: an interface's).
+	tick := time.NewTicker(min(a.Every/4, ackPoll))
 	defer tick.Stop()
 	last := time.Now()
+	poke := a.pokes()
 	for {
 		select {
 		case err := <-read:
@@ -188,6 +210,7 @@ func (a *Acker) stream(ctx context.Context) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-tick.C:
+		case <-poke:
 		}
 		n, sent := a.Received(), a.sent.Load()
 		if n > sent && (n-sent >= a.step() || time.Since(last) >= a.Every) {
@@ -199,12 +222,18 @@ func (a *Acker) stream(ctx context.Context) error {
 	}
 }
 
-// step is Step, or a quarter of the session's window (at most 256 KiB).
+// ackPoll is how often the acknowledger looks at a count that does not
+// poke it.
+const ackPoll = 5 * time.Millisecond
+
+// step is Step, or a quarter of the session's window as the gateway's
+// state shows it (at least 256 KiB): a wide window needs few
+// acknowledgments.
 func (a *Acker) step() int64 {
 	if a.Step > 0 {
 		return a.Step
 	}
-	return 256 << 10
+	return max(256<<10, a.window.Load()/4)
 }
 
 // took handles a frame from the gateway.
@@ -216,6 +245,9 @@ func (a *Acker) took(f protocol.Frame) {
 			if f.State.Acked <= old || a.gwAcked.CompareAndSwap(old, f.State.Acked) {
 				break
 			}
+		}
+		if st := f.State; st.Limit < st.Quota && st.Limit > st.Acked {
+			a.window.Store(st.Limit - st.Acked) // held at the window: it is that wide
 		}
 		if a.OnState != nil {
 			a.OnState(f.State)

@@ -21,7 +21,8 @@ import (
 //	gateway → guest  Refuse 0x03 · length (2 bytes) · text
 //
 // integers big-endian. The gateway answers each Ack with a State once the
-// acknowledgment is saved (durable), and sends a State whenever the
+// acknowledgment is taken (its bytes freed; saved with the gateway's next
+// save), and sends a State whenever the
 // session's figures change and at least every StateEvery; a refused Ack gets
 // a Refuse and the stream stays open. Nothing on the stream is metered.
 const (

@@ -140,6 +140,7 @@ func newRig(t *testing.T, db string) *rig {
 		t.Fatal(err)
 	}
 	a := &guest.Acker{Session: r.ses, Gateway: gwAddr, Code: code, Count: fwd.Bytes}
+	fwd.SetOnGrow(a.Poke)
 	r.ses.Acknowledging(a)
 	gctx, gcancel := context.WithCancel(ctx)
 	var gwg sync.WaitGroup

@@ -447,8 +447,24 @@ func (p *Proxy) Evidence(sessionID string) (gateway.Evidence, error) {
 // control is a session's side of its guest's control stream.
 func (p *Proxy) controlOf(s *session) gateway.Control {
 	return gateway.Control{
+		// In-band, an acknowledgment frees its bytes at once and is saved
+		// with the next save (within saveEvery): waiting for a save per
+		// acknowledgment would pace a fast transfer by the store. Nothing
+		// of the host's depends on it being durable first: a crash before
+		// the save holds the guest at the older count until its next
+		// stream sends the whole count again.
 		Acknowledge: func(ctx context.Context, received int64, sig []byte) error {
-			return p.Acknowledge(ctx, s.id, received, sig)
+			s.mu.Lock()
+			raised, err := s.m.Acknowledge(received, sig)
+			if raised {
+				s.wakeLocked()
+			}
+			s.mu.Unlock()
+			if err != nil {
+				return fmt.Errorf("proxy: acknowledge %s: %w", s.id, err)
+			}
+			p.requestSave()
+			return nil
 		},
 		State: func() (protocol.GatewayState, error) {
 			s.mu.Lock()
