@@ -6,6 +6,6 @@
 -- closed and no other took over. A hotspot is offered only while online
 -- and seen within --host-away. Hotspots from before count as seen at their
 -- last update.
-ALTER TABLE hotspots ADD COLUMN seen_ms INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE hotspots ADD COLUMN seen_ms BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE hotspots ADD COLUMN online INTEGER NOT NULL DEFAULT 1;
 UPDATE hotspots SET seen_ms = updated_ms;
