@@ -162,6 +162,10 @@ type session struct {
 	mu    sync.Mutex
 	m     *gateway.Meter
 	flows map[closer]struct{} // forwarded TCP and UDP flows
+	// wanted is when a packet within the quota last waited for the saved
+	// bound: the session is active although no byte passed (an idle
+	// session is saved exact, and must be saved ahead again to move).
+	wanted time.Time
 }
 
 type closer interface{ Close() error }
@@ -537,16 +541,43 @@ func (g *Gateway) controlOf(s *session) gateway.Control {
 // pass: only within the meter's limit (the quota, the bound saved ahead,
 // and a verified session's credit window). A packet that does not fit is
 // dropped whole.
-func (s *session) take(n int64, now time.Time) bool {
+//
+// A guest's packet that waits only for the saved bound (an idle session
+// is saved exact) waits for a save here, once: wireguard-go hands each
+// peer's packets over from that peer's own goroutine, so only this guest
+// waits, and its first packet after a pause (a SYN, a request) is not
+// dropped, which would cost it a retransmission's second. A packet to the
+// guest is dropped and the save requested (the netstack's output is one
+// goroutine for every guest).
+func (s *session) take(n int64, now time.Time, fromGuest bool) bool {
+	for try := 0; ; try++ {
+		pass, wait := s.takeOnce(n, now)
+		if pass || !wait || !fromGuest || try > 0 {
+			return pass
+		}
+		if err := s.g.save(); err != nil {
+			s.g.log.Error("cannot save usage; traffic waits", "err", err)
+			return false
+		}
+	}
+}
+
+// takeOnce is take without waiting: wait reports that the packet fits the
+// quota and waits only for the saved bound.
+func (s *session) takeOnce(n int64, now time.Time) (pass, wait bool) {
 	s.mu.Lock()
 	m := s.m
 	if m.Revoked() {
 		s.mu.Unlock()
-		return false
+		return false, false
 	}
 	used := m.Used() + n
 	if used > m.Limit() {
 		var evs []gateway.Event
+		if used <= m.Quota() {
+			s.wanted = now
+			wait = m.Limit() == m.Bound() // the saved bound stops it, not a credit window
+		}
 		if m.SaveDue(m.Used()) || m.Durable() < used {
 			s.g.requestSave()
 		}
@@ -555,7 +586,7 @@ func (s *session) take(n int64, now time.Time) bool {
 		}
 		s.mu.Unlock()
 		s.g.events.Emit(evs...)
-		return false
+		return false, wait
 	}
 	m.Advance(used, now)
 	evs := m.Events()
@@ -566,7 +597,7 @@ func (s *session) take(n int64, now time.Time) bool {
 	if len(evs) > 0 {
 		s.g.events.Emit(evs...)
 	}
-	return true
+	return true, false
 }
 
 // track adds a forwarded flow to s, or reports false when s is revoked.
@@ -695,7 +726,8 @@ func (g *Gateway) save() error {
 	now := time.Now()
 	for _, s := range all {
 		s.mu.Lock()
-		if b.Add(s.m, s.m.Used(), g.running.Load() && now.Sub(s.m.Last()) < activeFor) {
+		active := now.Sub(s.m.Last()) < activeFor || now.Sub(s.wanted) < activeFor
+		if b.Add(s.m, s.m.Used(), g.running.Load() && active) {
 			changed = append(changed, s)
 		}
 		s.mu.Unlock()

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -49,7 +50,7 @@ func newRig(t *testing.T, store gateway.Store) *rig {
 	return r
 }
 
-func (r *rig) start(t *testing.T, key [32]byte) {
+func (r *rig) start(t testing.TB, key [32]byte) {
 	t.Helper()
 	gw, err := wg.New(wg.Config{Listen: "127.0.0.1:0", Key: key, Store: r.store, DNS: []netip.AddrPort{},
 		AllowDestination: func(ap netip.AddrPort) bool { return ap == r.origin }})
@@ -102,7 +103,7 @@ func serve(t *testing.T) netip.AddrPort {
 }
 
 // admit lets a session in and opens its guest's tunnel.
-func (r *rig) admit(t *testing.T, g gateway.Grant) *tunnel.Tunnel {
+func (r *rig) admit(t testing.TB, g gateway.Grant) *tunnel.Tunnel {
 	t.Helper()
 	if len(g.Credential) == 0 {
 		code, err := seal.NewAccessCode()
@@ -117,7 +118,7 @@ func (r *rig) admit(t *testing.T, g gateway.Grant) *tunnel.Tunnel {
 	return r.open(t, g.SessionID, g.Credential)
 }
 
-func (r *rig) open(t *testing.T, sid string, code []byte) *tunnel.Tunnel {
+func (r *rig) open(t testing.TB, sid string, code []byte) *tunnel.Tunnel {
 	t.Helper()
 	p, err := r.gw.TunnelPeer(sid)
 	if err != nil {
@@ -327,5 +328,41 @@ func TestVerifiedTunnel(t *testing.T) {
 	// keepalive.)
 	if n := tn.Bytes(); err != nil || !ev.Verified || ev.Acked > n || n-ev.Acked > 64<<10 || ev.Acked < used-64<<10 {
 		t.Fatalf("evidence %+v (%v); want about the guest's last count %d, at least about the gateway's %d", ev, err, n, used)
+	}
+}
+
+// TestResumeAfterIdle: with a store, an idle session's bound is saved
+// exact (nothing more may pass until a save ahead); a guest coming back
+// after a pause must get that save, not wait forever at its bound — as
+// after a cut at the quota and a top-up.
+func TestResumeAfterIdle(t *testing.T) {
+	st, err := gateway.OpenFileStore(filepath.Join(t.TempDir(), "usage.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := newRig(t, st)
+	const mb = 1_000_000
+	tn := r.admit(t, gateway.Grant{SessionID: "ses_i", Quota: 20 * mb})
+	if n, err := fetch(tn, r.origin, 1*mb, 10*time.Second); err != nil {
+		t.Fatalf("fetch 1 MB: %d, %v", n, err)
+	}
+	// Idle past activeFor and a periodic save: the bound is saved exact.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		recs, err := st.Load()
+		if err != nil {
+			t.Fatal(err)
+		}
+		used, _, _ := r.gw.Usage("ses_i")
+		if len(recs) == 1 && recs[0].Used == used {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the idle session's bound was not saved exact: %+v, used %d", recs, used)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if n, err := fetch(tn, r.origin, 2*mb, 10*time.Second); err != nil {
+		t.Fatalf("after a pause: %d, %v", n, err)
 	}
 }
