@@ -38,6 +38,12 @@ type Device struct {
 	// the stack) or not (the stack sends it to a peer), and says whether
 	// it passes. Set before the device is used.
 	Filter func(p []byte, fromPeer bool) bool
+	// out hands the stack's packets to Read one at a time: the stack's
+	// sender waits in WriteNotify until wireguard-go takes its packet, so
+	// a burst waits instead of overrunning wireguard-go's queues (which
+	// lost packets under 16 flows: retransmission timeouts, transfers at
+	// a few MB/s).
+	out    chan *buffer.View
 	events chan tun.Event
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -58,7 +64,8 @@ func New(mtu int, a netip.Addr, taker bool) (*Device, error) {
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	d := &Device{Stack: s, ep: channel.New(1024, uint32(mtu), ""), mtu: mtu, Filter: func([]byte, bool) bool { return true },
-		events: make(chan tun.Event, 1), ctx: ctx, cancel: cancel}
+		out: make(chan *buffer.View), events: make(chan tun.Event, 1), ctx: ctx, cancel: cancel}
+	d.ep.AddNotify(d)
 	d.events <- tun.EventUp
 	sack := tcpip.TCPSACKEnabled(true)
 	if err := s.SetTransportProtocolOption(tcp.ProtocolNumber, &sack); err != nil {
@@ -105,20 +112,35 @@ func (d *Device) Shutdown() {
 	d.ep.Close()
 }
 
+// WriteNotify implements channel.Notification: the stack queued a packet;
+// it is handed to Read, waiting until Read takes it or the device closes.
+func (d *Device) WriteNotify() {
+	pkt := d.ep.Read()
+	if pkt == nil {
+		return
+	}
+	v := pkt.ToView()
+	pkt.DecRef()
+	select {
+	case d.out <- v:
+	case <-d.ctx.Done():
+		v.Release()
+	}
+}
+
 // Read hands wireguard-go the next packet the stack sends that the filter
 // passes.
 func (d *Device) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	for {
-		pkt := d.ep.ReadContext(d.ctx)
-		if pkt == nil {
+		var v *buffer.View
+		select {
+		case v = <-d.out:
+		case <-d.ctx.Done():
 			return 0, os.ErrClosed
 		}
 		b := bufs[0][offset:]
-		n := 0
-		for _, s := range pkt.AsSlices() {
-			n += copy(b[n:], s)
-		}
-		pkt.DecRef()
+		n, _ := v.Read(b)
+		v.Release()
 		if d.Filter(b[:n], false) {
 			sizes[0] = n
 			return 1, nil

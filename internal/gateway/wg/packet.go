@@ -34,7 +34,7 @@ func (g *Gateway) pass(p []byte, fromGuest bool, now time.Time) bool {
 	if s == nil {
 		return false
 	}
-	return s.take(int64(len(p)), now, fromGuest)
+	return s.take(int64(len(p)), now)
 }
 
 // isControl reports whether an IPv4 packet is of a TCP connection to the

@@ -542,17 +542,18 @@ func (g *Gateway) controlOf(s *session) gateway.Control {
 // and a verified session's credit window). A packet that does not fit is
 // dropped whole.
 //
-// A guest's packet that waits only for the saved bound (an idle session
-// is saved exact) waits for a save here, once: wireguard-go hands each
-// peer's packets over from that peer's own goroutine, so only this guest
-// waits, and its first packet after a pause (a SYN, a request) is not
-// dropped, which would cost it a retransmission's second. A packet to the
-// guest is dropped and the save requested (the netstack's output is one
-// goroutine for every guest).
-func (s *session) take(n int64, now time.Time, fromGuest bool) bool {
+// A packet that waits only for the saved bound (the saver fell behind a
+// fast transfer, or the session was idle and saved exact) waits for a
+// save here, once, rather than being dropped: a dropped packet costs TCP
+// a retransmission timeout (a guest's first packet after a pause, a SYN,
+// a second; a download under 16 flows fell to a few MB/s). From the guest
+// only its own peer's goroutine waits; to a guest, the netstack's output
+// waits (gvnet holds the stack's sender meanwhile), for every guest, for
+// one save, which lets this one's bound a lead ahead.
+func (s *session) take(n int64, now time.Time) bool {
 	for try := 0; ; try++ {
 		pass, wait := s.takeOnce(n, now)
-		if pass || !wait || !fromGuest || try > 0 {
+		if pass || !wait || try > 0 {
 			return pass
 		}
 		if err := s.g.save(); err != nil {
