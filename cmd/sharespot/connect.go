@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"os"
 	"strings"
@@ -18,11 +19,13 @@ import (
 	"github.com/sharespot/sharespot/internal/client"
 	"github.com/sharespot/sharespot/internal/forward"
 	"github.com/sharespot/sharespot/internal/gateway/nft"
+	"github.com/sharespot/sharespot/internal/gateway/wg"
 	"github.com/sharespot/sharespot/internal/guest"
 	"github.com/sharespot/sharespot/internal/money"
 	"github.com/sharespot/sharespot/internal/protocol"
 	"github.com/sharespot/sharespot/internal/seal"
 	"github.com/sharespot/sharespot/internal/size"
+	"github.com/sharespot/sharespot/internal/tunnel"
 )
 
 // ConnectCmd is the guest's whole flow.
@@ -238,8 +241,11 @@ func (r *guestRun) online(gr *sharespotv1.AccessGranted, acked int64) error {
 		return r.fail(err, "cannot open the access code")
 	}
 	addr := gr.Gateway.GetAddress()
-	if gr.Gateway.GetKind() == nft.Kind {
+	switch gr.Gateway.GetKind() {
+	case nft.Kind:
 		return r.onlineKernel(addr, code, gr, acked)
+	case wg.Kind:
+		return r.onlineTunnel(code, gr, acked)
 	}
 	fmt.Fprintf(out, "online: %s granted (C1.7). Use the host's gateway (C1.8):\n", size.Format(gr.GrantedBytes))
 	fwd, err := r.c.forwarder(addr, r.ses.ID, code)
@@ -254,7 +260,7 @@ func (r *guestRun) online(gr *sharespotv1.AccessGranted, acked int64) error {
 		fmt.Fprintf(out, "  example: curl --proxy socks5h://%s:%s@%s https://example.org/\n", r.ses.ID, seal.FormatCode(code), addr)
 		fmt.Fprintln(out, "  unverified: this device counts nothing; you pay the host's count (at most what you bought)")
 	default:
-		fwd.SetOnGrow(r.acknowledge(addr, code, acked, fwd.Bytes, func(ctx context.Context) { fwd.Run(ctx) }).Poke)
+		fwd.SetOnGrow(r.acknowledge(addr, code, acked, fwd.Bytes, func(ctx context.Context) { fwd.Run(ctx) }, nil).Poke)
 		fmt.Fprintf(out, "  export ALL_PROXY=socks5h://%s HTTPS_PROXY=http://%s   # this device's forwarder: what passes is counted and signed\n", fwd.Addr(), fwd.Addr())
 		fmt.Fprintf(out, "  example: curl --proxy socks5h://%s https://example.org/\n", fwd.Addr())
 		fmt.Fprintln(out, "  verified: this device acknowledges what it receives to the host's gateway; traffic that does not pass the forwarder is not counted here and soon stalls")
@@ -283,11 +289,54 @@ func (r *guestRun) onlineKernel(addr string, code []byte, gr *sharespotv1.Access
 	}
 	fmt.Fprintf(out, "online: %s granted (C1.7); the host's gateway admitted this device, browse as usual (C1.8)\n", size.Format(gr.GrantedBytes))
 	if count != nil {
-		r.acknowledge(addr, code, acked, count, nil)
+		r.acknowledge(addr, code, acked, count, nil, nil)
 		fmt.Fprintln(out, "  verified: this device counts what its interface to the host passes and acknowledges it to the host's gateway")
 	} else {
 		fmt.Fprintln(out, "  unverified: this device counts nothing; you pay the host's count (at most what you bought)")
 	}
+	return nil
+}
+
+// onlineTunnel brings the session's WireGuard tunnel up in this process,
+// behind the local forwarder (no root, no system configuration: the
+// programs given the forwarder go through it), and in a verified session
+// acknowledges what the tunnel passes, in-band to the gateway's control
+// stream in the tunnel.
+func (r *guestRun) onlineTunnel(code []byte, gr *sharespotv1.AccessGranted, acked int64) error {
+	out := r.env.stdout
+	cfg, err := tunnel.ConfigOf(gr.Gateway, code)
+	if err != nil {
+		return r.fail(err, "the host's gateway description is unusable")
+	}
+	tn, err := tunnel.Open(cfg)
+	if err != nil {
+		return r.fail(err, "cannot bring the tunnel up")
+	}
+	fwd, err := r.c.forwarderVia(tn.DialContext)
+	if err != nil || fwd == nil {
+		tn.Close()
+		if err == nil {
+			err = errors.New("--forward off: a WireGuard gateway's tunnel runs behind the local forwarder here (the guest page gives the configuration for the WireGuard app)")
+		}
+		return r.fail(err, "the guest cannot use the tunnel")
+	}
+	run := func(ctx context.Context) {
+		fwd.Run(ctx)
+		tn.Close()
+	}
+	fmt.Fprintf(out, "online: %s granted (C1.7); WireGuard tunnel to %s up in this process, address %s (C1.8):\n", size.Format(gr.GrantedBytes), cfg.Endpoint, cfg.Address)
+	fmt.Fprintf(out, "  export ALL_PROXY=socks5h://%s HTTPS_PROXY=http://%s   # this device's forwarder, into the tunnel\n", fwd.Addr(), fwd.Addr())
+	fmt.Fprintf(out, "  example: curl --proxy socks5h://%s https://example.org/\n", fwd.Addr())
+	if r.ses.Verified() {
+		r.acknowledge(tn.ControlAddr(), code, acked, tn.Bytes, run, tn.DialContext)
+		fmt.Fprintln(out, "  verified: this device counts what passes the tunnel (IP packets, as the gateway does) and acknowledges it to the gateway, in the tunnel")
+		return nil
+	}
+	fctx, fcancel := context.WithCancel(r.ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); run(fctx) }()
+	r.stopForward = func() { fcancel(); <-done }
+	fmt.Fprintln(out, "  unverified: you pay the host's count (at most what you bought)")
 	return nil
 }
 
@@ -308,8 +357,9 @@ func interfaceCounter(addr string) (*guest.InterfaceCounter, error) {
 // acknowledge runs the session's in-band acknowledgments of count (and
 // run, the forwarder, if not nil) until stopForward, which sends the last.
 // It returns the acknowledger, for the counter to poke.
-func (r *guestRun) acknowledge(addr string, code []byte, acked int64, count func() int64, run func(context.Context)) *guest.Acker {
-	a := &guest.Acker{Session: r.ses, Gateway: addr, Code: code, Count: count, Base: acked,
+func (r *guestRun) acknowledge(addr string, code []byte, acked int64, count func() int64, run func(context.Context),
+	dial func(ctx context.Context, network, addr string) (net.Conn, error)) *guest.Acker {
+	a := &guest.Acker{Session: r.ses, Gateway: addr, Code: code, Count: count, Base: acked, Dial: dial,
 		OnState: func(st protocol.GatewayState) { r.gwState.Store(&st) }}
 	r.ses.Acknowledging(a)
 	fctx, fcancel := context.WithCancel(r.ctx)
@@ -514,13 +564,26 @@ func (r *guestRun) fail(err error, reason string) error {
 // forwarder opens the local forwarder at --forward (nil for "off"); a busy
 // port falls back to any free one on loopback.
 func (c *ConnectCmd) forwarder(gateway, sid string, code []byte) (*forward.Forwarder, error) {
+	return c.listenForwarder(func(addr string) (*forward.Forwarder, error) {
+		return forward.Listen(addr, gateway, sid, seal.FormatCode(code), nil)
+	})
+}
+
+// forwarderVia is the local forwarder dialling through dial (a tunnel).
+func (c *ConnectCmd) forwarderVia(dial func(ctx context.Context, network, addr string) (net.Conn, error)) (*forward.Forwarder, error) {
+	return c.listenForwarder(func(addr string) (*forward.Forwarder, error) { return forward.ListenDial(addr, dial, nil) })
+}
+
+// listenForwarder opens the forwarder on --forward, or beside it when that
+// port is taken; nil with --forward off.
+func (c *ConnectCmd) listenForwarder(listen func(addr string) (*forward.Forwarder, error)) (*forward.Forwarder, error) {
 	if c.forwardOff() {
 		return nil, nil
 	}
-	fwd, err := forward.Listen(c.Forward, gateway, sid, seal.FormatCode(code), nil)
+	fwd, err := listen(c.Forward)
 	if err != nil && errors.Is(err, syscall.EADDRINUSE) {
 		if ap, perr := netip.ParseAddrPort(c.Forward); perr == nil {
-			fwd, err = forward.Listen(netip.AddrPortFrom(ap.Addr(), 0).String(), gateway, sid, seal.FormatCode(code), nil)
+			fwd, err = listen(netip.AddrPortFrom(ap.Addr(), 0).String())
 		}
 	}
 	return fwd, err

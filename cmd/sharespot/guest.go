@@ -130,8 +130,9 @@ func (f scanFlags) scan(ctx context.Context) ([]wifi.AccessPoint, error) {
 	return aps, nil
 }
 
-// discover is C1.1–C1.3: scan, send the candidate set, get the available set.
-func discover(ctx context.Context, c *client.Client, sf scanFlags) ([]*sharespotv1.Offer, error) {
+// discover is C1.1–C1.3: scan, send the candidate set, get the available
+// set (and the registered hotspots whose hosts are away).
+func discover(ctx context.Context, c *client.Client, sf scanFlags) (*sharespotv1.DiscoverResponse, error) {
 	aps, err := sf.scan(ctx)
 	if err != nil {
 		return nil, err
@@ -143,7 +144,7 @@ func discover(ctx context.Context, c *client.Client, sf scanFlags) ([]*sharespot
 	if err != nil {
 		return nil, fmt.Errorf("discover: %w", err)
 	}
-	return res.Msg.Available, nil
+	return res.Msg, nil
 }
 
 // ScanCmd shows the hotspots for sale nearby.
@@ -159,10 +160,11 @@ func (c *ScanCmd) Run(env *runEnv) error {
 	if err != nil {
 		return err
 	}
-	offers, err := discover(env.ctx, cl, c.scanFlags)
+	found, err := discover(env.ctx, cl, c.scanFlags)
 	if err != nil {
 		return err
 	}
+	offers := found.Available
 	if c.JSON {
 		type row struct {
 			HotspotID string `json:"hotspot_id"`
@@ -178,23 +180,39 @@ func (c *ScanCmd) Run(env *runEnv) error {
 			// The host's record from its settled verified sessions.
 			VerifiedSessions    int64 `json:"host_verified_sessions"`
 			OverCountedSessions int64 `json:"host_over_counted_sessions"`
+			// Online: the host is there and the hotspot for sale; an
+			// offline one has no tariff here, and when its host was
+			// last there.
+			Online bool  `json:"online"`
+			SeenMS int64 `json:"seen_unix_ms,omitempty"`
 		}
 		out := []row{}
 		for _, o := range offers {
 			t := o.Tariff
 			out = append(out, row{o.HotspotId, client.SSIDText(o.AccessPoint.Ssid), o.AccessPoint.Bssid, o.SignalDbm,
 				t.Currency, t.PriceMinor, t.UnitBytes, t.TopupPriceMinor, t.MinPurchaseBytes, o.AvailableBytes,
-				o.HostRecord.GetVerifiedSessions(), o.HostRecord.GetOverCountedSessions()})
+				o.HostRecord.GetVerifiedSessions(), o.HostRecord.GetOverCountedSessions(), true, 0})
+		}
+		for _, o := range found.Offline {
+			out = append(out, row{HotspotID: o.HotspotId, SSID: client.SSIDText(o.AccessPoint.GetSsid()), BSSID: o.AccessPoint.GetBssid(),
+				Signal: o.SignalDbm, SeenMS: o.SeenUnixMs})
 		}
 		enc := json.NewEncoder(env.stdout)
 		enc.SetIndent("", "  ")
 		return enc.Encode(out)
 	}
 	if len(offers) == 0 {
-		fmt.Fprintln(env.stdout, "No Sharespot hotspots in range.")
-		return nil
+		fmt.Fprintln(env.stdout, "No Sharespot hotspots for sale in range.")
+	} else if err := guest.ShowOffers(env.stdout, offers); err != nil {
+		return err
 	}
-	return guest.ShowOffers(env.stdout, offers)
+	if len(found.Offline) > 0 {
+		fmt.Fprintln(env.stdout, "\nOffline (registered, but the host is away: not for sale now):")
+		for _, o := range found.Offline {
+			fmt.Fprintf(env.stdout, "  %s  %s  %s\n", client.SSIDText(o.AccessPoint.GetSsid()), client.SafeText(o.AccessPoint.GetBssid()), lastThere(o.SeenUnixMs))
+		}
+	}
+	return nil
 }
 
 // WalletBalanceCmd shows this device's wallet.

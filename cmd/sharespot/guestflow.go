@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"time"
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/client"
@@ -62,11 +63,15 @@ func (c *ConnectCmd) begin(ctx context.Context, out io.Writer, g *guest.Guest) (
 	if err != nil {
 		return nil, fmt.Errorf("--buy: %w", err)
 	}
-	offers, err := discover(ctx, g.C, c.scanFlags)
+	found, err := discover(ctx, g.C, c.scanFlags)
 	if err != nil {
 		return nil, err
 	}
-	offer := pick(offers, c.Target)
+	offer := pick(found.Available, c.Target, (*sharespotv1.Offer).GetAccessPoint)
+	if off := pick(found.Offline, c.Target, (*sharespotv1.OfflineHotspot).GetAccessPoint); offer == nil && off != nil {
+		return nil, fmt.Errorf("the host of %s is offline (%s): it cannot sell now; choose another hotspot (`sharespot scan` lists them)",
+			client.SSIDText(off.AccessPoint.Ssid), lastThere(off.SeenUnixMs))
+	}
 	if offer == nil {
 		return nil, fmt.Errorf("no Sharespot hotspot %q in range; `sharespot scan` lists them", c.Target)
 	}
@@ -85,18 +90,27 @@ func settlement(s *sharespotv1.Session) string {
 }
 
 // pick finds an offer by SSID or BSSID.
-func pick(offers []*sharespotv1.Offer, target string) *sharespotv1.Offer {
+func pick[T any](items []T, target string, ap func(T) *sharespotv1.AccessPoint) T {
 	if b, err := protocol.NormalizeBSSID(target); err == nil {
-		for _, o := range offers {
-			if o.AccessPoint.Bssid == b {
+		for _, o := range items {
+			if ap(o).GetBssid() == b {
 				return o
 			}
 		}
 	}
-	for _, o := range offers {
-		if string(o.AccessPoint.Ssid) == target || client.SSIDText(o.AccessPoint.Ssid) == target {
+	for _, o := range items {
+		if ssid := ap(o).GetSsid(); string(ssid) == target || client.SSIDText(ssid) == target {
 			return o
 		}
 	}
-	return nil
+	var none T
+	return none
+}
+
+// lastThere says when an offline hotspot's host was last there.
+func lastThere(ms int64) string {
+	if ms <= 0 {
+		return "not seen since it registered"
+	}
+	return "last there " + time.Since(time.UnixMilli(ms)).Round(time.Second).String() + " ago"
 }

@@ -2,7 +2,9 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"net"
@@ -23,6 +25,7 @@ import (
 	"github.com/sharespot/sharespot/internal/gateway"
 	"github.com/sharespot/sharespot/internal/gateway/nft"
 	gwproxy "github.com/sharespot/sharespot/internal/gateway/proxy"
+	"github.com/sharespot/sharespot/internal/gateway/wg"
 	"github.com/sharespot/sharespot/internal/host"
 	"github.com/sharespot/sharespot/internal/identity"
 	"github.com/sharespot/sharespot/internal/metrics"
@@ -55,7 +58,8 @@ type ShareCmd struct {
 	Grace      time.Duration `default:"60s" help:"With the userspace gateway: how long a guest that used up its volume keeps its connections, stalled, for a top-up to resume them before they are closed (0: closed at once)."`
 
 	// The metering gateway.
-	GatewayKind string `name:"gateway" default:"proxy" enum:"proxy,nftables" help:"The metering gateway: proxy (userspace SOCKS5 + HTTP CONNECT, any OS, no root) or nftables (Linux kernel, root; guests present their code to the admission endpoint at --listen)."`
+	GatewayKind string `name:"gateway" default:"proxy" enum:"proxy,nftables,wireguard" help:"The metering gateway: proxy (userspace SOCKS5 + HTTP CONNECT, any OS, no root), nftables (Linux kernel, root; guests present their code to the admission endpoint at --listen) or wireguard (userspace WireGuard on UDP --listen, no root: every app of a guest, TCP and UDP, with no proxy settings; a phone imports the configuration the guest page shows)."`
+	WGNetwork   string `name:"wg-network" help:"With --gateway wireguard: the tunnel's IPv4 network (the gateway at its first address, guests from the second; default 10.77.0.0/16)." placeholder:"CIDR"`
 	LAN         string `name:"lan" help:"With --gateway nftables: the interface guests are on (the access point, or its bridge)." placeholder:"IFACE"`
 	Uplink      string `help:"With --gateway nftables: the interface guests' traffic leaves by (NAT)." placeholder:"IFACE"`
 	Portal      bool   `default:"true" negatable:"" help:"With --gateway nftables: the captive portal and walled garden: guests not yet admitted reach only the server (--guest-server) and this host's endpoint, which redirects their port-80 requests to the server's guest page and serves the Captive Portal API (RFC 8908) at /captive-portal/api."`
@@ -219,7 +223,7 @@ func (c *ShareCmd) gateway(env *runEnv, inst *sharespotv1.ShareInstruction, stat
 		st = gm.Store(fst)
 	}
 	c.store = st
-	if gw, kind, err = c.openGateway(env, inst); err != nil {
+	if gw, kind, err = c.openGateway(env, inst, state); err != nil {
 		return nil, "", nil, stop, err
 	}
 	gm.SetUsage(gw.Usage)
@@ -254,69 +258,122 @@ func askHost(view *guestView, t *sharespotv1.Tariff) func(*sharespotv1.AccessReq
 
 // openGateway opens the metering gateway --gateway names, and returns the
 // kind guests are told.
-func (c *ShareCmd) openGateway(env *runEnv, inst *sharespotv1.ShareInstruction) (gateway.Gateway, string, error) {
-	st := c.store
-	if c.GatewayKind == nft.Kind {
-		if c.LAN == "" || c.Uplink == "" {
-			return nil, "", errors.New("--gateway nftables needs --lan IFACE (where guests are) and --uplink IFACE (where their traffic leaves)")
-		}
-		changed, warnings, err := nft.EnableForwarding("/proc/sys")
-		if err != nil {
-			return nil, "", err
-		}
-		for _, s := range changed {
-			fmt.Fprintf(env.stdout, "turned on IP forwarding (%s); it stays on after this host stops\n", s)
-		}
-		for _, w := range warnings {
-			fmt.Fprintln(env.stdout, "warning:", w)
-		}
-		cfg := nft.Config{LAN: c.LAN, Uplink: c.Uplink, Listen: c.Listen, Advertise: c.Advertise, Store: st, AllowDNS: c.LANDNS}
-		if c.Portal {
-			guestServer := c.GuestServer
-			if guestServer == "" {
-				guestServer = c.Server
-			}
-			garden, err := nft.ResolveGarden(env.ctx, guestServer)
-			if err != nil {
-				return nil, "", err
-			}
-			advertise := c.Advertise
-			if advertise == "" {
-				advertise = c.Listen
-			}
-			if h, _, err := net.SplitHostPort(advertise); err != nil || h == "" || net.ParseIP(h).IsUnspecified() {
-				return nil, "", fmt.Errorf("the captive portal sends guests to this host's endpoint, so it needs its LAN address: give --listen LAN-ADDRESS:PORT (e.g. 192.168.12.1:8475) or --advertise, not %q", advertise)
-			}
-			cfg.Garden = garden
-			cfg.PortalURL = portal.PageURL(guestServer, inst.AccessPoint.Bssid, string(inst.AccessPoint.Ssid), advertise)
-			fmt.Fprintf(env.stdout, "captive portal: guests reach only %v until admitted; port 80 goes to %s\n", garden, cfg.PortalURL)
-			fmt.Fprintf(env.stdout, "Captive Portal API (DHCP option 114, RFC 8910): http://%s%s\n", advertise, nft.CaptivePath)
-		}
-		gw, err := nft.New(cfg)
-		if err != nil {
-			return nil, "", err
-		}
-		return gw, nft.Kind, nil
+func (c *ShareCmd) openGateway(env *runEnv, inst *sharespotv1.ShareInstruction, state string) (gateway.Gateway, string, error) {
+	switch c.GatewayKind {
+	case nft.Kind:
+		return c.openKernel(env, inst)
+	case wg.Kind:
+		return c.openWireGuard(env, state)
 	}
-	cfg := gwproxy.Config{Addr: c.Listen, Advertise: c.Advertise, Store: st, Grace: c.Grace}
+	policy, nets, err := c.policy()
+	if err != nil {
+		return nil, "", err
+	}
+	cfg := gwproxy.Config{Addr: c.Listen, Advertise: c.Advertise, Store: c.store, Grace: c.Grace, AllowDestination: policy, AllowNetworks: nets}
 	if c.Grace <= 0 {
 		cfg.Grace = -1 // closed at once
-	}
-	if c.AllowLocal {
-		cfg.AllowDestination = gwproxy.LocalDestinations
-	}
-	for _, n := range c.AllowLAN {
-		pfx, err := netip.ParsePrefix(strings.TrimSpace(n))
-		if err != nil {
-			return nil, "", fmt.Errorf("--allow-lan %q: want a network in CIDR form, e.g. 192.168.1.0/24", n)
-		}
-		cfg.AllowNetworks = append(cfg.AllowNetworks, pfx.Masked())
 	}
 	gw, err := gwproxy.New(cfg)
 	if err != nil {
 		return nil, "", err
 	}
 	return gw, "proxy", nil
+}
+
+// policy is the userspace gateways' destination policy: --allow-local's
+// and --allow-lan's.
+func (c *ShareCmd) policy() (func(netip.AddrPort) bool, []netip.Prefix, error) {
+	var allow func(netip.AddrPort) bool
+	if c.AllowLocal {
+		allow = gateway.LocalDestinations
+	}
+	var nets []netip.Prefix
+	for _, n := range c.AllowLAN {
+		pfx, err := netip.ParsePrefix(strings.TrimSpace(n))
+		if err != nil {
+			return nil, nil, fmt.Errorf("--allow-lan %q: want a network in CIDR form, e.g. 192.168.1.0/24", n)
+		}
+		nets = append(nets, pfx.Masked())
+	}
+	return allow, nets, nil
+}
+
+// openWireGuard opens the WireGuard gateway: its key kept in the state
+// directory (guests' configurations name its public key), UDP on --listen,
+// guests told --advertise (or --listen, when it names a host).
+func (c *ShareCmd) openWireGuard(env *runEnv, state string) (gateway.Gateway, string, error) {
+	advertise := c.Advertise
+	if advertise == "" {
+		advertise = c.Listen
+	}
+	if h, _, err := net.SplitHostPort(advertise); err != nil || h == "" || net.ParseIP(h).IsUnspecified() {
+		return nil, "", fmt.Errorf("guests' WireGuard needs this host's address: give --listen ADDRESS:PORT (e.g. 192.168.12.1:51820) or --advertise, not %q", advertise)
+	}
+	key, err := wg.LoadOrCreateKey(filepath.Join(state, "wireguard.key"))
+	if err != nil {
+		return nil, "", err
+	}
+	policy, nets, err := c.policy()
+	if err != nil {
+		return nil, "", err
+	}
+	cfg := wg.Config{Listen: c.Listen, Advertise: advertise, Key: key, Store: c.store, AllowDestination: policy, AllowNetworks: nets}
+	if c.WGNetwork != "" {
+		if cfg.Network, err = netip.ParsePrefix(c.WGNetwork); err != nil {
+			return nil, "", fmt.Errorf("--wg-network %q: want an IPv4 network in CIDR form, e.g. 10.77.0.0/16", c.WGNetwork)
+		}
+	}
+	gw, err := wg.New(cfg)
+	if err != nil {
+		return nil, "", err
+	}
+	pub := gw.PublicKey()
+	fmt.Fprintf(env.stdout, "WireGuard gateway: endpoint %s, public key %s, guests in %s\n", advertise, base64.StdEncoding.EncodeToString(pub[:]), cmp.Or(c.WGNetwork, wg.DefaultNetwork.String()))
+	return gw, wg.Kind, nil
+}
+
+// openKernel opens the kernel gateway (and its captive portal).
+func (c *ShareCmd) openKernel(env *runEnv, inst *sharespotv1.ShareInstruction) (gateway.Gateway, string, error) {
+	if c.LAN == "" || c.Uplink == "" {
+		return nil, "", errors.New("--gateway nftables needs --lan IFACE (where guests are) and --uplink IFACE (where their traffic leaves)")
+	}
+	changed, warnings, err := nft.EnableForwarding("/proc/sys")
+	if err != nil {
+		return nil, "", err
+	}
+	for _, s := range changed {
+		fmt.Fprintf(env.stdout, "turned on IP forwarding (%s); it stays on after this host stops\n", s)
+	}
+	for _, w := range warnings {
+		fmt.Fprintln(env.stdout, "warning:", w)
+	}
+	cfg := nft.Config{LAN: c.LAN, Uplink: c.Uplink, Listen: c.Listen, Advertise: c.Advertise, Store: c.store, AllowDNS: c.LANDNS}
+	if c.Portal {
+		guestServer := c.GuestServer
+		if guestServer == "" {
+			guestServer = c.Server
+		}
+		garden, err := nft.ResolveGarden(env.ctx, guestServer)
+		if err != nil {
+			return nil, "", err
+		}
+		advertise := c.Advertise
+		if advertise == "" {
+			advertise = c.Listen
+		}
+		if h, _, err := net.SplitHostPort(advertise); err != nil || h == "" || net.ParseIP(h).IsUnspecified() {
+			return nil, "", fmt.Errorf("the captive portal sends guests to this host's endpoint, so it needs its LAN address: give --listen LAN-ADDRESS:PORT (e.g. 192.168.12.1:8475) or --advertise, not %q", advertise)
+		}
+		cfg.Garden = garden
+		cfg.PortalURL = portal.PageURL(guestServer, inst.AccessPoint.Bssid, string(inst.AccessPoint.Ssid), advertise)
+		fmt.Fprintf(env.stdout, "captive portal: guests reach only %v until admitted; port 80 goes to %s\n", garden, cfg.PortalURL)
+		fmt.Fprintf(env.stdout, "Captive Portal API (DHCP option 114, RFC 8910): http://%s%s\n", advertise, nft.CaptivePath)
+	}
+	gw, err := nft.New(cfg)
+	if err != nil {
+		return nil, "", err
+	}
+	return gw, nft.Kind, nil
 }
 
 // registerOrUpdate registers the instruction, or updates this host's active

@@ -28,12 +28,13 @@ type CLI struct {
 
 	serverCommands `embed:""` // demo, server, bench: not in the device build
 
-	Share   ShareCmd   `cmd:"" help:"Host: register your hotspot and sell data through the metering gateway."`
-	Scan    ScanCmd    `cmd:"" help:"Guest: show the Sharespot hotspots in range, with their prices."`
-	Connect ConnectCmd `cmd:"" help:"Guest: buy data from a hotspot and get online through it."`
-	Wallet  WalletCmd  `cmd:"" help:"Wallets: operator funding and balances."`
-	Device  DeviceCmd  `cmd:"" help:"This device's identity: ID and sign-in token."`
-	Version VersionCmd `cmd:"" help:"Print the version and protocol version."`
+	Share    ShareCmd    `cmd:"" help:"Host: register your hotspot and sell data through the metering gateway."`
+	Withdraw WithdrawCmd `cmd:"" help:"Host: stop offering your hotspot (by BSSID, or every one this device offers)."`
+	Scan     ScanCmd     `cmd:"" help:"Guest: show the Sharespot hotspots in range, with their prices."`
+	Connect  ConnectCmd  `cmd:"" help:"Guest: buy data from a hotspot and get online through it."`
+	Wallet   WalletCmd   `cmd:"" help:"Wallets: operator funding and balances."`
+	Device   DeviceCmd   `cmd:"" help:"This device's identity: ID and sign-in token."`
+	Version  VersionCmd  `cmd:"" help:"Print the version and protocol version."`
 }
 
 type runEnv struct {

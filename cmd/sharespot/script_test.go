@@ -84,7 +84,7 @@ func scriptParams(dir string) testscript.Params {
 	return testscript.Params{
 		Dir: dir,
 		Setup: func(env *testscript.Env) error {
-			for _, name := range []string{"LISTEN", "GATEWAY", "HOSTMETRICS"} {
+			for _, name := range []string{"LISTEN", "GATEWAY", "HOSTMETRICS", "STRIPEMOCK"} {
 				addr, err := freePort()
 				if err != nil {
 					return err

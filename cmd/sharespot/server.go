@@ -31,8 +31,9 @@ import (
 // ServerGroupCmd is `sharespot server`: running it (the default) and the
 // operator's dashboard link.
 type ServerGroupCmd struct {
-	Run       ServerCmd    `cmd:"" default:"withargs" help:"Run the server (the default: \"sharespot server\" is \"sharespot server run\")."`
-	AdminLink AdminLinkCmd `cmd:"" name:"admin-link" help:"Operator: print a one-time link (10 minutes) that signs a browser in to the operator's dashboard."`
+	Run              ServerCmd           `cmd:"" default:"withargs" help:"Run the server (the default: \"sharespot server\" is \"sharespot server run\")."`
+	AdminLink        AdminLinkCmd        `cmd:"" name:"admin-link" help:"Operator: print a one-time link (10 minutes) that signs a browser in to the operator's dashboard."`
+	StripeTestEvents StripeTestEventsCmd `cmd:"" name:"stripe-test-events" help:"Test mode with stripe-mock (which sends no webhooks): authorise, or --decline, the card payments and fundings waiting for Stripe, by webhook events signed as Stripe signs them."`
 }
 
 // AdminLinkCmd makes an operator's sign-in link, authorised by the admin
@@ -96,6 +97,7 @@ type ServerCmd struct {
 	QuoteTTL          time.Duration `name:"quote-ttl" default:"2m" help:"How long a guest has to pay a quote."`
 	GrantTimeout      time.Duration `default:"30s" help:"How long a host has to grant after payment before the guest is refunded."`
 	CloseTimeout      time.Duration `default:"15s" help:"How long a host has to send its final count after a guest ends; then the session settles on the host's last usage report."`
+	HostAway          time.Duration `name:"host-away" default:"90s" help:"A hotspot whose host's agent (sharespot share) has not been connected this long is offline: scan shows it as such and a request for it is refused at once. 0: every registered hotspot is offered."`
 	MaxUnpaid         int           `name:"max-unpaid" default:"4" help:"Requests an account may have open and not yet paid for."`
 	RateDevice        float64       `default:"50" help:"Requests per second per device (0: no limit)."`
 	RateIP            float64       `name:"rate-ip" default:"500" help:"Requests per second per client address (0: no limit)."`
@@ -144,9 +146,10 @@ func (c *ServerCmd) config(log *slog.Logger) (server.Config, error) {
 	sc := session.DefaultConfig()
 	sc.FeeBPS, sc.Announce = c.FeeBPS, c.AnnounceSuite
 	sc.QuoteTimeout, sc.QuoteTTL, sc.GrantTimeout = c.QuoteTimeout, c.QuoteTTL, c.GrantTimeout
-	if c.CloseTimeout < 0 {
-		return cfg, fmt.Errorf("--close-timeout %v: want a positive duration", c.CloseTimeout)
+	if c.CloseTimeout < 0 || c.HostAway < 0 {
+		return cfg, fmt.Errorf("--close-timeout %v, --host-away %v: want positive durations", c.CloseTimeout, c.HostAway)
 	}
+	sc.HostAway = c.HostAway
 	if c.MaxUnpaid < 0 {
 		return cfg, fmt.Errorf("--max-unpaid %d: want at least 1", c.MaxUnpaid)
 	}

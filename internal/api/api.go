@@ -81,6 +81,11 @@ type Deps struct {
 	// PollInterval bounds how long a stream waits without a wake-up before
 	// it looks at its inbox anyway.
 	PollInterval time.Duration
+	// HostAway: a hotspot whose host's agent has not been there this long
+	// (its inbox stream closed, or not marked since) is offline: shown in
+	// discovery, never offered (session.Config.HostAway refuses requests
+	// for it). 0: every active hotspot is offered.
+	HostAway time.Duration
 	// Metrics, if set, counts calls, refusals and deliveries.
 	Metrics *metrics.Server
 }

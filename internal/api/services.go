@@ -77,7 +77,7 @@ func (h *hotspotService) Register(ctx context.Context, req *connect.Request[shar
 		if err != nil {
 			return &sharespotv1.RegisterResponse{}, err
 		}
-		return &sharespotv1.RegisterResponse{Hotspot: hs.Proto()}, nil
+		return &sharespotv1.RegisterResponse{Hotspot: hs.Proto(true)}, nil
 	})
 }
 
@@ -88,7 +88,7 @@ func (h *hotspotService) Update(ctx context.Context, req *connect.Request[shares
 		if err != nil {
 			return &sharespotv1.UpdateResponse{}, err
 		}
-		return &sharespotv1.UpdateResponse{Hotspot: hs.Proto()}, nil
+		return &sharespotv1.UpdateResponse{Hotspot: hs.Proto(true)}, nil
 	})
 }
 
@@ -99,7 +99,7 @@ func (h *hotspotService) Withdraw(ctx context.Context, req *connect.Request[shar
 		if err != nil {
 			return &sharespotv1.WithdrawResponse{}, err
 		}
-		return &sharespotv1.WithdrawResponse{Hotspot: hs.Proto()}, nil
+		return &sharespotv1.WithdrawResponse{Hotspot: hs.Proto(false)}, nil
 	})
 }
 
@@ -109,7 +109,7 @@ func (h *hotspotService) List(ctx context.Context, req *connect.Request[sharespo
 		hs, err := registry.List(tx, p.DeviceID)
 		out := &sharespotv1.ListResponse{}
 		for _, x := range hs {
-			out.Hotspots = append(out.Hotspots, x.Proto())
+			out.Hotspots = append(out.Hotspots, x.Proto(x.Active && x.Present(h.nowMS(), h.d.HostAway)))
 		}
 		return out, err
 	})
@@ -121,7 +121,7 @@ type discoveryService struct{ *services }
 
 func (d *discoveryService) Discover(ctx context.Context, req *connect.Request[sharespotv1.DiscoverRequest]) (*connect.Response[sharespotv1.DiscoverResponse], error) {
 	return read(ctx, d.services, func(tx *store.Tx) (*sharespotv1.DiscoverResponse, error) {
-		offers, err := registry.Discover(tx, req.Msg.Candidates)
+		offers, offline, err := registry.Discover(tx, req.Msg.Candidates, d.nowMS(), d.d.HostAway)
 		if err != nil {
 			return nil, err
 		}
@@ -135,7 +135,7 @@ func (d *discoveryService) Discover(ctx context.Context, req *connect.Request[sh
 		for _, o := range offers {
 			o.HostRecord = records[o.HostDeviceId]
 		}
-		return &sharespotv1.DiscoverResponse{Available: offers}, err
+		return &sharespotv1.DiscoverResponse{Available: offers, Offline: offline}, err
 	})
 }
 
@@ -400,6 +400,7 @@ func (ib *inboxService) Subscribe(ctx context.Context, req *connect.Request[shar
 	// instead of reading again to find nothing: one read per delivery.
 	wake, cancel := ib.d.Hub.Watch(p.DeviceID)
 	defer cancel()
+	defer ib.present(ctx, p.DeviceID)()
 	for first := true; ; first = false {
 		envs, err := store.ReadT(ctx, ib.d.Store, func(tx *store.Tx) ([]*sharespotv1.Envelope, error) {
 			return relay.Fetch(tx, p.DeviceID, cursor, batch)
@@ -432,6 +433,63 @@ func (ib *inboxService) Subscribe(ctx context.Context, req *connect.Request[shar
 			poll.Reset(ib.d.PollInterval)
 		case <-ctx.Done():
 			return nil
+		}
+	}
+}
+
+// present marks a host's hotspots as there while its agent's stream is
+// open: at once, then every third of HostAway; the returned stop marks
+// them gone, unless another stream marked them since. A device with no
+// active hotspot (a guest) costs one read per mark, no write.
+func (ib *inboxService) present(ctx context.Context, device string) (stop func()) {
+	away := ib.d.HostAway
+	if away <= 0 {
+		return func() {}
+	}
+	var last int64 // this stream's last mark; 0: none
+	mark := func() {
+		hosting, err := store.ReadT(ctx, ib.d.Store, func(tx *store.Tx) (bool, error) { return registry.Hosting(tx, device) })
+		if err != nil || !hosting {
+			return
+		}
+		now := ib.nowMS()
+		n, err := store.WriteT(ctx, ib.d.Store, func(tx *store.Tx) (int64, error) { return registry.Seen(tx, device, now) })
+		if err != nil {
+			if ctx.Err() == nil {
+				ib.d.Log.Warn("cannot mark a host present", "device", device, "err", err)
+			}
+			return
+		}
+		if n > 0 {
+			last = now
+		}
+	}
+	mark()
+	mctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(max(away/3, time.Second))
+		defer t.Stop()
+		for {
+			select {
+			case <-mctx.Done():
+				return
+			case <-t.C:
+				mark()
+			}
+		}
+	}()
+	return func() {
+		cancel()
+		<-done
+		if last == 0 {
+			return
+		}
+		gctx, gcancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer gcancel()
+		if err := ib.d.Store.Write(gctx, func(tx *store.Tx) error { return registry.Gone(tx, device, last) }); err != nil {
+			ib.d.Log.Warn("cannot mark a host gone", "device", device, "err", err)
 		}
 	}
 }

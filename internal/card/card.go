@@ -29,6 +29,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/stripe/stripe-go/v85"
@@ -77,6 +78,9 @@ type Card struct {
 	now    func() time.Time
 	log    *slog.Logger
 	wake   chan struct{}
+	// mismatched: the payments whose PaymentIntent Stripe reported
+	// differing from the one asked for, said once each.
+	mismatched sync.Map
 }
 
 // New returns the card platform.

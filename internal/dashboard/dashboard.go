@@ -67,6 +67,9 @@ type Deps struct {
 	// SecureCookies marks the cookie Secure even when a request did not
 	// arrive over TLS here (a TLS-terminating proxy in front).
 	SecureCookies bool
+	// HostAway is the server's bound on a host's absence
+	// (session.Config.HostAway): a hotspot shows offline past it.
+	HostAway time.Duration
 }
 
 // Dashboard serves the pages.
@@ -202,7 +205,7 @@ func (h *Dashboard) index(w http.ResponseWriter, r *http.Request) {
 	err := h.d.Store.Read(r.Context(), func(tx *store.Tx) error {
 		var err error
 		if v.Role == RoleHost {
-			page.Host, err = LoadHost(tx, v.AccountID, now)
+			page.Host, err = LoadHost(tx, v.AccountID, now, h.d.HostAway)
 			return err
 		}
 		page.Op, err = LoadOperator(tx, now)

@@ -8,6 +8,7 @@ import (
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/ledger"
 	"github.com/sharespot/sharespot/internal/protocol"
+	"github.com/sharespot/sharespot/internal/registry"
 	"github.com/sharespot/sharespot/internal/session"
 	"github.com/sharespot/sharespot/internal/store"
 )
@@ -28,6 +29,9 @@ type Hotspot struct {
 	// Record is the hotspot's host's record, as guests see it beside the
 	// price (protocol.RecordText).
 	Record string
+	// Status: "online", "offline, last there … ago" (its host's agent is
+	// away: not offered) or "withdrawn".
+	Status string
 }
 
 // LiveSession is a session not yet ended.
@@ -79,7 +83,7 @@ type HostData struct {
 const hostScope = `host_device_id IN (SELECT id FROM devices WHERE account_id = ?)`
 
 // LoadHost reads account's dashboard.
-func LoadHost(tx *store.Tx, account string, now time.Time) (*HostData, error) {
+func LoadHost(tx *store.Tx, account string, now time.Time, away time.Duration) (*HostData, error) {
 	d := &HostData{AccountID: account}
 	rows, err := tx.Query(`SELECT id FROM devices WHERE account_id = ? ORDER BY id`, account)
 	if err != nil {
@@ -104,7 +108,7 @@ func LoadHost(tx *store.Tx, account string, now time.Time) (*HostData, error) {
 	for _, m := range ws {
 		d.Wallet = append(d.Wallet, Amount{m.Currency, m.Amount})
 	}
-	if d.Hotspots, err = hotspots(tx, account); err != nil {
+	if d.Hotspots, err = hotspots(tx, account, now, away); err != nil {
 		return nil, err
 	}
 	if d.Live, err = live(tx, hostScope, account); err != nil {
@@ -122,8 +126,8 @@ func LoadHost(tx *store.Tx, account string, now time.Time) (*HostData, error) {
 	return d, nil
 }
 
-func hotspots(tx *store.Tx, account string) ([]Hotspot, error) {
-	rows, err := tx.Query(`SELECT id, ssid, bssid, currency, price_minor, unit_bytes, shareable_bytes, committed_bytes, active, host_device_id
+func hotspots(tx *store.Tx, account string, now time.Time, away time.Duration) ([]Hotspot, error) {
+	rows, err := tx.Query(`SELECT id, ssid, bssid, currency, price_minor, unit_bytes, shareable_bytes, committed_bytes, active, host_device_id, seen_ms, online
 		FROM hotspots WHERE `+hostScope+` ORDER BY created_ms, id`, account)
 	if err != nil {
 		return nil, fmt.Errorf("dashboard: hotspots: %w", err)
@@ -133,13 +137,23 @@ func hotspots(tx *store.Tx, account string) ([]Hotspot, error) {
 	for rows.Next() {
 		var h Hotspot
 		var ssid []byte
-		var active int64
+		var active, online int64
 		var host string
-		if err := rows.Scan(&h.ID, &ssid, &h.BSSID, &h.Currency, &h.PriceMinor, &h.UnitBytes, &h.ShareableBytes, &h.CommittedBytes, &active, &host); err != nil {
+		var seen int64
+		if err := rows.Scan(&h.ID, &ssid, &h.BSSID, &h.Currency, &h.PriceMinor, &h.UnitBytes, &h.ShareableBytes, &h.CommittedBytes, &active, &host, &seen, &online); err != nil {
 			rows.Close()
 			return nil, err
 		}
 		h.SSID, h.Active = string(ssid), active == 1
+		r := registry.Hotspot{Active: h.Active, SeenMS: seen, Online: online == 1}
+		switch {
+		case !h.Active:
+			h.Status = "withdrawn"
+		case r.Present(now.UnixMilli(), away):
+			h.Status = "online"
+		default:
+			h.Status = "offline, last there " + now.Sub(time.UnixMilli(seen)).Round(time.Second).String() + " ago"
+		}
 		out = append(out, h)
 		hosts = append(hosts, host)
 	}

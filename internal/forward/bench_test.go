@@ -19,7 +19,7 @@ func BenchmarkThroughput(b *testing.B) {
 		name  string
 		proxy *url.URL
 	}{
-		{"direct", &url.URL{Scheme: "socks5", User: url.UserPassword(r.sid, r.fwd.code), Host: r.gw.Addr()}},
+		{"direct", &url.URL{Scheme: "socks5", User: url.UserPassword(r.sid, r.code), Host: r.gw.Addr()}},
 		{"forwarder", &url.URL{Scheme: "socks5", Host: r.fwd.Addr()}},
 	} {
 		b.Run(tc.name, func(b *testing.B) {

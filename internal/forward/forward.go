@@ -27,8 +27,7 @@ import (
 
 // Forwarder relays loopback connections to a gateway.
 type Forwarder struct {
-	gateway        string
-	session, code  string
+	dial           func(ctx context.Context, network, addr string) (net.Conn, error)
 	log            *slog.Logger
 	ln             net.Listener
 	bytes          atomic.Int64
@@ -41,6 +40,16 @@ type Forwarder struct {
 // Listen opens the forwarder's loopback listener at addr ("127.0.0.1:0"
 // for any port) for the session's credentials at gateway (host:port).
 func Listen(addr, gateway, session, code string, log *slog.Logger) (*Forwarder, error) {
+	d, err := proxy.SOCKS5("tcp", gateway, &proxy.Auth{User: session, Password: code}, &net.Dialer{Timeout: 10 * time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("forward: %w", err)
+	}
+	return ListenDial(addr, d.(proxy.ContextDialer).DialContext, log)
+}
+
+// ListenDial is Listen for a forwarder whose connections are dialled by
+// dial (through a tunnel, rather than a gateway's SOCKS5).
+func ListenDial(addr string, dial func(ctx context.Context, network, addr string) (net.Conn, error), log *slog.Logger) (*Forwarder, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -52,8 +61,7 @@ func Listen(addr, gateway, session, code string, log *slog.Logger) (*Forwarder, 
 	if err != nil {
 		return nil, fmt.Errorf("forward: %w", err)
 	}
-	return &Forwarder{gateway: gateway, session: session, code: code, log: log, ln: ln,
-		conns: map[net.Conn]struct{}{}, handshakeLimit: 10 * time.Second}, nil
+	return &Forwarder{dial: dial, log: log, ln: ln, conns: map[net.Conn]struct{}{}, handshakeLimit: 10 * time.Second}, nil
 }
 
 // Addr is where the forwarder listens.
@@ -159,12 +167,7 @@ func (f *Forwarder) serve(ctx context.Context, c net.Conn) {
 		f.log.Debug("forward: local handshake", "err", err)
 		return
 	}
-	d, err := proxy.SOCKS5("tcp", f.gateway, &proxy.Auth{User: f.session, Password: f.code}, &net.Dialer{Timeout: 10 * time.Second})
-	if err != nil {
-		answer(false)
-		return
-	}
-	up, err := d.(proxy.ContextDialer).DialContext(ctx, "tcp", dest)
+	up, err := f.dial(ctx, "tcp", dest)
 	if err != nil {
 		f.log.Info("forward: the gateway refused a connection", "to", dest, "err", err)
 		answer(false)

@@ -27,6 +27,7 @@ type rig struct {
 	gw     *gwproxy.Proxy
 	fwd    *Forwarder
 	sid    string
+	code   string
 }
 
 func newRig(t testing.TB, quota int64) *rig {
@@ -65,7 +66,7 @@ func newRig(t testing.TB, quota int64) *rig {
 	}
 	go func() { defer wg.Done(); fwd.Run(ctx) }()
 	t.Cleanup(func() { cancel(); wg.Wait() })
-	return &rig{origin: "http://" + oln.Addr().String(), gw: gw, fwd: fwd, sid: sid}
+	return &rig{origin: "http://" + oln.Addr().String(), gw: gw, fwd: fwd, sid: sid, code: seal.FormatCode(code)}
 }
 
 // used waits (up to 5 s) for the gateway's count to reach at least n.

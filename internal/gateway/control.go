@@ -3,9 +3,13 @@ package gateway
 import (
 	"bufio"
 	"context"
+	"encoding/base64"
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -145,4 +149,59 @@ func readAcks(ctx context.Context, r *bufio.Reader, c Control, write func([]byte
 			return err
 		}
 	}
+}
+
+// ServeControlHTTP serves a control stream asked for by an HTTP CONNECT to
+// protocol.ControlAuthority with the session's credentials as
+// Proxy-Authorization (Basic session:code), on an endpoint a gateway
+// serves over net/http (the kernel gateway's admission endpoint, the
+// WireGuard gateway's address in the tunnel). auth returns the session the
+// credentials open and its Control (false: refused, with 407). It answers
+// 200 and runs ServeControl on the hijacked connection until the stream
+// ends.
+func ServeControlHTTP(w http.ResponseWriter, r *http.Request, auth func(user, pass string) (id string, c Control, ok bool)) error {
+	var (
+		id string
+		c  Control
+	)
+	user, pass, ok := ProxyBasic(r.Header.Get("Proxy-Authorization"))
+	if ok {
+		id, c, ok = auth(user, pass)
+	}
+	if !ok {
+		w.Header().Set("Proxy-Authenticate", `Basic realm="sharespot"`)
+		http.Error(w, "wrong session or access code", http.StatusProxyAuthRequired)
+		return nil
+	}
+	hj, ok := w.(http.Hijacker)
+	if !ok {
+		http.Error(w, "cannot take the connection over", http.StatusInternalServerError)
+		return errors.New("gateway: control stream: the connection cannot be hijacked")
+	}
+	conn, rw, err := hj.Hijack()
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Time{}) // the server's read deadline was for the request
+	if _, err := io.WriteString(conn, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
+		return err
+	}
+	if err := ServeControl(r.Context(), conn, rw.Reader, c); err != nil {
+		return fmt.Errorf("session %s: %w", id, err)
+	}
+	return nil
+}
+
+// ProxyBasic decodes a Proxy-Authorization header, "Basic base64(user:pass)".
+func ProxyBasic(h string) (user, pass string, ok bool) {
+	scheme, cred, ok := strings.Cut(strings.TrimSpace(h), " ")
+	if !ok || !strings.EqualFold(scheme, "Basic") {
+		return "", "", false
+	}
+	b, err := base64.StdEncoding.DecodeString(strings.TrimSpace(cred))
+	if err != nil {
+		return "", "", false
+	}
+	return strings.Cut(string(b), ":")
 }

@@ -47,6 +47,7 @@ type fileRecord struct {
 	GuestKey         string `json:"guest_key,omitempty"` // hex
 	Acked            int64  `json:"acked,omitempty"`
 	AckSig           string `json:"ack_signature,omitempty"` // hex
+	Peer             string `json:"peer,omitempty"`
 	// Window is what files written before the one window rule (issue 21)
 	// held: read, and not used.
 	Window int64 `json:"window,omitempty"`
@@ -88,7 +89,7 @@ func OpenFileStore(path string) (*FileStore, error) {
 
 func (r fileRecord) record() (Record, error) {
 	rec := Record{SessionID: r.SessionID, Quota: r.Quota, Used: r.Used, Counted: r.Counted, Threshold: r.Threshold,
-		Warned: r.Warned, Verified: r.Verified, Acked: r.Acked}
+		Warned: r.Warned, Verified: r.Verified, Acked: r.Acked, Peer: r.Peer}
 	h, err := hex.DecodeString(r.CredentialSHA256)
 	if err != nil || len(h) != len(rec.CredentialHash) {
 		return Record{}, fmt.Errorf("session %q: malformed credential hash", r.SessionID)
@@ -163,6 +164,7 @@ func (f *FileStore) write(recs map[string]Record) error {
 			SessionID: r.SessionID, CredentialSHA256: hex.EncodeToString(r.CredentialHash[:]),
 			Quota: r.Quota, Used: r.Used, Counted: r.Counted, Threshold: r.Threshold, Warned: r.Warned,
 			Verified: r.Verified, GuestKey: hex.EncodeToString(r.GuestKey), Acked: r.Acked, AckSig: hex.EncodeToString(r.AckSig),
+			Peer: r.Peer,
 		})
 	}
 	b, err := json.MarshalIndent(doc, "", "  ")

@@ -32,7 +32,8 @@ func TestFileStoreRoundTrip(t *testing.T) {
 		t.Fatalf("new store holds %v", got)
 	}
 	a := Record{SessionID: "a", Quota: 100, Used: 40, Counted: 35, Threshold: 10, Warned: true,
-		Verified: true, GuestKey: bytes.Repeat([]byte{3}, 32), Acked: 30, AckSig: bytes.Repeat([]byte{4}, 64)}
+		Verified: true, GuestKey: bytes.Repeat([]byte{3}, 32), Acked: 30, AckSig: bytes.Repeat([]byte{4}, 64),
+		Peer: "peer-of-a-gateway"}
 	a.CredentialHash[0] = 0xAB
 	b := Record{SessionID: "b", Quota: 5, Used: 5}
 	c := Record{SessionID: "c", Quota: 7}

@@ -16,6 +16,7 @@ import (
 	"crypto/ed25519"
 	"errors"
 	"fmt"
+	"net/netip"
 	"strings"
 
 	"github.com/sharespot/sharespot/internal/seal"
@@ -143,6 +144,24 @@ type Gateway interface {
 	Addr() string
 }
 
+// Tunnel is a gateway whose guests each configure a tunnel (the WireGuard
+// gateway): beside the access code, the guest needs its peer's
+// description.
+type Tunnel interface {
+	TunnelPeer(sessionID string) (TunnelPeer, error)
+}
+
+// TunnelPeer is what a guest's tunnel needs beside its access code (its
+// private key).
+type TunnelPeer struct {
+	// PublicKey is the gateway's; Endpoint its host:port.
+	PublicKey [32]byte
+	Endpoint  string
+	// Address is the guest's in the tunnel; Gateway the gateway's (its
+	// DNS, and the control stream).
+	Address, Gateway netip.Addr
+}
+
 // Errors returned (wrapped) by gateways; test with errors.Is.
 var (
 	// ErrUnknownSession: no session by that ID was admitted.
@@ -195,6 +214,10 @@ type Record struct {
 	GuestKey []byte
 	Acked    int64
 	AckSig   []byte
+	// Peer is what a gateway needs, beyond the credential's hash, to let
+	// the session in again after a restart (the WireGuard gateway: the
+	// guest's public key and its address in the tunnel); "" for the others.
+	Peer string
 }
 
 // Store keeps metering records across restarts. Implementations must make

@@ -113,6 +113,7 @@ type Meter struct {
 	slack     int64             // counted as used at a restore, not known delivered (0 unless restored)
 	samples   []usageSample     // oldest first, at most rateSamples
 	rate      float64           // bytes per second, as of the last movement
+	peer      string            // Record.Peer
 }
 
 // NewMeter is the meter of a session admitted at now.
@@ -136,6 +137,7 @@ func RestoreMeter(cfg MeterConfig, r Record, used int64, exact bool, now time.Ti
 	m.warned = r.Warned
 	m.verified, m.guestKey = r.Verified, r.GuestKey
 	m.acked, m.ackSig = r.Acked, r.AckSig
+	m.peer = r.Peer
 	if !exact {
 		m.slack = max(0, used-max(r.Counted, m.acked))
 	}
@@ -184,6 +186,13 @@ func (m *Meter) Bound() int64 { return min(m.quota, m.durable) }
 func (m *Meter) SetVerified(key ed25519.PublicKey) {
 	m.verified, m.guestKey = true, key
 }
+
+// SetPeer sets what the gateway saves to let the session in again after a
+// restart (Record.Peer).
+func (m *Meter) SetPeer(peer string) { m.peer = peer }
+
+// Peer is what SetPeer set, or the restored record held.
+func (m *Meter) Peer() string { return m.peer }
 
 // Verified reports whether the session is verified.
 func (m *Meter) Verified() bool { return m.verified }
@@ -451,7 +460,7 @@ func (m *Meter) record(inflight int64, ahead bool) Record {
 		bound = max(m.durable, min(m.quota, inflight+m.lead))
 	}
 	return Record{SessionID: m.id, CredentialHash: m.hash, Quota: m.quota, Used: bound, Counted: min(inflight, bound),
-		Threshold: m.threshold, Warned: m.warned, Verified: m.verified, GuestKey: m.guestKey, Acked: m.acked, AckSig: m.ackSig}
+		Threshold: m.threshold, Warned: m.warned, Verified: m.verified, GuestKey: m.guestKey, Acked: m.acked, AckSig: m.ackSig, Peer: m.peer}
 }
 
 // SaveBatch is one save of a gateway's meters: Add each meter (under the
@@ -528,5 +537,6 @@ func (b *SaveBatch) Done(i int) (grew bool) {
 func (r Record) sameSave(saved Record) bool {
 	return r.SessionID == saved.SessionID && r.CredentialHash == saved.CredentialHash && r.Quota == saved.Quota &&
 		r.Used == saved.Used && r.Threshold == saved.Threshold && r.Warned == saved.Warned &&
-		r.Verified == saved.Verified && bytes.Equal(r.GuestKey, saved.GuestKey) && r.Acked == saved.Acked && bytes.Equal(r.AckSig, saved.AckSig)
+		r.Verified == saved.Verified && bytes.Equal(r.GuestKey, saved.GuestKey) && r.Acked == saved.Acked && bytes.Equal(r.AckSig, saved.AckSig) &&
+		r.Peer == saved.Peer
 }

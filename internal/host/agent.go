@@ -229,7 +229,9 @@ func (h *Agent) grant(ctx context.Context, sid string, pc *sharespotv1.PaymentCo
 			if err := h.admit(sid, code, q.Bytes, verified, guestKey); err != nil {
 				return fmt.Errorf("host: admit %s at the gate: %w", sid, err)
 			}
-			req.Gateway = h.gateway()
+			if req.Gateway, err = h.gateway(sid); err != nil {
+				return fmt.Errorf("host: describe the gateway for %s: %w", sid, err)
+			}
 		}
 		req.SealedCode = &sharespotv1.SealedCode{Suite: string(sealed.Suite), Enc: sealed.Enc, Ciphertext: sealed.Ciphertext}
 	}
@@ -434,11 +436,21 @@ func (h *Agent) acknowledgeAt(sid string, received int64, sig []byte) error {
 	return err
 }
 
-// gateway tells guests how to reach the gateway.
-func (h *Agent) gateway() *sharespotv1.Gateway {
+// gateway tells the guest of sid how to reach the gateway (and, for a
+// tunnel, its peer).
+func (h *Agent) gateway(sid string) (*sharespotv1.Gateway, error) {
 	kind := h.Kind
 	if kind == "" {
 		kind = "proxy"
 	}
-	return &sharespotv1.Gateway{Kind: kind, Address: h.GW.Addr()}
+	gw := &sharespotv1.Gateway{Kind: kind, Address: h.GW.Addr()}
+	if t, ok := h.GW.(gateway.Tunnel); ok {
+		p, err := t.TunnelPeer(sid)
+		if err != nil {
+			return nil, err
+		}
+		gw.Address, gw.WireguardPublicKey = p.Endpoint, p.PublicKey[:]
+		gw.TunnelAddress, gw.TunnelGateway = p.Address.String(), p.Gateway.String()
+	}
+	return gw, nil
 }

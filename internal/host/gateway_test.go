@@ -44,7 +44,7 @@ func TestAgentDrivesGateway(t *testing.T) {
 	if used, quota, err := p.Usage("s"); err != nil || used != 0 || quota != 5100 {
 		t.Errorf("Usage = %d, %d, %v", used, quota, err)
 	}
-	if gw := a.gateway(); gw.Kind != "proxy" || gw.Address != p.Addr() || gw.Address == "" {
+	if gw, _ := a.gateway("ses_any"); gw.Kind != "proxy" || gw.Address != p.Addr() || gw.Address == "" {
 		t.Errorf("gateway() = %v", gw)
 	}
 	if err := a.acknowledgeAt("s", 10, sig(10)); err != nil {

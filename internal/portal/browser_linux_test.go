@@ -320,6 +320,12 @@ func TestBrowserGuest(t *testing.T) {
 		t.Fatalf("downloaded %d bytes after the top-up, want 1000000", got)
 	}
 	r.screenshot("5-topped-up.png")
+	// A reload mid-session (the kernel gateway keeps this address bound):
+	// the page shows the session online again, with End, and bytes flow.
+	r.run("reload online", chromedp.Reload(), chromedp.WaitVisible(chromedp.ID("online-h")), chromedp.WaitVisible(chromedp.ID("end")))
+	if got := r.download(500_000); got != 500_000 {
+		t.Fatalf("downloaded %d bytes after a reload, want 500000", got)
+	}
 
 	// End; the page shows the settlement.
 	r.run("end", chromedp.Click(chromedp.ID("end")), chromedp.WaitVisible(chromedp.ID("ended-h")))

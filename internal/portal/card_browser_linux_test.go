@@ -17,6 +17,7 @@ import (
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/card/cardtest"
+	"github.com/sharespot/sharespot/internal/gateway"
 	gwproxy "github.com/sharespot/sharespot/internal/gateway/proxy"
 	"github.com/sharespot/sharespot/internal/harness"
 	"github.com/sharespot/sharespot/internal/host"
@@ -26,18 +27,34 @@ import (
 	"github.com/sharespot/sharespot/internal/store"
 )
 
-// newCardRig is a lighter rig than newRig: no namespaces. The server
-// takes cards (a test-mode Stripe key, the real stripe-mock behind the
-// recording proxy) and serves the guest page over TLS on loopback; the
-// host runs its agent with the userspace (proxy) gateway on loopback, so
-// the page is granted without leaving for a kernel gateway's admission
-// page; Chromium runs on loopback too.
+// newCardRig is a lighter rig than newRig: no namespaces (newLoopRig).
+// The server takes cards (a test-mode Stripe key, the real stripe-mock
+// behind the recording proxy); the host runs the userspace (proxy)
+// gateway on loopback, so the page is granted without leaving for a
+// kernel gateway's admission page.
 func newCardRig(t *testing.T) (*rig, *cardtest.Mock) {
-	chromium := findChromium(t)
 	mock := cardtest.Start(t)
+	return newLoopRig(t, loopOptions{mock: mock}), mock
+}
+
+// loopOptions choose a loopback rig's card platform (nil: none) and
+// gateway (the proxy unless gw is set), and the destinations its guests
+// may reach.
+type loopOptions struct {
+	mock  *cardtest.Mock
+	gw    func(ctx context.Context) (gateway.Gateway, string)
+	allow func(netip.AddrPort) bool
+}
+
+// newLoopRig is a rig on loopback: the server serving the guest page over
+// TLS, the host's agent and gateway, and Chromium, all on 127.0.0.1.
+func newLoopRig(t *testing.T, o loopOptions) *rig {
+	chromium := findChromium(t)
 	r := &rig{t: t}
 	r.env = harness.Start(t, func(c *server.Config) {
-		c.Stripe.Key, c.Stripe.WebhookSecret, c.Stripe.APIBase = cardtest.Key, cardtest.WebhookSecret, mock.URL
+		if o.mock != nil {
+			c.Stripe.Key, c.Stripe.WebhookSecret, c.Stripe.APIBase = cardtest.Key, cardtest.WebhookSecret, o.mock.URL
+		}
 	})
 	cert, spki := selfSigned(t, netip.MustParseAddr("127.0.0.1"))
 	sln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -59,13 +76,20 @@ func newCardRig(t *testing.T) (*rig, *cardtest.Mock) {
 	if _, err := r.hostC.Hotspots.Register(ctx, connect.NewRequest(&sharespotv1.RegisterRequest{Instruction: inst})); err != nil {
 		t.Fatal(err)
 	}
-	gw, err := gwproxy.New(gwproxy.Config{Addr: "127.0.0.1:0", AllowDestination: func(netip.AddrPort) bool { return false }})
-	if err != nil {
+	allow := o.allow
+	if allow == nil {
+		allow = func(netip.AddrPort) bool { return false }
+	}
+	var gw gateway.Gateway
+	kind := "proxy"
+	if o.gw != nil {
+		gw, kind = o.gw(ctx)
+	} else if gw, err = gwproxy.New(gwproxy.Config{Addr: "127.0.0.1:0", AllowDestination: allow}); err != nil {
 		t.Fatal(err)
 	}
 	gwDone, hostDone := make(chan error, 1), make(chan error, 1)
 	go func() { gwDone <- gw.Run(ctx) }()
-	hostRun := &host.Host{C: r.hostC, GW: gw, Threshold: inst.WarnAtBytes, ReportEvery: 200 * time.Millisecond}
+	hostRun := &host.Host{C: r.hostC, GW: gw, Kind: kind, Threshold: inst.WarnAtBytes, ReportEvery: 200 * time.Millisecond}
 	go func() { hostDone <- hostRun.Run(ctx) }()
 
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],
@@ -92,7 +116,7 @@ func newCardRig(t *testing.T) (*rig, *cardtest.Mock) {
 			t.Errorf("server: %v", err)
 		}
 	})
-	return r, mock
+	return r
 }
 
 // waitFor waits (bounded by get) until the JavaScript expression is true.

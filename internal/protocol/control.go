@@ -34,6 +34,14 @@ const (
 	ControlAuthority = "control.sharespot.invalid:1"
 )
 
+// In a WireGuard gateway's tunnel (protocol 6), the gateway's address
+// answers the control stream (an HTTP CONNECT to ControlAuthority) on
+// TunnelControlPort, which is not metered, and DNS on TunnelDNSPort.
+const (
+	TunnelControlPort = 1
+	TunnelDNSPort     = 53
+)
+
 // Frame types.
 const (
 	FrameAck    byte = 0x01

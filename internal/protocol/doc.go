@@ -29,7 +29,11 @@ package protocol
 //	               everything granted); the guest's device key in
 //	               AccessRequested and PaymentConfirmed; the host's record
 //	               in each offer.
-const Version = 5
+//	6  2026-12-05  hosts that are really there: offline hotspots listed
+//	               apart in discovery, never offered; the WireGuard
+//	               gateway (Gateway.kind "wireguard", its public key and
+//	               the tunnel's addresses; the code is the guest's key).
+const Version = 6
 
 // Limits both sides check.
 const (

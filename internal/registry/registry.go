@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"time"
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/account"
@@ -37,6 +38,17 @@ type Hotspot struct {
 	CommittedBytes       int64
 	Active               bool
 	CreatedMS, UpdatedMS int64
+	// SeenMS is when the host last showed it was there; Online is false
+	// once its agent's stream closed (Present).
+	SeenMS int64
+	Online bool
+}
+
+// Present reports whether the hotspot's host is there at nowMS: its agent
+// was seen within away and its stream did not close since. away 0 does not
+// ask (every active hotspot counts as present).
+func (h *Hotspot) Present(nowMS int64, away time.Duration) bool {
+	return away <= 0 || h.Online && h.SeenMS >= nowMS-away.Milliseconds()
 }
 
 // Tariff is a hotspot's price list.
@@ -86,8 +98,9 @@ func (t Tariff) Equal(p *sharespotv1.Tariff) bool {
 // Available is the volume still to be sold.
 func (h *Hotspot) Available() int64 { return max(0, h.ShareableBytes-h.CommittedBytes) }
 
-// Proto renders h for the API.
-func (h *Hotspot) Proto() *sharespotv1.Hotspot {
+// Proto renders h for the API; online says whether its host is there
+// (Present).
+func (h *Hotspot) Proto(online bool) *sharespotv1.Hotspot {
 	return &sharespotv1.Hotspot{
 		Id:           h.ID,
 		HostDeviceId: h.HostDeviceID,
@@ -102,6 +115,8 @@ func (h *Hotspot) Proto() *sharespotv1.Hotspot {
 		Active:         h.Active,
 		CreatedUnixMs:  h.CreatedMS,
 		UpdatedUnixMs:  h.UpdatedMS,
+		Online:         online,
+		SeenUnixMs:     h.SeenMS,
 	}
 }
 
@@ -177,15 +192,16 @@ func parseInstruction(in *sharespotv1.ShareInstruction) (*Hotspot, error) {
 }
 
 const hotspotCols = `id, host_device_id, bssid, ssid, security, currency, price_minor, unit_bytes, min_purchase_bytes,
-	topup_price_minor, shareable_bytes, warn_at_bytes, committed_bytes, active, created_ms, updated_ms`
+	topup_price_minor, shareable_bytes, warn_at_bytes, committed_bytes, active, created_ms, updated_ms, seen_ms, online`
 
 func scanHotspot(sc interface{ Scan(...any) error }) (*Hotspot, error) {
 	h := new(Hotspot)
-	var active int
+	var active, online int
 	var sec int32
 	err := sc.Scan(&h.ID, &h.HostDeviceID, &h.BSSID, &h.SSID, &sec, &h.Tariff.Currency, &h.Tariff.PriceMinor, &h.Tariff.UnitBytes,
-		&h.Tariff.MinPurchase, &h.Tariff.TopUpPriceMinor, &h.ShareableBytes, &h.WarnAtBytes, &h.CommittedBytes, &active, &h.CreatedMS, &h.UpdatedMS)
-	h.Active = active == 1
+		&h.Tariff.MinPurchase, &h.Tariff.TopUpPriceMinor, &h.ShareableBytes, &h.WarnAtBytes, &h.CommittedBytes, &active, &h.CreatedMS, &h.UpdatedMS,
+		&h.SeenMS, &online)
+	h.Active, h.Online = active == 1, online == 1
 	h.Security = sharespotv1.Security(sec)
 	return h, err
 }
@@ -227,9 +243,9 @@ func Register(tx *store.Tx, nowMS int64, hostDeviceID string, in *sharespotv1.Sh
 	h.HostDeviceID = hostDeviceID
 	h.Active = true
 	h.CreatedMS, h.UpdatedMS = nowMS, nowMS
-	_, err = tx.Exec(`INSERT INTO hotspots (`+hotspotCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 1, ?, ?)`,
+	_, err = tx.Exec(`INSERT INTO hotspots (`+hotspotCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 1, ?, ?, ?, 1)`,
 		h.ID, h.HostDeviceID, h.BSSID, h.SSID, int32(h.Security), h.Tariff.Currency, h.Tariff.PriceMinor, h.Tariff.UnitBytes,
-		h.Tariff.MinPurchase, h.Tariff.TopUpPriceMinor, h.ShareableBytes, h.WarnAtBytes, nowMS, nowMS)
+		h.Tariff.MinPurchase, h.Tariff.TopUpPriceMinor, h.ShareableBytes, h.WarnAtBytes, nowMS, nowMS, nowMS)
 	if errors.Is(err, store.ErrConflict) {
 		return nil, problem.AlreadyExistsf("BSSID %s is already registered by an active host", h.BSSID)
 	}
@@ -293,10 +309,11 @@ func Update(tx *store.Tx, nowMS int64, hostDeviceID, id string, in *sharespotv1.
 		return nil, err
 	}
 	h.ID, h.HostDeviceID, h.Active, h.CommittedBytes, h.CreatedMS, h.UpdatedMS = id, hostDeviceID, true, old.CommittedBytes, old.CreatedMS, nowMS
+	h.SeenMS, h.Online = nowMS, true
 	_, err = tx.Exec(`UPDATE hotspots SET bssid = ?, ssid = ?, security = ?, currency = ?, price_minor = ?, unit_bytes = ?,
-		min_purchase_bytes = ?, topup_price_minor = ?, shareable_bytes = ?, warn_at_bytes = ?, updated_ms = ? WHERE id = ?`,
+		min_purchase_bytes = ?, topup_price_minor = ?, shareable_bytes = ?, warn_at_bytes = ?, updated_ms = ?, seen_ms = ?, online = 1 WHERE id = ?`,
 		h.BSSID, h.SSID, int32(h.Security), h.Tariff.Currency, h.Tariff.PriceMinor, h.Tariff.UnitBytes, h.Tariff.MinPurchase,
-		h.Tariff.TopUpPriceMinor, h.ShareableBytes, h.WarnAtBytes, nowMS, id)
+		h.Tariff.TopUpPriceMinor, h.ShareableBytes, h.WarnAtBytes, nowMS, nowMS, id)
 	if errors.Is(err, store.ErrConflict) {
 		return nil, problem.AlreadyExistsf("BSSID %s is already registered by an active host", h.BSSID)
 	}
@@ -320,6 +337,35 @@ func Withdraw(tx *store.Tx, nowMS int64, hostDeviceID, id string) (*Hotspot, err
 	return h, nil
 }
 
+// Seen marks the active hotspots of hostDeviceID as present at nowMS (its
+// agent's stream is open) and returns how many there are.
+func Seen(tx *store.Tx, hostDeviceID string, nowMS int64) (int64, error) {
+	res, err := tx.Exec(`UPDATE hotspots SET seen_ms = ?, online = 1 WHERE host_device_id = ? AND active = 1`, nowMS, hostDeviceID)
+	if err != nil {
+		return 0, fmt.Errorf("registry: mark %s present: %w", hostDeviceID, err)
+	}
+	return res.RowsAffected()
+}
+
+// Gone marks the hotspots of hostDeviceID offline when its agent's stream,
+// whose last mark was seenMS, closed: only those no later mark (another
+// stream, on this replica or another) has touched since.
+func Gone(tx *store.Tx, hostDeviceID string, seenMS int64) error {
+	if _, err := tx.Exec(`UPDATE hotspots SET online = 0 WHERE host_device_id = ? AND active = 1 AND seen_ms = ?`, hostDeviceID, seenMS); err != nil {
+		return fmt.Errorf("registry: mark %s gone: %w", hostDeviceID, err)
+	}
+	return nil
+}
+
+// Hosting reports whether hostDeviceID has an active hotspot.
+func Hosting(tx *store.Tx, hostDeviceID string) (bool, error) {
+	var n int64
+	if err := tx.QueryRow(`SELECT COUNT(*) FROM hotspots WHERE host_device_id = ? AND active = 1`, hostDeviceID).Scan(&n); err != nil {
+		return false, fmt.Errorf("registry: hotspots of %s: %w", hostDeviceID, err)
+	}
+	return n > 0, nil
+}
+
 // List returns a host's hotspots, newest first.
 func List(tx *store.Tx, hostDeviceID string) ([]*Hotspot, error) {
 	rows, err := tx.Query(`SELECT `+hotspotCols+` FROM hotspots WHERE host_device_id = ? ORDER BY created_ms DESC, id`, hostDeviceID)
@@ -340,30 +386,31 @@ func List(tx *store.Tx, hostDeviceID string) ([]*Hotspot, error) {
 
 // Discover returns the available set for a candidate set: the candidates
 // that are registered and active under the same BSSID and SSID, with volume
-// left, strongest signal first. It looks each BSSID up in the index; it
-// never scans the table.
-func Discover(tx *store.Tx, cands []*sharespotv1.Candidate) ([]*sharespotv1.Offer, error) {
+// left and their host present at nowMS (Present), strongest signal first;
+// and apart, the candidates registered whose hosts are away. It looks each
+// BSSID up in the index; it never scans the table.
+func Discover(tx *store.Tx, cands []*sharespotv1.Candidate, nowMS int64, away time.Duration) ([]*sharespotv1.Offer, []*sharespotv1.OfflineHotspot, error) {
 	if len(cands) == 0 {
-		return nil, problem.Invalidf("candidate set is empty: scan first")
+		return nil, nil, problem.Invalidf("candidate set is empty: scan first")
 	}
 	if len(cands) > MaxCandidates {
-		return nil, problem.Invalidf("candidate set has %d entries; at most %d", len(cands), MaxCandidates)
+		return nil, nil, problem.Invalidf("candidate set has %d entries; at most %d", len(cands), MaxCandidates)
 	}
 	byBSSID := make(map[string]*sharespotv1.Candidate, len(cands))
 	args := make([]any, 0, len(cands))
 	for i, c := range cands {
 		b, err := NormalizeBSSID(c.GetBssid())
 		if err != nil {
-			return nil, problem.Invalidf("candidate %d: %v", i, err)
+			return nil, nil, problem.Invalidf("candidate %d: %v", i, err)
 		}
 		if len(c.Ssid) > 32 {
-			return nil, problem.Invalidf("candidate %d: SSID is %d bytes; at most 32", i, len(c.Ssid))
+			return nil, nil, problem.Invalidf("candidate %d: SSID is %d bytes; at most 32", i, len(c.Ssid))
 		}
 		if c.SignalDbm < -150 || c.SignalDbm > 30 {
-			return nil, problem.Invalidf("candidate %d: signal %d dBm is out of range", i, c.SignalDbm)
+			return nil, nil, problem.Invalidf("candidate %d: signal %d dBm is out of range", i, c.SignalDbm)
 		}
 		if c.FrequencyMhz < 0 || c.FrequencyMhz > 100000 {
-			return nil, problem.Invalidf("candidate %d: frequency %d MHz is out of range", i, c.FrequencyMhz)
+			return nil, nil, problem.Invalidf("candidate %d: frequency %d MHz is out of range", i, c.FrequencyMhz)
 		}
 		if _, dup := byBSSID[b]; !dup {
 			args = append(args, b)
@@ -373,18 +420,27 @@ func Discover(tx *store.Tx, cands []*sharespotv1.Candidate) ([]*sharespotv1.Offe
 	q := `SELECT ` + hotspotCols + ` FROM hotspots WHERE active = 1 AND bssid IN (?` + strings.Repeat(", ?", len(args)-1) + `)`
 	rows, err := tx.Query(q, args...)
 	if err != nil {
-		return nil, fmt.Errorf("registry: discover: %w", err)
+		return nil, nil, fmt.Errorf("registry: discover: %w", err)
 	}
 	defer rows.Close()
 	var out []*sharespotv1.Offer
+	var offline []*sharespotv1.OfflineHotspot
 	for rows.Next() {
 		h, err := scanHotspot(rows)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		c := byBSSID[h.BSSID]
 		// A BSSID seen with another SSID is not the registered network.
-		if c == nil || string(c.Ssid) != string(h.SSID) || h.Available() < h.Tariff.MinPurchase {
+		if c == nil || string(c.Ssid) != string(h.SSID) {
+			continue
+		}
+		if !h.Present(nowMS, away) {
+			offline = append(offline, &sharespotv1.OfflineHotspot{HotspotId: h.ID, SeenUnixMs: h.SeenMS, SignalDbm: c.SignalDbm,
+				AccessPoint: &sharespotv1.AccessPoint{Ssid: h.SSID, Bssid: h.BSSID, Security: h.Security}})
+			continue
+		}
+		if h.Available() < h.Tariff.MinPurchase {
 			continue
 		}
 		out = append(out, &sharespotv1.Offer{
@@ -398,7 +454,7 @@ func Discover(tx *store.Tx, cands []*sharespotv1.Candidate) ([]*sharespotv1.Offe
 		})
 	}
 	if err := rows.Err(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	sort.Slice(out, func(i, j int) bool {
 		if out[i].SignalDbm != out[j].SignalDbm {
@@ -406,5 +462,6 @@ func Discover(tx *store.Tx, cands []*sharespotv1.Candidate) ([]*sharespotv1.Offe
 		}
 		return out[i].HotspotId < out[j].HotspotId
 	})
-	return out, nil
+	sort.Slice(offline, func(i, j int) bool { return offline[i].SignalDbm > offline[j].SignalDbm })
+	return out, offline, nil
 }

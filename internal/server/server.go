@@ -245,7 +245,8 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	deps := api.Deps{Store: s.st, Engine: s.engine, Auth: s.auth, Wallet: s.wallet, Hub: s.hub,
-		Now: cfg.Now, Log: cfg.Logger, Limits: cfg.Limits, PollInterval: cfg.PollInterval, Metrics: s.metrics}
+		Now: cfg.Now, Log: cfg.Logger, Limits: cfg.Limits, PollInterval: cfg.PollInterval, Metrics: s.metrics,
+		HostAway: cfg.Session.HostAway}
 	mux := http.NewServeMux()
 	if cfg.Stripe.Key != "" {
 		if s.card, err = card.New(cfg.Stripe, s.st, s.engine, s.wallet, cfg.Now, cfg.Logger); err != nil {
@@ -313,7 +314,8 @@ func (s *Server) openDashboard(ctx context.Context) (*dashboard.Dashboard, error
 		s.log.Warn("the admin key is not the one the first server of this database made: dashboard links work only on servers sharing one admin key (copy it, or give --admin-key-file)",
 			"file", AdminKeyFile(s.cfg.DataDir, s.cfg.AdminKeyFile))
 	}
-	return dashboard.New(dashboard.Deps{Store: s.st, Auth: s.auth, Key: key, Now: s.cfg.Now, Log: s.log, SecureCookies: s.cfg.TLSCert != ""})
+	return dashboard.New(dashboard.Deps{Store: s.st, Auth: s.auth, Key: key, Now: s.cfg.Now, Log: s.log, SecureCookies: s.cfg.TLSCert != "",
+		HostAway: s.cfg.Session.HostAway})
 }
 
 // Handler serves the API.

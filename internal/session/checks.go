@@ -1,6 +1,8 @@
 package session
 
 import (
+	"net/netip"
+
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/problem"
 	"github.com/sharespot/sharespot/internal/seal"
@@ -56,10 +58,22 @@ func checkGateway(gw *sharespotv1.Gateway) error {
 	switch {
 	case gw == nil:
 		return problem.Invalidf("gateway is missing: tell the guest how to get online")
-	case gw.Kind != "proxy" && gw.Kind != "nftables":
-		return problem.Invalidf("gateway kind %q must be proxy or nftables", gw.Kind)
+	case gw.Kind != "proxy" && gw.Kind != "nftables" && gw.Kind != "wireguard":
+		return problem.Invalidf("gateway kind %q must be proxy, nftables or wireguard", gw.Kind)
 	case len(gw.Address) == 0 || len(gw.Address) > 256:
 		return problem.Invalidf("gateway address must be 1 to 256 bytes")
+	case gw.Kind != "wireguard":
+		if len(gw.WireguardPublicKey) > 0 || gw.TunnelAddress != "" || gw.TunnelGateway != "" {
+			return problem.Invalidf("a %s gateway has no WireGuard key or tunnel addresses", gw.Kind)
+		}
+		return nil
+	case len(gw.WireguardPublicKey) != 32:
+		return problem.Invalidf("a wireguard gateway needs its 32-byte public key, got %d bytes", len(gw.WireguardPublicKey))
+	}
+	for _, a := range []string{gw.TunnelAddress, gw.TunnelGateway} {
+		if ip, err := netip.ParseAddr(a); err != nil || !ip.Is4() {
+			return problem.Invalidf("a wireguard gateway's tunnel addresses must be IPv4 addresses, got %q", a)
+		}
 	}
 	return nil
 }

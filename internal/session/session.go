@@ -120,6 +120,10 @@ type Config struct {
 	// MaxUnpaidPerAccount caps an account's requests not yet paid for
 	// (requested or quoted), across its devices.
 	MaxUnpaidPerAccount int
+	// HostAway: a request for a hotspot whose host has not been there
+	// this long (registry.Hotspot.Present) is refused at once, rather
+	// than left to time out. 0: not asked.
+	HostAway time.Duration
 }
 
 // DefaultConfig returns production defaults.
@@ -134,6 +138,7 @@ func DefaultConfig() Config {
 		Announce:            false,
 		MaxOpenPerGuest:     8,
 		MaxUnpaidPerAccount: 4,
+		HostAway:            90 * time.Second,
 	}
 }
 
@@ -209,6 +214,9 @@ func (e *Engine) RequestAccess(tx *store.Tx, guest Party, hotspotID string, byte
 		return nil, problem.WrongStatef("hotspot %s is no longer offered", hotspotID)
 	case h.HostDeviceID == guest.DeviceID:
 		return nil, problem.Deniedf("a device cannot buy from its own hotspot")
+	case !h.Present(now, e.cfg.HostAway):
+		return nil, problem.WrongStatef("the host of %q is offline (last there %s ago): it cannot answer; choose another hotspot",
+			h.SSID, time.Duration(now-h.SeenMS)*time.Millisecond/time.Second*time.Second)
 	case shown != nil && !h.Tariff.Equal(shown):
 		return nil, problem.WrongStatef("the hotspot's tariff changed since it was shown to you (now %d %s per %d bytes, top-ups %d); scan again",
 			h.Tariff.PriceMinor, h.Tariff.Currency, h.Tariff.UnitBytes, h.Tariff.TopUpPriceMinor)

@@ -1050,8 +1050,14 @@ type Hotspot struct {
 	Active         bool  `protobuf:"varint,6,opt,name=active,proto3" json:"active,omitempty"`
 	CreatedUnixMs  int64 `protobuf:"varint,7,opt,name=created_unix_ms,json=createdUnixMs,proto3" json:"created_unix_ms,omitempty"`
 	UpdatedUnixMs  int64 `protobuf:"varint,8,opt,name=updated_unix_ms,json=updatedUnixMs,proto3" json:"updated_unix_ms,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Whether the host is there now (its agent's inbox stream is open, or
+	// it registered or updated within the server's host-away bound): only
+	// then is the hotspot offered. Protocol 6.
+	Online bool `protobuf:"varint,9,opt,name=online,proto3" json:"online,omitempty"`
+	// When the host last showed it was there.
+	SeenUnixMs    int64 `protobuf:"varint,10,opt,name=seen_unix_ms,json=seenUnixMs,proto3" json:"seen_unix_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Hotspot) Reset() {
@@ -1136,6 +1142,20 @@ func (x *Hotspot) GetCreatedUnixMs() int64 {
 func (x *Hotspot) GetUpdatedUnixMs() int64 {
 	if x != nil {
 		return x.UpdatedUnixMs
+	}
+	return 0
+}
+
+func (x *Hotspot) GetOnline() bool {
+	if x != nil {
+		return x.Online
+	}
+	return false
+}
+
+func (x *Hotspot) GetSeenUnixMs() int64 {
+	if x != nil {
+		return x.SeenUnixMs
 	}
 	return 0
 }
@@ -1793,8 +1813,11 @@ func (x *DiscoverRequest) GetCandidates() []*Candidate {
 }
 
 type DiscoverResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Available     []*Offer               `protobuf:"bytes,1,rep,name=available,proto3" json:"available,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Available []*Offer               `protobuf:"bytes,1,rep,name=available,proto3" json:"available,omitempty"`
+	// Candidates registered here whose hosts are away (protocol 6): shown,
+	// never offered (a request for one is refused at once).
+	Offline       []*OfflineHotspot `protobuf:"bytes,2,rep,name=offline,proto3" json:"offline,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1836,6 +1859,83 @@ func (x *DiscoverResponse) GetAvailable() []*Offer {
 	return nil
 }
 
+func (x *DiscoverResponse) GetOffline() []*OfflineHotspot {
+	if x != nil {
+		return x.Offline
+	}
+	return nil
+}
+
+// OfflineHotspot is a registered hotspot whose host is not there.
+type OfflineHotspot struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	HotspotId   string                 `protobuf:"bytes,1,opt,name=hotspot_id,json=hotspotId,proto3" json:"hotspot_id,omitempty"`
+	AccessPoint *AccessPoint           `protobuf:"bytes,2,opt,name=access_point,json=accessPoint,proto3" json:"access_point,omitempty"`
+	// When its host was last there.
+	SeenUnixMs    int64 `protobuf:"varint,3,opt,name=seen_unix_ms,json=seenUnixMs,proto3" json:"seen_unix_ms,omitempty"`
+	SignalDbm     int32 `protobuf:"varint,4,opt,name=signal_dbm,json=signalDbm,proto3" json:"signal_dbm,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OfflineHotspot) Reset() {
+	*x = OfflineHotspot{}
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OfflineHotspot) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OfflineHotspot) ProtoMessage() {}
+
+func (x *OfflineHotspot) ProtoReflect() protoreflect.Message {
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OfflineHotspot.ProtoReflect.Descriptor instead.
+func (*OfflineHotspot) Descriptor() ([]byte, []int) {
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *OfflineHotspot) GetHotspotId() string {
+	if x != nil {
+		return x.HotspotId
+	}
+	return ""
+}
+
+func (x *OfflineHotspot) GetAccessPoint() *AccessPoint {
+	if x != nil {
+		return x.AccessPoint
+	}
+	return nil
+}
+
+func (x *OfflineHotspot) GetSeenUnixMs() int64 {
+	if x != nil {
+		return x.SeenUnixMs
+	}
+	return 0
+}
+
+func (x *OfflineHotspot) GetSignalDbm() int32 {
+	if x != nil {
+		return x.SignalDbm
+	}
+	return 0
+}
+
 // Quote is the host's fee information (C3.1) or additional-fee information
 // (C1.12).
 type Quote struct {
@@ -1864,7 +1964,7 @@ type Quote struct {
 
 func (x *Quote) Reset() {
 	*x = Quote{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[23]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1876,7 +1976,7 @@ func (x *Quote) String() string {
 func (*Quote) ProtoMessage() {}
 
 func (x *Quote) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[23]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1889,7 +1989,7 @@ func (x *Quote) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Quote.ProtoReflect.Descriptor instead.
 func (*Quote) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{23}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Quote) GetId() string {
@@ -1988,7 +2088,7 @@ type GuestKey struct {
 
 func (x *GuestKey) Reset() {
 	*x = GuestKey{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[24]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2000,7 +2100,7 @@ func (x *GuestKey) String() string {
 func (*GuestKey) ProtoMessage() {}
 
 func (x *GuestKey) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[24]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2013,7 +2113,7 @@ func (x *GuestKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GuestKey.ProtoReflect.Descriptor instead.
 func (*GuestKey) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{24}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *GuestKey) GetSuite() string {
@@ -2043,7 +2143,7 @@ type SealedCode struct {
 
 func (x *SealedCode) Reset() {
 	*x = SealedCode{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[25]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2055,7 +2155,7 @@ func (x *SealedCode) String() string {
 func (*SealedCode) ProtoMessage() {}
 
 func (x *SealedCode) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[25]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2068,7 +2168,7 @@ func (x *SealedCode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SealedCode.ProtoReflect.Descriptor instead.
 func (*SealedCode) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{25}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *SealedCode) GetSuite() string {
@@ -2095,17 +2195,25 @@ func (x *SealedCode) GetCiphertext() []byte {
 // Gateway tells the guest how to get online through the host (C1.8).
 type Gateway struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// "proxy" (userspace SOCKS5 / HTTP CONNECT) or "nftables" (kernel).
+	// "proxy" (userspace SOCKS5 / HTTP CONNECT), "nftables" (kernel) or
+	// "wireguard" (a WireGuard peer per session, protocol 6).
 	Kind string `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
-	// Address of the proxy or of the admission endpoint, host:port.
-	Address       string `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// Address of the proxy or of the admission endpoint, or the WireGuard
+	// endpoint, host:port.
+	Address string `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	// wireguard: the gateway's public key (32 bytes); the guest's address in
+	// the tunnel and the gateway's there (its DNS, and the control stream
+	// at port 1). The access code is the guest's private key.
+	WireguardPublicKey []byte `protobuf:"bytes,3,opt,name=wireguard_public_key,json=wireguardPublicKey,proto3" json:"wireguard_public_key,omitempty"`
+	TunnelAddress      string `protobuf:"bytes,4,opt,name=tunnel_address,json=tunnelAddress,proto3" json:"tunnel_address,omitempty"`
+	TunnelGateway      string `protobuf:"bytes,5,opt,name=tunnel_gateway,json=tunnelGateway,proto3" json:"tunnel_gateway,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *Gateway) Reset() {
 	*x = Gateway{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[26]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2117,7 +2225,7 @@ func (x *Gateway) String() string {
 func (*Gateway) ProtoMessage() {}
 
 func (x *Gateway) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[26]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2130,7 +2238,7 @@ func (x *Gateway) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Gateway.ProtoReflect.Descriptor instead.
 func (*Gateway) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{26}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Gateway) GetKind() string {
@@ -2143,6 +2251,27 @@ func (x *Gateway) GetKind() string {
 func (x *Gateway) GetAddress() string {
 	if x != nil {
 		return x.Address
+	}
+	return ""
+}
+
+func (x *Gateway) GetWireguardPublicKey() []byte {
+	if x != nil {
+		return x.WireguardPublicKey
+	}
+	return nil
+}
+
+func (x *Gateway) GetTunnelAddress() string {
+	if x != nil {
+		return x.TunnelAddress
+	}
+	return ""
+}
+
+func (x *Gateway) GetTunnelGateway() string {
+	if x != nil {
+		return x.TunnelGateway
 	}
 	return ""
 }
@@ -2160,7 +2289,7 @@ type Receipt struct {
 
 func (x *Receipt) Reset() {
 	*x = Receipt{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[27]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2172,7 +2301,7 @@ func (x *Receipt) String() string {
 func (*Receipt) ProtoMessage() {}
 
 func (x *Receipt) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[27]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2185,7 +2314,7 @@ func (x *Receipt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Receipt.ProtoReflect.Descriptor instead.
 func (*Receipt) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{27}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Receipt) GetKeyId() string {
@@ -2267,7 +2396,7 @@ type Session struct {
 
 func (x *Session) Reset() {
 	*x = Session{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[28]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2279,7 +2408,7 @@ func (x *Session) String() string {
 func (*Session) ProtoMessage() {}
 
 func (x *Session) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[28]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2292,7 +2421,7 @@ func (x *Session) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Session.ProtoReflect.Descriptor instead.
 func (*Session) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{28}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *Session) GetId() string {
@@ -2510,7 +2639,7 @@ type RequestAccessRequest struct {
 
 func (x *RequestAccessRequest) Reset() {
 	*x = RequestAccessRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[29]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2522,7 +2651,7 @@ func (x *RequestAccessRequest) String() string {
 func (*RequestAccessRequest) ProtoMessage() {}
 
 func (x *RequestAccessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[29]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2535,7 +2664,7 @@ func (x *RequestAccessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestAccessRequest.ProtoReflect.Descriptor instead.
 func (*RequestAccessRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{29}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RequestAccessRequest) GetHotspotId() string {
@@ -2582,7 +2711,7 @@ type RequestAccessResponse struct {
 
 func (x *RequestAccessResponse) Reset() {
 	*x = RequestAccessResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[30]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2594,7 +2723,7 @@ func (x *RequestAccessResponse) String() string {
 func (*RequestAccessResponse) ProtoMessage() {}
 
 func (x *RequestAccessResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[30]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2607,7 +2736,7 @@ func (x *RequestAccessResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestAccessResponse.ProtoReflect.Descriptor instead.
 func (*RequestAccessResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{30}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *RequestAccessResponse) GetSession() *Session {
@@ -2629,7 +2758,7 @@ type QuoteRequest struct {
 
 func (x *QuoteRequest) Reset() {
 	*x = QuoteRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[31]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2641,7 +2770,7 @@ func (x *QuoteRequest) String() string {
 func (*QuoteRequest) ProtoMessage() {}
 
 func (x *QuoteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[31]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2654,7 +2783,7 @@ func (x *QuoteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QuoteRequest.ProtoReflect.Descriptor instead.
 func (*QuoteRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{31}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *QuoteRequest) GetSessionId() string {
@@ -2694,7 +2823,7 @@ type QuoteResponse struct {
 
 func (x *QuoteResponse) Reset() {
 	*x = QuoteResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[32]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2706,7 +2835,7 @@ func (x *QuoteResponse) String() string {
 func (*QuoteResponse) ProtoMessage() {}
 
 func (x *QuoteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[32]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2719,7 +2848,7 @@ func (x *QuoteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QuoteResponse.ProtoReflect.Descriptor instead.
 func (*QuoteResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{32}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *QuoteResponse) GetQuote() *Quote {
@@ -2739,7 +2868,7 @@ type DeclineRequest struct {
 
 func (x *DeclineRequest) Reset() {
 	*x = DeclineRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[33]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2751,7 +2880,7 @@ func (x *DeclineRequest) String() string {
 func (*DeclineRequest) ProtoMessage() {}
 
 func (x *DeclineRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[33]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2764,7 +2893,7 @@ func (x *DeclineRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeclineRequest.ProtoReflect.Descriptor instead.
 func (*DeclineRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{33}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *DeclineRequest) GetSessionId() string {
@@ -2790,7 +2919,7 @@ type DeclineResponse struct {
 
 func (x *DeclineResponse) Reset() {
 	*x = DeclineResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[34]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2802,7 +2931,7 @@ func (x *DeclineResponse) String() string {
 func (*DeclineResponse) ProtoMessage() {}
 
 func (x *DeclineResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[34]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2815,7 +2944,7 @@ func (x *DeclineResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeclineResponse.ProtoReflect.Descriptor instead.
 func (*DeclineResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{34}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *DeclineResponse) GetSession() *Session {
@@ -2835,7 +2964,7 @@ type ConfirmRequest struct {
 
 func (x *ConfirmRequest) Reset() {
 	*x = ConfirmRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[35]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2847,7 +2976,7 @@ func (x *ConfirmRequest) String() string {
 func (*ConfirmRequest) ProtoMessage() {}
 
 func (x *ConfirmRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[35]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2860,7 +2989,7 @@ func (x *ConfirmRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfirmRequest.ProtoReflect.Descriptor instead.
 func (*ConfirmRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{35}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ConfirmRequest) GetSessionId() string {
@@ -2886,7 +3015,7 @@ type ConfirmResponse struct {
 
 func (x *ConfirmResponse) Reset() {
 	*x = ConfirmResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[36]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2898,7 +3027,7 @@ func (x *ConfirmResponse) String() string {
 func (*ConfirmResponse) ProtoMessage() {}
 
 func (x *ConfirmResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[36]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2911,7 +3040,7 @@ func (x *ConfirmResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfirmResponse.ProtoReflect.Descriptor instead.
 func (*ConfirmResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{36}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ConfirmResponse) GetSession() *Session {
@@ -2942,7 +3071,7 @@ type GrantRequest struct {
 
 func (x *GrantRequest) Reset() {
 	*x = GrantRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[37]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2954,7 +3083,7 @@ func (x *GrantRequest) String() string {
 func (*GrantRequest) ProtoMessage() {}
 
 func (x *GrantRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[37]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2967,7 +3096,7 @@ func (x *GrantRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GrantRequest.ProtoReflect.Descriptor instead.
 func (*GrantRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{37}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *GrantRequest) GetSessionId() string {
@@ -3022,7 +3151,7 @@ type GrantResponse struct {
 
 func (x *GrantResponse) Reset() {
 	*x = GrantResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[38]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3034,7 +3163,7 @@ func (x *GrantResponse) String() string {
 func (*GrantResponse) ProtoMessage() {}
 
 func (x *GrantResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[38]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3047,7 +3176,7 @@ func (x *GrantResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GrantResponse.ProtoReflect.Descriptor instead.
 func (*GrantResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{38}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *GrantResponse) GetSession() *Session {
@@ -3069,7 +3198,7 @@ type PromptRequest struct {
 
 func (x *PromptRequest) Reset() {
 	*x = PromptRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[39]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3081,7 +3210,7 @@ func (x *PromptRequest) String() string {
 func (*PromptRequest) ProtoMessage() {}
 
 func (x *PromptRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[39]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3094,7 +3223,7 @@ func (x *PromptRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromptRequest.ProtoReflect.Descriptor instead.
 func (*PromptRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{39}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *PromptRequest) GetSessionId() string {
@@ -3126,7 +3255,7 @@ type PromptResponse struct {
 
 func (x *PromptResponse) Reset() {
 	*x = PromptResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[40]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3138,7 +3267,7 @@ func (x *PromptResponse) String() string {
 func (*PromptResponse) ProtoMessage() {}
 
 func (x *PromptResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[40]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3151,7 +3280,7 @@ func (x *PromptResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromptResponse.ProtoReflect.Descriptor instead.
 func (*PromptResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{40}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{41}
 }
 
 type RequestTopUpRequest struct {
@@ -3164,7 +3293,7 @@ type RequestTopUpRequest struct {
 
 func (x *RequestTopUpRequest) Reset() {
 	*x = RequestTopUpRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[41]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3176,7 +3305,7 @@ func (x *RequestTopUpRequest) String() string {
 func (*RequestTopUpRequest) ProtoMessage() {}
 
 func (x *RequestTopUpRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[41]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3189,7 +3318,7 @@ func (x *RequestTopUpRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestTopUpRequest.ProtoReflect.Descriptor instead.
 func (*RequestTopUpRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{41}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *RequestTopUpRequest) GetSessionId() string {
@@ -3215,7 +3344,7 @@ type RequestTopUpResponse struct {
 
 func (x *RequestTopUpResponse) Reset() {
 	*x = RequestTopUpResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[42]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3227,7 +3356,7 @@ func (x *RequestTopUpResponse) String() string {
 func (*RequestTopUpResponse) ProtoMessage() {}
 
 func (x *RequestTopUpResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[42]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3240,7 +3369,7 @@ func (x *RequestTopUpResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestTopUpResponse.ProtoReflect.Descriptor instead.
 func (*RequestTopUpResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{42}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *RequestTopUpResponse) GetSession() *Session {
@@ -3263,7 +3392,7 @@ type ReportUsageRequest struct {
 
 func (x *ReportUsageRequest) Reset() {
 	*x = ReportUsageRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[43]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3275,7 +3404,7 @@ func (x *ReportUsageRequest) String() string {
 func (*ReportUsageRequest) ProtoMessage() {}
 
 func (x *ReportUsageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[43]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3288,7 +3417,7 @@ func (x *ReportUsageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportUsageRequest.ProtoReflect.Descriptor instead.
 func (*ReportUsageRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{43}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ReportUsageRequest) GetSessionId() string {
@@ -3321,7 +3450,7 @@ type ReportUsageResponse struct {
 
 func (x *ReportUsageResponse) Reset() {
 	*x = ReportUsageResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[44]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3333,7 +3462,7 @@ func (x *ReportUsageResponse) String() string {
 func (*ReportUsageResponse) ProtoMessage() {}
 
 func (x *ReportUsageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[44]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3346,7 +3475,7 @@ func (x *ReportUsageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportUsageResponse.ProtoReflect.Descriptor instead.
 func (*ReportUsageResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{44}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *ReportUsageResponse) GetSession() *Session {
@@ -3377,7 +3506,7 @@ type EndRequest struct {
 
 func (x *EndRequest) Reset() {
 	*x = EndRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[45]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3389,7 +3518,7 @@ func (x *EndRequest) String() string {
 func (*EndRequest) ProtoMessage() {}
 
 func (x *EndRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[45]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3402,7 +3531,7 @@ func (x *EndRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndRequest.ProtoReflect.Descriptor instead.
 func (*EndRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{45}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *EndRequest) GetSessionId() string {
@@ -3449,7 +3578,7 @@ type EndResponse struct {
 
 func (x *EndResponse) Reset() {
 	*x = EndResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[46]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3461,7 +3590,7 @@ func (x *EndResponse) String() string {
 func (*EndResponse) ProtoMessage() {}
 
 func (x *EndResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[46]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3474,7 +3603,7 @@ func (x *EndResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndResponse.ProtoReflect.Descriptor instead.
 func (*EndResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{46}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *EndResponse) GetSession() *Session {
@@ -3493,7 +3622,7 @@ type GetRequest struct {
 
 func (x *GetRequest) Reset() {
 	*x = GetRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[47]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3505,7 +3634,7 @@ func (x *GetRequest) String() string {
 func (*GetRequest) ProtoMessage() {}
 
 func (x *GetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[47]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3518,7 +3647,7 @@ func (x *GetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRequest.ProtoReflect.Descriptor instead.
 func (*GetRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{47}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *GetRequest) GetSessionId() string {
@@ -3537,7 +3666,7 @@ type GetResponse struct {
 
 func (x *GetResponse) Reset() {
 	*x = GetResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[48]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3549,7 +3678,7 @@ func (x *GetResponse) String() string {
 func (*GetResponse) ProtoMessage() {}
 
 func (x *GetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[48]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3562,7 +3691,7 @@ func (x *GetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetResponse.ProtoReflect.Descriptor instead.
 func (*GetResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{48}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *GetResponse) GetSession() *Session {
@@ -3588,7 +3717,7 @@ type UsageAck struct {
 
 func (x *UsageAck) Reset() {
 	*x = UsageAck{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[49]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3600,7 +3729,7 @@ func (x *UsageAck) String() string {
 func (*UsageAck) ProtoMessage() {}
 
 func (x *UsageAck) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[49]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3613,7 +3742,7 @@ func (x *UsageAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UsageAck.ProtoReflect.Descriptor instead.
 func (*UsageAck) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{49}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *UsageAck) GetSessionId() string {
@@ -3646,7 +3775,7 @@ type AcknowledgeRequest struct {
 
 func (x *AcknowledgeRequest) Reset() {
 	*x = AcknowledgeRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[50]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3658,7 +3787,7 @@ func (x *AcknowledgeRequest) String() string {
 func (*AcknowledgeRequest) ProtoMessage() {}
 
 func (x *AcknowledgeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[50]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3671,7 +3800,7 @@ func (x *AcknowledgeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcknowledgeRequest.ProtoReflect.Descriptor instead.
 func (*AcknowledgeRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{50}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *AcknowledgeRequest) GetAck() *UsageAck {
@@ -3691,7 +3820,7 @@ type AcknowledgeResponse struct {
 
 func (x *AcknowledgeResponse) Reset() {
 	*x = AcknowledgeResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[51]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3703,7 +3832,7 @@ func (x *AcknowledgeResponse) String() string {
 func (*AcknowledgeResponse) ProtoMessage() {}
 
 func (x *AcknowledgeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[51]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3716,7 +3845,7 @@ func (x *AcknowledgeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcknowledgeResponse.ProtoReflect.Descriptor instead.
 func (*AcknowledgeResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{51}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *AcknowledgeResponse) GetAckedBytes() int64 {
@@ -3736,7 +3865,7 @@ type UsageAcknowledged struct {
 
 func (x *UsageAcknowledged) Reset() {
 	*x = UsageAcknowledged{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[52]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3748,7 +3877,7 @@ func (x *UsageAcknowledged) String() string {
 func (*UsageAcknowledged) ProtoMessage() {}
 
 func (x *UsageAcknowledged) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[52]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3761,7 +3890,7 @@ func (x *UsageAcknowledged) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UsageAcknowledged.ProtoReflect.Descriptor instead.
 func (*UsageAcknowledged) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{52}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *UsageAcknowledged) GetAck() *UsageAck {
@@ -3783,7 +3912,7 @@ type ListSessionsRequest struct {
 
 func (x *ListSessionsRequest) Reset() {
 	*x = ListSessionsRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[53]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3795,7 +3924,7 @@ func (x *ListSessionsRequest) String() string {
 func (*ListSessionsRequest) ProtoMessage() {}
 
 func (x *ListSessionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[53]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3808,7 +3937,7 @@ func (x *ListSessionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSessionsRequest.ProtoReflect.Descriptor instead.
 func (*ListSessionsRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{53}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *ListSessionsRequest) GetOpenOnly() bool {
@@ -3834,7 +3963,7 @@ type ListSessionsResponse struct {
 
 func (x *ListSessionsResponse) Reset() {
 	*x = ListSessionsResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[54]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3846,7 +3975,7 @@ func (x *ListSessionsResponse) String() string {
 func (*ListSessionsResponse) ProtoMessage() {}
 
 func (x *ListSessionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[54]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3859,7 +3988,7 @@ func (x *ListSessionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSessionsResponse.ProtoReflect.Descriptor instead.
 func (*ListSessionsResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{54}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *ListSessionsResponse) GetSessions() []*Session {
@@ -3884,7 +4013,7 @@ type PayRequest struct {
 
 func (x *PayRequest) Reset() {
 	*x = PayRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[55]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3896,7 +4025,7 @@ func (x *PayRequest) String() string {
 func (*PayRequest) ProtoMessage() {}
 
 func (x *PayRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[55]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3909,7 +4038,7 @@ func (x *PayRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PayRequest.ProtoReflect.Descriptor instead.
 func (*PayRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{55}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *PayRequest) GetQuoteId() string {
@@ -3950,7 +4079,7 @@ type PayResponse struct {
 
 func (x *PayResponse) Reset() {
 	*x = PayResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[56]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3962,7 +4091,7 @@ func (x *PayResponse) String() string {
 func (*PayResponse) ProtoMessage() {}
 
 func (x *PayResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[56]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3975,7 +4104,7 @@ func (x *PayResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PayResponse.ProtoReflect.Descriptor instead.
 func (*PayResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{56}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *PayResponse) GetReceipt() *Receipt {
@@ -4027,7 +4156,7 @@ type FundByCardRequest struct {
 
 func (x *FundByCardRequest) Reset() {
 	*x = FundByCardRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[57]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4039,7 +4168,7 @@ func (x *FundByCardRequest) String() string {
 func (*FundByCardRequest) ProtoMessage() {}
 
 func (x *FundByCardRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[57]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4052,7 +4181,7 @@ func (x *FundByCardRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FundByCardRequest.ProtoReflect.Descriptor instead.
 func (*FundByCardRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{57}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *FundByCardRequest) GetRequestId() string {
@@ -4095,7 +4224,7 @@ type FundByCardResponse struct {
 
 func (x *FundByCardResponse) Reset() {
 	*x = FundByCardResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[58]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4107,7 +4236,7 @@ func (x *FundByCardResponse) String() string {
 func (*FundByCardResponse) ProtoMessage() {}
 
 func (x *FundByCardResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[58]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4120,7 +4249,7 @@ func (x *FundByCardResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FundByCardResponse.ProtoReflect.Descriptor instead.
 func (*FundByCardResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{58}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *FundByCardResponse) GetStatus() PayStatus {
@@ -4163,7 +4292,7 @@ type PayoutOnboardingRequest struct {
 
 func (x *PayoutOnboardingRequest) Reset() {
 	*x = PayoutOnboardingRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[59]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4175,7 +4304,7 @@ func (x *PayoutOnboardingRequest) String() string {
 func (*PayoutOnboardingRequest) ProtoMessage() {}
 
 func (x *PayoutOnboardingRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[59]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4188,7 +4317,7 @@ func (x *PayoutOnboardingRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PayoutOnboardingRequest.ProtoReflect.Descriptor instead.
 func (*PayoutOnboardingRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{59}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *PayoutOnboardingRequest) GetReturnUrl() string {
@@ -4219,7 +4348,7 @@ type PayoutOnboardingResponse struct {
 
 func (x *PayoutOnboardingResponse) Reset() {
 	*x = PayoutOnboardingResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[60]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4231,7 +4360,7 @@ func (x *PayoutOnboardingResponse) String() string {
 func (*PayoutOnboardingResponse) ProtoMessage() {}
 
 func (x *PayoutOnboardingResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[60]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4244,7 +4373,7 @@ func (x *PayoutOnboardingResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PayoutOnboardingResponse.ProtoReflect.Descriptor instead.
 func (*PayoutOnboardingResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{60}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *PayoutOnboardingResponse) GetAccountId() string {
@@ -4276,7 +4405,7 @@ type BalanceRequest struct {
 
 func (x *BalanceRequest) Reset() {
 	*x = BalanceRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[61]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4288,7 +4417,7 @@ func (x *BalanceRequest) String() string {
 func (*BalanceRequest) ProtoMessage() {}
 
 func (x *BalanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[61]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4301,7 +4430,7 @@ func (x *BalanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BalanceRequest.ProtoReflect.Descriptor instead.
 func (*BalanceRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{61}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{62}
 }
 
 type Money struct {
@@ -4314,7 +4443,7 @@ type Money struct {
 
 func (x *Money) Reset() {
 	*x = Money{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[62]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4326,7 +4455,7 @@ func (x *Money) String() string {
 func (*Money) ProtoMessage() {}
 
 func (x *Money) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[62]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4339,7 +4468,7 @@ func (x *Money) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Money.ProtoReflect.Descriptor instead.
 func (*Money) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{62}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *Money) GetCurrency() string {
@@ -4376,7 +4505,7 @@ type BalanceResponse struct {
 
 func (x *BalanceResponse) Reset() {
 	*x = BalanceResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[63]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4388,7 +4517,7 @@ func (x *BalanceResponse) String() string {
 func (*BalanceResponse) ProtoMessage() {}
 
 func (x *BalanceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[63]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4401,7 +4530,7 @@ func (x *BalanceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BalanceResponse.ProtoReflect.Descriptor instead.
 func (*BalanceResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{63}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *BalanceResponse) GetAccountId() string {
@@ -4441,7 +4570,7 @@ type HistoryRequest struct {
 
 func (x *HistoryRequest) Reset() {
 	*x = HistoryRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[64]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4453,7 +4582,7 @@ func (x *HistoryRequest) String() string {
 func (*HistoryRequest) ProtoMessage() {}
 
 func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[64]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4466,7 +4595,7 @@ func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryRequest.ProtoReflect.Descriptor instead.
 func (*HistoryRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{64}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *HistoryRequest) GetLimit() int32 {
@@ -4491,7 +4620,7 @@ type Transfer struct {
 
 func (x *Transfer) Reset() {
 	*x = Transfer{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[65]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4503,7 +4632,7 @@ func (x *Transfer) String() string {
 func (*Transfer) ProtoMessage() {}
 
 func (x *Transfer) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[65]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4516,7 +4645,7 @@ func (x *Transfer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Transfer.ProtoReflect.Descriptor instead.
 func (*Transfer) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{65}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *Transfer) GetId() string {
@@ -4577,7 +4706,7 @@ type HistoryResponse struct {
 
 func (x *HistoryResponse) Reset() {
 	*x = HistoryResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[66]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4589,7 +4718,7 @@ func (x *HistoryResponse) String() string {
 func (*HistoryResponse) ProtoMessage() {}
 
 func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[66]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4602,7 +4731,7 @@ func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryResponse.ProtoReflect.Descriptor instead.
 func (*HistoryResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{66}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *HistoryResponse) GetTransfers() []*Transfer {
@@ -4620,7 +4749,7 @@ type PlatformKeysRequest struct {
 
 func (x *PlatformKeysRequest) Reset() {
 	*x = PlatformKeysRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[67]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4632,7 +4761,7 @@ func (x *PlatformKeysRequest) String() string {
 func (*PlatformKeysRequest) ProtoMessage() {}
 
 func (x *PlatformKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[67]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4645,7 +4774,7 @@ func (x *PlatformKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlatformKeysRequest.ProtoReflect.Descriptor instead.
 func (*PlatformKeysRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{67}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{68}
 }
 
 type PlatformKey struct {
@@ -4658,7 +4787,7 @@ type PlatformKey struct {
 
 func (x *PlatformKey) Reset() {
 	*x = PlatformKey{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[68]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4670,7 +4799,7 @@ func (x *PlatformKey) String() string {
 func (*PlatformKey) ProtoMessage() {}
 
 func (x *PlatformKey) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[68]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4683,7 +4812,7 @@ func (x *PlatformKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlatformKey.ProtoReflect.Descriptor instead.
 func (*PlatformKey) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{68}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *PlatformKey) GetKeyId() string {
@@ -4709,7 +4838,7 @@ type PlatformKeysResponse struct {
 
 func (x *PlatformKeysResponse) Reset() {
 	*x = PlatformKeysResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[69]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4721,7 +4850,7 @@ func (x *PlatformKeysResponse) String() string {
 func (*PlatformKeysResponse) ProtoMessage() {}
 
 func (x *PlatformKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[69]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4734,7 +4863,7 @@ func (x *PlatformKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlatformKeysResponse.ProtoReflect.Descriptor instead.
 func (*PlatformKeysResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{69}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *PlatformKeysResponse) GetKeys() []*PlatformKey {
@@ -4753,7 +4882,7 @@ type SubscribeRequest struct {
 
 func (x *SubscribeRequest) Reset() {
 	*x = SubscribeRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[70]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4765,7 +4894,7 @@ func (x *SubscribeRequest) String() string {
 func (*SubscribeRequest) ProtoMessage() {}
 
 func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[70]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4778,7 +4907,7 @@ func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubscribeRequest.ProtoReflect.Descriptor instead.
 func (*SubscribeRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{70}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *SubscribeRequest) GetAfterSeq() uint64 {
@@ -4798,7 +4927,7 @@ type SubscribeResponse struct {
 
 func (x *SubscribeResponse) Reset() {
 	*x = SubscribeResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[71]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4810,7 +4939,7 @@ func (x *SubscribeResponse) String() string {
 func (*SubscribeResponse) ProtoMessage() {}
 
 func (x *SubscribeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[71]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4823,7 +4952,7 @@ func (x *SubscribeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubscribeResponse.ProtoReflect.Descriptor instead.
 func (*SubscribeResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{71}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *SubscribeResponse) GetEnvelopes() []*Envelope {
@@ -4842,7 +4971,7 @@ type AckRequest struct {
 
 func (x *AckRequest) Reset() {
 	*x = AckRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[72]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4854,7 +4983,7 @@ func (x *AckRequest) String() string {
 func (*AckRequest) ProtoMessage() {}
 
 func (x *AckRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[72]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4867,7 +4996,7 @@ func (x *AckRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckRequest.ProtoReflect.Descriptor instead.
 func (*AckRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{72}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *AckRequest) GetSeq() uint64 {
@@ -4885,7 +5014,7 @@ type AckResponse struct {
 
 func (x *AckResponse) Reset() {
 	*x = AckResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[73]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4897,7 +5026,7 @@ func (x *AckResponse) String() string {
 func (*AckResponse) ProtoMessage() {}
 
 func (x *AckResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[73]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4910,7 +5039,7 @@ func (x *AckResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckResponse.ProtoReflect.Descriptor instead.
 func (*AckResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{73}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{74}
 }
 
 // C1.6, to the host.
@@ -4932,7 +5061,7 @@ type AccessRequested struct {
 
 func (x *AccessRequested) Reset() {
 	*x = AccessRequested{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[74]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4944,7 +5073,7 @@ func (x *AccessRequested) String() string {
 func (*AccessRequested) ProtoMessage() {}
 
 func (x *AccessRequested) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[74]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4957,7 +5086,7 @@ func (x *AccessRequested) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AccessRequested.ProtoReflect.Descriptor instead.
 func (*AccessRequested) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{74}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *AccessRequested) GetHotspotId() string {
@@ -5019,7 +5148,7 @@ type FeeInfo struct {
 
 func (x *FeeInfo) Reset() {
 	*x = FeeInfo{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[75]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5031,7 +5160,7 @@ func (x *FeeInfo) String() string {
 func (*FeeInfo) ProtoMessage() {}
 
 func (x *FeeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[75]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5044,7 +5173,7 @@ func (x *FeeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FeeInfo.ProtoReflect.Descriptor instead.
 func (*FeeInfo) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{75}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *FeeInfo) GetQuote() *Quote {
@@ -5078,7 +5207,7 @@ type PaymentConfirmed struct {
 
 func (x *PaymentConfirmed) Reset() {
 	*x = PaymentConfirmed{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[76]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5090,7 +5219,7 @@ func (x *PaymentConfirmed) String() string {
 func (*PaymentConfirmed) ProtoMessage() {}
 
 func (x *PaymentConfirmed) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[76]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5103,7 +5232,7 @@ func (x *PaymentConfirmed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PaymentConfirmed.ProtoReflect.Descriptor instead.
 func (*PaymentConfirmed) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{76}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *PaymentConfirmed) GetQuoteId() string {
@@ -5180,7 +5309,7 @@ type EncryptionMessage struct {
 
 func (x *EncryptionMessage) Reset() {
 	*x = EncryptionMessage{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[77]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5192,7 +5321,7 @@ func (x *EncryptionMessage) String() string {
 func (*EncryptionMessage) ProtoMessage() {}
 
 func (x *EncryptionMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[77]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5205,7 +5334,7 @@ func (x *EncryptionMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EncryptionMessage.ProtoReflect.Descriptor instead.
 func (*EncryptionMessage) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{77}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *EncryptionMessage) GetSuite() string {
@@ -5232,7 +5361,7 @@ type AccessGranted struct {
 
 func (x *AccessGranted) Reset() {
 	*x = AccessGranted{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[78]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5244,7 +5373,7 @@ func (x *AccessGranted) String() string {
 func (*AccessGranted) ProtoMessage() {}
 
 func (x *AccessGranted) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[78]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5257,7 +5386,7 @@ func (x *AccessGranted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AccessGranted.ProtoReflect.Descriptor instead.
 func (*AccessGranted) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{78}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{79}
 }
 
 func (x *AccessGranted) GetQuoteId() string {
@@ -5314,7 +5443,7 @@ type LowQuotaPrompt struct {
 
 func (x *LowQuotaPrompt) Reset() {
 	*x = LowQuotaPrompt{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[79]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5326,7 +5455,7 @@ func (x *LowQuotaPrompt) String() string {
 func (*LowQuotaPrompt) ProtoMessage() {}
 
 func (x *LowQuotaPrompt) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[79]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5339,7 +5468,7 @@ func (x *LowQuotaPrompt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LowQuotaPrompt.ProtoReflect.Descriptor instead.
 func (*LowQuotaPrompt) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{79}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{80}
 }
 
 func (x *LowQuotaPrompt) GetUsedBytes() int64 {
@@ -5375,7 +5504,7 @@ type TopUpRequested struct {
 
 func (x *TopUpRequested) Reset() {
 	*x = TopUpRequested{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[80]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[81]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5387,7 +5516,7 @@ func (x *TopUpRequested) String() string {
 func (*TopUpRequested) ProtoMessage() {}
 
 func (x *TopUpRequested) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[80]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[81]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5400,7 +5529,7 @@ func (x *TopUpRequested) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TopUpRequested.ProtoReflect.Descriptor instead.
 func (*TopUpRequested) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{80}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{81}
 }
 
 func (x *TopUpRequested) GetBytes() int64 {
@@ -5430,7 +5559,7 @@ type SessionEnding struct {
 
 func (x *SessionEnding) Reset() {
 	*x = SessionEnding{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[81]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[82]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5442,7 +5571,7 @@ func (x *SessionEnding) String() string {
 func (*SessionEnding) ProtoMessage() {}
 
 func (x *SessionEnding) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[81]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[82]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5455,7 +5584,7 @@ func (x *SessionEnding) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionEnding.ProtoReflect.Descriptor instead.
 func (*SessionEnding) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{81}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{82}
 }
 
 func (x *SessionEnding) GetReason() string {
@@ -5483,7 +5612,7 @@ type Declined struct {
 
 func (x *Declined) Reset() {
 	*x = Declined{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[82]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[83]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5495,7 +5624,7 @@ func (x *Declined) String() string {
 func (*Declined) ProtoMessage() {}
 
 func (x *Declined) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[82]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[83]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5508,7 +5637,7 @@ func (x *Declined) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Declined.ProtoReflect.Descriptor instead.
 func (*Declined) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{82}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{83}
 }
 
 func (x *Declined) GetReason() string {
@@ -5535,7 +5664,7 @@ type SessionEnded struct {
 
 func (x *SessionEnded) Reset() {
 	*x = SessionEnded{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[83]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[84]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5547,7 +5676,7 @@ func (x *SessionEnded) String() string {
 func (*SessionEnded) ProtoMessage() {}
 
 func (x *SessionEnded) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[83]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[84]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5560,7 +5689,7 @@ func (x *SessionEnded) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionEnded.ProtoReflect.Descriptor instead.
 func (*SessionEnded) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{83}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{84}
 }
 
 func (x *SessionEnded) GetSession() *Session {
@@ -5596,7 +5725,7 @@ type Envelope struct {
 
 func (x *Envelope) Reset() {
 	*x = Envelope{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[84]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[85]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5608,7 +5737,7 @@ func (x *Envelope) String() string {
 func (*Envelope) ProtoMessage() {}
 
 func (x *Envelope) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[84]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[85]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5621,7 +5750,7 @@ func (x *Envelope) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Envelope.ProtoReflect.Descriptor instead.
 func (*Envelope) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{84}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{85}
 }
 
 func (x *Envelope) GetSeq() uint64 {
@@ -5880,7 +6009,7 @@ const file_sharespot_v1_sharespot_proto_rawDesc = "" +
 	"\faccess_point\x18\x01 \x01(\v2\x19.sharespot.v1.AccessPointR\vaccessPoint\x12,\n" +
 	"\x06tariff\x18\x02 \x01(\v2\x14.sharespot.v1.TariffR\x06tariff\x12'\n" +
 	"\x0fshareable_bytes\x18\x03 \x01(\x03R\x0eshareableBytes\x12\"\n" +
-	"\rwarn_at_bytes\x18\x04 \x01(\x03R\vwarnAtBytes\"\xbb\x02\n" +
+	"\rwarn_at_bytes\x18\x04 \x01(\x03R\vwarnAtBytes\"\xf5\x02\n" +
 	"\aHotspot\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12$\n" +
 	"\x0ehost_device_id\x18\x02 \x01(\tR\fhostDeviceId\x12@\n" +
@@ -5889,7 +6018,11 @@ const file_sharespot_v1_sharespot_proto_rawDesc = "" +
 	"\x0favailable_bytes\x18\x05 \x01(\x03R\x0eavailableBytes\x12\x16\n" +
 	"\x06active\x18\x06 \x01(\bR\x06active\x12&\n" +
 	"\x0fcreated_unix_ms\x18\a \x01(\x03R\rcreatedUnixMs\x12&\n" +
-	"\x0fupdated_unix_ms\x18\b \x01(\x03R\rupdatedUnixMs\"S\n" +
+	"\x0fupdated_unix_ms\x18\b \x01(\x03R\rupdatedUnixMs\x12\x16\n" +
+	"\x06online\x18\t \x01(\bR\x06online\x12 \n" +
+	"\fseen_unix_ms\x18\n" +
+	" \x01(\x03R\n" +
+	"seenUnixMs\"S\n" +
 	"\x0fRegisterRequest\x12@\n" +
 	"\vinstruction\x18\x01 \x01(\v2\x1e.sharespot.v1.ShareInstructionR\vinstruction\"C\n" +
 	"\x10RegisterResponse\x12/\n" +
@@ -5936,9 +6069,18 @@ const file_sharespot_v1_sharespot_proto_rawDesc = "" +
 	"\x0fDiscoverRequest\x127\n" +
 	"\n" +
 	"candidates\x18\x01 \x03(\v2\x17.sharespot.v1.CandidateR\n" +
-	"candidates\"E\n" +
+	"candidates\"}\n" +
 	"\x10DiscoverResponse\x121\n" +
-	"\tavailable\x18\x01 \x03(\v2\x13.sharespot.v1.OfferR\tavailable\"\x9d\x03\n" +
+	"\tavailable\x18\x01 \x03(\v2\x13.sharespot.v1.OfferR\tavailable\x126\n" +
+	"\aoffline\x18\x02 \x03(\v2\x1c.sharespot.v1.OfflineHotspotR\aoffline\"\xae\x01\n" +
+	"\x0eOfflineHotspot\x12\x1d\n" +
+	"\n" +
+	"hotspot_id\x18\x01 \x01(\tR\thotspotId\x12<\n" +
+	"\faccess_point\x18\x02 \x01(\v2\x19.sharespot.v1.AccessPointR\vaccessPoint\x12 \n" +
+	"\fseen_unix_ms\x18\x03 \x01(\x03R\n" +
+	"seenUnixMs\x12\x1d\n" +
+	"\n" +
+	"signal_dbm\x18\x04 \x01(\x05R\tsignalDbm\"\x9d\x03\n" +
 	"\x05Quote\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1d\n" +
 	"\n" +
@@ -5965,10 +6107,13 @@ const file_sharespot_v1_sharespot_proto_rawDesc = "" +
 	"\x03enc\x18\x02 \x01(\fR\x03enc\x12\x1e\n" +
 	"\n" +
 	"ciphertext\x18\x03 \x01(\fR\n" +
-	"ciphertext\"7\n" +
+	"ciphertext\"\xb7\x01\n" +
 	"\aGateway\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x18\n" +
-	"\aaddress\x18\x02 \x01(\tR\aaddress\"X\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\x120\n" +
+	"\x14wireguard_public_key\x18\x03 \x01(\fR\x12wireguardPublicKey\x12%\n" +
+	"\x0etunnel_address\x18\x04 \x01(\tR\rtunnelAddress\x12%\n" +
+	"\x0etunnel_gateway\x18\x05 \x01(\tR\rtunnelGateway\"X\n" +
 	"\aReceipt\x12\x15\n" +
 	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x18\n" +
 	"\apayload\x18\x02 \x01(\fR\apayload\x12\x1c\n" +
@@ -6341,7 +6486,7 @@ func file_sharespot_v1_sharespot_proto_rawDescGZIP() []byte {
 }
 
 var file_sharespot_v1_sharespot_proto_enumTypes = make([]protoimpl.EnumInfo, 7)
-var file_sharespot_v1_sharespot_proto_msgTypes = make([]protoimpl.MessageInfo, 85)
+var file_sharespot_v1_sharespot_proto_msgTypes = make([]protoimpl.MessageInfo, 86)
 var file_sharespot_v1_sharespot_proto_goTypes = []any{
 	(Security)(0),                    // 0: sharespot.v1.Security
 	(UsageMode)(0),                   // 1: sharespot.v1.UsageMode
@@ -6373,68 +6518,69 @@ var file_sharespot_v1_sharespot_proto_goTypes = []any{
 	(*HostRecord)(nil),               // 27: sharespot.v1.HostRecord
 	(*DiscoverRequest)(nil),          // 28: sharespot.v1.DiscoverRequest
 	(*DiscoverResponse)(nil),         // 29: sharespot.v1.DiscoverResponse
-	(*Quote)(nil),                    // 30: sharespot.v1.Quote
-	(*GuestKey)(nil),                 // 31: sharespot.v1.GuestKey
-	(*SealedCode)(nil),               // 32: sharespot.v1.SealedCode
-	(*Gateway)(nil),                  // 33: sharespot.v1.Gateway
-	(*Receipt)(nil),                  // 34: sharespot.v1.Receipt
-	(*Session)(nil),                  // 35: sharespot.v1.Session
-	(*RequestAccessRequest)(nil),     // 36: sharespot.v1.RequestAccessRequest
-	(*RequestAccessResponse)(nil),    // 37: sharespot.v1.RequestAccessResponse
-	(*QuoteRequest)(nil),             // 38: sharespot.v1.QuoteRequest
-	(*QuoteResponse)(nil),            // 39: sharespot.v1.QuoteResponse
-	(*DeclineRequest)(nil),           // 40: sharespot.v1.DeclineRequest
-	(*DeclineResponse)(nil),          // 41: sharespot.v1.DeclineResponse
-	(*ConfirmRequest)(nil),           // 42: sharespot.v1.ConfirmRequest
-	(*ConfirmResponse)(nil),          // 43: sharespot.v1.ConfirmResponse
-	(*GrantRequest)(nil),             // 44: sharespot.v1.GrantRequest
-	(*GrantResponse)(nil),            // 45: sharespot.v1.GrantResponse
-	(*PromptRequest)(nil),            // 46: sharespot.v1.PromptRequest
-	(*PromptResponse)(nil),           // 47: sharespot.v1.PromptResponse
-	(*RequestTopUpRequest)(nil),      // 48: sharespot.v1.RequestTopUpRequest
-	(*RequestTopUpResponse)(nil),     // 49: sharespot.v1.RequestTopUpResponse
-	(*ReportUsageRequest)(nil),       // 50: sharespot.v1.ReportUsageRequest
-	(*ReportUsageResponse)(nil),      // 51: sharespot.v1.ReportUsageResponse
-	(*EndRequest)(nil),               // 52: sharespot.v1.EndRequest
-	(*EndResponse)(nil),              // 53: sharespot.v1.EndResponse
-	(*GetRequest)(nil),               // 54: sharespot.v1.GetRequest
-	(*GetResponse)(nil),              // 55: sharespot.v1.GetResponse
-	(*UsageAck)(nil),                 // 56: sharespot.v1.UsageAck
-	(*AcknowledgeRequest)(nil),       // 57: sharespot.v1.AcknowledgeRequest
-	(*AcknowledgeResponse)(nil),      // 58: sharespot.v1.AcknowledgeResponse
-	(*UsageAcknowledged)(nil),        // 59: sharespot.v1.UsageAcknowledged
-	(*ListSessionsRequest)(nil),      // 60: sharespot.v1.ListSessionsRequest
-	(*ListSessionsResponse)(nil),     // 61: sharespot.v1.ListSessionsResponse
-	(*PayRequest)(nil),               // 62: sharespot.v1.PayRequest
-	(*PayResponse)(nil),              // 63: sharespot.v1.PayResponse
-	(*FundByCardRequest)(nil),        // 64: sharespot.v1.FundByCardRequest
-	(*FundByCardResponse)(nil),       // 65: sharespot.v1.FundByCardResponse
-	(*PayoutOnboardingRequest)(nil),  // 66: sharespot.v1.PayoutOnboardingRequest
-	(*PayoutOnboardingResponse)(nil), // 67: sharespot.v1.PayoutOnboardingResponse
-	(*BalanceRequest)(nil),           // 68: sharespot.v1.BalanceRequest
-	(*Money)(nil),                    // 69: sharespot.v1.Money
-	(*BalanceResponse)(nil),          // 70: sharespot.v1.BalanceResponse
-	(*HistoryRequest)(nil),           // 71: sharespot.v1.HistoryRequest
-	(*Transfer)(nil),                 // 72: sharespot.v1.Transfer
-	(*HistoryResponse)(nil),          // 73: sharespot.v1.HistoryResponse
-	(*PlatformKeysRequest)(nil),      // 74: sharespot.v1.PlatformKeysRequest
-	(*PlatformKey)(nil),              // 75: sharespot.v1.PlatformKey
-	(*PlatformKeysResponse)(nil),     // 76: sharespot.v1.PlatformKeysResponse
-	(*SubscribeRequest)(nil),         // 77: sharespot.v1.SubscribeRequest
-	(*SubscribeResponse)(nil),        // 78: sharespot.v1.SubscribeResponse
-	(*AckRequest)(nil),               // 79: sharespot.v1.AckRequest
-	(*AckResponse)(nil),              // 80: sharespot.v1.AckResponse
-	(*AccessRequested)(nil),          // 81: sharespot.v1.AccessRequested
-	(*FeeInfo)(nil),                  // 82: sharespot.v1.FeeInfo
-	(*PaymentConfirmed)(nil),         // 83: sharespot.v1.PaymentConfirmed
-	(*EncryptionMessage)(nil),        // 84: sharespot.v1.EncryptionMessage
-	(*AccessGranted)(nil),            // 85: sharespot.v1.AccessGranted
-	(*LowQuotaPrompt)(nil),           // 86: sharespot.v1.LowQuotaPrompt
-	(*TopUpRequested)(nil),           // 87: sharespot.v1.TopUpRequested
-	(*SessionEnding)(nil),            // 88: sharespot.v1.SessionEnding
-	(*Declined)(nil),                 // 89: sharespot.v1.Declined
-	(*SessionEnded)(nil),             // 90: sharespot.v1.SessionEnded
-	(*Envelope)(nil),                 // 91: sharespot.v1.Envelope
+	(*OfflineHotspot)(nil),           // 30: sharespot.v1.OfflineHotspot
+	(*Quote)(nil),                    // 31: sharespot.v1.Quote
+	(*GuestKey)(nil),                 // 32: sharespot.v1.GuestKey
+	(*SealedCode)(nil),               // 33: sharespot.v1.SealedCode
+	(*Gateway)(nil),                  // 34: sharespot.v1.Gateway
+	(*Receipt)(nil),                  // 35: sharespot.v1.Receipt
+	(*Session)(nil),                  // 36: sharespot.v1.Session
+	(*RequestAccessRequest)(nil),     // 37: sharespot.v1.RequestAccessRequest
+	(*RequestAccessResponse)(nil),    // 38: sharespot.v1.RequestAccessResponse
+	(*QuoteRequest)(nil),             // 39: sharespot.v1.QuoteRequest
+	(*QuoteResponse)(nil),            // 40: sharespot.v1.QuoteResponse
+	(*DeclineRequest)(nil),           // 41: sharespot.v1.DeclineRequest
+	(*DeclineResponse)(nil),          // 42: sharespot.v1.DeclineResponse
+	(*ConfirmRequest)(nil),           // 43: sharespot.v1.ConfirmRequest
+	(*ConfirmResponse)(nil),          // 44: sharespot.v1.ConfirmResponse
+	(*GrantRequest)(nil),             // 45: sharespot.v1.GrantRequest
+	(*GrantResponse)(nil),            // 46: sharespot.v1.GrantResponse
+	(*PromptRequest)(nil),            // 47: sharespot.v1.PromptRequest
+	(*PromptResponse)(nil),           // 48: sharespot.v1.PromptResponse
+	(*RequestTopUpRequest)(nil),      // 49: sharespot.v1.RequestTopUpRequest
+	(*RequestTopUpResponse)(nil),     // 50: sharespot.v1.RequestTopUpResponse
+	(*ReportUsageRequest)(nil),       // 51: sharespot.v1.ReportUsageRequest
+	(*ReportUsageResponse)(nil),      // 52: sharespot.v1.ReportUsageResponse
+	(*EndRequest)(nil),               // 53: sharespot.v1.EndRequest
+	(*EndResponse)(nil),              // 54: sharespot.v1.EndResponse
+	(*GetRequest)(nil),               // 55: sharespot.v1.GetRequest
+	(*GetResponse)(nil),              // 56: sharespot.v1.GetResponse
+	(*UsageAck)(nil),                 // 57: sharespot.v1.UsageAck
+	(*AcknowledgeRequest)(nil),       // 58: sharespot.v1.AcknowledgeRequest
+	(*AcknowledgeResponse)(nil),      // 59: sharespot.v1.AcknowledgeResponse
+	(*UsageAcknowledged)(nil),        // 60: sharespot.v1.UsageAcknowledged
+	(*ListSessionsRequest)(nil),      // 61: sharespot.v1.ListSessionsRequest
+	(*ListSessionsResponse)(nil),     // 62: sharespot.v1.ListSessionsResponse
+	(*PayRequest)(nil),               // 63: sharespot.v1.PayRequest
+	(*PayResponse)(nil),              // 64: sharespot.v1.PayResponse
+	(*FundByCardRequest)(nil),        // 65: sharespot.v1.FundByCardRequest
+	(*FundByCardResponse)(nil),       // 66: sharespot.v1.FundByCardResponse
+	(*PayoutOnboardingRequest)(nil),  // 67: sharespot.v1.PayoutOnboardingRequest
+	(*PayoutOnboardingResponse)(nil), // 68: sharespot.v1.PayoutOnboardingResponse
+	(*BalanceRequest)(nil),           // 69: sharespot.v1.BalanceRequest
+	(*Money)(nil),                    // 70: sharespot.v1.Money
+	(*BalanceResponse)(nil),          // 71: sharespot.v1.BalanceResponse
+	(*HistoryRequest)(nil),           // 72: sharespot.v1.HistoryRequest
+	(*Transfer)(nil),                 // 73: sharespot.v1.Transfer
+	(*HistoryResponse)(nil),          // 74: sharespot.v1.HistoryResponse
+	(*PlatformKeysRequest)(nil),      // 75: sharespot.v1.PlatformKeysRequest
+	(*PlatformKey)(nil),              // 76: sharespot.v1.PlatformKey
+	(*PlatformKeysResponse)(nil),     // 77: sharespot.v1.PlatformKeysResponse
+	(*SubscribeRequest)(nil),         // 78: sharespot.v1.SubscribeRequest
+	(*SubscribeResponse)(nil),        // 79: sharespot.v1.SubscribeResponse
+	(*AckRequest)(nil),               // 80: sharespot.v1.AckRequest
+	(*AckResponse)(nil),              // 81: sharespot.v1.AckResponse
+	(*AccessRequested)(nil),          // 82: sharespot.v1.AccessRequested
+	(*FeeInfo)(nil),                  // 83: sharespot.v1.FeeInfo
+	(*PaymentConfirmed)(nil),         // 84: sharespot.v1.PaymentConfirmed
+	(*EncryptionMessage)(nil),        // 85: sharespot.v1.EncryptionMessage
+	(*AccessGranted)(nil),            // 86: sharespot.v1.AccessGranted
+	(*LowQuotaPrompt)(nil),           // 87: sharespot.v1.LowQuotaPrompt
+	(*TopUpRequested)(nil),           // 88: sharespot.v1.TopUpRequested
+	(*SessionEnding)(nil),            // 89: sharespot.v1.SessionEnding
+	(*Declined)(nil),                 // 90: sharespot.v1.Declined
+	(*SessionEnded)(nil),             // 91: sharespot.v1.SessionEnded
+	(*Envelope)(nil),                 // 92: sharespot.v1.Envelope
 }
 var file_sharespot_v1_sharespot_proto_depIdxs = []int32{
 	0,   // 0: sharespot.v1.AccessPoint.security:type_name -> sharespot.v1.Security
@@ -6453,129 +6599,131 @@ var file_sharespot_v1_sharespot_proto_depIdxs = []int32{
 	27,  // 13: sharespot.v1.Offer.host_record:type_name -> sharespot.v1.HostRecord
 	25,  // 14: sharespot.v1.DiscoverRequest.candidates:type_name -> sharespot.v1.Candidate
 	26,  // 15: sharespot.v1.DiscoverResponse.available:type_name -> sharespot.v1.Offer
-	3,   // 16: sharespot.v1.Quote.kind:type_name -> sharespot.v1.QuoteKind
-	4,   // 17: sharespot.v1.Quote.state:type_name -> sharespot.v1.QuoteState
-	34,  // 18: sharespot.v1.Quote.receipt:type_name -> sharespot.v1.Receipt
-	2,   // 19: sharespot.v1.Session.state:type_name -> sharespot.v1.SessionState
-	30,  // 20: sharespot.v1.Session.quotes:type_name -> sharespot.v1.Quote
-	14,  // 21: sharespot.v1.Session.tariff:type_name -> sharespot.v1.Tariff
-	1,   // 22: sharespot.v1.Session.usage_mode:type_name -> sharespot.v1.UsageMode
-	31,  // 23: sharespot.v1.RequestAccessRequest.guest_keys:type_name -> sharespot.v1.GuestKey
-	14,  // 24: sharespot.v1.RequestAccessRequest.shown_tariff:type_name -> sharespot.v1.Tariff
-	1,   // 25: sharespot.v1.RequestAccessRequest.usage_mode:type_name -> sharespot.v1.UsageMode
-	35,  // 26: sharespot.v1.RequestAccessResponse.session:type_name -> sharespot.v1.Session
-	30,  // 27: sharespot.v1.QuoteResponse.quote:type_name -> sharespot.v1.Quote
-	35,  // 28: sharespot.v1.DeclineResponse.session:type_name -> sharespot.v1.Session
-	34,  // 29: sharespot.v1.ConfirmRequest.receipt:type_name -> sharespot.v1.Receipt
-	35,  // 30: sharespot.v1.ConfirmResponse.session:type_name -> sharespot.v1.Session
-	32,  // 31: sharespot.v1.GrantRequest.sealed_code:type_name -> sharespot.v1.SealedCode
-	33,  // 32: sharespot.v1.GrantRequest.gateway:type_name -> sharespot.v1.Gateway
-	35,  // 33: sharespot.v1.GrantResponse.session:type_name -> sharespot.v1.Session
-	56,  // 34: sharespot.v1.PromptRequest.ack:type_name -> sharespot.v1.UsageAck
-	35,  // 35: sharespot.v1.RequestTopUpResponse.session:type_name -> sharespot.v1.Session
-	56,  // 36: sharespot.v1.ReportUsageRequest.ack:type_name -> sharespot.v1.UsageAck
-	35,  // 37: sharespot.v1.ReportUsageResponse.session:type_name -> sharespot.v1.Session
-	56,  // 38: sharespot.v1.EndRequest.ack:type_name -> sharespot.v1.UsageAck
-	35,  // 39: sharespot.v1.EndResponse.session:type_name -> sharespot.v1.Session
-	35,  // 40: sharespot.v1.GetResponse.session:type_name -> sharespot.v1.Session
-	56,  // 41: sharespot.v1.AcknowledgeRequest.ack:type_name -> sharespot.v1.UsageAck
-	56,  // 42: sharespot.v1.UsageAcknowledged.ack:type_name -> sharespot.v1.UsageAck
-	35,  // 43: sharespot.v1.ListSessionsResponse.sessions:type_name -> sharespot.v1.Session
-	5,   // 44: sharespot.v1.PayRequest.method:type_name -> sharespot.v1.PayMethod
-	34,  // 45: sharespot.v1.PayResponse.receipt:type_name -> sharespot.v1.Receipt
-	6,   // 46: sharespot.v1.PayResponse.status:type_name -> sharespot.v1.PayStatus
-	6,   // 47: sharespot.v1.FundByCardResponse.status:type_name -> sharespot.v1.PayStatus
-	69,  // 48: sharespot.v1.BalanceResponse.balances:type_name -> sharespot.v1.Money
-	5,   // 49: sharespot.v1.BalanceResponse.pay_methods:type_name -> sharespot.v1.PayMethod
-	72,  // 50: sharespot.v1.HistoryResponse.transfers:type_name -> sharespot.v1.Transfer
-	75,  // 51: sharespot.v1.PlatformKeysResponse.keys:type_name -> sharespot.v1.PlatformKey
-	91,  // 52: sharespot.v1.SubscribeResponse.envelopes:type_name -> sharespot.v1.Envelope
-	31,  // 53: sharespot.v1.AccessRequested.guest_keys:type_name -> sharespot.v1.GuestKey
-	14,  // 54: sharespot.v1.AccessRequested.tariff:type_name -> sharespot.v1.Tariff
-	1,   // 55: sharespot.v1.AccessRequested.usage_mode:type_name -> sharespot.v1.UsageMode
-	30,  // 56: sharespot.v1.FeeInfo.quote:type_name -> sharespot.v1.Quote
-	3,   // 57: sharespot.v1.PaymentConfirmed.kind:type_name -> sharespot.v1.QuoteKind
-	34,  // 58: sharespot.v1.PaymentConfirmed.receipt:type_name -> sharespot.v1.Receipt
-	30,  // 59: sharespot.v1.PaymentConfirmed.quote:type_name -> sharespot.v1.Quote
-	1,   // 60: sharespot.v1.PaymentConfirmed.usage_mode:type_name -> sharespot.v1.UsageMode
-	3,   // 61: sharespot.v1.AccessGranted.kind:type_name -> sharespot.v1.QuoteKind
-	32,  // 62: sharespot.v1.AccessGranted.sealed_code:type_name -> sharespot.v1.SealedCode
-	33,  // 63: sharespot.v1.AccessGranted.gateway:type_name -> sharespot.v1.Gateway
-	14,  // 64: sharespot.v1.TopUpRequested.tariff:type_name -> sharespot.v1.Tariff
-	3,   // 65: sharespot.v1.Declined.kind:type_name -> sharespot.v1.QuoteKind
-	35,  // 66: sharespot.v1.SessionEnded.session:type_name -> sharespot.v1.Session
-	81,  // 67: sharespot.v1.Envelope.access_requested:type_name -> sharespot.v1.AccessRequested
-	82,  // 68: sharespot.v1.Envelope.fee_info:type_name -> sharespot.v1.FeeInfo
-	83,  // 69: sharespot.v1.Envelope.payment_confirmed:type_name -> sharespot.v1.PaymentConfirmed
-	84,  // 70: sharespot.v1.Envelope.encryption_message:type_name -> sharespot.v1.EncryptionMessage
-	85,  // 71: sharespot.v1.Envelope.access_granted:type_name -> sharespot.v1.AccessGranted
-	86,  // 72: sharespot.v1.Envelope.low_quota_prompt:type_name -> sharespot.v1.LowQuotaPrompt
-	87,  // 73: sharespot.v1.Envelope.top_up_requested:type_name -> sharespot.v1.TopUpRequested
-	89,  // 74: sharespot.v1.Envelope.declined:type_name -> sharespot.v1.Declined
-	90,  // 75: sharespot.v1.Envelope.session_ended:type_name -> sharespot.v1.SessionEnded
-	88,  // 76: sharespot.v1.Envelope.session_ending:type_name -> sharespot.v1.SessionEnding
-	59,  // 77: sharespot.v1.Envelope.usage_acknowledged:type_name -> sharespot.v1.UsageAcknowledged
-	9,   // 78: sharespot.v1.AuthService.Challenge:input_type -> sharespot.v1.ChallengeRequest
-	11,  // 79: sharespot.v1.AuthService.SignIn:input_type -> sharespot.v1.SignInRequest
-	7,   // 80: sharespot.v1.AuthService.AddDevice:input_type -> sharespot.v1.AddDeviceRequest
-	17,  // 81: sharespot.v1.HotspotService.Register:input_type -> sharespot.v1.RegisterRequest
-	19,  // 82: sharespot.v1.HotspotService.Update:input_type -> sharespot.v1.UpdateRequest
-	21,  // 83: sharespot.v1.HotspotService.Withdraw:input_type -> sharespot.v1.WithdrawRequest
-	23,  // 84: sharespot.v1.HotspotService.List:input_type -> sharespot.v1.ListRequest
-	28,  // 85: sharespot.v1.DiscoveryService.Discover:input_type -> sharespot.v1.DiscoverRequest
-	36,  // 86: sharespot.v1.SessionService.RequestAccess:input_type -> sharespot.v1.RequestAccessRequest
-	38,  // 87: sharespot.v1.SessionService.Quote:input_type -> sharespot.v1.QuoteRequest
-	40,  // 88: sharespot.v1.SessionService.Decline:input_type -> sharespot.v1.DeclineRequest
-	42,  // 89: sharespot.v1.SessionService.Confirm:input_type -> sharespot.v1.ConfirmRequest
-	44,  // 90: sharespot.v1.SessionService.Grant:input_type -> sharespot.v1.GrantRequest
-	46,  // 91: sharespot.v1.SessionService.Prompt:input_type -> sharespot.v1.PromptRequest
-	48,  // 92: sharespot.v1.SessionService.RequestTopUp:input_type -> sharespot.v1.RequestTopUpRequest
-	50,  // 93: sharespot.v1.SessionService.ReportUsage:input_type -> sharespot.v1.ReportUsageRequest
-	52,  // 94: sharespot.v1.SessionService.End:input_type -> sharespot.v1.EndRequest
-	54,  // 95: sharespot.v1.SessionService.Get:input_type -> sharespot.v1.GetRequest
-	57,  // 96: sharespot.v1.SessionService.Acknowledge:input_type -> sharespot.v1.AcknowledgeRequest
-	60,  // 97: sharespot.v1.SessionService.ListSessions:input_type -> sharespot.v1.ListSessionsRequest
-	62,  // 98: sharespot.v1.PaymentService.Pay:input_type -> sharespot.v1.PayRequest
-	68,  // 99: sharespot.v1.PaymentService.Balance:input_type -> sharespot.v1.BalanceRequest
-	71,  // 100: sharespot.v1.PaymentService.History:input_type -> sharespot.v1.HistoryRequest
-	74,  // 101: sharespot.v1.PaymentService.PlatformKeys:input_type -> sharespot.v1.PlatformKeysRequest
-	64,  // 102: sharespot.v1.PaymentService.FundByCard:input_type -> sharespot.v1.FundByCardRequest
-	66,  // 103: sharespot.v1.PaymentService.PayoutOnboarding:input_type -> sharespot.v1.PayoutOnboardingRequest
-	77,  // 104: sharespot.v1.InboxService.Subscribe:input_type -> sharespot.v1.SubscribeRequest
-	79,  // 105: sharespot.v1.InboxService.Ack:input_type -> sharespot.v1.AckRequest
-	10,  // 106: sharespot.v1.AuthService.Challenge:output_type -> sharespot.v1.ChallengeResponse
-	12,  // 107: sharespot.v1.AuthService.SignIn:output_type -> sharespot.v1.SignInResponse
-	8,   // 108: sharespot.v1.AuthService.AddDevice:output_type -> sharespot.v1.AddDeviceResponse
-	18,  // 109: sharespot.v1.HotspotService.Register:output_type -> sharespot.v1.RegisterResponse
-	20,  // 110: sharespot.v1.HotspotService.Update:output_type -> sharespot.v1.UpdateResponse
-	22,  // 111: sharespot.v1.HotspotService.Withdraw:output_type -> sharespot.v1.WithdrawResponse
-	24,  // 112: sharespot.v1.HotspotService.List:output_type -> sharespot.v1.ListResponse
-	29,  // 113: sharespot.v1.DiscoveryService.Discover:output_type -> sharespot.v1.DiscoverResponse
-	37,  // 114: sharespot.v1.SessionService.RequestAccess:output_type -> sharespot.v1.RequestAccessResponse
-	39,  // 115: sharespot.v1.SessionService.Quote:output_type -> sharespot.v1.QuoteResponse
-	41,  // 116: sharespot.v1.SessionService.Decline:output_type -> sharespot.v1.DeclineResponse
-	43,  // 117: sharespot.v1.SessionService.Confirm:output_type -> sharespot.v1.ConfirmResponse
-	45,  // 118: sharespot.v1.SessionService.Grant:output_type -> sharespot.v1.GrantResponse
-	47,  // 119: sharespot.v1.SessionService.Prompt:output_type -> sharespot.v1.PromptResponse
-	49,  // 120: sharespot.v1.SessionService.RequestTopUp:output_type -> sharespot.v1.RequestTopUpResponse
-	51,  // 121: sharespot.v1.SessionService.ReportUsage:output_type -> sharespot.v1.ReportUsageResponse
-	53,  // 122: sharespot.v1.SessionService.End:output_type -> sharespot.v1.EndResponse
-	55,  // 123: sharespot.v1.SessionService.Get:output_type -> sharespot.v1.GetResponse
-	58,  // 124: sharespot.v1.SessionService.Acknowledge:output_type -> sharespot.v1.AcknowledgeResponse
-	61,  // 125: sharespot.v1.SessionService.ListSessions:output_type -> sharespot.v1.ListSessionsResponse
-	63,  // 126: sharespot.v1.PaymentService.Pay:output_type -> sharespot.v1.PayResponse
-	70,  // 127: sharespot.v1.PaymentService.Balance:output_type -> sharespot.v1.BalanceResponse
-	73,  // 128: sharespot.v1.PaymentService.History:output_type -> sharespot.v1.HistoryResponse
-	76,  // 129: sharespot.v1.PaymentService.PlatformKeys:output_type -> sharespot.v1.PlatformKeysResponse
-	65,  // 130: sharespot.v1.PaymentService.FundByCard:output_type -> sharespot.v1.FundByCardResponse
-	67,  // 131: sharespot.v1.PaymentService.PayoutOnboarding:output_type -> sharespot.v1.PayoutOnboardingResponse
-	78,  // 132: sharespot.v1.InboxService.Subscribe:output_type -> sharespot.v1.SubscribeResponse
-	80,  // 133: sharespot.v1.InboxService.Ack:output_type -> sharespot.v1.AckResponse
-	106, // [106:134] is the sub-list for method output_type
-	78,  // [78:106] is the sub-list for method input_type
-	78,  // [78:78] is the sub-list for extension type_name
-	78,  // [78:78] is the sub-list for extension extendee
-	0,   // [0:78] is the sub-list for field type_name
+	30,  // 16: sharespot.v1.DiscoverResponse.offline:type_name -> sharespot.v1.OfflineHotspot
+	13,  // 17: sharespot.v1.OfflineHotspot.access_point:type_name -> sharespot.v1.AccessPoint
+	3,   // 18: sharespot.v1.Quote.kind:type_name -> sharespot.v1.QuoteKind
+	4,   // 19: sharespot.v1.Quote.state:type_name -> sharespot.v1.QuoteState
+	35,  // 20: sharespot.v1.Quote.receipt:type_name -> sharespot.v1.Receipt
+	2,   // 21: sharespot.v1.Session.state:type_name -> sharespot.v1.SessionState
+	31,  // 22: sharespot.v1.Session.quotes:type_name -> sharespot.v1.Quote
+	14,  // 23: sharespot.v1.Session.tariff:type_name -> sharespot.v1.Tariff
+	1,   // 24: sharespot.v1.Session.usage_mode:type_name -> sharespot.v1.UsageMode
+	32,  // 25: sharespot.v1.RequestAccessRequest.guest_keys:type_name -> sharespot.v1.GuestKey
+	14,  // 26: sharespot.v1.RequestAccessRequest.shown_tariff:type_name -> sharespot.v1.Tariff
+	1,   // 27: sharespot.v1.RequestAccessRequest.usage_mode:type_name -> sharespot.v1.UsageMode
+	36,  // 28: sharespot.v1.RequestAccessResponse.session:type_name -> sharespot.v1.Session
+	31,  // 29: sharespot.v1.QuoteResponse.quote:type_name -> sharespot.v1.Quote
+	36,  // 30: sharespot.v1.DeclineResponse.session:type_name -> sharespot.v1.Session
+	35,  // 31: sharespot.v1.ConfirmRequest.receipt:type_name -> sharespot.v1.Receipt
+	36,  // 32: sharespot.v1.ConfirmResponse.session:type_name -> sharespot.v1.Session
+	33,  // 33: sharespot.v1.GrantRequest.sealed_code:type_name -> sharespot.v1.SealedCode
+	34,  // 34: sharespot.v1.GrantRequest.gateway:type_name -> sharespot.v1.Gateway
+	36,  // 35: sharespot.v1.GrantResponse.session:type_name -> sharespot.v1.Session
+	57,  // 36: sharespot.v1.PromptRequest.ack:type_name -> sharespot.v1.UsageAck
+	36,  // 37: sharespot.v1.RequestTopUpResponse.session:type_name -> sharespot.v1.Session
+	57,  // 38: sharespot.v1.ReportUsageRequest.ack:type_name -> sharespot.v1.UsageAck
+	36,  // 39: sharespot.v1.ReportUsageResponse.session:type_name -> sharespot.v1.Session
+	57,  // 40: sharespot.v1.EndRequest.ack:type_name -> sharespot.v1.UsageAck
+	36,  // 41: sharespot.v1.EndResponse.session:type_name -> sharespot.v1.Session
+	36,  // 42: sharespot.v1.GetResponse.session:type_name -> sharespot.v1.Session
+	57,  // 43: sharespot.v1.AcknowledgeRequest.ack:type_name -> sharespot.v1.UsageAck
+	57,  // 44: sharespot.v1.UsageAcknowledged.ack:type_name -> sharespot.v1.UsageAck
+	36,  // 45: sharespot.v1.ListSessionsResponse.sessions:type_name -> sharespot.v1.Session
+	5,   // 46: sharespot.v1.PayRequest.method:type_name -> sharespot.v1.PayMethod
+	35,  // 47: sharespot.v1.PayResponse.receipt:type_name -> sharespot.v1.Receipt
+	6,   // 48: sharespot.v1.PayResponse.status:type_name -> sharespot.v1.PayStatus
+	6,   // 49: sharespot.v1.FundByCardResponse.status:type_name -> sharespot.v1.PayStatus
+	70,  // 50: sharespot.v1.BalanceResponse.balances:type_name -> sharespot.v1.Money
+	5,   // 51: sharespot.v1.BalanceResponse.pay_methods:type_name -> sharespot.v1.PayMethod
+	73,  // 52: sharespot.v1.HistoryResponse.transfers:type_name -> sharespot.v1.Transfer
+	76,  // 53: sharespot.v1.PlatformKeysResponse.keys:type_name -> sharespot.v1.PlatformKey
+	92,  // 54: sharespot.v1.SubscribeResponse.envelopes:type_name -> sharespot.v1.Envelope
+	32,  // 55: sharespot.v1.AccessRequested.guest_keys:type_name -> sharespot.v1.GuestKey
+	14,  // 56: sharespot.v1.AccessRequested.tariff:type_name -> sharespot.v1.Tariff
+	1,   // 57: sharespot.v1.AccessRequested.usage_mode:type_name -> sharespot.v1.UsageMode
+	31,  // 58: sharespot.v1.FeeInfo.quote:type_name -> sharespot.v1.Quote
+	3,   // 59: sharespot.v1.PaymentConfirmed.kind:type_name -> sharespot.v1.QuoteKind
+	35,  // 60: sharespot.v1.PaymentConfirmed.receipt:type_name -> sharespot.v1.Receipt
+	31,  // 61: sharespot.v1.PaymentConfirmed.quote:type_name -> sharespot.v1.Quote
+	1,   // 62: sharespot.v1.PaymentConfirmed.usage_mode:type_name -> sharespot.v1.UsageMode
+	3,   // 63: sharespot.v1.AccessGranted.kind:type_name -> sharespot.v1.QuoteKind
+	33,  // 64: sharespot.v1.AccessGranted.sealed_code:type_name -> sharespot.v1.SealedCode
+	34,  // 65: sharespot.v1.AccessGranted.gateway:type_name -> sharespot.v1.Gateway
+	14,  // 66: sharespot.v1.TopUpRequested.tariff:type_name -> sharespot.v1.Tariff
+	3,   // 67: sharespot.v1.Declined.kind:type_name -> sharespot.v1.QuoteKind
+	36,  // 68: sharespot.v1.SessionEnded.session:type_name -> sharespot.v1.Session
+	82,  // 69: sharespot.v1.Envelope.access_requested:type_name -> sharespot.v1.AccessRequested
+	83,  // 70: sharespot.v1.Envelope.fee_info:type_name -> sharespot.v1.FeeInfo
+	84,  // 71: sharespot.v1.Envelope.payment_confirmed:type_name -> sharespot.v1.PaymentConfirmed
+	85,  // 72: sharespot.v1.Envelope.encryption_message:type_name -> sharespot.v1.EncryptionMessage
+	86,  // 73: sharespot.v1.Envelope.access_granted:type_name -> sharespot.v1.AccessGranted
+	87,  // 74: sharespot.v1.Envelope.low_quota_prompt:type_name -> sharespot.v1.LowQuotaPrompt
+	88,  // 75: sharespot.v1.Envelope.top_up_requested:type_name -> sharespot.v1.TopUpRequested
+	90,  // 76: sharespot.v1.Envelope.declined:type_name -> sharespot.v1.Declined
+	91,  // 77: sharespot.v1.Envelope.session_ended:type_name -> sharespot.v1.SessionEnded
+	89,  // 78: sharespot.v1.Envelope.session_ending:type_name -> sharespot.v1.SessionEnding
+	60,  // 79: sharespot.v1.Envelope.usage_acknowledged:type_name -> sharespot.v1.UsageAcknowledged
+	9,   // 80: sharespot.v1.AuthService.Challenge:input_type -> sharespot.v1.ChallengeRequest
+	11,  // 81: sharespot.v1.AuthService.SignIn:input_type -> sharespot.v1.SignInRequest
+	7,   // 82: sharespot.v1.AuthService.AddDevice:input_type -> sharespot.v1.AddDeviceRequest
+	17,  // 83: sharespot.v1.HotspotService.Register:input_type -> sharespot.v1.RegisterRequest
+	19,  // 84: sharespot.v1.HotspotService.Update:input_type -> sharespot.v1.UpdateRequest
+	21,  // 85: sharespot.v1.HotspotService.Withdraw:input_type -> sharespot.v1.WithdrawRequest
+	23,  // 86: sharespot.v1.HotspotService.List:input_type -> sharespot.v1.ListRequest
+	28,  // 87: sharespot.v1.DiscoveryService.Discover:input_type -> sharespot.v1.DiscoverRequest
+	37,  // 88: sharespot.v1.SessionService.RequestAccess:input_type -> sharespot.v1.RequestAccessRequest
+	39,  // 89: sharespot.v1.SessionService.Quote:input_type -> sharespot.v1.QuoteRequest
+	41,  // 90: sharespot.v1.SessionService.Decline:input_type -> sharespot.v1.DeclineRequest
+	43,  // 91: sharespot.v1.SessionService.Confirm:input_type -> sharespot.v1.ConfirmRequest
+	45,  // 92: sharespot.v1.SessionService.Grant:input_type -> sharespot.v1.GrantRequest
+	47,  // 93: sharespot.v1.SessionService.Prompt:input_type -> sharespot.v1.PromptRequest
+	49,  // 94: sharespot.v1.SessionService.RequestTopUp:input_type -> sharespot.v1.RequestTopUpRequest
+	51,  // 95: sharespot.v1.SessionService.ReportUsage:input_type -> sharespot.v1.ReportUsageRequest
+	53,  // 96: sharespot.v1.SessionService.End:input_type -> sharespot.v1.EndRequest
+	55,  // 97: sharespot.v1.SessionService.Get:input_type -> sharespot.v1.GetRequest
+	58,  // 98: sharespot.v1.SessionService.Acknowledge:input_type -> sharespot.v1.AcknowledgeRequest
+	61,  // 99: sharespot.v1.SessionService.ListSessions:input_type -> sharespot.v1.ListSessionsRequest
+	63,  // 100: sharespot.v1.PaymentService.Pay:input_type -> sharespot.v1.PayRequest
+	69,  // 101: sharespot.v1.PaymentService.Balance:input_type -> sharespot.v1.BalanceRequest
+	72,  // 102: sharespot.v1.PaymentService.History:input_type -> sharespot.v1.HistoryRequest
+	75,  // 103: sharespot.v1.PaymentService.PlatformKeys:input_type -> sharespot.v1.PlatformKeysRequest
+	65,  // 104: sharespot.v1.PaymentService.FundByCard:input_type -> sharespot.v1.FundByCardRequest
+	67,  // 105: sharespot.v1.PaymentService.PayoutOnboarding:input_type -> sharespot.v1.PayoutOnboardingRequest
+	78,  // 106: sharespot.v1.InboxService.Subscribe:input_type -> sharespot.v1.SubscribeRequest
+	80,  // 107: sharespot.v1.InboxService.Ack:input_type -> sharespot.v1.AckRequest
+	10,  // 108: sharespot.v1.AuthService.Challenge:output_type -> sharespot.v1.ChallengeResponse
+	12,  // 109: sharespot.v1.AuthService.SignIn:output_type -> sharespot.v1.SignInResponse
+	8,   // 110: sharespot.v1.AuthService.AddDevice:output_type -> sharespot.v1.AddDeviceResponse
+	18,  // 111: sharespot.v1.HotspotService.Register:output_type -> sharespot.v1.RegisterResponse
+	20,  // 112: sharespot.v1.HotspotService.Update:output_type -> sharespot.v1.UpdateResponse
+	22,  // 113: sharespot.v1.HotspotService.Withdraw:output_type -> sharespot.v1.WithdrawResponse
+	24,  // 114: sharespot.v1.HotspotService.List:output_type -> sharespot.v1.ListResponse
+	29,  // 115: sharespot.v1.DiscoveryService.Discover:output_type -> sharespot.v1.DiscoverResponse
+	38,  // 116: sharespot.v1.SessionService.RequestAccess:output_type -> sharespot.v1.RequestAccessResponse
+	40,  // 117: sharespot.v1.SessionService.Quote:output_type -> sharespot.v1.QuoteResponse
+	42,  // 118: sharespot.v1.SessionService.Decline:output_type -> sharespot.v1.DeclineResponse
+	44,  // 119: sharespot.v1.SessionService.Confirm:output_type -> sharespot.v1.ConfirmResponse
+	46,  // 120: sharespot.v1.SessionService.Grant:output_type -> sharespot.v1.GrantResponse
+	48,  // 121: sharespot.v1.SessionService.Prompt:output_type -> sharespot.v1.PromptResponse
+	50,  // 122: sharespot.v1.SessionService.RequestTopUp:output_type -> sharespot.v1.RequestTopUpResponse
+	52,  // 123: sharespot.v1.SessionService.ReportUsage:output_type -> sharespot.v1.ReportUsageResponse
+	54,  // 124: sharespot.v1.SessionService.End:output_type -> sharespot.v1.EndResponse
+	56,  // 125: sharespot.v1.SessionService.Get:output_type -> sharespot.v1.GetResponse
+	59,  // 126: sharespot.v1.SessionService.Acknowledge:output_type -> sharespot.v1.AcknowledgeResponse
+	62,  // 127: sharespot.v1.SessionService.ListSessions:output_type -> sharespot.v1.ListSessionsResponse
+	64,  // 128: sharespot.v1.PaymentService.Pay:output_type -> sharespot.v1.PayResponse
+	71,  // 129: sharespot.v1.PaymentService.Balance:output_type -> sharespot.v1.BalanceResponse
+	74,  // 130: sharespot.v1.PaymentService.History:output_type -> sharespot.v1.HistoryResponse
+	77,  // 131: sharespot.v1.PaymentService.PlatformKeys:output_type -> sharespot.v1.PlatformKeysResponse
+	66,  // 132: sharespot.v1.PaymentService.FundByCard:output_type -> sharespot.v1.FundByCardResponse
+	68,  // 133: sharespot.v1.PaymentService.PayoutOnboarding:output_type -> sharespot.v1.PayoutOnboardingResponse
+	79,  // 134: sharespot.v1.InboxService.Subscribe:output_type -> sharespot.v1.SubscribeResponse
+	81,  // 135: sharespot.v1.InboxService.Ack:output_type -> sharespot.v1.AckResponse
+	108, // [108:136] is the sub-list for method output_type
+	80,  // [80:108] is the sub-list for method input_type
+	80,  // [80:80] is the sub-list for extension type_name
+	80,  // [80:80] is the sub-list for extension extendee
+	0,   // [0:80] is the sub-list for field type_name
 }
 
 func init() { file_sharespot_v1_sharespot_proto_init() }
@@ -6583,7 +6731,7 @@ func file_sharespot_v1_sharespot_proto_init() {
 	if File_sharespot_v1_sharespot_proto != nil {
 		return
 	}
-	file_sharespot_v1_sharespot_proto_msgTypes[84].OneofWrappers = []any{
+	file_sharespot_v1_sharespot_proto_msgTypes[85].OneofWrappers = []any{
 		(*Envelope_AccessRequested)(nil),
 		(*Envelope_FeeInfo)(nil),
 		(*Envelope_PaymentConfirmed)(nil),
@@ -6602,7 +6750,7 @@ func file_sharespot_v1_sharespot_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sharespot_v1_sharespot_proto_rawDesc), len(file_sharespot_v1_sharespot_proto_rawDesc)),
 			NumEnums:      7,
-			NumMessages:   85,
+			NumMessages:   86,
 			NumExtensions: 0,
 			NumServices:   6,
 		},

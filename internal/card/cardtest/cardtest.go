@@ -11,7 +11,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -28,7 +27,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/stripe/stripe-go/v85/webhook"
+	"github.com/sharespot/sharespot/internal/card"
 )
 
 // Key is a test-mode secret key stripe-mock accepts.
@@ -172,44 +171,23 @@ func (m *Mock) Requests(prefix string) []Request {
 	return out
 }
 
-// Event builds a Stripe event of type typ about object (a JSON object,
-// already with its "object" and "id").
-func Event(id, typ string, object any) []byte {
-	b, err := json.Marshal(map[string]any{
-		"id": id, "object": "event", "type": typ, "api_version": "2025-01-01", "created": time.Now().Unix(),
-		"livemode": false, "pending_webhooks": 1, "data": map[string]any{"object": object},
-	})
-	if err != nil {
-		panic(err)
-	}
-	return b
-}
+// Event is a webhook event's body (card.EventPayload).
+func Event(id, typ string, object any) []byte { return card.EventPayload(id, typ, object) }
 
 // Post signs payload with secret as of at and posts it to the server's
 // webhook endpoint, returning the HTTP status.
 func Post(t testing.TB, serverURL, secret string, at time.Time, payload []byte) int {
 	t.Helper()
-	sp := webhook.GenerateTestSignedPayload(&webhook.UnsignedPayload{Payload: payload, Secret: secret, Timestamp: at})
-	req, err := http.NewRequest(http.MethodPost, serverURL+"/stripe/webhook", bytes.NewReader(payload))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Stripe-Signature", sp.Header)
-	req.Header.Set("Content-Type", "application/json")
-	res, err := http.DefaultClient.Do(req)
+	code, err := card.PostEvent(context.Background(), serverURL, secret, at, payload)
 	if err != nil {
 		t.Fatalf("post webhook: %v", err)
 	}
-	io.Copy(io.Discard, res.Body)
-	res.Body.Close()
-	return res.StatusCode
+	return code
 }
 
-// Intent is a PaymentIntent object as events carry it.
+// Intent is a PaymentIntent object as events carry it (card.IntentObject).
 func Intent(id string, amount, capturable int64, currency, status, metadataID string) map[string]any {
-	return map[string]any{"id": id, "object": "payment_intent", "amount": amount, "amount_capturable": capturable,
-		"amount_received": 0, "currency": strings.ToLower(currency), "status": status, "capture_method": "manual",
-		"metadata": map[string]string{"sharespot_payment": metadataID}}
+	return card.IntentObject(id, amount, capturable, currency, status, metadataID)
 }
 
 // String describes the recorded calls (for failure messages).

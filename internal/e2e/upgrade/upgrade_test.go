@@ -19,6 +19,7 @@ import (
 	"github.com/sharespot/sharespot/internal/card"
 	"github.com/sharespot/sharespot/internal/harness"
 	"github.com/sharespot/sharespot/internal/payment"
+	"github.com/sharespot/sharespot/internal/registry"
 	"github.com/sharespot/sharespot/internal/relay"
 	"github.com/sharespot/sharespot/internal/seal"
 	"github.com/sharespot/sharespot/internal/session"
@@ -253,6 +254,31 @@ func testUpgrade(t *testing.T, f fixture, target string) {
 		if ses.State != sharespotv1.SessionState_SESSION_STATE_ENDED || ses.SettledHostMinor <= 0 {
 			t.Errorf("session %s after the host's End: %v, host paid %d", s.id, ses.State, ses.SettledHostMinor)
 		}
+	}
+	// The old hotspot was last seen before the upgrade, an hour ago
+	// (migration 0006 counts it seen at its last update): it is not offered
+	// until its host shows it is there again, as its agent does when it
+	// reconnects.
+	key, err := seal.GenerateKey(seal.Preset)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gk, err := eng.CheckGuestKeys([]*sharespotv1.GuestKey{{Suite: string(seal.Preset), PublicKey: key.PublicKey()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = st.Write(ctx, func(tx *store.Tx) error {
+		_, err := eng.RequestAccess(tx, before[0].guest, before[0].hotspot, 10*MB, gk, nil, sharespotv1.UsageMode_USAGE_MODE_UNVERIFIED)
+		return err
+	})
+	if err == nil || !strings.Contains(err.Error(), "offline") {
+		t.Errorf("a request to the hotspot of a host not seen for an hour: %v, want it refused as offline", err)
+	}
+	if err := st.Write(ctx, func(tx *store.Tx) error {
+		_, err := registry.Seen(tx, before[0].host.DeviceID, now.UnixMilli())
+		return err
+	}); err != nil {
+		t.Fatal(err)
 	}
 	// And a new session on the old hotspot, between the old devices.
 	newSession(t, st, eng, before[0])

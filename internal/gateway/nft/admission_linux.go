@@ -4,16 +4,13 @@ package nft
 // its IP and MAC address.
 
 import (
-	"encoding/base64"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/netip"
 	"slices"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -154,52 +151,19 @@ func (g *Gateway) handler() http.Handler {
 	})
 }
 
-// handleControl serves a guest's control stream: CONNECT
-// control.sharespot.invalid:1 with the session's credentials as
-// Proxy-Authorization (Basic session:code), then its acknowledgments
-// in-band (protocol/control.go). The stream reaches the host itself, so
-// the kernel meters none of it.
+// handleControl serves a guest's control stream (gateway.ServeControlHTTP).
+// The stream reaches the host itself, so the kernel meters none of it.
 func (g *Gateway) handleControl(w http.ResponseWriter, r *http.Request) {
-	user, pass, ok := proxyBasic(r.Header.Get("Proxy-Authorization"))
-	var s *session
-	if ok {
-		s = g.authenticate(user, pass)
-	}
-	if s == nil {
-		w.Header().Set("Proxy-Authenticate", `Basic realm="sharespot"`)
-		http.Error(w, "wrong session or access code", http.StatusProxyAuthRequired)
-		return
-	}
-	hj, ok := w.(http.Hijacker)
-	if !ok {
-		http.Error(w, "cannot take the connection over", http.StatusInternalServerError)
-		return
-	}
-	conn, rw, err := hj.Hijack()
+	err := gateway.ServeControlHTTP(w, r, func(user, pass string) (string, gateway.Control, bool) {
+		s := g.authenticate(user, pass)
+		if s == nil {
+			return "", gateway.Control{}, false
+		}
+		return s.id, g.controlOf(s), true
+	})
 	if err != nil {
-		return
+		g.log.Debug("control stream ended", "err", err)
 	}
-	defer conn.Close()
-	conn.SetDeadline(time.Time{}) // the server's read deadline was for the request
-	if _, err := io.WriteString(conn, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
-		return
-	}
-	if err := gateway.ServeControl(r.Context(), conn, rw.Reader, g.controlOf(s)); err != nil {
-		g.log.Debug("control stream ended", "session", s.id, "err", err)
-	}
-}
-
-// proxyBasic decodes "Basic base64(user:pass)".
-func proxyBasic(h string) (user, pass string, ok bool) {
-	scheme, cred, ok := strings.Cut(strings.TrimSpace(h), " ")
-	if !ok || !strings.EqualFold(scheme, "Basic") {
-		return "", "", false
-	}
-	b, err := base64.StdEncoding.DecodeString(strings.TrimSpace(cred))
-	if err != nil {
-		return "", "", false
-	}
-	return strings.Cut(string(b), ":")
 }
 
 func (g *Gateway) mux() *http.ServeMux {

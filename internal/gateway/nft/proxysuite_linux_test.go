@@ -31,6 +31,7 @@ import (
 
 	"github.com/sharespot/sharespot/internal/gateway"
 	gwproxy "github.com/sharespot/sharespot/internal/gateway/proxy"
+	"github.com/sharespot/sharespot/internal/gateway/wg"
 	"github.com/sharespot/sharespot/internal/netns"
 	"github.com/sharespot/sharespot/internal/seal"
 )
@@ -45,10 +46,13 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// proxyChild runs a proxy gateway on $SS_LISTEN with a FileStore at
-// $SS_STORE and serves commands: "admit ID CODEHEX QUOTA THRESHOLD",
-// "extend ID BYTES", "revoke ID", "usage ID". It answers "ok ..." or
-// "err ...", and prints "event KIND ID USED QUOTA" for every event.
+// proxyChild runs a proxy gateway (SS_KIND=wireguard: a WireGuard one) on
+// $SS_LISTEN with a FileStore at $SS_STORE and serves commands: "admit ID
+// CODEHEX QUOTA THRESHOLD", "extend ID BYTES", "revoke ID", "usage ID",
+// and for WireGuard "peer ID" (the session's tunnel: "ok PUBHEX ENDPOINT
+// ADDRESS GATEWAY"). It answers "ok ..." or "err ...", and prints "event
+// KIND ID USED QUOTA" for every event. $SS_PERSIST_AHEAD sets how far
+// ahead of use usage is saved (default 64 KiB).
 func proxyChild(in io.Reader, out io.Writer) int {
 	var mu sync.Mutex
 	say := func(format string, a ...any) {
@@ -61,14 +65,30 @@ func proxyChild(in io.Reader, out io.Writer) int {
 		say("fatal %v", err)
 		return 1
 	}
-	cfg := gwproxy.Config{Addr: os.Getenv("SS_LISTEN"), Store: st, PersistAhead: 64 << 10, Grace: 500 * time.Millisecond}
+	var networks []netip.Prefix
 	if n := os.Getenv("SS_ALLOW_NETWORKS"); n != "" {
-		cfg.AllowNetworks = []netip.Prefix{netip.MustParsePrefix(n)}
+		networks = []netip.Prefix{netip.MustParsePrefix(n)}
 	}
-	p, err := gwproxy.New(cfg)
-	if err != nil {
-		say("fatal %v", err)
-		return 1
+	ahead := int64(64 << 10)
+	if v, err := strconv.ParseInt(os.Getenv("SS_PERSIST_AHEAD"), 10, 64); err == nil {
+		ahead = v
+	}
+	var p gateway.Gateway
+	if os.Getenv("SS_KIND") == wg.Kind {
+		key, err := wg.NewKey()
+		if err == nil {
+			p, err = wg.New(wg.Config{Listen: os.Getenv("SS_LISTEN"), Key: key, Store: st, PersistAhead: ahead, AllowNetworks: networks})
+		}
+		if err != nil {
+			say("fatal %v", err)
+			return 1
+		}
+	} else {
+		p, err = gwproxy.New(gwproxy.Config{Addr: os.Getenv("SS_LISTEN"), Store: st, PersistAhead: ahead, Grace: 500 * time.Millisecond, AllowNetworks: networks})
+		if err != nil {
+			say("fatal %v", err)
+			return 1
+		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -78,6 +98,11 @@ func proxyChild(in io.Reader, out io.Writer) int {
 			say("event %d %s %d %d", int(e.Kind), e.SessionID, e.Used, e.Quota)
 		}
 	}()
+	if w, ok := p.(*wg.Gateway); ok {
+		for !w.Ready() {
+			time.Sleep(time.Millisecond)
+		}
+	}
 	say("ready %s", p.Addr())
 	sc := bufio.NewScanner(in)
 	for sc.Scan() {
@@ -103,6 +128,15 @@ func proxyChild(in io.Reader, out io.Writer) int {
 			var used, quota int64
 			used, quota, err = p.Usage(f[1])
 			reply = fmt.Sprintf("ok %d %d", used, quota)
+		case "peer":
+			tn, ok := p.(gateway.Tunnel)
+			if !ok {
+				err = errors.New("not a tunnel gateway")
+				break
+			}
+			var tp gateway.TunnelPeer
+			tp, err = tn.TunnelPeer(f[1])
+			reply = fmt.Sprintf("ok %x %s %s %s", tp.PublicKey, tp.Endpoint, tp.Address, tp.Gateway)
 		default:
 			err = errors.New("unknown command")
 		}

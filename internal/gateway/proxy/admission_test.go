@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sharespot/sharespot/internal/gateway"
 	xproxy "golang.org/x/net/proxy"
 )
 
@@ -232,7 +233,7 @@ func TestOwnAddressesRefused(t *testing.T) {
 		t.Fatalf("the host's own service saw %d connections", n)
 	}
 
-	local := newProxy(t, Config{AllowDestination: LocalDestinations})
+	local := newProxy(t, Config{AllowDestination: gateway.LocalDestinations})
 	pass = admit(t, local, "s", 1<<20, 0)
 	target := net.JoinHostPort(own[0].String(), port)
 	c, err := dialSOCKS(local.Addr(), "s", pass, target)
@@ -292,10 +293,10 @@ func TestDefaultDestinations(t *testing.T) {
 	}
 	for _, tt := range tests {
 		ap := netip.MustParseAddrPort(tt.dest)
-		if got := DefaultDestinations(ap); got != tt.def {
+		if got := gateway.DefaultDestinations(ap); got != tt.def {
 			t.Errorf("DefaultDestinations(%s) = %v, want %v", tt.dest, got, tt.def)
 		}
-		if got := LocalDestinations(ap); got != tt.withLoc {
+		if got := gateway.LocalDestinations(ap); got != tt.withLoc {
 			t.Errorf("LocalDestinations(%s) = %v, want %v", tt.dest, got, tt.withLoc)
 		}
 	}

@@ -85,7 +85,7 @@
 // of the host's own interface addresses on any port: a guest must not
 // reach a service of the host's listening on 0.0.0.0 through the host's
 // LAN or uplink address. The interface addresses are read on every dial,
-// so an address the host gains later is refused too. LocalDestinations
+// so an address the host gains later is refused too. gateway.LocalDestinations
 // (sharespot share --allow-local) allows the host's own addresses.
 //
 // # Crash safety

@@ -116,7 +116,7 @@ type Config struct {
 	// they are closed. Negative: they are closed at once.
 	Grace time.Duration
 	// AllowDestination says whether guests may connect to an address;
-	// default DefaultDestinations, and then also none of this machine's
+	// default gateway.DefaultDestinations, and then also none of this machine's
 	// own addresses, on any port (read from its interfaces on every dial,
 	// so an address that comes or goes counts at once). The gateway's own
 	// listening address is always refused.
@@ -131,98 +131,20 @@ type Config struct {
 	noSplice bool // tests: force the userspace copy
 }
 
-// DefaultDestinations allows public unicast addresses: not loopback,
-// link-local (all of 169.254.0.0/16 and fe80::/10), unspecified or
-// private ones (10/8, 172.16/12, 192.168/16, the carrier-grade NAT range
-// 100.64/10, fc00::/7: the host's home router, its NAS, its provider's
-// network), nor the cloud metadata and host endpoints (a guest must not
-// reach the host's own services or its cloud's view of it through the
-// gateway). An IPv4 address written as IPv6 (::ffff:a.b.c.d, the
-// deprecated ::a.b.c.d, NAT64's 64:ff9b::a.b.c.d) is judged as the IPv4
-// address it reaches. A gateway with the default policy also refuses the
-// host's own interface addresses (Config.AllowDestination); a network the
-// host shares is allowed with Config.AllowNetworks.
-func DefaultDestinations(ap netip.AddrPort) bool {
-	a := embeddedIPv4(ap.Addr().WithZone(""))
-	return ap.Port() != 0 && reachable(a) && !a.IsPrivate() && !cgnat.Contains(a)
-}
-
-// reachable reports whether a may be a destination at all: a unicast
-// address that is neither loopback, link-local, unspecified nor a cloud
-// endpoint (the refusals no configuration lifts but --allow-local's
-// loopback).
-func reachable(a netip.Addr) bool {
-	if !a.IsValid() || a.IsLoopback() || a.IsUnspecified() || a.IsMulticast() ||
-		a.IsLinkLocalUnicast() || a.IsLinkLocalMulticast() || a.IsInterfaceLocalMulticast() {
-		return false
-	}
-	if a.Is4() && (a.As4()[0] == 0 || a == netip.AddrFrom4([4]byte{255, 255, 255, 255})) {
-		return false
-	}
-	return !slices.Contains(cloudEndpoints, a)
-}
-
-// embeddedIPv4 is the IPv4 address an IPv6 one reaches when it embeds
-// one: IPv4-mapped (::ffff:0:0/96), IPv4-compatible (::/96, deprecated,
-// but a stack may still route it as IPv4) and NAT64 (64:ff9b::/96);
-// otherwise a itself.
-func embeddedIPv4(a netip.Addr) netip.Addr {
-	a = a.Unmap()
-	if !a.Is6() {
-		return a
-	}
-	b := a.As16()
-	var four [4]byte
-	copy(four[:], b[12:])
-	switch {
-	case [12]byte(b[:12]) == [12]byte{} && four != [4]byte{} && four != [4]byte{0, 0, 0, 1}: // ::a.b.c.d, not :: or ::1
-		return netip.AddrFrom4(four)
-	case nat64.Contains(a):
-		return netip.AddrFrom4(four)
-	}
-	return a
-}
-
-var (
-	cgnat = netip.MustParsePrefix("100.64.0.0/10")
-	nat64 = netip.MustParsePrefix("64:ff9b::/96")
-)
-
-// LocalDestinations is DefaultDestinations plus this machine's own
-// addresses: loopback, and (given as the AllowDestination, it replaces the
-// default policy) every interface address. For trying Sharespot on one
-// machine (sharespot share --allow-local); cloud endpoints and private
-// networks stay refused.
-func LocalDestinations(ap netip.AddrPort) bool {
-	return ap.Port() != 0 && embeddedIPv4(ap.Addr()).IsLoopback() || DefaultDestinations(ap)
-}
-
-// cloudEndpoints answer only the machine that asks them, with its
-// credentials or its cloud's view of it. Those in 169.254.0.0/16 are
-// refused as link-local anyway; they are listed to say what they are.
-var cloudEndpoints = []netip.Addr{
-	netip.AddrFrom4([4]byte{169, 254, 169, 254}), // metadata: AWS, GCP, Azure, OCI, OpenStack, DigitalOcean
-	netip.AddrFrom4([4]byte{169, 254, 170, 2}),   // AWS ECS task metadata and credentials
-	netip.MustParseAddr("fd00:ec2::254"),         // AWS metadata over IPv6
-	netip.AddrFrom4([4]byte{100, 100, 100, 200}), // Alibaba Cloud metadata
-	netip.AddrFrom4([4]byte{168, 63, 129, 16}),   // Azure WireServer
-	netip.AddrFrom4([4]byte{192, 0, 0, 192}),     // Oracle Cloud metadata (IMDS v1)
-}
-
 // Proxy is the userspace metering gateway.
 //
 // Lock order: saveMu, then mu, then a session's mu, then the event queue's.
 type Proxy struct {
-	cfg       Config
-	meter     gateway.MeterConfig
-	log       *slog.Logger
-	store     gateway.Store
-	ln        net.Listener
-	self      netip.AddrPort
-	refuseOwn bool // refuse this machine's own addresses (default policy)
-	dialer    net.Dialer
-	epoch     time.Time
-	dummy     [32]byte // compared against when the session is unknown
+	cfg    Config
+	meter  gateway.MeterConfig
+	log    *slog.Logger
+	store  gateway.Store
+	ln     net.Listener
+	self   netip.AddrPort
+	policy gateway.Policy
+	dialer net.Dialer
+	epoch  time.Time
+	dummy  [32]byte // compared against when the session is unknown
 
 	saveMu sync.Mutex
 
@@ -262,10 +184,7 @@ func New(cfg Config) (*Proxy, error) {
 	setDefault(&cfg.PersistAhead, DefaultPersistAhead)
 	setDefault(&cfg.Grace, DefaultGrace)
 	setDefault(&cfg.TopUpTime, gateway.DefaultTopUpTime)
-	refuseOwn := cfg.AllowDestination == nil
-	if refuseOwn {
-		cfg.AllowDestination = DefaultDestinations
-	}
+	policy := gateway.NewPolicy(cfg.AllowDestination, cfg.AllowNetworks)
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
@@ -273,7 +192,7 @@ func New(cfg Config) (*Proxy, error) {
 		return nil, fmt.Errorf("proxy: negative rate limit: %w", gateway.ErrInvalid)
 	}
 	p := &Proxy{
-		cfg: cfg, log: cfg.Log, store: cfg.Store, epoch: time.Now(), refuseOwn: refuseOwn,
+		cfg: cfg, log: cfg.Log, store: cfg.Store, epoch: time.Now(), policy: policy,
 		sessions: map[string]*session{}, conns: map[*pconn]struct{}{}, pending: list.New(), perAddr: map[netip.Addr]int{},
 		events: gateway.NewEventQueue(64), saveReq: make(chan struct{}, 1),
 		meter: gateway.MeterConfig{Persist: cfg.Store != nil, PersistAhead: cfg.PersistAhead, MaxLead: maxLeadFactor * cfg.PersistAhead,
@@ -545,28 +464,10 @@ func (p *Proxy) control(_ context.Context, network, address string, _ syscall.Ra
 	if err != nil {
 		return fmt.Errorf("%w: %v", errDestination, err)
 	}
-	if p.isSelf(ap) || p.refuseOwn && isOwn(ap.Addr()) {
+	if p.isSelf(ap) || !p.policy.Allowed(ap) {
 		return errDestination
 	}
-	if p.shared(ap) || p.cfg.AllowDestination(ap) {
-		return nil
-	}
-	return errDestination
-}
-
-// shared reports whether ap is in a network the host shares with its
-// guests (Config.AllowNetworks), and otherwise reachable.
-func (p *Proxy) shared(ap netip.AddrPort) bool {
-	a := embeddedIPv4(ap.Addr().WithZone(""))
-	if ap.Port() == 0 || !reachable(a) {
-		return false
-	}
-	for _, n := range p.cfg.AllowNetworks {
-		if n.Contains(a) {
-			return true
-		}
-	}
-	return false
+	return nil
 }
 
 // isSelf reports whether ap may reach the gateway's own listener.
@@ -575,27 +476,7 @@ func (p *Proxy) isSelf(ap netip.AddrPort) bool {
 		return false
 	}
 	a, self := ap.Addr().Unmap(), p.self.Addr().Unmap()
-	return a == self || a.IsLoopback() || a.IsUnspecified() || isOwn(a)
-}
-
-// isOwn reports whether a is an address of one of this machine's
-// interfaces, read now (a dump over netlink, some 15 µs: cheap beside the
-// dial, and never stale). When the interfaces cannot be read, every
-// address counts as own: the dial is refused.
-func isOwn(a netip.Addr) bool {
-	a = a.Unmap().WithZone("")
-	addrs, err := net.InterfaceAddrs()
-	if err != nil {
-		return true
-	}
-	for _, ia := range addrs {
-		if n, ok := ia.(*net.IPNet); ok {
-			if ip, ok := netip.AddrFromSlice(n.IP); ok && ip.Unmap() == a {
-				return true
-			}
-		}
-	}
-	return false
+	return a == self || a.IsLoopback() || a.IsUnspecified() || gateway.IsOwn(a)
 }
 
 // Run implements gateway.Gateway: it serves guests until ctx ends or Close

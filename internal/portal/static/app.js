@@ -90,11 +90,17 @@
     try { return new Intl.NumberFormat(undefined, { style: "currency", currency: cur, minimumFractionDigits: digits }).format(num(minor) / 10 ** digits); }
     catch (e) { return num(minor) + " " + cur; }
   }
-  function size(b) {
+  // size writes bytes in decimal units, in unit (one of UNITS) when
+  // given, so that the figures on one screen read alike; otherwise in the
+  // largest unit they reach.
+  const UNITS = [["GB", 1e9], ["MB", 1e6], ["kB", 1e3], ["B", 1]];
+  function size(b, unit) {
     b = num(b);
-    for (const [u, n] of [["GB", 1e9], ["MB", 1e6], ["kB", 1e3]]) if (b >= n) return (b / n).toFixed(b % n ? 1 : 0) + " " + u;
-    return b + " B";
+    const [u, n] = unit || UNITS.find(([, n]) => b >= n) || UNITS[3];
+    const v = b / n;
+    return (n === 1 ? String(Math.round(v)) : String(Number(v.toFixed(v < 10 ? 2 : 1)))) + " " + u;
   }
+  const unitFor = (b) => UNITS.find(([, n]) => num(b) >= n && n >= 1e3) || UNITS[2];
   const price = (t, bytes, topUp) => { const p = num(topUp ? t.topupPriceMinor : t.priceMinor), u = num(t.unitBytes); return Math.ceil(bytes * p / u); };
 
   // ---- state
@@ -115,20 +121,66 @@
     const sig = new Uint8Array(await crypto.subtle.sign({ name: "Ed25519" }, kp.privateKey, msg));
     const res = await call("AuthService", "SignIn", { publicKey: b64(pub), nonce: ch.nonce, signature: b64(sig), deviceName: "browser" });
     token = res.token; st.deviceId = res.deviceId; st.accountId = res.accountId;
-    $("device").textContent = res.deviceId.slice(0, 12) + "…";
+    $("device").textContent = res.deviceId;
   }
 
   async function balance() {
     const b = await call("PaymentService", "Balance", {});
     const cur = st.hotspot ? st.hotspot.tariff.currency : "";
     const m = (b.balances || []).find((x) => x.currency === cur);
-    $("wallet").textContent = $("wallet2").textContent = money(m ? m.amountMinor : 0, cur || "EUR");
+    st.wallet = num(m ? m.amountMinor : 0);
+    $("wallet").textContent = $("wallet2").textContent = money(st.wallet, cur || "EUR");
     // Cards, when the server takes them without a PaymentMethod made on
     // this device (this page loads nothing from Stripe, so it cannot make
-    // one): a test-mode server, which pays with Stripe's test card.
-    st.cards = (b.payMethods || []).includes("PAY_METHOD_CARD") && !!b.cardWithoutPaymentMethod;
+    // one): a test-mode server, which pays with Stripe's test card. A
+    // live server needs Stripe's own payment form (docs/payments), which
+    // this page does not load: it says so.
+    const takesCards = (b.payMethods || []).includes("PAY_METHOD_CARD");
+    st.cards = takesCards && !!b.cardWithoutPaymentMethod;
+    $("fund").hidden = !st.cards;
+    $("fund-cur").textContent = cur || "EUR";
+    $("no-cards").hidden = st.cards;
+    $("no-cards").textContent = takesCards
+      ? "This server takes cards only through Stripe's payment form, which this page does not load: use the Sharespot app, or give the operator your device ID (below) to fund your wallet."
+      : "This server takes no card payments. To add money to your wallet, give the operator your device ID (below, with a copy button).";
     cardChoice();
+    shortOfMoney();
   }
+  // shortOfMoney says, on the fee screen, when the wallet cannot pay it.
+  function shortOfMoney() {
+    const q = st.quote;
+    const short = !!q && st.wallet < num(q.amountMinor);
+    $("short").hidden = !short;
+    if (short) {
+      $("short").textContent = "Your wallet holds " + money(st.wallet, q.currency) + ", less than this fee. " +
+        (st.cards ? "Pay by card below, or cancel." : "Cancel, and have your wallet funded (your device ID is below).");
+    }
+  }
+
+  // Add money to the wallet by card (test mode: Stripe's test card): the
+  // same request ID until the platform says paid or failed, for at most
+  // two minutes.
+  async function fund(ev) {
+    ev.preventDefault(); clearError();
+    const cur = st.hotspot ? st.hotspot.tariff.currency : "EUR";
+    const digits = { JPY: 0, KRW: 0, KWD: 3, BHD: 3 }[cur] ?? 2;
+    const amount = Math.round(num($("fund-amount").value) * 10 ** digits);
+    const id = Array.from(crypto.getRandomValues(new Uint8Array(12)), (x) => x.toString(16).padStart(2, "0")).join(""); // request_id: letters and digits
+    $("fund-card").disabled = true;
+    $("fund-state").textContent = "Adding " + money(amount, cur) + " by card…";
+    try {
+      for (const start = Date.now(); ; ) {
+        const r = await call("PaymentService", "FundByCard", { requestId: id, amountMinor: String(amount), currency: cur });
+        if (r.status === "PAY_STATUS_PAID") { $("fund-state").textContent = "Added " + money(amount, cur) + "."; break; }
+        if (r.status === "PAY_STATUS_FAILED") throw new Error("The card payment did not go through: " + (r.failure || "no reason given"));
+        if (Date.now() - start > CARD_PATIENCE) throw new Error("The card platform has not confirmed the payment in two minutes; your wallet is credited when it does. Reload later to see it.");
+        await new Promise((ok) => setTimeout(ok, 1000));
+      }
+    } catch (e) { $("fund-state").textContent = ""; throw e; }
+    finally { $("fund-card").disabled = false; }
+    await balance();
+  }
+  const CARD_PATIENCE = 120000;
   // The "Pay by card" choice shows when the server takes cards and this
   // quote's card payment has not failed.
   function cardChoice() {
@@ -142,6 +194,8 @@
     if (!bssid) throw new Error("This page was opened without a hotspot. Join the host's Wi-Fi and open any http:// address to be sent here.");
     const res = await call("DiscoveryService", "Discover", { candidates: [{ bssid, ssid: b64(te.encode(ssid)) }] });
     const o = (res.available || [])[0];
+    const away = (res.offline || [])[0];
+    if (!o && away) throw new Error("This hotspot's host is offline" + (num(away.seenUnixMs) ? " (last there " + ago(num(away.seenUnixMs)) + ")" : "") + ": it cannot sell data now. Try again when it is back, or choose another hotspot.");
     if (!o) throw new Error("This hotspot is not selling data right now (not registered, withdrawn, or sold out).");
     st.hotspot = o;
     const t = o.tariff;
@@ -153,6 +207,13 @@
     $("amount").min = Math.ceil(num(t.minPurchaseBytes) / 1e6);
     $("amount").value = Math.max(num($("amount").value), num($("amount").min));
     preview();
+  }
+  // ago says how long ago a Unix time in ms was, in words.
+  function ago(ms) {
+    const s = Math.max(0, Math.round((Date.now() - ms) / 1000));
+    if (s < 90) return s + " s ago";
+    if (s < 90 * 60) return Math.round(s / 60) + " min ago";
+    return Math.round(s / 3600) + " h ago";
   }
   // record says how the host's counts compared with its guests'
   // acknowledgments in its settled verified sessions.
@@ -182,7 +243,8 @@
       usageMode: "USAGE_MODE_UNVERIFIED",
     });
     st.session = res.session; st.hostId = res.session.hostDeviceId; st.hpke = { key: kp.privateKey, pub };
-    await put("session", { id: st.session.id, hostId: st.hostId, hpke: st.hpke, admit: st.admit, bssid: params.get("bssid"), ssid: params.get("ssid") });
+    st.saved = { id: st.session.id, hostId: st.hostId, hpke: st.hpke, admit: st.admit, bssid: params.get("bssid"), ssid: params.get("ssid") };
+    await put("session", st.saved);
     say("Request sent; waiting for the host's fee…");
     show("wait");
     listen();
@@ -241,6 +303,7 @@
       $("pay-choices").hidden = false;
     }
     cardChoice();
+    shortOfMoney();
     show("pay");
     balance().catch(fail);
     // A card payment of this quote started before a reload: go on with it.
@@ -279,9 +342,21 @@
     $("card-wait").hidden = false;
     $("card-action").hidden = true;
     $("card-state").textContent = "Paying by card…";
+    $("card-retry").hidden = true;
+    const started = Date.now();
     try {
       await put("card", q.id); // a reload goes on with this payment, never starts a wallet one beside it
       for (let attempt = 0; ; attempt++) {
+        if (Date.now() - started > CARD_PATIENCE) {
+          // The platform said nothing for two minutes (a test server that
+          // sends no webhook, Stripe down): say so rather than wait for
+          // ever; the payment is asked about again on "Keep waiting" or
+          // a reload, and nothing is taken twice.
+          $("card-state").textContent = "The card platform has not confirmed this payment in two minutes.";
+          $("card-retry").hidden = false;
+          $("card-retry").focus();
+          return;
+        }
         let pr;
         try { pr = await call("PaymentService", "Pay", { quoteId: q.id, method: "PAY_METHOD_CARD" }); }
         catch (e) {
@@ -334,40 +409,73 @@
     }
   }
 
-  // C1.7–C1.8 / C1.15: open the sealed code here and present it to the
-  // host's gateway, which admits this device's address.
+  // C1.7–C1.8 / C1.15: open the sealed code here and set this device up
+  // with the host's gateway. The sealed grant is kept (beside the session's
+  // HPKE key, in IndexedDB), so a reload, a new tab or a restarted browser
+  // shows the same setup again.
   async function onGranted(g) {
-    const addr = (g.gateway && g.gateway.address) || st.admit;
-    st.granted = num(g.totalGrantedBytes);
+    st.granted = Math.max(num(g.totalGrantedBytes), st.granted || 0);
     if (!st.admitted && g.sealedCode) {
-      const sc = g.sealedCode;
-      const info = SharespotHPKE.binding(st.session.id, st.hostId, st.deviceId);
-      const code = await SharespotHPKE.open(st.hpke.key, st.hpke.pub, unb64(sc.enc), unb64(sc.ciphertext), info);
-      if (g.gateway && g.gateway.kind === "proxy") {
-        // The userspace gateway: the phone's browser uses it as its proxy
-        // (a PAC file from this server) with the session and code as the
-        // proxy's credentials, which only this page can show.
-        $("pac-url").textContent = location.origin + "/guest/proxy.pac?gw=" + encodeURIComponent(addr);
-        $("proxy-user").textContent = st.session.id;
-        $("proxy-pass").textContent = SharespotHPKE.formatCode(code);
-        $("proxy-setup").hidden = false;
-        st.admitted = true;
-        return onGranted(g);
-      }
-      // This page is HTTPS and the host's endpoint cleartext on the LAN, so
-      // the page cannot post to it (mixed content): it goes to the host's
-      // admission page with the code in the URL fragment (never sent over
-      // the network), which posts it and comes back here with #admitted.
-      const frag = new URLSearchParams({ session: st.session.id, code: SharespotHPKE.formatCode(code), back: location.href.split("#")[0] });
-      say("Presenting your code to the hotspot…");
-      location.assign("http://" + addr + "/admit#" + frag.toString());
-      return new Promise(() => {}); // the page is leaving; nothing is acknowledged
+      st.saved.grant = { gateway: g.gateway || null, sealedCode: g.sealedCode };
+      await put("session", st.saved);
+      const left = await showAccess(st.saved.grant);
+      if (left) return new Promise(() => {}); // the page is leaving; nothing is acknowledged
     }
     st.topUp = false;
     $("prompt").hidden = true;
     say("Online.");
     show("online");
     poll();
+  }
+
+  // showAccess opens the kept grant's code and shows how to get online with
+  // it; for the kernel gateway, not yet admitted, it leaves for the host's
+  // admission page (and reports true).
+  async function showAccess(grant) {
+    const gw = grant.gateway || {}, sc = grant.sealedCode;
+    const info = SharespotHPKE.binding(st.session.id, st.hostId, st.deviceId);
+    const code = await SharespotHPKE.open(st.hpke.key, st.hpke.pub, unb64(sc.enc), unb64(sc.ciphertext), info);
+    const addr = gw.address || st.admit;
+    st.admitted = true;
+    if (gw.kind === "proxy") {
+      // The userspace gateway: the phone's browser uses it as its proxy
+      // (a PAC file from this server) with the session and code as the
+      // proxy's credentials, which only this page can show.
+      $("pac-url").textContent = location.origin + "/guest/proxy.pac?gw=" + encodeURIComponent(addr);
+      $("proxy-user").textContent = st.session.id;
+      $("proxy-pass").textContent = SharespotHPKE.formatCode(code);
+      $("proxy-setup").hidden = false;
+      return false;
+    }
+    if (gw.kind === "wireguard") {
+      const conf = wireguardConf(code, gw);
+      // Whole pixels per module (a scaled code blurs its edges), as
+      // large as fits a 320 px wide screen.
+      const m = SharespotQR.encode(conf);
+      $("wg-qr").innerHTML = SharespotQR.svg(m, Math.max(2, Math.floor(296 / (m.length + 8))));
+      $("wg-conf").textContent = conf;
+      const a = $("wg-download");
+      if (a.href.startsWith("blob:")) URL.revokeObjectURL(a.href);
+      a.href = URL.createObjectURL(new Blob([conf], { type: "application/octet-stream" }));
+      $("wg-setup").hidden = false;
+      return false;
+    }
+    if (st.saved.admitted) return false; // the kernel gateway keeps this address bound
+    // This page is HTTPS and the host's endpoint cleartext on the LAN, so
+    // the page cannot post to it (mixed content): it goes to the host's
+    // admission page with the code in the URL fragment (never sent over
+    // the network), which posts it and comes back here with #admitted.
+    const frag = new URLSearchParams({ session: st.session.id, code: SharespotHPKE.formatCode(code), back: location.href.split("#")[0] });
+    say("Presenting your code to the hotspot…");
+    location.assign("http://" + addr + "/admit#" + frag.toString());
+    return true;
+  }
+
+  // wireguardConf is the WireGuard app's configuration for the session: the
+  // access code is its private key (as internal/tunnel writes it).
+  function wireguardConf(code, gw) {
+    return "[Interface]\nPrivateKey = " + b64(code) + "\nAddress = " + gw.tunnelAddress + "/32\nDNS = " + gw.tunnelGateway + "\nMTU = 1420\n\n" +
+      "[Peer]\nPublicKey = " + gw.wireguardPublicKey + "\nEndpoint = " + gw.address + "\nAllowedIPs = 0.0.0.0/0, ::/0\nPersistentKeepalive = 25\n";
   }
 
   // Used and remaining, live: the session as the server has it.
@@ -377,21 +485,32 @@
     while (st.session && !st.ended) {
       try {
         const res = await call("SessionService", "Get", { sessionId: st.session.id });
+        if (st.ended) break; // the inbox said it ended meanwhile: its word stands
         const s = res.session;
-        const used = num(s.usedBytes), granted = num(s.grantedBytes);
-        $("used").textContent = size(used);
-        $("remaining").textContent = size(Math.max(granted - used, 0));
-        $("meter").max = granted || 1; $("meter").value = used;
+        usage(num(s.usedBytes), num(s.grantedBytes));
         if (s.state === "SESSION_STATE_ENDED") { onEnded(s); break; }
+        if (s.state === "SESSION_STATE_ENDING") show("ending");
       } catch (e) { /* the next round tries again */ }
       await new Promise((r) => setTimeout(r, 1000));
     }
     st.polling = false;
   }
 
+  // usage shows used and remaining, never going back (the server's view
+  // lags the gateway's prompt), all in one unit.
+  function usage(used, granted) {
+    st.used = Math.max(st.used || 0, used);
+    st.granted = Math.max(st.granted || 0, granted);
+    const unit = unitFor(st.granted);
+    $("used").textContent = size(st.used, unit);
+    $("remaining").textContent = size(Math.max(st.granted - st.used, 0), unit);
+    $("meter").max = st.granted || 1; $("meter").value = st.used;
+  }
+
   // C1.9–C1.10: the low-quota prompt; C1.11: ask for more.
   function onPrompt(p) {
-    $("prompt-left").textContent = size(p.remainingBytes);
+    usage(num(p.usedBytes), num(p.grantedBytes));
+    $("prompt-left").textContent = size(Math.max(st.granted - st.used, 0), unitFor(st.granted));
     $("prompt").hidden = false;
     $("topup-amount").focus();
   }
@@ -403,13 +522,22 @@
     $("prompt").hidden = true;
   }
 
+  // end ends the session, at any step: before the grant it settles at
+  // once (nothing can have flowed), after it the host's final count
+  // settles it.
   async function end() {
     clearError();
     if (!st.session) return;
-    $("end").disabled = true;
-    say("Ending; waiting for the host's final count…");
-    try { await call("SessionService", "End", { sessionId: st.session.id, reason: "guest ended" }); }
-    catch (e) { if (e.code !== "failed_precondition") throw e; }
+    for (const id of ["end", "wait-cancel", "pay-cancel"]) $(id).disabled = true;
+    say("Ending…");
+    let s = null;
+    try { s = (await call("SessionService", "End", { sessionId: st.session.id, reason: "guest ended" })).session; }
+    catch (e) { if (e.code !== "failed_precondition") { for (const id of ["end", "wait-cancel", "pay-cancel"]) $(id).disabled = false; throw e; } }
+    if (s && s.state === "SESSION_STATE_ENDED") return onEnded(s);
+    if (st.ended) return; // the inbox said it ended while End was answered
+    say("Waiting for the host's final count…");
+    show("ending");
+    poll();
   }
   function onEnded(s) {
     if (st.ended) return;
@@ -425,25 +553,32 @@
     show("ended");
   }
 
-  // Resume a session this browser started (after a reload or the portal's redirect).
+  // Resume a session this browser started (after a reload, a new tab, a
+  // browser restart or the portal's redirect): it shows the session's real
+  // state, and always a way to end it.
   async function resume() {
     const saved = await get("session");
     if (!saved) return false;
     let s;
     try { s = (await call("SessionService", "Get", { sessionId: saved.id })).session; } catch (e) { await del("session"); return false; }
     if (s.state === "SESSION_STATE_ENDED") { await del("session"); return false; }
-    st.session = s; st.hostId = saved.hostId; st.hpke = saved.hpke; st.admit = saved.admit || st.admit;
+    st.session = s; st.saved = saved; st.hostId = saved.hostId; st.hpke = saved.hpke; st.admit = saved.admit || st.admit;
     if (location.hash === "#admitted") {
       saved.admitted = true;
       await put("session", saved);
       history.replaceState(null, "", location.pathname + location.search);
     }
-    st.admitted = !!saved.admitted;
     listen();
-    if (st.admitted && (s.state === "SESSION_STATE_ACTIVE" || s.state === "SESSION_STATE_ENDING")) {
-      // Admitted: the gateway keeps this address bound.
-      say("Online (resumed).");
-      show("online");
+    if (s.state === "SESSION_STATE_ACTIVE" || s.state === "SESSION_STATE_ENDING") {
+      if (saved.grant) {
+        if (await showAccess(saved.grant)) return true; // to the host's admission page
+      } else {
+        $("no-access").hidden = false;
+        st.admitted = true;
+      }
+      usage(num(s.usedBytes), num(s.grantedBytes));
+      say(s.state === "SESSION_STATE_ENDING" ? "Ending (resumed)." : "Online (resumed).");
+      show(s.state === "SESSION_STATE_ENDING" ? "ending" : "online");
       poll();
     } else {
       say("Resuming your session…");
@@ -461,6 +596,16 @@
     return true;
   }
 
+  async function copyDevice() {
+    const id = $("device").textContent;
+    try { await navigator.clipboard.writeText(id); $("copied").textContent = "Copied."; }
+    catch (e) {
+      // No clipboard (an insecure context, a refusal): select it to copy by hand.
+      getSelection().selectAllChildren($("device"));
+      $("copied").textContent = "Selected: copy it with your browser's Copy.";
+    }
+  }
+
   const guard = (fn) => (ev) => Promise.resolve(fn(ev)).catch(fail);
   async function main() {
     $("noscript-hint").hidden = true;
@@ -472,7 +617,10 @@
     $("pay-wallet").addEventListener("click", guard(pay));
     $("pay-card-btn").addEventListener("click", guard(payByCard));
     $("topup-form").addEventListener("submit", guard(topUp));
-    $("end").addEventListener("click", guard(end));
+    $("fund-form").addEventListener("submit", guard(fund));
+    $("card-retry").addEventListener("click", guard(payByCard));
+    for (const id of ["end", "wait-cancel", "pay-cancel"]) $(id).addEventListener("click", guard(end));
+    $("copy-device").addEventListener("click", guard(copyDevice));
     $("again").addEventListener("click", () => location.reload());
     say("Signing in…");
     await signIn();
