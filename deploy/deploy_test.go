@@ -1,13 +1,17 @@
 // Package deploy holds the deployment files (deploy/…) and the tests that
 // check them against the real thing: the alert rules and the dashboard
 // parse with Prometheus's own parsers and name only metrics a real server
-// or host exports; the systemd units pass systemd-analyze verify.
+// or host exports, no dashboard panel mixes units, promtool passes the
+// rules, their unit tests and a real scrape; the systemd units pass
+// systemd-analyze verify.
 package deploy
 
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +19,7 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"time"
 
 	"connectrpc.com/connect"
 	"github.com/prometheus/client_golang/prometheus"
@@ -23,20 +28,57 @@ import (
 	"github.com/prometheus/prometheus/promql/parser"
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
+	"github.com/sharespot/sharespot/internal/guest"
 	"github.com/sharespot/sharespot/internal/harness"
 	"github.com/sharespot/sharespot/internal/metrics"
+	"github.com/sharespot/sharespot/internal/seal"
 	"github.com/sharespot/sharespot/internal/server"
 )
 
-// exported returns the metric families a real server (with a bus
-// configured, after one call) and a host's gateway export.
-func exported(t *testing.T) map[string]bool {
+// flowServer starts a real server (with a bus configured: unreachable,
+// so its gauge is there) and runs one paid flow through it, so that every
+// business figure has a series (money by currency), and waits for its
+// first audit.
+func flowServer(t *testing.T) *harness.Env {
 	t.Helper()
-	env := harness.Start(t, func(c *server.Config) { c.Bus = "nats://127.0.0.1:1" }) // unreachable: the gauge is there
-	c := env.Device(t, "probe")
-	if _, err := c.Payments.PlatformKeys(context.Background(), connect.NewRequest(&sharespotv1.PlatformKeysRequest{})); err != nil {
+	ctx := context.Background()
+	env := harness.Start(t, func(c *server.Config) { c.Bus = "nats://127.0.0.1:1" })
+	host, gc := env.Device(t, "host"), env.Device(t, "guest")
+	env.Fund(t, gc, "EUR", 1000)
+	res, err := host.Hotspots.Register(ctx, connect.NewRequest(&sharespotv1.RegisterRequest{Instruction: harness.BenchInstruction(1)}))
+	if err != nil {
 		t.Fatal(err)
 	}
+	if err := harness.PaidFlow(ctx, host, res.Msg.Hotspot, &guest.Guest{C: gc, Suites: []seal.Suite{seal.Preset}}); err != nil {
+		t.Fatal(err)
+	}
+	for end := time.Now().Add(30 * time.Second); !gathers(t, env.Srv.Registry(), "sharespot_audit_consistent"); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatal("the server's first audit did not complete within 30 s")
+		}
+	}
+	return env
+}
+
+func gathers(t *testing.T, g prometheus.Gatherer, name string) bool {
+	t.Helper()
+	fams, err := g.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range fams {
+		if f.GetName() == name {
+			return true
+		}
+	}
+	return false
+}
+
+// exported returns the metric families a real server (after a paid flow)
+// and a host's gateway export.
+func exported(t *testing.T) map[string]bool {
+	t.Helper()
+	env := flowServer(t)
 	names := map[string]bool{}
 	add := func(g prometheus.Gatherer) {
 		fams, err := g.Gather()
@@ -118,8 +160,14 @@ func TestGrafanaDashboard(t *testing.T) {
 	var d struct {
 		UID    string `json:"uid"`
 		Panels []struct {
-			Title   string `json:"title"`
-			Type    string `json:"type"`
+			Title       string `json:"title"`
+			Type        string `json:"type"`
+			FieldConfig struct {
+				Defaults struct {
+					Unit string `json:"unit"`
+				} `json:"defaults"`
+				Overrides []json.RawMessage `json:"overrides"`
+			} `json:"fieldConfig"`
 			Targets []struct {
 				Expr string `json:"expr"`
 			} `json:"targets"`
@@ -139,12 +187,28 @@ func TestGrafanaDashboard(t *testing.T) {
 		if len(panel.Targets) == 0 {
 			t.Errorf("panel %q has no query", panel.Title)
 		}
+		var units []string
 		for _, tg := range panel.Targets {
 			names := selectors(t, p, vars.Replace(tg.Expr))
 			checkNames(t, "panel "+panel.Title, names, have)
 			for _, n := range names {
 				used[suffix.ReplaceAllString(n, "")] = true
 			}
+			e, err := p.ParseExpr(vars.Replace(tg.Expr))
+			if err != nil {
+				t.Fatal(err)
+			}
+			u, err := unitOf(e)
+			if err != nil {
+				t.Errorf("panel %q: %q: %v", panel.Title, tg.Expr, err)
+			}
+			units = append(units, u)
+		}
+		if err := checkUnits(panel.FieldConfig.Defaults.Unit, units); err != nil {
+			t.Errorf("panel %q: %v", panel.Title, err)
+		}
+		if len(panel.FieldConfig.Overrides) > 0 {
+			t.Errorf("panel %q: field overrides (a second unit on the panel?): keep one unit to a panel", panel.Title)
 		}
 	}
 	// Every metric of ours is on the dashboard somewhere.
@@ -164,12 +228,7 @@ func TestGrafanaDashboard(t *testing.T) {
 // binary at its installed path replaced by a freshly built one); any
 // warning fails, since verify exits 0 on unknown keys and bad values.
 func TestSystemdUnits(t *testing.T) {
-	if _, err := exec.LookPath("systemd-analyze"); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("systemd-analyze is required in CI")
-		}
-		t.Skip("no systemd-analyze")
-	}
+	requireTool(t, "systemd-analyze")
 	dir := t.TempDir()
 	bin, err := harness.BuildBinary(dir)
 	if err != nil {
@@ -205,5 +264,45 @@ func TestSystemdUnits(t *testing.T) {
 				t.Fatalf("systemd-analyze verify %s: %v\n%s", u, err, out)
 			}
 		})
+	}
+}
+
+// TestPromtool runs Prometheus's own checks: the alert rules (`promtool
+// check rules`), their unit tests (`promtool test rules`: each business
+// alert fires on a series that should trigger it) and a real server's
+// scrape after a paid flow (`promtool check metrics`: promlint's
+// conventions of names, units and help).
+func TestPromtool(t *testing.T) {
+	promtool, err := exec.LookPath("promtool")
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("promtool is required in CI (apt-get install prometheus)")
+		}
+		t.Skip("no promtool (apt-get install prometheus)")
+	}
+	for _, args := range [][]string{{"check", "rules", "prometheus/alerts.yml"}, {"test", "rules", "prometheus/alerts_test.yml"}} {
+		if out, err := exec.Command(promtool, args...).CombinedOutput(); err != nil {
+			t.Errorf("promtool %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	env := flowServer(t)
+	res, err := http.Get(env.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	scrape, err := io.ReadAll(res.Body)
+	if err != nil || res.StatusCode != http.StatusOK {
+		t.Fatalf("/metrics: %s, %v", res.Status, err)
+	}
+	for _, name := range []string{"sharespot_charged_minor_units_total", "sharespot_audit_consistent", "sharespot_sessions"} {
+		if !strings.Contains(string(scrape), "\n"+name) {
+			t.Errorf("the scrape has no %s", name)
+		}
+	}
+	cmd := exec.Command(promtool, "check", "metrics")
+	cmd.Stdin = strings.NewReader(string(scrape))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Errorf("promtool check metrics: %v\n%s", err, out)
 	}
 }

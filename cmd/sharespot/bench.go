@@ -23,6 +23,7 @@ import (
 	"github.com/sharespot/sharespot/internal/gateway"
 	gwproxy "github.com/sharespot/sharespot/internal/gateway/proxy"
 	"github.com/sharespot/sharespot/internal/loadgen"
+	"github.com/sharespot/sharespot/internal/protocol"
 	"github.com/sharespot/sharespot/internal/seal"
 	"github.com/sharespot/sharespot/internal/server"
 	"github.com/sharespot/sharespot/internal/session"
@@ -40,17 +41,20 @@ type BenchCmd struct {
 // benchTarget is where a bench runs: a running server, a server process
 // it starts itself, or (for profiles) a server inside the bench.
 type benchTarget struct {
-	Server    string `default:"http://127.0.0.1:8474" env:"SHARESPOT_SERVER" help:"Server URL (ignored with --spawn)."`
-	Spawn     bool   `help:"Start a server process of its own on a temporary database (rate limits off, short deadlines), and stop it after."`
-	InProcess bool   `name:"in-process" help:"Run the server inside the bench (for --cpuprofile/--memprofile: its goroutines carry the pprof label side=server)."`
-	Bin       string `help:"The sharespot binary --spawn starts (default: this one)." placeholder:"PATH"`
-	Data      string `help:"The server's data directory, to fund guest wallets on its database as 'wallet fund' does (a running server, or where --spawn keeps its database; default: a temporary directory)." placeholder:"DIR"`
-	DB        string `name:"db" help:"The server's PostgreSQL database (postgres:// URL), to fund wallets on it, or for --spawn to run on." placeholder:"URL"`
-	PID       int    `name:"pid" help:"The running server's process ID, to read its memory (set by --spawn)."`
-	JSON      bool   `name:"json" help:"Print the report as JSON."`
-	LogLevel  string `default:"warn" enum:"debug,info,warn,error" help:"Log level of a spawned or in-process server and of the bench."`
-	TLS       bool   `name:"tls" help:"With --spawn or --in-process: serve TLS with a throwaway self-signed certificate for 127.0.0.1 (written to the data directory) that the bench's clients, and only they, trust. Without it that server speaks cleartext HTTP/2 (h2c)."`
-	CAFile    string `name:"ca-file" type:"existingfile" help:"PEM certificates to trust, beside the system's roots, for a running server's https:// --server URL (its private CA)." placeholder:"FILE"`
+	Server           string        `default:"http://127.0.0.1:8474" env:"SHARESPOT_SERVER" help:"Server URL (ignored with --spawn)."`
+	Spawn            bool          `help:"Start a server process of its own on a temporary database (rate limits off, short deadlines), and stop it after."`
+	InProcess        bool          `name:"in-process" help:"Run the server inside the bench (for --cpuprofile/--memprofile: its goroutines carry the pprof label side=server)."`
+	Bin              string        `help:"The sharespot binary --spawn starts (default: this one)." placeholder:"PATH"`
+	Data             string        `help:"The server's data directory, to fund guest wallets on its database as 'wallet fund' does (a running server, or where --spawn keeps its database; default: a temporary directory)." placeholder:"DIR"`
+	DB               string        `name:"db" help:"The server's PostgreSQL database (postgres:// URL), to fund wallets on it, or for --spawn to run on." placeholder:"URL"`
+	PID              int           `name:"pid" help:"The running server's process ID, to read its memory (set by --spawn)."`
+	JSON             bool          `name:"json" help:"Print the report as JSON."`
+	LogLevel         string        `default:"warn" enum:"debug,info,warn,error" help:"Log level of a spawned or in-process server and of the bench."`
+	TLS              bool          `name:"tls" help:"With --spawn or --in-process: serve TLS with a throwaway self-signed certificate for 127.0.0.1 (written to the data directory) that the bench's clients, and only they, trust. Without it that server speaks cleartext HTTP/2 (h2c)."`
+	CAFile           string        `name:"ca-file" type:"existingfile" help:"PEM certificates to trust, beside the system's roots, for a running server's https:// --server URL (its private CA)." placeholder:"FILE"`
+	ServerCPUProfile string        `name:"server-cpuprofile" help:"With --spawn: the spawned server writes a CPU profile of its whole run (the server alone) to FILE when it stops." placeholder:"FILE"`
+	Yardstick        time.Duration `default:"2s" help:"Before the run, measure this machine for this long without Sharespot (SQLite rows/s in transactions of 100, single-row commits/s, in the data directory) and report it beside the figures; 0 skips it."`
+	Deployment       bool          `name:"deployment" help:"The server is a real deployment (required for a server the bench did not start): the bench's hosts and guests trade in the test currency XTS (ISO 4217's code for tests), so no real account's money moves, and after the run their hotspots are withdrawn and their wallets emptied."`
 
 	// limits: a spawned server keeps its default rate limits (the abuse
 	// bench); otherwise they are turned off.
@@ -70,6 +74,30 @@ type running struct {
 	// "TLS 1.3"), for the report.
 	tls       *tls.Config
 	transport string
+	// currency is what the bench's tariffs and wallets are in: XTS on a
+	// deployment. cleanUp: withdraw the hotspots and empty the wallets
+	// after the run.
+	currency string
+	cleanUp  bool
+}
+
+// benchCurrency is the bench tenant's currency on a deployment: XTS, the
+// ISO 4217 code reserved for tests, so no real account's balance moves.
+const benchCurrency = "XTS"
+
+// finish cleans up after a run on a deployment: the fleet's hotspots are
+// withdrawn and its wallets emptied back to the funding account, and it
+// says so on w. Fees the platform took in XTS stay in its XTS fee account.
+func (r *running) finish(ctx context.Context, w io.Writer, fleet *loadgen.Fleet) error {
+	if !r.cleanUp {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+	defer cancel()
+	n, werr := fleet.Withdraw(ctx)
+	sum, derr := loadgen.DBDefunder(r.data, r.db)(ctx, fleet.Accounts(), r.currency, "bench:"+protocol.NewID("run"))
+	fmt.Fprintf(w, "bench: cleaned up: %d hotspots withdrawn, %s emptied from %d wallets of the bench tenant\n", n, client.FormatMoney(sum, r.currency), len(fleet.Accounts()))
+	return errors.Join(werr, derr)
 }
 
 // start finds or starts the server and finds out the transport its
@@ -86,6 +114,9 @@ func (t *benchTarget) start(ctx context.Context, env *runEnv, extraEnv []string,
 	if t.CAFile != "" && own {
 		return nil, errors.New("--ca-file is for a running server's https:// --server URL; a server the bench starts serves TLS with --tls, with a certificate the bench trusts by itself")
 	}
+	if t.ServerCPUProfile != "" && !t.Spawn {
+		return nil, errors.New("--server-cpuprofile profiles a server the bench spawns: add --spawn (or profile the whole bench with --in-process --cpuprofile)")
+	}
 	r, err := t.launch(ctx, env, extraEnv, gc)
 	if err != nil {
 		return nil, err
@@ -100,8 +131,15 @@ func (t *benchTarget) start(ctx context.Context, env *runEnv, extraEnv []string,
 
 // launch finds or starts the server.
 func (t *benchTarget) launch(ctx context.Context, env *runEnv, extraEnv []string, gc *loadgen.GCTrace) (*running, error) {
-	r := &running{url: t.Server, pid: t.PID, data: t.Data, db: t.DB, gc: gc, stop: func() error { return nil }}
+	r := &running{url: t.Server, pid: t.PID, data: t.Data, db: t.DB, gc: gc, stop: func() error { return nil }, currency: "EUR"}
+	if t.Deployment && (t.Spawn || t.InProcess) {
+		return nil, errors.New("--deployment is for a running server; a server the bench starts is its own")
+	}
 	if !t.Spawn && !t.InProcess {
+		if !t.Deployment {
+			return nil, fmt.Errorf("%s is not a server the bench started: a bench signs in devices, registers hotspots and moves money there. Add --deployment to run it as the bench tenant (test currency XTS, hotspots withdrawn and wallets emptied after), or use --spawn", t.Server)
+		}
+		r.currency, r.cleanUp = benchCurrency, true
 		if t.Data == "" && t.DB == "" {
 			return nil, errors.New("the bench funds its guests' wallets on the server's database: give --data DIR (or --db URL) of the running server, or use --spawn")
 		}
@@ -158,6 +196,9 @@ func (t *benchTarget) launch(ctx context.Context, env *runEnv, extraEnv []string
 			"--log-level", t.LogLevel}}
 	if t.limits {
 		sp.Flags = []string{"--log-level", t.LogLevel} // the server's own defaults: what is being measured
+	}
+	if t.ServerCPUProfile != "" {
+		sp.Flags = append(sp.Flags, "--cpuprofile", t.ServerCPUProfile)
 	}
 	proc, err := sp.Start(ctx)
 	if err != nil {
@@ -251,27 +292,33 @@ func (c *BenchFlowCmd) Run(env *runEnv) error {
 	log := newLogger(env.stderr, c.LogLevel, false)
 	t0 := time.Now()
 	fleet, err := loadgen.NewFleet(ctx, loadgen.FleetConfig{URL: r.url, Hosts: c.Hosts, Guests: c.Guests, Fund: loadgen.DBFunder(r.data, r.db),
-		FundMinor: 1 << 40, WarnAtBytes: fc.RequestBytes / 2, TLS: r.tls, Log: log})
+		FundMinor: 1 << 40, WarnAtBytes: fc.RequestBytes / 2, TLS: r.tls, Log: log, Currency: r.currency})
 	if err != nil {
 		return fmt.Errorf("set up hosts and guests: %w", err)
 	}
 	defer fleet.Close()
 	fmt.Fprintf(env.stderr, "bench: %d hosts and %d guests signed in, funded and listening in %v\n", c.Hosts, c.Guests, time.Since(t0).Round(time.Millisecond))
-	if c.CPUProfile != "" {
-		f, err := os.Create(c.CPUProfile)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
-		}
-		defer pprof.StopCPUProfile()
+	yard, err := c.yardstick(ctx, env, r)
+	if err != nil {
+		return err
 	}
-	rep := fleet.RunLoad(ctx, loadgen.LoadConfig{Rate: c.Rate, Duration: c.Duration, MaxInFlight: c.MaxInFlight, Drain: c.Drain, Flow: fc, Seed: c.Seed})
-	rep.Transport = r.transport
+	stopProfile := func() {}
 	if c.CPUProfile != "" {
-		pprof.StopCPUProfile()
+		if stopProfile, err = startCPUProfile(c.CPUProfile); err != nil {
+			return err
+		}
+	}
+	rep, err := fleet.RunLoad(ctx, loadgen.LoadConfig{Rate: c.Rate, Duration: c.Duration, MaxInFlight: c.MaxInFlight, Drain: c.Drain, Flow: fc, Seed: c.Seed, ServerPID: r.pid})
+	stopProfile()
+	if rep == nil {
+		return err
+	}
+	if err != nil {
+		fmt.Fprintln(env.stderr, "bench:", err)
+	}
+	rep.Transport, rep.Yardstick = r.transport, yard
+	if err := r.finish(ctx, env.stderr, fleet); err != nil {
+		fmt.Fprintln(env.stderr, "bench: cleaning up:", err)
 	}
 	if c.MemProfile != "" {
 		if err := writeHeapProfile(c.MemProfile); err != nil {
@@ -285,6 +332,19 @@ func (c *BenchFlowCmd) Run(env *runEnv) error {
 	return nil
 }
 
+// startCPUProfile profiles this process's CPU into path until stop.
+func startCPUProfile(path string) (stop func(), err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
+}
+
 func writeHeapProfile(path string) error {
 	f, err := os.Create(path)
 	if err != nil {
@@ -292,6 +352,25 @@ func writeHeapProfile(path string) error {
 	}
 	defer f.Close()
 	return pprof.Lookup("heap").WriteTo(f, 0)
+}
+
+// yardstick measures the machine beside the run (nil when skipped), in
+// the server's data directory when the bench knows it.
+func (t *benchTarget) yardstick(ctx context.Context, env *runEnv, r *running) (*loadgen.Yardstick, error) {
+	if t.Yardstick <= 0 {
+		return nil, nil
+	}
+	dir := r.data
+	if dir == "" || r.cleanUp {
+		dir = os.TempDir() // a deployment's data directory is not the bench's to write in
+	}
+	y, err := loadgen.MeasureYardstick(ctx, dir, t.Yardstick)
+	if err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(env.stderr, "bench: ")
+	y.WriteTable(env.stderr)
+	return &y, nil
 }
 
 // BenchRelayCmd is `sharespot bench relay`.
@@ -315,16 +394,23 @@ func (c *BenchRelayCmd) Run(env *runEnv) error {
 	}
 	defer r.stop()
 	fleet, err := loadgen.NewFleet(ctx, loadgen.FleetConfig{URL: r.url, Hosts: c.Hosts, Guests: c.Sessions, Fund: loadgen.DBFunder(r.data, r.db),
-		FundMinor: 1 << 40, WarnAtBytes: 1 << 49, TLS: r.tls, Log: newLogger(env.stderr, c.LogLevel, false)})
+		FundMinor: 1 << 40, WarnAtBytes: 1 << 49, TLS: r.tls, Log: newLogger(env.stderr, c.LogLevel, false), Currency: r.currency})
 	if err != nil {
 		return fmt.Errorf("set up hosts and guests: %w", err)
 	}
 	defer fleet.Close()
-	rep, err := fleet.RunRelay(ctx, loadgen.RelayConfig{Rate: c.Rate, Duration: c.Duration, Sessions: c.Sessions})
+	yard, err := c.yardstick(ctx, env, r)
+	if err != nil {
+		return err
+	}
+	rep, err := fleet.RunRelay(ctx, loadgen.RelayConfig{Rate: c.Rate, Duration: c.Duration, Sessions: c.Sessions, ServerPID: r.pid})
+	if ferr := r.finish(ctx, env.stderr, fleet); ferr != nil {
+		fmt.Fprintln(env.stderr, "bench: cleaning up:", ferr)
+	}
 	if rep == nil {
 		return err
 	}
-	rep.Transport = r.transport
+	rep.Transport, rep.Yardstick = r.transport, yard
 	if err != nil {
 		fmt.Fprintln(env.stderr, "bench:", err)
 	}
@@ -437,6 +523,9 @@ func (c *BenchAbuseCmd) Run(env *runEnv) error {
 	if c.Rate <= 0 || c.Duration <= 0 || c.Hosts <= 0 || c.Guests <= 0 || c.SlowConns < 0 || c.PayingGuests < 0 {
 		return errors.New("--rate, --duration, --hosts and --guests must be positive")
 	}
+	if c.Deployment {
+		return errors.New("bench abuse attacks the server it measures: it runs only on a server it starts (--spawn), never on a deployment")
+	}
 	if c.TLS {
 		return errors.New("bench abuse attacks the server in cleartext (its slow connections are raw HTTP/1.1): run it without --tls")
 	}
@@ -462,7 +551,7 @@ func (c *BenchAbuseCmd) Run(env *runEnv) error {
 		return err
 	}
 	defer stopGW()
-	load := loadgen.LoadConfig{Rate: c.Rate, Duration: c.Duration, Drain: 30 * time.Second, Flow: fc, Seed: 1}
+	load := loadgen.LoadConfig{Rate: c.Rate, Duration: c.Duration, Drain: 30 * time.Second, Flow: fc, Seed: 1, ServerPID: r.pid}
 	out := &abuseReport{Transport: r.transport}
 	phase := func(name string, attack bool) {
 		fmt.Fprintf(env.stderr, "bench: %s for %v\n", name, c.Duration)
@@ -478,7 +567,10 @@ func (c *BenchAbuseCmd) Run(env *runEnv) error {
 					Compressed: c.Compressed, Gateway: gw, HandshakeRate: c.Handshakes, Sources: c.Sources, Duration: c.Duration})
 			}()
 		}
-		rep := fleet.RunLoad(ctx, load)
+		rep, err := fleet.RunLoad(ctx, load)
+		if err != nil {
+			fmt.Fprintln(env.stderr, "bench:", err)
+		}
 		wg.Wait()
 		if attack {
 			out.Attacked, out.GatewayUnder = rep, gwRep

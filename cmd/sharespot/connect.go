@@ -17,6 +17,7 @@ import (
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/client"
+	"github.com/sharespot/sharespot/internal/exitcode"
 	"github.com/sharespot/sharespot/internal/forward"
 	"github.com/sharespot/sharespot/internal/gateway/nft"
 	"github.com/sharespot/sharespot/internal/gateway/wg"
@@ -41,7 +42,8 @@ type ConnectCmd struct {
 	MaxSpend      string        `name:"max-spend" help:"The most this session may cost in all, in the tariff's currency (e.g. 5 or 5.50): a top-up that would pass it is not bought, and the session ends once what is paid is used. Default: five times the first purchase." placeholder:"AMOUNT"`
 	Pay           string        `default:"wallet" enum:"wallet,card" help:"How to pay: wallet, or card (Stripe: the fee is held on the card and only what is used is charged)."`
 	PaymentMethod string        `name:"payment-method" help:"With --pay card: the Stripe PaymentMethod (pm_...) to charge; on a server in Stripe test mode the test card is used when empty." placeholder:"ID"`
-	Forward       string        `default:"127.0.0.1:1081" help:"Where the local forwarder listens (SOCKS5 and HTTP CONNECT, no credentials) with the userspace gateway. The session is verified: this device counts what it receives and sends, and signs it to the host's gateway as it goes, so the host can bill no more than that plus the credit window (with the kernel gateway, this device counts its interface). \"off\": no forwarder, and an unverified session, billed on the host's count (at most what was bought)." placeholder:"ADDR"`
+	JSON          bool          `name:"json" help:"Write the session's events to stdout as JSON lines (granted, online, low, topped_up, exhausted, ended; fields in the README), and everything else, questions too, to stderr."`
+	Forward       string        `default:"127.0.0.1:1081" help:"Where the local forwarder listens (SOCKS5, HTTP CONNECT and plain-HTTP proxy requests, no credentials) with the userspace gateway. The session is verified: this device counts what it receives and sends, and signs it to the host's gateway as it goes, so the host can bill no more than that plus the credit window (with the kernel gateway, this device counts its interface). \"off\": no forwarder, and an unverified session, billed on the host's count (at most what was bought)." placeholder:"ADDR"`
 }
 
 // asker asks a person yes-or-no questions on a terminal. A question ends
@@ -49,11 +51,34 @@ type ConnectCmd struct {
 type asker struct {
 	in  *bufio.Reader
 	out io.Writer
-	// lines carries the line a reader goroutine read; reading is true
-	// while one is reading. A read that a cancelled question left
-	// behind answers the next question, so no line is read twice or lost.
+	// lines carries the line a reader goroutine read, with its newline
+	// (without one at the end of input); reading is true while one is
+	// reading. A read that a cancelled question left behind answers the
+	// next question, so no line is read twice or lost.
 	lines   chan string
 	reading bool
+	// closed: the input ended; nobody answers.
+	closed bool
+}
+
+// line is the next line on the input, read in the background: the caller
+// receives from it (and then calls took) or asks a question, which takes
+// the line read meanwhile.
+func (a *asker) line() <-chan string {
+	if !a.reading {
+		a.reading = true
+		go func() {
+			line, _ := a.in.ReadString('\n')
+			a.lines <- line
+		}()
+	}
+	return a.lines
+}
+
+// took says line, from line(), was received.
+func (a *asker) took(line string) {
+	a.reading = false
+	a.closed = a.closed || !strings.HasSuffix(line, "\n")
 }
 
 func newAsker(in io.Reader, out io.Writer) *asker {
@@ -63,16 +88,9 @@ func newAsker(in io.Reader, out io.Writer) *asker {
 // yes asks q and reports whether the answer was yes. End of input is no.
 func (a *asker) yes(ctx context.Context, q string) bool {
 	fmt.Fprintf(a.out, "%s [y/N] ", q)
-	if !a.reading {
-		a.reading = true
-		go func() {
-			line, _ := a.in.ReadString('\n')
-			a.lines <- line
-		}()
-	}
 	select {
-	case line := <-a.lines:
-		a.reading = false
+	case line := <-a.line():
+		a.took(line)
 		ans := strings.ToLower(strings.TrimSpace(line))
 		return ans == "y" || ans == "yes"
 	case <-ctx.Done():
@@ -102,6 +120,26 @@ type guestRun struct {
 	// exhausted what the gateway (in-band) or the server last said.
 	granted, used int64
 	gwState       atomic.Pointer[protocol.GatewayState]
+	// moved hears the gateway's in-band figures change (a poke, dropped
+	// while one waits).
+	moved chan struct{}
+	// out takes the text for a person (stderr with --json); events, the
+	// JSON lines of --json (nil without).
+	out    io.Writer
+	events *eventLog
+	// tranche is what the last purchase added; paid what it cost.
+	tranche, paid int64
+	// kind is the host's gateway's kind; proxy the address programs use
+	// to go through it ("" with the kernel gateway: all of them do).
+	kind, proxy string
+	// waiting: an automatic top-up (--yes, --auto-topup) waits for half
+	// of the last purchase to be used: a prompt came sooner (a host that
+	// prompts at a warning level above it), and a second purchase so soon
+	// would hold twice the money. offered: the person said no to a top-up
+	// and may press Enter to buy one after all. usedUpAt is the volume
+	// granted when its running out was said (-1: not said).
+	waiting, offered bool
+	usedUpAt         int64
 	// stopForward stops the local forwarder and sends its last
 	// acknowledgment, before the session ends.
 	stopForward func()
@@ -126,23 +164,29 @@ func (c *ConnectCmd) Run(env *runEnv) error {
 		if err != nil {
 			return err
 		}
-		r.prog.printf("session ended: %s\n", settlement(s))
+		r.said("session ended", s, s.GetEndReason(), true)
 		return nil
 	}
 	if err := r.spendingLimit(cur); err != nil {
-		return r.fail(err, "bad --max-spend")
+		return exitcode.With(exitcode.Usage, r.fail(err, "bad --max-spend"))
 	}
 	gr := r.ses.Granted()
 	if gr == nil {
 		// Claim 3: fee, pay, confirm; then the access response (C1.7).
-		if gr, err = r.ses.Buy(ctx, sharespotv1.QuoteKind_QUOTE_KIND_INITIAL, r.buyOptions(c.Yes)); err != nil {
+		if gr, err = r.ses.Buy(ctx, sharespotv1.QuoteKind_QUOTE_KIND_INITIAL, r.buyOptions(c.Yes, -1, 0)); err != nil {
 			return r.fail(err, "guest declined the fee")
 		}
 	}
 	r.granted, r.used = max(cur.GrantedBytes, gr.GetTotalGrantedBytes(), gr.GetGrantedBytes()), cur.UsedBytes
+	r.tranche, r.kind = gr.GetGrantedBytes(), gr.GetGateway().GetKind()
+	if r.paid == 0 {
+		r.paid = cur.PaidMinor // bought before a restart
+	}
+	r.emit(evGranted, gr.GetGrantedBytes(), r.paid)
 	if err := r.online(gr, cur.GuestAckedBytes); err != nil {
 		return err
 	}
+	r.emit(evOnline, 0, 0)
 	defer r.stopForward()
 	return r.loop()
 }
@@ -150,7 +194,12 @@ func (c *ConnectCmd) Run(env *runEnv) error {
 // start signs in, opens the guest's state and begins or resumes the
 // session (C1.5–C1.6).
 func (c *ConnectCmd) start(env *runEnv) (*guestRun, error) {
-	r := &guestRun{c: c, env: env, prog: &progress{w: env.stdout, tty: isTerminal(env.stdout)}, ask: newAsker(os.Stdin, env.stdout), stopForward: func() {}}
+	out := env.stdout
+	r := &guestRun{c: c, env: env, stopForward: func() {}, moved: make(chan struct{}, 1), usedUpAt: -1}
+	if c.JSON {
+		out, r.events = env.stderr, newEventLog(env.stdout)
+	}
+	r.out, r.prog, r.ask = out, &progress{w: out, tty: isTerminal(out)}, newAsker(os.Stdin, out)
 	var err error
 	if r.want, err = size.Parse(c.Buy); err != nil {
 		return nil, fmt.Errorf("--buy: %w", err)
@@ -166,7 +215,7 @@ func (c *ConnectCmd) start(env *runEnv) (*guestRun, error) {
 	// The inbox stream carries the host's answers: its loss is said once
 	// (the guest would otherwise wait in silence), and its return once.
 	var streamDown atomic.Bool
-	cl, err := c.connectWith(env.ctx, client.Options{DeviceName: "guest", StreamStatus: func(server string, err error) {
+	cl, err := c.connectWith(env, client.Options{DeviceName: "guest", StreamStatus: func(server string, err error) {
 		switch {
 		case err != nil && !streamDown.Swap(true) && env.ctx.Err() == nil:
 			r.prog.printf("lost the connection to the server at %s (%s); reconnecting (to the next --server, if several are given)\n", server, errText(err))
@@ -178,7 +227,7 @@ func (c *ConnectCmd) start(env *runEnv) (*guestRun, error) {
 		return nil, err
 	}
 	r.g = &guest.Guest{C: cl, Store: &guest.Store{Dir: c.stateDir(c.path())}, Retry: true, Unverified: c.forwardOff()}
-	if r.ses, err = c.begin(env.ctx, env.stdout, r.g); err != nil {
+	if r.ses, err = c.begin(env.ctx, out, r.g); err != nil {
 		return nil, err
 	}
 	r.want = r.ses.Want
@@ -188,8 +237,10 @@ func (c *ConnectCmd) start(env *runEnv) (*guestRun, error) {
 	return r, nil
 }
 
-// buyOptions are how connect pays: asking the person unless yes.
-func (r *guestRun) buyOptions(yes bool) guest.BuyOptions {
+// buyOptions are how connect pays: asking the person unless yes, or
+// unless the fee is the price asked about (asked ≥ 0) for the bytes asked
+// for: a fee that differs from it is said and asked about again.
+func (r *guestRun) buyOptions(yes bool, asked, bytes int64) guest.BuyOptions {
 	o := guest.BuyOptions{Method: sharespotv1.PayMethod_PAY_METHOD_WALLET, PaymentMethod: r.c.PaymentMethod,
 		OnAction: func(url string) {
 			fmt.Fprintf(r.ask.out, "Your bank asks you to confirm the payment: open %s\nWaiting for the confirmation...\n", url)
@@ -204,12 +255,18 @@ func (r *guestRun) buyOptions(yes bool) guest.BuyOptions {
 				client.FormatMoney(q.AmountMinor, q.Currency), size.Format(q.Bytes), client.FormatMoney(r.spent+q.AmountMinor, q.Currency), client.FormatMoney(r.limit, q.Currency))
 			return false
 		}
-		msg := fmt.Sprintf("The host asks %s for %s.", client.FormatMoney(q.AmountMinor, q.Currency), size.Format(q.Bytes))
-		ok := yes
-		if yes {
-			fmt.Fprintln(r.ask.out, msg, "Paying.")
-		} else {
-			ok = r.ask.yes(ctx, msg+" Pay?") // no, or Ctrl-C
+		fee := fmt.Sprintf("%s for %s", client.FormatMoney(q.AmountMinor, q.Currency), size.Format(q.Bytes))
+		ok := true
+		switch {
+		case asked >= 0 && q.AmountMinor == asked && q.Bytes == bytes:
+			fmt.Fprintf(r.ask.out, "Paying %s.\n", fee) // the price asked about
+		case yes:
+			fmt.Fprintf(r.ask.out, "The host asks %s. Paying.\n", fee)
+		case asked >= 0:
+			ok = r.ask.yes(ctx, fmt.Sprintf("The host asks %s, not the %s for %s you said yes to. Pay?", fee,
+				client.FormatMoney(asked, q.Currency), size.Format(bytes))) // no, or Ctrl-C
+		default:
+			ok = r.ask.yes(ctx, fmt.Sprintf("The host asks %s. Pay?", fee)) // no, or Ctrl-C
 		}
 		if ok && r.c.Pay == "card" {
 			fmt.Fprintln(r.ask.out, "Paying by card: the fee is held on the card; only what you use is charged.")
@@ -219,10 +276,12 @@ func (r *guestRun) buyOptions(yes bool) guest.BuyOptions {
 	r.ses.Observe = func(e guest.Event) {
 		if e.Step == guest.StepPaid {
 			r.spent += e.Quote.AmountMinor
+			r.paid = e.Quote.AmountMinor
 		}
 		if e.Step == guest.StepFee && e.Quote.State == sharespotv1.QuoteState_QUOTE_STATE_PAID {
 			// Paid before a restart: the receipt is kept with the quote.
 			fmt.Fprintf(r.ask.out, "Paid %s for %s already; sending the payment-success response.\n", client.FormatMoney(e.Quote.AmountMinor, e.Quote.Currency), size.Format(e.Quote.Bytes))
+			r.paid = e.Quote.AmountMinor
 		}
 		if e.Step == guest.StepEnding {
 			r.prog.printf("ending: waiting for the host's final count\n")
@@ -235,7 +294,7 @@ func (r *guestRun) buyOptions(yes bool) guest.BuyOptions {
 // local forwarder for the userspace one, say how to use it, and, in a
 // verified session, acknowledge what arrives in-band to the gateway.
 func (r *guestRun) online(gr *sharespotv1.AccessGranted, acked int64) error {
-	out := r.env.stdout
+	out := r.out
 	code, err := r.ses.Code(gr) // claim 2
 	if err != nil {
 		return r.fail(err, "cannot open the access code")
@@ -256,12 +315,14 @@ func (r *guestRun) online(gr *sharespotv1.AccessGranted, acked int64) error {
 		if err != nil {
 			fmt.Fprintf(out, "  (no local forwarder: %v)\n", err)
 		}
+		r.proxy = addr
 		fmt.Fprintf(out, "  SOCKS5:  socks5h://%s:%s@%s\n", r.ses.ID, seal.FormatCode(code), addr)
 		fmt.Fprintf(out, "  example: curl --proxy socks5h://%s:%s@%s https://example.org/\n", r.ses.ID, seal.FormatCode(code), addr)
 		fmt.Fprintln(out, "  unverified: this device counts nothing; you pay the host's count (at most what you bought)")
 	default:
+		r.proxy = fwd.Addr()
 		fwd.SetOnGrow(r.acknowledge(addr, code, acked, fwd.Bytes, func(ctx context.Context) { fwd.Run(ctx) }, nil).Poke)
-		fmt.Fprintf(out, "  export ALL_PROXY=socks5h://%s HTTPS_PROXY=http://%s   # this device's forwarder: what passes is counted and signed\n", fwd.Addr(), fwd.Addr())
+		fmt.Fprintf(out, "  export ALL_PROXY=socks5h://%s HTTPS_PROXY=http://%s http_proxy=http://%s   # this device's forwarder: what passes is counted and signed\n", fwd.Addr(), fwd.Addr(), fwd.Addr())
 		fmt.Fprintf(out, "  example: curl --proxy socks5h://%s https://example.org/\n", fwd.Addr())
 		fmt.Fprintln(out, "  verified: this device acknowledges what it receives to the host's gateway; traffic that does not pass the forwarder is not counted here and soon stalls")
 	}
@@ -273,7 +334,7 @@ func (r *guestRun) online(gr *sharespotv1.AccessGranted, acked int64) error {
 // (C1.8), and acknowledges what this device's interface to the host
 // passes.
 func (r *guestRun) onlineKernel(addr string, code []byte, gr *sharespotv1.AccessGranted, acked int64) error {
-	out := r.env.stdout
+	out := r.out
 	var count func() int64
 	if r.ses.Verified() {
 		// Counted from before the admission, so nothing that passes
@@ -303,7 +364,7 @@ func (r *guestRun) onlineKernel(addr string, code []byte, gr *sharespotv1.Access
 // acknowledges what the tunnel passes, in-band to the gateway's control
 // stream in the tunnel.
 func (r *guestRun) onlineTunnel(code []byte, gr *sharespotv1.AccessGranted, acked int64) error {
-	out := r.env.stdout
+	out := r.out
 	cfg, err := tunnel.ConfigOf(gr.Gateway, code)
 	if err != nil {
 		return r.fail(err, "the host's gateway description is unusable")
@@ -325,7 +386,8 @@ func (r *guestRun) onlineTunnel(code []byte, gr *sharespotv1.AccessGranted, acke
 		tn.Close()
 	}
 	fmt.Fprintf(out, "online: %s granted (C1.7); WireGuard tunnel to %s up in this process, address %s (C1.8):\n", size.Format(gr.GrantedBytes), cfg.Endpoint, cfg.Address)
-	fmt.Fprintf(out, "  export ALL_PROXY=socks5h://%s HTTPS_PROXY=http://%s   # this device's forwarder, into the tunnel\n", fwd.Addr(), fwd.Addr())
+	r.proxy = fwd.Addr()
+	fmt.Fprintf(out, "  export ALL_PROXY=socks5h://%s HTTPS_PROXY=http://%s http_proxy=http://%s   # this device's forwarder, into the tunnel\n", fwd.Addr(), fwd.Addr(), fwd.Addr())
 	fmt.Fprintf(out, "  example: curl --proxy socks5h://%s https://example.org/\n", fwd.Addr())
 	if r.ses.Verified() {
 		r.acknowledge(tn.ControlAddr(), code, acked, tn.Bytes, run, tn.DialContext)
@@ -360,7 +422,13 @@ func interfaceCounter(addr string) (*guest.InterfaceCounter, error) {
 func (r *guestRun) acknowledge(addr string, code []byte, acked int64, count func() int64, run func(context.Context),
 	dial func(ctx context.Context, network, addr string) (net.Conn, error)) *guest.Acker {
 	a := &guest.Acker{Session: r.ses, Gateway: addr, Code: code, Count: count, Base: acked, Dial: dial,
-		OnState: func(st protocol.GatewayState) { r.gwState.Store(&st) }}
+		OnState: func(st protocol.GatewayState) {
+			r.gwState.Store(&st)
+			select {
+			case r.moved <- struct{}{}:
+			default:
+			}
+		}}
 	r.ses.Acknowledging(a)
 	fctx, fcancel := context.WithCancel(r.ctx)
 	var fwg sync.WaitGroup
@@ -376,7 +444,8 @@ func (r *guestRun) acknowledge(addr string, code []byte, acked int64, count func
 // unverified session.
 func (c *ConnectCmd) forwardOff() bool { return c.Forward == "off" || c.Forward == "" }
 
-// loop shows usage and answers the host until the session ends.
+// loop shows usage and answers the host until the session ends. After a
+// "no" to a top-up, a line on stdin (Enter) buys one after all.
 func (r *guestRun) loop() error {
 	var timeout <-chan time.Time
 	if r.c.Duration > 0 {
@@ -386,16 +455,36 @@ func (r *guestRun) loop() error {
 	defer tick.Stop()
 	away := false // the server did not answer the last Get
 	for {
+		var enter <-chan string
+		if r.offered {
+			enter = r.ask.line()
+		}
 		select {
 		case <-r.env.ctx.Done():
 			r.prog.printf("\n")
-			return r.end("guest stopped")
+			return r.stopped()
 		case <-timeout:
 			return r.end("duration over")
 		case <-tick.C:
 			away = r.showUsage(away)
+			if err := r.watch(); err != nil {
+				return err
+			}
 			if r.over && r.usedUp() {
-				return r.end("spending limit reached and the data paid for used")
+				return r.spentUp()
+			}
+		case <-r.moved:
+			if err := r.watch(); err != nil {
+				return err
+			}
+		case line := <-enter:
+			r.ask.took(line)
+			r.offered = false
+			if r.ask.closed {
+				break // the end of the input: nobody to press Enter
+			}
+			if err := r.buyMore(r.want, r.price(r.want), false); err != nil {
+				return err
 			}
 		case e := <-r.ses.Messages():
 			if done, err := r.handle(e); done || err != nil {
@@ -404,6 +493,70 @@ func (r *guestRun) loop() error {
 		}
 	}
 }
+
+// watch acts on usage as last heard: an automatic top-up waiting for half
+// of the last purchase to be used buys now, and data that ran out is said
+// (once per volume granted).
+func (r *guestRun) watch() error {
+	if r.waiting && r.left() <= r.tranche/2 {
+		r.waiting = false
+		return r.buyMore(r.autoSize(), r.price(r.autoSize()), true)
+	}
+	if !r.usedUp() || r.usedUpAt == r.granted {
+		return nil
+	}
+	r.usedUpAt = r.granted
+	used, granted := r.usage()
+	r.emit(evExhausted, 0, 0)
+	hold := "the host's gateway holds your connections, stalled, for its grace period (60 s unless the host set --grace), then closes them; new ones wait for more data"
+	if r.kind == nft.Kind {
+		hold = "the host's gateway drops your packets until more data is bought; TCP connections resume by themselves after a top-up"
+	}
+	r.prog.printf("data used up: %s of %s; %s\n", size.Format(used), size.Format(granted), hold)
+	switch {
+	case r.over:
+	case r.offered:
+		r.prog.printf("%s\n", r.enterText())
+	case !r.waiting && !r.c.Yes && r.auto == 0 && !r.ask.closed && r.topUpPrice(r.want) >= 0:
+		// Said no before the prompt, or never prompted: offer it now.
+		r.offered = true
+		r.prog.printf("%s\n", r.enterText())
+	}
+	return nil
+}
+
+// usage is what the session used of its volume, as last heard from the
+// gateway (in-band) or the server, whichever heard more.
+func (r *guestRun) usage() (used, granted int64) {
+	used, granted = r.used, r.granted
+	if st := r.gwState.Load(); st != nil && st.Quota > 0 {
+		used, granted = max(used, st.Used), max(granted, st.Quota)
+	}
+	return used, granted
+}
+
+// left is what is left of the session's volume, as last heard.
+func (r *guestRun) left() int64 {
+	used, granted := r.usage()
+	return max(granted-used, 0)
+}
+
+// emit writes an event of --json with the session's figures.
+func (r *guestRun) emit(event string, bytes, amount int64) {
+	if r.events == nil {
+		return
+	}
+	used, granted := r.usage()
+	e := connectEvent{Event: event, SessionID: r.ses.ID, Hotspot: r.ses.SSID, Bytes: bytes, Used: used, Granted: granted,
+		AmountMinor: amount, Currency: r.currency()}
+	if event == evOnline {
+		e.Proxy = r.proxy
+	}
+	r.events.emit(e)
+}
+
+// currency is the tariff's currency.
+func (r *guestRun) currency() string { return r.ses.Tariff.GetCurrency() }
 
 // showUsage draws the bar of used against granted (C1.7) from the server's
 // view; a server that does not answer is said once, and its return once.
@@ -433,22 +586,24 @@ func (r *guestRun) showUsage(away bool) bool {
 
 // handle answers one message of the session; done when the session ended.
 func (r *guestRun) handle(e *sharespotv1.Envelope) (done bool, err error) {
-	out := r.env.stdout
+	out := r.out
 	switch b := e.Body.(type) {
 	case *sharespotv1.Envelope_LowQuotaPrompt: // C1.9–C1.10
-		if b.LowQuotaPrompt.GrantedBytes < r.granted {
+		p := b.LowQuotaPrompt
+		if p.GrantedBytes < r.granted {
 			return false, nil // about a volume a top-up already added to
 		}
+		r.used = max(r.used, p.UsedBytes)
+		r.emit(evLow, p.RemainingBytes, 0)
 		r.prog.printf("")
-		guest.ShowPrompt(out, b.LowQuotaPrompt)
-		return false, r.topUp()
+		return false, r.topUp(guest.PromptText(p))
 	case *sharespotv1.Envelope_AccessGranted: // C1.15, a grant the flow did not wait for
 		r.granted = max(r.granted, b.AccessGranted.TotalGrantedBytes)
 		r.prog.printf("added %s: %s in all\n", size.Format(b.AccessGranted.GrantedBytes), size.Format(b.AccessGranted.TotalGrantedBytes))
 	case *sharespotv1.Envelope_SessionEnded:
 		s := b.SessionEnded.Session
 		r.stopForward()
-		r.prog.printf("the session ended (%s): %s\n", client.SafeText(s.EndReason), settlement(s))
+		r.said(fmt.Sprintf("the session ended (%s)", client.SafeText(s.EndReason)), s, s.EndReason, true)
 		return true, r.ses.Close()
 	case *sharespotv1.Envelope_Declined:
 		fmt.Fprintf(out, "declined: %s\n", client.SafeText(b.Declined.Reason))
@@ -457,29 +612,115 @@ func (r *guestRun) handle(e *sharespotv1.Envelope) (done bool, err error) {
 }
 
 // topUp is C1.11–C1.15 after a prompt: buy more if the person (or --yes,
-// or --auto-topup) says so.
-func (r *guestRun) topUp() error {
-	out := r.env.stdout
+// or --auto-topup) says so. One question, with the price: the tariff's
+// top-up price, which the host's fee may not pass. An automatic top-up
+// waits until half of the last purchase is used: a host whose warning
+// level is at or above the purchase prompts at once, and buying then
+// would hold twice the money.
+func (r *guestRun) topUp(low string) error {
 	if r.over {
+		fmt.Fprintln(r.out, low)
 		return nil // said once, when the limit first stopped a top-up
 	}
-	more := r.auto
+	if more := r.autoSize(); more > 0 {
+		fmt.Fprintln(r.out, low)
+		if left := r.left(); left > r.tranche/2 {
+			r.waiting = true
+			r.prog.printf("Buying %s more (%s) once %s is left, half of the last purchase: not sooner, so as not to hold twice the money.\n",
+				size.Format(more), r.autoFlag(), size.Format(r.tranche/2))
+			return nil
+		}
+		r.waiting = false
+		return r.buyMore(more, r.price(more), true)
+	}
+	price := r.price(r.want)
+	q := fmt.Sprintf("%s Buy %s more for %s?", low, size.Format(r.want), client.FormatMoney(price, r.currency()))
 	switch {
-	case more > 0:
-		fmt.Fprintf(out, "Buying %s more (--auto-topup).\n", size.Format(more))
+	case r.over:
+		return nil // past --max-spend: said
+	case price < 0:
+		q = fmt.Sprintf("%s Buy %s more?", low, size.Format(r.want)) // the host's fee is asked about
+	}
+	r.offered = false
+	if !r.ask.yes(r.env.ctx, q) {
+		if r.env.ctx.Err() == nil && !r.ask.closed {
+			r.offered = true
+			r.prog.printf("Not buying. %s\n", r.enterText())
+		}
+		return nil // Ctrl-C: the loop then ends the session
+	}
+	return r.buyMore(r.want, price, false)
+}
+
+// enterText offers a top-up after a "no".
+func (r *guestRun) enterText() string {
+	return fmt.Sprintf("Press Enter to buy %s more for %s; Ctrl-C ends the session.", size.Format(r.want),
+		client.FormatMoney(r.topUpPrice(r.want), r.currency()))
+}
+
+// autoSize is what an automatic top-up buys: --auto-topup's size, or with
+// --yes --buy's; 0 when top-ups are asked.
+func (r *guestRun) autoSize() int64 {
+	switch {
+	case r.auto > 0:
+		return r.auto
 	case r.c.Yes:
-		more = r.want
-		fmt.Fprintf(out, "Buying %s more (--yes).\n", size.Format(more))
-	case r.ask.yes(r.env.ctx, fmt.Sprintf("Buy %s more?", size.Format(r.want))):
-		more = r.want
-	default:
-		return nil // no, or Ctrl-C: the loop then ends the session
+		return r.want
+	}
+	return 0
+}
+
+func (r *guestRun) autoFlag() string {
+	if r.auto > 0 {
+		return "--auto-topup"
+	}
+	return "--yes"
+}
+
+// topUpPrice is what bytes more cost at the tariff shown; -1 when it
+// cannot tell.
+func (r *guestRun) topUpPrice(bytes int64) int64 {
+	p, err := protocol.TariffPrice(r.ses.Tariff, bytes, true)
+	if err != nil || r.ses.Tariff == nil {
+		return -1
+	}
+	return p
+}
+
+// price is topUpPrice, or -1 when buying bytes more would pass the
+// spending limit (--max-spend), which it says, once; then no top-up is
+// bought.
+func (r *guestRun) price(bytes int64) int64 {
+	p := r.topUpPrice(bytes)
+	if p >= 0 && r.limit > 0 && r.spent+p > r.limit {
+		r.over = true
+		fmt.Fprintf(r.out, "%s more costs %s, which would take this session to %s, past your limit of %s (--max-spend): not buying.\n",
+			size.Format(bytes), client.FormatMoney(p, r.currency()), client.FormatMoney(r.spent+p, r.currency()), client.FormatMoney(r.limit, r.currency()))
+		fmt.Fprintln(r.out, "No more top-ups this session: it goes on with what is paid, and ends when that is used.")
+		return -1
+	}
+	return p
+}
+
+// buyMore is C1.11–C1.15: ask the host for more bytes and pay its fee if
+// it is asked (the price the person said yes to; -1 when none was
+// named), or if auto (--yes, --auto-topup) within the shown tariff.
+func (r *guestRun) buyMore(more, asked int64, auto bool) error {
+	out := r.out
+	if r.over {
+		return nil
+	}
+	if auto {
+		fmt.Fprintf(out, "Buying %s more (%s).\n", size.Format(more), r.autoFlag())
 	}
 	if err := r.ses.RequestTopUp(r.ctx, more); err != nil {
 		fmt.Fprintf(out, "top-up refused: %s\n", errText(err))
 		return nil
 	}
-	gr, err := r.ses.Buy(r.ctx, sharespotv1.QuoteKind_QUOTE_KIND_TOPUP, r.buyOptions(r.c.Yes || r.auto > 0))
+	if auto {
+		asked = -1 // no question was asked: the host's fee is said as it is paid
+	}
+	gr, err := r.ses.Buy(r.ctx, sharespotv1.QuoteKind_QUOTE_KIND_TOPUP, r.buyOptions(auto, asked, more))
 	if r.over {
 		fmt.Fprintln(out, "No more top-ups this session: it goes on with what is paid, and ends when that is used.")
 		return nil
@@ -489,10 +730,14 @@ func (r *guestRun) topUp() error {
 		return r.fail(err, "the host asked more than the tariff shown")
 	case err != nil && r.env.ctx.Err() == nil && !errors.Is(err, guest.ErrNotApproved):
 		fmt.Fprintf(out, "no top-up: %s\n", errText(err))
-	case err != nil && r.env.ctx.Err() == nil:
+	case err != nil && r.env.ctx.Err() == nil && (auto || r.ask.closed):
 		fmt.Fprintln(out, "no top-up")
+	case err != nil && r.env.ctx.Err() == nil:
+		r.offered = true
+		fmt.Fprintf(out, "no top-up. %s\n", r.enterText())
 	case err == nil:
-		r.granted = max(r.granted, gr.TotalGrantedBytes)
+		r.granted, r.tranche = max(r.granted, gr.TotalGrantedBytes), gr.GrantedBytes
+		r.emit(evToppedUp, gr.GrantedBytes, r.paid)
 		r.prog.printf("added %s: %s in all\n", size.Format(gr.GrantedBytes), size.Format(gr.TotalGrantedBytes))
 	}
 	return nil
@@ -522,7 +767,7 @@ func (r *guestRun) spendingLimit(cur *sharespotv1.Session) error {
 			return fmt.Errorf("--max-spend: %w", err)
 		}
 		r.limit = n
-		fmt.Fprintf(r.env.stdout, "spending limit for this session: %s (--max-spend)\n", client.FormatMoney(n, t.GetCurrency()))
+		fmt.Fprintf(r.out, "spending limit for this session: %s (--max-spend)\n", client.FormatMoney(n, t.GetCurrency()))
 		return nil
 	}
 	first, err := protocol.TariffPrice(t, r.ses.Want, false)
@@ -530,12 +775,17 @@ func (r *guestRun) spendingLimit(cur *sharespotv1.Session) error {
 		return nil // no tariff to price by: no limit but the guest's own answers
 	}
 	r.limit = max(5*first, 1)
-	fmt.Fprintf(r.env.stdout, "spending limit for this session: %s, five times the first purchase (--max-spend to change it)\n", client.FormatMoney(r.limit, t.GetCurrency()))
+	fmt.Fprintf(r.out, "spending limit for this session: %s, five times the first purchase (--max-spend to change it)\n", client.FormatMoney(r.limit, t.GetCurrency()))
 	return nil
 }
 
 // end ends the session and waits for its settlement.
-func (r *guestRun) end(reason string) error {
+func (r *guestRun) end(reason string) error { return r.finish(reason, true) }
+
+// finish ends the session and waits for its settlement, which it says;
+// with nothing bought, only if sayNothing (after an error, the error says
+// enough).
+func (r *guestRun) finish(reason string, sayNothing bool) error {
 	r.stopForward()
 	s, err := r.ses.End(context.WithoutCancel(r.env.ctx), reason)
 	if err != nil {
@@ -544,21 +794,40 @@ func (r *guestRun) end(reason string) error {
 		}
 		return fmt.Errorf("%w (run connect again to see its settlement)", err)
 	}
-	r.prog.printf("session ended: %s\n", settlement(s))
+	r.said("session ended", s, reason, sayNothing)
 	return nil
 }
 
-// fail ends the session after err; an interrupt (Ctrl-C) is no error, nor
-// is a fee the person did not accept.
+// said says, after what, how a session settled, and writes its ended
+// event. A session in which nothing was bought has no settlement to speak
+// of: it is said so, if sayNothing.
+func (r *guestRun) said(what string, s *sharespotv1.Session, reason string, sayNothing bool) {
+	if r.events != nil {
+		r.events.emit(connectEvent{Event: evEnded, SessionID: s.Id, Hotspot: r.ses.SSID, Used: s.UsedBytes, Granted: s.GrantedBytes,
+			AmountMinor: s.PaidMinor - s.RefundedMinor, Currency: s.Currency, PaidMinor: s.PaidMinor, RefundedMinor: s.RefundedMinor,
+			Reason: client.SafeText(reason)})
+	}
+	switch {
+	case s.GrantedBytes > 0 || s.PaidMinor > 0:
+		r.prog.printf("%s: %s\n", what, settlement(s))
+	case sayNothing:
+		r.prog.printf("%s: nothing was bought, nothing paid\n", what)
+	}
+}
+
+// fail ends the session after err. An interrupt (Ctrl-C) exits with its
+// code, a fee the person, --max-spend or the host declined with
+// exitcode.Declined (see exitstatus.go); another error is said alone,
+// without a settlement when nothing was bought.
 func (r *guestRun) fail(err error, reason string) error {
 	if r.env.ctx.Err() != nil {
-		fmt.Fprintln(r.env.stdout)
-		return r.end("guest stopped")
+		fmt.Fprintln(r.out)
+		return r.stopped()
 	}
-	if errors.Is(err, guest.ErrNotApproved) {
-		return r.end(reason)
+	if d := r.declined(err); d != nil {
+		return exitcode.With(exitcode.Declined, errors.Join(d, r.end(reason)))
 	}
-	return errors.Join(err, r.end(reason))
+	return errors.Join(err, r.finish(reason, false))
 }
 
 // forwarder opens the local forwarder at --forward (nil for "off"); a busy

@@ -12,3 +12,5 @@ type (
 const buildKind = "device"
 
 func schemaText() string { return "" }
+
+func schemaVersion() int { return 0 }

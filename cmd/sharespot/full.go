@@ -26,3 +26,6 @@ type operatorWallet struct {
 const buildKind = "full"
 
 func schemaText() string { return fmt.Sprintf(", schema %d", store.SchemaVersion()) }
+
+// schemaVersion is the database schema's version (0: none, the device build).
+func schemaVersion() int { return store.SchemaVersion() }

@@ -18,7 +18,6 @@ import (
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/client"
 	"github.com/sharespot/sharespot/internal/guest"
-	"github.com/sharespot/sharespot/internal/identity"
 	"github.com/sharespot/sharespot/internal/protocol"
 	"github.com/sharespot/sharespot/internal/wifi"
 )
@@ -72,18 +71,29 @@ func newClient(server string, key ed25519.PrivateKey, opts client.Options) (*cli
 	return client.New(urls[0], key, opts), nil
 }
 
-// connect loads the device key and signs in.
-func (f deviceFlags) connect(ctx context.Context, name string) (*client.Client, error) {
-	return f.connectWith(ctx, client.Options{DeviceName: name})
+// connect loads the device key, which must exist (see identityFlag.key),
+// and signs in: for the commands that read or change an account's state.
+func (f deviceFlags) connect(env *runEnv, name string) (*client.Client, error) {
+	return f.signIn(env, client.Options{DeviceName: name}, false)
 }
 
-// connectWith is connect with client options.
-func (f deviceFlags) connectWith(ctx context.Context, opts client.Options) (*client.Client, error) {
-	key, _, err := identity.LoadOrCreate(f.path())
+// connectWith is connect with client options, for the commands a new
+// device may start with: a missing key is created, and stderr told so.
+func (f deviceFlags) connectWith(env *runEnv, opts client.Options) (*client.Client, error) {
+	return f.signIn(env, opts, true)
+}
+
+// signIn checks the flags, loads (or with create makes) the device key
+// and signs in.
+func (f deviceFlags) signIn(env *runEnv, opts client.Options, create bool) (*client.Client, error) {
+	if _, err := serverURLs(f.Server); err != nil { // a mistake in a flag before any key is made
+		return nil, err
+	}
+	opts, err := f.options(opts)
 	if err != nil {
 		return nil, err
 	}
-	opts, err = f.options(opts)
+	key, err := f.key(env.stderr, create)
 	if err != nil {
 		return nil, err
 	}
@@ -91,7 +101,7 @@ func (f deviceFlags) connectWith(ctx context.Context, opts client.Options) (*cli
 	if err != nil {
 		return nil, err
 	}
-	sctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	sctx, cancel := context.WithTimeout(env.ctx, 15*time.Second)
 	defer cancel()
 	if err := c.SignIn(sctx); err != nil {
 		return nil, fmt.Errorf("cannot reach the server at %s: %w", f.Server, err)
@@ -156,7 +166,7 @@ type ScanCmd struct {
 
 // Run scans and shows the available set (C1.4).
 func (c *ScanCmd) Run(env *runEnv) error {
-	cl, err := c.connect(env.ctx, "guest")
+	cl, err := c.connectWith(env, client.Options{DeviceName: "guest"})
 	if err != nil {
 		return err
 	}
@@ -218,17 +228,21 @@ func (c *ScanCmd) Run(env *runEnv) error {
 // WalletBalanceCmd shows this device's wallet.
 type WalletBalanceCmd struct {
 	deviceFlags
+	JSON bool `help:"Print the balances as JSON."`
 }
 
 // Run prints the balances.
 func (c *WalletBalanceCmd) Run(env *runEnv) error {
-	cl, err := c.connect(env.ctx, "wallet")
+	cl, err := c.connect(env, "wallet")
 	if err != nil {
 		return err
 	}
 	res, err := cl.Payments.Balance(env.ctx, connect.NewRequest(&sharespotv1.BalanceRequest{}))
 	if err != nil {
 		return err
+	}
+	if c.JSON {
+		return writeJSON(env.stdout, balanceOf(res.Msg))
 	}
 	fmt.Fprintf(env.stdout, "account %s\n", res.Msg.AccountId)
 	if len(res.Msg.Balances) == 0 {
@@ -252,7 +266,7 @@ type WalletCardCmd struct {
 // Run pays and waits for the credit: Stripe's payment_intent.succeeded
 // webhook credits the wallet, once.
 func (c *WalletCardCmd) Run(env *runEnv) error {
-	cl, err := c.connect(env.ctx, "wallet")
+	cl, err := c.connect(env, "wallet")
 	if err != nil {
 		return err
 	}
@@ -291,11 +305,12 @@ func (c *WalletCardCmd) Run(env *runEnv) error {
 type WalletHistoryCmd struct {
 	deviceFlags
 	Limit int32 `default:"20" help:"How many movements."`
+	JSON  bool  `help:"Print the movements as JSON (an array, newest first)."`
 }
 
 // Run prints the history.
 func (c *WalletHistoryCmd) Run(env *runEnv) error {
-	cl, err := c.connect(env.ctx, "wallet")
+	cl, err := c.connect(env, "wallet")
 	if err != nil {
 		return err
 	}
@@ -304,22 +319,18 @@ func (c *WalletHistoryCmd) Run(env *runEnv) error {
 		return err
 	}
 	// The wallet's movements, and the card's (payments held, captured,
-	// released, refunded) and the transfers to a payout account.
-	mine := func(id, kind string) bool { return strings.HasPrefix(id, kind+":"+cl.AccountID()+":") }
+	// released, refunded) and the transfers to a payout account, in words.
+	moves := []movementJSON{}
 	for _, t := range res.Msg.Transfers {
-		sign, where := "-", ""
-		switch {
-		case mine(t.Credit, "wallet") && !mine(t.Debit, "wallet"):
-			sign = "+"
-		case mine(t.Credit, "card"):
-			sign, where = "+", "  [card]"
-		case mine(t.Debit, "card"):
-			where = "  [card]"
-		case mine(t.Credit, "payout"):
-			where = "  [to your Stripe account]"
-		}
-		fmt.Fprintf(env.stdout, "%s  %s%s  %s%s\n", time.UnixMilli(t.CreatedUnixMs).Format("2006-01-02 15:04:05"), sign,
-			client.FormatMoney(t.AmountMinor, t.Currency), t.Memo, where)
+		moves = append(moves, movementOf(t, cl.AccountID()))
+	}
+	if c.JSON {
+		return writeJSON(env.stdout, moves)
+	}
+	for _, t := range res.Msg.Transfers {
+		sign, text := client.HistoryLine(t, cl.AccountID())
+		fmt.Fprintf(env.stdout, "%s  %s%s  %s\n", time.UnixMilli(t.CreatedUnixMs).Format("2006-01-02 15:04:05"), sign,
+			client.FormatMoney(t.AmountMinor, t.Currency), text)
 	}
 	return nil
 }

@@ -18,13 +18,16 @@ import (
 
 // guestStateFlags choose where a guest keeps its sessions' keys.
 type guestStateFlags struct {
-	State  string `env:"SHARESPOT_STATE" help:"Directory for the guest's persisted sessions (keys, access response, inbox position); default: $XDG_STATE_HOME/sharespot/guest, or beside the device key." placeholder:"DIR"`
+	State  string `env:"SHARESPOT_STATE" help:"Directory for the guest's persisted sessions (keys, access response, inbox position); default: $XDG_STATE_HOME/sharespot/guest-<key file name> (~/.local/state/sharespot/… when XDG_STATE_HOME is not set)." placeholder:"DIR"`
 	Resume bool   `help:"Resume this device's live session (a restarted connect does so by itself when one exists); fail if there is none."`
 }
 
-// stateDir is --state, or a directory per device key: $XDG_STATE_HOME/
-// sharespot/guest-<key file name>, or beside the key when XDG_STATE_HOME
-// is not set. Two keys never share one directory.
+// stateDir is --state, or a directory per device key in the user's state
+// directory: $XDG_STATE_HOME/sharespot/guest-<key file name>, with
+// ~/.local/state for XDG_STATE_HOME when it is not set (so a key in the
+// working directory leaves no state there). A directory an earlier
+// version kept beside the key (<key>.state, when XDG_STATE_HOME was not
+// set) is still used while it exists: a live session in it resumes.
 func (f guestStateFlags) stateDir(keyPath string) string {
 	if f.State != "" {
 		return f.State
@@ -33,7 +36,12 @@ func (f guestStateFlags) stateDir(keyPath string) string {
 	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
 		return filepath.Join(d, "sharespot", name)
 	}
-	return filepath.Join(filepath.Dir(keyPath), name+".state")
+	old := filepath.Join(filepath.Dir(keyPath), name+".state")
+	home, err := os.UserHomeDir()
+	if _, serr := os.Stat(old); serr == nil || err != nil || home == "" {
+		return old
+	}
+	return filepath.Join(home, ".local", "state", "sharespot", name)
 }
 
 // begin returns the session to go on with: this device's live session,

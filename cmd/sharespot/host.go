@@ -103,6 +103,19 @@ func (c *ShareCmd) instruction() (*sharespotv1.ShareInstruction, error) {
 	}, nil
 }
 
+// warnSwallows says, when the warning level is not below the smallest
+// purchase, what guests who buy little get instead of a prompt at once:
+// a prompt when half of what they bought is left (protocol.PromptLevel).
+func warnSwallows(inst *sharespotv1.ShareInstruction) string {
+	warn, least := inst.WarnAtBytes, inst.Tariff.GetMinPurchaseBytes()
+	if warn <= 0 || warn < least {
+		return ""
+	}
+	return fmt.Sprintf("note: your warning level (--warn %s) is not below the smallest purchase (--min %s), so it would swallow small purchases: "+
+		"a guest who buys less than %s is prompted when half of it is left instead, not at once (a --warn below half of --min prompts every guest at it)",
+		size.Format(warn), size.Format(least), size.Format(2*warn))
+}
+
 // Run shares until interrupted.
 func (c *ShareCmd) Run(env *runEnv) error {
 	ap, err := c.accessPoint(env.ctx, env.stdout, wifi.ExecRunner{}, os.ReadFile)
@@ -118,7 +131,12 @@ func (c *ShareCmd) Run(env *runEnv) error {
 	if err != nil {
 		return err
 	}
-	cl, err := c.connect(env.ctx, "host")
+	view := newGuestView(env.stdout, isTerminal(env.stdout), inst.Tariff.Currency)
+	cl, err := c.connectWith(env, client.Options{DeviceName: "host", StreamStatus: func(server string, err error) {
+		if env.ctx.Err() == nil {
+			view.serverStatus(server, err)
+		}
+	}})
 	if err != nil {
 		return err
 	}
@@ -139,6 +157,9 @@ func (c *ShareCmd) Run(env *runEnv) error {
 		short(cl.DeviceID()), client.FormatMoney(t.PriceMinor, t.Currency), size.Format(t.UnitBytes), client.FormatMoney(t.TopupPriceMinor, t.Currency),
 		size.Format(hs.AvailableBytes))
 	fmt.Fprintf(env.stdout, "gateway for guests on %s; Ctrl-C stops (open sessions resume at the next start)\n", gw.Addr())
+	if w := warnSwallows(inst); w != "" {
+		fmt.Fprintln(env.stdout, w)
+	}
 	if c.Dashboard {
 		link, exp, err := cl.DashboardLink(env.ctx)
 		if err != nil {
@@ -146,7 +167,6 @@ func (c *ShareCmd) Run(env *runEnv) error {
 		}
 		fmt.Fprintf(env.stdout, "dashboard: %s (open it once, before %s)\n", link, exp.Local().Format("15:04"))
 	}
-	view := newGuestView(env.stdout, isTerminal(env.stdout), t.Currency)
 	h := &host.Host{C: cl, GW: gw, Kind: kind, Threshold: inst.WarnAtBytes, CursorFile: filepath.Join(state, "inbox.cursor"), CodeKey: codeKey,
 		ReportEvery: c.ReportEvery, OnEvent: gm.Event,
 		Notify: func(what, sid string, used, quota int64) {
@@ -170,6 +190,9 @@ func (c *ShareCmd) serve(env *runEnv, h *host.Host, view *guestView) error {
 	go func() { defer wg.Done(); view.follow(ctx, h.C, h.GW) }()
 	err := h.Run(ctx)
 	h.ReportAll(context.WithoutCancel(env.ctx))
+	if lerr := h.Leave(context.WithoutCancel(env.ctx)); lerr != nil {
+		fmt.Fprintf(env.stderr, "could not tell the server this host is leaving (%s); its hotspot shows offline within seconds anyway\n", errText(lerr))
+	}
 	cancel()
 	wg.Wait()
 	fmt.Fprintln(env.stdout, "stopped sharing; usage reported")

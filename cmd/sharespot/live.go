@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"text/tabwriter"
 	"time"
 
@@ -153,9 +154,10 @@ func renderGuests(rows []guestRow, currency string) string {
 // terminal the table of guests below them is redrawn in place, elsewhere a
 // guest's usage is written as a line when it changes.
 type guestView struct {
-	w        io.Writer
-	tty      bool
-	currency string
+	serverDown atomic.Bool // said unreachable, not yet back
+	w          io.Writer
+	tty        bool
+	currency   string
 
 	mu     sync.Mutex
 	rows   map[string]*guestRow
@@ -289,6 +291,19 @@ func (v *guestView) notify(what, sid string, used, quota int64) {
 	}
 }
 
+// serverStatus says once that the server is unreachable and once that it
+// is back, whichever notices first: the inbox stream (at once, as it
+// breaks or reconnects, to the next --server with several) or the view's
+// refresh (every 5 s).
+func (v *guestView) serverStatus(server string, err error) {
+	switch {
+	case err != nil && !v.serverDown.Swap(true):
+		v.event(fmt.Sprintf("the server at %s is unreachable (%s); guests online keep their access, retrying", server, errText(err)), "", nil)
+	case err == nil && v.serverDown.Swap(false):
+		v.event(fmt.Sprintf("the server is reachable again, at %s", server), "", nil)
+	}
+}
+
 // follow keeps the view current until ctx ends: this host's sessions from
 // the server every 5 s, usage from the gateway every second (no radio, no
 // guest: loopback calls only). A server outage is said once, and its end
@@ -296,16 +311,10 @@ func (v *guestView) notify(what, sid string, used, quota int64) {
 func (v *guestView) follow(ctx context.Context, cl *client.Client, gw usageMeter) {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
-	down := false
 	for n := 0; ; n++ {
 		if n%5 == 0 {
-			switch err := v.refresh(ctx, cl.Sessions, cl.DeviceID(), gw); {
-			case err != nil && !down && ctx.Err() == nil:
-				down = true
-				v.event(fmt.Sprintf("the server at %s is unreachable (%v); guests online keep their access, retrying", cl.Server(), err), "", nil)
-			case err == nil && down:
-				down = false
-				v.event(fmt.Sprintf("the server at %s is reachable again", cl.Server()), "", nil)
+			if err := v.refresh(ctx, cl.Sessions, cl.DeviceID(), gw); ctx.Err() == nil {
+				v.serverStatus(cl.Server(), err)
 			}
 		} else {
 			for _, id := range v.sessions() {

@@ -17,9 +17,11 @@ import (
 	"strings"
 	"syscall"
 
+	"connectrpc.com/connect"
 	"github.com/alecthomas/kong"
 
 	"github.com/sharespot/sharespot/internal/client"
+	"github.com/sharespot/sharespot/internal/exitcode"
 )
 
 // CLI is the command line.
@@ -35,6 +37,9 @@ type CLI struct {
 	Wallet   WalletCmd   `cmd:"" help:"Wallets: operator funding and balances."`
 	Device   DeviceCmd   `cmd:"" help:"This device's identity: ID and sign-in token."`
 	Version  VersionCmd  `cmd:"" help:"Print the version and protocol version."`
+
+	DashboardLink  DashboardLinkCmd `cmd:"" name:"dashboard-link" help:"Host: print a fresh one-time sign-in link to your dashboard (also while share runs)."`
+	scriptCommands `embed:""`       // completion, --version
 }
 
 type runEnv struct {
@@ -48,10 +53,10 @@ func main() { os.Exit(run()) }
 // run is the whole program; it returns the exit code.
 func run() int {
 	var cli CLI
-	parser, err := newParser(&cli, os.Args[1:], os.LookupEnv)
+	parser, err := newParser(&cli, os.Args[1:], os.LookupEnv, scriptOptions()...)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "sharespot:", err)
-		return 2
+		return int(exitcode.Usage)
 	}
 	args := os.Args[1:]
 	if len(args) == 0 {
@@ -61,20 +66,37 @@ func run() int {
 	if err != nil {
 		if cmd := serverOnly(args); cmd != "" {
 			fmt.Fprintf(os.Stderr, "sharespot: %q is not in this device build (built with -tags device); it runs on the server, with the full build\n", cmd)
-			return 2
+			return int(exitcode.Usage)
 		}
 		return parseFailed(os.Stderr, err)
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := notifyContext()
 	defer stop()
-	// The first Ctrl-C ends the command's work in order (a session ends
-	// and settles); a second one stops the process at once.
-	context.AfterFunc(ctx, stop)
-	if err := kctx.Run(&runEnv{ctx: ctx, stdout: os.Stdout, stderr: os.Stderr}); err != nil {
+	err = kctx.Run(&runEnv{ctx: ctx, stdout: os.Stdout, stderr: os.Stderr})
+	code, quiet := exitcode.Of(ctx, err)
+	if !quiet {
 		fmt.Fprintln(os.Stderr, "sharespot:", errText(err))
-		return 1
 	}
-	return 0
+	return int(code)
+}
+
+// notifyContext is a context that the first SIGINT or SIGTERM cancels,
+// with an *exitcode.Signaled cause (the exit code). The first ends the
+// command's work in order (a session ends and settles); a second one
+// stops the process at once.
+func notifyContext() (context.Context, func()) {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		select {
+		case s := <-sigs:
+			signal.Stop(sigs) // the default again: the next one stops at once
+			cancel(&exitcode.Signaled{Signal: s})
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, func() { signal.Stop(sigs); cancel(nil) }
 }
 
 // parseFailed reports a command line that did not parse: the error and
@@ -90,22 +112,37 @@ func parseFailed(w io.Writer, err error) int {
 		}
 	}
 	fmt.Fprintf(w, "Run \"%s --help\" for help.\n", cmd)
-	var ec interface{ ExitCode() int }
-	if errors.As(err, &ec) {
-		return ec.ExitCode()
-	}
-	return 2
+	return int(exitcode.Usage) // not kong's own 80
 }
 
 // errText is an error as it may be printed: an error can carry the other
 // party's or the server's text, so each of its lines goes through
-// client.SafeText.
+// client.SafeText. A refusal by the server reads as the server's sentence,
+// without the RPC code before it ("failed_precondition: …"): the code is
+// for programs, the sentence for people.
 func errText(err error) string {
-	lines := strings.Split(err.Error(), "\n")
+	s := err.Error()
+	var ce *connect.Error
+	if errors.As(err, &ce) && refusal(ce.Code()) {
+		s = strings.Replace(s, ce.Error(), ce.Message(), 1)
+	}
+	lines := strings.Split(s, "\n")
 	for i, l := range lines {
 		lines[i] = client.SafeText(l)
 	}
 	return strings.Join(lines, "\n")
+}
+
+// refusal reports whether code is the server refusing a request for a
+// reason its message gives a person, rather than a failure to reach it
+// or of its own.
+func refusal(code connect.Code) bool {
+	switch code {
+	case connect.CodeInvalidArgument, connect.CodeFailedPrecondition, connect.CodeResourceExhausted,
+		connect.CodePermissionDenied, connect.CodeNotFound, connect.CodeAlreadyExists, connect.CodeOutOfRange:
+		return true
+	}
+	return false
 }
 
 // serverOnly names the full build's command args asks for, if this build

@@ -3,9 +3,13 @@
 package main
 
 import (
+	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
+
+	"connectrpc.com/connect"
 )
 
 func TestCrashHook(t *testing.T) {
@@ -76,6 +80,25 @@ func TestConnCap(t *testing.T) {
 	for _, tt := range tests {
 		if got := connCap(tt.files); got != tt.want {
 			t.Errorf("connCap(%d) = %d, want %d", tt.files, got, tt.want)
+		}
+	}
+}
+
+func TestErrTextDropsTheCodeOfARefusal(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want string
+	}{
+		{fmt.Errorf("request access: %w", connect.NewError(connect.CodeInvalidArgument, errors.New("the smallest purchase here is 1 MB; you asked for 500 kB"))),
+			"request access: the smallest purchase here is 1 MB; you asked for 500 kB"},
+		{fmt.Errorf("pay: %w", connect.NewError(connect.CodeFailedPrecondition, errors.New("session ses_x is ended"))), "pay: session ses_x is ended"},
+		// Not a refusal: the code says what kind of failure it was.
+		{fmt.Errorf("cannot reach the server at x: %w", connect.NewError(connect.CodeUnavailable, errors.New("dial tcp: refused"))),
+			"cannot reach the server at x: unavailable: dial tcp: refused"},
+		{errors.New("plain \x1b[31m"), `plain \x1b[31m`},
+	} {
+		if got := errText(tc.err); got != tc.want {
+			t.Errorf("errText(%v) = %q, want %q", tc.err, got, tc.want)
 		}
 	}
 }

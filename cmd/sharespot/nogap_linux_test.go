@@ -108,8 +108,9 @@ func TestNoGapShapedNamespaces(t *testing.T) {
 		return err == nil
 	}, host)
 	guestKey := filepath.Join(work, "guest.key")
+	out := strings.Fields(run(g.NS, "device", "id", "--identity", guestKey)) // makes the key (and says so first)
+	id := out[len(out)-1]
 	run(g.NS, "wallet", "balance", "--identity", guestKey) // signs the guest in
-	id := strings.TrimSpace(run(g.NS, "device", "id", "--identity", guestKey))
 	fund := exec.Command(bin, "wallet", "fund", "--data", filepath.Join(work, "srv"), "--device", id, "--amount", "100000", "--currency", "EUR")
 	fund.Env = env
 	if out, err := fund.CombinedOutput(); err != nil {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/sharespot/sharespot/internal/account"
 	"github.com/sharespot/sharespot/internal/client"
+	"github.com/sharespot/sharespot/internal/deviceid"
 	"github.com/sharespot/sharespot/internal/ledger"
 	"github.com/sharespot/sharespot/internal/payment"
 	"github.com/sharespot/sharespot/internal/problem"
@@ -24,6 +25,7 @@ import (
 type WalletAuditCmd struct {
 	Data string `env:"SHARESPOT_DATA" help:"The server's data directory." placeholder:"DIR"`
 	DB   string `name:"db" env:"SHARESPOT_DB" help:"The server's database, when it is PostgreSQL (a postgres:// URL)." placeholder:"URL"`
+	JSON bool   `help:"Print the audit as JSON (a failed audit still exits 1)."`
 }
 
 // Run audits: the ledger balances (every balance equals its transfers, the
@@ -47,6 +49,15 @@ func (c *WalletAuditCmd) Run(env *runEnv) error {
 	})
 	if err != nil {
 		return fmt.Errorf("audit: %w", err)
+	}
+	if c.JSON {
+		if err := writeJSON(env.stdout, auditOf(rep)); err != nil {
+			return err
+		}
+		if !rep.OK() {
+			return errors.New("audit failed: see the JSON (ok is false)")
+		}
+		return nil
 	}
 	a, recon := rep.Ledger, rep.Usage
 	open, ended, heldAfterEnd := rep.Open, rep.Ended, rep.HeldAfterEnd
@@ -76,8 +87,11 @@ func (c *WalletAuditCmd) Run(env *runEnv) error {
 	}
 	fmt.Fprintf(env.stdout, "usage: %d sessions verified by the guest's acknowledgments, %d unverified; %d hosts counted ahead of their guests, %d guests withheld acknowledgments\n",
 		verified, unverified, flagged, len(recon.Guests))
+	for _, d := range rep.RecordDrift {
+		fmt.Fprintln(env.stdout, "host records:", d)
+	}
 	if !rep.OK() {
-		return fmt.Errorf("audit failed: negative %v, drift %v, ended sessions holding escrow %d", a.Negative, a.Drift, heldAfterEnd)
+		return fmt.Errorf("audit failed: negative %v, drift %v, ended sessions holding escrow %d, host records differing from their sessions %d", a.Negative, a.Drift, heldAfterEnd, len(rep.RecordDrift))
 	}
 	fmt.Fprintln(env.stdout, "ledger consistent")
 	return nil
@@ -88,7 +102,7 @@ type WalletFundCmd struct {
 	Data     string `env:"SHARESPOT_DATA" help:"The server's data directory." placeholder:"DIR"`
 	DB       string `name:"db" env:"SHARESPOT_DB" help:"The server's database, when it is PostgreSQL (a postgres:// URL)." placeholder:"URL"`
 	Account  string `help:"Account ID to fund." xor:"who"`
-	Device   string `help:"Device ID whose account to fund." xor:"who"`
+	Device   string `help:"Device ID whose account to fund: the whole ID, or its start as tables show it (2KBYEUI) if no other device's ID starts so." xor:"who"`
 	Amount   int64  `required:"" placeholder:"MINOR" help:"Amount in the currency's minor unit (cents for EUR): 500 with --currency EUR is €5.00."`
 	Currency string `required:"" help:"ISO 4217 currency code, e.g. EUR."`
 	Key      string `help:"Idempotency key: funding twice with the same key adds the money once."`
@@ -98,6 +112,13 @@ type WalletFundCmd struct {
 func (c *WalletFundCmd) Run(env *runEnv) error {
 	if c.Account == "" && c.Device == "" {
 		return errors.New("name the wallet with --account or --device")
+	}
+	prefix := ""
+	if c.Device != "" {
+		var err error
+		if prefix, err = deviceid.ParsePrefix(c.Device); err != nil {
+			return fmt.Errorf("--device %q: %w", c.Device, err)
+		}
 	}
 	target, err := server.DBTarget(c.Data, c.DB)
 	if err != nil {
@@ -113,11 +134,11 @@ func (c *WalletFundCmd) Run(env *runEnv) error {
 	var applied bool
 	err = st.Write(env.ctx, func(tx *store.Tx) error {
 		acct := c.Account
-		if c.Device != "" {
+		if prefix != "" {
 			var err error
-			if acct, err = account.Of(tx, c.Device); err != nil {
+			if c.Device, acct, err = account.Find(tx, prefix); err != nil {
 				if problem.KindOf(err) == problem.NotFound {
-					return fmt.Errorf("device %s is not known to this server: sign it in first", c.Device)
+					return fmt.Errorf("device %s is not known to this server: sign it in first (any device command, such as `sharespot wallet balance`, does)", prefix)
 				}
 				return err
 			}
@@ -132,6 +153,9 @@ func (c *WalletFundCmd) Run(env *runEnv) error {
 	})
 	if err != nil {
 		return err
+	}
+	if c.Device != "" {
+		fmt.Fprintf(env.stdout, "device %s: account %s\n", c.Device, c.Account)
 	}
 	if !applied {
 		fmt.Fprintf(env.stdout, "already funded with key %q; balance of %s: %s\n", c.Key, c.Account, client.FormatMoney(bal, cur))

@@ -4,8 +4,11 @@ package main
 
 import (
 	"crypto/sha256"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/url"
@@ -43,7 +46,9 @@ func freePort() (string, error) {
 // TestScripts runs the CLI end to end: the real binary against a real
 // server, as a person would (testdata/script/*.txtar).
 func TestScripts(t *testing.T) {
-	testscript.Run(t, scriptParams("testdata/script"))
+	p := scriptParams("testdata/script")
+	maps.Copy(p.Cmds, scriptingCmds())
+	testscript.Run(t, p)
 }
 
 // TestDeviceBuild runs the device build (-tags device) as a router or a
@@ -229,6 +234,31 @@ func scriptParams(dir string) testscript.Params {
 				}
 				ts.Fatalf("%s never matched %q; it holds:\n%s", args[0], args[1], body)
 			},
+			// connectjson FILE EVENT...: FILE (connect --json's stdout) is
+			// JSON lines only, each an event with exactly the documented
+			// fields, of their types; the EVENTs occur in this order (others
+			// may come between).
+			"connectjson": func(ts *testscript.TestScript, neg bool, args []string) {
+				if len(args) < 1 {
+					ts.Fatalf("usage: connectjson FILE EVENT...")
+				}
+				b, err := os.ReadFile(ts.MkAbs(args[0]))
+				ts.Check(err)
+				want := args[1:]
+				for i, line := range strings.Split(strings.TrimSuffix(string(b), "\n"), "\n") {
+					if err := checkConnectEvent(line); err != nil {
+						ts.Fatalf("%s line %d %q: %v", args[0], i+1, line, err)
+					}
+					var e struct{ Event string }
+					json.Unmarshal([]byte(line), &e)
+					if len(want) > 0 && e.Event == want[0] {
+						want = want[1:]
+					}
+				}
+				if len(want) > 0 {
+					ts.Fatalf("%s: no %q event in order; it holds:\n%s", args[0], want[0], b)
+				}
+			},
 			// waitport ADDR: wait until something listens on ADDR.
 			"waitport": func(ts *testscript.TestScript, neg bool, args []string) {
 				deadline := time.Now().Add(20 * time.Second)
@@ -243,4 +273,51 @@ func scriptParams(dir string) testscript.Params {
 			},
 		},
 	}
+}
+
+// connectEventSchema is the golden schema of connect --json's lines: each
+// field and whether it is a string; proxy and reason only where they apply.
+var connectEventSchema = map[string]bool{
+	"event": true, "time": true, "session_id": true, "hotspot": true, "bytes": false, "used": false, "granted": false,
+	"amount_minor": false, "currency": true, "paid_minor": false, "refunded_minor": false,
+}
+
+// checkConnectEvent checks a line of connect --json against the schema.
+func checkConnectEvent(line string) error {
+	var m map[string]any
+	if err := json.Unmarshal([]byte(line), &m); err != nil {
+		return fmt.Errorf("not a JSON object: %w", err)
+	}
+	ev, _ := m["event"].(string)
+	fields := maps.Clone(connectEventSchema)
+	switch ev {
+	case "granted", "low", "topped_up", "exhausted":
+	case "online":
+		fields["proxy"] = true // left out with the kernel gateway
+	case "ended":
+		fields["reason"] = true
+	default:
+		return fmt.Errorf("unknown event %q", ev)
+	}
+	for k, v := range m {
+		str, ok := fields[k]
+		if !ok {
+			return fmt.Errorf("field %q is not in the schema of %s", k, ev)
+		}
+		if _, isStr := v.(string); isStr != str {
+			return fmt.Errorf("field %q is %T", k, v)
+		}
+	}
+	for k := range fields {
+		if _, ok := m[k]; !ok && k != "proxy" {
+			return fmt.Errorf("%s has no field %q", ev, k)
+		}
+	}
+	if _, err := time.Parse(time.RFC3339Nano, m["time"].(string)); err != nil {
+		return fmt.Errorf("time: %w", err)
+	}
+	if m["session_id"] == "" {
+		return errors.New("no session_id")
+	}
+	return nil
 }

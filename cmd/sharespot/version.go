@@ -2,8 +2,8 @@ package main
 
 import (
 	"fmt"
-	"runtime/debug"
 
+	"github.com/sharespot/sharespot/internal/buildinfo"
 	"github.com/sharespot/sharespot/internal/protocol"
 )
 
@@ -17,42 +17,25 @@ type WalletCmd struct {
 }
 
 // VersionCmd prints versions.
-type VersionCmd struct{}
+type VersionCmd struct {
+	JSON bool `help:"Print the versions as JSON."`
+}
 
 // Run prints the versions: the build's (module version and VCS revision),
 // the protocol's and, in the full build, the database schema's.
-func (VersionCmd) Run(env *runEnv) error {
-	fmt.Fprintf(env.stdout, "sharespot %s, %s build, protocol %d%s\n", buildVersion(), buildKind, protocol.Version, schemaText())
+func (c VersionCmd) Run(env *runEnv) error {
+	if c.JSON {
+		return writeJSON(env.stdout, versionJSON())
+	}
+	fmt.Fprintln(env.stdout, versionText())
 	return nil
+}
+
+// versionText is what `version` and `--version` print.
+func versionText() string {
+	return fmt.Sprintf("sharespot %s, %s build, protocol %d%s", buildVersion(), buildKind, protocol.Version, schemaText())
 }
 
 // buildVersion is the module's version and VCS revision, as the Go
 // toolchain recorded them.
-func buildVersion() string {
-	bi, ok := debug.ReadBuildInfo()
-	if !ok {
-		return "(unknown)"
-	}
-	v := bi.Main.Version
-	if v == "" {
-		v = "(devel)"
-	}
-	var rev, modified string
-	for _, s := range bi.Settings {
-		switch s.Key {
-		case "vcs.revision":
-			rev = s.Value
-		case "vcs.modified":
-			if s.Value == "true" {
-				modified = ", modified"
-			}
-		}
-	}
-	if len(rev) > 12 {
-		rev = rev[:12]
-	}
-	if rev != "" {
-		v += " (" + rev + modified + ")"
-	}
-	return v
-}
+func buildVersion() string { return buildinfo.Get().String() }

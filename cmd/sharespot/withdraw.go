@@ -28,7 +28,7 @@ func (c *WithdrawCmd) Run(env *runEnv) error {
 		}
 		want = b
 	}
-	cl, err := c.connect(env.ctx, "host")
+	cl, err := c.connect(env, "host")
 	if err != nil {
 		return err
 	}

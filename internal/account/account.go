@@ -28,6 +28,36 @@ func Of(tx *store.Tx, deviceID string) (string, error) {
 	return id, nil
 }
 
+// Find returns the one device whose ID starts with prefix (the start of a
+// device ID's canonical text form, as deviceid.ParsePrefix returns it: the
+// short form people see in tables, or the whole ID) and its account. No
+// such device is problem.NotFound; several are problem.Invalid, naming
+// how many.
+func Find(tx *store.Tx, prefix string) (deviceID, accountID string, err error) {
+	rows, err := tx.Query(`SELECT id, account_id FROM devices WHERE id LIKE ? ORDER BY id LIMIT 2`, prefix+"%")
+	if err != nil {
+		return "", "", fmt.Errorf("account: find device %s: %w", prefix, err)
+	}
+	defer rows.Close()
+	n := 0
+	for rows.Next() {
+		if err := rows.Scan(&deviceID, &accountID); err != nil {
+			return "", "", fmt.Errorf("account: find device %s: %w", prefix, err)
+		}
+		n++
+	}
+	if err := rows.Err(); err != nil {
+		return "", "", fmt.Errorf("account: find device %s: %w", prefix, err)
+	}
+	switch n {
+	case 0:
+		return "", "", problem.NotFoundf("no device %s is known to this server", prefix)
+	case 1:
+		return deviceID, accountID, nil
+	}
+	return "", "", problem.Invalidf("device ID %s is ambiguous: several devices' IDs start with it; give more of it", prefix)
+}
+
 // LockDevice locks a device's row until the write ends, so that two
 // concurrent writes for the same device see each other's effects
 // (PostgreSQL; on SQLite the single writer already runs each write alone).
@@ -88,6 +118,15 @@ func NextSeq(tx *store.Tx, deviceID string) (int64, error) {
 		return 0, fmt.Errorf("account: next sequence for %s: %w", deviceID, err)
 	}
 	return seq, nil
+}
+
+// AckedUpTo moves deviceID's acknowledged sequence up to seq, never down,
+// without reading it (acknowledgments written together, out of order).
+func AckedUpTo(tx *store.Tx, deviceID string, seq int64) error {
+	if _, err := tx.Exec(`UPDATE devices SET acked_seq = ? WHERE id = ? AND acked_seq < ?`, seq, deviceID, seq); err != nil {
+		return fmt.Errorf("account: record ack of %s: %w", deviceID, err)
+	}
+	return nil
 }
 
 // Acked records seq as the highest sequence number deviceID acknowledged.

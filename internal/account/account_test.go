@@ -85,3 +85,48 @@ func TestEnrolAndSequence(t *testing.T) {
 		}
 	})
 }
+
+func TestFind(t *testing.T) {
+	engines(t, func(t *testing.T, st *store.Store) {
+		ctx := t.Context()
+		ids := []string{"ABCDEFG-HIJKLMN", "ABCDEFG-ZZZZZZZ", "QRSTUVW-XYZ2345"}
+		if err := st.Write(ctx, func(tx *store.Tx) error {
+			for i, id := range ids {
+				acct := "acct" + id[:1]
+				if i != 1 {
+					if err := account.Open(tx, acct, 1); err != nil {
+						return err
+					}
+				}
+				if err := account.Enrol(tx, account.Device{ID: id, AccountID: acct, PublicKey: []byte{byte(i)}}, 1); err != nil {
+					return err
+				}
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		for _, tc := range []struct {
+			prefix, id string
+			kind       problem.Kind
+		}{
+			{"QRSTUVW", ids[2], 0},
+			{"QRST", ids[2], 0},
+			{ids[0], ids[0], 0},
+			{"ABCDEFG-Z", ids[1], 0},
+			{"ABCDEFG", "", problem.Invalid}, // two devices start so
+			{"ABCDEFH", "", problem.NotFound},
+		} {
+			err := st.Read(ctx, func(tx *store.Tx) error {
+				id, acct, err := account.Find(tx, tc.prefix)
+				if id != tc.id || problem.KindOf(err) != tc.kind || (err == nil && acct != "acct"+id[:1]) {
+					t.Errorf("Find(%q) = %q, %q, %v; want %q, kind %v", tc.prefix, id, acct, err, tc.id, tc.kind)
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+}

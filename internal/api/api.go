@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"connectrpc.com/connect"
@@ -73,19 +74,29 @@ type Deps struct {
 	Wallet *payment.Wallet
 	// Card is the card platform (Stripe); nil when the server has no
 	// Stripe key, and then only the wallet pays.
-	Card   CardPlatform
-	Hub    *relay.Hub
+	Card CardPlatform
+	Hub  *relay.Hub
+	// Acks, if set, holds acknowledgments of what this replica's streams
+	// sent and writes them together; nil: each Ack is a write of its own.
+	Acks   *relay.Acks
 	Now    func() time.Time
 	Log    *slog.Logger
 	Limits Limits
 	// PollInterval bounds how long a stream waits without a wake-up before
 	// it looks at its inbox anyway.
 	PollInterval time.Duration
+	// BusDown, if set, reports that the bus (NATS) is configured but
+	// disconnected: streams then poll every 250 ms at most.
+	BusDown func() bool
 	// HostAway: a hotspot whose host's agent has not been there this long
 	// (its inbox stream closed, or not marked since) is offline: shown in
 	// discovery, never offered (session.Config.HostAway refuses requests
 	// for it). 0: every active hotspot is offered.
 	HostAway time.Duration
+	// HostGoneGrace: how long after a host's stream ended without its
+	// Leave its hotspots are marked offline, unless a new stream marked
+	// them meanwhile (default 10 s).
+	HostGoneGrace time.Duration
 	// Metrics, if set, counts calls, refusals and deliveries.
 	Metrics *metrics.Server
 }
@@ -109,6 +120,9 @@ type CardPlatform interface {
 func Handler(d Deps) http.Handler {
 	if d.Log == nil {
 		d.Log = slog.New(slog.DiscardHandler)
+	}
+	if d.HostGoneGrace <= 0 {
+		d.HostGoneGrace = 10 * time.Second
 	}
 	if d.PollInterval <= 0 {
 		d.PollInterval = 30 * time.Second
@@ -139,7 +153,20 @@ func ServiceNames() []string {
 		sharespotv1connect.SessionServiceName, sharespotv1connect.PaymentServiceName, sharespotv1connect.InboxServiceName}
 }
 
-type services struct{ d Deps }
+type services struct {
+	d Deps
+	// dbAway is when (Unix ns) an inbox stream or a host's presence mark
+	// last found the database unavailable: a host's grace after its
+	// stream was cut starts over from the database's return (present).
+	dbAway atomic.Int64
+}
+
+// sawDBAway notes that err, if the database was unavailable, was seen now.
+func (s *services) sawDBAway(err error) {
+	if errors.Is(err, store.ErrUnavailable) {
+		s.dbAway.Store(time.Now().UnixNano())
+	}
+}
 
 // ---------------------------------------------------------------- auth, limits, errors
 
@@ -234,6 +261,9 @@ func (g *guard) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.
 	}
 }
 
+// unavailableLogged is when a database outage was last logged.
+var unavailableLogged atomic.Int64
+
 // toConnect maps an error to a Connect error. Refusals keep their message;
 // anything else is logged and reported as internal without details.
 func toConnect(log *slog.Logger, procedure string, err error) error {
@@ -261,6 +291,16 @@ func toConnect(log *slog.Logger, procedure string, err error) error {
 		return connect.NewError(connect.CodeDeadlineExceeded, err)
 	case errors.Is(err, store.ErrBusy):
 		return connect.NewError(connect.CodeUnavailable, errors.New("server busy; retry"))
+	case errors.Is(err, store.ErrUnavailable):
+		if now := time.Now().UnixNano(); now-unavailableLogged.Load() > int64(5*time.Second) {
+			unavailableLogged.Store(now) // once per 5 s: an outage fails every request
+			log.Warn("database unavailable; requests are answered unavailable (retry) until it is back", "procedure", procedure, "err", err)
+		}
+		ce := connect.NewError(connect.CodeUnavailable, errors.New("the server's database is unavailable; retry"))
+		// Clients back off at most this long, so they are served again
+		// within a second of the database's return.
+		ce.Meta().Set("Retry-After", "1")
+		return ce
 	case errors.Is(err, store.ErrClosed):
 		return connect.NewError(connect.CodeUnavailable, errors.New("server is shutting down; retry"))
 	}

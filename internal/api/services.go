@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"connectrpc.com/connect"
@@ -100,6 +101,13 @@ func (h *hotspotService) Withdraw(ctx context.Context, req *connect.Request[shar
 			return &sharespotv1.WithdrawResponse{}, err
 		}
 		return &sharespotv1.WithdrawResponse{Hotspot: hs.Proto(false)}, nil
+	})
+}
+
+func (h *hotspotService) Leave(ctx context.Context, req *connect.Request[sharespotv1.LeaveRequest]) (*connect.Response[sharespotv1.LeaveResponse], error) {
+	p := partyFrom(ctx)
+	return write(ctx, h.services, func(tx *store.Tx) (*sharespotv1.LeaveResponse, error) {
+		return &sharespotv1.LeaveResponse{}, registry.Left(tx, p.DeviceID)
 	})
 }
 
@@ -342,11 +350,18 @@ func (ps *paymentService) History(ctx context.Context, req *connect.Request[shar
 		}
 		es, err := ledger.History(tx, ids, limit)
 		out := &sharespotv1.HistoryResponse{}
-		for _, e := range es {
-			out.Transfers = append(out.Transfers, &sharespotv1.Transfer{Id: e.ID, Debit: e.Debit, Credit: e.Credit,
-				AmountMinor: e.Amount, Currency: e.Currency, Memo: e.Memo, CreatedUnixMs: e.CreatedMS})
+		if err != nil {
+			return out, err
 		}
-		return out, err
+		for _, e := range es {
+			t := &sharespotv1.Transfer{Id: e.ID, Debit: e.Debit, Credit: e.Credit,
+				AmountMinor: e.Amount, Currency: e.Currency, Memo: e.Memo, CreatedUnixMs: e.CreatedMS}
+			if err := session.Describe(tx, t); err != nil { // the hotspot, the data, the bill's figures
+				return out, err
+			}
+			out.Transfers = append(out.Transfers, t)
+		}
+		return out, nil
 	})
 }
 
@@ -384,13 +399,30 @@ func (ps *paymentService) PayoutOnboarding(ctx context.Context, req *connect.Req
 
 type inboxService struct{ *services }
 
+// busDownPoll is how often an inbox stream reads its inbox while the bus
+// is down: wake-ups between replicas are lost then, and every relay hop
+// would otherwise wait up to the poll interval.
+const busDownPoll = 250 * time.Millisecond
+
+// pollInterval is the stream's poll now: shorter while the bus is down.
+func (ib *inboxService) pollInterval() time.Duration {
+	if ib.d.BusDown != nil && ib.d.BusDown() {
+		return min(ib.d.PollInterval, busDownPoll)
+	}
+	return ib.d.PollInterval
+}
+
+// unavailableRetry is how often an open inbox stream reads again while the
+// database is unavailable.
+const unavailableRetry = 200 * time.Millisecond
+
 // batch is how many envelopes one stream message carries at most.
 const batch = 64
 
 func (ib *inboxService) Subscribe(ctx context.Context, req *connect.Request[sharespotv1.SubscribeRequest], stream *connect.ServerStream[sharespotv1.SubscribeResponse]) error {
 	p := partyFrom(ctx)
 	cursor := req.Msg.AfterSeq
-	poll := time.NewTimer(ib.d.PollInterval)
+	poll := time.NewTimer(ib.pollInterval())
 	defer poll.Stop()
 	// Watch once, before the first read, for the stream's life: a message
 	// committed after a read signals the channel (which holds one signal,
@@ -398,19 +430,52 @@ func (ib *inboxService) Subscribe(ctx context.Context, req *connect.Request[shar
 	// everything pending. A read that returned less than a full batch has
 	// drained the inbox as of its snapshot, so the stream waits next
 	// instead of reading again to find nothing: one read per delivery.
-	wake, cancel := ib.d.Hub.Watch(p.DeviceID)
+	watch, cancel := ib.d.Hub.Watch(p.DeviceID)
 	defer cancel()
+	sent := func(uint64) {}
+	if ib.d.Acks != nil {
+		var done func()
+		sent, done = ib.d.Acks.Streaming(p.DeviceID)
+		defer done()
+	}
 	defer ib.present(ctx, p.DeviceID)()
+	// A message committed on this replica is handed to the stream by the
+	// hub (relay.Watch.Take) and sent without reading the inbox; a wake-up
+	// without it (another replica's commit), a gap, or the poll reads.
+	read := true
+	var envs []*sharespotv1.Envelope
 	for first := true; ; first = false {
-		envs, err := store.ReadT(ctx, ib.d.Store, func(tx *store.Tx) ([]*sharespotv1.Envelope, error) {
-			return relay.Fetch(tx, p.DeviceID, cursor, batch)
-		})
+		var err error
+		if read {
+			envs, err = store.ReadT(ctx, ib.d.Store, func(tx *store.Tx) ([]*sharespotv1.Envelope, error) {
+				return relay.Fetch(tx, p.DeviceID, cursor, batch)
+			})
+		}
+		ib.sawDBAway(err)
+		if err != nil && !first && errors.Is(err, store.ErrUnavailable) {
+			// The database is away: an open stream stays open and reads
+			// again shortly, so its messages flow within a moment of the
+			// database's return instead of after the client's reconnect
+			// backoff. A new stream is refused (unavailable, retry).
+			select {
+			case <-time.After(unavailableRetry):
+				continue
+			case <-ctx.Done():
+				return nil
+			}
+		}
 		if err != nil {
 			return err
 		}
 		if len(envs) > 0 || first {
 			// The first response goes out at once, even empty, so the
-			// client knows it is subscribed.
+			// client knows it is subscribed. What it carries is marked
+			// sent first: the device may acknowledge it before Send
+			// returns, and an acknowledgment of a stored message can be
+			// held (relay.Acks) whether or not the send succeeds.
+			if len(envs) > 0 {
+				sent(envs[len(envs)-1].Seq)
+			}
 			if err := stream.Send(&sharespotv1.SubscribeResponse{Envelopes: envs}); err != nil {
 				return err
 			}
@@ -423,14 +488,16 @@ func (ib *inboxService) Subscribe(ctx context.Context, req *connect.Request[shar
 			if len(envs) > 0 {
 				cursor = envs[len(envs)-1].Seq
 			}
-			if len(envs) == batch {
+			if read && len(envs) == batch {
 				continue // more may wait
 			}
 		}
 		select {
-		case <-wake:
+		case <-watch.C:
+			envs, read = watch.Take(cursor)
 		case <-poll.C:
-			poll.Reset(ib.d.PollInterval)
+			poll.Reset(ib.pollInterval())
+			read = true
 		case <-ctx.Done():
 			return nil
 		}
@@ -447,36 +514,55 @@ func (ib *inboxService) present(ctx context.Context, device string) (stop func()
 		return func() {}
 	}
 	var last int64 // this stream's last mark; 0: none
-	mark := func() {
+	// mark reports false when it could not find out or write (the
+	// database away): then it is tried again within a second, not a
+	// third of HostAway later. A stream opened, or kept, through a
+	// database outage must mark its host there as soon as the database is
+	// back: the grace of the stream it replaced runs out meanwhile, and
+	// its mark would make the host offline while it is connected.
+	mark := func() bool {
 		hosting, err := store.ReadT(ctx, ib.d.Store, func(tx *store.Tx) (bool, error) { return registry.Hosting(tx, device) })
-		if err != nil || !hosting {
-			return
+		if err != nil {
+			ib.sawDBAway(err)
+			return false
+		}
+		if !hosting {
+			return true
 		}
 		now := ib.nowMS()
 		n, err := store.WriteT(ctx, ib.d.Store, func(tx *store.Tx) (int64, error) { return registry.Seen(tx, device, now) })
 		if err != nil {
-			if ctx.Err() == nil {
+			ib.sawDBAway(err)
+			if ctx.Err() == nil && !errors.Is(err, store.ErrUnavailable) {
 				ib.d.Log.Warn("cannot mark a host present", "device", device, "err", err)
 			}
-			return
+			return false
 		}
 		if n > 0 {
 			last = now
 		}
+		return true
 	}
-	mark()
+	every := max(away/3, time.Second)
+	next := func(ok bool) time.Duration {
+		if ok {
+			return every
+		}
+		return min(every, time.Second)
+	}
+	first := next(mark())
 	mctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		t := time.NewTicker(max(away/3, time.Second))
+		t := time.NewTimer(first)
 		defer t.Stop()
 		for {
 			select {
 			case <-mctx.Done():
 				return
 			case <-t.C:
-				mark()
+				t.Reset(next(mark()))
 			}
 		}
 	}()
@@ -486,16 +572,48 @@ func (ib *inboxService) present(ctx context.Context, device string) (stop func()
 		if last == 0 {
 			return
 		}
-		gctx, gcancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer gcancel()
-		if err := ib.d.Store.Write(gctx, func(tx *store.Tx) error { return registry.Gone(tx, device, last) }); err != nil {
-			ib.d.Log.Warn("cannot mark a host gone", "device", device, "err", err)
-		}
+		// A stream that ends is not yet a host gone: a load balancer's
+		// reload or a replica's restart cuts every stream, and the host
+		// is back on another within moments, its new stream marking it
+		// again. So the mark is undone only after HostGoneGrace, and only
+		// if no later mark touched it. A host that stops says so at once
+		// (HotspotService.Leave). A grace in which the database was away
+		// starts over from its return: the host's new stream could not
+		// mark it meanwhile (it tries again every second), and the old
+		// stream's mark, still the last, would take the host offline
+		// while it is connected.
+		go func() {
+			grace := ib.d.HostGoneGrace
+			for wait := grace; ; {
+				time.Sleep(wait)
+				if since := time.Since(time.Unix(0, ib.dbAway.Load())); since < grace {
+					wait = grace - since
+					continue
+				}
+				gctx, gcancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+				err := ib.d.Store.Write(gctx, func(tx *store.Tx) error { return registry.Gone(tx, device, last) })
+				gcancel()
+				if errors.Is(err, store.ErrUnavailable) {
+					ib.sawDBAway(err)
+					wait = grace
+					continue
+				}
+				if err != nil && !errors.Is(err, store.ErrClosed) {
+					ib.d.Log.Warn("cannot mark a host gone", "device", device, "err", err)
+				}
+				return
+			}
+		}()
 	}
 }
 
 func (ib *inboxService) Ack(ctx context.Context, req *connect.Request[sharespotv1.AckRequest]) (*connect.Response[sharespotv1.AckResponse], error) {
 	p := partyFrom(ctx)
+	if ib.d.Acks != nil && ib.d.Acks.Take(p.DeviceID, req.Msg.Seq) {
+		// Sent by a stream here: held, and written with others' in a
+		// moment, not in a write of its own.
+		return connect.NewResponse(&sharespotv1.AckResponse{}), nil
+	}
 	return write(ctx, ib.services, func(tx *store.Tx) (*sharespotv1.AckResponse, error) {
 		_, err := relay.Ack(tx, p.DeviceID, req.Msg.Seq)
 		return &sharespotv1.AckResponse{}, err

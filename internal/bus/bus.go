@@ -111,7 +111,7 @@ type NATS struct {
 	lastWarn  atomic.Int64 // unix nanoseconds of the last dropped-wake-up warning
 }
 
-var _ relay.Waker = (*NATS)(nil)
+var _ relay.Hander = (*NATS)(nil)
 
 // Dial connects to the NATS server(s) at url, subscribes to every replica's
 // wake-ups for hub and starts publishing. It fails only on a malformed URL:
@@ -186,6 +186,19 @@ func Dial(url string, hub *relay.Hub, opts Options) (*NATS, error) {
 // the others. It never blocks.
 func (b *NATS) Wake(deviceID string) {
 	b.hub.Wake(deviceID)
+	b.others(deviceID)
+}
+
+// Hand hands the committed message to deviceID's streams on this replica
+// (relay.Hub.Hand) and queues a wake-up for the others, whose streams read
+// it. It never blocks.
+func (b *NATS) Hand(deviceID string, seq uint64, body []byte) {
+	b.hub.Hand(deviceID, seq, body)
+	b.others(deviceID)
+}
+
+// others queues a wake-up of deviceID for the other replicas.
+func (b *NATS) others(deviceID string) {
 	if !validToken(deviceID) {
 		b.drop("device ID is not a subject token", deviceID)
 		return

@@ -145,9 +145,11 @@ func TestWakeCrossesReplicas(t *testing.T) {
 	}
 
 	dev := deviceID(t)
-	wa, cancelA := ha.Watch(dev)
+	waw, cancelA := ha.Watch(dev)
+	wa := waw.C
 	defer cancelA()
-	wb, cancelB := hb.Watch(dev)
+	wbw, cancelB := hb.Watch(dev)
+	wb := wbw.C
 	defer cancelB()
 	a.Wake(dev)
 	if !woken(wa, time.Second) {
@@ -186,7 +188,8 @@ func TestWakeCrossesReplicas(t *testing.T) {
 	}
 
 	// A device ID that is no subject token is woken locally only.
-	wx, cancelX := ha.Watch("a.b")
+	wxw, cancelX := ha.Watch("a.b")
+	wx := wxw.C
 	defer cancelX()
 	a.Wake("a.b")
 	if !woken(wx, time.Second) {
@@ -210,7 +213,8 @@ func TestUnreachableBusNeverBlocks(t *testing.T) {
 		t.Fatal("connected to nothing")
 	}
 	dev := deviceID(t)
-	w, cancel := hub.Watch(dev)
+	ww, cancel := hub.Watch(dev)
+	w := ww.C
 	defer cancel()
 	done := make(chan struct{})
 	go func() {
@@ -313,7 +317,8 @@ func TestReconnects(t *testing.T) {
 	}
 	defer b.Close()
 	dev := deviceID(t)
-	wb, cancel := hb.Watch(dev)
+	wbw, cancel := hb.Watch(dev)
+	wb := wbw.C
 	defer cancel()
 
 	a.Wake(dev)

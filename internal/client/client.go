@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -22,6 +23,7 @@ import (
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/gen/sharespot/v1/sharespotv1connect"
+	"github.com/sharespot/sharespot/internal/buildinfo"
 	"github.com/sharespot/sharespot/internal/deviceid"
 	"github.com/sharespot/sharespot/internal/protocol"
 )
@@ -97,7 +99,7 @@ func New(baseURL string, key ed25519.PrivateKey, opts Options) *Client {
 		c.fo = hc.Transport.(*failover)
 	}
 	c.hc, c.base = hc, base
-	var co []connect.ClientOption
+	co := []connect.ClientOption{connect.WithInterceptors(userAgent{})}
 	if opts.JSON {
 		co = append(co, connect.WithProtoJSON())
 	}
@@ -183,6 +185,30 @@ func (c *Client) Token(ctx context.Context) (string, error) {
 }
 
 // bearer adds the token to every call.
+// userAgent names the client and its build on every call (User-Agent:
+// sharespot/VERSION (REVISION)), so a server's logs and a load balancer's
+// tell which builds talk to it.
+type userAgent struct{}
+
+func (userAgent) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		req.Header().Set("User-Agent", buildinfo.UserAgent())
+		return next(ctx, req)
+	}
+}
+
+func (userAgent) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return func(ctx context.Context, spec connect.Spec) connect.StreamingClientConn {
+		conn := next(ctx, spec)
+		conn.RequestHeader().Set("User-Agent", buildinfo.UserAgent())
+		return conn
+	}
+}
+
+func (userAgent) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	return next
+}
+
 type bearer struct{ c *Client }
 
 func (b *bearer) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
@@ -243,17 +269,37 @@ func (c *Client) Receive(ctx context.Context, after uint64, h Handler, done func
 			}
 			c.status(on, err)
 		}
-		down = true
-		if err == nil {
+		if err == nil || !down {
+			// The stream was up (or ended cleanly): a cut after a
+			// healthy stream starts the backoff over, rather than
+			// going on from an earlier outage's.
 			backoff = 100 * time.Millisecond
+		}
+		down = true
+		wait := backoff
+		if ra := retryAfter(err); ra > 0 {
+			wait = min(wait, ra) // the server is up and says when to come back
 		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(backoff):
+		case <-time.After(wait):
 		}
 		backoff = min(2*backoff, 5*time.Second)
 	}
+}
+
+// retryAfter is the Retry-After (in seconds) of a server's error, or 0.
+func retryAfter(err error) time.Duration {
+	var ce *connect.Error
+	if !errors.As(err, &ce) {
+		return 0
+	}
+	n, perr := strconv.Atoi(ce.Meta().Get("Retry-After"))
+	if perr != nil || n <= 0 {
+		return 0
+	}
+	return time.Duration(n) * time.Second
 }
 
 type handlerError struct{ err error }

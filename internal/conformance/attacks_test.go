@@ -406,7 +406,7 @@ func testEmptyWallet(t *testing.T) {
 	// the broke guest's funds.
 	f.env.Fund(t, broke, currency, 200_000)
 	_, err = ses.Pay(ctx, q, guest.BuyOptions{})
-	refused(t, err, connect.CodeResourceExhausted, "100000000 bytes left to share")
+	refused(t, err, connect.CodeResourceExhausted, "100 MB left to share")
 	if got := harness.Balance(t, broke, currency); got != 200_000 {
 		t.Fatalf("the refused payer holds %d, want 200000", got)
 	}

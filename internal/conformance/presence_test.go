@@ -18,15 +18,19 @@ import (
 // TestHostPresence: a hotspot is offered only while its host is there.
 // Registering counts as being there for the host-away bound; the host
 // agent's inbox stream keeps it there (marked every third of the bound);
-// the stream's end makes it offline at once. An offline hotspot is listed
+// a stream that ends without a word keeps it online for a grace (a cut:
+// a load balancer's reload, a replica's restart), and offline after it
+// unless a new stream is there; the host's Leave (share stopping) makes it
+// offline at once. An offline hotspot is listed
 // apart in discovery, with when its host was last there, never among the
 // offers, and a request for it is refused at once, with the reason, and
 // costs the guest nothing. A withdrawn hotspot is neither.
 func TestHostPresence(t *testing.T) {
-	const away = 3 * time.Second
+	const away, grace = 3 * time.Second, 2 * time.Second
 	env := harness.Start(t, func(c *server.Config) {
 		c.Session = session.DefaultConfig()
 		c.Session.HostAway = away
+		c.HostGoneGrace = grace
 	})
 	ctx := context.Background()
 	hostC, guestC := env.Device(t, "host"), env.Device(t, "guest")
@@ -113,10 +117,26 @@ func TestHostPresence(t *testing.T) {
 	if !list().Online {
 		t.Error("the host's own list says offline while its stream is open")
 	}
-	// The stream ends (share stopped): offline at once, with no clock
-	// moved.
+	// The stream is cut and the host is back on a new one within the
+	// grace: online all along, and still after the grace.
+	in.Stop()
+	in = harness.Listen(t, hostC, nil)
+	time.Sleep(grace + time.Second)
+	await(true, "the host's stream was cut and opened again within the grace")
+	// The stream ends and no other comes: offline after the grace, with
+	// no clock moved.
 	in.Stop()
 	await(false, "the host's stream closed")
+	// Back, then stopping with a word (share's Leave): offline at once.
+	in = harness.Listen(t, hostC, nil)
+	await(true, "the host's stream opened again")
+	if _, err := hostC.Hotspots.Leave(ctx, connect.NewRequest(&sharespotv1.LeaveRequest{})); err != nil {
+		t.Fatal(err)
+	}
+	if online() {
+		t.Fatal("a host that left is still offered")
+	}
+	in.Stop()
 
 	// Withdrawn: neither offered nor listed as offline.
 	if _, err := hostC.Hotspots.Withdraw(ctx, connect.NewRequest(&sharespotv1.WithdrawRequest{HotspotId: hs.Id})); err != nil {

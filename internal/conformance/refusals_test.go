@@ -526,7 +526,7 @@ func testWrongOrder(t *testing.T) {
 		refusedQuietly(t, r.env, func() error {
 			_, err := r.guest.Sessions.RequestTopUp(ctx, connect.NewRequest(&sharespotv1.RequestTopUpRequest{SessionId: s.id, Bytes: 30 * MB}))
 			return err
-		}, connect.CodeFailedPrecondition, "a top-up of 20000000 bytes is already under way")
+		}, connect.CodeFailedPrecondition, "a top-up of 20 MB is already under way")
 		r.env.MustAudit(t)
 	})
 	t.Run("topup_quote_twice", func(t *testing.T) {
@@ -1025,7 +1025,7 @@ func testOverShareable(t *testing.T) {
 		}
 	}
 	t.Run("request_above_available", func(t *testing.T) {
-		refusedQuietly(t, r.env, ask(r.guest, 1001*MB), connect.CodeResourceExhausted, "1000000000 bytes left to share", "asked for 1001000000")
+		refusedQuietly(t, r.env, ask(r.guest, 1001*MB), connect.CodeResourceExhausted, "the hotspot has 1 GB (1000000000 B) left to share; you asked for 1 GB (1001000000 B)")
 		r.env.MustAudit(t)
 	})
 	t.Run("two_payments_exceed_shareable", func(t *testing.T) {
@@ -1041,7 +1041,7 @@ func testOverShareable(t *testing.T) {
 		refusedQuietly(t, r.env, func() error {
 			_, err := b.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: qb.Id}))
 			return err
-		}, connect.CodeResourceExhausted, "400000000 bytes left to share", "cannot sell 600000000")
+		}, connect.CodeResourceExhausted, "the hotspot has 400 MB left to share; cannot sell 600 MB more")
 		if c := r.committed(t); c != 600*MB {
 			t.Fatalf("committed %d, want %d", c, 600*MB)
 		}
@@ -1052,7 +1052,7 @@ func testOverShareable(t *testing.T) {
 			t.Fatalf("guest B holds %d after the refused payment, want %d", got, funds)
 		}
 		t.Run("then_a_request_above_what_is_left", func(t *testing.T) {
-			refusedQuietly(t, r.env, ask(r.newGuest(t, "guest C"), 500*MB), connect.CodeResourceExhausted, "400000000 bytes left to share")
+			refusedQuietly(t, r.env, ask(r.newGuest(t, "guest C"), 500*MB), connect.CodeResourceExhausted, "the hotspot has 400 MB left to share; you asked for 500 MB")
 		})
 		r.env.MustAudit(t)
 	})
@@ -1227,7 +1227,7 @@ func testMalformedRequestAccess(t *testing.T) {
 	}{
 		{"bytes_zero", 0, []*sharespotv1.GuestKey{good}, connect.CodeInvalidArgument, []string{"bytes must be positive, got 0"}},
 		{"bytes_negative", -1, []*sharespotv1.GuestKey{good}, connect.CodeInvalidArgument, []string{"bytes must be positive, got -1"}},
-		{"below_min_purchase", 10*MB - 1, []*sharespotv1.GuestKey{good}, connect.CodeInvalidArgument, []string{"smallest purchase at this hotspot is 10000000 bytes", "asked for 9999999"}},
+		{"below_min_purchase", 10*MB - 1, []*sharespotv1.GuestKey{good}, connect.CodeInvalidArgument, []string{"the smallest purchase here is 10 MB (10000000 B); you asked for 10 MB (9999999 B)"}},
 		{"no_guest_keys", 10 * MB, nil, connect.CodeInvalidArgument, []string{"guest_keys must hold 1 to 8", "got 0"}},
 		{"nine_guest_keys", 10 * MB, []*sharespotv1.GuestKey{good, good, good, good, good, good, good, good, good}, connect.CodeInvalidArgument, []string{"got 9"}},
 		{"bad_key_bytes", 10 * MB, []*sharespotv1.GuestKey{good, badKey}, connect.CodeInvalidArgument, []string{"guest_keys[1]", "public key"}},

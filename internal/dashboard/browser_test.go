@@ -2,6 +2,7 @@ package dashboard_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"sort"
@@ -11,6 +12,8 @@ import (
 
 	"connectrpc.com/connect"
 	"github.com/chromedp/chromedp"
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/browsertest"
@@ -153,7 +156,7 @@ const readPage = `(() => {
   const k = {};
   document.querySelectorAll("[data-k]").forEach(e => { k[e.dataset.k] = e.textContent.trim(); });
   const rows = {};
-  for (const attr of ["session", "ended", "hotspot", "day", "top", "usage"]) {
+  for (const attr of ["session", "ended", "declined", "hotspot", "day", "top", "usage"]) {
     document.querySelectorAll("tr[data-" + attr + "]").forEach(tr => {
       const f = {};
       tr.querySelectorAll("[data-f]").forEach(c => { if (c.dataset.f !== "meter") f[c.dataset.f] = c.textContent.trim(); });
@@ -249,10 +252,12 @@ func TestHostDashboard(t *testing.T) {
 	r := newRig(t)
 	b := browsertest.Start(t)
 	ctx := context.Background()
-	// Host A: two settled sessions (one the guest acknowledged), one live.
-	// Host B: one settled, one live; none of it may reach A's page.
+	// Host A: two settled sessions (one the guest acknowledged), one
+	// request the guest declined, one live. Host B: one settled, one
+	// live; none of it may reach A's page.
 	r.flow(t, r.hostA, r.hsA, 7*mb, 0, true)
 	r.flow(t, r.hostA, r.hsA, 4*mb, 4*mb, true)
+	declinedA := r.declined(t, r.hostA, r.hsA)
 	liveA := r.flow(t, r.hostA, r.hsA, 3*mb, 0, false)
 	r.flow(t, r.hostB, r.hsB, 5*mb, 0, true)
 	liveB := r.flow(t, r.hostB, r.hsB, 2*mb, 0, false)
@@ -274,17 +279,20 @@ func TestHostDashboard(t *testing.T) {
 	// Every number against the API.
 	mine := sessionsOf(t, r.hostA)
 	var earned int64
-	var live, ended []*sharespotv1.Session
+	var live, ended, declined []*sharespotv1.Session
 	for _, s := range mine {
-		if s.State == sharespotv1.SessionState_SESSION_STATE_ENDED {
+		switch {
+		case s.State != sharespotv1.SessionState_SESSION_STATE_ENDED:
+			live = append(live, s)
+		case s.GrantedBytes == 0:
+			declined = append(declined, s)
+		default:
 			earned += s.SettledHostMinor
 			ended = append(ended, s)
-		} else {
-			live = append(live, s)
 		}
 	}
-	if len(ended) != 2 || len(live) != 1 || live[0].Id != liveA {
-		t.Fatalf("host A's sessions: %d ended, %d live; the flows made 2 and 1", len(ended), len(live))
+	if len(ended) != 2 || len(live) != 1 || live[0].Id != liveA || len(declined) != 1 || declined[0].Id != declinedA {
+		t.Fatalf("host A's sessions: %d ended, %d live, %d declined; the flows made 2, 1 and 1", len(ended), len(live), len(declined))
 	}
 	check(t, "earned", p.K["earned-EUR"], money.Format(earned, "EUR"))
 	check(t, "wallet", p.K["wallet-EUR"], money.Format(harness.Balance(t, r.hostA, "EUR"), "EUR"))
@@ -309,6 +317,14 @@ func TestHostDashboard(t *testing.T) {
 		}
 		check(t, "history acknowledged", row["acked"], want)
 	}
+	// A declined request is apart from the history: no "0 B of 0 B …
+	// not verified" row, a row of its own that says why.
+	for _, s := range declined {
+		if _, ok := p.Rows["ended:"+s.Id]; ok {
+			t.Errorf("declined request %s is in the history of settled sessions", s.Id)
+		}
+		check(t, "declined reason", p.Rows["declined:"+s.Id]["reason"], s.EndReason)
+	}
 	day := r.env.Clock.Now().UTC().Format("2006-01-02") + "-EUR"
 	var dayUsed, dayFee int64
 	for _, s := range ended {
@@ -317,6 +333,7 @@ func TestHostDashboard(t *testing.T) {
 	}
 	drow := p.Rows["day:"+day]
 	check(t, "day settled", drow["settled"], "2")
+	check(t, "day declined", drow["declined"], "1")
 	check(t, "day used", drow["used"], size.Format(dayUsed))
 	check(t, "day earned", drow["host"], money.Format(earned, "EUR"))
 	check(t, "day fee", drow["fee"], money.Format(dayFee, "EUR"))
@@ -354,16 +371,13 @@ func TestHostDashboard(t *testing.T) {
 	}
 	// The chart's bar for today says what the table says.
 	check(t, "chart today", barTitle(t, tab, "#chart-day-EUR"), r.env.Clock.Now().UTC().Format("01-02")+": "+money.Format(earned, "EUR"))
-	if n := len(p.Rows); n != 1+1+2+1 { // hotspot, live, 2 ended, 1 day
-		t.Errorf("the page has %d rows, want 5: %v", n, p.Rows)
+	if n := len(p.Rows); n != 1+1+2+1+1 { // hotspot, live, 2 ended, 1 declined, 1 day
+		t.Errorf("the page has %d rows, want 6: %v", n, p.Rows)
 	}
 
 	// Another host's data is never shown, on the page or in the live feed.
 	bSessions := sessionsOf(t, r.hostB)
-	live2, err := chromedp.Run(tab, chromedp.Evaluate[string](`fetch("/dashboard/live").then(r => r.text())`, chromedp.EvalAwaitPromise))
-	if err != nil {
-		t.Fatal(err)
-	}
+	live2 := fetchLive(t, tab)
 	for _, secret := range append([]string{r.hostB.DeviceID(), r.hostB.AccountID(), r.hsB.Id, "bench-2"}, ids(bSessions)...) {
 		if strings.Contains(p.HTML, secret) || strings.Contains(live2, secret) {
 			t.Errorf("host A's dashboard shows host B's %s", secret)
@@ -373,23 +387,62 @@ func TestHostDashboard(t *testing.T) {
 		t.Errorf("live feed %s: want host A's live session only", live2)
 	}
 
-	// Live numbers: more usage reaches the open page without a reload.
+	// With one usage report the rate cannot be told yet.
+	check(t, "rate after one report", p.Rows["session:"+liveA]["rate"], "–")
+
+	// Live numbers: more usage reaches the open page without a reload,
+	// with the rate between the two reports and the chart of both.
 	waitFor(t, tab, `document.getElementById("livestate").textContent === "live"`) // the first poll is in
+	r.env.Clock.Advance(5 * time.Second)
 	if _, err := r.hostA.Sessions.ReportUsage(ctx, connect.NewRequest(&sharespotv1.ReportUsageRequest{SessionId: liveA, UsedBytes: 6 * mb})); err != nil {
 		t.Fatal(err)
 	}
 	want := size.Format(6 * mb)
 	waitFor(t, tab, fmt.Sprintf(`document.querySelector('tr[data-session=%q] [data-f=used]').textContent === %q`, liveA, want))
-	rate, err := chromedp.Run(tab, chromedp.Text(chromedp.CSS(fmt.Sprintf(`tr[data-session=%q] [data-f=rate]`, liveA))))
-	if err != nil {
-		t.Fatal(err)
+	rate := rateText(3*mb, 5*time.Second)
+	waitFor(t, tab, fmt.Sprintf(`document.querySelector('tr[data-session=%q] [data-f=rate]').textContent === %q`, liveA, rate))
+	var feed dashboard.Live
+	if err := json.Unmarshal([]byte(fetchLive(t, tab)), &feed); err != nil || len(feed.Sessions) != 1 {
+		t.Fatalf("live feed: %v, %d sessions", err, len(feed.Sessions))
 	}
-	if !strings.HasSuffix(rate, "B/s") {
-		t.Errorf("rate after two polls: %q, want a rate in B/s", rate)
+	if n := usagePoints(t, tab, liveA); n < 2 || n != len(feed.Sessions[0].Samples) {
+		t.Errorf("usage chart draws %d points; the live feed has %d samples", n, len(feed.Sessions[0].Samples))
+	}
+	if got := feed.Sessions[0].Samples; got[len(got)-1][1] != 6*mb {
+		t.Errorf("last usage sample %v, want 6 MB", got[len(got)-1])
 	}
 
 	browsertest.Screenshot(t, tab, "dashboard-host-desktop", 1280, 900, false)
-	browsertest.Screenshot(t, tab, "dashboard-host-phone", 390, 844, true)
+
+	// At 390 px every column of every table is in view, labelled, and the
+	// page says what it said wider.
+	if bad := asPhone(t, tab); len(bad) > 0 {
+		t.Errorf("host's dashboard at %d px:\n%s", phoneWidth, strings.Join(bad, "\n"))
+	}
+	pp := read(t, tab)
+	if d := cmp.Diff(p.Rows, pp.Rows, ignoreLive(liveA)); d != "" {
+		t.Errorf("rows at %d px differ (-wide +phone):\n%s", phoneWidth, d)
+	}
+	browsertest.Screenshot(t, tab, "dashboard-host-phone", phoneWidth, 844, true)
+	asDesktop(t, tab)
+
+	// Times are shown in the viewer's time zone (India: UTC+5:30, no
+	// daylight saving), from the instant the page gives.
+	inZone(t, tab, "Asia/Kolkata")
+	for _, s := range append(ended, declined...) {
+		attr := fmt.Sprintf(`data-ended=%q`, s.Id)
+		if s.GrantedBytes == 0 {
+			attr = fmt.Sprintf(`data-declined=%q`, s.Id)
+		}
+		text, ms := shownTime(t, tab, attr)
+		if ms != s.UpdatedUnixMs {
+			t.Errorf("session %s ended at %d by the API, the page says %d", s.Id, s.UpdatedUnixMs, ms)
+		}
+		check(t, "time in Asia/Kolkata", text, wantTime(s.UpdatedUnixMs, 5*time.Hour+30*time.Minute, "GMT+5:30"))
+	}
+	inZone(t, tab, "UTC")
+	text, _ := shownTime(t, tab, fmt.Sprintf(`data-ended=%q`, ended[0].Id))
+	check(t, "time in UTC", text, wantTime(ended[0].UpdatedUnixMs, 0, "UTC"))
 
 	// The link was used: another browser cannot use it again.
 	other := b.Incognito(t)
@@ -435,6 +488,22 @@ func TestHostDashboard(t *testing.T) {
 		t.Fatal(err)
 	}
 	check(t, "signed out", heading(t, tab), "Sign in")
+}
+
+// fetchLive is the live feed as the signed-in tab gets it.
+func fetchLive(t *testing.T, ctx context.Context) string {
+	t.Helper()
+	s, err := chromedp.Run(ctx, chromedp.Evaluate[string](`fetch("/dashboard/live").then(r => r.text())`, chromedp.EvalAwaitPromise))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// ignoreLive leaves out the live session's row, whose numbers move
+// between two reads.
+func ignoreLive(id string) cmp.Option {
+	return cmpopts.IgnoreMapEntries(func(k string, _ map[string]string) bool { return k == "session:"+id })
 }
 
 // barTitle is the title of a day chart's last bar (today's).
@@ -508,6 +577,9 @@ func TestOperatorDashboard(t *testing.T) {
 	// Host B counts 9 MB where its guest acknowledged 2 MB: over the window.
 	r.flow(t, r.hostB, r.hsB, 9*mb, 2*mb, true)
 	liveA := r.flow(t, r.hostA, r.hsA, 3*mb, 0, false)
+	// A request the guest declined: ended, but neither settled nor
+	// unverified.
+	declinedB := r.declined(t, r.hostB, r.hsB)
 
 	key, err := dashboard.LoadOrCreateKey(dashboard.KeyPath(r.env.Dir))
 	if err != nil {
@@ -559,14 +631,15 @@ func TestOperatorDashboard(t *testing.T) {
 		t.Fatalf("the flows left the ledger inconsistent: %+v", rep)
 	}
 	check(t, "open", p.K["open"], "1")
-	check(t, "ended", p.K["ended"], "3")
+	check(t, "settled", p.K["settled"], "3")
+	check(t, "declined", p.K["declined"], "1")
 	check(t, "audit", p.K["audit"], "consistent")
 	check(t, "fees", p.K["fee-EUR"], money.Format(fee, "EUR"))
 	check(t, "ledger sum", p.K["sum-EUR"], money.Format(0, "EUR"))
 	check(t, "negative", p.K["negative"], "0")
 	check(t, "drift", p.K["drift"], "0")
 	check(t, "held", p.K["held"], "0")
-	if len(states) != 2 || states["ENDED"] != 3 || states["ACTIVE"] != 1 {
+	if len(states) != 2 || states["ENDED"] != 4 || states["ACTIVE"] != 1 {
 		t.Fatalf("states in the database: %v", states)
 	}
 	for st, n := range states {
@@ -576,7 +649,7 @@ func TestOperatorDashboard(t *testing.T) {
 	// Money, top hosts and reconciliation recomputed from each host's
 	// sessions as the API gives them.
 	all := append(sessionsOf(t, r.hostA), sessionsOf(t, r.hostB)...)
-	var started, settled, used, hostC, fees, refunded int64
+	var started, settled, declined, used, hostC, fees, refunded int64
 	type hostSum struct{ n, used, host, fee int64 }
 	per := map[string]*hostSum{}
 	var verified, unverified, over int
@@ -584,6 +657,11 @@ func TestOperatorDashboard(t *testing.T) {
 	for _, s := range all {
 		started++
 		if s.State != sharespotv1.SessionState_SESSION_STATE_ENDED {
+			continue
+		}
+		if s.GrantedBytes == 0 {
+			declined++
+			check(t, "declined request's reason", p.Rows["declined:"+s.Id]["reason"], s.EndReason)
 			continue
 		}
 		settled++
@@ -616,6 +694,10 @@ func TestOperatorDashboard(t *testing.T) {
 	d := p.Rows["day:"+r.env.Clock.Now().UTC().Format("2006-01-02")+"-EUR"]
 	check(t, "day started", d["started"], fmt.Sprint(started))
 	check(t, "day settled", d["settled"], fmt.Sprint(settled))
+	check(t, "day declined", d["declined"], fmt.Sprint(declined))
+	if declined != 1 || p.Rows["declined:"+declinedB] == nil {
+		t.Errorf("the API lists %d declined requests, the page lacks %s", declined, declinedB)
+	}
 	check(t, "day used", d["used"], size.Format(used))
 	check(t, "day charged", d["charged"], money.Format(hostC+fees, "EUR"))
 	check(t, "day to hosts", d["host"], money.Format(hostC, "EUR"))
@@ -651,28 +733,36 @@ func TestOperatorDashboard(t *testing.T) {
 	check(t, "live used", lrow["used"], size.Format(3*mb))
 	check(t, "live granted", lrow["granted"], size.Format(10*mb))
 
-	// The charts are drawn: one bar per state, a day chart per currency.
-	bars, err := chromedp.Run(tab, chromedp.Evaluate[int](`document.querySelectorAll("#chart-states rect").length`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if bars != len(states) {
-		t.Errorf("state chart has %d bars, want %d", bars, len(states))
+	// A day chart per currency; no chart that repeats the table of
+	// states beside it.
+	if n, err := chromedp.Run(tab, chromedp.Evaluate[int](`document.querySelectorAll("#chart-states").length`)); err != nil || n != 0 {
+		t.Errorf("a state chart is drawn (%d, %v): it says what the table beside it says", n, err)
 	}
 	if n, err := chromedp.Run(tab, chromedp.Evaluate[int](`document.querySelectorAll("#chart-day-EUR rect").length`)); err != nil || n != dashboard.Days {
 		t.Errorf("day chart has %d bars (%v), want %d", n, err, dashboard.Days)
 	}
 	check(t, "chart today", barTitle(t, tab, "#chart-day-EUR"), r.env.Clock.Now().UTC().Format("01-02")+": "+money.Format(hostC+fees, "EUR"))
-	for i, st := range []string{"ACTIVE", "ENDED"} { // in state order
-		got, err := chromedp.Run(tab, chromedp.Evaluate[string](fmt.Sprintf(`document.querySelectorAll("#chart-states rect title")[%d].textContent`, i)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		check(t, "state chart", got, fmt.Sprintf("%s: %d", st, states[st]))
+
+	// The live session's rate and usage chart, from its host's reports.
+	r.env.Clock.Advance(4 * time.Second)
+	if _, err := r.hostA.Sessions.ReportUsage(ctx, connect.NewRequest(&sharespotv1.ReportUsageRequest{SessionId: liveA, UsedBytes: 5 * mb})); err != nil {
+		t.Fatal(err)
 	}
+	waitFor(t, tab, fmt.Sprintf(`document.querySelector('tr[data-session=%q] [data-f=rate]').textContent === %q`, liveA, rateText(2*mb, 4*time.Second)))
+	waitFor(t, tab, fmt.Sprintf(`(document.querySelector('figure[data-usage=%q] polyline') || {}).getAttribute !== undefined`, liveA))
 
 	browsertest.Screenshot(t, tab, "dashboard-operator-desktop", 1280, 900, false)
-	browsertest.Screenshot(t, tab, "dashboard-operator-phone", 390, 844, true)
+	if bad := asPhone(t, tab); len(bad) > 0 {
+		t.Errorf("operator's dashboard at %d px:\n%s", phoneWidth, strings.Join(bad, "\n"))
+	}
+	pp := read(t, tab)
+	if d := cmp.Diff(p.Rows, pp.Rows, ignoreLive(liveA)); d != "" {
+		t.Errorf("rows at %d px differ (-wide +phone):\n%s", phoneWidth, d)
+	}
+	if d := cmp.Diff(p.K, pp.K); d != "" {
+		t.Errorf("figures at %d px differ (-wide +phone):\n%s", phoneWidth, d)
+	}
+	browsertest.Screenshot(t, tab, "dashboard-operator-phone", phoneWidth, 844, true)
 
 	// The operator's link is single-use too.
 	other := b.Incognito(t)

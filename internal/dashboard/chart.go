@@ -2,7 +2,6 @@ package dashboard
 
 import (
 	"sort"
-	"strconv"
 	"time"
 
 	"github.com/sharespot/sharespot/internal/money"
@@ -15,10 +14,8 @@ import (
 type Chart struct {
 	ID, Title string
 	W, H      int
-	Bars      []Bar
-	// Horizontal: one bar per row, label on the left (few categories);
-	// otherwise one column per day.
-	Horizontal bool
+	// Bars are one column per day.
+	Bars []Bar
 	// Base is the columns' baseline.
 	Base int
 }
@@ -90,25 +87,4 @@ func layoutColumns(c *Chart) {
 			b.Text = ""
 		}
 	}
-}
-
-// stateChart draws sessions by state as horizontal bars.
-func stateChart(states []StateCount) Chart {
-	c := Chart{ID: "chart-states", Title: "Sessions by state", W: chartW, Horizontal: true}
-	var top int64
-	for _, s := range states {
-		top = max(top, s.N)
-	}
-	row := 26
-	c.H = max(row*len(states)+8, 40)
-	labelW := 110
-	for i, s := range states {
-		w := 0
-		if top > 0 {
-			w = max(1, int(int64(c.W-labelW-70)*s.N/top))
-		}
-		c.Bars = append(c.Bars, Bar{Label: s.State, Text: strconv.FormatInt(s.N, 10), Value: s.N,
-			X: labelW, Y: 4 + i*row, BW: w, BH: row - 8, TX: labelW + w + 6, TY: 4 + i*row + row/2 + 1, LX: labelW - 8, LY: 4 + i*row + row/2 + 1})
-	}
-	return c
 }

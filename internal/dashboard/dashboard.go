@@ -5,12 +5,16 @@
 // reconciliation between hosts and guests).
 //
 // Pages are rendered on the server from embedded templates; one small
-// embedded script polls /dashboard/live for the live numbers. Nothing is
-// loaded from elsewhere, and the Content-Security-Policy says so.
+// embedded script polls /dashboard/live for the live numbers (a live
+// session's rate and usage over time come from its host's usage reports,
+// kept in usage_samples), draws each live session's usage chart, and shows
+// times in the viewer's time zone. Nothing is loaded from elsewhere, and
+// the Content-Security-Policy says so. Under 40rem wide every table is
+// shown as labelled blocks, one per row (app.css).
 //
 // Sign-in is by single-use links that expire after LinkTTL: a host's agent,
 // signed in with its device key, asks for one at POST /dashboard/link
-// (`sharespot share --dashboard`); an operator's is made by `sharespot
+// (`sharespot share --dashboard` or `sharespot dashboard-link`); an operator's is made by `sharespot
 // server admin-link` with the admin key. Following a link shows a page
 // whose button (a same-origin POST) uses the link and sets an HttpOnly,
 // SameSite=Strict session cookie (Secure over TLS). Links and sessions
@@ -105,7 +109,10 @@ var funcs = template.FuncMap{
 		}
 		return id
 	},
+	// when is a time as the page shows it before its script puts it in
+	// the viewer's time zone (app.js, from the element's data-ms).
 	"when": func(ms int64) string { return time.UnixMilli(ms).UTC().Format("2006-01-02 15:04 UTC") },
+	"iso":  func(ms int64) string { return time.UnixMilli(ms).UTC().Format(time.RFC3339) },
 	"dict": func(kv ...any) (map[string]any, error) {
 		if len(kv)%2 != 0 {
 			return nil, errors.New("dict: odd number of arguments")
@@ -190,18 +197,18 @@ type message struct {
 func (h *Dashboard) index(w http.ResponseWriter, r *http.Request) {
 	v, ok := h.viewer(r)
 	if !ok {
-		h.render(w, http.StatusUnauthorized, "message.html", message{"Sign in", "Open the one-time link that `sharespot share --dashboard` (hosts) or `sharespot server admin-link` (operators) prints."})
+		h.render(w, http.StatusUnauthorized, "message.html", message{"Sign in", "Open the one-time link that `sharespot dashboard-link` or `sharespot share --dashboard` (hosts) or `sharespot server admin-link` (operators) prints."})
 		return
 	}
 	now := h.d.Now()
 	page := struct {
 		V      viewer
 		CSRF   string
-		Now    string
+		NowMS  int64
 		Host   *HostData
 		Op     *OperatorData
 		Charts []Chart
-	}{V: v, CSRF: v.csrf, Now: now.UTC().Format("2006-01-02 15:04:05 UTC")}
+	}{V: v, CSRF: v.csrf, NowMS: now.UnixMilli()}
 	err := h.d.Store.Read(r.Context(), func(tx *store.Tx) error {
 		var err error
 		if v.Role == RoleHost {
@@ -221,8 +228,7 @@ func (h *Dashboard) index(w http.ResponseWriter, r *http.Request) {
 		h.render(w, http.StatusOK, "host.html", page)
 		return
 	}
-	page.Charts = append([]Chart{stateChart(page.Op.States)},
-		dayCharts(page.Op.Days, now, "Charged by day", func(d DayMoney) int64 { return d.ChargedMinor })...)
+	page.Charts = dayCharts(page.Op.Days, now, "Charged by day", func(d DayMoney) int64 { return d.ChargedMinor })
 	h.render(w, http.StatusOK, "operator.html", page)
 }
 
@@ -327,6 +333,24 @@ type liveJSON struct {
 	Granted     int64  `json:"granted"`
 	UsedText    string `json:"used_text"`
 	GrantedText string `json:"granted_text"`
+	// RateBPS is bytes per second between the last two usage reports;
+	// absent where it cannot be told (LiveSession.Rate).
+	RateBPS  *int64 `json:"rate_bps,omitempty"`
+	RateText string `json:"rate_text"`
+	// Samples are [unix ms, bytes used] pairs, oldest first.
+	Samples [][2]int64 `json:"samples"`
+}
+
+func liveOf(s LiveSession) liveJSON {
+	j := liveJSON{ID: s.ID, State: s.State, Used: s.UsedBytes, Granted: s.GrantedBytes, UsedText: size.Format(s.UsedBytes),
+		GrantedText: size.Format(s.GrantedBytes), RateText: s.RateText(), Samples: make([][2]int64, 0, len(s.Samples))}
+	if s.Rate >= 0 {
+		j.RateBPS = &s.Rate
+	}
+	for _, p := range s.Samples {
+		j.Samples = append(j.Samples, [2]int64{p.AtMS, p.Used})
+	}
+	return j
 }
 
 // Live is the live endpoint's answer.
@@ -348,9 +372,9 @@ func (h *Dashboard) live(w http.ResponseWriter, r *http.Request) {
 		var ls []LiveSession
 		var err error
 		if v.Role == RoleHost {
-			ls, err = live(tx, hostScope, v.AccountID)
+			ls, err = live(tx, now, hostScope, v.AccountID)
 		} else {
-			ls, err = live(tx, "")
+			ls, err = live(tx, now, "")
 			if err == nil {
 				var sc []StateCount
 				sc, err = stateCounts(tx)
@@ -361,7 +385,7 @@ func (h *Dashboard) live(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 		for _, s := range ls {
-			out.Sessions = append(out.Sessions, liveJSON{s.ID, s.State, s.UsedBytes, s.GrantedBytes, size.Format(s.UsedBytes), size.Format(s.GrantedBytes)})
+			out.Sessions = append(out.Sessions, liveOf(s))
 		}
 		return err
 	})

@@ -10,6 +10,7 @@ import (
 	"github.com/sharespot/sharespot/internal/protocol"
 	"github.com/sharespot/sharespot/internal/registry"
 	"github.com/sharespot/sharespot/internal/session"
+	"github.com/sharespot/sharespot/internal/size"
 	"github.com/sharespot/sharespot/internal/store"
 )
 
@@ -39,9 +40,45 @@ type LiveSession struct {
 	ID, Hotspot, Host, Guest, State, Currency string
 	UsedBytes, GrantedBytes, PaidMinor        int64
 	CreatedMS                                 int64
+	// Samples are its usage reports, oldest first (at most maxSamples,
+	// the latest), after a first point of nothing used at its creation
+	// when they reach back that far.
+	Samples []Sample
+	// Rate is its bytes per second between its last two reports, or -1
+	// where it cannot be told: fewer than two reports, or none for
+	// staleAfter (its host is not reporting).
+	Rate int64
 }
 
-// EndedSession is a settled session.
+// Sample is a session's usage count at a time.
+type Sample struct {
+	AtMS, Used int64
+}
+
+// maxSamples bounds a live session's samples the dashboard reads;
+// staleAfter is how long after its last report a rate is still shown.
+const (
+	maxSamples = 180
+	staleAfter = time.Minute
+)
+
+// RateText is the session's rate as the page shows it.
+func (s LiveSession) RateText() string {
+	if s.Rate < 0 {
+		return "–"
+	}
+	return size.Format(s.Rate) + "/s"
+}
+
+// DeclinedRequest is a session that ended before anything was granted: a
+// guest that declined the fee, a request cancelled or never paid. It moved
+// no data and no money, and is shown apart from the settled sessions.
+type DeclinedRequest struct {
+	ID, Hotspot, Host, Guest, Reason string
+	CreatedMS, EndedMS               int64
+}
+
+// EndedSession is a settled session (one that was granted data).
 type EndedSession struct {
 	ID, Hotspot, Guest, Currency, Reason string
 	UsedBytes, GrantedBytes              int64
@@ -56,6 +93,7 @@ type DayMoney struct {
 	Day                                         string // YYYY-MM-DD, UTC
 	Currency                                    string
 	Started, Settled                            int64
+	Declined                                    int64 // ended before a grant
 	UsedBytes                                   int64
 	ChargedMinor, HostMinor, FeeMinor, Refunded int64
 }
@@ -76,6 +114,7 @@ type HostData struct {
 	Live      []LiveSession
 	Days      []DayMoney
 	History   []EndedSession
+	Declined  []DeclinedRequest
 }
 
 // hostScope is the SQL condition on a sessions or hotspots table alias's
@@ -111,7 +150,7 @@ func LoadHost(tx *store.Tx, account string, now time.Time, away time.Duration) (
 	if d.Hotspots, err = hotspots(tx, account, now, away); err != nil {
 		return nil, err
 	}
-	if d.Live, err = live(tx, hostScope, account); err != nil {
+	if d.Live, err = live(tx, now, hostScope, account); err != nil {
 		return nil, err
 	}
 	if d.Days, err = days(tx, "s."+hostScope, []any{account}, now); err != nil {
@@ -121,6 +160,9 @@ func LoadHost(tx *store.Tx, account string, now time.Time, away time.Duration) (
 		return nil, err
 	}
 	if d.History, err = history(tx, account, 50); err != nil {
+		return nil, err
+	}
+	if d.Declined, err = declined(tx, "s."+hostScope, []any{account}, 20); err != nil {
 		return nil, err
 	}
 	return d, nil
@@ -180,8 +222,55 @@ func stateName(s int64) string {
 }
 
 // live returns open sessions matching cond (with its arguments), newest
-// first, at most 100. PaidMinor sums the quotes paid so far.
-func live(tx *store.Tx, cond string, args ...any) ([]LiveSession, error) {
+// first, at most 100, with their usage samples and rates at now.
+// PaidMinor sums the quotes paid so far.
+func live(tx *store.Tx, now time.Time, cond string, args ...any) ([]LiveSession, error) {
+	out, err := openSessions(tx, cond, args...)
+	if err != nil {
+		return nil, err
+	}
+	for i := range out {
+		if err := sample(tx, &out[i], now); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// sample reads s's latest usage samples and works out its rate.
+func sample(tx *store.Tx, s *LiveSession, now time.Time) error {
+	rows, err := tx.Query(`SELECT at_ms, used_bytes FROM usage_samples WHERE session_id = ? ORDER BY at_ms DESC LIMIT ?`, s.ID, maxSamples)
+	if err != nil {
+		return fmt.Errorf("dashboard: usage of %s: %w", s.ID, err)
+	}
+	defer rows.Close()
+	var back []Sample // newest first
+	for rows.Next() {
+		var p Sample
+		if err := rows.Scan(&p.AtMS, &p.Used); err != nil {
+			return err
+		}
+		back = append(back, p)
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	s.Rate = -1
+	if len(back) >= 2 && now.UnixMilli()-back[0].AtMS <= staleAfter.Milliseconds() {
+		if dt := back[0].AtMS - back[1].AtMS; dt > 0 {
+			s.Rate = max(0, back[0].Used-back[1].Used) * 1000 / dt
+		}
+	}
+	if len(back) < maxSamples && (len(back) == 0 || back[len(back)-1].AtMS > s.CreatedMS) {
+		s.Samples = append(s.Samples, Sample{s.CreatedMS, 0})
+	}
+	for i := len(back) - 1; i >= 0; i-- {
+		s.Samples = append(s.Samples, back[i])
+	}
+	return nil
+}
+
+func openSessions(tx *store.Tx, cond string, args ...any) ([]LiveSession, error) {
 	q := `SELECT s.id, h.ssid, s.host_device_id, s.guest_device_id, s.state, s.currency, s.used_bytes, s.granted_bytes, s.created_ms,
 		COALESCE((SELECT SUM(q.amount_minor) FROM quotes q WHERE q.session_id = s.id AND q.state NOT IN (?, ?)), 0)
 		FROM sessions s JOIN hotspots h ON h.id = s.hotspot_id WHERE s.state <> ?`
@@ -218,7 +307,7 @@ func days(tx *store.Tx, cond string, args []any, now time.Time) ([]DayMoney, err
 	if cond != "" {
 		where = " AND " + cond
 	}
-	q := `SELECT s.state, s.currency, s.created_ms, s.updated_ms, s.used_bytes, s.settled_host_minor, s.settled_fee_minor, s.refunded_minor
+	q := `SELECT s.state, s.currency, s.created_ms, s.updated_ms, s.granted_bytes, s.used_bytes, s.settled_host_minor, s.settled_fee_minor, s.refunded_minor
 		FROM sessions s WHERE (s.created_ms >= ? OR (s.state = ? AND s.updated_ms >= ?))` + where
 	rows, err := tx.Query(q, append([]any{from, ended, from}, args...)...)
 	if err != nil {
@@ -238,17 +327,23 @@ func days(tx *store.Tx, cond string, args []any, now time.Time) ([]DayMoney, err
 		return m[k]
 	}
 	for rows.Next() {
-		var st, created, updated, used, host, fee, refunded int64
+		var st, created, updated, granted, used, host, fee, refunded int64
 		var cur string
-		if err := rows.Scan(&st, &cur, &created, &updated, &used, &host, &fee, &refunded); err != nil {
+		if err := rows.Scan(&st, &cur, &created, &updated, &granted, &used, &host, &fee, &refunded); err != nil {
 			return nil, err
 		}
 		if created >= from {
 			get(created/dayMS, cur).Started++
 		}
 		if st == ended && updated >= from {
+			// A request that ended before a grant is no settled session,
+			// but money it moved (a refund of a fee paid) still counts.
 			d := get(updated/dayMS, cur)
-			d.Settled++
+			if granted == 0 {
+				d.Declined++
+			} else {
+				d.Settled++
+			}
 			d.UsedBytes += used
 			d.HostMinor += host
 			d.FeeMinor += fee
@@ -292,7 +387,7 @@ func sums(tx *store.Tx, q string, args ...any) ([]Amount, error) {
 func history(tx *store.Tx, account string, limit int) ([]EndedSession, error) {
 	rows, err := tx.Query(`SELECT s.id, h.ssid, s.guest_device_id, s.currency, s.end_reason, s.used_bytes, s.granted_bytes,
 		s.settled_host_minor, s.settled_fee_minor, s.refunded_minor, s.verified, s.host_count_bytes, s.guest_acked_bytes, s.updated_ms
-		FROM sessions s JOIN hotspots h ON h.id = s.hotspot_id WHERE s.state = ? AND s.`+hostScope+`
+		FROM sessions s JOIN hotspots h ON h.id = s.hotspot_id WHERE s.state = ? AND s.granted_bytes > 0 AND s.`+hostScope+`
 		ORDER BY s.updated_ms DESC, s.id LIMIT ?`, ended, account, limit)
 	if err != nil {
 		return nil, fmt.Errorf("dashboard: history: %w", err)
@@ -309,6 +404,34 @@ func history(tx *store.Tx, account string, limit int) ([]EndedSession, error) {
 		}
 		e.Hotspot, e.Verified = string(ssid), verified == 1
 		out = append(out, e)
+	}
+	return out, rows.Err()
+}
+
+// declined returns the latest sessions matching cond (with its arguments)
+// that ended before a grant, at most limit.
+func declined(tx *store.Tx, cond string, args []any, limit int) ([]DeclinedRequest, error) {
+	q := `SELECT s.id, h.ssid, s.host_device_id, s.guest_device_id, s.end_reason, s.created_ms, s.updated_ms
+		FROM sessions s JOIN hotspots h ON h.id = s.hotspot_id WHERE s.state = ? AND s.granted_bytes = 0`
+	qargs := []any{ended}
+	if cond != "" {
+		q += ` AND ` + cond
+		qargs = append(qargs, args...)
+	}
+	rows, err := tx.Query(q+` ORDER BY s.updated_ms DESC, s.id LIMIT ?`, append(qargs, limit)...)
+	if err != nil {
+		return nil, fmt.Errorf("dashboard: declined requests: %w", err)
+	}
+	defer rows.Close()
+	var out []DeclinedRequest
+	for rows.Next() {
+		var d DeclinedRequest
+		var ssid []byte
+		if err := rows.Scan(&d.ID, &ssid, &d.Host, &d.Guest, &d.Reason, &d.CreatedMS, &d.EndedMS); err != nil {
+			return nil, err
+		}
+		d.Hotspot = string(ssid)
+		out = append(out, d)
 	}
 	return out, rows.Err()
 }
@@ -337,15 +460,20 @@ type UsageTotals struct {
 
 // OperatorData is what the operator's dashboard shows.
 type OperatorData struct {
-	States     []StateCount
-	Live       []LiveSession
-	Days       []DayMoney
-	Fees       []Amount
-	Audit      session.AuditReport
-	AuditSums  []Amount
-	Top        []TopHost
-	Usage      UsageTotals
-	UsageHosts []session.HostReconciliation // at most 20, overclaimed first
+	States []StateCount
+	// Settled counts the ended sessions that were granted data;
+	// DeclinedN, those that ended before a grant (Declined lists the
+	// latest 20 of them).
+	Settled, DeclinedN int64
+	Declined           []DeclinedRequest
+	Live               []LiveSession
+	Days               []DayMoney
+	Fees               []Amount
+	Audit              session.AuditReport
+	AuditSums          []Amount
+	Top                []TopHost
+	Usage              UsageTotals
+	UsageHosts         []session.HostReconciliation // at most 20, overclaimed first
 	// Withheld are the guests that stopped acknowledging in verified
 	// sessions (at most 20, most first).
 	Withheld []session.GuestWithheld
@@ -358,10 +486,18 @@ func LoadOperator(tx *store.Tx, now time.Time) (*OperatorData, error) {
 	if d.States, err = stateCounts(tx); err != nil {
 		return nil, err
 	}
-	if d.Live, err = live(tx, ""); err != nil {
+	if d.Live, err = live(tx, now, ""); err != nil {
 		return nil, err
 	}
 	if d.Days, err = days(tx, "", nil, now); err != nil {
+		return nil, err
+	}
+	err = tx.QueryRow(`SELECT COALESCE(SUM(CASE WHEN granted_bytes > 0 THEN 1 ELSE 0 END), 0), COALESCE(SUM(CASE WHEN granted_bytes = 0 THEN 1 ELSE 0 END), 0)
+		FROM sessions WHERE state = ?`, ended).Scan(&d.Settled, &d.DeclinedN)
+	if err != nil {
+		return nil, fmt.Errorf("dashboard: settled and declined: %w", err)
+	}
+	if d.Declined, err = declined(tx, "", nil, 20); err != nil {
 		return nil, err
 	}
 	if d.Fees, err = sums(tx, `SELECT currency, COALESCE(SUM(balance), 0) FROM ledger_accounts WHERE kind = 'fee' GROUP BY currency ORDER BY currency`); err != nil {
@@ -375,7 +511,7 @@ func LoadOperator(tx *store.Tx, now time.Time) (*OperatorData, error) {
 	}
 	sort.Slice(d.AuditSums, func(i, j int) bool { return d.AuditSums[i].Currency < d.AuditSums[j].Currency })
 	rows, err := tx.Query(`SELECT host_device_id, currency, COUNT(*), COALESCE(SUM(used_bytes), 0), COALESCE(SUM(settled_host_minor), 0), COALESCE(SUM(settled_fee_minor), 0)
-		FROM sessions WHERE state = ? GROUP BY host_device_id, currency
+		FROM sessions WHERE state = ? AND granted_bytes > 0 GROUP BY host_device_id, currency
 		ORDER BY SUM(settled_host_minor) DESC, host_device_id LIMIT 10`, ended)
 	if err != nil {
 		return nil, fmt.Errorf("dashboard: top hosts: %w", err)

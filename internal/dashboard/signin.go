@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/sharespot/sharespot/internal/atomicfile"
+	"github.com/sharespot/sharespot/internal/session"
 	"github.com/sharespot/sharespot/internal/store"
 )
 
@@ -228,13 +229,22 @@ func lookupSession(tx *store.Tx, key []byte, cookie string, nowMS int64) (viewer
 	return v, true, nil
 }
 
-// Sweep deletes expired links and sessions.
+// SampleKeep is how long a live session's usage samples are kept: the
+// chart draws at most its last maxSamples, the rate its last two.
+const SampleKeep = time.Hour
+
+// Sweep deletes expired links and sessions, and the usage samples no page
+// will draw: a live session's older than SampleKeep, and every sample of a
+// session that has ended (or is not known). Samples are a view only; no
+// money is worked out from them.
 func Sweep(tx *store.Tx, nowMS int64) error {
 	if _, err := tx.Exec(`DELETE FROM dashboard_links WHERE expires_ms <= ?`, nowMS); err != nil {
 		return err
 	}
-	_, err := tx.Exec(`DELETE FROM dashboard_sessions WHERE expires_ms <= ?`, nowMS)
-	return err
+	if _, err := tx.Exec(`DELETE FROM dashboard_sessions WHERE expires_ms <= ?`, nowMS); err != nil {
+		return err
+	}
+	return session.PruneUsageSamples(tx, nowMS-SampleKeep.Milliseconds())
 }
 
 // OperatorLink makes an operator's sign-in link in st, after checking that

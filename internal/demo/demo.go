@@ -236,7 +236,11 @@ func Run(ctx context.Context, w io.Writer, o Options) (err error) {
 	if err != nil {
 		return err
 	}
-	p.step("C1.9", "host's prompt → server → guest: %s left of %s", size.Format(pr.RemainingBytes), size.Format(pr.GrantedBytes))
+	// The gateway prompts as the usage crosses the warning level; the
+	// download above went on past it before the guest read the prompt,
+	// so the prompt's count is below the download's: say which is which.
+	p.step("C1.9", "host's prompt → server → guest, sent as the usage crossed the warning level (the download went on meanwhile): %s left of %s at %s used",
+		size.Format(pr.RemainingBytes), size.Format(pr.GrantedBytes), size.Format(pr.UsedBytes))
 	var sb stringsBuilder
 	guest.ShowPrompt(&sb, pr)
 	p.step("C1.10", "guest shows: %q — the user says yes", sb.String())

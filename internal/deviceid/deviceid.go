@@ -135,23 +135,9 @@ func (id *DeviceID) UnmarshalText(text []byte) error {
 // other character ([ErrCharacter]), has a wrong check character
 // ([ErrCheck]) or has non-zero padding bits ([ErrNonCanonical]).
 func Parse(s string) (DeviceID, error) {
-	checked := make([]byte, 0, checkedLen)
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c == '-' || c == ' ':
-			continue
-		case 'a' <= c && c <= 'z':
-			c -= 'a' - 'A'
-		case 'A' <= c && c <= 'Z', '2' <= c && c <= '7':
-		default:
-			r, _ := utf8.DecodeRuneInString(s[i:])
-			return DeviceID{}, fmt.Errorf("deviceid: parse: %w %q at byte offset %d", ErrCharacter, r, i)
-		}
-		if len(checked) == checkedLen {
-			return DeviceID{}, fmt.Errorf("deviceid: parse: %w: more than %d base32 characters", ErrLength, checkedLen)
-		}
-		checked = append(checked, c)
+	checked, err := characters(s)
+	if err != nil {
+		return DeviceID{}, fmt.Errorf("deviceid: parse: %w", err)
 	}
 	if len(checked) != checkedLen {
 		return DeviceID{}, fmt.Errorf("deviceid: parse: %w: %d base32 characters, want %d", ErrLength, len(checked), checkedLen)
@@ -177,6 +163,64 @@ func Parse(s string) (DeviceID, error) {
 		return DeviceID{}, fmt.Errorf("deviceid: parse: %w: last group has non-zero padding bits", ErrNonCanonical)
 	}
 	return id, nil
+}
+
+// MinPrefixLen is the fewest characters [ParsePrefix] takes: fewer would
+// too often match a device that was not meant.
+const MinPrefixLen = 4
+
+// ParsePrefix reads the start of a device ID's text form as a person types
+// it: the short form ([DeviceID.Short], as tables show it), more of the
+// ID, or all of it, in upper or lower case, with or without dashes. It
+// returns that start in the canonical text form (upper case, a dash after
+// every 7 characters), ready to match against the text form of known IDs.
+// A whole ID is checked as [Parse] checks it.
+func ParsePrefix(s string) (string, error) {
+	checked, err := characters(s)
+	switch {
+	case err != nil:
+		return "", fmt.Errorf("deviceid: %w", err)
+	case len(checked) == checkedLen:
+		id, err := Parse(s)
+		if err != nil {
+			return "", err
+		}
+		return id.String(), nil
+	case len(checked) < MinPrefixLen:
+		return "", fmt.Errorf("deviceid: %w: %d characters; give at least %d (the short form has %d)", ErrLength, len(checked), MinPrefixLen, ShortLen)
+	}
+	var b strings.Builder
+	for i, c := range checked {
+		if i > 0 && i%chunkLen == 0 {
+			b.WriteByte('-')
+		}
+		b.WriteByte(c)
+	}
+	return b.String(), nil
+}
+
+// characters returns the base32 characters of a text form, upper case,
+// without its dashes and spaces: at most the 56 of a whole ID.
+func characters(s string) ([]byte, error) {
+	checked := make([]byte, 0, checkedLen)
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '-' || c == ' ':
+			continue
+		case 'a' <= c && c <= 'z':
+			c -= 'a' - 'A'
+		case 'A' <= c && c <= 'Z', '2' <= c && c <= '7':
+		default:
+			r, _ := utf8.DecodeRuneInString(s[i:])
+			return nil, fmt.Errorf("%w %q at byte offset %d", ErrCharacter, r, i)
+		}
+		if len(checked) == checkedLen {
+			return nil, fmt.Errorf("%w: more than %d base32 characters", ErrLength, checkedLen)
+		}
+		checked = append(checked, c)
+	}
+	return checked, nil
 }
 
 // luhn32 returns the Luhn mod 32 check character for s, which must consist

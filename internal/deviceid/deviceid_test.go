@@ -395,3 +395,29 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func TestParsePrefix(t *testing.T) {
+	for _, tc := range []struct {
+		in, want string
+		err      error
+	}{
+		{"P56IOI7", "P56IOI7", nil},
+		{"p56ioi7", "P56IOI7", nil},
+		{"P56I", "P56I", nil},
+		{"P56IOI7MZ", "P56IOI7-MZ", nil},
+		{" p56ioi7-mzjnu2y-i ", "P56IOI7-MZJNU2Y-I", nil},
+		{strings.ReplaceAll(syncthingText, "-", ""), syncthingText, nil},
+		{strings.ToLower(syncthingText), syncthingText, nil},
+		{"P56", "", ErrLength},
+		{"", "", ErrLength},
+		{"P56IOI1", "", ErrCharacter},
+		{"P56I%", "", ErrCharacter},
+		{syncthingText + "A", "", ErrLength},
+		{syncthingText[:len(syncthingText)-1] + "3", "", ErrCheck},
+	} {
+		got, err := ParsePrefix(tc.in)
+		if got != tc.want || !errors.Is(err, tc.err) || (err == nil) != (tc.err == nil) {
+			t.Errorf("ParsePrefix(%q) = %q, %v; want %q, %v", tc.in, got, err, tc.want, tc.err)
+		}
+	}
+}

@@ -1,7 +1,9 @@
 // Package forward is the guest's local forwarder. `sharespot connect`
 // listens on loopback for the guest's own programs — SOCKS5 without
-// credentials, and HTTP CONNECT — and forwards each connection to the
-// host's userspace gateway with the session's credentials. On the way it
+// credentials, HTTP CONNECT, and plain-HTTP proxy requests (GET
+// http://host/path, what http_proxy users send) — and forwards each
+// connection to the host's userspace gateway with the session's
+// credentials. On the way it
 // counts the bytes it relays in both directions, which is what the gateway
 // meters (payload bytes, both ways), so the guest can sign what it really
 // got (guest.Acker) instead of trusting the host's count.
@@ -9,6 +11,7 @@ package forward
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -18,6 +21,7 @@ import (
 	"net/http"
 	"net/netip"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -141,6 +145,7 @@ func (f *Forwarder) serve(ctx context.Context, c net.Conn) {
 		return
 	}
 	var dest string
+	var head []byte // what goes to the destination first (a plain-HTTP request's rewritten head)
 	var answer func(ok bool) error
 	if first[0] == 0x05 {
 		dest, err = readSOCKS5(r, c)
@@ -153,14 +158,20 @@ func (f *Forwarder) serve(ctx context.Context, c net.Conn) {
 			return err
 		}
 	} else {
-		dest, err = readConnect(r)
+		var plain bool
+		dest, head, plain, err = readHTTP(r)
 		answer = func(ok bool) error {
-			status := "200 Connection established"
-			if !ok {
-				status = "502 Bad Gateway"
+			switch {
+			case !ok:
+				return httpError(c, "502 Bad Gateway", "the hotspot's gateway refused the connection to "+dest)
+			case plain:
+				return nil // the destination's response is the answer
 			}
-			_, err := io.WriteString(c, "HTTP/1.1 "+status+"\r\n\r\n")
+			_, err := io.WriteString(c, "HTTP/1.1 200 Connection established\r\n\r\n")
 			return err
+		}
+		if errors.Is(err, errNotProxy) {
+			httpError(c, "400 Bad Request", err.Error())
 		}
 	}
 	if err != nil {
@@ -177,6 +188,12 @@ func (f *Forwarder) serve(ctx context.Context, c net.Conn) {
 	if err := answer(true); err != nil {
 		return
 	}
+	if len(head) > 0 {
+		f.count(len(head))
+		if _, err := up.Write(head); err != nil {
+			return
+		}
+	}
 	c.SetDeadline(time.Time{})
 	if !f.track(up, true) {
 		return
@@ -189,11 +206,7 @@ func (f *Forwarder) serve(ctx context.Context, c net.Conn) {
 		for {
 			n, err := from.Read(buf)
 			if n > 0 {
-				if now := f.bytes.Add(int64(n)); now>>notifyShift != (now-int64(n))>>notifyShift {
-					if grew := f.onGrow.Load(); grew != nil {
-						(*grew)()
-					}
-				}
+				f.count(n)
 				if _, werr := dst.Write(buf[:n]); werr != nil {
 					return
 				}
@@ -210,6 +223,16 @@ func (f *Forwarder) serve(ctx context.Context, c net.Conn) {
 	go relay(c, up) // gateway → guest
 	<-done
 	<-done
+}
+
+// count adds n relayed bytes, calling OnGrow's function when the count
+// crosses a multiple of 64 KiB.
+func (f *Forwarder) count(n int) {
+	if now := f.bytes.Add(int64(n)); now>>notifyShift != (now-int64(n))>>notifyShift {
+		if grew := f.onGrow.Load(); grew != nil {
+			(*grew)()
+		}
+	}
 }
 
 // readSOCKS5 reads a SOCKS5 greeting offering "no authentication" and a
@@ -277,17 +300,65 @@ func readSOCKS5(r *bufio.Reader, w io.Writer) (string, error) {
 	return net.JoinHostPort(host, strconv.Itoa(int(pb[0])<<8|int(pb[1]))), nil
 }
 
-// readConnect reads an HTTP CONNECT request and returns its host:port.
-func readConnect(r *bufio.Reader) (string, error) {
+// errNotProxy is a request that is neither CONNECT nor a proxy request
+// (absolute http:// URI): someone opened the forwarder as a web server.
+var errNotProxy = errors.New("forward: this is a proxy (SOCKS5, HTTP CONNECT, or plain HTTP with an absolute http:// URI): set ALL_PROXY, HTTPS_PROXY or http_proxy to it rather than opening it")
+
+// readHTTP reads an HTTP proxy request: CONNECT host:port, or a
+// plain-HTTP request with an absolute URI (GET http://host/path, what
+// http_proxy users send). For the latter it returns the request's head
+// rewritten for the destination (origin-form request line, no proxy or
+// hop-by-hop headers, "Connection: close": one request per connection, so
+// a client's next request, perhaps to another host, comes on a new one),
+// and plain; the body, if any, follows unchanged from r.
+func readHTTP(r *bufio.Reader) (dest string, head []byte, plain bool, err error) {
 	req, err := http.ReadRequest(r)
 	if err != nil {
-		return "", err
+		return "", nil, false, err
 	}
-	if req.Method != http.MethodConnect {
-		return "", fmt.Errorf("forward: %s requests are not forwarded; use CONNECT (HTTPS_PROXY) or SOCKS5 (ALL_PROXY)", req.Method)
+	if req.Method == http.MethodConnect {
+		if _, _, err := net.SplitHostPort(req.Host); err != nil {
+			return "", nil, false, fmt.Errorf("forward: CONNECT %q: %w", req.Host, err)
+		}
+		return req.Host, nil, false, nil
 	}
-	if _, _, err := net.SplitHostPort(req.Host); err != nil {
-		return "", fmt.Errorf("forward: CONNECT %q: %w", req.Host, err)
+	u := req.URL
+	if !u.IsAbs() || u.Host == "" {
+		return "", nil, false, errNotProxy
 	}
-	return req.Host, nil
+	if u.Scheme != "http" {
+		return "", nil, false, fmt.Errorf("%w; %s:// goes through CONNECT (HTTPS_PROXY)", errNotProxy, u.Scheme)
+	}
+	dest = u.Host
+	if u.Port() == "" {
+		dest = net.JoinHostPort(u.Hostname(), "80")
+	}
+	if _, _, err := net.SplitHostPort(dest); err != nil {
+		return "", nil, false, fmt.Errorf("forward: %s %q: %w", req.Method, u, err)
+	}
+	h := req.Header.Clone()
+	for _, k := range h.Values("Connection") { // headers the client meant for this hop
+		for _, name := range strings.Split(k, ",") {
+			h.Del(strings.TrimSpace(name))
+		}
+	}
+	for _, k := range []string{"Connection", "Proxy-Connection", "Proxy-Authorization", "Keep-Alive", "Te", "Trailer", "Upgrade"} {
+		h.Del(k)
+	}
+	h.Set("Connection", "close")
+	if len(req.TransferEncoding) > 0 { // ReadRequest took it out of the header
+		h.Set("Transfer-Encoding", strings.Join(req.TransferEncoding, ", "))
+	}
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "%s %s %s\r\nHost: %s\r\n", req.Method, u.RequestURI(), req.Proto, u.Host)
+	h.Write(&b)
+	b.WriteString("\r\n")
+	return dest, b.Bytes(), true, nil
+}
+
+// httpError answers an HTTP client with status and a one-line reason.
+func httpError(w io.Writer, status, reason string) error {
+	body := reason + "\n"
+	_, err := fmt.Fprintf(w, "HTTP/1.1 %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", status, len(body), body)
+	return err
 }

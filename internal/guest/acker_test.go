@@ -88,8 +88,12 @@ func TestAckerInBand(t *testing.T) {
 	if states.Load() == 0 {
 		t.Error("no state from the gateway")
 	}
-	if a.GatewayAcked() != 301_000 {
-		t.Errorf("the gateway confirmed %d", a.GatewayAcked())
+	// The gateway's answer travels back after it stored the count: wait
+	// for the acker to have read it.
+	for deadline := time.Now().Add(10 * time.Second); a.GatewayAcked() != 301_000; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the gateway confirmed %d, want 301000", a.GatewayAcked())
+		}
 	}
 	// The gateway restarts without its state (a new one, same address
 	// cannot be had portably: a new one at a new address stands for it,

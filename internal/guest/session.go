@@ -138,6 +138,12 @@ type Resolved struct {
 
 func (r *Resolved) Error() string { return r.Why }
 
+// Declined reports whether the host declined: a Declined message, or the
+// end of a session whose request the host turned down.
+func (r *Resolved) Declined() bool {
+	return r.Session == nil || protocol.HostDeclined(r.Session.GetEndReason())
+}
+
 // BuyOptions say how a purchase is paid.
 type BuyOptions struct {
 	// Approve, if set, is asked before a fee that passed the tariff check

@@ -35,6 +35,11 @@ func signalText(dbm int32) string {
 
 // ShowPrompt writes the low-quota prompt for a person (C1.10).
 func ShowPrompt(w io.Writer, p *sharespotv1.LowQuotaPrompt) {
-	fmt.Fprintf(w, "Data is running low: %s left of %s (used %s). Buy more?\n",
+	fmt.Fprintf(w, "%s Buy more?\n", PromptText(p))
+}
+
+// PromptText is what the low-quota prompt says, without the question.
+func PromptText(p *sharespotv1.LowQuotaPrompt) string {
+	return fmt.Sprintf("Data is running low: %s left of %s (used %s).",
 		client.FormatBytes(p.RemainingBytes), client.FormatBytes(p.GrantedBytes), client.FormatBytes(p.UsedBytes))
 }

@@ -403,6 +403,14 @@ func Audit(ctx context.Context, st *store.Store) error {
 		if n > 0 {
 			return fmt.Errorf("%d hotspots oversold", n)
 		}
+		// The hosts' records that discovery shows match their sessions.
+		drift, err := session.CheckHostRecords(tx)
+		if err != nil {
+			return err
+		}
+		if len(drift) > 0 {
+			return fmt.Errorf("host records differ from their sessions: %s", strings.Join(drift, "; "))
+		}
 		// Fairness: every settled session billed by the rules.
 		return errors.Join(CheckFairness(tx, session.DefaultConfig().FeeBPS)...)
 	})

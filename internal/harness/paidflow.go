@@ -53,21 +53,35 @@ func PaidFlow(ctx context.Context, host *client.Client, hs *sharespotv1.Hotspot,
 	if err := ses.Confirm(ctx, q.Msg.Quote, rc); err != nil {
 		return err
 	}
-	code, err := seal.NewAccessCode()
-	if err != nil {
+	if err := Grant(ctx, host, g, ses.ID, q.Msg.Quote, 10*BenchMB); err != nil {
 		return err
-	}
-	sealed, err := seal.Seal(seal.Preset, g.PublicKey(ses.ID, seal.Preset), seal.Binding{SessionID: ses.ID, HostID: host.DeviceID(), GuestID: g.C.DeviceID()}, code)
-	if err != nil {
-		return err
-	}
-	if _, err := host.Sessions.Grant(ctx, connect.NewRequest(&sharespotv1.GrantRequest{SessionId: ses.ID, QuoteId: q.Msg.Quote.Id, GrantedBytes: 10 * BenchMB,
-		SealedCode: &sharespotv1.SealedCode{Suite: string(sealed.Suite), Enc: sealed.Enc, Ciphertext: sealed.Ciphertext},
-		Gateway:    &sharespotv1.Gateway{Kind: "proxy", Address: "192.0.2.1:1080"}})); err != nil {
-		return fmt.Errorf("grant: %w", err)
 	}
 	if _, err := host.Sessions.End(ctx, connect.NewRequest(&sharespotv1.EndRequest{SessionId: ses.ID, UsedBytes: 7 * BenchMB, Reason: "bench"})); err != nil {
 		return fmt.Errorf("end: %w", err)
+	}
+	return nil
+}
+
+// Grant is the host's grant of bytes for a paid quote, as the flow tests
+// play the host: the session's first grant carries a fresh access code
+// sealed to the guest (HPKE, the preset suite) and a proxy gateway at
+// 192.0.2.1:1080; a top-up's carries neither.
+func Grant(ctx context.Context, host *client.Client, g *guest.Guest, sessionID string, q *sharespotv1.Quote, bytes int64) error {
+	req := &sharespotv1.GrantRequest{SessionId: sessionID, QuoteId: q.Id, GrantedBytes: bytes}
+	if q.Kind == sharespotv1.QuoteKind_QUOTE_KIND_INITIAL {
+		code, err := seal.NewAccessCode()
+		if err != nil {
+			return err
+		}
+		sealed, err := seal.Seal(seal.Preset, g.PublicKey(sessionID, seal.Preset), seal.Binding{SessionID: sessionID, HostID: host.DeviceID(), GuestID: g.C.DeviceID()}, code)
+		if err != nil {
+			return err
+		}
+		req.SealedCode = &sharespotv1.SealedCode{Suite: string(sealed.Suite), Enc: sealed.Enc, Ciphertext: sealed.Ciphertext}
+		req.Gateway = &sharespotv1.Gateway{Kind: "proxy", Address: "192.0.2.1:1080"}
+	}
+	if _, err := host.Sessions.Grant(ctx, connect.NewRequest(req)); err != nil {
+		return fmt.Errorf("grant: %w", err)
 	}
 	return nil
 }

@@ -36,8 +36,9 @@ type Agent struct {
 	GW gateway.Gateway
 	// Kind is the gateway's kind as guests are told it (default "proxy").
 	Kind string
-	// Threshold is the warning level every admitted session gets (the
-	// hotspot's warn-at volume).
+	// Threshold is the hotspot's warning level (its warn-at volume); a
+	// session is prompted at it or at half its first purchase, whichever
+	// is less (protocol.PromptLevel).
 	Threshold int64
 	// Decide may turn a request down; nil accepts every request.
 	Decide func(*sharespotv1.AccessRequested) (ok bool, reason string)
@@ -375,12 +376,14 @@ func (h *Agent) checkReceipt(rc *sharespotv1.Receipt, want receipt.Payload) (str
 const gatewayTimeout = 30 * time.Second
 
 // admit lets a granted session in at the gateway with its code, volume and
-// the hotspot's warning level. Admit replaces any earlier admission of the
+// its prompt level: the hotspot's warning level, or half of the purchase if
+// that is less (protocol.PromptLevel), so that a small purchase is not
+// prompted at once. Admit replaces any earlier admission of the
 // session, so a retried grant admits the new code.
 func (h *Agent) admit(sid string, code []byte, bytes int64, verified bool, guestKey []byte) error {
 	ctx, cancel := context.WithTimeout(context.Background(), gatewayTimeout)
 	defer cancel()
-	g := gateway.Grant{SessionID: sid, Credential: code, Quota: bytes, Threshold: h.Threshold}
+	g := gateway.Grant{SessionID: sid, Credential: code, Quota: bytes, Threshold: protocol.PromptLevel(h.Threshold, bytes)}
 	if verified {
 		g.Verified, g.GuestKey = true, guestKey
 	}

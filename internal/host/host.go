@@ -229,8 +229,8 @@ func (h *Host) events(ctx context.Context) {
 
 // prompt turns a threshold event into the C1.9 prompt, once per volume
 // granted. The gateway may send one early, when at the session's rate what
-// is left would last less than a top-up takes, and then one at the
-// warning level. If the server takes the early one, the second prompts
+// is left would last less than a top-up takes (sent only once less than
+// half the volume is left), and then one at the session's prompt level. If the server takes the early one, the second prompts
 // nothing more; if it refuses it (a server that prompts only below the
 // warning level), the prompt goes at the warning level.
 func (h *Host) prompt(ctx context.Context, ev gateway.Event) {
@@ -241,6 +241,14 @@ func (h *Host) prompt(ctx context.Context, ev gateway.Event) {
 		return
 	}
 	early := ev.Quota-ev.Used >= h.Threshold
+	if left := ev.Quota - ev.Used; left >= ev.Quota/2 {
+		// Early, by the rate, with half the volume left or more: a guest
+		// that tops up at each prompt would hold a second purchase before
+		// half of the first is used. The prompt comes at the session's
+		// level (protocol.PromptLevel, at most half the purchase).
+		h.Log.Debug("early prompt held back: half the volume or more is left", "session", ev.SessionID, "left", left)
+		return
+	}
 	// The gateway sends the event once: a prompt lost to a passing
 	// failure (the server busy or restarting, a rate limit) is asked
 	// again, a little while (the event loop waits meanwhile). It carries
@@ -296,6 +304,18 @@ func (h *Host) report(ctx context.Context) {
 		}
 		h.ReportAll(ctx)
 	}
+}
+
+// Leave tells the server this host is stopping, so its hotspots show as
+// offline at once rather than after a cut stream's grace (bounded: 5 s).
+func (h *Host) Leave(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	_, err := h.C.Hotspots.Leave(ctx, connect.NewRequest(&sharespotv1.LeaveRequest{}))
+	if connect.CodeOf(err) == connect.CodeUnimplemented {
+		return nil // an older server: its --host-away marks the hotspots offline
+	}
+	return err
 }
 
 // ReportAll reports the final usage of every active session (on exit).

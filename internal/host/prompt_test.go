@@ -17,16 +17,18 @@ import (
 
 // eventGateway is a gateway whose events the test sends.
 type eventGateway struct {
-	mu    sync.Mutex
-	quota map[string]int64
-	used  map[string]int64 // what Usage says; 0 unless a test sets it
-	ev    chan gateway.Event
+	mu        sync.Mutex
+	quota     map[string]int64
+	used      map[string]int64 // what Usage says; 0 unless a test sets it
+	threshold map[string]int64 // each admission's prompt level
+	ev        chan gateway.Event
 }
 
 func (g *eventGateway) Admit(_ context.Context, gr gateway.Grant) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.quota[gr.SessionID] = gr.Quota
+	g.threshold[gr.SessionID] = gr.Threshold
 	return nil
 }
 
@@ -83,7 +85,7 @@ func newHostRig(t *testing.T, priceMinor, buy int64) *promptRig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gw := &eventGateway{quota: map[string]int64{}, used: map[string]int64{}, ev: make(chan gateway.Event)}
+	gw := &eventGateway{quota: map[string]int64{}, used: map[string]int64{}, threshold: map[string]int64{}, ev: make(chan gateway.Event)}
 	h := &Host{C: hostC, GW: gw, Threshold: warn, ReportEvery: time.Hour}
 	done := make(chan error, 1)
 	go func() { done <- h.Run(ctx) }()
@@ -120,6 +122,38 @@ func newHostRig(t *testing.T, priceMinor, buy int64) *promptRig {
 		}
 	}
 	return &promptRig{ctx: ctx, env: env, h: h, gw: gw, hostC: hostC, guestC: guestC, ses: ses, stopHost: stopHost}
+}
+
+// TestPromptLevelOfASmallPurchase: a first purchase at or below the
+// warning level (1 MB) is admitted with half of it as its prompt level, not
+// the warning level, which would prompt at once; a larger one with the
+// warning level.
+func TestPromptLevelOfASmallPurchase(t *testing.T) {
+	const MB = 1_000_000
+	for _, tt := range []struct{ buy, want int64 }{{MB, MB / 2}, {3 * MB, MB}} {
+		r := newHostRig(t, 1, tt.buy)
+		r.gw.mu.Lock()
+		got := r.gw.threshold[r.ses.ID]
+		r.gw.mu.Unlock()
+		if got != tt.want {
+			t.Errorf("bought %d bytes with a warning level of 1 MB: prompt level %d, want %d", tt.buy, got, tt.want)
+		}
+	}
+}
+
+// TestEarlyPromptHeldBackAtHalf: an early ThresholdCrossed (by the rate)
+// with half the volume or more left prompts nothing, though the server
+// would take it (0.9 MB left is below the 1 MB warning level); the one at
+// the session's level does.
+func TestEarlyPromptHeldBackAtHalf(t *testing.T) {
+	const MB = 1_000_000
+	r := newHostRig(t, 1, 1.5*MB)
+	r.gw.ev <- gateway.Event{Kind: gateway.ThresholdCrossed, SessionID: r.ses.ID, Used: 0.6 * MB, Quota: 1.5 * MB}
+	r.gw.ev <- gateway.Event{Kind: gateway.ThresholdCrossed, SessionID: r.ses.ID, Used: 0.8 * MB, Quota: 1.5 * MB}
+	_, p := harness.NextIn[*sharespotv1.Envelope_LowQuotaPrompt](t, r.ses.Messages())
+	if p.LowQuotaPrompt.UsedBytes != 0.8*MB {
+		t.Fatalf("prompt %v, want the one with 0.7 MB left, not the early one with 0.9 MB", p.LowQuotaPrompt)
+	}
 }
 
 // TestPromptAfterAHigherReport: a usage report sent after the threshold

@@ -103,6 +103,47 @@ func DBFunder(dataDir, db string) Funder {
 	}
 }
 
+// Defunder empties wallets back to the outside money they came from and
+// returns the sum.
+type Defunder func(ctx context.Context, accounts []string, currency, key string) (int64, error)
+
+// DBDefunder empties wallets on the server's database, as DBFunder fills
+// them.
+func DBDefunder(dataDir, db string) Defunder {
+	return func(ctx context.Context, accounts []string, currency, key string) (int64, error) {
+		target, err := server.DBTarget(dataDir, db)
+		if err != nil {
+			return 0, fmt.Errorf("loadgen: defund: %w", err)
+		}
+		st, err := store.Open(ctx, target, store.Options{})
+		if err != nil {
+			return 0, fmt.Errorf("loadgen: defund: open %s: %w", store.Redact(target), err)
+		}
+		defer st.Close()
+		var sum int64
+		for len(accounts) > 0 {
+			part := accounts[:min(len(accounts), 500)]
+			accounts = accounts[len(part):]
+			n, err := store.WriteT(ctx, st, func(tx *store.Tx) (int64, error) {
+				var n int64
+				for _, a := range part {
+					m, err := payment.Defund(tx, time.Now().UnixMilli(), a, currency, key+":"+a, "bench cleanup")
+					if err != nil {
+						return 0, err
+					}
+					n += m
+				}
+				return n, nil
+			})
+			if err != nil {
+				return sum, fmt.Errorf("loadgen: empty wallets: %w", err)
+			}
+			sum += n
+		}
+		return sum, nil
+	}
+}
+
 // DBFunderStore funds wallets in an open store, 500 per transaction,
 // idempotently (key bench:ACCOUNT).
 func DBFunderStore(st *store.Store) Funder {
@@ -184,6 +225,10 @@ type Fleet struct {
 	Hosts  []*Host
 	Guests []*Guest
 	stop   context.CancelFunc
+	// run is this fleet's own BSSID prefix (two random bytes), so a
+	// second run on the same database registers hotspots of its own
+	// instead of meeting the first run's.
+	run [2]byte
 }
 
 // NewFleet signs every device in, registers one hotspot per host, funds
@@ -201,7 +246,11 @@ func NewFleet(ctx context.Context, cfg FleetConfig) (*Fleet, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
+	if cfg.Hosts > 1<<16 {
+		return nil, fmt.Errorf("loadgen: at most %d hosts, got %d", 1<<16, cfg.Hosts)
+	}
 	f := &Fleet{cfg: cfg, Hosts: make([]*Host, cfg.Hosts), Guests: make([]*Guest, cfg.Guests)}
+	rand.Read(f.run[:])
 	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	f.stop = cancel
 	err := parallel(ctx, cfg.Hosts, 16, func(i int) error {
@@ -270,9 +319,9 @@ func NewFleet(ctx context.Context, cfg FleetConfig) (*Fleet, error) {
 // register registers host i's hotspot; after a lost answer the re-sent
 // call is refused as a duplicate, and the host finds it in its list.
 func (f *Fleet) register(ctx context.Context, c *client.Client, i int) (*sharespotv1.Hotspot, error) {
-	bssid := fmt.Sprintf("02:BE:%02X:%02X:%02X:%02X", byte(i>>24), byte(i>>16), byte(i>>8), byte(i))
+	bssid := fmt.Sprintf("02:BE:%02X:%02X:%02X:%02X", f.run[0], f.run[1], byte(i>>8), byte(i))
 	in := &sharespotv1.ShareInstruction{
-		AccessPoint:    &sharespotv1.AccessPoint{Ssid: []byte(fmt.Sprintf("bench-%d", i)), Bssid: bssid, Security: sharespotv1.Security_SECURITY_WPA2},
+		AccessPoint:    &sharespotv1.AccessPoint{Ssid: []byte(fmt.Sprintf("bench-%02x%02x-%d", f.run[0], f.run[1], i)), Bssid: bssid, Security: sharespotv1.Security_SECURITY_WPA2},
 		Tariff:         &sharespotv1.Tariff{Currency: f.cfg.Currency, PriceMinor: 10, UnitBytes: mb, MinPurchaseBytes: mb, TopupPriceMinor: 12},
 		ShareableBytes: f.cfg.ShareableBytes,
 		WarnAtBytes:    f.cfg.WarnAtBytes,
@@ -303,6 +352,40 @@ func (f *Fleet) register(ctx context.Context, c *client.Client, i int) (*sharesp
 		return nil, fmt.Errorf("register hotspot: %w", err)
 	}
 	return hs, nil
+}
+
+// Accounts are the fleet's user accounts: hosts' and guests'.
+func (f *Fleet) Accounts() []string {
+	var out []string
+	for _, h := range f.Hosts {
+		if h != nil {
+			out = append(out, h.C.AccountID())
+		}
+	}
+	for _, g := range f.Guests {
+		if g != nil {
+			out = append(out, g.C.AccountID())
+		}
+	}
+	return out
+}
+
+// Withdraw takes every host's hotspot off the server, so a bench leaves
+// none behind, and returns how many it withdrew.
+func (f *Fleet) Withdraw(ctx context.Context) (int, error) {
+	var n atomic.Int64
+	err := parallel(ctx, len(f.Hosts), 16, func(i int) error {
+		h := f.Hosts[i]
+		if h == nil || h.Hotspot == nil {
+			return nil
+		}
+		if _, err := h.C.Hotspots.Withdraw(ctx, connect.NewRequest(&sharespotv1.WithdrawRequest{HotspotId: h.Hotspot.Id})); err != nil {
+			return fmt.Errorf("withdraw hotspot %s: %w", h.Hotspot.Id, err)
+		}
+		n.Add(1)
+		return nil
+	})
+	return int(n.Load()), err
 }
 
 // Close stops every inbox receiver (bounded) and closes idle connections.

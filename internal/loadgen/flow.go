@@ -357,6 +357,9 @@ type LoadConfig struct {
 	Flow  FlowConfig
 	// Seed picks hosts for flows (reproducible choices).
 	Seed uint64
+	// ServerPID is the server's process, whose CPU the report gives per
+	// completed flow (0: none to read; the bench's own CPU only).
+	ServerPID int
 }
 
 // LoadReport is what an open-loop run measured.
@@ -385,13 +388,18 @@ type LoadReport struct {
 	Errors       map[string]int     `json:"errors"`
 	ErrorExample map[string]string  `json:"error_examples,omitempty"`
 	Sessions     []string           `json:"-"`
+	// CPU is what the server and the bench used from the first flow's
+	// start until the last flow's end, per completed flow.
+	CPU       *CPUReport `json:"cpu,omitempty"`
+	Yardstick *Yardstick `json:"yardstick,omitempty"`
 }
 
 // RunLoad offers flows at cfg.Rate for cfg.Duration, open loop: each flow
 // starts at its scheduled time whatever earlier flows are doing, unless
 // MaxInFlight are under way (then it is dropped). It waits for the flows
-// under way (up to Drain) and reports.
-func (f *Fleet) RunLoad(ctx context.Context, cfg LoadConfig) *LoadReport {
+// under way (up to Drain) and reports. An error with a report is the
+// server's CPU that could not be read (the process gone).
+func (f *Fleet) RunLoad(ctx context.Context, cfg LoadConfig) (*LoadReport, error) {
 	if cfg.MaxInFlight <= 0 || cfg.MaxInFlight > len(f.Guests) {
 		cfg.MaxInFlight = len(f.Guests)
 	}
@@ -414,6 +422,10 @@ func (f *Fleet) RunLoad(ctx context.Context, cfg LoadConfig) *LoadReport {
 	)
 	fctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	meter, err := StartCPU(cfg.ServerPID)
+	if err != nil {
+		return nil, err
+	}
 	start := time.Now()
 	interval := time.Duration(float64(time.Second) / cfg.Rate)
 	var offered int64
@@ -483,7 +495,12 @@ func (f *Fleet) RunLoad(ctx context.Context, cfg LoadConfig) *LoadReport {
 	rep.OfferedRate = float64(offered) / offerEnd.Seconds()
 	rep.StartedRate = float64(rep.Started) / offerEnd.Seconds()
 	rep.AcceptedRate = float64(rep.Completed) / elapsed.Seconds()
-	return rep
+	cpu, err := meter.Stop(rep.Completed, "flow")
+	if err != nil {
+		return rep, err // the report holds, without the server's CPU
+	}
+	rep.CPU = &cpu
+	return rep, nil
 }
 
 func firstWords(s string, n int) string {
@@ -508,4 +525,10 @@ func (rep *LoadReport) WriteTable(w io.Writer) {
 		rep.Completed, rep.AcceptedRate, rep.ElapsedS, rep.Resolved, rep.Failed, rep.Unfinished, rep.MaxLagMS)
 	writeLatencyTable(w, Steps, rep.Latency)
 	writeCounts(w, "\nerrors by kind:", rep.Errors, rep.ErrorExample)
+	if rep.CPU != nil {
+		rep.CPU.WriteTable(w)
+	}
+	if rep.Yardstick != nil {
+		rep.Yardstick.WriteTable(w)
+	}
 }

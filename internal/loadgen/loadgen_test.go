@@ -89,7 +89,10 @@ func fleetOn(t *testing.T, hosts, guests int, warn int64) (*harness.Env, *Fleet)
 // counts add up, and that the server's money invariants hold.
 func TestRunLoad(t *testing.T) {
 	env, f := fleetOn(t, 2, 6, 5*mb)
-	rep := f.RunLoad(t.Context(), LoadConfig{Rate: 20, Duration: time.Second, Seed: 7})
+	rep, err := f.RunLoad(t.Context(), LoadConfig{Rate: 20, Duration: time.Second, Seed: 7})
+	if err != nil {
+		t.Fatal(err)
+	}
 	if rep.Started+rep.Dropped != rep.Offered || rep.Offered == 0 {
 		t.Errorf("offered %d, started %d, dropped %d: they do not add up", rep.Offered, rep.Started, rep.Dropped)
 	}

@@ -26,6 +26,9 @@ type RelayConfig struct {
 	// prompts must commit in order), so Sessions bounds the messages in
 	// flight. Default: the fleet's guests.
 	Sessions int
+	// ServerPID is the server's process, whose CPU the report gives per
+	// delivered message (0: none to read; the bench's own CPU only).
+	ServerPID int
 }
 
 // RelayReport is what a relay run measured.
@@ -51,6 +54,10 @@ type RelayReport struct {
 	Call   Summary           `json:"prompt_call"`
 	Errors map[string]int    `json:"errors"`
 	ErrEx  map[string]string `json:"error_examples,omitempty"`
+	// CPU is what the server and the bench used from the first message
+	// sent until the last delivered, per delivered message.
+	CPU       *CPUReport `json:"cpu,omitempty"`
+	Yardstick *Yardstick `json:"yardstick,omitempty"`
 }
 
 // RunRelay opens one active session per guest (guest i buys from host
@@ -130,6 +137,10 @@ func (f *Fleet) RunRelay(ctx context.Context, cfg RelayConfig) (*RelayReport, er
 	}
 	var offered, dropped, sent, failed atomic.Int64
 	var wg sync.WaitGroup
+	meter, err := StartCPU(cfg.ServerPID)
+	if err != nil {
+		return nil, err
+	}
 	start := time.Now()
 	interval := time.Duration(float64(time.Second) / cfg.Rate)
 	for k := int64(0); ; k++ {
@@ -182,6 +193,12 @@ func (f *Fleet) RunRelay(ctx context.Context, cfg RelayConfig) (*RelayReport, er
 		Dropped: dropped.Load(), Delivered: deliv.Load(), Failed: failed.Load(), SentRate: float64(sent.Load()) / sendEnd.Seconds(),
 		HostToGuest: e2e.Summary(), Call: call.Summary(), Errors: errs.Counts(), ErrEx: errs.Examples()}
 	rep.Undelivered = rep.Sent - rep.Failed - rep.Delivered
+	if cpu, err := meter.Stop(rep.Delivered, "message"); err == nil {
+		rep.CPU = &cpu
+	} else {
+		errs.Add("server CPU", err)
+		rep.Errors, rep.ErrEx = errs.Counts(), errs.Examples()
+	}
 
 	// End the sessions (settles them; bounded).
 	ectx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 60*time.Second)
@@ -209,4 +226,10 @@ func (rep *RelayReport) WriteTable(w io.Writer) {
 		rep.Offered, rep.Sent, rep.SentRate, rep.Dropped, rep.Failed, rep.Delivered, rep.Undelivered)
 	writeLatencyTable(w, []string{"host→guest", "prompt call"}, map[string]Summary{"host→guest": rep.HostToGuest, "prompt call": rep.Call})
 	writeCounts(w, "\nerrors by kind:", rep.Errors, rep.ErrEx)
+	if rep.CPU != nil {
+		rep.CPU.WriteTable(w)
+	}
+	if rep.Yardstick != nil {
+		rep.Yardstick.WriteTable(w)
+	}
 }

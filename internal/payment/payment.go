@@ -277,3 +277,24 @@ func Fund(tx *store.Tx, nowMS int64, accountID, currency string, amount int64, k
 	return ledger.Apply(tx, nowMS, ledger.Transfer{ID: "fund:" + key, Debit: ledger.Funding(currency),
 		Credit: ledger.Wallet(accountID, currency), Amount: amount, Currency: currency, Memo: memo})
 }
+
+// Defund moves what accountID's wallet holds in currency back to the
+// outside money (the reverse of Fund: what the bench does to leave its
+// wallets empty), once per key, and returns the amount moved. Money held
+// in escrow for an open session stays there.
+func Defund(tx *store.Tx, nowMS int64, accountID, currency, key, memo string) (int64, error) {
+	if !ledger.ValidCurrency(currency) {
+		return 0, problem.Invalidf("currency %q is not an ISO 4217 code such as EUR", currency)
+	}
+	w := ledger.Wallet(accountID, currency)
+	bal, err := ledger.Balance(tx, w.ID)
+	if err != nil || bal <= 0 {
+		return 0, err
+	}
+	applied, err := ledger.Apply(tx, nowMS, ledger.Transfer{ID: "defund:" + key, Debit: w,
+		Credit: ledger.Funding(currency), Amount: bal, Currency: currency, Memo: memo})
+	if err != nil || !applied {
+		return 0, err
+	}
+	return bal, nil
+}

@@ -134,7 +134,7 @@ func newRig(t *testing.T) *rig {
 	}
 	gwDone, hostDone := make(chan error, 1), make(chan error, 1)
 	go func() { gwDone <- gw.Run(ctx) }()
-	hostRun := &host.Host{C: hostC, GW: gw, Kind: nft.Kind, Threshold: inst.WarnAtBytes, ReportEvery: 200 * time.Millisecond}
+	hostRun := &host.Host{C: hostC, GW: gw, Kind: nft.Kind, Threshold: inst.WarnAtBytes, ReportEvery: 200 * time.Millisecond, Log: hostLog(t)}
 	go func() { hostDone <- hostRun.Run(ctx) }()
 	r.watch = newLeakWatch(t, tp.Internet, serverAddr.Port())
 

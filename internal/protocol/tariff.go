@@ -46,3 +46,16 @@ func MulDiv(a, b, c int64, roundUp bool) (int64, error) {
 	}
 	return int64(q), nil
 }
+
+// PromptLevel is the remaining volume below which a session bought with a
+// first purchase of bought bytes is prompted to top up, on a hotspot whose
+// warning level is warn: the warning level, but never more than half of
+// the purchase, so that a purchase at or below the warning level is not
+// prompted at once and a guest that tops up at each prompt holds at most
+// one tranche and the unused half of another. 0 (no prompt) stays 0.
+func PromptLevel(warn, bought int64) int64 {
+	if warn <= 0 {
+		return 0
+	}
+	return max(min(warn, bought/2), 1)
+}

@@ -60,3 +60,26 @@ func TestTariffPrice(t *testing.T) {
 		t.Error("a tariff without a unit priced something")
 	}
 }
+
+func TestPromptLevel(t *testing.T) {
+	const MB = 1_000_000
+	tests := []struct {
+		name         string
+		warn, bought int64
+		want         int64
+	}{
+		{"a purchase well above the warning level: the warning level", 5 * MB, 100 * MB, 5 * MB},
+		{"a purchase at the warning level: half of it", 2 * MB, 2 * MB, MB},
+		{"a purchase below the warning level: half of it", 5 * MB, 2 * MB, MB},
+		{"twice the warning level: the warning level", MB, 2 * MB, MB},
+		{"no warning level: no prompt", 0, 2 * MB, 0},
+		{"one byte bought: prompted at the last byte", MB, 1, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := PromptLevel(tt.warn, tt.bought); got != tt.want {
+				t.Fatalf("PromptLevel(%d, %d) = %d, want %d", tt.warn, tt.bought, got, tt.want)
+			}
+		})
+	}
+}

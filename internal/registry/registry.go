@@ -15,6 +15,7 @@ import (
 	"github.com/sharespot/sharespot/internal/ledger"
 	"github.com/sharespot/sharespot/internal/problem"
 	"github.com/sharespot/sharespot/internal/protocol"
+	"github.com/sharespot/sharespot/internal/size"
 	"github.com/sharespot/sharespot/internal/store"
 )
 
@@ -73,7 +74,8 @@ func Reserve(tx *store.Tx, hotspotID string, bytes int64) error {
 		if err != nil {
 			return err
 		}
-		return problem.Exhaustedf("the hotspot has %d bytes left to share; cannot sell %d more", h.Available(), bytes)
+		left, more := size.FormatPair(h.Available(), bytes)
+		return problem.Exhaustedf("the hotspot has %s left to share; cannot sell %s more", left, more)
 	}
 	return nil
 }
@@ -353,6 +355,15 @@ func Seen(tx *store.Tx, hostDeviceID string, nowMS int64) (int64, error) {
 func Gone(tx *store.Tx, hostDeviceID string, seenMS int64) error {
 	if _, err := tx.Exec(`UPDATE hotspots SET online = 0 WHERE host_device_id = ? AND active = 1 AND seen_ms = ?`, hostDeviceID, seenMS); err != nil {
 		return fmt.Errorf("registry: mark %s gone: %w", hostDeviceID, err)
+	}
+	return nil
+}
+
+// Left marks every active hotspot of hostDeviceID offline: its agent
+// stopped and said so.
+func Left(tx *store.Tx, hostDeviceID string) error {
+	if _, err := tx.Exec(`UPDATE hotspots SET online = 0 WHERE host_device_id = ? AND active = 1`, hostDeviceID); err != nil {
+		return fmt.Errorf("registry: mark %s left: %w", hostDeviceID, err)
 	}
 	return nil
 }

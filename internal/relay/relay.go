@@ -12,7 +12,9 @@
 package relay
 
 import (
+	"cmp"
 	"fmt"
+	"slices"
 	"sync"
 
 	"google.golang.org/protobuf/proto"
@@ -27,6 +29,14 @@ import (
 // Waker wakes the streams of a device after a commit.
 type Waker interface {
 	Wake(deviceID string)
+}
+
+// Hander is a Waker that also takes the committed message itself, to hand
+// it to this process's streams so they send it without reading the inbox
+// (Hub, and the bus, which wakes other replicas' streams to read it).
+type Hander interface {
+	Waker
+	Hand(deviceID string, seq uint64, body []byte)
 }
 
 // Append writes env to deviceID's inbox within tx, assigning its sequence
@@ -48,7 +58,9 @@ func Append(tx *store.Tx, w Waker, nowMS int64, deviceID, sessionID string, env 
 		deviceID, seq, env.MessageId, sessionID, body, nowMS); err != nil {
 		return fmt.Errorf("relay: append to inbox of %s: %w", deviceID, err)
 	}
-	if w != nil {
+	if h, ok := w.(Hander); ok {
+		tx.AfterCommit(func() { h.Hand(deviceID, uint64(seq), body) })
+	} else if w != nil {
 		tx.AfterCommit(func() { w.Wake(deviceID) })
 	}
 	return nil
@@ -110,45 +122,127 @@ func AckedSeq(tx *store.Tx, deviceID string) (uint64, error) {
 // NewMessageID returns a random message ID.
 func NewMessageID() string { return protocol.NewID("msg") }
 
-// Hub wakes in-process streams. The zero value is not usable; use NewHub.
+// Hub wakes in-process streams, and hands them what was committed for
+// them. The zero value is not usable; use NewHub.
 type Hub struct {
 	mu      sync.Mutex
-	waiters map[string]map[chan struct{}]struct{}
+	waiters map[string]map[*Watch]struct{}
 }
 
 // NewHub returns an empty hub.
-func NewHub() *Hub { return &Hub{waiters: map[string]map[chan struct{}]struct{}{}} }
+func NewHub() *Hub { return &Hub{waiters: map[string]map[*Watch]struct{}{}} }
 
-var _ Waker = (*Hub)(nil)
+var _ Hander = (*Hub)(nil)
 
-// Wake signals every stream waiting for deviceID.
-func (h *Hub) Wake(deviceID string) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	for ch := range h.waiters[deviceID] {
-		select {
-		case ch <- struct{}{}:
-		default: // already signalled
+// handBuf is how many handed messages a watch holds before it gives up
+// holding them and has its stream read the inbox instead.
+const handBuf = 64
+
+// Watch is one stream's registration with the hub: C is signalled when
+// something was committed for the device; Take says what.
+type Watch struct {
+	C  <-chan struct{}
+	ch chan struct{}
+
+	mu     sync.Mutex
+	handed []handed // committed messages handed, not yet taken
+	read   bool     // woken without a message (another replica's, too many): read the inbox
+}
+
+type handed struct {
+	seq  uint64
+	body []byte
+}
+
+// Take returns what was handed since the last Take that comes after
+// cursor, in order, decoded; read reports that the inbox must be read
+// instead: a wake-up came without its message (from another replica, or
+// more than the watch holds), or what was handed does not follow cursor
+// without a gap (a commit whose hand-off is still on its way). Neither
+// means nothing new: every handed message is at or below cursor (it was
+// already read).
+func (w *Watch) Take(cursor uint64) (envs []*sharespotv1.Envelope, read bool) {
+	w.mu.Lock()
+	hs, read := w.handed, w.read
+	w.handed, w.read = nil, false
+	w.mu.Unlock()
+	if read {
+		return nil, true
+	}
+	slices.SortFunc(hs, func(a, b handed) int { return cmp.Compare(a.seq, b.seq) })
+	next := cursor + 1
+	for _, h := range hs {
+		switch {
+		case h.seq < next:
+			continue // already sent (read, or handed twice to this watch)
+		case h.seq > next:
+			return nil, true // a gap
 		}
+		env := new(sharespotv1.Envelope)
+		if err := proto.Unmarshal(h.body, env); err != nil {
+			return nil, true // not ours to judge: the read reports it
+		}
+		envs = append(envs, env)
+		next++
+	}
+	return envs, false
+}
+
+func (w *Watch) signal() {
+	select {
+	case w.ch <- struct{}{}:
+	default: // already signalled
 	}
 }
 
-// Watch registers a wake-up channel for deviceID; call cancel when done.
-// Register before reading the inbox, so no wake-up is missed between the
-// read and the wait.
-func (h *Hub) Watch(deviceID string) (wake <-chan struct{}, cancel func()) {
+// Wake signals every stream waiting for deviceID to read its inbox.
+func (h *Hub) Wake(deviceID string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for w := range h.waiters[deviceID] {
+		w.mu.Lock()
+		w.read, w.handed = true, nil
+		w.mu.Unlock()
+		w.signal()
+	}
+}
+
+// Hand gives the message committed as deviceID's seq (its encoding) to
+// every stream waiting for the device, and wakes them.
+func (h *Hub) Hand(deviceID string, seq uint64, body []byte) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for w := range h.waiters[deviceID] {
+		w.mu.Lock()
+		switch {
+		case w.read:
+		case len(w.handed) >= handBuf:
+			w.read, w.handed = true, nil
+		default:
+			w.handed = append(w.handed, handed{seq: seq, body: body})
+		}
+		w.mu.Unlock()
+		w.signal()
+	}
+}
+
+// Watch registers a stream's watch of deviceID; call cancel when done.
+// Register before reading the inbox, so nothing committed between the
+// read and the wait is missed.
+func (h *Hub) Watch(deviceID string) (w *Watch, cancel func()) {
 	ch := make(chan struct{}, 1)
+	w = &Watch{C: ch, ch: ch}
 	h.mu.Lock()
 	m := h.waiters[deviceID]
 	if m == nil {
-		m = map[chan struct{}]struct{}{}
+		m = map[*Watch]struct{}{}
 		h.waiters[deviceID] = m
 	}
-	m[ch] = struct{}{}
+	m[w] = struct{}{}
 	h.mu.Unlock()
-	return ch, func() {
+	return w, func() {
 		h.mu.Lock()
-		delete(h.waiters[deviceID], ch)
+		delete(h.waiters[deviceID], w)
 		if len(h.waiters[deviceID]) == 0 {
 			delete(h.waiters, deviceID)
 		}

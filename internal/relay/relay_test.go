@@ -38,7 +38,8 @@ func TestAppendFetchAck(t *testing.T) {
 	ctx := context.Background()
 	st := openStore(t)
 	hub := NewHub()
-	wake, cancel := hub.Watch("d")
+	watch, cancel := hub.Watch("d")
+	wake := watch.C
 	defer cancel()
 
 	// A message whose transaction rolls back is never stored nor woken.
@@ -118,7 +119,8 @@ func TestAppendFetchAck(t *testing.T) {
 
 func TestHubWatchCancel(t *testing.T) {
 	h := NewHub()
-	w1, c1 := h.Watch("x")
+	w1w, c1 := h.Watch("x")
+	w1 := w1w.C
 	_, c2 := h.Watch("x")
 	if h.Watching() != 2 {
 		t.Fatalf("watching %d", h.Watching())

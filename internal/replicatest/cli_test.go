@@ -19,7 +19,7 @@ import (
 	"github.com/sharespot/sharespot/internal/store/pgtest"
 )
 
-// proc is a sharespot CLI process whose output is kept.
+// proc is a process (a sharespot command, haproxy) whose output is kept.
 type proc struct {
 	cmd  *exec.Cmd
 	mu   sync.Mutex
@@ -113,8 +113,9 @@ func TestCLIFailover(t *testing.T) {
 
 	both := b.URL + "," + a.URL
 	// A dead first URL is passed over for the next.
+	out := strings.Fields(run(t, dir, "device", "id", "--identity", "guest.key")) // makes the key (and says so first)
+	id := out[len(out)-1]
 	run(t, dir, "wallet", "balance", "--identity", "guest.key", "--server", "http://127.0.0.1:1,"+both)
-	id := strings.TrimSpace(run(t, dir, "device", "id", "--identity", "guest.key"))
 	run(t, dir, "wallet", "fund", "--db", db, "--device", id, "--amount", "1000", "--currency", "EUR")
 
 	guest := start(t, dir, "connect", "--identity", "guest.key", "--scan-file", "scan.json", "Cafe", "--buy", "2MB", "--yes",

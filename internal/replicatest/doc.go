@@ -13,6 +13,11 @@
 // TestBusDown runs the same flow with the bus pointing at nothing: the
 // fallback poll delivers every message.
 //
+// TestHAProxy* run deploy/haproxy/haproxy.cfg with the real haproxy in
+// front of replicas: its check with no environment, HTTP/1.1, h2c and TLS
+// through it, /metrics kept internal, its log and admin socket, reloads
+// with a stream open, and the flow with a replica killed.
+//
 // BenchmarkRelayAcrossReplicas measures host-send to guest-receive latency
 // between two replicas.
 //

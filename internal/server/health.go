@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
 	"time"
@@ -11,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/sharespot/sharespot/internal/buildinfo"
 	"github.com/sharespot/sharespot/internal/metrics"
 	"github.com/sharespot/sharespot/internal/store"
 )
@@ -18,16 +18,17 @@ import (
 // ReadyTimeout bounds the database write /readyz makes.
 const ReadyTimeout = 2 * time.Second
 
-// routes serves the API at / and, beside it, /healthz (the process is up),
-// /readyz (it can serve: the database takes a write and, with a bus, the
-// bus is connected) and /metrics (Prometheus). The three stay outside the
+// routes serves the API at / and, beside it, /healthz (the process is up;
+// "ok" or "degraded: …", and the version), /readyz (it can serve: the
+// database takes a write) and /metrics (Prometheus). The three stay outside the
 // API's address limits, so a load balancer's checks are never refused.
 func (s *Server) routes(api http.Handler) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/", api)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
-		w.Write([]byte("ok\n"))
+		w.Header().Set("Cache-Control", "no-store")
+		w.Write([]byte(s.Health()))
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
@@ -43,9 +44,31 @@ func (s *Server) routes(api http.Handler) http.Handler {
 	return mux
 }
 
+// Health is /healthz's body: "ok", or "degraded: …" naming what is
+// degraded while the server still serves, then the build's version. It
+// never fails: /healthz answers 200 while the process is up.
+func (s *Server) Health() string {
+	status := "ok"
+	if s.cfg.Bus != "" && !s.bus.Connected() {
+		status = "degraded: " + busDown(s.cfg.Bus)
+	}
+	return status + "\nversion: " + buildinfo.Get().String() + "\n"
+}
+
+// busDown says what losing the bus means.
+func busDown(bus string) string {
+	return "bus: not connected to " + bus + " (wake-ups between replicas are lost; streams poll the inbox every second, so delivery goes on, slower)"
+}
+
 // instrument registers the server's metrics on its registry.
 func (s *Server) instrument() {
 	s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	bi := buildinfo.Get()
+	build := prometheus.NewGauge(prometheus.GaugeOpts{Namespace: metrics.Namespace, Name: "build_info",
+		Help:        "1, labelled with the server's build: module version, VCS revision and Go version.",
+		ConstLabels: prometheus.Labels{"version": bi.Version, "revision": bi.Revision, "goversion": bi.Go}})
+	build.Set(1)
+	s.reg.MustRegister(build)
 	metrics.StoreGauges(s.reg, s.st.QueueLen, func(ctx context.Context) (metrics.InboxStats, error) {
 		return store.ReadT(ctx, s.st, func(tx *store.Tx) (metrics.InboxStats, error) {
 			var st metrics.InboxStats
@@ -53,6 +76,7 @@ func (s *Server) instrument() {
 			return st, err
 		})
 	}, s.cfg.Now)
+	s.reg.MustRegister(s.business())
 	if s.cfg.Bus == "" {
 		return
 	}
@@ -67,13 +91,14 @@ func (s *Server) instrument() {
 
 // Ready reports whether the server can serve: the database takes a write
 // within ReadyTimeout (through the single writer on SQLite, so a stuck
-// writer or a lock held elsewhere shows), and with a bus configured the
-// bus is connected. The error says which fails. Concurrent checks share
-// one write.
+// writer or a lock held elsewhere shows). The error says what fails.
+// Concurrent checks share one write.
+//
+// The bus is not part of it: a replica that lost the bus still serves
+// (its streams poll the inbox), so a load balancer must not take every
+// replica out when the bus is down. It shows as degraded on /healthz and
+// as sharespot_bus_connected 0.
 func (s *Server) Ready(ctx context.Context) error {
-	if s.cfg.Bus != "" && !s.bus.Connected() {
-		return errors.New("bus: not connected to " + s.cfg.Bus + " (inbox wake-ups between replicas are lost; streams fall back to polling)")
-	}
 	done := s.readyCheck()
 	t := time.NewTimer(ReadyTimeout)
 	defer t.Stop()

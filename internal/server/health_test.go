@@ -2,25 +2,36 @@ package server_test
 
 import (
 	"context"
+	"crypto/ed25519"
 	"database/sql"
+	"errors"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"connectrpc.com/connect"
 	"connectrpc.com/grpcreflect"
 	_ "github.com/jackc/pgx/v5/stdlib" // the test's own PostgreSQL session
+	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 
+	"github.com/sharespot/sharespot/internal/buildinfo"
 	"github.com/sharespot/sharespot/internal/bus/natstest"
 	"github.com/sharespot/sharespot/internal/client"
+	"github.com/sharespot/sharespot/internal/guest"
 	"github.com/sharespot/sharespot/internal/harness"
+	"github.com/sharespot/sharespot/internal/seal"
 	"github.com/sharespot/sharespot/internal/server"
+	"github.com/sharespot/sharespot/internal/session"
 	"github.com/sharespot/sharespot/internal/store/pgtest"
 )
 
@@ -108,12 +119,21 @@ func TestReadyPostgres(t *testing.T) {
 	})
 }
 
-// TestReadyBus: with --bus, ready only while the bus is connected.
+// TestReadyBus: with --bus, ready whether the bus is connected or not: a
+// replica that lost the bus still serves (its streams poll the inbox), so
+// a load balancer keeps it. /healthz and sharespot_bus_connected say it
+// is degraded.
 func TestReadyBus(t *testing.T) {
 	t.Run("connected", func(t *testing.T) {
 		u := natstest.Require(t)
 		env := harness.Start(t, func(c *server.Config) { c.Bus = u })
 		wantReady(t, env.URL, true, "")
+		if _, body := get(t, env.URL+"/healthz"); !strings.HasPrefix(body, "ok\n") {
+			t.Fatalf("/healthz with the bus connected = %q, want ok", body)
+		}
+		if got := scrapeOf(t, env.URL).value("sharespot_bus_connected"); got != 1 {
+			t.Fatalf("sharespot_bus_connected = %v, want 1", got)
+		}
 	})
 	t.Run("unreachable", func(t *testing.T) {
 		// A port nothing listens on: take one, then free it.
@@ -124,8 +144,145 @@ func TestReadyBus(t *testing.T) {
 		addr := ln.Addr().String()
 		ln.Close()
 		env := harness.Start(t, func(c *server.Config) { c.Bus = "nats://" + addr })
-		wantReady(t, env.URL, false, "bus: not connected")
+		wantReady(t, env.URL, true, "")
+		if _, body := get(t, env.URL+"/healthz"); !strings.HasPrefix(body, "degraded: bus: not connected") {
+			t.Fatalf("/healthz with the bus away = %q, want degraded naming the bus", body)
+		}
+		if got := scrapeOf(t, env.URL).value("sharespot_bus_connected"); got != 0 {
+			t.Fatalf("sharespot_bus_connected = %v, want 0", got)
+		}
 	})
+}
+
+// TestVersionEverywhere: /healthz and sharespot_build_info carry the
+// build's version (the User-Agent is client's TestUserAgent).
+func TestVersionEverywhere(t *testing.T) {
+	env := harness.Start(t, nil)
+	bi := buildinfo.Get()
+	if _, body := get(t, env.URL+"/healthz"); body != "ok\nversion: "+bi.String()+"\n" {
+		t.Fatalf("/healthz = %q, want ok and the version %q", body, bi.String())
+	}
+	if got := scrapeOf(t, env.URL).value("sharespot_build_info", "version", bi.Version, "goversion", bi.Go); got != 1 {
+		t.Fatalf("sharespot_build_info{version=%q} = %v, want 1", bi.Version, got)
+	}
+}
+
+// deviceWith signs in a new device whose client tells status of its
+// inbox stream.
+func deviceWith(t *testing.T, url string, status func(string, error)) *client.Client {
+	t.Helper()
+	_, key, err := ed25519.GenerateKey(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := client.New(url, key, client.Options{StreamStatus: status})
+	if err := c.SignIn(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// TestDatabaseAway: on PostgreSQL, while the database refuses connections
+// the server is not ready and answers unavailable (which clients retry),
+// never internal; an inbox stream opened before stays open; once the
+// database is back, calls succeed again and the open stream delivers a
+// message sent then. It logs how long the first call took to succeed
+// after the database's return (docs/benchmarks.md; the goal is under a
+// second).
+func TestDatabaseAway(t *testing.T) {
+	u := pgtest.New(t)
+	env := harness.Start(t, func(c *server.Config) { c.DB = u })
+	ctx := t.Context()
+	// The devices' clients say when their streams break and come back.
+	var breaks atomic.Int32
+	var breakMu sync.Mutex
+	var breakErrs []string
+	hostC := deviceWith(t, env.URL, func(_ string, err error) {
+		if err != nil {
+			breaks.Add(1)
+			breakMu.Lock()
+			breakErrs = append(breakErrs, err.Error())
+			breakMu.Unlock()
+		}
+	})
+	upAgain := make(chan time.Time, 1)
+	guestC := deviceWith(t, env.URL, func(_ string, err error) {
+		if err == nil {
+			select {
+			case upAgain <- time.Now():
+			default:
+			}
+		}
+	})
+	res, err := hostC.Hotspots.Register(ctx, connect.NewRequest(&sharespotv1.RegisterRequest{Instruction: harness.BenchInstruction(1)}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	hostIn := client.Listen(ctx, hostC, client.InboxOptions{All: true})
+	until(t, "the host's stream is open", func() bool { return scrapeOf(t, env.URL).value("sharespot_inbox_streams_open") == 1 })
+
+	refuser := pgtest.NewRefuser(t, u)
+	refuser.Refuse(true)
+	wantReady(t, env.URL, false, "database")
+	for _, call := range []struct {
+		name string
+		do   func() error
+	}{
+		{"Balance", func() error {
+			_, err := guestC.Payments.Balance(ctx, connect.NewRequest(&sharespotv1.BalanceRequest{}))
+			return err
+		}},
+		{"RequestAccess", func() error {
+			_, err := guestC.Sessions.RequestAccess(ctx, connect.NewRequest(&sharespotv1.RequestAccessRequest{HotspotId: res.Msg.Hotspot.Id, Bytes: harness.BenchMB}))
+			return err
+		}},
+	} {
+		if err := call.do(); connect.CodeOf(err) != connect.CodeUnavailable {
+			t.Fatalf("%s with the database away: %v (code %v), want unavailable", call.name, err, connect.CodeOf(err))
+		}
+	}
+
+	// A stream opened now is refused (unavailable, Retry-After: 1) and
+	// tried again.
+	client.Listen(ctx, guestC, client.InboxOptions{All: true})
+	time.Sleep(3 * time.Second) // its backoff grows past a second meanwhile
+
+	refuser.Refuse(false)
+	back := time.Now()
+	until(t, "a call succeeds once the database is back", func() bool {
+		_, err := guestC.Payments.Balance(ctx, connect.NewRequest(&sharespotv1.BalanceRequest{}))
+		return err == nil
+	})
+	t.Logf("the first call succeeded %v after the database took connections again", time.Since(back).Round(time.Millisecond))
+	select {
+	case up := <-upAgain:
+		t.Logf("a stream refused during the outage was up %v after the database's return", up.Sub(back).Round(time.Millisecond))
+	case <-time.After(30 * time.Second):
+		t.Fatal("a stream refused during the outage never came up")
+	}
+	wantReady(t, env.URL, true, "")
+
+	// The host's stream, open through the outage, delivers a request
+	// made now.
+	g := &guest.Guest{C: guestC, Suites: []seal.Suite{seal.Preset}}
+	ses, err := g.BeginHotspot(ctx, res.Msg.Hotspot.Id, harness.BenchMB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ses.Close()
+	select {
+	case env := <-hostIn.C():
+		if env.SessionId != ses.ID {
+			t.Fatalf("the host got a message of session %s, want %s", env.SessionId, ses.ID)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the host's stream delivered nothing within 30 s of the request")
+	}
+	if n := breaks.Load(); n != 0 {
+		breakMu.Lock()
+		defer breakMu.Unlock()
+		t.Fatalf("the host's stream broke %d times: it should have stayed open through the outage; %q", n, breakErrs)
+	}
 }
 
 // TestReflection: a gRPC reflection client lists every service without
@@ -211,4 +368,99 @@ func (l lockedWriter) Write(b []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.w.Write(b)
+}
+
+// TestReplicaWithoutKeyFile: a second replica on the same database started
+// without the first one's key file refuses to start, says how to fix it,
+// and leaves no key file behind that a second try would take for the
+// right one.
+func TestReplicaWithoutKeyFile(t *testing.T) {
+	u := pgtest.New(t)
+	first, err := server.Open(t.Context(), server.Config{DataDir: t.TempDir(), DB: u})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first.Close()
+	dir := t.TempDir()
+	_, err = server.Open(t.Context(), server.Config{DataDir: dir, DB: u})
+	if err == nil || !strings.Contains(err.Error(), "--key-file") {
+		t.Fatalf("a replica without the shared key file: %v, want a refusal naming --key-file", err)
+	}
+	if _, serr := os.Stat(filepath.Join(dir, "platform.key")); !errors.Is(serr, fs.ErrNotExist) {
+		t.Fatalf("the refused replica left %s behind (%v)", filepath.Join(dir, "platform.key"), serr)
+	}
+}
+
+// TestDeadlinesWaitForTheDatabase: a guest ended its session and the host
+// is to send its final count within the close timeout, but the database
+// refuses connections for longer than that. The deadline does not run out
+// on the host meanwhile: once the database is back, a count sent within
+// the grace settles the session, and the host is paid for what it carried.
+func TestDeadlinesWaitForTheDatabase(t *testing.T) {
+	const closeTimeout = 3 * time.Second
+	u := pgtest.New(t)
+	env := harness.Start(t, func(c *server.Config) {
+		c.DB = u
+		c.Session = session.DefaultConfig()
+		c.Session.CloseTimeout = closeTimeout
+	})
+	ctx := t.Context()
+	hostC, guestC := env.Device(t, "host"), env.Device(t, "guest")
+	env.Fund(t, guestC, "EUR", 1000)
+	res, err := hostC.Hotspots.Register(ctx, connect.NewRequest(&sharespotv1.RegisterRequest{Instruction: harness.BenchInstruction(1)}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	harness.Listen(t, hostC, nil)
+	g := &guest.Guest{C: guestC, Suites: []seal.Suite{seal.Preset}, Unverified: true}
+	ses, err := g.BeginHotspot(ctx, res.Msg.Hotspot.Id, 10*harness.BenchMB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, err := hostC.Sessions.Quote(ctx, connect.NewRequest(&sharespotv1.QuoteRequest{SessionId: ses.ID, Bytes: 10 * harness.BenchMB, AmountMinor: 100, Currency: "EUR"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, err := ses.Pay(ctx, q.Msg.Quote, guest.BuyOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ses.Confirm(ctx, q.Msg.Quote, rc); err != nil {
+		t.Fatal(err)
+	}
+	if err := harness.Grant(ctx, hostC, g, ses.ID, q.Msg.Quote, 10*harness.BenchMB); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := guestC.Sessions.End(ctx, connect.NewRequest(&sharespotv1.EndRequest{SessionId: ses.ID, Reason: "done"})); err != nil {
+		t.Fatal(err)
+	}
+	refuser := pgtest.NewRefuser(t, u)
+	refuser.Refuse(true)
+	time.Sleep(time.Second)
+	env.Clock.Advance(closeTimeout + time.Second) // past the deadline, the database away
+	time.Sleep(time.Second)
+	refuser.Refuse(false)
+	// The sweep (every 20 ms here) has had its chance to settle on the
+	// last report (none: 0 bytes) before the host's count arrives.
+	time.Sleep(500 * time.Millisecond)
+	const used = 7 * harness.BenchMB
+	if err := client.Retry(ctx, func() error {
+		_, err := hostC.Sessions.ReportUsage(ctx, connect.NewRequest(&sharespotv1.ReportUsageRequest{SessionId: ses.ID, UsedBytes: used}))
+		return err
+	}); err != nil {
+		t.Fatalf("the host's final count after the outage: %v", err)
+	}
+	var s *sharespotv1.Session
+	until(t, "the session settles", func() bool {
+		r, err := guestC.Sessions.Get(ctx, connect.NewRequest(&sharespotv1.GetRequest{SessionId: ses.ID}))
+		if err != nil {
+			return false
+		}
+		s = r.Msg.Session
+		return s.State == sharespotv1.SessionState_SESSION_STATE_ENDED
+	})
+	if s.UsedBytes != used || s.SettledHostMinor+s.SettledFeeMinor != 70 || s.RefundedMinor != 30 {
+		t.Fatalf("settled on %d bytes: host %d, fee %d, refunded %d; want 7 MB billed (70 cents), 30 refunded", s.UsedBytes, s.SettledHostMinor, s.SettledFeeMinor, s.RefundedMinor)
+	}
+	env.MustAudit(t)
 }

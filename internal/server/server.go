@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -88,8 +89,16 @@ type Config struct {
 	// Default 30 s; 1 s with a Bus, which bounds the delay a lost
 	// wake-up causes.
 	PollInterval time.Duration
-	Logger       *slog.Logger
-	Now          func() time.Time
+	// AckDelay: how long an inbox acknowledgment of what this replica's
+	// stream sent is held before its write, with others' (relay.Acks;
+	// default relay.DefaultAckDelay).
+	AckDelay time.Duration
+	// HostGoneGrace: how long after a host's inbox stream ended without
+	// HotspotService.Leave its hotspots are marked offline, unless it is
+	// back (default 10 s).
+	HostGoneGrace time.Duration
+	Logger        *slog.Logger
+	Now           func() time.Time
 	// Registry receives the server's metrics (served at /metrics); nil:
 	// a registry of the server's own.
 	Registry *prometheus.Registry
@@ -141,6 +150,7 @@ type Server struct {
 	log     *slog.Logger
 	st      *store.Store
 	hub     *relay.Hub
+	acks    *relay.Acks
 	bus     *bus.NATS
 	engine  *session.Engine
 	auth    *auth.Auth
@@ -207,12 +217,25 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 		s.st.Close()
 		return nil, fmt.Errorf("server: %w", err)
 	}
+	_, statErr := os.Stat(keyFile)
+	created := errors.Is(statErr, fs.ErrNotExist)
 	kek, err := atomicfile.LoadOrCreateSecret(keyFile, 32)
 	if err != nil {
 		s.st.Close()
 		return nil, fmt.Errorf("server: the key that seals the receipt-signing keys: %w", err)
 	}
 	if s.wallet, err = payment.Open(ctx, s.st, cfg.Now, kek); err != nil {
+		s.st.Close()
+		if created {
+			// A replica started without the shared key file made a
+			// new one the database's keys do not open: leave nothing
+			// behind that a second try would take for the right one.
+			os.Remove(keyFile)
+			err = fmt.Errorf("%w (%s did not exist and was not kept: copy the key file of the replicas already on this database there, or pass it with --key-file)", err, keyFile)
+		}
+		return nil, err
+	}
+	if err := s.repairHostRecords(ctx); err != nil {
 		s.st.Close()
 		return nil, err
 	}
@@ -244,9 +267,13 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 		s.Close()
 		return nil, err
 	}
-	deps := api.Deps{Store: s.st, Engine: s.engine, Auth: s.auth, Wallet: s.wallet, Hub: s.hub,
+	s.acks = relay.NewAcks(s.st, cfg.AckDelay, cfg.Logger)
+	deps := api.Deps{Store: s.st, Engine: s.engine, Auth: s.auth, Wallet: s.wallet, Hub: s.hub, Acks: s.acks,
 		Now: cfg.Now, Log: cfg.Logger, Limits: cfg.Limits, PollInterval: cfg.PollInterval, Metrics: s.metrics,
-		HostAway: cfg.Session.HostAway}
+		HostAway: cfg.Session.HostAway, HostGoneGrace: cfg.HostGoneGrace}
+	if cfg.Bus != "" {
+		deps.BusDown = func() bool { return !s.bus.Connected() }
+	}
 	mux := http.NewServeMux()
 	if cfg.Stripe.Key != "" {
 		if s.card, err = card.New(cfg.Stripe, s.st, s.engine, s.wallet, cfg.Now, cfg.Logger); err != nil {
@@ -318,6 +345,27 @@ func (s *Server) openDashboard(ctx context.Context) (*dashboard.Dashboard, error
 		HostAway: s.cfg.Session.HostAway})
 }
 
+// repairHostRecords rebuilds the hosts' records that discovery shows when
+// they differ from the settled sessions: a replica of a release before
+// schema 8 settles sessions without keeping them, so a rolling upgrade
+// leaves them short until a replica of this release starts after the
+// last old one stopped. Read first: a start with nothing to repair
+// commits nothing (the crash tests count commits from the start).
+func (s *Server) repairHostRecords(ctx context.Context) error {
+	drift, err := store.ReadT(ctx, s.st, session.CheckHostRecords)
+	if err == nil && len(drift) > 0 {
+		err = s.st.Write(ctx, session.RebuildHostRecords)
+	}
+	if err != nil {
+		return fmt.Errorf("server: hosts' records: %w", err)
+	}
+	if len(drift) > 0 {
+		s.log.Warn("the hosts' records shown in discovery differed from their settled sessions (settled by a replica of an earlier release after the upgrade?); rebuilt from the sessions",
+			"hosts", len(drift), "first", drift[0])
+	}
+	return nil
+}
+
 // Handler serves the API.
 func (s *Server) Handler() http.Handler { return s.handler }
 
@@ -332,6 +380,15 @@ func (s *Server) Store() *store.Store { return s.st }
 func (s *Server) Close() error {
 	if s == nil {
 		return nil
+	}
+	if s.acks != nil {
+		// The acknowledgments held: written, or their messages are
+		// delivered again after the restart.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if err := s.acks.Flush(ctx); err != nil {
+			s.log.Warn("write held acknowledgments at close", "err", err)
+		}
+		cancel()
 	}
 	err := s.st.Close()
 	s.bus.Close()
@@ -433,17 +490,56 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 }
 
 // sweep moves overdue sessions on and deletes expired credentials.
+//
+// Deadlines do not run out on parties while the database is away: they
+// could not act (a host's final count, a grant, a quote all need it). So
+// once the sweep finds the database unavailable it stops expiring
+// sessions, and when the database is back it waits the close timeout
+// more before it expires any, leaving hosts and guests, whose calls were
+// refused meanwhile, the time to make them. Every replica's sweep sees
+// the shared database's outage itself, and the grace also runs from the
+// last call on this replica that found it away (store.LastUnavailable):
+// a sweep that was busy through the whole outage still waits.
 func (s *Server) sweep(ctx context.Context) {
 	t := time.NewTicker(s.cfg.SweepInterval)
 	defer t.Stop()
 	lastAuth := time.Time{}
+	var away bool
+	var resume time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
+		switch {
+		case away:
+			err := s.st.Read(ctx, func(tx *store.Tx) error {
+				var n int64
+				return tx.QueryRow(`SELECT COUNT(*) FROM schema_migrations`).Scan(&n)
+			})
+			if err != nil {
+				continue
+			}
+			grace := s.closeGrace()
+			away, resume = false, time.Now().Add(grace)
+			s.log.Info("database back: overdue sessions expire again after a grace, for the parties to make the calls it refused",
+				"grace", grace)
+			continue
+		case time.Now().Before(resume):
+			continue
+		case time.Since(s.st.LastUnavailable()) < s.closeGrace():
+			// Another call found the database away, though this loop
+			// did not (it may have been busy all through the outage):
+			// the same grace, from that call.
+			continue
+		}
 		if err := s.SweepOnce(ctx); err != nil && ctx.Err() == nil {
+			if errors.Is(err, store.ErrUnavailable) {
+				away = true
+				s.log.Warn("database unavailable: no session expires until it is back and a grace has passed", "err", err)
+				continue
+			}
 			s.log.Warn("sweep", "err", err)
 		}
 		if time.Since(lastAuth) > time.Minute {
@@ -456,6 +552,15 @@ func (s *Server) sweep(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// closeGrace is how long after the database's return nothing expires:
+// the close timeout, which a party has to make a call a deadline waits on.
+func (s *Server) closeGrace() time.Duration {
+	if g := s.cfg.Session.CloseTimeout; g > 0 {
+		return g
+	}
+	return session.DefaultConfig().CloseTimeout
 }
 
 // SweepOnce expires every session overdue now.

@@ -17,11 +17,16 @@ type AuditReport struct {
 	Open, Ended  int64
 	HeldAfterEnd int64
 	Usage        Reconciliation
+	// RecordDrift names each host whose kept record (what discovery shows
+	// guests) differs from its settled verified sessions.
+	RecordDrift []string
 }
 
-// OK reports whether the ledger is consistent and no ended session holds
-// money in escrow.
-func (a AuditReport) OK() bool { return a.Ledger.OK() && a.HeldAfterEnd == 0 }
+// OK reports whether the ledger is consistent, no ended session holds
+// money in escrow and every host's record matches its sessions.
+func (a AuditReport) OK() bool {
+	return a.Ledger.OK() && a.HeldAfterEnd == 0 && len(a.RecordDrift) == 0
+}
 
 // Audit runs the operator's audit in tx.
 func Audit(tx *store.Tx) (AuditReport, error) {
@@ -31,6 +36,9 @@ func Audit(tx *store.Tx) (AuditReport, error) {
 		return a, err
 	}
 	if a.Usage, err = Reconcile(tx); err != nil {
+		return a, err
+	}
+	if a.RecordDrift, err = CheckHostRecords(tx); err != nil {
 		return a, err
 	}
 	ended := int64(sharespotv1.SessionState_SESSION_STATE_ENDED)

@@ -49,6 +49,54 @@ type row struct {
 	// added by RecordCardRefund and RecordDispute (card.go): read with
 	// the row, never saved by it.
 	CardRefunded, Disputed int64
+
+	// counted is what the row adds to its host's record (host_records)
+	// as it is in the database: the save that changes it applies the
+	// difference in the same transaction.
+	counted hostRecord
+}
+
+// hostRecord is one session's part of its host's record, or a sum of
+// them: a settled verified session that was granted bytes counts once,
+// and as over-counted when the host counted more than the guest
+// acknowledged and the credit window (HostRecords).
+type hostRecord struct {
+	sessions, overCounted, counted, acknowledged int64
+}
+
+func (s *row) record() hostRecord {
+	if s.State != sharespotv1.SessionState_SESSION_STATE_ENDED || s.Mode != sharespotv1.UsageMode_USAGE_MODE_VERIFIED || s.Granted <= 0 {
+		return hostRecord{}
+	}
+	r := hostRecord{sessions: 1, counted: s.HostCount, acknowledged: s.GuestAcked}
+	if s.HostCount > s.GuestAcked+s.Window {
+		r.overCounted = 1
+	}
+	return r
+}
+
+// recount adds to the host's record what the row's write changed in it:
+// one statement for the write that settles a verified session, none for
+// the others.
+func (s *row) recount(tx *store.Tx) error {
+	now := s.record()
+	d := hostRecord{now.sessions - s.counted.sessions, now.overCounted - s.counted.overCounted,
+		now.counted - s.counted.counted, now.acknowledged - s.counted.acknowledged}
+	if d == (hostRecord{}) {
+		return nil
+	}
+	_, err := tx.Exec(`INSERT INTO host_records (host_device_id, verified_sessions, over_counted_sessions, counted_bytes, acknowledged_bytes)
+		VALUES (?, ?, ?, ?, ?) ON CONFLICT (host_device_id) DO UPDATE SET
+		verified_sessions = host_records.verified_sessions + excluded.verified_sessions,
+		over_counted_sessions = host_records.over_counted_sessions + excluded.over_counted_sessions,
+		counted_bytes = host_records.counted_bytes + excluded.counted_bytes,
+		acknowledged_bytes = host_records.acknowledged_bytes + excluded.acknowledged_bytes`,
+		s.Host, d.sessions, d.overCounted, d.counted, d.acknowledged)
+	if err != nil {
+		return fmt.Errorf("session: record of host %s: %w", s.Host, err)
+	}
+	s.counted = now
+	return nil
 }
 
 const rowCols = `id, hotspot_id, host_device_id, guest_device_id, state, requested_bytes, reserved_bytes, granted_bytes,
@@ -66,7 +114,7 @@ func (s *row) insert(tx *store.Tx) error {
 	if err != nil {
 		return fmt.Errorf("session: insert %s: %w", s.ID, err)
 	}
-	return nil
+	return s.recount(tx)
 }
 
 func (s *row) save(tx *store.Tx, nowMS int64) error {
@@ -80,7 +128,7 @@ func (s *row) save(tx *store.Tx, nowMS int64) error {
 	if err != nil {
 		return fmt.Errorf("session: save %s: %w", s.ID, err)
 	}
-	return nil
+	return s.recount(tx)
 }
 
 func loadRow(tx *store.Tx, id string) (*row, error) {
@@ -104,6 +152,7 @@ func loadRow(tx *store.Tx, id string) (*row, error) {
 	s.State = sharespotv1.SessionState(state)
 	s.Tariff.Currency, s.Verified = s.Currency, verified != 0
 	s.Mode, s.GuestHeld = sharespotv1.UsageMode(mode), held != 0
+	s.counted = s.record()
 	return s, nil
 }
 

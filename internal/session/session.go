@@ -34,12 +34,14 @@ import (
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/account"
+	"github.com/sharespot/sharespot/internal/money"
 	"github.com/sharespot/sharespot/internal/problem"
 	"github.com/sharespot/sharespot/internal/protocol"
 	"github.com/sharespot/sharespot/internal/receipt"
 	"github.com/sharespot/sharespot/internal/registry"
 	"github.com/sharespot/sharespot/internal/relay"
 	"github.com/sharespot/sharespot/internal/seal"
+	"github.com/sharespot/sharespot/internal/size"
 	"github.com/sharespot/sharespot/internal/store"
 )
 
@@ -218,12 +220,14 @@ func (e *Engine) RequestAccess(tx *store.Tx, guest Party, hotspotID string, byte
 		return nil, problem.WrongStatef("the host of %q is offline (last there %s ago): it cannot answer; choose another hotspot",
 			h.SSID, time.Duration(now-h.SeenMS)*time.Millisecond/time.Second*time.Second)
 	case shown != nil && !h.Tariff.Equal(shown):
-		return nil, problem.WrongStatef("the hotspot's tariff changed since it was shown to you (now %d %s per %d bytes, top-ups %d); scan again",
-			h.Tariff.PriceMinor, h.Tariff.Currency, h.Tariff.UnitBytes, h.Tariff.TopUpPriceMinor)
+		return nil, problem.WrongStatef("the hotspot's tariff changed since it was shown to you (now %s per %s, top-ups %s); scan again",
+			money.Format(h.Tariff.PriceMinor, h.Tariff.Currency), size.Format(h.Tariff.UnitBytes), money.Format(h.Tariff.TopUpPriceMinor, h.Tariff.Currency))
 	case bytes < h.Tariff.MinPurchase:
-		return nil, problem.Invalidf("the smallest purchase at this hotspot is %d bytes; asked for %d", h.Tariff.MinPurchase, bytes)
+		least, asked := size.FormatPair(h.Tariff.MinPurchase, bytes)
+		return nil, problem.Invalidf("the smallest purchase here is %s; you asked for %s", least, asked)
 	case bytes > h.Available():
-		return nil, problem.Exhaustedf("the hotspot has %d bytes left to share; asked for %d", h.Available(), bytes)
+		left, asked := size.FormatPair(h.Available(), bytes)
+		return nil, problem.Exhaustedf("the hotspot has %s left to share; you asked for %s", left, asked)
 	}
 	// Lock the guest's device row so that two concurrent requests count
 	// each other's sessions.
@@ -325,7 +329,8 @@ func (e *Engine) Quote(tx *store.Tx, host Party, sessionID string, bytes, amount
 		return nil, err
 	}
 	if bytes > h.Available() {
-		return nil, problem.Exhaustedf("the hotspot has %d bytes left to share; cannot quote %d", h.Available(), bytes)
+		left, asked := size.FormatPair(h.Available(), bytes)
+		return nil, problem.Exhaustedf("the hotspot has %s left to share; cannot quote %s", left, asked)
 	}
 	q := &quote{ID: protocol.NewID("q"), SessionID: s.ID, Kind: kind, Bytes: bytes, Amount: amount, Currency: currency,
 		State: sharespotv1.QuoteState_QUOTE_STATE_OPEN, ExpiresMS: now + e.cfg.QuoteTTL.Milliseconds(), CreatedMS: now}
@@ -355,7 +360,7 @@ func (e *Engine) Decline(tx *store.Tx, host Party, sessionID, reason string) (*s
 	reason = clip(reason, 200)
 	switch {
 	case s.State == sharespotv1.SessionState_SESSION_STATE_REQUESTED:
-		if err := e.finish(tx, s, 0, "declined by host: "+reason); err != nil {
+		if err := e.finish(tx, s, 0, protocol.DeclinedByHost+reason); err != nil {
 			return nil, err
 		}
 	case s.State == sharespotv1.SessionState_SESSION_STATE_ACTIVE && s.PendingTopUp > 0:
@@ -682,7 +687,8 @@ func (e *Engine) Prompt(tx *store.Tx, host Party, sessionID string, used int64, 
 	// of what was granted is left, whichever is more.
 	remaining := s.Granted - s.Used
 	if limit := max(h.WarnAtBytes, s.Granted/2); remaining >= limit {
-		return problem.WrongStatef("remaining %d bytes is not below the threshold of %d", remaining, limit)
+		left, at := size.FormatPair(remaining, limit)
+		return problem.WrongStatef("%s remaining is not below the warning level of %s", left, at)
 	}
 	if err := s.save(tx, e.nowMS()); err != nil {
 		return err
@@ -705,7 +711,7 @@ func (e *Engine) RequestTopUp(tx *store.Tx, guest Party, sessionID string, bytes
 		return nil, problem.WrongStatef("session %s is %s: top-ups need an active session", s.ID, stateName(s.State))
 	}
 	if s.PendingTopUp > 0 {
-		return nil, problem.WrongStatef("a top-up of %d bytes is already under way", s.PendingTopUp)
+		return nil, problem.WrongStatef("a top-up of %s is already under way", size.Format(s.PendingTopUp))
 	}
 	if bytes <= 0 {
 		return nil, problem.Invalidf("bytes must be positive, got %d", bytes)
@@ -715,7 +721,8 @@ func (e *Engine) RequestTopUp(tx *store.Tx, guest Party, sessionID string, bytes
 		return nil, err
 	}
 	if bytes > h.Available() {
-		return nil, problem.Exhaustedf("the hotspot has %d bytes left to share; asked for %d", h.Available(), bytes)
+		left, asked := size.FormatPair(h.Available(), bytes)
+		return nil, problem.Exhaustedf("the hotspot has %s left to share; you asked for %s more", left, asked)
 	}
 	s.PendingTopUp = bytes
 	s.DeadlineMS = now + e.cfg.QuoteTimeout.Milliseconds()
@@ -748,10 +755,41 @@ func (e *Engine) ReportUsage(tx *store.Tx, host Party, sessionID string, used in
 	if _, err := e.takeAck(s, va); err != nil {
 		return nil, err
 	}
-	if err := s.save(tx, e.nowMS()); err != nil {
+	now := e.nowMS()
+	if err := s.save(tx, now); err != nil {
+		return nil, err
+	}
+	if err := sampleUsage(tx, s.ID, now, s.Used); err != nil {
 		return nil, err
 	}
 	return e.render(tx, s, host)
+}
+
+// sampleUsage keeps a usage report's count at its time, for the
+// dashboard's rate and chart (two reports in one millisecond: the later).
+func sampleUsage(tx *store.Tx, sessionID string, atMS, used int64) error {
+	_, err := tx.Exec(`INSERT INTO usage_samples (session_id, at_ms, used_bytes) VALUES (?, ?, ?)
+		ON CONFLICT (session_id, at_ms) DO UPDATE SET used_bytes = excluded.used_bytes`, sessionID, atMS, used)
+	if err != nil {
+		return fmt.Errorf("session: sample usage of %s: %w", sessionID, err)
+	}
+	return nil
+}
+
+// PruneUsageSamples deletes the usage samples taken before beforeMS, and
+// every sample of a session that has ended or is not known: the
+// dashboard draws only live sessions' recent ones (dashboard.Sweep).
+func PruneUsageSamples(tx *store.Tx, beforeMS int64) error {
+	if _, err := tx.Exec(`DELETE FROM usage_samples WHERE at_ms < ?`, beforeMS); err != nil {
+		return fmt.Errorf("session: prune old usage samples: %w", err)
+	}
+	_, err := tx.Exec(`DELETE FROM usage_samples WHERE session_id IN (
+		SELECT u.session_id FROM usage_samples u LEFT JOIN sessions s ON s.id = u.session_id
+		WHERE s.id IS NULL OR s.state = ?)`, int32(sharespotv1.SessionState_SESSION_STATE_ENDED))
+	if err != nil {
+		return fmt.Errorf("session: prune usage samples of ended sessions: %w", err)
+	}
+	return nil
 }
 
 func (e *Engine) recordUsage(s *row, used int64) error {

@@ -1,6 +1,7 @@
 package session
 
 import (
+	"errors"
 	"fmt"
 	"sort"
 
@@ -185,7 +186,9 @@ func Reconcile(tx *store.Tx) (Reconciliation, error) {
 
 // HostRecords returns, for each of hosts, its record from its settled
 // verified sessions: what a guest that cannot verify is shown before
-// paying (a host with none has a zero record).
+// paying (a host with none has a zero record). The records are kept by
+// the writes that settle sessions (host_records); CheckHostRecords holds
+// them to the sessions.
 func HostRecords(tx *store.Tx, hosts []string) (map[string]*sharespotv1.HostRecord, error) {
 	out := map[string]*sharespotv1.HostRecord{}
 	for _, h := range hosts {
@@ -193,15 +196,64 @@ func HostRecords(tx *store.Tx, hosts []string) (map[string]*sharespotv1.HostReco
 			continue
 		}
 		r := &sharespotv1.HostRecord{}
-		err := tx.QueryRow(`SELECT COUNT(*), COALESCE(SUM(CASE WHEN host_count_bytes > guest_acked_bytes + credit_window_bytes THEN 1 ELSE 0 END), 0),
-			COALESCE(SUM(host_count_bytes), 0), COALESCE(SUM(guest_acked_bytes), 0)
-			FROM sessions WHERE host_device_id = ? AND state = ? AND usage_mode = ? AND granted_bytes > 0`,
-			h, int32(sharespotv1.SessionState_SESSION_STATE_ENDED), int32(sharespotv1.UsageMode_USAGE_MODE_VERIFIED)).
+		err := tx.QueryRow(`SELECT verified_sessions, over_counted_sessions, counted_bytes, acknowledged_bytes
+			FROM host_records WHERE host_device_id = ?`, h).
 			Scan(&r.VerifiedSessions, &r.OverCountedSessions, &r.CountedBytes, &r.AcknowledgedBytes)
-		if err != nil {
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
 			return nil, fmt.Errorf("session: record of host %s: %w", h, err)
 		}
 		out[h] = r
 	}
 	return out, nil
+}
+
+// recordsFromSessions adds up each host's record from its settled verified
+// sessions (as rows.go's record counts one session; migration 0008's
+// backfill is the same query): host, sessions, over-counted, counted and
+// acknowledged bytes. Its parameters: the ended state, the verified mode.
+const recordsFromSessions = `SELECT host_device_id AS h, COUNT(*) AS n,
+	SUM(CASE WHEN host_count_bytes > guest_acked_bytes + credit_window_bytes THEN 1 ELSE 0 END) AS o,
+	SUM(host_count_bytes) AS c, SUM(guest_acked_bytes) AS a
+	FROM sessions WHERE state = ? AND usage_mode = ? AND granted_bytes > 0 GROUP BY host_device_id`
+
+// RebuildHostRecords sets every host's record from its settled verified
+// sessions, as migration 0008 first did (server.Open calls it when
+// CheckHostRecords finds a difference).
+func RebuildHostRecords(tx *store.Tx) error {
+	if _, err := tx.Exec(`DELETE FROM host_records`); err != nil {
+		return fmt.Errorf("session: rebuild host records: %w", err)
+	}
+	_, err := tx.Exec(`INSERT INTO host_records (host_device_id, verified_sessions, over_counted_sessions, counted_bytes, acknowledged_bytes)
+		`+recordsFromSessions,
+		int32(sharespotv1.SessionState_SESSION_STATE_ENDED), int32(sharespotv1.UsageMode_USAGE_MODE_VERIFIED))
+	if err != nil {
+		return fmt.Errorf("session: rebuild host records: %w", err)
+	}
+	return nil
+}
+
+// CheckHostRecords holds every host's kept record (host_records) to the
+// sum over its settled verified sessions, and returns a difference for
+// each host where they differ: the audit's check of the bookkeeping.
+func CheckHostRecords(tx *store.Tx) ([]string, error) {
+	rows, err := tx.Query(`SELECT h, CAST(SUM(n) AS BIGINT), CAST(SUM(o) AS BIGINT), CAST(SUM(c) AS BIGINT), CAST(SUM(a) AS BIGINT) FROM (
+		`+recordsFromSessions+`
+		UNION ALL
+		SELECT host_device_id, -verified_sessions, -over_counted_sessions, -counted_bytes, -acknowledged_bytes FROM host_records
+	) d GROUP BY h HAVING SUM(n) <> 0 OR SUM(o) <> 0 OR SUM(c) <> 0 OR SUM(a) <> 0 ORDER BY h`,
+		int32(sharespotv1.SessionState_SESSION_STATE_ENDED), int32(sharespotv1.UsageMode_USAGE_MODE_VERIFIED))
+	if err != nil {
+		return nil, fmt.Errorf("session: check host records: %w", err)
+	}
+	defer rows.Close()
+	var diffs []string
+	for rows.Next() {
+		var h string
+		var n, o, c, a int64
+		if err := rows.Scan(&h, &n, &o, &c, &a); err != nil {
+			return nil, fmt.Errorf("session: check host records: %w", err)
+		}
+		diffs = append(diffs, fmt.Sprintf("host %s: its sessions less its kept record: %d sessions, %d over-counted, %d bytes counted, %d acknowledged", h, n, o, c, a))
+	}
+	return diffs, rows.Err()
 }

@@ -62,3 +62,15 @@ func Format(n int64) string {
 	t := strings.TrimRight(strings.TrimRight(strconv.FormatFloat(f, 'f', 2, 64), "0"), ".")
 	return t + " " + names[i]
 }
+
+// FormatPair writes two sizes a person compares ("the smallest purchase
+// is 10 MB; you asked for 5 MB"): each as Format does, with the exact
+// byte counts added when the two would otherwise read the same (10 MB
+// and 9999999 B are "10 MB (10000000 B)" and "10 MB (9999999 B)").
+func FormatPair(a, b int64) (string, string) {
+	fa, fb := Format(a), Format(b)
+	if fa == fb && a != b {
+		return fmt.Sprintf("%s (%d B)", fa, a), fmt.Sprintf("%s (%d B)", fb, b)
+	}
+	return fa, fb
+}

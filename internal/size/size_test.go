@@ -52,3 +52,20 @@ func TestParseBareNumber(t *testing.T) {
 		t.Fatalf("Parse(\"5\") = %v, want a hint to write 5MB or 5B", err)
 	}
 }
+
+func TestFormatPair(t *testing.T) {
+	for _, tc := range []struct {
+		a, b         int64
+		wantA, wantB string
+	}{
+		{10_000_000, 5_000_000, "10 MB", "5 MB"},
+		{10_000_000, 10_000_000, "10 MB", "10 MB"},
+		{10_000_000, 9_999_999, "10 MB (10000000 B)", "10 MB (9999999 B)"},
+		{1_000_000_000, 1_001_000_000, "1 GB (1000000000 B)", "1 GB (1001000000 B)"},
+		{999, 1000, "999 B", "1 kB"},
+	} {
+		if a, b := FormatPair(tc.a, tc.b); a != tc.wantA || b != tc.wantB {
+			t.Errorf("FormatPair(%d, %d) = %q, %q; want %q, %q", tc.a, tc.b, a, b, tc.wantA, tc.wantB)
+		}
+	}
+}

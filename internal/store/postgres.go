@@ -3,10 +3,13 @@ package store
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"net/url"
 	"strings"
 	"time"
@@ -260,6 +263,45 @@ func isRetryable(err error) bool {
 		return pe.Code == pgSerializationFailure || pe.Code == pgDeadlockDetected
 	}
 	return false
+}
+
+// unavailable marks err as ErrUnavailable when it says the database could
+// not be reached or the connection to it broke: a connection refused or
+// not accepted (pgconn.ConnectError: the server is down, restarting, or
+// the database does not allow connections now), a connection-exception
+// (class 08) or operator-intervention (class 57P: shut down, crashed,
+// cannot connect now) error, or a connection that failed mid-use. The
+// message keeps the cause.
+func unavailable(err error) error {
+	if err == nil || errors.Is(err, ErrUnavailable) || !isUnavailable(err) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", ErrUnavailable, err)
+}
+
+func isUnavailable(err error) bool {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return false // the caller's own deadline (which is a net.Error too)
+	}
+	var ce *pgconn.ConnectError
+	if errors.As(err, &ce) {
+		return true
+	}
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		return strings.HasPrefix(pe.Code, "08") || strings.HasPrefix(pe.Code, "57P")
+	}
+	if errors.Is(err, driver.ErrBadConn) || errors.Is(err, sql.ErrConnDone) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+		return true
+	}
+	var ne net.Error
+	if errors.As(err, &ne) {
+		return true
+	}
+	// pgx reports a connection it closed after a failure as "conn closed"
+	// (an unexported error), and one that died under a statement as
+	// SafeToRetry when nothing was sent.
+	return pgconn.SafeToRetry(err) || strings.Contains(err.Error(), "conn closed")
 }
 
 // conflictError ends an attempt that met a unique violation; fnErr is

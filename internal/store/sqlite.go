@@ -41,9 +41,7 @@ func OpenSQLite(ctx context.Context, path string, opts Options) (*Store, error) 
 	if err := prepareSQLiteFiles(path, log); err != nil {
 		return nil, err
 	}
-	// In a file: URI, '%' escapes, '?' starts the query and '#' a fragment:
-	// escape them so that the path names the file it says.
-	name := "file:" + strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23").Replace(path)
+	name := sqliteFileURI(path)
 	dsn, err := sqliteDSN(name, sqlitePragmas)
 	if err != nil {
 		return nil, err
@@ -159,3 +157,27 @@ func pingSQLite(ctx context.Context, db *sql.DB) error {
 }
 
 func isConflict(err error) bool { return sqliteConstraint(err) }
+
+// OpenScratchSQLite opens (creating) a SQLite database at path outside
+// the store, on one connection, with the store's driver and settings (WAL,
+// synchronous=FULL): a yardstick for what this machine's disk and CPU
+// do, measured beside a benchmark.
+func OpenScratchSQLite(path string) (*sql.DB, error) {
+	dsn, err := sqliteDSN(sqliteFileURI(path), sqlitePragmas)
+	if err != nil {
+		return nil, err
+	}
+	db, err := sql.Open(sqliteDriverName, dsn)
+	if err != nil {
+		return nil, fmt.Errorf("store: open %s: %w", path, err)
+	}
+	db.SetMaxOpenConns(1)
+	return db, nil
+}
+
+// sqliteFileURI names path as a file: URI. In one, '%' escapes, '?'
+// starts the query and '#' a fragment: they are escaped so that the URI
+// names the file path says.
+func sqliteFileURI(path string) string {
+	return "file:" + strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23").Replace(path)
+}

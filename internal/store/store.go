@@ -26,6 +26,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -40,6 +41,12 @@ var (
 	// ErrBusy: a write lost to concurrent writes on every attempt
 	// (PostgreSQL); nothing of it committed, and it may be tried again.
 	ErrBusy = errors.New("store: too much contention, try again")
+	// ErrUnavailable: the database cannot be reached now (it refuses
+	// connections, is restarting, or a connection broke). A write that
+	// fails so may, if the connection broke at its COMMIT, have been
+	// applied: as with an answer lost in transit, the caller tries again
+	// and the write's idempotency decides.
+	ErrUnavailable = errors.New("store: the database is unavailable")
 )
 
 // Engine names a database engine.
@@ -81,6 +88,7 @@ type Store struct {
 	rstmts   *readStmts // prepared on the read pool (SQLite)
 	crash    func(n int64, committed bool)
 	onCommit func(writes int, took time.Duration)
+	lastAway atomic.Int64 // unix nanoseconds of the last call that found the database unavailable
 	commitNo int64
 	writes   chan *writeReq
 	stop     chan struct{}
@@ -452,7 +460,7 @@ func (s *Store) Write(ctx context.Context, fn func(*Tx) error) error {
 		return err
 	}
 	if s.engine == Postgres {
-		return s.writePostgres(ctx, fn)
+		return s.away(s.writePostgres(ctx, fn))
 	}
 	req := &writeReq{ctx: ctx, fn: fn, done: make(chan struct{})}
 	if err := s.enqueue(ctx, req); err != nil {
@@ -501,10 +509,32 @@ func (s *Store) Read(ctx context.Context, fn func(*Tx) error) error {
 	}
 	sqlTx, err := s.read.BeginTx(ctx, opts)
 	if err != nil {
-		return fmt.Errorf("store: begin read: %w", translate(err))
+		return s.away(fmt.Errorf("store: begin read: %w", translate(err)))
 	}
 	defer sqlTx.Rollback() //nolint:errcheck // read-only
-	return fn(&Tx{ctx: ctx, qctx: ctx, q: sqlTx, engine: s.engine, rtx: sqlTx, rstmts: s.rstmts})
+	return s.away(fn(&Tx{ctx: ctx, qctx: ctx, q: sqlTx, engine: s.engine, rtx: sqlTx, rstmts: s.rstmts}))
+}
+
+// away classifies err (unavailable) and notes when the database was
+// found away.
+func (s *Store) away(err error) error {
+	err = unavailable(err)
+	if errors.Is(err, ErrUnavailable) {
+		s.lastAway.Store(time.Now().UnixNano())
+	}
+	return err
+}
+
+// LastUnavailable is when a call last found the database unavailable
+// (the zero time: never since Open). The sweep expires no session until a
+// grace has passed since then: a party whose call was refused must have
+// the time to make it again.
+func (s *Store) LastUnavailable() time.Time {
+	n := s.lastAway.Load()
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n)
 }
 
 // WriteT is Write for a function that returns a value.

@@ -1160,6 +1160,78 @@ func (x *Hotspot) GetSeenUnixMs() int64 {
 	return 0
 }
 
+type LeaveRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaveRequest) Reset() {
+	*x = LeaveRequest{}
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaveRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaveRequest) ProtoMessage() {}
+
+func (x *LeaveRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaveRequest.ProtoReflect.Descriptor instead.
+func (*LeaveRequest) Descriptor() ([]byte, []int) {
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{10}
+}
+
+type LeaveResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaveResponse) Reset() {
+	*x = LeaveResponse{}
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaveResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaveResponse) ProtoMessage() {}
+
+func (x *LeaveResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaveResponse.ProtoReflect.Descriptor instead.
+func (*LeaveResponse) Descriptor() ([]byte, []int) {
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{11}
+}
+
 type RegisterRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Instruction   *ShareInstruction      `protobuf:"bytes,1,opt,name=instruction,proto3" json:"instruction,omitempty"`
@@ -1169,7 +1241,7 @@ type RegisterRequest struct {
 
 func (x *RegisterRequest) Reset() {
 	*x = RegisterRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[10]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1181,7 +1253,7 @@ func (x *RegisterRequest) String() string {
 func (*RegisterRequest) ProtoMessage() {}
 
 func (x *RegisterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[10]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1194,7 +1266,7 @@ func (x *RegisterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterRequest.ProtoReflect.Descriptor instead.
 func (*RegisterRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{10}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RegisterRequest) GetInstruction() *ShareInstruction {
@@ -1213,7 +1285,7 @@ type RegisterResponse struct {
 
 func (x *RegisterResponse) Reset() {
 	*x = RegisterResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[11]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1225,7 +1297,7 @@ func (x *RegisterResponse) String() string {
 func (*RegisterResponse) ProtoMessage() {}
 
 func (x *RegisterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[11]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1238,7 +1310,7 @@ func (x *RegisterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterResponse.ProtoReflect.Descriptor instead.
 func (*RegisterResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{11}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RegisterResponse) GetHotspot() *Hotspot {
@@ -1258,7 +1330,7 @@ type UpdateRequest struct {
 
 func (x *UpdateRequest) Reset() {
 	*x = UpdateRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[12]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1270,7 +1342,7 @@ func (x *UpdateRequest) String() string {
 func (*UpdateRequest) ProtoMessage() {}
 
 func (x *UpdateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[12]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1283,7 +1355,7 @@ func (x *UpdateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateRequest.ProtoReflect.Descriptor instead.
 func (*UpdateRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{12}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *UpdateRequest) GetHotspotId() string {
@@ -1309,7 +1381,7 @@ type UpdateResponse struct {
 
 func (x *UpdateResponse) Reset() {
 	*x = UpdateResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[13]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1321,7 +1393,7 @@ func (x *UpdateResponse) String() string {
 func (*UpdateResponse) ProtoMessage() {}
 
 func (x *UpdateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[13]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1334,7 +1406,7 @@ func (x *UpdateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateResponse.ProtoReflect.Descriptor instead.
 func (*UpdateResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{13}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *UpdateResponse) GetHotspot() *Hotspot {
@@ -1353,7 +1425,7 @@ type WithdrawRequest struct {
 
 func (x *WithdrawRequest) Reset() {
 	*x = WithdrawRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[14]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1365,7 +1437,7 @@ func (x *WithdrawRequest) String() string {
 func (*WithdrawRequest) ProtoMessage() {}
 
 func (x *WithdrawRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[14]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1378,7 +1450,7 @@ func (x *WithdrawRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WithdrawRequest.ProtoReflect.Descriptor instead.
 func (*WithdrawRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{14}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *WithdrawRequest) GetHotspotId() string {
@@ -1397,7 +1469,7 @@ type WithdrawResponse struct {
 
 func (x *WithdrawResponse) Reset() {
 	*x = WithdrawResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[15]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1409,7 +1481,7 @@ func (x *WithdrawResponse) String() string {
 func (*WithdrawResponse) ProtoMessage() {}
 
 func (x *WithdrawResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[15]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1422,7 +1494,7 @@ func (x *WithdrawResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WithdrawResponse.ProtoReflect.Descriptor instead.
 func (*WithdrawResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{15}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *WithdrawResponse) GetHotspot() *Hotspot {
@@ -1440,7 +1512,7 @@ type ListRequest struct {
 
 func (x *ListRequest) Reset() {
 	*x = ListRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[16]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1452,7 +1524,7 @@ func (x *ListRequest) String() string {
 func (*ListRequest) ProtoMessage() {}
 
 func (x *ListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[16]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1465,7 +1537,7 @@ func (x *ListRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRequest.ProtoReflect.Descriptor instead.
 func (*ListRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{16}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{18}
 }
 
 type ListResponse struct {
@@ -1477,7 +1549,7 @@ type ListResponse struct {
 
 func (x *ListResponse) Reset() {
 	*x = ListResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[17]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1489,7 +1561,7 @@ func (x *ListResponse) String() string {
 func (*ListResponse) ProtoMessage() {}
 
 func (x *ListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[17]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1502,7 +1574,7 @@ func (x *ListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListResponse.ProtoReflect.Descriptor instead.
 func (*ListResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{17}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListResponse) GetHotspots() []*Hotspot {
@@ -1526,7 +1598,7 @@ type Candidate struct {
 
 func (x *Candidate) Reset() {
 	*x = Candidate{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[18]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1538,7 +1610,7 @@ func (x *Candidate) String() string {
 func (*Candidate) ProtoMessage() {}
 
 func (x *Candidate) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[18]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1551,7 +1623,7 @@ func (x *Candidate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Candidate.ProtoReflect.Descriptor instead.
 func (*Candidate) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{18}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Candidate) GetBssid() string {
@@ -1610,7 +1682,7 @@ type Offer struct {
 
 func (x *Offer) Reset() {
 	*x = Offer{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[19]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1622,7 +1694,7 @@ func (x *Offer) String() string {
 func (*Offer) ProtoMessage() {}
 
 func (x *Offer) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[19]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1635,7 +1707,7 @@ func (x *Offer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Offer.ProtoReflect.Descriptor instead.
 func (*Offer) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{19}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Offer) GetHotspotId() string {
@@ -1711,7 +1783,7 @@ type HostRecord struct {
 
 func (x *HostRecord) Reset() {
 	*x = HostRecord{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[20]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1723,7 +1795,7 @@ func (x *HostRecord) String() string {
 func (*HostRecord) ProtoMessage() {}
 
 func (x *HostRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[20]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1736,7 +1808,7 @@ func (x *HostRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostRecord.ProtoReflect.Descriptor instead.
 func (*HostRecord) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{20}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *HostRecord) GetVerifiedSessions() int64 {
@@ -1777,7 +1849,7 @@ type DiscoverRequest struct {
 
 func (x *DiscoverRequest) Reset() {
 	*x = DiscoverRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[21]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1789,7 +1861,7 @@ func (x *DiscoverRequest) String() string {
 func (*DiscoverRequest) ProtoMessage() {}
 
 func (x *DiscoverRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[21]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1802,7 +1874,7 @@ func (x *DiscoverRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiscoverRequest.ProtoReflect.Descriptor instead.
 func (*DiscoverRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{21}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *DiscoverRequest) GetCandidates() []*Candidate {
@@ -1824,7 +1896,7 @@ type DiscoverResponse struct {
 
 func (x *DiscoverResponse) Reset() {
 	*x = DiscoverResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[22]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1836,7 +1908,7 @@ func (x *DiscoverResponse) String() string {
 func (*DiscoverResponse) ProtoMessage() {}
 
 func (x *DiscoverResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[22]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1849,7 +1921,7 @@ func (x *DiscoverResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiscoverResponse.ProtoReflect.Descriptor instead.
 func (*DiscoverResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{22}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *DiscoverResponse) GetAvailable() []*Offer {
@@ -1880,7 +1952,7 @@ type OfflineHotspot struct {
 
 func (x *OfflineHotspot) Reset() {
 	*x = OfflineHotspot{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[23]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1892,7 +1964,7 @@ func (x *OfflineHotspot) String() string {
 func (*OfflineHotspot) ProtoMessage() {}
 
 func (x *OfflineHotspot) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[23]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1905,7 +1977,7 @@ func (x *OfflineHotspot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OfflineHotspot.ProtoReflect.Descriptor instead.
 func (*OfflineHotspot) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{23}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *OfflineHotspot) GetHotspotId() string {
@@ -1964,7 +2036,7 @@ type Quote struct {
 
 func (x *Quote) Reset() {
 	*x = Quote{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[24]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1976,7 +2048,7 @@ func (x *Quote) String() string {
 func (*Quote) ProtoMessage() {}
 
 func (x *Quote) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[24]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1989,7 +2061,7 @@ func (x *Quote) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Quote.ProtoReflect.Descriptor instead.
 func (*Quote) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{24}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Quote) GetId() string {
@@ -2088,7 +2160,7 @@ type GuestKey struct {
 
 func (x *GuestKey) Reset() {
 	*x = GuestKey{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[25]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2100,7 +2172,7 @@ func (x *GuestKey) String() string {
 func (*GuestKey) ProtoMessage() {}
 
 func (x *GuestKey) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[25]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2113,7 +2185,7 @@ func (x *GuestKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GuestKey.ProtoReflect.Descriptor instead.
 func (*GuestKey) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{25}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *GuestKey) GetSuite() string {
@@ -2143,7 +2215,7 @@ type SealedCode struct {
 
 func (x *SealedCode) Reset() {
 	*x = SealedCode{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[26]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2155,7 +2227,7 @@ func (x *SealedCode) String() string {
 func (*SealedCode) ProtoMessage() {}
 
 func (x *SealedCode) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[26]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2168,7 +2240,7 @@ func (x *SealedCode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SealedCode.ProtoReflect.Descriptor instead.
 func (*SealedCode) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{26}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *SealedCode) GetSuite() string {
@@ -2213,7 +2285,7 @@ type Gateway struct {
 
 func (x *Gateway) Reset() {
 	*x = Gateway{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[27]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2225,7 +2297,7 @@ func (x *Gateway) String() string {
 func (*Gateway) ProtoMessage() {}
 
 func (x *Gateway) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[27]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2238,7 +2310,7 @@ func (x *Gateway) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Gateway.ProtoReflect.Descriptor instead.
 func (*Gateway) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{27}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *Gateway) GetKind() string {
@@ -2289,7 +2361,7 @@ type Receipt struct {
 
 func (x *Receipt) Reset() {
 	*x = Receipt{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[28]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2301,7 +2373,7 @@ func (x *Receipt) String() string {
 func (*Receipt) ProtoMessage() {}
 
 func (x *Receipt) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[28]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2314,7 +2386,7 @@ func (x *Receipt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Receipt.ProtoReflect.Descriptor instead.
 func (*Receipt) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{28}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *Receipt) GetKeyId() string {
@@ -2396,7 +2468,7 @@ type Session struct {
 
 func (x *Session) Reset() {
 	*x = Session{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[29]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2408,7 +2480,7 @@ func (x *Session) String() string {
 func (*Session) ProtoMessage() {}
 
 func (x *Session) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[29]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2421,7 +2493,7 @@ func (x *Session) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Session.ProtoReflect.Descriptor instead.
 func (*Session) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{29}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *Session) GetId() string {
@@ -2639,7 +2711,7 @@ type RequestAccessRequest struct {
 
 func (x *RequestAccessRequest) Reset() {
 	*x = RequestAccessRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[30]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2651,7 +2723,7 @@ func (x *RequestAccessRequest) String() string {
 func (*RequestAccessRequest) ProtoMessage() {}
 
 func (x *RequestAccessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[30]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2664,7 +2736,7 @@ func (x *RequestAccessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestAccessRequest.ProtoReflect.Descriptor instead.
 func (*RequestAccessRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{30}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RequestAccessRequest) GetHotspotId() string {
@@ -2711,7 +2783,7 @@ type RequestAccessResponse struct {
 
 func (x *RequestAccessResponse) Reset() {
 	*x = RequestAccessResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[31]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2723,7 +2795,7 @@ func (x *RequestAccessResponse) String() string {
 func (*RequestAccessResponse) ProtoMessage() {}
 
 func (x *RequestAccessResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[31]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2736,7 +2808,7 @@ func (x *RequestAccessResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestAccessResponse.ProtoReflect.Descriptor instead.
 func (*RequestAccessResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{31}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RequestAccessResponse) GetSession() *Session {
@@ -2758,7 +2830,7 @@ type QuoteRequest struct {
 
 func (x *QuoteRequest) Reset() {
 	*x = QuoteRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[32]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2770,7 +2842,7 @@ func (x *QuoteRequest) String() string {
 func (*QuoteRequest) ProtoMessage() {}
 
 func (x *QuoteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[32]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2783,7 +2855,7 @@ func (x *QuoteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QuoteRequest.ProtoReflect.Descriptor instead.
 func (*QuoteRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{32}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *QuoteRequest) GetSessionId() string {
@@ -2823,7 +2895,7 @@ type QuoteResponse struct {
 
 func (x *QuoteResponse) Reset() {
 	*x = QuoteResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[33]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2835,7 +2907,7 @@ func (x *QuoteResponse) String() string {
 func (*QuoteResponse) ProtoMessage() {}
 
 func (x *QuoteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[33]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2848,7 +2920,7 @@ func (x *QuoteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QuoteResponse.ProtoReflect.Descriptor instead.
 func (*QuoteResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{33}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *QuoteResponse) GetQuote() *Quote {
@@ -2868,7 +2940,7 @@ type DeclineRequest struct {
 
 func (x *DeclineRequest) Reset() {
 	*x = DeclineRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[34]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2880,7 +2952,7 @@ func (x *DeclineRequest) String() string {
 func (*DeclineRequest) ProtoMessage() {}
 
 func (x *DeclineRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[34]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2893,7 +2965,7 @@ func (x *DeclineRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeclineRequest.ProtoReflect.Descriptor instead.
 func (*DeclineRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{34}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *DeclineRequest) GetSessionId() string {
@@ -2919,7 +2991,7 @@ type DeclineResponse struct {
 
 func (x *DeclineResponse) Reset() {
 	*x = DeclineResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[35]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2931,7 +3003,7 @@ func (x *DeclineResponse) String() string {
 func (*DeclineResponse) ProtoMessage() {}
 
 func (x *DeclineResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[35]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2944,7 +3016,7 @@ func (x *DeclineResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeclineResponse.ProtoReflect.Descriptor instead.
 func (*DeclineResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{35}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *DeclineResponse) GetSession() *Session {
@@ -2964,7 +3036,7 @@ type ConfirmRequest struct {
 
 func (x *ConfirmRequest) Reset() {
 	*x = ConfirmRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[36]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2976,7 +3048,7 @@ func (x *ConfirmRequest) String() string {
 func (*ConfirmRequest) ProtoMessage() {}
 
 func (x *ConfirmRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[36]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2989,7 +3061,7 @@ func (x *ConfirmRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfirmRequest.ProtoReflect.Descriptor instead.
 func (*ConfirmRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{36}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ConfirmRequest) GetSessionId() string {
@@ -3015,7 +3087,7 @@ type ConfirmResponse struct {
 
 func (x *ConfirmResponse) Reset() {
 	*x = ConfirmResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[37]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3027,7 +3099,7 @@ func (x *ConfirmResponse) String() string {
 func (*ConfirmResponse) ProtoMessage() {}
 
 func (x *ConfirmResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[37]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3040,7 +3112,7 @@ func (x *ConfirmResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfirmResponse.ProtoReflect.Descriptor instead.
 func (*ConfirmResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{37}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ConfirmResponse) GetSession() *Session {
@@ -3071,7 +3143,7 @@ type GrantRequest struct {
 
 func (x *GrantRequest) Reset() {
 	*x = GrantRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[38]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3083,7 +3155,7 @@ func (x *GrantRequest) String() string {
 func (*GrantRequest) ProtoMessage() {}
 
 func (x *GrantRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[38]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3096,7 +3168,7 @@ func (x *GrantRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GrantRequest.ProtoReflect.Descriptor instead.
 func (*GrantRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{38}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *GrantRequest) GetSessionId() string {
@@ -3151,7 +3223,7 @@ type GrantResponse struct {
 
 func (x *GrantResponse) Reset() {
 	*x = GrantResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[39]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3163,7 +3235,7 @@ func (x *GrantResponse) String() string {
 func (*GrantResponse) ProtoMessage() {}
 
 func (x *GrantResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[39]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3176,7 +3248,7 @@ func (x *GrantResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GrantResponse.ProtoReflect.Descriptor instead.
 func (*GrantResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{39}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *GrantResponse) GetSession() *Session {
@@ -3198,7 +3270,7 @@ type PromptRequest struct {
 
 func (x *PromptRequest) Reset() {
 	*x = PromptRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[40]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3210,7 +3282,7 @@ func (x *PromptRequest) String() string {
 func (*PromptRequest) ProtoMessage() {}
 
 func (x *PromptRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[40]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3223,7 +3295,7 @@ func (x *PromptRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromptRequest.ProtoReflect.Descriptor instead.
 func (*PromptRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{40}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *PromptRequest) GetSessionId() string {
@@ -3255,7 +3327,7 @@ type PromptResponse struct {
 
 func (x *PromptResponse) Reset() {
 	*x = PromptResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[41]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3267,7 +3339,7 @@ func (x *PromptResponse) String() string {
 func (*PromptResponse) ProtoMessage() {}
 
 func (x *PromptResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[41]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3280,7 +3352,7 @@ func (x *PromptResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromptResponse.ProtoReflect.Descriptor instead.
 func (*PromptResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{41}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{43}
 }
 
 type RequestTopUpRequest struct {
@@ -3293,7 +3365,7 @@ type RequestTopUpRequest struct {
 
 func (x *RequestTopUpRequest) Reset() {
 	*x = RequestTopUpRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[42]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3305,7 +3377,7 @@ func (x *RequestTopUpRequest) String() string {
 func (*RequestTopUpRequest) ProtoMessage() {}
 
 func (x *RequestTopUpRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[42]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3318,7 +3390,7 @@ func (x *RequestTopUpRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestTopUpRequest.ProtoReflect.Descriptor instead.
 func (*RequestTopUpRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{42}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *RequestTopUpRequest) GetSessionId() string {
@@ -3344,7 +3416,7 @@ type RequestTopUpResponse struct {
 
 func (x *RequestTopUpResponse) Reset() {
 	*x = RequestTopUpResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[43]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3356,7 +3428,7 @@ func (x *RequestTopUpResponse) String() string {
 func (*RequestTopUpResponse) ProtoMessage() {}
 
 func (x *RequestTopUpResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[43]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3369,7 +3441,7 @@ func (x *RequestTopUpResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestTopUpResponse.ProtoReflect.Descriptor instead.
 func (*RequestTopUpResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{43}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *RequestTopUpResponse) GetSession() *Session {
@@ -3392,7 +3464,7 @@ type ReportUsageRequest struct {
 
 func (x *ReportUsageRequest) Reset() {
 	*x = ReportUsageRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[44]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3404,7 +3476,7 @@ func (x *ReportUsageRequest) String() string {
 func (*ReportUsageRequest) ProtoMessage() {}
 
 func (x *ReportUsageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[44]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3417,7 +3489,7 @@ func (x *ReportUsageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportUsageRequest.ProtoReflect.Descriptor instead.
 func (*ReportUsageRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{44}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *ReportUsageRequest) GetSessionId() string {
@@ -3450,7 +3522,7 @@ type ReportUsageResponse struct {
 
 func (x *ReportUsageResponse) Reset() {
 	*x = ReportUsageResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[45]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3462,7 +3534,7 @@ func (x *ReportUsageResponse) String() string {
 func (*ReportUsageResponse) ProtoMessage() {}
 
 func (x *ReportUsageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[45]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3475,7 +3547,7 @@ func (x *ReportUsageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportUsageResponse.ProtoReflect.Descriptor instead.
 func (*ReportUsageResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{45}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ReportUsageResponse) GetSession() *Session {
@@ -3506,7 +3578,7 @@ type EndRequest struct {
 
 func (x *EndRequest) Reset() {
 	*x = EndRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[46]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3518,7 +3590,7 @@ func (x *EndRequest) String() string {
 func (*EndRequest) ProtoMessage() {}
 
 func (x *EndRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[46]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3531,7 +3603,7 @@ func (x *EndRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndRequest.ProtoReflect.Descriptor instead.
 func (*EndRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{46}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *EndRequest) GetSessionId() string {
@@ -3578,7 +3650,7 @@ type EndResponse struct {
 
 func (x *EndResponse) Reset() {
 	*x = EndResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[47]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3590,7 +3662,7 @@ func (x *EndResponse) String() string {
 func (*EndResponse) ProtoMessage() {}
 
 func (x *EndResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[47]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3603,7 +3675,7 @@ func (x *EndResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndResponse.ProtoReflect.Descriptor instead.
 func (*EndResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{47}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *EndResponse) GetSession() *Session {
@@ -3622,7 +3694,7 @@ type GetRequest struct {
 
 func (x *GetRequest) Reset() {
 	*x = GetRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[48]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3634,7 +3706,7 @@ func (x *GetRequest) String() string {
 func (*GetRequest) ProtoMessage() {}
 
 func (x *GetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[48]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3647,7 +3719,7 @@ func (x *GetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRequest.ProtoReflect.Descriptor instead.
 func (*GetRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{48}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *GetRequest) GetSessionId() string {
@@ -3666,7 +3738,7 @@ type GetResponse struct {
 
 func (x *GetResponse) Reset() {
 	*x = GetResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[49]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3678,7 +3750,7 @@ func (x *GetResponse) String() string {
 func (*GetResponse) ProtoMessage() {}
 
 func (x *GetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[49]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3691,7 +3763,7 @@ func (x *GetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetResponse.ProtoReflect.Descriptor instead.
 func (*GetResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{49}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *GetResponse) GetSession() *Session {
@@ -3717,7 +3789,7 @@ type UsageAck struct {
 
 func (x *UsageAck) Reset() {
 	*x = UsageAck{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[50]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3729,7 +3801,7 @@ func (x *UsageAck) String() string {
 func (*UsageAck) ProtoMessage() {}
 
 func (x *UsageAck) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[50]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3742,7 +3814,7 @@ func (x *UsageAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UsageAck.ProtoReflect.Descriptor instead.
 func (*UsageAck) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{50}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *UsageAck) GetSessionId() string {
@@ -3775,7 +3847,7 @@ type AcknowledgeRequest struct {
 
 func (x *AcknowledgeRequest) Reset() {
 	*x = AcknowledgeRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[51]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3787,7 +3859,7 @@ func (x *AcknowledgeRequest) String() string {
 func (*AcknowledgeRequest) ProtoMessage() {}
 
 func (x *AcknowledgeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[51]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3800,7 +3872,7 @@ func (x *AcknowledgeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcknowledgeRequest.ProtoReflect.Descriptor instead.
 func (*AcknowledgeRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{51}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *AcknowledgeRequest) GetAck() *UsageAck {
@@ -3820,7 +3892,7 @@ type AcknowledgeResponse struct {
 
 func (x *AcknowledgeResponse) Reset() {
 	*x = AcknowledgeResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[52]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3832,7 +3904,7 @@ func (x *AcknowledgeResponse) String() string {
 func (*AcknowledgeResponse) ProtoMessage() {}
 
 func (x *AcknowledgeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[52]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3845,7 +3917,7 @@ func (x *AcknowledgeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcknowledgeResponse.ProtoReflect.Descriptor instead.
 func (*AcknowledgeResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{52}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *AcknowledgeResponse) GetAckedBytes() int64 {
@@ -3865,7 +3937,7 @@ type UsageAcknowledged struct {
 
 func (x *UsageAcknowledged) Reset() {
 	*x = UsageAcknowledged{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[53]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3877,7 +3949,7 @@ func (x *UsageAcknowledged) String() string {
 func (*UsageAcknowledged) ProtoMessage() {}
 
 func (x *UsageAcknowledged) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[53]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3890,7 +3962,7 @@ func (x *UsageAcknowledged) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UsageAcknowledged.ProtoReflect.Descriptor instead.
 func (*UsageAcknowledged) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{53}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *UsageAcknowledged) GetAck() *UsageAck {
@@ -3912,7 +3984,7 @@ type ListSessionsRequest struct {
 
 func (x *ListSessionsRequest) Reset() {
 	*x = ListSessionsRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[54]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3924,7 +3996,7 @@ func (x *ListSessionsRequest) String() string {
 func (*ListSessionsRequest) ProtoMessage() {}
 
 func (x *ListSessionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[54]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3937,7 +4009,7 @@ func (x *ListSessionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSessionsRequest.ProtoReflect.Descriptor instead.
 func (*ListSessionsRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{54}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *ListSessionsRequest) GetOpenOnly() bool {
@@ -3963,7 +4035,7 @@ type ListSessionsResponse struct {
 
 func (x *ListSessionsResponse) Reset() {
 	*x = ListSessionsResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[55]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3975,7 +4047,7 @@ func (x *ListSessionsResponse) String() string {
 func (*ListSessionsResponse) ProtoMessage() {}
 
 func (x *ListSessionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[55]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3988,7 +4060,7 @@ func (x *ListSessionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSessionsResponse.ProtoReflect.Descriptor instead.
 func (*ListSessionsResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{55}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *ListSessionsResponse) GetSessions() []*Session {
@@ -4013,7 +4085,7 @@ type PayRequest struct {
 
 func (x *PayRequest) Reset() {
 	*x = PayRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[56]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4025,7 +4097,7 @@ func (x *PayRequest) String() string {
 func (*PayRequest) ProtoMessage() {}
 
 func (x *PayRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[56]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4038,7 +4110,7 @@ func (x *PayRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PayRequest.ProtoReflect.Descriptor instead.
 func (*PayRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{56}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *PayRequest) GetQuoteId() string {
@@ -4079,7 +4151,7 @@ type PayResponse struct {
 
 func (x *PayResponse) Reset() {
 	*x = PayResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[57]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4091,7 +4163,7 @@ func (x *PayResponse) String() string {
 func (*PayResponse) ProtoMessage() {}
 
 func (x *PayResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[57]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4104,7 +4176,7 @@ func (x *PayResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PayResponse.ProtoReflect.Descriptor instead.
 func (*PayResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{57}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *PayResponse) GetReceipt() *Receipt {
@@ -4156,7 +4228,7 @@ type FundByCardRequest struct {
 
 func (x *FundByCardRequest) Reset() {
 	*x = FundByCardRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[58]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4168,7 +4240,7 @@ func (x *FundByCardRequest) String() string {
 func (*FundByCardRequest) ProtoMessage() {}
 
 func (x *FundByCardRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[58]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4181,7 +4253,7 @@ func (x *FundByCardRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FundByCardRequest.ProtoReflect.Descriptor instead.
 func (*FundByCardRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{58}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *FundByCardRequest) GetRequestId() string {
@@ -4224,7 +4296,7 @@ type FundByCardResponse struct {
 
 func (x *FundByCardResponse) Reset() {
 	*x = FundByCardResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[59]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4236,7 +4308,7 @@ func (x *FundByCardResponse) String() string {
 func (*FundByCardResponse) ProtoMessage() {}
 
 func (x *FundByCardResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[59]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4249,7 +4321,7 @@ func (x *FundByCardResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FundByCardResponse.ProtoReflect.Descriptor instead.
 func (*FundByCardResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{59}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *FundByCardResponse) GetStatus() PayStatus {
@@ -4292,7 +4364,7 @@ type PayoutOnboardingRequest struct {
 
 func (x *PayoutOnboardingRequest) Reset() {
 	*x = PayoutOnboardingRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[60]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4304,7 +4376,7 @@ func (x *PayoutOnboardingRequest) String() string {
 func (*PayoutOnboardingRequest) ProtoMessage() {}
 
 func (x *PayoutOnboardingRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[60]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4317,7 +4389,7 @@ func (x *PayoutOnboardingRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PayoutOnboardingRequest.ProtoReflect.Descriptor instead.
 func (*PayoutOnboardingRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{60}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *PayoutOnboardingRequest) GetReturnUrl() string {
@@ -4348,7 +4420,7 @@ type PayoutOnboardingResponse struct {
 
 func (x *PayoutOnboardingResponse) Reset() {
 	*x = PayoutOnboardingResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[61]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4360,7 +4432,7 @@ func (x *PayoutOnboardingResponse) String() string {
 func (*PayoutOnboardingResponse) ProtoMessage() {}
 
 func (x *PayoutOnboardingResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[61]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4373,7 +4445,7 @@ func (x *PayoutOnboardingResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PayoutOnboardingResponse.ProtoReflect.Descriptor instead.
 func (*PayoutOnboardingResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{61}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *PayoutOnboardingResponse) GetAccountId() string {
@@ -4405,7 +4477,7 @@ type BalanceRequest struct {
 
 func (x *BalanceRequest) Reset() {
 	*x = BalanceRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[62]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4417,7 +4489,7 @@ func (x *BalanceRequest) String() string {
 func (*BalanceRequest) ProtoMessage() {}
 
 func (x *BalanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[62]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4430,7 +4502,7 @@ func (x *BalanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BalanceRequest.ProtoReflect.Descriptor instead.
 func (*BalanceRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{62}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{64}
 }
 
 type Money struct {
@@ -4443,7 +4515,7 @@ type Money struct {
 
 func (x *Money) Reset() {
 	*x = Money{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[63]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4455,7 +4527,7 @@ func (x *Money) String() string {
 func (*Money) ProtoMessage() {}
 
 func (x *Money) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[63]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4468,7 +4540,7 @@ func (x *Money) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Money.ProtoReflect.Descriptor instead.
 func (*Money) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{63}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *Money) GetCurrency() string {
@@ -4505,7 +4577,7 @@ type BalanceResponse struct {
 
 func (x *BalanceResponse) Reset() {
 	*x = BalanceResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[64]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4517,7 +4589,7 @@ func (x *BalanceResponse) String() string {
 func (*BalanceResponse) ProtoMessage() {}
 
 func (x *BalanceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[64]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4530,7 +4602,7 @@ func (x *BalanceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BalanceResponse.ProtoReflect.Descriptor instead.
 func (*BalanceResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{64}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *BalanceResponse) GetAccountId() string {
@@ -4570,7 +4642,7 @@ type HistoryRequest struct {
 
 func (x *HistoryRequest) Reset() {
 	*x = HistoryRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[65]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4582,7 +4654,7 @@ func (x *HistoryRequest) String() string {
 func (*HistoryRequest) ProtoMessage() {}
 
 func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[65]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4595,7 +4667,7 @@ func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryRequest.ProtoReflect.Descriptor instead.
 func (*HistoryRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{65}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *HistoryRequest) GetLimit() int32 {
@@ -4614,13 +4686,35 @@ type Transfer struct {
 	Currency      string                 `protobuf:"bytes,5,opt,name=currency,proto3" json:"currency,omitempty"`
 	Memo          string                 `protobuf:"bytes,6,opt,name=memo,proto3" json:"memo,omitempty"`
 	CreatedUnixMs int64                  `protobuf:"varint,7,opt,name=created_unix_ms,json=createdUnixMs,proto3" json:"created_unix_ms,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// What the transfer was for, for a client to say in words (memo is the
+	// server's own line, for a client that knows no better). Each is empty
+	// or 0 where it does not apply. kind is one of "fund" (by the
+	// operator), "card_fund", "defund", "pay" (a session's first purchase),
+	// "top_up", "top_up_refund" (a top-up the host did not grant),
+	// "settle_host" (the host's earnings), "settle_fee", "settle_refund"
+	// (the unused part, to the wallet), "settle_release" (the unused part,
+	// released on the card), "payout" (the host's share to its Stripe
+	// account), or "" for any other movement.
+	Kind      string `protobuf:"bytes,8,opt,name=kind,proto3" json:"kind,omitempty"`
+	SessionId string `protobuf:"bytes,9,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	// The hotspot's SSID (raw bytes, as AccessPoint.ssid).
+	Ssid []byte `protobuf:"bytes,10,opt,name=ssid,proto3" json:"ssid,omitempty"`
+	// The data: bought, for a payment or its refund; billed, for a
+	// settlement.
+	Bytes int64 `protobuf:"varint,11,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	// For a settlement, what the bill rested on: the host's count, and for a
+	// verified session the guest's acknowledged count and the credit window.
+	HostCountBytes  int64 `protobuf:"varint,12,opt,name=host_count_bytes,json=hostCountBytes,proto3" json:"host_count_bytes,omitempty"`
+	Verified        bool  `protobuf:"varint,13,opt,name=verified,proto3" json:"verified,omitempty"`
+	GuestAckedBytes int64 `protobuf:"varint,14,opt,name=guest_acked_bytes,json=guestAckedBytes,proto3" json:"guest_acked_bytes,omitempty"`
+	WindowBytes     int64 `protobuf:"varint,15,opt,name=window_bytes,json=windowBytes,proto3" json:"window_bytes,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Transfer) Reset() {
 	*x = Transfer{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[66]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4632,7 +4726,7 @@ func (x *Transfer) String() string {
 func (*Transfer) ProtoMessage() {}
 
 func (x *Transfer) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[66]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4645,7 +4739,7 @@ func (x *Transfer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Transfer.ProtoReflect.Descriptor instead.
 func (*Transfer) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{66}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *Transfer) GetId() string {
@@ -4697,6 +4791,62 @@ func (x *Transfer) GetCreatedUnixMs() int64 {
 	return 0
 }
 
+func (x *Transfer) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *Transfer) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+func (x *Transfer) GetSsid() []byte {
+	if x != nil {
+		return x.Ssid
+	}
+	return nil
+}
+
+func (x *Transfer) GetBytes() int64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+func (x *Transfer) GetHostCountBytes() int64 {
+	if x != nil {
+		return x.HostCountBytes
+	}
+	return 0
+}
+
+func (x *Transfer) GetVerified() bool {
+	if x != nil {
+		return x.Verified
+	}
+	return false
+}
+
+func (x *Transfer) GetGuestAckedBytes() int64 {
+	if x != nil {
+		return x.GuestAckedBytes
+	}
+	return 0
+}
+
+func (x *Transfer) GetWindowBytes() int64 {
+	if x != nil {
+		return x.WindowBytes
+	}
+	return 0
+}
+
 type HistoryResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Transfers     []*Transfer            `protobuf:"bytes,1,rep,name=transfers,proto3" json:"transfers,omitempty"`
@@ -4706,7 +4856,7 @@ type HistoryResponse struct {
 
 func (x *HistoryResponse) Reset() {
 	*x = HistoryResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[67]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4718,7 +4868,7 @@ func (x *HistoryResponse) String() string {
 func (*HistoryResponse) ProtoMessage() {}
 
 func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[67]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4731,7 +4881,7 @@ func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryResponse.ProtoReflect.Descriptor instead.
 func (*HistoryResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{67}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *HistoryResponse) GetTransfers() []*Transfer {
@@ -4749,7 +4899,7 @@ type PlatformKeysRequest struct {
 
 func (x *PlatformKeysRequest) Reset() {
 	*x = PlatformKeysRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[68]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4761,7 +4911,7 @@ func (x *PlatformKeysRequest) String() string {
 func (*PlatformKeysRequest) ProtoMessage() {}
 
 func (x *PlatformKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[68]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4774,7 +4924,7 @@ func (x *PlatformKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlatformKeysRequest.ProtoReflect.Descriptor instead.
 func (*PlatformKeysRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{68}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{70}
 }
 
 type PlatformKey struct {
@@ -4787,7 +4937,7 @@ type PlatformKey struct {
 
 func (x *PlatformKey) Reset() {
 	*x = PlatformKey{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[69]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4799,7 +4949,7 @@ func (x *PlatformKey) String() string {
 func (*PlatformKey) ProtoMessage() {}
 
 func (x *PlatformKey) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[69]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4812,7 +4962,7 @@ func (x *PlatformKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlatformKey.ProtoReflect.Descriptor instead.
 func (*PlatformKey) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{69}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *PlatformKey) GetKeyId() string {
@@ -4838,7 +4988,7 @@ type PlatformKeysResponse struct {
 
 func (x *PlatformKeysResponse) Reset() {
 	*x = PlatformKeysResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[70]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4850,7 +5000,7 @@ func (x *PlatformKeysResponse) String() string {
 func (*PlatformKeysResponse) ProtoMessage() {}
 
 func (x *PlatformKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[70]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4863,7 +5013,7 @@ func (x *PlatformKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlatformKeysResponse.ProtoReflect.Descriptor instead.
 func (*PlatformKeysResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{70}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *PlatformKeysResponse) GetKeys() []*PlatformKey {
@@ -4882,7 +5032,7 @@ type SubscribeRequest struct {
 
 func (x *SubscribeRequest) Reset() {
 	*x = SubscribeRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[71]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4894,7 +5044,7 @@ func (x *SubscribeRequest) String() string {
 func (*SubscribeRequest) ProtoMessage() {}
 
 func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[71]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4907,7 +5057,7 @@ func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubscribeRequest.ProtoReflect.Descriptor instead.
 func (*SubscribeRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{71}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *SubscribeRequest) GetAfterSeq() uint64 {
@@ -4927,7 +5077,7 @@ type SubscribeResponse struct {
 
 func (x *SubscribeResponse) Reset() {
 	*x = SubscribeResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[72]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4939,7 +5089,7 @@ func (x *SubscribeResponse) String() string {
 func (*SubscribeResponse) ProtoMessage() {}
 
 func (x *SubscribeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[72]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4952,7 +5102,7 @@ func (x *SubscribeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubscribeResponse.ProtoReflect.Descriptor instead.
 func (*SubscribeResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{72}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *SubscribeResponse) GetEnvelopes() []*Envelope {
@@ -4971,7 +5121,7 @@ type AckRequest struct {
 
 func (x *AckRequest) Reset() {
 	*x = AckRequest{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[73]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4983,7 +5133,7 @@ func (x *AckRequest) String() string {
 func (*AckRequest) ProtoMessage() {}
 
 func (x *AckRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[73]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4996,7 +5146,7 @@ func (x *AckRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckRequest.ProtoReflect.Descriptor instead.
 func (*AckRequest) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{73}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *AckRequest) GetSeq() uint64 {
@@ -5014,7 +5164,7 @@ type AckResponse struct {
 
 func (x *AckResponse) Reset() {
 	*x = AckResponse{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[74]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5026,7 +5176,7 @@ func (x *AckResponse) String() string {
 func (*AckResponse) ProtoMessage() {}
 
 func (x *AckResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[74]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5039,7 +5189,7 @@ func (x *AckResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckResponse.ProtoReflect.Descriptor instead.
 func (*AckResponse) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{74}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{76}
 }
 
 // C1.6, to the host.
@@ -5061,7 +5211,7 @@ type AccessRequested struct {
 
 func (x *AccessRequested) Reset() {
 	*x = AccessRequested{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[75]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5073,7 +5223,7 @@ func (x *AccessRequested) String() string {
 func (*AccessRequested) ProtoMessage() {}
 
 func (x *AccessRequested) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[75]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5086,7 +5236,7 @@ func (x *AccessRequested) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AccessRequested.ProtoReflect.Descriptor instead.
 func (*AccessRequested) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{75}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *AccessRequested) GetHotspotId() string {
@@ -5148,7 +5298,7 @@ type FeeInfo struct {
 
 func (x *FeeInfo) Reset() {
 	*x = FeeInfo{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[76]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5160,7 +5310,7 @@ func (x *FeeInfo) String() string {
 func (*FeeInfo) ProtoMessage() {}
 
 func (x *FeeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[76]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5173,7 +5323,7 @@ func (x *FeeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FeeInfo.ProtoReflect.Descriptor instead.
 func (*FeeInfo) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{76}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *FeeInfo) GetQuote() *Quote {
@@ -5207,7 +5357,7 @@ type PaymentConfirmed struct {
 
 func (x *PaymentConfirmed) Reset() {
 	*x = PaymentConfirmed{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[77]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5219,7 +5369,7 @@ func (x *PaymentConfirmed) String() string {
 func (*PaymentConfirmed) ProtoMessage() {}
 
 func (x *PaymentConfirmed) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[77]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5232,7 +5382,7 @@ func (x *PaymentConfirmed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PaymentConfirmed.ProtoReflect.Descriptor instead.
 func (*PaymentConfirmed) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{77}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{79}
 }
 
 func (x *PaymentConfirmed) GetQuoteId() string {
@@ -5309,7 +5459,7 @@ type EncryptionMessage struct {
 
 func (x *EncryptionMessage) Reset() {
 	*x = EncryptionMessage{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[78]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5321,7 +5471,7 @@ func (x *EncryptionMessage) String() string {
 func (*EncryptionMessage) ProtoMessage() {}
 
 func (x *EncryptionMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[78]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5334,7 +5484,7 @@ func (x *EncryptionMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EncryptionMessage.ProtoReflect.Descriptor instead.
 func (*EncryptionMessage) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{78}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{80}
 }
 
 func (x *EncryptionMessage) GetSuite() string {
@@ -5361,7 +5511,7 @@ type AccessGranted struct {
 
 func (x *AccessGranted) Reset() {
 	*x = AccessGranted{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[79]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[81]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5373,7 +5523,7 @@ func (x *AccessGranted) String() string {
 func (*AccessGranted) ProtoMessage() {}
 
 func (x *AccessGranted) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[79]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[81]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5386,7 +5536,7 @@ func (x *AccessGranted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AccessGranted.ProtoReflect.Descriptor instead.
 func (*AccessGranted) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{79}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{81}
 }
 
 func (x *AccessGranted) GetQuoteId() string {
@@ -5443,7 +5593,7 @@ type LowQuotaPrompt struct {
 
 func (x *LowQuotaPrompt) Reset() {
 	*x = LowQuotaPrompt{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[80]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[82]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5455,7 +5605,7 @@ func (x *LowQuotaPrompt) String() string {
 func (*LowQuotaPrompt) ProtoMessage() {}
 
 func (x *LowQuotaPrompt) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[80]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[82]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5468,7 +5618,7 @@ func (x *LowQuotaPrompt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LowQuotaPrompt.ProtoReflect.Descriptor instead.
 func (*LowQuotaPrompt) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{80}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{82}
 }
 
 func (x *LowQuotaPrompt) GetUsedBytes() int64 {
@@ -5504,7 +5654,7 @@ type TopUpRequested struct {
 
 func (x *TopUpRequested) Reset() {
 	*x = TopUpRequested{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[81]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[83]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5516,7 +5666,7 @@ func (x *TopUpRequested) String() string {
 func (*TopUpRequested) ProtoMessage() {}
 
 func (x *TopUpRequested) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[81]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[83]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5529,7 +5679,7 @@ func (x *TopUpRequested) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TopUpRequested.ProtoReflect.Descriptor instead.
 func (*TopUpRequested) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{81}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{83}
 }
 
 func (x *TopUpRequested) GetBytes() int64 {
@@ -5559,7 +5709,7 @@ type SessionEnding struct {
 
 func (x *SessionEnding) Reset() {
 	*x = SessionEnding{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[82]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[84]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5571,7 +5721,7 @@ func (x *SessionEnding) String() string {
 func (*SessionEnding) ProtoMessage() {}
 
 func (x *SessionEnding) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[82]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[84]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5584,7 +5734,7 @@ func (x *SessionEnding) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionEnding.ProtoReflect.Descriptor instead.
 func (*SessionEnding) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{82}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{84}
 }
 
 func (x *SessionEnding) GetReason() string {
@@ -5612,7 +5762,7 @@ type Declined struct {
 
 func (x *Declined) Reset() {
 	*x = Declined{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[83]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[85]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5624,7 +5774,7 @@ func (x *Declined) String() string {
 func (*Declined) ProtoMessage() {}
 
 func (x *Declined) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[83]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[85]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5637,7 +5787,7 @@ func (x *Declined) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Declined.ProtoReflect.Descriptor instead.
 func (*Declined) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{83}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{85}
 }
 
 func (x *Declined) GetReason() string {
@@ -5664,7 +5814,7 @@ type SessionEnded struct {
 
 func (x *SessionEnded) Reset() {
 	*x = SessionEnded{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[84]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[86]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5676,7 +5826,7 @@ func (x *SessionEnded) String() string {
 func (*SessionEnded) ProtoMessage() {}
 
 func (x *SessionEnded) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[84]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[86]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5689,7 +5839,7 @@ func (x *SessionEnded) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionEnded.ProtoReflect.Descriptor instead.
 func (*SessionEnded) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{84}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{86}
 }
 
 func (x *SessionEnded) GetSession() *Session {
@@ -5725,7 +5875,7 @@ type Envelope struct {
 
 func (x *Envelope) Reset() {
 	*x = Envelope{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[85]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[87]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5737,7 +5887,7 @@ func (x *Envelope) String() string {
 func (*Envelope) ProtoMessage() {}
 
 func (x *Envelope) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[85]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[87]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5750,7 +5900,7 @@ func (x *Envelope) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Envelope.ProtoReflect.Descriptor instead.
 func (*Envelope) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{85}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{87}
 }
 
 func (x *Envelope) GetSeq() uint64 {
@@ -6022,7 +6172,9 @@ const file_sharespot_v1_sharespot_proto_rawDesc = "" +
 	"\x06online\x18\t \x01(\bR\x06online\x12 \n" +
 	"\fseen_unix_ms\x18\n" +
 	" \x01(\x03R\n" +
-	"seenUnixMs\"S\n" +
+	"seenUnixMs\"\x0e\n" +
+	"\fLeaveRequest\"\x0f\n" +
+	"\rLeaveResponse\"S\n" +
 	"\x0fRegisterRequest\x12@\n" +
 	"\vinstruction\x18\x01 \x01(\v2\x1e.sharespot.v1.ShareInstructionR\vinstruction\"C\n" +
 	"\x10RegisterResponse\x12/\n" +
@@ -6297,7 +6449,7 @@ const file_sharespot_v1_sharespot_proto_rawDesc = "" +
 	"payMethods\x12=\n" +
 	"\x1bcard_without_payment_method\x18\x04 \x01(\bR\x18cardWithoutPaymentMethod\"&\n" +
 	"\x0eHistoryRequest\x12\x14\n" +
-	"\x05limit\x18\x01 \x01(\x05R\x05limit\"\xc3\x01\n" +
+	"\x05limit\x18\x01 \x01(\x05R\x05limit\"\xb5\x03\n" +
 	"\bTransfer\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05debit\x18\x02 \x01(\tR\x05debit\x12\x16\n" +
@@ -6305,7 +6457,17 @@ const file_sharespot_v1_sharespot_proto_rawDesc = "" +
 	"\famount_minor\x18\x04 \x01(\x03R\vamountMinor\x12\x1a\n" +
 	"\bcurrency\x18\x05 \x01(\tR\bcurrency\x12\x12\n" +
 	"\x04memo\x18\x06 \x01(\tR\x04memo\x12&\n" +
-	"\x0fcreated_unix_ms\x18\a \x01(\x03R\rcreatedUnixMs\"G\n" +
+	"\x0fcreated_unix_ms\x18\a \x01(\x03R\rcreatedUnixMs\x12\x12\n" +
+	"\x04kind\x18\b \x01(\tR\x04kind\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\t \x01(\tR\tsessionId\x12\x12\n" +
+	"\x04ssid\x18\n" +
+	" \x01(\fR\x04ssid\x12\x14\n" +
+	"\x05bytes\x18\v \x01(\x03R\x05bytes\x12(\n" +
+	"\x10host_count_bytes\x18\f \x01(\x03R\x0ehostCountBytes\x12\x1a\n" +
+	"\bverified\x18\r \x01(\bR\bverified\x12*\n" +
+	"\x11guest_acked_bytes\x18\x0e \x01(\x03R\x0fguestAckedBytes\x12!\n" +
+	"\fwindow_bytes\x18\x0f \x01(\x03R\vwindowBytes\"G\n" +
 	"\x0fHistoryResponse\x124\n" +
 	"\ttransfers\x18\x01 \x03(\v2\x16.sharespot.v1.TransferR\ttransfers\"\x15\n" +
 	"\x13PlatformKeysRequest\"C\n" +
@@ -6440,12 +6602,13 @@ const file_sharespot_v1_sharespot_proto_rawDesc = "" +
 	"\vAuthService\x12N\n" +
 	"\tChallenge\x12\x1e.sharespot.v1.ChallengeRequest\x1a\x1f.sharespot.v1.ChallengeResponse\"\x00\x12E\n" +
 	"\x06SignIn\x12\x1b.sharespot.v1.SignInRequest\x1a\x1c.sharespot.v1.SignInResponse\"\x00\x12N\n" +
-	"\tAddDevice\x12\x1e.sharespot.v1.AddDeviceRequest\x1a\x1f.sharespot.v1.AddDeviceResponse\"\x002\xb2\x02\n" +
+	"\tAddDevice\x12\x1e.sharespot.v1.AddDeviceRequest\x1a\x1f.sharespot.v1.AddDeviceResponse\"\x002\xf6\x02\n" +
 	"\x0eHotspotService\x12K\n" +
 	"\bRegister\x12\x1d.sharespot.v1.RegisterRequest\x1a\x1e.sharespot.v1.RegisterResponse\"\x00\x12E\n" +
 	"\x06Update\x12\x1b.sharespot.v1.UpdateRequest\x1a\x1c.sharespot.v1.UpdateResponse\"\x00\x12K\n" +
 	"\bWithdraw\x12\x1d.sharespot.v1.WithdrawRequest\x1a\x1e.sharespot.v1.WithdrawResponse\"\x00\x12?\n" +
-	"\x04List\x12\x19.sharespot.v1.ListRequest\x1a\x1a.sharespot.v1.ListResponse\"\x002_\n" +
+	"\x04List\x12\x19.sharespot.v1.ListRequest\x1a\x1a.sharespot.v1.ListResponse\"\x00\x12B\n" +
+	"\x05Leave\x12\x1a.sharespot.v1.LeaveRequest\x1a\x1b.sharespot.v1.LeaveResponse\"\x002_\n" +
 	"\x10DiscoveryService\x12K\n" +
 	"\bDiscover\x12\x1d.sharespot.v1.DiscoverRequest\x1a\x1e.sharespot.v1.DiscoverResponse\"\x002\xa9\a\n" +
 	"\x0eSessionService\x12Z\n" +
@@ -6486,7 +6649,7 @@ func file_sharespot_v1_sharespot_proto_rawDescGZIP() []byte {
 }
 
 var file_sharespot_v1_sharespot_proto_enumTypes = make([]protoimpl.EnumInfo, 7)
-var file_sharespot_v1_sharespot_proto_msgTypes = make([]protoimpl.MessageInfo, 86)
+var file_sharespot_v1_sharespot_proto_msgTypes = make([]protoimpl.MessageInfo, 88)
 var file_sharespot_v1_sharespot_proto_goTypes = []any{
 	(Security)(0),                    // 0: sharespot.v1.Security
 	(UsageMode)(0),                   // 1: sharespot.v1.UsageMode
@@ -6505,82 +6668,84 @@ var file_sharespot_v1_sharespot_proto_goTypes = []any{
 	(*Tariff)(nil),                   // 14: sharespot.v1.Tariff
 	(*ShareInstruction)(nil),         // 15: sharespot.v1.ShareInstruction
 	(*Hotspot)(nil),                  // 16: sharespot.v1.Hotspot
-	(*RegisterRequest)(nil),          // 17: sharespot.v1.RegisterRequest
-	(*RegisterResponse)(nil),         // 18: sharespot.v1.RegisterResponse
-	(*UpdateRequest)(nil),            // 19: sharespot.v1.UpdateRequest
-	(*UpdateResponse)(nil),           // 20: sharespot.v1.UpdateResponse
-	(*WithdrawRequest)(nil),          // 21: sharespot.v1.WithdrawRequest
-	(*WithdrawResponse)(nil),         // 22: sharespot.v1.WithdrawResponse
-	(*ListRequest)(nil),              // 23: sharespot.v1.ListRequest
-	(*ListResponse)(nil),             // 24: sharespot.v1.ListResponse
-	(*Candidate)(nil),                // 25: sharespot.v1.Candidate
-	(*Offer)(nil),                    // 26: sharespot.v1.Offer
-	(*HostRecord)(nil),               // 27: sharespot.v1.HostRecord
-	(*DiscoverRequest)(nil),          // 28: sharespot.v1.DiscoverRequest
-	(*DiscoverResponse)(nil),         // 29: sharespot.v1.DiscoverResponse
-	(*OfflineHotspot)(nil),           // 30: sharespot.v1.OfflineHotspot
-	(*Quote)(nil),                    // 31: sharespot.v1.Quote
-	(*GuestKey)(nil),                 // 32: sharespot.v1.GuestKey
-	(*SealedCode)(nil),               // 33: sharespot.v1.SealedCode
-	(*Gateway)(nil),                  // 34: sharespot.v1.Gateway
-	(*Receipt)(nil),                  // 35: sharespot.v1.Receipt
-	(*Session)(nil),                  // 36: sharespot.v1.Session
-	(*RequestAccessRequest)(nil),     // 37: sharespot.v1.RequestAccessRequest
-	(*RequestAccessResponse)(nil),    // 38: sharespot.v1.RequestAccessResponse
-	(*QuoteRequest)(nil),             // 39: sharespot.v1.QuoteRequest
-	(*QuoteResponse)(nil),            // 40: sharespot.v1.QuoteResponse
-	(*DeclineRequest)(nil),           // 41: sharespot.v1.DeclineRequest
-	(*DeclineResponse)(nil),          // 42: sharespot.v1.DeclineResponse
-	(*ConfirmRequest)(nil),           // 43: sharespot.v1.ConfirmRequest
-	(*ConfirmResponse)(nil),          // 44: sharespot.v1.ConfirmResponse
-	(*GrantRequest)(nil),             // 45: sharespot.v1.GrantRequest
-	(*GrantResponse)(nil),            // 46: sharespot.v1.GrantResponse
-	(*PromptRequest)(nil),            // 47: sharespot.v1.PromptRequest
-	(*PromptResponse)(nil),           // 48: sharespot.v1.PromptResponse
-	(*RequestTopUpRequest)(nil),      // 49: sharespot.v1.RequestTopUpRequest
-	(*RequestTopUpResponse)(nil),     // 50: sharespot.v1.RequestTopUpResponse
-	(*ReportUsageRequest)(nil),       // 51: sharespot.v1.ReportUsageRequest
-	(*ReportUsageResponse)(nil),      // 52: sharespot.v1.ReportUsageResponse
-	(*EndRequest)(nil),               // 53: sharespot.v1.EndRequest
-	(*EndResponse)(nil),              // 54: sharespot.v1.EndResponse
-	(*GetRequest)(nil),               // 55: sharespot.v1.GetRequest
-	(*GetResponse)(nil),              // 56: sharespot.v1.GetResponse
-	(*UsageAck)(nil),                 // 57: sharespot.v1.UsageAck
-	(*AcknowledgeRequest)(nil),       // 58: sharespot.v1.AcknowledgeRequest
-	(*AcknowledgeResponse)(nil),      // 59: sharespot.v1.AcknowledgeResponse
-	(*UsageAcknowledged)(nil),        // 60: sharespot.v1.UsageAcknowledged
-	(*ListSessionsRequest)(nil),      // 61: sharespot.v1.ListSessionsRequest
-	(*ListSessionsResponse)(nil),     // 62: sharespot.v1.ListSessionsResponse
-	(*PayRequest)(nil),               // 63: sharespot.v1.PayRequest
-	(*PayResponse)(nil),              // 64: sharespot.v1.PayResponse
-	(*FundByCardRequest)(nil),        // 65: sharespot.v1.FundByCardRequest
-	(*FundByCardResponse)(nil),       // 66: sharespot.v1.FundByCardResponse
-	(*PayoutOnboardingRequest)(nil),  // 67: sharespot.v1.PayoutOnboardingRequest
-	(*PayoutOnboardingResponse)(nil), // 68: sharespot.v1.PayoutOnboardingResponse
-	(*BalanceRequest)(nil),           // 69: sharespot.v1.BalanceRequest
-	(*Money)(nil),                    // 70: sharespot.v1.Money
-	(*BalanceResponse)(nil),          // 71: sharespot.v1.BalanceResponse
-	(*HistoryRequest)(nil),           // 72: sharespot.v1.HistoryRequest
-	(*Transfer)(nil),                 // 73: sharespot.v1.Transfer
-	(*HistoryResponse)(nil),          // 74: sharespot.v1.HistoryResponse
-	(*PlatformKeysRequest)(nil),      // 75: sharespot.v1.PlatformKeysRequest
-	(*PlatformKey)(nil),              // 76: sharespot.v1.PlatformKey
-	(*PlatformKeysResponse)(nil),     // 77: sharespot.v1.PlatformKeysResponse
-	(*SubscribeRequest)(nil),         // 78: sharespot.v1.SubscribeRequest
-	(*SubscribeResponse)(nil),        // 79: sharespot.v1.SubscribeResponse
-	(*AckRequest)(nil),               // 80: sharespot.v1.AckRequest
-	(*AckResponse)(nil),              // 81: sharespot.v1.AckResponse
-	(*AccessRequested)(nil),          // 82: sharespot.v1.AccessRequested
-	(*FeeInfo)(nil),                  // 83: sharespot.v1.FeeInfo
-	(*PaymentConfirmed)(nil),         // 84: sharespot.v1.PaymentConfirmed
-	(*EncryptionMessage)(nil),        // 85: sharespot.v1.EncryptionMessage
-	(*AccessGranted)(nil),            // 86: sharespot.v1.AccessGranted
-	(*LowQuotaPrompt)(nil),           // 87: sharespot.v1.LowQuotaPrompt
-	(*TopUpRequested)(nil),           // 88: sharespot.v1.TopUpRequested
-	(*SessionEnding)(nil),            // 89: sharespot.v1.SessionEnding
-	(*Declined)(nil),                 // 90: sharespot.v1.Declined
-	(*SessionEnded)(nil),             // 91: sharespot.v1.SessionEnded
-	(*Envelope)(nil),                 // 92: sharespot.v1.Envelope
+	(*LeaveRequest)(nil),             // 17: sharespot.v1.LeaveRequest
+	(*LeaveResponse)(nil),            // 18: sharespot.v1.LeaveResponse
+	(*RegisterRequest)(nil),          // 19: sharespot.v1.RegisterRequest
+	(*RegisterResponse)(nil),         // 20: sharespot.v1.RegisterResponse
+	(*UpdateRequest)(nil),            // 21: sharespot.v1.UpdateRequest
+	(*UpdateResponse)(nil),           // 22: sharespot.v1.UpdateResponse
+	(*WithdrawRequest)(nil),          // 23: sharespot.v1.WithdrawRequest
+	(*WithdrawResponse)(nil),         // 24: sharespot.v1.WithdrawResponse
+	(*ListRequest)(nil),              // 25: sharespot.v1.ListRequest
+	(*ListResponse)(nil),             // 26: sharespot.v1.ListResponse
+	(*Candidate)(nil),                // 27: sharespot.v1.Candidate
+	(*Offer)(nil),                    // 28: sharespot.v1.Offer
+	(*HostRecord)(nil),               // 29: sharespot.v1.HostRecord
+	(*DiscoverRequest)(nil),          // 30: sharespot.v1.DiscoverRequest
+	(*DiscoverResponse)(nil),         // 31: sharespot.v1.DiscoverResponse
+	(*OfflineHotspot)(nil),           // 32: sharespot.v1.OfflineHotspot
+	(*Quote)(nil),                    // 33: sharespot.v1.Quote
+	(*GuestKey)(nil),                 // 34: sharespot.v1.GuestKey
+	(*SealedCode)(nil),               // 35: sharespot.v1.SealedCode
+	(*Gateway)(nil),                  // 36: sharespot.v1.Gateway
+	(*Receipt)(nil),                  // 37: sharespot.v1.Receipt
+	(*Session)(nil),                  // 38: sharespot.v1.Session
+	(*RequestAccessRequest)(nil),     // 39: sharespot.v1.RequestAccessRequest
+	(*RequestAccessResponse)(nil),    // 40: sharespot.v1.RequestAccessResponse
+	(*QuoteRequest)(nil),             // 41: sharespot.v1.QuoteRequest
+	(*QuoteResponse)(nil),            // 42: sharespot.v1.QuoteResponse
+	(*DeclineRequest)(nil),           // 43: sharespot.v1.DeclineRequest
+	(*DeclineResponse)(nil),          // 44: sharespot.v1.DeclineResponse
+	(*ConfirmRequest)(nil),           // 45: sharespot.v1.ConfirmRequest
+	(*ConfirmResponse)(nil),          // 46: sharespot.v1.ConfirmResponse
+	(*GrantRequest)(nil),             // 47: sharespot.v1.GrantRequest
+	(*GrantResponse)(nil),            // 48: sharespot.v1.GrantResponse
+	(*PromptRequest)(nil),            // 49: sharespot.v1.PromptRequest
+	(*PromptResponse)(nil),           // 50: sharespot.v1.PromptResponse
+	(*RequestTopUpRequest)(nil),      // 51: sharespot.v1.RequestTopUpRequest
+	(*RequestTopUpResponse)(nil),     // 52: sharespot.v1.RequestTopUpResponse
+	(*ReportUsageRequest)(nil),       // 53: sharespot.v1.ReportUsageRequest
+	(*ReportUsageResponse)(nil),      // 54: sharespot.v1.ReportUsageResponse
+	(*EndRequest)(nil),               // 55: sharespot.v1.EndRequest
+	(*EndResponse)(nil),              // 56: sharespot.v1.EndResponse
+	(*GetRequest)(nil),               // 57: sharespot.v1.GetRequest
+	(*GetResponse)(nil),              // 58: sharespot.v1.GetResponse
+	(*UsageAck)(nil),                 // 59: sharespot.v1.UsageAck
+	(*AcknowledgeRequest)(nil),       // 60: sharespot.v1.AcknowledgeRequest
+	(*AcknowledgeResponse)(nil),      // 61: sharespot.v1.AcknowledgeResponse
+	(*UsageAcknowledged)(nil),        // 62: sharespot.v1.UsageAcknowledged
+	(*ListSessionsRequest)(nil),      // 63: sharespot.v1.ListSessionsRequest
+	(*ListSessionsResponse)(nil),     // 64: sharespot.v1.ListSessionsResponse
+	(*PayRequest)(nil),               // 65: sharespot.v1.PayRequest
+	(*PayResponse)(nil),              // 66: sharespot.v1.PayResponse
+	(*FundByCardRequest)(nil),        // 67: sharespot.v1.FundByCardRequest
+	(*FundByCardResponse)(nil),       // 68: sharespot.v1.FundByCardResponse
+	(*PayoutOnboardingRequest)(nil),  // 69: sharespot.v1.PayoutOnboardingRequest
+	(*PayoutOnboardingResponse)(nil), // 70: sharespot.v1.PayoutOnboardingResponse
+	(*BalanceRequest)(nil),           // 71: sharespot.v1.BalanceRequest
+	(*Money)(nil),                    // 72: sharespot.v1.Money
+	(*BalanceResponse)(nil),          // 73: sharespot.v1.BalanceResponse
+	(*HistoryRequest)(nil),           // 74: sharespot.v1.HistoryRequest
+	(*Transfer)(nil),                 // 75: sharespot.v1.Transfer
+	(*HistoryResponse)(nil),          // 76: sharespot.v1.HistoryResponse
+	(*PlatformKeysRequest)(nil),      // 77: sharespot.v1.PlatformKeysRequest
+	(*PlatformKey)(nil),              // 78: sharespot.v1.PlatformKey
+	(*PlatformKeysResponse)(nil),     // 79: sharespot.v1.PlatformKeysResponse
+	(*SubscribeRequest)(nil),         // 80: sharespot.v1.SubscribeRequest
+	(*SubscribeResponse)(nil),        // 81: sharespot.v1.SubscribeResponse
+	(*AckRequest)(nil),               // 82: sharespot.v1.AckRequest
+	(*AckResponse)(nil),              // 83: sharespot.v1.AckResponse
+	(*AccessRequested)(nil),          // 84: sharespot.v1.AccessRequested
+	(*FeeInfo)(nil),                  // 85: sharespot.v1.FeeInfo
+	(*PaymentConfirmed)(nil),         // 86: sharespot.v1.PaymentConfirmed
+	(*EncryptionMessage)(nil),        // 87: sharespot.v1.EncryptionMessage
+	(*AccessGranted)(nil),            // 88: sharespot.v1.AccessGranted
+	(*LowQuotaPrompt)(nil),           // 89: sharespot.v1.LowQuotaPrompt
+	(*TopUpRequested)(nil),           // 90: sharespot.v1.TopUpRequested
+	(*SessionEnding)(nil),            // 91: sharespot.v1.SessionEnding
+	(*Declined)(nil),                 // 92: sharespot.v1.Declined
+	(*SessionEnded)(nil),             // 93: sharespot.v1.SessionEnded
+	(*Envelope)(nil),                 // 94: sharespot.v1.Envelope
 }
 var file_sharespot_v1_sharespot_proto_depIdxs = []int32{
 	0,   // 0: sharespot.v1.AccessPoint.security:type_name -> sharespot.v1.Security
@@ -6596,131 +6761,133 @@ var file_sharespot_v1_sharespot_proto_depIdxs = []int32{
 	0,   // 10: sharespot.v1.Candidate.security:type_name -> sharespot.v1.Security
 	13,  // 11: sharespot.v1.Offer.access_point:type_name -> sharespot.v1.AccessPoint
 	14,  // 12: sharespot.v1.Offer.tariff:type_name -> sharespot.v1.Tariff
-	27,  // 13: sharespot.v1.Offer.host_record:type_name -> sharespot.v1.HostRecord
-	25,  // 14: sharespot.v1.DiscoverRequest.candidates:type_name -> sharespot.v1.Candidate
-	26,  // 15: sharespot.v1.DiscoverResponse.available:type_name -> sharespot.v1.Offer
-	30,  // 16: sharespot.v1.DiscoverResponse.offline:type_name -> sharespot.v1.OfflineHotspot
+	29,  // 13: sharespot.v1.Offer.host_record:type_name -> sharespot.v1.HostRecord
+	27,  // 14: sharespot.v1.DiscoverRequest.candidates:type_name -> sharespot.v1.Candidate
+	28,  // 15: sharespot.v1.DiscoverResponse.available:type_name -> sharespot.v1.Offer
+	32,  // 16: sharespot.v1.DiscoverResponse.offline:type_name -> sharespot.v1.OfflineHotspot
 	13,  // 17: sharespot.v1.OfflineHotspot.access_point:type_name -> sharespot.v1.AccessPoint
 	3,   // 18: sharespot.v1.Quote.kind:type_name -> sharespot.v1.QuoteKind
 	4,   // 19: sharespot.v1.Quote.state:type_name -> sharespot.v1.QuoteState
-	35,  // 20: sharespot.v1.Quote.receipt:type_name -> sharespot.v1.Receipt
+	37,  // 20: sharespot.v1.Quote.receipt:type_name -> sharespot.v1.Receipt
 	2,   // 21: sharespot.v1.Session.state:type_name -> sharespot.v1.SessionState
-	31,  // 22: sharespot.v1.Session.quotes:type_name -> sharespot.v1.Quote
+	33,  // 22: sharespot.v1.Session.quotes:type_name -> sharespot.v1.Quote
 	14,  // 23: sharespot.v1.Session.tariff:type_name -> sharespot.v1.Tariff
 	1,   // 24: sharespot.v1.Session.usage_mode:type_name -> sharespot.v1.UsageMode
-	32,  // 25: sharespot.v1.RequestAccessRequest.guest_keys:type_name -> sharespot.v1.GuestKey
+	34,  // 25: sharespot.v1.RequestAccessRequest.guest_keys:type_name -> sharespot.v1.GuestKey
 	14,  // 26: sharespot.v1.RequestAccessRequest.shown_tariff:type_name -> sharespot.v1.Tariff
 	1,   // 27: sharespot.v1.RequestAccessRequest.usage_mode:type_name -> sharespot.v1.UsageMode
-	36,  // 28: sharespot.v1.RequestAccessResponse.session:type_name -> sharespot.v1.Session
-	31,  // 29: sharespot.v1.QuoteResponse.quote:type_name -> sharespot.v1.Quote
-	36,  // 30: sharespot.v1.DeclineResponse.session:type_name -> sharespot.v1.Session
-	35,  // 31: sharespot.v1.ConfirmRequest.receipt:type_name -> sharespot.v1.Receipt
-	36,  // 32: sharespot.v1.ConfirmResponse.session:type_name -> sharespot.v1.Session
-	33,  // 33: sharespot.v1.GrantRequest.sealed_code:type_name -> sharespot.v1.SealedCode
-	34,  // 34: sharespot.v1.GrantRequest.gateway:type_name -> sharespot.v1.Gateway
-	36,  // 35: sharespot.v1.GrantResponse.session:type_name -> sharespot.v1.Session
-	57,  // 36: sharespot.v1.PromptRequest.ack:type_name -> sharespot.v1.UsageAck
-	36,  // 37: sharespot.v1.RequestTopUpResponse.session:type_name -> sharespot.v1.Session
-	57,  // 38: sharespot.v1.ReportUsageRequest.ack:type_name -> sharespot.v1.UsageAck
-	36,  // 39: sharespot.v1.ReportUsageResponse.session:type_name -> sharespot.v1.Session
-	57,  // 40: sharespot.v1.EndRequest.ack:type_name -> sharespot.v1.UsageAck
-	36,  // 41: sharespot.v1.EndResponse.session:type_name -> sharespot.v1.Session
-	36,  // 42: sharespot.v1.GetResponse.session:type_name -> sharespot.v1.Session
-	57,  // 43: sharespot.v1.AcknowledgeRequest.ack:type_name -> sharespot.v1.UsageAck
-	57,  // 44: sharespot.v1.UsageAcknowledged.ack:type_name -> sharespot.v1.UsageAck
-	36,  // 45: sharespot.v1.ListSessionsResponse.sessions:type_name -> sharespot.v1.Session
+	38,  // 28: sharespot.v1.RequestAccessResponse.session:type_name -> sharespot.v1.Session
+	33,  // 29: sharespot.v1.QuoteResponse.quote:type_name -> sharespot.v1.Quote
+	38,  // 30: sharespot.v1.DeclineResponse.session:type_name -> sharespot.v1.Session
+	37,  // 31: sharespot.v1.ConfirmRequest.receipt:type_name -> sharespot.v1.Receipt
+	38,  // 32: sharespot.v1.ConfirmResponse.session:type_name -> sharespot.v1.Session
+	35,  // 33: sharespot.v1.GrantRequest.sealed_code:type_name -> sharespot.v1.SealedCode
+	36,  // 34: sharespot.v1.GrantRequest.gateway:type_name -> sharespot.v1.Gateway
+	38,  // 35: sharespot.v1.GrantResponse.session:type_name -> sharespot.v1.Session
+	59,  // 36: sharespot.v1.PromptRequest.ack:type_name -> sharespot.v1.UsageAck
+	38,  // 37: sharespot.v1.RequestTopUpResponse.session:type_name -> sharespot.v1.Session
+	59,  // 38: sharespot.v1.ReportUsageRequest.ack:type_name -> sharespot.v1.UsageAck
+	38,  // 39: sharespot.v1.ReportUsageResponse.session:type_name -> sharespot.v1.Session
+	59,  // 40: sharespot.v1.EndRequest.ack:type_name -> sharespot.v1.UsageAck
+	38,  // 41: sharespot.v1.EndResponse.session:type_name -> sharespot.v1.Session
+	38,  // 42: sharespot.v1.GetResponse.session:type_name -> sharespot.v1.Session
+	59,  // 43: sharespot.v1.AcknowledgeRequest.ack:type_name -> sharespot.v1.UsageAck
+	59,  // 44: sharespot.v1.UsageAcknowledged.ack:type_name -> sharespot.v1.UsageAck
+	38,  // 45: sharespot.v1.ListSessionsResponse.sessions:type_name -> sharespot.v1.Session
 	5,   // 46: sharespot.v1.PayRequest.method:type_name -> sharespot.v1.PayMethod
-	35,  // 47: sharespot.v1.PayResponse.receipt:type_name -> sharespot.v1.Receipt
+	37,  // 47: sharespot.v1.PayResponse.receipt:type_name -> sharespot.v1.Receipt
 	6,   // 48: sharespot.v1.PayResponse.status:type_name -> sharespot.v1.PayStatus
 	6,   // 49: sharespot.v1.FundByCardResponse.status:type_name -> sharespot.v1.PayStatus
-	70,  // 50: sharespot.v1.BalanceResponse.balances:type_name -> sharespot.v1.Money
+	72,  // 50: sharespot.v1.BalanceResponse.balances:type_name -> sharespot.v1.Money
 	5,   // 51: sharespot.v1.BalanceResponse.pay_methods:type_name -> sharespot.v1.PayMethod
-	73,  // 52: sharespot.v1.HistoryResponse.transfers:type_name -> sharespot.v1.Transfer
-	76,  // 53: sharespot.v1.PlatformKeysResponse.keys:type_name -> sharespot.v1.PlatformKey
-	92,  // 54: sharespot.v1.SubscribeResponse.envelopes:type_name -> sharespot.v1.Envelope
-	32,  // 55: sharespot.v1.AccessRequested.guest_keys:type_name -> sharespot.v1.GuestKey
+	75,  // 52: sharespot.v1.HistoryResponse.transfers:type_name -> sharespot.v1.Transfer
+	78,  // 53: sharespot.v1.PlatformKeysResponse.keys:type_name -> sharespot.v1.PlatformKey
+	94,  // 54: sharespot.v1.SubscribeResponse.envelopes:type_name -> sharespot.v1.Envelope
+	34,  // 55: sharespot.v1.AccessRequested.guest_keys:type_name -> sharespot.v1.GuestKey
 	14,  // 56: sharespot.v1.AccessRequested.tariff:type_name -> sharespot.v1.Tariff
 	1,   // 57: sharespot.v1.AccessRequested.usage_mode:type_name -> sharespot.v1.UsageMode
-	31,  // 58: sharespot.v1.FeeInfo.quote:type_name -> sharespot.v1.Quote
+	33,  // 58: sharespot.v1.FeeInfo.quote:type_name -> sharespot.v1.Quote
 	3,   // 59: sharespot.v1.PaymentConfirmed.kind:type_name -> sharespot.v1.QuoteKind
-	35,  // 60: sharespot.v1.PaymentConfirmed.receipt:type_name -> sharespot.v1.Receipt
-	31,  // 61: sharespot.v1.PaymentConfirmed.quote:type_name -> sharespot.v1.Quote
+	37,  // 60: sharespot.v1.PaymentConfirmed.receipt:type_name -> sharespot.v1.Receipt
+	33,  // 61: sharespot.v1.PaymentConfirmed.quote:type_name -> sharespot.v1.Quote
 	1,   // 62: sharespot.v1.PaymentConfirmed.usage_mode:type_name -> sharespot.v1.UsageMode
 	3,   // 63: sharespot.v1.AccessGranted.kind:type_name -> sharespot.v1.QuoteKind
-	33,  // 64: sharespot.v1.AccessGranted.sealed_code:type_name -> sharespot.v1.SealedCode
-	34,  // 65: sharespot.v1.AccessGranted.gateway:type_name -> sharespot.v1.Gateway
+	35,  // 64: sharespot.v1.AccessGranted.sealed_code:type_name -> sharespot.v1.SealedCode
+	36,  // 65: sharespot.v1.AccessGranted.gateway:type_name -> sharespot.v1.Gateway
 	14,  // 66: sharespot.v1.TopUpRequested.tariff:type_name -> sharespot.v1.Tariff
 	3,   // 67: sharespot.v1.Declined.kind:type_name -> sharespot.v1.QuoteKind
-	36,  // 68: sharespot.v1.SessionEnded.session:type_name -> sharespot.v1.Session
-	82,  // 69: sharespot.v1.Envelope.access_requested:type_name -> sharespot.v1.AccessRequested
-	83,  // 70: sharespot.v1.Envelope.fee_info:type_name -> sharespot.v1.FeeInfo
-	84,  // 71: sharespot.v1.Envelope.payment_confirmed:type_name -> sharespot.v1.PaymentConfirmed
-	85,  // 72: sharespot.v1.Envelope.encryption_message:type_name -> sharespot.v1.EncryptionMessage
-	86,  // 73: sharespot.v1.Envelope.access_granted:type_name -> sharespot.v1.AccessGranted
-	87,  // 74: sharespot.v1.Envelope.low_quota_prompt:type_name -> sharespot.v1.LowQuotaPrompt
-	88,  // 75: sharespot.v1.Envelope.top_up_requested:type_name -> sharespot.v1.TopUpRequested
-	90,  // 76: sharespot.v1.Envelope.declined:type_name -> sharespot.v1.Declined
-	91,  // 77: sharespot.v1.Envelope.session_ended:type_name -> sharespot.v1.SessionEnded
-	89,  // 78: sharespot.v1.Envelope.session_ending:type_name -> sharespot.v1.SessionEnding
-	60,  // 79: sharespot.v1.Envelope.usage_acknowledged:type_name -> sharespot.v1.UsageAcknowledged
+	38,  // 68: sharespot.v1.SessionEnded.session:type_name -> sharespot.v1.Session
+	84,  // 69: sharespot.v1.Envelope.access_requested:type_name -> sharespot.v1.AccessRequested
+	85,  // 70: sharespot.v1.Envelope.fee_info:type_name -> sharespot.v1.FeeInfo
+	86,  // 71: sharespot.v1.Envelope.payment_confirmed:type_name -> sharespot.v1.PaymentConfirmed
+	87,  // 72: sharespot.v1.Envelope.encryption_message:type_name -> sharespot.v1.EncryptionMessage
+	88,  // 73: sharespot.v1.Envelope.access_granted:type_name -> sharespot.v1.AccessGranted
+	89,  // 74: sharespot.v1.Envelope.low_quota_prompt:type_name -> sharespot.v1.LowQuotaPrompt
+	90,  // 75: sharespot.v1.Envelope.top_up_requested:type_name -> sharespot.v1.TopUpRequested
+	92,  // 76: sharespot.v1.Envelope.declined:type_name -> sharespot.v1.Declined
+	93,  // 77: sharespot.v1.Envelope.session_ended:type_name -> sharespot.v1.SessionEnded
+	91,  // 78: sharespot.v1.Envelope.session_ending:type_name -> sharespot.v1.SessionEnding
+	62,  // 79: sharespot.v1.Envelope.usage_acknowledged:type_name -> sharespot.v1.UsageAcknowledged
 	9,   // 80: sharespot.v1.AuthService.Challenge:input_type -> sharespot.v1.ChallengeRequest
 	11,  // 81: sharespot.v1.AuthService.SignIn:input_type -> sharespot.v1.SignInRequest
 	7,   // 82: sharespot.v1.AuthService.AddDevice:input_type -> sharespot.v1.AddDeviceRequest
-	17,  // 83: sharespot.v1.HotspotService.Register:input_type -> sharespot.v1.RegisterRequest
-	19,  // 84: sharespot.v1.HotspotService.Update:input_type -> sharespot.v1.UpdateRequest
-	21,  // 85: sharespot.v1.HotspotService.Withdraw:input_type -> sharespot.v1.WithdrawRequest
-	23,  // 86: sharespot.v1.HotspotService.List:input_type -> sharespot.v1.ListRequest
-	28,  // 87: sharespot.v1.DiscoveryService.Discover:input_type -> sharespot.v1.DiscoverRequest
-	37,  // 88: sharespot.v1.SessionService.RequestAccess:input_type -> sharespot.v1.RequestAccessRequest
-	39,  // 89: sharespot.v1.SessionService.Quote:input_type -> sharespot.v1.QuoteRequest
-	41,  // 90: sharespot.v1.SessionService.Decline:input_type -> sharespot.v1.DeclineRequest
-	43,  // 91: sharespot.v1.SessionService.Confirm:input_type -> sharespot.v1.ConfirmRequest
-	45,  // 92: sharespot.v1.SessionService.Grant:input_type -> sharespot.v1.GrantRequest
-	47,  // 93: sharespot.v1.SessionService.Prompt:input_type -> sharespot.v1.PromptRequest
-	49,  // 94: sharespot.v1.SessionService.RequestTopUp:input_type -> sharespot.v1.RequestTopUpRequest
-	51,  // 95: sharespot.v1.SessionService.ReportUsage:input_type -> sharespot.v1.ReportUsageRequest
-	53,  // 96: sharespot.v1.SessionService.End:input_type -> sharespot.v1.EndRequest
-	55,  // 97: sharespot.v1.SessionService.Get:input_type -> sharespot.v1.GetRequest
-	58,  // 98: sharespot.v1.SessionService.Acknowledge:input_type -> sharespot.v1.AcknowledgeRequest
-	61,  // 99: sharespot.v1.SessionService.ListSessions:input_type -> sharespot.v1.ListSessionsRequest
-	63,  // 100: sharespot.v1.PaymentService.Pay:input_type -> sharespot.v1.PayRequest
-	69,  // 101: sharespot.v1.PaymentService.Balance:input_type -> sharespot.v1.BalanceRequest
-	72,  // 102: sharespot.v1.PaymentService.History:input_type -> sharespot.v1.HistoryRequest
-	75,  // 103: sharespot.v1.PaymentService.PlatformKeys:input_type -> sharespot.v1.PlatformKeysRequest
-	65,  // 104: sharespot.v1.PaymentService.FundByCard:input_type -> sharespot.v1.FundByCardRequest
-	67,  // 105: sharespot.v1.PaymentService.PayoutOnboarding:input_type -> sharespot.v1.PayoutOnboardingRequest
-	78,  // 106: sharespot.v1.InboxService.Subscribe:input_type -> sharespot.v1.SubscribeRequest
-	80,  // 107: sharespot.v1.InboxService.Ack:input_type -> sharespot.v1.AckRequest
-	10,  // 108: sharespot.v1.AuthService.Challenge:output_type -> sharespot.v1.ChallengeResponse
-	12,  // 109: sharespot.v1.AuthService.SignIn:output_type -> sharespot.v1.SignInResponse
-	8,   // 110: sharespot.v1.AuthService.AddDevice:output_type -> sharespot.v1.AddDeviceResponse
-	18,  // 111: sharespot.v1.HotspotService.Register:output_type -> sharespot.v1.RegisterResponse
-	20,  // 112: sharespot.v1.HotspotService.Update:output_type -> sharespot.v1.UpdateResponse
-	22,  // 113: sharespot.v1.HotspotService.Withdraw:output_type -> sharespot.v1.WithdrawResponse
-	24,  // 114: sharespot.v1.HotspotService.List:output_type -> sharespot.v1.ListResponse
-	29,  // 115: sharespot.v1.DiscoveryService.Discover:output_type -> sharespot.v1.DiscoverResponse
-	38,  // 116: sharespot.v1.SessionService.RequestAccess:output_type -> sharespot.v1.RequestAccessResponse
-	40,  // 117: sharespot.v1.SessionService.Quote:output_type -> sharespot.v1.QuoteResponse
-	42,  // 118: sharespot.v1.SessionService.Decline:output_type -> sharespot.v1.DeclineResponse
-	44,  // 119: sharespot.v1.SessionService.Confirm:output_type -> sharespot.v1.ConfirmResponse
-	46,  // 120: sharespot.v1.SessionService.Grant:output_type -> sharespot.v1.GrantResponse
-	48,  // 121: sharespot.v1.SessionService.Prompt:output_type -> sharespot.v1.PromptResponse
-	50,  // 122: sharespot.v1.SessionService.RequestTopUp:output_type -> sharespot.v1.RequestTopUpResponse
-	52,  // 123: sharespot.v1.SessionService.ReportUsage:output_type -> sharespot.v1.ReportUsageResponse
-	54,  // 124: sharespot.v1.SessionService.End:output_type -> sharespot.v1.EndResponse
-	56,  // 125: sharespot.v1.SessionService.Get:output_type -> sharespot.v1.GetResponse
-	59,  // 126: sharespot.v1.SessionService.Acknowledge:output_type -> sharespot.v1.AcknowledgeResponse
-	62,  // 127: sharespot.v1.SessionService.ListSessions:output_type -> sharespot.v1.ListSessionsResponse
-	64,  // 128: sharespot.v1.PaymentService.Pay:output_type -> sharespot.v1.PayResponse
-	71,  // 129: sharespot.v1.PaymentService.Balance:output_type -> sharespot.v1.BalanceResponse
-	74,  // 130: sharespot.v1.PaymentService.History:output_type -> sharespot.v1.HistoryResponse
-	77,  // 131: sharespot.v1.PaymentService.PlatformKeys:output_type -> sharespot.v1.PlatformKeysResponse
-	66,  // 132: sharespot.v1.PaymentService.FundByCard:output_type -> sharespot.v1.FundByCardResponse
-	68,  // 133: sharespot.v1.PaymentService.PayoutOnboarding:output_type -> sharespot.v1.PayoutOnboardingResponse
-	79,  // 134: sharespot.v1.InboxService.Subscribe:output_type -> sharespot.v1.SubscribeResponse
-	81,  // 135: sharespot.v1.InboxService.Ack:output_type -> sharespot.v1.AckResponse
-	108, // [108:136] is the sub-list for method output_type
-	80,  // [80:108] is the sub-list for method input_type
+	19,  // 83: sharespot.v1.HotspotService.Register:input_type -> sharespot.v1.RegisterRequest
+	21,  // 84: sharespot.v1.HotspotService.Update:input_type -> sharespot.v1.UpdateRequest
+	23,  // 85: sharespot.v1.HotspotService.Withdraw:input_type -> sharespot.v1.WithdrawRequest
+	25,  // 86: sharespot.v1.HotspotService.List:input_type -> sharespot.v1.ListRequest
+	17,  // 87: sharespot.v1.HotspotService.Leave:input_type -> sharespot.v1.LeaveRequest
+	30,  // 88: sharespot.v1.DiscoveryService.Discover:input_type -> sharespot.v1.DiscoverRequest
+	39,  // 89: sharespot.v1.SessionService.RequestAccess:input_type -> sharespot.v1.RequestAccessRequest
+	41,  // 90: sharespot.v1.SessionService.Quote:input_type -> sharespot.v1.QuoteRequest
+	43,  // 91: sharespot.v1.SessionService.Decline:input_type -> sharespot.v1.DeclineRequest
+	45,  // 92: sharespot.v1.SessionService.Confirm:input_type -> sharespot.v1.ConfirmRequest
+	47,  // 93: sharespot.v1.SessionService.Grant:input_type -> sharespot.v1.GrantRequest
+	49,  // 94: sharespot.v1.SessionService.Prompt:input_type -> sharespot.v1.PromptRequest
+	51,  // 95: sharespot.v1.SessionService.RequestTopUp:input_type -> sharespot.v1.RequestTopUpRequest
+	53,  // 96: sharespot.v1.SessionService.ReportUsage:input_type -> sharespot.v1.ReportUsageRequest
+	55,  // 97: sharespot.v1.SessionService.End:input_type -> sharespot.v1.EndRequest
+	57,  // 98: sharespot.v1.SessionService.Get:input_type -> sharespot.v1.GetRequest
+	60,  // 99: sharespot.v1.SessionService.Acknowledge:input_type -> sharespot.v1.AcknowledgeRequest
+	63,  // 100: sharespot.v1.SessionService.ListSessions:input_type -> sharespot.v1.ListSessionsRequest
+	65,  // 101: sharespot.v1.PaymentService.Pay:input_type -> sharespot.v1.PayRequest
+	71,  // 102: sharespot.v1.PaymentService.Balance:input_type -> sharespot.v1.BalanceRequest
+	74,  // 103: sharespot.v1.PaymentService.History:input_type -> sharespot.v1.HistoryRequest
+	77,  // 104: sharespot.v1.PaymentService.PlatformKeys:input_type -> sharespot.v1.PlatformKeysRequest
+	67,  // 105: sharespot.v1.PaymentService.FundByCard:input_type -> sharespot.v1.FundByCardRequest
+	69,  // 106: sharespot.v1.PaymentService.PayoutOnboarding:input_type -> sharespot.v1.PayoutOnboardingRequest
+	80,  // 107: sharespot.v1.InboxService.Subscribe:input_type -> sharespot.v1.SubscribeRequest
+	82,  // 108: sharespot.v1.InboxService.Ack:input_type -> sharespot.v1.AckRequest
+	10,  // 109: sharespot.v1.AuthService.Challenge:output_type -> sharespot.v1.ChallengeResponse
+	12,  // 110: sharespot.v1.AuthService.SignIn:output_type -> sharespot.v1.SignInResponse
+	8,   // 111: sharespot.v1.AuthService.AddDevice:output_type -> sharespot.v1.AddDeviceResponse
+	20,  // 112: sharespot.v1.HotspotService.Register:output_type -> sharespot.v1.RegisterResponse
+	22,  // 113: sharespot.v1.HotspotService.Update:output_type -> sharespot.v1.UpdateResponse
+	24,  // 114: sharespot.v1.HotspotService.Withdraw:output_type -> sharespot.v1.WithdrawResponse
+	26,  // 115: sharespot.v1.HotspotService.List:output_type -> sharespot.v1.ListResponse
+	18,  // 116: sharespot.v1.HotspotService.Leave:output_type -> sharespot.v1.LeaveResponse
+	31,  // 117: sharespot.v1.DiscoveryService.Discover:output_type -> sharespot.v1.DiscoverResponse
+	40,  // 118: sharespot.v1.SessionService.RequestAccess:output_type -> sharespot.v1.RequestAccessResponse
+	42,  // 119: sharespot.v1.SessionService.Quote:output_type -> sharespot.v1.QuoteResponse
+	44,  // 120: sharespot.v1.SessionService.Decline:output_type -> sharespot.v1.DeclineResponse
+	46,  // 121: sharespot.v1.SessionService.Confirm:output_type -> sharespot.v1.ConfirmResponse
+	48,  // 122: sharespot.v1.SessionService.Grant:output_type -> sharespot.v1.GrantResponse
+	50,  // 123: sharespot.v1.SessionService.Prompt:output_type -> sharespot.v1.PromptResponse
+	52,  // 124: sharespot.v1.SessionService.RequestTopUp:output_type -> sharespot.v1.RequestTopUpResponse
+	54,  // 125: sharespot.v1.SessionService.ReportUsage:output_type -> sharespot.v1.ReportUsageResponse
+	56,  // 126: sharespot.v1.SessionService.End:output_type -> sharespot.v1.EndResponse
+	58,  // 127: sharespot.v1.SessionService.Get:output_type -> sharespot.v1.GetResponse
+	61,  // 128: sharespot.v1.SessionService.Acknowledge:output_type -> sharespot.v1.AcknowledgeResponse
+	64,  // 129: sharespot.v1.SessionService.ListSessions:output_type -> sharespot.v1.ListSessionsResponse
+	66,  // 130: sharespot.v1.PaymentService.Pay:output_type -> sharespot.v1.PayResponse
+	73,  // 131: sharespot.v1.PaymentService.Balance:output_type -> sharespot.v1.BalanceResponse
+	76,  // 132: sharespot.v1.PaymentService.History:output_type -> sharespot.v1.HistoryResponse
+	79,  // 133: sharespot.v1.PaymentService.PlatformKeys:output_type -> sharespot.v1.PlatformKeysResponse
+	68,  // 134: sharespot.v1.PaymentService.FundByCard:output_type -> sharespot.v1.FundByCardResponse
+	70,  // 135: sharespot.v1.PaymentService.PayoutOnboarding:output_type -> sharespot.v1.PayoutOnboardingResponse
+	81,  // 136: sharespot.v1.InboxService.Subscribe:output_type -> sharespot.v1.SubscribeResponse
+	83,  // 137: sharespot.v1.InboxService.Ack:output_type -> sharespot.v1.AckResponse
+	109, // [109:138] is the sub-list for method output_type
+	80,  // [80:109] is the sub-list for method input_type
 	80,  // [80:80] is the sub-list for extension type_name
 	80,  // [80:80] is the sub-list for extension extendee
 	0,   // [0:80] is the sub-list for field type_name
@@ -6731,7 +6898,7 @@ func file_sharespot_v1_sharespot_proto_init() {
 	if File_sharespot_v1_sharespot_proto != nil {
 		return
 	}
-	file_sharespot_v1_sharespot_proto_msgTypes[85].OneofWrappers = []any{
+	file_sharespot_v1_sharespot_proto_msgTypes[87].OneofWrappers = []any{
 		(*Envelope_AccessRequested)(nil),
 		(*Envelope_FeeInfo)(nil),
 		(*Envelope_PaymentConfirmed)(nil),
@@ -6750,7 +6917,7 @@ func file_sharespot_v1_sharespot_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sharespot_v1_sharespot_proto_rawDesc), len(file_sharespot_v1_sharespot_proto_rawDesc)),
 			NumEnums:      7,
-			NumMessages:   86,
+			NumMessages:   88,
 			NumExtensions: 0,
 			NumServices:   6,
 		},

@@ -11,14 +11,10 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
-	"database/sql"
-	"fmt"
 	"net"
 	"net/http"
 	"net/netip"
-	"net/url"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -275,32 +271,9 @@ func TestDatabaseRefusesHalfAMinute(t *testing.T) {
 	if n, err := r.fetch(t.Context(), 2*mb); err != nil || n != 2*mb {
 		t.Fatalf("before the outage: %d bytes: %v", n, err)
 	}
-	u, err := url.Parse(dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	name := strings.TrimPrefix(u.Path, "/")
-	admin, err := sql.Open("pgx", pgtest.AdminURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	refuse := func(on bool) {
-		t.Helper()
-		if _, err := admin.Exec(fmt.Sprintf(`ALTER DATABASE %q WITH ALLOW_CONNECTIONS %v`, name, !on)); err != nil {
-			t.Fatal(err)
-		}
-		if on {
-			if _, err := admin.Exec(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1`, name); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	refuse := pgtest.NewRefuser(t, dbURL).Refuse
 	refuse(true)
 	away := time.Now()
-	t.Cleanup(func() { // whatever happened: the database takes connections again
-		admin.Exec(fmt.Sprintf(`ALTER DATABASE %q WITH ALLOW_CONNECTIONS true`, name))
-		admin.Close()
-	})
 	took, longest := r.downloadWhileAway(t)
 	t.Logf("database away: %d MB in %v, the longest piece %v", during/mb, took.Round(time.Millisecond), longest.Round(time.Millisecond))
 	time.Sleep(time.Until(away.Add(30 * time.Second)))

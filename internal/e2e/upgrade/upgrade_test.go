@@ -389,7 +389,7 @@ func audit(t *testing.T, st *store.Store, legacy map[string]bool) {
 		t.Fatalf("operator's audit: %v", err)
 	}
 	if !rep.OK() {
-		t.Errorf("operator's audit: ledger %s; %d ended sessions hold escrow", rep.Ledger, rep.HeldAfterEnd)
+		t.Errorf("operator's audit: ledger %s; %d ended sessions hold escrow; host records: %v", rep.Ledger, rep.HeldAfterEnd, rep.RecordDrift)
 	}
 	err = harness.Audit(t.Context(), st)
 	if err == nil {

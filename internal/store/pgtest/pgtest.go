@@ -126,3 +126,46 @@ func redact(u string) string {
 	}
 	return p.Redacted()
 }
+
+// Refuser makes the database at dbURL (one New made) refuse connections,
+// as a database that is down or restarting does, and take them again.
+type Refuser struct {
+	t     testing.TB
+	name  string
+	admin *sql.DB
+}
+
+// NewRefuser returns a Refuser for dbURL; whatever happens, the database
+// takes connections again when t ends.
+func NewRefuser(t testing.TB, dbURL string) *Refuser {
+	t.Helper()
+	u, err := url.Parse(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin, err := open(AdminURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &Refuser{t: t, name: u.Path[1:], admin: admin}
+	t.Cleanup(func() {
+		admin.Exec(fmt.Sprintf(`ALTER DATABASE %q WITH ALLOW_CONNECTIONS true`, r.name))
+		admin.Close()
+	})
+	return r
+}
+
+// Refuse makes the database refuse new connections and ends the open
+// ones (so a pool's idle connections fail too), or, with on false, lets
+// connections in again.
+func (r *Refuser) Refuse(on bool) {
+	r.t.Helper()
+	if _, err := r.admin.Exec(fmt.Sprintf(`ALTER DATABASE %q WITH ALLOW_CONNECTIONS %v`, r.name, !on)); err != nil {
+		r.t.Fatalf("pgtest: allow_connections %v on %s: %v", !on, r.name, err)
+	}
+	if on {
+		if _, err := r.admin.Exec(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1`, r.name); err != nil {
+			r.t.Fatalf("pgtest: end connections to %s: %v", r.name, err)
+		}
+	}
+}

@@ -65,6 +65,8 @@ const (
 	HotspotServiceWithdrawProcedure = "/sharespot.v1.HotspotService/Withdraw"
 	// HotspotServiceListProcedure is the fully-qualified name of the HotspotService's List RPC.
 	HotspotServiceListProcedure = "/sharespot.v1.HotspotService/List"
+	// HotspotServiceLeaveProcedure is the fully-qualified name of the HotspotService's Leave RPC.
+	HotspotServiceLeaveProcedure = "/sharespot.v1.HotspotService/Leave"
 	// DiscoveryServiceDiscoverProcedure is the fully-qualified name of the DiscoveryService's Discover
 	// RPC.
 	DiscoveryServiceDiscoverProcedure = "/sharespot.v1.DiscoveryService/Discover"
@@ -258,6 +260,11 @@ type HotspotServiceClient interface {
 	Update(context.Context, *connect.Request[v1.UpdateRequest]) (*connect.Response[v1.UpdateResponse], error)
 	Withdraw(context.Context, *connect.Request[v1.WithdrawRequest]) (*connect.Response[v1.WithdrawResponse], error)
 	List(context.Context, *connect.Request[v1.ListRequest]) (*connect.Response[v1.ListResponse], error)
+	// Leave marks this host's hotspots offline now: its agent is stopping
+	// (share stopped). A stream that is only cut (a load balancer's reload,
+	// a replica's restart) marks them offline a few seconds later unless
+	// the host is back by then; a new inbox stream marks them online again.
+	Leave(context.Context, *connect.Request[v1.LeaveRequest]) (*connect.Response[v1.LeaveResponse], error)
 }
 
 // NewHotspotServiceClient constructs a client for the sharespot.v1.HotspotService service. By
@@ -295,6 +302,12 @@ func NewHotspotServiceClient(httpClient connect.HTTPClient, baseURL string, opts
 			connect.WithSchema(hotspotServiceMethods.ByName("List")),
 			connect.WithClientOptions(opts...),
 		),
+		leave: connect.NewClient[v1.LeaveRequest, v1.LeaveResponse](
+			httpClient,
+			baseURL+HotspotServiceLeaveProcedure,
+			connect.WithSchema(hotspotServiceMethods.ByName("Leave")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -304,6 +317,7 @@ type hotspotServiceClient struct {
 	update   *connect.Client[v1.UpdateRequest, v1.UpdateResponse]
 	withdraw *connect.Client[v1.WithdrawRequest, v1.WithdrawResponse]
 	list     *connect.Client[v1.ListRequest, v1.ListResponse]
+	leave    *connect.Client[v1.LeaveRequest, v1.LeaveResponse]
 }
 
 // Register calls sharespot.v1.HotspotService.Register.
@@ -326,12 +340,22 @@ func (c *hotspotServiceClient) List(ctx context.Context, req *connect.Request[v1
 	return c.list.CallUnary(ctx, req)
 }
 
+// Leave calls sharespot.v1.HotspotService.Leave.
+func (c *hotspotServiceClient) Leave(ctx context.Context, req *connect.Request[v1.LeaveRequest]) (*connect.Response[v1.LeaveResponse], error) {
+	return c.leave.CallUnary(ctx, req)
+}
+
 // HotspotServiceHandler is an implementation of the sharespot.v1.HotspotService service.
 type HotspotServiceHandler interface {
 	Register(context.Context, *connect.Request[v1.RegisterRequest]) (*connect.Response[v1.RegisterResponse], error)
 	Update(context.Context, *connect.Request[v1.UpdateRequest]) (*connect.Response[v1.UpdateResponse], error)
 	Withdraw(context.Context, *connect.Request[v1.WithdrawRequest]) (*connect.Response[v1.WithdrawResponse], error)
 	List(context.Context, *connect.Request[v1.ListRequest]) (*connect.Response[v1.ListResponse], error)
+	// Leave marks this host's hotspots offline now: its agent is stopping
+	// (share stopped). A stream that is only cut (a load balancer's reload,
+	// a replica's restart) marks them offline a few seconds later unless
+	// the host is back by then; a new inbox stream marks them online again.
+	Leave(context.Context, *connect.Request[v1.LeaveRequest]) (*connect.Response[v1.LeaveResponse], error)
 }
 
 // NewHotspotServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -365,6 +389,12 @@ func NewHotspotServiceHandler(svc HotspotServiceHandler, opts ...connect.Handler
 		connect.WithSchema(hotspotServiceMethods.ByName("List")),
 		connect.WithHandlerOptions(opts...),
 	)
+	hotspotServiceLeaveHandler := connect.NewUnaryHandler(
+		HotspotServiceLeaveProcedure,
+		svc.Leave,
+		connect.WithSchema(hotspotServiceMethods.ByName("Leave")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/sharespot.v1.HotspotService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case HotspotServiceRegisterProcedure:
@@ -375,6 +405,8 @@ func NewHotspotServiceHandler(svc HotspotServiceHandler, opts ...connect.Handler
 			hotspotServiceWithdrawHandler.ServeHTTP(w, r)
 		case HotspotServiceListProcedure:
 			hotspotServiceListHandler.ServeHTTP(w, r)
+		case HotspotServiceLeaveProcedure:
+			hotspotServiceLeaveHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -398,6 +430,10 @@ func (UnimplementedHotspotServiceHandler) Withdraw(context.Context, *connect.Req
 
 func (UnimplementedHotspotServiceHandler) List(context.Context, *connect.Request[v1.ListRequest]) (*connect.Response[v1.ListResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("sharespot.v1.HotspotService.List is not implemented"))
+}
+
+func (UnimplementedHotspotServiceHandler) Leave(context.Context, *connect.Request[v1.LeaveRequest]) (*connect.Response[v1.LeaveResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("sharespot.v1.HotspotService.Leave is not implemented"))
 }
 
 // DiscoveryServiceClient is a client for the sharespot.v1.DiscoveryService service.

@@ -28,13 +28,17 @@ declare -A commit=(
 	[3]=f47a9afa0307d2c84404a945fa13cdf561119eef # merge stripe: card payments through Stripe (issue 13)
 	[4]=92b3f36163d535d66eeeb7ed2715b81750a83d2b # session, loadgen: the guest's account straight from the session row (before issue 20)
 	[5]=0f87d607ad11bbce5e259f7be3cf22afd4d7d5f8 # ci: read haproxy -v whole (issues 20 and 21 landed)
+	[6]=e0372506a76c2aa270a78457f15dc341a619e16e # merge issue23 (0006 the newest; 0007 usage_samples came with issue 24)
+	[7]=8fb5a699d7d418b2c23f042442e4a3eacf934d9d # README: the claims table names the scripting and wording tests (0007 the newest; 0008 host_records came with issue 25)
 )
 declare -A files=(
 	[1]="flow_test.go v1_test.go"
-	[2]="flow_test.go v2_test.go nocard_test.go"
-	[3]="flow_test.go v2_test.go card_test.go"
-	[4]="flow_test.go v2_test.go card_test.go"
-	[5]="flow_test.go v2_test.go card_test.go"
+	[2]="flow_test.go v2_test.go nocard_test.go before6_test.go"
+	[3]="flow_test.go v2_test.go card_test.go before6_test.go"
+	[4]="flow_test.go v2_test.go card_test.go before6_test.go"
+	[5]="flow_test.go v2_test.go card_test.go before6_test.go"
+	[6]="flow_test.go v2_test.go card_test.go v6_test.go"
+	[7]="flow_test.go v2_test.go card_test.go v6_test.go"
 )
 # From schema 5 on, the guest's flow lives in internal/guest (issue 20):
 # the files are written against client.Guest and moved over by sed.

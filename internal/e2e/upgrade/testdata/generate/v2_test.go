@@ -20,6 +20,7 @@ import (
 func configure(t *testing.T, c *server.Config, out string) {
 	c.KeyFile = filepath.Join(out, "platform.key")
 	configureCard(t, c)
+	configureSchema(c)
 }
 
 func acknowledge(t *testing.T, c *client.Client, sid string, received int64) {

@@ -1,0 +1,97 @@
+package loadgen
+
+import (
+	"bufio"
+	"io"
+	"os"
+	"os/exec"
+	"testing"
+	"time"
+)
+
+func TestParseProcStat(t *testing.T) {
+	// A command name with spaces and a ')' in it; utime 250, stime 50
+	// ticks: 3 s.
+	line := "4242 (a) b (c)) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 7 0 123 1000 50 18446744073709551615\n"
+	got, err := parseProcStat(line)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != 3*time.Second {
+		t.Errorf("parsed %v, want 3s", got)
+	}
+	for _, bad := range []string{"", "4242 (x) S 1 2 3", "4242 (x) S 1 4242 4242 0 -1 4194560 100 0 0 0 x 50 0"} {
+		if _, err := parseProcStat(bad); err == nil {
+			t.Errorf("parseProcStat(%q) took it", bad)
+		}
+	}
+}
+
+// TestReadProcCPUCountsAnotherProcess reads the CPU of a child process
+// that spins, and finds what the kernel's own accounting (the child's
+// rusage once it has exited) says it used.
+func TestReadProcCPUCountsAnotherProcess(t *testing.T) {
+	if os.Getenv("LOADGEN_TEST_SPIN") == "1" {
+		// The child: spin until this process has used 0.4 s of CPU by its
+		// own clock, however busy the machine, then wait for stdin to close.
+		for SelfCPU() < 400*time.Millisecond {
+			for i := 0; i < 1e6; i++ {
+				spinSink += i
+			}
+		}
+		os.Stdout.WriteString("spun\n")
+		io.Copy(io.Discard, os.Stdin)
+		return
+	}
+	if _, err := os.Stat("/proc/self/stat"); err != nil {
+		t.Skip("no /proc")
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestReadProcCPUCountsAnotherProcess$")
+	cmd.Env = append(os.Environ(), "LOADGEN_TEST_SPIN=1")
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	m, err := StartCPU(cmd.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil || line != "spun\n" {
+		t.Fatalf("the child said %q (%v)", line, err)
+	}
+	r, err := m.Stop(4, "flow")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdin.Close()
+	go io.Copy(io.Discard, stdout)
+	if err := cmd.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	kernel := cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+	if !r.Separate {
+		t.Fatal("a child's CPU reported as this process's")
+	}
+	// The meter started a little after the child did and stopped when it
+	// had spun; after that the child only waited. So /proc's figure is at
+	// most the kernel's total, within 0.15 s of it (the start-up the meter
+	// missed, and 10 ms ticks), and at least the 0.4 s spun less a tick.
+	server := time.Duration(r.ServerS * float64(time.Second))
+	if server > kernel || kernel-server > 150*time.Millisecond || server < 390*time.Millisecond-150*time.Millisecond {
+		t.Errorf("server CPU %v by /proc, the kernel says the process used %v", server, kernel)
+	}
+	if want := 1000 * r.ServerS / 4; r.ServerPerUnitMS != want {
+		t.Errorf("per flow %v ms, want %v", r.ServerPerUnitMS, want)
+	}
+}
+
+var spinSink int
