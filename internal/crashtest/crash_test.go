@@ -32,7 +32,10 @@ import (
 // its commits come one at a time in the same order in every run: after
 // each message the driver waits until both devices are idle (every handled
 // message acknowledged, as the devices' transports see the Ack answers),
-// and the guest acknowledges only after the host has. What can still move
+// and the guest acknowledges only after the host has; an acknowledgment is
+// held and written ~100 ms later by a commit no call waits for, so the
+// driver also waits until the server holds none unwritten (its
+// sharespot_inbox_acks_held gauge). What can still move
 // is the tail (the credential sweep commits once, half a second after
 // start, and the two acknowledgements of the final SessionEnded). So the
 // grid does not use C as its bound: for each mode it crashes at N = 1, 2,
@@ -203,6 +206,9 @@ func crashRun(t *testing.T, bin, mode string, n int) runResult {
 	if outcome != completed {
 		t.Errorf("the flow did not complete: %q", outcome)
 	}
+	if r.noGauge.Load() {
+		t.Error(errNoGauge)
+	}
 	res.took = time.Since(began)
 	if t.Failed() {
 		t.Logf("notes: %v\nserver output:\n%s", res.notes, log)
@@ -280,6 +286,9 @@ func calibrate(t *testing.T, bin string) int {
 	}
 	srv.Close()
 	checkRun(t, dir, r, outcome)
+	if r.noGauge.Load() {
+		t.Error(errNoGauge)
+	}
 	return int(n)
 }
 

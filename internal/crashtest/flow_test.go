@@ -6,12 +6,15 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os/exec"
 	"path"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"connectrpc.com/connect"
@@ -127,6 +130,8 @@ type run struct {
 
 	recvCancel      context.CancelFunc
 	hostIn, guestIn *inbox
+	addr            func() string // the server's address now ("" while none listens)
+	noGauge         atomic.Bool   // a server answered /metrics without sharespot_inbox_acks_held
 
 	hotspotID string
 	main      string // the flow's session
@@ -140,7 +145,7 @@ type run struct {
 }
 
 func newRun(bin, dir string, addr func() string) *run {
-	r := &run{bin: bin, dir: dir, gate: &gateway.CodeGate{Address: "192.0.2.1:1080"}, resent: map[string]bool{}, procs: map[string]bool{},
+	r := &run{bin: bin, dir: dir, addr: addr, gate: &gateway.CodeGate{Address: "192.0.2.1:1080"}, resent: map[string]bool{}, procs: map[string]bool{},
 		refused: map[string]string{}, hostIn: &inbox{}, guestIn: &inbox{}}
 	dev := func(name string, in *inbox) *client.Client {
 		_, key, err := ed25519.GenerateKey(rand.Reader)
@@ -302,6 +307,7 @@ func (r *run) setup(ctx context.Context) error {
 	// two devices' acknowledgements never race into one commit.
 	in, err := r.g.Listen(rctx, r.guestIn.handler(func(context.Context, *sharespotv1.Envelope) error {
 		r.hostIn.waitIdle(2 * time.Second)
+		r.acksWritten(2 * time.Second)
 		return nil
 	}))
 	if err != nil {
@@ -336,7 +342,57 @@ func (r *run) stopInboxes() error {
 func (r *run) settle() {
 	r.guestIn.waitIdle(2 * time.Second)
 	r.hostIn.waitIdle(2 * time.Second)
+	r.acksWritten(2 * time.Second)
 }
+
+// acksWritten waits, up to d, until the server holds no acknowledgment
+// unwritten (sharespot_inbox_acks_held is 0): an answered Ack is held and
+// written about 100 ms later by a commit no call waits for (relay.Acks),
+// and unless the driver waits for it, that commit floats between the
+// next step's, so which call a crash at commit N catches moves from run to
+// run. A server that is down holds nothing (a crash loses what it held:
+// the device's cursor covers it), so the wait ends once one answers 0.
+func (r *run) acksWritten(d time.Duration) bool {
+	hc := &http.Client{Timeout: time.Second}
+	defer hc.CloseIdleConnections()
+	for deadline := time.Now().Add(d); ; {
+		if a := r.addr(); a != "" {
+			n, err := acksHeld(hc, a)
+			if errors.Is(err, errNoGauge) {
+				r.noGauge.Store(true) // the wait would be a sleep: the run fails
+				return false
+			}
+			if err == nil && n == 0 {
+				return true
+			}
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// acksHeld reads sharespot_inbox_acks_held from the server's /metrics.
+func acksHeld(hc *http.Client, addr string) (int, error) {
+	res, err := hc.Get("http://" + addr + "/metrics")
+	if err != nil {
+		return 0, err
+	}
+	defer res.Body.Close()
+	body, err := io.ReadAll(res.Body)
+	if err != nil {
+		return 0, err
+	}
+	for line := range strings.Lines(string(body)) {
+		if v, ok := strings.CutPrefix(line, "sharespot_inbox_acks_held "); ok {
+			return strconv.Atoi(strings.TrimSpace(v))
+		}
+	}
+	return 0, errNoGauge
+}
+
+var errNoGauge = errors.New("no sharespot_inbox_acks_held in the server's /metrics")
 
 // buy is the guest's purchase of kind through guest.Session.Buy: it waits
 // for the fee, pays, confirms and waits for the grant, re-sending calls

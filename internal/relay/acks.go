@@ -35,6 +35,7 @@ type Acks struct {
 	mu       sync.Mutex
 	sent     map[string]*sentTo // by device: what its streams here sent
 	pending  map[string]uint64  // by device: acknowledged, not yet written
+	writing  int                // devices whose acknowledgments a write carries now
 	flushing bool               // a flusher goroutine runs
 }
 
@@ -107,11 +108,14 @@ func (a *Acks) Take(deviceID string, seq uint64) bool {
 	return true
 }
 
-// Held is how many devices' acknowledgments wait for their write.
+// Held is how many devices' acknowledgments wait for their write or are
+// being written (a device may count twice: once held again while its last
+// one is written). 0 means every acknowledgment taken is in the database
+// or was lost to a failed write (ErrClosed).
 func (a *Acks) Held() int {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return len(a.pending)
+	return len(a.pending) + a.writing
 }
 
 // flusher writes what is held after the delay, until nothing is; a write
@@ -157,7 +161,13 @@ func (a *Acks) Flush(ctx context.Context) error {
 		return nil
 	}
 	a.pending = map[string]uint64{}
+	a.writing += len(held)
 	a.mu.Unlock()
+	defer func() {
+		a.mu.Lock()
+		a.writing -= len(held)
+		a.mu.Unlock()
+	}()
 	err := a.st.Write(ctx, func(tx *store.Tx) error {
 		for device, seq := range held {
 			if err := AckDelivered(tx, device, seq); err != nil {

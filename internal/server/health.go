@@ -77,6 +77,13 @@ func (s *Server) instrument() {
 		})
 	}, s.cfg.Now)
 	s.reg.MustRegister(s.business())
+	s.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: metrics.Namespace, Name: "inbox_acks_held",
+		Help: "Devices whose inbox acknowledgments this replica holds in memory or is writing (written in one batch about 100 ms after they arrive)."}, func() float64 {
+		if s.acks == nil {
+			return 0
+		}
+		return float64(s.acks.Held())
+	}))
 	if s.cfg.Bus == "" {
 		return
 	}

@@ -85,7 +85,7 @@ func TestMetricsFollowFlow(t *testing.T) {
 	env := harness.Start(t, func(c *server.Config) { c.Limits = api.Limits{} })
 	s0 := scrapeOf(t, env.URL)
 	for _, name := range []string{"sharespot_store_write_queue_length", "sharespot_inbox_depth", "sharespot_inbox_oldest_age_seconds",
-		"sharespot_inbox_streams_open", "go_goroutines", "process_open_fds"} {
+		"sharespot_inbox_streams_open", "sharespot_inbox_acks_held", "go_goroutines", "process_open_fds"} {
 		if s0.value(name) < 0 {
 			t.Errorf("%s missing before any call", name)
 		}
@@ -196,6 +196,9 @@ func TestMetricsFollowFlow(t *testing.T) {
 	}
 	in.Stop()
 	until(t, "the host's stream counted closed", func() bool { return scrapeOf(t, env.URL).value("sharespot_inbox_streams_open") == 0 })
+	// The host acknowledged what its stream got: held a moment, then
+	// written, and the gauge is back at 0.
+	until(t, "the host's acknowledgments written", func() bool { return scrapeOf(t, env.URL).value("sharespot_inbox_acks_held") == 0 })
 	env.MustAudit(t)
 }
 
