@@ -36,6 +36,7 @@ type Acks struct {
 	sent     map[string]*sentTo // by device: what its streams here sent
 	pending  map[string]uint64  // by device: acknowledged, not yet written
 	writing  int                // devices whose acknowledgments a write carries now
+	failed   int                // the flusher's writes failed in a row (the first is logged, then the recovery)
 	flushing bool               // a flusher goroutine runs
 }
 
@@ -135,9 +136,22 @@ func (a *Acks) flusher() {
 			a.mu.Unlock()
 			return
 		case err != nil:
-			a.log.Warn("relay: write held acknowledgments; trying again", "err", err)
+			a.mu.Lock()
+			a.failed++
+			first := a.failed == 1
+			a.mu.Unlock()
+			if first {
+				a.log.Warn("relay: cannot write held acknowledgments; trying again every second until it can (the messages stay stored: nothing is lost)", "err", err)
+			}
 			wait = min(2*wait, time.Second)
 		default:
+			a.mu.Lock()
+			failed := a.failed
+			a.failed = 0
+			a.mu.Unlock()
+			if failed > 0 {
+				a.log.Info("relay: held acknowledgments written again", "failed_writes", failed)
+			}
 			wait = a.delay
 		}
 		a.mu.Lock()

@@ -2,6 +2,8 @@ package relay
 
 import (
 	"context"
+	"log/slog"
+	"sync"
 	"testing"
 	"time"
 
@@ -99,4 +101,113 @@ func TestAcksHeldThenWritten(t *testing.T) {
 	if c.Held() != 1 {
 		t.Fatalf("%d held after a failed flush, want 1", c.Held())
 	}
+}
+
+// TestAcksFlusherLogsOnce: while the held acknowledgments cannot be written
+// (here the inbox table is away; in life the database), the flusher tries
+// again and again, but warns once, and says once when a write succeeds
+// again, with how many failed.
+func TestAcksFlusherLogsOnce(t *testing.T) {
+	ctx := context.Background()
+	st := openStore(t)
+	for i := int64(1); i <= 3; i++ {
+		if err := st.Write(ctx, func(tx *store.Tx) error { return Append(tx, nil, i, "d", "s", prompt(i)) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rename := func(from, to string) {
+		t.Helper()
+		if err := st.Write(ctx, func(tx *store.Tx) error {
+			_, err := tx.Exec(`ALTER TABLE ` + from + ` RENAME TO ` + to)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	logs := &recorded{}
+	a := NewAcks(st, 5*time.Millisecond, slog.New(logs))
+	sent, done := a.Streaming("d")
+	defer done()
+	sent(3)
+	rename("inbox", "inbox_away")
+	if !a.Take("d", 3) {
+		t.Fatal("not taken")
+	}
+	// Wait for three failed writes (they back off 5, 10, 20 ms…).
+	for deadline := time.Now().Add(10 * time.Second); a.failures() < 3; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d failed writes in 10 s, want 3", a.failures())
+		}
+	}
+	rename("inbox_away", "inbox")
+	for deadline := time.Now().Add(10 * time.Second); a.Held() != 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("still %d held after the table came back", a.Held())
+		}
+	}
+	if w, i := logs.count(slog.LevelWarn), logs.count(slog.LevelInfo); w != 1 || i != 1 {
+		t.Fatalf("%d warnings and %d recoveries logged, want 1 and 1: %v", w, i, logs.all())
+	}
+	if n := logs.attr(slog.LevelInfo, "failed_writes"); n < 3 {
+		t.Fatalf("the recovery counted %d failed writes, want at least 3", n)
+	}
+}
+
+func (a *Acks) failures() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.failed
+}
+
+// recorded is a slog.Handler that keeps the records.
+type recorded struct {
+	mu   sync.Mutex
+	recs []slog.Record
+}
+
+func (h *recorded) Enabled(context.Context, slog.Level) bool { return true }
+func (h *recorded) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h *recorded) WithGroup(string) slog.Handler            { return h }
+func (h *recorded) Handle(_ context.Context, r slog.Record) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.recs = append(h.recs, r.Clone())
+	return nil
+}
+
+func (h *recorded) count(l slog.Level) (n int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, r := range h.recs {
+		if r.Level == l {
+			n++
+		}
+	}
+	return n
+}
+
+func (h *recorded) attr(l slog.Level, key string) (v int64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, r := range h.recs {
+		if r.Level == l {
+			r.Attrs(func(a slog.Attr) bool {
+				if a.Key == key {
+					v = a.Value.Int64()
+				}
+				return true
+			})
+		}
+	}
+	return v
+}
+
+func (h *recorded) all() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var out []string
+	for _, r := range h.recs {
+		out = append(out, r.Level.String()+" "+r.Message)
+	}
+	return out
 }
