@@ -26,6 +26,20 @@ func TestCrashHook(t *testing.T) {
 	}
 }
 
+func TestAckDelayEnv(t *testing.T) {
+	for _, bad := range []string{"10", "-5ms", "0s", "soon"} {
+		if _, err := ackDelay(bad); err == nil || !strings.Contains(err.Error(), "SHARESPOT_TEST_ACK_DELAY") {
+			t.Errorf("ackDelay(%q) = %v, want a refusal naming the variable", bad, err)
+		}
+	}
+	if d, err := ackDelay(""); err != nil || d != 0 {
+		t.Fatalf("unset: %v, %v; want the default (0)", d, err)
+	}
+	if d, err := ackDelay("10ms"); err != nil || d != 10*time.Millisecond {
+		t.Fatalf("10ms: %v, %v", d, err)
+	}
+}
+
 func TestServerConfigRefusesBadFlags(t *testing.T) {
 	tests := []struct {
 		name string

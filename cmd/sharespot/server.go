@@ -230,6 +230,9 @@ func (c *ServerCmd) Run(env *runEnv) error {
 	if cfg.Crash, err = crashHook(os.Getenv("SHARESPOT_TEST_CRASH")); err != nil {
 		return err
 	}
+	if cfg.AckDelay, err = ackDelay(os.Getenv("SHARESPOT_TEST_ACK_DELAY")); err != nil {
+		return err
+	}
 	hook, before := os.Getenv("SHARESPOT_TEST_STRIPE_CRASH"), false
 	if rest, ok := strings.CutPrefix(hook, "before:"); ok {
 		hook, before = rest, true
@@ -317,6 +320,21 @@ func crashHook(spec string) (func(int64, bool), error) {
 			select {} // the signal is on its way
 		}
 	}, nil
+}
+
+// ackDelay parses SHARESPOT_TEST_ACK_DELAY, how long the crash-safety
+// tests' server holds an inbox acknowledgment before its write ("": the
+// default, relay.DefaultAckDelay): shorter there, since their driver waits
+// for each held one to be written before its next step.
+func ackDelay(spec string) (time.Duration, error) {
+	if spec == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(spec)
+	if err != nil || d <= 0 {
+		return 0, fmt.Errorf("SHARESPOT_TEST_ACK_DELAY=%q: want a positive duration such as 10ms", spec)
+	}
+	return d, nil
 }
 
 // stripeCrashHook parses SHARESPOT_TEST_STRIPE_CRASH, the crash-safety

@@ -139,6 +139,12 @@ func TestCrashAtEveryCommit(t *testing.T) {
 	t.Logf("total %v", time.Since(start).Round(time.Millisecond))
 }
 
+// ackDelay is how long the servers here hold an acknowledgment before its
+// write (SHARESPOT_TEST_ACK_DELAY; 100 ms by default): the driver waits for
+// each held one to be written before its next step, and at the default
+// that wait was most of a run's time (1.5-2 s a run instead of 0.5).
+const ackDelay = 10 * time.Millisecond
+
 // runResult is what one crash run did.
 type runResult struct {
 	crashed bool
@@ -234,7 +240,7 @@ func calibrate(t *testing.T, bin string) int {
 	}
 	openc := make(chan opened, 1)
 	go func() {
-		srv, err := server.Open(ctx, server.Config{DataDir: dir, DB: harness.DBFor(t, dir), Session: sc, Limits: lim, Crash: func(n int64, committed bool) {
+		srv, err := server.Open(ctx, server.Config{DataDir: dir, DB: harness.DBFor(t, dir), Session: sc, Limits: lim, AckDelay: ackDelay, Crash: func(n int64, committed bool) {
 			if committed {
 				commits.Store(n)
 			}

@@ -113,7 +113,7 @@ func (p *serverProc) supervise() {
 			args = append(args, "--db", db)
 		}
 		cmd := exec.Command(p.bin, args...)
-		cmd.Env = harness.CleanEnv()
+		cmd.Env = append(harness.CleanEnv(), "SHARESPOT_TEST_ACK_DELAY="+ackDelay.String())
 		if hook != "" {
 			cmd.Env = append(cmd.Env, "SHARESPOT_TEST_CRASH="+hook)
 		}
