@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"net/url"
 	"os"
 	"sort"
 	"strconv"
@@ -19,6 +20,7 @@ import (
 	"github.com/sharespot/sharespot/internal/client"
 	"github.com/sharespot/sharespot/internal/guest"
 	"github.com/sharespot/sharespot/internal/loadgen"
+	"github.com/sharespot/sharespot/internal/netdelay"
 	"github.com/sharespot/sharespot/internal/seal"
 	"github.com/sharespot/sharespot/internal/server"
 	"github.com/sharespot/sharespot/internal/session"
@@ -78,7 +80,7 @@ func BenchmarkFlowProcess(b *testing.B) {
 	if f := os.Getenv("SHARESPOT_BENCH_SERVER_CPUPROFILE"); f != "" {
 		flags = append(flags, "--cpuprofile", f) // the server alone, written when it stops
 	}
-	proc, err := loadgen.Spawn{Bin: bin, Dir: dir, DB: db, Env: CleanEnv(), Flags: flags}.Start(ctx)
+	proc, err := loadgen.Spawn{Bin: bin, Dir: dir, DB: delayedDB(b, db), Env: CleanEnv(), Flags: flags}.Start(ctx)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -140,6 +142,35 @@ func BenchmarkFlowProcess(b *testing.B) {
 	if err := Audit(ctx, st); err != nil {
 		b.Fatal(err)
 	}
+}
+
+// delayedDB returns db's URL through a netdelay proxy holding each chunk
+// SHARESPOT_BENCH_DB_DELAY (a one-way duration) each way, as a database on
+// another machine would; db itself when that is unset or db is SQLite.
+func delayedDB(b *testing.B, db string) string {
+	v := os.Getenv("SHARESPOT_BENCH_DB_DELAY")
+	if v == "" {
+		return db
+	}
+	if db == "" {
+		b.Fatal("SHARESPOT_BENCH_DB_DELAY needs SHARESPOT_TEST_DB=postgres")
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		b.Fatalf("SHARESPOT_BENCH_DB_DELAY: %v", err)
+	}
+	u, err := url.Parse(db)
+	if err != nil {
+		b.Fatal(err)
+	}
+	p, err := netdelay.Listen(u.Host, d)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { p.Close() })
+	u.Host = p.Addr()
+	b.Logf("the server reaches PostgreSQL through a proxy holding each chunk %v each way", d)
+	return u.String()
 }
 
 var benchBin struct {

@@ -12,6 +12,7 @@ import (
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/guest"
 	"github.com/sharespot/sharespot/internal/seal"
+	"github.com/sharespot/sharespot/internal/server"
 	"github.com/sharespot/sharespot/internal/store"
 )
 
@@ -26,8 +27,55 @@ const statementBudget = 70
 // for a paid flow, and fails when the total goes over the budget. The count
 // is exact (flows run one at a time, so no batch runs twice), not a timing.
 func TestStatementBudget(t *testing.T) {
-	ctx := context.Background()
 	env := Start(t, nil)
+	flow := paidFlows(t, env)
+	before := env.Srv.Store().StatementCounts()
+	const flows = 20
+	for range flows {
+		flow()
+	}
+	table, perFlow := statementTable(before, env.Srv.Store().StatementCounts(), flows)
+	t.Logf("statements per flow: %.2f\n%s", perFlow, table)
+	if perFlow > statementBudget {
+		t.Fatalf("a paid flow runs %.2f statements on the writer, over the budget of %d:\n%s", perFlow, statementBudget, table)
+	}
+}
+
+// roundTripBudget is how many round trips to PostgreSQL the writes of one
+// short paid flow may take, BEGIN and COMMIT included. Before the writes
+// were pipelined (store/pgpipe.go) every statement was one, and BEGIN and
+// COMMIT one each: 80 per flow.
+const roundTripBudget = 60
+
+// TestRoundTripBudget counts the statements and round trips of a paid
+// flow's writes on PostgreSQL, and fails when the round trips go over
+// the budget or the pipelining stops saving any.
+func TestRoundTripBudget(t *testing.T) {
+	env := Start(t, func(c *server.Config) { c.DB = Postgres(t) })
+	flow := paidFlows(t, env)
+	before := env.Srv.Store().Stats()
+	const flows = 20
+	for range flows {
+		flow()
+	}
+	after := env.Srv.Store().Stats()
+	stmts := float64(after.PgStatements-before.PgStatements) / flows
+	trips := float64(after.PgRoundTrips-before.PgRoundTrips) / flows
+	commits := float64(after.Commits-before.Commits) / flows
+	t.Logf("per flow on PostgreSQL: %.2f statements (BEGIN and COMMIT included), %.2f round trips, %.2f commits", stmts, trips, commits)
+	if trips > roundTripBudget {
+		t.Errorf("a paid flow's writes take %.2f round trips to PostgreSQL, over the budget of %d", trips, roundTripBudget)
+	}
+	if trips >= stmts {
+		t.Errorf("%.2f round trips for %.2f statements: nothing was pipelined", trips, stmts)
+	}
+}
+
+// paidFlows registers a host and funds a guest on env, runs two flows
+// (the first ones open the escrow and host accounts), and returns a
+// function that runs one more.
+func paidFlows(t *testing.T, env *Env) func() {
+	ctx := context.Background()
 	hostC := env.Device(t, "host")
 	res, err := hostC.Hotspots.Register(ctx, connect.NewRequest(&sharespotv1.RegisterRequest{Instruction: BenchInstruction(0)}))
 	if err != nil {
@@ -36,24 +84,14 @@ func TestStatementBudget(t *testing.T) {
 	gc := env.Device(t, "guest")
 	env.Fund(t, gc, "EUR", 1<<40)
 	g := &guest.Guest{C: gc, Suites: []seal.Suite{seal.Preset}}
-	// Two flows first: the first ones open the escrow and host accounts.
-	for range 2 {
+	flow := func() {
 		if err := PaidFlow(ctx, hostC, res.Msg.Hotspot, g); err != nil {
 			t.Fatal(err)
 		}
 	}
-	before := env.Srv.Store().StatementCounts()
-	const flows = 20
-	for range flows {
-		if err := PaidFlow(ctx, hostC, res.Msg.Hotspot, g); err != nil {
-			t.Fatal(err)
-		}
-	}
-	table, perFlow := statementTable(before, env.Srv.Store().StatementCounts(), flows)
-	t.Logf("statements per flow: %.2f\n%s", perFlow, table)
-	if perFlow > statementBudget {
-		t.Fatalf("a paid flow runs %.2f statements on the writer, over the budget of %d:\n%s", perFlow, statementBudget, table)
-	}
+	flow()
+	flow()
+	return flow
 }
 
 // statementTable lists the statements run between two StatementCounts,

@@ -85,10 +85,7 @@ func Release(tx *store.Tx, hotspotID string, bytes int64) error {
 	if bytes <= 0 {
 		return nil
 	}
-	if _, err := tx.Exec(`UPDATE hotspots SET committed_bytes = committed_bytes - ? WHERE id = ?`, bytes, hotspotID); err != nil {
-		return fmt.Errorf("registry: release %d bytes of %s: %w", bytes, hotspotID, err)
-	}
-	return nil
+	return tx.ExecLater(fmt.Sprintf("registry: release %d bytes of %s", bytes, hotspotID), `UPDATE hotspots SET committed_bytes = committed_bytes - ? WHERE id = ?`, bytes, hotspotID)
 }
 
 // Equal reports whether t is the tariff p describes.

@@ -54,9 +54,9 @@ func Append(tx *store.Tx, w Waker, nowMS int64, deviceID, sessionID string, env 
 	if err != nil {
 		return fmt.Errorf("relay: encode message: %w", err)
 	}
-	if _, err := tx.Exec(`INSERT INTO inbox (device_id, seq, message_id, session_id, body, created_ms) VALUES (?, ?, ?, ?, ?, ?)`,
+	if err := tx.ExecLater("relay: append to inbox of "+deviceID, `INSERT INTO inbox (device_id, seq, message_id, session_id, body, created_ms) VALUES (?, ?, ?, ?, ?, ?)`,
 		deviceID, seq, env.MessageId, sessionID, body, nowMS); err != nil {
-		return fmt.Errorf("relay: append to inbox of %s: %w", deviceID, err)
+		return err
 	}
 	if h, ok := w.(Hander); ok {
 		tx.AfterCommit(func() { h.Hand(deviceID, uint64(seq), body) })

@@ -85,7 +85,7 @@ func (s *row) recount(tx *store.Tx) error {
 	if d == (hostRecord{}) {
 		return nil
 	}
-	_, err := tx.Exec(`INSERT INTO host_records (host_device_id, verified_sessions, over_counted_sessions, counted_bytes, acknowledged_bytes)
+	err := tx.ExecLater("session: record of host "+s.Host, `INSERT INTO host_records (host_device_id, verified_sessions, over_counted_sessions, counted_bytes, acknowledged_bytes)
 		VALUES (?, ?, ?, ?, ?) ON CONFLICT (host_device_id) DO UPDATE SET
 		verified_sessions = host_records.verified_sessions + excluded.verified_sessions,
 		over_counted_sessions = host_records.over_counted_sessions + excluded.over_counted_sessions,
@@ -93,7 +93,7 @@ func (s *row) recount(tx *store.Tx) error {
 		acknowledged_bytes = host_records.acknowledged_bytes + excluded.acknowledged_bytes`,
 		s.Host, d.sessions, d.overCounted, d.counted, d.acknowledged)
 	if err != nil {
-		return fmt.Errorf("session: record of host %s: %w", s.Host, err)
+		return err
 	}
 	s.counted = now
 	return nil
@@ -106,27 +106,27 @@ const rowCols = `id, hotspot_id, host_device_id, guest_device_id, state, request
 	usage_mode, guest_device_key, guest_held, gateway_kind, gateway_address`
 
 func (s *row) insert(tx *store.Tx) error {
-	_, err := tx.Exec(`INSERT INTO sessions (`+rowCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+	err := tx.ExecLater("session: insert "+s.ID, `INSERT INTO sessions (`+rowCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		s.ID, s.HotspotID, s.Host, s.Guest, int32(s.State), s.Requested, s.Reserved, s.Granted, s.Used, s.PendingTopUp,
 		s.Currency, s.Suite, s.GuestKeys, s.DeadlineMS, s.EndReason, s.SettledHost, s.SettledFee, s.Refunded, s.CreatedMS, s.UpdatedMS,
 		s.GuestAccount, s.Tariff.PriceMinor, s.Tariff.TopUpPriceMinor, s.Tariff.UnitBytes, s.Tariff.MinPurchase,
 		s.GuestAcked, s.Window, s.HostCount, flag(s.Verified), int32(s.Mode), s.GuestKey, flag(s.GuestHeld), s.GatewayKind, s.GatewayAddress)
 	if err != nil {
-		return fmt.Errorf("session: insert %s: %w", s.ID, err)
+		return err
 	}
 	return s.recount(tx)
 }
 
 func (s *row) save(tx *store.Tx, nowMS int64) error {
 	s.UpdatedMS = nowMS
-	_, err := tx.Exec(`UPDATE sessions SET state = ?, reserved_bytes = ?, granted_bytes = ?, used_bytes = ?, pending_topup_bytes = ?,
+	err := tx.ExecLater("session: save "+s.ID, `UPDATE sessions SET state = ?, reserved_bytes = ?, granted_bytes = ?, used_bytes = ?, pending_topup_bytes = ?,
 		suite = ?, deadline_ms = ?, end_reason = ?, settled_host_minor = ?, settled_fee_minor = ?, refunded_minor = ?, updated_ms = ?,
 		guest_acked_bytes = ?, credit_window_bytes = ?, host_count_bytes = ?, verified = ?, guest_held = ?, gateway_kind = ?, gateway_address = ?
 		WHERE id = ?`,
 		int32(s.State), s.Reserved, s.Granted, s.Used, s.PendingTopUp, s.Suite, s.DeadlineMS, s.EndReason,
 		s.SettledHost, s.SettledFee, s.Refunded, s.UpdatedMS, s.GuestAcked, s.Window, s.HostCount, flag(s.Verified), flag(s.GuestHeld), s.GatewayKind, s.GatewayAddress, s.ID)
 	if err != nil {
-		return fmt.Errorf("session: save %s: %w", s.ID, err)
+		return err
 	}
 	return s.recount(tx)
 }
@@ -223,27 +223,17 @@ func loadQuote(tx *store.Tx, id string) (*quote, error) {
 }
 
 func (q *quote) insert(tx *store.Tx) error {
-	_, err := tx.Exec(`INSERT INTO quotes (`+quoteCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+	return tx.ExecLater("session: insert quote "+q.ID, `INSERT INTO quotes (`+quoteCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		q.ID, q.SessionID, int32(q.Kind), q.Bytes, q.Amount, q.Currency, int32(q.State), q.ExpiresMS, q.CreatedMS, q.Tranche, q.Used, q.Billed)
-	if err != nil {
-		return fmt.Errorf("session: insert quote: %w", err)
-	}
-	return nil
 }
 
 func (q *quote) save(tx *store.Tx) error {
-	if _, err := tx.Exec(`UPDATE quotes SET state = ?, tranche = ? WHERE id = ?`, int32(q.State), q.Tranche, q.ID); err != nil {
-		return fmt.Errorf("session: save quote %s: %w", q.ID, err)
-	}
-	return nil
+	return tx.ExecLater("session: save quote "+q.ID, `UPDATE quotes SET state = ?, tranche = ? WHERE id = ?`, int32(q.State), q.Tranche, q.ID)
 }
 
 // saveBill records a tranche's settlement.
 func (q *quote) saveBill(tx *store.Tx) error {
-	if _, err := tx.Exec(`UPDATE quotes SET used_bytes = ?, billed_minor = ? WHERE id = ?`, q.Used, q.Billed, q.ID); err != nil {
-		return fmt.Errorf("session: bill quote %s: %w", q.ID, err)
-	}
-	return nil
+	return tx.ExecLater("session: bill quote "+q.ID, `UPDATE quotes SET used_bytes = ?, billed_minor = ? WHERE id = ?`, q.Used, q.Billed, q.ID)
 }
 
 // quotesOf returns a session's quotes, in tranche order (quotes never

@@ -768,12 +768,8 @@ func (e *Engine) ReportUsage(tx *store.Tx, host Party, sessionID string, used in
 // sampleUsage keeps a usage report's count at its time, for the
 // dashboard's rate and chart (two reports in one millisecond: the later).
 func sampleUsage(tx *store.Tx, sessionID string, atMS, used int64) error {
-	_, err := tx.Exec(`INSERT INTO usage_samples (session_id, at_ms, used_bytes) VALUES (?, ?, ?)
+	return tx.ExecLater("session: sample usage of "+sessionID, `INSERT INTO usage_samples (session_id, at_ms, used_bytes) VALUES (?, ?, ?)
 		ON CONFLICT (session_id, at_ms) DO UPDATE SET used_bytes = excluded.used_bytes`, sessionID, atMS, used)
-	if err != nil {
-		return fmt.Errorf("session: sample usage of %s: %w", sessionID, err)
-	}
-	return nil
 }
 
 // PruneUsageSamples deletes the usage samples taken before beforeMS, and

@@ -205,47 +205,100 @@ func (s *Store) attemptPostgres(ctx context.Context, fn func(*Tx) error) ([]func
 	// caller's context: the caller must learn whether it committed, and a
 	// cancel that races the COMMIT would leave that unknown.
 	qctx := context.WithoutCancel(ctx)
-	sqlTx, err := s.write.BeginTx(qctx, &sql.TxOptions{Isolation: sql.LevelReadCommitted})
+	var after []func()
+	p := &pgPipe{s: s, ctx: qctx, queued: []pipeStmt{{what: "store: begin write", query: pgBegin}}}
+	err := withPipe(s.write, p, func() (err error) {
+		after, err = s.runPostgres(fn, &Tx{ctx: ctx, qctx: qctx, pg: p, engine: Postgres, writable: true})
+		return err
+	})
+	return after, err
+}
+
+// readPostgres runs fn in a read-only transaction of one snapshot (as
+// SQLite's WAL gives), its BEGIN sent with its first query (pgpipe.go).
+func (s *Store) readPostgres(ctx context.Context, fn func(*Tx) error) error {
+	p := &pgPipe{ctx: ctx, queued: []pipeStmt{{what: "store: begin read", query: pgBeginRead}}}
+	return withPipe(s.read, p, func() error {
+		return runFn(fn, &Tx{ctx: ctx, qctx: ctx, pg: p, engine: Postgres})
+	})
+}
+
+// withPipe runs run with p on a connection of db: the whole transaction
+// runs on the connection's pgx.Conn, its statements pipelined
+// (pgpipe.go). Whatever is left of the transaction afterwards is rolled
+// back; a connection left in an unknown state is discarded
+// (driver.ErrBadConn), not put back in the pool.
+func withPipe(db *sql.DB, p *pgPipe, run func() error) error {
+	conn, err := db.Conn(p.ctx)
 	if err != nil {
-		return nil, fmt.Errorf("store: begin write: %w", translate(err))
+		return fmt.Errorf("%s: %w", p.queued[0].what, translate(err))
 	}
-	tx := &Tx{ctx: ctx, qctx: qctx, q: sqlTx, engine: Postgres, writable: true}
-	ferr := runFn(fn, tx)
-	if ferr != nil || tx.retry != nil || tx.conflict != nil {
-		// On PostgreSQL a failed statement aborts the transaction, so
-		// one that fn swallowed still ends the attempt.
-		_ = sqlTx.Rollback()
-		switch {
-		case tx.retry != nil && !isRetryable(ferr):
-			return nil, fmt.Errorf("%w (the function returned: %v)", tx.retry, ferr)
-		case tx.retry != nil:
-			return nil, ferr
-		case tx.conflict != nil:
-			if ferr == nil {
-				ferr = fmt.Errorf("store: write aborted: %w", translate(tx.conflict))
-			}
-			return nil, &conflictError{fnErr: ferr}
+	defer conn.Close()
+	var runErr error
+	rawErr := conn.Raw(func(dc any) error {
+		c, ok := dc.(*stdlib.Conn)
+		if !ok {
+			runErr = fmt.Errorf("store: unexpected PostgreSQL driver connection %T", dc)
+			return nil
 		}
+		p.c = c.Conn()
+		runErr = run()
+		if !p.finish() {
+			return driver.ErrBadConn
+		}
+		return nil
+	})
+	if runErr == nil && rawErr != nil && !errors.Is(rawErr, driver.ErrBadConn) {
+		runErr = rawErr
+	}
+	return runErr
+}
+
+// runPostgres runs fn in tx and commits it.
+func (s *Store) runPostgres(fn func(*Tx) error, tx *Tx) ([]func(), error) {
+	ferr := runFn(fn, tx)
+	if ferr == nil && tx.retry == nil && tx.conflict == nil {
+		// Nothing sent yet: a write that neither read nor changed
+		// anything has nothing to commit.
+		if len(tx.pg.queued) == 1 && tx.pg.queued[0].query == pgBegin && tx.pg.open == nil {
+			tx.pg.queued = nil
+			return tx.after, nil
+		}
+		s.statsMu.Lock()
+		s.pgCommitNo++
+		n := s.pgCommitNo
+		s.statsMu.Unlock()
+		if s.crash != nil {
+			s.crash(n, false)
+		}
+		if err := tx.pg.commit(tx); err != nil {
+			ferr = fmt.Errorf("store: commit: %w", translate(err))
+		} else {
+			if s.crash != nil {
+				s.crash(n, true)
+			}
+			s.statsMu.Lock()
+			s.stats.Commits++
+			s.stats.Writes++
+			s.statsMu.Unlock()
+			return tx.after, nil
+		}
+	}
+	// On PostgreSQL a failed statement aborts the transaction, so one
+	// that fn swallowed still ends the attempt; so does one queued with
+	// ExecLater and sent with the commit.
+	switch {
+	case tx.retry != nil && !isRetryable(ferr):
+		return nil, fmt.Errorf("%w (the function returned: %v)", tx.retry, ferr)
+	case tx.retry != nil:
 		return nil, ferr
+	case tx.conflict != nil:
+		if ferr == nil {
+			ferr = fmt.Errorf("store: write aborted: %w", translate(tx.conflict))
+		}
+		return nil, &conflictError{fnErr: ferr}
 	}
-	s.statsMu.Lock()
-	s.pgCommitNo++
-	n := s.pgCommitNo
-	s.statsMu.Unlock()
-	if s.crash != nil {
-		s.crash(n, false)
-	}
-	if err := sqlTx.Commit(); err != nil {
-		return nil, fmt.Errorf("store: commit: %w", translate(err))
-	}
-	if s.crash != nil {
-		s.crash(n, true)
-	}
-	s.statsMu.Lock()
-	s.stats.Commits++
-	s.stats.Writes++
-	s.statsMu.Unlock()
-	return tx.after, nil
+	return nil, ferr
 }
 
 // PostgreSQL error codes the store acts on.

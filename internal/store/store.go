@@ -28,6 +28,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // Sentinel errors. Each engine translates its own errors into these.
@@ -103,6 +105,8 @@ type Store struct {
 	inflight sync.WaitGroup
 
 	pgCommitNo int64 // guarded by statsMu (PostgreSQL)
+	// PostgreSQL writes' statements and round trips (Stats).
+	pgStmts, pgTrips atomic.Int64
 
 	statsMu sync.Mutex
 	stats   Stats
@@ -120,14 +124,20 @@ type Stats struct {
 	// Busy is the time the single writer spent on batches, from begin to
 	// durable commit (SQLite): against the wall clock, how loaded it is.
 	Busy time.Duration
+	// Statements run by write functions and round trips they took to the
+	// database, BEGIN and COMMIT included (PostgreSQL; see pgpipe.go).
+	PgStatements, PgRoundTrips int64
 }
 
 // Tx is a transaction handed to Write and Read functions. Queries use '?'
 // placeholders on every engine.
 type Tx struct {
-	ctx   context.Context // the caller's, returned by Context
-	qctx  context.Context // the one statements run under
-	q     querier
+	ctx  context.Context // the caller's, returned by Context
+	qctx context.Context // the one statements run under
+	q    querier
+	// pg runs a PostgreSQL write's statements, pipelined (pgpipe.go);
+	// q is then unused.
+	pg    *pgPipe
 	stmts *stmtCache // the writer's statements; nil: prepare each anew
 	// A Read's transaction and the read pool's statements (SQLite): a
 	// statement prepared once on a connection serves every read on it.
@@ -311,6 +321,9 @@ func (tx *Tx) Context() context.Context { return tx.ctx }
 // Exec runs a statement.
 func (tx *Tx) Exec(query string, args ...any) (sql.Result, error) {
 	query = tx.rebind(query)
+	if tx.pg != nil {
+		return tx.pgExec(query, args)
+	}
 	st, err := tx.stmt(query)
 	if err != nil {
 		return nil, translate(err)
@@ -323,6 +336,23 @@ func (tx *Tx) Exec(query string, args ...any) (sql.Result, error) {
 	return r, translate(tx.note(err))
 }
 
+// ExecLater runs a statement whose outcome the write does not read: it
+// neither looks at the rows changed nor turns the statement's error into
+// anything but a failed write. On PostgreSQL the statement is sent with the
+// write's next statement or its COMMIT, saving a round trip (pgpipe.go);
+// its error, wrapped by what ("session: save s1"), then fails that
+// statement or the commit, and the write. On SQLite it runs at once.
+func (tx *Tx) ExecLater(what, query string, args ...any) error {
+	if tx.pg != nil {
+		tx.pg.queued = append(tx.pg.queued, pipeStmt{what: what, query: tx.rebind(query), args: args})
+		return nil
+	}
+	if _, err := tx.Exec(query, args...); err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	return nil
+}
+
 // ExecN runs a statement and returns the number of rows it changed.
 func (tx *Tx) ExecN(query string, args ...any) (int64, error) {
 	r, err := tx.Exec(query, args...)
@@ -332,24 +362,35 @@ func (tx *Tx) ExecN(query string, args ...any) (int64, error) {
 	return r.RowsAffected()
 }
 
-// Query runs a query returning rows.
-func (tx *Tx) Query(query string, args ...any) (*sql.Rows, error) {
+// Query runs a query returning rows. Close them before the next
+// statement.
+func (tx *Tx) Query(query string, args ...any) (*Rows, error) {
 	query = tx.rebind(query)
+	if tx.pg != nil {
+		return tx.pgQuery(query, args)
+	}
 	st, err := tx.stmt(query)
 	if err != nil {
 		return nil, translate(err)
 	}
+	var rows *sql.Rows
 	if st != nil {
-		rows, err := st.QueryContext(tx.qctx, args...)
-		return rows, translate(err)
+		rows, err = st.QueryContext(tx.qctx, args...)
+	} else {
+		rows, err = tx.q.QueryContext(tx.qctx, query, args...)
 	}
-	rows, err := tx.q.QueryContext(tx.qctx, query, args...)
-	return rows, translate(tx.note(err))
+	if err != nil {
+		return nil, translate(tx.note(err))
+	}
+	return &Rows{sql: rows, tx: tx}, nil
 }
 
 // QueryRow runs a query for one row; Scan returns ErrNotFound for none.
 func (tx *Tx) QueryRow(query string, args ...any) Row {
 	query = tx.rebind(query)
+	if tx.pg != nil {
+		return tx.pgQueryRow(query, args)
+	}
 	st, err := tx.stmt(query)
 	if err != nil {
 		return Row{err: err}
@@ -360,9 +401,11 @@ func (tx *Tx) QueryRow(query string, args ...any) Row {
 	return Row{r: tx.q.QueryRowContext(tx.qctx, query, args...), tx: tx}
 }
 
-// Row wraps *sql.Row to translate errors.
+// Row wraps *sql.Row, or a pipelined PostgreSQL write's row, to translate
+// errors.
 type Row struct {
 	r   *sql.Row
+	pg  pgx.Row
 	err error
 	tx  *Tx // to note a retryable error; nil on SQLite
 }
@@ -371,6 +414,13 @@ type Row struct {
 func (r Row) Scan(dest ...any) error {
 	if r.err != nil {
 		return translate(r.err)
+	}
+	if r.pg != nil {
+		err := r.tx.note(r.pg.Scan(dest...))
+		if cerr := r.tx.pg.closeOpen(r.tx); err == nil {
+			err = cerr
+		}
+		return translate(err)
 	}
 	err := r.r.Scan(dest...)
 	if r.tx != nil {
@@ -500,13 +550,12 @@ func (s *Store) Read(ctx context.Context, fn func(*Tx) error) error {
 	if closed {
 		return ErrClosed
 	}
+	if s.engine == Postgres {
+		return s.away(s.readPostgres(ctx, fn))
+	}
 	// ReadOnly matters on SQLite too: without it the driver begins with
 	// the DSN's _txlock=immediate, taking the write lock for every read.
 	opts := &sql.TxOptions{ReadOnly: true}
-	if s.engine == Postgres {
-		// One snapshot for the whole function, as SQLite's WAL gives.
-		opts.Isolation = sql.LevelRepeatableRead
-	}
 	sqlTx, err := s.read.BeginTx(ctx, opts)
 	if err != nil {
 		return s.away(fmt.Errorf("store: begin read: %w", translate(err)))
@@ -574,6 +623,7 @@ func (s *Store) Stats() Stats {
 	s.statsMu.Lock()
 	st := s.stats
 	s.statsMu.Unlock()
+	st.PgStatements, st.PgRoundTrips = s.pgStmts.Load(), s.pgTrips.Load()
 	if s.wstmts != nil {
 		s.wstmts.mu.Lock()
 		st.Statements = s.wstmts.runs

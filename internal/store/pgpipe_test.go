@@ -1,0 +1,109 @@
+package store
+
+import (
+	"errors"
+	"strings"
+	"testing"
+)
+
+// TestExecLater: a statement queued with ExecLater is seen by the write's
+// later statements; one that fails fails the write, under its own
+// description, with nothing of the write committed; and the connection
+// serves the next write. On both engines (SQLite runs it at once).
+func TestExecLater(t *testing.T) {
+	engines(t, func(t *testing.T, d testDB) {
+		s := d.open(t)
+		ctx := t.Context()
+		// Seen by a later query of the same write.
+		err := s.Write(ctx, func(tx *Tx) error {
+			if err := tx.ExecLater("insert a1", `INSERT INTO accounts (id, created_ms) VALUES (?, ?)`, "a1", 1); err != nil {
+				return err
+			}
+			if err := tx.ExecLater("insert a2", `INSERT INTO accounts (id, created_ms) VALUES (?, ?)`, "a2", 2); err != nil {
+				return err
+			}
+			var n int64
+			if err := tx.QueryRow(`SELECT COUNT(*) FROM accounts`).Scan(&n); err != nil {
+				return err
+			}
+			if n != 2 {
+				t.Errorf("a later query of the write saw %d accounts, want the 2 queued", n)
+			}
+			return tx.ExecLater("insert a3", `INSERT INTO accounts (id, created_ms) VALUES (?, ?)`, "a3", 3)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := accountIDs(t, s); len(got) != 3 {
+			t.Fatalf("committed %v, want a1, a2 and a3 (the last queued goes with the commit)", got)
+		}
+		// A queued duplicate fails the write at its commit: nothing of it
+		// stays, and the error names the statement.
+		err = s.Write(ctx, func(tx *Tx) error {
+			if err := tx.ExecLater("insert a4", `INSERT INTO accounts (id, created_ms) VALUES (?, ?)`, "a4", 4); err != nil {
+				return err
+			}
+			return tx.ExecLater("insert a1 again", `INSERT INTO accounts (id, created_ms) VALUES (?, ?)`, "a1", 5)
+		})
+		if err == nil || !strings.Contains(err.Error(), "insert a1 again") || !errors.Is(err, ErrConflict) {
+			t.Fatalf("a queued duplicate: got %v, want a conflict naming %q", err, "insert a1 again")
+		}
+		if got := accountIDs(t, s); len(got) != 3 || got["a4"] {
+			t.Fatalf("after the failed write: %v, want a1, a2, a3 only", got)
+		}
+		// A queued failure is met by the next query too, which the write
+		// then fails with.
+		err = s.Write(ctx, func(tx *Tx) error {
+			if err := tx.ExecLater("insert a2 again", `INSERT INTO accounts (id, created_ms) VALUES (?, ?)`, "a2", 6); err != nil {
+				return err
+			}
+			var n int64
+			return tx.QueryRow(`SELECT COUNT(*) FROM accounts`).Scan(&n)
+		})
+		if err == nil || !strings.Contains(err.Error(), "insert a2 again") {
+			t.Fatalf("a queued duplicate before a query: got %v, want an error naming %q", err, "insert a2 again")
+		}
+		// The connections are clean: every one of the pool serves a write.
+		for i := range 20 {
+			if err := s.Write(ctx, insertAccount("b"+string(rune('a'+i)))); err != nil {
+				t.Fatalf("write %d after the failures: %v", i, err)
+			}
+		}
+		if got := accountIDs(t, s); len(got) != 23 {
+			t.Fatalf("%d accounts, want 23", len(got))
+		}
+	})
+}
+
+// TestPipelinedRoundTrips counts PostgreSQL round trips: a write of two
+// queued statements and one query takes one trip for the BEGIN, the two
+// and the query, and one for the COMMIT; a read's BEGIN goes with its
+// first query.
+func TestPipelinedRoundTrips(t *testing.T) {
+	s := newDB(t, Postgres).open(t)
+	ctx := t.Context()
+	before := s.Stats()
+	err := s.Write(ctx, func(tx *Tx) error {
+		tx.ExecLater("insert a1", `INSERT INTO accounts (id, created_ms) VALUES (?, ?)`, "a1", 1)
+		tx.ExecLater("insert a2", `INSERT INTO accounts (id, created_ms) VALUES (?, ?)`, "a2", 1)
+		var n int64
+		return tx.QueryRow(`SELECT COUNT(*) FROM accounts`).Scan(&n)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	after := s.Stats()
+	if trips, stmts := after.PgRoundTrips-before.PgRoundTrips, after.PgStatements-before.PgStatements; trips != 2 || stmts != 5 {
+		t.Fatalf("%d round trips for %d statements, want 2 for 5 (BEGIN, two inserts, a query; COMMIT)", trips, stmts)
+	}
+	// A write that does nothing sends nothing.
+	if err := s.Write(ctx, func(*Tx) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if n := s.Stats().PgRoundTrips - after.PgRoundTrips; n != 0 {
+		t.Fatalf("an empty write took %d round trips", n)
+	}
+	if got := accountIDs(t, s); len(got) != 2 {
+		t.Fatalf("committed %v", got)
+	}
+}
