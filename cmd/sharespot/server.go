@@ -85,6 +85,7 @@ type ServerCmd struct {
 	Data              string        `env:"SHARESPOT_DATA" help:"Data directory (default: the user's data directory)." placeholder:"DIR"`
 	DB                string        `name:"db" env:"SHARESPOT_DB" help:"Database: a postgres:// URL for PostgreSQL; empty for SQLite in the data directory." placeholder:"URL"`
 	DBMaxConns        int           `name:"db-max-conns" env:"SHARESPOT_DB_MAX_CONNS" default:"16" help:"Most connections to PostgreSQL this replica opens."`
+	CommitDelay       time.Duration `name:"commit-delay" env:"SHARESPOT_COMMIT_DELAY" help:"SQLite: how long a write waits for others to share its commit (at most 10ms), as PostgreSQL's commit_delay. A busy server then commits less often and serves more per core, each write up to this much later. Default 0: commit at once. PostgreSQL: set commit_delay in postgresql.conf instead." placeholder:"DURATION"`
 	Bus               string        `name:"bus" env:"SHARESPOT_BUS" help:"NATS server(s) carrying inbox wake-ups between replicas (nats://host:4222, comma-separated); empty for a single server." placeholder:"URL"`
 	PollInterval      time.Duration `name:"poll-interval" env:"SHARESPOT_POLL_INTERVAL" help:"Longest an inbox stream waits without a wake-up before reading the inbox anyway (default 30s; 1s with --bus)."`
 	AdminKeyFile      string        `name:"admin-key-file" env:"SHARESPOT_ADMIN_KEY_FILE" help:"The admin key that authorises the dashboard's sign-in links (created 0600 at the first start; default: admin.key in --data). Replicas of one database must share it." placeholder:"FILE"`
@@ -129,9 +130,12 @@ func newLogger(w io.Writer, level string, json bool) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
+// maxCommitDelay bounds --commit-delay: every write waits up to this long.
+const maxCommitDelay = 10 * time.Millisecond
+
 func (c *ServerCmd) config(log *slog.Logger) (server.Config, error) {
 	cfg := server.Config{DataDir: c.Data, DB: c.DB, KeyFile: c.KeyFile, AdminKeyFile: c.AdminKeyFile, TLSCert: c.TLSCert, TLSKey: c.TLSKey, Insecure: c.InsecurePlaintext, Logger: log,
-		DBMaxConns: c.DBMaxConns, Bus: c.Bus, PollInterval: c.PollInterval}
+		DBMaxConns: c.DBMaxConns, CommitDelay: c.CommitDelay, Bus: c.Bus, PollInterval: c.PollInterval}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		return cfg, errors.New("--tls-cert and --tls-key go together")
 	}
@@ -143,6 +147,12 @@ func (c *ServerCmd) config(log *slog.Logger) (server.Config, error) {
 	}
 	if c.DBMaxConns < 0 {
 		return cfg, fmt.Errorf("--db-max-conns %d: want a positive number (0: the default, 16)", c.DBMaxConns)
+	}
+	if c.CommitDelay < 0 || c.CommitDelay > maxCommitDelay {
+		return cfg, fmt.Errorf("--commit-delay %v: want a duration from 0 to %v, such as 1ms", c.CommitDelay, maxCommitDelay)
+	}
+	if c.CommitDelay > 0 && c.DB != "" {
+		return cfg, errors.New("--commit-delay is for SQLite's writer; on PostgreSQL set commit_delay in postgresql.conf")
 	}
 	if c.PollInterval < 0 {
 		return cfg, fmt.Errorf("--poll-interval %v: want a positive duration", c.PollInterval)

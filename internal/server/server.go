@@ -82,6 +82,9 @@ type Config struct {
 	SweepInterval time.Duration
 	// DBMaxConns caps the PostgreSQL connection pool (default 16).
 	DBMaxConns int
+	// CommitDelay: how long SQLite's writer waits for more writes to share
+	// a commit (store.Options.CommitDelay); 0 commits at once.
+	CommitDelay time.Duration
 	// Bus is the NATS server(s) (nats://host:port, comma-separated) that
 	// carry inbox wake-ups between replicas; empty for one replica.
 	Bus string
@@ -206,7 +209,7 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, errors.New("server: the bus is not a NATS URL: want nats://host:port")
 	}
 	if s.st, err = store.Open(ctx, target, store.Options{Logger: cfg.Logger, Crash: cfg.Crash, MaxConns: cfg.DBMaxConns,
-		OnCommit: s.metrics.Committed}); err != nil {
+		CommitDelay: cfg.CommitDelay, OnCommit: s.metrics.Committed}); err != nil {
 		return nil, err
 	}
 	keyFile := cfg.KeyFile

@@ -52,7 +52,7 @@ func OpenSQLite(ctx context.Context, path string, opts Options) (*Store, error) 
 		return nil, err
 	}
 
-	s := &Store{engine: SQLite, log: log, maxBatch: opts.MaxBatch, crash: opts.Crash, onCommit: opts.OnCommit}
+	s := &Store{engine: SQLite, log: log, maxBatch: opts.MaxBatch, commitDelay: opts.CommitDelay, crash: opts.Crash, onCommit: opts.OnCommit}
 	if s.maxBatch <= 0 {
 		s.maxBatch = 512
 	}

@@ -66,6 +66,12 @@ type Options struct {
 	MaxBatch int
 	// MaxConns caps the connection pool (PostgreSQL); default 16.
 	MaxConns int
+	// CommitDelay (SQLite) is how long the writer waits, once it has a
+	// write, for others to share its commit, as PostgreSQL's commit_delay:
+	// fewer commits (each a WAL append and an fsync) for the same writes,
+	// so more writes per core, for up to CommitDelay more latency each.
+	// Zero, the default, commits what is queued at once.
+	CommitDelay time.Duration
 	// Logger receives slow-commit and error reports; nil discards.
 	Logger *slog.Logger
 	// Crash, when set, is called around every commit with the commit's
@@ -84,17 +90,18 @@ type Store struct {
 	write  *sql.DB
 	log    *slog.Logger
 
-	maxBatch int
-	wconn    *sql.Conn // the writer's connection (SQLite)
-	wstmts   *stmtCache
-	rstmts   *readStmts // prepared on the read pool (SQLite)
-	crash    func(n int64, committed bool)
-	onCommit func(writes int, took time.Duration)
-	lastAway atomic.Int64 // unix nanoseconds of the last call that found the database unavailable
-	commitNo int64
-	writes   chan *writeReq
-	stop     chan struct{}
-	done     chan struct{}
+	maxBatch    int
+	commitDelay time.Duration
+	wconn       *sql.Conn // the writer's connection (SQLite)
+	wstmts      *stmtCache
+	rstmts      *readStmts // prepared on the read pool (SQLite)
+	crash       func(n int64, committed bool)
+	onCommit    func(writes int, took time.Duration)
+	lastAway    atomic.Int64 // unix nanoseconds of the last call that found the database unavailable
+	commitNo    int64
+	writes      chan *writeReq
+	stop        chan struct{}
+	done        chan struct{}
 
 	// closeMu guards closed. Write holds it shared while queueing, so that
 	// once Close has set closed no request can reach a stopped writer.
@@ -705,8 +712,30 @@ func (s *Store) writer() {
 				break fill
 			}
 		}
+		if s.commitDelay > 0 && len(batch) < s.maxBatch {
+			batch = s.gather(batch)
+		}
 		s.commitBatch(batch)
 	}
+}
+
+// gather adds to batch what arrives within the commit delay, up to the
+// batch's cap. A Close meanwhile ends the wait: what is queued is then
+// committed.
+func (s *Store) gather(batch []*writeReq) []*writeReq {
+	t := time.NewTimer(s.commitDelay)
+	defer t.Stop()
+	for len(batch) < s.maxBatch {
+		select {
+		case r := <-s.writes:
+			batch = append(batch, r)
+		case <-t.C:
+			return batch
+		case <-s.stop:
+			return batch
+		}
+	}
+	return batch
 }
 
 // commitBatch runs a batch of write functions in one transaction and

@@ -409,6 +409,41 @@ func TestGroupCommit(t *testing.T) {
 	}
 }
 
+// TestCommitDelay: with a commit delay the writer waits for a second write
+// that comes while it holds the first, and commits both at once; a Close
+// during the wait commits what it holds.
+func TestCommitDelay(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "sharespot.db")
+	s, err := OpenSQLite(t.Context(), path, Options{CommitDelay: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	errs := make([]error, 2)
+	var wg sync.WaitGroup
+	wg.Go(func() { errs[0] = s.Write(t.Context(), insertAccount("first")) })
+	time.Sleep(100 * time.Millisecond) // the first is in the writer, waiting
+	wg.Go(func() { errs[1] = s.Write(t.Context(), insertAccount("second")) })
+	wg.Wait()
+	if errs[0] != nil || errs[1] != nil {
+		t.Fatalf("writes: %v", errs)
+	}
+	if st := s.Stats(); st.Commits != 1 || st.Writes != 2 {
+		t.Fatalf("Stats = %+v, want the two writes in one commit", st)
+	}
+	// Closed while the writer waits: the write still commits.
+	wg.Go(func() { errs[0] = s.Write(t.Context(), insertAccount("third")) })
+	time.Sleep(100 * time.Millisecond)
+	closeErr := s.Close()
+	wg.Wait()
+	if errs[0] != nil || closeErr != nil {
+		t.Fatalf("write during Close: %v; Close: %v", errs[0], closeErr)
+	}
+	s = testDB{engine: SQLite, target: path}.open(t)
+	if got := accountIDs(t, s); len(got) != 3 || !got["third"] {
+		t.Fatalf("after reopening: %v, want first, second and third", got)
+	}
+}
+
 func TestGroupCommitUnheld(t *testing.T) {
 	// The same without holding the writer: every write lands, however the
 	// writer happens to batch them (SQLite) or the transactions interleave
