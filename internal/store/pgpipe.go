@@ -1,10 +1,14 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"errors"
 	"fmt"
+	"reflect"
+	"strconv"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -212,7 +216,7 @@ func (r *Rows) Next() bool {
 // Scan copies the current row's columns into dest.
 func (r *Rows) Scan(dest ...any) error {
 	if r.pg != nil {
-		return translate(r.tx.note(r.pg.Scan(dest...)))
+		return translate(r.tx.note(r.pg.Scan(sqlDests(dest)...)))
 	}
 	return r.sql.Scan(dest...)
 }
@@ -249,4 +253,157 @@ func (r *Rows) Columns() ([]string, error) {
 		return cols, nil
 	}
 	return r.sql.Columns()
+}
+
+// sqlDests has pgx hand each column to dest as database/sql would: pgx
+// decodes it to the value database/sql's driver gives (int64, float64,
+// bool, []byte, string, time.Time or nil) and asSQL assigns it with
+// database/sql's conversions (a BYTEA column into a string, a number into
+// a string or a bool, NUMERIC's text into an integer), which pgx's own
+// scanning refuses. A dest that is a sql.Scanner gets the value itself.
+func sqlDests(dest []any) []any {
+	out := make([]any, len(dest))
+	ws := make([]sqlDest, len(dest))
+	for i, d := range dest {
+		if _, ok := d.(sql.Scanner); ok {
+			out[i] = d
+			continue
+		}
+		ws[i].d = d
+		out[i] = &ws[i]
+	}
+	return out
+}
+
+type sqlDest struct{ d any }
+
+func (w *sqlDest) Scan(src any) error { return asSQL(w.d, src) }
+
+// asSQL assigns src, a database/sql driver value, to dest as database/sql's
+// Scan does, for the destinations the code base reads into.
+func asSQL(dest, src any) error {
+	if b, ok := src.([]byte); ok {
+		src = bytes.Clone(b) // pgx's buffer is reused after Scan
+	}
+	if n, ok := src.(int64); ok { // the common case, without reflection
+		switch d := dest.(type) {
+		case *int64:
+			*d = n
+			return nil
+		case *int:
+			*d = int(n)
+			return nil
+		case *int32:
+			if n == int64(int32(n)) {
+				*d = int32(n)
+				return nil
+			}
+		}
+	}
+	switch d := dest.(type) {
+	case *any:
+		*d = src
+		return nil
+	case *[]byte:
+		switch s := src.(type) {
+		case nil:
+			*d = nil
+		case []byte:
+			*d = s
+		case string:
+			*d = []byte(s)
+		default:
+			*d = []byte(sqlText(s))
+		}
+		return nil
+	case *string:
+		switch s := src.(type) {
+		case nil:
+			return errors.New("converting NULL to string is unsupported")
+		case []byte:
+			*d = string(s)
+		default:
+			*d = sqlText(s)
+		}
+		return nil
+	case *bool:
+		switch s := src.(type) {
+		case bool:
+			*d = s
+		case int64:
+			if s != 0 && s != 1 {
+				return fmt.Errorf("converting %d to bool: want 0 or 1", s)
+			}
+			*d = s == 1
+		case nil:
+			return errors.New("converting NULL to bool is unsupported")
+		default:
+			v, err := strconv.ParseBool(sqlText(s))
+			if err != nil {
+				return fmt.Errorf("converting %q to bool: %w", sqlText(s), err)
+			}
+			*d = v
+		}
+		return nil
+	case *time.Time:
+		t, ok := src.(time.Time)
+		if !ok {
+			return fmt.Errorf("converting %T to time.Time is unsupported", src)
+		}
+		*d = t
+		return nil
+	}
+	rv := reflect.ValueOf(dest)
+	if rv.Kind() != reflect.Pointer || rv.IsNil() {
+		return fmt.Errorf("destination not a pointer: %T", dest)
+	}
+	ev := rv.Elem()
+	if src == nil {
+		return fmt.Errorf("converting NULL to %s is unsupported", ev.Kind())
+	}
+	text := sqlText(src)
+	switch ev.Kind() {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		n, err := strconv.ParseInt(text, 10, ev.Type().Bits())
+		if err != nil {
+			return fmt.Errorf("converting %q to %s: %w", text, ev.Kind(), err)
+		}
+		ev.SetInt(n)
+	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		n, err := strconv.ParseUint(text, 10, ev.Type().Bits())
+		if err != nil {
+			return fmt.Errorf("converting %q to %s: %w", text, ev.Kind(), err)
+		}
+		ev.SetUint(n)
+	case reflect.Float32, reflect.Float64:
+		f, err := strconv.ParseFloat(text, ev.Type().Bits())
+		if err != nil {
+			return fmt.Errorf("converting %q to %s: %w", text, ev.Kind(), err)
+		}
+		ev.SetFloat(f)
+	case reflect.String:
+		ev.SetString(text)
+	default:
+		return fmt.Errorf("unsupported scan: %T into %T", src, dest)
+	}
+	return nil
+}
+
+// sqlText is a driver value as text, as database/sql formats it.
+func sqlText(v any) string {
+	switch s := v.(type) {
+	case string:
+		return s
+	case []byte:
+		return string(s)
+	case int64:
+		return strconv.FormatInt(s, 10)
+	case float64:
+		return strconv.FormatFloat(s, 'g', -1, 64)
+	case bool:
+		return strconv.FormatBool(s)
+	case time.Time:
+		return s.Format(time.RFC3339Nano)
+	}
+	return fmt.Sprint(v)
 }

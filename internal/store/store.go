@@ -423,7 +423,7 @@ func (r Row) Scan(dest ...any) error {
 		return translate(r.err)
 	}
 	if r.pg != nil {
-		err := r.tx.note(r.pg.Scan(dest...))
+		err := r.tx.note(r.pg.Scan(sqlDests(dest)...))
 		if cerr := r.tx.pg.closeOpen(r.tx); err == nil {
 			err = cerr
 		}
