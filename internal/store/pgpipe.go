@@ -90,6 +90,15 @@ func (p *pgPipe) closeOpen(tx *Tx) error {
 	return translate(tx.note(err))
 }
 
+// closeOwn closes br if it is still the open batch: the rows or row of a
+// statement closed twice, or after the next statement, close nothing else.
+func (p *pgPipe) closeOwn(tx *Tx, br pgx.BatchResults) error {
+	if p.open != br {
+		return nil
+	}
+	return p.closeOpen(tx)
+}
+
 // flush sends what is queued, alone.
 func (p *pgPipe) flush(tx *Tx) error {
 	if err := p.closeOpen(tx); err != nil || len(p.queued) == 0 {
@@ -177,7 +186,7 @@ func (tx *Tx) pgQuery(query string, args []any) (*Rows, error) {
 		return nil, translate(tx.note(err))
 	}
 	tx.pg.open = br
-	return &Rows{pg: rows, tx: tx}, nil
+	return &Rows{pg: rows, br: br, tx: tx}, nil
 }
 
 func (tx *Tx) pgQueryRow(query string, args []any) Row {
@@ -186,7 +195,7 @@ func (tx *Tx) pgQueryRow(query string, args []any) Row {
 		return Row{err: err}
 	}
 	tx.pg.open = br
-	return Row{pg: br.QueryRow(), tx: tx}
+	return Row{pg: br.QueryRow(), br: br, tx: tx}
 }
 
 // pgResult is a statement's command tag as a sql.Result.
@@ -202,6 +211,7 @@ func (r pgResult) LastInsertId() (int64, error) {
 type Rows struct {
 	sql *sql.Rows
 	pg  pgx.Rows
+	br  pgx.BatchResults // pg's batch
 	tx  *Tx
 }
 
@@ -234,7 +244,7 @@ func (r *Rows) Close() error {
 	if r.pg != nil {
 		r.pg.Close()
 		err := r.pg.Err()
-		if cerr := r.tx.pg.closeOpen(r.tx); err == nil {
+		if cerr := r.tx.pg.closeOwn(r.tx, r.br); err == nil {
 			err = cerr
 		}
 		return translate(r.tx.note(err))

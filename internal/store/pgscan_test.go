@@ -49,3 +49,35 @@ func TestPostgresScansAsDatabaseSQL(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestRowsClosedTwice: rows closed a second time after the next statement
+// began leave that statement's result alone (a deferred Close after an
+// explicit one, say).
+func TestRowsClosedTwice(t *testing.T) {
+	engines(t, func(t *testing.T, d testDB) {
+		s := d.open(t)
+		err := s.Write(t.Context(), func(tx *Tx) error {
+			rows, err := tx.Query(`SELECT 1`)
+			if err != nil {
+				return err
+			}
+			for rows.Next() {
+			}
+			if err := rows.Close(); err != nil {
+				return err
+			}
+			row := tx.QueryRow(`SELECT 2`)
+			if err := rows.Close(); err != nil {
+				return err
+			}
+			var n int64
+			if err := row.Scan(&n); err != nil || n != 2 {
+				t.Errorf("the next statement's row after a second Close: %d, %v", n, err)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	})
+}

@@ -413,6 +413,7 @@ func (tx *Tx) QueryRow(query string, args ...any) Row {
 type Row struct {
 	r   *sql.Row
 	pg  pgx.Row
+	br  pgx.BatchResults // pg's batch
 	err error
 	tx  *Tx // to note a retryable error; nil on SQLite
 }
@@ -424,7 +425,7 @@ func (r Row) Scan(dest ...any) error {
 	}
 	if r.pg != nil {
 		err := r.tx.note(r.pg.Scan(sqlDests(dest)...))
-		if cerr := r.tx.pg.closeOpen(r.tx); err == nil {
+		if cerr := r.tx.pg.closeOwn(r.tx, r.br); err == nil {
 			err = cerr
 		}
 		return translate(err)
