@@ -41,12 +41,14 @@ type Hander interface {
 
 // Append writes env to deviceID's inbox within tx, assigning its sequence
 // number and message ID, and wakes the device's stream after commit.
+//
+// The stored body carries no sequence number: the inbox row's seq column
+// is the message's, and whoever reads the row sets it (Fetch, Watch.Take).
+// So on PostgreSQL the number is taken and the row written by one statement
+// that waits for the write's next statement (store.Tx.QueryRowLater), not a
+// round trip of its own. (Bodies stored with their number read the same.)
 func Append(tx *store.Tx, w Waker, nowMS int64, deviceID, sessionID string, env *sharespotv1.Envelope) error {
-	seq, err := account.NextSeq(tx, deviceID)
-	if err != nil {
-		return fmt.Errorf("relay: %w", err)
-	}
-	env.Seq = uint64(seq)
+	env.Seq = 0
 	env.MessageId = NewMessageID()
 	env.SessionId = sessionID
 	env.CreatedUnixMs = nowMS
@@ -54,12 +56,26 @@ func Append(tx *store.Tx, w Waker, nowMS int64, deviceID, sessionID string, env 
 	if err != nil {
 		return fmt.Errorf("relay: encode message: %w", err)
 	}
-	if err := tx.ExecLater("relay: append to inbox of "+deviceID, `INSERT INTO inbox (device_id, seq, message_id, session_id, body, created_ms) VALUES (?, ?, ?, ?, ?, ?)`,
-		deviceID, seq, env.MessageId, sessionID, body, nowMS); err != nil {
+	what := "relay: append to inbox of " + deviceID
+	var seq int64 // known by the next statement, or the commit
+	if tx.Engine() == store.Postgres {
+		// An unknown device leaves the seq NULL, which the database
+		// refuses: the write fails there, as NextSeq's would.
+		err = tx.QueryRowLater(what, `WITH s AS (UPDATE devices SET next_seq = next_seq + 1 WHERE id = ? RETURNING next_seq - 1 AS seq)
+			INSERT INTO inbox (device_id, seq, message_id, session_id, body, created_ms) VALUES (?, (SELECT seq FROM s), ?, ?, ?, ?) RETURNING seq`,
+			[]any{deviceID, deviceID, env.MessageId, sessionID, body, nowMS}, &seq)
+	} else {
+		if seq, err = account.NextSeq(tx, deviceID); err != nil {
+			return fmt.Errorf("relay: %w", err)
+		}
+		err = tx.ExecLater(what, `INSERT INTO inbox (device_id, seq, message_id, session_id, body, created_ms) VALUES (?, ?, ?, ?, ?, ?)`,
+			deviceID, seq, env.MessageId, sessionID, body, nowMS)
+	}
+	if err != nil {
 		return err
 	}
 	if h, ok := w.(Hander); ok {
-		tx.AfterCommit(func() { h.Hand(deviceID, uint64(seq), body) })
+		tx.AfterCommit(func() { h.Hand(deviceID, uint64(seq), body) }) // seq is known by then
 	} else if w != nil {
 		tx.AfterCommit(func() { w.Wake(deviceID) })
 	}
@@ -68,21 +84,23 @@ func Append(tx *store.Tx, w Waker, nowMS int64, deviceID, sessionID string, env 
 
 // Fetch returns up to limit messages of deviceID's inbox after afterSeq.
 func Fetch(tx *store.Tx, deviceID string, afterSeq uint64, limit int) ([]*sharespotv1.Envelope, error) {
-	rows, err := tx.Query(`SELECT body FROM inbox WHERE device_id = ? AND seq > ? ORDER BY seq LIMIT ?`, deviceID, int64(afterSeq), limit)
+	rows, err := tx.Query(`SELECT seq, body FROM inbox WHERE device_id = ? AND seq > ? ORDER BY seq LIMIT ?`, deviceID, int64(afterSeq), limit)
 	if err != nil {
 		return nil, fmt.Errorf("relay: read inbox of %s: %w", deviceID, err)
 	}
 	defer rows.Close()
 	var out []*sharespotv1.Envelope
 	for rows.Next() {
+		var seq int64
 		var body []byte
-		if err := rows.Scan(&body); err != nil {
+		if err := rows.Scan(&seq, &body); err != nil {
 			return nil, err
 		}
 		env := new(sharespotv1.Envelope)
 		if err := proto.Unmarshal(body, env); err != nil {
 			return nil, fmt.Errorf("relay: decode inbox message of %s: %w", deviceID, err)
 		}
+		env.Seq = uint64(seq)
 		out = append(out, env)
 	}
 	return out, rows.Err()
@@ -182,6 +200,7 @@ func (w *Watch) Take(cursor uint64) (envs []*sharespotv1.Envelope, read bool) {
 		if err := proto.Unmarshal(h.body, env); err != nil {
 			return nil, true // not ours to judge: the read reports it
 		}
+		env.Seq = h.seq
 		envs = append(envs, env)
 		next++
 	}

@@ -9,11 +9,21 @@ import (
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/account"
 	"github.com/sharespot/sharespot/internal/store"
+	"github.com/sharespot/sharespot/internal/store/pgtest"
 )
 
-func openStore(t *testing.T) *store.Store {
+func openStore(t *testing.T) *store.Store { return openEngine(t, store.SQLite) }
+
+// openEngine opens a store on engine with account a and its device d.
+func openEngine(t *testing.T, engine store.Engine) *store.Store {
 	t.Helper()
-	st, err := store.OpenSQLite(context.Background(), filepath.Join(t.TempDir(), "r.db"), store.Options{})
+	var st *store.Store
+	var err error
+	if engine == store.Postgres {
+		st, err = store.OpenPostgres(context.Background(), pgtest.New(t), store.Options{})
+	} else {
+		st, err = store.OpenSQLite(context.Background(), filepath.Join(t.TempDir(), "r.db"), store.Options{})
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -30,91 +40,118 @@ func openStore(t *testing.T) *store.Store {
 	return st
 }
 
+// engines runs fn on a store of each engine (PostgreSQL where pgtest has
+// one).
+func engines(t *testing.T, fn func(t *testing.T, st *store.Store)) {
+	for _, e := range []store.Engine{store.SQLite, store.Postgres} {
+		t.Run(string(e), func(t *testing.T) { fn(t, openEngine(t, e)) })
+	}
+}
+
 func prompt(used int64) *sharespotv1.Envelope {
 	return &sharespotv1.Envelope{Body: &sharespotv1.Envelope_LowQuotaPrompt{LowQuotaPrompt: &sharespotv1.LowQuotaPrompt{UsedBytes: used}}}
 }
 
 func TestAppendFetchAck(t *testing.T) {
-	ctx := context.Background()
-	st := openStore(t)
-	hub := NewHub()
-	watch, cancel := hub.Watch("d")
-	wake := watch.C
-	defer cancel()
+	engines(t, func(t *testing.T, st *store.Store) {
+		ctx := context.Background()
+		hub := NewHub()
+		watch, cancel := hub.Watch("d")
+		wake := watch.C
+		defer cancel()
 
-	// A message whose transaction rolls back is never stored nor woken.
-	errBoom := st.Write(ctx, func(tx *store.Tx) error {
-		if err := Append(tx, hub, 1, "d", "s", prompt(99)); err != nil {
-			return err
+		// A message whose transaction rolls back is never stored nor woken.
+		errBoom := st.Write(ctx, func(tx *store.Tx) error {
+			if err := Append(tx, hub, 1, "d", "s", prompt(99)); err != nil {
+				return err
+			}
+			return context.Canceled
+		})
+		if errBoom == nil {
+			t.Fatal("write did not fail")
 		}
-		return context.Canceled
+		select {
+		case <-wake:
+			t.Fatal("woken by a rolled-back message")
+		default:
+		}
+		for i := int64(1); i <= 3; i++ {
+			if err := st.Write(ctx, func(tx *store.Tx) error { return Append(tx, hub, i, "d", "s", prompt(i)) }); err != nil {
+				t.Fatal(err)
+			}
+		}
+		select {
+		case <-wake:
+		case <-time.After(5 * time.Second):
+			t.Fatal("no wake-up after commit")
+		}
+		fetch := func(after uint64) []*sharespotv1.Envelope {
+			envs, err := store.ReadT(ctx, st, func(tx *store.Tx) ([]*sharespotv1.Envelope, error) { return Fetch(tx, "d", after, 10) })
+			if err != nil {
+				t.Fatal(err)
+			}
+			return envs
+		}
+		envs := fetch(0)
+		if len(envs) != 3 {
+			t.Fatalf("fetched %d messages, want 3", len(envs))
+		}
+		ids := map[string]bool{}
+		for i, e := range envs {
+			if e.Seq != uint64(i+1) || e.SessionId != "s" || e.GetLowQuotaPrompt().GetUsedBytes() != int64(i+1) || ids[e.MessageId] {
+				t.Fatalf("message %d = %v", i, e)
+			}
+			ids[e.MessageId] = true
+		}
+		if got := fetch(2); len(got) != 1 || got[0].Seq != 3 {
+			t.Fatalf("fetch after 2 = %v", got)
+		}
+		// Ack deletes up to seq; acking the future is refused; acking the past
+		// is a no-op.
+		ack := func(seq uint64) (uint64, error) {
+			return store.WriteT(ctx, st, func(tx *store.Tx) (uint64, error) { return Ack(tx, "d", seq) })
+		}
+		if _, err := ack(4); err == nil {
+			t.Fatal("ack beyond the last message accepted")
+		}
+		if got, err := ack(2); err != nil || got != 2 {
+			t.Fatalf("ack 2 = %d, %v", got, err)
+		}
+		if got, err := ack(1); err != nil || got != 2 {
+			t.Fatalf("ack 1 after 2 = %d, %v", got, err)
+		}
+		if got := fetch(0); len(got) != 1 || got[0].Seq != 3 {
+			t.Fatalf("after ack, fetch = %v", got)
+		}
+		if _, err := ack(3); err != nil {
+			t.Fatal(err)
+		}
+		// The sequence goes on after everything was acknowledged.
+		if err := st.Write(ctx, func(tx *store.Tx) error { return Append(tx, hub, 5, "d", "s", prompt(4)) }); err != nil {
+			t.Fatal(err)
+		}
+		if got := fetch(3); len(got) != 1 || got[0].Seq != 4 {
+			t.Fatalf("next message = %v", got)
+		}
+
+		// An unknown device: the write fails, and nothing of it stays.
+		err := st.Write(ctx, func(tx *store.Tx) error {
+			if err := account.Open(tx, "b", 0); err != nil {
+				return err
+			}
+			return Append(tx, hub, 6, "nobody", "s", prompt(5))
+		})
+		if err == nil {
+			t.Fatal("a message to an unknown device was stored")
+		}
+		if n, err := store.ReadT(ctx, st, func(tx *store.Tx) (int64, error) {
+			var n int64
+			err := tx.QueryRow(`SELECT COUNT(*) FROM accounts WHERE id = 'b'`).Scan(&n)
+			return n, err
+		}); err != nil || n != 0 {
+			t.Fatalf("the failed write left %d accounts (%v)", n, err)
+		}
 	})
-	if errBoom == nil {
-		t.Fatal("write did not fail")
-	}
-	select {
-	case <-wake:
-		t.Fatal("woken by a rolled-back message")
-	default:
-	}
-	for i := int64(1); i <= 3; i++ {
-		if err := st.Write(ctx, func(tx *store.Tx) error { return Append(tx, hub, i, "d", "s", prompt(i)) }); err != nil {
-			t.Fatal(err)
-		}
-	}
-	select {
-	case <-wake:
-	case <-time.After(5 * time.Second):
-		t.Fatal("no wake-up after commit")
-	}
-	fetch := func(after uint64) []*sharespotv1.Envelope {
-		envs, err := store.ReadT(ctx, st, func(tx *store.Tx) ([]*sharespotv1.Envelope, error) { return Fetch(tx, "d", after, 10) })
-		if err != nil {
-			t.Fatal(err)
-		}
-		return envs
-	}
-	envs := fetch(0)
-	if len(envs) != 3 {
-		t.Fatalf("fetched %d messages, want 3", len(envs))
-	}
-	ids := map[string]bool{}
-	for i, e := range envs {
-		if e.Seq != uint64(i+1) || e.SessionId != "s" || e.GetLowQuotaPrompt().GetUsedBytes() != int64(i+1) || ids[e.MessageId] {
-			t.Fatalf("message %d = %v", i, e)
-		}
-		ids[e.MessageId] = true
-	}
-	if got := fetch(2); len(got) != 1 || got[0].Seq != 3 {
-		t.Fatalf("fetch after 2 = %v", got)
-	}
-	// Ack deletes up to seq; acking the future is refused; acking the past
-	// is a no-op.
-	ack := func(seq uint64) (uint64, error) {
-		return store.WriteT(ctx, st, func(tx *store.Tx) (uint64, error) { return Ack(tx, "d", seq) })
-	}
-	if _, err := ack(4); err == nil {
-		t.Fatal("ack beyond the last message accepted")
-	}
-	if got, err := ack(2); err != nil || got != 2 {
-		t.Fatalf("ack 2 = %d, %v", got, err)
-	}
-	if got, err := ack(1); err != nil || got != 2 {
-		t.Fatalf("ack 1 after 2 = %d, %v", got, err)
-	}
-	if got := fetch(0); len(got) != 1 || got[0].Seq != 3 {
-		t.Fatalf("after ack, fetch = %v", got)
-	}
-	if _, err := ack(3); err != nil {
-		t.Fatal(err)
-	}
-	// The sequence goes on after everything was acknowledged.
-	if err := st.Write(ctx, func(tx *store.Tx) error { return Append(tx, hub, 5, "d", "s", prompt(4)) }); err != nil {
-		t.Fatal(err)
-	}
-	if got := fetch(3); len(got) != 1 || got[0].Seq != 4 {
-		t.Fatalf("next message = %v", got)
-	}
 }
 
 func TestHubWatchCancel(t *testing.T) {

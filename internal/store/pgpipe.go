@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
 	"strconv"
 	"time"
 
@@ -28,7 +29,8 @@ import (
 // commit), with its own description, and the transaction, as any failed
 // statement does on PostgreSQL.
 type pgPipe struct {
-	s      *Store // counts a write's statements and round trips; nil in a read
+	s      *Store // counts statements and round trips (Stats)
+	read   bool   // a read: its round trips counted apart, its end a ROLLBACK
 	c      *pgx.Conn
 	ctx    context.Context
 	queued []pipeStmt
@@ -41,6 +43,7 @@ type pipeStmt struct {
 	what  string // wraps its error: "session: save s1"
 	query string
 	args  []any
+	dest  []any // QueryRowLater: the row's columns go here; nil for ExecLater
 }
 
 const (
@@ -64,13 +67,23 @@ func (p *pgPipe) send(tx *Tx, query string, args []any) (pgx.BatchResults, error
 	}
 	queued := p.queued
 	p.queued = nil
-	if p.s != nil {
+	switch {
+	case p.s == nil:
+	case p.read:
+		p.s.pgReadTrips.Add(1)
+	default:
 		p.s.pgTrips.Add(1)
 		p.s.pgStmts.Add(int64(len(b.QueuedQueries)))
 	}
 	br := p.c.SendBatch(p.ctx, b)
 	for _, q := range queued {
-		if _, err := br.Exec(); err != nil {
+		var err error
+		if q.dest != nil {
+			err = br.QueryRow().Scan(sqlDests(q.dest)...)
+		} else {
+			_, err = br.Exec()
+		}
+		if err != nil {
 			br.Close()
 			tx.note(err)
 			return nil, fmt.Errorf("%s: %w", q.what, translate(err))
@@ -111,8 +124,16 @@ func (p *pgPipe) flush(tx *Tx) error {
 	return translate(tx.note(br.Close()))
 }
 
-// commit sends what is queued with the COMMIT.
+// commit sends what is queued with the COMMIT. A queued QueryRowLater
+// statement is sent ahead on its own: its row is checked here, not by the
+// database (a statement that returns no row has not failed there), and a
+// COMMIT sent with it would commit a write about to be reported failed.
 func (p *pgPipe) commit(tx *Tx) error {
+	if slices.ContainsFunc(p.queued, func(q pipeStmt) bool { return q.dest != nil }) {
+		if err := p.flush(tx); err != nil {
+			return err
+		}
+	}
 	br, err := p.send(tx, "COMMIT", nil)
 	if err != nil {
 		return err
@@ -138,6 +159,9 @@ func (p *pgPipe) finish() bool {
 	}
 	if p.c.PgConn().TxStatus() == 'I' {
 		return true
+	}
+	if p.s != nil && p.read {
+		p.s.pgReadTrips.Add(1)
 	}
 	_, err := p.c.Exec(p.ctx, "ROLLBACK")
 	return err == nil && p.c.PgConn().TxStatus() == 'I'

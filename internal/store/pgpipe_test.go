@@ -75,6 +75,62 @@ func TestExecLater(t *testing.T) {
 	})
 }
 
+// TestQueryRowLater: a queued row's columns are in its destination once
+// the write's next statement has run (or, for the last, once it has
+// committed); no row fails the write with ErrNotFound under the
+// statement's description.
+func TestQueryRowLater(t *testing.T) {
+	engines(t, func(t *testing.T, d testDB) {
+		s := d.open(t)
+		ctx := t.Context()
+		var first, last string
+		err := s.Write(ctx, func(tx *Tx) error {
+			if err := tx.QueryRowLater("insert a1", `INSERT INTO accounts (id, created_ms) VALUES (?, ?) RETURNING id`, []any{"a1", 1}, &first); err != nil {
+				return err
+			}
+			var n int64
+			if err := tx.QueryRow(`SELECT COUNT(*) FROM accounts`).Scan(&n); err != nil {
+				return err
+			}
+			if n != 1 || first != "a1" {
+				t.Errorf("after the next query: %d accounts, first %q; want 1 and a1", n, first)
+			}
+			if err := tx.QueryRowLater("insert a2", `INSERT INTO accounts (id, created_ms) VALUES (?, ?) RETURNING id`, []any{"a2", 2}, &last); err != nil {
+				return err
+			}
+			tx.AfterCommit(func() {
+				if last != "a2" {
+					t.Errorf("after the commit: last %q, want a2", last)
+				}
+			})
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if last != "a2" {
+			t.Fatalf("last %q after the write, want a2", last)
+		}
+		// No row: the write fails, named, and nothing of it stays.
+		var none string
+		err = s.Write(ctx, func(tx *Tx) error {
+			if err := tx.ExecLater("insert a3", `INSERT INTO accounts (id, created_ms) VALUES (?, ?)`, "a3", 3); err != nil {
+				return err
+			}
+			return tx.QueryRowLater("insert a4 if a9", `INSERT INTO accounts (id, created_ms) SELECT ?, ? WHERE EXISTS (SELECT 1 FROM accounts WHERE id = 'a9') RETURNING id`, []any{"a4", 4}, &none)
+		})
+		if err == nil || !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "insert a4 if a9") {
+			t.Fatalf("a queued row that is not there: got %v, want ErrNotFound naming the statement", err)
+		}
+		if got := accountIDs(t, s); len(got) != 2 || got["a3"] {
+			t.Fatalf("after the failed write: %v, want a1 and a2 only", got)
+		}
+		if err := s.Write(ctx, func(tx *Tx) error { return tx.QueryRowLater("nothing", `SELECT 1`, nil) }); err == nil {
+			t.Fatal("QueryRowLater without a destination was taken")
+		}
+	})
+}
+
 // TestPipelinedRoundTrips counts PostgreSQL round trips: a write of two
 // queued statements and one query takes one trip for the BEGIN, the two
 // and the query, and one for the COMMIT; a read's BEGIN goes with its
@@ -105,5 +161,22 @@ func TestPipelinedRoundTrips(t *testing.T) {
 	}
 	if got := accountIDs(t, s); len(got) != 2 {
 		t.Fatalf("committed %v", got)
+	}
+	// A read of two queries: the BEGIN with the first, the second, the
+	// ROLLBACK.
+	before = s.Stats()
+	err = s.Read(ctx, func(tx *Tx) error {
+		var n int64
+		if err := tx.QueryRow(`SELECT COUNT(*) FROM accounts`).Scan(&n); err != nil {
+			return err
+		}
+		return tx.QueryRow(`SELECT COUNT(*) FROM accounts`).Scan(&n)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	after = s.Stats()
+	if reads, trips := after.PgReads-before.PgReads, after.PgReadRoundTrips-before.PgReadRoundTrips; reads != 1 || trips != 3 {
+		t.Fatalf("a read of two queries counted as %d reads of %d round trips, want 1 of 3", reads, trips)
 	}
 }

@@ -217,7 +217,8 @@ func (s *Store) attemptPostgres(ctx context.Context, fn func(*Tx) error) ([]func
 // readPostgres runs fn in a read-only transaction of one snapshot (as
 // SQLite's WAL gives), its BEGIN sent with its first query (pgpipe.go).
 func (s *Store) readPostgres(ctx context.Context, fn func(*Tx) error) error {
-	p := &pgPipe{ctx: ctx, queued: []pipeStmt{{what: "store: begin read", query: pgBeginRead}}}
+	s.pgReads.Add(1)
+	p := &pgPipe{s: s, read: true, ctx: ctx, queued: []pipeStmt{{what: "store: begin read", query: pgBeginRead}}}
 	return withPipe(s.read, p, func() error {
 		return runFn(fn, &Tx{ctx: ctx, qctx: ctx, pg: p, engine: Postgres})
 	})

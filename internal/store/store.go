@@ -112,8 +112,9 @@ type Store struct {
 	inflight sync.WaitGroup
 
 	pgCommitNo int64 // guarded by statsMu (PostgreSQL)
-	// PostgreSQL writes' statements and round trips (Stats).
-	pgStmts, pgTrips atomic.Int64
+	// PostgreSQL writes' statements and round trips, and reads and
+	// theirs (Stats).
+	pgStmts, pgTrips, pgReads, pgReadTrips atomic.Int64
 
 	statsMu sync.Mutex
 	stats   Stats
@@ -134,6 +135,9 @@ type Stats struct {
 	// Statements run by write functions and round trips they took to the
 	// database, BEGIN and COMMIT included (PostgreSQL; see pgpipe.go).
 	PgStatements, PgRoundTrips int64
+	// Read functions run, and the round trips they took, BEGIN and
+	// ROLLBACK included (PostgreSQL).
+	PgReads, PgReadRoundTrips int64
 }
 
 // Tx is a transaction handed to Write and Read functions. Queries use '?'
@@ -355,6 +359,28 @@ func (tx *Tx) ExecLater(what, query string, args ...any) error {
 		return nil
 	}
 	if _, err := tx.Exec(query, args...); err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	return nil
+}
+
+// QueryRowLater runs a statement that returns one row (an INSERT …
+// RETURNING) whose columns the write does not read until its next
+// statement: on PostgreSQL it is queued as ExecLater's statements are, and
+// dest is filled when it has run (by the time the write's next statement
+// returns, or its commit: an AfterCommit function may read it); on SQLite
+// it runs at once. No row is an error (ErrNotFound), and any error fails
+// the write, wrapped by what. It saves a round trip when a statement
+// follows it; one left for the commit is sent just before it (pgpipe.go).
+func (tx *Tx) QueryRowLater(what, query string, args []any, dest ...any) error {
+	if len(dest) == 0 {
+		return fmt.Errorf("%s: QueryRowLater without a destination", what)
+	}
+	if tx.pg != nil {
+		tx.pg.queued = append(tx.pg.queued, pipeStmt{what: what, query: tx.rebind(query), args: args, dest: dest})
+		return nil
+	}
+	if err := tx.QueryRow(query, args...).Scan(dest...); err != nil {
 		return fmt.Errorf("%s: %w", what, err)
 	}
 	return nil
@@ -632,6 +658,7 @@ func (s *Store) Stats() Stats {
 	st := s.stats
 	s.statsMu.Unlock()
 	st.PgStatements, st.PgRoundTrips = s.pgStmts.Load(), s.pgTrips.Load()
+	st.PgReads, st.PgReadRoundTrips = s.pgReads.Load(), s.pgReadTrips.Load()
 	if s.wstmts != nil {
 		s.wstmts.mu.Lock()
 		st.Statements = s.wstmts.runs
