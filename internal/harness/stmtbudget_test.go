@@ -45,8 +45,9 @@ func TestStatementBudget(t *testing.T) {
 // short paid flow may take, BEGIN and COMMIT included. Before the writes
 // were pipelined (store/pgpipe.go) every statement was one, and BEGIN and
 // COMMIT one each: 80 per flow; pipelined, 55; with each inbox append's
-// sequence taken in the append's own statement (relay.Append), 50.
-const roundTripBudget = 52
+// sequence taken in the append's own statement (relay.Append), 50; with
+// a transfer's common path one statement (ledger.Apply), 42.
+const roundTripBudget = 44
 
 // TestRoundTripBudget counts the statements and round trips of a paid
 // flow's writes on PostgreSQL, and fails when the round trips go over

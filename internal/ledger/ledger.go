@@ -170,6 +170,11 @@ func Apply(tx *store.Tx, nowMS int64, t Transfer) (applied bool, err error) {
 	if t.Debit.Currency != t.Currency || t.Credit.Currency != t.Currency {
 		return false, fmt.Errorf("%w: transfer %s in %s between %s and %s", ErrCurrencyMismatch, t.ID, t.Currency, t.Debit.ID, t.Credit.ID)
 	}
+	if tx.Engine() == store.Postgres && t.Credit.Kind != "" {
+		if applied, done, err := applyPostgres(tx, nowMS, t); done || err != nil {
+			return applied, err
+		}
+	}
 	// The common path is two conditional updates; only when one matches no
 	// row does Apply look closer (a new account, a currency mismatch, too
 	// little money, an overflow). The debit refuses to take a non-funding
@@ -227,6 +232,64 @@ func Apply(tx *store.Tx, nowMS int64, t Transfer) (applied bool, err error) {
 	if n == 1 {
 		return true, nil
 	}
+	return again(tx, t)
+}
+
+// pgTransfer is a transfer's common path on PostgreSQL in one statement,
+// one round trip: the debit as Apply's first update; the credit, only if
+// the debit was taken, as an upsert that opens a new account with the
+// amount (a session's escrow) or adds it to one of the transfer's currency
+// that it does not overflow; the transfer's row, only if the credit was
+// made and no transfer has its ID. It returns how many rows each of the
+// three changed. (Every part of the statement sees the same snapshot, and
+// the foreign keys are checked at its end, when the new account exists.)
+const pgTransfer = `WITH d AS (
+		UPDATE ledger_accounts SET balance = balance - $1
+		WHERE id = $2 AND currency = $3 AND (kind = 'funding' OR balance >= $1) AND balance >= $4
+		RETURNING 1),
+	c AS (
+		INSERT INTO ledger_accounts (id, kind, owner, currency, balance)
+		SELECT $5, $6, $7, $3, $1 FROM d
+		ON CONFLICT (id) DO UPDATE SET balance = ledger_accounts.balance + EXCLUDED.balance
+		WHERE ledger_accounts.currency = EXCLUDED.currency AND ledger_accounts.balance <= $8
+		RETURNING 1),
+	x AS (
+		INSERT INTO ledger_transfers (id, debit, credit, amount, currency, memo, created_ms)
+		SELECT $9, $2, $5, $1, $3, $10, $11 FROM c
+		ON CONFLICT (id) DO NOTHING
+		RETURNING 1)
+	SELECT (SELECT COUNT(*) FROM d), (SELECT COUNT(*) FROM c), (SELECT COUNT(*) FROM x)`
+
+// applyPostgres tries t's common path in one statement (pgTransfer). done
+// is false when the debit was not taken, so nothing changed: Apply's
+// general path then looks closer (a transfer recorded before, a new
+// funding account, too little money). t is checked as Apply checks it.
+func applyPostgres(tx *store.Tx, nowMS int64, t Transfer) (applied, done bool, err error) {
+	var d, c, x int64
+	if err := tx.QueryRow(pgTransfer, t.Amount, t.Debit.ID, t.Currency, math.MinInt64+t.Amount,
+		t.Credit.ID, t.Credit.Kind, t.Credit.Owner, math.MaxInt64-t.Amount, t.ID, t.Memo, nowMS).Scan(&d, &c, &x); err != nil {
+		return false, true, fmt.Errorf("ledger: transfer %s: %w", t.ID, err)
+	}
+	switch {
+	case d == 0:
+		return false, false, nil
+	case c == 0:
+		// The credit account holds another currency, or would overflow.
+		if err := ensure(tx, t.Credit); err != nil {
+			return false, true, err
+		}
+		return false, true, fmt.Errorf("ledger: transfer %s: balance of %s would overflow", t.ID, t.Credit.ID)
+	case x == 0:
+		applied, err := again(tx, t)
+		return applied, true, err
+	}
+	return true, true, nil
+}
+
+// again handles a transfer whose ID was recorded before, after its two
+// balances were moved: it puts them back and reports what the first
+// recorded.
+func again(tx *store.Tx, t Transfer) (applied bool, err error) {
 	for _, undo := range []struct {
 		id    string
 		delta int64
