@@ -61,9 +61,9 @@ func Append(tx *store.Tx, w Waker, nowMS int64, deviceID, sessionID string, env 
 	if tx.Engine() == store.Postgres {
 		// An unknown device leaves the seq NULL, which the database
 		// refuses: the write fails there, as NextSeq's would.
-		err = tx.QueryRowLater(what, `WITH s AS (UPDATE devices SET next_seq = next_seq + 1 WHERE id = ? RETURNING next_seq - 1 AS seq)
-			INSERT INTO inbox (device_id, seq, message_id, session_id, body, created_ms) VALUES (?, (SELECT seq FROM s), ?, ?, ?, ?) RETURNING seq`,
-			[]any{deviceID, deviceID, env.MessageId, sessionID, body, nowMS}, &seq)
+		err = account.WithNextSeq(tx, what, deviceID,
+			`INSERT INTO inbox (device_id, seq, message_id, session_id, body, created_ms) VALUES (?, (SELECT seq FROM s), ?, ?, ?, ?) RETURNING seq`,
+			[]any{deviceID, env.MessageId, sessionID, body, nowMS}, &seq)
 	} else {
 		if seq, err = account.NextSeq(tx, deviceID); err != nil {
 			return fmt.Errorf("relay: %w", err)
