@@ -171,14 +171,14 @@
     try {
       for (const start = Date.now(); ; ) {
         const r = await call("PaymentService", "FundByCard", { requestId: id, amountMinor: String(amount), currency: cur });
-        if (r.status === "PAY_STATUS_PAID") { $("fund-state").textContent = "Added " + money(amount, cur) + "."; break; }
+        // "Added" only beside the new balance, never beside the old one.
+        if (r.status === "PAY_STATUS_PAID") { await balance(); $("fund-state").textContent = "Added " + money(amount, cur) + "."; break; }
         if (r.status === "PAY_STATUS_FAILED") throw new Error("The card payment did not go through: " + (r.failure || "no reason given"));
         if (Date.now() - start > CARD_PATIENCE) throw new Error("The card platform has not confirmed the payment in two minutes; your wallet is credited when it does. Reload later to see it.");
         await new Promise((ok) => setTimeout(ok, 1000));
       }
     } catch (e) { $("fund-state").textContent = ""; throw e; }
     finally { $("fund-card").disabled = false; }
-    await balance();
   }
   const CARD_PATIENCE = 120000;
   // The "Pay by card" choice shows when the server takes cards and this
