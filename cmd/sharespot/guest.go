@@ -68,6 +68,9 @@ func newClient(server string, key ed25519.PrivateKey, opts client.Options) (*cli
 		return nil, err
 	}
 	opts.ServerURLs = urls[1:]
+	if opts.AckWithin == 0 {
+		opts.AckWithin = client.AckWindow
+	}
 	return client.New(urls[0], key, opts), nil
 }
 

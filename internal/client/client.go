@@ -44,6 +44,12 @@ type Options struct {
 	// a stream fails or cannot be opened, nil when one is open again after
 	// a failure; server is the URL in use then.
 	StreamStatus func(server string, err error)
+	// AckWithin, if positive, lets Receive acknowledge the inbox messages
+	// handled within this window with one call, sent when it ends (and
+	// when Receive returns), instead of one call per delivery. The
+	// messages wait that long more in the server's inbox; nothing is
+	// delivered twice to a Receive that goes on (see inboxAcks).
+	AckWithin time.Duration
 }
 
 // Client talks to one server as one device.
@@ -54,6 +60,8 @@ type Client struct {
 	hc     *http.Client
 	fo     *failover // nil with one server
 	status func(server string, err error)
+	// ackWithin is Options.AckWithin.
+	ackWithin time.Duration
 
 	mu        sync.Mutex
 	token     string
@@ -92,7 +100,7 @@ func New(baseURL string, key ed25519.PrivateKey, opts Options) *Client {
 		hc = NewHTTPClient()
 	}
 	base := strings.TrimRight(baseURL, "/")
-	c := &Client{key: key, name: opts.DeviceName, base: base, status: opts.StreamStatus,
+	c := &Client{key: key, name: opts.DeviceName, base: base, status: opts.StreamStatus, ackWithin: opts.AckWithin,
 		deviceID: deviceid.FromPublicKey(key.Public().(ed25519.PublicKey)).String()}
 	if len(opts.ServerURLs) > 0 {
 		hc = withFailover(hc, append([]string{base}, opts.ServerURLs...))
@@ -247,15 +255,18 @@ type Handler func(ctx context.Context, env *sharespotv1.Envelope) error
 // Receive streams the device's inbox to h, in order, each message once:
 // messages at or below after (the highest sequence the caller has already
 // processed and persisted) are skipped, each handled message is then
-// acknowledged, and the stream reconnects with backoff when the server or
+// acknowledged (at once, or with the others of Options.AckWithin's window,
+// and before Receive returns), and the stream reconnects with backoff when the server or
 // network fails. It returns when ctx ends or h fails. done, if not nil,
 // is told each processed sequence, for the caller to persist.
 func (c *Client) Receive(ctx context.Context, after uint64, h Handler, done func(seq uint64)) error {
 	backoff := 100 * time.Millisecond
 	down := false
+	acks := newInboxAcks(ctx, c, c.ackWithin)
+	defer acks.stop()
 	for {
 		on := c.Server() // where this stream goes (failover may move on after)
-		err := c.receiveOnce(ctx, &after, h, done, &down)
+		err := c.receiveOnce(ctx, &after, h, done, &down, acks)
 		var hErr handlerError
 		if errors.As(err, &hErr) {
 			return hErr.err
@@ -306,7 +317,7 @@ type handlerError struct{ err error }
 
 func (e handlerError) Error() string { return e.err.Error() }
 
-func (c *Client) receiveOnce(ctx context.Context, after *uint64, h Handler, done func(uint64), down *bool) error {
+func (c *Client) receiveOnce(ctx context.Context, after *uint64, h Handler, done func(uint64), down *bool, acks *inboxAcks) error {
 	stream, err := c.Inbox.Subscribe(ctx, connect.NewRequest(&sharespotv1.SubscribeRequest{AfterSeq: *after}))
 	if err != nil {
 		return err
@@ -335,7 +346,7 @@ func (c *Client) receiveOnce(ctx context.Context, after *uint64, h Handler, done
 			}
 		}
 		if len(envs) > 0 {
-			if _, err := c.Inbox.Ack(ctx, connect.NewRequest(&sharespotv1.AckRequest{Seq: *after})); err != nil {
+			if err := acks.delivered(ctx, *after); err != nil {
 				return err
 			}
 		}

@@ -64,7 +64,7 @@ func NewDevice(url, name string, hc *http.Client) *client.Client {
 	if err != nil {
 		panic(fmt.Sprintf("loadgen: generate a device key: %v", err)) // crypto/rand never fails
 	}
-	return client.New(url, key, client.Options{HTTPClient: hc, DeviceName: name})
+	return client.New(url, key, client.Options{HTTPClient: hc, DeviceName: name, AckWithin: client.AckWindow})
 }
 
 // SignIn signs c in, trying again (up to ctx) when the answer is lost or
