@@ -307,14 +307,8 @@ func (ps *paymentService) Pay(ctx context.Context, req *connect.Request[sharespo
 	default:
 		return nil, problem.Invalidf("unknown payment method %d", req.Msg.Method)
 	}
-	sc, err := store.ReadT(ctx, ps.d.Store, func(tx *store.Tx) (session.SignedCharge, error) {
-		return ps.d.Engine.SignCharge(tx, p, req.Msg.QuoteId)
-	})
-	if err != nil {
-		return nil, err
-	}
 	return write(ctx, ps.services, func(tx *store.Tx) (*sharespotv1.PayResponse, error) {
-		r, err := ps.d.Engine.Pay(tx, p, sc)
+		r, err := ps.d.Engine.PayWallet(tx, p, req.Msg.QuoteId)
 		return &sharespotv1.PayResponse{Receipt: r, Status: sharespotv1.PayStatus_PAY_STATUS_PAID}, err
 	})
 }

@@ -422,6 +422,8 @@ func (e *Engine) SignChargeBy(tx *store.Tx, guest Party, quoteID, method string)
 // through the payment platform, which holds it in escrow and answers with
 // the signed payment-success response. A quote is paid at most once, and
 // only while the hotspot still has its volume, which the payment reserves.
+// Pay commits a charge SignChargeBy signed before (a card's, once Stripe
+// authorised it) if the quote is still open and unchanged.
 func (e *Engine) Pay(tx *store.Tx, guest Party, sc SignedCharge) (*sharespotv1.Receipt, error) {
 	now := e.nowMS()
 	c, q, s, err := e.payable(tx, guest, sc.c.QuoteID, now)
@@ -432,11 +434,35 @@ func (e *Engine) Pay(tx *store.Tx, guest Party, sc SignedCharge) (*sharespotv1.R
 	if !c.same(sc.c) {
 		return nil, problem.WrongStatef("quote %s changed while it was being paid; pay again", q.ID)
 	}
+	return e.charge(tx, now, c, q, s, sc.receiptID, sc.rc)
+}
+
+// PayWallet is Pay from the guest's wallet in one write: the charge is
+// planned, its payment-success response signed and the payment committed
+// together. Signing here costs the writer one Ed25519 signature; planning
+// in a read of its own first (SignCharge, then Pay) would read the quote,
+// the session and the host's account twice.
+func (e *Engine) PayWallet(tx *store.Tx, guest Party, quoteID string) (*sharespotv1.Receipt, error) {
+	now := e.nowMS()
+	c, q, s, err := e.payable(tx, guest, quoteID, now)
+	if err != nil {
+		return nil, err
+	}
+	id, rc, err := e.pay.Sign(now, c)
+	if err != nil {
+		return nil, fmt.Errorf("session: sign receipt: %w", err)
+	}
+	return e.charge(tx, now, c, q, s, id, rc)
+}
+
+// charge reserves the quote's volume on the hotspot, moves the fee into
+// escrow with its receipt and marks the quote paid.
+func (e *Engine) charge(tx *store.Tx, now int64, c Charge, q *quote, s *row, receiptID string, rc *sharespotv1.Receipt) (*sharespotv1.Receipt, error) {
 	if err := registry.Reserve(tx, s.HotspotID, q.Bytes); err != nil {
 		return nil, err
 	}
 	s.Reserved += q.Bytes
-	if err := e.pay.Charge(tx, now, c, sc.receiptID, sc.rc); err != nil {
+	if err := e.pay.Charge(tx, now, c, receiptID, rc); err != nil {
 		return nil, err
 	}
 	q.State = sharespotv1.QuoteState_QUOTE_STATE_PAID
@@ -450,7 +476,7 @@ func (e *Engine) Pay(tx *store.Tx, guest Party, sc SignedCharge) (*sharespotv1.R
 	if err := s.save(tx, now); err != nil {
 		return nil, err
 	}
-	return sc.rc, nil
+	return rc, nil
 }
 
 // payable checks that guest may pay quoteID now and returns the charge.
