@@ -244,23 +244,31 @@ func (s *sessionService) End(ctx context.Context, req *connect.Request[sharespot
 
 func (s *sessionService) Acknowledge(ctx context.Context, req *connect.Request[sharespotv1.AcknowledgeRequest]) (*connect.Response[sharespotv1.AcknowledgeResponse], error) {
 	p := partyFrom(ctx)
-	va, err := store.ReadT(ctx, s.d.Store, func(tx *store.Tx) (session.VerifiedAck, error) {
-		return s.d.Engine.VerifyAck(tx, p, req.Msg.Ack)
-	})
+	va, err := s.verifyAck(ctx, p, req.Msg.Ack)
 	if err != nil {
 		return nil, err
 	}
+	if va == nil {
+		return nil, problem.Invalidf("ack is missing")
+	}
 	return write(ctx, s.services, func(tx *store.Tx) (*sharespotv1.AcknowledgeResponse, error) {
-		n, err := s.d.Engine.Acknowledge(tx, p, va)
+		n, err := s.d.Engine.Acknowledge(tx, p, *va)
 		return &sharespotv1.AcknowledgeResponse{AckedBytes: n}, err
 	})
 }
 
 // verifyAck checks an acknowledgment a call carries (nil when it carries
-// none) outside the writer: the signature check costs the writer nothing.
+// none) outside the writer: the signature check costs the writer nothing,
+// and for a session whose parties the engine remembers it reads nothing.
 func (s *sessionService) verifyAck(ctx context.Context, p session.Party, ack *sharespotv1.UsageAck) (*session.VerifiedAck, error) {
 	if ack == nil {
 		return nil, nil
+	}
+	if va, known, err := s.d.Engine.VerifyKnownAck(p, ack); known {
+		if err != nil {
+			return nil, err
+		}
+		return &va, nil
 	}
 	va, err := store.ReadT(ctx, s.d.Store, func(tx *store.Tx) (session.VerifiedAck, error) {
 		return s.d.Engine.VerifyAck(tx, p, ack)

@@ -30,7 +30,8 @@ func (va VerifiedAck) Received() int64 { return va.ack.GetReceivedBytes() }
 // VerifyAck checks, in a read transaction, that an acknowledgment is signed
 // by the guest of its session with the device key the session holds; p is
 // the party presenting it (the guest, or the host attaching what its
-// gateway holds). Recording it is the write's part (takeAck).
+// gateway holds). Recording it is the write's part (takeAck). The engine
+// then remembers the session's parties (VerifyKnownAck).
 func (e *Engine) VerifyAck(tx *store.Tx, p Party, ack *sharespotv1.UsageAck) (VerifiedAck, error) {
 	if ack == nil {
 		return VerifiedAck{}, problem.Invalidf("ack is missing")
@@ -39,10 +40,35 @@ func (e *Engine) VerifyAck(tx *store.Tx, p Party, ack *sharespotv1.UsageAck) (Ve
 	if err != nil {
 		return VerifiedAck{}, err
 	}
-	if !s.verified() {
-		return VerifiedAck{}, problem.WrongStatef("session %s is unverified: the guest chose not to acknowledge, and the host's count is the bill", s.ID)
+	e.parties.put(s)
+	return checkAck(s.ID, s.Mode, s.GuestKey, ack)
+}
+
+// VerifyKnownAck is VerifyAck without a read, for a session whose parties
+// the engine remembers (they never change); known is false when it does
+// not, and VerifyAck must read them.
+func (e *Engine) VerifyKnownAck(p Party, ack *sharespotv1.UsageAck) (va VerifiedAck, known bool, err error) {
+	if ack == nil {
+		return VerifiedAck{}, true, problem.Invalidf("ack is missing")
 	}
-	if err := protocol.VerifyAck(s.GuestKey, ack.SessionId, ack.ReceivedBytes, ack.Signature); err != nil {
+	ps, ok := e.parties.get(ack.SessionId)
+	if !ok {
+		return VerifiedAck{}, false, nil
+	}
+	if p.DeviceID != ps.host && p.DeviceID != ps.guest {
+		return VerifiedAck{}, true, problem.NotFoundf("session %s not found", ack.SessionId) // as load says
+	}
+	va, err = checkAck(ack.SessionId, ps.mode, ps.guestKey, ack)
+	return va, true, err
+}
+
+// checkAck checks an acknowledgment of a session in mode against its
+// guest's device key.
+func checkAck(sessionID string, mode sharespotv1.UsageMode, guestKey []byte, ack *sharespotv1.UsageAck) (VerifiedAck, error) {
+	if mode != sharespotv1.UsageMode_USAGE_MODE_VERIFIED {
+		return VerifiedAck{}, problem.WrongStatef("session %s is unverified: the guest chose not to acknowledge, and the host's count is the bill", sessionID)
+	}
+	if err := protocol.VerifyAck(guestKey, ack.SessionId, ack.ReceivedBytes, ack.Signature); err != nil {
 		return VerifiedAck{}, problem.Deniedf("acknowledgment refused: %v", err)
 	}
 	return VerifiedAck{ack: ack}, nil

@@ -153,6 +153,8 @@ type Engine struct {
 	now   func() time.Time
 	cfg   Config
 	log   *slog.Logger
+	// parties remembers sessions' parties for VerifyKnownAck.
+	parties partiesMemo
 }
 
 // New returns an engine. cards settles the card payments (package card);
