@@ -252,6 +252,9 @@ func (e *Engine) RequestAccess(tx *store.Tx, guest Party, hotspotID string, byte
 	if err := s.insert(tx); err != nil {
 		return nil, err
 	}
+	// Its acknowledgments are checked without a read (VerifyKnownAck),
+	// once it exists.
+	tx.AfterCommit(func() { e.parties.put(s) })
 	if err := e.send(tx, s.Host, s.ID, &sharespotv1.Envelope{Body: &sharespotv1.Envelope_AccessRequested{AccessRequested: &sharespotv1.AccessRequested{
 		HotspotId: h.ID, GuestDeviceId: guest.DeviceID, Bytes: bytes, GuestKeys: keys, Tariff: s.Tariff.Proto(),
 		UsageMode: s.Mode, GuestDeviceKey: s.GuestKey,
