@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -101,6 +102,31 @@ func (n *NS) Sysctl(t testing.TB, key, value string) {
 	if err != nil {
 		t.Fatalf("netns: sysctl net.%s=%s in %s: %v", strings.ReplaceAll(key, "/", "."), value, n.Name, err)
 	}
+}
+
+// SendBufferMax is the most a TCP socket of the namespace may buffer to
+// send (the maximum of its net.ipv4.tcp_wmem, up to which the kernel
+// grows a socket's send buffer): what a sender can still write after its
+// peer stops receiving, none of it delivered.
+func (n *NS) SendBufferMax(t testing.TB) int64 {
+	t.Helper()
+	var max int64
+	err := n.Do(func() error {
+		b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_wmem")
+		if err != nil {
+			return err
+		}
+		f := strings.Fields(string(b))
+		if len(f) != 3 {
+			return fmt.Errorf("tcp_wmem is %q, want three numbers", b)
+		}
+		max, err = strconv.ParseInt(f[2], 10, 64)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("netns: send buffer maximum in %s: %v", n.Name, err)
+	}
+	return max
 }
 
 // Listen opens a listener inside the namespace.

@@ -315,8 +315,12 @@ func TestNamespaceSuite(t *testing.T) {
 			t.Fatalf("the download goes on after the revocation (%d bytes)", r.N())
 		}
 		settle(f.origin)
-		if d := f.origin.Sent() - sent; d > 4*mB {
-			t.Fatalf("the origin kept sending after the revocation: %d bytes", d)
+		// The origin's kernel takes its writes until the socket's send
+		// buffer is full, none of it delivered once the guest's packets
+		// are dropped (CI saw 63 of its 64 KiB writes, 4,128,768 bytes):
+		// more than that buffer and one write means traffic still flowed.
+		if d, most := f.origin.Sent()-sent, f.tp.Internet.SendBufferMax(t)+64<<10; d > most {
+			t.Fatalf("the origin kept sending after the revocation: %d bytes, more than its send buffer and one write (%d)", d, most)
 		}
 		if n, err := netns.Fetch(ctx, guestClient(g[1], 2*time.Second), f.base, 100*kB); err == nil {
 			t.Fatalf("a new fetch after the revocation got %d bytes", n)
