@@ -12,10 +12,11 @@ const partiesCap = 1 << 16
 
 // parties are the facts of a session that never change once it is
 // created: who hosts it, who is its guest with which device key, and
-// whether the guest acknowledges. An engine remembers them for the
-// sessions whose acknowledgments it checked, so that checking the next
-// one (each usage report, prompt, end and the guest's own copies carry
-// one) needs no read. Being immutable, they hold on every replica.
+// whether the guest acknowledges. An engine remembers them from a
+// request's commit, or from the first acknowledgment it checks by reading
+// them (another replica's session, or after a restart), so that checking
+// the next one (each usage report, prompt, end and the guest's own copies
+// carry one) needs no read. Being immutable, they hold on every replica.
 type parties struct {
 	host, guest string
 	guestKey    []byte
