@@ -78,6 +78,11 @@ func TestReadySQLite(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
+	// The server's writer may hold the lock for a moment (a background
+	// write): wait for it as the server's own connections do.
+	if _, err := conn.ExecContext(context.Background(), "PRAGMA busy_timeout = 10000"); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := conn.ExecContext(context.Background(), "BEGIN IMMEDIATE"); err != nil {
 		t.Fatal(err)
 	}
