@@ -132,6 +132,7 @@ func Handler(d Deps) http.Handler {
 		boundedGzip(MaxRequestBytes)}
 	rpc := http.NewServeMux()
 	s := &services{d: d}
+	s.pres.s = s
 	rpc.Handle(sharespotv1connect.NewAuthServiceHandler(&authService{s}, opts...))
 	rpc.Handle(sharespotv1connect.NewHotspotServiceHandler(&hotspotService{s}, opts...))
 	rpc.Handle(sharespotv1connect.NewDiscoveryServiceHandler(&discoveryService{s}, opts...))
@@ -157,8 +158,10 @@ type services struct {
 	d Deps
 	// dbAway is when (Unix ns) an inbox stream or a host's presence mark
 	// last found the database unavailable: a host's grace after its
-	// stream was cut starts over from the database's return (present).
+	// stream was cut starts over from the database's return (presence).
 	dbAway atomic.Int64
+	// pres marks the hosts with a stream open here present.
+	pres presence
 }
 
 // sawDBAway notes that err, if the database was unavailable, was seen now.

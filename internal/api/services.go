@@ -440,7 +440,7 @@ func (ib *inboxService) Subscribe(ctx context.Context, req *connect.Request[shar
 		sent, done = ib.d.Acks.Streaming(p.DeviceID)
 		defer done()
 	}
-	defer ib.present(ctx, p.DeviceID)()
+	defer ib.pres.open(ctx, p.DeviceID)()
 	// A message committed on this replica is handed to the stream by the
 	// hub (relay.Watch.Take) and sent without reading the inbox; a wake-up
 	// without it (another replica's commit), a gap, or the poll reads.
@@ -503,109 +503,6 @@ func (ib *inboxService) Subscribe(ctx context.Context, req *connect.Request[shar
 		case <-ctx.Done():
 			return nil
 		}
-	}
-}
-
-// present marks a host's hotspots as there while its agent's stream is
-// open: at once, then every third of HostAway; the returned stop marks
-// them gone, unless another stream marked them since. A device with no
-// active hotspot (a guest) costs one read per mark, no write.
-func (ib *inboxService) present(ctx context.Context, device string) (stop func()) {
-	away := ib.d.HostAway
-	if away <= 0 {
-		return func() {}
-	}
-	var last int64 // this stream's last mark; 0: none
-	// mark reports false when it could not find out or write (the
-	// database away): then it is tried again within a second, not a
-	// third of HostAway later. A stream opened, or kept, through a
-	// database outage must mark its host there as soon as the database is
-	// back: the grace of the stream it replaced runs out meanwhile, and
-	// its mark would make the host offline while it is connected.
-	mark := func() bool {
-		hosting, err := store.ReadT(ctx, ib.d.Store, func(tx *store.Tx) (bool, error) { return registry.Hosting(tx, device) })
-		if err != nil {
-			ib.sawDBAway(err)
-			return false
-		}
-		if !hosting {
-			return true
-		}
-		now := ib.nowMS()
-		n, err := store.WriteT(ctx, ib.d.Store, func(tx *store.Tx) (int64, error) { return registry.Seen(tx, device, now) })
-		if err != nil {
-			ib.sawDBAway(err)
-			if ctx.Err() == nil && !errors.Is(err, store.ErrUnavailable) {
-				ib.d.Log.Warn("cannot mark a host present", "device", device, "err", err)
-			}
-			return false
-		}
-		if n > 0 {
-			last = now
-		}
-		return true
-	}
-	every := max(away/3, time.Second)
-	next := func(ok bool) time.Duration {
-		if ok {
-			return every
-		}
-		return min(every, time.Second)
-	}
-	first := next(mark())
-	mctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		t := time.NewTimer(first)
-		defer t.Stop()
-		for {
-			select {
-			case <-mctx.Done():
-				return
-			case <-t.C:
-				t.Reset(next(mark()))
-			}
-		}
-	}()
-	return func() {
-		cancel()
-		<-done
-		if last == 0 {
-			return
-		}
-		// A stream that ends is not yet a host gone: a load balancer's
-		// reload or a replica's restart cuts every stream, and the host
-		// is back on another within moments, its new stream marking it
-		// again. So the mark is undone only after HostGoneGrace, and only
-		// if no later mark touched it. A host that stops says so at once
-		// (HotspotService.Leave). A grace in which the database was away
-		// starts over from its return: the host's new stream could not
-		// mark it meanwhile (it tries again every second), and the old
-		// stream's mark, still the last, would take the host offline
-		// while it is connected.
-		go func() {
-			grace := ib.d.HostGoneGrace
-			for wait := grace; ; {
-				time.Sleep(wait)
-				if since := time.Since(time.Unix(0, ib.dbAway.Load())); since < grace {
-					wait = grace - since
-					continue
-				}
-				gctx, gcancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-				err := ib.d.Store.Write(gctx, func(tx *store.Tx) error { return registry.Gone(tx, device, last) })
-				gcancel()
-				if errors.Is(err, store.ErrUnavailable) {
-					ib.sawDBAway(err)
-					wait = grace
-					continue
-				}
-				if err != nil && !errors.Is(err, store.ErrClosed) {
-					ib.d.Log.Warn("cannot mark a host gone", "device", device, "err", err)
-				}
-				return
-			}
-		}()
 	}
 }
 

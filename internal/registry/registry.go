@@ -346,6 +346,66 @@ func Seen(tx *store.Tx, hostDeviceID string, nowMS int64) (int64, error) {
 	return res.RowsAffected()
 }
 
+// presentChunk is how many devices one statement of HostingAmong or
+// SeenAll names. Every statement names exactly this many (the last
+// chunk repeats its last device), so each is one cached statement.
+const presentChunk = 128
+
+// chunks calls fn with deviceIDs presentChunk at a time, each chunk padded
+// to presentChunk with its last device.
+func chunks(deviceIDs []string, fn func(args []any) error) error {
+	args := make([]any, presentChunk)
+	for len(deviceIDs) > 0 {
+		n := min(len(deviceIDs), presentChunk)
+		for i := range args {
+			args[i] = deviceIDs[min(i, n-1)]
+		}
+		if err := fn(args); err != nil {
+			return err
+		}
+		deviceIDs = deviceIDs[n:]
+	}
+	return nil
+}
+
+var presentIn = "?" + strings.Repeat(", ?", presentChunk-1)
+
+// HostingAmong returns those of deviceIDs that have an active hotspot.
+func HostingAmong(tx *store.Tx, deviceIDs []string) ([]string, error) {
+	var out []string
+	err := chunks(deviceIDs, func(args []any) error {
+		rows, err := tx.Query(`SELECT DISTINCT host_device_id FROM hotspots WHERE active = 1 AND host_device_id IN (`+presentIn+`)`, args...)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var id string
+			if err := rows.Scan(&id); err != nil {
+				return err
+			}
+			out = append(out, id)
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("registry: which of %d devices host: %w", len(deviceIDs), err)
+	}
+	return out, nil
+}
+
+// SeenAll is Seen for many hosts at once.
+func SeenAll(tx *store.Tx, hostDeviceIDs []string, nowMS int64) error {
+	err := chunks(hostDeviceIDs, func(args []any) error {
+		_, err := tx.Exec(`UPDATE hotspots SET seen_ms = ?, online = 1 WHERE active = 1 AND host_device_id IN (`+presentIn+`)`, append([]any{nowMS}, args...)...)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("registry: mark %d hosts present: %w", len(hostDeviceIDs), err)
+	}
+	return nil
+}
+
 // Gone marks the hotspots of hostDeviceID offline when its agent's stream,
 // whose last mark was seenMS, closed: only those no later mark (another
 // stream, on this replica or another) has touched since.
