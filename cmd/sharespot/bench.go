@@ -453,6 +453,8 @@ func (c *BenchIdleCmd) Run(env *runEnv) error {
 		return err
 	}
 	defer r.stop()
+	metricsClient := loadgen.HTTPClientTLS(nil, r.tls)
+	defer metricsClient.CloseIdleConnections()
 	measure := func(phase string) (loadgen.IdleMem, error) {
 		var m loadgen.IdleMem
 		if r.pid == 0 {
@@ -468,6 +470,12 @@ func (c *BenchIdleCmd) Run(env *runEnv) error {
 			if st, ok := r.gc.Next(ctx, n, c.Wait); ok {
 				m.GC = &st
 				m.Proc, err = loadgen.ReadProcMem(r.pid)
+			}
+		}
+		if err == nil {
+			var gerr error
+			if m.Go, gerr = loadgen.ReadGoMem(ctx, metricsClient, r.url); gerr != nil {
+				fmt.Fprintln(env.stderr, "bench:", gerr)
 			}
 		}
 		return m, err

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -172,6 +173,56 @@ type IdleConfig struct {
 type IdleMem struct {
 	Proc ProcMem `json:"proc"`
 	GC   *GCStat `json:"gc,omitempty"`
+	Go   *GoMem  `json:"go,omitempty"`
+}
+
+// GoMem is what the server's Go runtime says of its memory (its /metrics).
+type GoMem struct {
+	// HeldMiB is what the runtime has from the system and has not
+	// returned (go_memstats_sys_bytes − go_memstats_heap_released_bytes):
+	// the Go part of the RSS, at most. The rest of the RSS is the
+	// binary's pages and memory outside Go's heap (SQLite's page caches).
+	HeldMiB      float64 `json:"held_mib"`
+	HeapInuseMiB float64 `json:"heap_inuse_mib"`
+	StacksMiB    float64 `json:"stacks_mib"`
+	NextGCMiB    float64 `json:"next_gc_mib"`
+}
+
+// ReadGoMem reads the Go runtime's memory from the server's /metrics.
+func ReadGoMem(ctx context.Context, hc *http.Client, baseURL string) (*GoMem, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(baseURL, "/")+"/metrics", nil)
+	if err != nil {
+		return nil, err
+	}
+	res, err := hc.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("loadgen: read the server's metrics: %w", err)
+	}
+	defer res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("loadgen: read the server's metrics: %s", res.Status)
+	}
+	v := map[string]float64{}
+	sc := bufio.NewScanner(res.Body)
+	for sc.Scan() {
+		name, val, ok := strings.Cut(sc.Text(), " ")
+		if !ok || !strings.HasPrefix(name, "go_memstats_") {
+			continue
+		}
+		if f, err := strconv.ParseFloat(val, 64); err == nil {
+			v[name] = f
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("loadgen: read the server's metrics: %w", err)
+	}
+	if _, ok := v["go_memstats_sys_bytes"]; !ok {
+		return nil, errors.New("loadgen: the server's metrics have no go_memstats_sys_bytes")
+	}
+	const mib = 1 << 20
+	return &GoMem{HeldMiB: (v["go_memstats_sys_bytes"] - v["go_memstats_heap_released_bytes"]) / mib,
+		HeapInuseMiB: v["go_memstats_heap_inuse_bytes"] / mib, StacksMiB: v["go_memstats_stack_inuse_bytes"] / mib,
+		NextGCMiB: v["go_memstats_next_gc_bytes"] / mib}, nil
 }
 
 // IdleReport is what an idle-streams run measured.
@@ -193,8 +244,11 @@ type IdleReport struct {
 	HeapPerStreamKiB float64 `json:"heap_per_stream_kib,omitempty"`
 	StackPerStreamKB float64 `json:"stacks_per_stream_kib,omitempty"`
 	RSSPerDeviceKiB  float64 `json:"rss_per_device_kib"`
-	StreamsPerGiB    float64 `json:"streams_per_gib"`
-	Limit            string  `json:"limited_by,omitempty"`
+	// GoHeldPerStreamKiB is the Go runtime's part of RSSPerStreamKiB
+	// (GoMem.HeldMiB); the rest is outside Go's heap.
+	GoHeldPerStreamKiB float64 `json:"go_held_per_stream_kib,omitempty"`
+	StreamsPerGiB      float64 `json:"streams_per_gib"`
+	Limit              string  `json:"limited_by,omitempty"`
 }
 
 // RunIdle signs in cfg.Streams devices, closes their connections, then
@@ -288,6 +342,9 @@ func RunIdle(ctx context.Context, cfg IdleConfig, empty IdleMem) (*IdleReport, e
 		rep.HeapPerStreamKiB = (open.GC.LiveMB - rep.SignedIn.GC.LiveMB) * 1024 / n
 		rep.StackPerStreamKB = (open.GC.StacksMB - rep.SignedIn.GC.StacksMB) * 1024 / n
 	}
+	if open.Go != nil && rep.SignedIn.Go != nil {
+		rep.GoHeldPerStreamKiB = (open.Go.HeldMiB - rep.SignedIn.Go.HeldMiB) * 1024 / n
+	}
 	if rep.RSSPerStreamKiB > 0 {
 		rep.StreamsPerGiB = 1024 * 1024 / rep.RSSPerStreamKiB
 	}
@@ -312,6 +369,9 @@ func (rep *IdleReport) WriteTable(w io.Writer) {
 		if m.GC != nil {
 			fmt.Fprintf(w, "  live heap %6.0f MB  stacks %5.0f MB (gc %d)", m.GC.LiveMB, m.GC.StacksMB, m.GC.Seq)
 		}
+		if m.Go != nil {
+			fmt.Fprintf(w, "  Go holds %7.1f MiB (heap in use %.1f, next GC at %.1f)", m.Go.HeldMiB, m.Go.HeapInuseMiB, m.Go.NextGCMiB)
+		}
 		fmt.Fprintln(w)
 	}
 	row("server, no devices", rep.Empty)
@@ -322,6 +382,10 @@ func (rep *IdleReport) WriteTable(w io.Writer) {
 		fmt.Fprintf(w, ", live heap %.1f KiB, goroutine stacks %.1f KiB", rep.HeapPerStreamKiB, rep.StackPerStreamKB)
 	}
 	fmt.Fprintf(w, "; per device incl. sign-in state: RSS %.1f KiB\n", rep.RSSPerDeviceKiB)
+	if rep.GoHeldPerStreamKiB != 0 {
+		fmt.Fprintf(w, "of the RSS per stream: Go's runtime %.1f KiB, the rest (SQLite's page caches, memory outside Go) %.1f KiB\n",
+			rep.GoHeldPerStreamKiB, rep.RSSPerStreamKiB-rep.GoHeldPerStreamKiB)
+	}
 	fmt.Fprintf(w, "streams per GiB (RSS): %.0f (goal ≥ 50,000, i.e. ≤ 20 KiB each)\n", rep.StreamsPerGiB)
 	if rep.Limit != "" {
 		fmt.Fprintf(w, "stopped early: %s\n", rep.Limit)

@@ -135,14 +135,19 @@ func TestRunRelay(t *testing.T) {
 // server. SHARESPOT_IDLE_STREAMS makes it hold more, and
 // SHARESPOT_IDLE_HEAPPROFILE=FILE writes a heap profile while they are
 // open (server and clients share the process: read it by function).
+// SHARESPOT_IDLE_MUX=1 multiplexes the streams over shared connections.
 func TestRunIdle(t *testing.T) {
 	k := 20
 	if v, err := strconv.Atoi(os.Getenv("SHARESPOT_IDLE_STREAMS")); err == nil && v > 0 {
 		k = v
 	}
+	if os.Getenv("SHARESPOT_IDLE_HEAPPROFILE") != "" {
+		defer func(r int) { runtime.MemProfileRate = r }(runtime.MemProfileRate)
+		runtime.MemProfileRate = 64 // every stream's allocations, not a sample
+	}
 	env := harness.Start(t, func(c *server.Config) { c.Limits = api.Limits{} })
 	phases := 0
-	rep, err := RunIdle(t.Context(), IdleConfig{URL: env.URL, Streams: k, Sources: 2, Measure: func(string) (IdleMem, error) {
+	rep, err := RunIdle(t.Context(), IdleConfig{URL: env.URL, Streams: k, Sources: 2, Mux: os.Getenv("SHARESPOT_IDLE_MUX") == "1", Measure: func(string) (IdleMem, error) {
 		phases++
 		if path := os.Getenv("SHARESPOT_IDLE_HEAPPROFILE"); path != "" && phases == 2 {
 			runtime.GC()
