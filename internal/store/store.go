@@ -100,6 +100,8 @@ type Store struct {
 	lastAway    atomic.Int64 // unix nanoseconds of the last call that found the database unavailable
 	commitNo    int64
 	writes      chan *writeReq
+	reads       chan *readReq  // to the reader goroutines (SQLite)
+	readers     sync.WaitGroup // the reader goroutines
 	stop        chan struct{}
 	done        chan struct{}
 
@@ -587,15 +589,90 @@ func (s *Store) Read(ctx context.Context, fn func(*Tx) error) error {
 	if s.engine == Postgres {
 		return s.away(s.readPostgres(ctx, fn))
 	}
+	return s.away(s.readSQLite(ctx, fn))
+}
+
+// sqliteReaders is how many goroutines run SQLite reads: one per read
+// connection.
+const sqliteReaders = 8
+
+// readReq is a read handed to a reader goroutine.
+type readReq struct {
+	ctx      context.Context
+	fn       func(*Tx) error
+	err      error
+	panicked any
+	done     chan struct{}
+}
+
+var readReqs = sync.Pool{New: func() any { return &readReq{done: make(chan struct{}, 1)} }}
+
+// readSQLite runs fn on one of the reader goroutines and waits for it.
+//
+// SQLite's library is C translated to Go, and a call into it needs a deep
+// stack: a goroutine that ran one keeps a stack of 16–32 KiB until
+// collections shrink it, one halving at a time. Reads run on a few
+// goroutines of their own, as writes run on the writer's, so the
+// goroutines that call them keep small stacks: an idle inbox stream,
+// which reads its inbox every poll interval, holds 4–8 KiB of stack, not
+// 16–32 KiB. (What fn panics with is panicked again here, on the caller's
+// goroutine, as if fn ran on it.)
+func (s *Store) readSQLite(ctx context.Context, fn func(*Tx) error) error {
+	req := readReqs.Get().(*readReq)
+	req.ctx, req.fn = ctx, fn
+	select {
+	case s.reads <- req:
+	case <-ctx.Done():
+		req.ctx, req.fn = nil, nil
+		readReqs.Put(req)
+		return ctx.Err()
+	case <-s.stop:
+		req.ctx, req.fn = nil, nil
+		readReqs.Put(req)
+		return ErrClosed
+	}
+	<-req.done
+	err, p := req.err, req.panicked
+	*req = readReq{done: req.done}
+	readReqs.Put(req)
+	if p != nil {
+		panic(p)
+	}
+	return err
+}
+
+// reader runs SQLite reads until the store closes.
+func (s *Store) reader() {
+	defer s.readers.Done()
+	for {
+		select {
+		case req := <-s.reads:
+			req.err, req.panicked = s.runRead(req.ctx, req.fn)
+			req.done <- struct{}{}
+		case <-s.stop:
+			return
+		}
+	}
+}
+
+func (s *Store) runRead(ctx context.Context, fn func(*Tx) error) (err error, panicked any) {
+	defer func() {
+		if p := recover(); p != nil {
+			panicked = p
+		}
+	}()
+	if err := ctx.Err(); err != nil {
+		return err, nil
+	}
 	// ReadOnly matters on SQLite too: without it the driver begins with
 	// the DSN's _txlock=immediate, taking the write lock for every read.
 	opts := &sql.TxOptions{ReadOnly: true}
 	sqlTx, err := s.read.BeginTx(ctx, opts)
 	if err != nil {
-		return s.away(fmt.Errorf("store: begin read: %w", translate(err)))
+		return fmt.Errorf("store: begin read: %w", translate(err)), nil
 	}
 	defer sqlTx.Rollback() //nolint:errcheck // read-only
-	return s.away(fn(&Tx{ctx: ctx, qctx: ctx, q: sqlTx, engine: s.engine, rtx: sqlTx, rstmts: s.rstmts}))
+	return fn(&Tx{ctx: ctx, qctx: ctx, q: sqlTx, engine: s.engine, rtx: sqlTx, rstmts: s.rstmts}), nil
 }
 
 // away classifies err (unavailable) and notes when the database was
@@ -697,6 +774,7 @@ func (s *Store) Close() error {
 		if s.stop != nil {
 			close(s.stop)
 			<-s.done
+			s.readers.Wait()
 		}
 		s.inflight.Wait()
 		s.wstmts.close()

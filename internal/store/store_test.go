@@ -293,7 +293,7 @@ func testMigrationsRefuseNewerSchema(t *testing.T, d testDB) {
 func TestPragmas(t *testing.T) {
 	s, _ := openTest(t)
 	// Every pragma of sqlitePragmas, whichever driver applies them, and
-	// query_only on the read connections only.
+	// query_only and the smaller cache on the read connections only.
 	want := map[string]string{
 		"journal_mode": "wal",
 		"synchronous":  "2", // FULL
@@ -305,6 +305,7 @@ func TestPragmas(t *testing.T) {
 	}
 	wantRead := maps.Clone(want)
 	wantRead["query_only"] = "1"
+	wantRead["cache_size"] = "-2048"
 	check := func(tx *Tx) (map[string]string, error) {
 		got := map[string]string{}
 		for name := range want {
