@@ -143,12 +143,14 @@ func NewMessageID() string { return protocol.NewID("msg") }
 // Hub wakes in-process streams, and hands them what was committed for
 // them. The zero value is not usable; use NewHub.
 type Hub struct {
-	mu      sync.Mutex
-	waiters map[string]map[*Watch]struct{}
+	mu sync.Mutex
+	// waiters are each device's watches: nearly always one (a device's
+	// stream), for a moment two (its stream cut and opened again).
+	waiters map[string][]*Watch
 }
 
 // NewHub returns an empty hub.
-func NewHub() *Hub { return &Hub{waiters: map[string]map[*Watch]struct{}{}} }
+func NewHub() *Hub { return &Hub{waiters: map[string][]*Watch{}} }
 
 var _ Hander = (*Hub)(nil)
 
@@ -218,7 +220,7 @@ func (w *Watch) signal() {
 func (h *Hub) Wake(deviceID string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	for w := range h.waiters[deviceID] {
+	for _, w := range h.waiters[deviceID] {
 		w.mu.Lock()
 		w.read, w.handed = true, nil
 		w.mu.Unlock()
@@ -231,7 +233,7 @@ func (h *Hub) Wake(deviceID string) {
 func (h *Hub) Hand(deviceID string, seq uint64, body []byte) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	for w := range h.waiters[deviceID] {
+	for _, w := range h.waiters[deviceID] {
 		w.mu.Lock()
 		switch {
 		case w.read:
@@ -252,18 +254,15 @@ func (h *Hub) Watch(deviceID string) (w *Watch, cancel func()) {
 	ch := make(chan struct{}, 1)
 	w = &Watch{C: ch, ch: ch}
 	h.mu.Lock()
-	m := h.waiters[deviceID]
-	if m == nil {
-		m = map[*Watch]struct{}{}
-		h.waiters[deviceID] = m
-	}
-	m[w] = struct{}{}
+	h.waiters[deviceID] = append(h.waiters[deviceID], w)
 	h.mu.Unlock()
 	return w, func() {
 		h.mu.Lock()
-		delete(h.waiters[deviceID], w)
-		if len(h.waiters[deviceID]) == 0 {
+		ws := slices.DeleteFunc(h.waiters[deviceID], func(x *Watch) bool { return x == w })
+		if len(ws) == 0 {
 			delete(h.waiters, deviceID)
+		} else {
+			h.waiters[deviceID] = ws
 		}
 		h.mu.Unlock()
 	}
@@ -274,8 +273,8 @@ func (h *Hub) Watching() int {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	n := 0
-	for _, m := range h.waiters {
-		n += len(m)
+	for _, ws := range h.waiters {
+		n += len(ws)
 	}
 	return n
 }
