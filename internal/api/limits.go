@@ -80,10 +80,23 @@ func (a *addressGuard) wrap(next http.Handler) http.Handler {
 			return
 		}
 		defer slots.release(key)
-		r = r.WithContext(r.Context()) // net/http keeps its own body in the original
+		r = OwnBody(r)
 		r.Body = http.MaxBytesReader(w, r.Body, MaxRequestBytes+bodySlack)
 		next.ServeHTTP(w, r)
 	})
+}
+
+// OwnBody returns a request whose Body a handler may replace: over
+// HTTP/1.x a shallow copy, because net/http must still find its own body
+// in the original (to see whether it was read to its end before it reads
+// the next request on the connection); over HTTP/2 the request itself,
+// whose server keeps the stream's body apart and never looks at
+// Request.Body again (a copy is ~250 bytes held for a stream's life).
+func OwnBody(r *http.Request) *http.Request {
+	if r.ProtoMajor == 2 {
+		return r
+	}
+	return r.WithContext(r.Context())
 }
 
 // refuse answers a call that is over a limit; the Retry-After header tells

@@ -5,6 +5,8 @@ import (
 	"io"
 	"net/http"
 	"time"
+
+	"github.com/sharespot/sharespot/internal/api"
 )
 
 // bodyDeadline gives every request d to deliver its body, counted from
@@ -22,11 +24,7 @@ func bodyDeadline(next http.Handler, d time.Duration) http.Handler {
 		if r.Body != nil && r.Body != http.NoBody {
 			rc := http.NewResponseController(w)
 			if err := rc.SetReadDeadline(time.Now().Add(d)); err == nil {
-				// A copy of the request: net/http must still find its own
-				// body in the original, to see that it was not read to its
-				// end and close the connection rather than parse the rest
-				// of the body as the next request.
-				r = r.WithContext(r.Context())
+				r = api.OwnBody(r)
 				r.Body = &deadlineBody{ReadCloser: r.Body, rc: rc}
 			}
 		}
