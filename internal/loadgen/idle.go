@@ -184,8 +184,10 @@ type GoMem struct {
 	// binary's pages and memory outside Go's heap (SQLite's page caches).
 	HeldMiB      float64 `json:"held_mib"`
 	HeapInuseMiB float64 `json:"heap_inuse_mib"`
-	StacksMiB    float64 `json:"stacks_mib"`
-	NextGCMiB    float64 `json:"next_gc_mib"`
+	// StacksMiB is the goroutines' stacks as allocated (the GC trace's
+	// "stacks" is the part in use).
+	StacksMiB float64 `json:"stacks_mib"`
+	NextGCMiB float64 `json:"next_gc_mib"`
 }
 
 // ReadGoMem reads the Go runtime's memory from the server's /metrics.
@@ -370,7 +372,7 @@ func (rep *IdleReport) WriteTable(w io.Writer) {
 			fmt.Fprintf(w, "  live heap %6.0f MB  stacks %5.0f MB (gc %d)", m.GC.LiveMB, m.GC.StacksMB, m.GC.Seq)
 		}
 		if m.Go != nil {
-			fmt.Fprintf(w, "  Go holds %7.1f MiB (heap in use %.1f, next GC at %.1f)", m.Go.HeldMiB, m.Go.HeapInuseMiB, m.Go.NextGCMiB)
+			fmt.Fprintf(w, "  Go holds %7.1f MiB (heap in use %.1f, next GC at %.1f; stacks %.1f)", m.Go.HeldMiB, m.Go.HeapInuseMiB, m.Go.NextGCMiB, m.Go.StacksMiB)
 		}
 		fmt.Fprintln(w)
 	}
