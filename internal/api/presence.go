@@ -136,13 +136,23 @@ func (pr *presence) markAll() (ok, idle bool) {
 		now := s.nowMS()
 		err = s.d.Store.Write(ctx, func(tx *store.Tx) error { return registry.SeenAll(tx, hosts, now) })
 		if err == nil {
+			var left []string
 			pr.mu.Lock()
 			for _, id := range hosts {
 				if d := pr.devices[id]; d != nil {
 					d.last = now
+				} else {
+					left = append(left, id)
 				}
 			}
 			pr.mu.Unlock()
+			// A device whose last stream ended while this mark was under
+			// way was marked after its end: the grace its end started
+			// checks the earlier mark and would leave it online until
+			// HostAway. Start one for this mark.
+			for _, id := range left {
+				pr.goneAfterGrace(id, now)
+			}
 		}
 	}
 	if err != nil {
@@ -212,6 +222,12 @@ func (pr *presence) close(device string, d *presentDevice) {
 	// starts over from its return: the host's new stream could not mark it
 	// meanwhile (it tries again every second), and the old stream's mark,
 	// still the last, would take the host offline while it is connected.
+	pr.goneAfterGrace(device, last)
+}
+
+// goneAfterGrace marks device's hotspots offline after the grace unless a
+// mark later than last touched them.
+func (pr *presence) goneAfterGrace(device string, last int64) {
 	s := pr.s
 	go func() {
 		grace := s.d.HostGoneGrace
