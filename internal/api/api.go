@@ -252,16 +252,40 @@ func (g *guard) WrapStreamingClient(next connect.StreamingClientFunc) connect.St
 }
 
 func (g *guard) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	// A stream's goroutine waits as long as the stream stays open, and
+	// keeps the stack it grew meanwhile: authentication, and connect's
+	// receiving (decoding, the HTTP/2 server's reads), run deep, so they
+	// run aside, and this closure, which stays on that stack, keeps its
+	// work in calls that return (see aside).
 	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
-		ctx, err := g.admit(ctx, conn.Spec().Procedure, conn.RequestHeader())
+		ctx, err := g.admitAside(ctx, conn)
 		if err != nil {
 			return err
 		}
-		if err := next(ctx, conn); err != nil {
-			return toConnect(g.log, conn.Spec().Procedure, err)
-		}
-		return nil
+		return g.streamEnded(conn, next(ctx, shallowConn{conn}))
 	}
+}
+
+func (g *guard) admitAside(ctx context.Context, conn connect.StreamingHandlerConn) (context.Context, error) {
+	var err error
+	aside(func() { ctx, err = g.admit(ctx, conn.Spec().Procedure, conn.RequestHeader()) })
+	return ctx, err
+}
+
+func (g *guard) streamEnded(conn connect.StreamingHandlerConn, err error) error {
+	if err != nil {
+		return toConnect(g.log, conn.Spec().Procedure, err)
+	}
+	return nil
+}
+
+// shallowConn receives on goroutines that end (see aside). A stream
+// handler sends aside itself (the inbox stream's step).
+type shallowConn struct{ connect.StreamingHandlerConn }
+
+func (c shallowConn) Receive(msg any) (err error) {
+	aside(func() { err = c.StreamingHandlerConn.Receive(msg) })
+	return err
 }
 
 // unavailableLogged is when a database outage was last logged.

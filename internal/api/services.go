@@ -422,88 +422,146 @@ const unavailableRetry = 200 * time.Millisecond
 const batch = 64
 
 func (ib *inboxService) Subscribe(ctx context.Context, req *connect.Request[sharespotv1.SubscribeRequest], stream *connect.ServerStream[sharespotv1.SubscribeResponse]) error {
-	p := partyFrom(ctx)
-	cursor := req.Msg.AfterSeq
-	poll := time.NewTimer(ib.pollInterval())
-	defer poll.Stop()
-	// Watch once, before the first read, for the stream's life: a message
-	// committed after a read signals the channel (which holds one signal,
-	// so wake-ups that arrive together are one), and the next read takes
-	// everything pending. A read that returned less than a full batch has
-	// drained the inbox as of its snapshot, so the stream waits next
-	// instead of reading again to find nothing: one read per delivery.
-	watch, cancel := ib.d.Hub.Watch(p.DeviceID)
-	defer cancel()
-	sent := func(uint64) {}
+	var sub *subscription
+	aside(func() { sub = ib.subscribe(ctx, partyFrom(ctx).DeviceID, req.Msg.AfterSeq, stream) })
+	defer sub.end()
+	return sub.run(ctx)
+}
+
+// A subscription is an open inbox stream's state. It lives on the heap,
+// and the stream's goroutine waits in run, a small frame, with the work in
+// calls that return: that goroutine lives as long as the stream, and its
+// stack keeps the largest size it ever grew to (see aside).
+type subscription struct {
+	ib     *inboxService
+	device string
+	stream *connect.ServerStream[sharespotv1.SubscribeResponse]
+	cursor uint64
+	poll   *time.Timer
+	watch  *relay.Watch
+	sent   func(seq uint64)
+	ends   [3]func()
+	// read says the next step reads the inbox; else it sends handed, the
+	// messages the hub handed over.
+	read   bool
+	handed []*sharespotv1.Envelope
+}
+
+// subscribe watches device's inbox for the stream's life, before the first
+// read: a message committed after a read signals the watch's channel
+// (which holds one signal, so wake-ups that arrive together are one), and
+// the next read takes everything pending. A read that returned less than a
+// full batch has drained the inbox as of its snapshot, so the stream waits
+// next instead of reading again to find nothing: one read per delivery.
+func (ib *inboxService) subscribe(ctx context.Context, device string, cursor uint64, stream *connect.ServerStream[sharespotv1.SubscribeResponse]) *subscription {
+	sub := &subscription{ib: ib, device: device, stream: stream, cursor: cursor, read: true, sent: func(uint64) {}}
+	sub.poll = time.NewTimer(ib.pollInterval())
+	sub.watch, sub.ends[0] = ib.d.Hub.Watch(device)
 	if ib.d.Acks != nil {
-		var done func()
-		sent, done = ib.d.Acks.Streaming(p.DeviceID)
-		defer done()
+		sub.sent, sub.ends[1] = ib.d.Acks.Streaming(device)
 	}
-	defer ib.pres.open(ctx, p.DeviceID)()
-	// A message committed on this replica is handed to the stream by the
-	// hub (relay.Watch.Take) and sent without reading the inbox; a wake-up
-	// without it (another replica's commit), a gap, or the poll reads.
-	read := true
-	var envs []*sharespotv1.Envelope
-	for first := true; ; first = false {
-		var err error
-		if read {
-			envs, err = store.ReadT(ctx, ib.d.Store, func(tx *store.Tx) ([]*sharespotv1.Envelope, error) {
-				return relay.Fetch(tx, p.DeviceID, cursor, batch)
-			})
+	sub.ends[2] = ib.pres.open(ctx, device)
+	return sub
+}
+
+// end undoes subscribe, last step first.
+func (sub *subscription) end() {
+	sub.poll.Stop()
+	for i := len(sub.ends) - 1; i >= 0; i-- {
+		if sub.ends[i] != nil {
+			sub.ends[i]()
 		}
-		ib.sawDBAway(err)
-		if err != nil && !first && errors.Is(err, store.ErrUnavailable) {
-			// The database is away: an open stream stays open and reads
-			// again shortly, so its messages flow within a moment of the
-			// database's return instead of after the client's reconnect
-			// backoff. A new stream is refused (unavailable, retry).
-			select {
-			case <-time.After(unavailableRetry):
-				continue
-			case <-ctx.Done():
+	}
+}
+
+// run sends what the inbox holds and waits for more, until the stream
+// ends. A message committed on this replica is handed to the stream by
+// the hub (relay.Watch.Take) and sent without reading the inbox; a wake-up
+// without it (another replica's commit), a gap, or the poll reads.
+func (sub *subscription) run(ctx context.Context) error {
+	for first := true; ; first = false {
+		var again, away bool
+		var err error
+		aside(func() { again, away, err = sub.step(ctx, first) })
+		switch {
+		case err != nil:
+			return err
+		case again:
+			continue
+		case away:
+			if !sub.pause(ctx) {
 				return nil
 			}
-		}
-		if err != nil {
-			return err
-		}
-		if len(envs) > 0 || first {
-			// The first response goes out at once, even empty, so the
-			// client knows it is subscribed. What it carries is marked
-			// sent first: the device may acknowledge it before Send
-			// returns, and an acknowledgment of a stored message can be
-			// held (relay.Acks) whether or not the send succeeds.
-			if len(envs) > 0 {
-				sent(envs[len(envs)-1].Seq)
-			}
-			if err := stream.Send(&sharespotv1.SubscribeResponse{Envelopes: envs}); err != nil {
-				return err
-			}
-			if ib.d.Metrics != nil {
-				now := ib.d.Now()
-				for _, e := range envs {
-					ib.d.Metrics.Delivered(int64(e.CreatedUnixMs), now)
-				}
-			}
-			if len(envs) > 0 {
-				cursor = envs[len(envs)-1].Seq
-			}
-			if read && len(envs) == batch {
-				continue // more may wait
-			}
+			continue
 		}
 		select {
-		case <-watch.C:
-			envs, read = watch.Take(cursor)
-		case <-poll.C:
-			poll.Reset(ib.pollInterval())
-			read = true
+		case <-sub.watch.C:
+			sub.handed, sub.read = sub.watch.Take(sub.cursor)
+		case <-sub.poll.C:
+			sub.poll.Reset(sub.ib.pollInterval())
+			sub.read = true
 		case <-ctx.Done():
 			return nil
 		}
 	}
+}
+
+// pause waits out a moment of a database outage: an open stream stays
+// open and reads again shortly, so its messages flow within a moment of
+// the database's return instead of after the client's reconnect backoff.
+// False when the stream ended meanwhile.
+func (sub *subscription) pause(ctx context.Context) bool {
+	select {
+	case <-time.After(unavailableRetry):
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// step reads the inbox if it must and sends what there is: again when a
+// full batch was read (more may wait), away when the database is
+// unavailable on a stream already open (a new stream is refused:
+// unavailable, retry).
+func (sub *subscription) step(ctx context.Context, first bool) (again, away bool, err error) {
+	envs := sub.handed
+	sub.handed = nil // not held while the stream waits
+	if sub.read {
+		envs, err = store.ReadT(ctx, sub.ib.d.Store, func(tx *store.Tx) ([]*sharespotv1.Envelope, error) {
+			return relay.Fetch(tx, sub.device, sub.cursor, batch)
+		})
+	}
+	sub.ib.sawDBAway(err)
+	if err != nil {
+		if !first && errors.Is(err, store.ErrUnavailable) {
+			return false, true, nil
+		}
+		return false, false, err
+	}
+	if len(envs) == 0 && !first {
+		return false, false, nil
+	}
+	// The first response goes out at once, even empty, so the client knows
+	// it is subscribed. What it carries is marked sent first: the device
+	// may acknowledge it before Send returns, and an acknowledgment of a
+	// stored message can be held (relay.Acks) whether or not the send
+	// succeeds.
+	if len(envs) > 0 {
+		sub.sent(envs[len(envs)-1].Seq)
+	}
+	if err := sub.stream.Send(&sharespotv1.SubscribeResponse{Envelopes: envs}); err != nil {
+		return false, false, err
+	}
+	if m := sub.ib.d.Metrics; m != nil {
+		now := sub.ib.d.Now()
+		for _, e := range envs {
+			m.Delivered(int64(e.CreatedUnixMs), now)
+		}
+	}
+	if len(envs) > 0 {
+		sub.cursor = envs[len(envs)-1].Seq
+	}
+	return sub.read && len(envs) == batch, false, nil
 }
 
 func (ib *inboxService) Ack(ctx context.Context, req *connect.Request[sharespotv1.AckRequest]) (*connect.Response[sharespotv1.AckResponse], error) {

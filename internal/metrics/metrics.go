@@ -187,17 +187,27 @@ func (i interceptor) WrapStreamingClient(next connect.StreamingClientFunc) conne
 }
 
 func (i interceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	// The closure stays on a stream's goroutine for the stream's life, so
+	// its work is in calls that return (a smaller frame: see
+	// api.aside).
 	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
-		start := time.Now()
-		i.m.streams.Inc()
-		err := next(ctx, conn)
-		i.m.streams.Dec()
-		if errors.Is(err, context.Canceled) {
-			err = nil // the client went away: the normal end of a stream
-		}
-		i.m.proc(conn.Spec().Procedure).done(start, err)
-		return err
+		start := i.m.streamOpened()
+		return i.m.streamEnded(conn, start, next(ctx, conn))
 	}
+}
+
+func (m *Server) streamOpened() time.Time {
+	m.streams.Inc()
+	return time.Now()
+}
+
+func (m *Server) streamEnded(conn connect.StreamingHandlerConn, start time.Time, err error) error {
+	m.streams.Dec()
+	if errors.Is(err, context.Canceled) {
+		err = nil // the client went away: the normal end of a stream
+	}
+	m.proc(conn.Spec().Procedure).done(start, err)
+	return err
 }
 
 type nopInterceptor struct{}
