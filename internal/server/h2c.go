@@ -3,6 +3,7 @@ package server
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"net"
 	"net/http"
@@ -212,4 +213,41 @@ func (r *replayConn) Read(p []byte) (int, error) {
 		return n, nil
 	}
 	return r.Conn.Read(p)
+}
+
+// serveTLSH2 serves HTTP/2 over TLS with golang.org/x/net/http2's Server,
+// as cleartext HTTP/2 is served, instead of net/http's copy of it, and
+// hands each request to hs.Handler itself.
+//
+// net/http calls an HTTP/2-over-TLS stream's handler through two wrappers
+// of its own (initALPNRequest and serverHandler), ~460 bytes deeper on the
+// stack of every stream's goroutine. An inbox stream's goroutine lives as
+// long as the stream, so that depth is what pushed an idle stream's stack
+// past 4 KiB over TLS and not over h2c (docs/benchmarks.md). The HTTP/2
+// server does what the wrappers do: it sets the request's TLS state, body
+// and remote address. The connection's base context is kept.
+func serveTLSH2(hs *http.Server) error {
+	if err := http2.ConfigureServer(hs, &http2.Server{IdleTimeout: hs.IdleTimeout}); err != nil {
+		return err
+	}
+	serve := hs.TLSNextProto[http2.NextProtoTLS]
+	hs.TLSNextProto[http2.NextProtoTLS] = func(srv *http.Server, c *tls.Conn, h http.Handler) {
+		serve(srv, c, direct{Handler: srv.Handler, conn: h})
+	}
+	return nil
+}
+
+// direct is the handler serveTLSH2 gives HTTP/2, with the base context of
+// net/http's connection handler (which x/net/http2 asks for by this
+// method).
+type direct struct {
+	http.Handler
+	conn http.Handler
+}
+
+func (d direct) BaseContext() context.Context {
+	if bc, ok := d.conn.(interface{ BaseContext() context.Context }); ok {
+		return bc.BaseContext()
+	}
+	return context.Background()
 }

@@ -172,3 +172,63 @@ func TestCleartextShutdownFinishesCalls(t *testing.T) {
 		t.Fatal("the listener still accepts after shutdown")
 	}
 }
+
+// TestTLSH2Direct: HTTP/2 over TLS reaches the handler directly (see
+// serveTLSH2) with what net/http's wrappers gave it: the TLS state, the
+// remote address, a body, and the connection's base context; HTTP/1.1
+// over TLS is still served.
+func TestTLSH2Direct(t *testing.T) {
+	certFile, keyFile, pool := selfSigned(t)
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type baseKey struct{}
+	type seen struct {
+		proto        int
+		tls, local   bool
+		remote, base string
+		body         string
+	}
+	got := make(chan seen, 1)
+	hs := &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			b, _ := io.ReadAll(r.Body)
+			base, _ := r.Context().Value(baseKey{}).(string)
+			got <- seen{proto: r.ProtoMajor, tls: r.TLS != nil && r.TLS.HandshakeComplete, local: r.Context().Value(http.LocalAddrContextKey) != nil,
+				remote: r.RemoteAddr, base: base, body: string(b)}
+		}),
+		BaseContext: func(net.Listener) context.Context { return context.WithValue(context.Background(), baseKey{}, "base") },
+		TLSConfig:   &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12},
+	}
+	if err := serveTLSH2(hs); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go hs.ServeTLS(ln, "", "")
+	defer hs.Close()
+
+	for _, h2 := range []bool{true, false} {
+		tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, ForceAttemptHTTP2: h2}
+		if !h2 {
+			tr.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{} // HTTP/1.1 only
+		}
+		res, err := (&http.Client{Transport: tr}).Post("https://"+ln.Addr().String()+"/", "text/plain", strings.NewReader("hello"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		s := <-got
+		want := 1
+		if h2 {
+			want = 2
+		}
+		if s.proto != want || !s.tls || !s.local || s.base != "base" || s.body != "hello" || !strings.HasPrefix(s.remote, "127.0.0.1:") {
+			t.Errorf("HTTP/2 %v: the handler saw %+v", h2, s)
+		}
+		tr.CloseIdleConnections()
+	}
+}

@@ -438,6 +438,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			return fmt.Errorf("server: load TLS certificate: %w", err)
 		}
 		hs.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		if err := serveTLSH2(hs); err != nil {
+			return fmt.Errorf("server: HTTP/2 over TLS: %w", err)
+		}
 	}
 	var plain *cleartext // cleartext HTTP/2 goes around net/http's h2c path
 	if hs.TLSConfig == nil {
