@@ -167,6 +167,10 @@ type IdleConfig struct {
 	Width int
 	// TLS, if set, is what the devices trust of an https:// server.
 	TLS *tls.Config
+	// Hold, if positive, keeps every stream open that much longer after
+	// the measurement and measures again: what the server spends
+	// (collections, CPU) to hold idle streams, under a memory limit too.
+	Hold time.Duration
 }
 
 // IdleMem is the server's memory at one point.
@@ -188,6 +192,10 @@ type GoMem struct {
 	// "stacks" is the part in use).
 	StacksMiB float64 `json:"stacks_mib"`
 	NextGCMiB float64 `json:"next_gc_mib"`
+	// GCs is how many collections the runtime has run, CPUSeconds the
+	// process's CPU time (user and system), both since it started.
+	GCs        float64 `json:"gcs"`
+	CPUSeconds float64 `json:"cpu_s"`
 }
 
 // ReadGoMem reads the Go runtime's memory from the server's /metrics.
@@ -208,7 +216,7 @@ func ReadGoMem(ctx context.Context, hc *http.Client, baseURL string) (*GoMem, er
 	sc := bufio.NewScanner(res.Body)
 	for sc.Scan() {
 		name, val, ok := strings.Cut(sc.Text(), " ")
-		if !ok || !strings.HasPrefix(name, "go_memstats_") {
+		if !ok || !strings.HasPrefix(name, "go_memstats_") && name != "go_gc_duration_seconds_count" && name != "process_cpu_seconds_total" {
 			continue
 		}
 		if f, err := strconv.ParseFloat(val, 64); err == nil {
@@ -224,7 +232,7 @@ func ReadGoMem(ctx context.Context, hc *http.Client, baseURL string) (*GoMem, er
 	const mib = 1 << 20
 	return &GoMem{HeldMiB: (v["go_memstats_sys_bytes"] - v["go_memstats_heap_released_bytes"]) / mib,
 		HeapInuseMiB: v["go_memstats_heap_inuse_bytes"] / mib, StacksMiB: v["go_memstats_stack_inuse_bytes"] / mib,
-		NextGCMiB: v["go_memstats_next_gc_bytes"] / mib}, nil
+		NextGCMiB: v["go_memstats_next_gc_bytes"] / mib, GCs: v["go_gc_duration_seconds_count"], CPUSeconds: v["process_cpu_seconds_total"]}, nil
 }
 
 // IdleReport is what an idle-streams run measured.
@@ -240,6 +248,10 @@ type IdleReport struct {
 	Empty          IdleMem `json:"server_before_devices"`
 	SignedIn       IdleMem `json:"server_after_signin"`
 	Open           IdleMem `json:"server_with_streams"`
+	// Held is the server after the streams were held open IdleConfig.Hold
+	// (HeldSeconds) more; nil without Hold.
+	Held        *IdleMem `json:"server_held,omitempty"`
+	HeldSeconds float64  `json:"held_s,omitempty"`
 	// Per stream: from signed in (connections closed) to every stream
 	// open; per device: from no devices at all.
 	RSSPerStreamKiB  float64 `json:"rss_per_stream_kib"`
@@ -350,6 +362,19 @@ func RunIdle(ctx context.Context, cfg IdleConfig, empty IdleMem) (*IdleReport, e
 	if rep.RSSPerStreamKiB > 0 {
 		rep.StreamsPerGiB = 1024 * 1024 / rep.RSSPerStreamKiB
 	}
+	if cfg.Hold > 0 {
+		t := time.Now()
+		select {
+		case <-time.After(cfg.Hold):
+		case <-ctx.Done():
+			return rep, ctx.Err()
+		}
+		held, herr := cfg.Measure(fmt.Sprintf("held %v", cfg.Hold))
+		if herr != nil {
+			return rep, herr
+		}
+		rep.Held, rep.HeldSeconds = &held, time.Since(t).Seconds()
+	}
 	for _, st := range streams {
 		if st != nil {
 			st.Close()
@@ -379,6 +404,9 @@ func (rep *IdleReport) WriteTable(w io.Writer) {
 	row("server, no devices", rep.Empty)
 	row("after sign-in", rep.SignedIn)
 	row("streams open", rep.Open)
+	if rep.Held != nil {
+		row(fmt.Sprintf("held %.0f s more", rep.HeldSeconds), *rep.Held)
+	}
 	fmt.Fprintf(w, "per stream: RSS %.1f KiB", rep.RSSPerStreamKiB)
 	if rep.HeapPerStreamKiB != 0 {
 		fmt.Fprintf(w, ", live heap %.1f KiB, goroutine stacks %.1f KiB", rep.HeapPerStreamKiB, rep.StackPerStreamKB)
@@ -389,6 +417,10 @@ func (rep *IdleReport) WriteTable(w io.Writer) {
 			rep.GoHeldPerStreamKiB, rep.RSSPerStreamKiB-rep.GoHeldPerStreamKiB)
 	}
 	fmt.Fprintf(w, "streams per GiB (RSS): %.0f (goal ≥ 50,000, i.e. ≤ 20 KiB each)\n", rep.StreamsPerGiB)
+	if h, o := rep.Held, rep.Open; h != nil && h.Go != nil && o.Go != nil {
+		fmt.Fprintf(w, "holding them %.0f s more cost the server %.0f collections and %.1f%% of a core (CPU time from its /metrics)\n",
+			rep.HeldSeconds, h.Go.GCs-o.Go.GCs, 100*(h.Go.CPUSeconds-o.Go.CPUSeconds)/rep.HeldSeconds)
+	}
 	if rep.Limit != "" {
 		fmt.Fprintf(w, "stopped early: %s\n", rep.Limit)
 	}
