@@ -2,6 +2,9 @@ package loadgen
 
 import (
 	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"runtime"
 	"runtime/pprof"
@@ -147,7 +150,7 @@ func TestRunIdle(t *testing.T) {
 	}
 	env := harness.Start(t, func(c *server.Config) { c.Limits = api.Limits{} })
 	phases := 0
-	rep, err := RunIdle(t.Context(), IdleConfig{URL: env.URL, Streams: k, Sources: 2, Mux: os.Getenv("SHARESPOT_IDLE_MUX") == "1", Measure: func(string) (IdleMem, error) {
+	rep, err := RunIdle(t.Context(), IdleConfig{URL: env.URL, Streams: k, Sources: 2, Mux: os.Getenv("SHARESPOT_IDLE_MUX") == "1", Hold: 50 * time.Millisecond, Measure: func(string) (IdleMem, error) {
 		phases++
 		if path := os.Getenv("SHARESPOT_IDLE_HEAPPROFILE"); path != "" && phases == 2 {
 			runtime.GC()
@@ -166,7 +169,38 @@ func TestRunIdle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rep.Opened != k || phases != 2 {
-		t.Errorf("opened %d of %d streams, measured %d times", rep.Opened, k, phases)
+	if rep.Opened != k || phases != 3 || rep.Held == nil || rep.HeldSeconds < 0.05 {
+		t.Errorf("opened %d of %d streams, measured %d times (want 3: signed in, open, held), held %v for %.3f s", rep.Opened, k, phases, rep.Held, rep.HeldSeconds)
+	}
+}
+
+// TestReadGoMem reads the figures bench idle reports from a /metrics page.
+func TestReadGoMem(t *testing.T) {
+	page := `# HELP go_gc_duration_seconds A summary of the wall-time pause (stop-the-world) duration in garbage collection cycles.
+go_gc_duration_seconds{quantile="0"} 1.2e-05
+go_gc_duration_seconds_sum 0.5
+go_gc_duration_seconds_count 42
+go_memstats_sys_bytes 3.145728e+07
+go_memstats_heap_released_bytes 1.048576e+07
+go_memstats_heap_inuse_bytes 8.388608e+06
+go_memstats_stack_inuse_bytes 2.097152e+06
+go_memstats_next_gc_bytes 1.2582912e+07
+process_cpu_seconds_total 7.25
+`
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/metrics" {
+			http.NotFound(w, r)
+			return
+		}
+		io.WriteString(w, page)
+	}))
+	defer srv.Close()
+	m, err := ReadGoMem(t.Context(), srv.Client(), srv.URL+"/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := GoMem{HeldMiB: 20, HeapInuseMiB: 8, StacksMiB: 2, NextGCMiB: 12, GCs: 42, CPUSeconds: 7.25}
+	if *m != want {
+		t.Errorf("read %+v, want %+v", *m, want)
 	}
 }
