@@ -37,6 +37,7 @@ import (
 
 	"github.com/sharespot/sharespot/internal/money"
 	"github.com/sharespot/sharespot/internal/problem"
+	"github.com/sharespot/sharespot/internal/protocol"
 	"github.com/sharespot/sharespot/internal/session"
 	"github.com/sharespot/sharespot/internal/size"
 	"github.com/sharespot/sharespot/internal/store"
@@ -103,12 +104,7 @@ func New(d Deps) (*Dashboard, error) {
 var funcs = template.FuncMap{
 	"money": money.Format,
 	"bytes": size.Format,
-	"short": func(id string) string {
-		if len(id) > 12 {
-			return id[:12] + "…"
-		}
-		return id
-	},
+	"short": func(id string) string { return protocol.ShortID(id, 8) },
 	// when is a time as the page shows it before its script puts it in
 	// the viewer's time zone (app.js, from the element's data-ms).
 	"when": func(ms int64) string { return time.UnixMilli(ms).UTC().Format("2006-01-02 15:04 UTC") },

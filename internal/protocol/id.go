@@ -6,17 +6,56 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"time"
 )
 
-var idEncoding = base32.StdEncoding.WithPadding(base32.NoPadding)
+// idAlphabet is the lower-case RFC 4648 base32 alphabet's characters in
+// ASCII order, so that IDs compare as their bits do. IDs made before it
+// used the same characters in the RFC's order; both are valid IDs.
+const idAlphabet = "234567abcdefghijklmnopqrstuvwxyz"
 
-// NewID returns prefix_ followed by 128 random bits in lower-case base32:
-// the form of every ID the server makes (sessions, quotes, hotspots,
-// messages) but device IDs (package deviceid).
+var idEncoding = base32.NewEncoding(idAlphabet).WithPadding(base32.NoPadding)
+
+// idLen is the length of an ID's part after prefix_: 128 bits in base32.
+const idLen = 26
+
+// NewID returns prefix_ followed by 128 bits in base32 (26 characters of
+// idAlphabet): the form of every ID the server makes (sessions, quotes,
+// hotspots, receipts, messages) but device IDs (package deviceid).
+//
+// The first 48 bits are the time in milliseconds and the other 80 random,
+// as a UUIDv7's (RFC 9562): IDs made in the same moment sort together, so
+// the rows a write inserts and the index entries keyed by them land on the
+// same few B-tree pages instead of one random page each, and a database
+// writes and caches fewer pages per commit (docs/benchmarks.md, "Eighth
+// step"). 80 random bits keep an ID unguessable; an ID tells whoever sees
+// it when it was made, which each party of a session knows anyway.
 func NewID(prefix string) string {
+	return newIDAt(prefix, time.Now())
+}
+
+func newIDAt(prefix string, t time.Time) string {
 	var b [16]byte
-	rand.Read(b[:])
-	return prefix + "_" + strings.ToLower(idEncoding.EncodeToString(b[:]))
+	ms := uint64(t.UnixMilli())
+	for i := range 6 {
+		b[i] = byte(ms >> (40 - 8*i))
+	}
+	rand.Read(b[6:])
+	return prefix + "_" + idEncoding.EncodeToString(b[:])
+}
+
+// ShortID abbreviates an ID for people to tell IDs apart at a glance: an ID
+// NewID made keeps its prefix and its last n characters (its first ones are
+// the time, the same for IDs made the same season); any other ID (a device's)
+// its first n+4 characters. The whole ID stays the reference.
+func ShortID(id string, n int) string {
+	if i := strings.LastIndexByte(id, '_'); i > 0 && len(id)-i-1 == idLen && n < idLen {
+		return id[:i+1] + "…" + id[len(id)-n:]
+	}
+	if len(id) > n+4 {
+		return id[:n+4] + "…"
+	}
+	return id
 }
 
 // NormalizeBSSID parses a BSSID and returns its canonical lower-case
