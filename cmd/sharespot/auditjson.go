@@ -36,6 +36,8 @@ type auditSessions struct {
 	Open            int64 `json:"open"`
 	Ended           int64 `json:"ended"`
 	EndedWithEscrow int64 `json:"ended_with_escrow"`
+	// EndedUnmarked: ended without their end time (0 when consistent).
+	EndedUnmarked int64 `json:"ended_without_end_time"`
 }
 
 type auditUsage struct {
@@ -65,7 +67,7 @@ type auditGuest struct {
 func auditOf(rep session.AuditReport) auditJSON {
 	a := rep.Ledger
 	out := auditJSON{OK: rep.OK(), Sums: []auditSum{}, Negative: append([]string{}, a.Negative...), Drift: append([]string{}, a.Drift...),
-		Sessions: auditSessions{rep.Open, rep.Ended, rep.HeldAfterEnd},
+		Sessions: auditSessions{rep.Open, rep.Ended, rep.HeldAfterEnd, rep.EndedUnmarked},
 		Usage:    auditUsage{Hosts: []auditHost{}, WithholdingGuests: []auditGuest{}}, RecordDrift: append([]string{}, rep.RecordDrift...)}
 	for cur, sum := range a.Sums {
 		out.Sums = append(out.Sums, auditSum{cur, sum})

@@ -90,8 +90,12 @@ func (c *WalletAuditCmd) Run(env *runEnv) error {
 	for _, d := range rep.RecordDrift {
 		fmt.Fprintln(env.stdout, "host records:", d)
 	}
+	if rep.EndedUnmarked > 0 {
+		fmt.Fprintf(env.stdout, "sessions: %d ended without their end time (a server of this release sets it when it starts)\n", rep.EndedUnmarked)
+	}
 	if !rep.OK() {
-		return fmt.Errorf("audit failed: negative %v, drift %v, ended sessions holding escrow %d, host records differing from their sessions %d", a.Negative, a.Drift, heldAfterEnd, len(rep.RecordDrift))
+		return fmt.Errorf("audit failed: negative %v, drift %v, ended sessions holding escrow %d, host records differing from their sessions %d, ended sessions without their end time %d",
+			a.Negative, a.Drift, heldAfterEnd, len(rep.RecordDrift), rep.EndedUnmarked)
 	}
 	fmt.Fprintln(env.stdout, "ledger consistent")
 	return nil

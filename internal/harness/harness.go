@@ -411,6 +411,15 @@ func Audit(ctx context.Context, st *store.Store) error {
 		if len(drift) > 0 {
 			return fmt.Errorf("host records differ from their sessions: %s", strings.Join(drift, "; "))
 		}
+		// A session has its end time exactly when it has ended: the
+		// indexes of unfinished sessions hold the rest (migration 0009).
+		if err := tx.QueryRow(`SELECT COUNT(*) FROM sessions WHERE (state = ? AND ended_ms = 0) OR (state <> ? AND ended_ms <> 0)`,
+			int32(sharespotv1.SessionState_SESSION_STATE_ENDED), int32(sharespotv1.SessionState_SESSION_STATE_ENDED)).Scan(&n); err != nil {
+			return err
+		}
+		if n > 0 {
+			return fmt.Errorf("%d sessions whose end time disagrees with their state", n)
+		}
 		// Fairness: every settled session billed by the rules.
 		return errors.Join(CheckFairness(tx, session.DefaultConfig().FeeBPS)...)
 	})

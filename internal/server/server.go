@@ -349,7 +349,8 @@ func (s *Server) openDashboard(ctx context.Context) (*dashboard.Dashboard, error
 }
 
 // repairHostRecords rebuilds the hosts' records that discovery shows when
-// they differ from the settled sessions: a replica of a release before
+// they differ from the settled sessions, and gives ended sessions their
+// end time when they lack it: a replica of a release before
 // schema 8 settles sessions without keeping them, so a rolling upgrade
 // leaves them short until a replica of this release starts after the
 // last old one stopped. Read first: a start with nothing to repair
@@ -365,6 +366,19 @@ func (s *Server) repairHostRecords(ctx context.Context) error {
 	if len(drift) > 0 {
 		s.log.Warn("the hosts' records shown in discovery differed from their settled sessions (settled by a replica of an earlier release after the upgrade?); rebuilt from the sessions",
 			"hosts", len(drift), "first", drift[0])
+	}
+	// The same for the sessions' end times: a replica of a release before
+	// schema 9 ends sessions without ended_ms.
+	unmarked, err := store.ReadT(ctx, s.st, session.CountEndedUnmarked)
+	if err == nil && unmarked > 0 {
+		err = s.st.Write(ctx, session.RepairEnded)
+	}
+	if err != nil {
+		return fmt.Errorf("server: sessions' end times: %w", err)
+	}
+	if unmarked > 0 {
+		s.log.Warn("sessions had ended without their end time (ended by a replica of an earlier release after the upgrade?); set from their last update",
+			"sessions", unmarked)
 	}
 	return nil
 }

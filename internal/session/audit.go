@@ -20,12 +20,16 @@ type AuditReport struct {
 	// RecordDrift names each host whose kept record (what discovery shows
 	// guests) differs from its settled verified sessions.
 	RecordDrift []string
+	// EndedUnmarked counts the ended sessions without their end time
+	// (ended_ms), which the indexes of unfinished sessions still hold.
+	EndedUnmarked int64
 }
 
 // OK reports whether the ledger is consistent, no ended session holds
-// money in escrow and every host's record matches its sessions.
+// money in escrow, every host's record matches its sessions and every
+// ended session has its end time.
 func (a AuditReport) OK() bool {
-	return a.Ledger.OK() && a.HeldAfterEnd == 0 && len(a.RecordDrift) == 0
+	return a.Ledger.OK() && a.HeldAfterEnd == 0 && len(a.RecordDrift) == 0 && a.EndedUnmarked == 0
 }
 
 // Audit runs the operator's audit in tx.
@@ -39,6 +43,9 @@ func Audit(tx *store.Tx) (AuditReport, error) {
 		return a, err
 	}
 	if a.RecordDrift, err = CheckHostRecords(tx); err != nil {
+		return a, err
+	}
+	if a.EndedUnmarked, err = CountEndedUnmarked(tx); err != nil {
 		return a, err
 	}
 	ended := int64(sharespotv1.SessionState_SESSION_STATE_ENDED)

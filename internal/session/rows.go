@@ -49,6 +49,11 @@ type row struct {
 	// added by RecordCardRefund and RecordDispute (card.go): read with
 	// the row, never saved by it.
 	CardRefunded, Disputed int64
+	// EndedMS is when the session ended, 0 while it is unfinished: set by
+	// the save that ends it and by no other (the indexes of a party's
+	// unfinished sessions key on it, so that transitions before the end
+	// leave them alone; migration 0009).
+	EndedMS int64
 
 	// counted is what the row adds to its host's record (host_records)
 	// as it is in the database: the save that changes it applies the
@@ -99,6 +104,11 @@ func (s *row) recount(tx *store.Tx) error {
 	return nil
 }
 
+// saveRow is a save's statement but for the end's ended_ms and its WHERE.
+const saveRow = `UPDATE sessions SET state = ?, reserved_bytes = ?, granted_bytes = ?, used_bytes = ?, pending_topup_bytes = ?,
+	suite = ?, deadline_ms = ?, end_reason = ?, settled_host_minor = ?, settled_fee_minor = ?, refunded_minor = ?, updated_ms = ?,
+	guest_acked_bytes = ?, credit_window_bytes = ?, host_count_bytes = ?, verified = ?, guest_held = ?, gateway_kind = ?, gateway_address = ?`
+
 const rowCols = `id, hotspot_id, host_device_id, guest_device_id, state, requested_bytes, reserved_bytes, granted_bytes,
 	used_bytes, pending_topup_bytes, currency, suite, guest_keys, deadline_ms, end_reason, settled_host_minor,
 	settled_fee_minor, refunded_minor, created_ms, updated_ms, guest_account_id, tariff_price_minor, tariff_topup_price_minor,
@@ -106,11 +116,14 @@ const rowCols = `id, hotspot_id, host_device_id, guest_device_id, state, request
 	usage_mode, guest_device_key, guest_held, gateway_kind, gateway_address`
 
 func (s *row) insert(tx *store.Tx) error {
-	err := tx.ExecLater("session: insert "+s.ID, `INSERT INTO sessions (`+rowCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+	if s.State == sharespotv1.SessionState_SESSION_STATE_ENDED && s.EndedMS == 0 {
+		s.EndedMS = max(s.UpdatedMS, 1)
+	}
+	err := tx.ExecLater("session: insert "+s.ID, `INSERT INTO sessions (`+rowCols+`, ended_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		s.ID, s.HotspotID, s.Host, s.Guest, int32(s.State), s.Requested, s.Reserved, s.Granted, s.Used, s.PendingTopUp,
 		s.Currency, s.Suite, s.GuestKeys, s.DeadlineMS, s.EndReason, s.SettledHost, s.SettledFee, s.Refunded, s.CreatedMS, s.UpdatedMS,
 		s.GuestAccount, s.Tariff.PriceMinor, s.Tariff.TopUpPriceMinor, s.Tariff.UnitBytes, s.Tariff.MinPurchase,
-		s.GuestAcked, s.Window, s.HostCount, flag(s.Verified), int32(s.Mode), s.GuestKey, flag(s.GuestHeld), s.GatewayKind, s.GatewayAddress)
+		s.GuestAcked, s.Window, s.HostCount, flag(s.Verified), int32(s.Mode), s.GuestKey, flag(s.GuestHeld), s.GatewayKind, s.GatewayAddress, s.EndedMS)
 	if err != nil {
 		return err
 	}
@@ -119,12 +132,16 @@ func (s *row) insert(tx *store.Tx) error {
 
 func (s *row) save(tx *store.Tx, nowMS int64) error {
 	s.UpdatedMS = nowMS
-	err := tx.ExecLater("session: save "+s.ID, `UPDATE sessions SET state = ?, reserved_bytes = ?, granted_bytes = ?, used_bytes = ?, pending_topup_bytes = ?,
-		suite = ?, deadline_ms = ?, end_reason = ?, settled_host_minor = ?, settled_fee_minor = ?, refunded_minor = ?, updated_ms = ?,
-		guest_acked_bytes = ?, credit_window_bytes = ?, host_count_bytes = ?, verified = ?, guest_held = ?, gateway_kind = ?, gateway_address = ?
-		WHERE id = ?`,
-		int32(s.State), s.Reserved, s.Granted, s.Used, s.PendingTopUp, s.Suite, s.DeadlineMS, s.EndReason,
-		s.SettledHost, s.SettledFee, s.Refunded, s.UpdatedMS, s.GuestAcked, s.Window, s.HostCount, flag(s.Verified), flag(s.GuestHeld), s.GatewayKind, s.GatewayAddress, s.ID)
+	args := []any{int32(s.State), s.Reserved, s.Granted, s.Used, s.PendingTopUp, s.Suite, s.DeadlineMS, s.EndReason,
+		s.SettledHost, s.SettledFee, s.Refunded, s.UpdatedMS, s.GuestAcked, s.Window, s.HostCount, flag(s.Verified), flag(s.GuestHeld), s.GatewayKind, s.GatewayAddress}
+	q := saveRow + ` WHERE id = ?`
+	if s.State == sharespotv1.SessionState_SESSION_STATE_ENDED && s.EndedMS == 0 {
+		// The end, and only the end, names ended_ms: SQLite rewrites an
+		// index whose key or condition has a column the UPDATE sets.
+		s.EndedMS = max(nowMS, 1)
+		q, args = saveRow+`, ended_ms = ? WHERE id = ?`, append(args, s.EndedMS)
+	}
+	err := tx.ExecLater("session: save "+s.ID, q, append(args, s.ID)...)
 	if err != nil {
 		return err
 	}
@@ -135,14 +152,14 @@ func loadRow(tx *store.Tx, id string) (*row, error) {
 	// Lock the row in a PostgreSQL write, so that a concurrent transition
 	// of the same session waits here (and is retried) rather than after
 	// doing its work; a read takes no lock.
-	q := `SELECT ` + rowCols + `, card_refunded_minor, disputed_minor FROM sessions WHERE id = ?` + tx.ForUpdate()
+	q := `SELECT ` + rowCols + `, card_refunded_minor, disputed_minor, ended_ms FROM sessions WHERE id = ?` + tx.ForUpdate()
 	s := new(row)
 	var state, verified, mode, held int32
 	err := tx.QueryRow(q, id).Scan(&s.ID, &s.HotspotID, &s.Host, &s.Guest, &state, &s.Requested, &s.Reserved, &s.Granted,
 		&s.Used, &s.PendingTopUp, &s.Currency, &s.Suite, &s.GuestKeys, &s.DeadlineMS, &s.EndReason, &s.SettledHost,
 		&s.SettledFee, &s.Refunded, &s.CreatedMS, &s.UpdatedMS, &s.GuestAccount, &s.Tariff.PriceMinor, &s.Tariff.TopUpPriceMinor,
 		&s.Tariff.UnitBytes, &s.Tariff.MinPurchase, &s.GuestAcked, &s.Window, &s.HostCount, &verified,
-		&mode, &s.GuestKey, &held, &s.GatewayKind, &s.GatewayAddress, &s.CardRefunded, &s.Disputed)
+		&mode, &s.GuestKey, &held, &s.GatewayKind, &s.GatewayAddress, &s.CardRefunded, &s.Disputed, &s.EndedMS)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, problem.NotFoundf("session %s not found", id)
 	}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strconv"
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/store"
@@ -18,19 +19,29 @@ func (e *Engine) Get(tx *store.Tx, p Party, sessionID string) (*sharespotv1.Sess
 	return e.render(tx, s, p)
 }
 
+// A party's sessions, newest first (%s the party's column), on the indexes
+// of migration 0009: all of them on (party, created_ms), the unfinished
+// ones on the partial index of those (countOpen says why the state's test
+// stays).
+var (
+	listAll  = `SELECT id FROM sessions WHERE %s = ? ORDER BY created_ms DESC LIMIT ?`
+	listOpen = `SELECT id FROM sessions WHERE %s = ? AND ended_ms = 0 AND state <> ` +
+		strconv.Itoa(int(sharespotv1.SessionState_SESSION_STATE_ENDED)) + ` ORDER BY created_ms DESC LIMIT ?`
+)
+
 // List returns p's sessions as host or guest, newest first; openOnly keeps
 // those not yet ended (ending ones included).
 func (e *Engine) List(tx *store.Tx, p Party, openOnly bool, limit int) ([]*sharespotv1.Session, error) {
 	if limit <= 0 || limit > 200 {
 		limit = 200
 	}
-	notState := int32(-1)
-	if openOnly {
-		notState = int32(sharespotv1.SessionState_SESSION_STATE_ENDED)
-	}
 	var ids []string
 	for _, col := range []string{"host_device_id", "guest_device_id"} {
-		rows, err := tx.Query(`SELECT id FROM sessions WHERE `+col+` = ? AND state <> ? ORDER BY created_ms DESC LIMIT ?`, p.DeviceID, notState, limit)
+		q := listAll
+		if openOnly {
+			q = listOpen
+		}
+		rows, err := tx.Query(fmt.Sprintf(q, col), p.DeviceID, limit)
 		if err != nil {
 			return nil, fmt.Errorf("session: list: %w", err)
 		}
@@ -228,6 +239,32 @@ func RebuildHostRecords(tx *store.Tx) error {
 		int32(sharespotv1.SessionState_SESSION_STATE_ENDED), int32(sharespotv1.UsageMode_USAGE_MODE_VERIFIED))
 	if err != nil {
 		return fmt.Errorf("session: rebuild host records: %w", err)
+	}
+	return nil
+}
+
+// endedUnmarked is a condition on sessions: ended without ended_ms, as a
+// replica of a release before schema 9 ends them during a rolling
+// upgrade. ended_ms = 0 lets the partial indexes of unfinished sessions
+// find them.
+var endedUnmarked = `ended_ms = 0 AND state = ` + strconv.Itoa(int(sharespotv1.SessionState_SESSION_STATE_ENDED))
+
+// CountEndedUnmarked counts the sessions that ended without ended_ms: the
+// audit's check, and the start's test of whether RepairEnded has work.
+func CountEndedUnmarked(tx *store.Tx) (int64, error) {
+	var n int64
+	if err := tx.QueryRow(`SELECT COUNT(*) FROM sessions WHERE ` + endedUnmarked).Scan(&n); err != nil {
+		return 0, fmt.Errorf("session: count ended sessions without their end time: %w", err)
+	}
+	return n, nil
+}
+
+// RepairEnded gives each session that ended without ended_ms its last
+// update's time, as migration 0009 did (server.Open calls it when
+// CountEndedUnmarked finds any).
+func RepairEnded(tx *store.Tx) error {
+	if _, err := tx.Exec(`UPDATE sessions SET ended_ms = CASE WHEN updated_ms > 0 THEN updated_ms ELSE 1 END WHERE ` + endedUnmarked); err != nil {
+		return fmt.Errorf("session: mark ended sessions: %w", err)
 	}
 	return nil
 }

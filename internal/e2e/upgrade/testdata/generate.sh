@@ -30,6 +30,7 @@ declare -A commit=(
 	[5]=0f87d607ad11bbce5e259f7be3cf22afd4d7d5f8 # ci: read haproxy -v whole (issues 20 and 21 landed)
 	[6]=e0372506a76c2aa270a78457f15dc341a619e16e # merge issue23 (0006 the newest; 0007 usage_samples came with issue 24)
 	[7]=8fb5a699d7d418b2c23f042442e4a3eacf934d9d # README: the claims table names the scripting and wording tests (0007 the newest; 0008 host_records came with issue 25)
+	[8]=74bfe51a0e5fbfc6a6f5048684d9661af8ec9f67 # protocol: IDs lead with their time (0008 the newest; 0009 session_indexes came with issue 25)
 )
 declare -A files=(
 	[1]="flow_test.go v1_test.go"
@@ -39,6 +40,7 @@ declare -A files=(
 	[5]="flow_test.go v2_test.go card_test.go before6_test.go"
 	[6]="flow_test.go v2_test.go card_test.go v6_test.go"
 	[7]="flow_test.go v2_test.go card_test.go v6_test.go"
+	[8]="flow_test.go v2_test.go card_test.go v6_test.go"
 )
 # From schema 5 on, the guest's flow lives in internal/guest (issue 20):
 # the files are written against client.Guest and moved over by sed.
