@@ -47,6 +47,8 @@ type loopOptions struct {
 	mock  *cardtest.Mock
 	gw    func(ctx context.Context) (gateway.Gateway, string)
 	allow func(netip.AddrPort) bool
+	// wrap, if set, stands between the page and the server.
+	wrap func(r *rig, next http.Handler) http.Handler
 }
 
 // newLoopRig is a rig on loopback: the server serving the guest page over
@@ -66,7 +68,11 @@ func newLoopRig(t *testing.T, o loopOptions) *rig {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan error, 1)
-	public := &http.Server{Handler: r.env.Srv.Handler(), TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}}, ReadHeaderTimeout: 10 * time.Second}
+	handler := r.env.Srv.Handler()
+	if o.wrap != nil {
+		handler = o.wrap(r, handler)
+	}
+	public := &http.Server{Handler: handler, TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}}, ReadHeaderTimeout: 10 * time.Second}
 	go func() { served <- public.ServeTLS(sln, "", "") }()
 	r.serverURL = "https://" + sln.Addr().String()
 
@@ -280,9 +286,10 @@ func TestBrowserCard(t *testing.T) {
 	r.env.MustAudit(t)
 }
 
-// hostLog is a debug log of the host's agent, printed if t fails: a
-// top-up whose grant never came (seen in TestBrowserWireGuard and
-// TestBrowserGuest, not yet diagnosed) shows what the agent did.
+// hostLog is a debug log of the host's agent, printed if t fails. (A
+// top-up seemingly never granted, in TestBrowserWireGuard and
+// TestBrowserGuest, was the page covering the grant with "waiting" when
+// Confirm's answer came after it: TestBrowserAnswerAfterInbox.)
 func hostLog(t *testing.T) *slog.Logger {
 	var mu sync.Mutex
 	var buf bytes.Buffer

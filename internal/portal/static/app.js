@@ -105,7 +105,7 @@
 
   // ---- state
   const st = { hotspot: null, session: null, quote: null, hpke: null, hostId: "", deviceId: "", admit: params.get("admit") || "", seq: 0, topUp: false, abort: null,
-    cards: false, cardFailed: {} };
+    cards: false, cardFailed: {}, grantedQuote: {} };
 
   async function signIn() {
     let kp = await get("device");
@@ -321,7 +321,11 @@
   }
   function payButtons(disabled) { $("pay-wallet").disabled = $("pay-card-btn").disabled = disabled; }
   async function confirm(receipt) {
+    const id = st.quote.id;
     await call("SessionService", "Confirm", { sessionId: st.session.id, receipt });
+    // The host's grant comes by the inbox and can be read before this
+    // answer: "waiting" never covers "Online" (or the end).
+    if (st.grantedQuote[id] || st.ended) return;
     say("Paid; waiting for the host's access code…");
     show("wait");
   }
@@ -414,6 +418,7 @@
   // HPKE key, in IndexedDB), so a reload, a new tab or a restarted browser
   // shows the same setup again.
   async function onGranted(g) {
+    st.grantedQuote[g.quoteId] = true;
     st.granted = Math.max(num(g.totalGrantedBytes), st.granted || 0);
     if (!st.admitted && g.sealedCode) {
       st.saved.grant = { gateway: g.gateway || null, sealedCode: g.sealedCode };
@@ -517,9 +522,11 @@
   async function topUp(ev) {
     ev.preventDefault(); clearError();
     const bytes = Math.round(num($("topup-amount").value) * 1e6);
+    const before = st.quote;
     await call("SessionService", "RequestTopUp", { sessionId: st.session.id, bytes: String(bytes) });
-    say("Top-up requested; waiting for the host's fee…");
     $("prompt").hidden = true;
+    // The fee can be read before this answer: then it is on screen.
+    if (st.quote === before && !st.ended) say("Top-up requested; waiting for the host's fee…");
   }
 
   // end ends the session, at any step: before the grant it settles at
