@@ -71,6 +71,17 @@ func New(mtu int, a netip.Addr, taker bool) (*Device, error) {
 	if err := s.SetTransportProtocolOption(tcp.ProtocolNumber, &sack); err != nil {
 		return nil, fmt.Errorf("netstack: SACK: %v", err)
 	}
+	// No RACK loss detection: after a cut at the quota (every packet
+	// dropped for a while, then a top-up) gVisor's RACK sender recovered
+	// two segments per probe timeout (200 ms), so a download stalled
+	// there crawled at ~13 KB/s for up to 90 s after the top-up. Without
+	// it the sender's next retransmission (backed off about as long as
+	// the cut lasted) restarts it at full speed. Loss under load is then
+	// found by duplicate ACKs and SACK (RFC 6675), as before RACK.
+	norack := tcpip.TCPRecovery(0)
+	if err := s.SetTransportProtocolOption(tcp.ProtocolNumber, &norack); err != nil {
+		return nil, fmt.Errorf("netstack: recovery: %v", err)
+	}
 	if err := s.CreateNIC(NIC, d.ep); err != nil {
 		return nil, fmt.Errorf("netstack: NIC: %v", err)
 	}

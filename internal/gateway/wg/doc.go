@@ -19,9 +19,10 @@
 // quota, threshold and early prompt, usage saved ahead of use, the credit
 // window of a verified session). A packet that does not fit is dropped,
 // as the kernel gateway's quota drops it; TCP resumes by itself after a
-// top-up. wireguard-go's cryptokey routing already drops a packet whose
-// inner source is not its peer's address, so a guest cannot spend
-// another's volume.
+// top-up, at full speed from its next retransmission (internal/gvnet).
+// wireguard-go's cryptokey routing already drops a packet whose inner
+// source is not its peer's address, so a guest cannot spend another's
+// volume.
 //
 // In the netstack, TCP and UDP to any destination are taken (promiscuous)
 // and forwarded from the host with the proxy's destination policy

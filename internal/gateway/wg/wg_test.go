@@ -265,6 +265,70 @@ func TestGateway(t *testing.T) {
 	}
 }
 
+// TestTopUpResumesAtOnce: a download stalled at the quota goes on at
+// full speed after the top-up. The gateway's TCP sender sent into the
+// cut (every packet dropped) and backed off; what follows the top-up is
+// one wait for its next retransmission, then the rest in a burst. With
+// gVisor's RACK loss detection it went on at two segments per 200 ms
+// probe timeout, for 7-90 s (measured): that shows here as dozens of
+// pauses between the packets the gateway sends.
+func TestTopUpResumesAtOnce(t *testing.T) {
+	r := newRig(t, nil)
+	const mb = 1_000_000
+	var (
+		mu     sync.Mutex
+		after  bool      // the top-up is made
+		last   time.Time // the last packet the gateway sent since
+		pauses []time.Duration
+	)
+	wg.Watch(r.gw, func(p []byte, fromPeer, passed bool) {
+		if fromPeer || !passed {
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if !after {
+			return
+		}
+		now := time.Now()
+		if gap := now.Sub(last); !last.IsZero() && gap > 150*time.Millisecond {
+			pauses = append(pauses, gap.Round(time.Millisecond))
+		}
+		last = now
+	})
+	tn := r.admit(t, gateway.Grant{SessionID: "ses_a", Quota: 3 * mb, Threshold: mb})
+	done := make(chan error, 1)
+	go func() { _, err := fetch(tn, r.origin, 4*mb, 5*time.Minute); done <- err }()
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(5 * time.Millisecond) {
+		used, quota, _ := r.gw.Usage("ses_a")
+		if quota-used < int64(tunnel.MTU) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the download never reached the cut: %d of %d", used, quota)
+		}
+	}
+	time.Sleep(time.Second) // the cut lasts; the sender backs off
+	mu.Lock()
+	after, last = true, time.Now()
+	mu.Unlock()
+	if err := r.gw.Extend(context.Background(), "ses_a", 5*mb); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("the download after the top-up: %v", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	// One pause for the backed-off retransmission; a busy machine may add
+	// a few. A crawl pauses every 200 ms until what was in flight at the
+	// cut is through.
+	if len(pauses) > 8 {
+		t.Fatalf("after the top-up the gateway paused %d times over 150 ms (%v): the download crawled", len(pauses), pauses)
+	}
+	t.Logf("pauses after the top-up: %v", pauses)
+}
+
 // awaitEvent returns the next event of kind k (others are skipped).
 func awaitEvent(t *testing.T, gw *wg.Gateway, k gateway.EventKind) gateway.Event {
 	t.Helper()
