@@ -62,7 +62,7 @@ func (r *rig) afterAnswer(late *answerLate, method string, n int32, section, sta
 	}
 	// The answer has been written; the page reads it in a task of its
 	// own, after the fetch's entry is complete.
-	r.waitFor("the "+method+" answer read", strconv.Quote(method)+` && performance.getEntriesByType("resource").filter(e => e.name.endsWith("/`+method+`")).length >= `+strconv.Itoa(int(late.count(method))))
+	r.waitFor("the "+method+" answer read", `performance.getEntriesByType("resource").filter(e => e.name.endsWith("/`+method+`")).length >= `+strconv.Itoa(int(late.count(method))))
 	r.run("a moment", chromedp.Sleep(300*time.Millisecond))
 	shown := eval[string](r, "section", `[...document.querySelectorAll("main > section")].filter(s => !s.hidden).map(s => s.id).join(",")`)
 	if said := r.text("status"); shown != section || said != status {
@@ -95,10 +95,10 @@ func (a *answerLate) wrap(r *rig, next http.Handler) http.Handler {
 		switch req.URL.Path {
 		case "/sharespot.v1.InboxService/Ack":
 			var m struct{ Seq string }
-			body := readBody(req, &m)
+			readBody(req, &m)
 			rec := httptest.NewRecorder()
 			next.ServeHTTP(rec, req)
-			if seq, err := strconv.ParseUint(m.Seq, 10, 64); err == nil && rec.Code == http.StatusOK && len(body) > 0 {
+			if seq, err := strconv.ParseUint(m.Seq, 10, 64); err == nil && rec.Code == http.StatusOK {
 				for old := a.acked.Load(); seq > old && !a.acked.CompareAndSwap(old, seq); old = a.acked.Load() {
 				}
 			}
@@ -189,11 +189,10 @@ func replied(s *sharespotv1.Session, confirm bool) bool {
 }
 
 // readBody reads req's JSON body into v and leaves it for the handler.
-func readBody(req *http.Request, v any) []byte {
+func readBody(req *http.Request, v any) {
 	body, _ := io.ReadAll(req.Body)
 	req.Body = io.NopCloser(bytes.NewReader(body))
 	_ = json.Unmarshal(body, v)
-	return body
 }
 
 func copyAnswer(w http.ResponseWriter, rec *httptest.ResponseRecorder) {
