@@ -54,6 +54,7 @@ type benchTarget struct {
 	CAFile           string        `name:"ca-file" type:"existingfile" help:"PEM certificates to trust, beside the system's roots, for a running server's https:// --server URL (its private CA)." placeholder:"FILE"`
 	ServerCPUProfile string        `name:"server-cpuprofile" help:"With --spawn: the spawned server writes a CPU profile of its whole run (the server alone) to FILE when it stops." placeholder:"FILE"`
 	Yardstick        time.Duration `default:"2s" help:"Before the run, measure this machine for this long without Sharespot (SQLite rows/s in transactions of 100, single-row commits/s, in the data directory) and report it beside the figures; 0 skips it."`
+	CallFloor        time.Duration `name:"call-floor" default:"2s" help:"Before the run, when the server is a process whose CPU the bench reads (--spawn, --pid): call its public PlatformKeys in closed loops for this long and report the server's CPU per bare call, and each figure's server CPU in bare calls; 0 skips it."`
 	Deployment       bool          `name:"deployment" help:"The server is a real deployment (required for a server the bench did not start): the bench's hosts and guests trade in the test currency XTS (ISO 4217's code for tests), so no real account's money moves, and after the run their hotspots are withdrawn and their wallets emptied."`
 
 	// limits: a spawned server keeps its default rate limits (the abuse
@@ -302,6 +303,7 @@ func (c *BenchFlowCmd) Run(env *runEnv) error {
 	if err != nil {
 		return err
 	}
+	floor := c.callFloor(ctx, env, r)
 	stopProfile := func() {}
 	if c.CPUProfile != "" {
 		if stopProfile, err = startCPUProfile(c.CPUProfile); err != nil {
@@ -316,7 +318,7 @@ func (c *BenchFlowCmd) Run(env *runEnv) error {
 	if err != nil {
 		fmt.Fprintln(env.stderr, "bench:", err)
 	}
-	rep.Transport, rep.Yardstick = r.transport, yard
+	rep.Transport, rep.Yardstick, rep.CallFloor = r.transport, yard, floor
 	if err := r.finish(ctx, env.stderr, fleet); err != nil {
 		fmt.Fprintln(env.stderr, "bench: cleaning up:", err)
 	}
@@ -373,6 +375,28 @@ func (t *benchTarget) yardstick(ctx context.Context, env *runEnv, r *running) (*
 	return &y, nil
 }
 
+// callFloorConns is how many connections measure the bare call: as many
+// as BenchmarkFlowProcess's workers, each a device of its own.
+const callFloorConns = 64
+
+// callFloor measures what a bare call costs the server (nil when skipped,
+// or when the server's CPU is not the bench's to read apart: a running
+// server without --pid, or one inside the bench). A failure is reported
+// and leaves the run without it: a deployment may limit the calls.
+func (t *benchTarget) callFloor(ctx context.Context, env *runEnv, r *running) *loadgen.CallFloor {
+	if t.CallFloor <= 0 || r.pid <= 0 || r.pid == os.Getpid() {
+		return nil
+	}
+	f, err := loadgen.MeasureCallFloor(ctx, r.url, r.tls, r.pid, callFloorConns, t.CallFloor)
+	if err != nil {
+		fmt.Fprintf(env.stderr, "bench: no bare-call yardstick: %v\n", err)
+		return nil
+	}
+	fmt.Fprintf(env.stderr, "bench: ")
+	f.WriteTable(env.stderr)
+	return &f
+}
+
 // BenchRelayCmd is `sharespot bench relay`.
 type BenchRelayCmd struct {
 	benchTarget
@@ -403,6 +427,7 @@ func (c *BenchRelayCmd) Run(env *runEnv) error {
 	if err != nil {
 		return err
 	}
+	floor := c.callFloor(ctx, env, r)
 	rep, err := fleet.RunRelay(ctx, loadgen.RelayConfig{Rate: c.Rate, Duration: c.Duration, Sessions: c.Sessions, ServerPID: r.pid})
 	if ferr := r.finish(ctx, env.stderr, fleet); ferr != nil {
 		fmt.Fprintln(env.stderr, "bench: cleaning up:", ferr)
@@ -410,7 +435,7 @@ func (c *BenchRelayCmd) Run(env *runEnv) error {
 	if rep == nil {
 		return err
 	}
-	rep.Transport, rep.Yardstick = r.transport, yard
+	rep.Transport, rep.Yardstick, rep.CallFloor = r.transport, yard, floor
 	if err != nil {
 		fmt.Fprintln(env.stderr, "bench:", err)
 	}

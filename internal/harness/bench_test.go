@@ -64,10 +64,16 @@ func BenchmarkFlow(b *testing.B) {
 // clients': server-cpu-ms/flow (goal ≤ 0.5 ms). Beside it, the machine's
 // yardstick measured in the same run (SQLite rows/s in transactions of
 // 100, single-row commits/s) and the flows' rate against it
-// (flows-per-batched-row, goal ≥ 0.018). SHARESPOT_TEST_DB=postgres runs
-// the server on PostgreSQL; SHARESPOT_BENCH_SERVER_CPUPROFILE=FILE has the
-// server write a CPU profile of itself alone; SHARESPOT_BENCH_BIN=PATH runs
-// that binary as the server instead of this tree's (a before/after pair).
+// (flows-per-batched-row, goal ≥ 0.018), and the server's CPU per bare
+// call (loadgen.MeasureCallFloor, before the flows, over as many
+// connections as workers) with the flow's CPU read in such calls
+// (flow-in-bare-calls: seven calls make a short flow), measured for
+// SHARESPOT_BENCH_CALL_FLOOR (default 2s; 0 skips it).
+// SHARESPOT_TEST_DB=postgres runs the server on PostgreSQL;
+// SHARESPOT_BENCH_SERVER_CPUPROFILE=FILE has the server write a CPU profile
+// of itself alone (its whole run: the bare calls too, unless skipped);
+// SHARESPOT_BENCH_BIN=PATH runs that binary as the server instead of this
+// tree's (a before/after pair).
 func BenchmarkFlowProcess(b *testing.B) {
 	ctx := context.Background()
 	bin := os.Getenv("SHARESPOT_BENCH_BIN") // another build's binary, to compare
@@ -103,9 +109,15 @@ func BenchmarkFlowProcess(b *testing.B) {
 		b.Fatal(err)
 	}
 	var meter *loadgen.CPUMeter
+	var floor loadgen.CallFloor
 	n, elapsed := runFlows(b, device, fund, func() {
 		if err := loadgen.DBFunder(dir, db)(ctx, accounts, "EUR", 1<<50); err != nil {
 			b.Fatal(err)
+		}
+		if d := floorDuration(b); d > 0 {
+			if floor, err = loadgen.MeasureCallFloor(ctx, proc.URL(), nil, proc.PID(), envInt("SHARESPOT_BENCH_WORKERS", 64), d); err != nil {
+				b.Fatal(err)
+			}
 		}
 		if meter, err = loadgen.StartCPU(proc.PID()); err != nil {
 			b.Fatal(err)
@@ -116,6 +128,10 @@ func BenchmarkFlowProcess(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.ReportMetric(cpu.ServerPerUnitMS, "server-cpu-ms/flow")
+	if floor.Calls > 0 {
+		b.ReportMetric(floor.ServerCPUPerCallUS, "bare-call-server-cpu-us")
+		b.ReportMetric(floor.InCalls(cpu.ServerPerUnitMS), "flow-in-bare-calls")
+	}
 	b.ReportMetric(cpu.BenchPerUnitMS, "client-cpu-ms/flow")
 	b.ReportMetric(cpu.ServerCores, "server-cores")
 	b.ReportMetric(yard.BatchedRowsPerS, "yard-batched-rows/s")
@@ -142,6 +158,20 @@ func BenchmarkFlowProcess(b *testing.B) {
 	if err := Audit(ctx, st); err != nil {
 		b.Fatal(err)
 	}
+}
+
+// floorDuration is how long BenchmarkFlowProcess measures the bare call:
+// SHARESPOT_BENCH_CALL_FLOOR, 2s by default, 0 for not at all.
+func floorDuration(b *testing.B) time.Duration {
+	v := os.Getenv("SHARESPOT_BENCH_CALL_FLOOR")
+	if v == "" {
+		return 2 * time.Second
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d < 0 {
+		b.Fatalf("SHARESPOT_BENCH_CALL_FLOOR=%q: want a duration such as 2s, or 0", v)
+	}
+	return d
 }
 
 // delayedDB returns db's URL through a netdelay proxy holding each chunk

@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"strings"
 	"testing"
 	"time"
 )
@@ -95,3 +96,21 @@ func TestReadProcCPUCountsAnotherProcess(t *testing.T) {
 }
 
 var spinSink int
+
+// TestCallFloorRefusesItsOwnProcess: a server inside the bench shares its
+// CPU account with the clients, so the bare call cannot be measured
+// apart; the floor says so rather than report the clients' CPU too.
+func TestCallFloorRefusesItsOwnProcess(t *testing.T) {
+	for _, pid := range []int{0, os.Getpid()} {
+		if _, err := MeasureCallFloor(t.Context(), "http://127.0.0.1:1", nil, pid, 1, time.Millisecond); err == nil || !strings.Contains(err.Error(), "not a process of its own") {
+			t.Errorf("pid %d: err %v, want a refusal", pid, err)
+		}
+	}
+	f := CallFloor{ServerCPUPerCallUS: 80}
+	if got := f.InCalls(0.56); got < 6.99 || got > 7.01 {
+		t.Errorf("0.56 ms at 80 µs a call: %v calls, want 7", got)
+	}
+	if got := (CallFloor{}).InCalls(1); got != 0 {
+		t.Errorf("no floor measured: %v calls, want 0", got)
+	}
+}

@@ -392,6 +392,9 @@ type LoadReport struct {
 	// start until the last flow's end, per completed flow.
 	CPU       *CPUReport `json:"cpu,omitempty"`
 	Yardstick *Yardstick `json:"yardstick,omitempty"`
+	// CallFloor is the server's CPU per bare call, measured before the
+	// run: CPU.ServerPerUnitMS read in calls is CallFloor.InCalls of it.
+	CallFloor *CallFloor `json:"call_floor,omitempty"`
 }
 
 // RunLoad offers flows at cfg.Rate for cfg.Duration, open loop: each flow
@@ -531,4 +534,5 @@ func (rep *LoadReport) WriteTable(w io.Writer) {
 	if rep.Yardstick != nil {
 		rep.Yardstick.WriteTable(w)
 	}
+	rep.CallFloor.writeAgainst(w, rep.CPU)
 }

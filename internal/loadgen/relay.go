@@ -58,6 +58,9 @@ type RelayReport struct {
 	// sent until the last delivered, per delivered message.
 	CPU       *CPUReport `json:"cpu,omitempty"`
 	Yardstick *Yardstick `json:"yardstick,omitempty"`
+	// CallFloor is the server's CPU per bare call, measured before the
+	// run: CPU.ServerPerUnitMS read in calls is CallFloor.InCalls of it.
+	CallFloor *CallFloor `json:"call_floor,omitempty"`
 }
 
 // RunRelay opens one active session per guest (guest i buys from host
@@ -232,4 +235,5 @@ func (rep *RelayReport) WriteTable(w io.Writer) {
 	if rep.Yardstick != nil {
 		rep.Yardstick.WriteTable(w)
 	}
+	rep.CallFloor.writeAgainst(w, rep.CPU)
 }
