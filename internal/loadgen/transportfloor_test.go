@@ -88,7 +88,9 @@ func serveFloor() {
 // alone cost the server per exchange of one small message each way, with
 // no Sharespot code: a unary call, and a message on a bidirectional
 // stream each connection holds open; with SHARESPOT_BENCH_BIN=PATH, that
-// build's bare call as well (MeasureCallFloor for about as long). The server is this test binary in a
+// build's bare call as well (MeasureCallFloor for about as long, 200 ms at
+// least: the benchmark's first run, of one exchange, would end before a
+// call). The server is this test binary in a
 // process of its own, its CPU read from /proc; SHARESPOT_BENCH_WORKERS
 // connections (default 64), one closed loop each. Set beside the real
 // server's bare call (MeasureCallFloor, reported by every spawned bench),
@@ -179,7 +181,7 @@ func BenchmarkTransportFloor(b *testing.B) {
 				b.Fatal(err)
 			}
 			defer proc.Stop(30 * time.Second)
-			f, err := MeasureCallFloor(ctx, proc.URL(), nil, proc.PID(), conns, time.Duration(b.N)*75*time.Microsecond)
+			f, err := MeasureCallFloor(ctx, proc.URL(), nil, proc.PID(), conns, max(200*time.Millisecond, time.Duration(b.N)*75*time.Microsecond))
 			if err != nil {
 				b.Fatal(err)
 			}
