@@ -318,7 +318,7 @@ func (c *BenchFlowCmd) Run(env *runEnv) error {
 	if err != nil {
 		fmt.Fprintln(env.stderr, "bench:", err)
 	}
-	rep.Transport, rep.Yardstick, rep.CallFloor = r.transport, yard, floor
+	rep.Transport, rep.Yardstick, rep.CallFloor = r.transport, yard, floor.Against(rep.CPU)
 	if err := r.finish(ctx, env.stderr, fleet); err != nil {
 		fmt.Fprintln(env.stderr, "bench: cleaning up:", err)
 	}
@@ -435,7 +435,7 @@ func (c *BenchRelayCmd) Run(env *runEnv) error {
 	if rep == nil {
 		return err
 	}
-	rep.Transport, rep.Yardstick, rep.CallFloor = r.transport, yard, floor
+	rep.Transport, rep.Yardstick, rep.CallFloor = r.transport, yard, floor.Against(rep.CPU)
 	if err != nil {
 		fmt.Fprintln(env.stderr, "bench:", err)
 	}

@@ -30,6 +30,23 @@ type CallFloor struct {
 	// ServerCPUPerCallUS is the server's user + system CPU per call, in µs.
 	ServerCPUPerCallUS float64 `json:"server_cpu_us_per_call"`
 	CallsPerS          float64 `json:"calls_per_s"`
+	// RunPerUnitInCalls is the run's server CPU per flow or message read
+	// in such calls (set by Against).
+	RunPerUnitInCalls float64 `json:"run_server_cpu_per_unit_in_calls,omitempty"`
+}
+
+// Against returns f with the run's server CPU per unit read in bare calls
+// (nil for a nil floor; unchanged when the run did not read the server's
+// CPU apart).
+func (f *CallFloor) Against(cpu *CPUReport) *CallFloor {
+	if f == nil {
+		return nil
+	}
+	g := *f
+	if cpu != nil && cpu.Separate && cpu.Units > 0 {
+		g.RunPerUnitInCalls = g.InCalls(cpu.ServerPerUnitMS)
+	}
+	return &g
 }
 
 // MeasureCallFloor calls the server at url (process pid, whose CPU it
@@ -99,8 +116,8 @@ func (f *CallFloor) writeAgainst(w io.Writer, cpu *CPUReport) {
 		return
 	}
 	f.WriteTable(w)
-	if cpu != nil && cpu.Separate && cpu.Units > 0 {
-		fmt.Fprintf(w, "server CPU per %s: %.1f bare calls\n", cpu.Unit, f.InCalls(cpu.ServerPerUnitMS))
+	if g := f.Against(cpu); g.RunPerUnitInCalls > 0 {
+		fmt.Fprintf(w, "server CPU per %s: %.1f bare calls\n", cpu.Unit, g.RunPerUnitInCalls)
 	}
 }
 

@@ -113,4 +113,15 @@ func TestCallFloorRefusesItsOwnProcess(t *testing.T) {
 	if got := (CallFloor{}).InCalls(1); got != 0 {
 		t.Errorf("no floor measured: %v calls, want 0", got)
 	}
+	run := &CPUReport{Separate: true, Units: 10, Unit: "flow", ServerPerUnitMS: 0.56}
+	if got := f.Against(run).RunPerUnitInCalls; got < 6.99 || got > 7.01 {
+		t.Errorf("a run at 0.56 ms a flow: %v calls, want 7", got)
+	}
+	together := &CPUReport{Together: true, Units: 10, Unit: "flow", ServerPerUnitMS: 0.56}
+	if got := f.Against(together).RunPerUnitInCalls; got != 0 {
+		t.Errorf("a run whose server CPU is mixed with the clients': %v calls, want none", got)
+	}
+	if (*CallFloor)(nil).Against(run) != nil {
+		t.Error("no floor: want none against a run")
+	}
 }
