@@ -21,7 +21,7 @@ import (
 // (no token, no database, a response of two keys) called in closed loops,
 // one per connection, through the server's whole HTTP/2 and Connect stack.
 // Every step of a flow is at least one such call, so a flow's server CPU
-// read in bare calls (FlowInCalls) is a figure a faster or slower machine
+// read in bare calls (InCalls) is a figure a faster or slower machine
 // leaves alone, and it shows how far a goal stands from what the transport
 // alone costs.
 type CallFloor struct {
@@ -59,7 +59,9 @@ func MeasureCallFloor(ctx context.Context, url string, tc *tls.Config, pid, conn
 	conns = max(conns, 1)
 	cls := make([]sharespotv1connect.PaymentServiceClient, conns)
 	for i := range cls {
-		cls[i] = sharespotv1connect.NewPaymentServiceClient(HTTPClientTLS(nil, tc), url)
+		hc := HTTPClientTLS(nil, tc)
+		defer hc.CloseIdleConnections() // not held open beside the run that follows
+		cls[i] = sharespotv1connect.NewPaymentServiceClient(hc, url)
 		// A first call opens the connection outside the measurement.
 		if _, err := cls[i].PlatformKeys(ctx, connect.NewRequest(&sharespotv1.PlatformKeysRequest{})); err != nil {
 			return CallFloor{}, fmt.Errorf("loadgen: call floor: %w", err)
