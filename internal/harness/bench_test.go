@@ -130,7 +130,7 @@ func BenchmarkFlowProcess(b *testing.B) {
 	b.ReportMetric(cpu.ServerPerUnitMS, "server-cpu-ms/flow")
 	if floor.Calls > 0 {
 		b.ReportMetric(floor.ServerCPUPerCallUS, "bare-call-server-cpu-us")
-		b.ReportMetric(floor.InCalls(cpu.ServerPerUnitMS), "flow-in-bare-calls")
+		b.ReportMetric(floor.Against(&cpu).RunPerUnitInCalls, "flow-in-bare-calls")
 	}
 	b.ReportMetric(cpu.BenchPerUnitMS, "client-cpu-ms/flow")
 	b.ReportMetric(cpu.ServerCores, "server-cores")

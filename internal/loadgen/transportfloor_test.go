@@ -90,9 +90,9 @@ func serveFloor() {
 // stream each connection holds open; with SHARESPOT_BENCH_BIN=PATH, that
 // build's bare call as well (MeasureCallFloor for about as long, 200 ms at
 // least: the benchmark's first run, of one exchange, would end before a
-// call). The server is this test binary in a
-// process of its own, its CPU read from /proc; SHARESPOT_BENCH_WORKERS
-// connections (default 64), one closed loop each. Set beside the real
+// call). The server is this test binary in a process of its own, its CPU
+// read from /proc; SHARESPOT_BENCH_WORKERS connections (default 64), one
+// closed loop each. Set beside the real
 // server's bare call (MeasureCallFloor, reported by every spawned bench),
 // it shows what Sharespot's own layers add to a call, and what a step
 // sent as a message on a held stream instead of a call would cost.
@@ -102,7 +102,7 @@ func BenchmarkTransportFloor(b *testing.B) {
 		b.Fatal(err)
 	}
 	cmd := exec.Command(exe)
-	cmd.Env = append(os.Environ(), floorServe+"=1", "GOMAXPROCS=")
+	cmd.Env = append(os.Environ(), floorServe+"=1")
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		b.Fatal(err)
