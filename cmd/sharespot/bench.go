@@ -55,6 +55,7 @@ type benchTarget struct {
 	ServerCPUProfile string        `name:"server-cpuprofile" help:"With --spawn: the spawned server writes a CPU profile of its whole run (the server alone) to FILE when it stops." placeholder:"FILE"`
 	Yardstick        time.Duration `default:"2s" help:"Before the run, measure this machine for this long without Sharespot (SQLite rows/s in transactions of 100, single-row commits/s, in the data directory) and report it beside the figures; 0 skips it."`
 	CallFloor        time.Duration `name:"call-floor" default:"2s" help:"Before the run, when the server is a process whose CPU the bench reads (--spawn, --pid): call its public PlatformKeys in closed loops for this long and report the server's CPU per bare call, and each figure's server CPU in bare calls; 0 skips it."`
+	Direct           bool          `name:"direct" help:"The bench's devices make each unary call by itself instead of on their channel (ChannelService, protocol 7; the default): to compare the two."`
 	Deployment       bool          `name:"deployment" help:"The server is a real deployment (required for a server the bench did not start): the bench's hosts and guests trade in the test currency XTS (ISO 4217's code for tests), so no real account's money moves, and after the run their hotspots are withdrawn and their wallets emptied."`
 
 	// limits: a spawned server keeps its default rate limits (the abuse
@@ -126,7 +127,11 @@ func (t *benchTarget) start(ctx context.Context, env *runEnv, extraEnv []string,
 		r.stop()
 		return nil, err
 	}
-	fmt.Fprintf(env.stderr, "bench: the clients speak %s to %s\n", r.transport, r.url)
+	calls := "their unary calls on one channel each"
+	if t.Direct {
+		calls = "each unary call by itself (--direct)"
+	}
+	fmt.Fprintf(env.stderr, "bench: the clients speak %s to %s, %s\n", r.transport, r.url, calls)
 	return r, nil
 }
 
@@ -293,7 +298,7 @@ func (c *BenchFlowCmd) Run(env *runEnv) error {
 	log := newLogger(env.stderr, c.LogLevel, false)
 	t0 := time.Now()
 	fleet, err := loadgen.NewFleet(ctx, loadgen.FleetConfig{URL: r.url, Hosts: c.Hosts, Guests: c.Guests, Fund: loadgen.DBFunder(r.data, r.db),
-		FundMinor: 1 << 40, WarnAtBytes: fc.RequestBytes / 2, TLS: r.tls, Log: log, Currency: r.currency})
+		FundMinor: 1 << 40, WarnAtBytes: fc.RequestBytes / 2, TLS: r.tls, Log: log, Currency: r.currency, Direct: c.Direct})
 	if err != nil {
 		return fmt.Errorf("set up hosts and guests: %w", err)
 	}
@@ -418,7 +423,7 @@ func (c *BenchRelayCmd) Run(env *runEnv) error {
 	}
 	defer r.stop()
 	fleet, err := loadgen.NewFleet(ctx, loadgen.FleetConfig{URL: r.url, Hosts: c.Hosts, Guests: c.Sessions, Fund: loadgen.DBFunder(r.data, r.db),
-		FundMinor: 1 << 40, WarnAtBytes: 1 << 49, TLS: r.tls, Log: newLogger(env.stderr, c.LogLevel, false), Currency: r.currency})
+		FundMinor: 1 << 40, WarnAtBytes: 1 << 49, TLS: r.tls, Log: newLogger(env.stderr, c.LogLevel, false), Currency: r.currency, Direct: c.Direct})
 	if err != nil {
 		return fmt.Errorf("set up hosts and guests: %w", err)
 	}

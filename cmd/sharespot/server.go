@@ -105,7 +105,7 @@ type ServerCmd struct {
 	RateDevice        float64       `default:"50" help:"Requests per second per device (0: no limit)."`
 	RateIP            float64       `name:"rate-ip" default:"500" help:"Requests per second per client address (0: no limit)."`
 	MaxInflightIP     int           `name:"max-inflight-ip" default:"256" help:"Calls one client address may have in progress (0: no limit)."`
-	MaxStreamsIP      int           `name:"max-streams-ip" default:"1024" help:"Inbox streams one client address may hold open (0: no limit)."`
+	MaxStreamsIP      int           `name:"max-streams-ip" default:"1024" help:"Inbox streams one client address may hold open, and apart from them channels (0: no limit)."`
 	MaxConnsIP        int           `name:"max-conns-ip" default:"1024" help:"Connections one client address may hold open (0: no limit)."`
 	MaxConns          int           `name:"max-conns" help:"Connections open in all (default: the open-files limit less a tenth, at least 256, kept for the rest)."`
 	BodyTimeout       time.Duration `name:"body-timeout" default:"20s" help:"How long a client has to send a request's body once its headers are in."`

@@ -50,7 +50,8 @@ type Limits struct {
 	PerIPBurst int
 	// PerIPInFlight caps one address's unary calls in progress.
 	PerIPInFlight int
-	// PerIPStreams caps one address's open inbox streams.
+	// PerIPStreams caps one address's open inbox streams, and apart
+	// from them its open channels (each carried call counts as a call).
 	PerIPStreams int
 	// PerIPConns caps one address's open connections; Conns caps all
 	// open connections.
@@ -139,19 +140,24 @@ func Handler(d Deps) http.Handler {
 	rpc.Handle(sharespotv1connect.NewSessionServiceHandler(&sessionService{s}, opts...))
 	rpc.Handle(sharespotv1connect.NewPaymentServiceHandler(&paymentService{s}, opts...))
 	rpc.Handle(sharespotv1connect.NewInboxServiceHandler(&inboxService{s}, opts...))
+	ch := &channelService{carried: protocol.CarriedProcedures(), errs: connect.NewErrorWriter()}
+	rpc.Handle(sharespotv1connect.NewChannelServiceHandler(ch, connect.WithInterceptors(d.Metrics.Interceptor(), g),
+		connect.WithReadMaxBytes(channelMaxMessage), connect.WithCompressMinBytes(4096), boundedGzip(channelMaxMessage)))
 	// Server reflection (gRPC's v1 and v1alpha), so grpcurl and buf curl
 	// list and call the services without the proto files. Public, like
 	// the descriptors in any client; the address limits apply.
 	reflector := grpcreflect.NewStaticReflector(ServiceNames()...)
 	rpc.Handle(grpcreflect.NewHandlerV1(reflector))
 	rpc.Handle(grpcreflect.NewHandlerV1Alpha(reflector))
-	return newAddressGuard(d.Limits, d.Metrics).wrap(rpc)
+	ch.calls = newAddressGuard(d.Limits, d.Metrics).wrap(rpc)
+	return ch.calls
 }
 
 // ServiceNames are the fully qualified names of the services served.
 func ServiceNames() []string {
 	return []string{sharespotv1connect.AuthServiceName, sharespotv1connect.HotspotServiceName, sharespotv1connect.DiscoveryServiceName,
-		sharespotv1connect.SessionServiceName, sharespotv1connect.PaymentServiceName, sharespotv1connect.InboxServiceName}
+		sharespotv1connect.SessionServiceName, sharespotv1connect.PaymentServiceName, sharespotv1connect.InboxServiceName,
+		sharespotv1connect.ChannelServiceName}
 }
 
 type services struct {
@@ -214,7 +220,9 @@ func (g *guard) admit(ctx context.Context, procedure string, h http.Header) (con
 	if err != nil {
 		return ctx, toConnect(g.log, procedure, err)
 	}
-	if !g.dev.allow(p.DeviceID) {
+	// A channel's opening takes no token of the device's: each call it
+	// carries takes its own.
+	if procedure != sharespotv1connect.ChannelServiceOpenProcedure && !g.dev.allow(p.DeviceID) {
 		g.metrics.Refused(metrics.LimitDeviceRate)
 		return ctx, rateLimited("too many requests from this device; slow down")
 	}

@@ -53,13 +53,16 @@ type addressGuard struct {
 	rate    *limiterSet
 	calls   *inFlight
 	streams *inFlight
+	// chans are the channels (ChannelService.Open) apart from the inbox
+	// streams, so a device's channel never takes its inbox stream's slot.
+	chans   *inFlight
 	errs    *connect.ErrorWriter
 	metrics *metrics.Server
 }
 
 func newAddressGuard(l Limits, m *metrics.Server) *addressGuard {
 	return &addressGuard{rate: newLimiterSet(l.PerIP, l.PerIPBurst), calls: newInFlight(l.PerIPInFlight),
-		streams: newInFlight(l.PerIPStreams), errs: connect.NewErrorWriter(), metrics: m}
+		streams: newInFlight(l.PerIPStreams), chans: newInFlight(l.PerIPStreams), errs: connect.NewErrorWriter(), metrics: m}
 }
 
 func (a *addressGuard) wrap(next http.Handler) http.Handler {
@@ -71,8 +74,11 @@ func (a *addressGuard) wrap(next http.Handler) http.Handler {
 			return
 		}
 		slots, why, limit := a.calls, "too many calls in progress from your address; wait for one to finish", metrics.LimitAddressCalls
-		if r.URL.Path == sharespotv1connect.InboxServiceSubscribeProcedure {
+		switch r.URL.Path {
+		case sharespotv1connect.InboxServiceSubscribeProcedure:
 			slots, why, limit = a.streams, "too many inbox streams open from your address; close one first", metrics.LimitAddressStreams
+		case sharespotv1connect.ChannelServiceOpenProcedure:
+			slots, why, limit = a.chans, "too many channels open from your address; close one first", metrics.LimitAddressChannels
 		}
 		if !slots.acquire(key) {
 			a.metrics.Refused(limit)
@@ -80,8 +86,13 @@ func (a *addressGuard) wrap(next http.Handler) http.Handler {
 			return
 		}
 		defer slots.release(key)
-		r = OwnBody(r)
-		r.Body = http.MaxBytesReader(w, r.Body, MaxRequestBytes+bodySlack)
+		if r.URL.Path != sharespotv1connect.ChannelServiceOpenProcedure {
+			// A channel's body is a stream of calls for as long as it
+			// stays open: each is capped on its own (channelMaxMessage),
+			// and each carried call comes through here again.
+			r = OwnBody(r)
+			r.Body = http.MaxBytesReader(w, r.Body, MaxRequestBytes+bodySlack)
+		}
 		next.ServeHTTP(w, r)
 	})
 }

@@ -50,6 +50,10 @@ type Options struct {
 	// messages wait that long more in the server's inbox; nothing is
 	// delivered twice to a Receive that goes on (see inboxAcks).
 	AckWithin time.Duration
+	// Direct sends every unary call as a call of its own. By default
+	// they ride on one bidirectional stream per server (ChannelService,
+	// protocol 7) whenever it can be opened (channelTransport).
+	Direct bool
 }
 
 // Client talks to one server as one device.
@@ -98,6 +102,11 @@ func New(baseURL string, key ed25519.PrivateKey, opts Options) *Client {
 	hc := opts.HTTPClient
 	if hc == nil {
 		hc = NewHTTPClient()
+	}
+	if !opts.Direct {
+		withChannel := *hc
+		withChannel.Transport = newChannelTransport(hc.Transport)
+		hc = &withChannel
 	}
 	base := strings.TrimRight(baseURL, "/")
 	c := &Client{key: key, name: opts.DeviceName, base: base, status: opts.StreamStatus, ackWithin: opts.AckWithin,

@@ -172,7 +172,10 @@ func newRun(bin, dir string, addr func() string) *run {
 		}
 		hc := newHTTPClient(addr, resent, in.ackedTo, refused)
 		r.hcs = append(r.hcs, hc)
-		return client.New("http://sharespot.invalid", key, client.Options{HTTPClient: hc, DeviceName: name})
+		// Direct: the resending transport watches each call's request
+		// (re-sends, Acks answered, refusals), which a channel would
+		// carry inside its one stream.
+		return client.New("http://sharespot.invalid", key, client.Options{HTTPClient: hc, DeviceName: name, Direct: true})
 	}
 	r.host, r.guest = dev("host", r.hostIn), dev("guest", r.guestIn)
 	r.agent = &host.Agent{C: r.host, GW: r.gate}

@@ -73,7 +73,9 @@ func BenchmarkFlow(b *testing.B) {
 // SHARESPOT_BENCH_SERVER_CPUPROFILE=FILE has the server write a CPU profile
 // of itself alone (its whole run: the bare calls too, unless skipped);
 // SHARESPOT_BENCH_BIN=PATH runs that binary as the server instead of this
-// tree's (a before/after pair).
+// tree's (a before/after pair); SHARESPOT_BENCH_DIRECT=1 has the devices
+// make each call by itself instead of on their channel (to compare the
+// two).
 func BenchmarkFlowProcess(b *testing.B) {
 	ctx := context.Background()
 	bin := os.Getenv("SHARESPOT_BENCH_BIN") // another build's binary, to compare
@@ -97,7 +99,7 @@ func BenchmarkFlowProcess(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		c := client.New(proc.URL(), key, client.Options{DeviceName: name})
+		c := client.New(proc.URL(), key, client.Options{DeviceName: name, Direct: os.Getenv("SHARESPOT_BENCH_DIRECT") == "1"})
 		if err := c.SignIn(ctx); err != nil {
 			b.Fatalf("sign in %s: %v", name, err)
 		}

@@ -59,12 +59,12 @@ func HTTPClientTLS(local net.IP, tc *tls.Config) *http.Client {
 }
 
 // NewDevice returns a client for a fresh device key (not yet signed in).
-func NewDevice(url, name string, hc *http.Client) *client.Client {
+func NewDevice(url, name string, hc *http.Client, direct bool) *client.Client {
 	_, key, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		panic(fmt.Sprintf("loadgen: generate a device key: %v", err)) // crypto/rand never fails
 	}
-	return client.New(url, key, client.Options{HTTPClient: hc, DeviceName: name, AckWithin: client.AckWindow})
+	return client.New(url, key, client.Options{HTTPClient: hc, DeviceName: name, AckWithin: client.AckWindow, Direct: direct})
 }
 
 // SignIn signs c in, trying again (up to ctx) when the answer is lost or
@@ -208,6 +208,9 @@ type FleetConfig struct {
 	// (default: the system's roots).
 	TLS *tls.Config
 	Log *slog.Logger
+	// Direct: the devices make each unary call by itself, not on their
+	// channel (client.Options.Direct).
+	Direct bool
 }
 
 // address is device i's source address (nil: the default, 127.0.0.1).
@@ -254,7 +257,7 @@ func NewFleet(ctx context.Context, cfg FleetConfig) (*Fleet, error) {
 	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	f.stop = cancel
 	err := parallel(ctx, cfg.Hosts, 16, func(i int) error {
-		c := NewDevice(cfg.URL, fmt.Sprintf("bench-host-%d", i), HTTPClientTLS(cfg.address(i), cfg.TLS))
+		c := NewDevice(cfg.URL, fmt.Sprintf("bench-host-%d", i), HTTPClientTLS(cfg.address(i), cfg.TLS), cfg.Direct)
 		if err := SignIn(ctx, c); err != nil {
 			return fmt.Errorf("host %d: %w", i, err)
 		}
@@ -276,7 +279,7 @@ func NewFleet(ctx context.Context, cfg FleetConfig) (*Fleet, error) {
 		return nil, err
 	}
 	err = parallel(ctx, cfg.Guests, 16, func(i int) error {
-		c := NewDevice(cfg.URL, fmt.Sprintf("bench-guest-%d", i), HTTPClientTLS(cfg.address(cfg.Hosts+i), cfg.TLS))
+		c := NewDevice(cfg.URL, fmt.Sprintf("bench-guest-%d", i), HTTPClientTLS(cfg.address(cfg.Hosts+i), cfg.TLS), cfg.Direct)
 		if err := SignIn(ctx, c); err != nil {
 			return fmt.Errorf("guest %d: %w", i, err)
 		}

@@ -291,7 +291,7 @@ func RunIdle(ctx context.Context, cfg IdleConfig, empty IdleMem) (*IdleReport, e
 			hc = HTTPClientTLS(net.IPv4(127, 0, 0, byte(1+i%cfg.Sources)), cfg.TLS)
 		}
 		hcs[i] = hc
-		devs[i] = NewDevice(cfg.URL, "idle", hc)
+		devs[i] = NewDevice(cfg.URL, "idle", hc, false)
 	}
 	closeAll := func() {
 		for _, hc := range hcs {

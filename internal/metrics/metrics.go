@@ -61,6 +61,7 @@ type Server struct {
 	calls     *prometheus.CounterVec
 	latency   *prometheus.HistogramVec
 	streams   prometheus.Gauge
+	channels  prometheus.Gauge
 	lag       prometheus.Histogram
 	delivered prometheus.Counter
 	refused   *prometheus.CounterVec
@@ -89,6 +90,8 @@ func NewServer(reg prometheus.Registerer) *Server {
 			[]string{"procedure", "step"}),
 		streams: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: Namespace, Name: "inbox_streams_open",
 			Help: "Inbox streams open on this replica."}),
+		channels: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: Namespace, Name: "channels_open",
+			Help: "Channels (ChannelService.Open: a device's unary calls on one stream) open on this replica; each carried call counts in rpc_total as a call of its procedure."}),
 		lag: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: Namespace, Name: "inbox_delivery_lag_seconds",
 			Help:    "From a message's commit to the inbox to its sending on a stream.",
 			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300}}),
@@ -103,7 +106,7 @@ func NewServer(reg prometheus.Registerer) *Server {
 			Help: "Write functions committed."}),
 		procs: map[string]*procMetrics{},
 	}
-	reg.MustRegister(m.calls, m.latency, m.streams, m.lag, m.delivered, m.refused, m.commits, m.writes)
+	reg.MustRegister(m.calls, m.latency, m.streams, m.channels, m.lag, m.delivered, m.refused, m.commits, m.writes)
 	for _, l := range []string{LimitAddressRate, LimitAddressCalls, LimitAddressStreams, LimitDeviceRate, LimitConns} {
 		m.refused.WithLabelValues(l) // present at zero from the start
 	}
@@ -115,8 +118,11 @@ const (
 	LimitAddressRate    = "address_rate"
 	LimitAddressCalls   = "address_calls"
 	LimitAddressStreams = "address_streams"
-	LimitDeviceRate     = "device_rate"
-	LimitConns          = "connections"
+	// LimitAddressChannels: an address's channels (apart from its inbox
+	// streams).
+	LimitAddressChannels = "address_channels"
+	LimitDeviceRate      = "device_rate"
+	LimitConns           = "connections"
 )
 
 func (m *Server) proc(procedure string) *procMetrics {
@@ -191,18 +197,30 @@ func (i interceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) con
 	// its work is in calls that return (a smaller frame: see
 	// api.aside).
 	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
-		start := i.m.streamOpened()
+		start := i.m.streamOpened(conn)
 		return i.m.streamEnded(conn, start, next(ctx, conn))
 	}
 }
 
-func (m *Server) streamOpened() time.Time {
-	m.streams.Inc()
+// channelProcedure is ChannelService.Open's (metrics depends on no
+// generated code).
+const channelProcedure = "/sharespot.v1.ChannelService/Open"
+
+// open is the gauge of conn's kind of stream.
+func (m *Server) open(conn connect.StreamingHandlerConn) prometheus.Gauge {
+	if conn.Spec().Procedure == channelProcedure {
+		return m.channels
+	}
+	return m.streams
+}
+
+func (m *Server) streamOpened(conn connect.StreamingHandlerConn) time.Time {
+	m.open(conn).Inc()
 	return time.Now()
 }
 
 func (m *Server) streamEnded(conn connect.StreamingHandlerConn, start time.Time, err error) error {
-	m.streams.Dec()
+	m.open(conn).Dec()
 	if errors.Is(err, context.Canceled) {
 		err = nil // the client went away: the normal end of a stream
 	}

@@ -33,7 +33,9 @@ package protocol
 //	               apart in discovery, never offered; the WireGuard
 //	               gateway (Gateway.kind "wireguard", its public key and
 //	               the tunnel's addresses; the code is the guest's key).
-const Version = 6
+//	7  2026-12-07  the channel (ChannelService.Open): a device's unary
+//	               calls as messages on one bidirectional stream.
+const Version = 7
 
 // Limits both sides check.
 const (

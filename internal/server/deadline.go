@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/sharespot/sharespot/gen/sharespot/v1/sharespotv1connect"
 	"github.com/sharespot/sharespot/internal/api"
 )
 
@@ -21,7 +22,10 @@ import (
 // background read and cancel the stream.
 func bodyDeadline(next http.Handler, d time.Duration) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Body != nil && r.Body != http.NoBody {
+		// A channel's body is its calls, one after another, for as long as
+		// the device holds it open; the stream counts against its
+		// address's streams, as an inbox stream does.
+		if r.Body != nil && r.Body != http.NoBody && r.URL.Path != sharespotv1connect.ChannelServiceOpenProcedure {
 			rc := http.NewResponseController(w)
 			if err := rc.SetReadDeadline(time.Now().Add(d)); err == nil {
 				r = api.OwnBody(r)

@@ -5192,6 +5192,220 @@ func (*AckResponse) Descriptor() ([]byte, []int) {
 	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{76}
 }
 
+type ChannelHeader struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Value         string                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChannelHeader) Reset() {
+	*x = ChannelHeader{}
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[77]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChannelHeader) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChannelHeader) ProtoMessage() {}
+
+func (x *ChannelHeader) ProtoReflect() protoreflect.Message {
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[77]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChannelHeader.ProtoReflect.Descriptor instead.
+func (*ChannelHeader) Descriptor() ([]byte, []int) {
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{77}
+}
+
+func (x *ChannelHeader) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ChannelHeader) GetValue() string {
+	if x != nil {
+		return x.Value
+	}
+	return ""
+}
+
+type ChannelCall struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Chosen by the device: unique among its calls in progress on the stream
+	// (not 0).
+	Id uint64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The procedure's path, e.g. "/sharespot.v1.SessionService/Prompt".
+	Procedure string `protobuf:"bytes,2,opt,name=procedure,proto3" json:"procedure,omitempty"`
+	// The call's HTTP headers (Content-Type, Authorization, Connect-Timeout-Ms…).
+	Headers []*ChannelHeader `protobuf:"bytes,3,rep,name=headers,proto3" json:"headers,omitempty"`
+	// The call's body, as the unary call would send it.
+	Body []byte `protobuf:"bytes,4,opt,name=body,proto3" json:"body,omitempty"`
+	// cancel: the device gave up on call id; nothing else is read.
+	Cancel        bool `protobuf:"varint,5,opt,name=cancel,proto3" json:"cancel,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChannelCall) Reset() {
+	*x = ChannelCall{}
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[78]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChannelCall) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChannelCall) ProtoMessage() {}
+
+func (x *ChannelCall) ProtoReflect() protoreflect.Message {
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[78]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChannelCall.ProtoReflect.Descriptor instead.
+func (*ChannelCall) Descriptor() ([]byte, []int) {
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{78}
+}
+
+func (x *ChannelCall) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *ChannelCall) GetProcedure() string {
+	if x != nil {
+		return x.Procedure
+	}
+	return ""
+}
+
+func (x *ChannelCall) GetHeaders() []*ChannelHeader {
+	if x != nil {
+		return x.Headers
+	}
+	return nil
+}
+
+func (x *ChannelCall) GetBody() []byte {
+	if x != nil {
+		return x.Body
+	}
+	return nil
+}
+
+func (x *ChannelCall) GetCancel() bool {
+	if x != nil {
+		return x.Cancel
+	}
+	return false
+}
+
+type ChannelReply struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The call answered; 0 is the stream's opening.
+	Id uint64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The unary call's HTTP status.
+	Status  uint32           `protobuf:"varint,2,opt,name=status,proto3" json:"status,omitempty"`
+	Headers []*ChannelHeader `protobuf:"bytes,3,rep,name=headers,proto3" json:"headers,omitempty"`
+	Body    []byte           `protobuf:"bytes,4,opt,name=body,proto3" json:"body,omitempty"`
+	// In the opening: how many calls the server runs at once on this stream
+	// (it reads no further calls while that many are in progress).
+	MaxInFlight   uint32 `protobuf:"varint,5,opt,name=max_in_flight,json=maxInFlight,proto3" json:"max_in_flight,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChannelReply) Reset() {
+	*x = ChannelReply{}
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[79]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChannelReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChannelReply) ProtoMessage() {}
+
+func (x *ChannelReply) ProtoReflect() protoreflect.Message {
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[79]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChannelReply.ProtoReflect.Descriptor instead.
+func (*ChannelReply) Descriptor() ([]byte, []int) {
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{79}
+}
+
+func (x *ChannelReply) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *ChannelReply) GetStatus() uint32 {
+	if x != nil {
+		return x.Status
+	}
+	return 0
+}
+
+func (x *ChannelReply) GetHeaders() []*ChannelHeader {
+	if x != nil {
+		return x.Headers
+	}
+	return nil
+}
+
+func (x *ChannelReply) GetBody() []byte {
+	if x != nil {
+		return x.Body
+	}
+	return nil
+}
+
+func (x *ChannelReply) GetMaxInFlight() uint32 {
+	if x != nil {
+		return x.MaxInFlight
+	}
+	return 0
+}
+
 // C1.6, to the host.
 type AccessRequested struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -5211,7 +5425,7 @@ type AccessRequested struct {
 
 func (x *AccessRequested) Reset() {
 	*x = AccessRequested{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[77]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5223,7 +5437,7 @@ func (x *AccessRequested) String() string {
 func (*AccessRequested) ProtoMessage() {}
 
 func (x *AccessRequested) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[77]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5236,7 +5450,7 @@ func (x *AccessRequested) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AccessRequested.ProtoReflect.Descriptor instead.
 func (*AccessRequested) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{77}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{80}
 }
 
 func (x *AccessRequested) GetHotspotId() string {
@@ -5298,7 +5512,7 @@ type FeeInfo struct {
 
 func (x *FeeInfo) Reset() {
 	*x = FeeInfo{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[78]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[81]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5310,7 +5524,7 @@ func (x *FeeInfo) String() string {
 func (*FeeInfo) ProtoMessage() {}
 
 func (x *FeeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[78]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[81]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5323,7 +5537,7 @@ func (x *FeeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FeeInfo.ProtoReflect.Descriptor instead.
 func (*FeeInfo) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{78}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{81}
 }
 
 func (x *FeeInfo) GetQuote() *Quote {
@@ -5357,7 +5571,7 @@ type PaymentConfirmed struct {
 
 func (x *PaymentConfirmed) Reset() {
 	*x = PaymentConfirmed{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[79]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[82]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5369,7 +5583,7 @@ func (x *PaymentConfirmed) String() string {
 func (*PaymentConfirmed) ProtoMessage() {}
 
 func (x *PaymentConfirmed) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[79]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[82]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5382,7 +5596,7 @@ func (x *PaymentConfirmed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PaymentConfirmed.ProtoReflect.Descriptor instead.
 func (*PaymentConfirmed) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{79}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{82}
 }
 
 func (x *PaymentConfirmed) GetQuoteId() string {
@@ -5459,7 +5673,7 @@ type EncryptionMessage struct {
 
 func (x *EncryptionMessage) Reset() {
 	*x = EncryptionMessage{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[80]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[83]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5471,7 +5685,7 @@ func (x *EncryptionMessage) String() string {
 func (*EncryptionMessage) ProtoMessage() {}
 
 func (x *EncryptionMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[80]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[83]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5484,7 +5698,7 @@ func (x *EncryptionMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EncryptionMessage.ProtoReflect.Descriptor instead.
 func (*EncryptionMessage) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{80}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{83}
 }
 
 func (x *EncryptionMessage) GetSuite() string {
@@ -5511,7 +5725,7 @@ type AccessGranted struct {
 
 func (x *AccessGranted) Reset() {
 	*x = AccessGranted{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[81]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[84]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5523,7 +5737,7 @@ func (x *AccessGranted) String() string {
 func (*AccessGranted) ProtoMessage() {}
 
 func (x *AccessGranted) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[81]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[84]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5536,7 +5750,7 @@ func (x *AccessGranted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AccessGranted.ProtoReflect.Descriptor instead.
 func (*AccessGranted) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{81}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{84}
 }
 
 func (x *AccessGranted) GetQuoteId() string {
@@ -5593,7 +5807,7 @@ type LowQuotaPrompt struct {
 
 func (x *LowQuotaPrompt) Reset() {
 	*x = LowQuotaPrompt{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[82]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[85]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5605,7 +5819,7 @@ func (x *LowQuotaPrompt) String() string {
 func (*LowQuotaPrompt) ProtoMessage() {}
 
 func (x *LowQuotaPrompt) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[82]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[85]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5618,7 +5832,7 @@ func (x *LowQuotaPrompt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LowQuotaPrompt.ProtoReflect.Descriptor instead.
 func (*LowQuotaPrompt) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{82}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{85}
 }
 
 func (x *LowQuotaPrompt) GetUsedBytes() int64 {
@@ -5654,7 +5868,7 @@ type TopUpRequested struct {
 
 func (x *TopUpRequested) Reset() {
 	*x = TopUpRequested{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[83]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[86]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5666,7 +5880,7 @@ func (x *TopUpRequested) String() string {
 func (*TopUpRequested) ProtoMessage() {}
 
 func (x *TopUpRequested) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[83]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[86]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5679,7 +5893,7 @@ func (x *TopUpRequested) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TopUpRequested.ProtoReflect.Descriptor instead.
 func (*TopUpRequested) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{83}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{86}
 }
 
 func (x *TopUpRequested) GetBytes() int64 {
@@ -5709,7 +5923,7 @@ type SessionEnding struct {
 
 func (x *SessionEnding) Reset() {
 	*x = SessionEnding{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[84]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[87]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5721,7 +5935,7 @@ func (x *SessionEnding) String() string {
 func (*SessionEnding) ProtoMessage() {}
 
 func (x *SessionEnding) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[84]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[87]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5734,7 +5948,7 @@ func (x *SessionEnding) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionEnding.ProtoReflect.Descriptor instead.
 func (*SessionEnding) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{84}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{87}
 }
 
 func (x *SessionEnding) GetReason() string {
@@ -5762,7 +5976,7 @@ type Declined struct {
 
 func (x *Declined) Reset() {
 	*x = Declined{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[85]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[88]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5774,7 +5988,7 @@ func (x *Declined) String() string {
 func (*Declined) ProtoMessage() {}
 
 func (x *Declined) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[85]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[88]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5787,7 +6001,7 @@ func (x *Declined) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Declined.ProtoReflect.Descriptor instead.
 func (*Declined) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{85}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{88}
 }
 
 func (x *Declined) GetReason() string {
@@ -5814,7 +6028,7 @@ type SessionEnded struct {
 
 func (x *SessionEnded) Reset() {
 	*x = SessionEnded{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[86]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[89]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5826,7 +6040,7 @@ func (x *SessionEnded) String() string {
 func (*SessionEnded) ProtoMessage() {}
 
 func (x *SessionEnded) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[86]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[89]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5839,7 +6053,7 @@ func (x *SessionEnded) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionEnded.ProtoReflect.Descriptor instead.
 func (*SessionEnded) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{86}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{89}
 }
 
 func (x *SessionEnded) GetSession() *Session {
@@ -5875,7 +6089,7 @@ type Envelope struct {
 
 func (x *Envelope) Reset() {
 	*x = Envelope{}
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[87]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[90]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5887,7 +6101,7 @@ func (x *Envelope) String() string {
 func (*Envelope) ProtoMessage() {}
 
 func (x *Envelope) ProtoReflect() protoreflect.Message {
-	mi := &file_sharespot_v1_sharespot_proto_msgTypes[87]
+	mi := &file_sharespot_v1_sharespot_proto_msgTypes[90]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5900,7 +6114,7 @@ func (x *Envelope) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Envelope.ProtoReflect.Descriptor instead.
 func (*Envelope) Descriptor() ([]byte, []int) {
-	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{87}
+	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{90}
 }
 
 func (x *Envelope) GetSeq() uint64 {
@@ -6484,7 +6698,22 @@ const file_sharespot_v1_sharespot_proto_rawDesc = "" +
 	"\n" +
 	"AckRequest\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\"\r\n" +
-	"\vAckResponse\"\xb5\x02\n" +
+	"\vAckResponse\"9\n" +
+	"\rChannelHeader\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"\x9e\x01\n" +
+	"\vChannelCall\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x1c\n" +
+	"\tprocedure\x18\x02 \x01(\tR\tprocedure\x125\n" +
+	"\aheaders\x18\x03 \x03(\v2\x1b.sharespot.v1.ChannelHeaderR\aheaders\x12\x12\n" +
+	"\x04body\x18\x04 \x01(\fR\x04body\x12\x16\n" +
+	"\x06cancel\x18\x05 \x01(\bR\x06cancel\"\xa5\x01\n" +
+	"\fChannelReply\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x16\n" +
+	"\x06status\x18\x02 \x01(\rR\x06status\x125\n" +
+	"\aheaders\x18\x03 \x03(\v2\x1b.sharespot.v1.ChannelHeaderR\aheaders\x12\x12\n" +
+	"\x04body\x18\x04 \x01(\fR\x04body\x12\"\n" +
+	"\rmax_in_flight\x18\x05 \x01(\rR\vmaxInFlight\"\xb5\x02\n" +
 	"\x0fAccessRequested\x12\x1d\n" +
 	"\n" +
 	"hotspot_id\x18\x01 \x01(\tR\thotspotId\x12&\n" +
@@ -6634,7 +6863,9 @@ const file_sharespot_v1_sharespot_proto_rawDesc = "" +
 	"\x10PayoutOnboarding\x12%.sharespot.v1.PayoutOnboardingRequest\x1a&.sharespot.v1.PayoutOnboardingResponse\"\x002\x9e\x01\n" +
 	"\fInboxService\x12P\n" +
 	"\tSubscribe\x12\x1e.sharespot.v1.SubscribeRequest\x1a\x1f.sharespot.v1.SubscribeResponse\"\x000\x01\x12<\n" +
-	"\x03Ack\x12\x18.sharespot.v1.AckRequest\x1a\x19.sharespot.v1.AckResponse\"\x00B=Z;github.com/sharespot/sharespot/gen/sharespot/v1;sharespotv1b\x06proto3"
+	"\x03Ack\x12\x18.sharespot.v1.AckRequest\x1a\x19.sharespot.v1.AckResponse\"\x002U\n" +
+	"\x0eChannelService\x12C\n" +
+	"\x04Open\x12\x19.sharespot.v1.ChannelCall\x1a\x1a.sharespot.v1.ChannelReply\"\x00(\x010\x01B=Z;github.com/sharespot/sharespot/gen/sharespot/v1;sharespotv1b\x06proto3"
 
 var (
 	file_sharespot_v1_sharespot_proto_rawDescOnce sync.Once
@@ -6649,7 +6880,7 @@ func file_sharespot_v1_sharespot_proto_rawDescGZIP() []byte {
 }
 
 var file_sharespot_v1_sharespot_proto_enumTypes = make([]protoimpl.EnumInfo, 7)
-var file_sharespot_v1_sharespot_proto_msgTypes = make([]protoimpl.MessageInfo, 88)
+var file_sharespot_v1_sharespot_proto_msgTypes = make([]protoimpl.MessageInfo, 91)
 var file_sharespot_v1_sharespot_proto_goTypes = []any{
 	(Security)(0),                    // 0: sharespot.v1.Security
 	(UsageMode)(0),                   // 1: sharespot.v1.UsageMode
@@ -6735,17 +6966,20 @@ var file_sharespot_v1_sharespot_proto_goTypes = []any{
 	(*SubscribeResponse)(nil),        // 81: sharespot.v1.SubscribeResponse
 	(*AckRequest)(nil),               // 82: sharespot.v1.AckRequest
 	(*AckResponse)(nil),              // 83: sharespot.v1.AckResponse
-	(*AccessRequested)(nil),          // 84: sharespot.v1.AccessRequested
-	(*FeeInfo)(nil),                  // 85: sharespot.v1.FeeInfo
-	(*PaymentConfirmed)(nil),         // 86: sharespot.v1.PaymentConfirmed
-	(*EncryptionMessage)(nil),        // 87: sharespot.v1.EncryptionMessage
-	(*AccessGranted)(nil),            // 88: sharespot.v1.AccessGranted
-	(*LowQuotaPrompt)(nil),           // 89: sharespot.v1.LowQuotaPrompt
-	(*TopUpRequested)(nil),           // 90: sharespot.v1.TopUpRequested
-	(*SessionEnding)(nil),            // 91: sharespot.v1.SessionEnding
-	(*Declined)(nil),                 // 92: sharespot.v1.Declined
-	(*SessionEnded)(nil),             // 93: sharespot.v1.SessionEnded
-	(*Envelope)(nil),                 // 94: sharespot.v1.Envelope
+	(*ChannelHeader)(nil),            // 84: sharespot.v1.ChannelHeader
+	(*ChannelCall)(nil),              // 85: sharespot.v1.ChannelCall
+	(*ChannelReply)(nil),             // 86: sharespot.v1.ChannelReply
+	(*AccessRequested)(nil),          // 87: sharespot.v1.AccessRequested
+	(*FeeInfo)(nil),                  // 88: sharespot.v1.FeeInfo
+	(*PaymentConfirmed)(nil),         // 89: sharespot.v1.PaymentConfirmed
+	(*EncryptionMessage)(nil),        // 90: sharespot.v1.EncryptionMessage
+	(*AccessGranted)(nil),            // 91: sharespot.v1.AccessGranted
+	(*LowQuotaPrompt)(nil),           // 92: sharespot.v1.LowQuotaPrompt
+	(*TopUpRequested)(nil),           // 93: sharespot.v1.TopUpRequested
+	(*SessionEnding)(nil),            // 94: sharespot.v1.SessionEnding
+	(*Declined)(nil),                 // 95: sharespot.v1.Declined
+	(*SessionEnded)(nil),             // 96: sharespot.v1.SessionEnded
+	(*Envelope)(nil),                 // 97: sharespot.v1.Envelope
 }
 var file_sharespot_v1_sharespot_proto_depIdxs = []int32{
 	0,   // 0: sharespot.v1.AccessPoint.security:type_name -> sharespot.v1.Security
@@ -6802,95 +7036,99 @@ var file_sharespot_v1_sharespot_proto_depIdxs = []int32{
 	5,   // 51: sharespot.v1.BalanceResponse.pay_methods:type_name -> sharespot.v1.PayMethod
 	75,  // 52: sharespot.v1.HistoryResponse.transfers:type_name -> sharespot.v1.Transfer
 	78,  // 53: sharespot.v1.PlatformKeysResponse.keys:type_name -> sharespot.v1.PlatformKey
-	94,  // 54: sharespot.v1.SubscribeResponse.envelopes:type_name -> sharespot.v1.Envelope
-	34,  // 55: sharespot.v1.AccessRequested.guest_keys:type_name -> sharespot.v1.GuestKey
-	14,  // 56: sharespot.v1.AccessRequested.tariff:type_name -> sharespot.v1.Tariff
-	1,   // 57: sharespot.v1.AccessRequested.usage_mode:type_name -> sharespot.v1.UsageMode
-	33,  // 58: sharespot.v1.FeeInfo.quote:type_name -> sharespot.v1.Quote
-	3,   // 59: sharespot.v1.PaymentConfirmed.kind:type_name -> sharespot.v1.QuoteKind
-	37,  // 60: sharespot.v1.PaymentConfirmed.receipt:type_name -> sharespot.v1.Receipt
-	33,  // 61: sharespot.v1.PaymentConfirmed.quote:type_name -> sharespot.v1.Quote
-	1,   // 62: sharespot.v1.PaymentConfirmed.usage_mode:type_name -> sharespot.v1.UsageMode
-	3,   // 63: sharespot.v1.AccessGranted.kind:type_name -> sharespot.v1.QuoteKind
-	35,  // 64: sharespot.v1.AccessGranted.sealed_code:type_name -> sharespot.v1.SealedCode
-	36,  // 65: sharespot.v1.AccessGranted.gateway:type_name -> sharespot.v1.Gateway
-	14,  // 66: sharespot.v1.TopUpRequested.tariff:type_name -> sharespot.v1.Tariff
-	3,   // 67: sharespot.v1.Declined.kind:type_name -> sharespot.v1.QuoteKind
-	38,  // 68: sharespot.v1.SessionEnded.session:type_name -> sharespot.v1.Session
-	84,  // 69: sharespot.v1.Envelope.access_requested:type_name -> sharespot.v1.AccessRequested
-	85,  // 70: sharespot.v1.Envelope.fee_info:type_name -> sharespot.v1.FeeInfo
-	86,  // 71: sharespot.v1.Envelope.payment_confirmed:type_name -> sharespot.v1.PaymentConfirmed
-	87,  // 72: sharespot.v1.Envelope.encryption_message:type_name -> sharespot.v1.EncryptionMessage
-	88,  // 73: sharespot.v1.Envelope.access_granted:type_name -> sharespot.v1.AccessGranted
-	89,  // 74: sharespot.v1.Envelope.low_quota_prompt:type_name -> sharespot.v1.LowQuotaPrompt
-	90,  // 75: sharespot.v1.Envelope.top_up_requested:type_name -> sharespot.v1.TopUpRequested
-	92,  // 76: sharespot.v1.Envelope.declined:type_name -> sharespot.v1.Declined
-	93,  // 77: sharespot.v1.Envelope.session_ended:type_name -> sharespot.v1.SessionEnded
-	91,  // 78: sharespot.v1.Envelope.session_ending:type_name -> sharespot.v1.SessionEnding
-	62,  // 79: sharespot.v1.Envelope.usage_acknowledged:type_name -> sharespot.v1.UsageAcknowledged
-	9,   // 80: sharespot.v1.AuthService.Challenge:input_type -> sharespot.v1.ChallengeRequest
-	11,  // 81: sharespot.v1.AuthService.SignIn:input_type -> sharespot.v1.SignInRequest
-	7,   // 82: sharespot.v1.AuthService.AddDevice:input_type -> sharespot.v1.AddDeviceRequest
-	19,  // 83: sharespot.v1.HotspotService.Register:input_type -> sharespot.v1.RegisterRequest
-	21,  // 84: sharespot.v1.HotspotService.Update:input_type -> sharespot.v1.UpdateRequest
-	23,  // 85: sharespot.v1.HotspotService.Withdraw:input_type -> sharespot.v1.WithdrawRequest
-	25,  // 86: sharespot.v1.HotspotService.List:input_type -> sharespot.v1.ListRequest
-	17,  // 87: sharespot.v1.HotspotService.Leave:input_type -> sharespot.v1.LeaveRequest
-	30,  // 88: sharespot.v1.DiscoveryService.Discover:input_type -> sharespot.v1.DiscoverRequest
-	39,  // 89: sharespot.v1.SessionService.RequestAccess:input_type -> sharespot.v1.RequestAccessRequest
-	41,  // 90: sharespot.v1.SessionService.Quote:input_type -> sharespot.v1.QuoteRequest
-	43,  // 91: sharespot.v1.SessionService.Decline:input_type -> sharespot.v1.DeclineRequest
-	45,  // 92: sharespot.v1.SessionService.Confirm:input_type -> sharespot.v1.ConfirmRequest
-	47,  // 93: sharespot.v1.SessionService.Grant:input_type -> sharespot.v1.GrantRequest
-	49,  // 94: sharespot.v1.SessionService.Prompt:input_type -> sharespot.v1.PromptRequest
-	51,  // 95: sharespot.v1.SessionService.RequestTopUp:input_type -> sharespot.v1.RequestTopUpRequest
-	53,  // 96: sharespot.v1.SessionService.ReportUsage:input_type -> sharespot.v1.ReportUsageRequest
-	55,  // 97: sharespot.v1.SessionService.End:input_type -> sharespot.v1.EndRequest
-	57,  // 98: sharespot.v1.SessionService.Get:input_type -> sharespot.v1.GetRequest
-	60,  // 99: sharespot.v1.SessionService.Acknowledge:input_type -> sharespot.v1.AcknowledgeRequest
-	63,  // 100: sharespot.v1.SessionService.ListSessions:input_type -> sharespot.v1.ListSessionsRequest
-	65,  // 101: sharespot.v1.PaymentService.Pay:input_type -> sharespot.v1.PayRequest
-	71,  // 102: sharespot.v1.PaymentService.Balance:input_type -> sharespot.v1.BalanceRequest
-	74,  // 103: sharespot.v1.PaymentService.History:input_type -> sharespot.v1.HistoryRequest
-	77,  // 104: sharespot.v1.PaymentService.PlatformKeys:input_type -> sharespot.v1.PlatformKeysRequest
-	67,  // 105: sharespot.v1.PaymentService.FundByCard:input_type -> sharespot.v1.FundByCardRequest
-	69,  // 106: sharespot.v1.PaymentService.PayoutOnboarding:input_type -> sharespot.v1.PayoutOnboardingRequest
-	80,  // 107: sharespot.v1.InboxService.Subscribe:input_type -> sharespot.v1.SubscribeRequest
-	82,  // 108: sharespot.v1.InboxService.Ack:input_type -> sharespot.v1.AckRequest
-	10,  // 109: sharespot.v1.AuthService.Challenge:output_type -> sharespot.v1.ChallengeResponse
-	12,  // 110: sharespot.v1.AuthService.SignIn:output_type -> sharespot.v1.SignInResponse
-	8,   // 111: sharespot.v1.AuthService.AddDevice:output_type -> sharespot.v1.AddDeviceResponse
-	20,  // 112: sharespot.v1.HotspotService.Register:output_type -> sharespot.v1.RegisterResponse
-	22,  // 113: sharespot.v1.HotspotService.Update:output_type -> sharespot.v1.UpdateResponse
-	24,  // 114: sharespot.v1.HotspotService.Withdraw:output_type -> sharespot.v1.WithdrawResponse
-	26,  // 115: sharespot.v1.HotspotService.List:output_type -> sharespot.v1.ListResponse
-	18,  // 116: sharespot.v1.HotspotService.Leave:output_type -> sharespot.v1.LeaveResponse
-	31,  // 117: sharespot.v1.DiscoveryService.Discover:output_type -> sharespot.v1.DiscoverResponse
-	40,  // 118: sharespot.v1.SessionService.RequestAccess:output_type -> sharespot.v1.RequestAccessResponse
-	42,  // 119: sharespot.v1.SessionService.Quote:output_type -> sharespot.v1.QuoteResponse
-	44,  // 120: sharespot.v1.SessionService.Decline:output_type -> sharespot.v1.DeclineResponse
-	46,  // 121: sharespot.v1.SessionService.Confirm:output_type -> sharespot.v1.ConfirmResponse
-	48,  // 122: sharespot.v1.SessionService.Grant:output_type -> sharespot.v1.GrantResponse
-	50,  // 123: sharespot.v1.SessionService.Prompt:output_type -> sharespot.v1.PromptResponse
-	52,  // 124: sharespot.v1.SessionService.RequestTopUp:output_type -> sharespot.v1.RequestTopUpResponse
-	54,  // 125: sharespot.v1.SessionService.ReportUsage:output_type -> sharespot.v1.ReportUsageResponse
-	56,  // 126: sharespot.v1.SessionService.End:output_type -> sharespot.v1.EndResponse
-	58,  // 127: sharespot.v1.SessionService.Get:output_type -> sharespot.v1.GetResponse
-	61,  // 128: sharespot.v1.SessionService.Acknowledge:output_type -> sharespot.v1.AcknowledgeResponse
-	64,  // 129: sharespot.v1.SessionService.ListSessions:output_type -> sharespot.v1.ListSessionsResponse
-	66,  // 130: sharespot.v1.PaymentService.Pay:output_type -> sharespot.v1.PayResponse
-	73,  // 131: sharespot.v1.PaymentService.Balance:output_type -> sharespot.v1.BalanceResponse
-	76,  // 132: sharespot.v1.PaymentService.History:output_type -> sharespot.v1.HistoryResponse
-	79,  // 133: sharespot.v1.PaymentService.PlatformKeys:output_type -> sharespot.v1.PlatformKeysResponse
-	68,  // 134: sharespot.v1.PaymentService.FundByCard:output_type -> sharespot.v1.FundByCardResponse
-	70,  // 135: sharespot.v1.PaymentService.PayoutOnboarding:output_type -> sharespot.v1.PayoutOnboardingResponse
-	81,  // 136: sharespot.v1.InboxService.Subscribe:output_type -> sharespot.v1.SubscribeResponse
-	83,  // 137: sharespot.v1.InboxService.Ack:output_type -> sharespot.v1.AckResponse
-	109, // [109:138] is the sub-list for method output_type
-	80,  // [80:109] is the sub-list for method input_type
-	80,  // [80:80] is the sub-list for extension type_name
-	80,  // [80:80] is the sub-list for extension extendee
-	0,   // [0:80] is the sub-list for field type_name
+	97,  // 54: sharespot.v1.SubscribeResponse.envelopes:type_name -> sharespot.v1.Envelope
+	84,  // 55: sharespot.v1.ChannelCall.headers:type_name -> sharespot.v1.ChannelHeader
+	84,  // 56: sharespot.v1.ChannelReply.headers:type_name -> sharespot.v1.ChannelHeader
+	34,  // 57: sharespot.v1.AccessRequested.guest_keys:type_name -> sharespot.v1.GuestKey
+	14,  // 58: sharespot.v1.AccessRequested.tariff:type_name -> sharespot.v1.Tariff
+	1,   // 59: sharespot.v1.AccessRequested.usage_mode:type_name -> sharespot.v1.UsageMode
+	33,  // 60: sharespot.v1.FeeInfo.quote:type_name -> sharespot.v1.Quote
+	3,   // 61: sharespot.v1.PaymentConfirmed.kind:type_name -> sharespot.v1.QuoteKind
+	37,  // 62: sharespot.v1.PaymentConfirmed.receipt:type_name -> sharespot.v1.Receipt
+	33,  // 63: sharespot.v1.PaymentConfirmed.quote:type_name -> sharespot.v1.Quote
+	1,   // 64: sharespot.v1.PaymentConfirmed.usage_mode:type_name -> sharespot.v1.UsageMode
+	3,   // 65: sharespot.v1.AccessGranted.kind:type_name -> sharespot.v1.QuoteKind
+	35,  // 66: sharespot.v1.AccessGranted.sealed_code:type_name -> sharespot.v1.SealedCode
+	36,  // 67: sharespot.v1.AccessGranted.gateway:type_name -> sharespot.v1.Gateway
+	14,  // 68: sharespot.v1.TopUpRequested.tariff:type_name -> sharespot.v1.Tariff
+	3,   // 69: sharespot.v1.Declined.kind:type_name -> sharespot.v1.QuoteKind
+	38,  // 70: sharespot.v1.SessionEnded.session:type_name -> sharespot.v1.Session
+	87,  // 71: sharespot.v1.Envelope.access_requested:type_name -> sharespot.v1.AccessRequested
+	88,  // 72: sharespot.v1.Envelope.fee_info:type_name -> sharespot.v1.FeeInfo
+	89,  // 73: sharespot.v1.Envelope.payment_confirmed:type_name -> sharespot.v1.PaymentConfirmed
+	90,  // 74: sharespot.v1.Envelope.encryption_message:type_name -> sharespot.v1.EncryptionMessage
+	91,  // 75: sharespot.v1.Envelope.access_granted:type_name -> sharespot.v1.AccessGranted
+	92,  // 76: sharespot.v1.Envelope.low_quota_prompt:type_name -> sharespot.v1.LowQuotaPrompt
+	93,  // 77: sharespot.v1.Envelope.top_up_requested:type_name -> sharespot.v1.TopUpRequested
+	95,  // 78: sharespot.v1.Envelope.declined:type_name -> sharespot.v1.Declined
+	96,  // 79: sharespot.v1.Envelope.session_ended:type_name -> sharespot.v1.SessionEnded
+	94,  // 80: sharespot.v1.Envelope.session_ending:type_name -> sharespot.v1.SessionEnding
+	62,  // 81: sharespot.v1.Envelope.usage_acknowledged:type_name -> sharespot.v1.UsageAcknowledged
+	9,   // 82: sharespot.v1.AuthService.Challenge:input_type -> sharespot.v1.ChallengeRequest
+	11,  // 83: sharespot.v1.AuthService.SignIn:input_type -> sharespot.v1.SignInRequest
+	7,   // 84: sharespot.v1.AuthService.AddDevice:input_type -> sharespot.v1.AddDeviceRequest
+	19,  // 85: sharespot.v1.HotspotService.Register:input_type -> sharespot.v1.RegisterRequest
+	21,  // 86: sharespot.v1.HotspotService.Update:input_type -> sharespot.v1.UpdateRequest
+	23,  // 87: sharespot.v1.HotspotService.Withdraw:input_type -> sharespot.v1.WithdrawRequest
+	25,  // 88: sharespot.v1.HotspotService.List:input_type -> sharespot.v1.ListRequest
+	17,  // 89: sharespot.v1.HotspotService.Leave:input_type -> sharespot.v1.LeaveRequest
+	30,  // 90: sharespot.v1.DiscoveryService.Discover:input_type -> sharespot.v1.DiscoverRequest
+	39,  // 91: sharespot.v1.SessionService.RequestAccess:input_type -> sharespot.v1.RequestAccessRequest
+	41,  // 92: sharespot.v1.SessionService.Quote:input_type -> sharespot.v1.QuoteRequest
+	43,  // 93: sharespot.v1.SessionService.Decline:input_type -> sharespot.v1.DeclineRequest
+	45,  // 94: sharespot.v1.SessionService.Confirm:input_type -> sharespot.v1.ConfirmRequest
+	47,  // 95: sharespot.v1.SessionService.Grant:input_type -> sharespot.v1.GrantRequest
+	49,  // 96: sharespot.v1.SessionService.Prompt:input_type -> sharespot.v1.PromptRequest
+	51,  // 97: sharespot.v1.SessionService.RequestTopUp:input_type -> sharespot.v1.RequestTopUpRequest
+	53,  // 98: sharespot.v1.SessionService.ReportUsage:input_type -> sharespot.v1.ReportUsageRequest
+	55,  // 99: sharespot.v1.SessionService.End:input_type -> sharespot.v1.EndRequest
+	57,  // 100: sharespot.v1.SessionService.Get:input_type -> sharespot.v1.GetRequest
+	60,  // 101: sharespot.v1.SessionService.Acknowledge:input_type -> sharespot.v1.AcknowledgeRequest
+	63,  // 102: sharespot.v1.SessionService.ListSessions:input_type -> sharespot.v1.ListSessionsRequest
+	65,  // 103: sharespot.v1.PaymentService.Pay:input_type -> sharespot.v1.PayRequest
+	71,  // 104: sharespot.v1.PaymentService.Balance:input_type -> sharespot.v1.BalanceRequest
+	74,  // 105: sharespot.v1.PaymentService.History:input_type -> sharespot.v1.HistoryRequest
+	77,  // 106: sharespot.v1.PaymentService.PlatformKeys:input_type -> sharespot.v1.PlatformKeysRequest
+	67,  // 107: sharespot.v1.PaymentService.FundByCard:input_type -> sharespot.v1.FundByCardRequest
+	69,  // 108: sharespot.v1.PaymentService.PayoutOnboarding:input_type -> sharespot.v1.PayoutOnboardingRequest
+	80,  // 109: sharespot.v1.InboxService.Subscribe:input_type -> sharespot.v1.SubscribeRequest
+	82,  // 110: sharespot.v1.InboxService.Ack:input_type -> sharespot.v1.AckRequest
+	85,  // 111: sharespot.v1.ChannelService.Open:input_type -> sharespot.v1.ChannelCall
+	10,  // 112: sharespot.v1.AuthService.Challenge:output_type -> sharespot.v1.ChallengeResponse
+	12,  // 113: sharespot.v1.AuthService.SignIn:output_type -> sharespot.v1.SignInResponse
+	8,   // 114: sharespot.v1.AuthService.AddDevice:output_type -> sharespot.v1.AddDeviceResponse
+	20,  // 115: sharespot.v1.HotspotService.Register:output_type -> sharespot.v1.RegisterResponse
+	22,  // 116: sharespot.v1.HotspotService.Update:output_type -> sharespot.v1.UpdateResponse
+	24,  // 117: sharespot.v1.HotspotService.Withdraw:output_type -> sharespot.v1.WithdrawResponse
+	26,  // 118: sharespot.v1.HotspotService.List:output_type -> sharespot.v1.ListResponse
+	18,  // 119: sharespot.v1.HotspotService.Leave:output_type -> sharespot.v1.LeaveResponse
+	31,  // 120: sharespot.v1.DiscoveryService.Discover:output_type -> sharespot.v1.DiscoverResponse
+	40,  // 121: sharespot.v1.SessionService.RequestAccess:output_type -> sharespot.v1.RequestAccessResponse
+	42,  // 122: sharespot.v1.SessionService.Quote:output_type -> sharespot.v1.QuoteResponse
+	44,  // 123: sharespot.v1.SessionService.Decline:output_type -> sharespot.v1.DeclineResponse
+	46,  // 124: sharespot.v1.SessionService.Confirm:output_type -> sharespot.v1.ConfirmResponse
+	48,  // 125: sharespot.v1.SessionService.Grant:output_type -> sharespot.v1.GrantResponse
+	50,  // 126: sharespot.v1.SessionService.Prompt:output_type -> sharespot.v1.PromptResponse
+	52,  // 127: sharespot.v1.SessionService.RequestTopUp:output_type -> sharespot.v1.RequestTopUpResponse
+	54,  // 128: sharespot.v1.SessionService.ReportUsage:output_type -> sharespot.v1.ReportUsageResponse
+	56,  // 129: sharespot.v1.SessionService.End:output_type -> sharespot.v1.EndResponse
+	58,  // 130: sharespot.v1.SessionService.Get:output_type -> sharespot.v1.GetResponse
+	61,  // 131: sharespot.v1.SessionService.Acknowledge:output_type -> sharespot.v1.AcknowledgeResponse
+	64,  // 132: sharespot.v1.SessionService.ListSessions:output_type -> sharespot.v1.ListSessionsResponse
+	66,  // 133: sharespot.v1.PaymentService.Pay:output_type -> sharespot.v1.PayResponse
+	73,  // 134: sharespot.v1.PaymentService.Balance:output_type -> sharespot.v1.BalanceResponse
+	76,  // 135: sharespot.v1.PaymentService.History:output_type -> sharespot.v1.HistoryResponse
+	79,  // 136: sharespot.v1.PaymentService.PlatformKeys:output_type -> sharespot.v1.PlatformKeysResponse
+	68,  // 137: sharespot.v1.PaymentService.FundByCard:output_type -> sharespot.v1.FundByCardResponse
+	70,  // 138: sharespot.v1.PaymentService.PayoutOnboarding:output_type -> sharespot.v1.PayoutOnboardingResponse
+	81,  // 139: sharespot.v1.InboxService.Subscribe:output_type -> sharespot.v1.SubscribeResponse
+	83,  // 140: sharespot.v1.InboxService.Ack:output_type -> sharespot.v1.AckResponse
+	86,  // 141: sharespot.v1.ChannelService.Open:output_type -> sharespot.v1.ChannelReply
+	112, // [112:142] is the sub-list for method output_type
+	82,  // [82:112] is the sub-list for method input_type
+	82,  // [82:82] is the sub-list for extension type_name
+	82,  // [82:82] is the sub-list for extension extendee
+	0,   // [0:82] is the sub-list for field type_name
 }
 
 func init() { file_sharespot_v1_sharespot_proto_init() }
@@ -6898,7 +7136,7 @@ func file_sharespot_v1_sharespot_proto_init() {
 	if File_sharespot_v1_sharespot_proto != nil {
 		return
 	}
-	file_sharespot_v1_sharespot_proto_msgTypes[87].OneofWrappers = []any{
+	file_sharespot_v1_sharespot_proto_msgTypes[90].OneofWrappers = []any{
 		(*Envelope_AccessRequested)(nil),
 		(*Envelope_FeeInfo)(nil),
 		(*Envelope_PaymentConfirmed)(nil),
@@ -6917,9 +7155,9 @@ func file_sharespot_v1_sharespot_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sharespot_v1_sharespot_proto_rawDesc), len(file_sharespot_v1_sharespot_proto_rawDesc)),
 			NumEnums:      7,
-			NumMessages:   88,
+			NumMessages:   91,
 			NumExtensions: 0,
-			NumServices:   6,
+			NumServices:   7,
 		},
 		GoTypes:           file_sharespot_v1_sharespot_proto_goTypes,
 		DependencyIndexes: file_sharespot_v1_sharespot_proto_depIdxs,

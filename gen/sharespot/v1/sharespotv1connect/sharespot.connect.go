@@ -41,6 +41,8 @@ const (
 	PaymentServiceName = "sharespot.v1.PaymentService"
 	// InboxServiceName is the fully-qualified name of the InboxService service.
 	InboxServiceName = "sharespot.v1.InboxService"
+	// ChannelServiceName is the fully-qualified name of the ChannelService service.
+	ChannelServiceName = "sharespot.v1.ChannelService"
 )
 
 // These constants are the fully-qualified names of the RPCs defined in this package. They're
@@ -118,6 +120,8 @@ const (
 	InboxServiceSubscribeProcedure = "/sharespot.v1.InboxService/Subscribe"
 	// InboxServiceAckProcedure is the fully-qualified name of the InboxService's Ack RPC.
 	InboxServiceAckProcedure = "/sharespot.v1.InboxService/Ack"
+	// ChannelServiceOpenProcedure is the fully-qualified name of the ChannelService's Open RPC.
+	ChannelServiceOpenProcedure = "/sharespot.v1.ChannelService/Open"
 )
 
 // AuthServiceClient is a client for the sharespot.v1.AuthService service.
@@ -1220,4 +1224,74 @@ func (UnimplementedInboxServiceHandler) Subscribe(context.Context, *connect.Requ
 
 func (UnimplementedInboxServiceHandler) Ack(context.Context, *connect.Request[v1.AckRequest]) (*connect.Response[v1.AckResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("sharespot.v1.InboxService.Ack is not implemented"))
+}
+
+// ChannelServiceClient is a client for the sharespot.v1.ChannelService service.
+type ChannelServiceClient interface {
+	Open(context.Context) *connect.BidiStreamForClient[v1.ChannelCall, v1.ChannelReply]
+}
+
+// NewChannelServiceClient constructs a client for the sharespot.v1.ChannelService service. By
+// default, it uses the Connect protocol with the binary Protobuf Codec, asks for gzipped responses,
+// and sends uncompressed requests. To use the gRPC or gRPC-Web protocols, supply the
+// connect.WithGRPC() or connect.WithGRPCWeb() options.
+//
+// The URL supplied here should be the base URL for the Connect or gRPC server (for example,
+// http://api.acme.com or https://acme.com/grpc).
+func NewChannelServiceClient(httpClient connect.HTTPClient, baseURL string, opts ...connect.ClientOption) ChannelServiceClient {
+	baseURL = strings.TrimRight(baseURL, "/")
+	channelServiceMethods := v1.File_sharespot_v1_sharespot_proto.Services().ByName("ChannelService").Methods()
+	return &channelServiceClient{
+		open: connect.NewClient[v1.ChannelCall, v1.ChannelReply](
+			httpClient,
+			baseURL+ChannelServiceOpenProcedure,
+			connect.WithSchema(channelServiceMethods.ByName("Open")),
+			connect.WithClientOptions(opts...),
+		),
+	}
+}
+
+// channelServiceClient implements ChannelServiceClient.
+type channelServiceClient struct {
+	open *connect.Client[v1.ChannelCall, v1.ChannelReply]
+}
+
+// Open calls sharespot.v1.ChannelService.Open.
+func (c *channelServiceClient) Open(ctx context.Context) *connect.BidiStreamForClient[v1.ChannelCall, v1.ChannelReply] {
+	return c.open.CallBidiStream(ctx)
+}
+
+// ChannelServiceHandler is an implementation of the sharespot.v1.ChannelService service.
+type ChannelServiceHandler interface {
+	Open(context.Context, *connect.BidiStream[v1.ChannelCall, v1.ChannelReply]) error
+}
+
+// NewChannelServiceHandler builds an HTTP handler from the service implementation. It returns the
+// path on which to mount the handler and the handler itself.
+//
+// By default, handlers support the Connect, gRPC, and gRPC-Web protocols with the binary Protobuf
+// and JSON codecs. They also support gzip compression.
+func NewChannelServiceHandler(svc ChannelServiceHandler, opts ...connect.HandlerOption) (string, http.Handler) {
+	channelServiceMethods := v1.File_sharespot_v1_sharespot_proto.Services().ByName("ChannelService").Methods()
+	channelServiceOpenHandler := connect.NewBidiStreamHandler(
+		ChannelServiceOpenProcedure,
+		svc.Open,
+		connect.WithSchema(channelServiceMethods.ByName("Open")),
+		connect.WithHandlerOptions(opts...),
+	)
+	return "/sharespot.v1.ChannelService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case ChannelServiceOpenProcedure:
+			channelServiceOpenHandler.ServeHTTP(w, r)
+		default:
+			http.NotFound(w, r)
+		}
+	})
+}
+
+// UnimplementedChannelServiceHandler returns CodeUnimplemented from all methods.
+type UnimplementedChannelServiceHandler struct{}
+
+func (UnimplementedChannelServiceHandler) Open(context.Context, *connect.BidiStream[v1.ChannelCall, v1.ChannelReply]) error {
+	return connect.NewError(connect.CodeUnimplemented, errors.New("sharespot.v1.ChannelService.Open is not implemented"))
 }

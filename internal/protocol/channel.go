@@ -1,0 +1,30 @@
+package protocol
+
+import (
+	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
+)
+
+// channelService is ChannelService's full name.
+const channelService = "sharespot.v1.ChannelService"
+
+// CarriedProcedures are the procedures a channel (ChannelService.Open,
+// protocol 7) carries: every unary procedure of the Sharespot services,
+// by path ("/sharespot.v1.SessionService/Prompt"). Streams, the channel
+// itself and reflection are called directly.
+func CarriedProcedures() map[string]bool {
+	out := map[string]bool{}
+	svcs := sharespotv1.File_sharespot_v1_sharespot_proto.Services()
+	for i := range svcs.Len() {
+		sd := svcs.Get(i)
+		if sd.FullName() == channelService {
+			continue
+		}
+		ms := sd.Methods()
+		for j := range ms.Len() {
+			if m := ms.Get(j); !m.IsStreamingClient() && !m.IsStreamingServer() {
+				out["/"+string(sd.FullName())+"/"+string(m.Name())] = true
+			}
+		}
+	}
+	return out
+}
