@@ -222,7 +222,7 @@ func (g *guard) admit(ctx context.Context, procedure string, h http.Header) (con
 	}
 	// A channel's opening takes no token of the device's: each call it
 	// carries takes its own.
-	if procedure != sharespotv1connect.ChannelServiceOpenProcedure && !g.dev.allow(p.DeviceID) {
+	if procedure != sharespotv1connect.ChannelServiceCarryProcedure && !g.dev.allow(p.DeviceID) {
 		g.metrics.Refused(metrics.LimitDeviceRate)
 		return ctx, rateLimited("too many requests from this device; slow down")
 	}

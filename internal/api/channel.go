@@ -29,7 +29,7 @@ const channelMaxHeaders = 64
 // beside it.
 const channelMaxMessage = MaxRequestBytes + 16<<10
 
-// channelService serves ChannelService.Open: a device's unary calls as
+// channelService serves ChannelService.Carry: a device's unary calls as
 // messages on one bidirectional stream (protocol 7). Each carried call is
 // made into the HTTP request the unary call would have been (procedure,
 // headers, body, the stream's peer address) and served by the same
@@ -47,20 +47,20 @@ type channelService struct {
 	errs    *connect.ErrorWriter
 }
 
-func (c *channelService) Open(ctx context.Context, st *connect.BidiStream[sharespotv1.ChannelCall, sharespotv1.ChannelReply]) error {
+func (c *channelService) Carry(ctx context.Context, st *connect.BidiStream[sharespotv1.CarryRequest, sharespotv1.CarryResponse]) error {
 	var sendMu sync.Mutex
-	send := func(r *sharespotv1.ChannelReply) error {
+	send := func(r *sharespotv1.CarryResponse) error {
 		sendMu.Lock()
 		defer sendMu.Unlock()
 		return st.Send(r)
 	}
-	if err := send(&sharespotv1.ChannelReply{MaxInFlight: ChannelInFlight}); err != nil {
+	if err := send(&sharespotv1.CarryResponse{MaxInFlight: ChannelInFlight}); err != nil {
 		return err
 	}
 	peer := st.Peer().Addr
 	// Calls are received apart, so that the stream's end (the server
 	// shutting down, the device gone) is seen while a receive waits.
-	calls, received := make(chan *sharespotv1.ChannelCall), make(chan error, 1)
+	calls, received := make(chan *sharespotv1.CarryRequest), make(chan error, 1)
 	stop := make(chan struct{})
 	defer close(stop)
 	go func() {
@@ -93,7 +93,7 @@ func (c *channelService) Open(ctx context.Context, st *connect.BidiStream[shares
 	// it as lost when the stream ends.
 	defer wg.Wait()
 	for {
-		var call *sharespotv1.ChannelCall
+		var call *sharespotv1.CarryRequest
 		select {
 		case <-ctx.Done():
 			return nil
@@ -146,7 +146,7 @@ func (c *channelService) Open(ctx context.Context, st *connect.BidiStream[shares
 }
 
 // serve runs one carried call as the unary call it carries.
-func (c *channelService) serve(ctx context.Context, peer string, call *sharespotv1.ChannelCall) *sharespotv1.ChannelReply {
+func (c *channelService) serve(ctx context.Context, peer string, call *sharespotv1.CarryRequest) *sharespotv1.CarryResponse {
 	w := &replyWriter{h: http.Header{}}
 	r, err := http.NewRequestWithContext(ctx, http.MethodPost, call.GetProcedure(), bytes.NewReader(call.GetBody()))
 	if err != nil {
@@ -173,7 +173,7 @@ func (c *channelService) serve(ctx context.Context, peer string, call *sharespot
 }
 
 // refusal says why a call is not carried, or nil.
-func (c *channelService) refusal(call *sharespotv1.ChannelCall, r *http.Request) error {
+func (c *channelService) refusal(call *sharespotv1.CarryRequest, r *http.Request) error {
 	if len(call.GetHeaders()) > channelMaxHeaders {
 		return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("channel: %d headers in one call; at most %d", len(call.GetHeaders()), channelMaxHeaders))
 	}
@@ -211,9 +211,9 @@ func (w *replyWriter) Write(b []byte) (int, error) {
 	return w.body.Write(b)
 }
 
-func (w *replyWriter) reply(id uint64) *sharespotv1.ChannelReply {
+func (w *replyWriter) reply(id uint64) *sharespotv1.CarryResponse {
 	w.WriteHeader(http.StatusOK)
-	out := &sharespotv1.ChannelReply{Id: id, Status: uint32(w.status), Body: w.body.Bytes()}
+	out := &sharespotv1.CarryResponse{Id: id, Status: uint32(w.status), Body: w.body.Bytes()}
 	for name, vs := range w.h {
 		for _, v := range vs {
 			out.Headers = append(out.Headers, &sharespotv1.ChannelHeader{Name: name, Value: v})

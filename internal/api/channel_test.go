@@ -20,9 +20,9 @@ import (
 
 // openChannel opens a channel with token ("" for none) and reads its
 // opening.
-func openChannel(ctx context.Context, t *testing.T, url, token string) (*connect.BidiStreamForClient[sharespotv1.ChannelCall, sharespotv1.ChannelReply], *sharespotv1.ChannelReply, error) {
+func openChannel(ctx context.Context, t *testing.T, url, token string) (*connect.BidiStreamForClient[sharespotv1.CarryRequest, sharespotv1.CarryResponse], *sharespotv1.CarryResponse, error) {
 	t.Helper()
-	st := sharespotv1connect.NewChannelServiceClient(client.NewHTTPClient(), url).Open(ctx)
+	st := sharespotv1connect.NewChannelServiceClient(client.NewHTTPClient(), url).Carry(ctx)
 	if token != "" {
 		st.RequestHeader().Set("Authorization", "Bearer "+token)
 	}
@@ -33,9 +33,9 @@ func openChannel(ctx context.Context, t *testing.T, url, token string) (*connect
 	return st, first, err
 }
 
-func carried(id uint64, procedure, contentType, token string, msg proto.Message) *sharespotv1.ChannelCall {
+func carried(id uint64, procedure, contentType, token string, msg proto.Message) *sharespotv1.CarryRequest {
 	body, _ := proto.Marshal(msg)
-	c := &sharespotv1.ChannelCall{Id: id, Procedure: procedure, Body: body,
+	c := &sharespotv1.CarryRequest{Id: id, Procedure: procedure, Body: body,
 		Headers: []*sharespotv1.ChannelHeader{{Name: "Content-Type", Value: contentType}}}
 	if token != "" {
 		c.Headers = append(c.Headers, &sharespotv1.ChannelHeader{Name: "Authorization", Value: "Bearer " + token})
@@ -43,7 +43,7 @@ func carried(id uint64, procedure, contentType, token string, msg proto.Message)
 	return c
 }
 
-func header(r *sharespotv1.ChannelReply, name string) string {
+func header(r *sharespotv1.CarryResponse, name string) string {
 	h := http.Header{}
 	for _, kv := range r.GetHeaders() {
 		h.Add(kv.GetName(), kv.GetValue())
@@ -77,12 +77,12 @@ func TestChannelCarriesOnlyUnaryCalls(t *testing.T) {
 	}
 	for _, tc := range []struct {
 		name   string
-		call   *sharespotv1.ChannelCall
+		call   *sharespotv1.CarryRequest
 		status int
 		code   string
 	}{
 		{"a stream", carried(1, sharespotv1connect.InboxServiceSubscribeProcedure, "application/proto", token, &sharespotv1.SubscribeRequest{}), 501, "unimplemented"},
-		{"the channel itself", carried(2, sharespotv1connect.ChannelServiceOpenProcedure, "application/proto", token, &sharespotv1.ChannelCall{}), 501, "unimplemented"},
+		{"the channel itself", carried(2, sharespotv1connect.ChannelServiceCarryProcedure, "application/proto", token, &sharespotv1.CarryRequest{}), 501, "unimplemented"},
 		{"reflection", carried(3, "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", "application/proto", token, &sharespotv1.ListRequest{}), 501, "unimplemented"},
 		{"gRPC", carried(4, sharespotv1connect.HotspotServiceListProcedure, "application/grpc", token, &sharespotv1.ListRequest{}), 400, "invalid_argument"},
 		{"no token of its own", carried(5, sharespotv1connect.HotspotServiceListProcedure, "application/proto", "", &sharespotv1.ListRequest{}), 401, "unauthenticated"},
@@ -106,7 +106,7 @@ func TestChannelCarriesOnlyUnaryCalls(t *testing.T) {
 			}
 		}
 	}
-	if err := st.Send(&sharespotv1.ChannelCall{Procedure: sharespotv1connect.HotspotServiceListProcedure}); err != nil {
+	if err := st.Send(&sharespotv1.CarryRequest{Procedure: sharespotv1connect.HotspotServiceListProcedure}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := st.Receive(); connect.CodeOf(err) != connect.CodeInvalidArgument || !strings.Contains(err.Error(), "id") {
@@ -114,10 +114,10 @@ func TestChannelCarriesOnlyUnaryCalls(t *testing.T) {
 	}
 }
 
-// TestChannelCallsCountAsCalls: every carried call passes its address's
+// TestCarryRequestsCountAsCalls: every carried call passes its address's
 // token bucket, as a call by itself does: a burst past it is refused, call
 // by call, with Retry-After, and the channel goes on.
-func TestChannelCallsCountAsCalls(t *testing.T) {
+func TestCarryRequestsCountAsCalls(t *testing.T) {
 	env := harness.Start(t, func(c *server.Config) { c.Limits.PerIP, c.Limits.PerIPBurst = 1, 8 })
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

@@ -53,7 +53,7 @@ type addressGuard struct {
 	rate    *limiterSet
 	calls   *inFlight
 	streams *inFlight
-	// chans are the channels (ChannelService.Open) apart from the inbox
+	// chans are the channels (ChannelService.Carry) apart from the inbox
 	// streams, so a device's channel never takes its inbox stream's slot.
 	chans   *inFlight
 	errs    *connect.ErrorWriter
@@ -77,7 +77,7 @@ func (a *addressGuard) wrap(next http.Handler) http.Handler {
 		switch r.URL.Path {
 		case sharespotv1connect.InboxServiceSubscribeProcedure:
 			slots, why, limit = a.streams, "too many inbox streams open from your address; close one first", metrics.LimitAddressStreams
-		case sharespotv1connect.ChannelServiceOpenProcedure:
+		case sharespotv1connect.ChannelServiceCarryProcedure:
 			slots, why, limit = a.chans, "too many channels open from your address; close one first", metrics.LimitAddressChannels
 		}
 		if !slots.acquire(key) {
@@ -86,7 +86,7 @@ func (a *addressGuard) wrap(next http.Handler) http.Handler {
 			return
 		}
 		defer slots.release(key)
-		if r.URL.Path != sharespotv1connect.ChannelServiceOpenProcedure {
+		if r.URL.Path != sharespotv1connect.ChannelServiceCarryProcedure {
 			// A channel's body is a stream of calls for as long as it
 			// stays open: each is capped on its own (channelMaxMessage),
 			// and each carried call comes through here again.

@@ -20,7 +20,7 @@ import (
 	"github.com/sharespot/sharespot/internal/protocol"
 )
 
-// The channel (ChannelService.Open, protocol 7) carries a device's unary
+// The channel (ChannelService.Carry, protocol 7) carries a device's unary
 // calls as messages on one bidirectional stream per server, which costs
 // the server about a third of what a call of its own does (an HTTP/2
 // stream, headers both ways, a handler goroutine, a flush). channelTransport
@@ -49,8 +49,9 @@ const channelOpenTimeout = 5 * time.Second
 // its channel could not be opened.
 const channelRetryAfter = time.Minute
 
-// channelIdle is how long an unused channel stays open.
-const channelIdle = 30 * time.Second
+// channelIdle is how long an unused channel stays open (a variable for
+// the tests).
+var channelIdle = 30 * time.Second
 
 // errChannelBroken is a carried call whose channel broke before its
 // reply: its answer was lost, as a unary call's whose connection broke.
@@ -148,7 +149,7 @@ func (t *channelTransport) channel(req *http.Request, server string) *channel {
 	if time.Now().Before(t.off[server]) {
 		return nil
 	}
-	ch := &channel{t: t, server: server, ready: make(chan struct{}), pending: map[uint64]chan *sharespotv1.ChannelReply{}}
+	ch := &channel{t: t, server: server, ready: make(chan struct{}), pending: map[uint64]chan *sharespotv1.CarryResponse{}}
 	t.chans[server] = ch
 	go ch.open(req.Header.Get("Authorization"), req.Header.Get("User-Agent"))
 	return ch
@@ -167,14 +168,14 @@ func (t *channelTransport) drop(ch *channel, opened bool) {
 	}
 }
 
-// channel is one open ChannelService.Open stream.
+// channel is one open ChannelService.Carry stream.
 type channel struct {
 	t      *channelTransport
 	server string
 
 	ready   chan struct{} // closed once the opening came, or it failed
 	openErr error
-	stream  *connect.BidiStreamForClient[sharespotv1.ChannelCall, sharespotv1.ChannelReply]
+	stream  *connect.BidiStreamForClient[sharespotv1.CarryRequest, sharespotv1.CarryResponse]
 	cancel  context.CancelFunc
 	slots   chan struct{}
 
@@ -182,7 +183,7 @@ type channel struct {
 
 	mu      sync.Mutex
 	next    uint64
-	pending map[uint64]chan *sharespotv1.ChannelReply
+	pending map[uint64]chan *sharespotv1.CarryResponse
 	err     error // why the channel closed
 	idle    *time.Timer
 }
@@ -191,7 +192,7 @@ func (ch *channel) open(token, agent string) {
 	ctx, cancel := context.WithCancel(context.Background())
 	ch.cancel = cancel
 	cl := sharespotv1connect.NewChannelServiceClient(&http.Client{Transport: ch.t.base}, ch.server)
-	st := cl.Open(ctx)
+	st := cl.Carry(ctx)
 	st.RequestHeader().Set("Authorization", token)
 	if agent != "" {
 		st.RequestHeader().Set("User-Agent", agent)
@@ -245,6 +246,7 @@ func (ch *channel) wait(ctx context.Context) error {
 
 // read hands each reply to its call until the stream ends.
 func (ch *channel) read() {
+	defer ch.stream.CloseResponse()
 	for {
 		r, err := ch.stream.Receive()
 		if err != nil {
@@ -262,7 +264,16 @@ func (ch *channel) read() {
 }
 
 // close ends the channel: each call in progress gets err.
-func (ch *channel) close(err error) {
+func (ch *channel) close(err error) { ch.end(err, false) }
+
+// closeIfIdle closes the channel if no call is in progress; otherwise it
+// looks again later.
+func (ch *channel) closeIfIdle() { ch.end(errChannelBroken, true) }
+
+// end closes the channel, or with idle only if no call is in progress
+// (checked under the lock that a call takes to be registered, so none is
+// registered on a channel closed as idle).
+func (ch *channel) end(err error, idle bool) {
 	<-ch.ready
 	if ch.openErr != nil {
 		return
@@ -272,32 +283,27 @@ func (ch *channel) close(err error) {
 		ch.mu.Unlock()
 		return
 	}
+	if idle && len(ch.pending) > 0 {
+		ch.idle.Reset(ch.t.idle)
+		ch.mu.Unlock()
+		return
+	}
 	ch.err = err
 	pending := ch.pending
 	ch.pending = nil
 	ch.idle.Stop()
 	ch.mu.Unlock()
 	ch.t.drop(ch, true)
+	// The context's end alone does not end the stream while the HTTP/2
+	// transport waits to read the next call from the request's body:
+	// closing the request does (the server then answers what it holds
+	// and ends the stream).
 	ch.cancel()
+	ch.sendMu.Lock()
+	_ = ch.stream.CloseRequest()
+	ch.sendMu.Unlock()
 	for _, w := range pending {
 		close(w)
-	}
-}
-
-// closeIfIdle closes the channel if no call is in progress; otherwise it
-// looks again later.
-func (ch *channel) closeIfIdle() {
-	ch.mu.Lock()
-	busy := len(ch.pending) > 0 || ch.err != nil
-	if busy && ch.err == nil {
-		ch.idle.Reset(ch.t.idle)
-	}
-	ch.mu.Unlock()
-	if !busy {
-		ch.sendMu.Lock() // not while a call is being sent
-		defer ch.sendMu.Unlock()
-		ch.stream.CloseRequest()
-		ch.close(errChannelBroken)
 	}
 }
 
@@ -310,7 +316,7 @@ func (ch *channel) call(req *http.Request, body []byte) (*http.Response, error) 
 		return nil, ctx.Err()
 	}
 	defer func() { <-ch.slots }()
-	w := make(chan *sharespotv1.ChannelReply, 1)
+	w := make(chan *sharespotv1.CarryResponse, 1)
 	ch.mu.Lock()
 	if ch.err != nil {
 		ch.mu.Unlock()
@@ -322,7 +328,7 @@ func (ch *channel) call(req *http.Request, body []byte) (*http.Response, error) 
 	ch.pending[id] = w
 	ch.idle.Reset(ch.t.idle)
 	ch.mu.Unlock()
-	c := &sharespotv1.ChannelCall{Id: id, Procedure: procedureOf(req.URL.Path), Body: body}
+	c := &sharespotv1.CarryRequest{Id: id, Procedure: procedureOf(req.URL.Path), Body: body}
 	for name, vs := range req.Header {
 		for _, v := range vs {
 			c.Headers = append(c.Headers, &sharespotv1.ChannelHeader{Name: name, Value: v})
@@ -332,8 +338,10 @@ func (ch *channel) call(req *http.Request, body []byte) (*http.Response, error) 
 	err := ch.stream.Send(c)
 	ch.sendMu.Unlock()
 	if err != nil {
+		// The stream ended before the call was sent whole, and a call
+		// the server did not read whole is not run: it goes by itself.
 		ch.close(errChannelBroken)
-		return nil, errChannelBroken
+		return ch.t.base.RoundTrip(withBody(req, body))
 	}
 	select {
 	case r, ok := <-w:
@@ -348,7 +356,7 @@ func (ch *channel) call(req *http.Request, body []byte) (*http.Response, error) 
 		}
 		ch.mu.Unlock()
 		ch.sendMu.Lock()
-		_ = ch.stream.Send(&sharespotv1.ChannelCall{Id: id, Cancel: true})
+		_ = ch.stream.Send(&sharespotv1.CarryRequest{Id: id, Cancel: true})
 		ch.sendMu.Unlock()
 		return nil, ctx.Err()
 	}
@@ -360,7 +368,7 @@ func procedureOf(path string) string {
 }
 
 // replyResponse is the HTTP response a reply stands for.
-func replyResponse(req *http.Request, r *sharespotv1.ChannelReply) *http.Response {
+func replyResponse(req *http.Request, r *sharespotv1.CarryResponse) *http.Response {
 	h := http.Header{}
 	for _, kv := range r.GetHeaders() {
 		h.Add(kv.GetName(), kv.GetValue())

@@ -5,10 +5,12 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"regexp"
 	"sync"
 	"testing"
 	"time"
@@ -88,10 +90,10 @@ func TestChannelCarriesCalls(t *testing.T) {
 	if n := p.count(sharespotv1connect.HotspotServiceRegisterProcedure) + p.count(sharespotv1connect.HotspotServiceListProcedure); n != 0 {
 		t.Errorf("%d carried calls went as HTTP requests of their own", n)
 	}
-	if n := p.count(sharespotv1connect.ChannelServiceOpenProcedure); n != 1 {
+	if n := p.count(sharespotv1connect.ChannelServiceCarryProcedure); n != 1 {
 		t.Errorf("the device opened %d channels, want 1", n)
 	}
-	if n := pd.count(sharespotv1connect.ChannelServiceOpenProcedure); n != 0 {
+	if n := pd.count(sharespotv1connect.ChannelServiceCarryProcedure); n != 0 {
 		t.Errorf("a Direct device opened %d channels", n)
 	}
 
@@ -134,7 +136,7 @@ func TestChannelFallsBackToCalls(t *testing.T) {
 	refused := 0
 	var mu sync.Mutex
 	front := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == sharespotv1connect.ChannelServiceOpenProcedure {
+		if r.URL.Path == sharespotv1connect.ChannelServiceCarryProcedure {
 			mu.Lock()
 			refused++
 			mu.Unlock()
@@ -278,10 +280,70 @@ func TestChannelBreaksAsALostAnswer(t *testing.T) {
 	if err := list(); err != nil {
 		t.Fatalf("after the channel broke: %v", err)
 	}
-	if n := p.count(sharespotv1connect.ChannelServiceOpenProcedure); n != 2 {
+	if n := p.count(sharespotv1connect.ChannelServiceCarryProcedure); n != 2 {
 		t.Errorf("%d channels opened, want a second after the break", n)
 	}
 	if n := p.count(sharespotv1connect.HotspotServiceListProcedure); n != 0 {
 		t.Errorf("%d calls went by themselves", n)
 	}
+}
+
+// TestChannelClosedWhenIdle: a channel no call has used for its idle time
+// is closed (its server's stream ends), and the next call opens another.
+func TestChannelClosedWhenIdle(t *testing.T) {
+	defer client.SetChannelIdle(2 * time.Second)()
+	env := harness.Start(t, nil)
+	c, p := newDevice(t, env.URL, false)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	list := func() {
+		t.Helper()
+		if _, err := c.Hotspots.List(ctx, connect.NewRequest(&sharespotv1.ListRequest{})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Calls closer together than the idle time keep one channel.
+	for range 5 {
+		list()
+		time.Sleep(100 * time.Millisecond)
+	}
+	if n := p.count(sharespotv1connect.ChannelServiceCarryProcedure); n != 1 {
+		t.Fatalf("%d channels for calls 100 ms apart, want 1", n)
+	}
+	if n := channelsOpen(t, env.URL); n != "1" {
+		t.Fatalf("the server counts %s channels open, want 1", n)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for channelsOpen(t, env.URL) != "0" {
+		if time.Now().After(deadline) {
+			t.Fatal("the server still holds the idle channel")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	list()
+	if n := p.count(sharespotv1connect.ChannelServiceCarryProcedure); n != 2 {
+		t.Errorf("%d channels opened, want a second after the first was idle", n)
+	}
+	if n := p.count(sharespotv1connect.HotspotServiceListProcedure); n != 0 {
+		t.Errorf("%d calls went by themselves", n)
+	}
+}
+
+// channelsOpen reads the server's sharespot_channels_open.
+func channelsOpen(t *testing.T, url string) string {
+	t.Helper()
+	res, err := client.NewHTTPClient().Get(url + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	b, err := io.ReadAll(res.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^sharespot_channels_open (\S+)$`).FindSubmatch(b)
+	if m == nil {
+		t.Fatalf("no sharespot_channels_open in /metrics")
+	}
+	return string(m[1])
 }

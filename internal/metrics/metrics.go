@@ -91,7 +91,7 @@ func NewServer(reg prometheus.Registerer) *Server {
 		streams: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: Namespace, Name: "inbox_streams_open",
 			Help: "Inbox streams open on this replica."}),
 		channels: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: Namespace, Name: "channels_open",
-			Help: "Channels (ChannelService.Open: a device's unary calls on one stream) open on this replica; each carried call counts in rpc_total as a call of its procedure."}),
+			Help: "Channels (ChannelService.Carry: a device's unary calls on one stream) open on this replica; each carried call counts in rpc_total as a call of its procedure."}),
 		lag: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: Namespace, Name: "inbox_delivery_lag_seconds",
 			Help:    "From a message's commit to the inbox to its sending on a stream.",
 			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300}}),
@@ -202,9 +202,9 @@ func (i interceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) con
 	}
 }
 
-// channelProcedure is ChannelService.Open's (metrics depends on no
+// channelProcedure is ChannelService.Carry's (metrics depends on no
 // generated code).
-const channelProcedure = "/sharespot.v1.ChannelService/Open"
+const channelProcedure = "/sharespot.v1.ChannelService/Carry"
 
 // open is the gauge of conn's kind of stream.
 func (m *Server) open(conn connect.StreamingHandlerConn) prometheus.Gauge {

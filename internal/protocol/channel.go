@@ -7,7 +7,7 @@ import (
 // channelService is ChannelService's full name.
 const channelService = "sharespot.v1.ChannelService"
 
-// CarriedProcedures are the procedures a channel (ChannelService.Open,
+// CarriedProcedures are the procedures a channel (ChannelService.Carry,
 // protocol 7) carries: every unary procedure of the Sharespot services,
 // by path ("/sharespot.v1.SessionService/Prompt"). Streams, the channel
 // itself and reflection are called directly.

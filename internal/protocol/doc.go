@@ -33,7 +33,7 @@ package protocol
 //	               apart in discovery, never offered; the WireGuard
 //	               gateway (Gateway.kind "wireguard", its public key and
 //	               the tunnel's addresses; the code is the guest's key).
-//	7  2026-12-07  the channel (ChannelService.Open): a device's unary
+//	7  2026-12-07  the channel (ChannelService.Carry): a device's unary
 //	               calls as messages on one bidirectional stream.
 const Version = 7
 

@@ -25,7 +25,7 @@ func bodyDeadline(next http.Handler, d time.Duration) http.Handler {
 		// A channel's body is its calls, one after another, for as long as
 		// the device holds it open; the stream counts against its
 		// address's streams, as an inbox stream does.
-		if r.Body != nil && r.Body != http.NoBody && r.URL.Path != sharespotv1connect.ChannelServiceOpenProcedure {
+		if r.Body != nil && r.Body != http.NoBody && r.URL.Path != sharespotv1connect.ChannelServiceCarryProcedure {
 			rc := http.NewResponseController(w)
 			if err := rc.SetReadDeadline(time.Now().Add(d)); err == nil {
 				r = api.OwnBody(r)

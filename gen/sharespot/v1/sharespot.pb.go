@@ -5244,7 +5244,7 @@ func (x *ChannelHeader) GetValue() string {
 	return ""
 }
 
-type ChannelCall struct {
+type CarryRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Chosen by the device: unique among its calls in progress on the stream
 	// (not 0).
@@ -5261,20 +5261,20 @@ type ChannelCall struct {
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *ChannelCall) Reset() {
-	*x = ChannelCall{}
+func (x *CarryRequest) Reset() {
+	*x = CarryRequest{}
 	mi := &file_sharespot_v1_sharespot_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *ChannelCall) String() string {
+func (x *CarryRequest) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*ChannelCall) ProtoMessage() {}
+func (*CarryRequest) ProtoMessage() {}
 
-func (x *ChannelCall) ProtoReflect() protoreflect.Message {
+func (x *CarryRequest) ProtoReflect() protoreflect.Message {
 	mi := &file_sharespot_v1_sharespot_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -5286,47 +5286,47 @@ func (x *ChannelCall) ProtoReflect() protoreflect.Message {
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use ChannelCall.ProtoReflect.Descriptor instead.
-func (*ChannelCall) Descriptor() ([]byte, []int) {
+// Deprecated: Use CarryRequest.ProtoReflect.Descriptor instead.
+func (*CarryRequest) Descriptor() ([]byte, []int) {
 	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{78}
 }
 
-func (x *ChannelCall) GetId() uint64 {
+func (x *CarryRequest) GetId() uint64 {
 	if x != nil {
 		return x.Id
 	}
 	return 0
 }
 
-func (x *ChannelCall) GetProcedure() string {
+func (x *CarryRequest) GetProcedure() string {
 	if x != nil {
 		return x.Procedure
 	}
 	return ""
 }
 
-func (x *ChannelCall) GetHeaders() []*ChannelHeader {
+func (x *CarryRequest) GetHeaders() []*ChannelHeader {
 	if x != nil {
 		return x.Headers
 	}
 	return nil
 }
 
-func (x *ChannelCall) GetBody() []byte {
+func (x *CarryRequest) GetBody() []byte {
 	if x != nil {
 		return x.Body
 	}
 	return nil
 }
 
-func (x *ChannelCall) GetCancel() bool {
+func (x *CarryRequest) GetCancel() bool {
 	if x != nil {
 		return x.Cancel
 	}
 	return false
 }
 
-type ChannelReply struct {
+type CarryResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The call answered; 0 is the stream's opening.
 	Id uint64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -5341,20 +5341,20 @@ type ChannelReply struct {
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *ChannelReply) Reset() {
-	*x = ChannelReply{}
+func (x *CarryResponse) Reset() {
+	*x = CarryResponse{}
 	mi := &file_sharespot_v1_sharespot_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *ChannelReply) String() string {
+func (x *CarryResponse) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*ChannelReply) ProtoMessage() {}
+func (*CarryResponse) ProtoMessage() {}
 
-func (x *ChannelReply) ProtoReflect() protoreflect.Message {
+func (x *CarryResponse) ProtoReflect() protoreflect.Message {
 	mi := &file_sharespot_v1_sharespot_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -5366,40 +5366,40 @@ func (x *ChannelReply) ProtoReflect() protoreflect.Message {
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use ChannelReply.ProtoReflect.Descriptor instead.
-func (*ChannelReply) Descriptor() ([]byte, []int) {
+// Deprecated: Use CarryResponse.ProtoReflect.Descriptor instead.
+func (*CarryResponse) Descriptor() ([]byte, []int) {
 	return file_sharespot_v1_sharespot_proto_rawDescGZIP(), []int{79}
 }
 
-func (x *ChannelReply) GetId() uint64 {
+func (x *CarryResponse) GetId() uint64 {
 	if x != nil {
 		return x.Id
 	}
 	return 0
 }
 
-func (x *ChannelReply) GetStatus() uint32 {
+func (x *CarryResponse) GetStatus() uint32 {
 	if x != nil {
 		return x.Status
 	}
 	return 0
 }
 
-func (x *ChannelReply) GetHeaders() []*ChannelHeader {
+func (x *CarryResponse) GetHeaders() []*ChannelHeader {
 	if x != nil {
 		return x.Headers
 	}
 	return nil
 }
 
-func (x *ChannelReply) GetBody() []byte {
+func (x *CarryResponse) GetBody() []byte {
 	if x != nil {
 		return x.Body
 	}
 	return nil
 }
 
-func (x *ChannelReply) GetMaxInFlight() uint32 {
+func (x *CarryResponse) GetMaxInFlight() uint32 {
 	if x != nil {
 		return x.MaxInFlight
 	}
@@ -6701,14 +6701,14 @@ const file_sharespot_v1_sharespot_proto_rawDesc = "" +
 	"\vAckResponse\"9\n" +
 	"\rChannelHeader\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value\"\x9e\x01\n" +
-	"\vChannelCall\x12\x0e\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"\x9f\x01\n" +
+	"\fCarryRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x1c\n" +
 	"\tprocedure\x18\x02 \x01(\tR\tprocedure\x125\n" +
 	"\aheaders\x18\x03 \x03(\v2\x1b.sharespot.v1.ChannelHeaderR\aheaders\x12\x12\n" +
 	"\x04body\x18\x04 \x01(\fR\x04body\x12\x16\n" +
-	"\x06cancel\x18\x05 \x01(\bR\x06cancel\"\xa5\x01\n" +
-	"\fChannelReply\x12\x0e\n" +
+	"\x06cancel\x18\x05 \x01(\bR\x06cancel\"\xa6\x01\n" +
+	"\rCarryResponse\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x16\n" +
 	"\x06status\x18\x02 \x01(\rR\x06status\x125\n" +
 	"\aheaders\x18\x03 \x03(\v2\x1b.sharespot.v1.ChannelHeaderR\aheaders\x12\x12\n" +
@@ -6863,9 +6863,9 @@ const file_sharespot_v1_sharespot_proto_rawDesc = "" +
 	"\x10PayoutOnboarding\x12%.sharespot.v1.PayoutOnboardingRequest\x1a&.sharespot.v1.PayoutOnboardingResponse\"\x002\x9e\x01\n" +
 	"\fInboxService\x12P\n" +
 	"\tSubscribe\x12\x1e.sharespot.v1.SubscribeRequest\x1a\x1f.sharespot.v1.SubscribeResponse\"\x000\x01\x12<\n" +
-	"\x03Ack\x12\x18.sharespot.v1.AckRequest\x1a\x19.sharespot.v1.AckResponse\"\x002U\n" +
-	"\x0eChannelService\x12C\n" +
-	"\x04Open\x12\x19.sharespot.v1.ChannelCall\x1a\x1a.sharespot.v1.ChannelReply\"\x00(\x010\x01B=Z;github.com/sharespot/sharespot/gen/sharespot/v1;sharespotv1b\x06proto3"
+	"\x03Ack\x12\x18.sharespot.v1.AckRequest\x1a\x19.sharespot.v1.AckResponse\"\x002X\n" +
+	"\x0eChannelService\x12F\n" +
+	"\x05Carry\x12\x1a.sharespot.v1.CarryRequest\x1a\x1b.sharespot.v1.CarryResponse\"\x00(\x010\x01B=Z;github.com/sharespot/sharespot/gen/sharespot/v1;sharespotv1b\x06proto3"
 
 var (
 	file_sharespot_v1_sharespot_proto_rawDescOnce sync.Once
@@ -6967,8 +6967,8 @@ var file_sharespot_v1_sharespot_proto_goTypes = []any{
 	(*AckRequest)(nil),               // 82: sharespot.v1.AckRequest
 	(*AckResponse)(nil),              // 83: sharespot.v1.AckResponse
 	(*ChannelHeader)(nil),            // 84: sharespot.v1.ChannelHeader
-	(*ChannelCall)(nil),              // 85: sharespot.v1.ChannelCall
-	(*ChannelReply)(nil),             // 86: sharespot.v1.ChannelReply
+	(*CarryRequest)(nil),             // 85: sharespot.v1.CarryRequest
+	(*CarryResponse)(nil),            // 86: sharespot.v1.CarryResponse
 	(*AccessRequested)(nil),          // 87: sharespot.v1.AccessRequested
 	(*FeeInfo)(nil),                  // 88: sharespot.v1.FeeInfo
 	(*PaymentConfirmed)(nil),         // 89: sharespot.v1.PaymentConfirmed
@@ -7037,8 +7037,8 @@ var file_sharespot_v1_sharespot_proto_depIdxs = []int32{
 	75,  // 52: sharespot.v1.HistoryResponse.transfers:type_name -> sharespot.v1.Transfer
 	78,  // 53: sharespot.v1.PlatformKeysResponse.keys:type_name -> sharespot.v1.PlatformKey
 	97,  // 54: sharespot.v1.SubscribeResponse.envelopes:type_name -> sharespot.v1.Envelope
-	84,  // 55: sharespot.v1.ChannelCall.headers:type_name -> sharespot.v1.ChannelHeader
-	84,  // 56: sharespot.v1.ChannelReply.headers:type_name -> sharespot.v1.ChannelHeader
+	84,  // 55: sharespot.v1.CarryRequest.headers:type_name -> sharespot.v1.ChannelHeader
+	84,  // 56: sharespot.v1.CarryResponse.headers:type_name -> sharespot.v1.ChannelHeader
 	34,  // 57: sharespot.v1.AccessRequested.guest_keys:type_name -> sharespot.v1.GuestKey
 	14,  // 58: sharespot.v1.AccessRequested.tariff:type_name -> sharespot.v1.Tariff
 	1,   // 59: sharespot.v1.AccessRequested.usage_mode:type_name -> sharespot.v1.UsageMode
@@ -7093,7 +7093,7 @@ var file_sharespot_v1_sharespot_proto_depIdxs = []int32{
 	69,  // 108: sharespot.v1.PaymentService.PayoutOnboarding:input_type -> sharespot.v1.PayoutOnboardingRequest
 	80,  // 109: sharespot.v1.InboxService.Subscribe:input_type -> sharespot.v1.SubscribeRequest
 	82,  // 110: sharespot.v1.InboxService.Ack:input_type -> sharespot.v1.AckRequest
-	85,  // 111: sharespot.v1.ChannelService.Open:input_type -> sharespot.v1.ChannelCall
+	85,  // 111: sharespot.v1.ChannelService.Carry:input_type -> sharespot.v1.CarryRequest
 	10,  // 112: sharespot.v1.AuthService.Challenge:output_type -> sharespot.v1.ChallengeResponse
 	12,  // 113: sharespot.v1.AuthService.SignIn:output_type -> sharespot.v1.SignInResponse
 	8,   // 114: sharespot.v1.AuthService.AddDevice:output_type -> sharespot.v1.AddDeviceResponse
@@ -7123,7 +7123,7 @@ var file_sharespot_v1_sharespot_proto_depIdxs = []int32{
 	70,  // 138: sharespot.v1.PaymentService.PayoutOnboarding:output_type -> sharespot.v1.PayoutOnboardingResponse
 	81,  // 139: sharespot.v1.InboxService.Subscribe:output_type -> sharespot.v1.SubscribeResponse
 	83,  // 140: sharespot.v1.InboxService.Ack:output_type -> sharespot.v1.AckResponse
-	86,  // 141: sharespot.v1.ChannelService.Open:output_type -> sharespot.v1.ChannelReply
+	86,  // 141: sharespot.v1.ChannelService.Carry:output_type -> sharespot.v1.CarryResponse
 	112, // [112:142] is the sub-list for method output_type
 	82,  // [82:112] is the sub-list for method input_type
 	82,  // [82:82] is the sub-list for extension type_name

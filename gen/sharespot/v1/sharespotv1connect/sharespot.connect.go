@@ -120,8 +120,8 @@ const (
 	InboxServiceSubscribeProcedure = "/sharespot.v1.InboxService/Subscribe"
 	// InboxServiceAckProcedure is the fully-qualified name of the InboxService's Ack RPC.
 	InboxServiceAckProcedure = "/sharespot.v1.InboxService/Ack"
-	// ChannelServiceOpenProcedure is the fully-qualified name of the ChannelService's Open RPC.
-	ChannelServiceOpenProcedure = "/sharespot.v1.ChannelService/Open"
+	// ChannelServiceCarryProcedure is the fully-qualified name of the ChannelService's Carry RPC.
+	ChannelServiceCarryProcedure = "/sharespot.v1.ChannelService/Carry"
 )
 
 // AuthServiceClient is a client for the sharespot.v1.AuthService service.
@@ -1228,7 +1228,7 @@ func (UnimplementedInboxServiceHandler) Ack(context.Context, *connect.Request[v1
 
 // ChannelServiceClient is a client for the sharespot.v1.ChannelService service.
 type ChannelServiceClient interface {
-	Open(context.Context) *connect.BidiStreamForClient[v1.ChannelCall, v1.ChannelReply]
+	Carry(context.Context) *connect.BidiStreamForClient[v1.CarryRequest, v1.CarryResponse]
 }
 
 // NewChannelServiceClient constructs a client for the sharespot.v1.ChannelService service. By
@@ -1242,10 +1242,10 @@ func NewChannelServiceClient(httpClient connect.HTTPClient, baseURL string, opts
 	baseURL = strings.TrimRight(baseURL, "/")
 	channelServiceMethods := v1.File_sharespot_v1_sharespot_proto.Services().ByName("ChannelService").Methods()
 	return &channelServiceClient{
-		open: connect.NewClient[v1.ChannelCall, v1.ChannelReply](
+		carry: connect.NewClient[v1.CarryRequest, v1.CarryResponse](
 			httpClient,
-			baseURL+ChannelServiceOpenProcedure,
-			connect.WithSchema(channelServiceMethods.ByName("Open")),
+			baseURL+ChannelServiceCarryProcedure,
+			connect.WithSchema(channelServiceMethods.ByName("Carry")),
 			connect.WithClientOptions(opts...),
 		),
 	}
@@ -1253,17 +1253,17 @@ func NewChannelServiceClient(httpClient connect.HTTPClient, baseURL string, opts
 
 // channelServiceClient implements ChannelServiceClient.
 type channelServiceClient struct {
-	open *connect.Client[v1.ChannelCall, v1.ChannelReply]
+	carry *connect.Client[v1.CarryRequest, v1.CarryResponse]
 }
 
-// Open calls sharespot.v1.ChannelService.Open.
-func (c *channelServiceClient) Open(ctx context.Context) *connect.BidiStreamForClient[v1.ChannelCall, v1.ChannelReply] {
-	return c.open.CallBidiStream(ctx)
+// Carry calls sharespot.v1.ChannelService.Carry.
+func (c *channelServiceClient) Carry(ctx context.Context) *connect.BidiStreamForClient[v1.CarryRequest, v1.CarryResponse] {
+	return c.carry.CallBidiStream(ctx)
 }
 
 // ChannelServiceHandler is an implementation of the sharespot.v1.ChannelService service.
 type ChannelServiceHandler interface {
-	Open(context.Context, *connect.BidiStream[v1.ChannelCall, v1.ChannelReply]) error
+	Carry(context.Context, *connect.BidiStream[v1.CarryRequest, v1.CarryResponse]) error
 }
 
 // NewChannelServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -1273,16 +1273,16 @@ type ChannelServiceHandler interface {
 // and JSON codecs. They also support gzip compression.
 func NewChannelServiceHandler(svc ChannelServiceHandler, opts ...connect.HandlerOption) (string, http.Handler) {
 	channelServiceMethods := v1.File_sharespot_v1_sharespot_proto.Services().ByName("ChannelService").Methods()
-	channelServiceOpenHandler := connect.NewBidiStreamHandler(
-		ChannelServiceOpenProcedure,
-		svc.Open,
-		connect.WithSchema(channelServiceMethods.ByName("Open")),
+	channelServiceCarryHandler := connect.NewBidiStreamHandler(
+		ChannelServiceCarryProcedure,
+		svc.Carry,
+		connect.WithSchema(channelServiceMethods.ByName("Carry")),
 		connect.WithHandlerOptions(opts...),
 	)
 	return "/sharespot.v1.ChannelService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
-		case ChannelServiceOpenProcedure:
-			channelServiceOpenHandler.ServeHTTP(w, r)
+		case ChannelServiceCarryProcedure:
+			channelServiceCarryHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -1292,6 +1292,6 @@ func NewChannelServiceHandler(svc ChannelServiceHandler, opts ...connect.Handler
 // UnimplementedChannelServiceHandler returns CodeUnimplemented from all methods.
 type UnimplementedChannelServiceHandler struct{}
 
-func (UnimplementedChannelServiceHandler) Open(context.Context, *connect.BidiStream[v1.ChannelCall, v1.ChannelReply]) error {
-	return connect.NewError(connect.CodeUnimplemented, errors.New("sharespot.v1.ChannelService.Open is not implemented"))
+func (UnimplementedChannelServiceHandler) Carry(context.Context, *connect.BidiStream[v1.CarryRequest, v1.CarryResponse]) error {
+	return connect.NewError(connect.CodeUnimplemented, errors.New("sharespot.v1.ChannelService.Carry is not implemented"))
 }
