@@ -454,11 +454,12 @@ func (c *BenchRelayCmd) Run(env *runEnv) error {
 // BenchIdleCmd is `sharespot bench idle`.
 type BenchIdleCmd struct {
 	benchTarget
-	Streams int           `default:"1000" help:"Inbox streams to hold open (one signed-in device each)."`
-	Sources int           `help:"Loopback source addresses to connect from (127.0.0.1, .2, …; default: one per 20,000 streams)."`
-	Mux     bool          `help:"Multiplex every device's stream over one shared HTTP/2 client instead of one TCP connection per device."`
-	Wait    time.Duration `default:"150s" help:"With --spawn: longest wait for the server's next garbage collection (it runs one at least every 2 minutes) to read its live heap."`
-	Hold    time.Duration `default:"30s" help:"After measuring, hold the streams open this much longer and report what that cost the server: collections and CPU (0: no hold)."`
+	Streams  int           `default:"1000" help:"Inbox streams to hold open (one signed-in device each)."`
+	Sources  int           `help:"Loopback source addresses to connect from (127.0.0.1, .2, …; default: one per 20,000 streams)."`
+	Mux      bool          `help:"Multiplex every device's stream over one shared HTTP/2 client instead of one TCP connection per device."`
+	Channels bool          `help:"Hold each device's channel (the stream its unary calls ride, ChannelService.Carry) open instead of its inbox stream: what a device in a session holds beside it."`
+	Wait     time.Duration `default:"150s" help:"With --spawn: longest wait for the server's next garbage collection (it runs one at least every 2 minutes) to read its live heap."`
+	Hold     time.Duration `default:"30s" help:"After measuring, hold the streams open this much longer and report what that cost the server: collections and CPU (0: no hold)."`
 }
 
 // Run holds the streams.
@@ -515,7 +516,7 @@ func (c *BenchIdleCmd) Run(env *runEnv) error {
 	if err != nil {
 		return err
 	}
-	rep, err := loadgen.RunIdle(ctx, loadgen.IdleConfig{URL: r.url, Streams: c.Streams, Sources: c.Sources, Mux: c.Mux, TLS: r.tls, Measure: measure, Hold: c.Hold}, empty)
+	rep, err := loadgen.RunIdle(ctx, loadgen.IdleConfig{URL: r.url, Streams: c.Streams, Sources: c.Sources, Mux: c.Mux, TLS: r.tls, Measure: measure, Hold: c.Hold, Channels: c.Channels}, empty)
 	if rep == nil || rep.Opened == 0 {
 		return err
 	}

@@ -176,8 +176,15 @@ func (g *Guest) request(ctx context.Context, hotspotID string, bytes int64, show
 		privs[s] = k
 		keys = append(keys, &sharespotv1.GuestKey{Suite: string(s), PublicKey: k.PublicKey()})
 	}
-	res, err := g.C.Sessions.RequestAccess(ctx, connect.NewRequest(&sharespotv1.RequestAccessRequest{HotspotId: hotspotID, Bytes: bytes, GuestKeys: keys, ShownTariff: shown,
-		UsageMode: g.mode()}))
+	// A request sent again with the same keys is answered with the session
+	// the first made (the server knows it by its keys), so one whose
+	// answer was lost is sent again.
+	var res *connect.Response[sharespotv1.RequestAccessResponse]
+	err := g.call(ctx, func() (err error) {
+		res, err = g.C.Sessions.RequestAccess(ctx, connect.NewRequest(&sharespotv1.RequestAccessRequest{HotspotId: hotspotID, Bytes: bytes, GuestKeys: keys, ShownTariff: shown,
+			UsageMode: g.mode()}))
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}

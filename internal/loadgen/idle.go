@@ -20,6 +20,7 @@ import (
 	"connectrpc.com/connect"
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
+	"github.com/sharespot/sharespot/gen/sharespot/v1/sharespotv1connect"
 	"github.com/sharespot/sharespot/internal/client"
 )
 
@@ -171,6 +172,10 @@ type IdleConfig struct {
 	// the measurement and measures again: what the server spends
 	// (collections, CPU) to hold idle streams, under a memory limit too.
 	Hold time.Duration
+	// Channels holds each device's channel (ChannelService.Carry, the
+	// stream its unary calls ride) open instead of its inbox stream: what
+	// a device in a session holds beside its inbox stream.
+	Channels bool
 }
 
 // IdleMem is the server's memory at one point.
@@ -238,6 +243,8 @@ func ReadGoMem(ctx context.Context, hc *http.Client, baseURL string) (*GoMem, er
 // IdleReport is what an idle-streams run measured.
 type IdleReport struct {
 	Streams int `json:"streams"`
+	// Kind is what each device held open: "inbox streams" or "channels".
+	Kind string `json:"kind"`
 	// Transport is what the devices spoke ("h2c", "TLS 1.3"), as the
 	// caller found out (ProbeTransport).
 	Transport      string  `json:"transport,omitempty"`
@@ -276,7 +283,10 @@ func RunIdle(ctx context.Context, cfg IdleConfig, empty IdleMem) (*IdleReport, e
 	if cfg.Width <= 0 {
 		cfg.Width = 64
 	}
-	rep := &IdleReport{Streams: cfg.Streams, Sources: cfg.Sources, Empty: empty, Connections: "one TCP connection per device"}
+	rep := &IdleReport{Streams: cfg.Streams, Kind: "inbox streams", Sources: cfg.Sources, Empty: empty, Connections: "one TCP connection per device"}
+	if cfg.Channels {
+		rep.Kind = "channels"
+	}
 	var shared *http.Client
 	if cfg.Mux {
 		shared = HTTPClientTLS(nil, cfg.TLS)
@@ -319,16 +329,34 @@ func RunIdle(ctx context.Context, cfg IdleConfig, empty IdleMem) (*IdleReport, e
 		cancel()
 		closeAll()
 	}()
-	streams := make([]*connect.ServerStreamForClient[sharespotv1.SubscribeResponse], len(devs))
+	streams := make([]any, len(devs)) // held open until sctx ends
 	t0 := time.Now()
 	var mu sync.Mutex
 	err = parallel(ctx, len(devs), cfg.Width, func(i int) error {
-		st, err := devs[i].Inbox.Subscribe(sctx, connect.NewRequest(&sharespotv1.SubscribeRequest{}))
-		if err != nil {
-			return fmt.Errorf("stream %d: %w", i, err)
-		}
-		if !st.Receive() { // the first answer says it is subscribed
-			return fmt.Errorf("stream %d: %w", i, st.Err())
+		var st any
+		if cfg.Channels {
+			tok, err := devs[i].Token(sctx)
+			if err != nil {
+				return fmt.Errorf("channel %d: %w", i, err)
+			}
+			ch := sharespotv1connect.NewChannelServiceClient(hcs[i], cfg.URL).Carry(sctx)
+			ch.RequestHeader().Set("Authorization", "Bearer "+tok)
+			if err := ch.Send(nil); err != nil {
+				return fmt.Errorf("channel %d: %w", i, err)
+			}
+			if _, err := ch.Receive(); err != nil { // the opening
+				return fmt.Errorf("channel %d: %w", i, err)
+			}
+			st = ch
+		} else {
+			in, err := devs[i].Inbox.Subscribe(sctx, connect.NewRequest(&sharespotv1.SubscribeRequest{}))
+			if err != nil {
+				return fmt.Errorf("stream %d: %w", i, err)
+			}
+			if !in.Receive() { // the first answer says it is subscribed
+				return fmt.Errorf("stream %d: %w", i, in.Err())
+			}
+			st = in
 		}
 		mu.Lock()
 		streams[i] = st
@@ -376,8 +404,12 @@ func RunIdle(ctx context.Context, cfg IdleConfig, empty IdleMem) (*IdleReport, e
 		rep.Held, rep.HeldSeconds = &held, time.Since(t).Seconds()
 	}
 	for _, st := range streams {
-		if st != nil {
+		switch st := st.(type) {
+		case *connect.ServerStreamForClient[sharespotv1.SubscribeResponse]:
 			st.Close()
+		case *connect.BidiStreamForClient[sharespotv1.CarryRequest, sharespotv1.CarryResponse]:
+			st.CloseRequest()
+			st.CloseResponse()
 		}
 	}
 	return rep, err
@@ -389,8 +421,8 @@ func (rep *IdleReport) WriteTable(w io.Writer) {
 	if rep.Transport != "" {
 		conns = rep.Transport + ", " + conns
 	}
-	fmt.Fprintf(w, "idle inbox streams: %d of %d open (%s, %d source addresses), connected in %.1fs\n",
-		rep.Opened, rep.Streams, conns, rep.Sources, rep.ConnectSeconds)
+	fmt.Fprintf(w, "idle %s: %d of %d open (%s, %d source addresses), connected in %.1fs\n",
+		rep.Kind, rep.Opened, rep.Streams, conns, rep.Sources, rep.ConnectSeconds)
 	row := func(name string, m IdleMem) {
 		fmt.Fprintf(w, "  %-24s RSS %8.1f MiB  anon %8.1f MiB  threads %4d", name, float64(m.Proc.RSSKiB)/1024, float64(m.Proc.AnonKiB)/1024, m.Proc.Threads)
 		if m.GC != nil {

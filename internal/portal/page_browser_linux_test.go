@@ -248,22 +248,32 @@ func TestBrowserWireGuard(t *testing.T) {
 
 // readQR decodes the QR code the page draws in element id, from the
 // screen's pixels.
+//
+// The element may be shown before the code is drawn in it (a busy
+// machine's browser paints late), so an image that does not decode is
+// taken again, for up to 10 s.
 func (r *rig) readQR(id string) string {
 	r.t.Helper()
-	png := get(r, "screenshot #"+id, chromedp.Screenshot(chromedp.ID(id)))
-	img, _, err := image.Decode(bytes.NewReader(png))
-	if err != nil {
-		r.t.Fatal(err)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		png := get(r, "screenshot #"+id, chromedp.Screenshot(chromedp.ID(id)))
+		img, _, err := image.Decode(bytes.NewReader(png))
+		if err != nil {
+			r.t.Fatal(err)
+		}
+		bmp, err := gozxing.NewBinaryBitmapFromImage(img)
+		if err != nil {
+			r.t.Fatal(err)
+		}
+		res, err := qrcode.NewQRCodeReader().Decode(bmp, nil)
+		if err == nil {
+			return res.GetText()
+		}
+		if time.Now().After(deadline) {
+			r.t.Fatalf("the QR code on the page does not decode: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
-	bmp, err := gozxing.NewBinaryBitmapFromImage(img)
-	if err != nil {
-		r.t.Fatal(err)
-	}
-	res, err := qrcode.NewQRCodeReader().Decode(bmp, nil)
-	if err != nil {
-		r.t.Fatalf("the QR code on the page does not decode: %v", err)
-	}
-	return res.GetText()
 }
 
 // serveOrigin runs an origin on loopback: GET /n/N answers N bytes.

@@ -19,7 +19,7 @@ import (
 func TestSessionQueriesUseTheirIndexes(t *testing.T) {
 	cases := []struct{ query, index string }{
 		{countUnpaid, "sessions_guest_unpaid"},
-		{countOpen, "sessions_guest_open"},
+		{openOf, "sessions_guest_open"},
 		{fmt.Sprintf(listOpen, "host_device_id"), "sessions_host_open"},
 		{fmt.Sprintf(listOpen, "guest_device_id"), "sessions_guest_open"},
 		{fmt.Sprintf(listAll, "host_device_id"), "sessions_host"},

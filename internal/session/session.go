@@ -26,6 +26,8 @@
 package session
 
 import (
+	"bytes"
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -236,8 +238,19 @@ func (e *Engine) RequestAccess(tx *store.Tx, guest Party, hotspotID string, byte
 	if err := account.LockDevice(tx, guest.DeviceID); err != nil {
 		return nil, err
 	}
-	if err := e.checkOpen(tx, guest); err != nil {
+	again, err := e.checkOpen(tx, guest, keys)
+	if err != nil {
 		return nil, err
+	}
+	if again != nil {
+		// The same request sent again, its first answer lost (a replica
+		// died, a connection or channel broke): its guest keys, fresh for
+		// every request, say so. It gets the session the first made;
+		// nothing more is made or sent to the host.
+		if again.HotspotID != hotspotID || again.Requested != bytes || again.Mode != mode {
+			return nil, problem.AlreadyExistsf("these guest keys were sent for session %s, of another hotspot or volume; make fresh keys for each request", again.ID)
+		}
+		return e.render(tx, again, guest)
 	}
 	keyBlob, err := proto.Marshal(&sharespotv1.AccessRequested{GuestKeys: keys})
 	if err != nil {
@@ -271,7 +284,7 @@ func (e *Engine) RequestAccess(tx *store.Tx, guest Party, hotspotID string, byte
 // sessions without ended_ms (the next start of this release repairs it,
 // RepairEnded), and such a session must not count as unfinished.
 var (
-	countOpen = fmt.Sprintf(`SELECT COUNT(*) FROM sessions WHERE guest_device_id = ? AND ended_ms = 0 AND state <> %d`,
+	openOf = fmt.Sprintf(`SELECT id, guest_keys FROM sessions WHERE guest_device_id = ? AND ended_ms = 0 AND state <> %d`,
 		sharespotv1.SessionState_SESSION_STATE_ENDED)
 	countUnpaid = fmt.Sprintf(`SELECT COUNT(*) FROM sessions WHERE guest_account_id = ? AND state IN (%d, %d)`,
 		sharespotv1.SessionState_SESSION_STATE_REQUESTED, sharespotv1.SessionState_SESSION_STATE_QUOTED)
@@ -279,22 +292,58 @@ var (
 
 // checkOpen caps a guest's unfinished sessions per device, and its unpaid
 // requests per account: a request reserves nothing, but each costs the host
-// a quote.
-func (e *Engine) checkOpen(tx *store.Tx, guest Party) error {
-	var open, unpaid int
-	if err := tx.QueryRow(countOpen, guest.DeviceID).Scan(&open); err != nil {
-		return fmt.Errorf("session: count open sessions: %w", err)
+// a quote. It returns the unfinished session a request with keys made
+// before, if any: the same request sent again.
+func (e *Engine) checkOpen(tx *store.Tx, guest Party, keys []*sharespotv1.GuestKey) (*row, error) {
+	rows, err := tx.Query(openOf, guest.DeviceID)
+	if err != nil {
+		return nil, fmt.Errorf("session: open sessions: %w", err)
+	}
+	open, againID := 0, ""
+	for rows.Next() {
+		var id string
+		var blob []byte
+		if err := rows.Scan(&id, &blob); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("session: open sessions: %w", err)
+		}
+		open++
+		var req sharespotv1.AccessRequested
+		if proto.Unmarshal(blob, &req) == nil && sameKeys(req.GuestKeys, keys) {
+			againID = id
+		}
+	}
+	if err := errors.Join(rows.Err(), rows.Close()); err != nil {
+		return nil, fmt.Errorf("session: open sessions: %w", err)
+	}
+	if againID != "" {
+		return loadRow(tx, againID)
 	}
 	if open >= e.cfg.MaxOpenPerGuest {
-		return problem.Exhaustedf("you have %d unfinished sessions; end one first", open)
+		return nil, problem.Exhaustedf("you have %d unfinished sessions; end one first", open)
 	}
+	var unpaid int
 	if err := tx.QueryRow(countUnpaid, guest.AccountID).Scan(&unpaid); err != nil {
-		return fmt.Errorf("session: count unpaid requests: %w", err)
+		return nil, fmt.Errorf("session: count unpaid requests: %w", err)
 	}
 	if unpaid >= e.cfg.MaxUnpaidPerAccount {
-		return problem.Exhaustedf("your account has %d requests not yet paid for; pay or end one first", unpaid)
+		return nil, problem.Exhaustedf("your account has %d requests not yet paid for; pay or end one first", unpaid)
 	}
-	return nil
+	return nil, nil
+}
+
+// sameKeys reports whether a and b are the same guest keys (suite and
+// public key, in order).
+func sameKeys(a, b []*sharespotv1.GuestKey) bool {
+	if len(a) != len(b) || len(a) == 0 {
+		return false
+	}
+	for i := range a {
+		if a[i].GetSuite() != b[i].GetSuite() || !bytes.Equal(a[i].GetPublicKey(), b[i].GetPublicKey()) {
+			return false
+		}
+	}
+	return true
 }
 
 // ---------------------------------------------------------------- C3.1 / C1.12
