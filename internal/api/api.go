@@ -270,6 +270,11 @@ func (g *guard) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.
 		if err != nil {
 			return err
 		}
+		if conn.Spec().Procedure == sharespotv1connect.ChannelServiceCarryProcedure {
+			// A channel receives on a goroutine of its own, whose stack
+			// goes deep in any case: receiving aside would add a third.
+			return g.streamEnded(conn, next(ctx, conn))
+		}
 		return g.streamEnded(conn, next(ctx, shallowConn{conn}))
 	}
 }
