@@ -472,9 +472,10 @@ func (r *run) flow(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("available set %v, want hotspot %s", res.Msg.Available, r.hotspotID)
 	}
 	// A lost response to this request (the transport re-sends a request
-	// whose connection failed or whose answer was cut off) leaves a stray
-	// session behind the one the retry creates; it is ended with the
-	// others at the end.
+	// whose connection failed or whose answer was cut off) is answered,
+	// sent again, with the session the first made: its guest keys say it
+	// is the same request. A second session would be a stray, which the
+	// end of the run refuses.
 	ses, err := r.g.Begin(ctx, res.Msg.Available[0], 100*MB)
 	if err != nil {
 		return "", fmt.Errorf("request access: %w", err)
@@ -579,7 +580,7 @@ func (r *run) endAll(ctx context.Context) error {
 			}
 			ended[id] = true
 			if id != r.main {
-				r.note("ended a stray session")
+				return fmt.Errorf("session %s is a stray beside the flow's %s: a request sent again made a second session", id, r.main)
 			}
 		}
 		if fresh {
