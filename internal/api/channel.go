@@ -6,13 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"mime"
 	"net/http"
 	"sync"
 
 	"connectrpc.com/connect"
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
+	"github.com/sharespot/sharespot/internal/protocol"
 )
 
 // ChannelInFlight is how many carried calls one channel runs at once. The
@@ -180,11 +180,7 @@ func (c *channelService) refusal(call *sharespotv1.CarryRequest, r *http.Request
 	if !c.carried[call.GetProcedure()] {
 		return connect.NewError(connect.CodeUnimplemented, fmt.Errorf("channel: %q is not a unary procedure of the Sharespot services; call it directly", call.GetProcedure()))
 	}
-	// Only Connect's unary protocol is carried: its answer is a status,
-	// headers and a body, all of which a reply holds (gRPC's needs HTTP
-	// trailers).
-	mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
-	if mt != "application/proto" && mt != "application/json" {
+	if mt, ok := protocol.CarriedContentType(r.Header.Get("Content-Type")); !ok {
 		r.Header.Set("Content-Type", "application/proto") // answer in Connect's protocol
 		return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("channel: content type %q is not carried; send application/proto or application/json (Connect's unary protocol)", mt))
 	}

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"mime"
 	"net/http"
 	"strconv"
 	"strings"
@@ -115,8 +114,7 @@ func (t *channelTransport) carries(req *http.Request) (string, bool) {
 	if i < 0 || !t.carried[req.URL.Path[i:]] {
 		return "", false
 	}
-	mt, _, _ := mime.ParseMediaType(req.Header.Get("Content-Type"))
-	if mt != "application/proto" && mt != "application/json" {
+	if _, ok := protocol.CarriedContentType(req.Header.Get("Content-Type")); !ok {
 		return "", false
 	}
 	return req.URL.Scheme + "://" + req.URL.Host + req.URL.Path[:i], true

@@ -1,6 +1,8 @@
 package protocol
 
 import (
+	"mime"
+
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 )
 
@@ -27,4 +29,14 @@ func CarriedProcedures() map[string]bool {
 		}
 	}
 	return out
+}
+
+// CarriedContentType reports whether a call of this Content-Type is
+// carried on a channel: Connect's unary protocol (application/proto or
+// application/json), whose answer is a status, headers and a body, all of
+// which a reply holds (gRPC's needs HTTP trailers). It returns the media
+// type it read.
+func CarriedContentType(contentType string) (string, bool) {
+	mt, _, _ := mime.ParseMediaType(contentType)
+	return mt, mt == "application/proto" || mt == "application/json"
 }
