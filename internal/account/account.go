@@ -15,10 +15,14 @@ import (
 	"github.com/sharespot/sharespot/internal/store"
 )
 
-// Of returns the account that owns deviceID.
+// Of returns the account that owns deviceID: a device never changes
+// account, so the writer's memory keeps it (store.Memo).
 func Of(tx *store.Tx, deviceID string) (string, error) {
-	var id string
-	err := tx.QueryRow(`SELECT account_id FROM devices WHERE id = ?`, deviceID).Scan(&id)
+	id, err := store.Memo(tx, "device-account/"+deviceID, func() (string, error) {
+		var id string
+		err := tx.QueryRow(`SELECT account_id FROM devices WHERE id = ?`, deviceID).Scan(&id)
+		return id, err
+	}, func(a, b string) bool { return a == b })
 	if errors.Is(err, store.ErrNotFound) {
 		return "", problem.NotFoundf("device %s not found", deviceID)
 	}

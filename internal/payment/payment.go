@@ -5,6 +5,7 @@
 package payment
 
 import (
+	"bytes"
 	"context"
 	"crypto/aes"
 	"crypto/cipher"
@@ -224,6 +225,7 @@ func (w *Wallet) Charge(tx *store.Tx, nowMS int64, c session.Charge, receiptID s
 		}
 		return fmt.Errorf("payment: record receipt: %w", err)
 	}
+	tx.Remember(receiptKey(c.QuoteID), &storedReceipt{keyID: r.KeyId, payload: bytes.Clone(r.Payload), signature: bytes.Clone(r.Signature)})
 	return nil
 }
 
@@ -237,17 +239,42 @@ func (w *Wallet) Redeem(tx *store.Tx, receiptID, quoteID string) (bool, error) {
 	return n == 1, nil
 }
 
-// Stored returns the receipt recorded for a quote, nil if none.
+// Stored returns the receipt recorded for a quote, nil if none: the
+// writer's memory's (store.Memo), or the database's.
 func (w *Wallet) Stored(tx *store.Tx, quoteID string) (*sharespotv1.Receipt, error) {
-	rc := new(sharespotv1.Receipt)
-	err := tx.QueryRow(`SELECT key_id, payload, signature FROM receipts WHERE quote_id = ?`, quoteID).Scan(&rc.KeyId, &rc.Payload, &rc.Signature)
-	if errors.Is(err, store.ErrNotFound) {
-		return nil, nil
-	}
+	st, err := store.Memo(tx, receiptKey(quoteID), func() (*storedReceipt, error) {
+		st := new(storedReceipt)
+		err := tx.QueryRow(`SELECT key_id, payload, signature FROM receipts WHERE quote_id = ?`, quoteID).Scan(&st.keyID, &st.payload, &st.signature)
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, nil
+		}
+		return st, err
+	}, sameReceipt)
 	if err != nil {
 		return nil, fmt.Errorf("payment: receipt of quote %s: %w", quoteID, err)
 	}
-	return rc, nil
+	if st == nil {
+		return nil, nil
+	}
+	return &sharespotv1.Receipt{KeyId: st.keyID, Payload: st.payload, Signature: st.signature}, nil
+}
+
+// storedReceipt is what Stored reads of a receipts row, as the writer's
+// memory keeps it (nil: the quote has none yet). This package is the one
+// writer of receipts: Charge keeps what it inserts; Redeem's change
+// (confirmed) is not kept.
+type storedReceipt struct {
+	keyID              string
+	payload, signature []byte
+}
+
+func receiptKey(quoteID string) string { return "receipt/" + quoteID }
+
+func sameReceipt(kept, stored *storedReceipt) bool {
+	if kept == nil || stored == nil {
+		return kept == stored
+	}
+	return kept.keyID == stored.keyID && bytes.Equal(kept.payload, stored.payload) && bytes.Equal(kept.signature, stored.signature)
 }
 
 // Verify checks a payment-success response's signature and decodes it.

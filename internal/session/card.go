@@ -77,5 +77,6 @@ func addCardAdjustment(tx *store.Tx, sessionID, column string, amount int64) err
 	if _, err := tx.Exec(`UPDATE sessions SET `+column+` = `+column+` + ? WHERE id = ?`, amount, sessionID); err != nil {
 		return fmt.Errorf("session: record %s of %s: %w", column, sessionID, err)
 	}
+	tx.Forget(sessionKey(sessionID)) // the sum is the database's
 	return nil
 }

@@ -127,7 +127,14 @@ func (s *row) insert(tx *store.Tx) error {
 	if err != nil {
 		return err
 	}
-	return s.recount(tx)
+	if err := s.recount(tx); err != nil {
+		return err
+	}
+	s.CardRefunded, s.Disputed = 0, 0 // not inserted: the columns' default
+	s.Tariff.Currency = s.Currency
+	s.remember(tx)
+	tx.Remember(quotesKey(s.ID), []quote{}) // a new session has no quotes
+	return nil
 }
 
 func (s *row) save(tx *store.Tx, nowMS int64) error {
@@ -145,10 +152,24 @@ func (s *row) save(tx *store.Tx, nowMS int64) error {
 	if err != nil {
 		return err
 	}
-	return s.recount(tx)
+	if err := s.recount(tx); err != nil {
+		return err
+	}
+	s.remember(tx)
+	return nil
 }
 
+// loadRow returns a copy of the session's row: the writer's memory's, or
+// the database's.
 func loadRow(tx *store.Tx, id string) (*row, error) {
+	s, err := store.Memo(tx, sessionKey(id), func() (*row, error) { return readRow(tx, id) }, sameRow)
+	if err != nil {
+		return nil, err
+	}
+	return s.clone(), nil
+}
+
+func readRow(tx *store.Tx, id string) (*row, error) {
 	// Lock the row in a PostgreSQL write, so that a concurrent transition
 	// of the same session waits here (and is retried) rather than after
 	// doing its work; a read takes no lock.
@@ -228,7 +249,20 @@ func scanQuote(sc interface{ Scan(...any) error }) (*quote, error) {
 	return q, nil
 }
 
+// loadQuote returns a copy of a quote: from its session's quotes in the
+// writer's memory when it knows them, else the database's.
 func loadQuote(tx *store.Tx, id string) (*quote, error) {
+	if sid, ok := store.Recall[string](tx, quoteSessionKey(id)); ok {
+		qs, err := quotesOf(tx, sid)
+		if err != nil {
+			return nil, err
+		}
+		for _, q := range qs {
+			if q.ID == id {
+				return q, nil
+			}
+		}
+	}
 	q, err := scanQuote(tx.QueryRow(`SELECT `+quoteCols+` FROM quotes WHERE id = ?`, id))
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, problem.NotFoundf("quote %s not found", id)
@@ -236,47 +270,82 @@ func loadQuote(tx *store.Tx, id string) (*quote, error) {
 	if err != nil {
 		return nil, fmt.Errorf("session: load quote %s: %w", id, err)
 	}
+	tx.Remember(quoteSessionKey(id), q.SessionID) // a quote never changes session
 	return q, nil
 }
 
 func (q *quote) insert(tx *store.Tx) error {
-	return tx.ExecLater("session: insert quote "+q.ID, `INSERT INTO quotes (`+quoteCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+	err := tx.ExecLater("session: insert quote "+q.ID, `INSERT INTO quotes (`+quoteCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		q.ID, q.SessionID, int32(q.Kind), q.Bytes, q.Amount, q.Currency, int32(q.State), q.ExpiresMS, q.CreatedMS, q.Tranche, q.Used, q.Billed)
+	if err != nil {
+		return err
+	}
+	tx.Remember(quoteSessionKey(q.ID), q.SessionID)
+	changeQuotes(tx, q.SessionID, func(qs []quote) []quote { return append(qs, *q) })
+	return nil
 }
 
 func (q *quote) save(tx *store.Tx) error {
-	return tx.ExecLater("session: save quote "+q.ID, `UPDATE quotes SET state = ?, tranche = ? WHERE id = ?`, int32(q.State), q.Tranche, q.ID)
+	err := tx.ExecLater("session: save quote "+q.ID, `UPDATE quotes SET state = ?, tranche = ? WHERE id = ?`, int32(q.State), q.Tranche, q.ID)
+	if err != nil {
+		return err
+	}
+	changeQuote(tx, q.SessionID, q.ID, func(k *quote) { k.State, k.Tranche = q.State, q.Tranche })
+	return nil
 }
 
 // saveBill records a tranche's settlement.
 func (q *quote) saveBill(tx *store.Tx) error {
-	return tx.ExecLater("session: bill quote "+q.ID, `UPDATE quotes SET used_bytes = ?, billed_minor = ? WHERE id = ?`, q.Used, q.Billed, q.ID)
+	err := tx.ExecLater("session: bill quote "+q.ID, `UPDATE quotes SET used_bytes = ?, billed_minor = ? WHERE id = ?`, q.Used, q.Billed, q.ID)
+	if err != nil {
+		return err
+	}
+	changeQuote(tx, q.SessionID, q.ID, func(k *quote) { k.Used, k.Billed = q.Used, q.Billed })
+	return nil
 }
 
-// quotesOf returns a session's quotes, in tranche order (quotes never
-// granted, tranche 0, first; then by creation).
+// quotesOf returns copies of a session's quotes, in tranche order (quotes
+// never granted, tranche 0, first; then by creation): the writer's
+// memory's, or the database's.
 func quotesOf(tx *store.Tx, sessionID string) ([]*quote, error) {
+	qs, err := store.Memo(tx, quotesKey(sessionID), func() ([]quote, error) { return readQuotes(tx, sessionID) }, sameQuotes)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*quote, len(qs))
+	for i := range qs {
+		q := qs[i]
+		out[i] = &q
+	}
+	return out, nil
+}
+
+func readQuotes(tx *store.Tx, sessionID string) ([]quote, error) {
 	rows, err := tx.Query(`SELECT `+quoteCols+` FROM quotes WHERE session_id = ? ORDER BY tranche, created_ms, id`, sessionID)
 	if err != nil {
 		return nil, fmt.Errorf("session: quotes of %s: %w", sessionID, err)
 	}
 	defer rows.Close()
-	var qs []*quote
+	qs := []quote{}
 	for rows.Next() {
 		q, err := scanQuote(rows)
 		if err != nil {
 			return nil, err
 		}
-		qs = append(qs, q)
+		qs = append(qs, *q)
 	}
 	return qs, rows.Err()
 }
 
 // nextTranche is the tranche number the session's next grant gets.
 func nextTranche(tx *store.Tx, sessionID string) (int32, error) {
-	var n int32
-	if err := tx.QueryRow(`SELECT COALESCE(MAX(tranche), 0) FROM quotes WHERE session_id = ?`, sessionID).Scan(&n); err != nil {
+	qs, err := quotesOf(tx, sessionID)
+	if err != nil {
 		return 0, fmt.Errorf("session: tranches of %s: %w", sessionID, err)
+	}
+	var n int32
+	for _, q := range qs {
+		n = max(n, q.Tranche)
 	}
 	return n + 1, nil
 }
@@ -288,17 +357,21 @@ func (q *quote) proto(rc *sharespotv1.Receipt) *sharespotv1.Quote {
 
 // pendingQuote returns the session's top-up quote that is open, paid or
 // confirmed, if any.
+// (There is at most one: a top-up is refused while one is pending.)
 func (e *Engine) pendingQuote(tx *store.Tx, sessionID string) (*quote, error) {
-	q, err := scanQuote(tx.QueryRow(`SELECT `+quoteCols+` FROM quotes WHERE session_id = ? AND kind = ? AND state IN (?, ?, ?)`,
-		sessionID, int32(sharespotv1.QuoteKind_QUOTE_KIND_TOPUP), int32(sharespotv1.QuoteState_QUOTE_STATE_OPEN),
-		int32(sharespotv1.QuoteState_QUOTE_STATE_PAID), int32(sharespotv1.QuoteState_QUOTE_STATE_CONFIRMED)))
-	if errors.Is(err, store.ErrNotFound) {
-		return nil, nil
-	}
+	qs, err := quotesOf(tx, sessionID)
 	if err != nil {
 		return nil, fmt.Errorf("session: pending top-up of %s: %w", sessionID, err)
 	}
-	return q, nil
+	for _, q := range qs {
+		switch q.State {
+		case sharespotv1.QuoteState_QUOTE_STATE_OPEN, sharespotv1.QuoteState_QUOTE_STATE_PAID, sharespotv1.QuoteState_QUOTE_STATE_CONFIRMED:
+			if q.Kind == sharespotv1.QuoteKind_QUOTE_KIND_TOPUP {
+				return q, nil
+			}
+		}
+	}
+	return nil, nil
 }
 
 func (e *Engine) nowMS() int64 { return e.now().UnixMilli() }

@@ -160,6 +160,17 @@ func (e *Engine) effects(tx *store.Tx, nowMS int64, s *row, st *settlement, reas
 		s.ID); err != nil {
 		return fmt.Errorf("session: close quotes: %w", err)
 	}
+	changeQuotes(tx, s.ID, func(qs []quote) []quote {
+		for i := range qs {
+			switch qs[i].State {
+			case sharespotv1.QuoteState_QUOTE_STATE_OPEN:
+				qs[i].State = sharespotv1.QuoteState_QUOTE_STATE_EXPIRED
+			case sharespotv1.QuoteState_QUOTE_STATE_PAID, sharespotv1.QuoteState_QUOTE_STATE_CONFIRMED:
+				qs[i].State = sharespotv1.QuoteState_QUOTE_STATE_REFUNDED
+			}
+		}
+		return qs
+	})
 	s.State = sharespotv1.SessionState_SESSION_STATE_ENDED
 	s.Used, s.PendingTopUp, s.DeadlineMS, s.EndReason = st.Used, 0, 0, reason
 	s.HostCount, s.Verified = st.HostCount, st.Verified

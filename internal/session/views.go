@@ -266,6 +266,7 @@ func RepairEnded(tx *store.Tx) error {
 	if _, err := tx.Exec(`UPDATE sessions SET ended_ms = CASE WHEN updated_ms > 0 THEN updated_ms ELSE 1 END WHERE ` + endedUnmarked); err != nil {
 		return fmt.Errorf("session: mark ended sessions: %w", err)
 	}
+	tx.ForgetAll()
 	return nil
 }
 

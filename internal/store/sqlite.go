@@ -76,7 +76,8 @@ func OpenSQLite(ctx context.Context, path string, opts Options) (*Store, error) 
 		return nil, err
 	}
 
-	s := &Store{engine: SQLite, log: log, maxBatch: opts.MaxBatch, commitDelay: opts.CommitDelay, crash: opts.Crash, onCommit: opts.OnCommit}
+	s := &Store{engine: SQLite, log: log, maxBatch: opts.MaxBatch, commitDelay: opts.CommitDelay, crash: opts.Crash, onCommit: opts.OnCommit,
+		memo: newMemo(opts)}
 	if s.maxBatch <= 0 {
 		s.maxBatch = 512
 	}

@@ -81,6 +81,13 @@ type Options struct {
 	// OnCommit, when set, hears of every commit: how many write functions
 	// it made durable and how long it took (metrics; it must be quick).
 	OnCommit func(writes int, took time.Duration)
+	// MemoEntries caps the writer's memory (SQLite, memo.go): 0 is
+	// DefaultMemoEntries, below 0 turns it off.
+	MemoEntries int
+	// VerifyMemo reads again every value taken from the writer's memory
+	// and fails the write if the database holds another (tests; also
+	// SHARESPOT_VERIFY_MEMO=1).
+	VerifyMemo bool
 }
 
 // Store is an open database.
@@ -94,6 +101,7 @@ type Store struct {
 	commitDelay time.Duration
 	wconn       *sql.Conn // the writer's connection (SQLite)
 	wstmts      *stmtCache
+	memo        *memo      // the writer's memory (SQLite; memo.go)
 	rstmts      *readStmts // prepared on the read pool (SQLite)
 	crash       func(n int64, committed bool)
 	onCommit    func(writes int, took time.Duration)
@@ -140,6 +148,9 @@ type Stats struct {
 	// Read functions run, and the round trips they took, BEGIN and
 	// ROLLBACK included (PostgreSQL).
 	PgReads, PgReadRoundTrips int64
+	// Values write functions took from the writer's memory, and those
+	// they had to read (SQLite; memo.go).
+	MemoHits, MemoMisses int64
 }
 
 // Tx is a transaction handed to Write and Read functions. Queries use '?'
@@ -168,6 +179,11 @@ type Tx struct {
 	// check-then-insert that lost a race to a concurrent insert runs
 	// again and sees the row that won (see postgres.go).
 	conflict error
+	// The writer's memory (SQLite's writer only; memo.go), what this
+	// write changed in it, and whether it forgot everything.
+	memo        *memo
+	memoOwn     map[string]memoVal
+	memoCleared bool
 }
 
 // note records a retryable error (PostgreSQL; err as the driver returned
@@ -736,6 +752,9 @@ func (s *Store) Stats() Stats {
 	s.statsMu.Unlock()
 	st.PgStatements, st.PgRoundTrips = s.pgStmts.Load(), s.pgTrips.Load()
 	st.PgReads, st.PgReadRoundTrips = s.pgReads.Load(), s.pgReadTrips.Load()
+	if s.memo != nil {
+		st.MemoHits, st.MemoMisses = s.memo.hits.Load(), s.memo.misses.Load()
+	}
 	if s.wstmts != nil {
 		s.wstmts.mu.Lock()
 		st.Statements = s.wstmts.runs
@@ -888,6 +907,7 @@ func (s *Store) commitBatch(batch []*writeReq) {
 		finish(fmt.Errorf("store: commit: %w", translate(err)))
 		return
 	}
+	s.memo.commit()
 	if s.crash != nil {
 		s.crash(s.commitNo, true)
 	}
@@ -916,6 +936,7 @@ var errFnFailed = errors.New("store: a write function failed; run the batch with
 // the first function to fail rolls the transaction back and runBatch
 // returns errFnFailed. Any other error has rolled back, and is the batch's.
 func (s *Store) runBatch(ctx context.Context, batch []*writeReq, afters [][]func(), savepoints bool) (int, *sql.Tx, error) {
+	s.memo.startBatch()
 	sqlTx, err := s.wconn.BeginTx(ctx, nil)
 	if err != nil {
 		return 0, nil, fmt.Errorf("store: begin write: %w", translate(err))
@@ -933,7 +954,7 @@ func (s *Store) runBatch(ctx context.Context, batch []*writeReq, afters [][]func
 				continue
 			}
 		}
-		tx := &Tx{ctx: r.ctx, qctx: context.WithoutCancel(r.ctx), q: sqlTx, stmts: s.wstmts, engine: s.engine, writable: true}
+		tx := &Tx{ctx: r.ctx, qctx: context.WithoutCancel(r.ctx), q: sqlTx, stmts: s.wstmts, engine: s.engine, writable: true, memo: s.memo}
 		ferr := runFn(r.fn, tx)
 		switch {
 		case ferr != nil && !savepoints:
@@ -949,6 +970,7 @@ func (s *Store) runBatch(ctx context.Context, batch []*writeReq, afters [][]func
 			}
 		default:
 			afters[i] = tx.after
+			s.memo.keep(tx)
 			ran++
 		}
 		if savepoints {
