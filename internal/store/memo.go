@@ -139,6 +139,11 @@ func (tx *Tx) set(key string, v memoVal) {
 	tx.memoOwn[key] = v
 }
 
+// Remembers says whether this write has the writer's memory (SQLite's
+// writer): a write may then replace a statement that reads what it
+// changes by one that does not.
+func (tx *Tx) Remembers() bool { return tx.memo != nil }
+
 // Remember keeps v under key for this write and, once it commits, for
 // later ones (on SQLite's writer; elsewhere it does nothing). v must be
 // what the database holds for key once this write's statements so far
