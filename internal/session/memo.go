@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 
+	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/store"
 )
 
@@ -32,8 +33,17 @@ func (s *row) clone() *row {
 	return &c
 }
 
-// remember keeps the row as just written.
-func (s *row) remember(tx *store.Tx) { tx.Remember(sessionKey(s.ID), s.clone()) }
+// remember keeps the row as just written, or forgets an ended one: the
+// writes after the end are few (a late count, a card refund), and the
+// memory keeps the sessions that are under way rather than the many that
+// are over (an ended session's quotes stay until the memory is full).
+func (s *row) remember(tx *store.Tx) {
+	if s.State == sharespotv1.SessionState_SESSION_STATE_ENDED {
+		tx.Forget(sessionKey(s.ID))
+		return
+	}
+	tx.Remember(sessionKey(s.ID), s.clone())
+}
 
 // sameRow: a kept row and a stored one hold the same (an empty key and
 // none are the same).
