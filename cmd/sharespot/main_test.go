@@ -13,7 +13,7 @@ import (
 )
 
 func TestCrashHook(t *testing.T) {
-	for _, bad := range []string{"now", "before:", "before:0", "after:-1", "during:3", "after:x"} {
+	for _, bad := range []string{"now", "before:", "before:0", "after:-1", "during:3", "after:x", "after:Report Usage", "during:Pay"} {
 		if _, err := crashHook(bad); err == nil {
 			t.Errorf("crashHook(%q) accepted", bad)
 		}
@@ -21,8 +21,10 @@ func TestCrashHook(t *testing.T) {
 	if h, err := crashHook(""); err != nil || h != nil {
 		t.Fatalf("empty spec: %v, hook set: %v", err, h != nil)
 	}
-	if h, err := crashHook("after:3"); err != nil || h == nil {
-		t.Fatalf("after:3: %v", err)
+	for _, good := range []string{"after:3", "before:1", "after:ReportUsage", "before:Pay"} {
+		if h, err := crashHook(good); err != nil || h == nil {
+			t.Fatalf("%s: %v", good, err)
+		}
 	}
 }
 

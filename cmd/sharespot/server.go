@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -311,25 +312,42 @@ func (c *ServerCmd) Run(env *runEnv) error {
 
 // crashHook parses SHARESPOT_TEST_CRASH, the crash-safety tests' hook:
 // "before:N" or "after:N" SIGKILLs the server just before or just after its
-// Nth database commit. Empty means no hook.
-func crashHook(spec string) (func(int64, bool), error) {
+// Nth database commit; "before:Call" or "after:Call" (a method's name, such
+// as ReportUsage) just before or after the first commit that holds a write
+// of that call. Empty means no hook.
+func crashHook(spec string) (func(int64, bool, []string), error) {
 	if spec == "" {
 		return nil, nil
 	}
-	when, num, ok := strings.Cut(spec, ":")
-	n, err := strconv.ParseInt(num, 10, 64)
-	if !ok || err != nil || n < 1 || (when != "before" && when != "after") {
-		return nil, fmt.Errorf("SHARESPOT_TEST_CRASH=%q: want before:N or after:N", spec)
+	when, at, ok := strings.Cut(spec, ":")
+	n, err := strconv.ParseInt(at, 10, 64)
+	byCall := err != nil && validCallName(at)
+	if !ok || (when != "before" && when != "after") || (!byCall && (err != nil || n < 1)) {
+		return nil, fmt.Errorf("SHARESPOT_TEST_CRASH=%q: want before:N or after:N (a commit's number from 1), or before:Call or after:Call (a method's name)", spec)
 	}
 	after := when == "after"
-	return func(commit int64, committed bool) {
-		if commit == n && committed == after {
-			if p, err := os.FindProcess(os.Getpid()); err == nil {
-				p.Kill() // SIGKILL on Unix: no clean-up runs
-			}
-			select {} // the signal is on its way
+	return func(commit int64, committed bool, calls []string) {
+		if committed != after || (byCall && !slices.Contains(calls, at)) || (!byCall && commit != n) {
+			return
 		}
+		if p, err := os.FindProcess(os.Getpid()); err == nil {
+			p.Kill() // SIGKILL on Unix: no clean-up runs
+		}
+		select {} // the signal is on its way
 	}, nil
+}
+
+// validCallName: a method's name as the API's procedures end, ReportUsage.
+func validCallName(s string) bool {
+	if s == "" || s[0] < 'A' || s[0] > 'Z' {
+		return false
+	}
+	for _, r := range s {
+		if !(r >= 'A' && r <= 'Z' || r >= 'a' && r <= 'z' || r >= '0' && r <= '9') {
+			return false
+		}
+	}
+	return true
 }
 
 // ackDelay parses SHARESPOT_TEST_ACK_DELAY, how long the crash-safety

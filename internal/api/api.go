@@ -9,6 +9,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"path"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -100,6 +101,10 @@ type Deps struct {
 	HostGoneGrace time.Duration
 	// Metrics, if set, counts calls, refusals and deliveries.
 	Metrics *metrics.Server
+	// NameCalls puts each unary call's name (its method, "ReportUsage")
+	// on its context for the store's crash hook (store.WithCall): the
+	// crash-safety tests only.
+	NameCalls bool
 }
 
 // CardPlatform is the card payment platform as the API needs it
@@ -128,7 +133,7 @@ func Handler(d Deps) http.Handler {
 	if d.PollInterval <= 0 {
 		d.PollInterval = 30 * time.Second
 	}
-	g := &guard{auth: d.Auth, log: d.Log, limits: d.Limits, dev: newLimiterSet(d.Limits.PerDevice, d.Limits.PerDevBurst), metrics: d.Metrics}
+	g := &guard{auth: d.Auth, log: d.Log, limits: d.Limits, dev: newLimiterSet(d.Limits.PerDevice, d.Limits.PerDevBurst), metrics: d.Metrics, nameCalls: d.NameCalls}
 	opts := []connect.HandlerOption{connect.WithInterceptors(d.Metrics.Interceptor(), g), connect.WithReadMaxBytes(MaxRequestBytes), connect.WithCompressMinBytes(4096),
 		boundedGzip(MaxRequestBytes)}
 	rpc := http.NewServeMux()
@@ -204,6 +209,8 @@ type guard struct {
 	limits  Limits
 	dev     *limiterSet
 	metrics *metrics.Server
+	// nameCalls: Deps.NameCalls.
+	nameCalls bool
 }
 
 var _ connect.Interceptor = (*guard)(nil)
@@ -246,6 +253,9 @@ func (g *guard) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
 		ctx, err := g.admit(ctx, req.Spec().Procedure, req.Header())
 		if err != nil {
 			return nil, err
+		}
+		if g.nameCalls {
+			ctx = store.WithCall(ctx, path.Base(req.Spec().Procedure))
 		}
 		resp, err := next(ctx, req)
 		if err != nil {

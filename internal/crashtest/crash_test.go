@@ -43,10 +43,12 @@ import (
 // fewer than N commits). C checks that this happens about where it should;
 // and each mode must have caught every kind of write in flight (the call
 // re-sent to the restarted server), the after-mode every way of recovering
-// a lost response; the grid runs again (at most three times) while one of
-// these is unmet, since a busy machine moves which call a crash catches.
-// The whole grid (~60 runs) takes about 25 s on 2 cores, so -short does
-// not skip it.
+// a lost response. A busy machine moves which call a crash at commit N
+// catches, so after each pass of the grid a write no crash caught is
+// steered: the server dies at the first commit holding that call's write
+// (SHARESPOT_TEST_CRASH=before:Call or after:Call); and the grid runs again
+// (at most three times) while a condition is unmet. The whole grid (~60
+// runs) takes about 25 s on 2 cores, so -short does not skip it.
 func TestCrashAtEveryCommit(t *testing.T) {
 	start := time.Now()
 	bin, err := harness.BuildBinary(t.TempDir())
@@ -106,7 +108,7 @@ func TestCrashAtEveryCommit(t *testing.T) {
 			survivedAt := 0
 			for n := 1; n <= c+slack+1 && survivedAt == 0; n++ {
 				t.Run(fmt.Sprintf("%s_%02d", mode, n), func(t *testing.T) {
-					res := crashRun(t, bin, mode, n)
+					res := crashRun(t, bin, fmt.Sprintf("%s:%d", mode, n))
 					if !res.crashed {
 						survivedAt = n
 					}
@@ -124,6 +126,25 @@ func TestCrashAtEveryCommit(t *testing.T) {
 				t.Errorf("%s: the server survived the flow with its hook at commit %d, far below the calibrated %d commits", mode, survivedAt, c)
 			default:
 				t.Logf("%s pass %d: crashed at every commit 1..%d; the flow ended before commit %d", mode, pass, survivedAt-1, survivedAt)
+			}
+			// A write no crash of the grid caught (the machine's timing
+			// moved the commits around it) is steered: the server dies at
+			// the first commit holding that call's write.
+			for _, p := range writes {
+				if inFlight[p] || t.Failed() {
+					continue
+				}
+				t.Run(fmt.Sprintf("%s_%s", mode, p), func(t *testing.T) {
+					res := crashRun(t, bin, mode+":"+p)
+					if !res.crashed {
+						t.Errorf("the server survived its hook at the first commit holding a %s write", p)
+					}
+					for _, p := range res.procs {
+						inFlight[p] = true
+					}
+					notes = append(notes, res.notes...)
+					summary = append(summary, fmt.Sprintf("%s:%-3s %s", mode, p, res))
+				})
 			}
 			m := missing()
 			if len(m) == 0 || t.Failed() {
@@ -170,12 +191,13 @@ func (r runResult) String() string {
 	return fmt.Sprintf("%-26s %-10s %6v  %s", s, r.outcome, r.took.Round(time.Millisecond), strings.Join(r.notes, "; "))
 }
 
-// crashRun runs the flow against a server hooked to die at mode:n.
-func crashRun(t *testing.T, bin, mode string, n int) runResult {
+// crashRun runs the flow against a server hooked to die at the hook's
+// spec (SHARESPOT_TEST_CRASH): before:N, after:N, before:Call, after:Call.
+func crashRun(t *testing.T, bin, at string) runResult {
 	began := time.Now()
 	dir := t.TempDir()
 	harness.DBFor(t, dir) // a PostgreSQL database when SHARESPOT_TEST_DB=postgres
-	srv := startServer(t, bin, dir, fmt.Sprintf("%s:%d", mode, n))
+	srv := startServer(t, bin, dir, at)
 	r := newRun(bin, dir, srv.Addr)
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	defer cancel()
@@ -243,7 +265,7 @@ func calibrate(t *testing.T, bin string) int {
 	}
 	openc := make(chan opened, 1)
 	go func() {
-		srv, err := server.Open(ctx, server.Config{DataDir: dir, DB: harness.DBFor(t, dir), Session: sc, Limits: lim, AckDelay: ackDelay, Crash: func(n int64, committed bool) {
+		srv, err := server.Open(ctx, server.Config{DataDir: dir, DB: harness.DBFor(t, dir), Session: sc, Limits: lim, AckDelay: ackDelay, Crash: func(n int64, committed bool, _ []string) {
 			if committed {
 				commits.Store(n)
 			}

@@ -7,7 +7,9 @@
 // acknowledgement: held by the server and written a moment later, here
 // 10 ms through SHARESPOT_TEST_ACK_DELAY), starts the server with
 // SHARESPOT_TEST_CRASH=before:N and then after:N, so that it SIGKILLs
-// itself just before or just after that commit. The test asserts the process really died of SIGKILL, restarts it
+// itself just before or just after that commit (and, for a call whose
+// write no crash of the grid caught in flight, before:Call and after:Call:
+// at the first commit holding that call's write). The test asserts the process really died of SIGKILL, restarts it
 // without the hook on the same data directory (and port), and lets the
 // clients carry on as real ones would: unary calls are re-sent on connection
 // errors; the guest runs its flow as guest.Session does (with Retry), so a

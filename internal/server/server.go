@@ -105,8 +105,9 @@ type Config struct {
 	// Registry receives the server's metrics (served at /metrics); nil:
 	// a registry of the server's own.
 	Registry *prometheus.Registry
-	// Crash is passed to the store (crash-safety tests only).
-	Crash func(commit int64, committed bool)
+	// Crash is passed to the store (crash-safety tests only); with it set,
+	// the API names each call's writes (api.Deps.NameCalls).
+	Crash func(commit int64, committed bool, calls []string)
 	// Stripe configures card payments (internal/card); without a key the
 	// wallet is the only payment platform.
 	Stripe card.Config
@@ -273,7 +274,7 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	s.acks = relay.NewAcks(s.st, cfg.AckDelay, cfg.Logger)
 	deps := api.Deps{Store: s.st, Engine: s.engine, Auth: s.auth, Wallet: s.wallet, Hub: s.hub, Acks: s.acks,
 		Now: cfg.Now, Log: cfg.Logger, Limits: cfg.Limits, PollInterval: cfg.PollInterval, Metrics: s.metrics,
-		HostAway: cfg.Session.HostAway, HostGoneGrace: cfg.HostGoneGrace}
+		HostAway: cfg.Session.HostAway, HostGoneGrace: cfg.HostGoneGrace, NameCalls: cfg.Crash != nil}
 	if cfg.Bus != "" {
 		deps.BusDown = func() bool { return !s.bus.Connected() }
 	}

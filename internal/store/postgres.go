@@ -270,13 +270,13 @@ func (s *Store) runPostgres(fn func(*Tx) error, tx *Tx) ([]func(), error) {
 		n := s.pgCommitNo
 		s.statsMu.Unlock()
 		if s.crash != nil {
-			s.crash(n, false)
+			s.crash(n, false, callsOf(tx.ctx))
 		}
 		if err := tx.pg.commit(tx); err != nil {
 			ferr = fmt.Errorf("store: commit: %w", translate(err))
 		} else {
 			if s.crash != nil {
-				s.crash(n, true)
+				s.crash(n, true, callsOf(tx.ctx))
 			}
 			s.statsMu.Lock()
 			s.stats.Commits++

@@ -203,23 +203,28 @@ func TestCrashHook(t *testing.T) {
 	engines(t, func(t *testing.T, d testDB) {
 		var mu sync.Mutex
 		var calls []string
-		s, err := d.openErr(t.Context(), Options{Crash: func(n int64, committed bool) {
+		s, err := d.openErr(t.Context(), Options{Crash: func(n int64, committed bool, names []string) {
 			mu.Lock()
 			defer mu.Unlock()
-			calls = append(calls, fmt.Sprint(n, committed))
+			calls = append(calls, fmt.Sprint(n, committed, names))
 		}})
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer s.Close()
 		for i := range 3 {
-			if err := s.Write(t.Context(), insertAccount(fmt.Sprint(i))); err != nil {
+			ctx := t.Context()
+			if i == 1 {
+				ctx = WithCall(ctx, "Pay")
+			}
+			if err := s.Write(ctx, insertAccount(fmt.Sprint(i))); err != nil {
 				t.Fatal(err)
 			}
 		}
 		mu.Lock()
 		defer mu.Unlock()
-		want := []string{"1 false", "1 true", "2 false", "2 true", "3 false", "3 true"}
+		// The hook hears which calls a commit's writes serve.
+		want := []string{"1 false []", "1 true []", "2 false [Pay]", "2 true [Pay]", "3 false []", "3 true []"}
 		if diff := cmp.Diff(want, calls); diff != "" {
 			t.Errorf("crash hook calls (-want +got):\n%s", diff)
 		}

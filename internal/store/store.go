@@ -75,9 +75,10 @@ type Options struct {
 	// Logger receives slow-commit and error reports; nil discards.
 	Logger *slog.Logger
 	// Crash, when set, is called around every commit with the commit's
-	// number (from 1) and whether it already happened; the crash-safety
-	// tests use it to SIGKILL the process at a transaction boundary.
-	Crash func(n int64, committed bool)
+	// number (from 1), whether it already happened, and the calls whose
+	// writes it holds (as WithCall named them); the crash-safety tests use
+	// it to SIGKILL the process at a transaction boundary.
+	Crash func(n int64, committed bool, calls []string)
 	// OnCommit, when set, hears of every commit: how many write functions
 	// it made durable and how long it took (metrics; it must be quick).
 	OnCommit func(writes int, took time.Duration)
@@ -103,7 +104,7 @@ type Store struct {
 	wstmts      *stmtCache
 	memo        *memo      // the writer's memory (SQLite; memo.go)
 	rstmts      *readStmts // prepared on the read pool (SQLite)
-	crash       func(n int64, committed bool)
+	crash       func(n int64, committed bool, calls []string)
 	onCommit    func(writes int, took time.Duration)
 	lastAway    atomic.Int64 // unix nanoseconds of the last call that found the database unavailable
 	commitNo    int64
@@ -535,6 +536,24 @@ func (tx *Tx) rebind(q string) string {
 	return b.String()
 }
 
+// callKey holds the name of the call a write serves (WithCall).
+type callKey struct{}
+
+// WithCall names the call whose writes ctx will carry, for the crash hook
+// (Options.Crash): the crash-safety tests crash at the commit holding a
+// given call's write.
+func WithCall(ctx context.Context, name string) context.Context {
+	return context.WithValue(ctx, callKey{}, name)
+}
+
+// callsOf is the call ctx serves, as a list for the crash hook.
+func callsOf(ctx context.Context) []string {
+	if c, ok := ctx.Value(callKey{}).(string); ok {
+		return []string{c}
+	}
+	return nil
+}
+
 type writeReq struct {
 	ctx   context.Context
 	fn    func(*Tx) error
@@ -900,8 +919,12 @@ func (s *Store) commitBatch(batch []*writeReq) {
 		return
 	}
 	s.commitNo++
+	var calls []string
 	if s.crash != nil {
-		s.crash(s.commitNo, false)
+		for _, r := range batch {
+			calls = append(calls, callsOf(r.ctx)...)
+		}
+		s.crash(s.commitNo, false, calls)
 	}
 	if err := sqlTx.Commit(); err != nil {
 		finish(fmt.Errorf("store: commit: %w", translate(err)))
@@ -909,7 +932,7 @@ func (s *Store) commitBatch(batch []*writeReq) {
 	}
 	s.memo.commit()
 	if s.crash != nil {
-		s.crash(s.commitNo, true)
+		s.crash(s.commitNo, true, calls)
 	}
 	d := time.Since(start)
 	s.statsMu.Lock()
