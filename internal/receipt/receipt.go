@@ -297,14 +297,15 @@ func (s *Signer) KeyID() string { return s.keyID }
 // Verifier checks receipts against a fixed set of trusted keys. It is safe
 // for concurrent use.
 type Verifier struct {
-	keys map[string]ed25519.PublicKey
+	keys    map[string]ed25519.PublicKey
+	vouched *vouched // receipts its own process signed (Vouch)
 }
 
 // NewVerifier returns a Verifier trusting keys, which it copies. It panics
 // if a key is not ed25519.PublicKeySize bytes long, like crypto/ed25519
 // does.
 func NewVerifier(keys ...ed25519.PublicKey) *Verifier {
-	v := &Verifier{keys: make(map[string]ed25519.PublicKey, len(keys))}
+	v := &Verifier{keys: make(map[string]ed25519.PublicKey, len(keys)), vouched: newVouched(VouchedReceipts)}
 	for i, k := range keys {
 		if len(k) != ed25519.PublicKeySize {
 			panic(fmt.Sprintf("receipt: NewVerifier: key %d is %d bytes, want %d", i, len(k), ed25519.PublicKeySize))
@@ -317,7 +318,9 @@ func NewVerifier(keys ...ed25519.PublicKey) *Verifier {
 // Verify checks r's signature with the trusted key it names and returns the
 // parsed payload. Errors wrap [ErrUnknownKey], [ErrBadSignature] or
 // [ErrMalformed]. Verify does not check freshness, replay or what was paid
-// for; see the package documentation and [Payload.Matches].
+// for; see the package documentation and [Payload.Matches]. A receipt its
+// own process signed and vouched for ([Verifier.Vouch]) is taken as signed
+// once without the arithmetic.
 func (v *Verifier) Verify(r Receipt) (Payload, error) {
 	var pub ed25519.PublicKey
 	if v != nil {
@@ -332,7 +335,7 @@ func (v *Verifier) Verify(r Receipt) (Payload, error) {
 	if len(r.Signature) != ed25519.SignatureSize {
 		return Payload{}, fmt.Errorf("receipt: verify: %w: %d bytes, want %d", ErrBadSignature, len(r.Signature), ed25519.SignatureSize)
 	}
-	if !ed25519.Verify(pub, signedMessage(r.Payload), r.Signature) {
+	if !v.vouched.take(r) && !ed25519.Verify(pub, signedMessage(r.Payload), r.Signature) {
 		return Payload{}, fmt.Errorf("receipt: verify: %w for key %s", ErrBadSignature, r.KeyID)
 	}
 	p, err := unmarshal(r.Payload)

@@ -91,6 +91,18 @@ func TestCheckPublicKeyLowOrder(t *testing.T) {
 				t.Errorf("%s: CheckPublicKey(… %x) = %v, want ErrMalformed (low order)", s, share, err)
 			}
 		}
+		// Their neighbours (each one bit off) are points a host can seal
+		// to, but for the top bit, which X25519 ignores.
+		for _, share := range low {
+			for bit := range 255 {
+				near := slices.Clone(share)
+				near[bit/8] ^= 1 << (bit % 8)
+				b := append(slices.Clip(head), near...)
+				if got, want := CheckPublicKey(s, b) != nil, hostRefuses(b); got != want {
+					t.Fatalf("%s: CheckPublicKey(… %x) refused=%v, a host's encapsulation refused=%v", s, near, got, want)
+				}
+			}
+		}
 		for range 200 {
 			share := make([]byte, 32)
 			rand.Read(share)
