@@ -143,16 +143,18 @@ func NextSeq(tx *store.Tx, deviceID string) (int64, error) {
 	return seq, nil
 }
 
-// WithNextSeq queues (store.Tx.QueryRowLater) stmt, a statement of
-// deviceID's inbox that returns one row into dest, with the device's next
-// sequence number taken in the same statement: stmt reads it as
-// (SELECT seq FROM s), and its placeholders follow deviceID's. PostgreSQL
-// only (SQLite has no UPDATE inside WITH): use NextSeq there.
+// WithNextSeq queues (store.Tx.InsertRowLater) stmt, an INSERT of one row
+// into deviceID's inbox (… VALUES … RETURNING …) whose row goes into dest,
+// with the device's next sequence number taken in the same statement: stmt
+// reads it as (SELECT seq FROM s), and its placeholders follow deviceID's.
+// An unknown device leaves that NULL, which the column must refuse, so the
+// statement inserts its row or fails. PostgreSQL only (SQLite has no
+// UPDATE inside WITH): use NextSeq there.
 func WithNextSeq(tx *store.Tx, what, deviceID, stmt string, args []any, dest ...any) error {
 	if tx.Engine() != store.Postgres {
 		return fmt.Errorf("%s: account: a sequence number inside a statement is PostgreSQL's; use NextSeq", what)
 	}
-	return tx.QueryRowLater(what, `WITH s AS (UPDATE devices SET next_seq = next_seq + 1 WHERE id = ? RETURNING next_seq - 1 AS seq) `+stmt,
+	return tx.InsertRowLater(what, `WITH s AS (UPDATE devices SET next_seq = next_seq + 1 WHERE id = ? RETURNING next_seq - 1 AS seq) `+stmt,
 		append([]any{deviceID}, args...), dest...)
 }
 

@@ -51,8 +51,10 @@ func TestStatementBudget(t *testing.T) {
 // were pipelined (store/pgpipe.go) every statement was one, and BEGIN and
 // COMMIT one each: 80 per flow; pipelined, 55; with each inbox append's
 // sequence taken in the append's own statement (relay.Append), 50; with
-// a transfer's common path one statement (ledger.Apply), 42.
-const roundTripBudget = 44
+// a transfer's common path one statement (ledger.Apply), 42; with each
+// write's own memory (store/memo.go: a session's quotes read once a write)
+// and an inbox append going with the COMMIT (store.Tx.InsertRowLater), 34.
+const roundTripBudget = 36
 
 // TestRoundTripBudget counts the statements and round trips of a paid
 // flow's writes on PostgreSQL, and fails when the round trips go over

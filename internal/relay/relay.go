@@ -45,7 +45,7 @@ type Hander interface {
 // The stored body carries no sequence number: the inbox row's seq column
 // is the message's, and whoever reads the row sets it (Fetch, Watch.Take).
 // So on PostgreSQL the number is taken and the row written by one statement
-// that waits for the write's next statement (store.Tx.QueryRowLater), not a
+// that waits for the write's next statement or its COMMIT (store.Tx.InsertRowLater), not a
 // round trip of its own. (Bodies stored with their number read the same.)
 func Append(tx *store.Tx, w Waker, nowMS int64, deviceID, sessionID string, env *sharespotv1.Envelope) error {
 	env.Seq = 0

@@ -249,18 +249,29 @@ func scanQuote(sc interface{ Scan(...any) error }) (*quote, error) {
 	return q, nil
 }
 
+// quoteOf returns a copy of the quote of a session the write has loaded,
+// from the session's quotes (quotesOf: the memory's, or one read of them
+// all, which the write's later steps take again, on PostgreSQL too). A
+// quote of another session, or none, is not found.
+func quoteOf(tx *store.Tx, sessionID, id string) (*quote, error) {
+	qs, err := quotesOf(tx, sessionID)
+	if err != nil {
+		return nil, err
+	}
+	for _, q := range qs {
+		if q.ID == id {
+			return q, nil
+		}
+	}
+	return nil, problem.NotFoundf("quote %s not found in session %s", id, sessionID)
+}
+
 // loadQuote returns a copy of a quote: from its session's quotes in the
 // writer's memory when it knows them, else the database's.
 func loadQuote(tx *store.Tx, id string) (*quote, error) {
 	if sid, ok := store.Recall[string](tx, quoteSessionKey(id)); ok {
-		qs, err := quotesOf(tx, sid)
-		if err != nil {
-			return nil, err
-		}
-		for _, q := range qs {
-			if q.ID == id {
-				return q, nil
-			}
+		if q, err := quoteOf(tx, sid, id); problem.KindOf(err) != problem.NotFound {
+			return q, err
 		}
 	}
 	q, err := scanQuote(tx.QueryRow(`SELECT `+quoteCols+` FROM quotes WHERE id = ?`, id))

@@ -620,8 +620,8 @@ func (e *Engine) Confirm(tx *store.Tx, guest Party, sessionID string, vr Verifie
 	if rc == nil {
 		return nil, problem.Invalidf("receipt is missing")
 	}
-	q, err := loadQuote(tx, p.QuoteID)
-	if err != nil || q.SessionID != s.ID {
+	q, err := quoteOf(tx, s.ID, p.QuoteID)
+	if err != nil {
 		return nil, problem.Deniedf("receipt refused: it is not for a quote of session %s", s.ID)
 	}
 	want := receipt.Payload{SessionID: s.ID, QuoteID: q.ID, Amount: q.Amount, Currency: q.Currency, Payer: guest.DeviceID, Payee: s.Host, Bytes: q.Bytes}
@@ -685,8 +685,8 @@ func (e *Engine) Grant(tx *store.Tx, host Party, sessionID, quoteID string, gran
 	if err != nil {
 		return nil, err
 	}
-	q, err := loadQuote(tx, quoteID)
-	if err != nil || q.SessionID != s.ID {
+	q, err := quoteOf(tx, s.ID, quoteID)
+	if err != nil {
 		return nil, problem.NotFoundf("quote %s not found in session %s", quoteID, s.ID)
 	}
 	if q.State != sharespotv1.QuoteState_QUOTE_STATE_CONFIRMED {

@@ -21,9 +21,15 @@ import (
 // whoever remembers or takes one must not change it (copy, change the copy,
 // remember the copy).
 //
-// On PostgreSQL there is no single writer (replicas write concurrently), and
-// in a Read the memory would be ahead of the snapshot: there every Memo
-// reads, and Remember and Forget do nothing.
+// On PostgreSQL there is no single writer (replicas write concurrently):
+// what one write keeps is its own, seen by its later statements and gone
+// when it ends (a write's own memory, memo.own). A value is true there for
+// as long as the write holds what it stands for: the engine reads a
+// session's row FOR UPDATE before its quotes and receipts, which change
+// only under that lock, and a device's account never changes. A write
+// reads such a thing once instead of at each step (docs/architecture.md,
+// "The writer's memory"). In a Read the memory would be ahead of the
+// snapshot: there every Memo reads, and Remember and Forget do nothing.
 //
 // The memory is a cache: it holds at most MemoEntries keys and drops some
 // when full, and a key it lacks is read again. With VerifyMemo (or
@@ -39,6 +45,9 @@ type memo struct {
 	max          int
 	verify       bool
 	hits, misses atomic.Int64
+	// own: each write keeps only its own memory, dropped when it ends
+	// (PostgreSQL): m and batch stay empty.
+	own bool
 }
 
 type memoVal struct {
@@ -59,6 +68,15 @@ func newMemo(opts Options) *memo {
 	}
 	return &memo{m: make(map[string]any), batch: make(map[string]memoVal), max: n,
 		verify: opts.VerifyMemo || os.Getenv("SHARESPOT_VERIFY_MEMO") == "1"}
+}
+
+// newOwnMemo is PostgreSQL's: each write's own memory, nothing shared.
+func newOwnMemo(opts Options) *memo {
+	m := newMemo(opts)
+	if m != nil {
+		m.own = true
+	}
+	return m
 }
 
 // startBatch forgets what a batch run that did not commit changed.
@@ -118,7 +136,7 @@ func (tx *Tx) recall(key string) (any, bool) {
 	if v, ok := tx.memoOwn[key]; ok {
 		return v.v, !v.gone
 	}
-	if tx.memoCleared {
+	if tx.memoCleared || tx.memo.own {
 		return nil, false
 	}
 	m := tx.memo
@@ -139,13 +157,15 @@ func (tx *Tx) set(key string, v memoVal) {
 	tx.memoOwn[key] = v
 }
 
-// Remembers says whether this write has the writer's memory (SQLite's
-// writer): a write may then replace a statement that reads what it
-// changes by one that does not.
-func (tx *Tx) Remembers() bool { return tx.memo != nil }
+// Remembers says whether this write has the writer's memory, shared with
+// the writes after it (SQLite's writer): a write may then replace a
+// statement that reads what it changes by one that does not. A write's
+// own memory (PostgreSQL) is not that.
+func (tx *Tx) Remembers() bool { return tx.memo != nil && !tx.memo.own }
 
 // Remember keeps v under key for this write and, once it commits, for
-// later ones (on SQLite's writer; elsewhere it does nothing). v must be
+// later ones (on SQLite's writer; on PostgreSQL for this write alone; in a
+// Read it does nothing). v must be
 // what the database holds for key once this write's statements so far
 // have run, and no one may change it after.
 func (tx *Tx) Remember(key string, v any) {

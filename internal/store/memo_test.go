@@ -240,8 +240,12 @@ func TestMemoVerifyCatchesAStaleValue(t *testing.T) {
 	}
 }
 
-// TestMemoOffOnPostgres: replicas write concurrently, so nothing is kept.
-func TestMemoOffOnPostgres(t *testing.T) {
+// TestMemoOwnOnPostgres: replicas write concurrently, so a PostgreSQL
+// write keeps only its own memory: its later statements take what it kept,
+// the next write reads again, and a write does not count as remembering
+// for the writes after it (Remembers).
+func TestMemoOwnOnPostgres(t *testing.T) {
+	t.Setenv("SHARESPOT_VERIFY_MEMO", "")
 	s := newDB(t, Postgres).open(t)
 	ctx := context.Background()
 	if err := s.Write(ctx, insertAccount("a")); err != nil {
@@ -250,17 +254,45 @@ func TestMemoOffOnPostgres(t *testing.T) {
 	reads := 0
 	for range 2 {
 		if err := s.Write(ctx, func(tx *Tx) error {
-			tx.Remember("name/a", "stale")
-			if _, ok := Recall[string](tx, "name/a"); ok {
-				return errors.New("a PostgreSQL write recalled a value")
+			if tx.Remembers() {
+				return errors.New("a PostgreSQL write says it remembers for the writes after it")
 			}
-			_, err := memoName(tx, "a", &reads)
-			return err
+			if _, ok := Recall[string](tx, "name/a"); ok {
+				return errors.New("a PostgreSQL write recalled what an earlier write kept")
+			}
+			for range 3 {
+				if n, err := memoName(tx, "a", &reads); err != nil || n != "a" {
+					return fmt.Errorf("memoName = %q, %v", n, err)
+				}
+			}
+			tx.Remember("name/b", "b")
+			if v, ok := Recall[string](tx, "name/b"); !ok || v != "b" {
+				return errors.New("a PostgreSQL write did not recall what it kept itself")
+			}
+			tx.ForgetAll()
+			if _, ok := Recall[string](tx, "name/b"); ok {
+				return errors.New("a PostgreSQL write recalled what it forgot")
+			}
+			return nil
 		}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if reads != 2 {
-		t.Errorf("%d reads of 2 on PostgreSQL", reads)
+		t.Errorf("%d reads on PostgreSQL, want 2: one in each write, each write's later ones from its own memory", reads)
+	}
+	// In a Read nothing is kept.
+	if err := s.Read(ctx, func(tx *Tx) error {
+		for range 2 {
+			if _, err := memoName(tx, "a", &reads); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if reads != 4 {
+		t.Errorf("%d reads after a Read of two, want 4", reads)
 	}
 }

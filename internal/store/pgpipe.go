@@ -44,6 +44,9 @@ type pipeStmt struct {
 	query string
 	args  []any
 	dest  []any // QueryRowLater: the row's columns go here; nil for ExecLater
+	// oneRow: the statement returns its row or fails in the database
+	// (InsertRowLater), so it may go with the COMMIT.
+	oneRow bool
 }
 
 const (
@@ -128,8 +131,11 @@ func (p *pgPipe) flush(tx *Tx) error {
 // statement is sent ahead on its own: its row is checked here, not by the
 // database (a statement that returns no row has not failed there), and a
 // COMMIT sent with it would commit a write about to be reported failed.
+// An InsertRowLater statement returns its row or fails in the database,
+// which then runs nothing after it in the batch, the COMMIT included: it
+// goes with the COMMIT.
 func (p *pgPipe) commit(tx *Tx) error {
-	if slices.ContainsFunc(p.queued, func(q pipeStmt) bool { return q.dest != nil }) {
+	if slices.ContainsFunc(p.queued, func(q pipeStmt) bool { return q.dest != nil && !q.oneRow }) {
 		if err := p.flush(tx); err != nil {
 			return err
 		}

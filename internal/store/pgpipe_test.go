@@ -131,6 +131,50 @@ func TestQueryRowLater(t *testing.T) {
 	})
 }
 
+// TestInsertRowLater: an INSERT of one row queued last goes with the
+// COMMIT on PostgreSQL (one round trip for the whole write), its row in its
+// destination by the end; one that fails there fails the write, named, and
+// the COMMIT sent with it commits nothing of the write.
+func TestInsertRowLater(t *testing.T) {
+	engines(t, func(t *testing.T, d testDB) {
+		s := d.open(t)
+		ctx := t.Context()
+		before := s.Stats()
+		var id string
+		err := s.Write(ctx, func(tx *Tx) error {
+			if err := tx.ExecLater("insert a1", `INSERT INTO accounts (id, created_ms) VALUES (?, ?)`, "a1", 1); err != nil {
+				return err
+			}
+			return tx.InsertRowLater("insert a2", `INSERT INTO accounts (id, created_ms) VALUES (?, ?) RETURNING id`, []any{"a2", 2}, &id)
+		})
+		if err != nil || id != "a2" {
+			t.Fatalf("write: %v, row %q; want a2", err, id)
+		}
+		if trips := s.Stats().PgRoundTrips - before.PgRoundTrips; d.engine == Postgres && trips != 1 {
+			t.Errorf("%d round trips, want 1: BEGIN, both inserts and the COMMIT together", trips)
+		}
+		// The last insert fails in the database (its NOT NULL column left
+		// NULL, as an inbox append to an unknown device does).
+		err = s.Write(ctx, func(tx *Tx) error {
+			if err := tx.ExecLater("insert a3", `INSERT INTO accounts (id, created_ms) VALUES (?, ?)`, "a3", 3); err != nil {
+				return err
+			}
+			var none string
+			return tx.InsertRowLater("insert a4 at a9's time", `INSERT INTO accounts (id, created_ms) VALUES (?, (SELECT created_ms FROM accounts WHERE id = 'a9')) RETURNING id`, []any{"a4"}, &none)
+		})
+		if err == nil || !strings.Contains(err.Error(), "insert a4 at a9's time") {
+			t.Fatalf("an insert the database refuses: got %v, want the write failed naming the statement", err)
+		}
+		if got := accountIDs(t, s); len(got) != 2 || !got["a1"] || !got["a2"] {
+			t.Fatalf("after the failed write: %v, want a1 and a2 only", got)
+		}
+		// The connection is fit for the next write.
+		if err := s.Write(ctx, insertAccount("a5")); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
 // TestPipelinedRoundTrips counts PostgreSQL round trips: a write of two
 // queued statements and one query takes one trip for the BEGIN, the two
 // and the query, and one for the COMMIT; a read's BEGIN goes with its

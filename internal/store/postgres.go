@@ -110,7 +110,7 @@ func OpenPostgres(ctx context.Context, url string, opts Options) (*Store, error)
 	if cfg.RuntimeParams["application_name"] == "" {
 		cfg.RuntimeParams["application_name"] = "sharespot"
 	}
-	s := &Store{engine: Postgres, log: opts.Logger, crash: opts.Crash, onCommit: opts.OnCommit}
+	s := &Store{engine: Postgres, log: opts.Logger, crash: opts.Crash, onCommit: opts.OnCommit, memo: newOwnMemo(opts)}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -208,7 +208,7 @@ func (s *Store) attemptPostgres(ctx context.Context, fn func(*Tx) error) ([]func
 	var after []func()
 	p := &pgPipe{s: s, ctx: qctx, queued: []pipeStmt{{what: "store: begin write", query: pgBegin}}}
 	err := withPipe(s.write, p, func() (err error) {
-		after, err = s.runPostgres(fn, &Tx{ctx: ctx, qctx: qctx, pg: p, engine: Postgres, writable: true})
+		after, err = s.runPostgres(fn, &Tx{ctx: ctx, qctx: qctx, pg: p, engine: Postgres, writable: true, memo: s.memo})
 		return err
 	})
 	return after, err

@@ -83,7 +83,8 @@ type Options struct {
 	// it made durable and how long it took (metrics; it must be quick).
 	OnCommit func(writes int, took time.Duration)
 	// MemoEntries caps the writer's memory (SQLite, memo.go): 0 is
-	// DefaultMemoEntries, below 0 turns it off.
+	// DefaultMemoEntries, below 0 turns it off (on PostgreSQL, a write's
+	// own memory too).
 	MemoEntries int
 	// VerifyMemo reads again every value taken from the writer's memory
 	// and fails the write if the database holds another (tests; also
@@ -102,7 +103,7 @@ type Store struct {
 	commitDelay time.Duration
 	wconn       *sql.Conn // the writer's connection (SQLite)
 	wstmts      *stmtCache
-	memo        *memo      // the writer's memory (SQLite; memo.go)
+	memo        *memo      // the writer's memory (SQLite), each write's own (PostgreSQL); memo.go
 	rstmts      *readStmts // prepared on the read pool (SQLite)
 	crash       func(n int64, committed bool, calls []string)
 	onCommit    func(writes int, took time.Duration)
@@ -149,8 +150,8 @@ type Stats struct {
 	// Read functions run, and the round trips they took, BEGIN and
 	// ROLLBACK included (PostgreSQL).
 	PgReads, PgReadRoundTrips int64
-	// Values write functions took from the writer's memory, and those
-	// they had to read (SQLite; memo.go).
+	// Values write functions took from the writer's memory (on
+	// PostgreSQL, their own), and those they had to read (memo.go).
 	MemoHits, MemoMisses int64
 }
 
@@ -180,8 +181,9 @@ type Tx struct {
 	// check-then-insert that lost a race to a concurrent insert runs
 	// again and sees the row that won (see postgres.go).
 	conflict error
-	// The writer's memory (SQLite's writer only; memo.go), what this
-	// write changed in it, and whether it forgot everything.
+	// The writer's memory (SQLite's writer; on PostgreSQL each write's
+	// own; none in a Read; memo.go), what this write changed in it, and
+	// whether it forgot everything.
 	memo        *memo
 	memoOwn     map[string]memoVal
 	memoCleared bool
@@ -390,13 +392,28 @@ func (tx *Tx) ExecLater(what, query string, args ...any) error {
 // returns, or its commit: an AfterCommit function may read it); on SQLite
 // it runs at once. No row is an error (ErrNotFound), and any error fails
 // the write, wrapped by what. It saves a round trip when a statement
-// follows it; one left for the commit is sent just before it (pgpipe.go).
+// follows it; one left for the commit is sent just before it (pgpipe.go):
+// a statement that returns no row has not failed in the database, so a
+// COMMIT sent with it would commit a write about to be reported failed.
 func (tx *Tx) QueryRowLater(what, query string, args []any, dest ...any) error {
+	return tx.queryRowLater(what, query, args, false, dest)
+}
+
+// InsertRowLater is QueryRowLater for an INSERT of one row (… VALUES …
+// RETURNING …): the database inserts its row and returns it, or fails, so
+// on PostgreSQL it goes with the COMMIT when it is the write's last
+// statement, saving that round trip too. A statement that can return no
+// row without failing must use QueryRowLater.
+func (tx *Tx) InsertRowLater(what, query string, args []any, dest ...any) error {
+	return tx.queryRowLater(what, query, args, true, dest)
+}
+
+func (tx *Tx) queryRowLater(what, query string, args []any, oneRow bool, dest []any) error {
 	if len(dest) == 0 {
 		return fmt.Errorf("%s: QueryRowLater without a destination", what)
 	}
 	if tx.pg != nil {
-		tx.pg.queued = append(tx.pg.queued, pipeStmt{what: what, query: tx.rebind(query), args: args, dest: dest})
+		tx.pg.queued = append(tx.pg.queued, pipeStmt{what: what, query: tx.rebind(query), args: args, dest: dest, oneRow: oneRow})
 		return nil
 	}
 	if err := tx.QueryRow(query, args...).Scan(dest...); err != nil {
