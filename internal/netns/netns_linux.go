@@ -129,6 +129,45 @@ func (n *NS) SendBufferMax(t testing.TB) int64 {
 	return max
 }
 
+// TCPRetransmitted is the TCP segments the namespace has sent again
+// (RetransSegs of /proc/net/snmp, IPv4 and IPv6 together): a test that
+// bounds the bytes a transfer takes on the wire reads it before and after,
+// since a loaded machine makes TCP retransmit, and every segment sent
+// again crosses the wire and is counted again.
+func (n *NS) TCPRetransmitted(t testing.TB) int64 {
+	t.Helper()
+	var segs int64
+	err := n.Do(func() error {
+		// thread-self: /proc/self/net is the main thread's namespace.
+		b, err := os.ReadFile("/proc/thread-self/net/snmp")
+		if err != nil {
+			return err
+		}
+		var names []string
+		for line := range strings.Lines(string(b)) {
+			f := strings.Fields(line)
+			if len(f) == 0 || f[0] != "Tcp:" {
+				continue
+			}
+			if names == nil {
+				names = f
+				continue
+			}
+			for i, name := range names {
+				if name == "RetransSegs" && i < len(f) {
+					segs, err = strconv.ParseInt(f[i], 10, 64)
+					return err
+				}
+			}
+		}
+		return fmt.Errorf("no Tcp RetransSegs in /proc/net/snmp")
+	})
+	if err != nil {
+		t.Fatalf("netns: TCP retransmissions in %s: %v", n.Name, err)
+	}
+	return segs
+}
+
 // Listen opens a listener inside the namespace.
 func (n *NS) Listen(network, addr string) (net.Listener, error) {
 	var ln net.Listener

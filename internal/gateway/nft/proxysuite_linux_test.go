@@ -128,6 +128,13 @@ func proxyChild(in io.Reader, out io.Writer) int {
 			var used, quota int64
 			used, quota, err = p.Usage(f[1])
 			reply = fmt.Sprintf("ok %d %d", used, quota)
+		case "retransmitted": // "retransmitted tcp"
+			w, ok := p.(*wg.Gateway)
+			if !ok {
+				err = errors.New("not the WireGuard gateway")
+				break
+			}
+			reply = fmt.Sprintf("ok %d", w.Retransmitted())
 		case "peer":
 			tn, ok := p.(gateway.Tunnel)
 			if !ok {
@@ -248,6 +255,15 @@ func (p *proxyProc) usage(id string) (used, quota int64) {
 	p.t.Helper()
 	fmt.Sscanf(p.call("usage "+id), "ok %d %d", &used, &quota)
 	return used, quota
+}
+
+// retransmitted is the TCP segments the WireGuard gateway's netstack has
+// sent again (wg.Gateway.Retransmitted).
+func (p *proxyProc) retransmitted() int64 {
+	p.t.Helper()
+	var n int64
+	fmt.Sscanf(p.call("retransmitted tcp"), "ok %d", &n)
+	return n
 }
 
 // kill ends the child with SIGKILL: a crash, no final save.

@@ -673,6 +673,12 @@ func (g *Gateway) listenPort() (int, error) {
 	return 0, errors.New("wireguard: no listen port")
 }
 
+// Retransmitted is the TCP segments the gateway's netstack has sent
+// again to its guests since it started. Each crosses the tunnel again and
+// is metered again, on the gateway and on the guest's own interface alike,
+// so a lossy or loaded link makes a transfer cost more than its payload.
+func (g *Gateway) Retransmitted() uint64 { return g.net.dev.Stack.Stats().TCP.Retransmits.Value() }
+
 // Ready reports whether Run has brought the device up (Addr has its port).
 func (g *Gateway) Ready() bool { return g.port.Load() != 0 }
 
