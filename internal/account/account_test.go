@@ -2,6 +2,7 @@ package account_test
 
 import (
 	"errors"
+	"fmt"
 	"path/filepath"
 	"testing"
 
@@ -50,7 +51,15 @@ func TestEnrolAndSequence(t *testing.T) {
 			t.Fatalf("second enrolment: %v; want a conflict", err)
 		}
 		for want := int64(1); want <= 3; want++ {
-			seq, err := store.WriteT(ctx, st, func(tx *store.Tx) (int64, error) { return account.NextSeq(tx, d.ID) })
+			// A number taken is written as its message's inbox row, in the
+			// same write (NextSeq's contract).
+			seq, err := store.WriteT(ctx, st, func(tx *store.Tx) (int64, error) {
+				seq, err := account.NextSeq(tx, d.ID)
+				if err == nil {
+					_, err = tx.Exec(`INSERT INTO inbox (device_id, seq, message_id, session_id, body, created_ms) VALUES (?, ?, ?, '', ?, 0)`, d.ID, seq, fmt.Sprint("m", seq), []byte{})
+				}
+				return seq, err
+			})
 			if err != nil || seq != want {
 				t.Fatalf("NextSeq = %d, %v; want %d", seq, err, want)
 			}
@@ -62,12 +71,12 @@ func TestEnrolAndSequence(t *testing.T) {
 			t.Fatal(err)
 		}
 		err = st.Read(ctx, func(tx *store.Tx) error {
-			var next, acked int64
-			if err := tx.QueryRow(`SELECT next_seq, acked_seq FROM devices WHERE id = ?`, d.ID).Scan(&next, &acked); err != nil {
+			next, acked, err := account.Cursor(tx, d.ID, false)
+			if err != nil {
 				return err
 			}
 			if next != 4 || acked != 2 {
-				t.Errorf("next_seq %d acked_seq %d; want 4, 2", next, acked)
+				t.Errorf("cursor: next %d, acked %d; want 4, 2", next, acked)
 			}
 			if acct, err := account.Of(tx, d.ID); err != nil || acct != d.AccountID {
 				t.Errorf("Of = %q, %v; want %q", acct, err, d.AccountID)

@@ -22,6 +22,7 @@ import (
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/gen/sharespot/v1/sharespotv1connect"
+	"github.com/sharespot/sharespot/internal/account"
 	"github.com/sharespot/sharespot/internal/api"
 	"github.com/sharespot/sharespot/internal/client"
 	"github.com/sharespot/sharespot/internal/harness"
@@ -321,7 +322,7 @@ func snapshot(t *testing.T, env *harness.Env) state {
 	t.Helper()
 	queries := []struct{ table, q string }{
 		{"accounts", `SELECT id FROM accounts`},
-		{"devices", `SELECT id, account_id, next_seq FROM devices`},
+		{"devices", `SELECT id, account_id, ` + account.NextSeqSQL(env.Srv.Store().Engine()) + ` FROM devices`},
 		{"hotspots", `SELECT * FROM hotspots`},
 		{"sessions", `SELECT * FROM sessions`},
 		{"quotes", `SELECT * FROM quotes`},

@@ -5,6 +5,7 @@ import (
 	"math/big"
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
+	"github.com/sharespot/sharespot/internal/account"
 	"github.com/sharespot/sharespot/internal/client"
 	"github.com/sharespot/sharespot/internal/ledger"
 	"github.com/sharespot/sharespot/internal/store"
@@ -203,8 +204,8 @@ func CheckFairness(tx *store.Tx, feeBPS int64) []error {
 // acknowledged still stored, with the ID the client saw.
 func CheckDelivery(tx *store.Tx, deviceID string, msgs []client.Handled) []error {
 	var errs []error
-	var next, acked int64
-	if err := tx.QueryRow(`SELECT next_seq, acked_seq FROM devices WHERE id = ?`, deviceID).Scan(&next, &acked); err != nil {
+	next, acked, err := account.Cursor(tx, deviceID, false)
+	if err != nil {
 		return []error{err}
 	}
 	stored := map[int64]string{}

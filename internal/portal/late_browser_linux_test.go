@@ -17,6 +17,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
+	"github.com/sharespot/sharespot/internal/account"
 	"github.com/sharespot/sharespot/internal/store"
 )
 
@@ -155,8 +156,9 @@ func (a *answerLate) hold(sid string, confirm bool) error {
 		}
 	}
 	var next int64
-	if err := a.r.env.Srv.Store().Read(ctx, func(tx *store.Tx) error {
-		return tx.QueryRow(`SELECT next_seq FROM devices WHERE id = ?`, guest).Scan(&next)
+	if err := a.r.env.Srv.Store().Read(ctx, func(tx *store.Tx) (err error) {
+		next, _, err = account.Cursor(tx, guest, false)
+		return err
 	}); err != nil {
 		return err
 	}

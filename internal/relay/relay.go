@@ -109,9 +109,9 @@ func Fetch(tx *store.Tx, deviceID string, afterSeq uint64, limit int) ([]*shares
 // Ack deletes deviceID's messages up to and including seq. It returns the
 // acknowledged sequence after the call; acknowledging the future is refused.
 func Ack(tx *store.Tx, deviceID string, seq uint64) (uint64, error) {
-	var next, acked int64
-	if err := tx.QueryRow(`SELECT next_seq, acked_seq FROM devices WHERE id = ?`+tx.ForUpdate(), deviceID).Scan(&next, &acked); err != nil {
-		return 0, fmt.Errorf("relay: read cursor of %s: %w", deviceID, err)
+	next, acked, err := account.Cursor(tx, deviceID, true)
+	if err != nil {
+		return 0, fmt.Errorf("relay: %w", err)
 	}
 	if int64(seq) >= next {
 		return uint64(acked), problem.Invalidf("ack %d is beyond the last message %d", seq, next-1)

@@ -177,3 +177,91 @@ func TestHubWatchCancel(t *testing.T) {
 	}
 	h.Wake("x") // no watchers: nothing happens
 }
+
+// TestSequenceAfterRestart: a device's next sequence number outlives the
+// process (SQLite's writer keeps it in memory and never writes the
+// device's row: account.NextSeq), whether its messages are still in the
+// inbox, all acknowledged by Ack or by AckDelivered, or the device's row
+// holds a higher number from before.
+func TestSequenceAfterRestart(t *testing.T) {
+	for _, e := range []store.Engine{store.SQLite, store.Postgres} {
+		t.Run(string(e), func(t *testing.T) {
+			ctx := context.Background()
+			target := filepath.Join(t.TempDir(), "r.db")
+			if e == store.Postgres {
+				target = pgtest.New(t)
+			}
+			open := func() *store.Store {
+				st, err := store.Open(ctx, target, store.Options{VerifyMemo: true})
+				if err != nil {
+					t.Fatal(err)
+				}
+				return st
+			}
+			st := open()
+			if err := st.Write(ctx, func(tx *store.Tx) error {
+				if err := account.Open(tx, "a", 0); err != nil {
+					return err
+				}
+				return account.Enrol(tx, account.Device{ID: "d", AccountID: "a", PublicKey: []byte{1}}, 0)
+			}); err != nil {
+				t.Fatal(err)
+			}
+			last := uint64(0)
+			appendOne := func(st *store.Store) {
+				t.Helper()
+				last++
+				if err := st.Write(ctx, func(tx *store.Tx) error { return Append(tx, nil, 1, "d", "s", prompt(int64(last))) }); err != nil {
+					t.Fatal(err)
+				}
+				envs, err := store.ReadT(ctx, st, func(tx *store.Tx) ([]*sharespotv1.Envelope, error) { return Fetch(tx, "d", last-1, 10) })
+				if err != nil || len(envs) != 1 || envs[0].Seq != last || envs[0].GetLowQuotaPrompt().GetUsedBytes() != int64(last) {
+					t.Fatalf("after %d messages the inbox after %d holds %v (%v); want message %d alone", last, last-1, envs, err, last)
+				}
+			}
+			restart := func() {
+				t.Helper()
+				if err := st.Close(); err != nil {
+					t.Fatal(err)
+				}
+				st = open()
+			}
+			// Two in the inbox, none acknowledged: the inbox holds the number.
+			appendOne(st)
+			appendOne(st)
+			restart()
+			appendOne(st) // 3
+			// All acknowledged and deleted (Ack): acked_seq holds it.
+			if _, err := store.WriteT(ctx, st, func(tx *store.Tx) (uint64, error) { return Ack(tx, "d", last) }); err != nil {
+				t.Fatal(err)
+			}
+			restart()
+			appendOne(st) // 4
+			// Acknowledged as delivered (the stream's held acks).
+			if err := st.Write(ctx, func(tx *store.Tx) error { return AckDelivered(tx, "d", last) }); err != nil {
+				t.Fatal(err)
+			}
+			restart()
+			appendOne(st) // 5
+			// Acknowledging what was never sent is refused, after a restart too.
+			if _, err := store.WriteT(ctx, st, func(tx *store.Tx) (uint64, error) { return Ack(tx, "d", last+1) }); err == nil {
+				t.Fatalf("ack %d accepted with %d messages sent", last+1, last)
+			}
+			// A device row with a higher number (a database from before
+			// SQLite stopped writing it) is not gone back on.
+			if _, err := store.WriteT(ctx, st, func(tx *store.Tx) (uint64, error) { return Ack(tx, "d", last) }); err != nil {
+				t.Fatal(err)
+			}
+			if err := st.Write(ctx, func(tx *store.Tx) error {
+				_, err := tx.Exec(`UPDATE devices SET next_seq = 10 WHERE id = 'd'`)
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			restart()
+			last = 9
+			appendOne(st) // 10
+			st.Close()
+		})
+	}
+}
