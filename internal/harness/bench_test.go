@@ -135,6 +135,9 @@ func BenchmarkFlowProcess(b *testing.B) {
 		b.ReportMetric(floor.Against(&cpu).RunPerUnitInCalls, "flow-in-bare-calls")
 	}
 	b.ReportMetric(cpu.BenchPerUnitMS, "client-cpu-ms/flow")
+	if cpu.ServerDiskKBPerUnit > 0 {
+		b.ReportMetric(cpu.ServerDiskKBPerUnit, "server-disk-kib/flow")
+	}
 	b.ReportMetric(cpu.ServerCores, "server-cores")
 	b.ReportMetric(yard.BatchedRowsPerS, "yard-batched-rows/s")
 	b.ReportMetric(yard.SingleCommitsPerS, "yard-commits/s")

@@ -53,6 +53,27 @@ func parseProcStat(s string) (time.Duration, error) {
 	return time.Duration(ticks) * time.Second / userHZ, nil
 }
 
+// ReadProcDiskWrites returns the bytes process pid has caused to be
+// written to storage so far (write_bytes of /proc/PID/io: each page it
+// dirtied in the page cache, counted when it turns dirty, so a page
+// written again before it is written back counts once).
+func ReadProcDiskWrites(pid int) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", pid))
+	if err != nil {
+		return 0, fmt.Errorf("loadgen: read the storage writes of process %d: %w", pid, err)
+	}
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(line, "write_bytes:"); ok {
+			n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("loadgen: /proc/%d/io write_bytes %q: %w", pid, v, err)
+			}
+			return n, nil
+		}
+	}
+	return 0, fmt.Errorf("loadgen: /proc/%d/io has no write_bytes", pid)
+}
+
 // SelfCPU is this process's CPU time, user and system (getrusage).
 func SelfCPU() time.Duration {
 	var ru syscall.Rusage
@@ -67,6 +88,7 @@ func SelfCPU() time.Duration {
 type CPUMeter struct {
 	pid         int
 	server, own time.Duration
+	disk        int64 // the server's storage writes at the start; -1: not readable
 	t0          time.Time
 }
 
@@ -78,6 +100,9 @@ func StartCPU(pid int) (*CPUMeter, error) {
 		var err error
 		if m.server, err = ReadProcCPU(pid); err != nil {
 			return nil, err
+		}
+		if m.disk, err = ReadProcDiskWrites(pid); err != nil {
+			m.disk = -1 // a kernel without task I/O accounting: not reported
 		}
 	}
 	return m, nil
@@ -105,6 +130,11 @@ type CPUReport struct {
 	// message; BenchPerUnitMS the clients' (or both's, in process).
 	ServerPerUnitMS float64 `json:"server_cpu_ms_per_unit,omitempty"`
 	BenchPerUnitMS  float64 `json:"bench_cpu_ms_per_unit"`
+	// ServerDiskKBPerUnit is the server's writes to storage per unit, in
+	// KiB (ReadProcDiskWrites: the WAL's pages and the checkpoint's): how
+	// many pages a flow's commits write, which CPU time is too noisy to
+	// show. Zero when not readable.
+	ServerDiskKBPerUnit float64 `json:"server_disk_kib_per_unit,omitempty"`
 }
 
 // Stop ends the measure: units of work (completed flows, delivered
@@ -119,6 +149,9 @@ func (m *CPUMeter) Stop(units int64, unit string) (CPUReport, error) {
 		}
 		r.ServerS = (c - m.server).Seconds()
 		r.ServerCores = r.ServerS / r.WallS
+		if d, err := ReadProcDiskWrites(m.pid); err == nil && m.disk >= 0 && units > 0 {
+			r.ServerDiskKBPerUnit = float64(d-m.disk) / 1024 / float64(units)
+		}
 	}
 	if units > 0 {
 		r.ServerPerUnitMS = 1000 * r.ServerS / float64(units)
@@ -136,6 +169,9 @@ func (r CPUReport) WriteTable(w io.Writer) {
 	if r.Separate {
 		fmt.Fprintf(w, "\nserver process CPU: %.2f s over %.1f s (%.2f cores): %s per %s\n", r.ServerS, r.WallS, r.ServerCores, perUnit(r.ServerPerUnitMS), r.Unit)
 		fmt.Fprintf(w, "bench process CPU (clients): %.2f s: %s per %s\n", r.BenchS, perUnit(r.BenchPerUnitMS), r.Unit)
+		if r.ServerDiskKBPerUnit > 0 {
+			fmt.Fprintf(w, "server process writes to storage: %.1f KiB per %s\n", r.ServerDiskKBPerUnit, r.Unit)
+		}
 		return
 	}
 	if r.Together {

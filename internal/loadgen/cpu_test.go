@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -123,5 +124,45 @@ func TestCallFloorRefusesItsOwnProcess(t *testing.T) {
 	}
 	if (*CallFloor)(nil).Against(run) != nil {
 		t.Error("no floor: want none against a run")
+	}
+}
+
+// TestReadProcDiskWrites finds a file's megabyte, written and synced, in
+// the process's storage writes, pages counted once each.
+func TestReadProcDiskWrites(t *testing.T) {
+	before, err := ReadProcDiskWrites(os.Getpid())
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal(err)
+		}
+		t.Skip(err)
+	}
+	f, err := os.Create(filepath.Join(t.TempDir(), "mb"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	page := make([]byte, 4096)
+	for range 256 {
+		// Each page written twice before the sync: dirtied once.
+		if _, err := f.Write(page); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := f.WriteAt(page, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	after, err := ReadProcDiskWrites(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after == before && os.Getenv("CI") != "true" {
+		t.Skip("the temporary directory's file system accounts no storage writes (tmpfs?)")
+	}
+	if d := after - before; d < 1<<20 || d > 1<<20+64<<10 {
+		t.Fatalf("a megabyte written and synced counts %d bytes of storage writes", d)
 	}
 }
