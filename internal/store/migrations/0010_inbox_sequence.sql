@@ -1,0 +1,13 @@
+-- A device's next inbox number is no longer written for each message on
+-- SQLite (issue 25). Never edit after release.
+--
+-- SQLite's one writer keeps each device's next number in its memory and
+-- writes only the message's inbox row. Read again (after a restart), the
+-- number is the greatest of devices.next_seq, acked_seq + 1 and the
+-- inbox's last + 1 (account.NextSeqSQL): every number taken is still in
+-- the inbox or acknowledged. A binary from before took next_seq alone as
+-- the next number, and would take numbers already used. This migration
+-- changes no table: it marks the schema, so that such a binary refuses
+-- the database as newer than its own instead. PostgreSQL, whose replicas
+-- take numbers concurrently, keeps next_seq exact as before.
+UPDATE devices SET next_seq = next_seq WHERE 1 = 0;
