@@ -138,10 +138,12 @@ func NextSeq(tx *store.Tx, deviceID string) (int64, error) {
 		return seq, nil
 	}
 	key := "device-next-seq/" + deviceID
-	seq, err := store.Memo(tx, key, func() (int64, error) { return readNextSeq(tx, deviceID) },
-		func(a, b int64) bool { return a == b })
+	seq, err := store.Memo(tx, key, func() (int64, error) {
+		next, _, err := Cursor(tx, deviceID, false)
+		return next, err
+	}, func(a, b int64) bool { return a == b })
 	if err != nil {
-		return 0, fmt.Errorf("account: next sequence for %s: %w", deviceID, err)
+		return 0, err
 	}
 	tx.Remember(key, seq+1) // true once the caller's row is written
 	return seq, nil
@@ -170,12 +172,6 @@ func Cursor(tx *store.Tx, deviceID string, forUpdate bool) (next, acked int64, e
 		return 0, 0, fmt.Errorf("account: inbox cursor of %s: %w", deviceID, err)
 	}
 	return next, acked, nil
-}
-
-func readNextSeq(tx *store.Tx, deviceID string) (int64, error) {
-	var next int64
-	err := tx.QueryRow(`SELECT `+NextSeqSQL(tx.Engine())+` FROM devices WHERE id = ?`, deviceID).Scan(&next)
-	return next, err
 }
 
 // WithNextSeq queues (store.Tx.InsertRowLater) stmt, an INSERT of one row
