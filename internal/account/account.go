@@ -16,13 +16,14 @@ import (
 )
 
 // Of returns the account that owns deviceID: a device never changes
-// account, so the writer's memory keeps it (store.Memo).
+// account and its row is never deleted, so the store keeps it for every
+// write and read once read (store.Fixed).
 func Of(tx *store.Tx, deviceID string) (string, error) {
-	id, err := store.Memo(tx, "device-account/"+deviceID, func() (string, error) {
+	id, err := store.Fixed(tx, "device-account/"+deviceID, func() (string, error) {
 		var id string
 		err := tx.QueryRow(`SELECT account_id FROM devices WHERE id = ?`, deviceID).Scan(&id)
 		return id, err
-	}, func(a, b string) bool { return a == b })
+	})
 	if errors.Is(err, store.ErrNotFound) {
 		return "", problem.NotFoundf("device %s not found", deviceID)
 	}

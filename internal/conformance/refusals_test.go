@@ -406,6 +406,24 @@ func refusedQuietly(t *testing.T, env *harness.Env, call func() error, code conn
 	unchanged(t, env, before)
 }
 
+// ranAgain runs call, a refusal that a PostgreSQL write finds only when a
+// statement it expected to succeed (store.Tx.ExpectN, ExpectRow) did not:
+// on PostgreSQL the write must have run again exactly once, statement by
+// statement, for the refusal (and the amounts refusedQuietly checks) to
+// come from the real outcome; on SQLite no write runs again.
+func ranAgain(t *testing.T, env *harness.Env, call func()) {
+	t.Helper()
+	before := env.Srv.Store().Stats().Replays
+	call()
+	want := int64(0)
+	if env.Srv.Store().Engine() == store.Postgres {
+		want = 1
+	}
+	if n := env.Srv.Store().Stats().Replays - before; n != want {
+		t.Errorf("%d writes ran again for the refusal, want %d", n, want)
+	}
+}
+
 // waitFor polls cond for up to 5 s (the sweeper runs every 20 ms).
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
@@ -1039,10 +1057,12 @@ func testOverShareable(t *testing.T) {
 			t.Fatalf("committed %d after two quotes, want 0", c)
 		}
 		r.pay(t, sa, qa)
-		refusedQuietly(t, r.env, func() error {
-			_, err := b.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: qb.Id}))
-			return err
-		}, connect.CodeResourceExhausted, "the hotspot has 400 MB left to share; cannot sell 600 MB more")
+		ranAgain(t, r.env, func() {
+			refusedQuietly(t, r.env, func() error {
+				_, err := b.Payments.Pay(ctx, connect.NewRequest(&sharespotv1.PayRequest{QuoteId: qb.Id}))
+				return err
+			}, connect.CodeResourceExhausted, "the hotspot has 400 MB left to share; cannot sell 600 MB more")
+		})
 		if c := r.committed(t); c != 600*MB {
 			t.Fatalf("committed %d, want %d", c, 600*MB)
 		}

@@ -265,9 +265,11 @@ const pgTransfer = `WITH d AS (
 // general path then looks closer (a transfer recorded before, a new
 // funding account, too little money). t is checked as Apply checks it.
 func applyPostgres(tx *store.Tx, nowMS int64, t Transfer) (applied, done bool, err error) {
+	// Expected to move the money and record the transfer: the write does
+	// not wait for it (store.Tx.ExpectRow), and runs again when it did not.
 	var d, c, x int64
-	if err := tx.QueryRow(pgTransfer, t.Amount, t.Debit.ID, t.Currency, math.MinInt64+t.Amount,
-		t.Credit.ID, t.Credit.Kind, t.Credit.Owner, math.MaxInt64-t.Amount, t.ID, t.Memo, nowMS).Scan(&d, &c, &x); err != nil {
+	if err := tx.ExpectRow(pgTransfer, []any{t.Amount, t.Debit.ID, t.Currency, math.MinInt64 + t.Amount,
+		t.Credit.ID, t.Credit.Kind, t.Credit.Owner, math.MaxInt64 - t.Amount, t.ID, t.Memo, nowMS}, []int64{1, 1, 1}, &d, &c, &x); err != nil {
 		return false, true, fmt.Errorf("ledger: transfer %s: %w", t.ID, err)
 	}
 	switch {

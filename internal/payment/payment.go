@@ -221,7 +221,9 @@ func (w *Wallet) Charge(tx *store.Tx, nowMS int64, c session.Charge, receiptID s
 			return fmt.Errorf("payment: charge quote %s: %w", c.QuoteID, err)
 		}
 	}
-	if _, err := tx.Exec(`INSERT INTO receipts (id, quote_id, key_id, payload, signature, confirmed, created_ms) VALUES (?, ?, ?, ?, ?, 0, ?)`,
+	// Expected to be new: on PostgreSQL the write does not wait for it
+	// (store.Tx.ExpectN), and runs again when it was not.
+	if _, err := tx.ExpectN(1, `INSERT INTO receipts (id, quote_id, key_id, payload, signature, confirmed, created_ms) VALUES (?, ?, ?, ?, ?, 0, ?)`,
 		receiptID, c.QuoteID, r.KeyId, r.Payload, r.Signature, nowMS); err != nil {
 		if errors.Is(err, store.ErrConflict) {
 			return problem.AlreadyExistsf("quote %s is already paid", c.QuoteID)
@@ -235,7 +237,9 @@ func (w *Wallet) Charge(tx *store.Tx, nowMS int64, c session.Charge, receiptID s
 // Redeem marks a quote's receipt as used by its confirmation: false if it
 // is unknown or was used before.
 func (w *Wallet) Redeem(tx *store.Tx, receiptID, quoteID string) (bool, error) {
-	n, err := tx.ExecN(`UPDATE receipts SET confirmed = 1 WHERE id = ? AND quote_id = ? AND confirmed = 0`, receiptID, quoteID)
+	// Expected to be unused: on PostgreSQL the write does not wait for it
+	// (store.Tx.ExpectN), and runs again when it was used before.
+	n, err := tx.ExpectN(1, `UPDATE receipts SET confirmed = 1 WHERE id = ? AND quote_id = ? AND confirmed = 0`, receiptID, quoteID)
 	if err != nil {
 		return false, fmt.Errorf("payment: redeem receipt %s: %w", receiptID, err)
 	}

@@ -64,7 +64,9 @@ type Tariff struct {
 // Reserve commits bytes of a hotspot's volume to a paid purchase; it
 // refuses (resource exhausted) when the hotspot has less than that left.
 func Reserve(tx *store.Tx, hotspotID string, bytes int64) error {
-	n, err := tx.ExecN(`UPDATE hotspots SET committed_bytes = committed_bytes + ? WHERE id = ? AND committed_bytes + ? <= shareable_bytes`,
+	// Expected to succeed: on PostgreSQL the write does not wait for it
+	// (store.Tx.ExpectN), and runs again when it did not.
+	n, err := tx.ExpectN(1, `UPDATE hotspots SET committed_bytes = committed_bytes + ? WHERE id = ? AND committed_bytes + ? <= shareable_bytes`,
 		bytes, hotspotID, bytes)
 	if err != nil {
 		return fmt.Errorf("registry: reserve %d bytes of %s: %w", bytes, hotspotID, err)

@@ -11,6 +11,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -110,7 +111,7 @@ func OpenPostgres(ctx context.Context, url string, opts Options) (*Store, error)
 	if cfg.RuntimeParams["application_name"] == "" {
 		cfg.RuntimeParams["application_name"] = "sharespot"
 	}
-	s := &Store{engine: Postgres, log: opts.Logger, crash: opts.Crash, onCommit: opts.OnCommit, memo: newOwnMemo(opts)}
+	s := &Store{engine: Postgres, log: opts.Logger, crash: opts.Crash, onCommit: opts.OnCommit, memo: newOwnMemo(opts), fixed: newFixed(opts)}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -151,6 +152,7 @@ func (s *Store) writePostgres(ctx context.Context, fn func(*Tx) error) error {
 
 	bound := pgBackoffMin
 	conflicts := 0
+	eager := false
 	for attempt := 1; ; attempt++ {
 		// Before each attempt nothing of this write is committed, so
 		// ending here tells the caller the truth.
@@ -158,7 +160,16 @@ func (s *Store) writePostgres(ctx context.Context, fn func(*Tx) error) error {
 			return err
 		}
 		start := time.Now()
-		after, err := s.attemptPostgres(ctx, fn)
+		after, err := s.attemptPostgres(ctx, fn, eager)
+		if errors.Is(err, errMissed) && !eager {
+			// A statement sent ahead did not do what the write expected:
+			// run it again at once, each such statement alone.
+			eager = true
+			s.statsMu.Lock()
+			s.stats.Replays++
+			s.statsMu.Unlock()
+			continue
+		}
 		if err == nil {
 			if s.onCommit != nil {
 				s.onCommit(1, time.Since(start))
@@ -200,7 +211,7 @@ func (s *Store) writePostgres(ctx context.Context, fn func(*Tx) error) error {
 // attemptPostgres is one attempt of a write. Its error is retryable when
 // any statement or the commit failed with a serialization failure or
 // deadlock, even if fn turned that error into another.
-func (s *Store) attemptPostgres(ctx context.Context, fn func(*Tx) error) ([]func(), error) {
+func (s *Store) attemptPostgres(ctx context.Context, fn func(*Tx) error, eager bool) ([]func(), error) {
 	// As on SQLite, a function once started is not interrupted by its
 	// caller's context: the caller must learn whether it committed, and a
 	// cancel that races the COMMIT would leave that unknown.
@@ -208,7 +219,7 @@ func (s *Store) attemptPostgres(ctx context.Context, fn func(*Tx) error) ([]func
 	var after []func()
 	p := &pgPipe{s: s, ctx: qctx, queued: []pipeStmt{{what: "store: begin write", query: pgBegin}}}
 	err := withPipe(s.write, p, func() (err error) {
-		after, err = s.runPostgres(fn, &Tx{ctx: ctx, qctx: qctx, pg: p, engine: Postgres, writable: true, memo: s.memo})
+		after, err = s.runPostgres(fn, &Tx{ctx: ctx, qctx: qctx, pg: p, engine: Postgres, writable: true, memo: s.memo, fixed: s.fixed, eager: eager})
 		return err
 	})
 	return after, err
@@ -220,7 +231,7 @@ func (s *Store) readPostgres(ctx context.Context, fn func(*Tx) error) error {
 	s.pgReads.Add(1)
 	p := &pgPipe{s: s, read: true, ctx: ctx, queued: []pipeStmt{{what: "store: begin read", query: pgBeginRead}}}
 	return withPipe(s.read, p, func() error {
-		return runFn(fn, &Tx{ctx: ctx, qctx: ctx, pg: p, engine: Postgres})
+		return runFn(fn, &Tx{ctx: ctx, qctx: ctx, pg: p, engine: Postgres, fixed: s.fixed})
 	})
 }
 
@@ -258,7 +269,7 @@ func withPipe(db *sql.DB, p *pgPipe, run func() error) error {
 // runPostgres runs fn in tx and commits it.
 func (s *Store) runPostgres(fn func(*Tx) error, tx *Tx) ([]func(), error) {
 	ferr := runFn(fn, tx)
-	if ferr == nil && tx.retry == nil && tx.conflict == nil {
+	if ferr == nil && tx.retry == nil && tx.conflict == nil && !tx.missed {
 		// Nothing sent yet: a write that neither read nor changed
 		// anything has nothing to commit.
 		if len(tx.pg.queued) == 1 && tx.pg.queued[0].query == pgBegin && tx.pg.open == nil {
@@ -285,10 +296,23 @@ func (s *Store) runPostgres(fn func(*Tx) error, tx *Tx) ([]func(), error) {
 			return tx.after, nil
 		}
 	}
+	if ferr != nil && !tx.missed && tx.retry == nil && tx.conflict == nil && tx.pg.c.PgConn().TxStatus() != 'E' &&
+		slices.ContainsFunc(tx.pg.queued, func(q pipeStmt) bool { return q.expect != nil }) {
+		// fn failed with statements sent ahead not yet checked: it may
+		// have failed for going on as if they did what it expected. Check
+		// them (the attempt rolls back either way): if one did not, the
+		// write runs again, statement by statement, and fails or not as
+		// it really does.
+		_ = tx.pg.flush(tx)
+	}
 	// On PostgreSQL a failed statement aborts the transaction, so one
 	// that fn swallowed still ends the attempt; so does one queued with
-	// ExecLater and sent with the commit.
+	// ExecLater and sent with the commit. A statement sent ahead that did
+	// not do what the write expected ends it too, whatever fn made of
+	// that: the write runs again, statement by statement.
 	switch {
+	case tx.missed:
+		return nil, errMissed
 	case tx.retry != nil && !isRetryable(ferr):
 		return nil, fmt.Errorf("%w (the function returned: %v)", tx.retry, ferr)
 	case tx.retry != nil:

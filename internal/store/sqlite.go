@@ -77,7 +77,7 @@ func OpenSQLite(ctx context.Context, path string, opts Options) (*Store, error) 
 	}
 
 	s := &Store{engine: SQLite, log: log, maxBatch: opts.MaxBatch, commitDelay: opts.CommitDelay, crash: opts.Crash, onCommit: opts.OnCommit,
-		memo: newMemo(opts)}
+		memo: newMemo(opts), fixed: newFixed(opts)}
 	if s.maxBatch <= 0 {
 		s.maxBatch = 512
 	}

@@ -104,6 +104,7 @@ type Store struct {
 	wconn       *sql.Conn // the writer's connection (SQLite)
 	wstmts      *stmtCache
 	memo        *memo      // the writer's memory (SQLite), each write's own (PostgreSQL); memo.go
+	fixed       *fixed     // facts that never change, for every write and read; fixed.go
 	rstmts      *readStmts // prepared on the read pool (SQLite)
 	crash       func(n int64, committed bool, calls []string)
 	onCommit    func(writes int, took time.Duration)
@@ -147,6 +148,10 @@ type Stats struct {
 	// Statements run by write functions and round trips they took to the
 	// database, BEGIN and COMMIT included (PostgreSQL; see pgpipe.go).
 	PgStatements, PgRoundTrips int64
+	// Replays: PostgreSQL writes run again, each ExpectN and ExpectRow
+	// statement alone, since one sent ahead did not do what the write
+	// expected.
+	Replays int64
 	// Read functions run, and the round trips they took, BEGIN and
 	// ROLLBACK included (PostgreSQL).
 	PgReads, PgReadRoundTrips int64
@@ -187,6 +192,12 @@ type Tx struct {
 	memo        *memo
 	memoOwn     map[string]memoVal
 	memoCleared bool
+	fixed       *fixed // the store's memory of facts that never change (fixed.go)
+	// eager: an earlier attempt of this write found a statement sent
+	// ahead (ExpectN, ExpectRow) not doing what it expected, so this one
+	// sends each such statement alone (PostgreSQL). missed: this attempt
+	// found one.
+	eager, missed bool
 }
 
 // note records a retryable error (PostgreSQL; err as the driver returned
@@ -429,6 +440,48 @@ func (tx *Tx) ExecN(query string, args ...any) (int64, error) {
 		return 0, err
 	}
 	return r.RowsAffected()
+}
+
+// ExpectN runs a statement that the write expects to change want rows (an
+// UPDATE with a condition, an INSERT that may conflict) and returns the
+// rows it changed, as ExecN. On PostgreSQL the write does not wait for it:
+// it is sent with the write's next statement, as ExecLater's are
+// (pgpipe.go), and ExpectN returns want at once, so the write goes on as if
+// it changed want rows. Should it change another number or fail, the
+// attempt is rolled back and the whole write runs again from its start,
+// this time sending each such statement alone and returning what it
+// really did: the write's code for the other outcome (a clear error, which
+// may read more to say why) runs as it would have. The write must be one
+// that may run twice, as every PostgreSQL write is (postgres.go). On
+// SQLite it runs at once.
+func (tx *Tx) ExpectN(want int64, query string, args ...any) (int64, error) {
+	if tx.pg == nil || !tx.writable || tx.eager {
+		return tx.ExecN(query, args...)
+	}
+	tx.pg.queued = append(tx.pg.queued, pipeStmt{what: "store: a statement sent ahead", query: tx.rebind(query), args: args, expect: []int64{want}})
+	return want, nil
+}
+
+// ExpectRow runs a query for one row of integer columns that the write
+// expects to be want (a statement that reports what it changed), and
+// scans them into dest, as QueryRow(…).Scan does. On PostgreSQL it is sent
+// ahead and dest is set to want at once, as ExpectN does.
+func (tx *Tx) ExpectRow(query string, args []any, want []int64, dest ...*int64) error {
+	if len(want) != len(dest) {
+		return fmt.Errorf("store: ExpectRow with %d expected columns and %d destinations", len(want), len(dest))
+	}
+	if tx.pg == nil || !tx.writable || tx.eager {
+		d := make([]any, len(dest))
+		for i := range dest {
+			d[i] = dest[i]
+		}
+		return tx.QueryRow(query, args...).Scan(d...)
+	}
+	for i := range dest {
+		*dest[i] = want[i]
+	}
+	tx.pg.queued = append(tx.pg.queued, pipeStmt{what: "store: a query sent ahead", query: tx.rebind(query), args: args, expect: want, expectRow: true})
+	return nil
 }
 
 // Query runs a query returning rows. Close them before the next
@@ -724,7 +777,7 @@ func (s *Store) runRead(ctx context.Context, fn func(*Tx) error) (err error, pan
 		return fmt.Errorf("store: begin read: %w", translate(err)), nil
 	}
 	defer sqlTx.Rollback() //nolint:errcheck // read-only
-	return fn(&Tx{ctx: ctx, qctx: ctx, q: sqlTx, engine: s.engine, rtx: sqlTx, rstmts: s.rstmts}), nil
+	return fn(&Tx{ctx: ctx, qctx: ctx, q: sqlTx, engine: s.engine, rtx: sqlTx, rstmts: s.rstmts, fixed: s.fixed}), nil
 }
 
 // away classifies err (unavailable) and notes when the database was
@@ -753,6 +806,10 @@ func (s *Store) LastUnavailable() time.Time {
 func WriteT[T any](ctx context.Context, s *Store, fn func(*Tx) (T, error)) (T, error) {
 	var out T
 	err := s.Write(ctx, func(tx *Tx) error {
+		// A write may run more than once (PostgreSQL): what an attempt
+		// that did not commit returned is not the answer.
+		var zero T
+		out = zero
 		v, err := fn(tx)
 		if err != nil {
 			return err
@@ -994,7 +1051,7 @@ func (s *Store) runBatch(ctx context.Context, batch []*writeReq, afters [][]func
 				continue
 			}
 		}
-		tx := &Tx{ctx: r.ctx, qctx: context.WithoutCancel(r.ctx), q: sqlTx, stmts: s.wstmts, engine: s.engine, writable: true, memo: s.memo}
+		tx := &Tx{ctx: r.ctx, qctx: context.WithoutCancel(r.ctx), q: sqlTx, stmts: s.wstmts, engine: s.engine, writable: true, memo: s.memo, fixed: s.fixed}
 		ferr := runFn(r.fn, tx)
 		switch {
 		case ferr != nil && !savepoints:

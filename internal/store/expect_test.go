@@ -1,0 +1,269 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+	"testing"
+)
+
+// spend is a write that takes amount from account a1's created_ms (a
+// balance, for this test) and records it in an account named after the
+// attempt, refusing with errTooLittle when a1 holds too little: the shape
+// of a payment (a conditional debit whose count the write acts on).
+var errTooLittle = errors.New("too little")
+
+func spend(attempts *int, eagerN *[]int64, amount int64) func(*Tx) error {
+	return func(tx *Tx) error {
+		*attempts++
+		n, err := tx.ExpectN(1, `UPDATE accounts SET created_ms = created_ms - ? WHERE id = 'a1' AND created_ms >= ?`, amount, amount)
+		if err != nil {
+			return err
+		}
+		*eagerN = append(*eagerN, n)
+		if n != 1 {
+			return errTooLittle
+		}
+		return tx.ExecLater("record", `INSERT INTO accounts (id, created_ms) VALUES (?, ?)`, fmt.Sprintf("spent-%d-%d", amount, *attempts), amount)
+	}
+}
+
+func balanceA1(t *testing.T, s *Store) int64 {
+	t.Helper()
+	b, err := ReadT(t.Context(), s, func(tx *Tx) (int64, error) {
+		var b int64
+		err := tx.QueryRow(`SELECT created_ms FROM accounts WHERE id = 'a1'`).Scan(&b)
+		return b, err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestExpect: a statement the write expects to succeed is sent with the
+// next statement on PostgreSQL (a round trip saved) and returns what was
+// expected; when it does not do that, nothing of the attempt is committed
+// and the write runs again with the statement sent alone, so the write's
+// other branch decides what happens. On SQLite the statement runs at once,
+// once. Both engines end with the same rows and errors.
+func TestExpect(t *testing.T) {
+	t.Setenv("SHARESPOT_VERIFY_MEMO", "")
+	engines(t, func(t *testing.T, d testDB) {
+		s := d.open(t)
+		ctx := t.Context()
+		pg := d.engine == Postgres
+		if err := s.Write(ctx, func(tx *Tx) error {
+			_, err := tx.Exec(`INSERT INTO accounts (id, created_ms) VALUES ('a1', 10)`)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+
+		// Met: one attempt; the expected statement and the queued insert
+		// go with the COMMIT's flush: BEGIN, UPDATE, INSERT; COMMIT.
+		var attempts int
+		var seen []int64
+		before := s.Stats()
+		if err := s.Write(ctx, spend(&attempts, &seen, 4)); err != nil {
+			t.Fatal(err)
+		}
+		after := s.Stats()
+		if attempts != 1 || after.Replays != before.Replays {
+			t.Errorf("met: %d attempts, %d replays; want 1, 0", attempts, after.Replays-before.Replays)
+		}
+		if trips := after.PgRoundTrips - before.PgRoundTrips; pg && trips != 2 {
+			t.Errorf("met: %d round trips, want 2 (the statements; the COMMIT)", trips)
+		}
+		if b := balanceA1(t, s); b != 6 {
+			t.Errorf("balance %d after spending 4 of 10, want 6", b)
+		}
+
+		// Missed: 7 of the 6 left. The guess goes on to queue its record;
+		// the check at the commit finds no row changed, the attempt rolls
+		// back, and the write runs again, the debit alone this time,
+		// returning 0, and the write refuses.
+		attempts, seen = 0, nil
+		before = s.Stats()
+		err := s.Write(ctx, spend(&attempts, &seen, 7))
+		after = s.Stats()
+		if !errors.Is(err, errTooLittle) {
+			t.Fatalf("spending 7 of 6: %v, want errTooLittle", err)
+		}
+		wantAttempts, wantSeen := 1, []int64{0}
+		if pg {
+			wantAttempts, wantSeen = 2, []int64{1, 0}
+		}
+		if attempts != wantAttempts || fmt.Sprint(seen) != fmt.Sprint(wantSeen) || after.Replays-before.Replays != int64(wantAttempts-1) {
+			t.Errorf("missed: %d attempts seeing %v, %d replays; want %d seeing %v", attempts, seen, after.Replays-before.Replays, wantAttempts, wantSeen)
+		}
+		ids := accountIDs(t, s)
+		if len(ids) != 2 || !ids["a1"] || !ids["spent-4-1"] {
+			t.Errorf("accounts %v: want a1 and the first spend's record only", ids)
+		}
+		if b := balanceA1(t, s); b != 6 {
+			t.Errorf("balance %d after a refused spend, want 6", b)
+		}
+
+		// A write that fails because it acted on a guess (it reads the
+		// balance and finds the debit taken, but wants it to be odd) is
+		// checked before its error is believed: the guess was wrong, so
+		// it runs again and its other branch decides.
+		attempts = 0
+		err = s.Write(ctx, func(tx *Tx) error {
+			attempts++
+			n, err := tx.ExpectN(1, `UPDATE accounts SET created_ms = created_ms - 9 WHERE id = 'a1' AND created_ms >= 9`)
+			if err != nil {
+				return err
+			}
+			if n == 1 {
+				return errors.New("acted on a guess")
+			}
+			return tx.ExecLater("fallback", `INSERT INTO accounts (id, created_ms) VALUES ('fallback', 0)`)
+		})
+		if err != nil {
+			t.Fatalf("a write whose guess was wrong: %v, want its other branch's outcome (committed)", err)
+		}
+		if ids := accountIDs(t, s); !ids["fallback"] {
+			t.Errorf("accounts %v: the fallback was not committed", ids)
+		}
+
+		// ExpectRow: the row's integers; a miss runs the write again.
+		for _, c := range []struct {
+			id         string
+			want, real int64
+		}{{"a1", 6, 6}, {"a1", 5, 6}} {
+			attempts = 0
+			var got int64
+			err := s.Write(ctx, func(tx *Tx) error {
+				attempts++
+				return tx.ExpectRow(`SELECT created_ms FROM accounts WHERE id = ?`, []any{c.id}, []int64{c.want}, &got)
+			})
+			wantAttempts := 1
+			if pg && c.want != c.real {
+				wantAttempts = 2
+			}
+			if err != nil || got != c.real || attempts != wantAttempts {
+				t.Errorf("ExpectRow expecting %d of %d: got %d in %d attempts (%v); want %d in %d", c.want, c.real, got, attempts, err, c.real, wantAttempts)
+			}
+		}
+
+		// A statement that fails in the database is a miss too: the write
+		// runs again and fails with the statement's own error, where it
+		// was issued.
+		attempts = 0
+		err = s.Write(ctx, func(tx *Tx) error {
+			attempts++
+			if _, err := tx.ExpectN(1, `INSERT INTO accounts (id, created_ms) VALUES ('a1', 0)`); err != nil {
+				return fmt.Errorf("insert a1 again: %w", err)
+			}
+			return nil
+		})
+		if !errors.Is(err, ErrConflict) {
+			t.Fatalf("a duplicate sent ahead: %v, want ErrConflict", err)
+		}
+		// The connection is fit for the next write.
+		if err := s.Write(ctx, insertAccount("a9")); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// TestFixed: a fact kept by Fixed is read once and then taken by every
+// write and read; one read in a write that rolls back is not kept; with
+// verification a kept fact that the database contradicts fails.
+func TestFixed(t *testing.T) {
+	t.Setenv("SHARESPOT_VERIFY_MEMO", "")
+	engines(t, func(t *testing.T, d testDB) {
+		s := d.open(t)
+		ctx := t.Context()
+		loads := 0
+		created := func(tx *Tx, id string) (int64, error) {
+			return Fixed(tx, "created/"+id, func() (int64, error) {
+				loads++
+				var ms int64
+				err := tx.QueryRow(`SELECT created_ms FROM accounts WHERE id = ?`, id).Scan(&ms)
+				return ms, err
+			})
+		}
+		// Read in a write that rolls back: not kept.
+		err := s.Write(ctx, func(tx *Tx) error {
+			if _, err := tx.Exec(`INSERT INTO accounts (id, created_ms) VALUES ('a1', 11)`); err != nil {
+				return err
+			}
+			if ms, err := created(tx, "a1"); err != nil || ms != 11 {
+				return fmt.Errorf("in the write: %d, %v", ms, err)
+			}
+			return errors.New("roll back")
+		})
+		if err == nil || err.Error() != "roll back" {
+			t.Fatal(err)
+		}
+		if _, err := ReadT(ctx, s, func(tx *Tx) (int64, error) { return created(tx, "a1") }); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("a fact read in a rolled-back write: %v, want ErrNotFound (not kept)", err)
+		}
+		// Read in a committed write: kept for later writes and reads.
+		if err := s.Write(ctx, func(tx *Tx) error {
+			if _, err := tx.Exec(`INSERT INTO accounts (id, created_ms) VALUES ('a1', 12)`); err != nil {
+				return err
+			}
+			_, err := created(tx, "a1")
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		loads = 0
+		before := s.Stats()
+		if err := s.Write(ctx, func(tx *Tx) error {
+			ms, err := created(tx, "a1")
+			if err == nil && ms != 12 {
+				err = fmt.Errorf("kept %d, want 12", ms)
+			}
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if ms, err := ReadT(ctx, s, func(tx *Tx) (int64, error) { return created(tx, "a1") }); err != nil || ms != 12 {
+			t.Fatalf("read: %d, %v", ms, err)
+		}
+		after := s.Stats()
+		if loads != 0 {
+			t.Errorf("a kept fact was loaded %d times", loads)
+		}
+		if trips := after.PgRoundTrips - before.PgRoundTrips + after.PgReadRoundTrips - before.PgReadRoundTrips; d.engine == Postgres && trips != 0 {
+			t.Errorf("a kept fact took %d round trips", trips)
+		}
+	})
+	// Verification: a kept fact the database contradicts (here, changed
+	// under it) fails, naming the key.
+	d := newDB(t, SQLite)
+	s, err := d.openErr(t.Context(), Options{VerifyMemo: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	get := func(tx *Tx) (int64, error) {
+		return Fixed(tx, "created/a1", func() (int64, error) {
+			var ms int64
+			err := tx.QueryRow(`SELECT created_ms FROM accounts WHERE id = 'a1'`).Scan(&ms)
+			return ms, err
+		})
+	}
+	if err := s.Write(t.Context(), func(tx *Tx) error {
+		if _, err := tx.Exec(`INSERT INTO accounts (id, created_ms) VALUES ('a1', 1)`); err != nil {
+			return err
+		}
+		_, err := get(tx)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Write(t.Context(), func(tx *Tx) error {
+		_, err := tx.Exec(`UPDATE accounts SET created_ms = 2 WHERE id = 'a1'`)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ReadT(t.Context(), s, get); err == nil {
+		t.Fatal("a kept fact the database contradicts was taken without error under verification")
+	}
+}
