@@ -67,12 +67,42 @@ func Find(tx *store.Tx, prefix string) (deviceID, accountID string, err error) {
 // concurrent writes for the same device see each other's effects
 // (PostgreSQL; on SQLite the single writer already runs each write alone).
 func LockDevice(tx *store.Tx, deviceID string) error {
-	if tx.ForUpdate() == "" {
-		return nil
+	l := LockingDevice(tx, deviceID)
+	if err := tx.Together(l.Reading); err != nil {
+		return err
 	}
-	var one int
-	if err := tx.QueryRow(`SELECT 1 FROM devices WHERE id = ?`+tx.ForUpdate(), deviceID).Scan(&one); err != nil {
-		return fmt.Errorf("account: lock device %s: %w", deviceID, err)
+	return l.Err()
+}
+
+// Locking is LockDevice as a store.Reading, to send with the reads that
+// follow it (store.Tx.Together): they run once the lock is held. Err, once
+// the reading has run, says whether it locked the row.
+type Locking struct {
+	store.Reading
+	deviceID string
+	locked   bool
+}
+
+// LockingDevice returns LockDevice's reading for deviceID: none on
+// SQLite, whose single writer needs no lock.
+func LockingDevice(tx *store.Tx, deviceID string) *Locking {
+	l := &Locking{deviceID: deviceID}
+	if tx.ForUpdate() == "" {
+		l.locked = true
+		return l
+	}
+	l.Reading = store.Reading{Query: `SELECT 1 FROM devices WHERE id = ?` + tx.ForUpdate(), Args: []any{deviceID}, Row: func(sc store.Scanner) error {
+		var one int
+		l.locked = true
+		return sc.Scan(&one)
+	}}
+	return l
+}
+
+// Err is nil once the row is locked, and says why not otherwise.
+func (l *Locking) Err() error {
+	if !l.locked {
+		return fmt.Errorf("account: lock device %s: %w", l.deviceID, store.ErrNotFound)
 	}
 	return nil
 }

@@ -40,23 +40,27 @@ const (
 
 // Holds returns the session's quotes paid by card whose hold is not yet
 // settled, by quote ID.
-func (Settler) Holds(tx *store.Tx, sessionID string) (map[string]session.CardHold, error) {
-	rows, err := tx.Query(`SELECT id, intent_id, account_id FROM card_intents WHERE kind = 'quote' AND session_id = ? AND status = ?`,
-		sessionID, statusAuthorised)
-	if err != nil {
+func (c Settler) Holds(tx *store.Tx, sessionID string) (map[string]session.CardHold, error) {
+	out := map[string]session.CardHold{}
+	if err := tx.Together(c.ReadingHolds(sessionID, out)); err != nil {
 		return nil, fmt.Errorf("card: card payments of %s: %w", sessionID, err)
 	}
-	defer rows.Close()
-	out := map[string]session.CardHold{}
-	for rows.Next() {
-		var q string
-		var h session.CardHold
-		if err := rows.Scan(&q, &h.Intent, &h.AccountID); err != nil {
-			return nil, err
-		}
-		out[q] = h
-	}
-	return out, rows.Err()
+	return out, nil
+}
+
+// ReadingHolds is Holds as a reading (store.Tx.Together): the holds go
+// into into.
+func (Settler) ReadingHolds(sessionID string, into map[string]session.CardHold) store.Reading {
+	return store.Reading{Query: `SELECT id, intent_id, account_id FROM card_intents WHERE kind = 'quote' AND session_id = ? AND status = ?`,
+		Args: []any{sessionID, statusAuthorised}, Row: func(sc store.Scanner) error {
+			var q string
+			var h session.CardHold
+			if err := sc.Scan(&q, &h.Intent, &h.AccountID); err != nil {
+				return fmt.Errorf("card: card payments of %s: %w", sessionID, err)
+			}
+			into[q] = h
+			return nil
+		}}
 }
 
 // Capture queues the capture of amount (amount_to_capture) from a quote's

@@ -351,14 +351,18 @@ func ensure(tx *store.Tx, a Account) error {
 // Balance returns an account's balance (0 for an account never used).
 func Balance(tx *store.Tx, accountID string) (int64, error) {
 	var b int64
-	err := tx.QueryRow(`SELECT balance FROM ledger_accounts WHERE id = ?`, accountID).Scan(&b)
-	if errors.Is(err, store.ErrNotFound) {
-		return 0, nil
-	}
-	if err != nil {
+	if err := tx.Together(ReadingBalance(accountID, &b)); err != nil {
 		return 0, fmt.Errorf("ledger: balance of %s: %w", accountID, err)
 	}
 	return b, nil
+}
+
+// ReadingBalance is Balance as a reading, to send with others
+// (store.Tx.Together): the balance goes into into, which an account not
+// opened yet leaves as it is (0 when it starts so).
+func ReadingBalance(accountID string, into *int64) store.Reading {
+	return store.Reading{Query: `SELECT balance FROM ledger_accounts WHERE id = ?`, Args: []any{accountID},
+		Row: func(sc store.Scanner) error { return sc.Scan(into) }}
 }
 
 // Money is an amount in a currency.

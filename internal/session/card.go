@@ -22,6 +22,9 @@ type Cards interface {
 	// Holds returns the session's quotes paid by a card hold not yet
 	// settled, by quote ID.
 	Holds(tx *store.Tx, sessionID string) (map[string]CardHold, error)
+	// ReadingHolds is Holds as a reading, to send with others
+	// (store.Tx.Together): its rows go into into.
+	ReadingHolds(sessionID string, into map[string]CardHold) store.Reading
 	// Capture queues the capture of amount (> 0) from a quote's hold;
 	// Stripe releases the rest.
 	Capture(tx *store.Tx, nowMS int64, sessionID, quoteID string, h CardHold, amount int64, currency string) error
@@ -44,8 +47,9 @@ type CardHold struct {
 // noCards is Cards where no card payment exists: no holds, no payee.
 type noCards struct{}
 
-func (noCards) Holds(*store.Tx, string) (map[string]CardHold, error) { return nil, nil }
-func (noCards) Payee(*store.Tx, string) (string, error)              { return "", nil }
+func (noCards) Holds(*store.Tx, string) (map[string]CardHold, error)   { return nil, nil }
+func (noCards) ReadingHolds(string, map[string]CardHold) store.Reading { return store.Reading{} }
+func (noCards) Payee(*store.Tx, string) (string, error)                { return "", nil }
 func (noCards) Capture(*store.Tx, int64, string, string, CardHold, int64, string) error {
 	return errNoCards
 }

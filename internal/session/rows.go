@@ -170,28 +170,80 @@ func loadRow(tx *store.Tx, id string) (*row, error) {
 }
 
 func readRow(tx *store.Tx, id string) (*row, error) {
-	// Lock the row in a PostgreSQL write, so that a concurrent transition
-	// of the same session waits here (and is retried) rather than after
-	// doing its work; a read takes no lock.
-	q := `SELECT ` + rowCols + `, card_refunded_minor, disputed_minor, ended_ms FROM sessions WHERE id = ?` + tx.ForUpdate()
-	s := new(row)
-	var state, verified, mode, held int32
-	err := tx.QueryRow(q, id).Scan(&s.ID, &s.HotspotID, &s.Host, &s.Guest, &state, &s.Requested, &s.Reserved, &s.Granted,
-		&s.Used, &s.PendingTopUp, &s.Currency, &s.Suite, &s.GuestKeys, &s.DeadlineMS, &s.EndReason, &s.SettledHost,
-		&s.SettledFee, &s.Refunded, &s.CreatedMS, &s.UpdatedMS, &s.GuestAccount, &s.Tariff.PriceMinor, &s.Tariff.TopUpPriceMinor,
-		&s.Tariff.UnitBytes, &s.Tariff.MinPurchase, &s.GuestAcked, &s.Window, &s.HostCount, &verified,
-		&mode, &s.GuestKey, &held, &s.GatewayKind, &s.GatewayAddress, &s.CardRefunded, &s.Disputed, &s.EndedMS)
+	s, err := scanRow(tx.QueryRow(rowQuery(tx), id))
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, problem.NotFoundf("session %s not found", id)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("session: load %s: %w", id, err)
 	}
+	return s, nil
+}
+
+// rowQuery reads a session's row. It locks the row in a PostgreSQL write,
+// so that a concurrent transition of the same session waits here (and is
+// retried) rather than after doing its work; a read takes no lock.
+func rowQuery(tx *store.Tx) string {
+	return `SELECT ` + rowCols + `, card_refunded_minor, disputed_minor, ended_ms FROM sessions WHERE id = ?` + tx.ForUpdate()
+}
+
+func scanRow(sc store.Scanner) (*row, error) {
+	s := new(row)
+	var state, verified, mode, held int32
+	err := sc.Scan(&s.ID, &s.HotspotID, &s.Host, &s.Guest, &state, &s.Requested, &s.Reserved, &s.Granted,
+		&s.Used, &s.PendingTopUp, &s.Currency, &s.Suite, &s.GuestKeys, &s.DeadlineMS, &s.EndReason, &s.SettledHost,
+		&s.SettledFee, &s.Refunded, &s.CreatedMS, &s.UpdatedMS, &s.GuestAccount, &s.Tariff.PriceMinor, &s.Tariff.TopUpPriceMinor,
+		&s.Tariff.UnitBytes, &s.Tariff.MinPurchase, &s.GuestAcked, &s.Window, &s.HostCount, &verified,
+		&mode, &s.GuestKey, &held, &s.GatewayKind, &s.GatewayAddress, &s.CardRefunded, &s.Disputed, &s.EndedMS)
+	if err != nil {
+		return nil, err
+	}
 	s.State = sharespotv1.SessionState(state)
 	s.Tariff.Currency, s.Verified = s.Currency, verified != 0
 	s.Mode, s.GuestHeld = sharespotv1.UsageMode(mode), held != 0
 	s.counted = s.record()
 	return s, nil
+}
+
+// loadWithQuotes is loadRow for a write that will read the session's
+// quotes too (a payment, a confirmation, a grant, an end). On PostgreSQL,
+// when the write has read neither, it reads both in one round trip: the
+// quotes after the row's lock, which they change only under, so they stay
+// true for the rest of the write (its own memory keeps them, as quotesOf
+// would). On SQLite the writer's memory serves both.
+func loadWithQuotes(tx *store.Tx, id string) (*row, error) {
+	if tx.ForUpdate() == "" {
+		return loadRow(tx, id)
+	}
+	if _, ok := store.Recall[*row](tx, sessionKey(id)); ok {
+		return loadRow(tx, id)
+	}
+	if _, ok := store.Recall[[]quote](tx, quotesKey(id)); ok {
+		return loadRow(tx, id)
+	}
+	var s *row
+	qs := []quote{}
+	err := tx.Together(
+		store.Reading{Query: rowQuery(tx), Args: []any{id}, Row: func(sc store.Scanner) (err error) {
+			s, err = scanRow(sc)
+			return err
+		}},
+		store.Reading{Query: quotesQuery, Args: []any{id}, Row: func(sc store.Scanner) error {
+			q, err := scanQuote(sc)
+			if err == nil {
+				qs = append(qs, *q)
+			}
+			return err
+		}})
+	if err != nil {
+		return nil, fmt.Errorf("session: load %s and its quotes: %w", id, err)
+	}
+	if s == nil {
+		return nil, problem.NotFoundf("session %s not found", id)
+	}
+	tx.Remember(sessionKey(id), s)
+	tx.Remember(quotesKey(id), qs)
+	return s.clone(), nil
 }
 
 type role int
@@ -209,6 +261,21 @@ func (e *Engine) load(tx *store.Tx, id string, p Party, want role) (*row, error)
 	if err != nil {
 		return nil, err
 	}
+	return checkParty(s, p, id, want)
+}
+
+// loadQuoted is load for a write that reads the session's quotes too
+// (loadWithQuotes).
+func (e *Engine) loadQuoted(tx *store.Tx, id string, p Party, want role) (*row, error) {
+	s, err := loadWithQuotes(tx, id)
+	if err != nil {
+		return nil, err
+	}
+	return checkParty(s, p, id, want)
+}
+
+// checkParty checks that p may act on s in the role wanted.
+func checkParty(s *row, p Party, id string, want role) (*row, error) {
 	isHost, isGuest := p.DeviceID == s.Host, p.DeviceID == s.Guest
 	switch {
 	case !isHost && !isGuest:
@@ -331,8 +398,11 @@ func quotesOf(tx *store.Tx, sessionID string) ([]*quote, error) {
 	return out, nil
 }
 
+// quotesQuery reads a session's quotes in quotesOf's order.
+const quotesQuery = `SELECT ` + quoteCols + ` FROM quotes WHERE session_id = ? ORDER BY tranche, created_ms, id`
+
 func readQuotes(tx *store.Tx, sessionID string) ([]quote, error) {
-	rows, err := tx.Query(`SELECT `+quoteCols+` FROM quotes WHERE session_id = ? ORDER BY tranche, created_ms, id`, sessionID)
+	rows, err := tx.Query(quotesQuery, sessionID)
 	if err != nil {
 		return nil, fmt.Errorf("session: quotes of %s: %w", sessionID, err)
 	}

@@ -27,7 +27,6 @@ package session
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -234,11 +233,8 @@ func (e *Engine) RequestAccess(tx *store.Tx, guest Party, hotspotID string, byte
 		return nil, problem.Exhaustedf("the hotspot has %s left to share; you asked for %s", left, asked)
 	}
 	// Lock the guest's device row so that two concurrent requests count
-	// each other's sessions.
-	if err := account.LockDevice(tx, guest.DeviceID); err != nil {
-		return nil, err
-	}
-	again, err := e.checkOpen(tx, guest, keys)
+	// each other's sessions: checkOpen's counts are read after it.
+	again, err := e.checkOpen(tx, guest, keys, account.LockingDevice(tx, guest.DeviceID))
 	if err != nil {
 		return nil, err
 	}
@@ -293,38 +289,37 @@ var (
 // checkOpen caps a guest's unfinished sessions per device, and its unpaid
 // requests per account: a request reserves nothing, but each costs the host
 // a quote. It returns the unfinished session a request with keys made
-// before, if any: the same request sent again.
-func (e *Engine) checkOpen(tx *store.Tx, guest Party, keys []*sharespotv1.GuestKey) (*row, error) {
-	rows, err := tx.Query(openOf, guest.DeviceID)
+// before, if any: the same request sent again. The lock, the open
+// sessions and the unpaid count are read in one round trip on PostgreSQL,
+// the lock first (store.Tx.Together).
+func (e *Engine) checkOpen(tx *store.Tx, guest Party, keys []*sharespotv1.GuestKey, lock *account.Locking) (*row, error) {
+	open, againID, unpaid := 0, "", 0
+	err := tx.Together(lock.Reading,
+		store.Reading{Query: openOf, Args: []any{guest.DeviceID}, Row: func(sc store.Scanner) error {
+			var id string
+			var blob []byte
+			if err := sc.Scan(&id, &blob); err != nil {
+				return err
+			}
+			open++
+			var req sharespotv1.AccessRequested
+			if proto.Unmarshal(blob, &req) == nil && sameKeys(req.GuestKeys, keys) {
+				againID = id
+			}
+			return nil
+		}},
+		store.Reading{Query: countUnpaid, Args: []any{guest.AccountID}, Row: func(sc store.Scanner) error { return sc.Scan(&unpaid) }})
+	if err == nil {
+		err = lock.Err()
+	}
 	if err != nil {
-		return nil, fmt.Errorf("session: open sessions: %w", err)
-	}
-	open, againID := 0, ""
-	for rows.Next() {
-		var id string
-		var blob []byte
-		if err := rows.Scan(&id, &blob); err != nil {
-			rows.Close()
-			return nil, fmt.Errorf("session: open sessions: %w", err)
-		}
-		open++
-		var req sharespotv1.AccessRequested
-		if proto.Unmarshal(blob, &req) == nil && sameKeys(req.GuestKeys, keys) {
-			againID = id
-		}
-	}
-	if err := errors.Join(rows.Err(), rows.Close()); err != nil {
-		return nil, fmt.Errorf("session: open sessions: %w", err)
+		return nil, fmt.Errorf("session: open sessions and unpaid requests: %w", err)
 	}
 	if againID != "" {
 		return loadRow(tx, againID)
 	}
 	if open >= e.cfg.MaxOpenPerGuest {
 		return nil, problem.Exhaustedf("you have %d unfinished sessions; end one first", open)
-	}
-	var unpaid int
-	if err := tx.QueryRow(countUnpaid, guest.AccountID).Scan(&unpaid); err != nil {
-		return nil, fmt.Errorf("session: count unpaid requests: %w", err)
 	}
 	if unpaid >= e.cfg.MaxUnpaidPerAccount {
 		return nil, problem.Exhaustedf("your account has %d requests not yet paid for; pay or end one first", unpaid)
@@ -418,7 +413,7 @@ func (e *Engine) Quote(tx *store.Tx, host Party, sessionID string, bytes, amount
 // Decline lets the host turn down a request (ending the session) or a
 // pending top-up (the session goes on).
 func (e *Engine) Decline(tx *store.Tx, host Party, sessionID, reason string) (*sharespotv1.Session, error) {
-	s, err := e.load(tx, sessionID, host, roleHost)
+	s, err := e.loadQuoted(tx, sessionID, host, roleHost)
 	if err != nil {
 		return nil, err
 	}
@@ -550,7 +545,7 @@ func (e *Engine) payable(tx *store.Tx, guest Party, quoteID string, now int64) (
 	if err != nil {
 		return Charge{}, nil, nil, err
 	}
-	s, err := e.load(tx, q.SessionID, guest, roleGuest)
+	s, err := e.loadQuoted(tx, q.SessionID, guest, roleGuest)
 	if problem.KindOf(err) == problem.NotFound {
 		// Not a party of the session: the quote does not exist for them.
 		return Charge{}, nil, nil, problem.NotFoundf("quote %s not found", quoteID)
@@ -560,10 +555,11 @@ func (e *Engine) payable(tx *store.Tx, guest Party, quoteID string, now int64) (
 	}
 	if tx.Engine() == store.Postgres {
 		// A quote changes only under its session's lock, which is held
-		// from here on; read it again in case a concurrent write (an
+		// from here on; take it again from the session's quotes, read
+		// with the lock (loadQuoted), in case a concurrent write (an
 		// expiry, another payment) changed it between the two reads.
 		// SQLite's single writer runs this write alone.
-		if q, err = loadQuote(tx, quoteID); err != nil {
+		if q, err = quoteOf(tx, s.ID, quoteID); err != nil {
 			return Charge{}, nil, nil, err
 		}
 	}
@@ -612,7 +608,7 @@ func (e *Engine) VerifyReceipt(rc *sharespotv1.Receipt) (VerifiedReceipt, error)
 // encryption message naming it (C2.2), otherwise both use the preset (C2.1).
 func (e *Engine) Confirm(tx *store.Tx, guest Party, sessionID string, vr VerifiedReceipt) (*sharespotv1.Session, error) {
 	now := e.nowMS()
-	s, err := e.load(tx, sessionID, guest, roleGuest)
+	s, err := e.loadQuoted(tx, sessionID, guest, roleGuest)
 	if err != nil {
 		return nil, err
 	}
@@ -681,7 +677,7 @@ func (e *Engine) Confirm(tx *store.Tx, guest Party, sessionID string, vr Verifie
 // credit window (evidence.go) grows with what was granted.
 func (e *Engine) Grant(tx *store.Tx, host Party, sessionID, quoteID string, granted int64, sealed *sharespotv1.SealedCode, gw *sharespotv1.Gateway) (*sharespotv1.Session, error) {
 	now := e.nowMS()
-	s, err := e.load(tx, sessionID, host, roleHost)
+	s, err := e.loadQuoted(tx, sessionID, host, roleHost)
 	if err != nil {
 		return nil, err
 	}
@@ -794,7 +790,7 @@ func (e *Engine) Prompt(tx *store.Tx, host Party, sessionID string, used int64, 
 // for more data through the server. One top-up at a time.
 func (e *Engine) RequestTopUp(tx *store.Tx, guest Party, sessionID string, bytes int64) (*sharespotv1.Session, error) {
 	now := e.nowMS()
-	s, err := e.load(tx, sessionID, guest, roleGuest)
+	s, err := e.loadQuoted(tx, sessionID, guest, roleGuest)
 	if err != nil {
 		return nil, err
 	}
@@ -833,7 +829,7 @@ func (e *Engine) RequestTopUp(tx *store.Tx, guest Party, sessionID string, bytes
 // session, and va (if not nil), the latest acknowledgment its gateway
 // holds.
 func (e *Engine) ReportUsage(tx *store.Tx, host Party, sessionID string, used int64, va *VerifiedAck) (*sharespotv1.Session, error) {
-	s, err := e.load(tx, sessionID, host, roleHost)
+	s, err := e.loadQuoted(tx, sessionID, host, roleHost)
 	if err != nil {
 		return nil, err
 	}
@@ -901,7 +897,7 @@ func (e *Engine) recordUsage(s *row, used int64) error {
 // acknowledging.
 func (e *Engine) End(tx *store.Tx, p Party, sessionID string, used int64, reason string, va *VerifiedAck, held bool) (*sharespotv1.Session, error) {
 	now := e.nowMS()
-	s, err := e.load(tx, sessionID, p, roleEither)
+	s, err := e.loadQuoted(tx, sessionID, p, roleEither)
 	if err != nil {
 		return nil, err
 	}

@@ -46,15 +46,15 @@ func (e *Engine) finish(tx *store.Tx, s *row, used int64, reason string) error {
 
 // bill reads what s's bill rests on and computes it.
 func (e *Engine) bill(tx *store.Tx, s *row, used int64) (*settlement, error) {
-	held, err := ledger.Balance(tx, ledger.Escrow(s.ID, s.Currency).ID)
-	if err != nil {
-		return nil, err
+	// The escrow's balance and the card holds in one round trip
+	// (PostgreSQL); the quotes came with the session's row (loadQuoted).
+	var held int64
+	st := &settlement{holds: map[string]CardHold{}}
+	if err := tx.Together(ledger.ReadingBalance(ledger.Escrow(s.ID, s.Currency).ID, &held), e.cards.ReadingHolds(s.ID, st.holds)); err != nil {
+		return nil, fmt.Errorf("session: what the bill of %s rests on: %w", s.ID, err)
 	}
-	st := new(settlement)
+	var err error
 	if st.quotes, err = quotesOf(tx, s.ID); err != nil {
-		return nil, err
-	}
-	if st.holds, err = e.cards.Holds(tx, s.ID); err != nil {
 		return nil, err
 	}
 	s.Window = protocol.Window(s.Granted) // one rule, on everything granted

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"testing"
+	"time"
 )
 
 // spend is a write that takes amount from account a1's created_ms (a
@@ -266,4 +267,106 @@ func TestFixed(t *testing.T) {
 	if _, err := ReadT(t.Context(), s, get); err == nil {
 		t.Fatal("a kept fact the database contradicts was taken without error under verification")
 	}
+}
+
+// TestTogether: reads sent together hand their rows over in order, after
+// what the write queued before them; on PostgreSQL in one round trip. A
+// read placed after a row lock runs once the lock is held, so it sees a
+// row that the lock's holder committed while it waited (what the request's
+// caps rest on). A Row's error fails Together and the write.
+func TestTogether(t *testing.T) {
+	t.Setenv("SHARESPOT_VERIFY_MEMO", "")
+	engines(t, func(t *testing.T, d testDB) {
+		s := d.open(t)
+		ctx := t.Context()
+		for _, id := range []string{"a1", "a2", "a3"} {
+			if err := s.Write(ctx, insertAccount(id)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var ids []string
+		var n int64
+		before := s.Stats()
+		err := s.Write(ctx, func(tx *Tx) error {
+			if err := tx.ExecLater("insert a4", `INSERT INTO accounts (id, created_ms) VALUES ('a4', 1)`); err != nil {
+				return err
+			}
+			return tx.Together(
+				Reading{Query: `SELECT id FROM accounts ORDER BY id`, Row: func(sc Scanner) error {
+					var id string
+					err := sc.Scan(&id)
+					ids = append(ids, id)
+					return err
+				}},
+				Reading{}, // skipped
+				Reading{Query: `SELECT COUNT(*) FROM accounts WHERE id > ?`, Args: []any{"a2"}, Row: func(sc Scanner) error { return sc.Scan(&n) }},
+				Reading{Query: `SELECT id FROM accounts WHERE id = 'none'`, Row: func(Scanner) error { return errors.New("a row where none is") }})
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fmt.Sprint(ids) != "[a1 a2 a3 a4]" || n != 2 {
+			t.Fatalf("read %v and %d, want [a1 a2 a3 a4] (the queued insert first) and 2", ids, n)
+		}
+		if trips := s.Stats().PgRoundTrips - before.PgRoundTrips; d.engine == Postgres && trips != 2 {
+			t.Fatalf("%d round trips, want 2: the BEGIN, the insert and the three reads; the COMMIT", trips)
+		}
+		// A Row's error fails the write; nothing of it is committed.
+		err = s.Write(ctx, func(tx *Tx) error {
+			if err := tx.ExecLater("insert a5", `INSERT INTO accounts (id, created_ms) VALUES ('a5', 1)`); err != nil {
+				return err
+			}
+			return tx.Together(Reading{Query: `SELECT id FROM accounts`, Row: func(Scanner) error { return errTooLittle }})
+		})
+		if !errors.Is(err, errTooLittle) {
+			t.Fatalf("a Row's error: %v", err)
+		}
+		if ids := accountIDs(t, s); ids["a5"] {
+			t.Fatal("a write whose Row failed committed")
+		}
+		if d.engine != Postgres {
+			return
+		}
+		// After a lock: the holder inserts a6 and commits while the
+		// reader waits for the lock; the reader's count, sent with its
+		// lock, sees a6.
+		locked := make(chan struct{})
+		release := make(chan struct{})
+		holder := make(chan error, 1)
+		go func() {
+			holder <- s.Write(ctx, func(tx *Tx) error {
+				var one int
+				if err := tx.QueryRow(`SELECT 1 FROM accounts WHERE id = 'a1' FOR UPDATE`).Scan(&one); err != nil {
+					return err
+				}
+				if _, err := tx.Exec(`INSERT INTO accounts (id, created_ms) VALUES ('a6', 1)`); err != nil {
+					return err
+				}
+				close(locked)
+				<-release
+				return nil
+			})
+		}()
+		<-locked
+		var count int64
+		reader := make(chan error, 1)
+		go func() {
+			reader <- s.Write(ctx, func(tx *Tx) error {
+				return tx.Together(
+					Reading{Query: `SELECT 1 FROM accounts WHERE id = 'a1' FOR UPDATE`, Row: func(sc Scanner) error { var one int; return sc.Scan(&one) }},
+					Reading{Query: `SELECT COUNT(*) FROM accounts`, Row: func(sc Scanner) error { return sc.Scan(&count) }})
+			})
+		}()
+		time.Sleep(100 * time.Millisecond) // the reader waits for the lock
+		close(release)
+		if err := <-holder; err != nil {
+			t.Fatal(err)
+		}
+		if err := <-reader; err != nil {
+			t.Fatal(err)
+		}
+		if count != 5 {
+			t.Fatalf("the read after the lock counted %d accounts, want 5 (a6, committed while it waited, included)", count)
+		}
+	})
 }

@@ -82,15 +82,24 @@ const (
 // reads the queued statements' results. It returns the batch positioned
 // at query's result, which the caller reads and closes.
 func (p *pgPipe) send(tx *Tx, query string, args []any) (pgx.BatchResults, error) {
+	if query == "" {
+		return p.sendAll(tx, nil)
+	}
+	return p.sendAll(tx, []Reading{{Query: query, Args: args}})
+}
+
+// sendAll is send for several queries, sent in order after what is
+// queued: the batch is positioned at the first one's result.
+func (p *pgPipe) sendAll(tx *Tx, tail []Reading) (pgx.BatchResults, error) {
 	if err := p.closeOpen(tx); err != nil {
 		return nil, err
 	}
-	b := &pgx.Batch{QueuedQueries: make([]*pgx.QueuedQuery, 0, len(p.queued)+1)}
+	b := &pgx.Batch{QueuedQueries: make([]*pgx.QueuedQuery, 0, len(p.queued)+len(tail))}
 	for _, q := range p.queued {
 		b.Queue(q.query, q.args...)
 	}
-	if query != "" {
-		b.Queue(query, args...)
+	for _, r := range tail {
+		b.Queue(r.Query, r.Args...)
 	}
 	queued := p.queued
 	p.queued = nil
@@ -236,6 +245,36 @@ func (tx *Tx) pgExec(query string, args []any) (sql.Result, error) {
 		return nil, translate(tx.note(err))
 	}
 	return pgResult(tag), nil
+}
+
+// pgTogether sends reads in one round trip after what is queued and
+// hands each one's rows to its Row.
+func (tx *Tx) pgTogether(reads []Reading) error {
+	br, err := tx.pg.sendAll(tx, reads)
+	if err != nil {
+		return err
+	}
+	for _, r := range reads {
+		rows, err := br.Query()
+		if err != nil {
+			br.Close()
+			return translate(tx.note(err))
+		}
+		sc := &Rows{pg: rows, br: br, tx: tx}
+		for rows.Next() {
+			if err := r.Row(sc); err != nil {
+				rows.Close()
+				br.Close()
+				return err
+			}
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			br.Close()
+			return translate(tx.note(err))
+		}
+	}
+	return translate(tx.note(br.Close()))
 }
 
 func (tx *Tx) pgQuery(query string, args []any) (*Rows, error) {

@@ -23,6 +23,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -481,6 +482,52 @@ func (tx *Tx) ExpectRow(query string, args []any, want []int64, dest ...*int64) 
 		*dest[i] = want[i]
 	}
 	tx.pg.queued = append(tx.pg.queued, pipeStmt{what: "store: a query sent ahead", query: tx.rebind(query), args: args, expect: want, expectRow: true})
+	return nil
+}
+
+// Reading is one query of Together. Its rows are handed to Row one at a
+// time (Row scans the one it is given); a query of no rows calls it never.
+type Reading struct {
+	Query string
+	Args  []any
+	Row   func(Scanner) error
+}
+
+// Scanner is a row of a Reading: Scan copies its columns into dest.
+type Scanner interface {
+	Scan(dest ...any) error
+}
+
+// Together runs reads, queries whose rows the write takes at once, in the
+// order given: on PostgreSQL in one round trip, with whatever is queued
+// ahead of them, so a read placed after a row lock (SELECT … FOR UPDATE)
+// runs once the lock is held and sees what committed before it, as it
+// would in a round trip of its own. On SQLite they run one after another.
+// A Reading without a query is skipped (one that applies to one engine
+// only).
+func (tx *Tx) Together(reads ...Reading) error {
+	reads = slices.DeleteFunc(slices.Clone(reads), func(r Reading) bool { return r.Query == "" })
+	for i := range reads {
+		reads[i].Query = tx.rebind(reads[i].Query)
+	}
+	if tx.pg != nil {
+		return tx.pgTogether(reads)
+	}
+	for _, r := range reads {
+		rows, err := tx.Query(r.Query, r.Args...)
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			if err := r.Row(rows); err != nil {
+				rows.Close()
+				return err
+			}
+		}
+		if err := errors.Join(rows.Err(), rows.Close()); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
