@@ -407,7 +407,7 @@ func refusedQuietly(t *testing.T, env *harness.Env, call func() error, code conn
 }
 
 // ranAgain runs call, a refusal that a PostgreSQL write finds only when a
-// statement it expected to succeed (store.Tx.ExpectN, ExpectRow) did not:
+// statement it expected to succeed (store.Tx.ExpectN, Guarded) did not:
 // on PostgreSQL the write must have run again exactly once, statement by
 // statement, for the refusal (and the amounts refusedQuietly checks) to
 // come from the real outcome; on SQLite no write runs again.

@@ -57,11 +57,13 @@ func TestStatementBudget(t *testing.T) {
 // write's own memory (store/memo.go: a session's quotes read once a write)
 // and an inbox append going with the COMMIT (store.Tx.InsertRowLater), 34;
 // with the statements a write expects to succeed not waited for
-// (store.Tx.ExpectN, ExpectRow) and a device's account kept store-wide
+// (store.Tx.ExpectN, Guarded) and a device's account kept store-wide
 // (store.Fixed), 27; with the reads that follow a row lock sent with it
 // (store.Tx.Together: a session's quotes, a request's caps, a bill's
-// escrow and card holds), 20.
-const roundTripBudget = 21
+// escrow and card holds), 20; with the expected statements guarded in the
+// database so that they go with the COMMIT (store.Tx.Guarded) and the
+// receipts read with the session, 17.
+const roundTripBudget = 18
 
 // TestRoundTripBudget counts the statements and round trips of a paid
 // flow's writes on PostgreSQL, and fails when the round trips go over

@@ -243,7 +243,15 @@ func Apply(tx *store.Tx, nowMS int64, t Transfer) (applied bool, err error) {
 // made and no transfer has its ID. It returns how many rows each of the
 // three changed. (Every part of the statement sees the same snapshot, and
 // the foreign keys are checked at its end, when the new account exists.)
-const pgTransfer = `WITH d AS (
+const pgTransfer = pgTransferWith + `SELECT (SELECT COUNT(*) FROM d), (SELECT COUNT(*) FROM c), (SELECT COUNT(*) FROM x)`
+
+// pgTransferGuarded is pgTransfer for a write that expects the common
+// path (store.Tx.Guarded): the database fails it (a division by zero)
+// unless the transfer was recorded, which it is only after the credit and
+// the debit.
+const pgTransferGuarded = pgTransferWith + `SELECT 1 / (CASE WHEN (SELECT COUNT(*) FROM x) = 1 THEN 1 ELSE 0 END)`
+
+const pgTransferWith = `WITH d AS (
 		UPDATE ledger_accounts SET balance = balance - $1
 		WHERE id = $2 AND currency = $3 AND (kind = 'funding' OR balance >= $1) AND balance >= $4
 		RETURNING 1),
@@ -258,18 +266,22 @@ const pgTransfer = `WITH d AS (
 		SELECT $9, $2, $5, $1, $3, $10, $11 FROM c
 		ON CONFLICT (id) DO NOTHING
 		RETURNING 1)
-	SELECT (SELECT COUNT(*) FROM d), (SELECT COUNT(*) FROM c), (SELECT COUNT(*) FROM x)`
+	`
 
 // applyPostgres tries t's common path in one statement (pgTransfer). done
 // is false when the debit was not taken, so nothing changed: Apply's
 // general path then looks closer (a transfer recorded before, a new
 // funding account, too little money). t is checked as Apply checks it.
 func applyPostgres(tx *store.Tx, nowMS int64, t Transfer) (applied, done bool, err error) {
+	args := []any{t.Amount, t.Debit.ID, t.Currency, math.MinInt64 + t.Amount,
+		t.Credit.ID, t.Credit.Kind, t.Credit.Owner, math.MaxInt64 - t.Amount, t.ID, t.Memo, nowMS}
 	// Expected to move the money and record the transfer: the write does
-	// not wait for it (store.Tx.ExpectRow), and runs again when it did not.
+	// not wait for it (store.Tx.Guarded), and runs again when it did not.
+	if tx.Guarded(pgTransferGuarded, args...) {
+		return true, true, nil
+	}
 	var d, c, x int64
-	if err := tx.ExpectRow(pgTransfer, []any{t.Amount, t.Debit.ID, t.Currency, math.MinInt64 + t.Amount,
-		t.Credit.ID, t.Credit.Kind, t.Credit.Owner, math.MaxInt64 - t.Amount, t.ID, t.Memo, nowMS}, []int64{1, 1, 1}, &d, &c, &x); err != nil {
+	if err := tx.QueryRow(pgTransfer, args...).Scan(&d, &c, &x); err != nil {
 		return false, true, fmt.Errorf("ledger: transfer %s: %w", t.ID, err)
 	}
 	switch {

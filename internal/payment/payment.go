@@ -266,6 +266,27 @@ func (w *Wallet) Stored(tx *store.Tx, quoteID string) (*sharespotv1.Receipt, err
 	return &sharespotv1.Receipt{KeyId: st.keyID, Payload: st.payload, Signature: st.signature}, nil
 }
 
+// ReadingReceipts reads the receipts of a session's quotes, each quote's
+// or its lack of one, into this write's memory for Stored.
+func (w *Wallet) ReadingReceipts(tx *store.Tx, sessionID string) store.Reading {
+	return store.Reading{Query: `SELECT q.id, r.quote_id, r.key_id, r.payload, r.signature FROM quotes q
+		LEFT JOIN receipts r ON r.quote_id = q.id WHERE q.session_id = ?`, Args: []any{sessionID}, Row: func(sc store.Scanner) error {
+		var quoteID string
+		var paid, keyID []byte
+		st := new(storedReceipt)
+		if err := sc.Scan(&quoteID, &paid, &keyID, &st.payload, &st.signature); err != nil {
+			return fmt.Errorf("payment: receipts of session %s: %w", sessionID, err)
+		}
+		if paid == nil {
+			st = nil // no receipt yet
+		} else {
+			st.keyID = string(keyID)
+		}
+		tx.Remember(receiptKey(quoteID), st)
+		return nil
+	}}
+}
+
 // storedReceipt is what Stored reads of a receipts row, as the writer's
 // memory keeps it (nil: the quote has none yet). This package is the one
 // writer of receipts: Charge keeps what it inserts; Redeem's change

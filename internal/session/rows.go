@@ -210,8 +210,10 @@ func scanRow(sc store.Scanner) (*row, error) {
 // when the write has read neither, it reads both in one round trip: the
 // quotes after the row's lock, which they change only under, so they stay
 // true for the rest of the write (its own memory keeps them, as quotesOf
-// would). On SQLite the writer's memory serves both.
-func loadWithQuotes(tx *store.Tx, id string) (*row, error) {
+// would). extra are read with them (the receipts, which are recorded under
+// the same lock). On SQLite the writer's memory serves both, and extra is
+// not read.
+func loadWithQuotes(tx *store.Tx, id string, extra ...store.Reading) (*row, error) {
 	if tx.ForUpdate() == "" {
 		return loadRow(tx, id)
 	}
@@ -223,18 +225,18 @@ func loadWithQuotes(tx *store.Tx, id string) (*row, error) {
 	}
 	var s *row
 	qs := []quote{}
-	err := tx.Together(
-		store.Reading{Query: rowQuery(tx), Args: []any{id}, Row: func(sc store.Scanner) (err error) {
+	err := tx.Together(append([]store.Reading{
+		{Query: rowQuery(tx), Args: []any{id}, Row: func(sc store.Scanner) (err error) {
 			s, err = scanRow(sc)
 			return err
 		}},
-		store.Reading{Query: quotesQuery, Args: []any{id}, Row: func(sc store.Scanner) error {
+		{Query: quotesQuery, Args: []any{id}, Row: func(sc store.Scanner) error {
 			q, err := scanQuote(sc)
 			if err == nil {
 				qs = append(qs, *q)
 			}
 			return err
-		}})
+		}}}, extra...)...)
 	if err != nil {
 		return nil, fmt.Errorf("session: load %s and its quotes: %w", id, err)
 	}
@@ -265,9 +267,14 @@ func (e *Engine) load(tx *store.Tx, id string, p Party, want role) (*row, error)
 }
 
 // loadQuoted is load for a write that reads the session's quotes too
-// (loadWithQuotes).
-func (e *Engine) loadQuoted(tx *store.Tx, id string, p Party, want role) (*row, error) {
-	s, err := loadWithQuotes(tx, id)
+// (loadWithQuotes), and their receipts when it renders the session for its
+// guest (receipts).
+func (e *Engine) loadQuoted(tx *store.Tx, id string, p Party, want role, receipts bool) (*row, error) {
+	var extra []store.Reading
+	if receipts {
+		extra = append(extra, e.pay.ReadingReceipts(tx, id))
+	}
+	s, err := loadWithQuotes(tx, id, extra...)
 	if err != nil {
 		return nil, err
 	}

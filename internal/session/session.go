@@ -96,6 +96,12 @@ type Platform interface {
 	Redeem(tx *store.Tx, receiptID, quoteID string) (bool, error)
 	// Stored returns the recorded receipt of a quote, nil if none.
 	Stored(tx *store.Tx, quoteID string) (*sharespotv1.Receipt, error)
+	// ReadingReceipts reads the recorded receipts of a session's quotes
+	// (none for a quote not paid), to send with the session's own reads
+	// (store.Tx.Together): Stored then takes them without reading again in
+	// this write. For a write that holds the session's lock, under which
+	// its receipts are recorded.
+	ReadingReceipts(tx *store.Tx, sessionID string) store.Reading
 }
 
 // Config holds the flow's deadlines, fee and sealing policy.
@@ -413,7 +419,7 @@ func (e *Engine) Quote(tx *store.Tx, host Party, sessionID string, bytes, amount
 // Decline lets the host turn down a request (ending the session) or a
 // pending top-up (the session goes on).
 func (e *Engine) Decline(tx *store.Tx, host Party, sessionID, reason string) (*sharespotv1.Session, error) {
-	s, err := e.loadQuoted(tx, sessionID, host, roleHost)
+	s, err := e.loadQuoted(tx, sessionID, host, roleHost, false)
 	if err != nil {
 		return nil, err
 	}
@@ -545,7 +551,7 @@ func (e *Engine) payable(tx *store.Tx, guest Party, quoteID string, now int64) (
 	if err != nil {
 		return Charge{}, nil, nil, err
 	}
-	s, err := e.loadQuoted(tx, q.SessionID, guest, roleGuest)
+	s, err := e.loadQuoted(tx, q.SessionID, guest, roleGuest, false)
 	if problem.KindOf(err) == problem.NotFound {
 		// Not a party of the session: the quote does not exist for them.
 		return Charge{}, nil, nil, problem.NotFoundf("quote %s not found", quoteID)
@@ -608,7 +614,7 @@ func (e *Engine) VerifyReceipt(rc *sharespotv1.Receipt) (VerifiedReceipt, error)
 // encryption message naming it (C2.2), otherwise both use the preset (C2.1).
 func (e *Engine) Confirm(tx *store.Tx, guest Party, sessionID string, vr VerifiedReceipt) (*sharespotv1.Session, error) {
 	now := e.nowMS()
-	s, err := e.loadQuoted(tx, sessionID, guest, roleGuest)
+	s, err := e.loadQuoted(tx, sessionID, guest, roleGuest, true)
 	if err != nil {
 		return nil, err
 	}
@@ -677,7 +683,7 @@ func (e *Engine) Confirm(tx *store.Tx, guest Party, sessionID string, vr Verifie
 // credit window (evidence.go) grows with what was granted.
 func (e *Engine) Grant(tx *store.Tx, host Party, sessionID, quoteID string, granted int64, sealed *sharespotv1.SealedCode, gw *sharespotv1.Gateway) (*sharespotv1.Session, error) {
 	now := e.nowMS()
-	s, err := e.loadQuoted(tx, sessionID, host, roleHost)
+	s, err := e.loadQuoted(tx, sessionID, host, roleHost, false)
 	if err != nil {
 		return nil, err
 	}
@@ -790,7 +796,7 @@ func (e *Engine) Prompt(tx *store.Tx, host Party, sessionID string, used int64, 
 // for more data through the server. One top-up at a time.
 func (e *Engine) RequestTopUp(tx *store.Tx, guest Party, sessionID string, bytes int64) (*sharespotv1.Session, error) {
 	now := e.nowMS()
-	s, err := e.loadQuoted(tx, sessionID, guest, roleGuest)
+	s, err := e.loadQuoted(tx, sessionID, guest, roleGuest, true)
 	if err != nil {
 		return nil, err
 	}
@@ -829,7 +835,7 @@ func (e *Engine) RequestTopUp(tx *store.Tx, guest Party, sessionID string, bytes
 // session, and va (if not nil), the latest acknowledgment its gateway
 // holds.
 func (e *Engine) ReportUsage(tx *store.Tx, host Party, sessionID string, used int64, va *VerifiedAck) (*sharespotv1.Session, error) {
-	s, err := e.loadQuoted(tx, sessionID, host, roleHost)
+	s, err := e.loadQuoted(tx, sessionID, host, roleHost, false)
 	if err != nil {
 		return nil, err
 	}
@@ -897,7 +903,7 @@ func (e *Engine) recordUsage(s *row, used int64) error {
 // acknowledging.
 func (e *Engine) End(tx *store.Tx, p Party, sessionID string, used int64, reason string, va *VerifiedAck, held bool) (*sharespotv1.Session, error) {
 	now := e.nowMS()
-	s, err := e.loadQuoted(tx, sessionID, p, roleEither)
+	s, err := e.loadQuoted(tx, sessionID, p, roleEither, true)
 	if err != nil {
 		return nil, err
 	}

@@ -60,8 +60,8 @@ func TestExpect(t *testing.T) {
 			t.Fatal(err)
 		}
 
-		// Met: one attempt; the expected statement and the queued insert
-		// go with the COMMIT's flush: BEGIN, UPDATE, INSERT; COMMIT.
+		// Met: one attempt; the expected statement, guarded, and the
+		// queued insert go with the BEGIN and the COMMIT: one round trip.
 		var attempts int
 		var seen []int64
 		before := s.Stats()
@@ -72,8 +72,8 @@ func TestExpect(t *testing.T) {
 		if attempts != 1 || after.Replays != before.Replays {
 			t.Errorf("met: %d attempts, %d replays; want 1, 0", attempts, after.Replays-before.Replays)
 		}
-		if trips := after.PgRoundTrips - before.PgRoundTrips; pg && trips != 2 {
-			t.Errorf("met: %d round trips, want 2 (the statements; the COMMIT)", trips)
+		if trips := after.PgRoundTrips - before.PgRoundTrips; pg && trips != 1 {
+			t.Errorf("met: %d round trips, want 1 (BEGIN, the statements, COMMIT)", trips)
 		}
 		if b := balanceA1(t, s); b != 6 {
 			t.Errorf("balance %d after spending 4 of 10, want 6", b)
@@ -128,23 +128,28 @@ func TestExpect(t *testing.T) {
 			t.Errorf("accounts %v: the fallback was not committed", ids)
 		}
 
-		// ExpectRow: the row's integers; a miss runs the write again.
+		// Guarded: a statement the database fails unless it did what the
+		// write expects; where the write does not guess, the caller's
+		// plain statement runs.
 		for _, c := range []struct {
-			id         string
 			want, real int64
-		}{{"a1", 6, 6}, {"a1", 5, 6}} {
+		}{{6, 6}, {5, 6}} {
 			attempts = 0
 			var got int64
 			err := s.Write(ctx, func(tx *Tx) error {
 				attempts++
-				return tx.ExpectRow(`SELECT created_ms FROM accounts WHERE id = ?`, []any{c.id}, []int64{c.want}, &got)
+				if tx.Guarded(`SELECT 1 / (CASE WHEN created_ms = ? THEN 1 ELSE 0 END) FROM accounts WHERE id = 'a1'`, c.want) {
+					got = c.want
+					return nil
+				}
+				return tx.QueryRow(`SELECT created_ms FROM accounts WHERE id = 'a1'`).Scan(&got)
 			})
 			wantAttempts := 1
 			if pg && c.want != c.real {
 				wantAttempts = 2
 			}
 			if err != nil || got != c.real || attempts != wantAttempts {
-				t.Errorf("ExpectRow expecting %d of %d: got %d in %d attempts (%v); want %d in %d", c.want, c.real, got, attempts, err, c.real, wantAttempts)
+				t.Errorf("Guarded expecting %d of %d: got %d in %d attempts (%v); want %d in %d", c.want, c.real, got, attempts, err, c.real, wantAttempts)
 			}
 		}
 

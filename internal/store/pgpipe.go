@@ -47,31 +47,15 @@ type pipeStmt struct {
 	// oneRow: the statement returns its row or fails in the database
 	// (InsertRowLater), so it may go with the COMMIT.
 	oneRow bool
-	// expect: what the write expects of the statement (ExpectN: the rows
-	// it changes; ExpectRow, with expectRow: its row's columns). Anything
-	// else, an error included, ends the attempt (Tx.missed).
-	expect    []int64
-	expectRow bool
+	// guarded: the statement fails in the database unless it did what the
+	// write expects (ExpectN, Guarded), so it may go with the COMMIT; its
+	// failure ends the attempt (Tx.missed).
+	guarded bool
 }
 
 // errMissed ends an attempt whose statement sent ahead did not do what the
 // write expected: the write runs again, each such statement alone.
 var errMissed = errors.New("store: a statement sent ahead did not do what the write expected; running the write again, statement by statement")
-
-// met reads the result of a statement sent ahead with an expectation and
-// reports whether it is what the write expected.
-func (q pipeStmt) met(br pgx.BatchResults) bool {
-	if !q.expectRow {
-		tag, err := br.Exec()
-		return err == nil && tag.RowsAffected() == q.expect[0]
-	}
-	got := make([]int64, len(q.expect))
-	dest := make([]any, len(got))
-	for i := range got {
-		dest[i] = &got[i]
-	}
-	return br.QueryRow().Scan(dest...) == nil && slices.Equal(got, q.expect)
-}
 
 const (
 	pgBegin     = "BEGIN ISOLATION LEVEL READ COMMITTED"
@@ -113,8 +97,8 @@ func (p *pgPipe) sendAll(tx *Tx, tail []Reading) (pgx.BatchResults, error) {
 	}
 	br := p.c.SendBatch(p.ctx, b)
 	for _, q := range queued {
-		if q.expect != nil {
-			if !q.met(br) {
+		if q.guarded {
+			if _, err := br.Exec(); err != nil {
 				br.Close()
 				tx.missed = true
 				return nil, errMissed
@@ -168,16 +152,18 @@ func (p *pgPipe) flush(tx *Tx) error {
 	return translate(tx.note(br.Close()))
 }
 
-// commit sends what is queued with the COMMIT. A queued QueryRowLater,
-// ExpectN or ExpectRow statement is sent ahead on its own: its row or its
-// count is checked here, not by the database (a statement that returns no
-// row or changes none has not failed there), and a COMMIT sent with it
-// would commit a write about to be reported failed.
+// commit sends what is queued with the COMMIT. A queued QueryRowLater
+// statement is sent ahead on its own: its row is checked here, not by the
+// database (a statement that returns no row has not failed there), and a
+// COMMIT sent with it would commit a write about to be reported failed. A
+// guarded statement (ExpectN, Guarded) fails in the database when it did
+// not do what the write expected, which then runs nothing after it in the
+// batch, the COMMIT included: it goes with the COMMIT.
 // An InsertRowLater statement returns its row or fails in the database,
 // which then runs nothing after it in the batch, the COMMIT included: it
 // goes with the COMMIT.
 func (p *pgPipe) commit(tx *Tx) error {
-	if slices.ContainsFunc(p.queued, func(q pipeStmt) bool { return q.dest != nil && !q.oneRow || q.expect != nil }) {
+	if slices.ContainsFunc(p.queued, func(q pipeStmt) bool { return q.dest != nil && !q.oneRow }) {
 		if err := p.flush(tx); err != nil {
 			return err
 		}

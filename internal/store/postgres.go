@@ -297,7 +297,7 @@ func (s *Store) runPostgres(fn func(*Tx) error, tx *Tx) ([]func(), error) {
 		}
 	}
 	if ferr != nil && !tx.missed && tx.retry == nil && tx.conflict == nil && tx.pg.c.PgConn().TxStatus() != 'E' &&
-		slices.ContainsFunc(tx.pg.queued, func(q pipeStmt) bool { return q.expect != nil }) {
+		slices.ContainsFunc(tx.pg.queued, func(q pipeStmt) bool { return q.guarded }) {
 		// fn failed with statements sent ahead not yet checked: it may
 		// have failed for going on as if they did what it expected. Check
 		// them (the attempt rolls back either way): if one did not, the

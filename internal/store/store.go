@@ -149,7 +149,7 @@ type Stats struct {
 	// Statements run by write functions and round trips they took to the
 	// database, BEGIN and COMMIT included (PostgreSQL; see pgpipe.go).
 	PgStatements, PgRoundTrips int64
-	// Replays: PostgreSQL writes run again, each ExpectN and ExpectRow
+	// Replays: PostgreSQL writes run again, each ExpectN and Guarded
 	// statement alone, since one sent ahead did not do what the write
 	// expected.
 	Replays int64
@@ -195,7 +195,7 @@ type Tx struct {
 	memoCleared bool
 	fixed       *fixed // the store's memory of facts that never change (fixed.go)
 	// eager: an earlier attempt of this write found a statement sent
-	// ahead (ExpectN, ExpectRow) not doing what it expected, so this one
+	// ahead (ExpectN, Guarded) not doing what it expected, so this one
 	// sends each such statement alone (PostgreSQL). missed: this attempt
 	// found one.
 	eager, missed bool
@@ -444,46 +444,45 @@ func (tx *Tx) ExecN(query string, args ...any) (int64, error) {
 }
 
 // ExpectN runs a statement that the write expects to change want rows (an
-// UPDATE with a condition, an INSERT that may conflict) and returns the
-// rows it changed, as ExecN. On PostgreSQL the write does not wait for it:
-// it is sent with the write's next statement, as ExecLater's are
-// (pgpipe.go), and ExpectN returns want at once, so the write goes on as if
-// it changed want rows. Should it change another number or fail, the
-// attempt is rolled back and the whole write runs again from its start,
-// this time sending each such statement alone and returning what it
-// really did: the write's code for the other outcome (a clear error, which
-// may read more to say why) runs as it would have. The write must be one
-// that may run twice, as every PostgreSQL write is (postgres.go). On
-// SQLite it runs at once.
+// UPDATE with a condition, an INSERT that may conflict; an INSERT, UPDATE
+// or DELETE without RETURNING) and returns the rows it changed, as ExecN.
+// On PostgreSQL the write does not wait for it: it is sent with the
+// write's next statement, as ExecLater's are (pgpipe.go), and ExpectN
+// returns want at once, so the write goes on as if it changed want rows.
+// It is sent guarded (Guarded): should it change another number or fail,
+// the database fails it, the attempt is rolled back, and the whole write
+// runs again from its start, this time sending such statements alone and
+// returning what they really did, so the write's code for the other
+// outcome (a clear error, which may read more to say why) runs as it
+// would have. The write must be one that may run twice, as every
+// PostgreSQL write is (postgres.go). On SQLite it runs at once.
 func (tx *Tx) ExpectN(want int64, query string, args ...any) (int64, error) {
-	if tx.pg == nil || !tx.writable || tx.eager {
+	if !tx.guessing() {
 		return tx.ExecN(query, args...)
 	}
-	tx.pg.queued = append(tx.pg.queued, pipeStmt{what: "store: a statement sent ahead", query: tx.rebind(query), args: args, expect: []int64{want}})
+	tx.Guarded(fmt.Sprintf(`WITH expected AS (%s RETURNING 1) SELECT 1 / (CASE WHEN COUNT(*) = %d THEN 1 ELSE 0 END) FROM expected`, query, want), args...)
 	return want, nil
 }
 
-// ExpectRow runs a query for one row of integer columns that the write
-// expects to be want (a statement that reports what it changed), and
-// scans them into dest, as QueryRow(…).Scan does. On PostgreSQL it is sent
-// ahead and dest is set to want at once, as ExpectN does.
-func (tx *Tx) ExpectRow(query string, args []any, want []int64, dest ...*int64) error {
-	if len(want) != len(dest) {
-		return fmt.Errorf("store: ExpectRow with %d expected columns and %d destinations", len(want), len(dest))
+// Guarded sends guarded, a statement that the database fails (a division
+// by zero, say) unless it did what the write expects, and reports true: the
+// write goes on as if it did, and the statement goes with the write's next
+// statement or its COMMIT; if it fails, the write runs again, as ExpectN
+// says. Where the write does not guess (SQLite, a Read, or the PostgreSQL
+// write running again after a guess failed) Guarded sends nothing and
+// reports false: the caller then runs its plain statements and reads what
+// they did.
+func (tx *Tx) Guarded(guarded string, args ...any) bool {
+	if !tx.guessing() {
+		return false
 	}
-	if tx.pg == nil || !tx.writable || tx.eager {
-		d := make([]any, len(dest))
-		for i := range dest {
-			d[i] = dest[i]
-		}
-		return tx.QueryRow(query, args...).Scan(d...)
-	}
-	for i := range dest {
-		*dest[i] = want[i]
-	}
-	tx.pg.queued = append(tx.pg.queued, pipeStmt{what: "store: a query sent ahead", query: tx.rebind(query), args: args, expect: want, expectRow: true})
-	return nil
+	tx.pg.queued = append(tx.pg.queued, pipeStmt{what: "store: a statement sent ahead", query: tx.rebind(guarded), args: args, guarded: true})
+	return true
 }
+
+// guessing: the write sends statements it expects to succeed without
+// waiting for them (a PostgreSQL write's first attempt).
+func (tx *Tx) guessing() bool { return tx.pg != nil && tx.writable && !tx.eager }
 
 // Reading is one query of Together. Its rows are handed to Row one at a
 // time (Row scans the one it is given); a query of no rows calls it never.
