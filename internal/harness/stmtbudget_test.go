@@ -62,8 +62,10 @@ func TestStatementBudget(t *testing.T) {
 // (store.Tx.Together: a session's quotes, a request's caps, a bill's
 // escrow and card holds), 20; with the expected statements guarded in the
 // database so that they go with the COMMIT (store.Tx.Guarded) and the
-// receipts read with the session, 17.
-const roundTripBudget = 18
+// receipts read with the session, 17; with a settlement's closing of its
+// quotes queued (ExecLater), a request's hotspot read with its lock and
+// caps, and a payment's session found by its quote, 14.
+const roundTripBudget = 15
 
 // TestRoundTripBudget counts the statements and round trips of a paid
 // flow's writes on PostgreSQL, and fails when the round trips go over

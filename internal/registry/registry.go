@@ -209,12 +209,31 @@ func scanHotspot(sc interface{ Scan(...any) error }) (*Hotspot, error) {
 
 // Get loads a hotspot by ID.
 func Get(tx *store.Tx, id string) (*Hotspot, error) {
-	h, err := scanHotspot(tx.QueryRow(`SELECT `+hotspotCols+` FROM hotspots WHERE id = ?`, id))
-	if errors.Is(err, store.ErrNotFound) {
-		return nil, problem.NotFoundf("hotspot %s not found", id)
+	var h *Hotspot
+	if err := tx.Together(Reading(id, &h)); err != nil {
+		return nil, err
 	}
-	if err != nil {
-		return nil, fmt.Errorf("registry: load hotspot %s: %w", id, err)
+	return Got(h, id)
+}
+
+// Reading is Get as a reading, to send with others (store.Tx.Together):
+// the hotspot goes into into, which stays nil when there is none.
+func Reading(id string, into **Hotspot) store.Reading {
+	return store.Reading{Query: `SELECT ` + hotspotCols + ` FROM hotspots WHERE id = ?`, Args: []any{id}, Row: func(sc store.Scanner) error {
+		h, err := scanHotspot(sc)
+		if err != nil {
+			return fmt.Errorf("registry: load hotspot %s: %w", id, err)
+		}
+		*into = h
+		return nil
+	}}
+}
+
+// Got returns what Reading read into h, or Get's error for a hotspot not
+// found.
+func Got(h *Hotspot, id string) (*Hotspot, error) {
+	if h == nil {
+		return nil, problem.NotFoundf("hotspot %s not found", id)
 	}
 	return h, nil
 }

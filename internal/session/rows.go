@@ -184,8 +184,10 @@ func readRow(tx *store.Tx, id string) (*row, error) {
 // so that a concurrent transition of the same session waits here (and is
 // retried) rather than after doing its work; a read takes no lock.
 func rowQuery(tx *store.Tx) string {
-	return `SELECT ` + rowCols + `, card_refunded_minor, disputed_minor, ended_ms FROM sessions WHERE id = ?` + tx.ForUpdate()
+	return rowSelect + ` WHERE id = ?` + tx.ForUpdate()
 }
+
+const rowSelect = `SELECT ` + rowCols + `, card_refunded_minor, disputed_minor, ended_ms FROM sessions`
 
 func scanRow(sc store.Scanner) (*row, error) {
 	s := new(row)
@@ -223,28 +225,55 @@ func loadWithQuotes(tx *store.Tx, id string, extra ...store.Reading) (*row, erro
 	if _, ok := store.Recall[[]quote](tx, quotesKey(id)); ok {
 		return loadRow(tx, id)
 	}
-	var s *row
-	qs := []quote{}
-	err := tx.Together(append([]store.Reading{
-		{Query: rowQuery(tx), Args: []any{id}, Row: func(sc store.Scanner) (err error) {
-			s, err = scanRow(sc)
-			return err
-		}},
-		{Query: quotesQuery, Args: []any{id}, Row: func(sc store.Scanner) error {
-			q, err := scanQuote(sc)
-			if err == nil {
-				qs = append(qs, *q)
-			}
-			return err
-		}}}, extra...)...)
+	s, err := readWithQuotes(tx, "?", id, extra...)
 	if err != nil {
 		return nil, fmt.Errorf("session: load %s and its quotes: %w", id, err)
 	}
 	if s == nil {
 		return nil, problem.NotFoundf("session %s not found", id)
 	}
-	tx.Remember(sessionKey(id), s)
-	tx.Remember(quotesKey(id), qs)
+	return s, nil
+}
+
+// loadByQuote is loadWithQuotes for a write that knows a quote, not its
+// session (a payment), on PostgreSQL: the quote's session is found, locked
+// and read with its quotes in one round trip. No such quote is not found.
+func loadByQuote(tx *store.Tx, quoteID string) (*row, error) {
+	s, err := readWithQuotes(tx, "(SELECT session_id FROM quotes WHERE id = ?)", quoteID)
+	if err != nil {
+		return nil, fmt.Errorf("session: load the session of quote %s: %w", quoteID, err)
+	}
+	if s == nil {
+		return nil, problem.NotFoundf("quote %s not found", quoteID)
+	}
+	tx.Remember(quoteSessionKey(quoteID), s.ID) // a quote never changes session
+	return s, nil
+}
+
+// readWithQuotes reads the session whose ID is the SQL expression id (of
+// one argument, arg), locked in a PostgreSQL write, and its quotes, with
+// extra, in one round trip, and keeps both in the write's memory. No such
+// session is nil.
+func readWithQuotes(tx *store.Tx, id string, arg any, extra ...store.Reading) (*row, error) {
+	var s *row
+	qs := []quote{}
+	err := tx.Together(append([]store.Reading{
+		{Query: rowSelect + ` WHERE id = ` + id + tx.ForUpdate(), Args: []any{arg}, Row: func(sc store.Scanner) (err error) {
+			s, err = scanRow(sc)
+			return err
+		}},
+		{Query: quotesSelect + ` WHERE session_id = ` + id + quotesOrder, Args: []any{arg}, Row: func(sc store.Scanner) error {
+			q, err := scanQuote(sc)
+			if err == nil {
+				qs = append(qs, *q)
+			}
+			return err
+		}}}, extra...)...)
+	if err != nil || s == nil {
+		return nil, err
+	}
+	tx.Remember(sessionKey(s.ID), s)
+	tx.Remember(quotesKey(s.ID), qs)
 	return s.clone(), nil
 }
 
@@ -406,7 +435,11 @@ func quotesOf(tx *store.Tx, sessionID string) ([]*quote, error) {
 }
 
 // quotesQuery reads a session's quotes in quotesOf's order.
-const quotesQuery = `SELECT ` + quoteCols + ` FROM quotes WHERE session_id = ? ORDER BY tranche, created_ms, id`
+const (
+	quotesQuery  = quotesSelect + ` WHERE session_id = ?` + quotesOrder
+	quotesSelect = `SELECT ` + quoteCols + ` FROM quotes`
+	quotesOrder  = ` ORDER BY tranche, created_ms, id`
+)
 
 func readQuotes(tx *store.Tx, sessionID string) ([]quote, error) {
 	rows, err := tx.Query(quotesQuery, sessionID)

@@ -216,7 +216,15 @@ func (e *Engine) RequestAccess(tx *store.Tx, guest Party, hotspotID string, byte
 	if len(keys) == 0 {
 		return nil, problem.Invalidf("guest_keys are missing")
 	}
-	h, err := registry.Get(tx, hotspotID)
+	// The hotspot; the guest's device row locked, so that two concurrent
+	// requests count each other's sessions; and the caps' counts, read
+	// after the lock: one round trip on PostgreSQL.
+	var h *registry.Hotspot
+	caps, reads := e.readingCaps(tx, guest, keys)
+	if err := tx.Together(append([]store.Reading{registry.Reading(hotspotID, &h)}, reads...)...); err != nil {
+		return nil, err
+	}
+	h, err := registry.Got(h, hotspotID)
 	if err != nil {
 		return nil, err
 	}
@@ -238,9 +246,7 @@ func (e *Engine) RequestAccess(tx *store.Tx, guest Party, hotspotID string, byte
 		left, asked := size.FormatPair(h.Available(), bytes)
 		return nil, problem.Exhaustedf("the hotspot has %s left to share; you asked for %s", left, asked)
 	}
-	// Lock the guest's device row so that two concurrent requests count
-	// each other's sessions: checkOpen's counts are read after it.
-	again, err := e.checkOpen(tx, guest, keys, account.LockingDevice(tx, guest.DeviceID))
+	again, err := e.checkCaps(tx, caps)
 	if err != nil {
 		return nil, err
 	}
@@ -292,43 +298,58 @@ var (
 		sharespotv1.SessionState_SESSION_STATE_REQUESTED, sharespotv1.SessionState_SESSION_STATE_QUOTED)
 )
 
-// checkOpen caps a guest's unfinished sessions per device, and its unpaid
-// requests per account: a request reserves nothing, but each costs the host
-// a quote. It returns the unfinished session a request with keys made
-// before, if any: the same request sent again. The lock, the open
-// sessions and the unpaid count are read in one round trip on PostgreSQL,
-// the lock first (store.Tx.Together).
-func (e *Engine) checkOpen(tx *store.Tx, guest Party, keys []*sharespotv1.GuestKey, lock *account.Locking) (*row, error) {
-	open, againID, unpaid := 0, "", 0
-	err := tx.Together(lock.Reading,
-		store.Reading{Query: openOf, Args: []any{guest.DeviceID}, Row: func(sc store.Scanner) error {
+// caps is what the caps on a guest's requests rest on (readingCaps).
+type caps struct {
+	lock         *account.Locking
+	open, unpaid int
+	againID      string
+}
+
+// readingCaps returns the reads that the caps on a guest's requests rest
+// on, to send together (store.Tx.Together): the lock on the guest's
+// device row first, so that two concurrent requests count each other's
+// sessions, then its unfinished sessions and its account's unpaid
+// requests. checkCaps then applies them.
+func (e *Engine) readingCaps(tx *store.Tx, guest Party, keys []*sharespotv1.GuestKey) (*caps, []store.Reading) {
+	c := &caps{lock: account.LockingDevice(tx, guest.DeviceID)}
+	return c, []store.Reading{c.lock.Reading,
+		{Query: openOf, Args: []any{guest.DeviceID}, Row: func(sc store.Scanner) error {
 			var id string
 			var blob []byte
 			if err := sc.Scan(&id, &blob); err != nil {
-				return err
+				return fmt.Errorf("session: open sessions: %w", err)
 			}
-			open++
+			c.open++
 			var req sharespotv1.AccessRequested
 			if proto.Unmarshal(blob, &req) == nil && sameKeys(req.GuestKeys, keys) {
-				againID = id
+				c.againID = id
 			}
 			return nil
 		}},
-		store.Reading{Query: countUnpaid, Args: []any{guest.AccountID}, Row: func(sc store.Scanner) error { return sc.Scan(&unpaid) }})
-	if err == nil {
-		err = lock.Err()
+		{Query: countUnpaid, Args: []any{guest.AccountID}, Row: func(sc store.Scanner) error {
+			if err := sc.Scan(&c.unpaid); err != nil {
+				return fmt.Errorf("session: count unpaid requests: %w", err)
+			}
+			return nil
+		}}}
+}
+
+// checkCaps caps a guest's unfinished sessions per device, and its unpaid
+// requests per account: a request reserves nothing, but each costs the host
+// a quote. It returns the unfinished session a request with keys made
+// before, if any: the same request sent again.
+func (e *Engine) checkCaps(tx *store.Tx, c *caps) (*row, error) {
+	if err := c.lock.Err(); err != nil {
+		return nil, err
 	}
-	if err != nil {
-		return nil, fmt.Errorf("session: open sessions and unpaid requests: %w", err)
+	if c.againID != "" {
+		return loadRow(tx, c.againID)
 	}
-	if againID != "" {
-		return loadRow(tx, againID)
+	if c.open >= e.cfg.MaxOpenPerGuest {
+		return nil, problem.Exhaustedf("you have %d unfinished sessions; end one first", c.open)
 	}
-	if open >= e.cfg.MaxOpenPerGuest {
-		return nil, problem.Exhaustedf("you have %d unfinished sessions; end one first", open)
-	}
-	if unpaid >= e.cfg.MaxUnpaidPerAccount {
-		return nil, problem.Exhaustedf("your account has %d requests not yet paid for; pay or end one first", unpaid)
+	if c.unpaid >= e.cfg.MaxUnpaidPerAccount {
+		return nil, problem.Exhaustedf("your account has %d requests not yet paid for; pay or end one first", c.unpaid)
 	}
 	return nil, nil
 }
@@ -547,27 +568,35 @@ func (e *Engine) charge(tx *store.Tx, now int64, c Charge, q *quote, s *row, rec
 
 // payable checks that guest may pay quoteID now and returns the charge.
 func (e *Engine) payable(tx *store.Tx, guest Party, quoteID string, now int64) (Charge, *quote, *row, error) {
-	q, err := loadQuote(tx, quoteID)
-	if err != nil {
-		return Charge{}, nil, nil, err
+	var s *row
+	var err error
+	if tx.Engine() == store.Postgres {
+		// A quote changes only under its session's lock: the session is
+		// found by the quote, locked and read with its quotes at once, so
+		// no concurrent write (an expiry, another payment) changes the
+		// quote after it was read. SQLite's single writer runs this write
+		// alone, from its memory.
+		s, err = loadByQuote(tx, quoteID)
+	} else {
+		var q *quote
+		if q, err = loadQuote(tx, quoteID); err == nil {
+			s, err = loadRow(tx, q.SessionID)
+		}
 	}
-	s, err := e.loadQuoted(tx, q.SessionID, guest, roleGuest, false)
+	if err == nil {
+		s, err = checkParty(s, guest, s.ID, roleGuest)
+	}
 	if problem.KindOf(err) == problem.NotFound {
-		// Not a party of the session: the quote does not exist for them.
+		// No such quote, or not a party of its session: the quote does
+		// not exist for them.
 		return Charge{}, nil, nil, problem.NotFoundf("quote %s not found", quoteID)
 	}
 	if err != nil {
 		return Charge{}, nil, nil, err // e.g. a party in the wrong role: say so
 	}
-	if tx.Engine() == store.Postgres {
-		// A quote changes only under its session's lock, which is held
-		// from here on; take it again from the session's quotes, read
-		// with the lock (loadQuoted), in case a concurrent write (an
-		// expiry, another payment) changed it between the two reads.
-		// SQLite's single writer runs this write alone.
-		if q, err = quoteOf(tx, s.ID, quoteID); err != nil {
-			return Charge{}, nil, nil, err
-		}
+	q, err := quoteOf(tx, s.ID, quoteID)
+	if err != nil {
+		return Charge{}, nil, nil, err
 	}
 	switch {
 	case q.State == sharespotv1.QuoteState_QUOTE_STATE_EXPIRED || (q.State == sharespotv1.QuoteState_QUOTE_STATE_OPEN && now >= q.ExpiresMS):

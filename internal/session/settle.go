@@ -154,11 +154,11 @@ func (e *Engine) effects(tx *store.Tx, nowMS int64, s *row, st *settlement, reas
 		return err
 	}
 	s.Reserved = min(s.Reserved, st.Used)
-	if _, err := tx.Exec(`UPDATE quotes SET state = CASE WHEN state = ? THEN ? WHEN state IN (?, ?) THEN ? ELSE state END WHERE session_id = ?`,
+	if err := tx.ExecLater("session: close the quotes of "+s.ID, `UPDATE quotes SET state = CASE WHEN state = ? THEN ? WHEN state IN (?, ?) THEN ? ELSE state END WHERE session_id = ?`,
 		int32(sharespotv1.QuoteState_QUOTE_STATE_OPEN), int32(sharespotv1.QuoteState_QUOTE_STATE_EXPIRED),
 		int32(sharespotv1.QuoteState_QUOTE_STATE_PAID), int32(sharespotv1.QuoteState_QUOTE_STATE_CONFIRMED), int32(sharespotv1.QuoteState_QUOTE_STATE_REFUNDED),
 		s.ID); err != nil {
-		return fmt.Errorf("session: close quotes: %w", err)
+		return err
 	}
 	changeQuotes(tx, s.ID, func(qs []quote) []quote {
 		for i := range qs {
