@@ -216,23 +216,26 @@ func scanRow(sc store.Scanner) (*row, error) {
 // the same lock). On SQLite the writer's memory serves both, and extra is
 // not read.
 func loadWithQuotes(tx *store.Tx, id string, extra ...store.Reading) (*row, error) {
-	if tx.ForUpdate() == "" {
-		return loadRow(tx, id)
-	}
-	if _, ok := store.Recall[*row](tx, sessionKey(id)); ok {
-		return loadRow(tx, id)
-	}
-	if _, ok := store.Recall[[]quote](tx, quotesKey(id)); ok {
-		return loadRow(tx, id)
+	s, _, err := loadWithQuotesRead(tx, id, extra...)
+	return s, err
+}
+
+// loadWithQuotesRead is loadWithQuotes, reporting whether extra was read.
+func loadWithQuotesRead(tx *store.Tx, id string, extra ...store.Reading) (*row, bool, error) {
+	_, kept := store.Recall[*row](tx, sessionKey(id))
+	_, quotesKept := store.Recall[[]quote](tx, quotesKey(id))
+	if tx.ForUpdate() == "" || kept || quotesKept {
+		s, err := loadRow(tx, id)
+		return s, false, err
 	}
 	s, err := readWithQuotes(tx, "?", id, extra...)
 	if err != nil {
-		return nil, fmt.Errorf("session: load %s and its quotes: %w", id, err)
+		return nil, false, fmt.Errorf("session: load %s and its quotes: %w", id, err)
 	}
 	if s == nil {
-		return nil, problem.NotFoundf("session %s not found", id)
+		return nil, false, problem.NotFoundf("session %s not found", id)
 	}
-	return s, nil
+	return s, true, nil
 }
 
 // loadByQuote is loadWithQuotes for a write that knows a quote, not its

@@ -35,6 +35,7 @@ import (
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/account"
+	"github.com/sharespot/sharespot/internal/ledger"
 	"github.com/sharespot/sharespot/internal/money"
 	"github.com/sharespot/sharespot/internal/problem"
 	"github.com/sharespot/sharespot/internal/protocol"
@@ -932,9 +933,19 @@ func (e *Engine) recordUsage(s *row, used int64) error {
 // acknowledging.
 func (e *Engine) End(tx *store.Tx, p Party, sessionID string, used int64, reason string, va *VerifiedAck, held bool) (*sharespotv1.Session, error) {
 	now := e.nowMS()
-	s, err := e.loadQuoted(tx, sessionID, p, roleEither, true)
+	// What the bill rests on is read with the session's lock too, and
+	// kept for it (billInputs).
+	in := &billInputs{holds: map[string]CardHold{}}
+	s, read, err := loadWithQuotesRead(tx, sessionID, e.pay.ReadingReceipts(tx, sessionID),
+		ledger.ReadingBalance(ledger.Escrow(sessionID, "").ID, &in.held), e.cards.ReadingHolds(sessionID, in.holds))
+	if err == nil {
+		s, err = checkParty(s, p, sessionID, roleEither)
+	}
 	if err != nil {
 		return nil, err
+	}
+	if read {
+		tx.Remember(billKey(sessionID), in)
 	}
 	if reason = clip(reason, 200); reason == "" {
 		reason = "ended"

@@ -31,6 +31,17 @@ type settlement struct {
 	host, payee string
 }
 
+// billInputs is what a bill rests on beside the session's row and quotes:
+// its escrow's balance and its card holds. End reads them with the
+// session's lock and keeps them in the write's own memory (PostgreSQL) for
+// its bill, which takes them once: the bill's moves then change the escrow.
+type billInputs struct {
+	held  int64
+	holds map[string]CardHold
+}
+
+func billKey(sessionID string) string { return "bill-inputs/" + sessionID }
+
 // finish settles and ends s with used bytes consumed.
 func (e *Engine) finish(tx *store.Tx, s *row, used int64, reason string) error {
 	now := e.nowMS()
@@ -46,13 +57,20 @@ func (e *Engine) finish(tx *store.Tx, s *row, used int64, reason string) error {
 
 // bill reads what s's bill rests on and computes it.
 func (e *Engine) bill(tx *store.Tx, s *row, used int64) (*settlement, error) {
-	// The escrow's balance and the card holds in one round trip
-	// (PostgreSQL); the quotes came with the session's row (loadQuoted).
-	var held int64
-	st := &settlement{holds: map[string]CardHold{}}
-	if err := tx.Together(ledger.ReadingBalance(ledger.Escrow(s.ID, s.Currency).ID, &held), e.cards.ReadingHolds(s.ID, st.holds)); err != nil {
-		return nil, fmt.Errorf("session: what the bill of %s rests on: %w", s.ID, err)
+	// The escrow's balance and the card holds: read with the session's
+	// lock (End) or else here, in one round trip (PostgreSQL); the quotes
+	// came with the session's row (loadQuoted).
+	in, ok := store.Recall[*billInputs](tx, billKey(s.ID))
+	if ok {
+		tx.Forget(billKey(s.ID)) // for this bill only: the moves change the escrow
+	} else {
+		in = &billInputs{holds: map[string]CardHold{}}
+		if err := tx.Together(ledger.ReadingBalance(ledger.Escrow(s.ID, s.Currency).ID, &in.held), e.cards.ReadingHolds(s.ID, in.holds)); err != nil {
+			return nil, fmt.Errorf("session: what the bill of %s rests on: %w", s.ID, err)
+		}
 	}
+	held := in.held
+	st := &settlement{holds: in.holds}
 	var err error
 	if st.quotes, err = quotesOf(tx, s.ID); err != nil {
 		return nil, err
