@@ -65,8 +65,9 @@ func TestStatementBudget(t *testing.T) {
 // receipts read with the session, 17; with a settlement's closing of its
 // quotes queued (ExecLater), a request's hotspot read with its lock and
 // caps, and a payment's session found by its quote, 14; with an end's
-// escrow balance and card holds read with its lock, 13.
-const roundTripBudget = 14
+// escrow balance and card holds read with its lock, 13; with a quote's
+// hotspot read with its session, 12.
+const roundTripBudget = 13
 
 // TestRoundTripBudget counts the statements and round trips of a paid
 // flow's writes on PostgreSQL, and fails when the round trips go over

@@ -229,6 +229,13 @@ func Reading(id string, into **Hotspot) store.Reading {
 	}}
 }
 
+// ReadingOfSession is Reading for the hotspot a session was sold on.
+func ReadingOfSession(sessionID string, into **Hotspot) store.Reading {
+	r := Reading("", into)
+	r.Query, r.Args = `SELECT `+hotspotCols+` FROM hotspots WHERE id = (SELECT hotspot_id FROM sessions WHERE id = ?)`, []any{sessionID}
+	return r
+}
+
 // Got returns what Reading read into h, or Get's error for a hotspot not
 // found.
 func Got(h *Hotspot, id string) (*Hotspot, error) {

@@ -298,6 +298,32 @@ func (e *Engine) load(tx *store.Tx, id string, p Party, want role) (*row, error)
 	return checkParty(s, p, id, want)
 }
 
+// loadWith is load for a write that reads extra too: with the session's
+// row in one round trip on PostgreSQL when this write has not read the row
+// yet (a read after the row's lock), else after it.
+func (e *Engine) loadWith(tx *store.Tx, id string, p Party, want role, extra ...store.Reading) (*row, error) {
+	if _, kept := store.Recall[*row](tx, sessionKey(id)); tx.ForUpdate() == "" || kept {
+		s, err := e.load(tx, id, p, want)
+		if err != nil {
+			return nil, err
+		}
+		return s, tx.Together(extra...)
+	}
+	var s *row
+	err := tx.Together(append([]store.Reading{{Query: rowQuery(tx), Args: []any{id}, Row: func(sc store.Scanner) (err error) {
+		s, err = scanRow(sc)
+		return err
+	}}}, extra...)...)
+	if err != nil {
+		return nil, fmt.Errorf("session: load %s: %w", id, err)
+	}
+	if s == nil {
+		return nil, problem.NotFoundf("session %s not found", id)
+	}
+	tx.Remember(sessionKey(id), s)
+	return checkParty(s.clone(), p, id, want)
+}
+
 // loadQuoted is load for a write that reads the session's quotes too
 // (loadWithQuotes), and their receipts when it renders the session for its
 // guest (receipts).

@@ -377,7 +377,8 @@ func sameKeys(a, b []*sharespotv1.GuestKey) bool {
 // the guest. A quote reserves no volume: payment does.
 func (e *Engine) Quote(tx *store.Tx, host Party, sessionID string, bytes, amount int64, currency string) (*sharespotv1.Quote, error) {
 	now := e.nowMS()
-	s, err := e.load(tx, sessionID, host, roleHost)
+	var h *registry.Hotspot
+	s, err := e.loadWith(tx, sessionID, host, roleHost, registry.ReadingOfSession(sessionID, &h))
 	if err != nil {
 		return nil, err
 	}
@@ -412,8 +413,7 @@ func (e *Engine) Quote(tx *store.Tx, host Party, sessionID string, bytes, amount
 	if amount != want {
 		return nil, problem.Invalidf("quote of %d does not match the session's tariff, which gives %d for %d bytes", amount, want, bytes)
 	}
-	h, err := registry.Get(tx, s.HotspotID)
-	if err != nil {
+	if h, err = registry.Got(h, s.HotspotID); err != nil {
 		return nil, err
 	}
 	if bytes > h.Available() {
