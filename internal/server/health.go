@@ -76,6 +76,13 @@ func (s *Server) instrument() {
 			return st, err
 		})
 	}, s.cfg.Now)
+	s.reg.MustRegister(
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: metrics.Namespace, Name: "store_retries_total",
+			Help: "PostgreSQL writes run again after a deadlock, a serialization failure or a lost race to insert a row (0 on SQLite)."},
+			func() float64 { return float64(s.st.Stats().Retries) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: metrics.Namespace, Name: "store_replays_total",
+			Help: "PostgreSQL writes run again, statement by statement, because a statement sent ahead did not do what the write expected: mostly refusals (too little money, a sold-out hotspot, a receipt used before). 0 on SQLite."},
+			func() float64 { return float64(s.st.Stats().Replays) }))
 	s.reg.MustRegister(s.business())
 	s.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: metrics.Namespace, Name: "inbox_acks_held",
 		Help: "Devices whose inbox acknowledgments this replica holds in memory or is writing (written in one batch about 100 ms after they arrive)."}, func() float64 {

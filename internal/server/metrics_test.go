@@ -85,7 +85,8 @@ func TestMetricsFollowFlow(t *testing.T) {
 	env := harness.Start(t, func(c *server.Config) { c.Limits = api.Limits{} })
 	s0 := scrapeOf(t, env.URL)
 	for _, name := range []string{"sharespot_store_write_queue_length", "sharespot_inbox_depth", "sharespot_inbox_oldest_age_seconds",
-		"sharespot_inbox_streams_open", "sharespot_inbox_acks_held", "go_goroutines", "process_open_fds"} {
+		"sharespot_inbox_streams_open", "sharespot_inbox_acks_held", "sharespot_store_retries_total", "sharespot_store_replays_total",
+		"go_goroutines", "process_open_fds"} {
 		if s0.value(name) < 0 {
 			t.Errorf("%s missing before any call", name)
 		}
@@ -232,5 +233,31 @@ func TestMetricsRefusals(t *testing.T) {
 	}
 	if got := s.value("sharespot_rate_limit_refusals_total", "limit", "device_rate"); got != 0 {
 		t.Errorf("device_rate refusals = %v, want 0", got)
+	}
+}
+
+// TestStoreReplaysMetric: on PostgreSQL a payment from an empty wallet is
+// refused after its write ran again, statement by statement (its debit,
+// sent ahead, took nothing): sharespot_store_replays_total counts it, and
+// nothing else of the flow runs again.
+func TestStoreReplaysMetric(t *testing.T) {
+	ctx := context.Background()
+	env := harness.Start(t, func(c *server.Config) { c.DB = harness.Postgres(t); c.Limits = api.Limits{} })
+	hostC := env.Device(t, "host")
+	res, err := hostC.Hotspots.Register(ctx, connect.NewRequest(&sharespotv1.RegisterRequest{Instruction: harness.BenchInstruction(1)}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := scrapeOf(t, env.URL)
+	g := &guest.Guest{C: env.Device(t, "broke"), Suites: []seal.Suite{seal.Preset}}
+	if err := harness.PaidFlow(ctx, hostC, res.Msg.Hotspot, g); err == nil || !strings.Contains(err.Error(), "insufficient funds") {
+		t.Fatalf("a flow from an empty wallet: %v, want refused for insufficient funds", err)
+	}
+	after := scrapeOf(t, env.URL)
+	if n := after.value("sharespot_store_replays_total") - before.value("sharespot_store_replays_total"); n != 1 {
+		t.Errorf("sharespot_store_replays_total rose by %v, want 1 (the refused payment)", n)
+	}
+	if n := after.value("sharespot_store_retries_total") - before.value("sharespot_store_retries_total"); n != 0 {
+		t.Errorf("sharespot_store_retries_total rose by %v, want 0", n)
 	}
 }
