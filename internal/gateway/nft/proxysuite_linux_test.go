@@ -489,6 +489,11 @@ func TestProxyNamespaceSuite(t *testing.T) {
 					return
 				}
 				reached.Add(1)
+				// The request first: an answer written before it arrives
+				// reaches the client as a response on an idle connection,
+				// which its transport drops, failing the fetch.
+				c.SetReadDeadline(time.Now().Add(10 * time.Second))
+				http.ReadRequest(bufio.NewReader(c))
 				c.Write([]byte("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"))
 				c.Close()
 			}
