@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -33,14 +34,23 @@ func TestMain(m *testing.M) {
 	})
 }
 
-// freePort returns a loopback address nobody listens on yet.
+// freePort returns a loopback address nobody listens on yet. It is drawn
+// below Linux's ephemeral range (32768–60999 by default), where the
+// kernel hands out ports for ":0" listeners and outgoing connections: a
+// port it handed out and freed would soon go to another test's server,
+// which the script's process would then find listening in its place.
 func freePort() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
+	var last error
+	for range 100 {
+		ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(20000+rand.IntN(12000))))
+		if err != nil {
+			last = err
+			continue
+		}
+		defer ln.Close()
+		return ln.Addr().String(), nil
 	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
+	return "", fmt.Errorf("no free loopback port in 20000–31999: %w", last)
 }
 
 // TestScripts runs the CLI end to end: the real binary against a real
