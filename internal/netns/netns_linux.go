@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -291,9 +292,35 @@ func (tp *Topology) addGuest(t testing.TB, i int) *Guest {
 	g.IP(t, "link", "set", "eth0", "address", g.MAC.String())
 	g.IP(t, "addr", "add", prefix(g.Addr4, lan4), "dev", "eth0")
 	g.Sysctl(t, "ipv6/conf/eth0/accept_ra", "0")
+	g.Sysctl(t, "ipv6/conf/eth0/accept_dad", "0")
 	g.IP(t, "link", "set", "eth0", "up")
 	g.IP(t, "route", "add", "default", "via", tp.HostLAN4.String())
+	g.settle(t)
 	return g
+}
+
+// settle waits until the guest's link-local IPv6 address is there and no
+// address is tentative, so that its addresses do not change under a
+// program the test starts next. (Chromium aborts a page load with
+// ERR_NETWORK_CHANGED when an address of its namespace comes or goes, and
+// with duplicate address detection the link-local address turned valid 1
+// to 2 s after the link came up.)
+func (g *Guest) settle(t testing.TB) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second) // a bound, not a timing: the kernel's link watch runs within a second
+	for {
+		out, err := exec.Command("ip", "-n", g.Name, "-6", "addr", "show", "dev", "eth0").CombinedOutput()
+		if err != nil {
+			t.Fatalf("netns: ip -n %s -6 addr show dev eth0: %v: %s", g.Name, err, out)
+		}
+		if s := string(out); strings.Contains(s, "inet6 fe80:") && !strings.Contains(s, "tentative") {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("netns: the addresses of %s did not settle: %s", g.Name, out)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // AddIPv6 gives the guest its global IPv6 address and a default route via

@@ -138,6 +138,10 @@ func newRig(t *testing.T) *rig {
 	go func() { hostDone <- hostRun.Run(ctx) }()
 	r.watch = newLeakWatch(t, tp.Internet, serverAddr.Port())
 
+	// The guest's global IPv6 address comes before the browser: Chromium
+	// aborts a page load when an address of its namespace changes.
+	tp.Guests[0].AddIPv6(t, tp)
+
 	// The browser, in the guest's namespace: a wrapper runs it through
 	// `ip netns exec`; chromedp talks to it over the inherited pipe.
 	wrapper := filepath.Join(t.TempDir(), "chromium-in-guest")
@@ -402,7 +406,7 @@ func (r *rig) waitGranted(id string, want int64) {
 // the portal answer. Nothing may reach the internet namespace but the
 // server's port.
 func walledGarden(t *testing.T, r *rig, g *netns.Guest) {
-	g.AddIPv6(t, r.tp)
+	// g has its IPv6 address (newRig).
 	hc := g.HTTPClient()
 	hc.Timeout = 3 * time.Second
 	hc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
