@@ -128,22 +128,27 @@ func (h *hotspotService) List(ctx context.Context, req *connect.Request[sharespo
 type discoveryService struct{ *services }
 
 func (d *discoveryService) Discover(ctx context.Context, req *connect.Request[sharespotv1.DiscoverRequest]) (*connect.Response[sharespotv1.DiscoverResponse], error) {
+	disc, err := registry.Discovering(req.Msg.Candidates, d.nowMS(), d.d.HostAway)
+	if err != nil {
+		return nil, err
+	}
+	// Each host's record from its settled verified sessions, beside its
+	// price: what a guest that cannot verify knows before paying. Read
+	// with the hotspots, in one round trip.
+	hosts, args := disc.Hosts()
+	records := map[string]*sharespotv1.HostRecord{}
 	return read(ctx, d.services, func(tx *store.Tx) (*sharespotv1.DiscoverResponse, error) {
-		offers, offline, err := registry.Discover(tx, req.Msg.Candidates, d.nowMS(), d.d.HostAway)
-		if err != nil {
+		clear(records)
+		if err := tx.Last(disc.Reading(), session.ReadingHostRecords(hosts, args, records)); err != nil {
 			return nil, err
 		}
-		// Each host's record from its settled verified sessions, beside
-		// its price: what a guest that cannot verify knows before paying.
-		hosts := make([]string, len(offers))
-		for i, o := range offers {
-			hosts[i] = o.HostDeviceId
-		}
-		records, err := session.HostRecords(tx, hosts)
+		offers, offline := disc.Result()
 		for _, o := range offers {
-			o.HostRecord = records[o.HostDeviceId]
+			if o.HostRecord = records[o.HostDeviceId]; o.HostRecord == nil {
+				o.HostRecord = &sharespotv1.HostRecord{}
+			}
 		}
-		return &sharespotv1.DiscoverResponse{Available: offers, Offline: offline}, err
+		return &sharespotv1.DiscoverResponse{Available: offers, Offline: offline}, nil
 	})
 }
 

@@ -97,6 +97,11 @@ func TestRoundTripBudget(t *testing.T) {
 	if trips >= stmts {
 		t.Errorf("%.2f round trips for %.2f statements: nothing was pipelined", trips, stmts)
 	}
+	// Each read of the flow (the guest's discovery, the deadline sweep) is
+	// one round trip, its BEGIN and ROLLBACK included (store.Tx.Last).
+	if readTrips > reads {
+		t.Errorf("%.2f reads a flow take %.2f round trips; want one each", reads, readTrips)
+	}
 	if n := after.Replays - before.Replays; n != 0 {
 		t.Errorf("%d writes of paid flows ran again: a statement sent ahead did not do what the write expected", n)
 	}

@@ -486,72 +486,111 @@ func List(tx *store.Tx, hostDeviceID string) ([]*Hotspot, error) {
 // and apart, the candidates registered whose hosts are away. It looks each
 // BSSID up in the index; it never scans the table.
 func Discover(tx *store.Tx, cands []*sharespotv1.Candidate, nowMS int64, away time.Duration) ([]*sharespotv1.Offer, []*sharespotv1.OfflineHotspot, error) {
+	d, err := Discovering(cands, nowMS, away)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := tx.Together(d.Reading()); err != nil {
+		return nil, nil, err
+	}
+	offers, offline := d.Result()
+	return offers, offline, nil
+}
+
+// Discovery is Discover as a reading, to be read with others
+// (store.Tx.Last): Discovering checks the candidates, Reading reads their
+// hotspots, Result is what Discover returns.
+type Discovery struct {
+	byBSSID map[string]*sharespotv1.Candidate
+	bssids  []any // each candidate's BSSID once, normalized
+	nowMS   int64
+	away    time.Duration
+	out     []*sharespotv1.Offer
+	offline []*sharespotv1.OfflineHotspot
+}
+
+// Discovering checks a candidate set: its size and each candidate's
+// fields.
+func Discovering(cands []*sharespotv1.Candidate, nowMS int64, away time.Duration) (*Discovery, error) {
 	if len(cands) == 0 {
-		return nil, nil, problem.Invalidf("candidate set is empty: scan first")
+		return nil, problem.Invalidf("candidate set is empty: scan first")
 	}
 	if len(cands) > MaxCandidates {
-		return nil, nil, problem.Invalidf("candidate set has %d entries; at most %d", len(cands), MaxCandidates)
+		return nil, problem.Invalidf("candidate set has %d entries; at most %d", len(cands), MaxCandidates)
 	}
-	byBSSID := make(map[string]*sharespotv1.Candidate, len(cands))
-	args := make([]any, 0, len(cands))
+	d := &Discovery{byBSSID: make(map[string]*sharespotv1.Candidate, len(cands)), bssids: make([]any, 0, len(cands)), nowMS: nowMS, away: away}
 	for i, c := range cands {
 		b, err := NormalizeBSSID(c.GetBssid())
 		if err != nil {
-			return nil, nil, problem.Invalidf("candidate %d: %v", i, err)
+			return nil, problem.Invalidf("candidate %d: %v", i, err)
 		}
 		if len(c.Ssid) > 32 {
-			return nil, nil, problem.Invalidf("candidate %d: SSID is %d bytes; at most 32", i, len(c.Ssid))
+			return nil, problem.Invalidf("candidate %d: SSID is %d bytes; at most 32", i, len(c.Ssid))
 		}
 		if c.SignalDbm < -150 || c.SignalDbm > 30 {
-			return nil, nil, problem.Invalidf("candidate %d: signal %d dBm is out of range", i, c.SignalDbm)
+			return nil, problem.Invalidf("candidate %d: signal %d dBm is out of range", i, c.SignalDbm)
 		}
 		if c.FrequencyMhz < 0 || c.FrequencyMhz > 100000 {
-			return nil, nil, problem.Invalidf("candidate %d: frequency %d MHz is out of range", i, c.FrequencyMhz)
+			return nil, problem.Invalidf("candidate %d: frequency %d MHz is out of range", i, c.FrequencyMhz)
 		}
-		if _, dup := byBSSID[b]; !dup {
-			args = append(args, b)
+		if _, dup := d.byBSSID[b]; !dup {
+			d.bssids = append(d.bssids, b)
 		}
-		byBSSID[b] = c
+		d.byBSSID[b] = c
 	}
-	q := `SELECT ` + hotspotCols + ` FROM hotspots WHERE active = 1 AND bssid IN (?` + strings.Repeat(", ?", len(args)-1) + `)`
-	rows, err := tx.Query(q, args...)
+	return d, nil
+}
+
+// Hosts is a subquery of the host devices of the candidates' active
+// hotspots, with its arguments: for a reading sent with the discovery's
+// (each host's record, beside its offer).
+func (d *Discovery) Hosts() (string, []any) {
+	return `SELECT host_device_id FROM hotspots WHERE active = 1 AND bssid IN (?` + strings.Repeat(", ?", len(d.bssids)-1) + `)`, d.bssids
+}
+
+// Reading reads the candidates' active hotspots (anew: what an earlier
+// reading took is dropped).
+func (d *Discovery) Reading() store.Reading {
+	d.out, d.offline = nil, nil
+	q := `SELECT ` + hotspotCols + ` FROM hotspots WHERE active = 1 AND bssid IN (?` + strings.Repeat(", ?", len(d.bssids)-1) + `)`
+	return store.Reading{Query: q, Args: d.bssids, Row: d.row}
+}
+
+// row takes one hotspot into the offers or the offline.
+func (d *Discovery) row(sc store.Scanner) error {
+	h, err := scanHotspot(sc)
 	if err != nil {
-		return nil, nil, fmt.Errorf("registry: discover: %w", err)
+		return fmt.Errorf("registry: discover: %w", err)
 	}
-	defer rows.Close()
-	var out []*sharespotv1.Offer
-	var offline []*sharespotv1.OfflineHotspot
-	for rows.Next() {
-		h, err := scanHotspot(rows)
-		if err != nil {
-			return nil, nil, err
-		}
-		c := byBSSID[h.BSSID]
-		// A BSSID seen with another SSID is not the registered network.
-		if c == nil || string(c.Ssid) != string(h.SSID) {
-			continue
-		}
-		if !h.Present(nowMS, away) {
-			offline = append(offline, &sharespotv1.OfflineHotspot{HotspotId: h.ID, SeenUnixMs: h.SeenMS, SignalDbm: c.SignalDbm,
-				AccessPoint: &sharespotv1.AccessPoint{Ssid: h.SSID, Bssid: h.BSSID, Security: h.Security}})
-			continue
-		}
-		if h.Available() < h.Tariff.MinPurchase {
-			continue
-		}
-		out = append(out, &sharespotv1.Offer{
-			HotspotId:      h.ID,
-			HostDeviceId:   h.HostDeviceID,
-			AccessPoint:    &sharespotv1.AccessPoint{Ssid: h.SSID, Bssid: h.BSSID, Security: h.Security},
-			Tariff:         h.Tariff.Proto(),
-			AvailableBytes: h.Available(),
-			SignalDbm:      c.SignalDbm,
-			FrequencyMhz:   c.FrequencyMhz,
-		})
+	c := d.byBSSID[h.BSSID]
+	// A BSSID seen with another SSID is not the registered network.
+	if c == nil || string(c.Ssid) != string(h.SSID) {
+		return nil
 	}
-	if err := rows.Err(); err != nil {
-		return nil, nil, err
+	if !h.Present(d.nowMS, d.away) {
+		d.offline = append(d.offline, &sharespotv1.OfflineHotspot{HotspotId: h.ID, SeenUnixMs: h.SeenMS, SignalDbm: c.SignalDbm,
+			AccessPoint: &sharespotv1.AccessPoint{Ssid: h.SSID, Bssid: h.BSSID, Security: h.Security}})
+		return nil
 	}
+	if h.Available() < h.Tariff.MinPurchase {
+		return nil
+	}
+	d.out = append(d.out, &sharespotv1.Offer{
+		HotspotId:      h.ID,
+		HostDeviceId:   h.HostDeviceID,
+		AccessPoint:    &sharespotv1.AccessPoint{Ssid: h.SSID, Bssid: h.BSSID, Security: h.Security},
+		Tariff:         h.Tariff.Proto(),
+		AvailableBytes: h.Available(),
+		SignalDbm:      c.SignalDbm,
+		FrequencyMhz:   c.FrequencyMhz,
+	})
+	return nil
+}
+
+// Result is what was read: the offers, strongest signal first, and the
+// hotspots whose hosts are away.
+func (d *Discovery) Result() ([]*sharespotv1.Offer, []*sharespotv1.OfflineHotspot) {
+	out, offline := d.out, d.offline
 	sort.Slice(out, func(i, j int) bool {
 		if out[i].SignalDbm != out[j].SignalDbm {
 			return out[i].SignalDbm > out[j].SignalDbm
@@ -559,5 +598,5 @@ func Discover(tx *store.Tx, cands []*sharespotv1.Candidate, nowMS int64, away ti
 		return out[i].HotspotId < out[j].HotspotId
 	})
 	sort.Slice(offline, func(i, j int) bool { return offline[i].SignalDbm > offline[j].SignalDbm })
-	return out, offline, nil
+	return out, offline
 }

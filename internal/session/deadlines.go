@@ -93,20 +93,19 @@ func (e *Engine) expireTopUp(tx *store.Tx, s *row, now int64) error {
 	return nil
 }
 
-// Overdue lists up to limit sessions whose deadline has passed.
+// Overdue lists up to limit sessions whose deadline has passed. It is a
+// read's last statement (store.Tx.Last).
 func (e *Engine) Overdue(tx *store.Tx, limit int) ([]string, error) {
-	rows, err := tx.Query(`SELECT id FROM sessions WHERE deadline_ms > 0 AND deadline_ms <= ? ORDER BY deadline_ms LIMIT ?`, e.nowMS(), limit)
+	var ids []string
+	err := tx.Last(store.Reading{Query: `SELECT id FROM sessions WHERE deadline_ms > 0 AND deadline_ms <= ? ORDER BY deadline_ms LIMIT ?`,
+		Args: []any{e.nowMS(), limit}, Row: func(sc store.Scanner) error {
+			var id string
+			err := sc.Scan(&id)
+			ids = append(ids, id)
+			return err
+		}})
 	if err != nil {
 		return nil, fmt.Errorf("session: overdue sessions: %w", err)
 	}
-	defer rows.Close()
-	var ids []string
-	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
-			return nil, err
-		}
-		ids = append(ids, id)
-	}
-	return ids, rows.Err()
+	return ids, nil
 }

@@ -218,6 +218,22 @@ func HostRecords(tx *store.Tx, hosts []string) (map[string]*sharespotv1.HostReco
 	return out, nil
 }
 
+// ReadingHostRecords is HostRecords as a reading: the records of the hosts
+// that the subquery hosts (with its args) selects, into out. A host with
+// no record is left out of out (its record is zero).
+func ReadingHostRecords(hosts string, args []any, out map[string]*sharespotv1.HostRecord) store.Reading {
+	return store.Reading{Query: `SELECT host_device_id, verified_sessions, over_counted_sessions, counted_bytes, acknowledged_bytes
+		FROM host_records WHERE host_device_id IN (` + hosts + `)`, Args: args, Row: func(sc store.Scanner) error {
+		var h string
+		r := &sharespotv1.HostRecord{}
+		if err := sc.Scan(&h, &r.VerifiedSessions, &r.OverCountedSessions, &r.CountedBytes, &r.AcknowledgedBytes); err != nil {
+			return fmt.Errorf("session: host records: %w", err)
+		}
+		out[h] = r
+		return nil
+	}}
+}
+
 // recordsFromSessions adds up each host's record from its settled verified
 // sessions (as rows.go's record counts one session; migration 0008's
 // backfill is the same query): host, sessions, over-counted, counted and

@@ -375,3 +375,110 @@ func TestTogether(t *testing.T) {
 		}
 	})
 }
+
+// TestLast: a read's Last gets its rows in order, with the read's end in
+// the same round trip on PostgreSQL; after it the read runs nothing; its
+// snapshot is the read's; a failed Last leaves the connection fit.
+func TestLast(t *testing.T) {
+	engines(t, func(t *testing.T, d testDB) {
+		s := d.open(t)
+		ctx := t.Context()
+		for _, id := range []string{"a1", "a2", "a3"} {
+			if err := s.Write(ctx, insertAccount(id)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		count := func(n *int64) Reading {
+			return Reading{Query: `SELECT COUNT(*) FROM accounts`, Row: func(sc Scanner) error { return sc.Scan(n) }}
+		}
+		// One Last: one round trip, BEGIN and ROLLBACK included.
+		var ids []string
+		var n int64
+		before := s.Stats()
+		err := s.Read(ctx, func(tx *Tx) error {
+			return tx.Last(
+				Reading{Query: `SELECT id FROM accounts WHERE id <> ? ORDER BY id`, Args: []any{"a2"}, Row: func(sc Scanner) error {
+					var id string
+					err := sc.Scan(&id)
+					ids = append(ids, id)
+					return err
+				}},
+				Reading{}, // skipped
+				count(&n))
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fmt.Sprint(ids) != "[a1 a3]" || n != 3 {
+			t.Fatalf("read %v and %d, want [a1 a3] and 3", ids, n)
+		}
+		if trips := s.Stats().PgReadRoundTrips - before.PgReadRoundTrips; d.engine == Postgres && trips != 1 {
+			t.Fatalf("a read of one Last took %d round trips, want 1", trips)
+		}
+		// After a statement: the Last sees the read's snapshot, not a
+		// write committed between; the read ends in the Last's trip.
+		var first, last int64
+		before = s.Stats()
+		err = s.Read(ctx, func(tx *Tx) error {
+			if err := tx.QueryRow(`SELECT COUNT(*) FROM accounts`).Scan(&first); err != nil {
+				return err
+			}
+			if err := s.Write(ctx, insertAccount("a4")); err != nil {
+				return err
+			}
+			return tx.Last(count(&last))
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if first != 3 || last != 3 {
+			t.Fatalf("counted %d, then %d after a4 committed; want 3 both times: one snapshot", first, last)
+		}
+		if trips := s.Stats().PgReadRoundTrips - before.PgReadRoundTrips; d.engine == Postgres && trips != 2 {
+			t.Fatalf("a statement and a Last took %d round trips, want 2", trips)
+		}
+		// Nothing after the Last.
+		err = s.Read(ctx, func(tx *Tx) error {
+			if err := tx.Last(count(&n)); err != nil {
+				return err
+			}
+			return tx.QueryRow(`SELECT COUNT(*) FROM accounts`).Scan(&n)
+		})
+		if !errors.Is(err, errAfterLast) {
+			t.Fatalf("a statement after Last: %v, want %v", err, errAfterLast)
+		}
+		for _, after := range []func(tx *Tx) error{
+			func(tx *Tx) error { _, err := tx.Exec(`SELECT 1`); return err },
+			func(tx *Tx) error { _, err := tx.Query(`SELECT 1`); return err },
+			func(tx *Tx) error { return tx.Together(count(&n)) },
+			func(tx *Tx) error { return tx.Last(count(&n)) },
+		} {
+			err := s.Read(ctx, func(tx *Tx) error {
+				if err := tx.Last(count(&n)); err != nil {
+					return err
+				}
+				return after(tx)
+			})
+			if !errors.Is(err, errAfterLast) {
+				t.Fatalf("a statement after Last: %v, want %v", err, errAfterLast)
+			}
+		}
+		// A Row's error, and a statement that fails in the database, fail
+		// the read; the connections stay fit for the reads after.
+		for range 3 {
+			if err := s.Read(ctx, func(tx *Tx) error {
+				return tx.Last(Reading{Query: `SELECT id FROM accounts`, Row: func(Scanner) error { return errTooLittle }})
+			}); !errors.Is(err, errTooLittle) {
+				t.Fatalf("a Row's error: %v", err)
+			}
+			if err := s.Read(ctx, func(tx *Tx) error {
+				return tx.Last(Reading{Query: `SELECT 1 / (COUNT(*) - COUNT(*)) FROM accounts`, Row: func(sc Scanner) error { return sc.Scan(&n) }})
+			}); err == nil {
+				t.Fatal("a division by zero read without an error")
+			}
+			if err := s.Read(ctx, func(tx *Tx) error { return tx.Last(count(&n)) }); err != nil || n != 4 {
+				t.Fatalf("a read after failed ones: %d accounts, %v; want 4", n, err)
+			}
+		}
+	})
+}

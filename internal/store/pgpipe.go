@@ -240,6 +240,33 @@ func (tx *Tx) pgTogether(reads []Reading) error {
 	if err != nil {
 		return err
 	}
+	if err := tx.pgRows(br, reads); err != nil {
+		return err
+	}
+	return translate(tx.note(br.Close()))
+}
+
+// pgLast is pgTogether with the read's ROLLBACK sent after the reads.
+// (Should a read fail in the database, PostgreSQL skips the ROLLBACK with
+// the rest of the batch; finish then rolls the transaction back.)
+func (tx *Tx) pgLast(reads []Reading) error {
+	br, err := tx.pg.sendAll(tx, append(reads, Reading{Query: "ROLLBACK"}))
+	if err != nil {
+		return err
+	}
+	if err := tx.pgRows(br, reads); err != nil {
+		return err
+	}
+	_, err = br.Exec()
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	return translate(tx.note(err))
+}
+
+// pgRows hands each read's rows, in order, to its Row. On an error it
+// closes br.
+func (tx *Tx) pgRows(br pgx.BatchResults, reads []Reading) error {
 	for _, r := range reads {
 		rows, err := br.Query()
 		if err != nil {
@@ -260,7 +287,7 @@ func (tx *Tx) pgTogether(reads []Reading) error {
 			return translate(tx.note(err))
 		}
 	}
-	return translate(tx.note(br.Close()))
+	return nil
 }
 
 func (tx *Tx) pgQuery(query string, args []any) (*Rows, error) {

@@ -179,6 +179,8 @@ type Tx struct {
 	after  []func()
 	// writable: a Write's transaction, not a Read's.
 	writable bool
+	// ended: a read's Last ran; nothing may follow it.
+	ended bool
 	// retry is the first serialization failure or deadlock a statement
 	// met (PostgreSQL): the attempt is then retried whatever fn returns.
 	retry error
@@ -364,6 +366,9 @@ func (tx *Tx) Context() context.Context { return tx.ctx }
 
 // Exec runs a statement.
 func (tx *Tx) Exec(query string, args ...any) (sql.Result, error) {
+	if tx.ended {
+		return nil, errAfterLast
+	}
 	query = tx.rebind(query)
 	if tx.pg != nil {
 		return tx.pgExec(query, args)
@@ -505,10 +510,27 @@ type Scanner interface {
 // A Reading without a query is skipped (one that applies to one engine
 // only).
 func (tx *Tx) Together(reads ...Reading) error {
+	if tx.ended {
+		return errAfterLast
+	}
+	return tx.together(reads)
+}
+
+// prepare is reads without those with no query, each query in the
+// engine's placeholders.
+func (tx *Tx) prepare(reads []Reading) []Reading {
 	reads = slices.DeleteFunc(slices.Clone(reads), func(r Reading) bool { return r.Query == "" })
 	for i := range reads {
 		reads[i].Query = tx.rebind(reads[i].Query)
 	}
+	return reads
+}
+
+// errAfterLast is a read's statement after its Last.
+var errAfterLast = errors.New("store: a statement after the read's last (Tx.Last): the read has ended")
+
+func (tx *Tx) together(reads []Reading) error {
+	reads = tx.prepare(reads)
 	if tx.pg != nil {
 		return tx.pgTogether(reads)
 	}
@@ -530,9 +552,33 @@ func (tx *Tx) Together(reads ...Reading) error {
 	return nil
 }
 
+// Last is Together for a read's last statements: on PostgreSQL the read's
+// end (its ROLLBACK) goes in the same round trip, so a read made of one
+// Last is one round trip, not two. A read runs nothing after its Last (the
+// statement fails). In a write, Last is Together: a write's end, its
+// COMMIT, waits for what the write decides.
+func (tx *Tx) Last(reads ...Reading) error {
+	if tx.writable {
+		return tx.Together(reads...)
+	}
+	if tx.ended {
+		return errAfterLast
+	}
+	if tx.pg == nil {
+		err := tx.together(reads)
+		tx.ended = true
+		return err
+	}
+	tx.ended = true
+	return tx.pgLast(tx.prepare(reads))
+}
+
 // Query runs a query returning rows. Close them before the next
 // statement.
 func (tx *Tx) Query(query string, args ...any) (*Rows, error) {
+	if tx.ended {
+		return nil, errAfterLast
+	}
 	query = tx.rebind(query)
 	if tx.pg != nil {
 		return tx.pgQuery(query, args)
@@ -555,6 +601,9 @@ func (tx *Tx) Query(query string, args ...any) (*Rows, error) {
 
 // QueryRow runs a query for one row; Scan returns ErrNotFound for none.
 func (tx *Tx) QueryRow(query string, args ...any) Row {
+	if tx.ended {
+		return Row{err: errAfterLast}
+	}
 	query = tx.rebind(query)
 	if tx.pg != nil {
 		return tx.pgQueryRow(query, args)
