@@ -69,7 +69,8 @@ func BenchmarkFlow(b *testing.B) {
 // connections as workers) with the flow's CPU read in such calls
 // (flow-in-bare-calls: seven calls make a short flow), measured for
 // SHARESPOT_BENCH_CALL_FLOOR (default 2s; 0 skips it).
-// SHARESPOT_TEST_DB=postgres runs the server on PostgreSQL;
+// SHARESPOT_TEST_DB=postgres runs the server on PostgreSQL (and reports
+// the CPU per flow of this machine's postgres processes: db-cpu-ms/flow);
 // SHARESPOT_BENCH_SERVER_CPUPROFILE=FILE has the server write a CPU profile
 // of itself alone (its whole run: the bare calls too, unless skipped);
 // SHARESPOT_BENCH_BIN=PATH runs that binary as the server instead of this
@@ -112,6 +113,8 @@ func BenchmarkFlowProcess(b *testing.B) {
 	}
 	var meter *loadgen.CPUMeter
 	var floor loadgen.CallFloor
+	var dbCPU time.Duration
+	var dbProcs int
 	n, elapsed := runFlows(b, device, fund, func() {
 		if err := loadgen.DBFunder(dir, db)(ctx, accounts, "EUR", 1<<50); err != nil {
 			b.Fatal(err)
@@ -124,12 +127,27 @@ func BenchmarkFlowProcess(b *testing.B) {
 		if meter, err = loadgen.StartCPU(proc.PID()); err != nil {
 			b.Fatal(err)
 		}
+		if db != "" {
+			dbCPU, dbProcs, err = loadgen.ReadCommandCPU("postgres")
+			if err != nil {
+				b.Fatal(err)
+			}
+		}
 	})
 	cpu, err := meter.Stop(int64(n), "flow")
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.ReportMetric(cpu.ServerPerUnitMS, "server-cpu-ms/flow")
+	// A PostgreSQL on this machine (as here and in CI): its processes'
+	// CPU per flow, beside the server's (0 processes: not this machine's).
+	if dbProcs > 0 {
+		after, _, err := loadgen.ReadCommandCPU("postgres")
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.ReportMetric((after-dbCPU).Seconds()*1e3/float64(n), "db-cpu-ms/flow")
+	}
 	if floor.Calls > 0 {
 		b.ReportMetric(floor.ServerCPUPerCallUS, "bare-call-server-cpu-us")
 		b.ReportMetric(floor.Against(&cpu).RunPerUnitInCalls, "flow-in-bare-calls")

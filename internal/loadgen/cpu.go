@@ -30,20 +30,61 @@ func ReadProcCPU(pid int) (time.Duration, error) {
 	return parseProcStat(string(b))
 }
 
+// ReadCommandCPU returns the CPU time, user and system, that the
+// processes of this machine named comm (/proc/PID/comm, as "postgres")
+// have used so far, with that of their children that ended and were
+// waited for (a database's backends, which its postmaster waits for), and
+// how many such processes there are. For a database on this machine: its
+// CPU beside the server's.
+func ReadCommandCPU(comm string) (time.Duration, int, error) {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0, 0, fmt.Errorf("loadgen: CPU time of %s: %w", comm, err)
+	}
+	var total time.Duration
+	n := 0
+	for _, e := range ents {
+		if _, err := strconv.Atoi(e.Name()); err != nil {
+			continue
+		}
+		name, err := os.ReadFile(filepath.Join("/proc", e.Name(), "comm"))
+		if err != nil || strings.TrimSpace(string(name)) != comm {
+			continue // not it, or it ended
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		d, err := parseProcStatFields(string(b), 11, 15) // utime, stime, cutime, cstime
+		if err != nil {
+			return 0, 0, err
+		}
+		total += d
+		n++
+	}
+	return total, n, nil
+}
+
 // parseProcStat takes utime and stime (fields 14 and 15) from a stat line;
 // the command name (field 2) may hold spaces and parentheses, so fields
 // are counted after its last ')'.
 func parseProcStat(s string) (time.Duration, error) {
+	return parseProcStatFields(s, 11, 13)
+}
+
+// parseProcStatFields adds up the clock ticks of the fields [from, to)
+// counted after the command name (11: utime, field 14 of the line).
+func parseProcStatFields(s string, from, to int) (time.Duration, error) {
 	i := strings.LastIndexByte(s, ')')
 	if i < 0 {
 		return 0, errors.New("loadgen: /proc stat line without a command name")
 	}
 	f := strings.Fields(s[i+1:])
-	if len(f) < 13 {
-		return 0, fmt.Errorf("loadgen: /proc stat line has %d fields after the name, want at least 13", len(f))
+	if len(f) < to {
+		return 0, fmt.Errorf("loadgen: /proc stat line has %d fields after the name, want at least %d", len(f), to)
 	}
 	var ticks int64
-	for _, v := range f[11:13] { // utime, stime: fields 14 and 15 of the line
+	for _, v := range f[from:to] {
 		n, err := strconv.ParseInt(v, 10, 64)
 		if err != nil {
 			return 0, fmt.Errorf("loadgen: /proc stat CPU time %q: %w", v, err)

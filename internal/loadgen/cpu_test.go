@@ -22,6 +22,11 @@ func TestParseProcStat(t *testing.T) {
 	if got != 3*time.Second {
 		t.Errorf("parsed %v, want 3s", got)
 	}
+	// With the children waited for: cutime 120, cstime 80 more ticks.
+	line = "4242 (postgres) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 120 80 20 0 7 0 123 1000 50 18446744073709551615\n"
+	if got, err := parseProcStatFields(line, 11, 15); err != nil || got != 5*time.Second {
+		t.Errorf("parsed %v (%v) with the children's, want 5s", got, err)
+	}
 	for _, bad := range []string{"", "4242 (x) S 1 2 3", "4242 (x) S 1 4242 4242 0 -1 4194560 100 0 0 0 x 50 0"} {
 		if _, err := parseProcStat(bad); err == nil {
 			t.Errorf("parseProcStat(%q) took it", bad)
@@ -164,5 +169,25 @@ func TestReadProcDiskWrites(t *testing.T) {
 	}
 	if d := after - before; d < 1<<20 || d > 1<<20+64<<10 {
 		t.Fatalf("a megabyte written and synced counts %d bytes of storage writes", d)
+	}
+}
+
+// TestReadCommandCPU finds this test's own process by its name, with at
+// least the CPU it has used.
+func TestReadCommandCPU(t *testing.T) {
+	comm, err := os.ReadFile("/proc/self/comm")
+	if err != nil {
+		t.Skip("no /proc")
+	}
+	own := SelfCPU()
+	got, n, err := ReadCommandCPU(strings.TrimSpace(string(comm)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n < 1 || got < own-10*time.Millisecond {
+		t.Fatalf("processes named %q: %d, with %v of CPU; want this one at least, with at least %v", strings.TrimSpace(string(comm)), n, got, own)
+	}
+	if _, n, err := ReadCommandCPU("no-such-command"); err != nil || n != 0 {
+		t.Fatalf("no such command: %d processes, %v", n, err)
 	}
 }
