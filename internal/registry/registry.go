@@ -545,15 +545,19 @@ func Discovering(cands []*sharespotv1.Candidate, nowMS int64, away time.Duration
 // hotspots, with its arguments: for a reading sent with the discovery's
 // (each host's record, beside its offer).
 func (d *Discovery) Hosts() (string, []any) {
-	return `SELECT host_device_id FROM hotspots WHERE active = 1 AND bssid IN (?` + strings.Repeat(", ?", len(d.bssids)-1) + `)`, d.bssids
+	return `SELECT host_device_id FROM hotspots` + d.where(), d.bssids
+}
+
+// where selects the candidates' active hotspots (the arguments: bssids).
+func (d *Discovery) where() string {
+	return ` WHERE active = 1 AND bssid IN (?` + strings.Repeat(", ?", len(d.bssids)-1) + `)`
 }
 
 // Reading reads the candidates' active hotspots (anew: what an earlier
 // reading took is dropped).
 func (d *Discovery) Reading() store.Reading {
 	d.out, d.offline = nil, nil
-	q := `SELECT ` + hotspotCols + ` FROM hotspots WHERE active = 1 AND bssid IN (?` + strings.Repeat(", ?", len(d.bssids)-1) + `)`
-	return store.Reading{Query: q, Args: d.bssids, Row: d.row}
+	return store.Reading{Query: `SELECT ` + hotspotCols + ` FROM hotspots` + d.where(), Args: d.bssids, Row: d.row}
 }
 
 // row takes one hotspot into the offers or the offline.

@@ -1,10 +1,11 @@
 package session
 
 import (
-	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
+	"strings"
 
 	sharespotv1 "github.com/sharespot/sharespot/gen/sharespot/v1"
 	"github.com/sharespot/sharespot/internal/store"
@@ -202,24 +203,32 @@ func Reconcile(tx *store.Tx) (Reconciliation, error) {
 // them to the sessions.
 func HostRecords(tx *store.Tx, hosts []string) (map[string]*sharespotv1.HostRecord, error) {
 	out := map[string]*sharespotv1.HostRecord{}
+	seen := map[string]bool{}
+	var args []any // each host once
 	for _, h := range hosts {
-		if _, ok := out[h]; ok {
-			continue
+		if !seen[h] {
+			seen[h] = true
+			args = append(args, h)
 		}
-		r := &sharespotv1.HostRecord{}
-		err := tx.QueryRow(`SELECT verified_sessions, over_counted_sessions, counted_bytes, acknowledged_bytes
-			FROM host_records WHERE host_device_id = ?`, h).
-			Scan(&r.VerifiedSessions, &r.OverCountedSessions, &r.CountedBytes, &r.AcknowledgedBytes)
-		if err != nil && !errors.Is(err, store.ErrNotFound) {
-			return nil, fmt.Errorf("session: record of host %s: %w", h, err)
+	}
+	// In parts, each well under the engines' limits on a statement's
+	// parameters.
+	for part := range slices.Chunk(args, 500) {
+		if err := tx.Together(ReadingHostRecords("?"+strings.Repeat(", ?", len(part)-1), part, out)); err != nil {
+			return nil, err
 		}
-		out[h] = r
+	}
+	for _, h := range hosts {
+		if out[h] == nil {
+			out[h] = &sharespotv1.HostRecord{}
+		}
 	}
 	return out, nil
 }
 
 // ReadingHostRecords is HostRecords as a reading: the records of the hosts
-// that the subquery hosts (with its args) selects, into out. A host with
+// that hosts (a subquery or a list of placeholders, with its args)
+// selects, into out. A host with
 // no record is left out of out (its record is zero).
 func ReadingHostRecords(hosts string, args []any, out map[string]*sharespotv1.HostRecord) store.Reading {
 	return store.Reading{Query: `SELECT host_device_id, verified_sessions, over_counted_sessions, counted_bytes, acknowledged_bytes
