@@ -2,13 +2,11 @@ package session
 
 import (
 	"fmt"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 
 	"github.com/sharespot/sharespot/internal/store"
-	"github.com/sharespot/sharespot/internal/store/pgtest"
 )
 
 // TestSessionQueriesUseTheirIndexes: the caps checked at every request and
@@ -27,28 +25,17 @@ func TestSessionQueriesUseTheirIndexes(t *testing.T) {
 		// Every start counts these: a scan of the unfinished sessions only.
 		{`SELECT COUNT(*) FROM sessions WHERE ` + endedUnmarked, "sessions_(guest|host)_open"},
 	}
-	for _, e := range []store.Engine{store.SQLite, store.Postgres} {
-		t.Run(string(e), func(t *testing.T) {
-			target := filepath.Join(t.TempDir(), "plan.db")
-			if e == store.Postgres {
-				target = pgtest.New(t)
-			}
-			st, err := store.Open(t.Context(), target, store.Options{})
+	onEngines(t, func(t *testing.T, st *store.Store, e store.Engine) {
+		for _, c := range cases {
+			plan, err := planOf(t, st, e, c.query)
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer st.Close()
-			for _, c := range cases {
-				plan, err := planOf(t, st, e, c.query)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if !regexp.MustCompile(`\b` + c.index + `\b`).MatchString(plan) {
-					t.Errorf("%s\nplanned without %s:\n%s", c.query, c.index, plan)
-				}
+			if !regexp.MustCompile(`\b` + c.index + `\b`).MatchString(plan) {
+				t.Errorf("%s\nplanned without %s:\n%s", c.query, c.index, plan)
 			}
-		})
-	}
+		}
+	})
 }
 
 // planOf is the engine's plan for query, its text joined.
