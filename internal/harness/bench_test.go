@@ -25,6 +25,7 @@ import (
 	"github.com/sharespot/sharespot/internal/server"
 	"github.com/sharespot/sharespot/internal/session"
 	"github.com/sharespot/sharespot/internal/store"
+	"github.com/sharespot/sharespot/internal/store/pgtest"
 )
 
 func envInt(name string, def int) int {
@@ -70,7 +71,8 @@ func BenchmarkFlow(b *testing.B) {
 // (flow-in-bare-calls: seven calls make a short flow), measured for
 // SHARESPOT_BENCH_CALL_FLOOR (default 2s; 0 skips it).
 // SHARESPOT_TEST_DB=postgres runs the server on PostgreSQL (and reports
-// the CPU per flow of this machine's postgres processes: db-cpu-ms/flow);
+// the CPU per flow of this machine's postgres processes, db-cpu-ms/flow,
+// and what its server wrote to its log per flow, db-wal-kib/flow);
 // SHARESPOT_BENCH_SERVER_CPUPROFILE=FILE has the server write a CPU profile
 // of itself alone (its whole run: the bare calls too, unless skipped);
 // SHARESPOT_BENCH_BIN=PATH runs that binary as the server instead of this
@@ -115,6 +117,7 @@ func BenchmarkFlowProcess(b *testing.B) {
 	var floor loadgen.CallFloor
 	var dbCPU time.Duration
 	var dbProcs int
+	var wal int64 // the PostgreSQL server's log position before the flows
 	n, elapsed := runFlows(b, device, fund, func() {
 		if err := loadgen.DBFunder(dir, db)(ctx, accounts, "EUR", 1<<50); err != nil {
 			b.Fatal(err)
@@ -132,6 +135,9 @@ func BenchmarkFlowProcess(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
+			if wal, err = pgtest.WALBytes(ctx, db); err != nil {
+				b.Fatal(err)
+			}
 		}
 	})
 	cpu, err := meter.Stop(int64(n), "flow")
@@ -147,6 +153,13 @@ func BenchmarkFlowProcess(b *testing.B) {
 			b.Fatal(err)
 		}
 		b.ReportMetric((after-dbCPU).Seconds()*1e3/float64(n), "db-cpu-ms/flow")
+	}
+	if db != "" {
+		end, err := pgtest.WALBytes(ctx, db)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.ReportMetric(float64(end-wal)/1024/float64(n), "db-wal-kib/flow")
 	}
 	if floor.Calls > 0 {
 		b.ReportMetric(floor.ServerCPUPerCallUS, "bare-call-server-cpu-us")

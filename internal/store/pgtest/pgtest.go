@@ -169,3 +169,20 @@ func (r *Refuser) Refuse(on bool) {
 		}
 	}
 }
+
+// WALBytes returns how far the write-ahead log of the PostgreSQL server at
+// dbURL has come, in bytes since its start (pg_current_wal_lsn): the
+// difference over a run is what the server wrote to its log in it, every
+// database's writes and checkpoints' page images included.
+func WALBytes(ctx context.Context, dbURL string) (int64, error) {
+	db, err := open(dbURL)
+	if err != nil {
+		return 0, err
+	}
+	defer db.Close()
+	var n int64
+	if err := db.QueryRowContext(ctx, `SELECT (pg_current_wal_lsn() - '0/0')::bigint`).Scan(&n); err != nil {
+		return 0, fmt.Errorf("pgtest: WAL position of %s: %w", redact(dbURL), err)
+	}
+	return n, nil
+}
