@@ -354,6 +354,12 @@ func snapshot(t *testing.T, env *harness.Env) state {
 				}
 				var b strings.Builder
 				for i, v := range vals {
+					if q.table == "hotspots" && cols[i] == "seen_ms" {
+						// When its host was last seen: the server's presence
+						// marks write it on their own schedule, at the
+						// clock's time, whatever calls are refused.
+						continue
+					}
 					if bs, ok := v.([]byte); ok {
 						v = fmt.Sprintf("%x", bs)
 					}
