@@ -93,11 +93,17 @@ func (e *Engine) expireTopUp(tx *store.Tx, s *row, now int64) error {
 	return nil
 }
 
+// overdue selects the sessions whose deadline has passed, soonest first:
+// the time now and how many.
+const overdue = `SELECT id FROM sessions WHERE ended_ms = 0 AND deadline_ms > 0 AND deadline_ms <= ? ORDER BY deadline_ms LIMIT ?`
+
 // Overdue lists up to limit sessions whose deadline has passed. It is a
-// read's last statement (store.Tx.Last).
+// read's last statement (store.Tx.Last). It reads the unfinished sessions
+// (an end sets the deadline to 0): no index holds the deadline, which
+// nearly every save changes (migration 0011).
 func (e *Engine) Overdue(tx *store.Tx, limit int) ([]string, error) {
 	var ids []string
-	err := tx.Last(store.Reading{Query: `SELECT id FROM sessions WHERE deadline_ms > 0 AND deadline_ms <= ? ORDER BY deadline_ms LIMIT ?`,
+	err := tx.Last(store.Reading{Query: overdue,
 		Args: []any{e.nowMS(), limit}, Row: func(sc store.Scanner) error {
 			var id string
 			err := sc.Scan(&id)

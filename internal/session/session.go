@@ -295,7 +295,7 @@ func (e *Engine) RequestAccess(tx *store.Tx, guest Party, hotspotID string, byte
 var (
 	openOf = fmt.Sprintf(`SELECT id, guest_keys FROM sessions WHERE guest_device_id = ? AND ended_ms = 0 AND state <> %d`,
 		sharespotv1.SessionState_SESSION_STATE_ENDED)
-	countUnpaid = fmt.Sprintf(`SELECT COUNT(*) FROM sessions WHERE guest_account_id = ? AND state IN (%d, %d)`,
+	countUnpaid = fmt.Sprintf(`SELECT COUNT(*) FROM sessions WHERE guest_account_id = ? AND ended_ms = 0 AND state IN (%d, %d)`,
 		sharespotv1.SessionState_SESSION_STATE_REQUESTED, sharespotv1.SessionState_SESSION_STATE_QUOTED)
 )
 
@@ -767,11 +767,15 @@ func (e *Engine) Grant(tx *store.Tx, host Party, sessionID, quoteID string, gran
 	return e.render(tx, s, host)
 }
 
+// atGateway counts the running sessions granted at a gateway: its address
+// and the two running states.
+const atGateway = `SELECT COUNT(*) FROM sessions WHERE gateway_address = ? AND ended_ms = 0 AND state IN (?, ?)`
+
 // KnownGateway reports whether a running session was granted at the
 // gateway reached at address (host:port).
 func KnownGateway(tx *store.Tx, address string) (bool, error) {
 	var n int
-	err := tx.QueryRow(`SELECT COUNT(*) FROM sessions WHERE gateway_address = ? AND state IN (?, ?)`, address,
+	err := tx.QueryRow(atGateway, address,
 		int32(sharespotv1.SessionState_SESSION_STATE_ACTIVE), int32(sharespotv1.SessionState_SESSION_STATE_ENDING)).Scan(&n)
 	if err != nil {
 		return false, fmt.Errorf("session: sessions at gateway %s: %w", address, err)

@@ -186,3 +186,19 @@ func WALBytes(ctx context.Context, dbURL string) (int64, error) {
 	}
 	return n, nil
 }
+
+// Updates returns how many rows of table the database at dbURL has updated
+// and how many of those updates were HOT (heap-only: no index entry
+// written), as its statistics hold them (pg_stat_user_tables). A backend
+// reports its counts when it goes idle, within about ten seconds.
+func Updates(ctx context.Context, dbURL, table string) (updates, hot int64, err error) {
+	db, err := open(dbURL)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer db.Close()
+	if err := db.QueryRowContext(ctx, `SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = $1`, table).Scan(&updates, &hot); err != nil {
+		return 0, 0, fmt.Errorf("pgtest: updates of %s in %s: %w", table, redact(dbURL), err)
+	}
+	return updates, hot, nil
+}

@@ -32,6 +32,7 @@ declare -A commit=(
 	[7]=8fb5a699d7d418b2c23f042442e4a3eacf934d9d # README: the claims table names the scripting and wording tests (0007 the newest; 0008 host_records came with issue 25)
 	[8]=74bfe51a0e5fbfc6a6f5048684d9661af8ec9f67 # protocol: IDs lead with their time (0008 the newest; 0009 session_indexes came with issue 25)
 	[9]=8a4981f7ad9057f4ae8a7cef4c64dc2732ceeea8 # gateway/nft: the WireGuard suite's overhead bound (0009 the newest, and the last commit whose SQLite writer kept devices.next_seq exact; 0010 inbox_sequence came with issue 25)
+	[10]=fe9430f7daff20b08bfd253ff752dd88f149b570 # docs: the seventeenth step's waits (0010 the newest; 0011 session_saves came with issue 25)
 )
 declare -A files=(
 	[1]="flow_test.go v1_test.go"
@@ -43,6 +44,7 @@ declare -A files=(
 	[7]="flow_test.go v2_test.go card_test.go v6_test.go"
 	[8]="flow_test.go v2_test.go card_test.go v6_test.go"
 	[9]="flow_test.go v2_test.go card_test.go v6_test.go"
+	[10]="flow_test.go v2_test.go card_test.go v6_test.go"
 )
 # From schema 5 on, the guest's flow lives in internal/guest (issue 20):
 # the files are written against client.Guest and moved over by sed.
