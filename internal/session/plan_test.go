@@ -16,25 +16,29 @@ import (
 // sessions. A partial index is used only where the planner sees its
 // condition hold: bound states would hide it from both planners.
 func TestSessionQueriesUseTheirIndexes(t *testing.T) {
-	cases := []struct{ query, index string }{
-		{countUnpaid, "sessions_account_open"},
-		{openOf, "sessions_guest_open"},
-		{fmt.Sprintf(listOpen, "host_device_id"), "sessions_host_open"},
-		{fmt.Sprintf(listOpen, "guest_device_id"), "sessions_guest_open"},
-		{fmt.Sprintf(listAll, "host_device_id"), "sessions_host"},
-		{fmt.Sprintf(listAll, "guest_device_id"), "sessions_guest"},
+	id, limit := []any{"x"}, []any{"x", 10} // a party's ID; and a listing's limit
+	cases := []struct {
+		query, index string
+		args         []any
+	}{
+		{countUnpaid, "sessions_account_open", id},
+		{openOf, "sessions_guest_open", id},
+		{fmt.Sprintf(listOpen, "host_device_id"), "sessions_host_open", limit},
+		{fmt.Sprintf(listOpen, "guest_device_id"), "sessions_guest_open", limit},
+		{fmt.Sprintf(listAll, "host_device_id"), "sessions_host", limit},
+		{fmt.Sprintf(listAll, "guest_device_id"), "sessions_guest", limit},
 		// Every start counts these: a scan of the unfinished sessions only.
-		{`SELECT COUNT(*) FROM sessions WHERE ` + endedUnmarked, "sessions_[a-z]+_open"},
-		// The sweep, too: no index holds the deadline (0011).
-		{overdue, "sessions_[a-z]+_open"},
-		{atGateway, "sessions_gateway_open"},
+		{`SELECT COUNT(*) FROM sessions WHERE ` + endedUnmarked, "sessions_[a-z]+_open", nil},
+		// The sweep, too (a time and a limit): no index holds the deadline (0011).
+		{overdue, "sessions_[a-z]+_open", []any{int64(1), 10}},
+		{atGateway, "sessions_gateway_open", []any{"x", 5, 6}}, // an address and two states
 	}
 	onEngines(t, func(t *testing.T, st *store.Store, e store.Engine) {
 		if e == store.Postgres {
 			plannedOn(t, st)
 		}
 		for _, c := range cases {
-			plan, err := planOf(t, st, e, c.query)
+			plan, err := planOf(t, st, e, c.query, c.args...)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -108,20 +112,8 @@ func plannedOn(t *testing.T, st *store.Store) {
 	}
 }
 
-// planOf is the engine's plan for query, its text joined.
-func planOf(t *testing.T, st *store.Store, e store.Engine, query string) (string, error) {
-	var args []any
-	switch {
-	case query == overdue:
-		args = []any{int64(1), 10} // a time and a limit
-	case strings.Count(query, "?") == 3:
-		args = []any{"x", 5, 6} // an address and two states
-	case strings.Contains(query, "?"):
-		args = []any{"x"}
-		if strings.Count(query, "?") == 2 {
-			args = append(args, 10)
-		}
-	}
+// planOf is the engine's plan for query with args, its text joined.
+func planOf(t *testing.T, st *store.Store, e store.Engine, query string, args ...any) (string, error) {
 	var plan []string
 	err := st.Write(t.Context(), func(tx *store.Tx) error {
 		q := "EXPLAIN QUERY PLAN " + query

@@ -174,17 +174,9 @@ func (r *Refuser) Refuse(on bool) {
 // dbURL has come, in bytes since its start (pg_current_wal_lsn): the
 // difference over a run is what the server wrote to its log in it, every
 // database's writes and checkpoints' page images included.
-func WALBytes(ctx context.Context, dbURL string) (int64, error) {
-	db, err := open(dbURL)
-	if err != nil {
-		return 0, err
-	}
-	defer db.Close()
-	var n int64
-	if err := db.QueryRowContext(ctx, `SELECT (pg_current_wal_lsn() - '0/0')::bigint`).Scan(&n); err != nil {
-		return 0, fmt.Errorf("pgtest: WAL position of %s: %w", redact(dbURL), err)
-	}
-	return n, nil
+func WALBytes(ctx context.Context, dbURL string) (n int64, err error) {
+	err = queryRow(ctx, dbURL, "WAL position", `SELECT (pg_current_wal_lsn() - '0/0')::bigint`, nil, &n)
+	return n, err
 }
 
 // Updates returns how many rows of table the database at dbURL has updated
@@ -192,13 +184,20 @@ func WALBytes(ctx context.Context, dbURL string) (int64, error) {
 // written), as its statistics hold them (pg_stat_user_tables). A backend
 // reports its counts when it goes idle, within about ten seconds.
 func Updates(ctx context.Context, dbURL, table string) (updates, hot int64, err error) {
+	err = queryRow(ctx, dbURL, "updates of "+table, `SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = $1`, []any{table}, &updates, &hot)
+	return updates, hot, err
+}
+
+// queryRow reads one row of query from the database at dbURL, on a
+// connection of its own, into dest; what names it in an error.
+func queryRow(ctx context.Context, dbURL, what, query string, args []any, dest ...any) error {
 	db, err := open(dbURL)
 	if err != nil {
-		return 0, 0, err
+		return err
 	}
 	defer db.Close()
-	if err := db.QueryRowContext(ctx, `SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = $1`, table).Scan(&updates, &hot); err != nil {
-		return 0, 0, fmt.Errorf("pgtest: updates of %s in %s: %w", table, redact(dbURL), err)
+	if err := db.QueryRowContext(ctx, query, args...).Scan(dest...); err != nil {
+		return fmt.Errorf("pgtest: %s in %s: %w", what, redact(dbURL), err)
 	}
-	return updates, hot, nil
+	return nil
 }
